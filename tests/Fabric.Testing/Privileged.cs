@@ -1,0 +1,52 @@
+using System.Diagnostics;
+
+namespace Fabric.Testing;
+
+/// <summary>Runs host commands for privileged tests, and says whether they can run.</summary>
+public static class Privileged
+{
+    /// <summary>True when the process is root (namespaces, veths, AF_PACKET need it).</summary>
+    public static bool IsRoot => Environment.UserName == "root" || Environment.GetEnvironmentVariable("USER") == "root" || GetEuid() == 0;
+
+    /// <summary>The reason privileged tests give when they skip.</summary>
+    public const string SkipReason = "needs root (network namespaces, veth pairs, AF_PACKET); run ./fabric test as root";
+
+    private static uint GetEuid()
+    {
+        try
+        {
+            var status = File.ReadAllLines("/proc/self/status").First(l => l.StartsWith("Uid:", StringComparison.Ordinal));
+            return uint.Parse(status.Split('\t', StringSplitOptions.RemoveEmptyEntries)[2], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is IOException or FormatException or InvalidOperationException)
+        {
+            return uint.MaxValue;
+        }
+    }
+
+    /// <summary>Runs a command and returns its standard output; throws with stderr when it fails.</summary>
+    public static string Run(string program, params string[] args)
+    {
+        var (code, stdout, stderr) = TryRun(program, args);
+        if (code != 0)
+        {
+            throw new InvalidOperationException($"'{program} {string.Join(' ', args)}' exited {code}: {stderr.Trim()}");
+        }
+        return stdout;
+    }
+
+    /// <summary>Runs a command and returns its exit code and output.</summary>
+    public static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args)
+    {
+        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        process.WaitForExit();
+        return (process.ExitCode, stdout.Result, stderr.Result);
+    }
+}
