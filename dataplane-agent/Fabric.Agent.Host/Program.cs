@@ -1,0 +1,186 @@
+using System.Text.Json;
+using Fabric.Agent;
+using Fabric.Agent.Api;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+
+// fabric-agent: the dataplane agent of one host, and a small CLI over its local API.
+const string Usage = """
+usage:
+  fabric-agent run --config FILE [--log-format json|text]
+  fabric-agent ctl SOCKET status
+  fabric-agent ctl SOCKET attach-vm id=ID device=DEV vni=N mac=MAC [ipv4=A,B] [ipv6=A,B]
+  fabric-agent ctl SOCKET detach-vm ID
+  fabric-agent ctl SOCKET add-host id=ID [ipv4=A] [ipv6=A] [stack=std-ipv4] [port=47110]
+  fabric-agent ctl SOCKET set-route vni=N mac=MAC host=ID [ipv4=A,B] [ipv6=A,B]
+  fabric-agent ctl SOCKET remove-route vni=N mac=MAC
+""";
+
+try
+{
+    return args.FirstOrDefault() switch
+    {
+        "run" => await RunAsync(args[1..]),
+        "ctl" => Control(args[1..]),
+        "-h" or "--help" => Help(0),
+        _ => Help(2),
+    };
+}
+catch (FormatException e)
+{
+    Console.Error.WriteLine($"fabric-agent: {e.Message}");
+    return 2;
+}
+
+static int Help(int code)
+{
+    (code == 0 ? Console.Out : Console.Error).Write(Usage);
+    return code;
+}
+
+static async Task<int> RunAsync(string[] args)
+{
+    string? configPath = null;
+    var json = false;
+    for (var i = 0; i < args.Length; i++)
+    {
+        switch (args[i])
+        {
+            case "--config" when i + 1 < args.Length:
+                configPath = args[++i];
+                break;
+            case "--log-format" when i + 1 < args.Length:
+                json = args[++i] switch { "json" => true, "text" => false, var other => throw new FormatException($"--log-format: '{other}' is not json or text.") };
+                break;
+            default:
+                throw new FormatException($"run: unexpected argument '{args[i]}'.");
+        }
+    }
+    var config = AgentConfig.Load(configPath ?? throw new FormatException("run: --config FILE is required."));
+    var builder = Host.CreateApplicationBuilder();
+    builder.Logging.ClearProviders();
+    if (json)
+    {
+        builder.Logging.AddJsonConsole();
+    }
+    else
+    {
+        builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+    }
+    builder.Services.AddSystemd();
+    builder.Services.AddSingleton(config);
+    builder.Services.AddHostedService<AgentService>();
+    if (config.MetricsListen is { } listen)
+    {
+        var endpoint = System.Net.IPEndPoint.Parse(listen);
+        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics
+            .AddMeter(AgentMetrics.MeterName)
+            .AddPrometheusHttpListener(o =>
+            {
+                o.Host = endpoint.Address.ToString();
+                o.Port = endpoint.Port;
+            }));
+    }
+    using var host = builder.Build();
+    try
+    {
+        await host.RunAsync();
+    }
+    catch (InvalidOperationException e)
+    {
+        Console.Error.WriteLine($"fabric-agent: {e.Message}");
+        return 1;
+    }
+    return 0;
+}
+
+static int Control(string[] args)
+{
+    if (args.Length < 2)
+    {
+        throw new FormatException("ctl: usage: fabric-agent ctl SOCKET OP [key=value ...]");
+    }
+    var (socket, op, rest) = (args[0], args[1], args[2..]);
+    if (!File.Exists(socket))
+    {
+        Console.Error.WriteLine($"fabric-agent: no agent socket at '{socket}' (is fabric-agent running with apiSocket {socket}?)");
+        return 1;
+    }
+    var values = rest.Where(a => a.Contains('=', StringComparison.Ordinal)).ToDictionary(a => a[..a.IndexOf('=', StringComparison.Ordinal)], a => a[(a.IndexOf('=', StringComparison.Ordinal) + 1)..]);
+    string? Get(string key) => values.GetValueOrDefault(key);
+    string Need(string key) => Get(key) ?? throw new FormatException($"{op}: {key}=... is required.");
+    uint Vni() => uint.TryParse(Need("vni"), out var v) ? v : throw new FormatException($"{op}: vni '{Get("vni")}' is not a number.");
+    string[]? List(string key) => Get(key)?.Split(',', StringSplitOptions.RemoveEmptyEntries);
+    var request = op switch
+    {
+        "status" => new ApiRequest("status"),
+        "attach-vm" => new ApiRequest(op, Vm: new VmConfig(Need("id"), Need("device"), Vni(), Need("mac"), List("ipv4"), List("ipv6"))),
+        "detach-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new FormatException("detach-vm: the VM id is required.")),
+        "add-host" => new ApiRequest(op, Host: new RemoteHostConfig(Need("id"), Get("ipv4"), Get("ipv6"), Get("stack") ?? "std-ipv4",
+            int.TryParse(Get("port") ?? "47110", out var port) ? port : throw new FormatException($"add-host: port '{Get("port")}' is not a number."))),
+        "set-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), Need("host"), List("ipv4"), List("ipv6"))),
+        "remove-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), "")),
+        _ => throw new FormatException($"ctl: unknown operation '{op}'."),
+    };
+    var reply = LocalApiServer.Send(socket, AgentConfig.Serialize(request));
+    using var document = JsonDocument.Parse(reply);
+    Console.WriteLine(JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }));
+    return document.RootElement.GetProperty("ok").GetBoolean() ? 0 : 1;
+}
+
+/// <summary>Runs the agent for the host's lifetime; stopping releases every port and socket.</summary>
+internal sealed class AgentService(AgentConfig config, ILogger<AgentService> logger, IHostApplicationLifetime lifetime) : IHostedService, IDisposable
+{
+    private Agent? _agent;
+    private LocalApiServer? _api;
+    private AgentMetrics? _metrics;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        _agent = new Agent(config, logger);
+        try
+        {
+            _agent.Start();
+        }
+        catch (Exception e) when (e is InvalidOperationException or FileNotFoundException or FormatException)
+        {
+            AgentServiceLog.CouldNotStart(logger, e.Message);
+            _agent.Dispose();
+            _agent = null;
+            lifetime.StopApplication();
+            Environment.ExitCode = 1;
+            return Task.CompletedTask;
+        }
+        _metrics = new AgentMetrics(_agent.Switch);
+        _api = new LocalApiServer(_agent, config.ApiSocket);
+        AgentServiceLog.Ready(logger, config.HostId, config.ApiSocket);
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken)
+    {
+        Dispose();
+        return Task.CompletedTask;
+    }
+
+    public void Dispose()
+    {
+        _api?.Dispose();
+        _api = null;
+        _metrics?.Dispose();
+        _metrics = null;
+        _agent?.Dispose();
+        _agent = null;
+    }
+}
+
+internal static partial class AgentServiceLog
+{
+    [LoggerMessage(100, LogLevel.Critical, "Agent could not start: {Reason}")]
+    public static partial void CouldNotStart(ILogger logger, string reason);
+
+    [LoggerMessage(101, LogLevel.Information, "fabric-agent {HostId} ready; API on {Socket}")]
+    public static partial void Ready(ILogger logger, string hostId, string socket);
+}

@@ -1,0 +1,170 @@
+using Stopwatch = System.Diagnostics.Stopwatch;
+using System.Net;
+using Fabric.Agent.Stacks;
+using Fabric.Agent.Switching;
+using Fabric.Hal;
+using Fabric.Hal.Linux;
+using Fabric.Wire;
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Agent;
+
+/// <summary>A request to the agent's local API (one JSON object per line).</summary>
+/// <param name="Op">attach-vm, detach-vm, set-route, remove-route, add-host, status.</param>
+/// <param name="Vm">For attach-vm.</param>
+/// <param name="Id">For detach-vm: the VM id.</param>
+/// <param name="Route">For set-route and remove-route.</param>
+/// <param name="Host">For add-host.</param>
+public sealed record ApiRequest(string Op, VmConfig? Vm = null, string? Id = null, RouteConfig? Route = null, RemoteHostConfig? Host = null);
+
+/// <summary>The answer: ok with a result, or an error that says what is wrong.</summary>
+public sealed record ApiResponse(bool Ok, object? Result = null, string? Error = null);
+
+/// <summary>
+/// The dataplane agent: loads the configured stack plug-ins, runs the switch over the HAL's ports and the UDP
+/// underlay, applies the config's VMs, hosts and routes, and serves the same operations on its local API.
+/// Each operation validates fully before it changes anything.
+/// </summary>
+public sealed class Agent : IDisposable
+{
+    private readonly Func<string, IFramePort> _openPort;
+    private readonly ILogger _logger;
+    private readonly object _apiGate = new();
+
+    public Agent(AgentConfig config, ILogger logger, Func<string, IFramePort>? openPort = null)
+    {
+        Config = config;
+        _logger = logger;
+        _openPort = openPort ?? (device => AfPacketPort.Open(device));
+        var start = Stopwatch.GetTimestamp();
+        Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu), () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
+    }
+
+    public AgentConfig Config { get; }
+
+    public Switch Switch { get; }
+
+    /// <summary>Loads stacks, binds the underlay and applies the config's hosts, VMs and routes. Throws on the first failure.</summary>
+    public void Start()
+    {
+        foreach (var path in Config.Stacks)
+        {
+            Switch.RegisterStack(StackLoader.Load(path));
+        }
+        var u = Config.Underlay;
+        Switch.StartUnderlay(u.IPv4 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv4), u.Port), u.IPv6 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv6), u.Port));
+        foreach (var host in Config.RemoteHosts ?? [])
+        {
+            Switch.AddRemoteHost(host.ToSpec(), host.Port);
+        }
+        foreach (var vm in Config.Vms ?? [])
+        {
+            Attach(vm);
+        }
+        foreach (var route in Config.Routes ?? [])
+        {
+            SetRoute(route);
+        }
+    }
+
+    /// <summary>Handles one API request; never throws for a bad request.</summary>
+    public ApiResponse Handle(ApiRequest request)
+    {
+        lock (_apiGate)
+        {
+            try
+            {
+                return request.Op switch
+                {
+                    "status" => new ApiResponse(true, Status()),
+                    "attach-vm" when request.Vm is not null => Checked(request.Vm.Validate("vm"), () => Attach(request.Vm)),
+                    "detach-vm" when request.Id is not null => Switch.DetachVm(request.Id) ? new ApiResponse(true) : new ApiResponse(false, Error: $"no VM '{request.Id}' is attached"),
+                    "set-route" when request.Route is not null => Checked(request.Route.Validate("route"), () => SetRoute(request.Route)),
+                    "remove-route" when request.Route is not null => MacAddress.TryParse(request.Route.Mac, out var mac) && Switch.RemoveRemoteEndpoint(request.Route.Vni, mac)
+                        ? new ApiResponse(true) : new ApiResponse(false, Error: $"no remote entry for {request.Route.Mac} in vni {request.Route.Vni}"),
+                    "add-host" when request.Host is not null => Checked(request.Host.Validate("host"), () => Switch.AddRemoteHost(request.Host.ToSpec(), request.Host.Port)),
+                    "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" =>
+                        new ApiResponse(false, Error: $"{request.Op}: missing its argument (attach-vm: vm, detach-vm: id, *-route: route, add-host: host)"),
+                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host)"),
+                };
+            }
+            catch (Exception e) when (e is InvalidOperationException or FormatException or IOException)
+            {
+                Log.ApiRefused(_logger, e.Message);
+                return new ApiResponse(false, Error: e.Message);
+            }
+        }
+    }
+
+    private static ApiResponse Checked(IEnumerable<string> problems, Action apply)
+    {
+        var list = problems.ToList();
+        if (list.Count > 0)
+        {
+            return new ApiResponse(false, Error: string.Join("; ", list));
+        }
+        apply();
+        return new ApiResponse(true);
+    }
+
+    private void Attach(VmConfig vm)
+    {
+        var spec = vm.ToSpec();
+        if (Switch.Vms.ContainsKey(spec.VmId))
+        {
+            throw new InvalidOperationException($"VM '{spec.VmId}' is already attached.");
+        }
+        var port = _openPort(vm.Device);
+        try
+        {
+            Switch.AttachVm(spec, port);
+        }
+        catch
+        {
+            port.Dispose();
+            throw;
+        }
+    }
+
+    private void SetRoute(RouteConfig route)
+    {
+        MacAddress.TryParse(route.Mac, out var mac);
+        if (!Switch.Paths.ContainsKey(route.Host))
+        {
+            throw new InvalidOperationException($"route for {route.Mac}: host '{route.Host}' is not a known remote host (add-host first).");
+        }
+        Switch.SetRemoteEndpoint(route.Vni, mac, route.Host, ConfigChecks.V4(route.IPv4), ConfigChecks.V6(route.IPv6));
+    }
+
+    /// <summary>What the agent is doing, with every counter.</summary>
+    public object Status() => new
+    {
+        HostId = Config.HostId,
+        Underlay = new { IPv4 = Switch.UnderlayEndpoints.IPv4?.ToString(), IPv6 = Switch.UnderlayEndpoints.IPv6?.ToString(), Drops = Switch.UnderlayCounters.DropSnapshot() },
+        Stacks = Switch.Stacks.Values.Select(s => new { s.Description.Id, s.Description.Version, s.Directory }),
+        Vms = Switch.Vms.Values.OrderBy(v => v.Spec.VmId, StringComparer.Ordinal).Select(v => new
+        {
+            Id = v.Spec.VmId,
+            v.Spec.Device,
+            v.Spec.Vni,
+            Mac = v.Spec.Mac.ToString(),
+            FromVm = new { Packets = v.Counters.RxPackets, Bytes = v.Counters.RxBytes },
+            ToVm = new { Packets = v.Counters.TxPackets, Bytes = v.Counters.TxBytes },
+            Drops = v.Counters.DropSnapshot(),
+        }),
+        Paths = Switch.Paths.Values.OrderBy(p => p.Spec.HostId, StringComparer.Ordinal).Select(p => new
+        {
+            Host = p.Spec.HostId,
+            Stack = p.TransmitStack,
+            Slot = p.TransmitSlot,
+            InnerMtu = Switch.InnerMtu(p),
+            Sent = new { Datagrams = p.Counters.TxPackets, Bytes = p.Counters.TxBytes },
+            Received = new { Datagrams = p.Counters.RxPackets, Bytes = p.Counters.RxBytes },
+            Drops = p.Counters.DropSnapshot(),
+            Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value) }),
+        }),
+        Routes = Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => new { e.Vni, Mac = e.Mac.ToString(), Host = e.RemoteHost }),
+    };
+
+    public void Dispose() => Switch.Dispose();
+}

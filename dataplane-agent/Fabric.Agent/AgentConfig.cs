@@ -1,0 +1,226 @@
+using System.Collections.Immutable;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Fabric.Agent.Switching;
+using Fabric.Wire;
+
+namespace Fabric.Agent;
+
+/// <summary>A VM as the config file and the local API describe it.</summary>
+public sealed record VmConfig(string Id, string Device, uint Vni, string Mac, string[]? IPv4 = null, string[]? IPv6 = null);
+
+/// <summary>A remote VM entry of the forwarding table.</summary>
+public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IPv4 = null, string[]? IPv6 = null);
+
+/// <summary>A remote host: its underlay addresses and the stack its path uses.</summary>
+public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, string Stack = "std-ipv4", int Port = FabricHeader.DefaultUdpPort);
+
+/// <summary>This host's underlay: where the agent's UDP sockets bind, and the uplink MTU.</summary>
+public sealed record UnderlayConfig(string? IPv4, string? IPv6, int Port = FabricHeader.DefaultUdpPort, int Mtu = 1500);
+
+/// <summary>The agent's configuration file (JSON). <see cref="Validate"/> names every field that is wrong.</summary>
+public sealed record AgentConfig(
+    string HostId,
+    UnderlayConfig Underlay,
+    string[] Stacks,
+    string ApiSocket,
+    string? MetricsListen = null,
+    RemoteHostConfig[]? RemoteHosts = null,
+    VmConfig[]? Vms = null,
+    RouteConfig[]? Routes = null)
+{
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        PropertyNameCaseInsensitive = true,
+        ReadCommentHandling = JsonCommentHandling.Skip,
+        AllowTrailingCommas = true,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+    };
+
+    /// <summary>Reads and validates a config file; throws <see cref="FormatException"/> listing every problem.</summary>
+    public static AgentConfig Load(string path)
+    {
+        if (!File.Exists(path))
+        {
+            throw new FormatException($"Config file '{path}' does not exist.");
+        }
+        AgentConfig? config;
+        try
+        {
+            config = JsonSerializer.Deserialize<AgentConfig>(File.ReadAllText(path), Json);
+        }
+        catch (JsonException e)
+        {
+            throw new FormatException($"Config file '{path}': {e.Message}", e);
+        }
+        if (config is null)
+        {
+            throw new FormatException($"Config file '{path}' is empty.");
+        }
+        var problems = config.Validate();
+        if (problems.Count > 0)
+        {
+            throw new FormatException($"Config file '{path}': {string.Join("; ", problems)}");
+        }
+        return config;
+    }
+
+    public string ToJson() => JsonSerializer.Serialize(this, Json);
+
+    public static T Parse<T>(string json) => JsonSerializer.Deserialize<T>(json, Json) ?? throw new FormatException("empty JSON");
+
+    public static string Serialize<T>(T value) => JsonSerializer.Serialize(value, Json);
+
+    /// <summary>Every problem, each naming its field.</summary>
+    public IReadOnlyList<string> Validate()
+    {
+        var problems = new List<string>();
+        if (string.IsNullOrWhiteSpace(HostId))
+        {
+            problems.Add("hostId: required");
+        }
+        if (Underlay is null)
+        {
+            problems.Add("underlay: required");
+        }
+        else
+        {
+            if (Underlay.IPv4 is null && Underlay.IPv6 is null)
+            {
+                problems.Add("underlay: give ipv4, ipv6 or both");
+            }
+            CheckAddress(problems, "underlay.ipv4", Underlay.IPv4, AddressFamily.InterNetwork);
+            CheckAddress(problems, "underlay.ipv6", Underlay.IPv6, AddressFamily.InterNetworkV6);
+            if (Underlay.Mtu is < 1280 or > 65535)
+            {
+                problems.Add($"underlay.mtu: {Underlay.Mtu} is outside 1280..65535");
+            }
+        }
+        if (MetricsListen is not null && (!IPEndPoint.TryParse(MetricsListen, out var metrics) || metrics.Port == 0 || !IPAddress.IsLoopback(metrics.Address)))
+        {
+            problems.Add($"metricsListen: '{MetricsListen}' is not a loopback address with a port (e.g. 127.0.0.1:9464)");
+        }
+        if (string.IsNullOrWhiteSpace(ApiSocket))
+        {
+            problems.Add("apiSocket: required");
+        }
+        for (var i = 0; i < (Stacks?.Length ?? 0); i++)
+        {
+            if (!File.Exists(Stacks![i]))
+            {
+                problems.Add($"stacks[{i}]: '{Stacks[i]}' does not exist");
+            }
+        }
+        for (var i = 0; i < (RemoteHosts?.Length ?? 0); i++)
+        {
+            problems.AddRange(RemoteHosts![i].Validate($"remoteHosts[{i}]"));
+        }
+        for (var i = 0; i < (Vms?.Length ?? 0); i++)
+        {
+            problems.AddRange(Vms![i].Validate($"vms[{i}]"));
+        }
+        for (var i = 0; i < (Routes?.Length ?? 0); i++)
+        {
+            problems.AddRange(Routes![i].Validate($"routes[{i}]"));
+        }
+        return problems;
+    }
+
+    internal static void CheckAddress(List<string> problems, string field, string? text, AddressFamily family)
+    {
+        if (text is not null && (!IPAddress.TryParse(text, out var address) || address.AddressFamily != family))
+        {
+            problems.Add($"{field}: '{text}' is not an {(family == AddressFamily.InterNetwork ? "IPv4" : "IPv6")} address");
+        }
+    }
+}
+
+/// <summary>Validation and conversion of the API/config records.</summary>
+public static class ConfigChecks
+{
+    public static IEnumerable<string> Validate(this VmConfig vm, string at)
+    {
+        var problems = new List<string>();
+        if (string.IsNullOrWhiteSpace(vm.Id))
+        {
+            problems.Add($"{at}.id: required");
+        }
+        if (string.IsNullOrWhiteSpace(vm.Device) || vm.Device.Length > 15)
+        {
+            problems.Add($"{at}.device: '{vm.Device}' is not an interface name (1 to 15 characters)");
+        }
+        CheckCommon(problems, at, vm.Vni, vm.Mac, vm.IPv4, vm.IPv6);
+        return problems;
+    }
+
+    public static IEnumerable<string> Validate(this RouteConfig route, string at)
+    {
+        var problems = new List<string>();
+        if (string.IsNullOrWhiteSpace(route.Host))
+        {
+            problems.Add($"{at}.host: required");
+        }
+        CheckCommon(problems, at, route.Vni, route.Mac, route.IPv4, route.IPv6);
+        return problems;
+    }
+
+    public static IEnumerable<string> Validate(this RemoteHostConfig host, string at)
+    {
+        var problems = new List<string>();
+        if (string.IsNullOrWhiteSpace(host.Id))
+        {
+            problems.Add($"{at}.id: required");
+        }
+        if (host.IPv4 is null && host.IPv6 is null)
+        {
+            problems.Add($"{at}: give ipv4, ipv6 or both");
+        }
+        AgentConfig.CheckAddress(problems, $"{at}.ipv4", host.IPv4, AddressFamily.InterNetwork);
+        AgentConfig.CheckAddress(problems, $"{at}.ipv6", host.IPv6, AddressFamily.InterNetworkV6);
+        if (host.Port is < 1 or > 65535)
+        {
+            problems.Add($"{at}.port: {host.Port} is not a UDP port");
+        }
+        return problems;
+    }
+
+    private static void CheckCommon(List<string> problems, string at, uint vni, string mac, string[]? ipv4, string[]? ipv6)
+    {
+        if (vni > FabricHeader.MaxVirtualNetworkId)
+        {
+            problems.Add($"{at}.vni: {vni} does not fit 24 bits");
+        }
+        if (!MacAddress.TryParse(mac, out var parsed) || parsed.IsMulticast || parsed.Value == 0)
+        {
+            problems.Add($"{at}.mac: '{mac}' is not a unicast MAC address");
+        }
+        for (var i = 0; i < (ipv4?.Length ?? 0); i++)
+        {
+            AgentConfig.CheckAddress(problems, $"{at}.ipv4[{i}]", ipv4![i], AddressFamily.InterNetwork);
+        }
+        for (var i = 0; i < (ipv6?.Length ?? 0); i++)
+        {
+            AgentConfig.CheckAddress(problems, $"{at}.ipv6[{i}]", ipv6![i], AddressFamily.InterNetworkV6);
+        }
+    }
+
+    public static VmSpec ToSpec(this VmConfig vm)
+    {
+        MacAddress.TryParse(vm.Mac, out var mac);
+        return new VmSpec(vm.Id, vm.Device, vm.Vni, mac, V4(vm.IPv4), V6(vm.IPv6));
+    }
+
+    public static RemoteHostSpec ToSpec(this RemoteHostConfig host) =>
+        new(host.Id, host.IPv4 is null ? null : IPAddress.Parse(host.IPv4), host.IPv6 is null ? null : IPAddress.Parse(host.IPv6), host.Stack);
+
+    public static ImmutableArray<IPv4Address> V4(string[]? addresses) => [.. (addresses ?? []).Select(IPv4Address.Parse)];
+
+    public static ImmutableArray<IPv6Address> V6(string[]? addresses) => [.. (addresses ?? []).Select(IPv6Address.Parse)];
+
+    public static string Format(this long value) => value.ToString(CultureInfo.InvariantCulture);
+}

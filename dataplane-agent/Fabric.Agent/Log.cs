@@ -1,0 +1,28 @@
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Agent;
+
+/// <summary>The agent's log events (never per packet).</summary>
+internal static partial class Log
+{
+    [LoggerMessage(1, LogLevel.Information, "VM {VmId} attached on {Device} (vni {Vni}, mac {Mac})")]
+    public static partial void VmAttached(ILogger logger, string vmId, string device, uint vni, string mac);
+
+    [LoggerMessage(2, LogLevel.Information, "VM {VmId} detached")]
+    public static partial void VmDetached(ILogger logger, string vmId);
+
+    [LoggerMessage(3, LogLevel.Information, "Path to {HostId} at {Destination} uses {Stack} in slot {Slot}")]
+    public static partial void PathBound(ILogger logger, string hostId, string destination, string stack, int slot);
+
+    [LoggerMessage(4, LogLevel.Information, "Stack {StackId} {Version} loaded from {Directory}")]
+    public static partial void StackLoaded(ILogger logger, string stackId, string version, string directory);
+
+    [LoggerMessage(5, LogLevel.Error, "VM port {VmId} stopped: {Result}")]
+    public static partial void VmPortStopped(ILogger logger, string vmId, string result);
+
+    [LoggerMessage(6, LogLevel.Information, "Underlay listening on {Endpoint}")]
+    public static partial void UnderlayListening(ILogger logger, string endpoint);
+
+    [LoggerMessage(7, LogLevel.Warning, "Local API request refused: {Reason}")]
+    public static partial void ApiRefused(ILogger logger, string reason);
+}

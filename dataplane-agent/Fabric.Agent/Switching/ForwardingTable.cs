@@ -1,0 +1,63 @@
+using System.Collections.Frozen;
+using System.Collections.Immutable;
+using Fabric.Wire;
+
+namespace Fabric.Agent.Switching;
+
+/// <summary>Where a (virtual network, MAC) lives: on a VM port of this host, or behind a remote host.</summary>
+/// <param name="Vni">The virtual network.</param>
+/// <param name="Mac">The VM's MAC.</param>
+/// <param name="LocalVm">The VM id when it is attached here; null for a remote entry.</param>
+/// <param name="RemoteHost">The host id when it is remote; null for a local entry.</param>
+/// <param name="IPv4">The VM's IPv4 addresses (for ARP answers).</param>
+/// <param name="IPv6">The VM's IPv6 addresses (for neighbour advertisements).</param>
+public sealed record Endpoint(uint Vni, MacAddress Mac, string? LocalVm, string? RemoteHost, ImmutableArray<IPv4Address> IPv4, ImmutableArray<IPv6Address> IPv6);
+
+/// <summary>
+/// An immutable snapshot of the forwarding state. The switch reads whichever snapshot is current without locks;
+/// changes build a new snapshot and publish it at once, so a packet never sees half an update.
+/// </summary>
+public sealed class ForwardingTable
+{
+    public static ForwardingTable Empty { get; } = new([]);
+
+    private readonly FrozenDictionary<(uint, ulong), Endpoint> _byMac;
+    private readonly FrozenDictionary<(uint, uint), Endpoint> _byIPv4;
+    private readonly FrozenDictionary<(uint, IPv6Address), Endpoint> _byIPv6;
+    private readonly FrozenDictionary<uint, ImmutableArray<string>> _remoteHostsOfVni;
+    private readonly FrozenDictionary<uint, ImmutableArray<string>> _localVmsOfVni;
+
+    public ForwardingTable(IEnumerable<Endpoint> endpoints)
+    {
+        Endpoints = [.. endpoints];
+        _byMac = Endpoints.ToFrozenDictionary(e => (e.Vni, e.Mac.Value));
+        _byIPv4 = Endpoints.SelectMany(e => e.IPv4.Select(a => (Key: (e.Vni, a.Value), e))).ToFrozenDictionary(x => x.Key, x => x.e);
+        _byIPv6 = Endpoints.SelectMany(e => e.IPv6.Select(a => (Key: (e.Vni, a), e))).ToFrozenDictionary(x => x.Key, x => x.e);
+        _remoteHostsOfVni = Endpoints.Where(e => e.RemoteHost is not null).GroupBy(e => e.Vni)
+            .ToFrozenDictionary(g => g.Key, g => g.Select(e => e.RemoteHost!).Distinct().Order(StringComparer.Ordinal).ToImmutableArray());
+        _localVmsOfVni = Endpoints.Where(e => e.LocalVm is not null).GroupBy(e => e.Vni)
+            .ToFrozenDictionary(g => g.Key, g => g.Select(e => e.LocalVm!).ToImmutableArray());
+    }
+
+    /// <summary>Every entry.</summary>
+    public ImmutableArray<Endpoint> Endpoints { get; }
+
+    public Endpoint? FindByMac(uint vni, MacAddress mac) => _byMac.GetValueOrDefault((vni, mac.Value));
+
+    public Endpoint? FindByIPv4(uint vni, IPv4Address address) => _byIPv4.GetValueOrDefault((vni, address.Value));
+
+    public Endpoint? FindByIPv6(uint vni, IPv6Address address) => _byIPv6.GetValueOrDefault((vni, address));
+
+    /// <summary>The remote hosts that have VMs in <paramref name="vni"/> (where broadcasts are replicated).</summary>
+    public ImmutableArray<string> RemoteHostsOf(uint vni) => _remoteHostsOfVni.GetValueOrDefault(vni, []);
+
+    /// <summary>The local VMs in <paramref name="vni"/>.</summary>
+    public ImmutableArray<string> LocalVmsOf(uint vni) => _localVmsOfVni.GetValueOrDefault(vni, []);
+
+    /// <summary>A table with <paramref name="endpoint"/> added or replacing the entry for its (VNI, MAC).</summary>
+    public ForwardingTable With(Endpoint endpoint) =>
+        new(Endpoints.Where(e => !(e.Vni == endpoint.Vni && e.Mac == endpoint.Mac)).Append(endpoint));
+
+    /// <summary>A table without the entry for (VNI, MAC).</summary>
+    public ForwardingTable Without(uint vni, MacAddress mac) => new(Endpoints.Where(e => !(e.Vni == vni && e.Mac == mac)));
+}

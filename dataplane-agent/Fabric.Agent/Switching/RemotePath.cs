@@ -1,0 +1,191 @@
+using System.Net;
+using System.Net.Sockets;
+using Fabric.Agent.Stacks;
+using Fabric.Stacks;
+using Fabric.Wire;
+
+namespace Fabric.Agent.Switching;
+
+/// <summary>A remote host as the switch knows it: its id and underlay addresses.</summary>
+public sealed record RemoteHostSpec(string HostId, IPAddress? UnderlayIPv4, IPAddress? UnderlayIPv6, string Stack);
+
+/// <summary>
+/// The path from this host to one remote host: the stack instances bound to it by slot, the path sequence, and the
+/// adapters the stacks write through. All calls into a stack instance hold <see cref="_gate"/>, so the stack sees one
+/// thread at a time whichever VM port or underlay thread the packet came from.
+/// </summary>
+public sealed class RemotePath : IDisposable
+{
+    private readonly object _gate = new();
+    private readonly IStack?[] _slots = new IStack?[256];
+    private readonly string?[] _slotStacks = new string?[256];
+    private readonly PathOutput _output;
+    private readonly PathDelivery _delivery;
+    private int _transmitSlot;
+
+    internal RemotePath(RemoteHostSpec spec, SocketAddress destination, Func<ReadOnlySpan<byte>, SocketAddress, bool> send, Action<uint, ReadOnlySpan<byte>> deliver, Func<long> clock)
+    {
+        Spec = spec;
+        Destination = destination;
+        Clock = clock;
+        _output = new PathOutput(this, send);
+        _delivery = new PathDelivery(deliver);
+    }
+
+    public RemoteHostSpec Spec { get; }
+
+    /// <summary>The remote host's underlay socket address for the family of the bound stack.</summary>
+    public SocketAddress Destination { get; }
+
+    /// <summary>Rx = datagrams from the remote host; Tx = datagrams sent to it.</summary>
+    public TrafficCounters Counters { get; } = new();
+
+    internal Func<long> Clock { get; }
+
+    /// <summary>The id of the stack that transmits on this path.</summary>
+    public string? TransmitStack
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _slotStacks[_transmitSlot];
+            }
+        }
+    }
+
+    /// <summary>The slot transmissions use.</summary>
+    public int TransmitSlot => Volatile.Read(ref _transmitSlot);
+
+    /// <summary>Binds a new instance of <paramref name="stack"/> in <paramref name="slot"/> and transmits through it.</summary>
+    internal void Bind(LoadedStack stack, int slot, string localHost)
+    {
+        var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, new Dictionary<string, string>(), NullTelemetry.Instance));
+        lock (_gate)
+        {
+            _slots[slot]?.Dispose();
+            _slots[slot] = instance;
+            _slotStacks[slot] = stack.Description.Id;
+            _transmitSlot = slot;
+        }
+    }
+
+    /// <summary>Stats of each bound stack instance by slot.</summary>
+    public IReadOnlyDictionary<int, (string Stack, StackStats Stats)> StackStats()
+    {
+        lock (_gate)
+        {
+            var result = new Dictionary<int, (string, StackStats)>();
+            for (var i = 0; i < _slots.Length; i++)
+            {
+                if (_slots[i] is { } stack)
+                {
+                    result[i] = (_slotStacks[i]!, stack.GetStats());
+                }
+            }
+            return result;
+        }
+    }
+
+    /// <summary>Sends a VM frame of virtual network <paramref name="vni"/> through the transmit slot's stack.</summary>
+    internal void Transmit(ReadOnlySpan<byte> frame, uint vni)
+    {
+        lock (_gate)
+        {
+            var slot = _transmitSlot;
+            var stack = _slots[slot];
+            if (stack is null)
+            {
+                Counters.Drop(DropReason.NoPath);
+                return;
+            }
+            _output.Prepare((byte)slot, vni);
+            stack.Transmit(frame, Clock(), _output);
+        }
+    }
+
+    /// <summary>Hands a datagram from this host to the stack in its slot.</summary>
+    internal void Receive(ReadOnlySpan<byte> datagram)
+    {
+        if (!FabricHeader.TryCreate(datagram, out var header))
+        {
+            Counters.Drop(DropReason.UnknownPeer);
+            return;
+        }
+        Counters.Received(datagram.Length);
+        lock (_gate)
+        {
+            var stack = _slots[header.Slot];
+            if (stack is null)
+            {
+                Counters.Drop(DropReason.UnknownSlot);
+                return;
+            }
+            _output.Prepare(header.Slot, header.VirtualNetworkId);
+            _delivery.Vni = header.VirtualNetworkId;
+            stack.Receive(new StackDatagram(header.ToRepr(), header.StackFields, header.Payload), Clock(), _delivery, _output);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            for (var i = 0; i < _slots.Length; i++)
+            {
+                _slots[i]?.Dispose();
+                _slots[i] = null;
+            }
+        }
+    }
+
+    /// <summary>Writes the Fabric header in front of what the stack wrote and sends the datagram. Used under the path's gate.</summary>
+    private sealed class PathOutput(RemotePath path, Func<ReadOnlySpan<byte>, SocketAddress, bool> send) : IUnderlayOutput
+    {
+        private readonly byte[] _buffer = GC.AllocateUninitializedArray<byte>(65536, pinned: true);
+        private byte _slot;
+        private uint _vni;
+        private uint _sequence;
+
+        public void Prepare(byte slot, uint vni)
+        {
+            _slot = slot;
+            _vni = vni;
+        }
+
+        public Span<byte> Begin(int maxLength) =>
+            maxLength <= _buffer.Length - FabricHeader.Length ? _buffer.AsSpan(FabricHeader.Length) : Span<byte>.Empty;
+
+        public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length)
+        {
+            var now = path.Clock();
+            // Path sequence counts every datagram on this path, across slots: loss and reordering measured for free.
+            new FabricHeaderRepr(_slot, payloadType, _vni, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(_buffer);
+            var datagram = _buffer.AsSpan(0, FabricHeader.Length + length);
+            if (send(datagram, path.Destination))
+            {
+                path.Counters.Sent(datagram.Length);
+            }
+            else
+            {
+                path.Counters.Drop(DropReason.TransmitFailed);
+            }
+        }
+    }
+
+    private sealed class PathDelivery(Action<uint, ReadOnlySpan<byte>> deliver) : IVmOutput
+    {
+        public uint Vni;
+
+        public void Deliver(ReadOnlySpan<byte> frame) => deliver(Vni, frame);
+    }
+
+    private sealed class NullTelemetry : IStackTelemetry
+    {
+        public static NullTelemetry Instance { get; } = new();
+
+        public void Event(string name, string detail)
+        {
+        }
+    }
+}

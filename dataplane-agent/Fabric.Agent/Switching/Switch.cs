@@ -1,0 +1,395 @@
+using System.Collections.Concurrent;
+using System.Collections.Immutable;
+using System.Net;
+using System.Net.Sockets;
+using Fabric.Agent.Stacks;
+using Fabric.Agent.Underlay;
+using Fabric.Hal;
+using Fabric.Wire;
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Agent.Switching;
+
+/// <summary>Settings of the switch.</summary>
+/// <param name="HostId">This host's id.</param>
+/// <param name="UnderlayMtu">The uplink's MTU: the largest outer IP packet.</param>
+public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500);
+
+/// <summary>
+/// The VMs' switch on one host. Frames from a VM are checked (valid Ethernet, its own source MAC), ARP and neighbour
+/// solicitations are answered from the forwarding table, same-host traffic is switched locally, traffic for remote
+/// VMs goes through the path's stack to the underlay, broadcasts are replicated within the virtual network. Frames
+/// from the underlay reach only local VMs of the virtual network in the Fabric header. Every drop is counted by reason.
+/// </summary>
+public sealed class Switch : IDisposable
+{
+    private const int InnerEthernet = 14;
+    private const int UdpAndFabric = 8 + FabricHeader.Length;
+    private readonly SwitchOptions _options;
+    private readonly Func<long> _clock;
+    private readonly ILogger _logger;
+    private readonly ConcurrentDictionary<string, VmPort> _vms = new();
+    private readonly ConcurrentDictionary<string, RemotePath> _paths = new();
+    private readonly ConcurrentDictionary<SocketAddress, RemotePath> _pathsByAddress = new();
+    private readonly ConcurrentDictionary<string, LoadedStack> _stacks = new();
+    private readonly object _tableWriter = new();
+    private readonly TrafficCounters _underlayCounters = new();
+    private volatile ForwardingTable _table = ForwardingTable.Empty;
+    private UdpUnderlay? _underlay4;
+    private UdpUnderlay? _underlay6;
+
+    public Switch(SwitchOptions options, Func<long> clock, ILogger logger)
+    {
+        _options = options;
+        _clock = clock;
+        _logger = logger;
+    }
+
+    public string HostId => _options.HostId;
+
+    public ForwardingTable Table => _table;
+
+    public IReadOnlyDictionary<string, VmPort> Vms => _vms;
+
+    public IReadOnlyDictionary<string, RemotePath> Paths => _paths;
+
+    public IReadOnlyDictionary<string, LoadedStack> Stacks => _stacks;
+
+    /// <summary>Datagrams from unknown peers and other underlay-level drops.</summary>
+    public TrafficCounters UnderlayCounters => _underlayCounters;
+
+    /// <summary>The bound underlay endpoints.</summary>
+    public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_underlay4?.Local, _underlay6?.Local);
+
+    /// <summary>Makes a loaded stack available to paths by its id.</summary>
+    public void RegisterStack(LoadedStack stack)
+    {
+        _stacks[stack.Description.Id] = stack;
+        Log.StackLoaded(_logger, stack.Description.Id, stack.Description.Version, stack.Directory);
+    }
+
+    /// <summary>Binds the underlay sockets (either may be null).</summary>
+    public void StartUnderlay(IPEndPoint? ipv4, IPEndPoint? ipv6)
+    {
+        if (ipv4 is not null)
+        {
+            _underlay4 = new UdpUnderlay(ipv4, OnDatagram);
+            Log.UnderlayListening(_logger, _underlay4.Local.ToString());
+        }
+        if (ipv6 is not null)
+        {
+            _underlay6 = new UdpUnderlay(ipv6, OnDatagram);
+            Log.UnderlayListening(_logger, _underlay6.Local.ToString());
+        }
+    }
+
+    /// <summary>Attaches a VM's port and starts switching its frames. Throws when the VM id or its (VNI, MAC) is taken.</summary>
+    public VmPort AttachVm(VmSpec spec, IFramePort port)
+    {
+        var vm = new VmPort(spec, port);
+        lock (_tableWriter)
+        {
+            if (_vms.ContainsKey(spec.VmId))
+            {
+                throw new InvalidOperationException($"VM '{spec.VmId}' is already attached.");
+            }
+            if (_table.FindByMac(spec.Vni, spec.Mac) is { } existing)
+            {
+                throw new InvalidOperationException($"MAC {spec.Mac} in vni {spec.Vni} already belongs to {existing.LocalVm ?? "remote host " + existing.RemoteHost}.");
+            }
+            _vms[spec.VmId] = vm;
+            _table = _table.With(new Endpoint(spec.Vni, spec.Mac, spec.VmId, null, spec.IPv4, spec.IPv6));
+        }
+        vm.Receiver = new Thread(() => ReceiveFromVm(vm)) { IsBackground = true, Name = $"vm-rx {spec.VmId}" };
+        vm.Receiver.Start();
+        Log.VmAttached(_logger, spec.VmId, spec.Device, spec.Vni, spec.Mac.ToString());
+        return vm;
+    }
+
+    /// <summary>Stops switching a VM's frames, releases its port and removes it from the table; false when unknown.</summary>
+    public bool DetachVm(string vmId)
+    {
+        VmPort? vm;
+        lock (_tableWriter)
+        {
+            if (!_vms.TryRemove(vmId, out vm))
+            {
+                return false;
+            }
+            _table = _table.Without(vm.Spec.Vni, vm.Spec.Mac);
+        }
+        vm.Stopping = true;
+        vm.Receiver?.Join(TimeSpan.FromSeconds(2));
+        vm.Port.Dispose();
+        Log.VmDetached(_logger, vmId);
+        return true;
+    }
+
+    /// <summary>Adds or replaces a remote VM entry. Throws when the MAC is a local VM's.</summary>
+    public void SetRemoteEndpoint(uint vni, MacAddress mac, string remoteHost, ImmutableArray<IPv4Address> ipv4, ImmutableArray<IPv6Address> ipv6)
+    {
+        lock (_tableWriter)
+        {
+            if (_table.FindByMac(vni, mac) is { LocalVm: { } local })
+            {
+                throw new InvalidOperationException($"MAC {mac} in vni {vni} is local VM '{local}'; a remote entry cannot replace it.");
+            }
+            _table = _table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6));
+        }
+    }
+
+    /// <summary>Removes a remote VM entry; false when there was none.</summary>
+    public bool RemoveRemoteEndpoint(uint vni, MacAddress mac)
+    {
+        lock (_tableWriter)
+        {
+            if (_table.FindByMac(vni, mac) is not { RemoteHost: not null })
+            {
+                return false;
+            }
+            _table = _table.Without(vni, mac);
+            return true;
+        }
+    }
+
+    /// <summary>Adds a remote host and binds its path to the named stack. Throws naming what is missing.</summary>
+    public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort)
+    {
+        if (!_stacks.TryGetValue(spec.Stack, out var stack))
+        {
+            throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (loaded: {string.Join(", ", _stacks.Keys)}).");
+        }
+        var family = stack.Description.UnderlayFamily;
+        var address = family == AddressFamily.InterNetworkV6 ? spec.UnderlayIPv6 : spec.UnderlayIPv4;
+        var underlay = family == AddressFamily.InterNetworkV6 ? _underlay6 : _underlay4;
+        if (address is null || underlay is null)
+        {
+            throw new InvalidOperationException(
+                $"Remote host '{spec.HostId}': stack '{spec.Stack}' runs over {(family == AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")}, "
+                + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
+        }
+        var destination = new IPEndPoint(address, underlayPort).Serialize();
+        var path = new RemotePath(spec, destination, underlay.Send, DeliverFromUnderlay, _clock);
+        path.Bind(stack, 0, _options.HostId);
+        if (_paths.TryRemove(spec.HostId, out var old))
+        {
+            _pathsByAddress.TryRemove(old.Destination, out _);
+            old.Dispose();
+        }
+        _paths[spec.HostId] = path;
+        _pathsByAddress[destination] = path;
+        Log.PathBound(_logger, spec.HostId, address + ":" + underlayPort, spec.Stack, 0);
+        return path;
+    }
+
+    /// <summary>The largest IP packet a VM may send to <paramref name="path"/> without hitting the MTU handling.</summary>
+    public int InnerMtu(RemotePath path)
+    {
+        var stack = _stacks[path.TransmitStack ?? path.Spec.Stack].Description;
+        var outerIp = stack.UnderlayFamily == AddressFamily.InterNetworkV6 ? 40 : 20;
+        return _options.UnderlayMtu - outerIp - UdpAndFabric - stack.MaxStackFieldBytes - stack.MaxExpansionBytes - InnerEthernet;
+    }
+
+    private void ReceiveFromVm(VmPort vm)
+    {
+        var batch = new FrameBatch(32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
+        var scratch = new byte[65536];
+        while (!vm.Stopping)
+        {
+            var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
+            if (result == PortResult.Closed || result == PortResult.Error)
+            {
+                if (!vm.Stopping)
+                {
+                    Log.VmPortStopped(_logger, vm.Spec.VmId, result.ToString());
+                }
+                return;
+            }
+            for (var i = 0; i < batch.Count; i++)
+            {
+                FromVm(vm, batch[i], scratch);
+            }
+        }
+    }
+
+    /// <summary>Switches one frame a VM sent. Public for tests that drive the switch without threads.</summary>
+    public void FromVm(VmPort vm, ReadOnlySpan<byte> frame, Span<byte> scratch)
+    {
+        vm.Counters.Received(frame.Length);
+        if (!EthernetFrame.TryCreate(frame, out var eth) || eth.TagCount > 0)
+        {
+            vm.Counters.Drop(DropReason.Malformed);
+            return;
+        }
+        if (eth.Source != vm.Spec.Mac)
+        {
+            vm.Counters.Drop(DropReason.SpoofedSource);
+            return;
+        }
+        var table = _table;
+        var vni = vm.Spec.Vni;
+        if (eth.Destination.IsMulticast)
+        {
+            if (TryAnswerFromTable(vm, eth, table, scratch))
+            {
+                return;
+            }
+            Flood(vm, frame, table);
+            return;
+        }
+        var target = table.FindByMac(vni, eth.Destination);
+        if (target is null)
+        {
+            vm.Counters.Drop(DropReason.UnknownDestination);
+            return;
+        }
+        if (target.LocalVm is not null)
+        {
+            // Same host: straight to the other VM's port, never to the uplink.
+            if (_vms.TryGetValue(target.LocalVm, out var local))
+            {
+                local.Deliver(frame);
+            }
+            return;
+        }
+        if (!_paths.TryGetValue(target.RemoteHost!, out var path))
+        {
+            vm.Counters.Drop(DropReason.NoPath);
+            return;
+        }
+        var mtu = InnerMtu(path);
+        if (frame.Length - InnerEthernet > mtu)
+        {
+            HandleTooLarge(vm, path, eth, mtu, scratch);
+            return;
+        }
+        path.Transmit(frame, vni);
+    }
+
+    private void HandleTooLarge(VmPort vm, RemotePath path, in EthernetFrame eth, int mtu, Span<byte> scratch)
+    {
+        vm.Counters.Drop(DropReason.TooLarge);
+        if (eth.EtherType == EtherTypes.IPv4 && IPv4Packet.TryCreate(eth.Payload, out var v4))
+        {
+            if (!v4.DontFragment)
+            {
+                // Without DF a router fragments: so does the switch, and the VM never notices the overlay.
+                var fragmentScratch = new byte[mtu + InnerEthernet + 64];
+                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni));
+                return;
+            }
+            vm.Deliver(scratch[..Replies.FragmentationNeeded(eth, v4, mtu, scratch)]);
+        }
+        else if (eth.EtherType == EtherTypes.IPv6 && IPv6Packet.TryCreate(eth.Payload, out var v6))
+        {
+            vm.Deliver(scratch[..Replies.PacketTooBig(eth, v6, mtu, scratch)]);
+        }
+    }
+
+    private bool TryAnswerFromTable(VmPort vm, in EthernetFrame eth, ForwardingTable table, Span<byte> scratch)
+    {
+        var vni = vm.Spec.Vni;
+        if (eth.EtherType == EtherTypes.Arp && ArpPacket.TryCreate(eth.Payload, out var arp) && arp.Operation == ArpOperation.Request)
+        {
+            var request = arp.ToRepr();
+            // Gratuitous ARP (sender = target) announces; it is not a question.
+            if (request.SenderProtocol == request.TargetProtocol)
+            {
+                return false;
+            }
+            if (table.FindByIPv4(vni, request.TargetProtocol) is { } owner && owner.Mac != vm.Spec.Mac)
+            {
+                vm.Deliver(scratch[..Replies.ArpReply(request, owner.Mac, scratch)]);
+                return true;
+            }
+            return false;
+        }
+        if (eth.EtherType == EtherTypes.IPv6 && IPv6Packet.TryCreate(eth.Payload, out var ip) && ip.UpperLayerProtocol == IPProtocols.IcmpV6
+            && IcmpV6Message.TryCreate(ip.UpperLayerPayload, out var icmp) && icmp.Type == IcmpV6Types.NeighborSolicitation)
+        {
+            // Duplicate address detection comes from :: and must not be answered, or the VM would drop its own address.
+            if (ip.Source == default)
+            {
+                return true;
+            }
+            if (table.FindByIPv6(vni, icmp.TargetAddress) is { } owner && owner.Mac != vm.Spec.Mac)
+            {
+                vm.Deliver(scratch[..Replies.NeighborAdvertisement(vm.Spec.Mac, ip.Source, icmp.TargetAddress, owner.Mac, scratch)]);
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private void Flood(VmPort from, ReadOnlySpan<byte> frame, ForwardingTable table)
+    {
+        var vni = from.Spec.Vni;
+        foreach (var vmId in table.LocalVmsOf(vni))
+        {
+            if (vmId != from.Spec.VmId && _vms.TryGetValue(vmId, out var local))
+            {
+                local.Deliver(frame);
+            }
+        }
+        foreach (var host in table.RemoteHostsOf(vni))
+        {
+            if (_paths.TryGetValue(host, out var path))
+            {
+                path.Transmit(frame, vni);
+            }
+        }
+    }
+
+    private void OnDatagram(ReadOnlySpan<byte> datagram, SocketAddress source)
+    {
+        if (!_pathsByAddress.TryGetValue(source, out var path))
+        {
+            _underlayCounters.Drop(DropReason.UnknownPeer);
+            return;
+        }
+        path.Receive(datagram);
+    }
+
+    private void DeliverFromUnderlay(uint vni, ReadOnlySpan<byte> frame)
+    {
+        if (!EthernetFrame.TryCreate(frame, out var eth))
+        {
+            _underlayCounters.Drop(DropReason.Malformed);
+            return;
+        }
+        var table = _table;
+        if (eth.Destination.IsMulticast)
+        {
+            foreach (var vmId in table.LocalVmsOf(vni))
+            {
+                if (_vms.TryGetValue(vmId, out var local))
+                {
+                    local.Deliver(frame);
+                }
+            }
+            return;
+        }
+        // The VNI comes from the Fabric header: a frame reaches a VM only if that VM is in that network.
+        if (table.FindByMac(vni, eth.Destination) is { LocalVm: { } vmIdTarget } && _vms.TryGetValue(vmIdTarget, out var target))
+        {
+            target.Deliver(frame);
+            return;
+        }
+        _underlayCounters.Drop(DropReason.WrongVirtualNetwork);
+    }
+
+    public void Dispose()
+    {
+        foreach (var vmId in _vms.Keys.ToList())
+        {
+            DetachVm(vmId);
+        }
+        _underlay4?.Dispose();
+        _underlay6?.Dispose();
+        foreach (var path in _paths.Values)
+        {
+            path.Dispose();
+        }
+        _paths.Clear();
+    }
+}

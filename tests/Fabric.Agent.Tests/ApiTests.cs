@@ -1,0 +1,68 @@
+using Fabric.Testing;
+
+namespace Fabric.Agent.Tests;
+
+public class ApiTests
+{
+    [Theory]
+    [InlineData("""{"op":"attach-vm","vm":{"id":"vm9","device":"tap9","vni":100,"mac":"zz:00:00:00:00:01"}}""", "vm.mac: 'zz:00:00:00:00:01' is not a unicast MAC address")]
+    [InlineData("""{"op":"attach-vm","vm":{"id":"vm9","device":"tap9","vni":16777216,"mac":"02:00:00:00:00:09"}}""", "vm.vni: 16777216 does not fit 24 bits")]
+    [InlineData("""{"op":"attach-vm","vm":{"id":"vm1","device":"tap9","vni":100,"mac":"02:00:00:00:00:09"}}""", "VM 'vm1' is already attached")]
+    [InlineData("""{"op":"attach-vm","vm":{"id":"vm9","device":"tap9","vni":100,"mac":"02:00:00:00:01:02"}}""", "already belongs to vm2")]
+    [InlineData("""{"op":"set-route","route":{"vni":100,"mac":"02:00:00:00:07:07","host":"host-z"}}""", "host 'host-z' is not a known remote host")]
+    [InlineData("""{"op":"set-route","route":{"vni":100,"mac":"02:00:00:00:01:01","host":"host-b"}}""", "is local VM 'vm1'")]
+    [InlineData("""{"op":"add-host","host":{"id":"host-c","ipv4":"10.0.0.999"}}""", "host.ipv4: '10.0.0.999' is not an IPv4 address")]
+    [InlineData("""{"op":"add-host","host":{"id":"host-c","ipv4":"127.0.0.1","stack":"quic"}}""", "stack 'quic' is not loaded")]
+    [InlineData("""{"op":"detach-vm","id":"vm77"}""", "no VM 'vm77' is attached")]
+    [InlineData("""{"op":"reboot"}""", "unknown op 'reboot'")]
+    [InlineData("""{"op":"attach-vm"}""", "missing its argument")]
+    public void BadRequests_AreRefusedNamingTheProblem_AndChangeNothing(string json, string expected)
+    {
+        using var hosts = new TwoHosts();
+        var before = hosts.A.Switch.Table.Endpoints;
+        var response = hosts.A.Handle(AgentConfig.Parse<ApiRequest>(json));
+        Assert.False(response.Ok);
+        Assert.Contains(expected, response.Error, StringComparison.Ordinal);
+        Assert.Equal(before, hosts.A.Switch.Table.Endpoints);
+        Assert.Equal(3, hosts.A.Switch.Vms.Count);
+    }
+
+    [Fact]
+    public void UnknownFieldsInARequest_AreRefused()
+    {
+        Assert.Throws<System.Text.Json.JsonException>(() => AgentConfig.Parse<ApiRequest>("""{"op":"status","verbose":true}"""));
+    }
+
+    [Fact]
+    public void ConfigProblems_AreAllNamed()
+    {
+        var path = Path.GetTempFileName();
+        File.WriteAllText(path, """
+            { "hostId": "", "underlay": { "ipv4": "::1", "mtu": 100 }, "stacks": ["/nope.dll"], "apiSocket": "/tmp/x.sock",
+              "metricsListen": "0.0.0.0:9464",
+              "vms": [ { "id": "vm1", "device": "this-name-is-too-long", "vni": 1, "mac": "ff:ff:ff:ff:ff:ff" } ] }
+            """);
+        try
+        {
+            var e = Assert.Throws<FormatException>(() => AgentConfig.Load(path));
+            foreach (var field in new[] { "hostId: required", "underlay.ipv4: '::1'", "underlay.mtu: 100", "stacks[0]", "metricsListen", "vms[0].device", "vms[0].mac" })
+            {
+                Assert.Contains(field, e.Message, StringComparison.Ordinal);
+            }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void Detach_ReleasesThePortAndTheTableEntry()
+    {
+        using var hosts = new TwoHosts();
+        TwoHosts.Ok(hosts.A.Handle(new ApiRequest("detach-vm", Id: "vm2")));
+        Assert.False(hosts.A.Switch.Vms.ContainsKey("vm2"));
+        Assert.Null(hosts.A.Switch.Table.FindByMac(100, TwoHosts.Mac2));
+        Assert.Equal(Fabric.Hal.PortResult.Closed, hosts.Vm("vm2").Transmit(new byte[60]));
+    }
+}

@@ -1,0 +1,177 @@
+using Fabric.Agent.Switching;
+using Fabric.Wire;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>The switch between two real agents over a loopback UDP underlay, VMs on channel ports. No root needed.</summary>
+public class SwitchTests
+{
+    [Theory]
+    [InlineData("std-ipv4")]
+    [InlineData("std-ipv6")]
+    public void UnicastToARemoteVm_ArrivesIntact(string stack)
+    {
+        using var hosts = new TwoHosts(stack);
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 1000);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+        var path = hosts.A.Switch.Paths["host-b"];
+        Assert.Equal(stack, path.TransmitStack);
+        Assert.Equal(1, path.Counters.TxPackets);
+        Assert.Equal(frame.Length + FabricHeader.Length, path.Counters.TxBytes);
+
+        var back = Frames.Udp6(Mac3, Mac1, "fd00:100::3", "fd00:100::1", 500);
+        hosts.Vm("vm3").Transmit(back);
+        Assert.Equal(back, hosts.Expect("vm1"));
+    }
+
+    [Fact]
+    public void ArpAndNeighborSolicitation_AreAnsweredFromTheTable()
+    {
+        using var hosts = new TwoHosts();
+        hosts.Vm("vm1").Transmit(Frames.ArpRequest(Mac1, "10.0.0.1", "10.0.0.3"));
+        var reply = hosts.Expect("vm1");
+        Assert.True(EthernetFrame.TryCreate(reply, out var eth));
+        Assert.True(ArpPacket.TryCreate(eth.Payload, out var arp));
+        Assert.Equal(ArpOperation.Reply, arp.Operation);
+        Assert.Equal(Mac3, arp.SenderHardware);
+        Assert.Equal(IPv4Address.Parse("10.0.0.3"), arp.SenderProtocol);
+        Assert.Equal(Mac1, eth.Destination);
+
+        hosts.Vm("vm1").Transmit(Frames.NeighborSolicitation(Mac1, "fd00:100::1", "fd00:100::3"));
+        var na = hosts.Expect("vm1");
+        Assert.True(EthernetFrame.TryCreate(na, out eth));
+        Assert.True(IPv6Packet.TryCreate(eth.Payload, out var ip));
+        Assert.True(IcmpV6Message.TryCreate(ip.UpperLayerPayload, out var icmp));
+        Assert.Equal(IcmpV6Types.NeighborAdvertisement, icmp.Type);
+        Assert.True(icmp.VerifyChecksum(ip.Source, ip.Destination));
+        Assert.Equal(IPv6Address.Parse("fd00:100::3"), icmp.TargetAddress);
+        foreach (var option in icmp.Options)
+        {
+            Assert.True(option.TryGetLinkLayerAddress(out var mac));
+            Assert.Equal(Mac3, mac);
+        }
+        // Nothing was sent to host B: the answers came from the table.
+        Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.TxPackets);
+    }
+
+    [Fact]
+    public void SameHostTraffic_IsSwitchedLocallyAndNeverTouchesTheUnderlay()
+    {
+        using var hosts = new TwoHosts();
+        var frame = Frames.Udp(Mac1, Mac2, "10.0.0.1", "10.0.0.2", 1400);
+        for (var i = 0; i < 10; i++)
+        {
+            hosts.Vm("vm1").Transmit(frame);
+            Assert.Equal(frame, hosts.Expect("vm2"));
+        }
+        Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.TxPackets);
+        Assert.Equal(10, hosts.A.Switch.Vms["vm2"].Counters.TxPackets);
+    }
+
+    [Fact]
+    public void OtherVirtualNetworks_AreUnreachable_AndSpoofedFramesAreDropped()
+    {
+        using var hosts = new TwoHosts();
+        // vm4 is in vni 200: vm3's MAC does not exist there.
+        hosts.Vm("vm4").Transmit(Frames.Udp(Mac4, Mac3, "10.0.0.4", "10.0.0.3", 100));
+        hosts.Vm("vm4").Transmit(Frames.ArpRequest(Mac4, "10.0.0.4", "10.0.0.1"));
+        // vm1 pretends to be vm2.
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 100));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        Assert.True(hosts.Silent("vm1", TimeSpan.FromMilliseconds(50)));
+        Assert.True(hosts.Silent("vm2", TimeSpan.FromMilliseconds(50)));
+        Assert.Equal(1, hosts.A.Switch.Vms["vm4"].Counters.Drops(DropReason.UnknownDestination));
+        Assert.Equal(1, hosts.A.Switch.Vms["vm1"].Counters.Drops(DropReason.SpoofedSource));
+        Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.TxPackets);
+    }
+
+    [Fact]
+    public void Broadcasts_ReachEveryVmOfTheNetworkAndNoOther()
+    {
+        using var hosts = new TwoHosts();
+        var broadcast = Frames.Udp(Mac1, MacAddress.Broadcast, "10.0.0.1", "255.255.255.255", 50, dontFragment: false);
+        hosts.Vm("vm1").Transmit(broadcast);
+        Assert.Equal(broadcast, hosts.Expect("vm2"));
+        Assert.Equal(broadcast, hosts.Expect("vm3"));
+        Assert.True(hosts.Silent("vm4", TimeSpan.FromMilliseconds(200)));
+        Assert.True(hosts.Silent("vm1", TimeSpan.FromMilliseconds(50)));
+    }
+
+    [Fact]
+    public void TooLargeWithDontFragment_GetsFragmentationNeededWithThePathMtu()
+    {
+        using var hosts = new TwoHosts();
+        var mtu = hosts.A.Switch.InnerMtu(hosts.A.Switch.Paths["host-b"]);
+        Assert.Equal(1500 - 20 - 8 - 16 - 14, mtu);
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 1472));
+        var icmpFrame = hosts.Expect("vm1");
+        Assert.True(EthernetFrame.TryCreate(icmpFrame, out var eth));
+        Assert.True(IPv4Packet.TryCreate(eth.Payload, out var ip));
+        Assert.True(ip.VerifyChecksum());
+        Assert.Equal(IPv4Address.Parse("10.0.0.3"), ip.Source);
+        Assert.True(IcmpV4Message.TryCreate(ip.Payload, out var icmp));
+        Assert.True(icmp.VerifyChecksum());
+        Assert.Equal((IcmpV4Message.DestinationUnreachable, IcmpV4Message.FragmentationNeeded), (icmp.Type, icmp.Code));
+        Assert.Equal(mtu, icmp.NextHopMtu);
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(200)));
+        Assert.Equal(1, hosts.A.Switch.Vms["vm1"].Counters.Drops(DropReason.TooLarge));
+
+        // Exactly the path MTU passes.
+        var fits = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", mtu - 28);
+        hosts.Vm("vm1").Transmit(fits);
+        Assert.Equal(fits, hosts.Expect("vm3"));
+    }
+
+    [Fact]
+    public void TooLargeWithoutDontFragment_IsFragmentedIntoPiecesThatReassemble()
+    {
+        using var hosts = new TwoHosts();
+        // A full 1500-byte packet from a VM whose MTU is the LAN's: larger than the 1442 bytes the path carries.
+        var big = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 1472, dontFragment: false);
+        Assert.Equal(Fabric.Hal.PortResult.Ok, hosts.Vm("vm1").Transmit(big));
+        var payload = new byte[1480];
+        var covered = 0;
+        var sawLast = false;
+        while (!sawLast)
+        {
+            var piece = hosts.Expect("vm3");
+            Assert.True(EthernetFrame.TryCreate(piece, out var eth));
+            Assert.True(IPv4Packet.TryCreate(eth.Payload, out var fragment));
+            Assert.True(fragment.VerifyChecksum());
+            Assert.True(fragment.TotalLength <= 1442);
+            fragment.Payload.CopyTo(payload.AsSpan(fragment.FragmentOffset));
+            covered += fragment.Payload.Length;
+            sawLast = !fragment.MoreFragments;
+        }
+        Assert.Equal(1480, covered);
+        Assert.True(IPv4Packet.TryCreate(big.AsSpan(14), out var original));
+        Assert.Equal(original.Payload.ToArray(), payload);
+    }
+
+    [Fact]
+    public void TooLargeIPv6_GetsPacketTooBig()
+    {
+        using var hosts = new TwoHosts();
+        hosts.Vm("vm1").Transmit(Frames.Udp6(Mac1, Mac3, "fd00:100::1", "fd00:100::3", 1452));
+        var reply = hosts.Expect("vm1");
+        Assert.True(EthernetFrame.TryCreate(reply, out var eth));
+        Assert.True(IPv6Packet.TryCreate(eth.Payload, out var ip));
+        Assert.True(IcmpV6Message.TryCreate(ip.UpperLayerPayload, out var icmp));
+        Assert.Equal(IcmpV6Types.PacketTooBig, icmp.Type);
+        Assert.Equal(1442u, icmp.PacketTooBigMtu);
+        Assert.True(icmp.VerifyChecksum(ip.Source, ip.Destination));
+    }
+
+    [Fact]
+    public void DatagramsFromUnknownPeers_AreCountedAndIgnored()
+    {
+        using var hosts = new TwoHosts();
+        using var stranger = new System.Net.Sockets.UdpClient(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        stranger.Send(new byte[40], hosts.B.Switch.UnderlayEndpoints.IPv4!);
+        Fabric.Testing.Eventually.True(() => hosts.B.Switch.UnderlayCounters.Drops(DropReason.UnknownPeer) == 1, TimeSpan.FromSeconds(5),
+            "a stranger's datagram", () => $"drops {hosts.B.Switch.UnderlayCounters.Drops(DropReason.UnknownPeer)}");
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(100)));
+    }
+}

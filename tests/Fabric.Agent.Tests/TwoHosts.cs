@@ -1,0 +1,74 @@
+using Fabric.Agent;
+using Fabric.Hal;
+using Fabric.Testing;
+using Fabric.Wire;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>
+/// Two real agents in this process joined by a real UDP underlay on loopback; their VM ports are in-memory channel
+/// ports (the test holds the VM ends). Host A has vm1 and vm2 (vni 100) and vm4 (vni 200); host B has vm3 (vni 100).
+/// </summary>
+internal sealed class TwoHosts : IDisposable
+{
+    public static readonly MacAddress Mac1 = new(0x02_00_00_00_01_01);
+    public static readonly MacAddress Mac2 = new(0x02_00_00_00_01_02);
+    public static readonly MacAddress Mac3 = new(0x02_00_00_00_01_03);
+    public static readonly MacAddress Mac4 = new(0x02_00_00_00_02_04);
+    private readonly Dictionary<string, ChannelPort> _vmEnds = [];
+
+    public TwoHosts(string stack = "std-ipv4")
+    {
+        string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6)];
+        A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused"), NullLogger.Instance, Open);
+        B = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused"), NullLogger.Instance, Open);
+        A.Start();
+        B.Start();
+        Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack)))));
+        Ok(B.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", stack, PortOf(A, stack)))));
+        Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm1", "tap-vm1", 100, Mac1.ToString(), ["10.0.0.1"], ["fd00:100::1"]))));
+        Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm2", "tap-vm2", 100, Mac2.ToString(), ["10.0.0.2"], ["fd00:100::2"]))));
+        Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm4", "tap-vm4", 200, Mac4.ToString(), ["10.0.0.4"], []))));
+        Ok(B.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"], ["fd00:100::3"]))));
+        Ok(A.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac3.ToString(), "host-b", ["10.0.0.3"], ["fd00:100::3"]))));
+        Ok(B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"]))));
+        Ok(B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"], ["fd00:100::2"]))));
+    }
+
+    public Agent A { get; }
+    public Agent B { get; }
+
+    /// <summary>The VM side of a VM's port: what the VM sends and receives.</summary>
+    public ChannelPort Vm(string vmId) => _vmEnds["tap-" + vmId];
+
+    private IFramePort Open(string device)
+    {
+        var (agentEnd, vmEnd) = ChannelPort.CreatePair(device, device + "-vm");
+        _vmEnds[device] = vmEnd;
+        return agentEnd;
+    }
+
+    private static int PortOf(Agent agent, string stack) =>
+        stack == "std-ipv6" ? agent.Switch.UnderlayEndpoints.IPv6!.Port : agent.Switch.UnderlayEndpoints.IPv4!.Port;
+
+    public static void Ok(ApiResponse response) => Assert.True(response.Ok, response.Error);
+
+    /// <summary>Waits up to 5 s for a frame at a VM; fails naming the VM.</summary>
+    public byte[] Expect(string vmId)
+    {
+        var buffer = new byte[70000];
+        var result = Vm(vmId).Receive(buffer, out var length, TimeSpan.FromSeconds(5));
+        Assert.True(result == PortResult.Ok, $"no frame reached {vmId} within 5 s ({result})");
+        return buffer[..length];
+    }
+
+    /// <summary>True when nothing reaches the VM within <paramref name="wait"/>.</summary>
+    public bool Silent(string vmId, TimeSpan wait) => Vm(vmId).Receive(new byte[70000], out _, wait) == PortResult.Timeout;
+
+    public void Dispose()
+    {
+        A.Dispose();
+        B.Dispose();
+    }
+}

@@ -1,0 +1,167 @@
+using Fabric.Agent.Stacks;
+using Fabric.Stacks;
+using Fabric.Wire;
+
+namespace Fabric.Stacks.Tests;
+
+/// <summary>
+/// The conformance suite every stack passes: two instances (this host → peer and back) exchange frames through
+/// in-memory outputs under a simulated clock. A stack's test class derives from this and names its plug-in; the
+/// plug-in is loaded through the real loader, as the agent loads it.
+/// </summary>
+public abstract class StackConformance
+{
+    protected abstract string PluginProject { get; }
+
+    protected abstract string ExpectedId { get; }
+
+    private LoadedStack Load() => StackLoader.Load(Fabric.Testing.StackPlugins.PathOf(PluginProject));
+
+    /// <summary>Collects datagrams a stack writes, as the host would frame them.</summary>
+    protected sealed class CapturingUnderlay : IUnderlayOutput
+    {
+        private readonly byte[] _buffer = new byte[65536];
+        public List<(FabricHeaderRepr Header, byte[] StackFields, byte[] Payload)> Datagrams { get; } = [];
+        public bool Refuse { get; set; }
+
+        public Span<byte> Begin(int maxLength) => Refuse ? Span<byte>.Empty : _buffer.AsSpan(0, maxLength);
+
+        public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length) =>
+            Datagrams.Add((new FabricHeaderRepr(0, payloadType, 1, (uint)Datagrams.Count, 0, (byte)stackFieldLength),
+                _buffer[..stackFieldLength], _buffer[stackFieldLength..length]));
+    }
+
+    protected sealed class CapturingVm : IVmOutput
+    {
+        public List<byte[]> Frames { get; } = [];
+
+        public void Deliver(ReadOnlySpan<byte> frame) => Frames.Add(frame.ToArray());
+    }
+
+    private static StackContext Context(string local, string remote) => new(local, remote, new Dictionary<string, string>(), new NoTelemetry());
+
+    private sealed class NoTelemetry : IStackTelemetry
+    {
+        public void Event(string name, string detail)
+        {
+        }
+    }
+
+    protected static byte[] Frame(int payload, byte fill)
+    {
+        var frame = new byte[14 + payload];
+        EthernetWriter.Write(frame, new MacAddress(0x02_00_00_00_00_02), new MacAddress(0x02_00_00_00_00_01), EtherTypes.IPv4);
+        frame.AsSpan(14).Fill(fill);
+        return frame;
+    }
+
+    [Fact]
+    public void Plugin_LoadsThroughTheLoaderWithItsDeclaredIdentity()
+    {
+        var stack = Load();
+        Assert.Equal(ExpectedId, stack.Description.Id);
+        // The contract type is the host's own: the plug-in did not carry a copy of Fabric.Stacks.Abstractions.
+        Assert.Same(typeof(IStackFactory).Assembly, stack.Factory.GetType().GetInterfaces().Single(i => i.Name == nameof(IStackFactory)).Assembly);
+    }
+
+    [Fact]
+    public void Frames_RoundTripBetweenTwoInstances()
+    {
+        var factory = Load().Factory;
+        using var a = factory.Create(Context("a", "b"));
+        using var b = factory.Create(Context("b", "a"));
+        var wire = new CapturingUnderlay();
+        var vm = new CapturingVm();
+        var replies = new CapturingUnderlay();
+        var sent = Enumerable.Range(0, 50).Select(i => Frame(46 + (i * 29), (byte)i)).ToList();
+        var now = 0L;
+        foreach (var frame in sent)
+        {
+            a.Transmit(frame, now += 1_000_000, wire);
+        }
+        foreach (var (header, fields, payload) in wire.Datagrams)
+        {
+            b.Receive(new StackDatagram(header, fields, payload), now += 1_000_000, vm, replies);
+        }
+        Assert.Equal(sent, vm.Frames);
+        var stats = b.GetStats();
+        Assert.Equal(50, stats.FramesDelivered);
+        Assert.Empty(stats.Drops);
+        Assert.Equal(50, a.GetStats().FramesIn);
+    }
+
+    [Fact]
+    public void GarbageAndWrongTypes_AreCountedDrops_NeverExceptions()
+    {
+        var factory = Load().Factory;
+        using var b = factory.Create(Context("b", "a"));
+        var vm = new CapturingVm();
+        var random = new Random(5);
+        var count = 0;
+        foreach (var type in Enum.GetValues<FabricPayloadType>())
+        {
+            for (var i = 0; i < 200; i++)
+            {
+                var payload = new byte[random.Next(0, 120)];
+                random.NextBytes(payload);
+                var fields = new byte[random.Next(0, 3) == 0 ? random.Next(1, 16) : 0];
+                b.Receive(new StackDatagram(new FabricHeaderRepr(0, type, 1, (uint)i, 0, (byte)fields.Length), fields, payload), i, vm, new CapturingUnderlay());
+                count++;
+            }
+        }
+        var stats = b.GetStats();
+        Assert.Equal(count, stats.DatagramsIn);
+        Assert.Equal(count - stats.FramesDelivered, stats.Drops.Values.Sum());
+        Assert.True(stats.Drops.Values.Sum() > 0);
+    }
+
+    [Fact]
+    public void AHostThatRefusesBuffers_CostsACountedDrop()
+    {
+        var factory = Load().Factory;
+        using var a = factory.Create(Context("a", "b"));
+        var refusing = new CapturingUnderlay { Refuse = true };
+        a.Transmit(Frame(100, 1), 0, refusing);
+        a.Transmit(new byte[5], 0, refusing);
+        var stats = a.GetStats();
+        Assert.Equal(2, stats.FramesIn);
+        Assert.Equal(2, stats.Drops.Values.Sum());
+        Assert.Empty(refusing.Datagrams);
+    }
+
+    [Fact]
+    public void SameInputsAndClock_GiveTheSameOutput()
+    {
+        Assert.Equal(Run(), Run());
+
+        List<string> Run()
+        {
+            var factory = Load().Factory;
+            using var a = factory.Create(Context("a", "b"));
+            var wire = new CapturingUnderlay();
+            for (var i = 0; i < 100; i++)
+            {
+                a.Transmit(Frame(100 + i, (byte)i), i * 1_000_000L, wire);
+                if (a.NextTimerNanoseconds <= i * 1_000_000L)
+                {
+                    a.OnTimer(i * 1_000_000L, new CapturingVm(), wire);
+                }
+            }
+            return wire.Datagrams.Select(d => $"{d.Header.PayloadType}:{Convert.ToHexString(d.StackFields)}:{Convert.ToHexString(d.Payload)}").ToList();
+        }
+    }
+}
+
+public class StdIPv4Conformance : StackConformance
+{
+    protected override string PluginProject => Fabric.Testing.StackPlugins.StdIPv4;
+
+    protected override string ExpectedId => "std-ipv4";
+}
+
+public class StdIPv6Conformance : StackConformance
+{
+    protected override string PluginProject => Fabric.Testing.StackPlugins.StdIPv6;
+
+    protected override string ExpectedId => "std-ipv6";
+}

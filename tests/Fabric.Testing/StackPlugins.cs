@@ -1,0 +1,25 @@
+namespace Fabric.Testing;
+
+/// <summary>Finds the built stack plug-ins (stacks/NAME/bin/CONFIGURATION/net10.0/NAME.dll) of this checkout.</summary>
+/// <remarks>Test projects reference the plug-in projects with ReferenceOutputAssembly=false, so they are built first but
+/// never copied next to the tests: they are loaded from their own folder, as the agent loads them.</remarks>
+public static class StackPlugins
+{
+    public const string StdIPv4 = "Fabric.Stacks.StdIPv4";
+    public const string StdIPv6 = "Fabric.Stacks.StdIPv6";
+
+    /// <summary>The plug-in's main assembly; throws naming the path when it was not built.</summary>
+    public static string PathOf(string project)
+    {
+        var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Fabric.sln")))
+            {
+                var path = Path.Combine(dir.FullName, "stacks", project, "bin", configuration, "net10.0", project + ".dll");
+                return File.Exists(path) ? path : throw new FileNotFoundException($"Stack plug-in {project} is not built at {path}.", path);
+            }
+        }
+        throw new DirectoryNotFoundException($"No Fabric.sln above {AppContext.BaseDirectory}.");
+    }
+}
