@@ -1,0 +1,192 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Fabric.LinkEmulator;
+
+namespace Fabric.Testing;
+
+/// <summary>A VM of the topology: its namespace, addresses and MAC, and the host it sits on.</summary>
+/// <remarks><c>HostDevice</c> is the host-side veth end the agent attaches to; <c>Device</c> the VM-side end (its "eth0").</remarks>
+public sealed record TestVm(string Name, string Namespace, string Host, uint Vni, string Mac, string IPv4, string IPv6, string HostDevice, string Device);
+
+/// <summary>
+/// Two hosts running real <c>fabric-agent</c> processes, joined by a veth underlay through a real <c>fabric-linkem</c>;
+/// two VMs per host, each a namespace with a veth into its host's namespace:
+/// <code>
+///  vm1 ─┐                                      ┌─ vm3
+///       host-a ──veth── [linkem] ──veth── host-b
+///  vm2 ─┘  198.18.0.1                198.18.0.2  └─ vm4
+/// </code>
+/// vm1, vm2, vm3 are in virtual network 100 (10.100.0.1-3, fd00:100::1-3); vm4 is in network 200 (10.100.0.4), so it
+/// shares an address range but must reach no one. All of it is deleted on dispose.
+/// </summary>
+public sealed class OverlayTopology : IDisposable
+{
+    private readonly TestNetwork _network = new();
+    private readonly List<Process> _processes = [];
+    private readonly string _workDir;
+    private readonly string _linkemControl;
+
+    public OverlayTopology(string binDirectory, string stack)
+    {
+        try
+        {
+            _workDir = Directory.CreateTempSubdirectory("fabric-overlay-").FullName;
+            var id = _network.Id;
+            HostA = _network.AddNamespace("ha");
+            HostB = _network.AddNamespace("hb");
+            var middle = _network.AddNamespace("m");
+            _network.AddVeth($"{id}ua", HostA, $"{id}ma", middle);
+            _network.AddVeth($"{id}ub", HostB, $"{id}mb", middle);
+            _network.AddAddress(HostA, $"{id}ua", "198.18.0.1/24");
+            _network.AddAddress(HostB, $"{id}ub", "198.18.0.2/24");
+            _network.AddAddress(HostA, $"{id}ua", "fd00:fab::1/64");
+            _network.AddAddress(HostB, $"{id}ub", "fd00:fab::2/64");
+            UplinkA = $"{id}ua";
+            Vms =
+            [
+                new TestVm("vm1", _network.AddNamespace("v1"), "host-a", 100, "02:fa:00:00:00:01", "10.100.0.1", "fd00:100::1", $"{id}h1", $"{id}e1"),
+                new TestVm("vm2", _network.AddNamespace("v2"), "host-a", 100, "02:fa:00:00:00:02", "10.100.0.2", "fd00:100::2", $"{id}h2", $"{id}e2"),
+                new TestVm("vm3", _network.AddNamespace("v3"), "host-b", 100, "02:fa:00:00:00:03", "10.100.0.3", "fd00:100::3", $"{id}h3", $"{id}e3"),
+                new TestVm("vm4", _network.AddNamespace("v4"), "host-b", 200, "02:fa:00:00:00:04", "10.100.0.4", "fd00:100::4", $"{id}h4", $"{id}e4"),
+            ];
+            foreach (var vm in Vms)
+            {
+                var inside = vm.Device;
+                _network.AddVeth(inside, vm.Namespace, vm.HostDevice, vm.Host == "host-a" ? HostA : HostB);
+                TestNetwork.Exec(vm.Namespace, "ip", "link", "set", inside, "address", vm.Mac);
+                _network.AddAddress(vm.Namespace, inside, vm.IPv4 + "/24");
+                _network.AddAddress(vm.Namespace, inside, vm.IPv6 + "/64");
+            }
+
+            _linkemControl = Path.Combine(_workDir, "linkem.sock");
+            Start(middle, Path.Combine(binDirectory, "fabric-linkem"), "run", "--a", $"{id}ma", "--b", $"{id}mb", "--control", _linkemControl);
+            Eventually.True(() => File.Exists(_linkemControl), TimeSpan.FromSeconds(20), "starting fabric-linkem", () => Describe());
+            SocketA = StartAgent(binDirectory, "host-a", HostA, "198.18.0.1", "fd00:fab::1", "198.18.0.2", "fd00:fab::2", "host-b", stack);
+            SocketB = StartAgent(binDirectory, "host-b", HostB, "198.18.0.2", "fd00:fab::2", "198.18.0.1", "fd00:fab::1", "host-a", stack);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public string HostA { get; } = "";
+    public string HostB { get; } = "";
+    public string UplinkA { get; } = "";
+    public IReadOnlyList<TestVm> Vms { get; } = [];
+    public string SocketA { get; } = "";
+    public string SocketB { get; } = "";
+
+    public TestVm Vm(string name) => Vms.Single(v => v.Name == name);
+
+    /// <summary>Sends a command to the emulator on the underlay.</summary>
+    public string Emulator(string command)
+    {
+        var reply = ControlServer.Send(_linkemControl, command);
+        return reply.StartsWith("ok", StringComparison.Ordinal) ? reply[3..] : throw new InvalidOperationException($"fabric-linkem: {reply}");
+    }
+
+    /// <summary>Frames the emulator has carried in both directions (what crossed the underlay).</summary>
+    public long UnderlayFrames()
+    {
+        using var stats = JsonDocument.Parse(Emulator("stats"));
+        return stats.RootElement.GetProperty("a2b").GetProperty("Offered").GetInt64() + stats.RootElement.GetProperty("b2a").GetProperty("Offered").GetInt64();
+    }
+
+    /// <summary>The agent's status (its local API), parsed.</summary>
+    public JsonElement Status(string host)
+    {
+        var reply = Fabric.Testing.AgentApi.Send(host == "host-a" ? SocketA : SocketB, """{"op":"status"}""");
+        using var document = JsonDocument.Parse(reply);
+        return document.RootElement.GetProperty("result").Clone();
+    }
+
+    /// <summary>Pings from one VM to an address; returns ping's exit code and output.</summary>
+    public (int Code, string Output) Ping(string fromVm, string address, int count = 3, params string[] extra) =>
+        Privileged.TryRun("ip", ["netns", "exec", Vm(fromVm).Namespace, "ping", "-n", "-c", count.ToString(CultureInfo.InvariantCulture), "-W", "2", .. (extra.Contains("-i") ? extra : ["-i", "0.2", .. extra]), address]) is var r
+            ? (r.Code, r.Stdout + r.Stderr) : default;
+
+    /// <summary>What the processes printed, for failure messages.</summary>
+    public string Describe() => string.Join("\n", _processes.Select(p => $"[{p.StartInfo.ArgumentList.Skip(3).FirstOrDefault()}] exited={p.HasExited}"));
+
+    private string StartAgent(string bin, string hostId, string ns, string v4, string v6, string peerV4, string peerV6, string peer, string stack)
+    {
+        var socket = Path.Combine(_workDir, hostId + ".sock");
+        var vms = Vms.Where(v => v.Host == hostId).Select(v => new { id = v.Name, device = v.HostDevice, vni = v.Vni, mac = v.Mac, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
+        var routes = Vms.Where(v => v.Host != hostId).Select(v => new { vni = v.Vni, mac = v.Mac, host = peer, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
+        var config = new
+        {
+            hostId,
+            underlay = new { ipv4 = v4, ipv6 = v6 },
+            stacks = new[] { StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6) },
+            apiSocket = socket,
+            remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },
+            vms,
+            routes,
+        };
+        var path = Path.Combine(_workDir, hostId + ".json");
+        File.WriteAllText(path, JsonSerializer.Serialize(config));
+        var process = Start(ns, Path.Combine(bin, "fabric-agent"), "run", "--config", path);
+        Eventually.True(() => process.HasExited || File.Exists(socket), TimeSpan.FromSeconds(30), $"starting fabric-agent {hostId}", () => $"exited={process.HasExited}");
+        if (process.HasExited)
+        {
+            throw new InvalidOperationException($"fabric-agent {hostId} exited {process.ExitCode}");
+        }
+        return socket;
+    }
+
+    private Process Start(string ns, string program, params string[] args)
+    {
+        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
+        {
+            info.ArgumentList.Add(arg);
+        }
+        var process = Process.Start(info)!;
+        // Drain output so a chatty process never blocks on a full pipe.
+        process.OutputDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, _) => { };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        _processes.Add(process);
+        return process;
+    }
+
+    public void Dispose()
+    {
+        foreach (var process in _processes)
+        {
+            if (!process.HasExited)
+            {
+                Privileged.TryRun("kill", "-TERM", process.Id.ToString(CultureInfo.InvariantCulture));
+                if (!process.WaitForExit(5000))
+                {
+                    process.Kill(entireProcessTree: true);
+                }
+            }
+            process.Dispose();
+        }
+        _network.Dispose();
+        if (_workDir is not null && Directory.Exists(_workDir))
+        {
+            Directory.Delete(_workDir, recursive: true);
+        }
+    }
+}
+
+/// <summary>Talks to an agent's local API socket.</summary>
+public static class AgentApi
+{
+    public static string Send(string socketPath, string requestJson)
+    {
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        socket.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath));
+        using var stream = new System.Net.Sockets.NetworkStream(socket);
+        using var writer = new StreamWriter(stream) { AutoFlush = true, NewLine = "\n" };
+        using var reader = new StreamReader(stream);
+        writer.WriteLine(requestJson);
+        return reader.ReadLine() ?? "";
+    }
+}
