@@ -4,6 +4,7 @@ using Fabric.Benchmarks;
 return args.FirstOrDefault() switch
 {
     "linkem" => LinkEmulatorBenchmark.Run(),
+    "overlay" => OverlayBenchmark.Run(args.Length > 1 && int.TryParse(args[1], out var seconds) ? seconds : 10),
     "wire" => Wire(args[1..]),
     _ => Usage(),
 };
@@ -16,6 +17,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | wire [BenchmarkDotNet args]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | wire [BenchmarkDotNet args]");
     return 2;
 }

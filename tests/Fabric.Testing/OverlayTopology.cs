@@ -27,7 +27,10 @@ public sealed class OverlayTopology : IDisposable
     private readonly string _workDir;
     private readonly string _linkemControl;
 
-    public OverlayTopology(string binDirectory, string stack)
+    /// <param name="binDirectory">Where fabric-agent and fabric-linkem are.</param>
+    /// <param name="stack">The stack both paths use.</param>
+    /// <param name="withEmulator">False joins the hosts with one veth and no emulator (benchmarks of the agents alone).</param>
+    public OverlayTopology(string binDirectory, string stack, bool withEmulator = true)
     {
         try
         {
@@ -35,9 +38,16 @@ public sealed class OverlayTopology : IDisposable
             var id = _network.Id;
             HostA = _network.AddNamespace("ha");
             HostB = _network.AddNamespace("hb");
-            var middle = _network.AddNamespace("m");
-            _network.AddVeth($"{id}ua", HostA, $"{id}ma", middle);
-            _network.AddVeth($"{id}ub", HostB, $"{id}mb", middle);
+            var middle = withEmulator ? _network.AddNamespace("m") : null;
+            if (middle is not null)
+            {
+                _network.AddVeth($"{id}ua", HostA, $"{id}ma", middle);
+                _network.AddVeth($"{id}ub", HostB, $"{id}mb", middle);
+            }
+            else
+            {
+                _network.AddVeth($"{id}ua", HostA, $"{id}ub", HostB);
+            }
             _network.AddAddress(HostA, $"{id}ua", "198.18.0.1/24");
             _network.AddAddress(HostB, $"{id}ub", "198.18.0.2/24");
             _network.AddAddress(HostA, $"{id}ua", "fd00:fab::1/64");
@@ -60,10 +70,14 @@ public sealed class OverlayTopology : IDisposable
             }
 
             _linkemControl = Path.Combine(_workDir, "linkem.sock");
-            Start(middle, Path.Combine(binDirectory, "fabric-linkem"), "run", "--a", $"{id}ma", "--b", $"{id}mb", "--control", _linkemControl);
-            Eventually.True(() => File.Exists(_linkemControl), TimeSpan.FromSeconds(20), "starting fabric-linkem", () => Describe());
-            SocketA = StartAgent(binDirectory, "host-a", HostA, "198.18.0.1", "fd00:fab::1", "198.18.0.2", "fd00:fab::2", "host-b", stack);
-            SocketB = StartAgent(binDirectory, "host-b", HostB, "198.18.0.2", "fd00:fab::2", "198.18.0.1", "fd00:fab::1", "host-a", stack);
+            if (middle is not null)
+            {
+                Start(middle, Path.Combine(binDirectory, "fabric-linkem"), "run", "--a", $"{id}ma", "--b", $"{id}mb", "--control", _linkemControl);
+                Eventually.True(() => File.Exists(_linkemControl), TimeSpan.FromSeconds(20), "starting fabric-linkem", () => Describe());
+            }
+            (SocketA, var pidA) = StartAgent(binDirectory, "host-a", HostA, "198.18.0.1", "fd00:fab::1", "198.18.0.2", "fd00:fab::2", "host-b", stack);
+            (SocketB, var pidB) = StartAgent(binDirectory, "host-b", HostB, "198.18.0.2", "fd00:fab::2", "198.18.0.1", "fd00:fab::1", "host-a", stack);
+            AgentPids = (pidA, pidB);
         }
         catch
         {
@@ -78,6 +92,12 @@ public sealed class OverlayTopology : IDisposable
     public IReadOnlyList<TestVm> Vms { get; } = [];
     public string SocketA { get; } = "";
     public string SocketB { get; } = "";
+
+    /// <summary>Process ids of the two agents (host-a, host-b), for CPU accounting.</summary>
+    public (int A, int B) AgentPids { get; }
+
+    /// <summary>Starts a process inside a namespace; it is stopped on dispose.</summary>
+    public Process StartIn(string ns, string program, params string[] args) => Start(ns, program, args);
 
     public TestVm Vm(string name) => Vms.Single(v => v.Name == name);
 
@@ -111,7 +131,7 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>What the processes printed, for failure messages.</summary>
     public string Describe() => string.Join("\n", _processes.Select(p => $"[{p.StartInfo.ArgumentList.Skip(3).FirstOrDefault()}] exited={p.HasExited}"));
 
-    private string StartAgent(string bin, string hostId, string ns, string v4, string v6, string peerV4, string peerV6, string peer, string stack)
+    private (string Socket, int Pid) StartAgent(string bin, string hostId, string ns, string v4, string v6, string peerV4, string peerV6, string peer, string stack)
     {
         var socket = Path.Combine(_workDir, hostId + ".sock");
         var vms = Vms.Where(v => v.Host == hostId).Select(v => new { id = v.Name, device = v.HostDevice, vni = v.Vni, mac = v.Mac, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
@@ -134,7 +154,7 @@ public sealed class OverlayTopology : IDisposable
         {
             throw new InvalidOperationException($"fabric-agent {hostId} exited {process.ExitCode}");
         }
-        return socket;
+        return (socket, process.Id);
     }
 
     private Process Start(string ns, string program, params string[] args)

@@ -1,6 +1,7 @@
 using System.Net;
-using System.Net.Sockets;
 using Fabric.Agent.Stacks;
+using Fabric.Agent.Underlay;
+using Fabric.Hal.Linux;
 using Fabric.Stacks;
 using Fabric.Wire;
 
@@ -23,19 +24,19 @@ public sealed class RemotePath : IDisposable
     private readonly PathDelivery _delivery;
     private int _transmitSlot;
 
-    internal RemotePath(RemoteHostSpec spec, SocketAddress destination, Func<ReadOnlySpan<byte>, SocketAddress, bool> send, Action<uint, ReadOnlySpan<byte>> deliver, Func<long> clock)
+    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Action<uint, ReadOnlySpan<byte>> deliver, Func<long> clock)
     {
         Spec = spec;
         Destination = destination;
         Clock = clock;
-        _output = new PathOutput(this, send);
+        _output = new PathOutput(this, underlay);
         _delivery = new PathDelivery(deliver);
     }
 
     public RemoteHostSpec Spec { get; }
 
     /// <summary>The remote host's underlay socket address for the family of the bound stack.</summary>
-    public SocketAddress Destination { get; }
+    public UdpPeer Destination { get; }
 
     /// <summary>Rx = datagrams from the remote host; Tx = datagrams sent to it.</summary>
     public TrafficCounters Counters { get; } = new();
@@ -139,13 +140,16 @@ public sealed class RemotePath : IDisposable
         }
     }
 
-    /// <summary>Writes the Fabric header in front of what the stack wrote and sends the datagram. Used under the path's gate.</summary>
-    private sealed class PathOutput(RemotePath path, Func<ReadOnlySpan<byte>, SocketAddress, bool> send) : IUnderlayOutput
+    /// <summary>
+    /// Writes the Fabric header in front of what the stack wrote, straight into the calling thread's underlay outbox.
+    /// Used under the path's gate.
+    /// </summary>
+    private sealed class PathOutput(RemotePath path, UdpUnderlay underlay) : IUnderlayOutput
     {
-        private readonly byte[] _buffer = GC.AllocateUninitializedArray<byte>(65536, pinned: true);
         private byte _slot;
         private uint _vni;
         private uint _sequence;
+        private int _begun;
 
         public void Prepare(byte slot, uint vni)
         {
@@ -153,23 +157,28 @@ public sealed class RemotePath : IDisposable
             _vni = vni;
         }
 
-        public Span<byte> Begin(int maxLength) =>
-            maxLength <= _buffer.Length - FabricHeader.Length ? _buffer.AsSpan(FabricHeader.Length) : Span<byte>.Empty;
+        public Span<byte> Begin(int maxLength)
+        {
+            if (maxLength > underlay.MaxDatagram - FabricHeader.Length)
+            {
+                return Span<byte>.Empty;
+            }
+            _begun = 1;
+            return underlay.NextBuffer()[FabricHeader.Length..];
+        }
 
         public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length)
         {
+            if (_begun == 0)
+            {
+                return;
+            }
+            _begun = 0;
             var now = path.Clock();
             // Path sequence counts every datagram on this path, across slots: loss and reordering measured for free.
-            new FabricHeaderRepr(_slot, payloadType, _vni, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(_buffer);
-            var datagram = _buffer.AsSpan(0, FabricHeader.Length + length);
-            if (send(datagram, path.Destination))
-            {
-                path.Counters.Sent(datagram.Length);
-            }
-            else
-            {
-                path.Counters.Drop(DropReason.TransmitFailed);
-            }
+            new FabricHeaderRepr(_slot, payloadType, _vni, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(underlay.NextBuffer());
+            underlay.Commit(FabricHeader.Length + length, path.Destination);
+            path.Counters.Sent(FabricHeader.Length + length);
         }
     }
 

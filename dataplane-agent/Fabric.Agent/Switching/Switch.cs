@@ -5,6 +5,7 @@ using System.Net.Sockets;
 using Fabric.Agent.Stacks;
 using Fabric.Agent.Underlay;
 using Fabric.Hal;
+using Fabric.Hal.Linux;
 using Fabric.Wire;
 using Microsoft.Extensions.Logging;
 
@@ -30,7 +31,7 @@ public sealed class Switch : IDisposable
     private readonly ILogger _logger;
     private readonly ConcurrentDictionary<string, VmPort> _vms = new();
     private readonly ConcurrentDictionary<string, RemotePath> _paths = new();
-    private readonly ConcurrentDictionary<SocketAddress, RemotePath> _pathsByAddress = new();
+    private readonly ConcurrentDictionary<UdpPeer, RemotePath> _pathsByAddress = new();
     private readonly ConcurrentDictionary<string, LoadedStack> _stacks = new();
     private readonly object _tableWriter = new();
     private readonly TrafficCounters _underlayCounters = new();
@@ -73,12 +74,12 @@ public sealed class Switch : IDisposable
     {
         if (ipv4 is not null)
         {
-            _underlay4 = new UdpUnderlay(ipv4, OnDatagram);
+            _underlay4 = new UdpUnderlay(ipv4, OnDatagram, Flush);
             Log.UnderlayListening(_logger, _underlay4.Local.ToString());
         }
         if (ipv6 is not null)
         {
-            _underlay6 = new UdpUnderlay(ipv6, OnDatagram);
+            _underlay6 = new UdpUnderlay(ipv6, OnDatagram, Flush);
             Log.UnderlayListening(_logger, _underlay6.Local.ToString());
         }
     }
@@ -121,6 +122,7 @@ public sealed class Switch : IDisposable
         vm.Stopping = true;
         vm.Receiver?.Join(TimeSpan.FromSeconds(2));
         vm.Port.Dispose();
+        vm.Dispose();
         Log.VmDetached(_logger, vmId);
         return true;
     }
@@ -168,8 +170,8 @@ public sealed class Switch : IDisposable
                 $"Remote host '{spec.HostId}': stack '{spec.Stack}' runs over {(family == AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")}, "
                 + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
         }
-        var destination = new IPEndPoint(address, underlayPort).Serialize();
-        var path = new RemotePath(spec, destination, underlay.Send, DeliverFromUnderlay, _clock);
+        var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
+        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock);
         path.Bind(stack, 0, _options.HostId);
         if (_paths.TryRemove(spec.HostId, out var old))
         {
@@ -209,11 +211,20 @@ public sealed class Switch : IDisposable
             {
                 FromVm(vm, batch[i], scratch);
             }
+            Flush();
         }
     }
 
-    /// <summary>Switches one frame a VM sent. Public for tests that drive the switch without threads.</summary>
-    public void FromVm(VmPort vm, ReadOnlySpan<byte> frame, Span<byte> scratch)
+    /// <summary>Sends what the calling thread queued on the underlay during its batch.</summary>
+    private void Flush()
+    {
+        _underlay4?.Flush();
+        _underlay6?.Flush();
+        VmPort.FlushThread();
+    }
+
+    /// <summary>Switches one frame a VM sent; the caller flushes the underlay after its batch.</summary>
+    private void FromVm(VmPort vm, ReadOnlySpan<byte> frame, Span<byte> scratch)
     {
         vm.Counters.Received(frame.Length);
         if (!EthernetFrame.TryCreate(frame, out var eth) || eth.TagCount > 0)
@@ -340,7 +351,7 @@ public sealed class Switch : IDisposable
         }
     }
 
-    private void OnDatagram(ReadOnlySpan<byte> datagram, SocketAddress source)
+    private void OnDatagram(ReadOnlySpan<byte> datagram, UdpPeer source)
     {
         if (!_pathsByAddress.TryGetValue(source, out var path))
         {

@@ -13,13 +13,22 @@ namespace Fabric.Agent.Switching;
 /// <param name="IPv6">Its IPv6 addresses (answered in neighbour discovery).</param>
 public sealed record VmSpec(string VmId, string Device, uint Vni, MacAddress Mac, ImmutableArray<IPv4Address> IPv4, ImmutableArray<IPv6Address> IPv6);
 
-/// <summary>An attached VM: its spec, its port and its counters. The receive thread belongs to the switch.</summary>
-public sealed class VmPort
+/// <summary>
+/// An attached VM: its spec, its port and its counters. The receive thread belongs to the switch. Frames for the VM
+/// are batched per delivering thread and go out in one call (sendmmsg on AF_PACKET) when that thread flushes.
+/// </summary>
+public sealed class VmPort : IDisposable
 {
+    [ThreadStatic]
+    private static List<VmPort>? t_pending;
+    private readonly ThreadLocal<FrameBatch> _outgoing;
+
     internal VmPort(VmSpec spec, IFramePort port)
     {
         Spec = spec;
         Port = port;
+        var capacity = Math.Max(port.Capabilities.MaxFrameLength, 2048);
+        _outgoing = new ThreadLocal<FrameBatch>(() => new FrameBatch(32, capacity), trackAllValues: false);
     }
 
     public VmSpec Spec { get; }
@@ -36,20 +45,68 @@ public sealed class VmPort
     /// <summary>Serializes transmits to the port: frames arrive from several threads (other VMs, the underlay).</summary>
     internal object TransmitGate { get; } = new();
 
+    /// <summary>Queues a frame for the VM on this thread's batch; it leaves at the thread's next <see cref="FlushThread"/>.</summary>
     internal void Deliver(ReadOnlySpan<byte> frame)
     {
-        PortResult result;
-        lock (TransmitGate)
+        var batch = _outgoing.Value!;
+        if (batch.Count == batch.Capacity)
         {
-            result = Port.Transmit(frame);
+            FlushPending(batch);
         }
-        if (result == PortResult.Ok)
-        {
-            Counters.Sent(frame.Length);
-        }
-        else
+        if (!batch.TryAdd(frame))
         {
             Counters.Drop(DropReason.TransmitFailed);
+            return;
+        }
+        if (batch.Count == 1)
+        {
+            (t_pending ??= []).Add(this);
         }
     }
+
+    /// <summary>Sends every frame this thread queued, on every port.</summary>
+    internal static void FlushThread()
+    {
+        var pending = t_pending;
+        if (pending is null || pending.Count == 0)
+        {
+            return;
+        }
+        foreach (var port in pending)
+        {
+            if (port._outgoing.IsValueCreated)
+            {
+                port.FlushPending(port._outgoing.Value!);
+            }
+        }
+        pending.Clear();
+    }
+
+    private void FlushPending(FrameBatch batch)
+    {
+        if (batch.Count == 0 || Stopping)
+        {
+            batch.Clear();
+            return;
+        }
+        int sent;
+        lock (TransmitGate)
+        {
+            sent = Port.TransmitBatch(batch);
+        }
+        for (var i = 0; i < batch.Count; i++)
+        {
+            if (i < sent)
+            {
+                Counters.Sent(batch[i].Length);
+            }
+            else
+            {
+                Counters.Drop(DropReason.TransmitFailed);
+            }
+        }
+        batch.Clear();
+    }
+
+    public void Dispose() => _outgoing.Dispose();
 }

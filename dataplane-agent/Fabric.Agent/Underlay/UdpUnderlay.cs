@@ -1,28 +1,36 @@
 using System.Net;
 using System.Net.Sockets;
+using Fabric.Hal.Linux;
 
 namespace Fabric.Agent.Underlay;
 
 /// <summary>
 /// The underlay as a kernel UDP socket: the kernel routes, resolves next hops (ARP/ND through its neighbour table)
-/// and completes checksums, so the agent hands it datagrams and receives datagrams with their source. One socket per
-/// address family; a receive thread per socket calls the handler.
+/// and completes checksums. Datagrams move in batches: a receive thread takes up to 32 per recvmmsg, and each sending
+/// thread fills its own outbox that goes out in one sendmmsg when full or when the thread calls <see cref="Flush"/>
+/// at the end of the batch it is working on.
 /// </summary>
 public sealed class UdpUnderlay : IDisposable
 {
     private readonly Socket _socket;
     private readonly Thread _receiver;
     private readonly UnderlayHandler _handler;
+    private readonly Action _afterBatch;
+    private readonly ThreadLocal<UdpBatchSocket> _outbox;
     private volatile bool _stopping;
-    private long _sendFailures;
+    private long _sent;
 
-    /// <summary>Called for each datagram received; the span and the address are valid only during the call.</summary>
-    public delegate void UnderlayHandler(ReadOnlySpan<byte> datagram, SocketAddress source);
+    /// <summary>Called for each datagram received; the span is valid only during the call.</summary>
+    public delegate void UnderlayHandler(ReadOnlySpan<byte> datagram, UdpPeer source);
 
     /// <summary>Binds <paramref name="local"/> and starts receiving. Throws naming the address when it cannot bind.</summary>
-    public UdpUnderlay(IPEndPoint local, UnderlayHandler handler)
+    /// <param name="local">The address and port to bind.</param>
+    /// <param name="handler">Called per datagram on the receive thread.</param>
+    /// <param name="afterBatch">Called on the receive thread after each batch (to flush what the handlers queued).</param>
+    public UdpUnderlay(IPEndPoint local, UnderlayHandler handler, Action afterBatch)
     {
         _handler = handler;
+        _afterBatch = afterBatch;
         _socket = new Socket(local.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         if (local.AddressFamily == AddressFamily.InterNetworkV6)
         {
@@ -40,6 +48,7 @@ public sealed class UdpUnderlay : IDisposable
             throw new InvalidOperationException($"Cannot bind the underlay to {local}: {e.Message}.", e);
         }
         Local = (IPEndPoint)_socket.LocalEndPoint!;
+        _outbox = new ThreadLocal<UdpBatchSocket>(() => new UdpBatchSocket(_socket, capacity: 32, datagramCapacity: 9216));
         _receiver = new Thread(ReceiveLoop) { IsBackground = true, Name = $"underlay-rx {Local}" };
         _receiver.Start();
     }
@@ -47,52 +56,66 @@ public sealed class UdpUnderlay : IDisposable
     /// <summary>The bound address and port.</summary>
     public IPEndPoint Local { get; }
 
-    public long SendFailures => Interlocked.Read(ref _sendFailures);
+    /// <summary>Datagrams handed to the kernel.</summary>
+    public long Sent => Interlocked.Read(ref _sent);
 
-    /// <summary>Sends one datagram; false (and counted) when the kernel refuses it.</summary>
-    public bool Send(ReadOnlySpan<byte> datagram, SocketAddress destination)
+    /// <summary>The largest datagram <see cref="NextBuffer"/> holds.</summary>
+    public int MaxDatagram => 9216;
+
+    /// <summary>This thread's buffer for the next datagram (sending the outbox first when it is full).</summary>
+    public Span<byte> NextBuffer()
     {
-        try
+        var outbox = _outbox.Value!;
+        if (outbox.Count == outbox.Capacity)
         {
-            _socket.SendTo(datagram, SocketFlags.None, destination);
-            return true;
+            Interlocked.Add(ref _sent, outbox.Send());
         }
-        catch (SocketException)
+        return outbox.Next;
+    }
+
+    /// <summary>Queues the datagram written into <see cref="NextBuffer"/>.</summary>
+    public void Commit(int length, UdpPeer destination) => _outbox.Value!.Add(length, destination);
+
+    /// <summary>Sends what this thread has queued.</summary>
+    public void Flush()
+    {
+        if (_outbox.IsValueCreated && _outbox.Value!.Count > 0)
         {
-            // ENOBUFS, EMSGSIZE, unreachable: a data-path outcome, counted by the caller.
-            Interlocked.Increment(ref _sendFailures);
-            return false;
+            Interlocked.Add(ref _sent, _outbox.Value.Send());
         }
     }
 
     private void ReceiveLoop()
     {
-        var buffer = GC.AllocateUninitializedArray<byte>(65536, pinned: true);
-        var source = new SocketAddress(_socket.AddressFamily);
-        _socket.ReceiveTimeout = 250;
+        var batch = new UdpBatchSocket(_socket, capacity: 32);
         while (!_stopping)
         {
             int n;
             try
             {
-                n = _socket.ReceiveFrom(buffer, SocketFlags.None, source);
-            }
-            catch (SocketException)
-            {
-                continue;
+                n = batch.Receive(50);
             }
             catch (ObjectDisposedException)
             {
                 return;
             }
-            _handler(buffer.AsSpan(0, n), source);
+            if (n == 0)
+            {
+                continue;
+            }
+            for (var i = 0; i < n; i++)
+            {
+                _handler(batch.Datagram(i), batch.Peer(i));
+            }
+            _afterBatch();
         }
     }
 
     public void Dispose()
     {
         _stopping = true;
-        _socket.Dispose();
         _receiver.Join(TimeSpan.FromSeconds(2));
+        _socket.Dispose();
+        _outbox.Dispose();
     }
 }

@@ -1,0 +1,171 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Fabric.Testing;
+
+namespace Fabric.Benchmarks;
+
+/// <summary>
+/// The dataplane side by side, in one run: a direct veth between two namespaces (no overlay), Fabric std-ipv4 between
+/// VMs on two hosts (two fabric-agent processes, hosts joined by one veth underlay), and a wireguard-go tunnel between
+/// the same two host namespaces over the same underlay. TCP throughput (iperf3, 10 s, 1 and 4 streams), UDP 64-byte
+/// round trip p50/p99 (sockperf), and the CPU of the forwarding processes. Every veth has offloads off, so all three
+/// move MTU-sized frames. Needs root.
+/// </summary>
+internal static partial class OverlayBenchmark
+{
+    private sealed record Figures(string Name, double Tcp1, double Tcp4, double P50, double P99, double CpuPercent);
+
+    public static int Run(int seconds)
+    {
+        if (!Privileged.IsRoot)
+        {
+            Console.Error.WriteLine($"overlay benchmark: {Privileged.SkipReason}");
+            return 2;
+        }
+        var results = new List<Figures>();
+        using (var net = new TestNetwork())
+        {
+            var a = net.AddNamespace("da");
+            var b = net.AddNamespace("db");
+            net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b);
+            net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
+            net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
+            results.Add(Measure("direct veth", a, b, "198.19.0.2", [], seconds, null));
+        }
+        using (var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", withEmulator: false))
+        {
+            var vm1 = topology.Vm("vm1");
+            var vm3 = topology.Vm("vm3");
+            Privileged.Run("ip", "netns", "exec", vm1.Namespace, "ping", "-c", "1", "-W", "2", vm3.IPv4);
+            results.Add(Measure("fabric std-ipv4", vm1.Namespace, vm3.Namespace, vm3.IPv4, [topology.AgentPids.A, topology.AgentPids.B], seconds, null));
+
+            var wgA = StartWireGuard(topology, topology.HostA, "wgfa", "10.200.0.1", "198.18.0.2", out var keyA);
+            var wgB = StartWireGuard(topology, topology.HostB, "wgfb", "10.200.0.2", "198.18.0.1", out var keyB);
+            Peer(topology.HostA, "wgfa", keyB, "10.200.0.2/32", "198.18.0.2:51820");
+            Peer(topology.HostB, "wgfb", keyA, "10.200.0.1/32", "198.18.0.1:51820");
+            Privileged.Run("ip", "netns", "exec", topology.HostA, "ping", "-c", "1", "-W", "3", "10.200.0.2");
+            results.Add(Measure("wireguard-go", topology.HostA, topology.HostB, "10.200.0.2", [wgA, wgB], seconds, null));
+        }
+
+        Console.WriteLine();
+        Console.WriteLine($"{"path",-16} {"TCP 1 stream",14} {"TCP 4 streams",14} {"UDP RTT p50",12} {"UDP RTT p99",12} {"forwarder CPU",14}");
+        foreach (var r in results)
+        {
+            Console.WriteLine($"{r.Name,-16} {r.Tcp1,9:0} Mb/s {r.Tcp4,9:0} Mb/s {r.P50,9:0.0} µs {r.P99,9:0.0} µs {r.CpuPercent,10:0} %");
+        }
+        var fabric = results.Single(r => r.Name.StartsWith("fabric", StringComparison.Ordinal));
+        var wg = results.Single(r => r.Name == "wireguard-go");
+        var direct = results.Single(r => r.Name == "direct veth");
+        Console.WriteLine();
+        Console.WriteLine($"fabric / wireguard-go: TCP×1 {fabric.Tcp1 / wg.Tcp1:0.00}×, TCP×4 {fabric.Tcp4 / wg.Tcp4:0.00}×, "
+            + $"added RTT p50 {fabric.P50 - direct.P50:0.0} µs vs {wg.P50 - direct.P50:0.0} µs ({(fabric.P50 - direct.P50) / (wg.P50 - direct.P50):0.00}×), "
+            + $"CPU per Mbit/s {fabric.CpuPercent / fabric.Tcp1:0.000} vs {wg.CpuPercent / wg.Tcp1:0.000} %");
+        Console.WriteLine("goal: TCP ≥ 2× wireguard-go, added p50 RTT below wireguard-go's.");
+        return 0;
+    }
+
+    private static Figures Measure(string name, string client, string server, string address, int[] pids, int seconds, string? note)
+    {
+        Console.Error.WriteLine($"measuring {name}…");
+        var iperf = Start(server, "iperf3", "-s", "-p", "5301");
+        var sockperf = Start(server, "sockperf", "sr", "-i", address, "-p", "11111");
+        try
+        {
+            Thread.Sleep(500);
+            var cpuBefore = pids.Sum(CpuSeconds);
+            var watch = Stopwatch.StartNew();
+            var tcp1 = Iperf(client, address, 1, seconds);
+            var cpu = pids.Length == 0 ? 0 : (pids.Sum(CpuSeconds) - cpuBefore) / watch.Elapsed.TotalSeconds * 100;
+            var tcp4 = Iperf(client, address, 4, seconds);
+            var output = Privileged.Run("ip", "netns", "exec", client, "sockperf", "ping-pong", "-i", address, "-p", "11111", "-t", "5", "-m", "64", "--full-rtt");
+            return new Figures(name, tcp1, tcp4, Percentile(output, "50.000"), Percentile(output, "99.000"), cpu);
+        }
+        finally
+        {
+            Stop(iperf);
+            Stop(sockperf);
+        }
+    }
+
+    private static double Iperf(string client, string address, int streams, int seconds)
+    {
+        var json = Privileged.Run("ip", "netns", "exec", client, "iperf3", "-c", address, "-p", "5301", "-t", seconds.ToString(CultureInfo.InvariantCulture),
+            "-P", streams.ToString(CultureInfo.InvariantCulture), "-J");
+        using var document = JsonDocument.Parse(json);
+        return document.RootElement.GetProperty("end").GetProperty("sum_received").GetProperty("bits_per_second").GetDouble() / 1e6;
+    }
+
+    private static double Percentile(string sockperfOutput, string which)
+    {
+        var match = Regex.Match(sockperfOutput, $@"percentile {Regex.Escape(which)} =\s+([\d.]+)");
+        return match.Success ? double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : double.NaN;
+    }
+
+    private static int StartWireGuard(OverlayTopology topology, string ns, string name, string address, string peer, out string publicKey)
+    {
+        var process = topology.StartIn(ns, "env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", name);
+        Eventually.True(() => File.Exists($"/var/run/wireguard/{name}.sock"), TimeSpan.FromSeconds(10), $"starting wireguard-go {name}", () => "");
+        var key = Privileged.Run("wg", "genkey").Trim();
+        var keyFile = Path.GetTempFileName();
+        File.WriteAllText(keyFile, key + "\n");
+        publicKey = RunWithInput("wg", key, "pubkey").Trim();
+        Privileged.Run("ip", "netns", "exec", ns, "wg", "set", name, "private-key", keyFile, "listen-port", "51820");
+        File.Delete(keyFile);
+        Privileged.Run("ip", "netns", "exec", ns, "ip", "addr", "add", address + "/24", "dev", name);
+        Privileged.Run("ip", "netns", "exec", ns, "ip", "link", "set", name, "mtu", "1420", "up");
+        _ = peer;
+        return process.Id;
+    }
+
+    private static void Peer(string ns, string name, string publicKey, string allowed, string endpoint) =>
+        Privileged.Run("ip", "netns", "exec", ns, "wg", "set", name, "peer", publicKey, "allowed-ips", allowed, "endpoint", endpoint);
+
+    private static string RunWithInput(string program, string input, params string[] args)
+    {
+        var info = new ProcessStartInfo(program) { RedirectStandardInput = true, RedirectStandardOutput = true };
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(info)!;
+        process.StandardInput.WriteLine(input);
+        process.StandardInput.Close();
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return output;
+    }
+
+    private static Process Start(string ns, string program, params string[] args)
+    {
+        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
+        {
+            info.ArgumentList.Add(arg);
+        }
+        var process = Process.Start(info)!;
+        process.OutputDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, _) => { };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return process;
+    }
+
+    private static void Stop(Process process)
+    {
+        if (!process.HasExited)
+        {
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit(3000);
+        }
+        process.Dispose();
+    }
+
+    internal static double CpuSeconds(int pid)
+    {
+        var fields = File.ReadAllText($"/proc/{pid}/stat").Split(')')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        // utime and stime are fields 14 and 15 of /proc/PID/stat; after the command name they are at indices 11 and 12.
+        return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) / 100.0;
+    }
+}
