@@ -126,8 +126,15 @@ static int Control(string[] args)
     };
     var reply = LocalApiServer.Send(socket, AgentConfig.Serialize(request));
     using var document = JsonDocument.Parse(reply);
-    Console.WriteLine(JsonSerializer.Serialize(document, new JsonSerializerOptions { WriteIndented = true }));
-    return document.RootElement.GetProperty("ok").GetBoolean() ? 0 : 1;
+    if (!document.RootElement.GetProperty("ok").GetBoolean())
+    {
+        Console.Error.WriteLine($"fabric-agent: {op} refused: {document.RootElement.GetProperty("error").GetString()}");
+        return 1;
+    }
+    Console.WriteLine(document.RootElement.TryGetProperty("result", out var result)
+        ? JsonSerializer.Serialize(result, new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping })
+        : "ok");
+    return 0;
 }
 
 /// <summary>Runs the agent for the host's lifetime; stopping releases every port and socket.</summary>

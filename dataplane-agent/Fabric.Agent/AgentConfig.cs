@@ -40,6 +40,8 @@ public sealed record AgentConfig(
         AllowTrailingCommas = true,
         DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
         UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+        // Replies are read by people through the CLI: keep quotes and non-ASCII as they are.
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
 
     /// <summary>Reads and validates a config file; throws <see cref="FormatException"/> listing every problem.</summary>

@@ -110,6 +110,34 @@ public class OverlayEndToEndTests
         Assert.True(stats.RootElement.GetProperty("a2b").GetProperty("Lost").GetInt64() > 10, "the emulator should have dropped some of the transfer's packets");
     }
 
+    [Fact]
+    public void TheLocalApiCli_AttachesAndDetachesVms_MetricsAreServed_AndShutdownIsClean()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
+        using var topology = new OverlayTopology(Bin, "std-ipv4");
+        Assert.Equal(0, topology.Ping("vm2", "10.100.0.3", 1).Code);
+
+        var detach = topology.Ctl("host-a", "detach-vm", "vm2");
+        Assert.True(detach.Code == 0, detach.Output);
+        Assert.NotEqual(0, topology.Ping("vm2", "10.100.0.3", 2).Code);
+        var refused = topology.Ctl("host-a", "attach-vm", "id=vm2", $"device={topology.Vm("vm2").HostDevice}", "vni=100", "mac=not-a-mac");
+        Assert.Equal(1, refused.Code);
+        Assert.Contains("vm.mac: 'not-a-mac' is not a unicast MAC address", refused.Output, StringComparison.Ordinal);
+        var attach = topology.Ctl("host-a", "attach-vm", "id=vm2", $"device={topology.Vm("vm2").HostDevice}", "vni=100", $"mac={topology.Vm("vm2").Mac}",
+            "ipv4=10.100.0.2", "ipv6=fd00:100::2");
+        Assert.True(attach.Code == 0, attach.Output);
+        Assert.Equal(0, topology.Ping("vm2", "10.100.0.3", 2).Code);
+        Assert.Contains("\"vm2\"", topology.Ctl("host-a", "status").Output, StringComparison.Ordinal);
+
+        var metrics = topology.Metrics("host-a");
+        Assert.Contains("fabric_vm_packets_total{", metrics, StringComparison.Ordinal);
+        Assert.Contains("vm=\"vm2\"", metrics, StringComparison.Ordinal);
+        Assert.Contains("fabric_path_datagrams_total{", metrics, StringComparison.Ordinal);
+
+        Assert.Equal(0, topology.StopAgent("host-a"));
+        Assert.False(File.Exists(topology.SocketA), "the API socket should be removed on shutdown");
+    }
+
     private static long SpoofDrops(OverlayTopology topology)
     {
         foreach (var vm in topology.Status("host-a").GetProperty("vms").EnumerateArray())

@@ -26,6 +26,7 @@ public sealed class OverlayTopology : IDisposable
     private readonly List<Process> _processes = [];
     private readonly string _workDir;
     private readonly string _linkemControl;
+    private readonly string _binDirectory = "";
 
     /// <param name="binDirectory">Where fabric-agent and fabric-linkem are.</param>
     /// <param name="stack">The stack both paths use.</param>
@@ -35,6 +36,7 @@ public sealed class OverlayTopology : IDisposable
         try
         {
             _workDir = Directory.CreateTempSubdirectory("fabric-overlay-").FullName;
+            _binDirectory = binDirectory;
             var id = _network.Id;
             HostA = _network.AddNamespace("ha");
             HostB = _network.AddNamespace("hb");
@@ -96,6 +98,38 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>Process ids of the two agents (host-a, host-b), for CPU accounting.</summary>
     public (int A, int B) AgentPids { get; }
 
+    /// <summary>Runs `fabric-agent ctl` against a host's agent, as an operator would; returns its exit code and output.</summary>
+    public (int Code, string Output) Ctl(string host, params string[] args)
+    {
+        var (code, stdout, stderr) = Privileged.TryRun(Path.Combine(_binDirectory, "fabric-agent"), ["ctl", host == "host-a" ? SocketA : SocketB, .. args]);
+        return (code, stdout + stderr);
+    }
+
+    /// <summary>Fetches a host's Prometheus endpoint (127.0.0.1:9464 inside the host's namespace).</summary>
+    public string Metrics(string host)
+    {
+        var ns = host == "host-a" ? HostA : HostB;
+        using var handler = new System.Net.Http.SocketsHttpHandler
+        {
+            ConnectCallback = async (context, token) =>
+            {
+                var socket = Fabric.Hal.Linux.NetworkNamespace.Run(ns, () => new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
+                await socket.ConnectAsync(context.DnsEndPoint, token).ConfigureAwait(false);
+                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+            },
+        };
+        using var client = new System.Net.Http.HttpClient(handler) { Timeout = TimeSpan.FromSeconds(10) };
+        return client.GetStringAsync(new Uri("http://127.0.0.1:9464/metrics")).GetAwaiter().GetResult();
+    }
+
+    /// <summary>Stops a host's agent with SIGTERM; returns its exit code, or null when it did not stop within 10 s.</summary>
+    public int? StopAgent(string host)
+    {
+        var process = _processes.Single(p => p.Id == (host == "host-a" ? AgentPids.A : AgentPids.B));
+        Privileged.TryRun("kill", "-TERM", process.Id.ToString(CultureInfo.InvariantCulture));
+        return process.WaitForExit(10_000) ? process.ExitCode : null;
+    }
+
     /// <summary>Starts a process inside a namespace; it is stopped on dispose.</summary>
     public Process StartIn(string ns, string program, params string[] args) => Start(ns, program, args);
 
@@ -142,6 +176,7 @@ public sealed class OverlayTopology : IDisposable
             underlay = new { ipv4 = v4, ipv6 = v6 },
             stacks = new[] { StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6) },
             apiSocket = socket,
+            metricsListen = "127.0.0.1:9464",
             remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },
             vms,
             routes,
