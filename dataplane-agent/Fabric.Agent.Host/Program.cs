@@ -16,6 +16,10 @@ usage:
   fabric-agent ctl SOCKET add-host id=ID [ipv4=A] [ipv6=A] [stack=std-ipv4] [port=47110]
   fabric-agent ctl SOCKET set-route vni=N mac=MAC host=ID [ipv4=A,B] [ipv6=A,B]
   fabric-agent ctl SOCKET remove-route vni=N mac=MAC
+  fabric-agent ctl SOCKET prepare-swap host=ID stack=STACK [slot=N] | commit-swap host=ID slot=N | abort-swap host=ID slot=N
+  fabric-agent swap SOCKET_A HOST_B SOCKET_B HOST_A STACK
+     Hitless swap of the path between two agents: prepare on both ends, then commit on both; a failed prepare
+     aborts both and leaves the old stack in place.
 """;
 
 try
@@ -24,6 +28,7 @@ try
     {
         "run" => await RunAsync(args[1..]),
         "ctl" => Control(args[1..]),
+        "swap" => Swap(args[1..]),
         "-h" or "--help" => Help(0),
         _ => Help(2),
     };
@@ -96,6 +101,49 @@ static async Task<int> RunAsync(string[] args)
     return 0;
 }
 
+static int Slot(string text) => int.TryParse(text, out var slot) ? slot : throw new FormatException($"slot '{text}' is not a number.");
+
+static int Swap(string[] args)
+{
+    if (args.Length != 5)
+    {
+        throw new FormatException("swap: usage: fabric-agent swap SOCKET_A HOST_B SOCKET_B HOST_A STACK");
+    }
+    var (socketA, hostB, socketB, hostA, stack) = (args[0], args[1], args[2], args[3], args[4]);
+    var watch = System.Diagnostics.Stopwatch.StartNew();
+    var prepareA = Call(socketA, new ApiRequest("prepare-swap", Id: hostB, Stack: stack));
+    if (!prepareA.RootElement.GetProperty("ok").GetBoolean())
+    {
+        return Fail("prepare on A", prepareA);
+    }
+    var slot = prepareA.RootElement.GetProperty("result").GetProperty("slot").GetInt32();
+    var prepareB = Call(socketB, new ApiRequest("prepare-swap", Id: hostA, Stack: stack, Slot: slot));
+    if (!prepareB.RootElement.GetProperty("ok").GetBoolean())
+    {
+        Call(socketA, new ApiRequest("abort-swap", Id: hostB, Slot: slot));
+        return Fail("prepare on B (A aborted; the old stack stays)", prepareB);
+    }
+    // Both ends receive on the new slot now: commit the senders one after the other.
+    foreach (var (socket, peer) in new[] { (socketA, hostB), (socketB, hostA) })
+    {
+        var commit = Call(socket, new ApiRequest("commit-swap", Id: peer, Slot: slot));
+        if (!commit.RootElement.GetProperty("ok").GetBoolean())
+        {
+            return Fail($"commit towards {peer}", commit);
+        }
+    }
+    Console.WriteLine($"swapped {hostA} <-> {hostB} to {stack} in slot {slot} ({watch.Elapsed.TotalMilliseconds:0.0} ms)");
+    return 0;
+
+    static JsonDocument Call(string socket, ApiRequest request) => JsonDocument.Parse(LocalApiServer.Send(socket, AgentConfig.Serialize(request)));
+
+    static int Fail(string phase, JsonDocument reply)
+    {
+        Console.Error.WriteLine($"fabric-agent: swap failed at {phase}: {reply.RootElement.GetProperty("error").GetString()}");
+        return 1;
+    }
+}
+
 static int Control(string[] args)
 {
     if (args.Length < 2)
@@ -122,6 +170,8 @@ static int Control(string[] args)
             int.TryParse(Get("port") ?? "47110", out var port) ? port : throw new FormatException($"add-host: port '{Get("port")}' is not a number."))),
         "set-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), Need("host"), List("ipv4"), List("ipv6"))),
         "remove-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), "")),
+        "prepare-swap" => new ApiRequest(op, Id: Need("host"), Stack: Need("stack"), Slot: Get("slot") is { } s ? Slot(s) : null),
+        "commit-swap" or "abort-swap" => new ApiRequest(op, Id: Need("host"), Slot: Slot(Need("slot"))),
         _ => throw new FormatException($"ctl: unknown operation '{op}'."),
     };
     var reply = LocalApiServer.Send(socket, AgentConfig.Serialize(request));

@@ -15,7 +15,10 @@ namespace Fabric.Agent;
 /// <param name="Id">For detach-vm: the VM id.</param>
 /// <param name="Route">For set-route and remove-route.</param>
 /// <param name="Host">For add-host.</param>
-public sealed record ApiRequest(string Op, VmConfig? Vm = null, string? Id = null, RouteConfig? Route = null, RemoteHostConfig? Host = null);
+/// <param name="Stack">For prepare-swap: the stack to open.</param>
+/// <param name="Slot">For prepare-swap (optional), commit-swap and abort-swap.</param>
+public sealed record ApiRequest(string Op, VmConfig? Vm = null, string? Id = null, RouteConfig? Route = null, RemoteHostConfig? Host = null,
+    string? Stack = null, int? Slot = null);
 
 /// <summary>The answer: ok with a result, or an error that says what is wrong.</summary>
 public sealed record ApiResponse(bool Ok, object? Result = null, string? Error = null);
@@ -37,7 +40,7 @@ public sealed class Agent : IDisposable
         _logger = logger;
         _openPort = openPort ?? (device => AfPacketPort.Open(device));
         var start = Stopwatch.GetTimestamp();
-        Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu), () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
+        Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu) { Drain = TimeSpan.FromMilliseconds(config.DrainMilliseconds) }, () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
     }
 
     public AgentConfig Config { get; }
@@ -49,7 +52,7 @@ public sealed class Agent : IDisposable
     {
         foreach (var path in Config.Stacks)
         {
-            Switch.RegisterStack(StackLoader.Load(path));
+            Switch.RegisterStack(path);
         }
         var u = Config.Underlay;
         Switch.StartUnderlay(u.IPv4 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv4), u.Port), u.IPv6 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv6), u.Port));
@@ -65,7 +68,11 @@ public sealed class Agent : IDisposable
         {
             SetRoute(route);
         }
+        // Drained slots are closed and idle stacks unloaded in the background.
+        _housekeeping = new Timer(_ => Switch.Housekeeping(), null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
     }
+
+    private Timer? _housekeeping;
 
     /// <summary>Handles one API request; never throws for a bad request.</summary>
     public ApiResponse Handle(ApiRequest request)
@@ -83,9 +90,15 @@ public sealed class Agent : IDisposable
                     "remove-route" when request.Route is not null => MacAddress.TryParse(request.Route.Mac, out var mac) && Switch.RemoveRemoteEndpoint(request.Route.Vni, mac)
                         ? new ApiResponse(true) : new ApiResponse(false, Error: $"no remote entry for {request.Route.Mac} in vni {request.Route.Vni}"),
                     "add-host" when request.Host is not null => Checked(request.Host.Validate("host"), () => Switch.AddRemoteHost(request.Host.ToSpec(), request.Host.Port)),
-                    "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" =>
-                        new ApiResponse(false, Error: $"{request.Op}: missing its argument (attach-vm: vm, detach-vm: id, *-route: route, add-host: host)"),
-                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host)"),
+                    "prepare-swap" when request.Id is not null && request.Stack is not null =>
+                        new ApiResponse(true, new { Slot = Switch.PrepareSwap(request.Id, request.Stack, request.Slot) }),
+                    "commit-swap" when request.Id is not null && request.Slot is { } commit => Do(() => Switch.CommitSwap(request.Id, commit)),
+                    "abort-swap" when request.Id is not null && request.Slot is { } abort => Switch.AbortSwap(request.Id, abort)
+                        ? new ApiResponse(true) : new ApiResponse(false, Error: $"slot {abort} on the path to '{request.Id}' is not a prepared slot"),
+                    "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" or "prepare-swap" or "commit-swap" or "abort-swap" =>
+                        new ApiResponse(false, Error: $"{request.Op}: missing its argument (attach-vm: vm, detach-vm: id, *-route: route, add-host: host, "
+                            + "prepare-swap: id and stack, commit-swap/abort-swap: id and slot)"),
+                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, prepare-swap, commit-swap, abort-swap)"),
                 };
             }
             catch (Exception e) when (e is InvalidOperationException or FormatException or IOException)
@@ -94,6 +107,12 @@ public sealed class Agent : IDisposable
                 return new ApiResponse(false, Error: e.Message);
             }
         }
+    }
+
+    private static ApiResponse Do(Action apply)
+    {
+        apply();
+        return new ApiResponse(true);
     }
 
     private static ApiResponse Checked(IEnumerable<string> problems, Action apply)
@@ -141,7 +160,8 @@ public sealed class Agent : IDisposable
     {
         HostId = Config.HostId,
         Underlay = new { IPv4 = Switch.UnderlayEndpoints.IPv4?.ToString(), IPv6 = Switch.UnderlayEndpoints.IPv6?.ToString(), Drops = Switch.UnderlayCounters.DropSnapshot() },
-        Stacks = Switch.Stacks.Values.Select(s => new { s.Description.Id, s.Description.Version, s.Directory }),
+        Stacks = Switch.StackHost.Entries(),
+        UnloadingContexts = Switch.StackHost.UnloadingContexts,
         Vms = Switch.Vms.Values.OrderBy(v => v.Spec.VmId, StringComparer.Ordinal).Select(v => new
         {
             Id = v.Spec.VmId,
@@ -157,6 +177,7 @@ public sealed class Agent : IDisposable
             Host = p.Spec.HostId,
             Stack = p.TransmitStack,
             Slot = p.TransmitSlot,
+            p.SequenceGaps,
             InnerMtu = Switch.InnerMtu(p),
             Sent = new { Datagrams = p.Counters.TxPackets, Bytes = p.Counters.TxBytes },
             Received = new { Datagrams = p.Counters.RxPackets, Bytes = p.Counters.RxBytes },
@@ -166,5 +187,9 @@ public sealed class Agent : IDisposable
         Routes = Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => new { e.Vni, Mac = e.Mac.ToString(), Host = e.RemoteHost }),
     };
 
-    public void Dispose() => Switch.Dispose();
+    public void Dispose()
+    {
+        _housekeeping?.Dispose();
+        Switch.Dispose();
+    }
 }

@@ -30,7 +30,8 @@ public sealed record AgentConfig(
     string? MetricsListen = null,
     RemoteHostConfig[]? RemoteHosts = null,
     VmConfig[]? Vms = null,
-    RouteConfig[]? Routes = null)
+    RouteConfig[]? Routes = null,
+    int DrainMilliseconds = 2000)
 {
     private static readonly JsonSerializerOptions Json = new()
     {
@@ -106,6 +107,10 @@ public sealed record AgentConfig(
         if (MetricsListen is not null && (!IPEndPoint.TryParse(MetricsListen, out var metrics) || metrics.Port == 0 || !IPAddress.IsLoopback(metrics.Address)))
         {
             problems.Add($"metricsListen: '{MetricsListen}' is not a loopback address with a port (e.g. 127.0.0.1:9464)");
+        }
+        if (DrainMilliseconds is < 0 or > 600_000)
+        {
+            problems.Add($"drainMilliseconds: {DrainMilliseconds} is outside 0..600000");
         }
         if (string.IsNullOrWhiteSpace(ApiSocket))
         {

@@ -20,9 +20,9 @@ internal sealed class TwoHosts : IDisposable
 
     public TwoHosts(string stack = "std-ipv4")
     {
-        string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6)];
-        A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused"), NullLogger.Instance, Open);
-        B = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused"), NullLogger.Instance, Open);
+        string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest)];
+        A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
+        B = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         A.Start();
         B.Start();
         Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack)))));

@@ -174,7 +174,7 @@ public sealed class OverlayTopology : IDisposable
         {
             hostId,
             underlay = new { ipv4 = v4, ipv6 = v6 },
-            stacks = new[] { StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6) },
+            stacks = new[] { StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest) },
             apiSocket = socket,
             metricsListen = "127.0.0.1:9464",
             remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },

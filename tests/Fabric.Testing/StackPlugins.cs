@@ -7,6 +7,7 @@ public static class StackPlugins
 {
     public const string StdIPv4 = "Fabric.Stacks.StdIPv4";
     public const string StdIPv6 = "Fabric.Stacks.StdIPv6";
+    public const string SwapTest = "Fabric.Stacks.SwapTest";
 
     /// <summary>The plug-in's main assembly; throws naming the path when it was not built.</summary>
     public static string PathOf(string project)
@@ -16,8 +17,11 @@ public static class StackPlugins
         {
             if (File.Exists(Path.Combine(dir.FullName, "Fabric.sln")))
             {
+                // Product stacks live in stacks/, test-only stacks in tests/stacks/.
                 var path = Path.Combine(dir.FullName, "stacks", project, "bin", configuration, "net10.0", project + ".dll");
-                return File.Exists(path) ? path : throw new FileNotFoundException($"Stack plug-in {project} is not built at {path}.", path);
+                var testPath = Path.Combine(dir.FullName, "tests", "stacks", project, "bin", configuration, "net10.0", project + ".dll");
+                return File.Exists(path) ? path : File.Exists(testPath) ? testPath
+                    : throw new FileNotFoundException($"Stack plug-in {project} is not built at {path} or {testPath}.", path);
             }
         }
         throw new DirectoryNotFoundException($"No Fabric.sln above {AppContext.BaseDirectory}.");

@@ -20,6 +20,10 @@ public sealed class RemotePath : IDisposable
     private readonly object _gate = new();
     private readonly IStack?[] _slots = new IStack?[256];
     private readonly string?[] _slotStacks = new string?[256];
+    private readonly long[] _drainUntil = new long[256];
+    private long _highestSequence = -1;
+    private long _firstSequence = -1;
+    private long _sequenced;
     private readonly PathOutput _output;
     private readonly PathDelivery _delivery;
     private int _transmitSlot;
@@ -58,16 +62,121 @@ public sealed class RemotePath : IDisposable
     /// <summary>The slot transmissions use.</summary>
     public int TransmitSlot => Volatile.Read(ref _transmitSlot);
 
-    /// <summary>Binds a new instance of <paramref name="stack"/> in <paramref name="slot"/> and transmits through it.</summary>
-    internal void Bind(LoadedStack stack, int slot, string localHost)
+    /// <summary>Opens <paramref name="slot"/> with a new instance of <paramref name="stack"/>: it receives at once, transmits after <see cref="Commit"/>.</summary>
+    internal void Open(LoadedStack stack, int slot, string localHost)
     {
         var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, new Dictionary<string, string>(), NullTelemetry.Instance));
         lock (_gate)
         {
-            _slots[slot]?.Dispose();
+            if (_slots[slot] is not null)
+            {
+                instance.Dispose();
+                throw new InvalidOperationException($"Path to '{Spec.HostId}': slot {slot} is in use by {_slotStacks[slot]}.");
+            }
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
-            _transmitSlot = slot;
+            _drainUntil[slot] = 0;
+        }
+    }
+
+    /// <summary>
+    /// Moves transmission to <paramref name="slot"/> atomically (the next packet uses it). The previous slot keeps
+    /// receiving until <paramref name="drainUntil"/>, then <see cref="TakeDrained"/> hands it back for release.
+    /// Returns the previous slot.
+    /// </summary>
+    internal int Commit(int slot, long drainUntil)
+    {
+        lock (_gate)
+        {
+            if (_slots[slot] is null)
+            {
+                throw new InvalidOperationException($"Path to '{Spec.HostId}': slot {slot} was not prepared.");
+            }
+            var previous = _transmitSlot;
+            if (previous != slot)
+            {
+                _drainUntil[previous] = drainUntil;
+                _transmitSlot = slot;
+            }
+            return previous;
+        }
+    }
+
+    /// <summary>Closes a slot that is not transmitting (an aborted prepare); returns its stack id, or null when the slot was empty.</summary>
+    internal string? Close(int slot)
+    {
+        lock (_gate)
+        {
+            if (slot == _transmitSlot || _slots[slot] is null)
+            {
+                return null;
+            }
+            return CloseLocked(slot);
+        }
+    }
+
+    /// <summary>Closes every drained slot whose time has come; returns their stack ids (for the stack host to release).</summary>
+    internal List<string> TakeDrained(long now)
+    {
+        var released = new List<string>();
+        lock (_gate)
+        {
+            for (var i = 0; i < _slots.Length; i++)
+            {
+                if (_slots[i] is not null && i != _transmitSlot && _drainUntil[i] != 0 && _drainUntil[i] <= now)
+                {
+                    released.Add(CloseLocked(i));
+                }
+            }
+        }
+        return released;
+    }
+
+    private string CloseLocked(int slot)
+    {
+        var id = _slotStacks[slot]!;
+        _slots[slot]!.Dispose();
+        _slots[slot] = null;
+        _slotStacks[slot] = null;
+        _drainUntil[slot] = 0;
+        return id;
+    }
+
+    /// <summary>A slot no instance occupies, other than 0 when possible; -1 when all 256 are taken.</summary>
+    internal int FreeSlot()
+    {
+        lock (_gate)
+        {
+            for (var i = 1; i < _slots.Length; i++)
+            {
+                var candidate = (_transmitSlot + i) % _slots.Length;
+                if (_slots[candidate] is null)
+                {
+                    return candidate;
+                }
+            }
+            return -1;
+        }
+    }
+
+    /// <summary>The stack ids of every occupied slot (for release when the path goes away).</summary>
+    internal List<string> BoundStacks()
+    {
+        lock (_gate)
+        {
+            return [.. _slotStacks.OfType<string>()];
+        }
+    }
+
+    /// <summary>Path sequence numbers missing so far (from the Fabric header): loss on the path, whatever the stack.</summary>
+    public long SequenceGaps
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _firstSequence < 0 ? 0 : (_highestSequence - _firstSequence + 1) - _sequenced;
+            }
         }
     }
 
@@ -116,6 +225,7 @@ public sealed class RemotePath : IDisposable
         Counters.Received(datagram.Length);
         lock (_gate)
         {
+            TrackSequence(header.PathSequence);
             var stack = _slots[header.Slot];
             if (stack is null)
             {
@@ -128,6 +238,25 @@ public sealed class RemotePath : IDisposable
         }
     }
 
+    private void TrackSequence(uint sequence)
+    {
+        if (_firstSequence < 0)
+        {
+            _firstSequence = _highestSequence = sequence;
+            _sequenced = 1;
+            return;
+        }
+        // Unwrap the 32-bit counter against the highest seen: a small negative step is reordering, not a wrap.
+        var step = (int)(sequence - (uint)_highestSequence);
+        var unwrapped = _highestSequence + step;
+        if (unwrapped < _firstSequence)
+        {
+            return;
+        }
+        _sequenced++;
+        _highestSequence = Math.Max(_highestSequence, unwrapped);
+    }
+
     public void Dispose()
     {
         lock (_gate)
@@ -136,6 +265,7 @@ public sealed class RemotePath : IDisposable
             {
                 _slots[i]?.Dispose();
                 _slots[i] = null;
+                _slotStacks[i] = null;
             }
         }
     }

@@ -14,7 +14,11 @@ namespace Fabric.Agent.Switching;
 /// <summary>Settings of the switch.</summary>
 /// <param name="HostId">This host's id.</param>
 /// <param name="UnderlayMtu">The uplink's MTU: the largest outer IP packet.</param>
-public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500);
+public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500)
+{
+    /// <summary>How long a replaced stack instance keeps receiving, and an unused stack stays loaded.</summary>
+    public TimeSpan Drain { get; init; } = TimeSpan.FromSeconds(2);
+}
 
 /// <summary>
 /// The VMs' switch on one host. Frames from a VM are checked (valid Ethernet, its own source MAC), ARP and neighbour
@@ -32,7 +36,7 @@ public sealed class Switch : IDisposable
     private readonly ConcurrentDictionary<string, VmPort> _vms = new();
     private readonly ConcurrentDictionary<string, RemotePath> _paths = new();
     private readonly ConcurrentDictionary<UdpPeer, RemotePath> _pathsByAddress = new();
-    private readonly ConcurrentDictionary<string, LoadedStack> _stacks = new();
+    private readonly StackHost _stackHost;
     private readonly object _tableWriter = new();
     private readonly TrafficCounters _underlayCounters = new();
     private volatile ForwardingTable _table = ForwardingTable.Empty;
@@ -44,6 +48,7 @@ public sealed class Switch : IDisposable
         _options = options;
         _clock = clock;
         _logger = logger;
+        _stackHost = new StackHost(options.Drain);
     }
 
     public string HostId => _options.HostId;
@@ -54,7 +59,8 @@ public sealed class Switch : IDisposable
 
     public IReadOnlyDictionary<string, RemotePath> Paths => _paths;
 
-    public IReadOnlyDictionary<string, LoadedStack> Stacks => _stacks;
+    /// <summary>The loaded and registered stacks with their bindings.</summary>
+    public StackHost StackHost => _stackHost;
 
     /// <summary>Datagrams from unknown peers and other underlay-level drops.</summary>
     public TrafficCounters UnderlayCounters => _underlayCounters;
@@ -62,11 +68,11 @@ public sealed class Switch : IDisposable
     /// <summary>The bound underlay endpoints.</summary>
     public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_underlay4?.Local, _underlay6?.Local);
 
-    /// <summary>Makes a loaded stack available to paths by its id.</summary>
-    public void RegisterStack(LoadedStack stack)
+    /// <summary>Makes a stack plug-in available to paths by its id.</summary>
+    public void RegisterStack(string assemblyPath)
     {
-        _stacks[stack.Description.Id] = stack;
-        Log.StackLoaded(_logger, stack.Description.Id, stack.Description.Version, stack.Directory);
+        var description = _stackHost.Register(assemblyPath);
+        Log.StackLoaded(_logger, description.Id, description.Version, assemblyPath);
     }
 
     /// <summary>Binds the underlay sockets (either may be null).</summary>
@@ -157,11 +163,9 @@ public sealed class Switch : IDisposable
     /// <summary>Adds a remote host and binds its path to the named stack. Throws naming what is missing.</summary>
     public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort)
     {
-        if (!_stacks.TryGetValue(spec.Stack, out var stack))
-        {
-            throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (loaded: {string.Join(", ", _stacks.Keys)}).");
-        }
-        var family = stack.Description.UnderlayFamily;
+        var description = _stackHost.Describe(spec.Stack)
+            ?? throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (available: {string.Join(", ", _stackHost.Registered)}).");
+        var family = description.UnderlayFamily;
         var address = family == AddressFamily.InterNetworkV6 ? spec.UnderlayIPv6 : spec.UnderlayIPv4;
         var underlay = family == AddressFamily.InterNetworkV6 ? _underlay6 : _underlay4;
         if (address is null || underlay is null)
@@ -172,11 +176,12 @@ public sealed class Switch : IDisposable
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
         var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock);
-        path.Bind(stack, 0, _options.HostId);
+        path.Open(_stackHost.Acquire(spec.Stack), 0, _options.HostId);
+        path.Commit(0, 0);
         if (_paths.TryRemove(spec.HostId, out var old))
         {
             _pathsByAddress.TryRemove(old.Destination, out _);
-            old.Dispose();
+            ReleaseAll(old);
         }
         _paths[spec.HostId] = path;
         _pathsByAddress[destination] = path;
@@ -184,10 +189,88 @@ public sealed class Switch : IDisposable
         return path;
     }
 
+    /// <summary>
+    /// Phase 1 of a hitless swap: opens <paramref name="slot"/> (or a free one) on the path to <paramref name="hostId"/>
+    /// with a new instance of <paramref name="stackId"/>, ready to receive. Returns the slot. Nothing transmits through
+    /// it until <see cref="CommitSwap"/>; <see cref="AbortSwap"/> closes it again.
+    /// </summary>
+    public int PrepareSwap(string hostId, string stackId, int? slot = null)
+    {
+        var path = PathTo(hostId);
+        var current = _stackHost.Describe(path.TransmitStack!)!;
+        var next = _stackHost.Describe(stackId)
+            ?? throw new InvalidOperationException($"Swap on '{hostId}': stack '{stackId}' is not available (available: {string.Join(", ", _stackHost.Registered)}).");
+        if (next.UnderlayFamily != current.UnderlayFamily)
+        {
+            throw new InvalidOperationException($"Swap on '{hostId}': {stackId} runs over another underlay family than {current.Id}; re-add the host instead.");
+        }
+        var chosen = slot ?? path.FreeSlot();
+        if (chosen is < 0 or > 255)
+        {
+            throw new InvalidOperationException($"Swap on '{hostId}': slot {chosen} is not 0..255 (or no slot is free).");
+        }
+        var stack = _stackHost.Acquire(stackId);
+        try
+        {
+            path.Open(stack, chosen, _options.HostId);
+        }
+        catch
+        {
+            _stackHost.Release(stackId);
+            throw;
+        }
+        return chosen;
+    }
+
+    /// <summary>Phase 2: this host transmits through <paramref name="slot"/> from the next packet on; the old slot drains.</summary>
+    public void CommitSwap(string hostId, int slot)
+    {
+        var path = PathTo(hostId);
+        path.Commit(slot, _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000));
+    }
+
+    /// <summary>Undoes a prepare that will not be committed; the old binding stays as it was.</summary>
+    public bool AbortSwap(string hostId, int slot)
+    {
+        var stackId = PathTo(hostId).Close(slot);
+        if (stackId is not null)
+        {
+            _stackHost.Release(stackId);
+        }
+        return stackId is not null;
+    }
+
+    /// <summary>Closes drained slots and unloads stacks idle past the drain time. Call periodically.</summary>
+    public void Housekeeping()
+    {
+        var now = _clock();
+        foreach (var path in _paths.Values)
+        {
+            foreach (var stackId in path.TakeDrained(now))
+            {
+                _stackHost.Release(stackId);
+            }
+        }
+        _stackHost.Collect();
+    }
+
+    private RemotePath PathTo(string hostId) =>
+        _paths.TryGetValue(hostId, out var path) ? path : throw new InvalidOperationException($"No path to host '{hostId}'.");
+
+    private void ReleaseAll(RemotePath path)
+    {
+        var bound = path.BoundStacks();
+        path.Dispose();
+        foreach (var stackId in bound)
+        {
+            _stackHost.Release(stackId);
+        }
+    }
+
     /// <summary>The largest IP packet a VM may send to <paramref name="path"/> without hitting the MTU handling.</summary>
     public int InnerMtu(RemotePath path)
     {
-        var stack = _stacks[path.TransmitStack ?? path.Spec.Stack].Description;
+        var stack = _stackHost.Describe(path.TransmitStack ?? path.Spec.Stack)!;
         var outerIp = stack.UnderlayFamily == AddressFamily.InterNetworkV6 ? 40 : 20;
         return _options.UnderlayMtu - outerIp - UdpAndFabric - stack.MaxStackFieldBytes - stack.MaxExpansionBytes - InnerEthernet;
     }
@@ -399,7 +482,7 @@ public sealed class Switch : IDisposable
         _underlay6?.Dispose();
         foreach (var path in _paths.Values)
         {
-            path.Dispose();
+            ReleaseAll(path);
         }
         _paths.Clear();
     }

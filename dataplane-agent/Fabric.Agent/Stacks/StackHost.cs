@@ -1,0 +1,183 @@
+using System.Runtime.CompilerServices;
+using Fabric.Stacks;
+
+namespace Fabric.Agent.Stacks;
+
+/// <summary>A stack version in the host: bindings reference it; it unloads when none does and its drain time has passed.</summary>
+public sealed record StackHostEntry(string Id, string Version, string AssemblyPath, int Bindings, bool Loaded, DateTime? IdleSince);
+
+/// <summary>
+/// Owns the loaded stack plug-ins. <see cref="Acquire"/> loads a stack on first use (one collectible context per
+/// stack version) and counts a binding; <see cref="Release"/> uncounts it. A stack with no binding is unloaded by
+/// <see cref="Collect"/> once it has been idle for the drain time, and its context is then collectable — nothing of
+/// the plug-in stays reachable from the host. Thread-safe.
+/// </summary>
+public sealed class StackHost
+{
+    private readonly object _gate = new();
+    private readonly Dictionary<string, string> _paths = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Slot> _loaded = new(StringComparer.Ordinal);
+    private readonly List<WeakReference> _unloading = [];
+    private readonly TimeSpan _drain;
+    private readonly Func<DateTime> _now;
+
+    private sealed class Slot(LoadedStack stack)
+    {
+        public LoadedStack? Stack = stack;
+        public int Bindings;
+        public DateTime? IdleSince;
+    }
+
+    /// <param name="drain">How long an unused stack stays loaded (its old slots may still be receiving).</param>
+    /// <param name="now">The clock (tests pass their own).</param>
+    public StackHost(TimeSpan drain, Func<DateTime>? now = null)
+    {
+        _drain = drain;
+        _now = now ?? (() => DateTime.UtcNow);
+    }
+
+    /// <summary>Makes a plug-in available: loads it once to learn its id and version, then leaves it idle.</summary>
+    public StackDescription Register(string assemblyPath)
+    {
+        var stack = StackLoader.Load(assemblyPath);
+        var id = stack.Description.Id;
+        lock (_gate)
+        {
+            if (_paths.TryGetValue(id, out var existing) && existing != assemblyPath)
+            {
+                throw new InvalidOperationException($"Stack '{id}' is registered from '{existing}'; '{assemblyPath}' declares the same id.");
+            }
+            _paths[id] = assemblyPath;
+            if (!_loaded.ContainsKey(id))
+            {
+                _loaded[id] = new Slot(stack) { IdleSince = _now() };
+            }
+            else if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext duplicate)
+            {
+                // Already loaded: the copy loaded just to read its description goes away at once.
+                duplicate.Unload();
+            }
+            return stack.Description;
+        }
+    }
+
+    /// <summary>The registered stack ids.</summary>
+    public IReadOnlyCollection<string> Registered
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _paths.Keys];
+            }
+        }
+    }
+
+    /// <summary>What a registered stack declares, loading it if needed; null when the id is unknown.</summary>
+    public StackDescription? Describe(string id)
+    {
+        lock (_gate)
+        {
+            return _paths.ContainsKey(id) ? LoadLocked(id).Description : null;
+        }
+    }
+
+    /// <summary>Counts a binding of <paramref name="id"/> and returns the stack, loading it if it was unloaded.</summary>
+    public LoadedStack Acquire(string id)
+    {
+        lock (_gate)
+        {
+            if (!_paths.ContainsKey(id))
+            {
+                throw new InvalidOperationException($"Stack '{id}' is not available (available: {string.Join(", ", _paths.Keys)}).");
+            }
+            var stack = LoadLocked(id);
+            var slot = _loaded[id];
+            slot.Bindings++;
+            slot.IdleSince = null;
+            return stack;
+        }
+    }
+
+    /// <summary>Uncounts a binding; the stack starts draining when it was the last.</summary>
+    public void Release(string id)
+    {
+        lock (_gate)
+        {
+            if (_loaded.TryGetValue(id, out var slot) && slot.Bindings > 0 && --slot.Bindings == 0)
+            {
+                slot.IdleSince = _now();
+            }
+        }
+    }
+
+    /// <summary>Unloads every stack idle for longer than the drain time; returns how many were unloaded.</summary>
+    public int Collect()
+    {
+        lock (_gate)
+        {
+            var now = _now();
+            var unloaded = 0;
+            foreach (var (id, slot) in _loaded.ToList())
+            {
+                if (slot.Bindings == 0 && slot.IdleSince is { } idle && now - idle >= _drain)
+                {
+                    Unload(slot);
+                    _loaded.Remove(id);
+                    unloaded++;
+                }
+            }
+            _unloading.RemoveAll(w => !w.IsAlive);
+            return unloaded;
+        }
+    }
+
+    /// <summary>Load contexts asked to unload whose memory is not yet collected (0 once the GC has run and nothing leaked).</summary>
+    public int UnloadingContexts
+    {
+        get
+        {
+            lock (_gate)
+            {
+                _unloading.RemoveAll(w => !w.IsAlive);
+                return _unloading.Count;
+            }
+        }
+    }
+
+    /// <summary>Every registered stack with its bindings and state.</summary>
+    public IReadOnlyList<StackHostEntry> Entries()
+    {
+        lock (_gate)
+        {
+            return _paths.Select(p => _loaded.TryGetValue(p.Key, out var slot)
+                    ? new StackHostEntry(p.Key, slot.Stack!.Description.Version, p.Value, slot.Bindings, true, slot.IdleSince)
+                    : new StackHostEntry(p.Key, "", p.Value, 0, false, null))
+                .OrderBy(e => e.Id, StringComparer.Ordinal).ToList();
+        }
+    }
+
+    private LoadedStack LoadLocked(string id)
+    {
+        if (_loaded.TryGetValue(id, out var slot))
+        {
+            return slot.Stack!;
+        }
+        var stack = StackLoader.Load(_paths[id]);
+        _loaded[id] = new Slot(stack) { IdleSince = _now() };
+        return stack;
+    }
+
+    // Kept out of line so no local of the caller's frame keeps the context alive.
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void Unload(Slot slot)
+    {
+        var context = slot.Stack!.Context;
+        slot.Stack = null;
+        if (context.Target is System.Runtime.Loader.AssemblyLoadContext alc)
+        {
+            alc.Unload();
+        }
+        _unloading.Add(context);
+    }
+}

@@ -1,0 +1,97 @@
+using Fabric.Hal;
+using Fabric.Testing;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>Hitless swaps between two real agents on a loopback underlay while frames flow.</summary>
+public class SwapTests
+{
+    [Fact]
+    public void TwentySwapsUnderTraffic_LoseNothingAndLeaveOnlyTheLastStackBound()
+    {
+        using var hosts = new TwoHosts();
+        var sent = 0;
+        var received = 0;
+        using var stop = new CancellationTokenSource();
+        var traffic = new Thread(() =>
+        {
+            var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 1000);
+            while (!stop.IsCancellationRequested)
+            {
+                if (hosts.Vm("vm1").Transmit(frame) == PortResult.Ok)
+                {
+                    Interlocked.Increment(ref sent);
+                }
+                Thread.SpinWait(2000);
+            }
+        });
+        var sink = new Thread(() =>
+        {
+            var buffer = new byte[2048];
+            while (!stop.IsCancellationRequested || hosts.Vm("vm3").Pending > 0)
+            {
+                if (hosts.Vm("vm3").Receive(buffer, out _, TimeSpan.FromMilliseconds(50)) == PortResult.Ok)
+                {
+                    Interlocked.Increment(ref received);
+                }
+            }
+        });
+        traffic.Start();
+        sink.Start();
+        string[] stacks = ["swap-test", "std-ipv4"];
+        for (var i = 0; i < 20; i++)
+        {
+            var stack = stacks[i % 2];
+            var slot = Prepare(hosts.A, "host-b", stack, null);
+            Prepare(hosts.B, "host-a", stack, slot);
+            Ok(hosts.A.Handle(new ApiRequest("commit-swap", Id: "host-b", Slot: slot)));
+            Ok(hosts.B.Handle(new ApiRequest("commit-swap", Id: "host-a", Slot: slot)));
+            Thread.Sleep(20);
+        }
+        Thread.Sleep(200);
+        stop.Cancel();
+        traffic.Join();
+        sink.Join();
+        Assert.True(sent > 1000, $"only {sent} frames were sent during the swaps");
+        Assert.Equal(sent, received);
+        Assert.Equal(0, hosts.B.Switch.Paths["host-a"].SequenceGaps);
+        Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
+
+        // After the drain time every old slot is closed and swap-test is unbound (then unloaded).
+        Eventually.True(() => Bindings(hosts.A, "swap-test") == 0 && Bindings(hosts.A, "std-ipv4") == 1 && Bindings(hosts.B, "swap-test") == 0,
+            TimeSpan.FromSeconds(5), "draining old slots", () => string.Join(", ", hosts.A.Switch.StackHost.Entries()));
+    }
+
+    [Fact]
+    public void AFailedPrepare_LeavesTheOldBindingTransmitting()
+    {
+        using var hosts = new TwoHosts();
+        var refused = hosts.A.Handle(new ApiRequest("prepare-swap", Id: "host-b", Stack: "no-such-stack"));
+        Assert.False(refused.Ok);
+        Assert.Contains("'no-such-stack' is not available", refused.Error, StringComparison.Ordinal);
+        var ipv6 = hosts.A.Handle(new ApiRequest("prepare-swap", Id: "host-b", Stack: "std-ipv6"));
+        Assert.Contains("another underlay family", ipv6.Error, StringComparison.Ordinal);
+        var taken = hosts.A.Handle(new ApiRequest("prepare-swap", Id: "host-b", Stack: "swap-test", Slot: 0));
+        Assert.Contains("slot 0 is in use", taken.Error, StringComparison.Ordinal);
+        Assert.False(hosts.A.Handle(new ApiRequest("commit-swap", Id: "host-b", Slot: 9)).Ok);
+
+        var slot = Prepare(hosts.A, "host-b", "swap-test", null);
+        Ok(hosts.A.Handle(new ApiRequest("abort-swap", Id: "host-b", Slot: slot)));
+        Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
+        Assert.Equal(0, Bindings(hosts.A, "swap-test"));
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 100);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+    }
+
+    private static int Prepare(Agent agent, string peer, string stack, int? slot)
+    {
+        var response = agent.Handle(new ApiRequest("prepare-swap", Id: peer, Stack: stack, Slot: slot));
+        Ok(response);
+        return (int)response.Result!.GetType().GetProperty("Slot")!.GetValue(response.Result)!;
+    }
+
+    private static int Bindings(Agent agent, string stack) =>
+        agent.Switch.StackHost.Entries().SingleOrDefault(e => e.Id == stack)?.Bindings ?? 0;
+}
