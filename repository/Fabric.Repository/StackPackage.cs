@@ -1,0 +1,260 @@
+using System.Buffers.Binary;
+using System.Reflection.Metadata;
+using System.Reflection.PortableExecutable;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Fabric.Repository;
+
+/// <summary>What a stack costs and tolerates, as the selector reads it before the fleet has data.</summary>
+public sealed record StackProfile(int HeaderBytes = 0, double Redundancy = 0, double AddedDelayMs = 0, double ToleratesLoss = 0, string Purpose = "");
+
+/// <summary>A package's manifest.</summary>
+public sealed record PackageManifest(string Id, string Version, int ContractVersion, string EntryAssembly, string EntryType, StackProfile Profile, string MinAgentVersion);
+
+/// <summary>
+/// A stack package: <c>manifest.json</c> and the plug-in's files in one deterministic archive (same input, same bytes,
+/// same SHA-256). Layout: magic "FSPK1\n", then per entry sorted by path: path length (u16 BE), UTF-8 path, content
+/// length (u32 BE), content.
+/// </summary>
+public static class StackPackage
+{
+    public const string ManifestName = "manifest.json";
+
+    /// <summary>The stack contract version agents built from this tree load (Fabric.Stacks.StackDescription.ContractVersion).</summary>
+    public const int SupportedContractVersion = 1;
+    private static readonly byte[] Magic = "FSPK1\n"u8.ToArray();
+    private static readonly string[] SharedAssemblies = ["Fabric.Stacks.Abstractions.dll", "Fabric.Wire.dll"];
+
+    internal static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        WriteIndented = false,
+        DefaultIgnoreCondition = JsonIgnoreCondition.Never,
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    /// <summary>Packs a plug-in's build folder; throws naming what is wrong with it.</summary>
+    public static byte[] Pack(string pluginDirectory, string id, string version, StackProfile profile, string minAgentVersion = "0.1.0")
+    {
+        if (!Directory.Exists(pluginDirectory))
+        {
+            throw new PackageException($"Plug-in folder '{pluginDirectory}' does not exist.");
+        }
+        if (!SemanticVersion.TryParse(version, out _))
+        {
+            throw new PackageException($"Version '{version}' is not a semantic version (MAJOR.MINOR.PATCH).");
+        }
+        var files = Directory.EnumerateFiles(pluginDirectory).Where(f => f.EndsWith(".dll", StringComparison.Ordinal) || f.EndsWith(".deps.json", StringComparison.Ordinal))
+            .Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList();
+        foreach (var shared in SharedAssemblies)
+        {
+            if (files.Contains(shared))
+            {
+                throw new PackageException($"'{pluginDirectory}' contains {shared}: the contract must come from the agent; reference it with Private=false and ExcludeAssets=runtime.");
+            }
+        }
+        var (entryAssembly, entryType) = FindFactory(pluginDirectory, files);
+        var manifest = new PackageManifest(id, version, SupportedContractVersion, entryAssembly, entryType, profile, minAgentVersion);
+        var entries = new SortedDictionary<string, byte[]>(StringComparer.Ordinal) { [ManifestName] = JsonSerializer.SerializeToUtf8Bytes(manifest, Json) };
+        foreach (var file in files)
+        {
+            entries[file] = File.ReadAllBytes(Path.Combine(pluginDirectory, file));
+        }
+        using var output = new MemoryStream();
+        output.Write(Magic);
+        Span<byte> header = stackalloc byte[4];
+        foreach (var (path, content) in entries)
+        {
+            var name = Encoding.UTF8.GetBytes(path);
+            BinaryPrimitives.WriteUInt16BigEndian(header, (ushort)name.Length);
+            output.Write(header[..2]);
+            output.Write(name);
+            BinaryPrimitives.WriteUInt32BigEndian(header, (uint)content.Length);
+            output.Write(header);
+            output.Write(content);
+        }
+        return output.ToArray();
+    }
+
+    /// <summary>Reads a package's entries; throws <see cref="PackageException"/> on any inconsistency.</summary>
+    public static (PackageManifest Manifest, IReadOnlyDictionary<string, byte[]> Files) Read(ReadOnlySpan<byte> package)
+    {
+        if (!package.StartsWith(Magic))
+        {
+            throw new PackageException("Not a Fabric stack package (bad magic).");
+        }
+        var at = Magic.Length;
+        var files = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        while (at < package.Length)
+        {
+            if (at + 2 > package.Length)
+            {
+                throw new PackageException($"Package truncated at byte {at} (entry name length).");
+            }
+            var nameLength = BinaryPrimitives.ReadUInt16BigEndian(package[at..]);
+            at += 2;
+            if (at + nameLength + 4 > package.Length)
+            {
+                throw new PackageException($"Package truncated at byte {at} (entry name).");
+            }
+            var name = Encoding.UTF8.GetString(package.Slice(at, nameLength));
+            at += nameLength;
+            var length = (int)BinaryPrimitives.ReadUInt32BigEndian(package[at..]);
+            at += 4;
+            if (length < 0 || at + length > package.Length)
+            {
+                throw new PackageException($"Package entry '{name}' claims {length} bytes beyond the end.");
+            }
+            if (name.Length == 0 || name.Contains('/', StringComparison.Ordinal) || name.Contains('\\', StringComparison.Ordinal) || name is "." or ".." || !files.TryAdd(name, package.Slice(at, length).ToArray()))
+            {
+                throw new PackageException($"Package entry name '{name}' is invalid or repeated.");
+            }
+            at += length;
+        }
+        if (!files.TryGetValue(ManifestName, out var manifestBytes))
+        {
+            throw new PackageException("Package has no manifest.json.");
+        }
+        PackageManifest manifest;
+        try
+        {
+            manifest = JsonSerializer.Deserialize<PackageManifest>(manifestBytes, Json) ?? throw new PackageException("manifest.json is empty.");
+        }
+        catch (JsonException e)
+        {
+            throw new PackageException($"manifest.json: {e.Message}");
+        }
+        if (!files.ContainsKey(manifest.EntryAssembly))
+        {
+            throw new PackageException($"manifest.json: entryAssembly '{manifest.EntryAssembly}' is not in the package.");
+        }
+        if (string.IsNullOrWhiteSpace(manifest.EntryType))
+        {
+            throw new PackageException("manifest.json: entryType is missing.");
+        }
+        if (manifest.ContractVersion != SupportedContractVersion)
+        {
+            throw new PackageException($"manifest.json: contract version {manifest.ContractVersion} is not supported (this agent speaks {SupportedContractVersion}).");
+        }
+        return (manifest, files);
+    }
+
+    /// <summary>Lower-case hex SHA-256.</summary>
+    public static string Sha256(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));
+
+    /// <summary>Writes a package's files into <paramref name="directory"/> through a temporary folder renamed at the end: never half-written.</summary>
+    public static string Extract(ReadOnlySpan<byte> package, string directory)
+    {
+        var (manifest, files) = Read(package);
+        if (Directory.Exists(directory))
+        {
+            return Path.Combine(directory, manifest.EntryAssembly);
+        }
+        var temporary = directory + ".partial-" + Environment.ProcessId;
+        if (Directory.Exists(temporary))
+        {
+            Directory.Delete(temporary, recursive: true);
+        }
+        Directory.CreateDirectory(temporary);
+        foreach (var (name, content) in files)
+        {
+            File.WriteAllBytes(Path.Combine(temporary, name), content);
+        }
+        Directory.Move(temporary, directory);
+        return Path.Combine(directory, manifest.EntryAssembly);
+    }
+
+    /// <summary>Finds the one public class implementing Fabric.Stacks.IStackFactory by reading metadata (nothing is loaded).</summary>
+    private static (string Assembly, string Type) FindFactory(string directory, List<string> files)
+    {
+        var found = new List<(string, string)>();
+        foreach (var file in files.Where(f => f.EndsWith(".dll", StringComparison.Ordinal)))
+        {
+            using var stream = File.OpenRead(Path.Combine(directory, file));
+            using var pe = new PEReader(stream);
+            if (!pe.HasMetadata)
+            {
+                continue;
+            }
+            var reader = pe.GetMetadataReader();
+            foreach (var handle in reader.TypeDefinitions)
+            {
+                var type = reader.GetTypeDefinition(handle);
+                if ((type.Attributes & System.Reflection.TypeAttributes.Public) == 0 || (type.Attributes & System.Reflection.TypeAttributes.Abstract) != 0)
+                {
+                    continue;
+                }
+                foreach (var implementation in type.GetInterfaceImplementations())
+                {
+                    var iface = reader.GetInterfaceImplementation(implementation).Interface;
+                    if (iface.Kind == HandleKind.TypeReference)
+                    {
+                        var reference = reader.GetTypeReference((TypeReferenceHandle)iface);
+                        if (reader.GetString(reference.Name) == "IStackFactory" && reader.GetString(reference.Namespace) == "Fabric.Stacks")
+                        {
+                            found.Add((file, $"{reader.GetString(type.Namespace)}.{reader.GetString(type.Name)}"));
+                        }
+                    }
+                }
+            }
+        }
+        return found.Count == 1 ? found[0]
+            : throw new PackageException($"'{directory}' must have exactly one public IStackFactory class; it has {found.Count}.");
+    }
+}
+
+/// <summary>A package or its manifest is unusable; the message says why.</summary>
+public sealed class PackageException(string message) : Exception(message);
+
+/// <summary>MAJOR.MINOR.PATCH[-pre] compared by number.</summary>
+public readonly record struct SemanticVersion(int Major, int Minor, int Patch, string Prerelease) : IComparable<SemanticVersion>
+{
+    public static bool TryParse(string? text, out SemanticVersion version)
+    {
+        version = default;
+        if (text is null)
+        {
+            return false;
+        }
+        var dash = text.IndexOf('-', StringComparison.Ordinal);
+        var core = dash < 0 ? text : text[..dash];
+        var parts = core.Split('.');
+        if (parts.Length != 3 || !int.TryParse(parts[0], out var major) || !int.TryParse(parts[1], out var minor) || !int.TryParse(parts[2], out var patch)
+            || major < 0 || minor < 0 || patch < 0)
+        {
+            return false;
+        }
+        version = new SemanticVersion(major, minor, patch, dash < 0 ? "" : text[(dash + 1)..]);
+        return true;
+    }
+
+    public int CompareTo(SemanticVersion other)
+    {
+        var c = (Major, Minor, Patch).CompareTo((other.Major, other.Minor, other.Patch));
+        if (c != 0)
+        {
+            return c;
+        }
+        // A pre-release sorts before its release.
+        return (Prerelease.Length == 0, other.Prerelease.Length == 0) switch
+        {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, true) => -1,
+            _ => string.CompareOrdinal(Prerelease, other.Prerelease),
+        };
+    }
+
+    public override string ToString() => Prerelease.Length == 0 ? $"{Major}.{Minor}.{Patch}" : $"{Major}.{Minor}.{Patch}-{Prerelease}";
+
+    public static bool operator <(SemanticVersion left, SemanticVersion right) => left.CompareTo(right) < 0;
+
+    public static bool operator >(SemanticVersion left, SemanticVersion right) => left.CompareTo(right) > 0;
+
+    public static bool operator <=(SemanticVersion left, SemanticVersion right) => left.CompareTo(right) <= 0;
+
+    public static bool operator >=(SemanticVersion left, SemanticVersion right) => left.CompareTo(right) >= 0;
+}

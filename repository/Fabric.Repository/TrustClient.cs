@@ -1,0 +1,146 @@
+namespace Fabric.Repository;
+
+/// <summary>
+/// The agent's side of the trust metadata, in the style of The Update Framework. It starts from a root it was given
+/// (pinned), follows root rotations (each new root signed by the previous root's threshold and its own), then checks
+/// timestamp → snapshot → targets: signatures and thresholds, expiry (freeze attacks), versions that never go back
+/// (rollback), and that each file is the version the one above names (mix-and-match). What it trusted is persisted in
+/// its state folder, so rollback and freeze are caught across restarts. Packages are accepted only when their length
+/// and SHA-256 match the trusted targets.
+/// </summary>
+public sealed class TrustClient
+{
+    private readonly IRepositoryStore _store;
+    private readonly string _stateDirectory;
+    private readonly Func<DateTimeOffset> _now;
+
+    public TrustClient(IRepositoryStore store, string stateDirectory, string pinnedRootFile, Func<DateTimeOffset>? clock = null)
+    {
+        _store = store;
+        _stateDirectory = stateDirectory;
+        _now = clock ?? (() => DateTimeOffset.UtcNow);
+        Directory.CreateDirectory(stateDirectory);
+        if (!File.Exists(StatePath(Publisher.Root)))
+        {
+            if (!File.Exists(pinnedRootFile))
+            {
+                throw new TrustException($"No trusted root: '{pinnedRootFile}' does not exist and the state folder has none.");
+            }
+            var pinned = File.ReadAllBytes(pinnedRootFile);
+            var root = SignedFile.ReadUnverified<RootMetadata>(pinned, pinnedRootFile, "root");
+            // A pinned root is trusted because it was given, but it must still be consistently self-signed.
+            SignedFile.Verify<RootMetadata>(pinned, pinnedRootFile, "root", root, "root");
+            AtomicFile.Write(StatePath(Publisher.Root), pinned);
+        }
+    }
+
+    /// <summary>The targets verified by the last <see cref="Refresh"/>.</summary>
+    public TargetsMetadata? Targets { get; private set; }
+
+    /// <summary>Runs the whole verification; throws <see cref="TrustException"/> naming the file and the check that failed.</summary>
+    public TargetsMetadata Refresh()
+    {
+        var root = UpdateRoot();
+        var now = _now();
+        CheckExpiry(root.Expires, Publisher.Root, now);
+
+        var timestampFile = Fetch(Publisher.Timestamp);
+        var timestamp = SignedFile.Verify<TimestampMetadata>(timestampFile, Publisher.Timestamp, "timestamp", root, "timestamp");
+        CheckNotOlder(timestamp.Version, Publisher.Timestamp);
+        CheckExpiry(timestamp.Expires, Publisher.Timestamp, now);
+        var snapshotRef = timestamp.Meta.GetValueOrDefault(Publisher.Snapshot) ?? throw new TrustException("timestamp.json names no snapshot.json.");
+
+        var snapshotFile = Fetch(Publisher.Snapshot);
+        if (snapshotRef.Length is { } length && snapshotFile.Length != length || snapshotRef.Sha256 is { } hash && StackPackage.Sha256(snapshotFile) != hash)
+        {
+            throw new TrustException("snapshot.json does not match the length and SHA-256 that timestamp.json names (tampered or mixed).");
+        }
+        var snapshot = SignedFile.Verify<SnapshotMetadata>(snapshotFile, Publisher.Snapshot, "snapshot", root, "snapshot");
+        if (snapshot.Version != snapshotRef.Version)
+        {
+            throw new TrustException($"snapshot.json is version {snapshot.Version}; timestamp.json names version {snapshotRef.Version} (mix-and-match).");
+        }
+        CheckNotOlder(snapshot.Version, Publisher.Snapshot);
+        CheckExpiry(snapshot.Expires, Publisher.Snapshot, now);
+        var targetsRef = snapshot.Meta.GetValueOrDefault(Publisher.Targets) ?? throw new TrustException("snapshot.json names no targets.json.");
+
+        var targetsFile = Fetch(Publisher.Targets);
+        var targets = SignedFile.Verify<TargetsMetadata>(targetsFile, Publisher.Targets, "targets", root, "targets");
+        if (targets.Version != targetsRef.Version)
+        {
+            throw new TrustException($"targets.json is version {targets.Version}; snapshot.json names version {targetsRef.Version} (mix-and-match: old targets with a newer snapshot).");
+        }
+        CheckNotOlder(targets.Version, Publisher.Targets);
+        CheckExpiry(targets.Expires, Publisher.Targets, now);
+
+        AtomicFile.Write(StatePath(Publisher.Timestamp), timestampFile);
+        AtomicFile.Write(StatePath(Publisher.Snapshot), snapshotFile);
+        AtomicFile.Write(StatePath(Publisher.Targets), targetsFile);
+        Targets = targets;
+        return targets;
+    }
+
+    /// <summary>Downloads a verified target's package and checks its length and digest; throws when they differ.</summary>
+    public byte[] FetchPackage(string targetName)
+    {
+        var targets = Targets ?? throw new TrustException("Refresh the trust metadata before fetching packages.");
+        var info = targets.Targets.GetValueOrDefault(targetName) ?? throw new TrustException($"'{targetName}' is not a published target.");
+        var bytes = _store.Read(Publisher.PackagePath(info.Sha256)) ?? throw new TrustException($"Package of {targetName} ({info.Sha256}) is missing from the repository.");
+        if (bytes.Length != info.Length || StackPackage.Sha256(bytes) != info.Sha256)
+        {
+            throw new TrustException($"Package of {targetName} does not match its signed length and SHA-256 (tampered).");
+        }
+        return bytes;
+    }
+
+    private RootMetadata UpdateRoot()
+    {
+        var trustedFile = File.ReadAllBytes(StatePath(Publisher.Root));
+        var trusted = SignedFile.ReadUnverified<RootMetadata>(trustedFile, "trusted root.json", "root");
+        while (_store.Read(Publisher.VersionedRoot(trusted.Version + 1)) is { } nextFile)
+        {
+            var name = Publisher.VersionedRoot(trusted.Version + 1);
+            // A new root must satisfy the old root's threshold (continuity) and its own (it is what it claims).
+            SignedFile.Verify<RootMetadata>(nextFile, name, "root", trusted, "root");
+            var next = SignedFile.Verify<RootMetadata>(nextFile, name, "root", SignedFile.ReadUnverified<RootMetadata>(nextFile, name, "root"), "root");
+            if (next.Version != trusted.Version + 1)
+            {
+                throw new TrustException($"{name} says version {next.Version}.");
+            }
+            AtomicFile.Write(StatePath(Publisher.Root), nextFile);
+            trusted = next;
+        }
+        return trusted;
+    }
+
+    private byte[] Fetch(string name) => _store.Read(name) ?? throw new TrustException($"The repository has no {name} (unreachable or not initialized).");
+
+    private void CheckNotOlder(int version, string name)
+    {
+        var path = StatePath(name);
+        if (!File.Exists(path))
+        {
+            return;
+        }
+        var previous = name switch
+        {
+            Publisher.Timestamp => SignedFile.ReadUnverified<TimestampMetadata>(File.ReadAllBytes(path), name, "timestamp").Version,
+            Publisher.Snapshot => SignedFile.ReadUnverified<SnapshotMetadata>(File.ReadAllBytes(path), name, "snapshot").Version,
+            _ => SignedFile.ReadUnverified<TargetsMetadata>(File.ReadAllBytes(path), name, "targets").Version,
+        };
+        if (version < previous)
+        {
+            throw new TrustException($"{name} is version {version}, older than the version {previous} already trusted (rollback).");
+        }
+    }
+
+    private static void CheckExpiry(DateTimeOffset expires, string name, DateTimeOffset now)
+    {
+        if (expires <= now)
+        {
+            throw new TrustException($"{name} expired at {expires:u} (freeze: the repository stopped being refreshed).");
+        }
+    }
+
+    private string StatePath(string name) => Path.Combine(_stateDirectory, name);
+}

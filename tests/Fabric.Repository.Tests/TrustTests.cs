@@ -1,0 +1,218 @@
+using System.Text;
+using Fabric.Agent.Stacks;
+using Fabric.Repository;
+using Fabric.Testing;
+
+namespace Fabric.Repository.Tests;
+
+/// <summary>A repository in a temporary folder with its keys, a publisher and a fake clock.</summary>
+internal sealed class TestRepository : IDisposable
+{
+    public TestRepository(int rootKeys = 1, int threshold = 1)
+    {
+        Folder = Directory.CreateTempSubdirectory("fabric-repo-").FullName;
+        Store = new LocalFolderStore(Path.Combine(Folder, "repo"));
+        RootKeys = [.. Enumerable.Range(0, rootKeys).Select(_ => SigningKey.Generate())];
+        Publisher = new Publisher(Store, () => Now);
+        Publisher.Initialize(RootKeys, threshold, TargetsKey, SnapshotKey, TimestampKey, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
+        PinnedRoot = Path.Combine(Folder, "pinned-root.json");
+        File.WriteAllBytes(PinnedRoot, Store.Read(Publisher.Root)!);
+    }
+
+    public DateTimeOffset Now { get; set; } = DateTimeOffset.UtcNow;
+    public string Folder { get; }
+    public LocalFolderStore Store { get; }
+    public List<SigningKey> RootKeys { get; }
+    public SigningKey TargetsKey { get; } = SigningKey.Generate();
+    public SigningKey SnapshotKey { get; } = SigningKey.Generate();
+    public SigningKey TimestampKey { get; } = SigningKey.Generate();
+    public Publisher Publisher { get; }
+    public string PinnedRoot { get; }
+
+    public TrustClient Client(string state = "state") => new(Store, Path.Combine(Folder, state), PinnedRoot, () => Now);
+
+    public TargetInfo Publish(byte[] package) => Publisher.Publish(package, TargetsKey, SnapshotKey, TimestampKey, TimeSpan.FromDays(7));
+
+    public static byte[] Package(string project, string id, string version) =>
+        StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(project))!, id, version, new StackProfile(Purpose: "test"));
+
+    public void Dispose() => Directory.Delete(Folder, recursive: true);
+}
+
+public class PackageTests
+{
+    [Fact]
+    public void Packing_IsDeterministic_AndFindsTheFactory()
+    {
+        var a = TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0");
+        var b = TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0");
+        Assert.Equal(StackPackage.Sha256(a), StackPackage.Sha256(b));
+        var (manifest, files) = StackPackage.Read(a);
+        Assert.Equal("Fabric.Stacks.StdIPv4.dll", manifest.EntryAssembly);
+        Assert.Equal("Fabric.Stacks.StdIPv4.StdIPv4Factory", manifest.EntryType);
+        Assert.DoesNotContain("Fabric.Wire.dll", files.Keys);
+    }
+
+    [Fact]
+    public void AFolderShippingTheContract_IsRefused()
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-plugin-").FullName;
+        try
+        {
+            foreach (var file in Directory.EnumerateFiles(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.StdIPv4))!))
+            {
+                File.Copy(file, Path.Combine(folder, Path.GetFileName(file)));
+            }
+            File.Copy(typeof(Fabric.Wire.MacAddress).Assembly.Location, Path.Combine(folder, "Fabric.Wire.dll"));
+            var e = Assert.Throws<PackageException>(() => StackPackage.Pack(folder, "std-ipv4", "1.0.0", new StackProfile()));
+            Assert.Contains("contains Fabric.Wire.dll", e.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void BrokenManifests_AreRefusedNamingTheField()
+    {
+        var package = TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0");
+        var text = Encoding.Latin1.GetString(package);
+        Assert.Contains("entryType is missing", Assert.Throws<PackageException>(() => StackPackage.Read(Encoding.Latin1.GetBytes(
+            text.Replace("\"entryType\":\"Fabric.Stacks.StdIPv4.StdIPv4Factory\"", "\"entryType\":\"" + new string(' ', 36) + "\"", StringComparison.Ordinal)))).Message, StringComparison.Ordinal);
+        Assert.Contains("contract version 2 is not supported", Assert.Throws<PackageException>(() => StackPackage.Read(Encoding.Latin1.GetBytes(
+            text.Replace("\"contractVersion\":1", "\"contractVersion\":2", StringComparison.Ordinal)))).Message, StringComparison.Ordinal);
+        Assert.Contains("bad magic", Assert.Throws<PackageException>(() => StackPackage.Read(new byte[10])).Message, StringComparison.Ordinal);
+        Assert.Contains("beyond the end", Assert.Throws<PackageException>(() => StackPackage.Read(package.AsSpan(0, 200))).Message, StringComparison.Ordinal);
+    }
+}
+
+public class TrustTests
+{
+    [Fact]
+    public void PublishedPackages_VerifyExtractAndLoad()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
+        var client = repo.Client();
+        var targets = client.Refresh();
+        Assert.Equal(["std-ipv4/1.0.0", "swap-test/0.1.0"], targets.Targets.Keys);
+        var bytes = client.FetchPackage("swap-test/0.1.0");
+        var entry = StackPackage.Extract(bytes, Path.Combine(repo.Folder, "cache", StackPackage.Sha256(bytes)));
+        var loaded = StackLoader.Load(entry);
+        Assert.Equal("swap-test", loaded.Description.Id);
+    }
+
+    [Fact]
+    public void ATamperedPackageByte_IsRefused()
+    {
+        using var repo = new TestRepository();
+        var info = repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        var path = Path.Combine(repo.Store.Root, Publisher.PackagePath(info.Sha256));
+        var bytes = File.ReadAllBytes(path);
+        bytes[bytes.Length / 2] ^= 1;
+        File.WriteAllBytes(path, bytes);
+        var client = repo.Client();
+        client.Refresh();
+        Assert.Contains("tampered", Assert.Throws<TrustException>(() => client.FetchPackage("std-ipv4/1.0.0")).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void TargetsSignedByAnUnknownKey_AreRefused()
+    {
+        using var repo = new TestRepository();
+        using var rogue = SigningKey.Generate();
+        var forged = new Publisher(repo.Store, () => repo.Now);
+        forged.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "6.6.6"), rogue, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(1));
+        var e = Assert.Throws<TrustException>(() => repo.Client().Refresh());
+        Assert.Contains("targets.json: 0 valid signature(s)", e.Message, StringComparison.Ordinal);
+        Assert.Contains("by keys the root does not trust", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void FewerRootSignaturesThanTheThreshold_AreRefused()
+    {
+        using var repo = new TestRepository(rootKeys: 3, threshold: 2);
+        var client = repo.Client();
+        client.Refresh();
+        using var newRoot = SigningKey.Generate();
+        // Signed by only one of the three current root keys (threshold 2) plus the new key.
+        repo.Publisher.RotateRoot([repo.RootKeys[0]], [newRoot], 1, repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(365));
+        var e = Assert.Throws<TrustException>(() => client.Refresh());
+        Assert.Contains("2.root.json: 1 valid signature(s) from root keys, 2 required", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void RootRotation_SignedByTheOldThreshold_IsFollowed()
+    {
+        using var repo = new TestRepository(rootKeys: 3, threshold: 2);
+        var client = repo.Client();
+        client.Refresh();
+        using var newRoot = SigningKey.Generate();
+        repo.Publisher.RotateRoot([repo.RootKeys[0], repo.RootKeys[2]], [newRoot], 1, repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(365));
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        Assert.Single(client.Refresh().Targets);
+        // The next rotation needs the new root key: the old ones alone no longer count.
+        repo.Publisher.RotateRoot([repo.RootKeys[0], repo.RootKeys[1]], [repo.RootKeys[0]], 1, repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(365));
+        Assert.Contains("3.root.json: 0 valid signature(s)", Assert.Throws<TrustException>(() => client.Refresh()).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ExpiredMetadata_IsRefusedAsAFreeze()
+    {
+        using var repo = new TestRepository();
+        repo.Now += TimeSpan.FromDays(8);
+        Assert.Contains("timestamp.json expired", Assert.Throws<TrustException>(() => repo.Client().Refresh()).Message, StringComparison.Ordinal);
+        repo.Publisher.Refresh(repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7));
+        Assert.Empty(repo.Client().Refresh().Targets);
+    }
+
+    [Fact]
+    public void AVersionRollback_IsCaught_AcrossRestarts()
+    {
+        using var repo = new TestRepository();
+        var old = Snapshot(repo);
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        repo.Client().Refresh();
+        Restore(repo, old);
+        // A new client over the same state folder: what the agent trusted before its restart.
+        var e = Assert.Throws<TrustException>(() => repo.Client().Refresh());
+        Assert.Contains("rollback", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void OldTargetsWithANewerSnapshot_AreCaughtAsMixAndMatch()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        var oldTargets = repo.Store.Read(Publisher.Targets)!;
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
+        repo.Store.Write(Publisher.Targets, oldTargets);
+        var e = Assert.Throws<TrustException>(() => repo.Client().Refresh());
+        Assert.Contains("mix-and-match", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void RepublishingAVersionWithOtherBytes_IsRefusedAndWritesNothing()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        var before = Snapshot(repo);
+        var other = TestRepository.Package(StackPlugins.SwapTest, "std-ipv4", "1.0.0");
+        Assert.Contains("already published with another digest", Assert.Throws<TrustException>(() => repo.Publish(other)).Message, StringComparison.Ordinal);
+        Assert.Equal(before.Keys, Snapshot(repo).Keys);
+        Assert.All(before, f => Assert.Equal(f.Value, repo.Store.Read(f.Key)));
+    }
+
+    private static Dictionary<string, byte[]> Snapshot(TestRepository repo) =>
+        Directory.EnumerateFiles(repo.Store.Root, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(repo.Store.Root, f), File.ReadAllBytes);
+
+    private static void Restore(TestRepository repo, Dictionary<string, byte[]> files)
+    {
+        foreach (var (name, bytes) in files)
+        {
+            repo.Store.Write(name, bytes);
+        }
+    }
+}
