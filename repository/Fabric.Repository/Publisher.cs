@@ -35,6 +35,7 @@ public sealed class Publisher(IRepositoryStore store, Func<DateTimeOffset>? cloc
     /// <summary>Publishes a package; refuses a second, different package under the same id and version.</summary>
     public TargetInfo Publish(byte[] package, SigningKey targetsKey, SigningKey snapshotKey, SigningKey timestampKey, TimeSpan expiry)
     {
+        Authorize(("targets", targetsKey), ("snapshot", snapshotKey), ("timestamp", timestampKey));
         var (manifest, _) = StackPackage.Read(package);
         var name = $"{manifest.Id}/{manifest.Version}";
         var sha = StackPackage.Sha256(package);
@@ -56,6 +57,7 @@ public sealed class Publisher(IRepositoryStore store, Func<DateTimeOffset>? cloc
     /// <summary>Re-signs targets, snapshot and timestamp with fresh expiry and new versions (what a refresh service does to prove freshness).</summary>
     public void Refresh(SigningKey targetsKey, SigningKey snapshotKey, SigningKey timestampKey, TimeSpan expiry)
     {
+        Authorize(("targets", targetsKey), ("snapshot", snapshotKey), ("timestamp", timestampKey));
         var current = Current<TargetsMetadata>(Targets, "targets");
         var snapshot = Current<SnapshotMetadata>(Snapshot, "snapshot");
         var timestamp = Current<TimestampMetadata>(Timestamp, "timestamp");
@@ -105,6 +107,19 @@ public sealed class Publisher(IRepositoryStore store, Func<DateTimeOffset>? cloc
         store.Write(Targets, targetsFile);
         store.Write(Snapshot, snapshotFile);
         store.Write(Timestamp, SignedFile.Create(timestamp, [timestampKey]));
+    }
+
+    /// <summary>Refuses, before anything is written, keys the current root does not authorize for their role.</summary>
+    private void Authorize(params (string Role, SigningKey Key)[] keys)
+    {
+        var root = Current<RootMetadata>(Root, "root");
+        foreach (var (role, key) in keys)
+        {
+            if (!root.Roles.TryGetValue(role, out var allowed) || !allowed.KeyIds.Contains(key.KeyId))
+            {
+                throw new TrustException($"Key {key.KeyId[..16]}… is not a {role} key of root v{root.Version}; nothing was published.");
+            }
+        }
     }
 
     private T Current<T>(string name, string type) =>

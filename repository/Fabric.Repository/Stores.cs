@@ -44,6 +44,7 @@ public static class AtomicFile
 {
     public static void Write(string path, byte[] bytes)
     {
+        path = Path.GetFullPath(path);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         var temporary = $"{path}.tmp-{Environment.ProcessId}-{Environment.CurrentManagedThreadId}";
         File.WriteAllBytes(temporary, bytes);

@@ -123,8 +123,20 @@ public class TrustTests
     {
         using var repo = new TestRepository();
         using var rogue = SigningKey.Generate();
-        var forged = new Publisher(repo.Store, () => repo.Now);
-        forged.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "6.6.6"), rogue, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(1));
+        // The publisher refuses a key the root does not know, and writes nothing...
+        var before = repo.Store.Read(Publisher.Targets);
+        Assert.Contains("is not a targets key", Assert.Throws<TrustException>(() =>
+            repo.Publisher.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "6.6.6"), rogue, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(1))).Message,
+            StringComparison.Ordinal);
+        Assert.Equal(before, repo.Store.Read(Publisher.Targets));
+        // ...so an attacker writes the files directly: targets signed by the rogue key, chained by a stolen snapshot/timestamp key.
+        var targets = SignedFile.ReadUnverified<TargetsMetadata>(before!, "targets.json", "targets");
+        repo.Store.Write(Publisher.Targets, SignedFile.Create(targets with { Version = targets.Version + 1 }, [rogue]));
+        var snapshot = new SnapshotMetadata("snapshot", 2, repo.Now.AddDays(1), new(StringComparer.Ordinal) { [Publisher.Targets] = new MetaFile(targets.Version + 1) });
+        var snapshotFile = SignedFile.Create(snapshot, [repo.SnapshotKey]);
+        repo.Store.Write(Publisher.Snapshot, snapshotFile);
+        repo.Store.Write(Publisher.Timestamp, SignedFile.Create(new TimestampMetadata("timestamp", 2, repo.Now.AddDays(1),
+            new(StringComparer.Ordinal) { [Publisher.Snapshot] = new MetaFile(2, snapshotFile.Length, StackPackage.Sha256(snapshotFile)) }), [repo.TimestampKey]));
         var e = Assert.Throws<TrustException>(() => repo.Client().Refresh());
         Assert.Contains("targets.json: 0 valid signature(s)", e.Message, StringComparison.Ordinal);
         Assert.Contains("by keys the root does not trust", e.Message, StringComparison.Ordinal);
