@@ -50,9 +50,16 @@ public sealed class Agent : IDisposable
     /// <summary>Loads stacks, binds the underlay and applies the config's hosts, VMs and routes. Throws on the first failure.</summary>
     public void Start()
     {
-        foreach (var path in Config.Stacks)
+        foreach (var path in Config.Stacks ?? [])
         {
             Switch.RegisterStack(path);
+        }
+        if (Config.Repository is { } repository)
+        {
+            foreach (var path in SignedStacks.Install(repository))
+            {
+                Switch.RegisterStack(path);
+            }
         }
         var u = Config.Underlay;
         Switch.StartUnderlay(u.IPv4 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv4), u.Port), u.IPv6 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv6), u.Port));

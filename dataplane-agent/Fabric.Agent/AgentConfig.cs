@@ -18,6 +18,12 @@ public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IP
 /// <summary>A remote host: its underlay addresses and the stack its path uses.</summary>
 public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, string Stack = "std-ipv4", int Port = FabricHeader.DefaultUdpPort);
 
+/// <summary>
+/// Where signed stacks come from: a repository folder, the root this agent pins, and its state folder (the metadata
+/// it last trusted and the verified packages, unpacked by digest).
+/// </summary>
+public sealed record RepositoryConfig(string Path, string TrustRoot, string StateDirectory);
+
 /// <summary>This host's underlay: where the agent's UDP sockets bind, and the uplink MTU.</summary>
 public sealed record UnderlayConfig(string? IPv4, string? IPv6, int Port = FabricHeader.DefaultUdpPort, int Mtu = 1500);
 
@@ -31,7 +37,8 @@ public sealed record AgentConfig(
     RemoteHostConfig[]? RemoteHosts = null,
     VmConfig[]? Vms = null,
     RouteConfig[]? Routes = null,
-    int DrainMilliseconds = 2000)
+    int DrainMilliseconds = 2000,
+    RepositoryConfig? Repository = null)
 {
     private static readonly JsonSerializerOptions Json = new()
     {
@@ -115,6 +122,10 @@ public sealed record AgentConfig(
         if (string.IsNullOrWhiteSpace(ApiSocket))
         {
             problems.Add("apiSocket: required");
+        }
+        if (Repository is not null && !File.Exists(Repository.TrustRoot))
+        {
+            problems.Add($"repository.trustRoot: '{Repository.TrustRoot}' does not exist");
         }
         for (var i = 0; i < (Stacks?.Length ?? 0); i++)
         {
