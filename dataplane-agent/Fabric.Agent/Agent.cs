@@ -168,6 +168,8 @@ public sealed class Agent : IDisposable
         HostId = Config.HostId,
         Underlay = new { IPv4 = Switch.UnderlayEndpoints.IPv4?.ToString(), IPv6 = Switch.UnderlayEndpoints.IPv6?.ToString(), Drops = Switch.UnderlayCounters.DropSnapshot() },
         Stacks = Switch.StackHost.Entries(),
+        Quarantined = Switch.StackHost.Quarantined,
+        Events = Switch.Events,
         UnloadingContexts = Switch.StackHost.UnloadingContexts,
         Vms = Switch.Vms.Values.OrderBy(v => v.Spec.VmId, StringComparer.Ordinal).Select(v => new
         {

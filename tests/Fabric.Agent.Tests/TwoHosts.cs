@@ -20,7 +20,7 @@ internal sealed class TwoHosts : IDisposable
 
     public TwoHosts(string stack = "std-ipv4")
     {
-        string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest)];
+        string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest), StackPlugins.PathOf(StackPlugins.Faulty)];
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         B = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         A.Start();

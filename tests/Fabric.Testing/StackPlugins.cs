@@ -8,6 +8,7 @@ public static class StackPlugins
     public const string StdIPv4 = "Fabric.Stacks.StdIPv4";
     public const string StdIPv6 = "Fabric.Stacks.StdIPv6";
     public const string SwapTest = "Fabric.Stacks.SwapTest";
+    public const string Faulty = "Fabric.Stacks.Faulty";
 
     /// <summary>The plug-in's main assembly; throws naming the path when it was not built.</summary>
     public static string PathOf(string project)

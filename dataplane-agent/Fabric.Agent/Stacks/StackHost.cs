@@ -18,6 +18,7 @@ public sealed class StackHost
     private readonly Dictionary<string, string> _paths = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Slot> _loaded = new(StringComparer.Ordinal);
     private readonly List<WeakReference> _unloading = [];
+    private readonly Dictionary<string, string> _quarantined = new(StringComparer.Ordinal);
     private readonly TimeSpan _drain;
     private readonly Func<DateTime> _now;
 
@@ -91,6 +92,10 @@ public sealed class StackHost
             {
                 throw new InvalidOperationException($"Stack '{id}' is not available (available: {string.Join(", ", _paths.Keys)}).");
             }
+            if (_quarantined.TryGetValue(id, out var reason))
+            {
+                throw new InvalidOperationException($"Stack '{id}' is quarantined: {reason}.");
+            }
             var stack = LoadLocked(id);
             var slot = _loaded[id];
             slot.Bindings++;
@@ -107,6 +112,27 @@ public sealed class StackHost
             if (_loaded.TryGetValue(id, out var slot) && slot.Bindings > 0 && --slot.Bindings == 0)
             {
                 slot.IdleSince = _now();
+            }
+        }
+    }
+
+    /// <summary>Refuses new bindings of <paramref name="id"/> from now on; existing ones are moved off it by the switch.</summary>
+    public void Quarantine(string id, string reason)
+    {
+        lock (_gate)
+        {
+            _quarantined.TryAdd(id, reason);
+        }
+    }
+
+    /// <summary>Quarantined stacks and why.</summary>
+    public IReadOnlyDictionary<string, string> Quarantined
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return new Dictionary<string, string>(_quarantined);
             }
         }
     }

@@ -21,6 +21,8 @@ public enum DropReason
     TransmitFailed,
     /// <summary>The remote host has no path configured.</summary>
     NoPath,
+    /// <summary>The stack threw instead of counting a drop; it was quarantined.</summary>
+    StackFault,
 }
 
 /// <summary>Packet and byte counters with drops by reason; written by data-path threads with interlocked adds.</summary>

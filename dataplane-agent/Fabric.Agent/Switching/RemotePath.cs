@@ -28,6 +28,21 @@ public sealed class RemotePath : IDisposable
     private readonly PathDelivery _delivery;
     private int _transmitSlot;
 
+    /// <summary>The slot every path keeps open with the family's std stack, so a path whose stack fails can fall back at once.</summary>
+    public const int FallbackSlot = 255;
+
+    private long _inCallSince;
+    private volatile int _inCallSlot;
+
+    /// <summary>The slot whose stack the current (or last) call went into.</summary>
+    internal int InCallSlot => _inCallSlot;
+
+    /// <summary>The stack id in a slot, read without the gate (for the watchdog, which must not wait on a hung path).</summary>
+    internal string? StackInUnlocked(int slot) => Volatile.Read(ref _slotStacks[slot]);
+
+    /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
+    internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }
+
     internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Action<uint, ReadOnlySpan<byte>> deliver, Func<long> clock)
     {
         Spec = spec;
@@ -150,7 +165,7 @@ public sealed class RemotePath : IDisposable
             for (var i = 1; i < _slots.Length; i++)
             {
                 var candidate = (_transmitSlot + i) % _slots.Length;
-                if (_slots[candidate] is null)
+                if (_slots[candidate] is null && candidate != FallbackSlot)
                 {
                     return candidate;
                 }
@@ -200,9 +215,13 @@ public sealed class RemotePath : IDisposable
     /// <summary>Sends a VM frame of virtual network <paramref name="vni"/> through the transmit slot's stack.</summary>
     internal void Transmit(ReadOnlySpan<byte> frame, uint vni)
     {
+        Exception? fault = null;
+        int slot;
+        string? stackId;
         lock (_gate)
         {
-            var slot = _transmitSlot;
+            slot = _transmitSlot;
+            stackId = _slotStacks[slot];
             var stack = _slots[slot];
             if (stack is null)
             {
@@ -210,7 +229,48 @@ public sealed class RemotePath : IDisposable
                 return;
             }
             _output.Prepare((byte)slot, vni);
-            stack.Transmit(frame, Clock(), _output);
+            _inCallSlot = slot;
+            Volatile.Write(ref _inCallSince, Clock());
+            try
+            {
+                stack.Transmit(frame, Clock(), _output);
+            }
+            catch (Exception e)
+            {
+                // A stack must count per-packet failures, not throw: this one is broken and will be quarantined.
+                fault = e;
+            }
+            Volatile.Write(ref _inCallSince, 0);
+        }
+        if (fault is not null)
+        {
+            Counters.Drop(DropReason.StackFault);
+            OnFault?.Invoke(this, slot, stackId!, true, fault);
+        }
+    }
+
+    /// <summary>How long the current call into a stack has lasted, in nanoseconds (0 when none is running).</summary>
+    internal long InCallFor(long now)
+    {
+        var since = Volatile.Read(ref _inCallSince);
+        return since == 0 ? 0 : now - since;
+    }
+
+    /// <summary>The stack id in <paramref name="slot"/>, or null.</summary>
+    internal string? StackIn(int slot)
+    {
+        lock (_gate)
+        {
+            return _slotStacks[slot];
+        }
+    }
+
+    /// <summary>Retires a faulted instance at once (its slot then drops what arrives for it); returns its stack id.</summary>
+    internal string? Retire(int slot)
+    {
+        lock (_gate)
+        {
+            return _slots[slot] is null ? null : CloseLocked(slot);
         }
     }
 
@@ -223,6 +283,8 @@ public sealed class RemotePath : IDisposable
             return;
         }
         Counters.Received(datagram.Length);
+        Exception? fault = null;
+        string? faultStack = null;
         lock (_gate)
         {
             TrackSequence(header.PathSequence);
@@ -234,7 +296,23 @@ public sealed class RemotePath : IDisposable
             }
             _output.Prepare(header.Slot, header.VirtualNetworkId);
             _delivery.Vni = header.VirtualNetworkId;
-            stack.Receive(new StackDatagram(header.ToRepr(), header.StackFields, header.Payload), Clock(), _delivery, _output);
+            _inCallSlot = header.Slot;
+            Volatile.Write(ref _inCallSince, Clock());
+            try
+            {
+                stack.Receive(new StackDatagram(header.ToRepr(), header.StackFields, header.Payload), Clock(), _delivery, _output);
+            }
+            catch (Exception e)
+            {
+                fault = e;
+                faultStack = _slotStacks[header.Slot];
+            }
+            Volatile.Write(ref _inCallSince, 0);
+        }
+        if (fault is not null)
+        {
+            Counters.Drop(DropReason.StackFault);
+            OnFault?.Invoke(this, header.Slot, faultStack!, false, fault);
         }
     }
 

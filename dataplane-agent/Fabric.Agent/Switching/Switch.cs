@@ -30,6 +30,7 @@ public sealed class Switch : IDisposable
 {
     private const int InnerEthernet = 14;
     private const int UdpAndFabric = 8 + FabricHeader.Length;
+    private const long HangThresholdNanoseconds = 1_000_000_000;
     private readonly SwitchOptions _options;
     private readonly Func<long> _clock;
     private readonly ILogger _logger;
@@ -39,6 +40,8 @@ public sealed class Switch : IDisposable
     private readonly StackHost _stackHost;
     private readonly object _tableWriter = new();
     private readonly TrafficCounters _underlayCounters = new();
+    private readonly ConcurrentQueue<string> _events = new();
+    private readonly ConcurrentDictionary<RemotePath, bool> _hung = new();
     private volatile ForwardingTable _table = ForwardingTable.Empty;
     private UdpUnderlay? _underlay4;
     private UdpUnderlay? _underlay6;
@@ -175,9 +178,15 @@ public sealed class Switch : IDisposable
                 + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
-        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock);
+        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock) { OnFault = HandleFault };
         path.Open(_stackHost.Acquire(spec.Stack), 0, _options.HostId);
         path.Commit(0, 0);
+        // The standing fallback: the family's std stack, open for receiving in the last slot on every path.
+        var fallback = FallbackStack(family);
+        if (_stackHost.Registered.Contains(fallback))
+        {
+            path.Open(_stackHost.Acquire(fallback), RemotePath.FallbackSlot, _options.HostId);
+        }
         if (_paths.TryRemove(spec.HostId, out var old))
         {
             _pathsByAddress.TryRemove(old.Destination, out _);
@@ -246,12 +255,61 @@ public sealed class Switch : IDisposable
         var now = _clock();
         foreach (var path in _paths.Values)
         {
+            // A stack stuck in a call holds its path's gate: report and quarantine it, and do not wait on that path.
+            if (path.InCallFor(now) > HangThresholdNanoseconds)
+            {
+                if (_hung.TryAdd(path, true) && path.StackInUnlocked(path.InCallSlot) is { } hung)
+                {
+                    _stackHost.Quarantine(hung, $"a call on the path to {path.Spec.HostId} has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
+                    Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot}); that path is stuck until the agent restarts");
+                }
+                continue;
+            }
             foreach (var stackId in path.TakeDrained(now))
             {
                 _stackHost.Release(stackId);
             }
         }
         _stackHost.Collect();
+    }
+
+    /// <summary>Recent events operators should see (quarantines, hangs), newest last, at most 100.</summary>
+    public IReadOnlyList<string> Events => [.. _events];
+
+    private static string FallbackStack(AddressFamily family) => family == AddressFamily.InterNetworkV6 ? "std-ipv6" : "std-ipv4";
+
+    private void Report(string text)
+    {
+        _events.Enqueue($"{DateTime.UtcNow:O} {text}");
+        while (_events.Count > 100)
+        {
+            _events.TryDequeue(out _);
+        }
+        Log.StackEvent(_logger, text);
+    }
+
+    /// <summary>
+    /// A stack threw: it is quarantined (no new bindings anywhere), every path transmitting through it moves to its
+    /// fallback slot, and an instance that threw while receiving is retired at once (datagrams for its slot are then
+    /// counted as unknown-slot drops until the peer moves too). The agent and every other binding keep working.
+    /// </summary>
+    private void HandleFault(RemotePath faulted, int slot, string stackId, bool transmitting, Exception fault)
+    {
+        _stackHost.Quarantine(stackId, $"{(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} threw {fault.GetType().Name}: {fault.Message}");
+        Report($"stack {stackId} quarantined: {(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} (slot {slot}) threw {fault.GetType().Name}: {fault.Message}");
+        var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
+        foreach (var path in _paths.Values)
+        {
+            if (path.TransmitStack == stackId && path.StackIn(RemotePath.FallbackSlot) is not null)
+            {
+                path.Commit(RemotePath.FallbackSlot, drainUntil);
+                Report($"path to {path.Spec.HostId} falls back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})");
+            }
+        }
+        if (!transmitting && faulted.TransmitSlot != slot && faulted.Retire(slot) is { } retired)
+        {
+            _stackHost.Release(retired);
+        }
     }
 
     private RemotePath PathTo(string hostId) =>
@@ -279,6 +337,18 @@ public sealed class Switch : IDisposable
     {
         var batch = new FrameBatch(32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
         var scratch = new byte[65536];
+        try
+        {
+            ReceiveLoop(vm, batch, scratch);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The switch is shutting down under this thread: nothing left to forward.
+        }
+    }
+
+    private void ReceiveLoop(VmPort vm, FrameBatch batch, byte[] scratch)
+    {
         while (!vm.Stopping)
         {
             var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));

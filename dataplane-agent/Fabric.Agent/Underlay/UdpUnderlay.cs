@@ -103,11 +103,18 @@ public sealed class UdpUnderlay : IDisposable
             {
                 continue;
             }
-            for (var i = 0; i < n; i++)
+            try
             {
-                _handler(batch.Datagram(i), batch.Peer(i));
+                for (var i = 0; i < n; i++)
+                {
+                    _handler(batch.Datagram(i), batch.Peer(i));
+                }
+                _afterBatch();
             }
-            _afterBatch();
+            catch (ObjectDisposedException)
+            {
+                return;
+            }
         }
     }
 

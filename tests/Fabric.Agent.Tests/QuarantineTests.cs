@@ -1,0 +1,76 @@
+using Fabric.Agent.Switching;
+using Fabric.Testing;
+using Fabric.Wire;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>A stack that throws or hangs is quarantined; its paths fall back to std; the agent keeps working.</summary>
+public class QuarantineTests
+{
+    [Fact]
+    public void AStackThrowingInTransmit_IsQuarantinedAndThePathFallsBackToStd()
+    {
+        using var hosts = new TwoHosts("faulty");
+        var normal = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(normal);
+        Assert.Equal(normal, hosts.Expect("vm3"));
+
+        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXFAULT"));
+        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "quarantine", () => "not quarantined");
+        Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: transmit on the path to host-b (slot 0) threw InvalidOperationException", StringComparison.Ordinal));
+
+        // Traffic goes on through the fallback slot, which the peer always has open.
+        hosts.Vm("vm1").Transmit(normal);
+        Assert.Equal(normal, hosts.Expect("vm3"));
+        // The other direction still flows, and local switching never noticed.
+        var back = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 300);
+        hosts.Vm("vm3").Transmit(back);
+        Assert.Equal(back, hosts.Expect("vm1"));
+        var local = Frames.Udp(Mac1, Mac2, "10.0.0.1", "10.0.0.2", 100);
+        hosts.Vm("vm1").Transmit(local);
+        Assert.Equal(local, hosts.Expect("vm2"));
+        // No new binding of the quarantined stack is allowed.
+        var refused = hosts.A.Handle(new ApiRequest("prepare-swap", Id: "host-b", Stack: "faulty"));
+        Assert.Contains("'faulty' is quarantined", refused.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void AStackThrowingInReceive_IsRetiredAndCounted()
+    {
+        using var hosts = new TwoHosts("faulty");
+        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "RXFAULT"));
+        Eventually.True(() => hosts.B.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "quarantine on B", () => "not quarantined");
+        Assert.Equal(1, hosts.B.Switch.Paths["host-a"].Counters.Drops(DropReason.StackFault));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(100)));
+        // B moved its own transmissions to std; A's std fallback slot decodes them.
+        Assert.Equal("std-ipv4", hosts.B.Switch.Paths["host-a"].TransmitStack);
+        var back = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 300);
+        hosts.Vm("vm3").Transmit(back);
+        Assert.Equal(back, hosts.Expect("vm1"));
+    }
+
+    [Fact]
+    public void AHungStack_IsNoticedByTheWatchdog_WhileTheAgentKeepsWorking()
+    {
+        using var hosts = new TwoHosts("faulty");
+        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXHANG"));
+        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "hang watchdog", () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("hung in a call on the path to host-b", StringComparison.Ordinal));
+        // While vm1's thread is stuck in the stack, vm2's traffic and the API are served.
+        hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac1, "10.0.0.2", "10.0.0.1", 100));
+        Assert.NotEmpty(hosts.Expect("vm1"));
+        Assert.True(hosts.A.Handle(new ApiRequest("status")).Ok);
+        // The call returns in the end (this stack sleeps two seconds) and the frame goes out.
+        Assert.NotEmpty(hosts.Expect("vm3"));
+    }
+
+    private static byte[] Marked(MacAddress src, MacAddress dst, string marker)
+    {
+        var frame = new byte[14 + 100];
+        EthernetWriter.Write(frame, dst, src, EtherTypes.IPv4);
+        System.Text.Encoding.ASCII.GetBytes(marker).CopyTo(frame, 14);
+        return frame;
+    }
+}

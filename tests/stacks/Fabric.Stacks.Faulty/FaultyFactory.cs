@@ -1,0 +1,69 @@
+using System.Net.Sockets;
+using Fabric.Wire;
+
+namespace Fabric.Stacks.Faulty;
+
+/// <summary>
+/// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
+/// makes Transmit throw, "RXFAULT" makes Receive throw, and "TXHANG" makes Transmit block for two seconds.
+/// </summary>
+public sealed class FaultyFactory : IStackFactory
+{
+    public StackDescription Description { get; } = new("faulty", "0.0.1", AddressFamily.InterNetwork, MaxStackFieldBytes: 0);
+
+    public IStack Create(StackContext context) => new FaultyStack();
+
+    private sealed class FaultyStack : IStack
+    {
+        private readonly StackCounters _counters = new();
+
+        public long NextTimerNanoseconds => long.MaxValue;
+
+        public void Transmit(ReadOnlySpan<byte> frame, long nowNanoseconds, IUnderlayOutput underlay)
+        {
+            _counters.FramesIn++;
+            if (Marked(frame, "TXFAULT"u8))
+            {
+                throw new InvalidOperationException("faulty stack: transmit fault requested");
+            }
+            if (Marked(frame, "TXHANG"u8))
+            {
+                Thread.Sleep(TimeSpan.FromSeconds(2));
+            }
+            var buffer = underlay.Begin(frame.Length);
+            frame.CopyTo(buffer);
+            underlay.Commit(FabricPayloadType.Ethernet, 0, frame.Length);
+            _counters.DatagramsOut++;
+        }
+
+        public void Receive(in StackDatagram datagram, long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
+        {
+            _counters.DatagramsIn++;
+            if (Marked(datagram.Payload, "RXFAULT"u8))
+            {
+                throw new InvalidOperationException("faulty stack: receive fault requested");
+            }
+            vm.Deliver(datagram.Payload);
+            _counters.FramesDelivered++;
+        }
+
+        private static bool Marked(ReadOnlySpan<byte> frame, ReadOnlySpan<byte> marker) =>
+            frame.Length >= EthernetFrame.HeaderLength + marker.Length && frame.Slice(EthernetFrame.HeaderLength, marker.Length).SequenceEqual(marker);
+
+        public void OnTimer(long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
+        {
+        }
+
+        public StackStats GetStats() => _counters.Snapshot();
+
+        public StackState ExportState() => StackState.Empty("faulty");
+
+        public void ApplyPolicy(StackPolicy policy)
+        {
+        }
+
+        public void Dispose()
+        {
+        }
+    }
+}
