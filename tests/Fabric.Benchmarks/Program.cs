@@ -4,6 +4,7 @@ using Fabric.Benchmarks;
 return args.FirstOrDefault() switch
 {
     "linkem" => LinkEmulatorBenchmark.Run(),
+    "swap" => SwapBenchmark.Run(100, args.Length > 1 && double.TryParse(args[1], System.Globalization.CultureInfo.InvariantCulture, out var pps) ? pps : 20_000),
     "overlay" => OverlayBenchmark.Run(args.Length > 1 && int.TryParse(args[1], out var seconds) ? seconds : 10),
     "wire" => Wire(args[1..]),
     _ => Usage(),
@@ -17,6 +18,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | wire [BenchmarkDotNet args]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args]");
     return 2;
 }
