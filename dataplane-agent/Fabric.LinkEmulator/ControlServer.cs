@@ -1,6 +1,5 @@
-using System.Net.Sockets;
-using System.Text;
 using System.Text.Json;
+using Fabric.Hal.Linux;
 
 namespace Fabric.LinkEmulator;
 
@@ -16,23 +15,12 @@ namespace Fabric.LinkEmulator;
 public sealed class ControlServer : IDisposable
 {
     private readonly LinkEmulator _emulator;
-    private readonly Socket _listener;
-    private readonly string _path;
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Task _accepting;
+    private readonly UnixLineServer _server;
 
     public ControlServer(LinkEmulator emulator, string path)
     {
         _emulator = emulator;
-        _path = path;
-        if (File.Exists(path))
-        {
-            File.Delete(path);
-        }
-        _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        _listener.Bind(new UnixDomainSocketEndPoint(path));
-        _listener.Listen(8);
-        _accepting = Task.Run(AcceptLoopAsync);
+        _server = new UnixLineServer(path, Handle);
     }
 
     /// <summary>Handles one request line and returns the reply line (also used by tests without a socket).</summary>
@@ -95,65 +83,9 @@ public sealed class ControlServer : IDisposable
 
     private string Describe() => $"a2b: {_emulator.GetProfile(Direction.AToB)}; b2a: {_emulator.GetProfile(Direction.BToA)}";
 
-    private async Task AcceptLoopAsync()
-    {
-        while (!_stop.IsCancellationRequested)
-        {
-            Socket client;
-            try
-            {
-                client = await _listener.AcceptAsync(_stop.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
-            {
-                return;
-            }
-            _ = Task.Run(() => ServeAsync(client));
-        }
-    }
-
-    private async Task ServeAsync(Socket client)
-    {
-        using (client)
-        {
-            await using var stream = new NetworkStream(client);
-            using var reader = new StreamReader(stream, Encoding.UTF8);
-            await using var writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
-            try
-            {
-                while (await reader.ReadLineAsync(_stop.Token).ConfigureAwait(false) is { } line)
-                {
-                    await writer.WriteLineAsync(Handle(line)).ConfigureAwait(false);
-                }
-            }
-            catch (Exception e) when (e is IOException or OperationCanceledException or SocketException)
-            {
-                // The client went away or we are stopping: nothing to answer.
-            }
-        }
-    }
-
     /// <summary>Sends one request to a control socket and returns the reply line.</summary>
-    public static string Send(string path, string request)
-    {
-        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        socket.Connect(new UnixDomainSocketEndPoint(path));
-        using var stream = new NetworkStream(socket);
-        using var writer = new StreamWriter(stream, new UTF8Encoding(false)) { AutoFlush = true, NewLine = "\n" };
-        using var reader = new StreamReader(stream, Encoding.UTF8);
-        writer.WriteLine(request);
-        return reader.ReadLine() ?? "error: the emulator closed the connection without answering";
-    }
+    public static string Send(string path, string request) =>
+        UnixLineServer.Send(path, request) ?? "error: the emulator closed the connection without answering";
 
-    public void Dispose()
-    {
-        _stop.Cancel();
-        _listener.Dispose();
-        _accepting.Wait(TimeSpan.FromSeconds(2));
-        _stop.Dispose();
-        if (File.Exists(_path))
-        {
-            File.Delete(_path);
-        }
-    }
+    public void Dispose() => _server.Dispose();
 }

@@ -137,20 +137,7 @@ internal static partial class OverlayBenchmark
         return output;
     }
 
-    private static Process Start(string ns, string program, params string[] args)
-    {
-        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
-        {
-            info.ArgumentList.Add(arg);
-        }
-        var process = Process.Start(info)!;
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        return process;
-    }
+    private static Process Start(string ns, string program, params string[] args) => Privileged.StartInNamespace(ns, program, args);
 
     private static void Stop(Process process)
     {

@@ -194,17 +194,7 @@ public sealed class OverlayTopology : IDisposable
 
     private Process Start(string ns, string program, params string[] args)
     {
-        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
-        {
-            info.ArgumentList.Add(arg);
-        }
-        var process = Process.Start(info)!;
-        // Drain output so a chatty process never blocks on a full pipe.
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
+        var process = Privileged.StartInNamespace(ns, program, args);
         _processes.Add(process);
         return process;
     }
@@ -234,14 +224,5 @@ public sealed class OverlayTopology : IDisposable
 /// <summary>Talks to an agent's local API socket.</summary>
 public static class AgentApi
 {
-    public static string Send(string socketPath, string requestJson)
-    {
-        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-        socket.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath));
-        using var stream = new System.Net.Sockets.NetworkStream(socket);
-        using var writer = new StreamWriter(stream) { AutoFlush = true, NewLine = "\n" };
-        using var reader = new StreamReader(stream);
-        writer.WriteLine(requestJson);
-        return reader.ReadLine() ?? "";
-    }
+    public static string Send(string socketPath, string requestJson) => Fabric.Hal.Linux.UnixLineServer.Send(socketPath, requestJson) ?? "";
 }

@@ -35,6 +35,22 @@ public static class Privileged
         return stdout;
     }
 
+    /// <summary>Starts a long-running program inside a network namespace; its output is drained (and discarded) so it never blocks on a full pipe.</summary>
+    public static Process StartInNamespace(string ns, string program, params string[] args)
+    {
+        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
+        {
+            info.ArgumentList.Add(arg);
+        }
+        var process = Process.Start(info)!;
+        process.OutputDataReceived += (_, _) => { };
+        process.ErrorDataReceived += (_, _) => { };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return process;
+    }
+
     /// <summary>Runs a command and returns its exit code and output.</summary>
     public static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args)
     {

@@ -260,8 +260,9 @@ public sealed class Switch : IDisposable
             {
                 if (_hung.TryAdd(path, true) && path.StackInUnlocked(path.InCallSlot) is { } hung)
                 {
-                    _stackHost.Quarantine(hung, $"a call on the path to {path.Spec.HostId} has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
+                    // Reported before it takes effect, so whoever sees the quarantine also finds the event.
                     Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot}); that path is stuck until the agent restarts");
+                    _stackHost.Quarantine(hung, $"a call on the path to {path.Spec.HostId} has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
                 }
                 continue;
             }
@@ -295,8 +296,8 @@ public sealed class Switch : IDisposable
     /// </summary>
     private void HandleFault(RemotePath faulted, int slot, string stackId, bool transmitting, Exception fault)
     {
-        _stackHost.Quarantine(stackId, $"{(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} threw {fault.GetType().Name}: {fault.Message}");
         Report($"stack {stackId} quarantined: {(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} (slot {slot}) threw {fault.GetType().Name}: {fault.Message}");
+        _stackHost.Quarantine(stackId, $"{(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} threw {fault.GetType().Name}: {fault.Message}");
         var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
         foreach (var path in _paths.Values)
         {
