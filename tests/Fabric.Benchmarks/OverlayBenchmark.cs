@@ -32,21 +32,21 @@ internal static partial class OverlayBenchmark
             net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b);
             net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
             net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
-            results.Add(Measure("direct veth", a, b, "198.19.0.2", [], seconds, null));
+            results.Add(Measure("direct veth", a, b, "198.19.0.2", [], seconds));
         }
         using (var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", withEmulator: false))
         {
             var vm1 = topology.Vm("vm1");
             var vm3 = topology.Vm("vm3");
             Privileged.Run("ip", "netns", "exec", vm1.Namespace, "ping", "-c", "1", "-W", "2", vm3.IPv4);
-            results.Add(Measure("fabric std-ipv4", vm1.Namespace, vm3.Namespace, vm3.IPv4, [topology.AgentPids.A, topology.AgentPids.B], seconds, null));
+            results.Add(Measure("fabric std-ipv4", vm1.Namespace, vm3.Namespace, vm3.IPv4, [topology.AgentPids.A, topology.AgentPids.B], seconds));
 
-            var wgA = StartWireGuard(topology, topology.HostA, "wgfa", "10.200.0.1", "198.18.0.2", out var keyA);
-            var wgB = StartWireGuard(topology, topology.HostB, "wgfb", "10.200.0.2", "198.18.0.1", out var keyB);
+            var wgA = StartWireGuard(topology, topology.HostA, "wgfa", "10.200.0.1", out var keyA);
+            var wgB = StartWireGuard(topology, topology.HostB, "wgfb", "10.200.0.2", out var keyB);
             Peer(topology.HostA, "wgfa", keyB, "10.200.0.2/32", "198.18.0.2:51820");
             Peer(topology.HostB, "wgfb", keyA, "10.200.0.1/32", "198.18.0.1:51820");
             Privileged.Run("ip", "netns", "exec", topology.HostA, "ping", "-c", "1", "-W", "3", "10.200.0.2");
-            results.Add(Measure("wireguard-go", topology.HostA, topology.HostB, "10.200.0.2", [wgA, wgB], seconds, null));
+            results.Add(Measure("wireguard-go", topology.HostA, topology.HostB, "10.200.0.2", [wgA, wgB], seconds));
         }
 
         Console.WriteLine();
@@ -66,7 +66,7 @@ internal static partial class OverlayBenchmark
         return 0;
     }
 
-    private static Figures Measure(string name, string client, string server, string address, int[] pids, int seconds, string? note)
+    private static Figures Measure(string name, string client, string server, string address, int[] pids, int seconds)
     {
         Console.Error.WriteLine($"measuring {name}…");
         var iperf = Start(server, "iperf3", "-s", "-p", "5301");
@@ -103,7 +103,7 @@ internal static partial class OverlayBenchmark
         return match.Success ? double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : double.NaN;
     }
 
-    private static int StartWireGuard(OverlayTopology topology, string ns, string name, string address, string peer, out string publicKey)
+    private static int StartWireGuard(OverlayTopology topology, string ns, string name, string address, out string publicKey)
     {
         var process = topology.StartIn(ns, "env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", name);
         Eventually.True(() => File.Exists($"/var/run/wireguard/{name}.sock"), TimeSpan.FromSeconds(10), $"starting wireguard-go {name}", () => "");
@@ -115,7 +115,6 @@ internal static partial class OverlayBenchmark
         File.Delete(keyFile);
         Privileged.Run("ip", "netns", "exec", ns, "ip", "addr", "add", address + "/24", "dev", name);
         Privileged.Run("ip", "netns", "exec", ns, "ip", "link", "set", name, "mtu", "1420", "up");
-        _ = peer;
         return process.Id;
     }
 
