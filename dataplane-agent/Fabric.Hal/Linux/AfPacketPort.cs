@@ -144,20 +144,10 @@ public sealed unsafe class AfPacketPort : FdFramePort
             {
                 return Fail(errno);
             }
-            if (timeout == TimeSpan.Zero)
+            if (WaitReadable(fd, ref timeout) is { } notReady)
             {
-                return PortResult.Timeout;
+                return notReady;
             }
-            var ready = Native.PollOne(fd, Native.POLLIN, timeout, out var revents);
-            if (ready == 0)
-            {
-                return PortResult.Timeout;
-            }
-            if (ready < 0 || (revents & (Native.POLLNVAL | Native.POLLHUP)) != 0)
-            {
-                return Fd < 0 ? PortResult.Closed : Fail(Native.EBADF);
-            }
-            timeout = TimeSpan.Zero;
         }
     }
 

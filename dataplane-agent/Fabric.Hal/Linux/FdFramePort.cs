@@ -99,22 +99,36 @@ public abstract unsafe class FdFramePort : IFramePort
                 {
                     return Fail(errno);
                 }
-                if (timeout == TimeSpan.Zero)
+                if (WaitReadable(fd, ref timeout) is { } notReady)
                 {
-                    return PortResult.Timeout;
+                    return notReady;
                 }
-                var ready = Native.PollOne(fd, Native.POLLIN, timeout, out var revents);
-                if (ready == 0)
-                {
-                    return PortResult.Timeout;
-                }
-                if (ready < 0 || (revents & (Native.POLLNVAL | Native.POLLHUP)) != 0)
-                {
-                    return _fd < 0 ? PortResult.Closed : Fail(ready < 0 ? Native.Errno : Native.EBADF);
-                }
-                timeout = TimeSpan.Zero;
             }
         }
+    }
+
+    /// <summary>
+    /// Waits up to <paramref name="timeout"/> for the descriptor to become readable after a read found nothing.
+    /// Returns null when it is (and sets the timeout to zero, so the caller reads once more and stops), or the result
+    /// to hand back: a timeout, or the port closing under the wait.
+    /// </summary>
+    private protected PortResult? WaitReadable(int fd, ref TimeSpan timeout)
+    {
+        if (timeout == TimeSpan.Zero)
+        {
+            return PortResult.Timeout;
+        }
+        var ready = Native.PollOne(fd, Native.POLLIN, timeout, out var revents);
+        if (ready == 0)
+        {
+            return PortResult.Timeout;
+        }
+        if (ready < 0 || (revents & (Native.POLLNVAL | Native.POLLHUP)) != 0)
+        {
+            return _fd < 0 ? PortResult.Closed : Fail(ready < 0 ? Native.Errno : Native.EBADF);
+        }
+        timeout = TimeSpan.Zero;
+        return null;
     }
 
     public virtual PortResult ReceiveBatch(FrameBatch batch, TimeSpan timeout)
