@@ -1,4 +1,5 @@
 using Fabric.Agent.Switching;
+using Fabric.Hal;
 using Fabric.Testing;
 using Fabric.Wire;
 using static Fabric.Agent.Tests.TwoHosts;
@@ -59,12 +60,17 @@ public class QuarantineTests
         hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXHANG"));
         Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "hang watchdog", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("hung in a call on the path to host-b", StringComparison.Ordinal));
-        // While vm1's thread is stuck in the stack, vm2's traffic and the API are served.
+        // While vm1's thread is stuck in the stack, vm2's traffic and the API are served, without waiting for the stuck call.
         hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac1, "10.0.0.2", "10.0.0.1", 100));
         Assert.NotEmpty(hosts.Expect("vm1"));
-        Assert.True(hosts.A.Handle(new ApiRequest("status")).Ok);
-        // The call returns in the end (this stack sleeps two seconds) and the frame goes out.
-        Assert.NotEmpty(hosts.Expect("vm3"));
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var status = hosts.A.Handle(new ApiRequest("status"));
+        // Serialized as the API socket would: the status is built lazily, so this is when the counters are read.
+        Assert.Contains("\"host-b\"", AgentConfig.Serialize(status), StringComparison.Ordinal);
+        // The stuck call has more than 3 s to go: a status that waited for it would take that long.
+        Assert.True(watch.ElapsedMilliseconds < 2000, $"status took {watch.ElapsedMilliseconds} ms while a stack was stuck");
+        // The call returns in the end (this stack sleeps five seconds) and the frame goes out.
+        Assert.Equal(PortResult.Ok, hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromSeconds(10)));
     }
 
     private static byte[] Marked(MacAddress src, MacAddress dst, string marker)

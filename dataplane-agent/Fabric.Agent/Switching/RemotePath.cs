@@ -63,16 +63,8 @@ public sealed class RemotePath : IDisposable
     internal Func<long> Clock { get; }
 
     /// <summary>The id of the stack that transmits on this path.</summary>
-    public string? TransmitStack
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _slotStacks[_transmitSlot];
-            }
-        }
-    }
+    /// <remarks>Read without the gate, so status and metrics never wait on a path whose stack is stuck in a call.</remarks>
+    public string? TransmitStack => Volatile.Read(ref _slotStacks[Volatile.Read(ref _transmitSlot)]);
 
     /// <summary>The slot transmissions use.</summary>
     public int TransmitSlot => Volatile.Read(ref _transmitSlot);
@@ -111,7 +103,7 @@ public sealed class RemotePath : IDisposable
             if (previous != slot)
             {
                 _drainUntil[previous] = drainUntil;
-                _transmitSlot = slot;
+                Volatile.Write(ref _transmitSlot, slot);
             }
             return previous;
         }
@@ -134,7 +126,12 @@ public sealed class RemotePath : IDisposable
     internal List<string> TakeDrained(long now)
     {
         var released = new List<string>();
-        lock (_gate)
+        // Housekeeping must not wait on a path whose stack is stuck: try again next round.
+        if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(50)))
+        {
+            return released;
+        }
+        try
         {
             for (var i = 0; i < _slots.Length; i++)
             {
@@ -144,6 +141,10 @@ public sealed class RemotePath : IDisposable
                 }
             }
         }
+        finally
+        {
+            Monitor.Exit(_gate);
+        }
         return released;
     }
 
@@ -152,7 +153,7 @@ public sealed class RemotePath : IDisposable
         var id = _slotStacks[slot]!;
         _slots[slot]!.Dispose();
         _slots[slot] = null;
-        _slotStacks[slot] = null;
+        Volatile.Write(ref _slotStacks[slot], null);
         _drainUntil[slot] = 0;
         return id;
     }
@@ -184,23 +185,27 @@ public sealed class RemotePath : IDisposable
     }
 
     /// <summary>Path sequence numbers missing so far (from the Fabric header): loss on the path, whatever the stack.</summary>
+    /// <remarks>Read without the gate (the three counters are written under it; a read between two writes is off by one at most).</remarks>
     public long SequenceGaps
     {
         get
         {
-            lock (_gate)
-            {
-                return _firstSequence < 0 ? 0 : (_highestSequence - _firstSequence + 1) - _sequenced;
-            }
+            var first = Volatile.Read(ref _firstSequence);
+            return first < 0 ? 0 : (Volatile.Read(ref _highestSequence) - first + 1) - Volatile.Read(ref _sequenced);
         }
     }
 
     /// <summary>Stats of each bound stack instance by slot.</summary>
+    /// <remarks>Empty when the path is busy for more than 100 ms (a stack stuck in a call must not stall status or metrics).</remarks>
     public IReadOnlyDictionary<int, (string Stack, StackStats Stats)> StackStats()
     {
-        lock (_gate)
+        var result = new Dictionary<int, (string, StackStats)>();
+        if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(100)))
         {
-            var result = new Dictionary<int, (string, StackStats)>();
+            return result;
+        }
+        try
+        {
             for (var i = 0; i < _slots.Length; i++)
             {
                 if (_slots[i] is { } stack)
@@ -209,6 +214,10 @@ public sealed class RemotePath : IDisposable
                 }
             }
             return result;
+        }
+        finally
+        {
+            Monitor.Exit(_gate);
         }
     }
 

@@ -5,7 +5,7 @@ namespace Fabric.Stacks.Faulty;
 
 /// <summary>
 /// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
-/// makes Transmit throw, "RXFAULT" makes Receive throw, and "TXHANG" makes Transmit block for two seconds.
+/// makes Transmit throw, "RXFAULT" makes Receive throw, and "TXHANG" makes Transmit block for five seconds.
 /// </summary>
 public sealed class FaultyFactory : IStackFactory
 {
@@ -28,7 +28,7 @@ public sealed class FaultyFactory : IStackFactory
             }
             if (Marked(frame, "TXHANG"u8))
             {
-                Thread.Sleep(TimeSpan.FromSeconds(2));
+                Thread.Sleep(TimeSpan.FromSeconds(5));
             }
             var buffer = underlay.Begin(frame.Length);
             frame.CopyTo(buffer);
