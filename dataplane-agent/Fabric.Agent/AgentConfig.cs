@@ -80,8 +80,6 @@ public sealed record AgentConfig(
         return config;
     }
 
-    public string ToJson() => JsonSerializer.Serialize(this, Json);
-
     public static T Parse<T>(string json) => JsonSerializer.Deserialize<T>(json, Json) ?? throw new FormatException("empty JSON");
 
     public static string Serialize<T>(T value) => JsonSerializer.Serialize(value, Json);
@@ -239,6 +237,4 @@ public static class ConfigChecks
     public static ImmutableArray<IPv4Address> V4(string[]? addresses) => [.. (addresses ?? []).Select(IPv4Address.Parse)];
 
     public static ImmutableArray<IPv6Address> V6(string[]? addresses) => [.. (addresses ?? []).Select(IPv6Address.Parse)];
-
-    public static string Format(this long value) => value.ToString(CultureInfo.InvariantCulture);
 }

@@ -14,11 +14,9 @@ public class LinuxPortTests
     {
         Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
         using var net = new TestNetwork();
-        var left = net.AddNamespace("l");
-        var right = net.AddNamespace("r");
-        net.AddVeth($"{net.Id}a", left, $"{net.Id}b", right);
-        using var a = NetworkNamespace.Run(left, () => AfPacketPort.Open($"{net.Id}a"));
-        using var b = NetworkNamespace.Run(right, () => AfPacketPort.Open($"{net.Id}b"));
+        var (a, b) = PortsAcrossAVeth(net);
+        using var portA = a;
+        using var portB = b;
         Assert.Equal(1500, a.Capabilities.Mtu);
 
         var frame = Frame(new MacAddress(0x02_00_00_00_00_0B), new MacAddress(0x02_00_00_00_00_0A), 1, 1514);
@@ -35,11 +33,9 @@ public class LinuxPortTests
     {
         Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
         using var net = new TestNetwork();
-        var left = net.AddNamespace("l");
-        var right = net.AddNamespace("r");
-        net.AddVeth($"{net.Id}a", left, $"{net.Id}b", right);
-        using var a = NetworkNamespace.Run(left, () => AfPacketPort.Open($"{net.Id}a"));
-        using var b = NetworkNamespace.Run(right, () => AfPacketPort.Open($"{net.Id}b"));
+        var (a, b) = PortsAcrossAVeth(net);
+        using var portA = a;
+        using var portB = b;
 
         const int Count = 500;
         var send = new FrameBatch(50, 2048);
@@ -105,6 +101,15 @@ public class LinuxPortTests
         Assert.Contains("no network device named 'nosuchdev0'", e.Message, StringComparison.Ordinal);
         var bad = Assert.Throws<ArgumentException>(() => TapPort.Create("this-name-is-too-long"));
         Assert.Contains("1 to 15 characters", bad.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>Two namespaces joined by a veth, with an AF_PACKET port opened inside each on its end.</summary>
+    private static (AfPacketPort A, AfPacketPort B) PortsAcrossAVeth(TestNetwork net)
+    {
+        var left = net.AddNamespace("l");
+        var right = net.AddNamespace("r");
+        net.AddVeth($"{net.Id}a", left, $"{net.Id}b", right);
+        return (NetworkNamespace.Run(left, () => AfPacketPort.Open($"{net.Id}a")), NetworkNamespace.Run(right, () => AfPacketPort.Open($"{net.Id}b")));
     }
 
     private static byte[] Frame(MacAddress dst, MacAddress src, int marker, int length)

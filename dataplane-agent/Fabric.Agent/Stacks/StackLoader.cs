@@ -7,11 +7,10 @@ namespace Fabric.Agent.Stacks;
 /// <summary>A stack plug-in loaded into its own collectible context.</summary>
 public sealed class LoadedStack
 {
-    internal LoadedStack(IStackFactory factory, StackLoadContext context, string directory)
+    internal LoadedStack(IStackFactory factory, StackLoadContext context)
     {
         Factory = factory;
         Context = new WeakReference(context);
-        Directory = directory;
         Description = factory.Description;
     }
 
@@ -20,9 +19,6 @@ public sealed class LoadedStack
 
     /// <summary>What the factory says the stack is.</summary>
     public StackDescription Description { get; }
-
-    /// <summary>The folder it was loaded from.</summary>
-    public string Directory { get; }
 
     /// <summary>The load context, weakly: it must be collectable once the stack is released.</summary>
     public WeakReference Context { get; }
@@ -60,7 +56,7 @@ public static class StackLoader
             {
                 throw new InvalidOperationException($"Stack plug-in '{assemblyPath}': {factories[0].FullName} could not be created.");
             }
-            return new LoadedStack(factory, context, Path.GetDirectoryName(Path.GetFullPath(assemblyPath))!);
+            return new LoadedStack(factory, context);
         }
         catch
         {

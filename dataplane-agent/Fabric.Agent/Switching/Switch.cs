@@ -42,6 +42,7 @@ public sealed class Switch : IDisposable
     private readonly TrafficCounters _underlayCounters = new();
     private readonly ConcurrentQueue<string> _events = new();
     private readonly ConcurrentDictionary<RemotePath, bool> _hung = new();
+    private readonly ConcurrentDictionary<string, int> _innerMtuByStack = new(StringComparer.Ordinal);
     private volatile ForwardingTable _table = ForwardingTable.Empty;
     private UdpUnderlay? _underlay4;
     private UdpUnderlay? _underlay6;
@@ -327,9 +328,14 @@ public sealed class Switch : IDisposable
     }
 
     /// <summary>The largest IP packet a VM may send to <paramref name="path"/> without hitting the MTU handling.</summary>
-    public int InnerMtu(RemotePath path)
+    /// <remarks>Called per oversize check on the data path: computed once per stack id (a stack id's description never
+    /// changes while it is registered), then read without taking the stack host's lock.</remarks>
+    public int InnerMtu(RemotePath path) =>
+        _innerMtuByStack.GetOrAdd(path.TransmitStack ?? path.Spec.Stack, ComputeInnerMtu);
+
+    private int ComputeInnerMtu(string stackId)
     {
-        var stack = _stackHost.Describe(path.TransmitStack ?? path.Spec.Stack)!;
+        var stack = _stackHost.Describe(stackId)!;
         var outerIp = stack.UnderlayFamily == AddressFamily.InterNetworkV6 ? 40 : 20;
         return _options.UnderlayMtu - outerIp - UdpAndFabric - stack.MaxStackFieldBytes - stack.MaxExpansionBytes - InnerEthernet;
     }

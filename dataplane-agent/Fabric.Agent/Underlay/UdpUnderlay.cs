@@ -18,7 +18,6 @@ public sealed class UdpUnderlay : IDisposable
     private readonly Action _afterBatch;
     private readonly ThreadLocal<UdpBatchSocket> _outbox;
     private volatile bool _stopping;
-    private long _sent;
 
     /// <summary>Called for each datagram received; the span is valid only during the call.</summary>
     public delegate void UnderlayHandler(ReadOnlySpan<byte> datagram, UdpPeer source);
@@ -56,9 +55,6 @@ public sealed class UdpUnderlay : IDisposable
     /// <summary>The bound address and port.</summary>
     public IPEndPoint Local { get; }
 
-    /// <summary>Datagrams handed to the kernel.</summary>
-    public long Sent => Interlocked.Read(ref _sent);
-
     /// <summary>The largest datagram <see cref="NextBuffer"/> holds.</summary>
     public int MaxDatagram => 9216;
 
@@ -68,7 +64,7 @@ public sealed class UdpUnderlay : IDisposable
         var outbox = _outbox.Value!;
         if (outbox.Count == outbox.Capacity)
         {
-            Interlocked.Add(ref _sent, outbox.Send());
+            outbox.Send();
         }
         return outbox.Next;
     }
@@ -81,7 +77,7 @@ public sealed class UdpUnderlay : IDisposable
     {
         if (_outbox.IsValueCreated && _outbox.Value!.Count > 0)
         {
-            Interlocked.Add(ref _sent, _outbox.Value.Send());
+            _outbox.Value.Send();
         }
     }
 
