@@ -93,7 +93,7 @@ static async Task<int> RunAsync(string[] args)
     {
         await host.RunAsync();
     }
-    catch (InvalidOperationException e)
+    catch (Exception e) when (e is InvalidOperationException or Fabric.Repository.TrustException or Fabric.Repository.PackageException)
     {
         Console.Error.WriteLine($"fabric-agent: {e.Message}");
         return 1;

@@ -56,7 +56,7 @@ public sealed class Agent : IDisposable
         }
         if (Config.Repository is { } repository)
         {
-            foreach (var path in SignedStacks.Install(repository))
+            foreach (var path in SignedStacks.Install(repository, _logger))
             {
                 Switch.RegisterStack(path);
             }

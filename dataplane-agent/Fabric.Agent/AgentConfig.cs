@@ -19,8 +19,9 @@ public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IP
 public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, string Stack = "std-ipv4", int Port = FabricHeader.DefaultUdpPort);
 
 /// <summary>
-/// Where signed stacks come from: a repository folder, the root this agent pins, and its state folder (the metadata
-/// it last trusted and the verified packages, unpacked by digest).
+/// Where signed stacks come from: a repository (a folder, or "blob:CONTAINER" with the storage connection string in the
+/// environment variable FABRIC_BLOB_CONNECTION_STRING), the root this agent pins, and its state folder (the metadata it
+/// last trusted, the verified packages cached by digest, and those packages unpacked).
 /// </summary>
 public sealed record RepositoryConfig(string Path, string TrustRoot, string StateDirectory);
 

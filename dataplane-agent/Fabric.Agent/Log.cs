@@ -28,4 +28,7 @@ internal static partial class Log
 
     [LoggerMessage(7, LogLevel.Warning, "Local API request refused: {Reason}")]
     public static partial void ApiRefused(ILogger logger, string reason);
+
+    [LoggerMessage(9, LogLevel.Warning, "Stack repository unreachable, running on the {Count} stack(s) cached from targets v{Version}: {Reason}")]
+    public static partial void RepositoryOffline(ILogger logger, int count, int version, string reason);
 }

@@ -1,19 +1,21 @@
 using System.Globalization;
 using Fabric.Repository;
 
-// fabric-repo: keys, packages and trust metadata of a stack repository (a local folder).
+// fabric-repo: keys, packages and trust metadata of a stack repository (a local folder or an Azure Blob container).
 const string Usage = """
 usage:
   fabric-repo keygen --out FILE                      P-256 private key (FILE, mode 0600) and FILE.pub
-  fabric-repo init --repo DIR --root-key K [--root-key K ...] [--threshold N] --targets-key K --snapshot-key K --timestamp-key K
+  fabric-repo init --repo DIR --root-key K [--root-key K ...] [--threshold N] --targets-key K --snapshot-key K --timestamp-key K [--pin-out FILE]
   fabric-repo pack --from PLUGIN_DIR --id ID --version X.Y.Z [--purpose TEXT] [--header-bytes N] [--added-delay-ms D]
                    [--tolerates-loss P] [--redundancy R] --out FILE
   fabric-repo publish --repo DIR --package FILE --targets-key K --snapshot-key K --timestamp-key K [--expires-days N]
   fabric-repo refresh --repo DIR --targets-key K --snapshot-key K --timestamp-key K [--expires-days N]
   fabric-repo rotate-root --repo DIR --old-root-key K [...] --new-root-key K [...] [--threshold N] --targets-key K --snapshot-key K --timestamp-key K
-  fabric-repo sign --repo DIR --file NAME --key K     add a signature to a metadata file (thresholds above one)
+  fabric-repo sign --repo DIR --key K                 add a root key's signature to root.json (root thresholds above one)
   fabric-repo verify --repo DIR --root PINNED_ROOT [--state DIR]
   fabric-repo list --repo DIR
+REPO is a folder, or blob:CONTAINER for an Azure Blob container whose account's connection string is in the
+environment variable FABRIC_BLOB_CONNECTION_STRING. (DIR above is a REPO.)
 Exit 0 on success, 1 when the repository or a package is refused (the reason is printed), 2 for bad arguments.
 """;
 
@@ -40,7 +42,7 @@ catch (UsageException e)
     Console.Error.WriteLine($"fabric-repo: {e.Message}");
     return 2;
 }
-catch (Exception e) when (e is TrustException or PackageException or IOException or UnauthorizedAccessException)
+catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or UnauthorizedAccessException)
 {
     Console.Error.WriteLine($"fabric-repo: {e.Message}");
     return 1;
@@ -89,7 +91,9 @@ static List<SigningKey> Keys(Dictionary<string, List<string>> o, string name) =>
 
 static TimeSpan Expiry(Dictionary<string, List<string>> o) => TimeSpan.FromDays(Number(o, "--expires-days", 7));
 
-static Publisher Publisher(Dictionary<string, List<string>> o) => new(new LocalFolderStore(One(o, "--repo")));
+static IRepositoryStore Store(Dictionary<string, List<string>> o) => RepositoryStores.Open(One(o, "--repo"));
+
+static Publisher Publisher(Dictionary<string, List<string>> o) => new(Store(o));
 
 static int Keygen(Dictionary<string, List<string>> o)
 {
@@ -109,7 +113,12 @@ static int Init(Dictionary<string, List<string>> o)
     var roots = Keys(o, "--root-key");
     var threshold = (int)Number(o, "--threshold", 1);
     Publisher(o).Initialize(roots, threshold, Key(o, "--targets-key"), Key(o, "--snapshot-key"), Key(o, "--timestamp-key"), TimeSpan.FromDays(365), Expiry(o));
-    Console.WriteLine($"{One(o, "--repo")}: initialized (root v1, {roots.Count} root key(s), threshold {threshold}); pin {Path.Combine(One(o, "--repo"), Fabric.Repository.Publisher.Root)} on agents");
+    var pin = Maybe(o, "--pin-out");
+    if (pin is not null)
+    {
+        AtomicFile.Write(pin, Store(o).Read(Fabric.Repository.Publisher.Root)!);
+    }
+    Console.WriteLine($"{One(o, "--repo")}: initialized (root v1, {roots.Count} root key(s), threshold {threshold}); pin {pin ?? "its root.json"} on agents");
     return 0;
 }
 
@@ -148,23 +157,27 @@ static int RotateRoot(Dictionary<string, List<string>> o)
 
 static int Sign(Dictionary<string, List<string>> o)
 {
-    var store = new LocalFolderStore(One(o, "--repo"));
-    var name = One(o, "--file");
-    var file = store.Read(name) ?? throw new TrustException($"{name} does not exist in the repository.");
-    store.Write(name, SignedFile.AddSignatures(file, [Key(o, "--key")]));
-    if (name == Fabric.Repository.Publisher.Root)
+    var store = Store(o);
+    if (Maybe(o, "--file") is { } file && file != Fabric.Repository.Publisher.Root)
     {
-        var version = SignedFile.ReadUnverified<RootMetadata>(store.Read(name)!, name, "root").Version;
-        store.Write(Fabric.Repository.Publisher.VersionedRoot(version), store.Read(name)!);
+        throw new UsageException($"--file {file}: only {Fabric.Repository.Publisher.Root} takes extra signatures (the other roles have threshold 1)");
     }
-    Console.WriteLine($"signed {name}");
+    var current = store.Get(Fabric.Repository.Publisher.Root) ?? throw new TrustException($"{store.Location} has no root.json.");
+    var signed = SignedFile.AddSignatures(current.Bytes, [Key(o, "--key")]);
+    if (!store.TryWrite(Fabric.Repository.Publisher.Root, signed, current.ETag))
+    {
+        throw new TrustException("root.json changed while signing; sign again.");
+    }
+    var version = SignedFile.ReadUnverified<RootMetadata>(signed, "root.json", "root").Version;
+    store.Write(Fabric.Repository.Publisher.VersionedRoot(version), signed);
+    Console.WriteLine($"signed root.json v{version}");
     return 0;
 }
 
 static int Verify(Dictionary<string, List<string>> o)
 {
     var state = Maybe(o, "--state") ?? Directory.CreateTempSubdirectory("fabric-repo-verify-").FullName;
-    var client = new TrustClient(new LocalFolderStore(One(o, "--repo")), state, One(o, "--root"));
+    var client = new TrustClient(Store(o), state, One(o, "--root"));
     var targets = client.Refresh();
     foreach (var name in targets.Targets.Keys)
     {
@@ -177,12 +190,11 @@ static int Verify(Dictionary<string, List<string>> o)
 
 static int List(Dictionary<string, List<string>> o)
 {
-    var store = new LocalFolderStore(One(o, "--repo"));
-    var file = store.Read(Fabric.Repository.Publisher.Targets) ?? throw new TrustException("The repository has no targets.json.");
-    var targets = SignedFile.ReadUnverified<TargetsMetadata>(file, Fabric.Repository.Publisher.Targets, "targets");
-    var root = SignedFile.ReadUnverified<RootMetadata>(store.Read(Fabric.Repository.Publisher.Root)!, "root.json", "root");
-    Console.WriteLine($"root v{root.Version}; targets v{targets.Version}, expires {targets.Expires:u}; signer {root.Roles["targets"].KeyIds[0][..16]}…");
-    foreach (var (name, info) in targets.Targets)
+    var store = Store(o);
+    var head = new Publisher(store).Head();
+    var root = SignedFile.ReadUnverified<RootMetadata>(store.Read(Fabric.Repository.Publisher.Root) ?? throw new TrustException($"{store.Location} has no root.json."), "root.json", "root");
+    Console.WriteLine($"{store.Location}: root v{root.Version}; targets v{head.Targets.Version}, expires {head.Targets.Expires:u}; signer {root.Roles["targets"].KeyIds[0][..16]}…");
+    foreach (var (name, info) in head.Targets.Targets)
     {
         Console.WriteLine($"{name,-24} {info.Length,9} B  sha256 {info.Sha256[..16]}…  {info.Profile.Purpose}");
     }

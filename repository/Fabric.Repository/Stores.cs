@@ -1,35 +1,113 @@
+using System.Security.Cryptography;
+
 namespace Fabric.Repository;
 
-/// <summary>Where a repository's files live (a local folder; Azure Blob storage later). Names are relative paths.</summary>
+/// <summary>A file read from a store with the tag a conditional write must name to replace exactly this content.</summary>
+public sealed record StoredFile(byte[] Bytes, string ETag);
+
+/// <summary>
+/// Where a repository's files live: a local folder (the embedded default) or an Azure Blob container. Names are relative
+/// paths with '/'. Every member throws <see cref="RepositoryUnavailableException"/> when the store cannot be reached, so
+/// callers can tell "not there" (null, false) from "could not ask".
+/// </summary>
 public interface IRepositoryStore
 {
-    /// <summary>The file's bytes, or null when it does not exist.</summary>
-    byte[]? Read(string name);
+    /// <summary>Where this store is, for messages (never a secret).</summary>
+    string Location { get; }
 
-    /// <summary>Writes a file whole: readers see the old bytes or the new, never a mix.</summary>
+    /// <summary>The file and its tag, or null when it does not exist.</summary>
+    StoredFile? Get(string name);
+
+    /// <summary>Writes a file whole, unconditionally: readers see the old bytes or the new, never a mix.</summary>
     void Write(string name, byte[] bytes);
 
-    /// <summary>Every file name under a folder name ("" for the root).</summary>
+    /// <summary>
+    /// Writes a file whole only if it still has the tag <paramref name="ifMatch"/> (or, when that is null, only if it does
+    /// not exist yet). False when another writer got there first; nothing was written then.
+    /// </summary>
+    bool TryWrite(string name, byte[] bytes, string? ifMatch);
+
+    /// <summary>Every file name under a folder name ("" for the root), in ordinal order.</summary>
     IEnumerable<string> List(string folder);
 }
 
-/// <summary>A repository in a local folder (the embedded default). Writes go to a temporary file renamed over the target.</summary>
+/// <summary>Reading helpers shared by every store.</summary>
+public static class RepositoryStoreExtensions
+{
+    /// <summary>The file's bytes, or null when it does not exist.</summary>
+    public static byte[]? Read(this IRepositoryStore store, string name) => store.Get(name)?.Bytes;
+}
+
+/// <summary>The store could not be reached or answered with an error that is not about the file: nothing was changed by the call.</summary>
+public sealed class RepositoryUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>
+/// A repository in a local folder. Writes go to a temporary file renamed over the target; a conditional write holds an
+/// exclusive lock file while it compares and renames, so two publishers on one machine serialize. The tag is the
+/// content's SHA-256.
+/// </summary>
 public sealed class LocalFolderStore(string root) : IRepositoryStore
 {
+    private const string LockName = ".lock";
+
     public string Root { get; } = Path.GetFullPath(root);
 
-    public byte[]? Read(string name)
+    public string Location => Root;
+
+    public StoredFile? Get(string name)
     {
         var path = PathOf(name);
-        return File.Exists(path) ? File.ReadAllBytes(path) : null;
+        try
+        {
+            var bytes = File.ReadAllBytes(path);
+            return new StoredFile(bytes, Tag(bytes));
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return null;
+        }
     }
 
     public void Write(string name, byte[] bytes) => AtomicFile.Write(PathOf(name), bytes);
 
+    public bool TryWrite(string name, byte[] bytes, string? ifMatch)
+    {
+        var path = PathOf(name);
+        Directory.CreateDirectory(Root);
+        using var gate = AcquireLock();
+        var current = File.Exists(path) ? Tag(File.ReadAllBytes(path)) : null;
+        if (current != ifMatch)
+        {
+            return false;
+        }
+        AtomicFile.Write(path, bytes);
+        return true;
+    }
+
     public IEnumerable<string> List(string folder)
     {
         var dir = PathOf(folder);
-        return Directory.Exists(dir) ? Directory.EnumerateFiles(dir).Select(f => Path.GetRelativePath(Root, f)).Order(StringComparer.Ordinal) : [];
+        return Directory.Exists(dir)
+            ? Directory.EnumerateFiles(dir).Select(f => Path.GetRelativePath(Root, f).Replace('\\', '/')).Where(f => f != LockName).Order(StringComparer.Ordinal)
+            : [];
+    }
+
+    private static string Tag(byte[] bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));
+
+    private FileStream AcquireLock()
+    {
+        // FileShare.None on a lock file is an exclusive lock between processes; a holder that dies releases it.
+        for (var attempt = 0; ; attempt++)
+        {
+            try
+            {
+                return new FileStream(Path.Combine(Root, LockName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException) when (attempt < 500)
+            {
+                Thread.Sleep(10);
+            }
+        }
     }
 
     private string PathOf(string name)

@@ -50,11 +50,7 @@ public sealed class TrustClient
         CheckExpiry(timestamp.Expires, Publisher.Timestamp, now);
         var snapshotRef = timestamp.Meta.GetValueOrDefault(Publisher.Snapshot) ?? throw new TrustException("timestamp.json names no snapshot.json.");
 
-        var snapshotFile = Fetch(Publisher.Snapshot);
-        if (snapshotRef.Length is { } length && snapshotFile.Length != length || snapshotRef.Sha256 is { } hash && StackPackage.Sha256(snapshotFile) != hash)
-        {
-            throw new TrustException("snapshot.json does not match the length and SHA-256 that timestamp.json names (tampered or mixed).");
-        }
+        var snapshotFile = FetchNamed(Publisher.Snapshot, "snapshot", snapshotRef, Publisher.Timestamp);
         var snapshot = SignedFile.Verify<SnapshotMetadata>(snapshotFile, Publisher.Snapshot, "snapshot", root, "snapshot");
         if (snapshot.Version != snapshotRef.Version)
         {
@@ -64,7 +60,7 @@ public sealed class TrustClient
         CheckExpiry(snapshot.Expires, Publisher.Snapshot, now);
         var targetsRef = snapshot.Meta.GetValueOrDefault(Publisher.Targets) ?? throw new TrustException("snapshot.json names no targets.json.");
 
-        var targetsFile = Fetch(Publisher.Targets);
+        var targetsFile = FetchNamed(Publisher.Targets, "targets", targetsRef, Publisher.Snapshot);
         var targets = SignedFile.Verify<TargetsMetadata>(targetsFile, Publisher.Targets, "targets", root, "targets");
         if (targets.Version != targetsRef.Version)
         {
@@ -113,7 +109,32 @@ public sealed class TrustClient
         return trusted;
     }
 
-    private byte[] Fetch(string name) => _store.Read(name) ?? throw new TrustException($"The repository has no {name} (unreachable or not initialized).");
+    private byte[] Fetch(string name) => _store.Read(name) ?? throw new TrustException($"{_store.Location} has no {name} (not initialized).");
+
+    /// <summary>Fetches a content-addressed metadata file and checks it is exactly the one the file above names.</summary>
+    private byte[] FetchNamed(string name, string role, MetaFile reference, string namedBy)
+    {
+        if (reference.Sha256 is not { } sha || reference.Length is not { } length)
+        {
+            throw new TrustException($"{namedBy} names {name} without its length and SHA-256.");
+        }
+        var bytes = _store.Read(Publisher.MetadataPath(role, sha)) ?? throw new TrustException($"{name} named by {namedBy} ({sha[..16]}…) is missing from {_store.Location}.");
+        if (bytes.Length != length || StackPackage.Sha256(bytes) != sha)
+        {
+            throw new TrustException($"{name} does not match the length and SHA-256 that {namedBy} names (tampered or mixed).");
+        }
+        return bytes;
+    }
+
+    /// <summary>
+    /// The targets this agent verified last (persisted by <see cref="Refresh"/>), for running on cached stacks while the
+    /// repository cannot be reached; null when it never verified any.
+    /// </summary>
+    public TargetsMetadata? LastTrusted()
+    {
+        var path = StatePath(Publisher.Targets);
+        return File.Exists(path) ? SignedFile.ReadUnverified<TargetsMetadata>(File.ReadAllBytes(path), "trusted targets.json", "targets") : null;
+    }
 
     private void CheckNotOlder(int version, string name)
     {

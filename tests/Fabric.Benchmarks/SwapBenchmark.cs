@@ -169,7 +169,7 @@ internal static class SwapBenchmark
             for (var i = 0; i < 20; i++)
             {
                 var watch = Stopwatch.StartNew();
-                var entry = SignedStacks.Install(new RepositoryConfig(store.Root, pinned, Path.Combine(folder, $"state{i}"))).Single();
+                var entry = SignedStacks.Install(new RepositoryConfig(store.Root, pinned, Path.Combine(folder, $"state{i}")), NullLogger.Instance).Single();
                 var host = new StackHost(TimeSpan.Zero);
                 host.Register(entry);
                 loads.Add(watch.Elapsed.TotalMilliseconds);

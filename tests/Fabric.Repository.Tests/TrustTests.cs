@@ -33,6 +33,20 @@ internal sealed class TestRepository : IDisposable
 
     public TargetInfo Publish(byte[] package) => Publisher.Publish(package, TargetsKey, SnapshotKey, TimestampKey, TimeSpan.FromDays(7));
 
+    /// <summary>What an attacker holding the snapshot and timestamp keys can write: a chain naming these targets as this version.</summary>
+    public void Forge(byte[] targetsFile, int targetsVersion)
+    {
+        var head = Publisher.Head();
+        var targetsSha = StackPackage.Sha256(targetsFile);
+        Store.Write(Publisher.MetadataPath("targets", targetsSha), targetsFile);
+        var snapshotFile = SignedFile.Create(new SnapshotMetadata("snapshot", head.Snapshot.Version + 1, Now.AddDays(1),
+            new(StringComparer.Ordinal) { [Publisher.Targets] = new MetaFile(targetsVersion, targetsFile.Length, targetsSha) }), [SnapshotKey]);
+        var snapshotSha = StackPackage.Sha256(snapshotFile);
+        Store.Write(Publisher.MetadataPath("snapshot", snapshotSha), snapshotFile);
+        Store.Write(Publisher.Timestamp, SignedFile.Create(new TimestampMetadata("timestamp", head.Timestamp.Version + 1, Now.AddDays(1),
+            new(StringComparer.Ordinal) { [Publisher.Snapshot] = new MetaFile(head.Snapshot.Version + 1, snapshotFile.Length, snapshotSha) }), [TimestampKey]));
+    }
+
     public static byte[] Package(string project, string id, string version) =>
         StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(project))!, id, version, new StackProfile(Purpose: "test"));
 
@@ -123,20 +137,15 @@ public class TrustTests
     {
         using var repo = new TestRepository();
         using var rogue = SigningKey.Generate();
-        // The publisher refuses a key the root does not know, and writes nothing...
-        var before = repo.Store.Read(Publisher.Targets);
+        // The publisher refuses a key the root does not know, and commits nothing...
+        var before = repo.Store.Read(Publisher.Timestamp);
         Assert.Contains("is not a targets key", Assert.Throws<TrustException>(() =>
             repo.Publisher.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "6.6.6"), rogue, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(1))).Message,
             StringComparison.Ordinal);
-        Assert.Equal(before, repo.Store.Read(Publisher.Targets));
+        Assert.Equal(before, repo.Store.Read(Publisher.Timestamp));
         // ...so an attacker writes the files directly: targets signed by the rogue key, chained by a stolen snapshot/timestamp key.
-        var targets = SignedFile.ReadUnverified<TargetsMetadata>(before!, "targets.json", "targets");
-        repo.Store.Write(Publisher.Targets, SignedFile.Create(targets with { Version = targets.Version + 1 }, [rogue]));
-        var snapshot = new SnapshotMetadata("snapshot", 2, repo.Now.AddDays(1), new(StringComparer.Ordinal) { [Publisher.Targets] = new MetaFile(targets.Version + 1) });
-        var snapshotFile = SignedFile.Create(snapshot, [repo.SnapshotKey]);
-        repo.Store.Write(Publisher.Snapshot, snapshotFile);
-        repo.Store.Write(Publisher.Timestamp, SignedFile.Create(new TimestampMetadata("timestamp", 2, repo.Now.AddDays(1),
-            new(StringComparer.Ordinal) { [Publisher.Snapshot] = new MetaFile(2, snapshotFile.Length, StackPackage.Sha256(snapshotFile)) }), [repo.TimestampKey]));
+        var targets = repo.Publisher.Head().Targets;
+        repo.Forge(SignedFile.Create(targets with { Version = targets.Version + 1 }, [rogue]), targets.Version + 1);
         var e = Assert.Throws<TrustException>(() => repo.Client().Refresh());
         Assert.Contains("targets.json: 0 valid signature(s)", e.Message, StringComparison.Ordinal);
         Assert.Contains("by keys the root does not trust", e.Message, StringComparison.Ordinal);
@@ -194,15 +203,27 @@ public class TrustTests
     }
 
     [Fact]
-    public void OldTargetsWithANewerSnapshot_AreCaughtAsMixAndMatch()
+    public void OldTargetsInPlaceOfTheNamedOnes_AreCaughtAsMixed()
     {
         using var repo = new TestRepository();
         repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
-        var oldTargets = repo.Store.Read(Publisher.Targets)!;
+        var oldTargets = repo.Store.Read(Publisher.MetadataPath("targets", repo.Publisher.Head().Snapshot.Meta[Publisher.Targets].Sha256!))!;
         repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
-        repo.Store.Write(Publisher.Targets, oldTargets);
+        repo.Store.Write(Publisher.MetadataPath("targets", repo.Publisher.Head().Snapshot.Meta[Publisher.Targets].Sha256!), oldTargets);
         var e = Assert.Throws<TrustException>(() => repo.Client().Refresh());
-        Assert.Contains("mix-and-match", e.Message, StringComparison.Ordinal);
+        Assert.Contains("targets.json does not match the length and SHA-256 that snapshot.json names (tampered or mixed)", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ASnapshotNamingAnOlderTargetsVersion_IsCaughtAsMixAndMatch()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        var head = repo.Publisher.Head();
+        var targetsFile = repo.Store.Read(Publisher.MetadataPath("targets", head.Snapshot.Meta[Publisher.Targets].Sha256!))!;
+        // The real targets file, but a snapshot that claims it is a later version.
+        repo.Forge(targetsFile, head.Targets.Version + 1);
+        Assert.Contains("mix-and-match", Assert.Throws<TrustException>(() => repo.Client().Refresh()).Message, StringComparison.Ordinal);
     }
 
     [Fact]

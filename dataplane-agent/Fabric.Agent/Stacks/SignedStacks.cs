@@ -1,28 +1,85 @@
 using Fabric.Repository;
+using Microsoft.Extensions.Logging;
 
 namespace Fabric.Agent.Stacks;
 
 /// <summary>
 /// Brings the repository's published stacks to this host: verifies the trust metadata, fetches each target's package
-/// (checked against its signed length and SHA-256) and unpacks it under the state folder by digest, so a package is
-/// never half-written and an unchanged one is not unpacked twice. Only the newest version of each stack id is used.
+/// (checked against its signed length and SHA-256), keeps it in a cache by digest under the state folder and unpacks it
+/// there, so a package is never half-written, never downloaded twice, and survives restarts. When the repository cannot
+/// be reached the agent runs on what it last verified, from the cache (fail-static); only the newest version of each
+/// stack id is used.
 /// </summary>
 public static class SignedStacks
 {
     /// <summary>Returns the entry assembly of every verified stack; throws <see cref="TrustException"/> or <see cref="PackageException"/> naming the cause.</summary>
-    public static IReadOnlyList<string> Install(RepositoryConfig config)
+    public static IReadOnlyList<string> Install(RepositoryConfig config, ILogger logger, Func<string, string?>? environment = null)
     {
-        var client = new TrustClient(new LocalFolderStore(config.Path), Path.Combine(config.StateDirectory, "trust"), config.TrustRoot);
-        var targets = client.Refresh();
+        var client = new TrustClient(new LazyStore(config.Path, environment), Path.Combine(config.StateDirectory, "trust"), config.TrustRoot);
+        TargetsMetadata targets;
+        string? offline = null;
+        try
+        {
+            targets = client.Refresh();
+        }
+        catch (RepositoryUnavailableException e)
+        {
+            targets = client.LastTrusted() ?? throw new TrustException($"The stack repository cannot be reached and this host has verified nothing before: {e.Message}");
+            offline = e.Message;
+        }
         var newest = targets.Targets
             .GroupBy(t => t.Value.Id, StringComparer.Ordinal)
             .Select(g => g.OrderByDescending(t => SemanticVersion.TryParse(t.Value.Version, out var v) ? v : default).First());
         var entries = new List<string>();
         foreach (var (name, info) in newest)
         {
-            var package = client.FetchPackage(name);
+            var package = Cached(config, info) ?? (offline is null
+                ? Cache(config, info, client.FetchPackage(name))
+                : throw new TrustException($"The stack repository cannot be reached and {name} is not in this host's cache ({offline})."));
             entries.Add(StackPackage.Extract(package, Path.Combine(config.StateDirectory, "stacks", info.Sha256)));
         }
+        if (offline is not null)
+        {
+            Log.RepositoryOffline(logger, entries.Count, targets.Version, offline);
+        }
         return entries;
+    }
+
+    private static string CachePath(RepositoryConfig config, TargetInfo info) => Path.Combine(config.StateDirectory, "cache", info.Sha256 + ".fspk");
+
+    /// <summary>The cached package when it is still exactly the signed one (a damaged cache entry is ignored and replaced).</summary>
+    private static byte[]? Cached(RepositoryConfig config, TargetInfo info)
+    {
+        var path = CachePath(config, info);
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+        var bytes = File.ReadAllBytes(path);
+        return bytes.Length == info.Length && StackPackage.Sha256(bytes) == info.Sha256 ? bytes : null;
+    }
+
+    private static byte[] Cache(RepositoryConfig config, TargetInfo info, byte[] package)
+    {
+        AtomicFile.Write(CachePath(config, info), package);
+        return package;
+    }
+
+    /// <summary>Opens the configured store on first use, so a store that cannot even be opened counts as unreachable.</summary>
+    private sealed class LazyStore(string spec, Func<string, string?>? environment) : IRepositoryStore
+    {
+        private IRepositoryStore? _store;
+
+        private IRepositoryStore Store => _store ??= RepositoryStores.Open(spec, environment);
+
+        public string Location => _store?.Location ?? spec;
+
+        public StoredFile? Get(string name) => Store.Get(name);
+
+        public void Write(string name, byte[] bytes) => Store.Write(name, bytes);
+
+        public bool TryWrite(string name, byte[] bytes, string? ifMatch) => Store.TryWrite(name, bytes, ifMatch);
+
+        public IEnumerable<string> List(string folder) => Store.List(folder);
     }
 }
