@@ -14,17 +14,10 @@ public static class StackPlugins
     public static string PathOf(string project)
     {
         var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Fabric.sln")))
-            {
-                // Product stacks live in stacks/, test-only stacks in tests/stacks/.
-                var path = Path.Combine(dir.FullName, "stacks", project, "bin", configuration, "net10.0", project + ".dll");
-                var testPath = Path.Combine(dir.FullName, "tests", "stacks", project, "bin", configuration, "net10.0", project + ".dll");
-                return File.Exists(path) ? path : File.Exists(testPath) ? testPath
-                    : throw new FileNotFoundException($"Stack plug-in {project} is not built at {path} or {testPath}.", path);
-            }
-        }
-        throw new DirectoryNotFoundException($"No Fabric.sln above {AppContext.BaseDirectory}.");
+        // Product stacks live in stacks/, test-only stacks in tests/stacks/.
+        var path = Path.Combine(RepositoryRoot.Directory, "stacks", project, "bin", configuration, "net10.0", project + ".dll");
+        var testPath = Path.Combine(RepositoryRoot.Directory, "tests", "stacks", project, "bin", configuration, "net10.0", project + ".dll");
+        return File.Exists(path) ? path : File.Exists(testPath) ? testPath
+            : throw new FileNotFoundException($"Stack plug-in {project} is not built at {path} or {testPath}.", path);
     }
 }

@@ -1,0 +1,134 @@
+using Fabric.Agent;
+using Fabric.Agent.Stacks;
+using Fabric.Testing;
+using Microsoft.Extensions.Logging.Abstractions;
+
+[assembly: AssemblyFixture(typeof(Azurite))]
+
+namespace Fabric.Repository.Tests;
+
+/// <summary>The repository over a real Azurite blob service and over a local folder: the same contract, the same races.</summary>
+public class BlobStoreTests(Azurite azurite)
+{
+    public static TheoryData<string> Stores => ["folder", "blob"];
+
+    private IRepositoryStore Open(string kind, string folder) => kind == "blob"
+        ? BlobStore.Connect(azurite.ConnectionString, Azurite.NewContainer())
+        : new LocalFolderStore(Path.Combine(folder, "second-repo"));
+
+    [Theory]
+    [MemberData(nameof(Stores))]
+    public void ConditionalWrites_CreateOnlyAndReplaceOnlyWhatWasRead(string kind)
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-store-").FullName;
+        try
+        {
+            var store = Open(kind, folder);
+            Assert.Null(store.Get("a/x.json"));
+            Assert.True(store.TryWrite("a/x.json", [1], ifMatch: null));
+            Assert.False(store.TryWrite("a/x.json", [2], ifMatch: null));
+            var first = store.Get("a/x.json")!;
+            Assert.Equal([1], first.Bytes);
+            Assert.True(store.TryWrite("a/x.json", [3], first.ETag));
+            // The tag read before the last write no longer matches: the stale writer loses and nothing changes.
+            Assert.False(store.TryWrite("a/x.json", [4], first.ETag));
+            Assert.Equal([3], store.Read("a/x.json"));
+            store.Write("a/y.json", [5]);
+            store.Write("b/z.json", [6]);
+            Assert.Equal(["a/x.json", "a/y.json"], store.List("a"));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Stores))]
+    public async Task ConcurrentPublishers_AllLand_AndReadersNeverSeeAnInconsistentSet(string kind)
+    {
+        using var keys = new TestRepository();
+        var store = Open(kind, keys.Folder);
+        var publisher = new Publisher(store);
+        publisher.Initialize(keys.RootKeys, 1, keys.TargetsKey, keys.SnapshotKey, keys.TimestampKey, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
+        var pinned = Path.Combine(keys.Folder, "pinned-blob-root.json");
+        File.WriteAllBytes(pinned, store.Read(Publisher.Root)!);
+        var packages = Enumerable.Range(1, 6).Select(i => TestRepository.Package(StackPlugins.SwapTest, "swap-test", $"0.{i}.0")).ToList();
+
+        using var stop = new CancellationTokenSource();
+        var reader = Task.Run(() =>
+        {
+            // Verifies the whole chain again and again while the publishers race; any mix would throw here.
+            var client = new TrustClient(store, Path.Combine(keys.Folder, "reader"), pinned);
+            var seen = new List<int>();
+            while (!stop.IsCancellationRequested)
+            {
+                seen.Add(client.Refresh().Version);
+            }
+            return seen;
+        }, TestContext.Current.CancellationToken);
+        using var start = new Barrier(packages.Count);
+        var publishers = packages.Select(p => Task.Run(() =>
+        {
+            start.SignalAndWait(TestContext.Current.CancellationToken);
+            new Publisher(store).Publish(p, keys.TargetsKey, keys.SnapshotKey, keys.TimestampKey, TimeSpan.FromDays(7));
+        }, TestContext.Current.CancellationToken)).ToArray();
+        await Task.WhenAll(publishers);
+        await stop.CancelAsync();
+        var versions = await reader;
+
+        var head = publisher.Head();
+        Assert.Equal(Enumerable.Range(1, 6).Select(i => $"swap-test/0.{i}.0"), head.Targets.Targets.Keys);
+        Assert.Equal(1 + packages.Count, head.Targets.Version);
+        Assert.NotEmpty(versions);
+        Assert.Equal(versions.Order(), versions);
+        var client = new TrustClient(store, Path.Combine(keys.Folder, "final"), pinned);
+        client.Refresh();
+        Assert.All(head.Targets.Targets.Keys, name => client.FetchPackage(name));
+    }
+
+    [Fact]
+    public void TheAgent_InstallsFromBlobStorage_CachesByDigest_AndKeepsItsStacksWhenStorageIsUnreachable()
+    {
+        using var keys = new TestRepository();
+        var container = Azurite.NewContainer();
+        var store = BlobStore.Connect(azurite.ConnectionString, container);
+        var publisher = new Publisher(store);
+        publisher.Initialize(keys.RootKeys, 1, keys.TargetsKey, keys.SnapshotKey, keys.TimestampKey, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
+        publisher.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"), keys.TargetsKey, keys.SnapshotKey, keys.TimestampKey, TimeSpan.FromDays(7));
+        publisher.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"), keys.TargetsKey, keys.SnapshotKey, keys.TimestampKey, TimeSpan.FromDays(7));
+        var pinned = Path.Combine(keys.Folder, "pinned-blob-root.json");
+        File.WriteAllBytes(pinned, store.Read(Publisher.Root)!);
+        var config = new RepositoryConfig(RepositoryStores.BlobPrefix + container, pinned, Path.Combine(keys.Folder, "agent-state"));
+
+        var online = SignedStacks.Install(config, NullLogger.Instance, Environment(azurite.ConnectionString));
+        Assert.Equal(2, online.Count);
+        Assert.Equal(2, Directory.GetFiles(Path.Combine(config.StateDirectory, "cache"), "*.fspk").Length);
+
+        // Storage gone: the same stacks, from the cache, after what this host verified last.
+        var offline = SignedStacks.Install(config, NullLogger.Instance, Environment(Azurite.UnreachableConnectionString));
+        Assert.Equal(online, offline);
+        using var agent = new Fabric.Agent.Agent(new AgentConfig("host-x", new UnderlayConfig("127.0.0.1", null, Port: 0), [.. offline], "unused"), NullLogger.Instance);
+        agent.Start();
+        Assert.Equal(["std-ipv4", "swap-test"], agent.Switch.StackHost.Registered.Order(StringComparer.Ordinal));
+
+        // A host that never verified anything has nothing to fall back on, and says so.
+        var fresh = config with { StateDirectory = Path.Combine(keys.Folder, "fresh-state") };
+        var e = Assert.Throws<TrustException>(() => SignedStacks.Install(fresh, NullLogger.Instance, Environment(Azurite.UnreachableConnectionString)));
+        Assert.Contains("cannot be reached and this host has verified nothing before", e.Message, StringComparison.Ordinal);
+        Assert.Contains("could not be reached", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void UnreachableStorage_IsAClearError_AndAMissingConnectionStringIsNamed()
+    {
+        var store = BlobStore.Connect(Azurite.UnreachableConnectionString, "stacks");
+        var e = Assert.Throws<RepositoryUnavailableException>(() => store.Get(Publisher.Timestamp));
+        Assert.Contains("timestamp.json: blob container 'stacks' at http://127.0.0.1:", e.Message, StringComparison.Ordinal);
+        Assert.Contains("could not be reached", e.Message, StringComparison.Ordinal);
+        Assert.Contains("FABRIC_BLOB_CONNECTION_STRING", Assert.Throws<RepositoryUnavailableException>(() => RepositoryStores.Open("blob:stacks", _ => null)).Message, StringComparison.Ordinal);
+        Assert.Contains("lower-case letters", Assert.Throws<RepositoryUnavailableException>(() => RepositoryStores.Open("blob:Stacks_1", _ => "x")).Message, StringComparison.Ordinal);
+    }
+
+    private static Func<string, string?> Environment(string connectionString) => name => name == BlobStore.ConnectionVariable ? connectionString : null;
+}
