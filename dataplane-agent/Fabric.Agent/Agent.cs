@@ -4,6 +4,7 @@ using Fabric.Agent.Stacks;
 using Fabric.Agent.Switching;
 using Fabric.Hal;
 using Fabric.Hal.Linux;
+using Fabric.Registration;
 using Fabric.Wire;
 using Microsoft.Extensions.Logging;
 
@@ -17,8 +18,9 @@ namespace Fabric.Agent;
 /// <param name="Host">For add-host.</param>
 /// <param name="Stack">For prepare-swap: the stack to open.</param>
 /// <param name="Slot">For prepare-swap (optional), commit-swap and abort-swap.</param>
+/// <param name="Registration">For register-vm (libvirt hook, CNI plugin); deregister-vm takes the registration's id.</param>
 public sealed record ApiRequest(string Op, VmConfig? Vm = null, string? Id = null, RouteConfig? Route = null, RemoteHostConfig? Host = null,
-    string? Stack = null, int? Slot = null);
+    string? Stack = null, int? Slot = null, VmRegistration? Registration = null);
 
 /// <summary>The answer: ok with a result, or an error that says what is wrong.</summary>
 public sealed record ApiResponse(bool Ok, object? Result = null, string? Error = null);
@@ -41,7 +43,13 @@ public sealed class Agent : IDisposable
         _openPort = openPort ?? (device => AfPacketPort.Open(device));
         var start = Stopwatch.GetTimestamp();
         Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu) { Drain = TimeSpan.FromMilliseconds(config.DrainMilliseconds) }, () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
+        _registrations = new Registrations(TryAttach, Switch.DetachVm, config.StateDirectory);
     }
+
+    private readonly Registrations _registrations;
+
+    /// <summary>Where libvirt hook calls that found the agent down wait (under the state folder); null without one.</summary>
+    public HookSpool? Spool => Config.StateDirectory is { } state ? new HookSpool(Path.Combine(state, "hook-spool")) : null;
 
     public AgentConfig Config { get; }
 
@@ -75,8 +83,21 @@ public sealed class Agent : IDisposable
         {
             SetRoute(route);
         }
-        // Drained slots are closed and idle stacks unloaded in the background.
-        _housekeeping = new Timer(_ => Switch.Housekeeping(), null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
+        lock (_apiGate)
+        {
+            // VMs registered before a restart, then hook calls made while the agent was down, in the order they were made.
+            _registrations.Load();
+        }
+        ReplaySpool();
+        // Drained slots are closed, idle stacks unloaded and registered vNICs whose netdev appeared attached in the background.
+        _housekeeping = new Timer(_ =>
+        {
+            Switch.Housekeeping();
+            lock (_apiGate)
+            {
+                _registrations.AttachPending();
+            }
+        }, null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
     }
 
     private Timer? _housekeeping;
@@ -91,6 +112,8 @@ public sealed class Agent : IDisposable
                 return request.Op switch
                 {
                     "status" => new ApiResponse(true, Status()),
+                    "register-vm" when request.Registration is not null => new ApiResponse(true, new { Outcome = _registrations.Register(request.Registration) }),
+                    "deregister-vm" when request.Id is not null => new ApiResponse(true, new { Outcome = _registrations.Deregister(request.Id) ? "deregistered" : "not registered" }),
                     "attach-vm" when request.Vm is not null => Checked(request.Vm.Validate("vm"), () => Attach(request.Vm)),
                     "detach-vm" when request.Id is not null => Switch.DetachVm(request.Id) ? new ApiResponse(true) : new ApiResponse(false, Error: $"no VM '{request.Id}' is attached"),
                     "set-route" when request.Route is not null => Checked(request.Route.Validate("route"), () => SetRoute(request.Route)),
@@ -102,10 +125,10 @@ public sealed class Agent : IDisposable
                     "commit-swap" when request.Id is not null && request.Slot is { } commit => Do(() => Switch.CommitSwap(request.Id, commit)),
                     "abort-swap" when request.Id is not null && request.Slot is { } abort => Switch.AbortSwap(request.Id, abort)
                         ? new ApiResponse(true) : new ApiResponse(false, Error: $"slot {abort} on the path to '{request.Id}' is not a prepared slot"),
-                    "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" or "prepare-swap" or "commit-swap" or "abort-swap" =>
+                    "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" or "prepare-swap" or "commit-swap" or "abort-swap" or "register-vm" or "deregister-vm" =>
                         new ApiResponse(false, Error: $"{request.Op}: missing its argument (attach-vm: vm, detach-vm: id, *-route: route, add-host: host, "
-                            + "prepare-swap: id and stack, commit-swap/abort-swap: id and slot)"),
-                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, prepare-swap, commit-swap, abort-swap)"),
+                            + "prepare-swap: id and stack, commit-swap/abort-swap: id and slot, register-vm: registration, deregister-vm: id)"),
+                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, prepare-swap, commit-swap, abort-swap, register-vm, deregister-vm)"),
                 };
             }
             catch (Exception e) when (e is InvalidOperationException or FormatException or IOException)
@@ -113,6 +136,39 @@ public sealed class Agent : IDisposable
                 Log.ApiRefused(_logger, e.Message);
                 return new ApiResponse(false, Error: e.Message);
             }
+        }
+    }
+
+    /// <summary>Delivers queued hook requests in order; returns how many were applied (refused ones go to rejected/).</summary>
+    public int ReplaySpool() => Spool?.Replay(json =>
+    {
+        ApiResponse response;
+        try
+        {
+            response = Handle(AgentConfig.Parse<ApiRequest>(json));
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or FormatException)
+        {
+            response = new ApiResponse(false, Error: $"unreadable: {e.Message}");
+        }
+        if (!response.Ok)
+        {
+            Log.ApiRefused(_logger, $"queued hook request: {response.Error}");
+        }
+        return response.Ok;
+    }) ?? 0;
+
+    /// <summary>Attaches a registered vNIC; the error when its netdev cannot be opened yet.</summary>
+    private string? TryAttach(VmConfig vm)
+    {
+        try
+        {
+            Attach(vm);
+            return null;
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or ArgumentException or FormatException)
+        {
+            return e.Message;
         }
     }
 
@@ -193,6 +249,7 @@ public sealed class Agent : IDisposable
             Drops = p.Counters.DropSnapshot(),
             Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value) }),
         }),
+        Registrations = _registrations.Status(),
         Routes = Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => new { e.Vni, Mac = e.Mac.ToString(), Host = e.RemoteHost }),
     };
 

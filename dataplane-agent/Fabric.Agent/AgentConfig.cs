@@ -39,7 +39,8 @@ public sealed record AgentConfig(
     VmConfig[]? Vms = null,
     RouteConfig[]? Routes = null,
     int DrainMilliseconds = 2000,
-    RepositoryConfig? Repository = null)
+    RepositoryConfig? Repository = null,
+    string? StateDirectory = null)
 {
     private static readonly JsonSerializerOptions Json = new()
     {
