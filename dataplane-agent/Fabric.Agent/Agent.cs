@@ -92,11 +92,16 @@ public sealed class Agent : IDisposable
         // Drained slots are closed, idle stacks unloaded and registered vNICs whose netdev appeared attached in the background.
         _housekeeping = new Timer(_ =>
         {
-            Switch.Housekeeping();
             lock (_apiGate)
             {
+                // A tick already running when Dispose began must not touch a switch being torn down.
+                if (_disposed)
+                {
+                    return;
+                }
                 _registrations.AttachPending();
             }
+            Switch.Housekeeping();
         }, null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
     }
 
@@ -253,9 +258,15 @@ public sealed class Agent : IDisposable
         Routes = Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => new { e.Vni, Mac = e.Mac.ToString(), Host = e.RemoteHost }),
     };
 
+    private bool _disposed;
+
     public void Dispose()
     {
         _housekeeping?.Dispose();
+        lock (_apiGate)
+        {
+            _disposed = true;
+        }
         Switch.Dispose();
     }
 }

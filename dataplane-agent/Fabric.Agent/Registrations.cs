@@ -55,7 +55,7 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
     /// <summary>Removes a registration and its ports; false when it was not registered (deregistering twice is fine).</summary>
     public bool Deregister(string id)
     {
-        if (Folder is { } folder)
+        if (Folder is { } folder && Directory.Exists(folder))
         {
             File.Delete(Path.Combine(folder, FileName(id)));
         }

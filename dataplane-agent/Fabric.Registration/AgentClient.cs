@@ -14,6 +14,10 @@ public static class AgentClient
     public static string Send(string socketPath, string requestJson, TimeSpan timeout)
     {
         var watch = Stopwatch.StartNew();
+        if (!File.Exists(socketPath))
+        {
+            throw new AgentUnavailableException($"the agent's socket {socketPath} does not exist (is fabric-agent running?)");
+        }
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
