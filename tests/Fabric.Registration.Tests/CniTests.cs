@@ -134,4 +134,27 @@ public class CniTests
         rig.StartAgent();
         Assert.Equal((0, (JsonObject?)null), (Cni("STATUS", config).Code, Cni("STATUS", config).Output));
     }
+
+    [Fact]
+    public void TheShippedExampleNetwork_IsAValidConfiguration_AndInstallsAndUninstalls()
+    {
+        var deploy = Path.Combine(RepositoryRoot.Directory, "deploy", "cni");
+        var config = Assert.Single(PluginConfigs(File.ReadAllText(Path.Combine(deploy, "10-fabric.conflist"))));
+        Assert.Equal(4, Cni("ADD", config).Output!["code"]!.GetValue<int>());
+        var root = Directory.CreateTempSubdirectory("fabric-cni-root-").FullName;
+        try
+        {
+            var environment = new Dictionary<string, string> { ["FABRIC_ROOT"] = root };
+            Assert.Equal(0, Processes.Run(Path.Combine(deploy, "install.sh"), [Plugin], environment: environment).Code);
+            Assert.True(File.Exists(Path.Combine(root, "opt/cni/bin/fabric")));
+            Assert.True(File.Exists(Path.Combine(root, "etc/cni/net.d/10-fabric.conflist")));
+            Assert.Equal(0, Processes.Run(Path.Combine(deploy, "uninstall.sh"), ["--purge"], environment: environment).Code);
+            Assert.False(File.Exists(Path.Combine(root, "opt/cni/bin/fabric")));
+            Assert.False(File.Exists(Path.Combine(root, "etc/cni/net.d/10-fabric.conflist")));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
 }

@@ -130,5 +130,46 @@ public class BlobStoreTests(Azurite azurite)
         Assert.Contains("lower-case letters", Assert.Throws<RepositoryUnavailableException>(() => RepositoryStores.Open("blob:Stacks_1", _ => "x")).Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void TheCli_WorksAgainstBlobStorage_FromInitToVerify()
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-repo-cli-").FullName;
+        try
+        {
+            var cli = Processes.Built("repository/Fabric.Repository.Cli", "fabric-repo");
+            var env = new Dictionary<string, string> { [BlobStore.ConnectionVariable] = azurite.ConnectionString };
+            var repo = RepositoryStores.BlobPrefix + Azurite.NewContainer();
+            string Run(params string[] args)
+            {
+                var (code, stdout, stderr) = Processes.Run(cli, args, environment: env);
+                Assert.True(code == 0, $"fabric-repo {string.Join(' ', args)}: {stderr}");
+                return stdout;
+            }
+            string Key(string name) => Path.Combine(folder, name + ".key");
+            foreach (var role in new[] { "root", "targets", "snapshot", "timestamp" })
+            {
+                Run("keygen", "--out", Key(role));
+            }
+            var roles = new[] { "--targets-key", Key("targets"), "--snapshot-key", Key("snapshot"), "--timestamp-key", Key("timestamp") };
+            var pin = Path.Combine(folder, "pinned-root.json");
+            Run(["init", "--repo", repo, "--root-key", Key("root"), .. roles, "--pin-out", pin]);
+            Run("pack", "--from", Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.StdIPv4))!, "--id", "std-ipv4", "--version", "1.0.0", "--out", Path.Combine(folder, "std.fspk"));
+            Assert.Contains("published std-ipv4 1.0.0", Run(["publish", "--repo", repo, "--package", Path.Combine(folder, "std.fspk"), .. roles]), StringComparison.Ordinal);
+            Assert.Contains("std-ipv4/1.0.0", Run("list", "--repo", repo), StringComparison.Ordinal);
+            Assert.Contains("ok std-ipv4/1.0.0", Run("verify", "--repo", repo, "--root", pin), StringComparison.Ordinal);
+            // Without the connection string the CLI says what it needs; with storage gone it says it cannot reach it.
+            var missing = Processes.Run(cli, ["list", "--repo", repo]);
+            Assert.Equal(1, missing.Code);
+            Assert.Contains(BlobStore.ConnectionVariable, missing.Stderr, StringComparison.Ordinal);
+            var gone = Processes.Run(cli, ["list", "--repo", repo], environment: new Dictionary<string, string> { [BlobStore.ConnectionVariable] = Azurite.UnreachableConnectionString });
+            Assert.Equal(1, gone.Code);
+            Assert.Contains("could not be reached", gone.Stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     private static Func<string, string?> Environment(string connectionString) => name => name == BlobStore.ConnectionVariable ? connectionString : null;
 }
