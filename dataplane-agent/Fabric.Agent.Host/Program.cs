@@ -13,6 +13,7 @@ usage:
   fabric-agent ctl SOCKET status
   fabric-agent ctl SOCKET attach-vm id=ID device=DEV vni=N mac=MAC [ipv4=A,B] [ipv6=A,B]
   fabric-agent ctl SOCKET detach-vm ID
+  fabric-agent ctl SOCKET deregister-vm ID     (registrations come from fabric-hook and fabric-cni; status lists them)
   fabric-agent ctl SOCKET add-host id=ID [ipv4=A] [ipv6=A] [stack=std-ipv4] [port=47110]
   fabric-agent ctl SOCKET set-route vni=N mac=MAC host=ID [ipv4=A,B] [ipv6=A,B]
   fabric-agent ctl SOCKET remove-route vni=N mac=MAC
@@ -166,6 +167,7 @@ static int Control(string[] args)
         "status" => new ApiRequest("status"),
         "attach-vm" => new ApiRequest(op, Vm: new VmConfig(Need("id"), Need("device"), Vni(), Need("mac"), List("ipv4"), List("ipv6"))),
         "detach-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new FormatException("detach-vm: the VM id is required.")),
+        "deregister-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new FormatException("deregister-vm: the registration id is required.")),
         "add-host" => new ApiRequest(op, Host: new RemoteHostConfig(Need("id"), Get("ipv4"), Get("ipv6"), Get("stack") ?? "std-ipv4",
             int.TryParse(Get("port") ?? "47110", out var port) ? port : throw new FormatException($"add-host: port '{Get("port")}' is not a number."))),
         "set-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), Need("host"), List("ipv4"), List("ipv6"))),
