@@ -35,11 +35,15 @@ public class SwapTests
         var sink = new Thread(() =>
         {
             var buffer = new byte[2048];
-            while (!stop.IsCancellationRequested || hosts.Vm("vm3").Pending > 0)
+            // After the sender stops, frames still in the underlay sockets keep arriving: drain until everything sent
+            // is in, or nothing has come for 2 s (then the count assertion below reports what is missing).
+            var idle = System.Diagnostics.Stopwatch.StartNew();
+            while (!stop.IsCancellationRequested || (Volatile.Read(ref received) < Volatile.Read(ref sent) && idle.Elapsed < TimeSpan.FromSeconds(2)))
             {
                 if (hosts.Vm("vm3").Receive(buffer, out _, TimeSpan.FromMilliseconds(50)) == PortResult.Ok)
                 {
                     Interlocked.Increment(ref received);
+                    idle.Restart();
                 }
             }
         });
