@@ -1,0 +1,124 @@
+using System.Collections.Immutable;
+
+namespace Fabric.Silo;
+
+/// <summary>What the repository has published (a fleet-wide catalog: read when policies are validated, cached by selectors).</summary>
+[Alias("fabric.catalog")]
+public interface ICatalogGrain : IGrainWithStringKey
+{
+    /// <summary>The catalog's one key.</summary>
+    const string Key = "fleet";
+
+    [Alias("publish")]
+    ValueTask PublishAsync(StackInfo stack);
+
+    [Alias("list")]
+    ValueTask<ImmutableArray<StackInfo>> ListAsync();
+}
+
+/// <summary>A VM (key: its id): policy, placement and the decision per remote host.</summary>
+[Alias("fabric.vm")]
+public interface IVmGrain : IGrainWithStringKey
+{
+    /// <summary>Validates against the catalog; a valid policy is persisted before it is acknowledged, then every path is re-evaluated.</summary>
+    [Alias("set-policy")]
+    ValueTask<PolicyResult> SetPolicyAsync(Policy policy);
+
+    /// <summary>Registers or moves the VM (its agent calls this); idempotent for the same placement.</summary>
+    [Alias("place")]
+    ValueTask PlaceAsync(VmPlacement placement);
+
+    [Alias("remove")]
+    ValueTask RemoveAsync();
+
+    /// <summary>A path this VM uses changed significantly (or time passed for a pending switch): run select_stack.</summary>
+    [Alias("path-changed"), Orleans.Concurrency.OneWay]
+    ValueTask PathChangedAsync(string remoteHost, PathConditions conditions);
+
+    [Alias("view")]
+    ValueTask<VmView> GetAsync();
+}
+
+/// <summary>A directed host pair (key: "FROM->TO"): smoothed conditions and the VMs that use it.</summary>
+[Alias("fabric.path")]
+public interface IPathGrain : IGrainWithStringKey
+{
+    [Alias("report")]
+    ValueTask ReportAsync(PathSample sample);
+
+    [Alias("subscribe")]
+    ValueTask SubscribeAsync(string vmId);
+
+    [Alias("unsubscribe")]
+    ValueTask UnsubscribeAsync(string vmId);
+
+    /// <summary>The smoothed conditions; null before the first report.</summary>
+    [Alias("conditions")]
+    ValueTask<PathConditions?> GetConditionsAsync();
+
+    [Alias("history")]
+    ValueTask<ImmutableArray<PathConditions>> GetHistoryAsync();
+
+    static string KeyOf(string fromHost, string toHost) => $"{fromHost}->{toHost}";
+}
+
+/// <summary>A host (key: host id): the agent's session, its inventory, the desired state it must run and what it acknowledged.</summary>
+[Alias("fabric.host")]
+public interface IHostGrain : IGrainWithStringKey
+{
+    /// <summary>Registers the agent and its observer; returns the current desired state so the agent can reconcile at once.</summary>
+    [Alias("register")]
+    ValueTask<DesiredState> RegisterAsync(HostInfo info, IAgentObserver observer);
+
+    /// <summary>Keeps the observer subscription alive (subscriptions expire when not renewed).</summary>
+    [Alias("renew")]
+    ValueTask RenewAsync(IAgentObserver observer);
+
+    /// <summary>Sets the stack for one (VM, remote host); bumps the version and pushes the new desired state to the agent when it changes.</summary>
+    [Alias("bind")]
+    ValueTask<long> BindAsync(Binding binding);
+
+    [Alias("unbind-vm")]
+    ValueTask<long> UnbindVmAsync(string vmId);
+
+    /// <summary>The agent applied a version (idempotent; an older version than already acknowledged is ignored).</summary>
+    [Alias("ack")]
+    ValueTask AcknowledgeAsync(long version);
+
+    /// <summary>One telemetry batch per host per second: path samples and outcomes.</summary>
+    [Alias("telemetry")]
+    ValueTask ReportAsync(ImmutableArray<PathSample> paths, ImmutableArray<Outcome> outcomes);
+
+    [Alias("desired")]
+    ValueTask<DesiredState> GetDesiredStateAsync();
+
+    [Alias("acknowledged")]
+    ValueTask<long> GetAcknowledgedAsync();
+
+    [Alias("info")]
+    ValueTask<HostInfo?> GetInfoAsync();
+
+    [Alias("outcomes")]
+    ValueTask<ImmutableArray<Outcome>> GetOutcomesAsync();
+
+    [Alias("add-vm")]
+    ValueTask AddVmAsync(string vmId);
+
+    [Alias("remove-vm")]
+    ValueTask RemoveVmAsync(string vmId);
+
+    [Alias("vms")]
+    ValueTask<ImmutableArray<string>> ListVmsAsync();
+
+    /// <summary>The remote hosts this host has reported paths to.</summary>
+    [Alias("peers")]
+    ValueTask<ImmutableArray<string>> ListPeersAsync();
+}
+
+/// <summary>Implemented by the agent (an Orleans client); the host grain pushes desired state to it.</summary>
+[Alias("fabric.agent-observer")]
+public interface IAgentObserver : IGrainObserver
+{
+    [Alias("desired-state")]
+    Task DesiredStateChangedAsync(DesiredState state);
+}

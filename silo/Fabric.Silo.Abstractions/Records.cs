@@ -1,0 +1,154 @@
+using System.Collections.Immutable;
+
+namespace Fabric.Silo;
+
+/// <summary>
+/// A VM's policy. Workload: general | latency | bulk (what the selector optimizes). Security: standard | confidential
+/// (confidential admits only stacks that encrypt). Family: the underlay family, ipv4 | ipv6. Allow (empty: every published
+/// stack), Deny and Pin name stack ids. ExplorationShare (0..0.2) is the share of decisions that may try another allowed
+/// stack to learn; never used for a pinned VM.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.policy")]
+public sealed record Policy(
+    [property: Id(0)] string Workload,
+    [property: Id(1)] string Security,
+    [property: Id(2)] string Family,
+    [property: Id(3)] ImmutableArray<string> Allow,
+    [property: Id(4)] ImmutableArray<string> Deny,
+    [property: Id(5)] string? Pin,
+    [property: Id(6)] double ExplorationShare)
+{
+    public static Policy Default { get; } = new("general", "standard", "ipv4", [], [], null, 0);
+}
+
+/// <summary>What a published stack costs and tolerates (from its signed manifest), as the selector sees it.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.stack-info")]
+public sealed record StackInfo(
+    [property: Id(0)] string Id,
+    [property: Id(1)] string Version,
+    [property: Id(2)] string Family,
+    [property: Id(3)] int HeaderBytes,
+    [property: Id(4)] double Redundancy,
+    [property: Id(5)] double AddedDelayMs,
+    [property: Id(6)] double ToleratesLoss,
+    [property: Id(7)] bool Encrypts,
+    [property: Id(8)] string Purpose);
+
+/// <summary>A path's measured conditions (smoothed by its PathGrain). Loss is a fraction (0.02 = 2 %).</summary>
+[GenerateSerializer, Immutable, Alias("fabric.path-conditions")]
+public sealed record PathConditions(
+    [property: Id(0)] double RttMs,
+    [property: Id(1)] double JitterMs,
+    [property: Id(2)] double Loss,
+    [property: Id(3)] double BandwidthMbps,
+    [property: Id(4)] DateTimeOffset At)
+{
+    public override string ToString() => $"rtt {RttMs:0.#} ms, jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} %, {BandwidthMbps:0.#} Mbit/s";
+}
+
+/// <summary>One candidate's score in a decision, and why it scored so.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.candidate")]
+public sealed record CandidateScore([property: Id(0)] string Stack, [property: Id(1)] double Score, [property: Id(2)] string Why);
+
+/// <summary>
+/// One run of select_stack for a (VM, remote host): its inputs, every candidate's score, the stack chosen and why.
+/// Changed is false when the current stack stays.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.decision")]
+public sealed record Decision(
+    [property: Id(0)] string VmId,
+    [property: Id(1)] string RemoteHost,
+    [property: Id(2)] string? Previous,
+    [property: Id(3)] string Stack,
+    [property: Id(4)] bool Changed,
+    [property: Id(5)] string Reason,
+    [property: Id(6)] PathConditions Conditions,
+    [property: Id(7)] Policy Policy,
+    [property: Id(8)] ImmutableArray<CandidateScore> Candidates,
+    [property: Id(9)] bool Exploration,
+    [property: Id(10)] DateTimeOffset At);
+
+/// <summary>The answer to a policy change: accepted (and persisted) with its version, or refused with every problem named.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.policy-result")]
+public sealed record PolicyResult([property: Id(0)] bool Accepted, [property: Id(1)] ImmutableArray<string> Errors, [property: Id(2)] long Version);
+
+/// <summary>One NIC of a host's HAL inventory.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.nic")]
+public sealed record NicInfo(
+    [property: Id(0)] string Name,
+    [property: Id(1)] string Driver,
+    [property: Id(2)] string Mac,
+    [property: Id(3)] int Mtu,
+    [property: Id(4)] long SpeedMbps,
+    [property: Id(5)] string State,
+    [property: Id(6)] int TotalVfs,
+    [property: Id(7)] int NumVfs,
+    [property: Id(8)] string? PhysicalFunction);
+
+/// <summary>What an agent tells the control plane about its host when it registers.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.host-info")]
+public sealed record HostInfo(
+    [property: Id(0)] string HostId,
+    [property: Id(1)] string? UnderlayIPv4,
+    [property: Id(2)] string? UnderlayIPv6,
+    [property: Id(3)] int UnderlayPort,
+    [property: Id(4)] ImmutableArray<string> LoadedStacks,
+    [property: Id(5)] ImmutableArray<NicInfo> Nics,
+    [property: Id(6)] string AgentVersion);
+
+/// <summary>A VM as its host's agent registers it.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.vm-placement")]
+public sealed record VmPlacement(
+    [property: Id(0)] string HostId,
+    [property: Id(1)] string Name,
+    [property: Id(2)] uint Vni,
+    [property: Id(3)] ImmutableArray<string> Macs,
+    [property: Id(4)] Policy? Policy);
+
+/// <summary>The stack a host must use towards a remote host for a VM.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.binding")]
+public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] string RemoteHost, [property: Id(2)] string Stack);
+
+/// <summary>Everything a host should run, at a version that only grows; applying the same version twice changes nothing.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.desired-state")]
+public sealed record DesiredState([property: Id(0)] string HostId, [property: Id(1)] long Version, [property: Id(2)] ImmutableArray<Binding> Bindings);
+
+/// <summary>
+/// One path measurement interval from an agent (about a second): active probes and passive sequence/timestamp counts.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.path-sample")]
+public sealed record PathSample(
+    [property: Id(0)] string FromHost,
+    [property: Id(1)] string ToHost,
+    [property: Id(2)] double RttMs,
+    [property: Id(3)] double JitterMs,
+    [property: Id(4)] long Sent,
+    [property: Id(5)] long Lost,
+    [property: Id(6)] double DeliveredMbps,
+    [property: Id(7)] DateTimeOffset At);
+
+/// <summary>
+/// What a (VM, path) got during an interval on a stack — the learner's raw material (DESIGN §6).
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.outcome")]
+public sealed record Outcome(
+    [property: Id(0)] string VmId,
+    [property: Id(1)] string RemoteHost,
+    [property: Id(2)] string Stack,
+    [property: Id(3)] PathConditions Conditions,
+    [property: Id(4)] double GoodputMbps,
+    [property: Id(5)] double DelayP50Ms,
+    [property: Id(6)] double DelayP99Ms,
+    [property: Id(7)] double ResidualLoss,
+    [property: Id(8)] long OverheadBytes,
+    [property: Id(9)] TimeSpan Interval);
+
+/// <summary>A VM's state for operators: policy, placement, the stack per remote host and the recent decisions.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.vm-view")]
+public sealed record VmView(
+    [property: Id(0)] string VmId,
+    [property: Id(1)] VmPlacement? Placement,
+    [property: Id(2)] Policy Policy,
+    [property: Id(3)] long PolicyVersion,
+    [property: Id(4)] ImmutableDictionary<string, string> Stacks,
+    [property: Id(5)] ImmutableArray<Decision> Log);

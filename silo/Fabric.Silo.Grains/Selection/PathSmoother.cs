@@ -1,0 +1,36 @@
+namespace Fabric.Silo.Selection;
+
+/// <summary>
+/// Smooths a path's samples (exponentially weighted, like TCP's SRTT) and says when the smoothed conditions moved
+/// enough to re-run selection: RTT by 20 %, loss by half a point (or by half of itself), bandwidth by 25 %.
+/// </summary>
+public sealed class PathSmoother(double weight = 0.3)
+{
+    public PathConditions? Current { get; private set; }
+
+    /// <summary>The conditions the last significant change was announced with.</summary>
+    public PathConditions? Announced { get; private set; }
+
+    /// <summary>Adds a sample; true when the VMs on the path should re-evaluate.</summary>
+    public bool Add(PathSample sample)
+    {
+        var loss = sample.Sent > 0 ? Math.Clamp((double)sample.Lost / sample.Sent, 0, 1) : Current?.Loss ?? 0;
+        var next = Current is not { } c
+            ? new PathConditions(sample.RttMs, sample.JitterMs, loss, sample.DeliveredMbps, sample.At)
+            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), Mix(c.Loss, loss), Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At);
+        Current = next;
+        if (Announced is not { } a || Significant(a, next))
+        {
+            Announced = next;
+            return true;
+        }
+        return false;
+    }
+
+    private double Mix(double old, double sample) => old + weight * (sample - old);
+
+    private static bool Significant(PathConditions a, PathConditions b) =>
+        Math.Abs(b.RttMs - a.RttMs) > 0.2 * Math.Max(a.RttMs, 0.5)
+        || Math.Abs(b.Loss - a.Loss) > Math.Max(0.005, a.Loss * 0.5)
+        || Math.Abs(b.BandwidthMbps - a.BandwidthMbps) > 0.25 * Math.Max(a.BandwidthMbps, 1);
+}

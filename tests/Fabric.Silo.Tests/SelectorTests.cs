@@ -1,0 +1,149 @@
+using Fabric.Silo.Selection;
+using static Fabric.Silo.Tests.Catalogs;
+
+namespace Fabric.Silo.Tests;
+
+/// <summary>select_stack as pure logic: one fake time source, seeded randomness.</summary>
+public class SelectorTests
+{
+    private static readonly DateTimeOffset T0 = new(2026, 11, 26, 12, 0, 0, TimeSpan.Zero);
+    private readonly StackSelector _selector = new(new ProfileScorer(), new SelectorOptions(0.10, TimeSpan.FromSeconds(2)));
+
+    private (Decision Decision, PendingSwitch? Pending) Run(Policy policy, PathConditions path, string? current, PendingSwitch? pending, DateTimeOffset now, double random = 0.99) =>
+        _selector.Select("vm1", "host-b", policy, path, All, HostStacks, current, pending, now, random);
+
+    [Fact]
+    public void ACleanPath_KeepsTheDefault_AndSaysWhy()
+    {
+        var (decision, pending) = Run(Policy("latency"), Path(30, 0), null, null, T0);
+        Assert.Equal("std-ipv4", decision.Stack);
+        Assert.True(decision.Changed);
+        Assert.Null(pending);
+        Assert.Contains("first decision", decision.Reason, StringComparison.Ordinal);
+        Assert.Equal(5, decision.Candidates.Length);
+        Assert.DoesNotContain(decision.Candidates, c => c.Stack == "std-ipv6");
+        Assert.All(decision.Candidates, c => Assert.Contains("residual loss", c.Why, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void SustainedLoss_SwitchesToALossTolerantStack_OnlyAfterTheSustainTime_AndBackWhenItEnds()
+    {
+        var policy = Policy("latency");
+        var current = "std-ipv4";
+        PendingSwitch? pending = null;
+        var switches = new List<(TimeSpan At, string Stack)>();
+        for (var t = TimeSpan.Zero; t < TimeSpan.FromSeconds(20); t += TimeSpan.FromMilliseconds(500))
+        {
+            // 3 % loss from 5 s to 12 s.
+            var loss = t >= TimeSpan.FromSeconds(5) && t < TimeSpan.FromSeconds(12) ? 0.03 : 0;
+            var (decision, next) = Run(policy, Path(30, loss), current, pending, T0 + t);
+            pending = next;
+            if (decision.Changed)
+            {
+                switches.Add((t, decision.Stack));
+                current = decision.Stack;
+            }
+        }
+        Assert.Equal(2, switches.Count);
+        Assert.Equal(TimeSpan.FromSeconds(7), switches[0].At);
+        Assert.Contains(switches[0].Stack, new[] { "fec", "arq-lowlat" });
+        Assert.Equal(("std-ipv4", TimeSpan.FromSeconds(14)), (switches[1].Stack, switches[1].At));
+    }
+
+    [Fact]
+    public void NoisyConditions_AroundTheCrossover_DoNotFlap()
+    {
+        var random = new Random(7);
+        var policy = Policy("latency");
+        var current = "std-ipv4";
+        PendingSwitch? pending = null;
+        var changes = 0;
+        for (var i = 0; i < 2000; i++)
+        {
+            // Loss flickers between 0 and 0.4 % and RTT jitters: measurement noise, not a trend.
+            var path = Path(30 + random.NextDouble() * 6, random.NextDouble() < 0.5 ? 0 : 0.004 * random.NextDouble(), jitterMs: random.NextDouble() * 2);
+            var (decision, next) = Run(policy, path, current, pending, T0 + TimeSpan.FromMilliseconds(250 * i));
+            pending = next;
+            if (decision.Changed)
+            {
+                changes++;
+                current = decision.Stack;
+            }
+        }
+        Assert.True(changes <= 1, $"{changes} switches under noise");
+    }
+
+    [Fact]
+    public void Exploration_StaysWithinItsShare_AndWithinThePolicy_AndNeverForAPinnedVm()
+    {
+        var random = new Random(11);
+        var policy = Policy("general", allow: ["std-ipv4", "fec", "arq-lowlat"], explore: 0.1);
+        var explored = 0;
+        const int Runs = 20_000;
+        for (var i = 0; i < Runs; i++)
+        {
+            var (decision, _) = Run(policy, Path(30, 0), "std-ipv4", null, T0, random.NextDouble());
+            Assert.Contains(decision.Stack, new[] { "std-ipv4", "fec", "arq-lowlat" });
+            explored += decision.Exploration ? 1 : 0;
+        }
+        Assert.InRange(explored / (double)Runs, 0.09, 0.11);
+        var pinned = Policy("general", pin: "fec", explore: 0.2);
+        for (var i = 0; i < 2000; i++)
+        {
+            var (decision, _) = Run(pinned, Path(30, 0.05), "fec", null, T0, random.NextDouble());
+            Assert.False(decision.Exploration);
+            Assert.Equal("fec", decision.Stack);
+        }
+    }
+
+    [Fact]
+    public void AConfidentialPolicy_NeverGetsAnythingButAnEncryptingStack()
+    {
+        var random = new Random(3);
+        var policy = Policy("latency", security: "confidential", explore: 0.2);
+        var current = (string?)null;
+        PendingSwitch? pending = null;
+        for (var i = 0; i < 3000; i++)
+        {
+            var (decision, next) = Run(policy, Path(1 + random.NextDouble() * 150, random.NextDouble() * 0.1), current, pending, T0 + TimeSpan.FromSeconds(i), random.NextDouble());
+            pending = next;
+            current = decision.Stack;
+            Assert.Equal("secure", decision.Stack);
+            Assert.All(decision.Candidates, c => Assert.Equal("secure", c.Stack));
+        }
+    }
+
+    [Fact]
+    public void AStackTheHostDoesNotRun_IsNeverChosen_AndACurrentStackNoLongerAllowedIsReplacedAtOnce()
+    {
+        var (decision, _) = _selector.Select("vm1", "host-b", Policy("latency"), Path(30, 0.03), All, new HashSet<string> { "std-ipv4", "arq-bulk" }, "std-ipv4", null, T0, 0.99);
+        Assert.All(decision.Candidates, c => Assert.Contains(c.Stack, new[] { "std-ipv4", "arq-bulk" }));
+        var (replaced, _) = Run(Policy("latency", deny: ["fec"]), Path(30, 0.03), "fec", null, T0);
+        Assert.True(replaced.Changed);
+        Assert.NotEqual("fec", replaced.Stack);
+        Assert.Contains("no longer allowed", replaced.Reason, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("gaming", "standard", null, null, null, 0.0, "workload: 'gaming' is not one of general, latency, bulk")]
+    [InlineData("general", "top-secret", null, null, null, 0.0, "security: 'top-secret' is not one of standard, confidential")]
+    [InlineData("general", "standard", "quic", null, null, 0.0, "allow: no stack 'quic' is published")]
+    [InlineData("general", "standard", "fec", "fec", null, 0.0, "deny: 'fec' is also in allow (contradictory)")]
+    [InlineData("general", "standard", "fec", null, "secure", 0.0, "pin: 'secure' is not in allow")]
+    [InlineData("general", "standard", null, "secure", "secure", 0.0, "pin: 'secure' is denied")]
+    [InlineData("general", "standard", null, null, null, 0.5, "explorationShare: 0.5 is outside 0..0.2")]
+    [InlineData("general", "confidential", "std-ipv4,fec", null, null, 0.0, "security: confidential needs a published ipv4 stack that encrypts and the policy allows; there is none")]
+    public void BadPolicies_AreRefusedNamingTheField(string workload, string security, string? allow, string? deny, string? pin, double explore, string expected)
+    {
+        var policy = Policy(workload, security, allow?.Split(','), deny?.Split(','), pin, explore);
+        var errors = PolicyValidator.Validate(policy, All);
+        Assert.Contains(errors, e => e.Contains(expected, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void ConfidentialWithNoEncryptingStackPublished_IsRefused()
+    {
+        var errors = PolicyValidator.Validate(Policy(security: "confidential"), [StdIPv4, Fec]);
+        Assert.Contains("encrypting: none", Assert.Single(errors), StringComparison.Ordinal);
+    }
+}
