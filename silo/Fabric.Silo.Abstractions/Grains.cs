@@ -95,7 +95,7 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("acknowledged")]
     ValueTask<long> GetAcknowledgedAsync();
 
-    [Alias("info")]
+    [Alias("info"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<HostInfo?> GetInfoAsync();
 
     [Alias("outcomes")]
@@ -107,11 +107,12 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("remove-vm")]
     ValueTask RemoveVmAsync(string vmId);
 
-    [Alias("vms")]
+    /// <summary>Read-only and interleaved: path grains ask while this host's telemetry call is waiting on them.</summary>
+    [Alias("vms"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<ImmutableArray<string>> ListVmsAsync();
 
     /// <summary>The remote hosts this host has reported paths to.</summary>
-    [Alias("peers")]
+    [Alias("peers"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<ImmutableArray<string>> ListPeersAsync();
 }
 

@@ -19,6 +19,12 @@ public sealed record Policy(
     [property: Id(6)] double ExplorationShare)
 {
     public static Policy Default { get; } = new("general", "standard", "ipv4", [], [], null, 0);
+
+    // ImmutableArray compares by reference; a policy read back from storage must equal the one written.
+    public bool Equals(Policy? other) => other is not null && Workload == other.Workload && Security == other.Security && Family == other.Family
+        && Allow.SequenceEqual(other.Allow) && Deny.SequenceEqual(other.Deny) && Pin == other.Pin && ExplorationShare.Equals(other.ExplorationShare);
+
+    public override int GetHashCode() => HashCode.Combine(Workload, Security, Family, Allow.Length, Deny.Length, Pin, ExplorationShare);
 }
 
 /// <summary>What a published stack costs and tolerates (from its signed manifest), as the selector sees it.</summary>
@@ -94,7 +100,13 @@ public sealed record HostInfo(
     [property: Id(3)] int UnderlayPort,
     [property: Id(4)] ImmutableArray<string> LoadedStacks,
     [property: Id(5)] ImmutableArray<NicInfo> Nics,
-    [property: Id(6)] string AgentVersion);
+    [property: Id(6)] string AgentVersion)
+{
+    public bool Equals(HostInfo? other) => other is not null && HostId == other.HostId && UnderlayIPv4 == other.UnderlayIPv4 && UnderlayIPv6 == other.UnderlayIPv6
+        && UnderlayPort == other.UnderlayPort && LoadedStacks.SequenceEqual(other.LoadedStacks) && Nics.SequenceEqual(other.Nics) && AgentVersion == other.AgentVersion;
+
+    public override int GetHashCode() => HashCode.Combine(HostId, UnderlayIPv4, UnderlayIPv6, UnderlayPort, LoadedStacks.Length, Nics.Length, AgentVersion);
+}
 
 /// <summary>A VM as its host's agent registers it.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.vm-placement")]
@@ -103,7 +115,13 @@ public sealed record VmPlacement(
     [property: Id(1)] string Name,
     [property: Id(2)] uint Vni,
     [property: Id(3)] ImmutableArray<string> Macs,
-    [property: Id(4)] Policy? Policy);
+    [property: Id(4)] Policy? Policy)
+{
+    public bool Equals(VmPlacement? other) => other is not null && HostId == other.HostId && Name == other.Name && Vni == other.Vni
+        && Macs.SequenceEqual(other.Macs) && Equals(Policy, other.Policy);
+
+    public override int GetHashCode() => HashCode.Combine(HostId, Name, Vni, Macs.Length, Policy);
+}
 
 /// <summary>The stack a host must use towards a remote host for a VM.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.binding")]

@@ -2,10 +2,14 @@ namespace Fabric.Silo.Selection;
 
 /// <summary>
 /// Smooths a path's samples (exponentially weighted, like TCP's SRTT) and says when the smoothed conditions moved
-/// enough to re-run selection: RTT by 20 %, loss by half a point (or by half of itself), bandwidth by 25 %.
+/// enough to re-run selection: RTT by 20 %, loss by a factor of two (on a log scale floored at 0.01 %, so a loss that
+/// fades away keeps being announced until it is gone), bandwidth by 25 %.
 /// </summary>
 public sealed class PathSmoother(double weight = 0.3)
 {
+    /// <summary>The smallest loss rate taken as real (one in ten thousand).</summary>
+    public const double LossResolution = 1e-4;
+
     public PathConditions? Current { get; private set; }
 
     /// <summary>The conditions the last significant change was announced with.</summary>
@@ -18,6 +22,11 @@ public sealed class PathSmoother(double weight = 0.3)
         var next = Current is not { } c
             ? new PathConditions(sample.RttMs, sample.JitterMs, loss, sample.DeliveredMbps, sample.At)
             : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), Mix(c.Loss, loss), Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At);
+        if (loss == 0 && next.Loss < LossResolution)
+        {
+            // Below what a second of probes can resolve, a fading average is noise: call the path clean again.
+            next = next with { Loss = 0 };
+        }
         Current = next;
         if (Announced is not { } a || Significant(a, next))
         {
@@ -31,6 +40,6 @@ public sealed class PathSmoother(double weight = 0.3)
 
     private static bool Significant(PathConditions a, PathConditions b) =>
         Math.Abs(b.RttMs - a.RttMs) > 0.2 * Math.Max(a.RttMs, 0.5)
-        || Math.Abs(b.Loss - a.Loss) > Math.Max(0.005, a.Loss * 0.5)
+        || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1
         || Math.Abs(b.BandwidthMbps - a.BandwidthMbps) > 0.25 * Math.Max(a.BandwidthMbps, 1);
 }

@@ -1,0 +1,184 @@
+using System.Collections.Immutable;
+using Fabric.Testing;
+using Orleans.Serialization;
+using static Fabric.Silo.Tests.Catalogs;
+
+namespace Fabric.Silo.Tests;
+
+/// <summary>An agent as the control plane sees it: a client-side observer that records the desired states it is pushed.</summary>
+internal sealed class RecordingAgent : IAgentObserver
+{
+    private readonly List<DesiredState> _states = [];
+
+    public IReadOnlyList<DesiredState> States
+    {
+        get
+        {
+            lock (_states)
+            {
+                return [.. _states];
+            }
+        }
+    }
+
+    public Task DesiredStateChangedAsync(DesiredState state)
+    {
+        lock (_states)
+        {
+            _states.Add(state);
+        }
+        return Task.CompletedTask;
+    }
+}
+
+[Collection(ClusterCollection.Name)]
+public class GrainTests(ClusterFixture fixture)
+{
+    private static string Unique(string prefix) => $"{prefix}-{Guid.NewGuid():N}"[..20];
+
+    private static HostInfo Host(string id) => new(id, "127.0.0.1", null, 47110, [.. HostStacks], [], "test");
+
+    private static PathSample Sample(string from, string to, double rttMs, double loss, DateTimeOffset at) =>
+        new(from, to, rttMs, 0.5, 1000, (long)(loss * 1000), 100, at);
+
+    /// <summary>Two hosts with a measured path between them and one VM on the first; returns the VM grain and host ids.</summary>
+    private async Task<(IVmGrain Vm, string HostA, string HostB, RecordingAgent Agent)> PlacedVmAsync(Policy? policy = null)
+    {
+        var (a, b) = (Unique("host-a"), Unique("host-b"));
+        var agent = new RecordingAgent();
+        var observer = fixture.Client.CreateObjectReference<IAgentObserver>(agent);
+        await fixture.Client.GetGrain<IHostGrain>(a).RegisterAsync(Host(a), observer);
+        await fixture.Client.GetGrain<IHostGrain>(b).RegisterAsync(Host(b), fixture.Client.CreateObjectReference<IAgentObserver>(new RecordingAgent()));
+        await fixture.Client.GetGrain<IHostGrain>(a).ReportAsync([Sample(a, b, 30, 0, DateTimeOffset.UtcNow)], []);
+        var vm = fixture.Client.GetGrain<IVmGrain>(Unique("vm"));
+        await vm.PlaceAsync(new VmPlacement(a, "web", 100, ["52:54:00:00:00:01"], policy));
+        return (vm, a, b, agent);
+    }
+
+    [Fact]
+    public async Task ABadPolicy_IsRefusedNamingTheField_AndNothingChanges()
+    {
+        var vm = fixture.Client.GetGrain<IVmGrain>(Unique("vm"));
+        Assert.True((await vm.SetPolicyAsync(Policy("latency"))).Accepted);
+        var before = await vm.GetAsync();
+        var result = await vm.SetPolicyAsync(Policy("bulk", allow: ["quic", "fec"], deny: ["fec"]));
+        Assert.False(result.Accepted);
+        Assert.Contains(result.Errors, e => e.StartsWith("allow: no stack 'quic' is published", StringComparison.Ordinal));
+        Assert.Contains(result.Errors, e => e.StartsWith("deny: 'fec' is also in allow", StringComparison.Ordinal));
+        var after = await vm.GetAsync();
+        Assert.Equal((before.Policy, before.PolicyVersion), (after.Policy, after.PolicyVersion));
+    }
+
+    [Fact]
+    public async Task AValidPolicy_IsPersistedBeforeItIsAcknowledged()
+    {
+        var id = Unique("vm");
+        var vm = fixture.Client.GetGrain<IVmGrain>(id);
+        var result = await vm.SetPolicyAsync(Policy("latency", allow: ["std-ipv4", "arq-lowlat"]));
+        Assert.True(result.Accepted);
+        // Deactivate: what comes back can only come from storage.
+        await fixture.Cluster.DeactivateAsync((IAddressable)vm);
+        var view = await fixture.Client.GetGrain<IVmGrain>(id).GetAsync();
+        Assert.Equal(result.Version, view.PolicyVersion);
+        Assert.Equal(["std-ipv4", "arq-lowlat"], view.Policy.Allow);
+        Assert.True((await vm.SetPolicyAsync(Policy("latency", allow: ["std-ipv4", "arq-lowlat"]))).Version == result.Version, "the same policy again is not a new version");
+    }
+
+    [Fact]
+    public async Task LossOnThePath_MovesTheVmToALossTolerantStack_AfterTheSustainTime_AndTheAgentIsToldAndBackWhenItEnds()
+    {
+        var (vm, a, b, agent) = await PlacedVmAsync(Policy("latency"));
+        Assert.Equal("std-ipv4", (await vm.GetAsync()).Stacks[b]);
+        Eventually.True(() => agent.States.Any(s => s.Bindings.Any(x => x.Stack == "std-ipv4")), TimeSpan.FromSeconds(10), "first binding pushed", () => string.Join("; ", agent.States));
+        var host = fixture.Client.GetGrain<IHostGrain>(a);
+        // Telemetry at 10 reports a second until the VM's stack changes (at most 10 s): smoothing, change detection and
+        // the sustain time all lie between a change on the path and the switch.
+        async Task<string> ReportUntilChangedAsync(double loss, string from)
+        {
+            for (var i = 0; i < 100; i++)
+            {
+                await host.ReportAsync([Sample(a, b, 30, loss, DateTimeOffset.UtcNow)], []);
+                await Task.Delay(100, TestContext.Current.CancellationToken);
+                if ((await vm.GetAsync()).Stacks[b] is var stack && stack != from)
+                {
+                    return stack;
+                }
+            }
+            return from;
+        }
+        await ReportUntilChangedAsync(0.03, "std-ipv4");
+        var view = await vm.GetAsync();
+        Assert.NotEqual("std-ipv4", view.Stacks[b]);
+        var change = view.Log.Last(d => d.Changed);
+        Assert.Contains("beat std-ipv4", change.Reason, StringComparison.Ordinal);
+        Assert.True(change.Conditions.Loss > 0.005, change.Conditions.ToString());
+        var tolerant = view.Stacks[b];
+        Eventually.True(() => agent.States is { Count: > 0 } states && states[^1].Bindings.SingleOrDefault()?.Stack == tolerant, TimeSpan.FromSeconds(10), "tolerant binding pushed", () => string.Join("; ", agent.States));
+        await host.AcknowledgeAsync(agent.States[^1].Version);
+        Assert.Equal(agent.States[^1].Version, await host.GetAcknowledgedAsync());
+
+        var back = await ReportUntilChangedAsync(0, tolerant);
+        Assert.True(back == "std-ipv4", string.Join("\n", (await vm.GetAsync()).Log.TakeLast(4).Select(d => $"{d.Conditions}: {d.Reason} [{string.Join(", ", d.Candidates.Select(c => $"{c.Stack} {c.Score}"))}]")));
+        view = await vm.GetAsync();
+        Assert.Equal("std-ipv4", view.Stacks[b]);
+        Assert.Equal(3, view.Log.Count(d => d.Changed));
+    }
+
+    [Fact]
+    public async Task AConfidentialVm_OnlyEverGetsSecure_WhateverThePathDoes()
+    {
+        var (vm, a, b, _) = await PlacedVmAsync();
+        Assert.True((await vm.SetPolicyAsync(Policy("latency", security: "confidential"))).Accepted);
+        var host = fixture.Client.GetGrain<IHostGrain>(a);
+        var random = new Random(5);
+        for (var i = 0; i < 20; i++)
+        {
+            await host.ReportAsync([Sample(a, b, 1 + random.NextDouble() * 100, random.NextDouble() * 0.08, DateTimeOffset.UtcNow)], []);
+        }
+        var view = await vm.GetAsync();
+        Assert.Equal("secure", view.Stacks[b]);
+        Assert.All(view.Log.Where(d => d.Policy.Security == "confidential"), d => Assert.Equal("secure", d.Stack));
+        Assert.Equal("secure", (await fixture.Client.GetGrain<IHostGrain>(a).GetDesiredStateAsync()).Bindings.Single().Stack);
+    }
+
+    [Fact]
+    public async Task TheHostPolicyFromTheHook_IsUsedUntilAnOperatorSetsOne()
+    {
+        var (vm, _, b, _) = await PlacedVmAsync(Policy("latency", pin: "arq-lowlat"));
+        var view = await vm.GetAsync();
+        Assert.Equal("arq-lowlat", view.Policy.Pin);
+        Assert.Equal("arq-lowlat", view.Stacks[b]);
+    }
+
+    public static TheoryData<object> Records => new()
+    {
+        Policy("latency", "confidential", ["secure"], ["fec"], "secure", 0.1),
+        Fec,
+        Path(30, 0.02),
+        new CandidateScore("fec", 0.5, "why"),
+        new Decision("vm", "host-b", "std-ipv4", "fec", true, "because", Path(30, 0.02), Policy(), [new CandidateScore("fec", 0.5, "why")], false, DateTimeOffset.UnixEpoch),
+        new PolicyResult(false, ["workload: bad"], 3),
+        new NicInfo("eth0", "ixgbe", "52:54:00:00:00:01", 1500, 10000, "up", 64, 4, null),
+        new HostInfo("host-a", "10.0.0.1", "fd00::1", 47110, ["std-ipv4"], [new NicInfo("eth0", "ixgbe", "52:54:00:00:00:01", 1500, 10000, "up", 64, 4, null)], "1.0"),
+        new VmPlacement("host-a", "web", 100, ["52:54:00:00:00:01"], Policy()),
+        new Binding("vm", "host-b", "fec"),
+        new DesiredState("host-a", 7, [new Binding("vm", "host-b", "fec")]),
+        new PathSample("host-a", "host-b", 30, 1, 1000, 20, 100, DateTimeOffset.UnixEpoch),
+        new Outcome("vm", "host-b", "fec", Path(30, 0.02), 90, 16, 40, 0.0001, 12345, TimeSpan.FromSeconds(1)),
+        new VmView("vm", null, Policy(), 2, ImmutableDictionary<string, string>.Empty.Add("host-b", "fec"), []),
+        new Selection.PendingSwitch("fec", DateTimeOffset.UnixEpoch),
+    };
+
+    [Theory]
+    [MemberData(nameof(Records))]
+    public void EveryRecord_SurvivesOrleansSerialization(object value)
+    {
+        var serializer = fixture.Cluster.Client.ServiceProvider.GetService(typeof(Serializer)) as Serializer ?? throw new InvalidOperationException("no serializer");
+        var copy = serializer.Deserialize<object>(serializer.SerializeToArray(value));
+        Assert.NotNull(copy);
+        Assert.Equal(value.GetType(), copy.GetType());
+        // Records with arrays compare those by reference: compare the serialized forms, then the text of the whole.
+        Assert.Equal(serializer.SerializeToArray(value), serializer.SerializeToArray(copy));
+        Assert.Equal(value.ToString()?.Length, copy?.ToString()?.Length);
+    }
+}
