@@ -83,7 +83,10 @@ public sealed class HostGrain : Grain, IHostGrain
         // Persisted before anyone is told: a restarted silo never hands out an older version under a newer number.
         await _state.WriteStateAsync();
         var desired = Desired;
-        await _observers.Notify(o => o.DesiredStateChangedAsync(desired));
+        // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
+        // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
+        // never consistency. Observers that fail are dropped by the manager.
+        _ = _observers.Notify(o => o.DesiredStateChangedAsync(desired));
         return desired.Version;
     }
 

@@ -48,6 +48,7 @@ public class GrainTests(ClusterFixture fixture)
         var agent = new RecordingAgent();
         var observer = fixture.Client.CreateObjectReference<IAgentObserver>(agent);
         await fixture.Client.GetGrain<IHostGrain>(a).RegisterAsync(Host(a), observer);
+        // Host b's agent is never told anything here (no VM lives on b); its observer only registers the host.
         await fixture.Client.GetGrain<IHostGrain>(b).RegisterAsync(Host(b), fixture.Client.CreateObjectReference<IAgentObserver>(new RecordingAgent()));
         await fixture.Client.GetGrain<IHostGrain>(a).ReportAsync([Sample(a, b, 30, 0, DateTimeOffset.UtcNow)], []);
         var vm = fixture.Client.GetGrain<IVmGrain>(Unique("vm"));

@@ -5,8 +5,9 @@ using System.Net.Sockets;
 namespace Fabric.Testing;
 
 /// <summary>
-/// A real Azurite blob service for one test assembly: started from tests/azurite/node_modules (installed by
-/// `./fabric test` with npm ci from the committed lock file) on a free loopback port, in-memory, and killed on dispose.
+/// A real Azurite (blob, queue and table services) for one test assembly: started from tests/azurite/node_modules
+/// (installed by `./fabric test` with npm ci from the committed lock file) on free loopback ports, in-memory, and
+/// killed on dispose.
 /// </summary>
 public sealed class Azurite : IDisposable
 {
@@ -17,15 +18,20 @@ public sealed class Azurite : IDisposable
 
     public Azurite()
     {
-        var executable = Path.Combine(RepositoryRoot.Directory, "tests", "azurite", "node_modules", ".bin", "azurite-blob");
+        var executable = Path.Combine(RepositoryRoot.Directory, "tests", "azurite", "node_modules", ".bin", "azurite");
         if (!File.Exists(executable))
         {
             throw new InvalidOperationException($"{executable} is missing: run `./fabric test` (it runs npm ci in tests/azurite) or `npm ci --prefix tests/azurite`.");
         }
-        Port = FreePort();
+        (Port, TablePort, var queuePort) = (FreePort(), FreePort(), FreePort());
+        string Text(int port) => port.ToString(System.Globalization.CultureInfo.InvariantCulture);
         var start = new ProcessStartInfo(executable)
         {
-            ArgumentList = { "--blobHost", "127.0.0.1", "--blobPort", Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent" },
+            ArgumentList =
+            {
+                "--blobHost", "127.0.0.1", "--blobPort", Text(Port), "--tableHost", "127.0.0.1", "--tablePort", Text(TablePort),
+                "--queueHost", "127.0.0.1", "--queuePort", Text(queuePort), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent",
+            },
             RedirectStandardOutput = true,
             RedirectStandardError = true,
         };
@@ -35,26 +41,31 @@ public sealed class Azurite : IDisposable
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
         var deadline = Stopwatch.StartNew();
-        while (!Listening(Port))
+        while (!Listening(Port) || !Listening(TablePort))
         {
             if (_process.HasExited || deadline.Elapsed > TimeSpan.FromSeconds(30))
             {
                 Dispose();
-                throw new InvalidOperationException($"Azurite did not listen on 127.0.0.1:{Port} within 30 s: {string.Join(" | ", Errors)}");
+                throw new InvalidOperationException($"Azurite did not listen on 127.0.0.1:{Port} and {TablePort} within 30 s: {string.Join(" | ", Errors)}");
             }
             Thread.Sleep(50);
         }
     }
 
+    /// <summary>The blob service's port.</summary>
     public int Port { get; }
+
+    public int TablePort { get; }
 
     private List<string> Errors { get; } = [];
 
     /// <summary>The connection string of the emulator's development account.</summary>
-    public string ConnectionString => $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{Port}/{Account};";
+    public string ConnectionString =>
+        $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{Port}/{Account};TableEndpoint=http://127.0.0.1:{TablePort}/{Account};";
 
     /// <summary>The same account on a loopback port where nothing listens: "storage unreachable".</summary>
-    public static string UnreachableConnectionString => $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{FreePort()}/{Account};";
+    public static string UnreachableConnectionString =>
+        $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{FreePort()}/{Account};TableEndpoint=http://127.0.0.1:{FreePort()}/{Account};";
 
     /// <summary>A container name no other test uses.</summary>
     public static string NewContainer() => "t" + Guid.NewGuid().ToString("N")[..20];
