@@ -1,0 +1,88 @@
+using System.Net;
+using Azure.Data.Tables;
+using Fabric.Silo;
+using Fabric.Silo.Host;
+using Fabric.Silo.Selection;
+using OpenTelemetry.Metrics;
+
+// fabric-silo: one silo of Fabric's control plane.
+//   fabric-silo [--config FILE]     embedded default without a file: localhost clustering, memory storage
+// GET http://HEALTH_LISTEN/healthz answers 200 with the silo's view once grains answer, 503 otherwise.
+string? configPath = null;
+for (var i = 0; i < args.Length; i++)
+{
+    switch (args[i])
+    {
+        case "--config" when i + 1 < args.Length:
+            configPath = args[++i];
+            break;
+        case "-h" or "--help":
+            Console.WriteLine("usage: fabric-silo [--config FILE]   (see silo/README.md for the fields)");
+            return 0;
+        default:
+            Console.Error.WriteLine($"fabric-silo: unexpected argument '{args[i]}' (usage: fabric-silo [--config FILE])");
+            return 2;
+    }
+}
+SiloConfig config;
+try
+{
+    config = SiloConfig.Load(configPath);
+}
+catch (Exception e) when (e is FormatException or IOException)
+{
+    Console.Error.WriteLine($"fabric-silo: {e.Message}");
+    return 2;
+}
+
+var builder = WebApplication.CreateSlimBuilder();
+builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+// Per-call resilience and per-request web logs say nothing an operator needs at Information.
+builder.Logging.AddFilter("Polly", LogLevel.Warning).AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+var health = IPEndPoint.Parse(config.HealthListen);
+builder.WebHost.UseKestrel(k => k.Listen(health));
+builder.UseOrleans(silo =>
+{
+    silo.Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (config.ClusterId, config.ServiceId));
+    var connection = Environment.GetEnvironmentVariable(SiloConfig.ConnectionVariable);
+    if (config.Clustering == "azure-table")
+    {
+        silo.UseAzureStorageClustering(o => o.TableServiceClient = new TableServiceClient(connection));
+        silo.ConfigureEndpoints(config.AdvertisedAddress is null ? IPAddress.Loopback : IPAddress.Parse(config.AdvertisedAddress), config.SiloPort, config.GatewayPort);
+    }
+    else
+    {
+        silo.UseLocalhostClustering(config.SiloPort, config.GatewayPort);
+    }
+    if (config.Storage == "azure-table")
+    {
+        silo.AddAzureTableGrainStorage(Storage.Name, o => o.TableServiceClient = new TableServiceClient(connection));
+    }
+    else
+    {
+        silo.AddMemoryGrainStorage(Storage.Name);
+    }
+    silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)));
+});
+if (config.MetricsListen is { } metrics)
+{
+    var endpoint = IPEndPoint.Parse(metrics);
+    builder.Services.AddOpenTelemetry().WithMetrics(m => m
+        .AddMeter("Microsoft.Orleans")
+        .AddPrometheusHttpListener(o => (o.Host, o.Port) = (endpoint.Address.ToString(), endpoint.Port)));
+}
+var app = builder.Build();
+app.MapGet("/healthz", async (IGrainFactory grains, CancellationToken cancellationToken) =>
+{
+    try
+    {
+        var stacks = await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(5), cancellationToken);
+        return Results.Text($"ok: cluster {config.ClusterId}, {stacks.Length} stack(s) in the catalog\n");
+    }
+    catch (Exception e) when (e is TimeoutException or OrleansException)
+    {
+        return Results.Text($"unhealthy: {e.Message}\n", statusCode: 503);
+    }
+});
+await app.RunAsync();
+return 0;

@@ -1,0 +1,99 @@
+using System.Net;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Fabric.Silo.Host;
+
+/// <summary>
+/// fabric-silo's configuration file (JSON, comments allowed); every field has the embedded default. Storage and
+/// clustering: "memory"/"localhost" (one machine) or "azure-table" (a cluster; the account's connection string in the
+/// environment variable FABRIC_TABLE_CONNECTION_STRING).
+/// </summary>
+public sealed record SiloConfig(
+    string ClusterId = "fabric",
+    string ServiceId = "fabric",
+    string Clustering = "localhost",
+    string Storage = "memory",
+    int SiloPort = 11111,
+    int GatewayPort = 30000,
+    string? AdvertisedAddress = null,
+    string HealthListen = "127.0.0.1:8081",
+    string? MetricsListen = null,
+    double SelectorMargin = 0.10,
+    int SelectorSustainMilliseconds = 1000)
+{
+    public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
+
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        ReadCommentHandling = JsonCommentHandling.Skip,
+        AllowTrailingCommas = true,
+        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+    };
+
+    public static SiloConfig Load(string? path)
+    {
+        SiloConfig config;
+        if (path is null)
+        {
+            config = new SiloConfig();
+        }
+        else
+        {
+            try
+            {
+                config = JsonSerializer.Deserialize<SiloConfig>(File.ReadAllText(path), Json) ?? throw new FormatException($"{path}: empty");
+            }
+            catch (JsonException e)
+            {
+                throw new FormatException($"{path}: {e.Message}");
+            }
+        }
+        var problems = config.Validate().ToList();
+        return problems.Count == 0 ? config : throw new FormatException($"{path ?? "defaults"}: {string.Join("; ", problems)}");
+    }
+
+    public IEnumerable<string> Validate()
+    {
+        if (Clustering is not ("localhost" or "azure-table"))
+        {
+            yield return $"clustering: '{Clustering}' is not localhost or azure-table";
+        }
+        if (Storage is not ("memory" or "azure-table"))
+        {
+            yield return $"storage: '{Storage}' is not memory or azure-table";
+        }
+        if ((Clustering == "azure-table" || Storage == "azure-table") && string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(ConnectionVariable)))
+        {
+            yield return $"clustering/storage azure-table: set {ConnectionVariable} to the storage account's connection string";
+        }
+        foreach (var (name, port) in new[] { ("siloPort", SiloPort), ("gatewayPort", GatewayPort) })
+        {
+            if (port is < 1 or > 65535)
+            {
+                yield return $"{name}: {port} is outside 1..65535";
+            }
+        }
+        if (!IPEndPoint.TryParse(HealthListen, out _))
+        {
+            yield return $"healthListen: '{HealthListen}' is not ADDRESS:PORT";
+        }
+        if (MetricsListen is not null && !IPEndPoint.TryParse(MetricsListen, out _))
+        {
+            yield return $"metricsListen: '{MetricsListen}' is not ADDRESS:PORT";
+        }
+        if (AdvertisedAddress is not null && !IPAddress.TryParse(AdvertisedAddress, out _))
+        {
+            yield return $"advertisedAddress: '{AdvertisedAddress}' is not an IP address";
+        }
+        if (SelectorMargin is < 0 or > 1)
+        {
+            yield return $"selectorMargin: {SelectorMargin} is outside 0..1";
+        }
+        if (SelectorSustainMilliseconds is < 0 or > 600_000)
+        {
+            yield return $"selectorSustainMilliseconds: {SelectorSustainMilliseconds} is outside 0..600000";
+        }
+    }
+}

@@ -1,0 +1,149 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Azure.Data.Tables;
+using Fabric.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using static Fabric.Silo.Tests.Catalogs;
+
+namespace Fabric.Silo.Tests;
+
+/// <summary>The real fabric-silo process with Azure Table clustering and persistence on Azurite, and a real Orleans client.</summary>
+public class SiloProcessTests(Azurite azurite)
+{
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    private sealed class SiloProcess : IDisposable
+    {
+        private readonly Process _process;
+
+        public SiloProcess(string config, string connection)
+        {
+            var start = new ProcessStartInfo(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo")) { RedirectStandardOutput = true, RedirectStandardError = true };
+            start.ArgumentList.Add("--config");
+            start.ArgumentList.Add(config);
+            start.Environment["FABRIC_TABLE_CONNECTION_STRING"] = connection;
+            _process = Process.Start(start)!;
+            _process.OutputDataReceived += (_, e) => Output.Add(e.Data ?? "");
+            _process.ErrorDataReceived += (_, e) => Output.Add(e.Data ?? "");
+            _process.BeginOutputReadLine();
+            _process.BeginErrorReadLine();
+        }
+
+        public System.Collections.Concurrent.ConcurrentBag<string> Output { get; } = [];
+
+        public bool HasExited => _process.HasExited;
+
+        public void Dispose()
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill(entireProcessTree: true);
+                _process.WaitForExit(10_000);
+            }
+            _process.Dispose();
+        }
+    }
+
+    private static string Healthz(int port)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        try
+        {
+            using var response = http.GetAsync(new Uri($"http://127.0.0.1:{port}/healthz")).GetAwaiter().GetResult();
+            return $"{(int)response.StatusCode} {response.Content.ReadAsStringAsync().GetAwaiter().GetResult()}";
+        }
+        catch (HttpRequestException e)
+        {
+            return e.Message;
+        }
+        catch (TaskCanceledException e)
+        {
+            return e.Message;
+        }
+    }
+
+    [Fact]
+    public async Task ASiloOnAzureTables_IsHealthy_ServesClients_AndKeepsPoliciesAcrossARestart()
+    {
+        var folder = System.IO.Directory.CreateTempSubdirectory("fabric-silo-").FullName;
+        var cluster = "c" + Guid.NewGuid().ToString("N")[..10];
+        var (siloPort, gatewayPort, healthPort) = (FreePort(), FreePort(), FreePort());
+        var config = System.IO.Path.Combine(folder, "silo.json");
+        File.WriteAllText(config, $$"""
+            // a cluster of one on Azure Table storage
+            { "clusterId": "{{cluster}}", "clustering": "azure-table", "storage": "azure-table",
+              "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}" }
+            """);
+        try
+        {
+            var vmId = "proc-vm-1";
+            using (var silo = new SiloProcess(config, azurite.ConnectionString))
+            {
+                Eventually.True(() => Healthz(healthPort).StartsWith("200 ok", StringComparison.Ordinal) || silo.HasExited, TimeSpan.FromSeconds(60), "silo healthy",
+                    () => $"{Healthz(healthPort)}; output: {string.Join(" | ", silo.Output.Take(20))}");
+                Assert.False(silo.HasExited, string.Join("\n", silo.Output));
+                using var client = await ConnectAsync(cluster);
+                var grains = client.Services.GetRequiredService<IClusterClient>();
+                foreach (var stack in All)
+                {
+                    await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(stack);
+                }
+                Assert.True((await grains.GetGrain<IVmGrain>(vmId).SetPolicyAsync(Policy("bulk", allow: ["std-ipv4", "arq-bulk"]))).Accepted);
+            }
+            // A new silo process, same tables: the catalog and the policy come back from storage.
+            using (var silo = new SiloProcess(config, azurite.ConnectionString))
+            {
+                Eventually.True(() => Healthz(healthPort).StartsWith("200 ok: cluster " + cluster + ", 6 stack(s)", StringComparison.Ordinal) || silo.HasExited, TimeSpan.FromSeconds(90), "restarted silo healthy",
+                    () => $"{Healthz(healthPort)}; output: {string.Join(" | ", silo.Output.Take(20))}");
+                using var client = await ConnectAsync(cluster);
+                var view = await client.Services.GetRequiredService<IClusterClient>().GetGrain<IVmGrain>(vmId).GetAsync();
+                Assert.Equal("bulk", view.Policy.Workload);
+                Assert.Equal(["std-ipv4", "arq-bulk"], view.Policy.Allow);
+            }
+        }
+        finally
+        {
+            System.IO.Directory.Delete(folder, recursive: true);
+        }
+
+        async Task<IHost> ConnectAsync(string clusterId)
+        {
+            var builder = Host.CreateApplicationBuilder();
+            builder.UseOrleansClient(c => c
+                .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (clusterId, "fabric"))
+                .UseAzureStorageClustering(o => o.TableServiceClient = new TableServiceClient(azurite.ConnectionString)));
+            var host = builder.Build();
+            await host.StartAsync(TestContext.Current.CancellationToken);
+            return host;
+        }
+    }
+
+    [Fact]
+    public void ABadConfig_IsRefusedNamingTheField()
+    {
+        var file = System.IO.Path.GetTempFileName();
+        try
+        {
+            File.WriteAllText(file, """{ "clustering": "zookeeper", "siloPort": 0, "healthListen": "nowhere" }""");
+            var (code, _, stderr) = Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file]);
+            Assert.Equal(2, code);
+            foreach (var expected in new[] { "clustering: 'zookeeper'", "siloPort: 0", "healthListen: 'nowhere'" })
+            {
+                Assert.Contains(expected, stderr, StringComparison.Ordinal);
+            }
+            File.WriteAllText(file, """{ "storage": "azure-table" }""");
+            Assert.Contains("set FABRIC_TABLE_CONNECTION_STRING", Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file]).Stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+}
