@@ -116,10 +116,10 @@ public interface IHostGrain : IGrainWithStringKey
     ValueTask<ImmutableArray<string>> ListPeersAsync();
 }
 
-/// <summary>Implemented by the agent (an Orleans client); the host grain pushes desired state to it.</summary>
+/// <summary>Implemented by the agent (an Orleans client); the host grain pushes each change of its desired state.</summary>
 [Alias("fabric.agent-observer")]
 public interface IAgentObserver : IGrainObserver
 {
-    [Alias("desired-state")]
-    Task DesiredStateChangedAsync(DesiredState state);
+    [Alias("desired-state-changed")]
+    Task DesiredStateChangedAsync(DesiredStateChange change);
 }

@@ -132,6 +132,18 @@ public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] st
 public sealed record DesiredState([property: Id(0)] string HostId, [property: Id(1)] long Version, [property: Id(2)] ImmutableArray<Binding> Bindings);
 
 /// <summary>
+/// What changed in a host's desired state between two versions: pushed to the agent instead of the whole state. An
+/// agent whose version is not <see cref="PreviousVersion"/> missed a push and fetches the whole state instead.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.desired-state-change")]
+public sealed record DesiredStateChange(
+    [property: Id(0)] string HostId,
+    [property: Id(1)] long PreviousVersion,
+    [property: Id(2)] long Version,
+    [property: Id(3)] ImmutableArray<Binding> Upserts,
+    [property: Id(4)] ImmutableArray<Binding> Removals);
+
+/// <summary>
 /// One path measurement interval from an agent (about a second): active probes and passive sequence/timestamp counts.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.path-sample")]

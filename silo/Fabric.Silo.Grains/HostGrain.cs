@@ -63,31 +63,31 @@ public sealed class HostGrain : Grain, IHostGrain
             return _state.State.Version;
         }
         _state.State.Bindings[Key(binding)] = binding;
-        return await PublishAsync();
+        return await PublishAsync([binding], []);
     }
 
     public async ValueTask<long> UnbindVmAsync(string vmId)
     {
-        var keys = _state.State.Bindings.Where(b => b.Value.VmId == vmId).Select(b => b.Key).ToList();
-        if (keys.Count == 0)
+        var removed = _state.State.Bindings.Where(b => b.Value.VmId == vmId).ToList();
+        if (removed.Count == 0)
         {
             return _state.State.Version;
         }
-        keys.ForEach(k => _state.State.Bindings.Remove(k));
-        return await PublishAsync();
+        removed.ForEach(b => _state.State.Bindings.Remove(b.Key));
+        return await PublishAsync([], [.. removed.Select(b => b.Value)]);
     }
 
-    private async ValueTask<long> PublishAsync()
+    private async ValueTask<long> PublishAsync(ImmutableArray<Binding> upserts, ImmutableArray<Binding> removals)
     {
+        var change = new DesiredStateChange(this.GetPrimaryKeyString(), _state.State.Version, _state.State.Version + 1, upserts, removals);
         _state.State.Version++;
         // Persisted before anyone is told: a restarted silo never hands out an older version under a newer number.
         await _state.WriteStateAsync();
-        var desired = Desired;
         // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
         // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
         // never consistency. Observers that fail are dropped by the manager.
-        _ = _observers.Notify(o => o.DesiredStateChangedAsync(desired));
-        return desired.Version;
+        _ = _observers.Notify(o => o.DesiredStateChangedAsync(change));
+        return change.Version;
     }
 
     public async ValueTask AcknowledgeAsync(long version)

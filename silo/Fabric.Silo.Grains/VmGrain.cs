@@ -28,13 +28,38 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
     /// <summary>Conditions assumed for a path nothing has been measured on yet: a clean, fast link.</summary>
     private static readonly PathConditions Unmeasured = new(1, 0, 0, 1000, DateTimeOffset.UnixEpoch);
 
+    /// <summary>How long a VM trusts its copy of the catalog and of its host's stacks: keeps the fleet-wide catalog grain off the per-decision path.</summary>
+    private static readonly TimeSpan CacheFor = TimeSpan.FromSeconds(10);
+
     private readonly Dictionary<string, IGrainTimer> _timers = new(StringComparer.Ordinal);
+    private (ImmutableArray<StackInfo> Stacks, DateTimeOffset At) _catalog;
+    private (HashSet<string> Stacks, string HostId, DateTimeOffset At)? _hostStacks;
 
     private string VmId => this.GetPrimaryKeyString();
 
+    private async Task<ImmutableArray<StackInfo>> CatalogAsync(bool fresh = false)
+    {
+        if (fresh || _catalog.Stacks.IsDefault || time.GetUtcNow() - _catalog.At > CacheFor)
+        {
+            _catalog = (await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync(), time.GetUtcNow());
+        }
+        return _catalog.Stacks;
+    }
+
+    private async Task<HashSet<string>> HostStacksAsync(string hostId)
+    {
+        if (_hostStacks is not { } cached || cached.HostId != hostId || time.GetUtcNow() - cached.At > CacheFor)
+        {
+            var info = await GrainFactory.GetGrain<IHostGrain>(hostId).GetInfoAsync();
+            _hostStacks = cached = ((info?.LoadedStacks ?? []).ToHashSet(StringComparer.Ordinal), hostId, time.GetUtcNow());
+        }
+        return cached.Stacks;
+    }
+
     public async ValueTask<PolicyResult> SetPolicyAsync(Policy policy)
     {
-        var catalog = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync();
+        // Validation reads the catalog itself: an operator's change is judged against what is published now.
+        var catalog = await CatalogAsync(fresh: true);
         var errors = PolicyValidator.Validate(policy, catalog);
         if (errors.Length > 0)
         {
@@ -68,8 +93,7 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
         if (placement.Policy is { } policy && state.State.PolicyVersion == 0)
         {
             // The policy the hypervisor hook carried, unless an operator has set one here already.
-            var catalog = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync();
-            if (PolicyValidator.Validate(policy, catalog).Length == 0)
+            if (PolicyValidator.Validate(policy, await CatalogAsync(fresh: true)).Length == 0)
             {
                 state.State.Policy = policy;
                 state.State.PolicyVersion = 1;
@@ -82,7 +106,7 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
         {
             await GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).SubscribeAsync(VmId);
         }
-        await EvaluateAllAsync(await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync());
+        await EvaluateAllAsync(await CatalogAsync());
     }
 
     public async ValueTask RemoveAsync()
@@ -103,8 +127,7 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
         {
             return;
         }
-        var catalog = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync();
-        await EvaluateAsync(remoteHost, conditions, catalog);
+        await EvaluateAsync(remoteHost, conditions, await CatalogAsync());
     }
 
     public ValueTask<VmView> GetAsync() => ValueTask.FromResult(new VmView(VmId, state.State.Placement, state.State.Policy, state.State.PolicyVersion,
@@ -137,8 +160,7 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
     private async Task EvaluateAsync(string remoteHost, PathConditions conditions, ImmutableArray<StackInfo> catalog)
     {
         var placement = state.State.Placement!;
-        var hostInfo = await GrainFactory.GetGrain<IHostGrain>(placement.HostId).GetInfoAsync();
-        var hostStacks = (hostInfo?.LoadedStacks ?? []).ToHashSet(StringComparer.Ordinal);
+        var hostStacks = await HostStacksAsync(placement.HostId);
         var current = state.State.Stacks.GetValueOrDefault(remoteHost);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
             state.State.Pending.GetValueOrDefault(remoteHost), time.GetUtcNow(), Random.Shared.NextDouble());
@@ -183,7 +205,7 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
             if (state.State.Placement is { } placement && state.State.Pending.ContainsKey(remoteHost))
             {
                 var conditions = await GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, remoteHost)).GetConditionsAsync() ?? Unmeasured;
-                await EvaluateAsync(remoteHost, conditions, await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync());
+                await EvaluateAsync(remoteHost, conditions, await CatalogAsync());
             }
         }, due < TimeSpan.Zero ? TimeSpan.Zero : due, Timeout.InfiniteTimeSpan);
     }

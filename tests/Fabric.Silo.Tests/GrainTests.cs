@@ -8,9 +8,9 @@ namespace Fabric.Silo.Tests;
 /// <summary>An agent as the control plane sees it: a client-side observer that records the desired states it is pushed.</summary>
 internal sealed class RecordingAgent : IAgentObserver
 {
-    private readonly List<DesiredState> _states = [];
+    private readonly List<DesiredStateChange> _states = [];
 
-    public IReadOnlyList<DesiredState> States
+    public IReadOnlyList<DesiredStateChange> States
     {
         get
         {
@@ -21,7 +21,7 @@ internal sealed class RecordingAgent : IAgentObserver
         }
     }
 
-    public Task DesiredStateChangedAsync(DesiredState state)
+    public Task DesiredStateChangedAsync(DesiredStateChange state)
     {
         lock (_states)
         {
@@ -90,7 +90,7 @@ public class GrainTests(ClusterFixture fixture)
     {
         var (vm, a, b, agent) = await PlacedVmAsync(Policy("latency"));
         Assert.Equal("std-ipv4", (await vm.GetAsync()).Stacks[b]);
-        Eventually.True(() => agent.States.Any(s => s.Bindings.Any(x => x.Stack == "std-ipv4")), TimeSpan.FromSeconds(10), "first binding pushed", () => string.Join("; ", agent.States));
+        Eventually.True(() => agent.States.Any(s => s.Upserts.Any(x => x.Stack == "std-ipv4")), TimeSpan.FromSeconds(10), "first binding pushed", () => string.Join("; ", agent.States));
         var host = fixture.Client.GetGrain<IHostGrain>(a);
         // Telemetry at 10 reports a second until the VM's stack changes (at most 10 s): smoothing, change detection and
         // the sustain time all lie between a change on the path and the switch.
@@ -114,7 +114,7 @@ public class GrainTests(ClusterFixture fixture)
         Assert.Contains("beat std-ipv4", change.Reason, StringComparison.Ordinal);
         Assert.True(change.Conditions.Loss > 0.005, change.Conditions.ToString());
         var tolerant = view.Stacks[b];
-        Eventually.True(() => agent.States is { Count: > 0 } states && states[^1].Bindings.SingleOrDefault()?.Stack == tolerant, TimeSpan.FromSeconds(10), "tolerant binding pushed", () => string.Join("; ", agent.States));
+        Eventually.True(() => agent.States is { Count: > 0 } states && states[^1].Upserts.SingleOrDefault()?.Stack == tolerant, TimeSpan.FromSeconds(10), "tolerant binding pushed", () => string.Join("; ", agent.States));
         await host.AcknowledgeAsync(agent.States[^1].Version);
         Assert.Equal(agent.States[^1].Version, await host.GetAcknowledgedAsync());
 
@@ -164,6 +164,7 @@ public class GrainTests(ClusterFixture fixture)
         new VmPlacement("host-a", "web", 100, ["52:54:00:00:00:01"], Policy()),
         new Binding("vm", "host-b", "fec"),
         new DesiredState("host-a", 7, [new Binding("vm", "host-b", "fec")]),
+        new DesiredStateChange("host-a", 6, 7, [new Binding("vm", "host-b", "fec")], [new Binding("vm", "host-c", "std-ipv4")]),
         new PathSample("host-a", "host-b", 30, 1, 1000, 20, 100, DateTimeOffset.UnixEpoch),
         new Outcome("vm", "host-b", "fec", Path(30, 0.02), 90, 16, 40, 0.0001, 12345, TimeSpan.FromSeconds(1)),
         new VmView("vm", null, Policy(), 2, ImmutableDictionary<string, string>.Empty.Add("host-b", "fec"), []),
