@@ -35,7 +35,8 @@ public interface IVmGrain : IGrainWithStringKey
     [Alias("path-changed"), Orleans.Concurrency.OneWay]
     ValueTask PathChangedAsync(string remoteHost, PathConditions conditions);
 
-    [Alias("view")]
+    /// <summary>Read-only and interleaved: its host asks while the VM may be waiting on that host.</summary>
+    [Alias("view"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<VmView> GetAsync();
 }
 
@@ -43,7 +44,8 @@ public interface IVmGrain : IGrainWithStringKey
 [Alias("fabric.path")]
 public interface IPathGrain : IGrainWithStringKey
 {
-    [Alias("report")]
+    /// <summary>One-way: telemetry is sent every second and a lost sample is replaced by the next; no reply halves the messages.</summary>
+    [Alias("report"), Orleans.Concurrency.OneWay]
     ValueTask ReportAsync(PathSample sample);
 
     [Alias("subscribe")]
@@ -74,9 +76,9 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("renew")]
     ValueTask RenewAsync(IAgentObserver observer);
 
-    /// <summary>Sets the stack for one (VM, remote host); bumps the version and pushes the new desired state to the agent when it changes.</summary>
+    /// <summary>Sets the stacks of (VM, remote host) pairs; one new version and one push to the agent for all that changed.</summary>
     [Alias("bind")]
-    ValueTask<long> BindAsync(Binding binding);
+    ValueTask<long> BindAsync(ImmutableArray<Binding> bindings);
 
     [Alias("unbind-vm")]
     ValueTask<long> UnbindVmAsync(string vmId);

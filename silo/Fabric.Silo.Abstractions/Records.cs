@@ -173,7 +173,10 @@ public sealed record Outcome(
     [property: Id(8)] long OverheadBytes,
     [property: Id(9)] TimeSpan Interval);
 
-/// <summary>A VM's state for operators: policy, placement, the stack per remote host and the recent decisions.</summary>
+/// <summary>
+/// A VM's state for operators: policy, placement, the stack per remote host, the decisions that changed something (Log)
+/// and the last decision per remote host (Last: why the current stack is what it is).
+/// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.vm-view")]
 public sealed record VmView(
     [property: Id(0)] string VmId,
@@ -181,4 +184,5 @@ public sealed record VmView(
     [property: Id(2)] Policy Policy,
     [property: Id(3)] long PolicyVersion,
     [property: Id(4)] ImmutableDictionary<string, string> Stacks,
-    [property: Id(5)] ImmutableArray<Decision> Log);
+    [property: Id(5)] ImmutableArray<Decision> Log,
+    [property: Id(6)] ImmutableDictionary<string, Decision> Last);

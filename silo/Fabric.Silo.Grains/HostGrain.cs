@@ -4,14 +4,17 @@ using Orleans.Utilities;
 
 namespace Fabric.Silo;
 
-/// <summary>Persisted per host: what the agent said about itself, the desired state and its acknowledgement, the VMs placed here.</summary>
+/// <summary>
+/// Persisted per host: what the agent said about itself, the VMs placed here, the peers it reports and the epoch of
+/// desired-state versions. The bindings themselves are not stored here: each VM persists its own, and an activation
+/// rebuilds the host's from its VMs — so a binding is written once, by its VM, however large the host. Acknowledgements
+/// are soft state too: they name versions of this activation's epoch.
+/// </summary>
 [GenerateSerializer, Alias("fabric.host-state")]
 public sealed class HostState
 {
     [Id(0)] public HostInfo? Info { get; set; }
-    [Id(1)] public long Version { get; set; }
-    [Id(2)] public Dictionary<string, Binding> Bindings { get; set; } = new(StringComparer.Ordinal);
-    [Id(3)] public long Acknowledged { get; set; }
+    [Id(1)] public long Epoch { get; set; }
     [Id(4)] public HashSet<string> Vms { get; set; } = new(StringComparer.Ordinal);
     [Id(5)] public HashSet<string> Peers { get; set; } = new(StringComparer.Ordinal);
 }
@@ -22,6 +25,9 @@ public sealed class HostGrain : Grain, IHostGrain
     private readonly IPersistentState<HostState> _state;
     private readonly ObserverManager<IAgentObserver> _observers;
     private readonly Queue<Outcome> _outcomes = new();
+    private readonly Dictionary<string, Binding> _bindings = new(StringComparer.Ordinal);
+    private long _version;
+    private long _acknowledged;
 
     public HostGrain([PersistentState("host", Storage.Name)] IPersistentState<HostState> state, ILogger<HostGrain> logger)
     {
@@ -32,8 +38,26 @@ public sealed class HostGrain : Grain, IHostGrain
 
     private static string Key(Binding b) => $"{b.VmId}|{b.RemoteHost}";
 
-    private DesiredState Desired => new(this.GetPrimaryKeyString(), _state.State.Version,
-        [.. _state.State.Bindings.Values.OrderBy(b => b.VmId, StringComparer.Ordinal).ThenBy(b => b.RemoteHost, StringComparer.Ordinal)]);
+    private DesiredState Desired => new(this.GetPrimaryKeyString(), _version,
+        [.. _bindings.Values.OrderBy(b => b.VmId, StringComparer.Ordinal).ThenBy(b => b.RemoteHost, StringComparer.Ordinal)]);
+
+    public override async Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        // Versions are (epoch << 32) + a counter: a new epoch per activation keeps them growing across restarts without
+        // a write per change.
+        _state.State.Epoch++;
+        await _state.WriteStateAsync(cancellationToken);
+        _version = _state.State.Epoch << 32;
+        var views = await Task.WhenAll(_state.State.Vms.Select(vm => GrainFactory.GetGrain<IVmGrain>(vm).GetAsync().AsTask()));
+        foreach (var view in views.Where(v => v.Placement?.HostId == this.GetPrimaryKeyString()))
+        {
+            foreach (var (remote, stack) in view.Stacks)
+            {
+                var binding = new Binding(view.VmId, remote, stack);
+                _bindings[Key(binding)] = binding;
+            }
+        }
+    }
 
     public async ValueTask<DesiredState> RegisterAsync(HostInfo info, IAgentObserver observer)
     {
@@ -56,33 +80,27 @@ public sealed class HostGrain : Grain, IHostGrain
         return ValueTask.CompletedTask;
     }
 
-    public async ValueTask<long> BindAsync(Binding binding)
+    public ValueTask<long> BindAsync(ImmutableArray<Binding> bindings)
     {
-        if (_state.State.Bindings.TryGetValue(Key(binding), out var existing) && existing == binding)
+        var changed = bindings.Where(b => !(_bindings.TryGetValue(Key(b), out var existing) && existing == b)).ToImmutableArray();
+        foreach (var binding in changed)
         {
-            return _state.State.Version;
+            _bindings[Key(binding)] = binding;
         }
-        _state.State.Bindings[Key(binding)] = binding;
-        return await PublishAsync([binding], []);
+        return ValueTask.FromResult(changed.Length == 0 ? _version : Publish(changed, []));
     }
 
-    public async ValueTask<long> UnbindVmAsync(string vmId)
+    public ValueTask<long> UnbindVmAsync(string vmId)
     {
-        var removed = _state.State.Bindings.Where(b => b.Value.VmId == vmId).ToList();
-        if (removed.Count == 0)
-        {
-            return _state.State.Version;
-        }
-        removed.ForEach(b => _state.State.Bindings.Remove(b.Key));
-        return await PublishAsync([], [.. removed.Select(b => b.Value)]);
+        var removed = _bindings.Where(b => b.Value.VmId == vmId).ToList();
+        removed.ForEach(b => _bindings.Remove(b.Key));
+        return ValueTask.FromResult(removed.Count == 0 ? _version : Publish([], [.. removed.Select(b => b.Value)]));
     }
 
-    private async ValueTask<long> PublishAsync(ImmutableArray<Binding> upserts, ImmutableArray<Binding> removals)
+    private long Publish(ImmutableArray<Binding> upserts, ImmutableArray<Binding> removals)
     {
-        var change = new DesiredStateChange(this.GetPrimaryKeyString(), _state.State.Version, _state.State.Version + 1, upserts, removals);
-        _state.State.Version++;
-        // Persisted before anyone is told: a restarted silo never hands out an older version under a newer number.
-        await _state.WriteStateAsync();
+        var change = new DesiredStateChange(this.GetPrimaryKeyString(), _version, _version + 1, upserts, removals);
+        _version++;
         // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
         // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
         // never consistency. Observers that fail are dropped by the manager.
@@ -90,23 +108,23 @@ public sealed class HostGrain : Grain, IHostGrain
         return change.Version;
     }
 
-    public async ValueTask AcknowledgeAsync(long version)
+    public ValueTask AcknowledgeAsync(long version)
     {
-        if (version > _state.State.Acknowledged && version <= _state.State.Version)
+        if (version > _acknowledged && version <= _version)
         {
-            _state.State.Acknowledged = version;
-            await _state.WriteStateAsync();
+            _acknowledged = version;
         }
+        return ValueTask.CompletedTask;
     }
 
     public async ValueTask ReportAsync(ImmutableArray<PathSample> paths, ImmutableArray<Outcome> outcomes)
     {
         var newPeer = false;
-        var reports = new List<Task>(paths.Length);
         foreach (var sample in paths)
         {
             newPeer |= _state.State.Peers.Add(sample.ToHost);
-            reports.Add(GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(sample.FromHost, sample.ToHost)).ReportAsync(sample).AsTask());
+            // One-way (see IPathGrain.ReportAsync): nothing to wait for.
+            _ = GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(sample.FromHost, sample.ToHost)).ReportAsync(sample).AsTask();
         }
         foreach (var outcome in outcomes)
         {
@@ -116,7 +134,6 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             _outcomes.Dequeue();
         }
-        await Task.WhenAll(reports);
         if (newPeer)
         {
             await _state.WriteStateAsync();
@@ -125,7 +142,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public ValueTask<DesiredState> GetDesiredStateAsync() => ValueTask.FromResult(Desired);
 
-    public ValueTask<long> GetAcknowledgedAsync() => ValueTask.FromResult(_state.State.Acknowledged);
+    public ValueTask<long> GetAcknowledgedAsync() => ValueTask.FromResult(_acknowledged);
 
     public ValueTask<HostInfo?> GetInfoAsync() => ValueTask.FromResult(_state.State.Info);
 

@@ -3,7 +3,7 @@ using Fabric.Silo.Selection;
 
 namespace Fabric.Silo;
 
-/// <summary>Persisted per VM: policy and its version, placement, the stack per remote host, pending switches, the decision log.</summary>
+/// <summary>Persisted per VM, small and written on every material change: policy and its version, placement, the stack per remote host, pending switches.</summary>
 [GenerateSerializer, Alias("fabric.vm-state")]
 public sealed class VmState
 {
@@ -12,30 +12,71 @@ public sealed class VmState
     [Id(2)] public VmPlacement? Placement { get; set; }
     [Id(3)] public Dictionary<string, string> Stacks { get; set; } = new(StringComparer.Ordinal);
     [Id(4)] public Dictionary<string, PendingSwitch> Pending { get; set; } = new(StringComparer.Ordinal);
-    [Id(5)] public List<Decision> Log { get; set; } = [];
+}
+
+/// <summary>
+/// Persisted per VM, lazily (every few seconds when it changed, and on deactivation): the history of decisions that
+/// changed something (a switch, a switch pending or called off, an exploration). It is diagnostic — what a crash loses
+/// is the last seconds of history, never a binding. The last decision per path is not persisted at all: telemetry
+/// brings a new one within seconds.
+/// </summary>
+[GenerateSerializer, Alias("fabric.vm-log")]
+public sealed class VmLog
+{
+    [Id(0)] public List<Decision> History { get; set; } = [];
 }
 
 /// <summary>
 /// A VM: validates and persists its policy, follows its placement, and runs select_stack for each remote host when a
 /// path changes, when its policy changes, or when a pending switch has waited long enough. A changed decision is
-/// persisted, then bound on the VM's host (which pushes the desired state to the agent).
+/// persisted, then bound on the VM's host (which pushes the change to the agent).
 /// </summary>
-public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentState<VmState> state, StackSelector selector, TimeProvider time) : Grain, IVmGrain
+public sealed class VmGrain(
+    [PersistentState("vm", Storage.Name)] IPersistentState<VmState> state,
+    [PersistentState("vm-log", Storage.Name)] IPersistentState<VmLog> log,
+    StackSelector selector,
+    TimeProvider time) : Grain, IVmGrain
 {
-    /// <summary>Decisions kept per VM (the dashboard's history); older ones are dropped.</summary>
-    public const int LogLength = 200;
-
-    /// <summary>Conditions assumed for a path nothing has been measured on yet: a clean, fast link.</summary>
-    private static readonly PathConditions Unmeasured = new(1, 0, 0, 1000, DateTimeOffset.UnixEpoch);
+    /// <summary>Material decisions kept per VM (the dashboard's history); older ones are dropped.</summary>
+    public const int LogLength = 100;
 
     /// <summary>How long a VM trusts its copy of the catalog and of its host's stacks: keeps the fleet-wide catalog grain off the per-decision path.</summary>
     private static readonly TimeSpan CacheFor = TimeSpan.FromSeconds(10);
 
+    private static readonly TimeSpan LogFlushPeriod = TimeSpan.FromSeconds(5);
+
+    /// <summary>Conditions assumed for a path nothing has been measured on yet: a clean, fast link.</summary>
+    private static readonly PathConditions Unmeasured = new(1, 0, 0, 1000, DateTimeOffset.UnixEpoch);
+
     private readonly Dictionary<string, IGrainTimer> _timers = new(StringComparer.Ordinal);
     private (ImmutableArray<StackInfo> Stacks, DateTimeOffset At) _catalog;
     private (HashSet<string> Stacks, string HostId, DateTimeOffset At)? _hostStacks;
+    private readonly Dictionary<string, Decision> _last = new(StringComparer.Ordinal);
+    private bool _logDirty;
+    private IGrainTimer? _logFlush;
 
     private string VmId => this.GetPrimaryKeyString();
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        _logFlush = this.RegisterGrainTimer(FlushLogAsync, LogFlushPeriod, LogFlushPeriod);
+        return Task.CompletedTask;
+    }
+
+    public override async Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        _logFlush?.Dispose();
+        await FlushLogAsync();
+    }
+
+    private async Task FlushLogAsync()
+    {
+        if (_logDirty)
+        {
+            _logDirty = false;
+            await log.WriteStateAsync();
+        }
+    }
 
     private async Task<ImmutableArray<StackInfo>> CatalogAsync(bool fresh = false)
     {
@@ -88,24 +129,21 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
         if (previous is not null && previous.HostId != placement.HostId)
         {
             await LeaveHostAsync(previous.HostId);
+            state.State.Stacks.Clear();
+            state.State.Pending.Clear();
         }
         state.State.Placement = placement;
-        if (placement.Policy is { } policy && state.State.PolicyVersion == 0)
+        if (placement.Policy is { } policy && state.State.PolicyVersion == 0 && PolicyValidator.Validate(policy, await CatalogAsync(fresh: true)).Length == 0)
         {
             // The policy the hypervisor hook carried, unless an operator has set one here already.
-            if (PolicyValidator.Validate(policy, await CatalogAsync(fresh: true)).Length == 0)
-            {
-                state.State.Policy = policy;
-                state.State.PolicyVersion = 1;
-            }
+            state.State.Policy = policy;
+            state.State.PolicyVersion = 1;
         }
         await state.WriteStateAsync();
         var host = GrainFactory.GetGrain<IHostGrain>(placement.HostId);
         await host.AddVmAsync(VmId);
-        foreach (var peer in await host.ListPeersAsync())
-        {
-            await GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).SubscribeAsync(VmId);
-        }
+        await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
+            GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).SubscribeAsync(VmId).AsTask()));
         await EvaluateAllAsync(await CatalogAsync());
     }
 
@@ -127,19 +165,18 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
         {
             return;
         }
-        await EvaluateAsync(remoteHost, conditions, await CatalogAsync());
+        var bindings = Evaluate(remoteHost, conditions, await CatalogAsync(), await HostStacksAsync(state.State.Placement.HostId));
+        await CommitAsync(bindings);
     }
 
     public ValueTask<VmView> GetAsync() => ValueTask.FromResult(new VmView(VmId, state.State.Placement, state.State.Policy, state.State.PolicyVersion,
-        state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. state.State.Log]));
+        state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)));
 
     private async Task LeaveHostAsync(string hostId)
     {
         var host = GrainFactory.GetGrain<IHostGrain>(hostId);
-        foreach (var peer in await host.ListPeersAsync())
-        {
-            await GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(hostId, peer)).UnsubscribeAsync(VmId);
-        }
+        await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
+            GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(hostId, peer)).UnsubscribeAsync(VmId).AsTask()));
         await host.UnbindVmAsync(VmId);
         await host.RemoveVmAsync(VmId);
     }
@@ -150,24 +187,50 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
         {
             return;
         }
-        foreach (var peer in await GrainFactory.GetGrain<IHostGrain>(placement.HostId).ListPeersAsync())
+        var hostStacks = await HostStacksAsync(placement.HostId);
+        var peers = await GrainFactory.GetGrain<IHostGrain>(placement.HostId).ListPeersAsync();
+        var conditions = await Task.WhenAll(peers.Select(peer => GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).GetConditionsAsync().AsTask()));
+        var bindings = new List<Binding>();
+        for (var i = 0; i < peers.Length; i++)
         {
-            var conditions = await GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).GetConditionsAsync() ?? Unmeasured;
-            await EvaluateAsync(peer, conditions, catalog);
+            bindings.AddRange(Evaluate(peers[i], conditions[i] ?? Unmeasured, catalog, hostStacks));
+        }
+        await CommitAsync(bindings);
+    }
+
+    /// <summary>Persists what changed (once for any number of paths), then binds it on the host in one call.</summary>
+    private async Task CommitAsync(List<Binding> bindings)
+    {
+        if (bindings.Count == 0)
+        {
+            return;
+        }
+        // Persisted before the host is told: after a silo restart the VM knows what it asked for.
+        await state.WriteStateAsync();
+        var real = bindings.Where(b => b.Stack.Length > 0).ToImmutableArray();
+        if (real.Length > 0)
+        {
+            await GrainFactory.GetGrain<IHostGrain>(state.State.Placement!.HostId).BindAsync(real);
         }
     }
 
-    private async Task EvaluateAsync(string remoteHost, PathConditions conditions, ImmutableArray<StackInfo> catalog)
+    /// <summary>Runs select_stack for one path; returns the binding to commit (empty when nothing material changed).</summary>
+    private List<Binding> Evaluate(string remoteHost, PathConditions conditions, ImmutableArray<StackInfo> catalog, HashSet<string> hostStacks)
     {
-        var placement = state.State.Placement!;
-        var hostStacks = await HostStacksAsync(placement.HostId);
         var current = state.State.Stacks.GetValueOrDefault(remoteHost);
+        var previousPending = state.State.Pending.GetValueOrDefault(remoteHost);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
-            state.State.Pending.GetValueOrDefault(remoteHost), time.GetUtcNow(), Random.Shared.NextDouble());
-        state.State.Log.Add(decision);
-        if (state.State.Log.Count > LogLength)
+            previousPending, time.GetUtcNow(), Random.Shared.NextDouble());
+        _last[remoteHost] = decision;
+        if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)
         {
-            state.State.Log.RemoveRange(0, state.State.Log.Count - LogLength);
+            return [];
+        }
+        _logDirty = true;
+        log.State.History.Add(decision);
+        if (log.State.History.Count > LogLength)
+        {
+            log.State.History.RemoveRange(0, log.State.History.Count - LogLength);
         }
         if (pending is null)
         {
@@ -181,13 +244,10 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
         if (decision.Changed && decision.Stack.Length > 0)
         {
             state.State.Stacks[remoteHost] = decision.Stack;
+            return [new Binding(VmId, remoteHost, decision.Stack)];
         }
-        // Persisted before the host is told: after a silo restart the VM knows what it asked for.
-        await state.WriteStateAsync();
-        if (decision.Changed && decision.Stack.Length > 0)
-        {
-            await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync(new Binding(VmId, remoteHost, decision.Stack));
-        }
+        // A pending switch started or was called off: worth persisting, nothing to bind.
+        return [new Binding(VmId, remoteHost, "")];
     }
 
     /// <summary>A pending switch is decided when its sustain time is up, even if the path reports nothing new by then.</summary>
@@ -205,7 +265,7 @@ public sealed class VmGrain([PersistentState("vm", Storage.Name)] IPersistentSta
             if (state.State.Placement is { } placement && state.State.Pending.ContainsKey(remoteHost))
             {
                 var conditions = await GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, remoteHost)).GetConditionsAsync() ?? Unmeasured;
-                await EvaluateAsync(remoteHost, conditions, await CatalogAsync());
+                await CommitAsync(Evaluate(remoteHost, conditions, await CatalogAsync(), await HostStacksAsync(placement.HostId)));
             }
         }, due < TimeSpan.Zero ? TimeSpan.Zero : due, Timeout.InfiniteTimeSpan);
     }

@@ -7,6 +7,8 @@ return args.FirstOrDefault() switch
     "swap" => SwapBenchmark.Run(100, args.Length > 1 && double.TryParse(args[1], System.Globalization.CultureInfo.InvariantCulture, out var pps) ? pps : 20_000),
     "overlay" => OverlayBenchmark.Run(args.Length > 1 && int.TryParse(args[1], out var seconds) ? seconds : 10),
     "wire" => Wire(args[1..]),
+    "controlplane" => await ControlPlaneBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var ticks) ? ticks : 30,
+        args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share) ? share : 0.01),
     _ => Usage(),
 };
 
@@ -18,6 +20,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS [CHANGING_SHARE]]");
     return 2;
 }

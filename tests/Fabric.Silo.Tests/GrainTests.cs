@@ -167,7 +167,8 @@ public class GrainTests(ClusterFixture fixture)
         new DesiredStateChange("host-a", 6, 7, [new Binding("vm", "host-b", "fec")], [new Binding("vm", "host-c", "std-ipv4")]),
         new PathSample("host-a", "host-b", 30, 1, 1000, 20, 100, DateTimeOffset.UnixEpoch),
         new Outcome("vm", "host-b", "fec", Path(30, 0.02), 90, 16, 40, 0.0001, 12345, TimeSpan.FromSeconds(1)),
-        new VmView("vm", null, Policy(), 2, ImmutableDictionary<string, string>.Empty.Add("host-b", "fec"), []),
+        new VmView("vm", null, Policy(), 2, ImmutableDictionary<string, string>.Empty.Add("host-b", "fec"), [],
+            ImmutableDictionary<string, Decision>.Empty.Add("host-b", new Decision("vm", "host-b", "std-ipv4", "fec", true, "because", Path(30, 0.02), Policy(), [], false, DateTimeOffset.UnixEpoch))),
         new Selection.PendingSwitch("fec", DateTimeOffset.UnixEpoch),
     };
 

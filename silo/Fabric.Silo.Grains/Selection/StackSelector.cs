@@ -56,14 +56,14 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         {
             return (Make(current, best.Stack == current ? $"{current} scores best" : $"{best.Stack} scores {best.Score:0.###} but does not beat {current} ({currentScore.Score:0.###}) by {_options.Margin:P0}"), null);
         }
-        if (pending?.Stack != best.Stack)
+        if (pending?.Stack != best.Stack && _options.SustainFor > TimeSpan.Zero)
         {
             return (Make(current, $"{best.Stack} beats {current} by more than {_options.Margin:P0}; switching if it still does after {_options.SustainFor.TotalSeconds:0.#} s"), new PendingSwitch(best.Stack, now));
         }
-        if (now - pending.Since < _options.SustainFor)
+        if (pending is not null && now - pending.Since < _options.SustainFor)
         {
             return (Make(current, $"{best.Stack} has beaten {current} for {(now - pending.Since).TotalSeconds:0.#} s of the {_options.SustainFor.TotalSeconds:0.#} s required"), pending);
         }
-        return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###}) beat {current} ({currentScore.Score:0.###}) by more than {_options.Margin:P0} for {(now - pending.Since).TotalSeconds:0.#} s"), null);
+        return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###}) beat {current} ({currentScore.Score:0.###}) by more than {_options.Margin:P0} for {(now - (pending?.Since ?? now)).TotalSeconds:0.#} s"), null);
     }
 }
