@@ -7,7 +7,7 @@ usage:
   fabric-repo keygen --out FILE                      P-256 private key (FILE, mode 0600) and FILE.pub
   fabric-repo init --repo DIR --root-key K [--root-key K ...] [--threshold N] --targets-key K --snapshot-key K --timestamp-key K [--pin-out FILE]
   fabric-repo pack --from PLUGIN_DIR --id ID --version X.Y.Z [--purpose TEXT] [--header-bytes N] [--added-delay-ms D]
-                   [--tolerates-loss P] [--redundancy R] --out FILE
+                   [--tolerates-loss P] [--redundancy R] [--encrypts yes|no] [--family ipv4|ipv6] --out FILE
   fabric-repo publish --repo DIR --package FILE --targets-key K --snapshot-key K --timestamp-key K [--expires-days N]
   fabric-repo refresh --repo DIR --targets-key K --snapshot-key K --timestamp-key K [--expires-days N]
   fabric-repo rotate-root --repo DIR --old-root-key K [...] --new-root-key K [...] [--threshold N] --targets-key K --snapshot-key K --timestamp-key K
@@ -124,7 +124,19 @@ static int Init(Dictionary<string, List<string>> o)
 
 static int Pack(Dictionary<string, List<string>> o)
 {
-    var profile = new StackProfile((int)Number(o, "--header-bytes", 0), Number(o, "--redundancy", 0), Number(o, "--added-delay-ms", 0), Number(o, "--tolerates-loss", 0), Maybe(o, "--purpose") ?? "");
+    var family = Maybe(o, "--family") ?? "ipv4";
+    if (family is not ("ipv4" or "ipv6"))
+    {
+        throw new UsageException($"--family: '{family}' is not ipv4 or ipv6");
+    }
+    var encrypts = Maybe(o, "--encrypts") switch
+    {
+        null or "no" => false,
+        "yes" => true,
+        var other => throw new UsageException($"--encrypts: '{other}' is not yes or no"),
+    };
+    var profile = new StackProfile((int)Number(o, "--header-bytes", 0), Number(o, "--redundancy", 0), Number(o, "--added-delay-ms", 0), Number(o, "--tolerates-loss", 0),
+        Maybe(o, "--purpose") ?? "", encrypts, family);
     var bytes = StackPackage.Pack(One(o, "--from"), One(o, "--id"), One(o, "--version"), profile);
     var output = One(o, "--out");
     AtomicFile.Write(output, bytes);

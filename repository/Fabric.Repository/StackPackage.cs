@@ -8,8 +8,13 @@ using System.Text.Json.Serialization;
 
 namespace Fabric.Repository;
 
-/// <summary>What a stack costs and tolerates, as the selector reads it before the fleet has data.</summary>
-public sealed record StackProfile(int HeaderBytes = 0, double Redundancy = 0, double AddedDelayMs = 0, double ToleratesLoss = 0, string Purpose = "");
+/// <summary>
+/// What a stack costs and tolerates, as the selector reads it before the fleet has data: bytes it adds per packet, the
+/// share of extra traffic it sends (redundancy), delay it adds, the loss rate it hides, whether it encrypts (only such
+/// stacks serve confidential VMs) and the underlay family it runs on.
+/// </summary>
+public sealed record StackProfile(int HeaderBytes = 0, double Redundancy = 0, double AddedDelayMs = 0, double ToleratesLoss = 0, string Purpose = "",
+    bool Encrypts = false, string Family = "ipv4");
 
 /// <summary>A package's manifest.</summary>
 public sealed record PackageManifest(string Id, string Version, int ContractVersion, string EntryAssembly, string EntryType, StackProfile Profile, string MinAgentVersion);

@@ -71,6 +71,11 @@ if (config.MetricsListen is { } metrics)
         .AddMeter("Microsoft.Orleans")
         .AddPrometheusHttpListener(o => (o.Host, o.Port) = (endpoint.Address.ToString(), endpoint.Port)));
 }
+if (config.Repository is { } repository)
+{
+    builder.Services.AddSingleton(repository);
+    builder.Services.AddHostedService<CatalogSync>();
+}
 var app = builder.Build();
 app.MapGet("/healthz", async (IGrainFactory grains, CancellationToken cancellationToken) =>
 {

@@ -20,7 +20,8 @@ public sealed record SiloConfig(
     string HealthListen = "127.0.0.1:8081",
     string? MetricsListen = null,
     double SelectorMargin = 0.10,
-    int SelectorSustainMilliseconds = 1000)
+    int SelectorSustainMilliseconds = 1000,
+    CatalogSource? Repository = null)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
 
@@ -94,6 +95,14 @@ public sealed record SiloConfig(
         if (SelectorSustainMilliseconds is < 0 or > 600_000)
         {
             yield return $"selectorSustainMilliseconds: {SelectorSustainMilliseconds} is outside 0..600000";
+        }
+        if (Repository is not null && !File.Exists(Repository.TrustRoot))
+        {
+            yield return $"repository.trustRoot: '{Repository.TrustRoot}' does not exist";
+        }
+        if (Repository is { RefreshSeconds: < 1 or > 86_400 })
+        {
+            yield return $"repository.refreshSeconds: {Repository.RefreshSeconds} is outside 1..86400";
         }
     }
 }

@@ -1,0 +1,60 @@
+using Fabric.Repository;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Silo;
+
+/// <summary>Where the silo reads the published stacks: a repository (folder or blob:CONTAINER), the root it pins, its trust state.</summary>
+public sealed record CatalogSource(string Path, string TrustRoot, string StateDirectory, int RefreshSeconds = 60);
+
+/// <summary>
+/// Feeds the catalog grain from the signed repository: the trust metadata is verified exactly as agents verify it
+/// (TrustClient), and each stack id's newest version is published with the profile its manifest declares. A repository
+/// that cannot be reached leaves the catalog as it was (and says so in the log); it is tried again at the next refresh.
+/// </summary>
+public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grains, ILogger<CatalogSync> logger) : BackgroundService
+{
+    /// <summary>One verification and publication; returns the stacks published.</summary>
+    public static async Task<IReadOnlyList<StackInfo>> SyncOnceAsync(CatalogSource source, IGrainFactory grains)
+    {
+        var client = new TrustClient(RepositoryStores.Open(source.Path), System.IO.Path.Combine(source.StateDirectory, "trust"), source.TrustRoot);
+        var targets = client.Refresh();
+        var newest = targets.Targets.Values
+            .GroupBy(t => t.Id, StringComparer.Ordinal)
+            .Select(g => g.OrderByDescending(t => SemanticVersion.TryParse(t.Version, out var v) ? v : default).First())
+            .Select(t => new StackInfo(t.Id, t.Version, t.Profile.Family, t.Profile.HeaderBytes, t.Profile.Redundancy, t.Profile.AddedDelayMs,
+                t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose))
+            .ToList();
+        var catalog = grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+        foreach (var stack in newest)
+        {
+            await catalog.PublishAsync(stack);
+        }
+        return newest;
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        // Off the host's start-up path: verification does blocking I/O.
+        await Task.Yield();
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                var stacks = await SyncOnceAsync(source, grains);
+                Synced(logger, stacks.Count, source.Path);
+            }
+            catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or OrleansException)
+            {
+                SyncFailed(logger, source.Path, e.Message);
+            }
+            await Task.Delay(TimeSpan.FromSeconds(source.RefreshSeconds), stoppingToken).ContinueWith(_ => { }, TaskScheduler.Default);
+        }
+    }
+
+    [LoggerMessage(1, LogLevel.Information, "Catalog: {Count} stack(s) published from {Repository}")]
+    private static partial void Synced(ILogger logger, int count, string repository);
+
+    [LoggerMessage(2, LogLevel.Warning, "Catalog: repository {Repository} not read, the catalog stays as it was: {Reason}")]
+    private static partial void SyncFailed(ILogger logger, string repository, string reason);
+}
