@@ -40,13 +40,17 @@ public interface IVmGrain : IGrainWithStringKey
     ValueTask<VmView> GetAsync();
 }
 
-/// <summary>A directed host pair (key: "FROM->TO"): smoothed conditions and the VMs that use it.</summary>
+/// <summary>
+/// A directed host pair (key: "FROM->TO"): the VMs that use it, woken when its conditions change significantly. The
+/// smoothing itself runs in the source host's grain, which receives the samples anyway — so a second of fleet telemetry
+/// costs one message per host, and a path grain hears only about changes.
+/// </summary>
 [Alias("fabric.path")]
 public interface IPathGrain : IGrainWithStringKey
 {
-    /// <summary>One-way: telemetry is sent every second and a lost sample is replaced by the next; no reply halves the messages.</summary>
-    [Alias("report"), Orleans.Concurrency.OneWay]
-    ValueTask ReportAsync(PathSample sample);
+    /// <summary>One-way, from the source host's grain: the smoothed conditions moved significantly.</summary>
+    [Alias("changed"), Orleans.Concurrency.OneWay]
+    ValueTask ConditionsChangedAsync(PathConditions conditions);
 
     [Alias("subscribe")]
     ValueTask SubscribeAsync(string vmId);
@@ -54,10 +58,11 @@ public interface IPathGrain : IGrainWithStringKey
     [Alias("unsubscribe")]
     ValueTask UnsubscribeAsync(string vmId);
 
-    /// <summary>The smoothed conditions; null before the first report.</summary>
+    /// <summary>The smoothed conditions now; null before the first report.</summary>
     [Alias("conditions")]
     ValueTask<PathConditions?> GetConditionsAsync();
 
+    /// <summary>The smoothed conditions of the last ten minutes, one point per report.</summary>
     [Alias("history")]
     ValueTask<ImmutableArray<PathConditions>> GetHistoryAsync();
 
@@ -116,6 +121,13 @@ public interface IHostGrain : IGrainWithStringKey
     /// <summary>The remote hosts this host has reported paths to.</summary>
     [Alias("peers"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<ImmutableArray<string>> ListPeersAsync();
+
+    /// <summary>The smoothed conditions of the path to a peer (null before its first sample).</summary>
+    [Alias("path"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<PathConditions?> GetPathAsync(string peer);
+
+    [Alias("path-history"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<ImmutableArray<PathConditions>> GetPathHistoryAsync(string peer);
 }
 
 /// <summary>Implemented by the agent (an Orleans client); the host grain pushes each change of its desired state.</summary>

@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using Microsoft.Extensions.Logging;
+using Fabric.Silo.Selection;
 using Orleans.Utilities;
 
 namespace Fabric.Silo;
@@ -26,6 +27,8 @@ public sealed class HostGrain : Grain, IHostGrain
     private readonly ObserverManager<IAgentObserver> _observers;
     private readonly Queue<Outcome> _outcomes = new();
     private readonly Dictionary<string, Binding> _bindings = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (PathSmoother Smoother, Queue<PathConditions> History)> _paths = new(StringComparer.Ordinal);
+    private const int HistoryLength = 600;
     private long _version;
     private long _acknowledged;
 
@@ -122,9 +125,26 @@ public sealed class HostGrain : Grain, IHostGrain
         var newPeer = false;
         foreach (var sample in paths)
         {
+            if (sample.FromHost != this.GetPrimaryKeyString())
+            {
+                throw new ArgumentException($"host '{this.GetPrimaryKeyString()}' reported a sample of path {sample.FromHost}->{sample.ToHost}", nameof(paths));
+            }
             newPeer |= _state.State.Peers.Add(sample.ToHost);
-            // One-way (see IPathGrain.ReportAsync): nothing to wait for.
-            _ = GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(sample.FromHost, sample.ToHost)).ReportAsync(sample).AsTask();
+            if (!_paths.TryGetValue(sample.ToHost, out var path))
+            {
+                _paths[sample.ToHost] = path = (new PathSmoother(), new Queue<PathConditions>());
+            }
+            var changed = path.Smoother.Add(sample);
+            path.History.Enqueue(path.Smoother.Current!);
+            if (path.History.Count > HistoryLength)
+            {
+                path.History.Dequeue();
+            }
+            if (changed)
+            {
+                // One-way, and only on a significant change: the path grain wakes the VMs that use it.
+                _ = GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(sample.FromHost, sample.ToHost)).ConditionsChangedAsync(path.Smoother.Current!).AsTask();
+            }
         }
         foreach (var outcome in outcomes)
         {
@@ -165,6 +185,11 @@ public sealed class HostGrain : Grain, IHostGrain
     }
 
     public ValueTask<ImmutableArray<string>> ListVmsAsync() => ValueTask.FromResult(_state.State.Vms.Order(StringComparer.Ordinal).ToImmutableArray());
+
+    public ValueTask<PathConditions?> GetPathAsync(string peer) => ValueTask.FromResult(_paths.GetValueOrDefault(peer).Smoother?.Current);
+
+    public ValueTask<ImmutableArray<PathConditions>> GetPathHistoryAsync(string peer) =>
+        ValueTask.FromResult(_paths.TryGetValue(peer, out var path) ? path.History.ToImmutableArray() : []);
 
     public ValueTask<ImmutableArray<string>> ListPeersAsync() => ValueTask.FromResult(_state.State.Peers.Order(StringComparer.Ordinal).ToImmutableArray());
 }

@@ -1,17 +1,14 @@
 using System.Collections.Immutable;
-using Fabric.Silo.Selection;
 
 namespace Fabric.Silo;
 
 /// <summary>
-/// A directed host pair. Conditions are soft state rebuilt from telemetry within seconds, so they are not persisted;
-/// the VMs to wake are the source host's VMs (asked once on activation, kept current by subscribe/unsubscribe).
+/// A directed host pair: wakes the VMs of the source host when the source host's grain announces a significant change.
+/// Its conditions and history live with the samples, in the source host's grain. The VMs to wake are asked from that
+/// host on activation and kept current by subscribe/unsubscribe.
 /// </summary>
 public sealed class PathGrain : Grain, IPathGrain
 {
-    private const int HistoryLength = 600;
-    private readonly PathSmoother _smoother = new();
-    private readonly Queue<PathConditions> _history = new();
     private HashSet<string> _vms = new(StringComparer.Ordinal);
 
     private string FromHost => this.GetPrimaryKeyString().Split("->")[0];
@@ -23,21 +20,12 @@ public sealed class PathGrain : Grain, IPathGrain
         _vms = (await GrainFactory.GetGrain<IHostGrain>(FromHost).ListVmsAsync()).ToHashSet(StringComparer.Ordinal);
     }
 
-    public ValueTask ReportAsync(PathSample sample)
+    public ValueTask ConditionsChangedAsync(PathConditions conditions)
     {
-        var changed = _smoother.Add(sample);
-        _history.Enqueue(_smoother.Current!);
-        while (_history.Count > HistoryLength)
+        foreach (var vm in _vms)
         {
-            _history.Dequeue();
-        }
-        if (changed)
-        {
-            foreach (var vm in _vms)
-            {
-                // One-way: a slow VM never holds up telemetry ingestion.
-                _ = GrainFactory.GetGrain<IVmGrain>(vm).PathChangedAsync(ToHost, _smoother.Current!).AsTask();
-            }
+            // One-way: a slow VM never holds up the others.
+            _ = GrainFactory.GetGrain<IVmGrain>(vm).PathChangedAsync(ToHost, conditions).AsTask();
         }
         return ValueTask.CompletedTask;
     }
@@ -54,7 +42,7 @@ public sealed class PathGrain : Grain, IPathGrain
         return ValueTask.CompletedTask;
     }
 
-    public ValueTask<PathConditions?> GetConditionsAsync() => ValueTask.FromResult(_smoother.Current);
+    public ValueTask<PathConditions?> GetConditionsAsync() => GrainFactory.GetGrain<IHostGrain>(FromHost).GetPathAsync(ToHost);
 
-    public ValueTask<ImmutableArray<PathConditions>> GetHistoryAsync() => ValueTask.FromResult(_history.ToImmutableArray());
+    public ValueTask<ImmutableArray<PathConditions>> GetHistoryAsync() => GrainFactory.GetGrain<IHostGrain>(FromHost).GetPathHistoryAsync(ToHost);
 }

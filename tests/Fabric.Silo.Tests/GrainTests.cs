@@ -114,6 +114,9 @@ public class GrainTests(ClusterFixture fixture)
         Assert.Contains("beat std-ipv4", change.Reason, StringComparison.Ordinal);
         Assert.True(change.Conditions.Loss > 0.005, change.Conditions.ToString());
         var tolerant = view.Stacks[b];
+        var path = fixture.Client.GetGrain<IPathGrain>(IPathGrain.KeyOf(a, b));
+        Assert.True((await path.GetConditionsAsync())!.Loss > 0.005);
+        Assert.True((await path.GetHistoryAsync()).Length >= 2);
         Eventually.True(() => agent.States is { Count: > 0 } states && states[^1].Upserts.SingleOrDefault()?.Stack == tolerant, TimeSpan.FromSeconds(10), "tolerant binding pushed", () => string.Join("; ", agent.States));
         await host.AcknowledgeAsync(agent.States[^1].Version);
         Assert.Equal(agent.States[^1].Version, await host.GetAcknowledgedAsync());
