@@ -21,7 +21,7 @@ public sealed record CniEnvironment(string? Command, string? ContainerId, string
 /// registers the host end with the local agent (which switches it in the network's vni), and remembers the attachment in
 /// dataDir for CHECK, DEL and GC. Anything ADD did is undone when a later step fails. DEL is best-effort and repeatable.
 /// </summary>
-public sealed partial class Plugin(CniEnvironment env, Func<string, string?> environment)
+public sealed partial class Plugin(CniEnvironment env)
 {
     private static readonly TimeSpan AgentTimeout = TimeSpan.FromSeconds(5);
 
@@ -412,8 +412,6 @@ public sealed partial class Plugin(CniEnvironment env, Func<string, string?> env
     }
 
     private static string Digest(string text) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
-
-    public Func<string, string?> Environment => environment;
 }
 
 /// <summary>What ADD did, kept in dataDir for CHECK, DEL and GC.</summary>

@@ -15,7 +15,7 @@ catch (IOException e)
 }
 try
 {
-    var output = new Plugin(env, Environment.GetEnvironmentVariable).Run(stdin);
+    var output = new Plugin(env).Run(stdin);
     if (output is not null)
     {
         Console.Out.Write(output);
