@@ -89,7 +89,9 @@ public sealed class Agent : IDisposable
             _registrations.Load();
         }
         ReplaySpool();
-        // Drained slots are closed, idle stacks unloaded and registered vNICs whose netdev appeared attached in the background.
+        // Drained slots are closed, idle stacks unloaded and registered vNICs whose netdev appeared attached in the
+        // background; every 2 s, hook calls that gave up waiting on a busy agent are taken from the queue.
+        var ticks = 0;
         _housekeeping = new Timer(_ =>
         {
             lock (_apiGate)
@@ -102,6 +104,10 @@ public sealed class Agent : IDisposable
                 _registrations.AttachPending();
             }
             Switch.Housekeeping();
+            if (++ticks % 8 == 0)
+            {
+                ReplaySpool();
+            }
         }, null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
     }
 

@@ -7,7 +7,7 @@ using Fabric.Registration;
 //   migrate/restore begin                        → filters: the XML is passed through unchanged on stdout
 // It never calls libvirt and never waits on the agent for more than FABRIC_HOOK_TIMEOUT_MS (default 60): when the agent
 // is down the request is queued durably in $FABRIC_STATE_DIR/hook-spool and replayed in order by the next hook call or
-// by the agent when it starts, and the hook exits 0 so the VM starts. Exit 1: the XML or its Fabric policy is refused
+// by the agent (at start and every 2 s), and the hook exits 0 so the VM starts. Exit 1: the XML or its Fabric policy is refused
 // (the message says why on stderr); exit 2: bad arguments.
 const string Usage = """
 usage:

@@ -166,6 +166,18 @@ public class HookTests
     }
 
     [Fact]
+    public void ACallQueuedWhileTheAgentRuns_IsAppliedWithoutWaitingForAnotherCall()
+    {
+        using var rig = new HookRig();
+        rig.CreateDevice("fab-web1");
+        rig.StartAgent();
+        // What a hook that timed out on a busy agent leaves behind.
+        new HookSpool(Path.Combine(rig.State, "hook-spool")).Enqueue(new RegistrationRequest("register-vm", DomainXml.Parse(HookRig.Example)).ToJson());
+        Eventually.True(() => rig.Agent!.Switch.Vms.Count == 1 && rig.Spooled().Length == 0, TimeSpan.FromSeconds(10), "queued registration applied by the running agent",
+            () => $"{rig.Spooled().Length} queued; {rig.Registrations()}");
+    }
+
+    [Fact]
     public void RegistrationsSurviveAnAgentRestart()
     {
         using var rig = new HookRig();
