@@ -129,6 +129,25 @@ public class GrainTests(ClusterFixture fixture)
     }
 
     [Fact]
+    public async Task NoisyTelemetry_DoesNotMakeTheVmFlap()
+    {
+        var (vm, a, b, agent) = await PlacedVmAsync(Policy("latency"));
+        var host = fixture.Client.GetGrain<IHostGrain>(a);
+        var random = new Random(9);
+        for (var i = 0; i < 60; i++)
+        {
+            // Loss flickering between 0 and 0.2 % and RTT wandering ±20 %: noise, not a trend.
+            var loss = random.NextDouble() < 0.5 ? 0 : 0.002 * random.NextDouble();
+            await host.ReportAsync([Sample(a, b, 25 + random.NextDouble() * 10, loss, DateTimeOffset.UtcNow)], []);
+            await Task.Delay(30, TestContext.Current.CancellationToken);
+        }
+        var view = await vm.GetAsync();
+        Assert.Equal("std-ipv4", view.Stacks[b]);
+        Assert.Single(view.Log, d => d.Changed);
+        Assert.DoesNotContain(agent.States, s => s.Upserts.Any(x => x.Stack != "std-ipv4"));
+    }
+
+    [Fact]
     public async Task AConfidentialVm_OnlyEverGetsSecure_WhateverThePathDoes()
     {
         var (vm, a, b, _) = await PlacedVmAsync();

@@ -9,7 +9,7 @@ public interface IStackScorer
 /// <summary>
 /// The first scorer: from the stack's declared profile alone, before the fleet has data. It estimates what the VM's
 /// traffic gets — residual loss (what the stack does not recover), tail delay (one way plus what the stack adds plus
-/// jitter, plus a retransmission timeout once residual loss touches more than 1 % of small requests), goodput (Mathis et al.: MSS / (RTT · √p), capped by the
+/// jitter, plus a retransmission timeout once residual loss touches about 1 % of small requests), goodput (Mathis et al.: MSS / (RTT · √p), capped by the
 /// bandwidth left after the stack's overhead) — and weighs them by workload: latency weighs delay and residual loss,
 /// bulk weighs goodput, general both; all pay for overhead.
 /// </summary>
@@ -23,11 +23,12 @@ public sealed class ProfileScorer : IStackScorer
         // A stack that tolerates loss up to its declared level recovers nearly all of it; beyond that the excess leaks.
         var residual = stack.ToleratesLoss >= loss ? loss * 0.02 : loss - stack.ToleratesLoss * 0.98;
         var overhead = stack.HeaderBytes / MssBytes + stack.Redundancy;
-        // Latency is judged at the tail (p99) of a small request/response (about 3 packets): when more than 1 % of
-        // requests meet a loss the VM's TCP sits out a retransmission timeout (≥ 200 ms on Linux) on them.
+        // Latency is judged at the tail (p99) of a small request/response (about 3 packets): once more than 1 % of
+        // requests meet a loss, the VM's TCP sits out a retransmission timeout (≥ 200 ms on Linux) at the p99. The
+        // step is softened into a ramp from 0.5 % to 1.5 % of requests, so estimates near the edge move gradually.
         var rto = Math.Max(200, 3 * c.RttMs);
         var lossyRequests = 1 - Math.Pow(1 - residual, 3);
-        var delay = c.RttMs / 2 + stack.AddedDelayMs + 2 * c.JitterMs + Math.Min(1, lossyRequests / 0.01) * rto;
+        var delay = c.RttMs / 2 + stack.AddedDelayMs + 2 * c.JitterMs + Math.Clamp((lossyRequests - 0.005) / 0.01, 0, 1) * rto;
         var latencyScore = 1 / (1 + delay / 10);
         var capacity = Math.Max(c.BandwidthMbps, 1) * (1 - Math.Min(overhead, 0.9));
         var mathis = residual <= 1e-6 ? double.PositiveInfinity : MssBytes * 8 / 1e6 / (Math.Max(c.RttMs, 0.1) / 1000 * Math.Sqrt(residual)) * 1.22;
