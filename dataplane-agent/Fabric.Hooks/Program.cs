@@ -92,7 +92,7 @@ internal sealed class Hook(string socket, HookSpool spool, TimeSpan timeout)
     {
         try
         {
-            return spool.Replay(request => Answer(AgentClient.Send(socket, request, timeout)).Ok);
+            return spool.Replay(Applied);
         }
         catch (AgentUnavailableException)
         {
@@ -105,7 +105,7 @@ internal sealed class Hook(string socket, HookSpool spool, TimeSpan timeout)
         try
         {
             // Older queued requests first, so the agent sees them in the order libvirt made them.
-            spool.Replay(queued => Answer(AgentClient.Send(socket, queued, timeout)).Ok);
+            spool.Replay(Applied);
             if (spool.Pending().Count > 0)
             {
                 throw new AgentUnavailableException("older requests are still queued");
@@ -125,6 +125,9 @@ internal sealed class Hook(string socket, HookSpool spool, TimeSpan timeout)
             return 0;
         }
     }
+
+    /// <summary>Sends a request; true when the agent applied it (throws <see cref="AgentUnavailableException"/> when it cannot be asked).</summary>
+    private bool Applied(string request) => Answer(AgentClient.Send(socket, request, timeout)).Ok;
 
     private static (bool Ok, string? Error) Answer(string response)
     {

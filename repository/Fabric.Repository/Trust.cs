@@ -32,7 +32,13 @@ public sealed record RootMetadata(string Type, int Version, DateTimeOffset Expir
 /// <summary>One published package: where its bytes are checked against.</summary>
 public sealed record TargetInfo(long Length, string Sha256, string Id, string Version, StackProfile Profile);
 
-public sealed record TargetsMetadata(string Type, int Version, DateTimeOffset Expires, SortedDictionary<string, TargetInfo> Targets);
+public sealed record TargetsMetadata(string Type, int Version, DateTimeOffset Expires, SortedDictionary<string, TargetInfo> Targets)
+{
+    /// <summary>The newest version of each stack id, by target name (what agents load and the catalog offers).</summary>
+    public IEnumerable<KeyValuePair<string, TargetInfo>> Newest() => Targets
+        .GroupBy(t => t.Value.Id, StringComparer.Ordinal)
+        .Select(g => g.OrderByDescending(t => SemanticVersion.TryParse(t.Value.Version, out var v) ? v : default).First());
+}
 
 /// <summary>A reference from one metadata file to another: its version and, for the snapshot, length and hash.</summary>
 public sealed record MetaFile(int Version, long? Length = null, string? Sha256 = null);

@@ -19,9 +19,7 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
     {
         var client = new TrustClient(RepositoryStores.Open(source.Path), System.IO.Path.Combine(source.StateDirectory, "trust"), source.TrustRoot);
         var targets = client.Refresh();
-        var newest = targets.Targets.Values
-            .GroupBy(t => t.Id, StringComparer.Ordinal)
-            .Select(g => g.OrderByDescending(t => SemanticVersion.TryParse(t.Version, out var v) ? v : default).First())
+        var newest = targets.Newest().Select(n => n.Value)
             .Select(t => new StackInfo(t.Id, t.Version, t.Profile.Family, t.Profile.HeaderBytes, t.Profile.Redundancy, t.Profile.AddedDelayMs,
                 t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose))
             .ToList();

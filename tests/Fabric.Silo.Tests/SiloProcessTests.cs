@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using Azure.Data.Tables;
 using Fabric.Testing;
 using Microsoft.Extensions.DependencyInjection;
@@ -12,13 +10,6 @@ namespace Fabric.Silo.Tests;
 /// <summary>The real fabric-silo process with Azure Table clustering and persistence on Azurite, and a real Orleans client.</summary>
 public class SiloProcessTests(Azurite azurite)
 {
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
     private sealed class SiloProcess : IDisposable
     {
         private readonly Process _process;
@@ -74,7 +65,7 @@ public class SiloProcessTests(Azurite azurite)
     {
         var folder = System.IO.Directory.CreateTempSubdirectory("fabric-silo-").FullName;
         var cluster = "c" + Guid.NewGuid().ToString("N")[..10];
-        var (siloPort, gatewayPort, healthPort) = (FreePort(), FreePort(), FreePort());
+        var (siloPort, gatewayPort, healthPort) = (LoopbackPorts.Free(), LoopbackPorts.Free(), LoopbackPorts.Free());
         var config = System.IO.Path.Combine(folder, "silo.json");
         File.WriteAllText(config, $$"""
             // a cluster of one on Azure Table storage

@@ -23,7 +23,7 @@ public sealed class Azurite : IDisposable
         {
             throw new InvalidOperationException($"{executable} is missing: run `./fabric test` (it runs npm ci in tests/azurite) or `npm ci --prefix tests/azurite`.");
         }
-        (Port, TablePort, var queuePort) = (FreePort(), FreePort(), FreePort());
+        (Port, TablePort, var queuePort) = (LoopbackPorts.Free(), LoopbackPorts.Free(), LoopbackPorts.Free());
         string Text(int port) => port.ToString(System.Globalization.CultureInfo.InvariantCulture);
         var start = new ProcessStartInfo(executable)
         {
@@ -65,17 +65,11 @@ public sealed class Azurite : IDisposable
 
     /// <summary>The same account on a loopback port where nothing listens: "storage unreachable".</summary>
     public static string UnreachableConnectionString =>
-        $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{FreePort()}/{Account};TableEndpoint=http://127.0.0.1:{FreePort()}/{Account};";
+        $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{LoopbackPorts.Free()}/{Account};TableEndpoint=http://127.0.0.1:{LoopbackPorts.Free()}/{Account};";
 
     /// <summary>A container name no other test uses.</summary>
     public static string NewContainer() => "t" + Guid.NewGuid().ToString("N")[..20];
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     private static bool Listening(int port)
     {

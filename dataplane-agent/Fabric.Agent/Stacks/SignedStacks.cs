@@ -27,11 +27,8 @@ public static class SignedStacks
             targets = client.LastTrusted() ?? throw new TrustException($"The stack repository cannot be reached and this host has verified nothing before: {e.Message}");
             offline = e.Message;
         }
-        var newest = targets.Targets
-            .GroupBy(t => t.Value.Id, StringComparer.Ordinal)
-            .Select(g => g.OrderByDescending(t => SemanticVersion.TryParse(t.Value.Version, out var v) ? v : default).First());
         var entries = new List<string>();
-        foreach (var (name, info) in newest)
+        foreach (var (name, info) in targets.Newest())
         {
             var package = Cached(config, info) ?? (offline is null
                 ? Cache(config, info, client.FetchPackage(name))

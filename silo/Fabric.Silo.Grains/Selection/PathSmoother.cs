@@ -13,7 +13,7 @@ public sealed class PathSmoother(double weight = 0.3)
     public PathConditions? Current { get; private set; }
 
     /// <summary>The conditions the last significant change was announced with.</summary>
-    public PathConditions? Announced { get; private set; }
+    private PathConditions? _announced;
 
     /// <summary>Adds a sample; true when the VMs on the path should re-evaluate.</summary>
     public bool Add(PathSample sample)
@@ -28,9 +28,9 @@ public sealed class PathSmoother(double weight = 0.3)
             next = next with { Loss = 0 };
         }
         Current = next;
-        if (Announced is not { } a || Significant(a, next))
+        if (_announced is not { } a || Significant(a, next))
         {
-            Announced = next;
+            _announced = next;
             return true;
         }
         return false;
