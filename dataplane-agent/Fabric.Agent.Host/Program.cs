@@ -195,6 +195,7 @@ internal sealed class AgentService(AgentConfig config, ILogger<AgentService> log
     private Agent? _agent;
     private LocalApiServer? _api;
     private AgentMetrics? _metrics;
+    private Fabric.Agent.ControlPlane.ControlPlaneLink? _link;
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
@@ -214,14 +215,25 @@ internal sealed class AgentService(AgentConfig config, ILogger<AgentService> log
         }
         _metrics = new AgentMetrics(_agent.Switch);
         _api = new LocalApiServer(_agent, config.ApiSocket);
+        if (config.ControlPlane is { } controlPlane)
+        {
+            _link = new Fabric.Agent.ControlPlane.ControlPlaneLink(_agent, controlPlane, logger);
+            var link = _link;
+            _agent.ControlPlaneStatus = () => link.Status;
+            _link.Start();
+        }
         AgentServiceLog.Ready(logger, config.HostId, config.ApiSocket);
         return Task.CompletedTask;
     }
 
-    public Task StopAsync(CancellationToken cancellationToken)
+    public async Task StopAsync(CancellationToken cancellationToken)
     {
+        if (_link is { } link)
+        {
+            _link = null;
+            await link.DisposeAsync();
+        }
         Dispose();
-        return Task.CompletedTask;
     }
 
     public void Dispose()

@@ -22,6 +22,9 @@ namespace Fabric.Agent;
 public sealed record ApiRequest(string Op, VmConfig? Vm = null, string? Id = null, RouteConfig? Route = null, RemoteHostConfig? Host = null,
     string? Stack = null, int? Slot = null, VmRegistration? Registration = null);
 
+/// <summary>A VM on this host for the control plane: its id, name, network, MACs, the policy its hook carried (null for VMs attached directly) and its switch ports.</summary>
+public sealed record LocalVm(string Id, string Name, uint Vni, string[] Macs, VmPolicy? Policy, string[] Ports);
+
 /// <summary>The answer: ok with a result, or an error that says what is wrong.</summary>
 public sealed record ApiResponse(bool Ok, object? Result = null, string? Error = null);
 
@@ -229,10 +232,38 @@ public sealed class Agent : IDisposable
         Switch.SetRemoteEndpoint(route.Vni, mac, route.Host, ConfigChecks.V4(route.IPv4), ConfigChecks.V6(route.IPv6));
     }
 
+    /// <summary>
+    /// The VMs on this host as the control plane knows them: each registration (libvirt, CNI) with its policy and the
+    /// switch ports of its attached vNICs, and each VM attached directly (config or API) as a VM of one port.
+    /// </summary>
+    public IReadOnlyList<LocalVm> LocalVms()
+    {
+        lock (_apiGate)
+        {
+            var result = new List<LocalVm>();
+            var registered = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var (registration, ports) in _registrations.Snapshot())
+            {
+                registered.UnionWith(ports);
+                var vni = registration.Interfaces.Select(i => i.Vni).FirstOrDefault(v => v is not null) ?? registration.Policy.Vni;
+                result.Add(new LocalVm(registration.Id, registration.Name, vni, [.. registration.Interfaces.Select(i => i.Mac).OfType<string>()], registration.Policy, ports));
+            }
+            foreach (var vm in Switch.Vms.Values.Where(v => !registered.Contains(v.Spec.VmId)))
+            {
+                result.Add(new LocalVm(vm.Spec.VmId, vm.Spec.VmId, vm.Spec.Vni, [vm.Spec.Mac.ToString()], null, [vm.Spec.VmId]));
+            }
+            return result;
+        }
+    }
+
+    /// <summary>The control-plane link's state for status (set by the host process when it runs one).</summary>
+    public Func<object?>? ControlPlaneStatus { get; set; }
+
     /// <summary>What the agent is doing, with every counter.</summary>
     public object Status() => new
     {
         HostId = Config.HostId,
+        ControlPlane = ControlPlaneStatus?.Invoke(),
         Underlay = new { IPv4 = Switch.UnderlayEndpoints.IPv4?.ToString(), IPv6 = Switch.UnderlayEndpoints.IPv6?.ToString(), Drops = Switch.UnderlayCounters.DropSnapshot() },
         Stacks = Switch.StackHost.Entries(),
         Quarantined = Switch.StackHost.Quarantined,
@@ -258,6 +289,7 @@ public sealed class Agent : IDisposable
             Sent = new { Datagrams = p.Counters.TxPackets, Bytes = p.Counters.TxBytes },
             Received = new { Datagrams = p.Counters.RxPackets, Bytes = p.Counters.RxBytes },
             Drops = p.Counters.DropSnapshot(),
+            Bindings = p.VmBindings().Select(b => new { Vm = b.Key, b.Value.Stack, b.Value.Slot }),
             Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value) }),
         }),
         Registrations = _registrations.Status(),

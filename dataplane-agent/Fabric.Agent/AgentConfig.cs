@@ -25,6 +25,14 @@ public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, str
 /// </summary>
 public sealed record RepositoryConfig(string Path, string TrustRoot, string StateDirectory);
 
+/// <summary>
+/// The control plane this agent obeys: the silo gateways it connects to ("ADDRESS:PORT"; or none with clustering
+/// "azure-table", the membership table's connection string in FABRIC_TABLE_CONNECTION_STRING), the cluster's ids, and how
+/// often it reports telemetry.
+/// </summary>
+public sealed record ControlPlaneConfig(string[]? Gateways = null, string ClusterId = "fabric", string ServiceId = "fabric", string Clustering = "static",
+    int ReportMilliseconds = 1000);
+
 /// <summary>This host's underlay: where the agent's UDP sockets bind, and the uplink MTU.</summary>
 public sealed record UnderlayConfig(string? IPv4, string? IPv6, int Port = FabricHeader.DefaultUdpPort, int Mtu = 1500);
 
@@ -40,7 +48,8 @@ public sealed record AgentConfig(
     RouteConfig[]? Routes = null,
     int DrainMilliseconds = 2000,
     RepositoryConfig? Repository = null,
-    string? StateDirectory = null)
+    string? StateDirectory = null,
+    ControlPlaneConfig? ControlPlane = null)
 {
     private static readonly JsonSerializerOptions Json = new()
     {
@@ -122,6 +131,28 @@ public sealed record AgentConfig(
         if (string.IsNullOrWhiteSpace(ApiSocket))
         {
             problems.Add("apiSocket: required");
+        }
+        if (ControlPlane is { } control)
+        {
+            if (control.Clustering is not ("static" or "azure-table"))
+            {
+                problems.Add($"controlPlane.clustering: '{control.Clustering}' is not static or azure-table");
+            }
+            if (control.Clustering == "static" && (control.Gateways is null || control.Gateways.Length == 0))
+            {
+                problems.Add("controlPlane.gateways: give at least one silo gateway ADDRESS:PORT");
+            }
+            for (var i = 0; i < (control.Gateways?.Length ?? 0); i++)
+            {
+                if (!IPEndPoint.TryParse(control.Gateways![i], out var gateway) || gateway.Port == 0)
+                {
+                    problems.Add($"controlPlane.gateways[{i}]: '{control.Gateways[i]}' is not ADDRESS:PORT");
+                }
+            }
+            if (control.ReportMilliseconds is < 100 or > 60_000)
+            {
+                problems.Add($"controlPlane.reportMilliseconds: {control.ReportMilliseconds} is outside 100..60000");
+            }
         }
         if (Repository is not null && !File.Exists(Repository.TrustRoot))
         {

@@ -99,6 +99,10 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
         }
     }
 
+    /// <summary>Each registration with the switch ports of its attached vNICs.</summary>
+    public List<(VmRegistration Registration, string[] Ports)> Snapshot() =>
+        [.. _entries.Values.Select(e => (e.Registration, e.Interfaces.Where(i => i.State == "attached").Select(i => i.Port).ToArray()))];
+
     public object Status() => _entries.Values.OrderBy(e => e.Registration.Name, StringComparer.Ordinal).Select(e => new
     {
         e.Registration.Id,

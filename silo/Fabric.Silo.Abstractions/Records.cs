@@ -108,14 +108,19 @@ public sealed record HostInfo(
     public override int GetHashCode() => HashCode.Combine(HostId, UnderlayIPv4, UnderlayIPv6, UnderlayPort, LoadedStacks.Length, Nics.Length, AgentVersion);
 }
 
-/// <summary>A VM as its host's agent registers it.</summary>
+/// <summary>
+/// A VM as its host's agent registers it. <see cref="Running"/> is what the agent runs for it now (stack per remote
+/// host): a VM that lost its decisions (a silo restarted on memory storage) adopts them instead of starting over, so a
+/// control-plane restart never swaps a stack. It is not part of the placement's identity.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.vm-placement")]
 public sealed record VmPlacement(
     [property: Id(0)] string HostId,
     [property: Id(1)] string Name,
     [property: Id(2)] uint Vni,
     [property: Id(3)] ImmutableArray<string> Macs,
-    [property: Id(4)] Policy? Policy)
+    [property: Id(4)] Policy? Policy,
+    [property: Id(5)] ImmutableDictionary<string, string>? Running = null)
 {
     public bool Equals(VmPlacement? other) => other is not null && HostId == other.HostId && Name == other.Name && Vni == other.Vni
         && Macs.SequenceEqual(other.Macs) && Equals(Policy, other.Policy);

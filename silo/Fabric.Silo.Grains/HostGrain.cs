@@ -29,6 +29,7 @@ public sealed class HostGrain : Grain, IHostGrain
     private readonly Dictionary<string, Binding> _bindings = new(StringComparer.Ordinal);
     private readonly Dictionary<string, (PathSmoother Smoother, Queue<PathConditions> History)> _paths = new(StringComparer.Ordinal);
     private const int HistoryLength = 600;
+    private static readonly DateTimeOffset EpochOrigin = new(2026, 1, 1, 0, 0, 0, TimeSpan.Zero);
     private long _version;
     private long _acknowledged;
 
@@ -47,8 +48,9 @@ public sealed class HostGrain : Grain, IHostGrain
     public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {
         // Versions are (epoch << 32) + a counter: a new epoch per activation keeps them growing across restarts without
-        // a write per change.
-        _state.State.Epoch++;
+        // a write per change. The epoch is at least the seconds since 2026, so it grows even where storage forgot it (a
+        // silo on memory storage restarted): agents tell a new control plane from the old one by it.
+        _state.State.Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds);
         await _state.WriteStateAsync(cancellationToken);
         _version = _state.State.Epoch << 32;
         var views = await Task.WhenAll(_state.State.Vms.Select(vm => GrainFactory.GetGrain<IVmGrain>(vm).GetAsync().AsTask()));

@@ -126,6 +126,16 @@ public sealed class VmGrain(
         {
             return;
         }
+        var adopted = new List<Binding>();
+        if (state.State.Stacks.Count == 0 && placement.Running is { Count: > 0 } running)
+        {
+            // This VM's decisions were lost while the agent kept forwarding: what runs is the current decision.
+            foreach (var (remote, stack) in running)
+            {
+                state.State.Stacks[remote] = stack;
+                adopted.Add(new Binding(VmId, remote, stack));
+            }
+        }
         if (previous is not null && previous.HostId != placement.HostId)
         {
             await LeaveHostAsync(previous.HostId);
@@ -142,6 +152,10 @@ public sealed class VmGrain(
         await state.WriteStateAsync();
         var host = GrainFactory.GetGrain<IHostGrain>(placement.HostId);
         await host.AddVmAsync(VmId);
+        if (adopted.Count > 0)
+        {
+            await host.BindAsync([.. adopted]);
+        }
         await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
             GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).SubscribeAsync(VmId).AsTask()));
         await EvaluateAllAsync(await CatalogAsync());

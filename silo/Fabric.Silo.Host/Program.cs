@@ -50,9 +50,17 @@ builder.UseOrleans(silo =>
         silo.UseAzureStorageClustering(o => o.TableServiceClient = new TableServiceClient(connection));
         silo.ConfigureEndpoints(config.AdvertisedAddress is null ? IPAddress.Loopback : IPAddress.Parse(config.AdvertisedAddress), config.SiloPort, config.GatewayPort);
     }
+    else if (config.AdvertisedAddress is { } advertised)
+    {
+        // One silo, reachable by agents on other hosts: its gateway on every address, announced as this one.
+        var address = IPAddress.Parse(advertised);
+        silo.UseDevelopmentClustering(new IPEndPoint(address, config.SiloPort));
+        silo.ConfigureEndpoints(address, config.SiloPort, config.GatewayPort, listenOnAnyHostAddress: true);
+    }
     else
     {
-        silo.UseLocalhostClustering(config.SiloPort, config.GatewayPort);
+        // Its own ids, or it would name the cluster "dev" and agents configured with the cluster's ids could not join.
+        silo.UseLocalhostClustering(config.SiloPort, config.GatewayPort, serviceId: config.ServiceId, clusterId: config.ClusterId);
     }
     if (config.Storage == "azure-table")
     {

@@ -72,6 +72,13 @@ public interface IUnderlayOutput
 
     /// <summary>Sends the datagram begun last: <paramref name="stackFieldLength"/> bytes of stack fields, then payload, <paramref name="length"/> bytes in all.</summary>
     void Commit(FabricPayloadType payloadType, int stackFieldLength, int length);
+
+    /// <summary>
+    /// The virtual network id the host writes into the Fabric header of datagrams committed from now on in this call.
+    /// In <see cref="IStack.Transmit"/> it is the frame's network; a stack that sends frames it buffered earlier
+    /// (retransmissions, parity over several frames) sets it to the network those frames came from.
+    /// </summary>
+    uint VirtualNetwork { get; set; }
 }
 
 /// <summary>Where a stack delivers frames for the VM. Valid only inside the call it was passed to.</summary>
@@ -79,6 +86,12 @@ public interface IVmOutput
 {
     /// <summary>Delivers one Ethernet frame to the VM side of the path; the span is read during the call.</summary>
     void Deliver(ReadOnlySpan<byte> frame);
+
+    /// <summary>
+    /// The virtual network of frames delivered from now on in this call: the received datagram's network when the call
+    /// begins; a stack delivering frames it recovered or buffered sets it to the network they were sent in.
+    /// </summary>
+    uint VirtualNetwork { get; set; }
 }
 
 /// <summary>A received datagram as the host parsed it: the Fabric header's fields and what follows.</summary>

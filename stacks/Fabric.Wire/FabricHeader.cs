@@ -15,6 +15,8 @@ public enum FabricPayloadType : byte
     ProbeReply = 3,
     /// <summary>Bytes only the stack can read (ciphertext, FEC parity); the inner frame is not visible on the wire.</summary>
     StackEncoded = 4,
+    /// <summary>Agents' own messages about the path (open or close a stack slot at the other end); never given to a stack.</summary>
+    AgentControl = 5,
 }
 
 /// <summary>Zero-copy view of the Fabric overlay header, carried in UDP (default port <see cref="DefaultUdpPort"/>).</summary>

@@ -1,3 +1,4 @@
+using Fabric.Testing;
 using Fabric.Agent.Switching;
 using Fabric.Wire;
 using static Fabric.Agent.Tests.TwoHosts;

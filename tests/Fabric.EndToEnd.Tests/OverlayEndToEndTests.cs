@@ -54,12 +54,12 @@ public class OverlayEndToEndTests
         Assert.NotEqual(0, topology.Ping("vm4", "10.100.0.3", 2).Code);
         Assert.NotEqual(0, topology.Ping("vm4", "10.100.0.1", 2).Code);
 
-        // Same-host traffic never reaches the underlay: 2 × 25 pings and their replies add nothing the emulator on the
-        // underlay would count, beyond the VMs' own multicast chatter (IPv6 MLD and router solicitations are flooded).
-        var before = topology.UnderlayFrames();
+        // Same-host traffic never reaches the underlay: 2 × 25 pings and their replies add nothing to what the
+        // agents send on the underlay, beyond the VMs' own multicast chatter (IPv6 MLD and router solicitations are flooded).
+        var before = topology.UnderlayDatagrams();
         Assert.Equal(0, topology.Ping("vm1", "10.100.0.2", 25, "-i", "0.02").Code);
         Assert.Equal(0, topology.Ping("vm2", "fd00:100::1", 25, "-i", "0.02").Code);
-        var crossed = topology.UnderlayFrames() - before;
+        var crossed = topology.UnderlayDatagrams() - before;
         Assert.True(crossed < 10, $"{crossed} frames crossed the underlay during 100 same-host packets");
 
         // A frame with vm2's MAC sent from vm1's namespace is dropped and counted on vm1's port.

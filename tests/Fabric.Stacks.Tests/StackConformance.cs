@@ -24,16 +24,20 @@ public abstract class StackConformance
         public List<(FabricHeaderRepr Header, byte[] StackFields, byte[] Payload)> Datagrams { get; } = [];
         public bool Refuse { get; set; }
 
+        public uint VirtualNetwork { get; set; } = 1;
+
         public Span<byte> Begin(int maxLength) => Refuse ? Span<byte>.Empty : _buffer.AsSpan(0, maxLength);
 
         public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length) =>
-            Datagrams.Add((new FabricHeaderRepr(0, payloadType, 1, (uint)Datagrams.Count, 0, (byte)stackFieldLength),
+            Datagrams.Add((new FabricHeaderRepr(0, payloadType, VirtualNetwork, (uint)Datagrams.Count, 0, (byte)stackFieldLength),
                 _buffer[..stackFieldLength], _buffer[stackFieldLength..length]));
     }
 
     protected sealed class CapturingVm : IVmOutput
     {
         public List<byte[]> Frames { get; } = [];
+
+        public uint VirtualNetwork { get; set; } = 1;
 
         public void Deliver(ReadOnlySpan<byte> frame) => Frames.Add(frame.ToArray());
     }

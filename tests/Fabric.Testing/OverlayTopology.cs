@@ -142,11 +142,27 @@ public sealed class OverlayTopology : IDisposable
         return reply.StartsWith("ok", StringComparison.Ordinal) ? reply[3..] : throw new InvalidOperationException($"fabric-linkem: {reply}");
     }
 
-    /// <summary>Frames the emulator has carried in both directions (what crossed the underlay).</summary>
-    public long UnderlayFrames()
+    /// <summary>
+    /// Datagrams the two agents' stacks sent on the underlay (from their status), leaving out the agents' own probes and
+    /// control messages, which the emulator also carries.
+    /// </summary>
+    public long UnderlayDatagrams()
     {
-        using var stats = JsonDocument.Parse(Emulator("stats"));
-        return stats.RootElement.GetProperty("a2b").GetProperty("Offered").GetInt64() + stats.RootElement.GetProperty("b2a").GetProperty("Offered").GetInt64();
+        long total = 0;
+        foreach (var host in new[] { "host-a", "host-b" })
+        {
+            var (code, output) = Ctl(host, "status");
+            if (code != 0)
+            {
+                throw new InvalidOperationException($"status of {host}: {output}");
+            }
+            using var status = JsonDocument.Parse(output);
+            foreach (var path in status.RootElement.GetProperty("paths").EnumerateArray())
+            {
+                total += path.GetProperty("sent").GetProperty("datagrams").GetInt64();
+            }
+        }
+        return total;
     }
 
     /// <summary>The agent's status (its local API), parsed.</summary>

@@ -27,6 +27,8 @@ public sealed class RemotePath : IDisposable
     private readonly PathOutput _output;
     private readonly PathDelivery _delivery;
     private int _transmitSlot;
+    private readonly Dictionary<string, VmTraffic> _vms = new(StringComparer.Ordinal);
+    private readonly PathMonitor _monitor = new();
 
     /// <summary>The slot every path keeps open with the family's std stack, so a path whose stack fails can fall back at once.</summary>
     public const int FallbackSlot = 255;
@@ -43,13 +45,284 @@ public sealed class RemotePath : IDisposable
     /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
     internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }
 
-    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Action<uint, ReadOnlySpan<byte>> deliver, Func<long> clock)
+    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Action<uint, ReadOnlySpan<byte>> deliver, Func<long> clock, string localHost)
     {
         Spec = spec;
         Destination = destination;
         Clock = clock;
         _output = new PathOutput(this, underlay);
         _delivery = new PathDelivery(deliver);
+        // Slots for stacks the control plane binds are split between the two ends so that neither ever picks one the
+        // other opened: the host whose id sorts first opens 1..127 on this path, the other 128..254.
+        (_ownFirst, _ownLast) = string.CompareOrdinal(localHost, spec.HostId) < 0 ? (1, 127) : (128, 254);
+    }
+
+    private readonly int _ownFirst;
+    private readonly int _ownLast;
+
+    /// <summary>Called (outside the path's gate) with the payload of an agent control message from the peer.</summary>
+    internal Action<RemotePath, byte[]>? OnControl { get; set; }
+
+    /// <summary>True when <paramref name="slot"/> is one this host opens on this path (for the control plane's bindings).</summary>
+    internal bool IsOwnSlot(int slot) => slot >= _ownFirst && slot <= _ownLast;
+
+    /// <summary>True when <paramref name="slot"/> is one the peer opens on this path (this end opens it when asked).</summary>
+    internal bool IsPeerSlot(int slot) => slot is > 0 and < FallbackSlot && !IsOwnSlot(slot);
+
+    /// <summary>A slot of this host's range that holds <paramref name="stackId"/>, or -1.</summary>
+    internal int OwnSlotOf(string stackId)
+    {
+        lock (_gate)
+        {
+            for (var i = _ownFirst; i <= _ownLast; i++)
+            {
+                if (_slotStacks[i] == stackId)
+                {
+                    return i;
+                }
+            }
+            return -1;
+        }
+    }
+
+    /// <summary>An empty slot of this host's range, or -1.</summary>
+    internal int FreeOwnSlot()
+    {
+        lock (_gate)
+        {
+            for (var i = _ownFirst; i <= _ownLast; i++)
+            {
+                if (_slots[i] is null)
+                {
+                    return i;
+                }
+            }
+            return -1;
+        }
+    }
+
+    /// <summary>
+    /// Binds a VM's transmissions on this path to <paramref name="slot"/> (-1: the path's transmit slot) from its next
+    /// frame on. A slot no VM and not the path uses any more drains until <paramref name="drainUntil"/>. Returns the
+    /// VM's previous slot.
+    /// </summary>
+    internal int BindVm(string vmId, int slot, long drainUntil)
+    {
+        lock (_gate)
+        {
+            if (slot >= 0 && _slots[slot] is null)
+            {
+                throw new InvalidOperationException($"Path to '{Spec.HostId}': slot {slot} is not open.");
+            }
+            if (!_vms.TryGetValue(vmId, out var traffic))
+            {
+                _vms[vmId] = traffic = new VmTraffic();
+            }
+            var previous = traffic.Slot;
+            traffic.Slot = slot;
+            if (slot >= 0)
+            {
+                _drainUntil[slot] = 0;
+            }
+            if (previous >= 0 && previous != slot && !InUseLocked(previous))
+            {
+                _drainUntil[previous] = drainUntil;
+            }
+            return previous;
+        }
+    }
+
+    /// <summary>The slot a VM's binding names and the stack in it; (-1, null) when it has none (or the slot was retired).</summary>
+    internal (int Slot, string? Stack) BindingOf(string vmId)
+    {
+        if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(100)))
+        {
+            throw new InvalidOperationException($"Path to '{Spec.HostId}' is busy (a stack call has not returned).");
+        }
+        try
+        {
+            return _vms.TryGetValue(vmId, out var traffic) && traffic.Slot >= 0 && _slots[traffic.Slot] is not null ? (traffic.Slot, _slotStacks[traffic.Slot]) : (-1, null);
+        }
+        finally
+        {
+            Monitor.Exit(_gate);
+        }
+    }
+
+    /// <summary>Forgets a VM that left the host; its slot drains when nothing else uses it.</summary>
+    internal void ForgetVm(string vmId, long drainUntil)
+    {
+        lock (_gate)
+        {
+            if (_vms.Remove(vmId, out var traffic) && traffic.Slot >= 0 && !InUseLocked(traffic.Slot))
+            {
+                _drainUntil[traffic.Slot] = drainUntil;
+            }
+        }
+    }
+
+    /// <summary>Moves every VM bound to a slot holding <paramref name="stackId"/> to <paramref name="slot"/> (fallback after a fault).</summary>
+    internal int RebindStack(string stackId, int slot)
+    {
+        lock (_gate)
+        {
+            var moved = 0;
+            foreach (var traffic in _vms.Values)
+            {
+                if (traffic.Slot >= 0 && _slotStacks[traffic.Slot] == stackId)
+                {
+                    traffic.Slot = slot;
+                    moved++;
+                }
+            }
+            return moved;
+        }
+    }
+
+    /// <summary>The stack each VM that used this path transmits with (its binding's, or the path's).</summary>
+    /// <remarks>Empty when the path is busy for more than 100 ms (a stack stuck in a call must not stall status or the control plane).</remarks>
+    public IReadOnlyDictionary<string, (string? Stack, int Slot)> VmBindings()
+    {
+        if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(100)))
+        {
+            return new Dictionary<string, (string?, int)>();
+        }
+        try
+        {
+            return _vms.ToDictionary(v => v.Key, v => (v.Value.Slot >= 0 && _slots[v.Value.Slot] is not null ? _slotStacks[v.Value.Slot] : _slotStacks[_transmitSlot],
+                v.Value.Slot >= 0 && _slots[v.Value.Slot] is not null ? v.Value.Slot : _transmitSlot), StringComparer.Ordinal);
+        }
+        finally
+        {
+            Monitor.Exit(_gate);
+        }
+    }
+
+    private bool InUseLocked(int slot)
+    {
+        if (slot == _transmitSlot)
+        {
+            return true;
+        }
+        foreach (var traffic in _vms.Values)
+        {
+            if (traffic.Slot == slot)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /// <summary>Opens (or reopens) a slot of the peer's range at the peer's request; returns the stack id it replaced, or null.</summary>
+    internal string? OpenForPeer(LoadedStack stack, int slot, string localHost, out bool unchanged)
+    {
+        lock (_gate)
+        {
+            unchanged = _slotStacks[slot] == stack.Description.Id;
+            if (unchanged)
+            {
+                _drainUntil[slot] = 0;
+                return null;
+            }
+            var replaced = _slots[slot] is null ? null : CloseLocked(slot);
+            var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, new Dictionary<string, string>(), NullTelemetry.Instance));
+            _slots[slot] = instance;
+            _slotStacks[slot] = stack.Description.Id;
+            return replaced;
+        }
+    }
+
+    /// <summary>Sends an agent control message to the peer (the caller flushes the underlay).</summary>
+    internal void SendControl(ReadOnlySpan<byte> message)
+    {
+        lock (_gate)
+        {
+            SendControlLocked(message);
+        }
+    }
+
+    /// <summary>Sends one active probe (the caller flushes the underlay).</summary>
+    internal void SendProbe()
+    {
+        lock (_gate)
+        {
+            _output.Prepare(0, 0);
+            var buffer = _output.Begin(PathMonitor.ProbeLength);
+            if (buffer.Length < PathMonitor.ProbeLength)
+            {
+                return;
+            }
+            _monitor.WriteProbe(buffer, Clock());
+            _output.Commit(FabricPayloadType.Probe, 0, PathMonitor.ProbeLength);
+        }
+    }
+
+    /// <summary>Runs the timers of stack instances whose time has come (the caller flushes the underlay and the VM outboxes).</summary>
+    internal void RunTimers(long now)
+    {
+        Exception? fault = null;
+        var faultSlot = 0;
+        string? faultStack = null;
+        if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(5)))
+        {
+            return;
+        }
+        try
+        {
+            for (var i = 0; i < _slots.Length && fault is null; i++)
+            {
+                if (_slots[i] is { } stack && stack.NextTimerNanoseconds <= now)
+                {
+                    _output.Prepare((byte)i, 0);
+                    _delivery.VirtualNetwork = 0;
+                    _inCallSlot = i;
+                    Volatile.Write(ref _inCallSince, Clock());
+                    try
+                    {
+                        stack.OnTimer(now, _delivery, _output);
+                    }
+                    catch (Exception e)
+                    {
+                        (fault, faultSlot, faultStack) = (e, i, _slotStacks[i]);
+                    }
+                    Volatile.Write(ref _inCallSince, 0);
+                }
+            }
+        }
+        finally
+        {
+            Monitor.Exit(_gate);
+        }
+        if (fault is not null)
+        {
+            Counters.Drop(DropReason.StackFault);
+            OnFault?.Invoke(this, faultSlot, faultStack!, true, fault);
+        }
+    }
+
+    /// <summary>What the path measured since the last call (probes, the peer's sequence counts, traffic per VM).</summary>
+    internal PathMeasurement? TakeMeasurement(long now)
+    {
+        if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(50)))
+        {
+            return null;
+        }
+        try
+        {
+            var vms = new List<VmInterval>(_vms.Count);
+            foreach (var (vmId, traffic) in _vms)
+            {
+                var slot = traffic.Slot >= 0 && _slots[traffic.Slot] is not null ? traffic.Slot : _transmitSlot;
+                vms.Add(new VmInterval(vmId, _slotStacks[slot] ?? "", traffic.Frames - traffic.ReportedFrames, traffic.Bytes - traffic.ReportedBytes));
+                (traffic.ReportedFrames, traffic.ReportedBytes) = (traffic.Frames, traffic.Bytes);
+            }
+            return _monitor.Take(now, Counters.TxBytes, vms);
+        }
+        finally
+        {
+            Monitor.Exit(_gate);
+        }
     }
 
     public RemoteHostSpec Spec { get; }
@@ -122,10 +395,10 @@ public sealed class RemotePath : IDisposable
         }
     }
 
-    /// <summary>Closes every drained slot whose time has come; returns their stack ids (for the stack host to release).</summary>
-    internal List<string> TakeDrained(long now)
+    /// <summary>Closes every drained slot whose time has come; returns their slots and stack ids (for the stack host to release).</summary>
+    internal List<(int Slot, string Stack)> TakeDrained(long now)
     {
-        var released = new List<string>();
+        var released = new List<(int, string)>();
         // Housekeeping must not wait on a path whose stack is stuck: try again next round.
         if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(50)))
         {
@@ -135,9 +408,9 @@ public sealed class RemotePath : IDisposable
         {
             for (var i = 0; i < _slots.Length; i++)
             {
-                if (_slots[i] is not null && i != _transmitSlot && _drainUntil[i] != 0 && _drainUntil[i] <= now)
+                if (_slots[i] is not null && _drainUntil[i] != 0 && _drainUntil[i] <= now && !InUseLocked(i))
                 {
-                    released.Add(CloseLocked(i));
+                    released.Add((i, CloseLocked(i)));
                 }
             }
         }
@@ -221,8 +494,11 @@ public sealed class RemotePath : IDisposable
         }
     }
 
-    /// <summary>Sends a VM frame of virtual network <paramref name="vni"/> through the transmit slot's stack.</summary>
-    internal void Transmit(ReadOnlySpan<byte> frame, uint vni)
+    /// <summary>
+    /// Sends a VM frame of virtual network <paramref name="vni"/> through the stack the VM is bound to on this path, or
+    /// the path's transmit slot when it has no binding (or its binding's slot was retired).
+    /// </summary>
+    internal void Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null)
     {
         Exception? fault = null;
         int slot;
@@ -230,6 +506,19 @@ public sealed class RemotePath : IDisposable
         lock (_gate)
         {
             slot = _transmitSlot;
+            if (vmId is not null)
+            {
+                if (!_vms.TryGetValue(vmId, out var traffic))
+                {
+                    _vms[vmId] = traffic = new VmTraffic();
+                }
+                traffic.Frames++;
+                traffic.Bytes += frame.Length;
+                if (traffic.Slot >= 0 && _slots[traffic.Slot] is not null)
+                {
+                    slot = traffic.Slot;
+                }
+            }
             stackId = _slotStacks[slot];
             var stack = _slots[slot];
             if (stack is null)
@@ -291,38 +580,98 @@ public sealed class RemotePath : IDisposable
             Counters.Drop(DropReason.UnknownPeer);
             return;
         }
-        Counters.Received(datagram.Length);
         Exception? fault = null;
         string? faultStack = null;
+        byte[]? control = null;
         lock (_gate)
         {
             TrackSequence(header.PathSequence);
+            switch (header.PayloadType)
+            {
+                case FabricPayloadType.Probe:
+                    AnswerProbe(header.Payload);
+                    return;
+                case FabricPayloadType.ProbeReply:
+                    _monitor.OnReply(header.Payload, Clock());
+                    return;
+                case FabricPayloadType.AgentControl:
+                    // Handled by the switch, outside the gate (it may open a slot on this path).
+                    control = header.Payload.ToArray();
+                    break;
+                default:
+                    // The path's traffic counters count what stacks exchange; probes and control messages are the agents'.
+                    Counters.Received(datagram.Length);
+                    break;
+            }
             var stack = _slots[header.Slot];
-            if (stack is null)
+            if (control is null && stack is null)
             {
                 Counters.Drop(DropReason.UnknownSlot);
+                if (IsPeerSlot(header.Slot) && _monitor.ShouldReportUnknown(Clock()))
+                {
+                    // The peer sends through a slot this end does not have (this agent restarted, or missed the
+                    // peer's open): ask it to open the slot here again.
+                    SendControlLocked([ControlMessages.Unknown, header.Slot]);
+                }
                 return;
             }
-            _output.Prepare(header.Slot, header.VirtualNetworkId);
-            _delivery.Vni = header.VirtualNetworkId;
-            _inCallSlot = header.Slot;
-            Volatile.Write(ref _inCallSince, Clock());
-            try
+            if (control is null && stack is not null)
             {
-                stack.Receive(new StackDatagram(header.ToRepr(), header.StackFields, header.Payload), Clock(), _delivery, _output);
+                _output.Prepare(header.Slot, header.VirtualNetworkId);
+                _delivery.VirtualNetwork = header.VirtualNetworkId;
+                _inCallSlot = header.Slot;
+                Volatile.Write(ref _inCallSince, Clock());
+                try
+                {
+                    stack.Receive(new StackDatagram(header.ToRepr(), header.StackFields, header.Payload), Clock(), _delivery, _output);
+                }
+                catch (Exception e)
+                {
+                    fault = e;
+                    faultStack = _slotStacks[header.Slot];
+                }
+                Volatile.Write(ref _inCallSince, 0);
             }
-            catch (Exception e)
-            {
-                fault = e;
-                faultStack = _slotStacks[header.Slot];
-            }
-            Volatile.Write(ref _inCallSince, 0);
+        }
+        if (control is not null)
+        {
+            OnControl?.Invoke(this, control);
         }
         if (fault is not null)
         {
             Counters.Drop(DropReason.StackFault);
             OnFault?.Invoke(this, header.Slot, faultStack!, false, fault);
         }
+    }
+
+    private void AnswerProbe(ReadOnlySpan<byte> probe)
+    {
+        if (probe.Length != PathMonitor.ProbeLength)
+        {
+            Counters.Drop(DropReason.Malformed);
+            return;
+        }
+        _output.Prepare(0, 0);
+        var buffer = _output.Begin(PathMonitor.ReplyLength);
+        if (buffer.Length < PathMonitor.ReplyLength)
+        {
+            return;
+        }
+        // The probe echoed, then what this end has received from the peer so far: the peer computes its loss from it.
+        PathMonitor.WriteReply(buffer, probe, _sequenced, _firstSequence < 0 ? 0 : _highestSequence - _firstSequence + 1);
+        _output.Commit(FabricPayloadType.ProbeReply, 0, PathMonitor.ReplyLength);
+    }
+
+    private void SendControlLocked(ReadOnlySpan<byte> message)
+    {
+        _output.Prepare(0, 0);
+        var buffer = _output.Begin(message.Length);
+        if (buffer.Length < message.Length)
+        {
+            return;
+        }
+        message.CopyTo(buffer);
+        _output.Commit(FabricPayloadType.AgentControl, 0, message.Length);
     }
 
     private void TrackSequence(uint sequence)
@@ -364,14 +713,15 @@ public sealed class RemotePath : IDisposable
     private sealed class PathOutput(RemotePath path, UdpUnderlay underlay) : IUnderlayOutput
     {
         private byte _slot;
-        private uint _vni;
         private uint _sequence;
         private int _begun;
+
+        public uint VirtualNetwork { get; set; }
 
         public void Prepare(byte slot, uint vni)
         {
             _slot = slot;
-            _vni = vni;
+            VirtualNetwork = vni;
         }
 
         public Span<byte> Begin(int maxLength)
@@ -393,17 +743,30 @@ public sealed class RemotePath : IDisposable
             _begun = 0;
             var now = path.Clock();
             // Path sequence counts every datagram on this path, across slots: loss and reordering measured for free.
-            new FabricHeaderRepr(_slot, payloadType, _vni, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(underlay.NextBuffer());
+            new FabricHeaderRepr(_slot, payloadType, VirtualNetwork, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(underlay.NextBuffer());
             underlay.Commit(FabricHeader.Length + length, path.Destination);
-            path.Counters.Sent(FabricHeader.Length + length);
+            if (payloadType is not (FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.AgentControl))
+            {
+                path.Counters.Sent(FabricHeader.Length + length);
+            }
         }
     }
 
     private sealed class PathDelivery(Action<uint, ReadOnlySpan<byte>> deliver) : IVmOutput
     {
-        public uint Vni;
+        public uint VirtualNetwork { get; set; }
 
-        public void Deliver(ReadOnlySpan<byte> frame) => deliver(Vni, frame);
+        public void Deliver(ReadOnlySpan<byte> frame) => deliver(VirtualNetwork, frame);
+    }
+
+    /// <summary>A VM's use of this path: its binding's slot (-1: the path's transmit slot) and what it sent.</summary>
+    private sealed class VmTraffic
+    {
+        public int Slot = -1;
+        public long Frames;
+        public long Bytes;
+        public long ReportedFrames;
+        public long ReportedBytes;
     }
 
     private sealed class NullTelemetry : IStackTelemetry

@@ -92,6 +92,8 @@ public sealed class Switch : IDisposable
             _underlay6 = new UdpUnderlay(ipv6, OnDatagram, Flush);
             Log.UnderlayListening(_logger, _underlay6.Local.ToString());
         }
+        _monitor = new Thread(MonitorLoop) { IsBackground = true, Name = "path-monitor" };
+        _monitor.Start();
     }
 
     /// <summary>Attaches a VM's port and starts switching its frames. Throws when the VM id or its (VNI, MAC) is taken.</summary>
@@ -133,6 +135,11 @@ public sealed class Switch : IDisposable
         vm.Receiver?.Join(TimeSpan.FromSeconds(2));
         vm.Port.Dispose();
         vm.Dispose();
+        var drainUntil = DrainDeadline();
+        foreach (var path in _paths.Values)
+        {
+            path.ForgetVm(vmId, drainUntil);
+        }
         Log.VmDetached(_logger, vmId);
         return true;
     }
@@ -179,7 +186,7 @@ public sealed class Switch : IDisposable
                 + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
-        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock) { OnFault = HandleFault };
+        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl };
         path.Open(_stackHost.Acquire(spec.Stack), 0, _options.HostId);
         path.Commit(0, 0);
         // The standing fallback: the family's std stack, open for receiving in the last slot on every path.
@@ -239,6 +246,214 @@ public sealed class Switch : IDisposable
         path.Commit(slot, _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000));
     }
 
+    private long DrainDeadline() => _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
+
+    private readonly ConcurrentDictionary<(string Host, int Slot), TaskCompletionSource<string?>> _opening = new();
+
+    /// <summary>
+    /// Binds a VM's transmissions to <paramref name="hostId"/> to <paramref name="stackId"/>, hitlessly: the stack is
+    /// opened in a slot of this host's range (or the one already open with it is reused), the peer is asked to open the
+    /// same slot and must confirm (prepare on both ends), then the VM's next frame goes through it (commit); its previous
+    /// slot drains. The path's default stack needs no slot of its own. Returns null when bound, else why not — and then
+    /// the VM's binding is what it was. Safe to call again with the same arguments (nothing changes).
+    /// </summary>
+    public async Task<string?> BindVmAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken = default)
+    {
+        if (!_paths.TryGetValue(hostId, out var path))
+        {
+            return $"no path to host '{hostId}'";
+        }
+        if (stackId == path.StackIn(path.TransmitSlot))
+        {
+            path.BindVm(vmId, -1, DrainDeadline());
+            return null;
+        }
+        if (path.BindingOf(vmId).Stack == stackId)
+        {
+            return null;
+        }
+        var description = _stackHost.Describe(stackId);
+        if (description is null)
+        {
+            return $"stack '{stackId}' is not available on this host (available: {string.Join(", ", _stackHost.Registered)})";
+        }
+        if (_stackHost.Quarantined.TryGetValue(stackId, out var why))
+        {
+            return $"stack '{stackId}' is quarantined on this host: {why}";
+        }
+        if (description.UnderlayFamily != _stackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily)
+        {
+            return $"stack '{stackId}' runs over another underlay family than the path to '{hostId}'";
+        }
+        var slot = path.OwnSlotOf(stackId);
+        var opened = false;
+        if (slot < 0)
+        {
+            slot = path.FreeOwnSlot();
+            if (slot < 0)
+            {
+                return $"no free slot on the path to '{hostId}'";
+            }
+            path.Open(_stackHost.Acquire(stackId), slot, _options.HostId);
+            opened = true;
+        }
+        // The peer confirms even a slot it has already (idempotent): a restarted peer may have lost it.
+        var reply = await AskPeerToOpenAsync(path, slot, stackId, cancellationToken).ConfigureAwait(false);
+        if (reply is not null)
+        {
+            if (opened && path.Close(slot) is { } closed)
+            {
+                _stackHost.Release(closed);
+            }
+            return $"host '{hostId}' did not open {stackId} in slot {slot}: {reply}";
+        }
+        path.BindVm(vmId, slot, DrainDeadline());
+        return null;
+    }
+
+    /// <summary>Moves a VM back to the path's default stack; its previous slot drains.</summary>
+    public void UnbindVm(string vmId, string hostId)
+    {
+        if (_paths.TryGetValue(hostId, out var path))
+        {
+            path.BindVm(vmId, -1, DrainDeadline());
+        }
+    }
+
+    private async Task<string?> AskPeerToOpenAsync(RemotePath path, int slot, string stackId, CancellationToken cancellationToken)
+    {
+        var key = (path.Spec.HostId, slot);
+        var pending = _opening.GetOrAdd(key, _ => new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously));
+        try
+        {
+            // Sent until confirmed: the request or its answer may be lost on the very path that is lossy.
+            for (var attempt = 0; attempt < 20; attempt++)
+            {
+                path.SendControl(ControlMessages.Make(ControlMessages.Open, slot, stackId));
+                Flush();
+                var done = await Task.WhenAny(pending.Task, Task.Delay(100, cancellationToken)).ConfigureAwait(false);
+                if (done == pending.Task)
+                {
+                    return await pending.Task.ConfigureAwait(false);
+                }
+            }
+            return "no answer within 2 s";
+        }
+        finally
+        {
+            _opening.TryRemove(KeyValuePair.Create(key, pending));
+        }
+    }
+
+    /// <summary>An agent control message from a peer (on the underlay thread; what it sends is flushed after the batch).</summary>
+    private void HandleControl(RemotePath path, byte[] message)
+    {
+        if (message.Length < 2)
+        {
+            path.Counters.Drop(DropReason.Malformed);
+            return;
+        }
+        var slot = message[1];
+        switch (message[0])
+        {
+            case ControlMessages.Open:
+                path.SendControl(OpenForPeer(path, slot, ControlMessages.Text(message)));
+                break;
+            case ControlMessages.Opened:
+            case ControlMessages.Refused:
+                if (_opening.TryGetValue((path.Spec.HostId, slot), out var pending))
+                {
+                    pending.TrySetResult(message[0] == ControlMessages.Opened ? null : ControlMessages.Text(message));
+                }
+                break;
+            case ControlMessages.Close:
+                if (path.IsPeerSlot(slot) && path.Close(slot) is { } closed)
+                {
+                    _stackHost.Release(closed);
+                }
+                break;
+            case ControlMessages.Unknown:
+                if (path.IsOwnSlot(slot) && path.StackIn(slot) is { } stack)
+                {
+                    Report($"host {path.Spec.HostId} does not have slot {slot} ({stack}): asking it to open it again");
+                    path.SendControl(ControlMessages.Make(ControlMessages.Open, slot, stack));
+                }
+                break;
+            default:
+                path.Counters.Drop(DropReason.Malformed);
+                break;
+        }
+    }
+
+    private byte[] OpenForPeer(RemotePath path, int slot, string stackId)
+    {
+        if (!path.IsPeerSlot(slot))
+        {
+            return ControlMessages.Make(ControlMessages.Refused, slot, $"slot {slot} is not in {path.Spec.HostId}'s range on this path");
+        }
+        var description = _stackHost.Describe(stackId);
+        if (description is null)
+        {
+            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is not available on {_options.HostId}");
+        }
+        if (_stackHost.Quarantined.TryGetValue(stackId, out var why))
+        {
+            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is quarantined on {_options.HostId}: {why}");
+        }
+        var stack = _stackHost.Acquire(stackId);
+        var replaced = path.OpenForPeer(stack, slot, _options.HostId, out var unchanged);
+        if (unchanged || replaced is not null)
+        {
+            // Already counted once for this slot (unchanged), or the replaced stack's count goes.
+            _stackHost.Release(unchanged ? stackId : replaced!);
+        }
+        return ControlMessages.Make(ControlMessages.Opened, slot, stackId);
+    }
+
+    /// <summary>Each path's measurements since the last call (the agent reports them once a second).</summary>
+    public IReadOnlyDictionary<string, PathMeasurement> Measure()
+    {
+        var now = _clock();
+        var result = new Dictionary<string, PathMeasurement>(StringComparer.Ordinal);
+        foreach (var path in _paths.Values)
+        {
+            // A path stuck in a stack call is left out this time.
+            if (path.TakeMeasurement(now) is { } measurement)
+            {
+                result[path.Spec.HostId] = measurement;
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Runs stack timers about every millisecond and sends about ten probes a second on every path.</summary>
+    private void MonitorLoop()
+    {
+        var nextProbe = 0L;
+        while (!_stopping)
+        {
+            var now = _clock();
+            var probe = now >= nextProbe;
+            if (probe)
+            {
+                nextProbe = now + 100_000_000;
+            }
+            foreach (var path in _paths.Values)
+            {
+                path.RunTimers(now);
+                if (probe)
+                {
+                    path.SendProbe();
+                }
+            }
+            Flush();
+            Thread.Sleep(1);
+        }
+    }
+
+    private volatile bool _stopping;
+    private Thread? _monitor;
+
     /// <summary>Undoes a prepare that will not be committed; the old binding stays as it was.</summary>
     public bool AbortSwap(string hostId, int slot)
     {
@@ -267,9 +482,15 @@ public sealed class Switch : IDisposable
                 }
                 continue;
             }
-            foreach (var stackId in path.TakeDrained(now))
+            foreach (var (slot, stackId) in path.TakeDrained(now))
             {
                 _stackHost.Release(stackId);
+                if (path.IsOwnSlot(slot))
+                {
+                    // The peer opened it for us: it may close it too.
+                    path.SendControl(ControlMessages.Make(ControlMessages.Close, slot));
+                    Flush();
+                }
             }
         }
         _stackHost.Collect();
@@ -306,6 +527,10 @@ public sealed class Switch : IDisposable
             {
                 path.Commit(RemotePath.FallbackSlot, drainUntil);
                 Report($"path to {path.Spec.HostId} falls back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})");
+            }
+            if (path.StackIn(RemotePath.FallbackSlot) is not null && path.RebindStack(stackId, RemotePath.FallbackSlot) is > 0 and var moved)
+            {
+                Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})");
             }
         }
         if (!transmitting && faulted.TransmitSlot != slot && faulted.Retire(slot) is { } retired)
@@ -434,7 +659,7 @@ public sealed class Switch : IDisposable
             HandleTooLarge(vm, path, eth, mtu, scratch);
             return;
         }
-        path.Transmit(frame, vni);
+        path.Transmit(frame, vni, vm.Spec.VmId);
     }
 
     private void HandleTooLarge(VmPort vm, RemotePath path, in EthernetFrame eth, int mtu, Span<byte> scratch)
@@ -446,7 +671,7 @@ public sealed class Switch : IDisposable
             {
                 // Without DF a router fragments: so does the switch, and the VM never notices the overlay.
                 var fragmentScratch = new byte[mtu + InnerEthernet + 64];
-                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni));
+                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId));
                 return;
             }
             vm.Deliver(scratch[..Replies.FragmentationNeeded(eth, v4, mtu, scratch)]);
@@ -506,7 +731,7 @@ public sealed class Switch : IDisposable
         {
             if (_paths.TryGetValue(host, out var path))
             {
-                path.Transmit(frame, vni);
+                path.Transmit(frame, vni, from.Spec.VmId);
             }
         }
     }
@@ -551,6 +776,8 @@ public sealed class Switch : IDisposable
 
     public void Dispose()
     {
+        _stopping = true;
+        _monitor?.Join(TimeSpan.FromSeconds(2));
         foreach (var vmId in _vms.Keys.ToList())
         {
             DetachVm(vmId);

@@ -1,9 +1,9 @@
 using Fabric.Wire;
 
-namespace Fabric.Agent.Tests;
+namespace Fabric.Testing;
 
 /// <summary>Builds the frames a VM would send.</summary>
-internal static class Frames
+public static class Frames
 {
     public static byte[] Udp(MacAddress src, MacAddress dst, string from, string to, int payload, bool dontFragment = true)
     {

@@ -1,0 +1,441 @@
+using System.Collections.Immutable;
+using System.Net;
+using Azure.Data.Tables;
+using Fabric.Hal.Inventory;
+using Fabric.Registration;
+using Fabric.Silo;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Agent.ControlPlane;
+
+/// <summary>What the link is doing, for status and tests.</summary>
+/// <param name="Connected">The last exchange with the silo succeeded.</param>
+/// <param name="Version">The desired-state version the agent holds.</param>
+/// <param name="Acknowledged">The last version the agent applied in full and acknowledged.</param>
+/// <param name="Swaps">VM bindings this agent changed (each a hitless swap of one VM's stack on one path).</param>
+/// <param name="Pending">Bindings it could not apply yet (retried every report period).</param>
+/// <param name="LastError">Why the last exchange failed, if it did.</param>
+public sealed record LinkStatus(bool Connected, long Version, long Acknowledged, long Swaps, int Pending, string? LastError);
+
+/// <summary>
+/// The agent as an Orleans client (DESIGN §4–5). It registers the host with its HAL inventory and an observer, renews both
+/// every few seconds, places the host's VMs, applies desired state through the switch (each binding prepared on both
+/// ends, then committed) and acknowledges each version it applied in full, reports path samples and per-VM outcomes once
+/// per period, and reconnects by itself. Fail-static: while the silo is unreachable nothing already bound changes, and a
+/// VM without a decision gets its policy's default stack locally; when the silo returns, VMs are placed with what they
+/// run, so a silo that lost its state adopts it instead of swapping anything.
+/// </summary>
+public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
+{
+    private static readonly TimeSpan RegisterEvery = TimeSpan.FromSeconds(5);
+    private readonly Agent _agent;
+    private readonly ControlPlaneConfig _config;
+    private readonly ILogger _logger;
+    private readonly SemaphoreSlim _apply = new(1, 1);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Dictionary<string, VmPlacement> _placed = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, double> _lastRtt = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _reported = new(StringComparer.Ordinal);
+    private Dictionary<string, Binding> _desired = new(StringComparer.Ordinal);
+    private IHost? _client;
+    private IAgentObserver? _reference;
+    private Task? _loop;
+    private long _version = -1;
+    private long _acknowledged = -1;
+    private long _epoch = -1;
+    private long _swaps;
+    private int _pending;
+    private bool _connected;
+    private string? _lastError;
+    private DateTimeOffset _nextRegister;
+
+    public ControlPlaneLink(Agent agent, ControlPlaneConfig config, ILogger logger)
+    {
+        _agent = agent;
+        _config = config;
+        _logger = logger;
+    }
+
+    private string HostId => _agent.Config.HostId;
+
+    public LinkStatus Status => new(_connected, Interlocked.Read(ref _version), Interlocked.Read(ref _acknowledged), Interlocked.Read(ref _swaps), _pending, _lastError);
+
+    /// <summary>Starts the link in the background; it never blocks or fails the agent.</summary>
+    public void Start() => _loop = Task.Run(() => RunAsync(_stop.Token));
+
+    private async Task RunAsync(CancellationToken cancellationToken)
+    {
+        var period = TimeSpan.FromMilliseconds(_config.ReportMilliseconds);
+        var failingSince = (DateTimeOffset?)null;
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            var measurements = _agent.Switch.Measure();
+            try
+            {
+                var grains = await ClientAsync(cancellationToken).ConfigureAwait(false);
+                var host = grains.GetGrain<IHostGrain>(HostId);
+                if (DateTimeOffset.UtcNow >= _nextRegister)
+                {
+                    await RegisterAsync(grains, host, cancellationToken).ConfigureAwait(false);
+                }
+                await PlaceAsync(grains, force: false).ConfigureAwait(false);
+                if (_pending > 0)
+                {
+                    await ApplyAsync(host, null, cancellationToken).ConfigureAwait(false);
+                }
+                await ReportAsync(host, measurements).ConfigureAwait(false);
+                if (!_connected)
+                {
+                    Log.Connected(_logger, HostId, _version);
+                }
+                (_connected, _lastError, failingSince) = (true, null, null);
+            }
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is not OutOfMemoryException)
+            {
+                if (_connected || _lastError is null)
+                {
+                    Log.Unreachable(_logger, e.Message);
+                }
+                (_connected, _lastError, _nextRegister) = (false, e.Message, default);
+                failingSince ??= DateTimeOffset.UtcNow;
+                if (DateTimeOffset.UtcNow - failingSince > TimeSpan.FromSeconds(10))
+                {
+                    // A client that has not recovered by itself is rebuilt: the silo may be back at another address.
+                    await DropClientAsync().ConfigureAwait(false);
+                    failingSince = DateTimeOffset.UtcNow;
+                }
+                // Fail-static: VMs that arrived meanwhile get their policy's default stack locally.
+                await ApplyAsync(null, null, cancellationToken).ConfigureAwait(false);
+            }
+            try
+            {
+                await Task.Delay(period, cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    private async Task<IGrainFactory> ClientAsync(CancellationToken cancellationToken)
+    {
+        if (_client is not null)
+        {
+            return _client.Services.GetRequiredService<IClusterClient>();
+        }
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.ClearProviders();
+        builder.UseOrleansClient(client =>
+        {
+            client.Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (_config.ClusterId, _config.ServiceId));
+            client.Configure<Orleans.Configuration.ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromSeconds(5));
+            if (_config.Clustering == "azure-table")
+            {
+                var connection = Environment.GetEnvironmentVariable("FABRIC_TABLE_CONNECTION_STRING")
+                    ?? throw new InvalidOperationException("controlPlane.clustering azure-table: FABRIC_TABLE_CONNECTION_STRING is not set");
+                client.UseAzureStorageClustering(o => o.TableServiceClient = new TableServiceClient(connection));
+            }
+            else
+            {
+                client.UseStaticClustering([.. _config.Gateways!.Select(IPEndPoint.Parse)]);
+            }
+            // The link's own loop retries; a start that cannot connect fails at once.
+            client.UseConnectionRetryFilter((_, _) => Task.FromResult(false));
+        });
+        var built = builder.Build();
+        try
+        {
+            await built.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            built.Dispose();
+            throw;
+        }
+        var grains = built.Services.GetRequiredService<IClusterClient>();
+        _reference = grains.CreateObjectReference<IAgentObserver>(this);
+        _client = built;
+        return grains;
+    }
+
+    private async Task DropClientAsync()
+    {
+        if (_client is { } client)
+        {
+            _client = null;
+            try
+            {
+                await client.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Log.Unreachable(_logger, $"stopping the old client: {e.Message}");
+            }
+            client.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Registers (renewing the observer subscription). A new epoch of desired-state versions means the host grain was
+    /// activated anew — perhaps on a silo that lost its state — so every VM is placed again, with what it runs, before the
+    /// desired state is read and applied.
+    /// </summary>
+    private async Task RegisterAsync(IGrainFactory grains, IHostGrain host, CancellationToken cancellationToken)
+    {
+        var desired = await host.RegisterAsync(Info(), _reference!).ConfigureAwait(false);
+        if (desired.Version >> 32 != _epoch)
+        {
+            await PlaceAsync(grains, force: true).ConfigureAwait(false);
+            desired = await host.GetDesiredStateAsync().ConfigureAwait(false);
+            _epoch = desired.Version >> 32;
+        }
+        if (desired.Version != Interlocked.Read(ref _version) || _pending > 0)
+        {
+            await ApplyAsync(host, desired, cancellationToken).ConfigureAwait(false);
+        }
+        _nextRegister = DateTimeOffset.UtcNow + RegisterEvery;
+    }
+
+    private HostInfo Info()
+    {
+        var s = _agent.Switch;
+        ImmutableArray<Silo.NicInfo> nics;
+        try
+        {
+            nics = [.. new SysfsInventory().ReadAll().Select(n => new Silo.NicInfo(n.Name, n.Driver ?? "", n.Mac?.ToString() ?? "", n.Mtu, n.SpeedMbps ?? 0, n.OperState,
+                n.Sriov?.TotalVfs ?? 0, n.Sriov?.NumVfs ?? 0, n.PhysicalFunction?.NetDevice ?? n.PhysicalFunction?.PciAddress))];
+        }
+        catch (IOException)
+        {
+            nics = [];
+        }
+        var loaded = s.StackHost.Registered.Where(id => !s.StackHost.Quarantined.ContainsKey(id)).Order(StringComparer.Ordinal).ToImmutableArray();
+        return new HostInfo(HostId, s.UnderlayEndpoints.IPv4?.Address.ToString(), s.UnderlayEndpoints.IPv6?.Address.ToString(),
+            s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0");
+    }
+
+    /// <summary>Places VMs that are new or changed (all with <paramref name="force"/>) and removes those that left.</summary>
+    private async Task PlaceAsync(IGrainFactory grains, bool force)
+    {
+        var vms = _agent.LocalVms();
+        foreach (var vm in vms)
+        {
+            var placement = new VmPlacement(HostId, vm.Name, vm.Vni, [.. vm.Macs], ToPolicy(vm.Policy), Running(vm));
+            if (force || !_placed.TryGetValue(vm.Id, out var placed) || placed != placement)
+            {
+                await grains.GetGrain<IVmGrain>(vm.Id).PlaceAsync(placement).ConfigureAwait(false);
+                _placed[vm.Id] = placement;
+            }
+        }
+        foreach (var gone in _placed.Keys.Except(vms.Select(v => v.Id)).ToList())
+        {
+            await grains.GetGrain<IVmGrain>(gone).RemoveAsync().ConfigureAwait(false);
+            _placed.Remove(gone);
+        }
+    }
+
+    private ImmutableDictionary<string, string> Running(LocalVm vm)
+    {
+        var running = ImmutableDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
+        if (vm.Ports.Length == 0)
+        {
+            return running.ToImmutable();
+        }
+        foreach (var (host, path) in _agent.Switch.Paths)
+        {
+            if (path.VmBindings().TryGetValue(vm.Ports[0], out var binding) && binding.Stack is { } stack)
+            {
+                running[host] = stack;
+            }
+        }
+        return running.ToImmutable();
+    }
+
+    private static Policy? ToPolicy(VmPolicy? policy) => policy is null ? null
+        : new Policy(policy.Workload, policy.Security, policy.Family, [.. policy.Allow ?? []], [.. policy.Deny ?? []], policy.Pin, 0);
+
+    public async Task DesiredStateChangedAsync(DesiredStateChange change)
+    {
+        if (change.HostId != HostId)
+        {
+            return;
+        }
+        IHostGrain? host = _client?.Services.GetRequiredService<IClusterClient>().GetGrain<IHostGrain>(HostId);
+        if (change.PreviousVersion != Interlocked.Read(ref _version))
+        {
+            // A push was missed (or this one is stale): the whole state decides.
+            if (host is not null && change.Version > Interlocked.Read(ref _version))
+            {
+                await ApplyAsync(host, await host.GetDesiredStateAsync().ConfigureAwait(false), _stop.Token).ConfigureAwait(false);
+            }
+            return;
+        }
+        await _apply.WaitAsync(_stop.Token).ConfigureAwait(false);
+        try
+        {
+            if (change.PreviousVersion != _version)
+            {
+                return;
+            }
+            var next = new Dictionary<string, Binding>(_desired, StringComparer.Ordinal);
+            foreach (var removed in change.Removals)
+            {
+                next.Remove(Key(removed));
+            }
+            foreach (var upsert in change.Upserts)
+            {
+                next[Key(upsert)] = upsert;
+            }
+            (_desired, _) = (next, Interlocked.Exchange(ref _version, change.Version));
+            await ReconcileAndAcknowledgeAsync(host, _stop.Token).ConfigureAwait(false);
+        }
+        finally
+        {
+            _apply.Release();
+        }
+    }
+
+    /// <summary>Applies <paramref name="desired"/> (or what is held, with null) and acknowledges it when every binding took.</summary>
+    private async Task ApplyAsync(IHostGrain? host, DesiredState? desired, CancellationToken cancellationToken)
+    {
+        await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (desired is not null && desired.Version >= Interlocked.Read(ref _version) || desired is not null && desired.Version >> 32 != Interlocked.Read(ref _version) >> 32)
+            {
+                _desired = desired.Bindings.ToDictionary(Key, StringComparer.Ordinal);
+                Interlocked.Exchange(ref _version, desired.Version);
+            }
+            await ReconcileAndAcknowledgeAsync(host, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _apply.Release();
+        }
+    }
+
+    private static string Key(Binding b) => $"{b.VmId}|{b.RemoteHost}";
+
+    private async Task ReconcileAndAcknowledgeAsync(IHostGrain? host, CancellationToken cancellationToken)
+    {
+        var pending = 0;
+        foreach (var vm in _agent.LocalVms())
+        {
+            foreach (var remote in _agent.Switch.Paths.Keys)
+            {
+                // Decided: the control plane's binding. Undecided (a new VM, or the silo away): the policy's default.
+                var stack = _desired.TryGetValue($"{vm.Id}|{remote}", out var binding) ? binding.Stack : DefaultStack(vm.Policy);
+                if (stack is null)
+                {
+                    continue;
+                }
+                foreach (var port in vm.Ports)
+                {
+                    if (_agent.Switch.Paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now) && now.Stack == stack)
+                    {
+                        continue;
+                    }
+                    var error = await _agent.Switch.BindVmAsync(port, remote, stack, cancellationToken).ConfigureAwait(false);
+                    if (error is null)
+                    {
+                        Interlocked.Increment(ref _swaps);
+                        Log.Bound(_logger, vm.Id, port, remote, stack, Interlocked.Read(ref _version));
+                    }
+                    else
+                    {
+                        pending++;
+                        if (_reported.Add($"{port}|{remote}|{stack}"))
+                        {
+                            Log.NotBound(_logger, vm.Id, remote, stack, error);
+                        }
+                    }
+                }
+            }
+        }
+        _pending = pending;
+        var version = Interlocked.Read(ref _version);
+        if (pending == 0 && host is not null && version >= 0 && version != Interlocked.Read(ref _acknowledged))
+        {
+            await host.AcknowledgeAsync(version).ConfigureAwait(false);
+            Interlocked.Exchange(ref _acknowledged, version);
+            _reported.Clear();
+        }
+    }
+
+    /// <summary>The stack a VM runs before (or without) a decision: its pin, a confidential VM's secure stack, else its family's std stack.</summary>
+    private string? DefaultStack(VmPolicy? policy)
+    {
+        var registered = _agent.Switch.StackHost.Registered;
+        var choice = policy?.Pin ?? (policy?.Security == "confidential" ? "secure" : policy?.Family == "ipv6" ? "std-ipv6" : null);
+        return choice is not null && registered.Contains(choice) ? choice : null;
+    }
+
+    private async Task ReportAsync(IHostGrain host, IReadOnlyDictionary<string, Switching.PathMeasurement> measurements)
+    {
+        var now = DateTimeOffset.UtcNow;
+        var samples = ImmutableArray.CreateBuilder<PathSample>();
+        var outcomes = ImmutableArray.CreateBuilder<Outcome>();
+        var owners = _agent.LocalVms().SelectMany(vm => vm.Ports.Select(port => (port, vm.Id))).ToDictionary(x => x.port, x => x.Id, StringComparer.Ordinal);
+        foreach (var (peer, m) in measurements)
+        {
+            if (m.Interval <= TimeSpan.Zero)
+            {
+                continue;
+            }
+            var rtt = double.IsNaN(m.RttP50Ms) ? _lastRtt.GetValueOrDefault(peer, double.NaN) : _lastRtt[peer] = m.RttP50Ms;
+            if (double.IsNaN(rtt))
+            {
+                continue;
+            }
+            var seconds = m.Interval.TotalSeconds;
+            var delivered = m.BytesSent * 8 / seconds / 1e6 * (1 - m.Loss);
+            samples.Add(new PathSample(HostId, peer, rtt, m.JitterMs, m.Sent, m.Lost, delivered, now));
+            var conditions = new PathConditions(rtt, m.JitterMs, m.Loss, delivered, now);
+            var vmBytes = m.Vms.Sum(v => v.Bytes);
+            foreach (var vm in m.Vms.Where(v => v.Bytes > 0))
+            {
+                // Delay is the path's probe RTT; residual loss is the raw path loss (what the stack recovered is not
+                // measured yet); overhead is the path's bytes beyond the VMs' frames, shared by bytes sent.
+                outcomes.Add(new Outcome(owners.GetValueOrDefault(vm.VmId, vm.VmId), peer, vm.Stack, conditions, vm.Bytes * 8 / seconds / 1e6,
+                    m.RttP50Ms, m.RttP99Ms, m.Loss, Math.Max(0, (m.BytesSent - vmBytes) * vm.Bytes / Math.Max(vmBytes, 1)), m.Interval));
+            }
+        }
+        await host.ReportAsync(samples.ToImmutable(), outcomes.ToImmutable()).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        if (_loop is not null)
+        {
+            try
+            {
+                await _loop.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+        await DropClientAsync().ConfigureAwait(false);
+        _stop.Dispose();
+        _apply.Dispose();
+    }
+}
+
+internal static partial class Log
+{
+    [LoggerMessage(1, LogLevel.Information, "Control plane: host {HostId} registered, desired-state version {Version}")]
+    public static partial void Connected(ILogger logger, string hostId, long version);
+
+    [LoggerMessage(2, LogLevel.Warning, "Control plane unreachable ({Reason}); forwarding continues on the current stacks")]
+    public static partial void Unreachable(ILogger logger, string reason);
+
+    [LoggerMessage(3, LogLevel.Information, "VM {VmId} ({Port}) to host {Remote}: {Stack} (desired-state version {Version})")]
+    public static partial void Bound(ILogger logger, string vmId, string port, string remote, string stack, long version);
+
+    [LoggerMessage(4, LogLevel.Warning, "VM {VmId} to host {Remote}: cannot bind {Stack} yet: {Error}")]
+    public static partial void NotBound(ILogger logger, string vmId, string remote, string stack, string error);
+}

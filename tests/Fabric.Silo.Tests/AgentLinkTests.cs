@@ -1,0 +1,250 @@
+using System.Net;
+using Fabric.Agent;
+using Fabric.Agent.ControlPlane;
+using Fabric.Hal;
+using Fabric.Registration;
+using Fabric.Testing;
+using Fabric.Wire;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Fabric.Silo.Tests;
+
+/// <summary>
+/// Real agents (real UDP underlay on loopback, VM ports in memory) linked to a real silo (Orleans over TCP on loopback,
+/// memory storage): registration, placement, telemetry from real probes, decisions applied hitlessly on both ends and
+/// acknowledged, fail-static while the silo is gone, reconvergence without swaps when it returns, and an agent that
+/// restarts recovering its bindings from the control plane.
+/// </summary>
+public sealed class AgentLinkTests
+{
+    private static readonly MacAddress Mac1 = new(0x02_00_00_00_01_01);
+    private static readonly MacAddress Mac2 = new(0x02_00_00_00_01_02);
+    private static readonly MacAddress Mac3 = new(0x02_00_00_00_01_03);
+
+    /// <summary>swap-test stands in for a loss-tolerant stack here: the selector reads only the profile.</summary>
+    private static readonly StackInfo SwapTest = new("swap-test", "0.1.0", "ipv4", 16, 0.25, 1, 0.1, false, "test stack");
+
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+
+    [Fact]
+    public async Task AgentsRegisterReportAndObey_StayStaticWithoutTheSilo_AndRecoverAfterEitherRestarts()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"));
+        try
+        {
+            // vm1 comes through the hook API with a policy pinning swap-test; vm3 is attached directly (default policy).
+            Ok(hosts.A.Handle(new ApiRequest("register-vm", Registration: new VmRegistration("vm1", "vm-one",
+                [new VmInterface("ethernet", Mac1.ToString(), "tap-vm1", Vni: 100, IPv4: ["10.0.0.1"])], new VmPolicy(Pin: "swap-test", Vni: 100), "metadata", "libvirt"))));
+
+            // Registered, inventory and stacks known, VMs placed, the path measured by real probes.
+            await Eventually.TrueAsync(async () => (await silo.Grains.GetGrain<IHostGrain>("host-a").GetInfoAsync())?.LoadedStacks.Contains("swap-test") == true
+                && (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId == "host-a"
+                && (await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync()).Placement?.HostId == "host-b"
+                && await silo.Grains.GetGrain<IHostGrain>("host-a").GetPathAsync("host-b") is { RttMs: > 0 and < 100, Loss: 0 },
+                Wait, "registration, placement, telemetry", async () => $"info {await silo.Grains.GetGrain<IHostGrain>("host-a").GetInfoAsync()}; "
+                    + $"path {await silo.Grains.GetGrain<IHostGrain>("host-a").GetPathAsync("host-b")}; link {hosts.LinkA.Status}");
+            var info = (await silo.Grains.GetGrain<IHostGrain>("host-a").GetInfoAsync())!;
+            Assert.Contains(info.Nics, n => n.Name == "lo");
+
+            // The pinned VM is bound to swap-test on host-a, in host-a's slot range, which host-b opened for it.
+            await Eventually.TrueAsync(async () => Bound(hosts.A, "vm1/0", "host-b") == "swap-test" && hosts.LinkA.Status.Acknowledged == hosts.LinkA.Status.Version
+                && await silo.Grains.GetGrain<IHostGrain>("host-a").GetAcknowledgedAsync() == (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Version,
+                Wait, "the pinned VM bound and acknowledged", () => Task.FromResult($"{hosts.LinkA.Status}; bindings {Describe(hosts.A)}"));
+            var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1/0"].Slot;
+            Assert.InRange(slot, 1, 127);
+            Assert.Equal("swap-test", hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stack);
+            var view = await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync();
+            Assert.Contains(view.Log, d => d.Stack == "swap-test" && d.Changed && d.Reason.Length > 0);
+
+            // Traffic from vm1 goes through that slot; vm3's (unbound) through the path's default.
+            hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+            Assert.True(hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stats.FramesDelivered >= 1);
+
+            // An operator's policy on vm3 moves host-b's side too.
+            var result = await silo.Grains.GetGrain<IVmGrain>("vm3").SetPolicyAsync(new Policy("general", "standard", "ipv4", [], [], "swap-test", 0));
+            Assert.True(result.Accepted, string.Join("; ", result.Errors));
+            Eventually.True(() => Bound(hosts.B, "vm3", "host-a") == "swap-test", Wait, "vm3 bound on host-b", () => Describe(hosts.B));
+            var backSlot = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+            Assert.InRange(backSlot, 128, 254);
+
+            // Idempotent: the same binding again is no new version and no swap.
+            await Task.Delay(500, cancel);
+            var swaps = hosts.LinkA.Status.Swaps;
+            var version = (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Version;
+            Assert.Equal(version, await silo.Grains.GetGrain<IHostGrain>("host-a").BindAsync([new Binding("vm1", "host-b", "swap-test")]));
+
+            // The silo goes away: forwarding continues on the bound stacks; a VM registered meanwhile gets its policy's default.
+            await silo.DisposeAsync();
+            Eventually.True(() => !hosts.LinkA.Status.Connected && !hosts.LinkB.Status.Connected, Wait, "links see the silo gone", () => $"{hosts.LinkA.Status}");
+            var delivered = hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stats.FramesDelivered;
+            hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+            Assert.Equal(delivered + 1, hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stats.FramesDelivered);
+            Ok(hosts.A.Handle(new ApiRequest("register-vm", Registration: new VmRegistration("vm2", "vm-two",
+                [new VmInterface("ethernet", Mac2.ToString(), "tap-vm2", Vni: 100, IPv4: ["10.0.0.2"])], new VmPolicy(Pin: "swap-test", Vni: 100), "metadata", "libvirt"))));
+            Eventually.True(() => Bound(hosts.A, "vm2/0", "host-b") == "swap-test", Wait, "vm2 gets its default stack without the silo", () => Describe(hosts.A));
+            swaps = hosts.LinkA.Status.Swaps;
+
+            // The silo returns with nothing in memory: the agents register and place their VMs with what they run; the
+            // VMs adopt it, and nothing is swapped.
+            silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+            await Eventually.TrueAsync(async () => hosts.LinkA.Status.Connected
+                && (await silo.Grains.GetGrain<IVmGrain>("vm2").GetAsync()).Stacks.GetValueOrDefault("host-b") == "swap-test"
+                && (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Stacks.GetValueOrDefault("host-b") == "swap-test"
+                && hosts.LinkA.Status.Acknowledged == hosts.LinkA.Status.Version,
+                TimeSpan.FromSeconds(40), "reconverged after the silo restart", async () => $"{hosts.LinkA.Status}; {Describe(hosts.A)}; "
+                    + $"vm1 {string.Join(",", (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Stacks)}; vm2 {string.Join(",", (await silo.Grains.GetGrain<IVmGrain>("vm2").GetAsync()).Stacks)}");
+            await Task.Delay(1500, cancel);
+            Assert.Equal(swaps, hosts.LinkA.Status.Swaps);
+            Assert.Equal("swap-test", Bound(hosts.A, "vm1/0", "host-b"));
+
+            // host-a's agent restarts (same state folder): its registrations come back and its bindings come from the control plane.
+            await hosts.RestartA();
+            Eventually.True(() => Bound(hosts.A, "vm1/0", "host-b") == "swap-test" && Bound(hosts.A, "vm2/0", "host-b") == "swap-test",
+                TimeSpan.FromSeconds(40), "bindings recovered after an agent restart", () => $"{hosts.LinkA.Status}; {Describe(hosts.A)}");
+            hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
+    private static string? Bound(Agent.Agent agent, string port, string remote) =>
+        agent.Switch.Paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var binding) ? binding.Stack : null;
+
+    private static string Describe(Agent.Agent agent) => string.Join("; ", agent.Switch.Paths.Select(p =>
+        $"{p.Key}: [{string.Join(", ", p.Value.VmBindings().Select(b => $"{b.Key}={b.Value.Stack}@{b.Value.Slot}"))}]"));
+
+    private static void Ok(ApiResponse response) => Assert.True(response.Ok, response.Error);
+
+    /// <summary>One silo in this process: localhost clustering on the given ports, memory storage, the catalog published.</summary>
+    private sealed class LocalSilo : IAsyncDisposable
+    {
+        private readonly IHost _host;
+        private bool _disposed;
+
+        private LocalSilo(IHost host) => _host = host;
+
+        public IClusterClient Grains => _host.Services.GetRequiredService<IClusterClient>();
+
+        public static async Task<LocalSilo> StartAsync(int siloPort, int gatewayPort)
+        {
+            var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+            builder.Logging.ClearProviders();
+            builder.UseOrleans(silo => silo
+                .UseLocalhostClustering(siloPort, gatewayPort, serviceId: "fabric", clusterId: "fabric")
+                .AddMemoryGrainStorage(Storage.Name)
+                .AddFabricControlPlane(ClusterFixture.Selector));
+            var host = builder.Build();
+            await host.StartAsync();
+            var silo = new LocalSilo(host);
+            foreach (var stack in new[] { Catalogs.StdIPv4, Catalogs.StdIPv6, SwapTest })
+            {
+                await silo.Grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(stack);
+            }
+            return silo;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            _disposed = true;
+            await _host.StopAsync();
+            _host.Dispose();
+        }
+    }
+
+    /// <summary>host-a and host-b: real agents on loopback UDP (fixed ports, so a restarted agent is found again), each with its link.</summary>
+    private sealed class LinkedHosts : IAsyncDisposable
+    {
+        private readonly Dictionary<string, ChannelPort> _vmEnds = [];
+        private readonly AgentConfig _configA;
+        private readonly int _gatewayPort;
+
+        public LinkedHosts(int gatewayPort, string stateA)
+        {
+            _gatewayPort = gatewayPort;
+            string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest)];
+            var (portA, portB) = (FreeUdpPort(), FreeUdpPort());
+            var control = new ControlPlaneConfig([$"127.0.0.1:{gatewayPort}"], ReportMilliseconds: 250);
+            _configA = new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", null, portA), stacks, "unused", DrainMilliseconds: 200, StateDirectory: stateA,
+                RemoteHosts: [new RemoteHostConfig("host-b", "127.0.0.1", null, "std-ipv4", portB)],
+                Routes: [new RouteConfig(100, Mac3.ToString(), "host-b", ["10.0.0.3"])], ControlPlane: control);
+            var configB = new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", null, portB), stacks, "unused", DrainMilliseconds: 200,
+                RemoteHosts: [new RemoteHostConfig("host-a", "127.0.0.1", null, "std-ipv4", portA)],
+                Vms: [new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"])],
+                Routes: [new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"]), new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"])], ControlPlane: control);
+            A = new Agent.Agent(_configA, NullLogger.Instance, Open);
+            A.Start();
+            B = new Agent.Agent(configB, NullLogger.Instance, Open);
+            B.Start();
+            LinkA = new ControlPlaneLink(A, control, NullLogger.Instance);
+            LinkB = new ControlPlaneLink(B, control, NullLogger.Instance);
+            LinkA.Start();
+            LinkB.Start();
+        }
+
+        public Agent.Agent A { get; private set; }
+        public Agent.Agent B { get; }
+        public ControlPlaneLink LinkA { get; private set; }
+        public ControlPlaneLink LinkB { get; }
+
+        public async Task RestartA()
+        {
+            await LinkA.DisposeAsync();
+            A.Dispose();
+            A = new Agent.Agent(_configA, NullLogger.Instance, Open);
+            A.Start();
+            LinkA = new ControlPlaneLink(A, _configA.ControlPlane!, NullLogger.Instance);
+            LinkA.Start();
+        }
+
+        public void Send(string vm, byte[] frame) => Assert.Equal(PortResult.Ok, _vmEnds["tap-" + vm].Transmit(frame));
+
+        public void Expect(string vm)
+        {
+            var buffer = new byte[2048];
+            Assert.Equal(PortResult.Ok, _vmEnds["tap-" + vm].Receive(buffer, out _, TimeSpan.FromSeconds(5)));
+        }
+
+        private IFramePort Open(string device)
+        {
+            var (agentEnd, vmEnd) = ChannelPort.CreatePair(device, device + "-vm");
+            lock (_vmEnds)
+            {
+                _vmEnds[device] = vmEnd;
+            }
+            return agentEnd;
+        }
+
+        private static int FreeUdpPort()
+        {
+            using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Dgram, System.Net.Sockets.ProtocolType.Udp);
+            socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            return ((IPEndPoint)socket.LocalEndPoint!).Port;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await LinkA.DisposeAsync();
+            await LinkB.DisposeAsync();
+            A.Dispose();
+            B.Dispose();
+            _ = _gatewayPort;
+        }
+    }
+}
