@@ -169,3 +169,10 @@ public class StdIPv6Conformance : StackConformance
 
     protected override string ExpectedId => "std-ipv6";
 }
+
+public class FecConformance : StackConformance
+{
+    protected override string PluginProject => Fabric.Testing.StackPlugins.Fec;
+
+    protected override string ExpectedId => "fec";
+}

@@ -59,7 +59,7 @@ internal sealed class PathMonitor
     private long _reportedAnswered;
     private long _reportedBytes;
     private long _lastTake = -1;
-    private long _lastUnknownReport = long.MinValue;
+    private long _lastUnknownReport = long.MinValue / 2;
 
     public void WriteProbe(Span<byte> buffer, long now)
     {

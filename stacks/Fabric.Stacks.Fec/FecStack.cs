@@ -1,0 +1,423 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using Fabric.Wire;
+
+namespace Fabric.Stacks.Fec;
+
+/// <summary>
+/// Forward error correction across groups of VM frames. Each frame leaves at once as a data shard (payload type
+/// Ethernet, no added delay); the sender keeps a copy, and when the group has k frames — or its deadline passes first —
+/// it sends m parity shards (type StackEncoded) computed by <see cref="ReedSolomon"/> over the group's frames, each framed
+/// as <c>length (16 bits), virtual network (32 bits), frame, zero padding</c>. The receiver delivers data shards as they
+/// come and, once any k shards of a group are in, rebuilds the frames that were lost and delivers them with their own
+/// virtual network. So any m losses in a group are recovered, at most the deadline (plus the parity's transit) late.
+/// The receiver reports the shard loss it sees about every 100 ms (type StackControl); the sender picks the smallest m
+/// whose chance of more than m losses in a group is below the target (binomial), capped by the policy's overhead budget.
+/// <para>Stack fields (8 bytes): group (32 bits), index (8: data 0..k-1, parity k..k+m-1), k (8), m (8), kind (8: 0
+/// data, 1 parity, 2 loss report). Data shards carry k = m = 0: a group's size is known when it closes.</para>
+/// </summary>
+public sealed class FecStack : IStack
+{
+    public const int FieldLength = 8;
+    public const int ShardHeader = 6;
+    private const byte KindData = 0;
+    private const byte KindParity = 1;
+    private const byte KindReport = 2;
+    private const int Window = 64;
+    private const int FinalizeBehind = 8;
+
+    private readonly StackCounters _counters = new();
+    private readonly int _k;
+    private readonly long _deadline;
+    private readonly double _target;
+    private readonly Dictionary<(int K, int M), ReedSolomon> _codecs = [];
+
+    // Sender.
+    private uint _group;
+    private readonly List<(byte[] Shard, int Length)> _pending = [];
+    private long _groupOpenedAt = long.MaxValue;
+    private int _m;
+    private int _maxParity;
+    private double _peerLoss;
+
+    // Receiver.
+    private readonly Dictionary<uint, ReceivedGroup> _groups = [];
+    private uint _highestGroup;
+    private bool _anyGroup;
+    private long _shardsExpected;
+    private long _shardsReceived;
+    private int _finalizedSinceReport;
+    private long _lastReport = long.MinValue / 2;
+
+    public FecStack(IReadOnlyDictionary<string, string> configuration)
+    {
+        _k = Setting(configuration, "k", 8, 1, 64);
+        _deadline = Setting(configuration, "deadlineMicroseconds", 5000, 100, 1_000_000) * 1000L;
+        _target = Setting(configuration, "targetResidualPpm", 1000, 1, 100_000) / 1e6;
+        _maxParity = _k;
+        _m = Math.Clamp(Setting(configuration, "initialParity", 2, 1, 64), 1, _k);
+    }
+
+    /// <summary>Frames rebuilt from parity so far.</summary>
+    public long Recovered { get; private set; }
+
+    /// <summary>Groups that lost more shards than they had parity (frames lost for good).</summary>
+    public long Unrecoverable { get; private set; }
+
+    /// <summary>The parity shards per full group the sender uses now.</summary>
+    public int Parity => _m;
+
+    public long NextTimerNanoseconds => _pending.Count > 0 ? _groupOpenedAt + _deadline : long.MaxValue;
+
+    private static int Setting(IReadOnlyDictionary<string, string> configuration, string key, int fallback, int min, int max) =>
+        configuration.TryGetValue(key, out var text) && int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value)
+            ? Math.Clamp(value, min, max) : fallback;
+
+    public void Transmit(ReadOnlySpan<byte> frame, long nowNanoseconds, IUnderlayOutput underlay)
+    {
+        _counters.FramesIn++;
+        if (!EthernetFrame.TryCreate(frame, out _))
+        {
+            _counters.Drop(StackDropReason.Malformed);
+            return;
+        }
+        var buffer = underlay.Begin(FieldLength + frame.Length);
+        if (buffer.Length < FieldLength + frame.Length)
+        {
+            _counters.Drop(buffer.IsEmpty ? StackDropReason.NoBuffer : StackDropReason.TooLarge);
+            return;
+        }
+        if (_pending.Count == 0)
+        {
+            _groupOpenedAt = nowNanoseconds;
+        }
+        var index = _pending.Count;
+        WriteFields(buffer, _group, (byte)index, 0, 0, KindData);
+        frame.CopyTo(buffer[FieldLength..]);
+        underlay.Commit(FabricPayloadType.Ethernet, FieldLength, FieldLength + frame.Length);
+        _counters.DatagramsOut++;
+        var shard = new byte[ShardHeader + frame.Length];
+        BinaryPrimitives.WriteUInt16BigEndian(shard, (ushort)frame.Length);
+        BinaryPrimitives.WriteUInt32BigEndian(shard.AsSpan(2), underlay.VirtualNetwork);
+        frame.CopyTo(shard.AsSpan(ShardHeader));
+        _pending.Add((shard, shard.Length));
+        if (_pending.Count == _k)
+        {
+            CloseGroup(underlay);
+        }
+    }
+
+    private void CloseGroup(IUnderlayOutput underlay)
+    {
+        var k = _pending.Count;
+        // A group closed early by its deadline gets parity in proportion (at least one: a lone frame is repeated).
+        var m = k == _k ? _m : Math.Max(1, (int)Math.Ceiling((double)k * _m / _k));
+        var length = _pending.Max(p => p.Length);
+        var data = _pending.Select(p => p.Length == length ? p.Shard : Padded(p.Shard, length)).ToList();
+        var parity = Enumerable.Range(0, m).Select(_ => new byte[length]).ToList();
+        Codec(k, m).Encode(data, parity, length);
+        var vni = underlay.VirtualNetwork;
+        underlay.VirtualNetwork = 0;
+        for (var i = 0; i < m; i++)
+        {
+            var buffer = underlay.Begin(FieldLength + length);
+            if (buffer.Length < FieldLength + length)
+            {
+                _counters.Drop(buffer.IsEmpty ? StackDropReason.NoBuffer : StackDropReason.TooLarge);
+                continue;
+            }
+            WriteFields(buffer, _group, (byte)(k + i), (byte)k, (byte)m, KindParity);
+            parity[i].CopyTo(buffer[FieldLength..]);
+            underlay.Commit(FabricPayloadType.StackEncoded, FieldLength, FieldLength + length);
+            _counters.DatagramsOut++;
+        }
+        underlay.VirtualNetwork = vni;
+        _pending.Clear();
+        _groupOpenedAt = long.MaxValue;
+        _group++;
+    }
+
+    private static byte[] Padded(byte[] shard, int length)
+    {
+        var padded = new byte[length];
+        shard.CopyTo(padded, 0);
+        return padded;
+    }
+
+    private ReedSolomon Codec(int k, int m)
+    {
+        if (!_codecs.TryGetValue((k, m), out var codec))
+        {
+            _codecs[(k, m)] = codec = new ReedSolomon(k, m);
+        }
+        return codec;
+    }
+
+    private static void WriteFields(Span<byte> buffer, uint group, byte index, byte k, byte m, byte kind)
+    {
+        BinaryPrimitives.WriteUInt32BigEndian(buffer, group);
+        buffer[4] = index;
+        buffer[5] = k;
+        buffer[6] = m;
+        buffer[7] = kind;
+    }
+
+    public void Receive(in StackDatagram datagram, long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
+    {
+        _counters.DatagramsIn++;
+        var fields = datagram.StackFields;
+        if (fields.Length != FieldLength)
+        {
+            _counters.Drop(StackDropReason.Malformed);
+            return;
+        }
+        var group = BinaryPrimitives.ReadUInt32BigEndian(fields);
+        var (index, k, m, kind) = (fields[4], fields[5], fields[6], fields[7]);
+        switch (datagram.Header.PayloadType, kind)
+        {
+            case (FabricPayloadType.Ethernet, KindData) when k == 0 && m == 0 && index < 64:
+                ReceiveData(group, index, datagram.Payload, datagram.Header.VirtualNetworkId, vm, nowNanoseconds, underlay);
+                break;
+            case (FabricPayloadType.StackEncoded, KindParity) when k is >= 1 and <= 64 && m >= 1 && k + m <= ReedSolomon.MaxShards && index >= k && index < k + m
+                && datagram.Payload.Length >= ShardHeader:
+                ReceiveParity(group, index, k, m, datagram.Payload, vm, nowNanoseconds, underlay);
+                break;
+            case (FabricPayloadType.StackControl, KindReport) when datagram.Payload.Length == 4:
+                OnLossReport(BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) / 1e6);
+                break;
+            case (FabricPayloadType.Ethernet or FabricPayloadType.StackEncoded or FabricPayloadType.StackControl, _):
+                _counters.Drop(StackDropReason.Malformed);
+                break;
+            default:
+                _counters.Drop(StackDropReason.UnexpectedPayloadType);
+                break;
+        }
+    }
+
+    private ReceivedGroup? GroupFor(uint group, long now, IUnderlayOutput underlay)
+    {
+        if (_groups.TryGetValue(group, out var existing))
+        {
+            return existing;
+        }
+        if (_anyGroup && (int)(group - _highestGroup) <= -Window)
+        {
+            return null;
+        }
+        var created = new ReceivedGroup();
+        _groups[group] = created;
+        if (!_anyGroup || (int)(group - _highestGroup) > 0)
+        {
+            _highestGroup = group;
+            _anyGroup = true;
+            Finalize(now, underlay);
+        }
+        return created;
+    }
+
+    private void ReceiveData(uint group, int index, ReadOnlySpan<byte> frame, uint vni, IVmOutput vm, long now, IUnderlayOutput underlay)
+    {
+        if (!EthernetFrame.TryCreate(frame, out _))
+        {
+            _counters.Drop(StackDropReason.Malformed);
+            return;
+        }
+        var state = GroupFor(group, now, underlay);
+        if (state is null)
+        {
+            // Older than the window: nothing can be told about duplicates any more; the frame itself is good.
+            Deliver(frame, vni, vm);
+            return;
+        }
+        if (state.Data.ContainsKey(index))
+        {
+            _counters.Drop(StackDropReason.Duplicate);
+            return;
+        }
+        var shard = new byte[ShardHeader + frame.Length];
+        BinaryPrimitives.WriteUInt16BigEndian(shard, (ushort)frame.Length);
+        BinaryPrimitives.WriteUInt32BigEndian(shard.AsSpan(2), vni);
+        frame.CopyTo(shard.AsSpan(ShardHeader));
+        state.Data[index] = shard;
+        if (state.Recovered.Contains(index))
+        {
+            // Rebuilt from parity already and delivered then.
+            _counters.Drop(StackDropReason.Duplicate);
+            return;
+        }
+        Deliver(frame, vni, vm);
+        TryRecover(state, vm);
+    }
+
+    private void ReceiveParity(uint group, int index, int k, int m, ReadOnlySpan<byte> payload, IVmOutput vm, long now, IUnderlayOutput underlay)
+    {
+        var state = GroupFor(group, now, underlay);
+        if (state is null || state.Parity.ContainsKey(index) || (state.K > 0 && (state.K != k || state.M != m || state.Length != payload.Length)))
+        {
+            _counters.Drop(state is null || state.Parity.ContainsKey(index) ? StackDropReason.Duplicate : StackDropReason.Malformed);
+            return;
+        }
+        (state.K, state.M, state.Length) = (k, m, payload.Length);
+        state.Parity[index] = payload.ToArray();
+        TryRecover(state, vm);
+    }
+
+    private void TryRecover(ReceivedGroup state, IVmOutput vm)
+    {
+        if (state.K == 0 || state.Done)
+        {
+            return;
+        }
+        var data = state.Data.Count(d => d.Key < state.K);
+        if (data == state.K)
+        {
+            state.Done = true;
+            return;
+        }
+        if (data + state.Parity.Count < state.K)
+        {
+            return;
+        }
+        var shards = new byte[]?[state.K + state.M];
+        foreach (var (index, shard) in state.Data)
+        {
+            if (index < state.K && shard.Length <= state.Length)
+            {
+                shards[index] = shard.Length == state.Length ? shard : Padded(shard, state.Length);
+            }
+        }
+        foreach (var (index, shard) in state.Parity)
+        {
+            shards[index] = shard;
+        }
+        var missing = Enumerable.Range(0, state.K).Where(i => shards[i] is null).ToList();
+        if (!Codec(state.K, state.M).Reconstruct(shards, state.Length))
+        {
+            return;
+        }
+        state.Done = true;
+        foreach (var index in missing)
+        {
+            var shard = shards[index]!;
+            var length = BinaryPrimitives.ReadUInt16BigEndian(shard);
+            if (length + ShardHeader > shard.Length || !EthernetFrame.TryCreate(shard.AsSpan(ShardHeader, length), out _))
+            {
+                _counters.Drop(StackDropReason.Malformed);
+                continue;
+            }
+            state.Recovered.Add(index);
+            Recovered++;
+            Deliver(shard.AsSpan(ShardHeader, length), BinaryPrimitives.ReadUInt32BigEndian(shard.AsSpan(2)), vm);
+        }
+    }
+
+    private void Deliver(ReadOnlySpan<byte> frame, uint vni, IVmOutput vm)
+    {
+        var previous = vm.VirtualNetwork;
+        vm.VirtualNetwork = vni;
+        vm.Deliver(frame);
+        vm.VirtualNetwork = previous;
+        _counters.FramesDelivered++;
+    }
+
+    /// <summary>Groups far enough behind the newest are counted (shards expected vs received) and forgotten; the loss is reported now and then.</summary>
+    private void Finalize(long now, IUnderlayOutput underlay)
+    {
+        List<uint>? old = null;
+        foreach (var (id, state) in _groups)
+        {
+            var behind = (int)(_highestGroup - id);
+            if (behind >= FinalizeBehind && !state.Counted && state.K > 0)
+            {
+                state.Counted = true;
+                _shardsExpected += state.K + state.M;
+                _shardsReceived += Math.Min(state.K + state.M, state.Data.Count + state.Parity.Count);
+                if (!state.Done)
+                {
+                    Unrecoverable++;
+                }
+                _finalizedSinceReport++;
+            }
+            if (behind >= Window)
+            {
+                (old ??= []).Add(id);
+            }
+        }
+        old?.ForEach(id => _groups.Remove(id));
+        if (_finalizedSinceReport >= 4 && now - _lastReport >= 100_000_000 && _shardsExpected > 0)
+        {
+            var loss = 1 - (double)_shardsReceived / _shardsExpected;
+            var buffer = underlay.Begin(FieldLength + 4);
+            if (buffer.Length >= FieldLength + 4)
+            {
+                WriteFields(buffer, 0, 0, 0, 0, KindReport);
+                BinaryPrimitives.WriteUInt32BigEndian(buffer[FieldLength..], (uint)Math.Round(Math.Clamp(loss, 0, 1) * 1e6));
+                underlay.Commit(FabricPayloadType.StackControl, FieldLength, FieldLength + 4);
+                _counters.DatagramsOut++;
+            }
+            (_shardsExpected, _shardsReceived, _finalizedSinceReport, _lastReport) = (0, 0, 0, now);
+        }
+    }
+
+    /// <summary>The peer's measured shard loss: the smallest parity count that keeps a full group's failure chance under the target.</summary>
+    private void OnLossReport(double loss)
+    {
+        _peerLoss = _peerLoss == 0 ? loss : (_peerLoss + loss) / 2;
+        var m = 1;
+        while (m < _maxParity && FailureChance(_k + m, m, _peerLoss) > _target)
+        {
+            m++;
+        }
+        _m = m;
+    }
+
+    /// <summary>P(more than <paramref name="m"/> of <paramref name="n"/> shards lost) with independent loss <paramref name="p"/>.</summary>
+    public static double FailureChance(int n, int m, double p)
+    {
+        var within = 0.0;
+        var term = Math.Pow(1 - p, n);
+        for (var i = 0; i <= m; i++)
+        {
+            within += term;
+            term = p >= 1 ? 0 : term * (n - i) / (i + 1) * p / (1 - p);
+        }
+        return Math.Max(0, 1 - within);
+    }
+
+    public void OnTimer(long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
+    {
+        if (_pending.Count > 0 && nowNanoseconds >= _groupOpenedAt + _deadline)
+        {
+            var vni = underlay.VirtualNetwork;
+            CloseGroup(underlay);
+            underlay.VirtualNetwork = vni;
+        }
+    }
+
+    public StackStats GetStats() => _counters.Snapshot();
+
+    public StackState ExportState() => StackState.Empty("fec");
+
+    /// <summary>The policy's overhead budget caps the parity per group (at least one).</summary>
+    public void ApplyPolicy(StackPolicy policy)
+    {
+        _maxParity = Math.Clamp((int)Math.Floor(_k * policy.MaxOverheadRatio), 1, _k);
+        _m = Math.Min(_m, _maxParity);
+    }
+
+    public void Dispose()
+    {
+    }
+
+    private sealed class ReceivedGroup
+    {
+        public readonly Dictionary<int, byte[]> Data = [];
+        public readonly Dictionary<int, byte[]> Parity = [];
+        public readonly HashSet<int> Recovered = [];
+        public int K;
+        public int M;
+        public int Length;
+        public bool Done;
+        public bool Counted;
+    }
+}

@@ -1,0 +1,174 @@
+using Fabric.Stacks.Fec;
+using Fabric.Wire;
+
+namespace Fabric.Stacks.Tests;
+
+public class FecTests
+{
+    [Fact]
+    public void GaloisField_MultiplicationHasInversesAndDistributes()
+    {
+        for (var a = 1; a < 256; a++)
+        {
+            Assert.Equal(1, GaloisField.Multiply((byte)a, GaloisField.Inverse((byte)a)));
+            for (var b = 0; b < 256; b += 17)
+            {
+                Assert.Equal(GaloisField.Multiply((byte)a, (byte)b), GaloisField.Multiply((byte)b, (byte)a));
+                // a·(b + 3) = a·b + a·3 (addition is XOR).
+                Assert.Equal(GaloisField.Multiply((byte)a, (byte)(b ^ 3)), (byte)(GaloisField.Multiply((byte)a, (byte)b) ^ GaloisField.Multiply((byte)a, 3)));
+            }
+        }
+        Assert.Throws<DivideByZeroException>(() => GaloisField.Inverse(0));
+    }
+
+    /// <summary>Property: for random k, m, shard contents and any pattern of up to m erasures, the data comes back exactly; with more, it says so.</summary>
+    [Fact]
+    public void ReedSolomon_RecoversAnyMErasures_AndRefusesMore()
+    {
+        var random = new Random(2026);
+        for (var trial = 0; trial < 400; trial++)
+        {
+            var k = random.Next(1, 21);
+            var m = random.Next(1, 9);
+            var length = random.Next(1, 300);
+            var data = Enumerable.Range(0, k).Select(_ => RandomBytes(random, length)).ToList();
+            var parity = Enumerable.Range(0, m).Select(_ => new byte[length]).ToList();
+            var codec = new ReedSolomon(k, m);
+            codec.Encode(data, parity, length);
+            var lose = random.Next(0, m + 2);
+            var shards = data.Concat(parity).Select(s => (byte[]?)s.ToArray()).ToArray();
+            foreach (var index in Enumerable.Range(0, k + m).OrderBy(_ => random.Next()).Take(lose))
+            {
+                shards[index] = null;
+            }
+            var ok = codec.Reconstruct(shards, length);
+            Assert.Equal(lose <= m, ok);
+            if (ok)
+            {
+                for (var i = 0; i < k; i++)
+                {
+                    Assert.Equal(data[i], shards[i]);
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void FailureChance_IsTheBinomialTail()
+    {
+        // 10 shards at 3 % loss: P(more than 2 lost) = 1 - sum_{i<=2} C(10,i) .03^i .97^(10-i) ≈ 0.00278.
+        Assert.Equal(0.00278, FecStack.FailureChance(10, 2, 0.03), 4);
+        Assert.Equal(0, FecStack.FailureChance(10, 2, 0), 9);
+    }
+
+    /// <summary>
+    /// Two instances over a channel that loses 5 % of datagrams at random (seeded) under a simulated clock: nearly every
+    /// frame arrives, each with the virtual network it was sent in, the recovered ones at most the group deadline plus
+    /// one transit late, and the sender raises its parity after the receiver's loss reports.
+    /// </summary>
+    [Fact]
+    public void OverALossyChannel_LostFramesAreRebuiltWithTheirNetwork_WithinTheDeadline()
+    {
+        var random = new Random(7);
+        var sender = new FecStack(new Dictionary<string, string> { ["deadlineMicroseconds"] = "2000" });
+        var receiver = new FecStack(new Dictionary<string, string>());
+        var toReceiver = new Queue<(long At, FabricHeaderRepr Header, byte[] Fields, byte[] Payload)>();
+        var sentAt = new long[4000];
+        var wire = new Wire((header, fields, payload) =>
+        {
+            if (random.NextDouble() >= 0.05)
+            {
+                toReceiver.Enqueue((0, header, fields, payload));
+            }
+        });
+        var back = new Wire((header, fields, payload) => sender.Receive(new StackDatagram(header, fields, payload), 0, new Vm(), new Wire((_, _, _) => { })));
+        var vm = new Vm();
+        const long transit = 10_000_000; // 10 ms
+        var now = 0L;
+        var initialParity = sender.Parity;
+        for (var i = 0; i < 4000; i++)
+        {
+            now += 300_000; // a frame every 0.3 ms
+            var frame = new byte[60 + (i % 200)];
+            EthernetWriter.Write(frame, new MacAddress(0x02_00_00_00_00_02), new MacAddress(0x02_00_00_00_00_01), EtherTypes.IPv4);
+            BitConverterHelper.Write(frame, i);
+            wire.VirtualNetwork = (uint)(100 + (i % 3));
+            sender.Transmit(frame, now, wire);
+            if (sender.NextTimerNanoseconds <= now)
+            {
+                sender.OnTimer(now, new Vm(), wire);
+            }
+            sentAt[i] = now;
+            // What was sent arrives one transit later, in order.
+            while (toReceiver.Count > 0)
+            {
+                var (_, header, fields, payload) = toReceiver.Dequeue();
+                vm.Now = now + transit;
+                receiver.Receive(new StackDatagram(header, fields, payload), now + transit, vm, back);
+            }
+            if (i % 4 == 0)
+            {
+                // Low-rate gaps let deadlines close groups early, too.
+                now += 2_500_000;
+                if (sender.NextTimerNanoseconds <= now)
+                {
+                    sender.OnTimer(now, new Vm(), wire);
+                }
+                while (toReceiver.Count > 0)
+                {
+                    var (_, header, fields, payload) = toReceiver.Dequeue();
+                    vm.Now = now + transit;
+                    receiver.Receive(new StackDatagram(header, fields, payload), now + transit, vm, back);
+                }
+            }
+        }
+        var delivered = vm.Frames.Select(f => (Index: BitConverterHelper.Read(f.Frame), f.Vni, f.At)).ToList();
+        // The latest frame arrived at most the deadline (2 ms), one transit (10 ms) and this simulation's timer step (2.5 ms) after it was sent.
+        var late = delivered.Max(d => d.At - sentAt[d.Index]);
+        Assert.True(late <= 14_500_000, $"a frame arrived {late / 1e6:0.0} ms after it was sent");
+        var unique = delivered.Select(d => d.Index).Distinct().Count();
+        Assert.Equal(delivered.Count, unique);
+        Assert.All(delivered, d => Assert.Equal((uint)(100 + (d.Index % 3)), d.Vni));
+        Assert.True(unique >= 4000 * 0.99, $"{unique} of 4000 frames arrived over a 5 % lossy channel; recovered {receiver.Recovered}, unrecoverable groups {receiver.Unrecoverable}");
+        Assert.True(receiver.Recovered > 100, $"recovered {receiver.Recovered}");
+        Assert.True(sender.Parity > initialParity, $"parity stayed {sender.Parity} after loss reports");
+    }
+
+    private static byte[] RandomBytes(Random random, int length)
+    {
+        var bytes = new byte[length];
+        random.NextBytes(bytes);
+        return bytes;
+    }
+
+    private static class BitConverterHelper
+    {
+        public static void Write(byte[] frame, int value) => System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(frame.AsSpan(14), value);
+
+        public static int Read(byte[] frame) => System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(frame.AsSpan(14));
+    }
+
+    private sealed class Wire(Action<FabricHeaderRepr, byte[], byte[]> send) : IUnderlayOutput
+    {
+        private readonly byte[] _buffer = new byte[65536];
+        private uint _sequence;
+
+        public uint VirtualNetwork { get; set; }
+
+        public Span<byte> Begin(int maxLength) => _buffer.AsSpan(0, maxLength);
+
+        public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length) =>
+            send(new FabricHeaderRepr(0, payloadType, VirtualNetwork, _sequence++, 0, (byte)stackFieldLength), _buffer[..stackFieldLength], _buffer[stackFieldLength..length]);
+    }
+
+    private sealed class Vm : IVmOutput
+    {
+        public List<(byte[] Frame, uint Vni, long At)> Frames { get; } = [];
+
+        public long Now { get; set; }
+
+        public uint VirtualNetwork { get; set; }
+
+        public void Deliver(ReadOnlySpan<byte> frame) => Frames.Add((frame.ToArray(), VirtualNetwork, Now));
+    }
+}
