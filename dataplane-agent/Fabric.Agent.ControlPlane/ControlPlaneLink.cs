@@ -415,8 +415,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 await _loop.ConfigureAwait(false);
             }
-            catch (OperationCanceledException)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
+                // Stopping: a call cut short by the stop (or timing out on a silo already gone) changes nothing now.
+                Log.Unreachable(_logger, $"while stopping: {e.Message}");
             }
         }
         await DropClientAsync().ConfigureAwait(false);

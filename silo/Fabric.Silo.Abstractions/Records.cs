@@ -40,16 +40,21 @@ public sealed record StackInfo(
     [property: Id(7)] bool Encrypts,
     [property: Id(8)] string Purpose);
 
-/// <summary>A path's measured conditions (smoothed by its PathGrain). Loss is a fraction (0.02 = 2 %).</summary>
+/// <summary>
+/// A path's measured conditions (smoothed by the source host's grain). Loss is a fraction (0.02 = 2 %). MinRttMs is the
+/// lowest RTT sampled in the last two minutes (the path without queues; 0 when unknown): RTT well above it means queues
+/// are building, and loss that comes with them is congestion rather than a lossy link.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.path-conditions")]
 public sealed record PathConditions(
     [property: Id(0)] double RttMs,
     [property: Id(1)] double JitterMs,
     [property: Id(2)] double Loss,
     [property: Id(3)] double BandwidthMbps,
-    [property: Id(4)] DateTimeOffset At)
+    [property: Id(4)] DateTimeOffset At,
+    [property: Id(5)] double MinRttMs = 0)
 {
-    public override string ToString() => $"rtt {RttMs:0.#} ms, jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} %, {BandwidthMbps:0.#} Mbit/s";
+    public override string ToString() => $"rtt {RttMs:0.#} ms (min {MinRttMs:0.#}), jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} %, {BandwidthMbps:0.#} Mbit/s";
 }
 
 /// <summary>One candidate's score in a decision, and why it scored so.</summary>

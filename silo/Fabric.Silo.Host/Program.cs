@@ -97,5 +97,19 @@ app.MapGet("/healthz", async (IGrainFactory grains, CancellationToken cancellati
         return Results.Text($"unhealthy: {e.Message}\n", statusCode: 503);
     }
 });
+// Read-only views for operators and scripts (the dashboard is the full UI): a VM's policy, stacks and decision log with
+// every candidate's score and the reason; a host's inventory, desired state and acknowledged version.
+app.MapGet("/api/vms/{id}", async (string id, IGrainFactory grains) => Results.Json(await grains.GetGrain<IVmGrain>(id).GetAsync()));
+app.MapGet("/api/hosts/{id}", async (string id, IGrainFactory grains) =>
+{
+    var host = grains.GetGrain<IHostGrain>(id);
+    return Results.Json(new
+    {
+        Info = await host.GetInfoAsync(),
+        Desired = await host.GetDesiredStateAsync(),
+        Acknowledged = await host.GetAcknowledgedAsync(),
+        Peers = await host.ListPeersAsync(),
+    });
+});
 await app.RunAsync();
 return 0;

@@ -40,12 +40,14 @@ public class ApiTests
         File.WriteAllText(path, """
             { "hostId": "", "underlay": { "ipv4": "::1", "mtu": 100 }, "stacks": ["/nope.dll"], "apiSocket": "/tmp/x.sock",
               "metricsListen": "0.0.0.0:9464",
+              "controlPlane": { "gateways": ["silo:30000"], "clustering": "zookeeper", "reportMilliseconds": 5 },
               "vms": [ { "id": "vm1", "device": "this-name-is-too-long", "vni": 1, "mac": "ff:ff:ff:ff:ff:ff" } ] }
             """);
         try
         {
             var e = Assert.Throws<FormatException>(() => AgentConfig.Load(path));
-            foreach (var field in new[] { "hostId: required", "underlay.ipv4: '::1'", "underlay.mtu: 100", "stacks[0]", "metricsListen", "vms[0].device", "vms[0].mac" })
+            foreach (var field in new[] { "hostId: required", "underlay.ipv4: '::1'", "underlay.mtu: 100", "stacks[0]", "metricsListen", "vms[0].device", "vms[0].mac",
+                "controlPlane.gateways[0]: 'silo:30000'", "controlPlane.clustering: 'zookeeper'", "controlPlane.reportMilliseconds: 5" })
             {
                 Assert.Contains(field, e.Message, StringComparison.Ordinal);
             }

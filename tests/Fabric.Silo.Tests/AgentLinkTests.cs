@@ -12,12 +12,17 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Fabric.Silo.Tests;
 
+/// <summary>Runs alone: its timing (reports, renewals, a silo restart) must not compete with the clusters of other tests.</summary>
+[CollectionDefinition(nameof(AgentLinkTests), DisableParallelization = true)]
+public sealed class AgentLinkCollection;
+
 /// <summary>
 /// Real agents (real UDP underlay on loopback, VM ports in memory) linked to a real silo (Orleans over TCP on loopback,
 /// memory storage): registration, placement, telemetry from real probes, decisions applied hitlessly on both ends and
 /// acknowledged, fail-static while the silo is gone, reconvergence without swaps when it returns, and an agent that
 /// restarts recovering its bindings from the control plane.
 /// </summary>
+[Collection(nameof(AgentLinkTests))]
 public sealed class AgentLinkTests
 {
     private static readonly MacAddress Mac1 = new(0x02_00_00_00_01_01);

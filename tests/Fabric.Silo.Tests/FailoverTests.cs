@@ -52,7 +52,9 @@ public class FailoverTests(Azurite azurite)
         {
             await host.ReportAsync([new PathSample(a, b, 30, 0.5, 1000, 30, 100, DateTimeOffset.UtcNow)], []);
             var views = await Task.WhenAll(vms.Select(v => v.GetAsync().AsTask()));
-            if (views.All(v => v.Stacks.GetValueOrDefault(b) is { } s && s != "std-ipv4"))
+            // A VM shows its new stack as soon as it decided; its host has it once the VM's bind call returns.
+            if (views.All(v => v.Stacks.GetValueOrDefault(b) is { } s && s != "std-ipv4")
+                && (await host.GetDesiredStateAsync()).Bindings.Count(x => x.Stack != "std-ipv4") == vms.Count)
             {
                 break;
             }

@@ -10,6 +10,13 @@ namespace Fabric.Testing;
 public sealed record TestVm(string Name, string Namespace, string Host, uint Vni, string Mac, string IPv4, string IPv6, string HostDevice, string Device);
 
 /// <summary>
+/// A control plane for the topology: a real <c>fabric-silo</c> process (localhost clustering, memory storage) in its own
+/// namespace, joined to both hosts by a management bridge that does not cross the emulator, its catalog fed from the
+/// signed repository at <paramref name="RepositoryPath"/>, which both agents install their stacks from.
+/// </summary>
+public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, int SelectorSustainMilliseconds = 1000);
+
+/// <summary>
 /// Two hosts running real <c>fabric-agent</c> processes, joined by a veth underlay through a real <c>fabric-linkem</c>;
 /// two VMs per host, each a namespace with a veth into its host's namespace:
 /// <code>
@@ -31,7 +38,8 @@ public sealed class OverlayTopology : IDisposable
     /// <param name="binDirectory">Where fabric-agent and fabric-linkem are.</param>
     /// <param name="stack">The stack both paths use.</param>
     /// <param name="withEmulator">False joins the hosts with one veth and no emulator (benchmarks of the agents alone).</param>
-    public OverlayTopology(string binDirectory, string stack, bool withEmulator = true)
+    /// <param name="controlPlane">With it, a silo runs too and the agents obey it (see <see cref="ControlPlaneSetup"/>).</param>
+    public OverlayTopology(string binDirectory, string stack, bool withEmulator = true, ControlPlaneSetup? controlPlane = null)
     {
         try
         {
@@ -77,6 +85,11 @@ public sealed class OverlayTopology : IDisposable
                 Start(middle, Path.Combine(binDirectory, "fabric-linkem"), "run", "--a", $"{id}ma", "--b", $"{id}mb", "--control", _linkemControl);
                 Eventually.True(() => File.Exists(_linkemControl), TimeSpan.FromSeconds(20), "starting fabric-linkem", () => Describe());
             }
+            _controlPlane = controlPlane;
+            if (controlPlane is not null)
+            {
+                StartSilo(id, controlPlane);
+            }
             (SocketA, var pidA) = StartAgent(binDirectory, "host-a", HostA, "198.18.0.1", "fd00:fab::1", "198.18.0.2", "fd00:fab::2", "host-b", stack);
             (SocketB, var pidB) = StartAgent(binDirectory, "host-b", HostB, "198.18.0.2", "fd00:fab::2", "198.18.0.1", "fd00:fab::1", "host-a", stack);
             AgentPids = (pidA, pidB);
@@ -85,6 +98,81 @@ public sealed class OverlayTopology : IDisposable
         {
             Dispose();
             throw;
+        }
+    }
+
+    private readonly ControlPlaneSetup? _controlPlane;
+
+    /// <summary>The silo's namespace (with a control plane).</summary>
+    public string SiloNamespace { get; private set; } = "";
+
+    /// <summary>The silo's address on the management bridge; its gateway listens on port 30000.</summary>
+    public const string SiloAddress = "198.19.0.254";
+
+    /// <summary>The last lines the silo and the agents printed (with a control plane), for failure messages.</summary>
+    public string Logs() => string.Join("\n", _logs);
+
+    private readonly System.Collections.Concurrent.ConcurrentQueue<string> _logs = new();
+
+    private void Keep(string source, string line)
+    {
+        _logs.Enqueue($"[{source}] {line}");
+        while (_logs.Count > 300)
+        {
+            _logs.TryDequeue(out _);
+        }
+    }
+
+    private void StartSilo(string id, ControlPlaneSetup setup)
+    {
+        SiloNamespace = _network.AddNamespace("c");
+        TestNetwork.Exec(SiloNamespace, "ip", "link", "add", $"{id}br", "type", "bridge");
+        TestNetwork.Exec(SiloNamespace, "ip", "link", "set", $"{id}br", "up");
+        _network.AddVeth($"{id}ca", HostA, $"{id}sa", SiloNamespace);
+        _network.AddVeth($"{id}cb", HostB, $"{id}sb", SiloNamespace);
+        TestNetwork.Exec(SiloNamespace, "ip", "link", "set", $"{id}sa", "master", $"{id}br");
+        TestNetwork.Exec(SiloNamespace, "ip", "link", "set", $"{id}sb", "master", $"{id}br");
+        _network.AddAddress(SiloNamespace, $"{id}br", SiloAddress + "/24");
+        _network.AddAddress(HostA, $"{id}ca", "198.19.0.1/24");
+        _network.AddAddress(HostB, $"{id}cb", "198.19.0.2/24");
+        var config = new
+        {
+            advertisedAddress = SiloAddress,
+            selectorSustainMilliseconds = setup.SelectorSustainMilliseconds,
+            repository = new { path = setup.RepositoryPath, trustRoot = setup.TrustRoot, stateDirectory = Path.Combine(_workDir, "silo-state"), refreshSeconds = 5 },
+        };
+        var path = Path.Combine(_workDir, "silo.json");
+        File.WriteAllText(path, JsonSerializer.Serialize(config));
+        var silo = Privileged.StartInNamespace(SiloNamespace, Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), line => Keep("silo", line), "--config", path);
+        _processes.Add(silo);
+        Eventually.True(() => silo.HasExited || SiloApi("/healthz").Contains("catalog", StringComparison.Ordinal) && !SiloApi("/healthz").Contains(" 0 stack", StringComparison.Ordinal),
+            TimeSpan.FromSeconds(60), "starting fabric-silo with its catalog", Logs);
+        if (silo.HasExited)
+        {
+            throw new InvalidOperationException($"fabric-silo exited {silo.ExitCode}: {Logs()}");
+        }
+    }
+
+    /// <summary>GET on the silo's HTTP endpoint (127.0.0.1:8081 in its namespace); empty when it does not answer.</summary>
+    public string SiloApi(string path)
+    {
+        using var handler = new System.Net.Http.SocketsHttpHandler
+        {
+            ConnectCallback = async (context, token) =>
+            {
+                var socket = Fabric.Hal.Linux.NetworkNamespace.Run(SiloNamespace, () => new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
+                await socket.ConnectAsync(context.DnsEndPoint, token).ConfigureAwait(false);
+                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+            },
+        };
+        using var client = new System.Net.Http.HttpClient(handler) { Timeout = TimeSpan.FromSeconds(10) };
+        try
+        {
+            return client.GetStringAsync(new Uri("http://127.0.0.1:8081" + path)).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is System.Net.Http.HttpRequestException or TaskCanceledException)
+        {
+            return "";
         }
     }
 
@@ -189,20 +277,38 @@ public sealed class OverlayTopology : IDisposable
         var socket = Path.Combine(_workDir, hostId + ".sock");
         var vms = Vms.Where(v => v.Host == hostId).Select(v => new { id = v.Name, device = v.HostDevice, vni = v.Vni, mac = v.Mac, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
         var routes = Vms.Where(v => v.Host != hostId).Select(v => new { vni = v.Vni, mac = v.Mac, host = peer, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
-        var config = new
-        {
-            hostId,
-            underlay = new { ipv4 = v4, ipv6 = v6 },
-            stacks = new[] { StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest) },
-            apiSocket = socket,
-            metricsListen = "127.0.0.1:9464",
-            remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },
-            vms,
-            routes,
-        };
+        var state = Path.Combine(_workDir, hostId + "-state");
+        object config = _controlPlane is { } cp
+            ? new
+            {
+                hostId,
+                underlay = new { ipv4 = v4, ipv6 = v6 },
+                // Every stack from the signed repository, as in production.
+                stacks = Array.Empty<string>(),
+                repository = new { path = cp.RepositoryPath, trustRoot = cp.TrustRoot, stateDirectory = state },
+                stateDirectory = state,
+                controlPlane = new { gateways = new[] { SiloAddress + ":30000" } },
+                apiSocket = socket,
+                metricsListen = "127.0.0.1:9464",
+                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },
+                vms,
+                routes,
+            }
+            : new
+            {
+                hostId,
+                underlay = new { ipv4 = v4, ipv6 = v6 },
+                stacks = new[] { StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest) },
+                apiSocket = socket,
+                metricsListen = "127.0.0.1:9464",
+                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },
+                vms,
+                routes,
+            };
         var path = Path.Combine(_workDir, hostId + ".json");
         File.WriteAllText(path, JsonSerializer.Serialize(config));
-        var process = Start(ns, Path.Combine(bin, "fabric-agent"), "run", "--config", path);
+        var process = Privileged.StartInNamespace(ns, Path.Combine(bin, "fabric-agent"), line => Keep(hostId, line), "run", "--config", path);
+        _processes.Add(process);
         Eventually.True(() => process.HasExited || File.Exists(socket), TimeSpan.FromSeconds(30), $"starting fabric-agent {hostId}", () => $"exited={process.HasExited}");
         if (process.HasExited)
         {

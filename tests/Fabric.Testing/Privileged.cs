@@ -36,7 +36,10 @@ public static class Privileged
     }
 
     /// <summary>Starts a long-running program inside a network namespace; its output is drained (and discarded) so it never blocks on a full pipe.</summary>
-    public static Process StartInNamespace(string ns, string program, params string[] args)
+    public static Process StartInNamespace(string ns, string program, params string[] args) => StartInNamespace(ns, program, null, args);
+
+    /// <summary>The same, handing each line it prints to <paramref name="output"/>.</summary>
+    public static Process StartInNamespace(string ns, string program, Action<string>? output, params string[] args)
     {
         var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
@@ -44,8 +47,8 @@ public static class Privileged
             info.ArgumentList.Add(arg);
         }
         var process = Process.Start(info)!;
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) { output?.Invoke(e.Data); } };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) { output?.Invoke(e.Data); } };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         return process;

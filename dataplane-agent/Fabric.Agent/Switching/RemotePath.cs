@@ -498,7 +498,8 @@ public sealed class RemotePath : IDisposable
     /// Sends a VM frame of virtual network <paramref name="vni"/> through the stack the VM is bound to on this path, or
     /// the path's transmit slot when it has no binding (or its binding's slot was retired).
     /// </summary>
-    internal void Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null)
+    /// <returns>0 when handed to the stack; else the largest inner IP packet the VM's stack carries, which the frame exceeds (nothing was sent).</returns>
+    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null)
     {
         Exception? fault = null;
         int slot;
@@ -524,7 +525,13 @@ public sealed class RemotePath : IDisposable
             if (stack is null)
             {
                 Counters.Drop(DropReason.NoPath);
-                return;
+                return 0;
+            }
+            // The MTU is the stack's this VM sends with: stacks differ in what they add to a frame.
+            var mtu = InnerMtu(stackId!);
+            if (frame.Length - 14 > mtu)
+            {
+                return mtu;
             }
             _output.Prepare((byte)slot, vni);
             _inCallSlot = slot;
@@ -545,7 +552,11 @@ public sealed class RemotePath : IDisposable
             Counters.Drop(DropReason.StackFault);
             OnFault?.Invoke(this, slot, stackId!, true, fault);
         }
+        return 0;
     }
+
+    /// <summary>The largest inner IP packet a stack carries on this path (set by the switch).</summary>
+    internal Func<string, int> InnerMtu { get; init; } = _ => int.MaxValue;
 
     /// <summary>How long the current call into a stack has lasted, in nanoseconds (0 when none is running).</summary>
     internal long InCallFor(long now)

@@ -186,7 +186,7 @@ public sealed class Switch : IDisposable
                 + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
-        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl };
+        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl, InnerMtu = InnerMtuOf };
         path.Open(_stackHost.Acquire(spec.Stack), 0, _options.HostId);
         path.Commit(0, 0);
         // The standing fallback: the family's std stack, open for receiving in the last slot on every path.
@@ -555,8 +555,10 @@ public sealed class Switch : IDisposable
     /// <summary>The largest IP packet a VM may send to <paramref name="path"/> without hitting the MTU handling.</summary>
     /// <remarks>Called per oversize check on the data path: computed once per stack id (a stack id's description never
     /// changes while it is registered), then read without taking the stack host's lock.</remarks>
-    public int InnerMtu(RemotePath path) =>
-        _innerMtuByStack.GetOrAdd(path.TransmitStack ?? path.Spec.Stack, ComputeInnerMtu);
+    public int InnerMtu(RemotePath path) => InnerMtuOf(path.TransmitStack ?? path.Spec.Stack);
+
+    /// <summary>The largest IP packet a VM may send through <paramref name="stackId"/>.</summary>
+    public int InnerMtuOf(string stackId) => _innerMtuByStack.GetOrAdd(stackId, ComputeInnerMtu);
 
     private int ComputeInnerMtu(string stackId)
     {
@@ -653,13 +655,10 @@ public sealed class Switch : IDisposable
             vm.Counters.Drop(DropReason.NoPath);
             return;
         }
-        var mtu = InnerMtu(path);
-        if (frame.Length - InnerEthernet > mtu)
+        if (path.Transmit(frame, vni, vm.Spec.VmId) is > 0 and var mtu)
         {
             HandleTooLarge(vm, path, eth, mtu, scratch);
-            return;
         }
-        path.Transmit(frame, vni, vm.Spec.VmId);
     }
 
     private void HandleTooLarge(VmPort vm, RemotePath path, in EthernetFrame eth, int mtu, Span<byte> scratch)

@@ -12,6 +12,28 @@ public sealed class PathSmoother(double weight = 0.3)
 
     public PathConditions? Current { get; private set; }
 
+    /// <summary>How many samples the minimum RTT is taken over (about two minutes at one a second).</summary>
+    public const int MinRttWindow = 120;
+
+    // A monotonic queue of (sample number, RTT): the front is the window's minimum.
+    private readonly LinkedList<(long N, double Rtt)> _minRtt = new();
+    private long _samples;
+
+    private double TrackMinRtt(double rtt)
+    {
+        var n = _samples++;
+        while (_minRtt.Last is { } last && last.Value.Rtt >= rtt)
+        {
+            _minRtt.RemoveLast();
+        }
+        _minRtt.AddLast((n, rtt));
+        while (_minRtt.First!.Value.N <= n - MinRttWindow)
+        {
+            _minRtt.RemoveFirst();
+        }
+        return _minRtt.First.Value.Rtt;
+    }
+
     /// <summary>The conditions the last significant change was announced with.</summary>
     private PathConditions? _announced;
 
@@ -19,9 +41,10 @@ public sealed class PathSmoother(double weight = 0.3)
     public bool Add(PathSample sample)
     {
         var loss = sample.Sent > 0 ? Math.Clamp((double)sample.Lost / sample.Sent, 0, 1) : Current?.Loss ?? 0;
+        var minRtt = TrackMinRtt(sample.RttMs);
         var next = Current is not { } c
-            ? new PathConditions(sample.RttMs, sample.JitterMs, loss, sample.DeliveredMbps, sample.At)
-            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), Mix(c.Loss, loss), Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At);
+            ? new PathConditions(sample.RttMs, sample.JitterMs, loss, sample.DeliveredMbps, sample.At, minRtt)
+            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), Mix(c.Loss, loss), Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At, minRtt);
         if (loss == 0 && next.Loss < LossResolution)
         {
             // Below what a second of probes can resolve, a fading average is noise: call the path clean again.
