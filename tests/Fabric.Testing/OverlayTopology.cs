@@ -156,24 +156,30 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>GET on the silo's HTTP endpoint (127.0.0.1:8081 in its namespace); empty when it does not answer.</summary>
     public string SiloApi(string path)
     {
-        using var handler = new System.Net.Http.SocketsHttpHandler
-        {
-            ConnectCallback = async (context, token) =>
-            {
-                var socket = Fabric.Hal.Linux.NetworkNamespace.Run(SiloNamespace, () => new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
-                await socket.ConnectAsync(context.DnsEndPoint, token).ConfigureAwait(false);
-                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
-            },
-        };
-        using var client = new System.Net.Http.HttpClient(handler) { Timeout = TimeSpan.FromSeconds(10) };
         try
         {
-            return client.GetStringAsync(new Uri("http://127.0.0.1:8081" + path)).GetAwaiter().GetResult();
+            return HttpGet(SiloNamespace, new Uri("http://127.0.0.1:8081" + path));
         }
         catch (Exception e) when (e is System.Net.Http.HttpRequestException or TaskCanceledException)
         {
             return "";
         }
+    }
+
+    /// <summary>An HTTP GET from inside a namespace (the socket is made there, so loopback is that namespace's).</summary>
+    private static string HttpGet(string ns, Uri uri)
+    {
+        using var handler = new System.Net.Http.SocketsHttpHandler
+        {
+            ConnectCallback = async (context, token) =>
+            {
+                var socket = Fabric.Hal.Linux.NetworkNamespace.Run(ns, () => new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
+                await socket.ConnectAsync(context.DnsEndPoint, token).ConfigureAwait(false);
+                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+            },
+        };
+        using var client = new System.Net.Http.HttpClient(handler) { Timeout = TimeSpan.FromSeconds(10) };
+        return client.GetStringAsync(uri).GetAwaiter().GetResult();
     }
 
     public string HostA { get; } = "";
@@ -194,21 +200,7 @@ public sealed class OverlayTopology : IDisposable
     }
 
     /// <summary>Fetches a host's Prometheus endpoint (127.0.0.1:9464 inside the host's namespace).</summary>
-    public string Metrics(string host)
-    {
-        var ns = host == "host-a" ? HostA : HostB;
-        using var handler = new System.Net.Http.SocketsHttpHandler
-        {
-            ConnectCallback = async (context, token) =>
-            {
-                var socket = Fabric.Hal.Linux.NetworkNamespace.Run(ns, () => new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
-                await socket.ConnectAsync(context.DnsEndPoint, token).ConfigureAwait(false);
-                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
-            },
-        };
-        using var client = new System.Net.Http.HttpClient(handler) { Timeout = TimeSpan.FromSeconds(10) };
-        return client.GetStringAsync(new Uri("http://127.0.0.1:9464/metrics")).GetAwaiter().GetResult();
-    }
+    public string Metrics(string host) => HttpGet(host == "host-a" ? HostA : HostB, new Uri("http://127.0.0.1:9464/metrics"));
 
     /// <summary>Stops a host's agent with SIGTERM; returns its exit code, or null when it did not stop within 10 s.</summary>
     public int? StopAgent(string host)
