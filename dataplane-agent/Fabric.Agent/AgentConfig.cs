@@ -15,8 +15,12 @@ public sealed record VmConfig(string Id, string Device, uint Vni, string Mac, st
 /// <summary>A remote VM entry of the forwarding table.</summary>
 public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IPv4 = null, string[]? IPv6 = null);
 
-/// <summary>A remote host: its underlay addresses and the stack its path uses.</summary>
-public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, string Stack = "std-ipv4", int Port = FabricHeader.DefaultUdpPort);
+/// <summary>
+/// A remote host: its underlay addresses, the stack its path uses, and per stack id the configuration its instances on
+/// this path get (e.g. <c>"secure": { "key": "64 hex digits" }</c>, the same at both ends).
+/// </summary>
+public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, string Stack = "std-ipv4", int Port = FabricHeader.DefaultUdpPort,
+    Dictionary<string, Dictionary<string, string>>? Settings = null);
 
 /// <summary>
 /// Where signed stacks come from: a repository (a folder, or "blob:CONTAINER" with the storage connection string in the
@@ -265,7 +269,10 @@ public static class ConfigChecks
     }
 
     public static RemoteHostSpec ToSpec(this RemoteHostConfig host) =>
-        new(host.Id, host.IPv4 is null ? null : IPAddress.Parse(host.IPv4), host.IPv6 is null ? null : IPAddress.Parse(host.IPv6), host.Stack);
+        new(host.Id, host.IPv4 is null ? null : IPAddress.Parse(host.IPv4), host.IPv6 is null ? null : IPAddress.Parse(host.IPv6), host.Stack)
+        {
+            Settings = host.Settings?.ToDictionary(s => s.Key, s => (IReadOnlyDictionary<string, string>)s.Value.AsReadOnly(), StringComparer.Ordinal),
+        };
 
     public static ImmutableArray<IPv4Address> V4(string[]? addresses) => [.. (addresses ?? []).Select(IPv4Address.Parse)];
 

@@ -139,6 +139,10 @@ public enum StackDropReason
     AuthenticationFailed,
     /// <summary>A window or buffer was full.</summary>
     BufferFull,
+    /// <summary>Older than the replay window: it cannot be told from a replay.</summary>
+    OutOfWindow,
+    /// <summary>The stack lacks configuration it needs to carry the packet (e.g. a key).</summary>
+    NotConfigured,
 }
 
 /// <summary>Counters of one stack instance.</summary>

@@ -18,15 +18,18 @@ internal sealed class TwoHosts : IDisposable
     public static readonly MacAddress Mac4 = new(0x02_00_00_00_02_04);
     private readonly Dictionary<string, ChannelPort> _vmEnds = [];
 
-    public TwoHosts(string stack = "std-ipv4")
+    /// <param name="stack">The paths' stack.</param>
+    /// <param name="settings">Per stack id, the configuration both ends give its instances (e.g. secure's key).</param>
+    public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null)
     {
-        string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest), StackPlugins.PathOf(StackPlugins.Faulty)];
+        string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
+            StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.Secure)];
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         B = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         A.Start();
         B.Start();
-        Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack)))));
-        Ok(B.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", stack, PortOf(A, stack)))));
+        Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings))));
+        Ok(B.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", stack, PortOf(A, stack), settings))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm1", "tap-vm1", 100, Mac1.ToString(), ["10.0.0.1"], ["fd00:100::1"]))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm2", "tap-vm2", 100, Mac2.ToString(), ["10.0.0.2"], ["fd00:100::2"]))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm4", "tap-vm4", 200, Mac4.ToString(), ["10.0.0.4"], []))));

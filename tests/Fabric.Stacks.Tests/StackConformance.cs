@@ -42,7 +42,10 @@ public abstract class StackConformance
         public void Deliver(ReadOnlySpan<byte> frame) => Frames.Add(frame.ToArray());
     }
 
-    private static StackContext Context(string local, string remote) => new(local, remote, new Dictionary<string, string>(), new NoTelemetry());
+    /// <summary>The configuration both instances get (e.g. a key); none by default.</summary>
+    protected virtual IReadOnlyDictionary<string, string> Configuration { get; } = new Dictionary<string, string>();
+
+    private StackContext Context(string local, string remote) => new(local, remote, Configuration, new NoTelemetry());
 
     private sealed class NoTelemetry : IStackTelemetry
     {
@@ -175,4 +178,13 @@ public class FecConformance : StackConformance
     protected override string PluginProject => Fabric.Testing.StackPlugins.Fec;
 
     protected override string ExpectedId => "fec";
+}
+
+public class SecureConformance : StackConformance
+{
+    protected override string PluginProject => Fabric.Testing.StackPlugins.Secure;
+
+    protected override string ExpectedId => "secure";
+
+    protected override IReadOnlyDictionary<string, string> Configuration { get; } = new Dictionary<string, string> { ["key"] = new string('a', 64) };
 }

@@ -7,8 +7,16 @@ using Fabric.Wire;
 
 namespace Fabric.Agent.Switching;
 
-/// <summary>A remote host as the switch knows it: its id and underlay addresses.</summary>
-public sealed record RemoteHostSpec(string HostId, IPAddress? UnderlayIPv4, IPAddress? UnderlayIPv6, string Stack);
+/// <summary>A remote host as the switch knows it: its id and underlay addresses, and the configuration per stack id its instances on this path get.</summary>
+public sealed record RemoteHostSpec(string HostId, IPAddress? UnderlayIPv4, IPAddress? UnderlayIPv6, string Stack)
+{
+    public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>>? Settings { get; init; }
+
+    private static readonly IReadOnlyDictionary<string, string> None = new Dictionary<string, string>();
+
+    /// <summary>The configuration instances of <paramref name="stackId"/> get on this path (empty when none is set).</summary>
+    public IReadOnlyDictionary<string, string> SettingsOf(string stackId) => Settings?.GetValueOrDefault(stackId) ?? None;
+}
 
 /// <summary>
 /// The path from this host to one remote host: the stack instances bound to it by slot, the path sequence, and the
@@ -226,7 +234,7 @@ public sealed class RemotePath : IDisposable
                 return null;
             }
             var replaced = _slots[slot] is null ? null : CloseLocked(slot);
-            var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, new Dictionary<string, string>(), NullTelemetry.Instance));
+            var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
             return replaced;
@@ -345,7 +353,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Opens <paramref name="slot"/> with a new instance of <paramref name="stack"/>: it receives at once, transmits after <see cref="Commit"/>.</summary>
     internal void Open(LoadedStack stack, int slot, string localHost)
     {
-        var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, new Dictionary<string, string>(), NullTelemetry.Instance));
+        var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
         lock (_gate)
         {
             if (_slots[slot] is not null)
@@ -780,12 +788,23 @@ public sealed class RemotePath : IDisposable
         public long ReportedBytes;
     }
 
-    private sealed class NullTelemetry : IStackTelemetry
-    {
-        public static NullTelemetry Instance { get; } = new();
+    /// <summary>Called with (stack id, event, detail) when a stack instance on this path reports an event.</summary>
+    internal Action<string, string, string>? OnStackEvent { get; init; }
 
+    private long _lastStackEvent = long.MinValue / 2;
+
+    /// <summary>A stack's events go to the switch's event list and log, at most one a second per path.</summary>
+    private sealed class PathTelemetry(RemotePath path, string stackId) : IStackTelemetry
+    {
         public void Event(string name, string detail)
         {
+            var now = path.Clock();
+            var last = Volatile.Read(ref path._lastStackEvent);
+            if (now - last < 1_000_000_000 || Interlocked.CompareExchange(ref path._lastStackEvent, now, last) != last)
+            {
+                return;
+            }
+            path.OnStackEvent?.Invoke(stackId, name, detail);
         }
     }
 }

@@ -186,7 +186,8 @@ public sealed class Switch : IDisposable
                 + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
-        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl, InnerMtu = InnerMtuOf };
+        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl, InnerMtu = InnerMtuOf,
+            OnStackEvent = (stack, name, detail) => Report($"stack {stack} on the path to {spec.HostId}: {name}: {detail}") };
         path.Open(_stackHost.Acquire(spec.Stack), 0, _options.HostId);
         path.Commit(0, 0);
         // The standing fallback: the family's std stack, open for receiving in the last slot on every path.

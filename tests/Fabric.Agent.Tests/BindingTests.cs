@@ -1,0 +1,65 @@
+using Fabric.Agent.Switching;
+using Fabric.Stacks;
+using Fabric.Testing;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>Bindings per (VM, remote host) between two real agents on a loopback underlay: the peer opens the slot before the VM uses it.</summary>
+public class BindingTests
+{
+    private static readonly Dictionary<string, Dictionary<string, string>> Keys = new() { ["secure"] = new() { ["key"] = new string('5', 64) } };
+
+    [Fact]
+    public async Task AVmBoundToSecure_IsSealedOnItsOwn_WhileItsNeighbourStaysOnThePathStack()
+    {
+        using var hosts = new TwoHosts(settings: Keys);
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
+        var bindings = hosts.A.Switch.Paths["host-b"].VmBindings();
+        var slot = bindings["vm1"].Slot;
+        Assert.InRange(slot, 1, 127);
+        // The peer opened the same slot with the same stack before vm1's first frame went through it.
+        Assert.Equal("secure", hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stack);
+
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300));
+        Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300), hosts.Expect("vm3"));
+        hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 300));
+        hosts.Expect("vm3");
+        var atB = hosts.B.Switch.Paths["host-a"].StackStats();
+        Assert.Equal(1, atB[slot].Stats.FramesDelivered);
+        Assert.Equal(1, atB[0].Stats.FramesDelivered);
+
+        // Idempotent: binding again changes nothing; back to the path's stack, the slot drains and closes at both ends.
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
+        Assert.Equal(slot, hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot);
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "std-ipv4", TestContext.Current.CancellationToken));
+        Eventually.True(() => !hosts.A.Switch.Paths["host-b"].StackStats().ContainsKey(slot) && !hosts.B.Switch.Paths["host-a"].StackStats().ContainsKey(slot),
+            TimeSpan.FromSeconds(5), "drained slot closed at both ends", () => string.Join(",", hosts.B.Switch.Paths["host-a"].StackStats().Keys));
+    }
+
+    [Fact]
+    public async Task APeerThatCannotOpenTheStack_LeavesTheVmWhereItWas_NamingWhy()
+    {
+        using var hosts = new TwoHosts(settings: Keys);
+        hosts.B.Switch.StackHost.Quarantine("secure", "test");
+        var error = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken);
+        Assert.Contains("host 'host-b' did not open secure", error, StringComparison.Ordinal);
+        Assert.Contains("quarantined on host-b", error, StringComparison.Ordinal);
+        Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].VmBindings().GetValueOrDefault("vm1").Stack ?? "std-ipv4");
+        Assert.Equal([0, RemotePath.FallbackSlot], hosts.A.Switch.Paths["host-b"].StackStats().Keys.Order());
+        Assert.Contains("is not available", await hosts.A.Switch.BindVmAsync("vm1", "host-b", "no-such-stack", TestContext.Current.CancellationToken), StringComparison.Ordinal);
+        Assert.Contains("no path to host", await hosts.A.Switch.BindVmAsync("vm1", "host-z", "secure", TestContext.Current.CancellationToken), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ASecureSlotWithoutAKey_DropsAndSaysSo()
+    {
+        using var hosts = new TwoHosts();
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 100));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+        Assert.Equal(1, hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stats.Drops[StackDropReason.NotConfigured]);
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack secure on the path to host-b: not-configured", StringComparison.Ordinal));
+    }
+}
