@@ -188,3 +188,10 @@ public class SecureConformance : StackConformance
 
     protected override IReadOnlyDictionary<string, string> Configuration { get; } = new Dictionary<string, string> { ["key"] = new string('a', 64) };
 }
+
+public class ArqLowLatConformance : StackConformance
+{
+    protected override string PluginProject => Fabric.Testing.StackPlugins.ArqLowLat;
+
+    protected override string ExpectedId => "arq-lowlat";
+}

@@ -9,6 +9,7 @@ public static class StackPlugins
     public const string StdIPv6 = "Fabric.Stacks.StdIPv6";
     public const string Fec = "Fabric.Stacks.Fec";
     public const string Secure = "Fabric.Stacks.Secure";
+    public const string ArqLowLat = "Fabric.Stacks.ArqLowLat";
     public const string SwapTest = "Fabric.Stacks.SwapTest";
     public const string Faulty = "Fabric.Stacks.Faulty";
 
