@@ -3,12 +3,19 @@ using System.Net.Sockets;
 namespace Fabric.Stacks.ArqLowLat;
 
 /// <summary>
-/// The arq-lowlat plug-in's factory. Configuration (all optional): window (packets in flight and held early, 512),
-/// minRtoMs (10), maxRtoMs (500), maxRetransmissions (20).
+/// The arq-lowlat plug-in's factory: <see cref="SelectiveRepeat"/> tuned for latency — every packet acknowledged at once,
+/// no pacing. Configuration (all optional): window (512), minRtoMs (10), maxRtoMs (500), maxRetransmissions (20).
 /// </summary>
 public sealed class ArqLowLatFactory : IStackFactory
 {
-    public StackDescription Description { get; } = new("arq-lowlat", "1.0.0", AddressFamily.InterNetwork, MaxStackFieldBytes: ArqLowLatStack.FieldLength);
+    public StackDescription Description { get; } = new("arq-lowlat", "1.0.0", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
 
-    public IStack Create(StackContext context) => new ArqLowLatStack(context.Configuration);
+    public IStack Create(StackContext context) => new SelectiveRepeat(new SelectiveRepeatOptions("arq-lowlat",
+        Window: (int)SelectiveRepeatOptions.Setting(context.Configuration, "window", 512, 16, 65536),
+        AckEvery: 1,
+        AckDelayNanoseconds: 0,
+        Pacing: false,
+        MinRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "minRtoMs", 10, 1, 10_000) * 1_000_000,
+        MaxRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "maxRtoMs", 500, 1, 60_000) * 1_000_000,
+        MaxRetransmissions: (int)SelectiveRepeatOptions.Setting(context.Configuration, "maxRetransmissions", 20, 1, 1000)));
 }

@@ -168,6 +168,7 @@ public class LinkSimulationTests
         ("std-ipv4", Fabric.Testing.StackPlugins.StdIPv4, []),
         ("fec", Fabric.Testing.StackPlugins.Fec, []),
         ("arq-lowlat", Fabric.Testing.StackPlugins.ArqLowLat, []),
+        ("arq-bulk", Fabric.Testing.StackPlugins.ArqBulk, []),
         ("secure", Fabric.Testing.StackPlugins.Secure, new() { ["key"] = new string('7', 64) }),
     ];
 

@@ -195,3 +195,10 @@ public class ArqLowLatConformance : StackConformance
 
     protected override string ExpectedId => "arq-lowlat";
 }
+
+public class ArqBulkConformance : StackConformance
+{
+    protected override string PluginProject => Fabric.Testing.StackPlugins.ArqBulk;
+
+    protected override string ExpectedId => "arq-bulk";
+}

@@ -10,6 +10,7 @@ public static class StackPlugins
     public const string Fec = "Fabric.Stacks.Fec";
     public const string Secure = "Fabric.Stacks.Secure";
     public const string ArqLowLat = "Fabric.Stacks.ArqLowLat";
+    public const string ArqBulk = "Fabric.Stacks.ArqBulk";
     public const string SwapTest = "Fabric.Stacks.SwapTest";
     public const string Faulty = "Fabric.Stacks.Faulty";
 

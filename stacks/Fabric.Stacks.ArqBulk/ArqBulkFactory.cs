@@ -1,0 +1,24 @@
+using System.Net.Sockets;
+
+namespace Fabric.Stacks.ArqBulk;
+
+/// <summary>
+/// The arq-bulk plug-in's factory: <see cref="SelectiveRepeat"/> tuned for throughput on long lossy paths — every
+/// second packet acknowledged (or after 1 ms; out-of-order ones at once), first transmissions paced at twice the
+/// acknowledged delivery rate within twice the bandwidth-delay product, up to 16,384 packets in flight. A single loss is
+/// repaired about one RTT after it happened: the packets behind it are acknowledged with ranges and the gap resent at
+/// once. Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
+/// </summary>
+public sealed class ArqBulkFactory : IStackFactory
+{
+    public StackDescription Description { get; } = new("arq-bulk", "1.0.0", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
+
+    public IStack Create(StackContext context) => new SelectiveRepeat(new SelectiveRepeatOptions("arq-bulk",
+        Window: (int)SelectiveRepeatOptions.Setting(context.Configuration, "window", 16384, 64, 65536),
+        AckEvery: 2,
+        AckDelayNanoseconds: 1_000_000,
+        Pacing: true,
+        MinRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "minRtoMs", 30, 1, 10_000) * 1_000_000,
+        MaxRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "maxRtoMs", 2000, 1, 60_000) * 1_000_000,
+        MaxRetransmissions: (int)SelectiveRepeatOptions.Setting(context.Configuration, "maxRetransmissions", 30, 1, 1000)));
+}

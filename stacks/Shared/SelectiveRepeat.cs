@@ -1,0 +1,455 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using Fabric.Wire;
+
+namespace Fabric.Stacks;
+
+/// <summary>How a <see cref="SelectiveRepeat"/> instance trades latency against overhead and throughput.</summary>
+/// <param name="Id">The stack id.</param>
+/// <param name="Window">Most packets in flight, held early at the receiver, or queued to send.</param>
+/// <param name="AckEvery">Acknowledge every Nth in-order packet (out-of-order ones at once).</param>
+/// <param name="AckDelayNanoseconds">Longest an acknowledgement waits for its Nth packet.</param>
+/// <param name="Pacing">Pace first transmissions at twice the delivery rate acknowledged, in a window of twice the bandwidth-delay product.</param>
+/// <param name="MinRtoNanoseconds">Smallest retransmission timeout.</param>
+/// <param name="MaxRtoNanoseconds">Largest, after the ×1.5 backoff.</param>
+/// <param name="MaxRetransmissions">A packet sent more often than this is given up.</param>
+internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEvery, long AckDelayNanoseconds, bool Pacing, long MinRtoNanoseconds, long MaxRtoNanoseconds,
+    int MaxRetransmissions)
+{
+    public static long Setting(IReadOnlyDictionary<string, string> configuration, string key, long fallback, long min, long max) =>
+        configuration.TryGetValue(key, out var text) && long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value)
+            ? Math.Clamp(value, min, max) : fallback;
+}
+
+/// <summary>
+/// Selective-repeat ARQ under a VM's traffic, shared by arq-lowlat and arq-bulk (compiled into each plug-in). Each frame
+/// gets a sequence number (stack fields: kind 1, sequence 32 bits). The receiver acknowledges (type StackControl;
+/// fields: kind 2, the next sequence it expects; payload: up to 16 ranges it holds beyond that, newest first, each
+/// start 32 bits and count 16 bits) every <c>AckEvery</c>th packet or after <c>AckDelay</c>, and at once when a packet
+/// arrives out of order. The sender retransmits a packet as soon as packets two or more sequences later were
+/// acknowledged (fast retransmit), or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
+/// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap. The receiver delivers in order,
+/// holding what arrives early within the window; duplicates are counted and acknowledged again. Buffers are bounded: a
+/// frame that finds the window full is dropped and counted (the VM's own transport recovers it), and a packet
+/// retransmitted too often is given up, so a dead peer never holds the path forever. With pacing, first transmissions
+/// leave at twice the delivery rate the acknowledgements show, within twice the bandwidth-delay product.
+/// </summary>
+internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
+{
+    public const int FieldLength = 5;
+    private const byte KindData = 1;
+    private const byte KindAck = 2;
+    private const int MaxRanges = 16;
+    private const int RangeLength = 6;
+
+    private readonly StackCounters _counters = new();
+
+    // Sender: packets in flight by sequence, oldest first; frames waiting for the window or the pacer.
+    private readonly SortedDictionary<uint, Outstanding> _inFlight = new(SerialComparer.Instance);
+    private readonly Queue<Outstanding> _queued = new();
+    private uint _nextSequence;
+    private double _srtt = -1;
+    private double _rttvar;
+    private long _retransmitTimer = long.MaxValue;
+    private long _nextSendAt;
+    private double _deliveryRate; // bytes per nanosecond, the highest of recent samples
+    private long _rateWindowStart = -1;
+    private long _rateWindowBytes;
+    private double _averageSize = 1000;
+
+    // Receiver.
+    private uint _expected;
+    private readonly Dictionary<uint, (byte[] Frame, uint Vni)> _early = [];
+    private readonly SortedSet<uint> _earlyOrder = new(SerialComparer.Instance);
+    private int _unacknowledged;
+    private long _ackDue = long.MaxValue;
+    private readonly byte[] _ranges = new byte[MaxRanges * RangeLength];
+
+    /// <summary>Packets sent again (fast or on timeout).</summary>
+    public long Retransmissions { get; private set; }
+
+    /// <summary>Packets given up after too many retransmissions.</summary>
+    public long GivenUp { get; private set; }
+
+    /// <summary>The current retransmission timeout for a first transmission, in nanoseconds.</summary>
+    /// <remarks>SRTT plus the larger of 4·RTTVAR and SRTT/4: on a path whose RTT hardly varies the RTTVAR term vanishes, and
+    /// a timeout equal to the RTT would fire just as the acknowledgement arrives.</remarks>
+    public long Rto => _srtt < 0 ? Math.Max(options.MinRtoNanoseconds, 200_000_000L)
+        : Math.Clamp((long)(_srtt + Math.Max(4 * _rttvar, _srtt / 4)), options.MinRtoNanoseconds, options.MaxRtoNanoseconds);
+
+    public long NextTimerNanoseconds => Math.Min(Math.Min(_retransmitTimer, _ackDue), _queued.Count > 0 ? _nextSendAt : long.MaxValue);
+
+    /// <summary>Packets the sender keeps in flight now: the window, or with pacing twice the measured bandwidth-delay product.</summary>
+    private int SendWindow => !options.Pacing || _deliveryRate <= 0 || _srtt < 0
+        ? Math.Min(options.Window, 256)
+        : (int)Math.Clamp(2 * _deliveryRate * _srtt / _averageSize, 64, options.Window);
+
+    public void Transmit(ReadOnlySpan<byte> frame, long nowNanoseconds, IUnderlayOutput underlay)
+    {
+        _counters.FramesIn++;
+        if (!EthernetFrame.TryCreate(frame, out _))
+        {
+            _counters.Drop(StackDropReason.Malformed);
+            return;
+        }
+        if (_inFlight.Count + _queued.Count >= options.Window)
+        {
+            _counters.Drop(StackDropReason.BufferFull);
+            return;
+        }
+        _averageSize += (frame.Length + FieldLength - _averageSize) / 64;
+        _queued.Enqueue(new Outstanding(0, frame.ToArray(), underlay.VirtualNetwork));
+        Pump(nowNanoseconds, underlay);
+    }
+
+    /// <summary>Sends queued frames the window and the pacer allow.</summary>
+    private void Pump(long now, IUnderlayOutput underlay)
+    {
+        while (_queued.Count > 0 && _inFlight.Count < SendWindow && (!options.Pacing || _deliveryRate <= 0 || now >= _nextSendAt))
+        {
+            var packet = _queued.Dequeue();
+            packet.Sequence = _nextSequence;
+            packet.Rto = Rto;
+            if (!Send(packet, now, underlay))
+            {
+                continue;
+            }
+            _nextSequence++;
+            _inFlight[packet.Sequence] = packet;
+            _retransmitTimer = Math.Min(_retransmitTimer, packet.Deadline);
+            if (options.Pacing && _deliveryRate > 0)
+            {
+                _nextSendAt = Math.Max(now, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / (2 * _deliveryRate));
+            }
+        }
+    }
+
+    private bool Send(Outstanding packet, long now, IUnderlayOutput underlay)
+    {
+        var buffer = underlay.Begin(FieldLength + packet.Frame.Length);
+        if (buffer.Length < FieldLength + packet.Frame.Length)
+        {
+            _counters.Drop(buffer.IsEmpty ? StackDropReason.NoBuffer : StackDropReason.TooLarge);
+            return false;
+        }
+        buffer[0] = KindData;
+        BinaryPrimitives.WriteUInt32BigEndian(buffer[1..], packet.Sequence);
+        packet.Frame.CopyTo(buffer[FieldLength..]);
+        var vni = underlay.VirtualNetwork;
+        underlay.VirtualNetwork = packet.Vni;
+        underlay.Commit(FabricPayloadType.Ethernet, FieldLength, FieldLength + packet.Frame.Length);
+        underlay.VirtualNetwork = vni;
+        _counters.DatagramsOut++;
+        packet.SentAt = now;
+        packet.Deadline = now + packet.Rto;
+        return true;
+    }
+
+    public void Receive(in StackDatagram datagram, long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
+    {
+        _counters.DatagramsIn++;
+        var fields = datagram.StackFields;
+        if (fields.Length != FieldLength)
+        {
+            _counters.Drop(StackDropReason.Malformed);
+            return;
+        }
+        var sequence = BinaryPrimitives.ReadUInt32BigEndian(fields[1..]);
+        switch (datagram.Header.PayloadType, fields[0])
+        {
+            case (FabricPayloadType.Ethernet, KindData):
+                ReceiveData(sequence, datagram.Payload, datagram.Header.VirtualNetworkId, nowNanoseconds, vm, underlay);
+                break;
+            case (FabricPayloadType.StackControl, KindAck) when datagram.Payload.Length % RangeLength == 0 && datagram.Payload.Length <= MaxRanges * RangeLength:
+                ReceiveAck(sequence, datagram.Payload, nowNanoseconds, underlay);
+                break;
+            case (FabricPayloadType.Ethernet or FabricPayloadType.StackControl, _):
+                _counters.Drop(StackDropReason.Malformed);
+                break;
+            default:
+                _counters.Drop(StackDropReason.UnexpectedPayloadType);
+                break;
+        }
+    }
+
+    private void ReceiveData(uint sequence, ReadOnlySpan<byte> frame, uint vni, long now, IVmOutput vm, IUnderlayOutput underlay)
+    {
+        if (!EthernetFrame.TryCreate(frame, out _))
+        {
+            _counters.Drop(StackDropReason.Malformed);
+            return;
+        }
+        var ahead = (int)(sequence - _expected);
+        var immediately = false;
+        if (ahead < 0 || _early.ContainsKey(sequence))
+        {
+            // Already delivered or held: the acknowledgement was lost, so say it again now.
+            _counters.Drop(StackDropReason.Duplicate);
+            immediately = true;
+        }
+        else if (ahead >= options.Window)
+        {
+            _counters.Drop(StackDropReason.BufferFull);
+            return;
+        }
+        else if (ahead == 0)
+        {
+            Deliver(frame, vni, vm);
+            _expected++;
+            // A gap just filled: the sender should hear at once.
+            immediately = _early.Count > 0;
+            while (_early.Remove(_expected, out var held))
+            {
+                _earlyOrder.Remove(_expected);
+                Deliver(held.Frame, held.Vni, vm);
+                _expected++;
+            }
+        }
+        else
+        {
+            _early[sequence] = (frame.ToArray(), vni);
+            _earlyOrder.Add(sequence);
+            immediately = true;
+        }
+        if (immediately || ++_unacknowledged >= options.AckEvery)
+        {
+            SendAck(underlay);
+        }
+        else if (_ackDue == long.MaxValue)
+        {
+            _ackDue = now + options.AckDelayNanoseconds;
+        }
+    }
+
+    private void Deliver(ReadOnlySpan<byte> frame, uint vni, IVmOutput vm)
+    {
+        var previous = vm.VirtualNetwork;
+        vm.VirtualNetwork = vni;
+        vm.Deliver(frame);
+        vm.VirtualNetwork = previous;
+        _counters.FramesDelivered++;
+    }
+
+    private void SendAck(IUnderlayOutput underlay)
+    {
+        (_unacknowledged, _ackDue) = (0, long.MaxValue);
+        // The newest ranges held beyond the gap: what lets the sender repair the gaps at once.
+        var count = 0;
+        uint start = 0;
+        uint length = 0;
+        foreach (var sequence in _earlyOrder.Reverse())
+        {
+            if (length > 0 && sequence == start - 1 && length < ushort.MaxValue)
+            {
+                (start, length) = (sequence, length + 1);
+                continue;
+            }
+            if (length > 0 && !AddRange(ref count, start, length))
+            {
+                break;
+            }
+            (start, length) = (sequence, 1);
+        }
+        if (length > 0)
+        {
+            AddRange(ref count, start, length);
+        }
+        var buffer = underlay.Begin(FieldLength + count * RangeLength);
+        if (buffer.Length < FieldLength + count * RangeLength)
+        {
+            _counters.Drop(StackDropReason.NoBuffer);
+            return;
+        }
+        buffer[0] = KindAck;
+        BinaryPrimitives.WriteUInt32BigEndian(buffer[1..], _expected);
+        _ranges.AsSpan(0, count * RangeLength).CopyTo(buffer[FieldLength..]);
+        underlay.Commit(FabricPayloadType.StackControl, FieldLength, FieldLength + count * RangeLength);
+        _counters.DatagramsOut++;
+    }
+
+    private bool AddRange(ref int count, uint start, uint length)
+    {
+        if (count == MaxRanges)
+        {
+            return false;
+        }
+        BinaryPrimitives.WriteUInt32BigEndian(_ranges.AsSpan(count * RangeLength), start);
+        BinaryPrimitives.WriteUInt16BigEndian(_ranges.AsSpan(count * RangeLength + 4), (ushort)length);
+        count++;
+        return true;
+    }
+
+    private void ReceiveAck(uint next, ReadOnlySpan<byte> ranges, long now, IUnderlayOutput underlay)
+    {
+        long acked = 0;
+        // Everything before `next` arrived.
+        while (_inFlight.Count > 0)
+        {
+            var oldest = _inFlight.First();
+            if ((int)(oldest.Key - next) >= 0)
+            {
+                break;
+            }
+            acked += Acknowledged(oldest.Value, now);
+            _inFlight.Remove(oldest.Key);
+        }
+        uint newest = 0;
+        var anyRange = false;
+        for (var i = 0; i < ranges.Length; i += RangeLength)
+        {
+            var start = BinaryPrimitives.ReadUInt32BigEndian(ranges[i..]);
+            var length = BinaryPrimitives.ReadUInt16BigEndian(ranges[(i + 4)..]);
+            for (var s = start; s != start + length; s++)
+            {
+                if (_inFlight.Remove(s, out var packet))
+                {
+                    acked += Acknowledged(packet, now);
+                }
+            }
+            var last = start + length - 1;
+            if (length > 0 && (!anyRange || (int)(last - newest) > 0))
+            {
+                (newest, anyRange) = (last, true);
+            }
+        }
+        MeasureDelivery(acked, now);
+        if (anyRange)
+        {
+            // Fast retransmit: a packet that two or more later packets overtook is lost, not late.
+            foreach (var packet in _inFlight.Values.ToList())
+            {
+                if ((int)(newest - packet.Sequence) < 2)
+                {
+                    break;
+                }
+                if (packet.FastRetransmitted < packet.Transmissions)
+                {
+                    packet.FastRetransmitted = packet.Transmissions + 1;
+                    Retransmit(packet, now, underlay);
+                }
+            }
+        }
+        Pump(now, underlay);
+    }
+
+    /// <summary>Delivery rate: acknowledged bytes over at least one SRTT, the highest of recent windows (pacing and the window follow it).</summary>
+    private void MeasureDelivery(long acked, long now)
+    {
+        if (!options.Pacing || acked == 0)
+        {
+            return;
+        }
+        if (_rateWindowStart < 0)
+        {
+            (_rateWindowStart, _rateWindowBytes) = (now, 0);
+        }
+        _rateWindowBytes += acked;
+        var elapsed = now - _rateWindowStart;
+        if (_srtt > 0 && elapsed >= _srtt)
+        {
+            var rate = (double)_rateWindowBytes / elapsed;
+            // Rise at once, decay slowly: a quiet VM must not shrink the window the next burst needs.
+            _deliveryRate = rate > _deliveryRate ? rate : 0.9 * _deliveryRate + 0.1 * rate;
+            (_rateWindowStart, _rateWindowBytes) = (now, 0);
+        }
+    }
+
+    private long Acknowledged(Outstanding packet, long now)
+    {
+        if (packet.Transmissions == 1)
+        {
+            // RFC 6298 on first transmissions only (Karn): a retransmitted packet's ack cannot say which copy it answers.
+            var rtt = now - packet.SentAt;
+            if (_srtt < 0)
+            {
+                (_srtt, _rttvar) = (rtt, rtt / 2.0);
+            }
+            else
+            {
+                _rttvar = 0.75 * _rttvar + 0.25 * Math.Abs(_srtt - rtt);
+                _srtt = 0.875 * _srtt + 0.125 * rtt;
+            }
+        }
+        return packet.Frame.Length + FieldLength;
+    }
+
+    private void Retransmit(Outstanding packet, long now, IUnderlayOutput underlay)
+    {
+        if (packet.Transmissions > options.MaxRetransmissions)
+        {
+            _inFlight.Remove(packet.Sequence);
+            GivenUp++;
+            return;
+        }
+        packet.Transmissions++;
+        // Backed off by half, not doubled: under random loss a lost retransmission is no sign of congestion. From the
+        // current estimate: a packet first sent before any RTT was measured must not carry that guess into its retries.
+        packet.Rto = Math.Min((long)(Rto * Math.Pow(1.5, packet.Transmissions - 1)), options.MaxRtoNanoseconds);
+        if (Send(packet, now, underlay))
+        {
+            Retransmissions++;
+        }
+        _retransmitTimer = Math.Min(_retransmitTimer, packet.Deadline);
+    }
+
+    public void OnTimer(long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
+    {
+        if (_ackDue <= nowNanoseconds)
+        {
+            SendAck(underlay);
+        }
+        if (_retransmitTimer <= nowNanoseconds)
+        {
+            var next = long.MaxValue;
+            foreach (var packet in _inFlight.Values.ToList())
+            {
+                if (packet.Deadline <= nowNanoseconds)
+                {
+                    Retransmit(packet, nowNanoseconds, underlay);
+                }
+                if (_inFlight.ContainsKey(packet.Sequence))
+                {
+                    next = Math.Min(next, packet.Deadline);
+                }
+            }
+            _retransmitTimer = next;
+        }
+        Pump(nowNanoseconds, underlay);
+    }
+
+    public StackStats GetStats() => _counters.Snapshot();
+
+    public StackState ExportState() => StackState.Empty(options.Id);
+
+    public void ApplyPolicy(StackPolicy policy)
+    {
+    }
+
+    public void Dispose()
+    {
+        _inFlight.Clear();
+        _queued.Clear();
+        _early.Clear();
+        _earlyOrder.Clear();
+    }
+
+    private sealed class Outstanding(uint sequence, byte[] frame, uint vni)
+    {
+        public uint Sequence { get; set; } = sequence;
+        public byte[] Frame { get; } = frame;
+        public uint Vni { get; } = vni;
+        public long SentAt;
+        public long Deadline;
+        public long Rto;
+        public int Transmissions = 1;
+        public int FastRetransmitted;
+    }
+
+    /// <summary>Orders 32-bit sequence numbers that may wrap (RFC 1982 serial arithmetic, within half the space).</summary>
+    private sealed class SerialComparer : IComparer<uint>
+    {
+        public static SerialComparer Instance { get; } = new();
+
+        public int Compare(uint x, uint y) => (int)(x - y) switch { < 0 => -1, > 0 => 1, _ => 0 };
+    }
+}
