@@ -41,6 +41,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private const byte KindAck = 2;
     private const int MaxRanges = 16;
     private const int RangeLength = 6;
+    private const long PacingSlackNanoseconds = 2_000_000;
 
     private readonly StackCounters _counters = new();
 
@@ -119,7 +120,9 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             _retransmitTimer = Math.Min(_retransmitTimer, packet.Deadline);
             if (options.Pacing && _deliveryRate > 0)
             {
-                _nextSendAt = Math.Max(now, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / (2 * _deliveryRate));
+                // The host runs timers about every millisecond: packets due in the last 2 ms may leave together, or the
+                // pace would be one packet per tick.
+                _nextSendAt = Math.Max(now - PacingSlackNanoseconds, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / (2 * _deliveryRate));
             }
         }
     }

@@ -39,8 +39,13 @@ public sealed class OverlayTopology : IDisposable
     /// <param name="stack">The stack both paths use.</param>
     /// <param name="withEmulator">False joins the hosts with one veth and no emulator (benchmarks of the agents alone).</param>
     /// <param name="controlPlane">With it, a silo runs too and the agents obey it (see <see cref="ControlPlaneSetup"/>).</param>
-    public OverlayTopology(string binDirectory, string stack, bool withEmulator = true, ControlPlaneSetup? controlPlane = null)
+    /// <param name="stackProjects">Without a control plane: the plug-in projects both agents load (default std-ipv4, std-ipv6, swap-test).</param>
+    /// <param name="settings">Per stack id, the configuration both agents give its instances on their path (e.g. secure's key).</param>
+    public OverlayTopology(string binDirectory, string stack, bool withEmulator = true, ControlPlaneSetup? controlPlane = null,
+        IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null)
     {
+        _stackProjects = stackProjects ?? [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.SwapTest];
+        _settings = settings;
         try
         {
             _workDir = Directory.CreateTempSubdirectory("fabric-overlay-").FullName;
@@ -102,6 +107,8 @@ public sealed class OverlayTopology : IDisposable
     }
 
     private readonly ControlPlaneSetup? _controlPlane;
+    private readonly IReadOnlyList<string> _stackProjects = [];
+    private readonly Dictionary<string, Dictionary<string, string>>? _settings;
 
     /// <summary>The silo's namespace (with a control plane).</summary>
     public string SiloNamespace { get; private set; } = "";
@@ -290,10 +297,10 @@ public sealed class OverlayTopology : IDisposable
             {
                 hostId,
                 underlay = new { ipv4 = v4, ipv6 = v6 },
-                stacks = new[] { StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest) },
+                stacks = _stackProjects.Select(StackPlugins.PathOf).ToArray(),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
-                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },
+                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings } },
                 vms,
                 routes,
             };

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every stack across the same emulated link (fabric-linkem between two fabric-agents): TCP goodput (iperf3, CUBIC),
+# 64-byte request/response RTT p50/p99 over TCP (sockperf), underlay bytes per delivered byte, as CSV. Default: the cells
+# the stacks' goals name; --full: RTT {2,30,120} ms x loss {0,0.5,2,5} % x rate {20,200} Mbit/s. Needs root.
+# Usage: bench/stacks.sh [SECONDS_PER_RUN] [--full] [--csv FILE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ]; then
+  missing=()
+  for p in iperf3 sockperf ethtool; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; fi
+fi
+dotnet build tests/Fabric.Benchmarks -c Release -nologo -clp:ErrorsOnly
+args=("$@")
+[[ " ${args[*]} " == *" --csv "* ]] || args+=(--csv "$PWD/bench/results/stacks-$(date -u +%Y%m%d-%H%M%S).csv")
+mkdir -p bench/results
+exec tests/Fabric.Benchmarks/bin/Release/net10.0/Fabric.Benchmarks stacks "${args[@]}"
