@@ -94,6 +94,19 @@ public interface IVmOutput
     uint VirtualNetwork { get; set; }
 }
 
+/// <summary>Helpers for stacks over <see cref="IVmOutput"/>.</summary>
+public static class VmOutputExtensions
+{
+    /// <summary>Delivers a frame in <paramref name="virtualNetwork"/> (one a stack buffered or recovered), leaving the output's network as it was.</summary>
+    public static void Deliver(this IVmOutput vm, ReadOnlySpan<byte> frame, uint virtualNetwork)
+    {
+        var previous = vm.VirtualNetwork;
+        vm.VirtualNetwork = virtualNetwork;
+        vm.Deliver(frame);
+        vm.VirtualNetwork = previous;
+    }
+}
+
 /// <summary>A received datagram as the host parsed it: the Fabric header's fields and what follows.</summary>
 public readonly ref struct StackDatagram
 {

@@ -313,10 +313,7 @@ public sealed class FecStack : IStack
 
     private void Deliver(ReadOnlySpan<byte> frame, uint vni, IVmOutput vm)
     {
-        var previous = vm.VirtualNetwork;
-        vm.VirtualNetwork = vni;
-        vm.Deliver(frame);
-        vm.VirtualNetwork = previous;
+        vm.Deliver(frame, vni);
         _counters.FramesDelivered++;
     }
 

@@ -226,10 +226,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     private void Deliver(ReadOnlySpan<byte> frame, uint vni, IVmOutput vm)
     {
-        var previous = vm.VirtualNetwork;
-        vm.VirtualNetwork = vni;
-        vm.Deliver(frame);
-        vm.VirtualNetwork = previous;
+        vm.Deliver(frame, vni);
         _counters.FramesDelivered++;
     }
 
