@@ -78,7 +78,10 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     public long Rto => _srtt < 0 ? Math.Max(options.MinRtoNanoseconds, 200_000_000L)
         : Math.Clamp((long)(_srtt + Math.Max(4 * _rttvar, _srtt / 4)), options.MinRtoNanoseconds, options.MaxRtoNanoseconds);
 
-    public long NextTimerNanoseconds => Math.Min(Math.Min(_retransmitTimer, _ackDue), _queued.Count > 0 ? _nextSendAt : long.MaxValue);
+    /// <remarks>Queued frames need a timer only while the pacer holds them; frames held by a full window leave when
+    /// acknowledgements open it.</remarks>
+    public long NextTimerNanoseconds => Math.Min(Math.Min(_retransmitTimer, _ackDue),
+        _queued.Count > 0 && options.Pacing && _deliveryRate > 0 && _inFlight.Count < SendWindow ? _nextSendAt : long.MaxValue);
 
     /// <summary>Packets the sender keeps in flight now: the window, or with pacing twice the measured bandwidth-delay product.</summary>
     private int SendWindow => !options.Pacing || _deliveryRate <= 0 || _srtt < 0
