@@ -289,7 +289,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 next[Key(upsert)] = upsert;
             }
-            (_desired, _) = (next, Interlocked.Exchange(ref _version, change.Version));
+            _desired = next;
+            Interlocked.Exchange(ref _version, change.Version);
             await ReconcileAndAcknowledgeAsync(host, _stop.Token).ConfigureAwait(false);
         }
         finally
@@ -304,7 +305,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            if (desired is not null && desired.Version >= Interlocked.Read(ref _version) || desired is not null && desired.Version >> 32 != Interlocked.Read(ref _version) >> 32)
+            // A newer version, or any version of a new epoch (a control plane that started over), replaces what is held.
+            var held = Interlocked.Read(ref _version);
+            if (desired is not null && (desired.Version >= held || desired.Version >> 32 != held >> 32))
             {
                 _desired = desired.Bindings.ToDictionary(Key, StringComparer.Ordinal);
                 Interlocked.Exchange(ref _version, desired.Version);
