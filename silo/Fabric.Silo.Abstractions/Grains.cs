@@ -137,3 +137,29 @@ public interface IAgentObserver : IGrainObserver
     [Alias("desired-state-changed")]
     Task DesiredStateChangedAsync(DesiredStateChange change);
 }
+
+/// <summary>
+/// The fleet's index (one grain, key <see cref="Key"/>): which hosts registered, where each VM runs, and the stack
+/// switches of the last minutes — what an operator's overview lists. Hosts and VMs tell it as they register and move.
+/// </summary>
+[Alias("fabric.fleet")]
+public interface IFleetGrain : IGrainWithStringKey
+{
+    const string Key = "fleet";
+
+    [Alias("host-seen")]
+    ValueTask HostSeenAsync(string hostId);
+
+    [Alias("vm-placed")]
+    ValueTask VmPlacedAsync(string vmId, string hostId);
+
+    [Alias("vm-removed")]
+    ValueTask VmRemovedAsync(string vmId);
+
+    /// <summary>One-way, from a VM's grain: a decision that switched its stack on a path.</summary>
+    [Alias("switched"), Orleans.Concurrency.OneWay]
+    ValueTask SwitchedAsync(Decision decision);
+
+    [Alias("view"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<FleetView> GetAsync();
+}

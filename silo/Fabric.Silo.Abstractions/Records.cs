@@ -196,3 +196,10 @@ public sealed record VmView(
     [property: Id(4)] ImmutableDictionary<string, string> Stacks,
     [property: Id(5)] ImmutableArray<Decision> Log,
     [property: Id(6)] ImmutableDictionary<string, Decision> Last);
+
+/// <summary>The fleet's index: hosts, each VM's host, and the newest stack switches first.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.fleet-view")]
+public sealed record FleetView(
+    [property: Id(0)] ImmutableArray<string> Hosts,
+    [property: Id(1)] ImmutableSortedDictionary<string, string> Vms,
+    [property: Id(2)] ImmutableArray<Decision> RecentSwitches);

@@ -75,6 +75,7 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             _state.State.Info = info;
             await _state.WriteStateAsync();
+            await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).HostSeenAsync(info.HostId);
         }
         return Desired;
     }

@@ -150,6 +150,7 @@ public sealed class VmGrain(
             state.State.PolicyVersion = 1;
         }
         await state.WriteStateAsync();
+        await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).VmPlacedAsync(VmId, placement.HostId);
         var host = GrainFactory.GetGrain<IHostGrain>(placement.HostId);
         await host.AddVmAsync(VmId);
         if (adopted.Count > 0)
@@ -171,6 +172,7 @@ public sealed class VmGrain(
         state.State.Stacks.Clear();
         state.State.Pending.Clear();
         await state.WriteStateAsync();
+        await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).VmRemovedAsync(VmId);
     }
 
     public async ValueTask PathChangedAsync(string remoteHost, PathConditions conditions)
@@ -257,6 +259,7 @@ public sealed class VmGrain(
         }
         if (decision.Changed && decision.Stack.Length > 0)
         {
+            _ = GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).SwitchedAsync(decision).AsTask();
             state.State.Stacks[remoteHost] = decision.Stack;
             return [new Binding(VmId, remoteHost, decision.Stack)];
         }

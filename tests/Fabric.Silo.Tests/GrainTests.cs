@@ -86,6 +86,26 @@ public class GrainTests(ClusterFixture fixture)
     }
 
     [Fact]
+    public async Task TheFleetIndex_ListsHostsAndVms_AndEverySwitch_AndForgetsRemovedVms()
+    {
+        var (vm, a, b, _) = await PlacedVmAsync(Policy("latency"));
+        var vmId = vm.GetPrimaryKeyString();
+        var fleet = fixture.Client.GetGrain<IFleetGrain>(IFleetGrain.Key);
+        var view = await fleet.GetAsync();
+        Assert.Contains(a, view.Hosts);
+        Assert.Contains(b, view.Hosts);
+        Assert.Equal(a, view.Vms[vmId]);
+
+        // An operator's pin switches the VM: the overview hears of it (one-way, so it may take a moment).
+        Assert.True((await vm.SetPolicyAsync(Policy(pin: "fec"))).Accepted);
+        await Eventually.TrueAsync(async () => (await fleet.GetAsync()).RecentSwitches.Any(d => d.VmId == vmId && d.Stack == "fec" && d.Previous == "std-ipv4"),
+            TimeSpan.FromSeconds(10), "the switch in the fleet index", async () => string.Join("; ", (await fleet.GetAsync()).RecentSwitches.Select(d => $"{d.VmId}:{d.Stack}")));
+
+        await vm.RemoveAsync();
+        Assert.False((await fleet.GetAsync()).Vms.ContainsKey(vmId));
+    }
+
+    [Fact]
     public async Task LossOnThePath_MovesTheVmToALossTolerantStack_AfterTheSustainTime_AndTheAgentIsToldAndBackWhenItEnds()
     {
         var (vm, a, b, agent) = await PlacedVmAsync(Policy("latency"));

@@ -1,0 +1,157 @@
+using System.Net;
+using System.Security.Claims;
+using Fabric.Dashboard;
+using Fabric.Dashboard.Components;
+using Fabric.Embedded;
+using Fabric.Silo;
+using Fabric.Silo.Selection;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Authentication.Cookies;
+using Microsoft.AspNetCore.DataProtection;
+using Microsoft.AspNetCore.Mvc;
+using MudBlazor.Services;
+
+// fabric-dashboard: the operator UI; with --embedded (the default) the whole system in one process.
+if (args is ["-h" or "--help"])
+{
+    Console.WriteLine(DashboardOptions.Usage);
+    return 0;
+}
+DashboardOptions options;
+Users users;
+DevelopmentRepository? repository = null;
+string? sourceRoot = null;
+try
+{
+    options = DashboardOptions.Parse(args);
+    EnsureFree(options.Listen);
+    if (options.Embedded)
+    {
+        sourceRoot = options.SourceRoot ?? BuiltInStacks.FindSourceRoot(AppContext.BaseDirectory)
+            ?? throw new FormatException("cannot find the Fabric checkout above this program: give --source-root DIR");
+        users = Users.EnsureGenerated(Path.Combine(options.DataDirectory, "credentials.txt"));
+        // Keys are kept; the repository and the agents' state are rebuilt from this build at every start.
+        var run = Path.Combine(options.DataDirectory, "run");
+        if (Directory.Exists(run))
+        {
+            Directory.Delete(run, recursive: true);
+        }
+        var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent?.Name is "Debug" ? "Debug" : "Release";
+        repository = DevelopmentRepository.Create(Path.Combine(options.DataDirectory, "keys"), run, sourceRoot, configuration);
+    }
+    else
+    {
+        users = Users.Load(options.UsersFile!);
+    }
+}
+catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException or Fabric.Repository.PackageException or Fabric.Repository.TrustException)
+{
+    Console.Error.WriteLine($"fabric-dashboard: {e.Message}");
+    Console.Error.WriteLine(DashboardOptions.Usage);
+    return 2;
+}
+
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
+// MudBlazor's files come from its package folder through the static web assets manifest, in every environment.
+builder.WebHost.UseStaticWebAssets();
+builder.WebHost.UseKestrel(k => k.Listen(options.Listen));
+builder.Logging.ClearProviders().AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
+builder.Logging.AddFilter("Orleans", LogLevel.Warning).AddFilter("Microsoft", LogLevel.Warning).AddFilter("Polly", LogLevel.Warning)
+    .AddFilter("Fabric.Embedded", LogLevel.Warning).AddFilter("Microsoft.AspNetCore.DataProtection", LogLevel.Error).AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
+
+var simulation = new Simulation(options, repository);
+builder.Services.AddSingleton(simulation);
+builder.Services.AddSingleton(users);
+if (options.Embedded)
+{
+    var (siloPort, gatewayPort) = (FreePort(), FreePort());
+    simulation.Gateway = $"127.0.0.1:{gatewayPort}";
+    builder.UseOrleans(silo => silo
+        .UseLocalhostClustering(siloPort, gatewayPort, serviceId: options.ServiceId, clusterId: options.ClusterId)
+        .AddMemoryGrainStorage(Storage.Name)
+        .AddFabricControlPlane(new SelectorOptions()));
+    builder.Services.AddSingleton(new CatalogSource(repository!.Path, repository.TrustRoot, Path.Combine(options.DataDirectory, "run", "silo"), 30));
+    builder.Services.AddHostedService<CatalogSync>();
+    builder.Services.AddHostedService<SimulationRunner>();
+}
+else
+{
+    builder.UseOrleansClient(client => client
+        .UseStaticClustering([.. options.Gateways])
+        .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId)));
+}
+
+builder.Services.AddAuthentication(CookieAuthenticationDefaults.AuthenticationScheme)
+    .AddCookie(o =>
+    {
+        o.LoginPath = "/login";
+        o.AccessDeniedPath = "/login";
+        o.Cookie.Name = "fabric-dashboard";
+        o.Cookie.HttpOnly = true;
+        o.Cookie.SameSite = SameSiteMode.Strict;
+        o.ExpireTimeSpan = TimeSpan.FromHours(8);
+        o.SlidingExpiration = true;
+    });
+builder.Services.AddAuthorization();
+// Sign-ins survive a restart: the cookie keys live in the data folder (owner-only), not in memory.
+var protectionKeys = Directory.CreateDirectory(Path.Combine(options.DataDirectory, "dataprotection"));
+File.SetUnixFileMode(protectionKeys.FullName, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+builder.Services.AddDataProtection().PersistKeysToFileSystem(protectionKeys).SetApplicationName("fabric-dashboard");
+builder.Services.AddCascadingAuthenticationState();
+builder.Services.AddRazorComponents().AddInteractiveServerComponents();
+builder.Services.AddMudServices();
+
+var app = builder.Build();
+app.UseAuthentication();
+app.UseAuthorization();
+app.UseAntiforgery();
+app.MapStaticAssets();
+app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
+
+app.MapPost("/account/login", async (HttpContext http, [FromForm] string? username, [FromForm] string? password, [FromForm] string? returnUrl, Users known) =>
+{
+    var back = returnUrl is { Length: > 0 } r && r.StartsWith('/') && !r.StartsWith("//", StringComparison.Ordinal) ? r : "/";
+    if (known.Check(username, password) is not { } user)
+    {
+        return Results.LocalRedirect($"/login?error=1&returnUrl={Uri.EscapeDataString(back)}");
+    }
+    var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, user.Name), new Claim(ClaimTypes.Role, user.Role)], CookieAuthenticationDefaults.AuthenticationScheme);
+    await http.SignInAsync(CookieAuthenticationDefaults.AuthenticationScheme, new ClaimsPrincipal(identity));
+    return Results.LocalRedirect(back);
+});
+app.MapPost("/account/logout", async (HttpContext http) =>
+{
+    await http.SignOutAsync(CookieAuthenticationDefaults.AuthenticationScheme);
+    return Results.LocalRedirect("/login");
+});
+
+await app.StartAsync();
+var url = $"http://{(options.Listen.Address.Equals(IPAddress.Any) ? "127.0.0.1" : options.Listen.Address)}:{options.Listen.Port}/";
+Console.WriteLine(options.Embedded
+    ? $"Fabric is running on its embedded default: {options.Hosts} simulated hosts, a silo, stacks signed by the development key in {Path.Combine(options.DataDirectory, "keys")}.\n"
+      + $"Dashboard: {url}  (sign in as 'admin' for changes or 'viewer' to look; the passwords are in {users.Path})\nCtrl+C stops it."
+    : $"Fabric dashboard: {url}  (cluster {options.ClusterId} through {string.Join(", ", options.Gateways)}; users from {users.Path})");
+await app.WaitForShutdownAsync();
+return 0;
+
+// Said before anything starts (a silo and a fleet would otherwise run up to the moment the web server fails to bind).
+static void EnsureFree(IPEndPoint listen)
+{
+    try
+    {
+        var probe = new System.Net.Sockets.TcpListener(listen);
+        probe.Start();
+        probe.Stop();
+    }
+    catch (System.Net.Sockets.SocketException e)
+    {
+        throw new IOException($"cannot listen on {listen}: {e.Message} (is Fabric already running? give another --listen ADDR:PORT)");
+    }
+}
+
+static int FreePort()
+{
+    using var listener = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+    listener.Start();
+    return ((IPEndPoint)listener.LocalEndpoint).Port;
+}

@@ -1,0 +1,143 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using Fabric.Testing;
+using Microsoft.Playwright;
+
+namespace Fabric.Dashboard.Tests;
+
+/// <summary>The embedded default and Debian's Chromium driven by Playwright (nothing downloaded).</summary>
+public sealed class BrowserFixture : IAsyncLifetime
+{
+    public const string Chromium = "/usr/bin/chromium";
+
+    public EmbeddedDashboard Dashboard { get; } = new();
+
+    public IPlaywright? Playwright { get; private set; }
+
+    public IBrowser? Browser { get; private set; }
+
+    /// <summary>Where each page's screenshot goes (artifacts/ is kept by CI and ignored by git).</summary>
+    public static string Screenshots => Path.Combine(RepositoryRoot.Directory, "artifacts", "screenshots");
+
+    public async ValueTask InitializeAsync()
+    {
+        if (!File.Exists(Chromium))
+        {
+            return;
+        }
+        await Dashboard.InitializeAsync();
+        Playwright = await Microsoft.Playwright.Playwright.CreateAsync();
+        Browser = await Playwright.Chromium.LaunchAsync(new() { ExecutablePath = Chromium, Headless = true, Args = ["--no-sandbox"] });
+        Directory.CreateDirectory(Screenshots);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Browser is not null)
+        {
+            await Browser.DisposeAsync();
+        }
+        Playwright?.Dispose();
+        if (File.Exists(Chromium))
+        {
+            await Dashboard.DisposeAsync();
+        }
+    }
+}
+
+/// <summary>
+/// As an operator would: sign in, look at every page, change a VM's policy to confidential and watch its paths move to
+/// secure; a wrong password is refused; the read-only user cannot change anything.
+/// </summary>
+public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<BrowserFixture>
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(60);
+
+    private async Task<IPage> SignInAsync(string user, string password, string path = "")
+    {
+        Assert.SkipWhen(fixture.Browser is null, $"{BrowserFixture.Chromium} is not installed (./fabric test installs it as root)");
+        var context = await fixture.Browser!.NewContextAsync(new() { ViewportSize = new() { Width = 1400, Height = 1000 } });
+        var page = await context.NewPageAsync();
+        await page.GotoAsync(fixture.Dashboard.Url + path);
+        Assert.Contains("/login", page.Url, StringComparison.Ordinal);
+        await page.FillAsync("#username", user);
+        await page.FillAsync("#password", password);
+        await page.ClickAsync("#sign-in");
+        await page.WaitForLoadStateAsync(LoadState.NetworkIdle);
+        return page;
+    }
+
+    private static async Task ShotAsync(IPage page, string name) =>
+        await page.ScreenshotAsync(new() { Path = Path.Combine(BrowserFixture.Screenshots, name + ".png"), FullPage = true });
+
+    [Fact]
+    public async Task WrongPassword_IsRefused_AndNothingOpens()
+    {
+        var page = await SignInAsync(fixture.Dashboard.Admin.Name, fixture.Dashboard.Admin.Password + "x", "vms/web-1");
+        Assert.Contains("/login", page.Url, StringComparison.Ordinal);
+        Assert.True(await page.Locator("[data-testid=login-error]").IsVisibleAsync());
+        await ShotAsync(page, "login-refused");
+        await page.GotoAsync(fixture.Dashboard.Url + "stacks");
+        Assert.Contains("/login", page.Url, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Admin_SeesEveryPage_AndAConfidentialPolicyMovesTheVmsPathsToSecure()
+    {
+        var page = await SignInAsync(fixture.Dashboard.Admin.Name, fixture.Dashboard.Admin.Password);
+        Assert.DoesNotContain("/login", page.Url, StringComparison.Ordinal);
+        var paths = page.Locator("[data-testid=vm-row-web-1] .mud-chip");
+
+        // The fleet registers, and web-1 has a stack towards each of the other three hosts.
+        await Eventually.TrueAsync(async () => await page.Locator("[data-testid=host-count]").InnerTextAsync() == "4" && await paths.CountAsync() == 3,
+            Wait, "the fleet on the overview", async () => await page.InnerTextAsync("body"));
+        await ShotAsync(page, "fleet");
+
+        await page.ClickAsync("a[href='vms/web-1']");
+        await page.WaitForURLAsync(new Regex("/vms/web-1$"));
+        var stacks = page.Locator("[data-testid^=path-] [data-testid=stack]");
+        await Eventually.TrueAsync(async () => await stacks.CountAsync() == 3, Wait, "web-1's paths", async () => await page.InnerTextAsync("body"));
+        Assert.DoesNotContain("secure", await stacks.AllInnerTextsAsync());
+        await ShotAsync(page, "vm-before");
+
+        await page.ClickAsync("[data-testid=security-confidential]");
+        var clicked = Stopwatch.StartNew();
+        await page.ClickAsync("[data-testid=save-policy]");
+        await page.Locator("[data-testid=policy-accepted]").WaitForAsync(new() { Timeout = 10_000 });
+        await Eventually.TrueAsync(async () => (await stacks.AllInnerTextsAsync()) is { Count: 3 } s && s.All(t => t.Trim() == "secure"),
+            Wait, "web-1's paths switched to secure", async () => await page.InnerTextAsync("body"));
+        TestContext.Current.SendDiagnosticMessage($"web-1's three paths on secure {clicked.Elapsed.TotalSeconds:0.0} s after the policy was applied");
+        Assert.Contains("secure", await page.InnerTextAsync("text=Decision history >> xpath=.."), StringComparison.Ordinal);
+        await ShotAsync(page, "vm-after-confidential");
+
+        foreach (var (path, expect, name) in new[]
+        {
+            ("hosts/host-1", "NICs", "host"),
+            ("paths?from=host-1&to=host-2", "Round-trip time", "paths"),
+            ("stacks", "secure", "stacks"),
+            ("policies?vm=web-1", "confidential", "policies"),
+        })
+        {
+            await page.GotoAsync(fixture.Dashboard.Url + path);
+            await page.GetByText(expect).First.WaitForAsync(new() { Timeout = 30_000 });
+            await ShotAsync(page, name);
+        }
+    }
+
+    [Fact]
+    public async Task ReadOnlyUser_SeesPolicies_ButCannotChangeThem()
+    {
+        var page = await SignInAsync(fixture.Dashboard.Viewer.Name, fixture.Dashboard.Viewer.Password, "vms/voice-1");
+        await page.WaitForURLAsync(new Regex("/vms/voice-1$"));
+        await page.Locator("[data-testid=read-only-note]").WaitForAsync(new() { Timeout = 30_000 });
+        Assert.True(await page.Locator("[data-testid=save-policy]").IsDisabledAsync());
+        var radios = page.Locator("[data-testid=policy-editor] input[type=radio]");
+        Assert.Equal(7, await radios.CountAsync());
+        for (var i = 0; i < 7; i++)
+        {
+            Assert.True(await radios.Nth(i).IsDisabledAsync());
+        }
+        Assert.Equal("read-only", (await page.InnerTextAsync("[data-testid=role]")).Trim());
+        await ShotAsync(page, "vm-read-only");
+    }
+}

@@ -1,0 +1,85 @@
+using System.Diagnostics;
+using System.Text;
+using Fabric.Testing;
+
+namespace Fabric.Dashboard.Tests;
+
+/// <summary>
+/// The README's first command as a process: <c>fabric-dashboard</c> on its embedded default (silo, signed repository,
+/// simulated fleet, dashboard) with its own data folder and port. Shared by the browser tests; stopped and removed after.
+/// </summary>
+public sealed class EmbeddedDashboard : IAsyncLifetime
+{
+    private readonly StringBuilder _output = new();
+    private Process? _process;
+
+    public string DataDirectory { get; } = Directory.CreateTempSubdirectory("fabric-dashboard-").FullName;
+
+    public string Url { get; private set; } = "";
+
+    public (string Name, string Password) Admin { get; private set; }
+
+    public (string Name, string Password) Viewer { get; private set; }
+
+    public string Output
+    {
+        get
+        {
+            lock (_output)
+            {
+                return _output.ToString();
+            }
+        }
+    }
+
+    public async ValueTask InitializeAsync()
+    {
+        var port = LoopbackPorts.Free();
+        var start = new ProcessStartInfo(Processes.Built("dashboard/Fabric.Dashboard", "fabric-dashboard"))
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var arg in new[] { "--data", DataDirectory, "--listen", $"127.0.0.1:{port}", "--phase-seconds", "20" })
+        {
+            start.ArgumentList.Add(arg);
+        }
+        _process = Process.Start(start)!;
+        _process.OutputDataReceived += (_, e) => Append(e.Data);
+        _process.ErrorDataReceived += (_, e) => Append(e.Data);
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        Url = $"http://127.0.0.1:{port}/";
+        await Eventually.TrueAsync(() => Task.FromResult(Output.Contains("Dashboard: ", StringComparison.Ordinal) || _process.HasExited),
+            TimeSpan.FromSeconds(60), "the embedded default started", () => Task.FromResult(Output));
+        if (_process.HasExited)
+        {
+            throw new InvalidOperationException($"fabric-dashboard exited with {_process.ExitCode}: {Output}");
+        }
+        var users = File.ReadAllLines(Path.Combine(DataDirectory, "credentials.txt")).Where(l => !l.StartsWith('#')).Select(l => l.Split(' ')).ToList();
+        Admin = (users.Single(u => u[2] == "admin")[0], users.Single(u => u[2] == "admin")[1]);
+        Viewer = (users.Single(u => u[2] == "read-only")[0], users.Single(u => u[2] == "read-only")[1]);
+    }
+
+    private void Append(string? line)
+    {
+        if (line is not null)
+        {
+            lock (_output)
+            {
+                _output.AppendLine(line);
+            }
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_process is { HasExited: false })
+        {
+            _process.Kill(entireProcessTree: true);
+            await _process.WaitForExitAsync();
+        }
+        _process?.Dispose();
+        Directory.Delete(DataDirectory, recursive: true);
+    }
+}
