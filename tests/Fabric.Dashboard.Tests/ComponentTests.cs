@@ -1,0 +1,142 @@
+using System.Collections.Immutable;
+using Bunit;
+using Fabric.Dashboard.Components.Pages;
+using Fabric.Dashboard.Components.Shared;
+using Fabric.Silo;
+using Microsoft.Extensions.DependencyInjection;
+using MudBlazor;
+using MudBlazor.Services;
+using Orleans.TestingHost;
+
+namespace Fabric.Dashboard.Tests;
+
+/// <summary>A real one-silo cluster in this process (memory storage, Fabric's grains) with a small catalog.</summary>
+public sealed class GrainsFixture : IAsyncLifetime
+{
+    public static readonly ImmutableArray<StackInfo> Catalog =
+    [
+        new("std-ipv4", "1.0.0", "ipv4", 16, 0, 0, 0, false, "default; clean paths"),
+        new("fec", "1.0.0", "ipv4", 24, 0.25, 5, 0.05, false, "low latency on lossy paths"),
+        new("secure", "1.0.0", "ipv4", 40, 0, 0, 0, true, "sensitive tenants"),
+    ];
+
+    public InProcessTestCluster Cluster { get; private set; } = null!;
+
+    public IClusterClient Client => Cluster.Client;
+
+    public async ValueTask InitializeAsync()
+    {
+        var builder = new InProcessTestClusterBuilder(1);
+        builder.ConfigureSilo((_, silo) => silo.AddMemoryGrainStorage(Storage.Name).AddFabricControlPlane());
+        Cluster = builder.Build();
+        await Cluster.DeployAsync();
+        foreach (var stack in Catalog)
+        {
+            await Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(stack);
+        }
+    }
+
+    public async ValueTask DisposeAsync() => await Cluster.DisposeAsync();
+}
+
+/// <summary>The dashboard's components rendered by bUnit against real grains: what they show, and what they let a user do.</summary>
+public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
+{
+    private readonly GrainsFixture _grains;
+
+    public ComponentTests(GrainsFixture grains)
+    {
+        _grains = grains;
+        JSInterop.Mode = JSRuntimeMode.Loose;
+        Services.AddMudServices();
+        Services.AddSingleton<IGrainFactory>(grains.Client);
+        Services.AddSingleton(new Simulation(DashboardOptions.Parse([]), null));
+    }
+
+    private static string Unique(string prefix) => $"{prefix}-{Guid.NewGuid():N}"[..20];
+
+    /// <summary>Signs a user in with a role, then renders as Blazor Server does: interactive, so pages refresh themselves.</summary>
+    private void SignIn(string role)
+    {
+        AddAuthorization().SetAuthorized("someone").SetRoles(role);
+        Renderer.SetRendererInfo(new Microsoft.AspNetCore.Components.RendererInfo("Server", isInteractive: true));
+        Render<MudPopoverProvider>();
+    }
+
+    private IRenderedComponent<PolicyEditor> Editor(string vmId, Policy policy, bool canEdit, string role)
+    {
+        SignIn(role);
+        return Render<PolicyEditor>(p => p.Add(e => e.VmId, vmId).Add(e => e.Current, policy).Add(e => e.PolicyVersion, 0)
+            .Add(e => e.Catalog, GrainsFixture.Catalog).Add(e => e.CanEdit, canEdit));
+    }
+
+    [Fact]
+    public void ReadOnly_EveryFieldAndTheButtonAreDisabled_AndThePageSaysWhy()
+    {
+        var editor = Editor(Unique("vm"), Policy.Default, canEdit: false, DashboardUser.ReadOnly);
+        Assert.NotEmpty(editor.FindAll("[data-testid=read-only-note]"));
+        Assert.All(editor.FindAll("input"), input => Assert.True(input.HasAttribute("disabled"), input.OuterHtml));
+        Assert.True(editor.Find("[data-testid=save-policy]").HasAttribute("disabled"));
+    }
+
+    [Fact]
+    public async Task AContradictoryPolicy_IsShownNextToItsField_AndNothingChanges()
+    {
+        var vmId = Unique("vm");
+        var editor = Editor(vmId, Policy.Default with { Deny = ["fec"], Pin = "fec" }, canEdit: true, DashboardUser.Admin);
+        await editor.Find("[data-testid=save-policy]").ClickAsync(new());
+        editor.WaitForAssertion(() => Assert.Contains("pin: 'fec' is denied", editor.Markup, StringComparison.Ordinal));
+        // Next to the pin field (MudSelect's helper line), not in the general error box.
+        Assert.Empty(editor.FindAll("[data-testid=policy-errors]"));
+        Assert.Contains(editor.FindAll(".mud-input-helper-text"), e => e.TextContent.Contains("pin: 'fec' is denied", StringComparison.Ordinal));
+        Assert.Equal(0, (await _grains.Client.GetGrain<IVmGrain>(vmId).GetAsync()).PolicyVersion);
+    }
+
+    [Fact]
+    public async Task AnAdminsValidPolicy_IsAcceptedAndPersisted()
+    {
+        var vmId = Unique("vm");
+        var editor = Editor(vmId, Policy.Default with { Security = "confidential" }, canEdit: true, DashboardUser.Admin);
+        await editor.Find("[data-testid=save-policy]").ClickAsync(new());
+        editor.WaitForAssertion(() => Assert.NotEmpty(editor.FindAll("[data-testid=policy-accepted]")));
+        var view = await _grains.Client.GetGrain<IVmGrain>(vmId).GetAsync();
+        Assert.Equal(("confidential", 1L), (view.Policy.Security, view.PolicyVersion));
+    }
+
+    [Fact]
+    public async Task TheServerChecksTheRole_EvenWhenTheFormIsEnabled()
+    {
+        var vmId = Unique("vm");
+        var editor = Editor(vmId, Policy.Default with { Workload = "bulk" }, canEdit: true, DashboardUser.ReadOnly);
+        await editor.Find("[data-testid=save-policy]").ClickAsync(new());
+        editor.WaitForAssertion(() => Assert.Contains("only an admin can change policies", editor.Find("[data-testid=policy-errors]").TextContent, StringComparison.Ordinal));
+        Assert.Equal(0, (await _grains.Client.GetGrain<IVmGrain>(vmId).GetAsync()).PolicyVersion);
+    }
+
+    [Fact]
+    public async Task TheFleetPage_ListsRegisteredHostsAndPlacedVms()
+    {
+        var (host, vmId) = (Unique("host"), Unique("vm"));
+        var observer = _grains.Client.CreateObjectReference<IAgentObserver>(new IgnoringAgent());
+        await _grains.Client.GetGrain<IHostGrain>(host).RegisterAsync(new HostInfo(host, "192.0.2.1", null, 4789, ["std-ipv4", "secure"], [], "test"), observer);
+        await _grains.Client.GetGrain<IVmGrain>(vmId).PlaceAsync(new VmPlacement(host, "web", 100, ["52:54:00:00:00:01"], null));
+        SignIn(DashboardUser.ReadOnly);
+        var page = Render<Fleet>();
+        page.WaitForAssertion(() =>
+        {
+            Assert.Contains(page.FindAll("a"), a => a.GetAttribute("href") == $"hosts/{host}");
+            Assert.NotEmpty(page.FindAll($"[data-testid=vm-row-{vmId}]"));
+        });
+        Assert.Contains("192.0.2.1:4789", page.Markup, StringComparison.Ordinal);
+
+        // Live: a VM placed while the page is open appears without anything re-rendering it from outside.
+        var later = Unique("vm");
+        await _grains.Client.GetGrain<IVmGrain>(later).PlaceAsync(new VmPlacement(host, "db", 100, ["52:54:00:00:00:02"], null));
+        page.WaitForAssertion(() => Assert.NotEmpty(page.FindAll($"[data-testid=vm-row-{later}]")), TimeSpan.FromSeconds(10));
+    }
+
+    private sealed class IgnoringAgent : IAgentObserver
+    {
+        public Task DesiredStateChangedAsync(DesiredStateChange change) => Task.CompletedTask;
+    }
+}
