@@ -26,7 +26,7 @@ public sealed class EmulatedLink : IDisposable
     private int _phase;
     private long _phaseEnds;
 
-    public EmulatedLink(string hostA, IPEndPoint underlayA, string hostB, IPEndPoint underlayB, IReadOnlyList<LinkPhase> phases, int firstPhase, int seed)
+    public EmulatedLink(string hostA, IPEndPoint underlayA, string hostB, IPEndPoint underlayB, IReadOnlyList<LinkPhase> phases, int firstPhase, double firstPhaseShare, int seed)
     {
         (HostA, HostB, _underlayA, _underlayB, _phases) = (hostA, hostB, underlayA, underlayB, phases);
         _a = Bound();
@@ -35,7 +35,8 @@ public sealed class EmulatedLink : IDisposable
         var now = Now;
         _aToB = new LinkDirection(phases[_phase].Forward, now, seed);
         _bToA = new LinkDirection(phases[_phase].Reverse, now, seed + 1);
-        _phaseEnds = now + (long)phases[_phase].Duration.TotalNanoseconds;
+        // The first phase may be cut short, so that links do not all change at the same moment.
+        _phaseEnds = now + (long)(phases[_phase].Duration.TotalNanoseconds * Math.Clamp(firstPhaseShare, 0.05, 1));
     }
 
     private static Socket Bound()

@@ -3,9 +3,16 @@ using Fabric.LinkEmulator;
 
 namespace Fabric.Embedded;
 
-/// <summary>One stretch of a simulated link's life: the conditions each way, where they come from, and for how long.</summary>
-public sealed record LinkPhase(string Name, string Source, LinkProfile Forward, LinkProfile Reverse, TimeSpan Duration)
+/// <summary>
+/// One stretch of a simulated link's life: the conditions each way as the link emulator's settings (the same
+/// <c>key=value</c> words <c>fabric-linkem ctl … set</c> takes), where they come from, and for how long.
+/// </summary>
+public sealed record LinkPhase(string Name, string Source, IReadOnlyList<string> ForwardSettings, IReadOnlyList<string> ReverseSettings, TimeSpan Duration)
 {
+    public LinkProfile Forward { get; } = LinkProfile.Clean.Apply(ForwardSettings);
+
+    public LinkProfile Reverse { get; } = LinkProfile.Clean.Apply(ReverseSettings);
+
     public override string ToString() => $"{Name} ({Source})";
 }
 
@@ -20,12 +27,11 @@ public static class LinkScenarios
     /// <summary>The synthetic phases alone (used when the test data is not beside the checkout).</summary>
     public static IReadOnlyList<LinkPhase> Synthetic(TimeSpan duration) =>
     [
-        new("datacenter", "synthetic: 0.2 ms, unlimited", new LinkProfile { Delay = TimeSpan.FromMilliseconds(0.2) },
-            new LinkProfile { Delay = TimeSpan.FromMilliseconds(0.2) }, duration),
-        new("lossy wireless", "synthetic: 15 ms one way, 3 % random loss, 50 Mbit/s", Lossy(0.03), Lossy(0.03), duration),
+        new("datacenter", "synthetic: 0.2 ms, unlimited", ["delay=0.2ms"], ["delay=0.2ms"], duration),
+        new("lossy wireless", "synthetic: 15 ms one way, 3 % random loss, 50 Mbit/s", Lossy, Lossy, duration),
     ];
 
-    private static LinkProfile Lossy(double loss) => new() { Delay = TimeSpan.FromMilliseconds(15), LossRate = loss, RateBitsPerSecond = 50_000_000, QueuePackets = 200 };
+    private static readonly string[] Lossy = ["delay=15ms", "loss=3%", "rate=50mbit", "queue=200"];
 
     /// <summary>
     /// Every phase: the synthetic ones interleaved with those read from <paramref name="testData"/> (its pantheon/ and
@@ -34,12 +40,7 @@ public static class LinkScenarios
     public static IReadOnlyList<LinkPhase> FromTestData(string? testData, TimeSpan duration)
     {
         var synthetic = Synthetic(duration);
-        var real = new List<LinkPhase>();
-        if (testData is not null && Directory.Exists(testData))
-        {
-            real.AddRange(Pantheon(Path.Combine(testData, "pantheon"), duration));
-            real.AddRange(Mahimahi(Path.Combine(testData, "mahimahi"), duration));
-        }
+        var real = Recorded(testData, duration);
         // A real phase, then a synthetic one, so that datacenter-like and lossy stretches come between the recorded ones.
         var phases = new List<LinkPhase>();
         for (var i = 0; i < Math.Max(real.Count, synthetic.Count); i++)
@@ -52,6 +53,13 @@ public static class LinkScenarios
         }
         return phases;
     }
+
+    /// <summary>The phases read from the test data alone: the Pantheon calibrated emulators, then the Mahimahi traces.</summary>
+    public static IReadOnlyList<LinkPhase> Recorded(string? testData, TimeSpan duration) => testData is not null && Directory.Exists(testData)
+        ? [.. Pantheon(Path.Combine(testData, "pantheon"), duration), .. Mahimahi(Path.Combine(testData, "mahimahi"), duration)]
+        : [];
+
+    private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 
     private static IEnumerable<LinkPhase> Pantheon(string folder, TimeSpan duration)
     {
@@ -74,19 +82,13 @@ public static class LinkScenarios
             var f = lines[row].Split(',');
             double Number(int column) => double.TryParse(f[column], NumberStyles.Float, CultureInfo.InvariantCulture, out var v) ? v
                 : throw new FormatException($"'{csv}' line {row + 1}: '{f[column]}' in column {header[column]} is not a number");
-            // The recorded trace of this experiment, where the test data has it (named EXPERIMENT_RATE.trace).
+            // The recorded trace of this experiment, where the test data has it (named EXPERIMENT_RATE.trace); it replaces the rate.
             var tracePath = Path.Combine(folder, $"{f[experiment]}_{f[traceFile]}");
-            var trace = File.Exists(tracePath) ? MahimahiTrace.Load(tracePath) : null;
-            LinkProfile Way(double loss) => new()
-            {
-                Delay = TimeSpan.FromMilliseconds(Number(delay)),
-                RateBitsPerSecond = (long)(Number(rate) * 1e6),
-                QueuePackets = (int)Number(queue),
-                LossRate = loss,
-                Trace = trace,
-            };
+            var trace = File.Exists(tracePath);
+            string[] Way(double loss) => [Invariant($"delay={Number(delay)}ms"), Invariant($"rate={Number(rate)}mbit"), Invariant($"queue={(int)Number(queue)}"),
+                Invariant($"loss={loss * 100}%"), .. trace ? new[] { $"trace={tracePath}" } : []];
             var name = f[experiment].Split('-', 5) is { Length: 5 } parts ? parts[4].Replace("-10-runs", "", StringComparison.Ordinal) : f[experiment];
-            yield return new LinkPhase($"Pantheon {name}", $"pantheon calibrated emulator {f[experiment]}{(trace is null ? "" : ", recorded trace")}",
+            yield return new LinkPhase($"Pantheon {name}", $"pantheon calibrated emulator {f[experiment]}{(trace ? ", recorded trace" : "")}",
                 Way(Number(uplink)), Way(Number(downlink)), duration);
         }
     }
@@ -101,7 +103,7 @@ public static class LinkScenarios
             {
                 continue;
             }
-            LinkProfile Way(string path) => new() { Delay = TimeSpan.FromMilliseconds(25), Trace = MahimahiTrace.Load(path), QueuePackets = 300 };
+            static string[] Way(string path) => ["delay=25ms", "queue=300", $"trace={path}"];
             yield return new LinkPhase($"Mahimahi {name}", $"mahimahi trace {name}.up/.down, 25 ms one way", Way(up), Way(down), duration);
         }
     }

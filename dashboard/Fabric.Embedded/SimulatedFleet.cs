@@ -111,12 +111,14 @@ public sealed class SimulatedFleet : IAsyncDisposable
 
         // A link per pair of hosts, each starting at another phase; the same random key for secure at both ends.
         var phases = LinkScenarios.FromTestData(options.TestData, TimeSpan.FromSeconds(options.PhaseSeconds));
+        var pairs = agents.Count * (agents.Count - 1) / 2;
         for (var i = 0; i < agents.Count; i++)
         {
             for (var j = i + 1; j < agents.Count; j++)
             {
                 var (a, b) = (agents[i], agents[j]);
-                var link = new EmulatedLink(ids[i], a.Switch.UnderlayEndpoints.IPv4!, ids[j], b.Switch.UnderlayEndpoints.IPv4!, phases, _links.Count * 3, seed: 17 * (_links.Count + 1));
+                var link = new EmulatedLink(ids[i], a.Switch.UnderlayEndpoints.IPv4!, ids[j], b.Switch.UnderlayEndpoints.IPv4!, phases, _links.Count * 3,
+                    firstPhaseShare: (double)(_links.Count + 1) / pairs, seed: 17 * (_links.Count + 1));
                 _links.Add(link);
                 var settings = new Dictionary<string, Dictionary<string, string>>
                 {

@@ -41,10 +41,10 @@ internal static partial class OverlayBenchmark
             Privileged.Run("ip", "netns", "exec", vm1.Namespace, "ping", "-c", "1", "-W", "2", vm3.IPv4);
             results.Add(Measure("fabric std-ipv4", vm1.Namespace, vm3.Namespace, vm3.IPv4, [topology.AgentPids.A, topology.AgentPids.B], seconds));
 
-            var wgA = StartWireGuard(topology, topology.HostA, "wgfa", "10.200.0.1", out var keyA);
-            var wgB = StartWireGuard(topology, topology.HostB, "wgfb", "10.200.0.2", out var keyB);
-            Peer(topology.HostA, "wgfa", keyB, "10.200.0.2/32", "198.18.0.2:51820");
-            Peer(topology.HostB, "wgfb", keyA, "10.200.0.1/32", "198.18.0.1:51820");
+            var wgA = Tunnels.StartWireGuard(topology, topology.HostA, "wgfa", "10.200.0.1", out var keyA);
+            var wgB = Tunnels.StartWireGuard(topology, topology.HostB, "wgfb", "10.200.0.2", out var keyB);
+            Tunnels.Peer(topology.HostA, "wgfa", keyB, "10.200.0.2/32", "198.18.0.2:51820");
+            Tunnels.Peer(topology.HostB, "wgfb", keyA, "10.200.0.1/32", "198.18.0.1:51820");
             Privileged.Run("ip", "netns", "exec", topology.HostA, "ping", "-c", "1", "-W", "3", "10.200.0.2");
             results.Add(Measure("wireguard-go", topology.HostA, topology.HostB, "10.200.0.2", [wgA, wgB], seconds));
         }
@@ -101,39 +101,6 @@ internal static partial class OverlayBenchmark
     {
         var match = Regex.Match(sockperfOutput, $@"percentile {Regex.Escape(which)} =\s+([\d.]+)");
         return match.Success ? double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : double.NaN;
-    }
-
-    private static int StartWireGuard(OverlayTopology topology, string ns, string name, string address, out string publicKey)
-    {
-        var process = topology.StartIn(ns, "env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", name);
-        Eventually.True(() => File.Exists($"/var/run/wireguard/{name}.sock"), TimeSpan.FromSeconds(10), $"starting wireguard-go {name}", () => "");
-        var key = Privileged.Run("wg", "genkey").Trim();
-        var keyFile = Path.GetTempFileName();
-        File.WriteAllText(keyFile, key + "\n");
-        publicKey = RunWithInput("wg", key, "pubkey").Trim();
-        Privileged.Run("ip", "netns", "exec", ns, "wg", "set", name, "private-key", keyFile, "listen-port", "51820");
-        File.Delete(keyFile);
-        Privileged.Run("ip", "netns", "exec", ns, "ip", "addr", "add", address + "/24", "dev", name);
-        Privileged.Run("ip", "netns", "exec", ns, "ip", "link", "set", name, "mtu", "1420", "up");
-        return process.Id;
-    }
-
-    private static void Peer(string ns, string name, string publicKey, string allowed, string endpoint) =>
-        Privileged.Run("ip", "netns", "exec", ns, "wg", "set", name, "peer", publicKey, "allowed-ips", allowed, "endpoint", endpoint);
-
-    private static string RunWithInput(string program, string input, params string[] args)
-    {
-        var info = new ProcessStartInfo(program) { RedirectStandardInput = true, RedirectStandardOutput = true };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        process.StandardInput.WriteLine(input);
-        process.StandardInput.Close();
-        var output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return output;
     }
 
     private static Process Start(string ns, string program, params string[] args) => Privileged.StartInNamespace(ns, program, args);

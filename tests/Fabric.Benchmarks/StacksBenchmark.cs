@@ -3,53 +3,101 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Fabric.Embedded;
 using Fabric.Testing;
 
 namespace Fabric.Benchmarks;
 
 /// <summary>
-/// Every stack across the same emulated link, in one run: two fabric-agent processes (the VMs' kernel TCP is CUBIC, per
-/// connection) joined by fabric-linkem; per link setting and stack, the path is swapped hitlessly to the stack, then
-/// iperf3 measures TCP goodput, sockperf a 64-byte request/response RTT p50/p99 over TCP (so a loss costs what it costs an
-/// RPC: a retransmission), and the agents' counters the
-/// underlay bytes per delivered byte. Writes CSV. The quick grid holds the cells the stacks' goals name; --full runs RTT
-/// {2, 30, 120} ms × loss {0, 0.5, 2, 5} % × rate {20, 200} Mbit/s. Needs root.
+/// Every stack, and kcptun and wireguard-go as baselines, across the same emulated link in one run: two fabric-agent
+/// processes (the VMs' kernel TCP is CUBIC, per connection) joined by fabric-linkem. Per link condition and carrier the
+/// Fabric path is swapped hitlessly to the stack (the baselines tunnel between the two host namespaces over the same
+/// underlay instead), then iperf3 measures TCP goodput, sockperf a 64-byte request/response RTT p50/p99 over TCP (so a
+/// loss costs what it costs an RPC: a retransmission), and the uplinks' counters the underlay bytes per delivered byte.
+/// Conditions: the goals' cells (quick), or RTT {2, 30, 120} ms × loss {0, 0.5, 2, 5} % × rate {20, 200} Mbit/s (full);
+/// both add a clean unlimited 2 ms cell and the Pantheon calibrated emulators and Mahimahi traces of the test data.
+/// Writes CSV and, with gnuplot, a PNG chart. Needs root.
 /// </summary>
 internal static partial class StacksBenchmark
 {
     private static readonly string[] Stacks = ["std-ipv4", "fec", "arq-lowlat", "arq-bulk", "secure"];
+    private static readonly string[] Baselines = ["kcptun", "wireguard-go"];
 
-    private sealed record Cell(double RttMs, double LossPercent, int RateMbit);
+    /// <summary>What every cell starts from, so one cell's trace, jitter or burst loss never leaks into the next.</summary>
+    private static readonly string[] Reset = ["jitter=0ms", "trace=off", "ge=off", "loss=0%", "rate=unlimited", "queue=1000"];
 
-    private sealed record Row(Cell Cell, string Stack, double GoodputMbit, double P50Us, double P99Us, double Overhead);
+    private sealed record Cell(string Name, double RttMs, double LossPercent, double RateMbit, IReadOnlyList<string> AToB, IReadOnlyList<string> BToA);
 
-    public static int Run(bool full, int seconds, string csv)
+    private sealed record Row(Cell Cell, string Carrier, double GoodputMbit, double P50Us, double P99Us, long Samples, double Overhead);
+
+    private const int IperfPort = 5301;
+    private const int SockperfPort = 11111;
+    private const string WireGuardB = "10.200.0.2";
+    private const int KcpIperf = 15301;
+    private const int KcpSockperf = 11112;
+
+    private static Cell Grid(double rtt, double loss, int rate)
+    {
+        string[] settings = [.. Reset, Invariant($"delay={rtt / 2}ms"), Invariant($"loss={loss}%"), rate == 0 ? "rate=unlimited" : $"rate={rate}mbit",
+            Invariant($"queue={Math.Max(100, (int)(Math.Max(rate, 1) * 1e6 / 8 * rtt / 1000 / 1500))}")];
+        return new Cell(Invariant($"{rtt} ms {loss} % {(rate == 0 ? "unlimited" : $"{rate} Mbit/s")}"), rtt, loss, rate, settings, settings);
+    }
+
+    private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+
+    public static int Run(string mode, int seconds, int latencySeconds, string csv, string? testData)
     {
         if (!Privileged.IsRoot)
         {
             Console.Error.WriteLine($"stacks benchmark: {Privileged.SkipReason}");
             return 2;
         }
-        Cell[] cells = full
-            ? [.. from rtt in new[] { 2.0, 30, 120 } from loss in new[] { 0, 0.5, 2, 5 } from rate in new[] { 20, 200 } select new Cell(rtt, loss, rate)]
-            : [new(2, 0, 200), new(30, 2, 200), new(120, 2, 200)];
+        var recorded = LinkScenarios.Recorded(testData, TimeSpan.Zero).Select(p => new Cell(p.Name, 2 * p.Forward.Delay.TotalMilliseconds,
+            (p.Forward.LossRate + p.Reverse.LossRate) * 50, (p.Forward.Trace?.AverageBitsPerSecond ?? p.Forward.RateBitsPerSecond) / 1e6,
+            [.. Reset, .. p.ForwardSettings], [.. Reset, .. p.ReverseSettings]));
+        Cell[] cells = mode switch
+        {
+            "smoke" => [Grid(30, 2, 20)],
+            "full" => [Grid(2, 0, 0), .. from rtt in new[] { 2.0, 30, 120 } from loss in new[] { 0, 0.5, 2, 5 } from rate in new[] { 20, 200 } select Grid(rtt, loss, rate), .. recorded],
+            _ => [Grid(2, 0, 0), Grid(2, 0, 200), Grid(30, 2, 200), Grid(120, 2, 200), .. recorded],
+        };
+        string[] carriers = mode == "smoke" ? ["std-ipv4", "fec"] : [.. Stacks, .. Baselines];
         var rows = new List<Row>();
         using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4",
             stackProjects: [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.Fec, StackPlugins.ArqLowLat, StackPlugins.ArqBulk, StackPlugins.Secure],
             settings: new() { ["secure"] = new() { ["key"] = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)) } });
         var (vm1, vm3) = (topology.Vm("vm1"), topology.Vm("vm3"));
         Privileged.Run("ip", "netns", "exec", vm1.Namespace, "ping", "-c", "1", "-W", "2", vm3.IPv4);
-        var iperf = Privileged.StartInNamespace(vm3.Namespace, "iperf3", "-s", "-p", "5301");
-        var sockperf = Privileged.StartInNamespace(vm3.Namespace, "sockperf", "sr", "--tcp", "-i", vm3.IPv4, "-p", "11111");
+        var servers = new List<Process>
+        {
+            Privileged.StartInNamespace(vm3.Namespace, "iperf3", "-s", "-p", $"{IperfPort}"),
+            Privileged.StartInNamespace(vm3.Namespace, "sockperf", "sr", "--tcp", "-i", vm3.IPv4, "-p", $"{SockperfPort}"),
+        };
         try
         {
-            Thread.Sleep(500);
+            if (carriers.Contains("wireguard-go"))
+            {
+                // The baselines' servers listen in host B's namespace: through wireguard-go on its tunnel address, through
+                // kcptun on loopback.
+                servers.Add(Privileged.StartInNamespace(topology.HostB, "iperf3", "-s", "-p", $"{IperfPort}"));
+                servers.Add(Privileged.StartInNamespace(topology.HostB, "sockperf", "sr", "--tcp", "-i", "0.0.0.0", "-p", $"{SockperfPort}"));
+                var wgA = Tunnels.StartWireGuard(topology, topology.HostA, "wgsa", "10.200.0.1", out var keyA);
+                var wgB = Tunnels.StartWireGuard(topology, topology.HostB, "wgsb", WireGuardB, out var keyB);
+                Tunnels.Peer(topology.HostA, "wgsa", keyB, WireGuardB + "/32", "198.18.0.2:51820");
+                Tunnels.Peer(topology.HostB, "wgsb", keyA, "10.200.0.1/32", "198.18.0.1:51820");
+                servers.AddRange(new[] { wgA, wgB }.Select(Process.GetProcessById));
+                var (kcpClient, kcpServer) = Tunnels.StartKcptun(topology, KcpIperf, 29901, $"127.0.0.1:{IperfPort}");
+                var (kcpClient2, kcpServer2) = Tunnels.StartKcptun(topology, KcpSockperf, 29902, $"127.0.0.1:{SockperfPort}");
+                servers.AddRange([kcpClient, kcpServer, kcpClient2, kcpServer2]);
+            }
+            Thread.Sleep(1000);
             foreach (var cell in cells)
             {
-                topology.Emulator(string.Create(CultureInfo.InvariantCulture,
-                    $"set both delay={cell.RttMs / 2}ms loss={cell.LossPercent}% rate={cell.RateMbit}mbit queue={Math.Max(100, (int)(cell.RateMbit * 1e6 / 8 * cell.RttMs / 1000 / 1500))}"));
-                foreach (var stack in Stacks)
+                Emulate(topology, "a2b", cell.AToB);
+                Emulate(topology, "b2a", cell.BToA);
+                foreach (var carrier in carriers)
                 {
+                    var stack = Stacks.Contains(carrier) ? carrier : "std-ipv4";
                     var (code, output) = Swap(topology, stack);
                     if (code != 0)
                     {
@@ -57,11 +105,18 @@ internal static partial class StacksBenchmark
                         return 1;
                     }
                     Thread.Sleep(300);
-                    var before = UnderlayBytes(topology);
-                    var (goodput, delivered) = Iperf(vm1.Namespace, vm3.IPv4, seconds);
-                    var overhead = delivered > 0 ? (UnderlayBytes(topology) - before) / (double)delivered - 1 : double.NaN;
-                    var latency = Privileged.TryRun("ip", "netns", "exec", vm1.Namespace, "sockperf", "ping-pong", "--tcp", "-i", vm3.IPv4, "-p", "11111", "-t", "3", "-m", "64", "--full-rtt").Stdout;
-                    var row = new Row(cell, stack, goodput, Percentile(latency, "50.000"), Percentile(latency, "99.000"), overhead);
+                    var (ns, iperfTarget, iperfPort, sockperfTarget, sockperfPort) = carrier switch
+                    {
+                        "wireguard-go" => (topology.HostA, WireGuardB, IperfPort, WireGuardB, SockperfPort),
+                        "kcptun" => (topology.HostA, "127.0.0.1", KcpIperf, "127.0.0.1", KcpSockperf),
+                        _ => (vm1.Namespace, vm3.IPv4, IperfPort, vm3.IPv4, SockperfPort),
+                    };
+                    var before = UplinkBytes(topology);
+                    var (goodput, delivered) = Iperf(ns, iperfTarget, iperfPort, seconds);
+                    var overhead = delivered > 0 ? (UplinkBytes(topology) - before) / (double)delivered - 1 : double.NaN;
+                    var latency = Privileged.TryRun("ip", "netns", "exec", ns, "sockperf", "ping-pong", "--tcp", "-i", sockperfTarget, "-p", $"{sockperfPort}",
+                        "-t", $"{latencySeconds}", "-m", "64", "--full-rtt").Stdout;
+                    var row = new Row(cell, carrier, goodput, Percentile(latency, "50.000"), Percentile(latency, "99.000"), Samples(latency), overhead);
                     rows.Add(row);
                     Console.Error.WriteLine(Line(row));
                 }
@@ -69,13 +124,22 @@ internal static partial class StacksBenchmark
         }
         finally
         {
-            iperf.Kill(entireProcessTree: true);
-            sockperf.Kill(entireProcessTree: true);
+            foreach (var process in servers)
+            {
+                try
+                {
+                    process.Kill(entireProcessTree: true);
+                }
+                catch (InvalidOperationException)
+                {
+                    // Already gone.
+                }
+            }
         }
-        var text = new StringBuilder("rtt_ms,loss_percent,rate_mbit,stack,goodput_mbit,rtt_p50_us,rtt_p99_us,overhead\n");
+        var text = new StringBuilder("cell,rtt_ms,loss_percent,rate_mbit,carrier,goodput_mbit,rtt_p50_us,rtt_p99_us,rtt_samples,overhead\n");
         foreach (var r in rows)
         {
-            text.AppendLine(string.Create(CultureInfo.InvariantCulture, $"{r.Cell.RttMs},{r.Cell.LossPercent},{r.Cell.RateMbit},{r.Stack},{r.GoodputMbit:0.00},{r.P50Us:0.0},{r.P99Us:0.0},{r.Overhead:0.000}"));
+            text.AppendLine(Invariant($"\"{r.Cell.Name}\",{r.Cell.RttMs},{r.Cell.LossPercent:0.###},{r.Cell.RateMbit:0.##},{r.Carrier},{r.GoodputMbit:0.00},{r.P50Us:0.0},{r.P99Us:0.0},{r.Samples},{r.Overhead:0.000}"));
         }
         File.WriteAllText(csv, text.ToString());
         Console.WriteLine();
@@ -84,25 +148,91 @@ internal static partial class StacksBenchmark
             Console.WriteLine(Line(r));
         }
         Console.WriteLine($"\nCSV: {csv}");
+        Chart(rows, carriers, Path.ChangeExtension(csv, ".png"));
         Goals(rows);
         return 0;
     }
 
-    private static string Line(Row r) => string.Create(CultureInfo.InvariantCulture,
-        $"rtt {r.Cell.RttMs,5} ms loss {r.Cell.LossPercent,4} % {r.Cell.RateMbit,4} Mbit/s  {r.Stack,-11} goodput {r.GoodputMbit,8:0.0} Mbit/s  RTT p50 {r.P50Us / 1000,8:0.00} ms p99 {r.P99Us / 1000,8:0.00} ms  overhead {r.Overhead,6:0.000}");
+    private static void Emulate(OverlayTopology topology, string direction, IReadOnlyList<string> settings) =>
+        topology.Emulator($"set {direction} {string.Join(' ', settings)}");
+
+    private static string Line(Row r) => Invariant(
+        $"{r.Cell.Name,-34} {r.Carrier,-12} goodput {r.GoodputMbit,8:0.0} Mbit/s  RTT p50 {r.P50Us / 1000,8:0.00} ms p99 {r.P99Us / 1000,8:0.00} ms ({r.Samples} samples)  overhead {r.Overhead,6:0.000}");
 
     private static void Goals(List<Row> rows)
     {
-        Row? At(double rtt, double loss, int rate, string stack) => rows.FirstOrDefault(r => r.Cell == new Cell(rtt, loss, rate) && r.Stack == stack);
-        if (At(30, 2, 200, "std-ipv4") is { } std30 && At(30, 2, 200, "fec") is { } fec30 && At(30, 2, 200, "arq-lowlat") is { } arq30)
+        Row? At(string cell, string carrier) => rows.FirstOrDefault(r => r.Cell.Name == cell && r.Carrier == carrier);
+        Console.WriteLine();
+        if (At("30 ms 2 % 200 Mbit/s", "std-ipv4") is { } std30 && At("30 ms 2 % 200 Mbit/s", "fec") is { } fec30 && At("30 ms 2 % 200 Mbit/s", "arq-lowlat") is { } arq30)
         {
             var best = Math.Min(fec30.P99Us, arq30.P99Us);
-            Console.WriteLine($"goal 30 ms / 2 %: p99 request RTT fec {fec30.P99Us / 1000:0.0} ms, arq-lowlat {arq30.P99Us / 1000:0.0} ms vs std-ipv4 {std30.P99Us / 1000:0.0} ms: {(1 - best / std30.P99Us) * 100:0} % lower (goal ≥ 30 %)");
+            Console.WriteLine($"goal 30 ms / 2 %: p99 request RTT fec {fec30.P99Us / 1000:0.0} ms, arq-lowlat {arq30.P99Us / 1000:0.0} ms vs std-ipv4 {std30.P99Us / 1000:0.0} ms: {(1 - best / std30.P99Us) * 100:0} % lower (goal ≥ 30 %)"
+                + (At("30 ms 2 % 200 Mbit/s", "kcptun") is { } kcp30 ? $"; kcptun {kcp30.P99Us / 1000:0.0} ms" : ""));
         }
-        if (At(120, 2, 200, "std-ipv4") is { } std120 && At(120, 2, 200, "arq-bulk") is { } bulk120)
+        if (At("120 ms 2 % 200 Mbit/s", "std-ipv4") is { } std120 && At("120 ms 2 % 200 Mbit/s", "arq-bulk") is { } bulk120)
         {
-            Console.WriteLine($"goal 120 ms / 2 %: arq-bulk goodput {bulk120.GoodputMbit:0.0} Mbit/s vs std-ipv4 {std120.GoodputMbit:0.0}: {bulk120.GoodputMbit / Math.Max(std120.GoodputMbit, 0.01):0.0}× (goal ≥ 3×; kcptun not measured yet)");
+            Console.WriteLine($"goal 120 ms / 2 %: arq-bulk goodput {bulk120.GoodputMbit:0.0} Mbit/s vs std-ipv4 {std120.GoodputMbit:0.0}: {bulk120.GoodputMbit / Math.Max(std120.GoodputMbit, 0.01):0.0}× (goal ≥ 3×)"
+                + (At("120 ms 2 % 200 Mbit/s", "kcptun") is { } kcp120 ? $"; kcptun {kcp120.GoodputMbit:0.0} Mbit/s ({bulk120.GoodputMbit / Math.Max(kcp120.GoodputMbit, 0.01):0.00}×, goal > 1)" : ""));
         }
+        if (At("2 ms 0 % unlimited", "secure") is { } secure && At("2 ms 0 % unlimited", "wireguard-go") is { } wg)
+        {
+            Console.WriteLine($"goal clean link: secure {secure.GoodputMbit:0} Mbit/s vs wireguard-go {wg.GoodputMbit:0}: {secure.GoodputMbit / Math.Max(wg.GoodputMbit, 0.01):0.00}× (goal ≥ 1.5×)");
+        }
+        if (At("2 ms 0 % unlimited", "std-ipv4") is { } std)
+        {
+            // Each stack's extra underlay bytes per delivered byte on the clean link is the redundancy its profile should declare.
+            foreach (var stack in Stacks.Skip(1))
+            {
+                if (At("2 ms 0 % unlimited", stack) is { } r)
+                {
+                    Console.WriteLine($"clean link: {stack,-11} goodput {r.GoodputMbit / Math.Max(std.GoodputMbit, 0.01) * 100,5:0} % of std-ipv4's, measured extra overhead {r.Overhead - std.Overhead:0.000} (profile redundancy)");
+                }
+            }
+        }
+    }
+
+    /// <summary>Goodput and p99 RTT per cell and carrier as a two-panel PNG (gnuplot, when installed).</summary>
+    private static void Chart(List<Row> rows, string[] carriers, string png)
+    {
+        var data = Path.ChangeExtension(png, ".dat");
+        var table = new StringBuilder("# cell, then goodput (Mbit/s) and p99 (ms) per carrier: " + string.Join(' ', carriers) + "\n");
+        foreach (var cell in rows.Select(r => r.Cell.Name).Distinct())
+        {
+            table.Append(Invariant($"\"{cell}\""));
+            foreach (var carrier in carriers)
+            {
+                var r = rows.FirstOrDefault(x => x.Cell.Name == cell && x.Carrier == carrier);
+                table.Append(Invariant($" {r?.GoodputMbit ?? double.NaN:0.00} {(r?.P99Us ?? double.NaN) / 1000:0.00}"));
+            }
+            table.AppendLine();
+        }
+        File.WriteAllText(data, table.ToString());
+        var script = new StringBuilder(Invariant($"""
+            set terminal pngcairo size {Math.Max(1200, rows.Select(r => r.Cell.Name).Distinct().Count() * 120)},1400 font 'DejaVu Sans,10'
+            set output '{png}'
+            set multiplot layout 2,1 title 'Fabric stacks and baselines across the same emulated link (bench/stacks.sh)'
+            set style data histogram
+            set style histogram clustered gap 1
+            set style fill solid 0.9 border -1
+            set boxwidth 0.9
+            set logscale y
+            set grid ytics
+            set key outside right top vertical
+            set xtics rotate by -35 left
+            set bmargin 9
+
+            """));
+        script.AppendLine("set title 'TCP goodput (iperf3, CUBIC), Mbit/s, log scale'");
+        script.AppendLine("set yrange [0.1:*]");
+        script.AppendLine("plot " + string.Join(", ", carriers.Select((c, i) => Invariant($"'{data}' using {2 + (2 * i)}:xtic(1) title '{c}'"))));
+        script.AppendLine("set title '64-byte request/response RTT p99 (sockperf over TCP), ms, log scale'");
+        script.AppendLine("set yrange [*:*]");
+        script.AppendLine("plot " + string.Join(", ", carriers.Select((c, i) => Invariant($"'{data}' using {3 + (2 * i)}:xtic(1) title '{c}'"))));
+        script.AppendLine("unset multiplot");
+        var gp = Path.ChangeExtension(png, ".gp");
+        File.WriteAllText(gp, script.ToString());
+        var (code, _, stderr) = Privileged.TryRun("gnuplot", gp);
+        Console.WriteLine(code == 0 ? $"chart: {png}" : $"no chart (gnuplot: {stderr.Trim()}); data in {data}, script {gp}");
     }
 
     private static (int Code, string Output) Swap(OverlayTopology topology, string stack)
@@ -111,12 +241,17 @@ internal static partial class StacksBenchmark
         return (code, stdout + stderr);
     }
 
-    private static long UnderlayBytes(OverlayTopology topology) =>
-        new[] { "host-a", "host-b" }.Sum(host => topology.Status(host).GetProperty("paths").EnumerateArray().Sum(p => p.GetProperty("sent").GetProperty("bytes").GetInt64()));
+    /// <summary>Bytes both hosts sent on their uplinks (Fabric's datagrams, probes included, or a baseline's tunnel packets).</summary>
+    private static long UplinkBytes(OverlayTopology topology) =>
+        new[] { (topology.HostA, topology.UplinkA), (topology.HostB, topology.UplinkB) }.Sum(x =>
+        {
+            using var document = JsonDocument.Parse(Privileged.Run("ip", "-n", x.Item1, "-s", "-j", "link", "show", "dev", x.Item2));
+            return document.RootElement[0].GetProperty("stats64").GetProperty("tx").GetProperty("bytes").GetInt64();
+        });
 
-    private static (double Mbit, long Bytes) Iperf(string client, string address, int seconds)
+    private static (double Mbit, long Bytes) Iperf(string client, string address, int port, int seconds)
     {
-        var (code, json, stderr) = Privileged.TryRun("ip", "netns", "exec", client, "iperf3", "-c", address, "-p", "5301", "-C", "cubic",
+        var (code, json, stderr) = Privileged.TryRun("ip", "netns", "exec", client, "iperf3", "-c", address, "-p", $"{port}", "-C", "cubic",
             "-t", seconds.ToString(CultureInfo.InvariantCulture), "-J");
         if (code != 0)
         {
@@ -132,5 +267,11 @@ internal static partial class StacksBenchmark
     {
         var match = Regex.Match(sockperfOutput, $@"percentile {Regex.Escape(which)} =\s+([\d.]+)");
         return match.Success ? double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : double.NaN;
+    }
+
+    private static long Samples(string sockperfOutput)
+    {
+        var match = Regex.Match(sockperfOutput, @"ReceivedMessages=(\d+)");
+        return match.Success ? long.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
     }
 }

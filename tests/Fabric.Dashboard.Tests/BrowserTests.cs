@@ -112,14 +112,16 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
 
         foreach (var (path, expect, name) in new[]
         {
-            ("hosts/host-1", "NICs", "host"),
-            ("paths?from=host-1&to=host-2", "Round-trip time", "paths"),
-            ("stacks", "secure", "stacks"),
-            ("policies?vm=web-1", "confidential", "policies"),
+            ("hosts/host-1", "text=NICs", "host"),
+            ("paths?from=host-1&to=host-2", "[data-testid=chart] svg", "paths"),
+            ("stacks", "[data-testid=stack-secure]", "stacks"),
+            ("policies?vm=web-1", "[data-testid=policy-editor]", "policies"),
         })
         {
+            // Each page is server-rendered first, then goes live: wait for what only its loaded, interactive state shows.
             await page.GotoAsync(fixture.Dashboard.Url + path);
-            await page.GetByText(expect).First.WaitForAsync(new() { Timeout = 30_000 });
+            await page.Locator(expect).First.WaitForAsync(new() { Timeout = 30_000 });
+            await page.Locator(".mud-progress-linear").WaitForAsync(new() { State = WaitForSelectorState.Detached, Timeout = 30_000 });
             await ShotAsync(page, name);
         }
     }

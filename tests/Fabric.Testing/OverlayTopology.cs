@@ -68,6 +68,7 @@ public sealed class OverlayTopology : IDisposable
             _network.AddAddress(HostA, $"{id}ua", "fd00:fab::1/64");
             _network.AddAddress(HostB, $"{id}ub", "fd00:fab::2/64");
             UplinkA = $"{id}ua";
+            UplinkB = $"{id}ub";
             Vms =
             [
                 new TestVm("vm1", _network.AddNamespace("v1"), "host-a", 100, "02:fa:00:00:00:01", "10.100.0.1", "fd00:100::1", $"{id}h1", $"{id}e1"),
@@ -192,6 +193,7 @@ public sealed class OverlayTopology : IDisposable
     public string HostA { get; } = "";
     public string HostB { get; } = "";
     public string UplinkA { get; } = "";
+    public string UplinkB { get; } = "";
     public IReadOnlyList<TestVm> Vms { get; } = [];
     public string SocketA { get; } = "";
     public string SocketB { get; } = "";
