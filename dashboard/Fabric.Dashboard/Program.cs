@@ -76,8 +76,19 @@ if (options.Embedded)
 }
 else
 {
+    var attempts = 0;
     builder.UseOrleansClient(client => client
         .UseStaticClustering([.. options.Gateways])
+        // A silo that is not up yet is waited for (said every 5 attempts), not a reason to exit.
+        .UseConnectionRetryFilter(async (e, cancellationToken) =>
+        {
+            if (++attempts % 5 == 1)
+            {
+                Console.Error.WriteLine($"fabric-dashboard: waiting for the silo at {string.Join(", ", options.Gateways)}: {e.Message}");
+            }
+            await Task.Delay(TimeSpan.FromSeconds(1), cancellationToken);
+            return true;
+        })
         .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId)));
 }
 

@@ -45,7 +45,7 @@ internal static partial class StacksBenchmark
 
     private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 
-    public static int Run(string mode, int seconds, int latencySeconds, string csv, string? testData)
+    public static int Run(string mode, int seconds, int latencySeconds, string csv, string? testData, string? onlyCells = null, string? onlyCarriers = null)
     {
         if (!Privileged.IsRoot)
         {
@@ -62,6 +62,9 @@ internal static partial class StacksBenchmark
             _ => [Grid(2, 0, 0), Grid(2, 0, 200), Grid(30, 2, 200), Grid(120, 2, 200), .. recorded],
         };
         string[] carriers = mode == "smoke" ? ["std-ipv4", "fec"] : [.. Stacks, .. Baselines];
+        // For a second look at a few cells: --cells REGEX (cell names, e.g. "^120 ms 2 %") and --carriers a,b.
+        cells = onlyCells is null ? cells : [.. cells.Where(c => Regex.IsMatch(c.Name, onlyCells))];
+        carriers = onlyCarriers is null ? carriers : [.. carriers.Where(c => onlyCarriers.Split(',').Contains(c))];
         var rows = new List<Row>();
         using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4",
             stackProjects: [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.Fec, StackPlugins.ArqLowLat, StackPlugins.ArqBulk, StackPlugins.Secure],
@@ -75,17 +78,23 @@ internal static partial class StacksBenchmark
         };
         try
         {
-            if (carriers.Contains("wireguard-go"))
+            if (carriers.Any(Baselines.Contains))
             {
                 // The baselines' servers listen in host B's namespace: through wireguard-go on its tunnel address, through
                 // kcptun on loopback.
                 servers.Add(Privileged.StartInNamespace(topology.HostB, "iperf3", "-s", "-p", $"{IperfPort}"));
                 servers.Add(Privileged.StartInNamespace(topology.HostB, "sockperf", "sr", "--tcp", "-i", "0.0.0.0", "-p", $"{SockperfPort}"));
+            }
+            if (carriers.Contains("wireguard-go"))
+            {
                 var wgA = Tunnels.StartWireGuard(topology, topology.HostA, "wgsa", "10.200.0.1", out var keyA);
                 var wgB = Tunnels.StartWireGuard(topology, topology.HostB, "wgsb", WireGuardB, out var keyB);
                 Tunnels.Peer(topology.HostA, "wgsa", keyB, WireGuardB + "/32", "198.18.0.2:51820");
                 Tunnels.Peer(topology.HostB, "wgsb", keyA, "10.200.0.1/32", "198.18.0.1:51820");
                 servers.AddRange(new[] { wgA, wgB }.Select(Process.GetProcessById));
+            }
+            if (carriers.Contains("kcptun"))
+            {
                 var (kcpClient, kcpServer) = Tunnels.StartKcptun(topology, KcpIperf, 29901, $"127.0.0.1:{IperfPort}");
                 var (kcpClient2, kcpServer2) = Tunnels.StartKcptun(topology, KcpSockperf, 29902, $"127.0.0.1:{SockperfPort}");
                 servers.AddRange([kcpClient, kcpServer, kcpClient2, kcpServer2]);
@@ -153,6 +162,29 @@ internal static partial class StacksBenchmark
         return 0;
     }
 
+    /// <summary>The chart, the goals and the derived profiles again from a CSV this benchmark wrote (no measurement).</summary>
+    public static int Report(string csv)
+    {
+        if (!File.Exists(csv))
+        {
+            Console.Error.WriteLine($"stacks-report: '{csv}' does not exist");
+            return 2;
+        }
+        var rows = new List<Row>();
+        foreach (var line in File.ReadLines(csv).Skip(1))
+        {
+            // The cell's name is quoted and has no commas; the other fields are numbers and the carrier.
+            var close = line.IndexOf('"', 1);
+            var f = line[(close + 2)..].Split(',');
+            double Number(int i) => double.Parse(f[i], CultureInfo.InvariantCulture);
+            var cell = new Cell(line[1..close], Number(0), Number(1), Number(2), [], []);
+            rows.Add(new Row(cell, f[3], Number(4), Number(5), Number(6), long.Parse(f[7], CultureInfo.InvariantCulture), Number(8)));
+        }
+        Chart(rows, [.. rows.Select(r => r.Carrier).Distinct()], Path.ChangeExtension(csv, ".png"));
+        Goals(rows);
+        return 0;
+    }
+
     private static void Emulate(OverlayTopology topology, string direction, IReadOnlyList<string> settings) =>
         topology.Emulator($"set {direction} {string.Join(' ', settings)}");
 
@@ -178,16 +210,56 @@ internal static partial class StacksBenchmark
         {
             Console.WriteLine($"goal clean link: secure {secure.GoodputMbit:0} Mbit/s vs wireguard-go {wg.GoodputMbit:0}: {secure.GoodputMbit / Math.Max(wg.GoodputMbit, 0.01):0.00}× (goal ≥ 1.5×)");
         }
-        if (At("2 ms 0 % unlimited", "std-ipv4") is { } std)
+        foreach (var clean in new[] { "2 ms 0 % 200 Mbit/s", "2 ms 0 % unlimited" })
         {
-            // Each stack's extra underlay bytes per delivered byte on the clean link is the redundancy its profile should declare.
-            foreach (var stack in Stacks.Skip(1))
+            if (At(clean, "std-ipv4") is { } std)
             {
-                if (At("2 ms 0 % unlimited", stack) is { } r)
+                foreach (var stack in Stacks.Skip(1))
                 {
-                    Console.WriteLine($"clean link: {stack,-11} goodput {r.GoodputMbit / Math.Max(std.GoodputMbit, 0.01) * 100,5:0} % of std-ipv4's, measured extra overhead {r.Overhead - std.Overhead:0.000} (profile redundancy)");
+                    if (At(clean, stack) is { } r)
+                    {
+                        Console.WriteLine($"clean link {clean}: {stack,-11} goodput {r.GoodputMbit / Math.Max(std.GoodputMbit, 0.01) * 100,5:0} % of std-ipv4's, extra underlay bytes per delivered byte {r.Overhead - std.Overhead:0.000}");
+                    }
                 }
             }
+        }
+        DeriveProfiles(rows);
+    }
+
+    /// <summary>
+    /// The profile each stack's manifest should declare, from this run: redundancy = its extra underlay bytes per delivered
+    /// byte over std-ipv4's on the clean 200 Mbit/s link; added delay = half its extra request/response p50 at 30 ms (each
+    /// request crosses the path twice); tolerated loss = the highest loss at 30 ms and 200 Mbit/s at which its p99 stays
+    /// within 1.5× (or 20 ms) of its clean p99 and its goodput at half its clean goodput or more.
+    /// </summary>
+    private static void DeriveProfiles(List<Row> rows)
+    {
+        Row? At(string cell, string carrier) => rows.FirstOrDefault(r => r.Cell.Name == cell && r.Carrier == carrier);
+        if (At("2 ms 0 % 200 Mbit/s", "std-ipv4") is not { } stdClean || At("30 ms 0 % 200 Mbit/s", "std-ipv4") is not { } std30)
+        {
+            return;
+        }
+        Console.WriteLine("\nprofiles derived from this run (stacks/builtin-stacks.json):");
+        foreach (var stack in Stacks)
+        {
+            if (At("2 ms 0 % 200 Mbit/s", stack) is not { } clean || At("30 ms 0 % 200 Mbit/s", stack) is not { } base30)
+            {
+                continue;
+            }
+            var tolerated = 0.0;
+            foreach (var loss in new[] { 0.5, 2, 5 })
+            {
+                if (At(Invariant($"30 ms {loss} % 200 Mbit/s"), stack) is { } lossy && lossy.P99Us <= Math.Max(1.5 * base30.P99Us, base30.P99Us + 20_000)
+                    && lossy.GoodputMbit >= 0.5 * base30.GoodputMbit)
+                {
+                    tolerated = loss / 100;
+                }
+                else
+                {
+                    break;
+                }
+            }
+            Console.WriteLine(Invariant($"  {stack,-11} redundancy {Math.Max(0, clean.Overhead - stdClean.Overhead):0.00}  addedDelayMs {Math.Max(0, (base30.P50Us - std30.P50Us) / 2000):0.0}  toleratesLoss {tolerated:0.###}"));
         }
     }
 
@@ -259,7 +331,11 @@ internal static partial class StacksBenchmark
             return (0, 0);
         }
         using var document = JsonDocument.Parse(json);
-        var received = document.RootElement.GetProperty("end").GetProperty("sum_received");
+        if (!document.RootElement.GetProperty("end").TryGetProperty("sum_received", out var received))
+        {
+            Console.Error.WriteLine($"iperf3 to {address}:{port}: {(document.RootElement.TryGetProperty("error", out var error) ? error.GetString() : "no result")}");
+            return (0, 0);
+        }
         return (received.GetProperty("bits_per_second").GetDouble() / 1e6, (long)received.GetProperty("bytes").GetDouble());
     }
 

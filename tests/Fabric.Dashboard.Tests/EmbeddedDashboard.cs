@@ -6,12 +6,18 @@ namespace Fabric.Dashboard.Tests;
 
 /// <summary>
 /// The README's first command as a process: <c>fabric-dashboard</c> on its embedded default (silo, signed repository,
-/// simulated fleet, dashboard) with its own data folder and port. Shared by the browser tests; stopped and removed after.
+/// simulated fleet, dashboard) with its own data folder and port, or with <paramref name="arguments"/> in cluster mode.
+/// Shared by the browser tests; stopped and removed after.
 /// </summary>
-public sealed class EmbeddedDashboard : IAsyncLifetime
+public sealed class EmbeddedDashboard(params string[] arguments) : IAsyncLifetime
 {
     private readonly StringBuilder _output = new();
     private Process? _process;
+
+    public EmbeddedDashboard()
+        : this(["--phase-seconds", "20"])
+    {
+    }
 
     public string DataDirectory { get; } = Directory.CreateTempSubdirectory("fabric-dashboard-").FullName;
 
@@ -40,7 +46,7 @@ public sealed class EmbeddedDashboard : IAsyncLifetime
             RedirectStandardOutput = true,
             RedirectStandardError = true,
         };
-        foreach (var arg in new[] { "--data", DataDirectory, "--listen", $"127.0.0.1:{port}", "--phase-seconds", "20" })
+        foreach (var arg in new[] { "--listen", $"127.0.0.1:{port}", "--data", DataDirectory }.Concat(arguments))
         {
             start.ArgumentList.Add(arg);
         }
@@ -50,13 +56,14 @@ public sealed class EmbeddedDashboard : IAsyncLifetime
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
         Url = $"http://127.0.0.1:{port}/";
-        await Eventually.TrueAsync(() => Task.FromResult(Output.Contains("Dashboard: ", StringComparison.Ordinal) || _process.HasExited),
+        await Eventually.TrueAsync(() => Task.FromResult(Output.Contains("ashboard: http", StringComparison.Ordinal) || _process.HasExited),
             TimeSpan.FromSeconds(60), "the embedded default started", () => Task.FromResult(Output));
         if (_process.HasExited)
         {
             throw new InvalidOperationException($"fabric-dashboard exited with {_process.ExitCode}: {Output}");
         }
-        var users = File.ReadAllLines(Path.Combine(DataDirectory, "credentials.txt")).Where(l => !l.StartsWith('#')).Select(l => l.Split(' ')).ToList();
+        var credentials = arguments.SkipWhile(a => a != "--users").Skip(1).FirstOrDefault() ?? Path.Combine(DataDirectory, "credentials.txt");
+        var users = File.ReadAllLines(credentials).Where(l => !l.StartsWith('#')).Select(l => l.Split(' ')).ToList();
         Admin = (users.Single(u => u[2] == "admin")[0], users.Single(u => u[2] == "admin")[1]);
         Viewer = (users.Single(u => u[2] == "read-only")[0], users.Single(u => u[2] == "read-only")[1]);
     }

@@ -13,8 +13,9 @@ public static class Processes
         return File.Exists(path) ? path : throw new FileNotFoundException($"{name} is not built at {path}.", path);
     }
 
-    /// <summary>Runs to completion (at most 30 s) and returns the exit code, stdout and stderr.</summary>
-    public static (int Code, string Stdout, string Stderr) Run(string program, IEnumerable<string> args, string? stdin = null, IDictionary<string, string>? environment = null)
+    /// <summary>Runs to completion (at most <paramref name="timeout"/>, 30 s by default) and returns the exit code, stdout and stderr.</summary>
+    public static (int Code, string Stdout, string Stderr) Run(string program, IEnumerable<string> args, string? stdin = null, IDictionary<string, string>? environment = null,
+        TimeSpan? timeout = null)
     {
         var start = new ProcessStartInfo(program)
         {
@@ -35,10 +36,10 @@ public static class Processes
         var stderr = process.StandardError.ReadToEndAsync();
         process.StandardInput.Write(stdin ?? "");
         process.StandardInput.Close();
-        if (!process.WaitForExit(30_000))
+        if (!process.WaitForExit(timeout ?? TimeSpan.FromSeconds(30)))
         {
             process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{program} {string.Join(' ', start.ArgumentList)} did not finish within 30 s");
+            throw new TimeoutException($"{program} {string.Join(' ', start.ArgumentList)} did not finish within {(timeout ?? TimeSpan.FromSeconds(30)).TotalSeconds} s");
         }
         return (process.ExitCode, stdout.Result, stderr.Result);
     }

@@ -1,0 +1,73 @@
+using System.Diagnostics;
+using Fabric.Testing;
+using Microsoft.Playwright;
+
+namespace Fabric.Dashboard.Tests;
+
+/// <summary>
+/// The dashboard as an Orleans client of a separate <c>fabric-silo</c> process (cluster mode), with users from a file:
+/// it signs in and shows the fleet; when the silo goes away the pages say so instead of failing.
+/// </summary>
+public sealed class ClusterModeTests
+{
+    [Fact]
+    public async Task AgainstARunningSilo_TheDashboardShowsTheFleet_AndSaysWhenTheSiloIsGone()
+    {
+        Assert.SkipUnless(File.Exists(BrowserFixture.Chromium), $"{BrowserFixture.Chromium} is not installed (./fabric test installs it as root)");
+        var folder = Directory.CreateTempSubdirectory("fabric-cluster-dashboard-").FullName;
+        var (siloPort, gatewayPort, healthPort) = (LoopbackPorts.Free(), LoopbackPorts.Free(), LoopbackPorts.Free());
+        var config = Path.Combine(folder, "silo.json");
+        File.WriteAllText(config, $$"""{ "clusterId": "dash", "serviceId": "dash", "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}" }""");
+        var users = Path.Combine(folder, "users");
+        File.WriteAllText(users, "# operators\nops correct-horse-battery admin\nauditor staple-battery-horse read-only\n");
+        var silo = Process.Start(new ProcessStartInfo(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", config]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        await using var dashboard = new EmbeddedDashboard("--gateway", $"127.0.0.1:{gatewayPort}", "--users", users, "--cluster-id", "dash", "--service-id", "dash");
+        try
+        {
+            using (var http = new HttpClient())
+            {
+                await Eventually.TrueAsync(async () => await Healthy(http, healthPort), TimeSpan.FromSeconds(60),
+                    "the silo answering", () => Task.FromResult(""));
+            }
+            await dashboard.InitializeAsync();
+            Assert.Equal(("ops", "correct-horse-battery"), dashboard.Admin);
+            using var playwright = await Playwright.CreateAsync();
+            await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = BrowserFixture.Chromium, Headless = true, Args = ["--no-sandbox"] });
+            var page = await browser.NewPageAsync();
+            await page.GotoAsync(dashboard.Url);
+            await page.FillAsync("#username", "ops");
+            await page.FillAsync("#password", "correct-horse-battery");
+            await page.ClickAsync("#sign-in");
+            await page.Locator("text=cluster dash").WaitForAsync(new() { Timeout = 30_000 });
+            await Eventually.TrueAsync(async () => await page.Locator("[data-testid=host-count]").InnerTextAsync() == "0", TimeSpan.FromSeconds(30),
+                "the empty fleet of a new cluster", async () => await page.InnerTextAsync("body"));
+
+            silo.Kill(entireProcessTree: true);
+            await silo.WaitForExitAsync(TestContext.Current.CancellationToken);
+            await page.GetByText("The control plane does not answer").WaitForAsync(new() { Timeout = 60_000 });
+            await page.ScreenshotAsync(new() { Path = Path.Combine(BrowserFixture.Screenshots, "cluster-silo-gone.png"), FullPage = true });
+        }
+        finally
+        {
+            if (!silo.HasExited)
+            {
+                silo.Kill(entireProcessTree: true);
+            }
+            silo.Dispose();
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    /// <summary>Whether the silo's health endpoint answers 200 (connection refused while it starts is "not yet").</summary>
+    private static async Task<bool> Healthy(HttpClient http, int port)
+    {
+        try
+        {
+            return (await http.GetAsync(new Uri($"http://127.0.0.1:{port}/healthz"), TestContext.Current.CancellationToken)).IsSuccessStatusCode;
+        }
+        catch (HttpRequestException)
+        {
+            return false;
+        }
+    }
+}
