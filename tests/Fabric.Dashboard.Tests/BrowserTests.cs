@@ -106,9 +106,16 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
         await page.Locator("[data-testid=policy-accepted]").WaitForAsync(new() { Timeout = 10_000 });
         await Eventually.TrueAsync(async () => (await stacks.AllInnerTextsAsync()) is { Count: 3 } s && s.All(t => t.Trim() == "secure"),
             Wait, "web-1's paths switched to secure", async () => await page.InnerTextAsync("body"));
-        TestContext.Current.SendDiagnosticMessage($"web-1's three paths on secure {clicked.Elapsed.TotalSeconds:0.0} s after the policy was applied");
+        var decided = clicked.Elapsed;
         Assert.Contains("secure", await page.InnerTextAsync("text=Decision history >> xpath=.."), StringComparison.Ordinal);
         await ShotAsync(page, "vm-after-confidential");
+
+        // Decided is not done: host-1's page lists the secure bindings, and says when its agent has applied and
+        // acknowledged them (the agent acknowledges a version only when every binding in it took).
+        await page.ClickAsync("a[href='hosts/host-1']");
+        await Eventually.TrueAsync(async () => (await page.InnerTextAsync("body")) is var body && body.Contains("(in sync)", StringComparison.Ordinal)
+            && Regex.Count(body, @"web-1\s+host-\d\s+secure") == 3, Wait, "host-1 applied web-1's secure bindings", async () => await page.InnerTextAsync("body"));
+        TestContext.Current.SendDiagnosticMessage($"web-1's paths: secure decided {decided.TotalSeconds:0.0} s and applied on host-1 {clicked.Elapsed.TotalSeconds:0.0} s after the policy was applied");
 
         foreach (var (path, expect, name) in new[]
         {
