@@ -57,7 +57,9 @@ builder.WebHost.UseStaticWebAssets();
 builder.WebHost.UseKestrel(k => k.Listen(options.Listen));
 builder.Logging.ClearProviders().AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
 builder.Logging.AddFilter("Orleans", LogLevel.Warning).AddFilter("Microsoft", LogLevel.Warning).AddFilter("Polly", LogLevel.Warning)
-    .AddFilter("Fabric.Embedded", LogLevel.Warning).AddFilter("Microsoft.AspNetCore.DataProtection", LogLevel.Error).AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
+    .AddFilter("Fabric.Embedded", LogLevel.Warning).AddFilter("Microsoft.AspNetCore.DataProtection", LogLevel.Error)
+    // The catalog sync says the same line every 30 s; what matters (a failure) is a warning.
+    .AddFilter("Fabric.Silo.CatalogSync", LogLevel.Warning).AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
 
 var simulation = new Simulation(options, repository);
 builder.Services.AddSingleton(simulation);
