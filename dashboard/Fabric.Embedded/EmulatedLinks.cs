@@ -157,7 +157,7 @@ public sealed class LinkPump : IDisposable
     public LinkPump(IReadOnlyList<EmulatedLink> links)
     {
         _links = links;
-        _thread = new Thread(Run) { IsBackground = true, Name = "fabric-embedded-links" };
+        _thread = new Thread(Run) { IsBackground = true, Name = "emb-links" };
         _thread.Start();
     }
 

@@ -156,7 +156,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
             _hosts.Add(new SimulatedHost(agent.Config.HostId, agent, link));
             link.Start();
         }
-        _traffic = new Thread(() => RunTraffic(options.Hosts)) { IsBackground = true, Name = "fabric-embedded-traffic" };
+        _traffic = new Thread(() => RunTraffic(options.Hosts)) { IsBackground = true, Name = "emb-traffic" };
         _traffic.Start();
     }
 
