@@ -15,11 +15,20 @@ public static class FleetReader
 {
     public static async Task<(FleetView Fleet, ImmutableArray<HostSummary> Hosts, ImmutableArray<VmView> Vms)> ReadAsync(IGrainFactory grains)
     {
-        var fleet = await grains.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync();
-        var hosts = await Task.WhenAll(fleet.Hosts.Select(id => ReadHostAsync(grains, id)));
-        var vms = await Task.WhenAll(fleet.Vms.Keys.Select(id => grains.GetGrain<IVmGrain>(id).GetAsync().AsTask()));
-        return (fleet, [.. hosts], [.. vms]);
+        var fleet = await ReadFleetAsync(grains);
+        var (hosts, vms) = (ReadHostsAsync(grains, fleet), ReadVmsAsync(grains, fleet));
+        return (fleet, await hosts, await vms);
     }
+
+    public static ValueTask<FleetView> ReadFleetAsync(IGrainFactory grains) => grains.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync();
+
+    /// <summary>Every host's summary (a page that lists no VMs reads only these).</summary>
+    public static async Task<ImmutableArray<HostSummary>> ReadHostsAsync(IGrainFactory grains, FleetView fleet) =>
+        [.. await Task.WhenAll(fleet.Hosts.Select(id => ReadHostAsync(grains, id)))];
+
+    /// <summary>Every VM's view (a page that lists no hosts reads only these).</summary>
+    public static async Task<ImmutableArray<VmView>> ReadVmsAsync(IGrainFactory grains, FleetView fleet) =>
+        [.. await Task.WhenAll(fleet.Vms.Keys.Select(id => grains.GetGrain<IVmGrain>(id).GetAsync().AsTask()))];
 
     public static async Task<HostSummary> ReadHostAsync(IGrainFactory grains, string id)
     {
