@@ -18,13 +18,17 @@ public sealed record DashboardOptions(
     IReadOnlyList<IPEndPoint> Gateways,
     string ClusterId,
     string ServiceId,
-    string? UsersFile)
+    string? UsersFile,
+    bool Namespaces = false)
 {
     public const string Usage = """
-        usage: fabric-dashboard [--embedded] [--listen ADDR:PORT] [--data DIR] [--hosts N] [--phase-seconds S] [--source-root DIR] [--testdata DIR]
+        usage: fabric-dashboard [--embedded] [--namespaces] [--listen ADDR:PORT] [--data DIR] [--hosts N] [--phase-seconds S] [--source-root DIR] [--testdata DIR]
                fabric-dashboard --gateway ADDR:PORT [--gateway …] --users FILE [--cluster-id ID] [--service-id ID] [--listen ADDR:PORT]
           --embedded        (default) the whole system in this process: a silo (localhost clustering, memory storage), a repository of
                             the built-in stacks signed by a development key, and a simulated fleet whose links follow real traces
+          --namespaces      (root) the same fleet on real network namespaces: each host a fabric-agent process in its own namespace
+                            with a veth uplink (10.251.N.2), each VM a namespace with a veth the agent attaches to, the traffic
+                            real UDP from the VMs; all of it deleted when Fabric stops
           --listen          where the dashboard serves (default 127.0.0.1:5080)
           --data            the data folder: development keys, the generated credentials, run state (default ~/.local/share/fabric)
           --hosts           simulated hosts (default 4), --phase-seconds how long each link keeps its conditions (default 45)
@@ -70,6 +74,7 @@ public sealed record DashboardOptions(
             options = args[i] switch
             {
                 "--embedded" => options with { Embedded = (embeddedAsked = true) },
+                "--namespaces" => options with { Namespaces = true },
                 "--listen" => options with { Listen = Endpoint("--listen") },
                 "--data" => options with { DataDirectory = Path.GetFullPath(Value()) },
                 "--hosts" => options with { Hosts = Number("--hosts", 2, 16) },
@@ -88,6 +93,10 @@ public sealed record DashboardOptions(
             if (embeddedAsked)
             {
                 throw new FormatException("--embedded and --gateway exclude each other: embedded runs its own silo");
+            }
+            if (options.Namespaces)
+            {
+                throw new FormatException("--namespaces and --gateway exclude each other: the namespaces belong to the embedded fleet");
             }
             options = options with { Embedded = false };
             if (options.UsersFile is null)

@@ -20,7 +20,9 @@ if (args is ["-h" or "--help"])
 DashboardOptions options;
 Users users;
 DevelopmentRepository? repository = null;
+FleetNetwork? network = null;
 string? sourceRoot = null;
+string? agentProgram = null;
 try
 {
     options = DashboardOptions.Parse(args);
@@ -38,13 +40,29 @@ try
         }
         var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent?.Name is "Debug" ? "Debug" : "Release";
         repository = DevelopmentRepository.Create(Path.Combine(options.DataDirectory, "keys"), run, sourceRoot, configuration);
+        if (options.Namespaces)
+        {
+            agentProgram = Path.Combine(sourceRoot, "dataplane-agent", "Fabric.Agent.Host", "bin", configuration, "net10.0", "fabric-agent");
+            if (FleetNetwork.Unavailable() is { } why)
+            {
+                throw new FormatException(why);
+            }
+            if (!File.Exists(agentProgram))
+            {
+                throw new FormatException($"--namespaces runs {agentProgram}, which is not built (dotnet build Fabric.sln -c {configuration})");
+            }
+            // Made before the silo starts: its gateway listens on the hosts' side of their uplinks.
+            network = FleetNetwork.Create(options.Hosts);
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => network.Dispose();
+        }
     }
     else
     {
         users = Users.Load(options.UsersFile!);
     }
 }
-catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException or Fabric.Repository.PackageException or Fabric.Repository.TrustException)
+catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException or InvalidOperationException or Fabric.Repository.PackageException
+    or Fabric.Repository.TrustException)
 {
     Console.Error.WriteLine($"fabric-dashboard: {e.Message}");
     Console.Error.WriteLine(DashboardOptions.Usage);
@@ -56,20 +74,26 @@ var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRo
 builder.WebHost.UseStaticWebAssets();
 builder.WebHost.UseKestrel(k => k.Listen(options.Listen));
 builder.Logging.ClearProviders().AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
-builder.Logging.AddFilter("Orleans", LogLevel.Warning).AddFilter("Microsoft", LogLevel.Warning).AddFilter("Polly", LogLevel.Warning)
+builder.Logging.AddFilter("Orleans", LogLevel.Warning)
+    // Orleans' watchdog warns once at start of a "participant check" late by the hours since boot: noise for a newcomer.
+    .AddFilter("Orleans.Runtime.Watchdog", LogLevel.Error).AddFilter("Microsoft", LogLevel.Warning).AddFilter("Polly", LogLevel.Warning)
     .AddFilter("Fabric.Embedded", LogLevel.Warning).AddFilter("Microsoft.AspNetCore.DataProtection", LogLevel.Error)
     // The catalog sync says the same line every 30 s; what matters (a failure) is a warning.
     .AddFilter("Fabric.Silo.CatalogSync", LogLevel.Warning).AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);
 
-var simulation = new Simulation(options, repository);
+var simulation = new Simulation(options, repository) { Network = network, AgentProgram = agentProgram };
 builder.Services.AddSingleton(simulation);
 builder.Services.AddSingleton(users);
 if (options.Embedded)
 {
     var (siloPort, gatewayPort) = (FreePort(), FreePort());
-    simulation.Gateway = $"127.0.0.1:{gatewayPort}";
+    // On loopback; with --namespaces where the host namespaces reach it (their uplinks' root side), never on any address.
+    var siloAddress = network is null ? IPAddress.Loopback : FleetNetwork.ControlPlaneAddress;
+    simulation.Gateway = $"{siloAddress}:{gatewayPort}";
     builder.UseOrleans(silo => silo
-        .UseLocalhostClustering(siloPort, gatewayPort, serviceId: options.ServiceId, clusterId: options.ClusterId)
+        .UseDevelopmentClustering(new IPEndPoint(siloAddress, siloPort))
+        .ConfigureEndpoints(siloAddress, siloPort, gatewayPort)
+        .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId))
         .AddMemoryGrainStorage(Storage.Name)
         .AddFabricControlPlane(new SelectorOptions()));
     builder.Services.AddSingleton(new CatalogSource(repository!.Path, repository.TrustRoot, Path.Combine(options.DataDirectory, "run", "silo"), 30));
@@ -141,7 +165,8 @@ app.MapPost("/account/logout", async (HttpContext http) =>
 await app.StartAsync();
 var url = $"http://{(options.Listen.Address.Equals(IPAddress.Any) ? "127.0.0.1" : options.Listen.Address)}:{options.Listen.Port}/";
 Console.WriteLine(options.Embedded
-    ? $"Fabric is running on its embedded default: {options.Hosts} simulated hosts, a silo, stacks signed by the development key in {Path.Combine(options.DataDirectory, "keys")}.\n"
+    ? $"Fabric is running on its embedded default: {options.Hosts} simulated hosts{(network is null ? "" : $" as fabric-agent processes in network namespaces {network.Id}-*")}, a silo, "
+      + $"stacks signed by the development key in {Path.Combine(options.DataDirectory, "keys")}.\n"
       + $"Dashboard: {url}  (sign in as 'admin' for changes or 'viewer' to look; the passwords are in {users.Path})\nCtrl+C stops it."
     : $"Fabric dashboard: {url}  (cluster {options.ClusterId} through {string.Join(", ", options.Gateways)}; users from {users.Path})");
 await app.WaitForShutdownAsync();

@@ -13,6 +13,11 @@ public sealed class Simulation(DashboardOptions options, DevelopmentRepository? 
 
     public SimulatedFleet? Fleet { get; set; }
 
+    /// <summary>The namespaces and veths of the fleet with --namespaces (root), and the agent program it runs there.</summary>
+    public FleetNetwork? Network { get; init; }
+
+    public string? AgentProgram { get; init; }
+
     /// <summary>Why the fleet is not running, when it failed to start.</summary>
     public string? Error { get; set; }
 }
@@ -34,7 +39,8 @@ public sealed class SimulationRunner(Simulation simulation, ILoggerFactory logge
         {
             try
             {
-                simulation.Fleet = SimulatedFleet.Start(new FleetOptions(options.Hosts, options.PhaseSeconds, testData), simulation.Repository!,
+                simulation.Fleet = SimulatedFleet.Start(new FleetOptions(options.Hosts, options.PhaseSeconds, testData, Network: simulation.Network,
+                    AgentProgram: simulation.AgentProgram), simulation.Repository!,
                     simulation.Gateway!, Path.Combine(options.DataDirectory, "run", "fleet"), loggers);
             }
             catch (Exception e)
@@ -53,5 +59,6 @@ public sealed class SimulationRunner(Simulation simulation, ILoggerFactory logge
             simulation.Fleet = null;
             await fleet.DisposeAsync();
         }
+        simulation.Network?.Dispose();
     }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using Fabric.LinkEmulator;
 
 namespace Fabric.Embedded;
@@ -15,22 +16,25 @@ public sealed class EmulatedLink : IDisposable
 {
     private readonly Socket _a;
     private readonly Socket _b;
-    private readonly IPEndPoint _underlayA;
-    private readonly IPEndPoint _underlayB;
+    private readonly SocketAddress _underlayA;
+    private readonly SocketAddress _underlayB;
     private readonly LinkDirection _aToB;
     private readonly LinkDirection _bToA;
     private readonly IReadOnlyList<LinkPhase> _phases;
     private readonly object _gate = new();
-    private readonly byte[] _buffer = new byte[65536];
-    private EndPoint _any = new IPEndPoint(IPAddress.Any, 0);
     private int _phase;
     private long _phaseEnds;
 
-    public EmulatedLink(string hostA, IPEndPoint underlayA, string hostB, IPEndPoint underlayB, IReadOnlyList<LinkPhase> phases, int firstPhase, double firstPhaseShare, int seed)
+    /// <remarks>
+    /// <c>bindA</c> is where the socket host A sends to binds (an address host A reaches; port 0 for any), <c>underlayA</c>
+    /// host A's underlay socket, where B's datagrams are delivered; the same for B.
+    /// </remarks>
+    public EmulatedLink(string hostA, IPEndPoint bindA, IPEndPoint underlayA, string hostB, IPEndPoint bindB, IPEndPoint underlayB, IReadOnlyList<LinkPhase> phases,
+        int firstPhase, double firstPhaseShare, int seed)
     {
-        (HostA, HostB, _underlayA, _underlayB, _phases) = (hostA, hostB, underlayA, underlayB, phases);
-        _a = Bound();
-        _b = Bound();
+        (HostA, HostB, _underlayA, _underlayB, _phases) = (hostA, hostB, underlayA.Serialize(), underlayB.Serialize(), phases);
+        _a = Bound(bindA);
+        _b = Bound(bindB);
         _phase = firstPhase % phases.Count;
         var now = Now;
         _aToB = new LinkDirection(phases[_phase].Forward, now, seed);
@@ -39,10 +43,10 @@ public sealed class EmulatedLink : IDisposable
         _phaseEnds = now + (long)(phases[_phase].Duration.TotalNanoseconds * Math.Clamp(firstPhaseShare, 0.05, 1));
     }
 
-    private static Socket Bound()
+    private static Socket Bound(IPEndPoint at)
     {
         var socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { Blocking = false, ReceiveBufferSize = 4 << 20 };
-        socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        socket.Bind(at);
         return socket;
     }
 
@@ -57,8 +61,6 @@ public sealed class EmulatedLink : IDisposable
 
     /// <summary>Where host B sends for host A.</summary>
     public IPEndPoint AddressForB => (IPEndPoint)_b.LocalEndPoint!;
-
-    internal IEnumerable<Socket> Sockets => [_a, _b];
 
     /// <summary>The conditions now, and when they change.</summary>
     public (LinkPhase Phase, TimeSpan Remaining) Current
@@ -83,8 +85,35 @@ public sealed class EmulatedLink : IDisposable
         }
     }
 
-    /// <summary>Moves datagrams in and out; returns when something is next due (nanoseconds, <see cref="long.MaxValue"/> when idle).</summary>
-    internal long Pump()
+    /// <summary>The link's two sockets: side A (host A sends here) and side B.</summary>
+    internal (Socket A, Socket B) Sockets => (_a, _b);
+
+    /// <summary>Takes every datagram waiting on one side's socket into its direction (without blocking); returns when that direction next has something due.</summary>
+    internal unsafe long Take(bool fromA, byte[] buffer)
+    {
+        var socket = fromA ? _a : _b;
+        lock (_gate)
+        {
+            var direction = fromA ? _aToB : _bToA;
+            fixed (byte* at = buffer)
+            {
+                while (true)
+                {
+                    var length = Poller.recv((int)socket.Handle, at, buffer.Length, Poller.MSG_DONTWAIT);
+                    if (length < 0)
+                    {
+                        // EAGAIN: nothing more; anything else (an ICMP error for an earlier datagram) is not a datagram either.
+                        break;
+                    }
+                    direction.Offer(buffer.AsSpan(0, (int)length), Now);
+                }
+            }
+            return direction.NextEventNanoseconds;
+        }
+    }
+
+    /// <summary>Sends on what is due (and moves to the next phase when it is time); returns when something is next due (nanoseconds).</summary>
+    internal long Deliver()
     {
         lock (_gate)
         {
@@ -96,38 +125,19 @@ public sealed class EmulatedLink : IDisposable
                 _bToA.SetProfile(_phases[_phase].Reverse, now);
                 _phaseEnds = now + (long)_phases[_phase].Duration.TotalNanoseconds;
             }
-            Take(_a, _aToB, now);
-            Take(_b, _bToA, now);
             Deliver(_aToB, _b, _underlayB, now);
             Deliver(_bToA, _a, _underlayA, now);
             return Math.Min(Math.Min(_aToB.NextEventNanoseconds, _bToA.NextEventNanoseconds), _phaseEnds);
         }
     }
 
-    private void Take(Socket socket, LinkDirection direction, long now)
-    {
-        while (socket.Available > 0)
-        {
-            int length;
-            try
-            {
-                length = socket.ReceiveFrom(_buffer, ref _any);
-            }
-            catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.ConnectionReset)
-            {
-                return;
-            }
-            direction.Offer(_buffer.AsSpan(0, length), now);
-        }
-    }
-
-    private static void Deliver(LinkDirection direction, Socket from, IPEndPoint to, long now)
+    private static void Deliver(LinkDirection direction, Socket from, SocketAddress to, long now)
     {
         while (direction.TryTakeDue(now, out var frame))
         {
             try
             {
-                from.SendTo(frame.Span, to);
+                from.SendTo(frame.Span, SocketFlags.None, to);
             }
             catch (SocketException)
             {
@@ -147,7 +157,12 @@ public sealed class EmulatedLink : IDisposable
     }
 }
 
-/// <summary>One thread moving datagrams through every emulated link: it waits for a datagram or the next due time.</summary>
+/// <summary>
+/// Moves datagrams through every emulated link on one thread: it waits in ppoll(2) on all the links' sockets until a
+/// datagram comes or the next one is due (nanosecond timeout, so departures keep the emulated delays), takes what came
+/// from the sockets that have some, and sends on what is due. One system call per wake-up and no polling: the cost
+/// follows the traffic, not the number of links.
+/// </summary>
 public sealed class LinkPump : IDisposable
 {
     private readonly IReadOnlyList<EmulatedLink> _links;
@@ -161,31 +176,43 @@ public sealed class LinkPump : IDisposable
         _thread.Start();
     }
 
-    private void Run()
+    private static long Now => (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency));
+
+    private unsafe void Run()
     {
-        var all = _links.SelectMany(l => l.Sockets).ToList();
-        var ready = new List<Socket>(all.Count);
+        var fds = new Poller.PollFd[_links.Count * 2];
+        for (var i = 0; i < _links.Count; i++)
+        {
+            var (a, b) = _links[i].Sockets;
+            fds[2 * i] = new Poller.PollFd { Fd = (int)a.Handle, Events = Poller.POLLIN };
+            fds[(2 * i) + 1] = new Poller.PollFd { Fd = (int)b.Handle, Events = Poller.POLLIN };
+        }
+        var buffer = new byte[65536];
         while (!_stop)
         {
             var next = long.MaxValue;
             foreach (var link in _links)
             {
-                next = Math.Min(next, link.Pump());
+                next = Math.Min(next, link.Deliver());
             }
-            var now = (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency));
-            // At most 1 ms asleep: the emulators' departures are computed when they are pumped.
-            var waitMicroseconds = (int)Math.Clamp((next - now) / 1000, 0, 1000);
-            if (waitMicroseconds > 0)
+            // At most 100 ms asleep, so a stop is seen soon.
+            var wait = Math.Clamp(next - Now, 0, 100_000_000);
+            var timeout = new Poller.TimeSpec { Seconds = 0, Nanoseconds = wait };
+            int ready;
+            fixed (Poller.PollFd* at = fds)
             {
-                ready.Clear();
-                ready.AddRange(all);
-                try
+                ready = Poller.ppoll(at, (nuint)fds.Length, &timeout, null);
+            }
+            if (ready <= 0)
+            {
+                continue;
+            }
+            for (var i = 0; i < fds.Length; i++)
+            {
+                if (fds[i].REvents != 0)
                 {
-                    Socket.Select(ready, null, null, waitMicroseconds);
-                }
-                catch (ObjectDisposedException)
-                {
-                    return;
+                    fds[i].REvents = 0;
+                    _links[i / 2].Take(i % 2 == 0, buffer);
                 }
             }
         }
@@ -196,4 +223,32 @@ public sealed class LinkPump : IDisposable
         _stop = true;
         _thread.Join();
     }
+}
+
+/// <summary>The two libc calls the link pump needs (struct pollfd and struct timespec are the same on x86-64 and arm64).</summary>
+internal static unsafe class Poller
+{
+    public const short POLLIN = 0x001;
+    public const int MSG_DONTWAIT = 0x40;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short REvents;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct TimeSpec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    public static extern int ppoll(PollFd* fds, nuint count, TimeSpec* timeout, void* signalMask);
+
+    [DllImport("libc", SetLastError = true)]
+    public static extern nint recv(int fd, byte* buffer, nint length, int flags);
 }

@@ -1,7 +1,10 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Net;
+using System.Net.Sockets;
 using System.Security.Cryptography;
 using Fabric.Agent;
+using Fabric.Agent.Api;
 using Fabric.Agent.ControlPlane;
 using Fabric.Hal;
 using Fabric.Registration;
@@ -10,8 +13,13 @@ using Microsoft.Extensions.Logging;
 
 namespace Fabric.Embedded;
 
-/// <summary>How big the simulated fleet is and how fast its links change.</summary>
-public sealed record FleetOptions(int Hosts = 4, int PhaseSeconds = 45, string? TestData = null, int ReportMilliseconds = 1000)
+/// <summary>
+/// How big the simulated fleet is and how fast its links change. With <paramref name="Network"/> (root only) the hosts
+/// are <c>fabric-agent</c> processes (<paramref name="AgentProgram"/>) in that network's namespaces and the VMs are
+/// namespaces with veths; without it, agents in this process with in-memory VM ports.
+/// </summary>
+public sealed record FleetOptions(int Hosts = 4, int PhaseSeconds = 45, string? TestData = null, int ReportMilliseconds = 1000,
+    FleetNetwork? Network = null, string? AgentProgram = null)
 {
     public IEnumerable<string> Validate()
     {
@@ -23,6 +31,10 @@ public sealed record FleetOptions(int Hosts = 4, int PhaseSeconds = 45, string? 
         {
             yield return $"phase seconds: {PhaseSeconds} is outside 5..3600";
         }
+        if (Network is not null && (AgentProgram is null || !File.Exists(AgentProgram)))
+        {
+            yield return $"agent program: '{AgentProgram}' does not exist (build the solution: dotnet build Fabric.sln -c Release)";
+        }
     }
 }
 
@@ -30,30 +42,39 @@ public sealed record FleetOptions(int Hosts = 4, int PhaseSeconds = 45, string? 
 /// A simulated VM: what it is for (its role gives its policy's workload and its traffic), where it runs, and how much
 /// it sends to the VM of the same role on the next host.
 /// </summary>
-public sealed record SimulatedVm(string Id, string Name, string HostId, string Role, MacAddress Mac, string IPv4, VmPolicy Policy, int FramesPerSecond, int PayloadBytes);
+public sealed record SimulatedVm(string Id, string Name, string HostId, string Role, MacAddress Mac, string IPv4, VmPolicy Policy, int FramesPerSecond, int PayloadBytes)
+{
+    /// <summary>The host-side device the agent attaches to (a channel port's name, or the veth end in the host's namespace).</summary>
+    public string Device => "tap-" + Id;
+}
 
-/// <summary>One simulated host: a real agent (real switch, stacks from the signed repository, UDP underlay on loopback) and its control-plane link.</summary>
-public sealed record SimulatedHost(string HostId, Agent.Agent Agent, ControlPlaneLink Link);
+/// <summary>One simulated host and where it runs (in this process, or a fabric-agent process in a namespace).</summary>
+public sealed record SimulatedHost(string HostId, string Where);
 
 /// <summary>
-/// The embedded default's fleet, in this process and without root: N hosts, each a real <see cref="Agent.Agent"/>
-/// whose VMs are in-memory channel ports registered through the hook API with a policy, connected pairwise by
-/// <see cref="EmulatedLink"/>s that follow real traces and change every few tens of seconds, each agent an Orleans
-/// client of the silo. Traffic generators make every VM send to its counterpart on the next host, so paths carry
-/// traffic, the silo measures them and chooses, and the agents swap stacks under load.
+/// The embedded default's fleet: N hosts, each a real agent whose VMs are registered through the hook API with a
+/// policy, connected pairwise by <see cref="EmulatedLink"/>s that follow real traces and change every few tens of
+/// seconds, each agent an Orleans client of the silo. Traffic generators make every VM send to its counterpart on the
+/// next host, so paths carry traffic, the silo measures them and chooses, and the agents swap stacks under load.
+/// Without root the agents run in this process on loopback UDP with in-memory VM ports; with a
+/// <see cref="FleetNetwork"/> they are <c>fabric-agent</c> processes in host namespaces, the VMs namespaces with veths,
+/// and the traffic real UDP from the VMs' sockets.
 /// </summary>
 public sealed class SimulatedFleet : IAsyncDisposable
 {
     public const uint Vni = 100;
 
+    /// <summary>The UDP port the VMs' traffic goes to.</summary>
+    public const int TrafficPort = 5004;
+
     /// <summary>Roles of the VMs on each host: name, workload, frames per second, payload bytes (a web tier, a voice call, a backup stream).</summary>
     private static readonly (string Role, string Workload, int Fps, int Bytes)[] Roles =
         [("web", "general", 50, 800), ("voice", "latency", 50, 160), ("backup", "bulk", 200, 1200)];
 
-    private readonly ConcurrentDictionary<string, ChannelPort> _vmEnds = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, VmEnd> _vmEnds = new(StringComparer.Ordinal);
     private readonly List<EmulatedLink> _links = [];
     private readonly List<SimulatedHost> _hosts = [];
-    private readonly List<Agent.Agent> _agents = [];
+    private readonly List<HostRuntime> _runtimes = [];
     private readonly List<SimulatedVm> _vms = [];
     private LinkPump? _pump;
     private Thread? _traffic;
@@ -94,40 +115,42 @@ public sealed class SimulatedFleet : IAsyncDisposable
     {
         var control = new ControlPlaneConfig([gateway], ReportMilliseconds: options.ReportMilliseconds);
         var ids = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
-        var agents = _agents;
-        foreach (var id in ids)
+        for (var h = 0; h < ids.Count; h++)
         {
-            var state = Path.Combine(stateDirectory, id);
-            var config = new AgentConfig(id, new UnderlayConfig("127.0.0.1", null, 0), [], Path.Combine(state, "api.sock"), DrainMilliseconds: 500,
-                Repository: new RepositoryConfig(repository.Path, repository.TrustRoot, Path.Combine(state, "stacks")), StateDirectory: state, ControlPlane: control);
-            var agent = new Agent.Agent(config, loggers.CreateLogger($"Fabric.Embedded.{id}"), Open);
-            agents.Add(agent);
-            agent.Start();
+            var state = Path.Combine(stateDirectory, ids[h]);
+            var repositoryConfig = new RepositoryConfig(repository.Path, repository.TrustRoot, Path.Combine(state, "stacks"));
+            HostRuntime runtime = options.Network is { } network
+                ? ProcessHost.Start(network, h + 1, new AgentConfig(ids[h], new UnderlayConfig(FleetNetwork.Underlay(h + 1).ToString(), null), [], Path.Combine(state, "api.sock"),
+                    DrainMilliseconds: 500, Repository: repositoryConfig, StateDirectory: state, ControlPlane: control), options.AgentProgram!)
+                : InProcessHost.Start(new AgentConfig(ids[h], new UnderlayConfig("127.0.0.1", null, 0), [], Path.Combine(state, "api.sock"), DrainMilliseconds: 500,
+                    Repository: repositoryConfig, StateDirectory: state, ControlPlane: control), loggers, Open);
+            _runtimes.Add(runtime);
+            _hosts.Add(new SimulatedHost(ids[h], runtime.Where));
         }
 
         // A link per pair of hosts, each starting at another phase; the same random key for secure at both ends.
         var phases = LinkScenarios.FromTestData(options.TestData, TimeSpan.FromSeconds(options.PhaseSeconds));
-        var pairs = agents.Count * (agents.Count - 1) / 2;
-        for (var i = 0; i < agents.Count; i++)
+        var pairs = _runtimes.Count * (_runtimes.Count - 1) / 2;
+        for (var i = 0; i < _runtimes.Count; i++)
         {
-            for (var j = i + 1; j < agents.Count; j++)
+            for (var j = i + 1; j < _runtimes.Count; j++)
             {
-                var (a, b) = (agents[i], agents[j]);
-                var link = new EmulatedLink(ids[i], a.Switch.UnderlayEndpoints.IPv4!, ids[j], b.Switch.UnderlayEndpoints.IPv4!, phases, _links.Count * 3,
+                var (a, b) = (_runtimes[i], _runtimes[j]);
+                var link = new EmulatedLink(ids[i], new IPEndPoint(a.LinkSide, 0), a.Underlay, ids[j], new IPEndPoint(b.LinkSide, 0), b.Underlay, phases, _links.Count * 3,
                     firstPhaseShare: (double)(_links.Count + 1) / pairs, seed: 17 * (_links.Count + 1));
                 _links.Add(link);
                 var settings = new Dictionary<string, Dictionary<string, string>>
                 {
                     ["secure"] = new() { ["key"] = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)) },
                 };
-                Ok(a.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[j], "127.0.0.1", null, "std-ipv4", link.AddressForA.Port, settings))), ids[i]);
-                Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[i], "127.0.0.1", null, "std-ipv4", link.AddressForB.Port, settings))), ids[j]);
+                Ok(a.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[j], link.AddressForA.Address.ToString(), null, "std-ipv4", link.AddressForA.Port, settings))), ids[i]);
+                Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[i], link.AddressForB.Address.ToString(), null, "std-ipv4", link.AddressForB.Port, settings))), ids[j]);
             }
         }
         _pump = new LinkPump(_links);
 
         // VMs, registered as the libvirt hook would (with the policy their metadata carries), and routes to them everywhere else.
-        for (var h = 0; h < agents.Count; h++)
+        for (var h = 0; h < _runtimes.Count; h++)
         {
             for (var r = 0; r < Roles.Length; r++)
             {
@@ -135,22 +158,25 @@ public sealed class SimulatedFleet : IAsyncDisposable
                 var vm = new SimulatedVm($"{role}-{h + 1}", $"{role} on {ids[h]}", ids[h], role, new MacAddress(0x02_00_00_00_00_00UL | ((ulong)(uint)(h + 1) << 8) | (uint)(r + 1)),
                     $"10.100.{h + 1}.{r + 1}", new VmPolicy(workload, Vni: Vni), fps, bytes);
                 _vms.Add(vm);
-                Ok(agents[h].Handle(new ApiRequest("register-vm", Registration: new VmRegistration(vm.Id, vm.Name,
-                    [new VmInterface("ethernet", vm.Mac.ToString(), "tap-" + vm.Id, Vni: Vni, IPv4: [vm.IPv4])], vm.Policy, "metadata", "libvirt"))), ids[h]);
+                if (options.Network is { } network)
+                {
+                    var ns = network.AddVm(h + 1, vm.Id, vm.Mac.ToString(), vm.IPv4, vm.Device);
+                    _vmEnds[vm.Device] = SocketVmEnd.Open(ns, vm);
+                }
+                Ok(_runtimes[h].Handle(new ApiRequest("register-vm", Registration: new VmRegistration(vm.Id, vm.Name,
+                    [new VmInterface("ethernet", vm.Mac.ToString(), vm.Device, Vni: Vni, IPv4: [vm.IPv4])], vm.Policy, "metadata", "libvirt"))), ids[h]);
             }
         }
         foreach (var vm in _vms)
         {
-            foreach (var agent in agents.Where(a => a.Config.HostId != vm.HostId))
+            foreach (var host in _runtimes.Where(a => a.Id != vm.HostId))
             {
-                Ok(agent.Handle(new ApiRequest("set-route", Route: new RouteConfig(Vni, vm.Mac.ToString(), vm.HostId, [vm.IPv4]))), agent.Config.HostId);
+                Ok(host.Handle(new ApiRequest("set-route", Route: new RouteConfig(Vni, vm.Mac.ToString(), vm.HostId, [vm.IPv4]))), host.Id);
             }
         }
-        foreach (var agent in agents)
+        foreach (var runtime in _runtimes)
         {
-            var link = new ControlPlaneLink(agent, control, loggers.CreateLogger($"Fabric.Embedded.{agent.Config.HostId}.ControlPlane"));
-            _hosts.Add(new SimulatedHost(agent.Config.HostId, agent, link));
-            link.Start();
+            runtime.Connect(control, loggers);
         }
         _traffic = new Thread(() => RunTraffic(options.Hosts)) { IsBackground = true, Name = "emb-traffic" };
         _traffic.Start();
@@ -167,7 +193,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
     private ChannelPort Open(string device)
     {
         var (agentEnd, vmEnd) = ChannelPort.CreatePair(device, device + "-vm");
-        _vmEnds[device] = vmEnd;
+        _vmEnds[device] = new ChannelVmEnd(vmEnd);
         return agentEnd;
     }
 
@@ -177,9 +203,8 @@ public sealed class SimulatedFleet : IAsyncDisposable
         var flows = _vms.Select(vm =>
         {
             var next = _vms.Single(v => v.Role == vm.Role && v.HostId == $"host-{(int.Parse(vm.HostId[5..], System.Globalization.CultureInfo.InvariantCulture) % hosts) + 1}");
-            return (Vm: vm, Frame: Udp(vm, next), Credit: 0.0);
+            return (Vm: vm, Next: next, Credit: 0.0);
         }).ToArray();
-        var buffer = new byte[2048];
         var last = DateTime.UtcNow;
         while (!_stop)
         {
@@ -190,55 +215,252 @@ public sealed class SimulatedFleet : IAsyncDisposable
             for (var i = 0; i < flows.Length; i++)
             {
                 ref var flow = ref flows[i];
-                if (!_vmEnds.TryGetValue("tap-" + flow.Vm.Id, out var port))
+                if (!_vmEnds.TryGetValue(flow.Vm.Device, out var end))
                 {
                     continue;
                 }
                 flow.Credit += flow.Vm.FramesPerSecond * elapsed;
                 for (; flow.Credit >= 1; flow.Credit--)
                 {
-                    // A full port drops the frame, as a VM's NIC would; the agents count what they forward.
-                    port.Transmit(flow.Frame);
+                    // A full port or socket buffer drops the datagram, as a VM's NIC would; the agents count what they forward.
+                    end.Send(flow.Vm, flow.Next);
                 }
                 // What arrives is drained so the ports never fill.
-                while (port.Receive(buffer, out _, TimeSpan.Zero) == PortResult.Ok)
-                {
-                }
+                end.Drain();
             }
         }
-    }
-
-    private static byte[] Udp(SimulatedVm from, SimulatedVm to)
-    {
-        var frame = new byte[14 + 20 + 8 + from.PayloadBytes];
-        var at = EthernetWriter.Write(frame, to.Mac, from.Mac, EtherTypes.IPv4);
-        var (source, destination) = (IPv4Address.Parse(from.IPv4), IPv4Address.Parse(to.IPv4));
-        at += new IPv4Repr(source, destination, IPProtocols.Udp, 64, 8 + from.PayloadBytes, DontFragment: true).Write(frame.AsSpan(at));
-        UdpWriter.Write(frame.AsSpan(at), 40000, 5004, from.PayloadBytes);
-        UdpWriter.SetChecksumV4(frame.AsSpan(at), source, destination);
-        return frame;
     }
 
     public async ValueTask DisposeAsync()
     {
         _stop = true;
         _traffic?.Join();
-        foreach (var host in _hosts)
-        {
-            await host.Link.DisposeAsync();
-        }
+        // In parallel: each agent drains and says goodbye to the silo.
+        await Task.WhenAll(_runtimes.Select(r => r.DisposeAsync().AsTask()));
         _pump?.Dispose();
-        foreach (var agent in _agents)
-        {
-            agent.Dispose();
-        }
         foreach (var link in _links)
         {
             link.Dispose();
         }
-        foreach (var port in _vmEnds.Values)
+        foreach (var end in _vmEnds.Values)
         {
-            port.Dispose();
+            end.Dispose();
         }
+    }
+
+    /// <summary>Where a host's agent runs, and how the fleet talks to it.</summary>
+    private abstract class HostRuntime : IAsyncDisposable
+    {
+        public abstract string Id { get; }
+
+        public abstract string Where { get; }
+
+        /// <summary>The agent's underlay socket.</summary>
+        public abstract IPEndPoint Underlay { get; }
+
+        /// <summary>The address the links' sockets for this host bind to (reachable from the agent).</summary>
+        public abstract IPAddress LinkSide { get; }
+
+        /// <summary>One request to the agent's API.</summary>
+        public abstract ApiResponse Handle(ApiRequest request);
+
+        /// <summary>Joins the control plane once the host's VMs and routes are set.</summary>
+        public virtual void Connect(ControlPlaneConfig control, ILoggerFactory loggers)
+        {
+        }
+
+        public abstract ValueTask DisposeAsync();
+    }
+
+    /// <summary>An <see cref="Agent.Agent"/> in this process, on loopback UDP, with its <see cref="ControlPlaneLink"/>.</summary>
+    private sealed class InProcessHost(Agent.Agent agent) : HostRuntime
+    {
+        private ControlPlaneLink? _link;
+
+        public static InProcessHost Start(AgentConfig config, ILoggerFactory loggers, Func<string, IFramePort> open)
+        {
+            var agent = new Agent.Agent(config, loggers.CreateLogger($"Fabric.Embedded.{config.HostId}"), open);
+            try
+            {
+                agent.Start();
+                return new InProcessHost(agent);
+            }
+            catch
+            {
+                agent.Dispose();
+                throw;
+            }
+        }
+
+        public override string Id => agent.Config.HostId;
+
+        public override string Where => "an agent in the dashboard's process (loopback UDP, in-memory VM ports)";
+
+        public override IPEndPoint Underlay => agent.Switch.UnderlayEndpoints.IPv4!;
+
+        public override IPAddress LinkSide => IPAddress.Loopback;
+
+        public override ApiResponse Handle(ApiRequest request) => agent.Handle(request);
+
+        public override void Connect(ControlPlaneConfig control, ILoggerFactory loggers)
+        {
+            _link = new ControlPlaneLink(agent, control, loggers.CreateLogger($"Fabric.Embedded.{Id}.ControlPlane"));
+            _link.Start();
+        }
+
+        public override async ValueTask DisposeAsync()
+        {
+            if (_link is not null)
+            {
+                await _link.DisposeAsync();
+            }
+            agent.Dispose();
+        }
+    }
+
+    /// <summary>A <c>fabric-agent</c> process in the host's namespace, told what to do through its API socket; it joins the silo itself.</summary>
+    private sealed class ProcessHost(AgentConfig config, int host, string ns, Process process, string log) : HostRuntime
+    {
+        public static ProcessHost Start(FleetNetwork network, int host, AgentConfig config, string program)
+        {
+            Directory.CreateDirectory(config.StateDirectory!);
+            var path = Path.Combine(config.StateDirectory!, "agent.json");
+            File.WriteAllText(path, AgentConfig.Serialize(config));
+            var log = Path.Combine(config.StateDirectory!, "agent.log");
+            var ns = network.HostNamespace(host);
+            var process = FleetNetwork.StartIn(ns, program, log, "run", "--config", path);
+            var started = new ProcessHost(config, host, ns, process, log);
+            var deadline = DateTime.UtcNow.AddSeconds(30);
+            while (!File.Exists(config.ApiSocket) && !process.HasExited && DateTime.UtcNow < deadline)
+            {
+                Thread.Sleep(50);
+            }
+            if (!File.Exists(config.ApiSocket))
+            {
+                started.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                throw new InvalidOperationException($"fabric-agent for {config.HostId} in {ns} did not open {config.ApiSocket} "
+                    + $"({(process.HasExited ? $"exited {process.ExitCode}" : "30 s")}); its log: {log}");
+            }
+            return started;
+        }
+
+        public override string Id => config.HostId;
+
+        public override string Where => $"fabric-agent pid {process.Id} in namespace {ns}";
+
+        public override IPEndPoint Underlay => new(FleetNetwork.Underlay(host), config.Underlay.Port);
+
+        public override IPAddress LinkSide => FleetNetwork.LinkSide(host);
+
+        public override ApiResponse Handle(ApiRequest request)
+        {
+            if (process.HasExited)
+            {
+                return new ApiResponse(false, Error: $"fabric-agent exited {process.ExitCode}; its log: {log}");
+            }
+            return AgentConfig.Parse<ApiResponse>(LocalApiServer.Send(config.ApiSocket, AgentConfig.Serialize(request)));
+        }
+
+        public override async ValueTask DisposeAsync()
+        {
+            if (!process.HasExited)
+            {
+                // SIGTERM: the agent drains and says goodbye to the silo; a stuck one is killed.
+                using (Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+                {
+                }
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+                try
+                {
+                    await process.WaitForExitAsync(timeout.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                    process.Kill(entireProcessTree: true);
+                }
+            }
+            process.Dispose();
+        }
+    }
+
+    /// <summary>The VM's side of its port: sends its traffic and drains what arrives.</summary>
+    private abstract class VmEnd : IDisposable
+    {
+        public abstract void Send(SimulatedVm from, SimulatedVm to);
+
+        public abstract void Drain();
+
+        public abstract void Dispose();
+    }
+
+    /// <summary>An in-memory port: the VM's UDP datagrams as whole Ethernet frames.</summary>
+    private sealed class ChannelVmEnd(ChannelPort port) : VmEnd
+    {
+        private readonly byte[] _buffer = new byte[2048];
+        private byte[]? _frame;
+
+        public override void Send(SimulatedVm from, SimulatedVm to) => port.Transmit(_frame ??= Udp(from, to));
+
+        public override void Drain()
+        {
+            while (port.Receive(_buffer, out _, TimeSpan.Zero) == PortResult.Ok)
+            {
+            }
+        }
+
+        public override void Dispose() => port.Dispose();
+
+        private static byte[] Udp(SimulatedVm from, SimulatedVm to)
+        {
+            var frame = new byte[14 + 20 + 8 + from.PayloadBytes];
+            var at = EthernetWriter.Write(frame, to.Mac, from.Mac, EtherTypes.IPv4);
+            var (source, destination) = (IPv4Address.Parse(from.IPv4), IPv4Address.Parse(to.IPv4));
+            at += new IPv4Repr(source, destination, IPProtocols.Udp, 64, 8 + from.PayloadBytes, DontFragment: true).Write(frame.AsSpan(at));
+            UdpWriter.Write(frame.AsSpan(at), 40000, TrafficPort, from.PayloadBytes);
+            UdpWriter.SetChecksumV4(frame.AsSpan(at), source, destination);
+            return frame;
+        }
+    }
+
+    /// <summary>A UDP socket made inside the VM's namespace: its datagrams leave by the VM's eth0 and its kernel's ARP.</summary>
+    private sealed class SocketVmEnd(Socket socket, int payloadBytes) : VmEnd
+    {
+        private readonly byte[] _buffer = new byte[2048];
+        private IPEndPoint? _to;
+
+        public static SocketVmEnd Open(string ns, SimulatedVm vm) => new(Fabric.Hal.Linux.NetworkNamespace.Run(ns, () =>
+        {
+            var socket = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp) { Blocking = false };
+            socket.Bind(new IPEndPoint(IPAddress.Parse(vm.IPv4), TrafficPort));
+            return socket;
+        }), vm.PayloadBytes);
+
+        public override void Send(SimulatedVm from, SimulatedVm to)
+        {
+            try
+            {
+                socket.SendTo(_buffer.AsSpan(0, payloadBytes), _to ??= new IPEndPoint(IPAddress.Parse(to.IPv4), TrafficPort));
+            }
+            catch (SocketException)
+            {
+                // A full buffer, or an ICMP error from an earlier datagram: this one is lost, as a VM's would be.
+            }
+        }
+
+        public override void Drain()
+        {
+            try
+            {
+                while (socket.Available > 0)
+                {
+                    socket.Receive(_buffer);
+                }
+            }
+            catch (SocketException)
+            {
+            }
+        }
+
+        public override void Dispose() => socket.Dispose();
     }
 }

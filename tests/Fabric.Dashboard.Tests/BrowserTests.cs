@@ -56,9 +56,15 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
     private async Task<IPage> SignInAsync(string user, string password, string path = "")
     {
         Assert.SkipWhen(fixture.Browser is null, $"{BrowserFixture.Chromium} is not installed (./fabric test installs it as root)");
-        var context = await fixture.Browser!.NewContextAsync(new() { ViewportSize = new() { Width = 1400, Height = 1000 } });
+        return await SignInAsync(fixture.Browser!, fixture.Dashboard.Url, user, password, path);
+    }
+
+    /// <summary>Opens <paramref name="path"/>, is sent to the login page, and signs in there.</summary>
+    internal static async Task<IPage> SignInAsync(IBrowser browser, string url, string user, string password, string path = "")
+    {
+        var context = await browser.NewContextAsync(new() { ViewportSize = new() { Width = 1400, Height = 1000 } });
         var page = await context.NewPageAsync();
-        await page.GotoAsync(fixture.Dashboard.Url + path);
+        await page.GotoAsync(url + path);
         Assert.Contains("/login", page.Url, StringComparison.Ordinal);
         await page.FillAsync("#username", user);
         await page.FillAsync("#password", password);
@@ -67,7 +73,7 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
         return page;
     }
 
-    private static async Task ShotAsync(IPage page, string name) =>
+    internal static async Task ShotAsync(IPage page, string name) =>
         await page.ScreenshotAsync(new() { Path = Path.Combine(BrowserFixture.Screenshots, name + ".png"), FullPage = true });
 
     [Fact]

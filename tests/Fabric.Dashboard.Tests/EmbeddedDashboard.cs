@@ -79,9 +79,33 @@ public sealed class EmbeddedDashboard(params string[] arguments) : IAsyncLifetim
         }
     }
 
+    /// <summary>Stops it as Ctrl+C would (SIGTERM); returns its exit code, or null when it had not exited after 30 s.</summary>
+    public async Task<int?> StopAsync()
+    {
+        if (_process is null)
+        {
+            return null;
+        }
+        if (!_process.HasExited)
+        {
+            Privileged.TryRun("kill", "-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            try
+            {
+                await _process.WaitForExitAsync(timeout.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                return null;
+            }
+        }
+        return _process.ExitCode;
+    }
+
     public async ValueTask DisposeAsync()
     {
-        if (_process is { HasExited: false })
+        // Stopped as an operator would, so what it made (agent processes, namespaces) goes too; killed if that hangs.
+        if (_process is { HasExited: false } && await StopAsync() is null)
         {
             _process.Kill(entireProcessTree: true);
             await _process.WaitForExitAsync();

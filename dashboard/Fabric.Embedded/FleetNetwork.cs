@@ -1,0 +1,237 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+
+namespace Fabric.Embedded;
+
+/// <summary>
+/// The real network of the privileged embedded fleet (<c>--namespaces</c>, root only): a network namespace per host
+/// with a veth uplink to the root namespace, and a namespace per VM with a veth into its host's namespace — the agent's
+/// VM port, as a libvirt tap or a CNI veth would be:
+/// <code>
+///  root namespace: this process (silo, dashboard, link emulator)        fbrPIDu1 10.251.1.1 (+ 10.251.0.1, the silo)
+///        │ veth                                                         fbrPIDu2 10.251.2.1 …
+///  fbrPID-host-1: fabric-agent, uplink0 10.251.1.2 ── tap-web-1 ── veth ── fbrPID-web-1: eth0 10.100.1.1/16
+/// </code>
+/// Hosts reach each other only through the emulated links in this process (sockets bound on the root-side addresses),
+/// and the silo's gateway at <see cref="ControlPlaneAddress"/>. Names carry this process's id, everything is deleted
+/// on dispose, and leftovers of a run that was killed (its process gone) are deleted — with any process still in
+/// them — when the next one starts.
+/// </summary>
+public sealed class FleetNetwork : IDisposable
+{
+    private const string Prefix = "fbr";
+
+    /// <summary>The silo's address as the host namespaces see it (on host 1's root-side veth).</summary>
+    public static readonly IPAddress ControlPlaneAddress = IPAddress.Parse("10.251.0.1");
+
+    private readonly List<string> _namespaces = [];
+    private readonly int _hosts;
+    private int _disposed;
+
+    private FleetNetwork(int hosts)
+    {
+        _hosts = hosts;
+        Id = Prefix + (Environment.ProcessId % 100000).ToString(CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>This run's prefix: namespaces are named <c>Id-host-N</c> and <c>Id-VM</c>, root-side veths <c>IduN</c>.</summary>
+    public string Id { get; }
+
+    public string HostNamespace(int host) => $"{Id}-host-{host}";
+
+    public string VmNamespace(string vmId) => $"{Id}-{vmId}";
+
+    /// <summary>The host's uplink inside its namespace.</summary>
+    public const string Uplink = "uplink0";
+
+    /// <summary>Where the link emulator's socket for host <paramref name="host"/> (1-based) binds: the root side of its veth.</summary>
+    public static IPAddress LinkSide(int host) => IPAddress.Parse($"10.251.{host}.1");
+
+    /// <summary>The host's underlay address (its uplink).</summary>
+    public static IPAddress Underlay(int host) => IPAddress.Parse($"10.251.{host}.2");
+
+    /// <summary>Why this machine cannot run the fleet on namespaces, or null when it can.</summary>
+    public static string? Unavailable()
+    {
+        if (Environment.UserName != "root" && !File.ReadAllText("/proc/self/status").Contains("\nUid:\t0\t", StringComparison.Ordinal))
+        {
+            return "--namespaces needs root (it makes network namespaces and veth pairs, and the agents open AF_PACKET sockets)";
+        }
+        foreach (var tool in new[] { "ip", "ethtool" })
+        {
+            if (!Environment.GetEnvironmentVariable("PATH")!.Split(':').Any(d => File.Exists(Path.Combine(d, tool))))
+            {
+                return $"--namespaces needs '{tool}' (apt-get install --no-install-recommends iproute2 ethtool)";
+            }
+        }
+        var (code, addresses, _) = TryRun("ip", "-4", "-o", "addr", "show");
+        if (code == 0 && addresses.Split('\n').FirstOrDefault(l => l.Contains(" 10.251.", StringComparison.Ordinal)) is { } used)
+        {
+            return $"--namespaces uses 10.251.0.0/16, which this machine already has ({used.Trim()}); is another 'fabric run --namespaces' running?";
+        }
+        return null;
+    }
+
+    /// <summary>Makes the host namespaces and uplinks (VMs come with <see cref="AddVm"/>); throws naming the step that failed, having deleted what it made.</summary>
+    public static FleetNetwork Create(int hosts)
+    {
+        SweepLeftovers();
+        var network = new FleetNetwork(hosts);
+        try
+        {
+            for (var h = 1; h <= hosts; h++)
+            {
+                var ns = network.AddNamespace(network.HostNamespace(h));
+                var root = $"{network.Id}u{h}";
+                Run("ip", "link", "add", root, "type", "veth", "peer", "name", Uplink, "netns", ns);
+                Run("ip", "addr", "add", $"{LinkSide(h)}/24", "dev", root);
+                if (h == 1)
+                {
+                    Run("ip", "addr", "add", $"{ControlPlaneAddress}/32", "dev", root);
+                }
+                Run("ip", "link", "set", root, "up");
+                Run("ip", "-n", ns, "addr", "add", $"{Underlay(h)}/24", "dev", Uplink);
+                Run("ip", "-n", ns, "link", "set", Uplink, "up");
+                Run("ip", "-n", ns, "route", "add", "default", "via", LinkSide(h).ToString());
+            }
+            return network;
+        }
+        catch
+        {
+            network.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// A VM: its namespace with eth0 (the MAC and address given, a /16 of the overlay), and the host-side end
+    /// <paramref name="hostDevice"/> in its host's namespace, both up with offloads off (the agent reads complete frames,
+    /// as from a NIC).
+    /// </summary>
+    public string AddVm(int host, string vmId, string mac, string ipv4, string hostDevice)
+    {
+        var ns = AddNamespace(VmNamespace(vmId));
+        var hostNs = HostNamespace(host);
+        Run("ip", "-n", hostNs, "link", "add", hostDevice, "type", "veth", "peer", "name", "eth0", "netns", ns);
+        Run("ip", "-n", ns, "link", "set", "eth0", "address", mac);
+        Run("ip", "-n", ns, "addr", "add", $"{ipv4}/16", "dev", "eth0");
+        foreach (var (space, device) in new[] { (ns, "eth0"), (hostNs, hostDevice) })
+        {
+            Run("ip", "-n", space, "link", "set", device, "up");
+            Run("ip", "netns", "exec", space, "ethtool", "-K", device, "tx", "off", "tso", "off", "gso", "off", "gro", "off");
+        }
+        return ns;
+    }
+
+    private string AddNamespace(string name)
+    {
+        if (name.Length > 40)
+        {
+            throw new ArgumentException($"namespace name '{name}' is too long");
+        }
+        Run("ip", "netns", "add", name);
+        _namespaces.Add(name);
+        Run("ip", "-n", name, "link", "set", "lo", "up");
+        return name;
+    }
+
+    /// <summary>Starts <paramref name="program"/> inside a namespace, its output appended to <paramref name="log"/>.</summary>
+    public static Process StartIn(string ns, string program, string log, params string[] args)
+    {
+        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
+        {
+            info.ArgumentList.Add(arg);
+        }
+        var writer = new StreamWriter(log, append: true) { AutoFlush = true };
+        var process = Process.Start(info) ?? throw new InvalidOperationException($"cannot start {program} in {ns}");
+        void Write(object? sender, DataReceivedEventArgs e)
+        {
+            if (e.Data is not null)
+            {
+                lock (writer)
+                {
+                    writer.WriteLine(e.Data);
+                }
+            }
+        }
+        process.OutputDataReceived += Write;
+        process.ErrorDataReceived += Write;
+        process.Exited += (_, _) => { lock (writer) { writer.Dispose(); } };
+        process.EnableRaisingEvents = true;
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return process;
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+        // VM namespaces first (their veths go with them), then the hosts (and with each uplink its root-side peer).
+        foreach (var ns in Enumerable.Reverse(_namespaces))
+        {
+            Delete(ns);
+        }
+        for (var h = 1; h <= _hosts; h++)
+        {
+            TryRun("ip", "link", "del", $"{Id}u{h}");
+        }
+    }
+
+    /// <summary>Deletes a namespace after stopping any process still in it (an agent of a run that was killed).</summary>
+    private static void Delete(string ns)
+    {
+        var (_, pids, _) = TryRun("ip", "netns", "pids", ns);
+        foreach (var pid in pids.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            TryRun("kill", "-KILL", pid.Trim());
+        }
+        TryRun("ip", "netns", "del", ns);
+    }
+
+    private static void SweepLeftovers()
+    {
+        var (code, stdout, _) = TryRun("ip", "netns", "list");
+        if (code != 0)
+        {
+            return;
+        }
+        foreach (var line in stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var name = line.Split(' ')[0];
+            var digits = new string(name.Skip(Prefix.Length).TakeWhile(char.IsDigit).ToArray());
+            if (name.StartsWith(Prefix, StringComparison.Ordinal) && digits.Length > 0 && name.Length > Prefix.Length + digits.Length && name[Prefix.Length + digits.Length] == '-'
+                && int.Parse(digits, CultureInfo.InvariantCulture) is var pid && (pid == Environment.ProcessId % 100000 || !Directory.Exists($"/proc/{pid}")))
+            {
+                Delete(name);
+            }
+        }
+    }
+
+    private static void Run(string program, params string[] args)
+    {
+        var (code, _, stderr) = TryRun(program, args);
+        if (code != 0)
+        {
+            throw new InvalidOperationException($"'{program} {string.Join(' ', args)}' failed: {stderr.Trim()}");
+        }
+    }
+
+    private static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args)
+    {
+        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(info)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        process.WaitForExit();
+        return (process.ExitCode, stdout.Result, stderr.Result);
+    }
+}
