@@ -162,7 +162,16 @@ app.MapPost("/account/logout", async (HttpContext http) =>
     return Results.LocalRedirect("/login");
 });
 
-await app.StartAsync();
+try
+{
+    await app.StartAsync();
+}
+catch (OperationCanceledException)
+{
+    // Ctrl+C before the silo was up: nothing to report, but what --namespaces made goes.
+    network?.Dispose();
+    return 0;
+}
 var url = $"http://{(options.Listen.Address.Equals(IPAddress.Any) ? "127.0.0.1" : options.Listen.Address)}:{options.Listen.Port}/";
 Console.WriteLine(options.Embedded
     ? $"Fabric is running on its embedded default: {options.Hosts} simulated hosts{(network is null ? "" : $" as fabric-agent processes in network namespaces {network.Id}-*")}, a silo, "

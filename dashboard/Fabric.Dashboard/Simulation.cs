@@ -23,8 +23,10 @@ public sealed class Simulation(DashboardOptions options, DevelopmentRepository? 
 }
 
 /// <summary>Starts the simulated fleet once the silo is up, and stops it before the silo goes.</summary>
-public sealed class SimulationRunner(Simulation simulation, ILoggerFactory loggers, ILogger<SimulationRunner> logger) : IHostedService
+public sealed class SimulationRunner(Simulation simulation, ILoggerFactory loggers, ILogger<SimulationRunner> logger) : IHostedService, IDisposable
 {
+    public void Dispose() => _stopping.Dispose();
+
     public Task StartAsync(CancellationToken cancellationToken)
     {
         var options = simulation.Options;
@@ -35,25 +37,35 @@ public sealed class SimulationRunner(Simulation simulation, ILoggerFactory logge
             logger.LogWarning("No test data at {Path}: the simulated links use the synthetic phases only", testData);
         }
         // In the background: the agents verify and unpack the signed stacks, which takes a few seconds.
-        _ = Task.Run(() =>
+        _starting = Task.Run(() =>
         {
             try
             {
                 simulation.Fleet = SimulatedFleet.Start(new FleetOptions(options.Hosts, options.PhaseSeconds, testData, Network: simulation.Network,
                     AgentProgram: simulation.AgentProgram), simulation.Repository!,
-                    simulation.Gateway!, Path.Combine(options.DataDirectory, "run", "fleet"), loggers);
+                    simulation.Gateway!, Path.Combine(options.DataDirectory, "run", "fleet"), loggers, _stopping.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                // Stopped while starting: what was started has been stopped.
             }
             catch (Exception e)
             {
                 simulation.Error = e.Message;
                 logger.LogError(e, "The simulated fleet did not start");
             }
-        }, cancellationToken);
+        }, CancellationToken.None);
         return Task.CompletedTask;
     }
 
+    private readonly CancellationTokenSource _stopping = new();
+    private Task _starting = Task.CompletedTask;
+
     public async Task StopAsync(CancellationToken cancellationToken)
     {
+        // A fleet still starting stops at its next step; the network goes only after nothing uses it.
+        await _stopping.CancelAsync();
+        await _starting;
         if (simulation.Fleet is { } fleet)
         {
             simulation.Fleet = null;

@@ -51,7 +51,7 @@ public sealed class FleetNetwork : IDisposable
     /// <summary>The host's underlay address (its uplink).</summary>
     public static IPAddress Underlay(int host) => IPAddress.Parse($"10.251.{host}.2");
 
-    /// <summary>Why this machine cannot run the fleet on namespaces, or null when it can.</summary>
+    /// <summary>Why this machine cannot run the fleet on namespaces, or null when it can (a killed run's leftovers are deleted on the way).</summary>
     public static string? Unavailable()
     {
         if (Environment.UserName != "root" && !File.ReadAllText("/proc/self/status").Contains("\nUid:\t0\t", StringComparison.Ordinal))
@@ -65,6 +65,8 @@ public sealed class FleetNetwork : IDisposable
                 return $"--namespaces needs '{tool}' (apt-get install --no-install-recommends iproute2 ethtool)";
             }
         }
+        // A killed run's namespaces (and with them its veths and addresses) go first, so they do not count as in use.
+        SweepLeftovers();
         var (code, addresses, _) = TryRun("ip", "-4", "-o", "addr", "show");
         if (code == 0 && addresses.Split('\n').FirstOrDefault(l => l.Contains(" 10.251.", StringComparison.Ordinal)) is { } used)
         {
@@ -186,9 +188,16 @@ public sealed class FleetNetwork : IDisposable
     private static void Delete(string ns)
     {
         var (_, pids, _) = TryRun("ip", "netns", "pids", ns);
-        foreach (var pid in pids.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        var killed = pids.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(p => p.Trim()).ToList();
+        foreach (var pid in killed)
         {
-            TryRun("kill", "-KILL", pid.Trim());
+            TryRun("kill", "-KILL", pid);
+        }
+        // The namespace (and its veths) lives on until the last process in it is gone.
+        var deadline = DateTime.UtcNow.AddSeconds(5);
+        while (killed.Any(Alive) && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(20);
         }
         TryRun("ip", "netns", "del", ns);
     }
@@ -200,15 +209,41 @@ public sealed class FleetNetwork : IDisposable
         {
             return;
         }
+        var stale = new HashSet<string>(StringComparer.Ordinal);
         foreach (var line in stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
             var name = line.Split(' ')[0];
             var digits = new string(name.Skip(Prefix.Length).TakeWhile(char.IsDigit).ToArray());
             if (name.StartsWith(Prefix, StringComparison.Ordinal) && digits.Length > 0 && name.Length > Prefix.Length + digits.Length && name[Prefix.Length + digits.Length] == '-'
-                && int.Parse(digits, CultureInfo.InvariantCulture) is var pid && (pid == Environment.ProcessId % 100000 || !Directory.Exists($"/proc/{pid}")))
+                && int.Parse(digits, CultureInfo.InvariantCulture) is var pid && (pid == Environment.ProcessId % 100000 || !Alive(pid.ToString(CultureInfo.InvariantCulture))))
             {
                 Delete(name);
+                stale.Add(name[..(Prefix.Length + digits.Length)]);
             }
+        }
+        // The root-side veth ends go with their namespace; any that did not (a half-made run) go by name.
+        var (_, links, _) = TryRun("ip", "-o", "link", "show");
+        foreach (var line in links.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var name = line.Split(':', 3) is { Length: 3 } parts ? parts[1].Trim().Split('@')[0] : "";
+            if (stale.Any(id => name.StartsWith(id + "u", StringComparison.Ordinal)))
+            {
+                TryRun("ip", "link", "del", name);
+            }
+        }
+    }
+
+    /// <summary>Whether a process runs (a zombie that nobody has reaped yet does not: it holds no namespace).</summary>
+    private static bool Alive(string pid)
+    {
+        try
+        {
+            var stat = File.ReadAllText($"/proc/{pid}/stat");
+            return stat[(stat.LastIndexOf(')') + 2)..].FirstOrDefault() != 'Z';
+        }
+        catch (IOException)
+        {
+            return false;
         }
     }
 

@@ -90,8 +90,12 @@ public sealed class SimulatedFleet : IAsyncDisposable
 
     public IReadOnlyList<EmulatedLink> Links => _links;
 
-    /// <summary>Starts agents, links, registrations and traffic; throws naming what failed (and stops what it started).</summary>
-    public static SimulatedFleet Start(FleetOptions options, DevelopmentRepository repository, string gateway, string stateDirectory, ILoggerFactory loggers)
+    /// <summary>
+    /// Starts agents, links, registrations and traffic; throws naming what failed, or <see cref="OperationCanceledException"/>
+    /// when <paramref name="cancellation"/> stops it first (in both cases having stopped what it started).
+    /// </summary>
+    public static SimulatedFleet Start(FleetOptions options, DevelopmentRepository repository, string gateway, string stateDirectory, ILoggerFactory loggers,
+        CancellationToken cancellation = default)
     {
         var problems = options.Validate().ToList();
         if (problems.Count > 0)
@@ -101,7 +105,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
         var fleet = new SimulatedFleet();
         try
         {
-            fleet.Build(options, repository, gateway, stateDirectory, loggers);
+            fleet.Build(options, repository, gateway, stateDirectory, loggers, cancellation);
             return fleet;
         }
         catch
@@ -111,17 +115,18 @@ public sealed class SimulatedFleet : IAsyncDisposable
         }
     }
 
-    private void Build(FleetOptions options, DevelopmentRepository repository, string gateway, string stateDirectory, ILoggerFactory loggers)
+    private void Build(FleetOptions options, DevelopmentRepository repository, string gateway, string stateDirectory, ILoggerFactory loggers, CancellationToken cancellation)
     {
         var control = new ControlPlaneConfig([gateway], ReportMilliseconds: options.ReportMilliseconds);
         var ids = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
         for (var h = 0; h < ids.Count; h++)
         {
+            cancellation.ThrowIfCancellationRequested();
             var state = Path.Combine(stateDirectory, ids[h]);
             var repositoryConfig = new RepositoryConfig(repository.Path, repository.TrustRoot, Path.Combine(state, "stacks"));
             HostRuntime runtime = options.Network is { } network
                 ? ProcessHost.Start(network, h + 1, new AgentConfig(ids[h], new UnderlayConfig(FleetNetwork.Underlay(h + 1).ToString(), null), [], Path.Combine(state, "api.sock"),
-                    DrainMilliseconds: 500, Repository: repositoryConfig, StateDirectory: state, ControlPlane: control), options.AgentProgram!)
+                    DrainMilliseconds: 500, Repository: repositoryConfig, StateDirectory: state, ControlPlane: control), options.AgentProgram!, cancellation)
                 : InProcessHost.Start(new AgentConfig(ids[h], new UnderlayConfig("127.0.0.1", null, 0), [], Path.Combine(state, "api.sock"), DrainMilliseconds: 500,
                     Repository: repositoryConfig, StateDirectory: state, ControlPlane: control), loggers, Open);
             _runtimes.Add(runtime);
@@ -154,6 +159,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
         {
             for (var r = 0; r < Roles.Length; r++)
             {
+                cancellation.ThrowIfCancellationRequested();
                 var (role, workload, fps, bytes) = Roles[r];
                 var vm = new SimulatedVm($"{role}-{h + 1}", $"{role} on {ids[h]}", ids[h], role, new MacAddress(0x02_00_00_00_00_00UL | ((ulong)(uint)(h + 1) << 8) | (uint)(r + 1)),
                     $"10.100.{h + 1}.{r + 1}", new VmPolicy(workload, Vni: Vni), fps, bytes);
@@ -174,6 +180,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
                 Ok(host.Handle(new ApiRequest("set-route", Route: new RouteConfig(Vni, vm.Mac.ToString(), vm.HostId, [vm.IPv4]))), host.Id);
             }
         }
+        cancellation.ThrowIfCancellationRequested();
         foreach (var runtime in _runtimes)
         {
             runtime.Connect(control, loggers);
@@ -321,7 +328,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
     /// <summary>A <c>fabric-agent</c> process in the host's namespace, told what to do through its API socket; it joins the silo itself.</summary>
     private sealed class ProcessHost(AgentConfig config, int host, string ns, Process process, string log) : HostRuntime
     {
-        public static ProcessHost Start(FleetNetwork network, int host, AgentConfig config, string program)
+        public static ProcessHost Start(FleetNetwork network, int host, AgentConfig config, string program, CancellationToken cancellation)
         {
             Directory.CreateDirectory(config.StateDirectory!);
             var path = Path.Combine(config.StateDirectory!, "agent.json");
@@ -331,13 +338,14 @@ public sealed class SimulatedFleet : IAsyncDisposable
             var process = FleetNetwork.StartIn(ns, program, log, "run", "--config", path);
             var started = new ProcessHost(config, host, ns, process, log);
             var deadline = DateTime.UtcNow.AddSeconds(30);
-            while (!File.Exists(config.ApiSocket) && !process.HasExited && DateTime.UtcNow < deadline)
+            while (!File.Exists(config.ApiSocket) && !process.HasExited && DateTime.UtcNow < deadline && !cancellation.IsCancellationRequested)
             {
                 Thread.Sleep(50);
             }
-            if (!File.Exists(config.ApiSocket))
+            if (!File.Exists(config.ApiSocket) || cancellation.IsCancellationRequested)
             {
                 started.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                cancellation.ThrowIfCancellationRequested();
                 throw new InvalidOperationException($"fabric-agent for {config.HostId} in {ns} did not open {config.ApiSocket} "
                     + $"({(process.HasExited ? $"exited {process.ExitCode}" : "30 s")}); its log: {log}");
             }

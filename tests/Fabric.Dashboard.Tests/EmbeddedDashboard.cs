@@ -79,6 +79,13 @@ public sealed class EmbeddedDashboard(params string[] arguments) : IAsyncLifetim
         }
     }
 
+    /// <summary>SIGKILL to the dashboard alone, as a crash or the OOM killer would: what it started is left behind.</summary>
+    public async Task KillAloneAsync()
+    {
+        _process!.Kill(entireProcessTree: false);
+        await _process.WaitForExitAsync();
+    }
+
     /// <summary>Stops it as Ctrl+C would (SIGTERM); returns its exit code, or null when it had not exited after 30 s.</summary>
     public async Task<int?> StopAsync()
     {

@@ -51,9 +51,14 @@ public sealed class NamespaceFleetTests
         await Eventually.TrueAsync(async () => await stacks.CountAsync() == 1, Wait, "web-1's path", async () => await page.InnerTextAsync("body"));
 
         // The policy goes to the silo in this process; the decision reaches host-1's agent process, which applies it.
-        await page.ClickAsync("[data-testid=security-confidential]");
-        await page.ClickAsync("[data-testid=save-policy]");
-        await page.Locator("[data-testid=policy-accepted]").WaitForAsync(new() { Timeout = 10_000 });
+        // The page was opened directly (server-rendered first): a click before its circuit is up does nothing, so try again.
+        await Eventually.TrueAsync(async () =>
+        {
+            await page.ClickAsync("[data-testid=security-confidential]");
+            await page.ClickAsync("[data-testid=save-policy]");
+            await page.Locator("[data-testid=policy-accepted]").WaitForAsync(new() { Timeout = 3000 });
+            return true;
+        }, Wait, "the confidential policy accepted", async () => await page.InnerTextAsync("body"));
         await Eventually.TrueAsync(() => Task.FromResult(Status(1).GetProperty("paths").EnumerateArray().Single().GetProperty("bindings").EnumerateArray()
                 .Any(b => b.GetProperty("vm").GetString() == "web-1/0" && b.GetProperty("stack").GetString() == "secure")),
             Wait, "host-1's agent binding web-1 to secure", async () => await page.InnerTextAsync("body"));
@@ -70,4 +75,35 @@ public sealed class NamespaceFleetTests
         Assert.Equal(0, await dashboard.StopAsync());
         Assert.Empty(Left());
     }
+
+    [Fact]
+    public async Task AKilledRun_LeavesItsNamespacesAndAgents_AndTheNextRunDeletesThem()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
+        string killedId;
+        int[] killedAgents;
+        await using (var killed = new EmbeddedDashboard("--namespaces", "--hosts", "2"))
+        {
+            await killed.InitializeAsync();
+            killedId = Regex.Match(killed.Output, @"network namespaces (fbr\d+)-\*").Groups[1].Value;
+            await Eventually.TrueAsync(() => Task.FromResult(Privileged.Run("ip", "netns", "list").Split('\n').Count(l => l.StartsWith(killedId + "-", StringComparison.Ordinal)) == 8),
+                Wait, "the killed run's namespaces", () => Task.FromResult(killed.Output));
+            await Eventually.TrueAsync(() => Task.FromResult(AgentsIn(killedId).Length == 2), Wait, "the killed run's agents", () => Task.FromResult(killed.Output));
+            killedAgents = AgentsIn(killedId);
+            await killed.KillAloneAsync();
+        }
+        Assert.Contains(Privileged.Run("ip", "netns", "list").Split('\n'), l => l.StartsWith(killedId + "-", StringComparison.Ordinal));
+
+        await using var next = new EmbeddedDashboard("--namespaces", "--hosts", "2");
+        await next.InitializeAsync();
+        Assert.DoesNotContain(killedId, Privileged.Run("ip", "netns", "list"), StringComparison.Ordinal);
+        Assert.DoesNotContain(killedId, Privileged.Run("ip", "-o", "link"), StringComparison.Ordinal);
+        Assert.All(killedAgents, pid => Assert.False(File.Exists($"/proc/{pid}/cmdline") && File.ReadAllText($"/proc/{pid}/cmdline").Length > 0, $"agent {pid} of the killed run still runs"));
+        Assert.Equal(0, await next.StopAsync());
+    }
+
+    /// <summary>Process ids in a run's host namespaces.</summary>
+    private static int[] AgentsIn(string id) => [.. new[] { 1, 2 }
+        .SelectMany(h => Privileged.TryRun("ip", "netns", "pids", $"{id}-host-{h}").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        .Select(p => int.Parse(p.Trim(), System.Globalization.CultureInfo.InvariantCulture))];
 }
