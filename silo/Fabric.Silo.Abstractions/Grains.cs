@@ -163,3 +163,28 @@ public interface IFleetGrain : IGrainWithStringKey
     [Alias("view"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<FleetView> GetAsync();
 }
+
+/// <summary>
+/// Named policies (key "policies"): an operator writes a policy once ("pci-web", "bulk-nightly"), checked against the
+/// published stacks like a VM's, and applies it to any number of VMs; each VM keeps its own copy (a later change to the
+/// named policy is applied again, not inherited silently).
+/// </summary>
+[Alias("fabric.policies")]
+public interface IPolicyLibraryGrain : IGrainWithStringKey
+{
+    const string Key = "policies";
+
+    [Alias("list"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<ImmutableArray<NamedPolicy>> ListAsync();
+
+    /// <summary>Creates or replaces a named policy; refused with errors naming the field ("name: …", "pin: …") when invalid.</summary>
+    [Alias("save")]
+    ValueTask<PolicyResult> SaveAsync(string name, Policy policy);
+
+    [Alias("delete")]
+    ValueTask<bool> DeleteAsync(string name);
+
+    /// <summary>Sets the named policy on each VM (each VM's grain validates and re-evaluates its paths); one result per VM, in order.</summary>
+    [Alias("apply")]
+    ValueTask<ImmutableArray<PolicyResult>> ApplyAsync(string name, ImmutableArray<string> vmIds);
+}

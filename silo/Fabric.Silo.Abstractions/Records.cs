@@ -203,3 +203,7 @@ public sealed record FleetView(
     [property: Id(0)] ImmutableArray<string> Hosts,
     [property: Id(1)] ImmutableSortedDictionary<string, string> Vms,
     [property: Id(2)] ImmutableArray<Decision> RecentSwitches);
+
+/// <summary>A named policy of the library, its version (each save adds one) and when it was saved.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.named-policy")]
+public sealed record NamedPolicy([property: Id(0)] string Name, [property: Id(1)] Policy Policy, [property: Id(2)] long Version, [property: Id(3)] DateTimeOffset SavedAt);

@@ -140,6 +140,41 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
     }
 
     [Fact]
+    public async Task Admin_WritesANamedPolicy_AndAppliesItToTwoVms_WhosePoliciesChange()
+    {
+        var page = await SignInAsync(fixture.Dashboard.Admin.Name, fixture.Dashboard.Admin.Password, "policies");
+        await page.Locator("[data-testid=new-named-policy]").WaitForAsync(new() { Timeout = 30_000 });
+        await Eventually.TrueAsync(async () => await page.Locator("tr:has-text('backup-4')").CountAsync() > 0, Wait, "the VMs on the policies page",
+            async () => await page.InnerTextAsync("body"));
+        await page.ClickAsync("[data-testid=new-named-policy]");
+        await page.Locator("input[data-testid=policy-name], [data-testid=policy-name] input").WaitForAsync(new() { Timeout = 30_000 });
+
+        // A bad name is said next to the name field; then a good one is saved and the page moves to it.
+        await page.FillAsync("input[data-testid=policy-name], [data-testid=policy-name] input", "Night Backups");
+        await page.ClickAsync("[data-testid=save-policy]");
+        await page.GetByText("name: 'Night Backups' is not a policy name").WaitForAsync(new() { Timeout = 10_000 });
+        await page.FillAsync("input[data-testid=policy-name], [data-testid=policy-name] input", "night-backups");
+        await page.ClickAsync("[data-testid=workload] >> text=latency");
+        await page.ClickAsync("[data-testid=save-policy]");
+        await page.WaitForURLAsync(new Regex("policies\\?named=night-backups$"));
+        await page.Locator("[data-testid=named-night-backups]").WaitForAsync(new() { Timeout = 10_000 });
+
+        // Applied to backup-3 and backup-4 (bulk VMs): each says its new version, and the VM table shows the workload they now have.
+        await page.ClickAsync("[data-testid=apply-vm-backup-3]");
+        await page.ClickAsync("[data-testid=apply-vm-backup-4]");
+        await page.ClickAsync("[data-testid=apply-named]");
+        await Eventually.TrueAsync(async () => await page.Locator("[data-testid=apply-result]").CountAsync() == 2, Wait, "both VMs' results",
+            async () => await page.InnerTextAsync("body"));
+        Assert.All(await page.Locator("[data-testid=apply-result]").AllInnerTextsAsync(), t => Assert.Contains("policy version", t, StringComparison.Ordinal));
+        foreach (var vm in new[] { "backup-3", "backup-4" })
+        {
+            await Eventually.TrueAsync(async () => (await page.Locator($"tr:has(a[href='vms/{vm}'])").InnerTextAsync()).Contains("latency", StringComparison.Ordinal),
+                Wait, $"{vm}'s workload in the table", async () => await page.InnerTextAsync("body"));
+        }
+        await ShotAsync(page, "policies-named");
+    }
+
+    [Fact]
     public async Task ReadOnlyUser_SeesPolicies_ButCannotChangeThem()
     {
         var page = await SignInAsync(fixture.Dashboard.Viewer.Name, fixture.Dashboard.Viewer.Password, "vms/voice-1");

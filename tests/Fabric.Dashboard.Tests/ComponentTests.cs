@@ -104,6 +104,30 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
     }
 
     [Fact]
+    public async Task ANamedPolicy_WithABadName_IsRefusedNextToTheNameField_AndAGoodOneIsSavedToTheLibrary()
+    {
+        SignIn(DashboardUser.Admin);
+        var saved = new List<string>();
+        var editor = Render<PolicyEditor>(p => p.Add(e => e.Named, true).Add(e => e.VmId, "").Add(e => e.Current, Policy.Default with { Workload = "latency" })
+            .Add(e => e.Catalog, GrainsFixture.Catalog).Add(e => e.CanEdit, true).Add(e => e.OnNamedSaved, name => saved.Add(name)));
+        Assert.Equal("Save named policy", editor.Find("[data-testid=save-policy]").TextContent.Trim());
+
+        await editor.Find("input[data-testid=policy-name], [data-testid=policy-name] input").ChangeAsync(new() { Value = "Voice Calls" });
+        await editor.Find("[data-testid=save-policy]").ClickAsync(new());
+        editor.WaitForAssertion(() => Assert.Contains(editor.FindAll(".mud-input-helper-text"),
+            e => e.TextContent.Contains("name: 'Voice Calls' is not a policy name", StringComparison.Ordinal)));
+        Assert.Empty(editor.FindAll("[data-testid=policy-errors]"));
+
+        var name = Unique("voice");
+        await editor.Find("input[data-testid=policy-name], [data-testid=policy-name] input").ChangeAsync(new() { Value = name });
+        await editor.Find("[data-testid=save-policy]").ClickAsync(new());
+        editor.WaitForAssertion(() => Assert.Contains($"Saved '{name}' as version 1", editor.Find("[data-testid=policy-accepted]").TextContent, StringComparison.Ordinal));
+        Assert.Equal([name], saved);
+        var stored = (await _grains.Client.GetGrain<IPolicyLibraryGrain>(IPolicyLibraryGrain.Key).ListAsync()).Single(p => p.Name == name);
+        Assert.Equal("latency", stored.Policy.Workload);
+    }
+
+    [Fact]
     public async Task TheServerChecksTheRole_EvenWhenTheFormIsEnabled()
     {
         var vmId = Unique("vm");

@@ -86,6 +86,43 @@ public class GrainTests(ClusterFixture fixture)
     }
 
     [Fact]
+    public async Task ANamedPolicy_IsValidatedLikeAVms_VersionedAndPersisted_AndAppliedToEachVmItNames()
+    {
+        var library = fixture.Client.GetGrain<IPolicyLibraryGrain>(IPolicyLibraryGrain.Key);
+        var name = Unique("pci").ToLowerInvariant();
+
+        // Refused with every problem named by its field; nothing is saved.
+        var refused = await library.SaveAsync("PCI web!", Policy(pin: "quic"));
+        Assert.False(refused.Accepted);
+        Assert.Contains(refused.Errors, e => e.StartsWith("name: 'PCI web!' is not a policy name", StringComparison.Ordinal));
+        Assert.Contains(refused.Errors, e => e.StartsWith("pin: ", StringComparison.Ordinal));
+        Assert.DoesNotContain(await library.ListAsync(), p => p.Name == "PCI web!");
+
+        // Saved as version 1; the same again is no new version; a change is version 2, and it survives deactivation.
+        Assert.Equal((true, 1L), (await library.SaveAsync(name, Policy("latency"))) is var first ? (first.Accepted, first.Version) : default);
+        Assert.Equal(1, (await library.SaveAsync(name, Policy("latency"))).Version);
+        var confidential = Policy("latency") with { Security = "confidential" };
+        Assert.Equal(2, (await library.SaveAsync(name, confidential)).Version);
+        await fixture.Cluster.DeactivateAsync((IAddressable)library);
+        Assert.Equal(confidential, (await library.ListAsync()).Single(p => p.Name == name).Policy);
+
+        // Applied to two placed VMs: each takes it as a new version of its own policy; a VM the fleet does not know is refused by name.
+        var (one, _, _, _) = await PlacedVmAsync(Policy("bulk"));
+        var (two, _, _, _) = await PlacedVmAsync(Policy("general"));
+        var results = await library.ApplyAsync(name, [one.GetPrimaryKeyString(), two.GetPrimaryKeyString(), "no-such-vm"]);
+        Assert.True(results[0].Accepted && results[1].Accepted, string.Join("; ", results.SelectMany(r => r.Errors)));
+        Assert.Equal(["vm: 'no-such-vm' is not a VM of the fleet"], results[2].Errors);
+        Assert.Equal(confidential, (await one.GetAsync()).Policy);
+        Assert.Equal(confidential, (await two.GetAsync()).Policy);
+        Assert.False((await fixture.Client.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync()).Vms.ContainsKey("no-such-vm"));
+
+        Assert.Contains("no policy named", (await library.ApplyAsync(Unique("none"), [one.GetPrimaryKeyString()]))[0].Errors[0], StringComparison.Ordinal);
+        Assert.True(await library.DeleteAsync(name));
+        Assert.False(await library.DeleteAsync(name));
+        Assert.DoesNotContain(await library.ListAsync(), p => p.Name == name);
+    }
+
+    [Fact]
     public async Task TheFleetIndex_ListsHostsAndVms_AndEverySwitch_AndForgetsRemovedVms()
     {
         var (vm, a, b, _) = await PlacedVmAsync(Policy("latency"));
