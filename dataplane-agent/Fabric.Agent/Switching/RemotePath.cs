@@ -267,6 +267,45 @@ public sealed class RemotePath : IDisposable
     }
 
     /// <summary>Runs the timers of stack instances whose time has come (the caller flushes the underlay and the VM outboxes).</summary>
+    /// <summary>Told when a stack's next timer may have come closer (the switch's monitor sleeps until the next timer is due).</summary>
+    internal Action<long>? TimerArmed { get; init; }
+
+    /// <summary>After a call into a stack (under the gate): passes on when its timer is next due, if it has one.</summary>
+    private void Armed(IStack stack)
+    {
+        var at = stack.NextTimerNanoseconds;
+        if (at != long.MaxValue)
+        {
+            TimerArmed?.Invoke(at);
+        }
+    }
+
+    /// <summary>When the earliest stack timer on this path is due (<see cref="long.MaxValue"/>: none); soon when a stack holds the gate.</summary>
+    internal long NextTimer(long now)
+    {
+        if (!Monitor.TryEnter(_gate))
+        {
+            // A call is running: look again in a millisecond, as the monitor always did.
+            return now + 1_000_000;
+        }
+        try
+        {
+            var next = long.MaxValue;
+            foreach (var stack in _slots)
+            {
+                if (stack is not null)
+                {
+                    next = Math.Min(next, stack.NextTimerNanoseconds);
+                }
+            }
+            return next;
+        }
+        finally
+        {
+            Monitor.Exit(_gate);
+        }
+    }
+
     internal void RunTimers(long now)
     {
         Exception? fault = null;
@@ -364,6 +403,7 @@ public sealed class RemotePath : IDisposable
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
             _drainUntil[slot] = 0;
+            Armed(instance);
         }
     }
 
@@ -547,6 +587,7 @@ public sealed class RemotePath : IDisposable
             try
             {
                 stack.Transmit(frame, Clock(), _output);
+                Armed(stack);
             }
             catch (Exception e)
             {
@@ -643,6 +684,7 @@ public sealed class RemotePath : IDisposable
                 try
                 {
                     stack.Receive(new StackDatagram(header.ToRepr(), header.StackFields, header.Payload), Clock(), _delivery, _output);
+                    Armed(stack);
                 }
                 catch (Exception e)
                 {
