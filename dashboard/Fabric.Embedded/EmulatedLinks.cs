@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
+using Fabric.Hal.Linux;
 using Fabric.LinkEmulator;
 
 namespace Fabric.Embedded;
@@ -89,24 +89,16 @@ public sealed class EmulatedLink : IDisposable
     internal (Socket A, Socket B) Sockets => (_a, _b);
 
     /// <summary>Takes every datagram waiting on one side's socket into its direction (without blocking); returns when that direction next has something due.</summary>
-    internal unsafe long Take(bool fromA, byte[] buffer)
+    internal long Take(bool fromA, byte[] buffer)
     {
         var socket = fromA ? _a : _b;
         lock (_gate)
         {
             var direction = fromA ? _aToB : _bToA;
-            fixed (byte* at = buffer)
+            // -1: nothing more (or an ICMP error for an earlier datagram, which is not a datagram either).
+            for (int length; (length = SocketPoller.TryReceive(socket, buffer)) >= 0;)
             {
-                while (true)
-                {
-                    var length = Poller.recv((int)socket.Handle, at, buffer.Length, Poller.MSG_DONTWAIT);
-                    if (length < 0)
-                    {
-                        // EAGAIN: nothing more; anything else (an ICMP error for an earlier datagram) is not a datagram either.
-                        break;
-                    }
-                    direction.Offer(buffer.AsSpan(0, (int)length), Now);
-                }
+                direction.Offer(buffer.AsSpan(0, length), Now);
             }
             return direction.NextEventNanoseconds;
         }
@@ -178,15 +170,9 @@ public sealed class LinkPump : IDisposable
 
     private static long Now => (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency));
 
-    private unsafe void Run()
+    private void Run()
     {
-        var fds = new Poller.PollFd[_links.Count * 2];
-        for (var i = 0; i < _links.Count; i++)
-        {
-            var (a, b) = _links[i].Sockets;
-            fds[2 * i] = new Poller.PollFd { Fd = (int)a.Handle, Events = Poller.POLLIN };
-            fds[(2 * i) + 1] = new Poller.PollFd { Fd = (int)b.Handle, Events = Poller.POLLIN };
-        }
+        var poller = new SocketPoller([.. _links.SelectMany(l => new[] { l.Sockets.A, l.Sockets.B })]);
         var buffer = new byte[65536];
         while (!_stop)
         {
@@ -196,22 +182,14 @@ public sealed class LinkPump : IDisposable
                 next = Math.Min(next, link.Deliver());
             }
             // At most 100 ms asleep, so a stop is seen soon.
-            var wait = Math.Clamp(next - Now, 0, 100_000_000);
-            var timeout = new Poller.TimeSpec { Seconds = 0, Nanoseconds = wait };
-            int ready;
-            fixed (Poller.PollFd* at = fds)
-            {
-                ready = Poller.ppoll(at, (nuint)fds.Length, &timeout, null);
-            }
-            if (ready <= 0)
+            if (!poller.Wait(Math.Clamp(next - Now, 0, 100_000_000)))
             {
                 continue;
             }
-            for (var i = 0; i < fds.Length; i++)
+            for (var i = 0; i < _links.Count * 2; i++)
             {
-                if (fds[i].REvents != 0)
+                if (poller.TakeReadable(i))
                 {
-                    fds[i].REvents = 0;
                     _links[i / 2].Take(i % 2 == 0, buffer);
                 }
             }
@@ -223,32 +201,4 @@ public sealed class LinkPump : IDisposable
         _stop = true;
         _thread.Join();
     }
-}
-
-/// <summary>The two libc calls the link pump needs (struct pollfd and struct timespec are the same on x86-64 and arm64).</summary>
-internal static unsafe class Poller
-{
-    public const short POLLIN = 0x001;
-    public const int MSG_DONTWAIT = 0x40;
-
-    [StructLayout(LayoutKind.Sequential)]
-    public struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short REvents;
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    public struct TimeSpec
-    {
-        public long Seconds;
-        public long Nanoseconds;
-    }
-
-    [DllImport("libc", SetLastError = true)]
-    public static extern int ppoll(PollFd* fds, nuint count, TimeSpec* timeout, void* signalMask);
-
-    [DllImport("libc", SetLastError = true)]
-    public static extern nint recv(int fd, byte* buffer, nint length, int flags);
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using Fabric.Hal.Linux;
 
 namespace Fabric.Embedded;
 
@@ -247,26 +248,7 @@ public sealed class FleetNetwork : IDisposable
         }
     }
 
-    private static void Run(string program, params string[] args)
-    {
-        var (code, _, stderr) = TryRun(program, args);
-        if (code != 0)
-        {
-            throw new InvalidOperationException($"'{program} {string.Join(' ', args)}' failed: {stderr.Trim()}");
-        }
-    }
+    private static void Run(string program, params string[] args) => Commands.Run(program, args);
 
-    private static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args)
-    {
-        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        process.WaitForExit();
-        return (process.ExitCode, stdout.Result, stderr.Result);
-    }
+    private static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args) => Commands.TryRun(program, args);
 }

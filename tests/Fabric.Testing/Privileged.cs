@@ -25,15 +25,7 @@ public static class Privileged
     }
 
     /// <summary>Runs a command and returns its standard output; throws with stderr when it fails.</summary>
-    public static string Run(string program, params string[] args)
-    {
-        var (code, stdout, stderr) = TryRun(program, args);
-        if (code != 0)
-        {
-            throw new InvalidOperationException($"'{program} {string.Join(' ', args)}' exited {code}: {stderr.Trim()}");
-        }
-        return stdout;
-    }
+    public static string Run(string program, params string[] args) => Fabric.Hal.Linux.Commands.Run(program, args);
 
     /// <summary>Starts a long-running program inside a network namespace; its output is drained (and discarded) so it never blocks on a full pipe.</summary>
     public static Process StartInNamespace(string ns, string program, params string[] args) => StartInNamespace(ns, program, null, args);
@@ -55,17 +47,5 @@ public static class Privileged
     }
 
     /// <summary>Runs a command and returns its exit code and output.</summary>
-    public static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args)
-    {
-        var info = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        process.WaitForExit();
-        return (process.ExitCode, stdout.Result, stderr.Result);
-    }
+    public static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args) => Fabric.Hal.Linux.Commands.TryRun(program, args);
 }
