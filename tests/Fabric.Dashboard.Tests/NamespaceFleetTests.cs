@@ -71,6 +71,11 @@ public sealed class NamespaceFleetTests
             Wait, "host-1's NICs", async () => await page.InnerTextAsync("body"));
         await BrowserTests.ShotAsync(page, "namespaces-host");
 
+        // The overview says where each host runs: which agent process, in which namespace.
+        await page.GotoAsync(dashboard.Url);
+        await Eventually.TrueAsync(async () => (await page.InnerTextAsync("[data-testid=simulated-hosts]")).Contains($"in namespace {id}-host-2", StringComparison.Ordinal),
+            Wait, "where the hosts run", async () => await page.InnerTextAsync("body"));
+
         // Ctrl+C: the agents stop, every namespace and veth of the run is deleted.
         Assert.Equal(0, await dashboard.StopAsync());
         Assert.Empty(Left());
