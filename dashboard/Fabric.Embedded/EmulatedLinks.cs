@@ -50,7 +50,7 @@ public sealed class EmulatedLink : IDisposable
         return socket;
     }
 
-    private static long Now => (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency));
+    internal static long Now => (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency));
 
     public string HostA { get; }
 
@@ -88,8 +88,8 @@ public sealed class EmulatedLink : IDisposable
     /// <summary>The link's two sockets: side A (host A sends here) and side B.</summary>
     internal (Socket A, Socket B) Sockets => (_a, _b);
 
-    /// <summary>Takes every datagram waiting on one side's socket into its direction (without blocking); returns when that direction next has something due.</summary>
-    internal long Take(bool fromA, byte[] buffer)
+    /// <summary>Takes every datagram waiting on one side's socket into its direction (without blocking); the pump's next <see cref="Deliver()"/> sees when it is due.</summary>
+    internal void Take(bool fromA, byte[] buffer)
     {
         var socket = fromA ? _a : _b;
         lock (_gate)
@@ -100,7 +100,6 @@ public sealed class EmulatedLink : IDisposable
             {
                 direction.Offer(buffer.AsSpan(0, length), Now);
             }
-            return direction.NextEventNanoseconds;
         }
     }
 
@@ -168,8 +167,6 @@ public sealed class LinkPump : IDisposable
         _thread.Start();
     }
 
-    private static long Now => (long)(Stopwatch.GetTimestamp() * (1e9 / Stopwatch.Frequency));
-
     private void Run()
     {
         var poller = new SocketPoller([.. _links.SelectMany(l => new[] { l.Sockets.A, l.Sockets.B })]);
@@ -182,7 +179,7 @@ public sealed class LinkPump : IDisposable
                 next = Math.Min(next, link.Deliver());
             }
             // At most 100 ms asleep, so a stop is seen soon.
-            if (!poller.Wait(Math.Clamp(next - Now, 0, 100_000_000)))
+            if (!poller.Wait(Math.Clamp(next - EmulatedLink.Now, 0, 100_000_000)))
             {
                 continue;
             }

@@ -266,7 +266,6 @@ public sealed class RemotePath : IDisposable
         }
     }
 
-    /// <summary>Runs the timers of stack instances whose time has come (the caller flushes the underlay and the VM outboxes).</summary>
     /// <summary>Told when a stack's next timer may have come closer (the switch's monitor sleeps until the next timer is due).</summary>
     internal Action<long>? TimerArmed { get; init; }
 
@@ -306,6 +305,7 @@ public sealed class RemotePath : IDisposable
         }
     }
 
+    /// <summary>Runs the timers of stack instances whose time has come (the caller flushes the underlay and the VM outboxes).</summary>
     internal void RunTimers(long now)
     {
         Exception? fault = null;

@@ -428,7 +428,6 @@ public sealed class Switch : IDisposable
         return result;
     }
 
-    /// <summary>Runs stack timers about every millisecond and sends about ten probes a second on every path.</summary>
     /// <summary>
     /// Runs the stacks' timers and sends the probes (every 100 ms). Between them it sleeps until the earliest stack
     /// timer or probe is due — a path whose stack arms an earlier timer wakes it (<see cref="TimerArmed"/>) — instead of
