@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every stack, and kcptun and wireguard-go as baselines, across the same emulated link (fabric-linkem between two
 # fabric-agents): TCP goodput (iperf3, CUBIC), 64-byte request/response RTT p50/p99 over TCP (sockperf, 10 s), uplink
-# bytes per delivered byte, as CSV and a PNG chart (gnuplot). Default: the cells the stacks' goals name, a clean
+# bytes per delivered byte, as CSV and a PNG chart (drawn in-process). Default: the cells the stacks' goals name, a clean
 # unlimited link, and the Pantheon and Mahimahi conditions of ../shared/testdata; --full adds RTT {2,30,120} ms x loss
 # {0,0.5,2,5} % x rate {20,200} Mbit/s; --smoke is one cell and two stacks. Needs root.
 # Usage: bench/stacks.sh [SECONDS_PER_RUN] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B]
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
   missing=()
-  for p in iperf3 sockperf ethtool kcptun wireguard-go wireguard-tools gnuplot-nox; do
+  for p in iperf3 sockperf ethtool kcptun wireguard-go wireguard-tools; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; fi

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using Fabric.Hal.Linux;
+using Fabric.Programs;
 
 namespace Fabric.Embedded;
 
@@ -142,13 +143,8 @@ public sealed class FleetNetwork : IDisposable
     /// <summary>Starts <paramref name="program"/> inside a namespace, its output appended to <paramref name="log"/>.</summary>
     public static Process StartIn(string ns, string program, string log, params string[] args)
     {
-        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
-        {
-            info.ArgumentList.Add(arg);
-        }
         var writer = new StreamWriter(log, append: true) { AutoFlush = true };
-        var process = Process.Start(info) ?? throw new InvalidOperationException($"cannot start {program} in {ns}");
+        var process = ProgramRunner.Start("ip", ["netns", "exec", ns, program, .. args]);
         void Write(object? sender, DataReceivedEventArgs e)
         {
             if (e.Data is not null)
@@ -248,7 +244,7 @@ public sealed class FleetNetwork : IDisposable
         }
     }
 
-    private static void Run(string program, params string[] args) => Commands.Run(program, args);
+    private static void Run(string program, params string[] args) => ProgramRunner.Run(program, args);
 
-    private static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args) => Commands.TryRun(program, args);
+    private static ProgramResult TryRun(string program, params string[] args) => ProgramRunner.TryRun(program, args);
 }

@@ -374,9 +374,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
             if (!process.HasExited)
             {
                 // SIGTERM: the agent drains and says goodbye to the silo; a stuck one is killed.
-                using (Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
-                {
-                }
+                Fabric.Programs.ProgramRunner.TryRun("kill", "-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
                 try
                 {

@@ -1,9 +1,9 @@
-using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using Fabric.Programs;
 using Fabric.Registration;
 
 namespace Fabric.Cni;
@@ -449,44 +449,13 @@ public sealed record Attachment(string ContainerId, string IfName, string Netns,
 [System.Text.Json.Serialization.JsonSerializable(typeof(Attachment))]
 internal sealed partial class AttachmentJson : System.Text.Json.Serialization.JsonSerializerContext;
 
-/// <summary>Runs ip, nsenter, ethtool and IPAM delegates; never through a shell (arguments are passed as they are).</summary>
+/// <summary>Runs ip, nsenter, ethtool and IPAM delegates through the one program runner (no shell).</summary>
 internal static class Shell
 {
-    public static (int Code, string Stdout, string Stderr) Try(params string[] command) => Try(command, null, null);
+    public static ProgramResult Try(params string[] command) => ProgramRunner.TryRun(command[0], command[1..]);
 
-    public static (int Code, string Stdout, string Stderr) Try(string[] command, string? stdin, IDictionary<string, string>? environment)
-    {
-        var start = new ProcessStartInfo(command[0]) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in command[1..])
-        {
-            start.ArgumentList.Add(arg);
-        }
-        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
-        {
-            start.Environment[key] = value;
-        }
-        try
-        {
-            using var process = Process.Start(start)!;
-            var stdout = process.StandardOutput.ReadToEndAsync();
-            var stderr = process.StandardError.ReadToEndAsync();
-            try
-            {
-                process.StandardInput.Write(stdin ?? "");
-                process.StandardInput.Close();
-            }
-            catch (IOException)
-            {
-                // The program exited without reading its input (host-local's VERSION does): its output still counts.
-            }
-            process.WaitForExit();
-            return (process.ExitCode, stdout.Result, stderr.Result);
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            return (127, "", $"{command[0]}: {e.Message}");
-        }
-    }
+    public static ProgramResult Try(string[] command, string? stdin, IReadOnlyDictionary<string, string>? environment) =>
+        ProgramRunner.TryRun(command[0], command[1..], stdin, environment);
 
     public static void Must(params string[] command)
     {

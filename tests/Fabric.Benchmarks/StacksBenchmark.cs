@@ -16,7 +16,7 @@ namespace Fabric.Benchmarks;
 /// loss costs what it costs an RPC: a retransmission), and the uplinks' counters the underlay bytes per delivered byte.
 /// Conditions: the goals' cells (quick), or RTT {2, 30, 120} ms × loss {0, 0.5, 2, 5} % × rate {20, 200} Mbit/s (full);
 /// both add a clean unlimited 2 ms cell and the Pantheon calibrated emulators and Mahimahi traces of the test data.
-/// Writes CSV and, with gnuplot, a PNG chart. Needs root.
+/// Writes CSV and a PNG chart (drawn in-process). Needs root.
 /// </summary>
 internal static partial class StacksBenchmark
 {
@@ -262,12 +262,13 @@ internal static partial class StacksBenchmark
         }
     }
 
-    /// <summary>Goodput and p99 RTT per cell and carrier as a two-panel PNG (gnuplot, when installed).</summary>
+    /// <summary>Goodput and p99 RTT per cell and carrier as a two-panel PNG, drawn in-process (ScottPlot), and the
+    /// numbers behind it as a table beside it.</summary>
     private static void Chart(List<Row> rows, string[] carriers, string png)
     {
-        var data = Path.ChangeExtension(png, ".dat");
+        var cells = rows.Select(r => r.Cell.Name).Distinct().ToArray();
         var table = new StringBuilder("# cell, then goodput (Mbit/s) and p99 (ms) per carrier: " + string.Join(' ', carriers) + "\n");
-        foreach (var cell in rows.Select(r => r.Cell.Name).Distinct())
+        foreach (var cell in cells)
         {
             table.Append(Invariant($"\"{cell}\""));
             foreach (var carrier in carriers)
@@ -277,33 +278,56 @@ internal static partial class StacksBenchmark
             }
             table.AppendLine();
         }
-        File.WriteAllText(data, table.ToString());
-        var script = new StringBuilder(Invariant($"""
-            set terminal pngcairo size {Math.Max(1200, rows.Select(r => r.Cell.Name).Distinct().Count() * 120)},1400 font 'DejaVu Sans,10'
-            set output '{png}'
-            set multiplot layout 2,1 title 'Fabric stacks and baselines across the same emulated link (bench/stacks.sh)'
-            set style data histogram
-            set style histogram clustered gap 1
-            set style fill solid 0.9 border -1
-            set boxwidth 0.9
-            set logscale y
-            set grid ytics
-            set key outside right top vertical
-            set xtics rotate by -35 left
-            set bmargin 9
+        File.WriteAllText(Path.ChangeExtension(png, ".dat"), table.ToString());
+        // A multiplot starts with the plot it is given; the second panel goes below it.
+        var multiplot = new ScottPlot.Multiplot(BarPanel(rows, cells, carriers, "TCP goodput (iperf3, CUBIC), Mbit/s, log scale", r => r.GoodputMbit, floor: 0.1));
+        ScottPlot.IMultiplotExtensions.AddPlot(multiplot, BarPanel(rows, cells, carriers, "64-byte request/response RTT p99 (sockperf over TCP), ms, log scale", r => r.P99Us / 1000, floor: 0.01));
+        ScottPlot.IMultiplotExtensions.SavePng(multiplot, png, Math.Max(1200, cells.Length * 120), 1400);
+        Console.WriteLine($"chart: {png}");
+    }
 
-            """));
-        script.AppendLine("set title 'TCP goodput (iperf3, CUBIC), Mbit/s, log scale'");
-        script.AppendLine("set yrange [0.1:*]");
-        script.AppendLine("plot " + string.Join(", ", carriers.Select((c, i) => Invariant($"'{data}' using {2 + (2 * i)}:xtic(1) title '{c}'"))));
-        script.AppendLine("set title '64-byte request/response RTT p99 (sockperf over TCP), ms, log scale'");
-        script.AppendLine("set yrange [*:*]");
-        script.AppendLine("plot " + string.Join(", ", carriers.Select((c, i) => Invariant($"'{data}' using {3 + (2 * i)}:xtic(1) title '{c}'"))));
-        script.AppendLine("unset multiplot");
-        var gp = Path.ChangeExtension(png, ".gp");
-        File.WriteAllText(gp, script.ToString());
-        var (code, _, stderr) = Privileged.TryRun("gnuplot", gp);
-        Console.WriteLine(code == 0 ? $"chart: {png}" : $"no chart (gnuplot: {stderr.Trim()}); data in {data}, script {gp}");
+    /// <summary>One panel: a group of bars per cell, one bar per carrier, on a log10 axis (ScottPlot draws linear axes,
+    /// so bars carry log10 of the value and the ticks name the powers of ten).</summary>
+    private static ScottPlot.Plot BarPanel(List<Row> rows, string[] cells, string[] carriers, string title, Func<Row, double> value, double floor)
+    {
+        var plot = new ScottPlot.Plot();
+        var palette = new ScottPlot.Palettes.Category10();
+        var width = 0.8 / carriers.Length;
+        var bars = new List<ScottPlot.Bar>();
+        var top = Math.Log10(floor);
+        for (var c = 0; c < cells.Length; c++)
+        {
+            for (var k = 0; k < carriers.Length; k++)
+            {
+                var row = rows.FirstOrDefault(x => x.Cell.Name == cells[c] && x.Carrier == carriers[k]);
+                if (row is null || !(value(row) > 0))
+                {
+                    continue;
+                }
+                var v = Math.Log10(Math.Max(floor, value(row)));
+                top = Math.Max(top, v);
+                bars.Add(new ScottPlot.Bar
+                {
+                    Position = c - 0.4 + (width * (k + 0.5)), Value = v, ValueBase = Math.Log10(floor), Size = width * 0.95,
+                    FillColor = palette.GetColor(k),
+                });
+            }
+        }
+        plot.Add.Bars(bars);
+        foreach (var (carrier, k) in carriers.Select((c, k) => (c, k)))
+        {
+            plot.Legend.ManualItems.Add(new ScottPlot.LegendItem { LabelText = carrier, FillColor = palette.GetColor(k) });
+        }
+        plot.ShowLegend(ScottPlot.Alignment.UpperRight);
+        plot.Title(title);
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual([.. cells.Select((_, i) => (double)i)], cells);
+        plot.Axes.Bottom.TickLabelStyle.Rotation = 35;
+        plot.Axes.Bottom.TickLabelStyle.Alignment = ScottPlot.Alignment.MiddleLeft;
+        plot.Axes.Bottom.MinimumSize = 160;
+        var powers = Enumerable.Range((int)Math.Floor(Math.Log10(floor)), (int)Math.Ceiling(top - Math.Log10(floor)) + 2).Select(p => (double)p).ToArray();
+        plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual(powers, [.. powers.Select(p => Invariant($"{Math.Pow(10, p):G4}"))]);
+        plot.Axes.SetLimits(-0.6, cells.Length + 0.4, Math.Log10(floor), top + 0.3);
+        return plot;
     }
 
     private static (int Code, string Output) Swap(OverlayTopology topology, string stack)

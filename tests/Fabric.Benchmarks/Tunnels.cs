@@ -26,17 +26,8 @@ internal static class Tunnels
 
     internal static string RunWithInput(string program, string input, params string[] args)
     {
-        var info = new ProcessStartInfo(program) { RedirectStandardInput = true, RedirectStandardOutput = true };
-        foreach (var arg in args)
-        {
-            info.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(info)!;
-        process.StandardInput.WriteLine(input);
-        process.StandardInput.Close();
-        var output = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return output;
+        var result = Fabric.Programs.ProgramRunner.TryRun(program, args, input + "\n", null);
+        return result.Succeeded ? result.Stdout : throw new InvalidOperationException($"'{program}' exited {result.Code}: {result.Stderr.Trim()}");
     }
 
     /// <summary>

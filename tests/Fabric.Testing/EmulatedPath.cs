@@ -35,12 +35,7 @@ public sealed partial class EmulatedPath : IDisposable
             _network.AddAddress(NamespaceA, $"{id}a", "fd00:fab::1/64");
             _network.AddAddress(NamespaceB, $"{id}b", "fd00:fab::2/64");
             _controlPath = Path.Combine(Path.GetTempPath(), $"{id}-linkem.sock");
-            var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
-            foreach (var arg in (string[])["netns", "exec", NamespaceM, emulatorPath, "run", "--a", $"{id}ma", "--b", $"{id}mb", "--control", _controlPath, .. options])
-            {
-                info.ArgumentList.Add(arg);
-            }
-            _emulator = Process.Start(info)!;
+            _emulator = Fabric.Programs.ProgramRunner.Start("ip", ["netns", "exec", NamespaceM, emulatorPath, "run", "--a", $"{id}ma", "--b", $"{id}mb", "--control", _controlPath, .. options]);
             Output = _emulator.StandardOutput.ReadToEndAsync();
             Errors = _emulator.StandardError.ReadToEndAsync();
             Eventually.True(() => _emulator.HasExited || (File.Exists(_controlPath) && TryControl("show")), TimeSpan.FromSeconds(20),

@@ -25,7 +25,7 @@ public static class Privileged
     }
 
     /// <summary>Runs a command and returns its standard output; throws with stderr when it fails.</summary>
-    public static string Run(string program, params string[] args) => Fabric.Hal.Linux.Commands.Run(program, args);
+    public static string Run(string program, params string[] args) => Fabric.Programs.ProgramRunner.Run(program, args);
 
     /// <summary>Starts a long-running program inside a network namespace; its output is drained (and discarded) so it never blocks on a full pipe.</summary>
     public static Process StartInNamespace(string ns, string program, params string[] args) => StartInNamespace(ns, program, null, args);
@@ -33,12 +33,7 @@ public static class Privileged
     /// <summary>The same, handing each line it prints to <paramref name="output"/>.</summary>
     public static Process StartInNamespace(string ns, string program, Action<string>? output, params string[] args)
     {
-        var info = new ProcessStartInfo("ip") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in (string[])["netns", "exec", ns, program, .. args])
-        {
-            info.ArgumentList.Add(arg);
-        }
-        var process = Process.Start(info)!;
+        var process = Fabric.Programs.ProgramRunner.Start("ip", ["netns", "exec", ns, program, .. args]);
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) { output?.Invoke(e.Data); } };
         process.ErrorDataReceived += (_, e) => { if (e.Data is not null) { output?.Invoke(e.Data); } };
         process.BeginOutputReadLine();
@@ -47,5 +42,5 @@ public static class Privileged
     }
 
     /// <summary>Runs a command and returns its exit code and output.</summary>
-    public static (int Code, string Stdout, string Stderr) TryRun(string program, params string[] args) => Fabric.Hal.Linux.Commands.TryRun(program, args);
+    public static Fabric.Programs.ProgramResult TryRun(string program, params string[] args) => Fabric.Programs.ProgramRunner.TryRun(program, args);
 }

@@ -1,5 +1,5 @@
 using System.Collections.Immutable;
-using System.Diagnostics;
+using Fabric.Programs;
 using System.Globalization;
 using Fabric.Hal.Inventory;
 using Fabric.Wire;
@@ -208,17 +208,8 @@ public sealed class LinuxVfStepRunner : IVfStepRunner
                     return e.Message;
                 }
             case CommandStep command:
-                var info = new ProcessStartInfo(command.Arguments[0]) { RedirectStandardError = true, RedirectStandardOutput = true };
-                foreach (var arg in command.Arguments.Skip(1))
-                {
-                    info.ArgumentList.Add(arg);
-                }
-                using (var process = Process.Start(info)!)
-                {
-                    var error = process.StandardError.ReadToEnd();
-                    process.WaitForExit();
-                    return process.ExitCode == 0 ? null : $"exit {process.ExitCode}: {error.Trim()}";
-                }
+                var result = ProgramRunner.TryRun(command.Arguments[0], [.. command.Arguments.Skip(1)]);
+                return result.Succeeded ? null : result.Code == ProgramResult.NotFound ? result.Stderr : $"exit {result.Code}: {result.Stderr.Trim()}";
             default:
                 return $"unknown step {step.GetType().Name}";
         }
