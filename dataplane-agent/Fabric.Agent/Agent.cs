@@ -11,9 +11,14 @@ using Microsoft.Extensions.Logging;
 namespace Fabric.Agent;
 
 /// <summary>A request to the agent's local API (one JSON object per line).</summary>
-/// <param name="Op">attach-vm, detach-vm, set-route, remove-route, add-host, status.</param>
+/// <param name="Op">
+/// The operation, one of eleven: status (the agent's state and counters); attach-vm and detach-vm (a VM port);
+/// add-host (a remote host and its path's stack); set-route and remove-route (a remote VM's forwarding entry);
+/// prepare-swap, commit-swap and abort-swap (the two phases of a path's hitless swap, and undoing a prepare);
+/// register-vm and deregister-vm (VMs and containers from the libvirt hook and the CNI plugin).
+/// </param>
 /// <param name="Vm">For attach-vm.</param>
-/// <param name="Id">For detach-vm: the VM id.</param>
+/// <param name="Id">For detach-vm: the VM id. For prepare-swap, commit-swap and abort-swap: the remote host's id. For deregister-vm: the registration's id.</param>
 /// <param name="Route">For set-route and remove-route.</param>
 /// <param name="Host">For add-host.</param>
 /// <param name="Stack">For prepare-swap: the stack to open.</param>

@@ -123,8 +123,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             _retransmitTimer = Math.Min(_retransmitTimer, packet.Deadline);
             if (options.Pacing && _deliveryRate > 0)
             {
-                // The host runs timers about every millisecond: packets due in the last 2 ms may leave together, or the
-                // pace would be one packet per tick.
+                // The host runs a timer when it is due, within about a millisecond: packets due in the last 2 ms may
+                // leave together, or the pace would be one packet per wake-up.
                 _nextSendAt = Math.Max(now - PacingSlackNanoseconds, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / (2 * _deliveryRate));
             }
         }
