@@ -1,5 +1,8 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Globalization;
 using System.Net;
+using Fabric.Programs;
 
 namespace Fabric.Dashboard;
 
@@ -21,76 +24,118 @@ public sealed record DashboardOptions(
     string? UsersFile,
     bool Namespaces = false)
 {
-    public const string Usage = """
-        usage: fabric-dashboard [--embedded] [--namespaces] [--listen ADDR:PORT] [--data DIR] [--hosts N] [--phase-seconds S] [--source-root DIR] [--testdata DIR]
-               fabric-dashboard --gateway ADDR:PORT [--gateway …] --users FILE [--cluster-id ID] [--service-id ID] [--listen ADDR:PORT]
-          --embedded        (default) the whole system in this process: a silo (localhost clustering, memory storage), a repository of
-                            the built-in stacks signed by a development key, and a simulated fleet whose links follow real traces
-          --namespaces      (root) the same fleet on real network namespaces: each host a fabric-agent process in its own namespace
-                            with a veth uplink (10.251.N.2), each VM a namespace with a veth the agent attaches to, the traffic
-                            real UDP from the VMs; all of it deleted when Fabric stops
-          --listen          where the dashboard serves (default 127.0.0.1:5080)
-          --data            the data folder: development keys, the generated credentials, run state (default ~/.local/share/fabric)
-          --hosts           simulated hosts (default 4), --phase-seconds how long each link keeps its conditions (default 45)
-          --source-root     the Fabric checkout whose built stacks are published (default: found above this program)
-          --testdata        the traces (default SOURCE_ROOT/../shared/testdata)
-          --gateway         a silo gateway to connect to instead (cluster mode); --users a file of "NAME PASSWORD admin|read-only" lines
-        """;
+    private static readonly Option<bool> EmbeddedOption = new("--embedded")
+    {
+        Description = "(default) the whole system in this process: a silo (localhost clustering, memory storage), a repository of the built-in "
+            + "stacks signed by a development key, and a simulated fleet whose links follow real traces",
+    };
+
+    private static readonly Option<bool> NamespacesOption = new("--namespaces")
+    {
+        Description = "(root) the same fleet on real network namespaces: each host a fabric-agent process in its own namespace with a veth "
+            + "uplink (10.251.N.2), each VM a namespace with a veth the agent attaches to, the traffic real UDP from the VMs; all of it "
+            + "deleted when Fabric stops",
+    };
+
+    private static readonly Option<IPEndPoint> ListenOption = new("--listen")
+    {
+        Description = "where the dashboard serves",
+        HelpName = "ADDR:PORT",
+        DefaultValueFactory = _ => new IPEndPoint(IPAddress.Loopback, 5080),
+        CustomParser = CommandLineConventions.Parser(Endpoint),
+    };
+
+    private static readonly Option<string> DataOption = new("--data")
+    {
+        Description = "the data folder: development keys, the generated credentials, run state",
+        HelpName = "DIR",
+        DefaultValueFactory = _ => Path.Combine(Environment.GetEnvironmentVariable("XDG_DATA_HOME") is { Length: > 0 } xdg ? xdg
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "share"), "fabric"),
+    };
+
+    private static readonly Option<int> HostsOption = new("--hosts")
+    {
+        Description = "simulated hosts (2–16)",
+        HelpName = "N",
+        DefaultValueFactory = _ => 4,
+        CustomParser = CommandLineConventions.Parser(text => Number(text, 2, 16)),
+    };
+
+    private static readonly Option<int> PhaseSecondsOption = new("--phase-seconds")
+    {
+        Description = "how long each simulated link keeps its conditions (5–3600)",
+        HelpName = "S",
+        DefaultValueFactory = _ => 45,
+        CustomParser = CommandLineConventions.Parser(text => Number(text, 5, 3600)),
+    };
+
+    private static readonly Option<string?> SourceRootOption = new("--source-root")
+    {
+        Description = "the Fabric checkout whose built stacks are published (default: found above this program)",
+        HelpName = "DIR",
+    };
+
+    private static readonly Option<string?> TestDataOption = new("--testdata") { Description = "the traces (default SOURCE_ROOT/../shared/testdata)", HelpName = "DIR" };
+
+    private static readonly Option<IPEndPoint[]> GatewayOption = new("--gateway")
+    {
+        Description = "a silo gateway to connect to instead of running the embedded system (cluster mode); repeat for several",
+        HelpName = "ADDR:PORT",
+        Arity = ArgumentArity.ZeroOrMore,
+        CustomParser = result =>
+        {
+            var endpoints = new List<IPEndPoint>();
+            foreach (var token in result.Tokens)
+            {
+                if (IPEndPoint.TryParse(token.Value, out var e) && e.Port != 0)
+                {
+                    endpoints.Add(e);
+                }
+                else
+                {
+                    result.AddError($"--gateway '{token.Value}': is not ADDRESS:PORT");
+                }
+            }
+            return [.. endpoints];
+        },
+    };
+
+    private static readonly Option<string> ClusterIdOption = new("--cluster-id") { Description = "the cluster's Orleans cluster id (cluster mode)", DefaultValueFactory = _ => "fabric", HelpName = "ID" };
+
+    private static readonly Option<string> ServiceIdOption = new("--service-id") { Description = "the cluster's Orleans service id (cluster mode)", DefaultValueFactory = _ => "fabric", HelpName = "ID" };
+
+    private static readonly Option<string?> UsersOption = new("--users")
+    {
+        Description = "a file of 'NAME PASSWORD admin|read-only' lines (required in cluster mode; the embedded default generates its own)",
+        HelpName = "FILE",
+    };
+
+    /// <summary>The command line: every option with its help.</summary>
+    public static RootCommand Command { get; } = new("fabric-dashboard: the operator UI of Fabric. By default the embedded system in this process; with "
+        + "--gateway an Orleans client of a running cluster.")
+    {
+        EmbeddedOption, NamespacesOption, ListenOption, DataOption, HostsOption, PhaseSecondsOption, SourceRootOption, TestDataOption, GatewayOption,
+        ClusterIdOption, ServiceIdOption, UsersOption,
+    };
 
     /// <summary>Parses arguments; throws <see cref="FormatException"/> naming the argument that is wrong.</summary>
     public static DashboardOptions Parse(IReadOnlyList<string> args)
     {
-        var home = Environment.GetEnvironmentVariable("XDG_DATA_HOME") is { Length: > 0 } xdg ? xdg
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "share");
-        var options = new DashboardOptions(true, new IPEndPoint(IPAddress.Loopback, 5080), Path.Combine(home, "fabric"), 4, 45, null, null, [], "fabric", "fabric", null);
-        var gateways = new List<IPEndPoint>();
-        var embeddedAsked = false;
-        for (var i = 0; i < args.Count; i++)
+        var result = Command.Parse(args);
+        return result.Errors.Count > 0 ? throw new FormatException(string.Join("; ", result.Errors.Select(e => e.Message))) : From(result);
+    }
+
+    /// <summary>The options of a parse without errors; throws <see cref="FormatException"/> when options contradict each other.</summary>
+    public static DashboardOptions From(ParseResult result)
+    {
+        static string? Full(string? path) => path is null ? null : Path.GetFullPath(path);
+        var gateways = result.GetValue(GatewayOption) ?? [];
+        var options = new DashboardOptions(true, result.GetValue(ListenOption)!, Path.GetFullPath(result.GetValue(DataOption)!), result.GetValue(HostsOption),
+            result.GetValue(PhaseSecondsOption), Full(result.GetValue(SourceRootOption)), Full(result.GetValue(TestDataOption)), gateways,
+            result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, Full(result.GetValue(UsersOption)), result.GetValue(NamespacesOption));
+        if (gateways.Length > 0)
         {
-            string Value()
-            {
-                if (i + 1 >= args.Count || args[i + 1].StartsWith("--", StringComparison.Ordinal))
-                {
-                    throw new FormatException($"{args[i]} needs a value");
-                }
-                return args[++i];
-            }
-            int Number(string name, int min, int max)
-            {
-                var text = Value();
-                return int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= min && n <= max ? n
-                    : throw new FormatException($"{name}: '{text}' is not a whole number in {min}..{max}");
-            }
-            IPEndPoint Endpoint(string name)
-            {
-                var text = Value();
-                return IPEndPoint.TryParse(text, out var e) && e.Port != 0 ? e : throw new FormatException($"{name}: '{text}' is not ADDRESS:PORT");
-            }
-            if (args[i] == "--gateway")
-            {
-                gateways.Add(Endpoint("--gateway"));
-                continue;
-            }
-            options = args[i] switch
-            {
-                "--embedded" => options with { Embedded = (embeddedAsked = true) },
-                "--namespaces" => options with { Namespaces = true },
-                "--listen" => options with { Listen = Endpoint("--listen") },
-                "--data" => options with { DataDirectory = Path.GetFullPath(Value()) },
-                "--hosts" => options with { Hosts = Number("--hosts", 2, 16) },
-                "--phase-seconds" => options with { PhaseSeconds = Number("--phase-seconds", 5, 3600) },
-                "--source-root" => options with { SourceRoot = Path.GetFullPath(Value()) },
-                "--testdata" => options with { TestData = Path.GetFullPath(Value()) },
-                "--cluster-id" => options with { ClusterId = Value() },
-                "--service-id" => options with { ServiceId = Value() },
-                "--users" => options with { UsersFile = Path.GetFullPath(Value()) },
-                _ => throw new FormatException($"unexpected argument '{args[i]}'"),
-            };
-        }
-        options = options with { Gateways = gateways };
-        if (gateways.Count > 0)
-        {
-            if (embeddedAsked)
+            if (result.GetValue(EmbeddedOption))
             {
                 throw new FormatException("--embedded and --gateway exclude each other: embedded runs its own silo");
             }
@@ -106,4 +151,11 @@ public sealed record DashboardOptions(
         }
         return options;
     }
+
+    private static int Number(string text, int min, int max) =>
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= min && n <= max ? n
+            : throw new FormatException($"is not a whole number in {min}..{max}");
+
+    private static IPEndPoint Endpoint(string text) =>
+        IPEndPoint.TryParse(text, out var e) && e.Port != 0 ? e : throw new FormatException("is not ADDRESS:PORT");
 }

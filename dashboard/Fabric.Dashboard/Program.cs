@@ -3,6 +3,7 @@ using System.Security.Claims;
 using Fabric.Dashboard;
 using Fabric.Dashboard.Components;
 using Fabric.Embedded;
+using Fabric.Programs;
 using Fabric.Silo;
 using Fabric.Silo.Selection;
 using Microsoft.AspNetCore.Authentication;
@@ -12,10 +13,9 @@ using Microsoft.AspNetCore.Mvc;
 using MudBlazor.Services;
 
 // fabric-dashboard: the operator UI; with --embedded (the default) the whole system in one process.
-if (args is ["-h" or "--help"])
+if (CommandLineConventions.Parse(DashboardOptions.Command, args, out var parsed) is { } exit)
 {
-    Console.WriteLine(DashboardOptions.Usage);
-    return 0;
+    return exit;
 }
 DashboardOptions options;
 Users users;
@@ -25,7 +25,7 @@ string? sourceRoot = null;
 string? agentProgram = null;
 try
 {
-    options = DashboardOptions.Parse(args);
+    options = DashboardOptions.From(parsed);
     EnsureFree(options.Listen);
     if (options.Embedded)
     {
@@ -65,7 +65,7 @@ catch (Exception e) when (e is FormatException or IOException or UnauthorizedAcc
     or Fabric.Repository.TrustException)
 {
     Console.Error.WriteLine($"fabric-dashboard: {e.Message}");
-    Console.Error.WriteLine(DashboardOptions.Usage);
+    Console.Error.WriteLine("See 'fabric-dashboard --help'.");
     return 2;
 }
 

@@ -1,70 +1,61 @@
+using System.CommandLine;
 using System.Text.Json;
 using Fabric.Agent;
 using Fabric.Agent.Api;
+using Fabric.Programs;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
 
 // fabric-agent: the dataplane agent of one host, and a small CLI over its local API.
-const string Usage = """
-usage:
-  fabric-agent run --config FILE [--log-format json|text]
-  fabric-agent ctl SOCKET status
-  fabric-agent ctl SOCKET attach-vm id=ID device=DEV vni=N mac=MAC [ipv4=A,B] [ipv6=A,B]
-  fabric-agent ctl SOCKET detach-vm ID
-  fabric-agent ctl SOCKET deregister-vm ID     (registrations come from fabric-hook and fabric-cni; status lists them)
-  fabric-agent ctl SOCKET add-host id=ID [ipv4=A] [ipv6=A] [stack=std-ipv4] [port=47110]
-  fabric-agent ctl SOCKET set-route vni=N mac=MAC host=ID [ipv4=A,B] [ipv6=A,B]
-  fabric-agent ctl SOCKET remove-route vni=N mac=MAC
-  fabric-agent ctl SOCKET prepare-swap host=ID stack=STACK [slot=N] | commit-swap host=ID slot=N | abort-swap host=ID slot=N
-  fabric-agent swap SOCKET_A HOST_B SOCKET_B HOST_A STACK
-     Hitless swap of the path between two agents: prepare on both ends, then commit on both; a failed prepare
-     aborts both and leaves the old stack in place.
-""";
+var config = new Option<string>("--config") { Description = "the agent's configuration (example: deploy/agent.example.json)", Required = true, HelpName = "FILE" };
+var logFormat = new Option<string>("--log-format") { Description = "how log lines are written", DefaultValueFactory = _ => "text", HelpName = "json|text", CustomParser = CommandLineConventions.OneOf("json", "text") };
+var run = new Command("run", "Runs the agent until SIGINT or SIGTERM (as a systemd service: deploy/systemd/fabric-agent.service).") { config, logFormat };
+run.SetAction((parsed, _) => RunAsync(parsed.GetValue(config)!, parsed.GetValue(logFormat) == "json"));
 
-try
+string[] operations = ["status", "attach-vm", "detach-vm", "deregister-vm", "add-host", "set-route", "remove-route", "prepare-swap", "commit-swap", "abort-swap"];
+var socket = new Argument<string>("SOCKET") { Description = "the agent's API socket (apiSocket in its configuration)" };
+var operation = new Argument<string>("OP") { Description = string.Join(" | ", operations), CustomParser = CommandLineConventions.OneOf(operations) };
+var settings = CommandLineConventions.RefusingOptions(new Argument<string[]>("SETTINGS") { Description = "the operation's key=value settings, or an id", Arity = ArgumentArity.ZeroOrMore });
+var ctl = new Command("ctl", """
+    Calls a running agent's local API. Operations and their settings:
+      status
+      attach-vm id=ID device=DEV vni=N mac=MAC [ipv4=A,B] [ipv6=A,B]
+      detach-vm ID
+      deregister-vm ID     (registrations come from fabric-hook and fabric-cni; status lists them)
+      add-host id=ID [ipv4=A] [ipv6=A] [stack=std-ipv4] [port=47110]
+      set-route vni=N mac=MAC host=ID [ipv4=A,B] [ipv6=A,B]
+      remove-route vni=N mac=MAC
+      prepare-swap host=ID stack=STACK [slot=N] | commit-swap host=ID slot=N | abort-swap host=ID slot=N
+    """) { socket, operation, settings };
+ctl.SetAction(parsed => Control(parsed.GetValue(socket)!, parsed.GetValue(operation)!, parsed.GetValue(settings) ?? []));
+
+var socketA = new Argument<string>("SOCKET_A") { Description = "host A's agent API socket" };
+var hostB = new Argument<string>("HOST_B") { Description = "host B's id (as host A knows it)" };
+var socketB = new Argument<string>("SOCKET_B") { Description = "host B's agent API socket" };
+var hostA = new Argument<string>("HOST_A") { Description = "host A's id (as host B knows it)" };
+var stack = new Argument<string>("STACK") { Description = "the stack to swap the path to" };
+var swap = new Command("swap", "Hitless swap of the path between two agents: prepare on both ends, then commit on both; a failed prepare aborts both and leaves the old stack in place.")
 {
-    return args.FirstOrDefault() switch
+    socketA, hostB, socketB, hostA, stack,
+};
+swap.SetAction(parsed => Swap(parsed.GetValue(socketA)!, parsed.GetValue(hostB)!, parsed.GetValue(socketB)!, parsed.GetValue(hostA)!, parsed.GetValue(stack)!));
+
+var root = new RootCommand("fabric-agent: the dataplane agent of one host, and a small CLI over its local API.") { run, ctl, swap };
+return await CommandLineConventions.InvokeAsync(root, args);
+
+static async Task<int> RunAsync(string configPath, bool json)
+{
+    AgentConfig config;
+    try
     {
-        "run" => await RunAsync(args[1..]),
-        "ctl" => Control(args[1..]),
-        "swap" => Swap(args[1..]),
-        "-h" or "--help" => Help(0),
-        _ => Help(2),
-    };
-}
-catch (FormatException e)
-{
-    Console.Error.WriteLine($"fabric-agent: {e.Message}");
-    return 2;
-}
-
-static int Help(int code)
-{
-    (code == 0 ? Console.Out : Console.Error).Write(Usage);
-    return code;
-}
-
-static async Task<int> RunAsync(string[] args)
-{
-    string? configPath = null;
-    var json = false;
-    for (var i = 0; i < args.Length; i++)
-    {
-        switch (args[i])
-        {
-            case "--config" when i + 1 < args.Length:
-                configPath = args[++i];
-                break;
-            case "--log-format" when i + 1 < args.Length:
-                json = args[++i] switch { "json" => true, "text" => false, var other => throw new FormatException($"--log-format: '{other}' is not json or text.") };
-                break;
-            default:
-                throw new FormatException($"run: unexpected argument '{args[i]}'.");
-        }
+        config = AgentConfig.Load(configPath);
     }
-    var config = AgentConfig.Load(configPath ?? throw new FormatException("run: --config FILE is required."));
+    catch (FormatException e)
+    {
+        throw new UsageException(e.Message);
+    }
     var builder = Host.CreateApplicationBuilder();
     builder.Logging.ClearProviders();
     if (json)
@@ -102,15 +93,10 @@ static async Task<int> RunAsync(string[] args)
     return 0;
 }
 
-static int Slot(string text) => int.TryParse(text, out var slot) ? slot : throw new FormatException($"slot '{text}' is not a number.");
+static int Slot(string text) => int.TryParse(text, out var slot) ? slot : throw new UsageException($"slot '{text}' is not a number.");
 
-static int Swap(string[] args)
+static int Swap(string socketA, string hostB, string socketB, string hostA, string stack)
 {
-    if (args.Length != 5)
-    {
-        throw new FormatException("swap: usage: fabric-agent swap SOCKET_A HOST_B SOCKET_B HOST_A STACK");
-    }
-    var (socketA, hostB, socketB, hostA, stack) = (args[0], args[1], args[2], args[3], args[4]);
     var watch = System.Diagnostics.Stopwatch.StartNew();
     var prepareA = Call(socketA, new ApiRequest("prepare-swap", Id: hostB, Stack: stack));
     if (!prepareA.RootElement.GetProperty("ok").GetBoolean())
@@ -145,13 +131,8 @@ static int Swap(string[] args)
     }
 }
 
-static int Control(string[] args)
+static int Control(string socket, string op, string[] rest)
 {
-    if (args.Length < 2)
-    {
-        throw new FormatException("ctl: usage: fabric-agent ctl SOCKET OP [key=value ...]");
-    }
-    var (socket, op, rest) = (args[0], args[1], args[2..]);
     if (!File.Exists(socket))
     {
         Console.Error.WriteLine($"fabric-agent: no agent socket at '{socket}' (is fabric-agent running with apiSocket {socket}?)");
@@ -159,22 +140,22 @@ static int Control(string[] args)
     }
     var values = rest.Where(a => a.Contains('=', StringComparison.Ordinal)).ToDictionary(a => a[..a.IndexOf('=', StringComparison.Ordinal)], a => a[(a.IndexOf('=', StringComparison.Ordinal) + 1)..]);
     string? Get(string key) => values.GetValueOrDefault(key);
-    string Need(string key) => Get(key) ?? throw new FormatException($"{op}: {key}=... is required.");
-    uint Vni() => uint.TryParse(Need("vni"), out var v) ? v : throw new FormatException($"{op}: vni '{Get("vni")}' is not a number.");
+    string Need(string key) => Get(key) ?? throw new UsageException($"{op}: {key}=... is required.");
+    uint Vni() => uint.TryParse(Need("vni"), out var v) ? v : throw new UsageException($"{op}: vni '{Get("vni")}' is not a number.");
     string[]? List(string key) => Get(key)?.Split(',', StringSplitOptions.RemoveEmptyEntries);
     var request = op switch
     {
         "status" => new ApiRequest("status"),
         "attach-vm" => new ApiRequest(op, Vm: new VmConfig(Need("id"), Need("device"), Vni(), Need("mac"), List("ipv4"), List("ipv6"))),
-        "detach-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new FormatException("detach-vm: the VM id is required.")),
-        "deregister-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new FormatException("deregister-vm: the registration id is required.")),
+        "detach-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new UsageException("detach-vm: the VM id is required.")),
+        "deregister-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new UsageException("deregister-vm: the registration id is required.")),
         "add-host" => new ApiRequest(op, Host: new RemoteHostConfig(Need("id"), Get("ipv4"), Get("ipv6"), Get("stack") ?? "std-ipv4",
-            int.TryParse(Get("port") ?? "47110", out var port) ? port : throw new FormatException($"add-host: port '{Get("port")}' is not a number."))),
+            int.TryParse(Get("port") ?? "47110", out var port) ? port : throw new UsageException($"add-host: port '{Get("port")}' is not a number."))),
         "set-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), Need("host"), List("ipv4"), List("ipv6"))),
         "remove-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), "")),
         "prepare-swap" => new ApiRequest(op, Id: Need("host"), Stack: Need("stack"), Slot: Get("slot") is { } s ? Slot(s) : null),
         "commit-swap" or "abort-swap" => new ApiRequest(op, Id: Need("host"), Slot: Slot(Need("slot"))),
-        _ => throw new FormatException($"ctl: unknown operation '{op}'."),
+        _ => throw new UsageException($"ctl: unknown operation '{op}'."),
     };
     var reply = LocalApiServer.Send(socket, AgentConfig.Serialize(request));
     using var document = JsonDocument.Parse(reply);

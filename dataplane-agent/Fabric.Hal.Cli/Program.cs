@@ -1,33 +1,45 @@
-using System.Collections.Immutable;
+using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using Fabric.Hal.Inventory;
 using Fabric.Hal.Sriov;
+using Fabric.Programs;
 using Fabric.Wire;
 
 // fabric-hal: the HAL's view of this host, for operators and tests.
-const string Usage = """
-usage:
-  fabric-hal inventory [--sysfs ROOT] [--json]
-  fabric-hal vf PF [--sysfs ROOT] [--num-vfs N] [--vf I [--mac M] [--vlan V [--qos Q]] [--max-rate MBPS] [--min-rate MBPS]
-                   [--trust on|off] [--spoofchk on|off]]... [--apply]
-     Plans SR-IOV VF settings on physical function PF and prints the steps; --apply runs them.
-""";
+var sysfs = new Option<string>("--sysfs") { Description = "the sysfs root to read (a fake tree in tests)", DefaultValueFactory = _ => "/sys", HelpName = "ROOT", Recursive = true };
+var json = new Option<bool>("--json") { Description = "print JSON instead of one line per netdev" };
+var inventory = new Command("inventory", "Every netdev with driver, speed, MTU, state and counters; SR-IOV PFs with their VFs.") { json };
+inventory.SetAction(parsed => Inventory(parsed.GetValue(sysfs)!, parsed.GetValue(json)));
 
+var pf = CommandLineConventions.RefusingOptions(new Argument<string>("PF") { Description = "the physical function's netdev name" });
+var numVfs = new Option<int?>("--num-vfs") { Description = "how many VFs the PF should have", HelpName = "N" };
+var apply = new Option<bool>("--apply") { Description = "run the planned steps (without it the plan is only printed)" };
+// The per-VF options apply to the --vf before them, so the action reads them in command-line order (below); declaring
+// them here gives them help, and type checks with errors that name the option.
+var vf = new Option<int[]>("--vf") { Description = "start the settings of VF number I (the options below apply to it)", HelpName = "I", Arity = ArgumentArity.ZeroOrMore };
+Option[] perVf =
+[
+    new Option<string[]>("--mac") { Description = "the VF's MAC address", HelpName = "aa:bb:cc:dd:ee:ff", CustomParser = CommandLineConventions.Parser(v => MacAddress.TryParse(v, out _) ? new[] { v } : throw new FormatException("is not a MAC address (aa:bb:cc:dd:ee:ff)")) },
+    new Option<int[]>("--vlan") { Description = "VLAN id 0–4094 (0 removes the tag)", HelpName = "V" },
+    new Option<int[]>("--qos") { Description = "802.1p priority of the VLAN tag", HelpName = "Q" },
+    new Option<int[]>("--max-rate") { Description = "maximum transmit rate", HelpName = "MBPS" },
+    new Option<int[]>("--min-rate") { Description = "guaranteed transmit rate", HelpName = "MBPS" },
+    new Option<string[]>("--trust") { Description = "trusted VF (may change its MAC, promiscuous)", HelpName = "on|off", CustomParser = CommandLineConventions.Parser(OnOffText) },
+    new Option<string[]>("--spoofchk") { Description = "drop frames whose source MAC is not the VF's", HelpName = "on|off", CustomParser = CommandLineConventions.Parser(OnOffText) },
+];
+var vfCommand = new Command("vf", "Plans SR-IOV VF settings on physical function PF and prints the steps; --apply runs them.") { pf, numVfs, apply, vf };
+foreach (var option in perVf)
+{
+    option.Arity = ArgumentArity.ZeroOrMore;
+    vfCommand.Options.Add(option);
+}
+vfCommand.SetAction(parsed => Vf(parsed.GetValue(pf)!, parsed.GetValue(sysfs)!, parsed.GetValue(numVfs), parsed.GetValue(apply), PerVf(parsed.Tokens.Select(t => t.Value).ToList())));
+
+var root = new RootCommand("fabric-hal: the hardware abstraction layer's view of this host (netdevs, SR-IOV) and VF configuration.") { sysfs, inventory, vfCommand };
 try
 {
-    return args.FirstOrDefault() switch
-    {
-        "inventory" => Inventory(args[1..]),
-        "vf" => Vf(args[1..]),
-        "-h" or "--help" => Help(0),
-        _ => Help(2),
-    };
-}
-catch (UsageException e)
-{
-    Console.Error.WriteLine($"fabric-hal: {e.Message}");
-    return 2;
+    return CommandLineConventions.Invoke(root, args);
 }
 catch (VfRequestException e)
 {
@@ -40,30 +52,48 @@ catch (Exception e) when (e is InvalidOperationException or DirectoryNotFoundExc
     return 1;
 }
 
-static int Help(int code)
+static string[] OnOffText(string value) => value is "on" or "off" ? [value] : throw new FormatException("is not on or off");
+
+// The per-VF settings in command-line order: each applies to the --vf before it.
+static List<VfSettings> PerVf(List<string> tokens)
 {
-    (code == 0 ? Console.Out : Console.Error).Write(Usage);
-    return code;
+    var vfs = new List<VfSettings>();
+    for (var i = 0; i + 1 < tokens.Count; i++)
+    {
+        var (name, value) = (tokens[i], tokens[i + 1]);
+        int Int() => int.Parse(value, NumberStyles.Integer, CultureInfo.InvariantCulture);
+        if (name == "--vf")
+        {
+            vfs.Add(new VfSettings(Int()));
+            i++;
+            continue;
+        }
+        if (name is not ("--mac" or "--vlan" or "--qos" or "--max-rate" or "--min-rate" or "--trust" or "--spoofchk"))
+        {
+            continue;
+        }
+        if (vfs.Count == 0)
+        {
+            throw new UsageException($"vf: '{name}' must follow a --vf INDEX");
+        }
+        var current = vfs[^1];
+        vfs[^1] = name switch
+        {
+            "--mac" => current with { Mac = MacAddress.TryParse(value, out var mac) ? mac : null },
+            "--vlan" => current with { Vlan = Int() },
+            "--qos" => current with { VlanQos = Int() },
+            "--max-rate" => current with { MaxTxRateMbps = Int() },
+            "--min-rate" => current with { MinTxRateMbps = Int() },
+            "--trust" => current with { Trust = value == "on" },
+            _ => current with { SpoofCheck = value == "on" },
+        };
+        i++;
+    }
+    return vfs;
 }
 
-static int Inventory(string[] args)
+static int Inventory(string sysfs, bool json)
 {
-    var sysfs = "/sys";
-    var json = false;
-    for (var i = 0; i < args.Length; i++)
-    {
-        switch (args[i])
-        {
-            case "--sysfs":
-                sysfs = Value(args, ref i);
-                break;
-            case "--json":
-                json = true;
-                break;
-            default:
-                throw new UsageException($"inventory: unknown argument '{args[i]}'");
-        }
-    }
     var nics = new SysfsInventory(sysfs).ReadAll();
     if (json)
     {
@@ -93,57 +123,8 @@ static int Inventory(string[] args)
     return 0;
 }
 
-static int Vf(string[] args)
+static int Vf(string pf, string sysfs, int? numVfs, bool apply, List<VfSettings> vfs)
 {
-    if (args.Length == 0 || args[0].StartsWith('-'))
-    {
-        throw new UsageException("vf: name the physical function first");
-    }
-    var pf = args[0];
-    var sysfs = "/sys";
-    int? numVfs = null;
-    var apply = false;
-    var vfs = new List<VfSettings>();
-    for (var i = 1; i < args.Length; i++)
-    {
-        var arg = args[i];
-        if (arg is "--sysfs")
-        {
-            sysfs = Value(args, ref i);
-            continue;
-        }
-        if (arg is "--num-vfs")
-        {
-            numVfs = Int(args, ref i);
-            continue;
-        }
-        if (arg is "--apply")
-        {
-            apply = true;
-            continue;
-        }
-        if (arg is "--vf")
-        {
-            vfs.Add(new VfSettings(Int(args, ref i)));
-            continue;
-        }
-        if (vfs.Count == 0)
-        {
-            throw new UsageException($"vf: '{arg}' must follow a --vf INDEX");
-        }
-        var current = vfs[^1];
-        vfs[^1] = arg switch
-        {
-            "--mac" => current with { Mac = MacAddress.TryParse(Value(args, ref i), out var mac) ? mac : throw new UsageException($"--mac: '{args[i]}' is not a MAC address (aa:bb:cc:dd:ee:ff)") },
-            "--vlan" => current with { Vlan = Int(args, ref i) },
-            "--qos" => current with { VlanQos = Int(args, ref i) },
-            "--max-rate" => current with { MaxTxRateMbps = Int(args, ref i) },
-            "--min-rate" => current with { MinTxRateMbps = Int(args, ref i) },
-            "--trust" => current with { Trust = OnOff(args, ref i) },
-            "--spoofchk" => current with { SpoofCheck = OnOff(args, ref i) },
-            _ => throw new UsageException($"vf: unknown argument '{arg}'"),
-        };
-    }
     var configurator = new VfConfigurator(new SysfsInventory(sysfs), new LinuxVfStepRunner(), sysfs);
     var plan = configurator.Plan(new VfRequest(pf, numVfs, [.. vfs]));
     foreach (var step in plan.Steps)
@@ -161,33 +142,3 @@ static int Vf(string[] args)
     }
     return 0;
 }
-
-static string Value(string[] args, ref int i)
-{
-    if (i + 1 >= args.Length)
-    {
-        throw new UsageException($"{args[i]} needs a value");
-    }
-    return args[++i];
-}
-
-static int Int(string[] args, ref int i)
-{
-    var name = args[i];
-    var text = Value(args, ref i);
-    return int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value)
-        ? value : throw new UsageException($"{name}: '{text}' is not a whole number");
-}
-
-static bool OnOff(string[] args, ref int i)
-{
-    var name = args[i];
-    return Value(args, ref i) switch
-    {
-        "on" => true,
-        "off" => false,
-        var other => throw new UsageException($"{name}: '{other}' is not on or off"),
-    };
-}
-
-internal sealed class UsageException(string message) : Exception(message);

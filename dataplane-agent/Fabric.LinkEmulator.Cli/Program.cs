@@ -1,36 +1,58 @@
-using System.Globalization;
+using System.CommandLine;
+using Fabric.Programs;
 using System.Runtime.InteropServices;
 using Fabric.Hal.Linux;
 using Fabric.LinkEmulator;
 
 // fabric-linkem: a user-space link emulator between two network interfaces (this kernel has no netem).
-const string Usage = """
-usage:
-  fabric-linkem run --a IFACE --b IFACE [--control SOCKET] [--seed N]
-                    [--delay 30ms] [--jitter 2ms] [--reorder on|off] [--loss 1%] [--ge P,R[,lossInBad[,lossInGood]]]
-                    [--rate 20mbit] [--queue 100] [--trace FILE]      (these apply to both directions)
-                    [--a2b "key=value ..."] [--b2a "key=value ..."]   (per direction, applied after the above)
-  fabric-linkem ctl SOCKET set a2b|b2a|both key=value ...
-  fabric-linkem ctl SOCKET show|stats
+var a = new Option<string>("--a") { Description = "one interface (frames from it leave on --b after the a2b profile)", Required = true, HelpName = "IFACE" };
+var b = new Option<string>("--b") { Description = "the other interface (frames from it leave on --a after the b2a profile)", Required = true, HelpName = "IFACE" };
+var control = new Option<string?>("--control") { Description = "a unix socket for 'fabric-linkem ctl' to change the link mid-run", HelpName = "SOCKET" };
+var seed = new Option<int>("--seed") { Description = "seed of the loss and jitter draws", DefaultValueFactory = _ => 1 };
+(string Key, string Example, string Help)[] knobs =
+[
+    ("delay", "30ms", "one-way delay"),
+    ("jitter", "2ms", "delay variation (uniform)"),
+    ("reorder", "on|off", "let jitter reorder frames"),
+    ("loss", "1%", "random loss"),
+    ("ge", "P,R[,lossInBad[,lossInGood]]", "Gilbert–Elliott burst loss: good→bad P, bad→good R"),
+    ("rate", "20mbit", "bottleneck rate"),
+    ("queue", "100", "drop-tail queue limit, in frames"),
+    ("trace", "FILE", "a Mahimahi trace: one 1500-byte delivery opportunity per line, in ms; repeats"),
+];
+var knobOptions = knobs.Select(k => new Option<string?>("--" + k.Key)
+{
+    Description = k.Help + " (both directions)",
+    HelpName = k.Example,
+    CustomParser = CommandLineConventions.Parser(value => Checked([$"{k.Key}={value}"], value)),
+}).ToArray();
+var a2b = new Option<string?>("--a2b") { Description = "settings for a→b only, applied after the above", HelpName = "\"key=value ...\"", CustomParser = CommandLineConventions.Parser(v => Checked(Words(v), v)) };
+var b2a = new Option<string?>("--b2a") { Description = "settings for b→a only, applied after the above", HelpName = "\"key=value ...\"", CustomParser = CommandLineConventions.Parser(v => Checked(Words(v), v)) };
+var run = new Command("run", "Bridges two interfaces through an emulated link until SIGINT or SIGTERM.") { a, b, control, seed, a2b, b2a };
+foreach (var option in knobOptions)
+{
+    run.Options.Add(option);
+}
+run.SetAction(parsed =>
+{
+    var both = knobs.Zip(knobOptions).Select(k => (k.First.Key, Value: parsed.GetValue(k.Second))).Where(k => k.Value is not null).Select(k => $"{k.Key}={k.Value}");
+    return Run(parsed.GetValue(a)!, parsed.GetValue(b)!, parsed.GetValue(control), parsed.GetValue(seed), [.. both],
+        Words(parsed.GetValue(a2b)), Words(parsed.GetValue(b2a)));
+});
 
-Frames from --a leave on --b after the a2b profile, and back after b2a. Keys: delay, jitter, reorder, loss, ge, rate,
-queue, trace (a Mahimahi trace: one delivery opportunity of 1500 bytes per line, in ms; repeats).
-""";
+var socket = new Argument<string>("SOCKET") { Description = "the --control socket of a running 'fabric-linkem run'" };
+var words = CommandLineConventions.RefusingOptions(new Argument<string[]>("REQUEST")
+{
+    Description = "set a2b|b2a|both key=value ... | show | stats",
+    Arity = ArgumentArity.OneOrMore,
+});
+var ctl = new Command("ctl", "Changes or shows a running emulator's link.") { socket, words };
+ctl.SetAction(parsed => Control(parsed.GetValue(socket)!, parsed.GetValue(words)!));
 
+var root = new RootCommand("fabric-linkem: a user-space link emulator between two network interfaces (delay, jitter, loss, burst loss, rate, queue, Mahimahi traces).") { run, ctl };
 try
 {
-    return args.FirstOrDefault() switch
-    {
-        "run" => Run(args[1..]),
-        "ctl" => Control(args[1..]),
-        "-h" or "--help" => Help(0),
-        _ => Help(2),
-    };
-}
-catch (FormatException e)
-{
-    Console.Error.WriteLine($"fabric-linkem: {e.Message}");
-    return 2;
+    return CommandLineConventions.Invoke(root, args);
 }
 catch (InvalidOperationException e)
 {
@@ -38,45 +60,17 @@ catch (InvalidOperationException e)
     return 1;
 }
 
-static int Help(int code)
+static string[] Words(string? text) => text?.Split(' ', StringSplitOptions.RemoveEmptyEntries) ?? [];
+
+// A setting is checked where it is parsed, so a bad one is refused before any interface is opened.
+static string Checked(IReadOnlyList<string> settings, string value)
 {
-    (code == 0 ? Console.Out : Console.Error).Write(Usage);
-    return code;
+    LinkProfile.Clean.Apply(settings);
+    return value;
 }
 
-static int Run(string[] args)
+static int Run(string a, string b, string? control, int seed, string[] both, string[] a2b, string[] b2a)
 {
-    string? a = null, b = null, control = null;
-    var seed = 1;
-    var both = new List<string>();
-    var a2b = new List<string>();
-    var b2a = new List<string>();
-    for (var i = 0; i < args.Length; i++)
-    {
-        var arg = args[i];
-        string Next() => i + 1 < args.Length ? args[++i] : throw new FormatException($"{arg} needs a value.");
-        switch (arg)
-        {
-            case "--a": a = Next(); break;
-            case "--b": b = Next(); break;
-            case "--control": control = Next(); break;
-            case "--seed":
-                var text = Next();
-                seed = int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var s) ? s : throw new FormatException($"--seed: '{text}' is not a whole number.");
-                break;
-            case "--a2b": a2b.AddRange(Next().Split(' ', StringSplitOptions.RemoveEmptyEntries)); break;
-            case "--b2a": b2a.AddRange(Next().Split(' ', StringSplitOptions.RemoveEmptyEntries)); break;
-            case "--delay" or "--jitter" or "--reorder" or "--loss" or "--ge" or "--rate" or "--queue" or "--trace":
-                both.Add($"{arg[2..]}={Next()}");
-                break;
-            default:
-                throw new FormatException($"run: unknown argument '{arg}'.");
-        }
-    }
-    if (a is null || b is null)
-    {
-        throw new FormatException("run: both --a and --b interfaces are required.");
-    }
     var common = LinkProfile.Clean.Apply(both);
     var profileA2B = common.Apply(a2b);
     var profileB2A = common.Apply(b2a);
@@ -97,17 +91,13 @@ static int Run(string[] args)
     return 0;
 }
 
-static int Control(string[] args)
+static int Control(string socket, string[] request)
 {
-    if (args.Length < 2)
+    if (!File.Exists(socket))
     {
-        throw new FormatException("ctl: usage: fabric-linkem ctl SOCKET set|show|stats ...");
+        throw new InvalidOperationException($"ctl: no control socket at '{socket}' (is fabric-linkem run --control {socket} running?)");
     }
-    if (!File.Exists(args[0]))
-    {
-        throw new InvalidOperationException($"ctl: no control socket at '{args[0]}' (is fabric-linkem run --control {args[0]} running?)");
-    }
-    var reply = ControlServer.Send(args[0], string.Join(' ', args[1..]));
+    var reply = ControlServer.Send(socket, string.Join(' ', request));
     Console.WriteLine(reply);
     return reply.StartsWith("ok", StringComparison.Ordinal) ? 0 : 1;
 }

@@ -1,46 +1,95 @@
-using System.Globalization;
+using System.CommandLine;
+using Fabric.Programs;
 using Fabric.Repository;
 
 // fabric-repo: keys, packages and trust metadata of a stack repository (a local folder or an Azure Blob container).
-const string Usage = """
-usage:
-  fabric-repo keygen --out FILE                      P-256 private key (FILE, mode 0600) and FILE.pub
-  fabric-repo init --repo DIR --root-key K [--root-key K ...] [--threshold N] --targets-key K --snapshot-key K --timestamp-key K [--pin-out FILE]
-  fabric-repo pack --from PLUGIN_DIR --id ID --version X.Y.Z [--purpose TEXT] [--header-bytes N] [--added-delay-ms D]
-                   [--tolerates-loss P] [--redundancy R] [--encrypts yes|no] [--family ipv4|ipv6] --out FILE
-  fabric-repo publish --repo DIR --package FILE --targets-key K --snapshot-key K --timestamp-key K [--expires-days N]
-  fabric-repo refresh --repo DIR --targets-key K --snapshot-key K --timestamp-key K [--expires-days N]
-  fabric-repo rotate-root --repo DIR --old-root-key K [...] --new-root-key K [...] [--threshold N] --targets-key K --snapshot-key K --timestamp-key K
-  fabric-repo sign --repo DIR --key K                 add a root key's signature to root.json (root thresholds above one)
-  fabric-repo verify --repo DIR --root PINNED_ROOT [--state DIR]
-  fabric-repo list --repo DIR
-REPO is a folder, or blob:CONTAINER for an Azure Blob container whose account's connection string is in the
-environment variable FABRIC_BLOB_CONNECTION_STRING. (DIR above is a REPO.)
-Exit 0 on success, 1 when the repository or a package is refused (the reason is printed), 2 for bad arguments.
-""";
+const string RepoHelp = "the repository: a folder, or blob:CONTAINER for an Azure Blob container whose account's connection string is in FABRIC_BLOB_CONNECTION_STRING";
+
+Option<string> Repo() => new("--repo") { Description = RepoHelp, Required = true, HelpName = "REPO" };
+Option<string> KeyFile(string name, string role) => new(name) { Description = $"the {role} key (a file from 'fabric-repo keygen')", Required = true, HelpName = "KEY" };
+Option<string[]> KeyFiles(string name, string role) => new(name) { Description = $"a {role} key (repeat for several)", Required = true, HelpName = "KEY", Arity = ArgumentArity.OneOrMore };
+Option<int> Threshold() => new("--threshold") { Description = "how many root keys must sign", DefaultValueFactory = _ => 1, HelpName = "N" };
+Option<double> ExpiresDays() => new("--expires-days") { Description = "days until targets, snapshot and timestamp expire", DefaultValueFactory = _ => 7, HelpName = "N" };
+(Option<string> Targets, Option<string> Snapshot, Option<string> Timestamp) RoleKeys() =>
+    (KeyFile("--targets-key", "targets"), KeyFile("--snapshot-key", "snapshot"), KeyFile("--timestamp-key", "timestamp"));
+
+var root = new RootCommand("fabric-repo: keys, packages and trust metadata (TUF-style) of a signed stack repository. "
+    + "Exit 0 on success, 1 when the repository or a package is refused (the reason is printed), 2 for bad arguments.");
+
+{
+    var output = new Option<string>("--out") { Description = "the private key file to write (mode 0600; the public key goes to FILE.pub)", Required = true, HelpName = "FILE" };
+    var command = new Command("keygen", "Makes a P-256 signing key.") { output };
+    command.SetAction(p => Keygen(p.GetValue(output)!));
+    root.Subcommands.Add(command);
+}
+{
+    var (repo, roots, threshold, (targets, snapshot, timestamp), expires) = (Repo(), KeyFiles("--root-key", "root"), Threshold(), RoleKeys(), ExpiresDays());
+    var pin = new Option<string?>("--pin-out") { Description = "also write the new root.json here, to pin on agents", HelpName = "FILE" };
+    var command = new Command("init", "Creates an empty repository: root v1, empty targets, snapshot and timestamp.") { repo, roots, threshold, targets, snapshot, timestamp, expires, pin };
+    command.SetAction(p => Init(p.GetValue(repo)!, p.GetValue(roots)!, p.GetValue(threshold), p.GetValue(targets)!, p.GetValue(snapshot)!, p.GetValue(timestamp)!, p.GetValue(expires), p.GetValue(pin)));
+    root.Subcommands.Add(command);
+}
+{
+    var from = new Option<string>("--from") { Description = "the stack plug-in's build folder", Required = true, HelpName = "PLUGIN_DIR" };
+    var id = new Option<string>("--id") { Description = "the stack id (e.g. fec)", Required = true };
+    var version = new Option<string>("--version") { Description = "the package version", Required = true, HelpName = "X.Y.Z" };
+    var purpose = new Option<string>("--purpose") { Description = "what the stack is for, in a few words", DefaultValueFactory = _ => "", HelpName = "TEXT" };
+    var header = new Option<int>("--header-bytes") { Description = "profile: bytes the stack adds to each packet", HelpName = "N" };
+    var delay = new Option<double>("--added-delay-ms") { Description = "profile: delay the stack adds", HelpName = "D" };
+    var loss = new Option<double>("--tolerates-loss") { Description = "profile: loss rate the stack hides (0–1)", HelpName = "P" };
+    var redundancy = new Option<double>("--redundancy") { Description = "profile: extra bytes sent per byte delivered", HelpName = "R" };
+    var encrypts = new Option<string>("--encrypts") { Description = "profile: whether the stack encrypts", DefaultValueFactory = _ => "no", HelpName = "yes|no", CustomParser = CommandLineConventions.OneOf("yes", "no") };
+    var family = new Option<string>("--family") { Description = "profile: the underlay address family", DefaultValueFactory = _ => "ipv4", HelpName = "ipv4|ipv6", CustomParser = CommandLineConventions.OneOf("ipv4", "ipv6") };
+    var output = new Option<string>("--out") { Description = "the package file to write", Required = true, HelpName = "FILE" };
+    var command = new Command("pack", "Packs a built stack plug-in and its manifest (profile) into a deterministic package.") { from, id, version, purpose, header, delay, loss, redundancy, encrypts, family, output };
+    command.SetAction(p => Pack(p.GetValue(from)!, p.GetValue(id)!, p.GetValue(version)!, new StackProfile(p.GetValue(header), p.GetValue(redundancy), p.GetValue(delay),
+        p.GetValue(loss), p.GetValue(purpose)!, p.GetValue(encrypts) == "yes", p.GetValue(family)!), p.GetValue(output)!));
+    root.Subcommands.Add(command);
+}
+{
+    var (repo, (targets, snapshot, timestamp), expires) = (Repo(), RoleKeys(), ExpiresDays());
+    var package = new Option<string>("--package") { Description = "a package from 'fabric-repo pack'", Required = true, HelpName = "FILE" };
+    var command = new Command("publish", "Adds a package to the repository and re-signs targets, snapshot and timestamp.") { repo, package, targets, snapshot, timestamp, expires };
+    command.SetAction(p => Publish(p.GetValue(repo)!, p.GetValue(package)!, p.GetValue(targets)!, p.GetValue(snapshot)!, p.GetValue(timestamp)!, p.GetValue(expires)));
+    root.Subcommands.Add(command);
+}
+{
+    var (repo, (targets, snapshot, timestamp), expires) = (Repo(), RoleKeys(), ExpiresDays());
+    var command = new Command("refresh", "Re-signs targets, snapshot and timestamp with new expiry dates.") { repo, targets, snapshot, timestamp, expires };
+    command.SetAction(p => Refresh(p.GetValue(repo)!, p.GetValue(targets)!, p.GetValue(snapshot)!, p.GetValue(timestamp)!, p.GetValue(expires)));
+    root.Subcommands.Add(command);
+}
+{
+    var (repo, old, next, threshold, (targets, snapshot, timestamp)) = (Repo(), KeyFiles("--old-root-key", "current root"), KeyFiles("--new-root-key", "new root"), Threshold(), RoleKeys());
+    var command = new Command("rotate-root", "Replaces the root keys: the new root is signed by the old keys and the new.") { repo, old, next, threshold, targets, snapshot, timestamp };
+    command.SetAction(p => RotateRoot(p.GetValue(repo)!, p.GetValue(old)!, p.GetValue(next)!, p.GetValue(threshold), p.GetValue(targets)!, p.GetValue(snapshot)!, p.GetValue(timestamp)!));
+    root.Subcommands.Add(command);
+}
+{
+    var (repo, key) = (Repo(), KeyFile("--key", "root"));
+    var file = new Option<string?>("--file") { Description = "the metadata file to sign (only root.json takes extra signatures)", HelpName = "NAME" };
+    var command = new Command("sign", "Adds a root key's signature to root.json (root thresholds above one).") { repo, key, file };
+    command.SetAction(p => Sign(p.GetValue(repo)!, p.GetValue(key)!, p.GetValue(file)));
+    root.Subcommands.Add(command);
+}
+{
+    var repo = Repo();
+    var pinned = new Option<string>("--root") { Description = "the pinned root.json agents trust", Required = true, HelpName = "PINNED_ROOT" };
+    var state = new Option<string?>("--state") { Description = "where the client keeps what it last trusted (default: a new temporary folder)", HelpName = "DIR" };
+    var command = new Command("verify", "Checks the repository as an agent would: every signature, version, expiry and package digest.") { repo, pinned, state };
+    command.SetAction(p => Verify(p.GetValue(repo)!, p.GetValue(pinned)!, p.GetValue(state)));
+    root.Subcommands.Add(command);
+}
+{
+    var repo = Repo();
+    var command = new Command("list", "Lists the published packages.") { repo };
+    command.SetAction(p => List(p.GetValue(repo)!));
+    root.Subcommands.Add(command);
+}
 
 try
 {
-    var (command, options) = Parse(args);
-    return command switch
-    {
-        "keygen" => Keygen(options),
-        "init" => Init(options),
-        "pack" => Pack(options),
-        "publish" => Publish(options),
-        "refresh" => Refresh(options),
-        "rotate-root" => RotateRoot(options),
-        "sign" => Sign(options),
-        "verify" => Verify(options),
-        "list" => List(options),
-        "help" or "--help" or "-h" => Help(0),
-        _ => Help(2),
-    };
-}
-catch (UsageException e)
-{
-    Console.Error.WriteLine($"fabric-repo: {e.Message}");
-    return 2;
+    return CommandLineConventions.Invoke(root, args);
 }
 catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or UnauthorizedAccessException)
 {
@@ -48,56 +97,12 @@ catch (Exception e) when (e is TrustException or PackageException or RepositoryU
     return 1;
 }
 
-static int Help(int code)
+static TimeSpan Expiry(double days) => TimeSpan.FromDays(days);
+
+static List<SigningKey> Keys(string[] files) => [.. files.Select(SigningKey.Load)];
+
+static int Keygen(string path)
 {
-    (code == 0 ? Console.Out : Console.Error).Write(Usage);
-    return code;
-}
-
-static (string Command, Dictionary<string, List<string>> Options) Parse(string[] args)
-{
-    if (args.Length == 0)
-    {
-        return ("", []);
-    }
-    var options = new Dictionary<string, List<string>>(StringComparer.Ordinal);
-    for (var i = 1; i < args.Length; i++)
-    {
-        if (!args[i].StartsWith("--", StringComparison.Ordinal) || i + 1 >= args.Length)
-        {
-            throw new UsageException($"'{args[i]}' must be --option VALUE");
-        }
-        if (!options.TryGetValue(args[i], out var values))
-        {
-            options[args[i]] = values = [];
-        }
-        values.Add(args[++i]);
-    }
-    return (args[0], options);
-}
-
-static string One(Dictionary<string, List<string>> o, string name) =>
-    o.TryGetValue(name, out var v) ? v.Count == 1 ? v[0] : throw new UsageException($"{name} given {v.Count} times") : throw new UsageException($"{name} is required");
-
-static string? Maybe(Dictionary<string, List<string>> o, string name) => o.TryGetValue(name, out var v) ? v[^1] : null;
-
-static double Number(Dictionary<string, List<string>> o, string name, double fallback) =>
-    Maybe(o, name) is { } text ? double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) ? value : throw new UsageException($"{name}: '{text}' is not a number") : fallback;
-
-static SigningKey Key(Dictionary<string, List<string>> o, string name) => SigningKey.Load(One(o, name));
-
-static List<SigningKey> Keys(Dictionary<string, List<string>> o, string name) =>
-    o.TryGetValue(name, out var v) ? [.. v.Select(SigningKey.Load)] : throw new UsageException($"{name} is required");
-
-static TimeSpan Expiry(Dictionary<string, List<string>> o) => TimeSpan.FromDays(Number(o, "--expires-days", 7));
-
-static IRepositoryStore Store(Dictionary<string, List<string>> o) => RepositoryStores.Open(One(o, "--repo"));
-
-static Publisher Publisher(Dictionary<string, List<string>> o) => new(Store(o));
-
-static int Keygen(Dictionary<string, List<string>> o)
-{
-    var path = One(o, "--out");
     if (File.Exists(path))
     {
         throw new UsageException($"{path} exists; refusing to overwrite a key");
@@ -108,74 +113,58 @@ static int Keygen(Dictionary<string, List<string>> o)
     return 0;
 }
 
-static int Init(Dictionary<string, List<string>> o)
+static int Init(string repo, string[] rootKeys, int threshold, string targets, string snapshot, string timestamp, double expiresDays, string? pin)
 {
-    var roots = Keys(o, "--root-key");
-    var threshold = (int)Number(o, "--threshold", 1);
-    Publisher(o).Initialize(roots, threshold, Key(o, "--targets-key"), Key(o, "--snapshot-key"), Key(o, "--timestamp-key"), TimeSpan.FromDays(365), Expiry(o));
-    var pin = Maybe(o, "--pin-out");
+    var roots = Keys(rootKeys);
+    var store = RepositoryStores.Open(repo);
+    new Publisher(store).Initialize(roots, threshold, SigningKey.Load(targets), SigningKey.Load(snapshot), SigningKey.Load(timestamp), TimeSpan.FromDays(365), Expiry(expiresDays));
     if (pin is not null)
     {
-        AtomicFile.Write(pin, Store(o).Read(Fabric.Repository.Publisher.Root)!);
+        AtomicFile.Write(pin, store.Read(Fabric.Repository.Publisher.Root)!);
     }
-    Console.WriteLine($"{One(o, "--repo")}: initialized (root v1, {roots.Count} root key(s), threshold {threshold}); pin {pin ?? "its root.json"} on agents");
+    Console.WriteLine($"{repo}: initialized (root v1, {roots.Count} root key(s), threshold {threshold}); pin {pin ?? "its root.json"} on agents");
     return 0;
 }
 
-static int Pack(Dictionary<string, List<string>> o)
+static int Pack(string from, string id, string version, StackProfile profile, string output)
 {
-    var family = Maybe(o, "--family") ?? "ipv4";
-    if (family is not ("ipv4" or "ipv6"))
-    {
-        throw new UsageException($"--family: '{family}' is not ipv4 or ipv6");
-    }
-    var encrypts = Maybe(o, "--encrypts") switch
-    {
-        null or "no" => false,
-        "yes" => true,
-        var other => throw new UsageException($"--encrypts: '{other}' is not yes or no"),
-    };
-    var profile = new StackProfile((int)Number(o, "--header-bytes", 0), Number(o, "--redundancy", 0), Number(o, "--added-delay-ms", 0), Number(o, "--tolerates-loss", 0),
-        Maybe(o, "--purpose") ?? "", encrypts, family);
-    var bytes = StackPackage.Pack(One(o, "--from"), One(o, "--id"), One(o, "--version"), profile);
-    var output = One(o, "--out");
+    var bytes = StackPackage.Pack(from, id, version, profile);
     AtomicFile.Write(output, bytes);
     Console.WriteLine($"{output}: {bytes.Length} bytes, sha256 {StackPackage.Sha256(bytes)}");
     return 0;
 }
 
-static int Publish(Dictionary<string, List<string>> o)
+static int Publish(string repo, string packageFile, string targets, string snapshot, string timestamp, double expiresDays)
 {
-    var package = File.ReadAllBytes(One(o, "--package"));
-    var info = Publisher(o).Publish(package, Key(o, "--targets-key"), Key(o, "--snapshot-key"), Key(o, "--timestamp-key"), Expiry(o));
+    var package = File.ReadAllBytes(packageFile);
+    var info = new Publisher(RepositoryStores.Open(repo)).Publish(package, SigningKey.Load(targets), SigningKey.Load(snapshot), SigningKey.Load(timestamp), Expiry(expiresDays));
     Console.WriteLine($"published {info.Id} {info.Version} ({info.Length} bytes, sha256 {info.Sha256})");
     return 0;
 }
 
-static int Refresh(Dictionary<string, List<string>> o)
+static int Refresh(string repo, string targets, string snapshot, string timestamp, double expiresDays)
 {
-    Publisher(o).Refresh(Key(o, "--targets-key"), Key(o, "--snapshot-key"), Key(o, "--timestamp-key"), Expiry(o));
+    new Publisher(RepositoryStores.Open(repo)).Refresh(SigningKey.Load(targets), SigningKey.Load(snapshot), SigningKey.Load(timestamp), Expiry(expiresDays));
     Console.WriteLine("re-signed targets, snapshot and timestamp");
     return 0;
 }
 
-static int RotateRoot(Dictionary<string, List<string>> o)
+static int RotateRoot(string repo, string[] oldKeys, string[] newKeys, int threshold, string targets, string snapshot, string timestamp)
 {
-    var next = Keys(o, "--new-root-key");
-    Publisher(o).RotateRoot(Keys(o, "--old-root-key"), next, (int)Number(o, "--threshold", 1), Key(o, "--targets-key"), Key(o, "--snapshot-key"), Key(o, "--timestamp-key"), TimeSpan.FromDays(365));
+    new Publisher(RepositoryStores.Open(repo)).RotateRoot(Keys(oldKeys), Keys(newKeys), threshold, SigningKey.Load(targets), SigningKey.Load(snapshot), SigningKey.Load(timestamp), TimeSpan.FromDays(365));
     Console.WriteLine("rotated the root");
     return 0;
 }
 
-static int Sign(Dictionary<string, List<string>> o)
+static int Sign(string repo, string key, string? file)
 {
-    var store = Store(o);
-    if (Maybe(o, "--file") is { } file && file != Fabric.Repository.Publisher.Root)
+    var store = RepositoryStores.Open(repo);
+    if (file is not null && file != Fabric.Repository.Publisher.Root)
     {
         throw new UsageException($"--file {file}: only {Fabric.Repository.Publisher.Root} takes extra signatures (the other roles have threshold 1)");
     }
     var current = store.Get(Fabric.Repository.Publisher.Root) ?? throw new TrustException($"{store.Location} has no root.json.");
-    var signed = SignedFile.AddSignatures(current.Bytes, [Key(o, "--key")]);
+    var signed = SignedFile.AddSignatures(current.Bytes, [SigningKey.Load(key)]);
     if (!store.TryWrite(Fabric.Repository.Publisher.Root, signed, current.ETag))
     {
         throw new TrustException("root.json changed while signing; sign again.");
@@ -186,10 +175,10 @@ static int Sign(Dictionary<string, List<string>> o)
     return 0;
 }
 
-static int Verify(Dictionary<string, List<string>> o)
+static int Verify(string repo, string pinnedRoot, string? state)
 {
-    var state = Maybe(o, "--state") ?? Directory.CreateTempSubdirectory("fabric-repo-verify-").FullName;
-    var client = new TrustClient(Store(o), state, One(o, "--root"));
+    state ??= Directory.CreateTempSubdirectory("fabric-repo-verify-").FullName;
+    var client = new TrustClient(RepositoryStores.Open(repo), state, pinnedRoot);
     var targets = client.Refresh();
     foreach (var name in targets.Targets.Keys)
     {
@@ -200,9 +189,9 @@ static int Verify(Dictionary<string, List<string>> o)
     return 0;
 }
 
-static int List(Dictionary<string, List<string>> o)
+static int List(string repo)
 {
-    var store = Store(o);
+    var store = RepositoryStores.Open(repo);
     var head = new Publisher(store).Head();
     var root = SignedFile.ReadUnverified<RootMetadata>(store.Read(Fabric.Repository.Publisher.Root) ?? throw new TrustException($"{store.Location} has no root.json."), "root.json", "root");
     Console.WriteLine($"{store.Location}: root v{root.Version}; targets v{head.Targets.Version}, expires {head.Targets.Expires:u}; signer {root.Roles["targets"].KeyIds[0][..16]}…");
@@ -213,4 +202,3 @@ static int List(Dictionary<string, List<string>> o)
     return 0;
 }
 
-internal sealed class UsageException(string message) : Exception(message);

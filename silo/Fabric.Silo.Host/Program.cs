@@ -1,29 +1,24 @@
+using System.CommandLine;
 using System.Net;
 using Azure.Data.Tables;
 using Fabric.Silo;
 using Fabric.Silo.Host;
 using Fabric.Silo.Selection;
+using Fabric.Programs;
 using OpenTelemetry.Metrics;
 
 // fabric-silo: one silo of Fabric's control plane.
-//   fabric-silo [--config FILE]     embedded default without a file: localhost clustering, memory storage
 // GET http://HEALTH_LISTEN/healthz answers 200 with the silo's view once grains answer, 503 otherwise.
-string? configPath = null;
-for (var i = 0; i < args.Length; i++)
+var configOption = new Option<string?>("--config")
 {
-    switch (args[i])
-    {
-        case "--config" when i + 1 < args.Length:
-            configPath = args[++i];
-            break;
-        case "-h" or "--help":
-            Console.WriteLine("usage: fabric-silo [--config FILE]   (see silo/README.md for the fields)");
-            return 0;
-        default:
-            Console.Error.WriteLine($"fabric-silo: unexpected argument '{args[i]}' (usage: fabric-silo [--config FILE])");
-            return 2;
-    }
+    Description = "the silo's configuration (fields in silo/README.md); without it: localhost clustering, memory storage",
+    HelpName = "FILE",
+};
+if (CommandLineConventions.Parse(new RootCommand("fabric-silo: one silo of Fabric's control plane (Orleans).") { configOption }, args, out var parsed) is { } exit)
+{
+    return exit;
 }
+var configPath = parsed.GetValue(configOption);
 SiloConfig config;
 try
 {

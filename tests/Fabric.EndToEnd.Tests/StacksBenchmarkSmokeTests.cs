@@ -44,6 +44,11 @@ public class StacksBenchmarkSmokeTests
                 Assert.InRange(Number(9), 0, 5);
             }
             Assert.Contains("goodput", stdout, StringComparison.Ordinal);
+            // The chart is drawn in-process (no plotting program to install): a real PNG beside the CSV.
+            var chart = File.ReadAllBytes(Path.ChangeExtension(csv, ".png"));
+            Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, chart[..4]);
+            Assert.True(chart.Length > 10_000, $"chart of {chart.Length} bytes");
+            Assert.Contains($"chart: {Path.ChangeExtension(csv, ".png")}", stdout, StringComparison.Ordinal);
         }
         finally
         {
