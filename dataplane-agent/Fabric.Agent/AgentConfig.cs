@@ -119,6 +119,10 @@ public sealed record AgentConfig(
             }
             CheckAddress(problems, "underlay.ipv4", Underlay.IPv4, AddressFamily.InterNetwork);
             CheckAddress(problems, "underlay.ipv6", Underlay.IPv6, AddressFamily.InterNetworkV6);
+            if (Underlay.Port is < 0 or > 65535)
+            {
+                problems.Add($"underlay.port: {Underlay.Port} is not a UDP port (0 takes any free one)");
+            }
             if (Underlay.Mtu is < 1280 or > 65535)
             {
                 problems.Add($"underlay.mtu: {Underlay.Mtu} is outside 1280..65535");
