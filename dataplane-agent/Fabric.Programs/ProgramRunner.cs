@@ -24,8 +24,10 @@ public static class ProgramRunner
     public static ProgramResult TryRun(string program, params string[] args) => TryRun(program, args, null, null);
 
     /// <summary>Runs a program to completion with <paramref name="stdin"/> written to its input and extra environment
-    /// variables; never throws for a missing program or a non-zero exit.</summary>
-    public static ProgramResult TryRun(string program, IEnumerable<string> args, string? stdin, IReadOnlyDictionary<string, string>? environment)
+    /// variables; never throws for a missing program or a non-zero exit. With a <paramref name="timeout"/>, a program still
+    /// running then is killed (with its children) and <see cref="TimeoutException"/> names it.</summary>
+    public static ProgramResult TryRun(string program, IEnumerable<string> args, string? stdin, IReadOnlyDictionary<string, string>? environment,
+        TimeSpan? timeout = null)
     {
         var start = StartInfo(program, args);
         // The input is always a pipe, closed after stdin (if any): a child never reads the caller's own input (the CNI
@@ -56,6 +58,11 @@ public static class ProgramRunner
             catch (IOException)
             {
                 // The program exited without reading its input (a CNI plugin's VERSION does): its output still counts.
+            }
+            if (timeout is { } limit && !process.WaitForExit(limit))
+            {
+                process.Kill(entireProcessTree: true);
+                throw new TimeoutException($"'{program} {string.Join(' ', start.ArgumentList)}' did not finish within {limit.TotalSeconds:0} s");
             }
             process.WaitForExit();
             return new ProgramResult(process.ExitCode, stdout.Result, stderr.Result);

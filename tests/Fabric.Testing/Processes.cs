@@ -1,8 +1,6 @@
-using System.Diagnostics;
-
 namespace Fabric.Testing;
 
-/// <summary>Runs a program of this checkout (or any program) with stdin and environment, and collects what it printed.</summary>
+/// <summary>Finds a program of this checkout, and runs it (or any program) through the product's one runner with a time limit.</summary>
 public static class Processes
 {
     /// <summary>A product executable's path: PROJECT_FOLDER/bin/CONFIGURATION/net10.0/NAME under the repository root.</summary>
@@ -17,30 +15,7 @@ public static class Processes
     public static (int Code, string Stdout, string Stderr) Run(string program, IEnumerable<string> args, string? stdin = null, IDictionary<string, string>? environment = null,
         TimeSpan? timeout = null)
     {
-        var start = new ProcessStartInfo(program)
-        {
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
-        {
-            start.Environment[key] = value;
-        }
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"{program} did not start");
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        process.StandardInput.Write(stdin ?? "");
-        process.StandardInput.Close();
-        if (!process.WaitForExit(timeout ?? TimeSpan.FromSeconds(30)))
-        {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{program} {string.Join(' ', start.ArgumentList)} did not finish within {(timeout ?? TimeSpan.FromSeconds(30)).TotalSeconds} s");
-        }
-        return (process.ExitCode, stdout.Result, stderr.Result);
+        var (code, stdout, stderr) = Fabric.Programs.ProgramRunner.TryRun(program, args, stdin, environment?.AsReadOnly(), timeout ?? TimeSpan.FromSeconds(30));
+        return (code, stdout, stderr);
     }
 }
