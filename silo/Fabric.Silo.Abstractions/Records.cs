@@ -41,9 +41,12 @@ public sealed record StackInfo(
     [property: Id(8)] string Purpose);
 
 /// <summary>
-/// A path's measured conditions (smoothed by the source host's grain). Loss is a fraction (0.02 = 2 %). MinRttMs is the
-/// lowest RTT sampled in the last two minutes (the path without queues; 0 when unknown): RTT well above it means queues
-/// are building, and loss that comes with them is congestion rather than a lossy link.
+/// A path's measured conditions (smoothed by the source host's grain). Loss is a fraction (0.02 = 2 %). BandwidthMbps is
+/// what the path delivers now (0 on an idle path); CapacityMbps the most it delivered in the last minute (0 when unknown).
+/// MinRttMs is the lowest RTT since the path last changed regime, over at most two minutes (the path without queues; 0
+/// when unknown): RTT well above it means queues are building, and loss that comes with them is congestion rather than a
+/// lossy link. LossBurstiness is the coefficient of variation of per-second loss over the last minute (0: even; above 1:
+/// in bursts); RttStdMs the standard deviation of RTT over it.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.path-conditions")]
 public sealed record PathConditions(
@@ -52,9 +55,13 @@ public sealed record PathConditions(
     [property: Id(2)] double Loss,
     [property: Id(3)] double BandwidthMbps,
     [property: Id(4)] DateTimeOffset At,
-    [property: Id(5)] double MinRttMs = 0)
+    [property: Id(5)] double MinRttMs = 0,
+    [property: Id(6)] double CapacityMbps = 0,
+    [property: Id(7)] double LossBurstiness = 0,
+    [property: Id(8)] double RttStdMs = 0)
 {
-    public override string ToString() => $"rtt {RttMs:0.#} ms (min {MinRttMs:0.#}), jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} %, {BandwidthMbps:0.#} Mbit/s";
+    public override string ToString() =>
+        $"rtt {RttMs:0.#} ms (min {MinRttMs:0.#}, sd {RttStdMs:0.#}), jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} % (burstiness {LossBurstiness:0.#}), {BandwidthMbps:0.#} of {CapacityMbps:0.#} Mbit/s";
 }
 
 /// <summary>One candidate's score in a decision, and why it scored so.</summary>

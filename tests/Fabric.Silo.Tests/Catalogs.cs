@@ -16,7 +16,7 @@ internal static class Catalogs
 
     public static readonly IReadOnlySet<string> HostStacks = All.Select(s => s.Id).ToHashSet(StringComparer.Ordinal);
 
-    public static PathConditions Path(double rttMs, double loss, double mbps = 200, double jitterMs = 0.5) => new(rttMs, jitterMs, loss, mbps, DateTimeOffset.UnixEpoch);
+    public static PathConditions Path(double rttMs, double loss, double mbps = 200, double jitterMs = 0.5) => new(rttMs, jitterMs, loss, mbps, DateTimeOffset.UnixEpoch, CapacityMbps: mbps);
 
     public static Policy Policy(string workload = "general", string security = "standard", string[]? allow = null, string[]? deny = null, string? pin = null, double explore = 0) =>
         new(workload, security, "ipv4", [.. allow ?? []], [.. deny ?? []], pin, explore);

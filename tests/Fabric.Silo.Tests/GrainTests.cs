@@ -248,7 +248,7 @@ public class GrainTests(ClusterFixture fixture)
         new Outcome("vm", "host-b", "fec", Path(30, 0.02), 90, 16, 40, 0.0001, 12345, TimeSpan.FromSeconds(1)),
         new VmView("vm", null, Policy(), 2, ImmutableDictionary<string, string>.Empty.Add("host-b", "fec"), [],
             ImmutableDictionary<string, Decision>.Empty.Add("host-b", new Decision("vm", "host-b", "std-ipv4", "fec", true, "because", Path(30, 0.02), Policy(), [], false, DateTimeOffset.UnixEpoch))),
-        new Selection.PendingSwitch("fec", DateTimeOffset.UnixEpoch),
+        new Fabric.Silo.Selection.PendingSwitch("fec", DateTimeOffset.UnixEpoch),
     };
 
     [Theory]

@@ -1,27 +1,58 @@
 namespace Fabric.Silo.Selection;
 
 /// <summary>
-/// Smooths a path's samples (exponentially weighted, like TCP's SRTT) and says when the smoothed conditions moved
-/// enough to re-run selection: RTT by 20 %, loss by a factor of two (on a log scale floored at 0.01 %, so a loss that
-/// fades away keeps being announced until it is gone), bandwidth by 25 %.
+/// Turns a path's one-second samples into conditions that survive the path changing regime, and says when they moved
+/// enough to re-run selection (RTT by 20 %, loss by a factor of two on a log scale floored at 0.01 %, capacity by 25 %).
+/// <list type="bullet">
+/// <item>RTT, jitter, loss and the delivered rate are smoothed exponentially (like TCP's SRTT).</item>
+/// <item>The minimum RTT is taken over a window (two minutes) that restarts when the path changes regime: when for
+/// <see cref="RegimeSamples"/> samples in a row every RTT sits more than twice above that minimum and barely moves (the
+/// spread of the recent samples under half their minimum). A queue builds and drains — RTT saws up and down with the
+/// sender's window — while a new route or medium holds a new floor; without the restart, a minimum from a datacenter
+/// phase made every later phase look like a queue, and its loss like congestion.</item>
+/// <item>Capacity is the highest rate delivered in the last minute, kept apart from what is delivered now (an idle
+/// path delivers nothing and still has its capacity); 0 while nothing was ever delivered.</item>
+/// <item>Burstiness of loss is the coefficient of variation of the per-second loss over the last minute (0 for loss
+/// spread evenly; large when the loss comes in a few bad seconds), and RTT variability its standard deviation.</item>
+/// </list>
 /// </summary>
 public sealed class PathSmoother(double weight = 0.3)
 {
     /// <summary>The smallest loss rate taken as real (one in ten thousand).</summary>
     public const double LossResolution = 1e-4;
 
-    public PathConditions? Current { get; private set; }
-
     /// <summary>How many samples the minimum RTT is taken over (about two minutes at one a second).</summary>
     public const int MinRttWindow = 120;
 
+    /// <summary>Samples (about a minute) that capacity, burstiness and variability look back over.</summary>
+    public const int RecentWindow = 60;
+
+    /// <summary>Consecutive samples on a new, stable RTT floor that restart the minimum's window.</summary>
+    public const int RegimeSamples = 10;
+
+    public PathConditions? Current { get; private set; }
+
+    /// <summary>How many times the path changed regime (the minimum RTT's window restarted).</summary>
+    public int RegimeChanges { get; private set; }
+
     // A monotonic queue of (sample number, RTT): the front is the window's minimum.
     private readonly LinkedList<(long N, double Rtt)> _minRtt = new();
+    private readonly Queue<(double Rtt, double Loss, double Delivered)> _recent = new();
     private long _samples;
+    private int _abovePlateau;
+
+    /// <summary>The conditions the last significant change was announced with.</summary>
+    private PathConditions? _announced;
 
     private double TrackMinRtt(double rtt)
     {
         var n = _samples++;
+        if (_minRtt.First is { } first && IsNewFloor(rtt, first.Value.Rtt))
+        {
+            _minRtt.Clear();
+            _abovePlateau = 0;
+            RegimeChanges++;
+        }
         while (_minRtt.Last is { } last && last.Value.Rtt >= rtt)
         {
             _minRtt.RemoveLast();
@@ -34,17 +65,35 @@ public sealed class PathSmoother(double weight = 0.3)
         return _minRtt.First.Value.Rtt;
     }
 
-    /// <summary>The conditions the last significant change was announced with.</summary>
-    private PathConditions? _announced;
+    private bool IsNewFloor(double rtt, double minimum)
+    {
+        _abovePlateau = rtt > 2 * Math.Max(minimum, 0.05) ? _abovePlateau + 1 : 0;
+        if (_abovePlateau < RegimeSamples)
+        {
+            return false;
+        }
+        var last = _recent.Skip(Math.Max(0, _recent.Count - (RegimeSamples - 1))).Select(r => r.Rtt).Append(rtt).ToList();
+        return last.Max() - last.Min() < 0.5 * last.Min();
+    }
 
     /// <summary>Adds a sample; true when the VMs on the path should re-evaluate.</summary>
     public bool Add(PathSample sample)
     {
         var loss = sample.Sent > 0 ? Math.Clamp((double)sample.Lost / sample.Sent, 0, 1) : Current?.Loss ?? 0;
         var minRtt = TrackMinRtt(sample.RttMs);
+        _recent.Enqueue((sample.RttMs, loss, sample.DeliveredMbps));
+        if (_recent.Count > RecentWindow)
+        {
+            _recent.Dequeue();
+        }
+        var capacity = _recent.Max(r => r.Delivered);
+        var (lossMean, lossStd) = MeanAndDeviation(_recent.Select(r => r.Loss));
+        var (_, rttStd) = MeanAndDeviation(_recent.Select(r => r.Rtt));
+        var burstiness = lossMean < LossResolution ? 0 : lossStd / lossMean;
         var next = Current is not { } c
-            ? new PathConditions(sample.RttMs, sample.JitterMs, loss, sample.DeliveredMbps, sample.At, minRtt)
-            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), Mix(c.Loss, loss), Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At, minRtt);
+            ? new PathConditions(sample.RttMs, sample.JitterMs, loss, sample.DeliveredMbps, sample.At, minRtt, capacity, burstiness, rttStd)
+            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), Mix(c.Loss, loss), Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At,
+                minRtt, capacity, burstiness, rttStd);
         if (loss == 0 && next.Loss < LossResolution)
         {
             // Below what a second of probes can resolve, a fading average is noise: call the path clean again.
@@ -59,10 +108,17 @@ public sealed class PathSmoother(double weight = 0.3)
         return false;
     }
 
+    private static (double Mean, double Deviation) MeanAndDeviation(IEnumerable<double> values)
+    {
+        var list = values as IReadOnlyCollection<double> ?? [.. values];
+        var mean = list.Average();
+        return (mean, Math.Sqrt(list.Sum(v => (v - mean) * (v - mean)) / list.Count));
+    }
+
     private double Mix(double old, double sample) => old + weight * (sample - old);
 
     private static bool Significant(PathConditions a, PathConditions b) =>
         Math.Abs(b.RttMs - a.RttMs) > 0.2 * Math.Max(a.RttMs, 0.5)
         || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1
-        || Math.Abs(b.BandwidthMbps - a.BandwidthMbps) > 0.25 * Math.Max(a.BandwidthMbps, 1);
+        || Math.Abs(b.CapacityMbps - a.CapacityMbps) > 0.25 * Math.Max(a.CapacityMbps, 1);
 }

@@ -25,6 +25,9 @@ public sealed class ProfileScorer : IStackScorer
     /// </summary>
     public const double NoiseFloor = 0.001;
 
+    /// <summary>The capacity assumed for a path that has never carried enough traffic to show one.</summary>
+    public const double UnknownCapacityMbps = 1000;
+
     public (double Score, string Why) Score(StackInfo stack, PathConditions c, Policy policy)
     {
         // Loss that comes with queues (RTT 25 % or more above the path's minimum, fully at twice it) is congestion: the
@@ -42,10 +45,13 @@ public sealed class ProfileScorer : IStackScorer
         var lossyRequests = 1 - Math.Pow(1 - residual, 3);
         var delay = c.RttMs / 2 + stack.AddedDelayMs + 2 * c.JitterMs + Math.Clamp((lossyRequests - 0.005) / 0.01, 0, 1) * rto;
         var latencyScore = 1 / (1 + delay / 10);
-        var capacity = Math.Max(c.BandwidthMbps, 1) * (1 - Math.Min(overhead, 0.9));
+        // The path's capacity, not what it delivers now: an idle path delivers nothing and a busy one is capped by its
+        // senders, neither says what a stack could get. Unknown capacity (never loaded) is taken as a fast link.
+        var pathCapacity = c.CapacityMbps > 0 ? Math.Max(c.CapacityMbps, c.BandwidthMbps) : UnknownCapacityMbps;
+        var capacity = pathCapacity * (1 - Math.Min(overhead, 0.9));
         var mathis = residual <= 1e-6 ? double.PositiveInfinity : MssBytes * 8 / 1e6 / (Math.Max(c.RttMs, 0.1) / 1000 * Math.Sqrt(residual)) * 1.22;
         var goodput = Math.Min(capacity, mathis);
-        var bulkScore = goodput / Math.Max(c.BandwidthMbps, 1);
+        var bulkScore = goodput / pathCapacity;
         var score = policy.Workload switch
         {
             "latency" => latencyScore * (1 - overhead),

@@ -1,0 +1,97 @@
+using Fabric.Silo.Selection;
+using static Fabric.Silo.Tests.Catalogs;
+
+namespace Fabric.Silo.Tests.Selection;
+
+/// <summary>Conditions that survive a path changing regime (seeded samples, one a second).</summary>
+public class PathSmootherTests
+{
+    private static readonly DateTimeOffset T0 = new(2026, 12, 1, 0, 0, 0, TimeSpan.Zero);
+
+    private static PathSample Sample(int second, double rtt, double loss, double delivered = 50, long sent = 1000) =>
+        new("host-a", "host-b", rtt, 0.5, sent, (long)Math.Round(loss * sent), delivered, T0.AddSeconds(second));
+
+    [Fact]
+    public void AStableNewRttFloor_RestartsTheMinimum_SoAWirelessPhaseAfterADatacenterOneIsNotCalledCongestion()
+    {
+        // The embedded fleet's case: two minutes of a 0.6 ms datacenter link, then 20 s of a lossy wireless link at 172 ms and 3 %.
+        var smoother = new PathSmoother();
+        var random = new Random(3);
+        var second = 0;
+        for (; second < 130; second++)
+        {
+            smoother.Add(Sample(second, 0.6 + (random.NextDouble() * 0.1), 0));
+        }
+        for (var i = 0; i < 20; i++, second++)
+        {
+            smoother.Add(Sample(second, 172 + (random.NextDouble() * 6), 0.03));
+        }
+        var c = smoother.Current!;
+        Assert.Equal(1, smoother.RegimeChanges);
+        Assert.InRange(c.MinRttMs, 150, 180);
+        // The prior now charges the loss as a lossy link: a latency-sensitive VM is better off on a loss-tolerant stack.
+        var scorer = new ProfileScorer();
+        var std = scorer.Score(StdIPv4, c, Policy("latency"));
+        var fec = scorer.Score(Fec, c, Policy("latency"));
+        Assert.DoesNotContain("congestion", std.Why, StringComparison.Ordinal);
+        Assert.True(fec.Score > std.Score, $"fec {fec} vs std-ipv4 {std}");
+    }
+
+    [Fact]
+    public void AQueueSawingUpAndDown_KeepsTheMinimum_AndItsLossStaysCongestion()
+    {
+        var smoother = new PathSmoother();
+        for (var second = 0; second < 120; second++)
+        {
+            // 30 ms path; from 20 s a bulk flow fills a deep buffer: RTT saws between 60 and 160 ms, a drop at each peak.
+            var rtt = second < 20 ? 30 : 60 + (second % 10 * 10);
+            smoother.Add(Sample(second, rtt, second >= 20 && second % 10 == 9 ? 0.02 : 0));
+        }
+        Assert.Equal(0, smoother.RegimeChanges);
+        Assert.Equal(30, smoother.Current!.MinRttMs);
+    }
+
+    [Fact]
+    public void Capacity_OutlivesAnIdleSpell_WhileTheDeliveredRateFallsToZero()
+    {
+        var smoother = new PathSmoother();
+        for (var second = 0; second < 40; second++)
+        {
+            smoother.Add(Sample(second, 20, 0, delivered: second < 10 ? 180 : 0));
+        }
+        Assert.Equal(180, smoother.Current!.CapacityMbps);
+        Assert.True(smoother.Current.BandwidthMbps < 1, smoother.Current.ToString());
+        for (var second = 40; second < 40 + PathSmoother.RecentWindow; second++)
+        {
+            smoother.Add(Sample(second, 20, 0, delivered: 0));
+        }
+        Assert.Equal(0, smoother.Current!.CapacityMbps);
+    }
+
+    [Fact]
+    public void BurstyLoss_IsToldFromEvenLoss_AtTheSameMean()
+    {
+        var even = new PathSmoother();
+        var bursty = new PathSmoother();
+        for (var second = 0; second < 60; second++)
+        {
+            even.Add(Sample(second, 20, 0.01));
+            bursty.Add(Sample(second, 20, second % 10 == 0 ? 0.1 : 0));
+        }
+        Assert.True(even.Current!.LossBurstiness < 0.1, even.Current.ToString());
+        Assert.True(bursty.Current!.LossBurstiness > 2, bursty.Current.ToString());
+    }
+
+    [Fact]
+    public void AChangingDeliveredRate_AloneDoesNotWakeTheVms()
+    {
+        var smoother = new PathSmoother();
+        var wakes = 0;
+        for (var second = 0; second < 60; second++)
+        {
+            // A VM's traffic comes and goes on an unchanged 200 Mbit/s path.
+            wakes += smoother.Add(Sample(second, 20, 0, delivered: second % 2 == 0 ? 200 : 5)) ? 1 : 0;
+        }
+        Assert.Equal(1, wakes);
+    }
+}
