@@ -95,7 +95,8 @@ if (options.Embedded)
         .ConfigureEndpoints(siloAddress, siloPort, gatewayPort)
         .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId))
         .AddMemoryGrainStorage(Storage.Name)
-        .AddFabricControlPlane(new SelectorOptions()));
+        // The outcome log and the models outlive a run (the data folder's learning/), so the fleet keeps what it learned.
+        .AddFabricControlPlane(new SelectorOptions(), new Fabric.Silo.Learning.LearningOptions(Path.Combine(options.DataDirectory, "learning"), TrainEverySeconds: 60)));
     builder.Services.AddSingleton(new CatalogSource(repository!.Path, repository.TrustRoot, Path.Combine(options.DataDirectory, "run", "silo"), 30));
     builder.Services.AddHostedService<CatalogSync>();
     builder.Services.AddHostedService<SimulationRunner>();

@@ -58,6 +58,8 @@ public sealed class BlobStore : IRepositoryStore
 
     public void Write(string name, byte[] bytes) => Upload(name, bytes, conditions: null);
 
+    public void Delete(string name) => Call(name, () => _container.GetBlobClient(name).DeleteIfExists().Value);
+
     public bool TryWrite(string name, byte[] bytes, string? ifMatch)
     {
         try

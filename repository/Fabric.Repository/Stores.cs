@@ -29,6 +29,9 @@ public interface IRepositoryStore
 
     /// <summary>Every file name under a folder name ("" for the root), in ordinal order.</summary>
     IEnumerable<string> List(string folder);
+
+    /// <summary>Deletes a file; nothing happens when it does not exist. (Retention of logs; trust metadata is never deleted.)</summary>
+    void Delete(string name);
 }
 
 /// <summary>Reading helpers shared by every store.</summary>
@@ -69,6 +72,15 @@ public sealed class LocalFolderStore(string root) : IRepositoryStore
     }
 
     public void Write(string name, byte[] bytes) => AtomicFile.Write(PathOf(name), bytes);
+
+    public void Delete(string name)
+    {
+        var path = PathOf(name);
+        if (File.Exists(path))
+        {
+            File.Delete(path);
+        }
+    }
 
     public bool TryWrite(string name, byte[] bytes, string? ifMatch)
     {

@@ -35,6 +35,11 @@ public interface IVmGrain : IGrainWithStringKey
     [Alias("path-changed"), Orleans.Concurrency.OneWay]
     ValueTask PathChangedAsync(string remoteHost, PathConditions conditions);
 
+    /// <summary>What the VM's traffic got in the last interval (from its host's report, with the path's smoothed
+    /// conditions): joined with the decision that chose each stack and appended to the outcome log.</summary>
+    [Alias("outcomes"), Orleans.Concurrency.OneWay]
+    ValueTask ReportOutcomesAsync(ImmutableArray<Outcome> outcomes);
+
     /// <summary>Read-only and interleaved: its host asks while the VM may be waiting on that host.</summary>
     [Alias("view"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<VmView> GetAsync();
@@ -187,4 +192,25 @@ public interface IPolicyLibraryGrain : IGrainWithStringKey
     /// <summary>Sets the named policy on each VM (each VM's grain validates and re-evaluates its paths); one result per VM, in order.</summary>
     [Alias("apply")]
     ValueTask<ImmutableArray<PolicyResult>> ApplyAsync(string name, ImmutableArray<string> vmIds);
+}
+
+/// <summary>
+/// The fleet's learner (one activation in the cluster, so one training at a time): trains a utility model from the
+/// outcome log on a schedule and on demand, adopts a version only when it beats the one in service on held-back recent
+/// outcomes, and says which version every silo scores with.
+/// </summary>
+[Alias("fabric.learner")]
+public interface ILearnerGrain : IGrainWithStringKey
+{
+    const string Key = "fleet";
+
+    [Alias("view"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<LearnerView> GetAsync();
+
+    [Alias("train")]
+    ValueTask<TrainingResult> TrainAsync();
+
+    /// <summary>Off: every silo scores with the prior (the profiles) until it is switched on again.</summary>
+    [Alias("set-enabled")]
+    ValueTask SetLearningEnabledAsync(bool enabled);
 }

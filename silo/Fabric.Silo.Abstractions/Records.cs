@@ -64,13 +64,22 @@ public sealed record PathConditions(
         $"rtt {RttMs:0.#} ms (min {MinRttMs:0.#}, sd {RttStdMs:0.#}), jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} % (burstiness {LossBurstiness:0.#}), {BandwidthMbps:0.#} of {CapacityMbps:0.#} Mbit/s";
 }
 
-/// <summary>One candidate's score in a decision, and why it scored so.</summary>
+/// <summary>
+/// One candidate's score in a decision (its predicted utility, 0..1), how uncertain it is, which scorer gave it
+/// ("model vN" or "prior") and why it scored so.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.candidate")]
-public sealed record CandidateScore([property: Id(0)] string Stack, [property: Id(1)] double Score, [property: Id(2)] string Why);
+public sealed record CandidateScore(
+    [property: Id(0)] string Stack,
+    [property: Id(1)] double Score,
+    [property: Id(2)] string Why,
+    [property: Id(3)] double Uncertainty = 0,
+    [property: Id(4)] string Source = "prior");
 
 /// <summary>
 /// One run of select_stack for a (VM, remote host): its inputs, every candidate's score, the stack chosen and why.
-/// Changed is false when the current stack stays.
+/// Changed is false when the current stack stays. Propensity is the probability with which the selector would have
+/// chosen this stack (exploration included), logged with outcomes so other policies can be evaluated off-line.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.decision")]
 public sealed record Decision(
@@ -84,7 +93,8 @@ public sealed record Decision(
     [property: Id(7)] Policy Policy,
     [property: Id(8)] ImmutableArray<CandidateScore> Candidates,
     [property: Id(9)] bool Exploration,
-    [property: Id(10)] DateTimeOffset At);
+    [property: Id(10)] DateTimeOffset At,
+    [property: Id(11)] double Propensity = 1);
 
 /// <summary>The answer to a policy change: accepted (and persisted) with its version, or refused with every problem named.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.policy-result")]
@@ -214,3 +224,36 @@ public sealed record FleetView(
 /// <summary>A named policy of the library, its version (each save adds one) and when it was saved.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.named-policy")]
 public sealed record NamedPolicy([property: Id(0)] string Name, [property: Id(1)] Policy Policy, [property: Id(2)] long Version, [property: Id(3)] DateTimeOffset SavedAt);
+
+/// <summary>How much one feature matters to the model: the drop in its accuracy (R², permutation feature importance)
+/// when the feature's values are shuffled.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.feature-importance")]
+public sealed record FeatureImportance([property: Id(0)] string Feature, [property: Id(1)] double Importance);
+
+/// <summary>
+/// A trained model version: when, on how many outcomes, how long training took, its error (mean absolute, in utility)
+/// on held-back recent outcomes next to the error of what it was compared with (the model in service, or the prior),
+/// and its feature importance.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.model-info")]
+public sealed record ModelInfo(
+    [property: Id(0)] long Version,
+    [property: Id(1)] DateTimeOffset TrainedAt,
+    [property: Id(2)] int Outcomes,
+    [property: Id(3)] double TrainingSeconds,
+    [property: Id(4)] double HoldoutError,
+    [property: Id(5)] double BaselineError,
+    [property: Id(6)] string Baseline,
+    [property: Id(7)] ImmutableArray<FeatureImportance> Importance,
+    [property: Id(8)] int HoldoutOutcomes);
+
+/// <summary>What one training run did: adopted a new version, or why not.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.training-result")]
+public sealed record TrainingResult([property: Id(0)] bool Adopted, [property: Id(1)] string Reason, [property: Id(2)] ModelInfo? Candidate);
+
+/// <summary>The learner for operators: the model in service, whether learning is on, and the last training runs.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.learner-view")]
+public sealed record LearnerView(
+    [property: Id(0)] ModelInfo? InService,
+    [property: Id(1)] bool LearningEnabled,
+    [property: Id(2)] ImmutableArray<TrainingResult> Recent);

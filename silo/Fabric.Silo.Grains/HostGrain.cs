@@ -153,6 +153,14 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             _outcomes.Enqueue(outcome);
         }
+        // Each VM joins its outcomes with the decisions that chose the stacks, and logs them for the learner; the
+        // conditions are the path's smoothed ones, as the selector sees them.
+        foreach (var group in outcomes.GroupBy(o => o.VmId, StringComparer.Ordinal))
+        {
+            var joined = group.Select(o => _paths.TryGetValue(o.RemoteHost, out var path) && path.Smoother.Current is { } smoothed ? o with { Conditions = smoothed } : o)
+                .ToImmutableArray();
+            _ = GrainFactory.GetGrain<IVmGrain>(group.Key).ReportOutcomesAsync(joined).AsTask();
+        }
         while (_outcomes.Count > OutcomeLimit)
         {
             _outcomes.Dequeue();

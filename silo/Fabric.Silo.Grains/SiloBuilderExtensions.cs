@@ -1,3 +1,5 @@
+using Fabric.Repository;
+using Fabric.Silo.Learning;
 using Fabric.Silo.Selection;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -5,13 +7,26 @@ using Orleans.Storage;
 
 namespace Fabric.Silo;
 
-/// <summary>What every Fabric silo needs besides clustering and storage: the selector and a time source.</summary>
+/// <summary>What every Fabric silo needs besides clustering and storage: the selector, the learner's log and scorer, a time source.</summary>
 public static class SiloBuilderExtensions
 {
-    public static ISiloBuilder AddFabricControlPlane(this ISiloBuilder silo, SelectorOptions? selector = null)
+    /// <param name="silo">The silo.</param>
+    /// <param name="selector">How eager selection is (defaults: <see cref="SelectorOptions"/>).</param>
+    /// <param name="learning">Where the outcome log and the models live; a temporary folder when not given.</param>
+    public static ISiloBuilder AddFabricControlPlane(this ISiloBuilder silo, SelectorOptions? selector = null, LearningOptions? learning = null)
     {
         silo.Services.TryAddSingleton(TimeProvider.System);
-        silo.Services.TryAddSingleton<IStackScorer, ProfileScorer>();
+        silo.Services.TryAddSingleton(learning ?? LearningOptions.Temporary());
+        silo.Services.TryAddSingleton(sp =>
+        {
+            var options = sp.GetRequiredService<LearningOptions>();
+            return new OutcomeLog(RepositoryStores.Open(options.Store), sp.GetRequiredService<TimeProvider>(), options.RetentionDays);
+        });
+        silo.Services.TryAddSingleton<ProfileScorer>();
+        silo.Services.TryAddSingleton<LearnedScorer>();
+        silo.Services.TryAddSingleton<IStackScorer>(sp => sp.GetRequiredService<LearnedScorer>());
+        silo.Services.AddHostedService<ModelRefresher>();
+        silo.Services.AddHostedService<OutcomeLogFlusher>();
         silo.Services.TryAddSingleton(selector ?? new SelectorOptions());
         silo.Services.TryAddSingleton<StackSelector>(sp => new StackSelector(sp.GetRequiredService<IStackScorer>(), sp.GetRequiredService<SelectorOptions>()));
         // Grain state in Orleans' own version-tolerant binary format (the records' [Id]s), not the default Newtonsoft

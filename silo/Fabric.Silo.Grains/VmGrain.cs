@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using Fabric.Silo.Learning;
 using Fabric.Silo.Selection;
 
 namespace Fabric.Silo;
@@ -35,6 +36,7 @@ public sealed class VmGrain(
     [PersistentState("vm", Storage.Name)] IPersistentState<VmState> state,
     [PersistentState("vm-log", Storage.Name)] IPersistentState<VmLog> log,
     StackSelector selector,
+    OutcomeLog outcomeLog,
     TimeProvider time) : Grain, IVmGrain
 {
     /// <summary>Material decisions kept per VM (the dashboard's history); older ones are dropped.</summary>
@@ -52,6 +54,10 @@ public sealed class VmGrain(
     private (ImmutableArray<StackInfo> Stacks, DateTimeOffset At) _catalog;
     private (HashSet<string> Stacks, string HostId, DateTimeOffset At)? _hostStacks;
     private readonly Dictionary<string, Decision> _last = new(StringComparer.Ordinal);
+
+    /// <summary>Per remote host, how the running stack was chosen (its propensity, and whether it was exploration): what
+    /// the outcome log records beside each outcome. Unknown after a reactivation: then the stack counts as chosen for sure.</summary>
+    private readonly Dictionary<string, (double Propensity, bool Exploration)> _chosen = new(StringComparer.Ordinal);
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
@@ -185,6 +191,25 @@ public sealed class VmGrain(
         await CommitAsync(bindings);
     }
 
+    public async ValueTask ReportOutcomesAsync(ImmutableArray<Outcome> outcomes)
+    {
+        if (state.State.Placement is null)
+        {
+            // Not placed through the control plane (a VM from an agent's own configuration): no policy to learn for.
+            return;
+        }
+        var workload = state.State.Policy.Workload;
+        var catalog = await CatalogAsync();
+        outcomeLog.Append(outcomes.Where(o => o.Stack.Length > 0).Select(o =>
+        {
+            var (propensity, exploration) = _chosen.GetValueOrDefault(o.RemoteHost, (1, false));
+            var overhead = o.GoodputMbps > 0 ? o.OverheadBytes * 8 / 1e6 / Math.Max(o.Interval.TotalSeconds, 1e-3) / o.GoodputMbps : 0;
+            return new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
+                propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, o.DelayP99Ms, o.ResidualLoss, overhead,
+                Utility.Of(workload, o.GoodputMbps, o.DelayP99Ms, o.ResidualLoss, overhead, o.Conditions.CapacityMbps));
+        }));
+    }
+
     public ValueTask<VmView> GetAsync() => ValueTask.FromResult(new VmView(VmId, state.State.Placement, state.State.Policy, state.State.PolicyVersion,
         state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)));
 
@@ -259,6 +284,7 @@ public sealed class VmGrain(
         }
         if (decision.Changed && decision.Stack.Length > 0)
         {
+            _chosen[remoteHost] = (decision.Propensity, decision.Exploration);
             _ = GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).SwitchedAsync(decision).AsTask();
             state.State.Stacks[remoteHost] = decision.Stack;
             return [new Binding(VmId, remoteHost, decision.Stack)];

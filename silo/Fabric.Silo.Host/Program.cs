@@ -65,7 +65,7 @@ builder.UseOrleans(silo =>
     {
         silo.AddMemoryGrainStorage(Storage.Name);
     }
-    silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)));
+    silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)), config.Learning);
 });
 if (config.MetricsListen is { } metrics)
 {

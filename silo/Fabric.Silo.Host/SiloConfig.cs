@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Fabric.Silo.Learning;
 
 namespace Fabric.Silo.Host;
 
@@ -21,7 +22,8 @@ public sealed record SiloConfig(
     string? MetricsListen = null,
     double SelectorMargin = 0.10,
     int SelectorSustainMilliseconds = 1000,
-    CatalogSource? Repository = null)
+    CatalogSource? Repository = null,
+    LearningOptions? Learning = null)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
 
@@ -99,6 +101,29 @@ public sealed record SiloConfig(
         if (Repository is not null && !File.Exists(Repository.TrustRoot))
         {
             yield return $"repository.trustRoot: '{Repository.TrustRoot}' does not exist";
+        }
+        if (Learning is null && Clustering == "azure-table")
+        {
+            yield return "learning.store: required with azure-table clustering (every silo must read the same outcome log and models: blob:CONTAINER)";
+        }
+        if (Learning is { } learning)
+        {
+            if (string.IsNullOrWhiteSpace(learning.Store))
+            {
+                yield return "learning.store: required (a folder, or blob:CONTAINER)";
+            }
+            if (learning.RetentionDays is < 1 or > 3650)
+            {
+                yield return $"learning.retentionDays: {learning.RetentionDays} is outside 1..3650";
+            }
+            if (learning.TrainEverySeconds is < 0 or > 86_400)
+            {
+                yield return $"learning.trainEverySeconds: {learning.TrainEverySeconds} is outside 0..86400";
+            }
+            if (learning.MinOutcomes is < 10 or > 10_000_000)
+            {
+                yield return $"learning.minOutcomes: {learning.MinOutcomes} is outside 10..10000000";
+            }
         }
         if (Repository is { RefreshSeconds: < 1 or > 86_400 })
         {

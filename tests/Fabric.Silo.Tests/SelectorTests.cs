@@ -97,6 +97,38 @@ public class SelectorTests
     }
 
     [Fact]
+    public void Exploration_TriesOnlyCandidatesPredictedCloseToTheBest_AndLogsTheProbabilityOfEveryChoice()
+    {
+        var random = new Random(5);
+        var policy = Policy("latency", explore: 0.2);
+        var counts = new Dictionary<string, int>(StringComparer.Ordinal);
+        var propensities = new Dictionary<string, double>(StringComparer.Ordinal);
+        const int Runs = 20_000;
+        for (var i = 0; i < Runs; i++)
+        {
+            // A clean 30 ms path: std-ipv4 is best; the others trail it by more or less.
+            var (decision, _) = Run(policy, Path(30, 0), "std-ipv4", null, T0, random.NextDouble());
+            counts[decision.Stack] = counts.GetValueOrDefault(decision.Stack) + 1;
+            propensities[decision.Stack] = decision.Propensity;
+            var best = decision.Candidates[0].Score;
+            Assert.True(decision.Candidates.Single(c => c.Stack == decision.Stack).Score >= best - _selector.Options.ExploreWithin, decision.Reason);
+        }
+        // The close ones (arq-lowlat and secure, whose header costs little) share the 20 %; fec and arq-bulk are never tried.
+        var close = Run(policy, Path(30, 0), "std-ipv4", null, T0).Decision.Candidates
+            .Where(c => c.Stack != "std-ipv4" && c.Score >= Run(policy, Path(30, 0), "std-ipv4", null, T0).Decision.Candidates[0].Score - _selector.Options.ExploreWithin)
+            .Select(c => c.Stack).ToList();
+        Assert.Equal(["arq-lowlat", "secure"], close.Order(StringComparer.Ordinal));
+        Assert.Equal(["arq-lowlat", "secure", "std-ipv4"], counts.Keys.Order(StringComparer.Ordinal));
+        foreach (var stack in close)
+        {
+            Assert.InRange(counts[stack] / (double)Runs, 0.09, 0.11);
+            // The logged probabilities are the frequencies the selector really chose with.
+            Assert.Equal(0.1, propensities[stack], 3);
+        }
+        Assert.Equal(0.8, propensities["std-ipv4"], 3);
+    }
+
+    [Fact]
     public void AConfidentialPolicy_NeverGetsAnythingButAnEncryptingStack()
     {
         var random = new Random(3);

@@ -20,6 +20,7 @@ public class SiloProcessTests(Azurite azurite)
             start.ArgumentList.Add("--config");
             start.ArgumentList.Add(config);
             start.Environment["FABRIC_TABLE_CONNECTION_STRING"] = connection;
+            start.Environment["FABRIC_BLOB_CONNECTION_STRING"] = connection;
             _process = Process.Start(start)!;
             _process.OutputDataReceived += (_, e) => Output.Add(e.Data ?? "");
             _process.ErrorDataReceived += (_, e) => Output.Add(e.Data ?? "");
@@ -70,7 +71,8 @@ public class SiloProcessTests(Azurite azurite)
         File.WriteAllText(config, $$"""
             // a cluster of one on Azure Table storage
             { "clusterId": "{{cluster}}", "clustering": "azure-table", "storage": "azure-table",
-              "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}" }
+              "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}",
+              "learning": { "store": "blob:{{cluster}}-learning" } }
             """);
         try
         {

@@ -78,5 +78,7 @@ public static class SignedStacks
         public bool TryWrite(string name, byte[] bytes, string? ifMatch) => Store.TryWrite(name, bytes, ifMatch);
 
         public IEnumerable<string> List(string folder) => Store.List(folder);
+
+        public void Delete(string name) => Store.Delete(name);
     }
 }

@@ -1,9 +1,12 @@
 namespace Fabric.Silo.Selection;
 
-/// <summary>Scores a stack for a policy on a path's conditions: higher is better, 0..1. The learned model (DESIGN §6) will implement it too.</summary>
+/// <summary>A stack's predicted utility (0..1, higher is better), how uncertain it is, which scorer gave it and why.</summary>
+public readonly record struct StackScore(double Score, string Why, double Uncertainty = ProfileScorer.Uncertainty, string Source = "prior");
+
+/// <summary>Scores a stack for a policy on a path's conditions: the profile prior, or the fleet's learned model.</summary>
 public interface IStackScorer
 {
-    (double Score, string Why) Score(StackInfo stack, PathConditions conditions, Policy policy);
+    StackScore Score(StackInfo stack, PathConditions conditions, Policy policy);
 }
 
 /// <summary>
@@ -28,7 +31,10 @@ public sealed class ProfileScorer : IStackScorer
     /// <summary>The capacity assumed for a path that has never carried enough traffic to show one.</summary>
     public const double UnknownCapacityMbps = 1000;
 
-    public (double Score, string Why) Score(StackInfo stack, PathConditions c, Policy policy)
+    /// <summary>How far a profile's estimate is taken to be from what the stack really gets (in utility).</summary>
+    public const double Uncertainty = 0.01;
+
+    public StackScore Score(StackInfo stack, PathConditions c, Policy policy)
     {
         // Loss that comes with queues (RTT 25 % or more above the path's minimum, fully at twice it) is congestion: the
         // VM's TCP causes it and backs off, and no stack recovers goodput from it. Only the rest counts as a lossy link.
@@ -59,6 +65,6 @@ public sealed class ProfileScorer : IStackScorer
             _ => 0.5 * latencyScore + 0.5 * bulkScore,
         };
         var congestion = queueing > 0 ? $"loss taken as congestion {queueing * 100:0} % (rtt {c.RttMs:0.#} ms over min {baseRtt:0.#}), " : "";
-        return (Math.Clamp(score, 0, 1), $"{congestion}residual loss {residual * 100:0.###} %, p99 delay {delay:0.#} ms, goodput {goodput:0.#} Mbit/s, overhead {overhead * 100:0.#} %");
+        return new(Math.Clamp(score, 0, 1), $"{congestion}residual loss {residual * 100:0.###} %, p99 delay {delay:0.#} ms, goodput {goodput:0.#} Mbit/s, overhead {overhead * 100:0.#} %");
     }
 }

@@ -1,0 +1,49 @@
+using System.Globalization;
+using Fabric.Silo.Selection;
+
+namespace Fabric.Silo.Learning;
+
+/// <summary>
+/// The scorer every selector in this silo uses: the fleet's model where it has seen enough outcomes like the one at
+/// hand, the profile prior everywhere else (no model yet, learning switched off, or too few similar outcomes). The model
+/// in use is swapped atomically by <see cref="ModelRefresher"/>; scoring is thread-safe.
+/// </summary>
+public sealed class LearnedScorer(ProfileScorer prior) : IStackScorer
+{
+    private volatile Installed? _installed;
+
+    private sealed record Installed(UtilityModel? Model, bool Enabled);
+
+    /// <summary>The model version scoring now (0: none).</summary>
+    public long Version => _installed?.Model?.Version ?? 0;
+
+    public bool Enabled => _installed?.Enabled ?? true;
+
+    /// <summary>The model installed (null: none).</summary>
+    public UtilityModel? Model => _installed?.Model;
+
+    /// <summary>Installs a model (or none) and whether learning is on; the previous model is left to the collector
+    /// (a concurrent scoring may still hold it).</summary>
+    public void Use(UtilityModel? model, bool enabled) => _installed = new Installed(model, enabled);
+
+    public StackScore Score(StackInfo stack, PathConditions conditions, Policy policy)
+    {
+        var installed = _installed;
+        var fromPrior = prior.Score(stack, conditions, policy);
+        if (installed is not { Model: { } model })
+        {
+            return fromPrior with { Why = $"prior (no model yet): {fromPrior.Why}" };
+        }
+        if (!installed.Enabled)
+        {
+            return fromPrior with { Why = $"prior (learning switched off): {fromPrior.Why}" };
+        }
+        var (utility, support, uncertainty) = model.Predict(stack.Id, policy.Workload, conditions);
+        if (support < UtilityModel.MinSupport)
+        {
+            return fromPrior with { Why = $"prior (model v{model.Version} has {support} similar outcomes, needs {UtilityModel.MinSupport}): {fromPrior.Why}" };
+        }
+        return new StackScore(utility, string.Create(CultureInfo.InvariantCulture,
+            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
+    }
+}

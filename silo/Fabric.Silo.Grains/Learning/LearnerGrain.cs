@@ -1,0 +1,148 @@
+using System.Collections.Immutable;
+using Fabric.Silo.Selection;
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Silo.Learning;
+
+/// <summary>Persisted: the version in service, whether learning is on, the next version number, the last training runs.</summary>
+[GenerateSerializer, Alias("fabric.learner-state")]
+public sealed class LearnerState
+{
+    [Id(0)] public ModelInfo? InService { get; set; }
+    [Id(1)] public bool LearningEnabled { get; set; } = true;
+    [Id(2)] public long NextVersion { get; set; } = 1;
+    [Id(3)] public List<TrainingResult> Recent { get; set; } = [];
+}
+
+/// <summary>
+/// Trains the fleet's utility model from the outcome log — on a schedule and on demand, one training at a time (one
+/// activation, calls not interleaved) — and adopts a new version only when its error on held-back recent outcomes (the
+/// newest tenth of the log) is below the error of the version in service, or of the prior when there is none. An adopted
+/// version is stored (models/vN/) before it is announced; every silo's <see cref="ModelRefresher"/> loads it.
+/// </summary>
+public sealed partial class LearnerGrain(
+    [PersistentState("learner", Storage.Name)] IPersistentState<LearnerState> state,
+    OutcomeLog log,
+    LearningOptions options,
+    ProfileScorer prior,
+    TimeProvider time,
+    ILogger<LearnerGrain> logger) : Grain, ILearnerGrain
+{
+    /// <summary>The newest outcomes a training reads at most.</summary>
+    public const int MaxTrainingOutcomes = 200_000;
+
+    private const int RecentLength = 20;
+
+    private IGrainTimer? _schedule;
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        // Grain state on memory storage is gone after a restart, the store's models are not: take up the version the
+        // store says was in service, and never reuse its number.
+        if (state.State.InService is null && UtilityModel.ReadInService(log.Store) is { } stored)
+        {
+            state.State.InService = stored;
+            state.State.NextVersion = Math.Max(state.State.NextVersion, stored.Version + 1);
+        }
+        if (options.TrainEverySeconds > 0)
+        {
+            var period = TimeSpan.FromSeconds(options.TrainEverySeconds);
+            _schedule = this.RegisterGrainTimer(async () => await TrainAsync(), period, period);
+        }
+        return Task.CompletedTask;
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        _schedule?.Dispose();
+        return Task.CompletedTask;
+    }
+
+    public ValueTask<LearnerView> GetAsync() => ValueTask.FromResult(new LearnerView(state.State.InService, state.State.LearningEnabled, [.. state.State.Recent]));
+
+    public async ValueTask SetLearningEnabledAsync(bool enabled)
+    {
+        state.State.LearningEnabled = enabled;
+        await state.WriteStateAsync();
+    }
+
+    public async ValueTask<TrainingResult> TrainAsync()
+    {
+        var result = await TrainOnceAsync();
+        state.State.Recent.Add(result);
+        if (state.State.Recent.Count > RecentLength)
+        {
+            state.State.Recent.RemoveRange(0, state.State.Recent.Count - RecentLength);
+        }
+        await state.WriteStateAsync();
+        LearnerLog.Trained(logger, result.Adopted, result.Reason);
+        return result;
+    }
+
+    private async Task<TrainingResult> TrainOnceAsync()
+    {
+        // Reading the log and training are long and CPU-bound: off the grain scheduler's threads.
+        var outcomes = await Task.Run(() => log.ReadRecent(MaxTrainingOutcomes));
+        if (outcomes.Count < options.MinOutcomes)
+        {
+            return new TrainingResult(false, $"{outcomes.Count} outcomes logged, training needs {options.MinOutcomes}: the prior decides", null);
+        }
+        var ordered = outcomes.OrderBy(o => o.At).ToList();
+        var holdout = ordered[^Math.Max(1, ordered.Count / 10)..];
+        var training = ordered[..^holdout.Count];
+        var version = state.State.NextVersion;
+        var now = time.GetUtcNow();
+        var candidate = await Task.Run(() => UtilityModel.Train(training, holdout, version, now));
+        string baseline;
+        double baselineError;
+        if (state.State.InService is { } inService && UtilityModel.Load(log.Store, inService.Version) is { } current)
+        {
+            using (current)
+            {
+                baseline = $"model v{inService.Version}";
+                baselineError = await Task.Run(() => current.MeanAbsoluteError(holdout));
+            }
+        }
+        else
+        {
+            var catalog = (await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync()).ToDictionary(s => s.Id, StringComparer.Ordinal);
+            baseline = "the prior";
+            baselineError = holdout.Where(o => catalog.ContainsKey(o.Stack)).Select(o =>
+                Math.Abs(prior.Score(catalog[o.Stack], o.Features.ToConditions(o.At), Policy.Default with { Workload = o.Workload }).Score - o.Utility))
+                .DefaultIfEmpty(double.MaxValue).Average();
+        }
+        candidate.ComparedWith(baseline, baselineError);
+        var info = candidate.Info;
+        var summary = $"v{version}: error {info.HoldoutError:0.0000} on {holdout.Count} held-back outcomes vs {baselineError:0.0000} for {baseline}; "
+            + $"trained on {training.Count} in {info.TrainingSeconds:0.0} s";
+        if (info.HoldoutError >= baselineError)
+        {
+            candidate.Dispose();
+            return new TrainingResult(false, $"not adopted: {summary}", info);
+        }
+        await Task.Run(() =>
+        {
+            candidate.Save(log.Store);
+            UtilityModel.WriteInService(log.Store, info);
+        });
+        candidate.Dispose();
+        state.State.InService = info;
+        state.State.NextVersion = version + 1;
+        return new TrainingResult(true, $"adopted {summary}", info);
+    }
+}
+
+internal static partial class LearnerLog
+{
+    [LoggerMessage(300, LogLevel.Information, "Learner trained: adopted={Adopted}, {Reason}")]
+    public static partial void Trained(ILogger logger, bool adopted, string reason);
+
+    [LoggerMessage(301, LogLevel.Warning, "Outcome log: {Reason}")]
+    public static partial void LogFailed(ILogger logger, string reason);
+
+    [LoggerMessage(302, LogLevel.Information, "Scoring with model v{Version} (learning {State})")]
+    public static partial void Installed(ILogger logger, long version, string state);
+
+    [LoggerMessage(303, LogLevel.Warning, "Model refresh: {Reason}")]
+    public static partial void RefreshFailed(ILogger logger, string reason);
+}

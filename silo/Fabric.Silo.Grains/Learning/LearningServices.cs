@@ -1,0 +1,91 @@
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Silo.Learning;
+
+/// <summary>
+/// Keeps this silo's scorer on the version the learner has in service: every few seconds it asks the learner grain,
+/// and loads a new version from the learning store when there is one. Every silo does the same, so all score with the
+/// same version within seconds of an adoption.
+/// </summary>
+public sealed class ModelRefresher(IGrainFactory grains, LearnedScorer scorer, OutcomeLog log, ILogger<ModelRefresher> logger) : BackgroundService
+{
+    public static readonly TimeSpan Period = TimeSpan.FromSeconds(3);
+
+    /// <summary>One refresh: returns the version scoring now.</summary>
+    public async Task<long> RefreshAsync()
+    {
+        var view = await grains.GetGrain<ILearnerGrain>(ILearnerGrain.Key).GetAsync();
+        var wanted = view.InService?.Version ?? 0;
+        if (wanted != scorer.Version)
+        {
+            var model = wanted == 0 ? null : await Task.Run(() => UtilityModel.Load(log.Store, wanted));
+            scorer.Use(model, view.LearningEnabled);
+            LearnerLog.Installed(logger, model?.Version ?? 0, view.LearningEnabled ? "on" : "off");
+        }
+        else if (view.LearningEnabled != scorer.Enabled)
+        {
+            scorer.Use(scorer.Model, view.LearningEnabled);
+            LearnerLog.Installed(logger, scorer.Version, view.LearningEnabled ? "on" : "off");
+        }
+        return scorer.Version;
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await RefreshAsync();
+            }
+            catch (Exception e) when (e is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
+            {
+                // The silo is still starting, or storage is away: the scorer keeps what it has.
+                LearnerLog.RefreshFailed(logger, e.Message);
+            }
+            try
+            {
+                await Task.Delay(Period, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// <summary>Writes the outcomes this silo's VMs logged as a segment every couple of seconds, and once more on stop.</summary>
+public sealed class OutcomeLogFlusher(OutcomeLog log, ILogger<OutcomeLogFlusher> logger) : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(2), stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+            Flush();
+        }
+        Flush();
+    }
+
+    private void Flush()
+    {
+        try
+        {
+            log.Flush();
+        }
+        catch (Exception e) when (e is IOException or Fabric.Repository.RepositoryUnavailableException or InvalidOperationException or UnauthorizedAccessException)
+        {
+            // Kept for the next flush.
+            LearnerLog.LogFailed(logger, e.Message);
+        }
+    }
+}

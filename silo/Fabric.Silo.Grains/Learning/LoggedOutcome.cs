@@ -1,0 +1,56 @@
+namespace Fabric.Silo.Learning;
+
+/// <summary>The path's conditions as the model sees them (what the selector sees when it scores).</summary>
+public sealed record OutcomeFeatures(double RttMs, double MinRttMs, double JitterMs, double Loss, double LossBurstiness, double CapacityMbps, double RttStdMs)
+{
+    public static OutcomeFeatures Of(PathConditions c) => new(c.RttMs, c.MinRttMs, c.JitterMs, c.Loss, c.LossBurstiness, c.CapacityMbps, c.RttStdMs);
+}
+
+/// <summary>
+/// One line of the outcome log: the context (the VM's workload, the path's conditions), the action (stack id and
+/// version), the probability with which the selector chose it (so other policies can be evaluated off-line), what the
+/// VM's traffic got, and the reward (<see cref="Utility"/>) the model learns to predict.
+/// </summary>
+public sealed record LoggedOutcome(
+    DateTimeOffset At,
+    string VmId,
+    string RemoteHost,
+    string Workload,
+    string Stack,
+    string StackVersion,
+    double Propensity,
+    bool Exploration,
+    OutcomeFeatures Features,
+    double GoodputMbps,
+    double DelayP99Ms,
+    double ResidualLoss,
+    double OverheadRatio,
+    double Utility);
+
+/// <summary>
+/// The reward, on the prior's scale (0..1, higher is better) so a learned score and a profile score compare. Latency
+/// workloads: the tail delay the VM saw (1 at 0 ms, ½ at 10 ms), charged for overhead; bulk: goodput as a share of the
+/// path's capacity; general: the mean of both. Every workload pays for residual loss the stack left to the VM.
+/// </summary>
+public static class Utility
+{
+    public static double Of(string workload, double goodputMbps, double delayP99Ms, double residualLoss, double overheadRatio, double capacityMbps)
+    {
+        var latency = 1 / (1 + (Math.Max(delayP99Ms, 0) / 10)) * (1 - Math.Clamp(overheadRatio, 0, 1));
+        var bulk = Math.Clamp(goodputMbps / Math.Max(Math.Max(capacityMbps, goodputMbps), 1e-3), 0, 1);
+        var utility = workload switch
+        {
+            "latency" => latency,
+            "bulk" => bulk,
+            _ => (0.5 * latency) + (0.5 * bulk),
+        };
+        return Math.Clamp(utility * (1 - Math.Clamp(residualLoss * 10, 0, 1)), 0, 1);
+    }
+}
+
+/// <summary>Conditions rebuilt from logged features (for scoring an old outcome with the prior).</summary>
+public static class OutcomeFeaturesExtensions
+{
+    public static PathConditions ToConditions(this OutcomeFeatures f, DateTimeOffset at) =>
+        new(f.RttMs, f.JitterMs, f.Loss, 0, at, f.MinRttMs, f.CapacityMbps, f.LossBurstiness, f.RttStdMs);
+}

@@ -1,0 +1,213 @@
+using System.Collections.Immutable;
+using System.Diagnostics;
+using System.Text.Json;
+using Fabric.Repository;
+using Microsoft.ML;
+using Microsoft.ML.Data;
+using Microsoft.ML.Trainers.FastTree;
+
+namespace Fabric.Silo.Learning;
+
+/// <summary>
+/// The fleet's model: predicts a stack's utility (<see cref="Utility"/>) for a workload on a path's conditions. A
+/// FastTree regression (Microsoft.ML) over the conditions, the stack and the workload, trained from scratch each time
+/// (trees do not update incrementally). Beside the trees it keeps how many training outcomes fell near each context
+/// (stack, workload, loss and RTT each binned by factors of two): a prediction from a context the model has seen little
+/// of says so, and the selector leaves it to the prior. Prediction is thread-safe (one engine per thread).
+/// </summary>
+public sealed class UtilityModel : IDisposable
+{
+    /// <summary>The feature schema; a stored model of another schema version is not loaded.</summary>
+    public const int SchemaVersion = 1;
+
+    /// <summary>Fewer training outcomes near a context than this: the model's prediction there is not trusted.</summary>
+    public const int MinSupport = 30;
+
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+
+    private readonly MLContext _ml;
+    private readonly ITransformer _model;
+    private readonly ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>> _engines;
+    private readonly IReadOnlyDictionary<string, int> _support;
+    private readonly double _error;
+
+    private UtilityModel(MLContext ml, ITransformer model, IReadOnlyDictionary<string, int> support, double error, ModelInfo info)
+    {
+        _ml = ml;
+        _model = model;
+        _support = support;
+        _error = error;
+        Info = info;
+        _engines = new ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>>(() => _ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(_model), trackAllValues: true);
+    }
+
+    public ModelInfo Info { get; private set; }
+
+    public long Version => Info.Version;
+
+    /// <summary>Trains on <paramref name="training"/>; <paramref name="holdout"/> measures it (error, feature importance).</summary>
+    public static UtilityModel Train(IReadOnlyList<LoggedOutcome> training, IReadOnlyList<LoggedOutcome> holdout, long version, DateTimeOffset now, int seed = 1)
+    {
+        var watch = Stopwatch.StartNew();
+        var ml = new MLContext(seed);
+        var data = ml.Data.LoadFromEnumerable(training.Select(UtilityRow.Of));
+        var pipeline = ml.Transforms.Categorical.OneHotEncoding("StackKey", nameof(UtilityRow.Stack))
+            .Append(ml.Transforms.Categorical.OneHotEncoding("WorkloadKey", nameof(UtilityRow.Workload)))
+            .Append(ml.Transforms.Concatenate("Features", ["StackKey", "WorkloadKey", .. UtilityRow.Numeric]))
+            .Append(ml.Regression.Trainers.FastTree(new FastTreeRegressionTrainer.Options
+            {
+                NumberOfLeaves = 31,
+                NumberOfTrees = 150,
+                MinimumExampleCountPerLeaf = 10,
+                LearningRate = 0.15,
+                // One core: the silo keeps serving while it trains.
+                NumberOfThreads = 1,
+            }));
+        var model = pipeline.Fit(data);
+        var seconds = watch.Elapsed.TotalSeconds;
+        var support = training.GroupBy(o => Bin(o.Stack, o.Workload, o.Features.Loss, o.Features.RttMs)).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+        var trained = new UtilityModel(ml, model, support, 0, new ModelInfo(version, now, training.Count, seconds, 0, 0, "", [], holdout.Count));
+        var error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
+        var importance = holdout.Count == 0 ? ImmutableArray<FeatureImportance>.Empty : Importance(ml, model, holdout);
+        trained.Dispose();
+        return new UtilityModel(ml, model, support, error, new ModelInfo(version, now, training.Count, seconds, error, 0, "", importance, holdout.Count));
+    }
+
+    /// <summary>The same model, described as compared with <paramref name="baseline"/> (error on the same holdout).</summary>
+    public UtilityModel ComparedWith(string baseline, double baselineError)
+    {
+        Info = Info with { Baseline = baseline, BaselineError = baselineError };
+        return this;
+    }
+
+    /// <summary>Predicted utility, how many training outcomes were near this context, and how uncertain it is.</summary>
+    public (double Utility, int Support, double Uncertainty) Predict(string stack, string workload, PathConditions conditions)
+    {
+        var utility = Math.Clamp(_engines.Value!.Predict(UtilityRow.Of(stack, workload, OutcomeFeatures.Of(conditions))).Score, 0, 1);
+        var support = _support.GetValueOrDefault(Bin(stack, workload, conditions.Loss, conditions.RttMs));
+        // The holdout's mean error, widened where the model saw few outcomes.
+        var uncertainty = _error * (1 + (3 / Math.Sqrt(Math.Max(support, 1))));
+        return (utility, support, uncertainty);
+    }
+
+    public double MeanAbsoluteError(IReadOnlyList<LoggedOutcome> outcomes) =>
+        outcomes.Count == 0 ? 0 : outcomes.Average(o => Math.Abs(Math.Clamp(_engines.Value!.Predict(UtilityRow.Of(o)).Score, 0, 1) - o.Utility));
+
+    /// <summary>Writes the version (trees, support, description) under models/vN/ in the learning store.</summary>
+    public void Save(IRepositoryStore store)
+    {
+        using var stream = new MemoryStream();
+        _ml.Model.Save(_model, null, stream);
+        var prefix = $"models/v{Version}";
+        store.Write($"{prefix}/model.zip", stream.ToArray());
+        store.Write($"{prefix}/support.json", JsonSerializer.SerializeToUtf8Bytes(_support, Json));
+        // The description last: a version whose info.json exists is complete.
+        store.Write($"{prefix}/info.json", JsonSerializer.SerializeToUtf8Bytes(new StoredInfo(SchemaVersion, _error, Info), Json));
+    }
+
+    /// <summary>Records which version is in service (models/in-service.json), for a learner that lost its state.</summary>
+    public static void WriteInService(IRepositoryStore store, ModelInfo info) => store.Write("models/in-service.json", JsonSerializer.SerializeToUtf8Bytes(info, Json));
+
+    /// <summary>The version the store says is in service, or null.</summary>
+    public static ModelInfo? ReadInService(IRepositoryStore store) =>
+        store.Read("models/in-service.json") is { } bytes ? JsonSerializer.Deserialize<ModelInfo>(bytes, Json) : null;
+
+    /// <summary>Loads version <paramref name="version"/>; null when it is not (completely) stored or of another schema.</summary>
+    public static UtilityModel? Load(IRepositoryStore store, long version)
+    {
+        var prefix = $"models/v{version}";
+        if (store.Read($"{prefix}/info.json") is not { } infoBytes || JsonSerializer.Deserialize<StoredInfo>(infoBytes, Json) is not { Schema: SchemaVersion } info)
+        {
+            return null;
+        }
+        var ml = new MLContext(1);
+        using var stream = new MemoryStream(store.Read($"{prefix}/model.zip") ?? throw new InvalidDataException($"{store.Location}: {prefix}/model.zip is missing"));
+        var model = ml.Model.Load(stream, out _);
+        var support = JsonSerializer.Deserialize<Dictionary<string, int>>(store.Read($"{prefix}/support.json") ?? "{}"u8.ToArray(), Json)!;
+        return new UtilityModel(ml, model, support, info.Error, info.Info);
+    }
+
+    public void Dispose()
+    {
+        foreach (var engine in _engines.Values)
+        {
+            engine.Dispose();
+        }
+        _engines.Dispose();
+    }
+
+    private static string Bin(string stack, string workload, double loss, double rttMs) =>
+        $"{stack}|{workload}|{(loss < 1e-4 ? 0 : 1 + (int)Math.Floor(Math.Log2(loss / 1e-4)))}|{(int)Math.Floor(Math.Log2(Math.Max(rttMs, 0.25) / 0.25))}";
+
+    /// <summary>Permutation feature importance on (at most 2,000 of) the holdout: one-hot slots summed per feature.</summary>
+    private static ImmutableArray<FeatureImportance> Importance(MLContext ml, TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> model, IReadOnlyList<LoggedOutcome> holdout)
+    {
+        var data = model.Transform(ml.Data.LoadFromEnumerable(holdout.Take(2000).Select(UtilityRow.Of)));
+        var pfi = ml.Regression.PermutationFeatureImportance(model.LastTransformer, data, permutationCount: 1);
+        VBuffer<ReadOnlyMemory<char>> names = default;
+        data.Schema["Features"].GetSlotNames(ref names);
+        var slots = names.DenseValues().Select(n => n.ToString()).ToArray();
+        return [.. slots.Select((name, i) => (Feature: name.Split('.')[0] switch { "StackKey" => "stack", "WorkloadKey" => "workload", var f => f }, Drop: -pfi[i].RSquared.Mean))
+            .GroupBy(x => x.Feature).Select(g => new FeatureImportance(g.Key, Math.Round(g.Sum(x => x.Drop), 4))).OrderByDescending(f => f.Importance)];
+    }
+
+    private sealed record StoredInfo(int Schema, double Error, ModelInfo Info);
+}
+
+/// <summary>One training or prediction row (Microsoft.ML reads its public properties by name).</summary>
+internal sealed class UtilityRow
+{
+    public static readonly string[] Numeric =
+        [nameof(Rtt), nameof(MinRtt), nameof(RttRatio), nameof(Jitter), nameof(Loss), nameof(LossBurstiness), nameof(Capacity), nameof(RttStd)];
+
+    public string Stack { get; set; } = "";
+
+    public string Workload { get; set; } = "";
+
+    /// <summary>log10 of RTT in ms (RTTs span four decades).</summary>
+    public float Rtt { get; set; }
+
+    public float MinRtt { get; set; }
+
+    /// <summary>RTT over the path's minimum: queues.</summary>
+    public float RttRatio { get; set; }
+
+    public float Jitter { get; set; }
+
+    public float Loss { get; set; }
+
+    public float LossBurstiness { get; set; }
+
+    /// <summary>log10 of capacity in Mbit/s (0 when unknown).</summary>
+    public float Capacity { get; set; }
+
+    public float RttStd { get; set; }
+
+    public float Label { get; set; }
+
+    public static UtilityRow Of(LoggedOutcome o)
+    {
+        var row = Of(o.Stack, o.Workload, o.Features);
+        row.Label = (float)o.Utility;
+        return row;
+    }
+
+    public static UtilityRow Of(string stack, string workload, OutcomeFeatures f) => new()
+    {
+        Stack = stack,
+        Workload = workload,
+        Rtt = (float)Math.Log10(Math.Max(f.RttMs, 0.01)),
+        MinRtt = (float)Math.Log10(Math.Max(f.MinRttMs, 0.01)),
+        RttRatio = (float)(f.MinRttMs > 0 ? f.RttMs / f.MinRttMs : 1),
+        Jitter = (float)f.JitterMs,
+        Loss = (float)f.Loss,
+        LossBurstiness = (float)f.LossBurstiness,
+        Capacity = (float)(f.CapacityMbps > 0 ? Math.Log10(f.CapacityMbps) : 0),
+        RttStd = (float)f.RttStdMs,
+    };
+}
+
+internal sealed class UtilityPrediction
+{
+    public float Score { get; set; }
+}
