@@ -398,12 +398,19 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             samples.Add(new PathSample(HostId, peer, rtt, m.JitterMs, m.Sent, m.Lost, delivered, now));
             var conditions = new PathConditions(rtt, m.JitterMs, m.Loss, delivered, now);
             var vmBytes = m.Vms.Sum(v => v.Bytes);
-            foreach (var vm in m.Vms.Where(v => v.Bytes > 0))
+            foreach (var vm in m.Vms.Where(v => v.Bytes > 0 || v.Tcp.Flows > 0))
             {
-                // Delay is the path's probe RTT; residual loss is the raw path loss (what the stack recovered is not
-                // measured yet); overhead is the path's bytes beyond the VMs' frames, shared by bytes sent.
-                outcomes.Add(new Outcome(owners.GetValueOrDefault(vm.VmId, vm.VmId), peer, vm.Stack, conditions, vm.Bytes * 8 / seconds / 1e6,
-                    m.RttP50Ms, m.RttP99Ms, m.Loss, Math.Max(0, (m.BytesSent - vmBytes) * vm.Bytes / Math.Max(vmBytes, 1)), m.Interval));
+                // Overhead is the path's bytes beyond the VMs' frames, shared by bytes sent. With TCP, what the VM got
+                // comes from its own headers (TcpMeter); without, the offered rate, the probes' RTT and the raw loss.
+                var overhead = Math.Max(0, (m.BytesSent - vmBytes) * vm.Bytes / Math.Max(vmBytes, 1));
+                var tcp = vm.Tcp;
+                var vmId = owners.GetValueOrDefault(vm.VmId, vm.VmId);
+                outcomes.Add(tcp.Flows == 0
+                    ? new Outcome(vmId, peer, vm.Stack, conditions, vm.Bytes * 8 / seconds / 1e6, m.RttP50Ms, m.RttP99Ms, m.Loss, overhead, m.Interval)
+                    : new Outcome(vmId, peer, vm.Stack, conditions, tcp.AckedBytes * 8 / seconds / 1e6,
+                        tcp.RttSamples > 0 ? tcp.RttP50Ms : m.RttP50Ms, tcp.RttSamples > 0 ? tcp.RttP99Ms : m.RttP99Ms,
+                        tcp.SentDataBytes > 0 ? Math.Clamp((double)tcp.RetransmittedBytes / tcp.SentDataBytes, 0, 1) : 0, overhead, m.Interval,
+                        Passive: true, tcp.RetransmittedBytes, tcp.ResponseP99Ms, tcp.Flows, tcp.Packets, tcp.Shape));
             }
         }
         await host.ReportAsync(samples.ToImmutable(), outcomes.ToImmutable()).ConfigureAwait(false);

@@ -185,7 +185,11 @@ public sealed record PathSample(
     [property: Id(7)] DateTimeOffset At);
 
 /// <summary>
-/// What a (VM, path) got during an interval on a stack — the learner's raw material (DESIGN §6).
+/// What a (VM, path) got during an interval on a stack — the learner's raw material. With TCP traffic (Passive), measured
+/// from the VM's own inner headers at its host's switch: goodput is new bytes acknowledged, delay the VM-experienced RTT
+/// (data to its ACK), residual loss the share of its data the VM's TCP sent again, ResponseP99Ms the time from a
+/// request's last segment to the answer's first; without, the VM's offered rate, the path's probe RTT and raw loss.
+/// Shape: bulk, request-response or none (no TCP).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.outcome")]
 public sealed record Outcome(
@@ -198,7 +202,13 @@ public sealed record Outcome(
     [property: Id(6)] double DelayP99Ms,
     [property: Id(7)] double ResidualLoss,
     [property: Id(8)] long OverheadBytes,
-    [property: Id(9)] TimeSpan Interval);
+    [property: Id(9)] TimeSpan Interval,
+    [property: Id(10)] bool Passive = false,
+    [property: Id(11)] long RetransmittedBytes = 0,
+    [property: Id(12)] double ResponseP99Ms = double.NaN,
+    [property: Id(13)] int Flows = 0,
+    [property: Id(14)] long Packets = 0,
+    [property: Id(15)] string Shape = "none");
 
 /// <summary>
 /// A VM's state for operators: policy, placement, the stack per remote host, the decisions that changed something (Log)

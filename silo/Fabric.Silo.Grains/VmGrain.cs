@@ -200,13 +200,16 @@ public sealed class VmGrain(
         }
         var workload = state.State.Policy.Workload;
         var catalog = await CatalogAsync();
-        outcomeLog.Append(outcomes.Where(o => o.Stack.Length > 0).Select(o =>
+        outcomeLog.Append(outcomes.Where(o => o.Stack.Length > 0 && double.IsFinite(o.GoodputMbps) && double.IsFinite(o.ResidualLoss)
+            && (double.IsFinite(o.DelayP99Ms) || double.IsFinite(o.ResponseP99Ms))).Select(o =>
         {
             var (propensity, exploration) = _chosen.GetValueOrDefault(o.RemoteHost, (1, false));
             var overhead = o.GoodputMbps > 0 ? o.OverheadBytes * 8 / 1e6 / Math.Max(o.Interval.TotalSeconds, 1e-3) / o.GoodputMbps : 0;
+            // A request/response VM feels the answer's time; a bulk one its round trips.
+            var delay = double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
             return new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
-                propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, o.DelayP99Ms, o.ResidualLoss, overhead,
-                Utility.Of(workload, o.GoodputMbps, o.DelayP99Ms, o.ResidualLoss, overhead, o.Conditions.CapacityMbps));
+                propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
+                Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps));
         }));
     }
 

@@ -23,8 +23,8 @@ internal static class ControlMessages
     public static string Text(byte[] message) => message.Length <= 2 ? "" : System.Text.Encoding.UTF8.GetString(message.AsSpan(2));
 }
 
-/// <summary>What one VM sent on a path during an interval, and through which stack.</summary>
-public sealed record VmInterval(string VmId, string Stack, long Frames, long Bytes);
+/// <summary>What one VM sent on a path during an interval, through which stack, and what its TCP traffic got (<see cref="TcpMeter"/>).</summary>
+public sealed record VmInterval(string VmId, string Stack, long Frames, long Bytes, TcpInterval Tcp);
 
 /// <summary>
 /// One measurement interval of a path. <see cref="Sent"/> and <see cref="Lost"/> count this host's datagrams by the

@@ -53,13 +53,13 @@ public sealed class RemotePath : IDisposable
     /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
     internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }
 
-    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Action<uint, ReadOnlySpan<byte>> deliver, Func<long> clock, string localHost)
+    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Func<uint, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
     {
         Spec = spec;
         Destination = destination;
         Clock = clock;
         _output = new PathOutput(this, underlay);
-        _delivery = new PathDelivery(deliver);
+        _delivery = new PathDelivery(this, deliver);
         // Slots for stacks the control plane binds are split between the two ends so that neither ever picks one the
         // other opened: the host whose id sorts first opens 1..127 on this path, the other 128..254.
         (_ownFirst, _ownLast) = string.CompareOrdinal(localHost, spec.HostId) < 0 ? (1, 127) : (128, 254);
@@ -361,7 +361,7 @@ public sealed class RemotePath : IDisposable
             foreach (var (vmId, traffic) in _vms)
             {
                 var slot = traffic.Slot >= 0 && _slots[traffic.Slot] is not null ? traffic.Slot : _transmitSlot;
-                vms.Add(new VmInterval(vmId, _slotStacks[slot] ?? "", traffic.Frames - traffic.ReportedFrames, traffic.Bytes - traffic.ReportedBytes));
+                vms.Add(new VmInterval(vmId, _slotStacks[slot] ?? "", traffic.Frames - traffic.ReportedFrames, traffic.Bytes - traffic.ReportedBytes, traffic.Tcp.Take(now)));
                 (traffic.ReportedFrames, traffic.ReportedBytes) = (traffic.Frames, traffic.Bytes);
             }
             return _monitor.Take(now, Counters.TxBytes, vms);
@@ -563,6 +563,7 @@ public sealed class RemotePath : IDisposable
                 }
                 traffic.Frames++;
                 traffic.Bytes += frame.Length;
+                traffic.Tcp.OnEgress(frame, Clock());
                 if (traffic.Slot >= 0 && _slots[traffic.Slot] is not null)
                 {
                     slot = traffic.Slot;
@@ -813,11 +814,23 @@ public sealed class RemotePath : IDisposable
         }
     }
 
-    private sealed class PathDelivery(Action<uint, ReadOnlySpan<byte>> deliver) : IVmOutput
+    /// <summary>Delivers a stack's frames to the switch (which returns the local VM a frame went to) and meters what
+    /// reached a VM. Called under the path's gate (from a stack's receive or timer).</summary>
+    private sealed class PathDelivery(RemotePath path, Func<uint, ReadOnlySpan<byte>, string?> deliver) : IVmOutput
     {
         public uint VirtualNetwork { get; set; }
 
-        public void Deliver(ReadOnlySpan<byte> frame) => deliver(VirtualNetwork, frame);
+        public void Deliver(ReadOnlySpan<byte> frame)
+        {
+            if (deliver(VirtualNetwork, frame) is { } vmId)
+            {
+                if (!path._vms.TryGetValue(vmId, out var traffic))
+                {
+                    path._vms[vmId] = traffic = new VmTraffic();
+                }
+                traffic.Tcp.OnIngress(frame, path.Clock());
+            }
+        }
     }
 
     /// <summary>A VM's use of this path: its binding's slot (-1: the path's transmit slot) and what it sent.</summary>
@@ -828,6 +841,7 @@ public sealed class RemotePath : IDisposable
         public long Bytes;
         public long ReportedFrames;
         public long ReportedBytes;
+        public readonly TcpMeter Tcp = new();
     }
 
     /// <summary>Called with (stack id, event, detail) when a stack instance on this path reports an event.</summary>

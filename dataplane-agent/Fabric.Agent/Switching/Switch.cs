@@ -776,12 +776,13 @@ public sealed class Switch : IDisposable
         path.Receive(datagram);
     }
 
-    private void DeliverFromUnderlay(uint vni, ReadOnlySpan<byte> frame)
+    /// <summary>Delivers a frame from a path to the local VM it is for; returns that VM's id (null for a broadcast or a drop).</summary>
+    private string? DeliverFromUnderlay(uint vni, ReadOnlySpan<byte> frame)
     {
         if (!EthernetFrame.TryCreate(frame, out var eth))
         {
             _underlayCounters.Drop(DropReason.Malformed);
-            return;
+            return null;
         }
         var table = _table;
         if (eth.Destination.IsMulticast)
@@ -793,15 +794,16 @@ public sealed class Switch : IDisposable
                     local.Deliver(frame);
                 }
             }
-            return;
+            return null;
         }
         // The VNI comes from the Fabric header: a frame reaches a VM only if that VM is in that network.
         if (table.FindByMac(vni, eth.Destination) is { LocalVm: { } vmIdTarget } && _vms.TryGetValue(vmIdTarget, out var target))
         {
             target.Deliver(frame);
-            return;
+            return vmIdTarget;
         }
         _underlayCounters.Drop(DropReason.WrongVirtualNetwork);
+        return null;
     }
 
     public void Dispose()

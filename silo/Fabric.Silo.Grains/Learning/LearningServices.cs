@@ -82,9 +82,10 @@ public sealed class OutcomeLogFlusher(OutcomeLog log, ILogger<OutcomeLogFlusher>
         {
             log.Flush();
         }
-        catch (Exception e) when (e is IOException or Fabric.Repository.RepositoryUnavailableException or InvalidOperationException or UnauthorizedAccessException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
-            // Kept for the next flush.
+            // Kept for the next flush (a store that is away), or dropped with the reason logged: a background service that
+            // throws stops the whole host, and a silo must not stop over its learning log.
             LearnerLog.LogFailed(logger, e.Message);
         }
     }

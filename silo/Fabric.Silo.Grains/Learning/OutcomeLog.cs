@@ -26,7 +26,11 @@ public sealed class OutcomeLog(IRepositoryStore store, TimeProvider time, int re
 {
     public const string Folder = "outcomes";
 
-    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    /// <summary>Outcomes kept in memory while the store cannot be written.</summary>
+    public const int MaxPending = 100_000;
+
+    // NaN stays representable (a percentile with no samples), so one odd value never fails a whole segment.
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web) { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     private readonly string _writer = Guid.NewGuid().ToString("N")[..12];
     private readonly Lock _gate = new();
@@ -78,7 +82,12 @@ public sealed class OutcomeLog(IRepositoryStore store, TimeProvider time, int re
         {
             lock (_gate)
             {
+                // Kept for the next flush, up to a bound: a store away for long loses the oldest, not the silo's memory.
                 _pending.InsertRange(0, batch);
+                if (_pending.Count > MaxPending)
+                {
+                    _pending.RemoveRange(0, _pending.Count - MaxPending);
+                }
             }
             throw;
         }

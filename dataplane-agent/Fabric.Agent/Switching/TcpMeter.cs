@@ -1,0 +1,264 @@
+using System.Buffers.Binary;
+using Fabric.Wire;
+
+namespace Fabric.Agent.Switching;
+
+/// <summary>
+/// What a VM's TCP traffic on one path got during an interval, measured passively from the inner headers the switch
+/// carries: new bytes acknowledged (goodput, both directions), bytes the VM sent again (what the stack did not recover,
+/// as the VM's TCP saw it), the VM-experienced RTT (a data segment the VM sent to the ACK that covers it, seen at this
+/// host's switch; Karn's rule: never over a retransmission), the request/response time (a VM's last segment of a request
+/// to the first segment of the answer), and the traffic's shape. Percentiles are NaN without samples.
+/// </summary>
+public sealed record TcpInterval(
+    long AckedBytes,
+    long SentDataBytes,
+    long RetransmittedBytes,
+    double RttP50Ms,
+    double RttP99Ms,
+    int RttSamples,
+    double ResponseP50Ms,
+    double ResponseP99Ms,
+    int Responses,
+    int Flows,
+    long Packets)
+{
+    public static readonly TcpInterval Empty = new(0, 0, 0, double.NaN, double.NaN, 0, double.NaN, double.NaN, 0, 0, 0);
+
+    /// <summary>bulk (data mostly one way), request-response (turns, small answers), or none (no TCP seen).</summary>
+    public string Shape => Flows == 0 ? "none" : Responses > 0 && Responses * 16_384L >= AckedBytes ? "request-response" : "bulk";
+}
+
+/// <summary>
+/// Passive TCP measurement of one VM on one path (the TCP analogue of tcptrace at the switch). Egress frames come from
+/// the VM, ingress frames go to it. Not thread-safe: the owning path calls it under its gate. Nothing is allocated per
+/// packet once a flow is known; a flow is forgotten after a FIN or RST, after a minute without packets, or when
+/// <see cref="MaxFlows"/> are tracked (the longest idle goes).
+/// </summary>
+public sealed class TcpMeter
+{
+    public const int MaxFlows = 1024;
+
+    private const int MaxSamples = 512;
+    private const long IdleNanoseconds = 60_000_000_000;
+
+    private readonly Dictionary<FlowKey, Flow> _flows = [];
+    private readonly List<double> _rtt = [];
+    private readonly List<double> _responses = [];
+    private long _acked;
+    private long _sentData;
+    private long _retransmitted;
+    private long _packets;
+    private readonly HashSet<FlowKey> _active = [];
+
+    /// <summary>A frame the VM sent.</summary>
+    public void OnEgress(ReadOnlySpan<byte> frame, long now)
+    {
+        if (!TryParse(frame, egress: true, out var key, out var tcp))
+        {
+            return;
+        }
+        var flow = FlowOf(key, now);
+        var seq = tcp.SequenceNumber;
+        var length = tcp.Payload.Length + ((tcp.Flags & (TcpFlags.Syn | TcpFlags.Fin)) != 0 ? 1 : 0);
+        if (length > 0)
+        {
+            var end = seq + (uint)length;
+            var fresh = !flow.SentAny || !Before(seq, flow.HighestSent);
+            if (!flow.SentAny)
+            {
+                (flow.SentAny, flow.HighestSent, flow.HighestAckedBySender) = (true, end, seq);
+            }
+            else if (!fresh)
+            {
+                // Sent before: what overlaps what was already sent is a retransmission, and no RTT sample may span it.
+                _retransmitted += Before(end, flow.HighestSent) ? length : (long)(flow.HighestSent - seq);
+                if (flow.SampleEnd is { } sampled && After(sampled, seq))
+                {
+                    flow.SampleEnd = null;
+                }
+            }
+            if (After(end, flow.HighestSent))
+            {
+                flow.HighestSent = end;
+            }
+            _sentData += tcp.Payload.Length;
+            if (tcp.Payload.Length > 0)
+            {
+                if (fresh && flow.SampleEnd is null)
+                {
+                    (flow.SampleEnd, flow.SampleAt) = (end, now);
+                }
+                (flow.AwaitingAnswer, flow.LastRequestAt) = (true, now);
+            }
+        }
+        // The VM acknowledging what it receives: goodput towards the VM.
+        if ((tcp.Flags & TcpFlags.Ack) != 0)
+        {
+            var ack = tcp.AcknowledgmentNumber;
+            if (flow.ReceiverAckKnown && After(ack, flow.HighestAckedByVm))
+            {
+                _acked += ack - flow.HighestAckedByVm;
+            }
+            if (!flow.ReceiverAckKnown || After(ack, flow.HighestAckedByVm))
+            {
+                (flow.ReceiverAckKnown, flow.HighestAckedByVm) = (true, ack);
+            }
+        }
+        Close(key, flow, tcp.Flags);
+    }
+
+    /// <summary>A frame delivered to the VM.</summary>
+    public void OnIngress(ReadOnlySpan<byte> frame, long now)
+    {
+        if (!TryParse(frame, egress: false, out var key, out var tcp))
+        {
+            return;
+        }
+        var flow = FlowOf(key, now);
+        if (tcp.Payload.Length > 0 && flow.AwaitingAnswer)
+        {
+            flow.AwaitingAnswer = false;
+            Sample(_responses, (now - flow.LastRequestAt) / 1e6);
+        }
+        if ((tcp.Flags & TcpFlags.Ack) != 0 && flow.SentAny)
+        {
+            var ack = tcp.AcknowledgmentNumber;
+            // Acknowledging what the VM sent: goodput from the VM, and the RTT sample when it covers the timed segment.
+            if (After(ack, flow.HighestAckedBySender) && !After(ack, flow.HighestSent))
+            {
+                _acked += ack - flow.HighestAckedBySender;
+                flow.HighestAckedBySender = ack;
+            }
+            if (flow.SampleEnd is { } end && !Before(ack, end))
+            {
+                Sample(_rtt, (now - flow.SampleAt) / 1e6);
+                flow.SampleEnd = null;
+            }
+        }
+        Close(key, flow, tcp.Flags);
+    }
+
+    /// <summary>What the interval since the last call got; forgets flows idle for a minute.</summary>
+    public TcpInterval Take(long now)
+    {
+        foreach (var (key, flow) in _flows)
+        {
+            if (now - flow.LastSeen > IdleNanoseconds)
+            {
+                _flows.Remove(key);
+            }
+        }
+        var interval = new TcpInterval(_acked, _sentData, _retransmitted, Percentile(_rtt, 0.5), Percentile(_rtt, 0.99), _rtt.Count,
+            Percentile(_responses, 0.5), Percentile(_responses, 0.99), _responses.Count, _active.Count, _packets);
+        (_acked, _sentData, _retransmitted, _packets) = (0, 0, 0, 0);
+        _rtt.Clear();
+        _responses.Clear();
+        _active.Clear();
+        return interval;
+    }
+
+    private bool TryParse(ReadOnlySpan<byte> frame, bool egress, out FlowKey key, out TcpSegment tcp)
+    {
+        key = default;
+        tcp = default;
+        if (!EthernetFrame.TryCreate(frame, out var eth))
+        {
+            return false;
+        }
+        UInt128 source, destination;
+        ReadOnlySpan<byte> transport;
+        switch (eth.EtherType)
+        {
+            case EtherTypes.IPv4 when IPv4Packet.TryCreate(eth.Payload, out var ip) && ip.Protocol == IPProtocols.Tcp && ip.FragmentOffset == 0:
+                source = BinaryPrimitives.ReadUInt32BigEndian(eth.Payload[12..]);
+                destination = BinaryPrimitives.ReadUInt32BigEndian(eth.Payload[16..]);
+                transport = ip.Payload;
+                break;
+            case EtherTypes.IPv6 when IPv6Packet.TryCreate(eth.Payload, out var ip6) && ip6.UpperLayerProtocol == IPProtocols.Tcp:
+                source = BinaryPrimitives.ReadUInt128BigEndian(eth.Payload[8..]);
+                destination = BinaryPrimitives.ReadUInt128BigEndian(eth.Payload[24..]);
+                transport = ip6.UpperLayerPayload;
+                break;
+            default:
+                return false;
+        }
+        if (!TcpSegment.TryCreate(transport, out tcp))
+        {
+            return false;
+        }
+        _packets++;
+        key = egress
+            ? new FlowKey(source, destination, tcp.SourcePort, tcp.DestinationPort)
+            : new FlowKey(destination, source, tcp.DestinationPort, tcp.SourcePort);
+        return true;
+    }
+
+    private Flow FlowOf(FlowKey key, long now)
+    {
+        if (!_flows.TryGetValue(key, out var flow))
+        {
+            if (_flows.Count >= MaxFlows)
+            {
+                _flows.Remove(_flows.MinBy(f => f.Value.LastSeen).Key);
+            }
+            _flows[key] = flow = new Flow();
+        }
+        flow.LastSeen = now;
+        _active.Add(key);
+        return flow;
+    }
+
+    private void Close(FlowKey key, Flow flow, TcpFlags flags)
+    {
+        if ((flags & TcpFlags.Rst) != 0 || ((flags & TcpFlags.Fin) != 0 && flow.FinSeen))
+        {
+            _flows.Remove(key);
+        }
+        else if ((flags & TcpFlags.Fin) != 0)
+        {
+            flow.FinSeen = true;
+        }
+    }
+
+    private static void Sample(List<double> samples, double value)
+    {
+        if (samples.Count < MaxSamples)
+        {
+            samples.Add(value);
+        }
+    }
+
+    private static double Percentile(List<double> samples, double p)
+    {
+        if (samples.Count == 0)
+        {
+            return double.NaN;
+        }
+        samples.Sort();
+        return samples[Math.Min(samples.Count - 1, (int)Math.Floor(p * samples.Count))];
+    }
+
+    // Sequence numbers wrap: compare them as RFC 1982 serial numbers.
+    private static bool Before(uint a, uint b) => (int)(a - b) < 0;
+
+    private static bool After(uint a, uint b) => (int)(a - b) > 0;
+
+    /// <summary>A flow from the VM's side: its address and port, the peer's.</summary>
+    private readonly record struct FlowKey(UInt128 Local, UInt128 Remote, ushort LocalPort, ushort RemotePort);
+
+    private sealed class Flow
+    {
+        public long LastSeen;
+        public bool SentAny;
+        public uint HighestSent;
+        public uint HighestAckedBySender;
+        public bool ReceiverAckKnown;
+        public uint HighestAckedByVm;
+        public uint? SampleEnd;
+        public long SampleAt;
+        public bool AwaitingAnswer;
+        public long LastRequestAt;
+        public bool FinSeen;
+    }
+}
