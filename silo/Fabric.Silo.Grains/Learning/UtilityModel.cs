@@ -29,7 +29,7 @@ public sealed class UtilityModel : IDisposable
     private readonly ITransformer _model;
     private readonly ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>> _engines;
     private readonly IReadOnlyDictionary<string, int> _support;
-    private readonly double _error;
+    private double _error;
 
     private UtilityModel(MLContext ml, ITransformer model, IReadOnlyDictionary<string, int> support, double error, ModelInfo info)
     {
@@ -67,10 +67,10 @@ public sealed class UtilityModel : IDisposable
         var seconds = watch.Elapsed.TotalSeconds;
         var support = training.GroupBy(o => Bin(o.Stack, o.Workload, o.Features.Loss, o.Features.RttMs)).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
         var trained = new UtilityModel(ml, model, support, 0, new ModelInfo(version, now, training.Count, seconds, 0, 0, "", [], holdout.Count));
-        var error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
+        trained._error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
         var importance = holdout.Count == 0 ? ImmutableArray<FeatureImportance>.Empty : Importance(ml, model, holdout);
-        trained.Dispose();
-        return new UtilityModel(ml, model, support, error, new ModelInfo(version, now, training.Count, seconds, error, 0, "", importance, holdout.Count));
+        trained.Info = trained.Info with { HoldoutError = trained._error, Importance = importance };
+        return trained;
     }
 
     /// <summary>The same model, described as compared with <paramref name="baseline"/> (error on the same holdout).</summary>
