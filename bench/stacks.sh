@@ -7,13 +7,8 @@
 # Usage: bench/stacks.sh [SECONDS_PER_RUN] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" = 0 ]; then
-  missing=()
-  for p in iperf3 sockperf ethtool kcptun wireguard-go wireguard-tools; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if ((${#missing[@]})); then apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; fi
-fi
+. bench/packages.sh
+install_packages iperf3 sockperf ethtool kcptun wireguard-go wireguard-tools
 dotnet build tests/Fabric.Benchmarks -c Release -nologo -clp:ErrorsOnly
 args=("$@")
 [[ " ${args[*]} " == *" --csv "* ]] || args+=(--csv "$PWD/bench/results/stacks-$(date -u +%Y%m%d-%H%M%S).csv")

@@ -73,6 +73,9 @@ var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRo
 // MudBlazor's files come from its package folder through the static web assets manifest, in every environment.
 builder.WebHost.UseStaticWebAssets();
 builder.WebHost.UseKestrel(k => k.Listen(options.Listen));
+// Ctrl+C ends within 15 s even when a part does not stop on its own (the fleet's agents and namespaces stop first, the
+// silo's graceful shutdown is cut short after that); the default, 30 s, is as long as an operator's patience.
+builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(15));
 builder.Logging.ClearProviders().AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; });
 builder.Logging.AddFilter("Orleans", LogLevel.Warning)
     // Orleans' watchdog warns once at start of a "participant check" late by the hours since boot: noise for a newcomer.

@@ -213,4 +213,8 @@ public interface ILearnerGrain : IGrainWithStringKey
     /// <summary>Off: every silo scores with the prior (the profiles) until it is switched on again.</summary>
     [Alias("set-enabled")]
     ValueTask SetLearningEnabledAsync(bool enabled);
+
+    /// <summary>The newest outcomes judged by the model in service (computed at most every 10 s; cheap to poll).</summary>
+    [Alias("evaluate"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<LearnerEvaluation> EvaluateAsync();
 }

@@ -261,6 +261,33 @@ public sealed record ModelInfo(
 [GenerateSerializer, Immutable, Alias("fabric.training-result")]
 public sealed record TrainingResult([property: Id(0)] bool Adopted, [property: Id(1)] string Reason, [property: Id(2)] ModelInfo? Candidate);
 
+/// <summary>One logged outcome next to what the model in service predicted for it.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.predicted-outcome")]
+public sealed record PredictedOutcome(
+    [property: Id(0)] DateTimeOffset At,
+    [property: Id(1)] string VmId,
+    [property: Id(2)] string Workload,
+    [property: Id(3)] string Stack,
+    [property: Id(4)] double Predicted,
+    [property: Id(5)] double Observed,
+    [property: Id(6)] bool Exploration);
+
+/// <summary>
+/// The newest outcomes of the log judged by the model in service: predicted against observed utility, the share of
+/// them that were exploration, and the off-line regret estimate — per outcome, the best utility the model predicts
+/// for any stack the catalog offered minus what it predicts for the stack that was chosen (a direct-method estimate:
+/// as good as the model is). <see cref="ModelVersion"/> 0: no model, the rest is empty.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.learner-evaluation")]
+public sealed record LearnerEvaluation(
+    [property: Id(0)] DateTimeOffset At,
+    [property: Id(1)] long ModelVersion,
+    [property: Id(2)] ImmutableArray<PredictedOutcome> Recent,
+    [property: Id(3)] int Evaluated,
+    [property: Id(4)] double ExplorationShare,
+    [property: Id(5)] double EstimatedRegret,
+    [property: Id(6)] double MeanAbsoluteError);
+
 /// <summary>The learner for operators: the model in service, whether learning is on, and the last training runs.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.learner-view")]
 public sealed record LearnerView(

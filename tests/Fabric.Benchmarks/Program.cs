@@ -14,10 +14,45 @@ return args.FirstOrDefault() switch
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
     "controlplane" => await ControlPlaneBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var ticks) ? ticks : 30,
         args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share) ? share : 0.01),
+    "learning" => Learning(),
+    "policy-shell" when args.Length == 2 => await PolicyShell.RunAsync(args[1]),
+    "learner" => LearnerBenchmark.Run(args.Length > 1 ? [.. args[1].Split(',').Select(n => int.Parse(n, System.Globalization.CultureInfo.InvariantCulture))] : [100_000, 1_000_000]),
     _ => Usage(),
 };
 
 string? Option(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
+
+int Learning()
+{
+    string[] known = ["--schedules", "--train", "--phase-seconds", "--measure-seconds", "--csv"];
+    for (var i = 1; i < args.Length; i += 2)
+    {
+        if (!known.Contains(args[i]) || i + 1 >= args.Length)
+        {
+            Console.Error.WriteLine($"learning: '{args[i]}' is not one of {string.Join(", ", known)} followed by its value");
+            return 2;
+        }
+    }
+    double? phase = null;
+    if (Option("--phase-seconds") is { } p)
+    {
+        if (!double.TryParse(p, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var s) || !(s >= 2) || s > 86_400)
+        {
+            Console.Error.WriteLine($"learning: --phase-seconds '{p}' is not a number of seconds from 2 to 86400");
+            return 2;
+        }
+        phase = s;
+    }
+    var measure = 6;
+    if (Option("--measure-seconds") is { } m && (!int.TryParse(m, out measure) || measure is < 2 or > 600))
+    {
+        Console.Error.WriteLine($"learning: --measure-seconds '{m}' is not a whole number of seconds from 2 to 600");
+        return 2;
+    }
+    var root = Fabric.Testing.RepositoryRoot.Directory;
+    return LearningBenchmark.Run(Option("--schedules") ?? Path.Combine(root, "bench", "schedules", "eval"), Option("--train") ?? Path.Combine(root, "bench", "schedules", "train"),
+        phase, measure, Option("--csv") ?? "learning.csv");
+}
 
 static int Wire(string[] rest)
 {
@@ -27,6 +62,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS [CHANGING_SHARE]] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS [CHANGING_SHARE]] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
     return 2;
 }

@@ -330,7 +330,7 @@ internal static partial class StacksBenchmark
         return plot;
     }
 
-    private static (int Code, string Output) Swap(OverlayTopology topology, string stack)
+    internal static (int Code, string Output) Swap(OverlayTopology topology, string stack)
     {
         var (code, stdout, stderr) = Privileged.TryRun(Path.Combine(AppContext.BaseDirectory, "fabric-agent"), "swap", topology.SocketA, "host-b", topology.SocketB, "host-a", stack);
         return (code, stdout + stderr);
@@ -344,7 +344,7 @@ internal static partial class StacksBenchmark
             return document.RootElement[0].GetProperty("stats64").GetProperty("tx").GetProperty("bytes").GetInt64();
         });
 
-    private static (double Mbit, long Bytes) Iperf(string client, string address, int port, int seconds)
+    internal static (double Mbit, long Bytes) Iperf(string client, string address, int port, int seconds)
     {
         var (code, json, stderr) = Privileged.TryRun("ip", "netns", "exec", client, "iperf3", "-c", address, "-p", $"{port}", "-C", "cubic",
             "-t", seconds.ToString(CultureInfo.InvariantCulture), "-J");
@@ -363,7 +363,7 @@ internal static partial class StacksBenchmark
     }
 
     /// <summary>sockperf's ping-pong output; tried once more when it printed no percentiles (a server still starting, a lost connect).</summary>
-    private static string Sockperf(string ns, string target, int port, int seconds)
+    internal static string Sockperf(string ns, string target, int port, int seconds)
     {
         var output = "";
         for (var attempt = 0; attempt < 2 && double.IsNaN(Percentile(output, "50.000")); attempt++)
@@ -380,7 +380,7 @@ internal static partial class StacksBenchmark
         return output;
     }
 
-    private static double Percentile(string sockperfOutput, string which)
+    internal static double Percentile(string sockperfOutput, string which)
     {
         var match = Regex.Match(sockperfOutput, $@"percentile {Regex.Escape(which)} =\s+([\d.]+)");
         return match.Success ? double.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : double.NaN;

@@ -12,9 +12,12 @@ public sealed record TestVm(string Name, string Namespace, string Host, uint Vni
 /// <summary>
 /// A control plane for the topology: a real <c>fabric-silo</c> process (localhost clustering, memory storage) in its own
 /// namespace, joined to both hosts by a management bridge that does not cross the emulator, its catalog fed from the
-/// signed repository at <paramref name="RepositoryPath"/>, which both agents install their stacks from.
+/// signed repository at <paramref name="RepositoryPath"/>, which both agents install their stacks from. With a
+/// <paramref name="LearningStore"/> folder the silo logs outcomes there and trains its model every
+/// <paramref name="TrainEverySeconds"/> (0: never) once <paramref name="MinOutcomes"/> are logged.
 /// </summary>
-public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, int SelectorSustainMilliseconds = 1000);
+public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, int SelectorSustainMilliseconds = 1000,
+    string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200);
 
 /// <summary>
 /// Two hosts running real <c>fabric-agent</c> processes, joined by a veth underlay through a real <c>fabric-linkem</c>;
@@ -148,9 +151,10 @@ public sealed class OverlayTopology : IDisposable
             advertisedAddress = SiloAddress,
             selectorSustainMilliseconds = setup.SelectorSustainMilliseconds,
             repository = new { path = setup.RepositoryPath, trustRoot = setup.TrustRoot, stateDirectory = Path.Combine(_workDir, "silo-state"), refreshSeconds = 5 },
+            learning = setup.LearningStore is null ? null : new { store = setup.LearningStore, trainEverySeconds = setup.TrainEverySeconds, minOutcomes = setup.MinOutcomes },
         };
         var path = Path.Combine(_workDir, "silo.json");
-        File.WriteAllText(path, JsonSerializer.Serialize(config));
+        File.WriteAllText(path, JsonSerializer.Serialize(config, new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
         var silo = Privileged.StartInNamespace(SiloNamespace, Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), line => Keep("silo", line), "--config", path);
         _processes.Add(silo);
         Eventually.True(() => silo.HasExited || SiloApi("/healthz").Contains("catalog", StringComparison.Ordinal) && !SiloApi("/healthz").Contains(" 0 stack", StringComparison.Ordinal),
@@ -291,7 +295,7 @@ public sealed class OverlayTopology : IDisposable
                 controlPlane = new { gateways = new[] { SiloAddress + ":30000" } },
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
-                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack } },
+                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings } },
                 vms,
                 routes,
             }

@@ -60,6 +60,64 @@ public sealed partial class LearnerGrain(
 
     public ValueTask<LearnerView> GetAsync() => ValueTask.FromResult(new LearnerView(state.State.InService, state.State.LearningEnabled, [.. state.State.Recent]));
 
+    /// <summary>How many of the newest outcomes an evaluation judges, and how many of them it returns.</summary>
+    public const int EvaluatedOutcomes = 2000;
+
+    public const int ReturnedOutcomes = 300;
+
+    private LearnerEvaluation? _evaluation;
+    private Task<LearnerEvaluation>? _evaluating;
+
+    public async ValueTask<LearnerEvaluation> EvaluateAsync()
+    {
+        var version = state.State.InService?.Version ?? 0;
+        if (_evaluation is { } cached && cached.ModelVersion == version && time.GetUtcNow() - cached.At < TimeSpan.FromSeconds(10))
+        {
+            return cached;
+        }
+        // One evaluation at a time however many pages ask (the call interleaves).
+        _evaluating ??= EvaluateOnceAsync(version);
+        try
+        {
+            return _evaluation = await _evaluating;
+        }
+        finally
+        {
+            _evaluating = null;
+        }
+    }
+
+    private async Task<LearnerEvaluation> EvaluateOnceAsync(long version)
+    {
+        var now = time.GetUtcNow();
+        if (version == 0)
+        {
+            return new LearnerEvaluation(now, 0, [], 0, 0, 0, 0);
+        }
+        var catalog = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync();
+        return await Task.Run(() =>
+        {
+            using var model = UtilityModel.Load(log.Store, version);
+            var outcomes = log.ReadRecent(EvaluatedOutcomes).OrderBy(o => o.At).ToList();
+            if (model is null || outcomes.Count == 0)
+            {
+                return new LearnerEvaluation(now, version, [], 0, 0, 0, 0);
+            }
+            var judged = outcomes.Select(o =>
+            {
+                var conditions = o.Features.ToConditions(o.At);
+                var predicted = model.Predict(o.Stack, o.Workload, conditions).Utility;
+                // Only stacks the model has seen enough of near this context: elsewhere its prediction is a guess.
+                var best = catalog.Select(s => model.Predict(s.Id, o.Workload, conditions)).Where(p => p.Support >= UtilityModel.MinSupport)
+                    .Select(p => p.Utility).Append(predicted).Max();
+                return (Outcome: new PredictedOutcome(o.At, o.VmId, o.Workload, o.Stack, predicted, o.Utility, o.Exploration), Regret: Math.Max(0, best - predicted));
+            }).ToList();
+            return new LearnerEvaluation(now, version, [.. judged.TakeLast(ReturnedOutcomes).Select(j => j.Outcome)], judged.Count,
+                judged.Count(j => j.Outcome.Exploration) / (double)judged.Count, judged.Average(j => j.Regret),
+                judged.Average(j => Math.Abs(j.Outcome.Predicted - j.Outcome.Observed)));
+        });
+    }
+
     public async ValueTask SetLearningEnabledAsync(bool enabled)
     {
         state.State.LearningEnabled = enabled;

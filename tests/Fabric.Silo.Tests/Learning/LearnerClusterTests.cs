@@ -47,6 +47,7 @@ public sealed class LearnerClusterTests : IAsyncLifetime
     {
         var learner = _cluster.Client.GetGrain<ILearnerGrain>(ILearnerGrain.Key);
         var store = new LocalFolderStore(_store);
+        Assert.Equal(0, (await learner.EvaluateAsync()).ModelVersion);
 
         Log(store, OutcomeGenerator.Generate(100, seed: 1));
         var tooFew = await learner.TrainAsync();
@@ -67,6 +68,22 @@ public sealed class LearnerClusterTests : IAsyncLifetime
         var conditions = OutcomeGenerator.Conditions(0.03);
         Assert.Equal(scorers[0].Score(Catalogs.Fec, conditions, Catalogs.Policy("latency")), scorers[1].Score(Catalogs.Fec, conditions, Catalogs.Policy("latency")));
         Assert.Equal("model v1", scorers[0].Score(Catalogs.Fec, conditions, Catalogs.Policy("latency")).Source);
+
+        // The operators' view: the newest outcomes judged by v1. The rule is known (fec 0.6; std-ipv4 0.8 − 15 × loss, the
+        // log holding each half the time), so the regret of those choices is known too: at loss L the better stack is worth
+        // max(0.6, 0.8 − 15L), and half the outcomes took the worse one. Stacks the log never holds are not counted.
+        var evaluation = await learner.EvaluateAsync();
+        Assert.Equal(1, evaluation.ModelVersion);
+        Assert.Equal(LearnerGrain.EvaluatedOutcomes, evaluation.Evaluated);
+        Assert.Equal(LearnerGrain.ReturnedOutcomes, evaluation.Recent.Length);
+        Assert.True(evaluation.MeanAbsoluteError < 0.05, $"error {evaluation.MeanAbsoluteError}");
+        var newest = OutcomeGenerator.Generate(3000, seed: 2)[^LearnerGrain.EvaluatedOutcomes..];
+        var expectedRegret = newest.Average(o => Math.Max(OutcomeGenerator.Rule("fec", o.Features.Loss), OutcomeGenerator.Rule("std-ipv4", o.Features.Loss))
+            - OutcomeGenerator.Rule(o.Stack, o.Features.Loss));
+        Assert.InRange(evaluation.EstimatedRegret, expectedRegret - 0.03, expectedRegret + 0.03);
+        Assert.Equal(0, evaluation.ExplorationShare);
+        Assert.All(evaluation.Recent, p => Assert.InRange(p.Predicted - p.Observed, -0.1, 0.1));
+        Assert.Equal(evaluation.At, (await learner.EvaluateAsync()).At); // computed at most every 10 s
 
         // Trained again on the same log, the candidate is no better than v1 on the held-back newest tenth: not adopted.
         var second = await learner.TrainAsync();

@@ -1,0 +1,445 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Fabric.Embedded;
+using Fabric.LinkEmulator;
+using Fabric.Repository;
+using Fabric.Silo.Learning;
+using Fabric.Testing;
+
+namespace Fabric.Benchmarks;
+
+/// <summary>
+/// The proof of the learned selector: link-condition schedules run through two real fabric-agent processes, the link
+/// emulator between them, the VMs' kernel TCP (CUBIC) in their namespaces and a real fabric-silo that chooses the stacks.
+/// <list type="number">
+/// <item>Every phase of every evaluation schedule is measured on every stack (hitless swaps on one path, no control
+/// plane): bulk = iperf3 goodput, latency = sockperf's 64-byte request/response p99 over TCP.</item>
+/// <item>A silo with an empty outcome log runs the training schedules alone: in each phase the bulk VM (vm1) and then the
+/// latency VM (vm2) are pinned to each stack in turn, so the fleet's outcome log holds every stack on every training
+/// condition; the silo's learner trains on its own schedule and the benchmark waits for a version in service.</item>
+/// <item>The pins are lifted and the evaluation schedules run live, the bulk VM then the latency VM, the silo choosing
+/// (and learning on) from what the agents measure and report — it never sees the schedule, the emulator's settings or
+/// the phase boundaries.</item>
+/// </list>
+/// Utility per phase: bulk = goodput / the best fixed stack's goodput; latency = the best fixed stack's p99 / p99;
+/// general = their geometric mean. Printed per schedule and overall, time-weighted.
+/// </summary>
+internal static class LearningBenchmark
+{
+    private static readonly string[] Stacks = ["std-ipv4", "fec", "arq-lowlat", "arq-bulk", "secure"];
+    private static readonly string[] Workloads = ["bulk", "latency"];
+    private const int IperfPort = 5301;
+    private const int SockperfPort = 11111;
+
+    /// <summary>The evaluated VMs' exploration share: what an operator who lets the fleet keep learning would give.</summary>
+    private const double Exploration = 0.05;
+
+    private sealed record Measured(string Schedule, int Phase, string Workload, string Carrier, double Seconds, double Value);
+
+    private sealed record Track(DateTimeOffset At, string? Stack);
+
+    public static int Run(string evaluationFolder, string trainingFolder, double? phaseSeconds, int measureSeconds, string csv)
+    {
+        if (!Privileged.IsRoot)
+        {
+            Console.Error.WriteLine($"learning benchmark: {Privileged.SkipReason}");
+            return 2;
+        }
+        IReadOnlyList<LinkSchedule> evaluation, training;
+        try
+        {
+            evaluation = Shorten(LinkSchedule.LoadAll(evaluationFolder), phaseSeconds);
+            training = Shorten(LinkSchedule.LoadAll(trainingFolder), phaseSeconds);
+        }
+        catch (FormatException e)
+        {
+            Console.Error.WriteLine($"learning benchmark: {e.Message}");
+            return 2;
+        }
+        if (training.Select(s => s.Name).Intersect(evaluation.Select(s => s.Name)).ToList() is { Count: > 0 } shared)
+        {
+            Console.Error.WriteLine($"learning benchmark: {string.Join(", ", shared)} is both a training and an evaluation schedule; evaluate on schedules the model never saw");
+            return 2;
+        }
+        Console.WriteLine($"training schedules ({trainingFolder}): {string.Join(", ", training.Select(s => $"{s.Name} ({s.Phases.Count} phases, {s.Duration.TotalSeconds:0} s)"))}");
+        Console.WriteLine($"evaluation schedules, never trained on ({evaluationFolder}): {string.Join(", ", evaluation.Select(s => $"{s.Name} ({s.Phases.Count} phases, {s.Duration.TotalSeconds:0} s)"))}");
+        var clock = Stopwatch.StartNew();
+        var secureKey = new Dictionary<string, Dictionary<string, string>> { ["secure"] = new() { ["key"] = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)) } };
+
+        // 1. Every stack on every evaluation phase.
+        var fixedRows = new List<Measured>();
+        using (var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4",
+            stackProjects: [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.Fec, StackPlugins.ArqLowLat, StackPlugins.ArqBulk, StackPlugins.Secure], settings: secureKey))
+        {
+            var (vm1, vm3) = (topology.Vm("vm1"), topology.Vm("vm3"));
+            using var servers = Servers(topology, vm3);
+            foreach (var schedule in evaluation)
+            {
+                foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
+                {
+                    Emulate(topology, phase);
+                    var seconds = (int)Math.Max(2, Math.Min(measureSeconds, phase.Duration.TotalSeconds));
+                    foreach (var stack in Stacks)
+                    {
+                        var (code, output) = StacksBenchmark.Swap(topology, stack);
+                        if (code != 0)
+                        {
+                            Console.Error.WriteLine($"swap to {stack}: {output}");
+                            return 1;
+                        }
+                        Thread.Sleep(300);
+                        var goodput = StacksBenchmark.Iperf(vm1.Namespace, vm3.IPv4, IperfPort, seconds).Mbit;
+                        var p99 = StacksBenchmark.Percentile(StacksBenchmark.Sockperf(vm1.Namespace, vm3.IPv4, SockperfPort, seconds), "99.000") / 1000;
+                        fixedRows.Add(new(schedule.Name, index, "bulk", stack, seconds, goodput));
+                        fixedRows.Add(new(schedule.Name, index, "latency", stack, seconds, p99));
+                        Console.Error.WriteLine(Invariant($"fixed {schedule.Name} phase {index + 1} {stack,-10} goodput {goodput,8:0.0} Mbit/s  p99 {p99,8:0.00} ms"));
+                    }
+                }
+            }
+        }
+        Console.WriteLine(Invariant($"fixed stacks measured in {clock.Elapsed.TotalMinutes:0.0} min"));
+
+        // 2 and 3: a silo that learns from nothing but the training schedules, then chooses live.
+        var work = Directory.CreateTempSubdirectory("fabric-learning-bench-").FullName;
+        var liveRows = new List<Measured>();
+        var tracks = new Dictionary<(string Schedule, string Workload), List<Track>>();
+        var passive = new List<(double Iperf, DateTimeOffset From, DateTimeOffset To)>();
+        string modelLine;
+        int decisions, explored, outsidePolicy;
+        var learning = Path.Combine(work, "learning");
+        try
+        {
+            var repository = DevelopmentRepository.Create(Path.Combine(work, "keys"), work, RepositoryRoot.Directory, Configuration);
+            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4",
+                controlPlane: new ControlPlaneSetup(repository.Path, repository.TrustRoot, SelectorSustainMilliseconds: 5000, LearningStore: learning, TrainEverySeconds: 60, MinOutcomes: 200),
+                settings: secureKey);
+            var (vm1, vm2, vm3) = (topology.Vm("vm1"), topology.Vm("vm2"), topology.Vm("vm3"));
+            Eventually.True(() => topology.SiloApi("/api/vms/vm1").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), "vm1 placed in the control plane", topology.Logs);
+            using var servers = Servers(topology, vm3);
+            Eventually.True(() => topology.SiloApi("/api/vms/vm2").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), "vm2 placed in the control plane", topology.Logs);
+            var vms = new Dictionary<string, TestVm> { ["bulk"] = vm1, ["latency"] = vm2 };
+            using var policies = new PolicyClient(topology);
+
+            // 2. Training: every stack on every training phase, pinned in turn.
+            foreach (var schedule in training)
+            {
+                foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
+                {
+                    Emulate(topology, phase);
+                    foreach (var workload in Workloads)
+                    {
+                        var slice = Math.Max(2, (int)(phase.Duration.TotalSeconds / Stacks.Length));
+                        foreach (var stack in Stacks)
+                        {
+                            policies.Set(vms[workload].Name, workload, stack, 0);
+                            Eventually.True(() => Bound(topology, vms[workload].Name) == stack, TimeSpan.FromSeconds(20), $"{vms[workload].Name} pinned to {stack}", topology.Logs);
+                            Drive(vms[workload], vm3, workload, slice);
+                        }
+                    }
+                    Console.Error.WriteLine($"trained on {schedule.Name} phase {index + 1}: {phase}");
+                }
+            }
+            foreach (var workload in Workloads)
+            {
+                policies.Set(vms[workload].Name, workload, pin: null, Exploration);
+            }
+            var store = new LocalFolderStore(learning);
+            // The learner trains every 60 s; give it two rounds to adopt a version. Without one the prior decides, and it says so.
+            var waited = Stopwatch.StartNew();
+            while (UtilityModel.ReadInService(store) is null && waited.Elapsed < TimeSpan.FromSeconds(150))
+            {
+                Thread.Sleep(1000);
+            }
+            var trainingLog = string.Join("; ", topology.Logs().Split('\n').Where(l => l.Contains("Learner trained", StringComparison.Ordinal)).TakeLast(2));
+            modelLine = UtilityModel.ReadInService(store) is { } inService
+                ? Invariant($"model in service before evaluation: v{inService.Version}, trained on {inService.Outcomes} outcomes in {inService.TrainingSeconds:0.0} s, held-back error {inService.HoldoutError:0.000} vs {inService.BaselineError:0.000} for {inService.Baseline}; importance {string.Join(", ", inService.Importance.Take(4).Select(i => Invariant($"{i.Feature} {i.Importance:0.000}")))}")
+                : $"no model in service after training: the prior decides ({trainingLog})";
+            Console.WriteLine(modelLine);
+            var liveFrom = DateTimeOffset.UtcNow;
+
+            // 3. Live: the silo chooses.
+            foreach (var schedule in evaluation)
+            {
+                foreach (var workload in Workloads)
+                {
+                    var track = tracks[(schedule.Name, workload)] = [];
+                    using var poll = new Timer(_ =>
+                    {
+                        var sample = new Track(DateTimeOffset.UtcNow, Bound(topology, vms[workload].Name));
+                        lock (track)
+                        {
+                            track.Add(sample);
+                        }
+                    }, null, 0, 500);
+                    foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
+                    {
+                        Emulate(topology, phase);
+                        var from = DateTimeOffset.UtcNow;
+                        var value = Drive(vms[workload], vm3, workload, (int)phase.Duration.TotalSeconds);
+                        liveRows.Add(new(schedule.Name, index, workload, "learned", phase.Duration.TotalSeconds, value));
+                        if (workload == "bulk")
+                        {
+                            passive.Add((value, from, DateTimeOffset.UtcNow));
+                        }
+                        Console.Error.WriteLine(Invariant($"learned {schedule.Name} phase {index + 1} {workload}: {value:0.00} {(workload == "bulk" ? "Mbit/s" : "ms p99")}, on {Bound(topology, vms[workload].Name)}"));
+                    }
+                }
+            }
+            (decisions, explored, outsidePolicy) = Decisions(topology, vms.Values, liveFrom);
+            Thread.Sleep(3000); // the silo's outcome log flushes every 2 s
+        }
+        catch
+        {
+            Directory.Delete(work, recursive: true);
+            throw;
+        }
+        var logged = new OutcomeLog(new LocalFolderStore(learning), TimeProvider.System, 7).ReadRecent(1_000_000);
+        Directory.Delete(work, recursive: true);
+
+        var text = new StringBuilder("schedule,phase,workload,carrier,seconds,value\n");
+        foreach (var r in fixedRows.Concat(liveRows))
+        {
+            text.AppendLine(Invariant($"{r.Schedule},{r.Phase + 1},{r.Workload},{r.Carrier},{r.Seconds},{r.Value:0.###}"));
+        }
+        File.WriteAllText(csv, text.ToString());
+        Console.WriteLine();
+        Console.WriteLine(modelLine);
+        Report(evaluation, fixedRows, liveRows, tracks, decisions, explored, outsidePolicy);
+        Tracking(passive, logged);
+        Console.WriteLine($"\nCSV: {csv}\nran {clock.Elapsed.TotalMinutes:0.0} min");
+        return 0;
+    }
+
+    private static string Configuration => new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
+
+    private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+
+    private static IReadOnlyList<LinkSchedule> Shorten(IReadOnlyList<LinkSchedule> schedules, double? seconds) => seconds is not { } s
+        ? schedules
+        : [.. schedules.Select(x => x with { Phases = [.. x.Phases.Select(p => p with { Duration = TimeSpan.FromSeconds(s) })] })];
+
+    private static void Emulate(OverlayTopology topology, SchedulePhase phase)
+    {
+        topology.Emulator($"set a2b {string.Join(' ', phase.EmulatorWords(forward: true))}");
+        topology.Emulator($"set b2a {string.Join(' ', phase.EmulatorWords(forward: false))}");
+    }
+
+    private sealed class ServerSet(List<Process> processes) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var process in processes)
+            {
+                try
+                {
+                    process.Kill(entireProcessTree: true);
+                }
+                catch (InvalidOperationException)
+                {
+                    // Already gone.
+                }
+            }
+        }
+    }
+
+    private static ServerSet Servers(OverlayTopology topology, TestVm server)
+    {
+        var processes = new List<Process>
+        {
+            Privileged.StartInNamespace(server.Namespace, "iperf3", "-s", "-p", $"{IperfPort}"),
+            Privileged.StartInNamespace(server.Namespace, "sockperf", "sr", "--tcp", "-i", server.IPv4, "-p", $"{SockperfPort}"),
+        };
+        Thread.Sleep(1000);
+        Privileged.Run("ip", "netns", "exec", topology.Vm("vm1").Namespace, "ping", "-c", "1", "-W", "2", server.IPv4);
+        return new ServerSet(processes);
+    }
+
+    /// <summary>Runs the workload's traffic for <paramref name="seconds"/>: bulk returns goodput (Mbit/s), latency the p99 (ms).</summary>
+    private static double Drive(TestVm client, TestVm server, string workload, int seconds) => workload == "bulk"
+        ? StacksBenchmark.Iperf(client.Namespace, server.IPv4, IperfPort, seconds).Mbit
+        : StacksBenchmark.Percentile(StacksBenchmark.Sockperf(client.Namespace, server.IPv4, SockperfPort, seconds), "99.000") / 1000;
+
+    /// <summary>
+    /// Sets the VMs' policies in the silo as an operator would: this program's <c>policy-shell</c>, an Orleans client
+    /// started in the silo's namespace (where its gateway is), one line per change.
+    /// </summary>
+    private sealed class PolicyClient : IDisposable
+    {
+        private readonly Process _process;
+
+        public PolicyClient(OverlayTopology topology)
+        {
+            var start = new ProcessStartInfo("ip") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            foreach (var arg in new[] { "netns", "exec", topology.SiloNamespace, Path.Combine(AppContext.BaseDirectory, "Fabric.Benchmarks"), "policy-shell", $"{OverlayTopology.SiloAddress}:30000" })
+            {
+                start.ArgumentList.Add(arg);
+            }
+            _process = Process.Start(start)!;
+            _process.ErrorDataReceived += (_, e) => { if (e.Data is not null) { Console.Error.WriteLine($"[policy-shell] {e.Data}"); } };
+            _process.BeginErrorReadLine();
+            var ready = Read(TimeSpan.FromSeconds(60));
+            if (ready != "ready")
+            {
+                throw new InvalidOperationException($"policy-shell did not start: {ready}");
+            }
+        }
+
+        private string? Read(TimeSpan timeout) => _process.StandardOutput.ReadLineAsync().WaitAsync(timeout).GetAwaiter().GetResult();
+
+        /// <summary>Sets the VM's policy: its workload, a pinned stack (null: the selector chooses) and its exploration share.</summary>
+        public void Set(string vm, string workload, string? pin, double exploration)
+        {
+            _process.StandardInput.WriteLine(Invariant($"{vm} {workload} {pin ?? "-"} {exploration}"));
+            _process.StandardInput.Flush();
+            var reply = Read(TimeSpan.FromSeconds(30));
+            if (reply is null || !reply.StartsWith("ok", StringComparison.Ordinal))
+            {
+                throw new InvalidOperationException($"setting {vm}'s policy ({workload}, pin {pin ?? "none"}): {reply ?? "no answer"}");
+            }
+        }
+
+        public void Dispose()
+        {
+            _process.StandardInput.Close();
+            if (!_process.WaitForExit(10_000))
+            {
+                _process.Kill(entireProcessTree: true);
+            }
+            _process.Dispose();
+        }
+    }
+
+    /// <summary>The stack host-a's agent carries the VM's traffic to host-b on (its binding, else the path's).</summary>
+    private static string? Bound(OverlayTopology topology, string vm)
+    {
+        try
+        {
+            foreach (var path in topology.Status("host-a").GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == "host-b"))
+            {
+                foreach (var binding in path.GetProperty("bindings").EnumerateArray()
+                    .Where(b => b.GetProperty("vm").GetString() is { } id && (id == vm || id.StartsWith(vm + "/", StringComparison.Ordinal))))
+                {
+                    return binding.GetProperty("stack").GetString();
+                }
+                return path.GetProperty("stack").GetString();
+            }
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or KeyNotFoundException or IOException)
+        {
+            // An answer cut short while the agent is busy: no sample.
+        }
+        return null;
+    }
+
+    /// <summary>The silo's decisions for the VMs since <paramref name="since"/>: how many, how many explored, how many chose a stack its policy does not allow.</summary>
+    private static (int Decisions, int Explored, int OutsidePolicy) Decisions(OverlayTopology topology, IEnumerable<TestVm> vms, DateTimeOffset since)
+    {
+        var (count, explored, outside) = (0, 0, 0);
+        foreach (var vm in vms)
+        {
+            using var view = JsonDocument.Parse(topology.SiloApi($"/api/vms/{vm.Name}"));
+            foreach (var decision in view.RootElement.GetProperty("log").EnumerateArray().Where(d => d.GetProperty("at").GetDateTimeOffset() >= since))
+            {
+                count++;
+                explored += decision.GetProperty("exploration").GetBoolean() ? 1 : 0;
+                var policy = decision.GetProperty("policy");
+                var stack = decision.GetProperty("stack").GetString();
+                var allow = policy.GetProperty("allow").EnumerateArray().Select(a => a.GetString()).ToList();
+                var deny = policy.GetProperty("deny").EnumerateArray().Select(a => a.GetString()).ToList();
+                var pin = policy.GetProperty("pin").ValueKind == JsonValueKind.String ? policy.GetProperty("pin").GetString() : null;
+                outside += (pin is not null && stack != pin) || (allow.Count > 0 && !allow.Contains(stack)) || deny.Contains(stack) || !Stacks.Contains(stack) ? 1 : 0;
+            }
+        }
+        return (count, explored, outside);
+    }
+
+    private static void Report(IReadOnlyList<LinkSchedule> evaluation, List<Measured> fixedRows, List<Measured> liveRows,
+        Dictionary<(string Schedule, string Workload), List<Track>> tracks, int decisions, int explored, int outsidePolicy)
+    {
+        // Utility of a value in a phase against the best fixed stack there (1 for the best by construction).
+        double Utility(string schedule, int phase, string workload, double value)
+        {
+            var fixedValues = fixedRows.Where(r => r.Schedule == schedule && r.Phase == phase && r.Workload == workload && double.IsFinite(r.Value) && r.Value > 0).Select(r => r.Value).ToList();
+            if (fixedValues.Count == 0 || !double.IsFinite(value) || value <= 0)
+            {
+                return 0;
+            }
+            return workload == "bulk" ? value / fixedValues.Max() : fixedValues.Min() / value;
+        }
+        double Weighted(IEnumerable<(double Seconds, double Utility)> parts)
+        {
+            var list = parts.ToList();
+            return list.Sum(p => p.Seconds) is var total && total > 0 ? list.Sum(p => p.Seconds * p.Utility) / total : double.NaN;
+        }
+        (double Learned, string BestFixed, double BestFixedUtility) Score(IEnumerable<LinkSchedule> schedules, string workload)
+        {
+            var phases = schedules.SelectMany(s => s.Phases.Select((p, i) => (Schedule: s.Name, Index: i, p.Duration.TotalSeconds))).ToList();
+            double UtilityOf(string carrier, string w, string schedule, int index)
+            {
+                var rows = carrier == "learned" ? liveRows : fixedRows;
+                var row = rows.FirstOrDefault(r => r.Schedule == schedule && r.Phase == index && r.Workload == w && r.Carrier == carrier);
+                return row is null ? 0 : Utility(schedule, index, w, row.Value);
+            }
+            double General(string carrier, string schedule, int index) =>
+                Math.Sqrt(UtilityOf(carrier, "bulk", schedule, index) * UtilityOf(carrier, "latency", schedule, index));
+            double Carrier(string carrier) => workload == "general"
+                ? Weighted(phases.Select(p => (p.TotalSeconds, General(carrier, p.Schedule, p.Index))))
+                : Weighted(phases.Select(p => (p.TotalSeconds, UtilityOf(carrier, workload, p.Schedule, p.Index))));
+            var best = Stacks.Select(s => (Stack: s, Utility: Carrier(s))).MaxBy(x => x.Utility);
+            return (Carrier("learned"), best.Stack, best.Utility);
+        }
+        Console.WriteLine("\nper phase (utility against the best fixed stack there; the oracle is 1):");
+        foreach (var schedule in evaluation)
+        {
+            foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
+            {
+                foreach (var workload in Workloads)
+                {
+                    var best = fixedRows.Where(r => r.Schedule == schedule.Name && r.Phase == index && r.Workload == workload && r.Value > 0)
+                        .OrderBy(r => workload == "bulk" ? -r.Value : r.Value).FirstOrDefault();
+                    var live = liveRows.FirstOrDefault(r => r.Schedule == schedule.Name && r.Phase == index && r.Workload == workload);
+                    var track = tracks.GetValueOrDefault((schedule.Name, workload)) ?? [];
+                    Console.WriteLine(Invariant($"  {schedule.Name,-18} {index + 1} {workload,-7} best fixed {best?.Carrier,-10} {best?.Value,8:0.00}  learned {live?.Value,8:0.00}  utility {(live is null ? 0 : Utility(schedule.Name, index, workload, live.Value)),5:0.00}"));
+                }
+            }
+        }
+        Console.WriteLine("\n                         learned   best fixed stack       regret  gain over best fixed");
+        foreach (var group in evaluation.Select(s => (Name: s.Name, Schedules: (IEnumerable<LinkSchedule>)[s])).Append(("overall", evaluation)))
+        {
+            foreach (var workload in Workloads.Append("general"))
+            {
+                var (learned, bestStack, bestUtility) = Score(group.Schedules, workload);
+                Console.WriteLine(Invariant($"  {group.Name,-18} {workload,-7} {learned,6:0.000}   {bestStack,-10} {bestUtility,6:0.000}   {1 - learned,7:0.0%}  {learned / bestUtility - 1,8:+0.0%;-0.0%}"));
+            }
+        }
+        var (overallGeneral, _, overallBest) = Score(evaluation, "general");
+        var switches = tracks.Values.Sum(t => t.Select(x => x.Stack).Where(s => s is not null).Zip(t.Select(x => x.Stack).Where(s => s is not null).Skip(1)).Count(p => p.First != p.Second));
+        var hours = tracks.Values.Sum(t => t.Count > 1 ? (t[^1].At - t[0].At).TotalHours : 0);
+        Console.WriteLine(Invariant($"\nswitches: {switches} in {hours * 60:0.0} path-minutes = {switches / Math.Max(hours, 1e-9):0.0} per path-hour"));
+        Console.WriteLine(Invariant($"decisions while live: {decisions}, exploring {explored} ({(decisions > 0 ? (double)explored / decisions : 0):0.0%}), outside the VM's policy {outsidePolicy}"));
+        Console.WriteLine(Invariant($"goal regret ≤ 5 %: {1 - overallGeneral:0.0%} ({(1 - overallGeneral <= 0.05 ? "met" : "missed")}); goal ≥ 15 % above the best fixed stack: {overallGeneral / overallBest - 1:+0.0%;-0.0%} ({(overallGeneral / overallBest - 1 >= 0.15 ? "met" : "missed")}); goal no decision outside a policy: {outsidePolicy} ({(outsidePolicy == 0 ? "met" : "missed")})"));
+    }
+
+    /// <summary>How well the agents' passive goodput (from the VM's own TCP, logged as outcomes) tracks iperf3's figure.</summary>
+    private static void Tracking(List<(double Iperf, DateTimeOffset From, DateTimeOffset To)> phases, IReadOnlyList<LoggedOutcome> logged)
+    {
+        var ratios = new List<double>();
+        foreach (var (iperf, from, to) in phases)
+        {
+            var inside = logged.Where(o => o.VmId == "vm1" && o.At > from.AddSeconds(1) && o.At <= to).Select(o => o.GoodputMbps).ToList();
+            if (inside.Count > 0 && iperf > 0)
+            {
+                ratios.Add(inside.Average() / iperf);
+            }
+        }
+        if (ratios.Count == 0)
+        {
+            Console.WriteLine("passive goodput vs iperf3: no bulk phase had logged outcomes");
+            return;
+        }
+        ratios.Sort();
+        Console.WriteLine(Invariant($"passive goodput / iperf3 goodput over {ratios.Count} bulk phases: median {ratios[ratios.Count / 2]:0.00}, min {ratios[0]:0.00}, max {ratios[^1]:0.00}"));
+    }
+}
