@@ -23,7 +23,7 @@ public static class SiloBuilderExtensions
             return new OutcomeLog(RepositoryStores.Open(options.Store), sp.GetRequiredService<TimeProvider>(), options.RetentionDays);
         });
         silo.Services.TryAddSingleton<ProfileScorer>();
-        silo.Services.TryAddSingleton<LearnedScorer>();
+        silo.Services.TryAddSingleton(sp => new LearnedScorer(sp.GetRequiredService<ProfileScorer>(), sp.GetRequiredService<LearningOptions>().MinSupport));
         silo.Services.TryAddSingleton<IStackScorer>(sp => sp.GetRequiredService<LearnedScorer>());
         silo.Services.AddHostedService<ModelRefresher>();
         silo.Services.AddHostedService<OutcomeLogFlusher>();

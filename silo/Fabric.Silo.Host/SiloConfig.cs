@@ -120,6 +120,10 @@ public sealed record SiloConfig(
             {
                 yield return $"learning.trainEverySeconds: {learning.TrainEverySeconds} is outside 0..86400";
             }
+            if (learning.MinSupport is < 1 or > 1_000_000)
+            {
+                yield return $"learning.minSupport: {learning.MinSupport} is outside 1..1000000";
+            }
             if (learning.MinOutcomes is < 10 or > 10_000_000)
             {
                 yield return $"learning.minOutcomes: {learning.MinOutcomes} is outside 10..10000000";

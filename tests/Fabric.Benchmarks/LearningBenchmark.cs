@@ -36,6 +36,12 @@ internal static class LearningBenchmark
     /// <summary>The evaluated VMs' exploration share: what an operator who lets the fleet keep learning would give.</summary>
     private const double Exploration = 0.05;
 
+    /// <summary>
+    /// Training outcomes near a context the model needs before it decides there (the silo's default is 30, for a fleet):
+    /// a run of this length logs a few hundred outcomes per stack, so 10.
+    /// </summary>
+    private const int MinSupport = 10;
+
     private sealed record Measured(string Schedule, int Phase, string Workload, string Carrier, double Seconds, double Value);
 
     private sealed record Track(DateTimeOffset At, string? Stack);
@@ -64,6 +70,7 @@ internal static class LearningBenchmark
             return 2;
         }
         Console.WriteLine($"training schedules ({trainingFolder}): {string.Join(", ", training.Select(s => $"{s.Name} ({s.Phases.Count} phases, {s.Duration.TotalSeconds:0} s)"))}");
+        Console.WriteLine(Invariant($"the silo: selector margin 10 %, sustain 5 s; learner trains every 60 s once 200 outcomes are logged, decides where it has {MinSupport} similar outcomes; the evaluated VMs explore {Exploration:0%} of their decisions"));
         Console.WriteLine($"evaluation schedules, never trained on ({evaluationFolder}): {string.Join(", ", evaluation.Select(s => $"{s.Name} ({s.Phases.Count} phases, {s.Duration.TotalSeconds:0} s)"))}");
         var clock = Stopwatch.StartNew();
         var secureKey = new Dictionary<string, Dictionary<string, string>> { ["secure"] = new() { ["key"] = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)) } };
@@ -113,7 +120,7 @@ internal static class LearningBenchmark
         {
             var repository = DevelopmentRepository.Create(Path.Combine(work, "keys"), work, RepositoryRoot.Directory, Configuration);
             using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4",
-                controlPlane: new ControlPlaneSetup(repository.Path, repository.TrustRoot, SelectorSustainMilliseconds: 5000, LearningStore: learning, TrainEverySeconds: 60, MinOutcomes: 200),
+                controlPlane: new ControlPlaneSetup(repository.Path, repository.TrustRoot, SelectorSustainMilliseconds: 5000, LearningStore: learning, TrainEverySeconds: 60, MinOutcomes: 200, MinSupport: MinSupport),
                 settings: secureKey);
             var (vm1, vm2, vm3) = (topology.Vm("vm1"), topology.Vm("vm2"), topology.Vm("vm3"));
             Eventually.True(() => topology.SiloApi("/api/vms/vm1").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), "vm1 placed in the control plane", topology.Logs);

@@ -17,7 +17,7 @@ public sealed record TestVm(string Name, string Namespace, string Host, uint Vni
 /// <paramref name="TrainEverySeconds"/> (0: never) once <paramref name="MinOutcomes"/> are logged.
 /// </summary>
 public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, int SelectorSustainMilliseconds = 1000,
-    string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200);
+    string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200, int MinSupport = 30);
 
 /// <summary>
 /// Two hosts running real <c>fabric-agent</c> processes, joined by a veth underlay through a real <c>fabric-linkem</c>;
@@ -151,7 +151,7 @@ public sealed class OverlayTopology : IDisposable
             advertisedAddress = SiloAddress,
             selectorSustainMilliseconds = setup.SelectorSustainMilliseconds,
             repository = new { path = setup.RepositoryPath, trustRoot = setup.TrustRoot, stateDirectory = Path.Combine(_workDir, "silo-state"), refreshSeconds = 5 },
-            learning = setup.LearningStore is null ? null : new { store = setup.LearningStore, trainEverySeconds = setup.TrainEverySeconds, minOutcomes = setup.MinOutcomes },
+            learning = setup.LearningStore is null ? null : new { store = setup.LearningStore, trainEverySeconds = setup.TrainEverySeconds, minOutcomes = setup.MinOutcomes, minSupport = setup.MinSupport },
         };
         var path = Path.Combine(_workDir, "silo.json");
         File.WriteAllText(path, JsonSerializer.Serialize(config, new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));

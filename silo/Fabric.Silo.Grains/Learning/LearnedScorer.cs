@@ -8,7 +8,9 @@ namespace Fabric.Silo.Learning;
 /// hand, the profile prior everywhere else (no model yet, learning switched off, or too few similar outcomes). The model
 /// in use is swapped atomically by <see cref="ModelRefresher"/>; scoring is thread-safe.
 /// </summary>
-public sealed class LearnedScorer(ProfileScorer prior) : IStackScorer
+/// <param name="prior">The profile scorer, which decides where the model cannot.</param>
+/// <param name="minSupport">Fewer training outcomes near a context than this: the prior decides there.</param>
+public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityModel.DefaultMinSupport) : IStackScorer
 {
     private volatile Installed? _installed;
 
@@ -39,9 +41,9 @@ public sealed class LearnedScorer(ProfileScorer prior) : IStackScorer
             return fromPrior with { Why = $"prior (learning switched off): {fromPrior.Why}" };
         }
         var (utility, support, uncertainty) = model.Predict(stack.Id, policy.Workload, conditions);
-        if (support < UtilityModel.MinSupport)
+        if (support < minSupport)
         {
-            return fromPrior with { Why = $"prior (model v{model.Version} has {support} similar outcomes, needs {UtilityModel.MinSupport}): {fromPrior.Why}" };
+            return fromPrior with { Why = $"prior (model v{model.Version} has {support} similar outcomes, needs {minSupport}): {fromPrior.Why}" };
         }
         return new StackScore(utility, string.Create(CultureInfo.InvariantCulture,
             $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");

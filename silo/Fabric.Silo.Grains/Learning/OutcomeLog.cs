@@ -10,7 +10,9 @@ namespace Fabric.Silo.Learning;
 /// <param name="RetentionDays">Outcome segments older than this are deleted.</param>
 /// <param name="TrainEverySeconds">How often the learner retrains when new outcomes arrived (0: only on demand).</param>
 /// <param name="MinOutcomes">Fewer outcomes than this: no training; the prior decides.</param>
-public sealed record LearningOptions(string Store, int RetentionDays = 7, int TrainEverySeconds = 300, int MinOutcomes = 200)
+/// <param name="MinSupport">Fewer training outcomes near a context than this (same stack and workload, similar loss and
+/// RTT): the prior decides there, not the model.</param>
+public sealed record LearningOptions(string Store, int RetentionDays = 7, int TrainEverySeconds = 300, int MinOutcomes = 200, int MinSupport = UtilityModel.DefaultMinSupport)
 {
     /// <summary>A folder for a silo configured without one (tests, a development silo): lost when the machine is.</summary>
     public static LearningOptions Temporary() => new(Path.Combine(Path.GetTempPath(), $"fabric-learning-{Environment.ProcessId}-{Guid.NewGuid():N}"));

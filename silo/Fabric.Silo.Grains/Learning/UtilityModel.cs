@@ -18,10 +18,11 @@ namespace Fabric.Silo.Learning;
 public sealed class UtilityModel : IDisposable
 {
     /// <summary>The feature schema; a stored model of another schema version is not loaded.</summary>
-    public const int SchemaVersion = 1;
+    public const int SchemaVersion = 2;
 
-    /// <summary>Fewer training outcomes near a context than this: the model's prediction there is not trusted.</summary>
-    public const int MinSupport = 30;
+    /// <summary>The default of <see cref="LearningOptions.MinSupport"/>: fewer training outcomes near a context than this,
+    /// and the model's prediction there is not trusted.</summary>
+    public const int DefaultMinSupport = 30;
 
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
@@ -136,8 +137,13 @@ public sealed class UtilityModel : IDisposable
         _engines.Dispose();
     }
 
+    /// <summary>
+    /// What "near" means for support: the same stack and workload, loss within a factor of 4 (0; 0.01–0.04 %; …; above
+    /// 2.56 %) and RTT within a factor of 4 (below 2 ms; 2–8; 8–32; 32–128; above 128 ms). Coarse on purpose: the trees
+    /// interpolate within such a cell, and a path the fleet has never seen still falls into one it has.
+    /// </summary>
     private static string Bin(string stack, string workload, double loss, double rttMs) =>
-        $"{stack}|{workload}|{(loss < 1e-4 ? 0 : 1 + (int)Math.Floor(Math.Log2(loss / 1e-4)))}|{(int)Math.Floor(Math.Log2(Math.Max(rttMs, 0.25) / 0.25))}";
+        $"{stack}|{workload}|{(loss < 1e-4 ? 0 : Math.Min(6, 1 + (int)Math.Floor(Math.Log(loss / 1e-4, 4))))}|{Math.Min(4, (int)Math.Floor(Math.Log(Math.Max(rttMs, 0.5) / 0.5, 4)))}";
 
     /// <summary>Permutation feature importance on (at most 2,000 of) the holdout: one-hot slots summed per feature.</summary>
     private static ImmutableArray<FeatureImportance> Importance(MLContext ml, TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> model, IReadOnlyList<LoggedOutcome> holdout)
