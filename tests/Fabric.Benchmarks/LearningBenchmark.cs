@@ -112,8 +112,10 @@ internal static class LearningBenchmark
         var work = Directory.CreateTempSubdirectory("fabric-learning-bench-").FullName;
         var liveRows = new List<Measured>();
         var tracks = new Dictionary<(string Schedule, string Workload), List<Track>>();
+        var phaseStarts = new List<DateTimeOffset>();
         var passive = new List<(double Iperf, DateTimeOffset From, DateTimeOffset To)>();
         string modelLine;
+        var guests = "";
         int decisions, explored, outsidePolicy;
         var learning = Path.Combine(work, "learning");
         try
@@ -184,6 +186,7 @@ internal static class LearningBenchmark
                     {
                         Emulate(topology, phase);
                         var from = DateTimeOffset.UtcNow;
+                        phaseStarts.Add(from);
                         var value = Drive(vms[workload], vm3, workload, (int)phase.Duration.TotalSeconds);
                         liveRows.Add(new(schedule.Name, index, workload, "learned", phase.Duration.TotalSeconds, value));
                         if (workload == "bulk")
@@ -195,6 +198,7 @@ internal static class LearningBenchmark
                 }
             }
             (decisions, explored, outsidePolicy) = Decisions(topology, vms.Values, liveFrom);
+            guests = Guests(topology, policies, vm1, vm2, vm3, store);
             Thread.Sleep(3000); // the silo's outcome log flushes every 2 s
         }
         catch
@@ -213,8 +217,9 @@ internal static class LearningBenchmark
         File.WriteAllText(csv, text.ToString());
         Console.WriteLine();
         Console.WriteLine(modelLine);
-        Report(evaluation, fixedRows, liveRows, tracks, decisions, explored, outsidePolicy);
+        Report(evaluation, fixedRows, liveRows, tracks, phaseStarts, decisions, explored, outsidePolicy);
         Tracking(passive, logged);
+        Console.WriteLine(guests);
         Console.WriteLine($"\nCSV: {csv}\nran {clock.Elapsed.TotalMinutes:0.0} min");
         return 0;
     }
@@ -363,7 +368,7 @@ internal static class LearningBenchmark
     }
 
     private static void Report(IReadOnlyList<LinkSchedule> evaluation, List<Measured> fixedRows, List<Measured> liveRows,
-        Dictionary<(string Schedule, string Workload), List<Track>> tracks, int decisions, int explored, int outsidePolicy)
+        Dictionary<(string Schedule, string Workload), List<Track>> tracks, List<DateTimeOffset> phaseStarts, int decisions, int explored, int outsidePolicy)
     {
         // Utility of a value in a phase against the best fixed stack there (1 for the best by construction).
         double Utility(string schedule, int phase, string workload, double value)
@@ -425,8 +430,84 @@ internal static class LearningBenchmark
         var switches = tracks.Values.Sum(t => t.Select(x => x.Stack).Where(s => s is not null).Zip(t.Select(x => x.Stack).Where(s => s is not null).Skip(1)).Count(p => p.First != p.Second));
         var hours = tracks.Values.Sum(t => t.Count > 1 ? (t[^1].At - t[0].At).TotalHours : 0);
         Console.WriteLine(Invariant($"\nswitches: {switches} in {hours * 60:0.0} path-minutes = {switches / Math.Max(hours, 1e-9):0.0} per path-hour"));
+        // Stationary: more than 15 s into a phase (the selector's 5 s sustain and the smoothing have had their time).
+        var settle = TimeSpan.FromSeconds(15);
+        DateTimeOffset StartOf(DateTimeOffset at) => phaseStarts.Where(s => s <= at).DefaultIfEmpty(DateTimeOffset.MinValue).Max();
+        var samples = tracks.Values.SelectMany(t => t.Where(x => x.Stack is not null).Zip(t.Where(x => x.Stack is not null).Skip(1))).ToList();
+        var stationarySwitches = samples.Count(p => p.First.Stack != p.Second.Stack && p.Second.At - StartOf(p.Second.At) >= settle);
+        var stationaryHours = samples.Where(p => p.First.At - StartOf(p.First.At) >= settle).Sum(p => (p.Second.At - p.First.At).TotalHours);
+        Console.WriteLine(Invariant($"switches on a stationary phase (more than {settle.TotalSeconds:0} s after a change): {stationarySwitches} in {stationaryHours * 60:0.0} path-minutes = {stationarySwitches / Math.Max(stationaryHours, 1e-9):0.0} per path-hour (goal ≤ 1)"));
         Console.WriteLine(Invariant($"decisions while live: {decisions}, exploring {explored} ({(decisions > 0 ? (double)explored / decisions : 0):0.0%}), outside the VM's policy {outsidePolicy}"));
         Console.WriteLine(Invariant($"goal regret ≤ 5 %: {1 - overallGeneral:0.0%} ({(1 - overallGeneral <= 0.05 ? "met" : "missed")}); goal ≥ 15 % above the best fixed stack: {overallGeneral / overallBest - 1:+0.0%;-0.0%} ({(overallGeneral / overallBest - 1 >= 0.15 ? "met" : "missed")}); goal no decision outside a policy: {outsidePolicy} ({(outsidePolicy == 0 ? "met" : "missed")})"));
+    }
+
+    /// <summary>
+    /// Per-VM effects with real guests: vm1's TCP is CUBIC, vm2's BBR, both bulk, both sending to vm3 at once over one
+    /// lossy path (10 ms RTT, 3 % random loss each way, 100 Mbit/s). Each is pinned to std-ipv4 and to fec in turn
+    /// (twice, 10 s each), the learner is left to train a new version on what they got, then both are unpinned and the
+    /// silo chooses for each. Returns what it saw.
+    /// </summary>
+    private static string Guests(OverlayTopology topology, PolicyClient policies, TestVm cubic, TestVm bbr, TestVm server, LocalFolderStore store)
+    {
+        if (!File.ReadAllText("/proc/sys/net/ipv4/tcp_available_congestion_control").Split(' ', '\n').Contains("bbr"))
+        {
+            return "guests: not measured, this kernel has no bbr (net.ipv4.tcp_available_congestion_control)";
+        }
+        string[] lossy = ["delay=5ms", "loss=3%", "rate=100mbit", "queue=300"];
+        topology.Emulator($"set a2b {string.Join(' ', [.. SchedulePhase.Reset, .. lossy])}");
+        topology.Emulator($"set b2a {string.Join(' ', [.. SchedulePhase.Reset, .. lossy])}");
+        using var second = new ServerSet([Privileged.StartInNamespace(server.Namespace, "iperf3", "-s", "-p", $"{IperfPort + 1}")]);
+        Thread.Sleep(500);
+        (double Cubic, double Bbr) Both(int seconds)
+        {
+            var c = Task.Run(() => StacksBenchmark.Iperf(cubic.Namespace, server.IPv4, IperfPort, seconds, "cubic").Mbit);
+            var b = Task.Run(() => StacksBenchmark.Iperf(bbr.Namespace, server.IPv4, IperfPort + 1, seconds, "bbr").Mbit);
+            return (c.GetAwaiter().GetResult(), b.GetAwaiter().GetResult());
+        }
+        var pinned = new Dictionary<string, List<(double Cubic, double Bbr)>> { ["std-ipv4"] = [], ["fec"] = [] };
+        for (var round = 0; round < 2; round++)
+        {
+            foreach (var stack in pinned.Keys)
+            {
+                foreach (var vm in new[] { cubic, bbr })
+                {
+                    policies.Set(vm.Name, "bulk", stack, 0);
+                }
+                Eventually.True(() => Bound(topology, cubic.Name) == stack && Bound(topology, bbr.Name) == stack, TimeSpan.FromSeconds(20), $"both guests pinned to {stack}", topology.Logs);
+                pinned[stack].Add(Both(10));
+            }
+        }
+        var before = UtilityModel.ReadInService(store)?.Version ?? 0;
+        var waited = Stopwatch.StartNew();
+        while ((UtilityModel.ReadInService(store)?.Version ?? 0) <= before && waited.Elapsed < TimeSpan.FromSeconds(150))
+        {
+            Thread.Sleep(1000);
+        }
+        var after = UtilityModel.ReadInService(store)?.Version ?? 0;
+        foreach (var vm in new[] { cubic, bbr })
+        {
+            policies.Set(vm.Name, "bulk", pin: null, 0);
+        }
+        Thread.Sleep(3000);
+        var chosen = Both(20);
+        var (onCubic, onBbr) = (Bound(topology, cubic.Name), Bound(topology, bbr.Name));
+        string Reason(TestVm vm)
+        {
+            using var view = JsonDocument.Parse(topology.SiloApi($"/api/vms/{vm.Name}"));
+            return view.RootElement.GetProperty("last").TryGetProperty("host-b", out var last)
+                ? string.Join("; ", last.GetProperty("candidates").EnumerateArray().Select(c => $"{c.GetProperty("stack").GetString()}: {c.GetProperty("why").GetString()}"))
+                : "no decision";
+        }
+        double Mean(string stack, Func<(double Cubic, double Bbr), double> pick) => pinned[stack].Average(pick);
+        return Invariant($"""
+
+            guests on one lossy path (10 ms, 3 % loss each way, 100 Mbit/s), both bulk, sending at once:
+              pinned:  CUBIC guest std-ipv4 {Mean("std-ipv4", x => x.Cubic),6:0.0} Mbit/s, fec {Mean("fec", x => x.Cubic),6:0.0};  BBR guest std-ipv4 {Mean("std-ipv4", x => x.Bbr),6:0.0}, fec {Mean("fec", x => x.Bbr),6:0.0}
+              {(after > before ? $"model v{after} trained on what they got (v{before} before)" : $"no new model version within 150 s (v{before} stays)")}; then the silo chose:
+              CUBIC guest ({cubic.Name}) on {onCubic}: {chosen.Cubic:0.0} Mbit/s;  BBR guest ({bbr.Name}) on {onBbr}: {chosen.Bbr:0.0} Mbit/s
+              {cubic.Name}'s candidates: {Reason(cubic)}
+              {bbr.Name}'s candidates: {Reason(bbr)}
+            """);
     }
 
     /// <summary>How well the agents' passive goodput (from the VM's own TCP, logged as outcomes) tracks iperf3's figure.</summary>

@@ -16,11 +16,27 @@ return args.FirstOrDefault() switch
         args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share) ? share : 0.01),
     "learning" => Learning(),
     "policy-shell" when args.Length == 2 => await PolicyShell.RunAsync(args[1]),
-    "learner" => LearnerBenchmark.Run(args.Length > 1 ? [.. args[1].Split(',').Select(n => int.Parse(n, System.Globalization.CultureInfo.InvariantCulture))] : [100_000, 1_000_000]),
+    "learner" => Learner(),
     _ => Usage(),
 };
 
 string? Option(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
+
+int Learner()
+{
+    if (args.Length > 2)
+    {
+        Console.Error.WriteLine("learner: one argument at most, N[,N…] outcomes to train on");
+        return 2;
+    }
+    var sizes = args.Length == 2 ? args[1].Split(',') : ["100000", "1000000"];
+    if (sizes.FirstOrDefault(n => !int.TryParse(n, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var v) || v is < 100 or > 10_000_000) is { } bad)
+    {
+        Console.Error.WriteLine($"learner: '{bad}' is not a number of outcomes from 100 to 10000000");
+        return 2;
+    }
+    return LearnerBenchmark.Run([.. sizes.Select(n => int.Parse(n, System.Globalization.CultureInfo.InvariantCulture))]);
+}
 
 int Learning()
 {

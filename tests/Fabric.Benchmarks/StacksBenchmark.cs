@@ -344,9 +344,9 @@ internal static partial class StacksBenchmark
             return document.RootElement[0].GetProperty("stats64").GetProperty("tx").GetProperty("bytes").GetInt64();
         });
 
-    internal static (double Mbit, long Bytes) Iperf(string client, string address, int port, int seconds)
+    internal static (double Mbit, long Bytes) Iperf(string client, string address, int port, int seconds, string congestion = "cubic")
     {
-        var (code, json, stderr) = Privileged.TryRun("ip", "netns", "exec", client, "iperf3", "-c", address, "-p", $"{port}", "-C", "cubic",
+        var (code, json, stderr) = Privileged.TryRun("ip", "netns", "exec", client, "iperf3", "-c", address, "-p", $"{port}", "-C", congestion,
             "-t", seconds.ToString(CultureInfo.InvariantCulture), "-J");
         if (code != 0)
         {

@@ -28,7 +28,7 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
     /// (a concurrent scoring may still hold it).</summary>
     public void Use(UtilityModel? model, bool enabled) => _installed = new Installed(model, enabled);
 
-    public StackScore Score(StackInfo stack, PathConditions conditions, Policy policy)
+    public StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null)
     {
         var installed = _installed;
         var fromPrior = prior.Score(stack, conditions, policy);
@@ -40,12 +40,12 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
         {
             return fromPrior with { Why = $"prior (learning switched off): {fromPrior.Why}" };
         }
-        var (utility, support, uncertainty) = model.Predict(stack.Id, policy.Workload, conditions);
+        var (utility, support, uncertainty, effect, vmOutcomes) = model.Predict(stack.Id, policy.Workload, conditions, vmId);
         if (support < minSupport)
         {
             return fromPrior with { Why = $"prior (model v{model.Version} has {support} similar outcomes, needs {minSupport}): {fromPrior.Why}" };
         }
         return new StackScore(utility, string.Create(CultureInfo.InvariantCulture,
-            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
+            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {effect:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")} (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
     }
 }

@@ -30,13 +30,18 @@ public sealed class UtilityModel : IDisposable
     private readonly ITransformer _model;
     private readonly ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>> _engines;
     private readonly IReadOnlyDictionary<string, int> _support;
+    private readonly IReadOnlyDictionary<string, VmEffect> _effects;
     private double _error;
 
-    private UtilityModel(MLContext ml, ITransformer model, IReadOnlyDictionary<string, int> support, double error, ModelInfo info)
+    /// <summary>A VM's own outcomes count as evidence against this many outcomes' worth of the fleet's prediction.</summary>
+    public const int EffectShrinkage = 20;
+
+    private UtilityModel(MLContext ml, ITransformer model, IReadOnlyDictionary<string, int> support, IReadOnlyDictionary<string, VmEffect> effects, double error, ModelInfo info)
     {
         _ml = ml;
         _model = model;
         _support = support;
+        _effects = effects;
         _error = error;
         Info = info;
         _engines = new ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>>(() => _ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(_model), trackAllValues: true);
@@ -51,23 +56,11 @@ public sealed class UtilityModel : IDisposable
     {
         var watch = Stopwatch.StartNew();
         var ml = new MLContext(seed);
-        var data = ml.Data.LoadFromEnumerable(training.Select(UtilityRow.Of));
-        var pipeline = ml.Transforms.Categorical.OneHotEncoding("StackKey", nameof(UtilityRow.Stack))
-            .Append(ml.Transforms.Categorical.OneHotEncoding("WorkloadKey", nameof(UtilityRow.Workload)))
-            .Append(ml.Transforms.Concatenate("Features", ["StackKey", "WorkloadKey", .. UtilityRow.Numeric]))
-            .Append(ml.Regression.Trainers.FastTree(new FastTreeRegressionTrainer.Options
-            {
-                NumberOfLeaves = 31,
-                NumberOfTrees = 150,
-                MinimumExampleCountPerLeaf = 10,
-                LearningRate = 0.15,
-                // One core: the silo keeps serving while it trains.
-                NumberOfThreads = 1,
-            }));
-        var model = pipeline.Fit(data);
-        var seconds = watch.Elapsed.TotalSeconds;
+        var model = Fit(ml, training, trees: 150);
         var support = training.GroupBy(o => Bin(o.Stack, o.Workload, o.Features.Loss, o.Features.RttMs)).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
-        var trained = new UtilityModel(ml, model, support, 0, new ModelInfo(version, now, training.Count, seconds, 0, 0, "", [], holdout.Count));
+        var trained = new UtilityModel(ml, model, support, new Dictionary<string, VmEffect>(), 0, new ModelInfo(version, now, training.Count, 0, 0, 0, "", [], holdout.Count));
+        trained = trained.WithEffects(ml, training);
+        trained.Info = trained.Info with { TrainingSeconds = watch.Elapsed.TotalSeconds };
         trained._error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
         var importance = holdout.Count == 0 ? ImmutableArray<FeatureImportance>.Empty : Importance(ml, model, holdout);
         trained.Info = trained.Info with { HoldoutError = trained._error, Importance = importance };
@@ -81,18 +74,74 @@ public sealed class UtilityModel : IDisposable
         return this;
     }
 
-    /// <summary>Predicted utility, how many training outcomes were near this context, and how uncertain it is.</summary>
-    public (double Utility, int Support, double Uncertainty) Predict(string stack, string workload, PathConditions conditions)
+    /// <summary>
+    /// Per-VM effects: how far each VM's own outcomes on a stack landed from what the fleet's trees predict for them, on
+    /// lossy (≥ 0.5 %) and on clean paths apart — what the path's features cannot see of a guest (a guest whose TCP shrugs
+    /// off random loss gains nothing from fec; one whose TCP takes every loss as congestion gains much). Shrunk towards zero by
+    /// <see cref="EffectShrinkage"/>, so a VM with few outcomes is the fleet's average.
+    /// </summary>
+    /// <remarks>
+    /// The residuals are cross-fitted: each half of the training outcomes is judged by trees grown on the other half, since
+    /// trees judging the outcomes they were grown on have already absorbed part of each VM's effect (with few VMs, the
+    /// trees memorize which loss values were whose).
+    /// </remarks>
+    private UtilityModel WithEffects(MLContext ml, IReadOnlyList<LoggedOutcome> training)
     {
-        var utility = Math.Clamp(_engines.Value!.Predict(UtilityRow.Of(stack, workload, OutcomeFeatures.Of(conditions))).Score, 0, 1);
+        var halves = new[] { training.Where((_, i) => i % 2 == 0).ToList(), training.Where((_, i) => i % 2 == 1).ToList() };
+        var residuals = new List<(LoggedOutcome Outcome, double Residual)>(training.Count);
+        for (var h = 0; h < 2; h++)
+        {
+            if (halves[1 - h].Count == 0 || halves[h].Count == 0)
+            {
+                continue;
+            }
+            var fold = Fit(ml, halves[1 - h], trees: 60);
+            using var engine = ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(fold);
+            residuals.AddRange(halves[h].Select(o => (o, o.Utility - Math.Clamp(engine.Predict(UtilityRow.Of(o)).Score, 0, 1))));
+        }
+        // Measured against every VM's residual on the same stack and kind of path: what the half-size trees get wrong for
+        // everyone is theirs, not the VM's.
+        var fleet = residuals.GroupBy(r => EffectKey("", r.Outcome.Stack, r.Outcome.Features.Loss), StringComparer.Ordinal)
+            .ToDictionary(g => g.Key, g => g.Average(r => r.Residual), StringComparer.Ordinal);
+        var effects = residuals.GroupBy(r => EffectKey(r.Outcome.VmId, r.Outcome.Stack, r.Outcome.Features.Loss), StringComparer.Ordinal)
+            .ToDictionary(g => g.Key, g => new VmEffect(g.Sum(r => r.Residual - fleet[EffectKey("", r.Outcome.Stack, r.Outcome.Features.Loss)]), g.Count()), StringComparer.Ordinal);
+        return new UtilityModel(_ml, _model, _support, effects, _error, Info);
+    }
+
+    private static TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> Fit(MLContext ml, IReadOnlyList<LoggedOutcome> outcomes, int trees) =>
+        ml.Transforms.Categorical.OneHotEncoding("StackKey", nameof(UtilityRow.Stack))
+            .Append(ml.Transforms.Categorical.OneHotEncoding("WorkloadKey", nameof(UtilityRow.Workload)))
+            .Append(ml.Transforms.Concatenate("Features", ["StackKey", "WorkloadKey", .. UtilityRow.Numeric]))
+            .Append(ml.Regression.Trainers.FastTree(new FastTreeRegressionTrainer.Options
+            {
+                NumberOfLeaves = 31,
+                NumberOfTrees = trees,
+                MinimumExampleCountPerLeaf = 10,
+                LearningRate = 0.15,
+                // One core: the silo keeps serving while it trains.
+                NumberOfThreads = 1,
+            }))
+            .Fit(ml.Data.LoadFromEnumerable(outcomes.Select(UtilityRow.Of)));
+
+    private static string EffectKey(string vmId, string stack, double loss) => $"{vmId}|{stack}|{(loss >= 0.005 ? "lossy" : "clean")}";
+
+    /// <summary>
+    /// Predicted utility, how many training outcomes were near this context, how uncertain it is, and — for a VM the
+    /// model has outcomes of — the VM's own effect on this stack (already in the utility) and how many outcomes it rests on.
+    /// </summary>
+    public Prediction Predict(string stack, string workload, PathConditions conditions, string? vmId = null)
+    {
+        var fleet = Math.Clamp(_engines.Value!.Predict(UtilityRow.Of(stack, workload, OutcomeFeatures.Of(conditions))).Score, 0, 1);
         var support = _support.GetValueOrDefault(Bin(stack, workload, conditions.Loss, conditions.RttMs));
         // The holdout's mean error, widened where the model saw few outcomes.
         var uncertainty = _error * (1 + (3 / Math.Sqrt(Math.Max(support, 1))));
-        return (utility, support, uncertainty);
+        var effect = vmId is not null ? _effects.GetValueOrDefault(EffectKey(vmId, stack, conditions.Loss)) : null;
+        return new Prediction(Math.Clamp(fleet + (effect?.Value ?? 0), 0, 1), support, uncertainty, effect?.Value ?? 0, effect?.Count ?? 0);
     }
 
+    /// <summary>Mean absolute error of the predictions for <paramref name="outcomes"/>, each VM's own effects included (as the selector scores).</summary>
     public double MeanAbsoluteError(IReadOnlyList<LoggedOutcome> outcomes) =>
-        outcomes.Count == 0 ? 0 : outcomes.Average(o => Math.Abs(Math.Clamp(_engines.Value!.Predict(UtilityRow.Of(o)).Score, 0, 1) - o.Utility));
+        outcomes.Count == 0 ? 0 : outcomes.Average(o => Math.Abs(Predict(o.Stack, o.Workload, o.Features.ToConditions(o.At), o.VmId).Utility - o.Utility));
 
     /// <summary>Writes the version (trees, support, description) under models/vN/ in the learning store.</summary>
     public void Save(IRepositoryStore store)
@@ -102,6 +151,7 @@ public sealed class UtilityModel : IDisposable
         var prefix = $"models/v{Version}";
         store.Write($"{prefix}/model.zip", stream.ToArray());
         store.Write($"{prefix}/support.json", JsonSerializer.SerializeToUtf8Bytes(_support, Json));
+        store.Write($"{prefix}/vm-effects.json", JsonSerializer.SerializeToUtf8Bytes(_effects, Json));
         // The description last: a version whose info.json exists is complete.
         store.Write($"{prefix}/info.json", JsonSerializer.SerializeToUtf8Bytes(new StoredInfo(SchemaVersion, _error, Info), Json));
     }
@@ -125,7 +175,8 @@ public sealed class UtilityModel : IDisposable
         using var stream = new MemoryStream(store.Read($"{prefix}/model.zip") ?? throw new InvalidDataException($"{store.Location}: {prefix}/model.zip is missing"));
         var model = ml.Model.Load(stream, out _);
         var support = JsonSerializer.Deserialize<Dictionary<string, int>>(store.Read($"{prefix}/support.json") ?? "{}"u8.ToArray(), Json)!;
-        return new UtilityModel(ml, model, support, info.Error, info.Info);
+        var effects = JsonSerializer.Deserialize<Dictionary<string, VmEffect>>(store.Read($"{prefix}/vm-effects.json") ?? "{}"u8.ToArray(), Json)!;
+        return new UtilityModel(ml, model, support, effects, info.Error, info.Info);
     }
 
     public void Dispose()
@@ -158,6 +209,15 @@ public sealed class UtilityModel : IDisposable
     }
 
     private sealed record StoredInfo(int Schema, double Error, ModelInfo Info);
+}
+
+/// <summary>What the model predicts for a stack in a context (see <see cref="UtilityModel.Predict"/>).</summary>
+public readonly record struct Prediction(double Utility, int Support, double Uncertainty, double VmEffect, int VmOutcomes);
+
+/// <summary>A VM's residuals on one stack in one kind of path: their sum and how many.</summary>
+public sealed record VmEffect(double Sum, int Count)
+{
+    public double Value => Sum / (Count + UtilityModel.EffectShrinkage);
 }
 
 /// <summary>One training or prediction row (Microsoft.ML reads its public properties by name).</summary>

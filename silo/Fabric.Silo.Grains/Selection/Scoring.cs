@@ -6,7 +6,12 @@ public readonly record struct StackScore(double Score, string Why, double Uncert
 /// <summary>Scores a stack for a policy on a path's conditions: the profile prior, or the fleet's learned model.</summary>
 public interface IStackScorer
 {
-    StackScore Score(StackInfo stack, PathConditions conditions, Policy policy);
+    /// <summary>How well <paramref name="stack"/> would serve a VM of <paramref name="policy"/> on a path in <paramref name="conditions"/> (0..1), and why.</summary>
+    /// <param name="stack">The candidate.</param>
+    /// <param name="conditions">The path's smoothed conditions.</param>
+    /// <param name="policy">The VM's policy (its workload matters).</param>
+    /// <param name="vmId">The VM the choice is for (a learned scorer knows some VMs' own effects); null for any VM.</param>
+    StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null);
 }
 
 /// <summary>
@@ -34,7 +39,7 @@ public sealed class ProfileScorer : IStackScorer
     /// <summary>How far a profile's estimate is taken to be from what the stack really gets (in utility).</summary>
     public const double Uncertainty = 0.01;
 
-    public StackScore Score(StackInfo stack, PathConditions c, Policy policy)
+    public StackScore Score(StackInfo stack, PathConditions c, Policy policy, string? vmId = null)
     {
         // Loss that comes with queues (RTT 25 % or more above the path's minimum, fully at twice it) is congestion: the
         // VM's TCP causes it and backs off, and no stack recovers goodput from it. Only the rest counts as a lossy link.

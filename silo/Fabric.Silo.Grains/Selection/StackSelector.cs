@@ -35,7 +35,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random)
     {
         var candidates = PolicyValidator.Eligible(policy, catalog).Where(s => hostStacks.Contains(s.Id)).ToList();
-        var scored = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy)))
+        var scored = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy, vmId)))
             .OrderByDescending(s => s.Result.Score).ThenBy(s => s.Id, StringComparer.Ordinal)
             .Select(s => new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)).ToImmutableArray();
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.

@@ -93,4 +93,50 @@ public sealed class UtilityModelTests : IDisposable
         Parallel.For(0, 2000, new ParallelOptions { MaxDegreeOfParallelism = 8 }, _ => results.Add(model.Predict("std-ipv4", "latency", OutcomeGenerator.Conditions(0.02)).Utility));
         Assert.All(results, r => Assert.Equal(expected, r));
     }
+
+    /// <summary>
+    /// A guest whose traffic does not gain from a stack stops being moved to it: five VMs whose TCP collapses under random
+    /// loss on std-ipv4 (CUBIC-like: 0.1, fec 0.7) and one whose TCP shrugs it off (BBR-like: std-ipv4 0.9, fec 0.7),
+    /// all bulk, on the same lossy paths. The fleet's trees alone would move every VM to fec; each VM's own effect keeps the
+    /// BBR-like guest on std-ipv4, and a VM the model has never seen gets the fleet's choice.
+    /// </summary>
+    [Fact]
+    public void PerVmEffects_KeepAGuestThatDoesNotGain_OffTheStackTheFleetPrefers()
+    {
+        var random = new Random(11);
+        var outcomes = new List<LoggedOutcome>();
+        string[] vms = ["cubic-1", "cubic-2", "cubic-3", "cubic-4", "cubic-5", "bbr-1"];
+        for (var i = 0; i < 2400; i++)
+        {
+            var vm = vms[i % vms.Length];
+            var stack = (i / vms.Length) % 2 == 0 ? "std-ipv4" : "fec";
+            var loss = 0.01 + (random.NextDouble() * 0.04);
+            var utility = (vm, stack) switch { ("bbr-1", "std-ipv4") => 0.9, (_, "std-ipv4") => 0.1, _ => 0.7 } + ((random.NextDouble() - 0.5) * 0.04);
+            outcomes.Add(new LoggedOutcome(OutcomeGenerator.T0.AddSeconds(i), vm, "host-b", "bulk", stack, "1.0.0", 1, false,
+                new OutcomeFeatures(20, 18, 1, loss, 0.5, 100, 2), 10, 30, 0, 0.1, utility));
+        }
+        using var model = UtilityModel.Train(outcomes, [], 1, OutcomeGenerator.T0);
+        var lossy = OutcomeGenerator.Conditions(0.03, rtt: 20);
+        var fleet = model.Predict("std-ipv4", "bulk", lossy);
+        Assert.InRange(fleet.Utility, 0.15, 0.45); // about the fleet's average guest: (5 × 0.1 + 0.9) / 6
+        Assert.Equal(0, fleet.VmOutcomes);
+        var bbr = model.Predict("std-ipv4", "bulk", lossy, "bbr-1");
+        Assert.Equal(200, bbr.VmOutcomes);
+        Assert.InRange(bbr.Utility, 0.8, 1.0); // 0.9, shrunk towards the fleet (200 of its own against 20), on trees that overfit a little
+        Assert.InRange(model.Predict("fec", "bulk", lossy, "bbr-1").Utility, 0.65, 0.75);
+        // A clean path is another context: its effect there is unknown, so it is the fleet's.
+        Assert.Equal(0, model.Predict("std-ipv4", "bulk", OutcomeGenerator.Conditions(0), "bbr-1").VmOutcomes);
+
+        var scorer = new LearnedScorer(new ProfileScorer(), minSupport: 10);
+        scorer.Use(model, enabled: true);
+        var selector = new StackSelector(scorer, new SelectorOptions(Sustain: TimeSpan.Zero));
+        string Choose(string vm) => selector.Select(vm, "host-b", Catalogs.Policy("bulk") with { Allow = ["std-ipv4", "fec"] }, lossy, All, HostStacks, null, null,
+            OutcomeGenerator.T0, 0.99).Decision.Stack;
+        Assert.Equal("std-ipv4", Choose("bbr-1"));
+        Assert.Equal("fec", Choose("cubic-3"));
+        Assert.Equal("fec", Choose("a-new-vm"));
+        var why = scorer.Score(StdIPv4, lossy, Catalogs.Policy("bulk"), "bbr-1").Why;
+        Assert.Contains("this VM +0.", why, StringComparison.Ordinal);
+        Assert.Contains("from 200 of its own", why, StringComparison.Ordinal);
+    }
 }
