@@ -54,7 +54,72 @@ internal static class LearnerBenchmark
             Scoring(model);
             model.Dispose();
         }
+        Meter();
         return 0;
+    }
+
+    /// <summary>
+    /// The passive TCP meter's cost per frame on the switch's path: a captured conversation's 13 frames (the client's as
+    /// egress, the server's as ingress) fed again and again, against parsing the same frames' Ethernet, IP and TCP
+    /// headers alone, in the same run.
+    /// </summary>
+    private static void Meter()
+    {
+        var path = Path.Combine(Fabric.Testing.TestData.Directory, "pcaps", "ppp__one_tcp_stream_fin_rst_close_packet.pcap");
+        using var reader = Fabric.Wire.CaptureReader.Open(path);
+        var frames = reader.ReadAll().Select(r => (Data: r.Data.ToArray(), Egress: r.Data.Span[6] == 0x00 && r.Data.Span[7] == 0x0c)).ToArray();
+        const int Rounds = 200_000;
+        double Run(Action<byte[], bool, long> each)
+        {
+            var clock = Stopwatch.StartNew();
+            for (var round = 0; round < Rounds; round++)
+            {
+                foreach (var (data, egress) in frames)
+                {
+                    each(data, egress, round);
+                }
+            }
+            return clock.Elapsed.TotalNanoseconds / (Rounds * frames.Length);
+        }
+        var meter = new Fabric.Agent.Switching.TcpMeter();
+        var parsed = 0L;
+        void Parse(byte[] data, bool egress, long round)
+        {
+            if (Fabric.Wire.EthernetFrame.TryCreate(data, out var eth) && Fabric.Wire.IPv4Packet.TryCreate(eth.Payload, out var ip)
+                && Fabric.Wire.TcpSegment.TryCreate(ip.Payload, out var tcp))
+            {
+                parsed += tcp.SourcePort;
+            }
+        }
+        void Measure(byte[] data, bool egress, long round)
+        {
+            if (egress)
+            {
+                meter.OnEgress(data, round * 1_000_000);
+            }
+            else
+            {
+                meter.OnIngress(data, round * 1_000_000);
+            }
+            if (round % 1000 == 0)
+            {
+                meter.Take(round * 1_000_000);
+            }
+        }
+        Run(Parse);
+        Run(Measure);
+        var parse = Run(Parse);
+        var measure = Run(Measure);
+        GC.KeepAlive(parsed);
+        var allocated = GC.GetAllocatedBytesForCurrentThread();
+        Run(Measure);
+        allocated = GC.GetAllocatedBytesForCurrentThread() - allocated;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"""
+
+            passive TCP meter, per frame ({frames.Length} captured frames x {Rounds:N0}; flows open and close every round):
+              parsing Ethernet, IPv4 and TCP alone   {parse,7:0.0} ns
+              TcpMeter.OnEgress / OnIngress          {measure,7:0.0} ns ({measure / parse:0.0}x), {allocated / (double)(Rounds * frames.Length):0.0} bytes allocated per frame
+            """));
     }
 
     private static void Scoring(UtilityModel model)

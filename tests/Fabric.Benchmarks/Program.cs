@@ -59,7 +59,7 @@ int Learning()
         }
         phase = s;
     }
-    var measure = 6;
+    var measure = 5;
     if (Option("--measure-seconds") is { } m && (!int.TryParse(m, out measure) || measure is < 2 or > 600))
     {
         Console.Error.WriteLine($"learning: --measure-seconds '{m}' is not a whole number of seconds from 2 to 600");

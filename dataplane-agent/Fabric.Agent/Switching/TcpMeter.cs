@@ -49,12 +49,14 @@ public sealed class TcpMeter
     private long _sentData;
     private long _retransmitted;
     private long _packets;
-    private readonly HashSet<FlowKey> _active = [];
+    // Flows seen this interval: each flow remembers the interval it was last counted in (no per-packet set).
+    private int _interval;
+    private int _activeFlows;
 
     /// <summary>A frame the VM sent.</summary>
     public void OnEgress(ReadOnlySpan<byte> frame, long now)
     {
-        if (!TryParse(frame, egress: true, out var key, out var tcp))
+        if (!TryParse(frame, egress: true, out var key, out var tcp) || Stray(key, tcp))
         {
             return;
         }
@@ -67,7 +69,8 @@ public sealed class TcpMeter
             var fresh = !flow.SentAny || !Before(seq, flow.HighestSent);
             if (!flow.SentAny)
             {
-                (flow.SentAny, flow.HighestSent, flow.HighestAckedBySender) = (true, end, seq);
+                // A SYN takes a sequence number but carries no data: its acknowledgment is no goodput.
+                (flow.SentAny, flow.HighestSent, flow.HighestAckedBySender) = (true, end, (tcp.Flags & TcpFlags.Syn) != 0 ? seq + 1 : seq);
             }
             else if (!fresh)
             {
@@ -81,6 +84,10 @@ public sealed class TcpMeter
             if (After(end, flow.HighestSent))
             {
                 flow.HighestSent = end;
+            }
+            if ((tcp.Flags & TcpFlags.Fin) != 0)
+            {
+                flow.SentFinEnd = end;
             }
             _sentData += tcp.Payload.Length;
             if (tcp.Payload.Length > 0)
@@ -98,7 +105,7 @@ public sealed class TcpMeter
             var ack = tcp.AcknowledgmentNumber;
             if (flow.ReceiverAckKnown && After(ack, flow.HighestAckedByVm))
             {
-                _acked += ack - flow.HighestAckedByVm;
+                _acked += ack - flow.HighestAckedByVm - (CoversFin(ack, flow.PeerFinEnd, ref flow.PeerFinAcked) ? 1 : 0);
             }
             if (!flow.ReceiverAckKnown || After(ack, flow.HighestAckedByVm))
             {
@@ -111,11 +118,15 @@ public sealed class TcpMeter
     /// <summary>A frame delivered to the VM.</summary>
     public void OnIngress(ReadOnlySpan<byte> frame, long now)
     {
-        if (!TryParse(frame, egress: false, out var key, out var tcp))
+        if (!TryParse(frame, egress: false, out var key, out var tcp) || Stray(key, tcp))
         {
             return;
         }
         var flow = FlowOf(key, now);
+        if ((tcp.Flags & TcpFlags.Fin) != 0)
+        {
+            flow.PeerFinEnd = tcp.SequenceNumber + (uint)tcp.Payload.Length + 1;
+        }
         if (tcp.Payload.Length > 0 && flow.AwaitingAnswer)
         {
             flow.AwaitingAnswer = false;
@@ -127,7 +138,7 @@ public sealed class TcpMeter
             // Acknowledging what the VM sent: goodput from the VM, and the RTT sample when it covers the timed segment.
             if (After(ack, flow.HighestAckedBySender) && !After(ack, flow.HighestSent))
             {
-                _acked += ack - flow.HighestAckedBySender;
+                _acked += ack - flow.HighestAckedBySender - (CoversFin(ack, flow.SentFinEnd, ref flow.SentFinAcked) ? 1 : 0);
                 flow.HighestAckedBySender = ack;
             }
             if (flow.SampleEnd is { } end && !Before(ack, end))
@@ -150,11 +161,11 @@ public sealed class TcpMeter
             }
         }
         var interval = new TcpInterval(_acked, _sentData, _retransmitted, Percentile(_rtt, 0.5), Percentile(_rtt, 0.99), _rtt.Count,
-            Percentile(_responses, 0.5), Percentile(_responses, 0.99), _responses.Count, _active.Count, _packets);
-        (_acked, _sentData, _retransmitted, _packets) = (0, 0, 0, 0);
+            Percentile(_responses, 0.5), Percentile(_responses, 0.99), _responses.Count, _activeFlows, _packets);
+        (_acked, _sentData, _retransmitted, _packets, _activeFlows) = (0, 0, 0, 0, 0);
+        _interval++;
         _rtt.Clear();
         _responses.Clear();
-        _active.Clear();
         return interval;
     }
 
@@ -194,6 +205,9 @@ public sealed class TcpMeter
         return true;
     }
 
+    /// <summary>A reset for a flow already closed (or never seen) opens no flow.</summary>
+    private bool Stray(FlowKey key, TcpSegment tcp) => (tcp.Flags & TcpFlags.Rst) != 0 && !_flows.ContainsKey(key);
+
     private Flow FlowOf(FlowKey key, long now)
     {
         if (!_flows.TryGetValue(key, out var flow))
@@ -205,7 +219,11 @@ public sealed class TcpMeter
             _flows[key] = flow = new Flow();
         }
         flow.LastSeen = now;
-        _active.Add(key);
+        if (!flow.Counted || flow.Interval != _interval)
+        {
+            (flow.Counted, flow.Interval) = (true, _interval);
+            _activeFlows++;
+        }
         return flow;
     }
 
@@ -239,6 +257,17 @@ public sealed class TcpMeter
         return samples[Math.Min(samples.Count - 1, (int)Math.Floor(p * samples.Count))];
     }
 
+    /// <summary>True once, for the acknowledgment that first covers a FIN (which takes a sequence number, not data).</summary>
+    private static bool CoversFin(uint ack, uint? finEnd, ref bool counted)
+    {
+        if (counted || finEnd is not { } end || Before(ack, end))
+        {
+            return false;
+        }
+        counted = true;
+        return true;
+    }
+
     // Sequence numbers wrap: compare them as RFC 1982 serial numbers.
     private static bool Before(uint a, uint b) => (int)(a - b) < 0;
 
@@ -250,6 +279,12 @@ public sealed class TcpMeter
     private sealed class Flow
     {
         public long LastSeen;
+        public bool Counted;
+        public int Interval;
+        public uint? SentFinEnd;
+        public bool SentFinAcked;
+        public uint? PeerFinEnd;
+        public bool PeerFinAcked;
         public bool SentAny;
         public uint HighestSent;
         public uint HighestAckedBySender;
