@@ -58,9 +58,8 @@ public sealed class UtilityModel : IDisposable
         var ml = new MLContext(seed);
         var model = Fit(ml, training, trees: 150);
         var support = training.GroupBy(o => Bin(o.Stack, o.Workload, o.Features.Loss, o.Features.RttMs)).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
-        var trained = new UtilityModel(ml, model, support, new Dictionary<string, VmEffect>(), 0, new ModelInfo(version, now, training.Count, 0, 0, 0, "", [], holdout.Count));
-        trained = trained.WithEffects(ml, training);
-        trained.Info = trained.Info with { TrainingSeconds = watch.Elapsed.TotalSeconds };
+        var effects = Effects(ml, training);
+        var trained = new UtilityModel(ml, model, support, effects, 0, new ModelInfo(version, now, training.Count, watch.Elapsed.TotalSeconds, 0, 0, "", [], holdout.Count));
         trained._error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
         var importance = holdout.Count == 0 ? ImmutableArray<FeatureImportance>.Empty : Importance(ml, model, holdout);
         trained.Info = trained.Info with { HoldoutError = trained._error, Importance = importance };
@@ -85,7 +84,7 @@ public sealed class UtilityModel : IDisposable
     /// trees judging the outcomes they were grown on have already absorbed part of each VM's effect (with few VMs, the
     /// trees memorize which loss values were whose).
     /// </remarks>
-    private UtilityModel WithEffects(MLContext ml, IReadOnlyList<LoggedOutcome> training)
+    private static Dictionary<string, VmEffect> Effects(MLContext ml, IReadOnlyList<LoggedOutcome> training)
     {
         var halves = new[] { training.Where((_, i) => i % 2 == 0).ToList(), training.Where((_, i) => i % 2 == 1).ToList() };
         var residuals = new List<(LoggedOutcome Outcome, double Residual)>(training.Count);
@@ -103,9 +102,8 @@ public sealed class UtilityModel : IDisposable
         // everyone is theirs, not the VM's.
         var fleet = residuals.GroupBy(r => EffectKey("", r.Outcome.Stack, r.Outcome.Features.Loss), StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => g.Average(r => r.Residual), StringComparer.Ordinal);
-        var effects = residuals.GroupBy(r => EffectKey(r.Outcome.VmId, r.Outcome.Stack, r.Outcome.Features.Loss), StringComparer.Ordinal)
+        return residuals.GroupBy(r => EffectKey(r.Outcome.VmId, r.Outcome.Stack, r.Outcome.Features.Loss), StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => new VmEffect(g.Sum(r => r.Residual - fleet[EffectKey("", r.Outcome.Stack, r.Outcome.Features.Loss)]), g.Count()), StringComparer.Ordinal);
-        return new UtilityModel(_ml, _model, _support, effects, _error, Info);
     }
 
     private static TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> Fit(MLContext ml, IReadOnlyList<LoggedOutcome> outcomes, int trees) =>
