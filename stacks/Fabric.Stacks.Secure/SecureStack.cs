@@ -177,7 +177,7 @@ public sealed class SecureStack : IStack
                 return;
             }
         }
-        var open = Opener(epoch);
+        var open = Opener(epoch, out var cached);
         if (open is null)
         {
             _counters.Drop(StackDropReason.AuthenticationFailed);
@@ -192,8 +192,16 @@ public sealed class SecureStack : IStack
         }
         catch (AuthenticationTagMismatchException)
         {
+            if (!cached)
+            {
+                open.Dispose();
+            }
             _counters.Drop(StackDropReason.AuthenticationFailed);
             return;
+        }
+        if (!cached)
+        {
+            _open[epoch] = open;
         }
         // Only an authentic packet moves the window and the epoch: forgeries cannot push genuine packets out.
         Mark(counter);
@@ -210,21 +218,27 @@ public sealed class SecureStack : IStack
         _counters.FramesDelivered++;
     }
 
-    /// <summary>The key for an epoch within one of the newest seen (the previous one stays for packets in flight).</summary>
-    private ChaCha20Poly1305? Opener(uint epoch)
+    /// <summary>
+    /// The key for an epoch within one of the newest seen (the previous one stays for packets in flight). A key not yet
+    /// cached (<paramref name="cached"/> false) is cached by the caller only once a packet authenticates under it, so
+    /// forged epochs — before the first genuine packet any epoch is plausible — never grow the cache: it holds at most the
+    /// keys of the newest authentic epoch, the one before it and one after.
+    /// </summary>
+    private ChaCha20Poly1305? Opener(uint epoch, out bool cached)
     {
-        if (_open.TryGetValue(epoch, out var open))
+        if (cached = _open.TryGetValue(epoch, out var open))
         {
             return open;
         }
-        if (_any && (epoch + 1 < _highestEpoch || epoch > _highestEpoch + 1))
+        if (_any && ((long)epoch + 1 < _highestEpoch || epoch > (long)_highestEpoch + 1))
         {
             return null;
         }
-        open = Derive(_remote, _local, epoch);
-        _open[epoch] = open;
-        return open;
+        return Derive(_remote, _local, epoch);
     }
+
+    /// <summary>How many epochs' opening keys are cached (diagnostics; bounded whatever arrives).</summary>
+    public int CachedKeys => _open.Count;
 
     private bool Seen(ulong counter) => (_seen[(int)(counter % Window) / 64] & (1UL << (int)(counter % 64))) != 0;
 

@@ -148,6 +148,42 @@ public class SecureTests
     }
 
     [Fact]
+    public void ForgedEpochs_NeverGrowTheKeyCache_BeforeOrAfterTheFirstGenuinePacket()
+    {
+        using var a = Stack("a", "b", Key, extra: new() { ["rekeyPackets"] = "100" });
+        using var b = Stack("b", "a", Key);
+        var wire = new Wire();
+        for (var i = 0; i < 300; i++)
+        {
+            a.Transmit(Frame(i), i * 1000L, wire);
+        }
+        var random = new Random(5);
+        void Forge(int count)
+        {
+            // An attacker on the underlay: random epochs and counters, a payload of the right length, no key.
+            for (var i = 0; i < count; i++)
+            {
+                var fields = new byte[wire.Sent[0].Fields.Length];
+                random.NextBytes(fields);
+                var payload = new byte[wire.Sent[0].Payload.Length];
+                random.NextBytes(payload);
+                Receive(b, wire.Sent[0] with { Fields = fields, Payload = payload }, new Vm());
+            }
+        }
+        Forge(5000);
+        Assert.Equal(0, b.CachedKeys);
+        var vm = new Vm();
+        foreach (var d in wire.Sent)
+        {
+            Receive(b, d, vm);
+            Forge(5);
+        }
+        Assert.Equal(300, vm.Frames.Count);
+        Assert.InRange(b.CachedKeys, 1, 3);
+        Assert.Equal(5000 + (300 * 5), Drops(b, StackDropReason.AuthenticationFailed) + Drops(b, StackDropReason.OutOfWindow) + Drops(b, StackDropReason.Duplicate));
+    }
+
+    [Fact]
     public void Rekeying_LosesNothing_EvenWithPacketsOfTheOldKeyStillInFlight()
     {
         using var a = Stack("a", "b", Key, extra: new() { ["rekeyPackets"] = "100" });
