@@ -156,11 +156,7 @@ internal static class LearningBenchmark
             }
             var store = new LocalFolderStore(learning);
             // The learner trains every 60 s; give it two rounds to adopt a version. Without one the prior decides, and it says so.
-            var waited = Stopwatch.StartNew();
-            while (UtilityModel.ReadInService(store) is null && waited.Elapsed < TimeSpan.FromSeconds(150))
-            {
-                Thread.Sleep(1000);
-            }
+            WaitForVersionAbove(store, 0);
             var trainingLog = string.Join("; ", topology.Logs().Split('\n').Where(l => l.Contains("Learner trained", StringComparison.Ordinal)).TakeLast(2));
             modelLine = UtilityModel.ReadInService(store) is { } inService
                 ? Invariant($"model in service before evaluation: v{inService.Version}, trained on {inService.Outcomes} outcomes in {inService.TrainingSeconds:0.0} s, held-back error {inService.HoldoutError:0.000} vs {inService.BaselineError:0.000} for {inService.Baseline}; importance {string.Join(", ", inService.Importance.Take(4).Select(i => Invariant($"{i.Feature} {i.Importance:0.000}")))}")
@@ -334,20 +330,23 @@ internal static class LearningBenchmark
         }
     }
 
+    /// <summary>Waits up to 150 s (the learner trains every 60 s) for a version in service above <paramref name="version"/>; returns the one in service then (0: none).</summary>
+    private static long WaitForVersionAbove(LocalFolderStore store, long version)
+    {
+        var waited = Stopwatch.StartNew();
+        while ((UtilityModel.ReadInService(store)?.Version ?? 0) <= version && waited.Elapsed < TimeSpan.FromSeconds(150))
+        {
+            Thread.Sleep(1000);
+        }
+        return UtilityModel.ReadInService(store)?.Version ?? 0;
+    }
+
     /// <summary>The stack host-a's agent carries the VM's traffic to host-b on (its binding, else the path's).</summary>
     private static string? Bound(OverlayTopology topology, string vm)
     {
         try
         {
-            foreach (var path in topology.Status("host-a").GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == "host-b"))
-            {
-                foreach (var binding in path.GetProperty("bindings").EnumerateArray()
-                    .Where(b => b.GetProperty("vm").GetString() is { } id && (id == vm || id.StartsWith(vm + "/", StringComparison.Ordinal))))
-                {
-                    return binding.GetProperty("stack").GetString();
-                }
-                return path.GetProperty("stack").GetString();
-            }
+            return topology.BoundStack("host-a", vm, "host-b");
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or KeyNotFoundException or IOException)
         {
@@ -489,12 +488,7 @@ internal static class LearningBenchmark
             }
         }
         var before = UtilityModel.ReadInService(store)?.Version ?? 0;
-        var waited = Stopwatch.StartNew();
-        while ((UtilityModel.ReadInService(store)?.Version ?? 0) <= before && waited.Elapsed < TimeSpan.FromSeconds(150))
-        {
-            Thread.Sleep(1000);
-        }
-        var after = UtilityModel.ReadInService(store)?.Version ?? 0;
+        var after = WaitForVersionAbove(store, before);
         foreach (var vm in new[] { cubic, bbr })
         {
             policies.Set(vm.Name, "bulk", pin: null, 0);

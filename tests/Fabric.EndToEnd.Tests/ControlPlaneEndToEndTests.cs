@@ -49,23 +49,23 @@ public class ControlPlaneEndToEndTests
             using var pinned = new TcpFlow(vm2.Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5302);
             var clock = Stopwatch.StartNew();
             Thread.Sleep(2000);
-            Assert.Equal("std-ipv4", BoundStack(topology, "host-a", "vm1", "host-b"));
+            Assert.Equal("std-ipv4", topology.BoundStack("host-a", "vm1", "host-b"));
             var (clean, cleanPinned) = TcpFlow.Rates(controlled, pinned, TimeSpan.FromSeconds(2));
 
             // 3 % loss both ways: TCP over std-ipv4 collapses; the control plane moves vm1's path to fec, vm2 stays pinned.
             topology.Emulator("set both loss=3%");
             var lossAt = clock.Elapsed;
-            Eventually.True(() => BoundStack(topology, "host-a", "vm1", "host-b") == "fec", TimeSpan.FromSeconds(20), "moved to fec under loss",
+            Eventually.True(() => topology.BoundStack("host-a", "vm1", "host-b") == "fec", TimeSpan.FromSeconds(20), "moved to fec under loss",
                 () => $"{topology.Status("host-a")}\n{topology.SiloApi("/api/vms/vm1")}\n{topology.Logs()}");
             var movedAfter = clock.Elapsed - lossAt;
             Thread.Sleep(1000);
             var (lossyFec, lossyStd) = TcpFlow.Rates(controlled, pinned, TimeSpan.FromSeconds(4));
-            Assert.Equal("std-ipv4", BoundStack(topology, "host-a", "vm2/0", "host-b"));
+            Assert.Equal("std-ipv4", topology.BoundStack("host-a", "vm2/0", "host-b"));
 
             // The loss ends: after the hysteresis time the path moves back to the cheaper std-ipv4.
             topology.Emulator("set both loss=0%");
             var cleanAt = clock.Elapsed;
-            Eventually.True(() => BoundStack(topology, "host-a", "vm1", "host-b") == "std-ipv4", TimeSpan.FromSeconds(40), "moved back to std-ipv4",
+            Eventually.True(() => topology.BoundStack("host-a", "vm1", "host-b") == "std-ipv4", TimeSpan.FromSeconds(40), "moved back to std-ipv4",
                 () => $"{topology.Status("host-a")}\n{topology.SiloApi("/api/vms/vm1")}");
             var backAfter = clock.Elapsed - cleanAt;
             var report = $"TCP goodput, clean: vm1 {clean:0.0} Mbit/s, vm2 {cleanPinned:0.0}; at 3 % loss: vm1 on fec {lossyFec:0.0}, vm2 pinned to std-ipv4 {lossyStd:0.0} "
@@ -107,19 +107,6 @@ public class ControlPlaneEndToEndTests
 
     private static bool Connected(OverlayTopology topology, string host) =>
         topology.Status(host).TryGetProperty("controlPlane", out var link) && link.ValueKind == JsonValueKind.Object && link.GetProperty("connected").GetBoolean();
-
-    private static string? BoundStack(OverlayTopology topology, string host, string vm, string remote)
-    {
-        foreach (var path in topology.Status(host).GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == remote))
-        {
-            foreach (var binding in path.GetProperty("bindings").EnumerateArray().Where(b => b.GetProperty("vm").GetString() == vm))
-            {
-                return binding.GetProperty("stack").GetString();
-            }
-            return path.GetProperty("stack").GetString();
-        }
-        return null;
-    }
 
     /// <summary>
     /// A repository like an operator's: std-ipv4 and fec, signed, with the profiles the selector reads. Returns its folder

@@ -266,6 +266,24 @@ public sealed class OverlayTopology : IDisposable
         return document.RootElement.GetProperty("result").Clone();
     }
 
+    /// <summary>
+    /// The stack a host's agent carries a VM's traffic to a remote host on: the VM's binding (its id, or a port of it such
+    /// as "vm2/0"), else the path's stack; null when the host has no path to the remote.
+    /// </summary>
+    public string? BoundStack(string host, string vm, string remote)
+    {
+        foreach (var path in Status(host).GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == remote))
+        {
+            foreach (var binding in path.GetProperty("bindings").EnumerateArray()
+                .Where(b => b.GetProperty("vm").GetString() is { } id && (id == vm || id.StartsWith(vm + "/", StringComparison.Ordinal))))
+            {
+                return binding.GetProperty("stack").GetString();
+            }
+            return path.GetProperty("stack").GetString();
+        }
+        return null;
+    }
+
     /// <summary>Pings from one VM to an address; returns ping's exit code and output. <paramref name="extra"/> may override the 0.2 s interval.</summary>
     public (int Code, string Output) Ping(string fromVm, string address, int count = 3, params string[] extra)
     {

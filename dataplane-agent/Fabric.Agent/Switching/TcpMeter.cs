@@ -219,9 +219,9 @@ public sealed class TcpMeter
             _flows[key] = flow = new Flow();
         }
         flow.LastSeen = now;
-        if (!flow.Counted || flow.Interval != _interval)
+        if (flow.Interval != _interval)
         {
-            (flow.Counted, flow.Interval) = (true, _interval);
+            flow.Interval = _interval;
             _activeFlows++;
         }
         return flow;
@@ -279,8 +279,8 @@ public sealed class TcpMeter
     private sealed class Flow
     {
         public long LastSeen;
-        public bool Counted;
-        public int Interval;
+        // The interval this flow was last counted in; a new flow has been counted in none.
+        public int Interval = -1;
         public uint? SentFinEnd;
         public bool SentFinAcked;
         public uint? PeerFinEnd;

@@ -25,6 +25,7 @@ public sealed partial class LearnerGrain(
     OutcomeLog log,
     LearningOptions options,
     ProfileScorer prior,
+    LearnedScorer scorer,
     TimeProvider time,
     ILogger<LearnerGrain> logger) : Grain, ILearnerGrain
 {
@@ -97,7 +98,10 @@ public sealed partial class LearnerGrain(
         var catalog = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync();
         return await Task.Run(() =>
         {
-            using var model = UtilityModel.Load(log.Store, version);
+            // The version this silo already scores with, or read from the store when its refresher has not caught up.
+            var scoring = scorer.Model is { } current && current.Version == version ? current : null;
+            using var loaded = scoring is null ? UtilityModel.Load(log.Store, version) : null;
+            var model = scoring ?? loaded;
             var outcomes = log.ReadRecent(EvaluatedOutcomes).OrderBy(o => o.At).ToList();
             if (model is null || outcomes.Count == 0)
             {
