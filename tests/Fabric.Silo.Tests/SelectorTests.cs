@@ -20,7 +20,7 @@ public class SelectorTests
         Assert.True(decision.Changed);
         Assert.Null(pending);
         Assert.Contains("first decision", decision.Reason, StringComparison.Ordinal);
-        Assert.Equal(5, decision.Candidates.Length);
+        Assert.Equal(["arq-bulk", "arq-lowlat", "fec", "std-ipv4"], decision.Candidates.Select(c => c.Stack).Order(StringComparer.Ordinal));
         Assert.DoesNotContain(decision.Candidates, c => c.Stack == "std-ipv6");
         Assert.All(decision.Candidates, c => Assert.Contains("residual loss", c.Why, StringComparison.Ordinal));
     }
@@ -113,19 +113,36 @@ public class SelectorTests
             var best = decision.Candidates[0].Score;
             Assert.True(decision.Candidates.Single(c => c.Stack == decision.Stack).Score >= best - _selector.Options.ExploreWithin, decision.Reason);
         }
-        // The close ones (arq-lowlat and secure, whose header costs little) share the 20 %; fec and arq-bulk are never tried.
+        // The close one (arq-lowlat, whose header costs little) takes the 20 %; fec and arq-bulk are never tried, and
+        // secure is no candidate for a standard VM.
         var close = Run(policy, Path(30, 0), "std-ipv4", null, T0).Decision.Candidates
             .Where(c => c.Stack != "std-ipv4" && c.Score >= Run(policy, Path(30, 0), "std-ipv4", null, T0).Decision.Candidates[0].Score - _selector.Options.ExploreWithin)
             .Select(c => c.Stack).ToList();
-        Assert.Equal(["arq-lowlat", "secure"], close.Order(StringComparer.Ordinal));
-        Assert.Equal(["arq-lowlat", "secure", "std-ipv4"], counts.Keys.Order(StringComparer.Ordinal));
-        foreach (var stack in close)
-        {
-            Assert.InRange(counts[stack] / (double)Runs, 0.09, 0.11);
-            // The logged probabilities are the frequencies the selector really chose with.
-            Assert.Equal(0.1, propensities[stack], 3);
-        }
+        Assert.Equal(["arq-lowlat"], close);
+        Assert.Equal(["arq-lowlat", "std-ipv4"], counts.Keys.Order(StringComparer.Ordinal));
+        Assert.InRange(counts["arq-lowlat"] / (double)Runs, 0.19, 0.21);
+        // The logged probabilities are the frequencies the selector really chose with.
+        Assert.Equal(0.2, propensities["arq-lowlat"], 3);
         Assert.Equal(0.8, propensities["std-ipv4"], 3);
+    }
+
+    [Fact]
+    public void AStandardPolicy_IsEncryptedOnlyWhenItNamesTheEncryptingStack_OrNothingElseIsLeft()
+    {
+        var random = new Random(4);
+        foreach (var workload in new[] { "general", "latency", "bulk" })
+        {
+            for (var i = 0; i < 500; i++)
+            {
+                var (decision, _) = Run(Policy(workload, explore: 0.5), Path(1 + random.NextDouble() * 150, random.NextDouble() * 0.1), "std-ipv4", null, T0, random.NextDouble());
+                Assert.NotEqual("secure", decision.Stack);
+                Assert.DoesNotContain(decision.Candidates, c => c.Stack == "secure");
+            }
+        }
+        var named = Run(Policy("general", allow: ["std-ipv4", "secure"]), Path(30, 0), null, null, T0).Decision;
+        Assert.Contains(named.Candidates, c => c.Stack == "secure");
+        var onlySecure = Run(Policy("general", deny: ["std-ipv4", "fec", "arq-lowlat", "arq-bulk"]), Path(30, 0), null, null, T0).Decision;
+        Assert.Equal("secure", onlySecure.Stack);
     }
 
     [Fact]
