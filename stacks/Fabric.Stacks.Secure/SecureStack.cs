@@ -7,20 +7,45 @@ using Fabric.Wire;
 namespace Fabric.Stacks.Secure;
 
 /// <summary>
-/// Seals every frame with ChaCha20-Poly1305 (payload type StackEncoded). Each direction has its own keys, derived with
-/// HKDF-SHA256 from the path key in the configuration, the two host ids and a key epoch, so the two ends never share a
-/// nonce. Stack fields (12 bytes): epoch (32 bits) and a packet counter (64 bits) that never repeats in a direction;
-/// together they are the nonce. The virtual network id from the Fabric header and the fields are authenticated, so a
-/// frame cannot be moved to another tenant's network. The receiver keeps a 1024-packet replay window: a tampered packet
-/// (AuthenticationFailed), a replay (Duplicate) and one older than the window (OutOfWindow) are dropped and counted.
-/// Rekeying without loss: the sender moves to the next epoch after <c>rekeyPackets</c> packets or <c>rekeySeconds</c>,
-/// and the receiver keeps the previous epoch's key, so packets in flight still open.
+/// Seals every frame with ChaCha20-Poly1305 (payload type StackEncoded) under keys no other instance ever used.
+/// <para>Session: each instance draws a random 16-byte session nonce when it is created. The two ends exchange them in
+/// hellos (type StackControl, authenticated with HMAC-SHA256 under a key derived from the path key, the direction bound
+/// into the MAC so a hello reflected at its sender does not verify). An end seals only once it holds the peer's nonce and
+/// knows the peer holds its own (a hello echoing it, or an authentic packet); until then frames wait in a bounded queue,
+/// never in the clear. Keys are derived with HKDF-SHA256 from the path key, both session nonces, the direction and a key
+/// epoch, so a restarted agent, a re-opened slot or a swap seals under fresh keys, and a captured stream replayed into a
+/// new session does not open. The packet counter never goes back within an instance, so no (key, nonce) pair repeats even
+/// if a session were entered twice; and a peer nonce an instance has left is never taken again (an old hello replayed
+/// cannot pull it back). A hello with a new peer nonce (the peer restarted) starts a new session at once: the restarted
+/// peer's traffic flows again after one exchange.</para>
+/// <para>Data: stack fields (12 bytes) are the epoch (32 bits) and the counter (64 bits), together the nonce. The virtual
+/// network id from the Fabric header and the fields are authenticated, so a frame cannot be moved to another tenant's
+/// network. The receiver keeps a 1024-packet replay window: a tampered packet (AuthenticationFailed), a replay
+/// (Duplicate) and one older than the window (OutOfWindow) are dropped and counted. Rekeying without loss: the sender
+/// moves to the next epoch after <c>rekeyPackets</c> packets or <c>rekeySeconds</c>, and the receiver keeps the
+/// previous epoch's key, so packets in flight still open.</para>
 /// </summary>
 public sealed class SecureStack : IStack
 {
     public const int FieldLength = 12;
     public const int TagLength = 16;
     public const int Window = 1024;
+
+    /// <summary>A hello: kind, flags, the sender's session nonce, the peer nonce it holds (zeros: none), the MAC.</summary>
+    public const int HelloLength = 2 + NonceLength + NonceLength + MacLength;
+    private const byte KindHello = 1;
+    private const byte FlagConfirmed = 1;
+    private const int NonceLength = 16;
+    private const int MacLength = 16;
+
+    /// <summary>Frames (and bytes) held while the session is being established; beyond them frames are dropped (BufferFull).</summary>
+    public const int QueueFrames = 256;
+    public const int QueueBytes = 1 << 20;
+
+    private const long FirstHelloInterval = 100_000_000;
+    private const long LastHelloInterval = 2_000_000_000;
+    private const long ReplySpacing = 10_000_000;
+    private const int LeftPeersKept = 32;
 
     private readonly StackCounters _counters = new();
     private readonly byte[]? _pathKey;
@@ -33,7 +58,21 @@ public sealed class SecureStack : IStack
     private readonly byte[] _nonce = new byte[12];
     private readonly byte[] _aad = new byte[4 + FieldLength];
 
-    // Sender.
+    // Session.
+    private readonly byte[]? _helloKey;
+    private readonly byte[] _mine = new byte[NonceLength];
+    private byte[]? _peer;
+    private bool _peerHoldsMine;
+    private readonly Queue<byte[]> _leftPeers = new();
+    private readonly Queue<(byte[] Frame, uint Network)> _waiting = new();
+    private int _waitingBytes;
+    private long _nextHello;
+    private long _helloInterval = FirstHelloInterval;
+    private long _lastReply = long.MinValue;
+    private readonly byte[] _hello = new byte[HelloLength];
+    private readonly byte[] _mac = new byte[32];
+
+    // Sender. The counter never goes back for the instance's life, whatever the session or epoch.
     private uint _epoch;
     private ulong _counter;
     private long _epochPackets;
@@ -66,21 +105,39 @@ public sealed class SecureStack : IStack
         else
         {
             _pathKey = Convert.FromHexString(hex);
+            _helloKey = HKDF.DeriveKey(HashAlgorithmName.SHA256, _pathKey, 32, salt: [], Encoding.UTF8.GetBytes("fabric secure v2 hello"));
+            RandomNumberGenerator.Fill(_mine);
         }
     }
 
     /// <summary>The epoch this end seals with now.</summary>
     public uint Epoch => _epoch;
 
-    public long NextTimerNanoseconds => long.MaxValue;
+    /// <summary>True once this end seals: it holds the peer's session nonce and knows the peer holds its own.</summary>
+    public bool Established => _peer is not null && _peerHoldsMine;
+
+    /// <summary>
+    /// The session this end seals and opens under, as the two session nonces in hex (the host that sorts first's first;
+    /// the nonces travel in the clear in hellos, so this is no secret); empty while the peer's is unknown. Diagnostics.
+    /// </summary>
+    public string Session => _peer is null ? "" : string.CompareOrdinal(_local, _remote) < 0
+        ? Convert.ToHexString(_mine) + Convert.ToHexString(_peer) : Convert.ToHexString(_peer) + Convert.ToHexString(_mine);
+
+    /// <summary>Frames waiting for the session (diagnostics).</summary>
+    public int Waiting => _waiting.Count;
+
+    /// <summary>Hellos are due while this end does not seal yet (the first at once); none after.</summary>
+    public long NextTimerNanoseconds => _helloKey is null || Established ? long.MaxValue : _nextHello;
 
     private static long Setting(IReadOnlyDictionary<string, string> configuration, string key, long fallback) =>
         configuration.TryGetValue(key, out var text) && long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value) && value > 0 ? value : fallback;
 
+    /// <summary>The key of one direction and epoch of this session: both session nonces salt it, the host that sorts first's first.</summary>
     private ChaCha20Poly1305 Derive(string from, string to, uint epoch)
     {
-        var info = Encoding.UTF8.GetBytes($"fabric secure v1 {from}->{to} epoch {epoch}");
-        var key = HKDF.DeriveKey(HashAlgorithmName.SHA256, _pathKey!, 32, salt: [], info);
+        var info = Encoding.UTF8.GetBytes($"fabric secure v2 {from}->{to} epoch {epoch}");
+        byte[] salt = string.CompareOrdinal(_local, _remote) < 0 ? [.. _mine, .. _peer!] : [.. _peer!, .. _mine];
+        var key = HKDF.DeriveKey(HashAlgorithmName.SHA256, _pathKey!, 32, salt, info);
         try
         {
             return new ChaCha20Poly1305(key);
@@ -104,6 +161,29 @@ public sealed class SecureStack : IStack
             _counters.Drop(StackDropReason.Malformed);
             return;
         }
+        if (!Established)
+        {
+            // Never in the clear and never under a key the peer may not hold: the frame waits for the session.
+            if (_waiting.Count >= QueueFrames || _waitingBytes + frame.Length > QueueBytes)
+            {
+                _counters.Drop(StackDropReason.BufferFull);
+            }
+            else
+            {
+                _waiting.Enqueue((frame.ToArray(), underlay.VirtualNetwork));
+                _waitingBytes += frame.Length;
+            }
+            if (nowNanoseconds >= _nextHello)
+            {
+                SendHello(nowNanoseconds, underlay);
+            }
+            return;
+        }
+        Seal(frame, nowNanoseconds, underlay);
+    }
+
+    private void Seal(ReadOnlySpan<byte> frame, long nowNanoseconds, IUnderlayOutput underlay)
+    {
         var length = FieldLength + frame.Length + TagLength;
         var buffer = underlay.Begin(length);
         if (buffer.Length < length)
@@ -147,6 +227,11 @@ public sealed class SecureStack : IStack
     public void Receive(in StackDatagram datagram, long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
     {
         _counters.DatagramsIn++;
+        if (datagram.Header.PayloadType == FabricPayloadType.StackControl)
+        {
+            OnHello(datagram, nowNanoseconds, underlay);
+            return;
+        }
         if (datagram.Header.PayloadType != FabricPayloadType.StackEncoded)
         {
             _counters.Drop(StackDropReason.UnexpectedPayloadType);
@@ -160,6 +245,12 @@ public sealed class SecureStack : IStack
         if (_pathKey is null)
         {
             _counters.Drop(StackDropReason.NotConfigured);
+            return;
+        }
+        if (_peer is null)
+        {
+            // Sealed under a session this instance never took part in (a replay, or a peer that has not heard our hello).
+            _counters.Drop(StackDropReason.AuthenticationFailed);
             return;
         }
         var epoch = BinaryPrimitives.ReadUInt32BigEndian(datagram.StackFields);
@@ -205,6 +296,12 @@ public sealed class SecureStack : IStack
         }
         // Only an authentic packet moves the window and the epoch: forgeries cannot push genuine packets out.
         Mark(counter);
+        if (!_peerHoldsMine)
+        {
+            // The peer sealed under our session: it holds our nonce, so this end may seal too.
+            _peerHoldsMine = true;
+            Flush(nowNanoseconds, underlay);
+        }
         if (epoch > _highestEpoch)
         {
             _highestEpoch = epoch;
@@ -268,6 +365,150 @@ public sealed class SecureStack : IStack
 
     public void OnTimer(long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
     {
+        if (_helloKey is not null && !Established && nowNanoseconds >= _nextHello)
+        {
+            SendHello(nowNanoseconds, underlay);
+        }
+    }
+
+    /// <summary>Sends this end's hello and schedules the next one (100 ms, doubling to 2 s while no answer comes).</summary>
+    private void SendHello(long nowNanoseconds, IUnderlayOutput underlay)
+    {
+        WriteHello(nowNanoseconds, underlay);
+        _helloInterval = Math.Min(_helloInterval * 2, LastHelloInterval);
+    }
+
+    private void WriteHello(long nowNanoseconds, IUnderlayOutput underlay)
+    {
+        var buffer = underlay.Begin(HelloLength);
+        if (buffer.Length < HelloLength)
+        {
+            _counters.Drop(buffer.IsEmpty ? StackDropReason.NoBuffer : StackDropReason.TooLarge);
+            return;
+        }
+        _hello[0] = KindHello;
+        _hello[1] = _peerHoldsMine ? FlagConfirmed : (byte)0;
+        _mine.CopyTo(_hello, 2);
+        if (_peer is null)
+        {
+            Array.Clear(_hello, 2 + NonceLength, NonceLength);
+        }
+        else
+        {
+            _peer.CopyTo(_hello, 2 + NonceLength);
+        }
+        Mac(_local, _remote, _hello.AsSpan(0, HelloLength - MacLength)).CopyTo(_hello.AsSpan(HelloLength - MacLength));
+        _hello.CopyTo(buffer);
+        underlay.Commit(FabricPayloadType.StackControl, 0, HelloLength);
+        _lastReply = nowNanoseconds;
+        _nextHello = nowNanoseconds + _helloInterval;
+    }
+
+    /// <summary>The hello MAC: HMAC-SHA256 under the hello key over the direction and the body, cut to 16 bytes.</summary>
+    private ReadOnlySpan<byte> Mac(string from, string to, ReadOnlySpan<byte> body)
+    {
+        var direction = Encoding.UTF8.GetBytes($"{from}->{to}|");
+        using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, _helloKey!);
+        hmac.AppendData(direction);
+        hmac.AppendData(body);
+        hmac.GetHashAndReset(_mac);
+        return _mac.AsSpan(0, MacLength);
+    }
+
+    /// <summary>
+    /// A hello from the peer: a new peer nonce starts a new session (the receiver forgets the old one; a nonce left once
+    /// is never taken again), an echo of our nonce confirms it, and this end answers while either side still lacks
+    /// something (a hello that changes nothing, such as a replay, is answered at most once per 10 ms).
+    /// </summary>
+    private void OnHello(in StackDatagram datagram, long nowNanoseconds, IUnderlayOutput underlay)
+    {
+        var hello = datagram.Payload;
+        if (datagram.StackFields.Length != 0 || hello.Length != HelloLength || hello[0] != KindHello)
+        {
+            _counters.Drop(StackDropReason.Malformed);
+            return;
+        }
+        if (_helloKey is null)
+        {
+            _counters.Drop(StackDropReason.NotConfigured);
+            return;
+        }
+        if (!CryptographicOperations.FixedTimeEquals(Mac(_remote, _local, hello[..^MacLength]), hello[^MacLength..]))
+        {
+            _counters.Drop(StackDropReason.AuthenticationFailed);
+            return;
+        }
+        var theirs = hello.Slice(2, NonceLength);
+        var echoed = hello.Slice(2 + NonceLength, NonceLength);
+        var peerConfirmed = (hello[1] & FlagConfirmed) != 0;
+        foreach (var left in _leftPeers)
+        {
+            if (theirs.SequenceEqual(left))
+            {
+                // A hello of a session this instance has left: a replay.
+                _counters.Drop(StackDropReason.Duplicate);
+                return;
+            }
+        }
+        var changed = false;
+        if (_peer is null || !theirs.SequenceEqual(_peer))
+        {
+            changed = true;
+            if (_peer is not null)
+            {
+                _leftPeers.Enqueue(_peer);
+                if (_leftPeers.Count > LeftPeersKept)
+                {
+                    _leftPeers.Dequeue();
+                }
+                _telemetry.Event("new-session", "the peer's session changed (it restarted or re-opened the slot): keys are derived afresh");
+            }
+            StartSession(theirs.ToArray());
+        }
+        if (echoed.SequenceEqual(_mine) && !_peerHoldsMine)
+        {
+            _peerHoldsMine = changed = true;
+        }
+        if ((!echoed.SequenceEqual(_mine) || !peerConfirmed) && (changed || nowNanoseconds - _lastReply >= ReplySpacing))
+        {
+            WriteHello(nowNanoseconds, underlay);
+        }
+        Flush(nowNanoseconds, underlay);
+    }
+
+    /// <summary>Takes <paramref name="peer"/> as the peer's session: new keys in both directions, an empty replay window.</summary>
+    private void StartSession(byte[] peer)
+    {
+        _peer = peer;
+        _peerHoldsMine = false;
+        _seal?.Dispose();
+        _seal = null;
+        _epoch = 0;
+        foreach (var open in _open.Values)
+        {
+            open.Dispose();
+        }
+        _open.Clear();
+        (_highestEpoch, _highest, _any) = (0, 0, false);
+        Array.Clear(_seen);
+        (_nextHello, _helloInterval) = (0, FirstHelloInterval);
+    }
+
+    /// <summary>Seals the frames that waited for the session, once it is established.</summary>
+    private void Flush(long nowNanoseconds, IUnderlayOutput underlay)
+    {
+        if (!Established || _waiting.Count == 0)
+        {
+            return;
+        }
+        var network = underlay.VirtualNetwork;
+        while (_waiting.TryDequeue(out var waiting))
+        {
+            _waitingBytes -= waiting.Frame.Length;
+            underlay.VirtualNetwork = waiting.Network;
+            Seal(waiting.Frame, nowNanoseconds, underlay);
+        }
+        underlay.VirtualNetwork = network;
     }
 
     public StackStats GetStats() => _counters.Snapshot();
@@ -281,6 +522,11 @@ public sealed class SecureStack : IStack
     public void Dispose()
     {
         _seal?.Dispose();
+        _waiting.Clear();
+        if (_helloKey is not null)
+        {
+            CryptographicOperations.ZeroMemory(_helloKey);
+        }
         foreach (var open in _open.Values)
         {
             open.Dispose();

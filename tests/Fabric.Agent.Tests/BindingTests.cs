@@ -52,6 +52,54 @@ public class BindingTests
     }
 
     [Fact]
+    public async Task ARestartedPeer_OpensTheSecureSlotAgain_UnderANewSession_AndTheVmsTrafficFlowsAgain()
+    {
+        using var hosts = new TwoHosts(settings: Keys);
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+        var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+
+        // B's agent restarts and knows nothing of the slot: A's sealed frames reach it, it asks A to open the slot again,
+        // the two instances exchange hellos, and vm1's frames arrive again, sealed under keys derived afresh.
+        hosts.RestartB();
+        var restarted = System.Diagnostics.Stopwatch.StartNew();
+        var arrived = false;
+        while (!arrived && restarted.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            hosts.Vm("vm1").Transmit(frame);
+            arrived = hosts.Vm("vm3").Receive(new byte[70000], out _, TimeSpan.FromMilliseconds(20)) == Fabric.Hal.PortResult.Ok;
+        }
+        Assert.True(arrived, "vm1's traffic never reached vm3 after host-b restarted");
+        TestContext.Current.SendDiagnosticMessage($"vm1's secure traffic flowed again {restarted.Elapsed.TotalMilliseconds:0} ms after host-b restarted");
+        Assert.Equal("secure", hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stack);
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("new-session", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task APeerThatOpensItsSlotAnew_GetsAFreshInstanceHere_NotTheOneItsOldSelfUsed()
+    {
+        using var hosts = new TwoHosts(settings: Keys);
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "swap-test", TestContext.Current.CancellationToken));
+        var slot = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+        var frame = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
+        for (var i = 0; i < 3; i++)
+        {
+            hosts.Vm("vm3").Transmit(frame);
+            hosts.Expect("vm1");
+        }
+        Assert.Equal(3, hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stats.FramesDelivered);
+        // After a restart B opens the same slot with a new instance, and A replaces the one it held for the old.
+        hosts.RestartB();
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "swap-test", TestContext.Current.CancellationToken));
+        Assert.Equal(slot, hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot);
+        hosts.Vm("vm3").Transmit(frame);
+        hosts.Expect("vm1");
+        Assert.Equal(1, hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stats.FramesDelivered);
+    }
+
+    [Fact]
     public async Task ASecureSlotWithoutAKey_DropsAndSaysSo()
     {
         using var hosts = new TwoHosts();

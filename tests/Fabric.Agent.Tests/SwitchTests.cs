@@ -166,6 +166,38 @@ public class SwitchTests
     }
 
     [Fact]
+    public void AHostCannotSpeakForVmsItDoesNotHave_NorInNetworksItHasNoneIn()
+    {
+        using var hosts = new TwoHosts();
+        // A third host B knows, with one VM of its own in vni 100: an attacker who can send as that host.
+        using var intruder = new System.Net.Sockets.UdpClient(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        var port = ((System.Net.IPEndPoint)intruder.Client.LocalEndPoint!).Port;
+        var macC = new MacAddress(0x02_00_00_00_03_05);
+        Ok(hosts.B.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-c", "127.0.0.1", null, "std-ipv4", port))));
+        Ok(hosts.B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, macC.ToString(), "host-c", ["10.0.0.5"]))));
+        uint sequence = 0;
+        void Send(uint vni, byte[] frame)
+        {
+            var datagram = new byte[FabricHeader.Length + frame.Length];
+            new FabricHeaderRepr(0, FabricPayloadType.Ethernet, vni, sequence++, 0, 0).Write(datagram);
+            frame.CopyTo(datagram, FabricHeader.Length);
+            intruder.Send(datagram, hosts.B.Switch.UnderlayEndpoints.IPv4!);
+        }
+        // As vm1 (host-a's), unicast and broadcast; as a MAC no one has; as its own VM but in vni 200, where it has none.
+        Send(100, Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 100));
+        Send(100, Frames.Udp(Mac1, MacAddress.Broadcast, "10.0.0.1", "255.255.255.255", 100, dontFragment: false));
+        Send(100, Frames.Udp(new MacAddress(0x02_00_00_00_09_09), Mac3, "10.0.0.9", "10.0.0.3", 100));
+        Send(200, Frames.Udp(macC, Mac3, "10.0.0.5", "10.0.0.3", 100));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        Eventually.True(() => hosts.B.Switch.UnderlayCounters.Drops(DropReason.SpoofedSource) == 4, TimeSpan.FromSeconds(5),
+            "four frames from host-c spoken for VMs it does not have", () => $"spoofed {hosts.B.Switch.UnderlayCounters.Drops(DropReason.SpoofedSource)}");
+        // Its own VM's frame in its own network is delivered: the check is where the sender is, not whether it is known.
+        var own = Frames.Udp(macC, Mac3, "10.0.0.5", "10.0.0.3", 100);
+        Send(100, own);
+        Assert.Equal(own, hosts.Expect("vm3"));
+    }
+
+    [Fact]
     public void DatagramsFromUnknownPeers_AreCountedAndIgnored()
     {
         using var hosts = new TwoHosts();

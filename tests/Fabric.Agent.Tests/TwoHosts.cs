@@ -24,23 +24,43 @@ internal sealed class TwoHosts : IDisposable
     {
         string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
             StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.Secure)];
+        (_stacks, _stack, _settings) = (stacks, stack, settings);
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
-        B = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         A.Start();
-        B.Start();
+        B = StartB(0);
         Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings))));
-        Ok(B.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", stack, PortOf(A, stack), settings))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm1", "tap-vm1", 100, Mac1.ToString(), ["10.0.0.1"], ["fd00:100::1"]))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm2", "tap-vm2", 100, Mac2.ToString(), ["10.0.0.2"], ["fd00:100::2"]))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm4", "tap-vm4", 200, Mac4.ToString(), ["10.0.0.4"], []))));
-        Ok(B.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"], ["fd00:100::3"]))));
         Ok(A.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac3.ToString(), "host-b", ["10.0.0.3"], ["fd00:100::3"]))));
-        Ok(B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"]))));
-        Ok(B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"], ["fd00:100::2"]))));
+    }
+
+    private readonly string[] _stacks;
+    private readonly string _stack;
+    private readonly Dictionary<string, Dictionary<string, string>>? _settings;
+
+    /// <summary>Starts host B (on the given underlay port; 0: any) with its VM and routes, as its agent does on every start.</summary>
+    private Agent StartB(int port)
+    {
+        var b = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: port), _stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
+        b.Start();
+        Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", _stack, PortOf(A, _stack), _settings))));
+        Ok(b.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"], ["fd00:100::3"]))));
+        Ok(b.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"]))));
+        Ok(b.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"], ["fd00:100::2"]))));
+        return b;
+    }
+
+    /// <summary>Host B's agent stops and starts again on the same IPv4 underlay port, knowing nothing of what it had opened.</summary>
+    public void RestartB()
+    {
+        var port = B.Switch.UnderlayEndpoints.IPv4!.Port;
+        B.Dispose();
+        B = StartB(port);
     }
 
     public Agent A { get; }
-    public Agent B { get; }
+    public Agent B { get; private set; }
 
     /// <summary>The VM side of a VM's port: what the VM sends and receives.</summary>
     public ChannelPort Vm(string vmId) => _vmEnds["tap-" + vmId];

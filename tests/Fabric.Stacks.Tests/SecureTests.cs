@@ -59,13 +59,61 @@ public class SecureTests
 
     private static void Receive(SecureStack stack, Datagram d, Vm vm) => stack.Receive(new StackDatagram(d.Header, d.Fields, d.Payload), 0, vm, new Wire());
 
+    /// <summary>
+    /// Runs both ends' due timers and carries what each sends to the other, until neither sends anything more (the
+    /// hello exchange, then whatever waited for it); returns every datagram carried, in order.
+    /// </summary>
+    private static List<(string To, Datagram Datagram)> Exchange(SecureStack a, SecureStack b, long now = 0, Vm? atA = null, Vm? atB = null, Wire? toA = null, Wire? toB = null)
+    {
+        var carried = new List<(string, Datagram)>();
+        toA ??= new Wire();
+        toB ??= new Wire();
+        if (a.NextTimerNanoseconds <= now)
+        {
+            a.OnTimer(now, atA ?? new Vm(), toB);
+        }
+        if (b.NextTimerNanoseconds <= now)
+        {
+            b.OnTimer(now, atB ?? new Vm(), toA);
+        }
+        for (var round = 0; toA.Sent.Count + toB.Sent.Count > 0; round++)
+        {
+            Assert.True(round < 10, "the two ends keep answering each other");
+            var (forA, forB) = (toA.Sent.ToList(), toB.Sent.ToList());
+            toA.Sent.Clear();
+            toB.Sent.Clear();
+            foreach (var d in forB)
+            {
+                carried.Add(("b", d));
+                b.Receive(new StackDatagram(d.Header, d.Fields, d.Payload), now, atB ?? new Vm(), toA);
+            }
+            foreach (var d in forA)
+            {
+                carried.Add(("a", d));
+                a.Receive(new StackDatagram(d.Header, d.Fields, d.Payload), now, atA ?? new Vm(), toB);
+            }
+        }
+        return carried;
+    }
+
+    /// <summary>Two ends of one path with their session established.</summary>
+    private static (SecureStack A, SecureStack B) Pair(Dictionary<string, string>? extra = null)
+    {
+        var (a, b) = (Stack("a", "b", Key, extra: extra), Stack("b", "a", Key, extra: extra));
+        Exchange(a, b);
+        Assert.True(a.Established && b.Established, "the hello exchange did not establish the session");
+        Assert.Equal(a.Session, b.Session);
+        return (a, b);
+    }
+
     private static long Drops(SecureStack stack, StackDropReason reason) => stack.GetStats().Drops.GetValueOrDefault(reason);
 
     [Fact]
     public void Frames_AreSealed_AndOpenOnlyAtThePeer()
     {
-        using var a = Stack("a", "b", Key);
-        using var b = Stack("b", "a", Key);
+        var (a, b) = Pair();
+        using var _ = a;
+        using var __ = b;
         var wire = new Wire();
         a.Transmit(Frame(1), 0, wire);
         var sent = Assert.Single(wire.Sent);
@@ -83,8 +131,9 @@ public class SecureTests
     [Fact]
     public void TamperedPackets_AreDroppedAndCounted_WhereverTheByteIs()
     {
-        using var a = Stack("a", "b", Key);
-        using var b = Stack("b", "a", Key);
+        var (a, b) = Pair();
+        using var _ = a;
+        using var __ = b;
         var wire = new Wire();
         a.Transmit(Frame(1), 0, wire);
         var d = wire.Sent[0];
@@ -115,8 +164,9 @@ public class SecureTests
     [Fact]
     public void Replays_AndPacketsOlderThanTheWindow_AreDroppedAndCounted_ReorderingWithinItIsNot()
     {
-        using var a = Stack("a", "b", Key);
-        using var b = Stack("b", "a", Key);
+        var (a, b) = Pair();
+        using var _ = a;
+        using var __ = b;
         var wire = new Wire();
         for (var i = 0; i < 3000; i++)
         {
@@ -150,8 +200,9 @@ public class SecureTests
     [Fact]
     public void ForgedEpochs_NeverGrowTheKeyCache_BeforeOrAfterTheFirstGenuinePacket()
     {
-        using var a = Stack("a", "b", Key, extra: new() { ["rekeyPackets"] = "100" });
-        using var b = Stack("b", "a", Key);
+        var (a, b) = Pair(new() { ["rekeyPackets"] = "100" });
+        using var _ = a;
+        using var __ = b;
         var wire = new Wire();
         for (var i = 0; i < 300; i++)
         {
@@ -186,8 +237,9 @@ public class SecureTests
     [Fact]
     public void Rekeying_LosesNothing_EvenWithPacketsOfTheOldKeyStillInFlight()
     {
-        using var a = Stack("a", "b", Key, extra: new() { ["rekeyPackets"] = "100" });
-        using var b = Stack("b", "a", Key);
+        var (a, b) = Pair(new() { ["rekeyPackets"] = "100" });
+        using var _ = a;
+        using var __ = b;
         var wire = new Wire();
         for (var i = 0; i < 1000; i++)
         {
@@ -220,12 +272,241 @@ public class SecureTests
         using var bad = Stack("a", "b", "xyz", events);
         Assert.Contains(events.Seen, e => e.Contains("64 hex digits", StringComparison.Ordinal));
 
+        // With another key the hellos do not verify: no session, so nothing is ever sealed, let alone sent in the clear.
         using var a = Stack("a", "b", Key);
         using var stranger = Stack("b", "a", new string('0', 64));
-        a.Transmit(Frame(1), 0, wire);
-        var vm = new Vm();
-        Receive(stranger, wire.Sent[0], vm);
-        Assert.Empty(vm.Frames);
+        var carried = Exchange(a, stranger);
+        Assert.False(a.Established || stranger.Established);
         Assert.Equal(1, Drops(stranger, StackDropReason.AuthenticationFailed));
+        Assert.Equal(1, Drops(a, StackDropReason.AuthenticationFailed));
+        var before = new Wire();
+        a.Transmit(Frame(1), 0, before);
+        Assert.All(before.Sent.Concat(carried.Select(c => c.Datagram)), d => Assert.Equal(FabricPayloadType.StackControl, d.Header.PayloadType));
+        Assert.Equal(1, a.Waiting);
+    }
+
+    [Fact]
+    public void NoKeyAndNonce_EverRepeats_AcrossRestartsReopensSwapsAndRekeys()
+    {
+        // Every datagram sealed in a run where each end is replaced several ways, keys roll every 50 packets and both
+        // directions carry traffic: (direction, session, epoch) names the key, (epoch, counter) the nonce.
+        var sealedWith = new HashSet<string>(StringComparer.Ordinal);
+        var sealedCount = 0;
+        var delivered = 0;
+        var extra = new Dictionary<string, string> { ["rekeyPackets"] = "50" };
+        var a = Stack("a", "b", Key, extra: extra);
+        var b = Stack("b", "a", Key, extra: extra);
+        var now = 0L;
+        void Traffic(int frames)
+        {
+            var (atA, atB) = (new Vm(), new Vm());
+            Exchange(a, b, now, atA, atB);
+            for (var i = 0; i < frames; i++)
+            {
+                now += 1_000_000;
+                foreach (var (from, to, vm) in new[] { (a, b, atB), (b, a, atA) })
+                {
+                    var wire = new Wire();
+                    from.Transmit(Frame(i), now, wire);
+                    foreach (var d in wire.Sent.Where(d => d.Header.PayloadType == FabricPayloadType.StackEncoded))
+                    {
+                        sealedCount++;
+                        Assert.True(sealedWith.Add($"{(from == a ? "a->b" : "b->a")} {from.Session} {Convert.ToHexString(d.Fields)}"), "a (key, nonce) pair was sealed twice");
+                        to.Receive(new StackDatagram(d.Header, d.Fields, d.Payload), now, vm, new Wire());
+                    }
+                }
+            }
+            delivered += atA.Frames.Count + atB.Frames.Count;
+        }
+        Traffic(120);
+        // The agent on b restarts; a keeps the path (its instance survives).
+        b.Dispose();
+        b = Stack("b", "a", Key, extra: extra);
+        Traffic(120);
+        // a re-opens the slot: a new instance where the old one stood.
+        a.Dispose();
+        a = Stack("a", "b", Key, extra: extra);
+        Traffic(120);
+        // A swap: both ends get new instances.
+        a.Dispose();
+        b.Dispose();
+        (a, b) = (Stack("a", "b", Key, extra: extra), Stack("b", "a", Key, extra: extra));
+        Traffic(120);
+        a.Dispose();
+        b.Dispose();
+        Assert.Equal(4 * 120 * 2, sealedCount);
+        Assert.Equal(sealedCount, delivered);
+    }
+
+    [Fact]
+    public void ACapturedStream_ReplayedIntoANewSession_IsRefusedAndCounted_AndOldHellosCannotPullASessionBack()
+    {
+        using var a = Stack("a", "b", Key);
+        var b = Stack("b", "a", Key);
+        var firstPairing = Exchange(a, b);
+        var wire = new Wire();
+        for (var i = 0; i < 100; i++)
+        {
+            a.Transmit(Frame(i), i, wire);
+        }
+        var vm = new Vm();
+        foreach (var d in wire.Sent)
+        {
+            Receive(b, d, vm);
+        }
+        Assert.Equal(100, vm.Frames.Count);
+        b.Dispose();
+
+        // b restarted and paired with a again: the captured stream, replayed into the new session, opens nothing.
+        using var b2 = Stack("b", "a", Key);
+        Exchange(a, b2);
+        Assert.True(a.Established && b2.Established);
+        vm.Frames.Clear();
+        foreach (var d in wire.Sent)
+        {
+            Receive(b2, d, vm);
+        }
+        Assert.Empty(vm.Frames);
+        Assert.Equal(100, Drops(b2, StackDropReason.AuthenticationFailed));
+        // Nor into an instance that has no session yet.
+        using var fresh = Stack("b", "a", Key);
+        foreach (var d in wire.Sent)
+        {
+            Receive(fresh, d, vm);
+        }
+        Assert.Empty(vm.Frames);
+        Assert.Equal(100, Drops(fresh, StackDropReason.AuthenticationFailed));
+
+        // The old b's hellos replayed at a: a session a has left is never taken again (counted as replays), so a keeps
+        // sealing for b2 under the new session's keys.
+        var session = a.Session;
+        var oldHellos = firstPairing.Where(c => c.To == "a").Select(c => c.Datagram).ToList();
+        Assert.NotEmpty(oldHellos);
+        var answers = new Wire();
+        foreach (var hello in oldHellos)
+        {
+            a.Receive(new StackDatagram(hello.Header, hello.Fields, hello.Payload), 0, new Vm(), answers);
+        }
+        Assert.Equal(oldHellos.Count, Drops(a, StackDropReason.Duplicate));
+        Assert.Empty(answers.Sent);
+        Assert.Equal(session, a.Session);
+        var after = new Wire();
+        a.Transmit(Frame(7), 0, after);
+        Receive(b2, Assert.Single(after.Sent), vm);
+        Assert.Equal(Frame(7), Assert.Single(vm.Frames));
+    }
+
+    [Fact]
+    public void ARestartedPeer_GetsTrafficAgain_AfterOneHelloExchange_AndNothingSentMeanwhileIsLost()
+    {
+        var events = new Events();
+        using var a = Stack("a", "b", Key, events);
+        var b = Stack("b", "a", Key);
+        Exchange(a, b);
+        b.Dispose();
+        using var b2 = Stack("b", "a", Key);
+        var vm = new Vm();
+        // a does not know yet: what it seals for the old b is refused at b2, counted.
+        var wire = new Wire();
+        a.Transmit(Frame(0), 0, wire);
+        Receive(b2, Assert.Single(wire.Sent), vm);
+        Assert.Equal(1, Drops(b2, StackDropReason.AuthenticationFailed));
+        // b2's first hello reaches a: a starts a new session at once and holds its frames until b2 confirms it.
+        var toA = new Wire();
+        b2.OnTimer(0, vm, toA);
+        var toB = new Wire();
+        a.Receive(new StackDatagram(toA.Sent[0].Header, toA.Sent[0].Fields, toA.Sent[0].Payload), 1_000_000, new Vm(), toB);
+        Assert.Contains(events.Seen, e => e.StartsWith("new-session", StringComparison.Ordinal));
+        Assert.False(a.Established);
+        for (var i = 1; i <= 10; i++)
+        {
+            a.Transmit(Frame(i), 1_000_000 + i, toB);
+        }
+        Assert.Equal(10, a.Waiting);
+        Assert.All(toB.Sent, d => Assert.Equal(FabricPayloadType.StackControl, d.Header.PayloadType));
+        // One round trip later every held frame arrives, in order.
+        Exchange(a, b2, 2_000_000, atB: vm, toB: toB);
+        Assert.True(a.Established && b2.Established);
+        Assert.Equal(Enumerable.Range(1, 10).Select(Frame), vm.Frames);
+    }
+
+    [Fact]
+    public void ForgedTamperedAndReflectedHellos_AreCounted_AndChangeNoSession()
+    {
+        var (a, b) = Pair();
+        using var _ = a;
+        using var __ = b;
+        var session = a.Session;
+        using var probe = Stack("b", "a", Key);
+        var wire = new Wire();
+        probe.OnTimer(0, new Vm(), wire);
+        var hello = wire.Sent.Single();
+        var forgeries = new List<Datagram>();
+        for (var i = 0; i < hello.Payload.Length; i++)
+        {
+            var payload = hello.Payload.ToArray();
+            payload[i] ^= 0x04;
+            forgeries.Add(hello with { Payload = payload });
+        }
+        var random = new Random(9);
+        for (var i = 0; i < 200; i++)
+        {
+            var payload = new byte[SecureStack.HelloLength];
+            random.NextBytes(payload);
+            payload[0] = 1;
+            forgeries.Add(hello with { Payload = payload });
+        }
+        // a's own hello reflected back at it: the direction is in the MAC.
+        var own = new Wire();
+        using (var twin = Stack("a", "b", Key))
+        {
+            twin.OnTimer(0, new Vm(), own);
+        }
+        forgeries.Add(own.Sent.Single());
+        // Under another path key.
+        using (var stranger = Stack("b", "a", new string('1', 64)))
+        {
+            var other = new Wire();
+            stranger.OnTimer(0, new Vm(), other);
+            forgeries.Add(other.Sent.Single());
+        }
+        var answers = new Wire();
+        foreach (var forged in forgeries)
+        {
+            a.Receive(new StackDatagram(forged.Header, forged.Fields, forged.Payload), 0, new Vm(), answers);
+        }
+        // Flipping the kind byte makes it malformed; everything else fails authentication.
+        Assert.Equal(1, Drops(a, StackDropReason.Malformed));
+        Assert.Equal(forgeries.Count - 1, Drops(a, StackDropReason.AuthenticationFailed));
+        Assert.Empty(answers.Sent);
+        Assert.Equal(session, a.Session);
+        Assert.True(a.Established);
+        a.Receive(new StackDatagram(hello.Header, new byte[3], hello.Payload), 0, new Vm(), answers);
+        a.Receive(new StackDatagram(hello.Header, [], hello.Payload.AsSpan(0, hello.Payload.Length - 1)), 0, new Vm(), answers);
+        Assert.Equal(3, Drops(a, StackDropReason.Malformed));
+    }
+
+    [Fact]
+    public void BeforeTheSession_FramesWaitInABoundedQueue_AndLeaveInOrderOnceItIsEstablished()
+    {
+        using var a = Stack("a", "b", Key);
+        using var b = Stack("b", "a", Key);
+        var early = new Wire();
+        for (var i = 0; i < SecureStack.QueueFrames + 44; i++)
+        {
+            early.VirtualNetwork = (uint)(100 + (i % 3));
+            a.Transmit(Frame(i), 0, early);
+        }
+        // Only the first hello left; nothing sealed, nothing in the clear.
+        Assert.Equal(FabricPayloadType.StackControl, Assert.Single(early.Sent).Header.PayloadType);
+        Assert.Equal(SecureStack.QueueFrames, a.Waiting);
+        Assert.Equal(44, Drops(a, StackDropReason.BufferFull));
+        var vm = new Vm();
+        var carried = Exchange(a, b, 0, atB: vm);
+        Assert.Equal(0, a.Waiting);
+        Assert.Equal(Enumerable.Range(0, SecureStack.QueueFrames).Select(Frame), vm.Frames);
+        // Each held frame kept the virtual network it was sent in (it is authenticated with it).
+        Assert.Equal(Enumerable.Range(0, SecureStack.QueueFrames).Select(i => (uint)(100 + (i % 3))),
+            carried.Where(c => c.Datagram.Header.PayloadType == FabricPayloadType.StackEncoded).Select(c => c.Datagram.Header.VirtualNetworkId));
     }
 }

@@ -21,6 +21,22 @@ internal static class ControlMessages
     }
 
     public static string Text(byte[] message) => message.Length <= 2 ? "" : System.Text.Encoding.UTF8.GetString(message.AsSpan(2));
+
+    /// <summary>
+    /// An open request: the stack id and the id of the instance the opener put in the slot (random per opening), so the
+    /// peer can tell a repeated request (same instance: keep its own) from a slot opened anew after a restart (new
+    /// instance: replace its own, whose state belongs to the opener's old one).
+    /// </summary>
+    public static byte[] MakeOpen(int slot, string stackId, ulong openId) => Make(Open, slot, $"{stackId} {openId:x16}");
+
+    /// <summary>The stack id and instance id of an open request; the id is 0 when the opener sent none.</summary>
+    public static (string StackId, ulong OpenId) ParseOpen(byte[] message)
+    {
+        var text = Text(message);
+        var space = text.IndexOf(' ', StringComparison.Ordinal);
+        return space > 0 && ulong.TryParse(text.AsSpan(space + 1), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture, out var id)
+            ? (text[..space], id) : (text, 0);
+    }
 }
 
 /// <summary>What one VM sent on a path during an interval, through which stack, and what its TCP traffic got (<see cref="TcpMeter"/>).</summary>

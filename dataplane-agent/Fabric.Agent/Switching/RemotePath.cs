@@ -29,6 +29,7 @@ public sealed class RemotePath : IDisposable
     private readonly IStack?[] _slots = new IStack?[256];
     private readonly string?[] _slotStacks = new string?[256];
     private readonly long[] _drainUntil = new long[256];
+    private readonly ulong[] _openIds = new ulong[256];
     private long _highestSequence = -1;
     private long _firstSequence = -1;
     private long _sequenced;
@@ -53,7 +54,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
     internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }
 
-    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Func<uint, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
+    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Func<string, uint, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
     {
         Spec = spec;
         Destination = destination;
@@ -222,12 +223,17 @@ public sealed class RemotePath : IDisposable
         return false;
     }
 
-    /// <summary>Opens (or reopens) a slot of the peer's range at the peer's request; returns the stack id it replaced, or null.</summary>
-    internal string? OpenForPeer(LoadedStack stack, int slot, string localHost, out bool unchanged)
+    /// <summary>
+    /// Opens (or reopens) a slot of the peer's range at the peer's request; returns the stack id it replaced, or null.
+    /// A repeated request for the instance already there (same stack, same <paramref name="openId"/>) changes nothing;
+    /// a request with another open id is the peer's new instance (it restarted or reopened the slot), so the old
+    /// instance here, whose sequence numbers and session belong to the peer's old one, is replaced too.
+    /// </summary>
+    internal string? OpenForPeer(LoadedStack stack, int slot, string localHost, ulong openId, out bool unchanged)
     {
         lock (_gate)
         {
-            unchanged = _slotStacks[slot] == stack.Description.Id;
+            unchanged = _slotStacks[slot] == stack.Description.Id && _openIds[slot] == openId;
             if (unchanged)
             {
                 _drainUntil[slot] = 0;
@@ -237,7 +243,18 @@ public sealed class RemotePath : IDisposable
             var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
+            _openIds[slot] = openId;
+            Armed(instance);
             return replaced;
+        }
+    }
+
+    /// <summary>The id of the instance this host opened in one of its own slots (sent with every open request for it).</summary>
+    internal ulong OpenIdOf(int slot)
+    {
+        lock (_gate)
+        {
+            return _openIds[slot];
         }
     }
 
@@ -403,6 +420,7 @@ public sealed class RemotePath : IDisposable
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
             _drainUntil[slot] = 0;
+            _openIds[slot] = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
             Armed(instance);
         }
     }
@@ -476,6 +494,7 @@ public sealed class RemotePath : IDisposable
         _slots[slot] = null;
         Volatile.Write(ref _slotStacks[slot], null);
         _drainUntil[slot] = 0;
+        _openIds[slot] = 0;
         return id;
     }
 
@@ -816,13 +835,13 @@ public sealed class RemotePath : IDisposable
 
     /// <summary>Delivers a stack's frames to the switch (which returns the local VM a frame went to) and meters what
     /// reached a VM. Called under the path's gate (from a stack's receive or timer).</summary>
-    private sealed class PathDelivery(RemotePath path, Func<uint, ReadOnlySpan<byte>, string?> deliver) : IVmOutput
+    private sealed class PathDelivery(RemotePath path, Func<string, uint, ReadOnlySpan<byte>, string?> deliver) : IVmOutput
     {
         public uint VirtualNetwork { get; set; }
 
         public void Deliver(ReadOnlySpan<byte> frame)
         {
-            if (deliver(VirtualNetwork, frame) is { } vmId)
+            if (deliver(path.Spec.HostId, VirtualNetwork, frame) is { } vmId)
             {
                 if (!path._vms.TryGetValue(vmId, out var traffic))
                 {

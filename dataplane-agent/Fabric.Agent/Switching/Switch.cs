@@ -331,7 +331,7 @@ public sealed class Switch : IDisposable
             // Sent until confirmed: the request or its answer may be lost on the very path that is lossy.
             for (var attempt = 0; attempt < 20; attempt++)
             {
-                path.SendControl(ControlMessages.Make(ControlMessages.Open, slot, stackId));
+                path.SendControl(ControlMessages.MakeOpen(slot, stackId, path.OpenIdOf(slot)));
                 Flush();
                 var done = await Task.WhenAny(pending.Task, Task.Delay(100, cancellationToken)).ConfigureAwait(false);
                 if (done == pending.Task)
@@ -359,7 +359,8 @@ public sealed class Switch : IDisposable
         switch (message[0])
         {
             case ControlMessages.Open:
-                path.SendControl(OpenForPeer(path, slot, ControlMessages.Text(message)));
+                var (stackId, openId) = ControlMessages.ParseOpen(message);
+                path.SendControl(OpenForPeer(path, slot, stackId, openId));
                 break;
             case ControlMessages.Opened:
             case ControlMessages.Refused:
@@ -378,7 +379,7 @@ public sealed class Switch : IDisposable
                 if (path.IsOwnSlot(slot) && path.StackIn(slot) is { } stack)
                 {
                     Report($"host {path.Spec.HostId} does not have slot {slot} ({stack}): asking it to open it again");
-                    path.SendControl(ControlMessages.Make(ControlMessages.Open, slot, stack));
+                    path.SendControl(ControlMessages.MakeOpen(slot, stack, path.OpenIdOf(slot)));
                 }
                 break;
             default:
@@ -387,7 +388,7 @@ public sealed class Switch : IDisposable
         }
     }
 
-    private byte[] OpenForPeer(RemotePath path, int slot, string stackId)
+    private byte[] OpenForPeer(RemotePath path, int slot, string stackId, ulong openId)
     {
         if (!path.IsPeerSlot(slot))
         {
@@ -403,7 +404,7 @@ public sealed class Switch : IDisposable
             return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is quarantined on {_options.HostId}: {why}");
         }
         var stack = _stackHost.Acquire(stackId);
-        var replaced = path.OpenForPeer(stack, slot, _options.HostId, out var unchanged);
+        var replaced = path.OpenForPeer(stack, slot, _options.HostId, openId, out var unchanged);
         if (unchanged || replaced is not null)
         {
             // Already counted once for this slot (unchanged), or the replaced stack's count goes.
@@ -776,8 +777,13 @@ public sealed class Switch : IDisposable
         path.Receive(datagram);
     }
 
-    /// <summary>Delivers a frame from a path to the local VM it is for; returns that VM's id (null for a broadcast or a drop).</summary>
-    private string? DeliverFromUnderlay(uint vni, ReadOnlySpan<byte> frame)
+    /// <summary>
+    /// Delivers a frame from the path to <paramref name="fromHost"/> to the local VM it is for; returns that VM's id (null
+    /// for a broadcast or a drop). The frame's source must be a VM the forwarding table places on that host in that
+    /// virtual network: a host (or anyone who can send as it) cannot speak for VMs it does not have, nor for VMs of
+    /// networks it has none in.
+    /// </summary>
+    private string? DeliverFromUnderlay(string fromHost, uint vni, ReadOnlySpan<byte> frame)
     {
         if (!EthernetFrame.TryCreate(frame, out var eth))
         {
@@ -785,6 +791,11 @@ public sealed class Switch : IDisposable
             return null;
         }
         var table = _table;
+        if (table.FindByMac(vni, eth.Source)?.RemoteHost != fromHost)
+        {
+            _underlayCounters.Drop(DropReason.SpoofedSource);
+            return null;
+        }
         if (eth.Destination.IsMulticast)
         {
             foreach (var vmId in table.LocalVmsOf(vni))
