@@ -133,7 +133,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
             _hosts.Add(new SimulatedHost(ids[h], runtime.Where));
         }
 
-        // A link per pair of hosts, each starting at another phase; the same random key for secure at both ends.
+        // A link per pair of hosts, each starting at another phase; the same random keys (secure's, the overlay's) at both ends.
         var phases = LinkScenarios.FromTestData(options.TestData, TimeSpan.FromSeconds(options.PhaseSeconds));
         var pairs = _runtimes.Count * (_runtimes.Count - 1) / 2;
         for (var i = 0; i < _runtimes.Count; i++)
@@ -148,8 +148,9 @@ public sealed class SimulatedFleet : IAsyncDisposable
                 {
                     ["secure"] = new() { ["key"] = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)) },
                 };
-                Ok(a.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[j], link.AddressForA.Address.ToString(), null, "std-ipv4", link.AddressForA.Port, settings))), ids[i]);
-                Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[i], link.AddressForB.Address.ToString(), null, "std-ipv4", link.AddressForB.Port, settings))), ids[j]);
+                var overlayKey = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+                Ok(a.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[j], link.AddressForA.Address.ToString(), null, "std-ipv4", link.AddressForA.Port, settings, overlayKey))), ids[i]);
+                Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(ids[i], link.AddressForB.Address.ToString(), null, "std-ipv4", link.AddressForB.Port, settings, overlayKey))), ids[j]);
             }
         }
         _pump = new LinkPump(_links);

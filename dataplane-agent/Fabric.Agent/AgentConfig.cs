@@ -16,11 +16,12 @@ public sealed record VmConfig(string Id, string Device, uint Vni, string Mac, st
 public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IPv4 = null, string[]? IPv6 = null);
 
 /// <summary>
-/// A remote host: its underlay addresses, the stack its path uses, and per stack id the configuration its instances on
-/// this path get (e.g. <c>"secure": { "key": "64 hex digits" }</c>, the same at both ends).
+/// A remote host: its underlay addresses, the stack its path uses, per stack id the configuration its instances on
+/// this path get (e.g. <c>"secure": { "key": "64 hex digits" }</c>, the same at both ends), and the host pair's overlay
+/// key (64 hex digits, the same at both ends) that authenticates the agents' probes and control messages on the path.
 /// </summary>
 public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, string Stack = "std-ipv4", int Port = FabricHeader.DefaultUdpPort,
-    Dictionary<string, Dictionary<string, string>>? Settings = null);
+    Dictionary<string, Dictionary<string, string>>? Settings = null, string? OverlayKey = null);
 
 /// <summary>
 /// Where signed stacks come from: a repository (a folder, or "blob:CONTAINER" with the storage connection string in the
@@ -243,6 +244,10 @@ public static class ConfigChecks
         {
             problems.Add($"{at}.port: {host.Port} is not a UDP port");
         }
+        if (host.OverlayKey is { } key && (key.Length != 64 || !key.All(Uri.IsHexDigit)))
+        {
+            problems.Add($"{at}.overlayKey: not 64 hex digits (32 bytes)");
+        }
         return problems;
     }
 
@@ -276,6 +281,7 @@ public static class ConfigChecks
         new(host.Id, host.IPv4 is null ? null : IPAddress.Parse(host.IPv4), host.IPv6 is null ? null : IPAddress.Parse(host.IPv6), host.Stack)
         {
             Settings = host.Settings?.ToDictionary(s => s.Key, s => (IReadOnlyDictionary<string, string>)s.Value.AsReadOnly(), StringComparer.Ordinal),
+            OverlayKey = host.OverlayKey is null ? null : Convert.FromHexString(host.OverlayKey),
         };
 
     public static ImmutableArray<IPv4Address> V4(string[]? addresses) => [.. (addresses ?? []).Select(IPv4Address.Parse)];

@@ -18,17 +18,22 @@ internal sealed class TwoHosts : IDisposable
     public static readonly MacAddress Mac4 = new(0x02_00_00_00_02_04);
     private readonly Dictionary<string, ChannelPort> _vmEnds = [];
 
+    /// <summary>The host pair's overlay key both ends get unless a test says otherwise.</summary>
+    public static readonly string OverlayKey = new('6', 64);
+
     /// <param name="stack">The paths' stack.</param>
     /// <param name="settings">Per stack id, the configuration both ends give its instances (e.g. secure's key).</param>
-    public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null)
+    /// <param name="authenticated">Whether the two ends share an overlay key (authenticated probes and control messages).</param>
+    public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null, bool authenticated = true)
     {
+        _overlayKey = authenticated ? OverlayKey : null;
         string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
             StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.Secure)];
         (_stacks, _stack, _settings) = (stacks, stack, settings);
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         A.Start();
         B = StartB(0);
-        Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings))));
+        Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings, _overlayKey))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm1", "tap-vm1", 100, Mac1.ToString(), ["10.0.0.1"], ["fd00:100::1"]))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm2", "tap-vm2", 100, Mac2.ToString(), ["10.0.0.2"], ["fd00:100::2"]))));
         Ok(A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm4", "tap-vm4", 200, Mac4.ToString(), ["10.0.0.4"], []))));
@@ -38,13 +43,14 @@ internal sealed class TwoHosts : IDisposable
     private readonly string[] _stacks;
     private readonly string _stack;
     private readonly Dictionary<string, Dictionary<string, string>>? _settings;
+    private readonly string? _overlayKey;
 
     /// <summary>Starts host B (on the given underlay port; 0: any) with its VM and routes, as its agent does on every start.</summary>
     private Agent StartB(int port)
     {
         var b = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: port), _stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         b.Start();
-        Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", _stack, PortOf(A, _stack), _settings))));
+        Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", _stack, PortOf(A, _stack), _settings, _overlayKey))));
         Ok(b.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"], ["fd00:100::3"]))));
         Ok(b.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"]))));
         Ok(b.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"], ["fd00:100::2"]))));

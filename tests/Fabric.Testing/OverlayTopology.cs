@@ -114,6 +114,9 @@ public sealed class OverlayTopology : IDisposable
     private readonly IReadOnlyList<string> _stackProjects = [];
     private readonly Dictionary<string, Dictionary<string, string>>? _settings;
 
+    /// <summary>The two agents' overlay key: their probes and control messages are authenticated, as in production.</summary>
+    private readonly string _overlayKey = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
+
     /// <summary>The silo's namespace (with a control plane).</summary>
     public string SiloNamespace { get; private set; } = "";
 
@@ -313,7 +316,7 @@ public sealed class OverlayTopology : IDisposable
                 controlPlane = new { gateways = new[] { SiloAddress + ":30000" } },
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
-                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings } },
+                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings, overlayKey = _overlayKey } },
                 vms,
                 routes,
             }
@@ -324,7 +327,7 @@ public sealed class OverlayTopology : IDisposable
                 stacks = _stackProjects.Select(StackPlugins.PathOf).ToArray(),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
-                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings } },
+                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings, overlayKey = _overlayKey } },
                 vms,
                 routes,
             };

@@ -23,6 +23,8 @@ public enum DropReason
     NoPath,
     /// <summary>The stack threw instead of counting a drop; it was quarantined.</summary>
     StackFault,
+    /// <summary>A probe, probe reply or control message without the peer's valid tag, or a control message replayed.</summary>
+    Unauthenticated,
 }
 
 /// <summary>Packet and byte counters with drops by reason; written by data-path threads with interlocked adds.</summary>

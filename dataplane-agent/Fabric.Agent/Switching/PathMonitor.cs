@@ -77,6 +77,15 @@ internal sealed class PathMonitor
     private long _lastTake = -1;
     private long _lastUnknownReport = long.MinValue / 2;
 
+    public PathMonitor()
+    {
+        // Numbers start anywhere: a reply to a probe of an earlier run of this agent matches nothing outstanding.
+        _probeNumber = _highestAnswered = Random.Shared.NextInt64(1, long.MaxValue / 2);
+    }
+
+    /// <summary>The highest probe number answered: a reply counts only for a probe sent since, and only once.</summary>
+    private long _highestAnswered;
+
     public void WriteProbe(Span<byte> buffer, long now)
     {
         BinaryPrimitives.WriteInt64BigEndian(buffer, ++_probeNumber);
@@ -97,12 +106,15 @@ internal sealed class PathMonitor
         {
             return;
         }
+        var number = BinaryPrimitives.ReadInt64BigEndian(reply);
         var sent = BinaryPrimitives.ReadInt64BigEndian(reply[8..]);
         var rtt = (now - sent) / 1e6;
-        if (rtt < 0 || rtt > 60_000)
+        if (number <= _highestAnswered || number > _probeNumber || rtt < 0 || rtt > 60_000)
         {
+            // Not a probe outstanding here: a replay, a duplicate, or a reply overtaken by a later one.
             return;
         }
+        _highestAnswered = number;
         _probesAnswered++;
         _rtts.Add(rtt);
         // RFC 3550's interarrival jitter, over round trips.

@@ -12,6 +12,9 @@ public sealed record RemoteHostSpec(string HostId, IPAddress? UnderlayIPv4, IPAd
 {
     public IReadOnlyDictionary<string, IReadOnlyDictionary<string, string>>? Settings { get; init; }
 
+    /// <summary>The host pair's overlay key (32 bytes): authenticates probes, probe replies and control messages; null: they go unauthenticated.</summary>
+    public byte[]? OverlayKey { get; init; }
+
     private static readonly IReadOnlyDictionary<string, string> None = new Dictionary<string, string>();
 
     /// <summary>The configuration instances of <paramref name="stackId"/> get on this path (empty when none is set).</summary>
@@ -61,6 +64,7 @@ public sealed class RemotePath : IDisposable
         Clock = clock;
         _output = new PathOutput(this, underlay);
         _delivery = new PathDelivery(this, deliver);
+        _authenticator = spec.OverlayKey is { } key ? new OverlayAuthenticator(key, localHost, spec.HostId) : null;
         // Slots for stacks the control plane binds are split between the two ends so that neither ever picks one the
         // other opened: the host whose id sorts first opens 1..127 on this path, the other 128..254.
         (_ownFirst, _ownLast) = string.CompareOrdinal(localHost, spec.HostId) < 0 ? (1, 127) : (128, 254);
@@ -68,6 +72,10 @@ public sealed class RemotePath : IDisposable
 
     private readonly int _ownFirst;
     private readonly int _ownLast;
+    private readonly OverlayAuthenticator? _authenticator;
+
+    /// <summary>True when this path's probes, probe replies and control messages are authenticated (the host pair has an overlay key).</summary>
+    public bool Authenticated => _authenticator is not null;
 
     /// <summary>Called (outside the path's gate) with the payload of an agent control message from the peer.</summary>
     internal Action<RemotePath, byte[]>? OnControl { get; set; }
@@ -665,18 +673,34 @@ public sealed class RemotePath : IDisposable
         byte[]? control = null;
         lock (_gate)
         {
+            var agents = header.PayloadType is FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.AgentControl;
+            var payload = header.Payload;
+            if (agents && _authenticator is not null)
+            {
+                // The agents' own datagrams must carry the peer's tag, and a control message a boot id and counter newer
+                // than any taken: a forgery or a replay neither opens, closes nor measures anything.
+                if (!_authenticator.Verify(datagram) || (header.PayloadType == FabricPayloadType.AgentControl
+                    && (payload.Length < OverlayAuthenticator.TagLength + OverlayAuthenticator.FreshnessLength
+                        || !_authenticator.TakeFreshness(payload[^(OverlayAuthenticator.TagLength + OverlayAuthenticator.FreshnessLength)..^OverlayAuthenticator.TagLength]))))
+                {
+                    Counters.Drop(DropReason.Unauthenticated);
+                    return;
+                }
+                payload = payload[..^(header.PayloadType == FabricPayloadType.AgentControl
+                    ? OverlayAuthenticator.TagLength + OverlayAuthenticator.FreshnessLength : OverlayAuthenticator.TagLength)];
+            }
             TrackSequence(header.PathSequence);
             switch (header.PayloadType)
             {
                 case FabricPayloadType.Probe:
-                    AnswerProbe(header.Payload);
+                    AnswerProbe(payload);
                     return;
                 case FabricPayloadType.ProbeReply:
-                    _monitor.OnReply(header.Payload, Clock());
+                    _monitor.OnReply(payload, Clock());
                     return;
                 case FabricPayloadType.AgentControl:
                     // Handled by the switch, outside the gate (it may open a slot on this path).
-                    control = header.Payload.ToArray();
+                    control = payload.ToArray();
                     break;
                 default:
                     // The path's traffic counters count what stacks exchange; probes and control messages are the agents'.
@@ -746,13 +770,15 @@ public sealed class RemotePath : IDisposable
     private void SendControlLocked(ReadOnlySpan<byte> message)
     {
         _output.Prepare(0, 0);
-        var buffer = _output.Begin(message.Length);
-        if (buffer.Length < message.Length)
+        var length = message.Length + (_authenticator is null ? 0 : OverlayAuthenticator.FreshnessLength);
+        var buffer = _output.Begin(length);
+        if (buffer.Length < length)
         {
             return;
         }
         message.CopyTo(buffer);
-        _output.Commit(FabricPayloadType.AgentControl, 0, message.Length);
+        _authenticator?.WriteFreshness(buffer[message.Length..]);
+        _output.Commit(FabricPayloadType.AgentControl, 0, length);
     }
 
     private void TrackSequence(uint sequence)
@@ -784,6 +810,7 @@ public sealed class RemotePath : IDisposable
                 _slots[i] = null;
                 _slotStacks[i] = null;
             }
+            _authenticator?.Dispose();
         }
     }
 
@@ -807,12 +834,13 @@ public sealed class RemotePath : IDisposable
 
         public Span<byte> Begin(int maxLength)
         {
-            if (maxLength > underlay.MaxDatagram - FabricHeader.Length)
+            // Room for the overlay tag is kept whatever the caller: the agents' own datagrams carry one after their payload.
+            if (maxLength > underlay.MaxDatagram - FabricHeader.Length - OverlayAuthenticator.TagLength)
             {
                 return Span<byte>.Empty;
             }
             _begun = 1;
-            return underlay.NextBuffer()[FabricHeader.Length..];
+            return underlay.NextBuffer()[FabricHeader.Length..^OverlayAuthenticator.TagLength];
         }
 
         public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length)
@@ -823,13 +851,18 @@ public sealed class RemotePath : IDisposable
             }
             _begun = 0;
             var now = path.Clock();
+            var buffer = underlay.NextBuffer();
             // Path sequence counts every datagram on this path, across slots: loss and reordering measured for free.
-            new FabricHeaderRepr(_slot, payloadType, VirtualNetwork, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(underlay.NextBuffer());
-            underlay.Commit(FabricHeader.Length + length, path.Destination);
-            if (payloadType is not (FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.AgentControl))
+            new FabricHeaderRepr(_slot, payloadType, VirtualNetwork, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(buffer);
+            var total = FabricHeader.Length + length;
+            if (payloadType is FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.AgentControl)
             {
-                path.Counters.Sent(FabricHeader.Length + length);
+                total = path._authenticator?.Seal(buffer, total) ?? total;
+                underlay.Commit(total, path.Destination);
+                return;
             }
+            underlay.Commit(total, path.Destination);
+            path.Counters.Sent(total);
         }
     }
 

@@ -189,6 +189,11 @@ public sealed class Switch : IDisposable
         var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl, InnerMtu = InnerMtuOf,
             TimerArmed = TimerArmed,
             OnStackEvent = (stack, name, detail) => Report($"stack {stack} on the path to {spec.HostId}: {name}: {detail}") };
+        if (spec.OverlayKey is null)
+        {
+            Report($"the path to {spec.HostId} has no overlay key: its probes and control messages are not authenticated, so anyone "
+                + "who can send as its address can open or close its slots and steer its measurements (set remoteHosts[].overlayKey)");
+        }
         path.Open(_stackHost.Acquire(spec.Stack), 0, _options.HostId);
         path.Commit(0, 0);
         // The standing fallback: the family's std stack, open for receiving in the last slot on every path.

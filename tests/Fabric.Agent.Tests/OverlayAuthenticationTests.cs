@@ -1,0 +1,143 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using Fabric.Agent.Switching;
+using Fabric.Testing;
+using Fabric.Wire;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>
+/// An attacker on the underlay sends as host A's own address and port (a raw socket writes the UDP header, so host B's
+/// agent cannot tell it from A): with the host pair's overlay key nothing it forges opens, closes or measures anything;
+/// without one, the same forged close tears the slot down (the attack is real).
+/// </summary>
+public class OverlayAuthenticationTests
+{
+    private static readonly Dictionary<string, Dictionary<string, string>> Keys = new() { ["secure"] = new() { ["key"] = new string('5', 64) } };
+
+    /// <summary>Sends <paramref name="datagram"/> to <paramref name="to"/> with <paramref name="fromPort"/> as its UDP source port, from 127.0.0.1.</summary>
+    private static void SendAs(int fromPort, IPEndPoint to, byte[] datagram)
+    {
+        using var raw = new Socket(AddressFamily.InterNetwork, SocketType.Raw, ProtocolType.Udp);
+        var udp = new byte[8 + datagram.Length];
+        BinaryPrimitives.WriteUInt16BigEndian(udp, (ushort)fromPort);
+        BinaryPrimitives.WriteUInt16BigEndian(udp.AsSpan(2), (ushort)to.Port);
+        BinaryPrimitives.WriteUInt16BigEndian(udp.AsSpan(4), (ushort)udp.Length);
+        // Checksum 0: none (IPv4).
+        datagram.CopyTo(udp, 8);
+        raw.SendTo(udp, new IPEndPoint(to.Address, 0));
+    }
+
+    private static byte[] Datagram(FabricPayloadType type, byte[] payload, uint sequence = 1_000_000)
+    {
+        var datagram = new byte[FabricHeader.Length + payload.Length];
+        new FabricHeaderRepr(0, type, 0, sequence, 0, 0).Write(datagram);
+        payload.CopyTo(datagram, FabricHeader.Length);
+        return datagram;
+    }
+
+    private static async Task<(TwoHosts Hosts, int Slot)> BoundToSecure(bool authenticated)
+    {
+        var hosts = new TwoHosts(settings: Keys, authenticated: authenticated);
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
+        var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300));
+        hosts.Expect("vm3");
+        return (hosts, slot);
+    }
+
+    [Fact]
+    public async Task ForgedCloseOpenAndProbeReplies_FromThePeersOwnAddress_ChangeNothing_AndAreCounted()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, "forging a peer's source port needs a raw socket (root)");
+        var (hosts, slot) = await BoundToSecure(authenticated: true);
+        using var _ = hosts;
+        var portA = hosts.A.Switch.UnderlayEndpoints.IPv4!.Port;
+        var atB = hosts.B.Switch.UnderlayEndpoints.IPv4!;
+        var pathAtB = hosts.B.Switch.Paths["host-a"];
+        var random = new Random(3);
+        var garbageTag = new byte[32];
+        random.NextBytes(garbageTag);
+        byte[][] forgeries =
+        [
+            // As an agent without a key would send them ...
+            Datagram(FabricPayloadType.AgentControl, [4, (byte)slot]),
+            Datagram(FabricPayloadType.AgentControl, [1, (byte)slot, .. "swap-test 00000000000000ff"u8]),
+            // ... and with a made-up boot id, counter and tag.
+            Datagram(FabricPayloadType.AgentControl, [4, (byte)slot, .. garbageTag]),
+            // A probe reply claiming a probe sent long ago (a huge RTT), and a probe.
+            Datagram(FabricPayloadType.ProbeReply, new byte[32 + OverlayAuthenticator.TagLength]),
+            Datagram(FabricPayloadType.Probe, new byte[16 + OverlayAuthenticator.TagLength]),
+        ];
+        foreach (var forged in forgeries)
+        {
+            SendAs(portA, atB, forged);
+        }
+        Eventually.True(() => pathAtB.Counters.Drops(DropReason.Unauthenticated) == forgeries.Length, TimeSpan.FromSeconds(5),
+            "every forgery refused", () => $"unauthenticated {pathAtB.Counters.Drops(DropReason.Unauthenticated)}");
+        // The slot is still secure at B and vm1's traffic still flows through it.
+        Assert.Equal("secure", pathAtB.StackStats()[slot].Stack);
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 400);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+        Assert.True(pathAtB.Authenticated);
+    }
+
+    [Fact]
+    public async Task WithoutAnOverlayKey_TheSameForgedClose_TearsTheSlotDown_AndTheAgentSaysSo()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, "forging a peer's source port needs a raw socket (root)");
+        var (hosts, slot) = await BoundToSecure(authenticated: false);
+        using var _ = hosts;
+        Assert.Contains(hosts.B.Switch.Events, e => e.Contains("the path to host-a has no overlay key", StringComparison.Ordinal));
+        SendAs(hosts.A.Switch.UnderlayEndpoints.IPv4!.Port, hosts.B.Switch.UnderlayEndpoints.IPv4!, Datagram(FabricPayloadType.AgentControl, [4, (byte)slot]));
+        Eventually.True(() => !hosts.B.Switch.Paths["host-a"].StackStats().ContainsKey(slot), TimeSpan.FromSeconds(5),
+            "the forged close took effect", () => string.Join(",", hosts.B.Switch.Paths["host-a"].StackStats().Keys));
+    }
+
+    [Fact]
+    public void ControlMessages_OpenOnlyUnderThePeersKey_AndNeitherAReplayNorAnOldBootIsTakenAgain()
+    {
+        var key = Convert.FromHexString(TwoHosts.OverlayKey);
+        using var a = new OverlayAuthenticator(key, "host-a", "host-b");
+        using var b = new OverlayAuthenticator(key, "host-b", "host-a");
+        byte[] Message(OverlayAuthenticator from, byte op)
+        {
+            var datagram = new byte[FabricHeader.Length + 2 + OverlayAuthenticator.FreshnessLength + OverlayAuthenticator.TagLength];
+            new FabricHeaderRepr(0, FabricPayloadType.AgentControl, 0, 7, 0, 0).Write(datagram);
+            datagram[FabricHeader.Length] = op;
+            from.WriteFreshness(datagram.AsSpan(FabricHeader.Length + 2));
+            from.Seal(datagram, datagram.Length - OverlayAuthenticator.TagLength);
+            return datagram;
+        }
+        bool Accepted(byte[] datagram) => b.Verify(datagram)
+            && b.TakeFreshness(datagram.AsSpan(datagram.Length - OverlayAuthenticator.TagLength - OverlayAuthenticator.FreshnessLength, OverlayAuthenticator.FreshnessLength));
+
+        var first = Message(a, 1);
+        var second = Message(a, 4);
+        Assert.True(Accepted(first));
+        Assert.True(Accepted(second));
+        // Replayed, or reordered behind a newer one: refused.
+        Assert.False(Accepted(first));
+        Assert.False(Accepted(second));
+        // Reflected at its sender: the direction is in the key.
+        Assert.False(a.Verify(Message(a, 1)));
+        // Any flipped bit, header included.
+        var fresh = Message(a, 1);
+        for (var i = 0; i < fresh.Length; i++)
+        {
+            var tampered = fresh.ToArray();
+            tampered[i] ^= 0x20;
+            Assert.False(b.Verify(tampered), $"byte {i} flipped still verified");
+        }
+        // Host A restarts: its new boot is taken, and the old boot's messages are never taken again.
+        using var restarted = new OverlayAuthenticator(key, "host-a", "host-b");
+        Assert.True(Accepted(Message(restarted, 1)));
+        Assert.False(Accepted(Message(a, 4)));
+        // Under another host pair's key nothing verifies.
+        using var stranger = new OverlayAuthenticator(new byte[32], "host-a", "host-b");
+        Assert.False(b.Verify(Message(stranger, 1)));
+    }
+}
