@@ -17,7 +17,8 @@ public sealed class LearnerState
 /// <summary>
 /// Trains the fleet's utility model from the outcome log — on a schedule and on demand, one training at a time (one
 /// activation, calls not interleaved) — and adopts a new version only when its error on held-back recent outcomes (the
-/// newest tenth of the log) is below the error of the version in service, or of the prior when there is none. An adopted
+/// newest tenth of the log, which that training does not see) is below the error of the version in service, or of the
+/// prior when there is none; the version then served is trained again on every outcome, the newest included. An adopted
 /// version is stored (models/vN/) before it is announced; every silo's <see cref="ModelRefresher"/> loads it.
 /// </summary>
 public sealed partial class LearnerGrain(
@@ -161,6 +162,14 @@ public sealed partial class LearnerGrain(
         {
             using (current)
             {
+                // The version in service trained on everything logged before it: judge both on what came after, when
+                // enough did, so that it is not flattered by outcomes it has seen.
+                var unseen = holdout.Where(o => o.At > inService.TrainedAt).ToList();
+                if (unseen.Count >= Math.Min(50, holdout.Count))
+                {
+                    holdout = unseen;
+                    await Task.Run(() => candidate.Rejudge(unseen));
+                }
                 baseline = $"model v{inService.Version}";
                 baselineError = await Task.Run(() => current.MeanAbsoluteError(holdout));
             }
@@ -182,15 +191,22 @@ public sealed partial class LearnerGrain(
             candidate.Dispose();
             return new TrainingResult(false, $"not adopted: {summary}", info);
         }
-        await Task.Run(() =>
+        // Judged without the newest tenth, served with it: the version in service has seen the conditions of now.
+        var served = await Task.Run(() =>
         {
-            candidate.Save(log.Store);
-            UtilityModel.WriteInService(log.Store, info);
+            using (candidate)
+            {
+                var refit = UtilityModel.Refit(ordered, candidate);
+                refit.Save(log.Store);
+                UtilityModel.WriteInService(log.Store, refit.Info);
+                return refit;
+            }
         });
-        candidate.Dispose();
+        info = served.Info;
+        served.Dispose();
         state.State.InService = info;
         state.State.NextVersion = version + 1;
-        return new TrainingResult(true, $"adopted {summary}", info);
+        return new TrainingResult(true, $"adopted {summary}, then trained on all {ordered.Count} to serve", info);
     }
 }
 

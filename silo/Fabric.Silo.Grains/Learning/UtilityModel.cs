@@ -57,13 +57,38 @@ public sealed class UtilityModel : IDisposable
         var watch = Stopwatch.StartNew();
         var ml = new MLContext(seed);
         var model = Fit(ml, training, trees: 150);
-        var support = training.GroupBy(o => Bin(o.Stack, o.Workload, o.Features.Loss, o.Features.RttMs)).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
-        var effects = Effects(ml, training);
-        var trained = new UtilityModel(ml, model, support, effects, 0, new ModelInfo(version, now, training.Count, watch.Elapsed.TotalSeconds, 0, 0, "", [], holdout.Count));
+        var trained = new UtilityModel(ml, model, Support(training), Effects(ml, training), 0, new ModelInfo(version, now, training.Count, watch.Elapsed.TotalSeconds, 0, 0, "", [], holdout.Count));
         trained._error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
         var importance = holdout.Count == 0 ? ImmutableArray<FeatureImportance>.Empty : Importance(ml, model, holdout);
         trained.Info = trained.Info with { HoldoutError = trained._error, Importance = importance };
         return trained;
+    }
+
+    /// <summary>
+    /// The version to serve once <paramref name="evaluated"/> — the same recipe trained without the held-back outcomes —
+    /// has earned adoption: trained on <paramref name="all"/> outcomes, the newest included (they are the conditions the
+    /// fleet sees now), and carrying the evaluated model's held-back error, importance and comparison, since a model
+    /// judged on outcomes it trained on would flatter itself.
+    /// </summary>
+    public static UtilityModel Refit(IReadOnlyList<LoggedOutcome> all, UtilityModel evaluated, int seed = 1)
+    {
+        var watch = Stopwatch.StartNew();
+        var ml = new MLContext(seed);
+        var model = Fit(ml, all, trees: 150);
+        return new UtilityModel(ml, model, Support(all), Effects(ml, all), evaluated._error,
+            evaluated.Info with { Outcomes = all.Count, TrainingSeconds = evaluated.Info.TrainingSeconds + watch.Elapsed.TotalSeconds });
+    }
+
+    private static Dictionary<string, int> Support(IReadOnlyList<LoggedOutcome> outcomes) =>
+        outcomes.GroupBy(o => Bin(o.Stack, o.Workload, o.Features.Loss, o.Features.RttMs)).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+
+    /// <summary>Measures the model again on <paramref name="holdout"/> (outcomes it did not train on): its error and importance.</summary>
+    public void Rejudge(IReadOnlyList<LoggedOutcome> holdout)
+    {
+        _error = holdout.Count == 0 ? 0 : MeanAbsoluteError(holdout);
+        var importance = holdout.Count > 0 && _model is TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> trained
+            ? Importance(_ml, trained, holdout) : Info.Importance;
+        Info = Info with { HoldoutError = _error, HoldoutOutcomes = holdout.Count, Importance = importance };
     }
 
     /// <summary>The same model, described as compared with <paramref name="baseline"/> (error on the same holdout).</summary>
