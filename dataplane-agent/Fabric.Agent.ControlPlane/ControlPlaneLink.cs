@@ -327,6 +327,13 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var pending = 0;
         foreach (var vm in _agent.LocalVms())
         {
+            // Whether the VM must be encrypted: as the control plane's bindings say, else as its registration's policy.
+            var bindings = _desired.Values.Where(b => b.VmId == vm.Id).ToList();
+            var mustEncrypt = bindings.Count > 0 ? bindings.Any(b => b.Sealed) : vm.Policy?.Security == "confidential";
+            foreach (var port in vm.Ports)
+            {
+                _agent.Switch.SetSealed(port, mustEncrypt);
+            }
             foreach (var remote in _agent.Switch.Paths.Keys)
             {
                 // Decided: the control plane's binding. Undecided (a new VM, or the silo away): the policy's default.

@@ -10,7 +10,7 @@ using Fabric.Wire;
 namespace Fabric.Agent;
 
 /// <summary>A VM as the config file and the local API describe it.</summary>
-public sealed record VmConfig(string Id, string Device, uint Vni, string Mac, string[]? IPv4 = null, string[]? IPv6 = null);
+public sealed record VmConfig(string Id, string Device, uint Vni, string Mac, string[]? IPv4 = null, string[]? IPv6 = null, bool Confidential = false);
 
 /// <summary>A remote VM entry of the forwarding table.</summary>
 public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IPv4 = null, string[]? IPv6 = null);
@@ -274,7 +274,7 @@ public static class ConfigChecks
     public static VmSpec ToSpec(this VmConfig vm)
     {
         MacAddress.TryParse(vm.Mac, out var mac);
-        return new VmSpec(vm.Id, vm.Device, vm.Vni, mac, V4(vm.IPv4), V6(vm.IPv6));
+        return new VmSpec(vm.Id, vm.Device, vm.Vni, mac, V4(vm.IPv4), V6(vm.IPv6), vm.Confidential);
     }
 
     public static RemoteHostSpec ToSpec(this RemoteHostConfig host) =>

@@ -79,7 +79,8 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
                     continue;
                 }
                 var nic = registration.Interfaces[i];
-                var config = new VmConfig(interfaces[i].Port, nic.Device!, nic.Vni ?? registration.Policy.Vni, nic.Mac!, nic.IPv4, nic.IPv6);
+                var config = new VmConfig(interfaces[i].Port, nic.Device!, nic.Vni ?? registration.Policy.Vni, nic.Mac!, nic.IPv4, nic.IPv6,
+                    Confidential: registration.Policy.Security == "confidential");
                 var error = attach(config);
                 interfaces[i] = error is null ? interfaces[i] with { State = "attached", Detail = $"{nic.Device} in vni {config.Vni}" } : interfaces[i] with { Detail = error };
             }

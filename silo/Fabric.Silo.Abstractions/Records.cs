@@ -150,9 +150,13 @@ public sealed record VmPlacement(
     public override int GetHashCode() => HashCode.Combine(HostId, Name, Vni, Macs.Length, Policy);
 }
 
-/// <summary>The stack a host must use towards a remote host for a VM.</summary>
+/// <summary>
+/// The stack a host must use towards a remote host for a VM. <see cref="Sealed"/>: the VM's policy demands encryption, so
+/// the agent carries its frames only through a stack that encrypts and drops them where none does (never in clear).
+/// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.binding")]
-public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] string RemoteHost, [property: Id(2)] string Stack);
+public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] string RemoteHost, [property: Id(2)] string Stack,
+    [property: Id(3)] bool Sealed = false);
 
 /// <summary>Everything a host should run, at a version that only grows; applying the same version twice changes nothing.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.desired-state")]

@@ -58,7 +58,7 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             foreach (var (remote, stack) in view.Stacks)
             {
-                var binding = new Binding(view.VmId, remote, stack);
+                var binding = new Binding(view.VmId, remote, stack, view.Policy.Security == "confidential");
                 _bindings[Key(binding)] = binding;
             }
         }

@@ -116,12 +116,19 @@ public sealed class VmGrain(
         {
             return new PolicyResult(true, [], state.State.PolicyVersion);
         }
+        var wasSealed = Sealed;
         state.State.Policy = policy;
         state.State.PolicyVersion++;
         // A pending switch was judged under the old policy.
         state.State.Pending.Clear();
         await state.WriteStateAsync();
         await EvaluateAllAsync(catalog);
+        if (Sealed != wasSealed && state.State.Placement is { } placement && state.State.Stacks.Count > 0)
+        {
+            // Whether the agent must refuse to carry this VM in clear changed, even where its stack did not.
+            await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync(
+                [.. state.State.Stacks.Select(s => new Binding(VmId, s.Key, s.Value, Sealed))]);
+        }
         return new PolicyResult(true, [], state.State.PolicyVersion);
     }
 
@@ -139,7 +146,7 @@ public sealed class VmGrain(
             foreach (var (remote, stack) in running)
             {
                 state.State.Stacks[remote] = stack;
-                adopted.Add(new Binding(VmId, remote, stack));
+                adopted.Add(new Binding(VmId, remote, stack, Sealed));
             }
         }
         if (previous is not null && previous.HostId != placement.HostId)
@@ -242,6 +249,9 @@ public sealed class VmGrain(
         await CommitAsync(bindings);
     }
 
+    /// <summary>The VM's policy demands encryption: its bindings tell the agent never to carry it in clear.</summary>
+    private bool Sealed => state.State.Policy.Security == "confidential";
+
     /// <summary>Persists what changed (once for any number of paths), then binds it on the host in one call.</summary>
     private async Task CommitAsync(List<Binding> bindings)
     {
@@ -251,7 +261,7 @@ public sealed class VmGrain(
         }
         // Persisted before the host is told: after a silo restart the VM knows what it asked for.
         await state.WriteStateAsync();
-        var real = bindings.Where(b => b.Stack.Length > 0).ToImmutableArray();
+        var real = bindings.Where(b => b.Stack.Length > 0).Select(b => b with { Sealed = Sealed }).ToImmutableArray();
         if (real.Length > 0)
         {
             await GrainFactory.GetGrain<IHostGrain>(state.State.Placement!.HostId).BindAsync(real);

@@ -26,6 +26,12 @@ public sealed record StackDescription(string Id, string Version, AddressFamily U
 {
     /// <summary>The contract version this assembly was built against; the host refuses other major versions.</summary>
     public const int ContractVersion = 1;
+
+    /// <summary>
+    /// True when every frame the stack carries is encrypted and authenticated end to end: only such a stack may carry a
+    /// VM whose policy demands encryption, and the host never moves such a VM to one that does not (it drops instead).
+    /// </summary>
+    public bool Encrypts { get; init; }
 }
 
 /// <summary>

@@ -8,7 +8,10 @@ namespace Fabric.Stacks.Secure;
 /// </summary>
 public sealed class SecureFactory : IStackFactory
 {
-    public StackDescription Description { get; } = new("secure", "2.0.0", AddressFamily.InterNetwork, MaxStackFieldBytes: SecureStack.FieldLength, MaxExpansionBytes: SecureStack.TagLength);
+    public StackDescription Description { get; } = new("secure", "2.0.0", AddressFamily.InterNetwork, MaxStackFieldBytes: SecureStack.FieldLength, MaxExpansionBytes: SecureStack.TagLength)
+    {
+        Encrypts = true,
+    };
 
     public IStack Create(StackContext context) => new SecureStack(context);
 }

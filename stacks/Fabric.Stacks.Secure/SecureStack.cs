@@ -45,7 +45,7 @@ public sealed class SecureStack : IStack
     private const long FirstHelloInterval = 100_000_000;
     private const long LastHelloInterval = 2_000_000_000;
     private const long ReplySpacing = 10_000_000;
-    private const int LeftPeersKept = 32;
+    private const int LeftPeersKept = 256;
 
     private readonly StackCounters _counters = new();
     private readonly byte[]? _pathKey;
@@ -68,7 +68,8 @@ public sealed class SecureStack : IStack
     private int _waitingBytes;
     private long _nextHello;
     private long _helloInterval = FirstHelloInterval;
-    private long _lastReply = long.MinValue;
+    private long _lastReply = long.MinValue / 2;
+    private long _lastUnconfirmedReply = long.MinValue / 2;
     private readonly byte[] _hello = new byte[HelloLength];
     private readonly byte[] _mac = new byte[32];
 
@@ -93,7 +94,7 @@ public sealed class SecureStack : IStack
         _telemetry = context.Telemetry;
         var configuration = context.Configuration;
         _rekeyPackets = Setting(configuration, "rekeyPackets", 1 << 20);
-        _rekeyNanoseconds = Setting(configuration, "rekeySeconds", 120) * 1_000_000_000;
+        _rekeyNanoseconds = Math.Min(Setting(configuration, "rekeySeconds", 120), 86_400) * 1_000_000_000;
         if (!configuration.TryGetValue("key", out var hex))
         {
             _telemetry.Event("not-configured", "no 'key' in the stack's configuration: every packet is dropped");
@@ -135,7 +136,7 @@ public sealed class SecureStack : IStack
     /// <summary>The key of one direction and epoch of this session: both session nonces salt it, the host that sorts first's first.</summary>
     private ChaCha20Poly1305 Derive(string from, string to, uint epoch)
     {
-        var info = Encoding.UTF8.GetBytes($"fabric secure v2 {from}->{to} epoch {epoch}");
+        var info = Encoding.UTF8.GetBytes($"fabric secure v2 {Direction(from, to)} epoch {epoch}");
         byte[] salt = string.CompareOrdinal(_local, _remote) < 0 ? [.. _mine, .. _peer!] : [.. _peer!, .. _mine];
         var key = HKDF.DeriveKey(HashAlgorithmName.SHA256, _pathKey!, 32, salt, info);
         try
@@ -318,8 +319,8 @@ public sealed class SecureStack : IStack
     /// <summary>
     /// The key for an epoch within one of the newest seen (the previous one stays for packets in flight). A key not yet
     /// cached (<paramref name="cached"/> false) is cached by the caller only once a packet authenticates under it, so
-    /// forged epochs — before the first genuine packet any epoch is plausible — never grow the cache: it holds at most the
-    /// keys of the newest authentic epoch, the one before it and one after.
+    /// forged epochs never grow the cache: it holds at most the keys of the newest authentic epoch, the one before it and
+    /// one after.
     /// </summary>
     private ChaCha20Poly1305? Opener(uint epoch, out bool cached)
     {
@@ -327,7 +328,9 @@ public sealed class SecureStack : IStack
         {
             return open;
         }
-        if (_any && ((long)epoch + 1 < _highestEpoch || epoch > (long)_highestEpoch + 1))
+        // A session starts at epoch 0: before its first authentic packet only 0 and 1 are plausible, after it the newest
+        // authentic epoch, the one before and the one after. Anything else costs no key derivation.
+        if (_any ? (long)epoch + 1 < _highestEpoch || epoch > (long)_highestEpoch + 1 : epoch > 1)
         {
             return null;
         }
@@ -374,11 +377,12 @@ public sealed class SecureStack : IStack
     /// <summary>Sends this end's hello and schedules the next one (100 ms, doubling to 2 s while no answer comes).</summary>
     private void SendHello(long nowNanoseconds, IUnderlayOutput underlay)
     {
-        WriteHello(nowNanoseconds, underlay);
+        WriteHello(nowNanoseconds, underlay, _peer, _peerHoldsMine);
         _helloInterval = Math.Min(_helloInterval * 2, LastHelloInterval);
     }
 
-    private void WriteHello(long nowNanoseconds, IUnderlayOutput underlay)
+    /// <summary>Writes a hello: our nonce, the peer nonce it answers (<paramref name="echo"/>; none: zeros), whether we hold the peer's confirmation.</summary>
+    private void WriteHello(long nowNanoseconds, IUnderlayOutput underlay, ReadOnlySpan<byte> echo, bool confirmed)
     {
         var buffer = underlay.Begin(HelloLength);
         if (buffer.Length < HelloLength)
@@ -387,15 +391,15 @@ public sealed class SecureStack : IStack
             return;
         }
         _hello[0] = KindHello;
-        _hello[1] = _peerHoldsMine ? FlagConfirmed : (byte)0;
+        _hello[1] = confirmed ? FlagConfirmed : (byte)0;
         _mine.CopyTo(_hello, 2);
-        if (_peer is null)
+        if (echo.IsEmpty)
         {
             Array.Clear(_hello, 2 + NonceLength, NonceLength);
         }
         else
         {
-            _peer.CopyTo(_hello, 2 + NonceLength);
+            echo.CopyTo(_hello.AsSpan(2 + NonceLength));
         }
         Mac(_local, _remote, _hello.AsSpan(0, HelloLength - MacLength)).CopyTo(_hello.AsSpan(HelloLength - MacLength));
         _hello.CopyTo(buffer);
@@ -404,10 +408,13 @@ public sealed class SecureStack : IStack
         _nextHello = nowNanoseconds + _helloInterval;
     }
 
+    /// <summary>A direction between two host ids that no other pair of ids spells the same way (each is length-prefixed).</summary>
+    private static string Direction(string from, string to) => $"{from.Length}:{from}>{to.Length}:{to}|";
+
     /// <summary>The hello MAC: HMAC-SHA256 under the hello key over the direction and the body, cut to 16 bytes.</summary>
     private ReadOnlySpan<byte> Mac(string from, string to, ReadOnlySpan<byte> body)
     {
-        var direction = Encoding.UTF8.GetBytes($"{from}->{to}|");
+        var direction = Encoding.UTF8.GetBytes(Direction(from, to));
         using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, _helloKey!);
         hmac.AppendData(direction);
         hmac.AppendData(body);
@@ -416,9 +423,11 @@ public sealed class SecureStack : IStack
     }
 
     /// <summary>
-    /// A hello from the peer: a new peer nonce starts a new session (the receiver forgets the old one; a nonce left once
-    /// is never taken again), an echo of our nonce confirms it, and this end answers while either side still lacks
-    /// something (a hello that changes nothing, such as a replay, is answered at most once per 10 ms).
+    /// A hello from the peer. A new peer nonce starts a new session when this end has none yet, or when the hello echoes
+    /// our nonce (proof the sender is live now); otherwise it is only answered, and the live session stays. Starting a
+    /// session forgets the old one (its nonce is never taken again, for the last 256). An echo of our nonce confirms the
+    /// session; this end answers while either side still lacks something (a hello that changes nothing, such as a
+    /// replay, is answered at most once per 10 ms).
     /// </summary>
     private void OnHello(in StackDatagram datagram, long nowNanoseconds, IUnderlayOutput underlay)
     {
@@ -450,9 +459,22 @@ public sealed class SecureStack : IStack
                 return;
             }
         }
+        var echoesMine = echoed.SequenceEqual(_mine);
         var changed = false;
         if (_peer is null || !theirs.SequenceEqual(_peer))
         {
+            if (_peer is not null && !echoesMine)
+            {
+                // Another nonce than the live session's, from a sender that has not heard ours: a restarted peer, or an
+                // old hello replayed. The live session stays; our answer echoes the nonce, so a genuine new peer confirms
+                // it with its next hello and a replay goes no further (whoever sent it cannot echo our nonce).
+                if (nowNanoseconds - _lastUnconfirmedReply >= ReplySpacing)
+                {
+                    WriteHello(nowNanoseconds, underlay, theirs, confirmed: false);
+                    _lastUnconfirmedReply = nowNanoseconds;
+                }
+                return;
+            }
             changed = true;
             if (_peer is not null)
             {
@@ -465,13 +487,13 @@ public sealed class SecureStack : IStack
             }
             StartSession(theirs.ToArray());
         }
-        if (echoed.SequenceEqual(_mine) && !_peerHoldsMine)
+        if (echoesMine && !_peerHoldsMine)
         {
             _peerHoldsMine = changed = true;
         }
-        if ((!echoed.SequenceEqual(_mine) || !peerConfirmed) && (changed || nowNanoseconds - _lastReply >= ReplySpacing))
+        if ((!echoesMine || !peerConfirmed) && (changed || nowNanoseconds - _lastReply >= ReplySpacing))
         {
-            WriteHello(nowNanoseconds, underlay);
+            WriteHello(nowNanoseconds, underlay, _peer, _peerHoldsMine);
         }
         Flush(nowNanoseconds, underlay);
     }

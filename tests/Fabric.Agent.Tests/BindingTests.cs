@@ -8,12 +8,10 @@ namespace Fabric.Agent.Tests;
 /// <summary>Bindings per (VM, remote host) between two real agents on a loopback underlay: the peer opens the slot before the VM uses it.</summary>
 public class BindingTests
 {
-    private static readonly Dictionary<string, Dictionary<string, string>> Keys = new() { ["secure"] = new() { ["key"] = new string('5', 64) } };
-
     [Fact]
     public async Task AVmBoundToSecure_IsSealedOnItsOwn_WhileItsNeighbourStaysOnThePathStack()
     {
-        using var hosts = new TwoHosts(settings: Keys);
+        using var hosts = new TwoHosts(settings: SecureKeys);
         Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
         var bindings = hosts.A.Switch.Paths["host-b"].VmBindings();
         var slot = bindings["vm1"].Slot;
@@ -40,7 +38,7 @@ public class BindingTests
     [Fact]
     public async Task APeerThatCannotOpenTheStack_LeavesTheVmWhereItWas_NamingWhy()
     {
-        using var hosts = new TwoHosts(settings: Keys);
+        using var hosts = new TwoHosts(settings: SecureKeys);
         hosts.B.Switch.StackHost.Quarantine("secure", "test");
         var error = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken);
         Assert.Contains("host 'host-b' did not open secure", error, StringComparison.Ordinal);
@@ -54,7 +52,7 @@ public class BindingTests
     [Fact]
     public async Task ARestartedPeer_OpensTheSecureSlotAgain_UnderANewSession_AndTheVmsTrafficFlowsAgain()
     {
-        using var hosts = new TwoHosts(settings: Keys);
+        using var hosts = new TwoHosts(settings: SecureKeys);
         Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
         var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300);
         hosts.Vm("vm1").Transmit(frame);
@@ -80,7 +78,7 @@ public class BindingTests
     [Fact]
     public async Task APeerThatOpensItsSlotAnew_GetsAFreshInstanceHere_NotTheOneItsOldSelfUsed()
     {
-        using var hosts = new TwoHosts(settings: Keys);
+        using var hosts = new TwoHosts(settings: SecureKeys);
         Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "swap-test", TestContext.Current.CancellationToken));
         var slot = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
         var frame = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);

@@ -15,8 +15,6 @@ namespace Fabric.Agent.Tests;
 /// </summary>
 public class OverlayAuthenticationTests
 {
-    private static readonly Dictionary<string, Dictionary<string, string>> Keys = new() { ["secure"] = new() { ["key"] = new string('5', 64) } };
-
     /// <summary>Sends <paramref name="datagram"/> to <paramref name="to"/> with <paramref name="fromPort"/> as its UDP source port, from 127.0.0.1.</summary>
     private static void SendAs(int fromPort, IPEndPoint to, byte[] datagram)
     {
@@ -40,7 +38,7 @@ public class OverlayAuthenticationTests
 
     private static async Task<(TwoHosts Hosts, int Slot)> BoundToSecure(bool authenticated)
     {
-        var hosts = new TwoHosts(settings: Keys, authenticated: authenticated);
+        var hosts = new TwoHosts(settings: SecureKeys, authenticated: authenticated);
         Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
         var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
         hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300));
@@ -98,12 +96,13 @@ public class OverlayAuthenticationTests
     }
 
     [Fact]
-    public void ControlMessages_OpenOnlyUnderThePeersKey_AndNeitherAReplayNorAnOldBootIsTakenAgain()
+    public void ControlMessages_OpenOnlyUnderThePeersKey_AndNeitherAReplayNorAStaleMessageNorAnOlderBootIsTaken()
     {
         var key = Convert.FromHexString(TwoHosts.OverlayKey);
-        using var a = new OverlayAuthenticator(key, "host-a", "host-b");
-        using var b = new OverlayAuthenticator(key, "host-b", "host-a");
-        byte[] Message(OverlayAuthenticator from, byte op)
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.Parse("2026-12-01T12:00:00Z", System.Globalization.CultureInfo.InvariantCulture));
+        using var a = new OverlayAuthenticator(key, "host-a", "host-b", time);
+        using var b = new OverlayAuthenticator(key, "host-b", "host-a", time);
+        static byte[] Message(OverlayAuthenticator from, byte op)
         {
             var datagram = new byte[FabricHeader.Length + 2 + OverlayAuthenticator.FreshnessLength + OverlayAuthenticator.TagLength];
             new FabricHeaderRepr(0, FabricPayloadType.AgentControl, 0, 7, 0, 0).Write(datagram);
@@ -112,16 +111,16 @@ public class OverlayAuthenticationTests
             from.Seal(datagram, datagram.Length - OverlayAuthenticator.TagLength);
             return datagram;
         }
-        bool Accepted(byte[] datagram) => b.Verify(datagram)
-            && b.TakeFreshness(datagram.AsSpan(datagram.Length - OverlayAuthenticator.TagLength - OverlayAuthenticator.FreshnessLength, OverlayAuthenticator.FreshnessLength));
+        static bool Accepted(OverlayAuthenticator at, byte[] datagram) => at.Verify(datagram)
+            && at.TakeFreshness(datagram.AsSpan(datagram.Length - OverlayAuthenticator.TagLength - OverlayAuthenticator.FreshnessLength, OverlayAuthenticator.FreshnessLength));
 
         var first = Message(a, 1);
         var second = Message(a, 4);
-        Assert.True(Accepted(first));
-        Assert.True(Accepted(second));
+        Assert.True(Accepted(b, first));
+        Assert.True(Accepted(b, second));
         // Replayed, or reordered behind a newer one: refused.
-        Assert.False(Accepted(first));
-        Assert.False(Accepted(second));
+        Assert.False(Accepted(b, first));
+        Assert.False(Accepted(b, second));
         // Reflected at its sender: the direction is in the key.
         Assert.False(a.Verify(Message(a, 1)));
         // Any flipped bit, header included.
@@ -132,12 +131,25 @@ public class OverlayAuthenticationTests
             tampered[i] ^= 0x20;
             Assert.False(b.Verify(tampered), $"byte {i} flipped still verified");
         }
-        // Host A restarts: its new boot is taken, and the old boot's messages are never taken again.
-        using var restarted = new OverlayAuthenticator(key, "host-a", "host-b");
-        Assert.True(Accepted(Message(restarted, 1)));
-        Assert.False(Accepted(Message(a, 4)));
+        // Older than a minute: refused even by a receiver that never heard the boot (one that just restarted).
+        var captured = Message(a, 4);
+        time.Advance(TimeSpan.FromSeconds(61));
+        using (var restartedReceiver = new OverlayAuthenticator(key, "host-b", "host-a", time))
+        {
+            Assert.False(Accepted(restartedReceiver, captured));
+        }
+        // Host A restarts: its new boot is taken, and the old boot's messages are refused, fresh or not ...
+        using var restarted = new OverlayAuthenticator(key, "host-a", "host-b", time);
+        Assert.True(Accepted(b, Message(restarted, 1)));
+        Assert.False(Accepted(b, Message(a, 4)));
+        // ... also by a receiver that heard the new boot only after an old-boot message (it cannot displace the live one).
+        using var receiver = new OverlayAuthenticator(key, "host-b", "host-a", time);
+        Assert.True(Accepted(receiver, Message(a, 4)));
+        Assert.True(Accepted(receiver, Message(restarted, 1)));
+        Assert.False(Accepted(receiver, Message(a, 4)));
+        Assert.True(Accepted(receiver, Message(restarted, 4)));
         // Under another host pair's key nothing verifies.
-        using var stranger = new OverlayAuthenticator(new byte[32], "host-a", "host-b");
+        using var stranger = new OverlayAuthenticator(new byte[32], "host-a", "host-b", time);
         Assert.False(b.Verify(Message(stranger, 1)));
     }
 }

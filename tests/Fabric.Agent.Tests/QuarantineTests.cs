@@ -73,7 +73,7 @@ public class QuarantineTests
         Assert.Equal(PortResult.Ok, hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromSeconds(10)));
     }
 
-    private static byte[] Marked(MacAddress src, MacAddress dst, string marker)
+    internal static byte[] Marked(MacAddress src, MacAddress dst, string marker)
     {
         var frame = new byte[14 + 100];
         EthernetWriter.Write(frame, dst, src, EtherTypes.IPv4);

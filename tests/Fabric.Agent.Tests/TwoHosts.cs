@@ -18,6 +18,9 @@ internal sealed class TwoHosts : IDisposable
     public static readonly MacAddress Mac4 = new(0x02_00_00_00_02_04);
     private readonly Dictionary<string, ChannelPort> _vmEnds = [];
 
+    /// <summary>Per-path settings that give both ends the same key for secure.</summary>
+    public static readonly Dictionary<string, Dictionary<string, string>> SecureKeys = new() { ["secure"] = new() { ["key"] = new string('5', 64) } };
+
     /// <summary>The host pair's overlay key both ends get unless a test says otherwise.</summary>
     public static readonly string OverlayKey = new('6', 64);
 
@@ -28,7 +31,7 @@ internal sealed class TwoHosts : IDisposable
     {
         _overlayKey = authenticated ? OverlayKey : null;
         string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
-            StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.Secure)];
+            StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.FaultySealed), StackPlugins.PathOf(StackPlugins.Secure)];
         (_stacks, _stack, _settings) = (stacks, stack, settings);
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
         A.Start();

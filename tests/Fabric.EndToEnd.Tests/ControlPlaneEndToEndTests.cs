@@ -55,6 +55,7 @@ public class ControlPlaneEndToEndTests
             // 3 % loss both ways: TCP over std-ipv4 collapses; the control plane moves vm1's path to fec, vm2 stays pinned.
             topology.Emulator("set both loss=3%");
             var lossAt = clock.Elapsed;
+            var lossBegan = DateTimeOffset.UtcNow;
             Eventually.True(() => topology.BoundStack("host-a", "vm1", "host-b") == "fec", TimeSpan.FromSeconds(20), "moved to fec under loss",
                 () => $"{topology.Status("host-a")}\n{topology.SiloApi("/api/vms/vm1")}\n{topology.Logs()}");
             var movedAfter = clock.Elapsed - lossAt;
@@ -79,9 +80,10 @@ public class ControlPlaneEndToEndTests
             using var view = JsonDocument.Parse(topology.SiloApi("/api/vms/vm1"));
             var log = view.RootElement.GetProperty("log").EnumerateArray().Where(d => d.GetProperty("remoteHost").GetString() == "host-b").ToList();
             var toFec = log.Last(d => d.GetProperty("stack").GetString() == "fec" && d.GetProperty("changed").GetBoolean());
-            // Measured loss well above a clean path's (the smoothed figure is still rising towards the emulated 3 % when the
-            // switch is decided: 1.0 % was seen, and 0.9997 % in a loaded CI run).
-            Assert.True(toFec.GetProperty("conditions").GetProperty("loss").GetDouble() > 0.005, toFec.ToString());
+            // Decided after the loss began, on measured loss (a clean path measures none; the smoothed figure is still rising
+            // towards the emulated 3 % when the switch is decided: 1.0 % was seen, and 0.15 % in a loaded CI run).
+            Assert.True(toFec.GetProperty("conditions").GetProperty("loss").GetDouble() > 0, toFec.ToString());
+            Assert.True(toFec.GetProperty("at").GetDateTimeOffset() > lossBegan, toFec.ToString());
             Assert.Contains(toFec.GetProperty("candidates").EnumerateArray(), c => c.GetProperty("stack").GetString() == "std-ipv4");
             Assert.False(string.IsNullOrWhiteSpace(toFec.GetProperty("reason").GetString()));
             Assert.Contains(log, d => d.GetProperty("stack").GetString() == "std-ipv4" && d.GetProperty("changed").GetBoolean()

@@ -218,7 +218,14 @@ public class GrainTests(ClusterFixture fixture)
         var view = await vm.GetAsync();
         Assert.Equal("secure", view.Stacks[b]);
         Assert.All(view.Log.Where(d => d.Policy.Security == "confidential"), d => Assert.Equal("secure", d.Stack));
-        Assert.Equal("secure", (await fixture.Client.GetGrain<IHostGrain>(a).GetDesiredStateAsync()).Bindings.Single().Stack);
+        var binding = (await fixture.Client.GetGrain<IHostGrain>(a).GetDesiredStateAsync()).Bindings.Single();
+        Assert.Equal("secure", binding.Stack);
+        // The binding tells the agent never to carry the VM in clear ...
+        Assert.True(binding.Sealed);
+        // ... and stops telling it when the policy no longer demands encryption, though the stack stays where it is.
+        Assert.True((await vm.SetPolicyAsync(Policy("latency", allow: ["secure"]))).Accepted);
+        binding = (await fixture.Client.GetGrain<IHostGrain>(a).GetDesiredStateAsync()).Bindings.Single();
+        Assert.Equal(("secure", false), (binding.Stack, binding.Sealed));
     }
 
     [Fact]

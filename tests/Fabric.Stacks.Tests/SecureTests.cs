@@ -318,20 +318,44 @@ public class SecureTests
             }
             delivered += atA.Frames.Count + atB.Frames.Count;
         }
+        // A packet a sealed in the current session, and proof that the next session's keys differ: it never opens there,
+        // though the next session has sealed packets with the same epoch and counter fields.
+        Datagram Sample()
+        {
+            var wire = new Wire();
+            a.Transmit(Frame(999), now, wire);
+            Assert.True(sealedWith.Add($"a->b {a.Session} {Convert.ToHexString(wire.Sent.Single().Fields)}"), "a (key, nonce) pair was sealed twice");
+            Receive(b, wire.Sent.Single(), new Vm());
+            return wire.Sent.Single();
+        }
+        void RefusedIn(Datagram old, SecureStack receiver)
+        {
+            var failed = Drops(receiver, StackDropReason.AuthenticationFailed);
+            var vm = new Vm();
+            Receive(receiver, old, vm);
+            Assert.Empty(vm.Frames);
+            Assert.Equal(failed + 1, Drops(receiver, StackDropReason.AuthenticationFailed));
+        }
         Traffic(120);
         // The agent on b restarts; a keeps the path (its instance survives).
+        var old = Sample();
         b.Dispose();
         b = Stack("b", "a", Key, extra: extra);
         Traffic(120);
+        RefusedIn(old, b);
         // a re-opens the slot: a new instance where the old one stood.
+        old = Sample();
         a.Dispose();
         a = Stack("a", "b", Key, extra: extra);
         Traffic(120);
+        RefusedIn(old, b);
         // A swap: both ends get new instances.
+        old = Sample();
         a.Dispose();
         b.Dispose();
         (a, b) = (Stack("a", "b", Key, extra: extra), Stack("b", "a", Key, extra: extra));
         Traffic(120);
+        RefusedIn(old, b);
         a.Dispose();
         b.Dispose();
         Assert.Equal(4 * 120 * 2, sealedCount);
@@ -397,12 +421,13 @@ public class SecureTests
     }
 
     [Fact]
-    public void ARestartedPeer_GetsTrafficAgain_AfterOneHelloExchange_AndNothingSentMeanwhileIsLost()
+    public void ARestartedPeer_GetsTrafficAgain_OnceItEchoesOurNonce_WhileAnOldHelloReplayedChangesNothing()
     {
         var events = new Events();
         using var a = Stack("a", "b", Key, events);
         var b = Stack("b", "a", Key);
-        Exchange(a, b);
+        var first = Exchange(a, b);
+        var session = a.Session;
         b.Dispose();
         using var b2 = Stack("b", "a", Key);
         var vm = new Vm();
@@ -411,23 +436,35 @@ public class SecureTests
         a.Transmit(Frame(0), 0, wire);
         Receive(b2, Assert.Single(wire.Sent), vm);
         Assert.Equal(1, Drops(b2, StackDropReason.AuthenticationFailed));
-        // b2's first hello reaches a: a starts a new session at once and holds its frames until b2 confirms it.
+        // b2's first hello reaches a. It does not echo a's nonce (b2 has not heard it), so a keeps its session and only
+        // answers; b2 echoes a's nonce in its reply, and only then does a move to the new session.
         var toA = new Wire();
         b2.OnTimer(0, vm, toA);
         var toB = new Wire();
         a.Receive(new StackDatagram(toA.Sent[0].Header, toA.Sent[0].Fields, toA.Sent[0].Payload), 1_000_000, new Vm(), toB);
-        Assert.Contains(events.Seen, e => e.StartsWith("new-session", StringComparison.Ordinal));
-        Assert.False(a.Established);
-        for (var i = 1; i <= 10; i++)
-        {
-            a.Transmit(Frame(i), 1_000_000 + i, toB);
-        }
-        Assert.Equal(10, a.Waiting);
-        Assert.All(toB.Sent, d => Assert.Equal(FabricPayloadType.StackControl, d.Header.PayloadType));
-        // One round trip later every held frame arrives, in order.
+        Assert.Equal(session, a.Session);
+        Assert.DoesNotContain(events.Seen, e => e.StartsWith("new-session", StringComparison.Ordinal));
         Exchange(a, b2, 2_000_000, atB: vm, toB: toB);
         Assert.True(a.Established && b2.Established);
+        Assert.NotEqual(session, a.Session);
+        Assert.Contains(events.Seen, e => e.StartsWith("new-session", StringComparison.Ordinal));
+        var after = new Wire();
+        for (var i = 1; i <= 10; i++)
+        {
+            a.Transmit(Frame(i), 3_000_000 + i, after);
+        }
+        foreach (var d in after.Sent)
+        {
+            Receive(b2, d, vm);
+        }
         Assert.Equal(Enumerable.Range(1, 10).Select(Frame), vm.Frames);
+        // The old b's hellos, replayed now, are refused: a never goes back to a session it left.
+        foreach (var (_, hello) in first.Where(c => c.To == "a"))
+        {
+            a.Receive(new StackDatagram(hello.Header, hello.Fields, hello.Payload), 4_000_000, new Vm(), new Wire());
+        }
+        Assert.True(a.Established);
+        Assert.Equal(b2.Session, a.Session);
     }
 
     [Fact]
@@ -481,6 +518,19 @@ public class SecureTests
         Assert.Empty(answers.Sent);
         Assert.Equal(session, a.Session);
         Assert.True(a.Established);
+        // A genuine hello, but of an instance that never heard a's nonce (as a replay of any other b would be): a only
+        // answers it, at most once per 10 ms, and keeps sealing for b under the live session.
+        for (var i = 0; i < 100; i++)
+        {
+            a.Receive(new StackDatagram(hello.Header, hello.Fields, hello.Payload), i * 100_000L, new Vm(), answers);
+        }
+        Assert.Single(answers.Sent);
+        Assert.Equal(session, a.Session);
+        var sealedNow = new Wire();
+        a.Transmit(Frame(3), 10_000_000, sealedNow);
+        var delivered = new Vm();
+        Receive(b, Assert.Single(sealedNow.Sent), delivered);
+        Assert.Equal(Frame(3), Assert.Single(delivered.Frames));
         a.Receive(new StackDatagram(hello.Header, new byte[3], hello.Payload), 0, new Vm(), answers);
         a.Receive(new StackDatagram(hello.Header, [], hello.Payload.AsSpan(0, hello.Payload.Length - 1)), 0, new Vm(), answers);
         Assert.Equal(3, Drops(a, StackDropReason.Malformed));

@@ -13,6 +13,7 @@ public static class StackPlugins
     public const string ArqBulk = "Fabric.Stacks.ArqBulk";
     public const string SwapTest = "Fabric.Stacks.SwapTest";
     public const string Faulty = "Fabric.Stacks.Faulty";
+    public const string FaultySealed = "Fabric.Stacks.FaultySealed";
 
     /// <summary>The plug-in's main assembly; throws naming the path when it was not built.</summary>
     public static string PathOf(string project)

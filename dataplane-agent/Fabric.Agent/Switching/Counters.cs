@@ -25,6 +25,8 @@ public enum DropReason
     StackFault,
     /// <summary>A probe, probe reply or control message without the peer's valid tag, or a control message replayed.</summary>
     Unauthenticated,
+    /// <summary>A frame of a VM whose policy demands encryption, with no stack that encrypts to carry it (never sent in clear).</summary>
+    NotEncrypted,
 }
 
 /// <summary>Packet and byte counters with drops by reason; written by data-path threads with interlocked adds.</summary>

@@ -128,6 +128,19 @@ internal sealed class PathMonitor
         _peerExpected = Math.Max(_peerExpected, BinaryPrimitives.ReadInt64BigEndian(reply[24..]));
     }
 
+    private long _lastUnencryptedReport = long.MinValue / 2;
+
+    /// <summary>At most one "not encrypted" event per second per path.</summary>
+    public bool ShouldReportUnencrypted(long now)
+    {
+        if (now - _lastUnencryptedReport < 1_000_000_000)
+        {
+            return false;
+        }
+        _lastUnencryptedReport = now;
+        return true;
+    }
+
     /// <summary>At most one "unknown slot" answer per 100 ms per path: a burst of stray datagrams must not become a burst of replies.</summary>
     public bool ShouldReportUnknown(long now)
     {

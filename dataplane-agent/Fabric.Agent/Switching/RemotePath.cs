@@ -33,6 +33,7 @@ public sealed class RemotePath : IDisposable
     private readonly string?[] _slotStacks = new string?[256];
     private readonly long[] _drainUntil = new long[256];
     private readonly ulong[] _openIds = new ulong[256];
+    private readonly bool[] _slotEncrypts = new bool[256];
     private long _highestSequence = -1;
     private long _firstSequence = -1;
     private long _sequenced;
@@ -73,6 +74,9 @@ public sealed class RemotePath : IDisposable
     private readonly int _ownFirst;
     private readonly int _ownLast;
     private readonly OverlayAuthenticator? _authenticator;
+
+    /// <summary>The stack the path was last deliberately committed to encrypts: VMs without a binding of their own never leave through one that does not.</summary>
+    private bool _sealedPath;
 
     /// <summary>True when this path's probes, probe replies and control messages are authenticated (the host pair has an overlay key).</summary>
     public bool Authenticated => _authenticator is not null;
@@ -251,6 +255,7 @@ public sealed class RemotePath : IDisposable
             var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
+            _slotEncrypts[slot] = stack.Description.Encrypts;
             _openIds[slot] = openId;
             Armed(instance);
             return replaced;
@@ -427,6 +432,7 @@ public sealed class RemotePath : IDisposable
             }
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
+            _slotEncrypts[slot] = stack.Description.Encrypts;
             _drainUntil[slot] = 0;
             _openIds[slot] = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
             Armed(instance);
@@ -436,15 +442,20 @@ public sealed class RemotePath : IDisposable
     /// <summary>
     /// Moves transmission to <paramref name="slot"/> atomically (the next packet uses it). The previous slot keeps
     /// receiving until <paramref name="drainUntil"/>, then <see cref="TakeDrained"/> hands it back for release.
-    /// Returns the previous slot.
+    /// Returns the previous slot. A <paramref name="fallback"/> (the path's stack failed) keeps what the path promised:
+    /// if its stack encrypted, frames that would now leave unencrypted are dropped instead.
     /// </summary>
-    internal int Commit(int slot, long drainUntil)
+    internal int Commit(int slot, long drainUntil, bool fallback = false)
     {
         lock (_gate)
         {
             if (_slots[slot] is null)
             {
                 throw new InvalidOperationException($"Path to '{Spec.HostId}': slot {slot} was not prepared.");
+            }
+            if (!fallback)
+            {
+                _sealedPath = _slotEncrypts[slot];
             }
             var previous = _transmitSlot;
             if (previous != slot)
@@ -503,6 +514,7 @@ public sealed class RemotePath : IDisposable
         Volatile.Write(ref _slotStacks[slot], null);
         _drainUntil[slot] = 0;
         _openIds[slot] = 0;
+        _slotEncrypts[slot] = false;
         return id;
     }
 
@@ -571,10 +583,13 @@ public sealed class RemotePath : IDisposable
 
     /// <summary>
     /// Sends a VM frame of virtual network <paramref name="vni"/> through the stack the VM is bound to on this path, or
-    /// the path's transmit slot when it has no binding (or its binding's slot was retired).
+    /// the path's transmit slot when it has no binding (or its binding's slot was retired). A frame that must be
+    /// encrypted (<paramref name="sealedVm"/>, or the path's own stack encrypts and the VM has no binding of its own)
+    /// goes only through a stack that encrypts: when the slot it would take does not (a quarantined secure fell back to
+    /// std), it is dropped and counted, never sent in the clear.
     /// </summary>
-    /// <returns>0 when handed to the stack; else the largest inner IP packet the VM's stack carries, which the frame exceeds (nothing was sent).</returns>
-    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null)
+    /// <returns>0 when handed to the stack or dropped; else the largest inner IP packet the VM's stack carries, which the frame exceeds (nothing was sent).</returns>
+    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false)
     {
         Exception? fault = null;
         int slot;
@@ -601,6 +616,15 @@ public sealed class RemotePath : IDisposable
             if (stack is null)
             {
                 Counters.Drop(DropReason.NoPath);
+                return 0;
+            }
+            if ((sealedVm || (slot == _transmitSlot && _sealedPath)) && !_slotEncrypts[slot])
+            {
+                Counters.Drop(DropReason.NotEncrypted);
+                if (vmId is not null && _monitor.ShouldReportUnencrypted(Clock()))
+                {
+                    OnStackEvent?.Invoke(stackId!, "not-encrypted", $"{vmId} must be encrypted but its frames would leave through {stackId}, which does not encrypt: dropped");
+                }
                 return 0;
             }
             // The MTU is the stack's this VM sends with: stacks differ in what they add to a frame.

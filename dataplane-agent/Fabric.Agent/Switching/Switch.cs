@@ -270,6 +270,11 @@ public sealed class Switch : IDisposable
         {
             return $"no path to host '{hostId}'";
         }
+        if (_vms.TryGetValue(vmId, out var vm) && vm.Sealed && _stackHost.Describe(stackId)?.Encrypts != true)
+        {
+            // Whoever asks (the control plane included): a binding that would carry a confidential VM in clear is refused.
+            return $"VM '{vmId}' must be encrypted (its policy is confidential) and stack '{stackId}' does not encrypt";
+        }
         if (stackId == path.StackIn(path.TransmitSlot))
         {
             path.BindVm(vmId, -1, DrainDeadline());
@@ -316,6 +321,24 @@ public sealed class Switch : IDisposable
         }
         path.BindVm(vmId, slot, DrainDeadline());
         return null;
+    }
+
+    /// <summary>
+    /// Sets whether a VM's frames must be encrypted (its policy is confidential): from then on they leave only through a
+    /// stack that encrypts, and are dropped where none carries them. False when the VM is not attached.
+    /// </summary>
+    public bool SetSealed(string vmId, bool mustEncrypt)
+    {
+        if (!_vms.TryGetValue(vmId, out var vm))
+        {
+            return false;
+        }
+        if (vm.Sealed != mustEncrypt)
+        {
+            vm.Sealed = mustEncrypt;
+            Report($"{vmId} {(mustEncrypt ? "must be encrypted from now on: its frames leave only through a stack that encrypts" : "no longer needs encryption")}");
+        }
+        return true;
     }
 
     /// <summary>Moves a VM back to the path's default stack; its previous slot drains.</summary>
@@ -562,12 +585,14 @@ public sealed class Switch : IDisposable
         {
             if (path.TransmitStack == stackId && path.StackIn(RemotePath.FallbackSlot) is not null)
             {
-                path.Commit(RemotePath.FallbackSlot, drainUntil);
-                Report($"path to {path.Spec.HostId} falls back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})");
+                path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
+                Report($"path to {path.Spec.HostId} falls back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})"
+                    + (_stackHost.Describe(stackId)?.Encrypts == true ? $"; frames that must stay encrypted are dropped until a stack that encrypts carries them" : ""));
             }
             if (path.StackIn(RemotePath.FallbackSlot) is not null && path.RebindStack(stackId, RemotePath.FallbackSlot) is > 0 and var moved)
             {
-                Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})");
+                Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})"
+                    + (_stackHost.Describe(stackId)?.Encrypts == true ? "; those of VMs that must be encrypted drop their frames instead" : ""));
             }
         }
         if (!transmitting && faulted.TransmitSlot != slot && faulted.Retire(slot) is { } retired)
@@ -692,7 +717,7 @@ public sealed class Switch : IDisposable
             vm.Counters.Drop(DropReason.NoPath);
             return;
         }
-        if (path.Transmit(frame, vni, vm.Spec.VmId) is > 0 and var mtu)
+        if (path.Transmit(frame, vni, vm.Spec.VmId, vm.Sealed) is > 0 and var mtu)
         {
             HandleTooLarge(vm, path, eth, mtu, scratch);
         }
@@ -707,7 +732,7 @@ public sealed class Switch : IDisposable
             {
                 // Without DF a router fragments: so does the switch, and the VM never notices the overlay.
                 var fragmentScratch = new byte[mtu + InnerEthernet + 64];
-                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId));
+                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId, vm.Sealed));
                 return;
             }
             vm.Deliver(scratch[..Replies.FragmentationNeeded(eth, v4, mtu, scratch)]);
@@ -767,7 +792,7 @@ public sealed class Switch : IDisposable
         {
             if (_paths.TryGetValue(host, out var path))
             {
-                path.Transmit(frame, vni, from.Spec.VmId);
+                path.Transmit(frame, vni, from.Spec.VmId, from.Sealed);
             }
         }
     }

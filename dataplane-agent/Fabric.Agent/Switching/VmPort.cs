@@ -11,7 +11,8 @@ namespace Fabric.Agent.Switching;
 /// <param name="Mac">The vNIC's MAC: the only source MAC accepted from it.</param>
 /// <param name="IPv4">Its IPv4 addresses (answered in ARP for the other VMs of the network).</param>
 /// <param name="IPv6">Its IPv6 addresses (answered in neighbour discovery).</param>
-public sealed record VmSpec(string VmId, string Device, uint Vni, MacAddress Mac, ImmutableArray<IPv4Address> IPv4, ImmutableArray<IPv6Address> IPv6);
+/// <param name="Sealed">The VM's policy demands encryption (confidential): its frames leave only through a stack that encrypts.</param>
+public sealed record VmSpec(string VmId, string Device, uint Vni, MacAddress Mac, ImmutableArray<IPv4Address> IPv4, ImmutableArray<IPv6Address> IPv6, bool Sealed = false);
 
 /// <summary>
 /// An attached VM: its spec, its port and its counters. The receive thread belongs to the switch. Frames for the VM
@@ -27,11 +28,25 @@ public sealed class VmPort : IDisposable
     {
         Spec = spec;
         Port = port;
+        _sealed = spec.Sealed;
         var capacity = Math.Max(port.Capabilities.MaxFrameLength, 2048);
         _outgoing = new ThreadLocal<FrameBatch>(() => new FrameBatch(32, capacity), trackAllValues: false);
     }
 
     public VmSpec Spec { get; }
+
+    private volatile bool _sealed;
+
+    /// <summary>
+    /// True while the VM's policy demands encryption: its frames leave only through a stack that encrypts, and where none
+    /// carries them they are dropped (<see cref="DropReason.NotEncrypted"/>), never sent in the clear. Set at attach from
+    /// its registration, then by the control plane when the policy changes.
+    /// </summary>
+    public bool Sealed
+    {
+        get => _sealed;
+        internal set => _sealed = value;
+    }
 
     public IFramePort Port { get; }
 

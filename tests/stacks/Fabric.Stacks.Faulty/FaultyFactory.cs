@@ -5,11 +5,16 @@ namespace Fabric.Stacks.Faulty;
 
 /// <summary>
 /// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
-/// makes Transmit throw, "RXFAULT" makes Receive throw, and "TXHANG" makes Transmit block for five seconds.
+/// makes Transmit throw, "RXFAULT" makes Receive throw, and "TXHANG" makes Transmit block for five seconds. Built a
+/// second time as "faulty-sealed" (Fabric.Stacks.FaultySealed), which declares that it encrypts.
 /// </summary>
 public sealed class FaultyFactory : IStackFactory
 {
+#if SEALED
+    public StackDescription Description { get; } = new("faulty-sealed", "0.0.1", AddressFamily.InterNetwork, MaxStackFieldBytes: 0) { Encrypts = true };
+#else
     public StackDescription Description { get; } = new("faulty", "0.0.1", AddressFamily.InterNetwork, MaxStackFieldBytes: 0);
+#endif
 
     public IStack Create(StackContext context) => new FaultyStack();
 

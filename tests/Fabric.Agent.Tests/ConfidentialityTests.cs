@@ -1,0 +1,87 @@
+using Fabric.Agent.Switching;
+using Fabric.Testing;
+using Fabric.Wire;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>
+/// A VM whose policy demands encryption is never carried in clear: not when the stack that encrypts it fails, not when
+/// none is bound, not when someone asks for a stack that does not encrypt. Its frames are dropped and counted instead,
+/// while the other VMs' traffic goes on.
+/// </summary>
+public class ConfidentialityTests
+{
+    [Fact]
+    public async Task WhenItsEncryptingStackFails_AConfidentialVmIsDropped_NeverMovedToStdInClear()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        Assert.True(hosts.A.Switch.SetSealed("vm1", true));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "faulty-sealed", TestContext.Current.CancellationToken));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "faulty-sealed", TestContext.Current.CancellationToken));
+        var fromVm1 = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(fromVm1);
+        Assert.Equal(fromVm1, hosts.Expect("vm3"));
+
+        // The stack throws: it is quarantined, and its bindings fall back to std — except vm1's frames, which must stay encrypted.
+        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TXFAULT"));
+        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty-sealed"), TimeSpan.FromSeconds(5), "quarantine", () => "not quarantined");
+        var path = hosts.A.Switch.Paths["host-b"];
+        var sentBefore = path.Counters.TxPackets;
+        for (var i = 0; i < 5; i++)
+        {
+            hosts.Vm("vm1").Transmit(fromVm1);
+        }
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        Assert.Equal(5, path.Counters.Drops(DropReason.NotEncrypted));
+        Assert.Equal(sentBefore, path.Counters.TxPackets);
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("vm1 must be encrypted but its frames would leave through std-ipv4", StringComparison.Ordinal));
+        // vm2 did not ask for encryption: it falls back to std and keeps talking.
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        hosts.Vm("vm2").Transmit(fromVm2);
+        Assert.Equal(fromVm2, hosts.Expect("vm3"));
+        // Binding vm1 to a stack that encrypts carries it again.
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
+        hosts.Vm("vm1").Transmit(fromVm1);
+        Assert.Equal(fromVm1, hosts.Expect("vm3"));
+    }
+
+    [Fact]
+    public async Task AConfidentialVm_WithNoEncryptingBinding_IsDropped_AndABindingThatDoesNotEncryptIsRefused()
+    {
+        using var hosts = new TwoHosts();
+        Assert.True(hosts.A.Switch.SetSealed("vm1", true));
+        // No binding of its own: the path's stack (std-ipv4) would carry it in clear.
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        Assert.Equal(1, hosts.A.Switch.Paths["host-b"].Counters.Drops(DropReason.NotEncrypted));
+        // Whoever asks, a stack that does not encrypt is refused for it, naming why.
+        var refused = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", TestContext.Current.CancellationToken);
+        Assert.Equal("VM 'vm1' must be encrypted (its policy is confidential) and stack 'swap-test' does not encrypt", refused);
+        Assert.NotNull(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "std-ipv4", TestContext.Current.CancellationToken));
+        // Its broadcasts are not flooded in clear either; a neighbour's are.
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, MacAddress.Broadcast, "10.0.0.1", "255.255.255.255", 50, dontFragment: false));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        // Once its policy no longer demands it, the same frame goes.
+        Assert.True(hosts.A.Switch.SetSealed("vm1", false));
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+        Assert.False(hosts.A.Switch.SetSealed("no-such-vm", true));
+    }
+
+    [Fact]
+    public void APathWhoseOwnStackEncrypts_DoesNotFallBackToClear_ForVmsWithoutABindingOfTheirOwn()
+    {
+        using var hosts = new TwoHosts("faulty-sealed");
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TXFAULT"));
+        Eventually.True(() => hosts.A.Switch.Paths["host-b"].TransmitStack == "std-ipv4", TimeSpan.FromSeconds(5), "fallback", () => "still on faulty-sealed");
+        hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        Assert.Equal(1, hosts.A.Switch.Paths["host-b"].Counters.Drops(DropReason.NotEncrypted));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("frames that must stay encrypted are dropped", StringComparison.Ordinal));
+    }
+}
