@@ -73,10 +73,11 @@ public class QuarantineTests
         Assert.Equal(PortResult.Ok, hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromSeconds(10)));
     }
 
+    /// <summary>A frame the faulty stack acts on: the marker first in its payload, under the IEEE local experimental EtherType.</summary>
     internal static byte[] Marked(MacAddress src, MacAddress dst, string marker)
     {
         var frame = new byte[14 + 100];
-        EthernetWriter.Write(frame, dst, src, EtherTypes.IPv4);
+        EthernetWriter.Write(frame, dst, src, 0x88B5);
         System.Text.Encoding.ASCII.GetBytes(marker).CopyTo(frame, 14);
         return frame;
     }

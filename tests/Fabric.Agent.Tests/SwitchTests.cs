@@ -166,6 +166,48 @@ public class SwitchTests
     }
 
     [Fact]
+    public void AVmCannotSendAsAnotherVmsAddress_NorClaimItInArpOrNeighbourDiscovery()
+    {
+        using var hosts = new TwoHosts();
+        // vm1 (10.0.0.1, fd00:100::1) with its own MAC but vm2's addresses: as IPv4, IPv6, an ARP sender, an advertised neighbour.
+        byte[][] spoofed =
+        [
+            Frames.Udp(Mac1, Mac3, "10.0.0.2", "10.0.0.3", 100),
+            Frames.Udp6(Mac1, Mac3, "fd00:100::2", "fd00:100::3", 100),
+            Frames.ArpRequest(Mac1, "10.0.0.2", "10.0.0.9"),
+            Frames.NeighborAdvertisement(Mac1, "fe80::1", "fd00:100::2"),
+            Frames.Udp(Mac1, Mac2, "10.0.0.3", "10.0.0.2", 100),
+        ];
+        foreach (var frame in spoofed)
+        {
+            hosts.Vm("vm1").Transmit(frame);
+        }
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        Assert.True(hosts.Silent("vm2", TimeSpan.FromMilliseconds(50)));
+        Eventually.True(() => hosts.A.Switch.Vms["vm1"].Counters.Drops(DropReason.SpoofedSource) == spoofed.Length, TimeSpan.FromSeconds(5),
+            "every spoofed frame dropped", () => $"spoofed {hosts.A.Switch.Vms["vm1"].Counters.Drops(DropReason.SpoofedSource)}");
+        Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.TxPackets);
+        // Its own addresses, its link-local address and the unspecified source (DHCP, duplicate address detection) pass.
+        byte[][] own =
+        [
+            Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 100),
+            Frames.Udp6(Mac1, Mac3, "fd00:100::1", "fd00:100::3", 100),
+            Frames.Udp6(Mac1, Mac3, "fe80::5054:ff:fe00:1", "fd00:100::3", 100),
+            Frames.Udp(Mac1, Mac3, "0.0.0.0", "10.0.0.3", 100),
+        ];
+        foreach (var frame in own)
+        {
+            hosts.Vm("vm1").Transmit(frame);
+            Assert.Equal(frame, hosts.Expect("vm3"));
+        }
+        Assert.Equal(spoofed.Length, hosts.A.Switch.Vms["vm1"].Counters.Drops(DropReason.SpoofedSource));
+        // An IPv4 frame whose packet does not parse cannot be checked: it is dropped as malformed.
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 100).AsSpan(0, 30));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(200)));
+        Assert.Equal(1, hosts.A.Switch.Vms["vm1"].Counters.Drops(DropReason.Malformed));
+    }
+
+    [Fact]
     public void AHostCannotSpeakForVmsItDoesNotHave_NorInNetworksItHasNoneIn()
     {
         using var hosts = new TwoHosts();

@@ -34,6 +34,17 @@ public static class Frames
         return frame;
     }
 
+    /// <summary>An unsolicited neighbour advertisement to all nodes: "<paramref name="target"/> is at <paramref name="src"/>".</summary>
+    public static byte[] NeighborAdvertisement(MacAddress src, string from, string target)
+    {
+        var allNodes = IPv6Address.Parse("ff02::1");
+        var frame = new byte[14 + 40 + 32];
+        var at = EthernetWriter.Write(frame, new MacAddress(0x33_33_00_00_00_01), src, EtherTypes.IPv6);
+        at += new IPv6Repr(IPv6Address.Parse(from), allNodes, IPProtocols.IcmpV6, 255, 32).Write(frame.AsSpan(at));
+        IcmpV6Writer.WriteNeighborAdvertisement(frame.AsSpan(at), IPv6Address.Parse(from), allNodes, IPv6Address.Parse(target), src, router: false, solicited: false, overrideFlag: true);
+        return frame;
+    }
+
     public static byte[] NeighborSolicitation(MacAddress src, string from, string target)
     {
         var targetAddress = IPv6Address.Parse(target);

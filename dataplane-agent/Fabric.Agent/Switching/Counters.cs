@@ -5,7 +5,10 @@ public enum DropReason
 {
     /// <summary>Not a valid Ethernet frame (or a VLAN-tagged one from a VM, which must send untagged).</summary>
     Malformed,
-    /// <summary>A VM sent a frame whose source MAC is not its own, or a path delivered one whose source is no VM of its host in that network.</summary>
+    /// <summary>
+    /// A VM sent a frame whose source MAC, source IP, ARP sender or advertised neighbour address is not its own, or a path
+    /// delivered one whose source is no VM of its host in that network.
+    /// </summary>
     SpoofedSource,
     /// <summary>No entry for the destination MAC in the VM's virtual network.</summary>
     UnknownDestination,

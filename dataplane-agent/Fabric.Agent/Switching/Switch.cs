@@ -686,6 +686,11 @@ public sealed class Switch : IDisposable
             vm.Counters.Drop(DropReason.SpoofedSource);
             return;
         }
+        if (SourceGuard.Check(vm.Spec, eth) is { } refused)
+        {
+            vm.Counters.Drop(refused);
+            return;
+        }
         var table = _table;
         var vni = vm.Spec.Vni;
         if (eth.Destination.IsMulticast)
