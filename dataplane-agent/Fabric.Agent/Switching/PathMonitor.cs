@@ -75,7 +75,6 @@ internal sealed class PathMonitor
     private long _reportedAnswered;
     private long _reportedBytes;
     private long _lastTake = -1;
-    private long _lastUnknownReport = long.MinValue / 2;
 
     public PathMonitor()
     {
@@ -128,29 +127,11 @@ internal sealed class PathMonitor
         _peerExpected = Math.Max(_peerExpected, BinaryPrimitives.ReadInt64BigEndian(reply[24..]));
     }
 
-    private long _lastUnencryptedReport = long.MinValue / 2;
-
     /// <summary>At most one "not encrypted" event per second per path.</summary>
-    public bool ShouldReportUnencrypted(long now)
-    {
-        if (now - _lastUnencryptedReport < 1_000_000_000)
-        {
-            return false;
-        }
-        _lastUnencryptedReport = now;
-        return true;
-    }
+    public RateLimit UnencryptedReports { get; } = new(TimeSpan.FromSeconds(1));
 
     /// <summary>At most one "unknown slot" answer per 100 ms per path: a burst of stray datagrams must not become a burst of replies.</summary>
-    public bool ShouldReportUnknown(long now)
-    {
-        if (now - _lastUnknownReport < 100_000_000)
-        {
-            return false;
-        }
-        _lastUnknownReport = now;
-        return true;
-    }
+    public RateLimit UnknownReports { get; } = new(TimeSpan.FromMilliseconds(100));
 
     public PathMeasurement Take(long now, long bytesSent, List<VmInterval> vms)
     {

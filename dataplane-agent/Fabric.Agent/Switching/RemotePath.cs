@@ -251,14 +251,28 @@ public sealed class RemotePath : IDisposable
                 _drainUntil[slot] = 0;
                 return null;
             }
+            // The new instance first: a stack that fails to start leaves the slot as it was.
+            var instance = CreateInstance(stack, localHost);
             var replaced = _slots[slot] is null ? null : CloseLocked(slot);
-            var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
             _slotEncrypts[slot] = stack.Description.Encrypts;
             _openIds[slot] = openId;
             Armed(instance);
             return replaced;
+        }
+    }
+
+    /// <summary>A new instance of <paramref name="stack"/> for this path; what its factory throws comes back as a <see cref="StackStartException"/>.</summary>
+    private IStack CreateInstance(LoadedStack stack, string localHost)
+    {
+        try
+        {
+            return stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
+        }
+        catch (Exception e)
+        {
+            throw new StackStartException(stack.Description.Id, Spec.HostId, e);
         }
     }
 
@@ -422,7 +436,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Opens <paramref name="slot"/> with a new instance of <paramref name="stack"/>: it receives at once, transmits after <see cref="Commit"/>.</summary>
     internal void Open(LoadedStack stack, int slot, string localHost)
     {
-        var instance = stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
+        var instance = CreateInstance(stack, localHost);
         lock (_gate)
         {
             if (_slots[slot] is not null)
@@ -621,7 +635,7 @@ public sealed class RemotePath : IDisposable
             if ((sealedVm || (slot == _transmitSlot && _sealedPath)) && !_slotEncrypts[slot])
             {
                 Counters.Drop(DropReason.NotEncrypted);
-                if (vmId is not null && _monitor.ShouldReportUnencrypted(Clock()))
+                if (vmId is not null && _monitor.UnencryptedReports.ShouldReport(Clock()))
                 {
                     OnStackEvent?.Invoke(stackId!, "not-encrypted", $"{vmId} must be encrypted but its frames would leave through {stackId}, which does not encrypt: dropped");
                 }
@@ -735,7 +749,7 @@ public sealed class RemotePath : IDisposable
             if (control is null && stack is null)
             {
                 Counters.Drop(DropReason.UnknownSlot);
-                if (IsPeerSlot(header.Slot) && _monitor.ShouldReportUnknown(Clock()))
+                if (IsPeerSlot(header.Slot) && _monitor.UnknownReports.ShouldReport(Clock()))
                 {
                     // The peer sends through a slot this end does not have (this agent restarted, or missed the
                     // peer's open): ask it to open the slot here again.
@@ -939,4 +953,11 @@ public sealed class RemotePath : IDisposable
             path.OnStackEvent?.Invoke(stackId, name, detail);
         }
     }
+}
+
+/// <summary>A stack's factory threw while creating an instance for a path: the stack is broken, not the agent.</summary>
+public sealed class StackStartException(string stackId, string hostId, Exception inner)
+    : Exception($"stack '{stackId}' failed to start on the path to '{hostId}': {inner.GetType().Name}: {inner.Message}", inner)
+{
+    public string StackId { get; } = stackId;
 }

@@ -84,12 +84,12 @@ public sealed class Switch : IDisposable
     {
         if (ipv4 is not null)
         {
-            _underlay4 = new UdpUnderlay(ipv4, OnDatagram, Flush);
+            _underlay4 = new UdpUnderlay(ipv4, OnDatagram, Flush, UnderlayFault);
             Log.UnderlayListening(_logger, _underlay4.Local.ToString());
         }
         if (ipv6 is not null)
         {
-            _underlay6 = new UdpUnderlay(ipv6, OnDatagram, Flush);
+            _underlay6 = new UdpUnderlay(ipv6, OnDatagram, Flush, UnderlayFault);
             Log.UnderlayListening(_logger, _underlay6.Local.ToString());
         }
         _monitor = new Thread(MonitorLoop) { IsBackground = true, Name = "path-monitor" };
@@ -194,13 +194,22 @@ public sealed class Switch : IDisposable
             Report($"the path to {spec.HostId} has no overlay key: its probes and control messages are not authenticated, so anyone "
                 + "who can send as its address can open or close its slots and steer its measurements (set remoteHosts[].overlayKey)");
         }
-        path.Open(_stackHost.Acquire(spec.Stack), 0, _options.HostId);
-        path.Commit(0, 0);
-        // The standing fallback: the family's std stack, open for receiving in the last slot on every path.
-        var fallback = FallbackStack(family);
-        if (_stackHost.Registered.Contains(fallback))
+        try
         {
-            path.Open(_stackHost.Acquire(fallback), RemotePath.FallbackSlot, _options.HostId);
+            OpenOwnSlot(path, spec.Stack, 0);
+            path.Commit(0, 0);
+            // The standing fallback: the family's std stack, open for receiving in the last slot on every path.
+            var fallback = FallbackStack(family);
+            if (_stackHost.Registered.Contains(fallback))
+            {
+                OpenOwnSlot(path, fallback, RemotePath.FallbackSlot);
+            }
+        }
+        catch
+        {
+            // Nothing of a path that could not be set up stays: its stacks are released, the host's old path kept.
+            ReleaseAll(path);
+            throw;
         }
         if (_paths.TryRemove(spec.HostId, out var old))
         {
@@ -233,17 +242,42 @@ public sealed class Switch : IDisposable
         {
             throw new InvalidOperationException($"Swap on '{hostId}': slot {chosen} is not 0..255 (or no slot is free).");
         }
+        if (slot is not null && chosen != path.TransmitSlot && path.StackIn(chosen) == stackId)
+        {
+            // The peer prepared first and its instance already spoke (secure's hello): this end opened the slot with the
+            // same stack at its request, so it is prepared.
+            return chosen;
+        }
+        OpenOwnSlot(path, stackId, chosen);
+        return chosen;
+    }
+
+    /// <summary>
+    /// Opens a slot on this end with a new instance of <paramref name="stackId"/>. Nothing stays acquired when it fails,
+    /// and a stack whose factory throws is quarantined (it would throw for every path) before the error goes on.
+    /// </summary>
+    private void OpenOwnSlot(RemotePath path, string stackId, int slot)
+    {
         var stack = _stackHost.Acquire(stackId);
         try
         {
-            path.Open(stack, chosen, _options.HostId);
+            path.Open(stack, slot, _options.HostId);
         }
-        catch
+        catch (Exception e)
         {
             _stackHost.Release(stackId);
+            if (e is StackStartException start)
+            {
+                QuarantineUnstartable(start);
+            }
             throw;
         }
-        return chosen;
+    }
+
+    private void QuarantineUnstartable(StackStartException e)
+    {
+        Report($"stack {e.StackId} quarantined: {e.Message}");
+        _stackHost.Quarantine(e.StackId, e.Message);
     }
 
     /// <summary>Phase 2: this host transmits through <paramref name="slot"/> from the next packet on; the old slot drains.</summary>
@@ -306,7 +340,14 @@ public sealed class Switch : IDisposable
             {
                 return $"no free slot on the path to '{hostId}'";
             }
-            path.Open(_stackHost.Acquire(stackId), slot, _options.HostId);
+            try
+            {
+                OpenOwnSlot(path, stackId, slot);
+            }
+            catch (StackStartException e)
+            {
+                return e.Message;
+            }
             opened = true;
         }
         // The peer confirms even a slot it has already (idempotent): a restarted peer may have lost it.
@@ -432,7 +473,18 @@ public sealed class Switch : IDisposable
             return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is quarantined on {_options.HostId}: {why}");
         }
         var stack = _stackHost.Acquire(stackId);
-        var replaced = path.OpenForPeer(stack, slot, _options.HostId, openId, out var unchanged);
+        string? replaced;
+        bool unchanged;
+        try
+        {
+            replaced = path.OpenForPeer(stack, slot, _options.HostId, openId, out unchanged);
+        }
+        catch (StackStartException e)
+        {
+            _stackHost.Release(stackId);
+            QuarantineUnstartable(e);
+            return ControlMessages.Make(ControlMessages.Refused, slot, e.Message);
+        }
         if (unchanged || replaced is not null)
         {
             // Already counted once for this slot (unchanged), or the replaced stack's count goes.
@@ -463,16 +515,57 @@ public sealed class Switch : IDisposable
     /// looking every millisecond: an idle agent costs nothing here. Timers fire within about a millisecond (the wait's
     /// granularity), as before.
     /// </summary>
+    /// <summary>An exception escaped the handling of one underlay datagram: reported (at most one a second), and the receive thread goes on.</summary>
+    private void UnderlayFault(Exception e)
+    {
+        if (_faultReports.ShouldReport(_clock()))
+        {
+            Report($"handling an underlay datagram threw {e.GetType().Name}: {e.Message} (the datagram is lost; receiving goes on)");
+        }
+    }
+
+    private readonly RateLimit _faultReports = new(TimeSpan.FromSeconds(1));
+
+    /// <summary>Exceptions the underlay receive threads caught and survived (each cost one datagram).</summary>
+    public long UnderlayFaults => (_underlay4?.Faults ?? 0) + (_underlay6?.Faults ?? 0);
+
+    /// <summary>Exceptions the path monitor caught and survived.</summary>
+    public long MonitorFaults => Interlocked.Read(ref _monitorFaults);
+
+    private long _monitorFaults;
+
     private void MonitorLoop()
     {
-        var nextProbe = 0L;
+        while (!_stopping)
+        {
+            try
+            {
+                MonitorRounds();
+            }
+            catch (Exception e)
+            {
+                // A bug in one round must not end probing and stack timers for every path: report, pause, go on.
+                Interlocked.Increment(ref _monitorFaults);
+                if (_faultReports.ShouldReport(_clock()))
+                {
+                    Report($"the path monitor threw {e.GetType().Name}: {e.Message} (it goes on)");
+                }
+                Thread.Sleep(10);
+            }
+        }
+    }
+
+    private long _nextProbe;
+
+    private void MonitorRounds()
+    {
         while (!_stopping)
         {
             var now = _clock();
-            var probe = now >= nextProbe;
+            var probe = now >= _nextProbe;
             if (probe)
             {
-                nextProbe = now + 100_000_000;
+                _nextProbe = now + 100_000_000;
             }
             foreach (var path in _paths.Values)
             {
@@ -484,8 +577,8 @@ public sealed class Switch : IDisposable
             }
             Flush();
             // Said before the paths are asked, so a timer armed meanwhile wakes the wait below (it sets the event).
-            Volatile.Write(ref _monitorWakeAt, nextProbe);
-            var next = nextProbe;
+            Volatile.Write(ref _monitorWakeAt, _nextProbe);
+            var next = _nextProbe;
             foreach (var path in _paths.Values)
             {
                 next = Math.Min(next, path.NextTimer(now));

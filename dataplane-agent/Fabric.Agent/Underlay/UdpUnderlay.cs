@@ -18,6 +18,11 @@ public sealed class UdpUnderlay : IDisposable
     private readonly Action _afterBatch;
     private readonly ThreadLocal<UdpBatchSocket> _outbox;
     private volatile bool _stopping;
+    private readonly Action<Exception>? _fault;
+    private long _faults;
+
+    /// <summary>Exceptions the receive thread caught and survived (a bug in what handles datagrams, never a reason to stop receiving).</summary>
+    public long Faults => Interlocked.Read(ref _faults);
 
     /// <summary>Called for each datagram received; the span is valid only during the call.</summary>
     public delegate void UnderlayHandler(ReadOnlySpan<byte> datagram, UdpPeer source);
@@ -26,10 +31,12 @@ public sealed class UdpUnderlay : IDisposable
     /// <param name="local">The address and port to bind.</param>
     /// <param name="handler">Called per datagram on the receive thread.</param>
     /// <param name="afterBatch">Called on the receive thread after each batch (to flush what the handlers queued).</param>
-    public UdpUnderlay(IPEndPoint local, UnderlayHandler handler, Action afterBatch)
+    /// <param name="fault">Told of an exception a handler (or the batch's flush) let escape; the thread goes on with the next datagram.</param>
+    public UdpUnderlay(IPEndPoint local, UnderlayHandler handler, Action afterBatch, Action<Exception>? fault = null)
     {
         _handler = handler;
         _afterBatch = afterBatch;
+        _fault = fault;
         _socket = new Socket(local.AddressFamily, SocketType.Dgram, ProtocolType.Udp);
         if (local.AddressFamily == AddressFamily.InterNetworkV6)
         {
@@ -95,22 +102,51 @@ public sealed class UdpUnderlay : IDisposable
             {
                 return;
             }
+            catch (Exception e)
+            {
+                // A socket error is reported and the thread tries again shortly: it never ends on one.
+                Fault(e);
+                Thread.Sleep(10);
+                continue;
+            }
             if (n == 0)
             {
                 continue;
             }
-            try
+            // A handler that throws costs its own datagram, never the thread: the rest of the batch and every later
+            // one are still handled.
+            for (var i = 0; i < n; i++)
             {
-                for (var i = 0; i < n; i++)
+                try
                 {
                     _handler(batch.Datagram(i), batch.Peer(i));
                 }
+                catch (Exception e) when (!(_stopping && e is ObjectDisposedException))
+                {
+                    Fault(e);
+                }
+            }
+            try
+            {
                 _afterBatch();
             }
-            catch (ObjectDisposedException)
+            catch (Exception e) when (!(_stopping && e is ObjectDisposedException))
             {
-                return;
+                Fault(e);
             }
+        }
+    }
+
+    private void Fault(Exception e)
+    {
+        Interlocked.Increment(ref _faults);
+        try
+        {
+            _fault?.Invoke(e);
+        }
+        catch (Exception)
+        {
+            // Reporting must not be what stops the receive thread.
         }
     }
 

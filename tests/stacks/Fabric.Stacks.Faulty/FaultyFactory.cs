@@ -5,8 +5,10 @@ namespace Fabric.Stacks.Faulty;
 
 /// <summary>
 /// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
-/// makes Transmit throw, "RXFAULT" makes Receive throw, and "TXHANG" makes Transmit block for five seconds. Built a
-/// second time as "faulty-sealed" (Fabric.Stacks.FaultySealed), which declares that it encrypts.
+/// makes Transmit throw, "RXFAULT" makes Receive throw, "TXHANG" makes Transmit block for five seconds, and
+/// "TIMERFAULT" makes the path monitor's next read of its timer throw; configured with failToStartAt = a host id, it
+/// throws when asked for an instance on that host. Built a second time as "faulty-sealed"
+/// (Fabric.Stacks.FaultySealed), which declares that it encrypts.
 /// </summary>
 public sealed class FaultyFactory : IStackFactory
 {
@@ -16,17 +18,34 @@ public sealed class FaultyFactory : IStackFactory
     public StackDescription Description { get; } = new("faulty", "0.0.1", AddressFamily.InterNetwork, MaxStackFieldBytes: 0);
 #endif
 
-    public IStack Create(StackContext context) => new FaultyStack();
+    public IStack Create(StackContext context) =>
+        context.Configuration.TryGetValue("failToStartAt", out var host) && host == context.LocalHost
+            ? throw new InvalidOperationException($"faulty stack: asked not to start on {host}")
+            : new FaultyStack();
 
     private sealed class FaultyStack : IStack
     {
         private readonly StackCounters _counters = new();
+        private bool _timerFault;
 
-        public long NextTimerNanoseconds => long.MaxValue;
+        public long NextTimerNanoseconds
+        {
+            get
+            {
+                // Only the agent's path monitor trips it, so the fault lands where nothing else would catch it.
+                if (_timerFault && Thread.CurrentThread.Name == "path-monitor")
+                {
+                    _timerFault = false;
+                    throw new InvalidOperationException("faulty stack: timer fault requested");
+                }
+                return long.MaxValue;
+            }
+        }
 
         public void Transmit(ReadOnlySpan<byte> frame, long nowNanoseconds, IUnderlayOutput underlay)
         {
             _counters.FramesIn++;
+            _timerFault |= Marked(frame, "TIMERFAULT"u8);
             if (Marked(frame, "TXFAULT"u8))
             {
                 throw new InvalidOperationException("faulty stack: transmit fault requested");

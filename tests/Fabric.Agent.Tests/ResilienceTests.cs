@@ -1,0 +1,84 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Fabric.Agent.Underlay;
+using Fabric.Testing;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>
+/// The agent's own threads outlive the faults of what they run: a datagram whose handling throws, a stack that cannot
+/// start, a stack whose timer throws in the path monitor. Each costs what it touched, is counted and said, and
+/// everything else goes on.
+/// </summary>
+public class ResilienceTests
+{
+    [Fact]
+    public void AnUnderlayHandlerThatThrows_CostsItsOwnDatagram_NotTheReceiveThread()
+    {
+        var seen = new ConcurrentQueue<string>();
+        var faults = new ConcurrentQueue<Exception>();
+        using var underlay = new UdpUnderlay(new IPEndPoint(IPAddress.Loopback, 0), (datagram, _) =>
+        {
+            var text = Encoding.ASCII.GetString(datagram);
+            seen.Enqueue(text == "boom" ? throw new InvalidOperationException("boom") : text);
+        }, () => { }, faults.Enqueue);
+        using var sender = new UdpClient(new IPEndPoint(IPAddress.Loopback, 0));
+        foreach (var text in new[] { "one", "boom", "two", "boom", "three" })
+        {
+            sender.Send(Encoding.ASCII.GetBytes(text), underlay.Local);
+        }
+        Eventually.True(() => seen.Count == 3, TimeSpan.FromSeconds(5), "the datagrams after a fault", () => string.Join(",", seen));
+        Assert.Equal(["one", "two", "three"], seen);
+        Assert.Equal(2, underlay.Faults);
+        Assert.All(faults, e => Assert.Equal("boom", e.Message));
+    }
+
+    [Fact]
+    public async Task AStackThatFailsToStartAtThePeer_IsRefusedNamingWhy_QuarantinedThere_AndBothAgentsGoOn()
+    {
+        using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["failToStartAt"] = "host-b" } });
+        var error = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "faulty", TestContext.Current.CancellationToken);
+        Assert.Contains("host 'host-b' did not open faulty", error, StringComparison.Ordinal);
+        Assert.Contains("stack 'faulty' failed to start on the path to 'host-a': InvalidOperationException: faulty stack: asked not to start on host-b", error, StringComparison.Ordinal);
+        Assert.True(hosts.B.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.Contains(hosts.B.Switch.Events, e => e.Contains("stack faulty quarantined: stack 'faulty' failed to start", StringComparison.Ordinal));
+        // vm1 stays on the path's stack, and B's underlay thread took it in its stride: traffic goes both ways.
+        Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].VmBindings().GetValueOrDefault("vm1").Stack ?? "std-ipv4");
+        var there = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(there);
+        Assert.Equal(there, hosts.Expect("vm3"));
+        var back = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
+        hosts.Vm("vm3").Transmit(back);
+        Assert.Equal(back, hosts.Expect("vm1"));
+        Assert.Equal(0, hosts.B.Switch.UnderlayFaults);
+    }
+
+    [Fact]
+    public async Task AStackThatFailsToStartHere_IsRefusedNamingWhy_AndQuarantined()
+    {
+        using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["failToStartAt"] = "host-a" } });
+        var error = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "faulty", TestContext.Current.CancellationToken);
+        Assert.Equal("stack 'faulty' failed to start on the path to 'host-b': InvalidOperationException: faulty stack: asked not to start on host-a", error);
+        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.Equal(0, hosts.A.Switch.StackHost.Entries().Single(e => e.Id == "faulty").Bindings);
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+    }
+
+    [Fact]
+    public void AFaultInThePathMonitor_IsCountedAndSaid_AndProbingGoesOn()
+    {
+        using var hosts = new TwoHosts("faulty");
+        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TIMERFAULT"));
+        Eventually.True(() => hosts.A.Switch.MonitorFaults >= 1, TimeSpan.FromSeconds(5), "the monitor's fault", () => $"faults {hosts.A.Switch.MonitorFaults}");
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the path monitor threw InvalidOperationException: faulty stack: timer fault requested", StringComparison.Ordinal));
+        // Probes still go out and come back after it.
+        hosts.A.Switch.Measure();
+        Eventually.True(() => hosts.A.Switch.Measure().TryGetValue("host-b", out var m) && m.ProbesAnswered > 0, TimeSpan.FromSeconds(5),
+            "probes answered after the fault", () => "none");
+    }
+}
