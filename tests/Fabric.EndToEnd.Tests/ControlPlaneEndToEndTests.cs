@@ -133,7 +133,7 @@ public class ControlPlaneEndToEndTests
         return (path, pinned);
     }
 
-    /// <summary>One kernel TCP connection from a VM to another, sending as fast as it can; counts what arrives.</summary>
+    /// <summary>One kernel TCP connection from a VM to another, sending as fast as its pacing allows; counts what arrives.</summary>
     private sealed class TcpFlow : IDisposable
     {
         private readonly Socket _listener;
@@ -152,6 +152,11 @@ public class ControlPlaneEndToEndTests
             // The guest's TCP is CUBIC, Linux's default: loss-based, so random loss hurts it. (This machine's own default is
             // BBR, which models bandwidth and barely notices 3 % random loss: with it, fec buys no goodput.)
             _sender.SetRawSocketOption(6 /* IPPROTO_TCP */, 13 /* TCP_CONGESTION */, "cubic"u8);
+            // Paced to 100 Mbit/s (SO_MAX_PACING_RATE, bytes a second), well below what two agents on this machine carry:
+            // the clean phase has no loss of its own making, so what the test varies is the link's loss alone. (Unpaced,
+            // the flows filled the agents' queues, the prior read their drops as random loss and chose fec before the
+            // loss began.)
+            _sender.SetRawSocketOption(1 /* SOL_SOCKET */, 47 /* SO_MAX_PACING_RATE */, BitConverter.GetBytes(12_500_000u));
             _sender.Connect(new IPEndPoint(receiver, port));
             var accepted = _listener.Accept();
             _receive = new Thread(() =>
