@@ -53,6 +53,7 @@ public class SwapTests
         traffic.Start();
         sink.Start();
         string[] stacks = [other, "std-ipv4"];
+        var stackDrops = new Dictionary<string, string>();
         for (var i = 0; i < 20; i++)
         {
             var stack = stacks[i % 2];
@@ -61,6 +62,13 @@ public class SwapTests
             Ok(hosts.A.Handle(new ApiRequest("commit-swap", Id: "host-b", Slot: slot)));
             Ok(hosts.B.Handle(new ApiRequest("commit-swap", Id: "host-a", Slot: slot)));
             Thread.Sleep(20);
+            foreach (var (name, agent, peer) in new[] { ("A", hosts.A, "host-b"), ("B", hosts.B, "host-a") })
+            {
+                foreach (var (s, st) in agent.Switch.Paths[peer].StackStats())
+                {
+                    stackDrops[$"{name}{s}"] = $"{st.Stack}: {string.Join(" ", st.Stats.Drops.Select(d => $"{d.Key} {d.Value}"))}";
+                }
+            }
         }
         Thread.Sleep(200);
         stop.Cancel();
@@ -70,7 +78,10 @@ public class SwapTests
         // Nothing lost on the overlay (path sequence), nothing dropped at vm3's port, everything delivered.
         Assert.Equal(0, hosts.B.Switch.Paths["host-a"].SequenceGaps);
         Assert.Equal(0, hosts.B.Switch.Vms["vm3"].Counters.Drops(Fabric.Agent.Switching.DropReason.TransmitFailed));
-        Assert.Equal(sent, received);
+        string Drops(Agent agent, string peer) => string.Join(", ", Enum.GetValues<Fabric.Agent.Switching.DropReason>()
+            .Select(r => (r, n: agent.Switch.Paths[peer].Counters.Drops(r))).Where(x => x.n > 0).Select(x => $"{x.r} {x.n}"))
+            + "; stacks: " + string.Join(", ", hosts.A.Switch.Events.Concat(hosts.B.Switch.Events).Where(e => e.Contains("stack ", StringComparison.Ordinal)).TakeLast(5));
+        Assert.True(sent == received, $"sent {sent}, received {received}; drops at A: {Drops(hosts.A, "host-b")}; at B: {Drops(hosts.B, "host-a")}; {string.Join("; ", stackDrops.Where(d => !d.Value.EndsWith(": ", StringComparison.Ordinal)))}");
         Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
 
         // After the drain time every old slot is closed and swap-test is unbound (then unloaded).

@@ -33,6 +33,7 @@ public sealed class RemotePath : IDisposable
     private readonly string?[] _slotStacks = new string?[256];
     private readonly long[] _drainUntil = new long[256];
     private readonly ulong[] _openIds = new ulong[256];
+    private readonly bool[] _peerOpened = new bool[256];
     private readonly bool[] _slotEncrypts = new bool[256];
     private long _highestSequence = -1;
     private long _firstSequence = -1;
@@ -237,18 +238,21 @@ public sealed class RemotePath : IDisposable
 
     /// <summary>
     /// Opens (or reopens) a slot of the peer's range at the peer's request; returns the stack id it replaced, or null.
-    /// A repeated request for the instance already there (same stack, same <paramref name="openId"/>) changes nothing;
-    /// a request with another open id is the peer's new instance (it restarted or reopened the slot), so the old
-    /// instance here, whose sequence numbers and session belong to the peer's old one, is replaced too.
+    /// A repeated request for the instance already there (same stack, same <paramref name="openId"/>) changes nothing,
+    /// nor does a request for a slot this end opened itself with the same stack (a path-level swap both ends prepare:
+    /// the instance is adopted as the one the peer asked for). A request with another open id for a slot the peer had
+    /// opened is the peer's new instance (it restarted or reopened the slot), so the old instance here, whose sequence
+    /// numbers and session belong to the peer's old one, is replaced too.
     /// </summary>
     internal string? OpenForPeer(LoadedStack stack, int slot, string localHost, ulong openId, out bool unchanged)
     {
         lock (_gate)
         {
-            unchanged = _slotStacks[slot] == stack.Description.Id && _openIds[slot] == openId;
+            unchanged = _slotStacks[slot] == stack.Description.Id && (_openIds[slot] == openId || !_peerOpened[slot]);
             if (unchanged)
             {
                 _drainUntil[slot] = 0;
+                (_openIds[slot], _peerOpened[slot]) = (openId, true);
                 return null;
             }
             // The new instance first: a stack that fails to start leaves the slot as it was.
@@ -257,7 +261,7 @@ public sealed class RemotePath : IDisposable
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
             _slotEncrypts[slot] = stack.Description.Encrypts;
-            _openIds[slot] = openId;
+            (_openIds[slot], _peerOpened[slot]) = (openId, true);
             Armed(instance);
             return replaced;
         }
@@ -448,7 +452,7 @@ public sealed class RemotePath : IDisposable
             _slotStacks[slot] = stack.Description.Id;
             _slotEncrypts[slot] = stack.Description.Encrypts;
             _drainUntil[slot] = 0;
-            _openIds[slot] = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
+            (_openIds[slot], _peerOpened[slot]) = ((ulong)Random.Shared.NextInt64(1, long.MaxValue), false);
             Armed(instance);
         }
     }
@@ -527,7 +531,7 @@ public sealed class RemotePath : IDisposable
         _slots[slot] = null;
         Volatile.Write(ref _slotStacks[slot], null);
         _drainUntil[slot] = 0;
-        _openIds[slot] = 0;
+        (_openIds[slot], _peerOpened[slot]) = (0, false);
         _slotEncrypts[slot] = false;
         return id;
     }
