@@ -121,7 +121,11 @@ public sealed class UdpUnderlay : IDisposable
                 {
                     _handler(batch.Datagram(i), batch.Peer(i));
                 }
-                catch (Exception e) when (!(_stopping && e is ObjectDisposedException))
+                catch (ObjectDisposedException) when (_stopping)
+                {
+                    return;
+                }
+                catch (Exception e)
                 {
                     Fault(e);
                 }
@@ -130,7 +134,11 @@ public sealed class UdpUnderlay : IDisposable
             {
                 _afterBatch();
             }
-            catch (Exception e) when (!(_stopping && e is ObjectDisposedException))
+            catch (ObjectDisposedException) when (_stopping)
+            {
+                return;
+            }
+            catch (Exception e)
             {
                 Fault(e);
             }
