@@ -40,6 +40,8 @@ internal static class SwapBenchmark
         Check(a.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm1", "tap1", 100, Mac1.ToString()))));
         Check(b.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm3", "tap3", 100, Mac3.ToString()))));
         Check(a.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac3.ToString(), "host-b"))));
+        // The receiving host must know where the sender lives: a path delivers only frames of VMs its table places there.
+        Check(b.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a"))));
 
         var capacity = (int)(packetsPerSecond * ((swaps * 0.08) + 3));
         var sentAt = new long[capacity];
