@@ -90,6 +90,33 @@ public class SwapTests
     }
 
     [Fact]
+    public async Task APrepareThatRacesThePeersOpen_AdoptsTheSlotTheOpenFilled()
+    {
+        // Creating an instance on host-b takes 500 ms. B's prepare starts creating its instance; meanwhile A's first
+        // frame through the slot makes B report it unknown, A asks B to open it, and B's underlay thread fills the slot
+        // (creating under the path's gate) before the prepare's instance is ready. The prepare must then adopt the slot
+        // (same stack, opened at the peer's request), not fail with "slot in use": seen in CI with secure, whose hello
+        // makes the peer's open arrive early.
+        using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["slowStartAt"] = "host-b" } });
+        var slot = Prepare(hosts.A, "host-b", "faulty", null);
+        Ok(hosts.A.Handle(new ApiRequest("commit-swap", Id: "host-b", Slot: slot)));
+        var prepare = Task.Run(() => Prepare(hosts.B, "host-a", "faulty", slot), TestContext.Current.CancellationToken);
+        Thread.Sleep(100);
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(slot, await prepare);
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains($"does not have slot {slot} (faulty)", StringComparison.Ordinal));
+        Ok(hosts.B.Handle(new ApiRequest("commit-swap", Id: "host-a", Slot: slot)));
+        Assert.Equal(1, Bindings(hosts.B, "faulty"));
+        Assert.Equal("faulty", hosts.B.Switch.Paths["host-a"].TransmitStack);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+        var back = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
+        hosts.Vm("vm3").Transmit(back);
+        Assert.Equal(back, hosts.Expect("vm1"));
+    }
+
+    [Fact]
     public void AFailedPrepare_LeavesTheOldBindingTransmitting()
     {
         using var hosts = new TwoHosts();

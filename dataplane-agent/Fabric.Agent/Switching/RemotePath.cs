@@ -437,12 +437,23 @@ public sealed class RemotePath : IDisposable
     /// <summary>The slot transmissions use.</summary>
     public int TransmitSlot => Volatile.Read(ref _transmitSlot);
 
-    /// <summary>Opens <paramref name="slot"/> with a new instance of <paramref name="stack"/>: it receives at once, transmits after <see cref="Commit"/>.</summary>
-    internal void Open(LoadedStack stack, int slot, string localHost)
+    /// <summary>
+    /// Opens <paramref name="slot"/> with a new instance of <paramref name="stack"/>: it receives at once, transmits
+    /// after <see cref="Commit"/>. With <paramref name="adoptPeerOpened"/> (a path-level swap both ends prepare), a slot
+    /// the peer already had this end open with the same stack (its instance spoke first) is adopted instead: returns
+    /// false and the new instance is discarded. The check is made under the gate, after the (slow) instance creation,
+    /// because the peer's open can arrive on the underlay thread in between.
+    /// </summary>
+    internal bool Open(LoadedStack stack, int slot, string localHost, bool adoptPeerOpened = false)
     {
         var instance = CreateInstance(stack, localHost);
         lock (_gate)
         {
+            if (adoptPeerOpened && _peerOpened[slot] && _drainUntil[slot] == 0 && slot != _transmitSlot && _slotStacks[slot] == stack.Description.Id)
+            {
+                instance.Dispose();
+                return false;
+            }
             if (_slots[slot] is not null)
             {
                 instance.Dispose();
@@ -454,6 +465,7 @@ public sealed class RemotePath : IDisposable
             _drainUntil[slot] = 0;
             (_openIds[slot], _peerOpened[slot]) = ((ulong)Random.Shared.NextInt64(1, long.MaxValue), false);
             Armed(instance);
+            return true;
         }
     }
 

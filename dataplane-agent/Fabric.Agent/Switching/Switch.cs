@@ -242,26 +242,26 @@ public sealed class Switch : IDisposable
         {
             throw new InvalidOperationException($"Swap on '{hostId}': slot {chosen} is not 0..255 (or no slot is free).");
         }
-        if (slot is not null && chosen != path.TransmitSlot && path.StackIn(chosen) == stackId)
-        {
-            // The peer prepared first and its instance already spoke (secure's hello): this end opened the slot with the
-            // same stack at its request, so it is prepared.
-            return chosen;
-        }
-        OpenOwnSlot(path, stackId, chosen);
+        // The peer may have prepared first and its instance already spoken (secure's hello): this end then opened the
+        // slot with the same stack at its request, and that instance is the prepared one.
+        OpenOwnSlot(path, stackId, chosen, adoptPeerOpened: slot is not null);
         return chosen;
     }
 
     /// <summary>
-    /// Opens a slot on this end with a new instance of <paramref name="stackId"/>. Nothing stays acquired when it fails,
-    /// and a stack whose factory throws is quarantined (it would throw for every path) before the error goes on.
+    /// Opens a slot on this end with a new instance of <paramref name="stackId"/>. Nothing stays acquired when it fails
+    /// (or when the slot was adopted: it is already counted), and a stack whose factory throws is quarantined (it would
+    /// throw for every path) before the error goes on.
     /// </summary>
-    private void OpenOwnSlot(RemotePath path, string stackId, int slot)
+    private void OpenOwnSlot(RemotePath path, string stackId, int slot, bool adoptPeerOpened = false)
     {
         var stack = _stackHost.Acquire(stackId);
         try
         {
-            path.Open(stack, slot, _options.HostId);
+            if (!path.Open(stack, slot, _options.HostId, adoptPeerOpened))
+            {
+                _stackHost.Release(stackId);
+            }
         }
         catch (Exception e)
         {

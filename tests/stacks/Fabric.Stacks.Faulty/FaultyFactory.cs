@@ -7,7 +7,8 @@ namespace Fabric.Stacks.Faulty;
 /// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
 /// makes Transmit throw, "RXFAULT" makes Receive throw, "TXHANG" makes Transmit block for five seconds, and
 /// "TIMERFAULT" makes the path monitor's next read of its timer throw; configured with failToStartAt = a host id, it
-/// throws when asked for an instance on that host. Built a second time as "faulty-sealed"
+/// throws when asked for an instance on that host, with slowStartAt = a host id it takes slowStartMilliseconds (500)
+/// to create one there. Built a second time as "faulty-sealed"
 /// (Fabric.Stacks.FaultySealed), which declares that it encrypts.
 /// </summary>
 public sealed class FaultyFactory : IStackFactory
@@ -18,10 +19,18 @@ public sealed class FaultyFactory : IStackFactory
     public StackDescription Description { get; } = new("faulty", "0.0.1", AddressFamily.InterNetwork, MaxStackFieldBytes: 0);
 #endif
 
-    public IStack Create(StackContext context) =>
-        context.Configuration.TryGetValue("failToStartAt", out var host) && host == context.LocalHost
-            ? throw new InvalidOperationException($"faulty stack: asked not to start on {host}")
-            : new FaultyStack();
+    public IStack Create(StackContext context)
+    {
+        if (context.Configuration.TryGetValue("failToStartAt", out var host) && host == context.LocalHost)
+        {
+            throw new InvalidOperationException($"faulty stack: asked not to start on {host}");
+        }
+        if (context.Configuration.TryGetValue("slowStartAt", out var slow) && slow == context.LocalHost)
+        {
+            Thread.Sleep(int.Parse(context.Configuration.GetValueOrDefault("slowStartMilliseconds", "500"), System.Globalization.CultureInfo.InvariantCulture));
+        }
+        return new FaultyStack();
+    }
 
     private sealed class FaultyStack : IStack
     {
