@@ -39,6 +39,14 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private readonly Dictionary<string, double> _lastRtt = new(StringComparer.Ordinal);
     private readonly HashSet<string> _reported = new(StringComparer.Ordinal);
     private Dictionary<string, Binding> _desired = new(StringComparer.Ordinal);
+    private Dictionary<string, Route> _routes = new(StringComparer.Ordinal);
+    private Dictionary<string, Peer> _peers = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Route> _appliedRoutes = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Peer> _appliedPeers = new(StringComparer.Ordinal);
+
+    /// <summary>Remote hosts whose paths this link added (so it may replace and remove them); other paths are the operator's.</summary>
+    private readonly HashSet<string> _programmed = new(StringComparer.Ordinal);
+    private readonly HostKey _key;
     private IHost? _client;
     private IAgentObserver? _reference;
     private Task? _loop;
@@ -51,12 +59,17 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private string? _lastError;
     private DateTimeOffset _nextRegister;
 
+    /// <summary>Loads (or makes) the host's key in the agent's state folder: throws naming the file when it is unsafe or unreadable.</summary>
     public ControlPlaneLink(Agent agent, ControlPlaneConfig config, ILogger logger)
     {
         _agent = agent;
         _config = config;
         _logger = logger;
+        _key = HostKey.LoadOrCreate(agent.Config.StateDirectory);
     }
+
+    /// <summary>The public half of the host's key, as registered.</summary>
+    public string PublicKey => _key.PublicKey;
 
     private string HostId => _agent.Config.HostId;
 
@@ -214,7 +227,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         }
         var loaded = s.StackHost.Registered.Where(id => !s.StackHost.Quarantined.ContainsKey(id)).Order(StringComparer.Ordinal).ToImmutableArray();
         return new HostInfo(HostId, s.UnderlayEndpoints.IPv4?.Address.ToString(), s.UnderlayEndpoints.IPv6?.Address.ToString(),
-            s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0");
+            s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0")
+        {
+            PublicKey = _key.PublicKey,
+        };
     }
 
     /// <summary>Places VMs that are new or changed (all with <paramref name="force"/>) and removes those that left.</summary>
@@ -223,7 +239,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var vms = _agent.LocalVms();
         foreach (var vm in vms)
         {
-            var placement = new VmPlacement(HostId, vm.Name, vm.Vni, [.. vm.Macs], ToPolicy(vm.Policy), Running(vm));
+            var placement = new VmPlacement(HostId, vm.Name, vm.Vni, [.. vm.Macs], ToPolicy(vm.Policy), Running(vm))
+            {
+                Vnics = [.. vm.Vnics.Select(v => new Vnic(v.Mac, v.Vni, [.. v.IPv4], [.. v.IPv6]))],
+            };
             if (force || !_placed.TryGetValue(vm.Id, out var placed) || placed != placement)
             {
                 await grains.GetGrain<IVmGrain>(vm.Id).PlaceAsync(placement).ConfigureAwait(false);
@@ -290,6 +309,22 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 next[Key(upsert)] = upsert;
             }
             _desired = next;
+            foreach (var removed in change.RouteRemovals)
+            {
+                _routes.Remove(removed.Key);
+            }
+            foreach (var route in change.RouteUpserts)
+            {
+                _routes[route.Key] = route;
+            }
+            foreach (var removed in change.PeerRemovals)
+            {
+                _peers.Remove(removed);
+            }
+            foreach (var peer in change.PeerUpserts)
+            {
+                _peers[peer.HostId] = peer;
+            }
             Interlocked.Exchange(ref _version, change.Version);
             await ReconcileAndAcknowledgeAsync(host, _stop.Token).ConfigureAwait(false);
         }
@@ -310,6 +345,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             if (desired is not null && (desired.Version >= held || desired.Version >> 32 != held >> 32))
             {
                 _desired = desired.Bindings.ToDictionary(Key, StringComparer.Ordinal);
+                _routes = desired.Routes.ToDictionary(r => r.Key, StringComparer.Ordinal);
+                _peers = desired.Peers.ToDictionary(p => p.HostId, StringComparer.Ordinal);
                 Interlocked.Exchange(ref _version, desired.Version);
             }
             await ReconcileAndAcknowledgeAsync(host, cancellationToken).ConfigureAwait(false);
@@ -324,7 +361,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
 
     private async Task ReconcileAndAcknowledgeAsync(IHostGrain? host, CancellationToken cancellationToken)
     {
-        var pending = 0;
+        var pending = ReconcileNetwork();
         foreach (var vm in _agent.LocalVms())
         {
             // Whether the VM must be encrypted: as the control plane's bindings say, else as its registration's policy.
@@ -373,6 +410,102 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             Interlocked.Exchange(ref _acknowledged, version);
             _reported.Clear();
         }
+    }
+
+    /// <summary>
+    /// Makes the switch's remote hosts and remote VM entries what the control plane says: the ones it programmed go when
+    /// the control plane withdraws them, and a host or route of the agent's own configuration is left alone (a host the
+    /// configuration or the local API added keeps its address and keys: the embedded fleet, for one, reaches its peers
+    /// through link emulators). A peer's path keys are derived here, from this host's
+    /// private key and the peer's public key. Returns how many could not be applied yet (retried every report period).
+    /// </summary>
+    private int ReconcileNetwork()
+    {
+        var pending = 0;
+        foreach (var (key, route) in _appliedRoutes.Where(a => !_routes.TryGetValue(a.Key, out var now) || now != a.Value).ToList())
+        {
+            // Refused only when the entry is gone already (or the MAC is local now: the VM moved here).
+            _agent.Handle(new ApiRequest("remove-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId)));
+            _appliedRoutes.Remove(key);
+        }
+        foreach (var (id, _) in _appliedPeers.Where(a => !_peers.TryGetValue(a.Key, out var now) || now != a.Value).ToList())
+        {
+            _appliedPeers.Remove(id);
+            if (!_peers.ContainsKey(id))
+            {
+                // No VM here shares a network with it any more (or it left the fleet): nothing may go there or come from it.
+                _agent.Handle(new ApiRequest("remove-host", Id: id));
+                _programmed.Remove(id);
+                Log.PeerRemoved(_logger, id);
+            }
+        }
+        // A path this link did not add (the configuration's, or one set through the local API) is the operator's: it stands.
+        foreach (var peer in _peers.Values.Where(p => !_appliedPeers.ContainsKey(p.HostId) && (!_agent.Switch.Paths.ContainsKey(p.HostId) || _programmed.Contains(p.HostId))).ToList())
+        {
+            var error = AddPeer(peer);
+            if (error is null)
+            {
+                _appliedPeers[peer.HostId] = peer;
+                _programmed.Add(peer.HostId);
+                Log.PeerAdded(_logger, peer.HostId, peer.UnderlayIPv4 ?? peer.UnderlayIPv6 ?? "", peer.UnderlayPort);
+            }
+            else
+            {
+                pending++;
+                if (_reported.Add($"peer|{peer.HostId}|{error}"))
+                {
+                    Log.PeerRefused(_logger, peer.HostId, error);
+                }
+            }
+        }
+        var configuredRoutes = (_agent.Config.Routes ?? []).Select(r => Route.KeyOf(r.Vni, Fabric.Wire.MacAddress.TryParse(r.Mac, out var mac) ? mac.ToString() : r.Mac)).ToHashSet(StringComparer.Ordinal);
+        foreach (var route in _routes.Values.Where(r => !_appliedRoutes.ContainsKey(r.Key) && !configuredRoutes.Contains(r.Key)))
+        {
+            if (!_agent.Switch.Paths.ContainsKey(route.HostId))
+            {
+                pending++;
+                continue;
+            }
+            var response = _agent.Handle(new ApiRequest("set-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId, [.. route.Vnic.IPv4], [.. route.Vnic.IPv6])));
+            if (response.Ok)
+            {
+                _appliedRoutes[route.Key] = route;
+            }
+            else
+            {
+                pending++;
+                if (_reported.Add($"route|{route.Key}|{response.Error}"))
+                {
+                    Log.RouteRefused(_logger, route.Key, route.HostId, response.Error ?? "");
+                }
+            }
+        }
+        return pending;
+    }
+
+    /// <summary>Adds (or replaces) the path to a peer with keys derived for the pair; null when done, else why not.</summary>
+    private string? AddPeer(Peer peer)
+    {
+        if (peer.PublicKey is null)
+        {
+            return "it registered no public key, so no path keys can be derived (give it a remoteHosts entry with keys instead)";
+        }
+        PathKeys keys;
+        try
+        {
+            keys = _key.Derive(HostId, peer.HostId, peer.PublicKey);
+        }
+        catch (InvalidOperationException e)
+        {
+            return e.Message;
+        }
+        var stack = peer.UnderlayIPv4 is not null && _agent.Switch.UnderlayEndpoints.IPv4 is not null ? "std-ipv4" : "std-ipv6";
+        var settings = new Dictionary<string, Dictionary<string, string>>(StringComparer.Ordinal) { ["secure"] = new() { ["key"] = Convert.ToHexString(keys.Secure) } };
+        var response = _agent.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(peer.HostId, peer.UnderlayIPv4, peer.UnderlayIPv6, stack, peer.UnderlayPort,
+            settings, Convert.ToHexString(keys.Overlay))));
+        System.Security.Cryptography.CryptographicOperations.ZeroMemory(keys.Overlay);
+        System.Security.Cryptography.CryptographicOperations.ZeroMemory(keys.Secure);
+        return response.Ok ? null : response.Error;
     }
 
     /// <summary>The stack a VM runs before (or without) a decision: its pin, a confidential VM's secure stack, else its family's std stack.</summary>
@@ -441,6 +574,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         await DropClientAsync().ConfigureAwait(false);
         _stop.Dispose();
         _apply.Dispose();
+        _key.Dispose();
     }
 }
 
@@ -457,4 +591,16 @@ internal static partial class Log
 
     [LoggerMessage(4, LogLevel.Warning, "VM {VmId} to host {Remote}: cannot bind {Stack} yet: {Error}")]
     public static partial void NotBound(ILogger logger, string vmId, string remote, string stack, string error);
+
+    [LoggerMessage(5, LogLevel.Information, "Control plane: peer {HostId} at {Address} port {Port}, path keys derived")]
+    public static partial void PeerAdded(ILogger logger, string hostId, string address, int port);
+
+    [LoggerMessage(6, LogLevel.Information, "Control plane: peer {HostId} withdrawn; its path and routes removed")]
+    public static partial void PeerRemoved(ILogger logger, string hostId);
+
+    [LoggerMessage(7, LogLevel.Warning, "Control plane: peer {HostId} not added yet: {Error}")]
+    public static partial void PeerRefused(ILogger logger, string hostId, string error);
+
+    [LoggerMessage(8, LogLevel.Warning, "Control plane: route {Route} to host {HostId} not set yet: {Error}")]
+    public static partial void RouteRefused(ILogger logger, string route, string hostId, string error);
 }

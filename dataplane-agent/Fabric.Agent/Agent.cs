@@ -28,7 +28,14 @@ public sealed record ApiRequest(string Op, VmConfig? Vm = null, string? Id = nul
     string? Stack = null, int? Slot = null, VmRegistration? Registration = null);
 
 /// <summary>A VM on this host for the control plane: its id, name, network, MACs, the policy its hook carried (null for VMs attached directly) and its switch ports.</summary>
-public sealed record LocalVm(string Id, string Name, uint Vni, string[] Macs, VmPolicy? Policy, string[] Ports);
+public sealed record LocalVm(string Id, string Name, uint Vni, string[] Macs, VmPolicy? Policy, string[] Ports)
+{
+    /// <summary>Each vNIC with a MAC: its virtual network and addresses (what other hosts' routes to it say).</summary>
+    public LocalVnic[] Vnics { get; init; } = [];
+}
+
+/// <summary>One vNIC of a local VM as the control plane places it.</summary>
+public sealed record LocalVnic(string Mac, uint Vni, string[] IPv4, string[] IPv6);
 
 /// <summary>The answer: ok with a result, or an error that says what is wrong.</summary>
 public sealed record ApiResponse(bool Ok, object? Result = null, string? Error = null);
@@ -139,15 +146,16 @@ public sealed class Agent : IDisposable
                     "remove-route" when request.Route is not null => MacAddress.TryParse(request.Route.Mac, out var mac) && Switch.RemoveRemoteEndpoint(request.Route.Vni, mac)
                         ? new ApiResponse(true) : new ApiResponse(false, Error: $"no remote entry for {request.Route.Mac} in vni {request.Route.Vni}"),
                     "add-host" when request.Host is not null => Checked(request.Host.Validate("host"), () => Switch.AddRemoteHost(request.Host.ToSpec(), request.Host.Port)),
+                    "remove-host" when request.Id is not null => Switch.RemoveRemoteHost(request.Id) ? new ApiResponse(true) : new ApiResponse(false, Error: $"no remote host '{request.Id}'"),
                     "prepare-swap" when request.Id is not null && request.Stack is not null =>
                         new ApiResponse(true, new { Slot = Switch.PrepareSwap(request.Id, request.Stack, request.Slot) }),
                     "commit-swap" when request.Id is not null && request.Slot is { } commit => Do(() => Switch.CommitSwap(request.Id, commit)),
                     "abort-swap" when request.Id is not null && request.Slot is { } abort => Switch.AbortSwap(request.Id, abort)
                         ? new ApiResponse(true) : new ApiResponse(false, Error: $"slot {abort} on the path to '{request.Id}' is not a prepared slot"),
-                    "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" or "prepare-swap" or "commit-swap" or "abort-swap" or "register-vm" or "deregister-vm" =>
-                        new ApiResponse(false, Error: $"{request.Op}: missing its argument (attach-vm: vm, detach-vm: id, *-route: route, add-host: host, "
+                    "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" or "remove-host" or "prepare-swap" or "commit-swap" or "abort-swap" or "register-vm" or "deregister-vm" =>
+                        new ApiResponse(false, Error: $"{request.Op}: missing its argument (attach-vm: vm, detach-vm: id, *-route: route, add-host: host, remove-host: id, "
                             + "prepare-swap: id and stack, commit-swap/abort-swap: id and slot, register-vm: registration, deregister-vm: id)"),
-                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, prepare-swap, commit-swap, abort-swap, register-vm, deregister-vm)"),
+                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, remove-host, prepare-swap, commit-swap, abort-swap, register-vm, deregister-vm)"),
                 };
             }
             catch (Exception e) when (e is InvalidOperationException or FormatException or IOException)
@@ -251,11 +259,18 @@ public sealed class Agent : IDisposable
             {
                 registered.UnionWith(ports);
                 var vni = registration.Interfaces.Select(i => i.Vni).FirstOrDefault(v => v is not null) ?? registration.Policy.Vni;
-                result.Add(new LocalVm(registration.Id, registration.Name, vni, [.. registration.Interfaces.Select(i => i.Mac).OfType<string>()], registration.Policy, ports));
+                result.Add(new LocalVm(registration.Id, registration.Name, vni, [.. registration.Interfaces.Select(i => i.Mac).OfType<string>()], registration.Policy, ports)
+                {
+                    Vnics = [.. registration.Interfaces.Where(i => i.Mac is not null)
+                        .Select(i => new LocalVnic(MacAddress.TryParse(i.Mac, out var mac) ? mac.ToString() : i.Mac!, i.Vni ?? registration.Policy.Vni, i.IPv4 ?? [], i.IPv6 ?? []))],
+                });
             }
             foreach (var vm in Switch.Vms.Values.Where(v => !registered.Contains(v.Spec.VmId)))
             {
-                result.Add(new LocalVm(vm.Spec.VmId, vm.Spec.VmId, vm.Spec.Vni, [vm.Spec.Mac.ToString()], null, [vm.Spec.VmId]));
+                result.Add(new LocalVm(vm.Spec.VmId, vm.Spec.VmId, vm.Spec.Vni, [vm.Spec.Mac.ToString()], null, [vm.Spec.VmId])
+                {
+                    Vnics = [new LocalVnic(vm.Spec.Mac.ToString(), vm.Spec.Vni, [.. vm.Spec.IPv4.Select(a => a.ToString())], [.. vm.Spec.IPv6.Select(a => a.ToString())])],
+                });
             }
             return result;
         }

@@ -127,12 +127,50 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("peers"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<ImmutableArray<string>> ListPeersAsync();
 
+    /// <summary>
+    /// From a virtual network's grain: routes of that network that this host must add or drop (never its own VMs'), and
+    /// whether this host still has a VM in the network. Becomes one desired-state change for the agent.
+    /// </summary>
+    [Alias("network-changed")]
+    ValueTask NetworkChangedAsync(uint vni, bool member, ImmutableArray<Route> upserts, ImmutableArray<Route> removals);
+
+    /// <summary>From a virtual network's grain: a host this host forwards to re-registered with other addresses or another key.</summary>
+    [Alias("peer-changed")]
+    ValueTask PeerChangedAsync(Peer peer);
+
     /// <summary>The smoothed conditions of the path to a peer (null before its first sample).</summary>
     [Alias("path"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<PathConditions?> GetPathAsync(string peer);
 
     [Alias("path-history"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<ImmutableArray<PathConditions>> GetPathHistoryAsync(string peer);
+}
+
+/// <summary>
+/// A virtual network (key: its VNI in decimal): which VMs' vNICs are in it and on which host. It is the source of truth
+/// for routes: when a vNIC joins, moves or leaves, it tells exactly the hosts with a VM in this network (and a host that
+/// joins or leaves it), so a registration costs messages in proportion to the network, never to the fleet.
+/// </summary>
+[Alias("fabric.network")]
+public interface INetworkGrain : IGrainWithStringKey
+{
+    /// <summary>
+    /// The VM's vNICs in this network are now <paramref name="vnics"/> on <paramref name="hostId"/> (replacing what it had
+    /// here, on whatever host); empty: it left the network. Idempotent.
+    /// </summary>
+    [Alias("set-member")]
+    ValueTask SetMemberAsync(string vmId, string hostId, ImmutableArray<Vnic> vnics);
+
+    /// <summary>Every vNIC in the network, as routes.</summary>
+    [Alias("routes"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<ImmutableArray<Route>> GetRoutesAsync();
+
+    /// <summary>A member host re-registered with other addresses or another key: every other member host hears of it.
+    /// One-way: the host grain that calls it may itself be called by this network meanwhile.</summary>
+    [Alias("host-changed"), Orleans.Concurrency.OneWay]
+    ValueTask HostChangedAsync(Peer peer);
+
+    static string KeyOf(uint vni) => vni.ToString(System.Globalization.CultureInfo.InvariantCulture);
 }
 
 /// <summary>Implemented by the agent (an Orleans client); the host grain pushes each change of its desired state.</summary>

@@ -124,8 +124,16 @@ public sealed record HostInfo(
     [property: Id(5)] ImmutableArray<NicInfo> Nics,
     [property: Id(6)] string AgentVersion)
 {
+    /// <summary>
+    /// The host's public key agreement key (ECDH P-256, SubjectPublicKeyInfo, base64): each peer derives the pair's path
+    /// keys from it and its own private key, so the control plane carries public keys only. Null: an agent without one
+    /// (its peers then need hand-configured keys).
+    /// </summary>
+    [Id(7)] public string? PublicKey { get; init; }
+
     public bool Equals(HostInfo? other) => other is not null && HostId == other.HostId && UnderlayIPv4 == other.UnderlayIPv4 && UnderlayIPv6 == other.UnderlayIPv6
-        && UnderlayPort == other.UnderlayPort && LoadedStacks.SequenceEqual(other.LoadedStacks) && Nics.SequenceEqual(other.Nics) && AgentVersion == other.AgentVersion;
+        && UnderlayPort == other.UnderlayPort && LoadedStacks.SequenceEqual(other.LoadedStacks) && Nics.SequenceEqual(other.Nics) && AgentVersion == other.AgentVersion
+        && PublicKey == other.PublicKey;
 
     public override int GetHashCode() => HashCode.Combine(HostId, UnderlayIPv4, UnderlayIPv6, UnderlayPort, LoadedStacks.Length, Nics.Length, AgentVersion);
 }
@@ -144,8 +152,11 @@ public sealed record VmPlacement(
     [property: Id(4)] Policy? Policy,
     [property: Id(5)] ImmutableDictionary<string, string>? Running = null)
 {
+    /// <summary>The VM's vNICs (MAC, virtual network, addresses): what the control plane turns into other hosts' routes.</summary>
+    [Id(6)] public ImmutableArray<Vnic> Vnics { get; init; } = [];
+
     public bool Equals(VmPlacement? other) => other is not null && HostId == other.HostId && Name == other.Name && Vni == other.Vni
-        && Macs.SequenceEqual(other.Macs) && Equals(Policy, other.Policy);
+        && Macs.SequenceEqual(other.Macs) && Equals(Policy, other.Policy) && Vnics.SequenceEqual(other.Vnics);
 
     public override int GetHashCode() => HashCode.Combine(HostId, Name, Vni, Macs.Length, Policy);
 }
@@ -158,9 +169,49 @@ public sealed record VmPlacement(
 public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] string RemoteHost, [property: Id(2)] string Stack,
     [property: Id(3)] bool Sealed = false);
 
-/// <summary>Everything a host should run, at a version that only grows; applying the same version twice changes nothing.</summary>
+/// <summary>One vNIC of a VM: its MAC, its virtual network and the addresses it may use (what its host lets it send from).</summary>
+[GenerateSerializer, Immutable, Alias("fabric.vnic")]
+public sealed record Vnic([property: Id(0)] string Mac, [property: Id(1)] uint Vni, [property: Id(2)] ImmutableArray<string> IPv4, [property: Id(3)] ImmutableArray<string> IPv6)
+{
+    public bool Equals(Vnic? other) => other is not null && Mac == other.Mac && Vni == other.Vni && IPv4.SequenceEqual(other.IPv4) && IPv6.SequenceEqual(other.IPv6);
+
+    public override int GetHashCode() => HashCode.Combine(Mac, Vni, IPv4.Length, IPv6.Length);
+}
+
+/// <summary>Where a remote VM's vNIC lives: what a host with a VM in the same virtual network needs to forward to it.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.route")]
+public sealed record Route([property: Id(0)] string VmId, [property: Id(1)] string HostId, [property: Id(2)] Vnic Vnic)
+{
+    /// <summary>A route's identity on a host: the vNIC's virtual network and MAC.</summary>
+    public string Key => KeyOf(Vnic.Vni, Vnic.Mac);
+
+    public static string KeyOf(uint vni, string mac) => $"{vni}/{mac.ToLowerInvariant()}";
+}
+
+/// <summary>A host that another host forwards to: where its underlay listens and its public key (see <see cref="HostInfo.PublicKey"/>).</summary>
+[GenerateSerializer, Immutable, Alias("fabric.peer")]
+public sealed record Peer(
+    [property: Id(0)] string HostId,
+    [property: Id(1)] string? UnderlayIPv4,
+    [property: Id(2)] string? UnderlayIPv6,
+    [property: Id(3)] int UnderlayPort,
+    [property: Id(4)] string? PublicKey)
+{
+    public static Peer Of(HostInfo info) => new(info.HostId, info.UnderlayIPv4, info.UnderlayIPv6, info.UnderlayPort, info.PublicKey);
+}
+
+/// <summary>
+/// Everything a host should run, at a version that only grows; applying the same version twice changes nothing: the
+/// bindings of its VMs, and for every virtual network with a VM here, the other hosts' VMs in it (routes) and those
+/// hosts (peers) — nothing of networks it has no VM in.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.desired-state")]
-public sealed record DesiredState([property: Id(0)] string HostId, [property: Id(1)] long Version, [property: Id(2)] ImmutableArray<Binding> Bindings);
+public sealed record DesiredState([property: Id(0)] string HostId, [property: Id(1)] long Version, [property: Id(2)] ImmutableArray<Binding> Bindings)
+{
+    [Id(3)] public ImmutableArray<Route> Routes { get; init; } = [];
+
+    [Id(4)] public ImmutableArray<Peer> Peers { get; init; } = [];
+}
 
 /// <summary>
 /// What changed in a host's desired state between two versions: pushed to the agent instead of the whole state. An
@@ -172,7 +223,17 @@ public sealed record DesiredStateChange(
     [property: Id(1)] long PreviousVersion,
     [property: Id(2)] long Version,
     [property: Id(3)] ImmutableArray<Binding> Upserts,
-    [property: Id(4)] ImmutableArray<Binding> Removals);
+    [property: Id(4)] ImmutableArray<Binding> Removals)
+{
+    [Id(5)] public ImmutableArray<Route> RouteUpserts { get; init; } = [];
+
+    /// <summary>Routes that went (only <see cref="Route.Key"/> matters).</summary>
+    [Id(6)] public ImmutableArray<Route> RouteRemovals { get; init; } = [];
+
+    [Id(7)] public ImmutableArray<Peer> PeerUpserts { get; init; } = [];
+
+    [Id(8)] public ImmutableArray<string> PeerRemovals { get; init; } = [];
+}
 
 /// <summary>
 /// One path measurement interval from an agent (about a second): active probes and passive sequence/timestamp counts.

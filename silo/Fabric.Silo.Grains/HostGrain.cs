@@ -18,6 +18,9 @@ public sealed class HostState
     [Id(1)] public long Epoch { get; set; }
     [Id(4)] public HashSet<string> Vms { get; set; } = new(StringComparer.Ordinal);
     [Id(5)] public HashSet<string> Peers { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>The virtual networks this host has a VM in (their grains hold the routes; an activation reads them back).</summary>
+    [Id(6)] public HashSet<uint> Networks { get; set; } = [];
 }
 
 public sealed class HostGrain : Grain, IHostGrain
@@ -30,6 +33,8 @@ public sealed class HostGrain : Grain, IHostGrain
     private readonly Dictionary<string, (PathSmoother Smoother, Queue<PathConditions> History)> _paths = new(StringComparer.Ordinal);
     private const int HistoryLength = 600;
     private static readonly DateTimeOffset EpochOrigin = new(2026, 1, 1, 0, 0, 0, TimeSpan.Zero);
+    private readonly Dictionary<string, Route> _routes = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Peer> _peers = new(StringComparer.Ordinal);
     private long _version;
     private long _acknowledged;
 
@@ -42,8 +47,14 @@ public sealed class HostGrain : Grain, IHostGrain
 
     private static string Key(Binding b) => $"{b.VmId}|{b.RemoteHost}";
 
-    private DesiredState Desired => new(this.GetPrimaryKeyString(), _version,
-        [.. _bindings.Values.OrderBy(b => b.VmId, StringComparer.Ordinal).ThenBy(b => b.RemoteHost, StringComparer.Ordinal)]);
+    private string HostId => this.GetPrimaryKeyString();
+
+    private DesiredState Desired => new(HostId, _version,
+        [.. _bindings.Values.OrderBy(b => b.VmId, StringComparer.Ordinal).ThenBy(b => b.RemoteHost, StringComparer.Ordinal)])
+    {
+        Routes = [.. _routes.Values.OrderBy(r => r.Key, StringComparer.Ordinal)],
+        Peers = [.. _peers.Values.OrderBy(p => p.HostId, StringComparer.Ordinal)],
+    };
 
     public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {
@@ -62,6 +73,76 @@ public sealed class HostGrain : Grain, IHostGrain
                 _bindings[Key(binding)] = binding;
             }
         }
+        // Routes and peers are soft state too: the networks' grains hold the routes, the peers' grains their addresses and keys.
+        var routes = await Task.WhenAll(_state.State.Networks.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).GetRoutesAsync().AsTask()));
+        foreach (var route in routes.SelectMany(r => r).Where(r => r.HostId != HostId))
+        {
+            _routes[route.Key] = route;
+        }
+        await RefreshPeersAsync();
+    }
+
+    /// <summary>Makes the peers the hosts the routes name (fetching new ones' addresses and keys); returns what changed.</summary>
+    private async Task<(ImmutableArray<Peer> Upserts, ImmutableArray<string> Removals)> RefreshPeersAsync()
+    {
+        var needed = _routes.Values.Select(r => r.HostId).ToHashSet(StringComparer.Ordinal);
+        var removals = _peers.Keys.Where(p => !needed.Contains(p)).ToImmutableArray();
+        foreach (var gone in removals)
+        {
+            _peers.Remove(gone);
+        }
+        var missing = needed.Where(h => !_peers.ContainsKey(h)).ToList();
+        var infos = await Task.WhenAll(missing.Select(h => GrainFactory.GetGrain<IHostGrain>(h).GetInfoAsync().AsTask()));
+        var upserts = ImmutableArray.CreateBuilder<Peer>();
+        // A host not registered yet comes as a peer when it registers (its networks tell this host).
+        foreach (var info in infos.OfType<HostInfo>())
+        {
+            var peer = Peer.Of(info);
+            _peers[peer.HostId] = peer;
+            upserts.Add(peer);
+        }
+        return (upserts.ToImmutable(), removals);
+    }
+
+    public async ValueTask NetworkChangedAsync(uint vni, bool member, ImmutableArray<Route> upserts, ImmutableArray<Route> removals)
+    {
+        if ((member ? _state.State.Networks.Add(vni) : _state.State.Networks.Remove(vni)))
+        {
+            await _state.WriteStateAsync();
+        }
+        var routeRemovals = ImmutableArray.CreateBuilder<Route>();
+        foreach (var removal in removals)
+        {
+            // Only the route as it was: a removal that crossed the VM's move to yet another host must not drop the new one.
+            if (_routes.TryGetValue(removal.Key, out var held) && held.VmId == removal.VmId && held.HostId == removal.HostId)
+            {
+                _routes.Remove(removal.Key);
+                routeRemovals.Add(removal);
+            }
+        }
+        var routeUpserts = upserts.Where(r => r.HostId != HostId && !(_routes.TryGetValue(r.Key, out var held) && held == r)).ToImmutableArray();
+        foreach (var route in routeUpserts)
+        {
+            _routes[route.Key] = route;
+        }
+        var (peerUpserts, peerRemovals) = await RefreshPeersAsync();
+        if (routeUpserts.Length + routeRemovals.Count + peerUpserts.Length + peerRemovals.Length > 0)
+        {
+            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], [])
+            {
+                RouteUpserts = routeUpserts, RouteRemovals = routeRemovals.ToImmutable(), PeerUpserts = peerUpserts, PeerRemovals = peerRemovals,
+            });
+        }
+    }
+
+    public ValueTask PeerChangedAsync(Peer peer)
+    {
+        if (_peers.TryGetValue(peer.HostId, out var held) && held != peer)
+        {
+            _peers[peer.HostId] = peer;
+            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], []) { PeerUpserts = [peer] });
+        }
+        return ValueTask.CompletedTask;
     }
 
     public async ValueTask<DesiredState> RegisterAsync(HostInfo info, IAgentObserver observer)
@@ -73,9 +154,19 @@ public sealed class HostGrain : Grain, IHostGrain
         _observers.Subscribe(observer, observer);
         if (_state.State.Info != info)
         {
+            var moved = _state.State.Info is not { } old || Peer.Of(old) != Peer.Of(info);
             _state.State.Info = info;
             await _state.WriteStateAsync();
             await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).HostSeenAsync(info.HostId);
+            if (moved)
+            {
+                // New addresses or a new key (the agent restarted without its key, or rotated it): every host that
+                // forwards here hears of it through the networks they share (one-way: those networks may be calling here).
+                foreach (var vni in _state.State.Networks)
+                {
+                    await GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).HostChangedAsync(Peer.Of(info));
+                }
+            }
         }
         return Desired;
     }
@@ -103,10 +194,12 @@ public sealed class HostGrain : Grain, IHostGrain
         return ValueTask.FromResult(removed.Count == 0 ? _version : Publish([], [.. removed.Select(b => b.Value)]));
     }
 
-    private long Publish(ImmutableArray<Binding> upserts, ImmutableArray<Binding> removals)
+    private long Publish(ImmutableArray<Binding> upserts, ImmutableArray<Binding> removals) =>
+        Publish(new DesiredStateChange(HostId, _version, _version + 1, upserts, removals));
+
+    private long Publish(DesiredStateChange change)
     {
-        var change = new DesiredStateChange(this.GetPrimaryKeyString(), _version, _version + 1, upserts, removals);
-        _version++;
+        _version = change.Version;
         // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
         // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
         // never consistency. Observers that fail are dropped by the manager.

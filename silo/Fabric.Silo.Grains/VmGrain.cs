@@ -172,7 +172,21 @@ public sealed class VmGrain(
         }
         await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
             GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).SubscribeAsync(VmId).AsTask()));
+        await SetNetworksAsync(previous, placement);
         await EvaluateAllAsync(await CatalogAsync());
+    }
+
+    /// <summary>
+    /// Tells each virtual network the VM's vNICs in it now (on the new host) and each network it left that it is gone:
+    /// those networks program the routes of every host that shares them.
+    /// </summary>
+    private async Task SetNetworksAsync(VmPlacement? previous, VmPlacement? placement)
+    {
+        var now = placement?.Vnics.GroupBy(v => v.Vni).ToDictionary(g => g.Key, g => g.ToImmutableArray()) ?? [];
+        var left = (previous?.Vnics ?? []).Select(v => v.Vni).Where(vni => !now.ContainsKey(vni)).Distinct();
+        var hostId = placement?.HostId ?? previous?.HostId ?? "";
+        await Task.WhenAll(now.Select(n => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(n.Key)).SetMemberAsync(VmId, hostId, n.Value).AsTask())
+            .Concat(left.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).SetMemberAsync(VmId, hostId, []).AsTask())));
     }
 
     public async ValueTask RemoveAsync()
@@ -180,6 +194,7 @@ public sealed class VmGrain(
         if (state.State.Placement is { } placement)
         {
             await LeaveHostAsync(placement.HostId);
+            await SetNetworksAsync(placement, null);
         }
         state.State.Placement = null;
         state.State.Stacks.Clear();

@@ -14,6 +14,8 @@ public class ApiTests
     [InlineData("""{"op":"add-host","host":{"id":"host-c","ipv4":"10.0.0.999"}}""", "host.ipv4: '10.0.0.999' is not an IPv4 address")]
     [InlineData("""{"op":"add-host","host":{"id":"host-c","ipv4":"127.0.0.1","stack":"quic"}}""", "stack 'quic' is not loaded")]
     [InlineData("""{"op":"detach-vm","id":"vm77"}""", "no VM 'vm77' is attached")]
+    [InlineData("""{"op":"remove-host","id":"host-z"}""", "no remote host 'host-z'")]
+    [InlineData("""{"op":"remove-host"}""", "remove-host: id")]
     [InlineData("""{"op":"reboot"}""", "unknown op 'reboot'")]
     [InlineData("""{"op":"attach-vm"}""", "missing its argument")]
     public void BadRequests_AreRefusedNamingTheProblem_AndChangeNothing(string json, string expected)
@@ -25,6 +27,23 @@ public class ApiTests
         Assert.Contains(expected, response.Error, StringComparison.Ordinal);
         Assert.Equal(before, hosts.A.Switch.Table.Endpoints);
         Assert.Equal(3, hosts.A.Switch.Vms.Count);
+    }
+
+    [Fact]
+    public void RemovingAHost_TakesItsPathAndItsRoutes_SoNothingGoesThereOrComesFromIt()
+    {
+        using var hosts = new TwoHosts();
+        var stacksBefore = hosts.A.Switch.StackHost.Entries().Single(e => e.Id == "std-ipv4").Bindings;
+        Assert.True(hosts.A.Handle(new ApiRequest("remove-host", Id: "host-b")).Ok);
+        Assert.False(hosts.A.Switch.Paths.ContainsKey("host-b"));
+        Assert.DoesNotContain(hosts.A.Switch.Table.Endpoints, e => e.RemoteHost == "host-b");
+        // Its slot 0 and the fallback slot were released.
+        Assert.Equal(stacksBefore - 2, hosts.A.Switch.StackHost.Entries().SingleOrDefault(e => e.Id == "std-ipv4")?.Bindings ?? 0);
+        // vm3's frames reach host-a but no longer any VM there.
+        hosts.Vm("vm3").Transmit(Frames.Udp(TwoHosts.Mac3, TwoHosts.Mac1, "10.0.0.3", "10.0.0.1", 100));
+        var buffer = new byte[2048];
+        Assert.Equal(Fabric.Hal.PortResult.Timeout, hosts.Vm("vm1").Receive(buffer, out _, TimeSpan.FromMilliseconds(300)));
+        Assert.False(hosts.A.Handle(new ApiRequest("remove-host", Id: "host-b")).Ok);
     }
 
     [Fact]

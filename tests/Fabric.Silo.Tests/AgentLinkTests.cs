@@ -125,6 +125,59 @@ public sealed class AgentLinkTests
         }
     }
 
+    [Fact]
+    public async Task AgentsThatNameNoPeerRouteOrKey_AreProgrammedByTheControlPlane_AndCarrySecureTrafficUnderDerivedKeys()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var state = Directory.CreateTempSubdirectory("fabric-programmed-").FullName;
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"), programmed: true);
+        try
+        {
+            Assert.Empty(hosts.A.Switch.Paths);
+            // vm1 registers on host-a through the hook API, confidential; vm3 is host-b's (in its config), same network.
+            Ok(hosts.A.Handle(new ApiRequest("register-vm", Registration: new VmRegistration("vm1", "vm-one",
+                [new VmInterface("ethernet", Mac1.ToString(), "tap-vm1", Vni: 100, IPv4: ["10.0.0.1"])], new VmPolicy(Security: "confidential", Vni: 100), "metadata", "libvirt"))));
+
+            // Each host learns the other (address, port, public key) and the other's VM (MAC, addresses) from the control
+            // plane, derives the pair's keys, and vm1 is bound to secure under them.
+            Eventually.True(() => hosts.A.Switch.Paths.ContainsKey("host-b") && hosts.B.Switch.Paths.ContainsKey("host-a") && Bound(hosts.A, "vm1/0", "host-b") == "secure",
+                Wait, "peers, routes and the secure binding programmed", () => $"{hosts.LinkA.Status}; {hosts.LinkB.Status}; {Describe(hosts.A)}; {Describe(hosts.B)}");
+            var overlayA = hosts.A.Switch.Paths["host-b"].Spec.OverlayKey;
+            Assert.NotNull(overlayA);
+            Assert.Equal(overlayA, hosts.B.Switch.Paths["host-a"].Spec.OverlayKey);
+            Assert.Equal(hosts.A.Switch.Paths["host-b"].Spec.SettingsOf("secure")["key"], hosts.B.Switch.Paths["host-a"].Spec.SettingsOf("secure")["key"]);
+            Assert.Equal(hosts.LinkB.PublicKey, (await silo.Grains.GetGrain<IHostGrain>("host-b").GetInfoAsync())?.PublicKey);
+
+            // Frames flow both ways, vm1's through secure (vm3's route to vm1 came from the control plane too).
+            hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+            hosts.Send("vm3", Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200));
+            hosts.Expect("vm1");
+            var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1/0"].Slot;
+            Assert.True(hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stats.FramesDelivered >= 1);
+
+            // The private key stays on the host (0600); no path key appears in the agent's status or the silo's view.
+            var keyFile = Path.Combine(state, "a", HostKey.FileName);
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(keyFile));
+            var status = System.Text.Json.JsonSerializer.Serialize(hosts.A.Status());
+            var secureKey = hosts.A.Switch.Paths["host-b"].Spec.SettingsOf("secure")["key"];
+            Assert.DoesNotContain(Convert.ToHexString(overlayA), status, StringComparison.OrdinalIgnoreCase);
+            Assert.DoesNotContain(secureKey, status, StringComparison.OrdinalIgnoreCase);
+            Assert.DoesNotContain(secureKey, System.Text.Json.JsonSerializer.Serialize(await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()), StringComparison.OrdinalIgnoreCase);
+
+            // vm1 leaves host-a: host-b withdraws its route and, sharing no network with host-a any more, the whole path.
+            Ok(hosts.A.Handle(new ApiRequest("deregister-vm", Id: "vm1")));
+            Eventually.True(() => !hosts.B.Switch.Paths.ContainsKey("host-a") && !hosts.A.Switch.Paths.ContainsKey("host-b"), Wait, "the peers withdrawn",
+                () => $"{hosts.LinkA.Status}; {hosts.LinkB.Status}; {Describe(hosts.A)}; {Describe(hosts.B)}");
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
     private static string? Bound(Agent.Agent agent, string port, string remote) =>
         agent.Switch.Paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var binding) ? binding.Stack : null;
 
@@ -154,7 +207,7 @@ public sealed class AgentLinkTests
             var host = builder.Build();
             await host.StartAsync();
             var silo = new LocalSilo(host);
-            foreach (var stack in new[] { Catalogs.StdIPv4, Catalogs.StdIPv6, SwapTest })
+            foreach (var stack in new[] { Catalogs.StdIPv4, Catalogs.StdIPv6, SwapTest, Catalogs.Secure })
             {
                 await silo.Grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(stack);
             }
@@ -180,19 +233,25 @@ public sealed class AgentLinkTests
         private readonly AgentConfig _configA;
         private readonly int _gatewayPort;
 
-        public LinkedHosts(int gatewayPort, string stateA)
+        /// <param name="gatewayPort">The silo's gateway.</param>
+        /// <param name="stateA">host-a's state folder (host-b's is <paramref name="stateB"/>, or none).</param>
+        /// <param name="stateB">host-b's state folder.</param>
+        /// <param name="programmed">The configurations name no peer, route or key: the control plane programs them all.</param>
+        public LinkedHosts(int gatewayPort, string stateA, string? stateB = null, bool programmed = false)
         {
             _gatewayPort = gatewayPort;
-            string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest)];
+            string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
+                StackPlugins.PathOf(StackPlugins.Secure)];
             var (portA, portB) = (FreeUdpPort(), FreeUdpPort());
             var control = new ControlPlaneConfig([$"127.0.0.1:{gatewayPort}"], ReportMilliseconds: 250);
             _configA = new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", null, portA), stacks, "unused", DrainMilliseconds: 200, StateDirectory: stateA,
-                RemoteHosts: [new RemoteHostConfig("host-b", "127.0.0.1", null, "std-ipv4", portB)],
-                Routes: [new RouteConfig(100, Mac3.ToString(), "host-b", ["10.0.0.3"])], ControlPlane: control);
-            var configB = new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", null, portB), stacks, "unused", DrainMilliseconds: 200,
-                RemoteHosts: [new RemoteHostConfig("host-a", "127.0.0.1", null, "std-ipv4", portA)],
+                RemoteHosts: programmed ? null : [new RemoteHostConfig("host-b", "127.0.0.1", null, "std-ipv4", portB)],
+                Routes: programmed ? null : [new RouteConfig(100, Mac3.ToString(), "host-b", ["10.0.0.3"])], ControlPlane: control);
+            var configB = new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", null, portB), stacks, "unused", DrainMilliseconds: 200, StateDirectory: stateB,
+                RemoteHosts: programmed ? null : [new RemoteHostConfig("host-a", "127.0.0.1", null, "std-ipv4", portA)],
                 Vms: [new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"])],
-                Routes: [new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"]), new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"])], ControlPlane: control);
+                Routes: programmed ? null : [new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"]), new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"])],
+                ControlPlane: control);
             A = new Agent.Agent(_configA, NullLogger.Instance, Open);
             A.Start();
             B = new Agent.Agent(configB, NullLogger.Instance, Open);

@@ -171,6 +171,29 @@ public sealed class Switch : IDisposable
         }
     }
 
+    /// <summary>
+    /// Removes a remote host: its path (every slot closed, its stacks released) and the remote VM entries that point to
+    /// it, so nothing forwards there and nothing from it is delivered. False when there was no such host.
+    /// </summary>
+    public bool RemoveRemoteHost(string hostId)
+    {
+        if (!_paths.TryRemove(hostId, out var path))
+        {
+            return false;
+        }
+        _pathsByAddress.TryRemove(path.Destination, out _);
+        lock (_tableWriter)
+        {
+            foreach (var entry in _table.Endpoints.Where(e => e.RemoteHost == hostId))
+            {
+                _table = _table.Without(entry.Vni, entry.Mac);
+            }
+        }
+        ReleaseAll(path);
+        Report($"path to {hostId} removed");
+        return true;
+    }
+
     /// <summary>Adds a remote host and binds its path to the named stack. Throws naming what is missing.</summary>
     public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort)
     {

@@ -1,0 +1,135 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Fabric.Agent;
+
+/// <summary>The keys one host pair derives for its path: the overlay's (probes and control messages) and secure's.</summary>
+public sealed record PathKeys(byte[] Overlay, byte[] Secure);
+
+/// <summary>
+/// The host's key agreement key pair (ECDH on P-256, the platform's OpenSSL: the same primitive family the repository
+/// already signs with, no extra native library in a process that hosts plug-ins, and points are validated on import).
+/// Made on first start and kept in the state folder, readable by root only (0600); the private key never leaves the
+/// host. Only the public key goes to the control plane, and each host pair derives its path keys from its own private
+/// key and the peer's public key (ECDH, then HKDF-SHA256 over both host ids and both public keys), so the control plane
+/// never holds a path secret. Without a state folder the key lives in memory: a new one each start, which the control
+/// plane hands to the peers again.
+/// </summary>
+public sealed class HostKey : IDisposable
+{
+    public const string FileName = "host-key.pem";
+    private static readonly byte[] Salt = "fabric path keys v1"u8.ToArray();
+    private readonly ECDiffieHellman _key;
+
+    private HostKey(ECDiffieHellman key, string? path)
+    {
+        _key = key;
+        Path = path;
+        PublicKey = Convert.ToBase64String(key.ExportSubjectPublicKeyInfo());
+    }
+
+    /// <summary>The public key, SubjectPublicKeyInfo in base64 (what <c>HostInfo.PublicKey</c> carries).</summary>
+    public string PublicKey { get; }
+
+    /// <summary>Where the key is kept; null when it lives in memory only.</summary>
+    public string? Path { get; }
+
+    /// <summary>
+    /// Loads the host's key from <paramref name="stateDirectory"/>, or makes one and writes it there (0600). Refuses a
+    /// key file that others can read or that is not a P-256 private key, naming the file and what is wrong.
+    /// </summary>
+    public static HostKey LoadOrCreate(string? stateDirectory)
+    {
+        if (stateDirectory is null)
+        {
+            return new HostKey(ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256), null);
+        }
+        var path = System.IO.Path.Combine(stateDirectory, FileName);
+        if (File.Exists(path))
+        {
+            if (!OperatingSystem.IsWindows() && (File.GetUnixFileMode(path) & (UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.OtherRead | UnixFileMode.OtherWrite)) != 0)
+            {
+                throw new InvalidOperationException($"host key {path}: others can read or write it (mode {Convert.ToString((int)File.GetUnixFileMode(path), 8)}); "
+                    + "it must be 0600 (chmod 600, or delete it and the agent makes a new key)");
+            }
+            var key = ECDiffieHellman.Create();
+            try
+            {
+                key.ImportFromPem(File.ReadAllText(path));
+                if (key.ExportParameters(false).Curve.Oid.Value != ECCurve.NamedCurves.nistP256.Oid.Value)
+                {
+                    throw new CryptographicException("not a P-256 key");
+                }
+            }
+            catch (Exception e) when (e is CryptographicException or ArgumentException)
+            {
+                key.Dispose();
+                throw new InvalidOperationException($"host key {path}: not a P-256 private key in PEM ({e.Message}); delete it and the agent makes a new key");
+            }
+            return new HostKey(key, path);
+        }
+        Directory.CreateDirectory(stateDirectory);
+        var created = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
+        var temporary = path + ".new";
+        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+        using (var file = new StreamWriter(temporary, Encoding.ASCII, options))
+        {
+            file.Write(created.ExportPkcs8PrivateKeyPem());
+        }
+        File.Move(temporary, path, overwrite: true);
+        return new HostKey(created, path);
+    }
+
+    /// <summary>
+    /// The path keys of this host and <paramref name="peerHost"/>: both ends compute the same ones. Throws naming the peer
+    /// when its public key is not a valid P-256 public key.
+    /// </summary>
+    public PathKeys Derive(string localHost, string peerHost, string peerPublicKey)
+    {
+        using var peer = ECDiffieHellman.Create();
+        try
+        {
+            peer.ImportSubjectPublicKeyInfo(Convert.FromBase64String(peerPublicKey), out _);
+            if (peer.ExportParameters(false).Curve.Oid.Value != ECCurve.NamedCurves.nistP256.Oid.Value)
+            {
+                throw new CryptographicException("not a P-256 key");
+            }
+        }
+        catch (Exception e) when (e is CryptographicException or FormatException)
+        {
+            throw new InvalidOperationException($"host {peerHost}: its public key is not a P-256 public key ({e.Message})");
+        }
+        var shared = _key.DeriveRawSecretAgreement(peer.PublicKey);
+        try
+        {
+            // Both ends order the pair the same way, so each derives the same keys; the public keys bind them to this pair.
+            var (first, second) = string.CompareOrdinal(localHost, peerHost) < 0 ? ((localHost, PublicKey), (peerHost, peerPublicKey)) : ((peerHost, peerPublicKey), (localHost, PublicKey));
+            return new PathKeys(Expand(shared, "overlay", first, second), Expand(shared, "secure", first, second));
+        }
+        finally
+        {
+            CryptographicOperations.ZeroMemory(shared);
+        }
+    }
+
+    private static byte[] Expand(byte[] shared, string purpose, (string Host, string Key) first, (string Host, string Key) second)
+    {
+        var info = new List<byte>();
+        foreach (var part in new[] { purpose, first.Host, second.Host, first.Key, second.Key })
+        {
+            var bytes = Encoding.UTF8.GetBytes(part);
+            var length = new byte[4];
+            BinaryPrimitives.WriteInt32BigEndian(length, bytes.Length);
+            info.AddRange(length);
+            info.AddRange(bytes);
+        }
+        return HKDF.DeriveKey(HashAlgorithmName.SHA256, shared, 32, Salt, [.. info]);
+    }
+
+    public void Dispose() => _key.Dispose();
+}
