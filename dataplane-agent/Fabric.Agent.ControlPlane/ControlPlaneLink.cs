@@ -46,6 +46,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
 
     /// <summary>Remote hosts whose paths this link added (so it may replace and remove them); other paths are the operator's.</summary>
     private readonly HashSet<string> _programmed = new(StringComparer.Ordinal);
+
+    /// <summary>Until when withdrawals wait (set when the control plane starts over), and whether some are waiting.</summary>
+    private DateTimeOffset _holdRemovalsUntil;
+    private bool _removalsHeld;
     private readonly HostKey _key;
     private IHost? _client;
     private IAgentObserver? _reference;
@@ -94,7 +98,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                     await RegisterAsync(grains, host, cancellationToken).ConfigureAwait(false);
                 }
                 await PlaceAsync(grains, force: false).ConfigureAwait(false);
-                if (_pending > 0)
+                if (_pending > 0 || _removalsHeld)
                 {
                     await ApplyAsync(host, null, cancellationToken).ConfigureAwait(false);
                 }
@@ -201,6 +205,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var desired = await host.RegisterAsync(Info(), _reference!).ConfigureAwait(false);
         if (desired.Version >> 32 != _epoch)
         {
+            if (_epoch >= 0)
+            {
+                // The control plane started over (perhaps with nothing in memory): routes come back as the other agents
+                // place their VMs (each within a registration period), so withdrawals wait a few periods.
+                _holdRemovalsUntil = DateTimeOffset.UtcNow + 3 * RegisterEvery;
+            }
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
             desired = await host.GetDesiredStateAsync().ConfigureAwait(false);
             _epoch = desired.Version >> 32;
@@ -251,7 +261,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         }
         foreach (var gone in _placed.Keys.Except(vms.Select(v => v.Id)).ToList())
         {
-            await grains.GetGrain<IVmGrain>(gone).RemoveAsync().ConfigureAwait(false);
+            await grains.GetGrain<IVmGrain>(gone).RemoveAsync(HostId).ConfigureAwait(false);
             _placed.Remove(gone);
         }
     }
@@ -416,20 +426,35 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     /// Makes the switch's remote hosts and remote VM entries what the control plane says: the ones it programmed go when
     /// the control plane withdraws them, and a host or route of the agent's own configuration is left alone (a host the
     /// configuration or the local API added keeps its address and keys: the embedded fleet, for one, reaches its peers
-    /// through link emulators). A peer's path keys are derived here, from this host's
-    /// private key and the peer's public key. Returns how many could not be applied yet (retried every report period).
+    /// through link emulators). A peer's path keys are derived here, from this host's private key and the peer's public
+    /// key. For a while after the control plane started over (a new epoch), nothing is withdrawn: a silo that lost its
+    /// memory learns the fleet again as the other agents place their VMs, and meanwhile traffic keeps flowing. Returns
+    /// how many could not be applied yet but may later (retried every report period); what never can (a peer without a
+    /// public key, a route for a MAC that is local here) is reported once and does not hold back acknowledgements.
     /// </summary>
     private int ReconcileNetwork()
     {
         var pending = 0;
+        var holding = DateTimeOffset.UtcNow < _holdRemovalsUntil;
+        _removalsHeld = false;
         foreach (var (key, route) in _appliedRoutes.Where(a => !_routes.TryGetValue(a.Key, out var now) || now != a.Value).ToList())
         {
+            if (holding && !_routes.ContainsKey(key))
+            {
+                _removalsHeld = true;
+                continue;
+            }
             // Refused only when the entry is gone already (or the MAC is local now: the VM moved here).
             _agent.Handle(new ApiRequest("remove-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId)));
             _appliedRoutes.Remove(key);
         }
-        foreach (var (id, _) in _appliedPeers.Where(a => !_peers.TryGetValue(a.Key, out var now) || now != a.Value).ToList())
+        foreach (var (id, _) in _appliedPeers.Where(a => !_peers.TryGetValue(a.Key, out var now) || now != a.Value || !_agent.Switch.Paths.ContainsKey(a.Key)).ToList())
         {
+            if (holding && !_peers.ContainsKey(id))
+            {
+                _removalsHeld = true;
+                continue;
+            }
             _appliedPeers.Remove(id);
             if (!_peers.ContainsKey(id))
             {
@@ -440,22 +465,25 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
         }
         // A path this link did not add (the configuration's, or one set through the local API) is the operator's: it stands.
+        var waiting = new HashSet<string>(StringComparer.Ordinal);
         foreach (var peer in _peers.Values.Where(p => !_appliedPeers.ContainsKey(p.HostId) && (!_agent.Switch.Paths.ContainsKey(p.HostId) || _programmed.Contains(p.HostId))).ToList())
         {
-            var error = AddPeer(peer);
+            var (error, lasting) = AddPeer(peer);
             if (error is null)
             {
                 _appliedPeers[peer.HostId] = peer;
                 _programmed.Add(peer.HostId);
                 Log.PeerAdded(_logger, peer.HostId, peer.UnderlayIPv4 ?? peer.UnderlayIPv6 ?? "", peer.UnderlayPort);
+                continue;
             }
-            else
+            if (!lasting)
             {
                 pending++;
-                if (_reported.Add($"peer|{peer.HostId}|{error}"))
-                {
-                    Log.PeerRefused(_logger, peer.HostId, error);
-                }
+                waiting.Add(peer.HostId);
+            }
+            if (_reported.Add($"peer|{peer.HostId}|{error}"))
+            {
+                Log.PeerRefused(_logger, peer.HostId, error);
             }
         }
         var configuredRoutes = (_agent.Config.Routes ?? []).Select(r => Route.KeyOf(r.Vni, Fabric.Wire.MacAddress.TryParse(r.Mac, out var mac) ? mac.ToString() : r.Mac)).ToHashSet(StringComparer.Ordinal);
@@ -463,7 +491,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             if (!_agent.Switch.Paths.ContainsKey(route.HostId))
             {
-                pending++;
+                // Its host comes when it can be added (or its registration reaches this host); until then, nothing to do.
+                pending += waiting.Contains(route.HostId) ? 1 : 0;
                 continue;
             }
             var response = _agent.Handle(new ApiRequest("set-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId, [.. route.Vnic.IPv4], [.. route.Vnic.IPv6])));
@@ -471,41 +500,51 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 _appliedRoutes[route.Key] = route;
             }
-            else
+            else if (_reported.Add($"route|{route.Key}|{response.Error}"))
             {
-                pending++;
-                if (_reported.Add($"route|{route.Key}|{response.Error}"))
-                {
-                    Log.RouteRefused(_logger, route.Key, route.HostId, response.Error ?? "");
-                }
+                Log.RouteRefused(_logger, route.Key, route.HostId, response.Error ?? "");
             }
         }
         return pending;
     }
 
-    /// <summary>Adds (or replaces) the path to a peer with keys derived for the pair; null when done, else why not.</summary>
-    private string? AddPeer(Peer peer)
+    /// <summary>
+    /// Adds (or replaces) the path to a peer with keys derived for the pair. Returns null when done, else why not and
+    /// whether that lasts (no usable public key, no underlay of the peer's family) or may pass.
+    /// </summary>
+    private (string? Error, bool Lasting) AddPeer(Peer peer)
     {
         if (peer.PublicKey is null)
         {
-            return "it registered no public key, so no path keys can be derived (give it a remoteHosts entry with keys instead)";
+            return ("it registered no public key, so no path keys can be derived (give it a remoteHosts entry with keys instead)", true);
+        }
+        var stack = peer.UnderlayIPv4 is not null && _agent.Switch.UnderlayEndpoints.IPv4 is not null ? "std-ipv4"
+            : peer.UnderlayIPv6 is not null && _agent.Switch.UnderlayEndpoints.IPv6 is not null ? "std-ipv6" : null;
+        if (stack is null)
+        {
+            return ("it has no underlay address of a family this host has", true);
         }
         PathKeys keys;
         try
         {
             keys = _key.Derive(HostId, peer.HostId, peer.PublicKey);
         }
-        catch (InvalidOperationException e)
+        catch (Exception e) when (e is InvalidOperationException or System.Security.Cryptography.CryptographicException)
         {
-            return e.Message;
+            return (e.Message, true);
         }
-        var stack = peer.UnderlayIPv4 is not null && _agent.Switch.UnderlayEndpoints.IPv4 is not null ? "std-ipv4" : "std-ipv6";
-        var settings = new Dictionary<string, Dictionary<string, string>>(StringComparer.Ordinal) { ["secure"] = new() { ["key"] = Convert.ToHexString(keys.Secure) } };
-        var response = _agent.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(peer.HostId, peer.UnderlayIPv4, peer.UnderlayIPv6, stack, peer.UnderlayPort,
-            settings, Convert.ToHexString(keys.Overlay))));
-        System.Security.Cryptography.CryptographicOperations.ZeroMemory(keys.Overlay);
-        System.Security.Cryptography.CryptographicOperations.ZeroMemory(keys.Secure);
-        return response.Ok ? null : response.Error;
+        try
+        {
+            var settings = new Dictionary<string, Dictionary<string, string>>(StringComparer.Ordinal) { ["secure"] = new() { ["key"] = Convert.ToHexString(keys.Secure) } };
+            var response = _agent.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig(peer.HostId, peer.UnderlayIPv4, peer.UnderlayIPv6, stack, peer.UnderlayPort,
+                settings, Convert.ToHexString(keys.Overlay))));
+            return (response.Error, false);
+        }
+        finally
+        {
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(keys.Overlay);
+            System.Security.Cryptography.CryptographicOperations.ZeroMemory(keys.Secure);
+        }
     }
 
     /// <summary>The stack a VM runs before (or without) a decision: its pin, a confidential VM's secure stack, else its family's std stack.</summary>

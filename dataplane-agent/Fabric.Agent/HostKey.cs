@@ -57,7 +57,8 @@ public sealed class HostKey : IDisposable
             try
             {
                 key.ImportFromPem(File.ReadAllText(path));
-                if (key.ExportParameters(false).Curve.Oid.Value != ECCurve.NamedCurves.nistP256.Oid.Value)
+                // ExportParameters(true) fails for a public key alone.
+                if (key.ExportParameters(true).Curve.Oid.Value != ECCurve.NamedCurves.nistP256.Oid.Value)
                 {
                     throw new CryptographicException("not a P-256 key");
                 }
@@ -71,17 +72,21 @@ public sealed class HostKey : IDisposable
         }
         Directory.CreateDirectory(stateDirectory);
         var created = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
+        // A new file of mode 0600 (a leftover or a planted link at the temporary name is removed, never written
+        // through), on disk before it takes the key's name: a crash leaves the old state or the whole key.
         var temporary = path + ".new";
-        var options = new FileStreamOptions { Mode = FileMode.Create, Access = FileAccess.Write };
+        File.Delete(temporary);
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
         if (!OperatingSystem.IsWindows())
         {
             options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
         }
-        using (var file = new StreamWriter(temporary, Encoding.ASCII, options))
+        using (var file = new FileStream(temporary, options))
         {
-            file.Write(created.ExportPkcs8PrivateKeyPem());
+            file.Write(Encoding.ASCII.GetBytes(created.ExportPkcs8PrivateKeyPem()));
+            file.Flush(flushToDisk: true);
         }
-        File.Move(temporary, path, overwrite: true);
+        File.Move(temporary, path, overwrite: false);
         return new HostKey(created, path);
     }
 

@@ -28,8 +28,10 @@ public interface IVmGrain : IGrainWithStringKey
     [Alias("place")]
     ValueTask PlaceAsync(VmPlacement placement);
 
+    /// <summary>The VM left <paramref name="hostId"/> (its agent calls this); ignored when it is placed on another host
+    /// now — the source of a migration deregisters after the destination placed it.</summary>
     [Alias("remove")]
-    ValueTask RemoveAsync();
+    ValueTask RemoveAsync(string hostId);
 
     /// <summary>A path this VM uses changed significantly (or time passed for a pending switch): run select_stack.</summary>
     [Alias("path-changed"), Orleans.Concurrency.OneWay]
@@ -129,10 +131,11 @@ public interface IHostGrain : IGrainWithStringKey
 
     /// <summary>
     /// From a virtual network's grain: routes of that network that this host must add or drop (never its own VMs'), and
-    /// whether this host still has a VM in the network. Becomes one desired-state change for the agent.
+    /// whether this host still has a VM in the network, with the hosts the upserts name (addresses and keys, so this
+    /// grain never has to ask another host's). Becomes one desired-state change for the agent.
     /// </summary>
     [Alias("network-changed")]
-    ValueTask NetworkChangedAsync(uint vni, bool member, ImmutableArray<Route> upserts, ImmutableArray<Route> removals);
+    ValueTask NetworkChangedAsync(uint vni, bool member, ImmutableArray<Route> upserts, ImmutableArray<Route> removals, ImmutableArray<Peer> peers);
 
     /// <summary>From a virtual network's grain: a host this host forwards to re-registered with other addresses or another key.</summary>
     [Alias("peer-changed")]
@@ -155,15 +158,16 @@ public interface IHostGrain : IGrainWithStringKey
 public interface INetworkGrain : IGrainWithStringKey
 {
     /// <summary>
-    /// The VM's vNICs in this network are now <paramref name="vnics"/> on <paramref name="hostId"/> (replacing what it had
-    /// here, on whatever host); empty: it left the network. Idempotent.
+    /// The VM's vNICs in this network are now <paramref name="vnics"/> on <paramref name="host"/> (replacing what it had
+    /// here, on whatever host); empty: it left the network. Idempotent. A vNIC whose MAC another VM of the network holds
+    /// is not routed (the first holder keeps it); the MACs refused so are returned.
     /// </summary>
     [Alias("set-member")]
-    ValueTask SetMemberAsync(string vmId, string hostId, ImmutableArray<Vnic> vnics);
+    ValueTask<ImmutableArray<string>> SetMemberAsync(string vmId, Peer host, ImmutableArray<Vnic> vnics);
 
-    /// <summary>Every vNIC in the network, as routes.</summary>
+    /// <summary>Every vNIC in the network as routes, and the hosts they name.</summary>
     [Alias("routes"), Orleans.Concurrency.AlwaysInterleave]
-    ValueTask<ImmutableArray<Route>> GetRoutesAsync();
+    ValueTask<NetworkView> GetAsync();
 
     /// <summary>A member host re-registered with other addresses or another key: every other member host hears of it.
     /// One-way: the host grain that calls it may itself be called by this network meanwhile.</summary>

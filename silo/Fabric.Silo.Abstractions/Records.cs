@@ -188,6 +188,10 @@ public sealed record Route([property: Id(0)] string VmId, [property: Id(1)] stri
     public static string KeyOf(uint vni, string mac) => $"{vni}/{mac.ToLowerInvariant()}";
 }
 
+/// <summary>A virtual network's routes and the hosts they name.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.network-view")]
+public sealed record NetworkView([property: Id(0)] ImmutableArray<Route> Routes, [property: Id(1)] ImmutableArray<Peer> Hosts);
+
 /// <summary>A host that another host forwards to: where its underlay listens and its public key (see <see cref="HostInfo.PublicKey"/>).</summary>
 [GenerateSerializer, Immutable, Alias("fabric.peer")]
 public sealed record Peer(

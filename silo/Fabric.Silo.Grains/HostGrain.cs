@@ -35,6 +35,11 @@ public sealed class HostGrain : Grain, IHostGrain
     private static readonly DateTimeOffset EpochOrigin = new(2026, 1, 1, 0, 0, 0, TimeSpan.Zero);
     private readonly Dictionary<string, Route> _routes = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Peer> _peers = new(StringComparer.Ordinal);
+
+    /// <summary>The member hosts of this host's networks as those networks last described them (the source of <see cref="_peers"/>).</summary>
+    private readonly Dictionary<string, Peer> _knownPeers = new(StringComparer.Ordinal);
+    private static readonly TimeSpan ResyncEvery = TimeSpan.FromMinutes(1);
+    private DateTimeOffset _resyncedAt;
     private long _version;
     private long _acknowledged;
 
@@ -73,17 +78,43 @@ public sealed class HostGrain : Grain, IHostGrain
                 _bindings[Key(binding)] = binding;
             }
         }
-        // Routes and peers are soft state too: the networks' grains hold the routes, the peers' grains their addresses and keys.
-        var routes = await Task.WhenAll(_state.State.Networks.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).GetRoutesAsync().AsTask()));
-        foreach (var route in routes.SelectMany(r => r).Where(r => r.HostId != HostId))
-        {
-            _routes[route.Key] = route;
-        }
-        await RefreshPeersAsync();
+        // Routes and peers are soft state too, read back from this host's networks (which hold the peers' addresses and
+        // keys: an activation must not call other host grains, which may be activating and calling back).
+        await ResyncAsync(publish: false);
     }
 
-    /// <summary>Makes the peers the hosts the routes name (fetching new ones' addresses and keys); returns what changed.</summary>
-    private async Task<(ImmutableArray<Peer> Upserts, ImmutableArray<string> Removals)> RefreshPeersAsync()
+    /// <summary>
+    /// Reads the routes and peers of this host's networks again and makes the held ones the same, publishing what
+    /// differed (with <paramref name="publish"/>): the repair for a delta lost on the way (a failed call, a crash).
+    /// </summary>
+    private async Task ResyncAsync(bool publish)
+    {
+        _resyncedAt = DateTimeOffset.UtcNow;
+        var views = await Task.WhenAll(_state.State.Networks.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).GetAsync().AsTask()));
+        var routes = views.SelectMany(v => v.Routes).Where(r => r.HostId != HostId).GroupBy(r => r.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.First(), StringComparer.Ordinal);
+        foreach (var peer in views.SelectMany(v => v.Hosts))
+        {
+            _knownPeers[peer.HostId] = peer;
+        }
+        var removals = _routes.Values.Where(r => !routes.ContainsKey(r.Key)).ToImmutableArray();
+        var upserts = routes.Values.Where(r => !(_routes.TryGetValue(r.Key, out var held) && held == r)).ToImmutableArray();
+        _routes.Clear();
+        foreach (var (key, route) in routes)
+        {
+            _routes[key] = route;
+        }
+        var (peerUpserts, peerRemovals) = RefreshPeers();
+        if (publish && upserts.Length + removals.Length + peerUpserts.Length + peerRemovals.Length > 0)
+        {
+            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], [])
+            {
+                RouteUpserts = upserts, RouteRemovals = removals, PeerUpserts = peerUpserts, PeerRemovals = peerRemovals,
+            });
+        }
+    }
+
+    /// <summary>Makes the peers the hosts the routes name, as their networks last described them; returns what changed.</summary>
+    private (ImmutableArray<Peer> Upserts, ImmutableArray<string> Removals) RefreshPeers()
     {
         var needed = _routes.Values.Select(r => r.HostId).ToHashSet(StringComparer.Ordinal);
         var removals = _peers.Keys.Where(p => !needed.Contains(p)).ToImmutableArray();
@@ -91,24 +122,32 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             _peers.Remove(gone);
         }
-        var missing = needed.Where(h => !_peers.ContainsKey(h)).ToList();
-        var infos = await Task.WhenAll(missing.Select(h => GrainFactory.GetGrain<IHostGrain>(h).GetInfoAsync().AsTask()));
         var upserts = ImmutableArray.CreateBuilder<Peer>();
-        // A host not registered yet comes as a peer when it registers (its networks tell this host).
-        foreach (var info in infos.OfType<HostInfo>())
+        // A host not registered yet (no address) comes as a peer when it registers: its networks tell this host.
+        foreach (var id in needed)
         {
-            var peer = Peer.Of(info);
-            _peers[peer.HostId] = peer;
-            upserts.Add(peer);
+            if (_knownPeers.TryGetValue(id, out var peer) && (peer.UnderlayIPv4 ?? peer.UnderlayIPv6) is not null && _peers.GetValueOrDefault(id) != peer)
+            {
+                _peers[id] = peer;
+                upserts.Add(peer);
+            }
+        }
+        foreach (var id in _knownPeers.Keys.Where(id => !needed.Contains(id)).ToList())
+        {
+            _knownPeers.Remove(id);
         }
         return (upserts.ToImmutable(), removals);
     }
 
-    public async ValueTask NetworkChangedAsync(uint vni, bool member, ImmutableArray<Route> upserts, ImmutableArray<Route> removals)
+    public async ValueTask NetworkChangedAsync(uint vni, bool member, ImmutableArray<Route> upserts, ImmutableArray<Route> removals, ImmutableArray<Peer> peers)
     {
-        if ((member ? _state.State.Networks.Add(vni) : _state.State.Networks.Remove(vni)))
+        if (member ? _state.State.Networks.Add(vni) : _state.State.Networks.Remove(vni))
         {
             await _state.WriteStateAsync();
+        }
+        foreach (var peer in peers)
+        {
+            _knownPeers[peer.HostId] = peer;
         }
         var routeRemovals = ImmutableArray.CreateBuilder<Route>();
         foreach (var removal in removals)
@@ -125,7 +164,7 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             _routes[route.Key] = route;
         }
-        var (peerUpserts, peerRemovals) = await RefreshPeersAsync();
+        var (peerUpserts, peerRemovals) = RefreshPeers();
         if (routeUpserts.Length + routeRemovals.Count + peerUpserts.Length + peerRemovals.Length > 0)
         {
             Publish(new DesiredStateChange(HostId, _version, _version + 1, [], [])
@@ -137,10 +176,11 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public ValueTask PeerChangedAsync(Peer peer)
     {
-        if (_peers.TryGetValue(peer.HostId, out var held) && held != peer)
+        _knownPeers[peer.HostId] = peer;
+        var (upserts, removals) = RefreshPeers();
+        if (upserts.Length + removals.Length > 0)
         {
-            _peers[peer.HostId] = peer;
-            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], []) { PeerUpserts = [peer] });
+            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], []) { PeerUpserts = upserts, PeerRemovals = removals });
         }
         return ValueTask.CompletedTask;
     }
@@ -152,6 +192,10 @@ public sealed class HostGrain : Grain, IHostGrain
             throw new ArgumentException($"host id '{info.HostId}' registered on host grain '{this.GetPrimaryKeyString()}'", nameof(info));
         }
         _observers.Subscribe(observer, observer);
+        if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
+        {
+            await ResyncAsync(publish: true);
+        }
         if (_state.State.Info != info)
         {
             var moved = _state.State.Info is not { } old || Peer.Of(old) != Peer.Of(info);

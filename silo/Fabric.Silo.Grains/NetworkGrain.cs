@@ -1,42 +1,57 @@
 using System.Collections.Immutable;
+using Microsoft.Extensions.Logging;
 
 namespace Fabric.Silo;
 
-/// <summary>Persisted per virtual network: each member VM's vNICs in it, as routes (each names the VM's host).</summary>
+/// <summary>Persisted per virtual network: each member VM's vNICs in it as routes (each names the VM's host), and each member host's addresses and key.</summary>
 [GenerateSerializer, Alias("fabric.network-state")]
 public sealed class NetworkState
 {
     [Id(0)] public Dictionary<string, List<Route>> Members { get; set; } = new(StringComparer.Ordinal);
+    [Id(1)] public Dictionary<string, Peer> Hosts { get; set; } = new(StringComparer.Ordinal);
 }
 
 /// <summary>
 /// A virtual network: the source of truth for where its vNICs live. A change is persisted, then told to the hosts it
 /// concerns: every host with a VM in the network gets the routes that changed on other hosts, a host that joins the
-/// network gets every route of the others, and a host whose last VM left gets them all withdrawn.
+/// network gets every route of the others, and a host whose last VM left gets them all withdrawn. It keeps the member
+/// hosts' addresses and keys too, so a host grain learns its peers from its networks and never calls another host.
 /// </summary>
-public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPersistentState<NetworkState> state) : Grain, INetworkGrain
+public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPersistentState<NetworkState> state, ILogger<NetworkGrain> logger) : Grain, INetworkGrain
 {
     private uint Vni => uint.Parse(this.GetPrimaryKeyString(), System.Globalization.CultureInfo.InvariantCulture);
 
-    private HashSet<string> Hosts() => state.State.Members.Values.SelectMany(routes => routes.Select(r => r.HostId)).ToHashSet(StringComparer.Ordinal);
+    private HashSet<string> MemberHosts() => state.State.Members.Values.SelectMany(routes => routes.Select(r => r.HostId)).ToHashSet(StringComparer.Ordinal);
 
     private IEnumerable<Route> AllRoutes() => state.State.Members.Values.SelectMany(routes => routes);
 
-    public async ValueTask SetMemberAsync(string vmId, string hostId, ImmutableArray<Vnic> vnics)
+    private ImmutableArray<Peer> PeersOf(IEnumerable<Route> routes) =>
+        [.. routes.Select(r => r.HostId).Distinct(StringComparer.Ordinal).Select(h => state.State.Hosts.GetValueOrDefault(h)).OfType<Peer>()];
+
+    public async ValueTask<ImmutableArray<string>> SetMemberAsync(string vmId, Peer host, ImmutableArray<Vnic> vnics)
     {
-        if (vnics.Any(v => v.Vni != Vni))
+        if (vnics.FirstOrDefault(v => v.Vni != Vni) is { } foreign)
         {
-            throw new ArgumentException($"network {Vni}: vNIC of VM '{vmId}' is in vni {vnics.First(v => v.Vni != Vni).Vni}", nameof(vnics));
+            throw new ArgumentException($"network {Vni}: vNIC {foreign.Mac} of VM '{vmId}' is in vni {foreign.Vni}", nameof(vnics));
+        }
+        // A MAC is one vNIC's in a network: another VM claiming it (a misconfiguration, or a host lying) is not routed.
+        var held = AllRoutes().Where(r => r.VmId != vmId).Select(r => r.Key).ToHashSet(StringComparer.Ordinal);
+        var refused = vnics.Where(v => held.Contains(Route.KeyOf(Vni, v.Mac))).Select(v => v.Mac).ToImmutableArray();
+        foreach (var mac in refused)
+        {
+            Log.MacTaken(logger, Vni, mac, vmId, AllRoutes().First(r => r.Key == Route.KeyOf(Vni, mac)).VmId);
         }
         var before = state.State.Members.GetValueOrDefault(vmId) ?? [];
-        var after = vnics.Select(v => new Route(vmId, hostId, v)).ToList();
-        if (before.SequenceEqual(after))
+        var after = vnics.Where(v => !refused.Contains(v.Mac)).Select(v => new Route(vmId, host.HostId, v)).ToList();
+        var hostChanged = after.Count > 0 && state.State.Hosts.GetValueOrDefault(host.HostId) != host;
+        if (before.SequenceEqual(after) && !hostChanged)
         {
-            return;
+            return refused;
         }
-        var hostsBefore = Hosts();
+        var hostsBefore = MemberHosts();
         var removed = before.Where(old => !after.Any(r => r.Key == old.Key)).ToList();
         var upserted = after.Where(r => !before.Contains(r)).ToList();
+        var (previousMembers, previousHosts) = (new Dictionary<string, List<Route>>(state.State.Members, StringComparer.Ordinal), new Dictionary<string, Peer>(state.State.Hosts, StringComparer.Ordinal));
         if (after.Count == 0)
         {
             state.State.Members.Remove(vmId);
@@ -44,40 +59,70 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
         else
         {
             state.State.Members[vmId] = after;
+            state.State.Hosts[host.HostId] = host;
         }
-        await state.WriteStateAsync();
-        var hostsAfter = Hosts();
-        var calls = new List<Task>();
-        foreach (var host in hostsBefore.Union(hostsAfter, StringComparer.Ordinal))
+        var hostsAfter = MemberHosts();
+        foreach (var gone in state.State.Hosts.Keys.Where(h => !hostsAfter.Contains(h)).ToList())
         {
-            var member = hostsAfter.Contains(host);
+            state.State.Hosts.Remove(gone);
+        }
+        try
+        {
+            await state.WriteStateAsync();
+        }
+        catch
+        {
+            // Not persisted, so not told: the caller's retry finds the change still to make.
+            (state.State.Members, state.State.Hosts) = (previousMembers, previousHosts);
+            throw;
+        }
+        var calls = new List<Task>();
+        foreach (var member in hostsBefore.Union(hostsAfter, StringComparer.Ordinal))
+        {
+            var stays = hostsAfter.Contains(member);
             ImmutableArray<Route> upserts, removals;
-            if (!hostsBefore.Contains(host))
+            if (!hostsBefore.Contains(member))
             {
                 // Joined the network: everything the others have.
-                (upserts, removals) = ([.. AllRoutes().Where(r => r.HostId != host)], []);
+                (upserts, removals) = ([.. AllRoutes().Where(r => r.HostId != member)], []);
             }
-            else if (!member)
+            else if (!stays)
             {
                 // Its last VM here left: nothing of this network stays on it.
-                (upserts, removals) = ([], [.. AllRoutes().Concat(before).Where(r => r.HostId != host)]);
+                (upserts, removals) = ([], [.. AllRoutes().Concat(before).Where(r => r.HostId != member)]);
             }
             else
             {
-                // A route moved here (the VM migrated to this host) is withdrawn: the VM is local now.
-                (upserts, removals) = ([.. upserted.Where(r => r.HostId != host)],
-                    [.. removed.Where(r => r.HostId != host).Concat(before.Where(r => r.HostId != host && after.Any(a => a.Key == r.Key && a.HostId == host)))]);
+                // A route moved here (the VM migrated to this host) is withdrawn: the VM is local now. A host whose
+                // addresses or key changed comes again with every route that names it.
+                (upserts, removals) = ([.. upserted.Concat(hostChanged ? AllRoutes().Where(r => r.HostId == host.HostId) : []).Distinct().Where(r => r.HostId != member)],
+                    [.. removed.Where(r => r.HostId != member).Concat(before.Where(r => r.HostId != member && after.Any(a => a.Key == r.Key && a.HostId == member)))]);
             }
-            if (upserts.Length > 0 || removals.Length > 0 || member != hostsBefore.Contains(host))
+            if (upserts.Length > 0 || removals.Length > 0 || stays != hostsBefore.Contains(member))
             {
-                calls.Add(GrainFactory.GetGrain<IHostGrain>(host).NetworkChangedAsync(Vni, member, upserts, removals).AsTask());
+                calls.Add(GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts)).AsTask());
             }
         }
         await Task.WhenAll(calls);
+        return refused;
     }
 
-    public ValueTask<ImmutableArray<Route>> GetRoutesAsync() => ValueTask.FromResult(AllRoutes().ToImmutableArray());
+    public ValueTask<NetworkView> GetAsync() => ValueTask.FromResult(new NetworkView([.. AllRoutes()], PeersOf(AllRoutes())));
 
-    public async ValueTask HostChangedAsync(Peer peer) =>
-        await Task.WhenAll(Hosts().Where(h => h != peer.HostId).Select(h => GrainFactory.GetGrain<IHostGrain>(h).PeerChangedAsync(peer).AsTask()));
+    public async ValueTask HostChangedAsync(Peer peer)
+    {
+        if (!state.State.Hosts.TryGetValue(peer.HostId, out var held) || held == peer)
+        {
+            return;
+        }
+        state.State.Hosts[peer.HostId] = peer;
+        await state.WriteStateAsync();
+        await Task.WhenAll(MemberHosts().Where(h => h != peer.HostId).Select(h => GrainFactory.GetGrain<IHostGrain>(h).PeerChangedAsync(peer).AsTask()));
+    }
+}
+
+internal static partial class Log
+{
+    [LoggerMessage(20, LogLevel.Warning, "Network {Vni}: MAC {Mac} of VM '{VmId}' is already VM '{Holder}''s; it is not routed")]
+    public static partial void MacTaken(ILogger logger, uint vni, string mac, string vmId, string holder);
 }

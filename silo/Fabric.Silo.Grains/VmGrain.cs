@@ -185,12 +185,20 @@ public sealed class VmGrain(
         var now = placement?.Vnics.GroupBy(v => v.Vni).ToDictionary(g => g.Key, g => g.ToImmutableArray()) ?? [];
         var left = (previous?.Vnics ?? []).Select(v => v.Vni).Where(vni => !now.ContainsKey(vni)).Distinct();
         var hostId = placement?.HostId ?? previous?.HostId ?? "";
-        await Task.WhenAll(now.Select(n => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(n.Key)).SetMemberAsync(VmId, hostId, n.Value).AsTask())
-            .Concat(left.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).SetMemberAsync(VmId, hostId, []).AsTask())));
+        // The host as it registered (addresses, public key): its networks hand it to the hosts that will forward to it.
+        var host = now.Count == 0 ? new Peer(hostId, null, null, 0, null)
+            : await GrainFactory.GetGrain<IHostGrain>(hostId).GetInfoAsync() is { } info ? Peer.Of(info) : new Peer(hostId, null, null, 0, null);
+        await Task.WhenAll(now.Select(n => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(n.Key)).SetMemberAsync(VmId, host, n.Value).AsTask())
+            .Concat(left.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).SetMemberAsync(VmId, host, []).AsTask())));
     }
 
-    public async ValueTask RemoveAsync()
+    public async ValueTask RemoveAsync(string hostId)
     {
+        if (state.State.Placement is { } current && current.HostId != hostId)
+        {
+            // The source of a migration deregistering after the destination placed the VM: it is not gone.
+            return;
+        }
         if (state.State.Placement is { } placement)
         {
             await LeaveHostAsync(placement.HostId);

@@ -63,6 +63,11 @@ public sealed class HostKeyTests : IDisposable
             File.WriteAllText(file, rsa.ExportPkcs8PrivateKeyPem());
         }
         Assert.Contains("not a P-256 private key", Assert.Throws<InvalidOperationException>(() => HostKey.LoadOrCreate(folder)).Message, StringComparison.Ordinal);
+        using (var onlyPublic = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256))
+        {
+            File.WriteAllText(file, onlyPublic.ExportSubjectPublicKeyInfoPem());
+        }
+        Assert.Contains("not a P-256 private key", Assert.Throws<InvalidOperationException>(() => HostKey.LoadOrCreate(folder)).Message, StringComparison.Ordinal);
         File.WriteAllText(file, "garbage");
         Assert.Contains(file, Assert.Throws<InvalidOperationException>(() => HostKey.LoadOrCreate(folder)).Message, StringComparison.Ordinal);
     }

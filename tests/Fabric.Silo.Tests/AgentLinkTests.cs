@@ -166,6 +166,31 @@ public sealed class AgentLinkTests
             Assert.DoesNotContain(secureKey, status, StringComparison.OrdinalIgnoreCase);
             Assert.DoesNotContain(secureKey, System.Text.Json.JsonSerializer.Serialize(await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()), StringComparison.OrdinalIgnoreCase);
 
+            // The silo restarts with nothing in memory: the agents keep their paths and routes (fail-static, and no
+            // withdrawal while the control plane learns the fleet again), traffic flows throughout, and the control plane
+            // ends up programming the same again.
+            var gone = 0;
+            using var watching = new CancellationTokenSource();
+            var watcher = Task.Run(async () =>
+            {
+                while (!watching.IsCancellationRequested)
+                {
+                    gone += hosts.A.Switch.Paths.ContainsKey("host-b") && hosts.B.Switch.Paths.ContainsKey("host-a") ? 0 : 1;
+                    await Task.Delay(10, CancellationToken.None);
+                }
+            }, TestContext.Current.CancellationToken);
+            await silo.DisposeAsync();
+            silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+            await Eventually.TrueAsync(async () => hosts.LinkA.Status.Connected && hosts.LinkB.Status.Connected
+                && (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Routes.Any(r => r.HostId == "host-b")
+                && (await silo.Grains.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync()).Routes.Any(r => r.HostId == "host-a"),
+                TimeSpan.FromSeconds(40), "reprogrammed after the silo restart", () => Task.FromResult($"{hosts.LinkA.Status}; {hosts.LinkB.Status}"));
+            await watching.CancelAsync();
+            await watcher;
+            Assert.True(gone == 0, $"a path was missing in {gone} samples during the silo restart");
+            hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+
             // vm1 leaves host-a: host-b withdraws its route and, sharing no network with host-a any more, the whole path.
             Ok(hosts.A.Handle(new ApiRequest("deregister-vm", Id: "vm1")));
             Eventually.True(() => !hosts.B.Switch.Paths.ContainsKey("host-a") && !hosts.A.Switch.Paths.ContainsKey("host-b"), Wait, "the peers withdrawn",
@@ -223,6 +248,155 @@ public sealed class AgentLinkTests
             _disposed = true;
             await _host.StopAsync();
             _host.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task AVmThatMigrates_IsForwardedToItsNewHost_KeepsItsPolicy_AndNoHostForwardsToTheOldOne()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var fleet = new ProgrammedHosts(gatewayPort, "host-a", "host-b", "host-c");
+        try
+        {
+            fleet.Register("host-a", "vm1", Mac1, "10.0.0.1");
+            fleet.Register("host-b", "vm3", Mac3, "10.0.0.3", pin: "swap-test");
+            Eventually.True(() => RouteOf(fleet["host-a"], Mac3) == "host-b" && RouteOf(fleet["host-b"], Mac1) == "host-a", Wait, "routes programmed",
+                () => fleet.Describe());
+            await Eventually.TrueAsync(async () => (await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync()).Log.Length > 0, Wait, "vm3's first decision",
+                () => Task.FromResult(fleet.Describe()));
+
+            // vm1 sends to vm3 all along (1,000 frames a second); each frame is received wherever vm3 runs.
+            var received = 0;
+            using var stop = new CancellationTokenSource();
+            var sender = Task.Run(() =>
+            {
+                var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+                while (!stop.IsCancellationRequested)
+                {
+                    fleet.Send("vm1", frame);
+                    Thread.Sleep(1);
+                }
+            }, cancel);
+            var receiver = Task.Run(() =>
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    received += fleet.Drain("vm3", TimeSpan.FromMilliseconds(20));
+                }
+            }, cancel);
+            Eventually.True(() => Volatile.Read(ref received) > 50, Wait, "frames reach vm3 on host-b", () => fleet.Describe());
+
+            // Migration as libvirt does it: the destination starts the VM (its hook registers it), then the source stops it.
+            var moving = System.Diagnostics.Stopwatch.StartNew();
+            fleet.Register("host-c", "vm3", Mac3, "10.0.0.3", pin: "swap-test");
+            Eventually.True(() => RouteOf(fleet["host-a"], Mac3) == "host-c", Wait, "host-a forwards vm3's frames to host-c", () => fleet.Describe());
+            var rerouted = moving.Elapsed;
+            Ok(fleet["host-b"].Handle(new ApiRequest("deregister-vm", Id: "vm3")));
+            var before = Volatile.Read(ref received);
+            Eventually.True(() => Volatile.Read(ref received) > before + 50, Wait, "frames reach vm3 on host-c", () => fleet.Describe());
+            TestContext.Current.SendDiagnosticMessage($"host-a forwarded to vm3's new host {rerouted.TotalMilliseconds:F0} ms after the destination registered it");
+
+            // host-b has no VM left: nobody keeps a path to it, and it keeps none.
+            Eventually.True(() => !fleet["host-a"].Switch.Paths.ContainsKey("host-b") && fleet["host-b"].Switch.Paths.Count == 0, Wait, "the old host withdrawn", () => fleet.Describe());
+            // The VM kept its policy and history, and its stack choice holds on its new host.
+            var view = await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync();
+            Assert.Equal("host-c", view.Placement?.HostId);
+            Assert.Equal("swap-test", view.Policy.Pin);
+            Eventually.True(() => Bound(fleet["host-c"], "vm3/0", "host-a") == "swap-test", Wait, "vm3 bound on host-c", () => fleet.Describe());
+            await stop.CancelAsync();
+            await Task.WhenAll(sender, receiver);
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+        }
+    }
+
+    private static string? RouteOf(Agent.Agent agent, MacAddress mac) => agent.Switch.Table.FindByMac(100, mac)?.RemoteHost;
+
+    /// <summary>Agents whose configurations name no peer, route or key (each with a state folder for its host key), linked to one silo.</summary>
+    private sealed class ProgrammedHosts : IAsyncDisposable
+    {
+        private readonly Dictionary<string, ChannelPort> _vmEnds = [];
+        private readonly List<(Agent.Agent Agent, ControlPlaneLink Link)> _hosts = [];
+        private readonly string _state = Directory.CreateTempSubdirectory("fabric-fleet-").FullName;
+
+        public ProgrammedHosts(int gatewayPort, params string[] ids)
+        {
+            string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest)];
+            var control = new ControlPlaneConfig([$"127.0.0.1:{gatewayPort}"], ReportMilliseconds: 250);
+            foreach (var id in ids)
+            {
+                var agent = new Agent.Agent(new AgentConfig(id, new UnderlayConfig("127.0.0.1", null, 0), stacks, "unused", DrainMilliseconds: 200,
+                    StateDirectory: Path.Combine(_state, id), ControlPlane: control), NullLogger.Instance, device => Open(id, device));
+                agent.Start();
+                var link = new ControlPlaneLink(agent, control, NullLogger.Instance);
+                link.Start();
+                _hosts.Add((agent, link));
+            }
+        }
+
+        public Agent.Agent this[string id] => _hosts.Single(h => h.Agent.Config.HostId == id).Agent;
+
+        public void Register(string host, string vm, MacAddress mac, string ipv4, string? pin = null) =>
+            Ok(this[host].Handle(new ApiRequest("register-vm", Registration: new VmRegistration(vm, vm,
+                [new VmInterface("ethernet", mac.ToString(), "tap-" + vm, Vni: 100, IPv4: [ipv4])], new VmPolicy(Pin: pin, Vni: 100), "metadata", "libvirt"))));
+
+        public void Send(string vm, byte[] frame)
+        {
+            ChannelPort end;
+            lock (_vmEnds)
+            {
+                end = _vmEnds.Where(e => e.Key.EndsWith("/tap-" + vm, StringComparison.Ordinal)).Select(e => e.Value).First();
+            }
+            end.Transmit(frame);
+        }
+
+        /// <summary>Frames that reached the VM on any host within <paramref name="wait"/>.</summary>
+        public int Drain(string vm, TimeSpan wait)
+        {
+            List<ChannelPort> ends;
+            lock (_vmEnds)
+            {
+                ends = [.. _vmEnds.Where(e => e.Key.EndsWith("/tap-" + vm, StringComparison.Ordinal)).Select(e => e.Value)];
+            }
+            var buffer = new byte[2048];
+            var count = 0;
+            foreach (var end in ends)
+            {
+                while (end.Receive(buffer, out _, count == 0 ? wait / ends.Count : TimeSpan.Zero) == PortResult.Ok)
+                {
+                    count++;
+                }
+            }
+            return count;
+        }
+
+        public string Describe() => string.Join(" | ", _hosts.Select(h => $"{h.Agent.Config.HostId} {h.Link.Status}: {Describe(h.Agent)}; routes "
+            + string.Join(",", h.Agent.Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => $"{e.Mac}->{e.RemoteHost}"))));
+
+        private static string Describe(Agent.Agent agent) => AgentLinkTests.Describe(agent);
+
+        private IFramePort Open(string host, string device)
+        {
+            var (agentEnd, vmEnd) = ChannelPort.CreatePair(device, device + "-vm");
+            lock (_vmEnds)
+            {
+                _vmEnds[$"{host}/{device}"] = vmEnd;
+            }
+            return agentEnd;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            foreach (var (agent, link) in _hosts)
+            {
+                await link.DisposeAsync();
+                agent.Dispose();
+            }
+            Directory.Delete(_state, recursive: true);
         }
     }
 

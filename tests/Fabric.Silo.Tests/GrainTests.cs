@@ -138,7 +138,7 @@ public class GrainTests(ClusterFixture fixture)
         await Eventually.TrueAsync(async () => (await fleet.GetAsync()).RecentSwitches.Any(d => d.VmId == vmId && d.Stack == "fec" && d.Previous == "std-ipv4"),
             TimeSpan.FromSeconds(10), "the switch in the fleet index", async () => string.Join("; ", (await fleet.GetAsync()).RecentSwitches.Select(d => $"{d.VmId}:{d.Stack}")));
 
-        await vm.RemoveAsync();
+        await vm.RemoveAsync(a);
         Assert.False((await fleet.GetAsync()).Vms.ContainsKey(vmId));
     }
 

@@ -85,12 +85,17 @@ public class NetworkTests(ClusterFixture fixture)
         Assert.Equal([$"{d}=rotated-{d}"], Peers(stateA));
 
         // vm1 goes: host-d keeps nothing of the network; vm2's own host keeps its VM (no route to itself).
-        await fixture.Client.GetGrain<IVmGrain>(vm1).RemoveAsync();
+        // The old host's late deregistration of a VM that moved on changes nothing.
+        await fixture.Client.GetGrain<IVmGrain>(vm2).RemoveAsync(b);
+        Assert.Equal(d, (await fixture.Client.GetGrain<IVmGrain>(vm2).GetAsync()).Placement?.HostId);
+        Assert.Equal([$"{vm2}@{d}:52:54:00:00:00:02"], Routes(await DesiredAsync(a)));
+
+        await fixture.Client.GetGrain<IVmGrain>(vm1).RemoveAsync(a);
         Assert.Empty(Routes(await DesiredAsync(d)));
         Assert.Empty(Peers(await DesiredAsync(d)));
         Assert.Empty(Routes(await DesiredAsync(a)));
         Assert.Empty(Peers(await DesiredAsync(a)));
-        Assert.Equal([$"{vm2}@{d}:52:54:00:00:00:02"], (await fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(net1)).GetRoutesAsync()).Select(r => $"{r.VmId}@{r.HostId}:{r.Vnic.Mac}"));
+        Assert.Equal([$"{vm2}@{d}:52:54:00:00:00:02"], (await fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(net1)).GetAsync()).Routes.Select(r => $"{r.VmId}@{r.HostId}:{r.Vnic.Mac}"));
     }
 
     [Fact]
@@ -99,9 +104,28 @@ public class NetworkTests(ClusterFixture fixture)
         var vni = UniqueVni();
         var network = fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni));
         var e = await Assert.ThrowsAsync<ArgumentException>(async () =>
-            await network.SetMemberAsync("vm-x", "host-x", [new Vnic("52:54:00:00:00:09", vni + 1, [], [])]));
+            await network.SetMemberAsync("vm-x", new Peer("host-x", "127.0.0.1", null, 1, null), [new Vnic("52:54:00:00:00:09", vni + 1, [], [])]));
         Assert.Contains($"is in vni {vni + 1}", e.Message, StringComparison.Ordinal);
-        Assert.Empty(await network.GetRoutesAsync());
+        Assert.Empty((await network.GetAsync()).Routes);
+    }
+
+    [Fact]
+    public async Task AMacAnotherVmOfTheNetworkHolds_IsNotRouted_AndTheHolderKeepsIt()
+    {
+        var (a, _) = await RegisteredAsync("host-a");
+        var (b, _) = await RegisteredAsync("host-b");
+        var (c, _) = await RegisteredAsync("host-c");
+        var vni = UniqueVni();
+        var (owner, thief) = (Unique("owner"), Unique("thief"));
+        await fixture.Client.GetGrain<IVmGrain>(owner).PlaceAsync(On(a, vni, "52:54:00:00:00:01", "10.0.0.1"));
+        await fixture.Client.GetGrain<IVmGrain>(Unique("vm")).PlaceAsync(On(c, vni, "52:54:00:00:00:03", "10.0.0.3"));
+        // Another VM on another host claims the owner's MAC (say, in upper case): nobody routes it there.
+        await fixture.Client.GetGrain<IVmGrain>(thief).PlaceAsync(On(b, vni, "52:54:00:00:00:01", "10.0.0.9") with { Vnics = [new Vnic("52:54:00:00:00:01", vni, ["10.0.0.9"], [])] });
+        var refused = await fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).SetMemberAsync(thief, new Peer(b, "127.0.0.1", null, 47110, "key-" + b),
+            [new Vnic("52:54:00:00:00:01".ToUpperInvariant(), vni, ["10.0.0.9"], [])]);
+        Assert.Equal(["52:54:00:00:00:01".ToUpperInvariant()], refused);
+        Assert.Equal([$"{owner}@{a}:52:54:00:00:00:01"], Routes(await DesiredAsync(c)).Where(r => r.EndsWith(":52:54:00:00:00:01", StringComparison.Ordinal)));
+        Assert.DoesNotContain((await fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).GetAsync()).Routes, r => r.VmId == thief);
     }
 
     [Fact]

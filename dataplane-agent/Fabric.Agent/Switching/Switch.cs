@@ -181,7 +181,8 @@ public sealed class Switch : IDisposable
         {
             return false;
         }
-        _pathsByAddress.TryRemove(path.Destination, out _);
+        // By address and path: another host may use that address now.
+        _pathsByAddress.TryRemove(KeyValuePair.Create(path.Destination, path));
         lock (_tableWriter)
         {
             foreach (var entry in _table.Endpoints.Where(e => e.RemoteHost == hostId))
@@ -236,7 +237,7 @@ public sealed class Switch : IDisposable
         }
         if (_paths.TryRemove(spec.HostId, out var old))
         {
-            _pathsByAddress.TryRemove(old.Destination, out _);
+            _pathsByAddress.TryRemove(KeyValuePair.Create(old.Destination, old));
             ReleaseAll(old);
         }
         _paths[spec.HostId] = path;
