@@ -166,13 +166,19 @@ public sealed class Agent : IDisposable
         }
     }
 
-    /// <summary>Delivers queued hook requests in order; returns how many were applied (refused ones go to rejected/).</summary>
+    /// <summary>
+    /// Delivers queued hook requests in order; returns how many were applied (refused ones go to rejected/). Only what a
+    /// hook queues is replayed — registrations and deregistrations: a file dropped into the spool cannot add hosts,
+    /// routes or swaps.
+    /// </summary>
     public int ReplaySpool() => Spool?.Replay(json =>
     {
         ApiResponse response;
         try
         {
-            response = Handle(AgentConfig.Parse<ApiRequest>(json));
+            var request = AgentConfig.Parse<ApiRequest>(json);
+            response = request.Op is "register-vm" or "deregister-vm" ? Handle(request)
+                : new ApiResponse(false, Error: $"'{request.Op}' is not replayed from the hook spool (only register-vm and deregister-vm)");
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or FormatException)
         {

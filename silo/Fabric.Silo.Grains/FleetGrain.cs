@@ -10,36 +10,64 @@ public sealed class FleetState
     [Id(1)] public Dictionary<string, string> Vms { get; set; } = new(StringComparer.Ordinal);
 }
 
+/// <summary>
+/// The fleet's index. Every placement tells it, so it must not cost a placement a write of the whole index: changes are
+/// written together at most every <see cref="FlushPeriod"/> (and on deactivation). A crash loses at most that much of
+/// the index, never a placement (each VM persists its own, and agents place their VMs again on a new epoch). Measured
+/// by <c>bench/fleet.sh</c>: a write per placement halved placements per second at 10,000 VMs.
+/// </summary>
 public sealed class FleetGrain([PersistentState("fleet", Storage.Name)] IPersistentState<FleetState> state) : Grain, IFleetGrain
 {
     /// <summary>Switches kept for the overview, newest first.</summary>
     public const int RecentLength = 200;
 
-    private readonly LinkedList<Decision> _recent = new();
+    private static readonly TimeSpan FlushPeriod = TimeSpan.FromSeconds(2);
 
-    public async ValueTask HostSeenAsync(string hostId)
+    private readonly LinkedList<Decision> _recent = new();
+    private bool _dirty;
+    private IGrainTimer? _flush;
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
-        if (state.State.Hosts.Add(hostId))
+        _flush = this.RegisterGrainTimer(FlushAsync, FlushPeriod, FlushPeriod);
+        return Task.CompletedTask;
+    }
+
+    public override async Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        _flush?.Dispose();
+        await FlushAsync();
+    }
+
+    private async Task FlushAsync()
+    {
+        if (_dirty)
         {
+            _dirty = false;
             await state.WriteStateAsync();
         }
     }
 
-    public async ValueTask VmPlacedAsync(string vmId, string hostId)
+    public ValueTask HostSeenAsync(string hostId)
+    {
+        _dirty |= state.State.Hosts.Add(hostId);
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask VmPlacedAsync(string vmId, string hostId)
     {
         if (state.State.Vms.GetValueOrDefault(vmId) != hostId)
         {
             state.State.Vms[vmId] = hostId;
-            await state.WriteStateAsync();
+            _dirty = true;
         }
+        return ValueTask.CompletedTask;
     }
 
-    public async ValueTask VmRemovedAsync(string vmId)
+    public ValueTask VmRemovedAsync(string vmId)
     {
-        if (state.State.Vms.Remove(vmId))
-        {
-            await state.WriteStateAsync();
-        }
+        _dirty |= state.State.Vms.Remove(vmId);
+        return ValueTask.CompletedTask;
     }
 
     public ValueTask SwitchedAsync(Decision decision)

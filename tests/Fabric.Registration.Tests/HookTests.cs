@@ -178,6 +178,19 @@ public class HookTests
     }
 
     [Fact]
+    public void ASpooledRequestThatNoHookMakes_IsRejected_NotApplied()
+    {
+        using var rig = new HookRig();
+        rig.StartAgent();
+        var before = rig.Agent!.Switch.Paths.Count;
+        new HookSpool(Path.Combine(rig.State, "hook-spool")).Enqueue("""{"op":"add-host","host":{"id":"evil","ipv4":"127.0.0.1"}}""");
+        Eventually.True(() => rig.Spooled().Length == 0, TimeSpan.FromSeconds(10), "the spooled request taken", () => $"{rig.Spooled().Length} queued");
+        Assert.Equal(before, rig.Agent.Switch.Paths.Count);
+        Assert.False(rig.Agent.Switch.Paths.ContainsKey("evil"));
+        Assert.Single(Directory.GetFiles(Path.Combine(rig.State, "hook-spool", "rejected")));
+    }
+
+    [Fact]
     public void RegistrationsSurviveAnAgentRestart()
     {
         using var rig = new HookRig();

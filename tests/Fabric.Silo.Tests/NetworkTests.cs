@@ -99,6 +99,33 @@ public class NetworkTests(ClusterFixture fixture)
     }
 
     [Fact]
+    public async Task HostGrainsThatShareANetwork_ReactivateTogether_AndReadTheirRoutesAndPeersBack()
+    {
+        // Six hosts, two VMs each, all in one network: every host's activation reads routes and peers that name the
+        // others. They reactivate at once (as after a silo's loss): none may wait on another's activation.
+        var hosts = new List<string>();
+        for (var i = 0; i < 6; i++)
+        {
+            hosts.Add((await RegisteredAsync($"host{i}")).Id);
+        }
+        var vni = UniqueVni();
+        for (var i = 0; i < 12; i++)
+        {
+            await fixture.Client.GetGrain<IVmGrain>(Unique($"vm{i}")).PlaceAsync(On(hosts[i % 6], vni, $"52:54:00:00:01:{i:x2}", $"10.1.0.{i + 1}"));
+        }
+        var before = await Task.WhenAll(hosts.Select(DesiredAsync));
+        Assert.All(before, state => Assert.Equal(10, state.Routes.Length));
+        Assert.All(before, state => Assert.Equal(5, state.Peers.Length));
+        await Task.WhenAll(hosts.Select(h => fixture.Cluster.DeactivateAsync((IAddressable)fixture.Client.GetGrain<IHostGrain>(h))));
+        var after = await Task.WhenAll(hosts.Select(DesiredAsync)).WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+        for (var i = 0; i < hosts.Count; i++)
+        {
+            Assert.Equal(Routes(before[i]), Routes(after[i]));
+            Assert.Equal(Peers(before[i]), Peers(after[i]));
+        }
+    }
+
+    [Fact]
     public async Task AVnicOfAnotherNetwork_IsRefusedNamingIt_AndNothingChanges()
     {
         var vni = UniqueVni();
