@@ -107,6 +107,52 @@ public class ControlPlaneEndToEndTests
         return state.RootElement.GetProperty("acknowledged").GetInt64() == state.RootElement.GetProperty("desired").GetProperty("version").GetInt64();
     }
 
+    [Fact]
+    public void AgentsWhoseConfigurationsNameNoPeerRouteOrKey_AreProgrammedByTheSilo_CarryTcp_AndSealAConfidentialVm()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
+        var folder = Directory.CreateTempSubdirectory("fabric-programmed-e2e-").FullName;
+        try
+        {
+            var (repository, root) = SignedRepository(folder, withSecure: true);
+            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", controlPlane: new ControlPlaneSetup(repository, root, Programmed: true));
+            // vm2 is re-registered as a hook would, confidential: only secure may carry it, under keys the agents derived.
+            var vm2 = topology.Vm("vm2");
+            Assert.Equal(0, topology.Ctl("host-a", "detach-vm", "vm2").Code);
+            var registration = JsonSerializer.Serialize(new
+            {
+                op = "register-vm",
+                registration = new
+                {
+                    id = "vm2", name = "vm2", policySource = "metadata", origin = "test",
+                    interfaces = new[] { new { type = "veth", mac = vm2.Mac, device = vm2.HostDevice, vni = vm2.Vni, ipv4 = new[] { vm2.IPv4 } } },
+                    policy = new { security = "confidential", vni = vm2.Vni },
+                },
+            });
+            Assert.Contains("\"ok\":true", AgentApi.Send(topology.SocketA, registration), StringComparison.Ordinal);
+
+            // Nothing in either configuration names the other host: the silo tells each where the other's VMs are.
+            Eventually.True(() => topology.Ping("vm1", "10.100.0.3", 1).Code == 0, TimeSpan.FromSeconds(60), "vm1 reaches vm3 through programmed routes",
+                () => $"{topology.Status("host-a")}\n{topology.Logs()}");
+            Eventually.True(() => topology.BoundStack("host-a", "vm2/0", "host-b") == "secure", TimeSpan.FromSeconds(30), "the confidential VM on secure",
+                () => $"{topology.Status("host-a")}\n{topology.Logs()}");
+            Assert.Equal(0, topology.Ping("vm2", "10.100.0.3", 2).Code);
+            using (var flow = new TcpFlow(topology.Vm("vm1").Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5311))
+            {
+                var (rate, _) = TcpFlow.Rates(flow, flow, TimeSpan.FromSeconds(2));
+                Assert.True(rate > 1, $"vm1's TCP to vm3 moved {rate:0.0} Mbit/s");
+            }
+            // vm4 is in another virtual network: no host was told a route to it, and it is unreachable.
+            Assert.NotEqual(0, topology.Ping("vm1", "10.100.0.4", 2).Code);
+            var routes = topology.Status("host-a").GetProperty("paths").EnumerateArray().Select(p => p.GetProperty("host").GetString()).ToList();
+            Assert.Equal(["host-b"], routes);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     private static bool Connected(OverlayTopology topology, string host) =>
         topology.Status(host).TryGetProperty("controlPlane", out var link) && link.ValueKind == JsonValueKind.Object && link.GetProperty("connected").GetBoolean();
 
@@ -114,7 +160,7 @@ public class ControlPlaneEndToEndTests
     /// A repository like an operator's: std-ipv4 and fec, signed, with the profiles the selector reads. Returns its folder
     /// and the pinned root.
     /// </summary>
-    private static (string Repository, string Root) SignedRepository(string folder)
+    private static (string Repository, string Root) SignedRepository(string folder, bool withSecure = false)
     {
         var path = Path.Combine(folder, "repo");
         var store = new LocalFolderStore(path);
@@ -128,6 +174,11 @@ public class ControlPlaneEndToEndTests
             new StackProfile(16, 0, 0, 0, "default; clean paths")), targets, snapshot, timestamp, TimeSpan.FromDays(7));
         publisher.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.Fec))!, "fec", "1.0.0",
             new StackProfile(30, 0.25, 5, 0.05, "low latency on lossy paths")), targets, snapshot, timestamp, TimeSpan.FromDays(7));
+        if (withSecure)
+        {
+            publisher.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.Secure))!, "secure", "1.0.0",
+                new StackProfile(40, 0, 0, 0, "sensitive tenants", Encrypts: true)), targets, snapshot, timestamp, TimeSpan.FromDays(7));
+        }
         var pinned = Path.Combine(folder, "root.json");
         File.WriteAllBytes(pinned, store.Read(Publisher.Root)!);
         return (path, pinned);

@@ -14,10 +14,12 @@ public sealed record TestVm(string Name, string Namespace, string Host, uint Vni
 /// namespace, joined to both hosts by a management bridge that does not cross the emulator, its catalog fed from the
 /// signed repository at <paramref name="RepositoryPath"/>, which both agents install their stacks from. With a
 /// <paramref name="LearningStore"/> folder the silo logs outcomes there and trains its model every
-/// <paramref name="TrainEverySeconds"/> (0: never) once <paramref name="MinOutcomes"/> are logged.
+/// <paramref name="TrainEverySeconds"/> (0: never) once <paramref name="MinOutcomes"/> are logged. With
+/// <paramref name="Programmed"/>, the agents' configurations name no remote host, route or key: the control plane
+/// programs them.
 /// </summary>
 public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, int SelectorSustainMilliseconds = 1000,
-    string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200, int MinSupport = 30);
+    string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200, int MinSupport = 30, bool Programmed = false);
 
 /// <summary>
 /// Two hosts running real <c>fabric-agent</c> processes, joined by a veth underlay through a real <c>fabric-linkem</c>;
@@ -304,7 +306,20 @@ public sealed class OverlayTopology : IDisposable
         var vms = Vms.Where(v => v.Host == hostId).Select(v => new { id = v.Name, device = v.HostDevice, vni = v.Vni, mac = v.Mac, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
         var routes = Vms.Where(v => v.Host != hostId).Select(v => new { vni = v.Vni, mac = v.Mac, host = peer, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
         var state = Path.Combine(_workDir, hostId + "-state");
-        object config = _controlPlane is { } cp
+        object config = _controlPlane is { Programmed: true } programmed
+            ? new
+            {
+                hostId,
+                underlay = new { ipv4 = v4, ipv6 = v6 },
+                stacks = Array.Empty<string>(),
+                repository = new { path = programmed.RepositoryPath, trustRoot = programmed.TrustRoot, stateDirectory = state },
+                stateDirectory = state,
+                controlPlane = new { gateways = new[] { SiloAddress + ":30000" } },
+                apiSocket = socket,
+                metricsListen = "127.0.0.1:9464",
+                vms,
+            }
+            : _controlPlane is { } cp
             ? new
             {
                 hostId,
