@@ -87,6 +87,7 @@ builder.Logging.AddFilter("Orleans", LogLevel.Warning)
 var simulation = new Simulation(options, repository) { Network = network, AgentProgram = agentProgram };
 builder.Services.AddSingleton(simulation);
 builder.Services.AddSingleton(users);
+builder.Services.AddSingleton(_ => new SignInThrottle(TimeProvider.System));
 if (options.Embedded)
 {
     var (siloPort, gatewayPort) = (FreePort(), FreePort());
@@ -149,13 +150,22 @@ app.UseAntiforgery();
 app.MapStaticAssets();
 app.MapRazorComponents<App>().AddInteractiveServerRenderMode();
 
-app.MapPost("/account/login", async (HttpContext http, [FromForm] string? username, [FromForm] string? password, [FromForm] string? returnUrl, Users known) =>
+app.MapPost("/account/login", async (HttpContext http, [FromForm] string? username, [FromForm] string? password, [FromForm] string? returnUrl, Users known,
+    SignInThrottle throttle) =>
 {
     var back = returnUrl is { Length: > 0 } r && r.StartsWith('/') && !r.StartsWith("//", StringComparison.Ordinal) ? r : "/";
-    if (known.Check(username, password) is not { } user)
+    // The client's own address (behind a reverse proxy this is the proxy's: then the per-name limit is what holds).
+    var address = http.Connection.RemoteIpAddress?.ToString() ?? "";
+    if (throttle.Locked(username, address) is { } wait)
     {
+        return Results.LocalRedirect($"/login?error=locked&minutes={(int)Math.Ceiling(wait.TotalMinutes)}&returnUrl={Uri.EscapeDataString(back)}");
+    }
+    if (await throttle.HashAsync(() => known.Check(username, password)) is not { } user)
+    {
+        throttle.Failed(username, address);
         return Results.LocalRedirect($"/login?error=1&returnUrl={Uri.EscapeDataString(back)}");
     }
+    throttle.Succeeded(username);
     var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, user.Name), new Claim(ClaimTypes.Role, user.Role)], CookieAuthenticationDefaults.AuthenticationScheme);
     await http.SignInAsync(CookieAuthenticationDefaults.AuthenticationScheme, new ClaimsPrincipal(identity));
     return Results.LocalRedirect(back);

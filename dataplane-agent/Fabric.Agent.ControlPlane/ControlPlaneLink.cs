@@ -203,12 +203,18 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private async Task RegisterAsync(IGrainFactory grains, IHostGrain host, CancellationToken cancellationToken)
     {
         var desired = await host.RegisterAsync(Info(), _reference!).ConfigureAwait(false);
+        if (desired.Version >> 32 == _epoch && DateTimeOffset.UtcNow < _holdRemovalsUntil)
+        {
+            await PlaceAsync(grains, force: true).ConfigureAwait(false);
+        }
         if (desired.Version >> 32 != _epoch)
         {
             if (_epoch >= 0)
             {
                 // The control plane started over (perhaps with nothing in memory): routes come back as the other agents
-                // place their VMs (each within a registration period), so withdrawals wait a few periods.
+                // place their VMs (each within a registration period), so withdrawals wait a few periods, and this
+                // agent places its VMs again at each registration meanwhile (a placement that failed midway while the
+                // control plane warmed up is repaired; an unchanged one is cheap).
                 _holdRemovalsUntil = DateTimeOffset.UtcNow + 3 * RegisterEvery;
             }
             await PlaceAsync(grains, force: true).ConfigureAwait(false);

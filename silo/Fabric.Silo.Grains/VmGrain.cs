@@ -137,6 +137,10 @@ public sealed class VmGrain(
         var previous = state.State.Placement;
         if (previous == placement)
         {
+            // The same placement again (an agent placing anew after the control plane started over, or retrying a call
+            // that failed midway): nothing to store, but the networks are told again, so a membership a failed call
+            // lost is repaired (an unchanged one costs each network a comparison).
+            await SetNetworksAsync(null, placement);
             return;
         }
         var adopted = new List<Binding>();

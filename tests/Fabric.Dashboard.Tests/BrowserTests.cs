@@ -88,6 +88,24 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
     }
 
     [Fact]
+    public async Task RepeatedWrongPasswords_LockTheName_BeforeAnyPasswordIsChecked()
+    {
+        // A name of no user (locking a real one would lock the other tests out for five minutes): the sixth try is
+        // refused as locked, not as wrong.
+        IPage? page = null;
+        for (var i = 0; i < SignInThrottle.UserLimit; i++)
+        {
+            page = await SignInAsync("mallory", "guess-number-" + i, "stacks");
+            Assert.True(await page.Locator("[data-testid=login-error]").IsVisibleAsync());
+            await page.Context.CloseAsync();
+        }
+        page = await SignInAsync("mallory", "guess-number-last", "stacks");
+        Assert.Contains("/login", page.Url, StringComparison.Ordinal);
+        Assert.Contains("try again in 5 minute", await page.Locator("[data-testid=login-locked]").InnerTextAsync(), StringComparison.Ordinal);
+        await ShotAsync(page, "login-locked");
+    }
+
+    [Fact]
     public async Task Admin_SeesEveryPage_AndAConfidentialPolicyMovesTheVmsPathsToSecure()
     {
         var page = await SignInAsync(fixture.Dashboard.Admin.Name, fixture.Dashboard.Admin.Password);

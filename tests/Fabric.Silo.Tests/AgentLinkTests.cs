@@ -184,7 +184,11 @@ public sealed class AgentLinkTests
             await Eventually.TrueAsync(async () => hosts.LinkA.Status.Connected && hosts.LinkB.Status.Connected
                 && (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Routes.Any(r => r.HostId == "host-b")
                 && (await silo.Grains.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync()).Routes.Any(r => r.HostId == "host-a"),
-                TimeSpan.FromSeconds(40), "reprogrammed after the silo restart", () => Task.FromResult($"{hosts.LinkA.Status}; {hosts.LinkB.Status}"));
+                TimeSpan.FromSeconds(40), "reprogrammed after the silo restart", async () => $"{hosts.LinkA.Status}; {hosts.LinkB.Status}; "
+                    + $"host-a's routes [{string.Join(", ", (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Routes.Select(r => r.VmId + "@" + r.HostId))}], "
+                    + $"host-b's [{string.Join(", ", (await silo.Grains.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync()).Routes.Select(r => r.VmId + "@" + r.HostId))}], "
+                    + $"network 100 [{string.Join(", ", (await silo.Grains.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(100)).GetAsync()).Routes.Select(r => r.VmId + "@" + r.HostId))}], "
+                    + $"vm1 on {(await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId}, vm3 on {(await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync()).Placement?.HostId}");
             await watching.CancelAsync();
             await watcher;
             Assert.True(gone == 0, $"a path was missing in {gone} samples during the silo restart");
