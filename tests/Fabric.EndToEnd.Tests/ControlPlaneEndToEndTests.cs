@@ -26,19 +26,7 @@ public class ControlPlaneEndToEndTests
             using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", controlPlane: new ControlPlaneSetup(repository, root));
             topology.Emulator("set both delay=10ms");
             // vm2 is re-registered as a hook would, with a policy pinning std-ipv4: the control flow beside vm1's.
-            var vm2 = topology.Vm("vm2");
-            Assert.Equal(0, topology.Ctl("host-a", "detach-vm", "vm2").Code);
-            var registration = JsonSerializer.Serialize(new
-            {
-                op = "register-vm",
-                registration = new
-                {
-                    id = "vm2", name = "vm2", policySource = "metadata", origin = "test",
-                    interfaces = new[] { new { type = "veth", mac = vm2.Mac, device = vm2.HostDevice, vni = vm2.Vni, ipv4 = new[] { vm2.IPv4 } } },
-                    policy = new { pin = "std-ipv4", vni = vm2.Vni },
-                },
-            });
-            Assert.Contains("\"ok\":true", AgentApi.Send(topology.SocketA, registration), StringComparison.Ordinal);
+            var vm2 = ReRegister(topology, "vm2", new { pin = "std-ipv4", vni = 100 });
             Eventually.True(() => Connected(topology, "host-a") && Connected(topology, "host-b") && topology.SiloApi("/api/vms/vm1").Contains("\"host-a\"", StringComparison.Ordinal)
                 && topology.SiloApi("/api/vms/vm2").Contains("\"pin\":\"std-ipv4\"", StringComparison.Ordinal),
                 TimeSpan.FromSeconds(60), "agents registered and VMs placed", topology.Logs);
@@ -117,19 +105,7 @@ public class ControlPlaneEndToEndTests
             var (repository, root) = SignedRepository(folder, withSecure: true);
             using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", controlPlane: new ControlPlaneSetup(repository, root, Programmed: true));
             // vm2 is re-registered as a hook would, confidential: only secure may carry it, under keys the agents derived.
-            var vm2 = topology.Vm("vm2");
-            Assert.Equal(0, topology.Ctl("host-a", "detach-vm", "vm2").Code);
-            var registration = JsonSerializer.Serialize(new
-            {
-                op = "register-vm",
-                registration = new
-                {
-                    id = "vm2", name = "vm2", policySource = "metadata", origin = "test",
-                    interfaces = new[] { new { type = "veth", mac = vm2.Mac, device = vm2.HostDevice, vni = vm2.Vni, ipv4 = new[] { vm2.IPv4 } } },
-                    policy = new { security = "confidential", vni = vm2.Vni },
-                },
-            });
-            Assert.Contains("\"ok\":true", AgentApi.Send(topology.SocketA, registration), StringComparison.Ordinal);
+            ReRegister(topology, "vm2", new { security = "confidential", vni = 100 });
 
             // Nothing in either configuration names the other host: the silo tells each where the other's VMs are.
             Eventually.True(() => topology.Ping("vm1", "10.100.0.3", 1).Code == 0, TimeSpan.FromSeconds(60), "vm1 reaches vm3 through programmed routes",
@@ -151,6 +127,25 @@ public class ControlPlaneEndToEndTests
         {
             Directory.Delete(folder, recursive: true);
         }
+    }
+
+    /// <summary>Detaches a VM of host-a and registers it again as a hook would, with <paramref name="policy"/>.</summary>
+    private static TestVm ReRegister(OverlayTopology topology, string name, object policy)
+    {
+        var vm = topology.Vm(name);
+        Assert.Equal(0, topology.Ctl("host-a", "detach-vm", name).Code);
+        var registration = JsonSerializer.Serialize(new
+        {
+            op = "register-vm",
+            registration = new
+            {
+                id = name, name, policySource = "metadata", origin = "test",
+                interfaces = new[] { new { type = "veth", mac = vm.Mac, device = vm.HostDevice, vni = vm.Vni, ipv4 = new[] { vm.IPv4 } } },
+                policy,
+            },
+        });
+        Assert.Contains("\"ok\":true", AgentApi.Send(topology.SocketA, registration), StringComparison.Ordinal);
+        return vm;
     }
 
     private static bool Connected(OverlayTopology topology, string host) =>
