@@ -180,6 +180,9 @@ public sealed class AgentLinkTests
                 }
             }, TestContext.Current.CancellationToken);
             await silo.DisposeAsync();
+            // A silo stopped in this process can go on answering its clients' open connections for a while: the new one
+            // starts once both agents have seen the old one gone, as after a real restart (else they kept talking to it).
+            Eventually.True(() => !hosts.LinkA.Status.Connected && !hosts.LinkB.Status.Connected, Wait, "links see the silo gone", () => $"{hosts.LinkA.Status}");
             silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
             await Eventually.TrueAsync(async () => hosts.LinkA.Status.Connected && hosts.LinkB.Status.Connected
                 && (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Routes.Any(r => r.HostId == "host-b")
