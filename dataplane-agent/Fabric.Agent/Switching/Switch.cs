@@ -185,10 +185,8 @@ public sealed class Switch : IDisposable
         _pathsByAddress.TryRemove(KeyValuePair.Create(path.Destination, path));
         lock (_tableWriter)
         {
-            foreach (var entry in _table.Endpoints.Where(e => e.RemoteHost == hostId))
-            {
-                _table = _table.Without(entry.Vni, entry.Mac);
-            }
+            // One rebuild for all of them (each rebuild freezes the table's indexes anew).
+            _table = new ForwardingTable(_table.Endpoints.Where(e => e.RemoteHost != hostId));
         }
         ReleaseAll(path);
         Report($"path to {hostId} removed");
