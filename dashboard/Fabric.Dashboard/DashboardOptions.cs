@@ -22,7 +22,10 @@ public sealed record DashboardOptions(
     string ClusterId,
     string ServiceId,
     string? UsersFile,
-    bool Namespaces = false)
+    bool Namespaces = false,
+    string? Certificate = null,
+    string? Key = null,
+    string? Authority = null)
 {
     private static readonly Option<bool> EmbeddedOption = new("--embedded")
     {
@@ -110,12 +113,22 @@ public sealed record DashboardOptions(
         HelpName = "FILE",
     };
 
+    private static readonly Option<string?> CertificateOption = new("--certificate")
+    {
+        Description = "the dashboard's certificate from the fleet's authority, OU=operator (PEM; cluster mode, required unless every gateway is on loopback)",
+        HelpName = "FILE",
+    };
+
+    private static readonly Option<string?> KeyOption = new("--key") { Description = "the certificate's private key (PEM)", HelpName = "FILE" };
+
+    private static readonly Option<string?> AuthorityOption = new("--authority") { Description = "the fleet's authority's certificate (PEM)", HelpName = "FILE" };
+
     /// <summary>The command line: every option with its help.</summary>
     public static RootCommand Command { get; } = new("fabric-dashboard: the operator UI of Fabric. By default the embedded system in this process; with "
         + "--gateway an Orleans client of a running cluster.")
     {
         EmbeddedOption, NamespacesOption, ListenOption, DataOption, HostsOption, PhaseSecondsOption, SourceRootOption, TestDataOption, GatewayOption,
-        ClusterIdOption, ServiceIdOption, UsersOption,
+        ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption, AuthorityOption,
     };
 
     /// <summary>Parses arguments; throws <see cref="FormatException"/> naming the argument that is wrong.</summary>
@@ -132,7 +145,9 @@ public sealed record DashboardOptions(
         var gateways = result.GetValue(GatewayOption) ?? [];
         var options = new DashboardOptions(true, result.GetValue(ListenOption)!, Path.GetFullPath(result.GetValue(DataOption)!), result.GetValue(HostsOption),
             result.GetValue(PhaseSecondsOption), Full(result.GetValue(SourceRootOption)), Full(result.GetValue(TestDataOption)), gateways,
-            result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, Full(result.GetValue(UsersOption)), result.GetValue(NamespacesOption));
+            result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, Full(result.GetValue(UsersOption)), result.GetValue(NamespacesOption),
+            Full(result.GetValue(CertificateOption)), Full(result.GetValue(KeyOption)), Full(result.GetValue(AuthorityOption)));
+        var credentials = new[] { options.Certificate, options.Key, options.Authority };
         if (gateways.Length > 0)
         {
             if (result.GetValue(EmbeddedOption))
@@ -148,6 +163,19 @@ public sealed record DashboardOptions(
             {
                 throw new FormatException("--users FILE is required with --gateway (the dashboard does not run without login)");
             }
+            if (credentials.Any(c => c is null) && credentials.Any(c => c is not null))
+            {
+                throw new FormatException("--certificate, --key and --authority go together");
+            }
+            if (options.Certificate is null && gateways.Any(g => !IPAddress.IsLoopback(g.Address)))
+            {
+                throw new FormatException("--certificate, --key and --authority are required with a gateway beyond loopback (the control channel is TLS "
+                    + "with the dashboard's operator certificate)");
+            }
+        }
+        else if (credentials.Any(c => c is not null))
+        {
+            throw new FormatException("--certificate, --key and --authority are for --gateway: the embedded system makes its own");
         }
         return options;
     }

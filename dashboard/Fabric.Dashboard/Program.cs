@@ -5,6 +5,7 @@ using Fabric.Dashboard.Components;
 using Fabric.Embedded;
 using Fabric.Programs;
 using Fabric.Silo;
+using Fabric.Silo.Security;
 using Fabric.Silo.Selection;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.Cookies;
@@ -94,8 +95,12 @@ if (options.Embedded)
     // On loopback; with --namespaces where the host namespaces reach it (their uplinks' root side), never on any address.
     var siloAddress = network is null ? IPAddress.Loopback : FleetNetwork.ControlPlaneAddress;
     simulation.Gateway = $"{siloAddress}:{gatewayPort}";
+    // The embedded fleet's own authority (kept in the data folder): the silo, and each agent, get certificates from it.
+    var authority = DevelopmentAuthority.LoadOrCreate(Path.Combine(options.DataDirectory, "authority"));
+    simulation.Authority = authority;
     builder.UseOrleans(silo => silo
         .UseDevelopmentClustering(new IPEndPoint(siloAddress, siloPort))
+        .UseControlPlaneSecurity(authority.Issue(CallerRole.Silo, "embedded"))
         .ConfigureEndpoints(siloAddress, siloPort, gatewayPort)
         .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId))
         .AddMemoryGrainStorage(Storage.Name)
@@ -108,7 +113,22 @@ if (options.Embedded)
 else
 {
     var attempts = 0;
-    builder.UseOrleansClient(client => client
+    ControlPlaneCredential? credential;
+    try
+    {
+        credential = options.Certificate is null ? null : ControlPlaneCredential.Load(options.Certificate, options.Key!, options.Authority!);
+    }
+    catch (FormatException e)
+    {
+        Console.Error.WriteLine($"fabric-dashboard: {e.Message}");
+        return 2;
+    }
+    if (credential is { Caller.Role: not CallerRole.Operator })
+    {
+        Console.Error.WriteLine($"fabric-dashboard: --certificate '{options.Certificate}' is {credential.Caller}'s; the dashboard needs OU=operator");
+        return 2;
+    }
+    builder.UseOrleansClient(client => (credential is null ? client : client.UseControlPlaneSecurity(credential))
         .UseStaticClustering([.. options.Gateways])
         // A silo that is not up yet is waited for (said every 5 attempts), not a reason to exit.
         .UseConnectionRetryFilter(async (e, cancellationToken) =>

@@ -18,6 +18,9 @@ public sealed class Simulation(DashboardOptions options, DevelopmentRepository? 
 
     public string? AgentProgram { get; init; }
 
+    /// <summary>The embedded system's certificate authority: the fleet's agents get their certificates from it.</summary>
+    public Fabric.Silo.Security.DevelopmentAuthority? Authority { get; set; }
+
     /// <summary>Why the fleet is not running, when it failed to start.</summary>
     public string? Error { get; set; }
 }
@@ -43,7 +46,7 @@ public sealed class SimulationRunner(Simulation simulation, ILoggerFactory logge
             {
                 simulation.Fleet = SimulatedFleet.Start(new FleetOptions(options.Hosts, options.PhaseSeconds, testData, Network: simulation.Network,
                     AgentProgram: simulation.AgentProgram), simulation.Repository!,
-                    simulation.Gateway!, Path.Combine(options.DataDirectory, "run", "fleet"), loggers, _stopping.Token);
+                    simulation.Gateway!, Path.Combine(options.DataDirectory, "run", "fleet"), loggers, simulation.Authority, _stopping.Token);
             }
             catch (OperationCanceledException)
             {

@@ -8,6 +8,7 @@ using Fabric.Agent.Api;
 using Fabric.Agent.ControlPlane;
 using Fabric.Hal;
 using Fabric.Registration;
+using Fabric.Silo.Security;
 using Fabric.Wire;
 using Microsoft.Extensions.Logging;
 
@@ -95,7 +96,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
     /// when <paramref name="cancellation"/> stops it first (in both cases having stopped what it started).
     /// </summary>
     public static SimulatedFleet Start(FleetOptions options, DevelopmentRepository repository, string gateway, string stateDirectory, ILoggerFactory loggers,
-        CancellationToken cancellation = default)
+        DevelopmentAuthority? authority = null, CancellationToken cancellation = default)
     {
         var problems = options.Validate().ToList();
         if (problems.Count > 0)
@@ -105,7 +106,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
         var fleet = new SimulatedFleet();
         try
         {
-            fleet.Build(options, repository, gateway, stateDirectory, loggers, cancellation);
+            fleet.Build(options, repository, gateway, stateDirectory, loggers, authority, cancellation);
             return fleet;
         }
         catch
@@ -115,14 +116,23 @@ public sealed class SimulatedFleet : IAsyncDisposable
         }
     }
 
-    private void Build(FleetOptions options, DevelopmentRepository repository, string gateway, string stateDirectory, ILoggerFactory loggers, CancellationToken cancellation)
+    private void Build(FleetOptions options, DevelopmentRepository repository, string gateway, string stateDirectory, ILoggerFactory loggers,
+        DevelopmentAuthority? authority, CancellationToken cancellation)
     {
-        var control = new ControlPlaneConfig([gateway], ReportMilliseconds: options.ReportMilliseconds);
         var ids = Enumerable.Range(1, options.Hosts).Select(i => $"host-{i}").ToList();
+        var controls = new List<ControlPlaneConfig>();
         for (var h = 0; h < ids.Count; h++)
         {
             cancellation.ThrowIfCancellationRequested();
             var state = Path.Combine(stateDirectory, ids[h]);
+            var control = new ControlPlaneConfig([gateway], ReportMilliseconds: options.ReportMilliseconds);
+            if (authority is not null)
+            {
+                // Each host's own certificate (OU=agent, CN=its id), as an operator's authority would issue it.
+                var (certificate, key, authorityFile) = authority.IssueFiles(Path.Combine(state, "credentials"), CallerRole.Agent, ids[h]);
+                control = control with { Certificate = certificate, Key = key, Authority = authorityFile };
+            }
+            controls.Add(control);
             var repositoryConfig = new RepositoryConfig(repository.Path, repository.TrustRoot, Path.Combine(state, "stacks"));
             HostRuntime runtime = options.Network is { } network
                 ? ProcessHost.Start(network, h + 1, new AgentConfig(ids[h], new UnderlayConfig(FleetNetwork.Underlay(h + 1).ToString(), null), [], Path.Combine(state, "api.sock"),
@@ -182,9 +192,9 @@ public sealed class SimulatedFleet : IAsyncDisposable
             }
         }
         cancellation.ThrowIfCancellationRequested();
-        foreach (var runtime in _runtimes)
+        for (var h = 0; h < _runtimes.Count; h++)
         {
-            runtime.Connect(control, loggers);
+            _runtimes[h].Connect(controls[h], loggers);
         }
         _traffic = new Thread(() => RunTraffic(options.Hosts)) { IsBackground = true, Name = "emb-traffic" };
         _traffic.Start();

@@ -4,6 +4,7 @@ using Azure.Data.Tables;
 using Fabric.Hal.Inventory;
 using Fabric.Registration;
 using Fabric.Silo;
+using Fabric.Silo.Security;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -32,6 +33,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private static readonly TimeSpan RegisterEvery = TimeSpan.FromSeconds(5);
     private readonly Agent _agent;
     private readonly ControlPlaneConfig _config;
+    private readonly ControlPlaneCredential? _credential;
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _apply = new(1, 1);
     private readonly CancellationTokenSource _stop = new();
@@ -70,6 +72,16 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         _config = config;
         _logger = logger;
         _key = HostKey.LoadOrCreate(agent.Config.StateDirectory);
+        if (config.Secured)
+        {
+            _credential = ControlPlaneCredential.Load(config.Certificate!, config.Key!, config.Authority!);
+            if (_credential.Caller != new Caller(CallerRole.Agent, agent.Config.HostId))
+            {
+                var issued = _credential.Caller;
+                _credential.Dispose();
+                throw new FormatException($"controlPlane.certificate: '{config.Certificate}' is {issued}'s, not agent '{agent.Config.HostId}'s (OU=agent, CN=the host id)");
+            }
+        }
     }
 
     /// <summary>The public half of the host's key, as registered.</summary>
@@ -158,6 +170,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             else
             {
                 client.UseStaticClustering([.. _config.Gateways!.Select(IPEndPoint.Parse)]);
+            }
+            if (_credential is not null)
+            {
+                client.UseControlPlaneSecurity(_credential);
             }
             // The link's own loop retries; a start that cannot connect fails at once.
             client.UseConnectionRetryFilter((_, _) => Task.FromResult(false));
@@ -620,6 +636,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         _stop.Dispose();
         _apply.Dispose();
         _key.Dispose();
+        _credential?.Dispose();
     }
 }
 

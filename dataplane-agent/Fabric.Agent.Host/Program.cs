@@ -184,8 +184,10 @@ internal sealed class AgentService(AgentConfig config, ILogger<AgentService> log
         try
         {
             _agent.Start();
+            // A certificate or host key that is unusable stops the agent too: it does not run half-connected.
+            _link = config.ControlPlane is { } controlPlane ? new Fabric.Agent.ControlPlane.ControlPlaneLink(_agent, controlPlane, logger) : null;
         }
-        catch (Exception e) when (e is InvalidOperationException or FileNotFoundException or FormatException)
+        catch (Exception e) when (e is InvalidOperationException or FileNotFoundException or FormatException or IOException or UnauthorizedAccessException)
         {
             AgentServiceLog.CouldNotStart(logger, e.Message);
             _agent.Dispose();
@@ -196,10 +198,8 @@ internal sealed class AgentService(AgentConfig config, ILogger<AgentService> log
         }
         _metrics = new AgentMetrics(_agent.Switch);
         _api = new LocalApiServer(_agent, config.ApiSocket);
-        if (config.ControlPlane is { } controlPlane)
+        if (_link is { } link)
         {
-            _link = new Fabric.Agent.ControlPlane.ControlPlaneLink(_agent, controlPlane, logger);
-            var link = _link;
             _agent.ControlPlaneStatus = () => link.Status;
             _link.Start();
         }

@@ -33,10 +33,16 @@ public sealed record RepositoryConfig(string Path, string TrustRoot, string Stat
 /// <summary>
 /// The control plane this agent obeys: the silo gateways it connects to ("ADDRESS:PORT"; or none with clustering
 /// "azure-table", the membership table's connection string in FABRIC_TABLE_CONNECTION_STRING), the cluster's ids, and how
-/// often it reports telemetry.
+/// often it reports telemetry. Certificate, Key and Authority (PEM files): this host's certificate from the fleet's
+/// authority (OU=agent, CN=the host id), its private key and the authority's certificate — TLS to the silos and the
+/// identity every call carries. Only a control plane on loopback may be reached without them.
 /// </summary>
 public sealed record ControlPlaneConfig(string[]? Gateways = null, string ClusterId = "fabric", string ServiceId = "fabric", string Clustering = "static",
-    int ReportMilliseconds = 1000);
+    int ReportMilliseconds = 1000, string? Certificate = null, string? Key = null, string? Authority = null)
+{
+    /// <summary>Whether the configuration names a certificate (Validate checks that it names all three files).</summary>
+    public bool Secured => Certificate is not null || Key is not null || Authority is not null;
+}
 
 /// <summary>This host's underlay: where the agent's UDP sockets bind, and the uplink MTU.</summary>
 public sealed record UnderlayConfig(string? IPv4, string? IPv6, int Port = FabricHeader.DefaultUdpPort, int Mtu = 1500);
@@ -157,6 +163,24 @@ public sealed record AgentConfig(
                 {
                     problems.Add($"controlPlane.gateways[{i}]: '{control.Gateways[i]}' is not ADDRESS:PORT");
                 }
+            }
+            if (control.Secured)
+            {
+                foreach (var (field, path) in new[] { ("certificate", control.Certificate), ("key", control.Key), ("authority", control.Authority) })
+                {
+                    if (path is null)
+                    {
+                        problems.Add($"controlPlane.{field}: required with the other two (certificate, key, authority)");
+                    }
+                    else if (!File.Exists(path))
+                    {
+                        problems.Add($"controlPlane.{field}: '{path}' does not exist");
+                    }
+                }
+            }
+            else if (control.Clustering != "static" || control.Gateways?.Any(g => !IPEndPoint.TryParse(g, out var e) || !IPAddress.IsLoopback(e.Address)) == true)
+            {
+                problems.Add("controlPlane.certificate: required (with key and authority) unless every gateway is on loopback: the control channel is TLS with this host's certificate");
             }
             if (control.ReportMilliseconds is < 100 or > 60_000)
             {

@@ -286,6 +286,8 @@ public sealed class HostGrain : Grain, IHostGrain
                 _ = GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(sample.FromHost, sample.ToHost)).ConditionsChangedAsync(path.Smoother.Current!).AsTask();
             }
         }
+        // Only this host's VMs: a host cannot write another host's VMs' outcomes into the learner's log.
+        outcomes = outcomes.RemoveAll(o => !_state.State.Vms.Contains(o.VmId));
         foreach (var outcome in outcomes)
         {
             _outcomes.Enqueue(outcome);

@@ -3,6 +3,7 @@ using System.Net;
 using Azure.Data.Tables;
 using Fabric.Silo;
 using Fabric.Silo.Host;
+using Fabric.Silo.Security;
 using Fabric.Silo.Selection;
 using Fabric.Programs;
 using OpenTelemetry.Metrics;
@@ -28,6 +29,25 @@ catch (Exception e) when (e is FormatException or IOException)
 {
     Console.Error.WriteLine($"fabric-silo: {e.Message}");
     return 2;
+}
+
+ControlPlaneCredential? credential = null;
+if (config.Security is { } security)
+{
+    try
+    {
+        credential = ControlPlaneCredential.Load(security.Certificate, security.Key, security.Authority);
+    }
+    catch (FormatException e)
+    {
+        Console.Error.WriteLine($"fabric-silo: security: {e.Message}");
+        return 2;
+    }
+    if (credential.Caller.Role != CallerRole.Silo)
+    {
+        Console.Error.WriteLine($"fabric-silo: security.certificate: '{security.Certificate}' is {credential.Caller}'s; a silo needs OU=silo");
+        return 2;
+    }
 }
 
 var builder = WebApplication.CreateSlimBuilder();
@@ -64,6 +84,10 @@ builder.UseOrleans(silo =>
     else
     {
         silo.AddMemoryGrainStorage(Storage.Name);
+    }
+    if (credential is not null)
+    {
+        silo.UseControlPlaneSecurity(credential);
     }
     silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)), config.Learning);
 });

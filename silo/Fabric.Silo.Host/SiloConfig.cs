@@ -23,7 +23,8 @@ public sealed record SiloConfig(
     double SelectorMargin = 0.10,
     int SelectorSustainMilliseconds = 1000,
     CatalogSource? Repository = null,
-    LearningOptions? Learning = null)
+    LearningOptions? Learning = null,
+    SecurityConfig? Security = null)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
 
@@ -129,9 +130,31 @@ public sealed record SiloConfig(
                 yield return $"learning.minOutcomes: {learning.MinOutcomes} is outside 10..10000000";
             }
         }
+        if (Security is { } security)
+        {
+            foreach (var (field, path) in new[] { ("certificate", security.Certificate), ("key", security.Key), ("authority", security.Authority) })
+            {
+                if (string.IsNullOrWhiteSpace(path))
+                {
+                    yield return $"security.{field}: required (PEM files: the silo's certificate, its key, the fleet's authority)";
+                }
+                else if (!File.Exists(path))
+                {
+                    yield return $"security.{field}: '{path}' does not exist";
+                }
+            }
+        }
+        else if (AdvertisedAddress is not null && (!IPAddress.TryParse(AdvertisedAddress, out var advertised) || !IPAddress.IsLoopback(advertised)))
+        {
+            yield return "security: required when advertisedAddress is not loopback (the silo's certificate, key and the fleet's authority): "
+                + "without it any process that reaches the gateway could act as any host";
+        }
         if (Repository is { RefreshSeconds: < 1 or > 86_400 })
         {
             yield return $"repository.refreshSeconds: {Repository.RefreshSeconds} is outside 1..86400";
         }
     }
 }
+
+/// <summary>The control channel's trust (PEM files): the silo's certificate from the fleet's authority (OU=silo), its key, and the authority's certificate.</summary>
+public sealed record SecurityConfig(string Certificate, string Key, string Authority);

@@ -66,10 +66,30 @@ public class ApiTests
         {
             var e = Assert.Throws<FormatException>(() => AgentConfig.Load(path));
             foreach (var field in new[] { "hostId: required", "underlay.ipv4: '::1'", "underlay.mtu: 100", "stacks[0]", "metricsListen", "vms[0].device", "vms[0].mac",
-                "controlPlane.gateways[0]: 'silo:30000'", "controlPlane.clustering: 'zookeeper'", "controlPlane.reportMilliseconds: 5" })
+                "controlPlane.gateways[0]: 'silo:30000'", "controlPlane.clustering: 'zookeeper'", "controlPlane.reportMilliseconds: 5",
+                "controlPlane.certificate: required (with key and authority) unless every gateway is on loopback" })
             {
                 Assert.Contains(field, e.Message, StringComparison.Ordinal);
             }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Theory]
+    [InlineData("""{ "gateways": ["10.0.0.1:30000"] }""", "controlPlane.certificate: required (with key and authority) unless every gateway is on loopback")]
+    [InlineData("""{ "clustering": "azure-table" }""", "controlPlane.certificate: required (with key and authority) unless every gateway is on loopback")]
+    [InlineData("""{ "gateways": ["10.0.0.1:30000"], "certificate": "/nonexistent/host.pem" }""", "controlPlane.certificate: '/nonexistent/host.pem' does not exist")]
+    [InlineData("""{ "gateways": ["10.0.0.1:30000"], "certificate": "/nonexistent/host.pem" }""", "controlPlane.key: required with the other two")]
+    public void AControlPlaneBeyondLoopback_NeedsTheHostsCertificate(string controlPlane, string expected)
+    {
+        var path = Path.GetTempFileName();
+        File.WriteAllText(path, $$"""{ "hostId": "host-a", "underlay": { "ipv4": "127.0.0.1" }, "stacks": [], "apiSocket": "/tmp/x.sock", "controlPlane": {{controlPlane}} }""");
+        try
+        {
+            Assert.Contains(expected, Assert.Throws<FormatException>(() => AgentConfig.Load(path)).Message, StringComparison.Ordinal);
         }
         finally
         {

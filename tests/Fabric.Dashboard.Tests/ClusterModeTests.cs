@@ -6,7 +6,7 @@ namespace Fabric.Dashboard.Tests;
 
 /// <summary>
 /// The dashboard as an Orleans client of a separate <c>fabric-silo</c> process (cluster mode), with users from a file:
-/// it signs in and shows the fleet; when the silo goes away the pages say so instead of failing.
+/// over TLS with an operator's certificate, it signs in and shows the fleet; when the silo goes away the pages say so instead of failing.
 /// </summary>
 public sealed class ClusterModeTests
 {
@@ -17,11 +17,19 @@ public sealed class ClusterModeTests
         var folder = Directory.CreateTempSubdirectory("fabric-cluster-dashboard-").FullName;
         var (siloPort, gatewayPort, healthPort) = (LoopbackPorts.Free(), LoopbackPorts.Free(), LoopbackPorts.Free());
         var config = Path.Combine(folder, "silo.json");
-        File.WriteAllText(config, $$"""{ "clusterId": "dash", "serviceId": "dash", "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}" }""");
+        // The control channel as a real fleet runs it: TLS, the silo's and the dashboard's certificates from one authority.
+        using var authority = Fabric.Silo.Security.DevelopmentAuthority.Create("Fabric test authority");
+        var silocert = authority.IssueFiles(Path.Combine(folder, "pki"), Fabric.Silo.Security.CallerRole.Silo, "silo-1");
+        var opcert = authority.IssueFiles(Path.Combine(folder, "pki"), Fabric.Silo.Security.CallerRole.Operator, "dashboard");
+        File.WriteAllText(config, $$"""
+            { "clusterId": "dash", "serviceId": "dash", "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}",
+              "security": { "certificate": "{{silocert.Certificate}}", "key": "{{silocert.Key}}", "authority": "{{silocert.Authority}}" } }
+            """);
         var users = Path.Combine(folder, "users");
         File.WriteAllText(users, "# operators\nops correct-horse-battery admin\nauditor staple-battery-horse read-only\n");
         var silo = Process.Start(new ProcessStartInfo(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", config]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-        await using var dashboard = new EmbeddedDashboard("--gateway", $"127.0.0.1:{gatewayPort}", "--users", users, "--cluster-id", "dash", "--service-id", "dash");
+        await using var dashboard = new EmbeddedDashboard("--gateway", $"127.0.0.1:{gatewayPort}", "--users", users, "--cluster-id", "dash", "--service-id", "dash",
+            "--certificate", opcert.Certificate, "--key", opcert.Key, "--authority", opcert.Authority);
         try
         {
             using (var http = new HttpClient())

@@ -3,6 +3,7 @@ using Fabric.Agent;
 using Fabric.Agent.ControlPlane;
 using Fabric.Hal;
 using Fabric.Registration;
+using Fabric.Silo.Security;
 using Fabric.Testing;
 using Fabric.Wire;
 using Microsoft.Extensions.DependencyInjection;
@@ -130,8 +131,10 @@ public sealed class AgentLinkTests
     {
         var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
         var state = Directory.CreateTempSubdirectory("fabric-programmed-").FullName;
-        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
-        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"), programmed: true);
+        // Over the authenticated channel: TLS, and every call with the agent's own certificate's identity.
+        using var authority = DevelopmentAuthority.Create("Fabric test authority");
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort, authority);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"), programmed: true, authority: authority);
         try
         {
             Assert.Empty(hosts.A.Switch.Paths);
@@ -183,7 +186,7 @@ public sealed class AgentLinkTests
             // A silo stopped in this process can go on answering its clients' open connections for a while: the new one
             // starts once both agents have seen the old one gone, as after a real restart (else they kept talking to it).
             Eventually.True(() => !hosts.LinkA.Status.Connected && !hosts.LinkB.Status.Connected, Wait, "links see the silo gone", () => $"{hosts.LinkA.Status}");
-            silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+            silo = await LocalSilo.StartAsync(siloPort, gatewayPort, authority);
             await Eventually.TrueAsync(async () => hosts.LinkA.Status.Connected && hosts.LinkB.Status.Connected
                 && (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Routes.Any(r => r.HostId == "host-b")
                 && (await silo.Grains.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync()).Routes.Any(r => r.HostId == "host-a"),
@@ -228,14 +231,21 @@ public sealed class AgentLinkTests
 
         public IClusterClient Grains => _host.Services.GetRequiredService<IClusterClient>();
 
-        public static async Task<LocalSilo> StartAsync(int siloPort, int gatewayPort)
+        /// <summary>A silo on loopback, with the catalog the tests use; with <paramref name="authority"/>: TLS and caller identity, the silo's certificate from it.</summary>
+        public static async Task<LocalSilo> StartAsync(int siloPort, int gatewayPort, DevelopmentAuthority? authority = null)
         {
             var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
             builder.Logging.ClearProviders();
-            builder.UseOrleans(silo => silo
-                .UseLocalhostClustering(siloPort, gatewayPort, serviceId: "fabric", clusterId: "fabric")
-                .AddMemoryGrainStorage(Storage.Name)
-                .AddFabricControlPlane(ClusterFixture.Selector));
+            builder.UseOrleans(silo =>
+            {
+                silo.UseLocalhostClustering(siloPort, gatewayPort, serviceId: "fabric", clusterId: "fabric")
+                    .AddMemoryGrainStorage(Storage.Name)
+                    .AddFabricControlPlane(ClusterFixture.Selector);
+                if (authority is not null)
+                {
+                    silo.UseControlPlaneSecurity(authority.Issue(CallerRole.Silo, "silo-1"));
+                }
+            });
             var host = builder.Build();
             await host.StartAsync();
             var silo = new LocalSilo(host);
@@ -263,8 +273,9 @@ public sealed class AgentLinkTests
     {
         var cancel = TestContext.Current.CancellationToken;
         var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
-        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
-        await using var fleet = new ProgrammedHosts(gatewayPort, "host-a", "host-b", "host-c");
+        using var authority = DevelopmentAuthority.Create("Fabric test authority");
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort, authority);
+        await using var fleet = new ProgrammedHosts(gatewayPort, authority, "host-a", "host-b", "host-c");
         try
         {
             fleet.Register("host-a", "vm1", Mac1, "10.0.0.1");
@@ -330,12 +341,13 @@ public sealed class AgentLinkTests
         private readonly List<(Agent.Agent Agent, ControlPlaneLink Link)> _hosts = [];
         private readonly string _state = Directory.CreateTempSubdirectory("fabric-fleet-").FullName;
 
-        public ProgrammedHosts(int gatewayPort, params string[] ids)
+        /// <summary>Agents named <paramref name="ids"/>, each with its certificate from <paramref name="authority"/> (the silo must trust it).</summary>
+        public ProgrammedHosts(int gatewayPort, DevelopmentAuthority authority, params string[] ids)
         {
             string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest)];
-            var control = new ControlPlaneConfig([$"127.0.0.1:{gatewayPort}"], ReportMilliseconds: 250);
             foreach (var id in ids)
             {
+                var control = Credentials.Secured(new ControlPlaneConfig([$"127.0.0.1:{gatewayPort}"], ReportMilliseconds: 250), authority, Path.Combine(_state, "pki"), id);
                 var agent = new Agent.Agent(new AgentConfig(id, new UnderlayConfig("127.0.0.1", null, 0), stacks, "unused", DrainMilliseconds: 200,
                     StateDirectory: Path.Combine(_state, id), ControlPlane: control), NullLogger.Instance, device => Open(id, device));
                 agent.Start();
@@ -418,13 +430,17 @@ public sealed class AgentLinkTests
         /// <param name="stateA">host-a's state folder (host-b's is <paramref name="stateB"/>, or none).</param>
         /// <param name="stateB">host-b's state folder.</param>
         /// <param name="programmed">The configurations name no peer, route or key: the control plane programs them all.</param>
-        public LinkedHosts(int gatewayPort, string stateA, string? stateB = null, bool programmed = false)
+        /// <param name="authority">With it, each agent's certificate comes from it (the silo must trust it).</param>
+        public LinkedHosts(int gatewayPort, string stateA, string? stateB = null, bool programmed = false, DevelopmentAuthority? authority = null)
         {
             _gatewayPort = gatewayPort;
             string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
                 StackPlugins.PathOf(StackPlugins.Secure)];
             var (portA, portB) = (FreeUdpPort(), FreeUdpPort());
             var control = new ControlPlaneConfig([$"127.0.0.1:{gatewayPort}"], ReportMilliseconds: 250);
+            var pki = Path.Combine(stateA, "..", "pki-" + Path.GetFileName(stateA));
+            var controlB = Credentials.Secured(control, authority, pki, "host-b");
+            control = Credentials.Secured(control, authority, pki, "host-a");
             _configA = new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", null, portA), stacks, "unused", DrainMilliseconds: 200, StateDirectory: stateA,
                 RemoteHosts: programmed ? null : [new RemoteHostConfig("host-b", "127.0.0.1", null, "std-ipv4", portB)],
                 Routes: programmed ? null : [new RouteConfig(100, Mac3.ToString(), "host-b", ["10.0.0.3"])], ControlPlane: control);
@@ -432,13 +448,13 @@ public sealed class AgentLinkTests
                 RemoteHosts: programmed ? null : [new RemoteHostConfig("host-a", "127.0.0.1", null, "std-ipv4", portA)],
                 Vms: [new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"])],
                 Routes: programmed ? null : [new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"]), new RouteConfig(100, Mac2.ToString(), "host-a", ["10.0.0.2"])],
-                ControlPlane: control);
+                ControlPlane: controlB);
             A = new Agent.Agent(_configA, NullLogger.Instance, Open);
             A.Start();
             B = new Agent.Agent(configB, NullLogger.Instance, Open);
             B.Start();
             LinkA = new ControlPlaneLink(A, control, NullLogger.Instance);
-            LinkB = new ControlPlaneLink(B, control, NullLogger.Instance);
+            LinkB = new ControlPlaneLink(B, controlB, NullLogger.Instance);
             LinkA.Start();
             LinkB.Start();
         }

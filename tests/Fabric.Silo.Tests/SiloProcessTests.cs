@@ -133,6 +133,14 @@ public class SiloProcessTests(Azurite azurite)
             }
             File.WriteAllText(file, """{ "storage": "azure-table" }""");
             Assert.Contains("set FABRIC_TABLE_CONNECTION_STRING", Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file]).Stderr, StringComparison.Ordinal);
+            // A careless operator's silo reachable beyond loopback without TLS and caller identity does not start.
+            File.WriteAllText(file, """{ "advertisedAddress": "10.1.2.3" }""");
+            Assert.Contains("security: required when advertisedAddress is not loopback", Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file]).Stderr,
+                StringComparison.Ordinal);
+            File.WriteAllText(file, """{ "security": { "certificate": "/nonexistent/silo.pem", "key": "", "authority": "/nonexistent/ca.pem" } }""");
+            var stderr2 = Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file]).Stderr;
+            Assert.Contains("security.certificate: '/nonexistent/silo.pem' does not exist", stderr2, StringComparison.Ordinal);
+            Assert.Contains("security.key: required", stderr2, StringComparison.Ordinal);
         }
         finally
         {

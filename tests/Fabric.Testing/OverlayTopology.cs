@@ -37,6 +37,9 @@ public sealed class OverlayTopology : IDisposable
     private readonly TestNetwork _network = new();
     private readonly List<Process> _processes = [];
     private readonly string _workDir;
+
+    /// <summary>The control plane's certificate authority for this topology (the silo's and each agent's certificates come from it).</summary>
+    private readonly Fabric.Silo.Security.DevelopmentAuthority _authority = Fabric.Silo.Security.DevelopmentAuthority.Create("Fabric test authority");
     private readonly string _linkemControl;
     private readonly string _binDirectory = "";
 
@@ -151,9 +154,11 @@ public sealed class OverlayTopology : IDisposable
         _network.AddAddress(SiloNamespace, $"{id}br", SiloAddress + "/24");
         _network.AddAddress(HostA, $"{id}ca", "198.19.0.1/24");
         _network.AddAddress(HostB, $"{id}cb", "198.19.0.2/24");
+        var (certificate, key, authority) = _authority.IssueFiles(Path.Combine(_workDir, "pki"), Fabric.Silo.Security.CallerRole.Silo, "silo");
         var config = new
         {
             advertisedAddress = SiloAddress,
+            security = new { certificate, key, authority },
             selectorSustainMilliseconds = setup.SelectorSustainMilliseconds,
             repository = new { path = setup.RepositoryPath, trustRoot = setup.TrustRoot, stateDirectory = Path.Combine(_workDir, "silo-state"), refreshSeconds = 5 },
             learning = setup.LearningStore is null ? null : new { store = setup.LearningStore, trainEverySeconds = setup.TrainEverySeconds, minOutcomes = setup.MinOutcomes, minSupport = setup.MinSupport },
@@ -300,6 +305,13 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>What the processes printed, for failure messages.</summary>
     public string Describe() => string.Join("\n", _processes.Select(p => $"[{p.StartInfo.ArgumentList.Skip(3).FirstOrDefault()}] exited={p.HasExited}"));
 
+    /// <summary>An agent's control-plane section: the silo's gateway and the host's own certificate.</summary>
+    private object ControlPlaneOf(string hostId)
+    {
+        var (certificate, key, authority) = _authority.IssueFiles(Path.Combine(_workDir, "pki"), Fabric.Silo.Security.CallerRole.Agent, hostId);
+        return new { gateways = new[] { SiloAddress + ":30000" }, certificate, key, authority };
+    }
+
     private (string Socket, int Pid) StartAgent(string bin, string hostId, string ns, string v4, string v6, string peerV4, string peerV6, string peer, string stack)
     {
         var socket = Path.Combine(_workDir, hostId + ".sock");
@@ -314,7 +326,7 @@ public sealed class OverlayTopology : IDisposable
                 stacks = Array.Empty<string>(),
                 repository = new { path = programmed.RepositoryPath, trustRoot = programmed.TrustRoot, stateDirectory = state },
                 stateDirectory = state,
-                controlPlane = new { gateways = new[] { SiloAddress + ":30000" } },
+                controlPlane = ControlPlaneOf(hostId),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
                 vms,
@@ -328,7 +340,7 @@ public sealed class OverlayTopology : IDisposable
                 stacks = Array.Empty<string>(),
                 repository = new { path = cp.RepositoryPath, trustRoot = cp.TrustRoot, stateDirectory = state },
                 stateDirectory = state,
-                controlPlane = new { gateways = new[] { SiloAddress + ":30000" } },
+                controlPlane = ControlPlaneOf(hostId),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
                 remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings, overlayKey = _overlayKey } },
@@ -380,6 +392,7 @@ public sealed class OverlayTopology : IDisposable
             process.Dispose();
         }
         _network.Dispose();
+        _authority.Dispose();
         if (_workDir is not null && Directory.Exists(_workDir))
         {
             Directory.Delete(_workDir, recursive: true);

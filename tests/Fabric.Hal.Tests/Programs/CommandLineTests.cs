@@ -53,6 +53,10 @@ public sealed class CommandLineTests
     [InlineData("dataplane-agent/Fabric.LinkEmulator.Cli", "fabric-linkem", new[] { "run", "--a", "x" }, "'--b' is required")]
     [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--hosts", "99" }, "--hosts '99': is not a whole number in 2..16")]
     [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--gateway", "127.0.0.1:30000" }, "--users FILE is required with --gateway")]
+    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--gateway", "10.9.9.9:30000", "--users", "/nonexistent" },
+        "--certificate, --key and --authority are required with a gateway beyond loopback")]
+    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--gateway", "127.0.0.1:30000", "--users", "/nonexistent", "--key", "/k.pem" },
+        "--certificate, --key and --authority go together")]
     [InlineData("repository/Fabric.Repository.Cli", "fabric-repo", new[] { "pack", "--from", "x", "--id", "y", "--version", "1.0.0", "--out", "z", "--family", "ipx" }, "--family 'ipx': is not one of ipv4, ipv6")]
     [InlineData("dataplane-agent/Fabric.Hal.Cli", "fabric-hal", new[] { "vf", "eth0", "--vf", "1", "--mac", "zz" }, "--mac 'zz': is not a MAC address")]
     [InlineData("dataplane-agent/Fabric.Hal.Cli", "fabric-hal", new[] { "vf", "eth0", "--trust", "on" }, "'--trust' must follow a --vf INDEX")]

@@ -1,0 +1,69 @@
+using Microsoft.AspNetCore.Connections;
+using Microsoft.Extensions.DependencyInjection;
+using Orleans.Configuration;
+using Orleans.Connections.Security;
+using Orleans.Hosting;
+
+namespace Fabric.Silo.Security;
+
+/// <summary>Turns the control channel's security on for a silo or a client.</summary>
+public static class SecurityHosting
+{
+    /// <summary>
+    /// TLS on every connection with certificates of the fleet's authority required both ways: a silo's port admits only
+    /// silos, its gateway silos, operators and agents. Every grain call must carry a caller token the filter accepts.
+    /// </summary>
+    public static ISiloBuilder UseControlPlaneSecurity(this ISiloBuilder silo, ControlPlaneCredential credential)
+    {
+        if (credential.Caller.Role != CallerRole.Silo)
+        {
+            throw new ArgumentException($"a silo needs a silo's certificate (OU=silo), not {credential.Caller}'s", nameof(credential));
+        }
+        silo.Services.AddSingleton(credential);
+        silo.Services.AddSingleton(sp => new CallerVerifier(credential.Authority, sp.GetService<TimeProvider>() ?? TimeProvider.System));
+        silo.AddIncomingGrainCallFilter<CallerAuthorizationFilter>();
+        silo.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
+        var fromSilos = Tls(credential, CallerRole.Silo);
+        var fromClients = Tls(credential, CallerRole.Silo, CallerRole.Operator, CallerRole.Agent);
+        return silo.Configure<SiloConnectionOptions>(o =>
+        {
+            o.ConfigureSiloInboundConnection(c => c.UseServerTls(fromSilos));
+            o.ConfigureSiloOutboundConnection(c => c.UseClientTls(fromSilos));
+            o.ConfigureGatewayInboundConnection(c => c.UseServerTls(fromClients));
+        });
+    }
+
+    /// <summary>TLS to the gateways (which must present silo certificates of the same authority) and a caller token on every call.</summary>
+    public static IClientBuilder UseControlPlaneSecurity(this IClientBuilder client, ControlPlaneCredential credential)
+    {
+        client.Services.AddSingleton(credential);
+        client.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
+        var toSilos = Tls(credential, CallerRole.Silo);
+        return client.Configure<ClientConnectionOptions>(o => o.ConfigureConnection(c => c.UseClientTls(toSilos)));
+    }
+
+    /// <summary>TLS 1.3 with this credential, accepting a peer only with a certificate of the fleet's authority in one of <paramref name="roles"/>.</summary>
+    private static TlsOptions Tls(ControlPlaneCredential credential, params CallerRole[] roles) => new()
+    {
+        LocalCertificate = credential.Certificate,
+        RemoteCertificateMode = RemoteCertificateMode.RequireCertificate,
+        ClientCertificateMode = RemoteCertificateMode.RequireCertificate,
+        SslProtocols = System.Security.Authentication.SslProtocols.Tls13,
+        // The authority decides, not the system's roots or the peer's DNS name: peers are named by their certificates.
+        RemoteCertificateValidation = (certificate, _, _) =>
+            FleetAuthority.Check(certificate, credential.Authority, DateTimeOffset.UtcNow) is null
+            && TryRole(certificate) is { } role && roles.Contains(role),
+    };
+
+    private static CallerRole? TryRole(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate)
+    {
+        try
+        {
+            return CertificateIdentity.Read(certificate).Role;
+        }
+        catch (ArgumentException)
+        {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,327 @@
+using System.Collections.Immutable;
+using Fabric.Silo.Security;
+using Fabric.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Orleans.Runtime;
+
+namespace Fabric.Silo.Tests;
+
+/// <summary>
+/// The control channel attacked from the outside and from inside the fleet: a real silo with TLS and the caller filter
+/// (Orleans over TCP on loopback), clients with certificates of its authority (two agents, an operator), of another
+/// authority and of none. Each must be able to do exactly what its role allows.
+/// </summary>
+[Collection(nameof(AgentLinkTests))]
+public sealed class ControlPlaneSecurityTests : IAsyncLifetime
+{
+    private readonly DevelopmentAuthority _authority = DevelopmentAuthority.Create();
+    private readonly List<IHost> _hosts = [];
+    private int _gatewayPort;
+    private IHost _silo = null!;
+
+    public async ValueTask InitializeAsync()
+    {
+        var siloPort = LoopbackPorts.Free();
+        _gatewayPort = LoopbackPorts.Free();
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.ClearProviders();
+        builder.UseOrleans(silo => silo
+            .UseLocalhostClustering(siloPort, _gatewayPort, serviceId: "fabric", clusterId: "fabric")
+            .AddMemoryGrainStorage(Storage.Name)
+            .UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-1"))
+            .AddFabricControlPlane(ClusterFixture.Selector));
+        _silo = builder.Build();
+        await _silo.StartAsync();
+        // The silo's own client calls as the silo.
+        foreach (var stack in Catalogs.All)
+        {
+            await _silo.Services.GetRequiredService<IClusterClient>().GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(stack);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var host in _hosts)
+        {
+            await host.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+            host.Dispose();
+        }
+        await _silo.StopAsync();
+        _silo.Dispose();
+        _authority.Dispose();
+    }
+
+    private async Task<IClusterClient> ConnectAsync(ControlPlaneCredential? credential, Action<IServiceCollection>? extra = null)
+    {
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.ClearProviders();
+        builder.UseOrleansClient(client =>
+        {
+            client.UseLocalhostClustering(_gatewayPort, serviceId: "fabric", clusterId: "fabric");
+            client.Configure<Orleans.Configuration.ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromSeconds(10));
+            client.UseConnectionRetryFilter((_, _) => Task.FromResult(false));
+            if (credential is not null)
+            {
+                client.UseControlPlaneSecurity(credential);
+            }
+            extra?.Invoke(client.Services);
+        });
+        var host = builder.Build();
+        try
+        {
+            await host.StartAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        }
+        catch
+        {
+            host.Dispose();
+            throw;
+        }
+        _hosts.Add(host);
+        return host.Services.GetRequiredService<IClusterClient>();
+    }
+
+    private static HostInfo Info(string host) => new(host, "127.0.0.1", null, 4789, ["std-ipv4"], [], "test") { PublicKey = "AAAA" };
+
+    private static VmPlacement Placement(string host, string vm) => new(host, vm, 7, ["02:00:00:00:09:01"], null)
+    {
+        Vnics = [new Vnic("02:00:00:00:09:01", 7, ["10.9.0.1"], [])],
+    };
+
+    [Fact]
+    public async Task AnAgent_ActsAsItsOwnHost_AndNothingElse()
+    {
+        var a = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-a"));
+        var observer = new RecordingObserver();
+        var reference = a.CreateObjectReference<IAgentObserver>(observer);
+        await a.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-a"), reference);
+        await a.GetGrain<IVmGrain>("vm-a").PlaceAsync(Placement("host-a", "vm-a"));
+        await a.GetGrain<IHostGrain>("host-a").ReportAsync([], []);
+        Assert.NotEmpty(await a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync());
+
+        // Another host's grain, its VMs, its identity, and everything only the cluster or an operator does: refused.
+        var refusals = new Func<Task>[]
+        {
+            () => a.GetGrain<IHostGrain>("host-b").RegisterAsync(Info("host-b"), reference).AsTask(),
+            () => a.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-b"), reference).AsTask(),
+            () => a.GetGrain<IHostGrain>("host-b").ReportAsync([], []).AsTask(),
+            () => a.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync().AsTask(),
+            () => a.GetGrain<IHostGrain>("host-a").BindAsync([new Binding("vm-a", "host-b", "std-ipv4")]).AsTask(),
+            () => a.GetGrain<IHostGrain>("host-b").NetworkChangedAsync(7, true, [], [], []).AsTask(),
+            () => a.GetGrain<IVmGrain>("vm-b").PlaceAsync(Placement("host-b", "vm-b")).AsTask(),
+            () => a.GetGrain<IVmGrain>("vm-a").RemoveAsync("host-b").AsTask(),
+            () => a.GetGrain<IVmGrain>("vm-a").SetPolicyAsync(new Policy("general", "standard", "ipv4", [], [], null, 0)).AsTask(),
+            () => a.GetGrain<IVmGrain>("vm-a").GetAsync().AsTask(),
+            () => a.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(7)).SetMemberAsync("vm-x", new Peer("host-a", "127.0.0.1", null, 4789, "BBBB"), []).AsTask(),
+            () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(Catalogs.StdIPv4 with { Version = "9.9.9" }).AsTask(),
+            () => a.GetGrain<ILearnerGrain>(ILearnerGrain.Key).SetLearningEnabledAsync(false).AsTask(),
+            () => a.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync().AsTask(),
+            () => a.GetGrain<IManagementGrain>(0).GetHosts(),
+        };
+        foreach (var attempt in refusals)
+        {
+            await Assert.ThrowsAsync<UnauthorizedAccessException>(attempt);
+        }
+        var silo = _silo.Services.GetRequiredService<IClusterClient>();
+        Assert.Null(await silo.GetGrain<IHostGrain>("host-b").GetInfoAsync());
+        Assert.Equal("host-a", (await silo.GetGrain<IVmGrain>("vm-a").GetAsync()).Placement?.HostId);
+        Assert.DoesNotContain(await silo.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync(), s => s.Version == "9.9.9");
+    }
+
+    [Fact]
+    public async Task AnOperator_ChangesPolicies_ButNeverSpeaksForAHost()
+    {
+        var a = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-a"));
+        var observer = new RecordingObserver();
+        await a.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-a"), a.CreateObjectReference<IAgentObserver>(observer));
+        await a.GetGrain<IVmGrain>("vm-o").PlaceAsync(Placement("host-a", "vm-o"));
+
+        var op = await ConnectAsync(_authority.Issue(CallerRole.Operator, "dashboard"));
+        Assert.True((await op.GetGrain<IVmGrain>("vm-o").SetPolicyAsync(new Policy("general", "standard", "ipv4", [], [], "std-ipv4", 0))).Accepted);
+        Assert.Equal("host-a", (await op.GetGrain<IVmGrain>("vm-o").GetAsync()).Placement?.HostId);
+        Assert.Contains("host-a", (await op.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync()).Hosts);
+        await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-a"), null!).AsTask());
+        await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IVmGrain>("vm-o").PlaceAsync(Placement("host-z", "vm-o")).AsTask());
+        await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IHostGrain>("host-a").ReportAsync([], []).AsTask());
+        await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IHostGrain>("host-a").BindAsync([]).AsTask());
+
+        // host-b's VM joins host-a's network: host-a's agent hears of the route through the cluster's push, made on behalf of
+        // host-b's call, and sees neither host-b's token nor the silo's (either could be replayed).
+        var b = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-b"));
+        await b.GetGrain<IHostGrain>("host-b").RegisterAsync(Info("host-b"), b.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
+        await b.GetGrain<IVmGrain>("vm-ob").PlaceAsync(Placement("host-b", "vm-ob") with { Macs = ["02:00:00:00:09:02"], Vnics = [new Vnic("02:00:00:00:09:02", 7, ["10.9.0.2"], [])] });
+        await Eventually.TrueAsync(() => Task.FromResult(observer.Changes > 0), TimeSpan.FromSeconds(20), "host-a hears of vm-ob's route",
+            () => Task.FromResult($"{observer.Changes} changes"));
+        Assert.Equal(0, observer.TokensSeen);
+    }
+
+    [Fact]
+    public async Task ATokenForAnotherName_AnotherAuthority_NoTokenOrNoTls_AreRefused()
+    {
+        // host-b signs a token that names host-a: the certificate in it is host-b's, or the signature fails.
+        using var b = _authority.Issue(CallerRole.Agent, "host-b");
+        var forged = await ConnectAsync(b, services => services.AddSingleton<IOutgoingGrainCallFilter>(new RewriteToken(token =>
+        {
+            var parts = token.Split('~');
+            return parts[0].Replace("|host-b|", "|host-a|", StringComparison.Ordinal) + "~" + parts[1] + "~" + parts[2];
+        })));
+        var error = await Assert.ThrowsAsync<UnauthorizedAccessException>(() => forged.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync().AsTask());
+        Assert.Contains("host-b", error.Message);
+
+        // A token is not needed to be a valid one to be sent: without one, every grain refuses.
+        var bare = await ConnectAsync(b, services => services.AddSingleton<IOutgoingGrainCallFilter>(new RewriteToken(_ => null)));
+        error = await Assert.ThrowsAsync<UnauthorizedAccessException>(() => bare.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync().AsTask());
+        Assert.Contains("no caller token", error.Message);
+
+        // A token that expired (signed with a clock 20 minutes back).
+        var stale = CallerToken.Sign(b, DateTimeOffset.UtcNow.AddMinutes(-20));
+        var replayed = await ConnectAsync(b, services => services.AddSingleton<IOutgoingGrainCallFilter>(new RewriteToken(_ => stale)));
+        error = await Assert.ThrowsAsync<UnauthorizedAccessException>(() => replayed.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync().AsTask());
+        Assert.Contains("expired", error.Message);
+
+        // Another authority's certificate with the right name: the TLS handshake fails, no client connects.
+        using var other = DevelopmentAuthority.Create("not the fleet's");
+        await Assert.ThrowsAnyAsync<Exception>(() => ConnectAsync(other.Issue(CallerRole.Agent, "host-a")));
+        // No TLS at all.
+        await Assert.ThrowsAnyAsync<Exception>(() => ConnectAsync(null));
+        // An agent's certificate cannot join the cluster as a silo: its port admits silos only.
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.ClearProviders();
+        Assert.Throws<ArgumentException>(() => builder.UseOrleans(silo => silo.UseControlPlaneSecurity(_authority.Issue(CallerRole.Agent, "host-a"))));
+    }
+
+    [Fact]
+    public void Tokens_AreCheckedForSignatureAuthorityAndTime()
+    {
+        using var a = _authority.Issue(CallerRole.Agent, "host-a");
+        var now = DateTimeOffset.UtcNow;
+        var token = CallerToken.Sign(a, now);
+        Assert.Equal(new Caller(CallerRole.Agent, "host-a"), CallerToken.Verify(token, _authority.Certificate, now));
+        Assert.Equal(new Caller(CallerRole.Agent, "host-a"), CallerToken.Verify(token, _authority.Certificate, now + TimeSpan.FromMinutes(11)));
+        Assert.Contains("expired", Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(token, _authority.Certificate, now + TimeSpan.FromMinutes(13))).Message);
+        Assert.Contains("not yet valid", Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(token, _authority.Certificate, now - TimeSpan.FromMinutes(3))).Message);
+        var parts = token.Split('~');
+        var tampered = parts[0].Replace("|agent|", "|silo|", StringComparison.Ordinal) + "~" + parts[1] + "~" + parts[2];
+        Assert.Contains("certificate is agent 'host-a'", Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(tampered, _authority.Certificate, now)).Message);
+        var stretched = parts[0][..parts[0].LastIndexOf('|')] + "|" + (now.ToUnixTimeSeconds() + 86_400) + "~" + parts[1] + "~" + parts[2];
+        Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(stretched, _authority.Certificate, now));
+        var resigned = parts[0] + "~" + parts[1] + "~" + Convert.ToBase64String(new byte[64]);
+        Assert.Contains("signature", Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(resigned, _authority.Certificate, now)).Message);
+        using var other = DevelopmentAuthority.Create("not the fleet's");
+        Assert.Contains("certificate", Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(token, other.Certificate, now)).Message);
+        Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify("garbage", _authority.Certificate, now));
+        // A certificate past its validity signs nothing that is accepted.
+        using var old = _authority.Issue(CallerRole.Agent, "host-old", TimeSpan.FromDays(1), now.AddDays(-2));
+        Assert.Contains("certificate", Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(CallerToken.Sign(old, now), _authority.Certificate, now)).Message);
+    }
+
+    [Fact]
+    public void Credentials_NameWhatIsWrong()
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-pki-");
+        try
+        {
+            var files = _authority.IssueFiles(folder.FullName, CallerRole.Agent, "host-a");
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(files.Key));
+            using (var loaded = ControlPlaneCredential.Load(files.Certificate, files.Key, files.Authority))
+            {
+                Assert.Equal(new Caller(CallerRole.Agent, "host-a"), loaded.Caller);
+            }
+            Assert.Contains("authority.pem", Assert.Throws<FormatException>(() => ControlPlaneCredential.Load(files.Certificate, files.Key, files.Certificate + ".missing")).Message
+                .Replace(".pem.missing", "authority.pem", StringComparison.Ordinal));
+            using var other = DevelopmentAuthority.Create("not the fleet's");
+            var foreign = other.IssueFiles(Path.Combine(folder.FullName, "other"), CallerRole.Agent, "host-a");
+            Assert.Contains("fleet's authority", Assert.Throws<FormatException>(() => ControlPlaneCredential.Load(foreign.Certificate, foreign.Key, files.Authority)).Message);
+            Assert.Contains(foreign.Key, Assert.Throws<FormatException>(() => ControlPlaneCredential.Load(files.Certificate, foreign.Key, files.Authority)).Message);
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public void CertificatesFromTheOperatorsScript_AreAccepted_WithTheRoleTheAuthorityGave()
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-pki-script-");
+        var script = Path.Combine(RepositoryRoot.Directory, "deploy", "pki", "fabric-pki");
+        try
+        {
+            Assert.Equal(0, Processes.Run("sh", [script, "authority", folder.FullName]).Code);
+            // The host makes its key and request; the authority signs it as an agent (the request's subject counts for nothing).
+            Assert.Equal(0, Processes.Run("sh", [script, "request", folder.FullName, "host-a"]).Code);
+            Assert.Equal(0, Processes.Run("sh", [script, "sign", folder.FullName, "agent", "host-a", "30"]).Code);
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(folder.FullName, "host-a-key.pem")));
+            using var credential = ControlPlaneCredential.Load(Path.Combine(folder.FullName, "host-a.pem"), Path.Combine(folder.FullName, "host-a-key.pem"),
+                Path.Combine(folder.FullName, "authority.pem"));
+            Assert.Equal(new Caller(CallerRole.Agent, "host-a"), credential.Caller);
+            Assert.Equal(credential.Caller, CallerToken.Verify(credential.Token(DateTimeOffset.UtcNow), credential.Authority, DateTimeOffset.UtcNow));
+            var (code, _, stderr) = Processes.Run("sh", [script, "issue", folder.FullName, "root", "host-b"]);
+            Assert.Equal(2, code);
+            Assert.Contains("role 'root': expected silo, operator or agent", stderr, StringComparison.Ordinal);
+            Assert.Contains("name 'host b'", Processes.Run("sh", [script, "issue", folder.FullName, "agent", "host b"]).Stderr, StringComparison.Ordinal);
+            Assert.Contains("an authority is made once", Processes.Run("sh", [script, "authority", folder.FullName]).Stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
+    private sealed class RecordingObserver : IAgentObserver
+    {
+        private int _changes;
+        private int _tokens;
+
+        public int Changes => Volatile.Read(ref _changes);
+
+        public int TokensSeen => Volatile.Read(ref _tokens);
+
+        public Task DesiredStateChangedAsync(DesiredStateChange change)
+        {
+            if (RequestContext.Get(CallerToken.ContextKey) is not null)
+            {
+                Interlocked.Increment(ref _tokens);
+            }
+            Interlocked.Increment(ref _changes);
+            return Task.CompletedTask;
+        }
+    }
+
+    /// <summary>An attacker's client filter, after the honest one: rewrites (or drops) the token each call carries.</summary>
+    private sealed class RewriteToken(Func<string, string?> rewrite) : IOutgoingGrainCallFilter
+    {
+        public async Task Invoke(IOutgoingGrainCallContext context)
+        {
+            if (!ControlPlaneAuthorization.IsFabric(context.InterfaceMethod.DeclaringType!))
+            {
+                // The cluster's manifest, which the client needs to start at all.
+            }
+            else if (rewrite((string)RequestContext.Get(CallerToken.ContextKey)!) is { } token)
+            {
+                RequestContext.Set(CallerToken.ContextKey, token);
+            }
+            else
+            {
+                RequestContext.Remove(CallerToken.ContextKey);
+            }
+            await context.Invoke();
+        }
+    }
+}
+
+/// <summary>Agents' certificates for tests that run real agents against a secured silo.</summary>
+internal static class Credentials
+{
+    /// <summary><paramref name="control"/> with <paramref name="host"/>'s certificate from <paramref name="authority"/> (unchanged without one).</summary>
+    public static Fabric.Agent.ControlPlaneConfig Secured(Fabric.Agent.ControlPlaneConfig control, DevelopmentAuthority? authority, string folder, string host)
+    {
+        if (authority is null)
+        {
+            return control;
+        }
+        var (certificate, key, authorityFile) = authority.IssueFiles(folder, CallerRole.Agent, host);
+        return control with { Certificate = certificate, Key = key, Authority = authorityFile };
+    }
+}
