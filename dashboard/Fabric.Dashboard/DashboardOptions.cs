@@ -25,7 +25,8 @@ public sealed record DashboardOptions(
     bool Namespaces = false,
     string? Certificate = null,
     string? Key = null,
-    string? Authority = null)
+    string? Authority = null,
+    string Clustering = "static")
 {
     private static readonly Option<bool> EmbeddedOption = new("--embedded")
     {
@@ -113,6 +114,15 @@ public sealed record DashboardOptions(
         HelpName = "FILE",
     };
 
+    private static readonly Option<string> ClusteringOption = new("--clustering")
+    {
+        Description = "how the dashboard finds the silos in cluster mode: static (the --gateway list) or azure-table (the cluster's membership "
+            + "table; its connection string in FABRIC_TABLE_CONNECTION_STRING)",
+        HelpName = "static|azure-table",
+        DefaultValueFactory = _ => "static",
+        CustomParser = CommandLineConventions.Parser(text => text is "static" or "azure-table" ? text : throw new FormatException("is not static or azure-table")),
+    };
+
     private static readonly Option<string?> CertificateOption = new("--certificate")
     {
         Description = "the dashboard's certificate from the fleet's authority, OU=operator (PEM; cluster mode, required unless every gateway is on loopback)",
@@ -128,7 +138,7 @@ public sealed record DashboardOptions(
         + "--gateway an Orleans client of a running cluster.")
     {
         EmbeddedOption, NamespacesOption, ListenOption, DataOption, HostsOption, PhaseSecondsOption, SourceRootOption, TestDataOption, GatewayOption,
-        ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption, AuthorityOption,
+        ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption, AuthorityOption, ClusteringOption,
     };
 
     /// <summary>Parses arguments; throws <see cref="FormatException"/> naming the argument that is wrong.</summary>
@@ -146,9 +156,17 @@ public sealed record DashboardOptions(
         var options = new DashboardOptions(true, result.GetValue(ListenOption)!, Path.GetFullPath(result.GetValue(DataOption)!), result.GetValue(HostsOption),
             result.GetValue(PhaseSecondsOption), Full(result.GetValue(SourceRootOption)), Full(result.GetValue(TestDataOption)), gateways,
             result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, Full(result.GetValue(UsersOption)), result.GetValue(NamespacesOption),
-            Full(result.GetValue(CertificateOption)), Full(result.GetValue(KeyOption)), Full(result.GetValue(AuthorityOption)));
+            Full(result.GetValue(CertificateOption)), Full(result.GetValue(KeyOption)), Full(result.GetValue(AuthorityOption)), result.GetValue(ClusteringOption)!);
         var credentials = new[] { options.Certificate, options.Key, options.Authority };
-        if (gateways.Length > 0)
+        if (options.Clustering == "azure-table" && gateways.Length > 0)
+        {
+            throw new FormatException("--clustering azure-table and --gateway exclude each other: the gateways come from the membership table");
+        }
+        if (options.Clustering == "azure-table" && string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable("FABRIC_TABLE_CONNECTION_STRING")))
+        {
+            throw new FormatException("--clustering azure-table: set FABRIC_TABLE_CONNECTION_STRING to the membership table's connection string");
+        }
+        if (gateways.Length > 0 || options.Clustering == "azure-table")
         {
             if (result.GetValue(EmbeddedOption))
             {
@@ -167,7 +185,7 @@ public sealed record DashboardOptions(
             {
                 throw new FormatException("--certificate, --key and --authority go together");
             }
-            if (options.Certificate is null && gateways.Any(g => !IPAddress.IsLoopback(g.Address)))
+            if (options.Certificate is null && (options.Clustering != "static" || gateways.Any(g => !IPAddress.IsLoopback(g.Address))))
             {
                 throw new FormatException("--certificate, --key and --authority are required with a gateway beyond loopback (the control channel is TLS "
                     + "with the dashboard's operator certificate)");

@@ -24,6 +24,7 @@ DevelopmentRepository? repository = null;
 FleetNetwork? network = null;
 string? sourceRoot = null;
 string? agentProgram = null;
+DevelopmentAuthority? authority = null;
 try
 {
     options = DashboardOptions.From(parsed);
@@ -41,6 +42,8 @@ try
         }
         var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent?.Name is "Debug" ? "Debug" : "Release";
         repository = DevelopmentRepository.Create(Path.Combine(options.DataDirectory, "keys"), run, sourceRoot, configuration);
+        // The embedded fleet's own certificate authority (kept in the data folder): the silo and each agent get theirs from it.
+        authority = DevelopmentAuthority.LoadOrCreate(Path.Combine(options.DataDirectory, "authority"));
         if (options.Namespaces)
         {
             agentProgram = Path.Combine(sourceRoot, "dataplane-agent", "Fabric.Agent.Host", "bin", configuration, "net10.0", "fabric-agent");
@@ -63,7 +66,7 @@ try
     }
 }
 catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException or InvalidOperationException or Fabric.Repository.PackageException
-    or Fabric.Repository.TrustException)
+    or Fabric.Repository.TrustException or System.Security.Cryptography.CryptographicException)
 {
     Console.Error.WriteLine($"fabric-dashboard: {e.Message}");
     Console.Error.WriteLine("See 'fabric-dashboard --help'.");
@@ -95,12 +98,10 @@ if (options.Embedded)
     // On loopback; with --namespaces where the host namespaces reach it (their uplinks' root side), never on any address.
     var siloAddress = network is null ? IPAddress.Loopback : FleetNetwork.ControlPlaneAddress;
     simulation.Gateway = $"{siloAddress}:{gatewayPort}";
-    // The embedded fleet's own authority (kept in the data folder): the silo, and each agent, get certificates from it.
-    var authority = DevelopmentAuthority.LoadOrCreate(Path.Combine(options.DataDirectory, "authority"));
     simulation.Authority = authority;
     builder.UseOrleans(silo => silo
         .UseDevelopmentClustering(new IPEndPoint(siloAddress, siloPort))
-        .UseControlPlaneSecurity(authority.Issue(CallerRole.Silo, "embedded"))
+        .UseControlPlaneSecurity(authority!.Issue(CallerRole.Silo, "embedded"))
         .ConfigureEndpoints(siloAddress, siloPort, gatewayPort)
         .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId))
         .AddMemoryGrainStorage(Storage.Name)
@@ -128,19 +129,33 @@ else
         Console.Error.WriteLine($"fabric-dashboard: --certificate '{options.Certificate}' is {credential.Caller}'s; the dashboard needs OU=operator");
         return 2;
     }
-    builder.UseOrleansClient(client => (credential is null ? client : client.UseControlPlaneSecurity(credential))
-        .UseStaticClustering([.. options.Gateways])
-        // A silo that is not up yet is waited for (said every 5 attempts), not a reason to exit.
-        .UseConnectionRetryFilter(async (e, cancellationToken) =>
+    var where = options.Clustering == "azure-table" ? "the membership table" : string.Join(", ", options.Gateways);
+    builder.UseOrleansClient(client =>
+    {
+        if (credential is not null)
         {
-            if (++attempts % 5 == 1)
+            client.UseControlPlaneSecurity(credential);
+        }
+        if (options.Clustering == "azure-table")
+        {
+            client.UseAzureStorageClustering(o => o.TableServiceClient = new Azure.Data.Tables.TableServiceClient(Environment.GetEnvironmentVariable("FABRIC_TABLE_CONNECTION_STRING")));
+        }
+        else
+        {
+            client.UseStaticClustering([.. options.Gateways]);
+        }
+        // A silo that is not up yet is waited for (said every 5 attempts), not a reason to exit.
+        client.UseConnectionRetryFilter(async (e, cancellationToken) =>
             {
-                Console.Error.WriteLine($"fabric-dashboard: waiting for the silo at {string.Join(", ", options.Gateways)}: {e.Message}");
-            }
-            await Task.Delay(TimeSpan.FromSeconds(1), cancellationToken);
-            return true;
-        })
-        .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId)));
+                if (++attempts % 5 == 1)
+                {
+                    Console.Error.WriteLine($"fabric-dashboard: waiting for the silo at {where}: {e.Message}");
+                }
+                await Task.Delay(TimeSpan.FromSeconds(1), cancellationToken);
+                return true;
+            })
+            .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId));
+    });
 }
 
 builder.Services.AddAuthentication(CookieAuthenticationDefaults.AuthenticationScheme)
@@ -211,7 +226,7 @@ Console.WriteLine(options.Embedded
     ? $"Fabric is running on its embedded default: {options.Hosts} simulated hosts{(network is null ? "" : $" as fabric-agent processes in network namespaces {network.Id}-*")}, a silo, "
       + $"stacks signed by the development key in {Path.Combine(options.DataDirectory, "keys")}.\n"
       + $"Dashboard: {url}  (sign in as 'admin' for changes or 'viewer' to look; the passwords are in {users.Path})\nCtrl+C stops it."
-    : $"Fabric dashboard: {url}  (cluster {options.ClusterId} through {string.Join(", ", options.Gateways)}; users from {users.Path})");
+    : $"Fabric dashboard: {url}  (cluster {options.ClusterId} through {(options.Clustering == "azure-table" ? "the membership table" : string.Join(", ", options.Gateways))}; users from {users.Path})");
 await app.WaitForShutdownAsync();
 return 0;
 

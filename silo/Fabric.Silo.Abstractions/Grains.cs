@@ -24,7 +24,11 @@ public interface IVmGrain : IGrainWithStringKey
     [Alias("set-policy")]
     ValueTask<PolicyResult> SetPolicyAsync(Policy policy);
 
-    /// <summary>Registers or moves the VM (its agent calls this); idempotent for the same placement.</summary>
+    /// <summary>
+    /// Registers or moves the VM (its agent calls this); idempotent for the same placement. An agent's move of a VM that
+    /// another live host has is a claim: it takes effect when that host removes the VM or stops being seen (its agent
+    /// silent for <c>VmGrain.SourceSilence</c>), so a host cannot take a running VM's traffic from another.
+    /// </summary>
     [Alias("place")]
     ValueTask PlaceAsync(VmPlacement placement);
 
@@ -111,6 +115,10 @@ public interface IHostGrain : IGrainWithStringKey
 
     [Alias("info"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<HostInfo?> GetInfoAsync();
+
+    /// <summary>When its agent last registered, renewed or reported (null: not since this grain activated).</summary>
+    [Alias("last-seen"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<DateTimeOffset?> GetLastSeenAsync();
 
     [Alias("outcomes")]
     ValueTask<ImmutableArray<Outcome>> GetOutcomesAsync();

@@ -291,7 +291,11 @@ public sealed record VmView(
     [property: Id(3)] long PolicyVersion,
     [property: Id(4)] ImmutableDictionary<string, string> Stacks,
     [property: Id(5)] ImmutableArray<Decision> Log,
-    [property: Id(6)] ImmutableDictionary<string, Decision> Last);
+    [property: Id(6)] ImmutableDictionary<string, Decision> Last)
+{
+    /// <summary>Another host's agent placed the VM there while its host still has it: the move waits for that host to let it go.</summary>
+    [Id(7)] public VmPlacement? Claim { get; init; }
+}
 
 /// <summary>The fleet's index: hosts, each VM's host, and the newest stack switches first.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.fleet-view")]
@@ -363,3 +367,19 @@ public sealed record LearnerView(
     [property: Id(0)] ModelInfo? InService,
     [property: Id(1)] bool LearningEnabled,
     [property: Id(2)] ImmutableArray<TrainingResult> Recent);
+
+/// <summary>
+/// The verified caller of the grain call that runs now, as a silo's authorization filter found it: the host id when an
+/// agent calls (which may then act only for that host); null for a silo's own calls, an operator's, and a silo without
+/// the control channel's security.
+/// </summary>
+public static class CallerContext
+{
+    private static readonly AsyncLocal<string?> Agent = new();
+
+    public static string? AgentHost
+    {
+        get => Agent.Value;
+        set => Agent.Value = value;
+    }
+}

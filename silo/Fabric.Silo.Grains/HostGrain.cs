@@ -40,6 +40,7 @@ public sealed class HostGrain : Grain, IHostGrain
     private readonly Dictionary<string, Peer> _knownPeers = new(StringComparer.Ordinal);
     private static readonly TimeSpan ResyncEvery = TimeSpan.FromMinutes(1);
     private DateTimeOffset _resyncedAt;
+    private DateTimeOffset? _lastSeen;
     private long _version;
     private long _acknowledged;
 
@@ -192,6 +193,7 @@ public sealed class HostGrain : Grain, IHostGrain
             throw new ArgumentException($"host id '{info.HostId}' registered on host grain '{this.GetPrimaryKeyString()}'", nameof(info));
         }
         _observers.Subscribe(observer, observer);
+        _lastSeen = DateTimeOffset.UtcNow;
         if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
         {
             await ResyncAsync(publish: true);
@@ -218,8 +220,11 @@ public sealed class HostGrain : Grain, IHostGrain
     public ValueTask RenewAsync(IAgentObserver observer)
     {
         _observers.Subscribe(observer, observer);
+        _lastSeen = DateTimeOffset.UtcNow;
         return ValueTask.CompletedTask;
     }
+
+    public ValueTask<DateTimeOffset?> GetLastSeenAsync() => ValueTask.FromResult(_lastSeen);
 
     public ValueTask<long> BindAsync(ImmutableArray<Binding> bindings)
     {
@@ -262,6 +267,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public async ValueTask ReportAsync(ImmutableArray<PathSample> paths, ImmutableArray<Outcome> outcomes)
     {
+        _lastSeen = DateTimeOffset.UtcNow;
         var newPeer = false;
         foreach (var sample in paths)
         {

@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using Fabric.Silo.Learning;
 using Fabric.Silo.Selection;
+using Microsoft.Extensions.Logging;
 
 namespace Fabric.Silo;
 
@@ -32,12 +33,13 @@ public sealed class VmLog
 /// path changes, when its policy changes, or when a pending switch has waited long enough. A changed decision is
 /// persisted, then bound on the VM's host (which pushes the change to the agent).
 /// </summary>
-public sealed class VmGrain(
+public sealed partial class VmGrain(
     [PersistentState("vm", Storage.Name)] IPersistentState<VmState> state,
     [PersistentState("vm-log", Storage.Name)] IPersistentState<VmLog> log,
     StackSelector selector,
     OutcomeLog outcomeLog,
-    TimeProvider time) : Grain, IVmGrain
+    TimeProvider time,
+    ILogger<VmGrain> logger) : Grain, IVmGrain
 {
     /// <summary>Material decisions kept per VM (the dashboard's history); older ones are dropped.</summary>
     public const int LogLength = 100;
@@ -132,8 +134,53 @@ public sealed class VmGrain(
         return new PolicyResult(true, [], state.State.PolicyVersion);
     }
 
+    /// <summary>How long a host's agent must have been silent before another host's agent may take its VMs without it removing them.</summary>
+    public static readonly TimeSpan SourceSilence = TimeSpan.FromSeconds(30);
+
+    /// <summary>A move an agent asked for while another live host has the VM (soft state: agents place their VMs again).</summary>
+    private VmPlacement? _claim;
+    private IGrainTimer? _claimCheck;
+
     public async ValueTask PlaceAsync(VmPlacement placement)
     {
+        if (state.State.Placement is { } current && current.HostId != placement.HostId && CallerContext.AgentHost is not null
+            && !await SilentAsync(current.HostId))
+        {
+            // Another host's agent says the VM runs there now — a migration's destination, or a host claiming a VM it
+            // should not have. The VM moves when its host lets it go (removes it) or falls silent, not before.
+            if (_claim != placement)
+            {
+                LogClaim(logger, VmId, placement.HostId, current.HostId);
+            }
+            _claim = placement;
+            _claimCheck ??= this.RegisterGrainTimer(CheckClaimAsync, SourceSilence / 3, SourceSilence / 3);
+            return;
+        }
+        await PlaceCoreAsync(placement);
+    }
+
+    [LoggerMessage(LogLevel.Information, "VM {Vm} placed on {Claimant} while {Host} still has it: it moves there when that host removes it or falls silent")]
+    private static partial void LogClaim(ILogger logger, string vm, string claimant, string host);
+
+    private async Task<bool> SilentAsync(string hostId) =>
+        await GrainFactory.GetGrain<IHostGrain>(hostId).GetLastSeenAsync() is not { } seen || time.GetUtcNow() - seen > SourceSilence;
+
+    private async Task CheckClaimAsync()
+    {
+        if (_claim is { } claim && (state.State.Placement is not { } current || current.HostId == claim.HostId || await SilentAsync(current.HostId)))
+        {
+            await PlaceCoreAsync(claim);
+        }
+        if (_claim is null)
+        {
+            _claimCheck?.Dispose();
+            _claimCheck = null;
+        }
+    }
+
+    private async Task PlaceCoreAsync(VmPlacement placement)
+    {
+        _claim = null;
         var previous = state.State.Placement;
         if (previous == placement)
         {
@@ -212,6 +259,12 @@ public sealed class VmGrain(
         state.State.Stacks.Clear();
         state.State.Pending.Clear();
         await state.WriteStateAsync();
+        if (_claim is { } claim && claim.HostId != hostId)
+        {
+            // The source of a migration let the VM go: its destination has it now.
+            await PlaceCoreAsync(claim);
+            return;
+        }
         await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).VmRemovedAsync(VmId);
     }
 
@@ -248,7 +301,7 @@ public sealed class VmGrain(
     }
 
     public ValueTask<VmView> GetAsync() => ValueTask.FromResult(new VmView(VmId, state.State.Placement, state.State.Policy, state.State.PolicyVersion,
-        state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)));
+        state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)) { Claim = _claim });
 
     private async Task LeaveHostAsync(string hostId)
     {

@@ -5,17 +5,20 @@ using Fabric.Silo;
 using Fabric.Silo.Host;
 using Fabric.Silo.Security;
 using Fabric.Silo.Selection;
+using Orleans.Runtime;
 using Fabric.Programs;
 using OpenTelemetry.Metrics;
 
 // fabric-silo: one silo of Fabric's control plane.
-// GET http://HEALTH_LISTEN/healthz answers 200 with the silo's view once grains answer, 503 otherwise.
+// GET http://HEALTH_LISTEN/healthz answers 200 with the silo's view once grains answer, 503 otherwise; /livez and /readyz are
+// the probes that never touch storage.
 var configOption = new Option<string?>("--config")
 {
     Description = "the silo's configuration (fields in silo/README.md); without it: localhost clustering, memory storage",
     HelpName = "FILE",
 };
-if (CommandLineConventions.Parse(new RootCommand("fabric-silo: one silo of Fabric's control plane (Orleans).") { configOption }, args, out var parsed) is { } exit)
+var checkOption = new Option<bool>("--check") { Description = "check the configuration and exit: 0 when it is valid, 2 naming every problem" };
+if (CommandLineConventions.Parse(new RootCommand("fabric-silo: one silo of Fabric's control plane (Orleans).") { configOption, checkOption }, args, out var parsed) is { } exit)
 {
     return exit;
 }
@@ -31,6 +34,11 @@ catch (Exception e) when (e is FormatException or IOException)
     return 2;
 }
 
+if (parsed.GetValue(checkOption))
+{
+    Console.WriteLine($"fabric-silo: {configPath ?? "defaults"}: valid");
+    return 0;
+}
 ControlPlaneCredential? credential = null;
 if (config.Security is { } security)
 {
@@ -56,6 +64,8 @@ builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat =
 builder.Logging.AddFilter("Polly", LogLevel.Warning).AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
 var health = IPEndPoint.Parse(config.HealthListen);
 builder.WebHost.UseKestrel(k => k.Listen(health));
+// A leaving silo hands its grains over (Orleans' graceful shutdown) within this time; systemd and Kubernetes wait longer.
+builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(config.ShutdownSeconds));
 builder.UseOrleans(silo =>
 {
     silo.Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (config.ClusterId, config.ServiceId));
@@ -67,10 +77,11 @@ builder.UseOrleans(silo =>
     }
     else if (config.AdvertisedAddress is { } advertised)
     {
-        // One silo, reachable by agents on other hosts: its gateway on every address, announced as this one.
+        // One silo, reachable by agents on other hosts: its gateway on every address, announced as this one. Announced on
+        // loopback (where it may run without security) it listens on loopback only.
         var address = IPAddress.Parse(advertised);
         silo.UseDevelopmentClustering(new IPEndPoint(address, config.SiloPort));
-        silo.ConfigureEndpoints(address, config.SiloPort, config.GatewayPort, listenOnAnyHostAddress: true);
+        silo.ConfigureEndpoints(address, config.SiloPort, config.GatewayPort, listenOnAnyHostAddress: !IPAddress.IsLoopback(address));
     }
     else
     {
@@ -116,10 +127,22 @@ app.MapGet("/healthz", async (IGrainFactory grains, CancellationToken cancellati
         return Results.Text($"unhealthy: {e.Message}\n", statusCode: 503);
     }
 });
+// Probes that never touch storage (a storage outage must not get serving silos restarted): alive while the process
+// serves HTTP; ready while this silo is Active in the cluster's membership as it last saw it.
+app.MapGet("/livez", () => Results.Text("alive\n"));
+app.MapGet("/readyz", (IClusterMembershipService membership, ILocalSiloDetails local) =>
+    membership.CurrentSnapshot.GetSiloStatus(local.SiloAddress) is var status && status == SiloStatus.Active
+        ? Results.Text($"ready: {local.SiloAddress} active\n")
+        : Results.Text($"not ready: {local.SiloAddress} {status}\n", statusCode: 503));
 // Read-only views for operators and scripts (the dashboard is the full UI): a VM's policy, stacks and decision log with
-// every candidate's score and the reason; a host's inventory, desired state and acknowledged version.
-app.MapGet("/api/vms/{id}", async (string id, IGrainFactory grains) => Results.Json(await grains.GetGrain<IVmGrain>(id).GetAsync()));
-app.MapGet("/api/hosts/{id}", async (string id, IGrainFactory grains) =>
+// every candidate's score and the reason; a host's inventory, desired state and acknowledged version. Only from this
+// machine (a connection to loopback): they carry no caller identity, and healthListen may be on every address for probes.
+var api = app.MapGroup("/api").AddEndpointFilter(async (context, next) =>
+    context.HttpContext.Connection.LocalIpAddress is { } local && IPAddress.IsLoopback(local)
+        ? await next(context)
+        : Results.Text("the silo's API answers on loopback only\n", statusCode: 403));
+api.MapGet("/vms/{id}", async (string id, IGrainFactory grains) => Results.Json(await grains.GetGrain<IVmGrain>(id).GetAsync()));
+api.MapGet("/hosts/{id}", async (string id, IGrainFactory grains) =>
 {
     var host = grains.GetGrain<IHostGrain>(id);
     return Results.Json(new

@@ -24,9 +24,13 @@ public sealed record SiloConfig(
     int SelectorSustainMilliseconds = 1000,
     CatalogSource? Repository = null,
     LearningOptions? Learning = null,
-    SecurityConfig? Security = null)
+    SecurityConfig? Security = null,
+    int ShutdownSeconds = 60)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
+
+    /// <summary>Overrides advertisedAddress (a pod's address comes from its environment, not from a shared file).</summary>
+    public const string AdvertisedAddressVariable = "FABRIC_ADVERTISED_ADDRESS";
 
     private static readonly JsonSerializerOptions Json = new()
     {
@@ -53,6 +57,10 @@ public sealed record SiloConfig(
             {
                 throw new FormatException($"{path}: {e.Message}");
             }
+        }
+        if (Environment.GetEnvironmentVariable(AdvertisedAddressVariable) is { Length: > 0 } advertised)
+        {
+            config = config with { AdvertisedAddress = advertised };
         }
         var problems = config.Validate().ToList();
         return problems.Count == 0 ? config : throw new FormatException($"{path ?? "defaults"}: {string.Join("; ", problems)}");
@@ -90,6 +98,10 @@ public sealed record SiloConfig(
         if (AdvertisedAddress is not null && !IPAddress.TryParse(AdvertisedAddress, out _))
         {
             yield return $"advertisedAddress: '{AdvertisedAddress}' is not an IP address";
+        }
+        if (ShutdownSeconds is < 5 or > 600)
+        {
+            yield return $"shutdownSeconds: {ShutdownSeconds} is outside 5..600";
         }
         if (SelectorMargin is < 0 or > 1)
         {

@@ -33,25 +33,30 @@ public sealed class CallerTokenFilter(ControlPlaneCredential credential, TimePro
 /// </summary>
 public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, ILogger<CallerAuthorizationFilter> logger) : IIncomingGrainCallFilter
 {
+    private const string TimerInvoker = "Orleans.Runtime.IGrainTimerInvoker";
     private long _refused;
 
     /// <summary>Calls refused since the silo started.</summary>
     public long Refused => Interlocked.Read(ref _refused);
 
-    public Task Invoke(IIncomingGrainCallContext context)
+    public async Task Invoke(IIncomingGrainCallContext context)
     {
         var grainInterface = context.InterfaceMethod.DeclaringType!;
         var token = RequestContext.Get(CallerToken.ContextKey) as string;
-        if (token is null && !ControlPlaneAuthorization.IsFabric(grainInterface) && !(context.SourceId is { } source && source.IsClient()))
+        if (token is null && grainInterface.FullName == TimerInvoker)
         {
-            // Orleans' own work inside the silo (timers, system targets talking to each other) carries no token; a
-            // client's call without one is refused below. Fabric's grains accept nothing without a token.
-            return context.Invoke();
+            // A timer's tick: queued inside the activation, never a message (a client could write any sender into a
+            // message, so the sender proves nothing). Every other call — Orleans' own between silos included, which the
+            // sending silo's outgoing filter signs — needs a token.
+            CallerContext.AgentHost = null;
+            await context.Invoke();
+            return;
         }
         string? refusal;
+        Caller? caller = null;
         try
         {
-            var caller = verifier.Verify(token);
+            caller = verifier.Verify(token);
             refusal = ControlPlaneAuthorization.Check(caller, grainInterface, context.InterfaceMethod.Name, context.TargetId.Key.ToString()!, context.Request.GetArgument);
         }
         catch (UnauthorizedAccessException e)
@@ -60,7 +65,10 @@ public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, I
         }
         if (refusal is null)
         {
-            return context.Invoke();
+            // For the grain (an async method: the caller's context is restored when it returns).
+            CallerContext.AgentHost = caller!.Role == CallerRole.Agent ? caller.Name : null;
+            await context.Invoke();
+            return;
         }
         if (Interlocked.Increment(ref _refused) % 1000 == 1)
         {

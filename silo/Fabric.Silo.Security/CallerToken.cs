@@ -67,7 +67,12 @@ public static class CallerToken
     public static Caller Verify(string token, X509Certificate2 authority, DateTimeOffset now) => Verify(token, authority, now, out _);
 
     /// <summary>As <see cref="Verify(string, X509Certificate2, DateTimeOffset)"/>, with the time the token stops being accepted.</summary>
-    public static Caller Verify(string token, X509Certificate2 authority, DateTimeOffset now, out DateTimeOffset acceptedUntil)
+    public static Caller Verify(string token, X509Certificate2 authority, DateTimeOffset now, out DateTimeOffset acceptedUntil) =>
+        Verify(token, authority, now, out acceptedUntil, static (_, certificate, authority, now) => FleetAuthority.Check(certificate, authority, now));
+
+    /// <summary>As above, with the chain check supplied (a verifier remembers each certificate's verdict).</summary>
+    internal static Caller Verify(string token, X509Certificate2 authority, DateTimeOffset now, out DateTimeOffset acceptedUntil,
+        Func<string, X509Certificate2, X509Certificate2, DateTimeOffset, string?> checkChain)
     {
         var parts = token.Split('~');
         if (parts.Length != 3)
@@ -100,7 +105,7 @@ public static class CallerToken
         }
         using (certificate)
         {
-            if (FleetAuthority.Check(certificate, authority, now) is { } problem)
+            if (checkChain(parts[1], certificate, authority, now) is { } problem)
             {
                 throw new UnauthorizedAccessException($"caller token of '{fields[2]}': certificate {problem}");
             }
@@ -140,14 +145,21 @@ public static class CallerToken
 
 /// <summary>
 /// Verifies tokens for a silo, remembering each verified token until it expires (a token is reused for minutes, and a
-/// signature check costs far more than a lookup). Bounded: past <see cref="Capacity"/> tokens it starts over.
+/// signature check costs far more than a lookup) — one token per certificate, so a holder that signs many tokens only
+/// replaces its own — and each certificate's chain verdict until the next minute (its validity is a matter of time).
+/// Bounded: past <see cref="Capacity"/> certificates it starts over.
 /// </summary>
 public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time)
 {
     public const int Capacity = 100_000;
-    private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until)> _verified = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until)> _tokens = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (string Token, string? Verdict, DateTimeOffset Until)> _certificates = new(StringComparer.Ordinal);
+    private readonly Lock _gate = new();
 
     public X509Certificate2 Authority => authority;
+
+    /// <summary>Tokens remembered now (at most one per certificate).</summary>
+    public int Remembered => _tokens.Count;
 
     /// <summary>Throws <see cref="UnauthorizedAccessException"/> saying why when the token is missing or not good.</summary>
     public Caller Verify(string? token)
@@ -157,16 +169,37 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
             throw new UnauthorizedAccessException("the call carries no caller token: the control plane requires one");
         }
         var now = time.GetUtcNow();
-        if (_verified.TryGetValue(token, out var known) && now < known.Until)
+        if (_tokens.TryGetValue(token, out var known) && now < known.Until)
         {
             return known.Caller;
         }
-        var caller = CallerToken.Verify(token, authority, now, out var until);
-        if (_verified.Count >= Capacity)
+        string? certificateKey = null;
+        var caller = CallerToken.Verify(token, authority, now, out var until, (key, certificate, authority, at) =>
         {
-            _verified.Clear();
+            certificateKey = key;
+            if (_certificates.TryGetValue(key, out var held) && at < held.Until)
+            {
+                return held.Verdict;
+            }
+            var verdict = FleetAuthority.Check(certificate, authority, at);
+            _certificates[key] = (held.Token ?? "", verdict, at + TimeSpan.FromMinutes(1));
+            return verdict;
+        });
+        lock (_gate)
+        {
+            if (_certificates.Count >= Capacity)
+            {
+                _certificates.Clear();
+                _tokens.Clear();
+            }
+            var entry = _certificates.GetValueOrDefault(certificateKey!);
+            if (entry.Token is { Length: > 0 } previous && previous != token)
+            {
+                _tokens.TryRemove(previous, out _);
+            }
+            _certificates[certificateKey!] = (token, entry.Verdict, entry.Until);
+            _tokens[token] = (caller, until);
         }
-        _verified[token] = (caller, until);
         return caller;
     }
 }

@@ -160,11 +160,17 @@ public static class FleetAuthority
     /// <summary>Null when <paramref name="certificate"/> chains to <paramref name="authority"/> at <paramref name="at"/>; else why not.</summary>
     public static string? Check(X509Certificate2 certificate, X509Certificate2 authority, DateTimeOffset at)
     {
+        // Only the authority's own certificates (no intermediates): a stranger's never reaches chain building.
+        if (!certificate.IssuerName.RawData.AsSpan().SequenceEqual(authority.SubjectName.RawData))
+        {
+            return "not issued by the fleet's authority";
+        }
         using var chain = new X509Chain();
         chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
         chain.ChainPolicy.CustomTrustStore.Add(authority);
-        // Revocation: the fleet's certificates are short-lived and a removed host's key is refused by name (see the
-        // threat model); there is no CRL endpoint to ask, so asking would only fail.
+        // Never fetch what a certificate points at (its issuer's or revocation URLs): a stranger's certificate must not
+        // make the silo open connections. Revocation is not checked (the threat model says what that leaves open).
+        chain.ChainPolicy.DisableCertificateDownloads = true;
         chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
         chain.ChainPolicy.VerificationTime = at.UtcDateTime;
         chain.ChainPolicy.VerificationTimeIgnored = false;

@@ -36,7 +36,12 @@ public sealed class DevelopmentAuthority : IDisposable
     public static DevelopmentAuthority LoadOrCreate(string folder)
     {
         var (certificatePath, keyPath) = (Path.Combine(folder, "authority.pem"), Path.Combine(folder, "authority-key.pem"));
-        if (File.Exists(certificatePath) && File.Exists(keyPath))
+        if (File.Exists(certificatePath) != File.Exists(keyPath))
+        {
+            // Half an authority: making a new one would silently orphan every certificate the old one issued.
+            throw new FormatException($"{folder}: {(File.Exists(keyPath) ? certificatePath : keyPath)} is missing beside its other half; restore it or remove both");
+        }
+        if (File.Exists(certificatePath))
         {
             var key = ECDsa.Create();
             key.ImportFromPem(File.ReadAllText(keyPath));

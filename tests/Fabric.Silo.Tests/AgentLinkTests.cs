@@ -307,14 +307,19 @@ public sealed class AgentLinkTests
             Eventually.True(() => Volatile.Read(ref received) > 50, Wait, "frames reach vm3 on host-b", () => fleet.Describe());
 
             // Migration as libvirt does it: the destination starts the VM (its hook registers it), then the source stops it.
-            var moving = System.Diagnostics.Stopwatch.StartNew();
+            // The destination's placement is a claim while the source still has the VM: no host takes a live VM's traffic
+            // by saying it runs there; the move happens when the source lets it go.
             fleet.Register("host-c", "vm3", Mac3, "10.0.0.3", pin: "swap-test");
+            await Eventually.TrueAsync(async () => (await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync()).Claim?.HostId == "host-c", Wait, "host-c's claim on vm3",
+                () => Task.FromResult(fleet.Describe()));
+            Assert.Equal("host-b", RouteOf(fleet["host-a"], Mac3));
+            var moving = System.Diagnostics.Stopwatch.StartNew();
+            Ok(fleet["host-b"].Handle(new ApiRequest("deregister-vm", Id: "vm3")));
             Eventually.True(() => RouteOf(fleet["host-a"], Mac3) == "host-c", Wait, "host-a forwards vm3's frames to host-c", () => fleet.Describe());
             var rerouted = moving.Elapsed;
-            Ok(fleet["host-b"].Handle(new ApiRequest("deregister-vm", Id: "vm3")));
             var before = Volatile.Read(ref received);
             Eventually.True(() => Volatile.Read(ref received) > before + 50, Wait, "frames reach vm3 on host-c", () => fleet.Describe());
-            TestContext.Current.SendDiagnosticMessage($"host-a forwarded to vm3's new host {rerouted.TotalMilliseconds:F0} ms after the destination registered it");
+            TestContext.Current.SendDiagnosticMessage($"host-a forwarded to vm3's new host {rerouted.TotalMilliseconds:F0} ms after the source deregistered it");
 
             // host-b has no VM left: nobody keeps a path to it, and it keeps none.
             Eventually.True(() => !fleet["host-a"].Switch.Paths.ContainsKey("host-b") && fleet["host-b"].Switch.Paths.Count == 0, Wait, "the old host withdrawn", () => fleet.Describe());
@@ -325,6 +330,13 @@ public sealed class AgentLinkTests
             Eventually.True(() => Bound(fleet["host-c"], "vm3/0", "host-a") == "swap-test", Wait, "vm3 bound on host-c", () => fleet.Describe());
             await stop.CancelAsync();
             await Task.WhenAll(sender, receiver);
+
+            // host-b, alive, claims vm1, which runs on host-a: the claim is recorded and changes nothing while host-a has it.
+            fleet.Register("host-b", "vm1", Mac1, "10.0.0.1");
+            await Eventually.TrueAsync(async () => (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Claim?.HostId == "host-b", Wait, "host-b's claim on vm1",
+                () => Task.FromResult(fleet.Describe()));
+            Assert.Equal("host-a", (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId);
+            Assert.Equal("host-a", RouteOf(fleet["host-c"], Mac1));
         }
         finally
         {

@@ -180,7 +180,7 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         error = await Assert.ThrowsAsync<UnauthorizedAccessException>(() => replayed.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync().AsTask());
         Assert.Contains("expired", error.Message);
 
-        // Another authority's certificate with the right name: the TLS handshake fails, no client connects.
+        // Another authority's certificate with the right name: no client connects (TheSilosPorts_… shows the silo itself refuses it).
         using var other = DevelopmentAuthority.Create("not the fleet's");
         await Assert.ThrowsAnyAsync<Exception>(() => ConnectAsync(other.Issue(CallerRole.Agent, "host-a")));
         // No TLS at all.
@@ -189,6 +189,107 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         builder.Logging.ClearProviders();
         Assert.Throws<ArgumentException>(() => builder.UseOrleans(silo => silo.UseControlPlaneSecurity(_authority.Issue(CallerRole.Agent, "host-a"))));
+    }
+
+    [Fact]
+    public async Task TwoSecuredSilos_WorkTogether_WithoutARefusal_AndTheCallerFilterRefusesAForgedSenderWithoutAToken()
+    {
+        // A second silo joins the first (silo port: silos' certificates only); an agent on it places VMs and networks whose
+        // grains land on both silos, so Orleans' own calls between them (membership, directory, placement) and Fabric's
+        // cross-silo calls all pass the filters.
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.ClearProviders();
+        var firstSiloPort = ((System.Net.IPEndPoint)_silo.Services.GetRequiredService<ILocalSiloDetails>().SiloAddress.Endpoint).Port;
+        builder.UseOrleans(silo => silo
+            .UseLocalhostClustering(siloPort, gatewayPort, new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, firstSiloPort), serviceId: "fabric", clusterId: "fabric")
+            .AddMemoryGrainStorage(Storage.Name)
+            .UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-2"))
+            .AddFabricControlPlane(ClusterFixture.Selector));
+        using var second = builder.Build();
+        await second.StartAsync(TestContext.Current.CancellationToken);
+        try
+        {
+            var management = _silo.Services.GetRequiredService<IClusterClient>().GetGrain<IManagementGrain>(0);
+            await Eventually.TrueAsync(async () => (await management.GetHosts(onlyActive: true)).Count == 2, TimeSpan.FromSeconds(30), "two active silos",
+                async () => string.Join(", ", await management.GetHosts()));
+            var a = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-a"));
+            await a.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-a"), a.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
+            for (var i = 0; i < 40; i++)
+            {
+                var mac = $"02:00:00:00:0a:{i:x2}";
+                await a.GetGrain<IVmGrain>($"vm-two-{i}").PlaceAsync(new VmPlacement("host-a", $"vm-two-{i}", (uint)(100 + i), [mac], null)
+                {
+                    Vnics = [new Vnic(mac, (uint)(100 + i), [$"10.10.0.{i + 1}"], [])],
+                });
+            }
+            var grains = _silo.Services.GetRequiredService<IClusterClient>();
+            for (var i = 0; i < 40; i++)
+            {
+                Assert.Equal("host-a", (await grains.GetGrain<IVmGrain>($"vm-two-{i}").GetAsync()).Placement?.HostId);
+            }
+            foreach (var host in new[] { _silo, second })
+            {
+                Assert.Equal(0, host.Services.GetServices<IIncomingGrainCallFilter>().OfType<CallerAuthorizationFilter>().Single().Refused);
+            }
+        }
+        finally
+        {
+            await second.StopAsync(CancellationToken.None);
+        }
+
+        // A client can write any sender into a message; without a token, it is refused whatever the sender says.
+        var filter = _silo.Services.GetServices<IIncomingGrainCallFilter>().OfType<CallerAuthorizationFilter>().Single();
+        var forged = new ForgedCall(typeof(IManagementGrain).GetMethods().First(m => m.Name == nameof(IManagementGrain.GetHosts)), GrainId.Create("sys.svc.membership", "0"));
+        RequestContext.Clear();
+        await Assert.ThrowsAsync<UnauthorizedAccessException>(() => filter.Invoke(forged));
+        Assert.False(forged.Invoked);
+    }
+
+    [Fact]
+    public async Task TheSilosPorts_AdmitOnlyTheAuthoritysCertificates_AndTheClusterPortOnlySilos()
+    {
+        var siloPort = ((System.Net.IPEndPoint)_silo.Services.GetRequiredService<ILocalSiloDetails>().SiloAddress.Endpoint).Port;
+        using var other = DevelopmentAuthority.Create("not the fleet's");
+        using var stranger = other.Issue(CallerRole.Agent, "host-a");
+        using var agent = _authority.Issue(CallerRole.Agent, "host-a");
+        using var silo = _authority.Issue(CallerRole.Silo, "silo-9");
+        // Clients that accept any server: only the silo's judgement of their certificate stands between them and it.
+        Assert.False(await AdmittedAsync(_gatewayPort, stranger.Certificate), "a stranger's certificate at the gateway");
+        Assert.False(await AdmittedAsync(_gatewayPort, null), "no certificate at the gateway");
+        Assert.False(await AdmittedAsync(siloPort, agent.Certificate), "an agent's certificate at the cluster port");
+        Assert.True(await AdmittedAsync(_gatewayPort, agent.Certificate), "an agent's certificate at the gateway");
+        Assert.True(await AdmittedAsync(siloPort, silo.Certificate), "a silo's certificate at the cluster port");
+    }
+
+    /// <summary>Whether the silo keeps a TLS connection open after the handshake (TLS 1.3: a server refuses a client's certificate by closing).</summary>
+    private static async Task<bool> AdmittedAsync(int port, System.Security.Cryptography.X509Certificates.X509Certificate2? certificate)
+    {
+        using var tcp = new System.Net.Sockets.TcpClient();
+        await tcp.ConnectAsync(System.Net.IPAddress.Loopback, port);
+#pragma warning disable CA5359 // An attacker's client: it trusts any server, so only the silo's judgement of the client's certificate is tested.
+        using var tls = new System.Net.Security.SslStream(tcp.GetStream(), false, (_, _, _, _) => true);
+#pragma warning restore CA5359
+        try
+        {
+            await tls.AuthenticateAsClientAsync(new System.Net.Security.SslClientAuthenticationOptions
+            {
+                TargetHost = "silo",
+                ClientCertificates = certificate is null ? null : [certificate],
+                EnabledSslProtocols = System.Security.Authentication.SslProtocols.Tls13,
+            });
+            // The silo waits for the client's preamble, so an admitted connection stays silent; a refused one ends.
+            using var wait = new CancellationTokenSource(TimeSpan.FromSeconds(3));
+            return await tls.ReadAsync(new byte[1], wait.Token) > 0;
+        }
+        catch (OperationCanceledException)
+        {
+            return true;
+        }
+        catch (Exception e) when (e is System.Security.Authentication.AuthenticationException or IOException)
+        {
+            return false;
+        }
     }
 
     [Fact]
@@ -214,6 +315,25 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         // A certificate past its validity signs nothing that is accepted.
         using var old = _authority.Issue(CallerRole.Agent, "host-old", TimeSpan.FromDays(1), now.AddDays(-2));
         Assert.Contains("certificate", Assert.Throws<UnauthorizedAccessException>(() => CallerToken.Verify(CallerToken.Sign(old, now), _authority.Certificate, now)).Message);
+    }
+
+    [Fact]
+    public void TheVerifier_RemembersOneTokenPerCertificate_AndNoneBeyondItsExpiry()
+    {
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var verifier = new CallerVerifier(_authority.Certificate, time);
+        using var a = _authority.Issue(CallerRole.Agent, "host-a");
+        using var b = _authority.Issue(CallerRole.Agent, "host-b");
+        // ECDSA signatures are randomised: one key makes as many distinct valid tokens as it likes.
+        for (var i = 0; i < 50; i++)
+        {
+            Assert.Equal("host-a", verifier.Verify(CallerToken.Sign(a, time.GetUtcNow())).Name);
+        }
+        var token = CallerToken.Sign(b, time.GetUtcNow());
+        Assert.Equal("host-b", verifier.Verify(token).Name);
+        Assert.Equal(2, verifier.Remembered);
+        time.Advance(TimeSpan.FromMinutes(13));
+        Assert.Contains("expired", Assert.Throws<UnauthorizedAccessException>(() => verifier.Verify(token)).Message);
     }
 
     [Fact]
@@ -285,6 +405,30 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
                 Interlocked.Increment(ref _tokens);
             }
             Interlocked.Increment(ref _changes);
+            return Task.CompletedTask;
+        }
+    }
+
+    /// <summary>A call as a forged message would arrive: any sender, no token (only what the filter reads is real).</summary>
+    private sealed class ForgedCall(System.Reflection.MethodInfo method, GrainId source) : IIncomingGrainCallContext
+    {
+        public bool Invoked { get; private set; }
+        public Orleans.Serialization.Invocation.IInvokable Request => throw new NotSupportedException();
+        public object Grain => throw new NotSupportedException();
+        public GrainId? SourceId => source;
+        public GrainId TargetId => GrainId.Create("management", "0");
+        public GrainInterfaceType InterfaceType => default;
+        public string InterfaceName => method.DeclaringType!.FullName!;
+        public string MethodName => method.Name;
+        public System.Reflection.MethodInfo InterfaceMethod => method;
+        public object? Result { get; set; }
+        public Orleans.Serialization.Invocation.Response? Response { get; set; }
+        public IGrainContext TargetContext => throw new NotSupportedException();
+        public System.Reflection.MethodInfo ImplementationMethod => method;
+
+        public Task Invoke()
+        {
+            Invoked = true;
             return Task.CompletedTask;
         }
     }

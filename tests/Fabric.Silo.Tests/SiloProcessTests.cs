@@ -43,12 +43,12 @@ public class SiloProcessTests(Azurite azurite)
         }
     }
 
-    private static string Healthz(int port)
+    private static string Healthz(int port, string path = "/healthz")
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         try
         {
-            using var response = http.GetAsync(new Uri($"http://127.0.0.1:{port}/healthz")).GetAwaiter().GetResult();
+            using var response = http.GetAsync(new Uri($"http://127.0.0.1:{port}{path}")).GetAwaiter().GetResult();
             return $"{(int)response.StatusCode} {response.Content.ReadAsStringAsync().GetAwaiter().GetResult()}";
         }
         catch (HttpRequestException e)
@@ -82,6 +82,10 @@ public class SiloProcessTests(Azurite azurite)
                 Eventually.True(() => Healthz(healthPort).StartsWith("200 ok", StringComparison.Ordinal) || silo.HasExited, TimeSpan.FromSeconds(60), "silo healthy",
                     () => $"{Healthz(healthPort)}; output: {string.Join(" | ", silo.Output.Take(20))}");
                 Assert.False(silo.HasExited, string.Join("\n", silo.Output));
+                // The probes the Kubernetes manifest uses (deploy/kubernetes/silo.yaml): storage-free, and the API only from loopback.
+                Assert.StartsWith("200 alive", Healthz(healthPort, "/livez"), StringComparison.Ordinal);
+                Assert.StartsWith("200 ready", Healthz(healthPort, "/readyz"), StringComparison.Ordinal);
+                Assert.StartsWith("200 ", Healthz(healthPort, "/api/vms/nobody"), StringComparison.Ordinal);
                 using var client = await ConnectAsync(cluster);
                 var grains = client.Services.GetRequiredService<IClusterClient>();
                 foreach (var stack in All)
