@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dotnet build tests/Fabric.Benchmarks -c Release -nologo -clp:ErrorsOnly
 # Server GC, as fabric-silo runs (its project sets ServerGarbageCollection): workstation GC pauses doubled the p50.
-DOTNET_gcServer=1 exec tests/Fabric.Benchmarks/bin/Release/net10.0/Fabric.Benchmarks controlplane "${1:-30}"
+DOTNET_gcServer=1 exec tests/Fabric.Benchmarks/bin/Release/net10.0/Fabric.Benchmarks controlplane "${1:-30}" "${@:2}"

@@ -116,6 +116,10 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("info"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<HostInfo?> GetInfoAsync();
 
+    /// <summary>From the fleet grain, once the host's VMs are removed: drops everything this grain holds (the host was removed).</summary>
+    [Alias("forget")]
+    ValueTask ForgetAsync();
+
     /// <summary>When its agent last registered, renewed or reported (null: not since this grain activated).</summary>
     [Alias("last-seen"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<DateTimeOffset?> GetLastSeenAsync();
@@ -202,14 +206,32 @@ public interface IFleetGrain : IGrainWithStringKey
 {
     const string Key = "fleet";
 
-    [Alias("host-seen")]
+    /// <summary>Interleaved (as the two below): an in-memory note that a host removal, which waits on VMs, may receive.</summary>
+    [Alias("host-seen"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask HostSeenAsync(string hostId);
 
-    [Alias("vm-placed")]
+    [Alias("vm-placed"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask VmPlacedAsync(string vmId, string hostId);
 
-    [Alias("vm-removed")]
+    [Alias("vm-removed"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask VmRemovedAsync(string vmId);
+
+    /// <summary>
+    /// An operator takes a host out of the fleet (decommissioned, or its key or certificate suspected): it is recorded as
+    /// removed (persisted before this returns), every silo refuses its agent within <c>RevokedHosts.RefreshPeriod</c>,
+    /// and each of its VMs is removed, so every host that shared a network with it drops its routes, the host itself and
+    /// the keys derived with it. Idempotent.
+    /// </summary>
+    [Alias("remove-host")]
+    ValueTask RemoveHostAsync(string hostId);
+
+    /// <summary>An operator lets a removed host back in (its agent registers and places its VMs again).</summary>
+    [Alias("readmit-host")]
+    ValueTask ReadmitHostAsync(string hostId);
+
+    /// <summary>The hosts removed from the fleet.</summary>
+    [Alias("removed"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<ImmutableArray<string>> ListRemovedAsync();
 
     /// <summary>One-way, from a VM's grain: a decision that switched its stack on a path.</summary>
     [Alias("switched"), Orleans.Concurrency.OneWay]

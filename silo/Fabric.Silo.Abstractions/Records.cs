@@ -302,7 +302,11 @@ public sealed record VmView(
 public sealed record FleetView(
     [property: Id(0)] ImmutableArray<string> Hosts,
     [property: Id(1)] ImmutableSortedDictionary<string, string> Vms,
-    [property: Id(2)] ImmutableArray<Decision> RecentSwitches);
+    [property: Id(2)] ImmutableArray<Decision> RecentSwitches)
+{
+    /// <summary>Hosts an operator removed from the fleet (refused by every silo until readmitted).</summary>
+    [Id(3)] public ImmutableArray<string> Removed { get; init; } = [];
+}
 
 /// <summary>A named policy of the library, its version (each save adds one) and when it was saved.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.named-policy")]

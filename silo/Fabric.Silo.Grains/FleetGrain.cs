@@ -8,6 +8,7 @@ public sealed class FleetState
 {
     [Id(0)] public SortedSet<string> Hosts { get; set; } = new(StringComparer.Ordinal);
     [Id(1)] public Dictionary<string, string> Vms { get; set; } = new(StringComparer.Ordinal);
+    [Id(2)] public SortedSet<string> Removed { get; set; } = new(StringComparer.Ordinal);
 }
 
 /// <summary>
@@ -81,5 +82,34 @@ public sealed class FleetGrain([PersistentState("fleet", Storage.Name)] IPersist
     }
 
     public ValueTask<FleetView> GetAsync() => ValueTask.FromResult(new FleetView([.. state.State.Hosts],
-        state.State.Vms.ToImmutableSortedDictionary(StringComparer.Ordinal), [.. _recent]));
+        state.State.Vms.ToImmutableSortedDictionary(StringComparer.Ordinal), [.. _recent]) { Removed = [.. state.State.Removed] });
+
+    public async ValueTask RemoveHostAsync(string hostId)
+    {
+        if (state.State.Removed.Add(hostId))
+        {
+            state.State.Hosts.Remove(hostId);
+            // Persisted before anything else: a silo that restarts meanwhile still refuses the host.
+            await state.WriteStateAsync();
+        }
+        // Its VMs leave their networks, so the hosts that shared them withdraw its routes and then the host itself. The VM
+        // grains call back here (interleaved) and into the host grain, which is not busy: this grain orchestrates.
+        var host = GrainFactory.GetGrain<IHostGrain>(hostId);
+        var vms = (await host.ListVmsAsync()).Union(state.State.Vms.Where(v => v.Value == hostId).Select(v => v.Key), StringComparer.Ordinal).ToList();
+        foreach (var vm in vms)
+        {
+            await GrainFactory.GetGrain<IVmGrain>(vm).RemoveAsync(hostId);
+        }
+        await host.ForgetAsync();
+    }
+
+    public async ValueTask ReadmitHostAsync(string hostId)
+    {
+        if (state.State.Removed.Remove(hostId))
+        {
+            await state.WriteStateAsync();
+        }
+    }
+
+    public ValueTask<ImmutableArray<string>> ListRemovedAsync() => ValueTask.FromResult<ImmutableArray<string>>([.. state.State.Removed]);
 }

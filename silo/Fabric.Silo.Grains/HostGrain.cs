@@ -226,6 +226,21 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public ValueTask<DateTimeOffset?> GetLastSeenAsync() => ValueTask.FromResult(_lastSeen);
 
+    public async ValueTask ForgetAsync()
+    {
+        // The host was removed from the fleet: nothing of it is kept, and a new epoch starts, so an agent readmitted later
+        // places its VMs again instead of trusting what this grain knew.
+        _bindings.Clear();
+        _routes.Clear();
+        _peers.Clear();
+        _knownPeers.Clear();
+        _lastSeen = null;
+        _observers.Clear();
+        _state.State = new HostState { Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds) };
+        await _state.WriteStateAsync();
+        (_version, _acknowledged) = (_state.State.Epoch << 32, 0);
+    }
+
     public ValueTask<long> BindAsync(ImmutableArray<Binding> bindings)
     {
         var changed = bindings.Where(b => !(_bindings.TryGetValue(Key(b), out var existing) && existing == b)).ToImmutableArray();

@@ -31,7 +31,7 @@ public sealed class CallerTokenFilter(ControlPlaneCredential credential, TimePro
 /// name must allow the method (<see cref="ControlPlaneAuthorization"/>); otherwise the call fails with
 /// <see cref="UnauthorizedAccessException"/> saying why, before the grain runs.
 /// </summary>
-public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, ILogger<CallerAuthorizationFilter> logger) : IIncomingGrainCallFilter
+public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, RevokedHosts revoked, ILogger<CallerAuthorizationFilter> logger) : IIncomingGrainCallFilter
 {
     private const string TimerInvoker = "Orleans.Runtime.IGrainTimerInvoker";
     private long _refused;
@@ -43,11 +43,12 @@ public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, I
     {
         var grainInterface = context.InterfaceMethod.DeclaringType!;
         var token = RequestContext.Get(CallerToken.ContextKey) as string;
-        if (token is null && grainInterface.FullName == TimerInvoker)
+        if (token is null && (grainInterface.FullName == TimerInvoker || context.TargetId.IsClient()))
         {
             // A timer's tick: queued inside the activation, never a message (a client could write any sender into a
-            // message, so the sender proves nothing). Every other call — Orleans' own between silos included, which the
-            // sending silo's outgoing filter signs — needs a token.
+            // message, so the sender proves nothing); or a call to an object of this silo's own hosted client (an
+            // observer silo code made), which carries no token because calls to clients never do. Every other call —
+            // Orleans' own between silos included, which the sending silo's outgoing filter signs — needs a token.
             CallerContext.AgentHost = null;
             await context.Invoke();
             return;
@@ -57,7 +58,9 @@ public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, I
         try
         {
             caller = verifier.Verify(token);
-            refusal = ControlPlaneAuthorization.Check(caller, grainInterface, context.InterfaceMethod.Name, context.TargetId.Key.ToString()!, context.Request.GetArgument);
+            refusal = caller.Role == CallerRole.Agent && revoked.Contains(caller.Name)
+                ? $"host '{caller.Name}' was removed from the fleet"
+                : ControlPlaneAuthorization.Check(caller, grainInterface, context.InterfaceMethod.Name, context.TargetId.Key.ToString()!, context.Request.GetArgument);
         }
         catch (UnauthorizedAccessException e)
         {

@@ -19,7 +19,7 @@ public static class ControlPlaneAuthorization
         [typeof(ICatalogGrain)] = null,
         [typeof(IPolicyLibraryGrain)] = null,
         [typeof(ILearnerGrain)] = null,
-        [typeof(IFleetGrain)] = [nameof(IFleetGrain.GetAsync)],
+        [typeof(IFleetGrain)] = [nameof(IFleetGrain.GetAsync), nameof(IFleetGrain.RemoveHostAsync), nameof(IFleetGrain.ReadmitHostAsync), nameof(IFleetGrain.ListRemovedAsync)],
         [typeof(INetworkGrain)] = [nameof(INetworkGrain.GetAsync)],
         [typeof(IVmGrain)] = [nameof(IVmGrain.SetPolicyAsync), nameof(IVmGrain.GetAsync)],
         [typeof(IPathGrain)] = [nameof(IPathGrain.GetConditionsAsync), nameof(IPathGrain.GetHistoryAsync)],

@@ -21,6 +21,8 @@ public static class SecurityHosting
         }
         silo.Services.AddSingleton(credential);
         silo.Services.AddSingleton(sp => new CallerVerifier(credential.Authority, sp.GetService<TimeProvider>() ?? TimeProvider.System));
+        silo.Services.AddSingleton<RevokedHosts>();
+        silo.Services.AddHostedService<RevokedHostsRefresher>();
         silo.AddIncomingGrainCallFilter<CallerAuthorizationFilter>();
         silo.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
         var fromSilos = Tls(credential, CallerRole.Silo);

@@ -49,14 +49,44 @@ internal static class ControlPlaneBenchmark
         }
     }
 
-    public static async Task<int> RunAsync(int seconds, double changeShare = 0.01)
+    /// <summary>What one run measured.</summary>
+    public sealed record Result(double SamplesPerSecond, double DecisionP50Ms, double DecisionP99Ms, double CpuCores, double WorkingSetMiB);
+
+    /// <summary>
+    /// The run without (warm-up), with, and again without the control channel's security (the silo's caller filters: every call signed as the
+    /// silo and verified; the agents here are in the silo's process, so TLS itself is not in this figure), and the ratios.
+    /// </summary>
+    public static async Task<int> CompareSecurityAsync(int seconds, double changeShare)
+    {
+        // The first run warms the JIT; the secured run is compared with the plain run after it (both warm).
+        Console.WriteLine("--- warm-up, without the control channel's security");
+        await RunAsync(seconds, changeShare, secured: false);
+        Console.WriteLine("--- with it (caller tokens signed and verified on every grain call)");
+        var secured = await RunAsync(seconds, changeShare, secured: true);
+        Console.WriteLine("--- without it");
+        var plain = await RunAsync(seconds, changeShare, secured: false);
+        Console.WriteLine($"security costs: CPU {secured.CpuCores / plain.CpuCores:0.00}x, decision p50 {secured.DecisionP50Ms / plain.DecisionP50Ms:0.00}x, "
+            + $"p99 {secured.DecisionP99Ms / plain.DecisionP99Ms:0.00}x, working set {secured.WorkingSetMiB / plain.WorkingSetMiB:0.00}x (same run, same load)");
+        return 0;
+    }
+
+    public static async Task<Result> RunAsync(int seconds, double changeShare = 0.01, bool secured = false)
     {
         var builder = Host.CreateApplicationBuilder();
-        builder.Logging.ClearProviders();
-        builder.UseOrleans(silo => silo
-            .UseLocalhostClustering(siloPort: 21111, gatewayPort: 31000)
-            .AddMemoryGrainStorage(Storage.Name)
-            .AddFabricControlPlane(new SelectorOptions(0.10, TimeSpan.Zero)));
+        // Only a refused call is worth a line here (it would make the secured figures meaningless).
+        builder.Logging.ClearProviders().AddSimpleConsole().AddFilter((category, level) => category?.StartsWith("Fabric.Silo.Security", StringComparison.Ordinal) == true
+            && level >= LogLevel.Warning);
+        using var authority = Fabric.Silo.Security.DevelopmentAuthority.Create("bench authority");
+        builder.UseOrleans(silo =>
+        {
+            silo.UseLocalhostClustering(siloPort: 21111, gatewayPort: 31000)
+                .AddMemoryGrainStorage(Storage.Name)
+                .AddFabricControlPlane(new SelectorOptions(0.10, TimeSpan.Zero));
+            if (secured)
+            {
+                Fabric.Silo.Security.SecurityHosting.UseControlPlaneSecurity(silo, authority.Issue(Fabric.Silo.Security.CallerRole.Silo, "bench"));
+            }
+        });
         using var app = builder.Build();
         await app.StartAsync();
         var grains = app.Services.GetRequiredService<IClusterClient>();
@@ -165,6 +195,6 @@ internal static class ControlPlaneBenchmark
         Console.WriteLine($"process (silo + {Hosts} simulated agents): CPU {cpu * 100:0} % of one core ({cpu / Environment.ProcessorCount * 100:0} % of {Environment.ProcessorCount}), working set {process.WorkingSet64 / 1048576.0:0} MiB, GC heap {GC.GetTotalMemory(false) / 1048576.0:0} MiB");
         GC.KeepAlive(agents);
         await app.StopAsync();
-        return 0;
+        return new Result(samples / elapsed.TotalSeconds, Percentile(0.5), Percentile(0.99), cpu, process.WorkingSet64 / 1048576.0);
     }
 }

@@ -12,8 +12,11 @@ return args.FirstOrDefault() switch
         int.Parse(Option("--latency-seconds") ?? "10", System.Globalization.CultureInfo.InvariantCulture), Option("--csv") ?? "stacks.csv",
         Option("--testdata") ?? Path.GetFullPath(Path.Combine(Fabric.Testing.RepositoryRoot.Directory, "..", "shared", "testdata")), Option("--cells"), Option("--carriers")),
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
-    "controlplane" => await ControlPlaneBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var ticks) ? ticks : 30,
+    "controlplane" when args.Contains("--compare-security") => await ControlPlaneBenchmark.CompareSecurityAsync(
+        args.Length > 1 && int.TryParse(args[1], out var ticks) ? ticks : 30,
         args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share) ? share : 0.01),
+    "controlplane" => (await ControlPlaneBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var ticks2) ? ticks2 : 30,
+        args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share2) ? share2 : 0.01)) is not null ? 0 : 1,
     "fleet" => await FleetBenchmark.RunAsync(),
     "learning" => Learning(),
     "policy-shell" when args.Length == 2 => await PolicyShell.RunAsync(args[1]),
@@ -79,6 +82,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS [CHANGING_SHARE]] | fleet | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS [CHANGING_SHARE]] [--compare-security] | fleet | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
     return 2;
 }

@@ -344,6 +344,47 @@ public sealed class AgentLinkTests
         }
     }
 
+    [Fact]
+    public async Task ARemovedHost_IsDroppedByEveryHostThatSharedANetwork_AndRefusedByTheControlPlane_UntilReadmitted()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        using var authority = DevelopmentAuthority.Create("Fabric test authority");
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort, authority);
+        await using var fleet = new ProgrammedHosts(gatewayPort, authority, "host-a", "host-b", "host-c");
+        try
+        {
+            fleet.Register("host-a", "vm1", Mac1, "10.0.0.1");
+            fleet.Register("host-b", "vm2", Mac2, "10.0.0.2");
+            fleet.Register("host-c", "vm3", Mac3, "10.0.0.3");
+            Eventually.True(() => RouteOf(fleet["host-a"], Mac3) == "host-c" && RouteOf(fleet["host-b"], Mac3) == "host-c" && RouteOf(fleet["host-c"], Mac1) == "host-a",
+                Wait, "routes programmed", () => fleet.Describe());
+
+            // An operator removes host-c (a decommissioned host, or one whose key is suspected).
+            await silo.Grains.GetGrain<IFleetGrain>(IFleetGrain.Key).RemoveHostAsync("host-c");
+            Eventually.True(() => RouteOf(fleet["host-a"], Mac3) is null && RouteOf(fleet["host-b"], Mac3) is null
+                && !fleet["host-a"].Switch.Paths.ContainsKey("host-c") && !fleet["host-b"].Switch.Paths.ContainsKey("host-c"),
+                Wait, "every host that shared a network with host-c drops it", () => fleet.Describe());
+            Eventually.True(() => fleet.LinkOf("host-c").Status.LastError?.Contains("removed from the fleet", StringComparison.Ordinal) == true, Wait,
+                "host-c's agent refused", () => $"{fleet.LinkOf("host-c").Status}");
+            Assert.Null((await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync()).Placement);
+            var view = await silo.Grains.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync();
+            Assert.Contains("host-c", view.Removed);
+            Assert.DoesNotContain("host-c", view.Hosts);
+            // It stays out: its agent keeps trying, and nothing of it comes back.
+            await Task.Delay(TimeSpan.FromSeconds(3), TestContext.Current.CancellationToken);
+            Assert.Null(RouteOf(fleet["host-a"], Mac3));
+
+            // Readmitted, its agent registers and places its VM again: the routes come back.
+            await silo.Grains.GetGrain<IFleetGrain>(IFleetGrain.Key).ReadmitHostAsync("host-c");
+            Eventually.True(() => RouteOf(fleet["host-a"], Mac3) == "host-c" && fleet.LinkOf("host-c").Status.Connected, TimeSpan.FromSeconds(30),
+                "host-c back in the fleet", () => $"{fleet.LinkOf("host-c").Status}; {fleet.Describe()}");
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+        }
+    }
+
     private static string? RouteOf(Agent.Agent agent, MacAddress mac) => agent.Switch.Table.FindByMac(100, mac)?.RemoteHost;
 
     /// <summary>Agents whose configurations name no peer, route or key (each with a state folder for its host key), linked to one silo.</summary>
@@ -370,6 +411,8 @@ public sealed class AgentLinkTests
         }
 
         public Agent.Agent this[string id] => _hosts.Single(h => h.Agent.Config.HostId == id).Agent;
+
+        public ControlPlaneLink LinkOf(string id) => _hosts.Single(h => h.Agent.Config.HostId == id).Link;
 
         public void Register(string host, string vm, MacAddress mac, string ipv4, string? pin = null) =>
             Ok(this[host].Handle(new ApiRequest("register-vm", Registration: new VmRegistration(vm, vm,
