@@ -274,6 +274,12 @@ public sealed partial class VmGrain(
         {
             return;
         }
+        if (_last.TryGetValue(remoteHost, out var last) && !PathSmoother.Significant(last.Conditions, conditions) && !state.State.Pending.ContainsKey(remoteHost))
+        {
+            // Conditions this VM has already decided on (the host grain tells every path again now and then, in case a
+            // notice was lost): nothing to decide.
+            return;
+        }
         var bindings = Evaluate(remoteHost, conditions, await CatalogAsync(), await HostStacksAsync(state.State.Placement.HostId));
         await CommitAsync(bindings);
     }

@@ -69,6 +69,9 @@ builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSe
 builder.UseOrleans(silo =>
 {
     silo.Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (config.ClusterId, config.ServiceId));
+    // A dead silo's grains (and so its VMs' decisions) stop until the cluster declares it dead: after missedProbes probes
+    // of probeSeconds each fail (6 s by default; Orleans' own 3 × 5 s = 15 s left VMs without decisions too long).
+    silo.Configure<Orleans.Configuration.ClusterMembershipOptions>(o => (o.ProbeTimeout, o.NumMissedProbesLimit) = (TimeSpan.FromSeconds(config.ProbeSeconds), config.MissedProbes));
     var connection = Environment.GetEnvironmentVariable(SiloConfig.ConnectionVariable);
     if (config.Clustering == "azure-table")
     {

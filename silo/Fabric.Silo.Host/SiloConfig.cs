@@ -25,7 +25,9 @@ public sealed record SiloConfig(
     CatalogSource? Repository = null,
     LearningOptions? Learning = null,
     SecurityConfig? Security = null,
-    int ShutdownSeconds = 60)
+    int ShutdownSeconds = 60,
+    int ProbeSeconds = 2,
+    int MissedProbes = 3)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
 
@@ -98,6 +100,14 @@ public sealed record SiloConfig(
         if (AdvertisedAddress is not null && !IPAddress.TryParse(AdvertisedAddress, out _))
         {
             yield return $"advertisedAddress: '{AdvertisedAddress}' is not an IP address";
+        }
+        if (ProbeSeconds is < 1 or > 60)
+        {
+            yield return $"probeSeconds: {ProbeSeconds} is outside 1..60";
+        }
+        if (MissedProbes is < 2 or > 10)
+        {
+            yield return $"missedProbes: {MissedProbes} is outside 2..10";
         }
         if (ShutdownSeconds is < 5 or > 600)
         {

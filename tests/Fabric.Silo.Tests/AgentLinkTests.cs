@@ -272,10 +272,9 @@ public sealed class AgentLinkTests
     public async Task AVmThatMigrates_IsForwardedToItsNewHost_KeepsItsPolicy_AndNoHostForwardsToTheOldOne()
     {
         var cancel = TestContext.Current.CancellationToken;
-        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
-        using var authority = DevelopmentAuthority.Create("Fabric test authority");
-        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort, authority);
-        await using var fleet = new ProgrammedHosts(gatewayPort, authority, "host-a", "host-b", "host-c");
+        var (silo, hosts, authority) = await SecuredFleetAsync();
+        using var _ = authority;
+        await using var fleet = hosts;
         try
         {
             fleet.Register("host-a", "vm1", Mac1, "10.0.0.1");
@@ -347,10 +346,9 @@ public sealed class AgentLinkTests
     [Fact]
     public async Task ARemovedHost_IsDroppedByEveryHostThatSharedANetwork_AndRefusedByTheControlPlane_UntilReadmitted()
     {
-        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
-        using var authority = DevelopmentAuthority.Create("Fabric test authority");
-        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort, authority);
-        await using var fleet = new ProgrammedHosts(gatewayPort, authority, "host-a", "host-b", "host-c");
+        var (silo, hosts, authority) = await SecuredFleetAsync();
+        using var _ = authority;
+        await using var fleet = hosts;
         try
         {
             fleet.Register("host-a", "vm1", Mac1, "10.0.0.1");
@@ -383,6 +381,15 @@ public sealed class AgentLinkTests
         {
             await silo.DisposeAsync();
         }
+    }
+
+    /// <summary>A silo with the control channel's security and three programmed agents (host-a, host-b, host-c), certificates of one authority.</summary>
+    private static async Task<(LocalSilo Silo, ProgrammedHosts Fleet, DevelopmentAuthority Authority)> SecuredFleetAsync()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var authority = DevelopmentAuthority.Create("Fabric test authority");
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort, authority);
+        return (silo, new ProgrammedHosts(gatewayPort, authority, "host-a", "host-b", "host-c"), authority);
     }
 
     private static string? RouteOf(Agent.Agent agent, MacAddress mac) => agent.Switch.Table.FindByMac(100, mac)?.RemoteHost;

@@ -10,40 +10,7 @@ namespace Fabric.Silo.Tests;
 /// <summary>The real fabric-silo process with Azure Table clustering and persistence on Azurite, and a real Orleans client.</summary>
 public class SiloProcessTests(Azurite azurite)
 {
-    private sealed class SiloProcess : IDisposable
-    {
-        private readonly Process _process;
-
-        public SiloProcess(string config, string connection)
-        {
-            var start = new ProcessStartInfo(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo")) { RedirectStandardOutput = true, RedirectStandardError = true };
-            start.ArgumentList.Add("--config");
-            start.ArgumentList.Add(config);
-            start.Environment["FABRIC_TABLE_CONNECTION_STRING"] = connection;
-            start.Environment["FABRIC_BLOB_CONNECTION_STRING"] = connection;
-            _process = Process.Start(start)!;
-            _process.OutputDataReceived += (_, e) => Output.Add(e.Data ?? "");
-            _process.ErrorDataReceived += (_, e) => Output.Add(e.Data ?? "");
-            _process.BeginOutputReadLine();
-            _process.BeginErrorReadLine();
-        }
-
-        public System.Collections.Concurrent.ConcurrentBag<string> Output { get; } = [];
-
-        public bool HasExited => _process.HasExited;
-
-        public void Dispose()
-        {
-            if (!_process.HasExited)
-            {
-                _process.Kill(entireProcessTree: true);
-                _process.WaitForExit(10_000);
-            }
-            _process.Dispose();
-        }
-    }
-
-    private static string Healthz(int port, string path = "/healthz")
+    internal static string Healthz(int port, string path = "/healthz")
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
         try

@@ -63,6 +63,10 @@ public sealed class Azurite : IDisposable
     public string ConnectionString =>
         $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{Port}/{Account};TableEndpoint=http://127.0.0.1:{TablePort}/{Account};";
 
+    /// <summary>The same account through other loopback ports (a <see cref="TcpCut"/> in front of each service).</summary>
+    public static string ConnectionStringThrough(int blobPort, int tablePort) =>
+        $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{blobPort}/{Account};TableEndpoint=http://127.0.0.1:{tablePort}/{Account};";
+
     /// <summary>The same account on a loopback port where nothing listens: "storage unreachable".</summary>
     public static string UnreachableConnectionString =>
         $"DefaultEndpointsProtocol=http;AccountName={Account};AccountKey={Key};BlobEndpoint=http://127.0.0.1:{LoopbackPorts.Free()}/{Account};TableEndpoint=http://127.0.0.1:{LoopbackPorts.Free()}/{Account};";

@@ -117,7 +117,8 @@ public sealed class PathSmoother(double weight = 0.3)
 
     private double Mix(double old, double sample) => old + weight * (sample - old);
 
-    private static bool Significant(PathConditions a, PathConditions b) =>
+    /// <summary>Whether <paramref name="b"/> differs from <paramref name="a"/> enough to run select_stack again.</summary>
+    public static bool Significant(PathConditions a, PathConditions b) =>
         Math.Abs(b.RttMs - a.RttMs) > 0.2 * Math.Max(a.RttMs, 0.5)
         || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1
         || Math.Abs(b.CapacityMbps - a.CapacityMbps) > 0.25 * Math.Max(a.CapacityMbps, 1);

@@ -1,0 +1,53 @@
+using System.Diagnostics;
+using System.Globalization;
+using Fabric.Testing;
+
+namespace Fabric.Silo.Tests;
+
+/// <summary>A fabric-silo process with a configuration file and the storage account's connection string in its environment.</summary>
+internal sealed class SiloProcess : IDisposable
+{
+    private readonly Process _process;
+
+    public SiloProcess(string config, string connection)
+    {
+        var start = new ProcessStartInfo(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo")) { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.ArgumentList.Add("--config");
+        start.ArgumentList.Add(config);
+        start.Environment["FABRIC_TABLE_CONNECTION_STRING"] = connection;
+        start.Environment["FABRIC_BLOB_CONNECTION_STRING"] = connection;
+        _process = Process.Start(start)!;
+        _process.OutputDataReceived += (_, e) => Output.Add(e.Data ?? "");
+        _process.ErrorDataReceived += (_, e) => Output.Add(e.Data ?? "");
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+    }
+
+    public System.Collections.Concurrent.ConcurrentBag<string> Output { get; } = [];
+
+    public bool HasExited => _process.HasExited;
+
+    /// <summary>kill -9: no goodbye to the cluster.</summary>
+    public void Kill()
+    {
+        _process.Kill(entireProcessTree: true);
+        _process.WaitForExit(10_000);
+    }
+
+    /// <summary>SIGTERM, as systemd and Kubernetes stop it, and waits for it to leave the cluster and exit.</summary>
+    public bool Stop(TimeSpan wait)
+    {
+        Processes.Run("kill", ["-TERM", _process.Id.ToString(CultureInfo.InvariantCulture)]);
+        return _process.WaitForExit(wait);
+    }
+
+    public void Dispose()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            _process.WaitForExit(10_000);
+        }
+        _process.Dispose();
+    }
+}
