@@ -116,9 +116,16 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("info"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<HostInfo?> GetInfoAsync();
 
-    /// <summary>From the fleet grain, once the host's VMs are removed: drops everything this grain holds (the host was removed).</summary>
+    /// <summary>From the fleet grain, before the host's VMs are removed: marks it removed (refused from now on) and drops what it held.</summary>
     [Alias("forget")]
     ValueTask ForgetAsync();
+
+    /// <summary>From the fleet grain: the host may register again.</summary>
+    [Alias("readmit")]
+    ValueTask ReadmitAsync();
+
+    [Alias("is-removed"), Orleans.Concurrency.AlwaysInterleave]
+    ValueTask<bool> IsRemovedAsync();
 
     /// <summary>When its agent last registered, renewed or reported (null: not since this grain activated).</summary>
     [Alias("last-seen"), Orleans.Concurrency.AlwaysInterleave]

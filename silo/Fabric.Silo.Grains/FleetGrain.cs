@@ -51,7 +51,7 @@ public sealed class FleetGrain([PersistentState("fleet", Storage.Name)] IPersist
 
     public ValueTask HostSeenAsync(string hostId)
     {
-        _dirty |= state.State.Hosts.Add(hostId);
+        _dirty |= !state.State.Removed.Contains(hostId) && state.State.Hosts.Add(hostId);
         return ValueTask.CompletedTask;
     }
 
@@ -92,15 +92,16 @@ public sealed class FleetGrain([PersistentState("fleet", Storage.Name)] IPersist
             // Persisted before anything else: a silo that restarts meanwhile still refuses the host.
             await state.WriteStateAsync();
         }
-        // Its VMs leave their networks, so the hosts that shared them withdraw its routes and then the host itself. The VM
-        // grains call back here (interleaved) and into the host grain, which is not busy: this grain orchestrates.
+        // The host grain refuses the host first, so nothing it does from now on places a VM; then its VMs leave their
+        // networks, so the hosts that shared them withdraw its routes and then the host itself. The VM grains call back
+        // here (interleaved) and into the host grain, which is not busy: this grain orchestrates.
         var host = GrainFactory.GetGrain<IHostGrain>(hostId);
         var vms = (await host.ListVmsAsync()).Union(state.State.Vms.Where(v => v.Value == hostId).Select(v => v.Key), StringComparer.Ordinal).ToList();
+        await host.ForgetAsync();
         foreach (var vm in vms)
         {
             await GrainFactory.GetGrain<IVmGrain>(vm).RemoveAsync(hostId);
         }
-        await host.ForgetAsync();
     }
 
     public async ValueTask ReadmitHostAsync(string hostId)
@@ -109,6 +110,7 @@ public sealed class FleetGrain([PersistentState("fleet", Storage.Name)] IPersist
         {
             await state.WriteStateAsync();
         }
+        await GrainFactory.GetGrain<IHostGrain>(hostId).ReadmitAsync();
     }
 
     public ValueTask<ImmutableArray<string>> ListRemovedAsync() => ValueTask.FromResult<ImmutableArray<string>>([.. state.State.Removed]);

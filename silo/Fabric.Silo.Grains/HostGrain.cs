@@ -21,6 +21,9 @@ public sealed class HostState
 
     /// <summary>The virtual networks this host has a VM in (their grains hold the routes; an activation reads them back).</summary>
     [Id(6)] public HashSet<uint> Networks { get; set; } = [];
+
+    /// <summary>An operator removed the host from the fleet: it may not register, report or have VMs placed on it.</summary>
+    [Id(7)] public bool Removed { get; set; }
 }
 
 public sealed class HostGrain : Grain, IHostGrain
@@ -80,6 +83,9 @@ public sealed class HostGrain : Grain, IHostGrain
         _state.State.Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds);
         await _state.WriteStateAsync(cancellationToken);
         _version = _state.State.Epoch << 32;
+        // A fresh activation (its silo died, or it was idle) counts as seen now: its host gets the full silence before
+        // another may take its VMs.
+        _lastSeen = DateTimeOffset.UtcNow;
         var views = await Task.WhenAll(_state.State.Vms.Select(vm => GrainFactory.GetGrain<IVmGrain>(vm).GetAsync().AsTask()));
         foreach (var view in views.Where(v => v.Placement?.HostId == this.GetPrimaryKeyString()))
         {
@@ -202,6 +208,7 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             throw new ArgumentException($"host id '{info.HostId}' registered on host grain '{this.GetPrimaryKeyString()}'", nameof(info));
         }
+        RefuseIfRemoved();
         _observers.Subscribe(observer, observer);
         _lastSeen = DateTimeOffset.UtcNow;
         if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
@@ -236,17 +243,43 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public ValueTask<DateTimeOffset?> GetLastSeenAsync() => ValueTask.FromResult(_lastSeen);
 
+    private void RefuseIfRemoved()
+    {
+        if (_state.State.Removed)
+        {
+            throw new InvalidOperationException($"host '{this.GetPrimaryKeyString()}' was removed from the fleet");
+        }
+    }
+
+    public ValueTask<bool> IsRemovedAsync() => ValueTask.FromResult(_state.State.Removed);
+
+    public async ValueTask ReadmitAsync()
+    {
+        if (_state.State.Removed)
+        {
+            _state.State.Removed = false;
+            await _state.WriteStateAsync();
+        }
+    }
+
     public async ValueTask ForgetAsync()
     {
-        // The host was removed from the fleet: nothing of it is kept, and a new epoch starts, so an agent readmitted later
-        // places its VMs again instead of trusting what this grain knew.
+        // The host was removed from the fleet: it is marked so (refused from now on, persisted before its VMs are removed,
+        // so a registration racing the removal cannot place them again), nothing else of it is kept, and a new epoch starts,
+        // so an agent readmitted later places its VMs again instead of trusting what this grain knew.
         _bindings.Clear();
         _routes.Clear();
         _peers.Clear();
         _knownPeers.Clear();
         _lastSeen = null;
         _observers.Clear();
-        _state.State = new HostState { Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds) };
+        _state.State = new HostState
+        {
+            Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds),
+            Removed = true,
+            // What it still has until the fleet grain removes them (which calls back here).
+            Vms = _state.State.Vms,
+        };
         await _state.WriteStateAsync();
         (_version, _acknowledged) = (_state.State.Epoch << 32, 0);
     }
@@ -292,6 +325,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public async ValueTask ReportAsync(ImmutableArray<PathSample> paths, ImmutableArray<Outcome> outcomes)
     {
+        RefuseIfRemoved();
         _lastSeen = DateTimeOffset.UtcNow;
         var newPeer = false;
         foreach (var sample in paths)
@@ -358,6 +392,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public async ValueTask AddVmAsync(string vmId)
     {
+        RefuseIfRemoved();
         if (_state.State.Vms.Add(vmId))
         {
             await _state.WriteStateAsync();

@@ -14,6 +14,9 @@ public sealed class VmState
     [Id(2)] public VmPlacement? Placement { get; set; }
     [Id(3)] public Dictionary<string, string> Stacks { get; set; } = new(StringComparer.Ordinal);
     [Id(4)] public Dictionary<string, PendingSwitch> Pending { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>A move an agent asked for while another live host has the VM: applied when that host lets it go or falls silent.</summary>
+    [Id(5)] public VmPlacement? Claim { get; set; }
 }
 
 /// <summary>
@@ -68,6 +71,10 @@ public sealed partial class VmGrain(
     public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
         _logFlush = this.RegisterGrainTimer(FlushLogAsync, LogFlushPeriod, LogFlushPeriod);
+        if (state.State.Claim is not null)
+        {
+            _claimCheck = this.RegisterGrainTimer(CheckClaimAsync, SourceSilence / 3, SourceSilence / 3);
+        }
         return Task.CompletedTask;
     }
 
@@ -137,22 +144,26 @@ public sealed partial class VmGrain(
     /// <summary>How long a host's agent must have been silent before another host's agent may take its VMs without it removing them.</summary>
     public static readonly TimeSpan SourceSilence = TimeSpan.FromSeconds(30);
 
-    /// <summary>A move an agent asked for while another live host has the VM (soft state: agents place their VMs again).</summary>
-    private VmPlacement? _claim;
     private IGrainTimer? _claimCheck;
 
     public async ValueTask PlaceAsync(VmPlacement placement)
     {
+        if (await GrainFactory.GetGrain<IHostGrain>(placement.HostId).IsRemovedAsync())
+        {
+            throw new InvalidOperationException($"VM '{VmId}': host '{placement.HostId}' was removed from the fleet");
+        }
         if (state.State.Placement is { } current && current.HostId != placement.HostId && CallerContext.AgentHost is not null
             && !await SilentAsync(current.HostId))
         {
             // Another host's agent says the VM runs there now — a migration's destination, or a host claiming a VM it
-            // should not have. The VM moves when its host lets it go (removes it) or falls silent, not before.
-            if (_claim != placement)
+            // should not have. The VM moves when its host lets it go (removes it) or falls silent, not before. The
+            // claim is persisted: the source may remove the VM after this grain moved or restarted.
+            if (state.State.Claim != placement)
             {
                 LogClaim(logger, VmId, placement.HostId, current.HostId);
+                state.State.Claim = placement;
+                await state.WriteStateAsync();
             }
-            _claim = placement;
             _claimCheck ??= this.RegisterGrainTimer(CheckClaimAsync, SourceSilence / 3, SourceSilence / 3);
             return;
         }
@@ -167,11 +178,11 @@ public sealed partial class VmGrain(
 
     private async Task CheckClaimAsync()
     {
-        if (_claim is { } claim && (state.State.Placement is not { } current || current.HostId == claim.HostId || await SilentAsync(current.HostId)))
+        if (state.State.Claim is { } claim && (state.State.Placement is not { } current || current.HostId == claim.HostId || await SilentAsync(current.HostId)))
         {
             await PlaceCoreAsync(claim);
         }
-        if (_claim is null)
+        if (state.State.Claim is null)
         {
             _claimCheck?.Dispose();
             _claimCheck = null;
@@ -180,10 +191,18 @@ public sealed partial class VmGrain(
 
     private async Task PlaceCoreAsync(VmPlacement placement)
     {
-        _claim = null;
+        var claimMet = state.State.Claim?.HostId == placement.HostId;
+        if (claimMet)
+        {
+            state.State.Claim = null;
+        }
         var previous = state.State.Placement;
         if (previous == placement)
         {
+            if (claimMet)
+            {
+                await state.WriteStateAsync();
+            }
             // The same placement again (an agent placing anew after the control plane started over, or retrying a call
             // that failed midway): nothing to store, but the networks are told again, so a membership a failed call
             // lost is repaired (an unchanged one costs each network a comparison).
@@ -245,6 +264,12 @@ public sealed partial class VmGrain(
 
     public async ValueTask RemoveAsync(string hostId)
     {
+        if (state.State.Claim?.HostId == hostId)
+        {
+            // The claimant let the VM go before it got it.
+            state.State.Claim = null;
+            await state.WriteStateAsync();
+        }
         if (state.State.Placement is { } current && current.HostId != hostId)
         {
             // The source of a migration deregistering after the destination placed the VM: it is not gone.
@@ -259,7 +284,7 @@ public sealed partial class VmGrain(
         state.State.Stacks.Clear();
         state.State.Pending.Clear();
         await state.WriteStateAsync();
-        if (_claim is { } claim && claim.HostId != hostId)
+        if (state.State.Claim is { } claim && claim.HostId != hostId)
         {
             // The source of a migration let the VM go: its destination has it now.
             await PlaceCoreAsync(claim);
@@ -307,7 +332,7 @@ public sealed partial class VmGrain(
     }
 
     public ValueTask<VmView> GetAsync() => ValueTask.FromResult(new VmView(VmId, state.State.Placement, state.State.Policy, state.State.PolicyVersion,
-        state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)) { Claim = _claim });
+        state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)) { Claim = state.State.Claim });
 
     private async Task LeaveHostAsync(string hostId)
     {

@@ -34,11 +34,6 @@ catch (Exception e) when (e is FormatException or IOException)
     return 2;
 }
 
-if (parsed.GetValue(checkOption))
-{
-    Console.WriteLine($"fabric-silo: {configPath ?? "defaults"}: valid");
-    return 0;
-}
 ControlPlaneCredential? credential = null;
 if (config.Security is { } security)
 {
@@ -56,6 +51,12 @@ if (config.Security is { } security)
         Console.Error.WriteLine($"fabric-silo: security.certificate: '{security.Certificate}' is {credential.Caller}'s; a silo needs OU=silo");
         return 2;
     }
+}
+if (parsed.GetValue(checkOption))
+{
+    // Everything a start reads before it joins the cluster: the configuration and the silo's certificate.
+    Console.WriteLine($"fabric-silo: {configPath ?? "defaults"}: valid{(credential is null ? "" : $", certificate of {credential.Caller}")}");
+    return 0;
 }
 
 var builder = WebApplication.CreateSlimBuilder();
@@ -141,7 +142,7 @@ app.MapGet("/readyz", (IClusterMembershipService membership, ILocalSiloDetails l
 // every candidate's score and the reason; a host's inventory, desired state and acknowledged version. Only from this
 // machine (a connection to loopback): they carry no caller identity, and healthListen may be on every address for probes.
 var api = app.MapGroup("/api").AddEndpointFilter(async (context, next) =>
-    context.HttpContext.Connection.LocalIpAddress is { } local && IPAddress.IsLoopback(local)
+    context.HttpContext.Connection.LocalIpAddress is { } local && IPAddress.IsLoopback(local.IsIPv4MappedToIPv6 ? local.MapToIPv4() : local)
         ? await next(context)
         : Results.Text("the silo's API answers on loopback only\n", statusCode: 403));
 api.MapGet("/vms/{id}", async (string id, IGrainFactory grains) => Results.Json(await grains.GetGrain<IVmGrain>(id).GetAsync()));

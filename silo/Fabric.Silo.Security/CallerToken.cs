@@ -182,7 +182,11 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
                 return held.Verdict;
             }
             var verdict = FleetAuthority.Check(certificate, authority, at);
-            _certificates[key] = (held.Token ?? "", verdict, at + TimeSpan.FromMinutes(1));
+            if (verdict is null)
+            {
+                // Only a good verdict is remembered (until the next minute): a bad certificate never takes a place here.
+                _certificates[key] = (held.Token ?? "", verdict, at + TimeSpan.FromMinutes(1));
+            }
             return verdict;
         });
         lock (_gate)

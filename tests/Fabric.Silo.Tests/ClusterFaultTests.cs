@@ -57,15 +57,18 @@ public sealed class ClusterFaultTests(Azurite azurite)
         {
             silos[i] = new SiloProcess(Config(i), connection);
         }
-        void WaitReady(int i) => Eventually.True(() => SiloProcessTests.Healthz(ports[i].Health, "/readyz").StartsWith("200", StringComparison.Ordinal) || silos[i]!.HasExited,
-            TimeSpan.FromSeconds(90), $"silo {i} ready", () => string.Join(" | ", silos[i]!.Output.Take(30)));
+        void WaitReady(int i)
+        {
+            Eventually.True(() => SiloProcessTests.Healthz(ports[i].Health, "/readyz").StartsWith("200", StringComparison.Ordinal) || silos[i]!.HasExited,
+                TimeSpan.FromSeconds(90), $"silo {i} ready", () => string.Join(" | ", silos[i]!.Output.Take(30)));
+            Assert.False(silos[i]!.HasExited, $"silo {i} exited: {string.Join("\n", silos[i]!.Output.Take(30))}");
+        }
         try
         {
             for (var i = 0; i < 3; i++)
             {
                 Start(i);
                 WaitReady(i);
-                Assert.False(silos[i]!.HasExited, string.Join("\n", silos[i]!.Output));
             }
             var gateways = ports.Select(p => new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, p.Gateway)).ToArray();
             async Task<IClusterClient> ConnectAsync(ControlPlaneCredential credential)

@@ -157,6 +157,43 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task AClaimOnAnotherHostsVm_WaitsForItsHost_IsDroppedWhenTheClaimantLetsGo_AndARemovedHostIsRefusedAtOnce()
+    {
+        var a = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-ca"));
+        var b = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-cb"));
+        await a.GetGrain<IHostGrain>("host-ca").RegisterAsync(Info("host-ca"), a.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
+        await b.GetGrain<IHostGrain>("host-cb").RegisterAsync(Info("host-cb"), b.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
+        var silo = _silo.Services.GetRequiredService<IClusterClient>();
+        await a.GetGrain<IVmGrain>("vm-claimed").PlaceAsync(Placement("host-ca", "vm-claimed"));
+
+        // host-cb claims it while host-ca has it: recorded, nothing moves; host-cb lets go: the claim is gone.
+        await b.GetGrain<IVmGrain>("vm-claimed").PlaceAsync(Placement("host-cb", "vm-claimed"));
+        var view = await silo.GetGrain<IVmGrain>("vm-claimed").GetAsync();
+        Assert.Equal(("host-ca", "host-cb"), (view.Placement?.HostId, view.Claim?.HostId));
+        await b.GetGrain<IVmGrain>("vm-claimed").RemoveAsync("host-cb");
+        view = await silo.GetGrain<IVmGrain>("vm-claimed").GetAsync();
+        Assert.Equal(("host-ca", null), (view.Placement?.HostId, view.Claim?.HostId));
+
+        // Claimed again, then host-ca lets go (the end of a migration): the VM is host-cb's.
+        await b.GetGrain<IVmGrain>("vm-claimed").PlaceAsync(Placement("host-cb", "vm-claimed"));
+        await a.GetGrain<IVmGrain>("vm-claimed").RemoveAsync("host-ca");
+        view = await silo.GetGrain<IVmGrain>("vm-claimed").GetAsync();
+        Assert.Equal(("host-cb", null), (view.Placement?.HostId, view.Claim?.HostId));
+
+        // Removed by an operator, host-cb is refused at once — before any silo's list of removed hosts is read again — and
+        // its VM is gone from it.
+        var op = await ConnectAsync(_authority.Issue(CallerRole.Operator, "ops"));
+        await op.GetGrain<IFleetGrain>(IFleetGrain.Key).RemoveHostAsync("host-cb");
+        Assert.Contains("removed from the fleet", (await Assert.ThrowsAnyAsync<Exception>(() =>
+            b.GetGrain<IHostGrain>("host-cb").RegisterAsync(Info("host-cb"), b.CreateObjectReference<IAgentObserver>(new RecordingObserver())).AsTask())).Message);
+        Assert.Contains("removed from the fleet", (await Assert.ThrowsAnyAsync<Exception>(() =>
+            b.GetGrain<IVmGrain>("vm-other").PlaceAsync(Placement("host-cb", "vm-other")).AsTask())).Message);
+        Assert.Null((await silo.GetGrain<IVmGrain>("vm-claimed").GetAsync()).Placement);
+        Assert.Null((await silo.GetGrain<IVmGrain>("vm-other").GetAsync()).Placement);
+        Assert.DoesNotContain("host-cb", (await op.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync()).Hosts);
+    }
+
+    [Fact]
     public async Task ATokenForAnotherName_AnotherAuthority_NoTokenOrNoTls_AreRefused()
     {
         // host-b signs a token that names host-a: the certificate in it is host-b's, or the signature fails.

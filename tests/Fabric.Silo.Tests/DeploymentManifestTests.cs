@@ -53,16 +53,21 @@ public sealed class DeploymentManifestTests
         try
         {
             var relocated = json.Replace("\"/etc/fabric/", $"\"{folder.FullName}/etc/fabric/", StringComparison.Ordinal);
-            foreach (var file in new[] { "pki/tls.crt", "pki/tls.key", "pki/ca.crt", "trust/root.json" })
-            {
-                Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(folder.FullName, "etc/fabric", file))!);
-                File.WriteAllText(Path.Combine(folder.FullName, "etc/fabric", file), "");
-            }
+            // The Secret's files as cert-manager writes them: the silo's certificate, its key and the authority's.
+            using var authority = Fabric.Silo.Security.DevelopmentAuthority.Create("Fabric test authority");
+            var issued = authority.IssueFiles(Path.Combine(folder.FullName, "issued"), Fabric.Silo.Security.CallerRole.Silo, "silo-0");
+            var pki = Directory.CreateDirectory(Path.Combine(folder.FullName, "etc/fabric/pki")).FullName;
+            File.Copy(issued.Certificate, Path.Combine(pki, "tls.crt"));
+            File.Copy(issued.Key, Path.Combine(pki, "tls.key"));
+            File.Copy(issued.Authority, Path.Combine(pki, "ca.crt"));
+            Directory.CreateDirectory(Path.Combine(folder.FullName, "etc/fabric/trust"));
+            File.WriteAllText(Path.Combine(folder.FullName, "etc/fabric/trust/root.json"), "{}");
             var path = Path.Combine(folder.FullName, "silo.json");
             File.WriteAllText(path, relocated);
             var (code, stdout, stderr) = Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", path, "--check"],
                 environment: new Dictionary<string, string> { ["FABRIC_TABLE_CONNECTION_STRING"] = "UseDevelopmentStorage=true", ["FABRIC_ADVERTISED_ADDRESS"] = "10.244.1.7" });
             Assert.True(code == 0, $"fabric-silo --check: {stderr}{stdout}");
+            Assert.Contains("certificate of silo 'silo-0'", stdout, StringComparison.Ordinal);
             // The same pod without its certificate does not start: its gateway would be open to anyone on the pod network.
             var insecure = System.Text.Json.Nodes.JsonNode.Parse(relocated)!.AsObject();
             insecure.Remove("security");
@@ -135,6 +140,8 @@ public sealed class DeploymentManifestTests
         Assert.Equal("true", Scalar(pod, "hostNetwork"));
         var agent = Items(pod, "containers").Single();
         Assert.Equal(["NET_ADMIN", "NET_RAW"], ((YamlSequenceNode)At(agent, "securityContext", "capabilities", "add")).Children.Select(c => ((YamlScalarNode)c).Value).Order());
+        // No storage account key on a hypervisor (it could rewrite grain state and membership): a read-only SAS for stacks only.
+        Assert.DoesNotContain(Items(agent, "env"), e => Scalar(e, "name") == "FABRIC_TABLE_CONNECTION_STRING");
         // The same two as the systemd unit.
         Assert.Contains("AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN", File.ReadAllText(Path.Combine(RepositoryRoot.Directory, "deploy", "systemd", "fabric-agent.service")),
             StringComparison.Ordinal);
