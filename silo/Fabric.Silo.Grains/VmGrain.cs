@@ -191,6 +191,13 @@ public sealed partial class VmGrain(
 
     private async Task PlaceCoreAsync(VmPlacement placement)
     {
+        if (state.State.Claim?.HostId == placement.HostId && await GrainFactory.GetGrain<IHostGrain>(placement.HostId).IsRemovedAsync())
+        {
+            // The claimant was removed from the fleet meanwhile: its claim goes with it.
+            state.State.Claim = null;
+            await state.WriteStateAsync();
+            return;
+        }
         var claimMet = state.State.Claim?.HostId == placement.HostId;
         if (claimMet)
         {
