@@ -153,7 +153,8 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
 {
     public const int Capacity = 100_000;
     private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until)> _tokens = new(StringComparer.Ordinal);
-    private readonly ConcurrentDictionary<string, (string Token, string? Verdict, DateTimeOffset Until)> _certificates = new(StringComparer.Ordinal);
+    /// <summary>Per certificate with a good chain: its last verified token, and until when the chain verdict holds.</summary>
+    private readonly ConcurrentDictionary<string, (string Token, DateTimeOffset Until)> _certificates = new(StringComparer.Ordinal);
     private readonly Lock _gate = new();
 
     public X509Certificate2 Authority => authority;
@@ -179,13 +180,13 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
             certificateKey = key;
             if (_certificates.TryGetValue(key, out var held) && at < held.Until)
             {
-                return held.Verdict;
+                return null;
             }
             var verdict = FleetAuthority.Check(certificate, authority, at);
             if (verdict is null)
             {
                 // Only a good verdict is remembered (until the next minute): a bad certificate never takes a place here.
-                _certificates[key] = (held.Token ?? "", verdict, at + TimeSpan.FromMinutes(1));
+                _certificates[key] = (held.Token ?? "", at + TimeSpan.FromMinutes(1));
             }
             return verdict;
         });
@@ -201,7 +202,7 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
             {
                 _tokens.TryRemove(previous, out _);
             }
-            _certificates[certificateKey!] = (token, entry.Verdict, entry.Until);
+            _certificates[certificateKey!] = (token, entry.Until);
             _tokens[token] = (caller, until);
         }
         return caller;
