@@ -566,12 +566,13 @@ public sealed class Switch : IDisposable
             }
             catch (Exception e)
             {
-                // A bug in one round must not end probing and stack timers for every path: report, pause, go on.
-                Interlocked.Increment(ref _monitorFaults);
+                // A bug in one round must not end probing and stack timers for every path: report, pause, go on. Said
+                // before it is counted, so whoever sees the count finds the event.
                 if (_faultReports.ShouldReport(_clock()))
                 {
                     Report($"the path monitor threw {e.GetType().Name}: {e.Message} (it goes on)");
                 }
+                Interlocked.Increment(ref _monitorFaults);
                 Thread.Sleep(10);
             }
         }
