@@ -63,6 +63,9 @@ public sealed partial class VmGrain(
     /// <summary>Per remote host, how the running stack was chosen (its propensity, and whether it was exploration): what
     /// the outcome log records beside each outcome. Unknown after a reactivation: then the stack counts as chosen for sure.</summary>
     private readonly Dictionary<string, (double Propensity, bool Exploration)> _chosen = new(StringComparer.Ordinal);
+
+    /// <summary>When each path last explored (in memory: a reactivated VM may explore once sooner).</summary>
+    private readonly Dictionary<string, DateTimeOffset> _explored = new(StringComparer.Ordinal);
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
@@ -392,10 +395,21 @@ public sealed partial class VmGrain(
         var current = state.State.Stacks.GetValueOrDefault(remoteHost);
         var previousPending = state.State.Pending.GetValueOrDefault(remoteHost);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
-            previousPending, time.GetUtcNow(), Random.Shared.NextDouble());
+            previousPending, time.GetUtcNow(), Random.Shared.NextDouble(), _explored.TryGetValue(remoteHost, out var explored) ? explored : null);
+        if (decision.Exploration)
+        {
+            _explored[remoteHost] = decision.At;
+        }
         _last[remoteHost] = decision;
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)
         {
+            if (pending is not null)
+            {
+                // The same candidate still winning: its sustain may have grown (a smaller gain), and a recheck that came
+                // too early must be followed by another.
+                state.State.Pending[remoteHost] = pending;
+                ScheduleRecheck(remoteHost, pending);
+            }
             return [];
         }
         _logDirty = true;
@@ -431,7 +445,7 @@ public sealed partial class VmGrain(
         {
             return;
         }
-        var due = pending.Since + selector.Options.SustainFor - time.GetUtcNow() + TimeSpan.FromMilliseconds(20);
+        var due = pending.Since + (pending.Sustain ?? selector.Options.SustainFor) - time.GetUtcNow() + TimeSpan.FromMilliseconds(20);
         _timers[remoteHost] = this.RegisterGrainTimer(async () =>
         {
             _timers.Remove(remoteHost, out var timer);

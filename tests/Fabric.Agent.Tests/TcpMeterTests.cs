@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Fabric.Agent.Switching;
 using Fabric.Testing;
 using Fabric.Wire;
@@ -84,6 +85,59 @@ public sealed class TcpMeterTests
         // Karn: the retransmitted segment's ACK cannot tell which copy it answers, so only frame 4's sample remains.
         Assert.Equal(1, interval.RttSamples);
         Assert.Equal(0.211, interval.RttP50Ms, 3);
+    }
+
+    [Fact]
+    public void ARequestSentAgain_DoesNotRestartTheAnswersClock()
+    {
+        var frames = Capture();
+        // Frame 4 (the 53-byte request) lost and sent again after a 200 ms retransmission timeout; everything after it later by as much.
+        const long Rto = 200_000_000;
+        var again = frames[3] with { TimestampNanoseconds = frames[3].TimestampNanoseconds + Rto };
+        List<CaptureRecord> replayed = [.. frames[..4], again, .. frames[4..].Select(f => f with { TimestampNanoseconds = f.TimestampNanoseconds + Rto })];
+        var interval = Feed(replayed, new TcpMeter());
+        // The VM waited from its first copy: 200 ms of timeout and the 2.297 ms the answer took.
+        Assert.Equal(1, interval.Responses);
+        Assert.Equal(202.297, interval.ResponseP50Ms, 3);
+        Assert.Equal(53, interval.RetransmittedBytes);
+    }
+
+    [Fact]
+    public void ARequestUnansweredWhenTheIntervalEnds_CountsAsAtLeastThatLate_OnlyOnARequestResponseFlow()
+    {
+        var frames = Capture();
+        // Up to the second request (frame 8), then half a second without its answer.
+        var meter = new TcpMeter();
+        var sent = Feed(frames[..8], meter);
+        Assert.Equal(1, sent.Responses);
+        var stuck = meter.Take(frames[7].TimestampNanoseconds + 500_000_000);
+        Assert.Equal(1, stuck.Responses);
+        Assert.Equal(500, stuck.ResponseP99Ms, 3);
+        // The VM sends the request again and still waits: counted from the first copy, interval after interval, for at
+        // most ten seconds (a conversation whose end this host never saw).
+        meter.OnEgress(frames[7].Data.Span, frames[7].TimestampNanoseconds + 700_000_000);
+        Assert.Equal(1000, meter.Take(frames[7].TimestampNanoseconds + 1_000_000_000).ResponseP99Ms, 3);
+        Assert.Equal(9000, meter.Take(frames[7].TimestampNanoseconds + 9_000_000_000).ResponseP99Ms, 3);
+        Assert.Equal(0, meter.Take(frames[7].TimestampNanoseconds + 11_000_000_000).Responses);
+
+        // A flow never answered (the first request in flight) is not a request/response flow yet: nothing is counted.
+        var fresh = new TcpMeter();
+        Feed(frames[..4], fresh);
+        Assert.True(double.IsNaN(fresh.Take(frames[3].TimestampNanoseconds + 500_000_000).ResponseP99Ms));
+
+        // Nor is an upload after an answered request: 100 more segments of new data (18 KB) after frame 8.
+        var upload = new TcpMeter();
+        Feed(frames[..8], upload);
+        var request = frames[7].Data.ToArray();
+        var ipHeader = (request[14] & 0x0f) * 4;
+        var sequence = BinaryPrimitives.ReadUInt32BigEndian(request.AsSpan(14 + ipHeader + 4));
+        for (var i = 1; i <= 100; i++)
+        {
+            var segment = (byte[])request.Clone();
+            BinaryPrimitives.WriteUInt32BigEndian(segment.AsSpan(14 + ipHeader + 4), sequence + (uint)(182 * i));
+            upload.OnEgress(segment, frames[7].TimestampNanoseconds + (i * 1_000_000));
+        }
+        Assert.Equal(0, upload.Take(frames[7].TimestampNanoseconds + 500_000_000).Responses);
     }
 
     [Fact]

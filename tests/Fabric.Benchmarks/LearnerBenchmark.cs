@@ -183,16 +183,30 @@ internal static class LearnerBenchmark
         var random = new Random(seed);
         var start = DateTimeOffset.UtcNow.AddHours(-1);
         var outcomes = new List<LoggedOutcome>(count);
+        // As a fleet logs them: each (VM, remote host) path one outcome a second for ten minutes; its conditions change
+        // every minute and its stack every 30 s — far more often than a fleet switches, so that nearly every outcome is
+        // also learned with another stack's conditions (UtilityModel.PairingWindow): the most rows a log this size makes.
+        var (stack, workload, c) = ("", "", Conditions(random));
         for (var i = 0; i < count; i++)
         {
-            var stack = Stacks[random.Next(Stacks.Length)];
-            var workload = Workloads[random.Next(Workloads.Length)];
-            var c = Conditions(random);
+            var (path, second) = Math.DivRem(i, 600);
+            if (second % 30 == 0)
+            {
+                stack = Stacks[random.Next(Stacks.Length)];
+            }
+            if (second % 60 == 0)
+            {
+                c = Conditions(random);
+            }
+            if (second == 0)
+            {
+                workload = Workloads[random.Next(Workloads.Length)];
+            }
             var lossPenalty = stack switch { "fec" => 2.0, "arq-lowlat" => 4.0, "arq-bulk" => 3.0, _ => 15.0 } * c.Loss;
             var cost = stack switch { "std-ipv4" => 0.0, "secure" => 0.03, "fec" => 0.2, _ => 0.1 };
             var latency = workload == "bulk" ? 0 : Math.Min(0.3, c.RttMs / 500);
             var utility = Math.Clamp(0.9 - lossPenalty - cost - latency + ((random.NextDouble() - 0.5) * 0.05), 0, 1);
-            outcomes.Add(new LoggedOutcome(start.AddMilliseconds(i), $"vm{i % 997}", $"host-{i % 31}", workload, stack, "1.0.0",
+            outcomes.Add(new LoggedOutcome(start.AddSeconds(second), $"vm{path}", "host-b", workload, stack, "1.0.0",
                 0.9, false, OutcomeFeatures.Of(c), 10, c.RttMs, 0, cost, utility));
         }
         return outcomes;

@@ -19,7 +19,7 @@ return args.FirstOrDefault() switch
         args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share2) ? share2 : 0.01)) is not null ? 0 : 1,
     "fleet" => await FleetBenchmark.RunAsync(),
     "learning" => Learning(),
-    "policy-shell" when args.Length == 2 => await PolicyShell.RunAsync(args[1]),
+    "policy-shell" when args.Length == 5 => await PolicyShell.RunAsync(args[1], args[2], args[3], args[4]),
     "learner" => Learner(),
     _ => Usage(),
 };

@@ -51,6 +51,29 @@ public class SelectorTests
     }
 
     [Fact]
+    public void AGainFarBeyondTheThreshold_IsSustainedForLess()
+    {
+        var selector = new StackSelector(new ProfileScorer(), new SelectorOptions(0.10, TimeSpan.FromSeconds(5)));
+        var policy = Policy("latency");
+        // 5 % loss: std-ipv4's latency VM waits out retransmission timeouts, a loss-tolerant stack scores far higher.
+        var (first, pending) = selector.Select("vm-1", "host-b", policy, Path(30, 0.05), All, HostStacks, "std-ipv4", null, T0, 0.99);
+        Assert.False(first.Changed);
+        Assert.Equal(TimeSpan.FromSeconds(2), pending!.Sustain);
+        Assert.Contains("switching if it still does after 2 s", first.Reason, StringComparison.Ordinal);
+        Assert.False(selector.Select("vm-1", "host-b", policy, Path(30, 0.05), All, HostStacks, "std-ipv4", pending, T0.AddSeconds(1.5), 0.99).Decision.Changed);
+        Assert.True(selector.Select("vm-1", "host-b", policy, Path(30, 0.05), All, HostStacks, "std-ipv4", pending, T0.AddSeconds(2), 0.99).Decision.Changed);
+        // A candidate that first won narrowly keeps the longer sustain it asked for, however far ahead it pulls later.
+        var narrow = pending with { Sustain = TimeSpan.FromSeconds(5) };
+        var (later, kept) = selector.Select("vm-1", "host-b", policy, Path(30, 0.05), All, HostStacks, "std-ipv4", narrow, T0.AddSeconds(2), 0.99);
+        Assert.False(later.Changed);
+        Assert.Equal(TimeSpan.FromSeconds(5), kept!.Sustain);
+        Assert.True(selector.Select("vm-1", "host-b", policy, Path(30, 0.05), All, HostStacks, "std-ipv4", narrow, T0.AddSeconds(5), 0.99).Decision.Changed);
+        // Where the gain only just clears the threshold, the full sustain time.
+        Assert.Equal(TimeSpan.FromSeconds(5), selector.Options.SustainWhen(0.1, 0.1));
+        Assert.Equal(TimeSpan.FromSeconds(3.5), selector.Options.SustainWhen(0.1 / 0.7, 0.1));
+    }
+
+    [Fact]
     public void NoisyConditions_AroundTheCrossover_DoNotFlap()
     {
         var random = new Random(7);
@@ -124,6 +147,21 @@ public class SelectorTests
         // The logged probabilities are the frequencies the selector really chose with.
         Assert.Equal(0.2, propensities["arq-lowlat"], 3);
         Assert.Equal(0.8, propensities["std-ipv4"], 3);
+    }
+
+    [Fact]
+    public void APathExploresAtMostOncePerSpacing_AndThenLogsNoExplorationProbability()
+    {
+        var policy = Policy("latency", explore: 0.2);
+        var spacing = _selector.Options.ExploreSpacing;
+        // A draw that would explore (0.01 < 0.2), a minute after the last exploration and then once the spacing is over.
+        Assert.True(Run(policy, Path(30, 0), "std-ipv4", null, T0, 0.01).Decision.Exploration);
+        var (soon, _) = _selector.Select("vm1", "host-b", policy, Path(30, 0), All, HostStacks, "std-ipv4", null, T0 + (spacing / 2), 0.01, lastExplored: T0);
+        Assert.False(soon.Exploration);
+        Assert.Equal("std-ipv4", soon.Stack);
+        Assert.Equal(1, soon.Propensity);
+        var (later, _) = _selector.Select("vm1", "host-b", policy, Path(30, 0), All, HostStacks, "std-ipv4", null, T0 + spacing, 0.01, lastExplored: T0);
+        Assert.True(later.Exploration);
     }
 
     [Fact]

@@ -305,6 +305,10 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>What the processes printed, for failure messages.</summary>
     public string Describe() => string.Join("\n", _processes.Select(p => $"[{p.StartInfo.ArgumentList.Skip(3).FirstOrDefault()}] exited={p.HasExited}"));
 
+    /// <summary>Certificate, key and authority files for an operator's client of this topology's silo (what the dashboard holds).</summary>
+    public (string Certificate, string Key, string Authority) OperatorCredential(string name) =>
+        _authority.IssueFiles(Path.Combine(_workDir, "pki"), Fabric.Silo.Security.CallerRole.Operator, name);
+
     /// <summary>An agent's control-plane section: the silo's gateway and the host's own certificate.</summary>
     private object ControlPlaneOf(string hostId)
     {

@@ -7,8 +7,10 @@ namespace Fabric.Agent.Switching;
 /// What a VM's TCP traffic on one path got during an interval, measured passively from the inner headers the switch
 /// carries: new bytes acknowledged (goodput, both directions), bytes the VM sent again (what the stack did not recover,
 /// as the VM's TCP saw it), the VM-experienced RTT (a data segment the VM sent to the ACK that covers it, seen at this
-/// host's switch; Karn's rule: never over a retransmission), the request/response time (a VM's last segment of a request
-/// to the first segment of the answer), and the traffic's shape. Percentiles are NaN without samples.
+/// host's switch; Karn's rule: never over a retransmission), the request/response time (a VM's last new segment of a
+/// request to the first segment of the answer: a request sent again does not restart the clock, so a lost request costs
+/// the VM its retransmission timeout here too; a request still unanswered when the interval ends counts as at least that
+/// late, see <see cref="TcpMeter.Take"/>), and the traffic's shape. Percentiles are NaN without samples.
 /// </summary>
 public sealed record TcpInterval(
     long AckedBytes,
@@ -40,6 +42,12 @@ public sealed class TcpMeter
     public const int MaxFlows = 1024;
 
     private const int MaxSamples = 512;
+
+    /// <summary>More new data than this since the last answer is an upload, not a request awaiting one.</summary>
+    private const long MaxRequestBytes = 16_384;
+
+    /// <summary>An unanswered request is counted as late for at most this long (a conversation whose end this host missed).</summary>
+    private const double MaxCensoredMs = 10_000;
     private const long IdleNanoseconds = 60_000_000_000;
 
     private readonly Dictionary<FlowKey, Flow> _flows = [];
@@ -90,13 +98,15 @@ public sealed class TcpMeter
                 flow.SentFinEnd = end;
             }
             _sentData += tcp.Payload.Length;
-            if (tcp.Payload.Length > 0)
+            if (tcp.Payload.Length > 0 && fresh)
             {
-                if (fresh && flow.SampleEnd is null)
+                if (flow.SampleEnd is null)
                 {
                     (flow.SampleEnd, flow.SampleAt) = (end, now);
                 }
+                // New request data; a copy of what was sent before leaves the clock where the original started it.
                 (flow.AwaitingAnswer, flow.LastRequestAt) = (true, now);
+                flow.RequestBytes += tcp.Payload.Length;
             }
         }
         // The VM acknowledging what it receives: goodput towards the VM.
@@ -129,7 +139,7 @@ public sealed class TcpMeter
         }
         if (tcp.Payload.Length > 0 && flow.AwaitingAnswer)
         {
-            flow.AwaitingAnswer = false;
+            (flow.AwaitingAnswer, flow.Answered, flow.RequestBytes) = (false, true, 0);
             Sample(_responses, (now - flow.LastRequestAt) / 1e6);
         }
         if ((tcp.Flags & TcpFlags.Ack) != 0 && flow.SentAny)
@@ -150,14 +160,26 @@ public sealed class TcpMeter
         Close(key, flow, tcp.Flags);
     }
 
-    /// <summary>What the interval since the last call got; forgets flows idle for a minute.</summary>
+    /// <summary>
+    /// What the interval since the last call got; forgets flows idle for a minute. A request stuck in a retransmission
+    /// timeout has no answer yet, and an interval that only counted answers would look its best exactly when the VM waits
+    /// longest: a request still unanswered counts as one answer as late as its wait so far, when it waits longer than
+    /// every answer of the interval — on a request/response flow only (answered before, and at most
+    /// <see cref="MaxRequestBytes"/> of new data since: not an upload), and for at most <see cref="MaxCensoredMs"/>.
+    /// </summary>
     public TcpInterval Take(long now)
     {
+        var latest = _responses.Count > 0 ? _responses.Max() : 0;
         foreach (var (key, flow) in _flows)
         {
             if (now - flow.LastSeen > IdleNanoseconds)
             {
                 _flows.Remove(key);
+            }
+            else if (flow.AwaitingAnswer && flow.Answered && flow.RequestBytes <= MaxRequestBytes
+                && (now - flow.LastRequestAt) / 1e6 is var waited && waited > latest && waited <= MaxCensoredMs)
+            {
+                Sample(_responses, waited);
             }
         }
         var interval = new TcpInterval(_acked, _sentData, _retransmitted, Percentile(_rtt, 0.5), Percentile(_rtt, 0.99), _rtt.Count,
@@ -293,6 +315,8 @@ public sealed class TcpMeter
         public uint? SampleEnd;
         public long SampleAt;
         public bool AwaitingAnswer;
+        public bool Answered;
+        public long RequestBytes;
         public long LastRequestAt;
         public bool FinSeen;
     }

@@ -28,7 +28,7 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
     /// (a concurrent scoring may still hold it).</summary>
     public void Use(UtilityModel? model, bool enabled) => _installed = new Installed(model, enabled);
 
-    public StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null)
+    public StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null, string? current = null)
     {
         var installed = _installed;
         var fromPrior = prior.Score(stack, conditions, policy);
@@ -40,7 +40,7 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
         {
             return fromPrior with { Why = $"prior (learning switched off): {fromPrior.Why}" };
         }
-        var (utility, support, uncertainty, effect, vmOutcomes) = model.Predict(stack.Id, policy.Workload, conditions, vmId);
+        var (utility, support, uncertainty, effect, vmOutcomes) = model.Predict(stack.Id, policy.Workload, conditions, vmId, current);
         if (support < minSupport)
         {
             return fromPrior with { Why = $"prior (model v{model.Version} has {support} similar outcomes, needs {minSupport}): {fromPrior.Why}" };

@@ -113,7 +113,7 @@ public sealed partial class LearnerGrain(
                 var conditions = o.Features.ToConditions(o.At);
                 var predicted = model.Predict(o.Stack, o.Workload, conditions, o.VmId).Utility;
                 // Only stacks the model has seen enough of near this context: elsewhere its prediction is a guess.
-                var best = catalog.Select(s => model.Predict(s.Id, o.Workload, conditions, o.VmId)).Where(p => p.Support >= options.MinSupport)
+                var best = catalog.Select(s => model.Predict(s.Id, o.Workload, conditions, o.VmId, measuredOn: o.Stack)).Where(p => p.Support >= options.MinSupport)
                     .Select(p => p.Utility).Append(predicted).Max();
                 return (Outcome: new PredictedOutcome(o.At, o.VmId, o.Workload, o.Stack, predicted, o.Utility, o.Exploration), Regret: Math.Max(0, best - predicted));
             }).ToList();

@@ -4,6 +4,19 @@ namespace Fabric.Silo.Learning;
 public sealed record OutcomeFeatures(double RttMs, double MinRttMs, double JitterMs, double Loss, double LossBurstiness, double CapacityMbps, double RttStdMs)
 {
     public static OutcomeFeatures Of(PathConditions c) => new(c.RttMs, c.MinRttMs, c.JitterMs, c.Loss, c.LossBurstiness, c.CapacityMbps, c.RttStdMs);
+
+    /// <summary>The field-by-field mean of <paramref name="all"/> (at least one).</summary>
+    public static OutcomeFeatures Mean(IReadOnlyList<OutcomeFeatures> all)
+    {
+        double rtt = 0, minRtt = 0, jitter = 0, loss = 0, burstiness = 0, capacity = 0, rttStd = 0;
+        foreach (var f in all)
+        {
+            (rtt, minRtt, jitter, loss) = (rtt + f.RttMs, minRtt + f.MinRttMs, jitter + f.JitterMs, loss + f.Loss);
+            (burstiness, capacity, rttStd) = (burstiness + f.LossBurstiness, capacity + f.CapacityMbps, rttStd + f.RttStdMs);
+        }
+        var n = all.Count;
+        return new(rtt / n, minRtt / n, jitter / n, loss / n, burstiness / n, capacity / n, rttStd / n);
+    }
 }
 
 /// <summary>

@@ -10,15 +10,38 @@ namespace Fabric.Silo.Learning;
 
 /// <summary>
 /// The fleet's model: predicts a stack's utility (<see cref="Utility"/>) for a workload on a path's conditions. A
-/// FastTree regression (Microsoft.ML) over the conditions, the stack and the workload, trained from scratch each time
-/// (trees do not update incrementally). Beside the trees it keeps how many training outcomes fell near each context
-/// (stack, workload, loss and RTT each binned by factors of two): a prediction from a context the model has seen little
-/// of says so, and the selector leaves it to the prior. Prediction is thread-safe (one engine per thread).
+/// FastTree regression (Microsoft.ML) over the conditions, the stack, the workload and the stack the conditions were
+/// measured on, trained from scratch each time (trees do not update incrementally).
+/// <para>
+/// Why the stack the conditions were measured on: a path's conditions are partly the VM's own doing. On std-ipv4 over a
+/// 3 % loss link a loss-based TCP collapses, no queue forms and the RTT sits at its floor; on fec the same VM fills the
+/// bottleneck and the RTT doubles. The selector always decides on conditions measured on the current stack, so the
+/// question it asks is "measured like this on std-ipv4, what would fec get?". A model trained only on each stack's
+/// outcomes with that stack's own conditions answers another question, and learned that a VM whose RTT sits at its
+/// floor gets little from any stack (version 2 ranked RTT over its minimum first of every feature, and left VMs on
+/// std-ipv4 through 9 % burst loss). So every outcome is also learned with the conditions the same VM's path showed on
+/// each other stack within <see cref="PairingWindow"/> (their mean): the counterfactual rows a switch or an
+/// exploration produces, and that a training run pinning stacks in turn produces for every pair.
+/// </para>
+/// <para>Beside the trees it keeps how many training outcomes fell near each context (see <see cref="Bin"/>) and how far off
+/// the trees are there: a prediction from a context the model has seen little of says so, and the selector leaves it to
+/// the prior. Prediction is thread-safe (one engine per thread).
+/// </para>
 /// </summary>
 public sealed class UtilityModel : IDisposable
 {
     /// <summary>The feature schema; a stored model of another schema version is not loaded.</summary>
-    public const int SchemaVersion = 2;
+    public const int SchemaVersion = 3;
+
+    /// <summary>How far apart (either way) an outcome and the same VM's conditions on another stack may be to be learned together.</summary>
+    public static readonly TimeSpan PairingWindow = TimeSpan.FromSeconds(15);
+
+    /// <summary>
+    /// Outcomes this soon after the path's stack changed are not learned as that stack's utility: the VM's TCP is still
+    /// recovering from the swap (and from what the previous stack left it), so they say how the change went, not what the
+    /// stack gets. They still serve as conditions for the other stacks' rows.
+    /// </summary>
+    public static readonly TimeSpan SettleAfterSwitch = TimeSpan.FromSeconds(2);
 
     /// <summary>The default of <see cref="LearningOptions.MinSupport"/>: fewer training outcomes near a context than this,
     /// and the model's prediction there is not trusted.</summary>
@@ -31,17 +54,28 @@ public sealed class UtilityModel : IDisposable
     private readonly ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>> _engines;
     private readonly IReadOnlyDictionary<string, int> _support;
     private readonly IReadOnlyDictionary<string, VmEffect> _effects;
+    private readonly IReadOnlyDictionary<string, double> _binErrors;
     private double _error;
+
+    /// <summary>
+    /// The uncertainty of a prediction is this many times the mean absolute error near the context over the square root of
+    /// the training rows there (mean absolute error is about 0.8 σ: 2.5 of it is two standard errors of the mean).
+    /// </summary>
+    public const double UncertaintyScale = 2.5;
+
+    /// <summary>How many consecutive one-second outcomes of a path count as one independent sample for the uncertainty.</summary>
+    public const int CorrelatedSeconds = 5;
 
     /// <summary>A VM's own outcomes count as evidence against this many outcomes' worth of the fleet's prediction.</summary>
     public const int EffectShrinkage = 20;
 
-    private UtilityModel(MLContext ml, ITransformer model, IReadOnlyDictionary<string, int> support, IReadOnlyDictionary<string, VmEffect> effects, double error, ModelInfo info)
+    private UtilityModel(MLContext ml, ITransformer model, IReadOnlyDictionary<string, int> support, Judged judged, double error, ModelInfo info)
     {
         _ml = ml;
         _model = model;
         _support = support;
-        _effects = effects;
+        _effects = judged.Effects;
+        _binErrors = judged.BinErrors;
         _error = error;
         Info = info;
         _engines = new ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>>(() => _ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(_model), trackAllValues: true);
@@ -56,8 +90,9 @@ public sealed class UtilityModel : IDisposable
     {
         var watch = Stopwatch.StartNew();
         var ml = new MLContext(seed);
-        var model = Fit(ml, training, trees: 150);
-        var trained = new UtilityModel(ml, model, Support(training), Effects(ml, training), 0, new ModelInfo(version, now, training.Count, watch.Elapsed.TotalSeconds, 0, 0, "", [], holdout.Count));
+        var examples = Examples(training);
+        var model = Fit(ml, examples, trees: 150);
+        var trained = new UtilityModel(ml, model, Support(examples), CrossFit(ml, examples), 0, new ModelInfo(version, now, training.Count, watch.Elapsed.TotalSeconds, 0, 0, "", [], holdout.Count));
         trained._error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
         var importance = holdout.Count == 0 ? ImmutableArray<FeatureImportance>.Empty : Importance(ml, model, holdout);
         trained.Info = trained.Info with { HoldoutError = trained._error, Importance = importance };
@@ -74,13 +109,27 @@ public sealed class UtilityModel : IDisposable
     {
         var watch = Stopwatch.StartNew();
         var ml = new MLContext(seed);
-        var model = Fit(ml, all, trees: 150);
-        return new UtilityModel(ml, model, Support(all), Effects(ml, all), evaluated._error,
+        var examples = Examples(all);
+        var model = Fit(ml, examples, trees: 150);
+        return new UtilityModel(ml, model, Support(examples), CrossFit(ml, examples), evaluated._error,
             evaluated.Info with { Outcomes = all.Count, TrainingSeconds = evaluated.Info.TrainingSeconds + watch.Elapsed.TotalSeconds });
     }
 
-    private static Dictionary<string, int> Support(IReadOnlyList<LoggedOutcome> outcomes) =>
-        outcomes.GroupBy(o => Bin(o.Stack, o.Workload, o.Features.Loss, o.Features.RttMs)).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+    /// <summary>
+    /// How many training outcomes fall near each context (<see cref="Bin"/>: the stack, the workload, loss and RTT within
+    /// a factor of 4, and the stack the conditions were measured on). Each outcome counts once per stack it was measured
+    /// on: for a stack's own conditions, its own outcomes; for another's, the outcomes that followed such conditions there.
+    /// A prediction's support adds both (see <see cref="Predict"/>).
+    /// </summary>
+    private static Dictionary<string, int> Support(IReadOnlyList<Example> examples)
+    {
+        var support = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var e in examples)
+        {
+            support[e.Bin] = support.GetValueOrDefault(e.Bin) + 1;
+        }
+        return support;
+    }
 
     /// <summary>Measures the model again on <paramref name="holdout"/> (outcomes it did not train on): its error and importance.</summary>
     public void Rejudge(IReadOnlyList<LoggedOutcome> holdout)
@@ -98,21 +147,34 @@ public sealed class UtilityModel : IDisposable
         return this;
     }
 
+    /// <summary>What the cross-fitted residuals say: each VM's own effects, and how far off the trees are near each context.</summary>
+    private sealed record Judged(IReadOnlyDictionary<string, VmEffect> Effects, IReadOnlyDictionary<string, double> BinErrors);
+
+    /// <summary>A bin needs this many judged rows for its own error; with fewer, the held-back error stands for it.</summary>
+    private const int BinErrorRows = 5;
+
     /// <summary>
-    /// Per-VM effects: how far each VM's own outcomes on a stack landed from what the fleet's trees predict for them, on
-    /// lossy (≥ 0.5 %) and on clean paths apart — what the path's features cannot see of a guest (a guest whose TCP shrugs
-    /// off random loss gains nothing from fec; one whose TCP takes every loss as congestion gains much). Shrunk towards zero by
-    /// <see cref="EffectShrinkage"/>, so a VM with few outcomes is the fleet's average.
+    /// Judges every training row (see <see cref="Examples"/>) by trees grown on the other half of the outcomes, and from
+    /// those residuals derives:
+    /// <list type="bullet">
+    /// <item>Per-VM effects: how far each VM's own outcomes on a stack landed from what the fleet's trees predict for them,
+    /// on lossy (≥ 0.5 %) and on clean paths apart — what the path's features cannot see of a guest (a guest whose TCP
+    /// shrugs off random loss gains nothing from fec; one whose TCP takes every loss as congestion gains much). Shrunk
+    /// towards zero by <see cref="EffectShrinkage"/>, so a VM with few outcomes is the fleet's average.</item>
+    /// <item>The mean absolute error per support bin, which makes a prediction's uncertainty local: on a long path every
+    /// latency utility is small and so are the errors, and one global error would forbid every switch there.</item>
+    /// </list>
     /// </summary>
     /// <remarks>
-    /// The residuals are cross-fitted: each half of the training outcomes is judged by trees grown on the other half, since
-    /// trees judging the outcomes they were grown on have already absorbed part of each VM's effect (with few VMs, the
-    /// trees memorize which loss values were whose).
+    /// Cross-fitted, since trees judging the outcomes they were grown on have already absorbed part of each VM's effect
+    /// (with few VMs, the trees memorize which loss values were whose) and look more certain than they are.
     /// </remarks>
-    private static Dictionary<string, VmEffect> Effects(MLContext ml, IReadOnlyList<LoggedOutcome> training)
+    private static Judged CrossFit(MLContext ml, IReadOnlyList<Example> training)
     {
-        var halves = new[] { training.Where((_, i) => i % 2 == 0).ToList(), training.Where((_, i) => i % 2 == 1).ToList() };
-        var residuals = new List<(LoggedOutcome Outcome, double Residual)>(training.Count);
+        // Halves of whole minutes of a path: neighbouring seconds of one path are nearly the same outcome, and in opposite
+        // halves each would vouch for the other.
+        var halves = new[] { training.Where(e => e.Half == 0).ToList(), training.Where(e => e.Half == 1).ToList() };
+        var residuals = new List<(Example Example, double Residual)>(training.Count);
         for (var h = 0; h < 2; h++)
         {
             if (halves[1 - h].Count == 0 || halves[h].Count == 0)
@@ -121,20 +183,25 @@ public sealed class UtilityModel : IDisposable
             }
             var fold = Fit(ml, halves[1 - h], trees: 60);
             using var engine = ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(fold);
-            residuals.AddRange(halves[h].Select(o => (o, o.Utility - Math.Clamp(engine.Predict(UtilityRow.Of(o)).Score, 0, 1))));
+            residuals.AddRange(halves[h].Select(e => (e, e.Utility - Math.Clamp(engine.Predict(e.Row()).Score, 0, 1))));
         }
-        // Measured against every VM's residual on the same stack and kind of path: what the half-size trees get wrong for
-        // everyone is theirs, not the VM's.
-        var fleet = residuals.GroupBy(r => EffectKey("", r.Outcome.Stack, r.Outcome.Features.Loss), StringComparer.Ordinal)
+        // A VM's effect, measured against every VM's residual on the same stack and kind of path: what the half-size trees
+        // get wrong for everyone is theirs, not the VM's. From the VMs' own outcomes with their own conditions only.
+        var own = residuals.Where(r => r.Example.MeasuredOn == r.Example.Stack).ToList();
+        var fleet = own.GroupBy(r => EffectKey("", r.Example.Stack, r.Example.Features.Loss), StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => g.Average(r => r.Residual), StringComparer.Ordinal);
-        return residuals.GroupBy(r => EffectKey(r.Outcome.VmId, r.Outcome.Stack, r.Outcome.Features.Loss), StringComparer.Ordinal)
-            .ToDictionary(g => g.Key, g => new VmEffect(g.Sum(r => r.Residual - fleet[EffectKey("", r.Outcome.Stack, r.Outcome.Features.Loss)]), g.Count()), StringComparer.Ordinal);
+        var effects = own.GroupBy(r => EffectKey(r.Example.VmId, r.Example.Stack, r.Example.Features.Loss), StringComparer.Ordinal)
+            .ToDictionary(g => g.Key, g => new VmEffect(g.Sum(r => r.Residual - fleet[EffectKey("", r.Example.Stack, r.Example.Features.Loss)]), g.Count()), StringComparer.Ordinal);
+        var binErrors = residuals.GroupBy(r => r.Example.Bin, StringComparer.Ordinal).Where(g => g.Count() >= BinErrorRows)
+            .ToDictionary(g => g.Key, g => g.Average(r => Math.Abs(r.Residual)), StringComparer.Ordinal);
+        return new Judged(effects, binErrors);
     }
 
-    private static TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> Fit(MLContext ml, IReadOnlyList<LoggedOutcome> outcomes, int trees) =>
+    private static TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> Fit(MLContext ml, IReadOnlyList<Example> examples, int trees) =>
         ml.Transforms.Categorical.OneHotEncoding("StackKey", nameof(UtilityRow.Stack))
             .Append(ml.Transforms.Categorical.OneHotEncoding("WorkloadKey", nameof(UtilityRow.Workload)))
-            .Append(ml.Transforms.Concatenate("Features", ["StackKey", "WorkloadKey", .. UtilityRow.Numeric]))
+            .Append(ml.Transforms.Categorical.OneHotEncoding("MeasuredOnKey", nameof(UtilityRow.MeasuredOn)))
+            .Append(ml.Transforms.Concatenate("Features", ["StackKey", "WorkloadKey", "MeasuredOnKey", .. UtilityRow.Numeric]))
             .Append(ml.Regression.Trainers.FastTree(new FastTreeRegressionTrainer.Options
             {
                 NumberOfLeaves = 31,
@@ -144,7 +211,83 @@ public sealed class UtilityModel : IDisposable
                 // One core: the silo keeps serving while it trains.
                 NumberOfThreads = 1,
             }))
-            .Fit(ml.Data.LoadFromEnumerable(outcomes.Select(UtilityRow.Of)));
+            .Fit(ml.Data.LoadFromEnumerable(examples.Select(e => e.Row()).ToList()));
+
+    /// <summary>
+    /// One training row: an outcome's VM, stack, workload and utility, with conditions measured on <paramref name="MeasuredOn"/>;
+    /// <paramref name="Half"/> is the cross-fitting half of the outcome's path-minute.
+    /// </summary>
+    private sealed record Example(string VmId, string Stack, string Workload, string MeasuredOn, OutcomeFeatures Features, double Utility, int Half)
+    {
+        public UtilityRow Row() => UtilityRow.Of(Stack, Workload, Features, MeasuredOn, Utility);
+
+        public string Bin { get; } = UtilityModel.Bin(Stack, Workload, Features.Loss, Features.RttMs, MeasuredOn);
+    }
+
+    /// <summary>
+    /// What the model learns from: each outcome with its own conditions, and again with the mean conditions the same VM's
+    /// path to the same host showed on each other stack within <see cref="PairingWindow"/> (see the class remarks).
+    /// </summary>
+    private static List<Example> Examples(IReadOnlyList<LoggedOutcome> outcomes)
+    {
+        var examples = new List<Example>(outcomes.Count);
+        var others = new Dictionary<string, List<OutcomeFeatures>>(StringComparer.Ordinal);
+        foreach (var path in outcomes.GroupBy(o => (o.VmId, o.RemoteHost)))
+        {
+            var ordered = path.OrderBy(o => o.At).ToList();
+            var from = 0;
+            var changedAt = DateTimeOffset.MinValue;
+            for (var i = 0; i < ordered.Count; i++)
+            {
+                var o = ordered[i];
+                if (i > 0 && ordered[i - 1].Stack != o.Stack)
+                {
+                    // A swap under the VM's traffic (its previous outcome a few seconds old), not a path that was idle between.
+                    changedAt = o.At - ordered[i - 1].At <= TimeSpan.FromSeconds(5) ? o.At : DateTimeOffset.MinValue;
+                }
+                if (o.At - changedAt < SettleAfterSwitch)
+                {
+                    continue;
+                }
+                var half = HalfOf(o.VmId, o.RemoteHost, o.At.ToUnixTimeSeconds() / 60);
+                examples.Add(new Example(o.VmId, o.Stack, o.Workload, o.Stack, o.Features, o.Utility, half));
+                while (ordered[from].At < o.At - PairingWindow)
+                {
+                    from++;
+                }
+                foreach (var list in others.Values)
+                {
+                    list.Clear();
+                }
+                for (var j = from; j < ordered.Count && ordered[j].At <= o.At + PairingWindow; j++)
+                {
+                    if (ordered[j].Stack != o.Stack)
+                    {
+                        (others.TryGetValue(ordered[j].Stack, out var list) ? list : others[ordered[j].Stack] = []).Add(ordered[j].Features);
+                    }
+                }
+                foreach (var (measuredOn, features) in others)
+                {
+                    if (features.Count > 0)
+                    {
+                        examples.Add(new Example(o.VmId, o.Stack, o.Workload, measuredOn, OutcomeFeatures.Mean(features), o.Utility, half));
+                    }
+                }
+            }
+        }
+        return examples;
+    }
+
+    /// <summary>The cross-fitting half of one minute of one path: FNV-1a, the same in every process (string hashes are not).</summary>
+    private static int HalfOf(string vmId, string remoteHost, long minute)
+    {
+        var hash = 2166136261u;
+        foreach (var c in $"{vmId}|{remoteHost}|{minute}")
+        {
+            hash = (hash ^ c) * 16777619u;
+        }
+        return (int)((hash >> 15) & 1);
+    }
 
     private static string EffectKey(string vmId, string stack, double loss) => $"{vmId}|{stack}|{(loss >= 0.005 ? "lossy" : "clean")}";
 
@@ -152,12 +295,25 @@ public sealed class UtilityModel : IDisposable
     /// Predicted utility, how many training outcomes were near this context, how uncertain it is, and — for a VM the
     /// model has outcomes of — the VM's own effect on this stack (already in the utility) and how many outcomes it rests on.
     /// </summary>
-    public Prediction Predict(string stack, string workload, PathConditions conditions, string? vmId = null)
+    /// <param name="stack">The candidate.</param>
+    /// <param name="workload">The VM's workload.</param>
+    /// <param name="conditions">The path's smoothed conditions.</param>
+    /// <param name="vmId">The VM (its own effects count); null for any VM.</param>
+    /// <param name="measuredOn">The stack the conditions were measured on (the VM's current one); null: <paramref name="stack"/> itself.</param>
+    public Prediction Predict(string stack, string workload, PathConditions conditions, string? vmId = null, string? measuredOn = null)
     {
-        var fleet = Math.Clamp(_engines.Value!.Predict(UtilityRow.Of(stack, workload, OutcomeFeatures.Of(conditions))).Score, 0, 1);
-        var support = _support.GetValueOrDefault(Bin(stack, workload, conditions.Loss, conditions.RttMs));
-        // The holdout's mean error, widened where the model saw few outcomes.
-        var uncertainty = _error * (1 + (3 / Math.Sqrt(Math.Max(support, 1))));
+        var fleet = Math.Clamp(_engines.Value!.Predict(UtilityRow.Of(stack, workload, OutcomeFeatures.Of(conditions), measuredOn ?? stack)).Score, 0, 1);
+        // Support: the candidate's outcomes that followed such conditions on the stack they were measured on, and its own
+        // outcomes under such conditions (which say the same where a path's conditions do not depend on the stack).
+        var bin = Bin(stack, workload, conditions.Loss, conditions.RttMs, measuredOn ?? stack);
+        var own = Bin(stack, workload, conditions.Loss, conditions.RttMs, stack);
+        var support = _support.GetValueOrDefault(bin) + (own == bin ? 0 : _support.GetValueOrDefault(own));
+        // An outcome's error near this context (a second of one VM's traffic: noisy) where enough rows were judged (measured
+        // on the current stack, else on the candidate's own), the held-back error elsewhere; a decision compares the mean utility near the context, which rests on the training
+        // outcomes there: about two standard errors of that mean, counting consecutive seconds of a path as one sample
+        // per CorrelatedSeconds (they are far from independent).
+        var error = _binErrors.TryGetValue(bin, out var near) ? near : _binErrors.GetValueOrDefault(own, _error);
+        var uncertainty = UncertaintyScale * error / Math.Sqrt(Math.Max(support / (double)CorrelatedSeconds, 1));
         var effect = vmId is not null ? _effects.GetValueOrDefault(EffectKey(vmId, stack, conditions.Loss)) : null;
         return new Prediction(Math.Clamp(fleet + (effect?.Value ?? 0), 0, 1), support, uncertainty, effect?.Value ?? 0, effect?.Count ?? 0);
     }
@@ -175,6 +331,7 @@ public sealed class UtilityModel : IDisposable
         store.Write($"{prefix}/model.zip", stream.ToArray());
         store.Write($"{prefix}/support.json", JsonSerializer.SerializeToUtf8Bytes(_support, Json));
         store.Write($"{prefix}/vm-effects.json", JsonSerializer.SerializeToUtf8Bytes(_effects, Json));
+        store.Write($"{prefix}/bin-errors.json", JsonSerializer.SerializeToUtf8Bytes(_binErrors, Json));
         // The description last: a version whose info.json exists is complete.
         store.Write($"{prefix}/info.json", JsonSerializer.SerializeToUtf8Bytes(new StoredInfo(SchemaVersion, _error, Info), Json));
     }
@@ -199,7 +356,8 @@ public sealed class UtilityModel : IDisposable
         var model = ml.Model.Load(stream, out _);
         var support = JsonSerializer.Deserialize<Dictionary<string, int>>(store.Read($"{prefix}/support.json") ?? "{}"u8.ToArray(), Json)!;
         var effects = JsonSerializer.Deserialize<Dictionary<string, VmEffect>>(store.Read($"{prefix}/vm-effects.json") ?? "{}"u8.ToArray(), Json)!;
-        return new UtilityModel(ml, model, support, effects, info.Error, info.Info);
+        var binErrors = JsonSerializer.Deserialize<Dictionary<string, double>>(store.Read($"{prefix}/bin-errors.json") ?? "{}"u8.ToArray(), Json)!;
+        return new UtilityModel(ml, model, support, new Judged(effects, binErrors), info.Error, info.Info);
     }
 
     public void Dispose()
@@ -212,12 +370,12 @@ public sealed class UtilityModel : IDisposable
     }
 
     /// <summary>
-    /// What "near" means for support: the same stack and workload, loss within a factor of 4 (0; 0.01–0.04 %; …; above
+    /// What "near" means for support: the same stack, workload and stack the conditions were measured on, loss within a factor of 4 (0; 0.01–0.04 %; …; above
     /// 2.56 %) and RTT within a factor of 4 (below 2 ms; 2–8; 8–32; 32–128; above 128 ms). Coarse on purpose: the trees
     /// interpolate within such a cell, and a path the fleet has never seen still falls into one it has.
     /// </summary>
-    private static string Bin(string stack, string workload, double loss, double rttMs) =>
-        $"{stack}|{workload}|{(loss < 1e-4 ? 0 : Math.Min(6, 1 + (int)Math.Floor(Math.Log(loss / 1e-4, 4))))}|{Math.Min(4, (int)Math.Floor(Math.Log(Math.Max(rttMs, 0.5) / 0.5, 4)))}";
+    private static string Bin(string stack, string workload, double loss, double rttMs, string measuredOn) =>
+        $"{stack}|{measuredOn}|{workload}|{(loss < 1e-4 ? 0 : Math.Min(6, 1 + (int)Math.Floor(Math.Log(loss / 1e-4, 4))))}|{Math.Min(4, (int)Math.Floor(Math.Log(Math.Max(rttMs, 0.5) / 0.5, 4)))}";
 
     /// <summary>Permutation feature importance on (at most 2,000 of) the holdout: one-hot slots summed per feature.</summary>
     private static ImmutableArray<FeatureImportance> Importance(MLContext ml, TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> model, IReadOnlyList<LoggedOutcome> holdout)
@@ -227,7 +385,7 @@ public sealed class UtilityModel : IDisposable
         VBuffer<ReadOnlyMemory<char>> names = default;
         data.Schema["Features"].GetSlotNames(ref names);
         var slots = names.DenseValues().Select(n => n.ToString()).ToArray();
-        return [.. slots.Select((name, i) => (Feature: name.Split('.')[0] switch { "StackKey" => "stack", "WorkloadKey" => "workload", var f => f }, Drop: -pfi[i].RSquared.Mean))
+        return [.. slots.Select((name, i) => (Feature: name.Split('.')[0] switch { "StackKey" => "stack", "WorkloadKey" => "workload", "MeasuredOnKey" => "measured on", var f => f }, Drop: -pfi[i].RSquared.Mean))
             .GroupBy(x => x.Feature).Select(g => new FeatureImportance(g.Key, Math.Round(g.Sum(x => x.Drop), 4))).OrderByDescending(f => f.Importance)];
     }
 
@@ -253,6 +411,9 @@ internal sealed class UtilityRow
 
     public string Workload { get; set; } = "";
 
+    /// <summary>The stack the path's conditions were measured on.</summary>
+    public string MeasuredOn { get; set; } = "";
+
     /// <summary>log10 of RTT in ms (RTTs span four decades).</summary>
     public float Rtt { get; set; }
 
@@ -274,17 +435,14 @@ internal sealed class UtilityRow
 
     public float Label { get; set; }
 
-    public static UtilityRow Of(LoggedOutcome o)
-    {
-        var row = Of(o.Stack, o.Workload, o.Features);
-        row.Label = (float)o.Utility;
-        return row;
-    }
+    public static UtilityRow Of(LoggedOutcome o) => Of(o.Stack, o.Workload, o.Features, o.Stack, o.Utility);
 
-    public static UtilityRow Of(string stack, string workload, OutcomeFeatures f) => new()
+    public static UtilityRow Of(string stack, string workload, OutcomeFeatures f, string measuredOn, double label = 0) => new()
     {
+        Label = (float)label,
         Stack = stack,
         Workload = workload,
+        MeasuredOn = measuredOn,
         Rtt = (float)Math.Log10(Math.Max(f.RttMs, 0.01)),
         MinRtt = (float)Math.Log10(Math.Max(f.MinRttMs, 0.01)),
         RttRatio = (float)(f.MinRttMs > 0 ? f.RttMs / f.MinRttMs : 1),

@@ -11,7 +11,8 @@ public interface IStackScorer
     /// <param name="conditions">The path's smoothed conditions.</param>
     /// <param name="policy">The VM's policy (its workload matters).</param>
     /// <param name="vmId">The VM the choice is for (a learned scorer knows some VMs' own effects); null for any VM.</param>
-    StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null);
+    /// <param name="current">The stack the VM runs now, which <paramref name="conditions"/> were measured on; null when none.</param>
+    StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null, string? current = null);
 }
 
 /// <summary>
@@ -39,7 +40,7 @@ public sealed class ProfileScorer : IStackScorer
     /// <summary>How far a profile's estimate is taken to be from what the stack really gets (in utility).</summary>
     public const double Uncertainty = 0.01;
 
-    public StackScore Score(StackInfo stack, PathConditions c, Policy policy, string? vmId = null)
+    public StackScore Score(StackInfo stack, PathConditions c, Policy policy, string? vmId = null, string? current = null)
     {
         // Loss that comes with queues (RTT 25 % or more above the path's minimum, fully at twice it) is congestion: the
         // VM's TCP causes it and backs off, and no stack recovers goodput from it. Only the rest counts as a lossy link.

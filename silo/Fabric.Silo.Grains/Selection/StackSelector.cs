@@ -3,17 +3,49 @@ using System.Collections.Immutable;
 namespace Fabric.Silo.Selection;
 
 /// <summary>A candidate that beats the current stack, and since when (hysteresis memory between decisions).</summary>
+/// <param name="Stack">The candidate.</param>
+/// <param name="Since">When it started to beat the current stack.</param>
+/// <param name="Sustain">How long it must keep winning (null: <see cref="SelectorOptions.SustainFor"/>).</param>
 [GenerateSerializer, Immutable, Alias("fabric.pending-switch")]
-public sealed record PendingSwitch([property: Id(0)] string Stack, [property: Id(1)] DateTimeOffset Since);
+public sealed record PendingSwitch([property: Id(0)] string Stack, [property: Id(1)] DateTimeOffset Since, [property: Id(2)] TimeSpan? Sustain = null);
 
 /// <summary>
 /// How eager the selector is. A candidate replaces the current stack only when it beats it by <see cref="Margin"/>
 /// (relative) and by more than the cost of a swap plus both scores' uncertainty (absolute), continuously for
-/// <see cref="SustainFor"/>. Exploration tries only candidates scored within <see cref="ExploreWithin"/> of the best.
+/// <see cref="SustainFor"/> — less when the gain is several times what a switch needs (<see cref="SustainWhen"/>).
+/// Exploration tries only candidates scored within <see cref="ExploreWithin"/> of the best, and at most once per
+/// <see cref="ExploreSpacing"/> on a path.
 /// </summary>
 public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = null, double SwapCost = 0.01, double ExploreWithin = 0.10)
 {
+    /// <summary>
+    /// The least time between two explorations of one VM's path. A share of decisions alone is no bound: a path decides
+    /// on every significant change and again every 15 s, so a 5 % share explored about once a minute in the learning
+    /// benchmark — two switches each (there and back), where the goal for a stationary path is one switch an hour.
+    /// </summary>
+    public TimeSpan ExploreSpacing { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>The shortest share of <see cref="SustainFor"/> a gain far beyond what a switch needs waits.</summary>
+    public const double QuickestShare = 0.4;
+
+    /// <summary>No switch comes sooner than this (or <see cref="SustainFor"/> when that is shorter): a few seconds of samples.</summary>
+    public static readonly TimeSpan ShortestSustain = TimeSpan.FromSeconds(2);
+
     public TimeSpan SustainFor => Sustain ?? TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// How long a candidate winning by <paramref name="gain"/> where a switch needs <paramref name="needed"/> must keep
+    /// winning: the full sustain time at the threshold, shrinking with the ratio down to 40 % of it (and never below
+    /// <see cref="ShortestSustain"/>) at 2.5 times the threshold. Noise seldom clears the threshold by that much for
+    /// seconds on end, and a VM on a stack that has just stopped serving it (a latency VM on std-ipv4 when loss starts:
+    /// every lost request waits out a retransmission timeout) pays for every second.
+    /// </summary>
+    public TimeSpan SustainWhen(double gain, double needed)
+    {
+        var scaled = SustainFor * Math.Clamp(needed / Math.Max(gain, 1e-9), QuickestShare, 1);
+        var floor = SustainFor < ShortestSustain ? SustainFor : ShortestSustain;
+        return scaled > floor ? scaled : floor;
+    }
 }
 
 /// <summary>
@@ -22,8 +54,8 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
 /// its predicted gain beats the margin, the cost of a swap and the uncertainty of both scores, continuously for the
 /// sustain time (no flapping on noise). A current stack that is no longer admitted is replaced at once. A share of
 /// decisions (the policy's, never for a pinned VM, never outside the candidates) explores — only among candidates
-/// predicted close to the best — and every decision carries the probability with which its stack was chosen. Pure: time
-/// and randomness come in.
+/// predicted close to the best, at most once per exploration spacing on a path — and every decision carries the
+/// probability with which its stack was chosen. Pure: time and randomness come in.
 /// </summary>
 public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options = null)
 {
@@ -31,15 +63,29 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
 
     public SelectorOptions Options => _options;
 
+    /// <summary>Chooses the stack for <paramref name="vmId"/>'s path to <paramref name="remoteHost"/> (see the class summary).</summary>
+    /// <param name="vmId">The VM.</param>
+    /// <param name="remoteHost">The path's far end.</param>
+    /// <param name="policy">The VM's policy.</param>
+    /// <param name="conditions">The path's smoothed conditions, measured on <paramref name="current"/>.</param>
+    /// <param name="catalog">The published stacks.</param>
+    /// <param name="hostStacks">The stacks the VM's host runs.</param>
+    /// <param name="current">The stack the path runs now (null: none yet).</param>
+    /// <param name="pending">The switch pending from earlier decisions, if any.</param>
+    /// <param name="now">The time of the decision.</param>
+    /// <param name="random">A uniform draw in [0, 1) (exploration).</param>
+    /// <param name="lastExplored">When this path last explored (null: never, or not known): none again within <see cref="SelectorOptions.ExploreSpacing"/>.</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
-        IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random)
+        IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
+        DateTimeOffset? lastExplored = null)
     {
         var candidates = PolicyValidator.Eligible(policy, catalog).Where(s => hostStacks.Contains(s.Id)).ToList();
-        var scored = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy, vmId)))
+        var scored = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy, vmId, current)))
             .OrderByDescending(s => s.Result.Score).ThenBy(s => s.Id, StringComparer.Ordinal)
             .Select(s => new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)).ToImmutableArray();
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.
-        var near = policy.Pin is null && policy.ExplorationShare > 0 && scored.Length > 1
+        var spaced = lastExplored is not { } explored || now - explored >= _options.ExploreSpacing;
+        var near = policy.Pin is null && policy.ExplorationShare > 0 && scored.Length > 1 && spaced
             ? scored.Where(s => s.Stack != current && s.Score >= scored[0].Score - _options.ExploreWithin).ToList()
             : [];
         double Propensity(string stack, bool explored)
@@ -76,14 +122,20 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 : $"{best.Stack} ({best.Score:0.###}) does not beat {current} ({currentScore.Score:0.###}) by the {needed:0.###} a switch needs "
                   + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##})"), null);
         }
+        // While a candidate is pending, the longest sustain any of its decisions asked for: the smallest gain it showed.
+        var sustain = _options.SustainWhen(gain, needed);
+        if (pending is { Sustain: { } asked } && pending.Stack == best.Stack && asked > sustain)
+        {
+            sustain = asked;
+        }
         if (pending?.Stack != best.Stack && _options.SustainFor > TimeSpan.Zero)
         {
-            return (Make(current, $"{best.Stack} beats {current} by {gain:0.###} (needs {needed:0.###}); switching if it still does after {_options.SustainFor.TotalSeconds:0.#} s"),
-                new PendingSwitch(best.Stack, now));
+            return (Make(current, $"{best.Stack} beats {current} by {gain:0.###} (needs {needed:0.###}); switching if it still does after {sustain.TotalSeconds:0.#} s"),
+                new PendingSwitch(best.Stack, now, sustain));
         }
-        if (pending is not null && now - pending.Since < _options.SustainFor)
+        if (pending is not null && now - pending.Since < sustain)
         {
-            return (Make(current, $"{best.Stack} has beaten {current} for {(now - pending.Since).TotalSeconds:0.#} s of the {_options.SustainFor.TotalSeconds:0.#} s required"), pending);
+            return (Make(current, $"{best.Stack} has beaten {current} for {(now - pending.Since).TotalSeconds:0.#} s of the {sustain.TotalSeconds:0.#} s required"), pending with { Sustain = sustain });
         }
         return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) beat {current} ({currentScore.Score:0.###}, {currentScore.Source}) "
             + $"by {gain:0.###} > {needed:0.###} for {(now - (pending?.Since ?? now)).TotalSeconds:0.#} s"), null);

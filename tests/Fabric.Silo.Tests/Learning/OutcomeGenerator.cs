@@ -5,6 +5,8 @@ namespace Fabric.Silo.Tests.Learning;
 /// <summary>
 /// A seeded outcome log with a known rule: for latency VMs, std-ipv4's utility falls with loss (0.8 − 15 × loss) while
 /// fec's stays at 0.6 (it recovers the loss and pays for its overhead), so fec wins above about 1.3 % loss. Noise ±0.02.
+/// Every outcome has conditions of its own, so one VM's are further apart than the model pairs outcomes across stacks
+/// (<see cref="UtilityModel.PairingWindow"/>); <see cref="Phases"/> makes a log where they are not.
 /// </summary>
 internal static class OutcomeGenerator
 {
@@ -23,7 +25,32 @@ internal static class OutcomeGenerator
             var rtt = 10 + (random.NextDouble() * 90);
             var features = new OutcomeFeatures(rtt, rtt * 0.9, 1, loss, 0.5, 100, 2);
             var utility = Math.Clamp(Rule(stack, loss) + ((random.NextDouble() - 0.5) * 0.04), 0, 1);
-            outcomes.Add(new LoggedOutcome(T0.AddSeconds(i), $"vm{i % 7}", "host-b", "latency", stack, "1.0.0", 0.95, false, features, 10, 30, 0, 0.1, utility));
+            outcomes.Add(new LoggedOutcome(T0.AddSeconds(i * 3), $"vm{i % 7}", "host-b", "latency", stack, "1.0.0", 0.95, false, features, 10, 30, 0, 0.1, utility));
+        }
+        return outcomes;
+    }
+
+    /// <summary>
+    /// A log whose conditions are partly the VM's own doing, as on a real path: in each phase (a loss rate of 0-5 %, held
+    /// for 20 s) a latency VM runs std-ipv4 for 10 s, then fec for 10 s. On std-ipv4 its TCP backs off and the RTT stays
+    /// at the path's floor (20 ms); on fec it fills the queue and the RTT doubles. Utilities follow <see cref="Rule"/>.
+    /// Conditions measured on std-ipv4 are never seen on fec's own outcomes.
+    /// </summary>
+    public static List<LoggedOutcome> Phases(int phases, int seed)
+    {
+        var random = new Random(seed);
+        var outcomes = new List<LoggedOutcome>();
+        for (var p = 0; p < phases; p++)
+        {
+            var loss = random.NextDouble() * 0.05;
+            for (var s = 0; s < 20; s++)
+            {
+                var stack = s < 10 ? "std-ipv4" : "fec";
+                var rtt = stack == "fec" ? 40 + random.NextDouble() * 4 : 20 + random.NextDouble();
+                var utility = Math.Clamp(Rule(stack, loss) + ((random.NextDouble() - 0.5) * 0.04), 0, 1);
+                outcomes.Add(new LoggedOutcome(T0.AddSeconds((p * 40) + s), "vm1", "host-b", "latency", stack, "1.0.0", 1, false,
+                    new OutcomeFeatures(rtt, 20, 1, loss, 0.5, 100, 2), 10, 30, 0, 0.1, utility));
+            }
         }
         return outcomes;
     }

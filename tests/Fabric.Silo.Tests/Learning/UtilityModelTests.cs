@@ -31,6 +31,44 @@ public sealed class UtilityModelTests : IDisposable
         Assert.True(importance["stack"] > 10 * Math.Abs(importance["Rtt"]), string.Join(", ", model.Info.Importance));
     }
 
+    /// <summary>
+    /// The selector decides on conditions measured on the current stack. On std-ipv4 over a lossy path the RTT sits at its
+    /// floor, which no fec outcome ever showed: the model must still say what fec would get there, from the outcomes that
+    /// followed such conditions on the same path.
+    /// </summary>
+    [Fact]
+    public void ConditionsMeasuredOnTheCurrentStack_TellWhatAnotherStackWouldGet()
+    {
+        using var model = UtilityModel.Train(OutcomeGenerator.Phases(300, seed: 3), [], 1, OutcomeGenerator.T0);
+        PathConditions OnStd(double loss) => new(20.5, 1, loss, 50, OutcomeGenerator.T0, 20, 100, 0.5, 2);
+        PathConditions OnFec(double loss) => new(42, 1, loss, 50, OutcomeGenerator.T0, 20, 100, 0.5, 2);
+        foreach (var loss in new[] { 0.0, 0.004, 0.03, 0.045 })
+        {
+            var stay = model.Predict("std-ipv4", "latency", OnStd(loss), measuredOn: "std-ipv4").Utility;
+            var move = model.Predict("fec", "latency", OnStd(loss), measuredOn: "std-ipv4").Utility;
+            Assert.InRange(move, 0.53, 0.67);
+            Assert.InRange(stay, OutcomeGenerator.Rule("std-ipv4", loss) - 0.07, OutcomeGenerator.Rule("std-ipv4", loss) + 0.07);
+            // And back: measured on fec, what std-ipv4 would get.
+            Assert.InRange(model.Predict("std-ipv4", "latency", OnFec(loss), measuredOn: "fec").Utility,
+                OutcomeGenerator.Rule("std-ipv4", loss) - 0.07, OutcomeGenerator.Rule("std-ipv4", loss) + 0.07);
+        }
+        var scorer = new LearnedScorer(new ProfileScorer(), minSupport: 10);
+        scorer.Use(model, enabled: true);
+        var selector = new StackSelector(scorer, new SelectorOptions(Sustain: TimeSpan.Zero));
+        string Choose(double loss)
+        {
+            var decision = selector.Select("vm1", "host-b", Catalogs.Policy("latency") with { Allow = ["std-ipv4", "fec"] }, OnStd(loss), All, HostStacks,
+                "std-ipv4", null, OutcomeGenerator.T0, 0.99).Decision;
+            // The model scored both: fec from the outcomes that followed such conditions on std-ipv4.
+            Assert.All(decision.Candidates, c => Assert.Equal("model v1", c.Source));
+            return decision.Stack;
+        }
+        Assert.Equal("fec", Choose(0.03));
+        Assert.Equal("std-ipv4", Choose(0.002));
+        // Conditions measured on a stack the model never saw them measured on, and unlike fec's own: nothing similar.
+        Assert.Equal(0, model.Predict("fec", "latency", OnStd(0.03), measuredOn: "arq-bulk").Support);
+    }
+
     [Fact]
     public void Training_IsDeterministic_ForTheSameLogAndSeed()
     {
