@@ -223,7 +223,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
         }
-        if (desired.Version >> 32 != _epoch)
+        else if (desired.Version >> 32 != _epoch)
         {
             if (_epoch >= 0)
             {
@@ -236,6 +236,13 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
             desired = await host.GetDesiredStateAsync().ConfigureAwait(false);
             _epoch = desired.Version >> 32;
+        }
+        else if (_placed.Keys.Where(id => !desired.Vms.Contains(id, StringComparer.Ordinal)).ToHashSet(StringComparer.Ordinal) is { Count: > 0 } missing)
+        {
+            // Anti-entropy: a VM this agent placed that the control plane does not hold here (a placement lost on the way,
+            // or still a migration's claim, which placing again leaves as it is) is placed again.
+            Log.PlacingAgain(_logger, HostId, string.Join(", ", missing));
+            await PlaceAsync(grains, force: false, again: missing).ConfigureAwait(false);
         }
         if (desired.Version != Interlocked.Read(ref _version) || _pending > 0)
         {
@@ -265,8 +272,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         };
     }
 
-    /// <summary>Places VMs that are new or changed (all with <paramref name="force"/>) and removes those that left.</summary>
-    private async Task PlaceAsync(IGrainFactory grains, bool force)
+    /// <summary>Places VMs that are new or changed (all with <paramref name="force"/>, and those in <paramref name="again"/>) and removes those that left.</summary>
+    private async Task PlaceAsync(IGrainFactory grains, bool force, IReadOnlySet<string>? again = null)
     {
         var vms = _agent.LocalVms();
         foreach (var vm in vms)
@@ -275,7 +282,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 Vnics = [.. vm.Vnics.Select(v => new Vnic(v.Mac, v.Vni, [.. v.IPv4], [.. v.IPv6]))],
             };
-            if (force || !_placed.TryGetValue(vm.Id, out var placed) || placed != placement)
+            if (force || again?.Contains(vm.Id) == true || !_placed.TryGetValue(vm.Id, out var placed) || placed != placement)
             {
                 await grains.GetGrain<IVmGrain>(vm.Id).PlaceAsync(placement).ConfigureAwait(false);
                 _placed[vm.Id] = placement;
@@ -665,4 +672,7 @@ internal static partial class Log
 
     [LoggerMessage(8, LogLevel.Warning, "Control plane: route {Route} to host {HostId} not set yet: {Error}")]
     public static partial void RouteRefused(ILogger logger, string route, string hostId, string error);
+
+    [LoggerMessage(9, LogLevel.Information, "Control plane: host {HostId}'s VMs {Vms} are not placed there; placing them again")]
+    public static partial void PlacingAgain(ILogger logger, string hostId, string vms);
 }

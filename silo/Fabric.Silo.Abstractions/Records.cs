@@ -215,6 +215,9 @@ public sealed record DesiredState([property: Id(0)] string HostId, [property: Id
     [Id(3)] public ImmutableArray<Route> Routes { get; init; } = [];
 
     [Id(4)] public ImmutableArray<Peer> Peers { get; init; } = [];
+
+    /// <summary>The VMs the control plane has placed on this host: the agent places again any of its VMs missing here.</summary>
+    [Id(5)] public ImmutableArray<string> Vms { get; init; } = [];
 }
 
 /// <summary>

@@ -73,6 +73,7 @@ public sealed class HostGrain : Grain, IHostGrain
     {
         Routes = [.. _routes.Values.OrderBy(r => r.Key, StringComparer.Ordinal)],
         Peers = [.. _peers.Values.OrderBy(p => p.HostId, StringComparer.Ordinal)],
+        Vms = [.. _state.State.Vms.Order(StringComparer.Ordinal)],
     };
 
     public override async Task OnActivateAsync(CancellationToken cancellationToken)

@@ -160,6 +160,18 @@ public sealed class AgentLinkTests
             var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1/0"].Slot;
             Assert.True(hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stats.FramesDelivered >= 1);
 
+            // The control plane loses vm1's placement without the agent hearing of it (as a failed write would): the agent
+            // sees vm1 missing from its host's desired state at its next registration and places it again.
+            await silo.Grains.GetGrain<IVmGrain>("vm1").RemoveAsync("host-a");
+            Assert.Null((await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement);
+            await Eventually.TrueAsync(async () => (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId == "host-a"
+                && (await silo.Grains.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync()).Routes.Any(r => r.VmId == "vm1"),
+                Wait, "a lost placement restored", async () => $"{hosts.LinkA.Status}; vm1 on {(await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId}");
+            Eventually.True(() => hosts.B.Switch.Paths.ContainsKey("host-a") && Bound(hosts.A, "vm1/0", "host-b") == "secure", Wait, "vm1 bound to secure again",
+                () => $"{Describe(hosts.A)}; {Describe(hosts.B)}");
+            hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+
             // The private key stays on the host (0600); no path key appears in the agent's status or the silo's view.
             var keyFile = Path.Combine(state, "a", HostKey.FileName);
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(keyFile));
@@ -194,7 +206,8 @@ public sealed class AgentLinkTests
                     + $"host-a's routes [{string.Join(", ", (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Routes.Select(r => r.VmId + "@" + r.HostId))}], "
                     + $"host-b's [{string.Join(", ", (await silo.Grains.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync()).Routes.Select(r => r.VmId + "@" + r.HostId))}], "
                     + $"network 100 [{string.Join(", ", (await silo.Grains.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(100)).GetAsync()).Routes.Select(r => r.VmId + "@" + r.HostId))}], "
-                    + $"vm1 on {(await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId}, vm3 on {(await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync()).Placement?.HostId}");
+                    + $"vm1 on {(await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId}, vm3 on {(await silo.Grains.GetGrain<IVmGrain>("vm3").GetAsync()).Placement?.HostId}, "
+                    + $"registered here: host-a {await silo.Grains.GetGrain<IHostGrain>("host-a").GetInfoAsync() is not null}, host-b {await silo.Grains.GetGrain<IHostGrain>("host-b").GetInfoAsync() is not null}");
             await watching.CancelAsync();
             await watcher;
             Assert.True(gone == 0, $"a path was missing in {gone} samples during the silo restart");
@@ -203,8 +216,11 @@ public sealed class AgentLinkTests
 
             // vm1 leaves host-a: host-b withdraws its route and, sharing no network with host-a any more, the whole path.
             Ok(hosts.A.Handle(new ApiRequest("deregister-vm", Id: "vm1")));
-            Eventually.True(() => !hosts.B.Switch.Paths.ContainsKey("host-a") && !hosts.A.Switch.Paths.ContainsKey("host-b"), Wait, "the peers withdrawn",
-                () => $"{hosts.LinkA.Status}; {hosts.LinkB.Status}; {Describe(hosts.A)}; {Describe(hosts.B)}");
+            await Eventually.TrueAsync(() => Task.FromResult(!hosts.B.Switch.Paths.ContainsKey("host-a") && !hosts.A.Switch.Paths.ContainsKey("host-b")), Wait, "the peers withdrawn",
+                async () => $"{hosts.LinkA.Status}; {hosts.LinkB.Status}; {Describe(hosts.A)}; {Describe(hosts.B)}; desired a {Desired(await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync())}; "
+                    + $"desired b {Desired(await silo.Grains.GetGrain<IHostGrain>("host-b").GetDesiredStateAsync())}; "
+                    + $"network 100 [{string.Join(", ", (await silo.Grains.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(100)).GetAsync()).Routes.Select(r => r.VmId + "@" + r.HostId))}], "
+                    + $"vm1 on {(await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Placement?.HostId}");
         }
         finally
         {
@@ -215,6 +231,9 @@ public sealed class AgentLinkTests
 
     private static string? Bound(Agent.Agent agent, string port, string remote) =>
         agent.Switch.Paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var binding) ? binding.Stack : null;
+
+    private static string Desired(DesiredState d) =>
+        $"v{d.Version & 0xffffffff} vms [{string.Join(",", d.Vms)}] bindings [{string.Join(",", d.Bindings.Select(b => $"{b.VmId}>{b.RemoteHost}={b.Stack}"))}] routes [{string.Join(",", d.Routes.Select(r => r.VmId + "@" + r.HostId))}] peers [{string.Join(",", d.Peers.Select(p => p.HostId))}]";
 
     private static string Describe(Agent.Agent agent) => string.Join("; ", agent.Switch.Paths.Select(p =>
         $"{p.Key}: [{string.Join(", ", p.Value.VmBindings().Select(b => $"{b.Key}={b.Value.Stack}@{b.Value.Slot}"))}]"));
@@ -246,6 +265,9 @@ public sealed class AgentLinkTests
                     silo.UseControlPlaneSecurity(authority.Issue(CallerRole.Silo, "silo-1"));
                 }
             });
+            // A graceful stop that runs out of time leaves a silo half-stopped, still answering the connections it had:
+            // the tests' restarts wait for it to finish (what the silo says when it is slow is in the failure's text).
+            builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromMinutes(2));
             var host = builder.Build();
             await host.StartAsync();
             var silo = new LocalSilo(host);
@@ -263,8 +285,10 @@ public sealed class AgentLinkTests
                 return;
             }
             _disposed = true;
+            var stopping = System.Diagnostics.Stopwatch.StartNew();
             await _host.StopAsync();
             _host.Dispose();
+            TestContext.Current.SendDiagnosticMessage($"silo stopped in {stopping.Elapsed.TotalSeconds:F1} s");
         }
     }
 
@@ -458,7 +482,10 @@ public sealed class AgentLinkTests
         public string Describe() => string.Join(" | ", _hosts.Select(h => $"{h.Agent.Config.HostId} {h.Link.Status}: {Describe(h.Agent)}; routes "
             + string.Join(",", h.Agent.Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => $"{e.Mac}->{e.RemoteHost}"))));
 
-        private static string Describe(Agent.Agent agent) => AgentLinkTests.Describe(agent);
+        private static string Desired(DesiredState d) =>
+        $"v{d.Version & 0xffffffff} vms [{string.Join(",", d.Vms)}] bindings [{string.Join(",", d.Bindings.Select(b => $"{b.VmId}>{b.RemoteHost}={b.Stack}"))}] routes [{string.Join(",", d.Routes.Select(r => r.VmId + "@" + r.HostId))}] peers [{string.Join(",", d.Peers.Select(p => p.HostId))}]";
+
+    private static string Describe(Agent.Agent agent) => AgentLinkTests.Describe(agent);
 
         private IFramePort Open(string host, string device)
         {
