@@ -31,7 +31,7 @@ namespace Fabric.Silo.Learning;
 public sealed class UtilityModel : IDisposable
 {
     /// <summary>The feature schema; a stored model of another schema version is not loaded.</summary>
-    public const int SchemaVersion = 3;
+    public const int SchemaVersion = 4;
 
     /// <summary>How far apart (either way) an outcome and the same VM's conditions on another stack may be to be learned together.</summary>
     public static readonly TimeSpan PairingWindow = TimeSpan.FromSeconds(15);
@@ -54,17 +54,17 @@ public sealed class UtilityModel : IDisposable
     private readonly ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>> _engines;
     private readonly IReadOnlyDictionary<string, int> _support;
     private readonly IReadOnlyDictionary<string, VmEffect> _effects;
-    private readonly IReadOnlyDictionary<string, double> _binErrors;
+    private readonly IReadOnlyDictionary<string, double> _binSpreads;
+    private readonly double _spread;
     private double _error;
 
     /// <summary>
-    /// The uncertainty of a prediction is this many times the mean absolute error near the context over the square root of
-    /// the training rows there (mean absolute error is about 0.8 σ: 2.5 of it is two standard errors of the mean).
+    /// The uncertainty of a prediction is this many times the mean disagreement near the context between the two
+    /// half-trained models (see <see cref="CrossFit"/>): two independent halves differ by σ√2 where each has σ, the model
+    /// trained on both has about σ/√2, and a mean absolute difference is about 0.8 of its σ — so 1.25 times the mean
+    /// disagreement is about two standard errors of the full model's prediction.
     /// </summary>
-    public const double UncertaintyScale = 2.5;
-
-    /// <summary>How many consecutive one-second outcomes of a path count as one independent sample for the uncertainty.</summary>
-    public const int CorrelatedSeconds = 5;
+    public const double UncertaintyScale = 1.25;
 
     /// <summary>A VM's own outcomes count as evidence against this many outcomes' worth of the fleet's prediction.</summary>
     public const int EffectShrinkage = 20;
@@ -75,7 +75,8 @@ public sealed class UtilityModel : IDisposable
         _model = model;
         _support = support;
         _effects = judged.Effects;
-        _binErrors = judged.BinErrors;
+        _binSpreads = judged.BinSpreads;
+        _spread = judged.Spread;
         _error = error;
         Info = info;
         _engines = new ThreadLocal<PredictionEngine<UtilityRow, UtilityPrediction>>(() => _ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(_model), trackAllValues: true);
@@ -147,11 +148,14 @@ public sealed class UtilityModel : IDisposable
         return this;
     }
 
-    /// <summary>What the cross-fitted residuals say: each VM's own effects, and how far off the trees are near each context.</summary>
-    private sealed record Judged(IReadOnlyDictionary<string, VmEffect> Effects, IReadOnlyDictionary<string, double> BinErrors);
+    /// <summary>
+    /// What cross-fitting says: each VM's own effects, how far apart the two half-trained models are near each context
+    /// (with enough rows there), and over all rows.
+    /// </summary>
+    private sealed record Judged(IReadOnlyDictionary<string, VmEffect> Effects, IReadOnlyDictionary<string, double> BinSpreads, double Spread);
 
-    /// <summary>A bin needs this many judged rows for its own error; with fewer, the held-back error stands for it.</summary>
-    private const int BinErrorRows = 5;
+    /// <summary>A bin needs this many training rows for its own spread; with fewer, the spread over all rows stands for it.</summary>
+    private const int BinSpreadRows = 5;
 
     /// <summary>
     /// Judges every training row (see <see cref="Examples"/>) by trees grown on the other half of the outcomes, and from
@@ -161,8 +165,12 @@ public sealed class UtilityModel : IDisposable
     /// on lossy (≥ 0.5 %) and on clean paths apart — what the path's features cannot see of a guest (a guest whose TCP
     /// shrugs off random loss gains nothing from fec; one whose TCP takes every loss as congestion gains much). Shrunk
     /// towards zero by <see cref="EffectShrinkage"/>, so a VM with few outcomes is the fleet's average.</item>
-    /// <item>The mean absolute error per support bin, which makes a prediction's uncertainty local: on a long path every
-    /// latency utility is small and so are the errors, and one global error would forbid every switch there.</item>
+    /// <item>How far apart the two halves' trees predict each training row, averaged per support bin: how much the
+    /// prediction there depends on which outcomes the trees happened to see — what a decision must be sure of, since it
+    /// compares mean utilities. Local, since on a long path every latency utility is small and so are the differences.
+    /// (Version 3 took each outcome's own error over the square root of the outcomes in its bin; a second of one VM's
+    /// goodput swings with every swap and TCP recovery, so that error was large, and it ignored that trees pool
+    /// neighbouring bins: it forbade switches the trees agreed on, such as arq-bulk over std-ipv4 at 3 % loss.)</item>
     /// </list>
     /// </summary>
     /// <remarks>
@@ -175,15 +183,25 @@ public sealed class UtilityModel : IDisposable
         // halves each would vouch for the other.
         var halves = new[] { training.Where(e => e.Half == 0).ToList(), training.Where(e => e.Half == 1).ToList() };
         var residuals = new List<(Example Example, double Residual)>(training.Count);
-        for (var h = 0; h < 2; h++)
+        var binSpreads = new Dictionary<string, double>(StringComparer.Ordinal);
+        var spread = 0.0;
+        if (halves[0].Count > 0 && halves[1].Count > 0)
         {
-            if (halves[1 - h].Count == 0 || halves[h].Count == 0)
+            // Each half's trees, grown on the other half.
+            var folds = new[] { Fit(ml, halves[1], trees: 60), Fit(ml, halves[0], trees: 60) };
+            using var engine0 = ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(folds[0]);
+            using var engine1 = ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(folds[1]);
+            var differences = new List<(string Bin, double Difference)>(training.Count);
+            foreach (var e in training)
             {
-                continue;
+                var row = e.Row();
+                var (p0, p1) = (Math.Clamp(engine0.Predict(row).Score, 0, 1), Math.Clamp(engine1.Predict(row).Score, 0, 1));
+                residuals.Add((e, e.Utility - (e.Half == 0 ? p0 : p1)));
+                differences.Add((e.Bin, Math.Abs(p0 - p1)));
             }
-            var fold = Fit(ml, halves[1 - h], trees: 60);
-            using var engine = ml.Model.CreatePredictionEngine<UtilityRow, UtilityPrediction>(fold);
-            residuals.AddRange(halves[h].Select(e => (e, e.Utility - Math.Clamp(engine.Predict(e.Row()).Score, 0, 1))));
+            binSpreads = differences.GroupBy(d => d.Bin, StringComparer.Ordinal).Where(g => g.Count() >= BinSpreadRows)
+                .ToDictionary(g => g.Key, g => g.Average(d => d.Difference), StringComparer.Ordinal);
+            spread = differences.Average(d => d.Difference);
         }
         // A VM's effect, measured against every VM's residual on the same stack and kind of path: what the half-size trees
         // get wrong for everyone is theirs, not the VM's. From the VMs' own outcomes with their own conditions only.
@@ -192,9 +210,7 @@ public sealed class UtilityModel : IDisposable
             .ToDictionary(g => g.Key, g => g.Average(r => r.Residual), StringComparer.Ordinal);
         var effects = own.GroupBy(r => EffectKey(r.Example.VmId, r.Example.Stack, r.Example.Features.Loss), StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => new VmEffect(g.Sum(r => r.Residual - fleet[EffectKey("", r.Example.Stack, r.Example.Features.Loss)]), g.Count()), StringComparer.Ordinal);
-        var binErrors = residuals.GroupBy(r => r.Example.Bin, StringComparer.Ordinal).Where(g => g.Count() >= BinErrorRows)
-            .ToDictionary(g => g.Key, g => g.Average(r => Math.Abs(r.Residual)), StringComparer.Ordinal);
-        return new Judged(effects, binErrors);
+        return new Judged(effects, binSpreads, spread);
     }
 
     private static TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> Fit(MLContext ml, IReadOnlyList<Example> examples, int trees) =>
@@ -308,12 +324,10 @@ public sealed class UtilityModel : IDisposable
         var bin = Bin(stack, workload, conditions.Loss, conditions.RttMs, measuredOn ?? stack);
         var own = Bin(stack, workload, conditions.Loss, conditions.RttMs, stack);
         var support = _support.GetValueOrDefault(bin) + (own == bin ? 0 : _support.GetValueOrDefault(own));
-        // An outcome's error near this context (a second of one VM's traffic: noisy) where enough rows were judged (measured
-        // on the current stack, else on the candidate's own), the held-back error elsewhere; a decision compares the mean utility near the context, which rests on the training
-        // outcomes there: about two standard errors of that mean, counting consecutive seconds of a path as one sample
-        // per CorrelatedSeconds (they are far from independent).
-        var error = _binErrors.TryGetValue(bin, out var near) ? near : _binErrors.GetValueOrDefault(own, _error);
-        var uncertainty = UncertaintyScale * error / Math.Sqrt(Math.Max(support / (double)CorrelatedSeconds, 1));
+        // How far apart the half-trained models are near this context (measured on the current stack, else on the
+        // candidate's own), over all training rows elsewhere: about two standard errors of this prediction.
+        var spread = _binSpreads.TryGetValue(bin, out var near) ? near : _binSpreads.GetValueOrDefault(own, _spread);
+        var uncertainty = UncertaintyScale * spread;
         var effect = vmId is not null ? _effects.GetValueOrDefault(EffectKey(vmId, stack, conditions.Loss)) : null;
         return new Prediction(Math.Clamp(fleet + (effect?.Value ?? 0), 0, 1), support, uncertainty, effect?.Value ?? 0, effect?.Count ?? 0);
     }
@@ -331,7 +345,7 @@ public sealed class UtilityModel : IDisposable
         store.Write($"{prefix}/model.zip", stream.ToArray());
         store.Write($"{prefix}/support.json", JsonSerializer.SerializeToUtf8Bytes(_support, Json));
         store.Write($"{prefix}/vm-effects.json", JsonSerializer.SerializeToUtf8Bytes(_effects, Json));
-        store.Write($"{prefix}/bin-errors.json", JsonSerializer.SerializeToUtf8Bytes(_binErrors, Json));
+        store.Write($"{prefix}/bin-spreads.json", JsonSerializer.SerializeToUtf8Bytes(new StoredSpreads(_spread, _binSpreads), Json));
         // The description last: a version whose info.json exists is complete.
         store.Write($"{prefix}/info.json", JsonSerializer.SerializeToUtf8Bytes(new StoredInfo(SchemaVersion, _error, Info), Json));
     }
@@ -356,8 +370,8 @@ public sealed class UtilityModel : IDisposable
         var model = ml.Model.Load(stream, out _);
         var support = JsonSerializer.Deserialize<Dictionary<string, int>>(store.Read($"{prefix}/support.json") ?? "{}"u8.ToArray(), Json)!;
         var effects = JsonSerializer.Deserialize<Dictionary<string, VmEffect>>(store.Read($"{prefix}/vm-effects.json") ?? "{}"u8.ToArray(), Json)!;
-        var binErrors = JsonSerializer.Deserialize<Dictionary<string, double>>(store.Read($"{prefix}/bin-errors.json") ?? "{}"u8.ToArray(), Json)!;
-        return new UtilityModel(ml, model, support, new Judged(effects, binErrors), info.Error, info.Info);
+        var spreads = JsonSerializer.Deserialize<StoredSpreads>(store.Read($"{prefix}/bin-spreads.json") ?? throw new InvalidDataException($"{store.Location}: {prefix}/bin-spreads.json is missing"), Json)!;
+        return new UtilityModel(ml, model, support, new Judged(effects, spreads.Bins, spreads.All), info.Error, info.Info);
     }
 
     public void Dispose()
@@ -390,6 +404,8 @@ public sealed class UtilityModel : IDisposable
     }
 
     private sealed record StoredInfo(int Schema, double Error, ModelInfo Info);
+
+    private sealed record StoredSpreads(double All, IReadOnlyDictionary<string, double> Bins);
 }
 
 /// <summary>What the model predicts for a stack in a context (see <see cref="UtilityModel.Predict"/>).</summary>

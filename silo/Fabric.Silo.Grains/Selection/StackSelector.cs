@@ -115,7 +115,8 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 + $"{policy.ExplorationShare:P0} of decisions may try such a stack", exploration: true), null);
         }
         var gain = best.Score - currentScore.Score;
-        var needed = Math.Max(currentScore.Score * _options.Margin, _options.SwapCost + best.Uncertainty + currentScore.Uncertainty);
+        // The two scores' uncertainties are independent errors: their difference's is their root sum of squares.
+        var needed = Math.Max(currentScore.Score * _options.Margin, _options.SwapCost + Math.Sqrt(best.Uncertainty * best.Uncertainty + currentScore.Uncertainty * currentScore.Uncertainty));
         if (best.Stack == current || gain <= needed)
         {
             return (Make(current, best.Stack == current ? $"{current} scores best: {Describe(best)}"

@@ -14,7 +14,7 @@ internal static class OutcomeGenerator
 
     public static double Rule(string stack, double loss) => stack == "fec" ? 0.6 : Math.Max(0, 0.8 - (15 * loss));
 
-    public static List<LoggedOutcome> Generate(int count, int seed, double maxLoss = 0.05)
+    public static List<LoggedOutcome> Generate(int count, int seed, double maxLoss = 0.05, double noise = 0.04)
     {
         var random = new Random(seed);
         var outcomes = new List<LoggedOutcome>(count);
@@ -24,7 +24,7 @@ internal static class OutcomeGenerator
             var loss = random.NextDouble() * maxLoss;
             var rtt = 10 + (random.NextDouble() * 90);
             var features = new OutcomeFeatures(rtt, rtt * 0.9, 1, loss, 0.5, 100, 2);
-            var utility = Math.Clamp(Rule(stack, loss) + ((random.NextDouble() - 0.5) * 0.04), 0, 1);
+            var utility = Math.Clamp(Rule(stack, loss) + ((random.NextDouble() - 0.5) * noise), 0, 1);
             outcomes.Add(new LoggedOutcome(T0.AddSeconds(i * 3), $"vm{i % 7}", "host-b", "latency", stack, "1.0.0", 0.95, false, features, 10, 30, 0, 0.1, utility));
         }
         return outcomes;
