@@ -26,7 +26,9 @@ public sealed record DashboardOptions(
     string? Certificate = null,
     string? Key = null,
     string? Authority = null,
-    string Clustering = "static")
+    string Clustering = "static",
+    string? TlsCertificate = null,
+    string? TlsKey = null)
 {
     private static readonly Option<bool> EmbeddedOption = new("--embedded")
     {
@@ -110,9 +112,18 @@ public sealed record DashboardOptions(
 
     private static readonly Option<string?> UsersOption = new("--users")
     {
-        Description = "a file of 'NAME PASSWORD admin|read-only' lines (required in cluster mode; the embedded default generates its own)",
+        Description = "a file of 'NAME HASH admin|read-only' lines as 'fabric-dashboard users set' writes them (required in cluster mode; the "
+            + "embedded default generates its own); read again whenever it changes",
         HelpName = "FILE",
     };
+
+    private static readonly Option<string?> TlsCertificateOption = new("--tls-certificate")
+    {
+        Description = "serve HTTPS with this certificate (PEM; its chain after it); required with a --listen address beyond loopback",
+        HelpName = "FILE",
+    };
+
+    private static readonly Option<string?> TlsKeyOption = new("--tls-key") { Description = "the HTTPS certificate's private key (PEM)", HelpName = "FILE" };
 
     private static readonly Option<string> ClusteringOption = new("--clustering")
     {
@@ -138,8 +149,70 @@ public sealed record DashboardOptions(
         + "--gateway an Orleans client of a running cluster.")
     {
         EmbeddedOption, NamespacesOption, ListenOption, DataOption, HostsOption, PhaseSecondsOption, SourceRootOption, TestDataOption, GatewayOption,
-        ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption, AuthorityOption, ClusteringOption,
+        ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption, AuthorityOption, ClusteringOption, TlsCertificateOption, TlsKeyOption,
     };
+
+    /// <summary>
+    /// <c>fabric-dashboard users …</c>, a command line of its own (the dashboard's runs without a subcommand, which
+    /// System.CommandLine would otherwise require once one exists): the program picks it when the first argument is "users".
+    /// </summary>
+    public static RootCommand UsersCommandLine { get; } = new("fabric-dashboard users: manages the dashboard's users file") { UsersCommand() };
+
+    /// <summary><c>fabric-dashboard users set --users FILE NAME ROLE</c>: the password from standard input, stored as its hash.</summary>
+    private static Command UsersCommand()
+    {
+        var file = new Option<string>("--users") { Description = "the users file (created owner-only if it does not exist)", HelpName = "FILE", Required = true };
+        var name = new Argument<string>("NAME") { Description = "the user's name (one word)" };
+        var role = new Argument<string>("ROLE") { Description = "admin or read-only" };
+        var set = new Command("set", "sets a user's password and role in the users file, adding the user if new; the password (at least "
+            + $"{Users.MinimumPassword} characters) is read from standard input and only its salted PBKDF2 hash is stored. A running dashboard "
+            + "applies the change at the user's next request.") { file, name, role };
+        set.SetAction(result =>
+        {
+            var path = Path.GetFullPath(result.GetValue(file)!);
+            try
+            {
+                // What is wrong with the arguments is said before a password is asked for.
+                Users.CheckNameAndRole(result.GetValue(name)!, result.GetValue(role)!);
+                if (!Console.IsInputRedirected)
+                {
+                    Console.Error.Write("password: ");
+                }
+                var password = Console.IsInputRedirected ? Console.In.ReadLine() : ReadHidden();
+                if (string.IsNullOrEmpty(password))
+                {
+                    throw new FormatException("no password on standard input");
+                }
+                Users.Set(path, result.GetValue(name)!, password, result.GetValue(role)!);
+                Console.WriteLine($"{result.GetValue(name)} ({result.GetValue(role)}) set in {path}");
+                return 0;
+            }
+            catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
+            {
+                Console.Error.WriteLine($"fabric-dashboard users set: {e.Message}");
+                return 2;
+            }
+        });
+        return new Command("users", "manages the dashboard's users file") { set };
+    }
+
+    private static string ReadHidden()
+    {
+        var text = new System.Text.StringBuilder();
+        for (var key = Console.ReadKey(intercept: true); key.Key != ConsoleKey.Enter; key = Console.ReadKey(intercept: true))
+        {
+            if (key.Key == ConsoleKey.Backspace && text.Length > 0)
+            {
+                text.Length--;
+            }
+            else if (!char.IsControl(key.KeyChar))
+            {
+                text.Append(key.KeyChar);
+            }
+        }
+        Console.Error.WriteLine();
+        return text.ToString();
+    }
 
     /// <summary>Parses arguments; throws <see cref="FormatException"/> naming the argument that is wrong.</summary>
     public static DashboardOptions Parse(IReadOnlyList<string> args)
@@ -156,7 +229,17 @@ public sealed record DashboardOptions(
         var options = new DashboardOptions(true, result.GetValue(ListenOption)!, Path.GetFullPath(result.GetValue(DataOption)!), result.GetValue(HostsOption),
             result.GetValue(PhaseSecondsOption), Full(result.GetValue(SourceRootOption)), Full(result.GetValue(TestDataOption)), gateways,
             result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, Full(result.GetValue(UsersOption)), result.GetValue(NamespacesOption),
-            Full(result.GetValue(CertificateOption)), Full(result.GetValue(KeyOption)), Full(result.GetValue(AuthorityOption)), result.GetValue(ClusteringOption)!);
+            Full(result.GetValue(CertificateOption)), Full(result.GetValue(KeyOption)), Full(result.GetValue(AuthorityOption)), result.GetValue(ClusteringOption)!,
+            Full(result.GetValue(TlsCertificateOption)), Full(result.GetValue(TlsKeyOption)));
+        if ((options.TlsCertificate is null) != (options.TlsKey is null))
+        {
+            throw new FormatException("--tls-certificate and --tls-key go together");
+        }
+        if (options.TlsCertificate is null && !IPAddress.IsLoopback(options.Listen.Address))
+        {
+            throw new FormatException($"--listen {options.Listen}: beyond loopback the dashboard serves only HTTPS (passwords and session cookies "
+                + "would cross the network in clear): give --tls-certificate FILE and --tls-key FILE");
+        }
         var credentials = new[] { options.Certificate, options.Key, options.Authority };
         if (options.Clustering == "azure-table" && gateways.Length > 0)
         {

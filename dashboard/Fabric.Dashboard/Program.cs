@@ -14,6 +14,10 @@ using Microsoft.AspNetCore.Mvc;
 using MudBlazor.Services;
 
 // fabric-dashboard: the operator UI; with --embedded (the default) the whole system in one process.
+if (args is ["users", ..])
+{
+    return CommandLineConventions.Invoke(DashboardOptions.UsersCommandLine, args);
+}
 if (CommandLineConventions.Parse(DashboardOptions.Command, args, out var parsed) is { } exit)
 {
     return exit;
@@ -33,7 +37,7 @@ try
     {
         sourceRoot = options.SourceRoot ?? BuiltInStacks.FindSourceRoot(AppContext.BaseDirectory)
             ?? throw new FormatException("cannot find the Fabric checkout above this program: give --source-root DIR");
-        users = Users.EnsureGenerated(Path.Combine(options.DataDirectory, "credentials.txt"));
+        users = Users.EnsureGenerated(Path.Combine(options.DataDirectory, "credentials.txt"), InitialPasswords(options));
         // Keys are kept; the repository and the agents' state are rebuilt from this build at every start.
         var run = Path.Combine(options.DataDirectory, "run");
         if (Directory.Exists(run))
@@ -76,7 +80,26 @@ catch (Exception e) when (e is FormatException or IOException or UnauthorizedAcc
 var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
 // MudBlazor's files come from its package folder through the static web assets manifest, in every environment.
 builder.WebHost.UseStaticWebAssets();
-builder.WebHost.UseKestrel(k => k.Listen(options.Listen));
+System.Security.Cryptography.X509Certificates.X509Certificate2? tls = null;
+if (options.TlsCertificate is not null)
+{
+    try
+    {
+        tls = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPemFile(options.TlsCertificate, options.TlsKey);
+    }
+    catch (Exception e) when (e is System.Security.Cryptography.CryptographicException or IOException or ArgumentException)
+    {
+        Console.Error.WriteLine($"fabric-dashboard: --tls-certificate '{options.TlsCertificate}' with --tls-key '{options.TlsKey}': {e.Message}");
+        return 2;
+    }
+}
+builder.WebHost.UseKestrel(k => k.Listen(options.Listen, listen =>
+{
+    if (tls is not null)
+    {
+        listen.UseHttps(tls);
+    }
+}));
 // Ctrl+C ends within 15 s even when a part does not stop on its own (the fleet's agents and namespaces stop first, the
 // silo's graceful shutdown is cut short after that); the default, 30 s, is as long as an operator's patience.
 builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(15));
@@ -168,7 +191,26 @@ builder.Services.AddAuthentication(CookieAuthenticationDefaults.AuthenticationSc
         o.Cookie.SameSite = SameSiteMode.Strict;
         o.ExpireTimeSpan = TimeSpan.FromHours(8);
         o.SlidingExpiration = true;
+        // Over HTTPS the cookie never travels in clear (there is no plain listener beside it).
+        o.Cookie.SecurePolicy = tls is null ? CookieSecurePolicy.SameAsRequest : CookieSecurePolicy.Always;
+        // A user removed from the users file, or given another role, is signed out at their next request.
+        o.Events.OnValidatePrincipal = async context =>
+        {
+            var known = context.HttpContext.RequestServices.GetRequiredService<Users>();
+            if (context.Principal is not { } principal || !known.StillValid(principal))
+            {
+                context.RejectPrincipal();
+                if (known.Error is null)
+                {
+                    // Removed, demoted or given another password: the cookie goes. (While the file does not read, nobody
+                    // is let in, but cookies are kept for when it is fixed.)
+                    await context.HttpContext.SignOutAsync(CookieAuthenticationDefaults.AuthenticationScheme);
+                }
+            }
+        };
     });
+// A page already open (a live circuit) is re-checked against the users file every few seconds too.
+builder.Services.AddScoped<Microsoft.AspNetCore.Components.Authorization.AuthenticationStateProvider, UsersRevalidation>();
 builder.Services.AddAuthorization();
 // Sign-ins survive a restart: the cookie keys live in the data folder (owner-only), not in memory.
 var protectionKeys = Directory.CreateDirectory(Path.Combine(options.DataDirectory, "dataprotection"));
@@ -197,11 +239,16 @@ app.MapPost("/account/login", async (HttpContext http, [FromForm] string? userna
     }
     if (await throttle.HashAsync(() => known.Check(username, password)) is not { } user)
     {
+        if (known.Error is { } broken)
+        {
+            // Fail closed: no one signs in while the file does not read; the operator learns why here.
+            app.Logger.LogWarning("Sign-in refused: {Error}", broken);
+        }
         throttle.Failed(username, address);
         return Results.LocalRedirect($"/login?error=1&returnUrl={Uri.EscapeDataString(back)}");
     }
     throttle.Succeeded(username);
-    var identity = new ClaimsIdentity([new Claim(ClaimTypes.Name, user.Name), new Claim(ClaimTypes.Role, user.Role)], CookieAuthenticationDefaults.AuthenticationScheme);
+    var identity = new ClaimsIdentity(known.ClaimsOf(user), CookieAuthenticationDefaults.AuthenticationScheme);
     await http.SignInAsync(CookieAuthenticationDefaults.AuthenticationScheme, new ClaimsPrincipal(identity));
     return Results.LocalRedirect(back);
 });
@@ -221,11 +268,12 @@ catch (OperationCanceledException)
     network?.Dispose();
     return 0;
 }
-var url = $"http://{(options.Listen.Address.Equals(IPAddress.Any) ? "127.0.0.1" : options.Listen.Address)}:{options.Listen.Port}/";
+var url = $"{(tls is null ? "http" : "https")}://{(options.Listen.Address.Equals(IPAddress.Any) ? "127.0.0.1" : options.Listen.Address)}:{options.Listen.Port}/";
 Console.WriteLine(options.Embedded
     ? $"Fabric is running on its embedded default: {options.Hosts} simulated hosts{(network is null ? "" : $" as fabric-agent processes in network namespaces {network.Id}-*")}, a silo, "
       + $"stacks signed by the development key in {Path.Combine(options.DataDirectory, "keys")}.\n"
-      + $"Dashboard: {url}  (sign in as 'admin' for changes or 'viewer' to look; the passwords are in {users.Path})\nCtrl+C stops it."
+      + $"Dashboard: {url}  (sign in as 'admin' for changes or 'viewer' to look; the generated passwords are in {InitialPasswords(options)}; "
+      + $"change them with 'fabric-dashboard users set --users {users.Path} NAME ROLE')\nCtrl+C stops it."
     : $"Fabric dashboard: {url}  (cluster {options.ClusterId} through {(options.Clustering == "azure-table" ? "the membership table" : string.Join(", ", options.Gateways))}; users from {users.Path})");
 await app.WaitForShutdownAsync();
 return 0;
@@ -244,6 +292,8 @@ static void EnsureFree(IPEndPoint listen)
         throw new IOException($"cannot listen on {listen}: {e.Message} (is Fabric already running? give another --listen ADDR:PORT)");
     }
 }
+
+static string InitialPasswords(DashboardOptions options) => Path.Combine(options.DataDirectory, "initial-passwords.txt");
 
 static int FreePort()
 {

@@ -57,7 +57,11 @@ public sealed class Agent : IDisposable
         _logger = logger;
         _openPort = openPort ?? (device => AfPacketPort.Open(device));
         var start = Stopwatch.GetTimestamp();
-        Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu) { Drain = TimeSpan.FromMilliseconds(config.DrainMilliseconds) }, () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
+        Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu)
+        {
+            Drain = TimeSpan.FromMilliseconds(config.DrainMilliseconds),
+            PeerSlotIdle = TimeSpan.FromSeconds(config.PeerSlotIdleSeconds),
+        }, () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
         _registrations = new Registrations(TryAttach, Switch.DetachVm, config.StateDirectory);
     }
 

@@ -60,7 +60,8 @@ public sealed record AgentConfig(
     int DrainMilliseconds = 2000,
     RepositoryConfig? Repository = null,
     string? StateDirectory = null,
-    ControlPlaneConfig? ControlPlane = null)
+    ControlPlaneConfig? ControlPlane = null,
+    int PeerSlotIdleSeconds = 600)
 {
     private static readonly JsonSerializerOptions Json = new()
     {
@@ -142,6 +143,10 @@ public sealed record AgentConfig(
         if (DrainMilliseconds is < 0 or > 600_000)
         {
             problems.Add($"drainMilliseconds: {DrainMilliseconds} is outside 0..600000");
+        }
+        if (PeerSlotIdleSeconds is < 1 or > 86_400)
+        {
+            problems.Add($"peerSlotIdleSeconds: {PeerSlotIdleSeconds} is outside 1..86400");
         }
         if (string.IsNullOrWhiteSpace(ApiSocket))
         {

@@ -97,6 +97,40 @@ public class BindingTests
         Assert.Equal(1, hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stats.FramesDelivered);
     }
 
+    /// <summary>
+    /// A slot the peer opened is memory and a stack instance held here for it: one that receives nothing for the idle time
+    /// (the peer's VM fell silent, or the peer went away without a close) is closed, and when the peer sends on it again,
+    /// this end asks it to open the slot anew and traffic resumes.
+    /// </summary>
+    [Fact]
+    public async Task ASlotThePeerOpened_ThatFallsSilent_IsClosedHere_AndOpenedAgainWhenThePeerSends()
+    {
+        using var hosts = new TwoHosts(peerSlotIdleSeconds: 1);
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "swap-test", TestContext.Current.CancellationToken));
+        var slot = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+        var frame = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
+        hosts.Vm("vm3").Transmit(frame);
+        hosts.Expect("vm1");
+        Assert.Equal("swap-test", hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stack);
+
+        // Nothing on it for over a second: host A closes it and says so (the event comes just after the slot goes).
+        var said = $"slot {slot} on the path to host-b (swap-test), opened by the peer, received nothing for 1 s: closed";
+        Eventually.True(() => hosts.A.Switch.Paths["host-b"].StackStats() is { Count: > 0 } slots && !slots.ContainsKey(slot)
+                && hosts.A.Switch.Events.Any(e => e.Contains(said, StringComparison.Ordinal)), TimeSpan.FromSeconds(10),
+            "the idle peer-opened slot closed and said so", () => string.Join("; ", hosts.A.Switch.Events));
+
+        // vm3 speaks again: the first frames find no slot at A, which asks B to open it again; then they flow through it.
+        var delivered = false;
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm3").Transmit(frame);
+            delivered |= !hosts.Silent("vm1", TimeSpan.FromMilliseconds(200));
+            return delivered;
+        }, TimeSpan.FromSeconds(10), "vm3's traffic through the slot opened again", () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.Equal("swap-test", hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stack);
+        Assert.True(hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stats.FramesDelivered >= 1);
+    }
+
     [Fact]
     public async Task ASecureSlotWithoutAKey_DropsAndSaysSo()
     {

@@ -27,13 +27,15 @@ internal sealed class TwoHosts : IDisposable
     /// <param name="stack">The paths' stack.</param>
     /// <param name="settings">Per stack id, the configuration both ends give its instances (e.g. secure's key).</param>
     /// <param name="authenticated">Whether the two ends share an overlay key (authenticated probes and control messages).</param>
-    public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null, bool authenticated = true)
+    /// <param name="peerSlotIdleSeconds">How long host A keeps a slot host B opened that receives nothing.</param>
+    public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null, bool authenticated = true, int peerSlotIdleSeconds = 600)
     {
         _overlayKey = authenticated ? OverlayKey : null;
         string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
             StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.FaultySealed), StackPlugins.PathOf(StackPlugins.Secure)];
         (_stacks, _stack, _settings) = (stacks, stack, settings);
-        A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
+        A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100,
+            PeerSlotIdleSeconds: peerSlotIdleSeconds), NullLogger.Instance, Open);
         A.Start();
         B = StartB(0);
         Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings, _overlayKey))));

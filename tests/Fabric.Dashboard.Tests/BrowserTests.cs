@@ -59,10 +59,11 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
         return await SignInAsync(fixture.Browser!, fixture.Dashboard.Url, user, password, path);
     }
 
-    /// <summary>Opens <paramref name="path"/>, is sent to the login page, and signs in there.</summary>
-    internal static async Task<IPage> SignInAsync(IBrowser browser, string url, string user, string password, string path = "")
+    /// <summary>Opens <paramref name="path"/>, is sent to the login page, and signs in there (with <paramref name="anyCertificate"/>, over
+    /// HTTPS with a certificate no authority signed).</summary>
+    internal static async Task<IPage> SignInAsync(IBrowser browser, string url, string user, string password, string path = "", bool anyCertificate = false)
     {
-        var context = await browser.NewContextAsync(new() { ViewportSize = new() { Width = 1400, Height = 1000 } });
+        var context = await browser.NewContextAsync(new() { IgnoreHTTPSErrors = anyCertificate, ViewportSize = new() { Width = 1400, Height = 1000 } });
         var page = await context.NewPageAsync();
         await page.GotoAsync(url + path);
         Assert.Contains("/login", page.Url, StringComparison.Ordinal);

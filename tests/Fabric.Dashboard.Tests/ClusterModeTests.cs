@@ -25,8 +25,12 @@ public sealed class ClusterModeTests
             { "clusterId": "dash", "serviceId": "dash", "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}",
               "security": { "certificate": "{{silocert.Certificate}}", "key": "{{silocert.Key}}", "authority": "{{silocert.Authority}}" } }
             """);
+        // The users file as an operator makes it: passwords given to the command, only their hashes in the file.
         var users = Path.Combine(folder, "users");
-        File.WriteAllText(users, "# operators\nops correct-horse-battery admin\nauditor staple-battery-horse read-only\n");
+        EmbeddedDashboard.SetUser(users, "ops", "correct-horse-battery", "admin");
+        EmbeddedDashboard.SetUser(users, "auditor", "staple-battery-horse", "read-only");
+        Assert.DoesNotContain("correct-horse-battery", File.ReadAllText(users), StringComparison.Ordinal);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(users));
         var silo = Process.Start(new ProcessStartInfo(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", config]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
         await using var dashboard = new EmbeddedDashboard("--gateway", $"127.0.0.1:{gatewayPort}", "--users", users, "--cluster-id", "dash", "--service-id", "dash",
             "--certificate", opcert.Certificate, "--key", opcert.Key, "--authority", opcert.Authority);
@@ -38,7 +42,6 @@ public sealed class ClusterModeTests
                     "the silo answering", () => Task.FromResult(""));
             }
             await dashboard.InitializeAsync();
-            Assert.Equal(("ops", "correct-horse-battery"), dashboard.Admin);
             using var playwright = await Playwright.CreateAsync();
             await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = BrowserFixture.Chromium, Headless = true, Args = ["--no-sandbox"] });
             var page = await browser.NewPageAsync();

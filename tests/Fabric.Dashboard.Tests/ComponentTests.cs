@@ -55,17 +55,25 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
 
     private static string Unique(string prefix) => $"{prefix}-{Guid.NewGuid():N}"[..20];
 
-    /// <summary>Signs a user in with a role, then renders as Blazor Server does: interactive, so pages refresh themselves.</summary>
-    private void SignIn(string role)
+    /// <summary>
+    /// Signs a user in with a role, then renders as Blazor Server does: interactive, so pages refresh themselves. The users
+    /// file names the user with <paramref name="fileRole"/> (the role now; by default the one signed in with).
+    /// </summary>
+    private void SignIn(string role, string? fileRole = null)
     {
-        AddAuthorization().SetAuthorized("someone").SetRoles(role);
+        var file = Path.Combine(Directory.CreateTempSubdirectory("fabric-component-users-").FullName, "users");
+        Users.Set(file, "someone", "a-long-enough-password", fileRole ?? role);
+        var users = Users.Load(file);
+        Services.AddSingleton(users);
+        var stamp = users.ClaimsOf(new DashboardUser("someone", fileRole ?? role)).Single(c => c.Type == Users.StampClaim);
+        AddAuthorization().SetAuthorized("someone").SetRoles(role).SetClaims(stamp);
         Renderer.SetRendererInfo(new Microsoft.AspNetCore.Components.RendererInfo("Server", isInteractive: true));
         Render<MudPopoverProvider>();
     }
 
-    private IRenderedComponent<PolicyEditor> Editor(string vmId, Policy policy, bool canEdit, string role)
+    private IRenderedComponent<PolicyEditor> Editor(string vmId, Policy policy, bool canEdit, string role, string? fileRole = null)
     {
-        SignIn(role);
+        SignIn(role, fileRole);
         return Render<PolicyEditor>(p => p.Add(e => e.VmId, vmId).Add(e => e.Current, policy).Add(e => e.PolicyVersion, 0)
             .Add(e => e.Catalog, GrainsFixture.Catalog).Add(e => e.CanEdit, canEdit));
     }
@@ -125,6 +133,18 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         Assert.Equal([name], saved);
         var stored = (await _grains.Client.GetGrain<IPolicyLibraryGrain>(IPolicyLibraryGrain.Key).ListAsync()).Single(p => p.Name == name);
         Assert.Equal("latency", stored.Policy.Workload);
+    }
+
+    /// <summary>An admin whose page is open when the operator demotes them: the form still shows, the server refuses.</summary>
+    [Fact]
+    public async Task AnAdminDemotedInTheUsersFile_IsRefusedByTheServer_ThoughTheirPageStillShowsTheForm()
+    {
+        var vmId = Unique("vm");
+        var editor = Editor(vmId, Policy.Default with { Workload = "bulk" }, canEdit: true, DashboardUser.Admin, fileRole: DashboardUser.ReadOnly);
+        Assert.False(editor.Find("[data-testid=save-policy]").HasAttribute("disabled"));
+        await editor.Find("[data-testid=save-policy]").ClickAsync(new());
+        editor.WaitForAssertion(() => Assert.Contains("only an admin can change policies", editor.Find("[data-testid=policy-errors]").TextContent, StringComparison.Ordinal));
+        Assert.Equal(0, (await _grains.Client.GetGrain<IVmGrain>(vmId).GetAsync()).PolicyVersion);
     }
 
     [Fact]

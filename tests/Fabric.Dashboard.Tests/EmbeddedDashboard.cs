@@ -55,18 +55,52 @@ public sealed class EmbeddedDashboard(params string[] arguments) : IAsyncLifetim
         _process.ErrorDataReceived += (_, e) => Append(e.Data);
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
-        Url = $"http://127.0.0.1:{port}/";
+        Url = $"{(arguments.Contains("--tls-certificate") ? "https" : "http")}://127.0.0.1:{port}/";
         await Eventually.TrueAsync(() => Task.FromResult(Output.Contains("ashboard: http", StringComparison.Ordinal) || _process.HasExited),
             TimeSpan.FromSeconds(60), "the embedded default started", () => Task.FromResult(Output));
         if (_process.HasExited)
         {
             throw new InvalidOperationException($"fabric-dashboard exited with {_process.ExitCode}: {Output}");
         }
-        var credentials = arguments.SkipWhile(a => a != "--users").Skip(1).FirstOrDefault() ?? Path.Combine(DataDirectory, "credentials.txt");
-        var users = File.ReadAllLines(credentials).Where(l => !l.StartsWith('#')).Select(l => l.Split(' ')).ToList();
+        if (arguments.Contains("--users"))
+        {
+            // The test wrote that file's hashes and knows the passwords.
+            return;
+        }
+        var users = File.ReadAllLines(InitialPasswords).Where(l => !l.StartsWith('#')).Select(l => l.Split(' ')).ToList();
         Admin = (users.Single(u => u[2] == "admin")[0], users.Single(u => u[2] == "admin")[1]);
         Viewer = (users.Single(u => u[2] == "read-only")[0], users.Single(u => u[2] == "read-only")[1]);
     }
+
+    /// <summary>
+    /// <c>fabric-dashboard users set --users FILE NAME ROLE</c> with the password on standard input, as an operator runs it;
+    /// fails the test when the command fails.
+    /// </summary>
+    public static void SetUser(string file, string name, string password, string role)
+    {
+        var start = new ProcessStartInfo(Processes.Built("dashboard/Fabric.Dashboard", "fabric-dashboard"), ["users", "set", "--users", file, name, role])
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        using var process = Process.Start(start)!;
+        process.StandardInput.WriteLine(password);
+        process.StandardInput.Close();
+        var error = process.StandardError.ReadToEndAsync();
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"fabric-dashboard users set exited with {process.ExitCode}: {output} {error.Result}");
+        }
+    }
+
+    /// <summary>The embedded default's users file (hashes only).</summary>
+    public string UsersFile => Path.Combine(DataDirectory, "credentials.txt");
+
+    /// <summary>Where the embedded default put the passwords it generated.</summary>
+    public string InitialPasswords => Path.Combine(DataDirectory, "initial-passwords.txt");
 
     private void Append(string? line)
     {

@@ -32,6 +32,9 @@ public sealed class RemotePath : IDisposable
     private readonly IStack?[] _slots = new IStack?[256];
     private readonly string?[] _slotStacks = new string?[256];
     private readonly long[] _drainUntil = new long[256];
+
+    /// <summary>When each slot last received a datagram for its instance (or was opened): a peer-opened slot idle long is closed.</summary>
+    private readonly long[] _receivedAt = new long[256];
     private readonly ulong[] _openIds = new ulong[256];
     private readonly bool[] _peerOpened = new bool[256];
     private readonly bool[] _slotEncrypts = new bool[256];
@@ -249,6 +252,7 @@ public sealed class RemotePath : IDisposable
         lock (_gate)
         {
             unchanged = _slotStacks[slot] == stack.Description.Id && (_openIds[slot] == openId || !_peerOpened[slot]);
+            _receivedAt[slot] = Clock();
             if (unchanged)
             {
                 _drainUntil[slot] = 0;
@@ -451,6 +455,8 @@ public sealed class RemotePath : IDisposable
         {
             if (adoptPeerOpened && _peerOpened[slot] && _drainUntil[slot] == 0 && slot != _transmitSlot && _slotStacks[slot] == stack.Description.Id)
             {
+                // Adopted for a swap about to commit: fresh, so the idle expiry does not take it meanwhile.
+                _receivedAt[slot] = Clock();
                 instance.Dispose();
                 return false;
             }
@@ -510,10 +516,16 @@ public sealed class RemotePath : IDisposable
         }
     }
 
-    /// <summary>Closes every drained slot whose time has come; returns their slots and stack ids (for the stack host to release).</summary>
-    internal List<(int Slot, string Stack)> TakeDrained(long now)
+    /// <summary>
+    /// Closes every drained slot whose time has come, and every slot the peer opened that has received nothing for
+    /// <paramref name="peerIdle"/> nanoseconds and that this end does not send on (the peer's VM fell silent, or the
+    /// peer went away without closing it: its memory and instance are not held for ever; if the peer sends on it again,
+    /// this end asks it to open the slot anew). Returns their slots, stack ids (for the stack host to release) and which
+    /// were idle.
+    /// </summary>
+    internal List<(int Slot, string Stack, bool Idle)> TakeDrained(long now, long peerIdle)
     {
-        var released = new List<(int, string)>();
+        var released = new List<(int, string, bool)>();
         // Housekeeping must not wait on a path whose stack is stuck: try again next round.
         if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(50)))
         {
@@ -525,7 +537,11 @@ public sealed class RemotePath : IDisposable
             {
                 if (_slots[i] is not null && _drainUntil[i] != 0 && _drainUntil[i] <= now && !InUseLocked(i))
                 {
-                    released.Add((i, CloseLocked(i)));
+                    released.Add((i, CloseLocked(i), false));
+                }
+                else if (_slots[i] is not null && _peerOpened[i] && _drainUntil[i] == 0 && now - _receivedAt[i] > peerIdle && !InUseLocked(i))
+                {
+                    released.Add((i, CloseLocked(i), true));
                 }
             }
         }
@@ -778,7 +794,9 @@ public sealed class RemotePath : IDisposable
                 _output.Prepare(header.Slot, header.VirtualNetworkId);
                 _delivery.VirtualNetwork = header.VirtualNetworkId;
                 _inCallSlot = header.Slot;
-                Volatile.Write(ref _inCallSince, Clock());
+                var now = Clock();
+                _receivedAt[header.Slot] = now;
+                Volatile.Write(ref _inCallSince, now);
                 try
                 {
                     stack.Receive(new StackDatagram(header.ToRepr(), header.StackFields, header.Payload), Clock(), _delivery, _output);

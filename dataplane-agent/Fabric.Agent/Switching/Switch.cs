@@ -18,6 +18,9 @@ public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500)
 {
     /// <summary>How long a replaced stack instance keeps receiving, and an unused stack stays loaded.</summary>
     public TimeSpan Drain { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>How long a slot the peer opened may receive nothing before it is closed here (the peer opens it again when it sends).</summary>
+    public TimeSpan PeerSlotIdle { get; init; } = TimeSpan.FromMinutes(10);
 }
 
 /// <summary>
@@ -658,8 +661,12 @@ public sealed class Switch : IDisposable
                 }
                 continue;
             }
-            foreach (var (slot, stackId) in path.TakeDrained(now))
+            foreach (var (slot, stackId, idle) in path.TakeDrained(now, (long)_options.PeerSlotIdle.TotalNanoseconds))
             {
+                if (idle)
+                {
+                    Report($"slot {slot} on the path to {path.Spec.HostId} ({stackId}), opened by the peer, received nothing for {_options.PeerSlotIdle.TotalSeconds:0.#} s: closed");
+                }
                 _stackHost.Release(stackId);
                 if (path.IsOwnSlot(slot))
                 {

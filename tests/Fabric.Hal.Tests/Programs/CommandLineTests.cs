@@ -57,6 +57,9 @@ public sealed class CommandLineTests
         "--certificate, --key and --authority are required with a gateway beyond loopback")]
     [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--gateway", "127.0.0.1:30000", "--users", "/nonexistent", "--key", "/k.pem" },
         "--certificate, --key and --authority go together")]
+    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--listen", "0.0.0.0:5080" }, "--listen 0.0.0.0:5080: beyond loopback the dashboard serves only HTTPS")]
+    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--tls-certificate", "/c.pem" }, "--tls-certificate and --tls-key go together")]
+    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "users", "set", "--users", "/nonexistent/users", "ops", "root" }, "role 'root': is not admin or read-only")]
     [InlineData("repository/Fabric.Repository.Cli", "fabric-repo", new[] { "pack", "--from", "x", "--id", "y", "--version", "1.0.0", "--out", "z", "--family", "ipx" }, "--family 'ipx': is not one of ipv4, ipv6")]
     [InlineData("dataplane-agent/Fabric.Hal.Cli", "fabric-hal", new[] { "vf", "eth0", "--vf", "1", "--mac", "zz" }, "--mac 'zz': is not a MAC address")]
     [InlineData("dataplane-agent/Fabric.Hal.Cli", "fabric-hal", new[] { "vf", "eth0", "--trust", "on" }, "'--trust' must follow a --vf INDEX")]
