@@ -74,9 +74,17 @@ builder.UseOrleans(silo =>
     // of probeSeconds each fail (6 s by default; Orleans' own 3 × 5 s = 15 s left VMs without decisions too long).
     silo.Configure<Orleans.Configuration.ClusterMembershipOptions>(o => (o.ProbeTimeout, o.NumMissedProbesLimit) = (TimeSpan.FromSeconds(config.ProbeSeconds), config.MissedProbes));
     var connection = Environment.GetEnvironmentVariable(SiloConfig.ConnectionVariable);
-    if (config.Clustering == "azure-table")
+    var redis = Environment.GetEnvironmentVariable(SiloConfig.RedisVariable);
+    if (config.Clustered)
     {
-        silo.UseAzureStorageClustering(o => o.TableServiceClient = new TableServiceClient(connection));
+        if (config.Clustering == "redis")
+        {
+            silo.UseRedisClustering(o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(redis!));
+        }
+        else
+        {
+            silo.UseAzureStorageClustering(o => o.TableServiceClient = new TableServiceClient(connection));
+        }
         silo.ConfigureEndpoints(config.AdvertisedAddress is null ? IPAddress.Loopback : IPAddress.Parse(config.AdvertisedAddress), config.SiloPort, config.GatewayPort);
     }
     else if (config.AdvertisedAddress is { } advertised)
@@ -95,6 +103,10 @@ builder.UseOrleans(silo =>
     if (config.Storage == "azure-table")
     {
         silo.AddAzureTableGrainStorage(Storage.Name, o => o.TableServiceClient = new TableServiceClient(connection));
+    }
+    else if (config.Storage == "redis")
+    {
+        silo.AddRedisGrainStorage(Storage.Name, o => o.ConfigurationOptions = StackExchange.Redis.ConfigurationOptions.Parse(redis!));
     }
     else
     {

@@ -7,8 +7,9 @@ namespace Fabric.Silo.Host;
 
 /// <summary>
 /// fabric-silo's configuration file (JSON, comments allowed); every field has the embedded default. Storage and
-/// clustering: "memory"/"localhost" (one machine) or "azure-table" (a cluster; the account's connection string in the
-/// environment variable FABRIC_TABLE_CONNECTION_STRING).
+/// clustering: "memory"/"localhost" (one machine), "azure-table" (a cluster; the account's connection string in the
+/// environment variable FABRIC_TABLE_CONNECTION_STRING) or "redis" (a cluster; the server's StackExchange.Redis
+/// configuration string in FABRIC_REDIS_CONNECTION_STRING).
 /// </summary>
 public sealed record SiloConfig(
     string ClusterId = "fabric",
@@ -30,6 +31,12 @@ public sealed record SiloConfig(
     int MissedProbes = 3)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
+
+    /// <summary>Where clustering or storage "redis" finds the server (a StackExchange.Redis configuration string, e.g. "10.0.0.9:6379,password=…").</summary>
+    public const string RedisVariable = "FABRIC_REDIS_CONNECTION_STRING";
+
+    /// <summary>Whether the silos share a membership table (any clustering but one machine's).</summary>
+    public bool Clustered => Clustering is "azure-table" or "redis";
 
     /// <summary>Overrides advertisedAddress (a pod's address comes from its environment, not from a shared file).</summary>
     public const string AdvertisedAddressVariable = "FABRIC_ADVERTISED_ADDRESS";
@@ -70,13 +77,37 @@ public sealed record SiloConfig(
 
     public IEnumerable<string> Validate()
     {
-        if (Clustering is not ("localhost" or "azure-table"))
+        if (Clustering is not ("localhost" or "azure-table" or "redis"))
         {
-            yield return $"clustering: '{Clustering}' is not localhost or azure-table";
+            yield return $"clustering: '{Clustering}' is not localhost, azure-table or redis";
         }
-        if (Storage is not ("memory" or "azure-table"))
+        if (Storage is not ("memory" or "azure-table" or "redis"))
         {
-            yield return $"storage: '{Storage}' is not memory or azure-table";
+            yield return $"storage: '{Storage}' is not memory, azure-table or redis";
+        }
+        if (Clustering == "redis" || Storage == "redis")
+        {
+            var redis = Environment.GetEnvironmentVariable(RedisVariable);
+            if (string.IsNullOrWhiteSpace(redis))
+            {
+                yield return $"clustering/storage redis: set {RedisVariable} to the Redis server's configuration string (HOST:PORT[,password=…])";
+            }
+            else
+            {
+                string? problem = null;
+                try
+                {
+                    StackExchange.Redis.ConfigurationOptions.Parse(redis);
+                }
+                catch (ArgumentException e)
+                {
+                    problem = e.Message;
+                }
+                if (problem is not null)
+                {
+                    yield return $"{RedisVariable}: {problem}";
+                }
+            }
         }
         if ((Clustering == "azure-table" || Storage == "azure-table") && string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(ConnectionVariable)))
         {
@@ -125,9 +156,9 @@ public sealed record SiloConfig(
         {
             yield return $"repository.trustRoot: '{Repository.TrustRoot}' does not exist";
         }
-        if (Learning is null && Clustering == "azure-table")
+        if (Learning is null && Clustered)
         {
-            yield return "learning.store: required with azure-table clustering (every silo must read the same outcome log and models: blob:CONTAINER)";
+            yield return $"learning.store: required with {Clustering} clustering (every silo must read the same outcome log and models: blob:CONTAINER, or a folder they share)";
         }
         if (Learning is { } learning)
         {

@@ -43,6 +43,7 @@ public sealed class GrainsFixture : IAsyncLifetime
 public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
 {
     private readonly GrainsFixture _grains;
+    private readonly string _usersFolder = Directory.CreateTempSubdirectory("fabric-component-users-").FullName;
 
     public ComponentTests(GrainsFixture grains)
     {
@@ -53,6 +54,25 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         Services.AddSingleton(new Simulation(DashboardOptions.Parse([]), null));
     }
 
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && Directory.Exists(_usersFolder))
+        {
+            Directory.Delete(_usersFolder, recursive: true);
+        }
+        base.Dispose(disposing);
+    }
+
+    /// <summary>xunit disposes asynchronously, which does not pass through <see cref="Dispose(bool)"/>.</summary>
+    protected override async ValueTask DisposeAsyncCore()
+    {
+        if (Directory.Exists(_usersFolder))
+        {
+            Directory.Delete(_usersFolder, recursive: true);
+        }
+        await base.DisposeAsyncCore();
+    }
+
     private static string Unique(string prefix) => $"{prefix}-{Guid.NewGuid():N}"[..20];
 
     /// <summary>
@@ -61,7 +81,7 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
     /// </summary>
     private void SignIn(string role, string? fileRole = null)
     {
-        var file = Path.Combine(Directory.CreateTempSubdirectory("fabric-component-users-").FullName, "users");
+        var file = Path.Combine(_usersFolder, "users");
         Users.Set(file, "someone", "a-long-enough-password", fileRole ?? role);
         var users = Users.Load(file);
         Services.AddSingleton(users);

@@ -4,18 +4,28 @@ using Fabric.Testing;
 
 namespace Fabric.Silo.Tests;
 
-/// <summary>A fabric-silo process with a configuration file and the storage account's connection string in its environment.</summary>
+/// <summary>
+/// A fabric-silo process with a configuration file and the storage account's connection string in its environment (and,
+/// when given, the Redis server's).
+/// </summary>
 internal sealed class SiloProcess : IDisposable
 {
     private readonly Process _process;
 
-    public SiloProcess(string config, string connection)
+    public SiloProcess(string config, string? connection, string? redis = null)
     {
         var start = new ProcessStartInfo(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo")) { RedirectStandardOutput = true, RedirectStandardError = true };
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
-        start.Environment["FABRIC_TABLE_CONNECTION_STRING"] = connection;
-        start.Environment["FABRIC_BLOB_CONNECTION_STRING"] = connection;
+        if (connection is not null)
+        {
+            start.Environment["FABRIC_TABLE_CONNECTION_STRING"] = connection;
+            start.Environment["FABRIC_BLOB_CONNECTION_STRING"] = connection;
+        }
+        if (redis is not null)
+        {
+            start.Environment["FABRIC_REDIS_CONNECTION_STRING"] = redis;
+        }
         _process = Process.Start(start)!;
         _process.OutputDataReceived += (_, e) => Output.Add(e.Data ?? "");
         _process.ErrorDataReceived += (_, e) => Output.Add(e.Data ?? "");
