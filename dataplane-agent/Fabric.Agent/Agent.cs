@@ -105,7 +105,11 @@ public sealed class Agent : IDisposable
         lock (_apiGate)
         {
             // VMs registered before a restart, then hook calls made while the agent was down, in the order they were made.
-            _registrations.Load();
+            // A registration file that cannot be read is set aside and said, never a reason not to forward.
+            foreach (var (file, aside, reason) in _registrations.Load())
+            {
+                Log.RegistrationUnreadable(_logger, file, aside, reason);
+            }
         }
         ReplaySpool();
         // Drained slots are closed, idle stacks unloaded and registered vNICs whose netdev appeared attached in the
@@ -323,6 +327,7 @@ public sealed class Agent : IDisposable
             Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value) }),
         }),
         Registrations = _registrations.Status(),
+        UnreadableRegistrations = _registrations.Unreadable.Select(u => new { u.File, u.SetAside, u.Reason }),
         Routes = Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => new { e.Vni, Mac = e.Mac.ToString(), Host = e.RemoteHost }),
     };
 

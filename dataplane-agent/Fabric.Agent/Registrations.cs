@@ -22,8 +22,11 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
 
     private string? Folder => stateDirectory is null ? null : Path.Combine(stateDirectory, "vms");
 
-    /// <summary>Registers; returns "registered", "replaced" or "unchanged". Throws <see cref="InvalidOperationException"/> naming every problem.</summary>
-    public string Register(VmRegistration registration)
+    /// <summary>
+    /// Registers; returns "registered", "replaced" or "unchanged". Throws <see cref="InvalidOperationException"/> naming
+    /// every problem. With <paramref name="persist"/> false (a registration read back from its own file) nothing is written.
+    /// </summary>
+    public string Register(VmRegistration registration, bool persist = true)
     {
         var problems = registration.Validate().ToList();
         if (problems.Count > 0)
@@ -44,7 +47,7 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
         }
         var interfaces = registration.Interfaces.Select((nic, i) => Plan(registration.Id, i, nic)).ToArray();
         _entries[registration.Id] = (registration, json, interfaces);
-        if (Folder is { } folder)
+        if (persist && Folder is { } folder)
         {
             AtomicFile.Write(Path.Combine(folder, FileName(registration.Id)), System.Text.Encoding.UTF8.GetBytes(json));
         }
@@ -87,17 +90,57 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
         }
     }
 
-    /// <summary>Registrations persisted by an earlier run of the agent.</summary>
-    public void Load()
+    /// <summary>Registration files that could not be read at start: each set aside (renamed), with why.</summary>
+    public List<(string File, string SetAside, string Reason)> Unreadable { get; } = [];
+
+    /// <summary>
+    /// Registrations persisted by an earlier run of the agent. One that cannot be read (damaged, truncated, or no longer
+    /// valid) does not stop the agent: it is renamed to <c>*.json.unreadable</c> (kept for the operator, not read again)
+    /// and reported in <see cref="Unreadable"/>; the others are registered.
+    /// </summary>
+    public List<(string File, string SetAside, string Reason)> Load()
     {
+        var unreadable = new List<(string, string, string)>();
         if (Folder is not { } folder || !Directory.Exists(folder))
         {
-            return;
+            return unreadable;
         }
         foreach (var file in Directory.EnumerateFiles(folder, "*.json").Order(StringComparer.Ordinal))
         {
-            Register(AgentConfig.Parse<VmRegistration>(File.ReadAllText(file)));
+            VmRegistration registration;
+            try
+            {
+                registration = AgentConfig.Parse<VmRegistration>(File.ReadAllText(file));
+                // JSON that parses may still lack what every registration has (the serializer leaves missing members null).
+                if (registration.Id is null || registration.Policy is null || registration.Interfaces is null || registration.Interfaces.Any(i => i is null))
+                {
+                    throw new FormatException("the registration has no id, policy or interfaces");
+                }
+                var problems = registration.Validate().ToList();
+                if (problems.Count > 0)
+                {
+                    throw new FormatException(string.Join("; ", problems));
+                }
+            }
+            catch (Exception e) when (e is FormatException or System.Text.Json.JsonException or IOException or UnauthorizedAccessException or ArgumentException)
+            {
+                var aside = file + ".unreadable";
+                try
+                {
+                    File.Move(file, aside, overwrite: true);
+                }
+                catch (Exception move) when (move is IOException or UnauthorizedAccessException)
+                {
+                    aside = $"(not moved: {move.Message})";
+                }
+                unreadable.Add((file, aside, e.Message));
+                continue;
+            }
+            // Read back, not written again: a disk that cannot be written must not cost a registration that reads.
+            Register(registration, persist: false);
         }
+        Unreadable.AddRange(unreadable);
+        return unreadable;
     }
 
     /// <summary>Each registration with the switch ports of its attached vNICs.</summary>

@@ -97,9 +97,12 @@ public sealed record SiloConfig(
                 string? problem = null;
                 try
                 {
-                    StackExchange.Redis.ConfigurationOptions.Parse(redis);
+                    if (StackExchange.Redis.ConfigurationOptions.Parse(redis).EndPoints.Count == 0)
+                    {
+                        problem = "names no server (HOST:PORT)";
+                    }
                 }
-                catch (ArgumentException e)
+                catch (Exception e) when (e is ArgumentException or FormatException)
                 {
                     problem = e.Message;
                 }

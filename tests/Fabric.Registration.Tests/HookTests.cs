@@ -203,6 +203,48 @@ public class HookTests
         Assert.Single(rig.Agent!.Switch.Vms);
     }
 
+    /// <summary>
+    /// A registration file damaged while the agent was down (a full disk, a careless edit, one no longer valid) does not
+    /// stop the agent: the others come back, the damaged one is set aside for the operator and said in the log and the
+    /// status, and the VM it was comes back when its hook registers it again.
+    /// </summary>
+    [Fact]
+    public void ADamagedRegistrationFile_IsSetAsideAndSaid_AndTheAgentStartsWithTheOthers()
+    {
+        using var rig = new HookRig();
+        rig.CreateDevice("fab-web1");
+        rig.StartAgent();
+        Assert.Equal(0, rig.Qemu("web-1", "start", HookRig.Example).Code);
+        rig.StopAgent();
+        var folder = Path.Combine(rig.State, "vms");
+        var good = Assert.Single(Directory.GetFiles(folder, "*.json"));
+        var text = File.ReadAllText(good);
+        File.WriteAllText(Path.Combine(folder, "truncated.json"), text[..(text.Length / 2)]);
+        // Valid JSON, but not a valid registration: another VM whose vNIC has a multicast MAC.
+        var invalid = System.Text.Json.Nodes.JsonNode.Parse(text)!;
+        invalid["id"] = "another-vm";
+        invalid["interfaces"]![0]!["mac"] = "01:00:5e:00:00:01";
+        File.WriteAllText(Path.Combine(folder, "invalid.json"), invalid.ToJsonString());
+        // JSON, but nothing of a registration in it.
+        File.WriteAllText(Path.Combine(folder, "empty.json"), "{}");
+
+        rig.StartAgent();
+        Assert.Equal("attached", rig.Registrations()[0].GetProperty("interfaces")[0].GetProperty("state").GetString());
+        Assert.Single(rig.Agent!.Switch.Vms);
+        var status = JsonDocument.Parse(LocalApiServer.Send(rig.Socket, """{"op":"status"}""")).RootElement.GetProperty("result").GetProperty("unreadableRegistrations");
+        var files = status.EnumerateArray().Select(u => Path.GetFileName(u.GetProperty("file").GetString()!)).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(["empty.json", "invalid.json", "truncated.json"], files);
+        Assert.All(status.EnumerateArray(), u => Assert.False(string.IsNullOrWhiteSpace(u.GetProperty("reason").GetString())));
+        Assert.True(File.Exists(Path.Combine(folder, "truncated.json.unreadable")));
+        Assert.False(File.Exists(Path.Combine(folder, "truncated.json")));
+
+        // The next start does not read them again.
+        rig.StopAgent();
+        rig.StartAgent();
+        Assert.Empty(JsonDocument.Parse(LocalApiServer.Send(rig.Socket, """{"op":"status"}""")).RootElement.GetProperty("result").GetProperty("unreadableRegistrations").EnumerateArray());
+        Assert.Single(rig.Agent!.Switch.Vms);
+    }
+
     [Fact]
     public void ASilentAgent_CostsTheHookOnlyItsDeadline_AndTheCallIsQueued()
     {

@@ -6,16 +6,22 @@ namespace Fabric.Testing;
 
 /// <summary>
 /// A real redis-server (Debian's, installed by `./fabric test` from programs.tsv) for one test class: on a free loopback
-/// port, nothing saved to disk, killed on dispose.
+/// port, nothing saved to disk, killed on dispose. Where it is not installed, <see cref="Unavailable"/> says why (tests
+/// skip with it).
 /// </summary>
 public sealed class Redis : IDisposable
 {
-    private readonly Process _process;
+    private readonly Process? _process;
     private readonly List<string> _output = [];
 
     public Redis()
     {
         Port = LoopbackPorts.Free();
+        if (!(Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Any(d => File.Exists(Path.Combine(d, "redis-server"))))
+        {
+            Unavailable = "redis-server is not installed (./fabric test installs it as root)";
+            return;
+        }
         var start = new ProcessStartInfo("redis-server")
         {
             ArgumentList = { "--bind", "127.0.0.1", "--port", Port.ToString(CultureInfo.InvariantCulture), "--save", "", "--appendonly", "no", "--daemonize", "no" },
@@ -48,6 +54,9 @@ public sealed class Redis : IDisposable
 
     public int Port { get; }
 
+    /// <summary>Why there is no server (null: there is one).</summary>
+    public string? Unavailable { get; }
+
     /// <summary>The StackExchange.Redis configuration string of this server.</summary>
     public string ConnectionString => $"127.0.0.1:{Port}";
 
@@ -78,6 +87,10 @@ public sealed class Redis : IDisposable
 
     public void Dispose()
     {
+        if (_process is null)
+        {
+            return;
+        }
         if (!_process.HasExited)
         {
             _process.Kill();
