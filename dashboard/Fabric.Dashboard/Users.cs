@@ -76,11 +76,16 @@ public sealed class Users
     /// <summary>Reads the file; throws <see cref="FormatException"/> naming the file and line that is wrong.</summary>
     public static Users Load(string path, TimeProvider? time = null)
     {
-        var snapshot = Read(path);
+        // Null only when compared with an earlier snapshot.
+        var snapshot = Read(path, unless: null)!;
         return snapshot.Error is { } error ? throw new FormatException(error) : new Users(path, snapshot, time ?? TimeProvider.System);
     }
 
-    private static Snapshot Read(string path)
+    /// <summary>
+    /// The file's users, or why it does not read; null when its content is still <paramref name="unless"/>'s (nothing to
+    /// parse again).
+    /// </summary>
+    private static Snapshot? Read(string path, Snapshot? unless)
     {
         byte[] content;
         try
@@ -100,7 +105,8 @@ public sealed class Users
         {
             return new Snapshot(new Dictionary<string, Entry>(), [], $"users file '{path}': {e.Message}");
         }
-        return Parse(path, content);
+        // A snapshot of a file that did not read holds no content: the file is parsed again whatever it holds now.
+        return unless is { Content.Length: > 0 } && content.AsSpan().SequenceEqual(unless.Content) ? null : Parse(path, content);
     }
 
     private static Snapshot Parse(string path, byte[] content)
@@ -165,20 +171,7 @@ public sealed class Users
                 return _current;
             }
             _lookedAt = _time.GetTimestamp();
-            byte[] content;
-            try
-            {
-                content = new FileInfo(Path).Length > MaximumBytes ? [] : File.ReadAllBytes(Path);
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                return _current = Read(Path);
-            }
-            if (content.Length == 0 || !content.AsSpan().SequenceEqual(_current.Content))
-            {
-                _current = content.Length == 0 ? Read(Path) : Parse(Path, content);
-            }
-            return _current;
+            return _current = Read(Path, unless: _current) ?? _current;
         }
     }
 

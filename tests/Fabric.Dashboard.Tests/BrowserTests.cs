@@ -6,11 +6,19 @@ using Microsoft.Playwright;
 namespace Fabric.Dashboard.Tests;
 
 /// <summary>The embedded default and Debian's Chromium driven by Playwright (nothing downloaded).</summary>
-public sealed class BrowserFixture : IAsyncLifetime
+public class BrowserFixture : IAsyncLifetime
 {
     public const string Chromium = "/usr/bin/chromium";
 
-    public EmbeddedDashboard Dashboard { get; } = new();
+    public BrowserFixture()
+        : this(new EmbeddedDashboard())
+    {
+    }
+
+    /// <summary>A browser for <paramref name="dashboard"/>, which the fixture starts and stops.</summary>
+    protected BrowserFixture(EmbeddedDashboard dashboard) => Dashboard = dashboard;
+
+    public EmbeddedDashboard Dashboard { get; }
 
     public IPlaywright? Playwright { get; private set; }
 
@@ -31,7 +39,7 @@ public sealed class BrowserFixture : IAsyncLifetime
         Directory.CreateDirectory(Screenshots);
     }
 
-    public async ValueTask DisposeAsync()
+    public virtual async ValueTask DisposeAsync()
     {
         if (Browser is not null)
         {

@@ -7,11 +7,19 @@ using Microsoft.Playwright;
 namespace Fabric.Dashboard.Tests;
 
 /// <summary>The embedded default served over HTTPS (a certificate of its own for 127.0.0.1), with a browser that trusts it.</summary>
-public sealed class SecuredDashboardFixture : IAsyncLifetime
+public sealed class SecuredDashboardFixture : BrowserFixture
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("fabric-tls-").FullName;
+    private readonly string _folder;
 
     public SecuredDashboardFixture()
+        : this(Directory.CreateTempSubdirectory("fabric-tls-").FullName)
+    {
+    }
+
+    private SecuredDashboardFixture(string folder)
+        : base(WithCertificate(folder)) => _folder = folder;
+
+    private static EmbeddedDashboard WithCertificate(string folder)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         var request = new CertificateRequest("CN=127.0.0.1", key, HashAlgorithmName.SHA256);
@@ -19,40 +27,14 @@ public sealed class SecuredDashboardFixture : IAsyncLifetime
         names.AddIpAddress(System.Net.IPAddress.Loopback);
         request.CertificateExtensions.Add(names.Build());
         using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(1));
-        File.WriteAllText(Path.Combine(_folder, "tls.pem"), certificate.ExportCertificatePem());
-        File.WriteAllText(Path.Combine(_folder, "tls-key.pem"), key.ExportPkcs8PrivateKeyPem());
-        Dashboard = new EmbeddedDashboard("--phase-seconds", "20", "--tls-certificate", Path.Combine(_folder, "tls.pem"), "--tls-key", Path.Combine(_folder, "tls-key.pem"));
+        File.WriteAllText(Path.Combine(folder, "tls.pem"), certificate.ExportCertificatePem());
+        File.WriteAllText(Path.Combine(folder, "tls-key.pem"), key.ExportPkcs8PrivateKeyPem());
+        return new EmbeddedDashboard("--phase-seconds", "20", "--tls-certificate", Path.Combine(folder, "tls.pem"), "--tls-key", Path.Combine(folder, "tls-key.pem"));
     }
 
-    public EmbeddedDashboard Dashboard { get; }
-
-    public IPlaywright? Playwright { get; private set; }
-
-    public IBrowser? Browser { get; private set; }
-
-    public async ValueTask InitializeAsync()
+    public override async ValueTask DisposeAsync()
     {
-        if (!File.Exists(BrowserFixture.Chromium))
-        {
-            return;
-        }
-        await Dashboard.InitializeAsync();
-        Playwright = await Microsoft.Playwright.Playwright.CreateAsync();
-        Browser = await Playwright.Chromium.LaunchAsync(new() { ExecutablePath = BrowserFixture.Chromium, Headless = true, Args = ["--no-sandbox"] });
-        Directory.CreateDirectory(BrowserFixture.Screenshots);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        if (Browser is not null)
-        {
-            await Browser.DisposeAsync();
-        }
-        Playwright?.Dispose();
-        if (File.Exists(BrowserFixture.Chromium))
-        {
-            await Dashboard.DisposeAsync();
-        }
+        await base.DisposeAsync();
         Directory.Delete(_folder, recursive: true);
     }
 }

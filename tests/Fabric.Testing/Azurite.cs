@@ -41,7 +41,7 @@ public sealed class Azurite : IDisposable
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
         var deadline = Stopwatch.StartNew();
-        while (!Listening(Port) || !Listening(TablePort))
+        while (!LoopbackPorts.Listening(Port) || !LoopbackPorts.Listening(TablePort))
         {
             if (_process.HasExited || deadline.Elapsed > TimeSpan.FromSeconds(30))
             {
@@ -74,20 +74,6 @@ public sealed class Azurite : IDisposable
     /// <summary>A container name no other test uses.</summary>
     public static string NewContainer() => "t" + Guid.NewGuid().ToString("N")[..20];
 
-
-    private static bool Listening(int port)
-    {
-        try
-        {
-            using var client = new TcpClient();
-            client.Connect(IPAddress.Loopback, port);
-            return true;
-        }
-        catch (SocketException)
-        {
-            return false;
-        }
-    }
 
     public void Dispose()
     {

@@ -41,7 +41,7 @@ public sealed class Redis : IDisposable
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
         var deadline = Stopwatch.StartNew();
-        while (!Listening(Port))
+        while (!LoopbackPorts.Listening(Port))
         {
             if (_process.HasExited || deadline.Elapsed > TimeSpan.FromSeconds(20))
             {
@@ -68,20 +68,6 @@ public sealed class Redis : IDisposable
             {
                 _output.Add(line);
             }
-        }
-    }
-
-    private static bool Listening(int port)
-    {
-        try
-        {
-            using var client = new TcpClient();
-            client.Connect("127.0.0.1", port);
-            return true;
-        }
-        catch (SocketException)
-        {
-            return false;
         }
     }
 
