@@ -51,7 +51,9 @@ public sealed class NamespaceFleetTests
         await Eventually.TrueAsync(async () => await stacks.CountAsync() == 1, Wait, "web-1's path", async () => await page.InnerTextAsync("body"));
 
         // The policy goes to the silo in this process; the decision reaches host-1's agent process, which applies it.
-        // The page was opened directly (server-rendered first): a click before its circuit is up does nothing, so try again.
+        // The page was opened directly (server-rendered first): a click before its circuit is up does nothing, so wait for
+        // it, and try again if a click is still lost.
+        await BrowserTests.LiveAsync(page);
         await Eventually.TrueAsync(async () =>
         {
             await page.ClickAsync("[data-testid=security-confidential]");
