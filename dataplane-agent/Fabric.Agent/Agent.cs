@@ -5,6 +5,7 @@ using Fabric.Agent.Switching;
 using Fabric.Hal;
 using Fabric.Hal.Linux;
 using Fabric.Registration;
+using Fabric.Repository;
 using Fabric.Wire;
 using Microsoft.Extensions.Logging;
 
@@ -83,10 +84,13 @@ public sealed class Agent : IDisposable
         }
         if (Config.Repository is { } repository)
         {
-            foreach (var path in SignedStacks.Install(repository, _logger))
+            foreach (var stack in SignedStacks.Verify(repository, _logger))
             {
-                Switch.RegisterStack(path);
+                RegisterSigned(stack);
             }
+            _repositoryState = new(DateTime.UtcNow, _signed.Values.FirstOrDefault()?.TargetsVersion, null);
+            var period = TimeSpan.FromSeconds(repository.RefreshSeconds);
+            _stackRefresh = new Timer(_ => RefreshStacks(), null, period, period);
         }
         var u = Config.Underlay;
         Switch.StartUnderlay(u.IPv4 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv4), u.Port), u.IPv6 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv6), u.Port));
@@ -135,6 +139,77 @@ public sealed class Agent : IDisposable
     }
 
     private Timer? _housekeeping;
+    private Timer? _stackRefresh;
+    private readonly Dictionary<string, SignedStacks.VerifiedStack> _signed = new(StringComparer.Ordinal);
+    private readonly object _refreshGate = new();
+    private RepositoryState? _repositoryState;
+
+    /// <summary>When the signed targets were last read, which version they were, and why the last read failed (null: it worked).</summary>
+    private sealed record RepositoryState(DateTime CheckedAt, int? TargetsVersion, string? LastError);
+
+    /// <summary>
+    /// Reads the signed targets again (every <c>repository.refreshSeconds</c>): a stack they no longer publish — or
+    /// publish with other bytes — is withdrawn (unbound, its slots drained, unloaded once idle); a stack newly published
+    /// is registered, and a newer version of a withdrawn one once the old has unloaded. Metadata that does not verify
+    /// (forged, expired, rolled back) changes nothing: the host keeps running what it verified and says why.
+    /// </summary>
+    public void RefreshStacks()
+    {
+        if (Config.Repository is not { } repository || !Monitor.TryEnter(_refreshGate))
+        {
+            return;
+        }
+        try
+        {
+            IReadOnlyList<SignedStacks.VerifiedStack> verified;
+            try
+            {
+                verified = SignedStacks.Verify(repository, _logger);
+            }
+            catch (Exception e) when (e is TrustException or PackageException or IOException or UnauthorizedAccessException)
+            {
+                _repositoryState = _repositoryState! with { CheckedAt = DateTime.UtcNow, LastError = e.Message };
+                Log.RepositoryRefreshFailed(_logger, _signed.Count, e.Message);
+                return;
+            }
+            var now = verified.ToDictionary(v => v.Id, StringComparer.Ordinal);
+            foreach (var (id, running) in _signed.ToList())
+            {
+                if (!now.TryGetValue(id, out var current) || current.Sha256 != running.Sha256)
+                {
+                    var reason = current is null ? $"targets v{TargetsVersionOf(verified)} no longer publish it" : $"targets v{current.TargetsVersion} publish {id} {current.Version} in place of {running.Version}";
+                    Switch.WithdrawStack(id, reason);
+                    _signed.Remove(id);
+                }
+            }
+            foreach (var stack in verified.Where(v => !_signed.ContainsKey(v.Id) && Switch.StackHost.CanRegister(v.Id)))
+            {
+                RegisterSigned(stack);
+            }
+            _repositoryState = new(DateTime.UtcNow, TargetsVersionOf(verified) ?? _repositoryState?.TargetsVersion, (verified.Count == 0 ? null : verified[0].Offline));
+        }
+        finally
+        {
+            Monitor.Exit(_refreshGate);
+        }
+    }
+
+    /// <summary>Registers a verified stack under its signed id; one that will not load, or whose factory declares another
+    /// id, is refused and said, and the host goes on with the others (it is tried again at the next refresh).</summary>
+    private void RegisterSigned(SignedStacks.VerifiedStack stack)
+    {
+        try
+        {
+            Switch.RegisterStack(stack.EntryPath, stack.Id);
+            _signed[stack.Id] = stack;
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or BadImageFormatException)
+        {
+            Log.StackRefused(_logger, stack.Id, stack.Version, e.Message);
+        }
+    }
+
+    private static int? TargetsVersionOf(IReadOnlyList<SignedStacks.VerifiedStack> verified) => verified.Count == 0 ? null : verified[0].TargetsVersion;
 
     /// <summary>Handles one API request; never throws for a bad request.</summary>
     public ApiResponse Handle(ApiRequest request)
@@ -301,6 +376,8 @@ public sealed class Agent : IDisposable
         Underlay = new { IPv4 = Switch.UnderlayEndpoints.IPv4?.ToString(), IPv6 = Switch.UnderlayEndpoints.IPv6?.ToString(), Drops = Switch.UnderlayCounters.DropSnapshot() },
         Stacks = Switch.StackHost.Entries(),
         Quarantined = Switch.StackHost.Quarantined,
+        Withdrawn = Switch.StackHost.Withdrawn,
+        Repository = _repositoryState,
         Events = Switch.Events,
         UnloadingContexts = Switch.StackHost.UnloadingContexts,
         Vms = Switch.Vms.Values.OrderBy(v => v.Spec.VmId, StringComparer.Ordinal).Select(v => new
@@ -336,6 +413,11 @@ public sealed class Agent : IDisposable
     public void Dispose()
     {
         _housekeeping?.Dispose();
+        _stackRefresh?.Dispose();
+        lock (_refreshGate)
+        {
+            // A refresh in progress ends before the switch goes.
+        }
         lock (_apiGate)
         {
             _disposed = true;

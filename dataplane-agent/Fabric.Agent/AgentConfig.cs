@@ -26,9 +26,10 @@ public sealed record RemoteHostConfig(string Id, string? IPv4, string? IPv6, str
 /// <summary>
 /// Where signed stacks come from: a repository (a folder, or "blob:CONTAINER" with the storage connection string in the
 /// environment variable FABRIC_BLOB_CONNECTION_STRING), the root this agent pins, and its state folder (the metadata it
-/// last trusted, the verified packages cached by digest, and those packages unpacked).
+/// last trusted, the verified packages cached by digest, and those packages unpacked), and how often it reads the
+/// targets again (a stack withdrawn from them is unbound within that period and the drain time).
 /// </summary>
-public sealed record RepositoryConfig(string Path, string TrustRoot, string StateDirectory);
+public sealed record RepositoryConfig(string Path, string TrustRoot, string StateDirectory, int RefreshSeconds = 60);
 
 /// <summary>
 /// The control plane this agent obeys: the silo gateways it connects to ("ADDRESS:PORT"; or none with clustering
@@ -191,6 +192,10 @@ public sealed record AgentConfig(
             {
                 problems.Add($"controlPlane.reportMilliseconds: {control.ReportMilliseconds} is outside 100..60000");
             }
+        }
+        if (Repository is not null && Repository.RefreshSeconds is < 1 or > 86_400)
+        {
+            problems.Add($"repository.refreshSeconds: {Repository.RefreshSeconds} is outside 1..86400");
         }
         if (Repository is not null && !File.Exists(Repository.TrustRoot))
         {

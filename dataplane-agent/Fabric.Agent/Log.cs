@@ -32,6 +32,12 @@ internal static partial class Log
     [LoggerMessage(9, LogLevel.Warning, "Stack repository unreachable, running on the {Count} stack(s) cached from targets v{Version}: {Reason}")]
     public static partial void RepositoryOffline(ILogger logger, int count, int version, string reason);
 
+    [LoggerMessage(11, LogLevel.Warning, "Stack repository not read again, running the {Count} stack(s) verified before: {Reason}")]
+    public static partial void RepositoryRefreshFailed(ILogger logger, int count, string reason);
+
+    [LoggerMessage(12, LogLevel.Error, "Stack {StackId} {Version} published but not registered: {Reason}")]
+    public static partial void StackRefused(ILogger logger, string stackId, string version, string reason);
+
     [LoggerMessage(10, LogLevel.Error, "Registration file {File} cannot be read and was set aside as {SetAside}; its VM is not registered until its hook registers it again: {Reason}")]
     public static partial void RegistrationUnreadable(ILogger logger, string file, string setAside, string reason);
 }

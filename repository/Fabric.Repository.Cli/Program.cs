@@ -55,6 +55,15 @@ var root = new RootCommand("fabric-repo: keys, packages and trust metadata (TUF-
 }
 {
     var (repo, (targets, snapshot, timestamp), expires) = (Repo(), RoleKeys(), ExpiresDays());
+    var id = new Option<string>("--id") { Description = "the stack id to withdraw", Required = true, HelpName = "ID" };
+    var version = new Option<string?>("--version") { Description = "only this version (default: every version of the id)", HelpName = "VERSION" };
+    var command = new Command("withdraw", "Removes a stack (every version, or one) from the signed targets: agents unbind and unload it, and the catalog drops it, at their next refresh.")
+        { repo, id, version, targets, snapshot, timestamp, expires };
+    command.SetAction(p => Withdraw(p.GetValue(repo)!, p.GetValue(id)!, p.GetValue(version), p.GetValue(targets)!, p.GetValue(snapshot)!, p.GetValue(timestamp)!, p.GetValue(expires)));
+    root.Subcommands.Add(command);
+}
+{
+    var (repo, (targets, snapshot, timestamp), expires) = (Repo(), RoleKeys(), ExpiresDays());
     var command = new Command("refresh", "Re-signs targets, snapshot and timestamp with new expiry dates.") { repo, targets, snapshot, timestamp, expires };
     command.SetAction(p => Refresh(p.GetValue(repo)!, p.GetValue(targets)!, p.GetValue(snapshot)!, p.GetValue(timestamp)!, p.GetValue(expires)));
     root.Subcommands.Add(command);
@@ -139,6 +148,13 @@ static int Publish(string repo, string packageFile, string targets, string snaps
     var package = File.ReadAllBytes(packageFile);
     var info = new Publisher(RepositoryStores.Open(repo)).Publish(package, SigningKey.Load(targets), SigningKey.Load(snapshot), SigningKey.Load(timestamp), Expiry(expiresDays));
     Console.WriteLine($"published {info.Id} {info.Version} ({info.Length} bytes, sha256 {info.Sha256})");
+    return 0;
+}
+
+static int Withdraw(string repo, string id, string? version, string targets, string snapshot, string timestamp, double expiresDays)
+{
+    var withdrawn = new Publisher(RepositoryStores.Open(repo)).Withdraw(id, version, SigningKey.Load(targets), SigningKey.Load(snapshot), SigningKey.Load(timestamp), Expiry(expiresDays));
+    Console.WriteLine($"withdrew {string.Join(", ", withdrawn)}; re-signed targets, snapshot and timestamp");
     return 0;
 }
 

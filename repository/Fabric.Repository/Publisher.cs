@@ -70,6 +70,30 @@ public sealed class Publisher(IRepositoryStore store, Func<DateTimeOffset>? cloc
         return info;
     }
 
+    /// <summary>
+    /// Withdraws a stack: every version of <paramref name="id"/> (or only <paramref name="version"/>) leaves the signed
+    /// targets, and targets, snapshot and timestamp are signed again. Agents and the catalog stop using it at their next
+    /// refresh; the package stays in the store (content-addressed, harmless once no targets file names it). Returns the
+    /// target names withdrawn; throws when none matches, so a mistyped id is said, not silently ignored.
+    /// </summary>
+    public IReadOnlyList<string> Withdraw(string id, string? version, SigningKey targetsKey, SigningKey snapshotKey, SigningKey timestampKey, TimeSpan expiry)
+    {
+        Authorize(("targets", targetsKey), ("snapshot", snapshotKey), ("timestamp", timestampKey));
+        List<string> withdrawn = [];
+        Commit(current =>
+        {
+            withdrawn = [.. current.Targets.Where(t => t.Value.Id == id && (version is null || t.Value.Version == version)).Select(t => t.Key)];
+            if (withdrawn.Count == 0)
+            {
+                var published = current.Targets.Keys.DefaultIfEmpty("nothing");
+                throw new TrustException($"{id}{(version is null ? "" : "/" + version)} is not published (published: {string.Join(", ", published)}); nothing was withdrawn.");
+            }
+            var targets = new SortedDictionary<string, TargetInfo>(current.Targets.Where(t => !withdrawn.Contains(t.Key)).ToDictionary(), StringComparer.Ordinal);
+            return new TargetsMetadata("targets", current.Version + 1, _now() + expiry, targets);
+        }, targetsKey, snapshotKey, timestampKey, expiry);
+        return withdrawn;
+    }
+
     /// <summary>Re-signs targets, snapshot and timestamp with fresh expiry and new versions (what a refresh service does to prove freshness).</summary>
     public void Refresh(SigningKey targetsKey, SigningKey snapshotKey, SigningKey timestampKey, TimeSpan expiry)
     {

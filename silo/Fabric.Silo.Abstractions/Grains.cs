@@ -9,11 +9,24 @@ public interface ICatalogGrain : IGrainWithStringKey
     /// <summary>The catalog's one key.</summary>
     const string Key = "fleet";
 
+    /// <summary>Publishes (or updates) one stack by hand; it stays until published otherwise (the repository's sync leaves it alone).</summary>
     [Alias("publish")]
     ValueTask PublishAsync(StackInfo stack);
 
+    /// <summary>
+    /// What the signed repository publishes now (its sync calls this): each stack is published, and a stack an earlier
+    /// sync published that is no longer among them is withdrawn — gone from <see cref="ListAsync"/> (so no selector
+    /// chooses it and the VMs on it move at their next decision) and listed by <see cref="ListWithdrawnAsync"/>. Returns
+    /// the ids withdrawn by this call.
+    /// </summary>
+    [Alias("sync")]
+    ValueTask<ImmutableArray<string>> SyncAsync(ImmutableArray<StackInfo> published);
+
     [Alias("list")]
     ValueTask<ImmutableArray<StackInfo>> ListAsync();
+
+    [Alias("list-withdrawn")]
+    ValueTask<ImmutableArray<WithdrawnStack>> ListWithdrawnAsync();
 }
 
 /// <summary>A VM (key: its id): policy, placement and the decision per remote host.</summary>

@@ -40,6 +40,13 @@ public sealed record StackInfo(
     [property: Id(7)] bool Encrypts,
     [property: Id(8)] string Purpose);
 
+/// <summary>A stack the signed repository published and then withdrew: the version last published, and when the catalog saw it go.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.withdrawn-stack")]
+public sealed record WithdrawnStack(
+    [property: Id(0)] string Id,
+    [property: Id(1)] string Version,
+    [property: Id(2)] DateTimeOffset At);
+
 /// <summary>
 /// A path's measured conditions (smoothed by the source host's grain). Loss is a fraction (0.02 = 2 %). BandwidthMbps is
 /// what the path delivers now (0 on an idle path); CapacityMbps the most it delivered in the last minute (0 when unknown).

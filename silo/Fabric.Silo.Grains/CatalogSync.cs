@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using Fabric.Repository;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -14,8 +15,11 @@ public sealed record CatalogSource(string Path, string TrustRoot, string StateDi
 /// </summary>
 public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grains, ILogger<CatalogSync> logger) : BackgroundService
 {
-    /// <summary>One verification and publication; returns the stacks published.</summary>
-    public static async Task<IReadOnlyList<StackInfo>> SyncOnceAsync(CatalogSource source, IGrainFactory grains)
+    /// <summary>One verification and publication; returns the stacks published (what the catalog withdrew is logged by the caller).</summary>
+    public static async Task<IReadOnlyList<StackInfo>> SyncOnceAsync(CatalogSource source, IGrainFactory grains) => (await SyncAsync(source, grains)).Published;
+
+    /// <summary>One verification and publication: the stacks published, and the ids the catalog withdrew because the signed targets no longer publish them.</summary>
+    public static async Task<(IReadOnlyList<StackInfo> Published, ImmutableArray<string> Withdrawn)> SyncAsync(CatalogSource source, IGrainFactory grains)
     {
         var client = new TrustClient(RepositoryStores.Open(source.Path), System.IO.Path.Combine(source.StateDirectory, "trust"), source.TrustRoot);
         var targets = client.Refresh();
@@ -23,12 +27,8 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
             .Select(t => new StackInfo(t.Id, t.Version, t.Profile.Family, t.Profile.HeaderBytes, t.Profile.Redundancy, t.Profile.AddedDelayMs,
                 t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose))
             .ToList();
-        var catalog = grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
-        foreach (var stack in newest)
-        {
-            await catalog.PublishAsync(stack);
-        }
-        return newest;
+        var withdrawn = await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).SyncAsync([.. newest]);
+        return (newest, withdrawn);
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -39,8 +39,12 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
         {
             try
             {
-                var stacks = await SyncOnceAsync(source, grains);
+                var (stacks, withdrawn) = await SyncAsync(source, grains);
                 Synced(logger, stacks.Count, source.Path);
+                foreach (var id in withdrawn)
+                {
+                    Withdrawn(logger, id, source.Path);
+                }
             }
             catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or OrleansException)
             {
@@ -52,6 +56,9 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
 
     [LoggerMessage(1, LogLevel.Information, "Catalog: {Count} stack(s) published from {Repository}")]
     private static partial void Synced(ILogger logger, int count, string repository);
+
+    [LoggerMessage(3, LogLevel.Warning, "Catalog: stack {StackId} withdrawn (the signed targets of {Repository} no longer publish it); VMs on it move at their next decision")]
+    private static partial void Withdrawn(ILogger logger, string stackId, string repository);
 
     [LoggerMessage(2, LogLevel.Warning, "Catalog: repository {Repository} not read, the catalog stays as it was: {Reason}")]
     private static partial void SyncFailed(ILogger logger, string repository, string reason);

@@ -199,6 +199,30 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         page.WaitForAssertion(() => Assert.NotEmpty(page.FindAll($"[data-testid=vm-row-{later}]")), TimeSpan.FromSeconds(10));
     }
 
+    [Fact]
+    public async Task TheStacksPage_ShowsAStackTheRepositoryWithdrew_AndWhichHostsStillRunIt()
+    {
+        var (host, gone) = (Unique("host"), Unique("wd"));
+        var catalog = _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+        var stack = new StackInfo(gone, "2.0.0", "ipv4", 16, 0, 0, 0, false, "withdrawn in this test");
+        await catalog.SyncAsync([stack]);
+        var observer = _grains.Client.CreateObjectReference<IAgentObserver>(new IgnoringAgent());
+        await _grains.Client.GetGrain<IHostGrain>(host).RegisterAsync(new HostInfo(host, "192.0.2.9", null, 4789, ["std-ipv4", gone], [], "test"), observer);
+        SignIn(DashboardUser.ReadOnly);
+        var page = Render<Fabric.Dashboard.Components.Pages.Stacks>();
+        page.WaitForAssertion(() => Assert.NotEmpty(page.FindAll($"[data-testid=stack-{gone}]")));
+        Assert.Empty(page.FindAll("[data-testid=withdrawn-stacks]"));
+
+        Assert.Equal([gone], await catalog.SyncAsync([]));
+        page.WaitForAssertion(() =>
+        {
+            Assert.Empty(page.FindAll($"[data-testid=stack-{gone}]"));
+            var row = page.Find($"[data-testid=withdrawn-{gone}]").TextContent;
+            Assert.Contains("2.0.0", row, StringComparison.Ordinal);
+            Assert.Contains(host, row, StringComparison.Ordinal);
+        }, TimeSpan.FromSeconds(10));
+    }
+
     private sealed class IgnoringAgent : IAgentObserver
     {
         public Task DesiredStateChangedAsync(DesiredStateChange change) => Task.CompletedTask;

@@ -40,6 +40,74 @@ public class AgentRepositoryTests
         Assert.False(Directory.Exists(Path.Combine(repo.Folder, "agent-state", "stacks")));
     }
 
+    [Fact]
+    public void AStackWithdrawnFromTheSignedTargets_IsUnboundRefusedAndUnloaded_AndANewVersionComesBackWithoutARestart()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
+        using var agent = new Fabric.Agent.Agent(Config(repo) with { DrainMilliseconds = 100 }, NullLogger.Instance);
+        agent.Start();
+        Assert.True(agent.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("peer", "127.0.0.1", null, "swap-test", 9))).Ok);
+        Assert.Equal("swap-test", agent.Switch.Paths["peer"].TransmitStack);
+
+        // A forged withdrawal: targets without swap-test, signed by a key the root does not know (the store and the
+        // snapshot and timestamp keys are the attacker's). Nothing changes, and the status says why.
+        using var rogue = SigningKey.Generate();
+        var timestampPath = Path.Combine(repo.Store.Root, Publisher.Timestamp);
+        var genuine = File.ReadAllBytes(timestampPath);
+        var head = repo.Publisher.Head();
+        var forged = head.Targets with { Version = head.Targets.Version + 1, Targets = new(head.Targets.Targets.Where(t => t.Value.Id != "swap-test").ToDictionary(), StringComparer.Ordinal) };
+        repo.Forge(SignedFile.Create(forged, [rogue]), forged.Version);
+        agent.RefreshStacks();
+        Assert.Equal("swap-test", agent.Switch.Paths["peer"].TransmitStack);
+        Assert.Contains("swap-test", agent.Switch.StackHost.Registered);
+        Assert.Empty(agent.Switch.StackHost.Withdrawn);
+        Assert.Contains("\"lastError\"", AgentConfig.Serialize(agent.Status()), StringComparison.Ordinal);
+
+        // The publisher withdraws it (the forged chain is replaced by a genuine one): the path falls back to std at the
+        // next refresh, the stack is refused for new work, and it unloads once drained.
+        File.WriteAllBytes(timestampPath, genuine);
+        Assert.Equal(["swap-test/0.1.0"], repo.Publisher.Withdraw("swap-test", null, repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7)));
+        agent.RefreshStacks();
+        Assert.Equal("std-ipv4", agent.Switch.Paths["peer"].TransmitStack);
+        Assert.DoesNotContain("swap-test", agent.Switch.StackHost.Registered);
+        Assert.Contains("no longer publish it", agent.Switch.StackHost.Withdrawn["swap-test"], StringComparison.Ordinal);
+        var refused = agent.Handle(new ApiRequest("prepare-swap", Id: "peer", Stack: "swap-test"));
+        Assert.False(refused.Ok);
+        Assert.Contains("withdrawn", refused.Error, StringComparison.Ordinal);
+        Eventually.True(() => !agent.Switch.StackHost.Entries().Any(e => e.Id == "swap-test"), TimeSpan.FromSeconds(10), "the withdrawn stack unloaded",
+            () => string.Join("; ", agent.Switch.StackHost.Entries()) + " | " + string.Join("; ", agent.Switch.Events));
+        Eventually.True(() =>
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            return agent.Switch.StackHost.UnloadingContexts == 0;
+        }, TimeSpan.FromSeconds(10), "its load context collected", () => $"{agent.Switch.StackHost.UnloadingContexts} context(s) still alive");
+
+        // A new version is published: registered at the next refresh, and usable, without a restart.
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.2.0"));
+        agent.RefreshStacks();
+        Assert.Contains("swap-test", agent.Switch.StackHost.Registered);
+        Assert.Empty(agent.Switch.StackHost.Withdrawn);
+        var prepared = agent.Handle(new ApiRequest("prepare-swap", Id: "peer", Stack: "swap-test"));
+        Assert.True(prepared.Ok, prepared.Error);
+    }
+
+    [Fact]
+    public void APackageSignedAsOneStack_WhosePlugInDeclaresAnother_IsRefused_AndTheOthersRun()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        // The swap-test plug-in published under fec's id: loaded as it declares itself, it would be a stack no one signed.
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "fec", "9.0.0"));
+        using var agent = new Fabric.Agent.Agent(Config(repo), NullLogger.Instance);
+        agent.Start();
+        Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
+        agent.RefreshStacks();
+        Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
+    }
+
     private static AgentConfig Config(TestRepository repo) =>
         new("host-x", new UnderlayConfig("127.0.0.1", null, Port: 0), [], "unused",
             Repository: new RepositoryConfig(repo.Store.Root, repo.PinnedRoot, Path.Combine(repo.Folder, "agent-state")));

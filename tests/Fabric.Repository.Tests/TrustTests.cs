@@ -238,6 +238,30 @@ public class TrustTests
         Assert.All(before, f => Assert.Equal(f.Value, repo.Store.Read(f.Key)));
     }
 
+    [Fact]
+    public void Withdrawing_RemovesOneVersionOrEvery_FromWhatClientsVerify_AndAMistypedIdWritesNothing()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.2.0"));
+        var client = repo.Client();
+        Assert.Equal("0.2.0", client.Refresh().Newest().Single(t => t.Value.Id == "swap-test").Value.Version);
+
+        // The bad version only: clients fall back to the one before it.
+        Assert.Equal(["swap-test/0.2.0"], repo.Publisher.Withdraw("swap-test", "0.2.0", repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7)));
+        Assert.Equal("0.1.0", client.Refresh().Newest().Single(t => t.Value.Id == "swap-test").Value.Version);
+
+        var before = Snapshot(repo);
+        var e = Assert.Throws<TrustException>(() => repo.Publisher.Withdraw("swap-tset", null, repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7)));
+        Assert.Contains("swap-tset is not published (published: std-ipv4/1.0.0, swap-test/0.1.0)", e.Message, StringComparison.Ordinal);
+        Assert.Equal(before.Keys, Snapshot(repo).Keys);
+
+        // Every version: the id is gone from the verified targets.
+        Assert.Equal(["swap-test/0.1.0"], repo.Publisher.Withdraw("swap-test", null, repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7)));
+        Assert.Equal(["std-ipv4/1.0.0"], client.Refresh().Targets.Keys);
+    }
+
     private static Dictionary<string, byte[]> Snapshot(TestRepository repo) =>
         Directory.EnumerateFiles(repo.Store.Root, "*", SearchOption.AllDirectories).ToDictionary(f => Path.GetRelativePath(repo.Store.Root, f), File.ReadAllBytes);
 

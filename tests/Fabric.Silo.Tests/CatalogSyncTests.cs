@@ -10,44 +10,97 @@ public class CatalogSyncTests(ClusterFixture fixture)
     [Fact]
     public async Task PublishedPackages_ReachTheCatalogWithTheirProfiles_AndATamperedRepositoryPublishesNothing()
     {
-        var folder = Directory.CreateTempSubdirectory("fabric-catalog-").FullName;
-        try
-        {
-            var store = new LocalFolderStore(System.IO.Path.Combine(folder, "repo"));
-            using var root = SigningKey.Generate();
-            using var targets = SigningKey.Generate();
-            using var snapshot = SigningKey.Generate();
-            using var timestamp = SigningKey.Generate();
-            var publisher = new Publisher(store);
-            publisher.Initialize([root], 1, targets, snapshot, timestamp, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
-            var pluginDir = System.IO.Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.SwapTest))!;
-            publisher.Publish(StackPackage.Pack(pluginDir, "sync-enc", "1.0.0", new StackProfile(40, 0, 0, 0, "an encrypting test stack", Encrypts: true)), targets, snapshot, timestamp, TimeSpan.FromDays(7));
-            publisher.Publish(StackPackage.Pack(pluginDir, "sync-enc", "1.1.0", new StackProfile(36, 0, 0, 0, "newer", Encrypts: true)), targets, snapshot, timestamp, TimeSpan.FromDays(7));
-            var pinned = System.IO.Path.Combine(folder, "root.json");
-            File.WriteAllBytes(pinned, store.Read(Publisher.Root)!);
-            var source = new CatalogSource(store.Root, pinned, System.IO.Path.Combine(folder, "silo-state"));
+        using var repo = new SignedRepository();
+        repo.Publish("sync-enc", "1.0.0", new StackProfile(40, 0, 0, 0, "an encrypting test stack", Encrypts: true));
+        repo.Publish("sync-enc", "1.1.0", new StackProfile(36, 0, 0, 0, "newer", Encrypts: true));
 
-            var published = await CatalogSync.SyncOnceAsync(source, fixture.Client);
-            var stack = Assert.Single(published);
-            Assert.Equal(("sync-enc", "1.1.0", 36, true, "ipv4"), (stack.Id, stack.Version, stack.HeaderBytes, stack.Encrypts, stack.Family));
-            Assert.Contains(await fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync(), s => s == stack);
+        var published = await CatalogSync.SyncOnceAsync(repo.Source, fixture.Client);
+        var stack = Assert.Single(published);
+        Assert.Equal(("sync-enc", "1.1.0", 36, true, "ipv4"), (stack.Id, stack.Version, stack.HeaderBytes, stack.Encrypts, stack.Family));
+        Assert.Contains(await fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync(), s => s == stack);
 
-            // Metadata signed by a key the root does not know: refused, the catalog keeps what it had.
-            using var rogue = SigningKey.Generate();
-            var head = publisher.Head();
-            var forged = SignedFile.Create(head.Targets with { Version = head.Targets.Version + 1 }, [rogue]);
-            store.Write(Publisher.MetadataPath("targets", StackPackage.Sha256(forged)), forged);
-            var snap = SignedFile.Create(new SnapshotMetadata("snapshot", head.Snapshot.Version + 1, DateTimeOffset.UtcNow.AddDays(1),
-                new(StringComparer.Ordinal) { [Publisher.Targets] = new MetaFile(head.Targets.Version + 1, forged.Length, StackPackage.Sha256(forged)) }), [snapshot]);
-            store.Write(Publisher.MetadataPath("snapshot", StackPackage.Sha256(snap)), snap);
-            store.Write(Publisher.Timestamp, SignedFile.Create(new TimestampMetadata("timestamp", head.Timestamp.Version + 1, DateTimeOffset.UtcNow.AddDays(1),
-                new(StringComparer.Ordinal) { [Publisher.Snapshot] = new MetaFile(head.Snapshot.Version + 1, snap.Length, StackPackage.Sha256(snap)) }), [timestamp]));
-            await Assert.ThrowsAsync<TrustException>(() => CatalogSync.SyncOnceAsync(source, fixture.Client));
-            Assert.Contains(await fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync(), s => s == stack);
-        }
-        finally
+        // Metadata signed by a key the root does not know: refused, the catalog keeps what it had.
+        using var rogue = SigningKey.Generate();
+        var (store, head) = (repo.Store, repo.Publisher.Head());
+        var forged = SignedFile.Create(head.Targets with { Version = head.Targets.Version + 1 }, [rogue]);
+        store.Write(Publisher.MetadataPath("targets", StackPackage.Sha256(forged)), forged);
+        var snap = SignedFile.Create(new SnapshotMetadata("snapshot", head.Snapshot.Version + 1, DateTimeOffset.UtcNow.AddDays(1),
+            new(StringComparer.Ordinal) { [Publisher.Targets] = new MetaFile(head.Targets.Version + 1, forged.Length, StackPackage.Sha256(forged)) }), [repo.Snapshot]);
+        store.Write(Publisher.MetadataPath("snapshot", StackPackage.Sha256(snap)), snap);
+        store.Write(Publisher.Timestamp, SignedFile.Create(new TimestampMetadata("timestamp", head.Timestamp.Version + 1, DateTimeOffset.UtcNow.AddDays(1),
+            new(StringComparer.Ordinal) { [Publisher.Snapshot] = new MetaFile(head.Snapshot.Version + 1, snap.Length, StackPackage.Sha256(snap)) }), [repo.Timestamp]));
+        await Assert.ThrowsAsync<TrustException>(() => CatalogSync.SyncOnceAsync(repo.Source, fixture.Client));
+        Assert.Contains(await fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync(), s => s == stack);
+    }
+
+    [Fact]
+    public async Task AStackTheSignedTargetsWithdraw_LeavesTheCatalog_AndIsListedWithdrawn_WhileStacksPublishedByHandStay()
+    {
+        using var repo = new SignedRepository();
+        var (gone, stays) = ("wd-" + Guid.NewGuid().ToString("N")[..8], "keep-" + Guid.NewGuid().ToString("N")[..8]);
+        repo.Publish(gone, "1.0.0", new StackProfile(Purpose: "to be withdrawn"));
+        repo.Publish(stays, "1.0.0", new StackProfile(Purpose: "stays"));
+        var catalog = fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+
+        Assert.Empty((await CatalogSync.SyncAsync(repo.Source, fixture.Client)).Withdrawn);
+        Assert.Contains(await catalog.ListAsync(), s => s.Id == gone);
+
+        repo.Withdraw(gone);
+        var (published, withdrawn) = await CatalogSync.SyncAsync(repo.Source, fixture.Client);
+        Assert.Equal([gone], withdrawn);
+        Assert.Equal([stays], published.Select(s => s.Id));
+        var listed = await catalog.ListAsync();
+        Assert.DoesNotContain(listed, s => s.Id == gone);
+        Assert.Contains(listed, s => s.Id == stays);
+        // The fixture's stacks were published by hand, not by a repository: a sync leaves them alone.
+        Assert.Contains(listed, s => s.Id == "std-ipv4");
+        var record = Assert.Single(await catalog.ListWithdrawnAsync(), w => w.Id == gone);
+        Assert.Equal("1.0.0", record.Version);
+
+        // A later sync withdraws nothing more, and a republished id is no longer listed as withdrawn.
+        Assert.Empty((await CatalogSync.SyncAsync(repo.Source, fixture.Client)).Withdrawn);
+        repo.Publish(gone, "1.0.1", new StackProfile(Purpose: "fixed"));
+        await CatalogSync.SyncAsync(repo.Source, fixture.Client);
+        Assert.Contains(await catalog.ListAsync(), s => s.Id == gone && s.Version == "1.0.1");
+        Assert.DoesNotContain(await catalog.ListWithdrawnAsync(), w => w.Id == gone);
+    }
+}
+
+/// <summary>A signed repository in a temporary folder, as its publisher sees it, and the source a silo's sync reads it from.</summary>
+internal sealed class SignedRepository : IDisposable
+{
+    private readonly string _folder = Directory.CreateTempSubdirectory("fabric-catalog-").FullName;
+    private readonly SigningKey _root = SigningKey.Generate();
+
+    public SignedRepository()
+    {
+        Store = new LocalFolderStore(System.IO.Path.Combine(_folder, "repo"));
+        Publisher = new Publisher(Store);
+        Publisher.Initialize([_root], 1, Targets, Snapshot, Timestamp, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
+        var pinned = System.IO.Path.Combine(_folder, "root.json");
+        File.WriteAllBytes(pinned, Store.Read(Publisher.Root)!);
+        Source = new CatalogSource(Store.Root, pinned, System.IO.Path.Combine(_folder, "silo-state"));
+    }
+
+    public LocalFolderStore Store { get; }
+    public Publisher Publisher { get; }
+    public CatalogSource Source { get; }
+    public SigningKey Targets { get; } = SigningKey.Generate();
+    public SigningKey Snapshot { get; } = SigningKey.Generate();
+    public SigningKey Timestamp { get; } = SigningKey.Generate();
+
+    /// <summary>Publishes the swap-test plug-in as <paramref name="id"/> <paramref name="version"/> with <paramref name="profile"/>.</summary>
+    public void Publish(string id, string version, StackProfile profile) =>
+        Publisher.Publish(StackPackage.Pack(System.IO.Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.SwapTest))!, id, version, profile), Targets, Snapshot, Timestamp, TimeSpan.FromDays(7));
+
+    public void Withdraw(string id) => Publisher.Withdraw(id, null, Targets, Snapshot, Timestamp, TimeSpan.FromDays(7));
+
+    public void Dispose()
+    {
+        foreach (var key in new[] { _root, Targets, Snapshot, Timestamp })
         {
-            Directory.Delete(folder, recursive: true);
+            key.Dispose();
         }
+        Directory.Delete(_folder, recursive: true);
     }
 }

@@ -13,7 +13,15 @@ namespace Fabric.Agent.Stacks;
 public static class SignedStacks
 {
     /// <summary>Returns the entry assembly of every verified stack; throws <see cref="TrustException"/> or <see cref="PackageException"/> naming the cause.</summary>
-    public static IReadOnlyList<string> Install(RepositoryConfig config, ILogger logger, Func<string, string?>? environment = null)
+    public static IReadOnlyList<string> Install(RepositoryConfig config, ILogger logger, Func<string, string?>? environment = null) =>
+        [.. Verify(config, logger, environment).Select(s => s.EntryPath)];
+
+    /// <summary>
+    /// The stacks the signed targets publish now (the newest version of each id), each fetched, checked and unpacked;
+    /// from the cache when the repository cannot be reached (then <see cref="VerifiedStack.Offline"/> says why). Throws
+    /// <see cref="TrustException"/> or <see cref="PackageException"/> naming the cause.
+    /// </summary>
+    public static IReadOnlyList<VerifiedStack> Verify(RepositoryConfig config, ILogger logger, Func<string, string?>? environment = null)
     {
         var client = new TrustClient(new LazyStore(config.Path, environment), Path.Combine(config.StateDirectory, "trust"), config.TrustRoot);
         TargetsMetadata targets;
@@ -27,13 +35,13 @@ public static class SignedStacks
             targets = client.LastTrusted() ?? throw new TrustException($"The stack repository cannot be reached and this host has verified nothing before: {e.Message}");
             offline = e.Message;
         }
-        var entries = new List<string>();
+        var entries = new List<VerifiedStack>();
         foreach (var (name, info) in targets.Newest())
         {
             var package = Cached(config, info) ?? (offline is null
                 ? Cache(config, info, client.FetchPackage(name))
                 : throw new TrustException($"The stack repository cannot be reached and {name} is not in this host's cache ({offline})."));
-            entries.Add(StackPackage.Extract(package, Path.Combine(config.StateDirectory, "stacks", info.Sha256)));
+            entries.Add(new(info.Id, info.Version, info.Sha256, StackPackage.Extract(package, Path.Combine(config.StateDirectory, "stacks", info.Sha256)), targets.Version, offline));
         }
         if (offline is not null)
         {
@@ -41,6 +49,9 @@ public static class SignedStacks
         }
         return entries;
     }
+
+    /// <summary>One stack the signed targets (version <paramref name="TargetsVersion"/>) publish, unpacked at <paramref name="EntryPath"/>.</summary>
+    public sealed record VerifiedStack(string Id, string Version, string Sha256, string EntryPath, int TargetsVersion, string? Offline);
 
     private static string CachePath(RepositoryConfig config, TargetInfo info) => Path.Combine(config.StateDirectory, "cache", info.Sha256 + ".fspk");
 

@@ -4,7 +4,7 @@ using Fabric.Stacks;
 namespace Fabric.Agent.Stacks;
 
 /// <summary>A stack version in the host: bindings reference it; it unloads when none does and its drain time has passed.</summary>
-public sealed record StackHostEntry(string Id, string Version, string AssemblyPath, int Bindings, bool Loaded, DateTime? IdleSince);
+public sealed record StackHostEntry(string Id, string Version, string AssemblyPath, int Bindings, bool Loaded, DateTime? IdleSince, bool Withdrawn = false);
 
 /// <summary>
 /// Owns the loaded stack plug-ins. <see cref="Acquire"/> loads a stack on first use (one collectible context per
@@ -19,6 +19,7 @@ public sealed class StackHost
     private readonly Dictionary<string, Slot> _loaded = new(StringComparer.Ordinal);
     private readonly List<WeakReference> _unloading = [];
     private readonly Dictionary<string, string> _quarantined = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _withdrawn = new(StringComparer.Ordinal);
     private readonly TimeSpan _drain;
     private readonly Func<DateTime> _now;
 
@@ -38,17 +39,28 @@ public sealed class StackHost
     }
 
     /// <summary>Makes a plug-in available: loads it once to learn its id and version, then leaves it idle.</summary>
-    public StackDescription Register(string assemblyPath)
+    /// <param name="assemblyPath">The plug-in's entry assembly.</param>
+    /// <param name="signedId">The id its signed target publishes it under: a plug-in whose factory declares another id is refused (it would take that stack's place).</param>
+    public StackDescription Register(string assemblyPath, string? signedId = null)
     {
         var stack = StackLoader.Load(assemblyPath);
         var id = stack.Description.Id;
         lock (_gate)
         {
-            if (_paths.TryGetValue(id, out var existing) && existing != assemblyPath)
+            var refusal = signedId is not null && signedId != id ? $"'{assemblyPath}' is signed as stack '{signedId}' but its factory declares '{id}'"
+                : _paths.TryGetValue(id, out var existing) && existing != assemblyPath ? $"Stack '{id}' is registered from '{existing}'; '{assemblyPath}' declares the same id."
+                : _loaded.ContainsKey(id) && !_paths.ContainsKey(id) ? $"Stack '{id}' was withdrawn and is still draining; '{assemblyPath}' can be registered once it has unloaded."
+                : null;
+            if (refusal is not null)
             {
-                throw new InvalidOperationException($"Stack '{id}' is registered from '{existing}'; '{assemblyPath}' declares the same id.");
+                if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext refused)
+                {
+                    refused.Unload();
+                }
+                throw new InvalidOperationException(refusal);
             }
             _paths[id] = assemblyPath;
+            _withdrawn.Remove(id);
             if (!_loaded.ContainsKey(id))
             {
                 _loaded[id] = new Slot(stack) { IdleSince = _now() };
@@ -74,12 +86,55 @@ public sealed class StackHost
         }
     }
 
-    /// <summary>What a registered stack declares, loading it if needed; null when the id is unknown.</summary>
+    /// <summary>What a registered (or withdrawn but still loaded) stack declares, loading it if needed; null when the id is unknown.</summary>
     public StackDescription? Describe(string id)
     {
         lock (_gate)
         {
-            return _paths.ContainsKey(id) ? LoadLocked(id).Description : null;
+            return _loaded.TryGetValue(id, out var slot) ? slot.Stack!.Description : _paths.ContainsKey(id) ? LoadLocked(id).Description : null;
+        }
+    }
+
+    /// <summary>Whether a plug-in declaring <paramref name="id"/> could be registered now (neither registered nor a withdrawn one still draining).</summary>
+    public bool CanRegister(string id)
+    {
+        lock (_gate)
+        {
+            return !_paths.ContainsKey(id) && !_loaded.ContainsKey(id);
+        }
+    }
+
+    /// <summary>
+    /// Takes <paramref name="id"/> out of the registered stacks (it was withdrawn from the signed targets): no new
+    /// binding can acquire it, the switch moves existing ones off it, and it unloads like any idle stack once its last
+    /// binding is released and its drain time has passed. Returns false when it was not registered.
+    /// </summary>
+    public bool Withdraw(string id, string reason)
+    {
+        lock (_gate)
+        {
+            if (!_paths.Remove(id))
+            {
+                return false;
+            }
+            _withdrawn[id] = reason;
+            if (_loaded.TryGetValue(id, out var slot) && slot.Bindings == 0)
+            {
+                slot.IdleSince ??= _now();
+            }
+            return true;
+        }
+    }
+
+    /// <summary>Stacks withdrawn from the signed targets since this host started, and why.</summary>
+    public IReadOnlyDictionary<string, string> Withdrawn
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return new Dictionary<string, string>(_withdrawn);
+            }
         }
     }
 
@@ -88,6 +143,10 @@ public sealed class StackHost
     {
         lock (_gate)
         {
+            if (_withdrawn.TryGetValue(id, out var withdrawn))
+            {
+                throw new InvalidOperationException($"Stack '{id}' is withdrawn: {withdrawn}.");
+            }
             if (!_paths.ContainsKey(id))
             {
                 throw new InvalidOperationException($"Stack '{id}' is not available (available: {string.Join(", ", _paths.Keys)}).");
@@ -179,6 +238,8 @@ public sealed class StackHost
             return _paths.Select(p => _loaded.TryGetValue(p.Key, out var slot)
                     ? new StackHostEntry(p.Key, slot.Stack!.Description.Version, p.Value, slot.Bindings, true, slot.IdleSince)
                     : new StackHostEntry(p.Key, "", p.Value, 0, false, null))
+                .Concat(_loaded.Where(l => !_paths.ContainsKey(l.Key))
+                    .Select(l => new StackHostEntry(l.Key, l.Value.Stack!.Description.Version, "", l.Value.Bindings, true, l.Value.IdleSince, Withdrawn: true)))
                 .OrderBy(e => e.Id, StringComparer.Ordinal).ToList();
         }
     }

@@ -204,6 +204,25 @@ public sealed class RemotePath : IDisposable
         }
     }
 
+    /// <summary>Marks every slot holding <paramref name="stackId"/> to drain until <paramref name="drainUntil"/> (those not draining
+    /// already); housekeeping closes each once nothing transmits on it. Returns how many were marked.</summary>
+    internal int DrainStack(string stackId, long drainUntil)
+    {
+        lock (_gate)
+        {
+            var marked = 0;
+            for (var i = 0; i < _slots.Length; i++)
+            {
+                if (_slots[i] is not null && _slotStacks[i] == stackId && _drainUntil[i] == 0)
+                {
+                    _drainUntil[i] = drainUntil;
+                    marked++;
+                }
+            }
+            return marked;
+        }
+    }
+
     /// <summary>The stack each VM that used this path transmits with (its binding's, or the path's).</summary>
     /// <remarks>Empty when the path is busy for more than 100 ms (a stack stuck in a call must not stall status or the control plane).</remarks>
     public IReadOnlyDictionary<string, (string? Stack, int Slot)> VmBindings()

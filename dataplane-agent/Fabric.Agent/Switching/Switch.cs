@@ -76,9 +76,11 @@ public sealed class Switch : IDisposable
     public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_underlay4?.Local, _underlay6?.Local);
 
     /// <summary>Makes a stack plug-in available to paths by its id.</summary>
-    public void RegisterStack(string assemblyPath)
+    public void RegisterStack(string assemblyPath, string? signedId = null)
     {
-        var description = _stackHost.Register(assemblyPath);
+        var description = _stackHost.Register(assemblyPath, signedId);
+        // A stack id registered again (a newer version, after the withdrawn one unloaded) may have another overhead.
+        _innerMtuByStack.TryRemove(description.Id, out _);
         Log.StackLoaded(_logger, description.Id, description.Version, assemblyPath);
     }
 
@@ -352,6 +354,10 @@ public sealed class Switch : IDisposable
         {
             return $"stack '{stackId}' is quarantined on this host: {why}";
         }
+        if (_stackHost.Withdrawn.TryGetValue(stackId, out var withdrawn))
+        {
+            return $"stack '{stackId}' is withdrawn on this host: {withdrawn}";
+        }
         if (description.UnderlayFamily != _stackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily)
         {
             return $"stack '{stackId}' runs over another underlay family than the path to '{hostId}'";
@@ -496,6 +502,10 @@ public sealed class Switch : IDisposable
         if (_stackHost.Quarantined.TryGetValue(stackId, out var why))
         {
             return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is quarantined on {_options.HostId}: {why}");
+        }
+        if (_stackHost.Withdrawn.TryGetValue(stackId, out var withdrawn))
+        {
+            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is withdrawn on {_options.HostId}: {withdrawn}");
         }
         var stack = _stackHost.Acquire(stackId);
         string? replaced;
@@ -695,6 +705,61 @@ public sealed class Switch : IDisposable
     }
 
     /// <summary>
+    /// Moves every path transmitting through <paramref name="stackId"/>, and every VM binding on it, to the path's
+    /// fallback slot. With <paramref name="drainSlots"/> every slot holding it, on any path, drains and closes (which
+    /// releases it, so it can unload); a quarantined stack's slots are left as they are.
+    /// </summary>
+    private void MoveOff(string stackId, bool drainSlots)
+    {
+        var encrypts = _stackHost.Describe(stackId)?.Encrypts == true;
+        var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
+        foreach (var path in _paths.Values)
+        {
+            var fallback = path.StackIn(RemotePath.FallbackSlot);
+            if (fallback is null || fallback == stackId)
+            {
+                if (path.TransmitStack == stackId)
+                {
+                    Report($"path to {path.Spec.HostId} has no other stack to fall back to; it keeps {stackId} until a binding moves it");
+                }
+                continue;
+            }
+            if (path.TransmitStack == stackId)
+            {
+                path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
+                Report($"path to {path.Spec.HostId} falls back to {fallback} (slot {RemotePath.FallbackSlot})"
+                    + (encrypts ? $"; frames that must stay encrypted are dropped until a stack that encrypts carries them" : ""));
+            }
+            if (path.RebindStack(stackId, RemotePath.FallbackSlot) is > 0 and var moved)
+            {
+                Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {fallback} (slot {RemotePath.FallbackSlot})"
+                    + (encrypts ? "; those of VMs that must be encrypted drop their frames instead" : ""));
+            }
+            if (drainSlots)
+            {
+                path.DrainStack(stackId, drainUntil);
+            }
+        }
+    }
+
+    /// <summary>
+    /// A stack was withdrawn from the signed targets: no new binding takes it, every path and binding on it moves to
+    /// the path's fallback (dropping, not clearing, what must stay encrypted), its slots drain and close — also those the
+    /// peer opened, so it no longer handles even what arrives — and it unloads once released and idle for the drain time.
+    /// Bindings the control plane pushes for it are refused from now on. Returns false when it was not registered.
+    /// </summary>
+    public bool WithdrawStack(string stackId, string reason)
+    {
+        if (!_stackHost.Withdraw(stackId, reason))
+        {
+            return false;
+        }
+        Report($"stack {stackId} withdrawn: {reason}");
+        MoveOff(stackId, drainSlots: true);
+        return true;
+    }
+
+    /// <summary>
     /// A stack threw: it is quarantined (no new bindings anywhere), every path transmitting through it moves to its
     /// fallback slot, and an instance that threw while receiving is retired at once (datagrams for its slot are then
     /// counted as unknown-slot drops until the peer moves too). The agent and every other binding keep working.
@@ -703,21 +768,7 @@ public sealed class Switch : IDisposable
     {
         Report($"stack {stackId} quarantined: {(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} (slot {slot}) threw {fault.GetType().Name}: {fault.Message}");
         _stackHost.Quarantine(stackId, $"{(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} threw {fault.GetType().Name}: {fault.Message}");
-        var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
-        foreach (var path in _paths.Values)
-        {
-            if (path.TransmitStack == stackId && path.StackIn(RemotePath.FallbackSlot) is not null)
-            {
-                path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
-                Report($"path to {path.Spec.HostId} falls back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})"
-                    + (_stackHost.Describe(stackId)?.Encrypts == true ? $"; frames that must stay encrypted are dropped until a stack that encrypts carries them" : ""));
-            }
-            if (path.StackIn(RemotePath.FallbackSlot) is not null && path.RebindStack(stackId, RemotePath.FallbackSlot) is > 0 and var moved)
-            {
-                Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {path.StackIn(RemotePath.FallbackSlot)} (slot {RemotePath.FallbackSlot})"
-                    + (_stackHost.Describe(stackId)?.Encrypts == true ? "; those of VMs that must be encrypted drop their frames instead" : ""));
-            }
-        }
+        MoveOff(stackId, drainSlots: false);
         if (!transmitting && faulted.TransmitSlot != slot && faulted.Retire(slot) is { } retired)
         {
             _stackHost.Release(retired);
