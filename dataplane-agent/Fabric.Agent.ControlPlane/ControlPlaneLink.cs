@@ -41,6 +41,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private readonly Dictionary<string, double> _lastRtt = new(StringComparer.Ordinal);
     private readonly HashSet<string> _reported = new(StringComparer.Ordinal);
     private Dictionary<string, Binding> _desired = new(StringComparer.Ordinal);
+    private long _pathsReplacedSeen;
     private Dictionary<string, Route> _routes = new(StringComparer.Ordinal);
     private Dictionary<string, Peer> _peers = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Route> _appliedRoutes = new(StringComparer.Ordinal);
@@ -110,8 +111,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                     await RegisterAsync(grains, host, cancellationToken).ConfigureAwait(false);
                 }
                 await PlaceAsync(grains, force: false).ConfigureAwait(false);
-                if (_pending > 0 || _removalsHeld)
+                // A path replaced meanwhile (a stack stuck on it) starts with no bindings: they are applied again.
+                if (_pending > 0 || _removalsHeld || _agent.Switch.PathsReplaced != _pathsReplacedSeen)
                 {
+                    _pathsReplacedSeen = _agent.Switch.PathsReplaced;
                     await ApplyAsync(host, null, cancellationToken).ConfigureAwait(false);
                 }
                 await ReportAsync(host, measurements).ConfigureAwait(false);

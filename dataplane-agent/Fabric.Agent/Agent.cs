@@ -84,11 +84,12 @@ public sealed class Agent : IDisposable
         }
         if (Config.Repository is { } repository)
         {
-            foreach (var stack in SignedStacks.Verify(repository, _logger))
+            var verified = SignedStacks.Verify(repository, _logger);
+            foreach (var stack in verified)
             {
                 RegisterSigned(stack);
             }
-            _repositoryState = new(DateTime.UtcNow, _signed.Values.FirstOrDefault()?.TargetsVersion, null);
+            _repositoryState = new(DateTime.UtcNow, verified.Count == 0 ? null : verified[0].TargetsVersion, verified.Count == 0 ? null : verified[0].Offline);
             var period = TimeSpan.FromSeconds(repository.RefreshSeconds);
             _stackRefresh = new Timer(_ => RefreshStacks(), null, period, period);
         }
@@ -148,10 +149,12 @@ public sealed class Agent : IDisposable
     private sealed record RepositoryState(DateTime CheckedAt, int? TargetsVersion, string? LastError);
 
     /// <summary>
-    /// Reads the signed targets again (every <c>repository.refreshSeconds</c>): a stack they no longer publish — or
-    /// publish with other bytes — is withdrawn (unbound, its slots drained, unloaded once idle); a stack newly published
-    /// is registered, and a newer version of a withdrawn one once the old has unloaded. Metadata that does not verify
-    /// (forged, expired, rolled back) changes nothing: the host keeps running what it verified and says why.
+    /// Reads the signed targets again (every <c>repository.refreshSeconds</c>). A stack they no longer publish at all, or
+    /// no longer publish in the version this host runs, is withdrawn: unbound, refused, its slots drained, unloaded once
+    /// idle. A stack newly published is registered (and one withdrawn before, once its old version has unloaded). A newer
+    /// version of a stack this host runs is not taken while the old one is still published (a version upgrade is not yet
+    /// a swap: it is said, and taken at the next start). Targets that do not verify (forged, expired, rolled back) change
+    /// nothing: the host keeps running what it verified and says why. Never throws (it runs on a timer).
     /// </summary>
     public void RefreshStacks()
     {
@@ -161,38 +164,54 @@ public sealed class Agent : IDisposable
         }
         try
         {
-            IReadOnlyList<SignedStacks.VerifiedStack> verified;
-            try
+            if (!_disposed)
             {
-                verified = SignedStacks.Verify(repository, _logger);
+                RefreshStacks(repository);
             }
-            catch (Exception e) when (e is TrustException or PackageException or IOException or UnauthorizedAccessException)
-            {
-                _repositoryState = _repositoryState! with { CheckedAt = DateTime.UtcNow, LastError = e.Message };
-                Log.RepositoryRefreshFailed(_logger, _signed.Count, e.Message);
-                return;
-            }
-            var now = verified.ToDictionary(v => v.Id, StringComparer.Ordinal);
-            foreach (var (id, running) in _signed.ToList())
-            {
-                if (!now.TryGetValue(id, out var current) || current.Sha256 != running.Sha256)
-                {
-                    var reason = current is null ? $"targets v{TargetsVersionOf(verified)} no longer publish it" : $"targets v{current.TargetsVersion} publish {id} {current.Version} in place of {running.Version}";
-                    Switch.WithdrawStack(id, reason);
-                    _signed.Remove(id);
-                }
-            }
-            foreach (var stack in verified.Where(v => !_signed.ContainsKey(v.Id) && Switch.StackHost.CanRegister(v.Id)))
-            {
-                RegisterSigned(stack);
-            }
-            _repositoryState = new(DateTime.UtcNow, TargetsVersionOf(verified) ?? _repositoryState?.TargetsVersion, (verified.Count == 0 ? null : verified[0].Offline));
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            _repositoryState = (_repositoryState ?? new(DateTime.UtcNow, null, null)) with { CheckedAt = DateTime.UtcNow, LastError = e.Message };
+            Log.RepositoryRefreshFailed(_logger, _signed.Count, e.Message);
         }
         finally
         {
             Monitor.Exit(_refreshGate);
         }
     }
+
+    private void RefreshStacks(RepositoryConfig repository)
+    {
+        var read = SignedStacks.Read(repository, _logger);
+        var published = read.Targets.Targets.Values;
+        foreach (var (id, running) in _signed.ToList())
+        {
+            var versions = published.Where(t => t.Id == id).ToList();
+            var reason = versions.Count == 0 ? $"targets v{read.Targets.Version} no longer publish it"
+                : versions.All(t => t.Sha256 != running.Sha256) ? $"targets v{read.Targets.Version} no longer publish version {running.Version} (they publish {string.Join(", ", versions.Select(t => t.Version))})"
+                : null;
+            if (reason is not null)
+            {
+                Switch.WithdrawStack(id, reason);
+                _signed.Remove(id);
+            }
+            else if (read.Stacks.FirstOrDefault(s => s.Id == id) is { } newest && newest.Sha256 != running.Sha256 && _newerSaid.Add(newest.Sha256))
+            {
+                Log.NewerVersionWaits(_logger, id, newest.Version, running.Version);
+            }
+        }
+        foreach (var stack in read.Stacks.Where(v => !_signed.ContainsKey(v.Id) && Switch.StackHost.CanRegister(v.Id)))
+        {
+            RegisterSigned(stack);
+        }
+        foreach (var (name, error) in read.Failed)
+        {
+            Log.StackRefused(_logger, name, "", error.Message);
+        }
+        _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? read.Failed[0].Error.Message : read.Offline);
+    }
+
+    private readonly HashSet<string> _newerSaid = new(StringComparer.Ordinal);
 
     /// <summary>Registers a verified stack under its signed id; one that will not load, or whose factory declares another
     /// id, is refused and said, and the host goes on with the others (it is tried again at the next refresh).</summary>
@@ -203,13 +222,12 @@ public sealed class Agent : IDisposable
             Switch.RegisterStack(stack.EntryPath, stack.Id);
             _signed[stack.Id] = stack;
         }
-        catch (Exception e) when (e is InvalidOperationException or IOException or BadImageFormatException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
+            // A plug-in that will not load (wrong contract, missing type, another id than it was signed as) costs itself.
             Log.StackRefused(_logger, stack.Id, stack.Version, e.Message);
         }
     }
-
-    private static int? TargetsVersionOf(IReadOnlyList<SignedStacks.VerifiedStack> verified) => verified.Count == 0 ? null : verified[0].TargetsVersion;
 
     /// <summary>Handles one API request; never throws for a bad request.</summary>
     public ApiResponse Handle(ApiRequest request)
@@ -408,19 +426,19 @@ public sealed class Agent : IDisposable
         Routes = Switch.Table.Endpoints.Where(e => e.RemoteHost is not null).Select(e => new { e.Vni, Mac = e.Mac.ToString(), Host = e.RemoteHost }),
     };
 
-    private bool _disposed;
+    private volatile bool _disposed;
 
     public void Dispose()
     {
         _housekeeping?.Dispose();
         _stackRefresh?.Dispose();
-        lock (_refreshGate)
-        {
-            // A refresh in progress ends before the switch goes.
-        }
         lock (_apiGate)
         {
             _disposed = true;
+        }
+        lock (_refreshGate)
+        {
+            // A refresh in progress ends before the switch goes; one that starts later sees _disposed and does nothing.
         }
         Switch.Dispose();
     }

@@ -38,6 +38,9 @@ internal static partial class Log
     [LoggerMessage(12, LogLevel.Error, "Stack {StackId} {Version} published but not registered: {Reason}")]
     public static partial void StackRefused(ILogger logger, string stackId, string version, string reason);
 
+    [LoggerMessage(13, LogLevel.Warning, "Stack {StackId} {Version} is published; this host keeps running {Running} until it restarts (a version upgrade is not yet a swap)")]
+    public static partial void NewerVersionWaits(ILogger logger, string stackId, string version, string running);
+
     [LoggerMessage(10, LogLevel.Error, "Registration file {File} cannot be read and was set aside as {SetAside}; its VM is not registered until its hook registers it again: {Reason}")]
     public static partial void RegistrationUnreadable(ILogger logger, string file, string setAside, string reason);
 }

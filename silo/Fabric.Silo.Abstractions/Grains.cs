@@ -17,10 +17,12 @@ public interface ICatalogGrain : IGrainWithStringKey
     /// What the signed repository publishes now (its sync calls this): each stack is published, and a stack an earlier
     /// sync published that is no longer among them is withdrawn — gone from <see cref="ListAsync"/> (so no selector
     /// chooses it and the VMs on it move at their next decision) and listed by <see cref="ListWithdrawnAsync"/>. Returns
-    /// the ids withdrawn by this call.
+    /// the ids withdrawn by this call. <paramref name="source"/> names the repository (its location and pinned root): a
+    /// sync withdraws only what a sync of the same source published, and targets older than the newest one of that
+    /// source (<paramref name="targetsVersion"/>: a silo whose read lags, or that was shown old metadata) change nothing.
     /// </summary>
     [Alias("sync")]
-    ValueTask<ImmutableArray<string>> SyncAsync(ImmutableArray<StackInfo> published);
+    ValueTask<ImmutableArray<string>> SyncAsync(ImmutableArray<StackInfo> published, int targetsVersion, string source);
 
     [Alias("list")]
     ValueTask<ImmutableArray<StackInfo>> ListAsync();

@@ -8,10 +8,13 @@ public sealed class CatalogState
 {
     [Id(0)] public Dictionary<string, StackInfo> Stacks { get; set; } = new(StringComparer.Ordinal);
 
-    /// <summary>The ids the repository's sync published (the only ones a sync withdraws).</summary>
-    [Id(1)] public HashSet<string> FromRepository { get; set; } = new(StringComparer.Ordinal);
+    /// <summary>The ids a repository's sync published, and which repository (the only ones a sync of it withdraws).</summary>
+    [Id(1)] public Dictionary<string, string> FromRepository { get; set; } = new(StringComparer.Ordinal);
 
     [Id(2)] public Dictionary<string, WithdrawnStack> Withdrawn { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Per repository, the version of the newest signed targets a sync brought.</summary>
+    [Id(3)] public Dictionary<string, int> TargetsVersions { get; set; } = new(StringComparer.Ordinal);
 }
 
 public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPersistentState<CatalogState> state) : Grain, ICatalogGrain
@@ -28,11 +31,18 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
         await state.WriteStateAsync();
     }
 
-    public async ValueTask<ImmutableArray<string>> SyncAsync(ImmutableArray<StackInfo> published)
+    public async ValueTask<ImmutableArray<string>> SyncAsync(ImmutableArray<StackInfo> published, int targetsVersion, string source)
     {
+        var seen = state.State.TargetsVersions.GetValueOrDefault(source);
+        if (targetsVersion < seen)
+        {
+            return [];
+        }
+        var changed = targetsVersion != seen;
+        state.State.TargetsVersions[source] = targetsVersion;
         var now = published.ToDictionary(s => s.Id, StringComparer.Ordinal);
-        var withdrawn = state.State.FromRepository.Where(id => !now.ContainsKey(id)).Order(StringComparer.Ordinal).ToImmutableArray();
-        var changed = withdrawn.Length > 0;
+        var withdrawn = state.State.FromRepository.Where(f => f.Value == source && !now.ContainsKey(f.Key)).Select(f => f.Key).Order(StringComparer.Ordinal).ToImmutableArray();
+        changed |= withdrawn.Length > 0;
         foreach (var id in withdrawn)
         {
             if (state.State.Stacks.Remove(id, out var last))
@@ -43,10 +53,10 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
         }
         foreach (var stack in published)
         {
-            if (!state.State.Stacks.TryGetValue(stack.Id, out var existing) || existing != stack || !state.State.FromRepository.Contains(stack.Id))
+            if (!state.State.Stacks.TryGetValue(stack.Id, out var existing) || existing != stack || state.State.FromRepository.GetValueOrDefault(stack.Id) != source)
             {
                 state.State.Stacks[stack.Id] = stack;
-                state.State.FromRepository.Add(stack.Id);
+                state.State.FromRepository[stack.Id] = source;
                 state.State.Withdrawn.Remove(stack.Id);
                 changed = true;
             }

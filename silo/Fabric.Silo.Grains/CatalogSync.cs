@@ -27,9 +27,14 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
             .Select(t => new StackInfo(t.Id, t.Version, t.Profile.Family, t.Profile.HeaderBytes, t.Profile.Redundancy, t.Profile.AddedDelayMs,
                 t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose))
             .ToList();
-        var withdrawn = await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).SyncAsync([.. newest]);
+        var withdrawn = await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).SyncAsync([.. newest], targets.Version, SourceOf(source));
         return (newest, withdrawn);
     }
+
+    /// <summary>The repository as a silo knows it: where it is and the root it pins (a repository initialized again under
+    /// new root keys starts its versions over, and is another source).</summary>
+    public static string SourceOf(CatalogSource source) =>
+        $"{source.Path}#{Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(source.TrustRoot)))[..16]}";
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {

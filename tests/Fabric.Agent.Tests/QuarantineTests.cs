@@ -73,6 +73,66 @@ public class QuarantineTests
         Assert.Equal(PortResult.Ok, hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromSeconds(10)));
     }
 
+    [Fact]
+    public void AStackStuckForeverInTransmit_CostsTheVmItHolds_AndItsHostGetsAFreshPath()
+    {
+        using var hosts = new TwoHosts("faulty");
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        hosts.Vm("vm2").Transmit(fromVm2);
+        Assert.Equal(fromVm2, hosts.Expect("vm3"));
+        var stuck = hosts.A.Switch.Paths["host-b"];
+
+        // vm1's thread goes into the stack and never comes back: it holds the path's gate for ever.
+        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXSTUCK"));
+        Eventually.True(() => hosts.A.Switch.Paths["host-b"] != stuck, TimeSpan.FromSeconds(10), "host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the path to host-b was replaced by a fresh one on std-ipv4", StringComparison.Ordinal));
+        Assert.Equal(1, hosts.A.Switch.PathsReplaced);
+
+        // vm2's frames to host-b flow again through the fresh path (host-b takes its new slots as after a restart), and
+        // host-b's reach vm2 through it.
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm2").Transmit(fromVm2);
+            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
+        var back = Frames.Udp(Mac3, Mac2, "10.0.0.3", "10.0.0.2", 300);
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm3").Transmit(back);
+            return hosts.Vm("vm2").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+        }, TimeSpan.FromSeconds(10), "vm3 reaching vm2", () => string.Join("; ", hosts.B.Switch.Events));
+        // Local switching and the API never waited on the stuck call.
+        var local = Frames.Udp(Mac2, Mac1, "10.0.0.2", "10.0.0.1", 100);
+        hosts.Vm("vm2").Transmit(local);
+        Assert.Equal(local, hosts.Expect("vm1"));
+        Assert.True(hosts.A.Handle(new ApiRequest("status")).Ok);
+    }
+
+    [Fact]
+    public void AStackStuckForeverInReceive_CostsNoOtherTraffic_TheUnderlayGetsANewReceiveThread()
+    {
+        using var hosts = new TwoHosts("faulty");
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        hosts.Vm("vm2").Transmit(fromVm2);
+        Assert.Equal(fromVm2, hosts.Expect("vm3"));
+
+        // Host-b's underlay receive thread, which every path of host-b shares, goes into the stack and never returns.
+        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "RXSTUCK"));
+        Eventually.True(() => hosts.B.Switch.Events.Any(e => e.Contains("the underlay receive thread on", StringComparison.Ordinal)), TimeSpan.FromSeconds(10),
+            "host-b's receive thread replaced", () => string.Join("; ", hosts.B.Switch.Events));
+        Assert.True(hosts.B.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+
+        // Host-b receives again: vm2's frames reach vm3 (host-a falls back when host-b refuses the faulty slot).
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm2").Transmit(fromVm2);
+            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the receive thread was replaced",
+            () => string.Join("; ", hosts.A.Switch.Events) + " | " + string.Join("; ", hosts.B.Switch.Events));
+    }
+
     /// <summary>A frame the faulty stack acts on: the marker first in its payload, under the IEEE local experimental EtherType.</summary>
     internal static byte[] Marked(MacAddress src, MacAddress dst, string marker)
     {

@@ -205,7 +205,7 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         var (host, gone) = (Unique("host"), Unique("wd"));
         var catalog = _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
         var stack = new StackInfo(gone, "2.0.0", "ipv4", 16, 0, 0, 0, false, "withdrawn in this test");
-        await catalog.SyncAsync([stack]);
+        await catalog.SyncAsync([stack], 1, "repository of " + gone);
         var observer = _grains.Client.CreateObjectReference<IAgentObserver>(new IgnoringAgent());
         await _grains.Client.GetGrain<IHostGrain>(host).RegisterAsync(new HostInfo(host, "192.0.2.9", null, 4789, ["std-ipv4", gone], [], "test"), observer);
         SignIn(DashboardUser.ReadOnly);
@@ -213,7 +213,7 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         page.WaitForAssertion(() => Assert.NotEmpty(page.FindAll($"[data-testid=stack-{gone}]")));
         Assert.Empty(page.FindAll("[data-testid=withdrawn-stacks]"));
 
-        Assert.Equal([gone], await catalog.SyncAsync([]));
+        Assert.Equal([gone], await catalog.SyncAsync([], 2, "repository of " + gone));
         page.WaitForAssertion(() =>
         {
             Assert.Empty(page.FindAll($"[data-testid=stack-{gone}]"));

@@ -92,6 +92,22 @@ public class AgentRepositoryTests
         Assert.Empty(agent.Switch.StackHost.Withdrawn);
         var prepared = agent.Handle(new ApiRequest("prepare-swap", Id: "peer", Stack: "swap-test"));
         Assert.True(prepared.Ok, prepared.Error);
+
+        // A newer version is not a withdrawal of the one running (that one is still published): it keeps running.
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.3.0"));
+        agent.RefreshStacks();
+        Assert.Empty(agent.Switch.StackHost.Withdrawn);
+        // Withdrawing the running version is: once it has unloaded, the version still published takes its place.
+        repo.Publisher.Withdraw("swap-test", "0.2.0", repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7));
+        agent.RefreshStacks();
+        Assert.Contains("no longer publish version 0.2.0 (they publish 0.3.0)", agent.Switch.StackHost.Withdrawn["swap-test"], StringComparison.Ordinal);
+        // (The slot prepared above drains and closes like every slot of a withdrawn stack.)
+        Eventually.True(() =>
+        {
+            agent.RefreshStacks();
+            return agent.Switch.StackHost.Registered.Contains("swap-test");
+        }, TimeSpan.FromSeconds(10), "0.3.0 registered after 0.2.0 unloaded", () => string.Join("; ", agent.Switch.StackHost.Entries()) + " | " + string.Join("; ", agent.Switch.Events));
+        Assert.Empty(agent.Switch.StackHost.Withdrawn);
     }
 
     [Fact]

@@ -57,6 +57,14 @@ public class CatalogSyncTests(ClusterFixture fixture)
         var record = Assert.Single(await catalog.ListWithdrawnAsync(), w => w.Id == gone);
         Assert.Equal("1.0.0", record.Version);
 
+        // Older targets of the same repository (a lagging silo, or old metadata shown to one) bring nothing back, and
+        // another repository's sync withdraws nothing of this one's.
+        var source = CatalogSync.SourceOf(repo.Source);
+        Assert.Empty(await catalog.SyncAsync([.. published, new StackInfo(gone, "1.0.0", "ipv4", 0, 0, 0, 0, false, "to be withdrawn")], 1, source));
+        Assert.DoesNotContain(await catalog.ListAsync(), s => s.Id == gone);
+        Assert.Empty(await catalog.SyncAsync([], 1, "another repository"));
+        Assert.Contains(await catalog.ListAsync(), s => s.Id == stays);
+
         // A later sync withdraws nothing more, and a republished id is no longer listed as withdrawn.
         Assert.Empty((await CatalogSync.SyncAsync(repo.Source, fixture.Client)).Withdrawn);
         repo.Publish(gone, "1.0.1", new StackProfile(Purpose: "fixed"));

@@ -60,8 +60,8 @@ public sealed class ClusterFaultTests(Azurite azurite)
         void WaitReady(int i)
         {
             Eventually.True(() => SiloProcessTests.Healthz(ports[i].Health, "/readyz").StartsWith("200", StringComparison.Ordinal) || silos[i]!.HasExited,
-                TimeSpan.FromSeconds(90), $"silo {i} ready", () => string.Join(" | ", silos[i]!.Output.Take(30)));
-            Assert.False(silos[i]!.HasExited, $"silo {i} exited: {string.Join("\n", silos[i]!.Output.Take(30))}");
+                TimeSpan.FromSeconds(90), $"silo {i} ready", () => silos[i]!.Problems());
+            Assert.False(silos[i]!.HasExited, $"silo {i} exited: {silos[i]!.Problems()}");
         }
         try
         {

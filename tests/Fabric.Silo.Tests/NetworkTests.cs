@@ -74,7 +74,9 @@ public class NetworkTests(ClusterFixture fixture)
         await fixture.Client.GetGrain<IHostGrain>(d).RegisterAsync(Host(d, "rotated-" + d), fixture.Client.CreateObjectReference<IAgentObserver>(agentD));
         await Eventually.TrueAsync(async () => Peers(await DesiredAsync(a)).SequenceEqual([$"{d}=rotated-{d}"]), TimeSpan.FromSeconds(10), "host-a learns host-d's new key",
             async () => string.Join(", ", Peers(await DesiredAsync(a))));
-        Assert.Contains(agentA.States, s => s.PeerUpserts.Any(p => p.PublicKey == "rotated-" + d));
+        // The push to host-a's agent is a one-way call: it may land after the desired state read above.
+        Eventually.True(() => agentA.States.Any(s => s.PeerUpserts.Any(p => p.PublicKey == "rotated-" + d)), TimeSpan.FromSeconds(10), "host-a's agent told of host-d's new key",
+            () => string.Join("; ", agentA.States.Select(s => string.Join(",", s.PeerUpserts.Select(p => p.PublicKey)))));
 
         // The host grain's routes are soft state: a new activation reads them back from its networks.
         var versionBefore = (await DesiredAsync(a)).Version;

@@ -58,8 +58,8 @@ public sealed class RedisClusterTests : IClassFixture<Redis>
                 var silo = silos[i];
                 var health = ports[i].Health;
                 Eventually.True(() => SiloProcessTests.Healthz(health).StartsWith("200 ok", StringComparison.Ordinal) || silo.HasExited, TimeSpan.FromSeconds(90), $"silo {i} healthy",
-                    () => $"{SiloProcessTests.Healthz(health)}; output: {string.Join(" | ", silo.Output.Take(30))}");
-                Assert.False(silo.HasExited, string.Join("\n", silo.Output));
+                    () => $"{SiloProcessTests.Healthz(health)}; output: {silo.Problems()}");
+                Assert.False(silo.HasExited, silo.Problems());
             }
             var first = await ClientOfAsync(0);
             // Both silos are members of one cluster, as Redis's membership table says.

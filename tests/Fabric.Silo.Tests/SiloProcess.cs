@@ -27,13 +27,22 @@ internal sealed class SiloProcess : IDisposable
             start.Environment["FABRIC_REDIS_CONNECTION_STRING"] = redis;
         }
         _process = Process.Start(start)!;
-        _process.OutputDataReceived += (_, e) => Output.Add(e.Data ?? "");
-        _process.ErrorDataReceived += (_, e) => Output.Add(e.Data ?? "");
+        _process.OutputDataReceived += (_, e) => Output.Enqueue(e.Data ?? "");
+        _process.ErrorDataReceived += (_, e) => Output.Enqueue(e.Data ?? "");
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
     }
 
-    public System.Collections.Concurrent.ConcurrentBag<string> Output { get; } = [];
+    public System.Collections.Concurrent.ConcurrentQueue<string> Output { get; } = [];
+
+    /// <summary>For a failure message: the lines that say something went wrong (errors, exceptions), then the last lines written.</summary>
+    public string Problems()
+    {
+        var lines = Output.ToArray();
+        var bad = lines.Where(l => l.Contains("fail:", StringComparison.Ordinal) || l.Contains("crit:", StringComparison.Ordinal)
+            || l.Contains("Exception", StringComparison.Ordinal) || l.StartsWith("fabric-silo:", StringComparison.Ordinal)).Take(20);
+        return string.Join("\n", bad.Append("--- last lines:").Concat(lines.TakeLast(15)));
+    }
 
     public bool HasExited => _process.HasExited;
 

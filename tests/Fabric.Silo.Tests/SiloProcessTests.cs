@@ -47,8 +47,8 @@ public class SiloProcessTests(Azurite azurite)
             using (var silo = new SiloProcess(config, azurite.ConnectionString))
             {
                 Eventually.True(() => Healthz(healthPort).StartsWith("200 ok", StringComparison.Ordinal) || silo.HasExited, TimeSpan.FromSeconds(60), "silo healthy",
-                    () => $"{Healthz(healthPort)}; output: {string.Join(" | ", silo.Output.Take(20))}");
-                Assert.False(silo.HasExited, string.Join("\n", silo.Output));
+                    () => $"{Healthz(healthPort)}; output: {silo.Problems()}");
+                Assert.False(silo.HasExited, silo.Problems());
                 // The probes the Kubernetes manifest uses (deploy/kubernetes/silo.yaml): storage-free, and the API only from loopback.
                 Assert.StartsWith("200 alive", Healthz(healthPort, "/livez"), StringComparison.Ordinal);
                 Assert.StartsWith("200 ready", Healthz(healthPort, "/readyz"), StringComparison.Ordinal);
@@ -65,7 +65,7 @@ public class SiloProcessTests(Azurite azurite)
             using (var silo = new SiloProcess(config, azurite.ConnectionString))
             {
                 Eventually.True(() => Healthz(healthPort).StartsWith("200 ok: cluster " + cluster + ", 6 stack(s)", StringComparison.Ordinal) || silo.HasExited, TimeSpan.FromSeconds(90), "restarted silo healthy",
-                    () => $"{Healthz(healthPort)}; output: {string.Join(" | ", silo.Output.Take(20))}");
+                    () => $"{Healthz(healthPort)}; output: {silo.Problems()}");
                 using var client = await ConnectAsync(cluster);
                 var view = await client.Services.GetRequiredService<IClusterClient>().GetGrain<IVmGrain>(vmId).GetAsync();
                 Assert.Equal("bulk", view.Policy.Workload);

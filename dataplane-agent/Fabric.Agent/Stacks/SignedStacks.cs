@@ -19,9 +19,21 @@ public static class SignedStacks
     /// <summary>
     /// The stacks the signed targets publish now (the newest version of each id), each fetched, checked and unpacked;
     /// from the cache when the repository cannot be reached (then <see cref="VerifiedStack.Offline"/> says why). Throws
-    /// <see cref="TrustException"/> or <see cref="PackageException"/> naming the cause.
+    /// <see cref="TrustException"/> or <see cref="PackageException"/> naming the cause, the first package that fails included.
     /// </summary>
     public static IReadOnlyList<VerifiedStack> Verify(RepositoryConfig config, ILogger logger, Func<string, string?>? environment = null)
+    {
+        var read = Read(config, logger, environment);
+        return read.Failed.Count > 0 ? throw read.Failed[0].Error : read.Stacks;
+    }
+
+    /// <summary>
+    /// Verifies the targets, then fetches, checks and unpacks each stack on its own: a package that fails is listed in
+    /// <see cref="VerifiedTargets.Failed"/> and costs only itself, so what the verified targets say (which stacks and
+    /// versions they publish, and so which were withdrawn) is known even when a package cannot be had. Throws
+    /// <see cref="TrustException"/> when the targets themselves do not verify.
+    /// </summary>
+    public static VerifiedTargets Read(RepositoryConfig config, ILogger logger, Func<string, string?>? environment = null)
     {
         var client = new TrustClient(new LazyStore(config.Path, environment), Path.Combine(config.StateDirectory, "trust"), config.TrustRoot);
         TargetsMetadata targets;
@@ -36,19 +48,30 @@ public static class SignedStacks
             offline = e.Message;
         }
         var entries = new List<VerifiedStack>();
+        var failed = new List<(string, Exception)>();
         foreach (var (name, info) in targets.Newest())
         {
-            var package = Cached(config, info) ?? (offline is null
-                ? Cache(config, info, client.FetchPackage(name))
-                : throw new TrustException($"The stack repository cannot be reached and {name} is not in this host's cache ({offline})."));
-            entries.Add(new(info.Id, info.Version, info.Sha256, StackPackage.Extract(package, Path.Combine(config.StateDirectory, "stacks", info.Sha256)), targets.Version, offline));
+            try
+            {
+                var package = Cached(config, info) ?? (offline is null
+                    ? Cache(config, info, client.FetchPackage(name))
+                    : throw new TrustException($"The stack repository cannot be reached and {name} is not in this host's cache ({offline})."));
+                entries.Add(new(info.Id, info.Version, info.Sha256, StackPackage.Extract(package, Path.Combine(config.StateDirectory, "stacks", info.Sha256)), targets.Version, offline));
+            }
+            catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or UnauthorizedAccessException)
+            {
+                failed.Add((name, e is RepositoryUnavailableException ? new TrustException($"{name} could not be fetched: {e.Message}") : e));
+            }
         }
         if (offline is not null)
         {
             Log.RepositoryOffline(logger, entries.Count, targets.Version, offline);
         }
-        return entries;
+        return new VerifiedTargets(targets, entries, failed, offline);
     }
+
+    /// <summary>Verified targets: every target they publish, the newest of each id unpacked, the packages that failed and why, and why the store was not read (null: it was).</summary>
+    public sealed record VerifiedTargets(TargetsMetadata Targets, IReadOnlyList<VerifiedStack> Stacks, IReadOnlyList<(string Name, Exception Error)> Failed, string? Offline);
 
     /// <summary>One stack the signed targets (version <paramref name="TargetsVersion"/>) publish, unpacked at <paramref name="EntryPath"/>.</summary>
     public sealed record VerifiedStack(string Id, string Version, string Sha256, string EntryPath, int TargetsVersion, string? Offline);

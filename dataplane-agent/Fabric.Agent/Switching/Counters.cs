@@ -30,6 +30,8 @@ public enum DropReason
     Unauthenticated,
     /// <summary>A frame of a VM whose policy demands encryption, with no stack that encrypts to carry it (never sent in clear).</summary>
     NotEncrypted,
+    /// <summary>The path's stack was stuck in a call (a hung plug-in): nothing waits on it until the watchdog replaces the path.</summary>
+    PathStuck,
 }
 
 /// <summary>Packet and byte counters with drops by reason; written by data-path threads with interlocked adds.</summary>

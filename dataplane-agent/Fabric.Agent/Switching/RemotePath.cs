@@ -53,6 +53,32 @@ public sealed class RemotePath : IDisposable
     private long _inCallSince;
     private volatile int _inCallSlot;
 
+    /// <summary>After how long a call into a stack counts as stuck: from then on no thread waits on this path's gate.</summary>
+    internal const long StuckNanoseconds = 200_000_000;
+
+    /// <summary>How long a frame, datagram or probe waits for the gate (the gate is held for microseconds, except by a stuck stack).</summary>
+    private const int DataWaitMilliseconds = 20;
+
+    /// <summary>How long an operation (a binding, a slot opened) waits for the gate before it fails naming the stuck path.</summary>
+    private const int OperationWaitMilliseconds = 2000;
+
+    /// <summary>Whether a call into a stack on this path has lasted longer than <see cref="StuckNanoseconds"/>.</summary>
+    internal bool Stuck => InCallFor(Clock()) > StuckNanoseconds;
+
+    /// <summary>Takes the gate, waiting at most <paramref name="milliseconds"/>, and not at all once the path is stuck.</summary>
+    private bool TryTake(int milliseconds) => Monitor.TryEnter(_gate, Stuck ? 0 : milliseconds);
+
+    /// <summary>Takes the gate for an operation; throws <see cref="PathStuckException"/> rather than wait on a stuck stack.</summary>
+    private Hold Take() => TryTake(OperationWaitMilliseconds) ? new Hold(_gate) : throw new PathStuckException(Spec.HostId, InCallFor(Clock()));
+
+    /// <summary>The gate, already taken by <see cref="TryTake"/>: released when disposed.</summary>
+    private Hold Held() => new(_gate);
+
+    private readonly struct Hold(object gate) : IDisposable
+    {
+        public void Dispose() => Monitor.Exit(gate);
+    }
+
     /// <summary>The slot whose stack the current (or last) call went into.</summary>
     internal int InCallSlot => _inCallSlot;
 
@@ -82,6 +108,13 @@ public sealed class RemotePath : IDisposable
     /// <summary>The stack the path was last deliberately committed to encrypts: VMs without a binding of their own never leave through one that does not.</summary>
     private bool _sealedPath;
 
+    /// <summary>Whether the path's own stack encrypts, so frames of VMs without a binding never leave in clear on it.</summary>
+    internal bool SealedPath
+    {
+        get => Volatile.Read(ref _sealedPath);
+        set => Volatile.Write(ref _sealedPath, value);
+    }
+
     /// <summary>True when this path's probes, probe replies and control messages are authenticated (the host pair has an overlay key).</summary>
     public bool Authenticated => _authenticator is not null;
 
@@ -97,7 +130,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>A slot of this host's range that holds <paramref name="stackId"/>, or -1.</summary>
     internal int OwnSlotOf(string stackId)
     {
-        lock (_gate)
+        using (Take())
         {
             for (var i = _ownFirst; i <= _ownLast; i++)
             {
@@ -113,7 +146,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>An empty slot of this host's range, or -1.</summary>
     internal int FreeOwnSlot()
     {
-        lock (_gate)
+        using (Take())
         {
             for (var i = _ownFirst; i <= _ownLast; i++)
             {
@@ -133,7 +166,7 @@ public sealed class RemotePath : IDisposable
     /// </summary>
     internal int BindVm(string vmId, int slot, long drainUntil)
     {
-        lock (_gate)
+        using (Take())
         {
             if (slot >= 0 && _slots[slot] is null)
             {
@@ -177,7 +210,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Forgets a VM that left the host; its slot drains when nothing else uses it.</summary>
     internal void ForgetVm(string vmId, long drainUntil)
     {
-        lock (_gate)
+        using (Take())
         {
             if (_vms.Remove(vmId, out var traffic) && traffic.Slot >= 0 && !InUseLocked(traffic.Slot))
             {
@@ -189,7 +222,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Moves every VM bound to a slot holding <paramref name="stackId"/> to <paramref name="slot"/> (fallback after a fault).</summary>
     internal int RebindStack(string stackId, int slot)
     {
-        lock (_gate)
+        using (Take())
         {
             var moved = 0;
             foreach (var traffic in _vms.Values)
@@ -204,11 +237,29 @@ public sealed class RemotePath : IDisposable
         }
     }
 
+    /// <summary>Moves every VM bound to <paramref name="from"/> to <paramref name="to"/>; returns how many moved.</summary>
+    internal int RebindSlot(int from, int to)
+    {
+        using (Take())
+        {
+            var moved = 0;
+            foreach (var traffic in _vms.Values)
+            {
+                if (traffic.Slot == from)
+                {
+                    traffic.Slot = to;
+                    moved++;
+                }
+            }
+            return moved;
+        }
+    }
+
     /// <summary>Marks every slot holding <paramref name="stackId"/> to drain until <paramref name="drainUntil"/> (those not draining
     /// already); housekeeping closes each once nothing transmits on it. Returns how many were marked.</summary>
     internal int DrainStack(string stackId, long drainUntil)
     {
-        lock (_gate)
+        using (Take())
         {
             var marked = 0;
             for (var i = 0; i < _slots.Length; i++)
@@ -268,7 +319,7 @@ public sealed class RemotePath : IDisposable
     /// </summary>
     internal string? OpenForPeer(LoadedStack stack, int slot, string localHost, ulong openId, out bool unchanged)
     {
-        lock (_gate)
+        using (Take())
         {
             unchanged = _slotStacks[slot] == stack.Description.Id && (_openIds[slot] == openId || !_peerOpened[slot]);
             _receivedAt[slot] = Clock();
@@ -306,7 +357,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>The id of the instance this host opened in one of its own slots (sent with every open request for it).</summary>
     internal ulong OpenIdOf(int slot)
     {
-        lock (_gate)
+        using (Take())
         {
             return _openIds[slot];
         }
@@ -315,7 +366,12 @@ public sealed class RemotePath : IDisposable
     /// <summary>Sends an agent control message to the peer (the caller flushes the underlay).</summary>
     internal void SendControl(ReadOnlySpan<byte> message)
     {
-        lock (_gate)
+        if (!TryTake(DataWaitMilliseconds))
+        {
+            Counters.Drop(DropReason.PathStuck);
+            return;
+        }
+        using (Held())
         {
             SendControlLocked(message);
         }
@@ -324,7 +380,11 @@ public sealed class RemotePath : IDisposable
     /// <summary>Sends one active probe (the caller flushes the underlay).</summary>
     internal void SendProbe()
     {
-        lock (_gate)
+        if (!TryTake(DataWaitMilliseconds))
+        {
+            return;
+        }
+        using (Held())
         {
             _output.Prepare(0, 0);
             var buffer = _output.Begin(PathMonitor.ProbeLength);
@@ -470,7 +530,7 @@ public sealed class RemotePath : IDisposable
     internal bool Open(LoadedStack stack, int slot, string localHost, bool adoptPeerOpened = false)
     {
         var instance = CreateInstance(stack, localHost);
-        lock (_gate)
+        using (Take())
         {
             if (adoptPeerOpened && _peerOpened[slot] && _drainUntil[slot] == 0 && slot != _transmitSlot && _slotStacks[slot] == stack.Description.Id)
             {
@@ -502,7 +562,7 @@ public sealed class RemotePath : IDisposable
     /// </summary>
     internal int Commit(int slot, long drainUntil, bool fallback = false)
     {
-        lock (_gate)
+        using (Take())
         {
             if (_slots[slot] is null)
             {
@@ -525,7 +585,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Closes a slot that is not transmitting (an aborted prepare); returns its stack id, or null when the slot was empty.</summary>
     internal string? Close(int slot)
     {
-        lock (_gate)
+        using (Take())
         {
             if (slot == _transmitSlot || _slots[slot] is null)
             {
@@ -586,7 +646,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>A slot no instance occupies, other than 0 when possible; -1 when all 256 are taken.</summary>
     internal int FreeSlot()
     {
-        lock (_gate)
+        using (Take())
         {
             for (var i = 1; i < _slots.Length; i++)
             {
@@ -603,7 +663,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>The stack ids of every occupied slot (for release when the path goes away).</summary>
     internal List<string> BoundStacks()
     {
-        lock (_gate)
+        using (Take())
         {
             return [.. _slotStacks.OfType<string>()];
         }
@@ -659,7 +719,13 @@ public sealed class RemotePath : IDisposable
         Exception? fault = null;
         int slot;
         string? stackId;
-        lock (_gate)
+        if (!TryTake(DataWaitMilliseconds))
+        {
+            // A stack stuck in a call holds the gate: this frame is dropped (counted), the thread never waits on it.
+            Counters.Drop(DropReason.PathStuck);
+            return 0;
+        }
+        using (Held())
         {
             slot = _transmitSlot;
             if (vmId is not null)
@@ -732,18 +798,12 @@ public sealed class RemotePath : IDisposable
     }
 
     /// <summary>The stack id in <paramref name="slot"/>, or null.</summary>
-    internal string? StackIn(int slot)
-    {
-        lock (_gate)
-        {
-            return _slotStacks[slot];
-        }
-    }
+    internal string? StackIn(int slot) => Volatile.Read(ref _slotStacks[slot]);
 
     /// <summary>Retires a faulted instance at once (its slot then drops what arrives for it); returns its stack id.</summary>
     internal string? Retire(int slot)
     {
-        lock (_gate)
+        using (Take())
         {
             return _slots[slot] is null ? null : CloseLocked(slot);
         }
@@ -760,7 +820,12 @@ public sealed class RemotePath : IDisposable
         Exception? fault = null;
         string? faultStack = null;
         byte[]? control = null;
-        lock (_gate)
+        if (!TryTake(DataWaitMilliseconds))
+        {
+            Counters.Drop(DropReason.PathStuck);
+            return;
+        }
+        using (Held())
         {
             var agents = header.PayloadType is FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.AgentControl;
             var payload = header.Payload;
@@ -893,7 +958,13 @@ public sealed class RemotePath : IDisposable
 
     public void Dispose()
     {
-        lock (_gate)
+        // A path abandoned because a stack is stuck in a call keeps its instances: they cannot be disposed under a gate
+        // that call holds, and the stuck stack's context can never unload anyway.
+        if (!TryTake(DataWaitMilliseconds))
+        {
+            return;
+        }
+        using (Held())
         {
             for (var i = 0; i < _slots.Length; i++)
             {
@@ -1014,3 +1085,7 @@ public sealed class StackStartException(string stackId, string hostId, Exception
 {
     public string StackId { get; } = stackId;
 }
+
+/// <summary>An operation on a path whose stack is stuck in a call (the watchdog replaces such a path).</summary>
+public sealed class PathStuckException(string hostId, long stuckNanoseconds)
+    : InvalidOperationException($"The path to '{hostId}' is stuck: a call into its stack has not returned for {stuckNanoseconds / 1_000_000} ms.");

@@ -40,6 +40,10 @@ public sealed class Switch : IDisposable
     private readonly ConcurrentDictionary<string, VmPort> _vms = new();
     private readonly ConcurrentDictionary<string, RemotePath> _paths = new();
     private readonly ConcurrentDictionary<UdpPeer, RemotePath> _pathsByAddress = new();
+
+    /// <summary>Paths replaced while a stack was stuck in a call on them: never released (their gate is held), disposed at the end if they come free.</summary>
+    private readonly ConcurrentBag<RemotePath> _abandoned = [];
+    private long _pathsReplaced;
     private readonly StackHost _stackHost;
     private readonly object _tableWriter = new();
     private readonly TrafficCounters _underlayCounters = new();
@@ -65,6 +69,9 @@ public sealed class Switch : IDisposable
     public IReadOnlyDictionary<string, VmPort> Vms => _vms;
 
     public IReadOnlyDictionary<string, RemotePath> Paths => _paths;
+
+    /// <summary>How many times a host's path was replaced by a new one (its VM bindings then start again: whoever applies bindings applies them anew).</summary>
+    public long PathsReplaced => Interlocked.Read(ref _pathsReplaced);
 
     /// <summary>The loaded and registered stacks with their bindings.</summary>
     public StackHost StackHost => _stackHost;
@@ -199,7 +206,10 @@ public sealed class Switch : IDisposable
     }
 
     /// <summary>Adds a remote host and binds its path to the named stack. Throws naming what is missing.</summary>
-    public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort)
+    /// <param name="spec">The host, its underlay addresses and the path's stack.</param>
+    /// <param name="underlayPort">The host's underlay UDP port.</param>
+    /// <param name="abandonOld">The host's current path is stuck in a stack call: it is set aside, not released (its gate is held).</param>
+    public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort, bool abandonOld = false)
     {
         var description = _stackHost.Describe(spec.Stack)
             ?? throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (available: {string.Join(", ", _stackHost.Registered)}).");
@@ -241,7 +251,15 @@ public sealed class Switch : IDisposable
         if (_paths.TryRemove(spec.HostId, out var old))
         {
             _pathsByAddress.TryRemove(KeyValuePair.Create(old.Destination, old));
-            ReleaseAll(old);
+            if (abandonOld)
+            {
+                _abandoned.Add(old);
+            }
+            else
+            {
+                ReleaseAll(old);
+            }
+            Interlocked.Increment(ref _pathsReplaced);
         }
         _paths[spec.HostId] = path;
         _pathsByAddress[destination] = path;
@@ -447,6 +465,30 @@ public sealed class Switch : IDisposable
         }
     }
 
+    /// <summary>
+    /// The peer refused a slot this end sends on (asked to open it again after the peer lost it — it restarted, replaced a
+    /// stuck path, or quarantined or withdrew the stack meanwhile): what was sent through it moves to the fallback slot,
+    /// dropping rather than clearing what must be encrypted, instead of going on into a slot the peer drops.
+    /// </summary>
+    private void RefusedInUse(RemotePath path, int slot, string reason)
+    {
+        if (!path.IsOwnSlot(slot) || slot == RemotePath.FallbackSlot || path.StackIn(slot) is not { } stack || path.StackIn(RemotePath.FallbackSlot) is not { } fallback)
+        {
+            return;
+        }
+        var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
+        var moved = path.RebindSlot(slot, RemotePath.FallbackSlot);
+        if (path.TransmitSlot == slot)
+        {
+            path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
+            moved++;
+        }
+        if (moved > 0)
+        {
+            Report($"host {path.Spec.HostId} refused slot {slot} ({stack}): {reason}; what it carried falls back to {fallback} (slot {RemotePath.FallbackSlot})");
+        }
+    }
+
     /// <summary>An agent control message from a peer (on the underlay thread; what it sends is flushed after the batch).</summary>
     private void HandleControl(RemotePath path, byte[] message)
     {
@@ -467,6 +509,10 @@ public sealed class Switch : IDisposable
                 if (_opening.TryGetValue((path.Spec.HostId, slot), out var pending))
                 {
                     pending.TrySetResult(message[0] == ControlMessages.Opened ? null : ControlMessages.Text(message));
+                }
+                else if (message[0] == ControlMessages.Refused)
+                {
+                    RefusedInUse(path, slot, ControlMessages.Text(message));
                 }
                 break;
             case ControlMessages.Close:
@@ -666,8 +712,10 @@ public sealed class Switch : IDisposable
                 if (_hung.TryAdd(path, true) && path.StackInUnlocked(path.InCallSlot) is { } hung)
                 {
                     // Reported before it takes effect, so whoever sees the quarantine also finds the event.
-                    Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot}); that path is stuck until the agent restarts");
+                    Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot})");
                     _stackHost.Quarantine(hung, $"a call on the path to {path.Spec.HostId} has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
+                    MoveOff(hung, drainSlots: false);
+                    ReplaceStuckPath(path, hung);
                 }
                 continue;
             }
@@ -686,7 +734,47 @@ public sealed class Switch : IDisposable
                 }
             }
         }
+        foreach (var withdrawn in _stackHost.Entries().Where(e => e.Withdrawn))
+        {
+            // Again every round while it is loaded: an operation that was under way when it was withdrawn (a binding
+            // whose peer answered late, a swap committed after) may have put it back in use.
+            MoveOff(withdrawn.Id, drainSlots: true);
+        }
+        foreach (var underlay in new[] { _underlay4, _underlay6 })
+        {
+            // A stack stuck in a receive call holds the underlay's receive thread, which every path shares: another
+            // thread takes its place (the stuck path itself was replaced above).
+            if (underlay is not null && underlay.HandlingFor.Ticks * 100 > HangThresholdNanoseconds)
+            {
+                var count = underlay.ReplaceReceiver();
+                Report($"the underlay receive thread on {underlay.Local} was stuck in a call for over {HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
+            }
+        }
         _stackHost.Collect();
+    }
+
+    /// <summary>
+    /// A stack never returned from a call on <paramref name="stuck"/>, whose gate it holds: the host gets a fresh path
+    /// (its configured stack, or the family's std when that is the stuck one) with new slots the peer opens anew, as after
+    /// a restart of this end; the VMs' bindings are applied again by whoever applies them, and a path that had to be
+    /// encrypted stays so. The stuck path is set aside; its instance cannot unload until the agent restarts.
+    /// </summary>
+    private void ReplaceStuckPath(RemotePath stuck, string hung)
+    {
+        var spec = stuck.Spec;
+        var family = _stackHost.Describe(spec.Stack)?.UnderlayFamily ?? AddressFamily.InterNetwork;
+        var stack = spec.Stack == hung || _stackHost.Quarantined.ContainsKey(spec.Stack) ? FallbackStack(family) : spec.Stack;
+        try
+        {
+            var fresh = AddRemoteHost(spec with { Stack = stack }, stuck.Destination.Port, abandonOld: true);
+            fresh.SealedPath |= stuck.SealedPath;
+            Report($"the path to {spec.HostId} was replaced by a fresh one on {stack}{(fresh.SealedPath ? " (its frames that must be encrypted are dropped until a stack that encrypts carries them)" : "")}; "
+                + $"the stuck instance of {hung} stays loaded until the agent restarts");
+        }
+        catch (InvalidOperationException e)
+        {
+            Report($"the path to {spec.HostId} is stuck in {hung} and could not be replaced: {e.Message}");
+        }
     }
 
     /// <summary>Recent events operators should see (quarantines, hangs), newest last, at most 100.</summary>
@@ -715,30 +803,48 @@ public sealed class Switch : IDisposable
         var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
         foreach (var path in _paths.Values)
         {
-            var fallback = path.StackIn(RemotePath.FallbackSlot);
-            if (fallback is null || fallback == stackId)
+            if (path.Stuck)
             {
-                if (path.TransmitStack == stackId)
-                {
-                    Report($"path to {path.Spec.HostId} has no other stack to fall back to; it keeps {stackId} until a binding moves it");
-                }
+                // Nothing waits on a path a stack is stuck on: the watchdog replaces it.
                 continue;
             }
+            try
+            {
+                MoveOff(path, stackId, encrypts, drainSlots, drainUntil);
+            }
+            catch (PathStuckException e)
+            {
+                // The watchdog replaces a stuck path; the others move on.
+                Report($"{stackId} could not be moved off the path to {path.Spec.HostId}: {e.Message}");
+            }
+        }
+    }
+
+    private void MoveOff(RemotePath path, string stackId, bool encrypts, bool drainSlots, long drainUntil)
+    {
+        var fallback = path.StackIn(RemotePath.FallbackSlot);
+        if (fallback is null || fallback == stackId)
+        {
             if (path.TransmitStack == stackId)
             {
-                path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
-                Report($"path to {path.Spec.HostId} falls back to {fallback} (slot {RemotePath.FallbackSlot})"
-                    + (encrypts ? $"; frames that must stay encrypted are dropped until a stack that encrypts carries them" : ""));
+                Report($"path to {path.Spec.HostId} has no other stack to fall back to; it keeps {stackId} until a binding moves it");
             }
-            if (path.RebindStack(stackId, RemotePath.FallbackSlot) is > 0 and var moved)
-            {
-                Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {fallback} (slot {RemotePath.FallbackSlot})"
-                    + (encrypts ? "; those of VMs that must be encrypted drop their frames instead" : ""));
-            }
-            if (drainSlots)
-            {
-                path.DrainStack(stackId, drainUntil);
-            }
+            return;
+        }
+        if (path.TransmitStack == stackId)
+        {
+            path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
+            Report($"path to {path.Spec.HostId} falls back to {fallback} (slot {RemotePath.FallbackSlot})"
+                + (encrypts ? $"; frames that must stay encrypted are dropped until a stack that encrypts carries them" : ""));
+        }
+        if (path.RebindStack(stackId, RemotePath.FallbackSlot) is > 0 and var moved)
+        {
+            Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {fallback} (slot {RemotePath.FallbackSlot})"
+                + (encrypts ? "; those of VMs that must be encrypted drop their frames instead" : ""));
+        }
+        if (drainSlots)
+        {
+            path.DrainStack(stackId, drainUntil);
         }
     }
 
@@ -780,7 +886,16 @@ public sealed class Switch : IDisposable
 
     private void ReleaseAll(RemotePath path)
     {
-        var bound = path.BoundStacks();
+        List<string> bound;
+        try
+        {
+            bound = path.BoundStacks();
+        }
+        catch (PathStuckException)
+        {
+            // Its instances stay (a stack is stuck in a call on it); nothing of it is released.
+            return;
+        }
         path.Dispose();
         foreach (var stackId in bound)
         {
@@ -1036,7 +1151,7 @@ public sealed class Switch : IDisposable
         }
         _underlay4?.Dispose();
         _underlay6?.Dispose();
-        foreach (var path in _paths.Values)
+        foreach (var path in _paths.Values.Concat(_abandoned))
         {
             ReleaseAll(path);
         }

@@ -13,7 +13,11 @@ namespace Fabric.Agent.Underlay;
 public sealed class UdpUnderlay : IDisposable
 {
     private readonly Socket _socket;
-    private readonly Thread _receiver;
+    private Thread _receiver;
+    private int _generation;
+
+    /// <summary>When the receive thread began handling its current batch (a Stopwatch timestamp; 0 while it waits for datagrams).</summary>
+    private long _handlingSince;
     private readonly UnderlayHandler _handler;
     private readonly Action _afterBatch;
     private readonly ThreadLocal<UdpBatchSocket> _outbox;
@@ -55,8 +59,38 @@ public sealed class UdpUnderlay : IDisposable
         }
         Local = (IPEndPoint)_socket.LocalEndPoint!;
         _outbox = new ThreadLocal<UdpBatchSocket>(() => new UdpBatchSocket(_socket, capacity: 32, datagramCapacity: 9216));
-        _receiver = new Thread(ReceiveLoop) { IsBackground = true, Name = $"underlay-rx {Local}" };
-        _receiver.Start();
+        _receiver = StartReceiver();
+    }
+
+    private Thread StartReceiver()
+    {
+        var generation = Volatile.Read(ref _generation);
+        var thread = new Thread(() => ReceiveLoop(generation)) { IsBackground = true, Name = $"underlay-rx {Local}" };
+        thread.Start();
+        return thread;
+    }
+
+    /// <summary>How long the receive thread has been handling its current batch (zero while it waits for datagrams).</summary>
+    public TimeSpan HandlingFor
+    {
+        get
+        {
+            var since = Volatile.Read(ref _handlingSince);
+            return since == 0 ? TimeSpan.Zero : System.Diagnostics.Stopwatch.GetElapsedTime(since);
+        }
+    }
+
+    /// <summary>
+    /// Starts a new receive thread in place of one stuck in a handler (a stack that never returns): the socket is read
+    /// again at once, and the stuck thread, should its call ever return, finishes its batch and ends. Returns the
+    /// number of receive threads replaced so far.
+    /// </summary>
+    public int ReplaceReceiver()
+    {
+        var replaced = Interlocked.Increment(ref _generation);
+        Volatile.Write(ref _handlingSince, 0);
+        _receiver = StartReceiver();
+        return replaced;
     }
 
     /// <summary>The bound address and port.</summary>
@@ -88,10 +122,10 @@ public sealed class UdpUnderlay : IDisposable
         }
     }
 
-    private void ReceiveLoop()
+    private void ReceiveLoop(int generation)
     {
         var batch = new UdpBatchSocket(_socket, capacity: 32);
-        while (!_stopping)
+        while (!_stopping && generation == Volatile.Read(ref _generation))
         {
             int n;
             try
@@ -115,6 +149,7 @@ public sealed class UdpUnderlay : IDisposable
             }
             // A handler that throws costs its own datagram, never the thread: the rest of the batch and every later
             // one are still handled.
+            Volatile.Write(ref _handlingSince, System.Diagnostics.Stopwatch.GetTimestamp());
             for (var i = 0; i < n; i++)
             {
                 try
@@ -141,6 +176,11 @@ public sealed class UdpUnderlay : IDisposable
             catch (Exception e)
             {
                 Fault(e);
+            }
+            if (generation == Volatile.Read(ref _generation))
+            {
+                // A thread replaced while it was stuck leaves the timestamp to the thread that took its place.
+                Volatile.Write(ref _handlingSince, 0);
             }
         }
     }

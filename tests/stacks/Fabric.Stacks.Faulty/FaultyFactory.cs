@@ -5,7 +5,7 @@ namespace Fabric.Stacks.Faulty;
 
 /// <summary>
 /// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
-/// makes Transmit throw, "RXFAULT" makes Receive throw, "TXHANG" makes Transmit block for five seconds, and
+/// makes Transmit throw, "RXFAULT" makes Receive throw, "TXHANG" makes Transmit block for five seconds, "TXSTUCK" and "RXSTUCK" make Transmit and Receive never return, and
 /// "TIMERFAULT" makes the path monitor's next read of its timer throw; configured with failToStartAt = a host id, it
 /// throws when asked for an instance on that host, with slowStartAt = a host id it takes slowStartMilliseconds (500)
 /// to create one there. Built a second time as "faulty-sealed"
@@ -63,6 +63,10 @@ public sealed class FaultyFactory : IStackFactory
             {
                 Thread.Sleep(TimeSpan.FromSeconds(5));
             }
+            if (Marked(frame, "TXSTUCK"u8))
+            {
+                Thread.Sleep(Timeout.Infinite);
+            }
             var buffer = underlay.Begin(frame.Length);
             frame.CopyTo(buffer);
             underlay.Commit(FabricPayloadType.Ethernet, 0, frame.Length);
@@ -75,6 +79,10 @@ public sealed class FaultyFactory : IStackFactory
             if (Marked(datagram.Payload, "RXFAULT"u8))
             {
                 throw new InvalidOperationException("faulty stack: receive fault requested");
+            }
+            if (Marked(datagram.Payload, "RXSTUCK"u8))
+            {
+                Thread.Sleep(Timeout.Infinite);
             }
             vm.Deliver(datagram.Payload);
             _counters.FramesDelivered++;
