@@ -138,8 +138,16 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                     await DropClientAsync().ConfigureAwait(false);
                     failingSince = DateTimeOffset.UtcNow;
                 }
-                // Fail-static: VMs that arrived meanwhile get their policy's default stack locally.
-                await ApplyAsync(null, null, cancellationToken).ConfigureAwait(false);
+                // Fail-static: VMs that arrived meanwhile get their policy's default stack locally. What fails here is
+                // said and tried again next period: the link itself never ends on it.
+                try
+                {
+                    await ApplyAsync(null, null, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception local) when (!cancellationToken.IsCancellationRequested && local is not OutOfMemoryException)
+                {
+                    Log.Unreachable(_logger, $"applying locally failed too: {local.Message}");
+                }
             }
             try
             {

@@ -84,12 +84,18 @@ public sealed class Agent : IDisposable
         }
         if (Config.Repository is { } repository)
         {
-            var verified = SignedStacks.Verify(repository, _logger);
-            foreach (var stack in verified)
+            // Targets that do not verify stop the start (there is nothing trusted to run); one package that cannot be had
+            // or used costs only itself: the agent starts with the others and says which and why.
+            var read = SignedStacks.Read(repository, _logger);
+            foreach (var stack in read.Stacks)
             {
                 RegisterSigned(stack);
             }
-            _repositoryState = new(DateTime.UtcNow, verified.Count == 0 ? null : verified[0].TargetsVersion, verified.Count == 0 ? null : verified[0].Offline);
+            foreach (var (name, error) in read.Failed)
+            {
+                Log.StackRefused(_logger, name, "", error.Message);
+            }
+            _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? string.Join("; ", read.Failed.Select(f => f.Error.Message)) : read.Offline);
             var period = TimeSpan.FromSeconds(repository.RefreshSeconds);
             _stackRefresh = new Timer(_ => RefreshStacks(), null, period, period);
         }
@@ -122,19 +128,27 @@ public sealed class Agent : IDisposable
         var ticks = 0;
         _housekeeping = new Timer(_ =>
         {
-            lock (_apiGate)
+            try
             {
-                // A tick already running when Dispose began must not touch a switch being torn down.
-                if (_disposed)
+                lock (_apiGate)
                 {
-                    return;
+                    // A tick already running when Dispose began must not touch a switch being torn down.
+                    if (_disposed)
+                    {
+                        return;
+                    }
+                    _registrations.AttachPending();
                 }
-                _registrations.AttachPending();
+                Switch.Housekeeping();
+                if (Interlocked.Increment(ref ticks) % 8 == 0)
+                {
+                    ReplaySpool();
+                }
             }
-            Switch.Housekeeping();
-            if (++ticks % 8 == 0)
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
-                ReplaySpool();
+                // A timer callback that throws ends the process: a round that failed is said, and the next one tries again.
+                Log.HousekeepingFailed(_logger, e.Message);
             }
         }, null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
     }
@@ -208,7 +222,7 @@ public sealed class Agent : IDisposable
         {
             Log.StackRefused(_logger, name, "", error.Message);
         }
-        _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? read.Failed[0].Error.Message : read.Offline);
+        _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? string.Join("; ", read.Failed.Select(f => f.Error.Message)) : read.Offline);
     }
 
     private readonly HashSet<string> _newerSaid = new(StringComparer.Ordinal);

@@ -41,6 +41,9 @@ internal static partial class Log
     [LoggerMessage(13, LogLevel.Warning, "Stack {StackId} {Version} is published; this host keeps running {Running} until it restarts (a version upgrade is not yet a swap)")]
     public static partial void NewerVersionWaits(ILogger logger, string stackId, string version, string running);
 
+    [LoggerMessage(14, LogLevel.Error, "Housekeeping round failed (tried again in 250 ms): {Reason}")]
+    public static partial void HousekeepingFailed(ILogger logger, string reason);
+
     [LoggerMessage(10, LogLevel.Error, "Registration file {File} cannot be read and was set aside as {SetAside}; its VM is not registered until its hook registers it again: {Reason}")]
     public static partial void RegistrationUnreadable(ILogger logger, string file, string setAside, string reason);
 }

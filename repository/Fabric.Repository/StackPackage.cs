@@ -150,10 +150,24 @@ public static class StackPackage
     /// <summary>Lower-case hex SHA-256.</summary>
     public static string Sha256(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(SHA256.HashData(bytes));
 
-    /// <summary>Writes a package's files into <paramref name="directory"/> through a temporary folder renamed at the end: never half-written.</summary>
+    /// <summary>The version of the agent this build is, which a package's minAgentVersion is checked against.</summary>
+    public const string AgentVersion = "0.1.0";
+
+    /// <summary>
+    /// Writes a package's files into <paramref name="directory"/> through a temporary folder renamed at the end: never
+    /// half-written. A package that needs a newer agent than this one (its manifest's minAgentVersion) is refused.
+    /// </summary>
     public static string Extract(ReadOnlySpan<byte> package, string directory)
     {
         var (manifest, files) = Read(package);
+        if (!SemanticVersion.TryParse(manifest.MinAgentVersion, out var needed))
+        {
+            throw new PackageException($"manifest.json: minAgentVersion '{manifest.MinAgentVersion}' is not MAJOR.MINOR.PATCH.");
+        }
+        if (SemanticVersion.TryParse(AgentVersion, out var agent) && needed.CompareTo(agent) > 0)
+        {
+            throw new PackageException($"{manifest.Id} {manifest.Version} needs agent {manifest.MinAgentVersion} or newer; this agent is {AgentVersion}.");
+        }
         if (Directory.Exists(directory))
         {
             return Path.Combine(directory, manifest.EntryAssembly);

@@ -130,10 +130,17 @@ public static class SignedFile
         {
             throw new TrustException($"{name}: the trusted root defines no '{role}' role.");
         }
+        if (roleKeys.Threshold < 1)
+        {
+            // A threshold of 0 would let unsigned metadata through.
+            throw new TrustException($"{name}: the trusted root's '{role}' role has threshold {roleKeys.Threshold}; at least 1 is required.");
+        }
         var valid = new HashSet<string>(StringComparer.Ordinal);
         foreach (var signature in signatures)
         {
-            if (roleKeys.KeyIds.Contains(signature.KeyId) && root.Keys.TryGetValue(signature.KeyId, out var key) && TryVerify(key, body, signature))
+            // A key counts only under its own id (the hash of its public key): one key listed under two ids is one signer.
+            if (roleKeys.KeyIds.Contains(signature.KeyId) && root.Keys.TryGetValue(signature.KeyId, out var key) && key.KeyId == signature.KeyId
+                && TryVerify(key, body, signature))
             {
                 valid.Add(signature.KeyId);
             }

@@ -96,6 +96,24 @@ public class OverlayAuthenticationTests
     }
 
     [Fact]
+    public async Task WithoutAnOverlayKey_AForgedRefusal_OfASlotInUse_MovesNoTraffic()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, "forging a peer's source port needs a raw socket (root)");
+        using var hosts = new TwoHosts(authenticated: false);
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", TestContext.Current.CancellationToken));
+        var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+        // "Refused" for the slot vm1 sends on, as host-b would say it after losing the slot: taken only from a peer whose
+        // refusals are authenticated, else anyone could move a VM's traffic off its stack.
+        SendAs(hosts.B.Switch.UnderlayEndpoints.IPv4!.Port, hosts.A.Switch.UnderlayEndpoints.IPv4!,
+            Datagram(FabricPayloadType.AgentControl, [3, (byte)slot, .. "no such stack"u8]));
+        var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300);
+        hosts.Vm("vm1").Transmit(frame);
+        Assert.Equal(frame, hosts.Expect("vm3"));
+        Assert.Equal((slot, "swap-test"), (hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot, hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Stack));
+        Assert.DoesNotContain(hosts.A.Switch.Events, e => e.Contains("refused slot", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void ControlMessages_OpenOnlyUnderThePeersKey_AndNeitherAReplayNorAStaleMessageNorAnOlderBootIsTaken()
     {
         var key = Convert.FromHexString(TwoHosts.OverlayKey);

@@ -124,7 +124,7 @@ public class QuarantineTests
             "host-b's receive thread replaced", () => string.Join("; ", hosts.B.Switch.Events));
         Assert.True(hosts.B.Switch.StackHost.Quarantined.ContainsKey("faulty"));
 
-        // Host-b receives again: vm2's frames reach vm3 (host-a falls back when host-b refuses the faulty slot).
+        // Host-b receives again: vm2's frames reach vm3 (through host-b's fresh path, read by the new receive thread).
         Eventually.True(() =>
         {
             hosts.Vm("vm2").Transmit(fromVm2);

@@ -1,4 +1,5 @@
 using Fabric.Agent;
+using Fabric.Agent.Stacks;
 using Fabric.Repository;
 using Fabric.Testing;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -26,7 +27,7 @@ public class AgentRepositoryTests
     }
 
     [Fact]
-    public void ATamperedPackage_StopsTheAgentNamingIt_AndNothingIsUnpacked()
+    public void ATamperedPackage_CostsOnlyItself_ItIsNeverUnpacked_AndTheStatusSaysWhy()
     {
         using var repo = new TestRepository();
         var info = repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
@@ -34,10 +35,24 @@ public class AgentRepositoryTests
         var bytes = File.ReadAllBytes(path);
         bytes[^1] ^= 0x40;
         File.WriteAllBytes(path, bytes);
+        repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        // A package for a newer agent than this one.
+        repo.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.Fec))!, "fec", "2.0.0", new StackProfile(Purpose: "test"), minAgentVersion: "9.0.0"));
         using var agent = new Fabric.Agent.Agent(Config(repo), NullLogger.Instance);
-        var e = Assert.Throws<TrustException>(agent.Start);
-        Assert.Contains("swap-test/0.1.0 does not match its signed length and SHA-256", e.Message, StringComparison.Ordinal);
-        Assert.False(Directory.Exists(Path.Combine(repo.Folder, "agent-state", "stacks")));
+        agent.Start();
+        // The agent runs what verifies; the tampered package is never unpacked, and the status says why.
+        Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
+        Assert.Single(Directory.GetDirectories(Path.Combine(repo.Folder, "agent-state", "stacks")));
+        Assert.Contains("does not match its signed length and SHA-256", AgentConfig.Serialize(agent.Status()), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void APackageForANewerAgent_IsRefusedNamingTheVersion()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.Fec))!, "fec", "2.0.0", new StackProfile(Purpose: "test"), minAgentVersion: "9.0.0"));
+        var e = Assert.Throws<PackageException>(() => SignedStacks.Verify(Config(repo).Repository!, NullLogger.Instance));
+        Assert.Contains("fec 2.0.0 needs agent 9.0.0 or newer; this agent is " + StackPackage.AgentVersion, e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

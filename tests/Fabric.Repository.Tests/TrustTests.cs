@@ -239,6 +239,30 @@ public class TrustTests
     }
 
     [Fact]
+    public void OneKeyListedUnderTwoIds_CountsOnce_AndAThresholdOfZeroIsRefused()
+    {
+        using var key = SigningKey.Generate();
+        var metadata = new TargetsMetadata("targets", 1, DateTimeOffset.UtcNow.AddDays(1), new(StringComparer.Ordinal));
+        var file = SignedFile.Create(metadata, [key]);
+        // The same signature again under a second id that the root maps to the same key (the signed bytes untouched).
+        var text = System.Text.Encoding.UTF8.GetString(file);
+        var list = text.LastIndexOf("\"signatures\":[", StringComparison.Ordinal) + "\"signatures\":[".Length;
+        var entry = text[list..^2];
+        var doubled = System.Text.Encoding.UTF8.GetBytes(text[..list] + entry + "," + entry.Replace(key.KeyId, "twin-" + key.KeyId[..8], StringComparison.Ordinal) + "]}");
+        RootMetadata Root(string[] ids, int threshold) => new("root", 1, DateTimeOffset.UtcNow.AddDays(1),
+            new(StringComparer.Ordinal) { [key.KeyId] = key.Public, ["twin-" + key.KeyId[..8]] = key.Public },
+            new(StringComparer.Ordinal) { ["targets"] = new(ids, threshold) });
+
+        var e = Assert.Throws<TrustException>(() => SignedFile.Verify<TargetsMetadata>(doubled, "targets.json", "targets", Root([key.KeyId, "twin-" + key.KeyId[..8]], 2), "targets"));
+        Assert.Contains("1 valid signature(s) from targets keys, 2 required", e.Message, StringComparison.Ordinal);
+        Assert.Equal(1, SignedFile.Verify<TargetsMetadata>(doubled, "targets.json", "targets", Root([key.KeyId], 1), "targets").Version);
+
+        var unsigned = System.Text.Encoding.UTF8.GetBytes(text[..list] + "]}");
+        e = Assert.Throws<TrustException>(() => SignedFile.Verify<TargetsMetadata>(unsigned, "targets.json", "targets", Root([key.KeyId], 0), "targets"));
+        Assert.Contains("threshold 0; at least 1 is required", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Withdrawing_RemovesOneVersionOrEvery_FromWhatClientsVerify_AndAMistypedIdWritesNothing()
     {
         using var repo = new TestRepository();

@@ -56,8 +56,9 @@ public sealed class RemotePath : IDisposable
     /// <summary>After how long a call into a stack counts as stuck: from then on no thread waits on this path's gate.</summary>
     internal const long StuckNanoseconds = 200_000_000;
 
-    /// <summary>How long a frame, datagram or probe waits for the gate (the gate is held for microseconds, except by a stuck stack).</summary>
-    private const int DataWaitMilliseconds = 20;
+    /// <summary>How long a frame, datagram or probe waits for the gate (held for microseconds, except by a slow or stuck
+    /// stack; one seen stuck is not waited for at all). Generous, so a busy machine never drops a healthy path's frames.</summary>
+    private const int DataWaitMilliseconds = 250;
 
     /// <summary>How long an operation (a binding, a slot opened) waits for the gate before it fails naming the stuck path.</summary>
     private const int OperationWaitMilliseconds = 2000;

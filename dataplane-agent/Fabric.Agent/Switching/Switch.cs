@@ -42,7 +42,7 @@ public sealed class Switch : IDisposable
     private readonly ConcurrentDictionary<UdpPeer, RemotePath> _pathsByAddress = new();
 
     /// <summary>Paths replaced while a stack was stuck in a call on them: never released (their gate is held), disposed at the end if they come free.</summary>
-    private readonly ConcurrentBag<RemotePath> _abandoned = [];
+    private readonly ConcurrentDictionary<RemotePath, bool> _abandoned = new();
     private long _pathsReplaced;
     private readonly StackHost _stackHost;
     private readonly object _tableWriter = new();
@@ -150,7 +150,14 @@ public sealed class Switch : IDisposable
         var drainUntil = DrainDeadline();
         foreach (var path in _paths.Values)
         {
-            path.ForgetVm(vmId, drainUntil);
+            try
+            {
+                path.ForgetVm(vmId, drainUntil);
+            }
+            catch (PathStuckException)
+            {
+                // That path is being replaced; the fresh one never knew the VM.
+            }
         }
         Log.VmDetached(_logger, vmId);
         return true;
@@ -209,7 +216,8 @@ public sealed class Switch : IDisposable
     /// <param name="spec">The host, its underlay addresses and the path's stack.</param>
     /// <param name="underlayPort">The host's underlay UDP port.</param>
     /// <param name="abandonOld">The host's current path is stuck in a stack call: it is set aside, not released (its gate is held).</param>
-    public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort, bool abandonOld = false)
+    /// <param name="sealedPath">The path must never carry unbound VMs' frames in clear, whatever its stack (a replaced encrypting path).</param>
+    public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort, bool abandonOld = false, bool sealedPath = false)
     {
         var description = _stackHost.Describe(spec.Stack)
             ?? throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (available: {string.Join(", ", _stackHost.Registered)}).");
@@ -235,6 +243,7 @@ public sealed class Switch : IDisposable
         {
             OpenOwnSlot(path, spec.Stack, 0);
             path.Commit(0, 0);
+            path.SealedPath |= sealedPath;
             // The standing fallback: the family's std stack, open for receiving in the last slot on every path.
             var fallback = FallbackStack(family);
             if (_stackHost.Registered.Contains(fallback))
@@ -253,7 +262,7 @@ public sealed class Switch : IDisposable
             _pathsByAddress.TryRemove(KeyValuePair.Create(old.Destination, old));
             if (abandonOld)
             {
-                _abandoned.Add(old);
+                _abandoned.TryAdd(old, true);
             }
             else
             {
@@ -344,6 +353,19 @@ public sealed class Switch : IDisposable
     /// the VM's binding is what it was. Safe to call again with the same arguments (nothing changes).
     /// </summary>
     public async Task<string?> BindVmAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            return await BindVmCoreAsync(vmId, hostId, stackId, cancellationToken).ConfigureAwait(false);
+        }
+        catch (PathStuckException e)
+        {
+            // The watchdog gives that host a fresh path; the binding is applied again then.
+            return e.Message;
+        }
+    }
+
+    private async Task<string?> BindVmCoreAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken)
     {
         if (!_paths.TryGetValue(hostId, out var path))
         {
@@ -472,7 +494,10 @@ public sealed class Switch : IDisposable
     /// </summary>
     private void RefusedInUse(RemotePath path, int slot, string reason)
     {
-        if (!path.IsOwnSlot(slot) || slot == RemotePath.FallbackSlot || path.StackIn(slot) is not { } stack || path.StackIn(RemotePath.FallbackSlot) is not { } fallback)
+        // Only from a peer whose refusals are authenticated (else anyone could move traffic), and never off a stack that
+        // encrypts onto one that does not: those frames wait for a binding instead.
+        if (!path.Authenticated || !path.IsOwnSlot(slot) || slot == RemotePath.FallbackSlot || path.StackIn(slot) is not { } stack
+            || path.StackIn(RemotePath.FallbackSlot) is not { } fallback || _stackHost.Describe(stack)?.Encrypts == true)
         {
             return;
         }
@@ -700,10 +725,36 @@ public sealed class Switch : IDisposable
         return stackId is not null;
     }
 
-    /// <summary>Closes drained slots and unloads stacks idle past the drain time. Call periodically.</summary>
+    /// <summary>Closes drained slots and unloads stacks idle past the drain time. Call periodically; a round still running makes the next one return at once.</summary>
     public void Housekeeping()
     {
+        if (!Monitor.TryEnter(_housekeeping))
+        {
+            return;
+        }
+        try
+        {
+            HousekeepingRound();
+        }
+        finally
+        {
+            Monitor.Exit(_housekeeping);
+        }
+    }
+
+    private readonly object _housekeeping = new();
+
+    private void HousekeepingRound()
+    {
         var now = _clock();
+        foreach (var abandoned in _abandoned.Keys)
+        {
+            // A path set aside while a call was stuck on it, whose call has come back: its slots and stacks are released.
+            if (abandoned.InCallFor(now) == 0 && _abandoned.TryRemove(abandoned, out _))
+            {
+                ReleaseAll(abandoned);
+            }
+        }
         foreach (var path in _paths.Values)
         {
             // A stack stuck in a call holds its path's gate: report and quarantine it, and do not wait on that path.
@@ -766,13 +817,13 @@ public sealed class Switch : IDisposable
         var stack = spec.Stack == hung || _stackHost.Quarantined.ContainsKey(spec.Stack) ? FallbackStack(family) : spec.Stack;
         try
         {
-            var fresh = AddRemoteHost(spec with { Stack = stack }, stuck.Destination.Port, abandonOld: true);
-            fresh.SealedPath |= stuck.SealedPath;
+            var fresh = AddRemoteHost(spec with { Stack = stack }, stuck.Destination.Port, abandonOld: true, sealedPath: stuck.SealedPath);
             Report($"the path to {spec.HostId} was replaced by a fresh one on {stack}{(fresh.SealedPath ? " (its frames that must be encrypted are dropped until a stack that encrypts carries them)" : "")}; "
                 + $"the stuck instance of {hung} stays loaded until the agent restarts");
         }
-        catch (InvalidOperationException e)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
+            // A stack that will not start, one that will not load: said, never the end of housekeeping.
             Report($"the path to {spec.HostId} is stuck in {hung} and could not be replaced: {e.Message}");
         }
     }
@@ -1151,7 +1202,7 @@ public sealed class Switch : IDisposable
         }
         _underlay4?.Dispose();
         _underlay6?.Dispose();
-        foreach (var path in _paths.Values.Concat(_abandoned))
+        foreach (var path in _paths.Values.Concat(_abandoned.Keys))
         {
             ReleaseAll(path);
         }

@@ -59,12 +59,11 @@ public sealed class UdpUnderlay : IDisposable
         }
         Local = (IPEndPoint)_socket.LocalEndPoint!;
         _outbox = new ThreadLocal<UdpBatchSocket>(() => new UdpBatchSocket(_socket, capacity: 32, datagramCapacity: 9216));
-        _receiver = StartReceiver();
+        _receiver = StartReceiver(0);
     }
 
-    private Thread StartReceiver()
+    private Thread StartReceiver(int generation)
     {
-        var generation = Volatile.Read(ref _generation);
         var thread = new Thread(() => ReceiveLoop(generation)) { IsBackground = true, Name = $"underlay-rx {Local}" };
         thread.Start();
         return thread;
@@ -89,7 +88,7 @@ public sealed class UdpUnderlay : IDisposable
     {
         var replaced = Interlocked.Increment(ref _generation);
         Volatile.Write(ref _handlingSince, 0);
-        _receiver = StartReceiver();
+        _receiver = StartReceiver(replaced);
         return replaced;
     }
 
@@ -147,35 +146,19 @@ public sealed class UdpUnderlay : IDisposable
             {
                 continue;
             }
+            if (generation != Volatile.Read(ref _generation))
+            {
+                // Replaced while it waited (it was taken for stuck): the thread in its place reads from here on. What this
+                // batch holds is still handled, without touching the timestamp that is the new thread's now.
+                HandleBatch(batch, n);
+                return;
+            }
             // A handler that throws costs its own datagram, never the thread: the rest of the batch and every later
             // one are still handled.
             Volatile.Write(ref _handlingSince, System.Diagnostics.Stopwatch.GetTimestamp());
-            for (var i = 0; i < n; i++)
-            {
-                try
-                {
-                    _handler(batch.Datagram(i), batch.Peer(i));
-                }
-                catch (ObjectDisposedException) when (_stopping)
-                {
-                    return;
-                }
-                catch (Exception e)
-                {
-                    Fault(e);
-                }
-            }
-            try
-            {
-                _afterBatch();
-            }
-            catch (ObjectDisposedException) when (_stopping)
+            if (!HandleBatch(batch, n))
             {
                 return;
-            }
-            catch (Exception e)
-            {
-                Fault(e);
             }
             if (generation == Volatile.Read(ref _generation))
             {
@@ -183,6 +166,39 @@ public sealed class UdpUnderlay : IDisposable
                 Volatile.Write(ref _handlingSince, 0);
             }
         }
+    }
+
+    /// <summary>Hands each datagram of the batch to the handler, then flushes; false when the underlay is stopping.</summary>
+    private bool HandleBatch(UdpBatchSocket batch, int n)
+    {
+        for (var i = 0; i < n; i++)
+        {
+            try
+            {
+                _handler(batch.Datagram(i), batch.Peer(i));
+            }
+            catch (ObjectDisposedException) when (_stopping)
+            {
+                return false;
+            }
+            catch (Exception e)
+            {
+                Fault(e);
+            }
+        }
+        try
+        {
+            _afterBatch();
+        }
+        catch (ObjectDisposedException) when (_stopping)
+        {
+            return false;
+        }
+        catch (Exception e)
+        {
+            Fault(e);
+        }
+        return true;
     }
 
     private void Fault(Exception e)
