@@ -93,7 +93,7 @@ public sealed class Agent : IDisposable
             }
             foreach (var (name, error) in read.Failed)
             {
-                Log.StackRefused(_logger, name, "", error.Message);
+                Refused(name, "", error.Message);
             }
             _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? string.Join("; ", read.Failed.Select(f => f.Error.Message)) : read.Offline);
             var period = TimeSpan.FromSeconds(repository.RefreshSeconds);
@@ -220,10 +220,21 @@ public sealed class Agent : IDisposable
         }
         foreach (var (name, error) in read.Failed)
         {
-            Log.StackRefused(_logger, name, "", error.Message);
+            Refused(name, "", error.Message);
         }
         _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? string.Join("; ", read.Failed.Select(f => f.Error.Message)) : read.Offline);
     }
+
+    /// <summary>Logs a stack that could not be had or used, once per stack and reason (the refresh meets it again every period).</summary>
+    private void Refused(string stack, string version, string reason)
+    {
+        if (_refusedSaid.Add($"{stack} {version}: {reason}"))
+        {
+            Log.StackRefused(_logger, stack, version, reason);
+        }
+    }
+
+    private readonly HashSet<string> _refusedSaid = new(StringComparer.Ordinal);
 
     private readonly HashSet<string> _newerSaid = new(StringComparer.Ordinal);
 
@@ -239,7 +250,7 @@ public sealed class Agent : IDisposable
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             // A plug-in that will not load (wrong contract, missing type, another id than it was signed as) costs itself.
-            Log.StackRefused(_logger, stack.Id, stack.Version, e.Message);
+            Refused(stack.Id, stack.Version, e.Message);
         }
     }
 

@@ -44,6 +44,7 @@ public sealed class Switch : IDisposable
     /// <summary>Paths replaced while a stack was stuck in a call on them: never released (their gate is held), disposed at the end if they come free.</summary>
     private readonly ConcurrentDictionary<RemotePath, bool> _abandoned = new();
     private long _pathsReplaced;
+    private readonly ConcurrentDictionary<(RemotePath, string), bool> _saidNoFallback = new();
     private readonly StackHost _stackHost;
     private readonly object _tableWriter = new();
     private readonly TrafficCounters _underlayCounters = new();
@@ -876,7 +877,8 @@ public sealed class Switch : IDisposable
         var fallback = path.StackIn(RemotePath.FallbackSlot);
         if (fallback is null || fallback == stackId)
         {
-            if (path.TransmitStack == stackId)
+            // Said once per path and stack: housekeeping comes back here every round while a withdrawn stack is loaded.
+            if (path.TransmitStack == stackId && _saidNoFallback.TryAdd((path, stackId), true))
             {
                 Report($"path to {path.Spec.HostId} has no other stack to fall back to; it keeps {stackId} until a binding moves it");
             }
