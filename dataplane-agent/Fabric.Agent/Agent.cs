@@ -91,11 +91,7 @@ public sealed class Agent : IDisposable
             {
                 RegisterSigned(stack);
             }
-            foreach (var (name, error) in read.Failed)
-            {
-                Refused(name, "", error.Message);
-            }
-            _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? string.Join("; ", read.Failed.Select(f => f.Error.Message)) : read.Offline);
+            Said(read);
             var period = TimeSpan.FromSeconds(repository.RefreshSeconds);
             _stackRefresh = new Timer(_ => RefreshStacks(), null, period, period);
         }
@@ -218,6 +214,12 @@ public sealed class Agent : IDisposable
         {
             RegisterSigned(stack);
         }
+        Said(read);
+    }
+
+    /// <summary>Logs each package that could not be had or used, and records what this read of the targets found for status.</summary>
+    private void Said(SignedStacks.VerifiedTargets read)
+    {
         foreach (var (name, error) in read.Failed)
         {
             Refused(name, "", error.Message);

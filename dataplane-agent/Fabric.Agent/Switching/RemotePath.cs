@@ -67,7 +67,8 @@ public sealed class RemotePath : IDisposable
     internal bool Stuck => InCallFor(Clock()) > StuckNanoseconds;
 
     /// <summary>Takes the gate, waiting at most <paramref name="milliseconds"/>, and not at all once the path is stuck.</summary>
-    private bool TryTake(int milliseconds) => Monitor.TryEnter(_gate, Stuck ? 0 : milliseconds);
+    /// <remarks>The free gate is taken without reading the clock: the stuck check costs only a frame that has to wait.</remarks>
+    private bool TryTake(int milliseconds) => Monitor.TryEnter(_gate) || Monitor.TryEnter(_gate, Stuck ? 0 : milliseconds);
 
     /// <summary>Takes the gate for an operation; throws <see cref="PathStuckException"/> rather than wait on a stuck stack.</summary>
     private Hold Take() => TryTake(OperationWaitMilliseconds) ? new Hold(_gate) : throw new PathStuckException(Spec.HostId, InCallFor(Clock()));
@@ -221,32 +222,19 @@ public sealed class RemotePath : IDisposable
     }
 
     /// <summary>Moves every VM bound to a slot holding <paramref name="stackId"/> to <paramref name="slot"/> (fallback after a fault).</summary>
-    internal int RebindStack(string stackId, int slot)
-    {
-        using (Take())
-        {
-            var moved = 0;
-            foreach (var traffic in _vms.Values)
-            {
-                if (traffic.Slot >= 0 && _slotStacks[traffic.Slot] == stackId)
-                {
-                    traffic.Slot = slot;
-                    moved++;
-                }
-            }
-            return moved;
-        }
-    }
+    internal int RebindStack(string stackId, int slot) => Rebind(from => _slotStacks[from] == stackId, slot);
 
     /// <summary>Moves every VM bound to <paramref name="from"/> to <paramref name="to"/>; returns how many moved.</summary>
-    internal int RebindSlot(int from, int to)
+    internal int RebindSlot(int from, int to) => Rebind(bound => bound == from, to);
+
+    private int Rebind(Func<int, bool> moves, int to)
     {
         using (Take())
         {
             var moved = 0;
             foreach (var traffic in _vms.Values)
             {
-                if (traffic.Slot == from)
+                if (traffic.Slot >= 0 && moves(traffic.Slot))
                 {
                     traffic.Slot = to;
                     moved++;
