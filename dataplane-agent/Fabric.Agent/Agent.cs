@@ -246,7 +246,7 @@ public sealed class Agent : IDisposable
     {
         try
         {
-            Switch.RegisterStack(stack.EntryPath, stack.Id);
+            Switch.RegisterStack(stack.EntryPath, stack.Id, stack.Digests);
             _signed[stack.Id] = stack;
         }
         catch (Exception e) when (e is not OutOfMemoryException)

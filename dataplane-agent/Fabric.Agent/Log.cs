@@ -32,6 +32,9 @@ internal static partial class Log
     [LoggerMessage(9, LogLevel.Warning, "Stack repository unreachable, running on the {Count} stack(s) cached from targets v{Version}: {Reason}")]
     public static partial void RepositoryOffline(ILogger logger, int count, int version, string reason);
 
+    [LoggerMessage(15, LogLevel.Warning, "Stack package {Name} unpacked again from the verified package: the files on disk had changed ({Damage})")]
+    public static partial void UnpackedRepaired(ILogger logger, string name, string damage);
+
     [LoggerMessage(11, LogLevel.Warning, "Stack repository not read again, running the {Count} stack(s) verified before: {Reason}")]
     public static partial void RepositoryRefreshFailed(ILogger logger, int count, string reason);
 

@@ -56,6 +56,26 @@ public sealed class BlobStore : IRepositoryStore
         }
     });
 
+    public byte[]? ReadPrefix(string name, int limit) => Call(name, () =>
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(limit);
+        try
+        {
+            // A range request: the service sends no more than asked, however large the blob is.
+            var result = _container.GetBlobClient(name).DownloadContent(new BlobDownloadOptions { Range = new HttpRange(0, (long)limit + 1) });
+            return result.Value.Content.ToArray();
+        }
+        catch (RequestFailedException e) when (e.Status == 404)
+        {
+            return null;
+        }
+        catch (RequestFailedException e) when (e.Status == 416)
+        {
+            // A range starting at 0 is unsatisfiable only for an empty blob.
+            return [];
+        }
+    });
+
     public void Write(string name, byte[] bytes) => Upload(name, bytes, conditions: null);
 
     public void Delete(string name) => Call(name, () => _container.GetBlobClient(name).DeleteIfExists().Value);

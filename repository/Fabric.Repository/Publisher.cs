@@ -46,6 +46,10 @@ public sealed class Publisher(IRepositoryStore store, Func<DateTimeOffset>? cloc
     public TargetInfo Publish(byte[] package, SigningKey targetsKey, SigningKey snapshotKey, SigningKey timestampKey, TimeSpan expiry)
     {
         Authorize(("targets", targetsKey), ("snapshot", snapshotKey), ("timestamp", timestampKey));
+        if (package.Length > TrustClient.MaxPackageBytes)
+        {
+            throw new PackageException($"The package is {package.Length:N0} bytes; agents accept at most {TrustClient.MaxPackageBytes:N0}.");
+        }
         var (manifest, _) = StackPackage.Read(package);
         var name = $"{manifest.Id}/{manifest.Version}";
         var sha = StackPackage.Sha256(package);

@@ -155,9 +155,12 @@ public static class StackPackage
 
     /// <summary>
     /// Writes a package's files into <paramref name="directory"/> through a temporary folder renamed at the end: never
-    /// half-written. A package that needs a newer agent than this one (its manifest's minAgentVersion) is refused.
+    /// half-written. A package that needs a newer agent than this one (its manifest's minAgentVersion) is refused. A folder
+    /// unpacked before is used only if it holds exactly the package's files, byte for byte; otherwise (altered or damaged
+    /// on disk since) it is unpacked again from the verified package and <see cref="UnpackedPackage.Repaired"/> says so.
+    /// The digests returned are the package's, so whoever loads the files can check what it loads against them.
     /// </summary>
-    public static string Extract(ReadOnlySpan<byte> package, string directory)
+    public static UnpackedPackage Extract(ReadOnlySpan<byte> package, string directory)
     {
         var (manifest, files) = Read(package);
         if (!SemanticVersion.TryParse(manifest.MinAgentVersion, out var needed))
@@ -168,10 +171,46 @@ public static class StackPackage
         {
             throw new PackageException($"{manifest.Id} {manifest.Version} needs agent {manifest.MinAgentVersion} or newer; this agent is {AgentVersion}.");
         }
+        var digests = files.ToDictionary(f => f.Key, f => Sha256(f.Value), StringComparer.Ordinal);
+        var entry = Path.Combine(directory, manifest.EntryAssembly);
         if (Directory.Exists(directory))
         {
-            return Path.Combine(directory, manifest.EntryAssembly);
+            if (Differs(directory, digests) is not { } difference)
+            {
+                return new UnpackedPackage(entry, digests, Repaired: null);
+            }
+            Directory.Delete(directory, recursive: true);
+            Write(files, directory);
+            return new UnpackedPackage(entry, digests, difference);
         }
+        Write(files, directory);
+        return new UnpackedPackage(entry, digests, Repaired: null);
+    }
+
+    /// <summary>What in <paramref name="directory"/> is not exactly the package's files (null: nothing).</summary>
+    private static string? Differs(string directory, IReadOnlyDictionary<string, string> digests)
+    {
+        var present = Directory.EnumerateFileSystemEntries(directory).Select(Path.GetFileName).OfType<string>().ToHashSet(StringComparer.Ordinal);
+        if (present.Except(digests.Keys).Order(StringComparer.Ordinal).FirstOrDefault() is { } extra)
+        {
+            return $"'{extra}' is not in the signed package";
+        }
+        foreach (var (name, sha) in digests.OrderBy(d => d.Key, StringComparer.Ordinal))
+        {
+            if (!present.Contains(name))
+            {
+                return $"'{name}' is missing";
+            }
+            if (Sha256(File.ReadAllBytes(Path.Combine(directory, name))) != sha)
+            {
+                return $"'{name}' does not match the signed package";
+            }
+        }
+        return null;
+    }
+
+    private static void Write(IReadOnlyDictionary<string, byte[]> files, string directory)
+    {
         var temporary = directory + ".partial-" + Environment.ProcessId;
         if (Directory.Exists(temporary))
         {
@@ -183,7 +222,6 @@ public static class StackPackage
             File.WriteAllBytes(Path.Combine(temporary, name), content);
         }
         Directory.Move(temporary, directory);
-        return Path.Combine(directory, manifest.EntryAssembly);
     }
 
     /// <summary>Finds the one public class implementing Fabric.Stacks.IStackFactory by reading metadata (nothing is loaded).</summary>
@@ -224,6 +262,13 @@ public static class StackPackage
             : throw new PackageException($"'{directory}' must have exactly one public IStackFactory class; it has {found.Count}.");
     }
 }
+
+/// <summary>
+/// A package unpacked on disk: its entry assembly and the SHA-256 of each of its files, taken from the verified package's
+/// bytes (never from the disk); <paramref name="Repaired"/> says what was wrong with an earlier unpacking that was
+/// replaced (null: nothing was).
+/// </summary>
+public sealed record UnpackedPackage(string EntryPath, IReadOnlyDictionary<string, string> Digests, string? Repaired);
 
 /// <summary>A package or its manifest is unusable; the message says why.</summary>
 public sealed class PackageException(string message) : Exception(message);

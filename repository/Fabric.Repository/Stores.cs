@@ -18,6 +18,12 @@ public interface IRepositoryStore
     /// <summary>The file and its tag, or null when it does not exist.</summary>
     StoredFile? Get(string name);
 
+    /// <summary>
+    /// At most the first <paramref name="limit"/> + 1 bytes of the file (null when it does not exist): a reader that
+    /// knows how large a file may be gets a file that is larger without fetching or holding all of it.
+    /// </summary>
+    byte[]? ReadPrefix(string name, int limit);
+
     /// <summary>Writes a file whole, unconditionally: readers see the old bytes or the new, never a mix.</summary>
     void Write(string name, byte[] bytes);
 
@@ -64,6 +70,22 @@ public sealed class LocalFolderStore(string root) : IRepositoryStore
         {
             var bytes = File.ReadAllBytes(path);
             return new StoredFile(bytes, Tag(bytes));
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    public byte[]? ReadPrefix(string name, int limit)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(limit);
+        try
+        {
+            using var file = File.OpenRead(PathOf(name));
+            var buffer = new byte[(int)Math.Min(file.Length, (long)limit + 1)];
+            file.ReadExactly(buffer);
+            return buffer;
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {

@@ -10,6 +10,18 @@ namespace Fabric.Repository;
 /// </summary>
 public sealed class TrustClient
 {
+    /// <summary>The most a root.json may take (a few keys and signatures take a few KiB).</summary>
+    public const int MaxRootBytes = 512 * 1024;
+
+    /// <summary>The most a timestamp.json may take (it names one file).</summary>
+    public const int MaxTimestampBytes = 64 * 1024;
+
+    /// <summary>The most a snapshot.json or targets.json may be signed as (the file above names its exact length).</summary>
+    public const int MaxMetadataBytes = 16 * 1024 * 1024;
+
+    /// <summary>The most a stack package may be signed as; a publisher refuses a larger one.</summary>
+    public const int MaxPackageBytes = 64 * 1024 * 1024;
+
     private readonly IRepositoryStore _store;
     private readonly string _stateDirectory;
     private readonly Func<DateTimeOffset> _now;
@@ -81,7 +93,12 @@ public sealed class TrustClient
     {
         var targets = Targets ?? throw new TrustException("Refresh the trust metadata before fetching packages.");
         var info = targets.Targets.GetValueOrDefault(targetName) ?? throw new TrustException($"'{targetName}' is not a published target.");
-        var bytes = _store.Read(Publisher.PackagePath(info.Sha256)) ?? throw new TrustException($"Package of {targetName} ({info.Sha256}) is missing from the repository.");
+        if (info.Length is < 0 or > MaxPackageBytes)
+        {
+            throw new TrustException($"{targetName} is signed as {info.Length:N0} bytes; a package may have at most {MaxPackageBytes:N0}.");
+        }
+        var bytes = ReadAtMost(Publisher.PackagePath(info.Sha256), (int)info.Length, $"the signed length of {targetName}")
+            ?? throw new TrustException($"Package of {targetName} ({info.Sha256}) is missing from the repository.");
         if (bytes.Length != info.Length || StackPackage.Sha256(bytes) != info.Sha256)
         {
             throw new TrustException($"Package of {targetName} does not match its signed length and SHA-256 (tampered).");
@@ -93,7 +110,7 @@ public sealed class TrustClient
     {
         var trustedFile = File.ReadAllBytes(StatePath(Publisher.Root));
         var trusted = SignedFile.ReadUnverified<RootMetadata>(trustedFile, "trusted root.json", "root");
-        while (_store.Read(Publisher.VersionedRoot(trusted.Version + 1)) is { } nextFile)
+        while (ReadAtMost(Publisher.VersionedRoot(trusted.Version + 1), MaxRootBytes, "a root's limit") is { } nextFile)
         {
             var name = Publisher.VersionedRoot(trusted.Version + 1);
             // A new root must satisfy the old root's threshold (continuity) and its own (it is what it claims).
@@ -109,7 +126,20 @@ public sealed class TrustClient
         return trusted;
     }
 
-    private byte[] Fetch(string name) => _store.Read(name) ?? throw new TrustException($"{_store.Location} has no {name} (not initialized).");
+    private byte[] Fetch(string name) => ReadAtMost(name, MaxTimestampBytes, "a timestamp's limit") ?? throw new TrustException($"{_store.Location} has no {name} (not initialized).");
+
+    /// <summary>
+    /// Reads a file known to be at most <paramref name="limit"/> bytes, fetching no more than one byte beyond it: a store
+    /// that serves a larger file (a compromised store filling the agent's memory, or endless data) is refused, naming the
+    /// file and the limit (<paramref name="limitName"/>). Null when the file does not exist.
+    /// </summary>
+    private byte[]? ReadAtMost(string name, int limit, string limitName)
+    {
+        var bytes = _store.ReadPrefix(name, limit);
+        return bytes is { Length: var length } && length > limit
+            ? throw new TrustException($"{name} in {_store.Location} is larger than {limitName} ({limit:N0} bytes); it was not read further.")
+            : bytes;
+    }
 
     /// <summary>Fetches a content-addressed metadata file and checks it is exactly the one the file above names.</summary>
     private byte[] FetchNamed(string name, string role, MetaFile reference, string namedBy)
@@ -118,7 +148,12 @@ public sealed class TrustClient
         {
             throw new TrustException($"{namedBy} names {name} without its length and SHA-256.");
         }
-        var bytes = _store.Read(Publisher.MetadataPath(role, sha)) ?? throw new TrustException($"{name} named by {namedBy} ({sha[..16]}…) is missing from {_store.Location}.");
+        if (length is < 0 or > MaxMetadataBytes)
+        {
+            throw new TrustException($"{namedBy} names {name} as {length:N0} bytes; metadata may have at most {MaxMetadataBytes:N0}.");
+        }
+        var bytes = ReadAtMost(Publisher.MetadataPath(role, sha), (int)length, $"the length {namedBy} names")
+            ?? throw new TrustException($"{name} named by {namedBy} ({sha[..16]}…) is missing from {_store.Location}.");
         if (bytes.Length != length || StackPackage.Sha256(bytes) != sha)
         {
             throw new TrustException($"{name} does not match the length and SHA-256 that {namedBy} names (tampered or mixed).");

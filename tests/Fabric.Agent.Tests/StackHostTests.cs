@@ -53,6 +53,45 @@ public class StackHostTests
         Assert.Throws<InvalidOperationException>(() => host.Acquire("nope"));
     }
 
+    /// <summary>
+    /// A signed plug-in is loaded from bytes checked against its package's digests, every time: it unloads as cleanly as
+    /// one loaded from its file, and when its assembly is replaced on disk while it is unloaded (between two uses), the
+    /// next use refuses to load it and names the file instead of running what was put there.
+    /// </summary>
+    [Fact]
+    public void ASignedPlugin_LoadsOnlyItsSignedBytes_AfterEveryIdleUnload()
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-stackhost-").FullName;
+        try
+        {
+            var package = Fabric.Repository.StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.SwapTest))!, "swap-test", "0.1.0", new Fabric.Repository.StackProfile());
+            var unpacked = Fabric.Repository.StackPackage.Extract(package, Path.Combine(folder, "swap-test"));
+            var host = new StackHost(TimeSpan.Zero);
+            host.Register(unpacked.EntryPath, "swap-test", unpacked.Digests);
+            for (var i = 0; i < 3; i++)
+            {
+                Cycle(host);
+            }
+            Settle(host);
+            Assert.Equal(0, host.UnloadingContexts);
+            Assert.False(host.Entries().Single().Loaded);
+
+            File.Copy(StackPlugins.PathOf(StackPlugins.StdIPv4), unpacked.EntryPath, overwrite: true);
+            var refused = Assert.Throws<InvalidOperationException>(() => host.Acquire("swap-test"));
+            Assert.Contains("Stack 'swap-test' could not be loaded", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("does not match the stack's signed package", refused.Message, StringComparison.Ordinal);
+            Assert.False(host.Entries().Single().Loaded);
+
+            // Unpacked again from the verified package (as the agent's next refresh does), it is usable again.
+            Assert.NotNull(Fabric.Repository.StackPackage.Extract(package, Path.Combine(folder, "swap-test")).Repaired);
+            Cycle(host);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void Cycle(StackHost host)
     {

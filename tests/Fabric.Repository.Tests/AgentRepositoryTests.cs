@@ -2,6 +2,7 @@ using Fabric.Agent;
 using Fabric.Agent.Stacks;
 using Fabric.Repository;
 using Fabric.Testing;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Fabric.Repository.Tests;
@@ -137,6 +138,44 @@ public class AgentRepositoryTests
         Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
         agent.RefreshStacks();
         Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
+    }
+
+    /// <summary>
+    /// Someone who can write the agent's state folder swaps an unpacked plug-in's assembly for another stack's while the
+    /// agent is down. At its next start the agent unpacks the signed package again instead of trusting what it unpacked
+    /// before, and runs the signed stack (here the alteration would have registered std-ipv4 code as swap-test).
+    /// </summary>
+    [Fact]
+    public void APlugInAlteredOnDiskBetweenStarts_IsUnpackedAgain_AndTheSignedStackRuns()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
+        string entry;
+        using (var first = new Fabric.Agent.Agent(Config(repo), NullLogger.Instance))
+        {
+            first.Start();
+            entry = first.Switch.StackHost.Entries().Single().AssemblyPath;
+        }
+        File.Copy(StackPlugins.PathOf(StackPlugins.StdIPv4), entry, overwrite: true);
+        var logs = new ListLogger();
+        using var agent = new Fabric.Agent.Agent(Config(repo), logs);
+        agent.Start();
+        Assert.Equal(["swap-test"], agent.Switch.StackHost.Registered);
+        Assert.Equal("swap-test", agent.Switch.StackHost.Acquire("swap-test").Description.Id);
+        Assert.Contains(logs.Lines, l => l.Contains("unpacked again from the verified package", StringComparison.Ordinal) && l.Contains("does not match the signed package", StringComparison.Ordinal));
+    }
+
+    /// <summary>Keeps what the agent logs, to see what it said.</summary>
+    private sealed class ListLogger : ILogger
+    {
+        public System.Collections.Concurrent.ConcurrentQueue<string> Lines { get; } = new();
+
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            Lines.Enqueue(formatter(state, exception));
     }
 
     private static AgentConfig Config(TestRepository repo) =>

@@ -43,6 +43,30 @@ public class BlobStoreTests(Azurite azurite)
         }
     }
 
+    /// <summary>A bounded read returns the file when it fits and no more than one byte beyond the limit when it does not.</summary>
+    [Theory]
+    [MemberData(nameof(Stores))]
+    public void APrefixRead_StopsOneByteBeyondItsLimit(string kind)
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-store-").FullName;
+        try
+        {
+            var store = Open(kind, folder);
+            var content = Enumerable.Range(0, 100).Select(i => (byte)i).ToArray();
+            store.Write("p/file", content);
+            store.Write("p/empty", []);
+            Assert.Equal(content[..11], store.ReadPrefix("p/file", 10)!);
+            Assert.Equal(content, store.ReadPrefix("p/file", 100)!);
+            Assert.Equal(content, store.ReadPrefix("p/file", 1000)!);
+            Assert.Equal([], store.ReadPrefix("p/empty", 10)!);
+            Assert.Null(store.ReadPrefix("p/missing", 10));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Stores))]
     public async Task ConcurrentPublishers_AllLand_AndReadersNeverSeeAnInconsistentSet(string kind)

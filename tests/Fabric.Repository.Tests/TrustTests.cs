@@ -113,9 +113,79 @@ public class TrustTests
         var targets = client.Refresh();
         Assert.Equal(["std-ipv4/1.0.0", "swap-test/0.1.0"], targets.Targets.Keys);
         var bytes = client.FetchPackage("swap-test/0.1.0");
-        var entry = StackPackage.Extract(bytes, Path.Combine(repo.Folder, "cache", StackPackage.Sha256(bytes)));
-        var loaded = StackLoader.Load(entry);
+        var unpacked = StackPackage.Extract(bytes, Path.Combine(repo.Folder, "cache", StackPackage.Sha256(bytes)));
+        var loaded = StackLoader.Load(unpacked.EntryPath, unpacked.Digests);
         Assert.Equal("swap-test", loaded.Description.Id);
+        Assert.Null(unpacked.Repaired);
+    }
+
+    /// <summary>
+    /// An attacker (or a failing disk) that can change the agent's state folder replaces an unpacked plug-in's assembly
+    /// with another stack's after it was verified. Loading it with its package's digests refuses the changed bytes, naming
+    /// the file; unpacking it again (what every start and repository refresh does) finds the change and restores the
+    /// signed files; a file slipped in beside them is found too.
+    /// </summary>
+    [Fact]
+    public void AnUnpackedPluginChangedOnDisk_IsNotLoaded_AndIsUnpackedAgainFromTheVerifiedPackage()
+    {
+        using var repo = new TestRepository();
+        repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.1.0"));
+        var client = repo.Client();
+        client.Refresh();
+        var bytes = client.FetchPackage("swap-test/0.1.0");
+        var folder = Path.Combine(repo.Folder, "unpacked", StackPackage.Sha256(bytes));
+        var unpacked = StackPackage.Extract(bytes, folder);
+
+        // Another (genuine, but not this package's) plug-in assembly under the signed file's name.
+        File.Copy(StackPlugins.PathOf(StackPlugins.StdIPv4), unpacked.EntryPath, overwrite: true);
+        var refused = Assert.Throws<InvalidDataException>(() => StackLoader.Load(unpacked.EntryPath, unpacked.Digests));
+        Assert.Contains($"'{unpacked.EntryPath}' does not match the stack's signed package", refused.Message, StringComparison.Ordinal);
+        // Without the digests (a plug-in configured by path) the same file loads as what it is: the check is what refused it.
+        Assert.Equal("std-ipv4", StackLoader.Load(unpacked.EntryPath).Description.Id);
+
+        var again = StackPackage.Extract(bytes, folder);
+        Assert.Equal($"'{Path.GetFileName(unpacked.EntryPath)}' does not match the signed package", again.Repaired);
+        Assert.Equal("swap-test", StackLoader.Load(again.EntryPath, again.Digests).Description.Id);
+        Assert.Null(StackPackage.Extract(bytes, folder).Repaired);
+
+        File.WriteAllBytes(Path.Combine(folder, "Extra.dll"), [1, 2, 3]);
+        Assert.Equal("'Extra.dll' is not in the signed package", StackPackage.Extract(bytes, folder).Repaired);
+        Assert.False(File.Exists(Path.Combine(folder, "Extra.dll")));
+        File.Delete(again.EntryPath);
+        Assert.Equal($"'{Path.GetFileName(again.EntryPath)}' is missing", StackPackage.Extract(bytes, folder).Repaired);
+        Assert.Equal("swap-test", StackLoader.Load(again.EntryPath, again.Digests).Description.Id);
+    }
+
+    /// <summary>
+    /// A compromised store serves files of a gigabyte (sparse here, so the disk does not fill) where the agent expects a
+    /// package, a timestamp.json and the next root.json. The client fetches no more than its limit and one byte of any,
+    /// refuses each naming the file and the limit, and allocates far less than the file's size doing so.
+    /// </summary>
+    [Fact]
+    public void EndlessFilesFromTheStore_AreRefusedWithoutBeingReadWhole()
+    {
+        using var repo = new TestRepository();
+        var info = repo.Publish(TestRepository.Package(StackPlugins.StdIPv4, "std-ipv4", "1.0.0"));
+        var client = repo.Client();
+        client.Refresh();
+        void Refused(string file, Action read, string expected)
+        {
+            using (var huge = new FileStream(Path.Combine(repo.Store.Root, file), FileMode.Create))
+            {
+                huge.SetLength(1L << 30);
+            }
+            var before = GC.GetAllocatedBytesForCurrentThread();
+            var refused = Assert.Throws<TrustException>(read);
+            var allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.Contains(expected, refused.Message, StringComparison.Ordinal);
+            Assert.True(allocated < 16 << 20, $"{file}: {allocated:N0} bytes allocated to refuse a 1 GiB file");
+        }
+
+        Refused(Publisher.PackagePath(info.Sha256), () => client.FetchPackage("std-ipv4/1.0.0"), "is larger than the signed length of std-ipv4/1.0.0");
+        Refused(Publisher.Timestamp, () => client.Refresh(), $"{Publisher.Timestamp} in {repo.Store.Location} is larger than a timestamp's limit (65,536 bytes)");
+        Refused(Publisher.VersionedRoot(2), () => client.Refresh(), $"{Publisher.VersionedRoot(2)} in {repo.Store.Location} is larger than a root's limit");
+        Assert.Contains("agents accept at most", Assert.Throws<PackageException>(() =>
+            repo.Publish(new byte[TrustClient.MaxPackageBytes + 1])).Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -56,7 +56,12 @@ public static class SignedStacks
                 var package = Cached(config, info) ?? (offline is null
                     ? Cache(config, info, client.FetchPackage(name))
                     : throw new TrustException($"The stack repository cannot be reached and {name} is not in this host's cache ({offline})."));
-                entries.Add(new(info.Id, info.Version, info.Sha256, StackPackage.Extract(package, Path.Combine(config.StateDirectory, "stacks", info.Sha256)), targets.Version, offline));
+                var unpacked = StackPackage.Extract(package, Path.Combine(config.StateDirectory, "stacks", info.Sha256));
+                if (unpacked.Repaired is { } damage)
+                {
+                    Log.UnpackedRepaired(logger, name, damage);
+                }
+                entries.Add(new(info.Id, info.Version, info.Sha256, unpacked.EntryPath, unpacked.Digests, targets.Version, offline));
             }
             catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or UnauthorizedAccessException)
             {
@@ -73,8 +78,11 @@ public static class SignedStacks
     /// <summary>Verified targets: every target they publish, the newest of each id unpacked, the packages that failed and why, and why the store was not read (null: it was).</summary>
     public sealed record VerifiedTargets(TargetsMetadata Targets, IReadOnlyList<VerifiedStack> Stacks, IReadOnlyList<(string Name, Exception Error)> Failed, string? Offline);
 
-    /// <summary>One stack the signed targets (version <paramref name="TargetsVersion"/>) publish, unpacked at <paramref name="EntryPath"/>.</summary>
-    public sealed record VerifiedStack(string Id, string Version, string Sha256, string EntryPath, int TargetsVersion, string? Offline);
+    /// <summary>
+    /// One stack the signed targets (version <paramref name="TargetsVersion"/>) publish, unpacked at <paramref name="EntryPath"/>;
+    /// <paramref name="Digests"/> are its package's file digests, which every load checks.
+    /// </summary>
+    public sealed record VerifiedStack(string Id, string Version, string Sha256, string EntryPath, IReadOnlyDictionary<string, string> Digests, int TargetsVersion, string? Offline);
 
     private static string CachePath(RepositoryConfig config, TargetInfo info) => Path.Combine(config.StateDirectory, "cache", info.Sha256 + ".fspk");
 
@@ -82,7 +90,7 @@ public static class SignedStacks
     private static byte[]? Cached(RepositoryConfig config, TargetInfo info)
     {
         var path = CachePath(config, info);
-        if (!File.Exists(path))
+        if (!File.Exists(path) || new FileInfo(path).Length != info.Length)
         {
             return null;
         }
@@ -106,6 +114,8 @@ public static class SignedStacks
         public string Location => _store?.Location ?? spec;
 
         public StoredFile? Get(string name) => Store.Get(name);
+
+        public byte[]? ReadPrefix(string name, int limit) => Store.ReadPrefix(name, limit);
 
         public void Write(string name, byte[] bytes) => Store.Write(name, bytes);
 

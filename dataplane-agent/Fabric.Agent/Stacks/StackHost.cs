@@ -16,6 +16,7 @@ public sealed class StackHost
 {
     private readonly object _gate = new();
     private readonly Dictionary<string, string> _paths = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, IReadOnlyDictionary<string, string>> _digests = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Slot> _loaded = new(StringComparer.Ordinal);
     private readonly List<WeakReference> _unloading = [];
     private readonly Dictionary<string, string> _quarantined = new(StringComparer.Ordinal);
@@ -41,9 +42,10 @@ public sealed class StackHost
     /// <summary>Makes a plug-in available: loads it once to learn its id and version, then leaves it idle.</summary>
     /// <param name="assemblyPath">The plug-in's entry assembly.</param>
     /// <param name="signedId">The id its signed target publishes it under: a plug-in whose factory declares another id is refused (it would take that stack's place).</param>
-    public StackDescription Register(string assemblyPath, string? signedId = null)
+    /// <param name="digests">For a signed plug-in, its package's file digests: every load (the first and each after an idle unload) loads only bytes that match them.</param>
+    public StackDescription Register(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null)
     {
-        var stack = StackLoader.Load(assemblyPath);
+        var stack = StackLoader.Load(assemblyPath, digests);
         var id = stack.Description.Id;
         lock (_gate)
         {
@@ -60,6 +62,14 @@ public sealed class StackHost
                 throw new InvalidOperationException(refusal);
             }
             _paths[id] = assemblyPath;
+            if (digests is null)
+            {
+                _digests.Remove(id);
+            }
+            else
+            {
+                _digests[id] = digests;
+            }
             _withdrawn.Remove(id);
             if (!_loaded.ContainsKey(id))
             {
@@ -117,6 +127,7 @@ public sealed class StackHost
             {
                 return false;
             }
+            _digests.Remove(id);
             _withdrawn[id] = reason;
             if (_loaded.TryGetValue(id, out var slot) && slot.Bindings == 0)
             {
@@ -250,7 +261,15 @@ public sealed class StackHost
         {
             return slot.Stack!;
         }
-        var stack = StackLoader.Load(_paths[id]);
+        LoadedStack stack;
+        try
+        {
+            stack = StackLoader.Load(_paths[id], _digests.GetValueOrDefault(id));
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException)
+        {
+            throw new InvalidOperationException($"Stack '{id}' could not be loaded: {e.Message}", e);
+        }
         _loaded[id] = new Slot(stack) { IdleSince = _now() };
         return stack;
     }

@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Runtime.Loader;
+using System.Security.Cryptography;
 using Fabric.Stacks;
 
 namespace Fabric.Agent.Stacks;
@@ -32,16 +33,26 @@ public sealed class LoadedStack
 public static class StackLoader
 {
     /// <summary>Loads the plug-in whose main assembly is <paramref name="assemblyPath"/>; throws naming the file and the problem.</summary>
-    public static LoadedStack Load(string assemblyPath)
+    /// <param name="assemblyPath">The plug-in's entry assembly.</param>
+    /// <param name="digests">
+    /// For a plug-in unpacked from a signed package: the SHA-256 of each of its files, from the verified package. Every
+    /// assembly of the plug-in is then read once, checked against its digest and loaded from the bytes checked, so what
+    /// runs is what was signed even if the files on disk change after they were verified (between a load and the next
+    /// after an idle unload, say). A file not in the package is never loaded. Null: a plug-in the operator configured by
+    /// path, loaded from its files as they are.
+    /// </param>
+    public static LoadedStack Load(string assemblyPath, IReadOnlyDictionary<string, string>? digests = null)
     {
         if (!File.Exists(assemblyPath))
         {
             throw new FileNotFoundException($"Stack plug-in '{assemblyPath}' does not exist.", assemblyPath);
         }
-        var context = new StackLoadContext(assemblyPath);
+        var context = new StackLoadContext(assemblyPath, digests);
         try
         {
-            var assembly = context.LoadFromAssemblyPath(Path.GetFullPath(assemblyPath));
+            var assembly = digests is null
+                ? context.LoadFromAssemblyPath(Path.GetFullPath(assemblyPath))
+                : context.LoadChecked(Path.GetFullPath(assemblyPath));
             var factories = assembly.GetExportedTypes()
                 .Where(t => t is { IsClass: true, IsAbstract: false } && typeof(IStackFactory).IsAssignableFrom(t))
                 .ToList();
@@ -66,10 +77,32 @@ public static class StackLoader
     }
 }
 
-/// <summary>One plug-in's collectible load context. Shared assemblies resolve to the default context.</summary>
-internal sealed class StackLoadContext(string mainAssemblyPath) : AssemblyLoadContext($"stack:{Path.GetFileNameWithoutExtension(mainAssemblyPath)}", isCollectible: true)
+/// <summary>
+/// One plug-in's collectible load context. Shared assemblies resolve to the default context; with digests (a signed
+/// plug-in) the plug-in's own assemblies are loaded only from checked bytes of files in its package.
+/// </summary>
+internal sealed class StackLoadContext(string mainAssemblyPath, IReadOnlyDictionary<string, string>? digests) : AssemblyLoadContext($"stack:{Path.GetFileNameWithoutExtension(mainAssemblyPath)}", isCollectible: true)
 {
     private readonly AssemblyDependencyResolver _resolver = new(mainAssemblyPath);
+    private readonly string _folder = Path.GetDirectoryName(Path.GetFullPath(mainAssemblyPath))!;
+
+    /// <summary>Reads <paramref name="path"/> once, checks it against the signed package and loads those bytes.</summary>
+    public Assembly LoadChecked(string path)
+    {
+        var name = Path.GetFileName(path);
+        if (digests is null || Path.GetDirectoryName(path) != _folder || !digests.TryGetValue(name, out var signed))
+        {
+            throw new InvalidDataException($"'{path}' is not a file of the stack's signed package; it is not loaded.");
+        }
+        var bytes = File.ReadAllBytes(path);
+        var actual = Convert.ToHexStringLower(SHA256.HashData(bytes));
+        if (actual != signed)
+        {
+            throw new InvalidDataException($"'{path}' does not match the stack's signed package (SHA-256 {actual[..16]}…, signed {signed[..16]}…): the unpacked plug-in changed on disk; it is not loaded.");
+        }
+        using var stream = new MemoryStream(bytes, writable: false);
+        return LoadFromStream(stream);
+    }
 
     protected override Assembly? Load(AssemblyName assemblyName)
     {
@@ -83,11 +116,16 @@ internal sealed class StackLoadContext(string mainAssemblyPath) : AssemblyLoadCo
         {
         }
         var path = _resolver.ResolveAssemblyToPath(assemblyName);
-        return path is null ? null : LoadFromAssemblyPath(path);
+        return path is null ? null : digests is null ? LoadFromAssemblyPath(path) : LoadChecked(Path.GetFullPath(path));
     }
 
     protected override IntPtr LoadUnmanagedDll(string unmanagedDllName)
     {
+        if (digests is not null)
+        {
+            // A package carries only managed assemblies and their deps.json (StackPackage.Pack): nothing native of the plug-in's own.
+            return IntPtr.Zero;
+        }
         var path = _resolver.ResolveUnmanagedDllToPath(unmanagedDllName);
         return path is null ? IntPtr.Zero : LoadUnmanagedDllFromPath(path);
     }

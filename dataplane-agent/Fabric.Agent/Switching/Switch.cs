@@ -84,9 +84,9 @@ public sealed class Switch : IDisposable
     public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_underlay4?.Local, _underlay6?.Local);
 
     /// <summary>Makes a stack plug-in available to paths by its id.</summary>
-    public void RegisterStack(string assemblyPath, string? signedId = null)
+    public void RegisterStack(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null)
     {
-        var description = _stackHost.Register(assemblyPath, signedId);
+        var description = _stackHost.Register(assemblyPath, signedId, digests);
         // A stack id registered again (a newer version, after the withdrawn one unloaded) may have another overhead.
         _innerMtuByStack.TryRemove(description.Id, out _);
         Log.StackLoaded(_logger, description.Id, description.Version, assemblyPath);
