@@ -286,8 +286,9 @@ public sealed class Agent : IDisposable
                     _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, remove-host, prepare-swap, commit-swap, abort-swap, register-vm, deregister-vm)"),
                 };
             }
-            catch (Exception e) when (e is InvalidOperationException or FormatException or IOException)
+            catch (Exception e) when (e is InvalidOperationException or FormatException or IOException or Switching.StackStartException)
             {
+                // A stack that cannot start (its factory threw or never returned) is refused like any bad request.
                 Log.ApiRefused(_logger, e.Message);
                 return new ApiResponse(false, Error: e.Message);
             }

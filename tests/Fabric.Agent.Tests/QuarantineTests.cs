@@ -84,7 +84,7 @@ public class QuarantineTests
 
         // vm1's thread goes into the stack and never comes back: it holds the path's gate for ever.
         hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXSTUCK"));
-        Eventually.True(() => hosts.A.Switch.Paths["host-b"] != stuck, TimeSpan.FromSeconds(10), "host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
+        Eventually.True(() => hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10), "host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
         Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the path to host-b was replaced by a fresh one on std-ipv4", StringComparison.Ordinal));
@@ -133,6 +133,120 @@ public class QuarantineTests
             return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
         }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the receive thread was replaced",
             () => string.Join("; ", hosts.A.Switch.Events) + " | " + string.Join("; ", hosts.B.Switch.Events));
+    }
+
+    /// <summary>
+    /// A stack whose timer never returns holds the path monitor, which runs every path's timers and probes. The watchdog
+    /// replaces the path and gives the monitor a successor: the fresh path is probed again and traffic flows.
+    /// </summary>
+    [Fact]
+    public void AStackStuckForeverInATimer_CostsOnlyItsPath_TheMonitorGetsANewThread()
+    {
+        using var hosts = new TwoHosts("faulty");
+        var stuck = hosts.A.Switch.Paths["host-b"];
+        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TIMERSTUCK"));
+        Eventually.True(() => hosts.A.Switch.MonitorReplacements > 0 && hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10),
+            "the monitor and host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the path monitor was stuck for over 1000 ms: a new one took its place", StringComparison.Ordinal));
+
+        // The new monitor probes the fresh path (every 100 ms), and host-b answers.
+        hosts.A.Switch.Measure();
+        Eventually.True(() => hosts.A.Switch.Measure().TryGetValue("host-b", out var m) && m.ProbesAnswered > 0, TimeSpan.FromSeconds(5),
+            "probes answered on the fresh path", () => string.Join("; ", hosts.A.Switch.Events));
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm2").Transmit(fromVm2);
+            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
+    }
+
+    /// <summary>
+    /// A stack whose GetStats never returns: status and metrics ask the stacks on a pool thread and answer without them
+    /// after 250 ms, and the stuck call marks the path, which the watchdog replaces.
+    /// </summary>
+    [Fact]
+    public void AStackStuckForeverInGetStats_StallsNeitherStatusNorTheApi_AndItsPathIsReplaced()
+    {
+        using var hosts = new TwoHosts("faulty");
+        var stuck = hosts.A.Switch.Paths["host-b"];
+        var marked = Marked(Mac1, Mac3, "STATSSTUCK");
+        hosts.Vm("vm1").Transmit(marked);
+        Assert.Equal(marked, hosts.Expect("vm3"));
+        for (var i = 0; i < 3; i++)
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            Assert.Contains("\"host-b\"", AgentConfig.Serialize(hosts.A.Handle(new ApiRequest("status"))), StringComparison.Ordinal);
+            // The stuck call never returns: a status that waited for it would never come back.
+            Assert.True(watch.ElapsedMilliseconds < 5000, $"status took {watch.ElapsedMilliseconds} ms while GetStats was stuck");
+        }
+        Eventually.True(() => hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10), "host-b's path replaced",
+            () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+    }
+
+    /// <summary>
+    /// A stack whose Dispose never returns: its slot, closed after a swap away from it, is disposed on a pool thread, so
+    /// neither the path's gate nor housekeeping waits on it, and the path keeps carrying traffic.
+    /// </summary>
+    [Fact]
+    public void AStackStuckForeverInDispose_HoldsNeitherThePathNorHousekeeping()
+    {
+        using var hosts = new TwoHosts("faulty");
+        var marked = Marked(Mac1, Mac3, "DISPOSESTUCK");
+        hosts.Vm("vm1").Transmit(marked);
+        Assert.Equal(marked, hosts.Expect("vm3"));
+        string Slots() => string.Join(", ", hosts.A.Switch.Paths["host-b"].StackStats().Select(s => $"{s.Key} {s.Value.Stack}"));
+        Swap(hosts, "std-ipv4");
+        // The faulty slot drains (100 ms) and housekeeping closes it: its instance's Dispose never returns. (The stats
+        // answer at all: a path whose gate were held would answer with none.)
+        Eventually.True(() => hosts.A.Switch.Paths["host-b"].StackStats() is { Count: > 0 } stats && stats.Values.All(s => s.Stack != "faulty"),
+            TimeSpan.FromSeconds(10), "the faulty slot closed", Slots);
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        for (var i = 0; i < 5; i++)
+        {
+            hosts.Vm("vm2").Transmit(fromVm2);
+            Assert.Equal(fromVm2, hosts.Expect("vm3"));
+        }
+        Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.Drops(DropReason.PathStuck));
+        // Housekeeping goes on: a slot swapped away from now drains and is closed too.
+        Swap(hosts, "swap-test");
+        Swap(hosts, "std-ipv4");
+        Eventually.True(() => hosts.A.Switch.Paths["host-b"].StackStats() is { Count: > 0 } stats && stats.Values.All(s => s.Stack != "swap-test"),
+            TimeSpan.FromSeconds(10), "the swap-test slot closed", Slots);
+    }
+
+    /// <summary>Swaps the path between host A and host B to <paramref name="stack"/> at both ends.</summary>
+    private static void Swap(TwoHosts hosts, string stack)
+    {
+        var prepared = hosts.A.Handle(new ApiRequest("prepare-swap", Id: "host-b", Stack: stack));
+        Assert.True(prepared.Ok, prepared.Error);
+        var slot = (int)prepared.Result!.GetType().GetProperty("Slot")!.GetValue(prepared.Result)!;
+        var peer = hosts.B.Handle(new ApiRequest("prepare-swap", Id: "host-a", Stack: stack, Slot: slot));
+        Assert.True(peer.Ok, peer.Error);
+        Assert.True(hosts.A.Handle(new ApiRequest("commit-swap", Id: "host-b", Slot: slot)).Ok);
+        Assert.True(hosts.B.Handle(new ApiRequest("commit-swap", Id: "host-a", Slot: slot)).Ok);
+    }
+
+    /// <summary>
+    /// A stack whose factory never returns on host A: the binding that asked for it fails after 2 s naming it, the stack
+    /// is quarantined (it would hang every path), and the API and traffic go on.
+    /// </summary>
+    [Fact]
+    public void AStackWhoseFactoryNeverReturns_FailsTheBindingInSeconds_AndIsQuarantined()
+    {
+        using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["stuckStartAt"] = "host-a" } });
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var refused = hosts.A.Handle(new ApiRequest("prepare-swap", Id: "host-b", Stack: "faulty"));
+        Assert.False(refused.Ok);
+        Assert.Contains("did not create an instance within 2 s", refused.Error, StringComparison.Ordinal);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(30), $"the binding took {watch.Elapsed}");
+        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.True(hosts.A.Handle(new ApiRequest("status")).Ok);
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        hosts.Vm("vm2").Transmit(fromVm2);
+        Assert.Equal(fromVm2, hosts.Expect("vm3"));
     }
 
     /// <summary>A frame the faulty stack acts on: the marker first in its payload, under the IEEE local experimental EtherType.</summary>

@@ -84,6 +84,45 @@ public sealed class RemotePath : IDisposable
     /// <summary>The slot whose stack the current (or last) call went into.</summary>
     internal int InCallSlot => _inCallSlot;
 
+    /// <summary>Marks a call into <paramref name="slot"/>'s stack as running (under the gate): one that never returns makes the path <see cref="Stuck"/>.</summary>
+    private void Calling(int slot)
+    {
+        _inCallSlot = slot;
+        Volatile.Write(ref _inCallSince, Clock());
+    }
+
+    /// <summary>The call <see cref="Calling"/> marked has returned.</summary>
+    private void Returned() => Volatile.Write(ref _inCallSince, 0);
+
+    /// <summary>How long a stack's factory may take to create an instance before the attempt counts as failed.</summary>
+    internal static readonly TimeSpan CreateTimeout = TimeSpan.FromSeconds(2);
+
+    /// <summary>How long <see cref="StackStats"/> waits for the stacks' figures before it answers without them.</summary>
+    private const int StatsWaitMilliseconds = 250;
+
+    /// <summary>
+    /// Disposes instances taken out of their slots on a pool thread, never under the gate or on the caller's thread: a
+    /// stack whose Dispose never returns costs that pool thread, not the path, housekeeping or the agent's API. What it
+    /// throws is counted (<see cref="DisposeFaults"/>).
+    /// </summary>
+    private static void Discard(IStack instance) =>
+        ThreadPool.UnsafeQueueUserWorkItem(static stack =>
+        {
+            try
+            {
+                stack.Dispose();
+            }
+            catch (Exception)
+            {
+                Interlocked.Increment(ref _disposeFaults);
+            }
+        }, instance, preferLocal: false);
+
+    private static long _disposeFaults;
+
+    /// <summary>Exceptions stack instances threw from Dispose, in this process.</summary>
+    public static long DisposeFaults => Interlocked.Read(ref _disposeFaults);
+
     /// <summary>The stack id in a slot, read without the gate (for the watchdog, which must not wait on a hung path).</summary>
     internal string? StackInUnlocked(int slot) => Volatile.Read(ref _slotStacks[slot]);
 
@@ -325,22 +364,37 @@ public sealed class RemotePath : IDisposable
             _slotStacks[slot] = stack.Description.Id;
             _slotEncrypts[slot] = stack.Description.Encrypts;
             (_openIds[slot], _peerOpened[slot]) = (openId, true);
+            Calling(slot);
             Armed(instance);
+            Returned();
             return replaced;
         }
     }
 
-    /// <summary>A new instance of <paramref name="stack"/> for this path; what its factory throws comes back as a <see cref="StackStartException"/>.</summary>
+    /// <summary>
+    /// A new instance of <paramref name="stack"/> for this path; what its factory throws comes back as a
+    /// <see cref="StackStartException"/>, and so does a factory that has not returned within <see cref="CreateTimeout"/>
+    /// (it runs on a pool thread, so one that never returns costs that thread, not the caller's; an instance it returns
+    /// late is disposed).
+    /// </summary>
     private IStack CreateInstance(LoadedStack stack, string localHost)
     {
+        var context = new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id));
+        var factory = stack.Factory;
+        var creating = Task.Run(() => factory.Create(context));
         try
         {
-            return stack.Factory.Create(new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id)));
+            if (creating.Wait(CreateTimeout))
+            {
+                return creating.Result;
+            }
         }
-        catch (Exception e)
+        catch (AggregateException e)
         {
-            throw new StackStartException(stack.Description.Id, Spec.HostId, e);
+            throw new StackStartException(stack.Description.Id, Spec.HostId, e.InnerExceptions[0]);
         }
+        _ = creating.ContinueWith(static late => Discard(late.Result), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
+        throw new StackStartException(stack.Description.Id, Spec.HostId, new TimeoutException($"its factory did not create an instance within {CreateTimeout.TotalSeconds:0.#} s"));
     }
 
     /// <summary>The id of the instance this host opened in one of its own slots (sent with every open request for it).</summary>
@@ -410,11 +464,19 @@ public sealed class RemotePath : IDisposable
         try
         {
             var next = long.MaxValue;
-            foreach (var stack in _slots)
+            for (var i = 0; i < _slots.Length; i++)
             {
-                if (stack is not null)
+                if (_slots[i] is { } stack)
                 {
-                    next = Math.Min(next, stack.NextTimerNanoseconds);
+                    Calling(i);
+                    try
+                    {
+                        next = Math.Min(next, stack.NextTimerNanoseconds);
+                    }
+                    finally
+                    {
+                        Returned();
+                    }
                 }
             }
             return next;
@@ -439,22 +501,37 @@ public sealed class RemotePath : IDisposable
         {
             for (var i = 0; i < _slots.Length && fault is null; i++)
             {
-                if (_slots[i] is { } stack && stack.NextTimerNanoseconds <= now)
+                if (_slots[i] is not { } stack)
                 {
-                    _output.Prepare((byte)i, 0);
-                    _delivery.VirtualNetwork = 0;
-                    _inCallSlot = i;
-                    Volatile.Write(ref _inCallSince, Clock());
-                    try
-                    {
-                        stack.OnTimer(now, _delivery, _output);
-                    }
-                    catch (Exception e)
-                    {
-                        (fault, faultSlot, faultStack) = (e, i, _slotStacks[i]);
-                    }
-                    Volatile.Write(ref _inCallSince, 0);
+                    continue;
                 }
+                // Watched as a call too; what it throws goes to the monitor, as before (counted and said there).
+                Calling(i);
+                bool due;
+                try
+                {
+                    due = stack.NextTimerNanoseconds <= now;
+                }
+                finally
+                {
+                    Returned();
+                }
+                if (!due)
+                {
+                    continue;
+                }
+                _output.Prepare((byte)i, 0);
+                _delivery.VirtualNetwork = 0;
+                Calling(i);
+                try
+                {
+                    stack.OnTimer(now, _delivery, _output);
+                }
+                catch (Exception e)
+                {
+                    (fault, faultSlot, faultStack) = (e, i, _slotStacks[i]);
+                }
+                Returned();
             }
         }
         finally
@@ -525,12 +602,12 @@ public sealed class RemotePath : IDisposable
             {
                 // Adopted for a swap about to commit: fresh, so the idle expiry does not take it meanwhile.
                 _receivedAt[slot] = Clock();
-                instance.Dispose();
+                Discard(instance);
                 return false;
             }
             if (_slots[slot] is not null)
             {
-                instance.Dispose();
+                Discard(instance);
                 throw new InvalidOperationException($"Path to '{Spec.HostId}': slot {slot} is in use by {_slotStacks[slot]}.");
             }
             _slots[slot] = instance;
@@ -538,7 +615,9 @@ public sealed class RemotePath : IDisposable
             _slotEncrypts[slot] = stack.Description.Encrypts;
             _drainUntil[slot] = 0;
             (_openIds[slot], _peerOpened[slot]) = ((ulong)Random.Shared.NextInt64(1, long.MaxValue), false);
+            Calling(slot);
             Armed(instance);
+            Returned();
             return true;
         }
     }
@@ -623,7 +702,7 @@ public sealed class RemotePath : IDisposable
     private string CloseLocked(int slot)
     {
         var id = _slotStacks[slot]!;
-        _slots[slot]!.Dispose();
+        Discard(_slots[slot]!);
         _slots[slot] = null;
         Volatile.Write(ref _slotStacks[slot], null);
         _drainUntil[slot] = 0;
@@ -670,8 +749,18 @@ public sealed class RemotePath : IDisposable
     }
 
     /// <summary>Stats of each bound stack instance by slot.</summary>
-    /// <remarks>Empty when the path is busy for more than 100 ms (a stack stuck in a call must not stall status or metrics).</remarks>
+    /// <remarks>
+    /// Empty when the path is busy for more than 100 ms or its stacks have not answered within 250 ms: a stack stuck in
+    /// a call, GetStats included, must not stall status or metrics. The stacks are asked on a pool thread, so one whose
+    /// GetStats never returns holds that thread (and marks the path stuck, for the watchdog), not the caller.
+    /// </remarks>
     public IReadOnlyDictionary<int, (string Stack, StackStats Stats)> StackStats()
+    {
+        var asking = Task.Run(CollectStats);
+        return asking.Wait(StatsWaitMilliseconds) ? asking.Result : new Dictionary<int, (string, StackStats)>();
+    }
+
+    private Dictionary<int, (string Stack, StackStats Stats)> CollectStats()
     {
         var result = new Dictionary<int, (string, StackStats)>();
         if (!Monitor.TryEnter(_gate, TimeSpan.FromMilliseconds(100)))
@@ -684,7 +773,15 @@ public sealed class RemotePath : IDisposable
             {
                 if (_slots[i] is { } stack)
                 {
-                    result[i] = (_slotStacks[i]!, stack.GetStats());
+                    Calling(i);
+                    try
+                    {
+                        result[i] = (_slotStacks[i]!, stack.GetStats());
+                    }
+                    finally
+                    {
+                        Returned();
+                    }
                 }
             }
             return result;
@@ -754,8 +851,7 @@ public sealed class RemotePath : IDisposable
                 return mtu;
             }
             _output.Prepare((byte)slot, vni);
-            _inCallSlot = slot;
-            Volatile.Write(ref _inCallSince, Clock());
+            Calling(slot);
             try
             {
                 stack.Transmit(frame, Clock(), _output);
@@ -766,7 +862,7 @@ public sealed class RemotePath : IDisposable
                 // A stack must count per-packet failures, not throw: this one is broken and will be quarantined.
                 fault = e;
             }
-            Volatile.Write(ref _inCallSince, 0);
+            Returned();
         }
         if (fault is not null)
         {
@@ -957,7 +1053,10 @@ public sealed class RemotePath : IDisposable
         {
             for (var i = 0; i < _slots.Length; i++)
             {
-                _slots[i]?.Dispose();
+                if (_slots[i] is { } instance)
+                {
+                    Discard(instance);
+                }
                 _slots[i] = null;
                 _slotStacks[i] = null;
             }

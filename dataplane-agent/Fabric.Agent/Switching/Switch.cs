@@ -105,9 +105,31 @@ public sealed class Switch : IDisposable
             _underlay6 = new UdpUnderlay(ipv6, OnDatagram, Flush, UnderlayFault);
             Log.UnderlayListening(_logger, _underlay6.Local.ToString());
         }
-        _monitor = new Thread(MonitorLoop) { IsBackground = true, Name = "path-monitor" };
+        StartMonitor();
+    }
+
+    /// <summary>Starts a path monitor thread; one started before it (stuck in a stack's call) ends when that call returns.</summary>
+    private void StartMonitor()
+    {
+        var generation = Interlocked.Increment(ref _monitorGeneration);
+        Volatile.Write(ref _monitorBeat, _clock());
+        _monitor = new Thread(() => MonitorLoop(generation)) { IsBackground = true, Name = "path-monitor" };
         _monitor.Start();
     }
+
+    /// <summary>Which monitor thread is the current one: an older one that comes back from a stuck call ends.</summary>
+    private int _monitorGeneration;
+
+    /// <summary>When the current monitor last began a round (its heartbeat; it sleeps at most 100 ms between rounds).</summary>
+    private long _monitorBeat;
+
+    /// <summary>How long the monitor may go without beginning a round before the watchdog gives it a successor.</summary>
+    private const long MonitorStuckNanoseconds = 1_000_000_000;
+
+    private long _monitorReplacements;
+
+    /// <summary>Path monitor threads replaced because a stack held one in a call that did not return.</summary>
+    public long MonitorReplacements => Interlocked.Read(ref _monitorReplacements);
 
     /// <summary>Attaches a VM's port and starts switching its frames. Throws when the VM id or its (VNI, MAC) is taken.</summary>
     public VmPort AttachVm(VmSpec spec, IFramePort port)
@@ -258,7 +280,12 @@ public sealed class Switch : IDisposable
             ReleaseAll(path);
             throw;
         }
-        if (_paths.TryRemove(spec.HostId, out var old))
+        // The new path takes the old one's place in one step: the host is never without a path (a frame or datagram
+        // for it meanwhile would find none), and the old one's address entry goes only if it is still the old one's.
+        _paths.TryGetValue(spec.HostId, out var old);
+        _paths[spec.HostId] = path;
+        _pathsByAddress[destination] = path;
+        if (old is not null)
         {
             _pathsByAddress.TryRemove(KeyValuePair.Create(old.Destination, old));
             if (abandonOld)
@@ -271,8 +298,6 @@ public sealed class Switch : IDisposable
             }
             Interlocked.Increment(ref _pathsReplaced);
         }
-        _paths[spec.HostId] = path;
-        _pathsByAddress[destination] = path;
         Log.PathBound(_logger, spec.HostId, address + ":" + underlayPort, spec.Stack, 0);
         return path;
     }
@@ -641,13 +666,13 @@ public sealed class Switch : IDisposable
 
     private long _monitorFaults;
 
-    private void MonitorLoop()
+    private void MonitorLoop(int generation)
     {
-        while (!_stopping)
+        while (!_stopping && Volatile.Read(ref _monitorGeneration) == generation)
         {
             try
             {
-                MonitorRounds();
+                MonitorRounds(generation);
             }
             catch (Exception e)
             {
@@ -665,11 +690,12 @@ public sealed class Switch : IDisposable
 
     private long _nextProbe;
 
-    private void MonitorRounds()
+    private void MonitorRounds(int generation)
     {
-        while (!_stopping)
+        while (!_stopping && Volatile.Read(ref _monitorGeneration) == generation)
         {
             var now = _clock();
+            Volatile.Write(ref _monitorBeat, now);
             var probe = now >= _nextProbe;
             if (probe)
             {
@@ -791,6 +817,14 @@ public sealed class Switch : IDisposable
             // Again every round while it is loaded: an operation that was under way when it was withdrawn (a binding
             // whose peer answered late, a swap committed after) may have put it back in use.
             MoveOff(withdrawn.Id, drainSlots: true);
+        }
+        if (_monitor is not null && now - Volatile.Read(ref _monitorBeat) > MonitorStuckNanoseconds)
+        {
+            // A stack stuck in a timer call holds the monitor, which every path's timers and probes share: another thread
+            // takes its place (the stuck path itself was replaced above).
+            var count = Interlocked.Increment(ref _monitorReplacements);
+            Report($"the path monitor was stuck for over {MonitorStuckNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
+            StartMonitor();
         }
         foreach (var underlay in new[] { _underlay4, _underlay6 })
         {

@@ -6,9 +6,11 @@ namespace Fabric.Stacks.Faulty;
 /// <summary>
 /// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
 /// makes Transmit throw, "RXFAULT" makes Receive throw, "TXHANG" makes Transmit block for five seconds, "TXSTUCK" and "RXSTUCK" make Transmit and Receive never return, and
-/// "TIMERFAULT" makes the path monitor's next read of its timer throw; configured with failToStartAt = a host id, it
-/// throws when asked for an instance on that host, with slowStartAt = a host id it takes slowStartMilliseconds (500)
-/// to create one there. Built a second time as "faulty-sealed"
+/// "TIMERFAULT" makes the path monitor's next read of its timer throw; "TIMERSTUCK" makes its timer due at once and the
+/// call never return, "STATSSTUCK" makes the next GetStats never return, "DISPOSESTUCK" makes Dispose never return;
+/// configured with failToStartAt = a host id, it throws when asked for an instance on that host, with slowStartAt = a
+/// host id it takes slowStartMilliseconds (500) to create one there, with stuckStartAt = a host id it never returns
+/// from creating one there. Built a second time as "faulty-sealed"
 /// (Fabric.Stacks.FaultySealed), which declares that it encrypts.
 /// </summary>
 public sealed class FaultyFactory : IStackFactory
@@ -29,6 +31,10 @@ public sealed class FaultyFactory : IStackFactory
         {
             Thread.Sleep(int.Parse(context.Configuration.GetValueOrDefault("slowStartMilliseconds", "500"), System.Globalization.CultureInfo.InvariantCulture));
         }
+        if (context.Configuration.TryGetValue("stuckStartAt", out var stuck) && stuck == context.LocalHost)
+        {
+            Thread.Sleep(Timeout.Infinite);
+        }
         return new FaultyStack();
     }
 
@@ -36,6 +42,9 @@ public sealed class FaultyFactory : IStackFactory
     {
         private readonly StackCounters _counters = new();
         private bool _timerFault;
+        private volatile bool _timerStuck;
+        private volatile bool _statsStuck;
+        private volatile bool _disposeStuck;
 
         public long NextTimerNanoseconds
         {
@@ -47,7 +56,7 @@ public sealed class FaultyFactory : IStackFactory
                     _timerFault = false;
                     throw new InvalidOperationException("faulty stack: timer fault requested");
                 }
-                return long.MaxValue;
+                return _timerStuck ? 0 : long.MaxValue;
             }
         }
 
@@ -55,6 +64,9 @@ public sealed class FaultyFactory : IStackFactory
         {
             _counters.FramesIn++;
             _timerFault |= Marked(frame, "TIMERFAULT"u8);
+            _timerStuck |= Marked(frame, "TIMERSTUCK"u8);
+            _statsStuck |= Marked(frame, "STATSSTUCK"u8);
+            _disposeStuck |= Marked(frame, "DISPOSESTUCK"u8);
             if (Marked(frame, "TXFAULT"u8))
             {
                 throw new InvalidOperationException("faulty stack: transmit fault requested");
@@ -93,9 +105,20 @@ public sealed class FaultyFactory : IStackFactory
 
         public void OnTimer(long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
         {
+            if (_timerStuck)
+            {
+                Thread.Sleep(Timeout.Infinite);
+            }
         }
 
-        public StackStats GetStats() => _counters.Snapshot();
+        public StackStats GetStats()
+        {
+            if (_statsStuck)
+            {
+                Thread.Sleep(Timeout.Infinite);
+            }
+            return _counters.Snapshot();
+        }
 
         public StackState ExportState() => StackState.Empty("faulty");
 
@@ -105,6 +128,10 @@ public sealed class FaultyFactory : IStackFactory
 
         public void Dispose()
         {
+            if (_disposeStuck)
+            {
+                Thread.Sleep(Timeout.Infinite);
+            }
         }
     }
 }
