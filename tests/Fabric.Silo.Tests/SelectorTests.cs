@@ -119,6 +119,37 @@ public class SelectorTests
         }
     }
 
+    /// <summary>
+    /// A VM pinned to a stack that was withdrawn from the signed targets (so from the catalog) is not left on it: it
+    /// moves at once to the best stack the rest of its policy admits (its deny list still holds), never explores, and
+    /// the reason names the pin. The same for a pin its host does not run.
+    /// </summary>
+    [Fact]
+    public void APinnedStackWithdrawnOrNotOnTheHost_GivesWayToTheBestOfTheRestOfThePolicy_WithoutExploring()
+    {
+        var pinned = Policy("latency", deny: ["arq-lowlat"], pin: "fec", explore: 0.2);
+        var withoutFec = All.Where(s => s.Id != "fec").ToList();
+        var random = new Random(3);
+        for (var i = 0; i < 500; i++)
+        {
+            var (decision, pending) = _selector.Select("vm1", "host-b", pinned, Path(30, 0.05), withoutFec, HostStacks, "fec", null, T0, random.NextDouble());
+            Assert.True(decision.Changed);
+            Assert.False(decision.Exploration);
+            Assert.Null(pending);
+            Assert.NotEqual("fec", decision.Stack);
+            Assert.NotEqual("arq-lowlat", decision.Stack);
+            Assert.Equal(decision.Candidates[0].Stack, decision.Stack);
+            Assert.Equal(1, decision.Propensity);
+            Assert.StartsWith("pinned fec is not published (withdrawn), so the rest of the policy decides: ", decision.Reason, StringComparison.Ordinal);
+        }
+        var hostWithoutFec = HostStacks.Where(s => s != "fec").ToHashSet();
+        var (onHost, _) = _selector.Select("vm1", "host-b", pinned, Path(30, 0.05), All, hostWithoutFec, "fec", null, T0, 0.01);
+        Assert.NotEqual("fec", onHost.Stack);
+        Assert.StartsWith("pinned fec is not run by this host", onHost.Reason, StringComparison.Ordinal);
+        // Published and run: the pin holds.
+        Assert.Equal("fec", _selector.Select("vm1", "host-b", pinned, Path(30, 0.05), All, HostStacks, "fec", null, T0, 0.01).Decision.Stack);
+    }
+
     [Fact]
     public void Exploration_TriesOnlyCandidatesPredictedCloseToTheBest_AndLogsTheProbabilityOfEveryChoice()
     {

@@ -79,13 +79,19 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
         DateTimeOffset? lastExplored = null)
     {
-        var candidates = PolicyValidator.Eligible(policy, catalog).Where(s => hostStacks.Contains(s.Id)).ToList();
+        // A pinned stack that is no longer published (withdrawn) or that this host does not run: the VM is not left on a
+        // stack no host may run; it gets the best of what the rest of its policy admits, without exploring (the operator
+        // pinned it), and every reason says why.
+        var lostPin = policy.Pin is { } pin && (!catalog.Any(s => s.Id == pin) || !hostStacks.Contains(pin)) ? pin : null;
+        var choosing = lostPin is null ? policy : policy with { Pin = null, ExplorationShare = 0 };
+        var pinNote = lostPin is null ? "" : $"pinned {lostPin} is {(catalog.Any(s => s.Id == lostPin) ? "not run by this host" : "not published (withdrawn)")}, so the rest of the policy decides: ";
+        var candidates = PolicyValidator.Eligible(choosing, catalog).Where(s => hostStacks.Contains(s.Id)).ToList();
         var scored = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy, vmId, current)))
             .OrderByDescending(s => s.Result.Score).ThenBy(s => s.Id, StringComparer.Ordinal)
             .Select(s => new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)).ToImmutableArray();
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.
         var spaced = lastExplored is not { } explored || now - explored >= _options.ExploreSpacing;
-        var near = policy.Pin is null && policy.ExplorationShare > 0 && scored.Length > 1 && spaced
+        var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && spaced
             ? scored.Where(s => s.Stack != current && s.Score >= scored[0].Score - _options.ExploreWithin).ToList()
             : [];
         double Propensity(string stack, bool explored)
@@ -95,7 +101,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             return Math.Round(explored ? viaExploration : (1 - share) + viaExploration, 4);
         }
         Decision Make(string stack, string reason, bool exploration = false) =>
-            new(vmId, remoteHost, current, stack, stack != current, reason, conditions, policy, scored, exploration, now, Propensity(stack, exploration));
+            new(vmId, remoteHost, current, stack, stack != current, pinNote + reason, conditions, policy, scored, exploration, now, Propensity(stack, exploration));
 
         if (scored.Length == 0)
         {
