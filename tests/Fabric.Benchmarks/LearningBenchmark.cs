@@ -44,10 +44,13 @@ internal static class LearningBenchmark
     private const double Exploration = 0.05;
 
     /// <summary>
-    /// Training outcomes near a context the model needs before it decides there (the silo's default is 30, for a fleet):
-    /// a run of this length logs a few hundred outcomes per stack, so 10.
+    /// Training outcomes near a context the model needs before it decides there (the silo's default is 30, for a fleet).
+    /// Training pins each stack for a quarter of a 20 s phase per workload, so a context the training saw in one phase
+    /// has about 3 outcomes of each stack on its own conditions and 3 more on each other stack's (the pairing): about 6.
+    /// With 10 (until 2026-12-02) the model needed two training phases alike and the prior decided nearly everywhere
+    /// ("model v7 has 3 similar outcomes, needs 10"); 5 lets it decide where the training saw the context once.
     /// </summary>
-    private const int MinSupport = 10;
+    private const int MinSupport = 5;
 
     private sealed record Measured(string Schedule, int Phase, string Workload, string Carrier, double Seconds, double Value);
 
@@ -228,12 +231,21 @@ internal static class LearningBenchmark
             text.AppendLine(Invariant($"{r.Schedule},{r.Phase + 1},{r.Workload},{r.Carrier},{r.Seconds},{r.Value:0.###}"));
         }
         File.WriteAllText(csv, text.ToString());
+        // Every outcome the silo logged (training and live): what the model learned from, to check a reading against.
+        var outcomes = new StringBuilder("at,vm,workload,stack,exploration,rtt_ms,min_rtt_ms,loss,burstiness,capacity_mbps,goodput_mbps,delay_p99_ms,residual_loss,overhead_ratio,utility\n");
+        foreach (var o in logged)
+        {
+            var f = o.Features;
+            outcomes.AppendLine(Invariant($"{o.At:O},{o.VmId},{o.Workload},{o.Stack},{o.Exploration},{f.RttMs:0.###},{f.MinRttMs:0.###},{f.Loss:0.#####},{f.LossBurstiness:0.###},{f.CapacityMbps:0.#},{o.GoodputMbps:0.###},{o.DelayP99Ms:0.###},{o.ResidualLoss:0.#####},{o.OverheadRatio:0.###},{o.Utility:0.####}"));
+        }
+        var outcomesCsv = Path.ChangeExtension(csv, null) + "-outcomes.csv";
+        File.WriteAllText(outcomesCsv, outcomes.ToString());
         Console.WriteLine();
         Console.WriteLine(modelLine);
         Report(evaluation, fixedRows, liveRows, tracks, phaseStarts, decisions, explored, outsidePolicy, changes);
         Tracking(passive, logged);
         Console.WriteLine(guests);
-        Console.WriteLine($"\nCSV: {csv}\nran {clock.Elapsed.TotalMinutes:0.0} min");
+        Console.WriteLine($"\nCSV: {csv} (outcomes the silo logged: {outcomesCsv})\nran {clock.Elapsed.TotalMinutes:0.0} min");
         return 0;
     }
 

@@ -30,8 +30,12 @@ namespace Fabric.Silo.Learning;
 /// </summary>
 public sealed class UtilityModel : IDisposable
 {
-    /// <summary>The feature schema; a stored model of another schema version is not loaded.</summary>
-    public const int SchemaVersion = 4;
+    /// <summary>
+    /// The feature schema and the reward's definition; a stored model of another schema version is not loaded. (5: a
+    /// latency outcome's overhead is charged by its share of the path, see <see cref="Learning.Utility"/>; a version 4
+    /// model learned the old charge.)
+    /// </summary>
+    public const int SchemaVersion = 5;
 
     /// <summary>How far apart (either way) an outcome and the same VM's conditions on another stack may be to be learned together.</summary>
     public static readonly TimeSpan PairingWindow = TimeSpan.FromSeconds(15);

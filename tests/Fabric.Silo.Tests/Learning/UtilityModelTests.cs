@@ -93,6 +93,24 @@ public sealed class UtilityModelTests : IDisposable
         Assert.Equal(0, model.Predict("fec", "latency", OnStd(0.03), measuredOn: "arq-bulk").Support);
     }
 
+    /// <summary>
+    /// The reward charges extra bytes by the share of the path they take. A request/response VM whose stack doubles its
+    /// few kilobytes a second (fec's parity for a lone request) loses almost nothing for it, and its p99 decides; a bulk VM
+    /// whose extra bytes are 15 % of its goodput near the path's capacity pays about that share, as before.
+    /// </summary>
+    [Fact]
+    public void TheRewardChargesOverhead_ByTheShareOfThePathItTakes()
+    {
+        var requests = Utility.Of("latency", goodputMbps: 0.08, delayP99Ms: 20, residualLoss: 0, overheadRatio: 1.5, capacityMbps: 150);
+        Assert.InRange(requests, (1 / 3.0) * 0.999, 1 / 3.0);
+        Assert.True(requests > Utility.Of("latency", 0.08, delayP99Ms: 200, 0, overheadRatio: 0, capacityMbps: 150) * 5);
+        Assert.Equal((1 / 3.0) * (1 - (0.15 * 140 / 150)), Utility.Of("latency", 140, 20, 0, 0.15, 150), 6);
+        Assert.Equal(140 / 150.0, Utility.Of("bulk", 140, 20, 0, 0.15, 150), 6);
+        // A path that never showed a capacity, or only the VM's own few kilobytes a second, is charged as one of 10 Mbit/s.
+        Assert.InRange(Utility.Of("latency", 0.08, 20, 0, 1.5, capacityMbps: 0), (1 / 3.0) * 0.987, 1 / 3.0);
+        Assert.InRange(Utility.Of("latency", 0.08, 20, 0, 1.5, capacityMbps: 0.1), (1 / 3.0) * 0.987, 1 / 3.0);
+    }
+
     [Fact]
     public void Training_IsDeterministic_ForTheSameLogAndSeed()
     {
