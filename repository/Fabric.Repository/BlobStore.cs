@@ -59,11 +59,19 @@ public sealed class BlobStore : IRepositoryStore
     public byte[]? ReadPrefix(string name, int limit) => Call(name, () =>
     {
         ArgumentOutOfRangeException.ThrowIfNegative(limit);
+        ArgumentOutOfRangeException.ThrowIfEqual(limit, int.MaxValue);
         try
         {
-            // A range request: the service sends no more than asked, however large the blob is.
-            var result = _container.GetBlobClient(name).DownloadContent(new BlobDownloadOptions { Range = new HttpRange(0, (long)limit + 1) });
-            return result.Value.Content.ToArray();
+            // A range request, so the service sends no more than asked however large the blob is; and read as a stream
+            // that stops one byte beyond the limit, so an endpoint that ignores the range costs no more either.
+            using var result = _container.GetBlobClient(name).DownloadStreaming(new BlobDownloadOptions { Range = new HttpRange(0, (long)limit + 1) }).Value;
+            using var kept = new MemoryStream();
+            var chunk = new byte[81920];
+            while (kept.Length <= limit && result.Content.Read(chunk, 0, (int)Math.Min(chunk.Length, limit + 1 - kept.Length)) is var n and > 0)
+            {
+                kept.Write(chunk, 0, n);
+            }
+            return kept.ToArray();
         }
         catch (RequestFailedException e) when (e.Status == 404)
         {

@@ -80,6 +80,7 @@ public sealed class LocalFolderStore(string root) : IRepositoryStore
     public byte[]? ReadPrefix(string name, int limit)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(limit);
+        ArgumentOutOfRangeException.ThrowIfEqual(limit, int.MaxValue);
         try
         {
             using var file = File.OpenRead(PathOf(name));

@@ -210,6 +210,10 @@ public class QuarantineTests
             Assert.Equal(fromVm2, hosts.Expect("vm3"));
         }
         Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.Drops(DropReason.PathStuck));
+        // The hung Dispose is noticed: every instance of the stack would hold a thread when it closes, so none is made again.
+        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(10), "faulty quarantined",
+            () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: an instance's Dispose has not returned", StringComparison.Ordinal));
         // Housekeeping goes on: a slot swapped away from now drains and is closed too.
         Swap(hosts, "swap-test");
         Swap(hosts, "std-ipv4");

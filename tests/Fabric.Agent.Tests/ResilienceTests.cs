@@ -69,13 +69,19 @@ public class ResilienceTests
         Assert.Equal(frame, hosts.Expect("vm3"));
     }
 
+    /// <summary>
+    /// A stack that throws when the path monitor asks when its timer is due: a fault of the stack like any other
+    /// (quarantined, its path falls back), not of the monitor, which goes on probing this path and every other. (Until
+    /// 2026-12-02 it escaped into the monitor's round, which it ended every time, so the paths after it were never probed.)
+    /// </summary>
     [Fact]
-    public void AFaultInThePathMonitor_IsCountedAndSaid_AndProbingGoesOn()
+    public void AStackThrowingWhenItsTimerIsRead_IsQuarantined_AndProbingGoesOn()
     {
         using var hosts = new TwoHosts("faulty");
         hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TIMERFAULT"));
-        Eventually.True(() => hosts.A.Switch.MonitorFaults >= 1, TimeSpan.FromSeconds(5), "the monitor's fault", () => $"faults {hosts.A.Switch.MonitorFaults}");
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the path monitor threw InvalidOperationException: faulty stack: timer fault requested", StringComparison.Ordinal));
+        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "the stack quarantined", () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined", StringComparison.Ordinal) && e.Contains("threw InvalidOperationException", StringComparison.Ordinal));
+        Assert.Equal(0, hosts.A.Switch.MonitorFaults);
         // Probes still go out and come back after it.
         hosts.A.Switch.Measure();
         Eventually.True(() => hosts.A.Switch.Measure().TryGetValue("host-b", out var m) && m.ProbesAnswered > 0, TimeSpan.FromSeconds(5),

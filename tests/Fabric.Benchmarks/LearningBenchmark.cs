@@ -110,7 +110,7 @@ internal static class LearningBenchmark
                             return 1;
                         }
                         Thread.Sleep(300);
-                        var goodput = StacksBenchmark.Iperf(vm1.Namespace, vm3.IPv4, IperfPort, seconds).Mbit;
+                        var goodput = Bulk(vm1, vm3, seconds);
                         var p99 = Latency(vm1, vm3, seconds);
                         fixedRows.Add(new(schedule.Name, index, "bulk", stack, seconds, goodput));
                         fixedRows.Add(new(schedule.Name, index, "latency", stack, seconds, p99));
@@ -281,18 +281,32 @@ internal static class LearningBenchmark
         }
     }
 
+    /// <summary>Warms the path (the servers are started per run, see <see cref="Bulk"/> and <see cref="Latency"/>).</summary>
     private static ServerSet Servers(OverlayTopology topology, TestVm server)
     {
-        var processes = new List<Process> { Privileged.StartInNamespace(server.Namespace, "iperf3", "-s", "-p", $"{IperfPort}") };
-        Thread.Sleep(1000);
         Privileged.Run("ip", "netns", "exec", topology.Vm("vm1").Namespace, "ping", "-c", "1", "-W", "2", server.IPv4);
-        return new ServerSet(processes);
+        return new ServerSet([]);
     }
 
     /// <summary>Runs the workload's traffic for <paramref name="seconds"/>: bulk returns goodput (Mbit/s), latency the p99 (ms).</summary>
     private static double Drive(TestVm client, TestVm server, string workload, int seconds) => workload == "bulk"
-        ? StacksBenchmark.Iperf(client.Namespace, server.IPv4, IperfPort, seconds).Mbit
+        ? Bulk(client, server, seconds)
         : Latency(client, server, seconds);
+
+    private static int _iperfRuns;
+
+    /// <summary>
+    /// iperf3 goodput (Mbit/s) against a server started for this run alone (-1: it serves one test) on a port of its own:
+    /// a server serving run after run refused the next test ("unable to receive control message: Connection reset by
+    /// peer", 0 Mbit/s for a whole phase) once a test of an earlier run was cut short by a lossy phase.
+    /// </summary>
+    private static double Bulk(TestVm client, TestVm server, int seconds, string congestion = "cubic")
+    {
+        var port = IperfPort + 1 + (Interlocked.Increment(ref _iperfRuns) % 2000);
+        using var listener = new ServerSet([Privileged.StartInNamespace(server.Namespace, "iperf3", "-s", "-1", "-p", $"{port}")]);
+        Thread.Sleep(300);
+        return StacksBenchmark.Iperf(client.Namespace, server.IPv4, port, seconds, congestion).Mbit;
+    }
 
     private static int _sockperfRuns;
 
@@ -545,12 +559,10 @@ internal static class LearningBenchmark
         string[] lossy = ["delay=5ms", "loss=3%", "rate=100mbit", "queue=300"];
         topology.Emulator($"set a2b {string.Join(' ', [.. SchedulePhase.Reset, .. lossy])}");
         topology.Emulator($"set b2a {string.Join(' ', [.. SchedulePhase.Reset, .. lossy])}");
-        using var second = new ServerSet([Privileged.StartInNamespace(server.Namespace, "iperf3", "-s", "-p", $"{IperfPort + 1}")]);
-        Thread.Sleep(500);
         (double Cubic, double Bbr) Both(int seconds)
         {
-            var c = Task.Run(() => StacksBenchmark.Iperf(cubic.Namespace, server.IPv4, IperfPort, seconds, "cubic").Mbit);
-            var b = Task.Run(() => StacksBenchmark.Iperf(bbr.Namespace, server.IPv4, IperfPort + 1, seconds, "bbr").Mbit);
+            var c = Task.Run(() => Bulk(cubic, server, seconds, "cubic"));
+            var b = Task.Run(() => Bulk(bbr, server, seconds, "bbr"));
             return (c.GetAwaiter().GetResult(), b.GetAwaiter().GetResult());
         }
         var pinned = new Dictionary<string, List<(double Cubic, double Bbr)>> { ["std-ipv4"] = [], ["fec"] = [] };

@@ -90,12 +90,19 @@ public static class SignedStacks
     private static byte[]? Cached(RepositoryConfig config, TargetInfo info)
     {
         var path = CachePath(config, info);
-        if (!File.Exists(path) || new FileInfo(path).Length != info.Length)
+        if (!File.Exists(path) || info.Length is < 0 or > TrustClient.MaxPackageBytes)
         {
             return null;
         }
-        var bytes = File.ReadAllBytes(path);
-        return bytes.Length == info.Length && StackPackage.Sha256(bytes) == info.Sha256 ? bytes : null;
+        // One open file: its length is checked before anything is read, and what is read is what was checked.
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        if (file.Length != info.Length)
+        {
+            return null;
+        }
+        var bytes = new byte[info.Length];
+        file.ReadExactly(bytes);
+        return StackPackage.Sha256(bytes) == info.Sha256 ? bytes : null;
     }
 
     private static byte[] Cache(RepositoryConfig config, TargetInfo info, byte[] package)

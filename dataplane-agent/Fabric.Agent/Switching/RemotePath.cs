@@ -73,6 +73,20 @@ public sealed class RemotePath : IDisposable
     /// <summary>Takes the gate for an operation; throws <see cref="PathStuckException"/> rather than wait on a stuck stack.</summary>
     private Hold Take() => TryTake(OperationWaitMilliseconds) ? new Hold(_gate) : throw new PathStuckException(Spec.HostId, InCallFor(Clock()));
 
+    /// <summary><see cref="Take"/> for installing a new instance: when the path is stuck, the instance is discarded before the error goes on.</summary>
+    private Hold TakeFor(IStack instance, string stackId)
+    {
+        try
+        {
+            return Take();
+        }
+        catch (PathStuckException)
+        {
+            Discard(instance, stackId);
+            throw;
+        }
+    }
+
     /// <summary>The gate, already taken by <see cref="TryTake"/>: released when disposed.</summary>
     private Hold Held() => new(_gate);
 
@@ -100,28 +114,10 @@ public sealed class RemotePath : IDisposable
     /// <summary>How long <see cref="StackStats"/> waits for the stacks' figures before it answers without them.</summary>
     private const int StatsWaitMilliseconds = 250;
 
-    /// <summary>
-    /// Disposes instances taken out of their slots on a pool thread, never under the gate or on the caller's thread: a
-    /// stack whose Dispose never returns costs that pool thread, not the path, housekeeping or the agent's API. What it
-    /// throws is counted (<see cref="DisposeFaults"/>).
-    /// </summary>
-    private static void Discard(IStack instance) =>
-        ThreadPool.UnsafeQueueUserWorkItem(static stack =>
-        {
-            try
-            {
-                stack.Dispose();
-            }
-            catch (Exception)
-            {
-                Interlocked.Increment(ref _disposeFaults);
-            }
-        }, instance, preferLocal: false);
+    /// <summary>Disposes the instances this path takes out of their slots (shared by the switch's paths, which watches it).</summary>
+    internal StackDisposer Disposer { get; init; } = new();
 
-    private static long _disposeFaults;
-
-    /// <summary>Exceptions stack instances threw from Dispose, in this process.</summary>
-    public static long DisposeFaults => Interlocked.Read(ref _disposeFaults);
+    private void Discard(IStack instance, string stackId) => Disposer.Discard(instance, stackId);
 
     /// <summary>The stack id in a slot, read without the gate (for the watchdog, which must not wait on a hung path).</summary>
     internal string? StackInUnlocked(int slot) => Volatile.Read(ref _slotStacks[slot]);
@@ -347,54 +343,149 @@ public sealed class RemotePath : IDisposable
     /// </summary>
     internal string? OpenForPeer(LoadedStack stack, int slot, string localHost, ulong openId, out bool unchanged)
     {
-        using (Take())
+        if (UnchangedOpen(stack.Description.Id, slot, openId))
         {
-            unchanged = _slotStacks[slot] == stack.Description.Id && (_openIds[slot] == openId || !_peerOpened[slot]);
-            _receivedAt[slot] = Clock();
+            unchanged = true;
+            return null;
+        }
+        // The new instance first, outside the gate (a factory may take a while, and the frames of the path's other slots
+        // do not wait for it): a stack that fails to start leaves the slot as it was.
+        var instance = CreateInstance(stack, localHost);
+        using (TakeFor(instance, stack.Description.Id))
+        {
+            unchanged = UnchangedLocked(stack.Description.Id, slot, openId);
             if (unchanged)
             {
-                _drainUntil[slot] = 0;
-                (_openIds[slot], _peerOpened[slot]) = (openId, true);
+                // The same open was applied meanwhile (a repeated request another receive thread handled), or this end
+                // opened the slot with the same stack: as above, nothing else changes.
+                Discard(instance, stack.Description.Id);
                 return null;
             }
-            // The new instance first: a stack that fails to start leaves the slot as it was.
-            var instance = CreateInstance(stack, localHost);
+            ArmedNew(instance, slot, stack.Description.Id);
             var replaced = _slots[slot] is null ? null : CloseLocked(slot);
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
             _slotEncrypts[slot] = stack.Description.Encrypts;
             (_openIds[slot], _peerOpened[slot]) = (openId, true);
-            Calling(slot);
-            Armed(instance);
-            Returned();
+            _receivedAt[slot] = Clock();
             return replaced;
+        }
+    }
+
+    /// <summary>Whether an open request asks for the instance already in <paramref name="slot"/> (then it is refreshed, nothing else).</summary>
+    private bool UnchangedOpen(string stackId, int slot, ulong openId)
+    {
+        using (Take())
+        {
+            _receivedAt[slot] = Clock();
+            return UnchangedLocked(stackId, slot, openId);
+        }
+    }
+
+    /// <summary>See <see cref="UnchangedOpen"/>; under the gate.</summary>
+    private bool UnchangedLocked(string stackId, int slot, ulong openId)
+    {
+        if (_slotStacks[slot] != stackId || (_openIds[slot] != openId && _peerOpened[slot]))
+        {
+            return false;
+        }
+        _drainUntil[slot] = 0;
+        (_openIds[slot], _peerOpened[slot]) = (openId, true);
+        return true;
+    }
+
+    /// <summary>
+    /// Before a new instance goes into <paramref name="slot"/> (under the gate): passes on its first timer, as a watched
+    /// call. What it throws is the stack's start failing: the instance is discarded and the slot left as it was.
+    /// </summary>
+    private void ArmedNew(IStack instance, int slot, string stackId)
+    {
+        Calling(slot);
+        try
+        {
+            Armed(instance);
+        }
+        catch (Exception e)
+        {
+            Discard(instance, stackId);
+            throw new StackStartException(stackId, Spec.HostId, e);
+        }
+        finally
+        {
+            Returned();
         }
     }
 
     /// <summary>
     /// A new instance of <paramref name="stack"/> for this path; what its factory throws comes back as a
-    /// <see cref="StackStartException"/>, and so does a factory that has not returned within <see cref="CreateTimeout"/>
-    /// (it runs on a pool thread, so one that never returns costs that thread, not the caller's; an instance it returns
-    /// late is disposed).
+    /// <see cref="StackStartException"/>, and so does a factory that returns nothing or has not returned within
+    /// <see cref="CreateTimeout"/>. It runs on a thread of its own (instances are created when a slot opens, seldom), so a
+    /// factory that never returns costs that thread, not the caller's, and no busy thread pool makes a healthy one late;
+    /// an instance a factory returns after the caller gave up is disposed.
     /// </summary>
     private IStack CreateInstance(LoadedStack stack, string localHost)
     {
-        var context = new StackContext(localHost, Spec.HostId, Spec.SettingsOf(stack.Description.Id), new PathTelemetry(this, stack.Description.Id));
-        var factory = stack.Factory;
-        var creating = Task.Run(() => factory.Create(context));
-        try
+        var id = stack.Description.Id;
+        var creation = new Creation(stack.Factory, new StackContext(localHost, Spec.HostId, Spec.SettingsOf(id), new PathTelemetry(this, id)), Disposer, id);
+        var thread = new Thread(creation.Run) { IsBackground = true, Name = $"stack-create {id}" };
+        thread.Start();
+        if (!thread.Join(CreateTimeout))
         {
-            if (creating.Wait(CreateTimeout))
+            creation.Abandon();
+            throw new StackStartException(id, Spec.HostId, new TimeoutException($"its factory did not create an instance within {CreateTimeout.TotalSeconds:0.#} s"));
+        }
+        return creation.Failed is { } failed ? throw new StackStartException(id, Spec.HostId, failed)
+            : creation.Created ?? throw new StackStartException(id, Spec.HostId, new InvalidOperationException("its factory returned no instance"));
+    }
+
+    /// <summary>One call of a factory, on its own thread; an instance that comes after <see cref="Abandon"/> is disposed.</summary>
+    private sealed class Creation(IStackFactory factory, StackContext context, StackDisposer disposer, string stackId)
+    {
+        private readonly object _gate = new();
+        private bool _abandoned;
+
+        public IStack? Created { get; private set; }
+
+        public Exception? Failed { get; private set; }
+
+        public void Run()
+        {
+            IStack? created = null;
+            try
             {
-                return creating.Result;
+                created = factory.Create(context);
+            }
+            catch (Exception e)
+            {
+                Failed = e;
+            }
+            lock (_gate)
+            {
+                if (_abandoned)
+                {
+                    if (created is not null)
+                    {
+                        disposer.Discard(created, stackId);
+                    }
+                    return;
+                }
+                Created = created;
             }
         }
-        catch (AggregateException e)
+
+        public void Abandon()
         {
-            throw new StackStartException(stack.Description.Id, Spec.HostId, e.InnerExceptions[0]);
+            lock (_gate)
+            {
+                _abandoned = true;
+                if (Created is { } late)
+                {
+                    // Returned between the timeout and now: the caller has given up on it.
+                    Created = null;
+                    disposer.Discard(late, stackId);
+                }
+            }
         }
-        _ = creating.ContinueWith(static late => Discard(late.Result), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
-        throw new StackStartException(stack.Description.Id, Spec.HostId, new TimeoutException($"its factory did not create an instance within {CreateTimeout.TotalSeconds:0.#} s"));
     }
 
     /// <summary>The id of the instance this host opened in one of its own slots (sent with every open request for it).</summary>
@@ -473,6 +564,11 @@ public sealed class RemotePath : IDisposable
                     {
                         next = Math.Min(next, stack.NextTimerNanoseconds);
                     }
+                    catch (Exception)
+                    {
+                        // Due now: the next round's RunTimers meets the same fault and reports it as the stack's.
+                        next = now;
+                    }
                     finally
                     {
                         Returned();
@@ -505,27 +601,17 @@ public sealed class RemotePath : IDisposable
                 {
                     continue;
                 }
-                // Watched as a call too; what it throws goes to the monitor, as before (counted and said there).
-                Calling(i);
-                bool due;
-                try
-                {
-                    due = stack.NextTimerNanoseconds <= now;
-                }
-                finally
-                {
-                    Returned();
-                }
-                if (!due)
-                {
-                    continue;
-                }
+                // Reading when the timer is due is a call into the stack like any other: watched, and what it throws is the
+                // stack's fault (it would throw at every round, and the paths after this one would wait for ever).
                 _output.Prepare((byte)i, 0);
                 _delivery.VirtualNetwork = 0;
                 Calling(i);
                 try
                 {
-                    stack.OnTimer(now, _delivery, _output);
+                    if (stack.NextTimerNanoseconds <= now)
+                    {
+                        stack.OnTimer(now, _delivery, _output);
+                    }
                 }
                 catch (Exception e)
                 {
@@ -596,28 +682,26 @@ public sealed class RemotePath : IDisposable
     internal bool Open(LoadedStack stack, int slot, string localHost, bool adoptPeerOpened = false)
     {
         var instance = CreateInstance(stack, localHost);
-        using (Take())
+        using (TakeFor(instance, stack.Description.Id))
         {
             if (adoptPeerOpened && _peerOpened[slot] && _drainUntil[slot] == 0 && slot != _transmitSlot && _slotStacks[slot] == stack.Description.Id)
             {
                 // Adopted for a swap about to commit: fresh, so the idle expiry does not take it meanwhile.
                 _receivedAt[slot] = Clock();
-                Discard(instance);
+                Discard(instance, stack.Description.Id);
                 return false;
             }
             if (_slots[slot] is not null)
             {
-                Discard(instance);
+                Discard(instance, stack.Description.Id);
                 throw new InvalidOperationException($"Path to '{Spec.HostId}': slot {slot} is in use by {_slotStacks[slot]}.");
             }
+            ArmedNew(instance, slot, stack.Description.Id);
             _slots[slot] = instance;
             _slotStacks[slot] = stack.Description.Id;
             _slotEncrypts[slot] = stack.Description.Encrypts;
             _drainUntil[slot] = 0;
             (_openIds[slot], _peerOpened[slot]) = ((ulong)Random.Shared.NextInt64(1, long.MaxValue), false);
-            Calling(slot);
-            Armed(instance);
-            Returned();
             return true;
         }
     }
@@ -702,7 +786,7 @@ public sealed class RemotePath : IDisposable
     private string CloseLocked(int slot)
     {
         var id = _slotStacks[slot]!;
-        Discard(_slots[slot]!);
+        Discard(_slots[slot]!, id);
         _slots[slot] = null;
         Volatile.Write(ref _slotStacks[slot], null);
         _drainUntil[slot] = 0;
@@ -1055,7 +1139,7 @@ public sealed class RemotePath : IDisposable
             {
                 if (_slots[i] is { } instance)
                 {
-                    Discard(instance);
+                    Discard(instance, _slotStacks[i]!);
                 }
                 _slots[i] = null;
                 _slotStacks[i] = null;

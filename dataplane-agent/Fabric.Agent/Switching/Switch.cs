@@ -131,6 +131,11 @@ public sealed class Switch : IDisposable
     /// <summary>Path monitor threads replaced because a stack held one in a call that did not return.</summary>
     public long MonitorReplacements => Interlocked.Read(ref _monitorReplacements);
 
+    private readonly StackDisposer _disposer = new();
+
+    /// <summary>Exceptions stack instances threw from Dispose (each disposed on a pool thread once out of its slot).</summary>
+    public long DisposeFaults => _disposer.Faults;
+
     /// <summary>Attaches a VM's port and starts switching its frames. Throws when the VM id or its (VNI, MAC) is taken.</summary>
     public VmPort AttachVm(VmSpec spec, IFramePort port)
     {
@@ -238,9 +243,15 @@ public sealed class Switch : IDisposable
     /// <summary>Adds a remote host and binds its path to the named stack. Throws naming what is missing.</summary>
     /// <param name="spec">The host, its underlay addresses and the path's stack.</param>
     /// <param name="underlayPort">The host's underlay UDP port.</param>
-    /// <param name="abandonOld">The host's current path is stuck in a stack call: it is set aside, not released (its gate is held).</param>
     /// <param name="sealedPath">The path must never carry unbound VMs' frames in clear, whatever its stack (a replaced encrypting path).</param>
-    public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort, bool abandonOld = false, bool sealedPath = false)
+    public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort, bool sealedPath = false) => AddRemoteHost(spec, underlayPort, sealedPath, abandon: null);
+
+    /// <summary>
+    /// <see cref="AddRemoteHost(RemoteHostSpec, int, bool)"/>; with <paramref name="abandon"/>, the host's current path,
+    /// stuck in a stack call: it is set aside, not released (its gate is held). The new path replaces exactly it; when
+    /// another took its place meanwhile (an operator's add-host), that one stays and the new one is let go (throws).
+    /// </summary>
+    private RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort, bool sealedPath, RemotePath? abandon)
     {
         var description = _stackHost.Describe(spec.Stack)
             ?? throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (available: {string.Join(", ", _stackHost.Registered)}).");
@@ -255,7 +266,7 @@ public sealed class Switch : IDisposable
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
         var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl, InnerMtu = InnerMtuOf,
-            TimerArmed = TimerArmed,
+            TimerArmed = TimerArmed, Disposer = _disposer,
             OnStackEvent = (stack, name, detail) => Report($"stack {stack} on the path to {spec.HostId}: {name}: {detail}") };
         if (spec.OverlayKey is null)
         {
@@ -282,13 +293,26 @@ public sealed class Switch : IDisposable
         }
         // The new path takes the old one's place in one step: the host is never without a path (a frame or datagram
         // for it meanwhile would find none), and the old one's address entry goes only if it is still the old one's.
-        _paths.TryGetValue(spec.HostId, out var old);
-        _paths[spec.HostId] = path;
+        RemotePath? old;
+        if (abandon is not null)
+        {
+            if (!_paths.TryUpdate(spec.HostId, path, abandon))
+            {
+                ReleaseAll(path);
+                throw new InvalidOperationException($"the path to {spec.HostId} was replaced meanwhile; that one stays");
+            }
+            old = abandon;
+        }
+        else
+        {
+            _paths.TryGetValue(spec.HostId, out old);
+            _paths[spec.HostId] = path;
+        }
         _pathsByAddress[destination] = path;
         if (old is not null)
         {
             _pathsByAddress.TryRemove(KeyValuePair.Create(old.Destination, old));
-            if (abandonOld)
+            if (abandon is not null)
             {
                 _abandoned.TryAdd(old, true);
             }
@@ -617,6 +641,12 @@ public sealed class Switch : IDisposable
             QuarantineUnstartable(e);
             return ControlMessages.Make(ControlMessages.Refused, slot, e.Message);
         }
+        catch (PathStuckException)
+        {
+            // Nothing was opened: the count taken for it goes (the watchdog replaces the stuck path).
+            _stackHost.Release(stackId);
+            throw;
+        }
         if (unchanged || replaced is not null)
         {
             // Already counted once for this slot (unchanged), or the replaced stack's count goes.
@@ -818,6 +848,13 @@ public sealed class Switch : IDisposable
             // whose peer answered late, a swap committed after) may have put it back in use.
             MoveOff(withdrawn.Id, drainSlots: true);
         }
+        foreach (var hung in _disposer.NewlyHung(TimeSpan.FromTicks(HangThresholdNanoseconds / 100)))
+        {
+            // Every instance of it would hold a thread when it closes: no more are made, and its traffic moves off.
+            Report($"stack {hung} quarantined: an instance's Dispose has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
+            _stackHost.Quarantine(hung, $"an instance's Dispose has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
+            MoveOff(hung, drainSlots: false);
+        }
         if (_monitor is not null && now - Volatile.Read(ref _monitorBeat) > MonitorStuckNanoseconds)
         {
             // A stack stuck in a timer call holds the monitor, which every path's timers and probes share: another thread
@@ -852,7 +889,7 @@ public sealed class Switch : IDisposable
         var stack = spec.Stack == hung || _stackHost.Quarantined.ContainsKey(spec.Stack) ? FallbackStack(family) : spec.Stack;
         try
         {
-            var fresh = AddRemoteHost(spec with { Stack = stack }, stuck.Destination.Port, abandonOld: true, sealedPath: stuck.SealedPath);
+            var fresh = AddRemoteHost(spec with { Stack = stack }, stuck.Destination.Port, stuck.SealedPath, abandon: stuck);
             Report($"the path to {spec.HostId} was replaced by a fresh one on {stack}{(fresh.SealedPath ? " (its frames that must be encrypted are dropped until a stack that encrypts carries them)" : "")}; "
                 + $"the stuck instance of {hung} stays loaded until the agent restarts");
         }

@@ -63,7 +63,8 @@ public static class Utility
 
     public static double Of(string workload, double goodputMbps, double delayP99Ms, double residualLoss, double overheadRatio, double capacityMbps)
     {
-        var path = Math.Max(Math.Max(capacityMbps, MinChargedCapacityMbps), goodputMbps);
+        // A capacity not known (NaN from a report that had none) is charged as the least.
+        var path = Math.Max(Math.Max(double.IsFinite(capacityMbps) ? capacityMbps : 0, MinChargedCapacityMbps), goodputMbps);
         var overheadShare = Math.Clamp(Math.Max(overheadRatio, 0) * Math.Max(goodputMbps, 0) / path, 0, 1);
         var latency = 1 / (1 + (Math.Max(delayP99Ms, 0) / 10)) * (1 - overheadShare);
         var bulk = Math.Clamp(goodputMbps / Math.Max(Math.Max(capacityMbps, goodputMbps), 1e-3), 0, 1);
