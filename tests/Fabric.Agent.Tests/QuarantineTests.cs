@@ -211,9 +211,9 @@ public class QuarantineTests
         }
         Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.Drops(DropReason.PathStuck));
         // The hung Dispose is noticed: every instance of the stack would hold a thread when it closes, so none is made again.
-        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(10), "faulty quarantined",
+        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(20), "faulty quarantined",
             () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: an instance's Dispose has not returned", StringComparison.Ordinal));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: an instance's Dispose has not returned for over 5 s", StringComparison.Ordinal));
         // Housekeeping goes on: a slot swapped away from now drains and is closed too.
         Swap(hosts, "swap-test");
         Swap(hosts, "std-ipv4");
@@ -231,6 +231,29 @@ public class QuarantineTests
         Assert.True(peer.Ok, peer.Error);
         Assert.True(hosts.A.Handle(new ApiRequest("commit-swap", Id: "host-b", Slot: slot)).Ok);
         Assert.True(hosts.B.Handle(new ApiRequest("commit-swap", Id: "host-a", Slot: slot)).Ok);
+    }
+
+    /// <summary>
+    /// A new instance that never returns from the first read of its timer (asked before it goes into its slot): the
+    /// watchdog names the stack that is stuck, not the slot's previous one or none, quarantines it and replaces the path.
+    /// </summary>
+    [Fact]
+    public void ANewInstanceStuckInItsFirstTimerRead_IsNamedAndQuarantined_AndItsPathReplaced()
+    {
+        using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["stuckArmAt"] = "host-a" } });
+        var stuck = hosts.A.Switch.Paths["host-b"];
+        // On a thread of its own: the call never returns (through the switch, not the API, whose gate it would hold).
+        _ = Task.Run(() => hosts.A.Switch.PrepareSwap("host-b", "faulty"), TestContext.Current.CancellationToken);
+        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty") && hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck,
+            TimeSpan.FromSeconds(10), "faulty quarantined and host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: hung in a call on the path to host-b", StringComparison.Ordinal));
+        Assert.False(hosts.A.Switch.StackHost.Quarantined.ContainsKey("std-ipv4"));
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm2").Transmit(fromVm2);
+            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
     }
 
     /// <summary>

@@ -101,7 +101,15 @@ public static class SignedStacks
             return null;
         }
         var bytes = new byte[info.Length];
-        file.ReadExactly(bytes);
+        try
+        {
+            file.ReadExactly(bytes);
+        }
+        catch (EndOfStreamException)
+        {
+            // Cut short while it was read: fetched again.
+            return null;
+        }
         return StackPackage.Sha256(bytes) == info.Sha256 ? bytes : null;
     }
 

@@ -38,6 +38,9 @@ public sealed class RemotePath : IDisposable
     private readonly ulong[] _openIds = new ulong[256];
     private readonly bool[] _peerOpened = new bool[256];
     private readonly bool[] _slotEncrypts = new bool[256];
+
+    /// <summary>Slots whose instance threw from a timer call: their timers are not run again (the slot is quarantined and drained by the switch).</summary>
+    private readonly bool[] _timerFaulted = new bool[256];
     private long _highestSequence = -1;
     private long _firstSequence = -1;
     private long _sequenced;
@@ -73,19 +76,33 @@ public sealed class RemotePath : IDisposable
     /// <summary>Takes the gate for an operation; throws <see cref="PathStuckException"/> rather than wait on a stuck stack.</summary>
     private Hold Take() => TryTake(OperationWaitMilliseconds) ? new Hold(_gate) : throw new PathStuckException(Spec.HostId, InCallFor(Clock()));
 
-    /// <summary><see cref="Take"/> for installing a new instance: when the path is stuck, the instance is discarded before the error goes on.</summary>
+    /// <summary>
+    /// <see cref="Take"/> for installing a new instance (created outside the gate): when the path is stuck, or was
+    /// disposed meanwhile (its host removed or given another path), the instance is discarded before the error goes on.
+    /// </summary>
     private Hold TakeFor(IStack instance, string stackId)
     {
+        Hold held;
         try
         {
-            return Take();
+            held = Take();
         }
         catch (PathStuckException)
         {
             Discard(instance, stackId);
             throw;
         }
+        if (_disposed)
+        {
+            held.Dispose();
+            Discard(instance, stackId);
+            throw new PathClosedException(Spec.HostId);
+        }
+        return held;
     }
+
+    /// <summary>Set under the gate when the path is disposed: nothing is opened in it after.</summary>
+    private bool _disposed;
 
     /// <summary>The gate, already taken by <see cref="TryTake"/>: released when disposed.</summary>
     private Hold Held() => new(_gate);
@@ -99,13 +116,22 @@ public sealed class RemotePath : IDisposable
     internal int InCallSlot => _inCallSlot;
 
     /// <summary>Marks a call into <paramref name="slot"/>'s stack as running (under the gate): one that never returns makes the path <see cref="Stuck"/>.</summary>
-    private void Calling(int slot)
+    private void Calling(int slot) => Calling(slot, _slotStacks[slot]);
+
+    /// <summary><see cref="Calling(int)"/> for an instance of <paramref name="stackId"/> not yet in its slot.</summary>
+    private void Calling(int slot, string? stackId)
     {
         _inCallSlot = slot;
+        _inCallStack = stackId;
         Volatile.Write(ref _inCallSince, Clock());
     }
 
-    /// <summary>The call <see cref="Calling"/> marked has returned.</summary>
+    private volatile string? _inCallStack;
+
+    /// <summary>The stack the current (or last) call went into, read without the gate (for the watchdog).</summary>
+    internal string? InCallStack => _inCallStack;
+
+    /// <summary>The call <see cref="Calling(int)"/> marked has returned.</summary>
     private void Returned() => Volatile.Write(ref _inCallSince, 0);
 
     /// <summary>How long a stack's factory may take to create an instance before the attempt counts as failed.</summary>
@@ -118,9 +144,6 @@ public sealed class RemotePath : IDisposable
     internal StackDisposer Disposer { get; init; } = new();
 
     private void Discard(IStack instance, string stackId) => Disposer.Discard(instance, stackId);
-
-    /// <summary>The stack id in a slot, read without the gate (for the watchdog, which must not wait on a hung path).</summary>
-    internal string? StackInUnlocked(int slot) => Volatile.Read(ref _slotStacks[slot]);
 
     /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
     internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }
@@ -400,7 +423,7 @@ public sealed class RemotePath : IDisposable
     /// </summary>
     private void ArmedNew(IStack instance, int slot, string stackId)
     {
-        Calling(slot);
+        Calling(slot, stackId);
         try
         {
             Armed(instance);
@@ -557,7 +580,7 @@ public sealed class RemotePath : IDisposable
             var next = long.MaxValue;
             for (var i = 0; i < _slots.Length; i++)
             {
-                if (_slots[i] is { } stack)
+                if (_slots[i] is { } stack && !_timerFaulted[i])
                 {
                     Calling(i);
                     try
@@ -595,9 +618,9 @@ public sealed class RemotePath : IDisposable
         }
         try
         {
-            for (var i = 0; i < _slots.Length && fault is null; i++)
+            for (var i = 0; i < _slots.Length; i++)
             {
-                if (_slots[i] is not { } stack)
+                if (_slots[i] is not { } stack || _timerFaulted[i])
                 {
                     continue;
                 }
@@ -615,7 +638,12 @@ public sealed class RemotePath : IDisposable
                 }
                 catch (Exception e)
                 {
-                    (fault, faultSlot, faultStack) = (e, i, _slotStacks[i]);
+                    // Its timers are not run again (it would throw at every round): reported once, the others go on.
+                    _timerFaulted[i] = true;
+                    if (fault is null)
+                    {
+                        (fault, faultSlot, faultStack) = (e, i, _slotStacks[i]);
+                    }
                 }
                 Returned();
             }
@@ -788,6 +816,7 @@ public sealed class RemotePath : IDisposable
         var id = _slotStacks[slot]!;
         Discard(_slots[slot]!, id);
         _slots[slot] = null;
+        _timerFaulted[slot] = false;
         Volatile.Write(ref _slotStacks[slot], null);
         _drainUntil[slot] = 0;
         (_openIds[slot], _peerOpened[slot]) = (0, false);
@@ -1047,6 +1076,7 @@ public sealed class RemotePath : IDisposable
                 _output.Prepare(header.Slot, header.VirtualNetworkId);
                 _delivery.VirtualNetwork = header.VirtualNetworkId;
                 _inCallSlot = header.Slot;
+                _inCallStack = _slotStacks[header.Slot];
                 var now = Clock();
                 _receivedAt[header.Slot] = now;
                 Volatile.Write(ref _inCallSince, now);
@@ -1135,6 +1165,7 @@ public sealed class RemotePath : IDisposable
         }
         using (Held())
         {
+            _disposed = true;
             for (var i = 0; i < _slots.Length; i++)
             {
                 if (_slots[i] is { } instance)
@@ -1257,6 +1288,10 @@ public sealed class StackStartException(string stackId, string hostId, Exception
 {
     public string StackId { get; } = stackId;
 }
+
+/// <summary>An instance was to be opened in a path that was closed meanwhile (its host removed or given another path).</summary>
+public sealed class PathClosedException(string hostId)
+    : InvalidOperationException($"The path to '{hostId}' was closed while a stack instance was being created for it.");
 
 /// <summary>An operation on a path whose stack is stuck in a call (the watchdog replaces such a path).</summary>
 public sealed class PathStuckException(string hostId, long stuckNanoseconds)

@@ -133,6 +133,13 @@ public sealed class Switch : IDisposable
 
     private readonly StackDisposer _disposer = new();
 
+    /// <summary>
+    /// How long an instance's Dispose may run before its stack is quarantined. Longer than a call on the data path may
+    /// take (1 s): a Dispose only holds a pool thread, and a plug-in may flush or join a worker there; a busy machine
+    /// must not cost a healthy stack its place.
+    /// </summary>
+    private static readonly TimeSpan DisposeHangLimit = TimeSpan.FromSeconds(5);
+
     /// <summary>Exceptions stack instances threw from Dispose (each disposed on a pool thread once out of its slot).</summary>
     public long DisposeFaults => _disposer.Faults;
 
@@ -641,9 +648,9 @@ public sealed class Switch : IDisposable
             QuarantineUnstartable(e);
             return ControlMessages.Make(ControlMessages.Refused, slot, e.Message);
         }
-        catch (PathStuckException)
+        catch (InvalidOperationException e) when (e is PathStuckException or PathClosedException)
         {
-            // Nothing was opened: the count taken for it goes (the watchdog replaces the stuck path).
+            // Nothing was opened: the count taken for it goes (the watchdog replaces a stuck path; a closed one is gone).
             _stackHost.Release(stackId);
             throw;
         }
@@ -817,7 +824,7 @@ public sealed class Switch : IDisposable
             // A stack stuck in a call holds its path's gate: report and quarantine it, and do not wait on that path.
             if (path.InCallFor(now) > HangThresholdNanoseconds)
             {
-                if (_hung.TryAdd(path, true) && path.StackInUnlocked(path.InCallSlot) is { } hung)
+                if (path.InCallStack is { } hung && _hung.TryAdd(path, true))
                 {
                     // Reported before it takes effect, so whoever sees the quarantine also finds the event.
                     Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot})");
@@ -848,11 +855,11 @@ public sealed class Switch : IDisposable
             // whose peer answered late, a swap committed after) may have put it back in use.
             MoveOff(withdrawn.Id, drainSlots: true);
         }
-        foreach (var hung in _disposer.NewlyHung(TimeSpan.FromTicks(HangThresholdNanoseconds / 100)))
+        foreach (var hung in _disposer.NewlyHung(DisposeHangLimit))
         {
             // Every instance of it would hold a thread when it closes: no more are made, and its traffic moves off.
-            Report($"stack {hung} quarantined: an instance's Dispose has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
-            _stackHost.Quarantine(hung, $"an instance's Dispose has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
+            Report($"stack {hung} quarantined: an instance's Dispose has not returned for over {DisposeHangLimit.TotalSeconds:0} s");
+            _stackHost.Quarantine(hung, $"an instance's Dispose has not returned for over {DisposeHangLimit.TotalSeconds:0} s");
             MoveOff(hung, drainSlots: false);
         }
         if (_monitor is not null && now - Volatile.Read(ref _monitorBeat) > MonitorStuckNanoseconds)

@@ -10,7 +10,8 @@ namespace Fabric.Stacks.Faulty;
 /// call never return, "STATSSTUCK" makes the next GetStats never return, "DISPOSESTUCK" makes Dispose never return;
 /// configured with failToStartAt = a host id, it throws when asked for an instance on that host, with slowStartAt = a
 /// host id it takes slowStartMilliseconds (500) to create one there, with stuckStartAt = a host id it never returns
-/// from creating one there. Built a second time as "faulty-sealed"
+/// from creating one there, with stuckArmAt = a host id its instances there never return from the first read of their
+/// timer. Built a second time as "faulty-sealed"
 /// (Fabric.Stacks.FaultySealed), which declares that it encrypts.
 /// </summary>
 public sealed class FaultyFactory : IStackFactory
@@ -35,10 +36,10 @@ public sealed class FaultyFactory : IStackFactory
         {
             Thread.Sleep(Timeout.Infinite);
         }
-        return new FaultyStack();
+        return new FaultyStack(context.Configuration.TryGetValue("stuckArmAt", out var arm) && arm == context.LocalHost);
     }
 
-    private sealed class FaultyStack : IStack
+    private sealed class FaultyStack(bool stuckArm) : IStack
     {
         private readonly StackCounters _counters = new();
         private bool _timerFault;
@@ -50,6 +51,10 @@ public sealed class FaultyFactory : IStackFactory
         {
             get
             {
+                if (stuckArm)
+                {
+                    Thread.Sleep(Timeout.Infinite);
+                }
                 // Only the agent's path monitor trips it, so the fault lands where nothing else would catch it.
                 if (_timerFault && Thread.CurrentThread.Name == "path-monitor")
                 {
