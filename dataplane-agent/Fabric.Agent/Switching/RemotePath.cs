@@ -138,7 +138,7 @@ public sealed class RemotePath : IDisposable
     internal static readonly TimeSpan CreateTimeout = TimeSpan.FromSeconds(2);
 
     /// <summary>How long <see cref="StackStats"/> waits for the stacks' figures before it answers without them.</summary>
-    private const int StatsWaitMilliseconds = 250;
+    private const int StatsWaitMilliseconds = 1000;
 
     /// <summary>Disposes the instances this path takes out of their slots (shared by the switch's paths, which watches it).</summary>
     internal StackDisposer Disposer { get; init; } = new();
@@ -863,14 +863,18 @@ public sealed class RemotePath : IDisposable
 
     /// <summary>Stats of each bound stack instance by slot.</summary>
     /// <remarks>
-    /// Empty when the path is busy for more than 100 ms or its stacks have not answered within 250 ms: a stack stuck in
-    /// a call, GetStats included, must not stall status or metrics. The stacks are asked on a pool thread, so one whose
-    /// GetStats never returns holds that thread (and marks the path stuck, for the watchdog), not the caller.
+    /// Empty when the path is busy for more than 100 ms or its stacks have not answered within 1 s: a stack stuck in
+    /// a call, GetStats included, must not stall status or metrics. The stacks are asked on a thread of their own, so one
+    /// whose GetStats never returns holds that thread (and marks the path stuck, for the watchdog), not the caller.
     /// </remarks>
     public IReadOnlyDictionary<int, (string Stack, StackStats Stats)> StackStats()
     {
-        var asking = Task.Run(CollectStats);
-        return asking.Wait(StatsWaitMilliseconds) ? asking.Result : new Dictionary<int, (string, StackStats)>();
+        // A thread of its own, not the pool's: a pool short of threads (some held by stacks stuck in calls) would make
+        // every answer late and empty.
+        Dictionary<int, (string Stack, StackStats Stats)>? collected = null;
+        var asking = new Thread(() => collected = CollectStats()) { IsBackground = true, Name = "stack-stats" };
+        asking.Start();
+        return asking.Join(StatsWaitMilliseconds) ? collected! : new Dictionary<int, (string, StackStats)>();
     }
 
     private Dictionary<int, (string Stack, StackStats Stats)> CollectStats()
