@@ -92,11 +92,7 @@ public class QuarantineTests
 
         // vm2's frames to host-b flow again through the fresh path (host-b takes its new slots as after a restart), and
         // host-b's reach vm2 through it.
-        Eventually.True(() =>
-        {
-            hosts.Vm("vm2").Transmit(fromVm2);
-            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
-        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
+        Vm2ReachesVm3AfterTheReplacement(hosts);
         var back = Frames.Udp(Mac3, Mac2, "10.0.0.3", "10.0.0.2", 300);
         Eventually.True(() =>
         {
@@ -154,17 +150,12 @@ public class QuarantineTests
         hosts.A.Switch.Measure();
         Eventually.True(() => hosts.A.Switch.Measure().TryGetValue("host-b", out var m) && m.ProbesAnswered > 0, TimeSpan.FromSeconds(5),
             "probes answered on the fresh path", () => string.Join("; ", hosts.A.Switch.Events));
-        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
-        Eventually.True(() =>
-        {
-            hosts.Vm("vm2").Transmit(fromVm2);
-            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
-        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
+        Vm2ReachesVm3AfterTheReplacement(hosts);
     }
 
     /// <summary>
-    /// A stack whose GetStats never returns: status and metrics ask the stacks on a pool thread and answer without them
-    /// after 250 ms, and the stuck call marks the path, which the watchdog replaces.
+    /// A stack whose GetStats never returns: status and metrics ask the stacks on a thread of their own and answer without
+    /// them after 1 s, and the stuck call marks the path, which the watchdog replaces.
     /// </summary>
     [Fact]
     public void AStackStuckForeverInGetStats_StallsNeitherStatusNorTheApi_AndItsPathIsReplaced()
@@ -248,12 +239,7 @@ public class QuarantineTests
             TimeSpan.FromSeconds(10), "faulty quarantined and host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: hung in a call on the path to host-b", StringComparison.Ordinal));
         Assert.False(hosts.A.Switch.StackHost.Quarantined.ContainsKey("std-ipv4"));
-        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
-        Eventually.True(() =>
-        {
-            hosts.Vm("vm2").Transmit(fromVm2);
-            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
-        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
+        Vm2ReachesVm3AfterTheReplacement(hosts);
     }
 
     /// <summary>
@@ -274,6 +260,17 @@ public class QuarantineTests
         var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
         hosts.Vm("vm2").Transmit(fromVm2);
         Assert.Equal(fromVm2, hosts.Expect("vm3"));
+    }
+
+    /// <summary>Waits for vm2's frames to reach vm3 again through host-b's fresh path (host-b takes its new slots as after a restart).</summary>
+    private static void Vm2ReachesVm3AfterTheReplacement(TwoHosts hosts)
+    {
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm2").Transmit(fromVm2);
+            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+        }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
     }
 
     /// <summary>A frame the faulty stack acts on: the marker first in its payload, under the IEEE local experimental EtherType.</summary>

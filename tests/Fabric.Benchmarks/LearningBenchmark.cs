@@ -94,7 +94,7 @@ internal static class LearningBenchmark
             stackProjects: [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.Fec, StackPlugins.ArqLowLat, StackPlugins.ArqBulk, StackPlugins.Secure], settings: secureKey))
         {
             var (vm1, vm3) = (topology.Vm("vm1"), topology.Vm("vm3"));
-            using var servers = Servers(topology, vm3);
+            WarmUp(topology, vm3);
             foreach (var schedule in evaluation)
             {
                 foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
@@ -140,7 +140,7 @@ internal static class LearningBenchmark
                 settings: secureKey);
             var (vm1, vm2, vm3) = (topology.Vm("vm1"), topology.Vm("vm2"), topology.Vm("vm3"));
             Eventually.True(() => topology.SiloApi("/api/vms/vm1").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), "vm1 placed in the control plane", topology.Logs);
-            using var servers = Servers(topology, vm3);
+            WarmUp(topology, vm3);
             Eventually.True(() => topology.SiloApi("/api/vms/vm2").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), "vm2 placed in the control plane", topology.Logs);
             var vms = new Dictionary<string, TestVm> { ["bulk"] = vm1, ["latency"] = vm2 };
             using var policies = new PolicyClient(topology);
@@ -281,12 +281,9 @@ internal static class LearningBenchmark
         }
     }
 
-    /// <summary>Warms the path (the servers are started per run, see <see cref="Bulk"/> and <see cref="Latency"/>).</summary>
-    private static ServerSet Servers(OverlayTopology topology, TestVm server)
-    {
+    /// <summary>Warms the path with one ping (the servers are started per run, see <see cref="Bulk"/> and <see cref="Latency"/>).</summary>
+    private static void WarmUp(OverlayTopology topology, TestVm server) =>
         Privileged.Run("ip", "netns", "exec", topology.Vm("vm1").Namespace, "ping", "-c", "1", "-W", "2", server.IPv4);
-        return new ServerSet([]);
-    }
 
     /// <summary>Runs the workload's traffic for <paramref name="seconds"/>: bulk returns goodput (Mbit/s), latency the p99 (ms).</summary>
     private static double Drive(TestVm client, TestVm server, string workload, int seconds) => workload == "bulk"
