@@ -575,9 +575,12 @@ public sealed class RemotePath : IDisposable
             // A call is running: look again in a millisecond, as the monitor always did.
             return now + 1_000_000;
         }
+        Exception? fault = null;
+        var faultSlot = 0;
+        string? faultStack = null;
+        var next = long.MaxValue;
         try
         {
-            var next = long.MaxValue;
             for (var i = 0; i < _slots.Length; i++)
             {
                 if (_slots[i] is { } stack && !_timerFaulted[i])
@@ -587,10 +590,15 @@ public sealed class RemotePath : IDisposable
                     {
                         next = Math.Min(next, stack.NextTimerNanoseconds);
                     }
-                    catch (Exception)
+                    catch (Exception e)
                     {
-                        // Due now: the next round's RunTimers meets the same fault and reports it as the stack's.
-                        next = now;
+                        // The stack's fault, as in RunTimers: a stack may throw once and not again, so the next round
+                        // cannot be trusted to meet it (a CI run lost the fault that way).
+                        _timerFaulted[i] = true;
+                        if (fault is null)
+                        {
+                            (fault, faultSlot, faultStack) = (e, i, _slotStacks[i]);
+                        }
                     }
                     finally
                     {
@@ -598,11 +606,21 @@ public sealed class RemotePath : IDisposable
                     }
                 }
             }
-            return next;
         }
         finally
         {
             Monitor.Exit(_gate);
+        }
+        ReportTimerFault(fault, faultSlot, faultStack);
+        return next;
+    }
+
+    private void ReportTimerFault(Exception? fault, int slot, string? stack)
+    {
+        if (fault is not null)
+        {
+            Counters.Drop(DropReason.StackFault);
+            OnFault?.Invoke(this, slot, stack!, true, fault);
         }
     }
 
@@ -652,11 +670,7 @@ public sealed class RemotePath : IDisposable
         {
             Monitor.Exit(_gate);
         }
-        if (fault is not null)
-        {
-            Counters.Drop(DropReason.StackFault);
-            OnFault?.Invoke(this, faultSlot, faultStack!, true, fault);
-        }
+        ReportTimerFault(fault, faultSlot, faultStack);
     }
 
     /// <summary>What the path measured since the last call (probes, the peer's sequence counts, traffic per VM).</summary>
