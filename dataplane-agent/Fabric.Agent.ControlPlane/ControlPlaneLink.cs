@@ -629,7 +629,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                     : new Outcome(vmId, peer, vm.Stack, conditions, tcp.AckedBytes * 8 / seconds / 1e6,
                         tcp.RttSamples > 0 ? tcp.RttP50Ms : m.RttP50Ms, tcp.RttSamples > 0 ? tcp.RttP99Ms : m.RttP99Ms,
                         tcp.SentDataBytes > 0 ? Math.Clamp((double)tcp.RetransmittedBytes / tcp.SentDataBytes, 0, 1) : 0, overhead, m.Interval,
-                        Passive: true, tcp.RetransmittedBytes, tcp.ResponseP99Ms, tcp.Flows, tcp.Packets, tcp.Shape));
+                        Passive: true, tcp.RetransmittedBytes, tcp.ResponseP99Ms, tcp.Flows, tcp.Packets, tcp.Shape, tcp.TailP99Ms));
             }
         }
         await host.ReportAsync(samples.ToImmutable(), outcomes.ToImmutable()).ConfigureAwait(false);

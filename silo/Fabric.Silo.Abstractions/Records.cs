@@ -268,7 +268,8 @@ public sealed record PathSample(
 /// from the VM's own inner headers at its host's switch: goodput is new bytes acknowledged, delay the VM-experienced RTT
 /// (data to its ACK), residual loss the share of its data the VM's TCP sent again, ResponseP99Ms the time from a
 /// request's last segment to the answer's first; without, the VM's offered rate, the path's probe RTT and raw loss.
-/// Shape: bulk, request-response or none (no TCP).
+/// Shape: bulk, request-response or none (no TCP). TailP99Ms: the p99 of the VM's answer times (else its RTT) pooled over
+/// the agent's trailing window on this stack (15 intervals), which holds a tail no single interval shows; NaN without TCP.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.outcome")]
 public sealed record Outcome(
@@ -287,7 +288,8 @@ public sealed record Outcome(
     [property: Id(12)] double ResponseP99Ms = double.NaN,
     [property: Id(13)] int Flows = 0,
     [property: Id(14)] long Packets = 0,
-    [property: Id(15)] string Shape = "none");
+    [property: Id(15)] string Shape = "none",
+    [property: Id(16)] double TailP99Ms = double.NaN);
 
 /// <summary>
 /// A VM's state for operators: policy, placement, the stack per remote host, the decisions that changed something (Log)

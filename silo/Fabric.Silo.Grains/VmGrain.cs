@@ -333,8 +333,9 @@ public sealed partial class VmGrain(
         {
             var (propensity, exploration) = _chosen.GetValueOrDefault(o.RemoteHost, (1, false));
             var overhead = o.GoodputMbps > 0 ? o.OverheadBytes * 8 / 1e6 / Math.Max(o.Interval.TotalSeconds, 1e-3) / o.GoodputMbps : 0;
-            // A request/response VM feels the answer's time; a bulk one its round trips.
-            var delay = double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
+            // A request/response VM feels the answer's time, a bulk one its round trips; both judged on the tail of the
+            // agent's trailing window on this stack where it has one (see Outcome).
+            var delay = double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
             return new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
                 propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
                 Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps));

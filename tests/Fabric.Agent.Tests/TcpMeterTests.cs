@@ -23,7 +23,7 @@ public sealed class TcpMeterTests
 
     private static bool FromClient(CaptureRecord r) => r.Data.Span[6..12].SequenceEqual(ClientMac);
 
-    private static TcpInterval Feed(IEnumerable<CaptureRecord> records, TcpMeter meter)
+    private static TcpInterval Feed(IEnumerable<CaptureRecord> records, TcpMeter meter, string? stack = null)
     {
         long last = 0;
         foreach (var r in records)
@@ -38,7 +38,7 @@ public sealed class TcpMeterTests
             }
             last = r.TimestampNanoseconds;
         }
-        return meter.Take(last);
+        return meter.Take(last, stack);
     }
 
     [Fact]
@@ -138,6 +138,55 @@ public sealed class TcpMeterTests
             upload.OnEgress(segment, frames[7].TimestampNanoseconds + (i * 1_000_000));
         }
         Assert.Equal(0, upload.Take(frames[7].TimestampNanoseconds + 500_000_000).Responses);
+    }
+
+    /// <summary>
+    /// The tail a latency VM is judged on: its answer times pooled over the trailing window on the stack it runs, kept
+    /// through intervals without answers, and started again when the stack changes (another stack's tail is not this one's).
+    /// </summary>
+    [Fact]
+    public void TheTail_IsPooledOverTheTrailingWindow_AndStartsAgainOnAnotherStack()
+    {
+        var frames = Capture();
+        var meter = new TcpMeter();
+        var first = Feed(frames, meter, "std-ipv4");
+        // The one answer, 2.297 ms, read back from the window's histogram within 9 %.
+        Assert.InRange(first.TailP99Ms, 2.297 / 1.091, 2.297 * 1.091);
+        var quiet = meter.Take(frames[^1].TimestampNanoseconds + 1_000_000_000, "std-ipv4");
+        Assert.True(double.IsNaN(quiet.ResponseP99Ms));
+        Assert.Equal(first.TailP99Ms, quiet.TailP99Ms);
+        Assert.True(double.IsNaN(meter.Take(frames[^1].TimestampNanoseconds + 2_000_000_000, "fec").TailP99Ms));
+
+        // Without answers, the tail is the RTT's: a bulk VM feels its round trips.
+        var bulk = new TcpMeter();
+        var interval = Feed(frames[..5], bulk, "fec");
+        Assert.Equal(0, interval.Responses);
+        Assert.InRange(interval.TailP99Ms, interval.RttP99Ms / 1.091, interval.RttP99Ms * 1.091);
+    }
+
+    /// <summary>One bad second in fifteen (a retransmission timeout's worth of late answers) is the window's p99; it leaves the window fifteen intervals later.</summary>
+    [Fact]
+    public void AWindowsPercentile_PoolsItsIntervals_AndForgetsTheOldest()
+    {
+        var window = new LatencyWindow();
+        var clean = Enumerable.Repeat(5.0, 100).ToList();
+        var bad = Enumerable.Repeat(5.0, 80).Concat(Enumerable.Repeat(1000.0, 20)).ToList();
+        window.Add(bad);
+        for (var i = 1; i < LatencyWindow.Intervals; i++)
+        {
+            window.Add(clean);
+        }
+        Assert.Equal(1500, window.Count);
+        // 20 of 1500 samples (1.3 %) at a second: the p99 is a second, the median 5 ms.
+        Assert.InRange(window.Percentile(0.99), 1000 / 1.091, 1000 * 1.091);
+        Assert.InRange(window.Percentile(0.5), 5 / 1.091, 5 * 1.091);
+        window.Add(clean);
+        Assert.InRange(window.Percentile(0.99), 5 / 1.091, 5 * 1.091);
+        window.Clear();
+        Assert.True(double.IsNaN(window.Percentile(0.99)));
+        // Beyond the histogram's range, a sample is read as its last bucket: still a tail, never lost.
+        window.Add([120_000.0]);
+        Assert.True(window.Percentile(0.99) > 50_000);
     }
 
     [Fact]

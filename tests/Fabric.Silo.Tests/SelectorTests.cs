@@ -25,10 +25,15 @@ public class SelectorTests
         Assert.All(decision.Candidates, c => Assert.Contains("residual loss", c.Why, StringComparison.Ordinal));
     }
 
-    [Fact]
-    public void SustainedLoss_SwitchesToALossTolerantStack_OnlyAfterTheSustainTime_AndBackWhenItEnds()
+    [Theory]
+    [InlineData("latency", false)]
+    [InlineData("bulk", true)]
+    public void SustainedLoss_SwitchesToALossTolerantStack_OnlyAfterTheSustainTime_AndBackWhenItEnds_WhereItCostsThere(string workload, bool back)
     {
-        var policy = Policy("latency");
+        // Back to std-ipv4 when the loss ends only where fec costs something on a clean path: a bulk VM loses the quarter
+        // of the path its parity takes; a latency VM's p99 is 1.1 times std-ipv4's and its few kilobytes a second of parity
+        // take nothing anyone misses, which is no gain worth a switch.
+        var policy = Policy(workload, allow: ["std-ipv4", "fec"]);
         var current = "std-ipv4";
         PendingSwitch? pending = null;
         var switches = new List<(TimeSpan At, string Stack)>();
@@ -44,10 +49,12 @@ public class SelectorTests
                 current = decision.Stack;
             }
         }
-        Assert.Equal(2, switches.Count);
-        Assert.Equal(TimeSpan.FromSeconds(7), switches[0].At);
-        Assert.Contains(switches[0].Stack, new[] { "fec", "arq-lowlat" });
-        Assert.Equal(("std-ipv4", TimeSpan.FromSeconds(14)), (switches[1].Stack, switches[1].At));
+        Assert.Equal(back ? 2 : 1, switches.Count);
+        Assert.Equal((TimeSpan.FromSeconds(7), "fec"), switches[0]);
+        if (back)
+        {
+            Assert.Equal((TimeSpan.FromSeconds(14), "std-ipv4"), switches[1]);
+        }
     }
 
     [Fact]
@@ -154,7 +161,7 @@ public class SelectorTests
     public void Exploration_TriesOnlyCandidatesPredictedCloseToTheBest_AndLogsTheProbabilityOfEveryChoice()
     {
         var random = new Random(5);
-        var policy = Policy("latency", explore: 0.2);
+        var policy = Policy("bulk", explore: 0.2);
         var counts = new Dictionary<string, int>(StringComparer.Ordinal);
         var propensities = new Dictionary<string, double>(StringComparer.Ordinal);
         const int Runs = 20_000;
@@ -167,16 +174,19 @@ public class SelectorTests
             var best = decision.Candidates[0].Score;
             Assert.True(decision.Candidates.Single(c => c.Stack == decision.Stack).Score >= best - _selector.Options.ExploreWithin, decision.Reason);
         }
-        // The close one (arq-lowlat, whose header costs little) takes the 20 %; fec and arq-bulk are never tried, and
-        // secure is no candidate for a standard VM.
+        // A bulk VM: the close ones share the 20 % (arq-lowlat and arq-bulk, whose headers and acknowledgments cost 4-5 %
+        // of the path); fec's parity costs a quarter of it, so it is never tried, and secure is no candidate for a
+        // standard VM.
         var close = Run(policy, Path(30, 0), "std-ipv4", null, T0).Decision.Candidates
             .Where(c => c.Stack != "std-ipv4" && c.Score >= Run(policy, Path(30, 0), "std-ipv4", null, T0).Decision.Candidates[0].Score - _selector.Options.ExploreWithin)
-            .Select(c => c.Stack).ToList();
-        Assert.Equal(["arq-lowlat"], close);
-        Assert.Equal(["arq-lowlat", "std-ipv4"], counts.Keys.Order(StringComparer.Ordinal));
-        Assert.InRange(counts["arq-lowlat"] / (double)Runs, 0.19, 0.21);
+            .Select(c => c.Stack).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(["arq-bulk", "arq-lowlat"], close);
+        Assert.Equal(["arq-bulk", "arq-lowlat", "std-ipv4"], counts.Keys.Order(StringComparer.Ordinal));
+        Assert.InRange(counts["arq-lowlat"] / (double)Runs, 0.09, 0.11);
+        Assert.InRange(counts["arq-bulk"] / (double)Runs, 0.09, 0.11);
         // The logged probabilities are the frequencies the selector really chose with.
-        Assert.Equal(0.2, propensities["arq-lowlat"], 3);
+        Assert.Equal(0.1, propensities["arq-lowlat"], 3);
+        Assert.Equal(0.1, propensities["arq-bulk"], 3);
         Assert.Equal(0.8, propensities["std-ipv4"], 3);
     }
 

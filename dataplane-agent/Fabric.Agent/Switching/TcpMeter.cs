@@ -27,6 +27,13 @@ public sealed record TcpInterval(
 {
     public static readonly TcpInterval Empty = new(0, 0, 0, double.NaN, double.NaN, 0, double.NaN, double.NaN, 0, 0, 0);
 
+    /// <summary>
+    /// The p99 of the delay the VM felt over the trailing window on the same stack (<see cref="LatencyWindow"/>): its
+    /// answer times if it had any there, else its RTT; NaN without samples. What a latency VM is judged on: a tail that
+    /// shows in one second of fifteen is its p99, and no one second's p99 sees it.
+    /// </summary>
+    public double TailP99Ms { get; init; } = double.NaN;
+
     /// <summary>bulk (data mostly one way), request-response (turns, small answers), or none (no TCP seen).</summary>
     public string Shape => Flows == 0 ? "none" : Responses > 0 && Responses * 16_384L >= AckedBytes ? "request-response" : "bulk";
 }
@@ -53,6 +60,9 @@ public sealed class TcpMeter
     private readonly Dictionary<FlowKey, Flow> _flows = [];
     private readonly List<double> _rtt = [];
     private readonly List<double> _responses = [];
+    private LatencyWindow? _rttWindow;
+    private LatencyWindow? _responseWindow;
+    private string? _windowStack;
     private long _acked;
     private long _sentData;
     private long _retransmitted;
@@ -167,7 +177,9 @@ public sealed class TcpMeter
     /// every answer of the interval — on a request/response flow only (answered before, and at most
     /// <see cref="MaxRequestBytes"/> of new data since: not an upload), and for at most <see cref="MaxCensoredMs"/>.
     /// </summary>
-    public TcpInterval Take(long now)
+    /// <param name="now">The end of the interval.</param>
+    /// <param name="stack">The stack the VM's traffic runs on now; when it changes, the trailing window starts again (null: unchanged).</param>
+    public TcpInterval Take(long now, string? stack = null)
     {
         var latest = _responses.Count > 0 ? _responses.Max() : 0;
         foreach (var (key, flow) in _flows)
@@ -182,8 +194,21 @@ public sealed class TcpMeter
                 Sample(_responses, waited);
             }
         }
+        if (stack is not null && stack != _windowStack)
+        {
+            // Another stack's tail says nothing about this one's.
+            _windowStack = stack;
+            _rttWindow?.Clear();
+            _responseWindow?.Clear();
+        }
+        if (_rtt.Count > 0 || _responses.Count > 0 || _rttWindow is not null)
+        {
+            (_rttWindow ??= new()).Add(_rtt);
+            (_responseWindow ??= new()).Add(_responses);
+        }
+        var tail = _responseWindow is { Count: > 0 } ? _responseWindow.Percentile(0.99) : _rttWindow?.Percentile(0.99) ?? double.NaN;
         var interval = new TcpInterval(_acked, _sentData, _retransmitted, Percentile(_rtt, 0.5), Percentile(_rtt, 0.99), _rtt.Count,
-            Percentile(_responses, 0.5), Percentile(_responses, 0.99), _responses.Count, _activeFlows, _packets);
+            Percentile(_responses, 0.5), Percentile(_responses, 0.99), _responses.Count, _activeFlows, _packets) { TailP99Ms = tail };
         (_acked, _sentData, _retransmitted, _packets, _activeFlows) = (0, 0, 0, 0, 0);
         _interval++;
         _rtt.Clear();
@@ -320,4 +345,73 @@ public sealed class TcpMeter
         public long LastRequestAt;
         public bool FinSeen;
     }
+}
+
+/// <summary>
+/// Delay samples of the last <see cref="Intervals"/> intervals (15 s at the agent's default 1 s report), pooled for their
+/// percentiles: a histogram per interval with four buckets per doubling (a value is read back within 9.1 % of itself: 2^⅛) from
+/// 1/16 ms to 65 s, so its memory is fixed (<see cref="Intervals"/> × <see cref="Buckets"/> counts) however many samples
+/// come.
+/// </summary>
+public sealed class LatencyWindow
+{
+    public const int Intervals = 15;
+
+    private const int Buckets = 80;
+    private const double SmallestMs = 1 / 16.0;
+
+    private readonly int[,] _counts = new int[Intervals, Buckets];
+    private readonly int[] _totals = new int[Intervals];
+    private int _next;
+
+    /// <summary>Samples in the window.</summary>
+    public int Count => _totals.Sum();
+
+    /// <summary>Adds one interval's samples (milliseconds), forgetting the oldest interval's.</summary>
+    public void Add(IReadOnlyList<double> samples)
+    {
+        for (var b = 0; b < Buckets; b++)
+        {
+            _counts[_next, b] = 0;
+        }
+        _totals[_next] = samples.Count;
+        foreach (var ms in samples)
+        {
+            _counts[_next, BucketOf(ms)]++;
+        }
+        _next = (_next + 1) % Intervals;
+    }
+
+    public void Clear()
+    {
+        Array.Clear(_counts);
+        Array.Clear(_totals);
+    }
+
+    /// <summary>The pooled percentile (the sample at rank ⌊p·n⌋, as <see cref="TcpMeter"/> takes an interval's), NaN when empty.</summary>
+    public double Percentile(double p)
+    {
+        var count = Count;
+        if (count == 0)
+        {
+            return double.NaN;
+        }
+        var rank = Math.Min(count - 1, (int)Math.Floor(p * count));
+        for (var b = 0; b < Buckets; b++)
+        {
+            for (var i = 0; i < Intervals; i++)
+            {
+                rank -= _counts[i, b];
+            }
+            if (rank < 0)
+            {
+                // The bucket's geometric middle.
+                return SmallestMs * Math.Pow(2, (b + 0.5) / 4);
+            }
+        }
+        return SmallestMs * Math.Pow(2, Buckets / 4.0);
+    }
+
+    private static int BucketOf(double ms) =>
+        ms <= SmallestMs ? 0 : Math.Min(Buckets - 1, (int)(Math.Log2(ms / SmallestMs) * 4));
 }

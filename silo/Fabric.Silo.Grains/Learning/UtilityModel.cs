@@ -31,11 +31,11 @@ namespace Fabric.Silo.Learning;
 public sealed class UtilityModel : IDisposable
 {
     /// <summary>
-    /// The feature schema and the reward's definition; a stored model of another schema version is not loaded. (5: a
-    /// latency outcome's overhead is charged by its share of the path, see <see cref="Learning.Utility"/>; a version 4
-    /// model learned the old charge.)
+    /// The feature schema and the reward's definition; a stored model of another schema version is not loaded. (6: a
+    /// latency outcome is scored from the trailing window's p99 on a log scale, see <see cref="Learning.Utility"/>; 5
+    /// charged a latency outcome's overhead by its share of the path; a version 4 model learned the old charge.)
     /// </summary>
-    public const int SchemaVersion = 5;
+    public const int SchemaVersion = 6;
 
     /// <summary>How far apart (either way) an outcome and the same VM's conditions on another stack may be to be learned together.</summary>
     public static readonly TimeSpan PairingWindow = TimeSpan.FromSeconds(15);

@@ -17,10 +17,12 @@ public interface IStackScorer
 
 /// <summary>
 /// The first scorer: from the stack's declared profile alone, before the fleet has data. It estimates what the VM's
-/// traffic gets — residual loss (what the stack does not recover), tail delay (one way plus what the stack adds plus
-/// jitter, plus a retransmission timeout once residual loss touches about 1 % of small requests), goodput (Mathis et al.: MSS / (RTT · √p), capped by the
+/// traffic gets — residual loss (what the stack does not recover), tail delay (a round trip plus what the stack adds
+/// plus jitter, plus a retransmission timeout once residual loss touches about 1 % of small requests; scored as the reward
+/// scores a measured p99, see Utility.LatencyScore), goodput (Mathis et al.: MSS / (RTT · √p), capped by the
 /// bandwidth left after the stack's overhead) — and weighs them by workload: latency weighs delay and residual loss,
-/// bulk weighs goodput, general both; all pay for overhead.
+/// bulk weighs goodput, general both; overhead is paid as the reward charges it (bulk in goodput, latency by the share of
+/// the path its extra bytes take, see <see cref="LatencyVmMbps"/>).
 /// </summary>
 public sealed class ProfileScorer : IStackScorer
 {
@@ -36,6 +38,9 @@ public sealed class ProfileScorer : IStackScorer
 
     /// <summary>The capacity assumed for a path that has never carried enough traffic to show one.</summary>
     public const double UnknownCapacityMbps = 1000;
+
+    /// <summary>The rate a latency VM is taken to send when its stack's overhead is charged (request/response traffic).</summary>
+    public const double LatencyVmMbps = 1;
 
     /// <summary>How far a profile's estimate is taken to be from what the stack really gets (in utility).</summary>
     public const double Uncertainty = 0.01;
@@ -55,8 +60,9 @@ public sealed class ProfileScorer : IStackScorer
         // step is softened into a ramp from 0.5 % to 1.5 % of requests, so estimates near the edge move gradually.
         var rto = Math.Max(200, 3 * c.RttMs);
         var lossyRequests = 1 - Math.Pow(1 - residual, 3);
-        var delay = c.RttMs / 2 + stack.AddedDelayMs + 2 * c.JitterMs + Math.Clamp((lossyRequests - 0.005) / 0.01, 0, 1) * rto;
-        var latencyScore = 1 / (1 + delay / 10);
+        // A request and its answer cross the path both ways: the delay the agent measures (and the model learns) is a round trip.
+        var delay = c.RttMs + stack.AddedDelayMs + 2 * c.JitterMs + Math.Clamp((lossyRequests - 0.005) / 0.01, 0, 1) * rto;
+        var latencyScore = Learning.Utility.LatencyScore(delay);
         // The path's capacity, not what it delivers now: an idle path delivers nothing and a busy one is capped by its
         // senders, neither says what a stack could get. Unknown capacity (never loaded) is taken as a fast link.
         var pathCapacity = c.CapacityMbps > 0 ? Math.Max(c.CapacityMbps, c.BandwidthMbps) : UnknownCapacityMbps;
@@ -66,7 +72,9 @@ public sealed class ProfileScorer : IStackScorer
         var bulkScore = goodput / pathCapacity;
         var score = policy.Workload switch
         {
-            "latency" => latencyScore * (1 - overhead),
+            // As the reward charges it (Utility.Of): by the share of the path a request/response VM's extra bytes take,
+            // which at its kilobytes a second is next to nothing; its tail delay decides.
+            "latency" => latencyScore * (1 - Math.Min(overhead * LatencyVmMbps / pathCapacity, 1)),
             "bulk" => bulkScore,
             _ => 0.5 * latencyScore + 0.5 * bulkScore,
         };

@@ -101,14 +101,35 @@ public sealed class UtilityModelTests : IDisposable
     [Fact]
     public void TheRewardChargesOverhead_ByTheShareOfThePathItTakes()
     {
+        var at20 = Utility.LatencyScore(20);
         var requests = Utility.Of("latency", goodputMbps: 0.08, delayP99Ms: 20, residualLoss: 0, overheadRatio: 1.5, capacityMbps: 150);
-        Assert.InRange(requests, (1 / 3.0) * 0.999, 1 / 3.0);
-        Assert.True(requests > Utility.Of("latency", 0.08, delayP99Ms: 200, 0, overheadRatio: 0, capacityMbps: 150) * 5);
-        Assert.Equal((1 / 3.0) * (1 - (0.15 * 140 / 150)), Utility.Of("latency", 140, 20, 0, 0.15, 150), 6);
+        Assert.InRange(requests, at20 * 0.999, at20);
+        // Ten times the delay costs more than 0.25: the parity's bytes weigh nothing beside it.
+        Assert.True(requests > Utility.Of("latency", 0.08, delayP99Ms: 200, 0, overheadRatio: 0, capacityMbps: 150) + 0.25);
+        Assert.Equal(at20 * (1 - (0.15 * 140 / 150)), Utility.Of("latency", 140, 20, 0, 0.15, 150), 6);
         Assert.Equal(140 / 150.0, Utility.Of("bulk", 140, 20, 0, 0.15, 150), 6);
         // A path that never showed a capacity, or only the VM's own few kilobytes a second, is charged as one of 10 Mbit/s.
-        Assert.InRange(Utility.Of("latency", 0.08, 20, 0, 1.5, capacityMbps: 0), (1 / 3.0) * 0.987, 1 / 3.0);
-        Assert.InRange(Utility.Of("latency", 0.08, 20, 0, 1.5, capacityMbps: 0.1), (1 / 3.0) * 0.987, 1 / 3.0);
+        Assert.InRange(Utility.Of("latency", 0.08, 20, 0, 1.5, capacityMbps: 0), at20 * 0.987, at20);
+        Assert.InRange(Utility.Of("latency", 0.08, 20, 0, 1.5, capacityMbps: 0.1), at20 * 0.987, at20);
+    }
+
+    /// <summary>
+    /// A p99 is scored on a log scale: twice the delay costs the same at 5 ms as at 500 (the learning benchmark and a
+    /// tenant compare p99s as ratios), from 1 at a millisecond or less to 0 at five seconds; an unknown delay scores 0.
+    /// </summary>
+    [Fact]
+    public void ALatencyScore_FallsByTheSameStepForEveryDoubling()
+    {
+        Assert.Equal(1, Utility.LatencyScore(0.2));
+        Assert.Equal(1, Utility.LatencyScore(1));
+        Assert.Equal(0, Utility.LatencyScore(5000));
+        Assert.Equal(0, Utility.LatencyScore(60_000));
+        Assert.Equal(0, Utility.LatencyScore(double.NaN));
+        var step = Utility.LatencyScore(5) - Utility.LatencyScore(10);
+        Assert.Equal(Math.Log(2) / Math.Log(5000), step, 9);
+        Assert.Equal(step, Utility.LatencyScore(500) - Utility.LatencyScore(1000), 9);
+        // The old 1/(1 + p99/10) put 150 and 450 ms within 0.04 of each other; here they are 0.13 apart (ln 3 / ln 5000).
+        Assert.True(Utility.LatencyScore(150) - Utility.LatencyScore(450) > 0.12);
     }
 
     [Fact]
@@ -157,6 +178,11 @@ public sealed class UtilityModelTests : IDisposable
         var unseen = scorer.Score(Fec, OutcomeGenerator.Conditions(0.2), policy);
         Assert.Equal("prior", unseen.Source);
         Assert.Contains("model v3 has 0 similar outcomes", unseen.Why, StringComparison.Ordinal);
+        // Beside the model's measured uncertainties, the prior's guess there is taken as uncertain as the model's error on
+        // one held-back outcome, not the 0.01 it claims when it decides alone.
+        Assert.True(model.Info.HoldoutError > ProfileScorer.Uncertainty);
+        Assert.Equal(model.Info.HoldoutError, unseen.Uncertainty, 9);
+        Assert.Equal(ProfileScorer.Uncertainty, none.Uncertainty);
         // A stack the model never saw: the prior.
         Assert.Equal("prior", scorer.Score(ArqLowLat, OutcomeGenerator.Conditions(0.005), policy).Source);
 
