@@ -334,11 +334,12 @@ public sealed partial class VmGrain(
             var (propensity, exploration) = _chosen.GetValueOrDefault(o.RemoteHost, (1, false));
             var overhead = o.GoodputMbps > 0 ? o.OverheadBytes * 8 / 1e6 / Math.Max(o.Interval.TotalSeconds, 1e-3) / o.GoodputMbps : 0;
             // A request/response VM feels the answer's time, a bulk one its round trips; both judged on the tail of the
-            // agent's trailing window on this stack where it has one (see Outcome).
-            var delay = double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
+            // agent's trailing window on this stack where it has one (see Outcome). Never 0: an agent that predates the
+            // field sends none, which Orleans reads as 0, not as the record's NaN.
+            var delay = o.TailP99Ms > 0 && double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
             return new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
                 propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
-                Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps));
+                Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps)) { RewardVersion = UtilityModel.SchemaVersion };
         }));
     }
 

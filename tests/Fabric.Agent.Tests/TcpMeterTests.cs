@@ -142,51 +142,95 @@ public sealed class TcpMeterTests
 
     /// <summary>
     /// The tail a latency VM is judged on: its answer times pooled over the trailing window on the stack it runs, kept
-    /// through intervals without answers, and started again when the stack changes (another stack's tail is not this one's).
+    /// through intervals without answers, a request still waiting counted as late as its wait so far; started again when
+    /// the stack changes, without what the interval of the change saw or any answer to a request sent before it (another
+    /// stack's tail is not this one's).
     /// </summary>
     [Fact]
     public void TheTail_IsPooledOverTheTrailingWindow_AndStartsAgainOnAnotherStack()
     {
         var frames = Capture();
         var meter = new TcpMeter();
+        // On std-ipv4 from before the conversation's first frame.
+        Assert.True(double.IsNaN(meter.Take(frames[0].TimestampNanoseconds - 1, "std-ipv4").TailP99Ms));
         var first = Feed(frames, meter, "std-ipv4");
-        // The one answer, 2.297 ms, read back from the window's histogram within 9 %.
+        // The one answer, 2.297 ms, read back from the window's histogram within 9.1 %.
         Assert.InRange(first.TailP99Ms, 2.297 / 1.091, 2.297 * 1.091);
         var quiet = meter.Take(frames[^1].TimestampNanoseconds + 1_000_000_000, "std-ipv4");
         Assert.True(double.IsNaN(quiet.ResponseP99Ms));
         Assert.Equal(first.TailP99Ms, quiet.TailP99Ms);
         Assert.True(double.IsNaN(meter.Take(frames[^1].TimestampNanoseconds + 2_000_000_000, "fec").TailP99Ms));
 
+        // A request left waiting is the tail as late as its wait so far, interval after interval, until the stack changes:
+        // then it was sent on the other stack, and the new window holds nothing of it.
+        var waiting = new TcpMeter();
+        waiting.Take(frames[0].TimestampNanoseconds - 1, "std-ipv4");
+        Feed(frames[..8], waiting, "std-ipv4");
+        Assert.InRange(waiting.Take(frames[7].TimestampNanoseconds + 500_000_000, "std-ipv4").TailP99Ms, 500 / 1.091, 500 * 1.091);
+        Assert.InRange(waiting.Take(frames[7].TimestampNanoseconds + 1_000_000_000, "std-ipv4").TailP99Ms, 1000 / 1.091, 1000 * 1.091);
+        Assert.True(double.IsNaN(waiting.Take(frames[7].TimestampNanoseconds + 1_500_000_000, "fec").TailP99Ms));
+        Assert.True(double.IsNaN(waiting.Take(frames[7].TimestampNanoseconds + 2_000_000_000, "fec").TailP99Ms));
+
         // Without answers, the tail is the RTT's: a bulk VM feels its round trips.
         var bulk = new TcpMeter();
+        bulk.Take(frames[0].TimestampNanoseconds - 1, "fec");
         var interval = Feed(frames[..5], bulk, "fec");
         Assert.Equal(0, interval.Responses);
         Assert.InRange(interval.TailP99Ms, interval.RttP99Ms / 1.091, interval.RttP99Ms * 1.091);
     }
 
-    /// <summary>One bad second in fifteen (a retransmission timeout's worth of late answers) is the window's p99; it leaves the window fifteen intervals later.</summary>
+    /// <summary>
+    /// One bad second in fifteen (a retransmission timeout's worth of late answers) is the window's p99; it leaves the
+    /// window fifteen intervals later, and a window with nothing left in it is let go. Values given beside the window
+    /// (requests still waiting) count once, without being recorded.
+    /// </summary>
     [Fact]
     public void AWindowsPercentile_PoolsItsIntervals_AndForgetsTheOldest()
     {
         var window = new LatencyWindow();
-        var clean = Enumerable.Repeat(5.0, 100).ToList();
-        var bad = Enumerable.Repeat(5.0, 80).Concat(Enumerable.Repeat(1000.0, 20)).ToList();
-        window.Add(bad);
-        for (var i = 1; i < LatencyWindow.Intervals; i++)
+        void Interval(int fast, int slow)
         {
-            window.Add(clean);
+            for (var i = 0; i < fast; i++)
+            {
+                window.Record(5);
+            }
+            for (var i = 0; i < slow; i++)
+            {
+                window.Record(1000);
+            }
+            Assert.Same(window, window.Advance());
+        }
+        Interval(80, 20);
+        for (var i = 1; i < LatencyWindow.Intervals - 1; i++)
+        {
+            Interval(100, 0);
+        }
+        for (var i = 0; i < 100; i++)
+        {
+            window.Record(5);
         }
         Assert.Equal(1500, window.Count);
         // 20 of 1500 samples (1.3 %) at a second: the p99 is a second, the median 5 ms.
         Assert.InRange(window.Percentile(0.99), 1000 / 1.091, 1000 * 1.091);
         Assert.InRange(window.Percentile(0.5), 5 / 1.091, 5 * 1.091);
-        window.Add(clean);
+        window.Advance();
         Assert.InRange(window.Percentile(0.99), 5 / 1.091, 5 * 1.091);
-        window.Clear();
-        Assert.True(double.IsNaN(window.Percentile(0.99)));
+        Assert.Equal(1400, window.Count);
+        // Three waits beside 1400 samples: not the p99 (rank 1388 of 1403); fifteen are.
+        Assert.InRange(window.Percentile(0.99, [800, 900, 950]), 5 / 1.091, 5 * 1.091);
+        Assert.InRange(window.Percentile(0.99, [.. Enumerable.Repeat(800.0, 15)]), 800 / 1.091, 800 * 1.091);
+        Assert.Equal(1400, window.Count);
+        LatencyWindow? left = window;
+        for (var i = 0; i < LatencyWindow.Intervals && left is not null; i++)
+        {
+            left = left.Advance();
+        }
+        Assert.Null(left);
+        Assert.True(double.IsNaN(LatencyWindow.Empty.Percentile(0.99)));
         // Beyond the histogram's range, a sample is read as its last bucket: still a tail, never lost.
-        window.Add([120_000.0]);
-        Assert.True(window.Percentile(0.99) > 50_000);
+        var far = new LatencyWindow();
+        far.Record(120_000);
+        Assert.True(far.Percentile(0.99) > 50_000);
     }
 
     [Fact]

@@ -274,4 +274,49 @@ public class SelectorTests
         var errors = PolicyValidator.Validate(Policy(security: "confidential"), [StdIPv4, Fec]);
         Assert.Contains("encrypting: none", Assert.Single(errors), StringComparison.Ordinal);
     }
+
+    /// <summary>
+    /// Where the model scores the current stack and only the prior scores a candidate, the prior's guess counts as
+    /// uncertain as the model's error (StackScore.BesideModel): its own 0.01 would let a guess that beats a measured
+    /// prediction by a hair win a switch. Where the prior scores every candidate, its own uncertainty stands.
+    /// </summary>
+    [Fact]
+    public void APriorGuessBesideTheModel_NeedsToBeatItByTheModelsError()
+    {
+        var policy = Policy("latency", allow: ["std-ipv4", "fec"]);
+        var options = new SelectorOptions(Sustain: TimeSpan.Zero);
+        StackScore Prior(double score) => new(score, "prior guess") { BesideModel = 0.1 };
+        var mixed = new StackSelector(new Scripted(new() { ["std-ipv4"] = new(0.5, "model", 0.02, "model v3"), ["fec"] = Prior(0.58) }), options);
+        var stays = mixed.Select("vm1", "host-b", policy, Path(30, 0.01), All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
+        Assert.Equal("std-ipv4", stays.Stack);
+        Assert.Equal(0.1, stays.Candidates.Single(c => c.Stack == "fec").Uncertainty);
+        Assert.Contains("does not beat", stays.Reason, StringComparison.Ordinal);
+
+        var allPrior = new StackSelector(new Scripted(new() { ["std-ipv4"] = Prior(0.5), ["fec"] = Prior(0.58) }), options);
+        var moves = allPrior.Select("vm1", "host-b", policy, Path(30, 0.01), All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
+        Assert.Equal("fec", moves.Stack);
+        Assert.All(moves.Candidates, c => Assert.Equal(ProfileScorer.Uncertainty, c.Uncertainty));
+    }
+
+    /// <summary>
+    /// A latency VM's stack overhead is charged by the share of the path it takes, the path counted as at least
+    /// 10 Mbit/s as the reward counts it: a path that only a request/response VM uses shows its own kilobytes a second as
+    /// its capacity, and fec's parity must not cost the VM its whole score there.
+    /// </summary>
+    [Fact]
+    public void ALatencyVmsOverhead_OnAPathOnlyItUses_CostsAsLittleAsTheRewardCharges()
+    {
+        var prior = new ProfileScorer();
+        var idle = Path(30, 0.05, mbps: 0.2);
+        var fec = prior.Score(Fec, idle, Policy("latency"));
+        var clean = prior.Score(Fec, Path(30, 0.05, mbps: 200), Policy("latency"));
+        Assert.InRange(fec.Score, clean.Score * 0.97, clean.Score);
+        Assert.True(fec.Score > prior.Score(StdIPv4, idle, Policy("latency")).Score + 0.1);
+    }
+
+    /// <summary>An isolating scorer for the selector's own rules: fixed scores per stack.</summary>
+    private sealed class Scripted(Dictionary<string, StackScore> scores) : IStackScorer
+    {
+        public StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null, string? current = null) => scores[stack.Id];
+    }
 }

@@ -686,7 +686,7 @@ public sealed class RemotePath : IDisposable
             foreach (var (vmId, traffic) in _vms)
             {
                 var slot = traffic.Slot >= 0 && _slots[traffic.Slot] is not null ? traffic.Slot : _transmitSlot;
-                vms.Add(new VmInterval(vmId, _slotStacks[slot] ?? "", traffic.Frames - traffic.ReportedFrames, traffic.Bytes - traffic.ReportedBytes, traffic.Tcp.Take(now, _slotStacks[slot] ?? "")));
+                vms.Add(new VmInterval(vmId, _slotStacks[slot] ?? "", traffic.Frames - traffic.ReportedFrames, traffic.Bytes - traffic.ReportedBytes, traffic.Tcp.Take(now, _slotStacks[slot])));
                 (traffic.ReportedFrames, traffic.ReportedBytes) = (traffic.Frames, traffic.Bytes);
             }
             return _monitor.Take(now, Counters.TxBytes, vms);

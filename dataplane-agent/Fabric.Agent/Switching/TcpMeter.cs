@@ -29,8 +29,11 @@ public sealed record TcpInterval(
 
     /// <summary>
     /// The p99 of the delay the VM felt over the trailing window on the same stack (<see cref="LatencyWindow"/>): its
-    /// answer times if it had any there, else its RTT; NaN without samples. What a latency VM is judged on: a tail that
-    /// shows in one second of fifteen is its p99, and no one second's p99 sees it.
+    /// answer times (and each request still waiting, once) where answers are at least 1 % as many as RTT samples, else its
+    /// RTTs; NaN without samples, as in the interval the stack changed in (what it saw was the previous stack's). What a
+    /// latency VM is judged on: a tail that shows in one second of fifteen is the p99 a tenant sees over minutes, and a
+    /// mean of per-second scores hides it. Few samples after a change read the tail low (the largest of a few is below
+    /// the p99 of many).
     /// </summary>
     public double TailP99Ms { get; init; } = double.NaN;
 
@@ -63,6 +66,9 @@ public sealed class TcpMeter
     private LatencyWindow? _rttWindow;
     private LatencyWindow? _responseWindow;
     private string? _windowStack;
+    // Samples of requests (and timed segments) sent before this belong to the previous stack: kept out of the window.
+    private long _windowStart = long.MinValue;
+    private readonly List<double> _waiting = [];
     private long _acked;
     private long _sentData;
     private long _retransmitted;
@@ -151,6 +157,10 @@ public sealed class TcpMeter
         {
             (flow.AwaitingAnswer, flow.Answered, flow.RequestBytes) = (false, true, 0);
             Sample(_responses, (now - flow.LastRequestAt) / 1e6);
+            if (flow.LastRequestAt >= _windowStart)
+            {
+                (_responseWindow ??= new()).Record((now - flow.LastRequestAt) / 1e6);
+            }
         }
         if ((tcp.Flags & TcpFlags.Ack) != 0 && flow.SentAny)
         {
@@ -164,6 +174,10 @@ public sealed class TcpMeter
             if (flow.SampleEnd is { } end && !Before(ack, end))
             {
                 Sample(_rtt, (now - flow.SampleAt) / 1e6);
+                if (flow.SampleAt >= _windowStart)
+                {
+                    (_rttWindow ??= new()).Record((now - flow.SampleAt) / 1e6);
+                }
                 flow.SampleEnd = null;
             }
         }
@@ -182,6 +196,13 @@ public sealed class TcpMeter
     public TcpInterval Take(long now, string? stack = null)
     {
         var latest = _responses.Count > 0 ? _responses.Max() : 0;
+        if (stack is not null && stack != _windowStack)
+        {
+            // Another stack's tail says nothing about this one's: what the interval just ended saw (mostly before the
+            // switch) goes, and so will every answer to a request sent before now.
+            (_windowStack, _windowStart, _rttWindow, _responseWindow) = (stack, now, null, null);
+        }
+        _waiting.Clear();
         foreach (var (key, flow) in _flows)
         {
             if (now - flow.LastSeen > IdleNanoseconds)
@@ -192,21 +213,17 @@ public sealed class TcpMeter
                 && (now - flow.LastRequestAt) / 1e6 is var waited && waited > latest && waited <= MaxCensoredMs)
             {
                 Sample(_responses, waited);
+                if (flow.LastRequestAt >= _windowStart)
+                {
+                    // In the window's percentile once, as it stands now: not recorded, or a request stuck for three
+                    // intervals would count three times, and its answer a fourth.
+                    _waiting.Add(waited);
+                }
             }
         }
-        if (stack is not null && stack != _windowStack)
-        {
-            // Another stack's tail says nothing about this one's.
-            _windowStack = stack;
-            _rttWindow?.Clear();
-            _responseWindow?.Clear();
-        }
-        if (_rtt.Count > 0 || _responses.Count > 0 || _rttWindow is not null)
-        {
-            (_rttWindow ??= new()).Add(_rtt);
-            (_responseWindow ??= new()).Add(_responses);
-        }
-        var tail = _responseWindow is { Count: > 0 } ? _responseWindow.Percentile(0.99) : _rttWindow?.Percentile(0.99) ?? double.NaN;
+        var tail = Tail();
+        _rttWindow = _rttWindow?.Advance();
+        _responseWindow = _responseWindow?.Advance();
         var interval = new TcpInterval(_acked, _sentData, _retransmitted, Percentile(_rtt, 0.5), Percentile(_rtt, 0.99), _rtt.Count,
             Percentile(_responses, 0.5), Percentile(_responses, 0.99), _responses.Count, _activeFlows, _packets) { TailP99Ms = tail };
         (_acked, _sentData, _retransmitted, _packets, _activeFlows) = (0, 0, 0, 0, 0);
@@ -214,6 +231,20 @@ public sealed class TcpMeter
         _rtt.Clear();
         _responses.Clear();
         return interval;
+    }
+
+    /// <summary>
+    /// The window's p99: of the answer times (with the requests still waiting) when answers are at least 1 % as many as
+    /// RTT samples — a request/response VM; else of the RTTs — a bulk VM, whose few control exchanges say little.
+    /// </summary>
+    private double Tail()
+    {
+        var answers = (_responseWindow?.Count ?? 0) + _waiting.Count;
+        if (answers > 0 && answers * 100L >= (_rttWindow?.Count ?? 0))
+        {
+            return (_responseWindow ?? LatencyWindow.Empty).Percentile(0.99, _waiting);
+        }
+        return _rttWindow?.Percentile(0.99) ?? double.NaN;
     }
 
     private bool TryParse(ReadOnlySpan<byte> frame, bool egress, out FlowKey key, out TcpSegment tcp)
@@ -348,50 +379,64 @@ public sealed class TcpMeter
 }
 
 /// <summary>
-/// Delay samples of the last <see cref="Intervals"/> intervals (15 s at the agent's default 1 s report), pooled for their
-/// percentiles: a histogram per interval with four buckets per doubling (a value is read back within 9.1 % of itself: 2^⅛) from
-/// 1/16 ms to 65 s, so its memory is fixed (<see cref="Intervals"/> × <see cref="Buckets"/> counts) however many samples
-/// come.
+/// Delay samples of the last <see cref="Intervals"/> intervals (reports: 15 s at the agent's default of one a second),
+/// pooled for their percentiles: a histogram per interval with four buckets per doubling (a value is read back within
+/// 9.1 % of itself: 2^⅛) from 1/16 ms to 65 s, so its memory is fixed (<see cref="Intervals"/> × <see cref="Buckets"/>
+/// counts, 2.4 KB) however many samples come, and every sample of an interval counts, not only its first few hundred.
 /// </summary>
 public sealed class LatencyWindow
 {
     public const int Intervals = 15;
 
+    /// <summary>A window with nothing in it (never recorded into).</summary>
+    public static readonly LatencyWindow Empty = new();
+
     private const int Buckets = 80;
     private const double SmallestMs = 1 / 16.0;
 
-    private readonly int[,] _counts = new int[Intervals, Buckets];
+    private readonly ushort[,] _counts = new ushort[Intervals, Buckets];
     private readonly int[] _totals = new int[Intervals];
-    private int _next;
+    private int _current;
 
     /// <summary>Samples in the window.</summary>
     public int Count => _totals.Sum();
 
-    /// <summary>Adds one interval's samples (milliseconds), forgetting the oldest interval's.</summary>
-    public void Add(IReadOnlyList<double> samples)
+    /// <summary>A sample (milliseconds) of the interval under way.</summary>
+    public void Record(double ms)
     {
+        ref var count = ref _counts[_current, BucketOf(ms)];
+        if (count < ushort.MaxValue)
+        {
+            count++;
+            _totals[_current]++;
+        }
+    }
+
+    /// <summary>Ends the interval under way and forgets the oldest; returns the window, or null once nothing is left in it
+    /// (an idle VM holds no histogram).</summary>
+    public LatencyWindow? Advance()
+    {
+        _current = (_current + 1) % Intervals;
         for (var b = 0; b < Buckets; b++)
         {
-            _counts[_next, b] = 0;
+            _counts[_current, b] = 0;
         }
-        _totals[_next] = samples.Count;
-        foreach (var ms in samples)
+        _totals[_current] = 0;
+        return Count > 0 ? this : null;
+    }
+
+    /// <summary>
+    /// The pooled percentile (the sample at rank ⌊p·n⌋, as <see cref="TcpMeter"/> takes an interval's) of the window and
+    /// <paramref name="also"/> (values counted once, not recorded); NaN when both are empty.
+    /// </summary>
+    public double Percentile(double p, IReadOnlyList<double>? also = null)
+    {
+        var extra = new int[Buckets];
+        foreach (var ms in also ?? [])
         {
-            _counts[_next, BucketOf(ms)]++;
+            extra[BucketOf(ms)]++;
         }
-        _next = (_next + 1) % Intervals;
-    }
-
-    public void Clear()
-    {
-        Array.Clear(_counts);
-        Array.Clear(_totals);
-    }
-
-    /// <summary>The pooled percentile (the sample at rank ⌊p·n⌋, as <see cref="TcpMeter"/> takes an interval's), NaN when empty.</summary>
-    public double Percentile(double p)
-    {
-        var count = Count;
+        var count = Count + (also?.Count ?? 0);
         if (count == 0)
         {
             return double.NaN;
@@ -399,6 +444,7 @@ public sealed class LatencyWindow
         var rank = Math.Min(count - 1, (int)Math.Floor(p * count));
         for (var b = 0; b < Buckets; b++)
         {
+            rank -= extra[b];
             for (var i = 0; i < Intervals; i++)
             {
                 rank -= _counts[i, b];
@@ -413,5 +459,5 @@ public sealed class LatencyWindow
     }
 
     private static int BucketOf(double ms) =>
-        ms <= SmallestMs ? 0 : Math.Min(Buckets - 1, (int)(Math.Log2(ms / SmallestMs) * 4));
+        ms <= SmallestMs || double.IsNaN(ms) ? 0 : Math.Min(Buckets - 1, (int)(Math.Log2(ms / SmallestMs) * 4));
 }

@@ -43,12 +43,10 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
         var (utility, support, uncertainty, effect, vmOutcomes) = model.Predict(stack.Id, policy.Workload, conditions, vmId, current);
         if (support < minSupport)
         {
-            // Beside candidates the model scores with uncertainties it measured, the prior's own 0.01 would be a claim no
-            // one checked (a guess that beats a measured prediction by a hair would win a switch): taken to be about as far
-            // off as the model is on one held-back outcome, the least a guess where the model knows too little can be.
-            var guess = Math.Max(fromPrior.Uncertainty, model.Info.HoldoutError);
-            return fromPrior with { Uncertainty = guess, Why = string.Create(CultureInfo.InvariantCulture,
-                $"prior ± {guess:0.00} (model v{model.Version} has {support} similar outcomes, needs {minSupport}): {fromPrior.Why}") };
+            // Beside candidates the model scores (StackScore.BesideModel), taken to be about as far off as the model is on
+            // one held-back outcome: the least a guess where the model knows too little can be.
+            return fromPrior with { BesideModel = model.Info.HoldoutError,
+                Why = $"prior (model v{model.Version} has {support} similar outcomes, needs {minSupport}): {fromPrior.Why}" };
         }
         return new StackScore(utility, string.Create(CultureInfo.InvariantCulture,
             $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {effect:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")} (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");

@@ -103,7 +103,7 @@ public sealed partial class LearnerGrain(
             var scoring = scorer.Model is { } current && current.Version == version ? current : null;
             using var loaded = scoring is null ? UtilityModel.Load(log.Store, version) : null;
             var model = scoring ?? loaded;
-            var outcomes = log.ReadRecent(EvaluatedOutcomes).OrderBy(o => o.At).ToList();
+            var outcomes = log.ReadRecentUnderCurrentReward(EvaluatedOutcomes).OrderBy(o => o.At).ToList();
             if (model is null || outcomes.Count == 0)
             {
                 return new LearnerEvaluation(now, version, [], 0, 0, 0, 0);
@@ -145,10 +145,10 @@ public sealed partial class LearnerGrain(
     private async Task<TrainingResult> TrainOnceAsync()
     {
         // Reading the log and training are long and CPU-bound: off the grain scheduler's threads.
-        var outcomes = await Task.Run(() => log.ReadRecent(MaxTrainingOutcomes));
+        var outcomes = await Task.Run(() => log.ReadRecentUnderCurrentReward(MaxTrainingOutcomes));
         if (outcomes.Count < options.MinOutcomes)
         {
-            return new TrainingResult(false, $"{outcomes.Count} outcomes logged, training needs {options.MinOutcomes}: the prior decides", null);
+            return new TrainingResult(false, $"{outcomes.Count} outcomes logged under the current reward (schema {UtilityModel.SchemaVersion}), training needs {options.MinOutcomes}: the prior decides", null);
         }
         var ordered = outcomes.OrderBy(o => o.At).ToList();
         var holdout = ordered[^Math.Max(1, ordered.Count / 10)..];

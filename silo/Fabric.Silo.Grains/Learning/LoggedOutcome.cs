@@ -38,7 +38,15 @@ public sealed record LoggedOutcome(
     double DelayP99Ms,
     double ResidualLoss,
     double OverheadRatio,
-    double Utility);
+    double Utility)
+{
+    /// <summary>
+    /// The reward's definition the utility was computed under (<see cref="UtilityModel.SchemaVersion"/>; null: logged
+    /// before versions were recorded). The learner trains and judges only on outcomes of the current one: two scales in
+    /// one log would teach a model neither.
+    /// </summary>
+    public int? RewardVersion { get; init; }
+}
 
 /// <summary>
 /// The reward, on the prior's scale (0..1, higher is better) so a learned score and a profile score compare. Latency

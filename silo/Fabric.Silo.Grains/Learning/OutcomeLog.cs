@@ -124,6 +124,10 @@ public sealed class OutcomeLog(IRepositoryStore store, TimeProvider time, int re
         return all.Count > max ? all[^max..] : all;
     }
 
+    /// <summary>The newest outcomes whose reward is the current one (<see cref="LoggedOutcome.RewardVersion"/>), of at most <paramref name="max"/> read.</summary>
+    public List<LoggedOutcome> ReadRecentUnderCurrentReward(int max) =>
+        [.. ReadRecent(max).Where(o => o.RewardVersion == UtilityModel.SchemaVersion)];
+
     private void ApplyRetention()
     {
         var cutoff = time.GetUtcNow().UtcDateTime.AddDays(-retentionDays).ToString("yyyyMMdd'T'HHmmssfff", CultureInfo.InvariantCulture);

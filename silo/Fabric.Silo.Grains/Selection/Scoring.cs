@@ -1,7 +1,15 @@
 namespace Fabric.Silo.Selection;
 
 /// <summary>A stack's predicted utility (0..1, higher is better), how uncertain it is, which scorer gave it and why.</summary>
-public readonly record struct StackScore(double Score, string Why, double Uncertainty = ProfileScorer.Uncertainty, string Source = "prior");
+public readonly record struct StackScore(double Score, string Why, double Uncertainty = ProfileScorer.Uncertainty, string Source = "prior")
+{
+    /// <summary>
+    /// How uncertain a prior's score is when another candidate of the same decision is scored by a model (0: as
+    /// <see cref="Uncertainty"/>). Beside predictions whose uncertainty was measured, the prior's own 0.01 is a claim no
+    /// one checked: a guess that beat a measured prediction by a hair would win a switch.
+    /// </summary>
+    public double BesideModel { get; init; }
+}
 
 /// <summary>Scores a stack for a policy on a path's conditions: the profile prior, or the fleet's learned model.</summary>
 public interface IStackScorer
@@ -60,8 +68,9 @@ public sealed class ProfileScorer : IStackScorer
         // step is softened into a ramp from 0.5 % to 1.5 % of requests, so estimates near the edge move gradually.
         var rto = Math.Max(200, 3 * c.RttMs);
         var lossyRequests = 1 - Math.Pow(1 - residual, 3);
-        // A request and its answer cross the path both ways: the delay the agent measures (and the model learns) is a round trip.
-        var delay = c.RttMs + stack.AddedDelayMs + 2 * c.JitterMs + Math.Clamp((lossyRequests - 0.005) / 0.01, 0, 1) * rto;
+        // A request and its answer cross the path both ways: the delay the agent measures (and the model learns) is a round
+        // trip, and a profile's added delay is one way (half the extra request/response time, builtin-stacks.json).
+        var delay = c.RttMs + 2 * stack.AddedDelayMs + 2 * c.JitterMs + Math.Clamp((lossyRequests - 0.005) / 0.01, 0, 1) * rto;
         var latencyScore = Learning.Utility.LatencyScore(delay);
         // The path's capacity, not what it delivers now: an idle path delivers nothing and a busy one is capped by its
         // senders, neither says what a stack could get. Unknown capacity (never loaded) is taken as a fast link.
@@ -74,7 +83,9 @@ public sealed class ProfileScorer : IStackScorer
         {
             // As the reward charges it (Utility.Of): by the share of the path a request/response VM's extra bytes take,
             // which at its kilobytes a second is next to nothing; its tail delay decides.
-            "latency" => latencyScore * (1 - Math.Min(overhead * LatencyVmMbps / pathCapacity, 1)),
+            // The path counts as at least Utility.MinChargedCapacityMbps, as there: a path only this VM uses shows its own
+            // rate as its capacity.
+            "latency" => latencyScore * (1 - Math.Min(overhead * LatencyVmMbps / Math.Max(pathCapacity, Learning.Utility.MinChargedCapacityMbps), 1)),
             "bulk" => bulkScore,
             _ => 0.5 * latencyScore + 0.5 * bulkScore,
         };

@@ -86,7 +86,12 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         var choosing = lostPin is null ? policy : policy with { Pin = null, ExplorationShare = 0 };
         var pinNote = lostPin is null ? "" : $"pinned {lostPin} is {(catalog.Any(s => s.Id == lostPin) ? "not run by this host" : "not published (withdrawn)")}, so the rest of the policy decides: ";
         var candidates = PolicyValidator.Eligible(choosing, catalog).Where(s => hostStacks.Contains(s.Id)).ToList();
-        var scored = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy, vmId, current)))
+        var results = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy, vmId, current))).ToList();
+        // Where a model scores some candidates and the prior others, the prior's guesses count as uncertain as the scorer
+        // says they are there (StackScore.BesideModel).
+        var mixed = results.Any(r => r.Result.Source != "prior");
+        var scored = results.Select(r => mixed && r.Result.Source == "prior" && r.Result.BesideModel > r.Result.Uncertainty
+                ? r with { Result = r.Result with { Uncertainty = r.Result.BesideModel } } : r)
             .OrderByDescending(s => s.Result.Score).ThenBy(s => s.Id, StringComparer.Ordinal)
             .Select(s => new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)).ToImmutableArray();
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.

@@ -52,7 +52,13 @@ public sealed class LearnerClusterTests : IAsyncLifetime
         Log(store, OutcomeGenerator.Generate(100, seed: 1));
         var tooFew = await learner.TrainAsync();
         Assert.False(tooFew.Adopted);
-        Assert.Contains("100 outcomes logged, training needs 500", tooFew.Reason, StringComparison.Ordinal);
+        Assert.Contains("100 outcomes logged under the current reward (schema ", tooFew.Reason, StringComparison.Ordinal);
+        Assert.Contains("training needs 500", tooFew.Reason, StringComparison.Ordinal);
+        // Outcomes whose utility another reward computed (an earlier schema, or logged before versions were recorded)
+        // are not learned: a model taught two scales at once learns neither.
+        Log(store, OutcomeGenerator.Generate(1000, seed: 3).Select(o => o with { RewardVersion = UtilityModel.SchemaVersion - 1 }));
+        Log(store, OutcomeGenerator.Generate(1000, seed: 4).Select(o => o with { RewardVersion = null }));
+        Assert.Contains("100 outcomes logged under the current reward", (await learner.TrainAsync()).Reason, StringComparison.Ordinal);
 
         Log(store, OutcomeGenerator.Generate(3000, seed: 2));
         var first = await learner.TrainAsync();

@@ -25,7 +25,7 @@ internal static class OutcomeGenerator
             var rtt = 10 + (random.NextDouble() * 90);
             var features = new OutcomeFeatures(rtt, rtt * 0.9, 1, loss, 0.5, 100, 2);
             var utility = Math.Clamp(Rule(stack, loss) + ((random.NextDouble() - 0.5) * noise), 0, 1);
-            outcomes.Add(new LoggedOutcome(T0.AddSeconds(i * 3), $"vm{i % 7}", "host-b", "latency", stack, "1.0.0", 0.95, false, features, 10, 30, 0, 0.1, utility));
+            outcomes.Add(new LoggedOutcome(T0.AddSeconds(i * 3), $"vm{i % 7}", "host-b", "latency", stack, "1.0.0", 0.95, false, features, 10, 30, 0, 0.1, utility) { RewardVersion = UtilityModel.SchemaVersion });
         }
         return outcomes;
     }
@@ -49,7 +49,7 @@ internal static class OutcomeGenerator
                 var rtt = stack == "fec" ? 40 + random.NextDouble() * 4 : 20 + random.NextDouble();
                 var utility = Math.Clamp(Rule(stack, loss) + ((random.NextDouble() - 0.5) * 0.04), 0, 1);
                 outcomes.Add(new LoggedOutcome(T0.AddSeconds((p * 40) + s), "vm1", "host-b", "latency", stack, "1.0.0", 1, false,
-                    new OutcomeFeatures(rtt, 20, 1, loss, 0.5, 100, 2), 10, 30, 0, 0.1, utility));
+                    new OutcomeFeatures(rtt, 20, 1, loss, 0.5, 100, 2), 10, 30, 0, 0.1, utility) { RewardVersion = UtilityModel.SchemaVersion });
             }
         }
         return outcomes;

@@ -128,7 +128,7 @@ public sealed class UtilityModelTests : IDisposable
         var step = Utility.LatencyScore(5) - Utility.LatencyScore(10);
         Assert.Equal(Math.Log(2) / Math.Log(5000), step, 9);
         Assert.Equal(step, Utility.LatencyScore(500) - Utility.LatencyScore(1000), 9);
-        // The old 1/(1 + p99/10) put 150 and 450 ms within 0.04 of each other; here they are 0.13 apart (ln 3 / ln 5000).
+        // The old 1/(1 + p99/10) put 150 and 450 ms within 0.05 of each other; here they are 0.13 apart (ln 3 / ln 5000).
         Assert.True(Utility.LatencyScore(150) - Utility.LatencyScore(450) > 0.12);
     }
 
@@ -179,10 +179,12 @@ public sealed class UtilityModelTests : IDisposable
         Assert.Equal("prior", unseen.Source);
         Assert.Contains("model v3 has 0 similar outcomes", unseen.Why, StringComparison.Ordinal);
         // Beside the model's measured uncertainties, the prior's guess there is taken as uncertain as the model's error on
-        // one held-back outcome, not the 0.01 it claims when it decides alone.
+        // one held-back outcome (the selector applies it when another candidate is model-scored), not the 0.01 it claims
+        // when it decides alone.
         Assert.True(model.Info.HoldoutError > ProfileScorer.Uncertainty);
-        Assert.Equal(model.Info.HoldoutError, unseen.Uncertainty, 9);
-        Assert.Equal(ProfileScorer.Uncertainty, none.Uncertainty);
+        Assert.Equal(model.Info.HoldoutError, unseen.BesideModel, 9);
+        Assert.Equal(ProfileScorer.Uncertainty, unseen.Uncertainty);
+        Assert.Equal(0, none.BesideModel);
         // A stack the model never saw: the prior.
         Assert.Equal("prior", scorer.Score(ArqLowLat, OutcomeGenerator.Conditions(0.005), policy).Source);
 
