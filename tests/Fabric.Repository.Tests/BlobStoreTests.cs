@@ -195,5 +195,78 @@ public class BlobStoreTests(Azurite azurite)
         }
     }
 
+    /// <summary>
+    /// A storage endpoint that cuts every blob's body short (a connection dropped mid-transfer, a proxy that gives up, a
+    /// hostile endpoint): after the client's retries, a read is the store's clear error naming the file and where, as an
+    /// unreachable one is — never a raw I/O exception that escapes what the agent and the CLI handle.
+    /// </summary>
+    [Fact]
+    public async Task ABodyCutShort_IsTheStoresClearError()
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        using var stop = new CancellationTokenSource();
+        var served = 0;
+        var server = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                using var client = await listener.AcceptTcpClientAsync(stop.Token);
+                await CutShortAsync(client);
+            }
+        }, stop.Token);
+        async Task CutShortAsync(System.Net.Sockets.TcpClient client)
+        {
+            try
+            {
+                var stream = client.GetStream();
+                var request = new List<byte>();
+                var one = new byte[1];
+                while (!(request.Count >= 4 && request[^4] == '\r' && request[^3] == '\n' && request[^2] == '\r' && request[^1] == '\n')
+                    && await stream.ReadAsync(one, stop.Token) == 1)
+                {
+                    request.Add(one[0]);
+                }
+                // A thousand bytes promised, ten sent, and the connection closed.
+                var head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/octet-stream\r\nETag: \"0x8D\"\r\n"
+                    + "Last-Modified: Wed, 02 Dec 2026 00:00:00 GMT\r\nx-ms-blob-type: BlockBlob\r\nx-ms-version: 2026-06-06\r\nAccept-Ranges: bytes\r\n\r\n";
+                await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes(head + "0123456789"), stop.Token);
+                Interlocked.Increment(ref served);
+            }
+            catch (IOException)
+            {
+                // The client gave up on this connection first: the next one is served the same way.
+            }
+        }
+        try
+        {
+            var elsewhere = Azurite.UnreachableConnectionString;
+            var connection = elsewhere.Replace(elsewhere.Split(';').Single(p => p.StartsWith("BlobEndpoint=", StringComparison.Ordinal)),
+                $"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1", StringComparison.Ordinal);
+            var store = BlobStore.Connect(connection, "stacks");
+            foreach (var read in new Func<object?>[] { () => store.Get(Publisher.Timestamp), () => store.ReadPrefix(Publisher.Timestamp, 100) })
+            {
+                var e = Assert.Throws<RepositoryUnavailableException>(read);
+                Assert.Contains("timestamp.json: blob container 'stacks' at http://127.0.0.1:", e.Message, StringComparison.Ordinal);
+                Assert.Contains("ended prematurely", e.Message, StringComparison.Ordinal);
+            }
+            Assert.True(Volatile.Read(ref served) >= 2);
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            listener.Stop();
+            try
+            {
+                await server;
+            }
+            catch (Exception e) when (e is OperationCanceledException or System.Net.Sockets.SocketException or ObjectDisposedException)
+            {
+                // Stopped while it waited for a connection.
+            }
+        }
+    }
+
     private static Func<string, string?> Environment(string connectionString) => name => name == BlobStore.ConnectionVariable ? connectionString : null;
 }
