@@ -6,7 +6,8 @@ namespace Fabric.Stacks.Faulty;
 /// <summary>
 /// A stack that misbehaves on purpose: plain encapsulation, except that a frame whose payload starts with "TXFAULT"
 /// makes Transmit throw, "RXFAULT" makes Receive throw, "TXHANG" makes Transmit block for five seconds, "TXSTUCK" and "RXSTUCK" make Transmit and Receive never return, and
-/// "TIMERFAULT" makes the path monitor's next read of its timer throw; "TIMERSTUCK" makes its timer due at once and the
+/// "TIMERFAULT" makes the path monitor's next read of its timer throw, "NEXTTIMERFAULT" makes every read of it that the
+/// path makes when planning the monitor's sleep (RemotePath.NextTimer) throw; "TIMERSTUCK" makes its timer due at once and the
 /// call never return, "STATSSTUCK" makes the next GetStats never return, "DISPOSESTUCK" makes Dispose never return;
 /// configured with failToStartAt = a host id, it throws when asked for an instance on that host, with slowStartAt = a
 /// host id it takes slowStartMilliseconds (500) to create one there, with stuckStartAt = a host id it never returns
@@ -43,6 +44,7 @@ public sealed class FaultyFactory : IStackFactory
     {
         private readonly StackCounters _counters = new();
         private bool _timerFault;
+        private volatile bool _nextTimerFault;
         private volatile bool _timerStuck;
         private volatile bool _statsStuck;
         private volatile bool _disposeStuck;
@@ -61,6 +63,10 @@ public sealed class FaultyFactory : IStackFactory
                     _timerFault = false;
                     throw new InvalidOperationException("faulty stack: timer fault requested");
                 }
+                if (_nextTimerFault && new System.Diagnostics.StackTrace().GetFrames().Any(f => f.GetMethod()?.Name == "NextTimer"))
+                {
+                    throw new InvalidOperationException("faulty stack: timer fault requested while the monitor plans its sleep");
+                }
                 return _timerStuck ? 0 : long.MaxValue;
             }
         }
@@ -69,6 +75,7 @@ public sealed class FaultyFactory : IStackFactory
         {
             _counters.FramesIn++;
             _timerFault |= Marked(frame, "TIMERFAULT"u8);
+            _nextTimerFault |= Marked(frame, "NEXTTIMERFAULT"u8);
             _timerStuck |= Marked(frame, "TIMERSTUCK"u8);
             _statsStuck |= Marked(frame, "STATSSTUCK"u8);
             _disposeStuck |= Marked(frame, "DISPOSESTUCK"u8);
