@@ -75,18 +75,7 @@ public class ResilienceTests
     /// 2026-12-02 it escaped into the monitor's round, which it ended every time, so the paths after it were never probed.)
     /// </summary>
     [Fact]
-    public void AStackThrowingWhenItsTimerIsRead_IsQuarantined_AndProbingGoesOn()
-    {
-        using var hosts = new TwoHosts("faulty");
-        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TIMERFAULT"));
-        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "the stack quarantined", () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined", StringComparison.Ordinal) && e.Contains("threw InvalidOperationException", StringComparison.Ordinal));
-        Assert.Equal(0, hosts.A.Switch.MonitorFaults);
-        // Probes still go out and come back after it.
-        hosts.A.Switch.Measure();
-        Eventually.True(() => hosts.A.Switch.Measure().TryGetValue("host-b", out var m) && m.ProbesAnswered > 0, TimeSpan.FromSeconds(5),
-            "probes answered after the fault", () => "none");
-    }
+    public void AStackThrowingWhenItsTimerIsRead_IsQuarantined_AndProbingGoesOn() => QuarantinedForATimerFault("TIMERFAULT", "threw InvalidOperationException");
 
     /// <summary>
     /// The same fault where only the monitor's planning of its sleep meets it (RemotePath.NextTimer reads every stack's
@@ -95,12 +84,16 @@ public class ResilienceTests
     /// the once-only fault of the test above that way).
     /// </summary>
     [Fact]
-    public void AStackThrowingOnlyWhenTheMonitorPlansItsSleep_IsQuarantinedToo()
+    public void AStackThrowingOnlyWhenTheMonitorPlansItsSleep_IsQuarantinedToo() => QuarantinedForATimerFault("NEXTTIMERFAULT", "while the monitor plans its sleep");
+
+    /// <summary>Marks vm1's traffic with <paramref name="marker"/>: the faulty stack is quarantined with an event that says
+    /// <paramref name="says"/>, the monitor counts no fault of its own, and probes still go out and come back after it.</summary>
+    private static void QuarantinedForATimerFault(string marker, string says)
     {
         using var hosts = new TwoHosts("faulty");
-        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "NEXTTIMERFAULT"));
+        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, marker));
         Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "the stack quarantined", () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined", StringComparison.Ordinal) && e.Contains("while the monitor plans its sleep", StringComparison.Ordinal));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined", StringComparison.Ordinal) && e.Contains(says, StringComparison.Ordinal));
         Assert.Equal(0, hosts.A.Switch.MonitorFaults);
         hosts.A.Switch.Measure();
         Eventually.True(() => hosts.A.Switch.Measure().TryGetValue("host-b", out var m) && m.ProbesAnswered > 0, TimeSpan.FromSeconds(5),
