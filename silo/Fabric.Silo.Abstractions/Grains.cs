@@ -179,6 +179,7 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("path"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<PathConditions?> GetPathAsync(string peer);
 
+    /// <summary>About ten minutes of that path's smoothed conditions, oldest first: every report of the last minute, one per 10 s before.</summary>
     [Alias("path-history"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<ImmutableArray<PathConditions>> GetPathHistoryAsync(string peer);
 }

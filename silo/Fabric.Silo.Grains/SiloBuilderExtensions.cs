@@ -28,6 +28,7 @@ public static class SiloBuilderExtensions
         silo.Services.AddHostedService<ModelRefresher>();
         silo.Services.AddHostedService<OutcomeLogFlusher>();
         silo.Services.TryAddSingleton(selector ?? new SelectorOptions());
+        silo.Services.TryAddSingleton(new AgentSubscriptionOptions());
         silo.Services.TryAddSingleton<StackSelector>(sp => new StackSelector(sp.GetRequiredService<IStackScorer>(), sp.GetRequiredService<SelectorOptions>()));
         // Grain state in Orleans' own version-tolerant binary format (the records' [Id]s), not the default Newtonsoft
         // JSON: profiling the control-plane benchmark showed JSON serialization of grain state as its largest CPU cost.
