@@ -52,8 +52,8 @@ public interface IVmGrain : IGrainWithStringKey
     [Alias("remove")]
     ValueTask RemoveAsync(string hostId);
 
-    /// <summary>A path this VM uses changed significantly (or time passed for a pending switch): run select_stack.</summary>
-    [Alias("path-changed"), Orleans.Concurrency.OneWay]
+    /// <summary>A path this VM uses changed significantly (or its conditions are told again): run select_stack if it needs to.</summary>
+    [Alias("path-changed")]
     ValueTask PathChangedAsync(string remoteHost, PathConditions conditions);
 
     /// <summary>What the VM's traffic got in the last interval (from its host's report, with the path's smoothed

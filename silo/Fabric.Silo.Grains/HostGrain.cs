@@ -51,9 +51,11 @@ public sealed class HostGrain : Grain, IHostGrain
     private DateTimeOffset? _lastSeen;
 
     /// <summary>
-    /// How often each path's conditions are told to its VMs even without a significant change. The change notices are
-    /// one-way: one sent to a VM on a silo that just died is lost, and nothing else would wake that VM while the path
-    /// stays as it is (a three-silo test found 6 of 1,000 VMs stuck on their old stack after a kill -9).
+    /// How often each path's conditions are told to its path grain even without a significant change. The notice to the
+    /// path grain is one-way: one sent to a silo that just died is lost, and nothing else would wake the path's VMs while
+    /// the path stays as it is (a three-silo test found 6 of 1,000 VMs stuck on their old stack after a kill -9). The path
+    /// grain passes it on to the VMs whose last notice failed, that took different conditions, or that have not been told
+    /// for <see cref="PathGrain.RetellEvery"/>.
     /// </summary>
     public static readonly TimeSpan RenotifyEvery = TimeSpan.FromSeconds(15);
 

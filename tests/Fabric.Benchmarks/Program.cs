@@ -12,11 +12,7 @@ return args.FirstOrDefault() switch
         int.Parse(Option("--latency-seconds") ?? "10", System.Globalization.CultureInfo.InvariantCulture), Option("--csv") ?? "stacks.csv",
         Option("--testdata") ?? Path.GetFullPath(Path.Combine(Fabric.Testing.RepositoryRoot.Directory, "..", "shared", "testdata")), Option("--cells"), Option("--carriers")),
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
-    "controlplane" when args.Contains("--compare-security") => await ControlPlaneBenchmark.CompareSecurityAsync(
-        args.Length > 1 && int.TryParse(args[1], out var ticks) ? ticks : 30,
-        args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share) ? share : 0.01),
-    "controlplane" => (await ControlPlaneBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var ticks2) ? ticks2 : 30,
-        args.Length > 2 && double.TryParse(args[2], System.Globalization.CultureInfo.InvariantCulture, out var share2) ? share2 : 0.01)) is not null ? 0 : 1,
+    "controlplane" => await ControlPlane(),
     "fleet" => await FleetBenchmark.RunAsync(),
     "learning" => Learning(),
     "policy-shell" when args.Length == 5 => await PolicyShell.RunAsync(args[1], args[2], args[3], args[4]),
@@ -25,6 +21,45 @@ return args.FirstOrDefault() switch
 };
 
 string? Option(string name) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault();
+
+async Task<int> ControlPlane()
+{
+    // controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security]
+    int? Count(string? text, string what, int least, int most)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+        if (!int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) || n < least || n > most)
+        {
+            throw new ArgumentException($"controlplane: {what} '{text}' is not a whole number from {least} to {most}");
+        }
+        return n;
+    }
+    try
+    {
+        var seconds = Count(args.Length > 1 && !args[1].StartsWith("--", StringComparison.Ordinal) ? args[1] : null, "SECONDS", 1, 86_400) ?? 30;
+        var defaults = new ControlPlaneBenchmark.Load();
+        var load = new ControlPlaneBenchmark.Load(Count(Option("--hosts"), "--hosts", 2, 100_000) ?? defaults.Hosts,
+            Count(Option("--peers"), "--peers", 1, 10_000) ?? defaults.Peers, Count(Option("--changes"), "--changes", 0, 1_000_000) ?? defaults.ChangesPerSecond);
+        if (load.Peers >= load.Hosts)
+        {
+            throw new ArgumentException($"controlplane: --peers {load.Peers} needs more than {load.Peers} hosts (--hosts {load.Hosts})");
+        }
+        if (args.Contains("--compare-security"))
+        {
+            return await ControlPlaneBenchmark.CompareSecurityAsync(seconds, load);
+        }
+        await ControlPlaneBenchmark.RunAsync(seconds, load);
+        return 0;
+    }
+    catch (ArgumentException e)
+    {
+        Console.Error.WriteLine(e.Message);
+        return 2;
+    }
+}
 
 int Learner()
 {
@@ -82,6 +117,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS [CHANGING_SHARE]] [--compare-security] | fleet | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
     return 2;
 }
