@@ -115,6 +115,7 @@ var simulation = new Simulation(options, repository) { Network = network, AgentP
 builder.Services.AddSingleton(simulation);
 builder.Services.AddSingleton(users);
 builder.Services.AddSingleton(_ => new SignInThrottle(TimeProvider.System));
+builder.Services.AddSingleton(new ProcessMeter());
 if (options.Embedded)
 {
     var (siloPort, gatewayPort) = (FreePort(), FreePort());

@@ -65,6 +65,9 @@ public sealed class SimulatedFleet : IAsyncDisposable
 {
     public const uint Vni = 100;
 
+    /// <summary>How often the simulated VMs send what their rate allows.</summary>
+    public static readonly TimeSpan TrafficTick = TimeSpan.FromMilliseconds(20);
+
     /// <summary>The UDP port the VMs' traffic goes to.</summary>
     public const int TrafficPort = 5004;
 
@@ -226,7 +229,10 @@ public sealed class SimulatedFleet : IAsyncDisposable
         var last = DateTime.UtcNow;
         while (!_stop)
         {
-            Thread.Sleep(5);
+            // Every 20 ms (a voice call's packet interval): a VM's frames of a tick leave together, as a real NIC's
+            // interrupt and segment batching sends them, and every hop after it handles them as a batch. At 5 ms the
+            // embedded default spent about a third of a core on thread wake-ups for 1,200 frames a second.
+            Thread.Sleep(TrafficTick);
             var now = DateTime.UtcNow;
             var elapsed = Math.Min((now - last).TotalSeconds, 0.1);
             last = now;

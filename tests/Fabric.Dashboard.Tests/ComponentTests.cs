@@ -52,6 +52,7 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         Services.AddMudServices();
         Services.AddSingleton<IGrainFactory>(grains.Client);
         Services.AddSingleton(new Simulation(DashboardOptions.Parse([]), null));
+        Services.AddSingleton(new ProcessMeter());
     }
 
     protected override void Dispose(bool disposing)
@@ -192,6 +193,9 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
             Assert.NotEmpty(page.FindAll($"[data-testid=vm-row-{vmId}]"));
         });
         Assert.Contains("192.0.2.1:4789", page.Markup, StringComparison.Ordinal);
+        // The process's own cost: this test process's, which has used CPU and holds memory.
+        Assert.Matches(@"^[0-9.]+ % of one core$", page.Find("[data-testid=process-cpu]").TextContent);
+        Assert.Matches(@"^[1-9][0-9]* MB resident, GC heap [1-9][0-9]* MB$", page.Find("[data-testid=process-memory]").TextContent);
 
         // Live: a VM placed while the page is open appears without anything re-rendering it from outside.
         var later = Unique("vm");
