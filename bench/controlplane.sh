@@ -12,7 +12,7 @@ sizes=101,301,1001
 rest=()
 while [[ $# -gt 0 ]]; do
     case $1 in
-        --hosts) [[ $# -ge 2 ]] || { echo "controlplane.sh: --hosts needs a list such as 101,301,1001" >&2; exit 2; }; sizes=$2; shift 2 ;;
+        --hosts) [[ $# -ge 2 && -n $2 ]] || { echo "controlplane.sh: --hosts needs a list such as 101,301,1001" >&2; exit 2; }; sizes=$2; shift 2 ;;
         *) rest+=("$1"); shift ;;
     esac
 done
@@ -20,5 +20,5 @@ dotnet build tests/Fabric.Benchmarks -c Release -nologo -clp:ErrorsOnly
 IFS=, read -r -a hosts <<< "$sizes"
 for h in "${hosts[@]}"; do
     # Server GC, as fabric-silo runs (its project sets ServerGarbageCollection): workstation GC pauses doubled the p50.
-    DOTNET_gcServer=1 tests/Fabric.Benchmarks/bin/Release/net10.0/Fabric.Benchmarks controlplane "$seconds" --hosts "$h" "${rest[@]}"
+    DOTNET_gcServer=1 tests/Fabric.Benchmarks/bin/Release/net10.0/Fabric.Benchmarks controlplane "$seconds" --hosts "$h" ${rest[@]+"${rest[@]}"}
 done

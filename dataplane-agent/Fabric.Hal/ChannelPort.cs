@@ -130,11 +130,15 @@ public sealed class ChannelPort : IFramePort
             {
                 return true;
             }
-            // Reset, then look again: a frame queued between the look above and the reset is not missed.
+            // Reset, then look again: a frame queued, or a close, between the look above and the reset is not missed.
             _inboundReady.Reset();
             if (_inbound.TryDequeue(out frame!))
             {
                 return true;
+            }
+            if (_closed)
+            {
+                return false;
             }
             var left = forever ? Timeout.InfiniteTimeSpan : TimeSpan.FromMilliseconds(deadline - Environment.TickCount64);
             if ((!forever && left <= TimeSpan.Zero) || !_inboundReady.Wait(left))

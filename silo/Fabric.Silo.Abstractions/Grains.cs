@@ -74,9 +74,12 @@ public interface IVmGrain : IGrainWithStringKey
 [Alias("fabric.path")]
 public interface IPathGrain : IGrainWithStringKey
 {
-    /// <summary>One-way, from the source host's grain: the smoothed conditions moved significantly.</summary>
+    /// <summary>
+    /// One-way, from the source host's grain: the smoothed conditions moved significantly, or (<paramref name="repeat"/>)
+    /// they are told again in case a notice was lost.
+    /// </summary>
     [Alias("changed"), Orleans.Concurrency.OneWay]
-    ValueTask ConditionsChangedAsync(PathConditions conditions);
+    ValueTask ConditionsChangedAsync(PathConditions conditions, bool repeat);
 
     [Alias("subscribe")]
     ValueTask SubscribeAsync(string vmId);

@@ -64,6 +64,20 @@ public sealed class HostGrain : Grain, IHostGrain
     private long _version;
     private long _acknowledged;
 
+    /// <summary>The observer the agent last registered or renewed: what a report keeps subscribed (not one from an earlier connection).</summary>
+    private IAgentObserver? _observer;
+
+    private void Subscribe(IAgentObserver observer)
+    {
+        if (_observer is { } previous && !previous.Equals(observer))
+        {
+            // The agent reconnected (a new client makes a new observer): pushes to the old one would only wait to fail.
+            _observers.Unsubscribe(previous);
+        }
+        _observer = observer;
+        _observers.Subscribe(observer, observer);
+    }
+
     public HostGrain([PersistentState("host", Storage.Name)] IPersistentState<HostState> state, ILogger<HostGrain> logger, AgentSubscriptionOptions subscriptions)
     {
         _state = state;
@@ -217,7 +231,7 @@ public sealed class HostGrain : Grain, IHostGrain
             throw new ArgumentException($"host id '{info.HostId}' registered on host grain '{this.GetPrimaryKeyString()}'", nameof(info));
         }
         RefuseIfRemoved();
-        _observers.Subscribe(observer, observer);
+        Subscribe(observer);
         _lastSeen = DateTimeOffset.UtcNow;
         if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
         {
@@ -244,7 +258,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public ValueTask RenewAsync(IAgentObserver observer)
     {
-        _observers.Subscribe(observer, observer);
+        Subscribe(observer);
         _lastSeen = DateTimeOffset.UtcNow;
         return ValueTask.CompletedTask;
     }
@@ -281,6 +295,7 @@ public sealed class HostGrain : Grain, IHostGrain
         _knownPeers.Clear();
         _lastSeen = null;
         _observers.Clear();
+        _observer = null;
         _state.State = new HostState
         {
             Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds),
@@ -338,9 +353,9 @@ public sealed class HostGrain : Grain, IHostGrain
         // A host that reports is alive: its subscriptions stay. Without this, an agent that reported every second but
         // renewed only by registering lost every push a minute after it registered (the control-plane benchmark's
         // simulated agents acknowledged 56 % of their switches over 120 s, all of them in the first minute).
-        foreach (var (identity, observer) in _observers.Observers)
+        if (_observer is { } current)
         {
-            _observers.Subscribe(identity, observer);
+            _observers.Subscribe(current, current);
         }
         var newPeer = false;
         foreach (var sample in paths)
@@ -366,7 +381,7 @@ public sealed class HostGrain : Grain, IHostGrain
                 // One-way, on a significant change (and now and then without, in case a notice was lost): the path grain
                 // wakes the VMs that use it.
                 _notified[sample.ToHost] = now;
-                _ = GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(sample.FromHost, sample.ToHost)).ConditionsChangedAsync(path.Smoother.Current!).AsTask();
+                _ = GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(sample.FromHost, sample.ToHost)).ConditionsChangedAsync(path.Smoother.Current!, repeat: !changed).AsTask();
             }
         }
         // Only this host's VMs: a host cannot write another host's VMs' outcomes into the learner's log.

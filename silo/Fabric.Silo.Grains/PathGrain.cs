@@ -28,31 +28,35 @@ public sealed class PathGrain : Grain, IPathGrain
         _vms = (await GrainFactory.GetGrain<IHostGrain>(FromHost).ListVmsAsync()).ToHashSet(StringComparer.Ordinal);
     }
 
-    public ValueTask ConditionsChangedAsync(PathConditions conditions)
+    public ValueTask ConditionsChangedAsync(PathConditions conditions, bool repeat)
     {
         var now = DateTimeOffset.UtcNow;
         foreach (var vm in _vms)
         {
-            // The host grain tells every path again every 15 s in case a notice was lost; a VM that took conditions
-            // like these is told again only once a minute (at 100,000 paths the repeats were 67,000 VM calls a second).
-            if (_told.TryGetValue(vm, out var told) && !PathSmoother.Significant(told.Conditions, conditions) && now - told.At < RetellEvery)
+            // A change reaches every VM. The host grain also tells every path again every 15 s in case a notice was lost:
+            // a VM whose last notice got through, of conditions like these, hears that repeat only once a minute (at
+            // 100,000 paths the repeats were 67,000 VM calls a second).
+            var told = _told.TryGetValue(vm, out var last) ? last : ((PathConditions Conditions, DateTimeOffset At)?)null;
+            var news = told is null || PathSmoother.Significant(told.Value.Conditions, conditions);
+            if (repeat && !news && now - told!.Value.At < RetellEvery)
             {
                 continue;
             }
-            // Not awaited: a slow VM never holds up the others.
-            _ = TellAsync(vm, conditions, now);
+            // Not awaited: a slow VM never holds up the others. A repeat that is no news leaves what the VM took as it
+            // was (the VM ignores conditions close to those it decided on, and drift must not hide the next change).
+            _ = TellAsync(vm, news || !repeat ? conditions : told!.Value.Conditions, conditions, now);
         }
         return ValueTask.CompletedTask;
     }
 
-    private async Task TellAsync(string vm, PathConditions conditions, DateTimeOffset at)
+    private async Task TellAsync(string vm, PathConditions taken, PathConditions conditions, DateTimeOffset at)
     {
         try
         {
             await GrainFactory.GetGrain<IVmGrain>(vm).PathChangedAsync(ToHost, conditions);
             if (_vms.Contains(vm))
             {
-                _told[vm] = (conditions, at);
+                _told[vm] = (taken, at);
             }
         }
         catch (Exception)

@@ -78,6 +78,12 @@ public sealed partial class VmGrain(
     public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
         _logFlush = this.RegisterGrainTimer(FlushLogAsync, LogFlushPeriod, LogFlushPeriod);
+        // A switch pending when the VM last ran (its silo died, or it was deactivated) is checked when its time is up,
+        // not only when the path's conditions are told again.
+        foreach (var (remoteHost, pending) in state.State.Pending)
+        {
+            ScheduleRecheck(remoteHost, pending);
+        }
         if (state.State.Claim is not null)
         {
             _claimCheck = this.RegisterGrainTimer(CheckClaimAsync, SourceSilence / 3, SourceSilence / 3);

@@ -40,6 +40,18 @@ async Task<int> ControlPlane()
     try
     {
         var seconds = Count(args.Length > 1 && !args[1].StartsWith("--", StringComparison.Ordinal) ? args[1] : null, "SECONDS", 1, 86_400) ?? 30;
+        string[] known = ["--hosts", "--peers", "--changes"];
+        for (var i = args.Length > 1 && !args[1].StartsWith("--", StringComparison.Ordinal) ? 2 : 1; i < args.Length; i++)
+        {
+            if (known.Contains(args[i]))
+            {
+                i++;
+            }
+            else if (args[i] != "--compare-security")
+            {
+                throw new ArgumentException($"controlplane: '{args[i]}' is not an argument (SECONDS first, then --hosts N, --peers N, --changes N, --compare-security)");
+            }
+        }
         var defaults = new ControlPlaneBenchmark.Load();
         var load = new ControlPlaneBenchmark.Load(Count(Option("--hosts"), "--hosts", 2, 100_000) ?? defaults.Hosts,
             Count(Option("--peers"), "--peers", 1, 10_000) ?? defaults.Peers, Count(Option("--changes"), "--changes", 0, 1_000_000) ?? defaults.ChangesPerSecond);

@@ -60,9 +60,21 @@ public sealed class ObserverExpiryTests : IAsyncLifetime
             await host.ReportAsync([Clean(a, b)], []);
             await Task.Delay(Expiry / 5, TestContext.Current.CancellationToken);
         }
+        // Still reporting while the VM is placed and pushed (a slow machine may take longer than an expiry for that).
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        var reporting = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                await host.ReportAsync([Clean(a, b)], []);
+                await Task.Delay(Expiry / 5, CancellationToken.None);
+            }
+        }, CancellationToken.None);
         await PlaceAsync(a);
         Eventually.True(() => agent.States.Any(s => s.Upserts.Any(u => u.RemoteHost == b)), TimeSpan.FromSeconds(10), "the new VM's binding pushed to the agent",
             () => string.Join("; ", agent.States));
+        await stop.CancelAsync();
+        await reporting;
     }
 
     [Fact]

@@ -88,8 +88,19 @@ public sealed class RedisClusterTests : IClassFixture<Redis>
 
             // That silo dies without a word: the cluster declares it dead and every VM's policy is read again from Redis on the other.
             var killed = Stopwatch.StartNew();
+            Assert.False(silos[survivor].HasExited, $"silo {survivor} exited before the kill: {silos[survivor].Problems()}");
             silos[victim].Kill();
-            var second = await ClientOfAsync(survivor);
+            IClusterClient second;
+            try
+            {
+                second = await ClientOfAsync(survivor);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Said with what the surviving silo printed: a CI run found its gateway refusing connections here.
+                throw new InvalidOperationException($"no client of the surviving silo {survivor} (exited: {silos[survivor].HasExited}): {e.Message}; "
+                    + $"its output: {silos[survivor].Problems()}", e);
+            }
             var lost = vms.ToHashSet();
             await Eventually.TrueAsync(async () =>
             {
