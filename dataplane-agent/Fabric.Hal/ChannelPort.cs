@@ -9,12 +9,7 @@ namespace Fabric.Hal;
 public sealed class ChannelPort : IFramePort
 {
     private readonly ConcurrentQueue<byte[]> _inbound;
-
-    /// <summary>
-    /// Set when a frame is queued. No spinning before it blocks (a SemaphoreSlim spins and yields first: with a frame
-    /// every few milliseconds, the embedded fleet's VM ports spent about 4,000 yields a second each doing that).
-    /// </summary>
-    private readonly ManualResetEventSlim _inboundReady = new(false, spinCount: 0);
+    private readonly SemaphoreSlim _inboundReady;
     private readonly int _capacity;
     private ChannelPort? _peer;
     private volatile bool _closed;
@@ -24,6 +19,7 @@ public sealed class ChannelPort : IFramePort
         Name = name;
         _capacity = capacity;
         _inbound = new ConcurrentQueue<byte[]>();
+        _inboundReady = new SemaphoreSlim(0);
         Capabilities = new PortCapabilities(mtu, mtu + 18, BatchedIo: true);
     }
 
@@ -62,18 +58,19 @@ public sealed class ChannelPort : IFramePort
             return PortResult.WouldBlock;
         }
         peer._inbound.Enqueue(frame.ToArray());
-        peer._inboundReady.Set();
+        peer._inboundReady.Release();
         return PortResult.Ok;
     }
 
     public PortResult Receive(Span<byte> buffer, out int length, TimeSpan timeout)
     {
         length = 0;
-        if (!Wait(timeout, out var frame))
+        if (!Wait(timeout))
         {
             return _closed ? PortResult.Closed : PortResult.Timeout;
         }
-        if (frame.Length > buffer.Length)
+        _inbound.TryDequeue(out var frame);
+        if (frame!.Length > buffer.Length)
         {
             return PortResult.TooLarge;
         }
@@ -85,20 +82,21 @@ public sealed class ChannelPort : IFramePort
     public PortResult ReceiveBatch(FrameBatch batch, TimeSpan timeout)
     {
         batch.Clear();
-        if (!Wait(timeout, out var frame))
+        if (!Wait(timeout))
         {
             return _closed ? PortResult.Closed : PortResult.Timeout;
         }
         var index = 0;
         while (true)
         {
-            if (frame.Length <= batch.FrameCapacity)
+            _inbound.TryDequeue(out var frame);
+            if (frame!.Length <= batch.FrameCapacity)
             {
                 frame.CopyTo(batch.BufferAt(index), 0);
                 batch.SetReceived(index, frame.Length);
                 index++;
             }
-            if (index == batch.Capacity || !_inbound.TryDequeue(out frame!))
+            if (index == batch.Capacity || !_inboundReady.Wait(0))
             {
                 break;
             }
@@ -118,40 +116,18 @@ public sealed class ChannelPort : IFramePort
         return batch.Count;
     }
 
-    /// <summary>Takes the next frame, waiting up to <paramref name="timeout"/> for one; false when none came or the port closed.</summary>
-    private bool Wait(TimeSpan timeout, out byte[] frame)
+    private bool Wait(TimeSpan timeout)
     {
-        frame = null!;
-        var forever = timeout == Timeout.InfiniteTimeSpan;
-        var deadline = Environment.TickCount64 + (long)Math.Ceiling(timeout.TotalMilliseconds);
-        while (!_closed)
+        if (_closed)
         {
-            if (_inbound.TryDequeue(out frame!))
-            {
-                return true;
-            }
-            // Reset, then look again: a frame queued, or a close, between the look above and the reset is not missed.
-            _inboundReady.Reset();
-            if (_inbound.TryDequeue(out frame!))
-            {
-                return true;
-            }
-            if (_closed)
-            {
-                return false;
-            }
-            var left = forever ? Timeout.InfiniteTimeSpan : TimeSpan.FromMilliseconds(deadline - Environment.TickCount64);
-            if ((!forever && left <= TimeSpan.Zero) || !_inboundReady.Wait(left))
-            {
-                return false;
-            }
+            return false;
         }
-        return false;
+        return _inboundReady.Wait(timeout) && !_closed;
     }
 
     public void Dispose()
     {
         _closed = true;
-        _inboundReady.Set();
+        _inboundReady.Release();
     }
 }
