@@ -36,15 +36,15 @@ public sealed class PathGrain : Grain, IPathGrain
             // A change reaches every VM. The host grain also tells every path again every 15 s in case a notice was lost:
             // a VM whose last notice got through, of conditions like these, hears that repeat only once a minute (at
             // 100,000 paths the repeats were 67,000 VM calls a second).
-            var told = _told.TryGetValue(vm, out var last) ? last : ((PathConditions Conditions, DateTimeOffset At)?)null;
-            var news = told is null || PathSmoother.Significant(told.Value.Conditions, conditions);
-            if (repeat && !news && now - told!.Value.At < RetellEvery)
+            var known = _told.TryGetValue(vm, out var told);
+            var news = !known || PathSmoother.Significant(told.Conditions, conditions);
+            if (repeat && !news && now - told.At < RetellEvery)
             {
                 continue;
             }
             // Not awaited: a slow VM never holds up the others. A repeat that is no news leaves what the VM took as it
             // was (the VM ignores conditions close to those it decided on, and drift must not hide the next change).
-            _ = TellAsync(vm, news || !repeat ? conditions : told!.Value.Conditions, conditions, now);
+            _ = TellAsync(vm, news || !repeat ? conditions : told.Conditions, conditions, now);
         }
         return ValueTask.CompletedTask;
     }
