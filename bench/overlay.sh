@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/packages.sh
-install_packages iperf3 sockperf wireguard-go wireguard-tools ethtool
+install_packages iperf3 sockperf wireguard-go wireguard-tools ethtool iputils-ping iproute2
 dotnet build tests/Fabric.Benchmarks -c Release -nologo -clp:ErrorsOnly
 exec tests/Fabric.Benchmarks/bin/Release/net10.0/Fabric.Benchmarks overlay "${1:-10}"

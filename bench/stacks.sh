@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/packages.sh
-install_packages iperf3 sockperf ethtool kcptun wireguard-go wireguard-tools
+install_packages iperf3 sockperf ethtool kcptun wireguard-go wireguard-tools iputils-ping iproute2
 dotnet build tests/Fabric.Benchmarks -c Release -nologo -clp:ErrorsOnly
 args=("$@")
 [[ " ${args[*]} " == *" --csv "* ]] || args+=(--csv "$PWD/bench/results/stacks-$(date -u +%Y%m%d-%H%M%S).csv")

@@ -58,7 +58,10 @@ public sealed class UdpUnderlay : IDisposable
             throw new InvalidOperationException($"Cannot bind the underlay to {local}: {e.Message}.", e);
         }
         Local = (IPEndPoint)_socket.LocalEndPoint!;
-        _outbox = new ThreadLocal<UdpBatchSocket>(() => new UdpBatchSocket(_socket, capacity: 32, datagramCapacity: 9216));
+        // Offloads both ways: a thread's run of datagrams to one peer leaves as one segmented send, and the kernel may
+        // hand several datagrams from one peer over as one buffer (split again before any handler sees them).
+        ReceiveOffload = UdpBatchSocket.EnableGro(_socket);
+        _outbox = new ThreadLocal<UdpBatchSocket>(() => new UdpBatchSocket(_socket, capacity: 64, datagramCapacity: 9216, gso: true, offloads: Offloads));
         _receiver = StartReceiver(0);
     }
 
@@ -92,6 +95,12 @@ public sealed class UdpUnderlay : IDisposable
         return replaced;
     }
 
+    /// <summary>True when the kernel may coalesce received datagrams (UDP_GRO).</summary>
+    public bool ReceiveOffload { get; }
+
+    /// <summary>What the socket's offloads did: segmented sends, coalesced receives, and whether the device refused segmentation.</summary>
+    public UdpOffloads Offloads { get; } = new();
+
     /// <summary>The bound address and port.</summary>
     public IPEndPoint Local { get; }
 
@@ -123,7 +132,7 @@ public sealed class UdpUnderlay : IDisposable
 
     private void ReceiveLoop(int generation)
     {
-        var batch = new UdpBatchSocket(_socket, capacity: 32);
+        var batch = new UdpBatchSocket(_socket, capacity: 32, gro: ReceiveOffload, offloads: Offloads);
         while (!_stopping && generation == Volatile.Read(ref _generation))
         {
             int n;

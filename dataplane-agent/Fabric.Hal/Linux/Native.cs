@@ -18,9 +18,15 @@ internal static unsafe partial class Native
     public const int SO_SNDBUFFORCE = 32;
     public const int SO_RCVBUFFORCE = 33;
     public const int SOL_PACKET = 263;
+    public const int SOL_UDP = 17;
+    public const int UDP_SEGMENT = 103;
+    public const int UDP_GRO = 104;
+    public const int EIO = 5;
+    public const int EINVAL = 22;
     public const int PACKET_ADD_MEMBERSHIP = 1;
     public const int PACKET_MR_PROMISC = 1;
     public const int PACKET_IGNORE_OUTGOING = 23;
+    public const int PACKET_VNET_HDR = 15;
     public const int MSG_TRUNC = 0x20;
     public const int MSG_DONTWAIT = 0x40;
     public const int MSG_WAITFORONE = 0x10000;
@@ -134,6 +140,12 @@ internal static unsafe partial class Native
 
     [DllImport("libc", SetLastError = true)]
     public static extern int sendmmsg(int fd, MMsgHdr* messages, uint count, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    public static extern nint sendmsg(int fd, MsgHdr* message, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    public static extern nint recvmsg(int fd, MsgHdr* message, int flags);
 
     [DllImport("libc", SetLastError = true)]
     public static extern int poll(PollFd* fds, nuint count, int timeoutMs);

@@ -35,24 +35,93 @@ public readonly record struct UdpPeer(ulong High, ulong Low, ushort Port, bool I
     }
 }
 
+/// <summary>What the offloads of one socket did, shared by its senders and its receiver. Thread-safe.</summary>
+public sealed class UdpOffloads
+{
+    private long _sends;
+    private long _datagrams;
+    private long _coalesced;
+    private volatile bool _sendRefused;
+
+    /// <summary>Messages sent with more than one segment.</summary>
+    public long Sends => Interlocked.Read(ref _sends);
+
+    /// <summary>Datagrams those messages carried.</summary>
+    public long Datagrams => Interlocked.Read(ref _datagrams);
+
+    /// <summary>Buffers received holding more than one datagram.</summary>
+    public long Coalesced => Interlocked.Read(ref _coalesced);
+
+    /// <summary>True once the kernel refused a segmented send because the device cannot checksum for it: no sender tries again.</summary>
+    public bool SendRefused => _sendRefused;
+
+    internal void Sent(int segments)
+    {
+        Interlocked.Increment(ref _sends);
+        Interlocked.Add(ref _datagrams, segments);
+    }
+
+    internal void Received() => Interlocked.Increment(ref _coalesced);
+
+    internal void RefuseSend() => _sendRefused = true;
+}
+
 /// <summary>
 /// Batched UDP I/O with recvmmsg/sendmmsg on a bound <see cref="Socket"/>: one system call moves up to
-/// <see cref="Capacity"/> datagrams. Buffers are pinned and reused; not thread-safe (one receiving thread, and one
-/// instance per sending thread).
+/// <see cref="Capacity"/> datagrams. With segmentation offload (<c>gso</c>), a run of queued datagrams to one peer of one
+/// size (the last may be shorter) leaves as one message with UDP_SEGMENT: the kernel builds one buffer and splits it as
+/// late as the device allows, instead of walking the stack once per datagram. With receive offload (<see cref="EnableGro"/>
+/// on the socket), the kernel may hand over several datagrams of one sender coalesced in one buffer, which
+/// <see cref="Receive"/> splits again: callers see datagrams either way. Buffers are pinned and reused; not thread-safe
+/// (one receiving thread, and one instance per sending thread).
 /// </summary>
 public sealed unsafe class UdpBatchSocket
 {
     private const int SockaddrSize = 28; // sizeof(struct sockaddr_in6), which also holds a sockaddr_in
+
+    /// <summary>CMSG_SPACE(sizeof(int)): a cmsghdr (16 bytes on 64-bit Linux) and an int, rounded to 8.</summary>
+    private const int ControlSize = 24;
+
+    /// <summary>Segments per offloaded send: the kernel's limit is 64 on older kernels (128 since 6.9).</summary>
+    public const int MaxSegments = 64;
+
+    /// <summary>Bytes per offloaded send: one IP packet's payload must hold them all.</summary>
+    private const int MaxOffloadBytes = 65000;
+
+    /// <summary>Most datagrams one coalesced receive may hold (the kernel coalesces at most 64).</summary>
+    private const int MaxCoalesced = 64;
+
     private readonly Socket _socket;
     private readonly byte[][] _buffers;
     private readonly int[] _lengths;
     private readonly UdpPeer[] _peers;
     private readonly byte[] _names;
+    private readonly byte[] _control;
     private readonly Native.MMsgHdr[] _messages;
     private readonly Native.IoVec[] _vectors;
+    private readonly int[] _runStarts;
+    private readonly bool _gro;
+    private readonly bool _gso;
+    private readonly UdpOffloads _offloads;
 
-    public UdpBatchSocket(Socket socket, int capacity = 32, int datagramCapacity = 65536)
+    // What Receive split the messages into: datagram i is _segmentLengths[i] bytes at _segmentOffsets[i] of buffer _segmentBuffers[i].
+    private readonly int[] _segmentBuffers;
+    private readonly int[] _segmentOffsets;
+    private readonly int[] _segmentLengths;
+    private readonly UdpPeer[] _segmentPeers;
+
+    /// <param name="socket">A bound UDP socket.</param>
+    /// <param name="capacity">Datagrams per batch (sent), messages per batch (received).</param>
+    /// <param name="datagramCapacity">Bytes per buffer: a coalesced receive needs 65,536.</param>
+    /// <param name="gso">Send runs of equal datagrams to one peer as one segmented message (falls back on its own where the device cannot).</param>
+    /// <param name="gro">Expect coalesced datagrams on receive (the socket has <see cref="EnableGro"/>); needs 65,536-byte buffers.</param>
+    /// <param name="offloads">Where offload figures go, shared by every batch of the socket (and the refusal of segmented sends).</param>
+    public UdpBatchSocket(Socket socket, int capacity = 32, int datagramCapacity = 65536, bool gso = false, bool gro = false, UdpOffloads? offloads = null)
     {
+        if (gro && datagramCapacity < 65536)
+        {
+            throw new ArgumentOutOfRangeException(nameof(datagramCapacity), datagramCapacity, "A socket that receives coalesced datagrams needs 65,536-byte buffers.");
+        }
         _socket = socket;
         Capacity = capacity;
         _buffers = new byte[capacity][];
@@ -63,21 +132,44 @@ public sealed unsafe class UdpBatchSocket
         _lengths = new int[capacity];
         _peers = new UdpPeer[capacity];
         _names = GC.AllocateArray<byte>(capacity * SockaddrSize, pinned: true);
+        _control = GC.AllocateArray<byte>(capacity * ControlSize, pinned: true);
         _messages = GC.AllocateArray<Native.MMsgHdr>(capacity, pinned: true);
         _vectors = GC.AllocateArray<Native.IoVec>(capacity, pinned: true);
+        _runStarts = new int[capacity + 1];
         DatagramCapacity = datagramCapacity;
+        _offloads = offloads ?? new UdpOffloads();
+        _gso = gso;
+        _gro = gro;
+        var segments = gro ? capacity * MaxCoalesced : capacity;
+        _segmentBuffers = new int[segments];
+        _segmentOffsets = new int[segments];
+        _segmentLengths = new int[segments];
+        _segmentPeers = new UdpPeer[segments];
+    }
+
+    /// <summary>Turns on UDP receive offload (UDP_GRO) on <paramref name="socket"/>; false where the kernel refuses it.</summary>
+    public static bool EnableGro(Socket socket)
+    {
+        var one = 1;
+        return Native.setsockopt((int)socket.SafeHandle.DangerousGetHandle(), Native.SOL_UDP, Native.UDP_GRO, &one, sizeof(int)) == 0;
     }
 
     public int Capacity { get; }
 
     public int DatagramCapacity { get; }
 
+    /// <summary>True while sends use segmentation offload: it turns off for good when the device cannot checksum for it (EIO).</summary>
+    public bool Offloading => _gso && !_offloads.SendRefused;
+
+    /// <summary>What the socket's offloads did (shared by every batch given the same figures).</summary>
+    public UdpOffloads Offloads => _offloads;
+
     /// <summary>Datagrams in the batch (received, or added for sending).</summary>
     public int Count { get; private set; }
 
-    public ReadOnlySpan<byte> Datagram(int index) => _buffers[index].AsSpan(0, _lengths[index]);
+    public ReadOnlySpan<byte> Datagram(int index) => _buffers[_segmentBuffers[index]].AsSpan(_segmentOffsets[index], _segmentLengths[index]);
 
-    public UdpPeer Peer(int index) => _peers[index];
+    public UdpPeer Peer(int index) => _segmentPeers[index];
 
     /// <summary>A buffer to write the next outgoing datagram into; call <see cref="Add"/> with its length.</summary>
     public Span<byte> Next => _buffers[Count];
@@ -101,6 +193,7 @@ public sealed unsafe class UdpBatchSocket
         Count = 0;
         var fd = (int)_socket.SafeHandle.DangerousGetHandle();
         fixed (byte* names = _names)
+        fixed (byte* control = _control)
         {
             for (var i = 0; i < Capacity; i++)
             {
@@ -113,6 +206,8 @@ public sealed unsafe class UdpBatchSocket
                         NameLength = SockaddrSize,
                         Iov = (Native.IoVec*)Unsafe.AsPointer(ref _vectors[i]),
                         IovLength = 1,
+                        Control = _gro ? control + (i * ControlSize) : null,
+                        ControlLength = (nuint)(_gro ? ControlSize : 0),
                     },
                 };
             }
@@ -129,14 +224,50 @@ public sealed unsafe class UdpBatchSocket
                     return 0;
                 }
             }
+            var count = 0;
             for (var i = 0; i < n; i++)
             {
-                _lengths[i] = (int)_messages[i].Length;
-                _peers[i] = ReadPeer(new ReadOnlySpan<byte>(names + (i * SockaddrSize), SockaddrSize));
+                var length = (int)Math.Min(_messages[i].Length, (uint)DatagramCapacity);
+                var peer = ReadPeer(new ReadOnlySpan<byte>(names + (i * SockaddrSize), SockaddrSize));
+                var size = _gro ? CoalescedSize(ref _messages[i].Header) : 0;
+                if (size <= 0 || size >= length)
+                {
+                    (_segmentBuffers[count], _segmentOffsets[count], _segmentLengths[count], _segmentPeers[count]) = (i, 0, length, peer);
+                    count++;
+                    continue;
+                }
+                // Several datagrams of one sender, each `size` bytes but the last: split them again.
+                _offloads.Received();
+                for (var offset = 0; offset < length && count < _segmentLengths.Length; offset += size)
+                {
+                    (_segmentBuffers[count], _segmentOffsets[count], _segmentLengths[count], _segmentPeers[count]) = (i, offset, Math.Min(size, length - offset), peer);
+                    count++;
+                }
             }
-            Count = n;
-            return n;
+            Count = count;
+            return count;
         }
+    }
+
+    /// <summary>The segment size of a coalesced receive (its UDP_GRO control message), or 0 when the message is one datagram.</summary>
+    private static int CoalescedSize(ref Native.MsgHdr header)
+    {
+        var length = (int)header.ControlLength;
+        var control = (byte*)header.Control;
+        for (var offset = 0; offset + 16 <= length;)
+        {
+            var cmsgLength = (int)*(nuint*)(control + offset);
+            if (cmsgLength < 16)
+            {
+                return 0;
+            }
+            if (*(int*)(control + offset + 8) == Native.SOL_UDP && *(int*)(control + offset + 12) == Native.UDP_GRO && cmsgLength >= 20)
+            {
+                return *(int*)(control + offset + 16);
+            }
+            offset += (cmsgLength + 7) & ~7;
+        }
+        return 0;
     }
 
     /// <summary>Sends every queued datagram and empties the batch; returns how many the kernel took.</summary>
@@ -146,11 +277,122 @@ public sealed unsafe class UdpBatchSocket
         {
             return 0;
         }
+        var taken = Count;
+        var from = Offloading ? SendOffloaded() : 0;
+        if (from < Count)
+        {
+            SendEach(from);
+        }
+        Count = 0;
+        return taken;
+    }
+
+    /// <summary>
+    /// Sends the batch as runs (one message per run of datagrams to one peer, all of one size but the last) and returns
+    /// the index of the first datagram still to send one by one: <see cref="Count"/> when every run went.
+    /// </summary>
+    private int SendOffloaded()
+    {
         var fd = (int)_socket.SafeHandle.DangerousGetHandle();
-        var sent = 0;
+        var runs = 0;
+        fixed (byte* names = _names)
+        fixed (byte* control = _control)
+        {
+            for (var i = 0; i < Count;)
+            {
+                var start = i;
+                var size = _lengths[i];
+                var total = size;
+                i++;
+                while (i < Count && i - start < MaxSegments && _peers[i] == _peers[start] && _lengths[i] <= size && total + _lengths[i] <= MaxOffloadBytes)
+                {
+                    total += _lengths[i];
+                    i++;
+                    if (_lengths[i - 1] < size)
+                    {
+                        break; // a shorter datagram ends its run
+                    }
+                }
+                for (var d = start; d < i; d++)
+                {
+                    _vectors[d] = new Native.IoVec { Base = Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffers[d])), Length = (nuint)_lengths[d] };
+                }
+                var name = names + (runs * SockaddrSize);
+                var nameLength = WritePeer(new Span<byte>(name, SockaddrSize), _peers[start]);
+                var cmsg = control + (runs * ControlSize);
+                var segments = i - start;
+                if (segments > 1)
+                {
+                    new Span<byte>(cmsg, ControlSize).Clear();
+                    *(nuint*)cmsg = 16 + sizeof(ushort); // CMSG_LEN(sizeof(uint16_t))
+                    *(int*)(cmsg + 8) = Native.SOL_UDP;
+                    *(int*)(cmsg + 12) = Native.UDP_SEGMENT;
+                    *(ushort*)(cmsg + 16) = (ushort)size;
+                }
+                _messages[runs] = new Native.MMsgHdr
+                {
+                    Header = new Native.MsgHdr
+                    {
+                        Name = name,
+                        NameLength = (uint)nameLength,
+                        Iov = (Native.IoVec*)Unsafe.AsPointer(ref _vectors[start]),
+                        IovLength = (nuint)segments,
+                        Control = segments > 1 ? cmsg : null,
+                        ControlLength = (nuint)(segments > 1 ? ControlSize : 0),
+                    },
+                };
+                _runStarts[runs] = start;
+                runs++;
+            }
+            _runStarts[runs] = Count;
+            var sent = 0;
+            while (sent < runs)
+            {
+                var n = Native.sendmmsg(fd, (Native.MMsgHdr*)Unsafe.AsPointer(ref _messages[sent]), (uint)(runs - sent), 0);
+                if (n > 0)
+                {
+                    for (var r = sent; r < sent + n; r++)
+                    {
+                        var segments = _runStarts[r + 1] - _runStarts[r];
+                        if (segments > 1)
+                        {
+                            _offloads.Sent(segments);
+                        }
+                    }
+                    sent += n;
+                    continue;
+                }
+                var errno = Native.Errno;
+                if (n < 0 && errno == Native.EINTR)
+                {
+                    continue;
+                }
+                if (_runStarts[sent + 1] - _runStarts[sent] > 1)
+                {
+                    // The run was refused as one message. A device that cannot checksum what the kernel segments (EIO) never
+                    // will: offload stops for this socket. Anything else costs only this send. Either way the datagrams still
+                    // go, one message each.
+                    if (errno == Native.EIO)
+                    {
+                        _offloads.RefuseSend();
+                    }
+                    return _runStarts[sent];
+                }
+                // One datagram refused (no route, too big): skip it, keep the rest.
+                sent++;
+            }
+        }
+        return Count;
+    }
+
+    /// <summary>Sends datagrams <paramref name="from"/> onwards, one message each.</summary>
+    private void SendEach(int from)
+    {
+        var fd = (int)_socket.SafeHandle.DangerousGetHandle();
+        var sent = from;
         fixed (byte* names = _names)
         {
-            for (var i = 0; i < Count; i++)
+            for (var i = from; i < Count; i++)
             {
                 var nameLength = WritePeer(new Span<byte>(names + (i * SockaddrSize), SockaddrSize), _peers[i]);
                 _vectors[i] = new Native.IoVec { Base = Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_buffers[i])), Length = (nuint)_lengths[i] };
@@ -181,11 +423,7 @@ public sealed unsafe class UdpBatchSocket
                 sent += n;
             }
         }
-        var taken = Count;
-        Count = 0;
-        return taken;
     }
-
     private static UdpPeer ReadPeer(ReadOnlySpan<byte> name)
     {
         var family = BinaryPrimitives.ReadUInt16LittleEndian(name);
