@@ -56,7 +56,9 @@ public sealed class Agent : IDisposable
     {
         Config = config;
         _logger = logger;
-        _openPort = openPort ?? (device => AfPacketPort.Open(device));
+        // A VM's port reads and writes virtio-net headers: its device keeps checksum and segmentation offloads, as a VM's
+        // virtio NIC does, and the switch cuts large segments from the VM and joins runs of them on their way to it.
+        _openPort = openPort ?? (device => AfPacketPort.Open(device, new AfPacketOptions(Offloads: config.VmPortOffloads)));
         var start = Stopwatch.GetTimestamp();
         Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu)
         {

@@ -62,7 +62,8 @@ public sealed record AgentConfig(
     RepositoryConfig? Repository = null,
     string? StateDirectory = null,
     ControlPlaneConfig? ControlPlane = null,
-    int PeerSlotIdleSeconds = 600)
+    int PeerSlotIdleSeconds = 600,
+    bool VmPortOffloads = true)
 {
     private static readonly JsonSerializerOptions Json = new()
     {

@@ -21,7 +21,9 @@ public enum PortResult
 /// <param name="Mtu">The device MTU (largest L3 packet).</param>
 /// <param name="MaxFrameLength">The largest frame <see cref="IFramePort.Transmit"/> accepts, link header included.</param>
 /// <param name="BatchedIo">True when batches cost one system call (recvmmsg/sendmmsg) instead of one per frame.</param>
-public sealed record PortCapabilities(int Mtu, int MaxFrameLength, bool BatchedIo);
+/// <param name="Offloads">True when frames received may carry work the kernel left to the port's reader (a partial checksum, a
+/// large segment to cut: see <see cref="FrameBatch.Offload"/>), and runs of TCP segments are joined on transmit.</param>
+public sealed record PortCapabilities(int Mtu, int MaxFrameLength, bool BatchedIo, bool Offloads = false);
 
 /// <summary>
 /// A frame port: a place Ethernet frames come from and go to (an AF_PACKET socket on a netdev, a tap, an in-memory
@@ -65,6 +67,8 @@ public sealed class FrameBatch
 {
     private readonly byte[][] _buffers;
     private readonly int[] _lengths;
+    private readonly Linux.VirtioNetHeader[] _offloads;
+    private readonly byte[] _headers;
 
     /// <summary>Allocates <paramref name="capacity"/> buffers of <paramref name="frameCapacity"/> bytes, once.</summary>
     public FrameBatch(int capacity, int frameCapacity)
@@ -78,8 +82,25 @@ public sealed class FrameBatch
             _buffers[i] = GC.AllocateUninitializedArray<byte>(frameCapacity, pinned: true);
         }
         _lengths = new int[capacity];
+        _offloads = new Linux.VirtioNetHeader[capacity];
+        _headers = GC.AllocateArray<byte>(capacity * Linux.VirtioNetHeader.Size, pinned: true);
         FrameCapacity = frameCapacity;
     }
+
+    /// <summary>
+    /// What the kernel left undone on received frame <paramref name="index"/> (ports with
+    /// <see cref="PortCapabilities.Offloads"/>; plain otherwise): finish it with <see cref="Linux.FrameOffload"/>.
+    /// </summary>
+    public Linux.VirtioNetHeader Offload(int index) => _offloads[index];
+
+    /// <summary>The pinned place of slot <paramref name="index"/>'s virtio-net header, for ports that read one before each frame.</summary>
+    internal unsafe void* HeaderAddressOf(int index) =>
+        System.Runtime.CompilerServices.Unsafe.AsPointer(ref _headers[index * Linux.VirtioNetHeader.Size]);
+
+    /// <summary>Slot <paramref name="index"/>'s header bytes as received.</summary>
+    internal ReadOnlySpan<byte> HeaderAt(int index) => _headers.AsSpan(index * Linux.VirtioNetHeader.Size, Linux.VirtioNetHeader.Size);
+
+    internal void SetOffload(int index, Linux.VirtioNetHeader header) => _offloads[index] = header;
 
     /// <summary>How many frames the batch holds at most.</summary>
     public int Capacity => _buffers.Length;
@@ -104,6 +125,7 @@ public sealed class FrameBatch
             return false;
         }
         frame.CopyTo(_buffers[Count]);
+        _offloads[Count] = default;
         _lengths[Count++] = frame.Length;
         return true;
     }
@@ -119,6 +141,7 @@ public sealed class FrameBatch
     internal void SetReceived(int index, int length)
     {
         _lengths[index] = length;
+        _offloads[index] = default;
         Count = index + 1;
     }
 }

@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace Fabric.Wire;
 
@@ -8,22 +10,35 @@ public static class Checksum
     /// <summary>Adds <paramref name="data"/> to a running one's-complement sum (not yet folded).</summary>
     public static ulong Accumulate(ulong sum, ReadOnlySpan<byte> data)
     {
-        // Sum 32-bit words into a 64-bit accumulator: carries are folded once at the end.
-        while (data.Length >= 4)
+        // Eight bytes at a time in the machine's order, as two 32-bit words into a 64-bit accumulator; folded, the
+        // little-endian sum is the network-order sum with its bytes swapped (RFC 1071 §2(B)). Data paths checksum whole
+        // segments with this, so it reads words, not bytes.
+        ulong acc = 0;
+        ref var start = ref MemoryMarshal.GetReference(data);
+        var i = 0;
+        for (; i + 8 <= data.Length; i += 8)
         {
-            sum += BinaryPrimitives.ReadUInt32BigEndian(data);
-            data = data[4..];
+            var v = Unsafe.ReadUnaligned<ulong>(ref Unsafe.Add(ref start, i));
+            acc += (uint)v;
+            acc += v >> 32;
         }
-        if (data.Length >= 2)
+        if (i + 4 <= data.Length)
         {
-            sum += BinaryPrimitives.ReadUInt16BigEndian(data);
-            data = data[2..];
+            acc += Unsafe.ReadUnaligned<uint>(ref Unsafe.Add(ref start, i));
+            i += 4;
         }
-        if (data.Length == 1)
+        if (i + 2 <= data.Length)
         {
-            sum += (ulong)data[0] << 8;
+            acc += Unsafe.ReadUnaligned<ushort>(ref Unsafe.Add(ref start, i));
+            i += 2;
         }
-        return sum;
+        if (i < data.Length)
+        {
+            // The odd last byte is the high byte of a network-order word: the low byte of a machine-order one here.
+            acc += BitConverter.IsLittleEndian ? data[i] : (ulong)data[i] << 8;
+        }
+        var folded = (ushort)~Finish(acc);
+        return sum + (BitConverter.IsLittleEndian ? BinaryPrimitives.ReverseEndianness(folded) : folded);
     }
 
     /// <summary>Folds a running sum to 16 bits and complements it: the value to put in a checksum field.</summary>

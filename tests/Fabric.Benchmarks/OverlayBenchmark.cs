@@ -10,8 +10,10 @@ namespace Fabric.Benchmarks;
 /// The dataplane side by side, in one run: a direct veth between two namespaces (no overlay), Fabric std-ipv4 between
 /// VMs on two hosts (two fabric-agent processes, hosts joined by one veth underlay), and a wireguard-go tunnel between
 /// the same two host namespaces over the same underlay. TCP throughput (iperf3, 10 s, 1 and 4 streams), UDP 64-byte
-/// round trip p50/p99 (sockperf), and the CPU of the forwarding processes. Every veth has offloads off, so all three
-/// move MTU-sized frames. Needs root.
+/// round trip p50/p99 (sockperf), and the CPU of the forwarding processes. The underlay veth has offloads off, so what
+/// crosses it is MTU-sized datagrams (UDP segmentation still saves the sender's stack walks). The VMs' NICs keep their
+/// offloads, as virtio NICs do, and Fabric's agents cut and join segments (wireguard-go's TUN device does the same for
+/// its hosts); the direct veth is measured both ways. Needs root.
 /// </summary>
 internal static partial class OverlayBenchmark
 {
@@ -33,6 +35,15 @@ internal static partial class OverlayBenchmark
             net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
             net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
             results.Add(Measure("direct veth", a, b, "198.19.0.2", [], seconds));
+        }
+        using (var net = new TestNetwork())
+        {
+            var a = net.AddNamespace("da");
+            var b = net.AddNamespace("db");
+            net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b, offloads: true);
+            net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
+            net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
+            results.Add(Measure("direct, offloads", a, b, "198.19.0.2", [], seconds));
         }
         using (var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", withEmulator: false))
         {
@@ -58,11 +69,13 @@ internal static partial class OverlayBenchmark
         var fabric = results.Single(r => r.Name.StartsWith("fabric", StringComparison.Ordinal));
         var wg = results.Single(r => r.Name == "wireguard-go");
         var direct = results.Single(r => r.Name == "direct veth");
+        var offloaded = results.Single(r => r.Name == "direct, offloads");
         Console.WriteLine();
         Console.WriteLine($"fabric / wireguard-go: TCP×1 {fabric.Tcp1 / wg.Tcp1:0.00}×, TCP×4 {fabric.Tcp4 / wg.Tcp4:0.00}×, "
             + $"added RTT p50 {fabric.P50 - direct.P50:0.0} µs vs {wg.P50 - direct.P50:0.0} µs ({(fabric.P50 - direct.P50) / (wg.P50 - direct.P50):0.00}×), "
             + $"CPU per Mbit/s {fabric.CpuPercent / fabric.Tcp1:0.000} vs {wg.CpuPercent / wg.Tcp1:0.000} %");
-        Console.WriteLine("goal: TCP ≥ 2× wireguard-go, added p50 RTT below wireguard-go's.");
+        Console.WriteLine($"fabric / bare veth: TCP×1 {fabric.Tcp1 / direct.Tcp1:0%} of it without offloads, {fabric.Tcp1 / offloaded.Tcp1:0%} of it with them");
+        Console.WriteLine("goal: TCP×1 ≥ 4× wireguard-go, added p50 RTT ≤ 0.5× wireguard-go's; moonshot: ≥ 50 % of bare veth.");
         return 0;
     }
 

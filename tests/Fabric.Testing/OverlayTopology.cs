@@ -87,7 +87,8 @@ public sealed class OverlayTopology : IDisposable
             foreach (var vm in Vms)
             {
                 var inside = vm.Device;
-                _network.AddVeth(inside, vm.Namespace, vm.HostDevice, vm.Host == "host-a" ? HostA : HostB);
+                // A VM's NIC with its offloads on, as a virtio NIC has them: the agents' ports read virtio-net headers.
+                _network.AddVeth(inside, vm.Namespace, vm.HostDevice, vm.Host == "host-a" ? HostA : HostB, offloads: true);
                 TestNetwork.Exec(vm.Namespace, "ip", "link", "set", inside, "address", vm.Mac);
                 _network.AddAddress(vm.Namespace, inside, vm.IPv4 + "/24");
                 _network.AddAddress(vm.Namespace, inside, vm.IPv6 + "/64");

@@ -40,9 +40,10 @@ public sealed class TestNetwork : IDisposable
     /// <summary>
     /// Creates a veth pair with ends <paramref name="nameA"/> in <paramref name="nsA"/> and <paramref name="nameB"/> in
     /// <paramref name="nsB"/> (null = the root namespace), both up, with checksum and segmentation offloads off so
-    /// frames on the wire are complete and no larger than the MTU (user-space forwarders see exactly what a NIC would).
+    /// frames on the wire are complete and no larger than the MTU (user-space forwarders see exactly what a NIC would),
+    /// unless <paramref name="offloads"/>: then they stay on, as on a VM's virtio NIC (for ports that read virtio-net headers).
     /// </summary>
-    public void AddVeth(string nameA, string? nsA, string nameB, string? nsB, int mtu = 1500)
+    public void AddVeth(string nameA, string? nsA, string nameB, string? nsB, int mtu = 1500, bool offloads = false)
     {
         Privileged.Run("ip", "link", "add", nameA, "mtu", mtu.ToString(CultureInfo.InvariantCulture), "type", "veth", "peer", "name", nameB,
             "mtu", mtu.ToString(CultureInfo.InvariantCulture));
@@ -54,7 +55,10 @@ public sealed class TestNetwork : IDisposable
                 Privileged.Run("ip", "link", "set", name, "netns", ns);
             }
             ExecIn(ns, "ip", "link", "set", name, "up");
-            DisableOffloads(ns, name);
+            if (!offloads)
+            {
+                DisableOffloads(ns, name);
+            }
         }
     }
 

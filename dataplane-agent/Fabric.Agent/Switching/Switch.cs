@@ -1051,7 +1051,8 @@ public sealed class Switch : IDisposable
 
     private void ReceiveFromVm(VmPort vm)
     {
-        var batch = new FrameBatch(32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
+        // A port with offloads may hand over 64 KiB segments: fewer of them per batch.
+        var batch = new FrameBatch(vm.Port.Capabilities.Offloads ? 16 : 32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
         var scratch = new byte[65536];
         try
         {
@@ -1065,6 +1066,7 @@ public sealed class Switch : IDisposable
 
     private void ReceiveLoop(VmPort vm, FrameBatch batch, byte[] scratch)
     {
+        byte[]? segments = null;
         while (!vm.Stopping)
         {
             var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
@@ -1078,7 +1080,15 @@ public sealed class Switch : IDisposable
             }
             for (var i = 0; i < batch.Count; i++)
             {
-                FromVm(vm, batch[i], scratch);
+                var offload = batch.Offload(i);
+                if (offload.IsPlain)
+                {
+                    FromVm(vm, batch[i], scratch);
+                }
+                else
+                {
+                    FromVmOffloaded(vm, batch[i], offload, scratch, segments ??= new byte[65536]);
+                }
             }
             Flush();
         }
@@ -1090,6 +1100,38 @@ public sealed class Switch : IDisposable
         _underlay4?.Flush();
         _underlay6?.Flush();
         VmPort.FlushThread();
+    }
+
+    /// <summary>
+    /// Finishes what the VM's device left to the port: a partial checksum is completed, a large TCP or UDP segment cut into
+    /// the frames the VM's MSS makes (each switched as if the VM had sent it). A header the frame's own headers do not
+    /// bear out is the VM's malformed frame.
+    /// </summary>
+    private void FromVmOffloaded(VmPort vm, Span<byte> frame, VirtioNetHeader offload, Span<byte> scratch, Span<byte> segment)
+    {
+        if ((offload.GsoType & ~VirtioNetHeader.GsoEcn) == VirtioNetHeader.GsoNone)
+        {
+            if (!FrameOffload.FinishChecksum(frame, offload))
+            {
+                vm.Counters.Received(frame.Length);
+                vm.Counters.Drop(DropReason.Malformed);
+                return;
+            }
+            FromVm(vm, frame, scratch);
+            return;
+        }
+        var count = FrameOffload.SegmentCount(frame, offload);
+        // Headers are at most 134 bytes (Ethernet, IPv4 and TCP with options): a segment always fits the buffer.
+        if (count == 0 || offload.GsoSize + 134 > segment.Length)
+        {
+            vm.Counters.Received(frame.Length);
+            vm.Counters.Drop(DropReason.Malformed);
+            return;
+        }
+        for (var i = 0; i < count; i++)
+        {
+            FromVm(vm, segment[..FrameOffload.Segment(frame, offload, i, segment)], scratch);
+        }
     }
 
     /// <summary>Switches one frame a VM sent; the caller flushes the underlay after its batch.</summary>
