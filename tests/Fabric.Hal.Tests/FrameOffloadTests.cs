@@ -93,11 +93,38 @@ public sealed class FrameOffloadTests
         Assert.True(ChecksumsValid(frame, false, 6));
         // As the kernel leaves it: the pseudo-header's sum, not complemented, in the checksum field.
         var tcpLength = frame.Length - 34;
-        var pseudo = FrameOffload.Fold(FrameOffload.Sum(frame.AsSpan(26, 8), (ulong)tcpLength + 6));
+        var pseudo = Fold16(frame.AsSpan(26, 8), (ulong)tcpLength + 6);
         BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(50), pseudo);
         Assert.False(ChecksumsValid(frame, false, 6));
         Assert.True(FrameOffload.FinishChecksum(frame, new VirtioNetHeader(VirtioNetHeader.NeedsChecksum, 0, 0, 0, 34, 16)));
         Assert.True(ChecksumsValid(frame, false, 6));
+    }
+
+    [Fact]
+    public void ASmallUdpDatagramsPartialChecksum_IsFinished_AndAnSctpPacketGetsItsCrc()
+    {
+        var frame = Udp(Payload(3, 9));
+        Assert.Equal(45, frame.Length);
+        var expected = BinaryPrimitives.ReadUInt16BigEndian(frame.AsSpan(40));
+        BinaryPrimitives.WriteUInt16BigEndian(frame.AsSpan(40), Fold16(frame.AsSpan(26, 8), 11 + 17UL));
+        Assert.True(FrameOffload.FinishChecksum(frame, new VirtioNetHeader(VirtioNetHeader.NeedsChecksum, 0, 0, 0, 34, 6)));
+        Assert.Equal(expected, BinaryPrimitives.ReadUInt16BigEndian(frame.AsSpan(40)));
+        // Only the checksum field of the transport header the frame's own headers name.
+        Assert.False(FrameOffload.FinishChecksum(frame, new VirtioNetHeader(VirtioNetHeader.NeedsChecksum, 0, 0, 0, 34, 2)));
+        Assert.False(FrameOffload.FinishChecksum(frame, new VirtioNetHeader(VirtioNetHeader.NeedsChecksum, 0, 0, 0, 30, 6)));
+
+        // RFC 3720 B.4's CRC32c vectors (the bytes as sent: aa 36 91 8a for 32 zeros).
+        Assert.Equal(0x8A9136AAu, FrameOffload.Crc32C(new byte[32]));
+        Assert.Equal(0x62A8AB43u, FrameOffload.Crc32C(Enumerable.Repeat((byte)0xFF, 32).ToArray()));
+        Assert.Equal(0x46DD794Eu, FrameOffload.Crc32C(Enumerable.Range(0, 32).Select(i => (byte)i).ToArray()));
+        var sctp = new byte[14 + 20 + 28];
+        Ethernet(sctp, false);
+        IpHeader(sctp, false, 132, 28, 1);
+        sctp[34 + 12] = 1; // an INIT chunk's type: any bytes do
+        Assert.True(FrameOffload.FinishChecksum(sctp, new VirtioNetHeader(VirtioNetHeader.NeedsChecksum, 0, 0, 0, 34, 8)));
+        var crc = BinaryPrimitives.ReadUInt32LittleEndian(sctp.AsSpan(42));
+        sctp.AsSpan(42, 4).Clear();
+        Assert.Equal(FrameOffload.Crc32C(sctp.AsSpan(34)), crc);
     }
 
     [Theory]
@@ -123,6 +150,27 @@ public sealed class FrameOffloadTests
         Assert.False(FrameOffload.Continues(segments[0], otherAck, headers));
         Assert.Equal(0, FrameOffload.JoinableHeaders(Tcp(ipv6, 1, Payload(10, 1), 0x02, 1))); // a SYN is never joined
         Assert.Equal(0, FrameOffload.JoinableHeaders(Tcp(ipv6, 1, [], 0x10, 1))); // nor a bare ACK
+        // Frames the VM's stack would have refused are never joined (a joined segment's checksum is not checked again):
+        var badChecksum = (byte[])segments[1].Clone();
+        badChecksum[^1] ^= 0x40;
+        Assert.Equal(0, FrameOffload.JoinableHeaders(badChecksum));
+        Assert.False(FrameOffload.Continues(segments[0], badChecksum, headers));
+        // padding after the IP packet would be taken for data,
+        var padded = segments[3].Concat(new byte[6]).ToArray();
+        Assert.Equal(0, FrameOffload.JoinableHeaders(padded));
+        Assert.False(FrameOffload.Continues(segments[2], padded, headers));
+        if (!ipv6)
+        {
+            var badHeader = (byte[])segments[1].Clone();
+            badHeader[22] ^= 1; // the TTL, header checksum not updated
+            Assert.Equal(0, FrameOffload.JoinableHeaders(badHeader));
+            var otherTtl = Tcp(ipv6, (uint)(5000 + Mss), Payload(Mss, 1), 0x10, 10);
+            otherTtl[22] = 63;
+            BinaryPrimitives.WriteUInt16BigEndian(otherTtl.AsSpan(24), 0);
+            BinaryPrimitives.WriteUInt16BigEndian(otherTtl.AsSpan(24), (ushort)~Fold16(otherTtl.AsSpan(14, 20), 0));
+            Assert.NotEqual(0, FrameOffload.JoinableHeaders(otherTtl));
+            Assert.False(FrameOffload.Continues(segments[0], otherTtl, headers)); // another TTL: another path
+        }
 
         var head = (byte[])segments[0].Clone();
         var total = 3 * Mss + 300;

@@ -1067,6 +1067,8 @@ public sealed class Switch : IDisposable
     private void ReceiveLoop(VmPort vm, FrameBatch batch, byte[] scratch)
     {
         byte[]? segments = null;
+        // The device's MTU, an Ethernet header and a VLAN tag: what a frame that is not a segment to cut may be.
+        var maxPlain = vm.Port.Capabilities.Offloads ? vm.Port.Capabilities.Mtu + 18 : int.MaxValue;
         while (!vm.Stopping)
         {
             var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
@@ -1081,9 +1083,15 @@ public sealed class Switch : IDisposable
             for (var i = 0; i < batch.Count; i++)
             {
                 var offload = batch.Offload(i);
-                if (offload.IsPlain)
+                if (offload.IsPlain && batch[i].Length <= maxPlain)
                 {
                     FromVm(vm, batch[i], scratch);
+                }
+                else if (offload.IsPlain)
+                {
+                    // A port with offloads takes 64 KiB frames, but only a segment to cut may exceed the device's MTU.
+                    vm.Counters.Received(batch[i].Length);
+                    vm.Counters.Drop(DropReason.Malformed);
                 }
                 else
                 {
@@ -1121,8 +1129,9 @@ public sealed class Switch : IDisposable
             return;
         }
         var count = FrameOffload.SegmentCount(frame, offload);
-        // Headers are at most 134 bytes (Ethernet, IPv4 and TCP with options): a segment always fits the buffer.
-        if (count == 0 || offload.GsoSize + 134 > segment.Length)
+        // A segment size beyond the device's MTU is a header the VM's kernel would never write (and each cut frame would
+        // only be fragmented again); headers are at most 134 bytes, so a segment always fits the buffer.
+        if (count == 0 || offload.GsoSize > vm.Port.Capabilities.Mtu || offload.GsoSize + 134 > segment.Length)
         {
             vm.Counters.Received(frame.Length);
             vm.Counters.Drop(DropReason.Malformed);

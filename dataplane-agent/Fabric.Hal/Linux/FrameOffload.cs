@@ -52,6 +52,7 @@ public static class FrameOffload
     private const ushort EtherIPv6 = 0x86DD;
     private const byte Tcp = 6;
     private const byte Udp = 17;
+    private const byte Sctp = 132;
     private const byte TcpFin = 0x01;
     private const byte TcpSyn = 0x02;
     private const byte TcpRst = 0x04;
@@ -84,6 +85,18 @@ public static class FrameOffload
         {
             return false;
         }
+        if (TryTransport(frame, out var protocol, out var transport) && protocol == Sctp && start == transport && header.ChecksumOffset == 8 && at + 4 <= frame.Length)
+        {
+            // SCTP's checksum is a CRC32c (RFC 9260 App. A), which a NIC with SCTP checksum offload computes: so does this.
+            BinaryPrimitives.WriteUInt32LittleEndian(frame[at..], 0);
+            BinaryPrimitives.WriteUInt32LittleEndian(frame[at..], Crc32C(frame[start..]));
+            return true;
+        }
+        // Anything else must be the Internet checksum of a TCP or UDP header where the frame's own headers put it.
+        if (!TryLayout(frame, out var layout) || start != layout.Transport || header.ChecksumOffset != (layout.Protocol == Tcp ? 16 : 6))
+        {
+            return false;
+        }
         var check = (ushort)~Fold(Sum(frame[start..]));
         // A UDP checksum that comes out 0 is sent as all ones (0 means "none" for UDP over IPv4).
         if (check == 0 && header.ChecksumOffset == 6)
@@ -92,6 +105,44 @@ public static class FrameOffload
         }
         BinaryPrimitives.WriteUInt16BigEndian(frame[at..], check);
         return true;
+    }
+
+    /// <summary>CRC32c (Castagnoli) of <paramref name="data"/>, as SCTP puts it in its common header (to be written little-endian).</summary>
+    public static uint Crc32C(ReadOnlySpan<byte> data)
+    {
+        var crc = 0xFFFF_FFFFu;
+        var i = 0;
+        for (; i + 8 <= data.Length; i += 8)
+        {
+            crc = System.Numerics.BitOperations.Crc32C(crc, BinaryPrimitives.ReadUInt64LittleEndian(data[i..]));
+        }
+        for (; i < data.Length; i++)
+        {
+            crc = System.Numerics.BitOperations.Crc32C(crc, data[i]);
+        }
+        return ~crc;
+    }
+
+    /// <summary>The transport protocol and offset of an unfragmented IPv4 or IPv6 (no extension headers) packet.</summary>
+    private static bool TryTransport(ReadOnlySpan<byte> frame, out byte protocol, out int transport)
+    {
+        (protocol, transport) = (0, 0);
+        if (frame.Length < Ethernet + 20)
+        {
+            return false;
+        }
+        var etherType = BinaryPrimitives.ReadUInt16BigEndian(frame[12..]);
+        if (etherType == EtherIPv4 && frame[Ethernet] >> 4 == 4 && (frame[Ethernet] & 0x0F) >= 5 && frame.Length >= Ethernet + ((frame[Ethernet] & 0x0F) * 4))
+        {
+            (protocol, transport) = (frame[Ethernet + 9], Ethernet + ((frame[Ethernet] & 0x0F) * 4));
+            return true;
+        }
+        if (etherType == EtherIPv6 && frame.Length >= Ethernet + 40 && frame[Ethernet] >> 4 == 6)
+        {
+            (protocol, transport) = (frame[Ethernet + 6], Ethernet + 40);
+            return true;
+        }
+        return false;
     }
 
     /// <summary>Where a TCP or UDP packet's layers start in a frame: the transport header's offset and length, the IP version.</summary>
@@ -103,7 +154,7 @@ public static class FrameOffload
     private static bool TryLayout(ReadOnlySpan<byte> frame, out Layout layout)
     {
         layout = default;
-        if (frame.Length < Ethernet + 40)
+        if (frame.Length < Ethernet + 20)
         {
             return false;
         }
@@ -115,13 +166,13 @@ public static class FrameOffload
         {
             var ihl = (frame[Ethernet] & 0x0F) * 4;
             // A fragment (more fragments, or an offset) is never a segment to cut or join.
-            if (frame[Ethernet] >> 4 != 4 || ihl < 20 || (BinaryPrimitives.ReadUInt16BigEndian(frame[(Ethernet + 6)..]) & 0x3FFF) != 0)
+            if (frame[Ethernet] >> 4 != 4 || ihl < 20 || frame.Length < Ethernet + ihl || (BinaryPrimitives.ReadUInt16BigEndian(frame[(Ethernet + 6)..]) & 0x3FFF) != 0)
             {
                 return false;
             }
             (transport, protocol, ipv6) = (Ethernet + ihl, frame[Ethernet + 9], false);
         }
-        else if (etherType == EtherIPv6 && frame[Ethernet] >> 4 == 6)
+        else if (etherType == EtherIPv6 && frame.Length >= Ethernet + 40 && frame[Ethernet] >> 4 == 6)
         {
             // Extension headers are not followed: such packets are never offloaded by Linux's TCP, and never joined here.
             (transport, protocol, ipv6) = (Ethernet + 40, frame[Ethernet + 6], true);
@@ -246,7 +297,11 @@ public static class FrameOffload
         return length;
     }
 
-    /// <summary>The headers' length of a TCP segment a run may start with (plain ACK, or ACK with PSH), or 0.</summary>
+    /// <summary>
+    /// The headers' length of a TCP segment that may be joined with others (plain ACK, or ACK with PSH), or 0. A joined
+    /// segment reaches the VM marked as needing no checksum check, so every frame is checked here as the VM's stack would
+    /// have: IP length equal to the frame's (no padding taken for data), IPv4 header and TCP checksums valid.
+    /// </summary>
     public static int JoinableHeaders(ReadOnlySpan<byte> frame)
     {
         if (!TryLayout(frame, out var layout) || layout.Protocol != Tcp || frame.Length <= layout.Headers)
@@ -258,7 +313,20 @@ public static class FrameOffload
             return 0; // IP options: left alone
         }
         var flags = frame[layout.Transport + 13];
-        return (flags & ~TcpPsh) == TcpAck ? layout.Headers : 0;
+        if ((flags & ~TcpPsh) != TcpAck)
+        {
+            return 0;
+        }
+        var ipLength = layout.IPv6
+            ? BinaryPrimitives.ReadUInt16BigEndian(frame[(Ethernet + 4)..]) + 40
+            : BinaryPrimitives.ReadUInt16BigEndian(frame[(Ethernet + 2)..]);
+        if (ipLength != frame.Length - Ethernet
+            || (!layout.IPv6 && Fold(Sum(frame[Ethernet..layout.Transport])) != 0xFFFF)
+            || Fold(Sum(frame[layout.Transport..], PseudoHeader(frame, layout.IPv6, Tcp, frame.Length - layout.Transport))) != 0xFFFF)
+        {
+            return 0;
+        }
+        return layout.Headers;
     }
 
     /// <summary>

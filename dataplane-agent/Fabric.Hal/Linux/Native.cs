@@ -28,6 +28,7 @@ internal static unsafe partial class Native
     public const int PACKET_IGNORE_OUTGOING = 23;
     public const int PACKET_VNET_HDR = 15;
     public const int MSG_TRUNC = 0x20;
+    public const int MSG_CTRUNC = 0x08;
     public const int MSG_DONTWAIT = 0x40;
     public const int MSG_WAITFORONE = 0x10000;
     public const short POLLIN = 0x1;

@@ -41,6 +41,7 @@ public sealed class UdpOffloads
     private long _sends;
     private long _datagrams;
     private long _coalesced;
+    private long _truncated;
     private volatile bool _sendRefused;
 
     /// <summary>Messages sent with more than one segment.</summary>
@@ -52,6 +53,9 @@ public sealed class UdpOffloads
     /// <summary>Buffers received holding more than one datagram.</summary>
     public long Coalesced => Interlocked.Read(ref _coalesced);
 
+    /// <summary>Received messages (or their tails) dropped because they did not fit: cut short, or more datagrams than a message has room for.</summary>
+    public long Truncated => Interlocked.Read(ref _truncated);
+
     /// <summary>True once the kernel refused a segmented send because the device cannot checksum for it: no sender tries again.</summary>
     public bool SendRefused => _sendRefused;
 
@@ -62,6 +66,20 @@ public sealed class UdpOffloads
     }
 
     internal void Received() => Interlocked.Increment(ref _coalesced);
+
+    internal void CountTruncated() => Interlocked.Increment(ref _truncated);
+
+    /// <summary>Peers a segmented send was refused for other than EIO (its path's MTU below the segment size): until when, in ms.</summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<UdpPeer, long> _refusedPeers = new();
+
+    /// <summary>How long a peer whose segmented send was refused gets single datagrams before segmentation is tried again.</summary>
+    internal const int PeerRefusalMilliseconds = 10_000;
+
+    /// <summary>True while sends to <paramref name="peer"/> go unsegmented (a segmented one was refused lately).</summary>
+    internal bool Refused(UdpPeer peer) =>
+        !_refusedPeers.IsEmpty && _refusedPeers.TryGetValue(peer, out var until) && (Environment.TickCount64 < until || !_refusedPeers.TryRemove(peer, out _));
+
+    internal void RefusePeer(UdpPeer peer) => _refusedPeers[peer] = Environment.TickCount64 + PeerRefusalMilliseconds;
 
     internal void RefuseSend() => _sendRefused = true;
 }
@@ -88,8 +106,11 @@ public sealed unsafe class UdpBatchSocket
     /// <summary>Bytes per offloaded send: one IP packet's payload must hold them all.</summary>
     private const int MaxOffloadBytes = 65000;
 
-    /// <summary>Most datagrams one coalesced receive may hold (the kernel coalesces at most 64).</summary>
-    private const int MaxCoalesced = 64;
+    /// <summary>
+    /// Most datagrams one coalesced receive may hold: GRO coalesces at most 64, but a segmented send that reaches the
+    /// socket unsegmented (from this host, or over a device that keeps UDP segmentation) holds up to 128.
+    /// </summary>
+    private const int MaxCoalesced = 128;
 
     private readonly Socket _socket;
     private readonly byte[][] _buffers;
@@ -140,6 +161,7 @@ public sealed unsafe class UdpBatchSocket
         _offloads = offloads ?? new UdpOffloads();
         _gso = gso;
         _gro = gro;
+        // Room for every message to hold MaxCoalesced datagrams: one message never takes another's room.
         var segments = gro ? capacity * MaxCoalesced : capacity;
         _segmentBuffers = new int[segments];
         _segmentOffsets = new int[segments];
@@ -227,7 +249,15 @@ public sealed unsafe class UdpBatchSocket
             var count = 0;
             for (var i = 0; i < n; i++)
             {
-                var length = (int)Math.Min(_messages[i].Length, (uint)DatagramCapacity);
+                var flags = _messages[i].Header.Flags;
+                if ((flags & (Native.MSG_TRUNC | Native.MSG_CTRUNC)) != 0)
+                {
+                    // Cut short (a datagram beyond the buffer), or its segment size lost with the control data: what it
+                    // holds cannot be told apart, so none of it is handed on.
+                    _offloads.CountTruncated();
+                    continue;
+                }
+                var length = (int)_messages[i].Length;
                 var peer = ReadPeer(new ReadOnlySpan<byte>(names + (i * SockaddrSize), SockaddrSize));
                 var size = _gro ? CoalescedSize(ref _messages[i].Header) : 0;
                 if (size <= 0 || size >= length)
@@ -236,10 +266,17 @@ public sealed unsafe class UdpBatchSocket
                     count++;
                     continue;
                 }
-                // Several datagrams of one sender, each `size` bytes but the last: split them again.
+                // Several datagrams of one sender, each `size` bytes but the last: split them again. Each message has
+                // room for MaxCoalesced of them; a message that claims more loses the rest, counted.
                 _offloads.Received();
-                for (var offset = 0; offset < length && count < _segmentLengths.Length; offset += size)
+                var end = count + MaxCoalesced;
+                for (var offset = 0; offset < length; offset += size)
                 {
+                    if (count == end)
+                    {
+                        _offloads.CountTruncated();
+                        break;
+                    }
                     (_segmentBuffers[count], _segmentOffsets[count], _segmentLengths[count], _segmentPeers[count]) = (i, offset, Math.Min(size, length - offset), peer);
                     count++;
                 }
@@ -304,7 +341,8 @@ public sealed unsafe class UdpBatchSocket
                 var size = _lengths[i];
                 var total = size;
                 i++;
-                while (i < Count && i - start < MaxSegments && _peers[i] == _peers[start] && _lengths[i] <= size && total + _lengths[i] <= MaxOffloadBytes)
+                var segmentable = !_offloads.Refused(_peers[start]);
+                while (segmentable && i < Count && i - start < MaxSegments && _peers[i] == _peers[start] && _lengths[i] <= size && total + _lengths[i] <= MaxOffloadBytes)
                 {
                     total += _lengths[i];
                     i++;
@@ -375,6 +413,12 @@ public sealed unsafe class UdpBatchSocket
                     if (errno == Native.EIO)
                     {
                         _offloads.RefuseSend();
+                    }
+                    else
+                    {
+                        // Most likely its path's MTU below the segment size: this peer alone gets single datagrams a while,
+                        // rather than every flush trying, failing and sending them again one by one.
+                        _offloads.RefusePeer(_peers[_runStarts[sent]]);
                     }
                     return _runStarts[sent];
                 }
