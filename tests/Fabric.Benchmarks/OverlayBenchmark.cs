@@ -9,7 +9,7 @@ namespace Fabric.Benchmarks;
 /// <summary>
 /// The dataplane side by side, in one run: a direct veth between two namespaces (no overlay), Fabric std-ipv4 between
 /// VMs on two hosts (two fabric-agent processes, hosts joined by one veth underlay), and a wireguard-go tunnel between
-/// the same two host namespaces over the same underlay. TCP throughput (iperf3, 10 s, 1 and 4 streams), UDP 64-byte
+/// the same two host namespaces over the same underlay. TCP throughput (iperf3, 10 s, 1, 4 and 16 streams), UDP 64-byte
 /// round trip p50/p99 (sockperf), and the CPU of the forwarding processes. The underlay veth has offloads off, so what
 /// crosses it is MTU-sized datagrams (UDP segmentation still saves the sender's stack walks). The VMs' NICs keep their
 /// offloads, as virtio NICs do, and Fabric's agents cut and join segments (wireguard-go's TUN device does the same for
@@ -17,7 +17,7 @@ namespace Fabric.Benchmarks;
 /// </summary>
 internal static partial class OverlayBenchmark
 {
-    private sealed record Figures(string Name, double Tcp1, double Tcp4, double P50, double P99, double CpuPercent);
+    private sealed record Figures(string Name, double Tcp1, double Tcp4, double Tcp16, double P50, double P99, double CpuPercent);
 
     public static int Run(int seconds)
     {
@@ -61,17 +61,17 @@ internal static partial class OverlayBenchmark
         }
 
         Console.WriteLine();
-        Console.WriteLine($"{"path",-16} {"TCP 1 stream",14} {"TCP 4 streams",14} {"UDP RTT p50",12} {"UDP RTT p99",12} {"forwarder CPU",14}");
+        Console.WriteLine($"{"path",-16} {"TCP 1 stream",14} {"TCP 4 streams",14} {"TCP 16 streams",15} {"UDP RTT p50",12} {"UDP RTT p99",12} {"forwarder CPU",14}");
         foreach (var r in results)
         {
-            Console.WriteLine($"{r.Name,-16} {r.Tcp1,9:0} Mb/s {r.Tcp4,9:0} Mb/s {r.P50,9:0.0} µs {r.P99,9:0.0} µs {r.CpuPercent,10:0} %");
+            Console.WriteLine($"{r.Name,-16} {r.Tcp1,9:0} Mb/s {r.Tcp4,9:0} Mb/s {r.Tcp16,10:0} Mb/s {r.P50,9:0.0} µs {r.P99,9:0.0} µs {r.CpuPercent,10:0} %");
         }
         var fabric = results.Single(r => r.Name.StartsWith("fabric", StringComparison.Ordinal));
         var wg = results.Single(r => r.Name == "wireguard-go");
         var direct = results.Single(r => r.Name == "direct veth");
         var offloaded = results.Single(r => r.Name == "direct, offloads");
         Console.WriteLine();
-        Console.WriteLine($"fabric / wireguard-go: TCP×1 {fabric.Tcp1 / wg.Tcp1:0.00}×, TCP×4 {fabric.Tcp4 / wg.Tcp4:0.00}×, "
+        Console.WriteLine($"fabric / wireguard-go: TCP×1 {fabric.Tcp1 / wg.Tcp1:0.00}×, TCP×4 {fabric.Tcp4 / wg.Tcp4:0.00}×, TCP×16 {fabric.Tcp16 / wg.Tcp16:0.00}×, "
             + $"added RTT p50 {fabric.P50 - direct.P50:0.0} µs vs {wg.P50 - direct.P50:0.0} µs ({(fabric.P50 - direct.P50) / (wg.P50 - direct.P50):0.00}×), "
             + $"CPU per Mbit/s {fabric.CpuPercent / fabric.Tcp1:0.000} vs {wg.CpuPercent / wg.Tcp1:0.000} %");
         Console.WriteLine($"fabric / bare veth: TCP×1 {fabric.Tcp1 / direct.Tcp1:0%} of it without offloads, {fabric.Tcp1 / offloaded.Tcp1:0%} of it with them");
@@ -92,8 +92,9 @@ internal static partial class OverlayBenchmark
             var tcp1 = Iperf(client, address, 1, seconds);
             var cpu = pids.Length == 0 ? 0 : (pids.Sum(CpuSeconds) - cpuBefore) / watch.Elapsed.TotalSeconds * 100;
             var tcp4 = Iperf(client, address, 4, seconds);
+            var tcp16 = Iperf(client, address, 16, seconds);
             var output = Privileged.Run("ip", "netns", "exec", client, "sockperf", "ping-pong", "-i", address, "-p", "11111", "-t", "5", "-m", "64", "--full-rtt");
-            return new Figures(name, tcp1, tcp4, Percentile(output, "50.000"), Percentile(output, "99.000"), cpu);
+            return new Figures(name, tcp1, tcp4, tcp16, Percentile(output, "50.000"), Percentile(output, "99.000"), cpu);
         }
         finally
         {
