@@ -421,7 +421,21 @@ public sealed class Agent : IDisposable
     {
         HostId = Config.HostId,
         ControlPlane = ControlPlaneStatus?.Invoke(),
-        Underlay = new { IPv4 = Switch.UnderlayEndpoints.IPv4?.ToString(), IPv6 = Switch.UnderlayEndpoints.IPv6?.ToString(), Drops = Switch.UnderlayCounters.DropSnapshot() },
+        Underlay = new
+        {
+            IPv4 = Switch.UnderlayEndpoints.IPv4?.ToString(),
+            IPv6 = Switch.UnderlayEndpoints.IPv6?.ToString(),
+            Drops = Switch.UnderlayCounters.DropSnapshot(),
+            Offloads = Switch.UnderlayOffloads.Select(o => new
+            {
+                o.Family,
+                SegmentedSends = o.Figures.Sends,
+                SegmentedDatagrams = o.Figures.Datagrams,
+                CoalescedReceives = o.Figures.Coalesced,
+                o.Figures.Truncated,
+                SegmentationRefused = o.Figures.SendRefused,
+            }),
+        },
         Stacks = Switch.StackHost.Entries(),
         Quarantined = Switch.StackHost.Quarantined,
         Withdrawn = Switch.StackHost.Withdrawn,
@@ -437,6 +451,14 @@ public sealed class Agent : IDisposable
             FromVm = new { Packets = v.Counters.RxPackets, Bytes = v.Counters.RxBytes },
             ToVm = new { Packets = v.Counters.TxPackets, Bytes = v.Counters.TxBytes },
             Drops = v.Counters.DropSnapshot(),
+            Offloads = new
+            {
+                v.Port.Capabilities.Offloads,
+                LargeSegmentsCut = Volatile.Read(ref v.LargeSegmentsCut),
+                FramesCut = Volatile.Read(ref v.FramesCut),
+                JoinedSends = v.Port is AfPacketPort joined ? joined.JoinedSends : 0,
+                JoinedFrames = v.Port is AfPacketPort joinedFrames ? joinedFrames.JoinedFrames : 0,
+            },
         }),
         Paths = Switch.Paths.Values.OrderBy(p => p.Spec.HostId, StringComparer.Ordinal).Select(p => new
         {

@@ -41,6 +41,17 @@ public class OverlayEndToEndTests
         var result = TcpTransfer.Run(topology.Vm("vm1").Namespace, topology.Vm("vm3").Namespace, "10.100.0.3", 200L * 1024 * 1024, TimeSpan.FromMinutes(4));
         Assert.Equal(result.SentSha256, result.ReceivedSha256);
         TestContext.Current.TestOutputHelper?.WriteLine($"200 MiB in {result.Elapsed.TotalSeconds:0.0} s = {result.MegabitsPerSecond:0} Mbit/s");
+        // The bytes crossed every offload on the way, and still hash the same: vm1's NIC handed over large segments the
+        // agent cut, host-a sent runs of datagrams as one segmented send, and host-b joined runs of segments for vm3.
+        var a = topology.Status("host-a");
+        var b = topology.Status("host-b");
+        var vm1 = a.GetProperty("vms").EnumerateArray().Single(v => v.GetProperty("id").GetString() == "vm1").GetProperty("offloads");
+        var vm3 = b.GetProperty("vms").EnumerateArray().Single(v => v.GetProperty("id").GetString() == "vm3").GetProperty("offloads");
+        var sends = a.GetProperty("underlay").GetProperty("offloads").EnumerateArray().Sum(o => o.GetProperty("segmentedSends").GetInt64());
+        TestContext.Current.TestOutputHelper?.WriteLine($"vm1: {vm1}; vm3: {vm3}; host-a segmented sends: {sends}");
+        Assert.True(vm1.GetProperty("largeSegmentsCut").GetInt64() > 0, $"vm1's large segments: {vm1}");
+        Assert.True(vm3.GetProperty("joinedSends").GetInt64() > 0, $"vm3's joined sends: {vm3}");
+        Assert.True(sends > 0, "host-a sent no segmented run");
     }
 
     [Fact]

@@ -698,6 +698,10 @@ public sealed class Switch : IDisposable
     /// <summary>Exceptions the underlay receive threads caught and survived (each cost one datagram).</summary>
     public long UnderlayFaults => (_underlay4?.Faults ?? 0) + (_underlay6?.Faults ?? 0);
 
+    /// <summary>What each underlay socket's UDP offloads did (segmented sends, coalesced receives, refusals).</summary>
+    public IReadOnlyList<(string Family, UdpOffloads Figures)> UnderlayOffloads =>
+        [.. new[] { ("ipv4", _underlay4), ("ipv6", _underlay6) }.Where(u => u.Item2 is not null).Select(u => (u.Item1, u.Item2!.Offloads))];
+
     /// <summary>Exceptions the path monitor caught and survived.</summary>
     public long MonitorFaults => Interlocked.Read(ref _monitorFaults);
 
@@ -1137,6 +1141,8 @@ public sealed class Switch : IDisposable
             vm.Counters.Drop(DropReason.Malformed);
             return;
         }
+        vm.LargeSegmentsCut++;
+        vm.FramesCut += count;
         for (var i = 0; i < count; i++)
         {
             FromVm(vm, segment[..FrameOffload.Segment(frame, offload, i, segment)], scratch);

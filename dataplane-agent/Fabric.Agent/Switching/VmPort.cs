@@ -52,6 +52,11 @@ public sealed class VmPort : IDisposable
 
     public IFramePort Port { get; }
 
+    /// <summary>Large segments from the VM its port's offloads handed over, and the frames they were cut into (written by its receive thread only).</summary>
+    public long LargeSegmentsCut;
+
+    public long FramesCut;
+
     /// <summary>Rx = frames from the VM; Tx = frames delivered to the VM.</summary>
     public TrafficCounters Counters { get; } = new();
 
