@@ -8,7 +8,7 @@ namespace Fabric.Cni;
 
 /// <summary>
 /// The plugin's configuration as the runtime sends it on stdin: the spec's keys (cniVersion, name, type, ipam, dns,
-/// runtimeConfig, prevResult, args) and Fabric's own — vni, mtu, policy, agentSocket, stateDir, dataDir. Unknown keys
+/// runtimeConfig, prevResult, args) and Fabric's own — vni, mtu, policy, agentSocket, stateDir, dataDir, offloads. Unknown keys
 /// are allowed and ignored (the spec requires runtimes to pass them through). The original JSON is kept for delegation.
 /// </summary>
 public sealed partial class NetworkConfig
@@ -31,6 +31,13 @@ public sealed partial class NetworkConfig
     public string StateDirectory { get; private init; } = "/var/lib/fabric";
     public string DataDirectory { get; private init; } = "/var/lib/cni/fabric";
     public string? IpamType { get; private init; }
+
+    /// <summary>
+    /// Whether the veth keeps its checksum and segmentation offloads (default true): the agent's port reads virtio-net
+    /// headers and finishes what they leave. False for an agent with <c>vmPortOffloads</c> off, whose ports need frames
+    /// complete and no larger than the MTU.
+    /// </summary>
+    public bool Offloads { get; private init; } = true;
 
     /// <summary>The inner MTU of a std-ipv4 path on a 1500-byte underlay (dataplane-agent/Fabric.Agent/README.md).</summary>
     public const int DefaultMtu = 1442;
@@ -101,6 +108,12 @@ public sealed partial class NetworkConfig
             StateDirectory = String(json, "stateDir") ?? "/var/lib/fabric",
             DataDirectory = String(json, "dataDir") ?? "/var/lib/cni/fabric",
             IpamType = ipamType,
+            Offloads = json["offloads"] switch
+            {
+                null => true,
+                JsonValue value when value.TryGetValue<bool>(out var on) => on,
+                var other => throw Unsupported("offloads", other),
+            },
         };
     }
 

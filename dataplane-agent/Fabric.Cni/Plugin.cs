@@ -224,10 +224,14 @@ public sealed partial class Plugin(CniEnvironment env)
         Shell.Must("ip", "link", "add", "dev", host, "mtu", mtu, "type", "veth", "peer", "name", temporary, "mtu", mtu);
         Shell.Must("ip", "link", "set", "dev", temporary, "netns", netns);
         Shell.Must("nsenter", $"--net={netns}", "ip", "link", "set", "dev", temporary, "name", ifName, "address", mac);
-        // The agent reads frames with AF_PACKET: they must be what a NIC would send — complete checksums, no 64 KiB
-        // GSO frames — so checksum and segmentation offloads stay off on both ends of the veth.
-        Shell.Must("nsenter", $"--net={netns}", "ethtool", "-K", ifName, "tx", "off", "tso", "off", "gso", "off", "gro", "off");
-        Shell.Must("ethtool", "-K", host, "tx", "off", "tso", "off", "gso", "off", "gro", "off");
+        // The veth keeps its offloads, as a VM's virtio NIC does: the agent's port reads virtio-net headers, finishes
+        // checksums and cuts large segments. An agent with vmPortOffloads off reads frames as a NIC sends them — complete
+        // checksums, no 64 KiB segments — so for it ("offloads": false) they go off on both ends.
+        if (!config.Offloads)
+        {
+            Shell.Must("nsenter", $"--net={netns}", "ethtool", "-K", ifName, "tx", "off", "tso", "off", "gso", "off", "gro", "off");
+            Shell.Must("ethtool", "-K", host, "tx", "off", "tso", "off", "gso", "off", "gro", "off");
+        }
         foreach (var ip in ipam?["ips"] as JsonArray ?? [])
         {
             Shell.Must("nsenter", $"--net={netns}", "ip", "addr", "add", ip!["address"]!.GetValue<string>(), "dev", ifName);

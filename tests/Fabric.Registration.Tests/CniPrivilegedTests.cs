@@ -87,6 +87,18 @@ public sealed class CniPrivilegedTests : IDisposable
         Assert.Equal(2, _agent!.Switch.Vms.Count);
         Assert.All(_agent.Switch.Vms.Values, v => Assert.Equal(7u, v.Spec.Vni));
         Assert.True(_agent.Switch.Vms.Values.Sum(v => v.Counters.RxPackets) >= 6);
+        // The veths keep their offloads (a container's TCP hands over 64 KiB segments, which the agent cuts), and the
+        // bytes still arrive whole; "offloads": false turns them off on both ends of a third container's veth.
+        Assert.Contains("tcp-segmentation-offload: on", TestNetwork.Exec(ns1, "ethtool", "-k", "eth0"), StringComparison.Ordinal);
+        var transfer = TcpTransfer.Run(ns1, ns2, address.Split('/')[0], 20L * 1024 * 1024, TimeSpan.FromMinutes(2));
+        Assert.Equal(transfer.SentSha256, transfer.ReceivedSha256);
+        Assert.True(_agent.Switch.Vms.Values.Sum(v => v.LargeSegmentsCut) > 0, "no large segment from a container was cut");
+        var ns3 = _network.AddNamespace("c3");
+        var add3 = CniTests.Cni("ADD", Config(extra: new JsonObject { ["offloads"] = false }), Env("c3", ns3));
+        Assert.True(add3.Code == 0, add3.Output?.ToJsonString());
+        Assert.Contains("tcp-segmentation-offload: off", TestNetwork.Exec(ns3, "ethtool", "-k", "eth0"), StringComparison.Ordinal);
+        Assert.Contains("tcp-segmentation-offload: off", Privileged.Run("ethtool", "-k", Fabric.Cni.Plugin.HostDevice("c3", "eth0")), StringComparison.Ordinal);
+        Assert.Equal(0, CniTests.Cni("DEL", Config(), Env("c3", ns3)).Code);
 
         var check = CniTests.Cni("CHECK", Config(extra: new JsonObject { ["prevResult"] = result.DeepClone() }), Env("c2", ns2));
         Assert.True(check.Code == 0, check.Output?.ToJsonString());

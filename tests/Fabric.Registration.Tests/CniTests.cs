@@ -95,6 +95,7 @@ public class CniTests
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"fabric","vni":"seven"}""", 2, "vni = \"seven\"")]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"fabric","vni":0}""", 2, "vni = 0")]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"fabric","mtu":20}""", 2, "mtu = 20")]
+    [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"fabric","offloads":"no"}""", 2, "offloads = \"no\"")]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"fabric","policy":{"workload":"gaming"}}""", 2, "policy.workload: 'gaming'")]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"fabric","policy":{"allow":"fec"}}""", 2, "policy.allow = \"fec\"")]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"fabric","ipam":{"type":"../../bin/sh"}}""", 7, "ipam.type must name a plugin")]
