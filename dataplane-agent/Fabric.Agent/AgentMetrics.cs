@@ -44,6 +44,20 @@ public sealed class AgentMetrics : IDisposable
             s.Value.Stats.Drops.Select(d => new Measurement<long>(d.Value, new("host", p.Spec.HostId), new("stack", s.Value.Stack), new("slot", s.Key), new("reason", d.Key.ToString()))))));
         _meter.CreateObservableCounter("fabric.underlay.drops", () =>
             Enum.GetValues<DropReason>().Select(r => new Measurement<long>(@switch.UnderlayCounters.Drops(r), new KeyValuePair<string, object?>("reason", r.ToString()))));
+        _meter.CreateObservableCounter("fabric.underlay.offloads", () => @switch.UnderlayOffloads.SelectMany(u => new[]
+        {
+            new Measurement<long>(u.Figures.Sends, new("family", u.Family), new("what", "segmented_sends")),
+            new Measurement<long>(u.Figures.Datagrams, new("family", u.Family), new("what", "segmented_datagrams")),
+            new Measurement<long>(u.Figures.Coalesced, new("family", u.Family), new("what", "coalesced_receives")),
+            new Measurement<long>(u.Figures.Truncated, new("family", u.Family), new("what", "truncated")),
+        }), description: "What the underlay's UDP offloads did");
+        _meter.CreateObservableCounter("fabric.vm.offloads", () => @switch.Vms.Values.SelectMany(v => new[]
+        {
+            new Measurement<long>(Volatile.Read(ref v.LargeSegmentsCut), new("vm", v.Spec.VmId), new("what", "large_segments_cut")),
+            new Measurement<long>(Volatile.Read(ref v.FramesCut), new("vm", v.Spec.VmId), new("what", "frames_cut")),
+            new Measurement<long>(v.Port is Fabric.Hal.Linux.AfPacketPort p ? p.JoinedSends : 0, new("vm", v.Spec.VmId), new("what", "joined_sends")),
+            new Measurement<long>(v.Port is Fabric.Hal.Linux.AfPacketPort q ? q.JoinedFrames : 0, new("vm", v.Spec.VmId), new("what", "joined_frames")),
+        }), description: "Segments cut from each VM and joined for it");
     }
 
     public void Dispose() => _meter.Dispose();

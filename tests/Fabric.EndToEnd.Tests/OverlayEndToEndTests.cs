@@ -144,6 +144,8 @@ public class OverlayEndToEndTests
         Assert.Contains("fabric_vm_packets_total{", metrics, StringComparison.Ordinal);
         Assert.Contains("vm=\"vm2\"", metrics, StringComparison.Ordinal);
         Assert.Contains("fabric_path_datagrams_total{", metrics, StringComparison.Ordinal);
+        Assert.Contains("fabric_underlay_offloads_total{", metrics, StringComparison.Ordinal);
+        Assert.Contains("fabric_vm_offloads_total{", metrics, StringComparison.Ordinal);
 
         Assert.Equal(0, topology.StopAgent("host-a"));
         Assert.False(File.Exists(topology.SocketA), "the API socket should be removed on shutdown");
