@@ -48,10 +48,10 @@ public record struct VirtioNetHeader(byte Flags, byte GsoType, ushort HeaderLeng
 public static class FrameOffload
 {
     private const int Ethernet = 14;
-    private const ushort EtherIPv4 = 0x0800;
-    private const ushort EtherIPv6 = 0x86DD;
-    private const byte Tcp = 6;
-    private const byte Udp = 17;
+    private const ushort EtherIPv4 = EtherTypes.IPv4;
+    private const ushort EtherIPv6 = EtherTypes.IPv6;
+    private const byte Tcp = IPProtocols.Tcp;
+    private const byte Udp = IPProtocols.Udp;
     private const byte Sctp = 132;
     private const byte TcpFin = 0x01;
     private const byte TcpSyn = 0x02;
