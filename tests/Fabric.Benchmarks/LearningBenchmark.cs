@@ -16,9 +16,10 @@ namespace Fabric.Benchmarks;
 /// <list type="number">
 /// <item>Every phase of every evaluation schedule is measured on every stack (hitless swaps on one path, no control
 /// plane): bulk = iperf3 goodput, latency = sockperf's 64-byte request/response p99 over TCP.</item>
-/// <item>A silo with an empty outcome log runs the training schedules alone: in each phase the bulk VM (vm1) and then the
-/// latency VM (vm2) are pinned to each stack a standard VM may run in turn, so the fleet's outcome log holds every stack on every training
-/// condition; the silo's learner trains on its own schedule and the benchmark waits for a version in service.</item>
+/// <item>A silo with an empty outcome log runs the training schedules alone: in each phase the bulk VM (vm1) is pinned to
+/// each stack a standard VM may run in turn, then four latency VMs (vm2, vm5, vm6, vm7: low-rate traffic, so they can share
+/// the path) each run the whole phase on another of those stacks, so the fleet's outcome log holds every stack on every
+/// training condition; the silo's learner trains on its own schedule and the benchmark waits for a version in service.</item>
 /// <item>The pins are lifted and the evaluation schedules run live, the bulk VM then the latency VM, the silo choosing
 /// (and learning on) from what the agents measure and report — it never sees the schedule, the emulator's settings or
 /// the phase boundaries.</item>
@@ -45,12 +46,17 @@ internal static class LearningBenchmark
 
     /// <summary>
     /// Training outcomes near a context the model needs before it decides there (the silo's default is 30, for a fleet).
-    /// Training pins each stack for a quarter of a 20 s phase per workload, so a context the training saw in one phase
-    /// has about 3 outcomes of each stack on its own conditions and 3 more on each other stack's (the pairing): about 6.
-    /// With 10 (until 2026-12-02) the model needed two training phases alike and the prior decided nearly everywhere
-    /// ("model v7 has 3 similar outcomes, needs 10"); 5 lets it decide where the training saw the context once.
+    /// Training pins the bulk VM to each stack for 6 s of a 20 s phase, so a bulk context the training saw in one phase
+    /// has about 5 outcomes of each stack on its own conditions and as many on each other stack's (the pairing): about
+    /// 10; a latency context, with every stack on its own VM for the whole phase, about 20 of each stack. With 10 (until
+    /// 2026-12-02, when the latency VM also took the stacks in turn) the model needed two training phases alike and the
+    /// prior decided nearly everywhere ("model v7 has 3 similar outcomes, needs 10"); 5 lets it decide where the
+    /// training saw the context once.
     /// </summary>
     private const int MinSupport = 5;
+
+    /// <summary>The share of a training phase's length the bulk VM spends, over all its stacks in turn (6 s each of a 20 s phase).</summary>
+    private const double BulkShare = 1.2;
 
     private sealed record Measured(string Schedule, int Phase, string Workload, string Carrier, double Seconds, double Value);
 
@@ -137,12 +143,19 @@ internal static class LearningBenchmark
             var repository = DevelopmentRepository.Create(Path.Combine(work, "keys"), work, RepositoryRoot.Directory, Configuration);
             using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4",
                 controlPlane: new ControlPlaneSetup(repository.Path, repository.TrustRoot, SelectorSustainMilliseconds: 5000, LearningStore: learning, TrainEverySeconds: 60, MinOutcomes: 200, MinSupport: MinSupport),
-                settings: secureKey);
+                settings: secureKey, moreVmsOnA: Trained.Length - 1);
             var (vm1, vm2, vm3) = (topology.Vm("vm1"), topology.Vm("vm2"), topology.Vm("vm3"));
             Eventually.True(() => topology.SiloApi("/api/vms/vm1").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), "vm1 placed in the control plane", topology.Logs);
             WarmUp(topology, vm3);
             Eventually.True(() => topology.SiloApi("/api/vms/vm2").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), "vm2 placed in the control plane", topology.Logs);
             var vms = new Dictionary<string, TestVm> { ["bulk"] = vm1, ["latency"] = vm2 };
+            // vm2 and the latency VMs that train beside it, one per trained stack.
+            TestVm[] latencyVms = [vm2, .. Enumerable.Range(5, Trained.Length - 1).Select(n => topology.Vm($"vm{n}"))];
+            foreach (var vm in latencyVms.Skip(1))
+            {
+                Eventually.True(() => topology.SiloApi($"/api/vms/{vm.Name}").Contains("\"host-a\"", StringComparison.Ordinal), TimeSpan.FromSeconds(60), $"{vm.Name} placed in the control plane", topology.Logs);
+            }
+            var trainedPhases = 0;
             using var policies = new PolicyClient(topology);
 
             // 2. Training: every stack on every training phase, pinned in turn.
@@ -151,22 +164,39 @@ internal static class LearningBenchmark
                 foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
                 {
                     Emulate(topology, phase);
-                    foreach (var workload in Workloads)
+                    // Bulk: one stack after another (bulk VMs share the bottleneck, so one at a time).
+                    var slice = Math.Max(2, (int)(phase.Duration.TotalSeconds * BulkShare / Trained.Length));
+                    foreach (var stack in Trained)
                     {
-                        var slice = Math.Max(2, (int)(phase.Duration.TotalSeconds / Trained.Length));
-                        foreach (var stack in Trained)
-                        {
-                            policies.Set(vms[workload].Name, workload, stack, 0);
-                            Eventually.True(() => Bound(topology, vms[workload].Name) == stack, TimeSpan.FromSeconds(20), $"{vms[workload].Name} pinned to {stack}", topology.Logs);
-                            Drive(vms[workload], vm3, workload, slice);
-                        }
+                        policies.Set(vm1.Name, "bulk", stack, 0);
+                        Eventually.True(() => Bound(topology, vm1.Name) == stack, TimeSpan.FromSeconds(20), $"{vm1.Name} pinned to {stack}", topology.Logs);
+                        Bulk(vm1, vm3, slice);
                     }
+                    // Latency: every stack at once for the whole phase, one latency VM each, the stacks rotated over the
+                    // VMs from phase to phase (so no VM's own effect stands for a stack's, and each VM's window starts
+                    // anew on its new stack rather than carrying the last phase's tail).
+                    var pins = latencyVms.Select((vm, i) => (Vm: vm, Stack: Trained[(i + trainedPhases) % Trained.Length])).ToList();
+                    foreach (var (vm, stack) in pins)
+                    {
+                        policies.Set(vm.Name, "latency", stack, 0);
+                    }
+                    foreach (var (vm, stack) in pins)
+                    {
+                        Eventually.True(() => Bound(topology, vm.Name) == stack, TimeSpan.FromSeconds(20), $"{vm.Name} pinned to {stack}", topology.Logs);
+                    }
+                    var seconds = (int)phase.Duration.TotalSeconds;
+                    Task.WaitAll([.. pins.Select(p => Task.Run(() => Latency(p.Vm, vm3, seconds)))]);
+                    trainedPhases++;
                     Console.Error.WriteLine($"trained on {schedule.Name} phase {index + 1}: {phase}");
                 }
             }
             foreach (var workload in Workloads)
             {
                 policies.Set(vms[workload].Name, workload, pin: null, Exploration);
+            }
+            foreach (var vm in latencyVms.Skip(1))
+            {
+                policies.Set(vm.Name, "latency", pin: "std-ipv4", 0); // idle from now on: held where they cost the selector nothing
             }
             var store = new LocalFolderStore(learning);
             // Train now on what the training logged (the VMs flush their outcomes every 2 s), as an operator would after

@@ -49,9 +49,12 @@ public sealed class OverlayTopology : IDisposable
     /// <param name="controlPlane">With it, a silo runs too and the agents obey it (see <see cref="ControlPlaneSetup"/>).</param>
     /// <param name="stackProjects">Without a control plane: the plug-in projects both agents load (default std-ipv4, std-ipv6, swap-test).</param>
     /// <param name="settings">Per stack id, the configuration both agents give its instances on their path (e.g. secure's key).</param>
+    /// <param name="moreVmsOnA">VMs added on host-a in vm1's virtual network beyond the four every topology has: vm5, vm6, … (at most 4).</param>
     public OverlayTopology(string binDirectory, string stack, bool withEmulator = true, ControlPlaneSetup? controlPlane = null,
-        IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null)
+        IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null, int moreVmsOnA = 0)
     {
+        ArgumentOutOfRangeException.ThrowIfNegative(moreVmsOnA);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(moreVmsOnA, 4);
         _stackProjects = stackProjects ?? [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.SwapTest];
         _settings = settings;
         try
@@ -83,6 +86,7 @@ public sealed class OverlayTopology : IDisposable
                 new TestVm("vm2", _network.AddNamespace("v2"), "host-a", 100, "02:fa:00:00:00:02", "10.100.0.2", "fd00:100::2", $"{id}h2", $"{id}e2"),
                 new TestVm("vm3", _network.AddNamespace("v3"), "host-b", 100, "02:fa:00:00:00:03", "10.100.0.3", "fd00:100::3", $"{id}h3", $"{id}e3"),
                 new TestVm("vm4", _network.AddNamespace("v4"), "host-b", 200, "02:fa:00:00:00:04", "10.100.0.4", "fd00:100::4", $"{id}h4", $"{id}e4"),
+                .. Enumerable.Range(5, moreVmsOnA).Select(n => new TestVm($"vm{n}", _network.AddNamespace($"v{n}"), "host-a", 100, $"02:fa:00:00:00:0{n}", $"10.100.0.{n}", $"fd00:100::{n}", $"{id}h{n}", $"{id}e{n}")),
             ];
             foreach (var vm in Vms)
             {

@@ -46,6 +46,10 @@ public sealed record LoggedOutcome(
     /// one log would teach a model neither.
     /// </summary>
     public int? RewardVersion { get; init; }
+
+    /// <summary>The host the VM ran on (null: logged before hosts were recorded); its latency outcomes are paired with those of
+    /// the host's other latency VMs on the same path (<see cref="UtilityModel.SharedPairing"/>).</summary>
+    public string? Host { get; init; }
 }
 
 /// <summary>

@@ -47,6 +47,20 @@ public sealed class UtilityModel : IDisposable
     /// </summary>
     public static readonly TimeSpan SettleAfterSwitch = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// The workload whose outcomes are paired with any VM of the same host and path, not only the same VM: a latency VM's
+    /// traffic is too light to shape the path, so the conditions the path showed while another of the host's latency VMs
+    /// was on another stack are what this VM's would have been there. A fleet has many latency VMs on one path at once,
+    /// each on its own stack, where a single VM would have to switch to produce the pair. Bulk VMs shape the path (and
+    /// share its bottleneck), so theirs stay paired with their own.
+    /// </summary>
+    public const string SharedPairing = "latency";
+
+    /// <summary>At most this many outcomes of other stacks are paired with one outcome, from at most 8 times as many looked at (a busy path's window holds many).</summary>
+    private const int MaxPaired = 64;
+
+    private static readonly Comparer<LoggedOutcome> ByTime = Comparer<LoggedOutcome>.Create((a, b) => a.At.CompareTo(b.At));
+
     /// <summary>The default of <see cref="LearningOptions.MinSupport"/>: fewer training outcomes near a context than this,
     /// and the model's prediction there is not trusted.</summary>
     public const int DefaultMinSupport = 30;
@@ -255,6 +269,10 @@ public sealed class UtilityModel : IDisposable
     {
         var examples = new List<Example>(outcomes.Count);
         var others = new Dictionary<string, List<OutcomeFeatures>>(StringComparer.Ordinal);
+        // Latency VMs' traffic is too light to shape the path: what one host's path showed while any of its latency VMs was
+        // on another stack is what this VM would have seen there (see SharedPairing).
+        var shared = outcomes.Where(o => o is { Host: not null, Workload: SharedPairing })
+            .GroupBy(o => (o.Host, o.RemoteHost)).ToDictionary(g => g.Key, g => g.OrderBy(o => o.At).ToList());
         foreach (var path in outcomes.GroupBy(o => (o.VmId, o.RemoteHost)))
         {
             var ordered = path.OrderBy(o => o.At).ToList();
@@ -282,11 +300,18 @@ public sealed class UtilityModel : IDisposable
                 {
                     list.Clear();
                 }
-                for (var j = from; j < ordered.Count && ordered[j].At <= o.At + PairingWindow; j++)
+                var (pool, start) = o is { Host: not null, Workload: SharedPairing } ? (shared[(o.Host, o.RemoteHost)], -1) : (ordered, from);
+                if (start < 0)
                 {
-                    if (ordered[j].Stack != o.Stack)
+                    start = pool.BinarySearch(o with { At = o.At - PairingWindow }, ByTime);
+                    start = start < 0 ? ~start : start;
+                }
+                for (var (j, taken) = (start, 0); j < pool.Count && j - start < 8 * MaxPaired && pool[j].At <= o.At + PairingWindow && taken < MaxPaired; j++)
+                {
+                    if (pool[j].Stack != o.Stack)
                     {
-                        (others.TryGetValue(ordered[j].Stack, out var list) ? list : others[ordered[j].Stack] = []).Add(ordered[j].Features);
+                        (others.TryGetValue(pool[j].Stack, out var list) ? list : others[pool[j].Stack] = []).Add(pool[j].Features);
+                        taken++;
                     }
                 }
                 foreach (var (measuredOn, features) in others)

@@ -55,5 +55,33 @@ internal static class OutcomeGenerator
         return outcomes;
     }
 
+    /// <summary>
+    /// Two VMs of one host on one path at the same seconds, each on its own stack for a whole phase (20 s, a loss rate of
+    /// 0-5 %), the stacks changing hands from phase to phase: neither VM ever changes stack within a pairing window, so
+    /// only the other VM's outcomes say what the path showed on the other stack. Conditions measured on std-ipv4 show
+    /// the RTT at its floor (20 ms), on fec doubled, as in <see cref="Phases"/>.
+    /// </summary>
+    public static List<LoggedOutcome> SideBySide(int phases, int seed, string workload, string? host)
+    {
+        var random = new Random(seed);
+        var outcomes = new List<LoggedOutcome>();
+        for (var p = 0; p < phases; p++)
+        {
+            var loss = random.NextDouble() * 0.05;
+            for (var s = 0; s < 20; s++)
+            {
+                foreach (var (vm, stack) in new[] { ("vm-a", p % 2 == 0 ? "std-ipv4" : "fec"), ("vm-b", p % 2 == 0 ? "fec" : "std-ipv4") })
+                {
+                    var rtt = stack == "fec" ? 40 + random.NextDouble() * 4 : 20 + random.NextDouble();
+                    var utility = Math.Clamp(Rule(stack, loss) + ((random.NextDouble() - 0.5) * 0.04), 0, 1);
+                    // 60 s between phases: no VM's outcomes of one phase are within a pairing window of the next's.
+                    outcomes.Add(new LoggedOutcome(T0.AddSeconds((p * 60) + s), vm, "host-b", workload, stack, "1.0.0", 1, false,
+                        new OutcomeFeatures(rtt, 20, 1, loss, 0.5, 100, 2), 10, 30, 0, 0.1, utility) { RewardVersion = UtilityModel.SchemaVersion, Host = host });
+                }
+            }
+        }
+        return outcomes;
+    }
+
     public static PathConditions Conditions(double loss, double rtt = 50) => new(rtt, 1, loss, 50, T0, rtt * 0.9, 100, 0.5, 2);
 }

@@ -56,6 +56,31 @@ public sealed class UtilityModelTests : IDisposable
     }
 
     /// <summary>
+    /// Latency VMs of one host on one path, each held on its own stack (as a fleet has them, and as the learning benchmark
+    /// trains): what the path showed while the host's other latency VM was on std-ipv4 tells what this VM's fec would get
+    /// there. Outcomes of an unknown host, and bulk VMs (which shape the path they share), are paired only with their own.
+    /// </summary>
+    [Fact]
+    public void LatencyVmsOfOneHost_TellEachOtherWhatTheirStacksGetOnTheSamePath_BulkVmsDoNot()
+    {
+        PathConditions OnStd(double loss) => new(20.5, 1, loss, 50, OutcomeGenerator.T0, 20, 100, 0.5, 2);
+        using var paired = UtilityModel.Train(OutcomeGenerator.SideBySide(150, seed: 5, "latency", "host-a"), [], 1, OutcomeGenerator.T0);
+        foreach (var loss in new[] { 0.004, 0.03, 0.045 })
+        {
+            var move = paired.Predict("fec", "latency", OnStd(loss), measuredOn: "std-ipv4");
+            Assert.InRange(move.Support, 100, int.MaxValue);
+            Assert.InRange(move.Utility, 0.53, 0.67);
+            Assert.InRange(paired.Predict("std-ipv4", "latency", OnStd(loss), measuredOn: "std-ipv4").Utility,
+                OutcomeGenerator.Rule("std-ipv4", loss) - 0.07, OutcomeGenerator.Rule("std-ipv4", loss) + 0.07);
+        }
+        // The same log without hosts, and the same log of bulk VMs: fec was never seen after conditions measured on std-ipv4.
+        using var unknownHost = UtilityModel.Train(OutcomeGenerator.SideBySide(150, seed: 5, "latency", host: null), [], 1, OutcomeGenerator.T0);
+        Assert.Equal(0, unknownHost.Predict("fec", "latency", OnStd(0.03), measuredOn: "std-ipv4").Support);
+        using var bulk = UtilityModel.Train(OutcomeGenerator.SideBySide(150, seed: 5, "bulk", "host-a"), [], 1, OutcomeGenerator.T0);
+        Assert.Equal(0, bulk.Predict("fec", "bulk", OnStd(0.03), measuredOn: "std-ipv4").Support);
+    }
+
+    /// <summary>
     /// The selector decides on conditions measured on the current stack. On std-ipv4 over a lossy path the RTT sits at its
     /// floor, which no fec outcome ever showed: the model must still say what fec would get there, from the outcomes that
     /// followed such conditions on the same path.
