@@ -299,6 +299,31 @@ public class SelectorTests
     }
 
     /// <summary>
+    /// A wide estimate holds a VM where it is only as far as the VM has something to lose: the same candidate, predicted
+    /// 0.15 better with ±0.27, does not replace a stack that serves the VM at 0.5, and does replace one that serves it at
+    /// 0.01 (a switch can cost at most that, plus that score's own uncertainty).
+    /// </summary>
+    [Fact]
+    public void AWideEstimate_HoldsAVmBackOnlyAsFarAsItHasSomethingToLose()
+    {
+        var policy = Policy("bulk", allow: ["std-ipv4", "fec"]);
+        var options = new SelectorOptions(Sustain: TimeSpan.Zero);
+        StackSelector Scoring(double current, double candidate) => new(new Scripted(new()
+        {
+            ["std-ipv4"] = new(current, "model", 0.1, "model v3"),
+            ["fec"] = new(candidate, "model", 0.27, "model v3"),
+        }), options);
+
+        var served = Scoring(0.5, 0.65).Select("vm1", "host-b", policy, Path(4, 0.2), All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
+        Assert.Equal("std-ipv4", served.Stack);
+        Assert.Contains("does not beat std-ipv4 (0.5) by the 0.298", served.Reason, StringComparison.Ordinal);
+
+        var starved = Scoring(0.01, 0.16).Select("vm1", "host-b", policy, Path(4, 0.2), All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
+        Assert.Equal("fec", starved.Stack);
+        Assert.Contains("by 0.15 > 0.12", starved.Reason, StringComparison.Ordinal);
+    }
+
+    /// <summary>
     /// A latency VM's stack overhead is charged by the share of the path it takes, the path counted as at least
     /// 10 Mbit/s as the reward counts it: a path that only a request/response VM uses shows its own kilobytes a second as
     /// its capacity, and fec's parity must not cost the VM its whole score there.

@@ -11,7 +11,8 @@ public sealed record PendingSwitch([property: Id(0)] string Stack, [property: Id
 
 /// <summary>
 /// How eager the selector is. A candidate replaces the current stack only when it beats it by <see cref="Margin"/>
-/// (relative) and by more than the cost of a swap plus both scores' uncertainty (absolute), continuously for
+/// (relative) and by more than the cost of a swap plus both scores' uncertainty (absolute, at most what the VM has at
+/// stake: <see cref="Needed"/>), continuously for
 /// <see cref="SustainFor"/> — less when the gain is several times what a switch needs (<see cref="SustainWhen"/>).
 /// Exploration tries only candidates scored within <see cref="ExploreWithin"/> of the best, and at most once per
 /// <see cref="ExploreSpacing"/> on a path.
@@ -32,6 +33,21 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     public static readonly TimeSpan ShortestSustain = TimeSpan.FromSeconds(2);
 
     public TimeSpan SustainFor => Sustain ?? TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// The gain <paramref name="best"/> must show over <paramref name="current"/> for a switch: the margin (relative), or
+    /// the cost of a swap plus the uncertainty of the difference, whichever is more. The two scores' uncertainties are
+    /// independent errors, so the difference's is their root sum of squares — but a switch can cost the VM no more than
+    /// what it gets now (utility is never below 0), taken at its score plus that score's uncertainty. A VM its stack
+    /// serves with next to nothing (std-ipv4 at 2 Mbit/s on a 300 Mbit/s path with bursts of loss) is not held there
+    /// because the model's estimate of a better candidate is wide.
+    /// </summary>
+    public double Needed(CandidateScore current, CandidateScore best)
+    {
+        var spread = Math.Sqrt(best.Uncertainty * best.Uncertainty + current.Uncertainty * current.Uncertainty);
+        var atStake = Math.Max(current.Score, 0) + current.Uncertainty;
+        return Math.Max(current.Score * Margin, SwapCost + Math.Min(spread, atStake));
+    }
 
     /// <summary>
     /// How long a candidate winning by <paramref name="gain"/> where a switch needs <paramref name="needed"/> must keep
@@ -126,8 +142,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 + $"{policy.ExplorationShare:P0} of decisions may try such a stack", exploration: true), null);
         }
         var gain = best.Score - currentScore.Score;
-        // The two scores' uncertainties are independent errors: their difference's is their root sum of squares.
-        var needed = Math.Max(currentScore.Score * _options.Margin, _options.SwapCost + Math.Sqrt(best.Uncertainty * best.Uncertainty + currentScore.Uncertainty * currentScore.Uncertainty));
+        var needed = _options.Needed(currentScore, best);
         if (best.Stack == current || gain <= needed)
         {
             return (Make(current, best.Stack == current ? $"{current} scores best: {Describe(best)}"
