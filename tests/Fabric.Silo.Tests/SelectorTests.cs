@@ -321,6 +321,15 @@ public class SelectorTests
         var starved = Scoring(0.01, 0.16).Select("vm1", "host-b", policy, Path(4, 0.2), All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
         Assert.Equal("fec", starved.Stack);
         Assert.Contains("by 0.15 > 0.12", starved.Reason, StringComparison.Ordinal);
+
+        // A switch the cap lets through waits the full sustain time: a wider estimate never switches sooner.
+        var waiting = new StackSelector(new Scripted(new()
+        {
+            ["std-ipv4"] = new(0.01, "model", 0.1, "model v3"),
+            ["fec"] = new(0.16, "model", 0.27, "model v3"),
+        }), new SelectorOptions(Sustain: TimeSpan.FromSeconds(5))).Select("vm1", "host-b", policy, Path(4, 0.2), All, HostStacks, "std-ipv4", null, T0, 0.99);
+        Assert.Equal("std-ipv4", waiting.Decision.Stack);
+        Assert.Equal(TimeSpan.FromSeconds(5), waiting.Pending?.Sustain);
     }
 
     /// <summary>

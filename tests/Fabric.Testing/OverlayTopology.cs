@@ -30,7 +30,8 @@ public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, 
 ///  vm2 ─┘  198.18.0.1                198.18.0.2  └─ vm4
 /// </code>
 /// vm1, vm2, vm3 are in virtual network 100 (10.100.0.1-3, fd00:100::1-3); vm4 is in network 200 (10.100.0.4), so it
-/// shares an address range but must reach no one. All of it is deleted on dispose.
+/// shares an address range but must reach no one. Up to four more VMs on host-a in network 100 on request (vm5…vm8,
+/// 10.100.0.5-8). All of it is deleted on dispose.
 /// </summary>
 public sealed class OverlayTopology : IDisposable
 {
@@ -53,12 +54,12 @@ public sealed class OverlayTopology : IDisposable
     public OverlayTopology(string binDirectory, string stack, bool withEmulator = true, ControlPlaneSetup? controlPlane = null,
         IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null, int moreVmsOnA = 0)
     {
-        ArgumentOutOfRangeException.ThrowIfNegative(moreVmsOnA);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(moreVmsOnA, 4);
         _stackProjects = stackProjects ?? [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.SwapTest];
         _settings = settings;
         try
         {
+            ArgumentOutOfRangeException.ThrowIfNegative(moreVmsOnA);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(moreVmsOnA, 4);
             _workDir = Directory.CreateTempSubdirectory("fabric-overlay-").FullName;
             _binDirectory = binDirectory;
             var id = _network.Id;

@@ -20,8 +20,9 @@ namespace Fabric.Silo.Learning;
 /// outcomes with that stack's own conditions answers another question, and learned that a VM whose RTT sits at its
 /// floor gets little from any stack (version 2 ranked RTT over its minimum first of every feature, and left VMs on
 /// std-ipv4 through 9 % burst loss). So every outcome is also learned with the conditions the same VM's path showed on
-/// each other stack within <see cref="PairingWindow"/> (their mean): the counterfactual rows a switch or an
-/// exploration produces, and that a training run pinning stacks in turn produces for every pair.
+/// each other stack within <see cref="PairingWindow"/> (their mean; for a latency VM, any latency VM's path from the same
+/// host to the same host, see <see cref="SharedPairing"/>): the counterfactual rows a switch or an exploration produces,
+/// and that a training run pinning stacks in turn produces for every pair.
 /// </para>
 /// <para>Beside the trees it keeps how many training outcomes fell near each context (see <see cref="Bin"/>) and how far off
 /// the trees are there: a prediction from a context the model has seen little of says so, and the selector leaves it to
@@ -37,7 +38,7 @@ public sealed class UtilityModel : IDisposable
     /// </summary>
     public const int SchemaVersion = 6;
 
-    /// <summary>How far apart (either way) an outcome and the same VM's conditions on another stack may be to be learned together.</summary>
+    /// <summary>How far apart (either way) an outcome and the conditions on another stack (the same VM's, or see <see cref="SharedPairing"/>) may be to be learned together.</summary>
     public static readonly TimeSpan PairingWindow = TimeSpan.FromSeconds(15);
 
     /// <summary>
@@ -51,15 +52,14 @@ public sealed class UtilityModel : IDisposable
     /// The workload whose outcomes are paired with any VM of the same host and path, not only the same VM: a latency VM's
     /// traffic is too light to shape the path, so the conditions the path showed while another of the host's latency VMs
     /// was on another stack are what this VM's would have been there. A fleet has many latency VMs on one path at once,
-    /// each on its own stack, where a single VM would have to switch to produce the pair. Bulk VMs shape the path (and
-    /// share its bottleneck), so theirs stay paired with their own.
+    /// each on its own stack, where a single VM would have to switch to produce the pair. Bulk and general VMs shape the
+    /// path (and share its bottleneck), so theirs stay paired with their own.
     /// </summary>
     public const string SharedPairing = "latency";
 
     /// <summary>At most this many outcomes of other stacks are paired with one outcome, from at most 8 times as many looked at (a busy path's window holds many).</summary>
     private const int MaxPaired = 64;
 
-    private static readonly Comparer<LoggedOutcome> ByTime = Comparer<LoggedOutcome>.Create((a, b) => a.At.CompareTo(b.At));
 
     /// <summary>The default of <see cref="LearningOptions.MinSupport"/>: fewer training outcomes near a context than this,
     /// and the model's prediction there is not trusted.</summary>
@@ -263,7 +263,8 @@ public sealed class UtilityModel : IDisposable
 
     /// <summary>
     /// What the model learns from: each outcome with its own conditions, and again with the mean conditions the same VM's
-    /// path to the same host showed on each other stack within <see cref="PairingWindow"/> (see the class remarks).
+    /// path to the same host (a latency VM: any latency VM's of its host, see <see cref="SharedPairing"/>) showed on each
+    /// other stack within <see cref="PairingWindow"/>, nearest in time first (see the class remarks).
     /// </summary>
     private static List<Example> Examples(IReadOnlyList<LoggedOutcome> outcomes)
     {
@@ -276,7 +277,6 @@ public sealed class UtilityModel : IDisposable
         foreach (var path in outcomes.GroupBy(o => (o.VmId, o.RemoteHost)))
         {
             var ordered = path.OrderBy(o => o.At).ToList();
-            var from = 0;
             var changedAt = DateTimeOffset.MinValue;
             for (var i = 0; i < ordered.Count; i++)
             {
@@ -292,25 +292,28 @@ public sealed class UtilityModel : IDisposable
                 }
                 var half = HalfOf(o.VmId, o.RemoteHost, o.At.ToUnixTimeSeconds() / 60);
                 examples.Add(new Example(o.VmId, o.Stack, o.Workload, o.Stack, o.Features, o.Utility, half));
-                while (ordered[from].At < o.At - PairingWindow)
-                {
-                    from++;
-                }
                 foreach (var list in others.Values)
                 {
                     list.Clear();
                 }
-                var (pool, start) = o is { Host: not null, Workload: SharedPairing } ? (shared[(o.Host, o.RemoteHost)], -1) : (ordered, from);
-                if (start < 0)
+                var pool = o is { Host: not null, Workload: SharedPairing } ? shared[(o.Host, o.RemoteHost)] : ordered;
+                // Nearest in time first, either side, until MaxPaired are taken: where many VMs share a path, the cap keeps
+                // the conditions around the outcome, not the window's oldest.
+                var (before, after) = (FirstAtOrAfter(pool, o.At) - 1, FirstAtOrAfter(pool, o.At));
+                for (var (looked, taken) = (0, 0); looked < 8 * MaxPaired && taken < MaxPaired; looked++)
                 {
-                    start = pool.BinarySearch(o with { At = o.At - PairingWindow }, ByTime);
-                    start = start < 0 ? ~start : start;
-                }
-                for (var (j, taken) = (start, 0); j < pool.Count && j - start < 8 * MaxPaired && pool[j].At <= o.At + PairingWindow && taken < MaxPaired; j++)
-                {
-                    if (pool[j].Stack != o.Stack)
+                    var earlier = before >= 0 && pool[before].At >= o.At - PairingWindow ? pool[before] : null;
+                    var later = after < pool.Count && pool[after].At <= o.At + PairingWindow ? pool[after] : null;
+                    if (earlier is null && later is null)
                     {
-                        (others.TryGetValue(pool[j].Stack, out var list) ? list : others[pool[j].Stack] = []).Add(pool[j].Features);
+                        break;
+                    }
+                    var takeEarlier = later is null || (earlier is not null && o.At - earlier.At < later.At - o.At);
+                    var next = takeEarlier ? earlier! : later!;
+                    (before, after) = takeEarlier ? (before - 1, after) : (before, after + 1);
+                    if (next.Stack != o.Stack)
+                    {
+                        (others.TryGetValue(next.Stack, out var list) ? list : others[next.Stack] = []).Add(next.Features);
                         taken++;
                     }
                 }
@@ -324,6 +327,18 @@ public sealed class UtilityModel : IDisposable
             }
         }
         return examples;
+    }
+
+    /// <summary>The first index of <paramref name="byTime"/> (ordered by time) at or after <paramref name="at"/>; its count if none.</summary>
+    private static int FirstAtOrAfter(List<LoggedOutcome> byTime, DateTimeOffset at)
+    {
+        var (low, high) = (0, byTime.Count);
+        while (low < high)
+        {
+            var middle = (low + high) / 2;
+            (low, high) = byTime[middle].At < at ? (middle + 1, high) : (low, middle);
+        }
+        return low;
     }
 
     /// <summary>The cross-fitting half of one minute of one path: FNV-1a, the same in every process (string hashes are not).</summary>

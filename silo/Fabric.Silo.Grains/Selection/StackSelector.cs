@@ -42,11 +42,14 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     /// serves with next to nothing (std-ipv4 at 2 Mbit/s on a 300 Mbit/s path with bursts of loss) is not held there
     /// because the model's estimate of a better candidate is wide.
     /// </summary>
-    public double Needed(CandidateScore current, CandidateScore best)
+    /// <returns>What a switch needs, and what it would need without the cap (how long a switch waits is judged on that:
+    /// a wider estimate must not switch sooner).</returns>
+    public (double Needed, double Uncapped) Needed(CandidateScore current, CandidateScore best)
     {
         var spread = Math.Sqrt(best.Uncertainty * best.Uncertainty + current.Uncertainty * current.Uncertainty);
         var atStake = Math.Max(current.Score, 0) + current.Uncertainty;
-        return Math.Max(current.Score * Margin, SwapCost + Math.Min(spread, atStake));
+        var margin = current.Score * Margin;
+        return (Math.Max(margin, SwapCost + Math.Min(spread, atStake)), Math.Max(margin, SwapCost + spread));
     }
 
     /// <summary>
@@ -142,15 +145,16 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 + $"{policy.ExplorationShare:P0} of decisions may try such a stack", exploration: true), null);
         }
         var gain = best.Score - currentScore.Score;
-        var needed = _options.Needed(currentScore, best);
+        var (needed, uncapped) = _options.Needed(currentScore, best);
         if (best.Stack == current || gain <= needed)
         {
             return (Make(current, best.Stack == current ? $"{current} scores best: {Describe(best)}"
                 : $"{best.Stack} ({best.Score:0.###}) does not beat {current} ({currentScore.Score:0.###}) by the {needed:0.###} a switch needs "
-                  + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##})"), null);
+                  + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##}"
+                  + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")})"), null);
         }
         // While a candidate is pending, the longest sustain any of its decisions asked for: the smallest gain it showed.
-        var sustain = _options.SustainWhen(gain, needed);
+        var sustain = _options.SustainWhen(gain, uncapped);
         if (pending is { Sustain: { } asked } && pending.Stack == best.Stack && asked > sustain)
         {
             sustain = asked;
