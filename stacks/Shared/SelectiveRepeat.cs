@@ -31,7 +31,10 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap. The receiver delivers in order,
 /// holding what arrives early within the window; duplicates are counted and acknowledged again. Buffers are bounded: a
 /// frame that finds the window full is dropped and counted (the VM's own transport recovers it), and a packet
-/// retransmitted too often is given up, so a dead peer never holds the path forever. With pacing, first transmissions
+/// retransmitted too often is given up, so a dead peer never holds the path forever. The receiver is told so (type
+/// StackControl; fields: kind 3, the oldest sequence the sender still has), when it gives up and again whenever an
+/// acknowledgement still asks for what was given up: it delivers what it held before that sequence and waits no more
+/// for the rest, or every later frame of the path would wait behind a packet that never comes. With pacing, first transmissions
 /// leave at twice the delivery rate the acknowledgements show, within twice the bandwidth-delay product.
 /// </summary>
 internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
@@ -39,6 +42,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     public const int FieldLength = 5;
     private const byte KindData = 1;
     private const byte KindAck = 2;
+    private const byte KindSkip = 3;
     private const int MaxRanges = 16;
     private const int RangeLength = 6;
     private const long PacingSlackNanoseconds = 2_000_000;
@@ -71,6 +75,9 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     /// <summary>Packets given up after too many retransmissions.</summary>
     public long GivenUp { get; private set; }
+
+    /// <summary>Sequences the peer gave up that this receiver stopped waiting for.</summary>
+    public long Skipped { get; private set; }
 
     /// <summary>The current retransmission timeout for a first transmission, in nanoseconds.</summary>
     /// <remarks>SRTT plus the larger of 4·RTTVAR and SRTT/4: on a path whose RTT hardly varies the RTTVAR term vanishes, and
@@ -169,6 +176,9 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             case (FabricPayloadType.StackControl, KindAck) when datagram.Payload.Length % RangeLength == 0 && datagram.Payload.Length <= MaxRanges * RangeLength:
                 ReceiveAck(sequence, datagram.Payload, nowNanoseconds, underlay);
                 break;
+            case (FabricPayloadType.StackControl, KindSkip) when datagram.Payload.IsEmpty:
+                ReceiveSkip(sequence, vm, underlay);
+                break;
             case (FabricPayloadType.Ethernet or FabricPayloadType.StackControl, _):
                 _counters.Drop(StackDropReason.Malformed);
                 break;
@@ -204,12 +214,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             _expected++;
             // A gap just filled: the sender should hear at once.
             immediately = _early.Count > 0;
-            while (_early.Remove(_expected, out var held))
-            {
-                _earlyOrder.Remove(_expected);
-                Deliver(held.Frame, held.Vni, vm);
-                _expected++;
-            }
+            DeliverHeldInOrder(vm);
         }
         else
         {
@@ -226,6 +231,68 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             _ackDue = now + options.AckDelayNanoseconds;
         }
     }
+
+    /// <summary>Delivers the held frames that follow what was delivered, up to the next gap.</summary>
+    private void DeliverHeldInOrder(IVmOutput vm)
+    {
+        while (_early.Remove(_expected, out var held))
+        {
+            _earlyOrder.Remove(_expected);
+            Deliver(held.Frame, held.Vni, vm);
+            _expected++;
+        }
+    }
+
+    /// <summary>
+    /// The sender gave up everything before <paramref name="oldest"/>: what is held before it is delivered in order, the
+    /// gaps are passed over (the VM's own transport recovers them), and the receiver expects <paramref name="oldest"/>.
+    /// A skip behind what was delivered is stale; one beyond the window cannot come from the sender (it never has more
+    /// in flight) and is refused.
+    /// </summary>
+    private void ReceiveSkip(uint oldest, IVmOutput vm, IUnderlayOutput underlay)
+    {
+        var ahead = (int)(oldest - _expected);
+        if (ahead <= 0)
+        {
+            return;
+        }
+        if (ahead > options.Window)
+        {
+            _counters.Drop(StackDropReason.OutOfWindow);
+            return;
+        }
+        while (_earlyOrder.Count > 0 && (int)(_earlyOrder.Min - oldest) < 0)
+        {
+            var sequence = _earlyOrder.Min;
+            _earlyOrder.Remove(sequence);
+            _early.Remove(sequence, out var held);
+            Skipped += (int)(sequence - _expected);
+            Deliver(held.Frame, held.Vni, vm);
+            _expected = sequence + 1;
+        }
+        Skipped += (int)(oldest - _expected);
+        _expected = oldest;
+        DeliverHeldInOrder(vm);
+        SendAck(underlay);
+    }
+
+    /// <summary>Tells the receiver the oldest sequence this end still has (everything before it is acknowledged or given up).</summary>
+    private void SendSkip(IUnderlayOutput underlay)
+    {
+        var buffer = underlay.Begin(FieldLength);
+        if (buffer.Length < FieldLength)
+        {
+            _counters.Drop(StackDropReason.NoBuffer);
+            return;
+        }
+        buffer[0] = KindSkip;
+        BinaryPrimitives.WriteUInt32BigEndian(buffer[1..], Oldest);
+        underlay.Commit(FabricPayloadType.StackControl, FieldLength, FieldLength);
+        _counters.DatagramsOut++;
+    }
+
+    /// <summary>The oldest sequence this sender still has in flight (the next it will send when none).</summary>
+    private uint Oldest => _inFlight.Count > 0 ? _inFlight.First().Key : _nextSequence;
 
     private void Deliver(ReadOnlySpan<byte> frame, uint vni, IVmOutput vm)
     {
@@ -316,6 +383,11 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             }
         }
         MeasureDelivery(acked, now);
+        if ((int)(Oldest - next) > 0)
+        {
+            // The receiver still waits for a packet this end gave up (the skip was lost): say it again.
+            SendSkip(underlay);
+        }
         if (anyRange)
         {
             // Fast retransmit: a packet that two or more later packets overtook is lost, not late.
@@ -382,6 +454,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         {
             _inFlight.Remove(packet.Sequence);
             GivenUp++;
+            SendSkip(underlay);
             return;
         }
         packet.Transmissions++;

@@ -18,7 +18,7 @@ public abstract class StackConformance
     private LoadedStack Load() => StackLoader.Load(Fabric.Testing.StackPlugins.PathOf(PluginProject));
 
     /// <summary>Collects datagrams a stack writes, as the host would frame them.</summary>
-    protected sealed class CapturingUnderlay : IUnderlayOutput
+    internal sealed class CapturingUnderlay : IUnderlayOutput
     {
         private readonly byte[] _buffer = new byte[65536];
         public List<(FabricHeaderRepr Header, byte[] StackFields, byte[] Payload)> Datagrams { get; } = [];
@@ -33,7 +33,7 @@ public abstract class StackConformance
                 _buffer[..stackFieldLength], _buffer[stackFieldLength..length]));
     }
 
-    protected sealed class CapturingVm : IVmOutput
+    internal sealed class CapturingVm : IVmOutput
     {
         public List<byte[]> Frames { get; } = [];
 
@@ -47,14 +47,14 @@ public abstract class StackConformance
 
     private StackContext Context(string local, string remote) => new(local, remote, Configuration, new NoTelemetry());
 
-    private sealed class NoTelemetry : IStackTelemetry
+    internal sealed class NoTelemetry : IStackTelemetry
     {
         public void Event(string name, string detail)
         {
         }
     }
 
-    protected static byte[] Frame(int payload, byte fill)
+    internal static byte[] Frame(int payload, byte fill)
     {
         var frame = new byte[14 + payload];
         EthernetWriter.Write(frame, new MacAddress(0x02_00_00_00_00_02), new MacAddress(0x02_00_00_00_00_01), EtherTypes.IPv4);
