@@ -56,10 +56,11 @@ public interface IVmGrain : IGrainWithStringKey
     [Alias("path-changed")]
     ValueTask PathChangedAsync(string remoteHost, PathConditions conditions);
 
-    /// <summary>What the VM's traffic got in the last interval (from its host's report, with the path's smoothed
-    /// conditions): joined with the decision that chose each stack and appended to the outcome log.</summary>
+    /// <summary>What the VM's traffic got in the last interval (from the report of <paramref name="hostId"/>, the host it
+    /// ran on then, with the path's smoothed conditions): joined with the decision that chose each stack and appended to
+    /// the outcome log.</summary>
     [Alias("outcomes"), Orleans.Concurrency.OneWay]
-    ValueTask ReportOutcomesAsync(ImmutableArray<Outcome> outcomes);
+    ValueTask ReportOutcomesAsync(string hostId, ImmutableArray<Outcome> outcomes);
 
     /// <summary>Read-only and interleaved: its host asks while the VM may be waiting on that host.</summary>
     [Alias("view"), Orleans.Concurrency.AlwaysInterleave]

@@ -396,7 +396,7 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             var joined = group.Select(o => _paths.TryGetValue(o.RemoteHost, out var path) && path.Smoother.Current is { } smoothed ? o with { Conditions = smoothed } : o)
                 .ToImmutableArray();
-            _ = GrainFactory.GetGrain<IVmGrain>(group.Key).ReportOutcomesAsync(joined).AsTask();
+            _ = GrainFactory.GetGrain<IVmGrain>(group.Key).ReportOutcomesAsync(HostId, joined).AsTask();
         }
         while (_outcomes.Count > OutcomeLimit)
         {

@@ -329,7 +329,7 @@ public sealed partial class VmGrain(
         await CommitAsync(bindings);
     }
 
-    public async ValueTask ReportOutcomesAsync(ImmutableArray<Outcome> outcomes)
+    public async ValueTask ReportOutcomesAsync(string hostId, ImmutableArray<Outcome> outcomes)
     {
         if (state.State.Placement is null)
         {
@@ -337,7 +337,6 @@ public sealed partial class VmGrain(
             return;
         }
         var workload = state.State.Policy.Workload;
-        var host = state.State.Placement.HostId;
         var catalog = await CatalogAsync();
         outcomeLog.Append(outcomes.Where(o => o.Stack.Length > 0 && double.IsFinite(o.GoodputMbps) && double.IsFinite(o.ResidualLoss)
             && (double.IsFinite(o.DelayP99Ms) || double.IsFinite(o.ResponseP99Ms))).Select(o =>
@@ -350,7 +349,7 @@ public sealed partial class VmGrain(
             var delay = o.TailP99Ms > 0 && double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
             return new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
                 propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
-                Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps)) { RewardVersion = UtilityModel.SchemaVersion, Host = host };
+                Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps)) { RewardVersion = UtilityModel.SchemaVersion, Host = hostId };
         }));
     }
 

@@ -290,7 +290,9 @@ public sealed class UtilityModel : IDisposable
                 {
                     continue;
                 }
-                var half = HalfOf(o.VmId, o.RemoteHost, o.At.ToUnixTimeSeconds() / 60);
+                // Latency VMs of one host share their path's conditions and are paired with each other: one minute of that
+                // path goes to one half whole, or each half would vouch for the other.
+                var half = HalfOf(o is { Host: { } host, Workload: SharedPairing } ? host : o.VmId, o.RemoteHost, o.At.ToUnixTimeSeconds() / 60);
                 examples.Add(new Example(o.VmId, o.Stack, o.Workload, o.Stack, o.Features, o.Utility, half));
                 foreach (var list in others.Values)
                 {
@@ -341,11 +343,11 @@ public sealed class UtilityModel : IDisposable
         return low;
     }
 
-    /// <summary>The cross-fitting half of one minute of one path: FNV-1a, the same in every process (string hashes are not).</summary>
-    private static int HalfOf(string vmId, string remoteHost, long minute)
+    /// <summary>The cross-fitting half of one minute of one path (a VM's, or a host's): FNV-1a, the same in every process (string hashes are not).</summary>
+    private static int HalfOf(string from, string remoteHost, long minute)
     {
         var hash = 2166136261u;
-        foreach (var c in $"{vmId}|{remoteHost}|{minute}")
+        foreach (var c in $"{from}|{remoteHost}|{minute}")
         {
             hash = (hash ^ c) * 16777619u;
         }
