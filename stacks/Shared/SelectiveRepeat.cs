@@ -31,11 +31,14 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap. The receiver delivers in order,
 /// holding what arrives early within the window; duplicates are counted and acknowledged again. Buffers are bounded: a
 /// frame that finds the window full is dropped and counted (the VM's own transport recovers it), and a packet
-/// retransmitted too often is given up, so a dead peer never holds the path forever. The receiver is told so (type
-/// StackControl; fields: kind 3, the oldest sequence the sender still has), when it gives up and again whenever an
-/// acknowledgement still asks for what was given up: it delivers what it held before that sequence and waits no more
-/// for the rest, or every later frame of the path would wait behind a packet that never comes. With pacing, first transmissions
-/// leave at twice the delivery rate the acknowledgements show, within twice the bandwidth-delay product.
+/// retransmitted too often is given up, so a dead peer never holds the path forever. The receiver is told so (a skip:
+/// type StackControl; fields: kind 3, the oldest sequence the sender still has, or its next when none), once per round
+/// that gave packets up and again whenever an acknowledgement still asks for one: it delivers what it held before that
+/// sequence and waits no more for the rest, or every later frame of the path would wait behind a packet that never
+/// comes. It takes a skip no further than one past the newest data that arrived and one window beyond what it expects,
+/// and acknowledges data it refuses for being too far ahead, so a lost skip is said again; the sender refuses an
+/// acknowledgement of what it never sent. With pacing, first transmissions leave at twice the delivery rate the
+/// acknowledgements show, within twice the bandwidth-delay product.
 /// </summary>
 internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 {
@@ -61,9 +64,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private long _rateWindowStart = -1;
     private long _rateWindowBytes;
     private double _averageSize = 1000;
+    private bool _skipDue; // packets were given up since the receiver was last told
 
     // Receiver.
     private uint _expected;
+    private uint _highestSeen; // the newest data sequence that arrived (a skip never passes it)
+    private bool _seenAny;
     private readonly Dictionary<uint, (byte[] Frame, uint Vni)> _early = [];
     private readonly SortedSet<uint> _earlyOrder = new(SerialComparer.Instance);
     private int _unacknowledged;
@@ -197,6 +203,10 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         }
         var ahead = (int)(sequence - _expected);
         var immediately = false;
+        if (ahead >= 0 && (!_seenAny || (int)(sequence - _highestSeen) > 0))
+        {
+            (_highestSeen, _seenAny) = (sequence, true);
+        }
         if (ahead < 0 || _early.ContainsKey(sequence))
         {
             // Already delivered or held: the acknowledgement was lost, so say it again now.
@@ -205,7 +215,10 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         }
         else if (ahead >= options.Window)
         {
+            // Say where this end stands: a sender that gave up what this end waits for (and whose skip was lost) hears
+            // it and says so again, where silence would leave both waiting for ever.
             _counters.Drop(StackDropReason.BufferFull);
+            SendAck(underlay);
             return;
         }
         else if (ahead == 0)
@@ -246,19 +259,22 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     /// <summary>
     /// The sender gave up everything before <paramref name="oldest"/>: what is held before it is delivered in order, the
     /// gaps are passed over (the VM's own transport recovers them), and the receiver expects <paramref name="oldest"/>.
-    /// A skip behind what was delivered is stale; one beyond the window cannot come from the sender (it never has more
-    /// in flight) and is refused.
+    /// A skip behind what was delivered is stale. The receiver moves no further than one past the newest data that
+    /// arrived and one window beyond what it expects: the sender's packets beyond that were refused here (too far
+    /// ahead) and are still in its flight, or were given up and will be skipped again; a forged skip cannot carry the
+    /// receiver past what the sender has sent.
     /// </summary>
     private void ReceiveSkip(uint oldest, IVmOutput vm, IUnderlayOutput underlay)
     {
-        var ahead = (int)(oldest - _expected);
-        if (ahead <= 0)
+        var limit = !_seenAny ? _expected : (int)(_highestSeen + 1 - _expected) < options.Window ? _highestSeen + 1 : _expected + (uint)options.Window;
+        if ((int)(oldest - limit) > 0)
         {
-            return;
+            oldest = limit;
         }
-        if (ahead > options.Window)
+        if ((int)(oldest - _expected) <= 0)
         {
-            _counters.Drop(StackDropReason.OutOfWindow);
+            // Stale, or nothing arrived beyond what this end waits for: not answered (an answer would only draw the same
+            // skip again); the next data that arrives draws an acknowledgement and a skip that can be taken.
             return;
         }
         while (_earlyOrder.Count > 0 && (int)(_earlyOrder.Min - oldest) < 0)
@@ -351,6 +367,13 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     private void ReceiveAck(uint next, ReadOnlySpan<byte> ranges, long now, IUnderlayOutput underlay)
     {
+        if ((int)(next - _nextSequence) > 0)
+        {
+            // Acknowledges what this end never sent: not from the receiver (or it was carried past by a forged skip), and
+            // taken, it would discard the next packets as delivered.
+            _counters.Drop(StackDropReason.OutOfWindow);
+            return;
+        }
         long acked = 0;
         // Everything before `next` arrived.
         while (_inFlight.Count > 0)
@@ -383,11 +406,6 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             }
         }
         MeasureDelivery(acked, now);
-        if ((int)(Oldest - next) > 0)
-        {
-            // The receiver still waits for a packet this end gave up (the skip was lost): say it again.
-            SendSkip(underlay);
-        }
         if (anyRange)
         {
             // Fast retransmit: a packet that two or more later packets overtook is lost, not late.
@@ -403,6 +421,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                     Retransmit(packet, now, underlay);
                 }
             }
+        }
+        if (_skipDue || (int)(Oldest - next) > 0)
+        {
+            // Packets were just given up, or the receiver still waits for one given up earlier (the skip was lost).
+            _skipDue = false;
+            SendSkip(underlay);
         }
         Pump(now, underlay);
     }
@@ -454,7 +478,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         {
             _inFlight.Remove(packet.Sequence);
             GivenUp++;
-            SendSkip(underlay);
+            _skipDue = true;
             return;
         }
         packet.Transmissions++;
@@ -489,6 +513,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                 }
             }
             _retransmitTimer = next;
+        }
+        if (_skipDue)
+        {
+            // One skip for every packet given up in this round (a dead peer's window would otherwise get one each).
+            _skipDue = false;
+            SendSkip(underlay);
         }
         Pump(nowNanoseconds, underlay);
     }
