@@ -82,9 +82,6 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     /// <summary>Packets given up after too many retransmissions.</summary>
     public long GivenUp { get; private set; }
 
-    /// <summary>Sequences the peer gave up that this receiver stopped waiting for.</summary>
-    public long Skipped { get; private set; }
-
     /// <summary>The current retransmission timeout for a first transmission, in nanoseconds.</summary>
     /// <remarks>SRTT plus the larger of 4·RTTVAR and SRTT/4: on a path whose RTT hardly varies the RTTVAR term vanishes, and
     /// a timeout equal to the RTT would fire just as the acknowledgement arrives.</remarks>
@@ -282,11 +279,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             var sequence = _earlyOrder.Min;
             _earlyOrder.Remove(sequence);
             _early.Remove(sequence, out var held);
-            Skipped += (int)(sequence - _expected);
             Deliver(held.Frame, held.Vni, vm);
-            _expected = sequence + 1;
         }
-        Skipped += (int)(oldest - _expected);
         _expected = oldest;
         DeliverHeldInOrder(vm);
         SendAck(underlay);

@@ -47,11 +47,12 @@ internal static class LearningBenchmark
     /// <summary>
     /// Training outcomes near a context the model needs before it decides there (the silo's default is 30, for a fleet).
     /// Training pins the bulk VM to each stack in turn for 6 s of a 20 s phase's conditions, so a bulk context the
-    /// training saw in one phase has about 5 outcomes of each stack on its own conditions and, from the stacks next to it
-    /// in that phase's order (see <see cref="BulkOrders"/>), as many on theirs (the pairing); a latency context, with every stack on its own VM for the whole phase, about 20 of each stack. With 10 (until
-    /// 2026-12-02, when the latency VM also took the stacks in turn) the model needed two training phases alike and the
-    /// prior decided nearly everywhere ("model v7 has 3 similar outcomes, needs 10"); 5 lets it decide where the
-    /// training saw the context once.
+    /// training saw in one phase has about 5 outcomes of each stack on its own conditions and, from the stacks next to
+    /// it in that phase's order (see <see cref="BulkOrders"/>), as many on theirs (the pairing); a latency context,
+    /// with every stack on its own VM for the whole phase, about 20 of each stack. With 10 (until 2026-12-02, when the
+    /// latency VM also took the stacks in turn) the model needed two training phases alike and the prior decided nearly
+    /// everywhere ("model v7 has 3 similar outcomes, needs 10"); 5 lets it decide where the training saw the context
+    /// once.
     /// </summary>
     private const int MinSupport = 5;
 

@@ -307,12 +307,11 @@ public class SelectorTests
     public void AWideEstimate_HoldsAVmBackOnlyAsFarAsItHasSomethingToLose()
     {
         var policy = Policy("bulk", allow: ["std-ipv4", "fec"]);
-        var options = new SelectorOptions(Sustain: TimeSpan.Zero);
-        StackSelector Scoring(double current, double candidate) => new(new Scripted(new()
+        StackSelector Scoring(double current, double candidate, double sustainSeconds = 0) => new(new Scripted(new()
         {
             ["std-ipv4"] = new(current, "model", 0.1, "model v3"),
             ["fec"] = new(candidate, "model", 0.27, "model v3"),
-        }), options);
+        }), new SelectorOptions(Sustain: TimeSpan.FromSeconds(sustainSeconds)));
 
         var served = Scoring(0.5, 0.65).Select("vm1", "host-b", policy, Path(4, 0.2), All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
         Assert.Equal("std-ipv4", served.Stack);
@@ -323,11 +322,7 @@ public class SelectorTests
         Assert.Contains("by 0.15 > 0.12", starved.Reason, StringComparison.Ordinal);
 
         // A switch the cap lets through waits the full sustain time: a wider estimate never switches sooner.
-        var waiting = new StackSelector(new Scripted(new()
-        {
-            ["std-ipv4"] = new(0.01, "model", 0.1, "model v3"),
-            ["fec"] = new(0.16, "model", 0.27, "model v3"),
-        }), new SelectorOptions(Sustain: TimeSpan.FromSeconds(5))).Select("vm1", "host-b", policy, Path(4, 0.2), All, HostStacks, "std-ipv4", null, T0, 0.99);
+        var waiting = Scoring(0.01, 0.16, sustainSeconds: 5).Select("vm1", "host-b", policy, Path(4, 0.2), All, HostStacks, "std-ipv4", null, T0, 0.99);
         Assert.Equal("std-ipv4", waiting.Decision.Stack);
         Assert.Equal(TimeSpan.FromSeconds(5), waiting.Pending?.Sustain);
     }

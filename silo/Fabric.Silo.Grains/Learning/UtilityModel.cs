@@ -60,7 +60,6 @@ public sealed class UtilityModel : IDisposable
     /// <summary>At most this many outcomes of other stacks are paired with one outcome, from at most 8 times as many looked at (a busy path's window holds many).</summary>
     private const int MaxPaired = 64;
 
-
     /// <summary>The default of <see cref="LearningOptions.MinSupport"/>: fewer training outcomes near a context than this,
     /// and the model's prediction there is not trusted.</summary>
     public const int DefaultMinSupport = 30;
@@ -272,8 +271,7 @@ public sealed class UtilityModel : IDisposable
         var others = new Dictionary<string, List<OutcomeFeatures>>(StringComparer.Ordinal);
         // Latency VMs' traffic is too light to shape the path: what one host's path showed while any of its latency VMs was
         // on another stack is what this VM would have seen there (see SharedPairing).
-        var shared = outcomes.Where(o => o is { Host: not null, Workload: SharedPairing })
-            .GroupBy(o => (o.Host, o.RemoteHost)).ToDictionary(g => g.Key, g => g.OrderBy(o => o.At).ToList());
+        var shared = outcomes.Where(SharesPath).GroupBy(o => (o.Host, o.RemoteHost)).ToDictionary(g => g.Key, g => g.OrderBy(o => o.At).ToList());
         foreach (var path in outcomes.GroupBy(o => (o.VmId, o.RemoteHost)))
         {
             var ordered = path.OrderBy(o => o.At).ToList();
@@ -292,16 +290,17 @@ public sealed class UtilityModel : IDisposable
                 }
                 // Latency VMs of one host share their path's conditions and are paired with each other: one minute of that
                 // path goes to one half whole, or each half would vouch for the other.
-                var half = HalfOf(o is { Host: { } host, Workload: SharedPairing } ? host : o.VmId, o.RemoteHost, o.At.ToUnixTimeSeconds() / 60);
+                var half = HalfOf(SharesPath(o) ? o.Host! : o.VmId, o.RemoteHost, o.At.ToUnixTimeSeconds() / 60);
                 examples.Add(new Example(o.VmId, o.Stack, o.Workload, o.Stack, o.Features, o.Utility, half));
                 foreach (var list in others.Values)
                 {
                     list.Clear();
                 }
-                var pool = o is { Host: not null, Workload: SharedPairing } ? shared[(o.Host, o.RemoteHost)] : ordered;
+                var pool = SharesPath(o) ? shared[(o.Host, o.RemoteHost)] : ordered;
                 // Nearest in time first, either side, until MaxPaired are taken: where many VMs share a path, the cap keeps
                 // the conditions around the outcome, not the window's oldest.
-                var (before, after) = (FirstAtOrAfter(pool, o.At) - 1, FirstAtOrAfter(pool, o.At));
+                var after = FirstAtOrAfter(pool, o.At);
+                var before = after - 1;
                 for (var (looked, taken) = (0, 0); looked < 8 * MaxPaired && taken < MaxPaired; looked++)
                 {
                     var earlier = before >= 0 && pool[before].At >= o.At - PairingWindow ? pool[before] : null;
@@ -330,6 +329,9 @@ public sealed class UtilityModel : IDisposable
         }
         return examples;
     }
+
+    /// <summary>Whether <paramref name="o"/> is paired with its host's VMs on its path, not only its own (see <see cref="SharedPairing"/>).</summary>
+    private static bool SharesPath(LoggedOutcome o) => o is { Host: not null, Workload: SharedPairing };
 
     /// <summary>The first index of <paramref name="byTime"/> (ordered by time) at or after <paramref name="at"/>; its count if none.</summary>
     private static int FirstAtOrAfter(List<LoggedOutcome> byTime, DateTimeOffset at)
