@@ -15,6 +15,12 @@ public sealed record SchedulePhase(int Line, TimeSpan Duration, IReadOnlyList<st
     /// <summary>The words to send the emulator for one direction: the reset, then the phase's own.</summary>
     public IReadOnlyList<string> EmulatorWords(bool forward) => [.. Reset, .. forward ? ForwardSettings : ReverseSettings];
 
+    /// <summary>
+    /// Whether the link changes within the phase: a recorded trace plays its delivery opportunities from the moment it is
+    /// set, so two measurements compare only over the same stretch of it (set again, from its start).
+    /// </summary>
+    public bool VariesInTime => Forward.Trace is not null || Reverse.Trace is not null;
+
     /// <summary>The phase as its schedule wrote it (trace paths absolute).</summary>
     public override string ToString() =>
         string.Create(CultureInfo.InvariantCulture, $"{Duration.TotalSeconds:0.###} s: {string.Join(' ', ForwardSettings)} | {string.Join(' ', ReverseSettings)}");

@@ -68,8 +68,8 @@ public sealed partial class VmGrain(
     /// the outcome log records beside each outcome. Unknown after a reactivation: then the stack counts as chosen for sure.</summary>
     private readonly Dictionary<string, (double Propensity, bool Exploration)> _chosen = new(StringComparer.Ordinal);
 
-    /// <summary>When each path last explored (in memory: a reactivated VM may explore once sooner).</summary>
-    private readonly Dictionary<string, DateTimeOffset> _explored = new(StringComparer.Ordinal);
+    /// <summary>When each path last explored, and on what (in memory: a reactivated VM may explore once sooner).</summary>
+    private readonly Dictionary<string, Explored> _explored = new(StringComparer.Ordinal);
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
@@ -407,10 +407,10 @@ public sealed partial class VmGrain(
         var current = state.State.Stacks.GetValueOrDefault(remoteHost);
         var previousPending = state.State.Pending.GetValueOrDefault(remoteHost);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
-            previousPending, time.GetUtcNow(), Random.Shared.NextDouble(), _explored.TryGetValue(remoteHost, out var explored) ? explored : null);
+            previousPending, time.GetUtcNow(), Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost));
         if (decision.Exploration)
         {
-            _explored[remoteHost] = decision.At;
+            _explored[remoteHost] = new(decision.At, conditions);
         }
         _last[remoteHost] = decision;
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)

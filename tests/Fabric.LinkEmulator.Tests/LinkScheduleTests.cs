@@ -46,6 +46,9 @@ public sealed class LinkScheduleTests : IDisposable
         Assert.Equal(TimeSpan.Zero, second.Forward.Delay);
         Assert.Equal(LinkProfile.Clean, second.Reverse);
         Assert.Equal(TimeSpan.FromSeconds(37.5), schedule.Duration);
+        // Steady links: a measurement of a few seconds stands for the phase (one that plays a trace does not).
+        Assert.False(first.VariesInTime);
+        Assert.False(second.VariesInTime);
         // What the emulator is sent resets every setting first, so the previous phase never leaks into this one.
         var words = second.EmulatorWords(forward: true);
         Assert.Equal(LinkProfile.Clean.Apply(words), second.Forward);
@@ -61,6 +64,9 @@ public sealed class LinkScheduleTests : IDisposable
         var phase = Assert.Single(schedule.Phases);
         Assert.NotNull(phase.Forward.Trace);
         Assert.Contains($"trace={Path.Combine(traces, "lte.up")}", phase.ForwardSettings);
+        Assert.True(phase.VariesInTime);
+        // A trace one way is enough for the link to change within the phase.
+        Assert.True(LinkSchedule.Load(Write("half.sched", "10 delay=20ms | trace=traces/lte.up\n")).Phases[0].VariesInTime);
     }
 
     [Fact]

@@ -191,18 +191,26 @@ public class SelectorTests
     }
 
     [Fact]
-    public void APathExploresAtMostOncePerSpacing_AndThenLogsNoExplorationProbability()
+    public void APathExploresAtMostOncePerSpacing_OnConditionsItExploredOnlyAfterHours_AndThenLogsNoExplorationProbability()
     {
         var policy = Policy("latency", explore: 0.2);
-        var spacing = _selector.Options.ExploreSpacing;
-        // A draw that would explore (0.01 < 0.2), a minute after the last exploration and then once the spacing is over.
+        var (spacing, same) = (_selector.Options.ExploreSpacing, _selector.Options.ExploreSameConditionsSpacing);
+        var explored = new Explored(T0, Path(30, 0));
+        Decision At(TimeSpan after, PathConditions path) =>
+            _selector.Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", null, T0 + after, 0.01, lastExplored: explored).Decision;
+        // A draw that would explore (0.01 < 0.2): it does on a path that never explored.
         Assert.True(Run(policy, Path(30, 0), "std-ipv4", null, T0, 0.01).Decision.Exploration);
-        var (soon, _) = _selector.Select("vm1", "host-b", policy, Path(30, 0), All, HostStacks, "std-ipv4", null, T0 + (spacing / 2), 0.01, lastExplored: T0);
+        // Within the spacing, not even on new conditions, and then no probability of exploring is logged.
+        var soon = At(spacing / 2, Path(30, 0.02));
         Assert.False(soon.Exploration);
         Assert.Equal("std-ipv4", soon.Stack);
         Assert.Equal(1, soon.Propensity);
-        var (later, _) = _selector.Select("vm1", "host-b", policy, Path(30, 0), All, HostStacks, "std-ipv4", null, T0 + spacing, 0.01, lastExplored: T0);
-        Assert.True(later.Exploration);
+        // After the spacing: on conditions that changed significantly, yes; on the ones it explored on, not for hours —
+        // a stationary path deciding every 15 s would otherwise explore (and come back) every spacing.
+        Assert.True(At(spacing, Path(30, 0.02)).Exploration);
+        Assert.False(At(spacing, Path(31, 0)).Exploration);
+        Assert.False(At(same - TimeSpan.FromSeconds(1), Path(31, 0)).Exploration);
+        Assert.True(At(same, Path(31, 0)).Exploration);
     }
 
     [Fact]

@@ -2,6 +2,9 @@ using System.Collections.Immutable;
 
 namespace Fabric.Silo.Selection;
 
+/// <summary>When a path last explored, and on what conditions.</summary>
+public sealed record Explored(DateTimeOffset At, PathConditions Conditions);
+
 /// <summary>A candidate that beats the current stack, and since when (hysteresis memory between decisions).</summary>
 /// <param name="Stack">The candidate.</param>
 /// <param name="Since">When it started to beat the current stack.</param>
@@ -14,8 +17,9 @@ public sealed record PendingSwitch([property: Id(0)] string Stack, [property: Id
 /// (relative) and by more than the cost of a swap plus both scores' uncertainty (absolute, at most what the VM has at
 /// stake: <see cref="Needed"/>), continuously for
 /// <see cref="SustainFor"/> — less when the gain is several times what a switch needs (<see cref="SustainWhen"/>).
-/// Exploration tries only candidates scored within <see cref="ExploreWithin"/> of the best, and at most once per
-/// <see cref="ExploreSpacing"/> on a path.
+/// Exploration tries only candidates scored within <see cref="ExploreWithin"/> of the best, at most once per
+/// <see cref="ExploreSpacing"/> on a path, and on conditions it explored before only after
+/// <see cref="ExploreSameConditionsSpacing"/>.
 /// </summary>
 public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = null, double SwapCost = 0.01, double ExploreWithin = 0.10)
 {
@@ -25,6 +29,13 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     /// benchmark — two switches each (there and back), where the goal for a stationary path is one switch an hour.
     /// </summary>
     public TimeSpan ExploreSpacing { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>
+    /// The least time between two explorations of one path on conditions that have not changed significantly
+    /// (<see cref="PathSmoother.Significant"/>) since the last. What a stationary path teaches the fleet is taught by its
+    /// first exploration; each later one is two switches (there and back) where the goal is one switch a path-hour.
+    /// </summary>
+    public TimeSpan ExploreSameConditionsSpacing { get; init; } = TimeSpan.FromHours(4);
 
     /// <summary>The shortest share of <see cref="SustainFor"/> a gain far beyond what a switch needs waits.</summary>
     public const double QuickestShare = 0.4;
@@ -93,10 +104,11 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
     /// <param name="pending">The switch pending from earlier decisions, if any.</param>
     /// <param name="now">The time of the decision.</param>
     /// <param name="random">A uniform draw in [0, 1) (exploration).</param>
-    /// <param name="lastExplored">When this path last explored (null: never, or not known): none again within <see cref="SelectorOptions.ExploreSpacing"/>.</param>
+    /// <param name="lastExplored">When this path last explored and on what conditions (null: never, or not known): none again
+    /// within <see cref="SelectorOptions.ExploreSpacing"/>, nor on the same conditions within <see cref="SelectorOptions.ExploreSameConditionsSpacing"/>.</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
-        DateTimeOffset? lastExplored = null)
+        Explored? lastExplored = null)
     {
         // A pinned stack that is no longer published (withdrawn) or that this host does not run: the VM is not left on a
         // stack no host may run; it gets the best of what the rest of its policy admits, without exploring (the operator
@@ -114,7 +126,8 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             .OrderByDescending(s => s.Result.Score).ThenBy(s => s.Id, StringComparer.Ordinal)
             .Select(s => new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)).ToImmutableArray();
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.
-        var spaced = lastExplored is not { } explored || now - explored >= _options.ExploreSpacing;
+        var spaced = lastExplored is not { } explored || (now - explored.At >= _options.ExploreSpacing
+            && (PathSmoother.Significant(explored.Conditions, conditions) || now - explored.At >= _options.ExploreSameConditionsSpacing));
         var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && spaced
             ? scored.Where(s => s.Stack != current && s.Score >= scored[0].Score - _options.ExploreWithin).ToList()
             : [];
