@@ -6,7 +6,6 @@ using Fabric.Embedded;
 using Fabric.Programs;
 using Fabric.Silo;
 using Fabric.Silo.Security;
-using Fabric.Silo.Selection;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.Cookies;
 using Microsoft.AspNetCore.DataProtection;
@@ -128,9 +127,7 @@ if (options.Embedded)
         .UseControlPlaneSecurity(authority!.Issue(CallerRole.Silo, "embedded"))
         .ConfigureEndpoints(siloAddress, siloPort, gatewayPort)
         .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (options.ClusterId, options.ServiceId))
-        .AddMemoryGrainStorage(Storage.Name)
-        // The outcome log and the models outlive a run (the data folder's learning/), so the fleet keeps what it learned.
-        .AddFabricControlPlane(new SelectorOptions(), new Fabric.Silo.Learning.LearningOptions(Path.Combine(options.DataDirectory, "learning"), TrainEverySeconds: 60)));
+        .AddEmbeddedControlPlane(Path.Combine(options.DataDirectory, "learning")));
     builder.Services.AddSingleton(new CatalogSource(repository!.Path, repository.TrustRoot, Path.Combine(options.DataDirectory, "run", "silo"), 30));
     builder.Services.AddHostedService<CatalogSync>();
     builder.Services.AddHostedService<SimulationRunner>();

@@ -35,4 +35,13 @@ public static class SiloBuilderExtensions
         silo.Services.Replace(ServiceDescriptor.Singleton<IGrainStorageSerializer, OrleansGrainStorageSerializer>());
         return silo;
     }
+
+    /// <summary>
+    /// The embedded default's control plane (the dashboard's own silo, and the one <c>bench/stationary.sh</c> measures):
+    /// grain state in memory, the selector's defaults, the outcome log and the models in <paramref name="learningStore"/>
+    /// (a folder kept across runs, so the fleet keeps what it learned), the learner every 60 s.
+    /// </summary>
+    public static ISiloBuilder AddEmbeddedControlPlane(this ISiloBuilder silo, string learningStore) => silo
+        .AddMemoryGrainStorage(Storage.Name)
+        .AddFabricControlPlane(new SelectorOptions(), new LearningOptions(learningStore, TrainEverySeconds: 60));
 }
