@@ -48,7 +48,7 @@ internal static class StationaryBenchmark
         var repository = DevelopmentRepository.Create(Path.Combine(work, "keys"), Path.Combine(work, "run"), RepositoryRoot.Directory, configuration);
         using var authority = DevelopmentAuthority.LoadOrCreate(Path.Combine(work, "authority"));
         var learning = Path.Combine(work, "learning");
-        var (siloPort, gatewayPort) = (FreePort(), FreePort());
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders().AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Warning)
             // Grains still writing their logs while the silo stops fill stderr with placement retries: noise here.
@@ -154,13 +154,6 @@ internal static class StationaryBenchmark
     }
 
     private static (string, string) Key(string a, string b) => string.CompareOrdinal(a, b) < 0 ? (a, b) : (b, a);
-
-    private static int FreePort()
-    {
-        using var listener = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
 
     private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 }
