@@ -73,6 +73,19 @@ public sealed partial class VmGrain(
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
+    /// <summary>
+    /// Per remote host, the binding this VM decided that its host grain has not yet taken (the call failed: the host's
+    /// silo died under it, or the store refused the write first). Retried until taken: the VM skips conditions it has
+    /// decided on, so without this a binding lost on the way stayed lost until the path changed again (a CI run saw one
+    /// VM of 1,000 left on its old stack for over a minute after a kill -9).
+    /// </summary>
+    private readonly Dictionary<string, Binding> _unbound = new(StringComparer.Ordinal);
+    private bool _unwritten;
+    private IGrainTimer? _rebind;
+
+    /// <summary>How often bindings a host has not taken are offered again.</summary>
+    public static readonly TimeSpan RebindEvery = TimeSpan.FromSeconds(5);
+
     private string VmId => this.GetPrimaryKeyString();
 
     public override Task OnActivateAsync(CancellationToken cancellationToken)
@@ -87,6 +100,16 @@ public sealed partial class VmGrain(
         if (state.State.Claim is not null)
         {
             _claimCheck = this.RegisterGrainTimer(CheckClaimAsync, SourceSilence / 3, SourceSilence / 3);
+        }
+        // Its stacks are offered to its host once, soon after: a silo that died between persisting a decision and binding
+        // it left the host without it. Not here: the host's own activation reads this VM. The host ignores what it has.
+        if (state.State.Placement is not null && state.State.Stacks.Count > 0)
+        {
+            foreach (var (remote, stack) in state.State.Stacks)
+            {
+                _unbound[remote] = new Binding(VmId, remote, stack, Sealed);
+            }
+            ScheduleRebind(TimeSpan.FromSeconds(1 + Random.Shared.NextDouble()));
         }
         return Task.CompletedTask;
     }
@@ -358,6 +381,8 @@ public sealed partial class VmGrain(
 
     private async Task LeaveHostAsync(string hostId)
     {
+        // What the old host had not taken is not the new host's.
+        _unbound.Clear();
         var host = GrainFactory.GetGrain<IHostGrain>(hostId);
         await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
             GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(hostId, peer)).UnsubscribeAsync(VmId).AsTask()));
@@ -392,14 +417,59 @@ public sealed partial class VmGrain(
         {
             return;
         }
-        // Persisted before the host is told: after a silo restart the VM knows what it asked for.
-        await state.WriteStateAsync();
-        var real = bindings.Where(b => b.Stack.Length > 0).Select(b => b with { Sealed = Sealed }).ToImmutableArray();
-        if (real.Length > 0)
+        foreach (var binding in bindings.Where(b => b.Stack.Length > 0))
         {
-            await GrainFactory.GetGrain<IHostGrain>(state.State.Placement!.HostId).BindAsync(real);
+            _unbound[binding.RemoteHost] = binding with { Sealed = Sealed };
+        }
+        // Persisted before the host is told: after a silo restart the VM knows what it asked for.
+        _unwritten = true;
+        await FlushBindingsAsync();
+    }
+
+    /// <summary>
+    /// Writes the state if a write is owed and binds what the host has not taken, in that order; on failure the rebind
+    /// timer tries again (and the caller sees the error). Grain turns do not interleave here, so binds reach the host in order.
+    /// </summary>
+    private async Task FlushBindingsAsync()
+    {
+        try
+        {
+            if (_unwritten)
+            {
+                await state.WriteStateAsync();
+                _unwritten = false;
+            }
+            if (_unbound.Count > 0 && state.State.Placement is { } placement)
+            {
+                await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync([.. _unbound.Values]);
+            }
+            _unbound.Clear();
+            _rebind?.Dispose();
+            _rebind = null;
+        }
+        catch (Exception e)
+        {
+            ScheduleRebind(RebindEvery);
+            LogRebind(logger, VmId, e.GetType().Name, e.Message);
+            throw;
         }
     }
+
+    private void ScheduleRebind(TimeSpan due) =>
+        _rebind ??= this.RegisterGrainTimer(async () =>
+        {
+            try
+            {
+                await FlushBindingsAsync();
+            }
+            catch (Exception)
+            {
+                // Said by FlushBindingsAsync; tried again at the next tick.
+            }
+        }, due, RebindEvery);
+
+    [LoggerMessage(LogLevel.Warning, "VM {Vm}: a decision could not be stored or bound on its host ({Error}: {Message}); offered again every 5 s until it is")]
+    private static partial void LogRebind(ILogger logger, string vm, string error, string message);
 
     /// <summary>Runs select_stack for one path; returns the binding to commit (empty when nothing material changed).</summary>
     private List<Binding> Evaluate(string remoteHost, PathConditions conditions, ImmutableArray<StackInfo> catalog, HashSet<string> hostStacks)

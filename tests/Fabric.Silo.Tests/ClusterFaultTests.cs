@@ -194,7 +194,8 @@ public sealed class ClusterFaultTests(Azurite azurite)
             {
                 lossyPeer[h] = (h + 2) % Hosts;
             }
-            await Eventually.TrueAsync(() => SwitchedAwayFromStd(2), TimeSpan.FromSeconds(60), "decisions flowing again after kill -9", Describe);
+            // A liveness bound, not a goal: the figure is the diagnostic printed below (7-35 s on this machine).
+            await Eventually.TrueAsync(() => SwitchedAwayFromStd(2), TimeSpan.FromSeconds(90), "decisions flowing again after kill -9", Describe);
             var recovered = killed.Elapsed;
             TestContext.Current.SendDiagnosticMessage($"after kill -9 of one of three silos, all 1,000 VMs had decided on their newly lossy path in {recovered.TotalSeconds:0.0} s");
             // Nothing lost: every VM's placement and policy (persisted in the table store) and its decision on every path.
