@@ -614,7 +614,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
             var seconds = m.Interval.TotalSeconds;
             var delivered = m.BytesSent * 8 / seconds / 1e6 * (1 - m.Loss);
-            samples.Add(new PathSample(HostId, peer, rtt, m.JitterMs, m.Sent, m.Lost, delivered, now));
+            samples.Add(new PathSample(HostId, peer, rtt, m.JitterMs, m.Sent, m.Lost, delivered, now, double.IsFinite(m.CapacityMbps) ? m.CapacityMbps : 0));
             var conditions = new PathConditions(rtt, m.JitterMs, m.Loss, delivered, now);
             var vmBytes = m.Vms.Sum(v => v.Bytes);
             foreach (var vm in m.Vms.Where(v => v.Bytes > 0 || v.Tcp.Flows > 0))

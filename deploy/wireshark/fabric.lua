@@ -2,7 +2,7 @@
 -- Install: copy to ~/.local/lib/wireshark/plugins/ (or run wireshark -X lua_script:fabric.lua).
 local fabric = Proto("fabric", "Fabric overlay")
 
-local payload_types = { [0] = "Ethernet", [1] = "Stack control", [2] = "Probe", [3] = "Probe reply", [4] = "Stack-encoded", [5] = "Agent control" }
+local payload_types = { [0] = "Ethernet", [1] = "Stack control", [2] = "Probe", [3] = "Probe reply", [4] = "Stack-encoded", [5] = "Agent control", [6] = "Capacity train" }
 
 local f_version = ProtoField.uint8("fabric.version", "Version", base.DEC, nil, 0xF0)
 local f_flags = ProtoField.uint8("fabric.flags", "Flags", base.HEX, nil, 0x0F)

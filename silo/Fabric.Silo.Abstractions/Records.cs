@@ -49,7 +49,8 @@ public sealed record WithdrawnStack(
 
 /// <summary>
 /// A path's measured conditions (smoothed by the source host's grain). Loss is a fraction (0.02 = 2 %). BandwidthMbps is
-/// what the path delivers now (0 on an idle path); CapacityMbps the most it delivered in the last minute (0 when unknown).
+/// what the path delivers now (0 on an idle path); CapacityMbps the bottleneck's rate, as the agents' capacity trains
+/// measure it (or the most it delivered in the last minute where that is more; 0 when unknown).
 /// MinRttMs is the lowest RTT since the path last changed regime, over at most two minutes (the path without queues; 0
 /// when unknown): RTT well above it means queues are building, and loss that comes with them is congestion rather than a
 /// lossy link. LossBurstiness is the coefficient of variation of per-second loss over the last minute (0: even; above 1:
@@ -251,6 +252,8 @@ public sealed record DesiredStateChange(
 
 /// <summary>
 /// One path measurement interval from an agent (about a second): active probes and passive sequence/timestamp counts.
+/// CapacityMbps: the bottleneck rate the agent's last capacity train measured in the interval (0: none came; an agent
+/// that predates trains sends none).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.path-sample")]
 public sealed record PathSample(
@@ -261,7 +264,8 @@ public sealed record PathSample(
     [property: Id(4)] long Sent,
     [property: Id(5)] long Lost,
     [property: Id(6)] double DeliveredMbps,
-    [property: Id(7)] DateTimeOffset At);
+    [property: Id(7)] DateTimeOffset At,
+    [property: Id(8)] double CapacityMbps = 0);
 
 /// <summary>
 /// What a (VM, path) got during an interval on a stack — the learner's raw material. With TCP traffic (Passive), measured

@@ -17,6 +17,8 @@ public enum FabricPayloadType : byte
     StackEncoded = 4,
     /// <summary>Agents' own messages about the path (open or close a stack slot at the other end); never given to a stack.</summary>
     AgentControl = 5,
+    /// <summary>A member of an agent's capacity train (sent back to back; the peer times their arrival). Never given to a stack.</summary>
+    ProbeTrain = 6,
 }
 
 /// <summary>Zero-copy view of the Fabric overlay header, carried in UDP (default port <see cref="DefaultUdpPort"/>).</summary>

@@ -47,7 +47,7 @@ public class OverlayAuthenticationTests
     }
 
     [Fact]
-    public async Task ForgedCloseOpenAndProbeReplies_FromThePeersOwnAddress_ChangeNothing_AndAreCounted()
+    public async Task ForgedCloseOpenProbeRepliesAndTrains_FromThePeersOwnAddress_ChangeNothing_AndAreCounted()
     {
         Assert.SkipUnless(Privileged.IsRoot, "forging a peer's source port needs a raw socket (root)");
         var (hosts, slot) = await BoundToSecure(authenticated: true);
@@ -68,6 +68,10 @@ public class OverlayAuthenticationTests
             // A probe reply claiming a probe sent long ago (a huge RTT), and a probe.
             Datagram(FabricPayloadType.ProbeReply, new byte[32 + OverlayAuthenticator.TagLength]),
             Datagram(FabricPayloadType.Probe, new byte[16 + OverlayAuthenticator.TagLength]),
+            // A capacity train's member (forged members would make the path look faster or slower than it is), and a
+            // reply carrying a train's rate.
+            Datagram(FabricPayloadType.ProbeTrain, [.. new byte[8], 0, 1, 0, 8, .. new byte[1188 + OverlayAuthenticator.TagLength]]),
+            Datagram(FabricPayloadType.ProbeReply, new byte[48 + OverlayAuthenticator.TagLength]),
         ];
         foreach (var forged in forgeries)
         {

@@ -551,6 +551,19 @@ public sealed class RemotePath : IDisposable
             }
             _monitor.WriteProbe(buffer, Clock());
             _output.Commit(FabricPayloadType.Probe, 0, PathMonitor.ProbeLength);
+            // A capacity train when one is due (see PathMonitor), back to back in the same flush.
+            var members = _monitor.TrainDue(Clock());
+            for (var i = 0; i < members; i++)
+            {
+                _output.Prepare(0, 0);
+                buffer = _output.Begin(PathMonitor.TrainMemberLength);
+                if (buffer.Length < PathMonitor.TrainMemberLength)
+                {
+                    return;
+                }
+                _monitor.WriteTrainMember(buffer, i, members);
+                _output.Commit(FabricPayloadType.ProbeTrain, 0, PathMonitor.TrainMemberLength);
+            }
         }
     }
 
@@ -1043,7 +1056,7 @@ public sealed class RemotePath : IDisposable
         }
         using (Held())
         {
-            var agents = header.PayloadType is FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.AgentControl;
+            var agents = header.PayloadType is FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.ProbeTrain or FabricPayloadType.AgentControl;
             var payload = header.Payload;
             if (agents && _authenticator is not null)
             {
@@ -1067,6 +1080,12 @@ public sealed class RemotePath : IDisposable
                     return;
                 case FabricPayloadType.ProbeReply:
                     _monitor.OnReply(payload, Clock());
+                    return;
+                case FabricPayloadType.ProbeTrain:
+                    if (!_monitor.OnTrainMember(payload, datagram.Length, Clock()))
+                    {
+                        Counters.Drop(DropReason.Malformed);
+                    }
                     return;
                 case FabricPayloadType.AgentControl:
                     // Handled by the switch, outside the gate (it may open a slot on this path).
@@ -1130,14 +1149,16 @@ public sealed class RemotePath : IDisposable
             return;
         }
         _output.Prepare(0, 0);
-        var buffer = _output.Begin(PathMonitor.ReplyLength);
-        if (buffer.Length < PathMonitor.ReplyLength)
+        var length = _monitor.ReplyLengthNow;
+        var buffer = _output.Begin(length);
+        if (buffer.Length < length)
         {
             return;
         }
-        // The probe echoed, then what this end has received from the peer so far: the peer computes its loss from it.
-        PathMonitor.WriteReply(buffer, probe, _sequenced, _firstSequence < 0 ? 0 : _highestSequence - _firstSequence + 1);
-        _output.Commit(FabricPayloadType.ProbeReply, 0, PathMonitor.ReplyLength);
+        // The probe echoed, then what this end has received from the peer so far: the peer computes its loss from it;
+        // and the rate its last capacity train came at, once it sends trains.
+        _monitor.Answer(buffer, probe, _sequenced, _firstSequence < 0 ? 0 : _highestSequence - _firstSequence + 1);
+        _output.Commit(FabricPayloadType.ProbeReply, 0, length);
     }
 
     private void SendControlLocked(ReadOnlySpan<byte> message)
@@ -1238,7 +1259,7 @@ public sealed class RemotePath : IDisposable
             // Path sequence counts every datagram on this path, across slots: loss and reordering measured for free.
             new FabricHeaderRepr(_slot, payloadType, VirtualNetwork, _sequence++, (uint)(now / 1000), (byte)stackFieldLength).Write(buffer);
             var total = FabricHeader.Length + length;
-            if (payloadType is FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.AgentControl)
+            if (payloadType is FabricPayloadType.Probe or FabricPayloadType.ProbeReply or FabricPayloadType.ProbeTrain or FabricPayloadType.AgentControl)
             {
                 total = path._authenticator?.Seal(buffer, total) ?? total;
                 underlay.Commit(total, path.Destination);

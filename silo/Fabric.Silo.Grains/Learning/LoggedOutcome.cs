@@ -64,9 +64,10 @@ public sealed record LoggedOutcome(
 /// bytes while taking nothing anyone would miss. Charged against its goodput, such outcomes lost most of their utility
 /// (in a learning benchmark run, fec's latency outcomes on clean paths: p99 14 ms, overhead 1.44 times the goodput,
 /// utility 0.13 where the delay alone gives 0.41), and the model learned that no stack but std-ipv4 serves latency VMs.
-/// The path's capacity estimate is the most it delivered in the last minute, a lower bound that on a path only such a VM
-/// used is that VM's own rate, so the charge counts at least <see cref="MinChargedCapacityMbps"/>. A bulk VM's extra
-/// bytes already show in its goodput (its utility is goodput over capacity).
+/// The path's capacity estimate is what its agents' capacity trains measure (or, from an agent that sends none, the most
+/// it delivered in the last minute: on a path only such a VM used, that VM's own rate), and the charge counts at least
+/// <see cref="MinChargedCapacityMbps"/>. A bulk VM's extra bytes already show in its goodput (its utility is goodput
+/// over capacity, or over its demand where that is known and less: a VM sending UDP at a set rate cannot use more).
 /// <para>
 /// The delay is the p99 over the agent's trailing window on the stack (<see cref="Outcome.TailP99Ms"/>), not one
 /// second's, and is scored on a log scale, because a tenant (and the learning benchmark) judges the p99 over minutes: at
@@ -95,13 +96,16 @@ public static class Utility
     public static double LatencyScore(double p99Ms) => double.IsNaN(p99Ms) ? 0
         : Math.Clamp(1 - (Math.Log(Math.Max(p99Ms, FloorDelayMs) / FloorDelayMs) / Math.Log(WorstDelayMs / FloorDelayMs)), 0, 1);
 
-    public static double Of(string workload, double goodputMbps, double delayP99Ms, double residualLoss, double overheadRatio, double capacityMbps)
+    /// <summary>A VM's utility for one outcome, 0–1 (see the class remarks). <paramref name="demandMbps"/>: what the VM
+    /// would send at most (its offered rate when it sends without TCP); infinite when not known.</summary>
+    public static double Of(string workload, double goodputMbps, double delayP99Ms, double residualLoss, double overheadRatio, double capacityMbps,
+        double demandMbps = double.PositiveInfinity)
     {
         // A capacity not known (NaN from a report that had none) is charged as the least.
         var path = Math.Max(Math.Max(double.IsFinite(capacityMbps) ? capacityMbps : 0, MinChargedCapacityMbps), goodputMbps);
         var overheadShare = Math.Clamp(Math.Max(overheadRatio, 0) * Math.Max(goodputMbps, 0) / path, 0, 1);
         var latency = LatencyScore(delayP99Ms) * (1 - overheadShare);
-        var bulk = Math.Clamp(goodputMbps / Math.Max(Math.Max(capacityMbps, goodputMbps), 1e-3), 0, 1);
+        var bulk = Math.Clamp(goodputMbps / Math.Max(Math.Max(Math.Min(capacityMbps, demandMbps), goodputMbps), 1e-3), 0, 1);
         var utility = workload switch
         {
             "latency" => latency,

@@ -4,14 +4,21 @@ namespace Fabric.Silo.Selection;
 /// Turns a path's one-second samples into conditions that survive the path changing regime, and says when they moved
 /// enough to re-run selection (RTT by 20 %, loss by a factor of two on a log scale floored at 0.01 %, capacity by 25 %).
 /// <list type="bullet">
-/// <item>RTT, jitter, loss and the delivered rate are smoothed exponentially (like TCP's SRTT).</item>
+/// <item>RTT, jitter and the delivered rate are smoothed exponentially (like TCP's SRTT). Loss is counted over the
+/// newest samples that together hold at least <see cref="LossMinDatagrams"/> datagrams (and at least
+/// <see cref="LossMinSamples"/> samples; at most the last <see cref="LossWindow"/>): a busy path's loss follows within
+/// seconds, an idle one's (ten probes a second, where one lost probe was 10 % of its second and kept an average near
+/// 1 % for seconds) is counted over minutes. The embedded fleet's paths without traffic went std-ipv4 → fec → std-ipv4 every 20 to
+/// 60 s on that noise alone.</item>
 /// <item>The minimum RTT is taken over a window (two minutes) that restarts when the path changes regime: when for
 /// <see cref="RegimeSamples"/> samples in a row every RTT sits more than twice above that minimum and barely moves (the
 /// spread of the recent samples under half their minimum). A queue builds and drains — RTT saws up and down with the
 /// sender's window — while a new route or medium holds a new floor; without the restart, a minimum from a datacenter
 /// phase made every later phase look like a queue, and its loss like congestion.</item>
-/// <item>Capacity is the highest rate delivered in the last minute, kept apart from what is delivered now (an idle
-/// path delivers nothing and still has its capacity); 0 while nothing was ever delivered.</item>
+/// <item>Capacity is the median of the agent's last <see cref="TrainsKept"/> capacity trains within the last minute (the
+/// bottleneck's rate, whichever stack carries the path's traffic: a VM on a stack that starves it no longer makes the
+/// path look slow), or the highest rate delivered in the last minute where that is more; kept apart from what is
+/// delivered now (an idle path delivers nothing and still has its capacity); 0 while neither is known.</item>
 /// <item>Burstiness of loss is the coefficient of variation of the per-second loss over the last minute (0 for loss
 /// spread evenly; large when the loss comes in a few bad seconds), and RTT variability its standard deviation.</item>
 /// </list>
@@ -29,6 +36,27 @@ public sealed class PathSmoother(double weight = 0.3)
 
     /// <summary>Consecutive samples on a new, stable RTT floor that restart the minimum's window.</summary>
     public const int RegimeSamples = 10;
+
+    /// <summary>The fewest datagrams the loss is counted over (when the last minute holds that many).</summary>
+    public const long LossMinDatagrams = 2000;
+
+    /// <summary>The fewest samples the loss is counted over.</summary>
+    public const int LossMinSamples = 3;
+
+    /// <summary>The most samples (about five minutes) the loss is counted over.</summary>
+    public const int LossWindow = 300;
+
+    // The last samples' (sent, lost) (a ring; the newest at _countNext - 1). Per host path, not per VM path: 2.4 KB each.
+    private readonly (int Sent, int Lost)[] _counts = new (int, int)[LossWindow];
+    private int _countNext;
+    private int _countFilled;
+
+    /// <summary>How many capacity trains the capacity is the median of (an agent sends one every 5 s).</summary>
+    public const int TrainsKept = 5;
+
+    // The last trains' rates and the sample number each came with (a ring).
+    private readonly (long N, double Mbps)[] _trains = new (long, double)[TrainsKept];
+    private int _trainCount;
 
     public PathConditions? Current { get; private set; }
 
@@ -86,15 +114,21 @@ public sealed class PathSmoother(double weight = 0.3)
         {
             _recent.Dequeue();
         }
-        var (capacity, lossMean, lossStd, rttStd) = Recent();
-        var burstiness = lossMean < LossResolution ? 0 : lossStd / lossMean;
-        var next = Current is not { } c
-            ? new PathConditions(sample.RttMs, sample.JitterMs, loss, sample.DeliveredMbps, sample.At, minRtt, capacity, burstiness, rttStd)
-            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), Mix(c.Loss, loss), Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At,
-                minRtt, capacity, burstiness, rttStd);
-        if (loss == 0 && next.Loss < LossResolution)
+        if (sample.CapacityMbps > 0 && double.IsFinite(sample.CapacityMbps))
         {
-            // Below what a second of probes can resolve, a fading average is noise: call the path clean again.
+            _trains[_trainCount++ % TrainsKept] = (_samples, sample.CapacityMbps);
+        }
+        var (capacity, lossMean, lossStd, rttStd) = Recent();
+        capacity = Math.Max(capacity, TrainCapacity());
+        var burstiness = lossMean < LossResolution ? 0 : lossStd / lossMean;
+        var counted = CountedLoss(sample, loss);
+        var next = Current is not { } c
+            ? new PathConditions(sample.RttMs, sample.JitterMs, counted, sample.DeliveredMbps, sample.At, minRtt, capacity, burstiness, rttStd)
+            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), counted, Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At,
+                minRtt, capacity, burstiness, rttStd);
+        if (next.Loss < LossResolution)
+        {
+            // Below what the datagrams counted can resolve: call the path clean.
             next = next with { Loss = 0 };
         }
         Current = next;
@@ -134,7 +168,61 @@ public sealed class PathSmoother(double weight = 0.3)
         return (capacity, lossMean, Math.Sqrt(lossSquares / _recent.Count), Math.Sqrt(rttSquares / _recent.Count));
     }
 
+    /// <summary>The loss over the newest samples holding <see cref="LossMinDatagrams"/> datagrams (see the class summary).</summary>
+    private double CountedLoss(PathSample sample, double loss)
+    {
+        if (sample.Sent <= 0)
+        {
+            // Nothing sent, nothing learned: the last estimate stands.
+            return loss;
+        }
+        var sent1 = (int)Math.Min(sample.Sent, int.MaxValue);
+        _counts[_countNext] = (sent1, (int)Math.Clamp(sample.Lost, 0, sent1));
+        _countNext = (_countNext + 1) % LossWindow;
+        _countFilled = Math.Min(_countFilled + 1, LossWindow);
+        var (sent, lost) = (0L, 0L);
+        for (var k = 0; k < _countFilled; k++)
+        {
+            var (s, l) = _counts[(_countNext - 1 - k + LossWindow) % LossWindow];
+            (sent, lost) = (sent + s, lost + l);
+            if (k + 1 >= LossMinSamples && sent >= LossMinDatagrams)
+            {
+                break;
+            }
+        }
+        return (double)lost / sent;
+    }
+
+    /// <summary>The median of the trains of the last minute (0: none).</summary>
+    private double TrainCapacity()
+    {
+        Span<double> rates = stackalloc double[TrainsKept];
+        var n = 0;
+        for (var i = 0; i < Math.Min(_trainCount, TrainsKept); i++)
+        {
+            if (_trains[i].N > _samples - RecentWindow)
+            {
+                rates[n++] = _trains[i].Mbps;
+            }
+        }
+        if (n == 0)
+        {
+            return 0;
+        }
+        rates = rates[..n];
+        rates.Sort();
+        return n % 2 == 1 ? rates[n / 2] : (rates[(n / 2) - 1] + rates[n / 2]) / 2;
+    }
+
     private double Mix(double old, double sample) => old + weight * (sample - old);
+
+    /// <summary>
+    /// Whether the link itself changed between <paramref name="a"/> and <paramref name="b"/>: its capacity (by 25 %) or
+    /// its minimum RTT (by 20 %), which the stack in use does not move (its queue and its parity's share of the loss it may).
+    /// </summary>
+    public static bool LinkChanged(PathConditions a, PathConditions b) =>
+        (a.CapacityMbps > 0 && b.CapacityMbps > 0 && Math.Abs(b.CapacityMbps - a.CapacityMbps) > 0.25 * a.CapacityMbps)
+        || (a.MinRttMs > 0 && b.MinRttMs > 0 && Math.Abs(b.MinRttMs - a.MinRttMs) > 0.2 * Math.Max(a.MinRttMs, 0.5));
 
     /// <summary>Whether <paramref name="b"/> differs from <paramref name="a"/> enough to run select_stack again.</summary>
     public static bool Significant(PathConditions a, PathConditions b) =>

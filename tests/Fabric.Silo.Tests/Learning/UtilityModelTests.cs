@@ -139,6 +139,20 @@ public sealed class UtilityModelTests : IDisposable
     }
 
     /// <summary>
+    /// A bulk VM that sends at a set rate without TCP (the embedded fleet's backup VM: 1.9 Mbit/s) is judged on the share
+    /// of its own rate it got, not of a 150 Mbit/s path it could never fill; a greedy one still on the path's.
+    /// </summary>
+    [Fact]
+    public void ABulkVmWithAKnownDemand_IsJudgedOnItsOwnRate_AndLossStillCosts()
+    {
+        Assert.Equal(1.9 / 150, Utility.Of("bulk", 1.9, 20, 0, 0.25, capacityMbps: 150), 6);
+        Assert.Equal(1, Utility.Of("bulk", 1.9, 20, 0, 0.25, capacityMbps: 150, demandMbps: 1.9), 6);
+        Assert.Equal(0.8, Utility.Of("bulk", 1.9, 20, 0.02, 0.25, capacityMbps: 150, demandMbps: 1.9), 6);
+        // A demand above the capacity changes nothing.
+        Assert.Equal(140 / 150.0, Utility.Of("bulk", 140, 20, 0, 0.15, 150, demandMbps: 400), 6);
+    }
+
+    /// <summary>
     /// A p99 is scored on a log scale: twice the delay costs the same at 5 ms as at 500 (the learning benchmark and a
     /// tenant compare p99s as ratios), from 1 at a millisecond or less to 0 at five seconds; an unknown delay scores 0.
     /// </summary>

@@ -8,8 +8,64 @@ public class PathSmootherTests
 {
     private static readonly DateTimeOffset T0 = new(2026, 12, 1, 0, 0, 0, TimeSpan.Zero);
 
-    private static PathSample Sample(int second, double rtt, double loss, double delivered = 50, long sent = 1000) =>
-        new("host-a", "host-b", rtt, 0.5, sent, (long)Math.Round(loss * sent), delivered, T0.AddSeconds(second));
+    private static PathSample Sample(int second, double rtt, double loss, double delivered = 50, long sent = 1000, double train = 0) =>
+        new("host-a", "host-b", rtt, 0.5, sent, (long)Math.Round(loss * sent), delivered, T0.AddSeconds(second), train);
+
+    /// <summary>
+    /// A path without traffic carries its agent's probes alone (about 15 datagrams a second) over a link that loses 0.26 %
+    /// (the Pantheon Brazil–Colombia link): each lost probe was 7 % of its second, and the average it left behind woke the
+    /// VMs and swung the prior between std-ipv4 and fec. Counted over 2,000 datagrams, the loss stays near the link's.
+    /// </summary>
+    [Fact]
+    public void AnIdlePathsLoss_IsCountedOverEnoughDatagrams_NotOverOneSecondsProbes()
+    {
+        var smoother = new PathSmoother();
+        var random = new Random(11);
+        var wakes = 0;
+        var estimates = new List<double>();
+        for (var second = 0; second < 600; second++)
+        {
+            var lost = Enumerable.Range(0, 15).Count(_ => random.NextDouble() < 0.0026);
+            wakes += smoother.Add(Sample(second, 180, 0, delivered: 0, sent: 15) with { Lost = lost }) ? 1 : 0;
+            if (second >= 150)
+            {
+                estimates.Add(smoother.Current!.Loss);
+            }
+        }
+        estimates.Sort();
+        // Once 2,000 datagrams were counted, nine estimates in ten lie within a factor of three of the link's loss; a few wakes.
+        Assert.InRange(estimates[estimates.Count / 20], 0.0026 / 3, 0.0026);
+        Assert.InRange(estimates[estimates.Count * 19 / 20], 0.0026, 0.0026 * 3);
+        Assert.True(wakes <= 20, $"{wakes} wakes in 10 minutes");
+        // A busy path's loss still follows within seconds: 5 % from 2,000 datagrams a second.
+        for (var second = 600; second < 603; second++)
+        {
+            smoother.Add(Sample(second, 180, 0.05, delivered: 20, sent: 2000));
+        }
+        Assert.InRange(smoother.Current!.Loss, 0.04, 0.05);
+    }
+
+    [Fact]
+    public void Capacity_IsWhatTheTrainsMeasure_NotWhatAStarvingStackDelivers_AndFollowsTheLinkWhenItSlows()
+    {
+        var smoother = new PathSmoother();
+        var wakes = 0;
+        // A 150 Mbit/s link whose VM's stack delivers 6: a train every 5 s, each off by up to 20 %.
+        var random = new Random(5);
+        for (var second = 0; second < 60; second++)
+        {
+            wakes += smoother.Add(Sample(second, 20, 0, delivered: 6, train: second % 5 == 0 ? 150 * (0.8 + (0.4 * random.NextDouble())) : 0)) ? 1 : 0;
+        }
+        Assert.InRange(smoother.Current!.CapacityMbps, 130, 170);
+        // Noisy trains on a steady link do not keep waking the VMs: once at the start, once when a second train arrived.
+        Assert.True(wakes <= 2, $"{wakes} wakes");
+        // The link drops to 10 Mbit/s: within the median's reach (three trains) the capacity follows.
+        for (var second = 60; second < 80; second++)
+        {
+            smoother.Add(Sample(second, 20, 0, delivered: 6, train: second % 5 == 0 ? 10 : 0));
+        }
+        Assert.InRange(smoother.Current!.CapacityMbps, 9, 11);
+    }
 
     [Fact]
     public void AStableNewRttFloor_RestartsTheMinimum_SoAWirelessPhaseAfterADatacenterOneIsNotCalledCongestion()
