@@ -70,6 +70,9 @@ public sealed partial class VmGrain(
 
     /// <summary>When each path last explored, and on what (in memory: a reactivated VM may explore once sooner).</summary>
     private readonly Dictionary<string, Explored> _explored = new(StringComparer.Ordinal);
+
+    /// <summary>Per path, the stack it last left and what it scored there (in memory, as <see cref="_explored"/>).</summary>
+    private readonly Dictionary<string, Left> _left = new(StringComparer.Ordinal);
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
@@ -372,7 +375,9 @@ public sealed partial class VmGrain(
             var delay = o.TailP99Ms > 0 && double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
             return new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
                 propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
-                Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps)) { RewardVersion = UtilityModel.SchemaVersion, Host = hostId };
+                // Without TCP the goodput is the VM's offered rate, all it wants: its bulk share is of that, not of the path.
+                Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps, o.Flows == 0 ? o.GoodputMbps : double.PositiveInfinity))
+            { RewardVersion = UtilityModel.SchemaVersion, Host = hostId };
         }));
     }
 
@@ -477,10 +482,14 @@ public sealed partial class VmGrain(
         var current = state.State.Stacks.GetValueOrDefault(remoteHost);
         var previousPending = state.State.Pending.GetValueOrDefault(remoteHost);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
-            previousPending, time.GetUtcNow(), Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost));
+            previousPending, time.GetUtcNow(), Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost));
         if (decision.Exploration)
         {
             _explored[remoteHost] = new(decision.At, conditions);
+        }
+        if (Left.After(_left.GetValueOrDefault(remoteHost), decision) is { } left)
+        {
+            _left[remoteHost] = left;
         }
         _last[remoteHost] = decision;
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)

@@ -27,7 +27,7 @@ internal static class StationaryBenchmark
     /// <summary>How long after a link changes phase (or the fleet starts) its paths count as settled.</summary>
     public static readonly TimeSpan Settle = TimeSpan.FromSeconds(60);
 
-    private sealed record Switch(string Vm, string RemoteHost, DateTimeOffset At, string From, string To, string Reason, bool Exploration);
+    private sealed record Switch(string Vm, string RemoteHost, DateTimeOffset At, string From, string To, string Reason, bool Exploration, PathConditions Conditions);
 
     public static async Task<int> RunAsync(double minutes)
     {
@@ -75,6 +75,10 @@ internal static class StationaryBenchmark
             // Each link's phase changes, polled every second.
             var changes = fleet.Links.ToDictionary(l => Key(l.HostA, l.HostB), _ => new List<DateTimeOffset> { started });
             var current = fleet.Links.ToDictionary(l => Key(l.HostA, l.HostB), l => l.Current.Phase);
+            foreach (var link in fleet.Links)
+            {
+                Console.Error.WriteLine(Invariant($"+  0.0 min link {link.HostA}-{link.HostB} starts in {link.Current.Phase.Name}: forward {string.Join(" ", link.Current.Phase.ForwardSettings)}"));
+            }
             var seen = new Dictionary<(string Vm, string Remote, DateTimeOffset At), Switch>();
             var logged = new HashSet<(string Vm, string Remote, DateTimeOffset At)>();
             var hostOf = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -108,7 +112,7 @@ internal static class StationaryBenchmark
                         logged.UnionWith(view.Log.Where(d => d.At >= started).Select(d => (view.VmId, d.RemoteHost, d.At)));
                         foreach (var d in view.Log.Where(d => d.Changed && d.Previous is { Length: > 0 } && d.Stack.Length > 0 && d.At >= started))
                         {
-                            seen.TryAdd((view.VmId, d.RemoteHost, d.At), new Switch(view.VmId, d.RemoteHost, d.At, d.Previous!, d.Stack, d.Reason, d.Exploration));
+                            seen.TryAdd((view.VmId, d.RemoteHost, d.At), new Switch(view.VmId, d.RemoteHost, d.At, d.Previous!, d.Stack, d.Reason, d.Exploration, d.Conditions));
                         }
                     }
                 }
@@ -140,9 +144,14 @@ internal static class StationaryBenchmark
             Console.WriteLine(model is null
                 ? $"model: none adopted during the run (the prior decided throughout); outcomes logged: {outcomes}"
                 : Invariant($"model in service at the end: v{model.Version}, trained on {model.Outcomes} outcomes; outcomes logged: {outcomes}"));
+            // Why the learner adopted what it did (or nothing): its last training rounds.
+            foreach (var round in (await grains.GetGrain<ILearnerGrain>(ILearnerGrain.Key).GetAsync()).Recent.TakeLast(3))
+            {
+                Console.WriteLine($"  learner: {round.Reason}");
+            }
             foreach (var s in stationary)
             {
-                Console.WriteLine(Invariant($"  +{(s.At - started).TotalMinutes,5:0.0} min {s.Vm} -> {s.RemoteHost}: {s.From} -> {s.To}: {s.Reason}"));
+                Console.WriteLine(Invariant($"  +{(s.At - started).TotalMinutes,5:0.0} min {s.Vm} -> {s.RemoteHost}: {s.From} -> {s.To}: {s.Reason}; on {s.Conditions}"));
             }
             return 0;
         }

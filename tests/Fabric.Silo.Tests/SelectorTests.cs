@@ -351,6 +351,57 @@ public class SelectorTests
         Assert.True(fec.Score > prior.Score(StdIPv4, idle, Policy("latency")).Score + 0.1);
     }
 
+    /// <summary>
+    /// Conditions a stack makes itself: measured on fec the slow link's queue is full and the prior reads its loss as
+    /// congestion std-ipv4 would not meet (std 0.99, fec 0.83); measured on std-ipv4 the loss is the link's (std 0.25,
+    /// fec 0.83). The embedded fleet's paths went back and forth every 20 to 60 s on such scores. Judged where each ran,
+    /// a path moves once and stays, for the hour a decision every 5 s takes (without the rule: 354 switches); a changed
+    /// link lets it go back; and a return
+    /// from a switch that did not pay (the candidate ran worse than the stack it replaced had) is not held back.
+    /// </summary>
+    [Fact]
+    public void APath_WhoseStacksEachLookBetterFromTheOther_SwitchesOnceAndStays_UntilTheLinkChanges()
+    {
+        var options = new SelectorOptions();
+        (int Switches, string Stack, Left? Left, DateTimeOffset At) Run(Dictionary<string, Dictionary<string, double>> byCurrent, string start, TimeSpan length,
+            PathConditions path, Left? left = null, DateTimeOffset? from = null)
+        {
+            var selector = new StackSelector(new ByCurrent(byCurrent), options);
+            var (current, pending, switches, now) = (start, (PendingSwitch?)null, 0, from ?? T0);
+            for (; now < (from ?? T0) + length; now += TimeSpan.FromSeconds(5))
+            {
+                (var decision, pending) = selector.Select("vm1", "host-b", Policy("general"), path, All, HostStacks, current, pending, now, 0.99, left: left);
+                left = Left.After(left, decision);
+                if (decision.Changed)
+                {
+                    (current, switches) = (decision.Stack, switches + 1);
+                }
+            }
+            return (switches, current, left, now);
+        }
+        Dictionary<string, double> Others(double std, double fec) => new() { ["std-ipv4"] = std, ["fec"] = fec, ["arq-lowlat"] = 0.1, ["arq-bulk"] = 0.1, ["std-ipv6"] = 0, ["secure"] = 0 };
+        var madeByStack = new Dictionary<string, Dictionary<string, double>> { ["std-ipv4"] = Others(0.25, 0.83), ["fec"] = Others(0.99, 0.83) };
+        var slow = Path(40, 0.02, mbps: 3);
+        var (switches, stack, left, at) = Run(madeByStack, "std-ipv4", TimeSpan.FromMinutes(59), slow);
+        Assert.Equal((1, "fec"), (switches, stack));
+        // The link itself changes (its capacity fourfold, and std-ipv4 now serves as well wherever it is measured): the
+        // return is judged on today's scores again.
+        var faster = new Dictionary<string, Dictionary<string, double>> { ["std-ipv4"] = Others(0.99, 0.83), ["fec"] = Others(0.99, 0.83) };
+        var back = Run(faster, "fec", TimeSpan.FromSeconds(30), Path(40, 0.02, mbps: 12), left, at);
+        Assert.Equal((1, "std-ipv4"), (back.Switches, back.Stack));
+        // A switch that did not pay: fec promised 0.8 from std-ipv4's 0.6 but ran at 0.4; std-ipv4 (0.6 where it ran) is taken back.
+        var unpaid = new Dictionary<string, Dictionary<string, double>> { ["std-ipv4"] = Others(0.6, 0.8), ["fec"] = Others(0.7, 0.4) };
+        var retreat = Run(unpaid, "std-ipv4", TimeSpan.FromMinutes(1), slow);
+        Assert.Equal((2, "std-ipv4"), (retreat.Switches, retreat.Stack));
+    }
+
+    /// <summary>Scores that depend on the stack the conditions were measured on (the path's current one).</summary>
+    private sealed class ByCurrent(Dictionary<string, Dictionary<string, double>> scores) : IStackScorer
+    {
+        public StackScore Score(StackInfo stack, PathConditions conditions, Policy policy, string? vmId = null, string? current = null) =>
+            new(scores[current!][stack.Id], "scripted", 0.01, "prior");
+    }
+
     /// <summary>An isolating scorer for the selector's own rules: fixed scores per stack.</summary>
     private sealed class Scripted(Dictionary<string, StackScore> scores) : IStackScorer
     {

@@ -5,6 +5,20 @@ namespace Fabric.Silo.Selection;
 /// <summary>When a path last explored, and on what conditions.</summary>
 public sealed record Explored(DateTimeOffset At, PathConditions Conditions);
 
+/// <summary>
+/// The stack a path last left by a switch of its own (not an exploration), when, on what conditions, and what it scored
+/// then, running (on conditions it made).
+/// </summary>
+public sealed record Left(string Stack, DateTimeOffset At, PathConditions Conditions, double Score)
+{
+    /// <summary>What a path remembers after <paramref name="decision"/> (<paramref name="left"/> unless it switched).</summary>
+    public static Left? After(Left? left, Decision decision) =>
+        decision.Changed && !decision.Exploration && decision.Previous is { Length: > 0 } previous && decision.Stack.Length > 0
+            && decision.Candidates.FirstOrDefault(c => c.Stack == previous) is { } ran
+            ? new Left(previous, decision.At, decision.Conditions, ran.Score)
+            : left;
+}
+
 /// <summary>A candidate that beats the current stack, and since when (hysteresis memory between decisions).</summary>
 /// <param name="Stack">The candidate.</param>
 /// <param name="Since">When it started to beat the current stack.</param>
@@ -36,6 +50,16 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     /// first exploration; each later one is two switches (there and back) where the goal is one switch a path-hour.
     /// </summary>
     public TimeSpan ExploreSameConditionsSpacing { get; init; } = TimeSpan.FromHours(4);
+
+    /// <summary>
+    /// How long a return to the stack a path last left, on a link that has not changed since
+    /// (<see cref="PathSmoother.LinkChanged"/>), is judged on the lower of its score now and its score when it ran there.
+    /// A path's conditions are partly its stack's doing (fec's parity fills a slow link's queue, and the prior then reads
+    /// the link's loss as congestion std-ipv4 would not meet; on std-ipv4 the queue is gone and the loss is the link's
+    /// again), so two stacks can each look better from the other: the embedded fleet's hour-long phases saw the same
+    /// paths go std-ipv4 → fec → std-ipv4 every 20 to 60 s. Each stack is judged where it ran instead.
+    /// </summary>
+    public TimeSpan ReturnMemory { get; init; } = TimeSpan.FromHours(1);
 
     /// <summary>The shortest share of <see cref="SustainFor"/> a gain far beyond what a switch needs waits.</summary>
     public const double QuickestShare = 0.4;
@@ -106,9 +130,11 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
     /// <param name="random">A uniform draw in [0, 1) (exploration).</param>
     /// <param name="lastExplored">When this path last explored and on what conditions (null: never, or not known): none again
     /// within <see cref="SelectorOptions.ExploreSpacing"/>, nor on the same conditions within <see cref="SelectorOptions.ExploreSameConditionsSpacing"/>.</param>
+    /// <param name="left">The stack the path last left, and what it scored there (null: not known): a return there on an
+    /// unchanged link is judged on that too (<see cref="SelectorOptions.ReturnMemory"/>).</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
-        Explored? lastExplored = null)
+        Explored? lastExplored = null, Left? left = null)
     {
         // A pinned stack that is no longer published (withdrawn) or that this host does not run: the VM is not left on a
         // stack no host may run; it gets the best of what the rest of its policy admits, without exploring (the operator
@@ -159,12 +185,19 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         }
         var gain = best.Score - currentScore.Score;
         var (needed, uncapped) = _options.Needed(currentScore, best);
+        var returning = left is { } l && l.Stack == best.Stack && best.Stack != current && now - l.At < _options.ReturnMemory
+            && l.Score < best.Score && !PathSmoother.LinkChanged(l.Conditions, conditions);
+        var returnNote = returning ? $"; a return to the stack this path left {(now - left!.At).TotalSeconds:0} s ago on the same link, judged on what it scored running there, {left.Score:0.###}" : "";
+        if (returning)
+        {
+            gain = left!.Score - currentScore.Score;
+        }
         if (best.Stack == current || gain <= needed)
         {
             return (Make(current, best.Stack == current ? $"{current} scores best: {Describe(best)}"
                 : $"{best.Stack} ({best.Score:0.###}) does not beat {current} ({currentScore.Score:0.###}) by the {needed:0.###} a switch needs "
                   + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##}"
-                  + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")})"), null);
+                  + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")}){returnNote}"), null);
         }
         // While a candidate is pending, the longest sustain any of its decisions asked for: the smallest gain it showed.
         var sustain = _options.SustainWhen(gain, uncapped);
@@ -182,7 +215,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             return (Make(current, $"{best.Stack} has beaten {current} for {(now - pending.Since).TotalSeconds:0.#} s of the {sustain.TotalSeconds:0.#} s required"), pending with { Sustain = sustain });
         }
         return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) beat {current} ({currentScore.Score:0.###}, {currentScore.Source}) "
-            + $"by {gain:0.###} > {needed:0.###} for {(now - (pending?.Since ?? now)).TotalSeconds:0.#} s"), null);
+            + $"by {gain:0.###} > {needed:0.###} for {(now - (pending?.Since ?? now)).TotalSeconds:0.#} s{returnNote}"), null);
     }
 
     private static string Describe(CandidateScore best) => $"{best.Stack} scores best, {best.Score:0.###} ± {best.Uncertainty:0.##} ({best.Source})";
