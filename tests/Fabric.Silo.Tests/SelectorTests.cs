@@ -354,10 +354,9 @@ public class SelectorTests
     /// <summary>
     /// Conditions a stack makes itself: measured on fec the slow link's queue is full and the prior reads its loss as
     /// congestion std-ipv4 would not meet (std 0.99, fec 0.83); measured on std-ipv4 the loss is the link's (std 0.25,
-    /// fec 0.83). The embedded fleet's paths went back and forth every 20 to 60 s on such scores. Judged where each ran,
-    /// a path moves once and stays, for the hour a decision every 5 s takes (without the rule: 354 switches); a changed
-    /// link lets it go back; and a return
-    /// from a switch that did not pay (the candidate ran worse than the stack it replaced had) is not held back.
+    /// fec 0.83). Judged where each ran, a path moves once and stays, for the hour a decision every 5 s takes (without the
+    /// rule: 354 switches); a changed link lets it go back; and a return from a switch that did not pay (the candidate ran
+    /// worse than the stack it replaced had) is not held back.
     /// </summary>
     [Fact]
     public void APath_WhoseStacksEachLookBetterFromTheOther_SwitchesOnceAndStays_UntilTheLinkChanges()
@@ -393,6 +392,26 @@ public class SelectorTests
         var unpaid = new Dictionary<string, Dictionary<string, double>> { ["std-ipv4"] = Others(0.6, 0.8), ["fec"] = Others(0.7, 0.4) };
         var retreat = Run(unpaid, "std-ipv4", TimeSpan.FromMinutes(1), slow);
         Assert.Equal((2, "std-ipv4"), (retreat.Switches, retreat.Stack));
+    }
+
+    /// <summary>
+    /// A path that carries no VM traffic keeps its stack whatever its probes say (nothing to gain, and the probes' loss is
+    /// the noisiest there is); its first decision is still made, a stack its policy no longer admits is still replaced,
+    /// and once traffic starts (a significant change) the same conditions move it.
+    /// </summary>
+    [Fact]
+    public void APathWithoutTraffic_KeepsItsStack_UntilTrafficStarts()
+    {
+        var idle = Path(30, 0.03, mbps: 0) with { CapacityMbps = 200 };
+        var (stays, pending) = _selector.Select("vm1", "host-b", Policy("bulk"), idle, All, HostStacks, "std-ipv4", null, T0, 0.99);
+        Assert.Equal(("std-ipv4", false), (stays.Stack, stays.Changed));
+        Assert.Null(pending);
+        Assert.Contains("no VM traffic", stays.Reason, StringComparison.Ordinal);
+        Assert.True(_selector.Select("vm1", "host-b", Policy("bulk"), idle, All, HostStacks, null, null, T0, 0.99).Decision.Changed);
+        Assert.Equal("secure", _selector.Select("vm1", "host-b", Policy("bulk", security: "confidential"), idle, All, HostStacks, "std-ipv4", null, T0, 0.99).Decision.Stack);
+        var busy = idle with { BandwidthMbps = 20 };
+        Assert.True(PathSmoother.Significant(idle, busy));
+        Assert.NotNull(_selector.Select("vm1", "host-b", Policy("bulk"), busy, All, HostStacks, "std-ipv4", null, T0, 0.99).Pending);
     }
 
     /// <summary>Scores that depend on the stack the conditions were measured on (the path's current one).</summary>

@@ -217,15 +217,24 @@ public sealed class PathSmoother(double weight = 0.3)
     private double Mix(double old, double sample) => old + weight * (sample - old);
 
     /// <summary>
-    /// Whether the link itself changed between <paramref name="a"/> and <paramref name="b"/>: its capacity (by 25 %) or
-    /// its minimum RTT (by 20 %), which the stack in use does not move (its queue and its parity's share of the loss it may).
+    /// Whether the link itself changed between <paramref name="a"/> and <paramref name="b"/>: its capacity (by 25 %), its
+    /// minimum RTT (by 20 %) or its loss (by a factor of two, as <see cref="Significant"/>), which the stack in use does
+    /// not move — unlike the RTT above the minimum (its queue) and the jitter.
     /// </summary>
     public static bool LinkChanged(PathConditions a, PathConditions b) =>
         (a.CapacityMbps > 0 && b.CapacityMbps > 0 && Math.Abs(b.CapacityMbps - a.CapacityMbps) > 0.25 * a.CapacityMbps)
-        || (a.MinRttMs > 0 && b.MinRttMs > 0 && Math.Abs(b.MinRttMs - a.MinRttMs) > 0.2 * Math.Max(a.MinRttMs, 0.5));
+        || (a.MinRttMs > 0 && b.MinRttMs > 0 && Math.Abs(b.MinRttMs - a.MinRttMs) > 0.2 * Math.Max(a.MinRttMs, 0.5))
+        || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1;
 
-    /// <summary>Whether <paramref name="b"/> differs from <paramref name="a"/> enough to run select_stack again.</summary>
+    /// <summary>Below this delivered rate a path carries no VM traffic (its agents' probes and trains are not counted).</summary>
+    public const double IdleMbps = 0.01;
+
+    /// <summary>Whether the path carries no VM traffic now (see <see cref="IdleMbps"/>).</summary>
+    public static bool Idle(PathConditions c) => c.BandwidthMbps < IdleMbps;
+
+    /// <summary>Whether <paramref name="b"/> differs from <paramref name="a"/> enough to run select_stack again (traffic starting or stopping does too).</summary>
     public static bool Significant(PathConditions a, PathConditions b) =>
+        Idle(a) != Idle(b) ||
         Math.Abs(b.RttMs - a.RttMs) > 0.2 * Math.Max(a.RttMs, 0.5)
         || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1
         || Math.Abs(b.CapacityMbps - a.CapacityMbps) > 0.25 * Math.Max(a.CapacityMbps, 1);

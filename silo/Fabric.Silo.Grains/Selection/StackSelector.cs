@@ -56,8 +56,8 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     /// (<see cref="PathSmoother.LinkChanged"/>), is judged on the lower of its score now and its score when it ran there.
     /// A path's conditions are partly its stack's doing (fec's parity fills a slow link's queue, and the prior then reads
     /// the link's loss as congestion std-ipv4 would not meet; on std-ipv4 the queue is gone and the loss is the link's
-    /// again), so two stacks can each look better from the other: the embedded fleet's hour-long phases saw the same
-    /// paths go std-ipv4 → fec → std-ipv4 every 20 to 60 s. Each stack is judged where it ran instead.
+    /// again), so two stacks can each look better from the other, and a path goes back and forth while its link holds
+    /// still. Each stack is judged where it ran instead.
     /// </summary>
     public TimeSpan ReturnMemory { get; init; } = TimeSpan.FromHours(1);
 
@@ -106,10 +106,10 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
 /// select_stack made real. Candidates: published stacks the policy admits and the host supports. Each is scored (the
 /// fleet's model where it knows the context, the profile prior elsewhere); the best replaces the current stack only when
 /// its predicted gain beats the margin, the cost of a swap and the uncertainty of both scores, continuously for the
-/// sustain time (no flapping on noise). A current stack that is no longer admitted is replaced at once. A share of
-/// decisions (the policy's, never for a pinned VM, never outside the candidates) explores — only among candidates
-/// predicted close to the best, at most once per exploration spacing on a path — and every decision carries the
-/// probability with which its stack was chosen. Pure: time and randomness come in.
+/// sustain time (no flapping on noise). A current stack that is no longer admitted is replaced at once; otherwise a path
+/// without VM traffic keeps its stack. A share of decisions (the policy's, never for a pinned VM, never outside the
+/// candidates) explores — only among candidates predicted close to the best, at most once per exploration spacing on a
+/// path — and every decision carries the probability with which its stack was chosen. Pure: time and randomness come in.
 /// </summary>
 public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options = null)
 {
@@ -176,6 +176,13 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         if (current is null || currentScore is null)
         {
             return (Make(best.Stack, current is null ? $"first decision: {Describe(best)}" : $"{current} is no longer allowed or available; {Describe(best)}"), null);
+        }
+        if (PathSmoother.Idle(conditions))
+        {
+            // Nothing to carry: a switch would buy nothing and its conditions are the probes' alone (ten a second: the
+            // embedded fleet's paths without traffic went std-ipv4 → fec → std-ipv4 on them every 20 to 60 s). Decided
+            // again when traffic starts (a significant change).
+            return (Make(current, $"no VM traffic on this path: {current} stays until there is ({Describe(best)})"), null);
         }
         if (near.Count > 0 && random < policy.ExplorationShare)
         {
