@@ -54,7 +54,8 @@ public sealed record WithdrawnStack(
 /// MinRttMs is the lowest RTT since the path last changed regime, over at most two minutes (the path without queues; 0
 /// when unknown): RTT well above it means queues are building, and loss that comes with them is congestion rather than a
 /// lossy link. LossBurstiness is the coefficient of variation of per-second loss over the last minute (0: even; above 1:
-/// in bursts); RttStdMs the standard deviation of RTT over it.
+/// in bursts); RttStdMs the standard deviation of RTT over it. Idle: no VM traffic on the path for the last minute (its
+/// agents' probes and capacity trains do not count).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.path-conditions")]
 public sealed record PathConditions(
@@ -66,10 +67,11 @@ public sealed record PathConditions(
     [property: Id(5)] double MinRttMs = 0,
     [property: Id(6)] double CapacityMbps = 0,
     [property: Id(7)] double LossBurstiness = 0,
-    [property: Id(8)] double RttStdMs = 0)
+    [property: Id(8)] double RttStdMs = 0,
+    [property: Id(9)] bool Idle = false)
 {
     public override string ToString() =>
-        $"rtt {RttMs:0.#} ms (min {MinRttMs:0.#}, sd {RttStdMs:0.#}), jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} % (burstiness {LossBurstiness:0.#}), {BandwidthMbps:0.#} of {CapacityMbps:0.#} Mbit/s";
+        $"rtt {RttMs:0.#} ms (min {MinRttMs:0.#}, sd {RttStdMs:0.#}), jitter {JitterMs:0.#} ms, loss {Loss * 100:0.##} % (burstiness {LossBurstiness:0.#}), {BandwidthMbps:0.#} of {CapacityMbps:0.#} Mbit/s{(Idle ? ", no VM traffic" : "")}";
 }
 
 /// <summary>

@@ -78,9 +78,9 @@ public sealed partial class VmGrain(
 
     /// <summary>
     /// Per remote host, the binding this VM decided that its host grain has not yet taken (the call failed: the host's
-    /// silo died under it, or the store refused the write first). Retried until taken: the VM skips conditions it has
-    /// decided on, so without this a binding lost on the way stayed lost until the path changed again (a CI run saw one
-    /// VM of 1,000 left on its old stack for over a minute after a kill -9).
+    /// silo died under it, or the store refused the write first); its Sealed flag is set when it is sent. Retried until
+    /// taken: the VM skips conditions it has decided on, so without this a binding lost on the way stayed lost until the
+    /// path changed again (a CI run saw one VM of 1,000 left on its old stack for over a minute after a kill -9).
     /// </summary>
     private readonly Dictionary<string, Binding> _unbound = new(StringComparer.Ordinal);
     private bool _unwritten;
@@ -110,7 +110,7 @@ public sealed partial class VmGrain(
         {
             foreach (var (remote, stack) in state.State.Stacks)
             {
-                _unbound[remote] = new Binding(VmId, remote, stack, Sealed);
+                _unbound[remote] = new Binding(VmId, remote, stack);
             }
             ScheduleRebind(TimeSpan.FromSeconds(1 + Random.Shared.NextDouble()));
         }
@@ -171,11 +171,15 @@ public sealed partial class VmGrain(
         state.State.Pending.Clear();
         await state.WriteStateAsync();
         await EvaluateAllAsync(catalog);
-        if (Sealed != wasSealed && state.State.Placement is { } placement && state.State.Stacks.Count > 0)
+        if (Sealed != wasSealed && state.State.Placement is not null && state.State.Stacks.Count > 0)
         {
-            // Whether the agent must refuse to carry this VM in clear changed, even where its stack did not.
-            await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync(
-                [.. state.State.Stacks.Select(s => new Binding(VmId, s.Key, s.Value, Sealed))]);
+            // Whether the agent must refuse to carry this VM in clear changed, even where its stack did not: every binding
+            // again, through the same queue as decisions (so a retry queued earlier cannot overtake it with the old flag).
+            foreach (var (remote, stack) in state.State.Stacks)
+            {
+                _unbound[remote] = new Binding(VmId, remote, stack);
+            }
+            await FlushBindingsAsync();
         }
         return new PolicyResult(true, [], state.State.PolicyVersion);
     }
@@ -424,7 +428,7 @@ public sealed partial class VmGrain(
         }
         foreach (var binding in bindings.Where(b => b.Stack.Length > 0))
         {
-            _unbound[binding.RemoteHost] = binding with { Sealed = Sealed };
+            _unbound[binding.RemoteHost] = binding;
         }
         // Persisted before the host is told: after a silo restart the VM knows what it asked for.
         _unwritten = true;
@@ -446,7 +450,8 @@ public sealed partial class VmGrain(
             }
             if (_unbound.Count > 0 && state.State.Placement is { } placement)
             {
-                await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync([.. _unbound.Values]);
+                // Sealed as the policy says when they go, not when they were queued (the policy may have changed since).
+                await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync([.. _unbound.Values.Select(b => b with { Sealed = Sealed })]);
             }
             _unbound.Clear();
             _rebind?.Dispose();
@@ -454,8 +459,17 @@ public sealed partial class VmGrain(
         }
         catch (Exception e)
         {
-            ScheduleRebind(RebindEvery);
             LogRebind(logger, VmId, e.GetType().Name, e.Message);
+            if (e is Orleans.Storage.InconsistentStateException)
+            {
+                // Another activation wrote this VM's state (a silo thought dead came back): retrying the write cannot
+                // succeed. The grain starts over from what is stored, and offers its stored stacks to its host again.
+                _rebind?.Dispose();
+                _rebind = null;
+                this.DeactivateOnIdle();
+                throw;
+            }
+            ScheduleRebind(RebindEvery);
             throw;
         }
     }
@@ -473,7 +487,7 @@ public sealed partial class VmGrain(
             }
         }, due, RebindEvery);
 
-    [LoggerMessage(LogLevel.Warning, "VM {Vm}: a decision could not be stored or bound on its host ({Error}: {Message}); offered again every 5 s until it is")]
+    [LoggerMessage(LogLevel.Warning, "VM {Vm}: a decision could not be stored or bound on its host ({Error}: {Message}); offered again every 5 s until it is (after a conflicting write, by a fresh activation)")]
     private static partial void LogRebind(ILogger logger, string vm, string error, string message);
 
     /// <summary>Runs select_stack for one path; returns the binding to commit (empty when nothing material changed).</summary>

@@ -402,14 +402,14 @@ public class SelectorTests
     [Fact]
     public void APathWithoutTraffic_KeepsItsStack_UntilTrafficStarts()
     {
-        var idle = Path(30, 0.03, mbps: 0) with { CapacityMbps = 200 };
+        var idle = Path(30, 0.03, mbps: 0) with { CapacityMbps = 200, Idle = true };
         var (stays, pending) = _selector.Select("vm1", "host-b", Policy("bulk"), idle, All, HostStacks, "std-ipv4", null, T0, 0.99);
         Assert.Equal(("std-ipv4", false), (stays.Stack, stays.Changed));
         Assert.Null(pending);
         Assert.Contains("no VM traffic", stays.Reason, StringComparison.Ordinal);
         Assert.True(_selector.Select("vm1", "host-b", Policy("bulk"), idle, All, HostStacks, null, null, T0, 0.99).Decision.Changed);
         Assert.Equal("secure", _selector.Select("vm1", "host-b", Policy("bulk", security: "confidential"), idle, All, HostStacks, "std-ipv4", null, T0, 0.99).Decision.Stack);
-        var busy = idle with { BandwidthMbps = 20 };
+        var busy = idle with { BandwidthMbps = 20, Idle = false };
         Assert.True(PathSmoother.Significant(idle, busy));
         Assert.NotNull(_selector.Select("vm1", "host-b", Policy("bulk"), busy, All, HostStacks, "std-ipv4", null, T0, 0.99).Pending);
     }

@@ -61,13 +61,14 @@ public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double Ji
 /// </summary>
 /// <remarks>
 /// Capacity, whatever the stacks in use deliver: every <see cref="TrainEveryNanoseconds"/> the path sends a train of
-/// <see cref="TrainMemberLength"/>-byte datagrams back to back (payload type 6). They leave faster than any bottleneck
+/// <see cref="TrainMemberLength"/>-byte datagrams back to back (payload type 6; every other one a byte shorter, see
+/// <see cref="TrainMemberLengthOf"/>). They leave faster than any bottleneck
 /// drains them, so they arrive spaced by it: the receiver takes the bytes of the members after the first over the time
 /// from the first's arrival to the last's as the bottleneck's rate, and answers it in its next probe replies (which grow
-/// to <see cref="TrainReplyLength"/> bytes: only a peer that sends trains gets them, so an older agent's 32-byte replies
-/// and probes are still understood both ways). Traffic queued with the train spaces it further: under load the train
+/// to <see cref="TrainReplyLength"/> bytes: only while the peer sends trains, so an older agent's 32-byte replies and
+/// probes are still understood both ways). Traffic queued with the train spaces it further: under load the train
 /// measures what is left, and the path's conditions take the larger of that and what the path delivered. A train is
-/// sized to last about <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members): long enough to span
+/// sized to last about <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span
 /// the receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
 /// every 5 s).
 /// </remarks>
@@ -130,15 +131,30 @@ internal sealed class PathMonitor
     /// <summary>How many members the next train has, or 0 when none is due at <paramref name="now"/> (the first is due at once).</summary>
     public int TrainDue(long now)
     {
+        if (_nextTrainAt == 0)
+        {
+            // The first within one period, at a random point: an agent starting with a thousand paths must not send a
+            // thousand trains in one round.
+            _nextTrainAt = now + (long)(TrainEveryNanoseconds * Random.Shared.NextDouble());
+        }
         if (now < _nextTrainAt)
         {
             return 0;
         }
         // Spread over ±10 % so the paths of a host do not send theirs together.
         _nextTrainAt = now + (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble())));
-        var last = double.IsFinite(_trainCapacityMbps) ? _trainCapacityMbps : 200;
-        return (int)Math.Clamp(last * 1e6 * TrainTargetMs / 1000 / (TrainMemberLength * 8), MinTrainMembers, MaxTrainMembers);
+        // Before any rate is known, a short train (a shallow buffer must not drop the tail of a long one, whose losses
+        // would count as the path's); then one that lasts about TrainTargetMs at the rate last measured.
+        return double.IsFinite(_trainCapacityMbps)
+            ? (int)Math.Clamp(_trainCapacityMbps * 1e6 * TrainTargetMs / 1000 / (TrainMemberLength * 8), MinTrainMembers, MaxTrainMembers)
+            : 2 * MinTrainMembers;
     }
+
+    /// <summary>
+    /// A member's length: 1,200 bytes, one less for every other member, so a receiver's UDP GRO (which coalesces only
+    /// segments of one size) cannot hand many members over at once with one arrival time.
+    /// </summary>
+    public static int TrainMemberLengthOf(int index) => TrainMemberLength - (index % 2);
 
     /// <summary>Writes member <paramref name="index"/> of <paramref name="count"/> of a new train (index 0 starts it).</summary>
     public void WriteTrainMember(Span<byte> buffer, int index, int count)
@@ -147,7 +163,7 @@ internal sealed class PathMonitor
         {
             _trainId++;
         }
-        buffer[..TrainMemberLength].Clear();
+        buffer[..TrainMemberLengthOf(index)].Clear();
         BinaryPrimitives.WriteInt64BigEndian(buffer, _trainId);
         BinaryPrimitives.WriteUInt16BigEndian(buffer[8..], (ushort)index);
         BinaryPrimitives.WriteUInt16BigEndian(buffer[10..], (ushort)count);
@@ -192,22 +208,28 @@ internal sealed class PathMonitor
         // Half the members at least, spread over 100 µs at least (one receive batch says nothing about the link).
         if (_inTrainMembers >= count / 2 && _inTrainLastAt - _inTrainFirstAt >= 100_000)
         {
-            (_answeredTrainId, _answeredTrainKbps) = (id, _inTrainBytes * 8 * 1_000_000 / (_inTrainLastAt - _inTrainFirstAt));
+            (_answeredTrainId, _answeredTrainKbps, _answeredAt) = (id, _inTrainBytes * 8 * 1_000_000 / (_inTrainLastAt - _inTrainFirstAt), now);
         }
         return true;
     }
 
-    /// <summary>Whether this end has measured a train of the peer's: its probe replies then carry it.</summary>
-    public bool AnswersTrains => _answeredTrainId != 0;
+    private long _answeredAt;
 
-    /// <summary>How long this end's probe replies are.</summary>
-    public int ReplyLengthNow => AnswersTrains ? TrainReplyLength : ReplyLength;
+    /// <summary>
+    /// Whether this end's probe replies carry the peer's last train: only while the peer sends them (one measured in the
+    /// last three periods). A peer replaced by an agent that predates trains (a rollback) gets 32-byte replies again
+    /// within 15 s; it would drop longer ones and see every probe lost.
+    /// </summary>
+    public bool AnswersTrains(long now) => _answeredTrainId != 0 && now - _answeredAt < 3 * TrainEveryNanoseconds;
 
-    /// <summary>A probe's answer, with the peer's last train measured when there is one (see <see cref="AnswersTrains"/>).</summary>
-    public void Answer(Span<byte> buffer, ReadOnlySpan<byte> probe, long received, long expected)
+    /// <summary>How long this end's probe replies are at <paramref name="now"/>.</summary>
+    public int ReplyLengthAt(long now) => AnswersTrains(now) ? TrainReplyLength : ReplyLength;
+
+    /// <summary>A probe's answer, <paramref name="length"/> bytes (<see cref="ReplyLengthAt"/>): with the peer's last train measured when it is long enough.</summary>
+    public void Answer(Span<byte> buffer, int length, ReadOnlySpan<byte> probe, long received, long expected)
     {
         WriteReply(buffer, probe, received, expected);
-        if (AnswersTrains)
+        if (length == TrainReplyLength)
         {
             BinaryPrimitives.WriteInt64BigEndian(buffer[32..], _answeredTrainId);
             BinaryPrimitives.WriteInt64BigEndian(buffer[40..], _answeredTrainKbps);

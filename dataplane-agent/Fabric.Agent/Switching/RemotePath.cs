@@ -555,14 +555,15 @@ public sealed class RemotePath : IDisposable
             var members = _monitor.TrainDue(Clock());
             for (var i = 0; i < members; i++)
             {
+                var length = PathMonitor.TrainMemberLengthOf(i);
                 _output.Prepare(0, 0);
-                buffer = _output.Begin(PathMonitor.TrainMemberLength);
-                if (buffer.Length < PathMonitor.TrainMemberLength)
+                buffer = _output.Begin(length);
+                if (buffer.Length < length)
                 {
                     return;
                 }
                 _monitor.WriteTrainMember(buffer, i, members);
-                _output.Commit(FabricPayloadType.ProbeTrain, 0, PathMonitor.TrainMemberLength);
+                _output.Commit(FabricPayloadType.ProbeTrain, 0, length);
             }
         }
     }
@@ -1149,15 +1150,15 @@ public sealed class RemotePath : IDisposable
             return;
         }
         _output.Prepare(0, 0);
-        var length = _monitor.ReplyLengthNow;
+        var length = _monitor.ReplyLengthAt(Clock());
         var buffer = _output.Begin(length);
         if (buffer.Length < length)
         {
             return;
         }
         // The probe echoed, then what this end has received from the peer so far: the peer computes its loss from it;
-        // and the rate its last capacity train came at, once it sends trains.
-        _monitor.Answer(buffer, probe, _sequenced, _firstSequence < 0 ? 0 : _highestSequence - _firstSequence + 1);
+        // and the rate its last capacity train came at, while it sends trains.
+        _monitor.Answer(buffer, length, probe, _sequenced, _firstSequence < 0 ? 0 : _highestSequence - _firstSequence + 1);
         _output.Commit(FabricPayloadType.ProbeReply, 0, length);
     }
 

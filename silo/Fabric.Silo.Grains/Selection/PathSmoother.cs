@@ -15,6 +15,7 @@ namespace Fabric.Silo.Selection;
 /// spread of the recent samples under half their minimum). A queue builds and drains — RTT saws up and down with the
 /// sender's window — while a new route or medium holds a new floor; without the restart, a minimum from a datacenter
 /// phase made every later phase look like a queue, and its loss like congestion.</item>
+/// <item>A path is idle when none of the last minute's samples delivered <see cref="IdleMbps"/>.</item>
 /// <item>Capacity is the median of the agent's last <see cref="TrainsKept"/> capacity trains within the last minute (the
 /// bottleneck's rate, whichever stack carries the path's traffic: a VM on a stack that starves it no longer makes the
 /// path look slow), or the highest rate delivered in the last minute where that is more; kept apart from what is
@@ -118,14 +119,17 @@ public sealed class PathSmoother(double weight = 0.3)
         {
             _trains[_trainCount++ % TrainsKept] = (_samples, sample.CapacityMbps);
         }
-        var (capacity, lossMean, lossStd, rttStd) = Recent();
-        capacity = Math.Max(capacity, TrainCapacity());
+        var (delivered, lossMean, lossStd, rttStd) = Recent();
+        var capacity = Math.Max(delivered, TrainCapacity());
         var burstiness = lossMean < LossResolution ? 0 : lossStd / lossMean;
         var counted = CountedLoss(sample, loss);
+        // Idle once a minute passed with nothing delivered, busy again with the first second that delivers: a tenant
+        // sending now and then keeps its path busy, not flipping between the two (each flip wakes every VM on the path).
+        var idle = delivered < IdleMbps;
         var next = Current is not { } c
-            ? new PathConditions(sample.RttMs, sample.JitterMs, counted, sample.DeliveredMbps, sample.At, minRtt, capacity, burstiness, rttStd)
+            ? new PathConditions(sample.RttMs, sample.JitterMs, counted, sample.DeliveredMbps, sample.At, minRtt, capacity, burstiness, rttStd, idle)
             : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), counted, Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At,
-                minRtt, capacity, burstiness, rttStd);
+                minRtt, capacity, burstiness, rttStd, idle);
         if (next.Loss < LossResolution)
         {
             // Below what the datagrams counted can resolve: call the path clean.
@@ -145,7 +149,7 @@ public sealed class PathSmoother(double weight = 0.3)
     /// deviation. Two passes over the queue without enumerators or lists: this runs for every sample of every path (at
     /// 100,000 paths, LINQ's enumerators and lists here were 5 % of the control plane's time).
     /// </summary>
-    private (double Capacity, double LossMean, double LossStd, double RttStd) Recent()
+    private (double MaxDelivered, double LossMean, double LossStd, double RttStd) Recent()
     {
         var (capacity, lossSum, rttSum) = (double.MinValue, 0.0, 0.0);
         foreach (var r in _recent)
@@ -226,15 +230,15 @@ public sealed class PathSmoother(double weight = 0.3)
         || (a.MinRttMs > 0 && b.MinRttMs > 0 && Math.Abs(b.MinRttMs - a.MinRttMs) > 0.2 * Math.Max(a.MinRttMs, 0.5))
         || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1;
 
-    /// <summary>Below this delivered rate a path carries no VM traffic (its agents' probes and trains are not counted).</summary>
-    public const double IdleMbps = 0.01;
-
-    /// <summary>Whether the path carries no VM traffic now (see <see cref="IdleMbps"/>).</summary>
-    public static bool Idle(PathConditions c) => c.BandwidthMbps < IdleMbps;
+    /// <summary>
+    /// A path whose seconds of the last minute all delivered less than this carries no VM traffic (its agents' probes and
+    /// trains are not counted: an idle path delivers 0).
+    /// </summary>
+    public const double IdleMbps = 0.001;
 
     /// <summary>Whether <paramref name="b"/> differs from <paramref name="a"/> enough to run select_stack again (traffic starting or stopping does too).</summary>
     public static bool Significant(PathConditions a, PathConditions b) =>
-        Idle(a) != Idle(b) ||
+        a.Idle != b.Idle ||
         Math.Abs(b.RttMs - a.RttMs) > 0.2 * Math.Max(a.RttMs, 0.5)
         || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1
         || Math.Abs(b.CapacityMbps - a.CapacityMbps) > 0.25 * Math.Max(a.CapacityMbps, 1);

@@ -177,7 +177,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         {
             return (Make(best.Stack, current is null ? $"first decision: {Describe(best)}" : $"{current} is no longer allowed or available; {Describe(best)}"), null);
         }
-        if (PathSmoother.Idle(conditions))
+        if (conditions.Idle)
         {
             // Nothing to carry: a switch would buy nothing and its conditions are the probes' alone (ten a second: the
             // embedded fleet's paths without traffic went std-ipv4 → fec → std-ipv4 on them every 20 to 60 s). Decided

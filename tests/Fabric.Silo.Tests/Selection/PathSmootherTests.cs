@@ -45,6 +45,29 @@ public class PathSmootherTests
         Assert.InRange(smoother.Current!.Loss, 0.04, 0.05);
     }
 
+    /// <summary>
+    /// A path is idle after a minute with nothing delivered, and busy again at the first second that delivers (which wakes
+    /// its VMs); a VM that sends a little every 10 s keeps it busy rather than flipping it (each flip wakes every VM).
+    /// </summary>
+    [Fact]
+    public void APathIsIdleAfterASilentMinute_AndBusyAtOnceWhenTrafficReturns()
+    {
+        var smoother = new PathSmoother();
+        var wakes = new List<int>();
+        for (var second = 0; second < 300; second++)
+        {
+            // Busy with a trickle every 10 s for two minutes, then silent for two, then busy again.
+            var delivered = second < 120 ? (second % 10 == 0 ? 0.004 : 0) : second < 240 ? 0 : 5;
+            if (smoother.Add(Sample(second, 20, 0, delivered)))
+            {
+                wakes.Add(second);
+            }
+            // The last trickle came at 110: idle once the minute since holds none of it.
+            Assert.Equal(second is >= 110 + PathSmoother.RecentWindow and < 240, smoother.Current!.Idle);
+        }
+        Assert.Equal([0, 110 + PathSmoother.RecentWindow, 240], wakes);
+    }
+
     [Fact]
     public void Capacity_IsWhatTheTrainsMeasure_NotWhatAStarvingStackDelivers_AndFollowsTheLinkWhenItSlows()
     {
