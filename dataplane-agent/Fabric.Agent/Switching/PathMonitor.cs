@@ -62,14 +62,14 @@ public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double Ji
 /// <remarks>
 /// Capacity, whatever the stacks in use deliver: every <see cref="TrainEveryNanoseconds"/> the path sends a train of
 /// <see cref="TrainMemberLength"/>-byte datagrams back to back (payload type 6; every other one a byte shorter, see
-/// <see cref="TrainMemberLengthOf"/>). They leave faster than any bottleneck
-/// drains them, so they arrive spaced by it: the receiver takes the bytes of the members after the first over the time
-/// from the first's arrival to the last's as the bottleneck's rate, and answers it in its next probe replies (which grow
-/// to <see cref="TrainReplyLength"/> bytes: only while the peer sends trains, so an older agent's 32-byte replies and
-/// probes are still understood both ways). Traffic queued with the train spaces it further: under load the train
-/// measures what is left, and the path's conditions take the larger of that and what the path delivered. A train is
-/// sized to last about <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span
-/// the receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
+/// <see cref="TrainMemberLengthOf"/>). They leave faster than any bottleneck drains them, so they arrive spaced by it:
+/// the receiver takes the bytes of the members after the first over the time from the first's arrival to the last's as
+/// the bottleneck's rate, and answers it in its next probe replies (which grow to <see cref="TrainReplyLength"/> bytes
+/// only while the peer sends trains, so an older agent's 32-byte replies and probes are still understood both ways).
+/// Traffic queued with the train spaces it further: under load the train measures what is left, and the path's
+/// conditions take the larger of that and what the path delivered. A train is sized to last about
+/// <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span the
+/// receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
 /// every 5 s).
 /// </remarks>
 internal sealed class PathMonitor
@@ -128,7 +128,7 @@ internal sealed class PathMonitor
     /// <summary>The highest train whose rate was taken: an answer counts only for a train sent since.</summary>
     private long _highestTrainAnswered;
 
-    /// <summary>How many members the next train has, or 0 when none is due at <paramref name="now"/> (the first is due at once).</summary>
+    /// <summary>How many members the next train has, or 0 when none is due at <paramref name="now"/> (the first comes at a random point of the first period).</summary>
     public int TrainDue(long now)
     {
         if (_nextTrainAt == 0)
