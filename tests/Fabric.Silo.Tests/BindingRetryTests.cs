@@ -16,21 +16,7 @@ public sealed class BindingRetryTests : IAsyncLifetime
     private readonly RefuseBinds _faults = new();
     private InProcessTestCluster _cluster = null!;
 
-    public async ValueTask InitializeAsync()
-    {
-        var builder = new InProcessTestClusterBuilder(1);
-        builder.ConfigureSilo((_, silo) =>
-        {
-            silo.Services.AddSingleton<IIncomingGrainCallFilter>(_faults);
-            silo.AddMemoryGrainStorage(Storage.Name).AddFabricControlPlane(ClusterFixture.Selector);
-        });
-        _cluster = builder.Build();
-        await _cluster.DeployAsync();
-        foreach (var stack in All)
-        {
-            await _cluster.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(stack);
-        }
-    }
+    public async ValueTask InitializeAsync() => _cluster = await ClusterFixture.StartAsync(1, services => services.AddSingleton<IIncomingGrainCallFilter>(_faults));
 
     public async ValueTask DisposeAsync() => await _cluster.DisposeAsync();
 

@@ -13,17 +13,28 @@ public sealed class ClusterFixture : IAsyncLifetime
 
     public IClusterClient Client => Cluster.Client;
 
-    public async ValueTask InitializeAsync()
+    public async ValueTask InitializeAsync() => Cluster = await StartAsync(2);
+
+    /// <summary>
+    /// Deploys <paramref name="silos"/> silos on memory storage with Fabric's grains (and what <paramref name="services"/>
+    /// adds to each silo) and publishes the test catalog: a cluster of a test's own when it changes a silo's services.
+    /// </summary>
+    public static async Task<InProcessTestCluster> StartAsync(short silos, Action<Microsoft.Extensions.DependencyInjection.IServiceCollection>? services = null)
     {
-        var builder = new InProcessTestClusterBuilder(2);
-        builder.ConfigureSilo((_, silo) => silo.AddMemoryGrainStorage(Storage.Name).AddFabricControlPlane(Selector));
-        Cluster = builder.Build();
-        await Cluster.DeployAsync();
-        var catalog = Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+        var builder = new InProcessTestClusterBuilder(silos);
+        builder.ConfigureSilo((_, silo) =>
+        {
+            services?.Invoke(silo.Services);
+            silo.AddMemoryGrainStorage(Storage.Name).AddFabricControlPlane(Selector);
+        });
+        var cluster = builder.Build();
+        await cluster.DeployAsync();
+        var catalog = cluster.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
         foreach (var stack in Catalogs.All)
         {
             await catalog.PublishAsync(stack);
         }
+        return cluster;
     }
 
     public async ValueTask DisposeAsync() => await Cluster.DisposeAsync();

@@ -15,21 +15,7 @@ public sealed class ObserverExpiryTests : IAsyncLifetime
     private static readonly TimeSpan Expiry = TimeSpan.FromSeconds(2);
     private InProcessTestCluster _cluster = null!;
 
-    public async ValueTask InitializeAsync()
-    {
-        var builder = new InProcessTestClusterBuilder(1);
-        builder.ConfigureSilo((_, silo) =>
-        {
-            silo.Services.AddSingleton(new AgentSubscriptionOptions { Expiry = Expiry });
-            silo.AddMemoryGrainStorage(Storage.Name).AddFabricControlPlane(ClusterFixture.Selector);
-        });
-        _cluster = builder.Build();
-        await _cluster.DeployAsync();
-        foreach (var stack in All)
-        {
-            await _cluster.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(stack);
-        }
-    }
+    public async ValueTask InitializeAsync() => _cluster = await ClusterFixture.StartAsync(1, services => services.AddSingleton(new AgentSubscriptionOptions { Expiry = Expiry }));
 
     public async ValueTask DisposeAsync() => await _cluster.DisposeAsync();
 
