@@ -71,8 +71,19 @@ public sealed partial class VmGrain(
     /// <summary>When each path last explored, and on what (in memory: a reactivated VM may explore once sooner).</summary>
     private readonly Dictionary<string, Explored> _explored = new(StringComparer.Ordinal);
 
-    /// <summary>Per path, the stack it last left and what it scored there (in memory, as <see cref="_explored"/>).</summary>
-    private readonly Dictionary<string, Left> _left = new(StringComparer.Ordinal);
+    /// <summary>Per path, the stacks it left and what they scored there (in memory, as <see cref="_explored"/>).</summary>
+    private readonly Dictionary<string, IReadOnlyList<Left>> _left = new(StringComparer.Ordinal);
+
+    /// <summary>Per path, this VM's recent outcomes (what it gets on its stack), and since when the path runs its stack
+    /// (in memory: after a reactivation, since the first outcome).</summary>
+    private readonly Dictionary<string, OutcomeWindow> _outcomes = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, DateTimeOffset> _since = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// How far what the VM gets on its stack may drift from the score its last decision gave that stack before the path is
+    /// decided again without a change in its conditions (a path is otherwise decided only when they change).
+    /// </summary>
+    public const double ObservedDrift = 0.05;
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
@@ -368,7 +379,8 @@ public sealed partial class VmGrain(
         }
         var workload = state.State.Policy.Workload;
         var catalog = await CatalogAsync();
-        outcomeLog.Append(outcomes.Where(o => o.Stack.Length > 0 && double.IsFinite(o.GoodputMbps) && double.IsFinite(o.ResidualLoss)
+        var now = time.GetUtcNow();
+        var logged = outcomes.Where(o => o.Stack.Length > 0 && double.IsFinite(o.GoodputMbps) && double.IsFinite(o.ResidualLoss)
             && (double.IsFinite(o.DelayP99Ms) || double.IsFinite(o.ResponseP99Ms))).Select(o =>
         {
             var (propensity, exploration) = _chosen.GetValueOrDefault(o.RemoteHost, (1, false));
@@ -377,21 +389,49 @@ public sealed partial class VmGrain(
             // agent's trailing window on this stack where it has one (see Outcome). Never 0: an agent that predates the
             // field sends none, which Orleans reads as 0, not as the record's NaN.
             var delay = o.TailP99Ms > 0 && double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
-            return new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
+            return (Outcome: o, Logged: new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
                 propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
                 // Without TCP the goodput is the VM's offered rate, all it wants: its bulk share is of that, not of the path.
                 Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps, o.Flows == 0 ? o.GoodputMbps : double.PositiveInfinity))
-            { RewardVersion = UtilityModel.SchemaVersion, Host = hostId };
-        }));
+            { RewardVersion = UtilityModel.SchemaVersion, Host = hostId });
+        }).ToList();
+        outcomeLog.Append(logged.Select(l => l.Logged));
+        foreach (var (o, l) in logged)
+        {
+            if (!_outcomes.TryGetValue(o.RemoteHost, out var window))
+            {
+                _outcomes[o.RemoteHost] = window = new OutcomeWindow();
+            }
+            window.Add(now, o.Stack, l.Utility, o.Conditions);
+        }
+        // A path is decided again when what the VM gets on its stack has drifted from what its last decision scored the
+        // stack: a stack that starves the VM on conditions that no longer change is not kept for a phase on a prediction.
+        foreach (var newest in logged.Select(l => l.Outcome).GroupBy(o => o.RemoteHost, StringComparer.Ordinal).Select(g => g.Last()))
+        {
+            if (_last.TryGetValue(newest.RemoteHost, out var last) && !newest.Conditions.Idle && now - last.At >= OutcomeWindow.Settle
+                && state.State.Stacks.GetValueOrDefault(newest.RemoteHost) is { } current && last.Stack == current
+                && Observe(newest.RemoteHost, current, now, newest.Conditions) is { } seen
+                && last.Candidates.FirstOrDefault(c => c.Stack == current) is { } scored
+                && (scored.Source != "observed" || Math.Abs(scored.Score - seen.Score) > ObservedDrift))
+            {
+                await CommitAsync(Evaluate(newest.RemoteHost, newest.Conditions, catalog, await HostStacksAsync(state.State.Placement.HostId)));
+            }
+        }
     }
+
+    /// <summary>What this VM got on <paramref name="stack"/> on its path to <paramref name="remoteHost"/> lately (see <see cref="OutcomeWindow.Of"/>).</summary>
+    private Observed? Observe(string remoteHost, string stack, DateTimeOffset now, PathConditions conditions) =>
+        _outcomes.TryGetValue(remoteHost, out var window) ? window.Of(stack, _since.GetValueOrDefault(remoteHost, DateTimeOffset.MinValue), now, conditions) : null;
 
     public ValueTask<VmView> GetAsync() => ValueTask.FromResult(new VmView(VmId, state.State.Placement, state.State.Policy, state.State.PolicyVersion,
         state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)) { Claim = state.State.Claim });
 
     private async Task LeaveHostAsync(string hostId)
     {
-        // What the old host had not taken is not the new host's.
+        // What the old host had not taken is not the new host's, nor what the VM got on its paths.
         _unbound.Clear();
+        _outcomes.Clear();
+        _since.Clear();
         var host = GrainFactory.GetGrain<IHostGrain>(hostId);
         await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
             GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(hostId, peer)).UnsubscribeAsync(VmId).AsTask()));
@@ -495,16 +535,15 @@ public sealed partial class VmGrain(
     {
         var current = state.State.Stacks.GetValueOrDefault(remoteHost);
         var previousPending = state.State.Pending.GetValueOrDefault(remoteHost);
+        var now = time.GetUtcNow();
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
-            previousPending, time.GetUtcNow(), Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost));
+            previousPending, now, Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost),
+            current is null ? null : Observe(remoteHost, current, now, conditions));
         if (decision.Exploration)
         {
             _explored[remoteHost] = new(decision.At, conditions);
         }
-        if (Left.After(_left.GetValueOrDefault(remoteHost), decision) is { } left)
-        {
-            _left[remoteHost] = left;
-        }
+        _left[remoteHost] = Left.After(_left.GetValueOrDefault(remoteHost), decision);
         _last[remoteHost] = decision;
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)
         {
@@ -535,6 +574,7 @@ public sealed partial class VmGrain(
         if (decision.Changed && decision.Stack.Length > 0)
         {
             _chosen[remoteHost] = (decision.Propensity, decision.Exploration);
+            _since[remoteHost] = decision.At;
             _ = GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).SwitchedAsync(decision).AsTask();
             state.State.Stacks[remoteHost] = decision.Stack;
             return [new Binding(VmId, remoteHost, decision.Stack)];

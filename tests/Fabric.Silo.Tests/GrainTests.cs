@@ -187,6 +187,31 @@ public class GrainTests(ClusterFixture fixture)
         Assert.Equal(3, view.Log.Count(d => d.Changed));
     }
 
+    /// <summary>
+    /// A clean path on which a bulk VM gets 1 Mbit/s of 100 on std-ipv4 (the prior predicts it the whole path): nothing in
+    /// the path's conditions changes, and the VM's own outcomes move it — judged on what it gets, std-ipv4 scores 0.01.
+    /// </summary>
+    [Fact]
+    public async Task AVmItsStackStarves_OnAPathThatDoesNotChange_IsMovedByItsOwnOutcomes()
+    {
+        var (vm, a, b, agent) = await PlacedVmAsync(Policy("bulk", allow: ["std-ipv4", "fec"]));
+        Assert.Equal("std-ipv4", (await vm.GetAsync()).Stacks[b]);
+        var host = fixture.Client.GetGrain<IHostGrain>(a);
+        var vmId = vm.GetPrimaryKeyString();
+        for (var i = 0; i < 150 && (await vm.GetAsync()).Stacks[b] == "std-ipv4"; i++)
+        {
+            var outcome = new Outcome(vmId, b, "std-ipv4", Path(30, 0), 1, 31, 35, 0, 0, TimeSpan.FromSeconds(1), Passive: true, Flows: 1, Shape: "bulk");
+            await host.ReportAsync([Sample(a, b, 30, 0, DateTimeOffset.UtcNow)], [outcome]);
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+        }
+        var view = await vm.GetAsync();
+        Assert.True(view.Stacks[b] == "fec", string.Join("\n", view.Log.Concat(view.Last.Values).Select(d => $"{d.Reason} [{string.Join(", ", d.Candidates.Select(c => $"{c.Stack} {c.Score} {c.Source}"))}]")));
+        var change = view.Log.Last(d => d.Changed);
+        Assert.Equal("observed", change.Candidates.Single(c => c.Stack == "std-ipv4").Source);
+        Assert.Contains("what the VM got on it", change.Candidates.Single(c => c.Stack == "std-ipv4").Why, StringComparison.Ordinal);
+        Eventually.True(() => agent.States.Any(s => s.Upserts.Any(x => x.Stack == "fec")), TimeSpan.FromSeconds(10), "fec binding pushed", () => string.Join("; ", agent.States));
+    }
+
     [Fact]
     public async Task NoisyTelemetry_DoesNotMakeTheVmFlap()
     {

@@ -6,17 +6,18 @@ namespace Fabric.Silo.Selection;
 public sealed record Explored(DateTimeOffset At, PathConditions Conditions);
 
 /// <summary>
-/// The stack a path last left by a switch of its own (not an exploration), when, on what conditions, and what it scored
-/// then, running (on conditions it made).
+/// A stack a path left by a switch of its own (not an exploration), when, on what conditions, and what it scored then,
+/// running (on conditions it made): observed (what the VM got on it, <see cref="OutcomeWindow"/>) or predicted.
 /// </summary>
-public sealed record Left(string Stack, DateTimeOffset At, PathConditions Conditions, double Score)
+public sealed record Left(string Stack, DateTimeOffset At, PathConditions Conditions, double Score, double Uncertainty = 0, string Source = "")
 {
-    /// <summary>What a path remembers after <paramref name="decision"/> (<paramref name="left"/> unless it switched).</summary>
-    public static Left? After(Left? left, Decision decision) =>
+    /// <summary>What a path remembers after <paramref name="decision"/>: <paramref name="left"/>, and the stack it switched
+    /// away from (replacing what it remembered of that stack).</summary>
+    public static IReadOnlyList<Left> After(IReadOnlyList<Left>? left, Decision decision) =>
         decision.Changed && !decision.Exploration && decision.Previous is { Length: > 0 } previous && decision.Stack.Length > 0
             && decision.Candidates.FirstOrDefault(c => c.Stack == previous) is { } ran
-            ? new Left(previous, decision.At, decision.Conditions, ran.Score)
-            : left;
+            ? [.. (left ?? []).Where(l => l.Stack != previous), new Left(previous, decision.At, decision.Conditions, ran.Score, ran.Uncertainty, ran.Source)]
+            : left ?? [];
 }
 
 /// <summary>A candidate that beats the current stack, and since when (hysteresis memory between decisions).</summary>
@@ -52,12 +53,13 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     public TimeSpan ExploreSameConditionsSpacing { get; init; } = TimeSpan.FromHours(4);
 
     /// <summary>
-    /// How long a return to the stack a path last left, on a link that has not changed since
-    /// (<see cref="PathSmoother.LinkChanged"/>), is judged on the lower of its score now and its score when it ran there.
+    /// How long a stack a path left, on a link that has not changed since (<see cref="PathSmoother.LinkChanged"/>), is
+    /// judged on what the VM got there (observed), or on the lower of its predicted score now and then.
     /// A path's conditions are partly its stack's doing (fec's parity fills a slow link's queue, and the prior then reads
     /// the link's loss as congestion std-ipv4 would not meet; on std-ipv4 the queue is gone and the loss is the link's
     /// again), so two stacks can each look better from the other, and a path goes back and forth while its link holds
-    /// still. Each stack is judged where it ran instead.
+    /// still; and a stack judged by what the VM gets on it would otherwise always lose to a hopeful prediction for the
+    /// others, one after another. Each stack is judged where it ran instead.
     /// </summary>
     public TimeSpan ReturnMemory { get; init; } = TimeSpan.FromHours(1);
 
@@ -104,7 +106,8 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
 
 /// <summary>
 /// select_stack made real. Candidates: published stacks the policy admits and the host supports. Each is scored (the
-/// fleet's model where it knows the context, the profile prior elsewhere); the best replaces the current stack only when
+/// fleet's model where it knows the context, the profile prior elsewhere; the current stack by what the VM gets on it, once
+/// its outcomes say; a stack the path left on the same link by what it got there); the best replaces the current stack only when
 /// its predicted gain beats the margin, the cost of a swap and the uncertainty of both scores, continuously for the
 /// sustain time (no flapping on noise). A current stack that is no longer admitted is replaced at once; otherwise a path
 /// without VM traffic keeps its stack. A share of decisions (the policy's, never for a pinned VM, never outside the
@@ -130,11 +133,13 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
     /// <param name="random">A uniform draw in [0, 1) (exploration).</param>
     /// <param name="lastExplored">When this path last explored and on what conditions (null: never, or not known): none again
     /// within <see cref="SelectorOptions.ExploreSpacing"/>, nor on the same conditions within <see cref="SelectorOptions.ExploreSameConditionsSpacing"/>.</param>
-    /// <param name="left">The stack the path last left, and what it scored there (null: not known): a return there on an
-    /// unchanged link is judged on that too (<see cref="SelectorOptions.ReturnMemory"/>).</param>
+    /// <param name="left">The stacks the path left, and what they scored there (null: not known): each, on an unchanged
+    /// link, is judged on that (<see cref="SelectorOptions.ReturnMemory"/>).</param>
+    /// <param name="observed">What the VM got on <paramref name="current"/> in the last seconds (null: not enough outcomes
+    /// yet): the current stack is judged on it, not on a prediction.</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
-        Explored? lastExplored = null, Left? left = null)
+        Explored? lastExplored = null, IReadOnlyList<Left>? left = null, Observed? observed = null)
     {
         // A pinned stack that is no longer published (withdrawn) or that this host does not run: the VM is not left on a
         // stack no host may run; it gets the best of what the rest of its policy admits, without exploring (the operator
@@ -149,8 +154,25 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         var mixed = results.Any(r => r.Result.Source != "prior");
         var scored = results.Select(r => mixed && r.Result.Source == "prior" && r.Result.BesideModel > r.Result.Uncertainty
                 ? r with { Result = r.Result with { Uncertainty = r.Result.BesideModel } } : r)
-            .OrderByDescending(s => s.Result.Score).ThenBy(s => s.Id, StringComparer.Ordinal)
-            .Select(s => new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)).ToImmutableArray();
+            .Select(s => Judged(new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)))
+            .OrderByDescending(s => s.Score).ThenBy(s => s.Stack, StringComparer.Ordinal).ToImmutableArray();
+        // The current stack by what the VM gets on it; a stack the path left on this link by what it got (or scored) there.
+        CandidateScore Judged(CandidateScore s)
+        {
+            if (s.Stack == current && observed is { } o && o.Stack == current)
+            {
+                return s with { Score = Math.Round(o.Score, 4), Uncertainty = Math.Round(o.Spread, 4), Source = "observed",
+                    Why = $"what the VM got on it: {o.Score:0.###} ± {o.Spread:0.##} over {o.Count} outcomes in {o.Over.TotalSeconds:0} s ({s.Source} predicted {s.Score:0.###} ± {s.Uncertainty:0.##})" };
+            }
+            if (s.Stack != current && left?.LastOrDefault(l => l.Stack == s.Stack) is { } l && now - l.At < _options.ReturnMemory
+                && !PathSmoother.LinkChanged(l.Conditions, conditions) && (l.Source == "observed" || l.Score < s.Score))
+            {
+                var uncertainty = l.Source == "observed" ? l.Uncertainty : s.Uncertainty;
+                return s with { Score = l.Score, Uncertainty = uncertainty, Source = "ran here",
+                    Why = $"left {(now - l.At).TotalSeconds:0} s ago on the same link, where it {(l.Source == "observed" ? "gave the VM" : "scored")} {l.Score:0.###} ± {uncertainty:0.##} ({s.Source} predicts {s.Score:0.###} now)" };
+            }
+            return s;
+        }
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.
         var spaced = lastExplored is not { } explored || (now - explored.At >= _options.ExploreSpacing
             && (PathSmoother.Significant(explored.Conditions, conditions) || now - explored.At >= _options.ExploreSameConditionsSpacing));
@@ -192,19 +214,12 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         }
         var gain = best.Score - currentScore.Score;
         var (needed, uncapped) = _options.Needed(currentScore, best);
-        var returning = left is { } l && l.Stack == best.Stack && best.Stack != current && now - l.At < _options.ReturnMemory
-            && l.Score < best.Score && !PathSmoother.LinkChanged(l.Conditions, conditions);
-        var returnNote = returning ? $"; a return to the stack this path left {(now - left!.At).TotalSeconds:0} s ago on the same link, judged on what it scored running there, {left.Score:0.###}" : "";
-        if (returning)
-        {
-            gain = left!.Score - currentScore.Score;
-        }
         if (best.Stack == current || gain <= needed)
         {
             return (Make(current, best.Stack == current ? $"{current} scores best: {Describe(best)}"
                 : $"{best.Stack} ({best.Score:0.###}) does not beat {current} ({currentScore.Score:0.###}) by the {needed:0.###} a switch needs "
                   + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##}"
-                  + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")}){returnNote}"), null);
+                  + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")})"), null);
         }
         // While a candidate is pending, the longest sustain any of its decisions asked for: the smallest gain it showed.
         var sustain = _options.SustainWhen(gain, uncapped);
@@ -222,7 +237,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             return (Make(current, $"{best.Stack} has beaten {current} for {(now - pending.Since).TotalSeconds:0.#} s of the {sustain.TotalSeconds:0.#} s required"), pending with { Sustain = sustain });
         }
         return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) beat {current} ({currentScore.Score:0.###}, {currentScore.Source}) "
-            + $"by {gain:0.###} > {needed:0.###} for {(now - (pending?.Since ?? now)).TotalSeconds:0.#} s{returnNote}"), null);
+            + $"by {gain:0.###} > {needed:0.###} for {(now - (pending?.Since ?? now)).TotalSeconds:0.#} s"), null);
     }
 
     private static string Describe(CandidateScore best) => $"{best.Stack} scores best, {best.Score:0.###} ± {best.Uncertainty:0.##} ({best.Source})";
