@@ -58,7 +58,7 @@ public interface IVmGrain : IGrainWithStringKey
 
     /// <summary>What the VM's traffic got in the last interval (from the report of <paramref name="hostId"/>, the host it
     /// ran on then, with the path's smoothed conditions): joined with the decision that chose each stack and appended to
-    /// the outcome log.</summary>
+    /// the outcome log; a path whose stack now gives the VM other than its last decision scored is decided again.</summary>
     [Alias("outcomes"), Orleans.Concurrency.OneWay]
     ValueTask ReportOutcomesAsync(string hostId, ImmutableArray<Outcome> outcomes);
 

@@ -66,7 +66,7 @@ public sealed partial class VmGrain(
 
     /// <summary>Per remote host, how the running stack was chosen (its propensity, and whether it was exploration): what
     /// the outcome log records beside each outcome. Unknown after a reactivation: then the stack counts as chosen for sure.</summary>
-    private readonly Dictionary<string, (double Propensity, bool Exploration)> _chosen = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (double Propensity, bool Exploration, DateTimeOffset At)> _chosen = new(StringComparer.Ordinal);
 
     /// <summary>When each path last explored, and on what (in memory: a reactivated VM may explore once sooner).</summary>
     private readonly Dictionary<string, Explored> _explored = new(StringComparer.Ordinal);
@@ -74,16 +74,23 @@ public sealed partial class VmGrain(
     /// <summary>Per path, the stacks it left and what they scored there (in memory, as <see cref="_explored"/>).</summary>
     private readonly Dictionary<string, IReadOnlyList<Left>> _left = new(StringComparer.Ordinal);
 
-    /// <summary>Per path, this VM's recent outcomes (what it gets on its stack), and since when the path runs its stack
-    /// (in memory: after a reactivation, since the first outcome).</summary>
+    /// <summary>Per path, this VM's recent outcomes (what it gets on its stack), and since when the path runs its stack: the
+    /// first outcome the agent reported on it after it was chosen (a binding can reach the agent late).</summary>
     private readonly Dictionary<string, OutcomeWindow> _outcomes = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, DateTimeOffset> _since = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (string Stack, DateTimeOffset At)> _since = new(StringComparer.Ordinal);
 
     /// <summary>
-    /// How far what the VM gets on its stack may drift from the score its last decision gave that stack before the path is
-    /// decided again without a change in its conditions (a path is otherwise decided only when they change).
+    /// How far what the VM gets on its stack may drift from the score its last decision gave that stack (or twice that
+    /// observation's spread, when more) before the path is decided again without a change in its conditions (otherwise a
+    /// path is decided when they change, when its policy changes, and when a pending switch is due).
     /// </summary>
     public const double ObservedDrift = 0.05;
+
+    /// <summary>
+    /// The least time between two decisions of a path that drift alone asks for: a VM's outcomes come every second, and a
+    /// fleet's worth of paths each decided every second on the model would cost the control plane its cores.
+    /// </summary>
+    public static readonly TimeSpan ObservedRecheck = TimeSpan.FromSeconds(5);
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
@@ -178,8 +185,10 @@ public sealed partial class VmGrain(
         var wasSealed = Sealed;
         state.State.Policy = policy;
         state.State.PolicyVersion++;
-        // A pending switch was judged under the old policy.
+        // A pending switch was judged under the old policy, and what the VM got on its stacks was scored under its workload.
         state.State.Pending.Clear();
+        _outcomes.Clear();
+        _left.Clear();
         await state.WriteStateAsync();
         await EvaluateAllAsync(catalog);
         if (Sealed != wasSealed && state.State.Placement is not null && state.State.Stacks.Count > 0)
@@ -383,7 +392,7 @@ public sealed partial class VmGrain(
         var logged = outcomes.Where(o => o.Stack.Length > 0 && double.IsFinite(o.GoodputMbps) && double.IsFinite(o.ResidualLoss)
             && (double.IsFinite(o.DelayP99Ms) || double.IsFinite(o.ResponseP99Ms))).Select(o =>
         {
-            var (propensity, exploration) = _chosen.GetValueOrDefault(o.RemoteHost, (1, false));
+            var (propensity, exploration, _) = _chosen.GetValueOrDefault(o.RemoteHost, (1, false, default));
             var overhead = o.GoodputMbps > 0 ? o.OverheadBytes * 8 / 1e6 / Math.Max(o.Interval.TotalSeconds, 1e-3) / o.GoodputMbps : 0;
             // A request/response VM feels the answer's time, a bulk one its round trips; both judged on the tail of the
             // agent's trailing window on this stack where it has one (see Outcome). Never 0: an agent that predates the
@@ -396,42 +405,58 @@ public sealed partial class VmGrain(
             { RewardVersion = UtilityModel.SchemaVersion, Host = hostId });
         }).ToList();
         outcomeLog.Append(logged.Select(l => l.Logged));
-        foreach (var (o, l) in logged)
+        if (hostId != state.State.Placement.HostId)
+        {
+            // A host the VM has left (its last report, after a move): logged for the learner, but not this VM's paths now.
+            return;
+        }
+        // Only the paths this VM has: a report cannot open windows for remote hosts it made up.
+        foreach (var (o, l) in logged.Where(l => state.State.Stacks.ContainsKey(l.Outcome.RemoteHost)))
         {
             if (!_outcomes.TryGetValue(o.RemoteHost, out var window))
             {
                 _outcomes[o.RemoteHost] = window = new OutcomeWindow();
             }
             window.Add(now, o.Stack, l.Utility, o.Conditions);
+            if (o.Stack == state.State.Stacks[o.RemoteHost] && _since.GetValueOrDefault(o.RemoteHost).Stack != o.Stack)
+            {
+                _since[o.RemoteHost] = (o.Stack, now);
+            }
         }
         // A path is decided again when what the VM gets on its stack has drifted from what its last decision scored the
         // stack: a stack that starves the VM on conditions that no longer change is not kept for a phase on a prediction.
-        foreach (var newest in logged.Select(l => l.Outcome).GroupBy(o => o.RemoteHost, StringComparer.Ordinal).Select(g => g.Last()))
+        var bindings = new List<Binding>();
+        foreach (var newest in logged.Select(l => l.Outcome).Where(o => state.State.Stacks.ContainsKey(o.RemoteHost))
+            .GroupBy(o => o.RemoteHost, StringComparer.Ordinal).Select(g => g.Last()))
         {
-            if (_last.TryGetValue(newest.RemoteHost, out var last) && !newest.Conditions.Idle && now - last.At >= OutcomeWindow.Settle
+            if (_last.TryGetValue(newest.RemoteHost, out var last) && !newest.Conditions.Idle && now - last.At >= ObservedRecheck
                 && state.State.Stacks.GetValueOrDefault(newest.RemoteHost) is { } current && last.Stack == current
                 && Observe(newest.RemoteHost, current, now, newest.Conditions) is { } seen
                 && last.Candidates.FirstOrDefault(c => c.Stack == current) is { } scored
-                && (scored.Source != "observed" || Math.Abs(scored.Score - seen.Score) > ObservedDrift))
+                && (scored.Source != "observed" || Math.Abs(scored.Score - seen.Score) > Math.Max(ObservedDrift, 2 * seen.Spread)))
             {
-                await CommitAsync(Evaluate(newest.RemoteHost, newest.Conditions, catalog, await HostStacksAsync(state.State.Placement.HostId)));
+                bindings.AddRange(Evaluate(newest.RemoteHost, newest.Conditions, catalog, await HostStacksAsync(state.State.Placement.HostId)));
             }
         }
+        await CommitAsync(bindings);
     }
 
     /// <summary>What this VM got on <paramref name="stack"/> on its path to <paramref name="remoteHost"/> lately (see <see cref="OutcomeWindow.Of"/>).</summary>
     private Observed? Observe(string remoteHost, string stack, DateTimeOffset now, PathConditions conditions) =>
-        _outcomes.TryGetValue(remoteHost, out var window) ? window.Of(stack, _since.GetValueOrDefault(remoteHost, DateTimeOffset.MinValue), now, conditions) : null;
+        _outcomes.TryGetValue(remoteHost, out var window) && _since.TryGetValue(remoteHost, out var since) && since.Stack == stack
+            ? window.Of(stack, since.At, now, conditions) : null;
 
     public ValueTask<VmView> GetAsync() => ValueTask.FromResult(new VmView(VmId, state.State.Placement, state.State.Policy, state.State.PolicyVersion,
         state.State.Stacks.ToImmutableDictionary(StringComparer.Ordinal), [.. log.State.History], _last.ToImmutableDictionary(StringComparer.Ordinal)) { Claim = state.State.Claim });
 
     private async Task LeaveHostAsync(string hostId)
     {
-        // What the old host had not taken is not the new host's, nor what the VM got on its paths.
+        // What the old host had not taken is not the new host's, nor what the VM got on its paths, nor what they ran.
         _unbound.Clear();
         _outcomes.Clear();
         _since.Clear();
+        _left.Clear();
+        _explored.Clear();
         var host = GrainFactory.GetGrain<IHostGrain>(hostId);
         await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
             GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(hostId, peer)).UnsubscribeAsync(VmId).AsTask()));
@@ -538,7 +563,9 @@ public sealed partial class VmGrain(
         var now = time.GetUtcNow();
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
             previousPending, now, Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost),
-            current is null ? null : Observe(remoteHost, current, now, conditions));
+            current is null ? null : Observe(remoteHost, current, now, conditions),
+            // Held until judged only where the VM's outcomes come (an agent that reports none would hold every switch).
+            _outcomes.ContainsKey(remoteHost) && _chosen.TryGetValue(remoteHost, out var chosen) ? chosen.At : null);
         if (decision.Exploration)
         {
             _explored[remoteHost] = new(decision.At, conditions);
@@ -573,8 +600,8 @@ public sealed partial class VmGrain(
         }
         if (decision.Changed && decision.Stack.Length > 0)
         {
-            _chosen[remoteHost] = (decision.Propensity, decision.Exploration);
-            _since[remoteHost] = decision.At;
+            _chosen[remoteHost] = (decision.Propensity, decision.Exploration, decision.At);
+            _since.Remove(remoteHost);
             _ = GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).SwitchedAsync(decision).AsTask();
             state.State.Stacks[remoteHost] = decision.Stack;
             return [new Binding(VmId, remoteHost, decision.Stack)];

@@ -198,7 +198,7 @@ public class GrainTests(ClusterFixture fixture)
         Assert.Equal("std-ipv4", (await vm.GetAsync()).Stacks[b]);
         var host = fixture.Client.GetGrain<IHostGrain>(a);
         var vmId = vm.GetPrimaryKeyString();
-        for (var i = 0; i < 150 && (await vm.GetAsync()).Stacks[b] == "std-ipv4"; i++)
+        for (var i = 0; i < 300 && (await vm.GetAsync()).Stacks[b] == "std-ipv4"; i++)
         {
             var outcome = new Outcome(vmId, b, "std-ipv4", Path(30, 0), 1, 31, 35, 0, 0, TimeSpan.FromSeconds(1), Passive: true, Flows: 1, Shape: "bulk");
             await host.ReportAsync([Sample(a, b, 30, 0, DateTimeOffset.UtcNow)], [outcome]);

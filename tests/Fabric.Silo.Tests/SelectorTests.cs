@@ -452,7 +452,7 @@ public class SelectorTests
     /// A prediction hopeful for every stack but the one running (0.9 each, while each gives the VM 0.5 to 0.7 when it
     /// runs): judged on what the VM gets, the current stack always looks worst, and without memory the path would go round
     /// its four stacks for ever. Each stack it left is judged on what the VM got there, so it tries each once at most and
-    /// settles on the best, for the hour; a changed link lets the hopes be tried again.
+    /// settles on the best, for three hours (what the VM got is remembered four); a changed link lets the hopes be tried again.
     /// </summary>
     [Fact]
     public void HopefulPredictionsForEveryOtherStack_AreTriedOnceEach_ThenThePathSettlesOnWhatServedBest()
@@ -464,11 +464,11 @@ public class SelectorTests
         var (current, pending, left, switches) = ("std-ipv4", (PendingSwitch?)null, (IReadOnlyList<Left>?)null, new List<string>());
         var window = new OutcomeWindow();
         var since = T0;
-        for (var now = T0; now < T0 + TimeSpan.FromHours(1); now += TimeSpan.FromSeconds(1))
+        for (var now = T0; now < T0 + TimeSpan.FromHours(3); now += TimeSpan.FromSeconds(1))
         {
             window.Add(now, current, gives[current], path);
             (var decision, pending) = selector.Select("vm1", "host-b", policy, path, All, HostStacks, current, pending, now, 0.99,
-                left: left, observed: window.Of(current, since, now, path));
+                left: left, observed: window.Of(current, since, now, path), currentSince: since);
             left = Left.After(left, decision);
             if (decision.Changed)
             {
@@ -481,7 +481,7 @@ public class SelectorTests
         Assert.Equal(switches.Distinct().Count(), switches.Count);
 
         // The link changes (its minimum RTT doubles): what each stack gave on the old one no longer holds it back.
-        var moved = selector.Select("vm1", "host-b", policy, path with { MinRttMs = 40, RttMs = 40 }, All, HostStacks, current, null, T0 + TimeSpan.FromHours(1), 0.99,
+        var moved = selector.Select("vm1", "host-b", policy, path with { MinRttMs = 40, RttMs = 40 }, All, HostStacks, current, null, T0 + TimeSpan.FromHours(3), 0.99,
             left: left, observed: new Observed(current, 0.7, 0.02, 10, TimeSpan.FromSeconds(10)));
         Assert.All(moved.Decision.Candidates.Where(c => c.Stack != current), c => Assert.Equal(0.9, c.Score));
     }

@@ -9,7 +9,7 @@ public sealed record Observed(string Stack, double Score, double Spread, int Cou
 
 /// <summary>
 /// One path's recent outcomes for one VM (utility per interval, on the stack that carried it and the path's conditions
-/// then), kept for <see cref="Keep"/>. The selector judges the stack a VM runs by what the VM gets on it
+/// then): those of the last <see cref="Keep"/> before the newest, at most <see cref="MostKept"/>. The selector judges the stack a VM runs by what the VM gets on it
 /// (<see cref="Of"/>), not by a prediction: a prediction's uncertainty is widest exactly where the model knows least,
 /// and a switch must beat it, so a VM its stack starves (4 Mbit/s of a 119 Mbit/s path, predicted 0.24 ± 0.76) was held
 /// there for a whole phase while what it got was in its outcomes every second.
@@ -21,6 +21,9 @@ public sealed class OutcomeWindow
 
     /// <summary>Outcomes this soon after a switch are not the new stack's yet (the swap, the VM's TCP finding its rate).</summary>
     public static readonly TimeSpan Settle = TimeSpan.FromSeconds(3);
+
+    /// <summary>The most outcomes kept (an agent reports one a second per path; a report with more is not believed further).</summary>
+    public const int MostKept = 64;
 
     /// <summary>The fewest outcomes an observation is made of.</summary>
     public const int Fewest = 3;
@@ -47,15 +50,15 @@ public sealed class OutcomeWindow
             return;
         }
         _entries.Enqueue((at, stack, Math.Clamp(utility, 0, 1), conditions));
-        while (_entries.Count > 0 && _entries.Peek().At < at - Keep)
+        while (_entries.Count > MostKept || (_entries.Count > 0 && _entries.Peek().At < at - Keep))
         {
             _entries.Dequeue();
         }
     }
 
     /// <summary>
-    /// What the VM got on <paramref name="stack"/>: its outcomes since <paramref name="since"/> (when the stack began on
-    /// this path) plus <see cref="Settle"/>, within <see cref="Keep"/> of <paramref name="now"/>, on a link that has not
+    /// What the VM got on <paramref name="stack"/>: its outcomes since <paramref name="since"/> (when the stack's first
+    /// outcome on this path came) plus <see cref="Settle"/>, within <see cref="Keep"/> of <paramref name="now"/>, on a link that has not
     /// changed from <paramref name="conditions"/> (<see cref="PathSmoother.LinkChanged"/>); null with fewer than
     /// <see cref="Fewest"/>.
     /// </summary>
@@ -78,7 +81,7 @@ public sealed class OutcomeWindow
         }
         var mean = sum / n;
         var std = Math.Sqrt(Math.Max(sumSquares / n - (mean * mean), 0) * n / Math.Max(n - 1, 1));
-        var spread = Math.Max(LeastSpread, std / Math.Sqrt(Math.Max(n / (double)Correlated, 1)));
+        var spread = Math.Max(LeastSpread, std / Math.Sqrt(n / (double)Correlated));
         return new Observed(stack, mean, spread, n, now - first);
     }
 }

@@ -63,6 +63,19 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     /// </summary>
     public TimeSpan ReturnMemory { get; init; } = TimeSpan.FromHours(1);
 
+    /// <summary>
+    /// How long what a VM got on a stack a path left (observed, not predicted) holds, on a link that has not changed: a
+    /// prediction hopeful for every stack but the running one sends a path round all of them once each time this runs
+    /// out (three switches with four stacks), where the goal is one switch a path-hour.
+    /// </summary>
+    public TimeSpan ObservedMemory { get; init; } = TimeSpan.FromHours(4);
+
+    /// <summary>
+    /// How long a newly chosen stack stays while the VM's outcomes on it are too few to judge it by (the agent's swap,
+    /// <see cref="OutcomeWindow.Settle"/>, then <see cref="OutcomeWindow.Fewest"/> outcomes a second apart).
+    /// </summary>
+    public TimeSpan JudgeWithin { get; init; } = TimeSpan.FromSeconds(8);
+
     /// <summary>The shortest share of <see cref="SustainFor"/> a gain far beyond what a switch needs waits.</summary>
     public const double QuickestShare = 0.4;
 
@@ -137,9 +150,11 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
     /// link, is judged on that (<see cref="SelectorOptions.ReturnMemory"/>).</param>
     /// <param name="observed">What the VM got on <paramref name="current"/> in the last seconds (null: not enough outcomes
     /// yet): the current stack is judged on it, not on a prediction.</param>
+    /// <param name="currentSince">When <paramref name="current"/> was chosen (null: not known): until it has been judged on
+    /// what the VM gets (<see cref="SelectorOptions.JudgeWithin"/>), it stays.</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
-        Explored? lastExplored = null, IReadOnlyList<Left>? left = null, Observed? observed = null)
+        Explored? lastExplored = null, IReadOnlyList<Left>? left = null, Observed? observed = null, DateTimeOffset? currentSince = null)
     {
         // A pinned stack that is no longer published (withdrawn) or that this host does not run: the VM is not left on a
         // stack no host may run; it gets the best of what the rest of its policy admits, without exploring (the operator
@@ -164,7 +179,8 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 return s with { Score = Math.Round(o.Score, 4), Uncertainty = Math.Round(o.Spread, 4), Source = "observed",
                     Why = $"what the VM got on it: {o.Score:0.###} ± {o.Spread:0.##} over {o.Count} outcomes in {o.Over.TotalSeconds:0} s ({s.Source} predicted {s.Score:0.###} ± {s.Uncertainty:0.##})" };
             }
-            if (s.Stack != current && left?.LastOrDefault(l => l.Stack == s.Stack) is { } l && now - l.At < _options.ReturnMemory
+            if (s.Stack != current && left?.LastOrDefault(l => l.Stack == s.Stack) is { } l
+                && now - l.At < (l.Source == "observed" ? _options.ObservedMemory : _options.ReturnMemory)
                 && !PathSmoother.LinkChanged(l.Conditions, conditions) && (l.Source == "observed" || l.Score < s.Score))
             {
                 var uncertainty = l.Source == "observed" ? l.Uncertainty : s.Uncertainty;
@@ -205,6 +221,13 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             // embedded fleet's paths without traffic went std-ipv4 → fec → std-ipv4 on them every 20 to 60 s). Decided
             // again when traffic starts (a significant change).
             return (Make(current, $"no VM traffic on this path: {current} stays until there is ({Describe(best)})"), null);
+        }
+        if (observed is null && currentSince is { } since && now - since < _options.JudgeWithin)
+        {
+            // Left now, it would be remembered by a prediction, not by what it gave the VM (and a prediction hopeful
+            // for every other stack would send the path round them all, once an hour).
+            return (Make(current, $"{current} was chosen {(now - since).TotalSeconds:0.#} s ago and stays until the VM's outcomes on it say what it gets "
+                + $"(up to {_options.JudgeWithin.TotalSeconds:0} s; {Describe(best)})"), null);
         }
         if (near.Count > 0 && random < policy.ExplorationShare)
         {
