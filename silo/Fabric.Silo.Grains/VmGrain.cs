@@ -570,7 +570,10 @@ public sealed partial class VmGrain(
         {
             _explored[remoteHost] = new(decision.At, conditions);
         }
-        _left[remoteHost] = Left.After(_left.GetValueOrDefault(remoteHost), decision);
+        if (decision.Changed)
+        {
+            _left[remoteHost] = Left.After(_left.GetValueOrDefault(remoteHost), decision);
+        }
         _last[remoteHost] = decision;
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)
         {
