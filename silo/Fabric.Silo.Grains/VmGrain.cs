@@ -411,7 +411,8 @@ public sealed partial class VmGrain(
             return;
         }
         // Only the paths this VM has: a report cannot open windows for remote hosts it made up.
-        foreach (var (o, l) in logged.Where(l => state.State.Stacks.ContainsKey(l.Outcome.RemoteHost)))
+        var onPaths = logged.Where(l => state.State.Stacks.ContainsKey(l.Outcome.RemoteHost)).ToList();
+        foreach (var (o, l) in onPaths)
         {
             if (!_outcomes.TryGetValue(o.RemoteHost, out var window))
             {
@@ -426,8 +427,7 @@ public sealed partial class VmGrain(
         // A path is decided again when what the VM gets on its stack has drifted from what its last decision scored the
         // stack: a stack that starves the VM on conditions that no longer change is not kept for a phase on a prediction.
         var bindings = new List<Binding>();
-        foreach (var newest in logged.Select(l => l.Outcome).Where(o => state.State.Stacks.ContainsKey(o.RemoteHost))
-            .GroupBy(o => o.RemoteHost, StringComparer.Ordinal).Select(g => g.Last()))
+        foreach (var newest in onPaths.Select(l => l.Outcome).GroupBy(o => o.RemoteHost, StringComparer.Ordinal).Select(g => g.Last()))
         {
             if (_last.TryGetValue(newest.RemoteHost, out var last) && !newest.Conditions.Idle && now - last.At >= ObservedRecheck
                 && state.State.Stacks.GetValueOrDefault(newest.RemoteHost) is { } current && last.Stack == current

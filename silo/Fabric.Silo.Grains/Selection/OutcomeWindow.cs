@@ -39,9 +39,6 @@ public sealed class OutcomeWindow
 
     private readonly Queue<(DateTimeOffset At, string Stack, double Utility, PathConditions Conditions)> _entries = new();
 
-    /// <summary>The outcomes kept.</summary>
-    public int Count => _entries.Count;
-
     /// <summary>Adds one outcome (utility 0–1) reported at <paramref name="at"/>; drops what is older than <see cref="Keep"/>.</summary>
     public void Add(DateTimeOffset at, string stack, double utility, PathConditions conditions)
     {
