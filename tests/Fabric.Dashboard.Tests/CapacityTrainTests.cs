@@ -31,7 +31,9 @@ public sealed class CapacityTrainTests
         Ok(a.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", null, "std-ipv4", link.AddressForA.Port, null, key))));
         Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", null, "std-ipv4", link.AddressForB.Port, null, key))));
 
-        // A train every 5 s; the first at once. Three answers are enough for a median.
+        // A train every 5 s, the first at a random point of the first period and short (no rate known to size it by). The
+        // median of five, as the control plane takes it (PathSmoother.TrainsKept): on a busy machine one train's timing
+        // can be off by half (a CI run measured 62.0, 80.8, 111.2 on 150 Mbit/s with three).
         var measured = new List<double>();
         Eventually.True(() =>
         {
@@ -40,8 +42,8 @@ public sealed class CapacityTrainTests
                 measured.Add(m.CapacityMbps);
             }
             Thread.Sleep(200);
-            return measured.Count >= 3;
-        }, TimeSpan.FromSeconds(40), "three capacity trains answered", () => $"{measured.Count} so far: {string.Join(", ", measured)}");
+            return measured.Count >= 5;
+        }, TimeSpan.FromSeconds(60), "five capacity trains answered", () => $"{measured.Count} so far: {string.Join(", ", measured)}");
         measured.Sort();
         TestContext.Current.SendDiagnosticMessage($"{mbit} Mbit/s link: trains measured {string.Join(", ", measured.Select(x => x.ToString("0.0", System.Globalization.CultureInfo.InvariantCulture)))}");
         var median = measured[measured.Count / 2];
