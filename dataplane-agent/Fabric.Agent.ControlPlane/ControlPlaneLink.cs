@@ -535,7 +535,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 pending += waiting.Contains(route.HostId) ? 1 : 0;
                 continue;
             }
-            var response = _agent.Handle(new ApiRequest("set-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId, [.. route.Vnic.IPv4], [.. route.Vnic.IPv6])));
+            var response = _agent.Handle(new ApiRequest("set-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId, [.. route.Vnic.IPv4], [.. route.Vnic.IPv6], route.Sealed)));
             if (response.Ok)
             {
                 _appliedRoutes[route.Key] = route;

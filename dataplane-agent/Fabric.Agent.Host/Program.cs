@@ -25,7 +25,7 @@ var ctl = new Command("ctl", """
       detach-vm ID
       deregister-vm ID     (registrations come from fabric-hook and fabric-cni; status lists them)
       add-host id=ID [ipv4=A] [ipv6=A] [stack=std-ipv4] [port=47110]
-      set-route vni=N mac=MAC host=ID [ipv4=A,B] [ipv6=A,B]
+      set-route vni=N mac=MAC host=ID [ipv4=A,B] [ipv6=A,B] [confidential=true]   (frames to it leave only encrypted)
       remove-route vni=N mac=MAC
       prepare-swap host=ID stack=STACK [slot=N] | commit-swap host=ID slot=N | abort-swap host=ID slot=N
     """) { socket, operation, settings };
@@ -151,7 +151,8 @@ static int Control(string socket, string op, string[] rest)
         "deregister-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new UsageException("deregister-vm: the registration id is required.")),
         "add-host" => new ApiRequest(op, Host: new RemoteHostConfig(Need("id"), Get("ipv4"), Get("ipv6"), Get("stack") ?? "std-ipv4",
             int.TryParse(Get("port") ?? "47110", out var port) ? port : throw new UsageException($"add-host: port '{Get("port")}' is not a number."))),
-        "set-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), Need("host"), List("ipv4"), List("ipv6"))),
+        "set-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), Need("host"), List("ipv4"), List("ipv6"),
+            bool.TryParse(Get("confidential") ?? "false", out var confidential) ? confidential : throw new UsageException($"set-route: confidential '{Get("confidential")}' is neither true nor false."))),
         "remove-route" => new ApiRequest(op, Route: new RouteConfig(Vni(), Need("mac"), "")),
         "prepare-swap" => new ApiRequest(op, Id: Need("host"), Stack: Need("stack"), Slot: Get("slot") is { } s ? Slot(s) : null),
         "commit-swap" or "abort-swap" => new ApiRequest(op, Id: Need("host"), Slot: Slot(Need("slot"))),

@@ -379,7 +379,7 @@ public sealed class Agent : IDisposable
         {
             throw new InvalidOperationException($"route for {route.Mac}: host '{route.Host}' is not a known remote host (add-host first).");
         }
-        Switch.SetRemoteEndpoint(route.Vni, mac, route.Host, ConfigChecks.V4(route.IPv4), ConfigChecks.V6(route.IPv6));
+        Switch.SetRemoteEndpoint(route.Vni, mac, route.Host, ConfigChecks.V4(route.IPv4), ConfigChecks.V6(route.IPv6), route.Confidential);
     }
 
     /// <summary>

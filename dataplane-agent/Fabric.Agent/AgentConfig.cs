@@ -12,8 +12,9 @@ namespace Fabric.Agent;
 /// <summary>A VM as the config file and the local API describe it.</summary>
 public sealed record VmConfig(string Id, string Device, uint Vni, string Mac, string[]? IPv4 = null, string[]? IPv6 = null, bool Confidential = false);
 
-/// <summary>A remote VM entry of the forwarding table.</summary>
-public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IPv4 = null, string[]? IPv6 = null);
+/// <summary>A remote VM entry of the forwarding table. <paramref name="Confidential"/>: the VM takes frames only as they
+/// crossed the underlay encrypted, so this host sends them to it only through a stack that encrypts.</summary>
+public sealed record RouteConfig(uint Vni, string Mac, string Host, string[]? IPv4 = null, string[]? IPv6 = null, bool Confidential = false);
 
 /// <summary>
 /// A remote host: its underlay addresses, the stack its path uses, per stack id the configuration its instances on

@@ -199,10 +199,11 @@ public interface INetworkGrain : IGrainWithStringKey
     /// <summary>
     /// The VM's vNICs in this network are now <paramref name="vnics"/> on <paramref name="host"/> (replacing what it had
     /// here, on whatever host); empty: it left the network. Idempotent. A vNIC whose MAC another VM of the network holds
-    /// is not routed (the first holder keeps it); the MACs refused so are returned.
+    /// is not routed (the first holder keeps it); the MACs refused so are returned. <paramref name="sealedVm"/>: the VM's
+    /// policy is confidential, so the hosts that forward to it must carry its frames encrypted (<see cref="Route.Sealed"/>).
     /// </summary>
     [Alias("set-member")]
-    ValueTask<ImmutableArray<string>> SetMemberAsync(string vmId, Peer host, ImmutableArray<Vnic> vnics);
+    ValueTask<ImmutableArray<string>> SetMemberAsync(string vmId, Peer host, ImmutableArray<Vnic> vnics, bool sealedVm);
 
     /// <summary>Every vNIC in the network as routes, and the hosts they name.</summary>
     [Alias("routes"), Orleans.Concurrency.AlwaysInterleave]

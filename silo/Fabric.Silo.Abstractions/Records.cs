@@ -188,9 +188,11 @@ public sealed record Vnic([property: Id(0)] string Mac, [property: Id(1)] uint V
     public override int GetHashCode() => HashCode.Combine(Mac, Vni, IPv4.Length, IPv6.Length);
 }
 
-/// <summary>Where a remote VM's vNIC lives: what a host with a VM in the same virtual network needs to forward to it.</summary>
+/// <summary>Where a remote VM's vNIC lives: what a host with a VM in the same virtual network needs to forward to it.
+/// <paramref name="Sealed"/>: the VM's policy is confidential; it takes frames only as they crossed the underlay encrypted,
+/// so a host forwarding to it sends them only through a stack that encrypts.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.route")]
-public sealed record Route([property: Id(0)] string VmId, [property: Id(1)] string HostId, [property: Id(2)] Vnic Vnic)
+public sealed record Route([property: Id(0)] string VmId, [property: Id(1)] string HostId, [property: Id(2)] Vnic Vnic, [property: Id(3)] bool Sealed = false)
 {
     /// <summary>A route's identity on a host: the vNIC's virtual network and MAC.</summary>
     public string Key => KeyOf(Vnic.Vni, Vnic.Mac);

@@ -28,7 +28,7 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
     private ImmutableArray<Peer> PeersOf(IEnumerable<Route> routes) =>
         [.. routes.Select(r => r.HostId).Distinct(StringComparer.Ordinal).Select(h => state.State.Hosts.GetValueOrDefault(h)).OfType<Peer>()];
 
-    public async ValueTask<ImmutableArray<string>> SetMemberAsync(string vmId, Peer host, ImmutableArray<Vnic> vnics)
+    public async ValueTask<ImmutableArray<string>> SetMemberAsync(string vmId, Peer host, ImmutableArray<Vnic> vnics, bool sealedVm)
     {
         if (vnics.FirstOrDefault(v => v.Vni != Vni) is { } foreign)
         {
@@ -42,7 +42,7 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
             Log.MacTaken(logger, Vni, mac, vmId, AllRoutes().First(r => r.Key == Route.KeyOf(Vni, mac)).VmId);
         }
         var before = state.State.Members.GetValueOrDefault(vmId) ?? [];
-        var after = vnics.Where(v => !refused.Contains(v.Mac)).Select(v => new Route(vmId, host.HostId, v)).ToList();
+        var after = vnics.Where(v => !refused.Contains(v.Mac)).Select(v => new Route(vmId, host.HostId, v, sealedVm)).ToList();
         var hostChanged = after.Count > 0 && state.State.Hosts.GetValueOrDefault(host.HostId) != host;
         if (before.SequenceEqual(after) && !hostChanged)
         {

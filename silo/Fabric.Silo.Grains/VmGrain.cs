@@ -201,6 +201,11 @@ public sealed partial class VmGrain(
             }
             await FlushBindingsAsync();
         }
+        if (Sealed != wasSealed && state.State.Placement is { } placed)
+        {
+            // The hosts that forward to it learn whether they must encrypt what they send it.
+            await SetNetworksAsync(placed, placed);
+        }
         return new PolicyResult(true, [], state.State.PolicyVersion);
     }
 
@@ -328,8 +333,8 @@ public sealed partial class VmGrain(
         // The host as it registered (addresses, public key): its networks hand it to the hosts that will forward to it.
         var host = now.Count == 0 ? new Peer(hostId, null, null, 0, null)
             : await GrainFactory.GetGrain<IHostGrain>(hostId).GetInfoAsync() is { } info ? Peer.Of(info) : new Peer(hostId, null, null, 0, null);
-        await Task.WhenAll(now.Select(n => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(n.Key)).SetMemberAsync(VmId, host, n.Value).AsTask())
-            .Concat(left.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).SetMemberAsync(VmId, host, []).AsTask())));
+        await Task.WhenAll(now.Select(n => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(n.Key)).SetMemberAsync(VmId, host, n.Value, Sealed).AsTask())
+            .Concat(left.Select(vni => GrainFactory.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).SetMemberAsync(VmId, host, [], false).AsTask())));
     }
 
     public async ValueTask RemoveAsync(string hostId)

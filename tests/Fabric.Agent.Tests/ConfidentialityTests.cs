@@ -84,4 +84,60 @@ public class ConfidentialityTests
         Assert.Equal(1, hosts.A.Switch.Paths["host-b"].Counters.Drops(DropReason.NotEncrypted));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("frames that must stay encrypted are dropped", StringComparison.Ordinal));
     }
+    [Fact]
+    public async Task AConfidentialVm_TakesFramesFromOtherHostsOnlyAsTheyCrossedEncrypted()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        Assert.True(hosts.B.Switch.SetSealed("vm3", true));
+        // vm2 is a standard VM: its frames cross in clear on the path's std-ipv4, where anyone on the underlay could have
+        // read or made them up. They do not reach the confidential vm3; its host counts them.
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
+        for (var i = 0; i < 3; i++)
+        {
+            hosts.Vm("vm2").Transmit(fromVm2);
+        }
+        hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, MacAddress.Broadcast, "10.0.0.2", "255.255.255.255", 50, dontFragment: false));
+        Assert.True(hosts.Silent("vm3", TimeSpan.FromMilliseconds(300)));
+        Assert.Equal(4, hosts.B.Switch.UnderlayCounters.Drops(DropReason.NotEncrypted));
+        // Carried by a stack that encrypts, the same frames arrive.
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "secure", TestContext.Current.CancellationToken));
+        hosts.Vm("vm2").Transmit(fromVm2);
+        Assert.Equal(fromVm2, hosts.Expect("vm3"));
+        // A VM whose policy no longer demands it takes clear frames again.
+        Assert.True(hosts.B.Switch.SetSealed("vm3", false));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "std-ipv4", TestContext.Current.CancellationToken));
+        hosts.Vm("vm2").Transmit(fromVm2);
+        Assert.Equal(fromVm2, hosts.Expect("vm3"));
+    }
+    [Fact]
+    public async Task FramesToAConfidentialVm_LeaveItsPeersHostOnlyEncrypted_ThroughTheSlotItsOwnHostOpened()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        // vm1 is confidential: host A seals it, and host B's route to it says so (as the control plane's does).
+        Assert.True(hosts.A.Switch.SetSealed("vm1", true));
+        Ok(hosts.B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"], Confidential: true))));
+        var toVm1 = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
+        // No slot of B's path to A encrypts yet: vm3's frames to vm1 are dropped at B, never sent in clear.
+        var sentBefore = hosts.B.Switch.Paths["host-a"].Counters.TxPackets;
+        hosts.Vm("vm3").Transmit(toVm1);
+        Assert.True(hosts.Silent("vm1", TimeSpan.FromMilliseconds(300)));
+        Assert.Equal(1, hosts.B.Switch.Paths["host-a"].Counters.Drops(DropReason.NotEncrypted));
+        Assert.Equal(sentBefore, hosts.B.Switch.Paths["host-a"].Counters.TxPackets);
+        Assert.Contains(hosts.B.Switch.Events, e => e.Contains("vm3's frames to a confidential VM on host-a would leave through std-ipv4", StringComparison.Ordinal));
+
+        // vm1 is bound to secure: the slot A opens for it carries vm3's answers too, while vm3's other traffic stays on std.
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
+        var fromVm1 = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
+        hosts.Vm("vm1").Transmit(fromVm1);
+        Assert.Equal(fromVm1, hosts.Expect("vm3"));
+        hosts.Vm("vm3").Transmit(toVm1);
+        Assert.Equal(toVm1, hosts.Expect("vm1"));
+        var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+        Assert.Equal("secure", hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stack);
+        Assert.True(hosts.A.Switch.Paths["host-b"].StackStats()[slot].Stats.FramesDelivered >= 1);
+        var toVm2 = Frames.Udp(Mac3, Mac2, "10.0.0.3", "10.0.0.2", 200);
+        hosts.Vm("vm3").Transmit(toVm2);
+        Assert.Equal(toVm2, hosts.Expect("vm2"));
+        Assert.Equal(1, hosts.B.Switch.Paths["host-a"].Counters.Drops(DropReason.NotEncrypted));
+    }
 }

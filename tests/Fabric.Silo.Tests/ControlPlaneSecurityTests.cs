@@ -113,7 +113,7 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
             () => a.GetGrain<IVmGrain>("vm-a").RemoveAsync("host-b").AsTask(),
             () => a.GetGrain<IVmGrain>("vm-a").SetPolicyAsync(new Policy("general", "standard", "ipv4", [], [], null, 0)).AsTask(),
             () => a.GetGrain<IVmGrain>("vm-a").GetAsync().AsTask(),
-            () => a.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(7)).SetMemberAsync("vm-x", new Peer("host-a", "127.0.0.1", null, 4789, "BBBB"), []).AsTask(),
+            () => a.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(7)).SetMemberAsync("vm-x", new Peer("host-a", "127.0.0.1", null, 4789, "BBBB"), [], false).AsTask(),
             () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(Catalogs.StdIPv4 with { Version = "9.9.9" }).AsTask(),
             () => a.GetGrain<ILearnerGrain>(ILearnerGrain.Key).SetLearningEnabledAsync(false).AsTask(),
             () => a.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync().AsTask(),

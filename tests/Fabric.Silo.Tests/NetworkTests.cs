@@ -36,6 +36,27 @@ public class NetworkTests(ClusterFixture fixture)
     private static string[] Peers(DesiredState state) => [.. state.Peers.Select(p => $"{p.HostId}={p.PublicKey}")];
 
     [Fact]
+    public async Task ARouteToAConfidentialVm_SaysSo_AndFollowsItsPolicy()
+    {
+        var (a, agentA) = await RegisteredAsync("host-a");
+        var (b, _) = await RegisteredAsync("host-b");
+        var net = UniqueVni();
+        var (vm1, vm2) = (Unique("vm1"), Unique("vm2"));
+        await fixture.Client.GetGrain<IVmGrain>(vm1).PlaceAsync(On(a, net, "52:54:00:00:00:01", "10.0.0.1"));
+        await fixture.Client.GetGrain<IVmGrain>(vm2).PlaceAsync(On(b, net, "52:54:00:00:00:02", "10.0.0.2"));
+        Assert.False((await DesiredAsync(a)).Routes.Single().Sealed);
+        // vm2 becomes confidential: host-a, which forwards to it, is told to send to it only encrypted; and told again
+        // when it no longer is.
+        Assert.True((await fixture.Client.GetGrain<IVmGrain>(vm2).SetPolicyAsync(Policy("general", security: "confidential"))).Accepted);
+        Assert.True((await DesiredAsync(a)).Routes.Single().Sealed);
+        Eventually.True(() => agentA.States.Any(s => s.RouteUpserts.Any(r => r.VmId == vm2 && r.Sealed)), TimeSpan.FromSeconds(10), "host-a's agent told",
+            () => string.Join("; ", agentA.States.Select(s => string.Join(",", s.RouteUpserts.Select(r => $"{r.VmId}:{r.Sealed}")))));
+        Assert.False((await DesiredAsync(b)).Routes.Single().Sealed);
+        Assert.True((await fixture.Client.GetGrain<IVmGrain>(vm2).SetPolicyAsync(Policy("general"))).Accepted);
+        Assert.False((await DesiredAsync(a)).Routes.Single().Sealed);
+    }
+
+    [Fact]
     public async Task EachHostGetsTheRoutesAndPeersOfItsOwnNetworksOnly_AndFollowsMovesAndRemovals()
     {
         var (a, agentA) = await RegisteredAsync("host-a");
@@ -133,7 +154,7 @@ public class NetworkTests(ClusterFixture fixture)
         var vni = UniqueVni();
         var network = fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni));
         var e = await Assert.ThrowsAsync<ArgumentException>(async () =>
-            await network.SetMemberAsync("vm-x", new Peer("host-x", "127.0.0.1", null, 1, null), [new Vnic("52:54:00:00:00:09", vni + 1, [], [])]));
+            await network.SetMemberAsync("vm-x", new Peer("host-x", "127.0.0.1", null, 1, null), [new Vnic("52:54:00:00:00:09", vni + 1, [], [])], false));
         Assert.Contains($"is in vni {vni + 1}", e.Message, StringComparison.Ordinal);
         Assert.Empty((await network.GetAsync()).Routes);
     }
@@ -151,7 +172,7 @@ public class NetworkTests(ClusterFixture fixture)
         // Another VM on another host claims the owner's MAC (say, in upper case): nobody routes it there.
         await fixture.Client.GetGrain<IVmGrain>(thief).PlaceAsync(On(b, vni, "52:54:00:00:00:01", "10.0.0.9") with { Vnics = [new Vnic("52:54:00:00:00:01", vni, ["10.0.0.9"], [])] });
         var refused = await fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).SetMemberAsync(thief, new Peer(b, "127.0.0.1", null, 47110, "key-" + b),
-            [new Vnic("52:54:00:00:00:01".ToUpperInvariant(), vni, ["10.0.0.9"], [])]);
+            [new Vnic("52:54:00:00:00:01".ToUpperInvariant(), vni, ["10.0.0.9"], [])], false);
         Assert.Equal(["52:54:00:00:00:01".ToUpperInvariant()], refused);
         Assert.Equal([$"{owner}@{a}:52:54:00:00:00:01"], Routes(await DesiredAsync(c)).Where(r => r.EndsWith(":52:54:00:00:00:01", StringComparison.Ordinal)));
         Assert.DoesNotContain((await fixture.Client.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(vni)).GetAsync()).Routes, r => r.VmId == thief);

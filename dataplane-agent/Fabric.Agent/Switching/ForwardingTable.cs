@@ -11,7 +11,8 @@ namespace Fabric.Agent.Switching;
 /// <param name="RemoteHost">The host id when it is remote; null for a local entry.</param>
 /// <param name="IPv4">The VM's IPv4 addresses (for ARP answers).</param>
 /// <param name="IPv6">The VM's IPv6 addresses (for neighbour advertisements).</param>
-public sealed record Endpoint(uint Vni, MacAddress Mac, string? LocalVm, string? RemoteHost, ImmutableArray<IPv4Address> IPv4, ImmutableArray<IPv6Address> IPv6);
+/// <param name="Sealed">A remote VM whose policy is confidential: frames to it leave only through a stack that encrypts.</param>
+public sealed record Endpoint(uint Vni, MacAddress Mac, string? LocalVm, string? RemoteHost, ImmutableArray<IPv4Address> IPv4, ImmutableArray<IPv6Address> IPv6, bool Sealed = false);
 
 /// <summary>
 /// An immutable snapshot of the forwarding state. The switch reads whichever snapshot is current without locks;

@@ -148,7 +148,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
     internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }
 
-    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Func<string, uint, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
+    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Func<string, uint, bool, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
     {
         Spec = spec;
         Destination = destination;
@@ -945,7 +945,7 @@ public sealed class RemotePath : IDisposable
     /// std), it is dropped and counted, never sent in the clear.
     /// </summary>
     /// <returns>0 when handed to the stack or dropped; else the largest inner IP packet the VM's stack carries, which the frame exceeds (nothing was sent).</returns>
-    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false)
+    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false, bool sealedDestination = false)
     {
         Exception? fault = null;
         int slot;
@@ -980,12 +980,20 @@ public sealed class RemotePath : IDisposable
                 Counters.Drop(DropReason.NoPath);
                 return 0;
             }
-            if ((sealedVm || (slot == _transmitSlot && _sealedPath)) && !_slotEncrypts[slot])
+            if (sealedDestination && !_slotEncrypts[slot] && EncryptingSlot() is { } encrypting)
+            {
+                // A frame to a confidential VM goes through a slot that encrypts: the one that VM's own traffic here
+                // came through (its host opened it), or any other this path has.
+                (slot, stackId, stack) = (encrypting, _slotStacks[encrypting], _slots[encrypting]!);
+            }
+            if ((sealedVm || sealedDestination || (slot == _transmitSlot && _sealedPath)) && !_slotEncrypts[slot])
             {
                 Counters.Drop(DropReason.NotEncrypted);
                 if (vmId is not null && _monitor.UnencryptedReports.ShouldReport(Clock()))
                 {
-                    OnStackEvent?.Invoke(stackId!, "not-encrypted", $"{vmId} must be encrypted but its frames would leave through {stackId}, which does not encrypt: dropped");
+                    OnStackEvent?.Invoke(stackId!, "not-encrypted", sealedVm
+                        ? $"{vmId} must be encrypted but its frames would leave through {stackId}, which does not encrypt: dropped"
+                        : $"{vmId}'s frames to a confidential VM on {Spec.HostId} would leave through {stackId}, which does not encrypt, and no slot of the path encrypts: dropped");
                 }
                 return 0;
             }
@@ -1015,6 +1023,19 @@ public sealed class RemotePath : IDisposable
             OnFault?.Invoke(this, slot, stackId!, true, fault);
         }
         return 0;
+    }
+
+    /// <summary>A slot open on this path whose stack encrypts and is not draining (under the gate); null when none.</summary>
+    private int? EncryptingSlot()
+    {
+        for (var slot = 0; slot < _slots.Length; slot++)
+        {
+            if (_slotEncrypts[slot] && _slots[slot] is not null && _drainUntil[slot] == 0)
+            {
+                return slot;
+            }
+        }
+        return null;
     }
 
     /// <summary>The largest inner IP packet a stack carries on this path (set by the switch).</summary>
@@ -1273,13 +1294,14 @@ public sealed class RemotePath : IDisposable
 
     /// <summary>Delivers a stack's frames to the switch (which returns the local VM a frame went to) and meters what
     /// reached a VM. Called under the path's gate (from a stack's receive or timer).</summary>
-    private sealed class PathDelivery(RemotePath path, Func<string, uint, ReadOnlySpan<byte>, string?> deliver) : IVmOutput
+    private sealed class PathDelivery(RemotePath path, Func<string, uint, bool, ReadOnlySpan<byte>, string?> deliver) : IVmOutput
     {
         public uint VirtualNetwork { get; set; }
 
         public void Deliver(ReadOnlySpan<byte> frame)
         {
-            if (deliver(path.Spec.HostId, VirtualNetwork, frame) is { } vmId)
+            // The stack delivering it says whether the frame crossed the underlay encrypted (a confidential VM takes no other).
+            if (deliver(path.Spec.HostId, VirtualNetwork, path._slotEncrypts[path._inCallSlot], frame) is { } vmId)
             {
                 if (!path._vms.TryGetValue(vmId, out var traffic))
                 {

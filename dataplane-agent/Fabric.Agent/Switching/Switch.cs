@@ -198,8 +198,9 @@ public sealed class Switch : IDisposable
         return true;
     }
 
-    /// <summary>Adds or replaces a remote VM entry. Throws when the MAC is a local VM's.</summary>
-    public void SetRemoteEndpoint(uint vni, MacAddress mac, string remoteHost, ImmutableArray<IPv4Address> ipv4, ImmutableArray<IPv6Address> ipv6)
+    /// <summary>Adds or replaces a remote VM entry (<paramref name="sealedVm"/>: it is confidential, frames to it leave
+    /// only encrypted). Throws when the MAC is a local VM's.</summary>
+    public void SetRemoteEndpoint(uint vni, MacAddress mac, string remoteHost, ImmutableArray<IPv4Address> ipv4, ImmutableArray<IPv6Address> ipv6, bool sealedVm = false)
     {
         lock (_tableWriter)
         {
@@ -207,7 +208,7 @@ public sealed class Switch : IDisposable
             {
                 throw new InvalidOperationException($"MAC {mac} in vni {vni} is local VM '{local}'; a remote entry cannot replace it.");
             }
-            _table = _table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6));
+            _table = _table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6, sealedVm));
         }
     }
 
@@ -1199,13 +1200,13 @@ public sealed class Switch : IDisposable
             vm.Counters.Drop(DropReason.NoPath);
             return;
         }
-        if (path.Transmit(frame, vni, vm.Spec.VmId, vm.Sealed) is > 0 and var mtu)
+        if (path.Transmit(frame, vni, vm.Spec.VmId, vm.Sealed, target.Sealed) is > 0 and var mtu)
         {
-            HandleTooLarge(vm, path, eth, mtu, scratch);
+            HandleTooLarge(vm, path, eth, mtu, target.Sealed, scratch);
         }
     }
 
-    private void HandleTooLarge(VmPort vm, RemotePath path, in EthernetFrame eth, int mtu, Span<byte> scratch)
+    private void HandleTooLarge(VmPort vm, RemotePath path, in EthernetFrame eth, int mtu, bool sealedDestination, Span<byte> scratch)
     {
         vm.Counters.Drop(DropReason.TooLarge);
         if (eth.EtherType == EtherTypes.IPv4 && IPv4Packet.TryCreate(eth.Payload, out var v4))
@@ -1214,7 +1215,7 @@ public sealed class Switch : IDisposable
             {
                 // Without DF a router fragments: so does the switch, and the VM never notices the overlay.
                 var fragmentScratch = new byte[mtu + InnerEthernet + 64];
-                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId, vm.Sealed));
+                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId, vm.Sealed, sealedDestination));
                 return;
             }
             vm.Deliver(scratch[..Replies.FragmentationNeeded(eth, v4, mtu, scratch)]);
@@ -1293,9 +1294,9 @@ public sealed class Switch : IDisposable
     /// Delivers a frame from the path to <paramref name="fromHost"/> to the local VM it is for; returns that VM's id (null
     /// for a broadcast or a drop). The frame's source must be a VM the forwarding table places on that host in that
     /// virtual network: a host (or anyone who can send as it) cannot speak for VMs it does not have, nor for VMs of
-    /// networks it has none in.
+    /// networks it has none in. A confidential VM gets it only if it was <paramref name="encrypted"/> (the stack that carried it encrypts).
     /// </summary>
-    private string? DeliverFromUnderlay(string fromHost, uint vni, ReadOnlySpan<byte> frame)
+    private string? DeliverFromUnderlay(string fromHost, uint vni, bool encrypted, ReadOnlySpan<byte> frame)
     {
         if (!EthernetFrame.TryCreate(frame, out var eth))
         {
@@ -1312,9 +1313,17 @@ public sealed class Switch : IDisposable
         {
             foreach (var vmId in table.LocalVmsOf(vni))
             {
-                if (_vms.TryGetValue(vmId, out var local))
+                if (!_vms.TryGetValue(vmId, out var local))
+                {
+                    continue;
+                }
+                if (!local.Sealed || encrypted)
                 {
                     local.Deliver(frame);
+                }
+                else
+                {
+                    _underlayCounters.Drop(DropReason.NotEncrypted);
                 }
             }
             return null;
@@ -1322,6 +1331,13 @@ public sealed class Switch : IDisposable
         // The VNI comes from the Fabric header: a frame reaches a VM only if that VM is in that network.
         if (table.FindByMac(vni, eth.Destination) is { LocalVm: { } vmIdTarget } && _vms.TryGetValue(vmIdTarget, out var target))
         {
+            if (target.Sealed && !encrypted)
+            {
+                // A confidential VM takes frames from other hosts only as they crossed the underlay: encrypted. Whatever
+                // came in clear (from a standard VM, or forged as its host) could have been read or made up on the way.
+                _underlayCounters.Drop(DropReason.NotEncrypted);
+                return null;
+            }
             target.Deliver(frame);
             return vmIdTarget;
         }
