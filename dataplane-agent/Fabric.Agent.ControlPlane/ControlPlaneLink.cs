@@ -40,10 +40,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private readonly Dictionary<string, VmPlacement> _placed = new(StringComparer.Ordinal);
     private readonly Dictionary<string, double> _lastRtt = new(StringComparer.Ordinal);
     private readonly HashSet<string> _reported = new(StringComparer.Ordinal);
-    private Dictionary<string, Binding> _desired = new(StringComparer.Ordinal);
+    /// <summary>What the control plane last said of this host (changed under <see cref="_apply"/>).</summary>
+    private HeldDesiredState _desired = HeldDesiredState.None;
     private long _pathsReplacedSeen;
-    private Dictionary<string, Route> _routes = new(StringComparer.Ordinal);
-    private Dictionary<string, Peer> _peers = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Route> _appliedRoutes = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Peer> _appliedPeers = new(StringComparer.Ordinal);
 
@@ -57,7 +56,6 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private IHost? _client;
     private IAgentObserver? _reference;
     private Task? _loop;
-    private long _version = -1;
     private long _acknowledged = -1;
     private long _epoch = -1;
     private long _swaps;
@@ -90,7 +88,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
 
     private string HostId => _agent.Config.HostId;
 
-    public LinkStatus Status => new(_connected, Interlocked.Read(ref _version), Interlocked.Read(ref _acknowledged), Interlocked.Read(ref _swaps), _pending, _lastError);
+    /// <summary>The version held (read without the lock: the reference is replaced whole).</summary>
+    private long HeldVersion => Volatile.Read(ref _desired).Version.Value;
+
+    public LinkStatus Status => new(_connected, HeldVersion, Interlocked.Read(ref _acknowledged), Interlocked.Read(ref _swaps), _pending, _lastError);
 
     /// <summary>Starts the link in the background; it never blocks or fails the agent.</summary>
     public void Start() => _loop = Task.Run(() => RunAsync(_stop.Token));
@@ -120,7 +121,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 await ReportAsync(host, measurements).ConfigureAwait(false);
                 if (!_connected)
                 {
-                    Log.Connected(_logger, HostId, _version);
+                    Log.Connected(_logger, HostId, HeldVersion);
                 }
                 (_connected, _lastError, failingSince) = (true, null, null);
             }
@@ -230,11 +231,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private async Task RegisterAsync(IGrainFactory grains, IHostGrain host, CancellationToken cancellationToken)
     {
         var desired = await host.RegisterAsync(Info(), _reference!).ConfigureAwait(false);
-        if (desired.Version >> 32 == _epoch && DateTimeOffset.UtcNow < _holdRemovalsUntil)
+        var epoch = new DesiredStateVersion(desired.Version).Epoch;
+        if (epoch == _epoch && DateTimeOffset.UtcNow < _holdRemovalsUntil)
         {
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
         }
-        else if (desired.Version >> 32 != _epoch)
+        else if (epoch != _epoch)
         {
             if (_epoch >= 0)
             {
@@ -246,7 +248,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
             desired = await host.GetDesiredStateAsync().ConfigureAwait(false);
-            _epoch = desired.Version >> 32;
+            _epoch = new DesiredStateVersion(desired.Version).Epoch;
         }
         else if (_placed.Keys.Where(id => !desired.Vms.Contains(id, StringComparer.Ordinal)).ToHashSet(StringComparer.Ordinal) is { Count: > 0 } missing)
         {
@@ -255,7 +257,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             Log.PlacingAgain(_logger, HostId, string.Join(", ", missing));
             await PlaceAsync(grains, force: false, again: missing).ConfigureAwait(false);
         }
-        if (desired.Version != Interlocked.Read(ref _version) || _pending > 0)
+        if (desired.Version != HeldVersion || _pending > 0)
         {
             await ApplyAsync(host, desired, cancellationToken).ConfigureAwait(false);
         }
@@ -333,10 +335,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             return;
         }
         IHostGrain? host = _client?.Services.GetRequiredService<IClusterClient>().GetGrain<IHostGrain>(HostId);
-        if (change.PreviousVersion != Interlocked.Read(ref _version))
+        if (change.PreviousVersion != HeldVersion)
         {
             // A push was missed (or this one is stale): the whole state decides.
-            if (host is not null && change.Version > Interlocked.Read(ref _version))
+            if (host is not null && change.Version > HeldVersion)
             {
                 await ApplyAsync(host, await host.GetDesiredStateAsync().ConfigureAwait(false), _stop.Token).ConfigureAwait(false);
             }
@@ -345,37 +347,11 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         await _apply.WaitAsync(_stop.Token).ConfigureAwait(false);
         try
         {
-            if (change.PreviousVersion != _version)
+            if (_desired.Take(change) is not { } next)
             {
                 return;
             }
-            var next = new Dictionary<string, Binding>(_desired, StringComparer.Ordinal);
-            foreach (var removed in change.Removals)
-            {
-                next.Remove(Key(removed));
-            }
-            foreach (var upsert in change.Upserts)
-            {
-                next[Key(upsert)] = upsert;
-            }
-            _desired = next;
-            foreach (var removed in change.RouteRemovals)
-            {
-                _routes.Remove(removed.Key);
-            }
-            foreach (var route in change.RouteUpserts)
-            {
-                _routes[route.Key] = route;
-            }
-            foreach (var removed in change.PeerRemovals)
-            {
-                _peers.Remove(removed);
-            }
-            foreach (var peer in change.PeerUpserts)
-            {
-                _peers[peer.HostId] = peer;
-            }
-            Interlocked.Exchange(ref _version, change.Version);
+            Volatile.Write(ref _desired, next);
             await ReconcileAndAcknowledgeAsync(host, _stop.Token).ConfigureAwait(false);
         }
         finally
@@ -391,13 +367,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         try
         {
             // A newer version, or any version of a new epoch (a control plane that started over), replaces what is held.
-            var held = Interlocked.Read(ref _version);
-            if (desired is not null && (desired.Version >= held || desired.Version >> 32 != held >> 32))
+            if (desired is not null)
             {
-                _desired = desired.Bindings.ToDictionary(Key, StringComparer.Ordinal);
-                _routes = desired.Routes.ToDictionary(r => r.Key, StringComparer.Ordinal);
-                _peers = desired.Peers.ToDictionary(p => p.HostId, StringComparer.Ordinal);
-                Interlocked.Exchange(ref _version, desired.Version);
+                Volatile.Write(ref _desired, _desired.Take(desired));
             }
             await ReconcileAndAcknowledgeAsync(host, cancellationToken).ConfigureAwait(false);
         }
@@ -407,53 +379,39 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         }
     }
 
-    private static string Key(Binding b) => $"{b.VmId}|{b.RemoteHost}";
-
     private async Task ReconcileAndAcknowledgeAsync(IHostGrain? host, CancellationToken cancellationToken)
     {
         var pending = ReconcileNetwork();
-        foreach (var vm in _agent.LocalVms())
+        var desired = _desired;
+        var switcher = _agent.Switch;
+        var paths = switcher.Paths;
+        var plan = DesiredStateReconciler.PlanBindings(desired, _agent.LocalVms().Select(vm => new ReconciledVm(vm.Id, vm.Policy, vm.Ports)), paths.Keys,
+            port => switcher.Vms.TryGetValue(port, out var vm) ? vm.Sealed : null,
+            (port, remote) => paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now) ? now.Stack : null,
+            DefaultStack);
+        foreach (var (port, mustEncrypt) in plan.Seal)
         {
-            // Whether the VM must be encrypted: as the control plane's bindings say, else as its registration's policy.
-            var bindings = _desired.Values.Where(b => b.VmId == vm.Id).ToList();
-            var mustEncrypt = bindings.Count > 0 ? bindings.Any(b => b.Sealed) : vm.Policy?.Security == "confidential";
-            foreach (var port in vm.Ports)
+            switcher.SetSealed(port, mustEncrypt);
+        }
+        foreach (var step in plan.Bind)
+        {
+            var error = await switcher.BindVmAsync(step.Port, step.RemoteHost, step.Stack, cancellationToken).ConfigureAwait(false);
+            if (error is null)
             {
-                _agent.Switch.SetSealed(port, mustEncrypt);
+                Interlocked.Increment(ref _swaps);
+                Log.Bound(_logger, step.VmId, step.Port, step.RemoteHost, step.Stack, desired.Version.Value);
             }
-            foreach (var remote in _agent.Switch.Paths.Keys)
+            else
             {
-                // Decided: the control plane's binding. Undecided (a new VM, or the silo away): the policy's default.
-                var stack = _desired.TryGetValue($"{vm.Id}|{remote}", out var binding) ? binding.Stack : DefaultStack(vm.Policy);
-                if (stack is null)
+                pending++;
+                if (_reported.Add($"{step.Port}|{step.RemoteHost}|{step.Stack}"))
                 {
-                    continue;
-                }
-                foreach (var port in vm.Ports)
-                {
-                    if (_agent.Switch.Paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now) && now.Stack == stack)
-                    {
-                        continue;
-                    }
-                    var error = await _agent.Switch.BindVmAsync(port, remote, stack, cancellationToken).ConfigureAwait(false);
-                    if (error is null)
-                    {
-                        Interlocked.Increment(ref _swaps);
-                        Log.Bound(_logger, vm.Id, port, remote, stack, Interlocked.Read(ref _version));
-                    }
-                    else
-                    {
-                        pending++;
-                        if (_reported.Add($"{port}|{remote}|{stack}"))
-                        {
-                            Log.NotBound(_logger, vm.Id, remote, stack, error);
-                        }
-                    }
+                    Log.NotBound(_logger, step.VmId, step.RemoteHost, step.Stack, error);
                 }
             }
         }
         _pending = pending;
-        var version = Interlocked.Read(ref _version);
+        var version = desired.Version.Value;
         if (pending == 0 && host is not null && version >= 0 && version != Interlocked.Read(ref _acknowledged))
         {
             await host.AcknowledgeAsync(version).ConfigureAwait(false);
@@ -475,38 +433,29 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private int ReconcileNetwork()
     {
         var pending = 0;
-        var holding = DateTimeOffset.UtcNow < _holdRemovalsUntil;
-        _removalsHeld = false;
-        foreach (var (key, route) in _appliedRoutes.Where(a => !_routes.TryGetValue(a.Key, out var now) || now != a.Value).ToList())
+        var configuredRoutes = (_agent.Config.Routes ?? []).Select(r => Route.KeyOf(r.Vni, Fabric.Wire.MacAddress.TryParse(r.Mac, out var mac) ? mac.ToString() : r.Mac)).ToHashSet(StringComparer.Ordinal);
+        var plan = DesiredStateReconciler.PlanNetwork(_desired,
+            new ProgrammedNetwork(_appliedRoutes, _appliedPeers, _agent.Switch.Paths.Keys.ToHashSet(StringComparer.Ordinal), _programmed, configuredRoutes),
+            holdRemovals: DateTimeOffset.UtcNow < _holdRemovalsUntil);
+        _removalsHeld = plan.RemovalsHeld;
+        foreach (var route in plan.RemoveRoutes)
         {
-            if (holding && !_routes.ContainsKey(key))
-            {
-                _removalsHeld = true;
-                continue;
-            }
             // Refused only when the entry is gone already (or the MAC is local now: the VM moved here).
             _agent.Handle(new ApiRequest("remove-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId)));
-            _appliedRoutes.Remove(key);
+            _appliedRoutes.Remove(route.Key);
         }
-        foreach (var (id, _) in _appliedPeers.Where(a => !_peers.TryGetValue(a.Key, out var now) || now != a.Value || !_agent.Switch.Paths.ContainsKey(a.Key)).ToList())
+        foreach (var id in plan.ForgetPeers)
         {
-            if (holding && !_peers.ContainsKey(id))
-            {
-                _removalsHeld = true;
-                continue;
-            }
             _appliedPeers.Remove(id);
-            if (!_peers.ContainsKey(id))
-            {
-                // No VM here shares a network with it any more (or it left the fleet): nothing may go there or come from it.
-                _agent.Handle(new ApiRequest("remove-host", Id: id));
-                _programmed.Remove(id);
-                Log.PeerRemoved(_logger, id);
-            }
         }
-        // A path this link did not add (the configuration's, or one set through the local API) is the operator's: it stands.
+        foreach (var id in plan.RemoveHosts)
+        {
+            _agent.Handle(new ApiRequest("remove-host", Id: id));
+            _programmed.Remove(id);
+            Log.PeerRemoved(_logger, id);
+        }
         var waiting = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var peer in _peers.Values.Where(p => !_appliedPeers.ContainsKey(p.HostId) && (!_agent.Switch.Paths.ContainsKey(p.HostId) || _programmed.Contains(p.HostId))).ToList())
+        foreach (var peer in plan.AddPeers)
         {
             var (error, lasting) = AddPeer(peer);
             if (error is null)
@@ -526,8 +475,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 Log.PeerRefused(_logger, peer.HostId, error);
             }
         }
-        var configuredRoutes = (_agent.Config.Routes ?? []).Select(r => Route.KeyOf(r.Vni, Fabric.Wire.MacAddress.TryParse(r.Mac, out var mac) ? mac.ToString() : r.Mac)).ToHashSet(StringComparer.Ordinal);
-        foreach (var route in _routes.Values.Where(r => !_appliedRoutes.ContainsKey(r.Key) && !configuredRoutes.Contains(r.Key)))
+        foreach (var route in plan.SetRoutes)
         {
             if (!_agent.Switch.Paths.ContainsKey(route.HostId))
             {

@@ -61,7 +61,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     /// <summary>When each path's conditions were last told to its path grain (spread at random over the period at first).</summary>
     private readonly Dictionary<string, DateTimeOffset> _notified = new(StringComparer.Ordinal);
-    private long _version;
+    private DesiredStateVersion _version;
     private long _acknowledged;
 
     /// <summary>The observer the agent last registered or renewed: what a report keeps subscribed (not one from an earlier connection).</summary>
@@ -89,7 +89,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     private string HostId => this.GetPrimaryKeyString();
 
-    private DesiredState Desired => new(HostId, _version,
+    private DesiredState Desired => new(HostId, _version.Value,
         [.. _bindings.Values.OrderBy(b => b.VmId, StringComparer.Ordinal).ThenBy(b => b.RemoteHost, StringComparer.Ordinal)])
     {
         Routes = [.. _routes.Values.OrderBy(r => r.Key, StringComparer.Ordinal)],
@@ -99,12 +99,12 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {
-        // Versions are (epoch << 32) + a counter: a new epoch per activation keeps them growing across restarts without
-        // a write per change. The epoch is at least the seconds since 2026, so it grows even where storage forgot it (a
+        // A new epoch of versions per activation (DesiredStateVersion) keeps them growing across restarts without a
+        // write per change. The epoch is at least the seconds since 2026, so it grows even where storage forgot it (a
         // silo on memory storage restarted): agents tell a new control plane from the old one by it.
         _state.State.Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds);
         await _state.WriteStateAsync(cancellationToken);
-        _version = _state.State.Epoch << 32;
+        _version = DesiredStateVersion.Start(_state.State.Epoch);
         // A fresh activation (its silo died, or it was idle) counts as seen now: its host gets the full silence before
         // another may take its VMs.
         _lastSeen = DateTimeOffset.UtcNow;
@@ -145,7 +145,7 @@ public sealed class HostGrain : Grain, IHostGrain
         var (peerUpserts, peerRemovals) = RefreshPeers();
         if (publish && upserts.Length + removals.Length + peerUpserts.Length + peerRemovals.Length > 0)
         {
-            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], [])
+            Publish(new DesiredStateChange(HostId, _version.Value, _version.Next.Value, [], [])
             {
                 RouteUpserts = upserts, RouteRemovals = removals, PeerUpserts = peerUpserts, PeerRemovals = peerRemovals,
             });
@@ -206,7 +206,7 @@ public sealed class HostGrain : Grain, IHostGrain
         var (peerUpserts, peerRemovals) = RefreshPeers();
         if (routeUpserts.Length + routeRemovals.Count + peerUpserts.Length + peerRemovals.Length > 0)
         {
-            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], [])
+            Publish(new DesiredStateChange(HostId, _version.Value, _version.Next.Value, [], [])
             {
                 RouteUpserts = routeUpserts, RouteRemovals = routeRemovals.ToImmutable(), PeerUpserts = peerUpserts, PeerRemovals = peerRemovals,
             });
@@ -219,7 +219,7 @@ public sealed class HostGrain : Grain, IHostGrain
         var (upserts, removals) = RefreshPeers();
         if (upserts.Length + removals.Length > 0)
         {
-            Publish(new DesiredStateChange(HostId, _version, _version + 1, [], []) { PeerUpserts = upserts, PeerRemovals = removals });
+            Publish(new DesiredStateChange(HostId, _version.Value, _version.Next.Value, [], []) { PeerUpserts = upserts, PeerRemovals = removals });
         }
         return ValueTask.CompletedTask;
     }
@@ -304,7 +304,7 @@ public sealed class HostGrain : Grain, IHostGrain
             Vms = _state.State.Vms,
         };
         await _state.WriteStateAsync();
-        (_version, _acknowledged) = (_state.State.Epoch << 32, 0);
+        (_version, _acknowledged) = (DesiredStateVersion.Start(_state.State.Epoch), 0);
     }
 
     public ValueTask<long> BindAsync(ImmutableArray<Binding> bindings)
@@ -314,22 +314,22 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             _bindings[Key(binding)] = binding;
         }
-        return ValueTask.FromResult(changed.Length == 0 ? _version : Publish(changed, []));
+        return ValueTask.FromResult(changed.Length == 0 ? _version.Value : Publish(changed, []));
     }
 
     public ValueTask<long> UnbindVmAsync(string vmId)
     {
         var removed = _bindings.Where(b => b.Value.VmId == vmId).ToList();
         removed.ForEach(b => _bindings.Remove(b.Key));
-        return ValueTask.FromResult(removed.Count == 0 ? _version : Publish([], [.. removed.Select(b => b.Value)]));
+        return ValueTask.FromResult(removed.Count == 0 ? _version.Value : Publish([], [.. removed.Select(b => b.Value)]));
     }
 
     private long Publish(ImmutableArray<Binding> upserts, ImmutableArray<Binding> removals) =>
-        Publish(new DesiredStateChange(HostId, _version, _version + 1, upserts, removals));
+        Publish(new DesiredStateChange(HostId, _version.Value, _version.Next.Value, upserts, removals));
 
     private long Publish(DesiredStateChange change)
     {
-        _version = change.Version;
+        _version = new(change.Version);
         // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
         // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
         // never consistency. Observers that fail are dropped by the manager.
@@ -339,7 +339,7 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public ValueTask AcknowledgeAsync(long version)
     {
-        if (version > _acknowledged && version <= _version)
+        if (version > _acknowledged && version <= _version.Value)
         {
             _acknowledged = version;
         }

@@ -1,0 +1,280 @@
+using System.Collections.Immutable;
+using Fabric.Agent.ControlPlane;
+using Fabric.Registration;
+
+namespace Fabric.Silo.Tests;
+
+/// <summary>
+/// The agent's desired-state reconciler on its own (no cluster, no switch): versions order as the control plane issues
+/// them, deltas end where the whole state ends, and a plan carried out leaves nothing to do — on seeded random histories
+/// of a small fleet, and on the cases the link depends on (an operator's path stands, withdrawals wait after the control
+/// plane started over).
+/// </summary>
+public class ReconcilerTests
+{
+    private static readonly string[] Hosts = ["host-b", "host-c", "host-d", "host-e"];
+    private static readonly string[] Vms = ["vm1", "vm2", "vm3"];
+    private static readonly string[] Stacks = ["std-ipv4", "fec", "secure"];
+
+    [Fact]
+    public void Versions_OrderWithinAnEpoch_AndAnotherEpochReplacesWhateverIsHeld()
+    {
+        var first = DesiredStateVersion.Start(7);
+        Assert.Equal(7, first.Epoch);
+        Assert.Equal(7L << 32, first.Value);
+        Assert.Equal(first.Value + 1, first.Next.Value);
+        Assert.Equal(7, first.Next.Epoch);
+        Assert.True(first.Next.Replaces(first));
+        Assert.True(first.Replaces(first));
+        Assert.False(first.Replaces(first.Next));
+        // A control plane that started over (an older or newer epoch) replaces what the agent holds, whatever its counter.
+        Assert.True(DesiredStateVersion.Start(6).Replaces(first.Next.Next));
+        Assert.True(DesiredStateVersion.Start(8).Replaces(first.Next));
+        Assert.True(first.Replaces(DesiredStateVersion.None));
+        Assert.Equal(-1, DesiredStateVersion.None.Epoch);
+        Assert.Throws<ArgumentOutOfRangeException>(() => DesiredStateVersion.Start(-1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => DesiredStateVersion.Start(1L << 31));
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void DeltasAppliedOneAfterAnother_EndWhereTheWholeStateEnds(int seed)
+    {
+        var random = new Random(seed);
+        var fleet = new Fleet(DesiredStateVersion.Start(40 + seed));
+        var held = HeldDesiredState.None.Take(fleet.Whole());
+        for (var step = 0; step < 300; step++)
+        {
+            var change = fleet.Change(random);
+            held = held.Take(change) ?? throw new InvalidOperationException($"step {step}: the change from {change.PreviousVersion} did not follow {held.Version}");
+            Assert.True(held.SameAs(HeldDesiredState.None.Take(fleet.Whole())), $"step {step}: deltas and the whole state differ");
+        }
+        // A change that does not follow what is held (a push missed) is not applied: the agent fetches the whole state.
+        var skipped = fleet.Change(random);
+        var next = fleet.Change(random);
+        Assert.Null(held.Take(next));
+        Assert.NotNull(held.Take(skipped));
+        // A whole state older than the one held changes nothing; one of a new epoch replaces it.
+        var old = held.Take(skipped)!;
+        Assert.Same(old, old.Take(fleet.Whole() with { Version = held.Version.Value }));
+        var restarted = new Fleet(DesiredStateVersion.Start(1));
+        Assert.True(old.Take(restarted.Whole()).SameAs(HeldDesiredState.None.Take(restarted.Whole())));
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void APlanCarriedOut_LeavesNothingToDo_AndTheSwitchIsWhatTheControlPlaneSays(int seed)
+    {
+        var random = new Random(seed);
+        var fleet = new Fleet(DesiredStateVersion.Start(3));
+        var world = new World();
+        // The operator's own path (from the agent's configuration) and one configured route: the control plane leaves them.
+        world.Paths.Add("host-e");
+        var configured = Route.KeyOf(1, Mac("host-e", "vm3"));
+        var held = HeldDesiredState.None.Take(fleet.Whole());
+        for (var step = 0; step < 200; step++)
+        {
+            held = held.Take(fleet.Change(random))!;
+            if (step % 7 == 0)
+            {
+                held = held.Take(fleet.Whole());
+            }
+            var plan = DesiredStateReconciler.PlanNetwork(held, world.Programmed(configured), holdRemovals: false);
+            world.CarryOut(plan);
+            var again = DesiredStateReconciler.PlanNetwork(held, world.Programmed(configured), holdRemovals: false);
+            Assert.True(again.IsEmpty, $"step {step}: a second plan still does {Describe(again)}");
+            var expectedPaths = held.Peers.Keys.Append("host-e").ToHashSet(StringComparer.Ordinal);
+            Assert.Equal(expectedPaths.Order(StringComparer.Ordinal), world.Paths.Order(StringComparer.Ordinal));
+            // Every route the control plane gives is set once its host has a path, except the configuration's own.
+            Assert.Equal(held.Routes.Values.Where(r => r.Key != configured && world.Paths.Contains(r.HostId)).Select(r => r.Key).Order(StringComparer.Ordinal),
+                world.Routes.Keys.Order(StringComparer.Ordinal));
+            Assert.All(world.Routes, r => Assert.Equal(held.Routes[r.Key], r.Value));
+            Assert.DoesNotContain("host-e", world.ProgrammedHosts);
+        }
+    }
+
+    [Fact]
+    public void AfterTheControlPlaneStartedOver_WithdrawalsWait_ThenGo()
+    {
+        var fleet = new Fleet(DesiredStateVersion.Start(5));
+        var world = new World();
+        var held = HeldDesiredState.None.Take(fleet.Whole());
+        world.CarryOut(DesiredStateReconciler.PlanNetwork(held, world.Programmed(), holdRemovals: false));
+        Assert.NotEmpty(world.Routes);
+        // A silo that lost its memory comes back with nothing placed yet.
+        var empty = new Fleet(DesiredStateVersion.Start(6), empty: true);
+        held = held.Take(empty.Whole());
+        var holding = DesiredStateReconciler.PlanNetwork(held, world.Programmed(), holdRemovals: true);
+        Assert.True(holding.IsEmpty);
+        Assert.True(holding.RemovalsHeld);
+        var after = DesiredStateReconciler.PlanNetwork(held, world.Programmed(), holdRemovals: false);
+        Assert.False(after.RemovalsHeld);
+        world.CarryOut(after);
+        Assert.Empty(world.Routes);
+        Assert.Empty(world.Paths);
+    }
+
+    [Fact]
+    public void Bindings_AreTheControlPlanesStacks_ElseThePolicysDefault_AndAConvergedSwitchNeedsNothing()
+    {
+        var desired = HeldDesiredState.None.Take(new DesiredState("host-a", DesiredStateVersion.Start(1).Value,
+            [new Binding("vm1", "host-b", "fec"), new Binding("vm2", "host-b", "secure", Sealed: true), new Binding("vm2", "host-c", "secure", Sealed: true)]));
+        var vms = new[]
+        {
+            new ReconciledVm("vm1", new VmPolicy(), ["vm1/0", "vm1/1"]),
+            new ReconciledVm("vm2", new VmPolicy(), ["vm2/0"]),
+            new ReconciledVm("vm3", new VmPolicy(Security: "confidential"), ["vm3/0"]),
+            new ReconciledVm("vm4", new VmPolicy(), ["vm4/0"]),
+        };
+        var sealedPorts = new Dictionary<string, bool>(StringComparer.Ordinal) { ["vm1/0"] = false, ["vm1/1"] = false, ["vm2/0"] = false, ["vm3/0"] = false, ["vm4/0"] = false };
+        var bound = new Dictionary<(string, string), string>();
+        string? Default(VmPolicy? policy) => policy?.Security == "confidential" ? "secure" : null;
+        BindingPlan Plan() => DesiredStateReconciler.PlanBindings(desired, vms, ["host-b", "host-c"], p => sealedPorts.TryGetValue(p, out var s) ? s : null,
+            (port, remote) => bound.GetValueOrDefault((port, remote)), Default);
+
+        var plan = Plan();
+        // vm2 is sealed because its bindings say so; vm3 (no decision yet) because its registration is confidential.
+        Assert.Equal(["vm2/0:True", "vm3/0:True"], plan.Seal.Select(s => $"{s.Port}:{s.MustEncrypt}"));
+        Assert.Equal(["vm1/0>host-b:fec", "vm1/1>host-b:fec", "vm2/0>host-b:secure", "vm2/0>host-c:secure", "vm3/0>host-b:secure", "vm3/0>host-c:secure"],
+            plan.Bind.Select(b => $"{b.Port}>{b.RemoteHost}:{b.Stack}"));
+        foreach (var (port, mustEncrypt) in plan.Seal)
+        {
+            sealedPorts[port] = mustEncrypt;
+        }
+        foreach (var step in plan.Bind)
+        {
+            bound[(step.Port, step.RemoteHost)] = step.Stack;
+        }
+        Assert.True(Plan().IsEmpty);
+        // A port that went back to another stack (a path replaced) is bound again; a port the switch does not have is not sealed.
+        bound[("vm1/1", "host-b")] = "std-ipv4";
+        sealedPorts.Remove("vm2/0");
+        Assert.Equal(["vm1/1>host-b:fec"], Plan().Bind.Select(b => $"{b.Port}>{b.RemoteHost}:{b.Stack}"));
+        Assert.Empty(Plan().Seal);
+    }
+
+    private static string Describe(NetworkPlan plan) =>
+        $"remove routes [{string.Join(", ", plan.RemoveRoutes.Select(r => r.Key))}], forget [{string.Join(", ", plan.ForgetPeers)}], remove hosts [{string.Join(", ", plan.RemoveHosts)}], " +
+        $"add peers [{string.Join(", ", plan.AddPeers.Select(p => p.HostId))}], set routes [{string.Join(", ", plan.SetRoutes.Select(r => r.Key))}]";
+
+    private static string Mac(string host, string vm) => $"52:54:00:00:{Array.IndexOf(Hosts, host) + 1:x2}:{Array.IndexOf(Vms, vm) + 1:x2}";
+
+    /// <summary>A control plane's view of one host, changed at random as a host grain changes it: VMs come, move, go, change stacks and policies; peers change keys.</summary>
+    private sealed class Fleet(DesiredStateVersion start, bool empty = false)
+    {
+        private readonly Dictionary<string, Binding> _bindings = empty ? [] : new() { ["vm1|host-b"] = new Binding("vm1", "host-b", "std-ipv4") };
+        private readonly Dictionary<string, Route> _routes = empty ? [] : Seed();
+        private readonly Dictionary<string, Peer> _peers = empty ? [] : new() { ["host-b"] = PeerOf("host-b", "k0"), ["host-c"] = PeerOf("host-c", "k0") };
+        private DesiredStateVersion _version = start;
+
+        private static Dictionary<string, Route> Seed()
+        {
+            var b = new Route("vm2", "host-b", new Vnic(Mac("host-b", "vm2"), 1, ["10.0.0.2"], []));
+            var c = new Route("vm3", "host-c", new Vnic(Mac("host-c", "vm3"), 1, ["10.0.0.3"], []));
+            return new() { [b.Key] = b, [c.Key] = c };
+        }
+
+        private static Peer PeerOf(string host, string key) => new(host, "192.0.2." + (Array.IndexOf(Hosts, host) + 2), null, 47110, key);
+
+        public DesiredState Whole() => new("host-a", _version.Value, [.. _bindings.Values])
+        {
+            Routes = [.. _routes.Values],
+            Peers = [.. _peers.Values],
+        };
+
+        public DesiredStateChange Change(Random random)
+        {
+            var (bindings, routes, peers) = (new Dictionary<string, Binding>(_bindings), new Dictionary<string, Route>(_routes), new Dictionary<string, Peer>(_peers));
+            for (var n = random.Next(1, 4); n > 0; n--)
+            {
+                var host = Hosts[random.Next(Hosts.Length)];
+                var vm = Vms[random.Next(Vms.Length)];
+                switch (random.Next(6))
+                {
+                    case 0:
+                        _bindings[$"{vm}|{host}"] = new Binding(vm, host, Stacks[random.Next(Stacks.Length)], Sealed: random.Next(4) == 0);
+                        break;
+                    case 1:
+                        _bindings.Remove($"{vm}|{host}");
+                        break;
+                    case 2:
+                        // A remote VM is placed (or moves, or becomes confidential): its host becomes a peer.
+                        var route = new Route(vm, host, new Vnic(Mac(host, vm), 1, [$"10.0.{random.Next(4)}.{random.Next(1, 250)}"], []), Sealed: random.Next(3) == 0);
+                        _routes[route.Key] = route;
+                        _peers.TryAdd(host, PeerOf(host, "k0"));
+                        break;
+                    case 3 when _routes.Values.FirstOrDefault(r => r.HostId == host) is { } leaving:
+                        _routes.Remove(leaving.Key);
+                        break;
+                    case 4 when !_routes.Values.Any(r => r.HostId == host):
+                        _peers.Remove(host);
+                        break;
+                    case 5 when _peers.ContainsKey(host):
+                        // The peer came back with a new key.
+                        _peers[host] = PeerOf(host, "k" + random.Next(1000));
+                        break;
+                }
+            }
+            // The change is what differs, as a host grain publishes it.
+            var previous = _version;
+            _version = _version.Next;
+            return new DesiredStateChange("host-a", previous.Value, _version.Value,
+                [.. _bindings.Where(b => !bindings.TryGetValue(b.Key, out var was) || was != b.Value).Select(b => b.Value)],
+                [.. bindings.Where(b => !_bindings.ContainsKey(b.Key)).Select(b => b.Value)])
+            {
+                RouteUpserts = [.. _routes.Where(r => !routes.TryGetValue(r.Key, out var was) || was != r.Value).Select(r => r.Value)],
+                RouteRemovals = [.. routes.Where(r => !_routes.ContainsKey(r.Key)).Select(r => r.Value)],
+                PeerUpserts = [.. _peers.Where(p => !peers.TryGetValue(p.Key, out var was) || was != p.Value).Select(p => p.Value)],
+                PeerRemovals = [.. peers.Keys.Where(h => !_peers.ContainsKey(h))],
+            };
+        }
+    }
+
+    /// <summary>The switch and the link's bookkeeping as plain collections, changed only by carrying out plans (as the link does).</summary>
+    private sealed class World
+    {
+        public HashSet<string> Paths { get; } = new(StringComparer.Ordinal);
+        public Dictionary<string, Route> Routes { get; } = new(StringComparer.Ordinal);
+        public HashSet<string> ProgrammedHosts { get; } = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, Peer> _appliedPeers = new(StringComparer.Ordinal);
+
+        public ProgrammedNetwork Programmed(string? configuredRoute = null) =>
+            new(Routes, _appliedPeers, Paths, ProgrammedHosts, configuredRoute is null ? new HashSet<string>() : new HashSet<string>([configuredRoute], StringComparer.Ordinal));
+
+        public void CarryOut(NetworkPlan plan)
+        {
+            foreach (var route in plan.RemoveRoutes)
+            {
+                Routes.Remove(route.Key);
+            }
+            foreach (var id in plan.ForgetPeers)
+            {
+                _appliedPeers.Remove(id);
+            }
+            foreach (var id in plan.RemoveHosts)
+            {
+                Paths.Remove(id);
+                ProgrammedHosts.Remove(id);
+                foreach (var gone in Routes.Values.Where(r => r.HostId == id).ToList())
+                {
+                    // As the switch does: a removed host's remote VM entries go with it.
+                    Routes.Remove(gone.Key);
+                }
+            }
+            foreach (var peer in plan.AddPeers)
+            {
+                Paths.Add(peer.HostId);
+                ProgrammedHosts.Add(peer.HostId);
+                _appliedPeers[peer.HostId] = peer;
+            }
+            foreach (var route in plan.SetRoutes.Where(r => Paths.Contains(r.HostId)))
+            {
+                Routes[route.Key] = route;
+            }
+        }
+    }
+}
