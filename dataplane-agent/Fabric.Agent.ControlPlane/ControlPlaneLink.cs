@@ -384,11 +384,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var pending = ReconcileNetwork();
         var desired = _desired;
         var switcher = _agent.Switch;
-        var paths = switcher.Paths;
-        var plan = DesiredStateReconciler.PlanBindings(desired, _agent.LocalVms().Select(vm => new ReconciledVm(vm.Id, vm.Policy, vm.Ports)), paths.Keys,
-            port => switcher.Vms.TryGetValue(port, out var vm) ? vm.Sealed : null,
-            (port, remote) => paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now) ? now.Stack : null,
-            DefaultStack);
+        var plan = PlanBindings(desired);
         foreach (var (port, mustEncrypt) in plan.Seal)
         {
             switcher.SetSealed(port, mustEncrypt);
@@ -420,6 +416,43 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         }
     }
 
+    private BindingPlan PlanBindings(HeldDesiredState desired)
+    {
+        var switcher = _agent.Switch;
+        var paths = switcher.Paths;
+        return DesiredStateReconciler.PlanBindings(desired, _agent.LocalVms().Select(vm => new ReconciledVm(vm.Id, vm.Policy, vm.Ports)), paths.Keys,
+            port => switcher.Vms.TryGetValue(port, out var vm) ? vm.Sealed : null,
+            (port, remote) => paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now) ? now.Stack : null,
+            DefaultStack);
+    }
+
+    private NetworkPlan PlanNetwork()
+    {
+        var configuredRoutes = (_agent.Config.Routes ?? []).Select(r => Route.KeyOf(r.Vni, Fabric.Wire.MacAddress.TryParse(r.Mac, out var mac) ? mac.ToString() : r.Mac)).ToHashSet(StringComparer.Ordinal);
+        return DesiredStateReconciler.PlanNetwork(_desired,
+            new ProgrammedNetwork(_appliedRoutes, _appliedPeers, _agent.Switch.Paths.Keys.ToHashSet(StringComparer.Ordinal), _programmed, configuredRoutes),
+            holdRemovals: DateTimeOffset.UtcNow < _holdRemovalsUntil);
+    }
+
+    /// <summary>
+    /// True when the agent has applied and acknowledged the version it holds and nothing is left to do for it: planning
+    /// again against the switch gives an empty plan (so no swap, route or peer change follows until the control plane
+    /// says something new). What a test waits for instead of sleeping.
+    /// </summary>
+    public async Task<bool> ConvergedAsync(CancellationToken cancellationToken = default)
+    {
+        await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return _desired.Version.Value == Interlocked.Read(ref _acknowledged) && _pending == 0 && PlanNetwork() is { IsEmpty: true, RemovalsHeld: false }
+                && PlanBindings(_desired).IsEmpty;
+        }
+        finally
+        {
+            _apply.Release();
+        }
+    }
+
     /// <summary>
     /// Makes the switch's remote hosts and remote VM entries what the control plane says: the ones it programmed go when
     /// the control plane withdraws them, and a host or route of the agent's own configuration is left alone (a host the
@@ -433,10 +466,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private int ReconcileNetwork()
     {
         var pending = 0;
-        var configuredRoutes = (_agent.Config.Routes ?? []).Select(r => Route.KeyOf(r.Vni, Fabric.Wire.MacAddress.TryParse(r.Mac, out var mac) ? mac.ToString() : r.Mac)).ToHashSet(StringComparer.Ordinal);
-        var plan = DesiredStateReconciler.PlanNetwork(_desired,
-            new ProgrammedNetwork(_appliedRoutes, _appliedPeers, _agent.Switch.Paths.Keys.ToHashSet(StringComparer.Ordinal), _programmed, configuredRoutes),
-            holdRemovals: DateTimeOffset.UtcNow < _holdRemovalsUntil);
+        var plan = PlanNetwork();
         _removalsHeld = plan.RemovalsHeld;
         foreach (var route in plan.RemoveRoutes)
         {

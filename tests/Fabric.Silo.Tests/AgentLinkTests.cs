@@ -81,11 +81,13 @@ public sealed class AgentLinkTests
             var backSlot = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
             Assert.InRange(backSlot, 128, 254);
 
-            // Idempotent: the same binding again is no new version and no swap.
-            await Task.Delay(500, cancel);
+            // Idempotent: once host-a has nothing left to do, the same binding again is no new version and no swap.
+            await Eventually.TrueAsync(() => hosts.LinkA.ConvergedAsync(cancel), Wait, "host-a converged", () => Task.FromResult($"{hosts.LinkA.Status}"));
             var swaps = hosts.LinkA.Status.Swaps;
             var version = (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Version;
             Assert.Equal(version, await silo.Grains.GetGrain<IHostGrain>("host-a").BindAsync([new Binding("vm1", "host-b", "swap-test")]));
+            Assert.True(await hosts.LinkA.ConvergedAsync(cancel));
+            Assert.Equal(swaps, hosts.LinkA.Status.Swaps);
 
             // The silo goes away: forwarding continues on the bound stacks; a VM registered meanwhile gets its policy's default.
             await silo.DisposeAsync();
@@ -108,7 +110,8 @@ public sealed class AgentLinkTests
                 && hosts.LinkA.Status.Acknowledged == hosts.LinkA.Status.Version,
                 TimeSpan.FromSeconds(40), "reconverged after the silo restart", async () => $"{hosts.LinkA.Status}; {Describe(hosts.A)}; "
                     + $"vm1 {string.Join(",", (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Stacks)}; vm2 {string.Join(",", (await silo.Grains.GetGrain<IVmGrain>("vm2").GetAsync()).Stacks)}");
-            await Task.Delay(1500, cancel);
+            // Adopted, not swapped: nothing was, and with nothing left to plan nothing will be for this desired state.
+            await Eventually.TrueAsync(() => hosts.LinkA.ConvergedAsync(cancel), Wait, "host-a converged after the restart", () => Task.FromResult($"{hosts.LinkA.Status}"));
             Assert.Equal(swaps, hosts.LinkA.Status.Swaps);
             Assert.Equal("swap-test", Bound(hosts.A, "vm1/0", "host-b"));
 
