@@ -437,7 +437,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     /// <summary>
     /// True when the agent has applied and acknowledged the version it holds and nothing is left to do for it: planning
     /// again against the switch gives an empty plan (so no swap, route or peer change follows until the control plane
-    /// says something new). What a test waits for instead of sleeping.
+    /// says something new). What a test waits for instead of sleeping. Never true while a step is refused for good (a
+    /// route whose MAC is local here, a peer without a public key): those stay in the plan, as they are not what the
+    /// control plane said.
     /// </summary>
     public async Task<bool> ConvergedAsync(CancellationToken cancellationToken = default)
     {

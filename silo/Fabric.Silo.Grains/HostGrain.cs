@@ -97,12 +97,20 @@ public sealed class HostGrain : Grain, IHostGrain
         Vms = [.. _state.State.Vms.Order(StringComparer.Ordinal)],
     };
 
+    /// <summary>The epoch after <paramref name="stored"/>: at least the seconds since 2026; a stored one out of range (damaged) starts over from those.</summary>
+    private static long NextEpoch(long stored)
+    {
+        var seconds = (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds;
+        var next = Math.Max(stored + 1, seconds);
+        return next is >= 0 and <= int.MaxValue ? next : seconds;
+    }
+
     public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {
         // A new epoch of versions per activation (DesiredStateVersion) keeps them growing across restarts without a
         // write per change. The epoch is at least the seconds since 2026, so it grows even where storage forgot it (a
         // silo on memory storage restarted): agents tell a new control plane from the old one by it.
-        _state.State.Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds);
+        _state.State.Epoch = NextEpoch(_state.State.Epoch);
         await _state.WriteStateAsync(cancellationToken);
         _version = DesiredStateVersion.Start(_state.State.Epoch);
         // A fresh activation (its silo died, or it was idle) counts as seen now: its host gets the full silence before
@@ -298,7 +306,7 @@ public sealed class HostGrain : Grain, IHostGrain
         _observer = null;
         _state.State = new HostState
         {
-            Epoch = Math.Max(_state.State.Epoch + 1, (long)(DateTimeOffset.UtcNow - EpochOrigin).TotalSeconds),
+            Epoch = NextEpoch(_state.State.Epoch),
             Removed = true,
             // What it still has until the fleet grain removes them (which calls back here).
             Vms = _state.State.Vms,

@@ -180,6 +180,12 @@ public sealed partial class VmGrain(
         }
         if (policy == state.State.Policy && state.State.PolicyVersion > 0)
         {
+            if (state.State.Placement is { } unchanged)
+            {
+                // The same policy again (an operator retrying a call that failed midway): the routes to the VM are told
+                // once more whether they must be sealed (idempotent: a network with nothing to change writes nothing).
+                await SetNetworksAsync(unchanged, unchanged);
+            }
             return new PolicyResult(true, [], state.State.PolicyVersion);
         }
         var wasSealed = Sealed;
@@ -190,6 +196,12 @@ public sealed partial class VmGrain(
         _outcomes.Clear();
         _left.Clear();
         await state.WriteStateAsync();
+        if (Sealed != wasSealed && state.State.Placement is { } placed)
+        {
+            // The hosts that forward to it learn whether they must encrypt what they send it: before its own bindings
+            // change, so that no peer sends it in clear what it would now drop.
+            await SetNetworksAsync(placed, placed);
+        }
         await EvaluateAllAsync(catalog);
         if (Sealed != wasSealed && state.State.Placement is not null && state.State.Stacks.Count > 0)
         {
@@ -200,11 +212,6 @@ public sealed partial class VmGrain(
                 _unbound[remote] = new Binding(VmId, remote, stack);
             }
             await FlushBindingsAsync();
-        }
-        if (Sealed != wasSealed && state.State.Placement is { } placed)
-        {
-            // The hosts that forward to it learn whether they must encrypt what they send it.
-            await SetNetworksAsync(placed, placed);
         }
         return new PolicyResult(true, [], state.State.PolicyVersion);
     }

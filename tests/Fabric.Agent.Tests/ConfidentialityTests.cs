@@ -116,20 +116,12 @@ public class ConfidentialityTests
         // vm1 is confidential: host A seals it, and host B's route to it says so (as the control plane's does).
         Assert.True(hosts.A.Switch.SetSealed("vm1", true));
         Ok(hosts.B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"], Confidential: true))));
-        var toVm1 = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
-        // No slot of B's path to A encrypts yet: vm3's frames to vm1 are dropped at B, never sent in clear.
-        var sentBefore = hosts.B.Switch.Paths["host-a"].Counters.TxPackets;
-        hosts.Vm("vm3").Transmit(toVm1);
-        Assert.True(hosts.Silent("vm1", TimeSpan.FromMilliseconds(300)));
-        Assert.Equal(1, hosts.B.Switch.Paths["host-a"].Counters.Drops(DropReason.NotEncrypted));
-        Assert.Equal(sentBefore, hosts.B.Switch.Paths["host-a"].Counters.TxPackets);
-        Assert.Contains(hosts.B.Switch.Events, e => e.Contains("vm3's frames to a confidential VM on host-a would leave through std-ipv4", StringComparison.Ordinal));
-
         // vm1 is bound to secure: the slot A opens for it carries vm3's answers too, while vm3's other traffic stays on std.
         Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "secure", TestContext.Current.CancellationToken));
         var fromVm1 = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
         hosts.Vm("vm1").Transmit(fromVm1);
         Assert.Equal(fromVm1, hosts.Expect("vm3"));
+        var toVm1 = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
         hosts.Vm("vm3").Transmit(toVm1);
         Assert.Equal(toVm1, hosts.Expect("vm1"));
         var slot = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
@@ -138,6 +130,37 @@ public class ConfidentialityTests
         var toVm2 = Frames.Udp(Mac3, Mac2, "10.0.0.3", "10.0.0.2", 200);
         hosts.Vm("vm3").Transmit(toVm2);
         Assert.Equal(toVm2, hosts.Expect("vm2"));
-        Assert.Equal(1, hosts.B.Switch.Paths["host-a"].Counters.Drops(DropReason.NotEncrypted));
+        Assert.Equal(0, hosts.B.Switch.Paths["host-a"].Counters.Drops(DropReason.NotEncrypted));
+        // An operator's set-route that forgets the VM is confidential does not unseal it.
+        Ok(hosts.B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"]))));
+        Assert.True(hosts.B.Switch.Table.FindByMac(100, Mac1)!.Sealed);
+    }
+
+    [Fact]
+    public void AStandardVmThatSpeaksFirstToAConfidentialOne_HasItsHostOpenASlotThatEncrypts_AndItsBroadcastsReachBoth()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        Assert.True(hosts.A.Switch.SetSealed("vm1", true));
+        Ok(hosts.B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, Mac1.ToString(), "host-a", ["10.0.0.1"], ["fd00:100::1"], Confidential: true))));
+        // No slot of B's path to A encrypts (vm1 has sent nothing, nothing is bound): vm3's first frame to vm1 is dropped
+        // at B, never sent in clear, and B opens a slot that encrypts; the frames after it arrive.
+        var path = hosts.B.Switch.Paths["host-a"];
+        var sentBefore = path.Counters.TxPackets;
+        var toVm1 = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200);
+        hosts.Vm("vm3").Transmit(toVm1);
+        Eventually.True(() => path.Counters.Drops(DropReason.NotEncrypted) == 1, TimeSpan.FromSeconds(5), "the first frame dropped", () => $"{path.Counters.Drops(DropReason.NotEncrypted)}");
+        Assert.Equal(sentBefore, path.Counters.TxPackets);
+        Assert.Contains(hosts.B.Switch.Events, e => e.Contains("vm3's frames to a confidential VM on host-a would leave through std-ipv4", StringComparison.Ordinal));
+        Eventually.True(() => hosts.B.Switch.Events.Any(e => e.Contains("secure opened in slot", StringComparison.Ordinal)), TimeSpan.FromSeconds(10), "B opens secure",
+            () => string.Join("\n", hosts.B.Switch.Events));
+        hosts.Vm("vm3").Transmit(toVm1);
+        Assert.Equal(toVm1, hosts.Expect("vm1"));
+        Assert.True(hosts.Silent("vm1", TimeSpan.Zero));
+        // A broadcast reaches the confidential vm1 (encrypted) and the standard vm2 alike.
+        var broadcast = Frames.Udp(Mac3, MacAddress.Broadcast, "10.0.0.3", "255.255.255.255", 50, dontFragment: false);
+        hosts.Vm("vm3").Transmit(broadcast);
+        Assert.Equal(broadcast, hosts.Expect("vm1"));
+        Assert.Equal(broadcast, hosts.Expect("vm2"));
+        Assert.Equal(0, hosts.A.Switch.UnderlayCounters.Drops(DropReason.NotEncrypted));
     }
 }

@@ -195,6 +195,15 @@ public sealed class StackHost
         }
     }
 
+    /// <summary>True when <paramref name="id"/> is neither quarantined nor withdrawn (cheaper than reading both lists).</summary>
+    public bool IsUsable(string id)
+    {
+        lock (_gate)
+        {
+            return !_quarantined.ContainsKey(id) && !_withdrawn.ContainsKey(id);
+        }
+    }
+
     /// <summary>Quarantined stacks and why.</summary>
     public IReadOnlyDictionary<string, string> Quarantined
     {

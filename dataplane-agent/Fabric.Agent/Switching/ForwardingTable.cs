@@ -27,6 +27,7 @@ public sealed class ForwardingTable
     private readonly FrozenDictionary<(uint, IPv6Address), Endpoint> _byIPv6;
     private readonly FrozenDictionary<uint, ImmutableArray<string>> _remoteHostsOfVni;
     private readonly FrozenDictionary<uint, ImmutableArray<string>> _localVmsOfVni;
+    private readonly FrozenSet<(uint, string)> _sealedHosts;
 
     public ForwardingTable(IEnumerable<Endpoint> endpoints)
     {
@@ -38,6 +39,7 @@ public sealed class ForwardingTable
             .ToFrozenDictionary(g => g.Key, g => g.Select(e => e.RemoteHost!).Distinct().Order(StringComparer.Ordinal).ToImmutableArray());
         _localVmsOfVni = Endpoints.Where(e => e.LocalVm is not null).GroupBy(e => e.Vni)
             .ToFrozenDictionary(g => g.Key, g => g.Select(e => e.LocalVm!).ToImmutableArray());
+        _sealedHosts = Endpoints.Where(e => e.Sealed && e.RemoteHost is not null).Select(e => (e.Vni, e.RemoteHost!)).ToFrozenSet();
     }
 
     /// <summary>Every entry.</summary>
@@ -51,6 +53,9 @@ public sealed class ForwardingTable
 
     /// <summary>The remote hosts that have VMs in <paramref name="vni"/> (where broadcasts are replicated).</summary>
     public ImmutableArray<string> RemoteHostsOf(uint vni) => _remoteHostsOfVni.GetValueOrDefault(vni, []);
+
+    /// <summary>True when <paramref name="host"/> has a confidential VM in <paramref name="vni"/> (its broadcasts there go encrypted where they can).</summary>
+    public bool HasSealedVms(uint vni, string host) => _sealedHosts.Contains((vni, host));
 
     /// <summary>The local VMs in <paramref name="vni"/>.</summary>
     public ImmutableArray<string> LocalVmsOf(uint vni) => _localVmsOfVni.GetValueOrDefault(vni, []);

@@ -295,6 +295,9 @@ internal sealed class PathMonitor
     /// <summary>At most one "not encrypted" event per second per path.</summary>
     public RateLimit UnencryptedReports { get; } = new(TimeSpan.FromSeconds(1));
 
+    /// <summary>How often the path asks the switch for a slot that encrypts (frames to a confidential VM found none).</summary>
+    public RateLimit EncryptingSlotRequests { get; } = new(TimeSpan.FromSeconds(1));
+
     /// <summary>At most one "unknown slot" answer per 100 ms per path: a burst of stray datagrams must not become a burst of replies.</summary>
     public RateLimit UnknownReports { get; } = new(TimeSpan.FromMilliseconds(100));
 

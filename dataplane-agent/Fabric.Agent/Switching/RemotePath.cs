@@ -945,7 +945,16 @@ public sealed class RemotePath : IDisposable
     /// std), it is dropped and counted, never sent in the clear.
     /// </summary>
     /// <returns>0 when handed to the stack or dropped; else the largest inner IP packet the VM's stack carries, which the frame exceeds (nothing was sent).</returns>
-    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false, bool sealedDestination = false)
+    /// <param name="frame">The VM's frame.</param>
+    /// <param name="vni">Its virtual network.</param>
+    /// <param name="vmId">The VM that sent it (its binding's slot carries it), or null for the path's transmit slot.</param>
+    /// <param name="sealedVm">The sender is confidential: the frame leaves only through a slot that encrypts.</param>
+    /// <param name="sealedDestination">The destination is confidential: the frame leaves only through a slot that
+    /// encrypts — the sender's own if it does, else one the path has (<see cref="EncryptingSlot"/>); with none, it is
+    /// dropped and <see cref="OnNeedEncryptingSlot"/> asks the switch to open one.</param>
+    /// <param name="preferEncrypted">A broadcast reaching a confidential VM there too: through a slot that encrypts if
+    /// the path has one, else as any other frame (the confidential VM drops it, the others take it).</param>
+    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false, bool sealedDestination = false, bool preferEncrypted = false)
     {
         Exception? fault = null;
         int slot;
@@ -980,11 +989,20 @@ public sealed class RemotePath : IDisposable
                 Counters.Drop(DropReason.NoPath);
                 return 0;
             }
-            if (sealedDestination && !_slotEncrypts[slot] && EncryptingSlot() is { } encrypting)
+            if ((sealedDestination || preferEncrypted) && !_slotEncrypts[slot])
             {
-                // A frame to a confidential VM goes through a slot that encrypts: the one that VM's own traffic here
-                // came through (its host opened it), or any other this path has.
-                (slot, stackId, stack) = (encrypting, _slotStacks[encrypting], _slots[encrypting]!);
+                if (EncryptingSlot() is { } encrypting)
+                {
+                    // A frame to a confidential VM goes through a slot that encrypts (one this end opened, else the one the
+                    // confidential VM's host opened for its traffic here). Borrowed, the slot counts as in use: a slot
+                    // the peer opened is not closed as idle while frames go out through it.
+                    (slot, stackId, stack) = (encrypting, _slotStacks[encrypting], _slots[encrypting]!);
+                    _receivedAt[slot] = Clock();
+                }
+                else if (sealedDestination && _monitor.EncryptingSlotRequests.ShouldReport(Clock()))
+                {
+                    OnNeedEncryptingSlot?.Invoke(this);
+                }
             }
             if ((sealedVm || sealedDestination || (slot == _transmitSlot && _sealedPath)) && !_slotEncrypts[slot])
             {
@@ -1025,18 +1043,33 @@ public sealed class RemotePath : IDisposable
         return 0;
     }
 
-    /// <summary>A slot open on this path whose stack encrypts and is not draining (under the gate); null when none.</summary>
+    /// <summary>
+    /// A slot open on this path whose stack encrypts, is neither draining nor faulted, and whose stack the switch may
+    /// still use (<see cref="Usable"/>: not quarantined or withdrawn); one this end opened before one the peer opened.
+    /// Null when none. Under the gate.
+    /// </summary>
     private int? EncryptingSlot()
     {
+        int? peers = null;
         for (var slot = 0; slot < _slots.Length; slot++)
         {
-            if (_slotEncrypts[slot] && _slots[slot] is not null && _drainUntil[slot] == 0)
+            if (_slotEncrypts[slot] && _slots[slot] is not null && _drainUntil[slot] == 0 && !_timerFaulted[slot] && Usable(_slotStacks[slot]!))
             {
-                return slot;
+                if (!_peerOpened[slot])
+                {
+                    return slot;
+                }
+                peers ??= slot;
             }
         }
-        return null;
+        return peers;
     }
+
+    /// <summary>Whether a stack may carry frames it was not bound to (set by the switch: not quarantined or withdrawn).</summary>
+    internal Func<string, bool> Usable { get; init; } = _ => true;
+
+    /// <summary>Called (under the gate, at most once a second) when a frame to a confidential VM found no slot that encrypts: the switch opens one.</summary>
+    internal Action<RemotePath>? OnNeedEncryptingSlot { get; init; }
 
     /// <summary>The largest inner IP packet a stack carries on this path (set by the switch).</summary>
     internal Func<string, int> InnerMtu { get; init; } = _ => int.MaxValue;

@@ -204,11 +204,14 @@ public sealed class Switch : IDisposable
     {
         lock (_tableWriter)
         {
-            if (_table.FindByMac(vni, mac) is { LocalVm: { } local })
+            var existing = _table.FindByMac(vni, mac);
+            if (existing is { LocalVm: { } local })
             {
                 throw new InvalidOperationException($"MAC {mac} in vni {vni} is local VM '{local}'; a remote entry cannot replace it.");
             }
-            _table = _table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6, sealedVm));
+            // A confidential VM's entry stays sealed until it is removed: a set-route that forgets to say so (an operator's,
+            // by hand) does not send its frames in clear. The control plane unseals by removing the entry and setting it anew.
+            _table = _table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6, sealedVm || existing?.Sealed == true));
         }
     }
 
@@ -274,7 +277,7 @@ public sealed class Switch : IDisposable
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
         var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl, InnerMtu = InnerMtuOf,
-            TimerArmed = TimerArmed, Disposer = _disposer,
+            TimerArmed = TimerArmed, Disposer = _disposer, Usable = _stackHost.IsUsable, OnNeedEncryptingSlot = OpenEncryptingSlot,
             OnStackEvent = (stack, name, detail) => Report($"stack {stack} on the path to {spec.HostId}: {name}: {detail}") };
         if (spec.OverlayKey is null)
         {
@@ -384,6 +387,67 @@ public sealed class Switch : IDisposable
             }
             throw;
         }
+    }
+
+    /// <summary>Paths an encrypting slot is being opened on (for frames to a confidential VM), and since when (clock
+    /// nanoseconds): one attempt at a time, and another after 10 s should one never end.</summary>
+    private readonly ConcurrentDictionary<RemotePath, long> _openingEncrypting = new();
+
+    /// <summary>
+    /// Opens a slot that encrypts on <paramref name="path"/>, bound to no VM, for frames to confidential VMs behind it:
+    /// asked (at most once a second) by a path whose frames to such a VM found none — a standard VM that speaks first,
+    /// or after this agent or the path was replaced, before the confidential VM's host sent anything. Runs in the
+    /// background; the frames that asked were dropped, those after it go encrypted.
+    /// </summary>
+    private void OpenEncryptingSlot(RemotePath path)
+    {
+        var now = _clock();
+        if (_openingEncrypting.TryGetValue(path, out var since) && now - since < 10_000_000_000L || !_openingEncrypting.TryAdd(path, now) && !_openingEncrypting.TryUpdate(path, now, since))
+        {
+            return;
+        }
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                var family = _stackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily;
+                // Of the stacks that encrypt over the path's family, one the path has settings (keys) for, "secure" first.
+                var stack = _stackHost.Registered
+                    .Where(id => _stackHost.IsUsable(id) && _stackHost.Describe(id) is { Encrypts: true } d && d.UnderlayFamily == family)
+                    .OrderByDescending(id => path.Spec.SettingsOf(id).Count > 0).ThenByDescending(id => id == "secure").ThenBy(id => id, StringComparer.Ordinal)
+                    .FirstOrDefault();
+                if (stack is null)
+                {
+                    Report($"frames to a confidential VM on {path.Spec.HostId} are dropped: no stack that encrypts is available on this host");
+                    return;
+                }
+                // One this end opened already (draining, or being confirmed) is left to finish; else a free one.
+                var slot = path.OwnSlotOf(stack) >= 0 ? -1 : path.FreeOwnSlot();
+                if (slot < 0)
+                {
+                    return;
+                }
+                OpenOwnSlot(path, stack, slot);
+                if (await AskPeerToOpenAsync(path, slot, stack, CancellationToken.None).ConfigureAwait(false) is { } refused)
+                {
+                    if (path.Close(slot) is { } closed)
+                    {
+                        _stackHost.Release(closed);
+                    }
+                    Report($"frames to a confidential VM on {path.Spec.HostId} are dropped: {path.Spec.HostId} did not open {stack} in slot {slot}: {refused}");
+                    return;
+                }
+                Report($"{stack} opened in slot {slot} on the path to {path.Spec.HostId} for frames to its confidential VMs");
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Report($"frames to a confidential VM on {path.Spec.HostId} are dropped: a slot that encrypts could not be opened: {e.Message}");
+            }
+            finally
+            {
+                _openingEncrypting.TryRemove(KeyValuePair.Create(path, now));
+            }
+        });
     }
 
     private void QuarantineUnstartable(StackStartException e)
@@ -1275,7 +1339,7 @@ public sealed class Switch : IDisposable
         {
             if (_paths.TryGetValue(host, out var path))
             {
-                path.Transmit(frame, vni, from.Spec.VmId, from.Sealed);
+                path.Transmit(frame, vni, from.Spec.VmId, from.Sealed, preferEncrypted: table.HasSealedVms(vni, host));
             }
         }
     }
