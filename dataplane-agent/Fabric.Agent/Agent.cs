@@ -52,7 +52,11 @@ public sealed class Agent : IDisposable
     private readonly ILogger _logger;
     private readonly object _apiGate = new();
 
-    public Agent(AgentConfig config, ILogger logger, Func<string, IFramePort>? openPort = null)
+    /// <param name="config">The agent's configuration.</param>
+    /// <param name="logger">Where it logs.</param>
+    /// <param name="openPort">Opens a VM's port by device name; null: AF_PACKET on the device.</param>
+    /// <param name="underlay">Makes the underlay; null: kernel UDP sockets. Tests pass an <see cref="Underlay.InMemoryWire"/>'s.</param>
+    public Agent(AgentConfig config, ILogger logger, Func<string, IFramePort>? openPort = null, Underlay.UnderlayFactory? underlay = null)
     {
         Config = config;
         _logger = logger;
@@ -64,6 +68,7 @@ public sealed class Agent : IDisposable
         {
             Drain = TimeSpan.FromMilliseconds(config.DrainMilliseconds),
             PeerSlotIdle = TimeSpan.FromSeconds(config.PeerSlotIdleSeconds),
+            Underlay = underlay,
         }, () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
         _registrations = new Registrations(TryAttach, Switch.DetachVm, config.StateDirectory);
     }

@@ -1,4 +1,5 @@
 using Fabric.Agent;
+using Fabric.Agent.Underlay;
 using Fabric.Hal;
 using Fabric.Testing;
 using Fabric.Wire;
@@ -28,14 +29,17 @@ internal sealed class TwoHosts : IDisposable
     /// <param name="settings">Per stack id, the configuration both ends give its instances (e.g. secure's key).</param>
     /// <param name="authenticated">Whether the two ends share an overlay key (authenticated probes and control messages).</param>
     /// <param name="peerSlotIdleSeconds">How long host A keeps a slot host B opened that receives nothing.</param>
-    public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null, bool authenticated = true, int peerSlotIdleSeconds = 600)
+    /// <param name="inMemory">The two agents share an <see cref="InMemoryWire"/> (<see cref="Wire"/>) instead of UDP sockets on loopback.</param>
+    public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null, bool authenticated = true, int peerSlotIdleSeconds = 600,
+        bool inMemory = false)
     {
+        Wire = inMemory ? new InMemoryWire() : null;
         _overlayKey = authenticated ? OverlayKey : null;
         string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
             StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.FaultySealed), StackPlugins.PathOf(StackPlugins.Secure)];
         (_stacks, _stack, _settings) = (stacks, stack, settings);
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100,
-            PeerSlotIdleSeconds: peerSlotIdleSeconds), NullLogger.Instance, Open);
+            PeerSlotIdleSeconds: peerSlotIdleSeconds), NullLogger.Instance, Open, Wire?.Factory);
         A.Start();
         B = StartB(0);
         Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings, _overlayKey))));
@@ -53,7 +57,7 @@ internal sealed class TwoHosts : IDisposable
     /// <summary>Starts host B (on the given underlay port; 0: any) with its VM and routes, as its agent does on every start.</summary>
     private Agent StartB(int port)
     {
-        var b = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: port), _stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open);
+        var b = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: port), _stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open, Wire?.Factory);
         b.Start();
         Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", _stack, PortOf(A, _stack), _settings, _overlayKey))));
         Ok(b.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"], ["fd00:100::3"]))));
@@ -69,6 +73,9 @@ internal sealed class TwoHosts : IDisposable
         B.Dispose();
         B = StartB(port);
     }
+
+    /// <summary>The wire between the two agents when they run in memory (null: UDP on loopback).</summary>
+    public InMemoryWire? Wire { get; }
 
     public Agent A { get; }
     public Agent B { get; private set; }

@@ -148,7 +148,7 @@ public sealed class RemotePath : IDisposable
     /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
     internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }
 
-    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, UdpUnderlay underlay, Func<string, uint, bool, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
+    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, IUnderlay underlay, Func<string, uint, bool, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
     {
         Spec = spec;
         Destination = destination;
@@ -1277,7 +1277,7 @@ public sealed class RemotePath : IDisposable
     /// Writes the Fabric header in front of what the stack wrote, straight into the calling thread's underlay outbox.
     /// Used under the path's gate.
     /// </summary>
-    private sealed class PathOutput(RemotePath path, UdpUnderlay underlay) : IUnderlayOutput
+    private sealed class PathOutput(RemotePath path, IUnderlay underlay) : IUnderlayOutput
     {
         private byte _slot;
         private uint _sequence;

@@ -21,6 +21,9 @@ public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500)
 
     /// <summary>How long a slot the peer opened may receive nothing before it is closed here (the peer opens it again when it sends).</summary>
     public TimeSpan PeerSlotIdle { get; init; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>Makes the underlay for each local address; null: kernel UDP sockets (<see cref="UdpUnderlay"/>).</summary>
+    public UnderlayFactory? Underlay { get; init; }
 }
 
 /// <summary>
@@ -52,8 +55,8 @@ public sealed class Switch : IDisposable
     private readonly ConcurrentDictionary<RemotePath, bool> _hung = new();
     private readonly ConcurrentDictionary<string, int> _innerMtuByStack = new(StringComparer.Ordinal);
     private volatile ForwardingTable _table = ForwardingTable.Empty;
-    private UdpUnderlay? _underlay4;
-    private UdpUnderlay? _underlay6;
+    private IUnderlay? _underlay4;
+    private IUnderlay? _underlay6;
 
     public Switch(SwitchOptions options, Func<long> clock, ILogger logger)
     {
@@ -92,17 +95,19 @@ public sealed class Switch : IDisposable
         Log.StackLoaded(_logger, description.Id, description.Version, assemblyPath);
     }
 
+    private UnderlayFactory MakeUnderlay => _options.Underlay ?? ((local, handler, afterBatch, fault) => new UdpUnderlay(local, handler, afterBatch, fault));
+
     /// <summary>Binds the underlay sockets (either may be null).</summary>
     public void StartUnderlay(IPEndPoint? ipv4, IPEndPoint? ipv6)
     {
         if (ipv4 is not null)
         {
-            _underlay4 = new UdpUnderlay(ipv4, OnDatagram, Flush, UnderlayFault);
+            _underlay4 = MakeUnderlay(ipv4, OnDatagram, Flush, UnderlayFault);
             Log.UnderlayListening(_logger, _underlay4.Local.ToString());
         }
         if (ipv6 is not null)
         {
-            _underlay6 = new UdpUnderlay(ipv6, OnDatagram, Flush, UnderlayFault);
+            _underlay6 = MakeUnderlay(ipv6, OnDatagram, Flush, UnderlayFault);
             Log.UnderlayListening(_logger, _underlay6.Local.ToString());
         }
         StartMonitor();

@@ -10,7 +10,7 @@ namespace Fabric.Agent.Underlay;
 /// thread fills its own outbox that goes out in one sendmmsg when full or when the thread calls <see cref="Flush"/>
 /// at the end of the batch it is working on.
 /// </summary>
-public sealed class UdpUnderlay : IDisposable
+public sealed class UdpUnderlay : IUnderlay
 {
     private readonly Socket _socket;
     private Thread _receiver;
@@ -27,9 +27,6 @@ public sealed class UdpUnderlay : IDisposable
 
     /// <summary>Exceptions the receive thread caught and survived (a bug in what handles datagrams, never a reason to stop receiving).</summary>
     public long Faults => Interlocked.Read(ref _faults);
-
-    /// <summary>Called for each datagram received; the span is valid only during the call.</summary>
-    public delegate void UnderlayHandler(ReadOnlySpan<byte> datagram, UdpPeer source);
 
     /// <summary>Binds <paramref name="local"/> and starts receiving. Throws naming the address when it cannot bind.</summary>
     /// <param name="local">The address and port to bind.</param>
