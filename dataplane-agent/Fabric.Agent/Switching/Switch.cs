@@ -27,48 +27,50 @@ public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500)
 }
 
 /// <summary>
-/// The VMs' switch on one host. Frames from a VM are checked (valid Ethernet, its own source MAC), ARP and neighbour
-/// solicitations are answered from the forwarding table, same-host traffic is switched locally, traffic for remote
-/// VMs goes through the path's stack to the underlay, broadcasts are replicated within the virtual network. Frames
-/// from the underlay reach only local VMs of the virtual network in the Fabric header. Every drop is counted by reason.
+/// The VMs' switch on one host: it attaches VMs, keeps the forwarding table and the paths to remote hosts, runs the swap
+/// lifecycle and housekeeping, and answers for the whole to the agent. Its parts each do one job over the state they
+/// share (<see cref="SwitchState"/>): <see cref="Forwarder"/> switches frames both ways, <see cref="SlotNegotiation"/>
+/// binds VMs and opens slots with the peers, <see cref="MonitorThread"/> runs the stacks' timers and the probes, and
+/// <see cref="Quarantine"/> moves traffic off stacks that fail or are withdrawn. A path (<see cref="RemotePath"/>) holds
+/// its slot table and calls its stacks under its own gate.
 /// </summary>
 public sealed class Switch : IDisposable
 {
     private const int InnerEthernet = 14;
     private const int UdpAndFabric = 8 + FabricHeader.Length;
-    private const long HangThresholdNanoseconds = 1_000_000_000;
+    private readonly SwitchState _state;
     private readonly SwitchOptions _options;
     private readonly Func<long> _clock;
     private readonly ILogger _logger;
-    private readonly ConcurrentDictionary<string, VmPort> _vms = new();
-    private readonly ConcurrentDictionary<string, RemotePath> _paths = new();
-    private readonly ConcurrentDictionary<UdpPeer, RemotePath> _pathsByAddress = new();
+    private readonly ConcurrentDictionary<string, VmPort> _vms;
+    private readonly ConcurrentDictionary<string, RemotePath> _paths;
+    private readonly ConcurrentDictionary<UdpPeer, RemotePath> _pathsByAddress;
+    private readonly Forwarder _forwarder;
+    private readonly Quarantine _quarantine;
+    private readonly SlotNegotiation _negotiation;
+    private readonly MonitorThread _monitor;
 
     /// <summary>Paths replaced while a stack was stuck in a call on them: never released (their gate is held), disposed at the end if they come free.</summary>
     private readonly ConcurrentDictionary<RemotePath, bool> _abandoned = new();
     private long _pathsReplaced;
-    private readonly ConcurrentDictionary<(RemotePath, string), bool> _saidNoFallback = new();
     private readonly StackHost _stackHost;
     private readonly object _tableWriter = new();
-    private readonly TrafficCounters _underlayCounters = new();
-    private readonly ConcurrentQueue<string> _events = new();
-    private readonly ConcurrentDictionary<RemotePath, bool> _hung = new();
     private readonly ConcurrentDictionary<string, int> _innerMtuByStack = new(StringComparer.Ordinal);
-    private volatile ForwardingTable _table = ForwardingTable.Empty;
-    private IUnderlay? _underlay4;
-    private IUnderlay? _underlay6;
 
     public Switch(SwitchOptions options, Func<long> clock, ILogger logger)
     {
-        _options = options;
-        _clock = clock;
-        _logger = logger;
-        _stackHost = new StackHost(options.Drain);
+        _state = new SwitchState(options, clock, logger);
+        (_options, _clock, _logger, _stackHost) = (options, clock, logger, _state.StackHost);
+        (_vms, _paths, _pathsByAddress) = (_state.Vms, _state.Paths, _state.PathsByAddress);
+        _forwarder = new Forwarder(_state);
+        _quarantine = new Quarantine(_state);
+        _negotiation = new SlotNegotiation(_state, _quarantine);
+        _monitor = new MonitorThread(_state);
     }
 
     public string HostId => _options.HostId;
 
-    public ForwardingTable Table => _table;
+    public ForwardingTable Table => _state.Table;
 
     public IReadOnlyDictionary<string, VmPort> Vms => _vms;
 
@@ -81,10 +83,10 @@ public sealed class Switch : IDisposable
     public StackHost StackHost => _stackHost;
 
     /// <summary>Datagrams from unknown peers and other underlay-level drops.</summary>
-    public TrafficCounters UnderlayCounters => _underlayCounters;
+    public TrafficCounters UnderlayCounters => _state.UnderlayCounters;
 
     /// <summary>The bound underlay endpoints.</summary>
-    public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_underlay4?.Local, _underlay6?.Local);
+    public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_state.Underlay4?.Local, _state.Underlay6?.Local);
 
     /// <summary>Makes a stack plug-in available to paths by its id.</summary>
     public void RegisterStack(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null)
@@ -102,51 +104,25 @@ public sealed class Switch : IDisposable
     {
         if (ipv4 is not null)
         {
-            _underlay4 = MakeUnderlay(ipv4, OnDatagram, Flush, UnderlayFault);
-            Log.UnderlayListening(_logger, _underlay4.Local.ToString());
+            _state.Underlay4 = MakeUnderlay(ipv4, _forwarder.OnDatagram, _state.Flush, UnderlayFault);
+            Log.UnderlayListening(_logger, _state.Underlay4.Local.ToString());
         }
         if (ipv6 is not null)
         {
-            _underlay6 = MakeUnderlay(ipv6, OnDatagram, Flush, UnderlayFault);
-            Log.UnderlayListening(_logger, _underlay6.Local.ToString());
+            _state.Underlay6 = MakeUnderlay(ipv6, _forwarder.OnDatagram, _state.Flush, UnderlayFault);
+            Log.UnderlayListening(_logger, _state.Underlay6.Local.ToString());
         }
-        StartMonitor();
-    }
-
-    /// <summary>Starts a path monitor thread; one started before it (stuck in a stack's call) ends when that call returns.</summary>
-    private void StartMonitor()
-    {
-        var generation = Interlocked.Increment(ref _monitorGeneration);
-        Volatile.Write(ref _monitorBeat, _clock());
-        _monitor = new Thread(() => MonitorLoop(generation)) { IsBackground = true, Name = "path-monitor" };
         _monitor.Start();
     }
 
-    /// <summary>Which monitor thread is the current one: an older one that comes back from a stuck call ends.</summary>
-    private int _monitorGeneration;
-
-    /// <summary>When the current monitor last began a round (its heartbeat; it sleeps at most 100 ms between rounds).</summary>
-    private long _monitorBeat;
-
-    /// <summary>How long the monitor may go without beginning a round before the watchdog gives it a successor.</summary>
-    private const long MonitorStuckNanoseconds = 1_000_000_000;
-
-    private long _monitorReplacements;
-
     /// <summary>Path monitor threads replaced because a stack held one in a call that did not return.</summary>
-    public long MonitorReplacements => Interlocked.Read(ref _monitorReplacements);
+    public long MonitorReplacements => _monitor.Replacements;
 
-    private readonly StackDisposer _disposer = new();
-
-    /// <summary>
-    /// How long an instance's Dispose may run before its stack is quarantined. Longer than a call on the data path may
-    /// take (1 s): a Dispose only holds a pool thread, and a plug-in may flush or join a worker there; a busy machine
-    /// must not cost a healthy stack its place.
-    /// </summary>
-    private static readonly TimeSpan DisposeHangLimit = TimeSpan.FromSeconds(5);
+    /// <summary>Exceptions the path monitor caught and survived.</summary>
+    public long MonitorFaults => _monitor.Faults;
 
     /// <summary>Exceptions stack instances threw from Dispose (each disposed on a pool thread once out of its slot).</summary>
-    public long DisposeFaults => _disposer.Faults;
+    public long DisposeFaults => _state.Disposer.Faults;
 
     /// <summary>Attaches a VM's port and starts switching its frames. Throws when the VM id or its (VNI, MAC) is taken.</summary>
     public VmPort AttachVm(VmSpec spec, IFramePort port)
@@ -158,14 +134,14 @@ public sealed class Switch : IDisposable
             {
                 throw new InvalidOperationException($"VM '{spec.VmId}' is already attached.");
             }
-            if (_table.FindByMac(spec.Vni, spec.Mac) is { } existing)
+            if (_state.Table.FindByMac(spec.Vni, spec.Mac) is { } existing)
             {
                 throw new InvalidOperationException($"MAC {spec.Mac} in vni {spec.Vni} already belongs to {existing.LocalVm ?? "remote host " + existing.RemoteHost}.");
             }
             _vms[spec.VmId] = vm;
-            _table = _table.With(new Endpoint(spec.Vni, spec.Mac, spec.VmId, null, spec.IPv4, spec.IPv6));
+            _state.Table = _state.Table.With(new Endpoint(spec.Vni, spec.Mac, spec.VmId, null, spec.IPv4, spec.IPv6));
         }
-        vm.Receiver = new Thread(() => ReceiveFromVm(vm)) { IsBackground = true, Name = $"vm-rx {spec.VmId}" };
+        vm.Receiver = new Thread(() => _forwarder.ReceiveFromVm(vm)) { IsBackground = true, Name = $"vm-rx {spec.VmId}" };
         vm.Receiver.Start();
         Log.VmAttached(_logger, spec.VmId, spec.Device, spec.Vni, spec.Mac.ToString());
         return vm;
@@ -181,7 +157,7 @@ public sealed class Switch : IDisposable
             {
                 return false;
             }
-            _table = _table.Without(vm.Spec.Vni, vm.Spec.Mac);
+            _state.Table = _state.Table.Without(vm.Spec.Vni, vm.Spec.Mac);
         }
         vm.Stopping = true;
         vm.Receiver?.Join(TimeSpan.FromSeconds(2));
@@ -209,14 +185,14 @@ public sealed class Switch : IDisposable
     {
         lock (_tableWriter)
         {
-            var existing = _table.FindByMac(vni, mac);
+            var existing = _state.Table.FindByMac(vni, mac);
             if (existing is { LocalVm: { } local })
             {
                 throw new InvalidOperationException($"MAC {mac} in vni {vni} is local VM '{local}'; a remote entry cannot replace it.");
             }
             // A confidential VM's entry stays sealed until it is removed: a set-route that forgets to say so (an operator's,
             // by hand) does not send its frames in clear. The control plane unseals by removing the entry and setting it anew.
-            _table = _table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6, sealedVm || existing?.Sealed == true));
+            _state.Table = _state.Table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6, sealedVm || existing?.Sealed == true));
         }
     }
 
@@ -225,11 +201,11 @@ public sealed class Switch : IDisposable
     {
         lock (_tableWriter)
         {
-            if (_table.FindByMac(vni, mac) is not { RemoteHost: not null })
+            if (_state.Table.FindByMac(vni, mac) is not { RemoteHost: not null })
             {
                 return false;
             }
-            _table = _table.Without(vni, mac);
+            _state.Table = _state.Table.Without(vni, mac);
             return true;
         }
     }
@@ -249,7 +225,7 @@ public sealed class Switch : IDisposable
         lock (_tableWriter)
         {
             // One rebuild for all of them (each rebuild freezes the table's indexes anew).
-            _table = new ForwardingTable(_table.Endpoints.Where(e => e.RemoteHost != hostId));
+            _state.Table = new ForwardingTable(_state.Table.Endpoints.Where(e => e.RemoteHost != hostId));
         }
         ReleaseAll(path);
         Report($"path to {hostId} removed");
@@ -273,7 +249,7 @@ public sealed class Switch : IDisposable
             ?? throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (available: {string.Join(", ", _stackHost.Registered)}).");
         var family = description.UnderlayFamily;
         var address = family == AddressFamily.InterNetworkV6 ? spec.UnderlayIPv6 : spec.UnderlayIPv4;
-        var underlay = family == AddressFamily.InterNetworkV6 ? _underlay6 : _underlay4;
+        var underlay = family == AddressFamily.InterNetworkV6 ? _state.Underlay6 : _state.Underlay4;
         if (address is null || underlay is null)
         {
             throw new InvalidOperationException(
@@ -281,8 +257,9 @@ public sealed class Switch : IDisposable
                 + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
-        var path = new RemotePath(spec, destination, underlay, DeliverFromUnderlay, _clock, _options.HostId) { OnFault = HandleFault, OnControl = HandleControl, InnerMtu = InnerMtuOf,
-            TimerArmed = TimerArmed, Disposer = _disposer, Usable = _stackHost.IsUsable, OnNeedEncryptingSlot = OpenEncryptingSlot,
+        var path = new RemotePath(spec, destination, underlay, _forwarder.DeliverFromUnderlay, _clock, _options.HostId) { OnFault = _quarantine.HandleFault,
+            OnControl = _negotiation.HandleControl, InnerMtu = InnerMtuOf, TimerArmed = _monitor.TimerArmed, Disposer = _state.Disposer,
+            Usable = _stackHost.IsUsable, OnNeedEncryptingSlot = _negotiation.OpenEncryptingSlot,
             OnStackEvent = (stack, name, detail) => Report($"stack {stack} on the path to {spec.HostId}: {name}: {detail}") };
         if (spec.OverlayKey is null)
         {
@@ -368,109 +345,16 @@ public sealed class Switch : IDisposable
         return chosen;
     }
 
-    /// <summary>
-    /// Opens a slot on this end with a new instance of <paramref name="stackId"/>. Nothing stays acquired when it fails
-    /// (or when the slot was adopted: it is already counted), and a stack whose factory throws is quarantined (it would
-    /// throw for every path) before the error goes on.
-    /// </summary>
-    private void OpenOwnSlot(RemotePath path, string stackId, int slot, bool adoptPeerOpened = false)
-    {
-        var stack = _stackHost.Acquire(stackId);
-        try
-        {
-            if (!path.Open(stack, slot, _options.HostId, adoptPeerOpened))
-            {
-                _stackHost.Release(stackId);
-            }
-        }
-        catch (Exception e)
-        {
-            _stackHost.Release(stackId);
-            if (e is StackStartException start)
-            {
-                QuarantineUnstartable(start);
-            }
-            throw;
-        }
-    }
-
-    /// <summary>Paths an encrypting slot is being opened on (for frames to a confidential VM), and since when (clock
-    /// nanoseconds): one attempt at a time, and another after 10 s should one never end.</summary>
-    private readonly ConcurrentDictionary<RemotePath, long> _openingEncrypting = new();
-
-    /// <summary>
-    /// Opens a slot that encrypts on <paramref name="path"/>, bound to no VM, for frames to confidential VMs behind it:
-    /// asked (at most once a second) by a path whose frames to such a VM found none — a standard VM that speaks first,
-    /// or after this agent or the path was replaced, before the confidential VM's host sent anything. Runs in the
-    /// background; the frames that asked were dropped, those after it go encrypted.
-    /// </summary>
-    private void OpenEncryptingSlot(RemotePath path)
-    {
-        var now = _clock();
-        if (_openingEncrypting.TryGetValue(path, out var since) && now - since < 10_000_000_000L || !_openingEncrypting.TryAdd(path, now) && !_openingEncrypting.TryUpdate(path, now, since))
-        {
-            return;
-        }
-        _ = Task.Run(async () =>
-        {
-            try
-            {
-                var family = _stackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily;
-                // Of the stacks that encrypt over the path's family, one the path has settings (keys) for, "secure" first.
-                var stack = _stackHost.Registered
-                    .Where(id => _stackHost.IsUsable(id) && _stackHost.Describe(id) is { Encrypts: true } d && d.UnderlayFamily == family)
-                    .OrderByDescending(id => path.Spec.SettingsOf(id).Count > 0).ThenByDescending(id => id == "secure").ThenBy(id => id, StringComparer.Ordinal)
-                    .FirstOrDefault();
-                if (stack is null)
-                {
-                    Report($"frames to a confidential VM on {path.Spec.HostId} are dropped: no stack that encrypts is available on this host");
-                    return;
-                }
-                // One this end opened already (draining, or being confirmed) is left to finish; else a free one.
-                var slot = path.OwnSlotOf(stack) >= 0 ? -1 : path.FreeOwnSlot();
-                if (slot < 0)
-                {
-                    return;
-                }
-                OpenOwnSlot(path, stack, slot);
-                if (await AskPeerToOpenAsync(path, slot, stack, CancellationToken.None).ConfigureAwait(false) is { } refused)
-                {
-                    if (path.Close(slot) is { } closed)
-                    {
-                        _stackHost.Release(closed);
-                    }
-                    Report($"frames to a confidential VM on {path.Spec.HostId} are dropped: {path.Spec.HostId} did not open {stack} in slot {slot}: {refused}");
-                    return;
-                }
-                Report($"{stack} opened in slot {slot} on the path to {path.Spec.HostId} for frames to its confidential VMs");
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                Report($"frames to a confidential VM on {path.Spec.HostId} are dropped: a slot that encrypts could not be opened: {e.Message}");
-            }
-            finally
-            {
-                _openingEncrypting.TryRemove(KeyValuePair.Create(path, now));
-            }
-        });
-    }
-
-    private void QuarantineUnstartable(StackStartException e)
-    {
-        Report($"stack {e.StackId} quarantined: {e.Message}");
-        _stackHost.Quarantine(e.StackId, e.Message);
-    }
-
     /// <summary>Phase 2: this host transmits through <paramref name="slot"/> from the next packet on; the old slot drains.</summary>
     public void CommitSwap(string hostId, int slot)
     {
         var path = PathTo(hostId);
-        path.Commit(slot, _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000));
+        path.Commit(slot, DrainDeadline());
     }
 
-    private long DrainDeadline() => _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
+    private long DrainDeadline() => _state.DrainDeadline();
 
-    private readonly ConcurrentDictionary<(string Host, int Slot), TaskCompletionSource<string?>> _opening = new();
+    private void OpenOwnSlot(RemotePath path, string stackId, int slot, bool adoptPeerOpened = false) => _negotiation.OpenOwnSlot(path, stackId, slot, adoptPeerOpened);
 
     /// <summary>
     /// Binds a VM's transmissions to <paramref name="hostId"/> to <paramref name="stackId"/>, hitlessly: the stack is
@@ -479,88 +363,8 @@ public sealed class Switch : IDisposable
     /// slot drains. The path's default stack needs no slot of its own. Returns null when bound, else why not — and then
     /// the VM's binding is what it was. Safe to call again with the same arguments (nothing changes).
     /// </summary>
-    public async Task<string?> BindVmAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken = default)
-    {
-        try
-        {
-            return await BindVmCoreAsync(vmId, hostId, stackId, cancellationToken).ConfigureAwait(false);
-        }
-        catch (PathStuckException e)
-        {
-            // The watchdog gives that host a fresh path; the binding is applied again then.
-            return e.Message;
-        }
-    }
-
-    private async Task<string?> BindVmCoreAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken)
-    {
-        if (!_paths.TryGetValue(hostId, out var path))
-        {
-            return $"no path to host '{hostId}'";
-        }
-        if (_vms.TryGetValue(vmId, out var vm) && vm.Sealed && _stackHost.Describe(stackId)?.Encrypts != true)
-        {
-            // Whoever asks (the control plane included): a binding that would carry a confidential VM in clear is refused.
-            return $"VM '{vmId}' must be encrypted (its policy is confidential) and stack '{stackId}' does not encrypt";
-        }
-        if (stackId == path.StackIn(path.TransmitSlot))
-        {
-            path.BindVm(vmId, -1, DrainDeadline());
-            return null;
-        }
-        if (path.BindingOf(vmId).Stack == stackId)
-        {
-            return null;
-        }
-        var description = _stackHost.Describe(stackId);
-        if (description is null)
-        {
-            return $"stack '{stackId}' is not available on this host (available: {string.Join(", ", _stackHost.Registered)})";
-        }
-        if (_stackHost.Quarantined.TryGetValue(stackId, out var why))
-        {
-            return $"stack '{stackId}' is quarantined on this host: {why}";
-        }
-        if (_stackHost.Withdrawn.TryGetValue(stackId, out var withdrawn))
-        {
-            return $"stack '{stackId}' is withdrawn on this host: {withdrawn}";
-        }
-        if (description.UnderlayFamily != _stackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily)
-        {
-            return $"stack '{stackId}' runs over another underlay family than the path to '{hostId}'";
-        }
-        var slot = path.OwnSlotOf(stackId);
-        var opened = false;
-        if (slot < 0)
-        {
-            slot = path.FreeOwnSlot();
-            if (slot < 0)
-            {
-                return $"no free slot on the path to '{hostId}'";
-            }
-            try
-            {
-                OpenOwnSlot(path, stackId, slot);
-            }
-            catch (StackStartException e)
-            {
-                return e.Message;
-            }
-            opened = true;
-        }
-        // The peer confirms even a slot it has already (idempotent): a restarted peer may have lost it.
-        var reply = await AskPeerToOpenAsync(path, slot, stackId, cancellationToken).ConfigureAwait(false);
-        if (reply is not null)
-        {
-            if (opened && path.Close(slot) is { } closed)
-            {
-                _stackHost.Release(closed);
-            }
-            return $"host '{hostId}' did not open {stackId} in slot {slot}: {reply}";
-        }
-        path.BindVm(vmId, slot, DrainDeadline());
-        return null;
-    }
+    public Task<string?> BindVmAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken = default) =>
+        _negotiation.BindAsync(vmId, hostId, stackId, cancellationToken);
 
     /// <summary>
     /// Sets whether a VM's frames must be encrypted (its policy is confidential): from then on they leave only through a
@@ -589,149 +393,6 @@ public sealed class Switch : IDisposable
         }
     }
 
-    private async Task<string?> AskPeerToOpenAsync(RemotePath path, int slot, string stackId, CancellationToken cancellationToken)
-    {
-        var key = (path.Spec.HostId, slot);
-        var pending = _opening.GetOrAdd(key, _ => new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously));
-        try
-        {
-            // Sent until confirmed: the request or its answer may be lost on the very path that is lossy.
-            for (var attempt = 0; attempt < 20; attempt++)
-            {
-                path.SendControl(ControlMessages.MakeOpen(slot, stackId, path.OpenIdOf(slot)));
-                Flush();
-                var done = await Task.WhenAny(pending.Task, Task.Delay(100, cancellationToken)).ConfigureAwait(false);
-                if (done == pending.Task)
-                {
-                    return await pending.Task.ConfigureAwait(false);
-                }
-            }
-            return "no answer within 2 s";
-        }
-        finally
-        {
-            _opening.TryRemove(KeyValuePair.Create(key, pending));
-        }
-    }
-
-    /// <summary>
-    /// The peer refused a slot this end sends on (asked to open it again after the peer lost it — it restarted, replaced a
-    /// stuck path, or quarantined or withdrew the stack meanwhile): what was sent through it moves to the fallback slot,
-    /// dropping rather than clearing what must be encrypted, instead of going on into a slot the peer drops.
-    /// </summary>
-    private void RefusedInUse(RemotePath path, int slot, string reason)
-    {
-        // Only from a peer whose refusals are authenticated (else anyone could move traffic), and never off a stack that
-        // encrypts onto one that does not: those frames wait for a binding instead.
-        if (!path.Authenticated || !path.IsOwnSlot(slot) || slot == RemotePath.FallbackSlot || path.StackIn(slot) is not { } stack
-            || path.StackIn(RemotePath.FallbackSlot) is not { } fallback || _stackHost.Describe(stack)?.Encrypts == true)
-        {
-            return;
-        }
-        var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
-        var moved = path.RebindSlot(slot, RemotePath.FallbackSlot);
-        if (path.TransmitSlot == slot)
-        {
-            path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
-            moved++;
-        }
-        if (moved > 0)
-        {
-            Report($"host {path.Spec.HostId} refused slot {slot} ({stack}): {reason}; what it carried falls back to {fallback} (slot {RemotePath.FallbackSlot})");
-        }
-    }
-
-    /// <summary>An agent control message from a peer (on the underlay thread; what it sends is flushed after the batch).</summary>
-    private void HandleControl(RemotePath path, byte[] message)
-    {
-        if (message.Length < 2)
-        {
-            path.Counters.Drop(DropReason.Malformed);
-            return;
-        }
-        var slot = message[1];
-        switch (message[0])
-        {
-            case ControlMessages.Open:
-                var (stackId, openId) = ControlMessages.ParseOpen(message);
-                path.SendControl(OpenForPeer(path, slot, stackId, openId));
-                break;
-            case ControlMessages.Opened:
-            case ControlMessages.Refused:
-                if (_opening.TryGetValue((path.Spec.HostId, slot), out var pending))
-                {
-                    pending.TrySetResult(message[0] == ControlMessages.Opened ? null : ControlMessages.Text(message));
-                }
-                else if (message[0] == ControlMessages.Refused)
-                {
-                    RefusedInUse(path, slot, ControlMessages.Text(message));
-                }
-                break;
-            case ControlMessages.Close:
-                if (path.IsPeerSlot(slot) && path.Close(slot) is { } closed)
-                {
-                    _stackHost.Release(closed);
-                }
-                break;
-            case ControlMessages.Unknown:
-                if (path.IsOwnSlot(slot) && path.StackIn(slot) is { } stack)
-                {
-                    Report($"host {path.Spec.HostId} does not have slot {slot} ({stack}): asking it to open it again");
-                    path.SendControl(ControlMessages.MakeOpen(slot, stack, path.OpenIdOf(slot)));
-                }
-                break;
-            default:
-                path.Counters.Drop(DropReason.Malformed);
-                break;
-        }
-    }
-
-    private byte[] OpenForPeer(RemotePath path, int slot, string stackId, ulong openId)
-    {
-        if (!path.IsPeerSlot(slot))
-        {
-            return ControlMessages.Make(ControlMessages.Refused, slot, $"slot {slot} is not in {path.Spec.HostId}'s range on this path");
-        }
-        var description = _stackHost.Describe(stackId);
-        if (description is null)
-        {
-            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is not available on {_options.HostId}");
-        }
-        if (_stackHost.Quarantined.TryGetValue(stackId, out var why))
-        {
-            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is quarantined on {_options.HostId}: {why}");
-        }
-        if (_stackHost.Withdrawn.TryGetValue(stackId, out var withdrawn))
-        {
-            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is withdrawn on {_options.HostId}: {withdrawn}");
-        }
-        var stack = _stackHost.Acquire(stackId);
-        string? replaced;
-        bool unchanged;
-        try
-        {
-            replaced = path.OpenForPeer(stack, slot, _options.HostId, openId, out unchanged);
-        }
-        catch (StackStartException e)
-        {
-            _stackHost.Release(stackId);
-            QuarantineUnstartable(e);
-            return ControlMessages.Make(ControlMessages.Refused, slot, e.Message);
-        }
-        catch (InvalidOperationException e) when (e is PathStuckException or PathClosedException)
-        {
-            // Nothing was opened: the count taken for it goes (the watchdog replaces a stuck path; a closed one is gone).
-            _stackHost.Release(stackId);
-            throw;
-        }
-        if (unchanged || replaced is not null)
-        {
-            // Already counted once for this slot (unchanged), or the replaced stack's count goes.
-            _stackHost.Release(unchanged ? stackId : replaced!);
-        }
-        return ControlMessages.Make(ControlMessages.Opened, slot, stackId);
-    }
-
     /// <summary>Each path's measurements since the last call (the agent reports them once a second).</summary>
     public IReadOnlyDictionary<string, PathMeasurement> Measure()
     {
@@ -748,12 +409,6 @@ public sealed class Switch : IDisposable
         return result;
     }
 
-    /// <summary>
-    /// Runs the stacks' timers and sends the probes (every 100 ms). Between them it sleeps until the earliest stack
-    /// timer or probe is due — a path whose stack arms an earlier timer wakes it (<see cref="TimerArmed"/>) — instead of
-    /// looking every millisecond: an idle agent costs nothing here. Timers fire within about a millisecond (the wait's
-    /// granularity), as before.
-    /// </summary>
     /// <summary>An exception escaped the handling of one underlay datagram: reported (at most one a second), and the receive thread goes on.</summary>
     private void UnderlayFault(Exception e)
     {
@@ -766,91 +421,11 @@ public sealed class Switch : IDisposable
     private readonly RateLimit _faultReports = new(TimeSpan.FromSeconds(1));
 
     /// <summary>Exceptions the underlay receive threads caught and survived (each cost one datagram).</summary>
-    public long UnderlayFaults => (_underlay4?.Faults ?? 0) + (_underlay6?.Faults ?? 0);
+    public long UnderlayFaults => (_state.Underlay4?.Faults ?? 0) + (_state.Underlay6?.Faults ?? 0);
 
     /// <summary>What each underlay socket's UDP offloads did (segmented sends, coalesced receives, refusals).</summary>
     public IReadOnlyList<(string Family, UdpOffloads Figures)> UnderlayOffloads =>
-        [.. new[] { ("ipv4", _underlay4), ("ipv6", _underlay6) }.Where(u => u.Item2 is not null).Select(u => (u.Item1, u.Item2!.Offloads))];
-
-    /// <summary>Exceptions the path monitor caught and survived.</summary>
-    public long MonitorFaults => Interlocked.Read(ref _monitorFaults);
-
-    private long _monitorFaults;
-
-    private void MonitorLoop(int generation)
-    {
-        while (!_stopping && Volatile.Read(ref _monitorGeneration) == generation)
-        {
-            try
-            {
-                MonitorRounds(generation);
-            }
-            catch (Exception e)
-            {
-                // A bug in one round must not end probing and stack timers for every path: report, pause, go on. Said
-                // before it is counted, so whoever sees the count finds the event.
-                if (_faultReports.ShouldReport(_clock()))
-                {
-                    Report($"the path monitor threw {e.GetType().Name}: {e.Message} (it goes on)");
-                }
-                Interlocked.Increment(ref _monitorFaults);
-                Thread.Sleep(10);
-            }
-        }
-    }
-
-    private long _nextProbe;
-
-    private void MonitorRounds(int generation)
-    {
-        while (!_stopping && Volatile.Read(ref _monitorGeneration) == generation)
-        {
-            var now = _clock();
-            Volatile.Write(ref _monitorBeat, now);
-            var probe = now >= _nextProbe;
-            if (probe)
-            {
-                _nextProbe = now + 100_000_000;
-            }
-            foreach (var path in _paths.Values)
-            {
-                path.RunTimers(now);
-                if (probe)
-                {
-                    path.SendProbe();
-                }
-            }
-            Flush();
-            // Said before the paths are asked, so a timer armed meanwhile wakes the wait below (it sets the event).
-            Volatile.Write(ref _monitorWakeAt, _nextProbe);
-            var next = _nextProbe;
-            foreach (var path in _paths.Values)
-            {
-                next = Math.Min(next, path.NextTimer(now));
-            }
-            Volatile.Write(ref _monitorWakeAt, next);
-            // At least 1 ms: a stack whose timer stays due after it ran is called every millisecond, as before, not in a spin.
-            _monitorWake.WaitOne((int)Math.Clamp(Math.Ceiling((next - _clock()) / 1_000_000.0), 1, 100));
-            Volatile.Write(ref _monitorWakeAt, long.MinValue);
-        }
-    }
-
-    /// <summary>When the monitor plans to wake (<see cref="long.MinValue"/> while it is awake: it looks at every path before sleeping).</summary>
-    private long _monitorWakeAt = long.MinValue;
-
-    private readonly AutoResetEvent _monitorWake = new(false);
-
-    /// <summary>A stack's timer is due at <paramref name="at"/>: wakes the monitor if it planned to sleep past it.</summary>
-    private void TimerArmed(long at)
-    {
-        if (at < Volatile.Read(ref _monitorWakeAt))
-        {
-            _monitorWake.Set();
-        }
-    }
-
-    private volatile bool _stopping;
-    private Thread? _monitor;
+        [.. new[] { ("ipv4", _state.Underlay4), ("ipv6", _state.Underlay6) }.Where(u => u.Item2 is not null).Select(u => (u.Item1, u.Item2!.Offloads))];
 
     /// <summary>Undoes a prepare that will not be committed; the old binding stays as it was.</summary>
     public bool AbortSwap(string hostId, int slot)
@@ -895,15 +470,12 @@ public sealed class Switch : IDisposable
         }
         foreach (var path in _paths.Values)
         {
-            // A stack stuck in a call holds its path's gate: report and quarantine it, and do not wait on that path.
-            if (path.InCallFor(now) > HangThresholdNanoseconds)
+            // A stack stuck in a call holds its path's gate: it is quarantined and the host given a fresh path; nothing
+            // waits on the stuck one.
+            if (path.InCallFor(now) > Quarantine.HangThresholdNanoseconds)
             {
-                if (path.InCallStack is { } hung && _hung.TryAdd(path, true))
+                if (_quarantine.Hung(path) is { } hung)
                 {
-                    // Reported before it takes effect, so whoever sees the quarantine also finds the event.
-                    Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot})");
-                    _stackHost.Quarantine(hung, $"a call on the path to {path.Spec.HostId} has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
-                    MoveOff(hung, drainSlots: false);
                     ReplaceStuckPath(path, hung);
                 }
                 continue;
@@ -919,39 +491,23 @@ public sealed class Switch : IDisposable
                 {
                     // The peer opened it for us: it may close it too.
                     path.SendControl(ControlMessages.Make(ControlMessages.Close, slot));
-                    Flush();
+                    _state.Flush();
                 }
             }
         }
-        foreach (var withdrawn in _stackHost.Entries().Where(e => e.Withdrawn))
-        {
-            // Again every round while it is loaded: an operation that was under way when it was withdrawn (a binding
-            // whose peer answered late, a swap committed after) may have put it back in use.
-            MoveOff(withdrawn.Id, drainSlots: true);
-        }
-        foreach (var hung in _disposer.NewlyHung(DisposeHangLimit))
-        {
-            // Every instance of it would hold a thread when it closes: no more are made, and its traffic moves off.
-            Report($"stack {hung} quarantined: an instance's Dispose has not returned for over {DisposeHangLimit.TotalSeconds:0} s");
-            _stackHost.Quarantine(hung, $"an instance's Dispose has not returned for over {DisposeHangLimit.TotalSeconds:0} s");
-            MoveOff(hung, drainSlots: false);
-        }
-        if (_monitor is not null && now - Volatile.Read(ref _monitorBeat) > MonitorStuckNanoseconds)
-        {
-            // A stack stuck in a timer call holds the monitor, which every path's timers and probes share: another thread
-            // takes its place (the stuck path itself was replaced above).
-            var count = Interlocked.Increment(ref _monitorReplacements);
-            Report($"the path monitor was stuck for over {MonitorStuckNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
-            StartMonitor();
-        }
-        foreach (var underlay in new[] { _underlay4, _underlay6 })
+        _quarantine.MoveOffWithdrawn();
+        _quarantine.DisposeHangs();
+        // A stack stuck in a timer call holds the monitor, which every path's timers and probes share: another thread
+        // takes its place (the stuck path itself was replaced above).
+        _monitor.ReplaceIfStuck(now);
+        foreach (var underlay in new[] { _state.Underlay4, _state.Underlay6 })
         {
             // A stack stuck in a receive call holds the underlay's receive thread, which every path shares: another
             // thread takes its place (the stuck path itself was replaced above).
-            if (underlay is not null && underlay.HandlingFor.Ticks * 100 > HangThresholdNanoseconds)
+            if (underlay is not null && underlay.HandlingFor.Ticks * 100 > Quarantine.HangThresholdNanoseconds)
             {
                 var count = underlay.ReplaceReceiver();
-                Report($"the underlay receive thread on {underlay.Local} was stuck in a call for over {HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
+                Report($"the underlay receive thread on {underlay.Local} was stuck in a call for over {Quarantine.HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
             }
         }
         _stackHost.Collect();
@@ -982,76 +538,11 @@ public sealed class Switch : IDisposable
     }
 
     /// <summary>Recent events operators should see (quarantines, hangs), newest last, at most 100.</summary>
-    public IReadOnlyList<string> Events => [.. _events];
+    public IReadOnlyList<string> Events => _state.Events;
 
-    private static string FallbackStack(AddressFamily family) => family == AddressFamily.InterNetworkV6 ? "std-ipv6" : "std-ipv4";
+    private static string FallbackStack(AddressFamily family) => SwitchState.FallbackStack(family);
 
-    private void Report(string text)
-    {
-        _events.Enqueue($"{DateTime.UtcNow:O} {text}");
-        while (_events.Count > 100)
-        {
-            _events.TryDequeue(out _);
-        }
-        Log.StackEvent(_logger, text);
-    }
-
-    /// <summary>
-    /// Moves every path transmitting through <paramref name="stackId"/>, and every VM binding on it, to the path's
-    /// fallback slot. With <paramref name="drainSlots"/> every slot holding it, on any path, drains and closes (which
-    /// releases it, so it can unload); a quarantined stack's slots are left as they are.
-    /// </summary>
-    private void MoveOff(string stackId, bool drainSlots)
-    {
-        var encrypts = _stackHost.Describe(stackId)?.Encrypts == true;
-        var drainUntil = _clock() + (long)(_options.Drain.TotalMilliseconds * 1_000_000);
-        foreach (var path in _paths.Values)
-        {
-            if (path.Stuck)
-            {
-                // Nothing waits on a path a stack is stuck on: the watchdog replaces it.
-                continue;
-            }
-            try
-            {
-                MoveOff(path, stackId, encrypts, drainSlots, drainUntil);
-            }
-            catch (PathStuckException e)
-            {
-                // The watchdog replaces a stuck path; the others move on.
-                Report($"{stackId} could not be moved off the path to {path.Spec.HostId}: {e.Message}");
-            }
-        }
-    }
-
-    private void MoveOff(RemotePath path, string stackId, bool encrypts, bool drainSlots, long drainUntil)
-    {
-        var fallback = path.StackIn(RemotePath.FallbackSlot);
-        if (fallback is null || fallback == stackId)
-        {
-            // Said once per path and stack: housekeeping comes back here every round while a withdrawn stack is loaded.
-            if (path.TransmitStack == stackId && _saidNoFallback.TryAdd((path, stackId), true))
-            {
-                Report($"path to {path.Spec.HostId} has no other stack to fall back to; it keeps {stackId} until a binding moves it");
-            }
-            return;
-        }
-        if (path.TransmitStack == stackId)
-        {
-            path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
-            Report($"path to {path.Spec.HostId} falls back to {fallback} (slot {RemotePath.FallbackSlot})"
-                + (encrypts ? $"; frames that must stay encrypted are dropped until a stack that encrypts carries them" : ""));
-        }
-        if (path.RebindStack(stackId, RemotePath.FallbackSlot) is > 0 and var moved)
-        {
-            Report($"{moved} VM binding(s) on the path to {path.Spec.HostId} fall back to {fallback} (slot {RemotePath.FallbackSlot})"
-                + (encrypts ? "; those of VMs that must be encrypted drop their frames instead" : ""));
-        }
-        if (drainSlots)
-        {
-            path.DrainStack(stackId, drainUntil);
-        }
-    }
+    private void Report(string text) => _state.Report(text);
 
     /// <summary>
     /// A stack was withdrawn from the signed targets: no new binding takes it, every path and binding on it moves to
@@ -1059,35 +550,9 @@ public sealed class Switch : IDisposable
     /// peer opened, so it no longer handles even what arrives — and it unloads once released and idle for the drain time.
     /// Bindings the control plane pushes for it are refused from now on. Returns false when it was not registered.
     /// </summary>
-    public bool WithdrawStack(string stackId, string reason)
-    {
-        if (!_stackHost.Withdraw(stackId, reason))
-        {
-            return false;
-        }
-        Report($"stack {stackId} withdrawn: {reason}");
-        MoveOff(stackId, drainSlots: true);
-        return true;
-    }
+    public bool WithdrawStack(string stackId, string reason) => _quarantine.Withdraw(stackId, reason);
 
-    /// <summary>
-    /// A stack threw: it is quarantined (no new bindings anywhere), every path transmitting through it moves to its
-    /// fallback slot, and an instance that threw while receiving is retired at once (datagrams for its slot are then
-    /// counted as unknown-slot drops until the peer moves too). The agent and every other binding keep working.
-    /// </summary>
-    private void HandleFault(RemotePath faulted, int slot, string stackId, bool transmitting, Exception fault)
-    {
-        Report($"stack {stackId} quarantined: {(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} (slot {slot}) threw {fault.GetType().Name}: {fault.Message}");
-        _stackHost.Quarantine(stackId, $"{(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} threw {fault.GetType().Name}: {fault.Message}");
-        MoveOff(stackId, drainSlots: false);
-        if (!transmitting && faulted.TransmitSlot != slot && faulted.Retire(slot) is { } retired)
-        {
-            _stackHost.Release(retired);
-        }
-    }
-
-    private RemotePath PathTo(string hostId) =>
-        _paths.TryGetValue(hostId, out var path) ? path : throw new InvalidOperationException($"No path to host '{hostId}'.");
+    private RemotePath PathTo(string hostId) => _state.PathTo(hostId);
 
     private void ReleaseAll(RemotePath path)
     {
@@ -1123,307 +588,15 @@ public sealed class Switch : IDisposable
         return _options.UnderlayMtu - outerIp - UdpAndFabric - stack.MaxStackFieldBytes - stack.MaxExpansionBytes - InnerEthernet;
     }
 
-    private void ReceiveFromVm(VmPort vm)
-    {
-        // A port with offloads may hand over 64 KiB segments: fewer of them per batch.
-        var batch = new FrameBatch(vm.Port.Capabilities.Offloads ? 16 : 32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
-        var scratch = new byte[65536];
-        try
-        {
-            ReceiveLoop(vm, batch, scratch);
-        }
-        catch (ObjectDisposedException)
-        {
-            // The switch is shutting down under this thread: nothing left to forward.
-        }
-    }
-
-    private void ReceiveLoop(VmPort vm, FrameBatch batch, byte[] scratch)
-    {
-        byte[]? segments = null;
-        // The device's MTU, an Ethernet header and a VLAN tag: what a frame that is not a segment to cut may be.
-        var maxPlain = vm.Port.Capabilities.Offloads ? vm.Port.Capabilities.Mtu + 18 : int.MaxValue;
-        while (!vm.Stopping)
-        {
-            var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
-            if (result == PortResult.Closed || result == PortResult.Error)
-            {
-                if (!vm.Stopping)
-                {
-                    Log.VmPortStopped(_logger, vm.Spec.VmId, result.ToString());
-                }
-                return;
-            }
-            for (var i = 0; i < batch.Count; i++)
-            {
-                var offload = batch.Offload(i);
-                if (offload.IsPlain && batch[i].Length <= maxPlain)
-                {
-                    FromVm(vm, batch[i], scratch);
-                }
-                else if (offload.IsPlain)
-                {
-                    // A port with offloads takes 64 KiB frames, but only a segment to cut may exceed the device's MTU.
-                    vm.Counters.Received(batch[i].Length);
-                    vm.Counters.Drop(DropReason.Malformed);
-                }
-                else
-                {
-                    FromVmOffloaded(vm, batch[i], offload, scratch, segments ??= new byte[65536]);
-                }
-            }
-            Flush();
-        }
-    }
-
-    /// <summary>Sends what the calling thread queued on the underlay during its batch.</summary>
-    private void Flush()
-    {
-        _underlay4?.Flush();
-        _underlay6?.Flush();
-        VmPort.FlushThread();
-    }
-
-    /// <summary>
-    /// Finishes what the VM's device left to the port: a partial checksum is completed, a large TCP or UDP segment cut into
-    /// the frames the VM's MSS makes (each switched as if the VM had sent it). A header the frame's own headers do not
-    /// bear out is the VM's malformed frame.
-    /// </summary>
-    private void FromVmOffloaded(VmPort vm, Span<byte> frame, VirtioNetHeader offload, Span<byte> scratch, Span<byte> segment)
-    {
-        if ((offload.GsoType & ~VirtioNetHeader.GsoEcn) == VirtioNetHeader.GsoNone)
-        {
-            if (!FrameOffload.FinishChecksum(frame, offload))
-            {
-                vm.Counters.Received(frame.Length);
-                vm.Counters.Drop(DropReason.Malformed);
-                return;
-            }
-            FromVm(vm, frame, scratch);
-            return;
-        }
-        var count = FrameOffload.SegmentCount(frame, offload);
-        // A segment size beyond the device's MTU is a header the VM's kernel would never write (and each cut frame would
-        // only be fragmented again); headers are at most 134 bytes, so a segment always fits the buffer.
-        if (count == 0 || offload.GsoSize > vm.Port.Capabilities.Mtu || offload.GsoSize + 134 > segment.Length)
-        {
-            vm.Counters.Received(frame.Length);
-            vm.Counters.Drop(DropReason.Malformed);
-            return;
-        }
-        vm.LargeSegmentsCut++;
-        vm.FramesCut += count;
-        for (var i = 0; i < count; i++)
-        {
-            FromVm(vm, segment[..FrameOffload.Segment(frame, offload, i, segment)], scratch);
-        }
-    }
-
-    /// <summary>Switches one frame a VM sent; the caller flushes the underlay after its batch.</summary>
-    private void FromVm(VmPort vm, ReadOnlySpan<byte> frame, Span<byte> scratch)
-    {
-        vm.Counters.Received(frame.Length);
-        if (!EthernetFrame.TryCreate(frame, out var eth) || eth.TagCount > 0)
-        {
-            vm.Counters.Drop(DropReason.Malformed);
-            return;
-        }
-        if (eth.Source != vm.Spec.Mac)
-        {
-            vm.Counters.Drop(DropReason.SpoofedSource);
-            return;
-        }
-        if (SourceGuard.Check(vm.Spec, eth) is { } refused)
-        {
-            vm.Counters.Drop(refused);
-            return;
-        }
-        var table = _table;
-        var vni = vm.Spec.Vni;
-        if (eth.Destination.IsMulticast)
-        {
-            if (TryAnswerFromTable(vm, eth, table, scratch))
-            {
-                return;
-            }
-            Flood(vm, frame, table);
-            return;
-        }
-        var target = table.FindByMac(vni, eth.Destination);
-        if (target is null)
-        {
-            vm.Counters.Drop(DropReason.UnknownDestination);
-            return;
-        }
-        if (target.LocalVm is not null)
-        {
-            // Same host: straight to the other VM's port, never to the uplink.
-            if (_vms.TryGetValue(target.LocalVm, out var local))
-            {
-                local.Deliver(frame);
-            }
-            return;
-        }
-        if (!_paths.TryGetValue(target.RemoteHost!, out var path))
-        {
-            vm.Counters.Drop(DropReason.NoPath);
-            return;
-        }
-        if (path.Transmit(frame, vni, vm.Spec.VmId, vm.Sealed, target.Sealed) is > 0 and var mtu)
-        {
-            HandleTooLarge(vm, path, eth, mtu, target.Sealed, scratch);
-        }
-    }
-
-    private void HandleTooLarge(VmPort vm, RemotePath path, in EthernetFrame eth, int mtu, bool sealedDestination, Span<byte> scratch)
-    {
-        vm.Counters.Drop(DropReason.TooLarge);
-        if (eth.EtherType == EtherTypes.IPv4 && IPv4Packet.TryCreate(eth.Payload, out var v4))
-        {
-            if (!v4.DontFragment)
-            {
-                // Without DF a router fragments: so does the switch, and the VM never notices the overlay.
-                var fragmentScratch = new byte[mtu + InnerEthernet + 64];
-                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId, vm.Sealed, sealedDestination));
-                return;
-            }
-            vm.Deliver(scratch[..Replies.FragmentationNeeded(eth, v4, mtu, scratch)]);
-        }
-        else if (eth.EtherType == EtherTypes.IPv6 && IPv6Packet.TryCreate(eth.Payload, out var v6))
-        {
-            vm.Deliver(scratch[..Replies.PacketTooBig(eth, v6, mtu, scratch)]);
-        }
-    }
-
-    private bool TryAnswerFromTable(VmPort vm, in EthernetFrame eth, ForwardingTable table, Span<byte> scratch)
-    {
-        var vni = vm.Spec.Vni;
-        if (eth.EtherType == EtherTypes.Arp && ArpPacket.TryCreate(eth.Payload, out var arp) && arp.Operation == ArpOperation.Request)
-        {
-            var request = arp.ToRepr();
-            // Gratuitous ARP (sender = target) announces; it is not a question.
-            if (request.SenderProtocol == request.TargetProtocol)
-            {
-                return false;
-            }
-            if (table.FindByIPv4(vni, request.TargetProtocol) is { } owner && owner.Mac != vm.Spec.Mac)
-            {
-                vm.Deliver(scratch[..Replies.ArpReply(request, owner.Mac, scratch)]);
-                return true;
-            }
-            return false;
-        }
-        if (eth.EtherType == EtherTypes.IPv6 && IPv6Packet.TryCreate(eth.Payload, out var ip) && ip.UpperLayerProtocol == IPProtocols.IcmpV6
-            && IcmpV6Message.TryCreate(ip.UpperLayerPayload, out var icmp) && icmp.Type == IcmpV6Types.NeighborSolicitation)
-        {
-            // Duplicate address detection comes from :: and must not be answered, or the VM would drop its own address.
-            if (ip.Source == default)
-            {
-                return true;
-            }
-            if (table.FindByIPv6(vni, icmp.TargetAddress) is { } owner && owner.Mac != vm.Spec.Mac)
-            {
-                vm.Deliver(scratch[..Replies.NeighborAdvertisement(vm.Spec.Mac, ip.Source, icmp.TargetAddress, owner.Mac, scratch)]);
-                return true;
-            }
-        }
-        return false;
-    }
-
-    private void Flood(VmPort from, ReadOnlySpan<byte> frame, ForwardingTable table)
-    {
-        var vni = from.Spec.Vni;
-        foreach (var vmId in table.LocalVmsOf(vni))
-        {
-            if (vmId != from.Spec.VmId && _vms.TryGetValue(vmId, out var local))
-            {
-                local.Deliver(frame);
-            }
-        }
-        foreach (var host in table.RemoteHostsOf(vni))
-        {
-            if (_paths.TryGetValue(host, out var path))
-            {
-                path.Transmit(frame, vni, from.Spec.VmId, from.Sealed, preferEncrypted: table.HasSealedVms(vni, host));
-            }
-        }
-    }
-
-    private void OnDatagram(ReadOnlySpan<byte> datagram, UdpPeer source)
-    {
-        if (!_pathsByAddress.TryGetValue(source, out var path))
-        {
-            _underlayCounters.Drop(DropReason.UnknownPeer);
-            return;
-        }
-        path.Receive(datagram);
-    }
-
-    /// <summary>
-    /// Delivers a frame from the path to <paramref name="fromHost"/> to the local VM it is for; returns that VM's id (null
-    /// for a broadcast or a drop). The frame's source must be a VM the forwarding table places on that host in that
-    /// virtual network: a host (or anyone who can send as it) cannot speak for VMs it does not have, nor for VMs of
-    /// networks it has none in. A confidential VM gets it only if it was <paramref name="encrypted"/> (the stack that carried it encrypts).
-    /// </summary>
-    private string? DeliverFromUnderlay(string fromHost, uint vni, bool encrypted, ReadOnlySpan<byte> frame)
-    {
-        if (!EthernetFrame.TryCreate(frame, out var eth))
-        {
-            _underlayCounters.Drop(DropReason.Malformed);
-            return null;
-        }
-        var table = _table;
-        if (table.FindByMac(vni, eth.Source)?.RemoteHost != fromHost)
-        {
-            _underlayCounters.Drop(DropReason.SpoofedSource);
-            return null;
-        }
-        if (eth.Destination.IsMulticast)
-        {
-            foreach (var vmId in table.LocalVmsOf(vni))
-            {
-                if (!_vms.TryGetValue(vmId, out var local))
-                {
-                    continue;
-                }
-                if (!local.Sealed || encrypted)
-                {
-                    local.Deliver(frame);
-                }
-                else
-                {
-                    _underlayCounters.Drop(DropReason.NotEncrypted);
-                }
-            }
-            return null;
-        }
-        // The VNI comes from the Fabric header: a frame reaches a VM only if that VM is in that network.
-        if (table.FindByMac(vni, eth.Destination) is { LocalVm: { } vmIdTarget } && _vms.TryGetValue(vmIdTarget, out var target))
-        {
-            if (target.Sealed && !encrypted)
-            {
-                // A confidential VM takes frames from other hosts only as they crossed the underlay: encrypted. Whatever
-                // came in clear (from a standard VM, or forged as its host) could have been read or made up on the way.
-                _underlayCounters.Drop(DropReason.NotEncrypted);
-                return null;
-            }
-            target.Deliver(frame);
-            return vmIdTarget;
-        }
-        _underlayCounters.Drop(DropReason.WrongVirtualNetwork);
-        return null;
-    }
-
     public void Dispose()
     {
-        _stopping = true;
-        _monitor?.Join(TimeSpan.FromSeconds(2));
+        _monitor.Dispose();
         foreach (var vmId in _vms.Keys.ToList())
         {
             DetachVm(vmId);
         }
-        _underlay4?.Dispose();
-        _underlay6?.Dispose();
+        _state.Underlay4?.Dispose();
+        _state.Underlay6?.Dispose();
         foreach (var path in _paths.Values.Concat(_abandoned.Keys))
         {
             ReleaseAll(path);

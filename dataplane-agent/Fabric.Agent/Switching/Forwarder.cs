@@ -1,0 +1,302 @@
+using Fabric.Hal;
+using Fabric.Hal.Linux;
+using Fabric.Wire;
+
+namespace Fabric.Agent.Switching;
+
+/// <summary>
+/// The switch's data path, both ways. From a VM: a frame is checked (valid Ethernet, untagged, its own source MAC and
+/// addresses), ARP and neighbour solicitations are answered from the forwarding table, same-host traffic goes straight to
+/// the other VM's port, traffic for a remote VM to the path's stack, broadcasts to every VM of the virtual network. From
+/// the underlay: a frame reaches only a local VM of the virtual network in its Fabric header, only from a VM the table
+/// places on the sending host, and a confidential VM only if it crossed encrypted. Every drop is counted by reason.
+/// </summary>
+internal sealed class Forwarder(SwitchState state)
+{
+    private const int InnerEthernet = 14;
+
+    /// <summary>The VM's receive thread: its frames, a batch at a time, until it is detached.</summary>
+    public void ReceiveFromVm(VmPort vm)
+    {
+        // A port with offloads may hand over 64 KiB segments: fewer of them per batch.
+        var batch = new FrameBatch(vm.Port.Capabilities.Offloads ? 16 : 32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
+        var scratch = new byte[65536];
+        try
+        {
+            ReceiveLoop(vm, batch, scratch);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The switch is shutting down under this thread: nothing left to forward.
+        }
+    }
+
+    private void ReceiveLoop(VmPort vm, FrameBatch batch, byte[] scratch)
+    {
+        byte[]? segments = null;
+        // The device's MTU, an Ethernet header and a VLAN tag: what a frame that is not a segment to cut may be.
+        var maxPlain = vm.Port.Capabilities.Offloads ? vm.Port.Capabilities.Mtu + 18 : int.MaxValue;
+        while (!vm.Stopping)
+        {
+            var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
+            if (result == PortResult.Closed || result == PortResult.Error)
+            {
+                if (!vm.Stopping)
+                {
+                    Log.VmPortStopped(state.Logger, vm.Spec.VmId, result.ToString());
+                }
+                return;
+            }
+            for (var i = 0; i < batch.Count; i++)
+            {
+                var offload = batch.Offload(i);
+                if (offload.IsPlain && batch[i].Length <= maxPlain)
+                {
+                    FromVm(vm, batch[i], scratch);
+                }
+                else if (offload.IsPlain)
+                {
+                    // A port with offloads takes 64 KiB frames, but only a segment to cut may exceed the device's MTU.
+                    vm.Counters.Received(batch[i].Length);
+                    vm.Counters.Drop(DropReason.Malformed);
+                }
+                else
+                {
+                    FromVmOffloaded(vm, batch[i], offload, scratch, segments ??= new byte[65536]);
+                }
+            }
+            state.Flush();
+        }
+    }
+
+    /// <summary>
+    /// Finishes what the VM's device left to the port: a partial checksum is completed, a large TCP or UDP segment cut into
+    /// the frames the VM's MSS makes (each switched as if the VM had sent it). A header the frame's own headers do not
+    /// bear out is the VM's malformed frame.
+    /// </summary>
+    private void FromVmOffloaded(VmPort vm, Span<byte> frame, VirtioNetHeader offload, Span<byte> scratch, Span<byte> segment)
+    {
+        if ((offload.GsoType & ~VirtioNetHeader.GsoEcn) == VirtioNetHeader.GsoNone)
+        {
+            if (!FrameOffload.FinishChecksum(frame, offload))
+            {
+                vm.Counters.Received(frame.Length);
+                vm.Counters.Drop(DropReason.Malformed);
+                return;
+            }
+            FromVm(vm, frame, scratch);
+            return;
+        }
+        var count = FrameOffload.SegmentCount(frame, offload);
+        // A segment size beyond the device's MTU is a header the VM's kernel would never write (and each cut frame would
+        // only be fragmented again); headers are at most 134 bytes, so a segment always fits the buffer.
+        if (count == 0 || offload.GsoSize > vm.Port.Capabilities.Mtu || offload.GsoSize + 134 > segment.Length)
+        {
+            vm.Counters.Received(frame.Length);
+            vm.Counters.Drop(DropReason.Malformed);
+            return;
+        }
+        vm.LargeSegmentsCut++;
+        vm.FramesCut += count;
+        for (var i = 0; i < count; i++)
+        {
+            FromVm(vm, segment[..FrameOffload.Segment(frame, offload, i, segment)], scratch);
+        }
+    }
+
+    /// <summary>Switches one frame a VM sent; the caller flushes the underlay after its batch.</summary>
+    private void FromVm(VmPort vm, ReadOnlySpan<byte> frame, Span<byte> scratch)
+    {
+        vm.Counters.Received(frame.Length);
+        if (!EthernetFrame.TryCreate(frame, out var eth) || eth.TagCount > 0)
+        {
+            vm.Counters.Drop(DropReason.Malformed);
+            return;
+        }
+        if (eth.Source != vm.Spec.Mac)
+        {
+            vm.Counters.Drop(DropReason.SpoofedSource);
+            return;
+        }
+        if (SourceGuard.Check(vm.Spec, eth) is { } refused)
+        {
+            vm.Counters.Drop(refused);
+            return;
+        }
+        var table = state.Table;
+        var vni = vm.Spec.Vni;
+        if (eth.Destination.IsMulticast)
+        {
+            if (TryAnswerFromTable(vm, eth, table, scratch))
+            {
+                return;
+            }
+            Flood(vm, frame, table);
+            return;
+        }
+        var target = table.FindByMac(vni, eth.Destination);
+        if (target is null)
+        {
+            vm.Counters.Drop(DropReason.UnknownDestination);
+            return;
+        }
+        if (target.LocalVm is not null)
+        {
+            // Same host: straight to the other VM's port, never to the uplink.
+            if (state.Vms.TryGetValue(target.LocalVm, out var local))
+            {
+                local.Deliver(frame);
+            }
+            return;
+        }
+        if (!state.Paths.TryGetValue(target.RemoteHost!, out var path))
+        {
+            vm.Counters.Drop(DropReason.NoPath);
+            return;
+        }
+        if (path.Transmit(frame, vni, vm.Spec.VmId, vm.Sealed, target.Sealed) is > 0 and var mtu)
+        {
+            HandleTooLarge(vm, path, eth, mtu, target.Sealed, scratch);
+        }
+    }
+
+    private void HandleTooLarge(VmPort vm, RemotePath path, in EthernetFrame eth, int mtu, bool sealedDestination, Span<byte> scratch)
+    {
+        vm.Counters.Drop(DropReason.TooLarge);
+        if (eth.EtherType == EtherTypes.IPv4 && IPv4Packet.TryCreate(eth.Payload, out var v4))
+        {
+            if (!v4.DontFragment)
+            {
+                // Without DF a router fragments: so does the switch, and the VM never notices the overlay.
+                var fragmentScratch = new byte[mtu + InnerEthernet + 64];
+                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId, vm.Sealed, sealedDestination));
+                return;
+            }
+            vm.Deliver(scratch[..Replies.FragmentationNeeded(eth, v4, mtu, scratch)]);
+        }
+        else if (eth.EtherType == EtherTypes.IPv6 && IPv6Packet.TryCreate(eth.Payload, out var v6))
+        {
+            vm.Deliver(scratch[..Replies.PacketTooBig(eth, v6, mtu, scratch)]);
+        }
+    }
+
+    private bool TryAnswerFromTable(VmPort vm, in EthernetFrame eth, ForwardingTable table, Span<byte> scratch)
+    {
+        var vni = vm.Spec.Vni;
+        if (eth.EtherType == EtherTypes.Arp && ArpPacket.TryCreate(eth.Payload, out var arp) && arp.Operation == ArpOperation.Request)
+        {
+            var request = arp.ToRepr();
+            // Gratuitous ARP (sender = target) announces; it is not a question.
+            if (request.SenderProtocol == request.TargetProtocol)
+            {
+                return false;
+            }
+            if (table.FindByIPv4(vni, request.TargetProtocol) is { } owner && owner.Mac != vm.Spec.Mac)
+            {
+                vm.Deliver(scratch[..Replies.ArpReply(request, owner.Mac, scratch)]);
+                return true;
+            }
+            return false;
+        }
+        if (eth.EtherType == EtherTypes.IPv6 && IPv6Packet.TryCreate(eth.Payload, out var ip) && ip.UpperLayerProtocol == IPProtocols.IcmpV6
+            && IcmpV6Message.TryCreate(ip.UpperLayerPayload, out var icmp) && icmp.Type == IcmpV6Types.NeighborSolicitation)
+        {
+            // Duplicate address detection comes from :: and must not be answered, or the VM would drop its own address.
+            if (ip.Source == default)
+            {
+                return true;
+            }
+            if (table.FindByIPv6(vni, icmp.TargetAddress) is { } owner && owner.Mac != vm.Spec.Mac)
+            {
+                vm.Deliver(scratch[..Replies.NeighborAdvertisement(vm.Spec.Mac, ip.Source, icmp.TargetAddress, owner.Mac, scratch)]);
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private void Flood(VmPort from, ReadOnlySpan<byte> frame, ForwardingTable table)
+    {
+        var vni = from.Spec.Vni;
+        foreach (var vmId in table.LocalVmsOf(vni))
+        {
+            if (vmId != from.Spec.VmId && state.Vms.TryGetValue(vmId, out var local))
+            {
+                local.Deliver(frame);
+            }
+        }
+        foreach (var host in table.RemoteHostsOf(vni))
+        {
+            if (state.Paths.TryGetValue(host, out var path))
+            {
+                path.Transmit(frame, vni, from.Spec.VmId, from.Sealed, preferEncrypted: table.HasSealedVms(vni, host));
+            }
+        }
+    }
+
+    /// <summary>A datagram from the underlay (on its receive thread): to the path of the address it came from.</summary>
+    public void OnDatagram(ReadOnlySpan<byte> datagram, UdpPeer source)
+    {
+        if (!state.PathsByAddress.TryGetValue(source, out var path))
+        {
+            state.UnderlayCounters.Drop(DropReason.UnknownPeer);
+            return;
+        }
+        path.Receive(datagram);
+    }
+
+    /// <summary>
+    /// Delivers a frame from the path to <paramref name="fromHost"/> to the local VM it is for; returns that VM's id (null
+    /// for a broadcast or a drop). The frame's source must be a VM the forwarding table places on that host in that
+    /// virtual network: a host (or anyone who can send as it) cannot speak for VMs it does not have, nor for VMs of
+    /// networks it has none in. A confidential VM gets it only if it was <paramref name="encrypted"/> (the stack that carried it encrypts).
+    /// </summary>
+    public string? DeliverFromUnderlay(string fromHost, uint vni, bool encrypted, ReadOnlySpan<byte> frame)
+    {
+        if (!EthernetFrame.TryCreate(frame, out var eth))
+        {
+            state.UnderlayCounters.Drop(DropReason.Malformed);
+            return null;
+        }
+        var table = state.Table;
+        if (table.FindByMac(vni, eth.Source)?.RemoteHost != fromHost)
+        {
+            state.UnderlayCounters.Drop(DropReason.SpoofedSource);
+            return null;
+        }
+        if (eth.Destination.IsMulticast)
+        {
+            foreach (var vmId in table.LocalVmsOf(vni))
+            {
+                if (!state.Vms.TryGetValue(vmId, out var local))
+                {
+                    continue;
+                }
+                if (!local.Sealed || encrypted)
+                {
+                    local.Deliver(frame);
+                }
+                else
+                {
+                    state.UnderlayCounters.Drop(DropReason.NotEncrypted);
+                }
+            }
+            return null;
+        }
+        // The VNI comes from the Fabric header: a frame reaches a VM only if that VM is in that network.
+        if (table.FindByMac(vni, eth.Destination) is { LocalVm: { } vmIdTarget } && state.Vms.TryGetValue(vmIdTarget, out var target))
+        {
+            if (target.Sealed && !encrypted)
+            {
+                // A confidential VM takes frames from other hosts only as they crossed the underlay: encrypted. Whatever
+                // came in clear (from a standard VM, or forged as its host) could have been read or made up on the way.
+                state.UnderlayCounters.Drop(DropReason.NotEncrypted);
+                return null;
+            }
+            target.Deliver(frame);
+            return vmIdTarget;
+        }
+        state.UnderlayCounters.Drop(DropReason.WrongVirtualNetwork);
+        return null;
+    }
+}
