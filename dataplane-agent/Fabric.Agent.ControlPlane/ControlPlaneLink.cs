@@ -107,7 +107,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 var grains = await ClientAsync(cancellationToken).ConfigureAwait(false);
                 var host = grains.GetGrain<IHostGrain>(HostId);
-                if (DateTimeOffset.UtcNow >= _nextRegister)
+                if (_agent.Time.GetUtcNow() >= _nextRegister)
                 {
                     await RegisterAsync(grains, host, cancellationToken).ConfigureAwait(false);
                 }
@@ -132,12 +132,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                     Log.Unreachable(_logger, e.Message);
                 }
                 (_connected, _lastError, _nextRegister) = (false, e.Message, default);
-                failingSince ??= DateTimeOffset.UtcNow;
-                if (DateTimeOffset.UtcNow - failingSince > TimeSpan.FromSeconds(10))
+                failingSince ??= _agent.Time.GetUtcNow();
+                if (_agent.Time.GetUtcNow() - failingSince > TimeSpan.FromSeconds(10))
                 {
                     // A client that has not recovered by itself is rebuilt: the silo may be back at another address.
                     await DropClientAsync().ConfigureAwait(false);
-                    failingSince = DateTimeOffset.UtcNow;
+                    failingSince = _agent.Time.GetUtcNow();
                 }
                 // Fail-static: VMs that arrived meanwhile get their policy's default stack locally. What fails here is
                 // said and tried again next period: the link itself never ends on it.
@@ -152,7 +152,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
             try
             {
-                await Task.Delay(period, cancellationToken).ConfigureAwait(false);
+                await Task.Delay(period, _agent.Time, cancellationToken).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
@@ -232,7 +232,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     {
         var desired = await host.RegisterAsync(Info(), _reference!).ConfigureAwait(false);
         var epoch = new DesiredStateVersion(desired.Version).Epoch;
-        if (epoch == _epoch && DateTimeOffset.UtcNow < _holdRemovalsUntil)
+        if (epoch == _epoch && _agent.Time.GetUtcNow() < _holdRemovalsUntil)
         {
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
         }
@@ -244,7 +244,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 // place their VMs (each within a registration period), so withdrawals wait a few periods, and this
                 // agent places its VMs again at each registration meanwhile (a placement that failed midway while the
                 // control plane warmed up is repaired; an unchanged one is cheap).
-                _holdRemovalsUntil = DateTimeOffset.UtcNow + 3 * RegisterEvery;
+                _holdRemovalsUntil = _agent.Time.GetUtcNow() + 3 * RegisterEvery;
             }
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
             desired = await host.GetDesiredStateAsync().ConfigureAwait(false);
@@ -261,7 +261,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             await ApplyAsync(host, desired, cancellationToken).ConfigureAwait(false);
         }
-        _nextRegister = DateTimeOffset.UtcNow + RegisterEvery;
+        _nextRegister = _agent.Time.GetUtcNow() + RegisterEvery;
     }
 
     private HostInfo Info()
@@ -431,7 +431,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var configuredRoutes = (_agent.Config.Routes ?? []).Select(r => Route.KeyOf(r.Vni, Fabric.Wire.MacAddress.TryParse(r.Mac, out var mac) ? mac.ToString() : r.Mac)).ToHashSet(StringComparer.Ordinal);
         return DesiredStateReconciler.PlanNetwork(_desired,
             new ProgrammedNetwork(_appliedRoutes, _appliedPeers, _agent.Switch.Paths.Keys.ToHashSet(StringComparer.Ordinal), _programmed, configuredRoutes),
-            holdRemovals: DateTimeOffset.UtcNow < _holdRemovalsUntil);
+            holdRemovals: _agent.Time.GetUtcNow() < _holdRemovalsUntil);
     }
 
     /// <summary>
@@ -577,7 +577,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
 
     private async Task ReportAsync(IHostGrain host, IReadOnlyDictionary<string, Switching.PathMeasurement> measurements)
     {
-        var now = DateTimeOffset.UtcNow;
+        var now = _agent.Time.GetUtcNow();
         var samples = ImmutableArray.CreateBuilder<PathSample>();
         var outcomes = ImmutableArray.CreateBuilder<Outcome>();
         var owners = _agent.LocalVms().SelectMany(vm => vm.Ports.Select(port => (port, vm.Id))).ToDictionary(x => x.port, x => x.Id, StringComparer.Ordinal);

@@ -1,4 +1,3 @@
-using Stopwatch = System.Diagnostics.Stopwatch;
 using System.Net;
 using Fabric.Agent.Stacks;
 using Fabric.Agent.Switching;
@@ -56,20 +55,22 @@ public sealed class Agent : IDisposable
     /// <param name="logger">Where it logs.</param>
     /// <param name="openPort">Opens a VM's port by device name; null: AF_PACKET on the device.</param>
     /// <param name="underlay">Makes the underlay; null: kernel UDP sockets. Tests pass an <see cref="Underlay.InMemoryWire"/>'s.</param>
-    public Agent(AgentConfig config, ILogger logger, Func<string, IFramePort>? openPort = null, Underlay.UnderlayFactory? underlay = null)
+    /// <param name="time">The agent's one clock; null: the system's. Tests pass a fake one.</param>
+    public Agent(AgentConfig config, ILogger logger, Func<string, IFramePort>? openPort = null, Underlay.UnderlayFactory? underlay = null, TimeProvider? time = null)
     {
         Config = config;
         _logger = logger;
         // A VM's port reads and writes virtio-net headers: its device keeps checksum and segmentation offloads, as a VM's
         // virtio NIC does, and the switch cuts large segments from the VM and joins runs of them on their way to it.
         _openPort = openPort ?? (device => AfPacketPort.Open(device, new AfPacketOptions(Offloads: config.VmPortOffloads)));
-        var start = Stopwatch.GetTimestamp();
+        Time = time ?? TimeProvider.System;
         Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu)
         {
             Drain = TimeSpan.FromMilliseconds(config.DrainMilliseconds),
             PeerSlotIdle = TimeSpan.FromSeconds(config.PeerSlotIdleSeconds),
             Underlay = underlay,
-        }, () => (long)((Stopwatch.GetTimestamp() - start) * (1e9 / Stopwatch.Frequency)), logger);
+            Time = Time,
+        }, logger);
         _registrations = new Registrations(TryAttach, Switch.DetachVm, config.StateDirectory);
     }
 
@@ -81,6 +82,9 @@ public sealed class Agent : IDisposable
     public AgentConfig Config { get; }
 
     public Switch Switch { get; }
+
+    /// <summary>The agent's one clock: the switch, its paths and stacks, the stack host, the control-plane link.</summary>
+    public TimeProvider Time { get; }
 
     /// <summary>Loads stacks, binds the underlay and applies the config's hosts, VMs and routes. Throws on the first failure.</summary>
     public void Start()
@@ -100,7 +104,7 @@ public sealed class Agent : IDisposable
             }
             Said(read);
             var period = TimeSpan.FromSeconds(repository.RefreshSeconds);
-            _stackRefresh = new Timer(_ => RefreshStacks(), null, period, period);
+            _stackRefresh = Time.CreateTimer(_ => RefreshStacks(), null, period, period);
         }
         var u = Config.Underlay;
         Switch.StartUnderlay(u.IPv4 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv4), u.Port), u.IPv6 is null ? null : new IPEndPoint(IPAddress.Parse(u.IPv6), u.Port));
@@ -129,7 +133,7 @@ public sealed class Agent : IDisposable
         // Drained slots are closed, idle stacks unloaded and registered vNICs whose netdev appeared attached in the
         // background; every 2 s, hook calls that gave up waiting on a busy agent are taken from the queue.
         var ticks = 0;
-        _housekeeping = new Timer(_ =>
+        _housekeeping = Time.CreateTimer(_ =>
         {
             try
             {
@@ -156,8 +160,8 @@ public sealed class Agent : IDisposable
         }, null, TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(250));
     }
 
-    private Timer? _housekeeping;
-    private Timer? _stackRefresh;
+    private ITimer? _housekeeping;
+    private ITimer? _stackRefresh;
     private readonly Dictionary<string, SignedStacks.VerifiedStack> _signed = new(StringComparer.Ordinal);
     private readonly object _refreshGate = new();
     private RepositoryState? _repositoryState;
@@ -188,7 +192,7 @@ public sealed class Agent : IDisposable
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            _repositoryState = (_repositoryState ?? new(DateTime.UtcNow, null, null)) with { CheckedAt = DateTime.UtcNow, LastError = e.Message };
+            _repositoryState = (_repositoryState ?? new(Time.GetUtcNow().UtcDateTime, null, null)) with { CheckedAt = Time.GetUtcNow().UtcDateTime, LastError = e.Message };
             Log.RepositoryRefreshFailed(_logger, _signed.Count, e.Message);
         }
         finally
@@ -231,7 +235,7 @@ public sealed class Agent : IDisposable
         {
             Refused(name, "", error.Message);
         }
-        _repositoryState = new(DateTime.UtcNow, read.Targets.Version, read.Failed.Count > 0 ? string.Join("; ", read.Failed.Select(f => f.Error.Message)) : read.Offline);
+        _repositoryState = new(Time.GetUtcNow().UtcDateTime, read.Targets.Version, read.Failed.Count > 0 ? string.Join("; ", read.Failed.Select(f => f.Error.Message)) : read.Offline);
     }
 
     /// <summary>Logs a stack that could not be had or used, once per stack and reason (the refresh meets it again every period).</summary>

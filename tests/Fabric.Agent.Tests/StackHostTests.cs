@@ -34,17 +34,17 @@ public class StackHostTests
     [Fact]
     public void AStackStaysLoadedWhileBound_AndDrainsBeforeUnloading()
     {
-        var now = DateTime.UnixEpoch;
-        var host = new StackHost(TimeSpan.FromSeconds(2), () => now);
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UnixEpoch);
+        var host = new StackHost(TimeSpan.FromSeconds(2), time);
         host.Register(StackPlugins.PathOf(StackPlugins.SwapTest));
         var stack = host.Acquire("swap-test");
         Assert.Equal(1, host.Entries().Single().Bindings);
-        now += TimeSpan.FromSeconds(10);
+        time.Advance(TimeSpan.FromSeconds(10));
         Assert.Equal(0, host.Collect());
         host.Release("swap-test");
-        now += TimeSpan.FromSeconds(1);
+        time.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(0, host.Collect());
-        now += TimeSpan.FromSeconds(1);
+        time.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(1, host.Collect());
         Assert.False(host.Entries().Single().Loaded);
         GC.KeepAlive(stack);

@@ -30,16 +30,18 @@ internal sealed class TwoHosts : IDisposable
     /// <param name="authenticated">Whether the two ends share an overlay key (authenticated probes and control messages).</param>
     /// <param name="peerSlotIdleSeconds">How long host A keeps a slot host B opened that receives nothing.</param>
     /// <param name="inMemory">The two agents share an <see cref="InMemoryWire"/> (<see cref="Wire"/>) instead of UDP sockets on loopback.</param>
+    /// <param name="time">Both hosts' clock (a fake one moves only when the test says: hosts keep their clocks in step, as a
+    /// fleet's do, or their control messages would be refused as stale); null: the system's.</param>
     public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null, bool authenticated = true, int peerSlotIdleSeconds = 600,
-        bool inMemory = false)
+        bool inMemory = false, TimeProvider? time = null)
     {
         Wire = inMemory ? new InMemoryWire() : null;
         _overlayKey = authenticated ? OverlayKey : null;
         string[] stacks = [StackPlugins.PathOf(StackPlugins.StdIPv4), StackPlugins.PathOf(StackPlugins.StdIPv6), StackPlugins.PathOf(StackPlugins.SwapTest),
             StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.FaultySealed), StackPlugins.PathOf(StackPlugins.Secure)];
-        (_stacks, _stack, _settings) = (stacks, stack, settings);
+        (_stacks, _stack, _settings, _time) = (stacks, stack, settings, time);
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100,
-            PeerSlotIdleSeconds: peerSlotIdleSeconds), NullLogger.Instance, Open, Wire?.Factory);
+            PeerSlotIdleSeconds: peerSlotIdleSeconds), NullLogger.Instance, Open, Wire?.Factory, time);
         A.Start();
         B = StartB(0);
         Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings, _overlayKey))));
@@ -53,11 +55,12 @@ internal sealed class TwoHosts : IDisposable
     private readonly string _stack;
     private readonly Dictionary<string, Dictionary<string, string>>? _settings;
     private readonly string? _overlayKey;
+    private readonly TimeProvider? _time;
 
     /// <summary>Starts host B (on the given underlay port; 0: any) with its VM and routes, as its agent does on every start.</summary>
     private Agent StartB(int port)
     {
-        var b = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: port), _stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open, Wire?.Factory);
+        var b = new Agent(new AgentConfig("host-b", new UnderlayConfig("127.0.0.1", "::1", Port: port), _stacks, "unused", DrainMilliseconds: 100), NullLogger.Instance, Open, Wire?.Factory, _time);
         b.Start();
         Ok(b.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-a", "127.0.0.1", "::1", _stack, PortOf(A, _stack), _settings, _overlayKey))));
         Ok(b.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm3", "tap-vm3", 100, Mac3.ToString(), ["10.0.0.3"], ["fd00:100::3"]))));

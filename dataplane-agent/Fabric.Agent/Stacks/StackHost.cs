@@ -22,7 +22,7 @@ public sealed class StackHost
     private readonly Dictionary<string, string> _quarantined = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _withdrawn = new(StringComparer.Ordinal);
     private readonly TimeSpan _drain;
-    private readonly Func<DateTime> _now;
+    private readonly TimeProvider _time;
 
     private sealed class Slot(LoadedStack stack)
     {
@@ -32,11 +32,11 @@ public sealed class StackHost
     }
 
     /// <param name="drain">How long an unused stack stays loaded (its old slots may still be receiving).</param>
-    /// <param name="now">The clock (tests pass their own).</param>
-    public StackHost(TimeSpan drain, Func<DateTime>? now = null)
+    /// <param name="time">The clock (the agent's; tests pass a fake one); null: the system's.</param>
+    public StackHost(TimeSpan drain, TimeProvider? time = null)
     {
         _drain = drain;
-        _now = now ?? (() => DateTime.UtcNow);
+        _time = time ?? TimeProvider.System;
     }
 
     /// <summary>Makes a plug-in available: loads it once to learn its id and version, then leaves it idle.</summary>
@@ -73,7 +73,7 @@ public sealed class StackHost
             _withdrawn.Remove(id);
             if (!_loaded.ContainsKey(id))
             {
-                _loaded[id] = new Slot(stack) { IdleSince = _now() };
+                _loaded[id] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
             }
             else if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext duplicate)
             {
@@ -131,7 +131,7 @@ public sealed class StackHost
             _withdrawn[id] = reason;
             if (_loaded.TryGetValue(id, out var slot) && slot.Bindings == 0)
             {
-                slot.IdleSince ??= _now();
+                slot.IdleSince ??= _time.GetUtcNow().UtcDateTime;
             }
             return true;
         }
@@ -181,7 +181,7 @@ public sealed class StackHost
         {
             if (_loaded.TryGetValue(id, out var slot) && slot.Bindings > 0 && --slot.Bindings == 0)
             {
-                slot.IdleSince = _now();
+                slot.IdleSince = _time.GetUtcNow().UtcDateTime;
             }
         }
     }
@@ -221,7 +221,7 @@ public sealed class StackHost
     {
         lock (_gate)
         {
-            var now = _now();
+            var now = _time.GetUtcNow().UtcDateTime;
             var unloaded = 0;
             foreach (var (id, slot) in _loaded.ToList())
             {
@@ -279,7 +279,7 @@ public sealed class StackHost
         {
             throw new InvalidOperationException($"Stack '{id}' could not be loaded: {e.Message}", e);
         }
-        _loaded[id] = new Slot(stack) { IdleSince = _now() };
+        _loaded[id] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
         return stack;
     }
 

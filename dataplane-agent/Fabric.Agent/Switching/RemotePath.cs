@@ -49,7 +49,7 @@ public sealed partial class RemotePath : IDisposable
     /// <summary>Set under the gate when the path is disposed: nothing is opened in it after.</summary>
     private bool _disposed;
 
-    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, IUnderlay underlay, Func<string, uint, bool, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost)
+    internal RemotePath(RemoteHostSpec spec, UdpPeer destination, IUnderlay underlay, Func<string, uint, bool, ReadOnlySpan<byte>, string?> deliver, Func<long> clock, string localHost, TimeProvider? time = null)
     {
         Spec = spec;
         Destination = destination;
@@ -58,7 +58,7 @@ public sealed partial class RemotePath : IDisposable
         _table = new SlotTable(localHost, spec.HostId);
         _output = new PathOutput(this, underlay);
         _delivery = new PathDelivery(this, deliver);
-        _authenticator = spec.OverlayKey is { } key ? new OverlayAuthenticator(key, localHost, spec.HostId) : null;
+        _authenticator = spec.OverlayKey is { } key ? new OverlayAuthenticator(key, localHost, spec.HostId, time) : null;
     }
 
     public RemoteHostSpec Spec { get; }
@@ -72,7 +72,7 @@ public sealed partial class RemotePath : IDisposable
     internal Func<long> Clock { get; }
 
     /// <summary>Disposes the instances this path takes out of their slots (shared by the switch's paths, which watches it).</summary>
-    internal StackDisposer Disposer { get; init; } = new();
+    internal StackDisposer Disposer { get; init; } = new(TimeProvider.System);
 
     /// <summary>Called (outside the path's gate) when a stack instance throws: the path, the slot, the stack id, whether it was transmitting, the exception.</summary>
     internal Action<RemotePath, int, string, bool, Exception>? OnFault { get; set; }

@@ -206,7 +206,7 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             {
                 path.SendControl(ControlMessages.MakeOpen(slot, stackId, path.OpenIdOf(slot)));
                 state.Flush();
-                var done = await Task.WhenAny(pending.Task, Task.Delay(100, cancellationToken)).ConfigureAwait(false);
+                var done = await Task.WhenAny(pending.Task, Task.Delay(TimeSpan.FromMilliseconds(100), state.Options.Time, cancellationToken)).ConfigureAwait(false);
                 if (done == pending.Task)
                 {
                     return await pending.Task.ConfigureAwait(false);

@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Diagnostics;
 using Fabric.Stacks;
 
 namespace Fabric.Agent.Switching;
@@ -11,7 +10,7 @@ namespace Fabric.Agent.Switching;
 /// (none of its instances is made again, so it cannot take thread after thread); what Dispose throws is counted.
 /// Thread-safe.
 /// </summary>
-internal sealed class StackDisposer
+internal sealed class StackDisposer(TimeProvider time)
 {
     private sealed class Running(string stackId)
     {
@@ -39,7 +38,7 @@ internal sealed class StackDisposer
 
     private void Dispose(IStack instance, Running running)
     {
-        Volatile.Write(ref running.Since, Stopwatch.GetTimestamp());
+        Volatile.Write(ref running.Since, time.GetTimestamp());
         try
         {
             instance.Dispose();
@@ -57,12 +56,12 @@ internal sealed class StackDisposer
     /// <summary>The stacks one of whose instances has been in Dispose for longer than <paramref name="limit"/>, each instance said once.</summary>
     public IReadOnlyList<string> NewlyHung(TimeSpan limit)
     {
-        var now = Stopwatch.GetTimestamp();
+        var now = time.GetTimestamp();
         var hung = new List<string>();
         foreach (var running in _running.Values)
         {
             var since = Volatile.Read(ref running.Since);
-            if (since != 0 && Stopwatch.GetElapsedTime(since, now) > limit && !running.Said)
+            if (since != 0 && time.GetElapsedTime(since, now) > limit && !running.Said)
             {
                 running.Said = true;
                 hung.Add(running.StackId);

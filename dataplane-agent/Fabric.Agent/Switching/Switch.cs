@@ -24,6 +24,10 @@ public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500)
 
     /// <summary>Makes the underlay for each local address; null: kernel UDP sockets (<see cref="UdpUnderlay"/>).</summary>
     public UnderlayFactory? Underlay { get; init; }
+
+    /// <summary>The one clock of the switch, its paths, their stacks and authenticators, the underlay's watchdog and the
+    /// stack host; tests pass a fake one.</summary>
+    public TimeProvider Time { get; init; } = TimeProvider.System;
 }
 
 /// <summary>
@@ -57,10 +61,10 @@ public sealed class Switch : IDisposable
     private readonly object _tableWriter = new();
     private readonly ConcurrentDictionary<string, int> _innerMtuByStack = new(StringComparer.Ordinal);
 
-    public Switch(SwitchOptions options, Func<long> clock, ILogger logger)
+    public Switch(SwitchOptions options, ILogger logger)
     {
-        _state = new SwitchState(options, clock, logger);
-        (_options, _clock, _logger, _stackHost) = (options, clock, logger, _state.StackHost);
+        _state = new SwitchState(options, logger);
+        (_options, _clock, _logger, _stackHost) = (options, _state.Clock, logger, _state.StackHost);
         (_vms, _paths, _pathsByAddress) = (_state.Vms, _state.Paths, _state.PathsByAddress);
         _forwarder = new Forwarder(_state);
         _quarantine = new Quarantine(_state);
@@ -97,19 +101,19 @@ public sealed class Switch : IDisposable
         Log.StackLoaded(_logger, description.Id, description.Version, assemblyPath);
     }
 
-    private UnderlayFactory MakeUnderlay => _options.Underlay ?? ((local, handler, afterBatch, fault) => new UdpUnderlay(local, handler, afterBatch, fault));
+    private UnderlayFactory MakeUnderlay => _options.Underlay ?? ((local, handler, afterBatch, fault, time) => new UdpUnderlay(local, handler, afterBatch, fault, time));
 
     /// <summary>Binds the underlay sockets (either may be null).</summary>
     public void StartUnderlay(IPEndPoint? ipv4, IPEndPoint? ipv6)
     {
         if (ipv4 is not null)
         {
-            _state.Underlay4 = MakeUnderlay(ipv4, _forwarder.OnDatagram, _state.Flush, UnderlayFault);
+            _state.Underlay4 = MakeUnderlay(ipv4, _forwarder.OnDatagram, _state.Flush, UnderlayFault, _options.Time);
             Log.UnderlayListening(_logger, _state.Underlay4.Local.ToString());
         }
         if (ipv6 is not null)
         {
-            _state.Underlay6 = MakeUnderlay(ipv6, _forwarder.OnDatagram, _state.Flush, UnderlayFault);
+            _state.Underlay6 = MakeUnderlay(ipv6, _forwarder.OnDatagram, _state.Flush, UnderlayFault, _options.Time);
             Log.UnderlayListening(_logger, _state.Underlay6.Local.ToString());
         }
         _monitor.Start();
@@ -257,7 +261,7 @@ public sealed class Switch : IDisposable
                 + (address is null ? "but the host has no such underlay address." : "but this agent has no underlay socket of that family."));
         }
         var destination = UdpPeer.From(new IPEndPoint(address, underlayPort));
-        var path = new RemotePath(spec, destination, underlay, _forwarder.DeliverFromUnderlay, _clock, _options.HostId) { OnFault = _quarantine.HandleFault,
+        var path = new RemotePath(spec, destination, underlay, _forwarder.DeliverFromUnderlay, _clock, _options.HostId, _options.Time) { OnFault = _quarantine.HandleFault,
             OnControl = _negotiation.HandleControl, InnerMtu = InnerMtuOf, TimerArmed = _monitor.TimerArmed, Disposer = _state.Disposer,
             Usable = _stackHost.IsUsable, OnNeedEncryptingSlot = _negotiation.OpenEncryptingSlot,
             OnStackEvent = (stack, name, detail) => Report($"stack {stack} on the path to {spec.HostId}: {name}: {detail}") };

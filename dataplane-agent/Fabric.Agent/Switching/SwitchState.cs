@@ -13,18 +13,19 @@ namespace Fabric.Agent.Switching;
 /// (<see cref="SlotNegotiation"/>), the path monitor (<see cref="MonitorThread"/>) and quarantine
 /// (<see cref="Quarantine"/>) — read it and act through it.
 /// </summary>
-internal sealed class SwitchState(SwitchOptions options, Func<long> clock, ILogger logger)
+internal sealed class SwitchState(SwitchOptions options, ILogger logger)
 {
     public SwitchOptions Options { get; } = options;
 
-    /// <summary>Monotonic nanoseconds: the one clock of the switch, its paths and their stacks.</summary>
-    public Func<long> Clock { get; } = clock;
+    /// <summary>Monotonic nanoseconds since the switch was made, read from <see cref="SwitchOptions.Time"/>: what the
+    /// paths, their stacks, the monitor and the watchdog measure time with.</summary>
+    public Func<long> Clock { get; } = Nanoseconds(options.Time);
 
     public ILogger Logger { get; } = logger;
 
     public string HostId => Options.HostId;
 
-    public StackHost StackHost { get; } = new(options.Drain);
+    public StackHost StackHost { get; } = new(options.Drain, options.Time);
 
     public ConcurrentDictionary<string, VmPort> Vms { get; } = new();
 
@@ -49,7 +50,7 @@ internal sealed class SwitchState(SwitchOptions options, Func<long> clock, ILogg
     public IUnderlay? Underlay6 { get; set; }
 
     /// <summary>Disposes the instances paths take out of their slots, and watches for Dispose calls that hang.</summary>
-    public StackDisposer Disposer { get; } = new();
+    public StackDisposer Disposer { get; } = new(options.Time);
 
     private readonly ConcurrentQueue<string> _events = new();
 
@@ -59,7 +60,7 @@ internal sealed class SwitchState(SwitchOptions options, Func<long> clock, ILogg
     /// <summary>Logs an event operators should see and keeps it in <see cref="Events"/>.</summary>
     public void Report(string text)
     {
-        _events.Enqueue($"{DateTime.UtcNow:O} {text}");
+        _events.Enqueue($"{Options.Time.GetUtcNow().UtcDateTime:O} {text}");
         while (_events.Count > 100)
         {
             _events.TryDequeue(out _);
@@ -81,6 +82,14 @@ internal sealed class SwitchState(SwitchOptions options, Func<long> clock, ILogg
     /// <summary>The path to <paramref name="hostId"/>; throws naming the host when there is none.</summary>
     public RemotePath PathTo(string hostId) =>
         Paths.TryGetValue(hostId, out var path) ? path : throw new InvalidOperationException($"No path to host '{hostId}'.");
+
+    /// <summary>A monotonic nanosecond clock from <paramref name="time"/>, 0 now.</summary>
+    private static Func<long> Nanoseconds(TimeProvider time)
+    {
+        var start = time.GetTimestamp();
+        var scale = 1e9 / time.TimestampFrequency;
+        return () => (long)((time.GetTimestamp() - start) * scale);
+    }
 
     /// <summary>The family's std stack, which every path keeps open in its fallback slot.</summary>
     public static string FallbackStack(System.Net.Sockets.AddressFamily family) =>

@@ -9,9 +9,10 @@ public delegate void UnderlayHandler(ReadOnlySpan<byte> datagram, UdpPeer source
 /// <summary>
 /// Makes the underlay for one local address: <paramref name="handler"/> is called per datagram on its receive thread,
 /// <paramref name="afterBatch"/> after each batch (to flush what the handlers queued), <paramref name="fault"/> with any
-/// exception either let escape (the thread goes on). Throws naming the address when it cannot bind.
+/// exception either let escape (the thread goes on); <paramref name="time"/> is the agent's clock (how long a batch's
+/// handling has run is read from it). Throws naming the address when it cannot bind.
 /// </summary>
-public delegate IUnderlay UnderlayFactory(IPEndPoint local, UnderlayHandler handler, Action afterBatch, Action<Exception>? fault);
+public delegate IUnderlay UnderlayFactory(IPEndPoint local, UnderlayHandler handler, Action afterBatch, Action<Exception>? fault, TimeProvider time);
 
 /// <summary>
 /// The underlay as the switch and its paths use it: one local address, a receive thread that hands each datagram to

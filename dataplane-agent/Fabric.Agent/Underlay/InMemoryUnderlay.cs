@@ -28,7 +28,7 @@ public sealed class InMemoryWire
     public long Lost => Interlocked.Read(ref _lost);
 
     /// <summary>Makes underlays on this wire, as <see cref="UdpUnderlay"/>'s constructor does on a socket.</summary>
-    public UnderlayFactory Factory => (local, handler, afterBatch, fault) => new InMemoryUnderlay(this, local, handler, afterBatch, fault);
+    public UnderlayFactory Factory => (local, handler, afterBatch, fault, time) => new InMemoryUnderlay(this, local, handler, afterBatch, fault, time);
 
     /// <summary>Sends <paramref name="datagram"/> as <paramref name="source"/> (anyone's address) to <paramref name="destination"/>.</summary>
     public void Inject(IPEndPoint source, IPEndPoint destination, ReadOnlySpan<byte> datagram) => Send(UdpPeer.From(source), UdpPeer.From(destination), datagram);
@@ -82,12 +82,13 @@ public sealed class InMemoryUnderlay : IUnderlay
     private Thread _receiver;
     private int _generation;
     private long _handlingSince;
+    private readonly TimeProvider _time;
     private long _faults;
     private volatile bool _stopping;
 
-    internal InMemoryUnderlay(InMemoryWire wire, IPEndPoint local, UnderlayHandler handler, Action afterBatch, Action<Exception>? fault)
+    internal InMemoryUnderlay(InMemoryWire wire, IPEndPoint local, UnderlayHandler handler, Action afterBatch, Action<Exception>? fault, TimeProvider time)
     {
-        (_wire, _handler, _afterBatch, _fault) = (wire, handler, afterBatch, fault);
+        (_wire, _handler, _afterBatch, _fault, _time) = (wire, handler, afterBatch, fault, time);
         _buffer = new ThreadLocal<byte[]>(() => new byte[MaxDatagram]);
         Local = wire.Attach(local, this);
         _self = UdpPeer.From(Local);
@@ -107,7 +108,7 @@ public sealed class InMemoryUnderlay : IUnderlay
         get
         {
             var since = Volatile.Read(ref _handlingSince);
-            return since == 0 ? TimeSpan.Zero : System.Diagnostics.Stopwatch.GetElapsedTime(since);
+            return since == 0 ? TimeSpan.Zero : _time.GetElapsedTime(since);
         }
     }
 
@@ -153,7 +154,7 @@ public sealed class InMemoryUnderlay : IUnderlay
             {
                 return;
             }
-            Volatile.Write(ref _handlingSince, System.Diagnostics.Stopwatch.GetTimestamp());
+            Volatile.Write(ref _handlingSince, _time.GetTimestamp());
             // A batch, as a socket's receive thread takes one: what is waiting, up to 32.
             for (var n = 0; n < 32 && reader.TryRead(out var item); n++)
             {

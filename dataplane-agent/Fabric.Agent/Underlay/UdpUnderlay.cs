@@ -16,8 +16,9 @@ public sealed class UdpUnderlay : IUnderlay
     private Thread _receiver;
     private int _generation;
 
-    /// <summary>When the receive thread began handling its current batch (a Stopwatch timestamp; 0 while it waits for datagrams).</summary>
+    /// <summary>When the receive thread began handling its current batch (a timestamp of <see cref="_time"/>; 0 while it waits for datagrams).</summary>
     private long _handlingSince;
+    private readonly TimeProvider _time;
     private readonly UnderlayHandler _handler;
     private readonly Action _afterBatch;
     private readonly ThreadLocal<UdpBatchSocket> _outbox;
@@ -33,8 +34,10 @@ public sealed class UdpUnderlay : IUnderlay
     /// <param name="handler">Called per datagram on the receive thread.</param>
     /// <param name="afterBatch">Called on the receive thread after each batch (to flush what the handlers queued).</param>
     /// <param name="fault">Told of an exception a handler (or the batch's flush) let escape; the thread goes on with the next datagram.</param>
-    public UdpUnderlay(IPEndPoint local, UnderlayHandler handler, Action afterBatch, Action<Exception>? fault = null)
+    /// <param name="time">The clock a batch's handling is timed by; null: the system's.</param>
+    public UdpUnderlay(IPEndPoint local, UnderlayHandler handler, Action afterBatch, Action<Exception>? fault = null, TimeProvider? time = null)
     {
+        _time = time ?? TimeProvider.System;
         _handler = handler;
         _afterBatch = afterBatch;
         _fault = fault;
@@ -75,7 +78,7 @@ public sealed class UdpUnderlay : IUnderlay
         get
         {
             var since = Volatile.Read(ref _handlingSince);
-            return since == 0 ? TimeSpan.Zero : System.Diagnostics.Stopwatch.GetElapsedTime(since);
+            return since == 0 ? TimeSpan.Zero : _time.GetElapsedTime(since);
         }
     }
 
@@ -161,7 +164,7 @@ public sealed class UdpUnderlay : IUnderlay
             }
             // A handler that throws costs its own datagram, never the thread: the rest of the batch and every later
             // one are still handled.
-            Volatile.Write(ref _handlingSince, System.Diagnostics.Stopwatch.GetTimestamp());
+            Volatile.Write(ref _handlingSince, _time.GetTimestamp());
             if (!HandleBatch(batch, n))
             {
                 return;
