@@ -222,6 +222,45 @@ public class SwitchTests
         Assert.Equal(1, hosts.A.Switch.Vms["vm1"].Counters.Drops(DropReason.Malformed));
     }
 
+    /// <summary>
+    /// A VM registered with no addresses (it takes them from DHCP or SLAAC) may use addresses no one has, but not those the
+    /// forwarding table gives other VMs of its network, local or remote: it cannot send as them nor claim them in ARP or
+    /// neighbour discovery. The frame after the refused ones is the first to arrive: none of them went out before it.
+    /// </summary>
+    [Fact]
+    public void AVmRegisteredWithoutAddresses_TakesFreeOnes_ButNotTheAddressesOfVmsTheFleetKnows()
+    {
+        using var hosts = new TwoHosts(inMemory: true);
+        var mac5 = new MacAddress(0x02_00_00_00_01_05);
+        Ok(hosts.A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm5", "tap-vm5", 100, mac5.ToString(), [], []))));
+        Ok(hosts.B.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, mac5.ToString(), "host-a", [], []))));
+        byte[][] claimed =
+        [
+            Frames.Udp(mac5, Mac3, "10.0.0.2", "10.0.0.3", 100),
+            Frames.Udp(mac5, Mac3, "10.0.0.3", "10.0.0.3", 100),
+            Frames.Udp6(mac5, Mac3, "fd00:100::1", "fd00:100::3", 100),
+            Frames.ArpRequest(mac5, "10.0.0.1", "10.0.0.3"),
+            Frames.NeighborAdvertisement(mac5, "fe80::5", "fd00:100::3"),
+        ];
+        foreach (var frame in claimed)
+        {
+            hosts.Vm("vm5").Transmit(frame);
+        }
+        // Addresses no VM of the network has (what DHCP or SLAAC gave it) pass, in the order sent.
+        byte[][] free =
+        [
+            Frames.Udp(mac5, Mac3, "10.0.0.77", "10.0.0.3", 100),
+            Frames.Udp6(mac5, Mac3, "fd00:100::77", "fd00:100::3", 100),
+            Frames.Udp(mac5, Mac3, "10.0.0.4", "10.0.0.3", 100),
+        ];
+        foreach (var frame in free)
+        {
+            hosts.Vm("vm5").Transmit(frame);
+            Assert.Equal(frame, hosts.Expect("vm3"));
+        }
+        Assert.Equal(claimed.Length, hosts.A.Switch.Vms["vm5"].Counters.Drops(DropReason.SpoofedSource));
+    }
+
     [Fact]
     public void AHostCannotSpeakForVmsItDoesNotHave_NorInNetworksItHasNoneIn()
     {

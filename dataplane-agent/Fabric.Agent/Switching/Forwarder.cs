@@ -118,12 +118,12 @@ internal sealed class Forwarder(SwitchState state)
             vm.Counters.Drop(DropReason.SpoofedSource);
             return;
         }
-        if (SourceGuard.Check(vm.Spec, eth) is { } refused)
+        var table = state.Table;
+        if (SourceGuard.Check(vm.Spec, eth, table) is { } refused)
         {
             vm.Counters.Drop(refused);
             return;
         }
-        var table = state.Table;
         var vni = vm.Spec.Vni;
         if (eth.Destination.IsMulticast)
         {
