@@ -66,7 +66,9 @@ internal static class SwapBenchmark
         var sender = new Thread(() =>
         {
             var frame = new byte[14 + 500];
-            EthernetWriter.Write(frame, Mac3, Mac1, EtherTypes.IPv4);
+            // IEEE's local experimental EtherType: the payload is a frame number, not an IP packet (the switch drops IPv4
+            // frames that do not parse, as it must).
+            EthernetWriter.Write(frame, Mac3, Mac1, 0x88B5);
             var start = Stopwatch.GetTimestamp();
             while (!stop.IsCancellationRequested && sent < capacity)
             {
