@@ -84,7 +84,8 @@ public sealed record ProgrammedNetwork(
     IReadOnlySet<string> ConfiguredRoutes);
 
 /// <summary>What to change in the switch's remote hosts and routes, in this order.</summary>
-/// <param name="RemoveRoutes">Applied routes the desired state no longer has or has otherwise: removed (and re-set after, if changed).</param>
+/// <param name="RemoveRoutes">Applied routes the desired state no longer has, or has on another host or unsealed: removed (and
+/// set again after, if changed). A route changed otherwise is only in <paramref name="SetRoutes"/>: set in place.</param>
 /// <param name="ForgetPeers">Applied peers to forget: gone from the desired state, changed, or whose path went.</param>
 /// <param name="RemoveHosts">Of those, the hosts no longer desired: their paths are removed.</param>
 /// <param name="AddPeers">Desired peers to add (or replace) with keys derived for the pair.</param>
@@ -142,8 +143,15 @@ public static class DesiredStateReconciler
                 held = true;
                 continue;
             }
-            removeRoutes.Add(route);
             appliedRoutes.Remove(key);
+            if (wanted && now!.HostId == route.HostId && (now.Sealed || !route.Sealed))
+            {
+                // Set again below, which replaces the entry in place: frames to the VM never meet a missing route
+                // meanwhile. A route that moves to another host (whose path may not exist yet) or is unsealed (an entry
+                // stays sealed until removed) is removed first.
+                continue;
+            }
+            removeRoutes.Add(route);
         }
         var forget = ImmutableArray.CreateBuilder<string>();
         var removeHosts = ImmutableArray.CreateBuilder<string>();

@@ -161,6 +161,37 @@ public class ReconcilerTests
         $"remove routes [{string.Join(", ", plan.RemoveRoutes.Select(r => r.Key))}], forget [{string.Join(", ", plan.ForgetPeers)}], remove hosts [{string.Join(", ", plan.RemoveHosts)}], " +
         $"add peers [{string.Join(", ", plan.AddPeers.Select(p => p.HostId))}], set routes [{string.Join(", ", plan.SetRoutes.Select(r => r.Key))}]";
 
+    /// <summary>
+    /// A route whose addresses change, or that becomes sealed, is set over the old entry in place: no removal, so frames
+    /// to the VM never meet a missing route. One that moves to another host, or is unsealed, is removed first (the switch
+    /// keeps an entry sealed until it is removed), and the switch then ends as the desired state says.
+    /// </summary>
+    [Fact]
+    public void ARouteChangedInPlace_IsSetOverTheOld_ButOneMovedOrUnsealedIsRemovedFirst()
+    {
+        var vnic = new Vnic(Mac("host-b", "vm2"), 1, ["10.0.0.2"], []);
+        var route = new Route("vm2", "host-b", vnic);
+        var peers = Hosts.Select(h => new Peer(h, "192.0.2.1", null, 47110, null)).ToImmutableArray();
+        HeldDesiredState Desired(Route r, long version) => HeldDesiredState.None.Take(new DesiredState("host-a", version, []) { Routes = [r], Peers = peers });
+        var world = new World();
+        world.CarryOut(DesiredStateReconciler.PlanNetwork(Desired(route, 1), world.Programmed(), holdRemovals: false));
+        Assert.Equal(route, world.Routes[route.Key]);
+
+        Route[] inPlace = [route with { Vnic = vnic with { IPv4 = ["10.0.0.22"] } }, route with { Sealed = true }];
+        Route[] removedFirst = [route with { HostId = "host-c" }];
+        var version = 2L;
+        foreach (var changed in inPlace.Concat(removedFirst).Append(route))
+        {
+            var plan = DesiredStateReconciler.PlanNetwork(Desired(changed, version++), world.Programmed(), holdRemovals: false);
+            var unsealed = world.Routes[route.Key].Sealed && !changed.Sealed;
+            Assert.Equal(!inPlace.Contains(changed) && (unsealed || changed.HostId != world.Routes[route.Key].HostId), plan.RemoveRoutes.Length == 1);
+            Assert.Equal(changed, Assert.Single(plan.SetRoutes));
+            world.CarryOut(plan);
+            Assert.Equal(changed, world.Routes[route.Key]);
+            Assert.True(DesiredStateReconciler.PlanNetwork(Desired(changed, version - 1), world.Programmed(), holdRemovals: false).IsEmpty);
+        }
+    }
+
     private static string Mac(string host, string vm) => $"52:54:00:00:{Array.IndexOf(Hosts, host) + 1:x2}:{Array.IndexOf(Vms, vm) + 1:x2}";
 
     /// <summary>A control plane's view of one host, changed at random as a host grain changes it: VMs come, move, go, change stacks and policies; peers change keys.</summary>
@@ -273,7 +304,8 @@ public class ReconcilerTests
             }
             foreach (var route in plan.SetRoutes.Where(r => Paths.Contains(r.HostId)))
             {
-                Routes[route.Key] = route;
+                // As the switch does: an entry set over a sealed one stays sealed (only removing it unseals it).
+                Routes[route.Key] = Routes.TryGetValue(route.Key, out var existing) && existing.Sealed ? route with { Sealed = true } : route;
             }
         }
     }

@@ -16,6 +16,18 @@ public static class Frames
         return frame;
     }
 
+    /// <summary>A TCP segment (ACK, PSH) carrying <paramref name="payload"/> bytes from sequence number <paramref name="sequence"/>.</summary>
+    public static byte[] Tcp(MacAddress src, MacAddress dst, string from, string to, int payload, uint sequence = 1000)
+    {
+        var frame = new byte[14 + 20 + 20 + payload];
+        var at = EthernetWriter.Write(frame, dst, src, EtherTypes.IPv4);
+        at += new IPv4Repr(IPv4Address.Parse(from), IPv4Address.Parse(to), IPProtocols.Tcp, 64, 20 + payload, DontFragment: true, Identification: 9).Write(frame.AsSpan(at));
+        new TcpRepr(40000, 5201, sequence, 1, TcpFlags.Ack | TcpFlags.Psh, 65535).Write(frame.AsSpan(at));
+        frame.AsSpan(at + 20).Fill(0x5A);
+        TcpRepr.SetChecksumV4(frame.AsSpan(at), IPv4Address.Parse(from), IPv4Address.Parse(to));
+        return frame;
+    }
+
     public static byte[] Udp6(MacAddress src, MacAddress dst, string from, string to, int payload)
     {
         var frame = new byte[14 + 40 + 8 + payload];

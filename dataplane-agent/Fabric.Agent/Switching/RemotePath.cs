@@ -704,14 +704,15 @@ public sealed partial class RemotePath : IDisposable
         using (_gate.Held())
         {
             var slot = _table.TransmitSlot;
+            VmTraffic? traffic = null;
             if (vmId is not null)
             {
-                var traffic = _table.Traffic(vmId);
+                traffic = _table.Traffic(vmId);
                 traffic.Frames++;
                 traffic.Bytes += frame.Length;
-                traffic.Tcp.OnEgress(frame, Clock());
                 slot = _table.SlotOf(traffic);
             }
+            var borrowed = false;
             var stack = _table.Instance(slot);
             if (stack is null)
             {
@@ -725,13 +726,19 @@ public sealed partial class RemotePath : IDisposable
                     // A frame to a confidential VM goes through a slot that encrypts (one this end opened, else the one the
                     // confidential VM's host opened for its traffic here). Borrowed, the slot counts as in use: a slot
                     // the peer opened is not closed as idle while frames go out through it.
-                    (slot, stack) = (encrypting, _table.Instance(encrypting)!);
+                    (slot, stack, borrowed) = (encrypting, _table.Instance(encrypting)!, true);
                     _table.Touch(slot, Clock());
                 }
                 else if (sealedDestination && _monitor.EncryptingSlotRequests.ShouldReport(Clock()))
                 {
                     OnNeedEncryptingSlot?.Invoke(this);
                 }
+            }
+            if (traffic is not null && !borrowed)
+            {
+                // The VM's outcomes are credited to the stack it transmits with: what another stack carried for it (a
+                // borrowed slot, to a confidential VM) would be read as its own stack's service, so it is not metered.
+                traffic.Tcp.OnEgress(frame, Clock());
             }
             var stackId = _table.StackIn(slot)!;
             if ((sealedVm || sealedDestination || (slot == _table.TransmitSlot && _table.SealedPath)) && !_table.Encrypts(slot))
