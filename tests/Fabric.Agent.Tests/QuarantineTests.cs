@@ -74,7 +74,7 @@ public class QuarantineTests
     }
 
     [Fact]
-    public void AStackStuckForeverInTransmit_CostsTheVmItHolds_AndItsHostGetsAFreshPath()
+    public void AStackStuckForeverInTransmit_CostsOnlyTheFrameItHolds_TheVmGetsANewThread_AndItsHostAFreshPath()
     {
         using var hosts = new TwoHosts("faulty");
         var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
@@ -104,6 +104,20 @@ public class QuarantineTests
         hosts.Vm("vm2").Transmit(local);
         Assert.Equal(local, hosts.Expect("vm1"));
         Assert.True(hosts.A.Handle(new ApiRequest("status")).Ok);
+
+        // vm1 itself, whose thread the stack still holds, sends again through a new thread: to a local VM and to host-b.
+        Eventually.True(() => hosts.A.Switch.Vms["vm1"].ReceiverReplacements == 1, TimeSpan.FromSeconds(10), "vm1's receive thread replaced",
+            () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the receive thread of vm1 was stuck in a call for over 1000 ms: a new one took its place (1 so far)", StringComparison.Ordinal));
+        var fromVm1 = Frames.Udp(Mac1, Mac2, "10.0.0.1", "10.0.0.2", 120);
+        hosts.Vm("vm1").Transmit(fromVm1);
+        Assert.Equal(fromVm1, hosts.Expect("vm2"));
+        var toVm3 = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 130);
+        Eventually.True(() =>
+        {
+            hosts.Vm("vm1").Transmit(toVm3);
+            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+        }, TimeSpan.FromSeconds(10), "vm1 reaching vm3 through the fresh path", () => string.Join("; ", hosts.A.Switch.Events));
     }
 
     [Fact]

@@ -15,15 +15,24 @@ internal sealed class Forwarder(SwitchState state)
 {
     private const int InnerEthernet = 14;
 
-    /// <summary>The VM's receive thread: its frames, a batch at a time, until it is detached.</summary>
-    public void ReceiveFromVm(VmPort vm)
+    /// <summary>Starts a receive thread for the VM; one started before it (stuck in a stack's call) ends when that call returns.</summary>
+    public void StartReceiver(VmPort vm)
+    {
+        var generation = Interlocked.Increment(ref vm.ReceiverGeneration);
+        Volatile.Write(ref vm.HandlingSince, 0);
+        vm.Receiver = new Thread(() => ReceiveFromVm(vm, generation)) { IsBackground = true, Name = $"vm-rx {vm.Spec.VmId}" };
+        vm.Receiver.Start();
+    }
+
+    /// <summary>The VM's receive thread: its frames, a batch at a time, until it is detached or replaced.</summary>
+    private void ReceiveFromVm(VmPort vm, int generation)
     {
         // A port with offloads may hand over 64 KiB segments: fewer of them per batch.
         var batch = new FrameBatch(vm.Port.Capabilities.Offloads ? 16 : 32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
         var scratch = new byte[65536];
         try
         {
-            ReceiveLoop(vm, batch, scratch);
+            ReceiveLoop(vm, generation, batch, scratch);
         }
         catch (ObjectDisposedException)
         {
@@ -31,12 +40,12 @@ internal sealed class Forwarder(SwitchState state)
         }
     }
 
-    private void ReceiveLoop(VmPort vm, FrameBatch batch, byte[] scratch)
+    private void ReceiveLoop(VmPort vm, int generation, FrameBatch batch, byte[] scratch)
     {
         byte[]? segments = null;
         // The device's MTU, an Ethernet header and a VLAN tag: what a frame that is not a segment to cut may be.
         var maxPlain = vm.Port.Capabilities.Offloads ? vm.Port.Capabilities.Mtu + 18 : int.MaxValue;
-        while (!vm.Stopping)
+        while (!vm.Stopping && Volatile.Read(ref vm.ReceiverGeneration) == generation)
         {
             var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
             if (result == PortResult.Closed || result == PortResult.Error)
@@ -47,8 +56,14 @@ internal sealed class Forwarder(SwitchState state)
                 }
                 return;
             }
+            Volatile.Write(ref vm.HandlingSince, batch.Count > 0 ? state.Clock() : 0);
             for (var i = 0; i < batch.Count; i++)
             {
+                if (Volatile.Read(ref vm.ReceiverGeneration) != generation)
+                {
+                    // Replaced while a stack held this thread: the rest of its batch is old, and the new thread reads on.
+                    return;
+                }
                 var offload = batch.Offload(i);
                 if (offload.IsPlain && batch[i].Length <= maxPlain)
                 {
@@ -66,6 +81,7 @@ internal sealed class Forwarder(SwitchState state)
                 }
             }
             state.Flush();
+            Volatile.Write(ref vm.HandlingSince, 0);
         }
     }
 

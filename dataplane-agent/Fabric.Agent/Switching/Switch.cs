@@ -145,8 +145,7 @@ public sealed class Switch : IDisposable
             _vms[spec.VmId] = vm;
             _state.Table = _state.Table.With(new Endpoint(spec.Vni, spec.Mac, spec.VmId, null, spec.IPv4, spec.IPv6));
         }
-        vm.Receiver = new Thread(() => _forwarder.ReceiveFromVm(vm)) { IsBackground = true, Name = $"vm-rx {spec.VmId}" };
-        vm.Receiver.Start();
+        _forwarder.StartReceiver(vm);
         Log.VmAttached(_logger, spec.VmId, spec.Device, spec.Vni, spec.Mac.ToString());
         return vm;
     }
@@ -504,6 +503,18 @@ public sealed class Switch : IDisposable
         // A stack stuck in a timer call holds the monitor, which every path's timers and probes share: another thread
         // takes its place (the stuck path itself was replaced above).
         _monitor.ReplaceIfStuck(now);
+        foreach (var vm in _vms.Values)
+        {
+            // A stack stuck in a transmit call holds the VM's receive thread, which all its traffic shares (to every host and
+            // to local VMs): another thread takes its place (the stuck path itself was replaced above); the frame it held is lost.
+            var since = Volatile.Read(ref vm.HandlingSince);
+            if (since != 0 && now - since > Quarantine.HangThresholdNanoseconds && !vm.Stopping)
+            {
+                var count = vm.CountReplacement();
+                Report($"the receive thread of {vm.Spec.VmId} was stuck in a call for over {Quarantine.HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
+                _forwarder.StartReceiver(vm);
+            }
+        }
         foreach (var underlay in new[] { _state.Underlay4, _state.Underlay6 })
         {
             // A stack stuck in a receive call holds the underlay's receive thread, which every path shares: another

@@ -62,6 +62,20 @@ public sealed class VmPort : IDisposable
 
     internal Thread? Receiver { get; set; }
 
+    /// <summary>Which receive thread is the current one: one that comes back from a call a stack held it in ends.</summary>
+    internal int ReceiverGeneration;
+
+    /// <summary>When the current receive thread began switching its batch (switch clock nanoseconds; 0 while it waits for
+    /// frames): one that has not finished within the watchdog's limit is stuck in a stack's call.</summary>
+    internal long HandlingSince;
+
+    private long _receiverReplacements;
+
+    /// <summary>Receive threads replaced because a stack held one in a call that did not return.</summary>
+    public long ReceiverReplacements => Interlocked.Read(ref _receiverReplacements);
+
+    internal long CountReplacement() => Interlocked.Increment(ref _receiverReplacements);
+
     internal volatile bool Stopping;
 
     /// <summary>Serializes transmits to the port: frames arrive from several threads (other VMs, the underlay).</summary>
