@@ -18,7 +18,8 @@ var configOption = new Option<string?>("--config")
     HelpName = "FILE",
 };
 var checkOption = new Option<bool>("--check") { Description = "check the configuration and exit: 0 when it is valid, 2 naming every problem" };
-if (CommandLineConventions.Parse(new RootCommand("fabric-silo: one silo of Fabric's control plane (Orleans).") { configOption, checkOption }, args, out var parsed) is { } exit)
+var ephemeralOption = new Option<bool>("--ephemeral") { Description = "accept memory storage with a configuration file: every policy and decision is lost when the silo stops" };
+if (CommandLineConventions.Parse(new RootCommand("fabric-silo: one silo of Fabric's control plane (Orleans).") { configOption, checkOption, ephemeralOption }, args, out var parsed) is { } exit)
 {
     return exit;
 }
@@ -26,7 +27,7 @@ var configPath = parsed.GetValue(configOption);
 SiloConfig config;
 try
 {
-    config = SiloConfig.Load(configPath);
+    config = SiloConfig.Load(configPath, parsed.GetValue(ephemeralOption));
 }
 catch (Exception e) when (e is FormatException or IOException)
 {

@@ -28,7 +28,8 @@ public sealed record SiloConfig(
     SecurityConfig? Security = null,
     int ShutdownSeconds = 60,
     int ProbeSeconds = 2,
-    int MissedProbes = 3)
+    int MissedProbes = 3,
+    bool Ephemeral = false)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
 
@@ -49,7 +50,12 @@ public sealed record SiloConfig(
         UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
     };
 
-    public static SiloConfig Load(string? path)
+    /// <summary>
+    /// Reads <paramref name="path"/> (null: the embedded default) and checks it, naming every problem. A configuration file
+    /// on memory storage is refused unless it says <c>"ephemeral": true</c> or the silo is started with
+    /// <paramref name="ephemeral"/> (<c>--ephemeral</c>): a silo on memory storage forgets operators' policies when it stops.
+    /// </summary>
+    public static SiloConfig Load(string? path, bool ephemeral = false)
     {
         SiloConfig config;
         if (path is null)
@@ -71,7 +77,13 @@ public sealed record SiloConfig(
         {
             config = config with { AdvertisedAddress = advertised };
         }
+        config = ephemeral ? config with { Ephemeral = true } : config;
         var problems = config.Validate().ToList();
+        if (path is not null && config.Storage == "memory" && !config.Ephemeral)
+        {
+            problems.Insert(0, "storage: memory forgets every policy, decision and catalog entry when the silo stops; set storage to azure-table or redis, "
+                + "or say \"ephemeral\": true (or start with --ephemeral) to run without durable storage");
+        }
         return problems.Count == 0 ? config : throw new FormatException($"{path ?? "defaults"}: {string.Join("; ", problems)}");
     }
 

@@ -22,7 +22,7 @@ public sealed class ClusterModeTests
         var silocert = authority.IssueFiles(Path.Combine(folder, "pki"), Fabric.Silo.Security.CallerRole.Silo, "silo-1");
         var opcert = authority.IssueFiles(Path.Combine(folder, "pki"), Fabric.Silo.Security.CallerRole.Operator, "dashboard");
         File.WriteAllText(config, $$"""
-            { "clusterId": "dash", "serviceId": "dash", "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}",
+            { "clusterId": "dash", "serviceId": "dash", "ephemeral": true, "siloPort": {{siloPort}}, "gatewayPort": {{gatewayPort}}, "healthListen": "127.0.0.1:{{healthPort}}",
               "security": { "certificate": "{{silocert.Certificate}}", "key": "{{silocert.Key}}", "authority": "{{silocert.Authority}}" } }
             """);
         // The users file as an operator makes it: passwords given to the command, only their hashes in the file.

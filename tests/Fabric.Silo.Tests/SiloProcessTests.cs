@@ -102,6 +102,15 @@ public class SiloProcessTests(Azurite azurite)
             {
                 Assert.Contains(expected, stderr, StringComparison.Ordinal);
             }
+            // A careless operator's silo on memory storage, which would forget every policy when it stops, does not start
+            // unless told so; told, the same file is valid.
+            File.WriteAllText(file, """{ "clusterId": "careless" }""");
+            var (memoryCode, _, memory) = Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file, "--check"]);
+            Assert.Equal(2, memoryCode);
+            Assert.Contains("storage: memory forgets every policy, decision and catalog entry when the silo stops", memory, StringComparison.Ordinal);
+            Assert.Equal(0, Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file, "--check", "--ephemeral"]).Code);
+            File.WriteAllText(file, """{ "clusterId": "careless", "ephemeral": true }""");
+            Assert.Equal(0, Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file, "--check"]).Code);
             File.WriteAllText(file, """{ "storage": "azure-table" }""");
             Assert.Contains("set FABRIC_TABLE_CONNECTION_STRING", Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file]).Stderr, StringComparison.Ordinal);
             // A careless operator's silo reachable beyond loopback without TLS and caller identity does not start.

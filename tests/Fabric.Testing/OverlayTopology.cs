@@ -163,6 +163,8 @@ public sealed class OverlayTopology : IDisposable
         var (certificate, key, authority) = _authority.IssueFiles(Path.Combine(_workDir, "pki"), Fabric.Silo.Security.CallerRole.Silo, "silo");
         var config = new
         {
+            // One silo for the test's lifetime: memory storage, said explicitly.
+            ephemeral = true,
             advertisedAddress = SiloAddress,
             security = new { certificate, key, authority },
             selectorSustainMilliseconds = setup.SelectorSustainMilliseconds,
