@@ -84,8 +84,9 @@ public sealed record ProgrammedNetwork(
     IReadOnlySet<string> ConfiguredRoutes);
 
 /// <summary>What to change in the switch's remote hosts and routes, in this order.</summary>
-/// <param name="RemoveRoutes">Applied routes the desired state no longer has, or has on another host or unsealed: removed (and
-/// set again after, if changed). A route changed otherwise is only in <paramref name="SetRoutes"/>: set in place.</param>
+/// <param name="RemoveRoutes">Applied routes the desired state no longer has, or has on another host or unsealed, or that hold an
+/// address another route is to take: removed (and set again after, if wanted). A route changed otherwise is only in
+/// <paramref name="SetRoutes"/>: set in place.</param>
 /// <param name="ForgetPeers">Applied peers to forget: gone from the desired state, changed, or whose path went.</param>
 /// <param name="RemoveHosts">Of those, the hosts no longer desired: their paths are removed.</param>
 /// <param name="AddPeers">Desired peers to add (or replace) with keys derived for the pair.</param>
@@ -152,6 +153,34 @@ public static class DesiredStateReconciler
                 continue;
             }
             removeRoutes.Add(route);
+        }
+        // The switch holds each address of a network once: an address that moves from one VM's route to another's (set in
+        // place, or new) goes only after the route that holds it was removed — that one first, set again after if wanted.
+        var removing = removeRoutes.Select(r => r.Key).ToHashSet(StringComparer.Ordinal);
+        var holders = new Dictionary<(uint Vni, string Address), string>();
+        foreach (var (key, route) in actual.AppliedRoutes)
+        {
+            if (!removing.Contains(key))
+            {
+                foreach (var address in route.Vnic.IPv4.Concat(route.Vnic.IPv6))
+                {
+                    holders[(route.Vnic.Vni, address)] = key;
+                }
+            }
+        }
+        foreach (var wanted in desired.Routes.Values.Where(r => !appliedRoutes.Contains(r.Key)).OrderBy(r => r.Key, StringComparer.Ordinal))
+        {
+            foreach (var address in wanted.Vnic.IPv4.Concat(wanted.Vnic.IPv6))
+            {
+                // Not when the holder's own desired route keeps the address (two routes claim it: the switch refuses the second).
+                if (holders.TryGetValue((wanted.Vnic.Vni, address), out var holder) && holder != wanted.Key
+                    && !(desired.Routes.TryGetValue(holder, out var kept) && kept.Vnic.Vni == wanted.Vnic.Vni && kept.Vnic.IPv4.Concat(kept.Vnic.IPv6).Contains(address))
+                    && removing.Add(holder))
+                {
+                    removeRoutes.Add(actual.AppliedRoutes[holder]);
+                    appliedRoutes.Remove(holder);
+                }
+            }
         }
         var forget = ImmutableArray.CreateBuilder<string>();
         var removeHosts = ImmutableArray.CreateBuilder<string>();

@@ -225,6 +225,27 @@ public class SwitchTests
     }
 
     /// <summary>
+    /// Each address of a network is one VM's (ARP, neighbour discovery and the source check answer by it): a route or a VM
+    /// that claims an address another VM of the network holds is refused naming both, and the table is as it was.
+    /// </summary>
+    [Fact]
+    public void AnAddressAnotherVmHolds_IsRefusedNamingIt_ForARouteAndForAVm()
+    {
+        using var hosts = new TwoHosts(inMemory: true);
+        var before = hosts.A.Switch.Table;
+        var route = hosts.A.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, "02:00:00:00:01:09", "host-b", ["10.0.0.2"], [])));
+        Assert.False(route.Ok);
+        Assert.Contains("address 10.0.0.2 in vni 100 already belongs to local VM 'vm2'", route.Error, StringComparison.Ordinal);
+        var vm = hosts.A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm9", "tap-vm9", 100, "02:00:00:00:01:0a", [], ["fd00:100::3"])));
+        Assert.False(vm.Ok);
+        Assert.Contains($"address fd00:100::3 in vni 100 already belongs to {Mac3} on host 'host-b'", vm.Error, StringComparison.Ordinal);
+        Assert.Same(before, hosts.A.Switch.Table);
+        Assert.False(hosts.A.Switch.Vms.ContainsKey("vm9"));
+        // In another network the same address is free.
+        Ok(hosts.A.Handle(new ApiRequest("set-route", Route: new RouteConfig(200, "02:00:00:00:01:09", "host-b", ["10.0.0.2"], []))));
+    }
+
+    /// <summary>
     /// A VM registered with no addresses (it takes them from DHCP or SLAAC) may use addresses no one has, but not those the
     /// forwarding table gives other VMs of its network, local or remote: it cannot send as them nor claim them in ARP or
     /// neighbour discovery. The frame after the refused ones is the first to arrive: none of them went out before it.

@@ -94,6 +94,7 @@ public class ReconcilerTests
                 world.Routes.Keys.Order(StringComparer.Ordinal));
             Assert.All(world.Routes, r => Assert.Equal(held.Routes[r.Key], r.Value));
             Assert.DoesNotContain("host-e", world.ProgrammedHosts);
+            Assert.True(world.Refused == 0, $"step {step}: {world.Refused} route(s) met an address another entry still held");
         }
     }
 
@@ -192,6 +193,34 @@ public class ReconcilerTests
         }
     }
 
+    /// <summary>
+    /// An address that moves from one remote VM to another in one change (an IPAM reassigned it; both VMs stay where they
+    /// are) leaves the route that holds it first, also when the VM taking it is set first: the switch holds each address
+    /// of a network once and refuses a second holder. Two VMs that swap addresses are both removed and set again.
+    /// </summary>
+    [Fact]
+    public void AnAddressThatMovesBetweenVms_LeavesItsHolderFirst_SoTheSwitchNeverSeesItTwice()
+    {
+        var peers = Hosts.Select(h => new Peer(h, "192.0.2.1", null, 47110, null)).ToImmutableArray();
+        static Route At(string vm, string address) => new(vm, "host-b", new Vnic(Mac("host-b", vm), 1, [address], []));
+        var version = 1L;
+        HeldDesiredState Desired(params Route[] routes) => HeldDesiredState.None.Take(new DesiredState("host-a", version++, []) { Routes = [.. routes], Peers = peers });
+        var world = new World();
+        world.CarryOut(DesiredStateReconciler.PlanNetwork(Desired(At("vm2", "10.0.0.5"), At("vm3", "10.0.0.6")), world.Programmed(), holdRemovals: false));
+        // vm2's route sorts first and takes vm3's address; vm3 gets another. Then the two swap.
+        Route[][] changes = [[At("vm2", "10.0.0.6"), At("vm3", "10.0.0.8")], [At("vm2", "10.0.0.8"), At("vm3", "10.0.0.6")]];
+        foreach (var change in changes)
+        {
+            var desired = Desired(change);
+            var plan = DesiredStateReconciler.PlanNetwork(desired, world.Programmed(), holdRemovals: false);
+            Assert.Contains(plan.RemoveRoutes, r => r.VmId == "vm3");
+            world.CarryOut(plan);
+            Assert.Equal(0, world.Refused);
+            Assert.All(change, r => Assert.Equal(r, world.Routes[r.Key]));
+            Assert.True(DesiredStateReconciler.PlanNetwork(desired, world.Programmed(), holdRemovals: false).IsEmpty);
+        }
+    }
+
     private static string Mac(string host, string vm) => $"52:54:00:00:{Array.IndexOf(Hosts, host) + 1:x2}:{Array.IndexOf(Vms, vm) + 1:x2}";
 
     /// <summary>A control plane's view of one host, changed at random as a host grain changes it: VMs come, move, go, change stacks and policies; peers change keys.</summary>
@@ -233,8 +262,16 @@ public class ReconcilerTests
                         _bindings.Remove($"{vm}|{host}");
                         break;
                     case 2:
-                        // A remote VM is placed (or moves, or becomes confidential): its host becomes a peer.
-                        var route = new Route(vm, host, new Vnic(Mac(host, vm), 1, [$"10.0.{random.Next(4)}.{random.Next(1, 250)}"], []), Sealed: random.Next(3) == 0);
+                        // A remote VM is placed (or moves, or becomes confidential): its host becomes a peer. Its address comes
+                        // from a small pool, as an IPAM gives them: one another VM holds moves to this one, and that VM gets a
+                        // free one in the same change (each address is one VM's in the desired state, never two).
+                        var route = new Route(vm, host, new Vnic(Mac(host, vm), 1, [$"10.0.0.{random.Next(1, 8)}"], []), Sealed: random.Next(3) == 0);
+                        foreach (var holder in _routes.Values.Where(r => r.Key != route.Key && r.Vnic.IPv4.Contains(route.Vnic.IPv4[0])).ToList())
+                        {
+                            var free = Enumerable.Range(1, 30).Select(i => $"10.0.0.{i}")
+                                .First(a => a != route.Vnic.IPv4[0] && !_routes.Values.Any(r => r.Key != route.Key && r.Vnic.IPv4.Contains(a)));
+                            _routes[holder.Key] = holder with { Vnic = holder.Vnic with { IPv4 = [free] } };
+                        }
                         _routes[route.Key] = route;
                         _peers.TryAdd(host, PeerOf(host, "k0"));
                         break;
@@ -271,6 +308,9 @@ public class ReconcilerTests
         public HashSet<string> Paths { get; } = new(StringComparer.Ordinal);
         public Dictionary<string, Route> Routes { get; } = new(StringComparer.Ordinal);
         public HashSet<string> ProgrammedHosts { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>Route sets refused because another entry held one of their addresses.</summary>
+        public int Refused { get; private set; }
         private readonly Dictionary<string, Peer> _appliedPeers = new(StringComparer.Ordinal);
 
         public ProgrammedNetwork Programmed(string? configuredRoute = null) =>
@@ -304,7 +344,13 @@ public class ReconcilerTests
             }
             foreach (var route in plan.SetRoutes.Where(r => Paths.Contains(r.HostId)))
             {
-                // As the switch does: an entry set over a sealed one stays sealed (only removing it unseals it).
+                // As the switch does: an address another entry of the network holds is refused (counted here: a plan that
+                // orders its steps right never meets one); an entry set over a sealed one stays sealed (only removing it unseals it).
+                if (Routes.Values.Any(r => r.Key != route.Key && r.Vnic.Vni == route.Vnic.Vni && r.Vnic.IPv4.Concat(r.Vnic.IPv6).Intersect(route.Vnic.IPv4.Concat(route.Vnic.IPv6)).Any()))
+                {
+                    Refused++;
+                    continue;
+                }
                 Routes[route.Key] = Routes.TryGetValue(route.Key, out var existing) && existing.Sealed ? route with { Sealed = true } : route;
             }
         }

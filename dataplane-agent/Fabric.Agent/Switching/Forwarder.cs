@@ -45,9 +45,22 @@ internal sealed class Forwarder(SwitchState state)
         byte[]? segments = null;
         // The device's MTU, an Ethernet header and a VLAN tag: what a frame that is not a segment to cut may be.
         var maxPlain = vm.Port.Capabilities.Offloads ? vm.Port.Capabilities.Mtu + 18 : int.MaxValue;
-        while (!vm.Stopping && Volatile.Read(ref vm.ReceiverGeneration) == generation)
+        while (!vm.Stopping)
         {
-            var result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
+            PortResult result;
+            lock (vm.ReceiveGate)
+            {
+                // Checked under the gate: a thread replaced while a stack held it reads no more once its successor runs.
+                if (Volatile.Read(ref vm.ReceiverGeneration) != generation)
+                {
+                    return;
+                }
+                result = vm.Port.ReceiveBatch(batch, TimeSpan.FromMilliseconds(100));
+                if (batch.Count > 0)
+                {
+                    Volatile.Write(ref vm.HandlingSince, state.Clock());
+                }
+            }
             if (result == PortResult.Closed || result == PortResult.Error)
             {
                 if (!vm.Stopping)
@@ -56,12 +69,18 @@ internal sealed class Forwarder(SwitchState state)
                 }
                 return;
             }
-            Volatile.Write(ref vm.HandlingSince, batch.Count > 0 ? state.Clock() : 0);
             for (var i = 0; i < batch.Count; i++)
             {
                 if (Volatile.Read(ref vm.ReceiverGeneration) != generation)
                 {
-                    // Replaced while a stack held this thread: the rest of its batch is old, and the new thread reads on.
+                    // Replaced while a stack held this thread: what the batch sent so far goes out, the rest of it is old
+                    // (counted), and the new thread reads on.
+                    state.Flush();
+                    for (var rest = i; rest < batch.Count; rest++)
+                    {
+                        vm.Counters.Received(batch[rest].Length);
+                        vm.Counters.Drop(DropReason.PathStuck);
+                    }
                     return;
                 }
                 var offload = batch.Offload(i);
@@ -81,7 +100,11 @@ internal sealed class Forwarder(SwitchState state)
                 }
             }
             state.Flush();
-            Volatile.Write(ref vm.HandlingSince, 0);
+            // Only the current thread's: a replaced one that came back must not hide its successor's batch.
+            if (Volatile.Read(ref vm.ReceiverGeneration) == generation)
+            {
+                Volatile.Write(ref vm.HandlingSince, 0);
+            }
         }
     }
 

@@ -42,6 +42,27 @@ public sealed class ForwardingTable
         _sealedHosts = Endpoints.Where(e => e.Sealed && e.RemoteHost is not null).Select(e => (e.Vni, e.RemoteHost!)).ToFrozenSet();
     }
 
+    /// <summary>An address of <paramref name="candidate"/> that another entry (another MAC) of its virtual network holds, with
+    /// that entry; null when none does. The table indexes each address once: such an entry must not be added.</summary>
+    public (string Address, Endpoint Holder)? AddressConflict(Endpoint candidate)
+    {
+        foreach (var address in candidate.IPv4)
+        {
+            if (FindByIPv4(candidate.Vni, address) is { } holder && holder.Mac != candidate.Mac)
+            {
+                return (address.ToString(), holder);
+            }
+        }
+        foreach (var address in candidate.IPv6)
+        {
+            if (FindByIPv6(candidate.Vni, address) is { } holder && holder.Mac != candidate.Mac)
+            {
+                return (address.ToString(), holder);
+            }
+        }
+        return null;
+    }
+
     /// <summary>Every entry.</summary>
     public ImmutableArray<Endpoint> Endpoints { get; }
 

@@ -23,6 +23,7 @@ internal sealed class PathGate(string hostId, Func<long> clock)
     private long _inCallSince;
     private volatile int _inCallSlot;
     private volatile string? _inCallStack;
+    private volatile int _inCallThread;
 
     /// <summary>Whether a call into a stack has lasted longer than <see cref="StuckNanoseconds"/>.</summary>
     public bool Stuck => InCallFor(clock()) > StuckNanoseconds;
@@ -53,6 +54,7 @@ internal sealed class PathGate(string hostId, Func<long> clock)
     {
         _inCallSlot = slot;
         _inCallStack = stackId;
+        _inCallThread = Environment.CurrentManagedThreadId;
         Volatile.Write(ref _inCallSince, now);
     }
 
@@ -67,6 +69,9 @@ internal sealed class PathGate(string hostId, Func<long> clock)
 
     /// <summary>The stack the current (or last) call went into, read without the gate (for the watchdog).</summary>
     public string? InCallStack => _inCallStack;
+
+    /// <summary>The managed id of the thread that made the current (or last) call.</summary>
+    public int InCallThread => _inCallThread;
 
     /// <summary>How long the current call into a stack has lasted, in nanoseconds (0 when none is running).</summary>
     public long InCallFor(long now)

@@ -107,6 +107,10 @@ public sealed partial class RemotePath : IDisposable
     /// <summary>The stack the current (or last) call went into, read without the gate (for the watchdog).</summary>
     internal string? InCallStack => _gate.InCallStack;
 
+    /// <summary>Whether <paramref name="thread"/> (a managed thread id) is in a call into a stack of this path that has
+    /// lasted longer than <paramref name="nanoseconds"/>.</summary>
+    internal bool Holds(int thread, long now, long nanoseconds) => _gate.InCallFor(now) > nanoseconds && _gate.InCallThread == thread;
+
     /// <summary>Whether the path's own stack encrypts, so frames of VMs without a binding never leave in clear on it.</summary>
     internal bool SealedPath
     {
@@ -734,12 +738,6 @@ public sealed partial class RemotePath : IDisposable
                     OnNeedEncryptingSlot?.Invoke(this);
                 }
             }
-            if (traffic is not null && !borrowed)
-            {
-                // The VM's outcomes are credited to the stack it transmits with: what another stack carried for it (a
-                // borrowed slot, to a confidential VM) would be read as its own stack's service, so it is not metered.
-                traffic.Tcp.OnEgress(frame, Clock());
-            }
             var stackId = _table.StackIn(slot)!;
             if ((sealedVm || sealedDestination || (slot == _table.TransmitSlot && _table.SealedPath)) && !_table.Encrypts(slot))
             {
@@ -751,6 +749,13 @@ public sealed partial class RemotePath : IDisposable
                         : $"{vmId}'s frames to a confidential VM on {Spec.HostId} would leave through {stackId}, which does not encrypt, and no slot of the path encrypts: dropped");
                 }
                 return 0;
+            }
+            if (traffic is not null && !borrowed)
+            {
+                // The VM's outcomes are credited to the stack it transmits with: what another stack carried for it (a
+                // borrowed slot, to a confidential VM) would be read as its own stack's service, and what was dropped
+                // because no slot encrypts was never its stack's to carry; neither is metered.
+                traffic.Tcp.OnEgress(frame, Clock());
             }
             // The MTU is the stack's this VM sends with: stacks differ in what they add to a frame.
             var mtu = InnerMtu(stackId);

@@ -142,8 +142,10 @@ public sealed class Switch : IDisposable
             {
                 throw new InvalidOperationException($"MAC {spec.Mac} in vni {spec.Vni} already belongs to {existing.LocalVm ?? "remote host " + existing.RemoteHost}.");
             }
+            var entry = new Endpoint(spec.Vni, spec.Mac, spec.VmId, null, spec.IPv4, spec.IPv6);
+            RefuseAddressConflict(entry);
             _vms[spec.VmId] = vm;
-            _state.Table = _state.Table.With(new Endpoint(spec.Vni, spec.Mac, spec.VmId, null, spec.IPv4, spec.IPv6));
+            _state.Table = _state.Table.With(entry);
         }
         _forwarder.StartReceiver(vm);
         Log.VmAttached(_logger, spec.VmId, spec.Device, spec.Vni, spec.Mac.ToString());
@@ -195,7 +197,20 @@ public sealed class Switch : IDisposable
             }
             // A confidential VM's entry stays sealed until it is removed: a set-route that forgets to say so (an operator's,
             // by hand) does not send its frames in clear. The control plane unseals by removing the entry and setting it anew.
-            _state.Table = _state.Table.With(new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6, sealedVm || existing?.Sealed == true));
+            var entry = new Endpoint(vni, mac, null, remoteHost, ipv4, ipv6, sealedVm || existing?.Sealed == true);
+            RefuseAddressConflict(entry);
+            _state.Table = _state.Table.With(entry);
+        }
+    }
+
+    /// <summary>Throws naming the address and its holder when another VM of the network holds one of the entry's addresses
+    /// (ARP, neighbour discovery and the source check need each address to be one VM's).</summary>
+    private void RefuseAddressConflict(Endpoint entry)
+    {
+        if (_state.Table.AddressConflict(entry) is var (address, holder))
+        {
+            throw new InvalidOperationException($"address {address} in vni {entry.Vni} already belongs to {(holder.LocalVm is { } vm ? $"local VM '{vm}'" : $"{holder.Mac} on host '{holder.RemoteHost}'")}; "
+                + "remove or change that entry first");
         }
     }
 
@@ -506,9 +521,11 @@ public sealed class Switch : IDisposable
         foreach (var vm in _vms.Values)
         {
             // A stack stuck in a transmit call holds the VM's receive thread, which all its traffic shares (to every host and
-            // to local VMs): another thread takes its place (the stuck path itself was replaced above); the frame it held is lost.
+            // to local VMs): another thread takes its place (the stuck path itself was replaced above); the frame it held is
+            // lost. Only a thread a path's stack holds is replaced: a batch that is merely slow is not.
             var since = Volatile.Read(ref vm.HandlingSince);
-            if (since != 0 && now - since > Quarantine.HangThresholdNanoseconds && !vm.Stopping)
+            if (since != 0 && now - since > Quarantine.HangThresholdNanoseconds && !vm.Stopping && vm.Receiver is { } receiver
+                && _paths.Values.Concat(_abandoned.Keys).Any(path => path.Holds(receiver.ManagedThreadId, now, Quarantine.HangThresholdNanoseconds)))
             {
                 var count = vm.CountReplacement();
                 Report($"the receive thread of {vm.Spec.VmId} was stuck in a call for over {Quarantine.HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");

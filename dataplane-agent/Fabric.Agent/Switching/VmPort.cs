@@ -76,6 +76,10 @@ public sealed class VmPort : IDisposable
 
     internal long CountReplacement() => Interlocked.Increment(ref _receiverReplacements);
 
+    /// <summary>Held by a receive thread while it reads a batch from the port: one port is read by one thread at a time,
+    /// also while a replaced thread comes back from a stack's call.</summary>
+    internal object ReceiveGate { get; } = new();
+
     internal volatile bool Stopping;
 
     /// <summary>Serializes transmits to the port: frames arrive from several threads (other VMs, the underlay).</summary>
