@@ -122,6 +122,9 @@ public sealed record BindingPlan(ImmutableArray<(string Port, bool MustEncrypt)>
 /// </summary>
 public static class DesiredStateReconciler
 {
+    /// <summary>An address as the switch compares it (parsed: <c>FD00::5</c> and <c>fd00::5</c> are one); as written when it does not parse.</summary>
+    private static string Canonical(string address) => System.Net.IPAddress.TryParse(address, out var parsed) ? parsed.ToString() : address;
+
     /// <summary>
     /// The switch's remote hosts and routes as the desired state says. The hosts and routes the link programmed go when
     /// the control plane withdraws them (unless <paramref name="holdRemovals"/>: the control plane started over and the
@@ -164,17 +167,17 @@ public static class DesiredStateReconciler
             {
                 foreach (var address in route.Vnic.IPv4.Concat(route.Vnic.IPv6))
                 {
-                    holders[(route.Vnic.Vni, address)] = key;
+                    holders[(route.Vnic.Vni, Canonical(address))] = key;
                 }
             }
         }
-        foreach (var wanted in desired.Routes.Values.Where(r => !appliedRoutes.Contains(r.Key)).OrderBy(r => r.Key, StringComparer.Ordinal))
+        foreach (var wanted in desired.Routes.Values.Where(r => !appliedRoutes.Contains(r.Key) && !actual.ConfiguredRoutes.Contains(r.Key)).OrderBy(r => r.Key, StringComparer.Ordinal))
         {
-            foreach (var address in wanted.Vnic.IPv4.Concat(wanted.Vnic.IPv6))
+            foreach (var address in wanted.Vnic.IPv4.Concat(wanted.Vnic.IPv6).Select(Canonical))
             {
                 // Not when the holder's own desired route keeps the address (two routes claim it: the switch refuses the second).
                 if (holders.TryGetValue((wanted.Vnic.Vni, address), out var holder) && holder != wanted.Key
-                    && !(desired.Routes.TryGetValue(holder, out var kept) && kept.Vnic.Vni == wanted.Vnic.Vni && kept.Vnic.IPv4.Concat(kept.Vnic.IPv6).Contains(address))
+                    && !(desired.Routes.TryGetValue(holder, out var kept) && kept.Vnic.Vni == wanted.Vnic.Vni && kept.Vnic.IPv4.Concat(kept.Vnic.IPv6).Select(Canonical).Contains(address))
                     && removing.Add(holder))
                 {
                     removeRoutes.Add(actual.AppliedRoutes[holder]);

@@ -241,6 +241,11 @@ public class SwitchTests
         Assert.Contains($"address fd00:100::3 in vni 100 already belongs to {Mac3} on host 'host-b'", vm.Error, StringComparison.Ordinal);
         Assert.Same(before, hosts.A.Switch.Table);
         Assert.False(hosts.A.Switch.Vms.ContainsKey("vm9"));
+        // Nor may one entry name an address twice (it would be indexed twice).
+        var twice = hosts.A.Handle(new ApiRequest("set-route", Route: new RouteConfig(100, "02:00:00:00:01:0b", "host-b", ["10.0.0.7", "10.0.0.7"], [])));
+        Assert.False(twice.Ok);
+        Assert.Contains("address 10.0.0.7 is listed twice for 02:00:00:00:01:0b in vni 100", twice.Error, StringComparison.Ordinal);
+        Assert.Same(before, hosts.A.Switch.Table);
         // In another network the same address is free.
         Ok(hosts.A.Handle(new ApiRequest("set-route", Route: new RouteConfig(200, "02:00:00:00:01:09", "host-b", ["10.0.0.2"], []))));
     }

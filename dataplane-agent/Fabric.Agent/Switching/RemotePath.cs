@@ -712,8 +712,6 @@ public sealed partial class RemotePath : IDisposable
             if (vmId is not null)
             {
                 traffic = _table.Traffic(vmId);
-                traffic.Frames++;
-                traffic.Bytes += frame.Length;
                 slot = _table.SlotOf(traffic);
             }
             var borrowed = false;
@@ -754,7 +752,9 @@ public sealed partial class RemotePath : IDisposable
             {
                 // The VM's outcomes are credited to the stack it transmits with: what another stack carried for it (a
                 // borrowed slot, to a confidential VM) would be read as its own stack's service, and what was dropped
-                // because no slot encrypts was never its stack's to carry; neither is metered.
+                // because no slot encrypts was never its stack's to carry; neither is counted nor metered.
+                traffic.Frames++;
+                traffic.Bytes += frame.Length;
                 traffic.Tcp.OnEgress(frame, Clock());
             }
             // The MTU is the stack's this VM sends with: stacks differ in what they add to a frame.

@@ -209,8 +209,10 @@ public sealed class Switch : IDisposable
     {
         if (_state.Table.AddressConflict(entry) is var (address, holder))
         {
-            throw new InvalidOperationException($"address {address} in vni {entry.Vni} already belongs to {(holder.LocalVm is { } vm ? $"local VM '{vm}'" : $"{holder.Mac} on host '{holder.RemoteHost}'")}; "
-                + "remove or change that entry first");
+            throw new InvalidOperationException(ReferenceEquals(holder, entry)
+                ? $"address {address} is listed twice for {entry.Mac} in vni {entry.Vni}"
+                : $"address {address} in vni {entry.Vni} already belongs to {(holder.LocalVm is { } vm ? $"local VM '{vm}'" : $"{holder.Mac} on host '{holder.RemoteHost}'")}; "
+                    + "remove or change that entry first");
         }
     }
 
@@ -595,7 +597,9 @@ public sealed class Switch : IDisposable
         }
         catch (PathStuckException)
         {
-            // Its instances stay (a stack is stuck in a call on it); nothing of it is released.
+            // Its instances stay (a stack is stuck in a call on it); nothing of it is released now. Set aside, it is released
+            // when the call comes back, and the watchdog still sees the VM thread the call may hold.
+            _abandoned.TryAdd(path, true);
             return;
         }
         path.Dispose();
