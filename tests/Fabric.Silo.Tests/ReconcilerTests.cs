@@ -207,13 +207,26 @@ public class ReconcilerTests
         HeldDesiredState Desired(params Route[] routes) => HeldDesiredState.None.Take(new DesiredState("host-a", version++, []) { Routes = [.. routes], Peers = peers });
         var world = new World();
         world.CarryOut(DesiredStateReconciler.PlanNetwork(Desired(At("vm2", "10.0.0.5"), At("vm3", "10.0.0.6")), world.Programmed(), holdRemovals: false));
-        // vm2's route sorts first and takes vm3's address; vm3 gets another. Then the two swap.
-        Route[][] changes = [[At("vm2", "10.0.0.6"), At("vm3", "10.0.0.8")], [At("vm2", "10.0.0.8"), At("vm3", "10.0.0.6")]];
-        foreach (var change in changes)
+        // vm2's route sorts first and takes vm3's address; vm3 gets another. Then the two swap. Then vm3 takes an IPv6
+        // address vm2 had, written otherwise (the switch parses addresses: FD00::5 is fd00::5).
+        static Route At6(string vm, string address) => new(vm, "host-b", new Vnic(Mac("host-b", vm), 1, [], [address]));
+        Route[][] changes = [[At("vm2", "10.0.0.6"), At("vm3", "10.0.0.8")], [At("vm2", "10.0.0.8"), At("vm3", "10.0.0.6")],
+            [At6("vm2", "FD00::5"), At6("vm3", "fd00::6")], [At6("vm2", "fd00::7"), At6("vm3", "fd00:0::5")]];
+        // The route that must leave first in each change (none when each keeps its own addresses).
+        string?[] leavesFirst = ["vm3", "vm3", null, "vm2"];
+        for (var i = 0; i < changes.Length; i++)
         {
+            var change = changes[i];
             var desired = Desired(change);
             var plan = DesiredStateReconciler.PlanNetwork(desired, world.Programmed(), holdRemovals: false);
-            Assert.Contains(plan.RemoveRoutes, r => r.VmId == "vm3");
+            if (leavesFirst[i] is { } holder)
+            {
+                Assert.Contains(plan.RemoveRoutes, r => r.VmId == holder);
+            }
+            else
+            {
+                Assert.Empty(plan.RemoveRoutes);
+            }
             world.CarryOut(plan);
             Assert.Equal(0, world.Refused);
             Assert.All(change, r => Assert.Equal(r, world.Routes[r.Key]));
@@ -309,6 +322,9 @@ public class ReconcilerTests
         public Dictionary<string, Route> Routes { get; } = new(StringComparer.Ordinal);
         public HashSet<string> ProgrammedHosts { get; } = new(StringComparer.Ordinal);
 
+        /// <summary>A route's addresses as the switch compares them (parsed).</summary>
+        private static IEnumerable<string> Addresses(Route route) => route.Vnic.IPv4.Concat(route.Vnic.IPv6).Select(a => System.Net.IPAddress.Parse(a).ToString());
+
         /// <summary>Route sets refused because another entry held one of their addresses.</summary>
         public int Refused { get; private set; }
         private readonly Dictionary<string, Peer> _appliedPeers = new(StringComparer.Ordinal);
@@ -346,7 +362,7 @@ public class ReconcilerTests
             {
                 // As the switch does: an address another entry of the network holds is refused (counted here: a plan that
                 // orders its steps right never meets one); an entry set over a sealed one stays sealed (only removing it unseals it).
-                if (Routes.Values.Any(r => r.Key != route.Key && r.Vnic.Vni == route.Vnic.Vni && r.Vnic.IPv4.Concat(r.Vnic.IPv6).Intersect(route.Vnic.IPv4.Concat(route.Vnic.IPv6)).Any()))
+                if (Routes.Values.Any(r => r.Key != route.Key && r.Vnic.Vni == route.Vnic.Vni && Addresses(r).Intersect(Addresses(route)).Any()))
                 {
                     Refused++;
                     continue;
