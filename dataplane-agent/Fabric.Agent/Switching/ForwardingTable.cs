@@ -46,22 +46,27 @@ public sealed class ForwardingTable
     /// that entry; null when none does. The table indexes each address once: such an entry must not be added.</summary>
     public (string Address, Endpoint Holder)? AddressConflict(Endpoint candidate)
     {
-        // Its own lists name each address once too (the same address twice would be indexed twice).
-        if (candidate.IPv4.Distinct().Count() != candidate.IPv4.Length || candidate.IPv6.Distinct().Count() != candidate.IPv6.Length)
-        {
-            var twice = candidate.IPv4.GroupBy(a => a).Where(g => g.Count() > 1).Select(g => g.Key.ToString())
-                .Concat(candidate.IPv6.GroupBy(a => a).Where(g => g.Count() > 1).Select(g => g.Key.ToString())).First();
-            return (twice, candidate);
-        }
+        // Its own lists name each address once too (the same address twice would be indexed twice): then the holder is
+        // the candidate itself.
+        var seen4 = new HashSet<IPv4Address>();
         foreach (var address in candidate.IPv4)
         {
+            if (!seen4.Add(address))
+            {
+                return (address.ToString(), candidate);
+            }
             if (FindByIPv4(candidate.Vni, address) is { } holder && holder.Mac != candidate.Mac)
             {
                 return (address.ToString(), holder);
             }
         }
+        var seen6 = new HashSet<IPv6Address>();
         foreach (var address in candidate.IPv6)
         {
+            if (!seen6.Add(address))
+            {
+                return (address.ToString(), candidate);
+            }
             if (FindByIPv6(candidate.Vni, address) is { } holder && holder.Mac != candidate.Mac)
             {
                 return (address.ToString(), holder);

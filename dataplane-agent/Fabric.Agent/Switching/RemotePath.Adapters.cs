@@ -1,7 +1,4 @@
-using System.Net;
-using Fabric.Agent.Stacks;
 using Fabric.Agent.Underlay;
-using Fabric.Hal.Linux;
 using Fabric.Stacks;
 using Fabric.Wire;
 
