@@ -541,41 +541,8 @@ public sealed partial class RemotePath : IDisposable
             // A call is running: look again in a millisecond, as the monitor always did.
             return now + 1_000_000;
         }
-        var next = long.MaxValue;
-        EachTimer(ref next, static (RemotePath _, int _, IStack stack, ref long next) => next = Math.Min(next, stack.NextTimerNanoseconds));
-        return next;
-    }
-
-    /// <summary>Runs the timers of stack instances whose time has come (the caller flushes the underlay and the VM outboxes).</summary>
-    internal void RunTimers(long now)
-    {
-        if (!_gate.TryTakeWithin(5))
-        {
-            return;
-        }
-        EachTimer(ref now, static (RemotePath path, int slot, IStack stack, ref long now) =>
-        {
-            path._output.Prepare((byte)slot, 0);
-            path._delivery.VirtualNetwork = 0;
-            if (stack.NextTimerNanoseconds <= now)
-            {
-                stack.OnTimer(now, path._delivery, path._output);
-            }
-        });
-    }
-
-    private delegate void TimerCall<T>(RemotePath path, int slot, IStack stack, ref T state);
-
-    /// <summary>
-    /// Makes <paramref name="call"/> into every instance whose timers have not faulted, as a watched call, under the gate the
-    /// caller took (released here). Reading when a timer is due is a call into the stack like any other: what it throws is
-    /// the stack's fault — its timers are not called again (it would throw at every round, and the paths after this one
-    /// would wait for ever; a stack may also throw once and not again, so the next round cannot be trusted to meet it) —
-    /// reported once the gate is released, while the others go on.
-    /// </summary>
-    private void EachTimer<T>(ref T state, TimerCall<T> call)
-    {
         var faults = new StackFaults();
+        var next = long.MaxValue;
         using (_gate.Held())
         {
             foreach (var slot in _table.Occupied())
@@ -587,10 +554,57 @@ public sealed partial class RemotePath : IDisposable
                 _gate.Calling(slot, _table.StackIn(slot));
                 try
                 {
-                    call(this, slot, _table.Instance(slot)!, ref state);
+                    next = Math.Min(next, _table.Instance(slot)!.NextTimerNanoseconds);
                 }
                 catch (Exception e)
                 {
+                    // The stack's fault, as in RunTimers: a stack may throw once and not again, so the next round
+                    // cannot be trusted to meet it (a CI run lost the fault that way).
+                    _table.MarkTimerFaulted(slot);
+                    faults.Add(e, slot, _table.StackIn(slot));
+                }
+                finally
+                {
+                    _gate.Returned();
+                }
+            }
+        }
+        Report(faults, transmitting: true);
+        return next;
+    }
+
+    /// <summary>Runs the timers of stack instances whose time has come (the caller flushes the underlay and the VM outboxes).</summary>
+    internal void RunTimers(long now)
+    {
+        if (!_gate.TryTakeWithin(5))
+        {
+            return;
+        }
+        var faults = new StackFaults();
+        using (_gate.Held())
+        {
+            foreach (var slot in _table.Occupied())
+            {
+                if (_table.TimerFaulted(slot))
+                {
+                    continue;
+                }
+                // Reading when the timer is due is a call into the stack like any other: watched, and what it throws is the
+                // stack's fault (it would throw at every round, and the paths after this one would wait for ever).
+                var stack = _table.Instance(slot)!;
+                _output.Prepare((byte)slot, 0);
+                _delivery.VirtualNetwork = 0;
+                _gate.Calling(slot, _table.StackIn(slot));
+                try
+                {
+                    if (stack.NextTimerNanoseconds <= now)
+                    {
+                        stack.OnTimer(now, _delivery, _output);
+                    }
+                }
+                catch (Exception e)
+                {
+                    // Its timers are not run again (it would throw at every round): reported once, the others go on.
                     _table.MarkTimerFaulted(slot);
                     faults.Add(e, slot, _table.StackIn(slot));
                 }
