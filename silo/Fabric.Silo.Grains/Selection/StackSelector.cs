@@ -12,12 +12,19 @@ public sealed record Explored(DateTimeOffset At, PathConditions Conditions);
 public sealed record Left(string Stack, DateTimeOffset At, PathConditions Conditions, double Score, double Uncertainty = 0, string Source = "")
 {
     /// <summary>What a path remembers after <paramref name="decision"/>: <paramref name="left"/>, and the stack it switched
-    /// away from (replacing what it remembered of that stack).</summary>
-    public static IReadOnlyList<Left> After(IReadOnlyList<Left>? left, Decision decision) =>
-        decision.Changed && !decision.Exploration && decision.Previous is { Length: > 0 } previous && decision.Stack.Length > 0
-            && decision.Candidates.FirstOrDefault(c => c.Stack == previous) is { } ran
-            ? [.. (left ?? []).Where(l => l.Stack != previous), new Left(previous, decision.At, decision.Conditions, ran.Score, ran.Uncertainty, ran.Source)]
-            : left ?? [];
+    /// away from (replacing what it remembered of that stack), as the decision scored it — or, where the decision could
+    /// not score it (a pin moved the VM off it, so it was no candidate), as <paramref name="observed"/> says the VM got on it.</summary>
+    public static IReadOnlyList<Left> After(IReadOnlyList<Left>? left, Decision decision, Observed? observed = null)
+    {
+        if (!decision.Changed || decision.Exploration || decision.Previous is not { Length: > 0 } previous || decision.Stack.Length == 0)
+        {
+            return left ?? [];
+        }
+        var entry = decision.Candidates.FirstOrDefault(c => c.Stack == previous) is { } ran
+            ? new Left(previous, decision.At, decision.Conditions, ran.Score, ran.Uncertainty, ran.Source)
+            : observed is { } o && o.Stack == previous ? new Left(previous, decision.At, decision.Conditions, o.Score, o.Spread, "observed") : null;
+        return entry is null ? left ?? [] : [.. (left ?? []).Where(l => l.Stack != previous), entry];
+    }
 }
 
 /// <summary>A candidate that beats the current stack, and since when (hysteresis memory between decisions).</summary>
@@ -243,6 +250,15 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 : $"{best.Stack} ({best.Score:0.###}) does not beat {current} ({currentScore.Score:0.###}) by the {needed:0.###} a switch needs "
                   + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##}"
                   + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")})"), null);
+        }
+        // A current stack judged by what the VM got on it (seconds of outcomes on this link) that a candidate beats by far
+        // more than a switch needs is left at once: the observation is the samples a sustain would wait for, and a VM
+        // its stack has stopped serving (a latency VM on std-ipv4 when loss starts: a retransmission timeout for every
+        // lost request) pays for every second of it.
+        if (currentScore.Source == "observed" && gain * SelectorOptions.QuickestShare >= uncapped)
+        {
+            return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) beat {current} ({currentScore.Score:0.###}, what the VM got on it) "
+                + $"by {gain:0.###}, at least {1 / SelectorOptions.QuickestShare:0.#} times the {uncapped:0.###} a switch needs: at once"), null);
         }
         // While a candidate is pending, the longest sustain any of its decisions asked for: the smallest gain it showed.
         var sustain = _options.SustainWhen(gain, uncapped);
