@@ -89,9 +89,10 @@ public sealed partial class VmGrain(
     /// <summary>
     /// The least time between two decisions of a path that drift alone asks for: a VM's outcomes come every second, and a
     /// fleet's worth of paths each decided every second on the model would cost the control plane its cores. Counted from
-    /// the last such decision, not from any; and the first observation after a decision that scored the current stack by
-    /// a prediction (a link that changed is decided at once on its conditions) is heard at once: the learning benchmark's
-    /// latency VM spent 9 s of a 25 s phase on std-ipv4 at 3 % loss waiting 5 s after that decision.
+    /// the last decision that outcomes asked for (drift, or a first observation), not from any; and the first observation
+    /// after a decision that scored the current stack by a prediction (a link that changed is decided at once on its
+    /// conditions) is heard at once: the learning benchmark's latency VM spent 9 s of a 25 s phase on std-ipv4 at 3 % loss
+    /// waiting 5 s after that decision.
     /// </summary>
     public static readonly TimeSpan ObservedRecheck = TimeSpan.FromSeconds(5);
 
@@ -195,14 +196,16 @@ public sealed partial class VmGrain(
             return new PolicyResult(true, [], state.State.PolicyVersion);
         }
         var wasSealed = Sealed;
-        var workloadChanged = policy.Workload != state.State.Policy.Workload;
+        var judgedAlike = policy.Workload == state.State.Policy.Workload && policy.Security == state.State.Policy.Security
+            && policy.Family == state.State.Policy.Family;
         state.State.Policy = policy;
         state.State.PolicyVersion++;
         // A pending switch was judged under the old policy. What the VM got on its stacks was scored under its workload:
-        // forgotten when that changes, kept when only the pin, the allowed stacks or the exploration share do (a VM an
-        // operator pinned to each stack in turn showed what each gives it, and is judged on that once unpinned).
+        // forgotten when that, its security or its family changes, kept when only the pin, the allowed or denied stacks or
+        // the exploration share do (a VM an operator pinned to each stack in turn showed what each gives it, and is judged
+        // on that once unpinned).
         state.State.Pending.Clear();
-        if (workloadChanged)
+        if (!judgedAlike)
         {
             _outcomes.Clear();
             _left.Clear();
@@ -590,9 +593,9 @@ public sealed partial class VmGrain(
         var current = state.State.Stacks.GetValueOrDefault(remoteHost);
         var previousPending = state.State.Pending.GetValueOrDefault(remoteHost);
         var now = time.GetUtcNow();
+        var observed = current is null ? null : Observe(remoteHost, current, now, conditions);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
-            previousPending, now, Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost),
-            current is null ? null : Observe(remoteHost, current, now, conditions),
+            previousPending, now, Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost), observed,
             // Held until judged only where the VM's outcomes come (an agent that reports none would hold every switch).
             _outcomes.ContainsKey(remoteHost) && _chosen.TryGetValue(remoteHost, out var chosen) ? chosen.At : null);
         if (decision.Exploration)
@@ -601,7 +604,7 @@ public sealed partial class VmGrain(
         }
         if (decision.Changed)
         {
-            _left[remoteHost] = Left.After(_left.GetValueOrDefault(remoteHost), decision, current is null ? null : Observe(remoteHost, current, now, conditions));
+            _left[remoteHost] = Left.After(_left.GetValueOrDefault(remoteHost), decision, observed, catalog.FirstOrDefault(s => s.Id == current)?.Version ?? "");
         }
         _last[remoteHost] = decision;
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)

@@ -481,6 +481,16 @@ public class SelectorTests
         var (near, nearPending) = With(0.25).Select("vm2", "host-b", policy, path, All, HostStacks, "std-ipv4", null, T0, 0.99, observed: seen);
         Assert.Equal(("std-ipv4", false), (near.Stack, near.Changed));
         Assert.Equal("arq-lowlat", nearPending?.Stack);
+
+        // Three outcomes within 1.5 s span less than the 2 s the sustain would wait: they wait too.
+        var brief = new OutcomeWindow();
+        for (var i = 0; i < 3; i++)
+        {
+            brief.Add(T0 - TimeSpan.FromSeconds(1.5 - (0.5 * i)), "std-ipv4", 0.15, path);
+        }
+        var (quick, quickPending) = With(0.56).Select("vm2", "host-b", policy, path, All, HostStacks, "std-ipv4", null, T0, 0.99,
+            observed: brief.Of("std-ipv4", T0 - TimeSpan.FromMinutes(1), T0, path));
+        Assert.Equal(("std-ipv4", false, "arq-lowlat"), (quick.Stack, quick.Changed, quickPending?.Stack));
     }
 
     /// <summary>
@@ -506,9 +516,14 @@ public class SelectorTests
         var onStd = window.Of("std-ipv4", T0 - TimeSpan.FromSeconds(10), T0, path);
         var pinned = selector.Select("vm2", "host-b", Policy("bulk", allow: ["std-ipv4", "fec"], pin: "fec"), path, All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
         Assert.Equal(("fec", true, 1), (pinned.Stack, pinned.Changed, pinned.Candidates.Length));
-        var left = Left.After(null, pinned, onStd);
+        var version = All.Single(s => s.Id == "std-ipv4").Version;
+        var left = Left.After(null, pinned, onStd, version);
         Assert.Equal(("std-ipv4", 0.88, "observed"), (left.Single().Stack, left.Single().Score, left.Single().Source));
         Assert.Empty(Left.After(null, pinned));
+        // A stack that left the candidates without a pin (no longer admitted here) is not remembered by what it gave.
+        var disallowed = selector.Select("vm2", "host-b", Policy("bulk", allow: ["fec"]), path, All, HostStacks, "std-ipv4", null, T0, 0.99).Decision;
+        Assert.Equal(("fec", true), (disallowed.Stack, disallowed.Changed));
+        Assert.Empty(Left.After(null, disallowed, onStd, version));
 
         for (var i = 0; i < 8; i++)
         {
@@ -520,6 +535,12 @@ public class SelectorTests
             left: left, observed: onFec, currentSince: T0);
         Assert.Equal(("std-ipv4", true), (unpinned.Stack, unpinned.Changed));
         Assert.Equal("ran here", unpinned.Candidates.Single(c => c.Stack == "std-ipv4").Source);
+
+        // A version of std-ipv4 published since is not judged on what the one the VM ran gave.
+        var (republished, _) = selector.Select("vm2", "host-b", Policy("bulk", allow: ["std-ipv4", "fec"]), path, All, HostStacks, "fec", null, now, 0.99,
+            left: [left.Single() with { Version = version + "-old" }], observed: onFec, currentSince: T0);
+        Assert.Equal(("fec", false), (republished.Stack, republished.Changed));
+        Assert.Equal("model v4", republished.Candidates.Single(c => c.Stack == "std-ipv4").Source);
     }
 
     /// <summary>

@@ -20,7 +20,8 @@ namespace Fabric.Silo.Selection;
 /// <item>Capacity is the median of the agent's last <see cref="TrainsKept"/> capacity trains within the last minute (the
 /// bottleneck's rate, whichever stack carries the path's traffic: a VM on a stack that starves it no longer makes the
 /// path look slow), or the highest rate delivered in the last minute where that is more; kept apart from what is
-/// delivered now (an idle path delivers nothing and still has its capacity); 0 while neither is known.</item>
+/// delivered now (an idle path delivers nothing and still has its capacity); 0 while neither is known. Three trains in a
+/// row beyond a factor of two from the median before them restart both (<see cref="CapacityChanged"/>).</item>
 /// <item>Burstiness of loss is the coefficient of variation of the per-second loss over the last minute (0 for loss
 /// spread evenly; large when the loss comes in a few bad seconds), and RTT variability its standard deviation.</item>
 /// </list>
@@ -52,10 +53,14 @@ public sealed class PathSmoother(double weight = 0.3)
     public const long ChangeDatagrams = 300;
 
     /// <summary>
-    /// The fewest samples that show a change of the link's loss, each on the new side: two bad seconds in a row come
-    /// about once a quarter hour on a link that has one in ten (seen in a test), three about once in three hours.
+    /// The fewest samples that show a change of the link's loss, each on the new side. On a link with one bad second in
+    /// ten, two in a row come about every two minutes and three about every twenty; the test against the minute before,
+    /// widened by that minute's own spread, refuses most of those.
     /// </summary>
     public const int ChangeSamples = 3;
+
+    /// <summary>The fewest samples between two changes of the loss: bursts of a few seconds, however often, change it at most this often.</summary>
+    public const int ChangeSpacing = 20;
 
     /// <summary>The fewest older samples a change of the loss is judged against (so a burst is known as one).</summary>
     public const int ChangeOlderSamples = 10;
@@ -77,8 +82,11 @@ public sealed class PathSmoother(double weight = 0.3)
     /// <summary>How many capacity trains the capacity is the median of (an agent sends one every 5 s).</summary>
     public const int TrainsKept = 5;
 
+    /// <summary>How many trains are held: a minute's (<see cref="RecentWindow"/> at one train every 5 s), what a change of the capacity is judged against.</summary>
+    public const int TrainsHeld = 12;
+
     // The last trains' rates and the sample number each came with (a ring).
-    private readonly (long N, double Mbps)[] _trains = new (long, double)[TrainsKept];
+    private readonly (long N, double Mbps)[] _trains = new (long, double)[TrainsHeld];
     private int _trainCount;
 
     public PathConditions? Current { get; private set; }
@@ -139,7 +147,7 @@ public sealed class PathSmoother(double weight = 0.3)
         }
         if (sample.CapacityMbps > 0 && double.IsFinite(sample.CapacityMbps))
         {
-            _trains[_trainCount++ % TrainsKept] = (_samples, sample.CapacityMbps);
+            _trains[_trainCount++ % TrainsHeld] = (_samples, sample.CapacityMbps);
             CapacityChanged();
         }
         var (delivered, lossMean, lossStd, rttStd) = Recent();
@@ -245,6 +253,10 @@ public sealed class PathSmoother(double weight = 0.3)
     private int? LossChanged()
     {
         var limit = Math.Min(_countFilled, _sinceLossChange);
+        if (limit < Math.Max(ChangeSamples + ChangeOlderSamples, ChangeSpacing))
+        {
+            return null;
+        }
         var (k, newSent, newLost) = (0, 0L, 0L);
         for (; k < limit && (k < ChangeSamples || newSent < ChangeDatagrams); k++)
         {
@@ -292,23 +304,25 @@ public sealed class PathSmoother(double weight = 0.3)
     }
 
     /// <summary>
-    /// When the two newest trains both lie more than a factor of two from the median of the trains before them (at least
-    /// two, the same side), the link's bottleneck changed: the older trains, and what was delivered before the first of
-    /// the two, no longer count. Otherwise a link that fell from 150 to 5.6 Mbit/s was taken for 150 for up to a minute
-    /// (the most delivered in the last minute) — every stack on it then looked as if it starved the VM, and a left stack's
-    /// memory was lost as the figure fell (the learning benchmark's pantheon phase 3 went fec → std-ipv4 → fec → std-ipv4).
+    /// When the <see cref="ChangeTrains"/> newest trains all lie more than a factor of two from the median of the older
+    /// trains of the last minute (at least two), on the same side, the link's bottleneck changed: the older trains, and
+    /// what was delivered before the first of the three, no longer count. A dip of one or two trains (cross traffic for a
+    /// few seconds) does not, nor does the return after it: the median of the minute before is the link's, not the dip's.
+    /// Otherwise a link that fell from 150 to 5.6 Mbit/s was taken for 150 for up to a minute (the most delivered in the
+    /// last minute) — every stack on it then looked as if it starved the VM, and a left stack's memory was lost as the
+    /// figure fell (the learning benchmark's pantheon phase 3 went fec → std-ipv4 → fec → std-ipv4).
     /// </summary>
     private void CapacityChanged()
     {
-        Span<double> older = stackalloc double[TrainsKept];
-        var (n, newest, second) = (0, _trains[(_trainCount - 1) % TrainsKept], _trainCount >= 2 ? _trains[(_trainCount - 2) % TrainsKept] : default);
-        if (_trainCount < 4 || second.N <= _samples - RecentWindow)
+        if (_trainCount <= ChangeTrains + 1 || Train(ChangeTrains).N <= _samples - RecentWindow)
         {
             return;
         }
-        for (var k = 3; k <= Math.Min(_trainCount, TrainsKept); k++)
+        Span<double> older = stackalloc double[TrainsHeld - ChangeTrains];
+        var n = 0;
+        for (var k = ChangeTrains + 1; k <= Math.Min(_trainCount, TrainsHeld); k++)
         {
-            var t = _trains[(_trainCount - k) % TrainsKept];
+            var t = Train(k);
             if (t.N > _samples - RecentWindow)
             {
                 older[n++] = t.Mbps;
@@ -318,20 +332,37 @@ public sealed class PathSmoother(double weight = 0.3)
         {
             return;
         }
-        older = older[..n];
-        older.Sort();
-        var median = n % 2 == 1 ? older[n / 2] : (older[(n / 2) - 1] + older[n / 2]) / 2;
-        var (a, b) = (Math.Log2(newest.Mbps / median), Math.Log2(second.Mbps / median));
-        if (Math.Abs(a) > 1 && Math.Abs(b) > 1 && Math.Sign(a) == Math.Sign(b))
+        var median = Median(older[..n]);
+        var side = 0;
+        for (var k = 1; k <= ChangeTrains; k++)
         {
-            for (var k = 3; k <= Math.Min(_trainCount, TrainsKept); k++)
+            var ratio = Math.Log2(Train(k).Mbps / median);
+            if (Math.Abs(ratio) <= 1 || (side != 0 && Math.Sign(ratio) != side))
             {
-                _trains[(_trainCount - k) % TrainsKept].N = long.MinValue / 2;
+                return;
             }
-            _capacitySince = second.N - 1;
-            CapacityChanges++;
+            side = Math.Sign(ratio);
         }
+        for (var k = ChangeTrains + 1; k <= TrainsHeld; k++)
+        {
+            _trains[(_trainCount - k + TrainsHeld) % TrainsHeld].N = long.MinValue / 2;
+        }
+        _capacitySince = Train(ChangeTrains).N - 1;
+        CapacityChanges++;
     }
+
+    // The k-th newest train (1: the newest).
+    private (long N, double Mbps) Train(int k) => _trains[(_trainCount - k) % TrainsHeld];
+
+    private static double Median(Span<double> rates)
+    {
+        rates.Sort();
+        var n = rates.Length;
+        return n % 2 == 1 ? rates[n / 2] : (rates[(n / 2) - 1] + rates[n / 2]) / 2;
+    }
+
+    /// <summary>How many trains in a row, each beyond a factor of two from the median before them, change the capacity.</summary>
+    public const int ChangeTrains = 3;
 
     /// <summary>How many times the path's bottleneck rate changed (<see cref="CapacityChanged"/>).</summary>
     public int CapacityChanges { get; private set; }
@@ -353,38 +384,35 @@ public sealed class PathSmoother(double weight = 0.3)
         return most;
     }
 
-    /// <summary>The median of the trains of the last minute (0: none).</summary>
+    /// <summary>The median of the newest <see cref="TrainsKept"/> trains within the last minute (0: none).</summary>
     private double TrainCapacity()
     {
         Span<double> rates = stackalloc double[TrainsKept];
         var n = 0;
-        for (var i = 0; i < Math.Min(_trainCount, TrainsKept); i++)
+        for (var k = 1; k <= Math.Min(_trainCount, TrainsKept); k++)
         {
-            if (_trains[i].N > _samples - RecentWindow)
+            var t = Train(k);
+            if (t.N > _samples - RecentWindow)
             {
-                rates[n++] = _trains[i].Mbps;
+                rates[n++] = t.Mbps;
             }
         }
-        if (n == 0)
-        {
-            return 0;
-        }
-        rates = rates[..n];
-        rates.Sort();
-        return n % 2 == 1 ? rates[n / 2] : (rates[(n / 2) - 1] + rates[n / 2]) / 2;
+        return n == 0 ? 0 : Median(rates[..n]);
     }
 
     private double Mix(double old, double sample) => old + weight * (sample - old);
 
     /// <summary>
     /// Whether the link itself changed between <paramref name="a"/> and <paramref name="b"/>: its capacity (by 25 %), its
-    /// minimum RTT (by 20 %) or its loss (by a factor of two, as <see cref="Significant"/>), which the stack in use does
-    /// not move — unlike the RTT above the minimum (its queue) and the jitter.
+    /// minimum RTT (by 20 %) or its loss (by a factor of two on a log scale floored at 0.1 %, where loss starts to cost a
+    /// VM anything: <see cref="ProfileScorer.NoiseFloor"/>), which the stack in use does not move — unlike the RTT above the
+    /// minimum (its queue) and the jitter. What a VM got on a stack holds only while the link has not changed, so a floor
+    /// at 0.01 % let one lost datagram on a clean path void it.
     /// </summary>
     public static bool LinkChanged(PathConditions a, PathConditions b) =>
         (a.CapacityMbps > 0 && b.CapacityMbps > 0 && Math.Abs(b.CapacityMbps - a.CapacityMbps) > 0.25 * a.CapacityMbps)
         || (a.MinRttMs > 0 && b.MinRttMs > 0 && Math.Abs(b.MinRttMs - a.MinRttMs) > 0.2 * Math.Max(a.MinRttMs, 0.5))
-        || Math.Abs(Math.Log2(b.Loss + 1e-4) - Math.Log2(a.Loss + 1e-4)) >= 1;
+        || Math.Abs(Math.Log2(b.Loss + ProfileScorer.NoiseFloor) - Math.Log2(a.Loss + ProfileScorer.NoiseFloor)) >= 1;
 
     /// <summary>
     /// A path whose seconds of the last minute all delivered less than this carries no VM traffic (its agents' probes and

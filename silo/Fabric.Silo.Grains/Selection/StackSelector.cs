@@ -6,23 +6,27 @@ namespace Fabric.Silo.Selection;
 public sealed record Explored(DateTimeOffset At, PathConditions Conditions);
 
 /// <summary>
-/// A stack a path left by a switch of its own (not an exploration), when, on what conditions, and what it scored then,
-/// running (on conditions it made): observed (what the VM got on it, <see cref="OutcomeWindow"/>) or predicted.
+/// A stack a path left by a switch of its own or a pin (not an exploration), when, on what conditions, and what it scored
+/// then, running (on conditions it made): observed (what the VM got on it, <see cref="OutcomeWindow"/>) or predicted; and
+/// its version then ("": not known), so a version published since is not judged on what an older one gave.
 /// </summary>
-public sealed record Left(string Stack, DateTimeOffset At, PathConditions Conditions, double Score, double Uncertainty = 0, string Source = "")
+public sealed record Left(string Stack, DateTimeOffset At, PathConditions Conditions, double Score, double Uncertainty = 0, string Source = "", string Version = "")
 {
     /// <summary>What a path remembers after <paramref name="decision"/>: <paramref name="left"/>, and the stack it switched
-    /// away from (replacing what it remembered of that stack), as the decision scored it — or, where the decision could
-    /// not score it (a pin moved the VM off it, so it was no candidate), as <paramref name="observed"/> says the VM got on it.</summary>
-    public static IReadOnlyList<Left> After(IReadOnlyList<Left>? left, Decision decision, Observed? observed = null)
+    /// away from (replacing what it remembered of that stack; <paramref name="version"/>: its version), as the decision
+    /// scored it — or, where a pin moved the VM off it (so it was no candidate), as <paramref name="observed"/> says the VM
+    /// got on it. A stack that left the candidates otherwise (withdrawn, no longer run by the host, no longer admitted)
+    /// is not remembered by what it gave.</summary>
+    public static IReadOnlyList<Left> After(IReadOnlyList<Left>? left, Decision decision, Observed? observed = null, string version = "")
     {
         if (!decision.Changed || decision.Exploration || decision.Previous is not { Length: > 0 } previous || decision.Stack.Length == 0)
         {
             return left ?? [];
         }
         var entry = decision.Candidates.FirstOrDefault(c => c.Stack == previous) is { } ran
-            ? new Left(previous, decision.At, decision.Conditions, ran.Score, ran.Uncertainty, ran.Source)
-            : observed is { } o && o.Stack == previous ? new Left(previous, decision.At, decision.Conditions, o.Score, o.Spread, "observed") : null;
+            ? new Left(previous, decision.At, decision.Conditions, ran.Score, ran.Uncertainty, ran.Source, version)
+            : observed is { } o && o.Stack == previous && decision.Policy.Pin == decision.Stack
+                ? new Left(previous, decision.At, decision.Conditions, o.Score, o.Spread, "observed", version) : null;
         return entry is null ? left ?? [] : [.. (left ?? []).Where(l => l.Stack != previous), entry];
     }
 }
@@ -187,6 +191,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                     Why = $"what the VM got on it: {o.Score:0.###} ± {o.Spread:0.##} over {o.Count} outcomes in {o.Over.TotalSeconds:0} s ({s.Source} predicted {s.Score:0.###} ± {s.Uncertainty:0.##})" };
             }
             if (s.Stack != current && left?.LastOrDefault(l => l.Stack == s.Stack) is { } l
+                && (l.Version.Length == 0 || l.Version == candidates.FirstOrDefault(c => c.Id == s.Stack)?.Version)
                 && now - l.At < (l.Source == "observed" ? _options.ObservedMemory : _options.ReturnMemory)
                 && !PathSmoother.LinkChanged(l.Conditions, conditions) && (l.Source == "observed" || l.Score < s.Score))
             {
@@ -251,11 +256,12 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                   + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##}"
                   + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")})"), null);
         }
-        // A current stack judged by what the VM got on it (seconds of outcomes on this link) that a candidate beats by far
-        // more than a switch needs is left at once: the observation is the samples a sustain would wait for, and a VM
+        // A current stack judged by what the VM got on it that a candidate beats by far more than a switch needs is left at
+        // once when the observation spans the sustain such a gain would wait for: it is those seconds of samples, and a VM
         // its stack has stopped serving (a latency VM on std-ipv4 when loss starts: a retransmission timeout for every
         // lost request) pays for every second of it.
-        if (currentScore.Source == "observed" && gain * SelectorOptions.QuickestShare >= uncapped)
+        if (currentScore.Source == "observed" && observed is { } seen && gain * SelectorOptions.QuickestShare >= uncapped
+            && seen.Over >= _options.SustainWhen(gain, uncapped))
         {
             return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) beat {current} ({currentScore.Score:0.###}, what the VM got on it) "
                 + $"by {gain:0.###}, at least {1 / SelectorOptions.QuickestShare:0.#} times the {uncapped:0.###} a switch needs: at once"), null);
