@@ -135,10 +135,19 @@ public sealed class PathSmoother(double weight = 0.3)
         return last.Max() - last.Min() < 0.5 * last.Min();
     }
 
+    /// <summary>
+    /// A sample's RTT below this share of the path's minimum so far is a new, shorter route (no queue makes a packet faster
+    /// than the path's propagation): the smoothed RTT restarts from it. Mixed in, it took ten seconds to fall from 65 to
+    /// 13 ms (the learning benchmark's pantheon phase 2), and every second of that was a changed link to what the VM got
+    /// (<see cref="OutcomeWindow.Of"/>) while the model read a path three times its minimum.
+    /// </summary>
+    public const double FloorFall = 0.5;
+
     /// <summary>Adds a sample; true when the VMs on the path should re-evaluate.</summary>
     public bool Add(PathSample sample)
     {
         var loss = sample.Sent > 0 ? Math.Clamp((double)sample.Lost / sample.Sent, 0, 1) : Current?.Loss ?? 0;
+        var floorFell = _minRtt.First is { } floor && sample.RttMs < FloorFall * floor.Value.Rtt;
         var minRtt = TrackMinRtt(sample.RttMs);
         _recent.Enqueue((sample.RttMs, loss, sample.DeliveredMbps));
         if (_recent.Count > RecentWindow)
@@ -159,7 +168,7 @@ public sealed class PathSmoother(double weight = 0.3)
         var idle = delivered < IdleMbps;
         var next = Current is not { } c
             ? new PathConditions(sample.RttMs, sample.JitterMs, counted, sample.DeliveredMbps, sample.At, minRtt, capacity, burstiness, rttStd, idle)
-            : new PathConditions(Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), counted, Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At,
+            : new PathConditions(floorFell ? sample.RttMs : Mix(c.RttMs, sample.RttMs), Mix(c.JitterMs, sample.JitterMs), counted, Mix(c.BandwidthMbps, sample.DeliveredMbps), sample.At,
                 minRtt, capacity, burstiness, rttStd, idle);
         if (next.Loss < LossResolution)
         {

@@ -164,6 +164,28 @@ public class PathSmootherTests
         Assert.InRange(smoother.Current!.CapacityMbps, 5, 6);
     }
 
+    /// <summary>
+    /// A route that gets shorter (65 ms, then 12): the smoothed RTT is the new route's from its first sample, where mixed in
+    /// it took ten seconds, each a changed link to what the VM got. An RTT that rises (a queue, or a longer route) is still
+    /// mixed in, and one that falls to within half the minimum is too.
+    /// </summary>
+    [Fact]
+    public void ARouteThatGetsShorter_HasItsRttFromTheFirstSample_WhileRisesAndSmallFallsAreStillSmoothed()
+    {
+        var smoother = new PathSmoother();
+        for (var second = 0; second < 30; second++)
+        {
+            smoother.Add(Sample(second, 65 + (second % 3), 0));
+        }
+        smoother.Add(Sample(30, 12.2, 0.03));
+        Assert.Equal((12.2, 12.2), (smoother.Current!.RttMs, smoother.Current.MinRttMs));
+        smoother.Add(Sample(31, 40, 0.03));
+        Assert.InRange(smoother.Current!.RttMs, 20, 25);
+        // Down to 65 % of the minimum so far (12.2 -> 8): mixed in.
+        smoother.Add(Sample(32, 8, 0.03));
+        Assert.InRange(smoother.Current!.RttMs, 16, 20);
+    }
+
     [Fact]
     public void AStableNewRttFloor_RestartsTheMinimum_SoAWirelessPhaseAfterADatacenterOneIsNotCalledCongestion()
     {
