@@ -4,7 +4,8 @@ namespace Fabric.Silo.Selection;
 /// Turns a path's one-second samples into conditions that survive the path changing regime, and says when they moved
 /// enough to re-run selection (RTT by 20 %, loss by a factor of two on a log scale floored at 0.01 %, capacity by 25 %).
 /// <list type="bullet">
-/// <item>RTT, jitter and the delivered rate are smoothed exponentially (like TCP's SRTT). Loss is counted over the
+/// <item>RTT, jitter and the delivered rate are smoothed exponentially (like TCP's SRTT); the RTT restarts from a sample
+/// under <see cref="FloorFall"/> of the path's minimum (a shorter route). Loss is counted over the
 /// newest samples that together hold at least <see cref="LossMinDatagrams"/> datagrams (and at least
 /// <see cref="LossMinSamples"/> samples; at most the last <see cref="LossWindow"/>), and never from before the last
 /// change of the link's loss (<see cref="LossChanged"/>): a busy path's loss follows within seconds, and so does a
@@ -21,7 +22,7 @@ namespace Fabric.Silo.Selection;
 /// bottleneck's rate, whichever stack carries the path's traffic: a VM on a stack that starves it no longer makes the
 /// path look slow), or the highest rate delivered in the last minute where that is more; kept apart from what is
 /// delivered now (an idle path delivers nothing and still has its capacity); 0 while neither is known. Three trains in a
-/// row beyond a factor of two from the median before them restart both (<see cref="CapacityChanged"/>).</item>
+/// row beyond a factor of two from the median of the minute's older trains restart both (<see cref="CapacityChanged"/>).</item>
 /// <item>Burstiness of loss is the coefficient of variation of the per-second loss over the last minute (0 for loss
 /// spread evenly; large when the loss comes in a few bad seconds), and RTT variability its standard deviation.</item>
 /// </list>
