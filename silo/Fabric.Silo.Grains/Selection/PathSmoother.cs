@@ -353,16 +353,18 @@ public sealed class PathSmoother(double weight = 0.3)
             }
             side = Math.Sign(ratio);
         }
-        for (var k = ChangeTrains + 1; k <= TrainsHeld; k++)
+        for (var k = ChangeTrains + 1; k <= Math.Min(_trainCount, TrainsHeld); k++)
         {
-            _trains[(_trainCount - k + TrainsHeld) % TrainsHeld].N = long.MinValue / 2;
+            _trains[TrainIndex(k)].N = long.MinValue / 2;
         }
         _capacitySince = Train(ChangeTrains).N - 1;
         CapacityChanges++;
     }
 
-    // The k-th newest train (1: the newest).
-    private (long N, double Mbps) Train(int k) => _trains[(_trainCount - k) % TrainsHeld];
+    // The k-th newest train (1: the newest; k at most the trains received and TrainsHeld).
+    private (long N, double Mbps) Train(int k) => _trains[TrainIndex(k)];
+
+    private int TrainIndex(int k) => (_trainCount - k) % TrainsHeld;
 
     private static double Median(Span<double> rates)
     {
