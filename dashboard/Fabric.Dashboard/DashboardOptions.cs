@@ -6,44 +6,10 @@ using Fabric.Programs;
 
 namespace Fabric.Dashboard;
 
-/// <summary>
-/// The command line. Embedded (the default): silo, development repository and simulated fleet in this process, state in
-/// the data folder. Cluster: an Orleans client of the silos at the given gateways, users from a file.
-/// </summary>
-public sealed record DashboardOptions(
-    bool Embedded,
-    IPEndPoint Listen,
-    string DataDirectory,
-    int Hosts,
-    int PhaseSeconds,
-    string? SourceRoot,
-    string? TestData,
-    IReadOnlyList<IPEndPoint> Gateways,
-    string ClusterId,
-    string ServiceId,
-    string? UsersFile,
-    bool Namespaces = false,
-    string? Certificate = null,
-    string? Key = null,
-    string? Authority = null,
-    string Clustering = "static",
-    string? TlsCertificate = null,
-    string? TlsKey = null)
+/// <summary>What the web server of a dashboard takes, whoever hosts it: where it listens, its data folder and its HTTPS certificate.</summary>
+public sealed record WebOptions(IPEndPoint Listen, string DataDirectory, string? TlsCertificate, string? TlsKey)
 {
-    private static readonly Option<bool> EmbeddedOption = new("--embedded")
-    {
-        Description = "(default) the whole system in this process: a silo (localhost clustering, memory storage), a repository of the built-in "
-            + "stacks signed by a development key, and a simulated fleet whose links follow real traces",
-    };
-
-    private static readonly Option<bool> NamespacesOption = new("--namespaces")
-    {
-        Description = "(root) the same fleet on real network namespaces: each host a fabric-agent process in its own namespace with a veth "
-            + "uplink (10.251.N.2), each VM a namespace with a veth the agent attaches to, the traffic real UDP from the VMs; all of it "
-            + "deleted when Fabric stops",
-    };
-
-    private static readonly Option<IPEndPoint> ListenOption = new("--listen")
+    public static readonly Option<IPEndPoint> ListenOption = new("--listen")
     {
         Description = "where the dashboard serves",
         HelpName = "ADDR:PORT",
@@ -51,41 +17,72 @@ public sealed record DashboardOptions(
         CustomParser = CommandLineConventions.Parser(Endpoint),
     };
 
-    private static readonly Option<string> DataOption = new("--data")
+    public static readonly Option<string> DataOption = new("--data")
     {
-        Description = "the data folder: development keys, the generated credentials, run state",
+        Description = "the data folder: the sign-in cookies' keys, and on the embedded default the development keys, the generated credentials and run state",
         HelpName = "DIR",
         DefaultValueFactory = _ => Path.Combine(Environment.GetEnvironmentVariable("XDG_DATA_HOME") is { Length: > 0 } xdg ? xdg
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "share"), "fabric"),
     };
 
-    private static readonly Option<int> HostsOption = new("--hosts")
+    public static readonly Option<string?> TlsCertificateOption = new("--tls-certificate")
     {
-        Description = "simulated hosts (2–16)",
-        HelpName = "N",
-        DefaultValueFactory = _ => 4,
-        CustomParser = CommandLineConventions.Parser(text => Number(text, 2, 16)),
+        Description = "serve HTTPS with this certificate (PEM; its chain after it); required with a --listen address beyond loopback",
+        HelpName = "FILE",
     };
 
-    private static readonly Option<int> PhaseSecondsOption = new("--phase-seconds")
+    public static readonly Option<string?> TlsKeyOption = new("--tls-key") { Description = "the HTTPS certificate's private key (PEM)", HelpName = "FILE" };
+
+    /// <summary>The web options of a parse without errors; throws <see cref="FormatException"/> when they contradict each other.</summary>
+    public static WebOptions From(ParseResult result)
     {
-        Description = "how long each simulated link keeps its conditions (5–3600)",
-        HelpName = "S",
-        DefaultValueFactory = _ => 45,
-        CustomParser = CommandLineConventions.Parser(text => Number(text, 5, 3600)),
-    };
+        var options = new WebOptions(result.GetValue(ListenOption)!, Path.GetFullPath(result.GetValue(DataOption)!), Full(result.GetValue(TlsCertificateOption)),
+            Full(result.GetValue(TlsKeyOption)));
+        if ((options.TlsCertificate is null) != (options.TlsKey is null))
+        {
+            throw new FormatException("--tls-certificate and --tls-key go together");
+        }
+        if (options.TlsCertificate is null && !IPAddress.IsLoopback(options.Listen.Address))
+        {
+            throw new FormatException($"--listen {options.Listen}: beyond loopback the dashboard serves only HTTPS (passwords and session cookies "
+                + "would cross the network in clear): give --tls-certificate FILE and --tls-key FILE");
+        }
+        return options;
+    }
 
-    private static readonly Option<string?> SourceRootOption = new("--source-root")
-    {
-        Description = "the Fabric checkout whose built stacks are published (default: found above this program)",
-        HelpName = "DIR",
-    };
+    /// <summary>The page's address as a browser on this machine reaches it.</summary>
+    public string Url => $"{(TlsCertificate is null ? "http" : "https")}://{(Listen.Address.Equals(IPAddress.Any) ? "127.0.0.1" : Listen.Address)}:{Listen.Port}/";
 
-    private static readonly Option<string?> TestDataOption = new("--testdata") { Description = "the traces (default SOURCE_ROOT/../shared/testdata)", HelpName = "DIR" };
+    /// <summary>A path option made absolute (null stays null).</summary>
+    public static string? Full(string? path) => path is null ? null : Path.GetFullPath(path);
 
+    /// <summary>A whole number in a range, for an option's parser.</summary>
+    public static int Number(string text, int min, int max) =>
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= min && n <= max ? n
+            : throw new FormatException($"is not a whole number in {min}..{max}");
+
+    private static IPEndPoint Endpoint(string text) =>
+        IPEndPoint.TryParse(text, out var e) && e.Port != 0 ? e : throw new FormatException("is not ADDRESS:PORT");
+}
+
+/// <summary>
+/// fabric-dashboard's command line: an Orleans client of a running cluster (its gateways, or its membership table), users
+/// from a file. The embedded default (silo, repository and simulated fleet with this dashboard) is fabric-embedded's.
+/// </summary>
+public sealed record DashboardOptions(
+    WebOptions Web,
+    IReadOnlyList<IPEndPoint> Gateways,
+    string ClusterId,
+    string ServiceId,
+    string UsersFile,
+    string? Certificate = null,
+    string? Key = null,
+    string? Authority = null,
+    string Clustering = "static")
+{
     private static readonly Option<IPEndPoint[]> GatewayOption = new("--gateway")
     {
-        Description = "a silo gateway to connect to instead of running the embedded system (cluster mode); repeat for several",
+        Description = "a silo gateway to connect to; repeat for several",
         HelpName = "ADDR:PORT",
         Arity = ArgumentArity.ZeroOrMore,
         CustomParser = result =>
@@ -106,28 +103,20 @@ public sealed record DashboardOptions(
         },
     };
 
-    private static readonly Option<string> ClusterIdOption = new("--cluster-id") { Description = "the cluster's Orleans cluster id (cluster mode)", DefaultValueFactory = _ => "fabric", HelpName = "ID" };
+    private static readonly Option<string> ClusterIdOption = new("--cluster-id") { Description = "the cluster's Orleans cluster id", DefaultValueFactory = _ => "fabric", HelpName = "ID" };
 
-    private static readonly Option<string> ServiceIdOption = new("--service-id") { Description = "the cluster's Orleans service id (cluster mode)", DefaultValueFactory = _ => "fabric", HelpName = "ID" };
+    private static readonly Option<string> ServiceIdOption = new("--service-id") { Description = "the cluster's Orleans service id", DefaultValueFactory = _ => "fabric", HelpName = "ID" };
 
     private static readonly Option<string?> UsersOption = new("--users")
     {
-        Description = "a file of 'NAME HASH admin|read-only' lines as 'fabric-dashboard users set' writes them (required in cluster mode; the "
-            + "embedded default generates its own); read again whenever it changes",
+        Description = "(required) a file of 'NAME HASH admin|read-only' lines as 'fabric-dashboard users set' writes them; read again whenever it "
+            + "changes",
         HelpName = "FILE",
     };
-
-    private static readonly Option<string?> TlsCertificateOption = new("--tls-certificate")
-    {
-        Description = "serve HTTPS with this certificate (PEM; its chain after it); required with a --listen address beyond loopback",
-        HelpName = "FILE",
-    };
-
-    private static readonly Option<string?> TlsKeyOption = new("--tls-key") { Description = "the HTTPS certificate's private key (PEM)", HelpName = "FILE" };
 
     private static readonly Option<string> ClusteringOption = new("--clustering")
     {
-        Description = "how the dashboard finds the silos in cluster mode: static (the --gateway list) or azure-table (the cluster's membership "
+        Description = "how the dashboard finds the silos: static (the --gateway list) or azure-table (the cluster's membership "
             + "table; its connection string in FABRIC_TABLE_CONNECTION_STRING)",
         HelpName = "static|azure-table",
         DefaultValueFactory = _ => "static",
@@ -136,7 +125,7 @@ public sealed record DashboardOptions(
 
     private static readonly Option<string?> CertificateOption = new("--certificate")
     {
-        Description = "the dashboard's certificate from the fleet's authority, OU=operator (PEM; cluster mode, required unless every gateway is on loopback)",
+        Description = "the dashboard's certificate from the fleet's authority, OU=operator (PEM; required unless every gateway is on loopback)",
         HelpName = "FILE",
     };
 
@@ -145,11 +134,11 @@ public sealed record DashboardOptions(
     private static readonly Option<string?> AuthorityOption = new("--authority") { Description = "the fleet's authority's certificate (PEM)", HelpName = "FILE" };
 
     /// <summary>The command line: every option with its help.</summary>
-    public static RootCommand Command { get; } = new("fabric-dashboard: the operator UI of Fabric. By default the embedded system in this process; with "
-        + "--gateway an Orleans client of a running cluster.")
+    public static RootCommand Command { get; } = new("fabric-dashboard: the operator UI of a Fabric cluster, an Orleans client of its silos (--gateway, "
+        + "or --clustering azure-table). The embedded default, with its own silo and simulated fleet, is fabric-embedded ('./fabric run').")
     {
-        EmbeddedOption, NamespacesOption, ListenOption, DataOption, HostsOption, PhaseSecondsOption, SourceRootOption, TestDataOption, GatewayOption,
-        ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption, AuthorityOption, ClusteringOption, TlsCertificateOption, TlsKeyOption,
+        WebOptions.ListenOption, WebOptions.DataOption, GatewayOption, ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption,
+        AuthorityOption, ClusteringOption, WebOptions.TlsCertificateOption, WebOptions.TlsKeyOption,
     };
 
     /// <summary>
@@ -224,67 +213,35 @@ public sealed record DashboardOptions(
     /// <summary>The options of a parse without errors; throws <see cref="FormatException"/> when options contradict each other.</summary>
     public static DashboardOptions From(ParseResult result)
     {
-        static string? Full(string? path) => path is null ? null : Path.GetFullPath(path);
+        var web = WebOptions.From(result);
         var gateways = result.GetValue(GatewayOption) ?? [];
-        var options = new DashboardOptions(true, result.GetValue(ListenOption)!, Path.GetFullPath(result.GetValue(DataOption)!), result.GetValue(HostsOption),
-            result.GetValue(PhaseSecondsOption), Full(result.GetValue(SourceRootOption)), Full(result.GetValue(TestDataOption)), gateways,
-            result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, Full(result.GetValue(UsersOption)), result.GetValue(NamespacesOption),
-            Full(result.GetValue(CertificateOption)), Full(result.GetValue(KeyOption)), Full(result.GetValue(AuthorityOption)), result.GetValue(ClusteringOption)!,
-            Full(result.GetValue(TlsCertificateOption)), Full(result.GetValue(TlsKeyOption)));
-        if ((options.TlsCertificate is null) != (options.TlsKey is null))
-        {
-            throw new FormatException("--tls-certificate and --tls-key go together");
-        }
-        if (options.TlsCertificate is null && !IPAddress.IsLoopback(options.Listen.Address))
-        {
-            throw new FormatException($"--listen {options.Listen}: beyond loopback the dashboard serves only HTTPS (passwords and session cookies "
-                + "would cross the network in clear): give --tls-certificate FILE and --tls-key FILE");
-        }
-        var credentials = new[] { options.Certificate, options.Key, options.Authority };
-        if (options.Clustering == "azure-table" && gateways.Length > 0)
+        var clustering = result.GetValue(ClusteringOption)!;
+        string?[] credentials = [WebOptions.Full(result.GetValue(CertificateOption)), WebOptions.Full(result.GetValue(KeyOption)), WebOptions.Full(result.GetValue(AuthorityOption))];
+        if (clustering == "azure-table" && gateways.Length > 0)
         {
             throw new FormatException("--clustering azure-table and --gateway exclude each other: the gateways come from the membership table");
         }
-        if (options.Clustering == "azure-table" && string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable("FABRIC_TABLE_CONNECTION_STRING")))
+        if (clustering == "static" && gateways.Length == 0)
+        {
+            throw new FormatException("no cluster to show: give the silos' gateways (--gateway ADDR:PORT) or --clustering azure-table; the embedded default "
+                + "(a silo and a simulated fleet in one process) is fabric-embedded, which './fabric run' starts");
+        }
+        if (clustering == "azure-table" && string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable("FABRIC_TABLE_CONNECTION_STRING")))
         {
             throw new FormatException("--clustering azure-table: set FABRIC_TABLE_CONNECTION_STRING to the membership table's connection string");
         }
-        if (gateways.Length > 0 || options.Clustering == "azure-table")
+        var users = WebOptions.Full(result.GetValue(UsersOption))
+            ?? throw new FormatException("--users FILE is required with --gateway (the dashboard does not run without login)");
+        if (credentials.Any(c => c is null) && credentials.Any(c => c is not null))
         {
-            if (result.GetValue(EmbeddedOption))
-            {
-                throw new FormatException("--embedded and --gateway exclude each other: embedded runs its own silo");
-            }
-            if (options.Namespaces)
-            {
-                throw new FormatException("--namespaces and --gateway exclude each other: the namespaces belong to the embedded fleet");
-            }
-            options = options with { Embedded = false };
-            if (options.UsersFile is null)
-            {
-                throw new FormatException("--users FILE is required with --gateway (the dashboard does not run without login)");
-            }
-            if (credentials.Any(c => c is null) && credentials.Any(c => c is not null))
-            {
-                throw new FormatException("--certificate, --key and --authority go together");
-            }
-            if (options.Certificate is null && (options.Clustering != "static" || gateways.Any(g => !IPAddress.IsLoopback(g.Address))))
-            {
-                throw new FormatException("--certificate, --key and --authority are required with a gateway beyond loopback (the control channel is TLS "
-                    + "with the dashboard's operator certificate)");
-            }
+            throw new FormatException("--certificate, --key and --authority go together");
         }
-        else if (credentials.Any(c => c is not null))
+        if (credentials[0] is null && (clustering != "static" || gateways.Any(g => !IPAddress.IsLoopback(g.Address))))
         {
-            throw new FormatException("--certificate, --key and --authority are for --gateway: the embedded system makes its own");
+            throw new FormatException("--certificate, --key and --authority are required with a gateway beyond loopback (the control channel is TLS "
+                + "with the dashboard's operator certificate)");
         }
-        return options;
+        return new DashboardOptions(web, gateways, result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, users, credentials[0], credentials[1],
+            credentials[2], clustering);
     }
-
-    private static int Number(string text, int min, int max) =>
-        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= min && n <= max ? n
-            : throw new FormatException($"is not a whole number in {min}..{max}");
-
-    private static IPEndPoint Endpoint(string text) =>
-        IPEndPoint.TryParse(text, out var e) && e.Port != 0 ? e : throw new FormatException("is not ADDRESS:PORT");
 }

@@ -318,7 +318,7 @@ public sealed class SimulatedFleet : IAsyncDisposable
 
         public override string Id => agent.Config.HostId;
 
-        public override string Where => "an agent in the dashboard's process (loopback UDP, in-memory VM ports)";
+        public override string Where => "an agent in the embedded default's process (loopback UDP, in-memory VM ports)";
 
         public override IPEndPoint Underlay => agent.Switch.UnderlayEndpoints.IPv4!;
 

@@ -2,6 +2,7 @@ using System.Collections.Immutable;
 using Bunit;
 using Fabric.Dashboard.Components.Pages;
 using Fabric.Dashboard.Components.Shared;
+using Fabric.Dashboard.Services;
 using Fabric.Silo;
 using Microsoft.Extensions.DependencyInjection;
 using MudBlazor;
@@ -51,8 +52,8 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         JSInterop.Mode = JSRuntimeMode.Loose;
         Services.AddMudServices();
         Services.AddSingleton<IGrainFactory>(grains.Client);
-        Services.AddSingleton(new Simulation(DashboardOptions.Parse([]), null));
-        Services.AddSingleton(new ProcessMeter());
+        Services.AddSingleton<IDeployment>(new ClusterDeployment("components"));
+        Services.AddDashboardServices();
     }
 
     protected override void Dispose(bool disposing)

@@ -23,6 +23,8 @@ public sealed class EmbeddedDashboard(params string[] arguments) : IAsyncLifetim
 
     public string Url { get; private set; } = "";
 
+    private bool ClusterMode => arguments.Contains("--gateway") || arguments.Contains("--clustering");
+
     public (string Name, string Password) Admin { get; private set; }
 
     public (string Name, string Password) Viewer { get; private set; }
@@ -41,7 +43,9 @@ public sealed class EmbeddedDashboard(params string[] arguments) : IAsyncLifetim
     public async ValueTask InitializeAsync()
     {
         var port = LoopbackPorts.Free();
-        var start = new ProcessStartInfo(Processes.Built("dashboard/Fabric.Dashboard", "fabric-dashboard"))
+        // A dashboard of a cluster when the arguments name one, else the embedded default (what './fabric run' starts).
+        var start = new ProcessStartInfo(ClusterMode ? Processes.Built("dashboard/Fabric.Dashboard", "fabric-dashboard")
+            : Processes.Built("dashboard/Fabric.Embedded.Host", "fabric-embedded"))
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
@@ -60,7 +64,7 @@ public sealed class EmbeddedDashboard(params string[] arguments) : IAsyncLifetim
             TimeSpan.FromSeconds(60), "the embedded default started", () => Task.FromResult(Output));
         if (_process.HasExited)
         {
-            throw new InvalidOperationException($"fabric-dashboard exited with {_process.ExitCode}: {Output}");
+            throw new InvalidOperationException($"{(ClusterMode ? "fabric-dashboard" : "fabric-embedded")} exited with {_process.ExitCode}: {Output}");
         }
         if (arguments.Contains("--users"))
         {

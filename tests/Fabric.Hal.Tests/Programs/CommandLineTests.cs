@@ -15,6 +15,7 @@ public sealed class CommandLineTests
         { "stacks/Fabric.Decode", "fabric-decode", "" },
         { "silo/Fabric.Silo.Host", "fabric-silo", "" },
         { "dashboard/Fabric.Dashboard", "fabric-dashboard", "" },
+        { "dashboard/Fabric.Embedded.Host", "fabric-embedded", "" },
     };
 
     [Theory]
@@ -51,7 +52,10 @@ public sealed class CommandLineTests
     [Theory]
     [InlineData("dataplane-agent/Fabric.LinkEmulator.Cli", "fabric-linkem", new[] { "run", "--a", "x", "--b", "y", "--loss", "150%" }, "--loss '150%'")]
     [InlineData("dataplane-agent/Fabric.LinkEmulator.Cli", "fabric-linkem", new[] { "run", "--a", "x" }, "'--b' is required")]
-    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--hosts", "99" }, "--hosts '99': is not a whole number in 2..16")]
+    [InlineData("dashboard/Fabric.Embedded.Host", "fabric-embedded", new[] { "--hosts", "99" }, "--hosts '99': is not a whole number in 2..16")]
+    [InlineData("dashboard/Fabric.Embedded.Host", "fabric-embedded", new[] { "--listen", "0.0.0.0:5080" }, "--listen 0.0.0.0:5080: beyond loopback the dashboard serves only HTTPS")]
+    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new string[0], "no cluster to show: give the silos' gateways (--gateway ADDR:PORT) or --clustering azure-table")]
+    [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--hosts", "4", "--gateway", "127.0.0.1:30000" }, "--hosts")]
     [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--gateway", "127.0.0.1:30000" }, "--users FILE is required with --gateway")]
     [InlineData("dashboard/Fabric.Dashboard", "fabric-dashboard", new[] { "--gateway", "10.9.9.9:30000", "--users", "/nonexistent" },
         "--certificate, --key and --authority are required with a gateway beyond loopback")]

@@ -1,3 +1,4 @@
+using Fabric.Dashboard.Services;
 using Microsoft.AspNetCore.Components;
 
 namespace Fabric.Dashboard.Components.Shared;
@@ -11,8 +12,9 @@ public abstract class LivePage : ComponentBase, IDisposable
     private readonly CancellationTokenSource _stop = new();
     private bool _looping;
 
+    /// <summary>The fleet as the control plane knows it (every live page reads some of it).</summary>
     [Inject]
-    protected IGrainFactory Grains { get; set; } = default!;
+    protected FleetService Fleet { get; set; } = default!;
 
     /// <summary>Why the last refresh failed; null when it worked.</summary>
     protected string? LoadError { get; private set; }

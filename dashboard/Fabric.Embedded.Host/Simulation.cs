@@ -1,17 +1,21 @@
-using Fabric.Embedded;
+using System.Collections.Immutable;
+using Fabric.Dashboard.Services;
 
-namespace Fabric.Dashboard;
+namespace Fabric.Embedded.Host;
 
-/// <summary>The embedded default's simulated fleet and development repository, for the pages that show them (null parts in cluster mode).</summary>
-public sealed class Simulation(DashboardOptions options, DevelopmentRepository? repository)
+/// <summary>
+/// The embedded default's simulated fleet and development repository, and what the dashboard's pages are shown of them
+/// (through <see cref="IDeployment"/>: the pages never see the simulation itself).
+/// </summary>
+public sealed class Simulation(EmbeddedOptions options, DevelopmentRepository repository) : IDeployment
 {
-    public DashboardOptions Options { get; } = options;
+    public EmbeddedOptions Options { get; } = options;
 
-    public DevelopmentRepository? Repository { get; } = repository;
+    public DevelopmentRepository DevelopmentRepository { get; } = repository;
 
     public string? Gateway { get; set; }
 
-    public SimulatedFleet? Fleet { get; set; }
+    public SimulatedFleet? Running { get; set; }
 
     /// <summary>The namespaces and veths of the fleet with --namespaces (root), and the agent program it runs there.</summary>
     public FleetNetwork? Network { get; init; }
@@ -22,7 +26,25 @@ public sealed class Simulation(DashboardOptions options, DevelopmentRepository? 
     public Fabric.Silo.Security.DevelopmentAuthority? Authority { get; set; }
 
     /// <summary>Why the fleet is not running, when it failed to start.</summary>
-    public string? Error { get; set; }
+    public string? FleetError { get; set; }
+
+    public string Title => $"embedded default · {Options.Hosts} simulated hosts{(Network is null ? "" : " on network namespaces")}";
+
+    public string ProcessLabel => "This process (all of the embedded default)";
+
+    public string? Error => FleetError is null ? null : $"The simulated fleet did not start: {FleetError}";
+
+    public SimulatedFleetView? Fleet => Running is not { } fleet ? null : new(
+        [.. fleet.Hosts.Select(h => (h.HostId, h.Where))],
+        [.. fleet.Links.Select(link =>
+        {
+            var (phase, remaining) = link.Current;
+            var (ab, ba) = link.Stats;
+            return new SimulatedLinkView(link.HostA, link.HostB, phase.Name, phase.Source, remaining, ab.Lost + ba.Lost, ab.QueueDrops + ba.QueueDrops);
+        })]);
+
+    public RepositoryView? Repository => new(DevelopmentRepository.Path, DevelopmentRepository.TrustRoot, DevelopmentRepository.TargetsKeyId,
+        [.. DevelopmentRepository.Published.Select(t => (t.Id, t.Version, t.Length, t.Sha256))]);
 }
 
 /// <summary>Starts the simulated fleet once the silo is up, and stops it before the silo goes.</summary>
@@ -44,9 +66,9 @@ public sealed class SimulationRunner(Simulation simulation, ILoggerFactory logge
         {
             try
             {
-                simulation.Fleet = SimulatedFleet.Start(new FleetOptions(options.Hosts, options.PhaseSeconds, testData, Network: simulation.Network,
-                    AgentProgram: simulation.AgentProgram), simulation.Repository!,
-                    simulation.Gateway!, Path.Combine(options.DataDirectory, "run", "fleet"), loggers, simulation.Authority, _stopping.Token);
+                simulation.Running = SimulatedFleet.Start(new FleetOptions(options.Hosts, options.PhaseSeconds, testData, Network: simulation.Network,
+                    AgentProgram: simulation.AgentProgram), simulation.DevelopmentRepository,
+                    simulation.Gateway!, Path.Combine(options.Web.DataDirectory, "run", "fleet"), loggers, simulation.Authority, _stopping.Token);
             }
             catch (OperationCanceledException)
             {
@@ -54,7 +76,7 @@ public sealed class SimulationRunner(Simulation simulation, ILoggerFactory logge
             }
             catch (Exception e)
             {
-                simulation.Error = e.Message;
+                simulation.FleetError = e.Message;
                 logger.LogError(e, "The simulated fleet did not start");
             }
         }, CancellationToken.None);
@@ -69,9 +91,9 @@ public sealed class SimulationRunner(Simulation simulation, ILoggerFactory logge
         // A fleet still starting stops at its next step; the network goes only after nothing uses it.
         await _stopping.CancelAsync();
         await _starting;
-        if (simulation.Fleet is { } fleet)
+        if (simulation.Running is { } fleet)
         {
-            simulation.Fleet = null;
+            simulation.Running = null;
             await fleet.DisposeAsync();
         }
         simulation.Network?.Dispose();
