@@ -3,6 +3,8 @@ using Fabric.Silo.Learning;
 using Fabric.Silo.Selection;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Orleans.Runtime.Hosting;
+using Orleans.Serialization;
 using Orleans.Storage;
 
 namespace Fabric.Silo;
@@ -37,11 +39,11 @@ public static class SiloBuilderExtensions
     }
 
     /// <summary>
-    /// The embedded default's control plane (the dashboard's own silo, and the one <c>bench/stationary.sh</c> measures):
-    /// grain state in memory, the selector's defaults, the outcome log and the models in <paramref name="learningStore"/>
-    /// (a folder kept across runs, so the fleet keeps what it learned), the learner every 60 s.
+    /// The embedded default's control plane (fabric-embedded's own silo, and the one <c>bench/stationary.sh</c> measures):
+    /// grain state in this process's memory (<see cref="ProcessGrainStorage"/>), the selector's defaults, the outcome log and
+    /// the models in <paramref name="learningStore"/> (a folder kept across runs, so the fleet keeps what it learned), the learner every 60 s.
     /// </summary>
     public static ISiloBuilder AddEmbeddedControlPlane(this ISiloBuilder silo, string learningStore) => silo
-        .AddMemoryGrainStorage(Storage.Name)
+        .ConfigureServices(services => services.AddGrainStorage(Storage.Name, (provider, _) => new ProcessGrainStorage(provider.GetRequiredService<DeepCopier>())))
         .AddFabricControlPlane(new SelectorOptions(), new LearningOptions(learningStore, TrainEverySeconds: 60));
 }
