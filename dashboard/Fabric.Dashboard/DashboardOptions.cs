@@ -203,13 +203,6 @@ public sealed record DashboardOptions(
         return text.ToString();
     }
 
-    /// <summary>Parses arguments; throws <see cref="FormatException"/> naming the argument that is wrong.</summary>
-    public static DashboardOptions Parse(IReadOnlyList<string> args)
-    {
-        var result = Command.Parse(args);
-        return result.Errors.Count > 0 ? throw new FormatException(string.Join("; ", result.Errors.Select(e => e.Message))) : From(result);
-    }
-
     /// <summary>The options of a parse without errors; throws <see cref="FormatException"/> when options contradict each other.</summary>
     public static DashboardOptions From(ParseResult result)
     {
@@ -231,7 +224,7 @@ public sealed record DashboardOptions(
             throw new FormatException("--clustering azure-table: set FABRIC_TABLE_CONNECTION_STRING to the membership table's connection string");
         }
         var users = WebOptions.Full(result.GetValue(UsersOption))
-            ?? throw new FormatException("--users FILE is required with --gateway (the dashboard does not run without login)");
+            ?? throw new FormatException("--users FILE is required (the dashboard does not run without login)");
         if (credentials.Any(c => c is null) && credentials.Any(c => c is not null))
         {
             throw new FormatException("--certificate, --key and --authority go together");

@@ -20,10 +20,11 @@ public static class DashboardWeb
 {
     /// <summary>
     /// A web application builder with everything the dashboard needs but the control plane, whose grains the pages read from
-    /// <paramref name="grains"/> (default: the <see cref="IGrainFactory"/> of the host's Orleans client); throws
-    /// <see cref="FormatException"/> for an unreadable certificate.
+    /// <paramref name="grains"/> — always named by the host: beside a silo, the process also holds the silo's own
+    /// <see cref="IGrainFactory"/>, whose calls carry the silo's identity. Throws <see cref="FormatException"/> for an
+    /// unreadable certificate.
     /// </summary>
-    public static WebApplicationBuilder CreateBuilder(WebOptions options, Users users, IDeployment deployment, Func<IServiceProvider, IGrainFactory>? grains = null)
+    public static WebApplicationBuilder CreateBuilder(WebOptions options, Users users, IDeployment deployment, Func<IServiceProvider, IGrainFactory> grains)
     {
         X509Certificate2? tls = null;
         if (options.TlsCertificate is not null)
@@ -100,13 +101,9 @@ public static class DashboardWeb
         return builder;
     }
 
-    /// <summary>
-    /// The services the pages read the control plane through, over <paramref name="grains"/> (default: the
-    /// <see cref="IGrainFactory"/> registered), and this process's meter.
-    /// </summary>
-    public static IServiceCollection AddDashboardServices(this IServiceCollection services, Func<IServiceProvider, IGrainFactory>? grains = null)
+    /// <summary>The services the pages read the control plane through, over <paramref name="grains"/>, and this process's meter.</summary>
+    public static IServiceCollection AddDashboardServices(this IServiceCollection services, Func<IServiceProvider, IGrainFactory> grains)
     {
-        grains ??= s => s.GetRequiredService<IGrainFactory>();
         return services.AddSingleton(s => new FleetService(grains(s))).AddSingleton(s => new CatalogService(grains(s)))
             .AddSingleton(s => new PolicyService(grains(s))).AddSingleton(s => new LearningService(grains(s))).AddSingleton(new ProcessMeter());
     }

@@ -25,7 +25,8 @@ try
     {
         throw new FormatException($"--certificate '{options.Certificate}' is {credential.Caller}'s; the dashboard needs OU=operator");
     }
-    builder = DashboardWeb.CreateBuilder(options.Web, Users.Load(options.UsersFile), new ClusterDeployment(options.ClusterId));
+    builder = DashboardWeb.CreateBuilder(options.Web, Users.Load(options.UsersFile), new ClusterDeployment(options.ClusterId),
+        services => services.GetRequiredService<IClusterClient>());
 }
 catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
 {

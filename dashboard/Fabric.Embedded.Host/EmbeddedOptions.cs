@@ -5,7 +5,7 @@ using Fabric.Programs;
 namespace Fabric.Embedded.Host;
 
 /// <summary>
-/// fabric-embedded's command line: the whole system in this process (a silo with localhost clustering and memory storage, a
+/// fabric-embedded's command line: the whole system in this process (a silo with localhost clustering and grain state in memory, a
 /// repository of the built-in stacks signed by a development key, a simulated fleet whose links follow real traces, the
 /// dashboard), state in the data folder.
 /// </summary>

@@ -9,7 +9,7 @@ namespace Fabric.Embedded.Host;
 /// everything and change policies, learning and host membership, never speak for a host), not the silo's. Started after
 /// the silo (hosted services start in order) and stopped before it.
 /// </summary>
-public sealed class OperatorClient(Simulation simulation) : IHostedService, IDisposable
+public sealed class OperatorClient(Simulation simulation, ILoggerFactory loggers) : IHostedService, IDisposable
 {
     private IHost? _client;
 
@@ -20,7 +20,9 @@ public sealed class OperatorClient(Simulation simulation) : IHostedService, IDis
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         var builder = Microsoft.Extensions.Hosting.Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        // Its warnings (a gateway lost, a call refused) go where the rest of the process's go, under the same filters.
         builder.Logging.ClearProviders();
+        builder.Services.AddSingleton(loggers);
         builder.UseOrleansClient(client => client
             .Configure<Orleans.Configuration.ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (simulation.Options.ClusterId, simulation.Options.ServiceId))
             .UseStaticClustering(IPEndPoint.Parse(simulation.Gateway!))

@@ -7,10 +7,6 @@ using Fabric.Silo;
 using Fabric.Silo.Security;
 
 // fabric-embedded: Fabric on its embedded default in one process (silo, signed repository, simulated fleet, dashboard).
-if (args is ["users", ..])
-{
-    return CommandLineConventions.Invoke(DashboardOptions.UsersCommandLine, args);
-}
 if (CommandLineConventions.Parse(EmbeddedOptions.Command, args, out var parsed) is { } exit)
 {
     return exit;
@@ -34,6 +30,9 @@ try
     }
     var configuration = new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent?.Name is "Debug" ? "Debug" : "Release";
     var repository = DevelopmentRepository.Create(Path.Combine(data, "keys"), run, sourceRoot, configuration);
+    // The embedded fleet's own certificate authority (kept in the data folder): the silo, each agent and the pages' client
+    // get theirs from it. Read before anything is made that would need undoing.
+    var authority = DevelopmentAuthority.LoadOrCreate(Path.Combine(data, "authority"));
     FleetNetwork? network = null;
     string? agentProgram = null;
     if (options.Namespaces)
@@ -55,8 +54,7 @@ try
     {
         Network = network,
         AgentProgram = agentProgram,
-        // The embedded fleet's own certificate authority (kept in the data folder): the silo and each agent get theirs from it.
-        Authority = DevelopmentAuthority.LoadOrCreate(Path.Combine(data, "authority")),
+        Authority = authority,
     };
     // The pages call the silo through the operator's client, as any cluster's dashboard does (never as the silo itself).
     builder = DashboardWeb.CreateBuilder(options.Web, users, simulation, services => services.GetRequiredService<OperatorClient>().Grains);
@@ -101,11 +99,20 @@ catch (OperationCanceledException)
     simulation.Network?.Dispose();
     return 0;
 }
+catch (Exception e) when (e is not OutOfMemoryException)
+{
+    // A part that did not start (the silo's ports, the pages' client refused by the silo): said in one line, and what did
+    // start is stopped.
+    Console.Error.WriteLine($"fabric-embedded: did not start: {e.Message}");
+    await app.StopAsync(CancellationToken.None);
+    simulation.Network?.Dispose();
+    return 1;
+}
 Console.WriteLine($"Fabric is running on its embedded default: {options.Hosts} simulated hosts"
     + $"{(simulation.Network is null ? "" : $" as fabric-agent processes in network namespaces {simulation.Network.Id}-*")}, a silo, "
     + $"stacks signed by the development key in {Path.Combine(options.Web.DataDirectory, "keys")}.\n"
     + $"Dashboard: {options.Web.Url}  (sign in as 'admin' for changes or 'viewer' to look; the generated passwords are in {InitialPasswords(options)}; "
-    + $"change them with 'fabric-embedded users set --users {Path.Combine(options.Web.DataDirectory, "credentials.txt")} NAME ROLE')\nCtrl+C stops it.");
+    + $"change them with 'fabric-dashboard users set --users {Path.Combine(options.Web.DataDirectory, "credentials.txt")} NAME ROLE')\nCtrl+C stops it.");
 await app.WaitForShutdownAsync();
 return 0;
 

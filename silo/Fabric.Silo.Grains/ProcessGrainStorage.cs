@@ -8,7 +8,8 @@ namespace Fabric.Silo;
 /// Grain state in this process's memory, for a control plane of one silo (the embedded default): gone when the process
 /// ends, as Orleans' memory storage is, but held in a dictionary rather than in storage grains. Those are grains
 /// themselves, so a silo shutting down deactivated them before the grains that flush their state on deactivation (every
-/// VM's decision log), and each such write failed with a page of errors at every Ctrl+C. State is kept as a deep copy (a
+/// VM's decision log), and each such write failed with a page of errors at every Ctrl+C. One silo only: another silo's
+/// grains would not see this process's state. State is kept as a deep copy (a
 /// grain's later changes reach it only by a write) and writes are checked by ETag, as any Orleans storage does.
 /// </summary>
 public sealed class ProcessGrainStorage(DeepCopier copier) : IGrainStorage
@@ -26,7 +27,7 @@ public sealed class ProcessGrainStorage(DeepCopier copier) : IGrainStorage
         }
         else
         {
-            grainState.State = Activator.CreateInstance<T>();
+            // The state stays as Orleans made it (its own activator knows the grain's state type).
             grainState.ETag = null;
             grainState.RecordExists = false;
         }
@@ -47,17 +48,19 @@ public sealed class ProcessGrainStorage(DeepCopier copier) : IGrainStorage
         Replace((stateName, grainId), grainState.ETag, null);
         grainState.ETag = null;
         grainState.RecordExists = false;
-        grainState.State = Activator.CreateInstance<T>();
         return Task.CompletedTask;
     }
 
-    /// <summary>Puts <paramref name="next"/> (null: removes) where the stored ETag is <paramref name="expected"/>; else throws as Orleans' storages do.</summary>
+    /// <summary>
+    /// Puts <paramref name="next"/> (null: removes) where the stored ETag is <paramref name="expected"/> ("*": whatever it
+    /// is); else throws as Orleans' storages do.
+    /// </summary>
     private void Replace((string, GrainId) key, string? expected, (object State, string ETag)? next)
     {
         lock (_states)
         {
             var current = _states.TryGetValue(key, out var stored) ? stored.ETag : null;
-            if (current != expected)
+            if (current != expected && expected != "*")
             {
                 throw new InconsistentStateException($"state {key.Item1} of {key.Item2} was written meanwhile", current ?? "none", expected ?? "none");
             }

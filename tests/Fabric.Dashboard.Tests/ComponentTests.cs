@@ -51,9 +51,9 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         _grains = grains;
         JSInterop.Mode = JSRuntimeMode.Loose;
         Services.AddMudServices();
-        Services.AddSingleton<IGrainFactory>(grains.Client);
         Services.AddSingleton<IDeployment>(new ClusterDeployment("components"));
-        Services.AddDashboardServices();
+        // The grains only through the dashboard's services: a component that injected them itself would fail here.
+        Services.AddDashboardServices(_ => grains.Client);
     }
 
     protected override void Dispose(bool disposing)

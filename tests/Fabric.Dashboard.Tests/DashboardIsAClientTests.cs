@@ -25,6 +25,24 @@ public sealed partial class DashboardIsAClientTests
         }
     }
 
+    /// <summary>
+    /// Pages and components reach the grains only through the dashboard's services: beside fabric-embedded's silo, an
+    /// injected grain factory would be the silo's own, calling as the silo.
+    /// </summary>
+    [Fact]
+    public void NoComponent_TakesTheGrainsDirectly()
+    {
+        var components = Path.Combine(RepositoryRoot.Directory, "dashboard", "Fabric.Dashboard", "Components");
+        var files = Directory.EnumerateFiles(components, "*", SearchOption.AllDirectories).Where(f => f.EndsWith(".razor", StringComparison.Ordinal) || f.EndsWith(".cs", StringComparison.Ordinal)).ToList();
+        Assert.True(files.Count > 10, $"only {files.Count} components found under {components}");
+        foreach (var file in files)
+        {
+            var text = File.ReadAllText(file);
+            Assert.False(text.Contains("IGrainFactory", StringComparison.Ordinal) || text.Contains("IClusterClient", StringComparison.Ordinal)
+                || text.Contains("GetGrain<", StringComparison.Ordinal), $"{file} reaches the grains itself");
+        }
+    }
+
     [GeneratedRegex("\"(Fabric\\.[A-Za-z.]+)/")]
     private static partial Regex FabricLibrary();
 }
