@@ -153,7 +153,9 @@ public sealed class BrowserTests(BrowserFixture fixture) : IClassFixture<Browser
         // acknowledged them (the agent acknowledges a version only when every binding in it took).
         await page.ClickAsync("a[href='hosts/host-1']");
         await Eventually.TrueAsync(async () => (await page.InnerTextAsync("body")) is var body && body.Contains("(in sync)", StringComparison.Ordinal)
-            && Regex.Count(body, @"web-1\s+host-\d\s+secure") == 3, Wait, "host-1 applied web-1's secure bindings", async () => await page.InnerTextAsync("body"));
+            && Regex.Count(body, @"web-1\s+host-\d\s+secure") == 3, Wait, "host-1 applied web-1's secure bindings",
+            // The agents' own words on a binding they could not apply are in the process's output.
+            async () => $"{await page.InnerTextAsync("body")}\n--- fabric-embedded's last output:\n{string.Join('\n', fixture.Dashboard.Output.Split('\n').TakeLast(40))}");
         TestContext.Current.SendDiagnosticMessage($"web-1's paths: secure decided {decided.TotalSeconds:0.0} s and applied on host-1 {clicked.Elapsed.TotalSeconds:0.0} s after the policy was applied");
 
         foreach (var (path, expect, name) in new[]
