@@ -5,9 +5,9 @@ using Fabric.Programs;
 namespace Fabric.Embedded.Host;
 
 /// <summary>
-/// fabric-embedded's command line: the whole system in this process (a silo with localhost clustering and grain state in memory, a
-/// repository of the built-in stacks signed by a development key, a simulated fleet whose links follow real traces, the
-/// dashboard), state in the data folder.
+/// fabric-embedded's command line: the whole system in this process (a silo with localhost clustering and grain state in
+/// memory, a repository of the built-in stacks signed by a development key, a simulated fleet whose links follow real
+/// traces, the dashboard), state in the data folder.
 /// </summary>
 public sealed record EmbeddedOptions(WebOptions Web, int Hosts, int PhaseSeconds, string? SourceRoot, string? TestData, bool Namespaces = false,
     string ClusterId = "fabric", string ServiceId = "fabric")

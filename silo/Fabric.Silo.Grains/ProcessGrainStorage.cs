@@ -9,8 +9,8 @@ namespace Fabric.Silo;
 /// ends, as Orleans' memory storage is, but held in a dictionary rather than in storage grains. Those are grains
 /// themselves, so a silo shutting down deactivated them before the grains that flush their state on deactivation (every
 /// VM's decision log), and each such write failed with a page of errors at every Ctrl+C. One silo only: another silo's
-/// grains would not see this process's state. State is kept as a deep copy (a
-/// grain's later changes reach it only by a write) and writes are checked by ETag, as any Orleans storage does.
+/// grains would not see this process's state. State is kept as a deep copy (a grain's later changes reach it only by a
+/// write) and writes are checked by ETag, as any Orleans storage does.
 /// </summary>
 public sealed class ProcessGrainStorage(DeepCopier copier) : IGrainStorage
 {
