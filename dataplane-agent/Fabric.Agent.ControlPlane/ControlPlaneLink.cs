@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using System.Net;
 using Azure.Data.Tables;
+using Fabric.Agent.Switching;
 using Fabric.Hal.Inventory;
 using Fabric.Registration;
 using Fabric.Silo;
@@ -389,6 +390,15 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             switcher.SetSealed(port, mustEncrypt);
         }
+        if (!plan.Roles.IsEmpty)
+        {
+            foreach (var (port, role) in plan.Roles)
+            {
+                switcher.SetRole(port, (VmRole)role);
+            }
+            // A VM that now leads on a path's default stack needs that stack in a slot of its own: planned again with its role.
+            plan = PlanBindings(desired);
+        }
         foreach (var step in plan.Bind)
         {
             var error = await switcher.BindVmAsync(step.Port, step.RemoteHost, step.Stack, cancellationToken).ConfigureAwait(false);
@@ -422,8 +432,11 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var paths = switcher.Paths;
         return DesiredStateReconciler.PlanBindings(desired, _agent.LocalVms().Select(vm => new ReconciledVm(vm.Id, vm.Policy, vm.Ports)), paths.Keys,
             port => switcher.Vms.TryGetValue(port, out var vm) ? vm.Sealed : null,
-            (port, remote) => paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now) ? now.Stack : null,
-            DefaultStack);
+            (port, remote) => paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now)
+                // A VM that leads is not bound as it should be while it sends through the slot both ends share.
+                && !(switcher.Vms.TryGetValue(port, out var vm) && vm.Role == VmRole.Leads && !path.IsOwnSlot(now.Slot)) ? now.Stack : null,
+            DefaultStack,
+            port => switcher.Vms.TryGetValue(port, out var vm) ? (PairRole)vm.Role : null);
     }
 
     private NetworkPlan PlanNetwork()

@@ -109,10 +109,13 @@ public sealed record ReconciledVm(string Id, VmPolicy? Policy, IReadOnlyList<str
 /// <summary>One VM port's stack on one path to set (a hitless swap).</summary>
 public sealed record BindStep(string VmId, string Port, string RemoteHost, string Stack);
 
-/// <summary>What to change in the VMs' ports: whether each must be encrypted, and their stacks per path.</summary>
+/// <summary>What to change in the VMs' ports: whether each must be encrypted, whose stack its conversations ride
+/// (<see cref="Roles"/>), and their stacks per path.</summary>
 public sealed record BindingPlan(ImmutableArray<(string Port, bool MustEncrypt)> Seal, ImmutableArray<BindStep> Bind)
 {
-    public bool IsEmpty => Seal.IsEmpty && Bind.IsEmpty;
+    public ImmutableArray<(string Port, PairRole Role)> Roles { get; init; } = [];
+
+    public bool IsEmpty => Seal.IsEmpty && Bind.IsEmpty && Roles.IsEmpty;
 }
 
 /// <summary>
@@ -231,10 +234,13 @@ public static class DesiredStateReconciler
     /// <param name="sealedNow">Whether a port must be encrypted now (null: the switch has no such port).</param>
     /// <param name="boundNow">The stack a port runs on a path now (port, remote host), or null.</param>
     /// <param name="defaultStack">The stack a VM of this policy runs before a decision, or null.</param>
+    /// <param name="roleNow">Whose stack a port's conversations ride now (null: the switch has no such port, or roles are not planned).</param>
     public static BindingPlan PlanBindings(HeldDesiredState desired, IEnumerable<ReconciledVm> vms, IEnumerable<string> paths,
-        Func<string, bool?> sealedNow, Func<string, string, string?> boundNow, Func<VmPolicy?, string?> defaultStack)
+        Func<string, bool?> sealedNow, Func<string, string, string?> boundNow, Func<VmPolicy?, string?> defaultStack,
+        Func<string, PairRole?>? roleNow = null)
     {
         var seal = ImmutableArray.CreateBuilder<(string, bool)>();
+        var roles = ImmutableArray.CreateBuilder<(string, PairRole)>();
         var bind = ImmutableArray.CreateBuilder<BindStep>();
         var remotes = paths.Order(StringComparer.Ordinal).ToList();
         var byVm = desired.Bindings.Values.ToLookup(b => b.VmId, StringComparer.Ordinal);
@@ -242,11 +248,17 @@ public static class DesiredStateReconciler
         {
             var bindings = byVm[vm.Id].ToList();
             var mustEncrypt = bindings.Count > 0 ? bindings.Any(b => b.Sealed) : vm.Policy?.Security == "confidential";
+            // Before a decision (no binding yet) the VM's conversations ride its own stack, as on a host without a control plane.
+            var role = bindings.Count > 0 ? bindings[0].Role : PairRole.Own;
             foreach (var port in vm.Ports)
             {
                 if (sealedNow(port) is { } now && now != mustEncrypt)
                 {
                     seal.Add((port, mustEncrypt));
+                }
+                if (roleNow?.Invoke(port) is { } roleThere && roleThere != role)
+                {
+                    roles.Add((port, role));
                 }
             }
             foreach (var remote in remotes)
@@ -262,6 +274,6 @@ public static class DesiredStateReconciler
                 }
             }
         }
-        return new(seal.ToImmutable(), bind.ToImmutable());
+        return new(seal.ToImmutable(), bind.ToImmutable()) { Roles = roles.ToImmutable() };
     }
 }

@@ -174,10 +174,30 @@ public sealed record VmPlacement(
 /// <summary>
 /// The stack a host must use towards a remote host for a VM. <see cref="Sealed"/>: the VM's policy demands encryption, so
 /// the agent carries its frames only through a stack that encrypts and drops them where none does (never in clear).
+/// <see cref="Role"/>: whose stack carries the VM's conversations with the VMs on other hosts.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.binding")]
 public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] string RemoteHost, [property: Id(2)] string Stack,
-    [property: Id(3)] bool Sealed = false);
+    [property: Id(3)] bool Sealed = false, [property: Id(4)] PairRole Role = PairRole.Own);
+
+/// <summary>
+/// Whose stack carries a conversation between two VMs on different hosts. Each VM's binding carries what it sends, so a
+/// request/response VM's answers ride its peer's choice unless one of them follows the other: a VM whose policy declares a
+/// need (a latency or bulk workload, or a pin) leads, and a VM that declares none (general, unpinned) follows, answering a
+/// leader on the leader's stack. Two leaders, or two followers, each send on their own binding.
+/// </summary>
+[GenerateSerializer]
+public enum PairRole
+{
+    /// <summary>Its frames ride its own binding only (a binding from before roles, or a host without a control plane).</summary>
+    Own = 0,
+
+    /// <summary>Its choice carries both directions of its conversations with VMs that follow.</summary>
+    Leads = 1,
+
+    /// <summary>It answers a VM that leads on the leader's stack; its other frames ride its own binding.</summary>
+    Follows = 2,
+}
 
 /// <summary>One vNIC of a VM: its MAC, its virtual network and the addresses it may use (what its host lets it send from).</summary>
 [GenerateSerializer, Immutable, Alias("fabric.vnic")]

@@ -121,7 +121,7 @@ public sealed class HostGrain : Grain, IHostGrain
         {
             foreach (var (remote, stack) in view.Stacks)
             {
-                var binding = new Binding(view.VmId, remote, stack, view.Policy.Security == "confidential");
+                var binding = new Binding(view.VmId, remote, stack, view.Policy.Security == "confidential", VmGrain.RoleOf(view.Policy));
                 _bindings[Key(binding)] = binding;
             }
         }

@@ -195,7 +195,7 @@ public sealed partial class VmGrain(
             }
             return new PolicyResult(true, [], state.State.PolicyVersion);
         }
-        var wasSealed = Sealed;
+        var (wasSealed, wasRole) = (Sealed, Role);
         var judgedAlike = policy.Workload == state.State.Policy.Workload && policy.Security == state.State.Policy.Security
             && policy.Family == state.State.Policy.Family;
         state.State.Policy = policy;
@@ -218,10 +218,11 @@ public sealed partial class VmGrain(
             await SetNetworksAsync(placed, placed);
         }
         await EvaluateAllAsync(catalog);
-        if (Sealed != wasSealed && state.State.Placement is not null && state.State.Stacks.Count > 0)
+        if ((Sealed != wasSealed || Role != wasRole) && state.State.Placement is not null && state.State.Stacks.Count > 0)
         {
-            // Whether the agent must refuse to carry this VM in clear changed, even where its stack did not: every binding
-            // again, through the same queue as decisions (so a retry queued earlier cannot overtake it with the old flag).
+            // Whether the agent must refuse to carry this VM in clear, or whose stack its conversations ride, changed, even
+            // where its stack did not: every binding again, through the same queue as decisions (so a retry queued earlier
+            // cannot overtake it with the old flags).
             foreach (var (remote, stack) in state.State.Stacks)
             {
                 _unbound[remote] = new Binding(VmId, remote, stack);
@@ -313,7 +314,7 @@ public sealed partial class VmGrain(
             foreach (var (remote, stack) in running)
             {
                 state.State.Stacks[remote] = stack;
-                adopted.Add(new Binding(VmId, remote, stack, Sealed));
+                adopted.Add(new Binding(VmId, remote, stack, Sealed, Role));
             }
         }
         if (previous is not null && previous.HostId != placement.HostId)
@@ -516,6 +517,14 @@ public sealed partial class VmGrain(
     /// <summary>The VM's policy demands encryption: its bindings tell the agent never to carry it in clear.</summary>
     private bool Sealed => state.State.Policy.Security == "confidential";
 
+    /// <summary>
+    /// Whose stack carries the VM's conversations (<see cref="PairRole"/>): a policy that declares a need (a latency or bulk
+    /// workload, or a pin) leads them, one that declares none follows the VMs that do.
+    /// </summary>
+    private PairRole Role => RoleOf(state.State.Policy);
+
+    public static PairRole RoleOf(Policy policy) => policy.Workload == "general" && policy.Pin is null ? PairRole.Follows : PairRole.Leads;
+
     /// <summary>Persists what changed (once for any number of paths), then binds it on the host in one call.</summary>
     private async Task CommitAsync(List<Binding> bindings)
     {
@@ -547,8 +556,8 @@ public sealed partial class VmGrain(
             }
             if (_unbound.Count > 0 && state.State.Placement is { } placement)
             {
-                // Sealed as the policy says when they go, not when they were queued (the policy may have changed since).
-                await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync([.. _unbound.Values.Select(b => b with { Sealed = Sealed })]);
+                // Sealed and led as the policy says when they go, not when they were queued (the policy may have changed since).
+                await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync([.. _unbound.Values.Select(b => b with { Sealed = Sealed, Role = Role })]);
             }
             _unbound.Clear();
             _rebind?.Dispose();

@@ -158,6 +158,43 @@ public class ReconcilerTests
         Assert.Empty(Plan().Seal);
     }
 
+    [Fact]
+    public void EachPortTakesTheRoleItsBindingsSay_OwnBeforeADecision_AndAConvergedSwitchNeedsNoRole()
+    {
+        var desired = HeldDesiredState.None.Take(new DesiredState("host-a", DesiredStateVersion.Start(1).Value,
+            [new Binding("vm1", "host-b", "fec", Role: PairRole.Leads), new Binding("vm2", "host-b", "std-ipv4", Role: PairRole.Follows)]));
+        var vms = new[]
+        {
+            new ReconciledVm("vm1", new VmPolicy(), ["vm1/0"]),
+            new ReconciledVm("vm2", new VmPolicy(), ["vm2/0"]),
+            new ReconciledVm("vm3", new VmPolicy(), ["vm3/0"]),
+        };
+        var roles = new Dictionary<string, PairRole>(StringComparer.Ordinal) { ["vm1/0"] = PairRole.Own, ["vm2/0"] = PairRole.Leads, ["vm3/0"] = PairRole.Follows };
+        var bound = new Dictionary<(string, string), string> { [("vm1/0", "host-b")] = "fec", [("vm2/0", "host-b")] = "std-ipv4" };
+        BindingPlan Plan() => DesiredStateReconciler.PlanBindings(desired, vms, ["host-b"], _ => false, (port, remote) => bound.GetValueOrDefault((port, remote)),
+            _ => null, port => roles.TryGetValue(port, out var role) ? role : null);
+
+        var plan = Plan();
+        // vm3 has no decision yet: its conversations ride its own stack, as on a host without a control plane.
+        Assert.Equal(["vm1/0:Leads", "vm2/0:Follows", "vm3/0:Own"], plan.Roles.Select(r => $"{r.Port}:{r.Role}"));
+        Assert.False(plan.IsEmpty);
+        foreach (var (port, role) in plan.Roles)
+        {
+            roles[port] = role;
+        }
+        Assert.True(Plan().IsEmpty);
+        // Without a way to read the switch's roles, none is planned.
+        Assert.Empty(DesiredStateReconciler.PlanBindings(desired, vms, ["host-b"], _ => false, (port, remote) => bound.GetValueOrDefault((port, remote)), _ => null).Roles);
+    }
+
+    [Theory]
+    [InlineData("general", null, PairRole.Follows)]
+    [InlineData("general", "fec", PairRole.Leads)]
+    [InlineData("latency", null, PairRole.Leads)]
+    [InlineData("bulk", null, PairRole.Leads)]
+    public void AVmWhosePolicyDeclaresANeed_LeadsItsConversations_OneThatDeclaresNoneFollows(string workload, string? pin, PairRole role) =>
+        Assert.Equal(role, VmGrain.RoleOf(Policy.Default with { Workload = workload, Pin = pin }));
+
     private static string Describe(NetworkPlan plan) =>
         $"remove routes [{string.Join(", ", plan.RemoveRoutes.Select(r => r.Key))}], forget [{string.Join(", ", plan.ForgetPeers)}], remove hosts [{string.Join(", ", plan.RemoveHosts)}], " +
         $"add peers [{string.Join(", ", plan.AddPeers.Select(p => p.HostId))}], set routes [{string.Join(", ", plan.SetRoutes.Select(r => r.Key))}]";

@@ -193,7 +193,7 @@ internal sealed class Forwarder(SwitchState state)
             vm.Counters.Drop(DropReason.NoPath);
             return;
         }
-        if (path.Transmit(frame, vni, vm.Spec.VmId, vm.Sealed, target.Sealed) is > 0 and var mtu)
+        if (path.Transmit(frame, vni, vm.Spec.VmId, vm.Sealed, target.Sealed, follows: vm.Role == VmRole.Follows) is > 0 and var mtu)
         {
             HandleTooLarge(vm, path, eth, mtu, target.Sealed, scratch);
         }
@@ -208,7 +208,7 @@ internal sealed class Forwarder(SwitchState state)
             {
                 // Without DF a router fragments: so does the switch, and the VM never notices the overlay.
                 var fragmentScratch = new byte[mtu + InnerEthernet + 64];
-                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId, vm.Sealed, sealedDestination));
+                Replies.Fragment(eth, v4, mtu, fragmentScratch, fragment => path.Transmit(fragment, vm.Spec.Vni, vm.Spec.VmId, vm.Sealed, sealedDestination, follows: vm.Role == VmRole.Follows));
                 return;
             }
             vm.Deliver(scratch[..Replies.FragmentationNeeded(eth, v4, mtu, scratch)]);

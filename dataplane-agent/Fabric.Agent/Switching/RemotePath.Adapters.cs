@@ -69,9 +69,17 @@ public sealed partial class RemotePath
         public void Deliver(ReadOnlySpan<byte> frame)
         {
             // The stack delivering it says whether the frame crossed the underlay encrypted (a confidential VM takes no other).
-            if (deliver(path.Spec.HostId, VirtualNetwork, path._table.Encrypts(path._gate.InCallSlot), frame) is { } vmId)
+            var slot = path._gate.InCallSlot;
+            if (deliver(path.Spec.HostId, VirtualNetwork, path._table.Encrypts(slot), frame) is { } vmId)
             {
-                path._table.Traffic(vmId).Tcp.OnIngress(frame, path.Clock());
+                var traffic = path._table.Traffic(vmId);
+                var now = path.Clock();
+                traffic.Tcp.OnIngress(frame, now);
+                if (path._table.IsPeer(slot) && frame.Length >= 12)
+                {
+                    // A slot the peer opened: what the sender chose for its frames here, which a VM that follows answers on.
+                    traffic.Heard(MacAddress.Read(frame[6..]), slot, now);
+                }
             }
         }
     }

@@ -40,6 +40,13 @@ public sealed partial class RemotePath : IDisposable
     /// <summary>The slot every path keeps open with the family's std stack, so a path whose stack fails can fall back at once.</summary>
     public const int FallbackSlot = SlotTable.Fallback;
 
+    /// <summary>
+    /// How recently a remote VM's frames must have arrived on a slot its host opened for a VM that follows it
+    /// (<see cref="VmRole.Follows"/>) to answer on that slot: after that long without a word from it, the follower is on
+    /// its own binding again (two followers never hold each other on a slot neither chose).
+    /// </summary>
+    public static readonly TimeSpan FollowWindow = TimeSpan.FromSeconds(2);
+
     /// <summary>How long a stack's factory may take to create an instance before the attempt counts as failed.</summary>
     internal static readonly TimeSpan CreateTimeout = TimeSpan.FromSeconds(2);
 
@@ -136,7 +143,7 @@ public sealed partial class RemotePath : IDisposable
     public long SequenceGaps => _sequence.Gaps;
 
     /// <summary>True when <paramref name="slot"/> is one this host opens on this path (for the control plane's bindings).</summary>
-    internal bool IsOwnSlot(int slot) => _table.IsOwn(slot);
+    public bool IsOwnSlot(int slot) => _table.IsOwn(slot);
 
     /// <summary>True when <paramref name="slot"/> is one the peer opens on this path (this end opens it when asked).</summary>
     internal bool IsPeerSlot(int slot) => _table.IsPeer(slot);
@@ -696,7 +703,11 @@ public sealed partial class RemotePath : IDisposable
     /// it is dropped and <see cref="OnNeedEncryptingSlot"/> asks the switch to open one.</param>
     /// <param name="preferEncrypted">A broadcast reaching a confidential VM there too: through a slot that encrypts if
     /// the path has one, else as any other frame (the confidential VM drops it, the others take it).</param>
-    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false, bool sealedDestination = false, bool preferEncrypted = false)
+    /// <param name="follows">The sender follows (<see cref="VmRole.Follows"/>): a frame to a VM whose frames arrived within
+    /// <see cref="FollowWindow"/> on a slot that VM's host opened leaves through that slot, unless the sender must be
+    /// encrypted and the slot does not encrypt.</param>
+    internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false, bool sealedDestination = false, bool preferEncrypted = false,
+        bool follows = false)
     {
         var faults = new StackFaults();
         if (!_gate.TryTake())
@@ -715,6 +726,15 @@ public sealed partial class RemotePath : IDisposable
                 slot = _table.SlotOf(traffic);
             }
             var borrowed = false;
+            if (follows && traffic is not null && frame.Length >= 6
+                && traffic.HeardOn(MacAddress.Read(frame), Clock(), (long)FollowWindow.TotalNanoseconds) is var heard and >= 0
+                && heard != slot && _table.Instance(heard) is not null && Usable(_table.StackIn(heard)!) && (!sealedVm || _table.Encrypts(heard)))
+            {
+                // The VM it answers chose the stack of this conversation: the answer rides the slot that VM's frames came on
+                // (never off encryption this VM needs). Borrowed: what this VM gets there is the leader's stack's doing.
+                (slot, borrowed) = (heard, true);
+                _table.Touch(slot, Clock());
+            }
             var stack = _table.Instance(slot);
             if (stack is null)
             {

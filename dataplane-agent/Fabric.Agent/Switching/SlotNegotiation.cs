@@ -46,7 +46,10 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             // Whoever asks (the control plane included): a binding that would carry a confidential VM in clear is refused.
             return $"VM '{vmId}' must be encrypted (its policy is confidential) and stack '{stackId}' does not encrypt";
         }
-        if (stackId == path.StackIn(path.TransmitSlot))
+        // A VM that leads needs its choice seen by the peer even when it is the path's default: in a slot this host opened,
+        // not in the fallback slot both ends share (which a follower never takes for a choice).
+        var leads = vm?.Role == VmRole.Leads && !path.IsOwnSlot(path.TransmitSlot);
+        if (stackId == path.StackIn(path.TransmitSlot) && !leads)
         {
             path.BindVm(vmId, -1, state.DrainDeadline());
             return null;

@@ -1,4 +1,5 @@
 using Fabric.Stacks;
+using Fabric.Wire;
 
 namespace Fabric.Agent.Switching;
 
@@ -376,4 +377,25 @@ internal sealed class VmTraffic
     public long ReportedFrames;
     public long ReportedBytes;
     public readonly TcpMeter Tcp = new();
+
+    /// <summary>The slot each remote VM's frames to this VM last arrived on, and when (a slot the peer opened only).</summary>
+    private Dictionary<MacAddress, (int Slot, long At)>? _heard;
+
+    /// <summary>Notes that <paramref name="remote"/>'s frame to this VM arrived on <paramref name="slot"/> (under the path's gate).</summary>
+    public void Heard(MacAddress remote, int slot, long now)
+    {
+        _heard ??= [];
+        if (_heard.Count >= MaxHeard && !_heard.ContainsKey(remote))
+        {
+            // A VM that talks to more VMs behind one host than this follows the busiest again as they speak.
+            _heard.Clear();
+        }
+        _heard[remote] = (slot, now);
+    }
+
+    /// <summary>The slot <paramref name="remote"/>'s frames arrived on within <paramref name="window"/> of <paramref name="now"/>, else -1.</summary>
+    public int HeardOn(MacAddress remote, long now, long window) =>
+        _heard is not null && _heard.TryGetValue(remote, out var heard) && now - heard.At <= window ? heard.Slot : -1;
+
+    private const int MaxHeard = 256;
 }

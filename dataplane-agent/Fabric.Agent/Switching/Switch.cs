@@ -404,6 +404,30 @@ public sealed class Switch : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Sets whose stack carries a VM's conversations with VMs on other hosts (<see cref="VmRole"/>). A VM that comes to
+    /// lead while it sends on a path's default stack through the fallback slot is bound to that stack in a slot of its own
+    /// when the control plane next binds it (see <see cref="SlotNegotiation.BindAsync"/>). False when the VM is not attached.
+    /// </summary>
+    public bool SetRole(string vmId, VmRole role)
+    {
+        if (!_vms.TryGetValue(vmId, out var vm))
+        {
+            return false;
+        }
+        if (vm.Role != role)
+        {
+            vm.Role = role;
+            Report($"{vmId} {role switch
+            {
+                VmRole.Leads => "leads its conversations with VMs on other hosts: they answer on its stack",
+                VmRole.Follows => "follows: it answers a VM that leads on that VM's stack",
+                _ => "sends on its own stack only",
+            }}");
+        }
+        return true;
+    }
+
     /// <summary>Moves a VM back to the path's default stack; its previous slot drains.</summary>
     public void UnbindVm(string vmId, string hostId)
     {

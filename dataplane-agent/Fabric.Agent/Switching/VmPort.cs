@@ -15,6 +15,26 @@ namespace Fabric.Agent.Switching;
 public sealed record VmSpec(string VmId, string Device, uint Vni, MacAddress Mac, ImmutableArray<IPv4Address> IPv4, ImmutableArray<IPv6Address> IPv6, bool Sealed = false);
 
 /// <summary>
+/// Whose stack carries a conversation between two VMs on different hosts. A binding is per (VM, remote host) and carries
+/// what the VM sends; the answers come back on the other VM's binding. A VM that declared what it needs (a latency or bulk
+/// workload, or a pin) leads: what it gets depends on both directions, so a VM that declared nothing follows it and
+/// answers on the slot the leader's frames arrive on. Two leaders, or two followers, each send on their own.
+/// </summary>
+public enum VmRole
+{
+    /// <summary>Its frames ride its own binding (no control plane has said otherwise).</summary>
+    Own = 0,
+
+    /// <summary>Its frames ride its own binding, and a binding to the path's default stack gets a slot of its own, so that
+    /// the VMs that follow it see its choice on whatever stack it is.</summary>
+    Leads = 1,
+
+    /// <summary>Its frames to a VM whose frames arrived within <see cref="RemotePath.FollowWindow"/> on a slot that VM's host
+    /// opened ride that slot; its other frames ride its own binding.</summary>
+    Follows = 2,
+}
+
+/// <summary>
 /// An attached VM: its spec, its port and its counters. The receive thread belongs to the switch. Frames for the VM
 /// are batched per delivering thread and go out in one call (sendmmsg on AF_PACKET) when that thread flushes.
 /// </summary>
@@ -48,6 +68,18 @@ public sealed class VmPort : IDisposable
     {
         get => _sealed;
         internal set => _sealed = value;
+    }
+
+    private volatile int _role;
+
+    /// <summary>
+    /// Whose stack carries the VM's conversations with VMs on other hosts (<see cref="VmRole"/>); set by the control plane
+    /// from the VM's policy. <see cref="VmRole.Own"/> until then, and on a host without one.
+    /// </summary>
+    public VmRole Role
+    {
+        get => (VmRole)_role;
+        internal set => _role = (int)value;
     }
 
     public IFramePort Port { get; }

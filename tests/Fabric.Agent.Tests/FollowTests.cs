@@ -1,0 +1,152 @@
+using Fabric.Agent.Switching;
+using Fabric.Testing;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>
+/// A conversation between VMs on two hosts rides one stack when one VM leads and the other follows: the follower answers on
+/// the slot the leader's frames arrive on, so what the leader gets (a request's answer, a transfer's acknowledgements) is
+/// its own choice's doing both ways. Which slot carried a frame is read from the receiving end's per-slot counters.
+/// </summary>
+public class FollowTests
+{
+    private static long DeliveredAt(Agent host, string remote, int slot) =>
+        host.Switch.Paths[remote].StackStats().TryGetValue(slot, out var s) ? s.Stats.FramesDelivered : 0;
+
+    [Fact]
+    public async Task AVmThatFollows_AnswersALeaderOnTheLeadersStack_AndEveryoneElseOnItsOwn()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        var token = TestContext.Current.CancellationToken;
+        Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Leads));
+        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Follows));
+        Assert.False(hosts.B.Switch.SetRole("no-such-vm", VmRole.Follows));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", token));
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "secure", token));
+        var leaders = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+        var own = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+        Assert.NotEqual(leaders, own);
+
+        // Before vm1 says anything, vm3's frames to it ride vm3's own binding.
+        hosts.Vm("vm3").Transmit(Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200));
+        hosts.Expect("vm1");
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", own));
+
+        // vm1 asks, vm3 answers: on vm1's swap-test slot, three times over.
+        for (var i = 0; i < 3; i++)
+        {
+            hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+            var answer = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 300);
+            hosts.Vm("vm3").Transmit(answer);
+            Assert.Equal(answer, hosts.Expect("vm1"));
+        }
+        Assert.Equal(3, DeliveredAt(hosts.A, "host-b", leaders));
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", own));
+
+        // vm2 leads nothing (its role is its own) and has not spoken: vm3's frames to it stay on vm3's own binding.
+        hosts.Vm("vm3").Transmit(Frames.Udp(Mac3, Mac2, "10.0.0.3", "10.0.0.2", 200));
+        hosts.Expect("vm2");
+        Assert.Equal(2, DeliveredAt(hosts.A, "host-b", own));
+        Assert.Equal(3, DeliveredAt(hosts.A, "host-b", leaders));
+
+        // A VM whose role is its own never follows, however the leader's frames came.
+        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Own));
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+        hosts.Expect("vm3");
+        hosts.Vm("vm3").Transmit(Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200));
+        hosts.Expect("vm1");
+        Assert.Equal(3, DeliveredAt(hosts.A, "host-b", own));
+        Assert.Equal(3, DeliveredAt(hosts.A, "host-b", leaders));
+    }
+
+    [Fact]
+    public async Task AFollowerThatMustBeEncrypted_NeverAnswersOnALeadersStackThatDoesNot()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        var token = TestContext.Current.CancellationToken;
+        Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Leads));
+        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Follows));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", token));
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "secure", token));
+        var leaders = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+        var own = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+        // B hears vm1 on swap-test, which does not encrypt; then vm3's policy becomes confidential.
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+        hosts.Expect("vm3");
+        Assert.True(hosts.B.Switch.SetSealed("vm3", true));
+        var answer = Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 300);
+        hosts.Vm("vm3").Transmit(answer);
+        Assert.Equal(answer, hosts.Expect("vm1"));
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", own));
+        Assert.Equal(0, DeliveredAt(hosts.A, "host-b", leaders));
+    }
+
+    [Fact]
+    public async Task AVmThatLeadsOnThePathsDefaultStack_GetsASlotOfItsOwn_SoThatItsFollowersSeeItsChoice()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        var token = TestContext.Current.CancellationToken;
+        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Follows));
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "secure", token));
+        var own = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+
+        // vm2 on the path's own std-ipv4 without leading: through the slot both ends share, which no follower takes for a choice.
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "std-ipv4", token));
+        Assert.False(hosts.A.Switch.Paths["host-b"].IsOwnSlot(hosts.A.Switch.Paths["host-b"].VmBindings()["vm2"].Slot));
+        hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200));
+        hosts.Expect("vm3");
+        hosts.Vm("vm3").Transmit(Frames.Udp(Mac3, Mac2, "10.0.0.3", "10.0.0.2", 200));
+        hosts.Expect("vm2");
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", own));
+
+        // Leading, the same choice gets std-ipv4 in a slot of A's own, and vm3 answers there.
+        Assert.True(hosts.A.Switch.SetRole("vm2", VmRole.Leads));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "std-ipv4", token));
+        var (stack, slot) = hosts.A.Switch.Paths["host-b"].VmBindings()["vm2"];
+        Assert.Equal("std-ipv4", stack);
+        Assert.True(hosts.A.Switch.Paths["host-b"].IsOwnSlot(slot));
+        hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200));
+        hosts.Expect("vm3");
+        hosts.Vm("vm3").Transmit(Frames.Udp(Mac3, Mac2, "10.0.0.3", "10.0.0.2", 200));
+        hosts.Expect("vm2");
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", slot));
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", own));
+        // Binding it again to what it has changes nothing.
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "std-ipv4", token));
+        Assert.Equal(slot, hosts.A.Switch.Paths["host-b"].VmBindings()["vm2"].Slot);
+    }
+
+    [Fact]
+    public async Task AFollower_AnswersOnItsOwnAgain_OnceTheLeaderWasSilentForTheWindow_AndTwoFollowersHoldNoSlotForEachOther()
+    {
+        using var hosts = new TwoHosts(settings: SecureKeys);
+        var token = TestContext.Current.CancellationToken;
+        Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Follows));
+        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Follows));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", token));
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "secure", token));
+        var ofVm1 = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
+        var ofVm3 = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+
+        // Two followers: vm1 spoke first, on its own slot; vm3 answers there, and A, hearing vm3 on a slot A opened, takes
+        // that for no choice of vm3's: vm1 stays on its own.
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+        hosts.Expect("vm3");
+        hosts.Vm("vm3").Transmit(Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200));
+        hosts.Expect("vm1");
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+        hosts.Expect("vm3");
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", ofVm1));
+        Assert.Equal(2, DeliveredAt(hosts.B, "host-a", ofVm1));
+        Assert.Equal(0, DeliveredAt(hosts.B, "host-a", ofVm3));
+
+        // vm1 says nothing for longer than the window: vm3's next frame to it rides vm3's own binding.
+        await Task.Delay(RemotePath.FollowWindow + TimeSpan.FromMilliseconds(300), token);
+        hosts.Vm("vm3").Transmit(Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200));
+        hosts.Expect("vm1");
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", ofVm3));
+        Assert.Equal(1, DeliveredAt(hosts.A, "host-b", ofVm1));
+    }
+}
