@@ -433,8 +433,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         return DesiredStateReconciler.PlanBindings(desired, _agent.LocalVms().Select(vm => new ReconciledVm(vm.Id, vm.Policy, vm.Ports)), paths.Keys,
             port => switcher.Vms.TryGetValue(port, out var vm) ? vm.Sealed : null,
             (port, remote) => paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var now)
-                // A VM that leads is not bound as it should be while it sends through the slot both ends share.
-                && !(switcher.Vms.TryGetValue(port, out var vm) && vm.Role == VmRole.Leads && !path.IsOwnSlot(now.Slot)) ? now.Stack : null,
+                // A VM is not bound as it should be while it leads outside this host's leaders' slots, or sends in one without leading.
+                && path.IsOwnLeadersSlot(now.Slot) == (switcher.Vms.TryGetValue(port, out var vm) && vm.Role == VmRole.Leads) ? now.Stack : null,
             DefaultStack,
             port => switcher.Vms.TryGetValue(port, out var vm) ? (PairRole)vm.Role : null);
     }
@@ -609,7 +609,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             var delivered = m.BytesSent * 8 / seconds / 1e6 * (1 - m.Loss);
             samples.Add(new PathSample(HostId, peer, rtt, m.JitterMs, m.Sent, m.Lost, delivered, now, double.IsFinite(m.CapacityMbps) ? m.CapacityMbps : 0));
             var conditions = new PathConditions(rtt, m.JitterMs, m.Loss, delivered, now);
-            var vmBytes = m.Vms.Sum(v => v.Bytes);
+            var vmBytes = m.Vms.Sum(v => v.Bytes) + m.BorrowedBytes;
             foreach (var vm in m.Vms.Where(v => v.Bytes > 0 || v.Tcp.Flows > 0))
             {
                 // Overhead is the path's bytes beyond the VMs' frames, shared by bytes sent. With TCP, what the VM got

@@ -248,8 +248,11 @@ public static class DesiredStateReconciler
         {
             var bindings = byVm[vm.Id].ToList();
             var mustEncrypt = bindings.Count > 0 ? bindings.Any(b => b.Sealed) : vm.Policy?.Security == "confidential";
-            // Before a decision (no binding yet) the VM's conversations ride its own stack, as on a host without a control plane.
-            var role = bindings.Count > 0 ? bindings[0].Role : PairRole.Own;
+            // Before a decision (no binding yet: a new VM, the silo away) as its registration's policy says, so that the binding
+            // it gets then is the one the control plane's decision will keep (no swap between slots when the silo returns);
+            // a VM registered with no policy rides its own stack, as on a host without a control plane.
+            var role = bindings.Count == 0 ? (vm.Policy is { } registered ? PairRoles.Of(registered.Workload, registered.Pin) : PairRole.Own)
+                : bindings.Any(b => b.Role == PairRole.Leads) ? PairRole.Leads : bindings.Any(b => b.Role == PairRole.Follows) ? PairRole.Follows : PairRole.Own;
             foreach (var port in vm.Ports)
             {
                 if (sealedNow(port) is { } now && now != mustEncrypt)

@@ -184,7 +184,7 @@ public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] st
 /// Whose stack carries a conversation between two VMs on different hosts. Each VM's binding carries what it sends, so a
 /// request/response VM's answers ride its peer's choice unless one of them follows the other: a VM whose policy declares a
 /// need (a latency or bulk workload, or a pin) leads, and a VM that declares none (general, unpinned) follows, answering a
-/// leader on the leader's stack. Two leaders, or two followers, each send on their own binding.
+/// leader on the leader's stack. Two leaders each send on their own binding; two followers settle on one of theirs.
 /// </summary>
 [GenerateSerializer]
 public enum PairRole
@@ -197,6 +197,13 @@ public enum PairRole
 
     /// <summary>It answers a VM that leads on the leader's stack; its other frames ride its own binding.</summary>
     Follows = 2,
+}
+
+/// <summary>How a policy's VM takes part in its conversations (<see cref="PairRole"/>).</summary>
+public static class PairRoles
+{
+    /// <summary>A policy that declares a need (a latency or bulk workload, or a pin) leads; one that declares none follows.</summary>
+    public static PairRole Of(string workload, string? pin) => workload == "general" && pin is null ? PairRole.Follows : PairRole.Leads;
 }
 
 /// <summary>One vNIC of a VM: its MAC, its virtual network and the addresses it may use (what its host lets it send from).</summary>

@@ -324,6 +324,7 @@ public sealed partial class VmGrain(
             state.State.Pending.Clear();
         }
         state.State.Placement = placement;
+        var (wasSealed, wasRole) = (Sealed, Role);
         if (placement.Policy is { } policy && state.State.PolicyVersion == 0 && PolicyValidator.Validate(policy, await CatalogAsync(fresh: true)).Length == 0)
         {
             // The policy the hypervisor hook carried, unless an operator has set one here already.
@@ -336,12 +337,23 @@ public sealed partial class VmGrain(
         await host.AddVmAsync(VmId);
         if (adopted.Count > 0)
         {
-            await host.BindAsync([.. adopted]);
+            // Sealed and led as the policy the placement may have carried says.
+            await host.BindAsync([.. adopted.Select(b => b with { Sealed = Sealed, Role = Role })]);
         }
         await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
             GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).SubscribeAsync(VmId).AsTask()));
         await SetNetworksAsync(previous, placement);
         await EvaluateAllAsync(await CatalogAsync());
+        if ((Sealed != wasSealed || Role != wasRole) && adopted.Count == 0 && state.State.Stacks.Count > 0)
+        {
+            // The hook's policy changed whether the VM is sealed or leads where its stacks did not change: every binding
+            // again, as an operator's policy change does.
+            foreach (var (remote, stack) in state.State.Stacks)
+            {
+                _unbound.TryAdd(remote, new Binding(VmId, remote, stack));
+            }
+            await FlushBindingsAsync();
+        }
     }
 
     /// <summary>
@@ -523,7 +535,7 @@ public sealed partial class VmGrain(
     /// </summary>
     private PairRole Role => RoleOf(state.State.Policy);
 
-    public static PairRole RoleOf(Policy policy) => policy.Workload == "general" && policy.Pin is null ? PairRole.Follows : PairRole.Leads;
+    public static PairRole RoleOf(Policy policy) => PairRoles.Of(policy.Workload, policy.Pin);
 
     /// <summary>Persists what changed (once for any number of paths), then binds it on the host in one call.</summary>
     private async Task CommitAsync(List<Binding> bindings)

@@ -55,6 +55,14 @@ public class ControlPlaneEndToEndTests
                 () => $"vm1 {controlled.Received - atMove} B since the move; {controlled.Error}");
             var (lossyFec, lossyStd) = TcpFlow.Rates(controlled, pinned, TimeSpan.FromSeconds(4));
             Assert.Equal("std-ipv4", topology.BoundStack("host-a", "vm2/0", "host-b"));
+            // vm2 is pinned, so it leads: its std-ipv4 is in a slot of host-a's leaders' half (64-127: host-a's range is the
+            // lower one), and vm3 (general: it follows) sends its acknowledgements back in it, not in the slot both ends share.
+            var toB = topology.Status("host-a").GetProperty("paths").EnumerateArray().Single(p => p.GetProperty("host").GetString() == "host-b");
+            var vm2Slot = toB.GetProperty("bindings").EnumerateArray().First(b => b.GetProperty("vm").GetString() == "vm2/0").GetProperty("slot").GetInt32();
+            Assert.True(vm2Slot is >= 64 and <= 127, toB.ToString());
+            Eventually.True(() => topology.Status("host-a").GetProperty("paths").EnumerateArray().Single(p => p.GetProperty("host").GetString() == "host-b")
+                .GetProperty("slots").EnumerateArray().Any(s => s.GetProperty("slot").GetInt32() == vm2Slot && s.GetProperty("framesDelivered").GetInt64() > 0),
+                TimeSpan.FromSeconds(5), "vm3's acknowledgements to vm2 arrive in vm2's slot", () => topology.Status("host-a").ToString());
 
             // The loss ends: after the hysteresis time the path moves back to the cheaper std-ipv4.
             topology.Emulator("set both loss=0%");

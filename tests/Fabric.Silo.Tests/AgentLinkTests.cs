@@ -85,7 +85,7 @@ public sealed class AgentLinkTests
             await Eventually.TrueAsync(() => hosts.LinkA.ConvergedAsync(cancel), Wait, "host-a converged", () => Task.FromResult($"{hosts.LinkA.Status}"));
             var swaps = hosts.LinkA.Status.Swaps;
             var version = (await silo.Grains.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync()).Version;
-            Assert.Equal(version, await silo.Grains.GetGrain<IHostGrain>("host-a").BindAsync([new Binding("vm1", "host-b", "swap-test")]));
+            Assert.Equal(version, await silo.Grains.GetGrain<IHostGrain>("host-a").BindAsync([new Binding("vm1", "host-b", "swap-test", Role: PairRole.Leads)]));
             Assert.True(await hosts.LinkA.ConvergedAsync(cancel));
             Assert.Equal(swaps, hosts.LinkA.Status.Swaps);
 

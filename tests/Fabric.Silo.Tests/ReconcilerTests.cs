@@ -159,7 +159,7 @@ public class ReconcilerTests
     }
 
     [Fact]
-    public void EachPortTakesTheRoleItsBindingsSay_OwnBeforeADecision_AndAConvergedSwitchNeedsNoRole()
+    public void EachPortTakesTheRoleItsBindingsSay_ItsRegistrationsBeforeADecision_AndAConvergedSwitchNeedsNoRole()
     {
         var desired = HeldDesiredState.None.Take(new DesiredState("host-a", DesiredStateVersion.Start(1).Value,
             [new Binding("vm1", "host-b", "fec", Role: PairRole.Leads), new Binding("vm2", "host-b", "std-ipv4", Role: PairRole.Follows)]));
@@ -167,16 +167,18 @@ public class ReconcilerTests
         {
             new ReconciledVm("vm1", new VmPolicy(), ["vm1/0"]),
             new ReconciledVm("vm2", new VmPolicy(), ["vm2/0"]),
-            new ReconciledVm("vm3", new VmPolicy(), ["vm3/0"]),
+            new ReconciledVm("vm3", new VmPolicy(Pin: "fec"), ["vm3/0"]),
+            new ReconciledVm("vm4", null, ["vm4/0"]),
         };
-        var roles = new Dictionary<string, PairRole>(StringComparer.Ordinal) { ["vm1/0"] = PairRole.Own, ["vm2/0"] = PairRole.Leads, ["vm3/0"] = PairRole.Follows };
+        var roles = new Dictionary<string, PairRole>(StringComparer.Ordinal) { ["vm1/0"] = PairRole.Own, ["vm2/0"] = PairRole.Leads, ["vm3/0"] = PairRole.Follows, ["vm4/0"] = PairRole.Leads };
         var bound = new Dictionary<(string, string), string> { [("vm1/0", "host-b")] = "fec", [("vm2/0", "host-b")] = "std-ipv4" };
         BindingPlan Plan() => DesiredStateReconciler.PlanBindings(desired, vms, ["host-b"], _ => false, (port, remote) => bound.GetValueOrDefault((port, remote)),
             _ => null, port => roles.TryGetValue(port, out var role) ? role : null);
 
         var plan = Plan();
-        // vm3 has no decision yet: its conversations ride its own stack, as on a host without a control plane.
-        Assert.Equal(["vm1/0:Leads", "vm2/0:Follows", "vm3/0:Own"], plan.Roles.Select(r => $"{r.Port}:{r.Role}"));
+        // vm3 has no decision yet: its registration's policy (a pin) says it leads; vm4 was registered with none, so its
+        // conversations ride its own stack, as on a host without a control plane.
+        Assert.Equal(["vm1/0:Leads", "vm2/0:Follows", "vm3/0:Leads", "vm4/0:Own"], plan.Roles.Select(r => $"{r.Port}:{r.Role}"));
         Assert.False(plan.IsEmpty);
         foreach (var (port, role) in plan.Roles)
         {

@@ -494,6 +494,94 @@ public class SelectorTests
     }
 
     /// <summary>
+    /// The learning benchmark's pantheon phase 2 (2026-12-04): a bulk VM on std-ipv4 at 3 % loss got 0.016; fec, predicted
+    /// 0.33 ± 0.23, was pending after one decision, and the next, made while the smoothed conditions still moved and the
+    /// VM's outcomes were void, judged std-ipv4 by the model's 0.089 ± 0.53 and dropped the pending switch: the VM stayed
+    /// on std-ipv4 for 23 s of a 25 s phase. A decision that cannot judge the current stack by its outcomes now keeps the
+    /// switch pending, and the next that can switches once the sustain has passed since it began; a pending switch whose
+    /// candidate no longer scores above the current stack, or that outcomes judge not worth it, still goes.
+    /// </summary>
+    [Fact]
+    public void ASwitchPending_IsKeptByADecisionThatCouldOnlyPredictTheCurrentStack_NotDroppedOnItsUncertainty()
+    {
+        var policy = Policy("bulk", allow: ["std-ipv4", "fec"]);
+        var path = Path(12, 0.03, mbps: 3) with { CapacityMbps = 150 };
+        StackSelector With(double current) => new(new Scripted(new()
+        {
+            ["std-ipv4"] = new(current, "model", 0.53, "model v7"),
+            ["fec"] = new(0.33, "model", 0.23, "model v7"),
+        }), new SelectorOptions());
+        var window = new OutcomeWindow();
+        for (var i = 0; i < 4; i++)
+        {
+            window.Add(T0 - TimeSpan.FromSeconds(4 - i), "std-ipv4", 0.016, path);
+        }
+        var seen = window.Of("std-ipv4", T0 - TimeSpan.FromMinutes(1), T0, path);
+
+        // Judged by what the VM got: fec beats it by more than a switch needs, so the switch is pending.
+        var (first, pending) = With(0.089).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", null, T0, 0.99, observed: seen);
+        Assert.Equal(("std-ipv4", "fec"), (first.Stack, pending?.Stack));
+        // Three seconds later no outcome judges std-ipv4: the prediction's uncertainty leaves the bar out of reach, but the
+        // switch stays pending from when it began.
+        var (blind, kept) = With(0.089).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", pending, T0 + TimeSpan.FromSeconds(3), 0.99);
+        Assert.Equal(("std-ipv4", false), (blind.Stack, blind.Changed));
+        Assert.Equal(pending, kept);
+        Assert.Contains("stays pending", blind.Reason, StringComparison.Ordinal);
+        // Outcomes again, past the sustain: it switches.
+        var (then, _) = With(0.089).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", kept, T0 + TimeSpan.FromSeconds(6), 0.99, observed: seen);
+        Assert.Equal(("fec", true), (then.Stack, then.Changed));
+
+        // Predicted no worse than fec, std-ipv4 is no reason to keep waiting: the pending switch goes.
+        var (better, dropped) = With(0.40).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", pending, T0 + TimeSpan.FromSeconds(3), 0.99);
+        Assert.Equal(("std-ipv4", false), (better.Stack, better.Changed));
+        Assert.Null(dropped);
+        // Judged by outcomes that show std-ipv4 close to fec, it goes too.
+        var close = new OutcomeWindow();
+        for (var i = 0; i < 4; i++)
+        {
+            close.Add(T0 - TimeSpan.FromSeconds(4 - i), "std-ipv4", 0.31, path);
+        }
+        var (fair, gone) = With(0.089).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", pending, T0 + TimeSpan.FromSeconds(3), 0.99,
+            observed: close.Of("std-ipv4", T0 - TimeSpan.FromMinutes(1), T0, path));
+        Assert.Equal("std-ipv4", fair.Stack);
+        Assert.Null(gone);
+    }
+
+    /// <summary>
+    /// The learning benchmark's metro-flapping phase 2 (9 % bursty loss, 2026-12-04): a bulk VM on std-ipv4 that got 0 saw
+    /// fec, arq-bulk and arq-lowlat take turns as the best candidate, and each turn began the sustain again. The wait now
+    /// goes on from when the current stack was first beaten, as long as the stack pending then still scores above it.
+    /// </summary>
+    [Fact]
+    public void WhenTheBestCandidateChangesWhileASwitchIsPending_TheWaitGoesOnFromWhenTheCurrentStackWasFirstBeaten()
+    {
+        var policy = Policy("bulk", allow: ["std-ipv4", "fec", "arq-lowlat"]);
+        var path = Path(8, 0.09, mbps: 1) with { CapacityMbps = 300 };
+        StackSelector With(double fec, double arq) => new(new Scripted(new()
+        {
+            ["std-ipv4"] = new(0.3, "model", 0.3, "model v6"),
+            ["fec"] = new(fec, "model", 0.1, "model v6"),
+            ["arq-lowlat"] = new(arq, "model", 0.1, "model v6"),
+        }), new SelectorOptions());
+        // Three outcomes in 1.5 s: too brief to leave at once, however far the candidates beat it.
+        var window = new OutcomeWindow();
+        for (var i = 0; i < 3; i++)
+        {
+            window.Add(T0 - TimeSpan.FromSeconds(1.5 - (0.5 * i)), "std-ipv4", 0.01, path);
+        }
+        var seen = window.Of("std-ipv4", T0 - TimeSpan.FromMinutes(1), T0, path);
+        var (_, pending) = With(0.33, 0.30).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", null, T0, 0.99, observed: seen);
+        Assert.Equal("fec", pending?.Stack);
+        // 6 s on, arq-lowlat scores best and fec still beats std-ipv4: the VM leaves for arq-lowlat now, not 5 s from now.
+        var (now, _) = With(0.33, 0.36).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", pending, T0 + TimeSpan.FromSeconds(6), 0.99, observed: seen);
+        Assert.Equal(("arq-lowlat", true), (now.Stack, now.Changed));
+        // Had fec fallen to what std-ipv4 gets, arq-lowlat's wait would begin then.
+        var (waits, fresh) = With(0.005, 0.36).Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", pending, T0 + TimeSpan.FromSeconds(6), 0.99, observed: seen);
+        Assert.Equal(("std-ipv4", false), (waits.Stack, waits.Changed));
+        Assert.Equal(("arq-lowlat", T0 + TimeSpan.FromSeconds(6)), (fresh?.Stack, fresh?.Since));
+    }
+
+    /// <summary>
     /// A BBR guest an operator pinned to std-ipv4 and then to fec on a 3 % loss path (the learning benchmark's guests: 88
     /// Mbit/s on std-ipv4, 27 on fec): the pin's decision has fec alone as candidate, so what the guest got on std-ipv4 is
     /// remembered from its outcomes. Unpinned, the guest goes back to std-ipv4 on that, though the model, taught by CUBIC

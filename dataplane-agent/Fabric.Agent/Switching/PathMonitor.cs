@@ -52,6 +52,9 @@ public sealed record VmInterval(string VmId, string Stack, long Frames, long Byt
 public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double JitterMs, long Sent, long Lost, long ProbesSent, long ProbesAnswered,
     long BytesSent, TimeSpan Interval, IReadOnlyList<VmInterval> Vms, double CapacityMbps = double.NaN)
 {
+    /// <summary>VM frames' bytes sent through a slot not their VM's own (counted in no VM's <see cref="VmInterval.Bytes"/>).</summary>
+    public long BorrowedBytes { get; init; }
+
     public double Loss => Sent <= 0 ? 0 : Math.Clamp((double)Lost / Sent, 0, 1);
 }
 
@@ -301,7 +304,10 @@ internal sealed class PathMonitor
     /// <summary>At most one "unknown slot" answer per 100 ms per path: a burst of stray datagrams must not become a burst of replies.</summary>
     public RateLimit UnknownReports { get; } = new(TimeSpan.FromMilliseconds(100));
 
-    public PathMeasurement Take(long now, long bytesSent, List<VmInterval> vms)
+    /// <summary>The path's borrowed bytes (<see cref="PathMeasurement.BorrowedBytes"/>) at the last <see cref="Take"/>.</summary>
+    private long _borrowedBytes;
+
+    public PathMeasurement Take(long now, long bytesSent, List<VmInterval> vms, long borrowedBytes = 0)
     {
         var interval = _lastTake < 0 ? TimeSpan.Zero : TimeSpan.FromTicks((now - _lastTake) / 100);
         _lastTake = now;
@@ -329,6 +335,8 @@ internal sealed class PathMonitor
         _reportedBytes = bytesSent;
         var capacity = _intervalCapacityMbps;
         _intervalCapacityMbps = double.NaN;
-        return new PathMeasurement(p50, p99, _jitter, sent, lost, probes, answered, bytes, interval, vms, capacity);
+        var borrowed = borrowedBytes - _borrowedBytes;
+        _borrowedBytes = borrowedBytes;
+        return new PathMeasurement(p50, p99, _jitter, sent, lost, probes, answered, bytes, interval, vms, capacity) { BorrowedBytes = borrowed };
     }
 }

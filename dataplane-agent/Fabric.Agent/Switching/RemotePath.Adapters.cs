@@ -74,12 +74,17 @@ public sealed partial class RemotePath
             {
                 var traffic = path._table.Traffic(vmId);
                 var now = path.Clock();
-                traffic.Tcp.OnIngress(frame, now);
-                if (path._table.IsPeer(slot) && frame.Length >= 12)
+                if (path._table.IsPeer(slot) && SlotTable.IsLeaders(slot) && frame.Length >= 12)
                 {
-                    // A slot the peer opened: what the sender chose for its frames here, which a VM that follows answers on.
+                    // A slot the peer opened for VMs that lead: what the sender chose for its frames here, which a VM that
+                    // follows answers on (and then, both ways, the sender's choice: not what the follower's own stack gets it).
                     traffic.Heard(MacAddress.Read(frame[6..]), slot, now);
+                    if (path.Follows(vmId))
+                    {
+                        return;
+                    }
                 }
+                traffic.Tcp.OnIngress(frame, now);
             }
         }
     }

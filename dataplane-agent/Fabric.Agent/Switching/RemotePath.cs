@@ -99,6 +99,10 @@ public sealed partial class RemotePath : IDisposable
     /// <summary>The largest inner IP packet a stack carries on this path (set by the switch).</summary>
     internal Func<string, int> InnerMtu { get; init; } = _ => int.MaxValue;
 
+    /// <summary>Whether a local VM follows (<see cref="VmRole.Follows"/>): what it gets from a VM on a slot that VM's host
+    /// opened is that VM's choice, not metered as its own.</summary>
+    internal Func<string, bool> Follows { get; init; } = _ => false;
+
     /// <summary>Called with (stack id, event, detail) when a stack instance on this path reports an event.</summary>
     internal Action<string, string, string>? OnStackEvent { get; init; }
 
@@ -143,7 +147,7 @@ public sealed partial class RemotePath : IDisposable
     public long SequenceGaps => _sequence.Gaps;
 
     /// <summary>True when <paramref name="slot"/> is one this host opens on this path (for the control plane's bindings).</summary>
-    public bool IsOwnSlot(int slot) => _table.IsOwn(slot);
+    internal bool IsOwnSlot(int slot) => _table.IsOwn(slot);
 
     /// <summary>True when <paramref name="slot"/> is one the peer opens on this path (this end opens it when asked).</summary>
     internal bool IsPeerSlot(int slot) => _table.IsPeer(slot);
@@ -193,23 +197,26 @@ public sealed partial class RemotePath : IDisposable
         return held;
     }
 
-    /// <summary>A slot of this host's range that holds <paramref name="stackId"/>, or -1.</summary>
-    internal int OwnSlotOf(string stackId)
+    /// <summary>A slot of this host's range that holds <paramref name="stackId"/> (in the leaders' half, or the other), or -1.</summary>
+    internal int OwnSlotOf(string stackId, bool leads = false)
     {
         using (_gate.Take())
         {
-            return _table.OwnSlotOf(stackId);
+            return _table.OwnSlotOf(stackId, leads);
         }
     }
 
-    /// <summary>An empty slot of this host's range, or -1.</summary>
-    internal int FreeOwnSlot()
+    /// <summary>An empty slot of this host's range (in the leaders' half, or the other), or -1.</summary>
+    internal int FreeOwnSlot(bool leads = false)
     {
         using (_gate.Take())
         {
-            return _table.FreeOwnSlot();
+            return _table.FreeOwnSlot(leads);
         }
     }
+
+    /// <summary>True when <paramref name="slot"/> is one this host opened for VMs that lead (<see cref="VmRole.Leads"/>).</summary>
+    public bool IsOwnLeadersSlot(int slot) => _table.IsOwn(slot) && SlotTable.IsLeaders(slot);
 
     /// <summary>A slot no instance occupies, other than 0 when possible; -1 when all 256 are taken.</summary>
     internal int FreeSlot()
@@ -640,7 +647,7 @@ public sealed partial class RemotePath : IDisposable
                 vms.Add(new VmInterval(vmId, stackId ?? "", traffic.Frames - traffic.ReportedFrames, traffic.Bytes - traffic.ReportedBytes, traffic.Tcp.Take(now, stackId)));
                 (traffic.ReportedFrames, traffic.ReportedBytes) = (traffic.Frames, traffic.Bytes);
             }
-            return _monitor.Take(now, Counters.TxBytes, vms);
+            return _monitor.Take(now, Counters.TxBytes, vms, _borrowedBytes);
         }
     }
 
@@ -726,13 +733,11 @@ public sealed partial class RemotePath : IDisposable
                 slot = _table.SlotOf(traffic);
             }
             var borrowed = false;
-            if (follows && traffic is not null && frame.Length >= 6
-                && traffic.HeardOn(MacAddress.Read(frame), Clock(), (long)FollowWindow.TotalNanoseconds) is var heard and >= 0
-                && heard != slot && _table.Instance(heard) is not null && Usable(_table.StackIn(heard)!) && (!sealedVm || _table.Encrypts(heard)))
+            if (follows && traffic is not null && FollowedSlot(frame, traffic, slot, sealedVm) is var followed and >= 0)
             {
-                // The VM it answers chose the stack of this conversation: the answer rides the slot that VM's frames came on
-                // (never off encryption this VM needs). Borrowed: what this VM gets there is the leader's stack's doing.
-                (slot, borrowed) = (heard, true);
+                // The VM it answers chose the stack of this conversation: the answer rides the slot that VM's frames came on.
+                // Borrowed: what this VM gets there is the leader's stack's doing.
+                (slot, borrowed) = (followed, true);
                 _table.Touch(slot, Clock());
             }
             var stack = _table.Instance(slot);
@@ -768,7 +773,12 @@ public sealed partial class RemotePath : IDisposable
                 }
                 return 0;
             }
-            if (traffic is not null && !borrowed)
+            if (borrowed)
+            {
+                // The VMs' frames all the same: the path's bytes beyond them are the stacks' overhead, shared by the VMs.
+                _borrowedBytes += frame.Length;
+            }
+            else if (traffic is not null)
             {
                 // The VM's outcomes are credited to the stack it transmits with: what another stack carried for it (a
                 // borrowed slot, to a confidential VM) would be read as its own stack's service, and what was dropped
@@ -802,6 +812,30 @@ public sealed partial class RemotePath : IDisposable
         Report(faults, transmitting: true);
         return 0;
     }
+
+    /// <summary>
+    /// The slot a follower's frame leaves through instead of its own slot <paramref name="own"/> (-1: its own): the leaders'
+    /// slot the VM it is addressed to was heard on within <see cref="FollowWindow"/>, while that slot is open, not draining, its
+    /// stack usable and its MTU enough for the frame, and never a slot that does not encrypt in place of one that does or
+    /// must (the VM is confidential, or its slot is the path's and the path's stack encrypts).
+    /// </summary>
+    private int FollowedSlot(ReadOnlySpan<byte> frame, VmTraffic traffic, int own, bool sealedVm)
+    {
+        if (frame.Length < 14 || traffic.HeardOn(MacAddress.Read(frame), Clock(), FollowWindowNanoseconds) is not (>= 0 and var heard) || heard == own
+            || heard == _table.TransmitSlot
+            || _table.Instance(heard) is null || !_table.Sendable(heard) || _table.StackIn(heard) is not { } stackId || !Usable(stackId)
+            || frame.Length - 14 > InnerMtu(stackId))
+        {
+            return -1;
+        }
+        var encrypted = sealedVm || _table.Encrypts(own) || (own == _table.TransmitSlot && _table.SealedPath);
+        return !encrypted || _table.Encrypts(heard) ? heard : -1;
+    }
+
+    private static readonly long FollowWindowNanoseconds = (long)FollowWindow.TotalNanoseconds;
+
+    /// <summary>VM frames sent through a slot not their VM's own (to a confidential VM, or answering a leader), since the path began.</summary>
+    private long _borrowedBytes;
 
     /// <summary>Hands a datagram from this host to the stack in its slot.</summary>
     internal void Receive(ReadOnlySpan<byte> datagram)

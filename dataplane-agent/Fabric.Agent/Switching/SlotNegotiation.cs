@@ -46,16 +46,18 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             // Whoever asks (the control plane included): a binding that would carry a confidential VM in clear is refused.
             return $"VM '{vmId}' must be encrypted (its policy is confidential) and stack '{stackId}' does not encrypt";
         }
-        // A VM that leads needs its choice seen by the peer even when it is the path's default: in a slot this host opened,
-        // not in the fallback slot both ends share (which a follower never takes for a choice).
-        var leads = vm?.Role == VmRole.Leads && !path.IsOwnSlot(path.TransmitSlot);
+        // A VM that leads sends through a slot of this host's leaders' half, which the peer's followers answer on, even on the
+        // path's default stack; no other VM's frames go through those.
+        var leads = vm?.Role == VmRole.Leads;
         if (stackId == path.StackIn(path.TransmitSlot) && !leads)
         {
             path.BindVm(vmId, -1, state.DrainDeadline());
             return null;
         }
-        if (path.BindingOf(vmId).Stack == stackId)
+        if (path.BindingOf(vmId) is var (boundSlot, boundStack) && boundStack == stackId && path.IsOwnLeadersSlot(boundSlot) == leads)
         {
+            // (A leader moved to the fallback slot, by a quarantine or a refusal, is bound again in a leaders' slot; a VM
+            // that no longer leads leaves one.)
             return null;
         }
         var description = state.StackHost.Describe(stackId);
@@ -75,11 +77,11 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         {
             return $"stack '{stackId}' runs over another underlay family than the path to '{hostId}'";
         }
-        var slot = path.OwnSlotOf(stackId);
+        var slot = path.OwnSlotOf(stackId, leads);
         var opened = false;
         if (slot < 0)
         {
-            slot = path.FreeOwnSlot();
+            slot = path.FreeOwnSlot(leads);
             if (slot < 0)
             {
                 return $"no free slot on the path to '{hostId}'";

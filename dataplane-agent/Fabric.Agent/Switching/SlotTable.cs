@@ -82,12 +82,18 @@ internal sealed class SlotTable
     /// <summary>The slot received a datagram (or was asked for, or was borrowed) at <paramref name="now"/>: not idle.</summary>
     public void Touch(int slot, long now) => _receivedAt[slot] = now;
 
-    /// <summary>A slot of this host's range that holds <paramref name="stackId"/>, or -1.</summary>
-    public int OwnSlotOf(string stackId)
+    /// <summary>
+    /// Whether <paramref name="slot"/> is in the upper half of either end's range, where an end opens the slots of VMs that
+    /// lead (<see cref="VmRole.Leads"/>) and nothing else: the peer tells a leader's choice by the slot's number alone.
+    /// </summary>
+    public static bool IsLeaders(int slot) => slot is (>= 64 and <= 127) or (>= 192 and <= 254);
+
+    /// <summary>A slot of this host's range that holds <paramref name="stackId"/> (in the leaders' half, or the other), or -1.</summary>
+    public int OwnSlotOf(string stackId, bool leads = false)
     {
         for (var i = _ownFirst; i <= _ownLast; i++)
         {
-            if (_stacks[i] == stackId)
+            if (_stacks[i] == stackId && IsLeaders(i) == leads)
             {
                 return i;
             }
@@ -95,12 +101,12 @@ internal sealed class SlotTable
         return -1;
     }
 
-    /// <summary>An empty slot of this host's range, or -1.</summary>
-    public int FreeOwnSlot()
+    /// <summary>An empty slot of this host's range (in the leaders' half, or the other), or -1.</summary>
+    public int FreeOwnSlot(bool leads = false)
     {
         for (var i = _ownFirst; i <= _ownLast; i++)
         {
-            if (_instances[i] is null)
+            if (_instances[i] is null && IsLeaders(i) == leads)
             {
                 return i;
             }
@@ -330,6 +336,9 @@ internal sealed class SlotTable
         }
         return due;
     }
+
+    /// <summary>Whether a slot is one to send new frames through: not draining, its timers not faulted.</summary>
+    public bool Sendable(int slot) => _drainUntil[slot] == 0 && !_timerFaulted[slot];
 
     /// <summary>
     /// A slot whose stack encrypts, which is neither draining nor timer-faulted and whose stack <paramref name="usable"/>

@@ -280,6 +280,7 @@ public sealed class Switch : IDisposable
         var path = new RemotePath(spec, destination, underlay, _forwarder.DeliverFromUnderlay, _clock, _options.HostId, _options.Time) { OnFault = _quarantine.HandleFault,
             OnControl = _negotiation.HandleControl, InnerMtu = InnerMtuOf, TimerArmed = _monitor.TimerArmed, Disposer = _state.Disposer,
             Usable = _stackHost.IsUsable, OnNeedEncryptingSlot = _negotiation.OpenEncryptingSlot,
+            Follows = vmId => _vms.TryGetValue(vmId, out var vm) && vm.Role == VmRole.Follows,
             OnStackEvent = (stack, name, detail) => Report($"stack {stack} on the path to {spec.HostId}: {name}: {detail}") };
         if (spec.OverlayKey is null)
         {

@@ -18,7 +18,8 @@ public sealed record VmSpec(string VmId, string Device, uint Vni, MacAddress Mac
 /// Whose stack carries a conversation between two VMs on different hosts. A binding is per (VM, remote host) and carries
 /// what the VM sends; the answers come back on the other VM's binding. A VM that declared what it needs (a latency or bulk
 /// workload, or a pin) leads: what it gets depends on both directions, so a VM that declared nothing follows it and
-/// answers on the slot the leader's frames arrive on. Two leaders, or two followers, each send on their own.
+/// answers on the slot the leader's frames arrive on. Two leaders each send on their own. A follower answers any VM whose
+/// frames arrive on a slot that VM's host opened, so two followers settle on the slot of the one that sent on its own.
 /// </summary>
 public enum VmRole
 {
