@@ -184,7 +184,7 @@ public sealed record Binding([property: Id(0)] string VmId, [property: Id(1)] st
 /// Whose stack carries a conversation between two VMs on different hosts. Each VM's binding carries what it sends, so a
 /// request/response VM's answers ride its peer's choice unless one of them follows the other: a VM whose policy declares a
 /// need (a latency or bulk workload, or a pin) leads, and a VM that declares none (general, unpinned) follows, answering a
-/// leader on the leader's stack. Two leaders each send on their own binding; two followers settle on one of theirs.
+/// leader on the leader's stack. Two leaders, or two followers, each send on their own binding.
 /// </summary>
 [GenerateSerializer]
 public enum PairRole

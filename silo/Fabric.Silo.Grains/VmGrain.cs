@@ -628,6 +628,12 @@ public sealed partial class VmGrain(
             _left[remoteHost] = Left.After(_left.GetValueOrDefault(remoteHost), decision, observed, catalog.FirstOrDefault(s => s.Id == current)?.Version ?? "");
         }
         _last[remoteHost] = decision;
+        if (!decision.Changed && !decision.Exploration && decision.Stack == current && _chosen.TryGetValue(remoteHost, out var held) && held.Exploration)
+        {
+            // The policy keeps the stack an exploration tried: what the VM gets on it from now on is the policy's choice, and
+            // is logged with this decision's propensity (until now every outcome to the next switch counted as exploring).
+            _chosen[remoteHost] = (decision.Propensity, false, held.At);
+        }
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)
         {
             if (pending is not null)

@@ -41,9 +41,9 @@ public sealed partial class RemotePath : IDisposable
     public const int FallbackSlot = SlotTable.Fallback;
 
     /// <summary>
-    /// How recently a remote VM's frames must have arrived on a slot its host opened for a VM that follows it
-    /// (<see cref="VmRole.Follows"/>) to answer on that slot: after that long without a word from it, the follower is on
-    /// its own binding again (two followers never hold each other on a slot neither chose).
+    /// How recently a leader's frames must have arrived in a slot of its host's leaders' half for a VM that follows
+    /// (<see cref="VmRole.Follows"/>) to answer on that slot: after that long without a word from the leader, the follower
+    /// is on its own binding again (a leader that moved or went away lets its followers go).
     /// </summary>
     public static readonly TimeSpan FollowWindow = TimeSpan.FromSeconds(2);
 
@@ -711,8 +711,7 @@ public sealed partial class RemotePath : IDisposable
     /// <param name="preferEncrypted">A broadcast reaching a confidential VM there too: through a slot that encrypts if
     /// the path has one, else as any other frame (the confidential VM drops it, the others take it).</param>
     /// <param name="follows">The sender follows (<see cref="VmRole.Follows"/>): a frame to a VM whose frames arrived within
-    /// <see cref="FollowWindow"/> on a slot that VM's host opened leaves through that slot, unless the sender must be
-    /// encrypted and the slot does not encrypt.</param>
+    /// <see cref="FollowWindow"/> in a slot of its host's leaders' half leaves through that slot (see <see cref="FollowedSlot"/>).</param>
     internal int Transmit(ReadOnlySpan<byte> frame, uint vni, string? vmId = null, bool sealedVm = false, bool sealedDestination = false, bool preferEncrypted = false,
         bool follows = false)
     {

@@ -407,8 +407,8 @@ public sealed class Switch : IDisposable
 
     /// <summary>
     /// Sets whose stack carries a VM's conversations with VMs on other hosts (<see cref="VmRole"/>). A VM that comes to
-    /// lead while it sends on a path's default stack through the fallback slot is bound to that stack in a slot of its own
-    /// when the control plane next binds it (see <see cref="SlotNegotiation.BindAsync"/>). False when the VM is not attached.
+    /// lead (or stops) is bound again, in a slot of the leaders' half (or out of it), when the control plane next binds it
+    /// (see <see cref="SlotNegotiation.BindAsync"/>). False when the VM is not attached.
     /// </summary>
     public bool SetRole(string vmId, VmRole role)
     {

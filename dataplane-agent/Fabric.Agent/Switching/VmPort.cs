@@ -18,20 +18,20 @@ public sealed record VmSpec(string VmId, string Device, uint Vni, MacAddress Mac
 /// Whose stack carries a conversation between two VMs on different hosts. A binding is per (VM, remote host) and carries
 /// what the VM sends; the answers come back on the other VM's binding. A VM that declared what it needs (a latency or bulk
 /// workload, or a pin) leads: what it gets depends on both directions, so a VM that declared nothing follows it and
-/// answers on the slot the leader's frames arrive on. Two leaders each send on their own. A follower answers any VM whose
-/// frames arrive on a slot that VM's host opened, so two followers settle on the slot of the one that sent on its own.
+/// answers on the slot the leader's frames arrive on: a host opens its leaders' slots in the upper half of its range, so
+/// the peer tells them by number. Two leaders, or two followers, each send on their own.
 /// </summary>
 public enum VmRole
 {
     /// <summary>Its frames ride its own binding (no control plane has said otherwise).</summary>
     Own = 0,
 
-    /// <summary>Its frames ride its own binding, and a binding to the path's default stack gets a slot of its own, so that
-    /// the VMs that follow it see its choice on whatever stack it is.</summary>
+    /// <summary>Its frames ride its own binding, always in a slot of its host's leaders' half (the path's default stack
+    /// too), so that the VMs that follow it see its choice on whatever stack it is.</summary>
     Leads = 1,
 
-    /// <summary>Its frames to a VM whose frames arrived within <see cref="RemotePath.FollowWindow"/> on a slot that VM's host
-    /// opened ride that slot; its other frames ride its own binding.</summary>
+    /// <summary>Its frames to a VM whose frames arrived within <see cref="RemotePath.FollowWindow"/> in a slot of its host's
+    /// leaders' half ride that slot; its other frames ride its own binding.</summary>
     Follows = 2,
 }
 
