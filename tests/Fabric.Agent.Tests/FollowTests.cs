@@ -14,18 +14,23 @@ public class FollowTests
     private static long DeliveredAt(Agent host, string remote, int slot) =>
         host.Switch.Paths[remote].StackStats().TryGetValue(slot, out var s) ? s.Stats.FramesDelivered : 0;
 
+    /// <summary>vm1 on host A leads on swap-test; vm3 on host B follows, bound to <paramref name="followersOwn"/>: their slots.</summary>
+    private static async Task<(int Leaders, int Own)> LeaderAndFollower(TwoHosts hosts, string followersOwn)
+    {
+        var token = TestContext.Current.CancellationToken;
+        Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Leads));
+        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Follows));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", token));
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", followersOwn, token));
+        return (hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot, hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot);
+    }
+
     [Fact]
     public async Task AVmThatFollows_AnswersALeaderOnTheLeadersStack_AndEveryoneElseOnItsOwn()
     {
         using var hosts = new TwoHosts(settings: SecureKeys);
-        var token = TestContext.Current.CancellationToken;
-        Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Leads));
-        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Follows));
+        var (leaders, own) = await LeaderAndFollower(hosts, "faulty");
         Assert.False(hosts.B.Switch.SetRole("no-such-vm", VmRole.Follows));
-        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", token));
-        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "faulty", token));
-        var leaders = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
-        var own = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
         Assert.NotEqual(leaders, own);
 
         // Before vm1 says anything, vm3's frames to it ride vm3's own binding.
@@ -65,13 +70,7 @@ public class FollowTests
     public async Task AFollowerThatMustBeEncrypted_NeverAnswersOnALeadersStackThatDoesNot()
     {
         using var hosts = new TwoHosts(settings: SecureKeys);
-        var token = TestContext.Current.CancellationToken;
-        Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Leads));
-        Assert.True(hosts.B.Switch.SetRole("vm3", VmRole.Follows));
-        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", token));
-        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "secure", token));
-        var leaders = hosts.A.Switch.Paths["host-b"].VmBindings()["vm1"].Slot;
-        var own = hosts.B.Switch.Paths["host-a"].VmBindings()["vm3"].Slot;
+        var (leaders, own) = await LeaderAndFollower(hosts, "secure");
         // B hears vm1 on swap-test, which does not encrypt; then vm3's policy becomes confidential.
         hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
         hosts.Expect("vm3");
