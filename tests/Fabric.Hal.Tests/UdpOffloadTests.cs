@@ -65,6 +65,44 @@ public sealed class UdpOffloadTests
         }
     }
 
+    /// <summary>
+    /// Kernel receive timestamps say when each datagram reached the socket, not when a batch read it: two datagrams 30 ms
+    /// apart, read together in one batch, are 30 ms apart (a capacity train read late by a busy receive thread must not
+    /// look as if it arrived at once), and nothing else about the datagrams changes; without timestamps asked for, 0.
+    /// </summary>
+    [Theory]
+    [InlineData(true, true)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void Arrival_IsWhenTheKernelReceivedEachDatagram_NotWhenTheBatchReadIt(bool timestamps, bool gro)
+    {
+        using var sender = Bound(IPAddress.Loopback);
+        using var receiver = Bound(IPAddress.Loopback);
+        var reader = new UdpBatchSocket(receiver, capacity: 32, gro: gro && UdpBatchSocket.EnableGro(receiver),
+            timestamps: timestamps && UdpBatchSocket.EnableTimestamps(receiver));
+        var to = UdpPeer.From((IPEndPoint)receiver.LocalEndPoint!);
+        var batch = new UdpBatchSocket(sender, capacity: 4, datagramCapacity: 9216);
+        for (var i = 0; i < 2; i++)
+        {
+            Write(batch, 1200, i, to);
+            batch.Send();
+            Thread.Sleep(30);
+        }
+        Thread.Sleep(50);
+
+        var n = reader.Receive(1000);
+        Assert.Equal(2, n);
+        Assert.Equal([(1200, 0), (1200, 1)], Enumerable.Range(0, n).Select(i => (reader.Datagram(i).Length, BinaryPrimitives.ReadInt32LittleEndian(reader.Datagram(i)))));
+        if (!timestamps)
+        {
+            Assert.All(Enumerable.Range(0, n), i => Assert.Equal(0, reader.Arrival(i)));
+            return;
+        }
+        Assert.All(Enumerable.Range(0, n), i => Assert.True(reader.Arrival(i) > 0, $"datagram {i} has no arrival time"));
+        var apart = (reader.Arrival(1) - reader.Arrival(0)) / 1e6;
+        Assert.True(apart is >= 25 and < 1000, $"arrivals {apart:0.###} ms apart; sent 30 ms apart");
+    }
+
     [Fact]
     public void OnADeviceWithoutChecksumOffload_EveryDatagramStillArrives()
     {

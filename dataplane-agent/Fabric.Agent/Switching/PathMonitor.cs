@@ -102,6 +102,8 @@ internal sealed class PathMonitor
     private int _inTrainMembers;
     private long _inTrainFirstAt;
     private long _inTrainLastAt;
+    private long _inTrainFirstArrival;
+    private long _inTrainLastArrival;
     private long _inTrainBytes;
     private ulong _inTrainSeen;
     private long _answeredTrainId;
@@ -173,10 +175,15 @@ internal sealed class PathMonitor
     }
 
     /// <summary>
-    /// A member of the peer's train arrived (<paramref name="length"/>: its datagram's bytes). Members of an older train
-    /// than the one under way are ignored; a new id starts a new one. Returns false for a malformed member.
+    /// A member of the peer's train arrived. Members of an older train than the one under way are ignored; a new id
+    /// starts a new one. Returns false for a malformed member.
     /// </summary>
-    public bool OnTrainMember(ReadOnlySpan<byte> payload, int length, long now)
+    /// <param name="payload">The member's payload (after the overlay header).</param>
+    /// <param name="length">Its datagram's bytes.</param>
+    /// <param name="now">The path's clock.</param>
+    /// <param name="arrival">When the host received it (<see cref="Underlay.IUnderlay.Arrival"/>), or 0: the members are spaced by
+    /// this when every member of the train has one, else by <paramref name="now"/>.</param>
+    public bool OnTrainMember(ReadOnlySpan<byte> payload, int length, long now, long arrival = 0)
     {
         if (payload.Length < TrainHeaderLength)
         {
@@ -196,6 +203,7 @@ internal sealed class PathMonitor
                 return true;
             }
             (_inTrainId, _inTrainMembers, _inTrainFirstAt, _inTrainLastAt, _inTrainBytes, _inTrainSeen) = (id, 1, now, now, 0, 1UL << index);
+            (_inTrainFirstArrival, _inTrainLastArrival) = (arrival, arrival);
             return true;
         }
         if ((_inTrainSeen & (1UL << index)) != 0)
@@ -208,10 +216,14 @@ internal sealed class PathMonitor
         _inTrainMembers++;
         _inTrainLastAt = now;
         _inTrainBytes += length;
-        // Half the members at least, spread over 100 µs at least (one receive batch says nothing about the link).
-        if (_inTrainMembers >= count / 2 && _inTrainLastAt - _inTrainFirstAt >= 100_000)
+        // A member without the host's receive time makes the whole train timed by the path's clock.
+        _inTrainFirstArrival = arrival > 0 && _inTrainFirstArrival > 0 ? _inTrainFirstArrival : 0;
+        _inTrainLastArrival = arrival;
+        var spread = _inTrainFirstArrival > 0 ? _inTrainLastArrival - _inTrainFirstArrival : _inTrainLastAt - _inTrainFirstAt;
+        // Half the members at least, spread over 100 µs at least (one receive batch, or one coalesced receive, says nothing about the link).
+        if (_inTrainMembers >= count / 2 && spread >= 100_000)
         {
-            (_answeredTrainId, _answeredTrainKbps, _answeredAt) = (id, _inTrainBytes * 8 * 1_000_000 / (_inTrainLastAt - _inTrainFirstAt), now);
+            (_answeredTrainId, _answeredTrainKbps, _answeredAt) = (id, _inTrainBytes * 8 * 1_000_000 / spread, now);
         }
         return true;
     }

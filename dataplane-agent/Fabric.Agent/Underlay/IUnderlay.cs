@@ -47,4 +47,11 @@ public interface IUnderlay : IDisposable
 
     /// <summary>What the underlay's offloads did (segmented sends, coalesced receives).</summary>
     UdpOffloads Offloads { get; }
+
+    /// <summary>
+    /// Called from the handler: when the datagram being handled reached the host (nanoseconds; only differences mean
+    /// anything), or 0 when the underlay cannot say. A receive thread busy with a batch reads the next one late, all
+    /// at once; this is the time the wire delivered each datagram.
+    /// </summary>
+    long Arrival => 0;
 }

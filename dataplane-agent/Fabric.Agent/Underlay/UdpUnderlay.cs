@@ -61,6 +61,7 @@ public sealed class UdpUnderlay : IUnderlay
         // Offloads both ways: a thread's run of datagrams to one peer leaves as one segmented send, and the kernel may
         // hand several datagrams from one peer over as one buffer (split again before any handler sees them).
         ReceiveOffload = UdpBatchSocket.EnableGro(_socket);
+        _timestamps = UdpBatchSocket.EnableTimestamps(_socket);
         _outbox = new ThreadLocal<UdpBatchSocket>(() => new UdpBatchSocket(_socket, capacity: 64, datagramCapacity: 9216, gso: true, offloads: Offloads));
         _receiver = StartReceiver(0);
     }
@@ -94,6 +95,15 @@ public sealed class UdpUnderlay : IUnderlay
         _receiver = StartReceiver(replaced);
         return replaced;
     }
+
+    private readonly bool _timestamps;
+
+    // The kernel's receive time of the datagram the calling receive thread is handling (see Arrival).
+    [ThreadStatic]
+    private static long t_arrival;
+
+    /// <summary>When the kernel received the datagram the calling handler is handling (SO_TIMESTAMPNS; 0 where the kernel gives none).</summary>
+    public long Arrival => t_arrival;
 
     /// <summary>True when the kernel may coalesce received datagrams (UDP_GRO).</summary>
     public bool ReceiveOffload { get; }
@@ -132,7 +142,7 @@ public sealed class UdpUnderlay : IUnderlay
 
     private void ReceiveLoop(int generation)
     {
-        var batch = new UdpBatchSocket(_socket, capacity: 32, gro: ReceiveOffload, offloads: Offloads);
+        var batch = new UdpBatchSocket(_socket, capacity: 32, gro: ReceiveOffload, offloads: Offloads, timestamps: _timestamps);
         while (!_stopping && generation == Volatile.Read(ref _generation))
         {
             int n;
@@ -184,6 +194,7 @@ public sealed class UdpUnderlay : IUnderlay
         {
             try
             {
+                t_arrival = batch.Arrival(i);
                 _handler(batch.Datagram(i), batch.Peer(i));
             }
             catch (ObjectDisposedException) when (_stopping)

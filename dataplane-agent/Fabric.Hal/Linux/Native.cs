@@ -17,6 +17,7 @@ internal static unsafe partial class Native
     public const int SO_RCVBUF = 8;
     public const int SO_SNDBUFFORCE = 32;
     public const int SO_RCVBUFFORCE = 33;
+    public const int SO_TIMESTAMPNS = 35; // SO_TIMESTAMPNS_OLD: a struct timespec of two longs, CLOCK_REALTIME
     public const int SOL_PACKET = 263;
     public const int SOL_UDP = 17;
     public const int UDP_SEGMENT = 103;

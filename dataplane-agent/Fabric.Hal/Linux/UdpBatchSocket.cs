@@ -100,6 +100,9 @@ public sealed unsafe class UdpBatchSocket
     /// <summary>CMSG_SPACE(sizeof(int)): a cmsghdr (16 bytes on 64-bit Linux) and an int, rounded to 8.</summary>
     private const int ControlSize = 24;
 
+    /// <summary>A received message's control room: a UDP_GRO message (<see cref="ControlSize"/>) and an SCM_TIMESTAMPNS one (CMSG_SPACE of a 16-byte timespec).</summary>
+    private const int ReceiveControlSize = ControlSize + 32;
+
     /// <summary>Segments per offloaded send: the kernel's limit is 64 on older kernels (128 since 6.9).</summary>
     public const int MaxSegments = 64;
 
@@ -122,6 +125,7 @@ public sealed unsafe class UdpBatchSocket
     private readonly Native.IoVec[] _vectors;
     private readonly int[] _runStarts;
     private readonly bool _gro;
+    private readonly bool _timestamps;
     private readonly bool _gso;
     private readonly UdpOffloads _offloads;
 
@@ -130,6 +134,7 @@ public sealed unsafe class UdpBatchSocket
     private readonly int[] _segmentOffsets;
     private readonly int[] _segmentLengths;
     private readonly UdpPeer[] _segmentPeers;
+    private readonly long[] _segmentArrivals;
 
     /// <param name="socket">A bound UDP socket.</param>
     /// <param name="capacity">Datagrams per batch (sent), messages per batch (received).</param>
@@ -137,7 +142,9 @@ public sealed unsafe class UdpBatchSocket
     /// <param name="gso">Send runs of equal datagrams to one peer as one segmented message (falls back on its own where the device cannot).</param>
     /// <param name="gro">Expect coalesced datagrams on receive (the socket has <see cref="EnableGro"/>); needs 65,536-byte buffers.</param>
     /// <param name="offloads">Where offload figures go, shared by every batch of the socket (and the refusal of segmented sends).</param>
-    public UdpBatchSocket(Socket socket, int capacity = 32, int datagramCapacity = 65536, bool gso = false, bool gro = false, UdpOffloads? offloads = null)
+    /// <param name="timestamps">Read each message's kernel receive time (the socket has <see cref="EnableTimestamps"/>): <see cref="Arrival"/>.</param>
+    public UdpBatchSocket(Socket socket, int capacity = 32, int datagramCapacity = 65536, bool gso = false, bool gro = false, UdpOffloads? offloads = null,
+        bool timestamps = false)
     {
         if (gro && datagramCapacity < 65536)
         {
@@ -153,7 +160,7 @@ public sealed unsafe class UdpBatchSocket
         _lengths = new int[capacity];
         _peers = new UdpPeer[capacity];
         _names = GC.AllocateArray<byte>(capacity * SockaddrSize, pinned: true);
-        _control = GC.AllocateArray<byte>(capacity * ControlSize, pinned: true);
+        _control = GC.AllocateArray<byte>(capacity * ReceiveControlSize, pinned: true);
         _messages = GC.AllocateArray<Native.MMsgHdr>(capacity, pinned: true);
         _vectors = GC.AllocateArray<Native.IoVec>(capacity, pinned: true);
         _runStarts = new int[capacity + 1];
@@ -161,12 +168,14 @@ public sealed unsafe class UdpBatchSocket
         _offloads = offloads ?? new UdpOffloads();
         _gso = gso;
         _gro = gro;
+        _timestamps = timestamps;
         // Room for every message to hold MaxCoalesced datagrams: one message never takes another's room.
         var segments = gro ? capacity * MaxCoalesced : capacity;
         _segmentBuffers = new int[segments];
         _segmentOffsets = new int[segments];
         _segmentLengths = new int[segments];
         _segmentPeers = new UdpPeer[segments];
+        _segmentArrivals = new long[segments];
     }
 
     /// <summary>Turns on UDP receive offload (UDP_GRO) on <paramref name="socket"/>; false where the kernel refuses it.</summary>
@@ -174,6 +183,17 @@ public sealed unsafe class UdpBatchSocket
     {
         var one = 1;
         return Native.setsockopt((int)socket.SafeHandle.DangerousGetHandle(), Native.SOL_UDP, Native.UDP_GRO, &one, sizeof(int)) == 0;
+    }
+
+    /// <summary>
+    /// Turns on kernel receive timestamps (SO_TIMESTAMPNS) on <paramref name="socket"/>; false where the kernel refuses
+    /// them. The time a datagram reached the socket, not the time a busy receive thread got round to it: a capacity
+    /// train read in one batch after a wait would otherwise seem to have arrived all at once.
+    /// </summary>
+    public static bool EnableTimestamps(Socket socket)
+    {
+        var one = 1;
+        return Native.setsockopt((int)socket.SafeHandle.DangerousGetHandle(), Native.SOL_SOCKET, Native.SO_TIMESTAMPNS, &one, sizeof(int)) == 0;
     }
 
     public int Capacity { get; }
@@ -192,6 +212,13 @@ public sealed unsafe class UdpBatchSocket
     public ReadOnlySpan<byte> Datagram(int index) => _buffers[_segmentBuffers[index]].AsSpan(_segmentOffsets[index], _segmentLengths[index]);
 
     public UdpPeer Peer(int index) => _segmentPeers[index];
+
+    /// <summary>
+    /// When the kernel received datagram <paramref name="index"/> (nanoseconds of CLOCK_REALTIME; only differences mean
+    /// anything), or 0 when not known (no timestamps asked for, or none came with it). Datagrams coalesced into one
+    /// message share the message's time.
+    /// </summary>
+    public long Arrival(int index) => _segmentArrivals[index];
 
     /// <summary>A buffer to write the next outgoing datagram into; call <see cref="Add"/> with its length.</summary>
     public Span<byte> Next => _buffers[Count];
@@ -228,8 +255,8 @@ public sealed unsafe class UdpBatchSocket
                         NameLength = SockaddrSize,
                         Iov = (Native.IoVec*)Unsafe.AsPointer(ref _vectors[i]),
                         IovLength = 1,
-                        Control = _gro ? control + (i * ControlSize) : null,
-                        ControlLength = (nuint)(_gro ? ControlSize : 0),
+                        Control = _gro || _timestamps ? control + (i * ReceiveControlSize) : null,
+                        ControlLength = (nuint)(_gro || _timestamps ? ReceiveControlSize : 0),
                     },
                 };
             }
@@ -259,10 +286,10 @@ public sealed unsafe class UdpBatchSocket
                 }
                 var length = (int)_messages[i].Length;
                 var peer = ReadPeer(new ReadOnlySpan<byte>(names + (i * SockaddrSize), SockaddrSize));
-                var size = _gro ? CoalescedSize(ref _messages[i].Header) : 0;
+                var (size, arrival) = _gro || _timestamps ? ReadControl(ref _messages[i].Header) : (0, 0L);
                 if (size <= 0 || size >= length)
                 {
-                    (_segmentBuffers[count], _segmentOffsets[count], _segmentLengths[count], _segmentPeers[count]) = (i, 0, length, peer);
+                    (_segmentBuffers[count], _segmentOffsets[count], _segmentLengths[count], _segmentPeers[count], _segmentArrivals[count]) = (i, 0, length, peer, arrival);
                     count++;
                     continue;
                 }
@@ -277,7 +304,7 @@ public sealed unsafe class UdpBatchSocket
                         _offloads.CountTruncated();
                         break;
                     }
-                    (_segmentBuffers[count], _segmentOffsets[count], _segmentLengths[count], _segmentPeers[count]) = (i, offset, Math.Min(size, length - offset), peer);
+                    (_segmentBuffers[count], _segmentOffsets[count], _segmentLengths[count], _segmentPeers[count], _segmentArrivals[count]) = (i, offset, Math.Min(size, length - offset), peer, arrival);
                     count++;
                 }
             }
@@ -286,25 +313,34 @@ public sealed unsafe class UdpBatchSocket
         }
     }
 
-    /// <summary>The segment size of a coalesced receive (its UDP_GRO control message), or 0 when the message is one datagram.</summary>
-    private static int CoalescedSize(ref Native.MsgHdr header)
+    /// <summary>
+    /// From a received message's control data: the segment size of a coalesced receive (its UDP_GRO message; 0 when the
+    /// message is one datagram) and the kernel's receive time in nanoseconds (its SCM_TIMESTAMPNS message; 0 when none).
+    /// </summary>
+    private static (int Size, long Arrival) ReadControl(ref Native.MsgHdr header)
     {
         var length = (int)header.ControlLength;
         var control = (byte*)header.Control;
+        var (size, arrival) = (0, 0L);
         for (var offset = 0; offset + 16 <= length;)
         {
             var cmsgLength = (int)*(nuint*)(control + offset);
-            if (cmsgLength < 16)
+            if (cmsgLength < 16 || offset + cmsgLength > length)
             {
-                return 0;
+                break;
             }
-            if (*(int*)(control + offset + 8) == Native.SOL_UDP && *(int*)(control + offset + 12) == Native.UDP_GRO && cmsgLength >= 20)
+            var (level, type) = (*(int*)(control + offset + 8), *(int*)(control + offset + 12));
+            if (level == Native.SOL_UDP && type == Native.UDP_GRO && cmsgLength >= 20)
             {
-                return *(int*)(control + offset + 16);
+                size = *(int*)(control + offset + 16);
+            }
+            else if (level == Native.SOL_SOCKET && type == Native.SO_TIMESTAMPNS && cmsgLength >= 32)
+            {
+                arrival = (*(long*)(control + offset + 16) * 1_000_000_000) + *(long*)(control + offset + 24);
             }
             offset += (cmsgLength + 7) & ~7;
         }
-        return 0;
+        return (size, arrival);
     }
 
     /// <summary>Sends every queued datagram and empties the batch; returns how many the kernel took.</summary>

@@ -1,0 +1,76 @@
+using System.Buffers.Binary;
+using Fabric.Agent.Switching;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>
+/// How the receiving end of a capacity train measures the path's bottleneck: from when the host received each member,
+/// when the underlay can say, so a train read late and all at once by a busy receive thread is not taken for a faster link.
+/// </summary>
+public sealed class CapacityTrainTests
+{
+    private const int Members = 16;
+
+    [Fact]
+    public void ATrainReadAllAtOnce_IsMeasuredByWhenItsMembersArrived()
+    {
+        // 16 members of 1,200 bytes, one every millisecond on the wire (9.6 Mbit/s), all read in the same instant.
+        var monitor = new PathMonitor();
+        var readAt = 5_000_000_000L;
+        for (var i = 0; i < Members; i++)
+        {
+            Assert.True(monitor.OnTrainMember(Member(7, i), 1200, readAt, arrival: 1_000_000_000L + (i * 1_000_000L)));
+        }
+
+        Assert.Equal(9_600, AnsweredKbps(monitor, readAt));
+    }
+
+    [Fact]
+    public void WithoutArrivalTimes_ThePathsClockSpacesTheTrain_AndOneInstantMeasuresNothing()
+    {
+        var spaced = new PathMonitor();
+        for (var i = 0; i < Members; i++)
+        {
+            spaced.OnTrainMember(Member(7, i), 1200, 5_000_000_000L + (i * 2_000_000L));
+        }
+        Assert.Equal(4_800, AnsweredKbps(spaced, 6_000_000_000L));
+
+        // All at once and no arrival times: no rate at all rather than an infinite one.
+        var batch = new PathMonitor();
+        for (var i = 0; i < Members; i++)
+        {
+            batch.OnTrainMember(Member(7, i), 1200, 5_000_000_000L);
+        }
+        Assert.False(batch.AnswersTrains(5_000_000_000L));
+    }
+
+    [Fact]
+    public void AMemberWithoutAnArrivalTime_TimesTheWholeTrainByThePathsClock()
+    {
+        // Arrival times that would say 96 Mbit/s, one member without: the clock's spacing (4.8 Mbit/s) is taken, never a mix.
+        var monitor = new PathMonitor();
+        for (var i = 0; i < Members; i++)
+        {
+            monitor.OnTrainMember(Member(7, i), 1200, 5_000_000_000L + (i * 2_000_000L), arrival: i == 3 ? 0 : 1_000_000_000L + (i * 100_000L));
+        }
+        Assert.Equal(4_800, AnsweredKbps(monitor, 6_000_000_000L));
+    }
+
+    private static byte[] Member(long train, int index)
+    {
+        var payload = new byte[PathMonitor.TrainMemberLength];
+        BinaryPrimitives.WriteInt64BigEndian(payload, train);
+        BinaryPrimitives.WriteUInt16BigEndian(payload.AsSpan(8), (ushort)index);
+        BinaryPrimitives.WriteUInt16BigEndian(payload.AsSpan(10), Members);
+        return payload;
+    }
+
+    /// <summary>The rate the monitor answers the peer's probes with (its train reply), in kbit/s.</summary>
+    private static long AnsweredKbps(PathMonitor monitor, long now)
+    {
+        Assert.True(monitor.AnswersTrains(now), "no train was measured");
+        var reply = new byte[PathMonitor.TrainReplyLength];
+        monitor.Answer(reply, PathMonitor.TrainReplyLength, new byte[PathMonitor.ProbeLength], 0, 0);
+        return BinaryPrimitives.ReadInt64BigEndian(reply.AsSpan(40));
+    }
+}
