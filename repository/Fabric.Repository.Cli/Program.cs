@@ -40,10 +40,16 @@ var root = new RootCommand("fabric-repo: keys, packages and trust metadata (TUF-
     var redundancy = new Option<double>("--redundancy") { Description = "profile: extra bytes sent per byte delivered", HelpName = "R" };
     var encrypts = new Option<string>("--encrypts") { Description = "profile: whether the stack encrypts", DefaultValueFactory = _ => "no", HelpName = "yes|no", CustomParser = CommandLineConventions.OneOf("yes", "no") };
     var family = new Option<string>("--family") { Description = "profile: the underlay address family", DefaultValueFactory = _ => "ipv4", HelpName = "ipv4|ipv6", CustomParser = CommandLineConventions.OneOf("ipv4", "ipv6") };
+    var experimental = new Option<string>("--experimental")
+    {
+        Description = "publish for trial only: given only to VMs whose policy admits experimental stacks, and only by exploration (promote by packing a new version without it)",
+        DefaultValueFactory = _ => "no", HelpName = "yes|no", CustomParser = CommandLineConventions.OneOf("yes", "no"),
+    };
     var output = new Option<string>("--out") { Description = "the package file to write", Required = true, HelpName = "FILE" };
-    var command = new Command("pack", "Packs a built stack plug-in and its manifest (profile) into a deterministic package.") { from, id, version, purpose, header, delay, loss, redundancy, encrypts, family, output };
+    var command = new Command("pack", "Packs a built stack plug-in and its manifest (profile) into a deterministic package.")
+        { from, id, version, purpose, header, delay, loss, redundancy, encrypts, family, experimental, output };
     command.SetAction(p => Pack(p.GetValue(from)!, p.GetValue(id)!, p.GetValue(version)!, new StackProfile(p.GetValue(header), p.GetValue(redundancy), p.GetValue(delay),
-        p.GetValue(loss), p.GetValue(purpose)!, p.GetValue(encrypts) == "yes", p.GetValue(family)!), p.GetValue(output)!));
+        p.GetValue(loss), p.GetValue(purpose)!, p.GetValue(encrypts) == "yes", p.GetValue(family)!, p.GetValue(experimental) == "yes"), p.GetValue(output)!));
     root.Subcommands.Add(command);
 }
 {
@@ -213,7 +219,7 @@ static int List(string repo)
     Console.WriteLine($"{store.Location}: root v{root.Version}; targets v{head.Targets.Version}, expires {head.Targets.Expires:u}; signer {root.Roles["targets"].KeyIds[0][..16]}…");
     foreach (var (name, info) in head.Targets.Targets)
     {
-        Console.WriteLine($"{name,-24} {info.Length,9} B  sha256 {info.Sha256[..16]}…  {info.Profile.Purpose}");
+        Console.WriteLine($"{name,-24} {info.Length,9} B  sha256 {info.Sha256[..16]}…  {(info.Profile.Experimental ? "[experimental] " : "")}{info.Profile.Purpose}");
     }
     return 0;
 }

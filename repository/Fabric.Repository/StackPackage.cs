@@ -11,10 +11,12 @@ namespace Fabric.Repository;
 /// <summary>
 /// What a stack costs and tolerates, as the selector reads it before the fleet has data: bytes it adds per packet, the
 /// share of extra traffic it sends (redundancy), delay it adds, the loss rate it hides, whether it encrypts (only such
-/// stacks serve confidential VMs) and the underlay family it runs on.
+/// stacks serve confidential VMs) and the underlay family it runs on. Experimental: the version is published for trial
+/// only — the selector gives it only to VMs whose policy admits experimental stacks, and only by exploration; promoting
+/// it is publishing a version without the mark (signed like any other).
 /// </summary>
 public sealed record StackProfile(int HeaderBytes = 0, double Redundancy = 0, double AddedDelayMs = 0, double ToleratesLoss = 0, string Purpose = "",
-    bool Encrypts = false, string Family = "ipv4");
+    bool Encrypts = false, string Family = "ipv4", bool Experimental = false);
 
 /// <summary>A package's manifest.</summary>
 public sealed record PackageManifest(string Id, string Version, int ContractVersion, string EntryAssembly, string EntryType, StackProfile Profile, string MinAgentVersion);

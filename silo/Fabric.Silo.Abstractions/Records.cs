@@ -6,7 +6,8 @@ namespace Fabric.Silo;
 /// A VM's policy. Workload: general | latency | bulk (what the selector optimizes). Security: standard | confidential
 /// (confidential admits only stacks that encrypt). Family: the underlay family, ipv4 | ipv6. Allow (empty: every published
 /// stack), Deny and Pin name stack ids. ExplorationShare (0..0.2) is the share of decisions that may try another allowed
-/// stack to learn; never used for a pinned VM.
+/// stack to learn; never used for a pinned VM. Experimental: the VM admits experimental stacks (published for trial),
+/// which it is given only by exploration, for the seconds its outcomes take to judge them.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.policy")]
 public sealed record Policy(
@@ -20,14 +21,22 @@ public sealed record Policy(
 {
     public static Policy Default { get; } = new("general", "standard", "ipv4", [], [], null, 0);
 
+    /// <summary>Whether experimental stacks may be tried for the VM (within <see cref="ExplorationShare"/> only).</summary>
+    [Id(7)]
+    public bool Experimental { get; init; }
+
     // ImmutableArray compares by reference; a policy read back from storage must equal the one written.
     public bool Equals(Policy? other) => other is not null && Workload == other.Workload && Security == other.Security && Family == other.Family
-        && Allow.SequenceEqual(other.Allow) && Deny.SequenceEqual(other.Deny) && Pin == other.Pin && ExplorationShare.Equals(other.ExplorationShare);
+        && Allow.SequenceEqual(other.Allow) && Deny.SequenceEqual(other.Deny) && Pin == other.Pin && ExplorationShare.Equals(other.ExplorationShare)
+        && Experimental == other.Experimental;
 
-    public override int GetHashCode() => HashCode.Combine(Workload, Security, Family, Allow.Length, Deny.Length, Pin, ExplorationShare);
+    public override int GetHashCode() => HashCode.Combine(Workload, Security, Family, Allow.Length, Deny.Length, Pin, ExplorationShare, Experimental);
 }
 
-/// <summary>What a published stack costs and tolerates (from its signed manifest), as the selector sees it.</summary>
+/// <summary>
+/// What a published stack costs and tolerates (from its signed manifest), as the selector sees it. Experimental: the
+/// version was published for trial (<see cref="Policy.Experimental"/>).
+/// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.stack-info")]
 public sealed record StackInfo(
     [property: Id(0)] string Id,
@@ -38,7 +47,8 @@ public sealed record StackInfo(
     [property: Id(5)] double AddedDelayMs,
     [property: Id(6)] double ToleratesLoss,
     [property: Id(7)] bool Encrypts,
-    [property: Id(8)] string Purpose);
+    [property: Id(8)] string Purpose,
+    [property: Id(9)] bool Experimental = false);
 
 /// <summary>A stack the signed repository published and then withdrew: the version last published, and when the catalog saw it go.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.withdrawn-stack")]

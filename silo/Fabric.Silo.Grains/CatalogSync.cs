@@ -25,7 +25,7 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
         var targets = client.Refresh();
         var newest = targets.Newest().Select(n => n.Value)
             .Select(t => new StackInfo(t.Id, t.Version, t.Profile.Family, t.Profile.HeaderBytes, t.Profile.Redundancy, t.Profile.AddedDelayMs,
-                t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose))
+                t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose, t.Profile.Experimental))
             .ToList();
         var withdrawn = await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).SyncAsync([.. newest], targets.Version, SourceOf(source));
         return (newest, withdrawn);

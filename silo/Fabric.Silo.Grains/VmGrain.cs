@@ -628,10 +628,12 @@ public sealed partial class VmGrain(
             _left[remoteHost] = Left.After(_left.GetValueOrDefault(remoteHost), decision, observed, catalog.FirstOrDefault(s => s.Id == current)?.Version ?? "");
         }
         _last[remoteHost] = decision;
-        if (!decision.Changed && !decision.Exploration && decision.Stack == current && _chosen.TryGetValue(remoteHost, out var held) && held.Exploration)
+        if (!decision.Changed && !decision.Exploration && decision.Stack == current && _chosen.TryGetValue(remoteHost, out var held) && held.Exploration
+            && !catalog.Any(s => s.Id == current && s.Experimental))
         {
             // The policy keeps the stack an exploration tried: what the VM gets on it from now on is the policy's choice, and
             // is logged with this decision's propensity (until now every outcome to the next switch counted as exploring).
+            // Not an experimental stack held for its trial: the policy never chooses one, so its outcomes stay exploration's.
             _chosen[remoteHost] = (decision.Propensity, false, held.At);
         }
         if (!decision.Changed && !decision.Exploration && pending?.Stack == previousPending?.Stack)

@@ -228,6 +228,36 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         }, TimeSpan.FromSeconds(10));
     }
 
+    /// <summary>
+    /// An experimental stack: the Stacks page marks it; a policy that names it without admitting experimental stacks is
+    /// refused next to its field, and one that admits them is accepted and persisted with the admission.
+    /// </summary>
+    [Fact]
+    public async Task AnExperimentalStack_IsMarkedOnTheStacksPage_AndOnlyAPolicyThatAdmitsItMayNameIt()
+    {
+        var trial = Unique("trial");
+        await _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(new StackInfo(trial, "0.1.0", "ipv4", 16, 0, 0, 0, false, "on trial", Experimental: true));
+
+        var refused = Unique("vm");
+        var editor = Editor(refused, Policy.Default with { Allow = ["std-ipv4", trial] }, canEdit: true, DashboardUser.Admin);
+        await editor.Find("[data-testid=save-policy]").ClickAsync(new());
+        editor.WaitForAssertion(() => Assert.Contains(editor.FindAll(".mud-input-helper-text"),
+            e => e.TextContent.Contains($"allow: '{trial}' 0.1.0 is experimental and the policy does not admit experimental stacks", StringComparison.Ordinal)));
+        Assert.Equal(0, (await _grains.Client.GetGrain<IVmGrain>(refused).GetAsync()).PolicyVersion);
+
+        var admitted = Unique("vm");
+        var admitting = Render<PolicyEditor>(p => p.Add(e => e.VmId, admitted).Add(e => e.Current, Policy.Default with { Allow = ["std-ipv4", trial], ExplorationShare = 0.05, Experimental = true })
+            .Add(e => e.PolicyVersion, 0).Add(e => e.Catalog, GrainsFixture.Catalog).Add(e => e.CanEdit, true));
+        await admitting.Find("[data-testid=save-policy]").ClickAsync(new());
+        admitting.WaitForAssertion(() => Assert.NotEmpty(admitting.FindAll("[data-testid=policy-accepted]")));
+        var view = await _grains.Client.GetGrain<IVmGrain>(admitted).GetAsync();
+        Assert.Equal((true, 1L), (view.Policy.Experimental, view.PolicyVersion));
+
+        var page = Render<Fabric.Dashboard.Components.Pages.Stacks>();
+        page.WaitForAssertion(() => Assert.NotEmpty(page.FindAll($"[data-testid=experimental-{trial}]")));
+        Assert.Empty(page.FindAll("[data-testid=experimental-std-ipv4]"));
+    }
+
     private sealed class IgnoringAgent : IAgentObserver
     {
         public Task DesiredStateChangedAsync(DesiredStateChange change) => Task.CompletedTask;

@@ -180,6 +180,13 @@ public class BlobStoreTests(Azurite azurite)
             Run("pack", "--from", Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.StdIPv4))!, "--id", "std-ipv4", "--version", "1.0.0", "--out", Path.Combine(folder, "std.fspk"));
             Assert.Contains("published std-ipv4 1.0.0", Run(["publish", "--repo", repo, "--package", Path.Combine(folder, "std.fspk"), .. roles]), StringComparison.Ordinal);
             Assert.Contains("std-ipv4/1.0.0", Run("list", "--repo", repo), StringComparison.Ordinal);
+            // Published for trial: the signed manifest says so, and the listing shows it.
+            Run("pack", "--from", Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.StdIPv4))!, "--id", "trial", "--version", "0.1.0", "--experimental", "yes",
+                "--out", Path.Combine(folder, "trial.fspk"));
+            Run(["publish", "--repo", repo, "--package", Path.Combine(folder, "trial.fspk"), .. roles]);
+            var listed = Run("list", "--repo", repo).Split('\n');
+            Assert.Contains("[experimental]", Assert.Single(listed, l => l.StartsWith("trial/0.1.0", StringComparison.Ordinal)), StringComparison.Ordinal);
+            Assert.DoesNotContain("[experimental]", Assert.Single(listed, l => l.StartsWith("std-ipv4/1.0.0", StringComparison.Ordinal)), StringComparison.Ordinal);
             Assert.Contains("ok std-ipv4/1.0.0", Run("verify", "--repo", repo, "--root", pin), StringComparison.Ordinal);
             // Without the connection string the CLI says what it needs; with storage gone it says it cannot reach it.
             var missing = Processes.Run(cli, ["list", "--repo", repo]);

@@ -33,6 +33,27 @@ public class CatalogSyncTests(ClusterFixture fixture)
         Assert.Contains(await fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync(), s => s == stack);
     }
 
+    /// <summary>
+    /// A version published experimental reaches the catalog marked so (the selector gives it only by exploration, to
+    /// policies that admit it); promoting it is publishing a newer version without the mark, signed like any other.
+    /// </summary>
+    [Fact]
+    public async Task AnExperimentalVersion_ReachesTheCatalogMarked_AndASignedStableVersionPromotesIt()
+    {
+        using var repo = new SignedRepository();
+        var id = "trial-" + Guid.NewGuid().ToString("N")[..8];
+        repo.Publish(id, "0.1.0", new StackProfile(Purpose: "on trial", Experimental: true));
+        var catalog = fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+
+        Assert.True(Assert.Single(await CatalogSync.SyncOnceAsync(repo.Source, fixture.Client)).Experimental);
+        Assert.True(Assert.Single(await catalog.ListAsync(), s => s.Id == id).Experimental);
+
+        repo.Publish(id, "1.0.0", new StackProfile(Purpose: "promoted"));
+        await CatalogSync.SyncOnceAsync(repo.Source, fixture.Client);
+        var promoted = Assert.Single(await catalog.ListAsync(), s => s.Id == id);
+        Assert.Equal(("1.0.0", false), (promoted.Version, promoted.Experimental));
+    }
+
     [Fact]
     public async Task AStackTheSignedTargetsWithdraw_LeavesTheCatalog_AndIsListedWithdrawn_WhileStacksPublishedByHandStay()
     {

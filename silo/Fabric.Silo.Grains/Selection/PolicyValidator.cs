@@ -48,6 +48,18 @@ public static partial class PolicyValidator
                 }
             }
         }
+        // An experimental stack runs only by exploration: never pinned, and named in allow only by a policy that admits it.
+        foreach (var s in catalog.Where(s => s.Experimental))
+        {
+            if (policy.Pin == s.Id)
+            {
+                problems.Add($"pin: '{s.Id}' {s.Version} is experimental: it runs only by exploration, never pinned (publish a stable version to pin it)");
+            }
+            else if (!policy.Experimental && policy.Allow.Contains(s.Id))
+            {
+                problems.Add($"allow: '{s.Id}' {s.Version} is experimental and the policy does not admit experimental stacks (experimental: true)");
+            }
+        }
         foreach (var id in policy.Allow.Intersect(policy.Deny, StringComparer.Ordinal))
         {
             problems.Add($"deny: '{id}' is also in allow (contradictory)");
@@ -63,9 +75,9 @@ public static partial class PolicyValidator
                 problems.Add($"pin: '{pin}' is not in allow");
             }
         }
-        if (problems.Count == 0 && Eligible(policy, catalog).Count == 0)
+        if (problems.Count == 0 && !Eligible(policy, catalog).Any(s => !s.Experimental))
         {
-            // Every field is fine on its own, but together they leave nothing to run.
+            // Every field is fine on its own, but together they leave nothing to run (an experimental stack is only tried).
             problems.Add(policy.Security == "confidential"
                 ? $"security: confidential needs a published {policy.Family} stack that encrypts and the policy allows; there is none (encrypting: {string.Join(", ", catalog.Where(s => s.Encrypts).Select(s => s.Id).DefaultIfEmpty("none"))})"
                 : $"allow/deny/pin leave no published {policy.Family} stack to choose from");
@@ -77,12 +89,14 @@ public static partial class PolicyValidator
     /// The published stacks a policy admits (before the host's support is considered). A standard VM is not encrypted
     /// unless its policy names the encrypting stack (allow or pin) or nothing else is left: encryption costs the host CPU
     /// and the VM goodput (secure moves about 0.4× std-ipv4 on a clean link) and buys a standard VM nothing the selector
-    /// can measure, so letting it compete only adds noise to the choice.
+    /// can measure, so letting it compete only adds noise to the choice. Experimental stacks only where the policy admits
+    /// them (and the selector gives them only by exploration).
     /// </summary>
     public static IReadOnlyList<StackInfo> Eligible(Policy policy, IEnumerable<StackInfo> catalog)
     {
         var admitted = catalog
             .Where(s => s.Family == policy.Family)
+            .Where(s => !s.Experimental || policy.Experimental)
             .Where(s => policy.Security != "confidential" || s.Encrypts)
             .Where(s => policy.Allow.Length == 0 || policy.Allow.Contains(s.Id))
             .Where(s => !policy.Deny.Contains(s.Id))
@@ -93,6 +107,6 @@ public static partial class PolicyValidator
             return admitted;
         }
         var plain = admitted.Where(s => !s.Encrypts || policy.Allow.Contains(s.Id)).ToList();
-        return plain.Count > 0 ? plain : admitted;
+        return plain.Any(s => !s.Experimental) ? plain : admitted;
     }
 }

@@ -170,9 +170,10 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         // A pinned stack that is no longer published (withdrawn) or that this host does not run: the VM is not left on a
         // stack no host may run; it gets the best of what the rest of its policy admits, without exploring (the operator
         // pinned it), and every reason says why.
-        var lostPin = policy.Pin is { } pin && (!catalog.Any(s => s.Id == pin) || !hostStacks.Contains(pin)) ? pin : null;
+        // So is a pinned stack whose newest version was published experimental (a pin is never experimental).
+        var lostPin = policy.Pin is { } pin && (!catalog.Any(s => s.Id == pin) || !hostStacks.Contains(pin) || catalog.Any(s => s.Id == pin && s.Experimental)) ? pin : null;
         var choosing = lostPin is null ? policy : policy with { Pin = null, ExplorationShare = 0 };
-        var pinNote = lostPin is null ? "" : $"pinned {lostPin} is {(catalog.Any(s => s.Id == lostPin) ? "not run by this host" : "not published (withdrawn)")}, so the rest of the policy decides: ";
+        var pinNote = lostPin is null ? "" : $"pinned {lostPin} is {(catalog.FirstOrDefault(s => s.Id == lostPin) is not { } lost ? "not published (withdrawn)" : lost.Experimental ? $"experimental in {lost.Version}" : "not run by this host")}, so the rest of the policy decides: ";
         var candidates = PolicyValidator.Eligible(choosing, catalog).Where(s => hostStacks.Contains(s.Id)).ToList();
         var results = candidates.Select(s => (s.Id, Result: scorer.Score(s, conditions, policy, vmId, current))).ToList();
         // Where a model scores some candidates and the prior others, the prior's guesses count as uncertain as the scorer
@@ -201,11 +202,15 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             }
             return s;
         }
+        // An experimental stack (only in the candidates of a policy that admits them) is tried, never chosen: the best is
+        // the best of the rest.
+        var experimental = candidates.Where(c => c.Experimental).Select(c => c.Id).ToHashSet(StringComparer.Ordinal);
+        var stable = scored.Where(s => !experimental.Contains(s.Stack)).ToImmutableArray();
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.
         var spaced = lastExplored is not { } explored || (now - explored.At >= _options.ExploreSpacing
             && (PathSmoother.Significant(explored.Conditions, conditions) || now - explored.At >= _options.ExploreSameConditionsSpacing));
-        var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && spaced
-            ? scored.Where(s => s.Stack != current && s.Score >= scored[0].Score - _options.ExploreWithin).ToList()
+        var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && stable.Length > 0 && spaced
+            ? scored.Where(s => s.Stack != current && s.Score >= stable[0].Score - _options.ExploreWithin).ToList()
             : [];
         double Propensity(string stack, bool explored)
         {
@@ -216,16 +221,26 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         Decision Make(string stack, string reason, bool exploration = false) =>
             new(vmId, remoteHost, current, stack, stack != current, pinNote + reason, conditions, policy, scored, exploration, now, Propensity(stack, exploration));
 
-        if (scored.Length == 0)
+        if (stable.Length == 0)
         {
-            var why = $"no candidate: the policy admits none of the published stacks this host runs ({string.Join(", ", hostStacks.Order(StringComparer.Ordinal))})";
+            var why = $"no candidate: the policy admits none of the published stacks this host runs ({string.Join(", ", hostStacks.Order(StringComparer.Ordinal))})"
+                + (scored.Length > 0 ? $" but experimental ones ({string.Join(", ", scored.Select(s => s.Stack))}), which are only tried" : "");
             return (Make(current ?? "", why), null);
         }
-        var best = scored[0];
+        var best = stable[0];
         var currentScore = scored.FirstOrDefault(s => s.Stack == current);
         if (current is null || currentScore is null)
         {
             return (Make(best.Stack, current is null ? $"first decision: {Describe(best)}" : $"{current} is no longer allowed or available; {Describe(best)}"), null);
+        }
+        if (experimental.Contains(current))
+        {
+            // On trial: it stays until the VM's outcomes on it are in (they are its evidence), then the policy's choice
+            // returns; the outcomes judge it for later trials and for its promotion, never keep it.
+            return observed is null && currentSince is { } trial && now - trial < _options.JudgeWithin
+                ? (Make(current, $"experimental {current} is on trial for {(now - trial).TotalSeconds:0.#} s, until the VM's outcomes on it are in (up to {_options.JudgeWithin.TotalSeconds:0} s; {Describe(best)})"), null)
+                : (Make(best.Stack, $"experimental {current} ran its trial{(observed is { } o ? $" (the VM got {o.Score:0.###} ± {o.Spread:0.##} on it)" : "")}; "
+                    + $"an experimental stack is only tried, so back to the policy's choice: {Describe(best)}"), null);
         }
         if (conditions.Idle)
         {
