@@ -172,10 +172,12 @@ public sealed class SlotTableTests
     }
 
     [Fact]
-    public void AFreeSlot_IsNeverTheFallback_AndNoneIsFreeWhenAllAreTaken()
+    public void AFreeSlot_IsNeverTheFallback_NorALeadersSlotWhileAnotherIsFree_AndNoneIsFreeWhenAllAreTaken()
     {
         var table = Table();
-        for (var slot = 1; slot < SlotTable.Fallback; slot++)
+        var order = Enumerable.Range(1, SlotTable.Fallback - 1).OrderBy(SlotTable.IsLeaders).ToList();
+        Assert.Equal([.. Enumerable.Range(1, 63), .. Enumerable.Range(128, 64)], order.Take(127));
+        foreach (var slot in order)
         {
             Assert.Equal(slot, table.FreeSlot());
             table.Place(slot, new Held(), "fec", encrypts: false, openId: (ulong)slot, peerOpened: false, now: 0);

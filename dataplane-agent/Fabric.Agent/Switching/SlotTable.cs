@@ -114,15 +114,22 @@ internal sealed class SlotTable
         return -1;
     }
 
-    /// <summary>An empty slot other than the fallback, searched from the one after the transmit slot; -1 when none.</summary>
+    /// <summary>
+    /// An empty slot other than the fallback, searched from the one after the transmit slot, outside the leaders' halves
+    /// first (<see cref="IsLeaders"/>: a path's transmit slot there would read to the peer as a leader's choice, and a
+    /// control plane's reconciler would move every VM on it again); -1 when none.
+    /// </summary>
     public int FreeSlot()
     {
-        for (var i = 1; i < Count; i++)
+        foreach (var leaders in new[] { false, true })
         {
-            var candidate = (_transmitSlot + i) % Count;
-            if (_instances[candidate] is null && candidate != Fallback)
+            for (var i = 1; i < Count; i++)
             {
-                return candidate;
+                var candidate = (_transmitSlot + i) % Count;
+                if (_instances[candidate] is null && candidate != Fallback && IsLeaders(candidate) == leaders)
+                {
+                    return candidate;
+                }
             }
         }
         return -1;

@@ -212,6 +212,33 @@ public class PathSmootherTests
         Assert.True(fec.Score > std.Score, $"fec {fec} vs std-ipv4 {std}");
     }
 
+    /// <summary>
+    /// A new RTT floor that comes with a change of the link's loss is a new link: the minimum restarts within a few
+    /// seconds (the learning benchmark's metro link, 8 ms at 8 % loss, then 30 ms at 0.5 %), where the same floor on a link
+    /// whose loss stays takes <see cref="PathSmoother.RegimeSamples"/> seconds.
+    /// </summary>
+    [Theory]
+    [InlineData(0.08, 0.005, 6)]
+    [InlineData(0.005, 0.005, PathSmoother.RegimeSamples)]
+    public void ANewFloorWithANewLoss_RestartsTheMinimumSooner(double lossBefore, double lossAfter, int within)
+    {
+        var smoother = new PathSmoother();
+        var random = new Random(4);
+        var second = 0;
+        for (; second < 130; second++)
+        {
+            smoother.Add(Sample(second, 8 + random.NextDouble() * 0.2, lossBefore, sent: 3000));
+        }
+        var changedAt = second;
+        while (smoother.RegimeChanges == 0 && second < changedAt + 30)
+        {
+            smoother.Add(Sample(second++, 30 + random.NextDouble() * 0.5, lossAfter, sent: 3000));
+        }
+        Assert.Equal(1, smoother.RegimeChanges);
+        Assert.InRange(second - changedAt, PathSmoother.RegimeSamplesAfterChange, within);
+        Assert.InRange(smoother.Current!.MinRttMs, 29, 31);
+    }
+
     [Fact]
     public void AQueueSawingUpAndDown_KeepsTheMinimum_AndItsLossStaysCongestion()
     {
