@@ -103,7 +103,6 @@ internal sealed class PathMonitor
     private long _inTrainFirstAt;
     private long _inTrainLastAt;
     private long _inTrainFirstArrival;
-    private long _inTrainLastArrival;
     private long _inTrainBytes;
     private ulong _inTrainSeen;
     private long _answeredTrainId;
@@ -203,7 +202,7 @@ internal sealed class PathMonitor
                 return true;
             }
             (_inTrainId, _inTrainMembers, _inTrainFirstAt, _inTrainLastAt, _inTrainBytes, _inTrainSeen) = (id, 1, now, now, 0, 1UL << index);
-            (_inTrainFirstArrival, _inTrainLastArrival) = (arrival, arrival);
+            _inTrainFirstArrival = arrival;
             return true;
         }
         if ((_inTrainSeen & (1UL << index)) != 0)
@@ -218,8 +217,7 @@ internal sealed class PathMonitor
         _inTrainBytes += length;
         // A member without the host's receive time makes the whole train timed by the path's clock.
         _inTrainFirstArrival = arrival > 0 && _inTrainFirstArrival > 0 ? _inTrainFirstArrival : 0;
-        _inTrainLastArrival = arrival;
-        var spread = _inTrainFirstArrival > 0 ? _inTrainLastArrival - _inTrainFirstArrival : _inTrainLastAt - _inTrainFirstAt;
+        var spread = _inTrainFirstArrival > 0 ? arrival - _inTrainFirstArrival : _inTrainLastAt - _inTrainFirstAt;
         // Half the members at least, spread over 100 µs at least (one receive batch, or one coalesced receive, says nothing about the link).
         if (_inTrainMembers >= count / 2 && spread >= 100_000)
         {

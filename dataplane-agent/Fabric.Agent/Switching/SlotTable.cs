@@ -121,12 +121,12 @@ internal sealed class SlotTable
     /// </summary>
     public int FreeSlot()
     {
-        foreach (var leaders in new[] { false, true })
+        for (var pass = 0; pass < 2; pass++)
         {
             for (var i = 1; i < Count; i++)
             {
                 var candidate = (_transmitSlot + i) % Count;
-                if (_instances[candidate] is null && candidate != Fallback && IsLeaders(candidate) == leaders)
+                if (_instances[candidate] is null && candidate != Fallback && IsLeaders(candidate) == (pass == 1))
                 {
                     return candidate;
                 }
