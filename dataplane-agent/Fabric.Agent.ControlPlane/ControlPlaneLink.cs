@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using System.Net;
 using Azure.Data.Tables;
+using Fabric.Agent.Stacks;
 using Fabric.Agent.Switching;
 using Fabric.Hal.Inventory;
 using Fabric.Registration;
@@ -278,7 +279,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             nics = [];
         }
-        var loaded = s.StackHost.Registered.Where(id => !s.StackHost.Quarantined.ContainsKey(id)).Order(StringComparer.Ordinal).ToImmutableArray();
+        var loaded = s.StackHost.UsableIds.ToImmutableArray();
         return new HostInfo(HostId, s.UnderlayEndpoints.IPv4?.Address.ToString(), s.UnderlayEndpoints.IPv6?.Address.ToString(),
             s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0")
         {
@@ -585,7 +586,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     {
         var registered = _agent.Switch.StackHost.Registered;
         var choice = policy?.Pin ?? (policy?.Security == "confidential" ? "secure" : policy?.Family == "ipv6" ? "std-ipv6" : null);
-        return choice is not null && registered.Contains(choice) ? choice : null;
+        return choice is not null && registered.Any(key => StackKey.IdOf(key) == choice) ? choice : null;
     }
 
     private async Task ReportAsync(IHostGrain host, IReadOnlyDictionary<string, Switching.PathMeasurement> measurements)
@@ -618,8 +619,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 var tcp = vm.Tcp;
                 var vmId = owners.GetValueOrDefault(vm.VmId, vm.VmId);
                 outcomes.Add(tcp.Flows == 0
-                    ? new Outcome(vmId, peer, vm.Stack, conditions, vm.Bytes * 8 / seconds / 1e6, m.RttP50Ms, m.RttP99Ms, m.Loss, overhead, m.Interval)
-                    : new Outcome(vmId, peer, vm.Stack, conditions, tcp.AckedBytes * 8 / seconds / 1e6,
+                    ? new Outcome(vmId, peer, StackKey.IdOf(vm.Stack), conditions, vm.Bytes * 8 / seconds / 1e6, m.RttP50Ms, m.RttP99Ms, m.Loss, overhead, m.Interval)
+                    : new Outcome(vmId, peer, StackKey.IdOf(vm.Stack), conditions, tcp.AckedBytes * 8 / seconds / 1e6,
                         tcp.RttSamples > 0 ? tcp.RttP50Ms : m.RttP50Ms, tcp.RttSamples > 0 ? tcp.RttP99Ms : m.RttP99Ms,
                         tcp.SentDataBytes > 0 ? Math.Clamp((double)tcp.RetransmittedBytes / tcp.SentDataBytes, 0, 1) : 0, overhead, m.Interval,
                         Passive: true, tcp.RetransmittedBytes, tcp.ResponseP99Ms, tcp.Flows, tcp.Packets, tcp.Shape, tcp.TailP99Ms));

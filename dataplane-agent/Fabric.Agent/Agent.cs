@@ -172,10 +172,12 @@ public sealed class Agent : IDisposable
     /// <summary>
     /// Reads the signed targets again (every <c>repository.refreshSeconds</c>). A stack they no longer publish at all, or
     /// no longer publish in the version this host runs, is withdrawn: unbound, refused, its slots drained, unloaded once
-    /// idle. A stack newly published is registered (and one withdrawn before, once its old version has unloaded). A newer
-    /// version of a stack this host runs is not taken while the old one is still published (a version upgrade is not yet
-    /// a swap: it is said, and taken at the next start). Targets that do not verify (forged, expired, rolled back) change
-    /// nothing: the host keeps running what it verified and says why. Never throws (it runs on a timer).
+    /// idle. A stack or version newly published is registered beside the versions already there (and one withdrawn
+    /// before, once its old copy has unloaded), and VM bindings on an older version of its id move to it hitlessly, path
+    /// by path, as soon as the peer runs it too (<see cref="Switching.Switch.UpgradeBindingsAsync"/>, tried again at every
+    /// refresh); a withdrawn newest version sends its bindings back to the previous one the same way. Targets that do not
+    /// verify (forged, expired, rolled back) change nothing: the host keeps running what it verified and says why. Never
+    /// throws (it runs on a timer).
     /// </summary>
     public void RefreshStacks()
     {
@@ -205,27 +207,53 @@ public sealed class Agent : IDisposable
     {
         var read = SignedStacks.Read(repository, _logger);
         var published = read.Targets.Targets.Values;
-        foreach (var (id, running) in _signed.ToList())
+        foreach (var (key, running) in _signed.ToList())
         {
-            var versions = published.Where(t => t.Id == id).ToList();
+            var versions = published.Where(t => t.Id == running.Id).ToList();
             var reason = versions.Count == 0 ? $"targets v{read.Targets.Version} no longer publish it"
-                : versions.All(t => t.Sha256 != running.Sha256) ? $"targets v{read.Targets.Version} no longer publish version {running.Version} (they publish {string.Join(", ", versions.Select(t => t.Version))})"
+                : !versions.Any(t => t.Version == running.Version && t.Sha256 == running.Sha256) ? $"targets v{read.Targets.Version} no longer publish version {running.Version} (they publish {string.Join(", ", versions.Select(t => t.Version))})"
                 : null;
             if (reason is not null)
             {
-                Switch.WithdrawStack(id, reason);
-                _signed.Remove(id);
-            }
-            else if (read.Stacks.FirstOrDefault(s => s.Id == id) is { } newest && newest.Sha256 != running.Sha256 && _newerSaid.Add(newest.Sha256))
-            {
-                Log.NewerVersionWaits(_logger, id, newest.Version, running.Version);
+                Switch.WithdrawStack(key, reason);
+                _signed.Remove(key);
             }
         }
-        foreach (var stack in read.Stacks.Where(v => !_signed.ContainsKey(v.Id) && Switch.StackHost.CanRegister(v.Id)))
+        foreach (var stack in read.Stacks.Where(v => !_signed.ContainsKey(StackKey.Of(v.Id, v.Version)) && Switch.StackHost.CanRegister(StackKey.Of(v.Id, v.Version))))
         {
             RegisterSigned(stack);
         }
         Said(read);
+        UpgradeBindings();
+    }
+
+    private int _upgrading;
+
+    /// <summary>Moves bindings on older versions to the newest each id has (in the background; one round at a time).</summary>
+    private void UpgradeBindings()
+    {
+        if (Interlocked.Exchange(ref _upgrading, 1) == 1)
+        {
+            return;
+        }
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                if (await Switch.UpgradeBindingsAsync().ConfigureAwait(false) is > 0 and var moved)
+                {
+                    Log.BindingsUpgraded(_logger, moved);
+                }
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Log.RepositoryRefreshFailed(_logger, _signed.Count, $"moving bindings to newer stack versions: {e.Message}");
+            }
+            finally
+            {
+                Volatile.Write(ref _upgrading, 0);
+            }
+        });
     }
 
     /// <summary>Logs each package that could not be had or used, and records what this read of the targets found for status.</summary>
@@ -249,16 +277,14 @@ public sealed class Agent : IDisposable
 
     private readonly HashSet<string> _refusedSaid = new(StringComparer.Ordinal);
 
-    private readonly HashSet<string> _newerSaid = new(StringComparer.Ordinal);
-
     /// <summary>Registers a verified stack under its signed id; one that will not load, or whose factory declares another
     /// id, is refused and said, and the host goes on with the others (it is tried again at the next refresh).</summary>
     private void RegisterSigned(SignedStacks.VerifiedStack stack)
     {
         try
         {
-            Switch.RegisterStack(stack.EntryPath, stack.Id, stack.Digests);
-            _signed[stack.Id] = stack;
+            Switch.RegisterStack(stack.EntryPath, stack.Id, stack.Digests, stack.Version);
+            _signed[StackKey.Of(stack.Id, stack.Version)] = stack;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
@@ -473,14 +499,15 @@ public sealed class Agent : IDisposable
         {
             Host = p.Spec.HostId,
             Stack = p.TransmitStack,
+            StackVersion = p.TransmitKey is { } key ? StackKey.VersionOf(key) : null,
             Slot = p.TransmitSlot,
             p.SequenceGaps,
             InnerMtu = Switch.InnerMtu(p),
             Sent = new { Datagrams = p.Counters.TxPackets, Bytes = p.Counters.TxBytes },
             Received = new { Datagrams = p.Counters.RxPackets, Bytes = p.Counters.RxBytes },
             Drops = p.Counters.DropSnapshot(),
-            Bindings = p.VmBindings().Select(b => new { Vm = b.Key, b.Value.Stack, b.Value.Slot }),
-            Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value) }),
+            Bindings = p.VmBindingKeys().Select(b => new { Vm = b.Key, Stack = b.Value.Stack is { } key ? StackKey.IdOf(key) : null, Version = b.Value.Stack is { } bound ? StackKey.VersionOf(bound) : null, b.Value.Slot }),
+            Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Version, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value) }),
         }),
         Registrations = _registrations.Status(),
         UnreadableRegistrations = _registrations.Unreadable.Select(u => new { u.File, u.SetAside, u.Reason }),

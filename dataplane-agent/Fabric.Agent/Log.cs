@@ -41,8 +41,8 @@ internal static partial class Log
     [LoggerMessage(12, LogLevel.Error, "Stack {StackId} {Version} published but not registered: {Reason}")]
     public static partial void StackRefused(ILogger logger, string stackId, string version, string reason);
 
-    [LoggerMessage(13, LogLevel.Warning, "Stack {StackId} {Version} is published; this host keeps running {Running} until it restarts (a version upgrade is not yet a swap)")]
-    public static partial void NewerVersionWaits(ILogger logger, string stackId, string version, string running);
+    [LoggerMessage(13, LogLevel.Information, "{Count} VM binding(s) moved to their stack's newest version")]
+    public static partial void BindingsUpgraded(ILogger logger, int count);
 
     [LoggerMessage(14, LogLevel.Error, "Housekeeping round failed (tried again in 250 ms): {Reason}")]
     public static partial void HousekeepingFailed(ILogger logger, string reason);

@@ -123,7 +123,7 @@ public class BindingTests
         // Past ten minutes: host A closes it and says so.
         time.Advance(TimeSpan.FromSeconds(2));
         Assert.False(pathAtA.StackStats().ContainsKey(slot));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains($"slot {slot} on the path to host-b (swap-test), opened by the peer, received nothing for 600 s: closed", StringComparison.Ordinal));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains($"slot {slot} on the path to host-b (swap-test@0.1.0), opened by the peer, received nothing for 600 s: closed", StringComparison.Ordinal));
 
         // vm3 speaks again: its first frame finds no slot at A, which asks B to open it again; then the frames flow through it.
         hosts.Vm("vm3").Transmit(frame);
@@ -146,6 +146,6 @@ public class BindingTests
         Eventually.True(() => hosts.A.Switch.Paths["host-b"].StackStats().TryGetValue(slot, out var secure) && secure.Stats.Drops.GetValueOrDefault(StackDropReason.NotConfigured) == 1, TimeSpan.FromSeconds(5),
             "the frame dropped by secure", () => "not yet");
         Assert.True(hosts.Silent("vm3", TimeSpan.Zero));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack secure on the path to host-b: not-configured", StringComparison.Ordinal));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack secure@2.0.0 on the path to host-b: not-configured", StringComparison.Ordinal));
     }
 }

@@ -25,7 +25,7 @@ public class ConfidentialityTests
 
         // The stack throws: it is quarantined, and its bindings fall back to std — except vm1's frames, which must stay encrypted.
         hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TXFAULT"));
-        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty-sealed"), TimeSpan.FromSeconds(5), "quarantine", () => "not quarantined");
+        Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty-sealed"), TimeSpan.FromSeconds(5), "quarantine", () => "not quarantined");
         var path = hosts.A.Switch.Paths["host-b"];
         var sentBefore = path.Counters.TxPackets;
         for (var i = 0; i < 5; i++)
@@ -59,7 +59,7 @@ public class ConfidentialityTests
         Assert.True(hosts.Silent("vm3", TimeSpan.Zero));
         // Whoever asks, a stack that does not encrypt is refused for it, naming why.
         var refused = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", TestContext.Current.CancellationToken);
-        Assert.Equal("VM 'vm1' must be encrypted (its policy is confidential) and stack 'swap-test' does not encrypt", refused);
+        Assert.Equal("VM 'vm1' must be encrypted (its policy is confidential) and stack 'swap-test@0.1.0' does not encrypt", refused);
         Assert.NotNull(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "std-ipv4", TestContext.Current.CancellationToken));
         // Its broadcasts are not flooded in clear either; a neighbour's are.
         hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, MacAddress.Broadcast, "10.0.0.1", "255.255.255.255", 50, dontFragment: false));
@@ -157,7 +157,7 @@ public class ConfidentialityTests
         // Not handed to the path's std stack (the slot that encrypts, opened meanwhile, sends its own handshake).
         Assert.Equal(0, path.StackStats()[0].Stats.FramesIn);
         Assert.Contains(hosts.B.Switch.Events, e => e.Contains("vm3's frames to a confidential VM on host-a would leave through std-ipv4", StringComparison.Ordinal));
-        Eventually.True(() => hosts.B.Switch.Events.Any(e => e.Contains("secure opened in slot", StringComparison.Ordinal)), TimeSpan.FromSeconds(10), "B opens secure",
+        Eventually.True(() => hosts.B.Switch.Events.Any(e => e.Contains("secure@2.0.0 opened in slot", StringComparison.Ordinal)), TimeSpan.FromSeconds(10), "B opens secure",
             () => string.Join("\n", hosts.B.Switch.Events));
         hosts.Vm("vm3").Transmit(toVm1);
         Assert.Equal(toVm1, hosts.Expect("vm1"));
@@ -179,6 +179,6 @@ public class ConfidentialityTests
         hosts.Vm("vm3").Transmit(toVm2Tcp);
         Assert.Equal(toVm2Tcp, hosts.Expect("vm2"));
         var vm3 = hosts.B.Switch.Measure()["host-a"].Vms.Single(v => v.VmId == "vm3");
-        Assert.Equal(("std-ipv4", 1L, 1L), (vm3.Stack, vm3.Frames, vm3.Tcp.Packets));
+        Assert.Equal(("std-ipv4@1.0.0", 1L, 1L), (vm3.Stack, vm3.Frames, vm3.Tcp.Packets));
     }
 }

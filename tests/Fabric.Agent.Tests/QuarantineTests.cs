@@ -19,8 +19,8 @@ public class QuarantineTests
 
         hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXFAULT"));
         Eventually.True(() => hosts.A.Switch.Paths["host-b"].TransmitStack == "std-ipv4", TimeSpan.FromSeconds(5), "fallback", () => "still on the faulty stack");
-        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: transmit on the path to host-b (slot 0) threw InvalidOperationException", StringComparison.Ordinal));
+        Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty@0.0.1 quarantined: transmit on the path to host-b (slot 0) threw InvalidOperationException", StringComparison.Ordinal));
 
         // Traffic goes on through the fallback slot, which the peer always has open.
         hosts.Vm("vm1").Transmit(normal);
@@ -34,7 +34,7 @@ public class QuarantineTests
         Assert.Equal(local, hosts.Expect("vm2"));
         // No new binding of the quarantined stack is allowed.
         var refused = hosts.A.Handle(new ApiRequest("prepare-swap", Id: "host-b", Stack: "faulty"));
-        Assert.Contains("'faulty' is quarantined", refused.Error, StringComparison.Ordinal);
+        Assert.Contains("'faulty@0.0.1' is quarantined", refused.Error, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -43,7 +43,7 @@ public class QuarantineTests
         using var hosts = new TwoHosts("faulty");
         hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "RXFAULT"));
         Eventually.True(() => hosts.B.Switch.Paths["host-a"].TransmitStack == "std-ipv4", TimeSpan.FromSeconds(5), "fallback on B", () => "still on the faulty stack");
-        Assert.True(hosts.B.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.True(hosts.B.Switch.StackHost.IsQuarantined("faulty"));
         // The datagram was handled (its fault counted): it reached no VM.
         Assert.Equal(1, hosts.B.Switch.Paths["host-a"].Counters.Drops(DropReason.StackFault));
         Assert.True(hosts.Silent("vm3", TimeSpan.Zero));
@@ -59,7 +59,7 @@ public class QuarantineTests
     {
         using var hosts = new TwoHosts("faulty");
         hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXHANG"));
-        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "hang watchdog", () => string.Join("; ", hosts.A.Switch.Events));
+        Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty"), TimeSpan.FromSeconds(5), "hang watchdog", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("hung in a call on the path to host-b", StringComparison.Ordinal));
         // While vm1's thread is stuck in the stack, vm2's traffic and the API are served, without waiting for the stuck call.
         hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac1, "10.0.0.2", "10.0.0.1", 100));
@@ -86,7 +86,7 @@ public class QuarantineTests
         // vm1's thread goes into the stack and never comes back: it holds the path's gate for ever.
         hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXSTUCK"));
         Eventually.True(() => hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10), "host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
         Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the path to host-b was replaced by a fresh one on std-ipv4", StringComparison.Ordinal));
         Assert.Equal(1, hosts.A.Switch.PathsReplaced);
@@ -134,7 +134,7 @@ public class QuarantineTests
         Eventually.True(() => hosts.B.Switch.Events.Any(e => e.Contains("the underlay receive thread on", StringComparison.Ordinal)), TimeSpan.FromSeconds(10),
             "host-b's receive thread replaced", () => string.Join("; ", hosts.B.Switch.Events));
         // The path's watchdog may see the stuck call a round after the underlay's does.
-        Eventually.True(() => hosts.B.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "the stuck stack quarantined",
+        Eventually.True(() => hosts.B.Switch.StackHost.IsQuarantined("faulty"), TimeSpan.FromSeconds(5), "the stuck stack quarantined",
             () => string.Join("; ", hosts.B.Switch.Events));
 
         // Host-b receives again: vm2's frames reach vm3 (through host-b's fresh path, read by the new receive thread).
@@ -158,7 +158,7 @@ public class QuarantineTests
         hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TIMERSTUCK"));
         Eventually.True(() => hosts.A.Switch.MonitorReplacements > 0 && hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10),
             "the monitor and host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("the path monitor was stuck for over 1000 ms: a new one took its place", StringComparison.Ordinal));
 
         // The new monitor probes the fresh path (every 100 ms), and host-b answers.
@@ -189,7 +189,7 @@ public class QuarantineTests
         }
         Eventually.True(() => hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10), "host-b's path replaced",
             () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
     }
 
     /// <summary>
@@ -217,9 +217,9 @@ public class QuarantineTests
         }
         Assert.Equal(0, hosts.A.Switch.Paths["host-b"].Counters.Drops(DropReason.PathStuck));
         // The hung Dispose is noticed: every instance of the stack would hold a thread when it closes, so none is made again.
-        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(20), "faulty quarantined",
+        Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty"), TimeSpan.FromSeconds(20), "faulty quarantined",
             () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: an instance's Dispose has not returned for over 5 s", StringComparison.Ordinal));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty@0.0.1 quarantined: an instance's Dispose has not returned for over 5 s", StringComparison.Ordinal));
         // Housekeeping goes on: a slot swapped away from now drains and is closed too.
         Swap(hosts, "swap-test");
         Swap(hosts, "std-ipv4");
@@ -250,10 +250,10 @@ public class QuarantineTests
         var stuck = hosts.A.Switch.Paths["host-b"];
         // On a thread of its own: the call never returns (through the switch, not the API, whose gate it would hold).
         _ = Task.Run(() => hosts.A.Switch.PrepareSwap("host-b", "faulty"), TestContext.Current.CancellationToken);
-        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty") && hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck,
+        Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty") && hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck,
             TimeSpan.FromSeconds(10), "faulty quarantined and host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined: hung in a call on the path to host-b", StringComparison.Ordinal));
-        Assert.False(hosts.A.Switch.StackHost.Quarantined.ContainsKey("std-ipv4"));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty@0.0.1 quarantined: hung in a call on the path to host-b", StringComparison.Ordinal));
+        Assert.False(hosts.A.Switch.StackHost.IsQuarantined("std-ipv4"));
         Vm2ReachesVm3AfterTheReplacement(hosts);
     }
 
@@ -270,7 +270,7 @@ public class QuarantineTests
         Assert.False(refused.Ok);
         Assert.Contains("did not create an instance within 2 s", refused.Error, StringComparison.Ordinal);
         Assert.True(watch.Elapsed < TimeSpan.FromSeconds(30), $"the binding took {watch.Elapsed}");
-        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
         Assert.True(hosts.A.Handle(new ApiRequest("status")).Ok);
         var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
         hosts.Vm("vm2").Transmit(fromVm2);

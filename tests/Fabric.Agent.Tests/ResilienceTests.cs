@@ -42,9 +42,9 @@ public class ResilienceTests
         using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["failToStartAt"] = "host-b" } });
         var error = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "faulty", TestContext.Current.CancellationToken);
         Assert.Contains("host 'host-b' did not open faulty", error, StringComparison.Ordinal);
-        Assert.Contains("stack 'faulty' failed to start on the path to 'host-a': InvalidOperationException: faulty stack: asked not to start on host-b", error, StringComparison.Ordinal);
-        Assert.True(hosts.B.Switch.StackHost.Quarantined.ContainsKey("faulty"));
-        Assert.Contains(hosts.B.Switch.Events, e => e.Contains("stack faulty quarantined: stack 'faulty' failed to start", StringComparison.Ordinal));
+        Assert.Contains("stack 'faulty@0.0.1' failed to start on the path to 'host-a': InvalidOperationException: faulty stack: asked not to start on host-b", error, StringComparison.Ordinal);
+        Assert.True(hosts.B.Switch.StackHost.IsQuarantined("faulty"));
+        Assert.Contains(hosts.B.Switch.Events, e => e.Contains("stack faulty@0.0.1 quarantined: stack 'faulty@0.0.1' failed to start", StringComparison.Ordinal));
         // vm1 stays on the path's stack, and B's underlay thread took it in its stride: traffic goes both ways.
         Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].VmBindings().GetValueOrDefault("vm1").Stack ?? "std-ipv4");
         var there = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
@@ -61,8 +61,8 @@ public class ResilienceTests
     {
         using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["failToStartAt"] = "host-a" } });
         var error = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "faulty", TestContext.Current.CancellationToken);
-        Assert.Equal("stack 'faulty' failed to start on the path to 'host-b': InvalidOperationException: faulty stack: asked not to start on host-a", error);
-        Assert.True(hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"));
+        Assert.Equal("stack 'faulty@0.0.1' failed to start on the path to 'host-b': InvalidOperationException: faulty stack: asked not to start on host-a", error);
+        Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
         Assert.Equal(0, hosts.A.Switch.StackHost.Entries().Single(e => e.Id == "faulty").Bindings);
         var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
         hosts.Vm("vm1").Transmit(frame);
@@ -92,8 +92,8 @@ public class ResilienceTests
     {
         using var hosts = new TwoHosts("faulty");
         hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, marker));
-        Eventually.True(() => hosts.A.Switch.StackHost.Quarantined.ContainsKey("faulty"), TimeSpan.FromSeconds(5), "the stack quarantined", () => string.Join("; ", hosts.A.Switch.Events));
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty quarantined", StringComparison.Ordinal) && e.Contains(says, StringComparison.Ordinal));
+        Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty"), TimeSpan.FromSeconds(5), "the stack quarantined", () => string.Join("; ", hosts.A.Switch.Events));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty@0.0.1 quarantined", StringComparison.Ordinal) && e.Contains(says, StringComparison.Ordinal));
         Assert.Equal(0, hosts.A.Switch.MonitorFaults);
         hosts.A.Switch.Measure();
         Eventually.True(() => hosts.A.Switch.Measure().TryGetValue("host-b", out var m) && m.ProbesAnswered > 0, TimeSpan.FromSeconds(5),

@@ -41,7 +41,7 @@ public class StackHostTests
         Assert.Equal(1, host.Entries().Single().Bindings);
         time.Advance(TimeSpan.FromSeconds(10));
         Assert.Equal(0, host.Collect());
-        host.Release("swap-test");
+        host.Release(stack.Key);
         time.Advance(TimeSpan.FromSeconds(1));
         Assert.Equal(0, host.Collect());
         time.Advance(TimeSpan.FromSeconds(1));
@@ -78,7 +78,7 @@ public class StackHostTests
 
             File.Copy(StackPlugins.PathOf(StackPlugins.StdIPv4), unpacked.EntryPath, overwrite: true);
             var refused = Assert.Throws<InvalidOperationException>(() => host.Acquire("swap-test"));
-            Assert.Contains("Stack 'swap-test' could not be loaded", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("Stack 'swap-test@0.1.0' could not be loaded", refused.Message, StringComparison.Ordinal);
             Assert.Contains("does not match the stack's signed package", refused.Message, StringComparison.Ordinal);
             Assert.False(host.Entries().Single().Loaded);
 
@@ -100,7 +100,7 @@ public class StackHostTests
         {
             Assert.NotNull(instance.GetStats());
         }
-        host.Release("swap-test");
+        host.Release(stack.Key);
         host.Collect();
     }
 

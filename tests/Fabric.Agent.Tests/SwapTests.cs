@@ -14,44 +14,7 @@ public class SwapTests
     public void TwentySwapsUnderTraffic_LoseNothingAndLeaveOnlyTheLastStackBound(string other)
     {
         using var hosts = new TwoHosts(settings: SecureKeys);
-        var sent = 0;
-        var received = 0;
-        using var stop = new CancellationTokenSource();
-        var traffic = new Thread(() =>
-        {
-            // About 20,000 frames a second: enough to see any gap, slow enough for the sink on a loaded machine.
-            var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 1000);
-            var clock = System.Diagnostics.Stopwatch.StartNew();
-            while (!stop.IsCancellationRequested)
-            {
-                if (clock.Elapsed.TotalMilliseconds * 20 < sent)
-                {
-                    Thread.Yield();
-                    continue;
-                }
-                if (hosts.Vm("vm1").Transmit(frame) == PortResult.Ok)
-                {
-                    Interlocked.Increment(ref sent);
-                }
-            }
-        });
-        var sink = new Thread(() =>
-        {
-            var buffer = new byte[2048];
-            // After the sender stops, frames still in the underlay sockets keep arriving: drain until everything sent
-            // is in, or nothing has come for 2 s (then the count assertion below reports what is missing).
-            var idle = System.Diagnostics.Stopwatch.StartNew();
-            while (!stop.IsCancellationRequested || (Volatile.Read(ref received) < Volatile.Read(ref sent) && idle.Elapsed < TimeSpan.FromSeconds(2)))
-            {
-                if (hosts.Vm("vm3").Receive(buffer, out _, TimeSpan.FromMilliseconds(50)) == PortResult.Ok)
-                {
-                    Interlocked.Increment(ref received);
-                    idle.Restart();
-                }
-            }
-        });
-        traffic.Start();
-        sink.Start();
+        using var stream = new FrameStream(hosts);
         string[] stacks = [other, "std-ipv4"];
         var stackDrops = new Dictionary<string, string>();
         for (var i = 0; i < 20; i++)
@@ -71,17 +34,15 @@ public class SwapTests
             }
         }
         Thread.Sleep(200);
-        stop.Cancel();
-        traffic.Join();
-        sink.Join();
-        Assert.True(sent > 1000, $"only {sent} frames were sent during the swaps");
+        stream.Stop();
+        Assert.True(stream.Sent > 1000, $"only {stream.Sent} frames were sent during the swaps");
         // Nothing lost on the overlay (path sequence), nothing dropped at vm3's port, everything delivered.
         Assert.Equal(0, hosts.B.Switch.Paths["host-a"].SequenceGaps);
         Assert.Equal(0, hosts.B.Switch.Vms["vm3"].Counters.Drops(Fabric.Agent.Switching.DropReason.TransmitFailed));
         string Drops(Agent agent, string peer) => string.Join(", ", Enum.GetValues<Fabric.Agent.Switching.DropReason>()
             .Select(r => (r, n: agent.Switch.Paths[peer].Counters.Drops(r))).Where(x => x.n > 0).Select(x => $"{x.r} {x.n}"))
             + "; stacks: " + string.Join(", ", hosts.A.Switch.Events.Concat(hosts.B.Switch.Events).Where(e => e.Contains("stack ", StringComparison.Ordinal)).TakeLast(5));
-        Assert.True(sent == received, $"sent {sent}, received {received}; drops at A: {Drops(hosts.A, "host-b")}; at B: {Drops(hosts.B, "host-a")}; {string.Join("; ", stackDrops.Where(d => !d.Value.EndsWith(": ", StringComparison.Ordinal)))}");
+        Assert.True(stream.Sent == stream.Received, $"sent {stream.Sent}, received {stream.Received}; drops at A: {Drops(hosts.A, "host-b")}; at B: {Drops(hosts.B, "host-a")}; {string.Join("; ", stackDrops.Where(d => !d.Value.EndsWith(": ", StringComparison.Ordinal)))}");
         Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
 
         // After the drain time every old slot is closed and swap-test is unbound (then unloaded).
@@ -105,7 +66,7 @@ public class SwapTests
         var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
         hosts.Vm("vm1").Transmit(frame);
         Assert.Equal(slot, await prepare);
-        Assert.Contains(hosts.A.Switch.Events, e => e.Contains($"does not have slot {slot} (faulty)", StringComparison.Ordinal));
+        Assert.Contains(hosts.A.Switch.Events, e => e.Contains($"does not have slot {slot} (faulty@0.0.1)", StringComparison.Ordinal));
         Ok(hosts.B.Handle(new ApiRequest("commit-swap", Id: "host-a", Slot: slot)));
         // The peer's open may still be creating its instance, which it then lets go.
         Eventually.True(() => Bindings(hosts.B, "faulty") == 1, TimeSpan.FromSeconds(5), "one instance counted", () => $"{Bindings(hosts.B, "faulty")} counted");

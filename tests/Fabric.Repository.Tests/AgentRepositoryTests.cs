@@ -19,12 +19,14 @@ public class AgentRepositoryTests
         repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.2.0"));
         using var agent = new Fabric.Agent.Agent(Config(repo), NullLogger.Instance);
         agent.Start();
-        Assert.Equal(["std-ipv4", "swap-test"], agent.Switch.StackHost.Registered.Order(StringComparer.Ordinal));
+        // Both published versions of swap-test side by side, each as its signed target names it.
+        Assert.Equal(["std-ipv4@1.0.0", "swap-test@0.1.0", "swap-test@0.2.0"], agent.Switch.StackHost.Registered);
         var response = agent.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("peer", "127.0.0.1", null, "swap-test", 9)));
         Assert.True(response.Ok, response.Error);
         Assert.Equal("swap-test", agent.Switch.Paths["peer"].TransmitStack);
+        Assert.Equal("swap-test@0.2.0", agent.Switch.Paths["peer"].TransmitKey);
         // Unpacked once, by digest, under the state folder.
-        Assert.Equal(2, Directory.GetDirectories(Path.Combine(repo.Folder, "agent-state", "stacks")).Length);
+        Assert.Equal(3, Directory.GetDirectories(Path.Combine(repo.Folder, "agent-state", "stacks")).Length);
     }
 
     [Fact]
@@ -42,7 +44,7 @@ public class AgentRepositoryTests
         using var agent = new Fabric.Agent.Agent(Config(repo), NullLogger.Instance);
         agent.Start();
         // The agent runs what verifies; the tampered package is never unpacked, and the status says why.
-        Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
+        Assert.Equal(["std-ipv4@1.0.0"], agent.Switch.StackHost.Registered);
         Assert.Single(Directory.GetDirectories(Path.Combine(repo.Folder, "agent-state", "stacks")));
         Assert.Contains("does not match its signed length and SHA-256", AgentConfig.Serialize(agent.Status()), StringComparison.Ordinal);
     }
@@ -77,7 +79,7 @@ public class AgentRepositoryTests
         repo.Forge(SignedFile.Create(forged, [rogue]), forged.Version);
         agent.RefreshStacks();
         Assert.Equal("swap-test", agent.Switch.Paths["peer"].TransmitStack);
-        Assert.Contains("swap-test", agent.Switch.StackHost.Registered);
+        Assert.Contains("swap-test@0.1.0", agent.Switch.StackHost.Registered);
         Assert.Empty(agent.Switch.StackHost.Withdrawn);
         Assert.Contains("\"lastError\"", AgentConfig.Serialize(agent.Status()), StringComparison.Ordinal);
 
@@ -87,8 +89,8 @@ public class AgentRepositoryTests
         Assert.Equal(["swap-test/0.1.0"], repo.Publisher.Withdraw("swap-test", null, repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7)));
         agent.RefreshStacks();
         Assert.Equal("std-ipv4", agent.Switch.Paths["peer"].TransmitStack);
-        Assert.DoesNotContain("swap-test", agent.Switch.StackHost.Registered);
-        Assert.Contains("no longer publish it", agent.Switch.StackHost.Withdrawn["swap-test"], StringComparison.Ordinal);
+        Assert.DoesNotContain("swap-test", agent.Switch.StackHost.UsableIds);
+        Assert.Contains("no longer publish it", agent.Switch.StackHost.Withdrawn["swap-test@0.1.0"], StringComparison.Ordinal);
         var refused = agent.Handle(new ApiRequest("prepare-swap", Id: "peer", Stack: "swap-test"));
         Assert.False(refused.Ok);
         Assert.Contains("withdrawn", refused.Error, StringComparison.Ordinal);
@@ -104,26 +106,26 @@ public class AgentRepositoryTests
         // A new version is published: registered at the next refresh, and usable, without a restart.
         repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.2.0"));
         agent.RefreshStacks();
-        Assert.Contains("swap-test", agent.Switch.StackHost.Registered);
-        Assert.Empty(agent.Switch.StackHost.Withdrawn);
+        Assert.Contains("swap-test@0.2.0", agent.Switch.StackHost.Registered);
         var prepared = agent.Handle(new ApiRequest("prepare-swap", Id: "peer", Stack: "swap-test"));
         Assert.True(prepared.Ok, prepared.Error);
 
-        // A newer version is not a withdrawal of the one running (that one is still published): it keeps running.
+        // A newer version is registered beside the one running, which is still published: both are usable, the newer
+        // one for new work.
         repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "swap-test", "0.3.0"));
         agent.RefreshStacks();
-        Assert.Empty(agent.Switch.StackHost.Withdrawn);
-        // Withdrawing the running version is: once it has unloaded, the version still published takes its place.
+        Assert.Equal(["swap-test@0.2.0", "swap-test@0.3.0"], agent.Switch.StackHost.Registered.Where(k => StackKey.IdOf(k) == "swap-test"));
+        Assert.Equal("swap-test@0.3.0", agent.Switch.StackHost.Resolve("swap-test"));
+        Assert.DoesNotContain(agent.Switch.StackHost.Withdrawn.Keys, k => k != "swap-test@0.1.0");
+        // Withdrawing one version withdraws it alone: the other runs on.
         repo.Publisher.Withdraw("swap-test", "0.2.0", repo.TargetsKey, repo.SnapshotKey, repo.TimestampKey, TimeSpan.FromDays(7));
         agent.RefreshStacks();
-        Assert.Contains("no longer publish version 0.2.0 (they publish 0.3.0)", agent.Switch.StackHost.Withdrawn["swap-test"], StringComparison.Ordinal);
-        // (The slot prepared above drains and closes like every slot of a withdrawn stack.)
-        Eventually.True(() =>
-        {
-            agent.RefreshStacks();
-            return agent.Switch.StackHost.Registered.Contains("swap-test");
-        }, TimeSpan.FromSeconds(10), "0.3.0 registered after 0.2.0 unloaded", () => string.Join("; ", agent.Switch.StackHost.Entries()) + " | " + string.Join("; ", agent.Switch.Events));
-        Assert.Empty(agent.Switch.StackHost.Withdrawn);
+        Assert.Contains("no longer publish version 0.2.0 (they publish 0.3.0)", agent.Switch.StackHost.Withdrawn["swap-test@0.2.0"], StringComparison.Ordinal);
+        Assert.Equal(["swap-test@0.3.0"], agent.Switch.StackHost.Registered.Where(k => StackKey.IdOf(k) == "swap-test"));
+        // (The slot prepared above drains and closes like every slot of a withdrawn version.)
+        Eventually.True(() => !agent.Switch.StackHost.Entries().Any(e => e.Withdrawn), TimeSpan.FromSeconds(10), "0.2.0 unloaded",
+            () => string.Join("; ", agent.Switch.StackHost.Entries()) + " | " + string.Join("; ", agent.Switch.Events));
+        Assert.True(agent.Handle(new ApiRequest("prepare-swap", Id: "peer", Stack: "swap-test")).Ok);
     }
 
     [Fact]
@@ -135,9 +137,9 @@ public class AgentRepositoryTests
         repo.Publish(TestRepository.Package(StackPlugins.SwapTest, "fec", "9.0.0"));
         using var agent = new Fabric.Agent.Agent(Config(repo), NullLogger.Instance);
         agent.Start();
-        Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
+        Assert.Equal(["std-ipv4@1.0.0"], agent.Switch.StackHost.Registered);
         agent.RefreshStacks();
-        Assert.Equal(["std-ipv4"], agent.Switch.StackHost.Registered);
+        Assert.Equal(["std-ipv4@1.0.0"], agent.Switch.StackHost.Registered);
     }
 
     /// <summary>
@@ -160,7 +162,7 @@ public class AgentRepositoryTests
         var logs = new ListLogger();
         using var agent = new Fabric.Agent.Agent(Config(repo), logs);
         agent.Start();
-        Assert.Equal(["swap-test"], agent.Switch.StackHost.Registered);
+        Assert.Equal(["swap-test@0.1.0"], agent.Switch.StackHost.Registered);
         Assert.Equal("swap-test", agent.Switch.StackHost.Acquire("swap-test").Description.Id);
         Assert.Contains(logs.Lines, l => l.Contains("unpacked again from the verified package", StringComparison.Ordinal) && l.Contains("does not match the signed package", StringComparison.Ordinal));
     }

@@ -134,7 +134,7 @@ public class BlobStoreTests(Azurite azurite)
         Assert.Equal(online, offline);
         using var agent = new Fabric.Agent.Agent(new AgentConfig("host-x", new UnderlayConfig("127.0.0.1", null, Port: 0), [.. offline], "unused"), NullLogger.Instance);
         agent.Start();
-        Assert.Equal(["std-ipv4", "swap-test"], agent.Switch.StackHost.Registered.Order(StringComparer.Ordinal));
+        Assert.Equal(["std-ipv4", "swap-test"], agent.Switch.StackHost.UsableIds);
 
         // A host that never verified anything has nothing to fall back on, and says so.
         var fresh = config with { StateDirectory = Path.Combine(keys.Folder, "fresh-state") };

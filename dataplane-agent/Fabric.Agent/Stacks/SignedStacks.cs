@@ -7,17 +7,21 @@ namespace Fabric.Agent.Stacks;
 /// Brings the repository's published stacks to this host: verifies the trust metadata, fetches each target's package
 /// (checked against its signed length and SHA-256), keeps it in a cache by digest under the state folder and unpacks it
 /// there, so a package is never half-written, never downloaded twice, and survives restarts. When the repository cannot
-/// be reached the agent runs on what it last verified, from the cache (fail-static); only the newest version of each
-/// stack id is used.
+/// be reached the agent runs on what it last verified, from the cache (fail-static). The newest
+/// <see cref="VersionsKept"/> versions of each stack id are installed side by side: the newest for new bindings, the ones
+/// before it for peers that have not taken the newest yet and to go back to when it is withdrawn.
 /// </summary>
 public static class SignedStacks
 {
+    /// <summary>How many of a stack id's published versions, newest first, a host installs.</summary>
+    public const int VersionsKept = 3;
+
     /// <summary>Returns the entry assembly of every verified stack; throws <see cref="TrustException"/> or <see cref="PackageException"/> naming the cause.</summary>
     public static IReadOnlyList<string> Install(RepositoryConfig config, ILogger logger, Func<string, string?>? environment = null) =>
         [.. Verify(config, logger, environment).Select(s => s.EntryPath)];
 
     /// <summary>
-    /// The stacks the signed targets publish now (the newest version of each id), each fetched, checked and unpacked;
+    /// The stacks the signed targets publish now (the newest <see cref="VersionsKept"/> versions of each id), each fetched, checked and unpacked;
     /// from the cache when the repository cannot be reached (then <see cref="VerifiedStack.Offline"/> says why). Throws
     /// <see cref="TrustException"/> or <see cref="PackageException"/> naming the cause, the first package that fails included.
     /// </summary>
@@ -49,7 +53,9 @@ public static class SignedStacks
         }
         var entries = new List<VerifiedStack>();
         var failed = new List<(string, Exception)>();
-        foreach (var (name, info) in targets.Newest())
+        var installed = targets.Targets.GroupBy(t => t.Value.Id, StringComparer.Ordinal)
+            .SelectMany(g => g.OrderByDescending(t => t.Value.Version, Comparer<string>.Create(StackKey.CompareVersions)).Take(VersionsKept));
+        foreach (var (name, info) in installed)
         {
             try
             {
@@ -75,7 +81,7 @@ public static class SignedStacks
         return new VerifiedTargets(targets, entries, failed, offline);
     }
 
-    /// <summary>Verified targets: every target they publish, the newest of each id unpacked, the packages that failed and why, and why the store was not read (null: it was).</summary>
+    /// <summary>Verified targets: every target they publish, the newest versions of each id unpacked (newest first), the packages that failed and why, and why the store was not read (null: it was).</summary>
     public sealed record VerifiedTargets(TargetsMetadata Targets, IReadOnlyList<VerifiedStack> Stacks, IReadOnlyList<(string Name, Exception Error)> Failed, string? Offline);
 
     /// <summary>

@@ -4,25 +4,33 @@ using Fabric.Stacks;
 namespace Fabric.Agent.Stacks;
 
 /// <summary>A stack version in the host: bindings reference it; it unloads when none does and its drain time has passed.</summary>
-public sealed record StackHostEntry(string Id, string Version, string AssemblyPath, int Bindings, bool Loaded, DateTime? IdleSince, bool Withdrawn = false);
+public sealed record StackHostEntry(string Id, string Version, string AssemblyPath, int Bindings, bool Loaded, DateTime? IdleSince, bool Withdrawn = false)
+{
+    /// <summary>The version's key (<see cref="StackKey"/>).</summary>
+    public string Key => StackKey.Of(Id, Version);
+}
 
 /// <summary>
-/// Owns the loaded stack plug-ins. <see cref="Acquire"/> loads a stack on first use (one collectible context per
-/// stack version) and counts a binding; <see cref="Release"/> uncounts it. A stack with no binding is unloaded by
-/// <see cref="Collect"/> once it has been idle for the drain time, and its context is then collectable — nothing of
-/// the plug-in stays reachable from the host. Thread-safe.
+/// Owns the loaded stack plug-ins, one collectible context per stack <em>version</em>: several versions of one stack id
+/// may be registered side by side (<see cref="StackKey"/> names each), so a path can move from one to another hitlessly
+/// like between any two stacks. <see cref="Acquire"/> loads a version on first use and counts a binding; a bare id
+/// acquires the id's newest usable version. <see cref="Release"/> uncounts it. A version with no binding is unloaded by
+/// <see cref="Collect"/> once it has been idle for the drain time, and its context is then collectable — nothing of the
+/// plug-in stays reachable from the host. Quarantine and withdrawal are per version, so a faulty new version leaves the
+/// previous one usable. Thread-safe.
 /// </summary>
 public sealed class StackHost
 {
     private readonly object _gate = new();
-    private readonly Dictionary<string, string> _paths = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, IReadOnlyDictionary<string, string>> _digests = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Registration> _registered = new(StringComparer.Ordinal);
     private readonly Dictionary<string, Slot> _loaded = new(StringComparer.Ordinal);
     private readonly List<WeakReference> _unloading = [];
     private readonly Dictionary<string, string> _quarantined = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _withdrawn = new(StringComparer.Ordinal);
     private readonly TimeSpan _drain;
     private readonly TimeProvider _time;
+
+    private sealed record Registration(string Path, IReadOnlyDictionary<string, string>? Digests, StackDescription Description, string Version);
 
     private sealed class Slot(LoadedStack stack)
     {
@@ -39,19 +47,28 @@ public sealed class StackHost
         _time = time ?? TimeProvider.System;
     }
 
-    /// <summary>Makes a plug-in available: loads it once to learn its id and version, then leaves it idle.</summary>
+    /// <summary>
+    /// Makes a plug-in available: loads it once to learn its id and version, then leaves it idle. Another version of an
+    /// id already registered is registered beside it; the same version again from another file is refused.
+    /// </summary>
     /// <param name="assemblyPath">The plug-in's entry assembly.</param>
     /// <param name="signedId">The id its signed target publishes it under: a plug-in whose factory declares another id is refused (it would take that stack's place).</param>
     /// <param name="digests">For a signed plug-in, its package's file digests: every load (the first and each after an idle unload) loads only bytes that match them.</param>
-    public StackDescription Register(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null)
+    /// <param name="signedVersion">The version its signed target publishes it as (what the host then calls it); null: the version its factory declares.</param>
+    /// <returns>What the factory declares, and the version's key in this host.</returns>
+    public (StackDescription Description, string Key) Register(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null, string? signedVersion = null)
     {
         var stack = StackLoader.Load(assemblyPath, digests);
-        var id = stack.Description.Id;
+        var description = stack.Description;
+        var version = signedVersion ?? description.Version;
+        var key = stack.Key = StackKey.Of(description.Id, version);
         lock (_gate)
         {
-            var refusal = signedId is not null && signedId != id ? $"'{assemblyPath}' is signed as stack '{signedId}' but its factory declares '{id}'"
-                : _paths.TryGetValue(id, out var existing) && existing != assemblyPath ? $"Stack '{id}' is registered from '{existing}'; '{assemblyPath}' declares the same id."
-                : _loaded.ContainsKey(id) && !_paths.ContainsKey(id) ? $"Stack '{id}' was withdrawn and is still draining; '{assemblyPath}' can be registered once it has unloaded."
+            var refusal = signedId is not null && signedId != description.Id ? $"'{assemblyPath}' is signed as stack '{signedId}' but its factory declares '{description.Id}'"
+                : description.Id.Length == 0 || description.Id.Contains(StackKey.Separator) || version.Length == 0 || version.Contains(StackKey.Separator)
+                    ? $"'{assemblyPath}' is stack '{description.Id}' version '{version}': an id and a version must be non-empty and without '{StackKey.Separator}'"
+                : _registered.TryGetValue(key, out var existing) && existing.Path != assemblyPath ? $"Stack '{description.Id}' {version} is registered from '{existing.Path}'; '{assemblyPath}' is the same id and version."
+                : _loaded.ContainsKey(key) && !_registered.ContainsKey(key) ? $"Stack '{description.Id}' {version} was withdrawn and is still draining; '{assemblyPath}' can be registered once it has unloaded."
                 : null;
             if (refusal is not null)
             {
@@ -61,75 +78,110 @@ public sealed class StackHost
                 }
                 throw new InvalidOperationException(refusal);
             }
-            _paths[id] = assemblyPath;
-            if (digests is null)
+            _registered[key] = new Registration(assemblyPath, digests, description, version);
+            _withdrawn.Remove(key);
+            if (!_loaded.ContainsKey(key))
             {
-                _digests.Remove(id);
-            }
-            else
-            {
-                _digests[id] = digests;
-            }
-            _withdrawn.Remove(id);
-            if (!_loaded.ContainsKey(id))
-            {
-                _loaded[id] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
+                _loaded[key] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
             }
             else if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext duplicate)
             {
                 // Already loaded: the copy loaded just to read its description goes away at once.
                 duplicate.Unload();
             }
-            return stack.Description;
+            return (description, key);
         }
     }
 
-    /// <summary>The registered stack ids.</summary>
+    /// <summary>The registered stack versions' keys (<see cref="StackKey"/>), in order.</summary>
     public IReadOnlyCollection<string> Registered
     {
         get
         {
             lock (_gate)
             {
-                return [.. _paths.Keys];
+                return [.. _registered.Keys.Order(StringComparer.Ordinal)];
             }
         }
     }
 
-    /// <summary>What a registered (or withdrawn but still loaded) stack declares, loading it if needed; null when the id is unknown.</summary>
-    public StackDescription? Describe(string id)
+    /// <summary>The stack ids that have at least one registered version neither quarantined nor withdrawn.</summary>
+    public IReadOnlyCollection<string> UsableIds
     {
-        lock (_gate)
+        get
         {
-            return _loaded.TryGetValue(id, out var slot) ? slot.Stack!.Description : _paths.ContainsKey(id) ? LoadLocked(id).Description : null;
-        }
-    }
-
-    /// <summary>Whether a plug-in declaring <paramref name="id"/> could be registered now (neither registered nor a withdrawn one still draining).</summary>
-    public bool CanRegister(string id)
-    {
-        lock (_gate)
-        {
-            return !_paths.ContainsKey(id) && !_loaded.ContainsKey(id);
+            lock (_gate)
+            {
+                return [.. _registered.Keys.Where(k => !_quarantined.ContainsKey(k)).Select(StackKey.IdOf).Distinct().Order(StringComparer.Ordinal)];
+            }
         }
     }
 
     /// <summary>
-    /// Takes <paramref name="id"/> out of the registered stacks (it was withdrawn from the signed targets): no new
-    /// binding can acquire it, the switch moves existing ones off it, and it unloads like any idle stack once its last
-    /// binding is released and its drain time has passed. Returns false when it was not registered.
+    /// The version key <paramref name="name"/> stands for: a key as it is (when registered, loaded or withdrawn), a bare
+    /// id its newest registered version that is not quarantined — else its newest registered, loaded or withdrawn one, so
+    /// what is said about it names the version concerned. Null when nothing of it is known.
     /// </summary>
-    public bool Withdraw(string id, string reason)
+    public string? Resolve(string name)
     {
         lock (_gate)
         {
-            if (!_paths.Remove(id))
+            return ResolveLocked(name);
+        }
+    }
+
+    /// <summary>
+    /// The versions a binding to <paramref name="name"/> may use, best first: a key alone; for a bare id every registered
+    /// version that is not quarantined, newest first (a peer that lacks the newest may still run an older one).
+    /// </summary>
+    public IReadOnlyList<string> Candidates(string name)
+    {
+        lock (_gate)
+        {
+            if (StackKey.IsVersioned(name))
+            {
+                return [name];
+            }
+            return [.. Newest(_registered.Keys.Where(k => StackKey.IdOf(k) == name && !_quarantined.ContainsKey(k)))];
+        }
+    }
+
+    /// <summary>What a stack version declares (a bare id: its newest usable version); null when the name is unknown.</summary>
+    public StackDescription? Describe(string name)
+    {
+        lock (_gate)
+        {
+            return ResolveLocked(name) is not { } key ? null
+                : _loaded.TryGetValue(key, out var slot) ? slot.Stack!.Description
+                : _registered.TryGetValue(key, out var registration) ? registration.Description
+                : null;
+        }
+    }
+
+    /// <summary>Whether the version <paramref name="key"/> could be registered now (neither registered nor a withdrawn one still draining).</summary>
+    public bool CanRegister(string key)
+    {
+        lock (_gate)
+        {
+            return !_registered.ContainsKey(key) && !_loaded.ContainsKey(key);
+        }
+    }
+
+    /// <summary>
+    /// Takes the version <paramref name="key"/> out of the registered stacks (it was withdrawn from the signed targets):
+    /// no new binding can acquire it, the switch moves existing ones off it, and it unloads like any idle stack once its
+    /// last binding is released and its drain time has passed. Returns false when it was not registered.
+    /// </summary>
+    public bool Withdraw(string key, string reason)
+    {
+        lock (_gate)
+        {
+            if (!_registered.Remove(key))
             {
                 return false;
             }
-            _digests.Remove(id);
-            _withdrawn[id] = reason;
-            if (_loaded.TryGetValue(id, out var slot) && slot.Bindings == 0)
+            _withdrawn[key] = reason;
+            if (_loaded.TryGetValue(key, out var slot) && slot.Bindings == 0)
             {
                 slot.IdleSince ??= _time.GetUtcNow().UtcDateTime;
             }
@@ -137,7 +189,7 @@ public sealed class StackHost
         }
     }
 
-    /// <summary>Stacks withdrawn from the signed targets since this host started, and why.</summary>
+    /// <summary>Stack versions withdrawn from the signed targets since this host started, by key, and why.</summary>
     public IReadOnlyDictionary<string, string> Withdrawn
     {
         get
@@ -149,62 +201,72 @@ public sealed class StackHost
         }
     }
 
-    /// <summary>Counts a binding of <paramref name="id"/> and returns the stack, loading it if it was unloaded.</summary>
-    public LoadedStack Acquire(string id)
+    /// <summary>Counts a binding of <paramref name="name"/> (a key, or a bare id: its newest usable version) and returns the stack, loading it if it was unloaded.</summary>
+    public LoadedStack Acquire(string name)
     {
         lock (_gate)
         {
-            if (_withdrawn.TryGetValue(id, out var withdrawn))
+            var key = ResolveLocked(name) ?? name;
+            if (_withdrawn.TryGetValue(key, out var withdrawn))
             {
-                throw new InvalidOperationException($"Stack '{id}' is withdrawn: {withdrawn}.");
+                throw new InvalidOperationException($"Stack '{key}' is withdrawn: {withdrawn}.");
             }
-            if (!_paths.ContainsKey(id))
+            if (!_registered.ContainsKey(key))
             {
-                throw new InvalidOperationException($"Stack '{id}' is not available (available: {string.Join(", ", _paths.Keys)}).");
+                throw new InvalidOperationException($"Stack '{name}' is not available (available: {string.Join(", ", _registered.Keys.Order(StringComparer.Ordinal))}).");
             }
-            if (_quarantined.TryGetValue(id, out var reason))
+            if (_quarantined.TryGetValue(key, out var reason))
             {
-                throw new InvalidOperationException($"Stack '{id}' is quarantined: {reason}.");
+                throw new InvalidOperationException($"Stack '{key}' is quarantined: {reason}.");
             }
-            var stack = LoadLocked(id);
-            var slot = _loaded[id];
+            var stack = LoadLocked(key);
+            var slot = _loaded[key];
             slot.Bindings++;
             slot.IdleSince = null;
             return stack;
         }
     }
 
-    /// <summary>Uncounts a binding; the stack starts draining when it was the last.</summary>
-    public void Release(string id)
+    /// <summary>Uncounts a binding of the version <paramref name="key"/>; it starts draining when it was the last.</summary>
+    public void Release(string key)
     {
         lock (_gate)
         {
-            if (_loaded.TryGetValue(id, out var slot) && slot.Bindings > 0 && --slot.Bindings == 0)
+            if (_loaded.TryGetValue(key, out var slot) && slot.Bindings > 0 && --slot.Bindings == 0)
             {
                 slot.IdleSince = _time.GetUtcNow().UtcDateTime;
             }
         }
     }
 
-    /// <summary>Refuses new bindings of <paramref name="id"/> from now on; existing ones are moved off it by the switch.</summary>
-    public void Quarantine(string id, string reason)
+    /// <summary>Refuses new bindings of <paramref name="name"/> (a key; a bare id: its newest usable version) from now on; existing ones are moved off it by the switch.</summary>
+    public void Quarantine(string name, string reason)
     {
         lock (_gate)
         {
-            _quarantined.TryAdd(id, reason);
+            _quarantined.TryAdd(ResolveLocked(name) ?? name, reason);
         }
     }
 
-    /// <summary>True when <paramref name="id"/> is neither quarantined nor withdrawn (cheaper than reading both lists).</summary>
-    public bool IsUsable(string id)
+    /// <summary>True when the version <paramref name="key"/> is neither quarantined nor withdrawn (cheaper than reading both lists).</summary>
+    public bool IsUsable(string key)
     {
         lock (_gate)
         {
-            return !_quarantined.ContainsKey(id) && !_withdrawn.ContainsKey(id);
+            return !_quarantined.ContainsKey(key) && !_withdrawn.ContainsKey(key);
         }
     }
 
-    /// <summary>Quarantined stacks and why.</summary>
+    /// <summary>True when the version <paramref name="name"/> (a key), or any version of it (a bare id), is quarantined.</summary>
+    public bool IsQuarantined(string name)
+    {
+        lock (_gate)
+        {
+            return StackKey.IsVersioned(name) ? _quarantined.ContainsKey(name) : _quarantined.Keys.Any(k => StackKey.IdOf(k) == name);
+        }
+    }
+
+    /// <summary>Quarantined stack versions, by key, and why.</summary>
     public IReadOnlyDictionary<string, string> Quarantined
     {
         get
@@ -216,19 +278,19 @@ public sealed class StackHost
         }
     }
 
-    /// <summary>Unloads every stack idle for longer than the drain time; returns how many were unloaded.</summary>
+    /// <summary>Unloads every stack version idle for longer than the drain time; returns how many were unloaded.</summary>
     public int Collect()
     {
         lock (_gate)
         {
             var now = _time.GetUtcNow().UtcDateTime;
             var unloaded = 0;
-            foreach (var (id, slot) in _loaded.ToList())
+            foreach (var (key, slot) in _loaded.ToList())
             {
                 if (slot.Bindings == 0 && slot.IdleSince is { } idle && now - idle >= _drain)
                 {
                     Unload(slot);
-                    _loaded.Remove(id);
+                    _loaded.Remove(key);
                     unloaded++;
                 }
             }
@@ -250,36 +312,63 @@ public sealed class StackHost
         }
     }
 
-    /// <summary>Every registered stack with its bindings and state.</summary>
+    /// <summary>Every registered stack version, and every withdrawn one still loaded, with its bindings and state.</summary>
     public IReadOnlyList<StackHostEntry> Entries()
     {
         lock (_gate)
         {
-            return _paths.Select(p => _loaded.TryGetValue(p.Key, out var slot)
-                    ? new StackHostEntry(p.Key, slot.Stack!.Description.Version, p.Value, slot.Bindings, true, slot.IdleSince)
-                    : new StackHostEntry(p.Key, "", p.Value, 0, false, null))
-                .Concat(_loaded.Where(l => !_paths.ContainsKey(l.Key))
-                    .Select(l => new StackHostEntry(l.Key, l.Value.Stack!.Description.Version, "", l.Value.Bindings, true, l.Value.IdleSince, Withdrawn: true)))
-                .OrderBy(e => e.Id, StringComparer.Ordinal).ToList();
+            return _registered.Select(r => _loaded.TryGetValue(r.Key, out var slot)
+                    ? new StackHostEntry(r.Value.Description.Id, r.Value.Version, r.Value.Path, slot.Bindings, true, slot.IdleSince)
+                    : new StackHostEntry(r.Value.Description.Id, r.Value.Version, r.Value.Path, 0, false, null))
+                .Concat(_loaded.Where(l => !_registered.ContainsKey(l.Key))
+                    .Select(l => new StackHostEntry(StackKey.IdOf(l.Key), StackKey.VersionOf(l.Key)!, "", l.Value.Bindings, true, l.Value.IdleSince, Withdrawn: true)))
+                .OrderBy(e => e.Id, StringComparer.Ordinal).ThenByDescending(e => e.Version, Comparer<string>.Create(StackKey.CompareVersions)).ToList();
         }
     }
 
-    private LoadedStack LoadLocked(string id)
+    private string? ResolveLocked(string name)
     {
-        if (_loaded.TryGetValue(id, out var slot))
+        if (StackKey.IsVersioned(name))
+        {
+            return _registered.ContainsKey(name) || _loaded.ContainsKey(name) || _withdrawn.ContainsKey(name) ? name : null;
+        }
+        bool Of(string key) => StackKey.IdOf(key) == name;
+        return Newest(_registered.Keys.Where(k => Of(k) && !_quarantined.ContainsKey(k))).FirstOrDefault()
+            ?? Newest(_registered.Keys.Where(Of)).FirstOrDefault()
+            ?? Newest(_loaded.Keys.Where(Of)).FirstOrDefault()
+            ?? Newest(_withdrawn.Keys.Where(Of)).FirstOrDefault();
+    }
+
+    private static IEnumerable<string> Newest(IEnumerable<string> keys) =>
+        keys.OrderByDescending(k => StackKey.VersionOf(k)!, Comparer<string>.Create(StackKey.CompareVersions));
+
+    private LoadedStack LoadLocked(string key)
+    {
+        if (_loaded.TryGetValue(key, out var slot))
         {
             return slot.Stack!;
         }
+        var registration = _registered[key];
         LoadedStack stack;
         try
         {
-            stack = StackLoader.Load(_paths[id], _digests.GetValueOrDefault(id));
+            stack = StackLoader.Load(registration.Path, registration.Digests);
         }
         catch (Exception e) when (e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException)
         {
-            throw new InvalidOperationException($"Stack '{id}' could not be loaded: {e.Message}", e);
+            throw new InvalidOperationException($"Stack '{key}' could not be loaded: {e.Message}", e);
         }
-        _loaded[id] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
+        if (stack.Description != registration.Description)
+        {
+            // The file now declares something else than it did when registered (an operator's path, rebuilt in place).
+            if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext other)
+            {
+                other.Unload();
+            }
+            throw new InvalidOperationException($"Stack '{key}' could not be loaded: '{registration.Path}' now declares {stack.Description.Id} {stack.Description.Version}, not what it was registered as.");
+        }
+        stack.Key = key;
+        _loaded[key] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
         return stack;
     }
 

@@ -13,6 +13,7 @@ public sealed class LoadedStack
         Factory = factory;
         Context = new WeakReference(context);
         Description = factory.Description;
+        Key = StackKey.Of(Description.Id, Description.Version);
     }
 
     /// <summary>The plug-in's factory.</summary>
@@ -20,6 +21,13 @@ public sealed class LoadedStack
 
     /// <summary>What the factory says the stack is.</summary>
     public StackDescription Description { get; }
+
+    /// <summary>
+    /// The version's key in the host (<see cref="StackKey"/>): what slots and bindings name. The version is the one its
+    /// signed target publishes it as, for a signed plug-in (the repository is the authority on versions), else the one
+    /// its factory declares.
+    /// </summary>
+    public string Key { get; internal set; }
 
     /// <summary>The load context, weakly: it must be collectable once the stack is released.</summary>
     public WeakReference Context { get; }

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Fabric.Agent.Stacks;
 
 namespace Fabric.Agent.Switching;
 
@@ -59,7 +60,7 @@ internal sealed class Quarantine(SwitchState state)
     {
         foreach (var withdrawn in state.StackHost.Entries().Where(e => e.Withdrawn))
         {
-            MoveOff(withdrawn.Id, drainSlots: true);
+            MoveOff(withdrawn.Key, drainSlots: true);
         }
     }
 
@@ -104,13 +105,13 @@ internal sealed class Quarantine(SwitchState state)
         if (fallback is null || fallback == stackId)
         {
             // Said once per path and stack: housekeeping comes back here every round while a withdrawn stack is loaded.
-            if (path.TransmitStack == stackId && _saidNoFallback.TryAdd((path, stackId), true))
+            if (path.TransmitKey == stackId && _saidNoFallback.TryAdd((path, stackId), true))
             {
                 state.Report($"path to {path.Spec.HostId} has no other stack to fall back to; it keeps {stackId} until a binding moves it");
             }
             return;
         }
-        if (path.TransmitStack == stackId)
+        if (path.TransmitKey == stackId)
         {
             path.Commit(RemotePath.FallbackSlot, drainUntil, fallback: true);
             state.Report($"path to {path.Spec.HostId} falls back to {fallback} (slot {RemotePath.FallbackSlot})"
@@ -131,17 +132,20 @@ internal sealed class Quarantine(SwitchState state)
     /// A stack was withdrawn from the signed targets: no new binding takes it, every path and binding on it moves to
     /// the path's fallback (dropping, not clearing, what must stay encrypted), its slots drain and close — also those the
     /// peer opened, so it no longer handles even what arrives — and it unloads once released and idle for the drain time.
-    /// Bindings the control plane pushes for it are refused from now on. Returns false when it was not registered.
+    /// Bindings the control plane pushes for it are refused from now on. <paramref name="stack"/> names one version (its
+    /// key) or a stack id (every registered version of it). Returns false when nothing of it was registered.
     /// </summary>
-    public bool Withdraw(string stackId, string reason)
+    public bool Withdraw(string stack, string reason)
     {
-        if (!state.StackHost.Withdraw(stackId, reason))
+        IReadOnlyList<string> keys = StackKey.IsVersioned(stack) ? [stack] : state.StackHost.Registered.Where(k => StackKey.IdOf(k) == stack).ToList();
+        var any = false;
+        foreach (var key in keys.Where(k => state.StackHost.Withdraw(k, reason)))
         {
-            return false;
+            state.Report($"stack {key} withdrawn: {reason}");
+            MoveOff(key, drainSlots: true);
+            any = true;
         }
-        state.Report($"stack {stackId} withdrawn: {reason}");
-        MoveOff(stackId, drainSlots: true);
-        return true;
+        return any;
     }
 
     /// <summary>

@@ -136,12 +136,16 @@ public sealed partial class RemotePath : IDisposable
 
     /// <summary>The id of the stack that transmits on this path.</summary>
     /// <remarks>Read without the gate, so status and metrics never wait on a path whose stack is stuck in a call.</remarks>
-    public string? TransmitStack => _table.StackIn(_table.TransmitSlot);
+    public string? TransmitStack => TransmitKey is { } key ? StackKey.IdOf(key) : null;
+
+    /// <summary>The version of the stack that transmits on this path, as its key (<see cref="StackKey"/>).</summary>
+    /// <remarks>Read without the gate.</remarks>
+    public string? TransmitKey => _table.StackIn(_table.TransmitSlot);
 
     /// <summary>The slot transmissions use.</summary>
     public int TransmitSlot => _table.TransmitSlot;
 
-    /// <summary>The stack id in <paramref name="slot"/>, or null.</summary>
+    /// <summary>The stack version (its key) in <paramref name="slot"/>, or null.</summary>
     internal string? StackIn(int slot) => _table.StackIn(slot);
 
     /// <summary>Path sequence numbers missing so far (from the Fabric header): loss on the path, whatever the stack.</summary>
@@ -292,9 +296,13 @@ public sealed partial class RemotePath : IDisposable
         }
     }
 
-    /// <summary>The stack each VM that used this path transmits with (its binding's, or the path's).</summary>
+    /// <summary>The stack id each VM that used this path transmits with (its binding's, or the path's).</summary>
     /// <remarks>Empty when the path is busy for more than 100 ms (a stack stuck in a call must not stall status or the control plane).</remarks>
-    public IReadOnlyDictionary<string, (string? Stack, int Slot)> VmBindings()
+    public IReadOnlyDictionary<string, (string? Stack, int Slot)> VmBindings() =>
+        VmBindingKeys().ToDictionary(b => b.Key, b => (b.Value.Stack is { } key ? StackKey.IdOf(key) : null, b.Value.Slot), StringComparer.Ordinal);
+
+    /// <summary><see cref="VmBindings"/> with each stack's version: its key (<see cref="StackKey"/>).</summary>
+    public IReadOnlyDictionary<string, (string? Stack, int Slot)> VmBindingKeys()
     {
         if (!_gate.TryTakeWithin(100))
         {
@@ -316,7 +324,7 @@ public sealed partial class RemotePath : IDisposable
     /// </summary>
     internal string? OpenForPeer(LoadedStack stack, int slot, string localHost, ulong openId, out bool unchanged)
     {
-        var stackId = stack.Description.Id;
+        var stackId = stack.Key;
         using (_gate.Take())
         {
             _table.Touch(slot, Clock());
@@ -355,7 +363,7 @@ public sealed partial class RemotePath : IDisposable
     /// </summary>
     internal bool Open(LoadedStack stack, int slot, string localHost, bool adoptPeerOpened = false)
     {
-        var stackId = stack.Description.Id;
+        var stackId = stack.Key;
         var instance = CreateInstance(stack, localHost);
         using (TakeFor(instance, stackId))
         {
@@ -408,8 +416,10 @@ public sealed partial class RemotePath : IDisposable
     /// </summary>
     private IStack CreateInstance(LoadedStack stack, string localHost)
     {
-        var id = stack.Description.Id;
-        var creation = new Creation(stack.Factory, new StackContext(localHost, Spec.HostId, Spec.SettingsOf(id), new PathTelemetry(this, id)), Disposer, id);
+        // Settings are per stack id; what fails is named by its version's key (a quarantine takes that version only).
+        var id = stack.Key;
+        var settingsId = stack.Description.Id;
+        var creation = new Creation(stack.Factory, new StackContext(localHost, Spec.HostId, Spec.SettingsOf(settingsId), new PathTelemetry(this, id)), Disposer, id);
         var thread = new Thread(creation.Run) { IsBackground = true, Name = $"stack-create {id}" };
         thread.Start();
         if (!thread.Join(CreateTimeout))
@@ -653,25 +663,25 @@ public sealed partial class RemotePath : IDisposable
         }
     }
 
-    /// <summary>Stats of each bound stack instance by slot.</summary>
+    /// <summary>Stats of each bound stack instance by slot, with its stack's id and version.</summary>
     /// <remarks>
     /// Empty when the path is busy for more than 100 ms or its stacks have not answered within 1 s: a stack stuck in
     /// a call, GetStats included, must not stall status or metrics. The stacks are asked on a thread of their own, so one
     /// whose GetStats never returns holds that thread (and marks the path stuck, for the watchdog), not the caller.
     /// </remarks>
-    public IReadOnlyDictionary<int, (string Stack, StackStats Stats)> StackStats()
+    public IReadOnlyDictionary<int, (string Stack, StackStats Stats, string Version)> StackStats()
     {
         // A thread of its own, not the pool's: a pool short of threads (some held by stacks stuck in calls) would make
         // every answer late and empty.
-        Dictionary<int, (string Stack, StackStats Stats)>? collected = null;
+        Dictionary<int, (string Stack, StackStats Stats, string Version)>? collected = null;
         var asking = new Thread(() => collected = CollectStats()) { IsBackground = true, Name = "stack-stats" };
         asking.Start();
-        return asking.Join(StatsWaitMilliseconds) ? collected! : new Dictionary<int, (string, StackStats)>();
+        return asking.Join(StatsWaitMilliseconds) ? collected! : new Dictionary<int, (string, StackStats, string)>();
     }
 
-    private Dictionary<int, (string Stack, StackStats Stats)> CollectStats()
+    private Dictionary<int, (string Stack, StackStats Stats, string Version)> CollectStats()
     {
-        var result = new Dictionary<int, (string, StackStats)>();
+        var result = new Dictionary<int, (string, StackStats, string)>();
         if (!_gate.TryTakeWithin(100))
         {
             return result;
@@ -684,7 +694,7 @@ public sealed partial class RemotePath : IDisposable
                 _gate.Calling(slot, stackId);
                 try
                 {
-                    result[slot] = (stackId, _table.Instance(slot)!.GetStats());
+                    result[slot] = (StackKey.IdOf(stackId), _table.Instance(slot)!.GetStats(), StackKey.VersionOf(stackId) ?? "");
                 }
                 finally
                 {

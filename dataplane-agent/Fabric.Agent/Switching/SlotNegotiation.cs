@@ -16,17 +16,44 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
     private readonly ConcurrentDictionary<(string Host, int Slot), TaskCompletionSource<string?>> _opening = new();
 
     /// <summary>
-    /// Binds a VM's transmissions to <paramref name="hostId"/> to <paramref name="stackId"/>, hitlessly: the stack is
+    /// Binds a VM's transmissions to <paramref name="hostId"/> to <paramref name="stack"/>, hitlessly: the stack is
     /// opened in a slot of this host's range (or the one already open with it is reused), the peer is asked to open the
     /// same slot and must confirm (prepare on both ends), then the VM's next frame goes through it (commit); its previous
     /// slot drains. The path's default stack needs no slot of its own. Returns null when bound, else why not — and then
     /// the VM's binding is what it was. Safe to call again with the same arguments (nothing changes).
+    /// <paramref name="stack"/> is a stack id or one version's key (<see cref="StackKey"/>): an id binds the newest
+    /// usable version the peer also runs — tried newest first; a peer that refuses one (it does not have it yet, or
+    /// quarantined it) is asked for the next — and a VM already on an older version of the id moves to a newer one the
+    /// peer accepts, else stays where it is.
     /// </summary>
-    public async Task<string?> BindAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken = default)
+    public async Task<string?> BindAsync(string vmId, string hostId, string stack, CancellationToken cancellationToken = default)
     {
         try
         {
-            return await BindVmCoreAsync(vmId, hostId, stackId, cancellationToken).ConfigureAwait(false);
+            var candidates = state.StackHost.Candidates(stack);
+            if (candidates.Count == 0)
+            {
+                // Unknown, quarantined or withdrawn: said by the checks below for the version concerned.
+                return (await BindVmCoreAsync(vmId, hostId, state.StackHost.Resolve(stack) ?? stack, cancellationToken).ConfigureAwait(false)).Error;
+            }
+            // Newest first; one the VM is bound to already ends the search (binding it again changes nothing).
+            string? first = null;
+            foreach (var candidate in candidates)
+            {
+                var (error, peerRefused) = await BindVmCoreAsync(vmId, hostId, candidate, cancellationToken).ConfigureAwait(false);
+                if (error is null)
+                {
+                    return null;
+                }
+                first ??= error;
+                if (!peerRefused)
+                {
+                    // Not the peer's answer (no free slot, a confidential VM and a stack that does not encrypt): an older
+                    // version would meet it too.
+                    break;
+                }
+            }
+            return first;
         }
         catch (PathStuckException e)
         {
@@ -35,16 +62,16 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         }
     }
 
-    private async Task<string?> BindVmCoreAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken)
+    private async Task<(string? Error, bool PeerRefused)> BindVmCoreAsync(string vmId, string hostId, string stackId, CancellationToken cancellationToken)
     {
         if (!state.Paths.TryGetValue(hostId, out var path))
         {
-            return $"no path to host '{hostId}'";
+            return ($"no path to host '{hostId}'", false);
         }
         if (state.Vms.TryGetValue(vmId, out var vm) && vm.Sealed && state.StackHost.Describe(stackId)?.Encrypts != true)
         {
             // Whoever asks (the control plane included): a binding that would carry a confidential VM in clear is refused.
-            return $"VM '{vmId}' must be encrypted (its policy is confidential) and stack '{stackId}' does not encrypt";
+            return ($"VM '{vmId}' must be encrypted (its policy is confidential) and stack '{stackId}' does not encrypt", false);
         }
         // A VM that leads sends through a slot of this host's leaders' half, which the peer's followers answer on, even on the
         // path's default stack; no other VM's frames go through those.
@@ -52,30 +79,30 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         if (stackId == path.StackIn(path.TransmitSlot) && !leads)
         {
             path.BindVm(vmId, -1, state.DrainDeadline());
-            return null;
+            return (null, false);
         }
         if (path.BindingOf(vmId) is var (boundSlot, boundStack) && boundStack == stackId && path.IsOwnLeadersSlot(boundSlot) == leads)
         {
             // (A leader moved to the fallback slot, by a quarantine or a refusal, is bound again in a leaders' slot; a VM
             // that no longer leads leaves one.)
-            return null;
+            return (null, false);
         }
         var description = state.StackHost.Describe(stackId);
         if (description is null)
         {
-            return $"stack '{stackId}' is not available on this host (available: {string.Join(", ", state.StackHost.Registered)})";
+            return ($"stack '{stackId}' is not available on this host (available: {string.Join(", ", state.StackHost.Registered)})", false);
         }
         if (state.StackHost.Quarantined.TryGetValue(stackId, out var why))
         {
-            return $"stack '{stackId}' is quarantined on this host: {why}";
+            return ($"stack '{stackId}' is quarantined on this host: {why}", false);
         }
         if (state.StackHost.Withdrawn.TryGetValue(stackId, out var withdrawn))
         {
-            return $"stack '{stackId}' is withdrawn on this host: {withdrawn}";
+            return ($"stack '{stackId}' is withdrawn on this host: {withdrawn}", false);
         }
         if (description.UnderlayFamily != state.StackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily)
         {
-            return $"stack '{stackId}' runs over another underlay family than the path to '{hostId}'";
+            return ($"stack '{stackId}' runs over another underlay family than the path to '{hostId}'", false);
         }
         var slot = path.OwnSlotOf(stackId, leads);
         var opened = false;
@@ -84,7 +111,7 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             slot = path.FreeOwnSlot(leads);
             if (slot < 0)
             {
-                return $"no free slot on the path to '{hostId}'";
+                return ($"no free slot on the path to '{hostId}'", false);
             }
             try
             {
@@ -92,7 +119,7 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             }
             catch (StackStartException e)
             {
-                return e.Message;
+                return (e.Message, false);
             }
             opened = true;
         }
@@ -104,10 +131,10 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             {
                 state.StackHost.Release(closed);
             }
-            return $"host '{hostId}' did not open {stackId} in slot {slot}: {reply}";
+            return ($"host '{hostId}' did not open {stackId} in slot {slot}: {reply}", true);
         }
         path.BindVm(vmId, slot, state.DrainDeadline());
-        return null;
+        return (null, false);
     }
 
     /// <summary>
@@ -162,9 +189,11 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             {
                 var family = state.StackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily;
                 // Of the stacks that encrypt over the path's family, one the path has settings (keys) for, "secure" first.
-                var stack = state.StackHost.Registered
-                    .Where(id => state.StackHost.IsUsable(id) && state.StackHost.Describe(id) is { Encrypts: true } d && d.UnderlayFamily == family)
-                    .OrderByDescending(id => path.Spec.SettingsOf(id).Count > 0).ThenByDescending(id => id == "secure").ThenBy(id => id, StringComparer.Ordinal)
+                // Each id's newest usable version.
+                var stack = state.StackHost.UsableIds.Select(id => state.StackHost.Resolve(id)!)
+                    .Where(key => state.StackHost.Describe(key) is { Encrypts: true } d && d.UnderlayFamily == family)
+                    .OrderByDescending(key => path.Spec.SettingsOf(StackKey.IdOf(key)).Count > 0).ThenByDescending(key => StackKey.IdOf(key) == "secure")
+                    .ThenBy(key => key, StringComparer.Ordinal)
                     .FirstOrDefault();
                 if (stack is null)
                 {
@@ -297,12 +326,14 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         }
     }
 
-    private byte[] OpenForPeer(RemotePath path, int slot, string stackId, ulong openId)
+    private byte[] OpenForPeer(RemotePath path, int slot, string requested, ulong openId)
     {
         if (!path.IsPeerSlot(slot))
         {
             return ControlMessages.Make(ControlMessages.Refused, slot, $"slot {slot} is not in {path.Spec.HostId}'s range on this path");
         }
+        // The peer names the version it opened (a bare id, from an agent that names none: this host's newest usable one).
+        var stackId = state.StackHost.Resolve(requested) ?? requested;
         var description = state.StackHost.Describe(stackId);
         if (description is null)
         {

@@ -92,13 +92,13 @@ public sealed class Switch : IDisposable
     /// <summary>The bound underlay endpoints.</summary>
     public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_state.Underlay4?.Local, _state.Underlay6?.Local);
 
-    /// <summary>Makes a stack plug-in available to paths by its id.</summary>
-    public void RegisterStack(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null)
+    /// <summary>Makes a stack plug-in available to paths by its id, beside the other versions of that id (<see cref="StackHost.Register"/>).</summary>
+    public void RegisterStack(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null, string? signedVersion = null)
     {
-        var description = _stackHost.Register(assemblyPath, signedId, digests);
-        // A stack id registered again (a newer version, after the withdrawn one unloaded) may have another overhead.
-        _innerMtuByStack.TryRemove(description.Id, out _);
-        Log.StackLoaded(_logger, description.Id, description.Version, assemblyPath);
+        var (description, key) = _stackHost.Register(assemblyPath, signedId, digests, signedVersion);
+        // A version registered again after its withdrawn copy unloaded may be another build with another overhead.
+        _innerMtuByStack.TryRemove(key, out _);
+        Log.StackLoaded(_logger, description.Id, StackKey.VersionOf(key)!, assemblyPath);
     }
 
     private UnderlayFactory MakeUnderlay => _options.Underlay ?? ((local, handler, afterBatch, fault, time) => new UdpUnderlay(local, handler, afterBatch, fault, time));
@@ -267,6 +267,8 @@ public sealed class Switch : IDisposable
     {
         var description = _stackHost.Describe(spec.Stack)
             ?? throw new InvalidOperationException($"Remote host '{spec.HostId}': stack '{spec.Stack}' is not loaded (available: {string.Join(", ", _stackHost.Registered)}).");
+        // The path opens the stack's newest usable version (or the version the spec names).
+        var stackKey = _stackHost.Resolve(spec.Stack)!;
         var family = description.UnderlayFamily;
         var address = family == AddressFamily.InterNetworkV6 ? spec.UnderlayIPv6 : spec.UnderlayIPv4;
         var underlay = family == AddressFamily.InterNetworkV6 ? _state.Underlay6 : _state.Underlay4;
@@ -289,12 +291,11 @@ public sealed class Switch : IDisposable
         }
         try
         {
-            OpenOwnSlot(path, spec.Stack, 0);
+            OpenOwnSlot(path, stackKey, 0);
             path.Commit(0, 0);
             path.SealedPath |= sealedPath;
             // The standing fallback: the family's std stack, open for receiving in the last slot on every path.
-            var fallback = FallbackStack(family);
-            if (_stackHost.Registered.Contains(fallback))
+            if (_stackHost.Candidates(FallbackStack(family)) is [var fallback, ..])
             {
                 OpenOwnSlot(path, fallback, RemotePath.FallbackSlot);
             }
@@ -336,7 +337,7 @@ public sealed class Switch : IDisposable
             }
             Interlocked.Increment(ref _pathsReplaced);
         }
-        Log.PathBound(_logger, spec.HostId, address + ":" + underlayPort, spec.Stack, 0);
+        Log.PathBound(_logger, spec.HostId, address + ":" + underlayPort, stackKey, 0);
         return path;
     }
 
@@ -348,9 +349,10 @@ public sealed class Switch : IDisposable
     public int PrepareSwap(string hostId, string stackId, int? slot = null)
     {
         var path = PathTo(hostId);
-        var current = _stackHost.Describe(path.TransmitStack!)!;
+        var current = _stackHost.Describe(path.TransmitKey!)!;
         var next = _stackHost.Describe(stackId)
             ?? throw new InvalidOperationException($"Swap on '{hostId}': stack '{stackId}' is not available (available: {string.Join(", ", _stackHost.Registered)}).");
+        stackId = _stackHost.Resolve(stackId)!;
         if (next.UnderlayFamily != current.UnderlayFamily)
         {
             throw new InvalidOperationException($"Swap on '{hostId}': {stackId} runs over another underlay family than {current.Id}; re-add the host instead.");
@@ -582,7 +584,8 @@ public sealed class Switch : IDisposable
     {
         var spec = stuck.Spec;
         var family = _stackHost.Describe(spec.Stack)?.UnderlayFamily ?? AddressFamily.InterNetwork;
-        var stack = spec.Stack == hung || _stackHost.Quarantined.ContainsKey(spec.Stack) ? FallbackStack(family) : spec.Stack;
+        // The configured stack's newest usable version (an older one when the hung version was its newest), else std.
+        var stack = _stackHost.Candidates(spec.Stack).Count == 0 ? FallbackStack(family) : spec.Stack;
         try
         {
             var fresh = AddRemoteHost(spec with { Stack = stack }, stuck.Destination.Port, stuck.SealedPath, abandon: stuck);
@@ -611,6 +614,38 @@ public sealed class Switch : IDisposable
     /// </summary>
     public bool WithdrawStack(string stackId, string reason) => _quarantine.Withdraw(stackId, reason);
 
+    /// <summary>
+    /// Moves every VM binding on a version of a stack id older than the id's newest usable one to the newest the peer
+    /// also runs, hitlessly (<see cref="BindVmAsync"/> with the bare id: a new slot opened and confirmed by the peer, the
+    /// VM's next frame through it, the old slot draining). A peer that does not run the newer version yet leaves the VM
+    /// where it is; call again later. Returns how many bindings moved.
+    /// </summary>
+    public async Task<int> UpgradeBindingsAsync(CancellationToken cancellationToken = default)
+    {
+        var moved = 0;
+        foreach (var path in _paths.Values)
+        {
+            if (path.Stuck)
+            {
+                continue;
+            }
+            foreach (var (vmId, (key, _)) in path.VmBindingKeys())
+            {
+                if (key is null || _stackHost.Candidates(StackKey.IdOf(key)) is not [var newest, ..] || newest == key
+                    || StackKey.CompareVersions(StackKey.VersionOf(newest)!, StackKey.VersionOf(key)!) <= 0)
+                {
+                    continue;
+                }
+                if (await BindVmAsync(vmId, path.Spec.HostId, StackKey.IdOf(key), cancellationToken).ConfigureAwait(false) is null
+                    && path.BindingOf(vmId).Stack is { } now && now != key)
+                {
+                    moved++;
+                }
+            }
+        }
+        return moved;
+    }
+
     private RemotePath PathTo(string hostId) => _state.PathTo(hostId);
 
     private void ReleaseAll(RemotePath path)
@@ -637,7 +672,7 @@ public sealed class Switch : IDisposable
     /// <summary>The largest IP packet a VM may send to <paramref name="path"/> without hitting the MTU handling.</summary>
     /// <remarks>Called per oversize check on the data path: computed once per stack id (a stack id's description never
     /// changes while it is registered), then read without taking the stack host's lock.</remarks>
-    public int InnerMtu(RemotePath path) => InnerMtuOf(path.TransmitStack ?? path.Spec.Stack);
+    public int InnerMtu(RemotePath path) => InnerMtuOf(path.TransmitKey ?? path.Spec.Stack);
 
     /// <summary>The largest IP packet a VM may send through <paramref name="stackId"/>.</summary>
     public int InnerMtuOf(string stackId) => _innerMtuByStack.GetOrAdd(stackId, ComputeInnerMtu);

@@ -1,0 +1,114 @@
+using Fabric.Agent.Stacks;
+using Fabric.Testing;
+using static Fabric.Agent.Tests.TwoHosts;
+
+namespace Fabric.Agent.Tests;
+
+/// <summary>
+/// Two versions of one stack id side by side on real agents over a loopback underlay: bindings of the id take the newest
+/// version both ends run, move to a newer one hitlessly once the peer runs it, and go back to the previous one when the
+/// newest is quarantined or withdrawn.
+/// </summary>
+public class StackVersionTests
+{
+    private static readonly string SwapTest = StackPlugins.PathOf(StackPlugins.SwapTest);
+
+    private static string? KeyOf(Agent agent, string peer, string vm) => agent.Switch.Paths[peer].VmBindingKeys()[vm].Stack;
+
+    [Fact]
+    public async Task ANewVersion_RunsBesideTheOld_AndBindingsMoveToItWithoutLosingAFrame_OnceThePeerRunsItToo()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var hosts = new TwoHosts();
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", ct));
+        Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
+        using var stream = new FrameStream(hosts);
+
+        // 0.2.0 arrives at A first: both versions are registered, the newer one is what the id now names.
+        hosts.A.Switch.RegisterStack(SwapTest, "swap-test", signedVersion: "0.2.0");
+        Assert.Equal(["swap-test@0.1.0", "swap-test@0.2.0"], hosts.A.Switch.StackHost.Registered.Where(k => StackKey.IdOf(k) == "swap-test"));
+        Assert.Equal("swap-test@0.2.0", hosts.A.Switch.StackHost.Resolve("swap-test"));
+        // B does not run it yet: vm1 stays where it is, and a new binding of the id takes the newest version B has.
+        Assert.Equal(0, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+        Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test", ct));
+        Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm2"));
+
+        // B takes 0.2.0: both bindings move, each through a slot B opened with 0.2.0.
+        hosts.B.Switch.RegisterStack(SwapTest, "swap-test", signedVersion: "0.2.0");
+        Assert.Equal(2, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+        var (key, slot) = hosts.A.Switch.Paths["host-b"].VmBindingKeys()["vm1"];
+        Assert.Equal("swap-test@0.2.0", key);
+        Assert.Equal(("swap-test", "0.2.0"), (hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stack, hosts.B.Switch.Paths["host-a"].StackStats()[slot].Version));
+        Assert.Equal(0, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+        Thread.Sleep(300);
+        stream.Stop();
+        Assert.True(stream.Sent > 1000, $"only {stream.Sent} frames were sent");
+        Assert.Equal(stream.Sent, stream.Received);
+        Assert.Equal(0, hosts.B.Switch.Paths["host-a"].SequenceGaps);
+
+        // The old version drains at both ends and unloads; the new one carries on.
+        int BindingsOf(Agent agent, string stackKey) => agent.Switch.StackHost.Entries().SingleOrDefault(e => e.Key == stackKey)?.Bindings ?? 0;
+        Eventually.True(() => BindingsOf(hosts.A, "swap-test@0.1.0") == 0 && BindingsOf(hosts.B, "swap-test@0.1.0") == 0
+                && !hosts.A.Switch.StackHost.Entries().Single(e => e.Key == "swap-test@0.1.0").Loaded,
+            TimeSpan.FromSeconds(10), "0.1.0 released and unloaded", () => string.Join("; ", hosts.A.Switch.StackHost.Entries().Concat(hosts.B.Switch.StackHost.Entries())));
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300));
+        Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300), hosts.Expect("vm3"));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task ANewestVersionQuarantinedOrWithdrawn_LeavesThePreviousOneUsable_AndTheIdBindsToIt(bool withdraw)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var hosts = new TwoHosts();
+        foreach (var agent in new[] { hosts.A, hosts.B })
+        {
+            agent.Switch.RegisterStack(SwapTest, "swap-test", signedVersion: "0.2.0");
+        }
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", ct));
+        Assert.Equal("swap-test@0.2.0", KeyOf(hosts.A, "host-b", "vm1"));
+
+        if (withdraw)
+        {
+            Assert.True(hosts.A.Switch.WithdrawStack("swap-test@0.2.0", "test: withdrawn"));
+        }
+        else
+        {
+            hosts.A.Switch.StackHost.Quarantine("swap-test@0.2.0", "test: throws");
+            hosts.A.Switch.Housekeeping();
+        }
+        // Only that version is out: the id still names a usable version, and binding it again takes that one.
+        Assert.Equal(["swap-test"], hosts.A.Switch.StackHost.UsableIds.Where(id => id == "swap-test"));
+        Assert.Equal(["swap-test@0.1.0"], hosts.A.Switch.StackHost.Candidates("swap-test"));
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", ct));
+        Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300));
+        Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300), hosts.Expect("vm3"));
+        // Asked for by its key, the version that is out is refused, naming it.
+        var refused = await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test@0.2.0", ct);
+        Assert.Contains(withdraw ? "stack 'swap-test@0.2.0' is withdrawn on this host" : "stack 'swap-test@0.2.0' is quarantined on this host", refused, StringComparison.Ordinal);
+        // Nor does an upgrade take a binding back to it.
+        Assert.Equal(0, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+    }
+
+    [Fact]
+    public void TheSameVersionFromAnotherFile_OrAVersionWithTheSeparator_IsRefused_NamingIt()
+    {
+        var host = new StackHost(TimeSpan.Zero);
+        host.Register(SwapTest);
+        var other = Assert.Throws<InvalidOperationException>(() => host.Register(StackPlugins.PathOf(StackPlugins.Faulty), signedVersion: "0.1.0", signedId: "swap-test"));
+        Assert.Contains("is signed as stack 'swap-test' but its factory declares 'faulty'", other.Message, StringComparison.Ordinal);
+        var separator = Assert.Throws<InvalidOperationException>(() => host.Register(SwapTest, signedVersion: "1.0@2"));
+        Assert.Contains("version '1.0@2': an id and a version must be non-empty and without '@'", separator.Message, StringComparison.Ordinal);
+        Assert.Equal(["swap-test@0.1.0"], host.Registered);
+    }
+
+    [Theory]
+    [InlineData("1.0.10", "1.0.9", 1)]
+    [InlineData("1.1.0-rc1", "1.1.0", -1)]
+    [InlineData("2.0.0", "2.0.0", 0)]
+    [InlineData("not-a-version", "0.0.1", -1)]
+    public void VersionsOrder_AsTheRepositoryOrdersThem(string a, string b, int sign) => Assert.Equal(sign, Math.Sign(StackKey.CompareVersions(a, b)));
+}
