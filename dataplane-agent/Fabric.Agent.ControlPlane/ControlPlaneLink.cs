@@ -280,10 +280,15 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             nics = [];
         }
         var loaded = s.StackHost.UsableIds.ToImmutableArray();
+        var carried = s.Paths.Values.SelectMany(p => p.VmBindingKeys().Values).Where(b => b.Stack is not null)
+            .GroupBy(b => b.Stack!, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+        var versions = s.StackHost.Registered.Where(s.StackHost.IsUsable)
+            .Select(k => new StackVersionUse(StackKey.IdOf(k), StackKey.VersionOf(k)!, carried.GetValueOrDefault(k))).ToImmutableArray();
         return new HostInfo(HostId, s.UnderlayEndpoints.IPv4?.Address.ToString(), s.UnderlayEndpoints.IPv6?.Address.ToString(),
             s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0")
         {
             PublicKey = _key.PublicKey,
+            StackVersions = versions,
         };
     }
 
@@ -619,11 +624,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 var tcp = vm.Tcp;
                 var vmId = owners.GetValueOrDefault(vm.VmId, vm.VmId);
                 outcomes.Add(tcp.Flows == 0
-                    ? new Outcome(vmId, peer, StackKey.IdOf(vm.Stack), conditions, vm.Bytes * 8 / seconds / 1e6, m.RttP50Ms, m.RttP99Ms, m.Loss, overhead, m.Interval)
+                    ? new Outcome(vmId, peer, StackKey.IdOf(vm.Stack), conditions, vm.Bytes * 8 / seconds / 1e6, m.RttP50Ms, m.RttP99Ms, m.Loss, overhead, m.Interval,
+                        StackVersion: StackKey.VersionOf(vm.Stack))
                     : new Outcome(vmId, peer, StackKey.IdOf(vm.Stack), conditions, tcp.AckedBytes * 8 / seconds / 1e6,
                         tcp.RttSamples > 0 ? tcp.RttP50Ms : m.RttP50Ms, tcp.RttSamples > 0 ? tcp.RttP99Ms : m.RttP99Ms,
                         tcp.SentDataBytes > 0 ? Math.Clamp((double)tcp.RetransmittedBytes / tcp.SentDataBytes, 0, 1) : 0, overhead, m.Interval,
-                        Passive: true, tcp.RetransmittedBytes, tcp.ResponseP99Ms, tcp.Flows, tcp.Packets, tcp.Shape, tcp.TailP99Ms));
+                        Passive: true, tcp.RetransmittedBytes, tcp.ResponseP99Ms, tcp.Flows, tcp.Packets, tcp.Shape, tcp.TailP99Ms, StackKey.VersionOf(vm.Stack)));
             }
         }
         await host.ReportAsync(samples.ToImmutable(), outcomes.ToImmutable()).ConfigureAwait(false);

@@ -48,7 +48,18 @@ public sealed record StackInfo(
     [property: Id(6)] double ToleratesLoss,
     [property: Id(7)] bool Encrypts,
     [property: Id(8)] string Purpose,
-    [property: Id(9)] bool Experimental = false);
+    [property: Id(9)] bool Experimental = false)
+{
+    /// <summary>Every version of the stack the signed targets publish, newest first (this one, <see cref="Version"/>, among them); empty: not said.</summary>
+    [Id(10)] public ImmutableArray<string> PublishedVersions { get; init; } = [];
+
+    public bool Equals(StackInfo? other) => other is not null && Id == other.Id && Version == other.Version && Family == other.Family
+        && HeaderBytes == other.HeaderBytes && Redundancy.Equals(other.Redundancy) && AddedDelayMs.Equals(other.AddedDelayMs)
+        && ToleratesLoss.Equals(other.ToleratesLoss) && Encrypts == other.Encrypts && Purpose == other.Purpose && Experimental == other.Experimental
+        && (PublishedVersions.IsDefault ? [] : PublishedVersions).SequenceEqual(other.PublishedVersions.IsDefault ? [] : other.PublishedVersions);
+
+    public override int GetHashCode() => HashCode.Combine(Id, Version, Family, HeaderBytes, Redundancy, AddedDelayMs, ToleratesLoss, HashCode.Combine(Encrypts, Purpose, Experimental));
+}
 
 /// <summary>A stack the signed repository published and then withdrew: the version last published, and when the catalog saw it go.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.withdrawn-stack")]
@@ -120,6 +131,13 @@ public sealed record Decision(
 [GenerateSerializer, Immutable, Alias("fabric.policy-result")]
 public sealed record PolicyResult([property: Id(0)] bool Accepted, [property: Id(1)] ImmutableArray<string> Errors, [property: Id(2)] long Version);
 
+/// <summary>One version of a stack on a host, and how many VM paths it carries there.</summary>
+[GenerateSerializer, Immutable, Alias("fabric.stack-version-use")]
+public sealed record StackVersionUse(
+    [property: Id(0)] string Id,
+    [property: Id(1)] string Version,
+    [property: Id(2)] int VmPaths);
+
 /// <summary>One NIC of a host's HAL inventory.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.nic")]
 public sealed record NicInfo(
@@ -150,6 +168,13 @@ public sealed record HostInfo(
     /// (its peers then need hand-configured keys).
     /// </summary>
     [Id(7)] public string? PublicKey { get; init; }
+
+    /// <summary>
+    /// The stack versions the host runs now (registered, neither quarantined nor withdrawn; several per id side by side)
+    /// and how many VM paths each carries, as of this registration. Not part of the host's identity (<see cref="Equals(HostInfo?)"/>):
+    /// it changes with every binding, and the host grain keeps the latest in memory rather than writing it.
+    /// </summary>
+    [Id(8)] public ImmutableArray<StackVersionUse> StackVersions { get; init; } = [];
 
     public bool Equals(HostInfo? other) => other is not null && HostId == other.HostId && UnderlayIPv4 == other.UnderlayIPv4 && UnderlayIPv6 == other.UnderlayIPv6
         && UnderlayPort == other.UnderlayPort && LoadedStacks.SequenceEqual(other.LoadedStacks) && Nics.SequenceEqual(other.Nics) && AgentVersion == other.AgentVersion
@@ -334,7 +359,8 @@ public sealed record Outcome(
     [property: Id(13)] int Flows = 0,
     [property: Id(14)] long Packets = 0,
     [property: Id(15)] string Shape = "none",
-    [property: Id(16)] double TailP99Ms = double.NaN);
+    [property: Id(16)] double TailP99Ms = double.NaN,
+    [property: Id(17)] string? StackVersion = null);
 
 /// <summary>
 /// A VM's state for operators: policy, placement, the stack per remote host, the decisions that changed something (Log)

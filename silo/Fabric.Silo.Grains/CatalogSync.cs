@@ -10,7 +10,8 @@ public sealed record CatalogSource(string Path, string TrustRoot, string StateDi
 
 /// <summary>
 /// Feeds the catalog grain from the signed repository: the trust metadata is verified exactly as agents verify it
-/// (TrustClient), and each stack id's newest version is published with the profile its manifest declares. A repository
+/// (TrustClient), and each stack id's newest version is published with the profile its manifest declares and the list of
+/// every version the targets publish (agents run up to three of them side by side). A repository
 /// that cannot be reached leaves the catalog as it was (and says so in the log); it is tried again at the next refresh.
 /// </summary>
 public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grains, ILogger<CatalogSync> logger) : BackgroundService
@@ -23,9 +24,12 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
     {
         var client = new TrustClient(RepositoryStores.Open(source.Path), System.IO.Path.Combine(source.StateDirectory, "trust"), source.TrustRoot);
         var targets = client.Refresh();
+        var versions = targets.Targets.Values.GroupBy(t => t.Id, StringComparer.Ordinal).ToDictionary(g => g.Key,
+            g => g.Select(t => t.Version).OrderByDescending(v => SemanticVersion.TryParse(v, out var parsed) ? parsed : default).ThenByDescending(v => v, StringComparer.Ordinal).ToImmutableArray(),
+            StringComparer.Ordinal);
         var newest = targets.Newest().Select(n => n.Value)
             .Select(t => new StackInfo(t.Id, t.Version, t.Profile.Family, t.Profile.HeaderBytes, t.Profile.Redundancy, t.Profile.AddedDelayMs,
-                t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose, t.Profile.Experimental))
+                t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose, t.Profile.Experimental) { PublishedVersions = versions[t.Id] })
             .ToList();
         var withdrawn = await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).SyncAsync([.. newest], targets.Version, SourceOf(source));
         return (newest, withdrawn);

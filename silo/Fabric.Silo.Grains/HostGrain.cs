@@ -241,6 +241,7 @@ public sealed class HostGrain : Grain, IHostGrain
         RefuseIfRemoved();
         Subscribe(observer);
         _lastSeen = DateTimeOffset.UtcNow;
+        _stackVersions = info.StackVersions.IsDefault ? [] : info.StackVersions;
         if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
         {
             await ResyncAsync(publish: true);
@@ -420,7 +421,10 @@ public sealed class HostGrain : Grain, IHostGrain
 
     public ValueTask<long> GetAcknowledgedAsync() => ValueTask.FromResult(_acknowledged);
 
-    public ValueTask<HostInfo?> GetInfoAsync() => ValueTask.FromResult(_state.State.Info);
+    // The stored info with the stack versions of the latest registration (those change with every binding and are not written).
+    public ValueTask<HostInfo?> GetInfoAsync() => ValueTask.FromResult(_state.State.Info is { } info && _stackVersions is { } versions ? info with { StackVersions = versions } : _state.State.Info);
+
+    private ImmutableArray<StackVersionUse>? _stackVersions;
 
     public ValueTask<ImmutableArray<Outcome>> GetOutcomesAsync() => ValueTask.FromResult(_outcomes.ToImmutableArray());
 

@@ -438,7 +438,7 @@ public sealed partial class VmGrain(
             // agent's trailing window on this stack where it has one (see Outcome). Never 0: an agent that predates the
             // field sends none, which Orleans reads as 0, not as the record's NaN.
             var delay = o.TailP99Ms > 0 && double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
-            return (Outcome: o, Logged: new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
+            return (Outcome: o, Logged: new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, o.StackVersion ?? catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
                 propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
                 // Without TCP the goodput is the VM's offered rate, all it wants: its bulk share is of that, not of the path.
                 Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps, o.Flows == 0 ? o.GoodputMbps : double.PositiveInfinity))

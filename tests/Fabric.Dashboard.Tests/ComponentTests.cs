@@ -229,6 +229,32 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
     }
 
     /// <summary>
+    /// Every version of a stack on the Stacks page: the versions the catalog lists as published and one a host still runs
+    /// that is not, with the hosts running each and the VM paths each carries there.
+    /// </summary>
+    [Fact]
+    public async Task TheStacksPage_ShowsEveryVersion_WhereItRuns_AndTheVmPathsOnIt()
+    {
+        var (host, id) = (Unique("host"), Unique("ver"));
+        var catalog = _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+        await catalog.SyncAsync([new StackInfo(id, "1.1.0", "ipv4", 16, 0, 0, 0, false, "two versions") { PublishedVersions = ["1.1.0", "1.0.0"] }], 1, "repository of " + id);
+        var observer = _grains.Client.CreateObjectReference<IAgentObserver>(new IgnoringAgent());
+        await _grains.Client.GetGrain<IHostGrain>(host).RegisterAsync(new HostInfo(host, "192.0.2.10", null, 4789, ["std-ipv4", id], [], "test")
+        {
+            StackVersions = [new(id, "1.1.0", 2), new(id, "1.0.0", 1), new(id, "0.9.0", 0)],
+        }, observer);
+        SignIn(DashboardUser.ReadOnly);
+        var page = Render<Fabric.Dashboard.Components.Pages.Stacks>();
+        page.WaitForAssertion(() =>
+        {
+            var cells = (string version) => page.FindAll($"[data-testid='version-{id}-{version}'] td").Select(c => c.TextContent).ToArray();
+            Assert.Equal([id, "1.1.0", "yes", host, "2"], cells("1.1.0"));
+            Assert.Equal([id, "1.0.0", "yes", host, "1"], cells("1.0.0"));
+            Assert.Equal([id, "0.9.0", "no", host, "0"], cells("0.9.0"));
+        }, TimeSpan.FromSeconds(10));
+    }
+
+    /// <summary>
     /// An experimental stack: the Stacks page marks it; a policy that names it without admitting experimental stacks is
     /// refused next to its field, and one that admits them is accepted and persisted with the admission.
     /// </summary>

@@ -73,6 +73,11 @@ public sealed class AgentLinkTests
             hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
             hosts.Expect("vm3");
             Assert.True(hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stats.FramesDelivered >= 1);
+            // The host says which version carries it, and the outcomes name that version.
+            var hostA = silo.Grains.GetGrain<IHostGrain>("host-a");
+            await Eventually.TrueAsync(async () => (await hostA.GetInfoAsync())?.StackVersions.Any(u => u.Id == "swap-test" && u.Version == "0.1.0" && u.VmPaths >= 1) == true
+                && (await hostA.GetOutcomesAsync()).Any(o => o.Stack == "swap-test" && o.StackVersion == "0.1.0"),
+                Wait, "the version in use reported", async () => $"{string.Join(", ", (await hostA.GetInfoAsync())?.StackVersions ?? [])}");
 
             // An operator's policy on vm3 moves host-b's side too.
             var result = await silo.Grains.GetGrain<IVmGrain>("vm3").SetPolicyAsync(new Policy("general", "standard", "ipv4", [], [], "swap-test", 0));

@@ -52,6 +52,10 @@ public class CatalogSyncTests(ClusterFixture fixture)
         await CatalogSync.SyncOnceAsync(repo.Source, fixture.Client);
         var promoted = Assert.Single(await catalog.ListAsync(), s => s.Id == id);
         Assert.Equal(("1.0.0", false), (promoted.Version, promoted.Experimental));
+        // The catalog lists every version the targets publish, newest first (agents run them side by side).
+        Assert.Equal(["1.0.0", "0.1.0"], promoted.PublishedVersions);
+        // Read again unchanged, the entry is equal to what the catalog holds (nothing rewritten).
+        Assert.Equal(promoted, Assert.Single(await CatalogSync.SyncOnceAsync(repo.Source, fixture.Client), s => s.Id == id));
     }
 
     [Fact]
