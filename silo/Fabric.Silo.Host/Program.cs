@@ -52,10 +52,22 @@ if (config.Security is { } security)
         Console.Error.WriteLine($"fabric-silo: security.certificate: '{security.Certificate}' is {credential.Caller}'s; a silo needs OU=silo");
         return 2;
     }
+    if (security.RevocationList is { } list)
+    {
+        try
+        {
+            new RevocationListFile(list, credential.Authority).ReadIfChanged();
+        }
+        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"fabric-silo: security.revocationList: {e.Message}");
+            return 2;
+        }
+    }
 }
 if (parsed.GetValue(checkOption))
 {
-    // Everything a start reads before it joins the cluster: the configuration and the silo's certificate.
+    // Everything a start reads before it joins the cluster: the configuration, the silo's certificate and the revocation list.
     Console.WriteLine($"fabric-silo: {configPath ?? "defaults"}: valid{(credential is null ? "" : $", certificate of {credential.Caller}")}");
     return 0;
 }
@@ -115,7 +127,7 @@ builder.UseOrleans(silo =>
     }
     if (credential is not null)
     {
-        silo.UseControlPlaneSecurity(credential);
+        silo.UseControlPlaneSecurity(credential, config.Security!.RevocationList);
     }
     silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)), config.Learning);
 });

@@ -211,6 +211,10 @@ public sealed record SiloConfig(
                     yield return $"security.{field}: '{path}' does not exist";
                 }
             }
+            if (security.RevocationList is { } list && !File.Exists(list))
+            {
+                yield return $"security.revocationList: '{list}' does not exist (the authority's CRL: fabric-pki revoke writes it)";
+            }
         }
         else if (AdvertisedAddress is not null && (!IPAddress.TryParse(AdvertisedAddress, out var advertised) || !IPAddress.IsLoopback(advertised)))
         {
@@ -225,4 +229,8 @@ public sealed record SiloConfig(
 }
 
 /// <summary>The control channel's trust (PEM files): the silo's certificate from the fleet's authority (OU=silo), its key, and the authority's certificate.</summary>
-public sealed record SecurityConfig(string Certificate, string Key, string Authority);
+/// <param name="Certificate">The silo's certificate (PEM, OU=silo).</param>
+/// <param name="Key">Its private key (PEM).</param>
+/// <param name="Authority">The fleet's authority's certificate (PEM).</param>
+/// <param name="RevocationList">The fleet authority's certificate revocation list (X.509 CRL file, PEM or DER; <c>fabric-pki revoke</c>), read again whenever it changes; null: none.</param>
+public sealed record SecurityConfig(string Certificate, string Key, string Authority, string? RevocationList = null);

@@ -149,10 +149,10 @@ public static class CallerToken
 /// replaces its own — and each certificate's chain verdict until the next minute (its validity is a matter of time).
 /// Bounded: past <see cref="Capacity"/> certificates it starts over.
 /// </summary>
-public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time)
+public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time, RevokedHosts? revoked = null)
 {
     public const int Capacity = 100_000;
-    private readonly ConcurrentDictionary<string, (Caller Caller, DateTimeOffset Until)> _tokens = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (Caller Caller, string Serial, DateTimeOffset Until)> _tokens = new(StringComparer.Ordinal);
     /// <summary>Per certificate with a good chain: its last verified token, and until when the chain verdict holds.</summary>
     private readonly ConcurrentDictionary<string, (string Token, DateTimeOffset Until)> _certificates = new(StringComparer.Ordinal);
     private readonly Lock _gate = new();
@@ -172,12 +172,15 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
         var now = time.GetUtcNow();
         if (_tokens.TryGetValue(token, out var known) && now < known.Until)
         {
-            return known.Caller;
+            // A remembered token is checked against the revocation list on every call: a revocation takes effect at once.
+            return NotRevoked(known.Caller, known.Serial);
         }
         string? certificateKey = null;
+        var serial = "";
         var caller = CallerToken.Verify(token, authority, now, out var until, (key, certificate, authority, at) =>
         {
             certificateKey = key;
+            serial = certificate.SerialNumber;
             if (_certificates.TryGetValue(key, out var held) && at < held.Until)
             {
                 return null;
@@ -203,8 +206,12 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
                 _tokens.TryRemove(previous, out _);
             }
             _certificates[certificateKey!] = (token, entry.Until);
-            _tokens[token] = (caller, until);
+            _tokens[token] = (caller, serial, until);
         }
-        return caller;
+        return NotRevoked(caller, serial);
     }
+
+    private Caller NotRevoked(Caller caller, string serial) => revoked?.IsRevokedCertificate(serial) == true
+        ? throw new UnauthorizedAccessException($"the certificate of {caller} (serial {RevocationList.SerialOf(serial)}) was revoked by the fleet's authority")
+        : caller;
 }

@@ -5,19 +5,77 @@ using Microsoft.Extensions.Logging;
 namespace Fabric.Silo.Security;
 
 /// <summary>
-/// The hosts an operator removed from the fleet, as this silo last read them from the fleet grain: their agents' calls
-/// are refused whatever certificate they hold. Read again every <see cref="RefreshPeriod"/>, so a removal reaches every
-/// silo within that time.
+/// What this silo refuses whatever else a caller proves: the hosts an operator removed from the fleet, as last read from
+/// the fleet grain (their agents' calls are refused whatever certificate they hold), and the certificates the fleet's
+/// authority revoked, from its revocation list file when the silo has one (<see cref="RevocationListFile"/>; refused at
+/// TLS and on every call, a connection made before the revocation included). Both are read again every
+/// <see cref="RefreshPeriod"/>, so a removal or a new list reaches every silo within that time.
 /// </summary>
 public sealed class RevokedHosts
 {
     public static readonly TimeSpan RefreshPeriod = TimeSpan.FromSeconds(5);
 
     private volatile FrozenSet<string> _hosts = FrozenSet<string>.Empty;
+    private volatile FrozenSet<string> _certificates = FrozenSet<string>.Empty;
+
+    /// <summary>The authority's revocation list this silo reads, if it was given one.</summary>
+    public RevocationListFile? List { get; init; }
 
     public bool Contains(string hostId) => _hosts.Contains(hostId);
 
     public void Set(IEnumerable<string> hosts) => _hosts = hosts.ToFrozenSet(StringComparer.Ordinal);
+
+    /// <summary>True when the certificate with this serial number (hexadecimal, as <c>X509Certificate2.SerialNumber</c>) was revoked.</summary>
+    public bool IsRevokedCertificate(string serialNumber) => _certificates.Count > 0 && _certificates.Contains(RevocationList.SerialOf(serialNumber));
+
+    /// <summary>Takes the serials of a verified revocation list.</summary>
+    public void SetCertificates(FrozenSet<string> serials) => _certificates = serials;
+
+    /// <summary>Reads the revocation list file again if it changed; throws <see cref="InvalidDataException"/> naming the file when it cannot be used (the last good list stands).</summary>
+    public void RefreshCertificates()
+    {
+        if (List?.ReadIfChanged() is { } list)
+        {
+            SetCertificates(list.Serials);
+        }
+    }
+}
+
+/// <summary>
+/// The authority's revocation list as a file an operator replaces (<c>fabric-pki revoke</c>, then copied to each silo);
+/// read when its time or length changed.
+/// </summary>
+public sealed class RevocationListFile(string path, System.Security.Cryptography.X509Certificates.X509Certificate2 authority)
+{
+    private (DateTime Written, long Length)? _seen;
+
+    public string Path => path;
+
+    /// <summary>The list when the file changed since the last good read, else null; throws <see cref="InvalidDataException"/> naming the file and the problem.</summary>
+    public RevocationList? ReadIfChanged()
+    {
+        var info = new FileInfo(path);
+        if (!info.Exists)
+        {
+            throw new InvalidDataException($"revocation list {path}: the file does not exist");
+        }
+        var now = (info.LastWriteTimeUtc, info.Length);
+        if (_seen == now)
+        {
+            return null;
+        }
+        RevocationList list;
+        try
+        {
+            list = RevocationList.Parse(File.ReadAllBytes(path), authority);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new InvalidDataException($"revocation list {path}: {e.Message}", e);
+        }
+        _seen = now;
+        return list;
+    }
 }
 
 /// <summary>Reads the removed hosts from the fleet grain every <see cref="RevokedHosts.RefreshPeriod"/> (as the silo, through its own filters).</summary>
@@ -26,8 +84,23 @@ public sealed partial class RevokedHostsRefresher(RevokedHosts revoked, IGrainFa
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var failing = false;
+        string? listProblem = null;
         while (!stoppingToken.IsCancellationRequested)
         {
+            try
+            {
+                revoked.RefreshCertificates();
+                listProblem = null;
+            }
+            catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+            {
+                // A list being copied in, or a bad one: the last good list stands (said once per problem).
+                if (e.Message != listProblem)
+                {
+                    Log.ListUnread(logger, e.Message);
+                }
+                listProblem = e.Message;
+            }
             try
             {
                 revoked.Set(await grains.GetGrain<IFleetGrain>(IFleetGrain.Key).ListRemovedAsync());
@@ -57,5 +130,8 @@ public sealed partial class RevokedHostsRefresher(RevokedHosts revoked, IGrainFa
     {
         [LoggerMessage(LogLevel.Information, "The removed hosts could not be read ({Reason}); the last list stands")]
         public static partial void Unread(ILogger logger, string reason);
+
+        [LoggerMessage(LogLevel.Error, "{Reason}; the last good revocation list stands")]
+        public static partial void ListUnread(ILogger logger, string reason);
     }
 }

@@ -12,21 +12,32 @@ public static class SecurityHosting
     /// <summary>
     /// TLS on every connection with certificates of the fleet's authority required both ways: a silo's port admits only
     /// silos, its gateway silos, operators and agents. Every grain call must carry a caller token the filter accepts.
+    /// With <paramref name="revocationList"/> (the authority's CRL file, read now and whenever it changes), a certificate
+    /// it revokes is refused at TLS and on every call; a list that does not verify stops the start, naming the file.
     /// </summary>
-    public static ISiloBuilder UseControlPlaneSecurity(this ISiloBuilder silo, ControlPlaneCredential credential)
+    public static ISiloBuilder UseControlPlaneSecurity(this ISiloBuilder silo, ControlPlaneCredential credential, string? revocationList = null)
     {
         if (credential.Caller.Role != CallerRole.Silo)
         {
             throw new ArgumentException($"a silo needs a silo's certificate (OU=silo), not {credential.Caller}'s", nameof(credential));
         }
+        var revoked = new RevokedHosts { List = revocationList is null ? null : new RevocationListFile(revocationList, credential.Authority) };
+        try
+        {
+            revoked.RefreshCertificates();
+        }
+        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+        {
+            throw new InvalidOperationException(e.Message, e);
+        }
         silo.Services.AddSingleton(credential);
-        silo.Services.AddSingleton(sp => new CallerVerifier(credential.Authority, sp.GetService<TimeProvider>() ?? TimeProvider.System));
-        silo.Services.AddSingleton<RevokedHosts>();
+        silo.Services.AddSingleton(sp => new CallerVerifier(credential.Authority, sp.GetService<TimeProvider>() ?? TimeProvider.System, revoked));
+        silo.Services.AddSingleton(revoked);
         silo.Services.AddHostedService<RevokedHostsRefresher>();
         silo.AddIncomingGrainCallFilter<CallerAuthorizationFilter>();
         silo.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
-        var fromSilos = Tls(credential, CallerRole.Silo);
-        var fromClients = Tls(credential, CallerRole.Silo, CallerRole.Operator, CallerRole.Agent);
+        var fromSilos = Tls(credential, revoked, CallerRole.Silo);
+        var fromClients = Tls(credential, revoked, CallerRole.Silo, CallerRole.Operator, CallerRole.Agent);
         return silo.Configure<SiloConnectionOptions>(o =>
         {
             o.ConfigureSiloInboundConnection(c => c.UseServerTls(fromSilos));
@@ -40,12 +51,12 @@ public static class SecurityHosting
     {
         client.Services.AddSingleton(credential);
         client.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
-        var toSilos = Tls(credential, CallerRole.Silo);
+        var toSilos = Tls(credential, null, CallerRole.Silo);
         return client.Configure<ClientConnectionOptions>(o => o.ConfigureConnection(c => c.UseClientTls(toSilos)));
     }
 
-    /// <summary>TLS 1.3 with this credential, accepting a peer only with a certificate of the fleet's authority in one of <paramref name="roles"/>.</summary>
-    private static TlsOptions Tls(ControlPlaneCredential credential, params CallerRole[] roles) => new()
+    /// <summary>TLS 1.3 with this credential, accepting a peer only with a certificate of the fleet's authority in one of <paramref name="roles"/> that <paramref name="revoked"/> does not revoke.</summary>
+    private static TlsOptions Tls(ControlPlaneCredential credential, RevokedHosts? revoked, params CallerRole[] roles) => new()
     {
         LocalCertificate = credential.Certificate,
         RemoteCertificateMode = RemoteCertificateMode.RequireCertificate,
@@ -54,7 +65,7 @@ public static class SecurityHosting
         // The authority decides, not the system's roots or the peer's DNS name: peers are named by their certificates.
         RemoteCertificateValidation = (certificate, _, _) =>
             FleetAuthority.Check(certificate, credential.Authority, DateTimeOffset.UtcNow) is null
-            && TryRole(certificate) is { } role && roles.Contains(role),
+            && TryRole(certificate) is { } role && roles.Contains(role) && revoked?.IsRevokedCertificate(certificate.SerialNumber) != true,
     };
 
     private static CallerRole? TryRole(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate)

@@ -1,4 +1,6 @@
 using System.Collections.Immutable;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using Fabric.Silo.Security;
 using Fabric.Testing;
 using Microsoft.Extensions.DependencyInjection;
@@ -18,19 +20,39 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
 {
     private readonly DevelopmentAuthority _authority = DevelopmentAuthority.Create();
     private readonly List<IHost> _hosts = [];
+    private readonly DirectoryInfo _folder = Directory.CreateTempSubdirectory("fabric-crl-");
     private int _gatewayPort;
     private IHost _silo = null!;
+
+    /// <summary>The silo's revocation list file (the authority's CRL; it starts empty).</summary>
+    private string RevocationListPath => Path.Combine(_folder.FullName, "revoked.crl.pem");
+
+    /// <summary>Writes a revocation list of <paramref name="signer"/> naming <paramref name="revoked"/>, as an operator copies a new one in (whole, then renamed).</summary>
+    private void WriteRevocationList(X509Certificate2 signer, params X509Certificate2[] revoked)
+    {
+        var builder = new CertificateRevocationListBuilder();
+        foreach (var certificate in revoked)
+        {
+            builder.AddEntry(certificate, DateTimeOffset.UtcNow);
+        }
+        var crl = builder.Build(signer, System.Numerics.BigInteger.One + _crlNumber++, DateTimeOffset.UtcNow.AddDays(7), HashAlgorithmName.SHA256);
+        File.WriteAllText(RevocationListPath + ".new", PemEncoding.WriteString("X509 CRL", crl));
+        File.Move(RevocationListPath + ".new", RevocationListPath, overwrite: true);
+    }
+
+    private int _crlNumber;
 
     public async ValueTask InitializeAsync()
     {
         var siloPort = LoopbackPorts.Free();
         _gatewayPort = LoopbackPorts.Free();
+        WriteRevocationList(_authority.Certificate);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         builder.Logging.ClearProviders();
         builder.UseOrleans(silo => silo
             .UseLocalhostClustering(siloPort, _gatewayPort, serviceId: "fabric", clusterId: "fabric")
             .AddMemoryGrainStorage(Storage.Name)
-            .UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-1"))
+            .UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-1"), RevocationListPath)
             .AddFabricControlPlane(ClusterFixture.Selector));
         _silo = builder.Build();
         await _silo.StartAsync();
@@ -51,6 +73,7 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         await _silo.StopAsync();
         _silo.Dispose();
         _authority.Dispose();
+        _folder.Delete(recursive: true);
     }
 
     private async Task<IClusterClient> ConnectAsync(ControlPlaneCredential? credential, Action<IServiceCollection>? extra = null)
@@ -398,6 +421,91 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// A stolen agent certificate: the authority revokes it and the silo's list is replaced. Within the silo's refresh
+    /// period every call made with it is refused — on the connection it already has, which TLS admitted before — and a new
+    /// connection is refused at TLS; the other agent goes on.
+    /// </summary>
+    [Fact]
+    public async Task ACertificateTheAuthorityRevokes_IsRefusedOnItsOpenConnectionAndAtTls_TheOthersGoOn()
+    {
+        var stolen = _authority.Issue(CallerRole.Agent, "host-a");
+        var a = await ConnectAsync(stolen);
+        var b = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-b"));
+        var reference = a.CreateObjectReference<IAgentObserver>(new RecordingObserver());
+        await a.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-a"), reference);
+
+        WriteRevocationList(_authority.Certificate, stolen.Certificate);
+        var refused = "";
+        await Eventually.TrueAsync(async () =>
+        {
+            try
+            {
+                await a.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync();
+                return false;
+            }
+            catch (UnauthorizedAccessException e)
+            {
+                refused = e.Message;
+                return true;
+            }
+        }, TimeSpan.FromSeconds(15), "the revocation taken", () => Task.FromResult("host-a's calls still accepted"));
+        Assert.Contains($"the certificate of agent 'host-a' (serial {RevocationList.SerialOf(stolen.Certificate.SerialNumber)}) was revoked by the fleet's authority", refused, StringComparison.Ordinal);
+        await b.GetGrain<IHostGrain>("host-b").RegisterAsync(Info("host-b"), b.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
+        await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(stolen));
+    }
+
+    /// <summary>
+    /// A revocation list someone other than the authority signed, one altered after signing, or not a list at all: a
+    /// silo refuses to start on it, naming the file, and a running silo keeps the last good list (it revokes what it did).
+    /// </summary>
+    [Fact]
+    public async Task ARevocationListTheAuthorityDidNotSign_IsRefused_AndTheLastGoodOneStands()
+    {
+        var stolen = _authority.Issue(CallerRole.Agent, "host-a");
+        WriteRevocationList(_authority.Certificate, stolen.Certificate);
+        var good = File.ReadAllBytes(RevocationListPath);
+        Assert.Contains(RevocationList.SerialOf(stolen.Certificate.SerialNumber), (IReadOnlySet<string>)RevocationList.Parse(good, _authority.Certificate).Serials);
+
+        using var other = DevelopmentAuthority.Create();
+        var forged = new CertificateRevocationListBuilder().Build(other.Certificate, 1, DateTimeOffset.UtcNow.AddDays(1), HashAlgorithmName.SHA256);
+        Assert.Contains("does not verify under the fleet's authority", Assert.Throws<InvalidDataException>(() => RevocationList.Parse(forged, _authority.Certificate)).Message, StringComparison.Ordinal);
+        var altered = System.Text.Encoding.ASCII.GetBytes(PemEncoding.WriteString("X509 CRL", Altered(PemDer(good))));
+        Assert.Throws<InvalidDataException>(() => RevocationList.Parse(altered, _authority.Certificate));
+        Assert.Contains("not an X.509 CRL", Assert.Throws<InvalidDataException>(() => RevocationList.Parse("no list"u8, _authority.Certificate)).Message, StringComparison.Ordinal);
+
+        // A silo given the forged list does not start.
+        var forgedPath = Path.Combine(_folder.FullName, "forged.crl");
+        File.WriteAllBytes(forgedPath, forged);
+        var start = Assert.Throws<InvalidOperationException>(() => Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true })
+            .UseOrleans(silo => silo.UseLocalhostClustering(LoopbackPorts.Free(), LoopbackPorts.Free()).UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-2"), forgedPath)));
+        Assert.Contains($"revocation list {forgedPath}: its signature does not verify", start.Message, StringComparison.Ordinal);
+
+        // The running silo meets a forged replacement: the revocation it had stands.
+        var revoked = _silo.Services.GetRequiredService<RevokedHosts>();
+        Eventually.True(() => revoked.IsRevokedCertificate(stolen.Certificate.SerialNumber), TimeSpan.FromSeconds(15), "the silo read the good list", () => "not yet");
+        // The TLS handshake is refused: the client cannot connect at all.
+        await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(stolen));
+        File.Copy(forgedPath, RevocationListPath, overwrite: true);
+        await Task.Delay(RevokedHosts.RefreshPeriod * 2, TestContext.Current.CancellationToken);
+        Assert.True(revoked.IsRevokedCertificate(stolen.Certificate.SerialNumber));
+        await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(stolen));
+    }
+
+    private static byte[] PemDer(byte[] pem)
+    {
+        var text = System.Text.Encoding.ASCII.GetString(pem);
+        return Convert.FromBase64String(text[PemEncoding.Find(text).Base64Data]);
+    }
+
+    /// <summary>The DER list with one byte inside its signed body changed.</summary>
+    private static byte[] Altered(byte[] der)
+    {
+        var copy = der.ToArray();
+        copy[copy.Length / 2] ^= 0x01;
+        return copy;
+    }
+
     [Fact]
     public void CertificatesFromTheOperatorsScript_AreAccepted_WithTheRoleTheAuthorityGave()
     {
@@ -419,6 +527,13 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
             Assert.Contains("role 'root': expected silo, operator or agent", stderr, StringComparison.Ordinal);
             Assert.Contains("name 'host b'", Processes.Run("sh", [script, "issue", folder.FullName, "agent", "host b"]).Stderr, StringComparison.Ordinal);
             Assert.Contains("an authority is made once", Processes.Run("sh", [script, "authority", folder.FullName]).Stderr, StringComparison.Ordinal);
+
+            // The authority revokes host-a's certificate: its list names the serial and verifies under the authority.
+            var (revoked, said, _) = Processes.Run("sh", [script, "revoke", folder.FullName, Path.Combine(folder.FullName, "host-a.pem")]);
+            Assert.True(revoked == 0, said);
+            var list = RevocationList.Parse(File.ReadAllBytes(Path.Combine(folder.FullName, "revoked.crl.pem")), credential.Authority);
+            Assert.Equal([RevocationList.SerialOf(credential.Certificate.SerialNumber)], list.Serials);
+            Assert.Contains("not a certificate of the authority", Processes.Run("sh", [script, "revoke", folder.FullName, script]).Stderr, StringComparison.Ordinal);
         }
         finally
         {
