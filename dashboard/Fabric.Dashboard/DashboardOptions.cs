@@ -78,7 +78,8 @@ public sealed record DashboardOptions(
     string? Certificate = null,
     string? Key = null,
     string? Authority = null,
-    string Clustering = "static")
+    string Clustering = "static",
+    string? RevocationList = null)
 {
     private static readonly Option<IPEndPoint[]> GatewayOption = new("--gateway")
     {
@@ -132,13 +133,18 @@ public sealed record DashboardOptions(
     private static readonly Option<string?> KeyOption = new("--key") { Description = "the certificate's private key (PEM)", HelpName = "FILE" };
 
     private static readonly Option<string?> AuthorityOption = new("--authority") { Description = "the fleet's authority's certificate (PEM)", HelpName = "FILE" };
+    private static readonly Option<string?> RevocationListOption = new("--revocation-list")
+    {
+        Description = "the fleet's authority's certificate revocation list (fabric-pki revoke): a silo whose certificate it revokes is refused",
+        HelpName = "FILE",
+    };
 
     /// <summary>The command line: every option with its help.</summary>
     public static RootCommand Command { get; } = new("fabric-dashboard: the operator UI of a Fabric cluster, an Orleans client of its silos (--gateway, "
         + "or --clustering azure-table). The embedded default, with its own silo and simulated fleet, is fabric-embedded ('./fabric run').")
     {
         WebOptions.ListenOption, WebOptions.DataOption, GatewayOption, ClusterIdOption, ServiceIdOption, UsersOption, CertificateOption, KeyOption,
-        AuthorityOption, ClusteringOption, WebOptions.TlsCertificateOption, WebOptions.TlsKeyOption,
+        AuthorityOption, RevocationListOption, ClusteringOption, WebOptions.TlsCertificateOption, WebOptions.TlsKeyOption,
     };
 
     /// <summary>
@@ -234,7 +240,12 @@ public sealed record DashboardOptions(
             throw new FormatException("--certificate, --key and --authority are required with a gateway beyond loopback (the control channel is TLS "
                 + "with the dashboard's operator certificate)");
         }
+        var revocationList = WebOptions.Full(result.GetValue(RevocationListOption));
+        if (revocationList is not null && credentials[0] is null)
+        {
+            throw new FormatException("--revocation-list goes with --certificate, --key and --authority (it is checked against the authority)");
+        }
         return new DashboardOptions(web, gateways, result.GetValue(ClusterIdOption)!, result.GetValue(ServiceIdOption)!, users, credentials[0], credentials[1],
-            credentials[2], clustering);
+            credentials[2], clustering, revocationList);
     }
 }

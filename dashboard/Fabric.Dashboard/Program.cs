@@ -25,6 +25,17 @@ try
     {
         throw new FormatException($"--certificate '{options.Certificate}' is {credential.Caller}'s; the dashboard needs OU=operator");
     }
+    if (options.RevocationList is { } list)
+    {
+        try
+        {
+            new RevocationListFile(list, credential!.Authority).ReadIfChanged();
+        }
+        catch (InvalidDataException e)
+        {
+            throw new FormatException($"--revocation-list: {e.Message}", e);
+        }
+    }
     builder = DashboardWeb.CreateBuilder(options.Web, Users.Load(options.UsersFile), new ClusterDeployment(options.ClusterId),
         services => services.GetRequiredService<IClusterClient>());
 }
@@ -41,7 +52,7 @@ builder.UseOrleansClient(client =>
 {
     if (credential is not null)
     {
-        client.UseControlPlaneSecurity(credential);
+        client.UseControlPlaneSecurity(credential, options.RevocationList);
     }
     if (options.Clustering == "azure-table")
     {

@@ -187,7 +187,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
             if (_credential is not null)
             {
-                client.UseControlPlaneSecurity(_credential);
+                client.UseControlPlaneSecurity(_credential, _config.RevocationList);
             }
             // The link's own loop retries; a start that cannot connect fails at once.
             client.UseConnectionRetryFilter((_, _) => Task.FromResult(false));

@@ -37,10 +37,11 @@ public sealed record RepositoryConfig(string Path, string TrustRoot, string Stat
 /// "azure-table", the membership table's connection string in FABRIC_TABLE_CONNECTION_STRING), the cluster's ids, and how
 /// often it reports telemetry. Certificate, Key and Authority (PEM files): this host's certificate from the fleet's
 /// authority (OU=agent, CN=the host id), its private key and the authority's certificate — TLS to the silos and the
-/// identity every call carries. Only a control plane on loopback may be reached without them.
+/// identity every call carries. Only a control plane on loopback may be reached without them. RevocationList: the
+/// authority's CRL (fabric-pki revoke); a silo whose certificate it revokes is refused at connection.
 /// </summary>
 public sealed record ControlPlaneConfig(string[]? Gateways = null, string ClusterId = "fabric", string ServiceId = "fabric", string Clustering = "static",
-    int ReportMilliseconds = 1000, string? Certificate = null, string? Key = null, string? Authority = null)
+    int ReportMilliseconds = 1000, string? Certificate = null, string? Key = null, string? Authority = null, string? RevocationList = null)
 {
     /// <summary>Whether the configuration names a certificate (Validate checks that it names all three files).</summary>
     public bool Secured => Certificate is not null || Key is not null || Authority is not null;
@@ -184,6 +185,10 @@ public sealed record AgentConfig(
                     {
                         problems.Add($"controlPlane.{field}: '{path}' does not exist");
                     }
+                }
+                if (control.RevocationList is { } list && !File.Exists(list))
+                {
+                    problems.Add($"controlPlane.revocationList: '{list}' does not exist (the fleet authority's CRL: fabric-pki revoke writes it)");
                 }
             }
             else if (control.Clustering != "static" || control.Gateways?.Any(g => !IPEndPoint.TryParse(g, out var e) || !IPAddress.IsLoopback(e.Address)) == true)

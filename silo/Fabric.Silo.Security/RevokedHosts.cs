@@ -34,11 +34,44 @@ public sealed class RevokedHosts
     /// <summary>Reads the revocation list file again if it changed; throws <see cref="InvalidDataException"/> naming the file when it cannot be used (the last good list stands).</summary>
     public void RefreshCertificates()
     {
-        if (List?.ReadIfChanged() is { } list)
+        lock (_reading)
         {
-            SetCertificates(list.Serials);
+            if (List?.ReadIfChanged() is { } list)
+            {
+                SetCertificates(list.Serials);
+            }
         }
     }
+
+    private readonly Lock _reading = new();
+    private long _readAt = Environment.TickCount64;
+
+    /// <summary>
+    /// For a process with no refresher (an agent's or a dashboard's client, at each TLS handshake): reads the list again
+    /// when <see cref="RefreshPeriod"/> has passed since the last read. A list that cannot be used leaves the last good one
+    /// (and <see cref="Problem"/> says why).
+    /// </summary>
+    public void RefreshCertificatesIfDue()
+    {
+        var now = Environment.TickCount64;
+        var last = Interlocked.Read(ref _readAt);
+        if (List is null || now - last < RefreshPeriod.TotalMilliseconds || Interlocked.CompareExchange(ref _readAt, now, last) != last)
+        {
+            return;
+        }
+        try
+        {
+            RefreshCertificates();
+            Problem = null;
+        }
+        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+        {
+            Problem = e.Message;
+        }
+    }
+
+    /// <summary>Why the last read of the list on a handshake failed; null when it worked.</summary>
+    public string? Problem { get; private set; }
 }
 
 /// <summary>

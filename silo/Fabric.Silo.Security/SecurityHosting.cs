@@ -21,6 +21,40 @@ public static class SecurityHosting
         {
             throw new ArgumentException($"a silo needs a silo's certificate (OU=silo), not {credential.Caller}'s", nameof(credential));
         }
+        var revoked = Revocations(credential, revocationList);
+        silo.Services.AddSingleton(credential);
+        silo.Services.AddSingleton(sp => new CallerVerifier(credential.Authority, sp.GetService<TimeProvider>() ?? TimeProvider.System, revoked));
+        silo.Services.AddSingleton(revoked);
+        silo.Services.AddHostedService<RevokedHostsRefresher>();
+        silo.AddIncomingGrainCallFilter<CallerAuthorizationFilter>();
+        silo.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
+        var fromSilos = Tls(credential, revoked, refreshOnHandshake: false, CallerRole.Silo);
+        var fromClients = Tls(credential, revoked, refreshOnHandshake: false, CallerRole.Silo, CallerRole.Operator, CallerRole.Agent);
+        return silo.Configure<SiloConnectionOptions>(o =>
+        {
+            o.ConfigureSiloInboundConnection(c => c.UseServerTls(fromSilos));
+            o.ConfigureSiloOutboundConnection(c => c.UseClientTls(fromSilos));
+            o.ConfigureGatewayInboundConnection(c => c.UseServerTls(fromClients));
+        });
+    }
+
+    /// <summary>
+    /// TLS to the gateways (which must present silo certificates of the same authority, and with
+    /// <paramref name="revocationList"/> ones it does not revoke: read now and again at a handshake 5 s after the last read)
+    /// and a caller token on every call. A list that does not verify throws <see cref="InvalidOperationException"/> naming the file.
+    /// </summary>
+    public static IClientBuilder UseControlPlaneSecurity(this IClientBuilder client, ControlPlaneCredential credential, string? revocationList = null)
+    {
+        var revoked = Revocations(credential, revocationList);
+        client.Services.AddSingleton(credential);
+        client.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
+        var toSilos = Tls(credential, revoked, refreshOnHandshake: true, CallerRole.Silo);
+        return client.Configure<ClientConnectionOptions>(o => o.ConfigureConnection(c => c.UseClientTls(toSilos)));
+    }
+
+    /// <summary>The revocations of <paramref name="revocationList"/> (none without one), read now; throws naming the file when it cannot be used.</summary>
+    private static RevokedHosts Revocations(ControlPlaneCredential credential, string? revocationList)
+    {
         var revoked = new RevokedHosts { List = revocationList is null ? null : new RevocationListFile(revocationList, credential.Authority) };
         try
         {
@@ -30,33 +64,15 @@ public static class SecurityHosting
         {
             throw new InvalidOperationException(e.Message, e);
         }
-        silo.Services.AddSingleton(credential);
-        silo.Services.AddSingleton(sp => new CallerVerifier(credential.Authority, sp.GetService<TimeProvider>() ?? TimeProvider.System, revoked));
-        silo.Services.AddSingleton(revoked);
-        silo.Services.AddHostedService<RevokedHostsRefresher>();
-        silo.AddIncomingGrainCallFilter<CallerAuthorizationFilter>();
-        silo.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
-        var fromSilos = Tls(credential, revoked, CallerRole.Silo);
-        var fromClients = Tls(credential, revoked, CallerRole.Silo, CallerRole.Operator, CallerRole.Agent);
-        return silo.Configure<SiloConnectionOptions>(o =>
-        {
-            o.ConfigureSiloInboundConnection(c => c.UseServerTls(fromSilos));
-            o.ConfigureSiloOutboundConnection(c => c.UseClientTls(fromSilos));
-            o.ConfigureGatewayInboundConnection(c => c.UseServerTls(fromClients));
-        });
+        return revoked;
     }
 
-    /// <summary>TLS to the gateways (which must present silo certificates of the same authority) and a caller token on every call.</summary>
-    public static IClientBuilder UseControlPlaneSecurity(this IClientBuilder client, ControlPlaneCredential credential)
-    {
-        client.Services.AddSingleton(credential);
-        client.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
-        var toSilos = Tls(credential, null, CallerRole.Silo);
-        return client.Configure<ClientConnectionOptions>(o => o.ConfigureConnection(c => c.UseClientTls(toSilos)));
-    }
-
-    /// <summary>TLS 1.3 with this credential, accepting a peer only with a certificate of the fleet's authority in one of <paramref name="roles"/> that <paramref name="revoked"/> does not revoke.</summary>
-    private static TlsOptions Tls(ControlPlaneCredential credential, RevokedHosts? revoked, params CallerRole[] roles) => new()
+    /// <summary>
+    /// TLS 1.3 with this credential, accepting a peer only with a certificate of the fleet's authority in one of
+    /// <paramref name="roles"/> that <paramref name="revoked"/> does not revoke (read again at the handshake when
+    /// <paramref name="refreshOnHandshake"/>: a client has no refresher of its own).
+    /// </summary>
+    private static TlsOptions Tls(ControlPlaneCredential credential, RevokedHosts revoked, bool refreshOnHandshake, params CallerRole[] roles) => new()
     {
         LocalCertificate = credential.Certificate,
         RemoteCertificateMode = RemoteCertificateMode.RequireCertificate,
@@ -64,8 +80,14 @@ public static class SecurityHosting
         SslProtocols = System.Security.Authentication.SslProtocols.Tls13,
         // The authority decides, not the system's roots or the peer's DNS name: peers are named by their certificates.
         RemoteCertificateValidation = (certificate, _, _) =>
-            FleetAuthority.Check(certificate, credential.Authority, DateTimeOffset.UtcNow) is null
-            && TryRole(certificate) is { } role && roles.Contains(role) && revoked?.IsRevokedCertificate(certificate.SerialNumber) != true,
+        {
+            if (refreshOnHandshake)
+            {
+                revoked.RefreshCertificatesIfDue();
+            }
+            return FleetAuthority.Check(certificate, credential.Authority, DateTimeOffset.UtcNow) is null
+                && TryRole(certificate) is { } role && roles.Contains(role) && !revoked.IsRevokedCertificate(certificate.SerialNumber);
+        },
     };
 
     private static CallerRole? TryRole(System.Security.Cryptography.X509Certificates.X509Certificate2 certificate)

@@ -27,8 +27,10 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
     /// <summary>The silo's revocation list file (the authority's CRL; it starts empty).</summary>
     private string RevocationListPath => Path.Combine(_folder.FullName, "revoked.crl.pem");
 
-    /// <summary>Writes a revocation list of <paramref name="signer"/> naming <paramref name="revoked"/>, as an operator copies a new one in (whole, then renamed).</summary>
-    private void WriteRevocationList(X509Certificate2 signer, params X509Certificate2[] revoked)
+    /// <summary>Writes a revocation list of <paramref name="signer"/> naming <paramref name="revoked"/> to the silo's list file, as an operator copies a new one in (whole, then renamed).</summary>
+    private void WriteRevocationList(X509Certificate2 signer, params X509Certificate2[] revoked) => WriteRevocationList(RevocationListPath, signer, revoked);
+
+    private void WriteRevocationList(string path, X509Certificate2 signer, params X509Certificate2[] revoked)
     {
         var builder = new CertificateRevocationListBuilder();
         foreach (var certificate in revoked)
@@ -36,11 +38,15 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
             builder.AddEntry(certificate, DateTimeOffset.UtcNow);
         }
         var crl = builder.Build(signer, System.Numerics.BigInteger.One + _crlNumber++, DateTimeOffset.UtcNow.AddDays(7), HashAlgorithmName.SHA256);
-        File.WriteAllText(RevocationListPath + ".new", PemEncoding.WriteString("X509 CRL", crl));
-        File.Move(RevocationListPath + ".new", RevocationListPath, overwrite: true);
+        File.WriteAllText(path + ".new", PemEncoding.WriteString("X509 CRL", crl));
+        File.Move(path + ".new", path, overwrite: true);
     }
 
     private int _crlNumber;
+
+    private readonly ControlPlaneCredential _siloCredential;
+
+    public ControlPlaneSecurityTests() => _siloCredential = _authority.Issue(CallerRole.Silo, "silo-1");
 
     public async ValueTask InitializeAsync()
     {
@@ -52,7 +58,7 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         builder.UseOrleans(silo => silo
             .UseLocalhostClustering(siloPort, _gatewayPort, serviceId: "fabric", clusterId: "fabric")
             .AddMemoryGrainStorage(Storage.Name)
-            .UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-1"), RevocationListPath)
+            .UseControlPlaneSecurity(_siloCredential, RevocationListPath)
             .AddFabricControlPlane(ClusterFixture.Selector));
         _silo = builder.Build();
         await _silo.StartAsync();
@@ -72,11 +78,12 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         }
         await _silo.StopAsync();
         _silo.Dispose();
+        _siloCredential.Dispose();
         _authority.Dispose();
         _folder.Delete(recursive: true);
     }
 
-    private async Task<IClusterClient> ConnectAsync(ControlPlaneCredential? credential, Action<IServiceCollection>? extra = null)
+    private async Task<IClusterClient> ConnectAsync(ControlPlaneCredential? credential, Action<IServiceCollection>? extra = null, string? revocationList = null)
     {
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         builder.Logging.ClearProviders();
@@ -87,7 +94,7 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
             client.UseConnectionRetryFilter((_, _) => Task.FromResult(false));
             if (credential is not null)
             {
-                client.UseControlPlaneSecurity(credential);
+                client.UseControlPlaneSecurity(credential, revocationList);
             }
             extra?.Invoke(client.Services);
         });
@@ -453,6 +460,29 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         Assert.Contains($"the certificate of agent 'host-a' (serial {RevocationList.SerialOf(stolen.Certificate.SerialNumber)}) was revoked by the fleet's authority", refused, StringComparison.Ordinal);
         await b.GetGrain<IHostGrain>("host-b").RegisterAsync(Info("host-b"), b.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
         await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(stolen));
+    }
+
+    /// <summary>
+    /// A silo's certificate leaks (someone could stand up a silo that agents would trust): with the authority's list, an
+    /// agent's or a dashboard's client refuses to connect to a silo presenting it, and connects as before with a list
+    /// that does not name it.
+    /// </summary>
+    [Fact]
+    public async Task AClientWithTheRevocationList_RefusesASiloWhoseCertificateWasRevoked()
+    {
+        var clientList = Path.Combine(_folder.FullName, "client.crl.pem");
+        using var other = _authority.Issue(CallerRole.Agent, "host-z");
+        WriteRevocationList(clientList, _authority.Certificate, other.Certificate);
+        var a = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-a"), revocationList: clientList);
+        Assert.NotEmpty(await a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync());
+
+        WriteRevocationList(clientList, _authority.Certificate, other.Certificate, _siloCredential.Certificate);
+        await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(_authority.Issue(CallerRole.Agent, "host-b"), revocationList: clientList));
+        // A list the authority did not sign is refused before any connection, naming the file.
+        using var rogue = DevelopmentAuthority.Create();
+        WriteRevocationList(clientList, rogue.Certificate);
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(() => ConnectAsync(_authority.Issue(CallerRole.Agent, "host-b"), revocationList: clientList));
+        Assert.Contains($"revocation list {clientList}: its signature does not verify", refused.Message, StringComparison.Ordinal);
     }
 
     /// <summary>
