@@ -263,6 +263,13 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             await ApplyAsync(host, desired, cancellationToken).ConfigureAwait(false);
         }
+        // The operators' version holds, read at every registration: a changed hold moves the bindings it concerns.
+        var holds = (desired.Holds.IsDefault ? [] : desired.Holds).ToDictionary(h => h.StackId, h => h.Version, StringComparer.Ordinal);
+        if (_agent.Switch.StackHost.SetHolds(holds))
+        {
+            Log.HoldsChanged(_logger, HostId, holds.Count == 0 ? "none" : string.Join(", ", holds.Select(h => $"{h.Key} at {h.Value}")));
+            _agent.ConformBindings();
+        }
         _nextRegister = _agent.Time.GetUtcNow() + RegisterEvery;
     }
 
@@ -686,4 +693,7 @@ internal static partial class Log
 
     [LoggerMessage(9, LogLevel.Information, "Control plane: host {HostId}'s VMs {Vms} are not placed there; placing them again")]
     public static partial void PlacingAgain(ILogger logger, string hostId, string vms);
+
+    [LoggerMessage(10, LogLevel.Information, "Control plane: host {HostId}'s stack version holds are now {Holds}")]
+    public static partial void HoldsChanged(ILogger logger, string hostId, string holds);
 }

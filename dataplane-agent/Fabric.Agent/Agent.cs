@@ -174,7 +174,7 @@ public sealed class Agent : IDisposable
     /// no longer publish in the version this host runs, is withdrawn: unbound, refused, its slots drained, unloaded once
     /// idle. A stack or version newly published is registered beside the versions already there (and one withdrawn
     /// before, once its old copy has unloaded), and VM bindings on an older version of its id move to it hitlessly, path
-    /// by path, as soon as the peer runs it too (<see cref="Switching.Switch.UpgradeBindingsAsync"/>, tried again at every
+    /// by path, as soon as the peer runs it too (<see cref="Switching.Switch.ConformBindingsAsync"/>, tried again at every
     /// refresh); a withdrawn newest version sends its bindings back to the previous one the same way. Targets that do not
     /// verify (forged, expired, rolled back) change nothing: the host keeps running what it verified and says why. Never
     /// throws (it runs on a timer).
@@ -224,15 +224,20 @@ public sealed class Agent : IDisposable
             RegisterSigned(stack);
         }
         Said(read);
-        UpgradeBindings();
+        ConformBindings();
     }
 
-    private int _upgrading;
+    private int _conforming;
+    private int _conformAgain;
 
-    /// <summary>Moves bindings on older versions to the newest each id has (in the background; one round at a time).</summary>
-    private void UpgradeBindings()
+    /// <summary>
+    /// Moves bindings to the stack version each should run: the newest both ends have, or the one the control plane holds
+    /// (in the background; one round at a time, and a call during a round makes one more round after it).
+    /// </summary>
+    public void ConformBindings()
     {
-        if (Interlocked.Exchange(ref _upgrading, 1) == 1)
+        Volatile.Write(ref _conformAgain, 1);
+        if (Interlocked.Exchange(ref _conforming, 1) == 1)
         {
             return;
         }
@@ -240,18 +245,26 @@ public sealed class Agent : IDisposable
         {
             try
             {
-                if (await Switch.UpgradeBindingsAsync().ConfigureAwait(false) is > 0 and var moved)
+                while (Interlocked.Exchange(ref _conformAgain, 0) == 1)
                 {
-                    Log.BindingsUpgraded(_logger, moved);
+                    if (await Switch.ConformBindingsAsync().ConfigureAwait(false) is > 0 and var moved)
+                    {
+                        Log.BindingsUpgraded(_logger, moved);
+                    }
                 }
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
-                Log.RepositoryRefreshFailed(_logger, _signed.Count, $"moving bindings to newer stack versions: {e.Message}");
+                Log.RepositoryRefreshFailed(_logger, _signed.Count, $"moving bindings to the stack versions they are to run: {e.Message}");
             }
             finally
             {
-                Volatile.Write(ref _upgrading, 0);
+                Volatile.Write(ref _conforming, 0);
+            }
+            // A call that came between the last round's check and the release above.
+            if (Volatile.Read(ref _conformAgain) == 1)
+            {
+                ConformBindings();
             }
         });
     }
@@ -474,6 +487,7 @@ public sealed class Agent : IDisposable
         Stacks = Switch.StackHost.Entries(),
         Quarantined = Switch.StackHost.Quarantined,
         Withdrawn = Switch.StackHost.Withdrawn,
+        Holds = Switch.StackHost.Holds,
         Repository = _repositoryState,
         Events = Switch.Events,
         UnloadingContexts = Switch.StackHost.UnloadingContexts,

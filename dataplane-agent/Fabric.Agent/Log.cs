@@ -41,7 +41,7 @@ internal static partial class Log
     [LoggerMessage(12, LogLevel.Error, "Stack {StackId} {Version} published but not registered: {Reason}")]
     public static partial void StackRefused(ILogger logger, string stackId, string version, string reason);
 
-    [LoggerMessage(13, LogLevel.Information, "{Count} VM binding(s) moved to their stack's newest version")]
+    [LoggerMessage(13, LogLevel.Information, "{Count} VM binding(s) moved to the stack version they are to run (the newest both ends have, or the one the control plane holds)")]
     public static partial void BindingsUpgraded(ILogger logger, int count);
 
     [LoggerMessage(14, LogLevel.Error, "Housekeeping round failed (tried again in 250 ms): {Reason}")]

@@ -29,6 +29,18 @@ public interface ICatalogGrain : IGrainWithStringKey
 
     [Alias("list-withdrawn")]
     ValueTask<ImmutableArray<WithdrawnStack>> ListWithdrawnAsync();
+
+    /// <summary>
+    /// Holds a stack id to one of its published versions on some hosts or all (replacing the stack's hold); a hold with
+    /// an empty version releases it. Returns null when set, else why not (an unknown stack, a version the signed targets
+    /// do not publish, no reason given): the hold is then as it was.
+    /// </summary>
+    [Alias("hold-version")]
+    ValueTask<string?> HoldVersionAsync(VersionHold hold);
+
+    /// <summary>Every hold in force, by stack id.</summary>
+    [Alias("list-holds")]
+    ValueTask<ImmutableArray<VersionHold>> ListHoldsAsync();
 }
 
 /// <summary>A VM (key: its id): policy, placement and the decision per remote host.</summary>

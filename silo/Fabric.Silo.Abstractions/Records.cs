@@ -292,6 +292,30 @@ public sealed record DesiredState([property: Id(0)] string HostId, [property: Id
 
     /// <summary>The VMs the control plane has placed on this host: the agent places again any of its VMs missing here.</summary>
     [Id(5)] public ImmutableArray<string> Vms { get; init; } = [];
+
+    /// <summary>
+    /// The stack versions the control plane holds this host to (<see cref="VersionHold"/>, those that name it or every
+    /// host): bindings of such a stack use that version only, and bindings on another move to it. Read by the agent at
+    /// each registration (every 5 s), not carried in deltas.
+    /// </summary>
+    [Id(6)] public ImmutableArray<VersionHold> Holds { get; init; } = [];
+}
+
+/// <summary>
+/// An operator's hold of a stack id to one of its published versions, on <see cref="Hosts"/> (empty: every host): a roll
+/// back (hold to the previous version) or a staged start (hold most hosts to the old one). Who set it, why and when are kept.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("fabric.version-hold")]
+public sealed record VersionHold(
+    [property: Id(0)] string StackId,
+    [property: Id(1)] string Version,
+    [property: Id(2)] ImmutableArray<string> Hosts,
+    [property: Id(3)] string By,
+    [property: Id(4)] string Reason,
+    [property: Id(5)] DateTimeOffset At)
+{
+    /// <summary>Whether the hold applies to <paramref name="hostId"/>.</summary>
+    public bool Covers(string hostId) => Hosts.IsDefaultOrEmpty || Hosts.Contains(hostId, StringComparer.Ordinal);
 }
 
 /// <summary>

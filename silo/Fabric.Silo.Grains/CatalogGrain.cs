@@ -15,6 +15,9 @@ public sealed class CatalogState
 
     /// <summary>Per repository, the version of the newest signed targets a sync brought.</summary>
     [Id(3)] public Dictionary<string, int> TargetsVersions { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Operators' version holds, by stack id.</summary>
+    [Id(4)] public Dictionary<string, VersionHold> Holds { get; set; } = new(StringComparer.Ordinal);
 }
 
 public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPersistentState<CatalogState> state) : Grain, ICatalogGrain
@@ -73,6 +76,37 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
 
     public ValueTask<ImmutableArray<StackInfo>> ListAsync() =>
         ValueTask.FromResult(state.State.Stacks.Values.OrderBy(s => s.Id, StringComparer.Ordinal).ToImmutableArray());
+
+    public async ValueTask<string?> HoldVersionAsync(VersionHold hold)
+    {
+        if (string.IsNullOrWhiteSpace(hold.Reason) || string.IsNullOrWhiteSpace(hold.By))
+        {
+            return "a hold says who sets it and why";
+        }
+        if (hold.Version.Length == 0)
+        {
+            if (state.State.Holds.Remove(hold.StackId))
+            {
+                await state.WriteStateAsync();
+            }
+            return null;
+        }
+        if (!state.State.Stacks.TryGetValue(hold.StackId, out var stack))
+        {
+            return $"stack '{hold.StackId}' is not in the catalog";
+        }
+        var published = stack.PublishedVersions.IsDefaultOrEmpty ? [stack.Version] : stack.PublishedVersions;
+        if (!published.Contains(hold.Version, StringComparer.Ordinal))
+        {
+            return $"stack '{hold.StackId}' {hold.Version} is not published (the signed targets publish {string.Join(", ", published)}): a hold chooses among signed versions";
+        }
+        state.State.Holds[hold.StackId] = hold with { Hosts = hold.Hosts.IsDefault ? [] : hold.Hosts };
+        await state.WriteStateAsync();
+        return null;
+    }
+
+    public ValueTask<ImmutableArray<VersionHold>> ListHoldsAsync() =>
+        ValueTask.FromResult(state.State.Holds.Values.OrderBy(h => h.StackId, StringComparer.Ordinal).ToImmutableArray());
 }
 
 /// <summary>The grain storage provider every Fabric grain persists to (memory by default, Azure Table by configuration).</summary>

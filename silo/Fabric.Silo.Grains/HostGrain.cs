@@ -262,7 +262,14 @@ public sealed class HostGrain : Grain, IHostGrain
                 }
             }
         }
-        return Desired;
+        return await WithHoldsAsync(Desired);
+    }
+
+    /// <summary>The desired state with the catalog's version holds that cover this host.</summary>
+    private async ValueTask<DesiredState> WithHoldsAsync(DesiredState desired)
+    {
+        var holds = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync();
+        return desired with { Holds = [.. holds.Where(h => h.Covers(HostId))] };
     }
 
     public ValueTask RenewAsync(IAgentObserver observer)
@@ -417,7 +424,7 @@ public sealed class HostGrain : Grain, IHostGrain
         }
     }
 
-    public ValueTask<DesiredState> GetDesiredStateAsync() => ValueTask.FromResult(Desired);
+    public ValueTask<DesiredState> GetDesiredStateAsync() => WithHoldsAsync(Desired);
 
     public ValueTask<long> GetAcknowledgedAsync() => ValueTask.FromResult(_acknowledged);
 

@@ -60,7 +60,10 @@ public interface IStack : IDisposable
     /// <summary>Counters since creation.</summary>
     StackStats GetStats();
 
-    /// <summary>State to hand to a successor during a swap (sequence numbers, keys, unacknowledged data). Std stacks have none.</summary>
+    /// <summary>
+    /// State to hand to an instance of another version of this stack that takes over this path (<see cref="StackContext.Previous"/>):
+    /// what it measured of the path. Std stacks have none. Called on the path's thread, between the instance's other calls.
+    /// </summary>
     StackState ExportState();
 
     /// <summary>A policy hook: the host tells the stack what the VM's policy now allows (e.g. a larger redundancy budget).</summary>
@@ -133,7 +136,18 @@ public readonly ref struct StackDatagram
 /// <param name="RemoteHost">The peer host's id.</param>
 /// <param name="Configuration">The stack's configuration (from its manifest and the control plane), e.g. keys.</param>
 /// <param name="Telemetry">Where the stack reports events it wants logged (never per packet).</param>
-public sealed record StackContext(string LocalHost, string RemoteHost, IReadOnlyDictionary<string, string> Configuration, IStackTelemetry Telemetry);
+public sealed record StackContext(string LocalHost, string RemoteHost, IReadOnlyDictionary<string, string> Configuration, IStackTelemetry Telemetry)
+{
+    /// <summary>
+    /// When the host moves traffic from another version of this stack id to this instance on the same path (a version
+    /// upgrade or roll back): what that instance's <see cref="IStack.ExportState"/> returned, for this one to start from.
+    /// Only what describes the path belongs in it (RTT and delivery-rate estimates, a loss estimate), never sequence
+    /// numbers, windows of packets or keys: the new instance opens a new slot with a new peer instance, and the old slot
+    /// drains what it has in flight. A stack that cannot read it (another format, another stack's) starts fresh and says
+    /// so in a telemetry event; it never throws for it. Null: nothing to start from.
+    /// </summary>
+    public StackState? Previous { get; init; }
+}
 
 /// <summary>Events a stack reports to the host's log (rate-limited by the host).</summary>
 public interface IStackTelemetry

@@ -20,5 +20,5 @@ public sealed class ArqBulkFactory : IStackFactory
         Pacing: true,
         MinRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "minRtoMs", 30, 1, 10_000) * 1_000_000,
         MaxRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "maxRtoMs", 2000, 1, 60_000) * 1_000_000,
-        MaxRetransmissions: (int)SelectiveRepeatOptions.Setting(context.Configuration, "maxRetransmissions", 30, 1, 1000)));
+        MaxRetransmissions: (int)SelectiveRepeatOptions.Setting(context.Configuration, "maxRetransmissions", 30, 1, 1000))).Resume(context);
 }

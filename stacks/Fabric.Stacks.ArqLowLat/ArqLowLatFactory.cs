@@ -17,5 +17,5 @@ public sealed class ArqLowLatFactory : IStackFactory
         Pacing: false,
         MinRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "minRtoMs", 10, 1, 10_000) * 1_000_000,
         MaxRtoNanoseconds: SelectiveRepeatOptions.Setting(context.Configuration, "maxRtoMs", 500, 1, 60_000) * 1_000_000,
-        MaxRetransmissions: (int)SelectiveRepeatOptions.Setting(context.Configuration, "maxRetransmissions", 20, 1, 1000)));
+        MaxRetransmissions: (int)SelectiveRepeatOptions.Setting(context.Configuration, "maxRetransmissions", 20, 1, 1000))).Resume(context);
 }

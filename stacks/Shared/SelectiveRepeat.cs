@@ -519,7 +519,60 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     public StackStats GetStats() => _counters.Snapshot();
 
-    public StackState ExportState() => StackState.Empty(options.Id);
+    /// <summary>State format <see cref="StateFormat"/>: the format byte, then the smoothed RTT and its variation (ns), the delivery rate (bytes/ns) and the mean datagram size, as doubles.</summary>
+    public StackState ExportState()
+    {
+        if (_srtt < 0)
+        {
+            return StackState.Empty(options.Id);
+        }
+        var data = new byte[1 + 4 * sizeof(double)];
+        data[0] = StateFormat;
+        BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(1), _srtt);
+        BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(9), _rttvar);
+        BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(17), _deliveryRate);
+        BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(25), _averageSize);
+        return new StackState(options.Id, data);
+    }
+
+    private const byte StateFormat = 1;
+
+    /// <summary>
+    /// Starts from what the instance of another version of this stack measured on the path (<see cref="StackContext.Previous"/>):
+    /// its RTT and delivery-rate estimates, so the first retransmission timer and the pacer's window fit the path instead
+    /// of the defaults. Anything it cannot read (another stack's state, another format, values out of range) is left
+    /// aside, said in a telemetry event, and the instance starts fresh.
+    /// </summary>
+    public SelectiveRepeat Resume(StackContext context)
+    {
+        if (context.Previous is not { } previous || previous.Data.IsEmpty)
+        {
+            return this;
+        }
+        var data = previous.Data.Span;
+        var refusal = previous.StackId != options.Id ? $"state of '{previous.StackId}', not of '{options.Id}'"
+            : data.Length != 1 + 4 * sizeof(double) || data[0] != StateFormat ? $"state format {data[0]} of {data.Length} bytes, this version reads format {StateFormat} of 33"
+            : null;
+        double srtt = 0, rttvar = 0, rate = 0, size = 0;
+        if (refusal is null)
+        {
+            (srtt, rttvar) = (BinaryPrimitives.ReadDoubleLittleEndian(data[1..]), BinaryPrimitives.ReadDoubleLittleEndian(data[9..]));
+            (rate, size) = (BinaryPrimitives.ReadDoubleLittleEndian(data[17..]), BinaryPrimitives.ReadDoubleLittleEndian(data[25..]));
+            // An RTT up to a minute, a rate up to 1 Tbit/s, a datagram up to 64 KiB: anything else is not a measurement.
+            if (!(srtt is > 0 and < 60e9) || !(rttvar is >= 0 and < 60e9) || !(rate is >= 0 and < 125) || !(size is >= 1 and <= 65536))
+            {
+                refusal = "values out of range";
+            }
+        }
+        if (refusal is not null)
+        {
+            context.Telemetry.Event("state-refused", $"{refusal}; starting fresh");
+            return this;
+        }
+        (_srtt, _rttvar, _deliveryRate, _averageSize) = (srtt, rttvar, rate, size);
+        context.Telemetry.Event("state-resumed", $"srtt {srtt / 1e6:0.###} ms, delivery rate {rate * 8e3:0.#} Mbit/s");
+        return this;
+    }
 
     public void ApplyPolicy(StackPolicy policy)
     {

@@ -15,6 +15,19 @@ public class StackVersionTests
 
     private static string? KeyOf(Agent agent, string peer, string vm) => agent.Switch.Paths[peer].VmBindingKeys()[vm].Stack;
 
+    /// <summary>Two hosts that run swap-test 0.1.0 and 0.2.0, vm1 bound to the newest.</summary>
+    private static async Task<TwoHosts> BothVersionsWithVm1OnTheNewestAsync(CancellationToken ct)
+    {
+        var hosts = new TwoHosts();
+        foreach (var agent in new[] { hosts.A, hosts.B })
+        {
+            agent.Switch.RegisterStack(SwapTest, "swap-test", signedVersion: "0.2.0");
+        }
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", ct));
+        Assert.Equal("swap-test@0.2.0", KeyOf(hosts.A, "host-b", "vm1"));
+        return hosts;
+    }
+
     [Fact]
     public async Task ANewVersion_RunsBesideTheOld_AndBindingsMoveToItWithoutLosingAFrame_OnceThePeerRunsItToo()
     {
@@ -29,18 +42,18 @@ public class StackVersionTests
         Assert.Equal(["swap-test@0.1.0", "swap-test@0.2.0"], hosts.A.Switch.StackHost.Registered.Where(k => StackKey.IdOf(k) == "swap-test"));
         Assert.Equal("swap-test@0.2.0", hosts.A.Switch.StackHost.Resolve("swap-test"));
         // B does not run it yet: vm1 stays where it is, and a new binding of the id takes the newest version B has.
-        Assert.Equal(0, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(ct));
         Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
         Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test", ct));
         Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm2"));
 
         // B takes 0.2.0: both bindings move, each through a slot B opened with 0.2.0.
         hosts.B.Switch.RegisterStack(SwapTest, "swap-test", signedVersion: "0.2.0");
-        Assert.Equal(2, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+        Assert.Equal(2, await hosts.A.Switch.ConformBindingsAsync(ct));
         var (key, slot) = hosts.A.Switch.Paths["host-b"].VmBindingKeys()["vm1"];
         Assert.Equal("swap-test@0.2.0", key);
         Assert.Equal(("swap-test", "0.2.0"), (hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stack, hosts.B.Switch.Paths["host-a"].StackStats()[slot].Version));
-        Assert.Equal(0, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(ct));
         Thread.Sleep(300);
         stream.Stop();
         Assert.True(stream.Sent > 1000, $"only {stream.Sent} frames were sent");
@@ -62,13 +75,7 @@ public class StackVersionTests
     public async Task ANewestVersionQuarantinedOrWithdrawn_LeavesThePreviousOneUsable_AndTheIdBindsToIt(bool withdraw)
     {
         var ct = TestContext.Current.CancellationToken;
-        using var hosts = new TwoHosts();
-        foreach (var agent in new[] { hosts.A, hosts.B })
-        {
-            agent.Switch.RegisterStack(SwapTest, "swap-test", signedVersion: "0.2.0");
-        }
-        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "swap-test", ct));
-        Assert.Equal("swap-test@0.2.0", KeyOf(hosts.A, "host-b", "vm1"));
+        using var hosts = await BothVersionsWithVm1OnTheNewestAsync(ct);
 
         if (withdraw)
         {
@@ -90,7 +97,80 @@ public class StackVersionTests
         var refused = await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test@0.2.0", ct);
         Assert.Contains(withdraw ? "stack 'swap-test@0.2.0' is withdrawn on this host" : "stack 'swap-test@0.2.0' is quarantined on this host", refused, StringComparison.Ordinal);
         // Nor does an upgrade take a binding back to it.
-        Assert.Equal(0, await hosts.A.Switch.UpgradeBindingsAsync(ct));
+        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(ct));
+    }
+
+    /// <summary>
+    /// The control plane holds swap-test at 0.1.0 on host A (a roll back): A's binding on 0.2.0 moves to 0.1.0 without
+    /// losing a frame, a peer's request for 0.2.0 is refused naming the hold (a binding of the bare id then takes 0.1.0),
+    /// and releasing the hold moves the binding back.
+    /// </summary>
+    [Fact]
+    public async Task AHold_MovesBindingsToTheHeldVersion_ThePeersOtherVersionIsRefused_AndTheReleaseMovesThemBack()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var hosts = await BothVersionsWithVm1OnTheNewestAsync(ct);
+        using var stream = new FrameStream(hosts);
+
+        var hold = new Dictionary<string, string> { ["swap-test"] = "0.1.0" };
+        Assert.True(hosts.A.Switch.StackHost.SetHolds(hold));
+        Assert.False(hosts.A.Switch.StackHost.SetHolds(hold));
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
+
+        var refused = await hosts.B.Switch.BindVmAsync("vm3", "host-a", "swap-test@0.2.0", ct);
+        Assert.Contains("stack 'swap-test@0.2.0' is not run on host-a: the control plane holds swap-test at 0.1.0 on this host", refused, StringComparison.Ordinal);
+        Assert.Null(await hosts.B.Switch.BindVmAsync("vm3", "host-a", "swap-test", ct));
+        Assert.Equal("swap-test@0.1.0", KeyOf(hosts.B, "host-a", "vm3"));
+        // Nor does A bind a VM of its own to the version held out.
+        Assert.Contains("stack 'swap-test@0.2.0' is not run on this host: the control plane holds swap-test at 0.1.0",
+            await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test@0.2.0", ct), StringComparison.Ordinal);
+
+        // A hold naming a version this host does not have holds nothing (the signed repository decides what may run).
+        Assert.True(hosts.B.Switch.StackHost.SetHolds(new Dictionary<string, string> { ["swap-test"] = "9.9.9" }));
+        Assert.Equal(["swap-test@0.2.0", "swap-test@0.1.0"], hosts.B.Switch.StackHost.Candidates("swap-test"));
+
+        Assert.True(hosts.A.Switch.StackHost.SetHolds(new Dictionary<string, string>()));
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal("swap-test@0.2.0", KeyOf(hosts.A, "host-b", "vm1"));
+        Thread.Sleep(300);
+        stream.Stop();
+        Assert.True(stream.Sent > 1000, $"only {stream.Sent} frames were sent");
+        Assert.Equal(stream.Sent, stream.Received);
+    }
+
+    /// <summary>
+    /// A VM on arq-lowlat moves to a newer version of it: the old instance's RTT and rate estimates go to the new one,
+    /// which says it resumed them, and the VM's frames go on arriving.
+    /// </summary>
+    [Fact]
+    public async Task AVersionChange_HandsWhatTheOldInstanceMeasuredOfThePath_ToTheNewOne()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var arq = StackPlugins.PathOf(StackPlugins.ArqLowLat);
+        using var hosts = new TwoHosts();
+        foreach (var agent in new[] { hosts.A, hosts.B })
+        {
+            agent.Switch.RegisterStack(arq);
+        }
+        Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "arq-lowlat", ct));
+        for (var i = 0; i < 20; i++)
+        {
+            // Each frame acknowledged before the next: the sender has RTT samples.
+            hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300 + i));
+            Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300 + i), hosts.Expect("vm3"));
+            Thread.Sleep(5);
+        }
+        foreach (var agent in new[] { hosts.A, hosts.B })
+        {
+            agent.Switch.RegisterStack(arq, "arq-lowlat", signedVersion: "1.0.1");
+        }
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal("arq-lowlat@1.0.1", KeyOf(hosts.A, "host-b", "vm1"));
+        Eventually.True(() => hosts.A.Switch.Events.Any(e => e.Contains("stack arq-lowlat@1.0.1 on the path to host-b: state-resumed: srtt ", StringComparison.Ordinal)),
+            TimeSpan.FromSeconds(5), "the new instance resumed the old one's estimates", () => string.Join("\n", hosts.A.Switch.Events));
+        hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 400));
+        Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 400), hosts.Expect("vm3"));
     }
 
     [Fact]

@@ -248,10 +248,47 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         page.WaitForAssertion(() =>
         {
             var cells = (string version) => page.FindAll($"[data-testid='version-{id}-{version}'] td").Select(c => c.TextContent).ToArray();
-            Assert.Equal([id, "1.1.0", "yes", host, "2"], cells("1.1.0"));
-            Assert.Equal([id, "1.0.0", "yes", host, "1"], cells("1.0.0"));
-            Assert.Equal([id, "0.9.0", "no", host, "0"], cells("0.9.0"));
+            Assert.Equal([id, "1.1.0", "yes", host, "2", ""], cells("1.1.0"));
+            Assert.Equal([id, "1.0.0", "yes", host, "1", ""], cells("1.0.0"));
+            Assert.Equal([id, "0.9.0", "no", host, "0", ""], cells("0.9.0"));
         }, TimeSpan.FromSeconds(10));
+        Assert.Empty(page.FindAll("[data-testid=hold-save]"));
+    }
+
+    /// <summary>
+    /// An admin holds a stack to its older version on one host (a roll back): a version the signed targets do not publish
+    /// is refused with the catalog's reason, the hold is kept with who and why and shown on the version's row, and a hold
+    /// with no version releases it.
+    /// </summary>
+    [Fact]
+    public async Task AnAdmin_HoldsAStackToAnOlderVersion_OnTheStacksPage_AndReleasesIt()
+    {
+        var id = Unique("hold");
+        await _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).SyncAsync(
+            [new StackInfo(id, "1.1.0", "ipv4", 16, 0, 0, 0, false, "two versions") { PublishedVersions = ["1.1.0", "1.0.0"] }], 1, "repository of " + id);
+        SignIn(DashboardUser.Admin);
+        var page = Render<Fabric.Dashboard.Components.Pages.Stacks>();
+        page.WaitForAssertion(() => Assert.NotEmpty(page.FindAll($"[data-testid='version-{id}-1.0.0']")));
+        async Task Hold(string version, string hosts)
+        {
+            await page.Find("input[data-testid=hold-stack], [data-testid=hold-stack] input").ChangeAsync(new() { Value = id });
+            await page.Find("input[data-testid=hold-version], [data-testid=hold-version] input").ChangeAsync(new() { Value = version });
+            await page.Find("input[data-testid=hold-hosts], [data-testid=hold-hosts] input").ChangeAsync(new() { Value = hosts });
+            await page.Find("input[data-testid=hold-reason], [data-testid=hold-reason] input").ChangeAsync(new() { Value = "1.1.0 drops on the canary" });
+            await page.Find("[data-testid=hold-save]").ClickAsync(new());
+        }
+
+        await Hold("3.0.0", "");
+        page.WaitForAssertion(() => Assert.Contains($"stack '{id}' 3.0.0 is not published", page.Find("[data-testid=hold-result]").TextContent, StringComparison.Ordinal));
+        await Hold("1.0.0", "host-c1");
+        page.WaitForAssertion(() => Assert.Contains($"{id} held at 1.0.0 on host-c1", page.Find("[data-testid=hold-result]").TextContent, StringComparison.Ordinal));
+        var hold = Assert.Single(await _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync(), h => h.StackId == id);
+        Assert.Equal(("1.0.0", "host-c1", "admin 'someone'", "1.1.0 drops on the canary"), (hold.Version, Assert.Single(hold.Hosts), hold.By, hold.Reason));
+        page.WaitForAssertion(() => Assert.Contains("on host-c1 by admin 'someone'", page.Find($"[data-testid='version-{id}-1.0.0']").TextContent, StringComparison.Ordinal));
+
+        await Hold("", "");
+        page.WaitForAssertion(() => Assert.Contains($"{id}: hold released", page.Find("[data-testid=hold-result]").TextContent, StringComparison.Ordinal));
+        Assert.DoesNotContain(await _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync(), h => h.StackId == id);
     }
 
     /// <summary>

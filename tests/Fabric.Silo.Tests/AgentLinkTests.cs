@@ -78,6 +78,13 @@ public sealed class AgentLinkTests
             await Eventually.TrueAsync(async () => (await hostA.GetInfoAsync())?.StackVersions.Any(u => u.Id == "swap-test" && u.Version == "0.1.0" && u.VmPaths >= 1) == true
                 && (await hostA.GetOutcomesAsync()).Any(o => o.Stack == "swap-test" && o.StackVersion == "0.1.0"),
                 Wait, "the version in use reported", async () => $"{string.Join(", ", (await hostA.GetInfoAsync())?.StackVersions ?? [])}");
+            // An operator's hold on swap-test for host-a reaches its agent at its next registration, and its release too.
+            var catalog = silo.Grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+            Assert.Null(await catalog.HoldVersionAsync(new VersionHold("swap-test", "0.1.0", ["host-a"], "operator 'test'", "hold for the test", DateTimeOffset.UtcNow)));
+            Eventually.True(() => hosts.A.Switch.StackHost.Holds.GetValueOrDefault("swap-test") == "0.1.0" && hosts.B.Switch.StackHost.Holds.Count == 0,
+                Wait, "the hold reached host-a only", () => $"a: {string.Join(", ", hosts.A.Switch.StackHost.Holds)}; b: {string.Join(", ", hosts.B.Switch.StackHost.Holds)}");
+            Assert.Null(await catalog.HoldVersionAsync(new VersionHold("swap-test", "", [], "operator 'test'", "done", DateTimeOffset.UtcNow)));
+            Eventually.True(() => hosts.A.Switch.StackHost.Holds.Count == 0, Wait, "the hold released", () => string.Join(", ", hosts.A.Switch.StackHost.Holds));
 
             // An operator's policy on vm3 moves host-b's side too.
             var result = await silo.Grains.GetGrain<IVmGrain>("vm3").SetPolicyAsync(new Policy("general", "standard", "ipv4", [], [], "swap-test", 0));

@@ -97,6 +97,39 @@ public class CatalogSyncTests(ClusterFixture fixture)
         Assert.Contains(await catalog.ListAsync(), s => s.Id == gone && s.Version == "1.0.1");
         Assert.DoesNotContain(await catalog.ListWithdrawnAsync(), w => w.Id == gone);
     }
+
+    /// <summary>
+    /// An operator holds a stack to one of its signed versions on some hosts (a roll back, a staged start): the catalog
+    /// refuses a version the signed targets do not publish and a hold that does not say who and why, and each host's
+    /// desired state carries the holds that name it, and only those, until the hold is released.
+    /// </summary>
+    [Fact]
+    public async Task AVersionHold_ChoosesAmongSignedVersions_AndReachesOnlyTheHostsItNames()
+    {
+        using var repo = new SignedRepository();
+        var id = "held-" + Guid.NewGuid().ToString("N")[..8];
+        repo.Publish(id, "1.0.0", new StackProfile(Purpose: "old"));
+        repo.Publish(id, "1.1.0", new StackProfile(Purpose: "new"));
+        await CatalogSync.SyncOnceAsync(repo.Source, fixture.Client);
+        var catalog = fixture.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+        var (canary, other) = ($"{id}-host-1", $"{id}-host-2");
+        var now = DateTimeOffset.UtcNow;
+
+        Assert.Contains($"stack '{id}' 2.0.0 is not published (the signed targets publish 1.1.0, 1.0.0)",
+            await catalog.HoldVersionAsync(new VersionHold(id, "2.0.0", [], "operator 'test'", "roll back", now)), StringComparison.Ordinal);
+        Assert.Equal("a hold says who sets it and why", await catalog.HoldVersionAsync(new VersionHold(id, "1.0.0", [], "", "", now)));
+        Assert.Contains("is not in the catalog", await catalog.HoldVersionAsync(new VersionHold(id + "-x", "1.0.0", [], "operator 'test'", "why", now)), StringComparison.Ordinal);
+        Assert.DoesNotContain(await catalog.ListHoldsAsync(), h => h.StackId == id);
+
+        Assert.Null(await catalog.HoldVersionAsync(new VersionHold(id, "1.0.0", [canary], "operator 'test'", "1.1.0 regressed on the canary", now)));
+        async Task<VersionHold?> HoldOn(string host) => (await fixture.Client.GetGrain<IHostGrain>(host).GetDesiredStateAsync()).Holds.SingleOrDefault(h => h.StackId == id);
+        Assert.Equal(("1.0.0", "1.1.0 regressed on the canary"), (await HoldOn(canary))?.Version is { } v ? (v, (await HoldOn(canary))!.Reason) : default);
+        Assert.Null(await HoldOn(other));
+
+        Assert.Null(await catalog.HoldVersionAsync(new VersionHold(id, "", [], "operator 'test'", "fixed", now)));
+        Assert.Null(await HoldOn(canary));
+        Assert.DoesNotContain(await catalog.ListHoldsAsync(), h => h.StackId == id);
+    }
 }
 
 /// <summary>A signed repository in a temporary folder, as its publisher sees it, and the source a silo's sync reads it from.</summary>

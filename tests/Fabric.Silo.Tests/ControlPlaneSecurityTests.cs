@@ -145,6 +145,8 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
             () => a.GetGrain<IVmGrain>("vm-a").GetAsync().AsTask(),
             () => a.GetGrain<INetworkGrain>(INetworkGrain.KeyOf(7)).SetMemberAsync("vm-x", new Peer("host-a", "127.0.0.1", null, 4789, "BBBB"), [], false).AsTask(),
             () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(Catalogs.StdIPv4 with { Version = "9.9.9" }).AsTask(),
+            // An agent cannot hold its peers (or itself) to a stack version: rolling back is an operator's.
+            () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).HoldVersionAsync(new VersionHold("std-ipv4", "1.0.0", ["host-b"], "agent", "x", DateTimeOffset.UtcNow)).AsTask(),
             () => a.GetGrain<ILearnerGrain>(ILearnerGrain.Key).SetLearningEnabledAsync(false).AsTask(),
             () => a.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync().AsTask(),
             () => a.GetGrain<IManagementGrain>(0).GetHosts(),

@@ -12,6 +12,62 @@ public class ArqTests
     private const byte KindSkip = 3;
 
     /// <summary>
+    /// An instance of another version takes over a path: it starts from the RTT and delivery-rate estimates the old one
+    /// exported (and exports them again unchanged), and anything it cannot read — another stack's state, another
+    /// format, values no measurement gives — is set aside with an event, the instance starting fresh.
+    /// </summary>
+    [Theory]
+    [InlineData(StackPlugins.ArqLowLat, "arq-lowlat")]
+    [InlineData(StackPlugins.ArqBulk, "arq-bulk")]
+    public void AnotherVersionsState_IsResumedWhenItReadsIt_AndSetAsideWithAnEventWhenNot(string plugin, string id)
+    {
+        var factory = StackLoader.Load(StackPlugins.PathOf(plugin)).Factory;
+        static byte[] State(byte format, double srtt, double rttvar, double rate, double size)
+        {
+            var data = new byte[33];
+            data[0] = format;
+            BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(1), srtt);
+            BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(9), rttvar);
+            BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(17), rate);
+            BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(25), size);
+            return data;
+        }
+        (IStack Stack, List<string> Events) Create(StackState? previous)
+        {
+            var events = new Recorded();
+            return (factory.Create(new StackContext("a", "b", new Dictionary<string, string>(), events) { Previous = previous }), events.Seen);
+        }
+
+        var good = State(1, 20e6, 5e6, 0.0125, 1200);
+        var (resumed, said) = Create(new StackState(id, good));
+        Assert.Equal(["state-resumed: srtt 20 ms, delivery rate 100 Mbit/s"], said);
+        Assert.Equal(good, resumed.ExportState().Data.ToArray());
+
+        foreach (var (previous, reason) in new[]
+        {
+            (new StackState("fec", good), "state of 'fec'"),
+            (new StackState(id, State(2, 20e6, 5e6, 0.0125, 1200)), "state format 2 of 33 bytes"),
+            (new StackState(id, good.AsMemory(0, 20)), "of 20 bytes"),
+            (new StackState(id, State(1, double.NaN, 5e6, 0.0125, 1200)), "values out of range"),
+            (new StackState(id, State(1, 20e6, 5e6, 1e9, 1200)), "values out of range"),
+        })
+        {
+            var (fresh, events) = Create(previous);
+            Assert.Contains(events, e => e.StartsWith("state-refused: ", StringComparison.Ordinal) && e.Contains(reason, StringComparison.Ordinal) && e.EndsWith("starting fresh", StringComparison.Ordinal));
+            // Fresh: nothing measured yet, nothing to hand on.
+            Assert.True(fresh.ExportState().Data.IsEmpty);
+        }
+        Assert.Empty(Create(null).Events);
+    }
+
+    private sealed class Recorded : IStackTelemetry
+    {
+        public List<string> Seen { get; } = [];
+
+        public void Event(string name, string detail) => Seen.Add($"{name}: {detail}");
+    }
+
+    /// <summary>
     /// Every copy of one packet is lost (a link that carries next to nothing for a while, as a UMTS trace did in the
     /// learning benchmark): the sender gives it up after its retransmissions, and the receiver must stop waiting for it.
     /// Before it was told, the receiver held every later frame behind the gap for ever and the path carried nothing more

@@ -10,6 +10,10 @@ public sealed class CatalogService(IGrainFactory grains)
 
     public ValueTask<ImmutableArray<WithdrawnStack>> ListWithdrawnAsync() => Catalog.ListWithdrawnAsync();
 
+    public ValueTask<ImmutableArray<VersionHold>> ListHoldsAsync() => Catalog.ListHoldsAsync();
+
+    public ValueTask<string?> HoldVersionAsync(VersionHold hold) => Catalog.HoldVersionAsync(hold);
+
     private ICatalogGrain Catalog => grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
 }
 

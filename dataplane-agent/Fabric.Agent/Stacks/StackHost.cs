@@ -27,6 +27,7 @@ public sealed class StackHost
     private readonly List<WeakReference> _unloading = [];
     private readonly Dictionary<string, string> _quarantined = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _withdrawn = new(StringComparer.Ordinal);
+    private Dictionary<string, string> _holds = new(StringComparer.Ordinal);
     private readonly TimeSpan _drain;
     private readonly TimeProvider _time;
 
@@ -132,7 +133,8 @@ public sealed class StackHost
 
     /// <summary>
     /// The versions a binding to <paramref name="name"/> may use, best first: a key alone; for a bare id every registered
-    /// version that is not quarantined, newest first (a peer that lacks the newest may still run an older one).
+    /// version that is not quarantined, newest first (a peer that lacks the newest may still run an older one) — only the
+    /// held one while the control plane holds the id to a version this host has (<see cref="SetHolds"/>).
     /// </summary>
     public IReadOnlyList<string> Candidates(string name)
     {
@@ -142,9 +144,52 @@ public sealed class StackHost
             {
                 return [name];
             }
-            return [.. Newest(_registered.Keys.Where(k => StackKey.IdOf(k) == name && !_quarantined.ContainsKey(k)))];
+            return [.. Newest(_registered.Keys.Where(k => StackKey.IdOf(k) == name && !_quarantined.ContainsKey(k) && !HeldOutLocked(k)))];
         }
     }
+
+    /// <summary>
+    /// Takes the control plane's holds (stack id → the version this host is to run): bindings of a held id use that
+    /// version only, and a peer's request for another version of it is refused. A hold naming a version this host does
+    /// not have is kept but holds nothing until the version is registered (the signed repository decides what may run).
+    /// Returns true when the holds changed.
+    /// </summary>
+    public bool SetHolds(IReadOnlyDictionary<string, string> holds)
+    {
+        lock (_gate)
+        {
+            if (holds.Count == _holds.Count && holds.All(h => _holds.TryGetValue(h.Key, out var v) && v == h.Value))
+            {
+                return false;
+            }
+            _holds = new Dictionary<string, string>(holds, StringComparer.Ordinal);
+            return true;
+        }
+    }
+
+    /// <summary>The control plane's holds in force (stack id → version).</summary>
+    public IReadOnlyDictionary<string, string> Holds
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return new Dictionary<string, string>(_holds, StringComparer.Ordinal);
+            }
+        }
+    }
+
+    /// <summary>Why a peer may not open the version <paramref name="key"/> here (the control plane holds its id to another version), or null.</summary>
+    public string? HeldOut(string key)
+    {
+        lock (_gate)
+        {
+            return HeldOutLocked(key) ? $"the control plane holds {StackKey.IdOf(key)} at {_holds[StackKey.IdOf(key)]} on this host" : null;
+        }
+    }
+
+    private bool HeldOutLocked(string key) =>
+        _holds.TryGetValue(StackKey.IdOf(key), out var held) && StackKey.VersionOf(key) != held && _registered.ContainsKey(StackKey.Of(StackKey.IdOf(key), held));
 
     /// <summary>What a stack version declares (a bare id: its newest usable version); null when the name is unknown.</summary>
     public StackDescription? Describe(string name)
@@ -333,7 +378,8 @@ public sealed class StackHost
             return _registered.ContainsKey(name) || _loaded.ContainsKey(name) || _withdrawn.ContainsKey(name) ? name : null;
         }
         bool Of(string key) => StackKey.IdOf(key) == name;
-        return Newest(_registered.Keys.Where(k => Of(k) && !_quarantined.ContainsKey(k))).FirstOrDefault()
+        return Newest(_registered.Keys.Where(k => Of(k) && !_quarantined.ContainsKey(k) && !HeldOutLocked(k))).FirstOrDefault()
+            ?? Newest(_registered.Keys.Where(k => Of(k) && !_quarantined.ContainsKey(k))).FirstOrDefault()
             ?? Newest(_registered.Keys.Where(Of)).FirstOrDefault()
             ?? Newest(_loaded.Keys.Where(Of)).FirstOrDefault()
             ?? Newest(_withdrawn.Keys.Where(Of)).FirstOrDefault();

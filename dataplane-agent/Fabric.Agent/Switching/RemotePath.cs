@@ -361,10 +361,11 @@ public sealed partial class RemotePath : IDisposable
     /// false and the new instance is discarded. The check is made under the gate, after the (slow) instance creation,
     /// because the peer's open can arrive on the underlay thread in between.
     /// </summary>
-    internal bool Open(LoadedStack stack, int slot, string localHost, bool adoptPeerOpened = false)
+    /// <remarks><c>previous</c>: what an instance of another version of the stack on this path exported, for the new one to start from.</remarks>
+    internal bool Open(LoadedStack stack, int slot, string localHost, bool adoptPeerOpened = false, StackState? previous = null)
     {
         var stackId = stack.Key;
-        var instance = CreateInstance(stack, localHost);
+        var instance = CreateInstance(stack, localHost, previous);
         using (TakeFor(instance, stackId))
         {
             if (adoptPeerOpened && _table.CanAdopt(slot, stackId))
@@ -414,12 +415,12 @@ public sealed partial class RemotePath : IDisposable
     /// factory that never returns costs that thread, not the caller's, and no busy thread pool makes a healthy one late;
     /// an instance a factory returns after the caller gave up is disposed.
     /// </summary>
-    private IStack CreateInstance(LoadedStack stack, string localHost)
+    private IStack CreateInstance(LoadedStack stack, string localHost, StackState? previous = null)
     {
         // Settings are per stack id; what fails is named by its version's key (a quarantine takes that version only).
         var id = stack.Key;
         var settingsId = stack.Description.Id;
-        var creation = new Creation(stack.Factory, new StackContext(localHost, Spec.HostId, Spec.SettingsOf(settingsId), new PathTelemetry(this, id)), Disposer, id);
+        var creation = new Creation(stack.Factory, new StackContext(localHost, Spec.HostId, Spec.SettingsOf(settingsId), new PathTelemetry(this, id)) { Previous = previous }, Disposer, id);
         var thread = new Thread(creation.Run) { IsBackground = true, Name = $"stack-create {id}" };
         thread.Start();
         if (!thread.Join(CreateTimeout))
@@ -429,6 +430,37 @@ public sealed partial class RemotePath : IDisposable
         }
         return creation.Failed is { } failed ? throw new StackStartException(id, Spec.HostId, failed)
             : creation.Created ?? throw new StackStartException(id, Spec.HostId, new InvalidOperationException("its factory returned no instance"));
+    }
+
+    /// <summary>
+    /// What the instance in <paramref name="slot"/> exports for an instance of another version of its stack taking over
+    /// (<see cref="IStack.ExportState"/>), as a watched call; null when the slot is empty or the export threw (said as an
+    /// event: the next version starts fresh).
+    /// </summary>
+    internal StackState? ExportState(int slot)
+    {
+        using (_gate.Take())
+        {
+            if (_table.Instance(slot) is not { } instance)
+            {
+                return null;
+            }
+            var stackId = _table.StackIn(slot)!;
+            _gate.Calling(slot, stackId);
+            try
+            {
+                return instance.ExportState();
+            }
+            catch (Exception e)
+            {
+                OnStackEvent?.Invoke(stackId, "export-failed", $"{e.GetType().Name}: {e.Message}; the next version starts fresh");
+                return null;
+            }
+            finally
+            {
+                _gate.Returned();
+            }
+        }
     }
 
     /// <summary>The id of the instance this host opened in one of its own slots (sent with every open request for it).</summary>

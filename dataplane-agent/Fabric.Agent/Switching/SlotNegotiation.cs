@@ -36,7 +36,7 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
                 // Unknown, quarantined or withdrawn: said by the checks below for the version concerned.
                 return (await BindVmCoreAsync(vmId, hostId, state.StackHost.Resolve(stack) ?? stack, cancellationToken).ConfigureAwait(false)).Error;
             }
-            // Newest first; one the VM is bound to already ends the search (binding it again changes nothing).
+            // Best first: a peer's refusal tries the next one; the one the VM is on already binds at once (nothing changes).
             string? first = null;
             foreach (var candidate in candidates)
             {
@@ -100,6 +100,10 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         {
             return ($"stack '{stackId}' is withdrawn on this host: {withdrawn}", false);
         }
+        if (state.StackHost.HeldOut(stackId) is { } held)
+        {
+            return ($"stack '{stackId}' is not run on this host: {held}", false);
+        }
         if (description.UnderlayFamily != state.StackHost.Describe(path.StackIn(path.TransmitSlot) ?? path.Spec.Stack)?.UnderlayFamily)
         {
             return ($"stack '{stackId}' runs over another underlay family than the path to '{hostId}'", false);
@@ -113,9 +117,12 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             {
                 return ($"no free slot on the path to '{hostId}'", false);
             }
+            // A VM moving between two versions of one stack hands what the old instance measured of the path to the new one.
+            var previous = boundSlot >= 0 && boundStack is not null && boundStack != stackId && StackKey.IdOf(boundStack) == StackKey.IdOf(stackId)
+                ? path.ExportState(boundSlot) : null;
             try
             {
-                OpenOwnSlot(path, stackId, slot);
+                OpenOwnSlot(path, stackId, slot, previous: previous);
             }
             catch (StackStartException e)
             {
@@ -142,12 +149,12 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
     /// (or when the slot was adopted: it is already counted), and a stack whose factory throws is quarantined (it would
     /// throw for every path) before the error goes on.
     /// </summary>
-    public void OpenOwnSlot(RemotePath path, string stackId, int slot, bool adoptPeerOpened = false)
+    public void OpenOwnSlot(RemotePath path, string stackId, int slot, bool adoptPeerOpened = false, Fabric.Stacks.StackState? previous = null)
     {
         var stack = state.StackHost.Acquire(stackId);
         try
         {
-            if (!path.Open(stack, slot, state.HostId, adoptPeerOpened))
+            if (!path.Open(stack, slot, state.HostId, adoptPeerOpened, previous))
             {
                 state.StackHost.Release(stackId);
             }
@@ -346,6 +353,10 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         if (state.StackHost.Withdrawn.TryGetValue(stackId, out var withdrawn))
         {
             return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is withdrawn on {state.HostId}: {withdrawn}");
+        }
+        if (state.StackHost.HeldOut(stackId) is { } held)
+        {
+            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is not run on {state.HostId}: {held}");
         }
         var stack = state.StackHost.Acquire(stackId);
         string? replaced;

@@ -615,12 +615,13 @@ public sealed class Switch : IDisposable
     public bool WithdrawStack(string stackId, string reason) => _quarantine.Withdraw(stackId, reason);
 
     /// <summary>
-    /// Moves every VM binding on a version of a stack id older than the id's newest usable one to the newest the peer
-    /// also runs, hitlessly (<see cref="BindVmAsync"/> with the bare id: a new slot opened and confirmed by the peer, the
-    /// VM's next frame through it, the old slot draining). A peer that does not run the newer version yet leaves the VM
-    /// where it is; call again later. Returns how many bindings moved.
+    /// Moves every VM binding on a version of a stack id other than the one its bindings should use — an older one than
+    /// the id's newest usable version, or one the control plane's hold excludes — to that version (the newest the peer
+    /// also runs), hitlessly (<see cref="BindVmAsync"/> with the bare id: a new slot opened and confirmed by the peer, the
+    /// VM's next frame through it, the old slot draining). A peer that does not run it yet leaves the VM where it is; call
+    /// again later. Returns how many bindings moved.
     /// </summary>
-    public async Task<int> UpgradeBindingsAsync(CancellationToken cancellationToken = default)
+    public async Task<int> ConformBindingsAsync(CancellationToken cancellationToken = default)
     {
         var moved = 0;
         foreach (var path in _paths.Values)
@@ -631,8 +632,14 @@ public sealed class Switch : IDisposable
             }
             foreach (var (vmId, (key, _)) in path.VmBindingKeys())
             {
-                if (key is null || _stackHost.Candidates(StackKey.IdOf(key)) is not [var newest, ..] || newest == key
-                    || StackKey.CompareVersions(StackKey.VersionOf(newest)!, StackKey.VersionOf(key)!) <= 0)
+                if (key is null || !StackKey.IsVersioned(key))
+                {
+                    continue;
+                }
+                // Best first; a binding on one of them that is not older than the best stays (the peer may lack a newer one).
+                var candidates = _stackHost.Candidates(StackKey.IdOf(key));
+                if (candidates.Count == 0 || candidates[0] == key
+                    || (candidates.Contains(key) && StackKey.CompareVersions(StackKey.VersionOf(candidates[0])!, StackKey.VersionOf(key)!) <= 0))
                 {
                     continue;
                 }
