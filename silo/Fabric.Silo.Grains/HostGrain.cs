@@ -241,7 +241,10 @@ public sealed class HostGrain : Grain, IHostGrain
         RefuseIfRemoved();
         Subscribe(observer);
         _lastSeen = DateTimeOffset.UtcNow;
-        _stackVersions = info.StackVersions.IsDefault ? [] : info.StackVersions;
+        // What an agent reports of its versions is bounded (a compromised agent could send anything) and kept in memory only.
+        _stackVersions = info.StackVersions.IsDefault ? [] : [.. info.StackVersions.Where(u => u.Id.Length <= 64 && u.Version.Length <= 64).Take(64)
+            .Select(u => u with { VmPaths = Math.Clamp(u.VmPaths, 0, 1_000_000) })];
+        info = info with { StackVersions = [] };
         if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
         {
             await ResyncAsync(publish: true);

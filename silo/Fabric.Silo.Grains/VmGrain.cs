@@ -50,6 +50,12 @@ public sealed partial class VmGrain(
     /// <summary>How long a VM trusts its copy of the catalog and of its host's stacks: keeps the fleet-wide catalog grain off the per-decision path.</summary>
     private static readonly TimeSpan CacheFor = TimeSpan.FromSeconds(10);
 
+    /// <summary>The version an outcome names when the catalog publishes it for that stack (an agent's word is not taken for more), else the catalog's newest.</summary>
+    private static string VersionOf(Outcome o, ImmutableArray<StackInfo> catalog) =>
+        catalog.FirstOrDefault(s => s.Id == o.Stack) is not { } stack ? ""
+        : o.StackVersion is { } said && (said == stack.Version || (!stack.PublishedVersions.IsDefault && stack.PublishedVersions.Contains(said, StringComparer.Ordinal))) ? said
+        : stack.Version;
+
     /// <summary>
     /// How often a changed log is written. Each write is the whole log (up to <see cref="LogLength"/> decisions with their
     /// candidates): at 5 s, serializing them was the largest share of the control plane's work at 100,000 paths.
@@ -438,7 +444,7 @@ public sealed partial class VmGrain(
             // agent's trailing window on this stack where it has one (see Outcome). Never 0: an agent that predates the
             // field sends none, which Orleans reads as 0, not as the record's NaN.
             var delay = o.TailP99Ms > 0 && double.IsFinite(o.TailP99Ms) ? o.TailP99Ms : double.IsNaN(o.ResponseP99Ms) ? o.DelayP99Ms : o.ResponseP99Ms;
-            return (Outcome: o, Logged: new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, o.StackVersion ?? catalog.FirstOrDefault(s => s.Id == o.Stack)?.Version ?? "",
+            return (Outcome: o, Logged: new LoggedOutcome(o.Conditions.At, VmId, o.RemoteHost, workload, o.Stack, VersionOf(o, catalog),
                 propensity, exploration, OutcomeFeatures.Of(o.Conditions), o.GoodputMbps, delay, o.ResidualLoss, overhead,
                 // Without TCP the goodput is the VM's offered rate, all it wants: its bulk share is of that, not of the path.
                 Utility.Of(workload, o.GoodputMbps, delay, o.ResidualLoss, overhead, o.Conditions.CapacityMbps, o.Flows == 0 ? o.GoodputMbps : double.PositiveInfinity))

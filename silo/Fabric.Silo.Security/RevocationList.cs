@@ -43,21 +43,22 @@ public sealed class RevocationList
     {
         byte[] der;
         var text = System.Text.Encoding.ASCII.GetString(data);
-        if (text.Contains("-----BEGIN X509 CRL-----", StringComparison.Ordinal))
-        {
-            var fields = PemEncoding.Find(text);
-            if (text[fields.Label] != "X509 CRL")
-            {
-                throw new InvalidDataException($"a PEM block '{text[fields.Label]}' where an X509 CRL was expected");
-            }
-            der = Convert.FromBase64String(text[fields.Base64Data]);
-        }
-        else
-        {
-            der = data.ToArray();
-        }
         try
         {
+            if (text.Contains("-----BEGIN X509 CRL-----", StringComparison.Ordinal))
+            {
+                // A file caught while it is being copied in has no end line yet: PemEncoding.Find throws ArgumentException.
+                var fields = PemEncoding.Find(text);
+                if (text[fields.Label] != "X509 CRL")
+                {
+                    throw new InvalidDataException($"a PEM block '{text[fields.Label]}' where an X509 CRL was expected");
+                }
+                der = Convert.FromBase64String(text[fields.Base64Data]);
+            }
+            else
+            {
+                der = data.ToArray();
+            }
             var list = new AsnReader(der, AsnEncodingRules.DER).ReadSequence();
             var tbs = list.ReadEncodedValue();
             var algorithm = list.ReadSequence().ReadObjectIdentifier();
@@ -87,7 +88,7 @@ public sealed class RevocationList
             }
             return new RevocationList(serials.ToFrozenSet(StringComparer.Ordinal), thisUpdate, nextUpdate);
         }
-        catch (Exception e) when (e is AsnContentException or CryptographicException or FormatException)
+        catch (Exception e) when (e is AsnContentException or CryptographicException or FormatException or ArgumentException)
         {
             throw new InvalidDataException($"not an X.509 CRL: {e.Message}", e);
         }

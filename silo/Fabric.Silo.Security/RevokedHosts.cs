@@ -64,8 +64,9 @@ public sealed class RevokedHosts
             RefreshCertificates();
             Problem = null;
         }
-        catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
+            // In a TLS callback: nothing may escape; the last good list stands.
             Problem = e.Message;
         }
     }
@@ -125,9 +126,9 @@ public sealed partial class RevokedHostsRefresher(RevokedHosts revoked, IGrainFa
                 revoked.RefreshCertificates();
                 listProblem = null;
             }
-            catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is not OperationCanceledException)
             {
-                // A list being copied in, or a bad one: the last good list stands (said once per problem).
+                // A list being copied in, or a bad one: the last good list stands (said once per problem); never the end of the refresher.
                 if (e.Message != listProblem)
                 {
                     Log.ListUnread(logger, e.Message);

@@ -183,6 +183,23 @@ public class StackVersionTests
         var separator = Assert.Throws<InvalidOperationException>(() => host.Register(SwapTest, signedVersion: "1.0@2"));
         Assert.Contains("version '1.0@2': an id and a version must be non-empty and without '@'", separator.Message, StringComparison.Ordinal);
         Assert.Equal(["swap-test@0.1.0"], host.Registered);
+
+        // An unsigned plug-in never runs beside a signed package of the same id (it would be the id's newest version).
+        var folder = Directory.CreateTempSubdirectory("fabric-versions-").FullName;
+        try
+        {
+            var package = Fabric.Repository.StackPackage.Pack(Path.GetDirectoryName(SwapTest)!, "swap-test", "0.3.0", new Fabric.Repository.StackProfile());
+            var unpacked = Fabric.Repository.StackPackage.Extract(package, Path.Combine(folder, "swap-test"));
+            var signedHost = new StackHost(TimeSpan.Zero);
+            signedHost.Register(unpacked.EntryPath, "swap-test", unpacked.Digests, "0.3.0");
+            var unsigned = Assert.Throws<InvalidOperationException>(() => signedHost.Register(SwapTest, signedVersion: "9.0.0"));
+            Assert.Contains("signed and unsigned copies of one stack never run side by side", unsigned.Message, StringComparison.Ordinal);
+            Assert.Equal(["swap-test@0.3.0"], signedHost.Registered);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
     }
 
     [Theory]

@@ -505,6 +505,9 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         var altered = System.Text.Encoding.ASCII.GetBytes(PemEncoding.WriteString("X509 CRL", Altered(PemDer(good))));
         Assert.Throws<InvalidDataException>(() => RevocationList.Parse(altered, _authority.Certificate));
         Assert.Contains("not an X.509 CRL", Assert.Throws<InvalidDataException>(() => RevocationList.Parse("no list"u8, _authority.Certificate)).Message, StringComparison.Ordinal);
+        // A list caught while it is being copied in (no end line yet) is a bad list, never an exception that stops a refresher.
+        var half = System.Text.Encoding.ASCII.GetString(good);
+        Assert.Contains("not an X.509 CRL", Assert.Throws<InvalidDataException>(() => RevocationList.Parse(System.Text.Encoding.ASCII.GetBytes(half[..(half.Length / 2)]), _authority.Certificate)).Message, StringComparison.Ordinal);
 
         // A silo given the forged list does not start.
         var forgedPath = Path.Combine(_folder.FullName, "forged.crl");

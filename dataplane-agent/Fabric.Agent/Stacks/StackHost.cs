@@ -69,6 +69,8 @@ public sealed class StackHost
                 : description.Id.Length == 0 || description.Id.Contains(StackKey.Separator) || version.Length == 0 || version.Contains(StackKey.Separator)
                     ? $"'{assemblyPath}' is stack '{description.Id}' version '{version}': an id and a version must be non-empty and without '{StackKey.Separator}'"
                 : _registered.TryGetValue(key, out var existing) && existing.Path != assemblyPath ? $"Stack '{description.Id}' {version} is registered from '{existing.Path}'; '{assemblyPath}' is the same id and version."
+                : _registered.Values.FirstOrDefault(r => r.Description.Id == description.Id && (r.Digests is null) != (digests is null)) is { } other
+                    ? $"Stack '{description.Id}' is registered {(other.Digests is null ? "unsigned" : "from a signed package")} ('{other.Path}'); '{assemblyPath}' is {(digests is null ? "unsigned" : "signed")}: signed and unsigned copies of one stack never run side by side"
                 : _loaded.ContainsKey(key) && !_registered.ContainsKey(key) ? $"Stack '{description.Id}' {version} was withdrawn and is still draining; '{assemblyPath}' can be registered once it has unloaded."
                 : null;
             if (refusal is not null)
@@ -263,6 +265,10 @@ public sealed class StackHost
             if (_quarantined.TryGetValue(key, out var reason))
             {
                 throw new InvalidOperationException($"Stack '{key}' is quarantined: {reason}.");
+            }
+            if (HeldOutLocked(key))
+            {
+                throw new InvalidOperationException($"Stack '{key}' is not run on this host: the control plane holds {StackKey.IdOf(key)} at {_holds[StackKey.IdOf(key)]}.");
             }
             var stack = LoadLocked(key);
             var slot = _loaded[key];
