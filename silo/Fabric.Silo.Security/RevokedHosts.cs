@@ -77,11 +77,13 @@ public sealed class RevokedHosts
 
 /// <summary>
 /// The authority's revocation list as a file an operator replaces (<c>fabric-pki revoke</c>, then copied to each silo);
-/// read when its time or length changed.
+/// read when its time or length changed. A list issued before the one in force is refused (an old backup copied in would
+/// un-revoke what was revoked since); this process remembers the newest it took, a restart starts from the file.
 /// </summary>
 public sealed class RevocationListFile(string path, System.Security.Cryptography.X509Certificates.X509Certificate2 authority)
 {
     private (DateTime Written, long Length)? _seen;
+    private DateTimeOffset? _inForce;
 
     public string Path => path;
 
@@ -107,7 +109,11 @@ public sealed class RevocationListFile(string path, System.Security.Cryptography
         {
             throw new InvalidDataException($"revocation list {path}: {e.Message}", e);
         }
-        _seen = now;
+        if (_inForce is { } inForce && list.ThisUpdate < inForce)
+        {
+            throw new InvalidDataException($"revocation list {path}: issued {list.ThisUpdate:u}, before the list in force ({inForce:u}); the list in force stands");
+        }
+        (_seen, _inForce) = (now, list.ThisUpdate);
         return list;
     }
 }

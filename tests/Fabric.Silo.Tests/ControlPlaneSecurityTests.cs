@@ -495,6 +495,9 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
     public async Task ARevocationListTheAuthorityDidNotSign_IsRefused_AndTheLastGoodOneStands()
     {
         var stolen = _authority.Issue(CallerRole.Agent, "host-a");
+        // The list the silo started with (revoking nothing), kept as an old backup would be; the next is issued later.
+        var older = File.ReadAllBytes(RevocationListPath);
+        Thread.Sleep(1100);
         WriteRevocationList(_authority.Certificate, stolen.Certificate);
         var good = File.ReadAllBytes(RevocationListPath);
         Assert.Contains(RevocationList.SerialOf(stolen.Certificate.SerialNumber), (IReadOnlySet<string>)RevocationList.Parse(good, _authority.Certificate).Serials);
@@ -525,6 +528,10 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         await Task.Delay(RevokedHosts.RefreshPeriod * 2, TestContext.Current.CancellationToken);
         Assert.True(revoked.IsRevokedCertificate(stolen.Certificate.SerialNumber));
         await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(stolen));
+        // Nor does an older list, signed by the authority, copied back in (a backup): it would un-revoke.
+        File.WriteAllBytes(RevocationListPath, older);
+        await Task.Delay(RevokedHosts.RefreshPeriod * 2, TestContext.Current.CancellationToken);
+        Assert.True(revoked.IsRevokedCertificate(stolen.Certificate.SerialNumber));
     }
 
     private static byte[] PemDer(byte[] pem)
