@@ -263,11 +263,14 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             await ApplyAsync(host, desired, cancellationToken).ConfigureAwait(false);
         }
-        // The operators' version holds, read at every registration: a changed hold moves the bindings it concerns.
+        // What the control plane has this host run, read at every registration: each stack's released version (a
+        // rollout's, or the newest not judged bad) and the operators' holds over it. A change moves the bindings it concerns.
         var holds = (desired.Holds.IsDefault ? [] : desired.Holds).ToDictionary(h => h.StackId, h => h.Version, StringComparer.Ordinal);
-        if (_agent.Switch.StackHost.SetHolds(holds))
+        var releases = desired.Releases ?? ImmutableDictionary<string, string>.Empty;
+        if (_agent.Switch.StackHost.SetHolds(holds, releases))
         {
-            Log.HoldsChanged(_logger, HostId, holds.Count == 0 ? "none" : string.Join(", ", holds.Select(h => $"{h.Key} at {h.Value}")));
+            Log.HoldsChanged(_logger, HostId, holds.Count == 0 ? "none" : string.Join(", ", holds.Select(h => $"{h.Key} at {h.Value}")),
+                releases.Count == 0 ? "none" : string.Join(", ", releases.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key} {r.Value}")));
             _agent.ConformBindings();
         }
         _nextRegister = _agent.Time.GetUtcNow() + RegisterEvery;
@@ -289,8 +292,13 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var loaded = s.StackHost.UsableIds.ToImmutableArray();
         var carried = s.Paths.Values.SelectMany(p => p.VmBindingKeys().Values).Where(b => b.Stack is not null)
             .GroupBy(b => b.Stack!, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
-        var versions = s.StackHost.Registered.Where(s.StackHost.IsUsable)
-            .Select(k => new StackVersionUse(StackKey.IdOf(k), StackKey.VersionOf(k)!, carried.GetValueOrDefault(k))).ToImmutableArray();
+        // Usable and quarantined versions (a rollout's gate reads the quarantines), not withdrawn ones.
+        var quarantined = s.StackHost.Quarantined;
+        var versions = s.StackHost.Registered.Where(k => s.StackHost.IsUsable(k) || quarantined.ContainsKey(k))
+            .Select(k => new StackVersionUse(StackKey.IdOf(k), StackKey.VersionOf(k)!, carried.GetValueOrDefault(k))
+            {
+                Quarantined = quarantined.TryGetValue(k, out var why) ? why[..Math.Min(why.Length, 200)] : null,
+            }).ToImmutableArray();
         return new HostInfo(HostId, s.UnderlayEndpoints.IPv4?.Address.ToString(), s.UnderlayEndpoints.IPv6?.Address.ToString(),
             s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0")
         {
@@ -694,6 +702,6 @@ internal static partial class Log
     [LoggerMessage(9, LogLevel.Information, "Control plane: host {HostId}'s VMs {Vms} are not placed there; placing them again")]
     public static partial void PlacingAgain(ILogger logger, string hostId, string vms);
 
-    [LoggerMessage(10, LogLevel.Information, "Control plane: host {HostId}'s stack version holds are now {Holds}")]
-    public static partial void HoldsChanged(ILogger logger, string hostId, string holds);
+    [LoggerMessage(10, LogLevel.Information, "Control plane: host {HostId}'s stack version holds are now {Holds}; its releases {Releases}")]
+    public static partial void HoldsChanged(ILogger logger, string hostId, string holds, string releases);
 }

@@ -488,6 +488,7 @@ public sealed class Agent : IDisposable
         Quarantined = Switch.StackHost.Quarantined,
         Withdrawn = Switch.StackHost.Withdrawn,
         Holds = Switch.StackHost.Holds,
+        Releases = Switch.StackHost.Releases,
         Repository = _repositoryState,
         Events = Switch.Events,
         UnloadingContexts = Switch.StackHost.UnloadingContexts,

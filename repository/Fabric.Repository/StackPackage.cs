@@ -278,6 +278,13 @@ public sealed class PackageException(string message) : Exception(message);
 /// <summary>MAJOR.MINOR.PATCH[-pre] compared by number.</summary>
 public readonly record struct SemanticVersion(int Major, int Minor, int Patch, string Prerelease) : IComparable<SemanticVersion>
 {
+    /// <summary>Orders two version strings: by number where both parse, a parsed one above one that does not, else ordinally.</summary>
+    public static int Compare(string a, string b)
+    {
+        var (okA, okB) = (TryParse(a, out var va), TryParse(b, out var vb));
+        return okA && okB ? va.CompareTo(vb) : okA != okB ? (okA ? 1 : -1) : string.CompareOrdinal(a, b);
+    }
+
     public static bool TryParse(string? text, out SemanticVersion version)
     {
         version = default;

@@ -41,6 +41,32 @@ public interface ICatalogGrain : IGrainWithStringKey
     /// <summary>Every hold in force, by stack id.</summary>
     [Alias("list-holds")]
     ValueTask<ImmutableArray<VersionHold>> ListHoldsAsync();
+
+    /// <summary>What <paramref name="hostId"/> is to run: the holds that cover it, and each stack's released version for it
+    /// (see <see cref="DesiredState.Releases"/>).</summary>
+    [Alias("host-release")]
+    ValueTask<HostRelease> GetHostReleaseAsync(string hostId);
+
+    /// <summary>Each stack's latest rollout (running, paused or finished), by stack id.</summary>
+    [Alias("list-rollouts")]
+    ValueTask<ImmutableArray<Rollout>> ListRolloutsAsync();
+
+    /// <summary>The versions judged bad (never released again), newest first.</summary>
+    [Alias("list-bad")]
+    ValueTask<ImmutableArray<BadVersion>> ListBadAsync();
+
+    /// <summary>
+    /// An operator's step in <paramref name="stackId"/>'s rollout: <c>pause</c>, <c>resume</c>, <c>promote</c> (reach the
+    /// next ring now) or <c>rollback</c> (every host back to the previous version, which is marked bad). Returns null
+    /// when taken, else why not (the rollout is then as it was). Who takes it is the verified operator where the control
+    /// channel is secured, else <paramref name="by"/>.
+    /// </summary>
+    [Alias("rollout-step")]
+    ValueTask<string?> StepRolloutAsync(string stackId, string action, string by, string why);
+
+    /// <summary>A rollout judge's measurement (silos only: an operator cannot judge a rollout).</summary>
+    [Alias("rollout-judged")]
+    ValueTask JudgedAsync(RolloutJudgement judgement);
 }
 
 /// <summary>A VM (key: its id): policy, placement and the decision per remote host.</summary>

@@ -136,7 +136,11 @@ public sealed record PolicyResult([property: Id(0)] bool Accepted, [property: Id
 public sealed record StackVersionUse(
     [property: Id(0)] string Id,
     [property: Id(1)] string Version,
-    [property: Id(2)] int VmPaths);
+    [property: Id(2)] int VmPaths)
+{
+    /// <summary>Why the host quarantined this version (it threw, hung or returned garbage), or null: it is usable.</summary>
+    [Id(3)] public string? Quarantined { get; init; }
+}
 
 /// <summary>One NIC of a host's HAL inventory.</summary>
 [GenerateSerializer, Immutable, Alias("fabric.nic")]
@@ -299,6 +303,14 @@ public sealed record DesiredState([property: Id(0)] string HostId, [property: Id
     /// each registration (every 5 s), not carried in deltas.
     /// </summary>
     [Id(6)] public ImmutableArray<VersionHold> Holds { get; init; } = [];
+
+    /// <summary>
+    /// The version of each stack in the catalog this host is to run when no hold says otherwise: a rollout's release for
+    /// it (the new version once a ring with this host is reached, else the previous one), otherwise the newest published
+    /// version not judged bad. A version the catalog has not released (published after it last synced) is not used.
+    /// Read at each registration, like <see cref="Holds"/>.
+    /// </summary>
+    [Id(7)] public ImmutableDictionary<string, string> Releases { get; init; } = ImmutableDictionary<string, string>.Empty;
 }
 
 /// <summary>
@@ -488,9 +500,18 @@ public static class CallerContext
 {
     private static readonly AsyncLocal<string?> Agent = new();
 
+    private static readonly AsyncLocal<string?> OperatorName = new();
+
     public static string? AgentHost
     {
         get => Agent.Value;
         set => Agent.Value = value;
+    }
+
+    /// <summary>The operator's name when an operator calls (the verified certificate's), else null.</summary>
+    public static string? Operator
+    {
+        get => OperatorName.Value;
+        set => OperatorName.Value = value;
     }
 }

@@ -1,4 +1,6 @@
 using System.Collections.Immutable;
+using Fabric.Repository;
+using Fabric.Silo.Rollouts;
 
 namespace Fabric.Silo;
 
@@ -18,10 +20,45 @@ public sealed class CatalogState
 
     /// <summary>Operators' version holds, by stack id.</summary>
     [Id(4)] public Dictionary<string, VersionHold> Holds { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Each stack's latest rollout, by stack id.</summary>
+    [Id(5)] public Dictionary<string, Rollout> Rollouts { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Versions judged bad, by key (<c>id@version</c>).</summary>
+    [Id(6)] public Dictionary<string, BadVersion> Bad { get; set; } = new(StringComparer.Ordinal);
 }
 
-public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPersistentState<CatalogState> state) : Grain, ICatalogGrain
+public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPersistentState<CatalogState> state, RolloutOptions rollouts, TimeProvider time)
+    : Grain, ICatalogGrain
 {
+    /// <summary>Bad versions kept (the oldest are forgotten first; a forgotten one is still never released by a rollout that superseded it).</summary>
+    public const int BadKept = 256;
+
+    private readonly Dictionary<string, DateTimeOffset> _judgeAsked = new(StringComparer.Ordinal);
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        // Rollouts move on the catalog's own clock: after a silo failure the catalog activates again at the next host's
+        // registration, and its timer asks the judges again.
+        this.RegisterGrainTimer(AskJudgesAsync, new GrainTimerCreationOptions(rollouts.JudgeEvery, rollouts.JudgeEvery) { Interleave = false });
+        return Task.CompletedTask;
+    }
+
+    private Task AskJudgesAsync(CancellationToken cancellationToken)
+    {
+        var now = time.GetUtcNow();
+        foreach (var rollout in state.State.Rollouts.Values.Where(r => r.Active))
+        {
+            if (now - _judgeAsked.GetValueOrDefault(rollout.StackId, DateTimeOffset.MinValue) >= rollouts.JudgeEvery * 0.9)
+            {
+                _judgeAsked[rollout.StackId] = now;
+                // Not awaited: the judge calls back, and a judgement lost to a failing silo is asked for again next tick.
+                _ = GrainFactory.GetGrain<IRolloutJudgeGrain>(rollout.StackId).JudgeAsync(rollout).AsTask().ContinueWith(
+                    t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            }
+        }
+        return Task.CompletedTask;
+    }
     public async ValueTask PublishAsync(StackInfo stack)
     {
         if (state.State.Stacks.TryGetValue(stack.Id, out var existing) && existing == stack)
@@ -58,6 +95,7 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
         {
             if (!state.State.Stacks.TryGetValue(stack.Id, out var existing) || existing != stack || state.State.FromRepository.GetValueOrDefault(stack.Id) != source)
             {
+                StartRolloutIfNewer(existing, stack);
                 state.State.Stacks[stack.Id] = stack;
                 state.State.FromRepository[stack.Id] = source;
                 state.State.Withdrawn.Remove(stack.Id);
@@ -79,6 +117,7 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
 
     public async ValueTask<string?> HoldVersionAsync(VersionHold hold)
     {
+        hold = CallerContext.Operator is { } verified ? hold with { By = $"operator '{verified}'" } : hold;
         if (string.IsNullOrWhiteSpace(hold.Reason) || string.IsNullOrWhiteSpace(hold.By))
         {
             return "a hold says who sets it and why";
@@ -107,6 +146,140 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
 
     public ValueTask<ImmutableArray<VersionHold>> ListHoldsAsync() =>
         ValueTask.FromResult(state.State.Holds.Values.OrderBy(h => h.StackId, StringComparer.Ordinal).ToImmutableArray());
+
+    public ValueTask<HostRelease> GetHostReleaseAsync(string hostId)
+    {
+        var releases = ImmutableDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
+        foreach (var stack in state.State.Stacks.Values)
+        {
+            if (Released(stack, hostId) is { } version)
+            {
+                releases[stack.Id] = version;
+            }
+        }
+        return ValueTask.FromResult(new HostRelease([.. state.State.Holds.Values.Where(h => h.Covers(hostId)).OrderBy(h => h.StackId, StringComparer.Ordinal)],
+            releases.ToImmutable()));
+    }
+
+    public ValueTask<ImmutableArray<Rollout>> ListRolloutsAsync() =>
+        ValueTask.FromResult(state.State.Rollouts.Values.OrderBy(r => r.StackId, StringComparer.Ordinal).ToImmutableArray());
+
+    public ValueTask<ImmutableArray<BadVersion>> ListBadAsync() =>
+        ValueTask.FromResult(state.State.Bad.Values.OrderByDescending(b => b.At).ToImmutableArray());
+
+    public async ValueTask<string?> StepRolloutAsync(string stackId, string action, string by, string why)
+    {
+        by = CallerContext.Operator is { } verified ? $"operator '{verified}'" : by;
+        if (string.IsNullOrWhiteSpace(by) || string.IsNullOrWhiteSpace(why))
+        {
+            return "a rollout step says who takes it and why";
+        }
+        if (!state.State.Rollouts.TryGetValue(stackId, out var rollout))
+        {
+            return $"stack '{stackId}' has no rollout";
+        }
+        var now = time.GetUtcNow();
+        BadVersion? bad = null;
+        string? refusal;
+        switch (action)
+        {
+            case "pause":
+                (rollout, refusal) = RolloutMachine.Pause(rollout, now, by, why);
+                break;
+            case "resume":
+                (rollout, refusal) = RolloutMachine.Resume(rollout, now, by, why);
+                break;
+            case "promote":
+                (rollout, refusal) = RolloutMachine.Promote(rollout, now, by, why);
+                break;
+            case "rollback":
+                (rollout, bad, refusal) = RolloutMachine.RollBack(rollout, now, by, why);
+                break;
+            default:
+                return $"'{action}' is not a rollout step (pause, resume, promote or rollback)";
+        }
+        if (refusal is not null)
+        {
+            return refusal;
+        }
+        await SaveAsync(rollout, bad);
+        return null;
+    }
+
+    public async ValueTask JudgedAsync(RolloutJudgement judgement)
+    {
+        if (!state.State.Rollouts.TryGetValue(judgement.StackId, out var rollout))
+        {
+            return;
+        }
+        var (next, bad) = RolloutMachine.Judge(rollout, judgement, time.GetUtcNow());
+        if (next != rollout)
+        {
+            await SaveAsync(next, bad);
+        }
+    }
+
+    private async Task SaveAsync(Rollout rollout, BadVersion? bad)
+    {
+        state.State.Rollouts[rollout.StackId] = rollout;
+        if (bad is not null)
+        {
+            state.State.Bad[StackKeyOf(bad.StackId, bad.Version)] = bad;
+            foreach (var old in state.State.Bad.Values.OrderBy(b => b.At).Take(Math.Max(0, state.State.Bad.Count - BadKept)).ToList())
+            {
+                state.State.Bad.Remove(StackKeyOf(old.StackId, old.Version));
+            }
+        }
+        await state.WriteStateAsync();
+    }
+
+    /// <summary>
+    /// A newer version of a stack the catalog already published starts a rollout from the version hosts run now (an
+    /// active rollout's previous version, which it supersedes): no host runs it before the rollout's canary ring. A
+    /// stack seen for the first time, or whose previous version is no longer published, has nothing to roll back to and
+    /// is released at once. Called before the catalog takes <paramref name="stack"/>.
+    /// </summary>
+    private void StartRolloutIfNewer(StackInfo? existing, StackInfo stack)
+    {
+        if (existing is null || state.State.Bad.ContainsKey(StackKeyOf(stack.Id, stack.Version)))
+        {
+            return;
+        }
+        var current = state.State.Rollouts.GetValueOrDefault(stack.Id);
+        var from = current is { Active: true } ? current.From : Released(existing, hostId: null) ?? existing.Version;
+        if (stack.Version == from || (current is { Active: true } && current.To == stack.Version)
+            || SemanticVersion.Compare(stack.Version, from) <= 0
+            || !(stack.PublishedVersions.IsDefaultOrEmpty ? [stack.Version] : stack.PublishedVersions).Contains(from, StringComparer.Ordinal))
+        {
+            return;
+        }
+        var now = time.GetUtcNow();
+        if (current is { Active: true })
+        {
+            state.State.Rollouts[stack.Id] = RolloutMachine.Supersede(current, now, stack.Version);
+        }
+        state.State.Rollouts[stack.Id] = RolloutMachine.Start(stack.Id, from, stack.Version, now, rollouts.Bake, "the catalog",
+            $"the signed repository published {stack.Id} {stack.Version}; hosts run {from}");
+    }
+
+    /// <summary>
+    /// The version of <paramref name="stack"/> that <paramref name="hostId"/> (null: a host in no ring) is to run: its
+    /// rollout's, while that version is still published and not bad, else the newest published version not judged bad.
+    /// </summary>
+    private string? Released(StackInfo stack, string? hostId)
+    {
+        var published = stack.PublishedVersions.IsDefaultOrEmpty ? [stack.Version] : stack.PublishedVersions;
+        if (state.State.Rollouts.TryGetValue(stack.Id, out var rollout)
+            && rollout.VersionFor(hostId ?? "") is var version
+            && published.Contains(version, StringComparer.Ordinal) && !state.State.Bad.ContainsKey(StackKeyOf(stack.Id, version)))
+        {
+            return version;
+        }
+        return published.Where(v => !state.State.Bad.ContainsKey(StackKeyOf(stack.Id, v)))
+            .OrderByDescending(v => v, Comparer<string>.Create(SemanticVersion.Compare)).FirstOrDefault();
+    }
+
+    private static string StackKeyOf(string id, string version) => $"{id}@{version}";
 }
 
 /// <summary>The grain storage provider every Fabric grain persists to (memory by default, Azure Table by configuration).</summary>

@@ -243,7 +243,7 @@ public sealed class HostGrain : Grain, IHostGrain
         _lastSeen = DateTimeOffset.UtcNow;
         // What an agent reports of its versions is bounded (a compromised agent could send anything) and kept in memory only.
         _stackVersions = info.StackVersions.IsDefault ? [] : [.. info.StackVersions.Where(u => u.Id.Length <= 64 && u.Version.Length <= 64).Take(64)
-            .Select(u => u with { VmPaths = Math.Clamp(u.VmPaths, 0, 1_000_000) })];
+            .Select(u => u with { VmPaths = Math.Clamp(u.VmPaths, 0, 1_000_000), Quarantined = u.Quarantined?[..Math.Min(u.Quarantined.Length, 200)] })];
         info = info with { StackVersions = [] };
         if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
         {
@@ -265,14 +265,14 @@ public sealed class HostGrain : Grain, IHostGrain
                 }
             }
         }
-        return await WithHoldsAsync(Desired);
+        return await WithReleaseAsync(Desired);
     }
 
-    /// <summary>The desired state with the catalog's version holds that cover this host.</summary>
-    private async ValueTask<DesiredState> WithHoldsAsync(DesiredState desired)
+    /// <summary>The desired state with what the catalog has this host run: the version holds that cover it and each stack's released version.</summary>
+    private async ValueTask<DesiredState> WithReleaseAsync(DesiredState desired)
     {
-        var holds = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync();
-        return desired with { Holds = [.. holds.Where(h => h.Covers(HostId))] };
+        var release = await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).GetHostReleaseAsync(HostId);
+        return desired with { Holds = release.Holds, Releases = release.Releases };
     }
 
     public ValueTask RenewAsync(IAgentObserver observer)
@@ -427,7 +427,7 @@ public sealed class HostGrain : Grain, IHostGrain
         }
     }
 
-    public ValueTask<DesiredState> GetDesiredStateAsync() => WithHoldsAsync(Desired);
+    public ValueTask<DesiredState> GetDesiredStateAsync() => WithReleaseAsync(Desired);
 
     public ValueTask<long> GetAcknowledgedAsync() => ValueTask.FromResult(_acknowledged);
 

@@ -15,7 +15,9 @@ public static class SiloBuilderExtensions
     /// <param name="silo">The silo.</param>
     /// <param name="selector">How eager selection is (defaults: <see cref="SelectorOptions"/>).</param>
     /// <param name="learning">Where the outcome log and the models live; a temporary folder when not given.</param>
-    public static ISiloBuilder AddFabricControlPlane(this ISiloBuilder silo, SelectorOptions? selector = null, LearningOptions? learning = null)
+    /// <param name="rollouts">How new stack versions go out (defaults: <see cref="Rollouts.RolloutOptions"/>).</param>
+    public static ISiloBuilder AddFabricControlPlane(this ISiloBuilder silo, SelectorOptions? selector = null, LearningOptions? learning = null,
+        Rollouts.RolloutOptions? rollouts = null)
     {
         silo.Services.TryAddSingleton(TimeProvider.System);
         silo.Services.TryAddSingleton(learning ?? LearningOptions.Temporary());
@@ -31,6 +33,7 @@ public static class SiloBuilderExtensions
         silo.Services.AddHostedService<OutcomeLogFlusher>();
         silo.Services.TryAddSingleton(selector ?? new SelectorOptions());
         silo.Services.TryAddSingleton(new AgentSubscriptionOptions());
+        silo.Services.TryAddSingleton(rollouts ?? new Rollouts.RolloutOptions());
         silo.Services.TryAddSingleton<StackSelector>(sp => new StackSelector(sp.GetRequiredService<IStackScorer>(), sp.GetRequiredService<SelectorOptions>()));
         // Grain state in Orleans' own version-tolerant binary format (the records' [Id]s), not the default Newtonsoft
         // JSON: profiling the control-plane benchmark showed JSON serialization of grain state as its largest CPU cost.

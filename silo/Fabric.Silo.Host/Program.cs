@@ -129,7 +129,8 @@ builder.UseOrleans(silo =>
     {
         silo.UseControlPlaneSecurity(credential, config.Security!.RevocationList);
     }
-    silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)), config.Learning);
+    silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)), config.Learning,
+        new Fabric.Silo.Rollouts.RolloutOptions { Bake = TimeSpan.FromSeconds(config.RolloutBakeSeconds) });
 });
 if (config.MetricsListen is { } metrics)
 {

@@ -29,7 +29,8 @@ public sealed record SiloConfig(
     int ShutdownSeconds = 60,
     int ProbeSeconds = 2,
     int MissedProbes = 3,
-    bool Ephemeral = false)
+    bool Ephemeral = false,
+    int RolloutBakeSeconds = 600)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
 
@@ -170,6 +171,10 @@ public sealed record SiloConfig(
         if (Repository is not null && !File.Exists(Repository.TrustRoot))
         {
             yield return $"repository.trustRoot: '{Repository.TrustRoot}' does not exist";
+        }
+        if (RolloutBakeSeconds is < 10 or > 7 * 86_400)
+        {
+            yield return $"rolloutBakeSeconds: {RolloutBakeSeconds} is outside 10..604800 (how long each ring of a stack version's rollout bakes)";
         }
         if (Learning is null && Clustered)
         {

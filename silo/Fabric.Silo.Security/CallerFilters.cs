@@ -50,6 +50,7 @@ public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, R
             // observer silo code made), which carries no token because calls to clients never do. Every other call —
             // Orleans' own between silos included, which the sending silo's outgoing filter signs — needs a token.
             CallerContext.AgentHost = null;
+            CallerContext.Operator = null;
             await context.Invoke();
             return;
         }
@@ -70,6 +71,7 @@ public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, R
         {
             // For the grain (an async method: the caller's context is restored when it returns).
             CallerContext.AgentHost = caller!.Role == CallerRole.Agent ? caller.Name : null;
+            CallerContext.Operator = caller.Role == CallerRole.Operator ? caller.Name : null;
             await context.Invoke();
             return;
         }

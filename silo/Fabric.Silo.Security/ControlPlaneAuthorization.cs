@@ -16,7 +16,12 @@ public static class ControlPlaneAuthorization
 
     private static readonly Dictionary<Type, HashSet<string>?> OperatorMethods = new()
     {
-        [typeof(ICatalogGrain)] = null,
+        [typeof(ICatalogGrain)] =
+        [
+            nameof(ICatalogGrain.PublishAsync), nameof(ICatalogGrain.SyncAsync), nameof(ICatalogGrain.ListAsync), nameof(ICatalogGrain.ListWithdrawnAsync),
+            nameof(ICatalogGrain.HoldVersionAsync), nameof(ICatalogGrain.ListHoldsAsync), nameof(ICatalogGrain.GetHostReleaseAsync),
+            nameof(ICatalogGrain.ListRolloutsAsync), nameof(ICatalogGrain.ListBadAsync), nameof(ICatalogGrain.StepRolloutAsync),
+        ],
         [typeof(IPolicyLibraryGrain)] = null,
         [typeof(ILearnerGrain)] = null,
         [typeof(IFleetGrain)] = [nameof(IFleetGrain.GetAsync), nameof(IFleetGrain.RemoveHostAsync), nameof(IFleetGrain.ReadmitHostAsync), nameof(IFleetGrain.ListRemovedAsync)],

@@ -147,6 +147,10 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
             () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).PublishAsync(Catalogs.StdIPv4 with { Version = "9.9.9" }).AsTask(),
             // An agent cannot hold its peers (or itself) to a stack version: rolling back is an operator's.
             () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).HoldVersionAsync(new VersionHold("std-ipv4", "1.0.0", ["host-b"], "agent", "x", DateTimeOffset.UtcNow)).AsTask(),
+            // Nor step a rollout, nor pass off a judgement of one, nor run a judge.
+            () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).StepRolloutAsync("std-ipv4", "promote", "agent", "x").AsTask(),
+            () => a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).JudgedAsync(new RolloutJudgement("std-ipv4", "9.9.9", [], [])).AsTask(),
+            () => a.GetGrain<IRolloutJudgeGrain>("std-ipv4").JudgeAsync(null!).AsTask(),
             () => a.GetGrain<ILearnerGrain>(ILearnerGrain.Key).SetLearningEnabledAsync(false).AsTask(),
             () => a.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync().AsTask(),
             () => a.GetGrain<IManagementGrain>(0).GetHosts(),
@@ -177,6 +181,15 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IVmGrain>("vm-o").PlaceAsync(Placement("host-z", "vm-o")).AsTask());
         await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IHostGrain>("host-a").ReportAsync([], []).AsTask());
         await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IHostGrain>("host-a").BindAsync([]).AsTask());
+        // An operator steps rollouts but never judges one: a forged verdict could roll a good version back or push a bad one out.
+        await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<ICatalogGrain>(ICatalogGrain.Key)
+            .JudgedAsync(new RolloutJudgement("std-ipv4", "9.9.9", [new GateResult("utility", GateVerdict.Passed, "forged")], [])).AsTask());
+        await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IRolloutJudgeGrain>("std-ipv4").JudgeAsync(null!).AsTask());
+        Assert.Equal("stack 'std-ipv4' has no rollout", await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).StepRolloutAsync("std-ipv4", "pause", "someone else", "x"));
+        // Who holds a version is the verified operator, whatever the call says.
+        Assert.Null(await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).HoldVersionAsync(new VersionHold("std-ipv4", Catalogs.StdIPv4.Version, ["host-z"], "someone else", "a test hold", DateTimeOffset.UtcNow)));
+        Assert.Equal("operator 'dashboard'", (await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync()).Single(h => h.StackId == "std-ipv4").By);
+        Assert.Null(await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).HoldVersionAsync(new VersionHold("std-ipv4", "", [], "x", "done", DateTimeOffset.UtcNow)));
 
         // host-b's VM joins host-a's network: host-a's agent hears of the route through the cluster's push, made on behalf of
         // host-b's call, and sees neither host-b's token nor the silo's (either could be replayed).

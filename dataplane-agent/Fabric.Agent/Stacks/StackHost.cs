@@ -28,6 +28,7 @@ public sealed class StackHost
     private readonly Dictionary<string, string> _quarantined = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _withdrawn = new(StringComparer.Ordinal);
     private Dictionary<string, string> _holds = new(StringComparer.Ordinal);
+    private Dictionary<string, string> _releases = new(StringComparer.Ordinal);
     private readonly TimeSpan _drain;
     private readonly TimeProvider _time;
 
@@ -151,25 +152,30 @@ public sealed class StackHost
     }
 
     /// <summary>
-    /// Takes the control plane's holds (stack id → the version this host is to run): bindings of a held id use that
-    /// version only, and a peer's request for another version of it is refused. A hold naming a version this host does
-    /// not have is kept but holds nothing until the version is registered (the signed repository decides what may run).
-    /// Returns true when the holds changed.
+    /// Takes the control plane's holds (stack id → the version this host is to run, an operator's) and releases (the
+    /// version a rollout, or the catalog's newest good version, has this host run; a hold goes over it): bindings of such
+    /// an id use that version only, and a peer's request for another version of it is refused. One naming a version this
+    /// host does not have is kept but holds nothing until the version is registered (the signed repository decides what
+    /// may run). Returns true when either changed.
     /// </summary>
-    public bool SetHolds(IReadOnlyDictionary<string, string> holds)
+    public bool SetHolds(IReadOnlyDictionary<string, string> holds, IReadOnlyDictionary<string, string>? releases = null)
     {
+        releases ??= new Dictionary<string, string>();
         lock (_gate)
         {
-            if (holds.Count == _holds.Count && holds.All(h => _holds.TryGetValue(h.Key, out var v) && v == h.Value))
+            if (Same(holds, _holds) && Same(releases, _releases))
             {
                 return false;
             }
             _holds = new Dictionary<string, string>(holds, StringComparer.Ordinal);
+            _releases = new Dictionary<string, string>(releases, StringComparer.Ordinal);
             return true;
         }
+
+        static bool Same(IReadOnlyDictionary<string, string> a, Dictionary<string, string> b) => a.Count == b.Count && a.All(h => b.TryGetValue(h.Key, out var v) && v == h.Value);
     }
 
-    /// <summary>The control plane's holds in force (stack id → version).</summary>
+    /// <summary>The operators' holds in force (stack id → version).</summary>
     public IReadOnlyDictionary<string, string> Holds
     {
         get
@@ -181,17 +187,36 @@ public sealed class StackHost
         }
     }
 
-    /// <summary>Why a peer may not open the version <paramref name="key"/> here (the control plane holds its id to another version), or null.</summary>
+    /// <summary>The control plane's releases in force (stack id → version; a hold of the same id goes over it).</summary>
+    public IReadOnlyDictionary<string, string> Releases
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return new Dictionary<string, string>(_releases, StringComparer.Ordinal);
+            }
+        }
+    }
+
+    /// <summary>Why a peer may not open the version <paramref name="key"/> here (the control plane holds or releases its id at another version), or null.</summary>
     public string? HeldOut(string key)
     {
         lock (_gate)
         {
-            return HeldOutLocked(key) ? $"the control plane holds {StackKey.IdOf(key)} at {_holds[StackKey.IdOf(key)]} on this host" : null;
+            return HeldOutLocked(key) ? HeldOutReasonLocked(key) : null;
         }
     }
 
+    private string HeldOutReasonLocked(string key) => _holds.TryGetValue(StackKey.IdOf(key), out var held)
+        ? $"the control plane holds {StackKey.IdOf(key)} at {held} on this host"
+        : $"the control plane releases {StackKey.IdOf(key)} {_releases[StackKey.IdOf(key)]} to this host, not {StackKey.VersionOf(key)}";
+
+    /// <summary>The version the control plane has this host run of <paramref name="id"/> (an operator's hold over a release), or null.</summary>
+    private string? DecidedLocked(string id) => _holds.TryGetValue(id, out var held) ? held : _releases.GetValueOrDefault(id);
+
     private bool HeldOutLocked(string key) =>
-        _holds.TryGetValue(StackKey.IdOf(key), out var held) && StackKey.VersionOf(key) != held && _registered.ContainsKey(StackKey.Of(StackKey.IdOf(key), held));
+        DecidedLocked(StackKey.IdOf(key)) is { } decided && StackKey.VersionOf(key) != decided && _registered.ContainsKey(StackKey.Of(StackKey.IdOf(key), decided));
 
     /// <summary>What a stack version declares (a bare id: its newest usable version); null when the name is unknown.</summary>
     public StackDescription? Describe(string name)
@@ -268,7 +293,7 @@ public sealed class StackHost
             }
             if (HeldOutLocked(key))
             {
-                throw new InvalidOperationException($"Stack '{key}' is not run on this host: the control plane holds {StackKey.IdOf(key)} at {_holds[StackKey.IdOf(key)]}.");
+                throw new InvalidOperationException($"Stack '{key}' is not run on this host: {HeldOutReasonLocked(key)}.");
             }
             var stack = LoadLocked(key);
             var slot = _loaded[key];

@@ -32,9 +32,5 @@ public static class StackKey
     public static bool IsVersioned(string name) => name.Contains(Separator);
 
     /// <summary>Orders versions as the repository does (<see cref="SemanticVersion"/>; one that does not parse before every one that does, then by text).</summary>
-    public static int CompareVersions(string a, string b)
-    {
-        var (okA, okB) = (SemanticVersion.TryParse(a, out var va), SemanticVersion.TryParse(b, out var vb));
-        return okA && okB ? va.CompareTo(vb) : okA != okB ? (okA ? 1 : -1) : string.CompareOrdinal(a, b);
-    }
+    public static int CompareVersions(string a, string b) => SemanticVersion.Compare(a, b);
 }

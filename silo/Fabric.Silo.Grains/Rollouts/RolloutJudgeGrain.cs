@@ -1,0 +1,49 @@
+using System.Collections.Immutable;
+using Fabric.Silo.Learning;
+using Microsoft.Extensions.Logging;
+
+namespace Fabric.Silo.Rollouts;
+
+/// <summary>
+/// Judges a stack's rollout when the catalog asks (every <see cref="RolloutOptions.JudgeEvery"/>): plans the rings from
+/// the hosts that run the stack at the first judgement, then measures the gates (<see cref="RolloutGates"/>) — the
+/// hosts of the rings reached, as their last registrations reported them, and the outcome log's recent outcomes — and
+/// hands the verdicts to the catalog, which alone changes the rollout. Holds no state: any silo's activation judges alike.
+/// </summary>
+public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions options, ILogger<RolloutJudgeGrain> logger) : Grain, IRolloutJudgeGrain
+{
+    public async ValueTask JudgeAsync(Rollout rollout)
+    {
+        var fleet = await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync();
+        var hosts = fleet.Hosts.Except(fleet.Removed.IsDefault ? [] : fleet.Removed, StringComparer.Ordinal).ToList();
+        var infos = (await Task.WhenAll(hosts.Select(h => GrainFactory.GetGrain<IHostGrain>(h).GetInfoAsync().AsTask()))).OfType<HostInfo>().ToList();
+        var plan = ImmutableArray<RolloutRing>.Empty;
+        var planned = rollout;
+        if (rollout.Ring < 0)
+        {
+            var running = infos.Where(i => !i.StackVersions.IsDefault && i.StackVersions.Any(u => u.Id == rollout.StackId)).Select(i => i.HostId);
+            plan = RolloutMachine.Plan(rollout.StackId, rollout.To, running);
+            planned = rollout with { Rings = plan, Ring = 0 };
+        }
+        var reached = infos.Where(i => planned.VersionFor(i.HostId) == rollout.To);
+        IReadOnlyList<LoggedOutcome> outcomes;
+        try
+        {
+            outcomes = await Task.Run(() => log.ReadRecent(options.OutcomesRead));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or Azure.RequestFailedException or System.Text.Json.JsonException)
+        {
+            // The outcome log is away: the utility gate cannot be measured now, so it stays pending (never passes unseen).
+            Log.OutcomesUnreadable(logger, rollout.StackId, e.Message);
+            outcomes = [];
+        }
+        ImmutableArray<GateResult> gates = [RolloutGates.Quarantine(rollout, reached), RolloutGates.Utility(rollout, outcomes, options)];
+        await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).JudgedAsync(new RolloutJudgement(rollout.StackId, rollout.To, gates, plan));
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(1, LogLevel.Warning, "Rollout of {StackId}: the outcome log cannot be read ({Reason}); its utility gate stays pending")]
+        public static partial void OutcomesUnreadable(ILogger logger, string stackId, string reason);
+    }
+}

@@ -1,0 +1,222 @@
+using System.Collections.Immutable;
+using Fabric.Silo.Learning;
+using Fabric.Silo.Rollouts;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Fabric.Silo.Tests.Rollouts;
+
+/// <summary>The rollout state machine and its gates under fake time: no cluster, every transition by hand.</summary>
+public class RolloutMachineTests
+{
+    private static readonly TimeSpan Bake = TimeSpan.FromMinutes(10);
+    private static readonly string[] Fleet = ["h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10"];
+
+    private static readonly ImmutableArray<GateResult> AllPassed =
+        [new("quarantine", GateVerdict.Passed, "none"), new("utility", GateVerdict.Passed, "no worse")];
+
+    private static RolloutJudgement Judgement(Rollout r, ImmutableArray<GateResult> gates, bool plan = false) =>
+        new(r.StackId, r.To, gates, plan ? RolloutMachine.Plan(r.StackId, r.To, Fleet) : []);
+
+    private static (Rollout Rollout, FakeTimeProvider Time) Planned()
+    {
+        var time = new FakeTimeProvider(new DateTimeOffset(2026, 12, 5, 3, 0, 0, TimeSpan.Zero));
+        var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", time.GetUtcNow(), Bake, "the catalog", "published");
+        Assert.All(Fleet, h => Assert.Equal("1.0.0", r.VersionFor(h)));
+        r = RolloutMachine.Judge(r, Judgement(r, [new("utility", GateVerdict.Pending, "no outcomes yet")], plan: true), time.GetUtcNow()).Rollout;
+        return (r, time);
+    }
+
+    [Fact]
+    public void ThePlan_StartsWithACanaryPair_CoversEveryHostOnce_AndIsTheSameOnEverySilo()
+    {
+        var plan = RolloutMachine.Plan("fec", "1.0.1", Fleet);
+        Assert.Equal([2, 1, 2, 5], plan.Select(r => r.Hosts.Length));
+        Assert.Equal("canary", plan[0].Name);
+        Assert.Equal(Fleet.Order(StringComparer.Ordinal), plan.SelectMany(r => r.Hosts).Order(StringComparer.Ordinal));
+        Assert.Equal(plan.SelectMany(r => r.Hosts), RolloutMachine.Plan("fec", "1.0.1", Fleet.Reverse()).SelectMany(r => r.Hosts));
+        // Canaries differ between rollouts (not always the same two hosts carry every new version first).
+        Assert.True(Enumerable.Range(0, 8).Select(i => string.Join(",", RolloutMachine.Plan("fec", $"1.0.{i}", Fleet)[0].Hosts.Order(StringComparer.Ordinal))).Distinct().Count() > 1);
+        Assert.Equal([2], RolloutMachine.Plan("fec", "1.0.1", ["a", "b"]).Select(r => r.Hosts.Length));
+        Assert.Equal([2, 1], RolloutMachine.Plan("fec", "1.0.1", ["a", "b", "c"]).Select(r => r.Hosts.Length));
+        Assert.Equal("all", Assert.Single(RolloutMachine.Plan("fec", "1.0.1", [])).Name);
+    }
+
+    [Fact]
+    public void ARollout_ReachesTheCanaryFirst_WaitsForItsBake_AndReachesEveryRingOnPassingGates()
+    {
+        var (r, time) = Planned();
+        Assert.Equal(0, r.Ring);
+        var canary = r.Rings[0].Hosts;
+        Assert.All(Fleet, h => Assert.Equal(canary.Contains(h) ? "1.0.1" : "1.0.0", r.VersionFor(h)));
+        // A host that joins later is in no ring: it stays on the previous version until the last ring.
+        Assert.Equal("1.0.0", r.VersionFor("h11"));
+
+        // Gates pass but the ring has not baked: nothing moves.
+        time.Advance(Bake / 2);
+        r = RolloutMachine.Judge(r, Judgement(r, AllPassed), time.GetUtcNow()).Rollout;
+        Assert.Equal(0, r.Ring);
+        // Baked, but a gate still pending: nothing moves either.
+        time.Advance(Bake);
+        r = RolloutMachine.Judge(r, Judgement(r, [AllPassed[0], new("utility", GateVerdict.Pending, "12 outcomes")]), time.GetUtcNow()).Rollout;
+        Assert.Equal(0, r.Ring);
+        for (var ring = 1; ring < r.Rings.Length; ring++)
+        {
+            r = RolloutMachine.Judge(r, Judgement(r, AllPassed), time.GetUtcNow()).Rollout;
+            Assert.Equal(ring, r.Ring);
+            time.Advance(Bake);
+        }
+        // The last ring reached: every host runs the new version, hosts that joined since too.
+        Assert.Equal("1.0.1", r.VersionFor("h11"));
+        r = RolloutMachine.Judge(r, Judgement(r, AllPassed), time.GetUtcNow()).Rollout;
+        Assert.Equal(RolloutStatus.Completed, r.Status);
+        Assert.All(Fleet.Append("h11"), h => Assert.Equal("1.0.1", r.VersionFor(h)));
+        Assert.Equal(["start", "reach canary", .. r.Rings.Skip(1).Select(g => "reach " + g.Name), "complete"], r.Steps.Select(s => s.Action));
+        Assert.All(r.Steps.Skip(1), s => Assert.Equal(RolloutMachine.Gates, s.By));
+        // A finished rollout takes no more judgements.
+        Assert.Same(r, RolloutMachine.Judge(r, Judgement(r, [new("quarantine", GateVerdict.Failed, "late")]), time.GetUtcNow()).Rollout);
+    }
+
+    [Fact]
+    public void AFailedGate_RollsBackWhileARingIsHalfApplied_EveryHostReturnsAndTheVersionIsBadWithTheEvidence()
+    {
+        var (r, time) = Planned();
+        time.Advance(Bake);
+        r = RolloutMachine.Judge(r, Judgement(r, AllPassed), time.GetUtcNow()).Rollout;
+        Assert.Equal(1, r.Ring);
+        time.Advance(TimeSpan.FromSeconds(30));
+        var (back, bad) = RolloutMachine.Judge(r, Judgement(r, [new("quarantine", GateVerdict.Failed, "fec 1.0.1 quarantined on h3 (threw)"), AllPassed[1]]),
+            time.GetUtcNow());
+        Assert.Equal(RolloutStatus.RolledBack, back.Status);
+        Assert.All(Fleet, h => Assert.Equal("1.0.0", back.VersionFor(h)));
+        Assert.NotNull(bad);
+        Assert.Equal(("fec", "1.0.1", RolloutMachine.Gates), (bad.StackId, bad.Version, bad.By));
+        Assert.Contains("quarantined on h3", bad.Evidence, StringComparison.Ordinal);
+        Assert.Equal(("roll back", bad.Evidence), (back.Steps[^1].Action, back.Steps[^1].Why));
+        // A judgement of another version changes nothing.
+        Assert.Same(r, RolloutMachine.Judge(r, new RolloutJudgement("fec", "1.0.2", [new("utility", GateVerdict.Failed, "x")], []), time.GetUtcNow()).Rollout);
+    }
+
+    [Fact]
+    public void APause_StopsTheBakeAndPromotion_NotProtection_AndResumeAndPromoteAreRecordedWithWhoAndWhy()
+    {
+        var (r, time) = Planned();
+        time.Advance(TimeSpan.FromMinutes(4));
+        var (paused, refusal) = RolloutMachine.Pause(r, time.GetUtcNow(), "operator 'ana'", "a customer call");
+        Assert.Null(refusal);
+        Assert.Contains("not running", RolloutMachine.Pause(paused, time.GetUtcNow(), "operator 'ana'", "again").Refusal, StringComparison.Ordinal);
+        // Paused for an hour: the bake does not run, passing gates promote nothing.
+        time.Advance(TimeSpan.FromHours(1));
+        Assert.Equal(TimeSpan.FromMinutes(4), paused.Baked(time.GetUtcNow()));
+        Assert.Equal(0, RolloutMachine.Judge(paused, Judgement(paused, AllPassed), time.GetUtcNow()).Rollout.Ring);
+        // Resumed: the ring has baked 4 minutes, so 6 more are needed.
+        var (resumed, _) = RolloutMachine.Resume(paused, time.GetUtcNow(), "operator 'ana'", "call over");
+        Assert.Contains("not paused", RolloutMachine.Resume(resumed, time.GetUtcNow(), "operator 'ana'", "again").Refusal, StringComparison.Ordinal);
+        time.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(0, RolloutMachine.Judge(resumed, Judgement(resumed, AllPassed), time.GetUtcNow()).Rollout.Ring);
+        time.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(1, RolloutMachine.Judge(resumed, Judgement(resumed, AllPassed), time.GetUtcNow()).Rollout.Ring);
+
+        // A failed gate rolls back even while paused.
+        var (pausedAgain, _) = RolloutMachine.Pause(resumed, time.GetUtcNow(), "operator 'ana'", "look closer");
+        Assert.Equal(RolloutStatus.RolledBack, RolloutMachine.Judge(pausedAgain, Judgement(pausedAgain, [new("utility", GateVerdict.Failed, "worse")]), time.GetUtcNow()).Rollout.Status);
+
+        // Promote reaches the next ring at once, paused or not; the last promote completes.
+        var (promoted, _) = RolloutMachine.Promote(pausedAgain, time.GetUtcNow(), "operator 'ben'", "the canary is fine, go");
+        Assert.Equal((1, RolloutStatus.Paused, TimeSpan.Zero), (promoted.Ring, promoted.Status, promoted.Baked(time.GetUtcNow())));
+        while (promoted.Status != RolloutStatus.Completed)
+        {
+            promoted = RolloutMachine.Promote(promoted, time.GetUtcNow(), "operator 'ben'", "go").Rollout;
+        }
+        Assert.Contains("is completed", RolloutMachine.Promote(promoted, time.GetUtcNow(), "operator 'ben'", "go").Refusal, StringComparison.Ordinal);
+        Assert.Equal(["operator 'ana'", "pause", "a customer call"], [promoted.Steps[2].By, promoted.Steps[2].Action, promoted.Steps[2].Why]);
+
+        // A completed rollout can still be rolled back by hand; the version is then bad, with the operator's reason.
+        var (rolledBack, bad, none) = RolloutMachine.RollBack(promoted, time.GetUtcNow(), "operator 'ben'", "tickets from tenants");
+        Assert.Null(none);
+        Assert.Equal(("operator 'ben'", "tickets from tenants"), (bad!.By, bad.Evidence));
+        Assert.All(Fleet, h => Assert.Equal("1.0.0", rolledBack.VersionFor(h)));
+        Assert.Contains("already rolled back", RolloutMachine.RollBack(rolledBack, time.GetUtcNow(), "operator 'ben'", "again").Refusal, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void PromotingARolloutWithoutRings_IsRefused_AndTheStepsStayBounded()
+    {
+        var time = new FakeTimeProvider();
+        var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", time.GetUtcNow(), Bake, "the catalog", "published");
+        Assert.Contains("has no rings yet", RolloutMachine.Promote(r, time.GetUtcNow(), "operator 'ana'", "hurry").Refusal, StringComparison.Ordinal);
+        for (var i = 0; i < 200; i++)
+        {
+            r = RolloutMachine.Pause(r, time.GetUtcNow(), "operator 'ana'", $"pause {i}").Rollout;
+            r = RolloutMachine.Resume(r, time.GetUtcNow(), "operator 'ana'", $"resume {i}").Rollout;
+        }
+        Assert.Equal(RolloutMachine.StepsKept, r.Steps.Length);
+        Assert.Equal("start", r.Steps[0].Action);
+        Assert.Equal("resume 199", r.Steps[^1].Why);
+    }
+
+    private static LoggedOutcome Outcome(string version, double utility, double loss = 0.02, double rtt = 30, string workload = "general") =>
+        new(new DateTimeOffset(2026, 12, 5, 3, 0, 1, TimeSpan.Zero), "vm", "h2", workload, "fec", version, 1, false,
+            new OutcomeFeatures(rtt, rtt, 1, loss, 0, 100, 1), 50, rtt, 0, 0, utility);
+
+    [Fact]
+    public void TheUtilityGate_FailsAWorseVersion_PassesAnEqualOne_AndComparesOnlyComparableConditions()
+    {
+        var options = new RolloutOptions(Bake, TimeSpan.FromSeconds(10), MinSamples: 30);
+        var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", new DateTimeOffset(2026, 12, 5, 3, 0, 0, TimeSpan.Zero), Bake, "the catalog", "published");
+        var random = new Random(7);
+        double Noisy(double mean) => Math.Clamp(mean + (random.NextDouble() - 0.5) * 0.1, 0, 1);
+
+        var worse = Enumerable.Range(0, 60).Select(_ => Outcome("1.0.1", Noisy(0.55))).Concat(Enumerable.Range(0, 60).Select(_ => Outcome("1.0.0", Noisy(0.80)))).ToList();
+        var failed = RolloutGates.Utility(r, worse, options);
+        Assert.Equal(GateVerdict.Failed, failed.Verdict);
+        Assert.Contains("worse beyond the margin", failed.Evidence, StringComparison.Ordinal);
+        Assert.Contains("(n 60)", failed.Evidence, StringComparison.Ordinal);
+
+        var equal = Enumerable.Range(0, 60).Select(_ => Outcome("1.0.1", Noisy(0.80))).Concat(Enumerable.Range(0, 60).Select(_ => Outcome("1.0.0", Noisy(0.80)))).ToList();
+        Assert.Equal(GateVerdict.Passed, RolloutGates.Utility(r, equal, options).Verdict);
+
+        // Few outcomes: pending, saying how many it has and needs.
+        var few = RolloutGates.Utility(r, worse.Take(10).Concat(worse.Skip(60).Take(10)), options);
+        Assert.Equal(GateVerdict.Pending, few.Verdict);
+        Assert.Contains("30 needed on each", few.Evidence, StringComparison.Ordinal);
+
+        // The new version on lossy paths only, the old one on clean paths only: nothing comparable, so no verdict
+        // (a naive comparison would blame the version for the path).
+        var apart = Enumerable.Range(0, 60).Select(_ => Outcome("1.0.1", Noisy(0.4), loss: 0.08))
+            .Concat(Enumerable.Range(0, 60).Select(_ => Outcome("1.0.0", Noisy(0.9), loss: 0))).ToList();
+        Assert.Equal(GateVerdict.Pending, RolloutGates.Utility(r, apart, options).Verdict);
+        // Mixed: within each stratum the versions are equal, though the new one has more of the lossy outcomes.
+        var mixed = Enumerable.Range(0, 50).Select(_ => Outcome("1.0.1", Noisy(0.4), loss: 0.08)).Concat(Enumerable.Range(0, 10).Select(_ => Outcome("1.0.1", Noisy(0.9), loss: 0)))
+            .Concat(Enumerable.Range(0, 10).Select(_ => Outcome("1.0.0", Noisy(0.4), loss: 0.08))).Concat(Enumerable.Range(0, 50).Select(_ => Outcome("1.0.0", Noisy(0.9), loss: 0))).ToList();
+        Assert.NotEqual(GateVerdict.Failed, RolloutGates.Utility(r, mixed, options).Verdict);
+
+        // Outcomes before the rollout, of other stacks and of other versions do not count.
+        var before = worse.Select(o => o with { At = r.Started.AddSeconds(-1) });
+        var other = worse.Select(o => o with { Stack = "arq" }).Concat(worse.Select(o => o with { StackVersion = "0.9.0" }));
+        Assert.Equal(GateVerdict.Pending, RolloutGates.Utility(r, before.Concat(other), options).Verdict);
+    }
+
+    [Fact]
+    public void TheQuarantineGate_FailsWhenAHostReachedQuarantinedTheNewVersion()
+    {
+        var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", DateTimeOffset.UnixEpoch, Bake, "the catalog", "published");
+        HostInfo Host(string id, params StackVersionUse[] versions) => new(id, "127.0.0.1", null, 1, ["fec"], [], "test") { StackVersions = [.. versions] };
+        var fine = RolloutGates.Quarantine(r, [Host("h1", new StackVersionUse("fec", "1.0.1", 3)), Host("h2", new StackVersionUse("fec", "1.0.0", 2))]);
+        Assert.Equal((GateVerdict.Passed, "no quarantine of 1.0.1; 1 of 2 hosts reached run it"), (fine.Verdict, fine.Evidence));
+        var failed = RolloutGates.Quarantine(r, [Host("h1", new StackVersionUse("fec", "1.0.1", 0) { Quarantined = "threw InvalidOperationException on 12 of 100 frames" })]);
+        Assert.Equal(GateVerdict.Failed, failed.Verdict);
+        Assert.Equal("fec 1.0.1 quarantined on h1 (threw InvalidOperationException on 12 of 100 frames)", failed.Evidence);
+        // The previous version's quarantine is not the new one's fault.
+        Assert.Equal(GateVerdict.Passed, RolloutGates.Quarantine(r, [Host("h1", new StackVersionUse("fec", "1.0.0", 0) { Quarantined = "old" })]).Verdict);
+    }
+
+    [Fact]
+    public void TheNormalQuantile_MatchesTheTables()
+    {
+        Assert.Equal(1.6449, RolloutGates.NormalQuantile(0.95), 4);
+        Assert.Equal(2.3263, RolloutGates.NormalQuantile(0.99), 4);
+        Assert.Equal(0, RolloutGates.NormalQuantile(0.5), 9);
+        Assert.Equal(-3.0902, RolloutGates.NormalQuantile(0.001), 4);
+        Assert.Throws<ArgumentOutOfRangeException>(() => RolloutGates.NormalQuantile(1));
+    }
+}
