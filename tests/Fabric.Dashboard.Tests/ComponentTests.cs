@@ -253,6 +253,7 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
             Assert.Equal([id, "0.9.0", "no", host, "0", ""], cells("0.9.0"));
         }, TimeSpan.FromSeconds(10));
         Assert.Empty(page.FindAll("[data-testid=hold-save]"));
+        Assert.Empty(page.FindAll("[data-testid=rollout-rollback]"));
     }
 
     /// <summary>
@@ -289,6 +290,40 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         await Hold("", "");
         page.WaitForAssertion(() => Assert.Contains($"{id}: hold released", page.Find("[data-testid=hold-result]").TextContent, StringComparison.Ordinal));
         Assert.DoesNotContain(await _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync(), h => h.StackId == id);
+    }
+
+    /// <summary>
+    /// A newer version published starts a rollout the Stacks page shows; an admin pauses it and rolls it back with a reason
+    /// (a step without one is refused with the catalog's reason), and the version is then listed as bad, by that admin.
+    /// </summary>
+    [Fact]
+    public async Task AnAdmin_PausesAndRollsBackARollout_OnTheStacksPage()
+    {
+        var id = Unique("roll");
+        var catalog = _grains.Client.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+        await catalog.SyncAsync([new StackInfo(id, "1.0.0", "ipv4", 16, 0, 0, 0, false, "old") { PublishedVersions = ["1.0.0"] }], 1, "repository of " + id);
+        await catalog.SyncAsync([new StackInfo(id, "1.1.0", "ipv4", 16, 0, 0, 0, false, "new") { PublishedVersions = ["1.1.0", "1.0.0"] }], 2, "repository of " + id);
+        SignIn(DashboardUser.Admin);
+        var page = Render<Fabric.Dashboard.Components.Pages.Stacks>();
+        page.WaitForAssertion(() => Assert.Equal("running", page.Find($"[data-testid='rollout-status-{id}']").TextContent));
+        Assert.Contains("1.0.0 → 1.1.0", page.Find($"[data-testid='rollout-{id}']").TextContent, StringComparison.Ordinal);
+        async Task Step(string action, string why)
+        {
+            await page.Find("input[data-testid=rollout-stack], [data-testid=rollout-stack] input").ChangeAsync(new() { Value = id });
+            await page.Find("input[data-testid=rollout-reason], [data-testid=rollout-reason] input").ChangeAsync(new() { Value = why });
+            await page.Find($"[data-testid=rollout-{action}]").ClickAsync(new());
+        }
+
+        await Step("pause", "");
+        page.WaitForAssertion(() => Assert.Equal("a rollout step says who takes it and why", page.Find("[data-testid=rollout-result]").TextContent));
+        await Step("pause", "a tenant's migration tonight");
+        page.WaitForAssertion(() => Assert.Equal("paused", page.Find($"[data-testid='rollout-status-{id}']").TextContent));
+        await Step("rollback", "resets on the canary");
+        page.WaitForAssertion(() => Assert.Equal("rolled back", page.Find($"[data-testid='rollout-status-{id}']").TextContent));
+        page.WaitForAssertion(() => Assert.Contains("admin 'someone'", page.Find($"[data-testid='bad-{id}-1.1.0']").TextContent, StringComparison.Ordinal));
+        var rollout = (await catalog.ListRolloutsAsync()).Single(r => r.StackId == id);
+        Assert.Equal([("pause", "admin 'someone'", "a tenant's migration tonight"), ("roll back", "admin 'someone'", "resets on the canary")],
+            rollout.Steps.Skip(rollout.Steps.Length - 2).Select(x => (x.Action, x.By, x.Why)));
     }
 
     /// <summary>

@@ -14,6 +14,12 @@ public sealed class CatalogService(IGrainFactory grains)
 
     public ValueTask<string?> HoldVersionAsync(VersionHold hold) => Catalog.HoldVersionAsync(hold);
 
+    public ValueTask<ImmutableArray<Rollout>> ListRolloutsAsync() => Catalog.ListRolloutsAsync();
+
+    public ValueTask<ImmutableArray<BadVersion>> ListBadAsync() => Catalog.ListBadAsync();
+
+    public ValueTask<string?> StepRolloutAsync(string stackId, string action, string by, string why) => Catalog.StepRolloutAsync(stackId, action, by, why);
+
     private ICatalogGrain Catalog => grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
 }
 
