@@ -271,8 +271,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         {
             Log.HoldsChanged(_logger, HostId, holds.Count == 0 ? "none" : string.Join(", ", holds.Select(h => $"{h.Key} at {h.Value}")),
                 releases.Count == 0 ? "none" : string.Join(", ", releases.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key} {r.Value}")));
-            _agent.ConformBindings();
         }
+        // At every registration, not only when this host's holds changed: a binding stays where it is while its peer does
+        // not run the version yet (released to it a registration later, or held there), and moves once it does.
+        _agent.ConformBindings();
         _nextRegister = _agent.Time.GetUtcNow() + RegisterEvery;
     }
 

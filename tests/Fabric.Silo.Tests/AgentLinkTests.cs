@@ -244,6 +244,130 @@ public sealed class AgentLinkTests
         }
     }
 
+    /// <summary>
+    /// A stack version rolled out through the control plane to real agents: installed on both hosts before the catalog
+    /// published it, it carries nothing (the catalog releases the version it knows); published, the rollout's canary (both
+    /// hosts here) is released it, and vm1's binding moves to it on both ends; an operator's roll back brings the binding
+    /// back. Frames flow from vm1 to vm3 all along, and none is lost.
+    /// </summary>
+    [Fact]
+    public async Task ARolloutThroughTheControlPlane_MovesRealBindingsToTheReleasedVersion_AndARollBackBringsThemBack_LosingNoFrame()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"));
+        try
+        {
+            var catalog = silo.Grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+            const string source = "the rollout test's repository";
+            Assert.Empty(await catalog.SyncAsync([SwapTest with { PublishedVersions = ["0.1.0"] }], 1, source));
+            foreach (var agent in new[] { hosts.A, hosts.B })
+            {
+                agent.Switch.RegisterStack(StackPlugins.PathOf(StackPlugins.SwapTest), "swap-test", signedVersion: "0.2.0");
+            }
+            Ok(hosts.A.Handle(new ApiRequest("register-vm", Registration: new VmRegistration("vm1", "vm-one",
+                [new VmInterface("ethernet", Mac1.ToString(), "tap-vm1", Vni: 100, IPv4: ["10.0.0.1"])], new VmPolicy(Pin: "swap-test", Vni: 100), "metadata", "libvirt"))));
+            string? KeyOnA() => hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path.VmBindingKeys().TryGetValue("vm1/0", out var b) ? b.Stack : null;
+            Eventually.True(() => KeyOnA() == "swap-test@0.1.0" && hosts.A.Switch.StackHost.Releases.GetValueOrDefault("swap-test") == "0.1.0"
+                    && hosts.B.Switch.StackHost.Releases.GetValueOrDefault("swap-test") == "0.1.0",
+                Wait, "vm1 bound to the released 0.1.0 though both ends have 0.2.0", () => $"{KeyOnA()}; releases a {string.Join(",", hosts.A.Switch.StackHost.Releases)}; "
+                    + $"b {string.Join(",", hosts.B.Switch.StackHost.Releases)}; events a {string.Join(" | ", hosts.A.Switch.Events.TakeLast(12))}");
+
+            using var pump = new FramePump(hosts, "vm1", "vm3", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            Assert.Empty(await catalog.SyncAsync([SwapTest with { Version = "0.2.0", PublishedVersions = ["0.2.0", "0.1.0"] }], 2, source));
+            Assert.Equal(("0.1.0", "0.2.0"), (await catalog.ListRolloutsAsync()).Single(r => r.StackId == "swap-test") is var started ? (started.From, started.To) : default);
+            Eventually.True(() => KeyOnA() == "swap-test@0.2.0", TimeSpan.FromSeconds(40), "vm1 moved to 0.2.0 once the canary was released it",
+                () => $"{KeyOnA()}; releases a {string.Join(",", hosts.A.Switch.StackHost.Releases)} b {string.Join(",", hosts.B.Switch.StackHost.Releases)}");
+            var slot = hosts.A.Switch.Paths["host-b"].VmBindingKeys()["vm1/0"].Slot;
+            Assert.Equal("0.2.0", hosts.B.Switch.Paths["host-a"].StackStats()[slot].Version);
+            var canary = (await catalog.ListRolloutsAsync()).Single(r => r.StackId == "swap-test").Rings[0];
+            Assert.Equal(["host-a", "host-b"], canary.Hosts.Order(StringComparer.Ordinal));
+
+            var rolledBackAt = System.Diagnostics.Stopwatch.StartNew();
+            Assert.Null(await catalog.StepRolloutAsync("swap-test", "rollback", "operator 'test'", "the test rolls it back"));
+            Eventually.True(() => KeyOnA() == "swap-test@0.1.0", TimeSpan.FromSeconds(40), "vm1 back on 0.1.0 after the roll back",
+                () => $"{KeyOnA()}; releases a {string.Join(",", hosts.A.Switch.StackHost.Releases)}");
+            var movedBack = rolledBackAt.Elapsed;
+            Assert.Equal("0.1.0", hosts.B.Switch.StackHost.Releases["swap-test"]);
+            var (sent, received) = pump.Stop();
+            Assert.True(sent > 500, $"only {sent} frames were sent");
+            Assert.Equal(sent, received);
+            Assert.Equal(0, hosts.B.Switch.Paths["host-a"].SequenceGaps);
+            TestContext.Current.TestOutputHelper?.WriteLine($"roll back to vm1's binding moved: {movedBack.TotalSeconds:0.0} s (registrations every 5 s); frames {sent} sent, {received} received");
+            _ = cancel;
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
+    /// <summary>Sends one frame from a VM every millisecond and counts what reaches another, until stopped.</summary>
+    private sealed class FramePump : IDisposable
+    {
+        private readonly CancellationTokenSource _stop = new();
+        private readonly Thread _sender;
+        private readonly Thread _sink;
+        private int _sent;
+        private int _received;
+        private Exception? _failure;
+
+        public FramePump(LinkedHosts hosts, string from, string to, byte[] frame)
+        {
+            _sender = new Thread(() =>
+            {
+                try
+                {
+                    while (!_stop.IsCancellationRequested)
+                    {
+                        hosts.Send(from, frame);
+                        Interlocked.Increment(ref _sent);
+                        Thread.Sleep(1);
+                    }
+                }
+                catch (Exception e)
+                {
+                    _failure = e;
+                }
+            });
+            _sink = new Thread(() =>
+            {
+                // Until the sender stopped and nothing more arrived for a second.
+                var lastAt = DateTime.UtcNow;
+                while (!_stop.IsCancellationRequested || DateTime.UtcNow - lastAt < TimeSpan.FromSeconds(1))
+                {
+                    if (hosts.TryReceive(to, TimeSpan.FromMilliseconds(100)))
+                    {
+                        Interlocked.Increment(ref _received);
+                        lastAt = DateTime.UtcNow;
+                    }
+                }
+            });
+            _sender.Start();
+            _sink.Start();
+        }
+
+        public (int Sent, int Received) Stop()
+        {
+            _stop.Cancel();
+            _sender.Join();
+            _sink.Join();
+            return _failure is null ? (_sent, _received) : throw new InvalidOperationException("the pump's sender failed", _failure);
+        }
+
+        public void Dispose()
+        {
+            if (!_stop.IsCancellationRequested)
+            {
+                Stop();
+            }
+            _stop.Dispose();
+        }
+    }
+
     private static string? Bound(Agent.Agent agent, string port, string remote) =>
         agent.Switch.Paths.TryGetValue(remote, out var path) && path.VmBindings().TryGetValue(port, out var binding) ? binding.Stack : null;
 
@@ -274,7 +398,7 @@ public sealed class AgentLinkTests
             {
                 silo.UseLocalhostClustering(siloPort, gatewayPort, serviceId: "fabric", clusterId: "fabric")
                     .AddMemoryGrainStorage(Storage.Name)
-                    .AddFabricControlPlane(ClusterFixture.Selector);
+                    .AddFabricControlPlane(ClusterFixture.Selector, rollouts: new Fabric.Silo.Rollouts.RolloutOptions(TimeSpan.FromMinutes(10), TimeSpan.FromSeconds(1)));
                 if (authority is not null)
                 {
                     silo.UseControlPlaneSecurity(authority.Issue(CallerRole.Silo, "silo-1"));
@@ -579,6 +703,13 @@ public sealed class AgentLinkTests
         }
 
         public void Send(string vm, byte[] frame) => Assert.Equal(PortResult.Ok, _vmEnds["tap-" + vm].Transmit(frame));
+
+        /// <summary>Whether a frame reached <paramref name="vm"/> within <paramref name="timeout"/> (taking it).</summary>
+        public bool TryReceive(string vm, TimeSpan timeout)
+        {
+            var buffer = new byte[2048];
+            return _vmEnds["tap-" + vm].Receive(buffer, out _, timeout) == PortResult.Ok;
+        }
 
         public void Expect(string vm)
         {
