@@ -267,14 +267,15 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         // rollout's, or the newest not judged bad) and the operators' holds over it. A change moves the bindings it concerns.
         var holds = (desired.Holds.IsDefault ? [] : desired.Holds).ToDictionary(h => h.StackId, h => h.Version, StringComparer.Ordinal);
         var releases = desired.Releases ?? ImmutableDictionary<string, string>.Empty;
-        if (_agent.Switch.StackHost.SetHolds(holds, releases))
+        var changed = _agent.Switch.StackHost.SetHolds(holds, releases);
+        if (changed)
         {
             Log.HoldsChanged(_logger, HostId, holds.Count == 0 ? "none" : string.Join(", ", holds.Select(h => $"{h.Key} at {h.Value}")),
                 releases.Count == 0 ? "none" : string.Join(", ", releases.OrderBy(r => r.Key, StringComparer.Ordinal).Select(r => $"{r.Key} {r.Value}")));
         }
         // At every registration, not only when this host's holds changed: a binding stays where it is while its peer does
         // not run the version yet (released to it a registration later, or held there), and moves once it does.
-        _agent.ConformBindings();
+        _agent.ConformBindings(periodic: !changed);
         _nextRegister = _agent.Time.GetUtcNow() + RegisterEvery;
     }
 

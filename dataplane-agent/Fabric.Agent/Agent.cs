@@ -229,13 +229,20 @@ public sealed class Agent : IDisposable
 
     private int _conforming;
     private int _conformAgain;
+    private int _conformFull;
 
     /// <summary>
     /// Moves bindings to the stack version each should run: the newest both ends have, or the one the control plane holds
     /// (in the background; one round at a time, and a call during a round makes one more round after it).
     /// </summary>
-    public void ConformBindings()
+    /// <param name="periodic">A routine call (every registration): bindings whose move a peer refused lately wait
+    /// <see cref="Switching.Switch.ConformRetry"/> (a call for a change — a refresh, new holds — tries them all).</param>
+    public void ConformBindings(bool periodic = false)
     {
+        if (!periodic)
+        {
+            Volatile.Write(ref _conformFull, 1);
+        }
         Volatile.Write(ref _conformAgain, 1);
         if (Interlocked.Exchange(ref _conforming, 1) == 1)
         {
@@ -247,7 +254,8 @@ public sealed class Agent : IDisposable
             {
                 while (Interlocked.Exchange(ref _conformAgain, 0) == 1)
                 {
-                    if (await Switch.ConformBindingsAsync().ConfigureAwait(false) is > 0 and var moved)
+                    var full = Interlocked.Exchange(ref _conformFull, 0) == 1;
+                    if (await Switch.ConformBindingsAsync(full ? TimeSpan.Zero : Switching.Switch.ConformRetry).ConfigureAwait(false) is > 0 and var moved)
                     {
                         Log.BindingsUpgraded(_logger, moved);
                     }

@@ -79,6 +79,25 @@ public sealed record Rollout(
     /// <summary>How long the current ring has baked at <paramref name="now"/>.</summary>
     public TimeSpan Baked(DateTimeOffset now) => Ring < 0 ? TimeSpan.Zero : Status == RolloutStatus.Paused ? BakedWhenPaused : now - RingSince;
 
+    /// <summary>
+    /// When the ring holding <paramref name="hostId"/> was reached (a host in no ring: when the last one was), or null
+    /// while it is not: before then the host ran <see cref="From"/>, after it <see cref="To"/>.
+    /// </summary>
+    public DateTimeOffset? ReachedAt(string hostId)
+    {
+        if (Ring < 0 || Rings.IsDefaultOrEmpty)
+        {
+            return null;
+        }
+        var ring = Rings.Take(Ring + 1).ToList().FindIndex(r => r.Hosts.Contains(hostId, StringComparer.Ordinal));
+        if (ring < 0 && Ring < Rings.Length - 1)
+        {
+            return null;
+        }
+        var name = "reach " + Rings[ring < 0 ? Rings.Length - 1 : ring].Name;
+        return Steps.LastOrDefault(s => s.Action == name)?.At ?? Started;
+    }
+
     /// <summary>The version <paramref name="hostId"/> is to run while this rollout is what decides it.</summary>
     public string VersionFor(string hostId) => Status switch
     {

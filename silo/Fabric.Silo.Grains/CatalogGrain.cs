@@ -31,8 +31,8 @@ public sealed class CatalogState
 public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPersistentState<CatalogState> state, RolloutOptions rollouts, TimeProvider time)
     : Grain, ICatalogGrain
 {
-    /// <summary>Bad versions kept (the oldest are forgotten first; a forgotten one is still never released by a rollout that superseded it).</summary>
-    public const int BadKept = 256;
+    /// <summary>Bad versions kept per stack (its oldest are forgotten first).</summary>
+    public const int BadKept = 32;
 
     private readonly Dictionary<string, DateTimeOffset> _judgeAsked = new(StringComparer.Ordinal);
 
@@ -89,6 +89,10 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
             {
                 state.State.Withdrawn[id] = new WithdrawnStack(id, last.Version, DateTimeOffset.UtcNow);
             }
+            if (state.State.Rollouts.TryGetValue(id, out var rolling) && rolling.Active)
+            {
+                state.State.Rollouts[id] = RolloutMachine.End(rolling, time.GetUtcNow(), "the signed repository withdrew the stack");
+            }
             state.State.FromRepository.Remove(id);
         }
         foreach (var stack in published)
@@ -117,7 +121,7 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
 
     public async ValueTask<string?> HoldVersionAsync(VersionHold hold)
     {
-        hold = CallerContext.Operator is { } verified ? hold with { By = $"operator '{verified}'" } : hold;
+        hold = hold with { By = AsVerified(hold.By) };
         if (string.IsNullOrWhiteSpace(hold.Reason) || string.IsNullOrWhiteSpace(hold.By))
         {
             return "a hold says who sets it and why";
@@ -169,7 +173,7 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
 
     public async ValueTask<string?> StepRolloutAsync(string stackId, string action, string by, string why)
     {
-        by = CallerContext.Operator is { } verified ? $"operator '{verified}'" : by;
+        by = AsVerified(by);
         if (string.IsNullOrWhiteSpace(by) || string.IsNullOrWhiteSpace(why))
         {
             return "a rollout step says who takes it and why";
@@ -213,9 +217,15 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
             return;
         }
         var (next, bad) = RolloutMachine.Judge(rollout, judgement, time.GetUtcNow());
-        if (next != rollout)
+        if (next.Status != rollout.Status || next.Ring != rollout.Ring || next.Steps.Length != rollout.Steps.Length || bad is not null)
         {
             await SaveAsync(next, bad);
+        }
+        else
+        {
+            // Only the gates' latest measurements changed: kept in memory (shown, and written with the next step), not
+            // written every judgement.
+            state.State.Rollouts[next.StackId] = next;
         }
     }
 
@@ -225,13 +235,19 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
         if (bad is not null)
         {
             state.State.Bad[StackKeyOf(bad.StackId, bad.Version)] = bad;
-            foreach (var old in state.State.Bad.Values.OrderBy(b => b.At).Take(Math.Max(0, state.State.Bad.Count - BadKept)).ToList())
+            var ofStack = state.State.Bad.Values.Where(b => b.StackId == bad.StackId).OrderBy(b => b.At).ToList();
+            foreach (var old in ofStack.Take(Math.Max(0, ofStack.Count - BadKept)))
             {
                 state.State.Bad.Remove(StackKeyOf(old.StackId, old.Version));
             }
         }
         await state.WriteStateAsync();
     }
+
+    /// <summary>Who takes a step: where the control channel is secured, the verified operator, and for whom it says it acts
+    /// (a dashboard's signed-in admin); else what the call says.</summary>
+    private static string AsVerified(string by) => CallerContext.Operator is not { } verified ? by
+        : string.IsNullOrWhiteSpace(by) || by == $"operator '{verified}'" ? $"operator '{verified}'" : $"{by} via operator '{verified}'";
 
     /// <summary>
     /// A newer version of a stack the catalog already published starts a rollout from the version hosts run now (an
@@ -246,7 +262,7 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
             return;
         }
         var current = state.State.Rollouts.GetValueOrDefault(stack.Id);
-        var from = current is { Active: true } ? current.From : Released(existing, hostId: null) ?? existing.Version;
+        var from = current is { Active: true } ? RolloutMachine.Baseline(current) : Released(existing, hostId: null) ?? existing.Version;
         if (stack.Version == from || (current is { Active: true } && current.To == stack.Version)
             || SemanticVersion.Compare(stack.Version, from) <= 0
             || !(stack.PublishedVersions.IsDefaultOrEmpty ? [stack.Version] : stack.PublishedVersions).Contains(from, StringComparer.Ordinal))

@@ -51,10 +51,11 @@ public sealed partial class VmGrain(
     private static readonly TimeSpan CacheFor = TimeSpan.FromSeconds(10);
 
     /// <summary>The version an outcome names when the catalog publishes it for that stack (an agent's word is not taken for more), else the catalog's newest.</summary>
+    /// <summary>The version an outcome names, when the catalog publishes it; else none ("": an agent that does not say,
+    /// or says a version no signed target has, is not taken at its word, nor credited to the newest version).</summary>
     private static string VersionOf(Outcome o, ImmutableArray<StackInfo> catalog) =>
-        catalog.FirstOrDefault(s => s.Id == o.Stack) is not { } stack ? ""
-        : o.StackVersion is { } said && (said == stack.Version || (!stack.PublishedVersions.IsDefault && stack.PublishedVersions.Contains(said, StringComparer.Ordinal))) ? said
-        : stack.Version;
+        catalog.FirstOrDefault(s => s.Id == o.Stack) is { } stack && o.StackVersion is { } said
+            && (said == stack.Version || (!stack.PublishedVersions.IsDefault && stack.PublishedVersions.Contains(said, StringComparer.Ordinal))) ? said : "";
 
     /// <summary>
     /// How often a changed log is written. Each write is the whole log (up to <see cref="LogLength"/> decisions with their

@@ -42,18 +42,22 @@ public class StackVersionTests
         Assert.Equal(["swap-test@0.1.0", "swap-test@0.2.0"], hosts.A.Switch.StackHost.Registered.Where(k => StackKey.IdOf(k) == "swap-test"));
         Assert.Equal("swap-test@0.2.0", hosts.A.Switch.StackHost.Resolve("swap-test"));
         // B does not run it yet: vm1 stays where it is, and a new binding of the id takes the newest version B has.
-        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
         Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
         Assert.Null(await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test", ct));
         Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm2"));
 
         // B takes 0.2.0: both bindings move, each through a slot B opened with 0.2.0.
         hosts.B.Switch.RegisterStack(SwapTest, "swap-test", signedVersion: "0.2.0");
-        Assert.Equal(2, await hosts.A.Switch.ConformBindingsAsync(ct));
+        // A periodic round does not ask again for what B refused moments ago (vm1's move), only for what it never asked
+        // (vm2's); a round for a change asks for everything.
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(Fabric.Agent.Switching.Switch.ConformRetry, ct));
+        Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
         var (key, slot) = hosts.A.Switch.Paths["host-b"].VmBindingKeys()["vm1"];
         Assert.Equal("swap-test@0.2.0", key);
         Assert.Equal(("swap-test", "0.2.0"), (hosts.B.Switch.Paths["host-a"].StackStats()[slot].Stack, hosts.B.Switch.Paths["host-a"].StackStats()[slot].Version));
-        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
         Thread.Sleep(300);
         stream.Stop();
         Assert.True(stream.Sent > 1000, $"only {stream.Sent} frames were sent");
@@ -97,7 +101,7 @@ public class StackVersionTests
         var refused = await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test@0.2.0", ct);
         Assert.Contains(withdraw ? "stack 'swap-test@0.2.0' is withdrawn on this host" : "stack 'swap-test@0.2.0' is quarantined on this host", refused, StringComparison.Ordinal);
         // Nor does an upgrade take a binding back to it.
-        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal(0, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
     }
 
     /// <summary>
@@ -115,7 +119,7 @@ public class StackVersionTests
         var hold = new Dictionary<string, string> { ["swap-test"] = "0.1.0" };
         Assert.True(hosts.A.Switch.StackHost.SetHolds(hold));
         Assert.False(hosts.A.Switch.StackHost.SetHolds(hold));
-        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
         Assert.Equal("swap-test@0.1.0", KeyOf(hosts.A, "host-b", "vm1"));
 
         var refused = await hosts.B.Switch.BindVmAsync("vm3", "host-a", "swap-test@0.2.0", ct);
@@ -126,12 +130,17 @@ public class StackVersionTests
         Assert.Contains("stack 'swap-test@0.2.0' is not run on this host: the control plane holds swap-test at 0.1.0",
             await hosts.A.Switch.BindVmAsync("vm2", "host-b", "swap-test@0.2.0", ct), StringComparison.Ordinal);
 
-        // A hold naming a version this host does not have holds nothing (the signed repository decides what may run).
+        // A hold is a ceiling: one naming a newer version than this host has holds nothing back, one naming a version
+        // between two it has leaves the older (a host released a version it has not installed never runs a newer one).
         Assert.True(hosts.B.Switch.StackHost.SetHolds(new Dictionary<string, string> { ["swap-test"] = "9.9.9" }));
         Assert.Equal(["swap-test@0.2.0", "swap-test@0.1.0"], hosts.B.Switch.StackHost.Candidates("swap-test"));
+        Assert.True(hosts.B.Switch.StackHost.SetHolds(new Dictionary<string, string>(), new Dictionary<string, string> { ["swap-test"] = "0.1.5" }));
+        Assert.Equal(["swap-test@0.1.0"], hosts.B.Switch.StackHost.Candidates("swap-test"));
+        Assert.Contains("the control plane releases swap-test 0.1.5 to this host, not 0.2.0", hosts.B.Switch.StackHost.HeldOut("swap-test@0.2.0"), StringComparison.Ordinal);
+        Assert.True(hosts.B.Switch.StackHost.SetHolds(new Dictionary<string, string>()));
 
         Assert.True(hosts.A.Switch.StackHost.SetHolds(new Dictionary<string, string>()));
-        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
         Assert.Equal("swap-test@0.2.0", KeyOf(hosts.A, "host-b", "vm1"));
         Thread.Sleep(300);
         stream.Stop();
@@ -165,7 +174,7 @@ public class StackVersionTests
         {
             agent.Switch.RegisterStack(arq, "arq-lowlat", signedVersion: "1.0.1");
         }
-        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(ct));
+        Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
         Assert.Equal("arq-lowlat@1.0.1", KeyOf(hosts.A, "host-b", "vm1"));
         Eventually.True(() => hosts.A.Switch.Events.Any(e => e.Contains("stack arq-lowlat@1.0.1 on the path to host-b: state-resumed: srtt ", StringComparison.Ordinal)),
             TimeSpan.FromSeconds(5), "the new instance resumed the old one's estimates", () => string.Join("\n", hosts.A.Switch.Events));

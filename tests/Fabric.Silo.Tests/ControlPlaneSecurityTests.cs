@@ -186,9 +186,9 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
             .JudgedAsync(new RolloutJudgement("std-ipv4", "9.9.9", [new GateResult("utility", GateVerdict.Passed, "forged")], [])).AsTask());
         await Assert.ThrowsAsync<UnauthorizedAccessException>(() => op.GetGrain<IRolloutJudgeGrain>("std-ipv4").JudgeAsync(null!).AsTask());
         Assert.Equal("stack 'std-ipv4' has no rollout", await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).StepRolloutAsync("std-ipv4", "pause", "someone else", "x"));
-        // Who holds a version is the verified operator, whatever the call says.
+        // Who holds a version is the verified operator, and whom the call says it acts for (a dashboard's signed-in admin) as said by it.
         Assert.Null(await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).HoldVersionAsync(new VersionHold("std-ipv4", Catalogs.StdIPv4.Version, ["host-z"], "someone else", "a test hold", DateTimeOffset.UtcNow)));
-        Assert.Equal("operator 'dashboard'", (await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync()).Single(h => h.StackId == "std-ipv4").By);
+        Assert.Equal("someone else via operator 'dashboard'", (await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListHoldsAsync()).Single(h => h.StackId == "std-ipv4").By);
         Assert.Null(await op.GetGrain<ICatalogGrain>(ICatalogGrain.Key).HoldVersionAsync(new VersionHold("std-ipv4", "", [], "x", "done", DateTimeOffset.UtcNow)));
 
         // host-b's VM joins host-a's network: host-a's agent hears of the route through the cluster's push, made on behalf of

@@ -29,6 +29,7 @@ public sealed class StackHost
     private readonly Dictionary<string, string> _withdrawn = new(StringComparer.Ordinal);
     private Dictionary<string, string> _holds = new(StringComparer.Ordinal);
     private Dictionary<string, string> _releases = new(StringComparer.Ordinal);
+    private long _holdsGeneration;
     private readonly TimeSpan _drain;
     private readonly TimeProvider _time;
 
@@ -136,8 +137,8 @@ public sealed class StackHost
 
     /// <summary>
     /// The versions a binding to <paramref name="name"/> may use, best first: a key alone; for a bare id every registered
-    /// version that is not quarantined, newest first (a peer that lacks the newest may still run an older one) — only the
-    /// held one while the control plane holds the id to a version this host has (<see cref="SetHolds"/>).
+    /// version that is not quarantined, newest first (a peer that lacks the newest may still run an older one) — none
+    /// newer than the one the control plane holds or releases the id at (<see cref="SetHolds"/>).
     /// </summary>
     public IReadOnlyList<string> Candidates(string name)
     {
@@ -152,11 +153,10 @@ public sealed class StackHost
     }
 
     /// <summary>
-    /// Takes the control plane's holds (stack id → the version this host is to run, an operator's) and releases (the
-    /// version a rollout, or the catalog's newest good version, has this host run; a hold goes over it): bindings of such
-    /// an id use that version only, and a peer's request for another version of it is refused. One naming a version this
-    /// host does not have is kept but holds nothing until the version is registered (the signed repository decides what
-    /// may run). Returns true when either changed.
+    /// Takes the control plane's holds (stack id → the version this host is to run at most, an operator's) and releases
+    /// (the version a rollout, or the catalog's newest good version, has this host run; a hold goes over it). For such an
+    /// id no newer version is used: bindings take the newest at or below it, and a peer's request for a newer one is
+    /// refused. Returns true when either changed (and counts a <see cref="HoldsGeneration"/>).
     /// </summary>
     public bool SetHolds(IReadOnlyDictionary<string, string> holds, IReadOnlyDictionary<string, string>? releases = null)
     {
@@ -169,10 +169,23 @@ public sealed class StackHost
             }
             _holds = new Dictionary<string, string>(holds, StringComparer.Ordinal);
             _releases = new Dictionary<string, string>(releases, StringComparer.Ordinal);
+            _holdsGeneration++;
             return true;
         }
 
         static bool Same(IReadOnlyDictionary<string, string> a, Dictionary<string, string> b) => a.Count == b.Count && a.All(h => b.TryGetValue(h.Key, out var v) && v == h.Value);
+    }
+
+    /// <summary>How many times the holds or releases changed (a binding refused a move is tried again sooner once they do).</summary>
+    public long HoldsGeneration
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _holdsGeneration;
+            }
+        }
     }
 
     /// <summary>The operators' holds in force (stack id → version).</summary>
@@ -215,8 +228,13 @@ public sealed class StackHost
     /// <summary>The version the control plane has this host run of <paramref name="id"/> (an operator's hold over a release), or null.</summary>
     private string? DecidedLocked(string id) => _holds.TryGetValue(id, out var held) ? held : _releases.GetValueOrDefault(id);
 
+    /// <summary>
+    /// A version newer than the one decided for its id is out: the decided version is a ceiling, not a pin. So a host
+    /// released a version it has not installed (the agent keeps the newest three) runs the newest one below it rather
+    /// than its newest, and a host a rollout reached still accepts the previous version from a peer it has not reached.
+    /// </summary>
     private bool HeldOutLocked(string key) =>
-        DecidedLocked(StackKey.IdOf(key)) is { } decided && StackKey.VersionOf(key) != decided && _registered.ContainsKey(StackKey.Of(StackKey.IdOf(key), decided));
+        DecidedLocked(StackKey.IdOf(key)) is { } decided && StackKey.CompareVersions(StackKey.VersionOf(key)!, decided) > 0;
 
     /// <summary>What a stack version declares (a bare id: its newest usable version); null when the name is unknown.</summary>
     public StackDescription? Describe(string name)

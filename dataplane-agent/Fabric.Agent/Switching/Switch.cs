@@ -621,9 +621,17 @@ public sealed class Switch : IDisposable
     /// VM's next frame through it, the old slot draining). A peer that does not run it yet leaves the VM where it is; call
     /// again later. Returns how many bindings moved.
     /// </summary>
-    public async Task<int> ConformBindingsAsync(CancellationToken cancellationToken = default)
+    /// <param name="retryAfter">A binding whose move the peer refused less than this long ago, with this host's holds
+    /// and releases as they were then, is not tried again (zero: every binding is tried).</param>
+    /// <param name="cancellationToken">Stops between bindings.</param>
+    public async Task<int> ConformBindingsAsync(TimeSpan retryAfter = default, CancellationToken cancellationToken = default)
     {
         var moved = 0;
+        if (_conformRefused.Count > 65_536)
+        {
+            // VMs that left keep their entries; rather than track them, forget every refusal now and then.
+            _conformRefused.Clear();
+        }
         foreach (var path in _paths.Values)
         {
             if (path.Stuck)
@@ -643,15 +651,38 @@ public sealed class Switch : IDisposable
                 {
                     continue;
                 }
+                // A move the peer refused (it does not run the version yet, or the control plane has not released it there)
+                // is tried again after retryAfter, or as soon as this host's holds or releases change: not at every periodic
+                // call, each try opening an instance of the version and asking the peer.
+                var generation = _stackHost.HoldsGeneration;
+                var now = _options.Time.GetUtcNow().ToUnixTimeMilliseconds();
+                if (_conformRefused.TryGetValue((path.Spec.HostId, vmId), out var refused) && refused.Target == candidates[0] && refused.Generation == generation
+                    && now - refused.At < (long)retryAfter.TotalMilliseconds)
+                {
+                    continue;
+                }
                 if (await BindVmAsync(vmId, path.Spec.HostId, StackKey.IdOf(key), cancellationToken).ConfigureAwait(false) is null
-                    && path.BindingOf(vmId).Stack is { } now && now != key)
+                    && path.BindingOf(vmId).Stack is { } bound && bound != key)
                 {
                     moved++;
+                }
+                if (path.BindingOf(vmId).Stack != candidates[0])
+                {
+                    _conformRefused[(path.Spec.HostId, vmId)] = (candidates[0], generation, now);
+                }
+                else
+                {
+                    _conformRefused.TryRemove((path.Spec.HostId, vmId), out _);
                 }
             }
         }
         return moved;
     }
+
+    /// <summary>How long a binding whose move to its best version the peer refused stays where it is before the periodic conformance tries again.</summary>
+    public static readonly TimeSpan ConformRetry = TimeSpan.FromSeconds(15);
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(string Host, string Vm), (string Target, long Generation, long At)> _conformRefused = new();
 
     private RemotePath PathTo(string hostId) => _state.PathTo(hostId);
 

@@ -7,60 +7,89 @@ namespace Fabric.Silo.Rollouts;
 /// The health gates a rollout's rings must pass, each a pure function of what the fleet measured.
 /// <para>
 /// <b>utility</b>: what VMs got on the new version against the previous one, from the outcome log since the rollout
-/// started. Paths differ (a canary pair's paths may be the lossy ones), so outcomes are compared only within strata of
-/// comparable context — the VM's workload, the path's loss (below 0.5 %, 2 %, 5 %, above) and RTT (below 10, 50, 150 ms,
-/// above) — and the strata's differences of mean utility are pooled with inverse-variance weights (a stratified Welch
-/// comparison). With D the pooled difference (new − previous) and SE its standard error, the gate fails when the new
-/// version is worse by more than the margin at the chosen confidence, (D + margin) / SE &lt; −z, passes when it is not
-/// worse by more than the margin at that confidence, (D + margin) / SE &gt; z, and is pending otherwise or with fewer
-/// than the minimum outcomes on either version in comparable strata. A one-sided non-inferiority test: a new version
-/// must show it is no worse, not merely fail to show it is.
+/// started. Only the new version's outcomes on a host since the rollout reached it and the previous version's on a host
+/// before then count (an agent cannot vote for a version it was not released). The unit is a VM path: its outcomes in one context are
+/// averaged into one value (outcomes of consecutive seconds are not independent), and each host gives at most
+/// <see cref="UnitsPerHost"/> units per version and context (a host with many VMs, or one that makes VMs up, weighs no
+/// more than that). Paths differ (a canary pair's paths may be the lossy ones), so units are compared only within strata
+/// of comparable context — the VM's workload, the path's loss (below 0.5 %, 2 %, 5 %, above) and RTT (below 10, 50, 150
+/// ms, above) — and the strata's differences of mean utility are pooled with weights of their size (n₁n₂/(n₁+n₂), not
+/// inverse variance, which let a stratum of identical values drown the others). With D the pooled difference (new −
+/// previous) and SE its standard error, the gate passes when the new version is not worse by more than the margin at the
+/// chosen confidence, (D + margin) / SE &gt; z(confidence) — a one-sided non-inferiority test: a new version must show
+/// it is no worse, not merely fail to show it is — and fails when it is worse beyond the margin at 99 %,
+/// (D + margin) / SE &lt; −z(0.99): the judgement is repeated every few seconds, and a failure is for good. Otherwise,
+/// or with fewer than the minimum units on either version in comparable strata, it is pending.
 /// </para>
-/// <para><b>quarantine</b>: fails when a host of a ring reached quarantined the new version (it threw, hung or returned
-/// garbage on its packets), with the host's reason.</para>
+/// <para><b>quarantine</b>: fails when two hosts the rollout reached (or every one, if fewer) quarantined the new version
+/// (it threw, hung or returned garbage on their packets), with their reasons: one agent's word alone rolls nothing back.</para>
 /// </summary>
 public static class RolloutGates
 {
-    /// <summary>The utility gate (see the class remarks) over outcomes of <paramref name="r"/>'s stack.</summary>
-    public static GateResult Utility(Rollout r, IEnumerable<LoggedOutcome> outcomes, RolloutOptions options)
+    /// <summary>The most units (VM paths) one host gives a version in one context.</summary>
+    public const int UnitsPerHost = 16;
+
+    /// <summary>The confidence at which the utility gate fails a version.</summary>
+    public const double FailConfidence = 0.99;
+
+    /// <summary>
+    /// The utility gate (see the class remarks) over outcomes of <paramref name="r"/>'s stack; <paramref name="reachedAt"/>
+    /// says when the rollout reached a host (null: not yet; <see cref="Rollout.ReachedAt"/>).
+    /// </summary>
+    public static GateResult Utility(Rollout r, IEnumerable<LoggedOutcome> outcomes, Func<string, DateTimeOffset?> reachedAt, RolloutOptions options)
     {
-        var strata = new Dictionary<string, (Moments To, Moments From)>(StringComparer.Ordinal);
+        // Per unit (host, VM, remote host, context): the mean of its outcomes.
+        var units = new Dictionary<(string Host, string Vm, string Remote, string Stratum, bool New), Moments>();
         foreach (var o in outcomes)
         {
-            if (o.Stack != r.StackId || o.At < r.Started || !double.IsFinite(o.Utility) || (o.StackVersion != r.To && o.StackVersion != r.From))
+            if (o.Stack != r.StackId || o.At < r.Started || !double.IsFinite(o.Utility) || o.Host is not { } host)
             {
                 continue;
             }
-            var key = $"{o.Workload}|{Bucket(o.Features.Loss, 0.005, 0.02, 0.05)}|{Bucket(o.Features.RttMs, 10, 50, 150)}";
-            var (to, from) = strata.GetValueOrDefault(key);
-            strata[key] = o.StackVersion == r.To ? (to.Add(o.Utility), from) : (to, from.Add(o.Utility));
+            var reached = reachedAt(host);
+            if (!(o.StackVersion == r.To ? reached <= o.At : o.StackVersion == r.From && (reached is null || o.At < reached)))
+            {
+                continue;
+            }
+            var key = (host, o.VmId, o.RemoteHost, $"{o.Workload}|{Bucket(o.Features.Loss, 0.005, 0.02, 0.05)}|{Bucket(o.Features.RttMs, 10, 50, 150)}", o.StackVersion == r.To);
+            units[key] = units.GetValueOrDefault(key).Add(o.Utility);
+        }
+        var strata = new Dictionary<string, (Moments To, Moments From)>(StringComparer.Ordinal);
+        foreach (var group in units.GroupBy(u => (u.Key.Host, u.Key.Stratum, u.Key.New)))
+        {
+            foreach (var unit in group.OrderByDescending(u => u.Value.N).ThenBy(u => u.Key.Vm, StringComparer.Ordinal).Take(UnitsPerHost))
+            {
+                var (to, from) = strata.GetValueOrDefault(group.Key.Stratum);
+                strata[group.Key.Stratum] = group.Key.New ? (to.Add(unit.Value.Mean), from) : (to, from.Add(unit.Value.Mean));
+            }
         }
         var comparable = strata.Values.Where(s => s.To.N >= 2 && s.From.N >= 2).ToList();
         var (nTo, nFrom) = (comparable.Sum(s => s.To.N), comparable.Sum(s => s.From.N));
-        var seen = $"{r.To}: {strata.Values.Sum(s => s.To.N)} outcomes, {r.From}: {strata.Values.Sum(s => s.From.N)}";
+        var seen = $"{r.To}: {strata.Values.Sum(s => s.To.N)} VM paths, {r.From}: {strata.Values.Sum(s => s.From.N)}";
         if (nTo < options.MinSamples || nFrom < options.MinSamples)
         {
             return new GateResult("utility", GateVerdict.Pending,
                 F($"{seen}; {nTo} and {nFrom} in {comparable.Count} comparable strata, {options.MinSamples} needed on each"));
         }
-        double weights = 0, weighted = 0;
+        double weights = 0, weighted = 0, variance = 0;
         foreach (var (to, from) in comparable)
         {
-            // A floor on the variance: a stratum whose outcomes are all equal would otherwise weigh infinitely.
-            var variance = Math.Max(to.Variance, 1e-4) / to.N + Math.Max(from.Variance, 1e-4) / from.N;
-            weights += 1 / variance;
-            weighted += (to.Mean - from.Mean) / variance;
+            var weight = (double)to.N * from.N / (to.N + from.N);
+            weights += weight;
+            weighted += weight * (to.Mean - from.Mean);
+            // A floor on each side's variance: two units that happen to agree are not proof of no spread.
+            variance += weight * weight * (Math.Max(to.Variance, 1e-4) / to.N + Math.Max(from.Variance, 1e-4) / from.N);
         }
         var difference = weighted / weights;
-        var error = Math.Sqrt(1 / weights);
+        var error = Math.Sqrt(variance) / weights;
         var z = (difference + options.Margin) / error;
-        var critical = NormalQuantile(options.Confidence);
+        var (pass, fail) = (NormalQuantile(options.Confidence), NormalQuantile(FailConfidence));
         var meanTo = comparable.Sum(s => s.To.Sum) / nTo;
         var meanFrom = comparable.Sum(s => s.From.Sum) / nFrom;
-        var evidence = F($"utility {meanTo:0.000} on {r.To} (n {nTo}) vs {meanFrom:0.000} on {r.From} (n {nFrom}) in {comparable.Count} comparable strata; ")
-            + F($"difference {difference:+0.000;-0.000} ± {error:0.000}, z {z:0.0} against ±{critical:0.00} for a margin of {options.Margin:0.000}");
-        return z < -critical ? new GateResult("utility", GateVerdict.Failed, evidence + ": worse beyond the margin")
-            : z > critical ? new GateResult("utility", GateVerdict.Passed, evidence + ": no worse")
+        var evidence = F($"utility {meanTo:0.000} on {r.To} ({nTo} VM paths) vs {meanFrom:0.000} on {r.From} ({nFrom}) in {comparable.Count} comparable strata; ")
+            + F($"difference {difference:+0.000;-0.000} ± {error:0.000}, z {z:0.0} against {pass:0.00} to pass and −{fail:0.00} to fail, margin {options.Margin:0.000}");
+        return z < -fail ? new GateResult("utility", GateVerdict.Failed, evidence + ": worse beyond the margin")
+            : z > pass ? new GateResult("utility", GateVerdict.Passed, evidence + ": no worse")
             : new GateResult("utility", GateVerdict.Pending, evidence + ": not yet decided");
     }
 
@@ -69,11 +98,14 @@ public static class RolloutGates
     {
         var hosts = reached.ToList();
         var quarantined = hosts.SelectMany(h => (h.StackVersions.IsDefault ? [] : h.StackVersions)
-            .Where(u => u.Id == r.StackId && u.Version == r.To && u.Quarantined is not null).Select(u => $"{h.HostId} ({u.Quarantined})")).ToList();
+            .Where(u => u.Id == r.StackId && u.Version == r.To && u.Quarantined is not null).Select(u => $"{h.HostId} ({u.Quarantined})").Take(1)).ToList();
         var running = hosts.Count(h => !h.StackVersions.IsDefault && h.StackVersions.Any(u => u.Id == r.StackId && u.Version == r.To && u.Quarantined is null));
-        return quarantined.Count > 0
+        var needed = Math.Min(2, hosts.Count);
+        return quarantined.Count > 0 && quarantined.Count >= needed
             ? new GateResult("quarantine", GateVerdict.Failed, $"{r.StackId} {r.To} quarantined on {string.Join(", ", quarantined)}")
-            : new GateResult("quarantine", GateVerdict.Passed, $"no quarantine of {r.To}; {running} of {hosts.Count} hosts reached run it");
+            : quarantined.Count > 0
+                ? new GateResult("quarantine", GateVerdict.Pending, $"{r.StackId} {r.To} quarantined on {string.Join(", ", quarantined)}: {needed} hosts must say so")
+                : new GateResult("quarantine", GateVerdict.Passed, $"no quarantine of {r.To}; {running} of {hosts.Count} hosts reached run it");
     }
 
     /// <summary>The standard normal's quantile (Acklam's rational approximation, relative error below 1.2e-9).</summary>

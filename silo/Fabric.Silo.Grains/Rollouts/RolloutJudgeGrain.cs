@@ -37,7 +37,7 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
             Log.OutcomesUnreadable(logger, rollout.StackId, e.Message);
             outcomes = [];
         }
-        ImmutableArray<GateResult> gates = [RolloutGates.Quarantine(rollout, reached), RolloutGates.Utility(rollout, outcomes, options)];
+        ImmutableArray<GateResult> gates = [RolloutGates.Quarantine(rollout, reached), RolloutGates.Utility(planned, outcomes, planned.ReachedAt, options)];
         await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).JudgedAsync(new RolloutJudgement(rollout.StackId, rollout.To, gates, plan));
     }
 

@@ -6,15 +6,15 @@ namespace Fabric.Silo.Rollouts;
 
 /// <summary>
 /// How stack versions go out: each ring bakes <see cref="Bake"/> before the next is reached, the catalog asks for a
-/// judgement every <see cref="JudgeEvery"/>, and the utility gate needs <see cref="MinSamples"/> outcomes on each
-/// version, then decides at <see cref="Confidence"/> whether the new version is worse than the previous one by more
+/// judgement every <see cref="JudgeEvery"/>, and the utility gate needs <see cref="MinSamples"/> VM paths with outcomes
+/// on each version in comparable contexts, then decides at <see cref="Confidence"/> whether the new version is worse than the previous one by more
 /// than <see cref="Margin"/> (on the utility's 0–1 scale). <see cref="OutcomesRead"/> bounds how far back in the
 /// outcome log a judgement reads.
 /// </summary>
 public sealed record RolloutOptions(
     TimeSpan Bake,
     TimeSpan JudgeEvery,
-    int MinSamples = 30,
+    int MinSamples = 8,
     double Margin = 0.02,
     double Confidence = 0.95,
     int OutcomesRead = 50_000)
@@ -86,7 +86,8 @@ public static class RolloutMachine
         }
         if (r.Ring < 0)
         {
-            if (judgement.Plan.IsDefaultOrEmpty)
+            // A rollout paused before its rings were planned reaches no host until it is resumed.
+            if (judgement.Plan.IsDefaultOrEmpty || r.Status != RolloutStatus.Running)
             {
                 return (r with { Gates = judgement.Gates, JudgedAt = now }, null);
             }
@@ -127,9 +128,19 @@ public static class RolloutMachine
         r.Status == RolloutStatus.RolledBack ? (r, null, $"the rollout of {r.StackId} {r.To} is already rolled back")
         : (WithStep(r with { Status = RolloutStatus.RolledBack }, now, by, "roll back", why), new BadVersion(r.StackId, r.To, now, by, why), null);
 
+    /// <summary>
+    /// The version hosts run while a newer one replaces <paramref name="r"/>: its new version once its last ring was
+    /// reached (every host runs it; going back to the old one for the new rollout would move the whole fleet twice), else
+    /// its previous one.
+    /// </summary>
+    public static string Baseline(Rollout r) => r.Status == RolloutStatus.Completed || (r.Active && r.Ring >= 0 && r.Ring >= r.Rings.Length - 1) ? r.To : r.From;
+
     /// <summary>A newer version replaces an active rollout: it ends, and its hosts follow the new rollout.</summary>
-    public static Rollout Supersede(Rollout r, DateTimeOffset now, string newer) =>
-        WithStep(r with { Status = RolloutStatus.RolledBack }, now, "the catalog", "supersede", $"{newer} was published while {r.To} went out");
+    public static Rollout Supersede(Rollout r, DateTimeOffset now, string newer) => End(r, now, $"{newer} was published while {r.To} went out");
+
+    /// <summary>Ends an active rollout that no gate or operator ended (superseded, or its stack withdrawn), saying why.</summary>
+    public static Rollout End(Rollout r, DateTimeOffset now, string why) =>
+        WithStep(r with { Status = RolloutStatus.RolledBack }, now, "the catalog", "end", why);
 
     private static Rollout Advance(Rollout r, DateTimeOffset now, string by, string why)
     {
@@ -148,7 +159,9 @@ public static class RolloutMachine
         return r with { Steps = steps.Length <= StepsKept ? steps : [steps[0], .. steps.Skip(steps.Length - StepsKept + 1)] };
     }
 
-    private static string Hosts(RolloutRing ring) => ring.Hosts.IsDefaultOrEmpty ? "every host" : string.Join(", ", ring.Hosts);
+    /// <summary>A ring's hosts for a step's text: at most eight named (the rollout's rings list them all).</summary>
+    private static string Hosts(RolloutRing ring) => ring.Hosts.IsDefaultOrEmpty ? "every host"
+        : ring.Hosts.Length <= 8 ? string.Join(", ", ring.Hosts) : $"{string.Join(", ", ring.Hosts.Take(8))} and {ring.Hosts.Length - 8} more";
 
     private static string Describe(RolloutStatus status) => status switch
     {

@@ -19,7 +19,10 @@ namespace Fabric.Silo.Tests.Rollouts;
 public sealed class RolloutClusterTests(Azurite azurite) : IDisposable
 {
     private static readonly TimeSpan Wait = TimeSpan.FromSeconds(90);
-    private static readonly RolloutOptions Fast = new(TimeSpan.FromSeconds(2), TimeSpan.FromMilliseconds(500), MinSamples: 20);
+    private static readonly RolloutOptions Fast = new(TimeSpan.FromSeconds(2), TimeSpan.FromMilliseconds(500));
+
+    /// <summary>VMs per host: the canary pair's VM paths must reach the gate's minimum (<see cref="RolloutOptions.MinSamples"/>).</summary>
+    private const int VmsPerHost = 6;
     private readonly string _learning = Directory.CreateTempSubdirectory("fabric-rollout-").FullName;
     private readonly List<RecordingAgent> _agents = [];
 
@@ -54,7 +57,10 @@ public sealed class RolloutClusterTests(Azurite azurite) : IDisposable
             var agent = new RecordingAgent();
             _agents.Add(agent);
             await client.GetGrain<IHostGrain>(hosts[i]).RegisterAsync(Info(hosts[i], stacks, "1.0.0"), client.CreateObjectReference<IAgentObserver>(agent));
-            await client.GetGrain<IVmGrain>("vm-" + hosts[i]).PlaceAsync(new VmPlacement(hosts[i], "web", 100, [$"52:54:00:00:01:{i:x2}"], null));
+            for (var v = 0; v < VmsPerHost; v++)
+            {
+                await client.GetGrain<IVmGrain>($"vm{v}-{hosts[i]}").PlaceAsync(new VmPlacement(hosts[i], "web", 100, [$"52:54:00:00:{i:x2}:{v:x2}"], null));
+            }
         }
     }
 
@@ -77,10 +83,10 @@ public sealed class RolloutClusterTests(Azurite azurite) : IDisposable
             releases[host] = (await grain.GetDesiredStateAsync()).Releases;
             var conditions = new PathConditions(30, 0.02, 1, 100, DateTimeOffset.UtcNow);
             var outcomes = ImmutableArray.CreateBuilder<Outcome>();
-            foreach (var stack in stacks)
+            foreach (var (stack, v) in stacks.SelectMany(s => Enumerable.Range(0, VmsPerHost).Select(v => (s, v))))
             {
                 var version = releases[host].GetValueOrDefault(stack, "1.0.0");
-                outcomes.Add(new Outcome("vm-" + host, next, stack, conditions, 45 + random.NextDouble() * 10, 30, 35 + random.NextDouble() * 5,
+                outcomes.Add(new Outcome($"vm{v}-{host}", next, stack, conditions, 45 + random.NextDouble() * 10, 30, 35 + random.NextDouble() * 5,
                     worse == (stack, version) ? 0.05 : 0, 0, TimeSpan.FromSeconds(1), Passive: true, Flows: 1, Shape: "bulk", StackVersion: version));
             }
             await grain.ReportAsync([new PathSample(host, next, 30, 1, 1000, 20, 100, DateTimeOffset.UtcNow)], outcomes.ToImmutable());

@@ -50,6 +50,8 @@ public class RolloutMachineTests
         Assert.All(Fleet, h => Assert.Equal(canary.Contains(h) ? "1.0.1" : "1.0.0", r.VersionFor(h)));
         // A host that joins later is in no ring: it stays on the previous version until the last ring.
         Assert.Equal("1.0.0", r.VersionFor("h11"));
+        Assert.Null(r.ReachedAt("h11"));
+        Assert.Null(r.ReachedAt(Fleet.First(h => !canary.Contains(h))));
 
         // Gates pass but the ring has not baked: nothing moves.
         time.Advance(Bake / 2);
@@ -65,8 +67,12 @@ public class RolloutMachineTests
             Assert.Equal(ring, r.Ring);
             time.Advance(Bake);
         }
-        // The last ring reached: every host runs the new version, hosts that joined since too.
+        // The last ring reached: every host runs the new version, hosts that joined since too, and a newer version
+        // published now starts from this one.
         Assert.Equal("1.0.1", r.VersionFor("h11"));
+        Assert.Equal("1.0.1", RolloutMachine.Baseline(r));
+        Assert.Equal(r.Steps[1].At, r.ReachedAt(canary[0]));
+        Assert.Equal(r.Steps[^1].At, r.ReachedAt("h11"));
         r = RolloutMachine.Judge(r, Judgement(r, AllPassed), time.GetUtcNow()).Rollout;
         Assert.Equal(RolloutStatus.Completed, r.Status);
         Assert.All(Fleet.Append("h11"), h => Assert.Equal("1.0.1", r.VersionFor(h)));
@@ -139,10 +145,16 @@ public class RolloutMachineTests
     }
 
     [Fact]
-    public void PromotingARolloutWithoutRings_IsRefused_AndTheStepsStayBounded()
+    public void PromotingARolloutWithoutRings_IsRefused_APausedOneReachesNoHost_AndTheStepsStayBounded()
     {
         var time = new FakeTimeProvider();
         var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", time.GetUtcNow(), Bake, "the catalog", "published");
+        var paused = RolloutMachine.Pause(r, time.GetUtcNow(), "operator 'ana'", "not today").Rollout;
+        paused = RolloutMachine.Judge(paused, Judgement(paused, AllPassed, plan: true), time.GetUtcNow()).Rollout;
+        Assert.Equal(-1, paused.Ring);
+        Assert.All(Fleet, h => Assert.Equal("1.0.0", paused.VersionFor(h)));
+        // A newer version supersedes it: hosts stay where they are, on the previous version.
+        Assert.Equal("1.0.0", RolloutMachine.Baseline(paused));
         Assert.Contains("has no rings yet", RolloutMachine.Promote(r, time.GetUtcNow(), "operator 'ana'", "hurry").Refusal, StringComparison.Ordinal);
         for (var i = 0; i < 200; i++)
         {
@@ -154,58 +166,81 @@ public class RolloutMachineTests
         Assert.Equal("resume 199", r.Steps[^1].Why);
     }
 
-    private static LoggedOutcome Outcome(string version, double utility, double loss = 0.02, double rtt = 30, string workload = "general") =>
-        new(new DateTimeOffset(2026, 12, 5, 3, 0, 1, TimeSpan.Zero), "vm", "h2", workload, "fec", version, 1, false,
-            new OutcomeFeatures(rtt, rtt, 1, loss, 0, 100, 1), 50, rtt, 0, 0, utility);
+    private static LoggedOutcome Outcome(string version, double utility, string host, string vm, double loss) =>
+        new(new DateTimeOffset(2026, 12, 5, 3, 0, 1, TimeSpan.Zero), vm, "h9", "general", "fec", version, 1, false,
+            new OutcomeFeatures(30, 30, 1, loss, 0, 100, 1), 50, 30, 0, 0, utility) { Host = host };
+
+    /// <summary>h1 and h2 run the new version (the canary, reached as the rollout started), h3 and h4 the previous one.</summary>
+    private static DateTimeOffset? Reached(string host) => host is "h1" or "h2" ? new DateTimeOffset(2026, 12, 5, 3, 0, 0, TimeSpan.Zero) : null;
+
+    /// <summary>Outcomes of <paramref name="vms"/> VMs on each host that runs <paramref name="version"/> (or on <paramref name="hosts"/>), five seconds each.</summary>
+    private static IEnumerable<LoggedOutcome> Outcomes(string version, Func<double> utility, double loss = 0.02, int vms = 6, string[]? hosts = null) =>
+        from host in hosts ?? (version == "1.0.1" ? ["h1", "h2"] : ["h3", "h4"])
+        from vm in Enumerable.Range(0, vms)
+        from second in Enumerable.Range(0, 5)
+        select Outcome(version, utility(), host, $"{host}-vm{vm}", loss);
 
     [Fact]
     public void TheUtilityGate_FailsAWorseVersion_PassesAnEqualOne_AndComparesOnlyComparableConditions()
     {
-        var options = new RolloutOptions(Bake, TimeSpan.FromSeconds(10), MinSamples: 30);
+        var options = new RolloutOptions(Bake, TimeSpan.FromSeconds(10));
         var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", new DateTimeOffset(2026, 12, 5, 3, 0, 0, TimeSpan.Zero), Bake, "the catalog", "published");
         var random = new Random(7);
-        double Noisy(double mean) => Math.Clamp(mean + (random.NextDouble() - 0.5) * 0.1, 0, 1);
+        Func<double> Noisy(double mean) => () => Math.Clamp(mean + (random.NextDouble() - 0.5) * 0.2, 0, 1);
+        GateResult Judge(IEnumerable<LoggedOutcome> outcomes) => RolloutGates.Utility(r, outcomes.ToList(), Reached, options);
 
-        var worse = Enumerable.Range(0, 60).Select(_ => Outcome("1.0.1", Noisy(0.55))).Concat(Enumerable.Range(0, 60).Select(_ => Outcome("1.0.0", Noisy(0.80)))).ToList();
-        var failed = RolloutGates.Utility(r, worse, options);
+        var failed = Judge(Outcomes("1.0.1", Noisy(0.55)).Concat(Outcomes("1.0.0", Noisy(0.80))));
         Assert.Equal(GateVerdict.Failed, failed.Verdict);
         Assert.Contains("worse beyond the margin", failed.Evidence, StringComparison.Ordinal);
-        Assert.Contains("(n 60)", failed.Evidence, StringComparison.Ordinal);
+        Assert.Contains("on 1.0.1 (12 VM paths)", failed.Evidence, StringComparison.Ordinal);
+        Assert.Equal(GateVerdict.Passed, Judge(Outcomes("1.0.1", Noisy(0.80)).Concat(Outcomes("1.0.0", Noisy(0.80)))).Verdict);
 
-        var equal = Enumerable.Range(0, 60).Select(_ => Outcome("1.0.1", Noisy(0.80))).Concat(Enumerable.Range(0, 60).Select(_ => Outcome("1.0.0", Noisy(0.80)))).ToList();
-        Assert.Equal(GateVerdict.Passed, RolloutGates.Utility(r, equal, options).Verdict);
-
-        // Few outcomes: pending, saying how many it has and needs.
-        var few = RolloutGates.Utility(r, worse.Take(10).Concat(worse.Skip(60).Take(10)), options);
+        // Few VM paths: pending, however many seconds each reported.
+        var few = Judge(Outcomes("1.0.1", Noisy(0.55), vms: 2).Concat(Outcomes("1.0.0", Noisy(0.80), vms: 2)));
         Assert.Equal(GateVerdict.Pending, few.Verdict);
-        Assert.Contains("30 needed on each", few.Evidence, StringComparison.Ordinal);
+        Assert.Contains("8 needed on each", few.Evidence, StringComparison.Ordinal);
 
         // The new version on lossy paths only, the old one on clean paths only: nothing comparable, so no verdict
         // (a naive comparison would blame the version for the path).
-        var apart = Enumerable.Range(0, 60).Select(_ => Outcome("1.0.1", Noisy(0.4), loss: 0.08))
-            .Concat(Enumerable.Range(0, 60).Select(_ => Outcome("1.0.0", Noisy(0.9), loss: 0))).ToList();
-        Assert.Equal(GateVerdict.Pending, RolloutGates.Utility(r, apart, options).Verdict);
-        // Mixed: within each stratum the versions are equal, though the new one has more of the lossy outcomes.
-        var mixed = Enumerable.Range(0, 50).Select(_ => Outcome("1.0.1", Noisy(0.4), loss: 0.08)).Concat(Enumerable.Range(0, 10).Select(_ => Outcome("1.0.1", Noisy(0.9), loss: 0)))
-            .Concat(Enumerable.Range(0, 10).Select(_ => Outcome("1.0.0", Noisy(0.4), loss: 0.08))).Concat(Enumerable.Range(0, 50).Select(_ => Outcome("1.0.0", Noisy(0.9), loss: 0))).ToList();
-        Assert.NotEqual(GateVerdict.Failed, RolloutGates.Utility(r, mixed, options).Verdict);
+        Assert.Equal(GateVerdict.Pending, Judge(Outcomes("1.0.1", Noisy(0.4), loss: 0.08).Concat(Outcomes("1.0.0", Noisy(0.9), loss: 0))).Verdict);
+        // Mixed: within each context the versions are equal, though the new one has more of the lossy paths.
+        var mixed = Outcomes("1.0.1", Noisy(0.4), loss: 0.08, vms: 10).Concat(Outcomes("1.0.1", Noisy(0.9), loss: 0, vms: 3))
+            .Concat(Outcomes("1.0.0", Noisy(0.4), loss: 0.08, vms: 3)).Concat(Outcomes("1.0.0", Noisy(0.9), loss: 0, vms: 10));
+        Assert.NotEqual(GateVerdict.Failed, Judge(mixed).Verdict);
+        // A context where both versions always score the same (an idle path) does not drown one where the new version is worse.
+        var drowned = Outcomes("1.0.1", () => 1, loss: 0, vms: 16).Concat(Outcomes("1.0.0", () => 1, loss: 0, vms: 16))
+            .Concat(Outcomes("1.0.1", Noisy(0.4), vms: 8)).Concat(Outcomes("1.0.0", Noisy(0.8), vms: 8));
+        Assert.NotEqual(GateVerdict.Passed, Judge(drowned).Verdict);
 
-        // Outcomes before the rollout, of other stacks and of other versions do not count.
+        // Outcomes before the rollout, of other stacks, of other versions, of the new version on a host not reached and of
+        // the old one on a host since it was reached do not count.
+        var worse = Outcomes("1.0.1", Noisy(0.55)).Concat(Outcomes("1.0.0", Noisy(0.80))).ToList();
         var before = worse.Select(o => o with { At = r.Started.AddSeconds(-1) });
         var other = worse.Select(o => o with { Stack = "arq" }).Concat(worse.Select(o => o with { StackVersion = "0.9.0" }));
-        Assert.Equal(GateVerdict.Pending, RolloutGates.Utility(r, before.Concat(other), options).Verdict);
+        var wrongSide = Outcomes("1.0.1", Noisy(0.1), hosts: ["h3", "h4"]).Concat(Outcomes("1.0.0", Noisy(0.9), hosts: ["h1", "h2"]));
+        Assert.Equal(GateVerdict.Pending, Judge(before.Concat(other).Concat(wrongSide)).Verdict);
+
+        // One host's thousand VMs weigh as sixteen.
+        var flood = Outcomes("1.0.1", Noisy(0.8), vms: 1000, hosts: ["h1"]).Concat(Outcomes("1.0.1", Noisy(0.8), hosts: ["h2"])).Concat(Outcomes("1.0.0", Noisy(0.8)));
+        Assert.Contains($"on 1.0.1 ({RolloutGates.UnitsPerHost + 6} VM paths)", Judge(flood).Evidence, StringComparison.Ordinal);
     }
 
     [Fact]
-    public void TheQuarantineGate_FailsWhenAHostReachedQuarantinedTheNewVersion()
+    public void TheQuarantineGate_FailsWhenTwoHostsReachedQuarantinedTheNewVersion()
     {
         var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", DateTimeOffset.UnixEpoch, Bake, "the catalog", "published");
         HostInfo Host(string id, params StackVersionUse[] versions) => new(id, "127.0.0.1", null, 1, ["fec"], [], "test") { StackVersions = [.. versions] };
+        var threw = new StackVersionUse("fec", "1.0.1", 0) { Quarantined = "threw InvalidOperationException on 12 of 100 frames" };
         var fine = RolloutGates.Quarantine(r, [Host("h1", new StackVersionUse("fec", "1.0.1", 3)), Host("h2", new StackVersionUse("fec", "1.0.0", 2))]);
         Assert.Equal((GateVerdict.Passed, "no quarantine of 1.0.1; 1 of 2 hosts reached run it"), (fine.Verdict, fine.Evidence));
-        var failed = RolloutGates.Quarantine(r, [Host("h1", new StackVersionUse("fec", "1.0.1", 0) { Quarantined = "threw InvalidOperationException on 12 of 100 frames" })]);
+        // One host's word is not enough where two were reached; two hosts' is.
+        var one = RolloutGates.Quarantine(r, [Host("h1", threw), Host("h2", new StackVersionUse("fec", "1.0.1", 3))]);
+        Assert.Equal(GateVerdict.Pending, one.Verdict);
+        Assert.Contains("2 hosts must say so", one.Evidence, StringComparison.Ordinal);
+        var failed = RolloutGates.Quarantine(r, [Host("h1", threw), Host("h2", threw)]);
         Assert.Equal(GateVerdict.Failed, failed.Verdict);
-        Assert.Equal("fec 1.0.1 quarantined on h1 (threw InvalidOperationException on 12 of 100 frames)", failed.Evidence);
+        Assert.Equal("fec 1.0.1 quarantined on h1 (threw InvalidOperationException on 12 of 100 frames), h2 (threw InvalidOperationException on 12 of 100 frames)", failed.Evidence);
+        Assert.Equal(GateVerdict.Failed, RolloutGates.Quarantine(r, [Host("h1", threw)]).Verdict);
         // The previous version's quarantine is not the new one's fault.
         Assert.Equal(GateVerdict.Passed, RolloutGates.Quarantine(r, [Host("h1", new StackVersionUse("fec", "1.0.0", 0) { Quarantined = "old" })]).Verdict);
     }
