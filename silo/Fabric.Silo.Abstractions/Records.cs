@@ -299,8 +299,8 @@ public sealed record DesiredState([property: Id(0)] string HostId, [property: Id
 
     /// <summary>
     /// The stack versions the control plane holds this host to (<see cref="VersionHold"/>, those that name it or every
-    /// host): bindings of such a stack use that version only, and bindings on another move to it. Read by the agent at
-    /// each registration (every 5 s), not carried in deltas.
+    /// host): bindings of such a stack use no newer version than that one (the newest at or below it), and bindings on a
+    /// newer one move. Read by the agent at each registration (every 5 s), not carried in deltas.
     /// </summary>
     [Id(6)] public ImmutableArray<VersionHold> Holds { get; init; } = [];
 
