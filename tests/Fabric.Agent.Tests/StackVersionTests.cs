@@ -137,6 +137,9 @@ public class StackVersionTests
         Assert.True(hosts.B.Switch.StackHost.SetHolds(new Dictionary<string, string>(), new Dictionary<string, string> { ["swap-test"] = "0.1.5" }));
         Assert.Equal(["swap-test@0.1.0"], hosts.B.Switch.StackHost.Candidates("swap-test"));
         Assert.Contains("the control plane releases swap-test 0.1.5 to this host, not 0.2.0", hosts.B.Switch.StackHost.HeldOut("swap-test@0.2.0"), StringComparison.Ordinal);
+        // One below every version the host has takes nothing away.
+        Assert.True(hosts.B.Switch.StackHost.SetHolds(new Dictionary<string, string>(), new Dictionary<string, string> { ["swap-test"] = "0.0.1" }));
+        Assert.Equal(["swap-test@0.2.0", "swap-test@0.1.0"], hosts.B.Switch.StackHost.Candidates("swap-test"));
         Assert.True(hosts.B.Switch.StackHost.SetHolds(new Dictionary<string, string>()));
 
         Assert.True(hosts.A.Switch.StackHost.SetHolds(new Dictionary<string, string>()));

@@ -14,6 +14,7 @@ return args.FirstOrDefault() switch
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
     "controlplane" => await ControlPlane(),
     "fleet" => await FleetBenchmark.RunAsync(),
+    "rollout" => await RolloutBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var rolloutVms) && rolloutVms is > 0 and <= 2000 ? rolloutVms : 64),
     "stationary" => await Stationary(),
     "learning" => Learning(),
     "policy-shell" when args.Length == 5 => await PolicyShell.RunAsync(args[1], args[2], args[3], args[4]),
@@ -142,6 +143,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
     return 2;
 }

@@ -232,9 +232,12 @@ public sealed class StackHost
     /// A version newer than the one decided for its id is out: the decided version is a ceiling, not a pin. So a host
     /// released a version it has not installed (the agent keeps the newest three) runs the newest one below it rather
     /// than its newest, and a host a rollout reached still accepts the previous version from a peer it has not reached.
+    /// A ceiling below every version this host has holds nothing out: a catalog entry that names a version no agent
+    /// runs (published by hand) does not take the stack away.
     /// </summary>
     private bool HeldOutLocked(string key) =>
-        DecidedLocked(StackKey.IdOf(key)) is { } decided && StackKey.CompareVersions(StackKey.VersionOf(key)!, decided) > 0;
+        DecidedLocked(StackKey.IdOf(key)) is { } decided && StackKey.CompareVersions(StackKey.VersionOf(key)!, decided) > 0
+        && _registered.Keys.Any(k => StackKey.IdOf(k) == StackKey.IdOf(key) && StackKey.CompareVersions(StackKey.VersionOf(k)!, decided) <= 0);
 
     /// <summary>What a stack version declares (a bare id: its newest usable version); null when the name is unknown.</summary>
     public StackDescription? Describe(string name)
