@@ -305,6 +305,72 @@ public sealed class AgentLinkTests
         }
     }
 
+    /// <summary>
+    /// A version that throws on a share of packets, rolled out to real agents: faulty 0.0.2 is released to the canary
+    /// (both hosts), a frame its receive throws on and one its transmit throws on make each host quarantine it, their
+    /// registrations say so, the quarantine gate fails and the rollout comes back by itself — 0.0.2 marked bad with both
+    /// hosts' reasons, 0.0.1 released again — while vm1's traffic goes on.
+    /// </summary>
+    [Fact]
+    public async Task AVersionThatThrowsOnTheCanary_IsQuarantinedThere_AndTheRolloutComesBackByItself()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"));
+        try
+        {
+            var catalog = silo.Grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+            const string source = "the faulty rollout's repository";
+            var faulty = new StackInfo("faulty", "0.0.1", "ipv4", 0, 0, 0, 0, false, "a stack that throws on marked frames") { PublishedVersions = ["0.0.1"] };
+            Assert.Empty(await catalog.SyncAsync([faulty], 1, source));
+            foreach (var agent in new[] { hosts.A, hosts.B })
+            {
+                agent.Switch.RegisterStack(StackPlugins.PathOf(StackPlugins.Faulty), "faulty", signedVersion: "0.0.1");
+                agent.Switch.RegisterStack(StackPlugins.PathOf(StackPlugins.Faulty), "faulty", signedVersion: "0.0.2");
+            }
+            Ok(hosts.A.Handle(new ApiRequest("register-vm", Registration: new VmRegistration("vm1", "vm-one",
+                [new VmInterface("ethernet", Mac1.ToString(), "tap-vm1", Vni: 100, IPv4: ["10.0.0.1"])], new VmPolicy(Pin: "faulty", Vni: 100), "metadata", "libvirt"))));
+            string? KeyOnA() => hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path.VmBindingKeys().TryGetValue("vm1/0", out var b) ? b.Stack : null;
+            Eventually.True(() => KeyOnA() == "faulty@0.0.1", Wait, "vm1 bound to faulty 0.0.1", () => $"{KeyOnA()}");
+
+            Assert.Empty(await catalog.SyncAsync([faulty with { Version = "0.0.2", PublishedVersions = ["0.0.2", "0.0.1"] }], 2, source));
+            Eventually.True(() => KeyOnA() == "faulty@0.0.2", TimeSpan.FromSeconds(40), "vm1 on the canary's faulty 0.0.2", () => $"{KeyOnA()}");
+
+            // One frame 0.0.2 throws on when host-b receives it, one it throws on when host-a sends it.
+            hosts.Send("vm1", QuarantineFrame("RXFAULT"));
+            hosts.Send("vm1", QuarantineFrame("TXFAULT"));
+            Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty@0.0.2") && hosts.B.Switch.StackHost.IsQuarantined("faulty@0.0.2"), Wait,
+                "faulty 0.0.2 quarantined on both hosts", () => $"a {string.Join(",", hosts.A.Switch.StackHost.Quarantined)}; b {string.Join(",", hosts.B.Switch.StackHost.Quarantined)}");
+            await Eventually.TrueAsync(async () => (await catalog.ListRolloutsAsync()).Single(r => r.StackId == "faulty").Status == RolloutStatus.RolledBack,
+                TimeSpan.FromSeconds(40), "the rollout rolled back by its quarantine gate",
+                async () => string.Join("; ", (await catalog.ListRolloutsAsync()).Single(r => r.StackId == "faulty").Gates.Select(g => $"{g.Gate} {g.Verdict}: {g.Evidence}")));
+            var bad = Assert.Single(await catalog.ListBadAsync(), b => b.StackId == "faulty");
+            Assert.Equal(("0.0.2", "the rollout's gates"), (bad.Version, bad.By));
+            Assert.Contains("quarantine: faulty 0.0.2 quarantined on host-a (", bad.Evidence, StringComparison.Ordinal);
+            Assert.Contains("host-b (", bad.Evidence, StringComparison.Ordinal);
+            Eventually.True(() => hosts.A.Switch.StackHost.Releases.GetValueOrDefault("faulty") == "0.0.1" && hosts.B.Switch.StackHost.Releases.GetValueOrDefault("faulty") == "0.0.1",
+                Wait, "0.0.1 released again to both hosts", () => $"a {string.Join(",", hosts.A.Switch.StackHost.Releases)}");
+            // vm1's traffic went on through the path's fallback, and goes on.
+            hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
+            hosts.Expect("vm3");
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
+    /// <summary>A frame the faulty test stack throws on (its marker right after the Ethernet header).</summary>
+    private static byte[] QuarantineFrame(string marker)
+    {
+        var frame = new byte[14 + 100];
+        EthernetWriter.Write(frame, Mac3, Mac1, 0x88B5);
+        System.Text.Encoding.ASCII.GetBytes(marker).CopyTo(frame, 14);
+        return frame;
+    }
+
     /// <summary>Sends one frame from a VM every millisecond and counts what reaches another, until stopped.</summary>
     private sealed class FramePump : IDisposable
     {
