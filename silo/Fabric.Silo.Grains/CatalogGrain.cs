@@ -59,6 +59,7 @@ public sealed class CatalogGrain([PersistentState("catalog", Storage.Name)] IPer
         }
         return Task.CompletedTask;
     }
+
     public async ValueTask PublishAsync(StackInfo stack)
     {
         if (state.State.Stacks.TryGetValue(stack.Id, out var existing) && existing == stack)

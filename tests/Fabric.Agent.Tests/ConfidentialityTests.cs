@@ -24,7 +24,7 @@ public class ConfidentialityTests
         Assert.Equal(fromVm1, hosts.Expect("vm3"));
 
         // The stack throws: it is quarantined, and its bindings fall back to std — except vm1's frames, which must stay encrypted.
-        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TXFAULT"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TXFAULT"));
         Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty-sealed"), TimeSpan.FromSeconds(5), "quarantine", () => "not quarantined");
         var path = hosts.A.Switch.Paths["host-b"];
         var sentBefore = path.Counters.TxPackets;
@@ -80,7 +80,7 @@ public class ConfidentialityTests
         var frame = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200);
         hosts.Vm("vm1").Transmit(frame);
         Assert.Equal(frame, hosts.Expect("vm3"));
-        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TXFAULT"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TXFAULT"));
         Eventually.True(() => hosts.A.Switch.Paths["host-b"].TransmitStack == "std-ipv4", TimeSpan.FromSeconds(5), "fallback", () => "still on faulty-sealed");
         hosts.Vm("vm2").Transmit(Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200));
         var path = hosts.A.Switch.Paths["host-b"];

@@ -109,7 +109,7 @@ public class FollowTests
         var token = TestContext.Current.CancellationToken;
         Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Leads));
         Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "faulty", token));
-        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, "TXFAULT"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TXFAULT"));
         var path = hosts.A.Switch.Paths["host-b"];
         Eventually.True(() => path.VmBindings()["vm1"].Slot == RemotePath.FallbackSlot, TimeSpan.FromSeconds(5), "vm1 on the fallback slot",
             () => $"{path.VmBindings()["vm1"]}");

@@ -17,7 +17,7 @@ public class QuarantineTests
         hosts.Vm("vm1").Transmit(normal);
         Assert.Equal(normal, hosts.Expect("vm3"));
 
-        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXFAULT"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TXFAULT"));
         Eventually.True(() => hosts.A.Switch.Paths["host-b"].TransmitStack == "std-ipv4", TimeSpan.FromSeconds(5), "fallback", () => "still on the faulty stack");
         Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty@0.0.1 quarantined: transmit on the path to host-b (slot 0) threw InvalidOperationException", StringComparison.Ordinal));
@@ -41,7 +41,7 @@ public class QuarantineTests
     public void AStackThrowingInReceive_IsRetiredAndCounted()
     {
         using var hosts = new TwoHosts("faulty");
-        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "RXFAULT"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "RXFAULT"));
         Eventually.True(() => hosts.B.Switch.Paths["host-a"].TransmitStack == "std-ipv4", TimeSpan.FromSeconds(5), "fallback on B", () => "still on the faulty stack");
         Assert.True(hosts.B.Switch.StackHost.IsQuarantined("faulty"));
         // The datagram was handled (its fault counted): it reached no VM.
@@ -58,7 +58,7 @@ public class QuarantineTests
     public void AHungStack_IsNoticedByTheWatchdog_WhileTheAgentKeepsWorking()
     {
         using var hosts = new TwoHosts("faulty");
-        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXHANG"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TXHANG"));
         Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty"), TimeSpan.FromSeconds(5), "hang watchdog", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("hung in a call on the path to host-b", StringComparison.Ordinal));
         // While vm1's thread is stuck in the stack, vm2's traffic and the API are served, without waiting for the stuck call.
@@ -84,7 +84,7 @@ public class QuarantineTests
         var stuck = hosts.A.Switch.Paths["host-b"];
 
         // vm1's thread goes into the stack and never comes back: it holds the path's gate for ever.
-        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TXSTUCK"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TXSTUCK"));
         Eventually.True(() => hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10), "host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
         Assert.Equal("std-ipv4", hosts.A.Switch.Paths["host-b"].TransmitStack);
@@ -130,7 +130,7 @@ public class QuarantineTests
         Assert.Equal(fromVm2, hosts.Expect("vm3"));
 
         // Host-b's underlay receive thread, which every path of host-b shares, goes into the stack and never returns.
-        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "RXSTUCK"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "RXSTUCK"));
         Eventually.True(() => hosts.B.Switch.Events.Any(e => e.Contains("the underlay receive thread on", StringComparison.Ordinal)), TimeSpan.FromSeconds(10),
             "host-b's receive thread replaced", () => string.Join("; ", hosts.B.Switch.Events));
         // The path's watchdog may see the stuck call a round after the underlay's does.
@@ -155,7 +155,7 @@ public class QuarantineTests
     {
         using var hosts = new TwoHosts("faulty");
         var stuck = hosts.A.Switch.Paths["host-b"];
-        hosts.Vm("vm1").Transmit(Marked(Mac1, Mac3, "TIMERSTUCK"));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TIMERSTUCK"));
         Eventually.True(() => hosts.A.Switch.MonitorReplacements > 0 && hosts.A.Switch.Paths.TryGetValue("host-b", out var path) && path != stuck, TimeSpan.FromSeconds(10),
             "the monitor and host-b's path replaced", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.True(hosts.A.Switch.StackHost.IsQuarantined("faulty"));
@@ -177,7 +177,7 @@ public class QuarantineTests
     {
         using var hosts = new TwoHosts("faulty");
         var stuck = hosts.A.Switch.Paths["host-b"];
-        var marked = Marked(Mac1, Mac3, "STATSSTUCK");
+        var marked = Frames.Marked(Mac1, Mac3, "STATSSTUCK");
         hosts.Vm("vm1").Transmit(marked);
         Assert.Equal(marked, hosts.Expect("vm3"));
         for (var i = 0; i < 3; i++)
@@ -200,7 +200,7 @@ public class QuarantineTests
     public void AStackStuckForeverInDispose_HoldsNeitherThePathNorHousekeeping()
     {
         using var hosts = new TwoHosts("faulty");
-        var marked = Marked(Mac1, Mac3, "DISPOSESTUCK");
+        var marked = Frames.Marked(Mac1, Mac3, "DISPOSESTUCK");
         hosts.Vm("vm1").Transmit(marked);
         Assert.Equal(marked, hosts.Expect("vm3"));
         string Slots() => string.Join(", ", hosts.A.Switch.Paths["host-b"].StackStats().Select(s => $"{s.Key} {s.Value.Stack}"));
@@ -286,14 +286,5 @@ public class QuarantineTests
             hosts.Vm("vm2").Transmit(fromVm2);
             return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
         }, TimeSpan.FromSeconds(10), "vm2 reaching vm3 after the replacement", () => string.Join("; ", hosts.A.Switch.Events));
-    }
-
-    /// <summary>A frame the faulty stack acts on: the marker first in its payload, under the IEEE local experimental EtherType.</summary>
-    internal static byte[] Marked(MacAddress src, MacAddress dst, string marker)
-    {
-        var frame = new byte[14 + 100];
-        EthernetWriter.Write(frame, dst, src, 0x88B5);
-        System.Text.Encoding.ASCII.GetBytes(marker).CopyTo(frame, 14);
-        return frame;
     }
 }

@@ -91,7 +91,7 @@ public class ResilienceTests
     private static void QuarantinedForATimerFault(string marker, string says)
     {
         using var hosts = new TwoHosts("faulty");
-        hosts.Vm("vm1").Transmit(QuarantineTests.Marked(Mac1, Mac3, marker));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, marker));
         Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty"), TimeSpan.FromSeconds(5), "the stack quarantined", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack faulty@0.0.1 quarantined", StringComparison.Ordinal) && e.Contains(says, StringComparison.Ordinal));
         Assert.Equal(0, hosts.A.Switch.MonitorFaults);

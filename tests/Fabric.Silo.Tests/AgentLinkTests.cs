@@ -253,7 +253,6 @@ public sealed class AgentLinkTests
     [Fact]
     public async Task ARolloutThroughTheControlPlane_MovesRealBindingsToTheReleasedVersion_AndARollBackBringsThemBack_LosingNoFrame()
     {
-        var cancel = TestContext.Current.CancellationToken;
         var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
         var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
         var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
@@ -296,7 +295,6 @@ public sealed class AgentLinkTests
             Assert.Equal(sent, received);
             Assert.Equal(0, hosts.B.Switch.Paths["host-a"].SequenceGaps);
             TestContext.Current.TestOutputHelper?.WriteLine($"roll back to vm1's binding moved: {movedBack.TotalSeconds:0.0} s (registrations every 5 s); frames {sent} sent, {received} received");
-            _ = cancel;
         }
         finally
         {
@@ -338,8 +336,8 @@ public sealed class AgentLinkTests
             Eventually.True(() => KeyOnA() == "faulty@0.0.2", TimeSpan.FromSeconds(40), "vm1 on the canary's faulty 0.0.2", () => $"{KeyOnA()}");
 
             // One frame 0.0.2 throws on when host-b receives it, one it throws on when host-a sends it.
-            hosts.Send("vm1", QuarantineFrame("RXFAULT"));
-            hosts.Send("vm1", QuarantineFrame("TXFAULT"));
+            hosts.Send("vm1", Frames.Marked(Mac1, Mac3, "RXFAULT"));
+            hosts.Send("vm1", Frames.Marked(Mac1, Mac3, "TXFAULT"));
             Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty@0.0.2") && hosts.B.Switch.StackHost.IsQuarantined("faulty@0.0.2"), Wait,
                 "faulty 0.0.2 quarantined on both hosts", () => $"a {string.Join(",", hosts.A.Switch.StackHost.Quarantined)}; b {string.Join(",", hosts.B.Switch.StackHost.Quarantined)}");
             await Eventually.TrueAsync(async () => (await catalog.ListRolloutsAsync()).Single(r => r.StackId == "faulty").Status == RolloutStatus.RolledBack,
@@ -360,15 +358,6 @@ public sealed class AgentLinkTests
             await silo.DisposeAsync();
             Directory.Delete(state, recursive: true);
         }
-    }
-
-    /// <summary>A frame the faulty test stack throws on (its marker right after the Ethernet header).</summary>
-    private static byte[] QuarantineFrame(string marker)
-    {
-        var frame = new byte[14 + 100];
-        EthernetWriter.Write(frame, Mac3, Mac1, 0x88B5);
-        System.Text.Encoding.ASCII.GetBytes(marker).CopyTo(frame, 14);
-        return frame;
     }
 
     /// <summary>Sends one frame from a VM every millisecond and counts what reaches another, until stopped.</summary>

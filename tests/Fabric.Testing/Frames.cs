@@ -5,6 +5,15 @@ namespace Fabric.Testing;
 /// <summary>Builds the frames a VM would send.</summary>
 public static class Frames
 {
+    /// <summary>A non-IP frame whose payload starts with <paramref name="marker"/> (the faulty test stack acts on such markers).</summary>
+    public static byte[] Marked(MacAddress src, MacAddress dst, string marker)
+    {
+        var frame = new byte[14 + 100];
+        EthernetWriter.Write(frame, dst, src, 0x88B5);
+        System.Text.Encoding.ASCII.GetBytes(marker).CopyTo(frame, 14);
+        return frame;
+    }
+
     public static byte[] Udp(MacAddress src, MacAddress dst, string from, string to, int payload, bool dontFragment = true)
     {
         var frame = new byte[14 + 20 + 8 + payload];

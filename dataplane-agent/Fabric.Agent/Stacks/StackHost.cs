@@ -148,7 +148,7 @@ public sealed class StackHost
             {
                 return [name];
             }
-            return [.. Newest(_registered.Keys.Where(k => StackKey.IdOf(k) == name && !_quarantined.ContainsKey(k) && !HeldOutLocked(k)))];
+            return CandidatesLocked(name);
         }
     }
 
@@ -423,6 +423,10 @@ public sealed class StackHost
         }
     }
 
+    /// <summary>The registered versions of id <paramref name="name"/> neither quarantined nor held out, newest first.</summary>
+    private List<string> CandidatesLocked(string name) =>
+        [.. Newest(_registered.Keys.Where(k => StackKey.IdOf(k) == name && !_quarantined.ContainsKey(k) && !HeldOutLocked(k)))];
+
     private string? ResolveLocked(string name)
     {
         if (StackKey.IsVersioned(name))
@@ -430,7 +434,7 @@ public sealed class StackHost
             return _registered.ContainsKey(name) || _loaded.ContainsKey(name) || _withdrawn.ContainsKey(name) ? name : null;
         }
         bool Of(string key) => StackKey.IdOf(key) == name;
-        return Newest(_registered.Keys.Where(k => Of(k) && !_quarantined.ContainsKey(k) && !HeldOutLocked(k))).FirstOrDefault()
+        return CandidatesLocked(name).FirstOrDefault()
             ?? Newest(_registered.Keys.Where(k => Of(k) && !_quarantined.ContainsKey(k))).FirstOrDefault()
             ?? Newest(_registered.Keys.Where(Of)).FirstOrDefault()
             ?? Newest(_loaded.Keys.Where(Of)).FirstOrDefault()
