@@ -101,6 +101,7 @@ var root = new RootCommand("fabric-repo: keys, packages and trust metadata (TUF-
     command.SetAction(p => List(p.GetValue(repo)!));
     root.Subcommands.Add(command);
 }
+root.Subcommands.Add(Fabric.Repository.Cli.RolloutCommands.Create());
 
 try
 {

@@ -596,6 +596,62 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task TheRolloutCommand_StepsARolloutAsTheOperatorItsCertificateNames_AndNoOtherCertificateSteps()
+    {
+        // A newer fec is published: the catalog starts its rollout (the silo's own client syncs, as the silo's repository reader does).
+        var siloClient = _silo.Services.GetRequiredService<IClusterClient>().GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+        const string source = "the rollout command's repository";
+        Assert.Empty(await siloClient.SyncAsync([Catalogs.Fec with { PublishedVersions = ["1.0.0"] }], 1, source));
+        Assert.Empty(await siloClient.SyncAsync([Catalogs.Fec with { Version = "1.0.2", PublishedVersions = ["1.0.2", "1.0.0"] }], 2, source));
+        var cli = Processes.Built("repository/Fabric.Repository.Cli", "fabric-repo");
+        var files = Path.Combine(_folder.FullName, "pki");
+        var (certificate, key, authority) = _authority.IssueFiles(files, CallerRole.Operator, "ops-1");
+        string[] Connect(string certificateFile, string keyFile, string authorityFile, int timeoutSeconds = 20) =>
+            ["--gateway", $"127.0.0.1:{_gatewayPort}", "--certificate", certificateFile, "--key", keyFile, "--authority", authorityFile, "--timeout", $"{timeoutSeconds}"];
+        (int Code, string Stdout, string Stderr) Rollout(params string[] args) => Processes.Run(cli, ["rollout", .. args], timeout: TimeSpan.FromSeconds(60));
+
+        var (code, stdout, stderr) = Rollout(["pause", "--stack", "fec", "--reason", "the canary's owners are away", "--by", "alice", .. Connect(certificate, key, authority)]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("pause fec: done; fec 1.0.0 -> 1.0.2: paused", stdout, StringComparison.Ordinal);
+        (code, stdout, stderr) = Rollout(["list", .. Connect(certificate, key, authority)]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("fec 1.0.0 -> 1.0.2: paused", stdout, StringComparison.Ordinal);
+        Assert.Contains("pause by alice via operator 'ops-1': the canary's owners are away", stdout, StringComparison.Ordinal);
+
+        // The machine's refusals come back as they are, exit 1; bad usage is named, exit 2.
+        (code, _, stderr) = Rollout(["pause", "--stack", "fec", "--reason", "again", .. Connect(certificate, key, authority)]);
+        Assert.Equal(1, code);
+        Assert.Contains("pause fec: refused:", stderr, StringComparison.Ordinal);
+        (code, _, stderr) = Rollout(["rollback", "--stack", "nosuch", "--reason", "x", .. Connect(certificate, key, authority)]);
+        Assert.Equal((1, true), (code, stderr.Contains("stack 'nosuch' has no rollout", StringComparison.Ordinal)));
+        (code, _, stderr) = Rollout(["rollback", "--stack", "fec", "--reason", " ", .. Connect(certificate, key, authority)]);
+        Assert.Equal((2, true), (code, stderr.Contains("--reason is empty", StringComparison.Ordinal)));
+        (code, _, stderr) = Rollout(["list", "--gateway", "10.1.2.3:30000"]);
+        Assert.Equal((2, true), (code, stderr.Contains("required with a gateway beyond loopback", StringComparison.Ordinal)));
+
+        // An agent's certificate is not an operator's: refused before it connects.
+        var agent = _authority.IssueFiles(Path.Combine(files, "agent"), CallerRole.Agent, "host-a");
+        (code, _, stderr) = Rollout(["rollback", "--stack", "fec", "--reason", "a host's say", .. Connect(agent.Certificate, agent.Key, agent.Authority)]);
+        Assert.Equal((2, true), (code, stderr.Contains("rollout steps need an operator's", StringComparison.Ordinal)));
+        // An operator's certificate of another authority, presented with that authority: the silo's TLS refuses it.
+        using var stranger = DevelopmentAuthority.Create();
+        var forged = stranger.IssueFiles(Path.Combine(files, "stranger"), CallerRole.Operator, "ops-1");
+        (code, _, stderr) = Rollout(["rollback", "--stack", "fec", "--reason", "a stranger's say", .. Connect(forged.Certificate, forged.Key, forged.Authority, timeoutSeconds: 5)]);
+        Assert.Equal(1, code);
+        Assert.Contains($"cannot reach the cluster at 127.0.0.1:{_gatewayPort}", stderr, StringComparison.Ordinal);
+        // Nothing a refused caller said reached the rollout; the operator's own rollback does, and marks the version bad.
+        (code, _, stderr) = Rollout(["rollback", "--stack", "fec", "--reason", "seen enough", "--by", "alice", .. Connect(certificate, key, authority)]);
+        Assert.True(code == 0, stderr);
+        var rollout = Assert.Single(await siloClient.ListRolloutsAsync(), r => r.StackId == "fec");
+        Assert.Equal(RolloutStatus.RolledBack, rollout.Status);
+        Assert.Equal(["start", "pause", "roll back"], rollout.Steps.Select(s => s.Action));
+        Assert.All(rollout.Steps.Skip(1), s => Assert.Equal("alice via operator 'ops-1'", s.By));
+        (code, stdout, _) = Rollout(["list", .. Connect(certificate, key, authority)]);
+        Assert.Equal(0, code);
+        Assert.Contains("bad fec 1.0.2 since ", stdout, StringComparison.Ordinal);
+    }
+
     private sealed class RecordingObserver : IAgentObserver
     {
         private int _changes;
