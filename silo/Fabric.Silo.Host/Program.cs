@@ -130,7 +130,7 @@ builder.UseOrleans(silo =>
         silo.UseControlPlaneSecurity(credential, config.Security!.RevocationList);
     }
     silo.AddFabricControlPlane(new SelectorOptions(config.SelectorMargin, TimeSpan.FromMilliseconds(config.SelectorSustainMilliseconds)), config.Learning,
-        new Fabric.Silo.Rollouts.RolloutOptions { Bake = TimeSpan.FromSeconds(config.RolloutBakeSeconds) });
+        new Fabric.Silo.Rollouts.RolloutOptions { Bake = TimeSpan.FromSeconds(config.RolloutBakeSeconds), MinSamples = config.RolloutMinPaths });
 });
 if (config.MetricsListen is { } metrics)
 {
@@ -165,7 +165,7 @@ app.MapGet("/readyz", (IClusterMembershipService membership, ILocalSiloDetails l
         ? Results.Text($"ready: {local.SiloAddress} active\n")
         : Results.Text($"not ready: {local.SiloAddress} {status}\n", statusCode: 503));
 // Read-only views for operators and scripts (the dashboard is the full UI): a VM's policy, stacks and decision log with
-// every candidate's score and the reason; a host's inventory, desired state and acknowledged version. Only from this
+// every candidate's score and the reason; a host's inventory, desired state and acknowledged version; the rollouts. Only from this
 // machine (a connection to loopback): they carry no caller identity, and healthListen may be on every address for probes.
 var api = app.MapGroup("/api").AddEndpointFilter(async (context, next) =>
     context.HttpContext.Connection.LocalIpAddress is { } local && IPAddress.IsLoopback(local.IsIPv4MappedToIPv6 ? local.MapToIPv4() : local)
@@ -183,5 +183,13 @@ api.MapGet("/hosts/{id}", async (string id, IGrainFactory grains) =>
         Peers = await host.ListPeersAsync(),
     });
 });
+// Every stack's rollout (rings, gates with their evidence, steps) and the versions judged bad; statuses and verdicts by name.
+var namedEnums = new System.Text.Json.JsonSerializerOptions(System.Text.Json.JsonSerializerDefaults.Web) { Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() } };
+api.MapGet("/rollouts", async (IGrainFactory grains) =>
+{
+    var catalog = grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
+    return Results.Json(new { Rollouts = await catalog.ListRolloutsAsync(), Bad = await catalog.ListBadAsync() }, namedEnums);
+});
 await app.RunAsync();
 return 0;
+

@@ -30,7 +30,8 @@ public sealed record SiloConfig(
     int ProbeSeconds = 2,
     int MissedProbes = 3,
     bool Ephemeral = false,
-    int RolloutBakeSeconds = 600)
+    int RolloutBakeSeconds = 600,
+    int RolloutMinPaths = 8)
 {
     public const string ConnectionVariable = "FABRIC_TABLE_CONNECTION_STRING";
 
@@ -175,6 +176,10 @@ public sealed record SiloConfig(
         if (RolloutBakeSeconds is < 10 or > 7 * 86_400)
         {
             yield return $"rolloutBakeSeconds: {RolloutBakeSeconds} is outside 10..604800 (how long each ring of a stack version's rollout bakes)";
+        }
+        if (RolloutMinPaths is < 2 or > 100_000)
+        {
+            yield return $"rolloutMinPaths: {RolloutMinPaths} is outside 2..100000 (the VM paths each version needs before the utility gate judges)";
         }
         if (Learning is null && Clustered)
         {

@@ -26,6 +26,15 @@ public sealed class FecStack : IStack
     private const int Window = 64;
     private const int FinalizeBehind = 8;
 
+    /// <summary>True only in the build tests/stacks/Fabric.Stacks.FecNoParity makes of this code: a fec made worse on
+    /// purpose (its groups go without parity, so nothing lost is rebuilt) for the rollout tests' bad version.</summary>
+    private static readonly bool ParityDisabled =
+#if PARITY_DISABLED
+        true;
+#else
+        false;
+#endif
+
     private readonly StackCounters _counters = new();
     private readonly int _k;
     private readonly long _deadline;
@@ -110,6 +119,13 @@ public sealed class FecStack : IStack
     private void CloseGroup(IUnderlayOutput underlay)
     {
         var k = _pending.Count;
+        if (ParityDisabled)
+        {
+            _pending.Clear();
+            _groupOpenedAt = long.MaxValue;
+            _group++;
+            return;
+        }
         // A group closed early by its deadline gets parity in proportion (at least one: a lone frame is repeated).
         var m = k == _k ? _m : Math.Max(1, (int)Math.Ceiling((double)k * _m / _k));
         var length = _pending.Max(p => p.Length);

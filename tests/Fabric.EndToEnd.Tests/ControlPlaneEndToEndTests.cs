@@ -143,6 +143,198 @@ public class ControlPlaneEndToEndTests
         }
     }
 
+    [Fact]
+    public void AWorseFecOnALossyLink_FailsOnTheCanaryAndComesBackByItself_ThenAGoodOneReachesBothHosts_WithNoFrameLost()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
+        var folder = Directory.CreateTempSubdirectory("fabric-rollout-e2e-").FullName;
+        try
+        {
+            using var repository = new StackRepository(folder);
+            repository.Publish(StackPlugins.StdIPv4, "std-ipv4", "1.0.0", new StackProfile(16, 0, 0, 0, "default; clean paths"));
+            repository.Publish(StackPlugins.Fec, "fec", "1.0.0", FecProfile);
+            // Two hosts: the canary pair is the whole fleet, so fec 1.0.0's baseline is its outcomes of the bake before the
+            // rollout began (three VM paths; the gate is set to judge on two a version).
+            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", moreVmsOnA: 1, controlPlane: new ControlPlaneSetup(repository.Path,
+                repository.Root, LearningStore: Path.Combine(folder, "learning"), AgentRefreshSeconds: 2, RolloutBakeSeconds: 60, RolloutMinPaths: 2));
+            topology.Emulator("set both delay=10ms");
+            topology.Emulator("set both loss=3%");
+            string[] senders = ["vm1", "vm2", "vm5"];
+            foreach (var vm in senders)
+            {
+                ReRegister(topology, vm, new { pin = "fec", vni = 100, workload = "bulk" });
+            }
+            string Versions() => string.Join(" ", senders.Select(vm => $"{vm}={BoundVersion(topology, vm)}"));
+            bool AllOn(string version) => senders.All(vm => BoundVersion(topology, vm) == version);
+            string Rollouts() => topology.SiloApi("/api/rollouts");
+            JsonElement? FecRollout()
+            {
+                using var view = JsonDocument.Parse(Rollouts() is { Length: > 0 } text ? text : "{}");
+                return view.RootElement.TryGetProperty("rollouts", out var all)
+                    ? all.EnumerateArray().Where(r => r.GetProperty("stackId").GetString() == "fec").Select(r => (JsonElement?)r.Clone()).LastOrDefault() : null;
+            }
+            Eventually.True(() => AllOn("fec@1.0.0"), TimeSpan.FromSeconds(60), "the senders pinned to fec 1.0.0", () => $"{Versions()}\n{topology.Logs()}");
+
+            var flows = senders.Select((vm, i) => new TcpFlow(topology.Vm(vm).Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5331 + i)).ToList();
+            double onGood, onBad;
+            TimeSpan canaryAfter, backAfter;
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                Eventually.True(() => flows.All(f => f.Received > 500_000), TimeSpan.FromSeconds(30), "the three flows under way",
+                    () => string.Join(", ", flows.Select(f => $"{f.Received} B {f.Error}")));
+                // fec 1.0.0's baseline: a few seconds of outcomes on each path.
+                onGood = Goodput(flows, TimeSpan.FromSeconds(8));
+
+                // fec 1.0.1 is fec with its parity disabled: at 3 % loss the guests' TCP loses what fec used to rebuild.
+                repository.Publish(StackPlugins.FecNoParity, "fec", "1.0.1", FecProfile);
+                var published = clock.Elapsed;
+                Eventually.True(() => AllOn("fec@1.0.1"), TimeSpan.FromSeconds(60), "the canary's senders on fec 1.0.1", () => $"{Versions()}\n{Rollouts()}");
+                canaryAfter = clock.Elapsed - published;
+                onBad = Goodput(flows, TimeSpan.FromSeconds(3));
+                Eventually.True(() => FecRollout()?.GetProperty("status").GetString() == "RolledBack", TimeSpan.FromSeconds(90), "fec 1.0.1's rollout rolled back by its gate",
+                    () => $"{Versions()}\n{Rollouts()}");
+                var failedAt = clock.Elapsed;
+                Eventually.True(() => AllOn("fec@1.0.0"), TimeSpan.FromSeconds(30), "every sender back on fec 1.0.0", () => $"{Versions()}\n{Rollouts()}");
+                backAfter = clock.Elapsed - failedAt;
+            }
+            finally
+            {
+                flows.ForEach(f => f.Dispose());
+            }
+            var rollout = FecRollout()!.Value;
+            var utility = rollout.GetProperty("gates").EnumerateArray().Single(g => g.GetProperty("gate").GetString() == "utility");
+            Assert.Equal("Failed", utility.GetProperty("verdict").GetString());
+            var evidence = utility.GetProperty("evidence").GetString()!;
+            Assert.Contains("worse beyond the margin", evidence, StringComparison.Ordinal);
+            Assert.Contains(rollout.GetProperty("steps").EnumerateArray(), s => s.GetProperty("action").GetString() == "roll back" && s.GetProperty("by").GetString() == "the rollout's gates");
+            using (var view = JsonDocument.Parse(Rollouts()))
+            {
+                var bad = view.RootElement.GetProperty("bad").EnumerateArray().Single(b => b.GetProperty("stackId").GetString() == "fec");
+                Assert.Equal("1.0.1", bad.GetProperty("version").GetString());
+                Assert.Contains("utility", bad.GetProperty("evidence").GetString(), StringComparison.Ordinal);
+            }
+
+            // A good fec, 1.0.2 (the real one), on a clean link: it reaches both hosts through the canary, every path swapped
+            // with no frame lost, and the operator promotes it to done with fabric-repo from a host.
+            topology.Emulator("set both loss=0%");
+            using var datagrams = new DatagramCount(topology.Vm("vm1").Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5341);
+            repository.Publish(StackPlugins.Fec, "fec", "1.0.2", FecProfile);
+            Eventually.True(() => AllOn("fec@1.0.2"), TimeSpan.FromSeconds(60), "every sender on fec 1.0.2", () => $"{Versions()}\n{Rollouts()}");
+            var (sent, received) = datagrams.Stop();
+            // Its ring bakes a minute and its gates wait for comparable paths (fec 1.0.0's outcomes were at 3 % loss): still running.
+            Assert.Equal("Running", FecRollout()?.GetProperty("status").GetString());
+            var (certificate, key, authority) = topology.OperatorCredential("ops-1");
+            var (code, stdout, stderr) = Processes.Run("ip", ["netns", "exec", topology.HostA, Processes.Built("repository/Fabric.Repository.Cli", "fabric-repo"),
+                "rollout", "promote", "--stack", "fec", "--reason", "the canary is the fleet", "--by", "the e2e test", "--gateway", $"{OverlayTopology.SiloAddress}:30000",
+                "--certificate", certificate, "--key", key, "--authority", authority], timeout: TimeSpan.FromSeconds(60));
+            Assert.True(code == 0, $"{stdout}{stderr}");
+            Assert.Contains("promote fec: done; fec 1.0.0 -> 1.0.2: completed", stdout, StringComparison.Ordinal);
+
+            var report = $"fec at 3 % loss, 10 ms each way, three CUBIC guests: {onGood:0.0} Mbit/s on 1.0.0, {onBad:0.0} on 1.0.1 (no parity); 1.0.1 on the canary "
+                + $"{canaryAfter.TotalSeconds:0.0} s after its publish, every binding back {backAfter.TotalSeconds:0.0} s after the gate failed ({evidence}); "
+                + $"fec 1.0.2 reached both hosts with {sent - received} of {sent} datagrams lost";
+            TestContext.Current.SendDiagnosticMessage(report);
+            Console.WriteLine(report);
+            Assert.True(onBad < onGood, report);
+            Assert.True(sent > 1000 && received == sent, report);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    /// <summary>vm's binding towards host-b on host-a, as STACK@VERSION.</summary>
+    private static string? BoundVersion(OverlayTopology topology, string vm) =>
+        topology.Status("host-a").GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == "host-b")
+            .SelectMany(p => p.GetProperty("bindings").EnumerateArray()).Where(b => b.GetProperty("vm").GetString() == vm + "/0")
+            .Select(b => $"{b.GetProperty("stack").GetString()}@{b.GetProperty("version").GetString()}").FirstOrDefault();
+
+    /// <summary>The flows' summed goodput over the next <paramref name="window"/>, in Mbit/s.</summary>
+    private static double Goodput(IReadOnlyList<TcpFlow> flows, TimeSpan window)
+    {
+        var before = flows.Sum(f => f.Received);
+        var watch = Stopwatch.StartNew();
+        Thread.Sleep(window);
+        return (flows.Sum(f => f.Received) - before) * 8 / watch.Elapsed.TotalSeconds / 1e6;
+    }
+
+    /// <summary>Numbered UDP datagrams from one VM to another, one a millisecond, until stopped: how many were sent and how many arrived.</summary>
+    private sealed class DatagramCount : IDisposable
+    {
+        private readonly Socket _sender;
+        private readonly Socket _receiver;
+        private readonly Thread _send;
+        private readonly Thread _receive;
+        private readonly HashSet<long> _seen = [];
+        private long _sent;
+        private volatile bool _stop;
+        private volatile bool _drained;
+
+        public DatagramCount(string senderNamespace, string receiverNamespace, IPAddress receiver, int port)
+        {
+            _receiver = NetworkNamespace.Run(receiverNamespace, () => new Socket(SocketType.Dgram, ProtocolType.Udp));
+            _receiver.Bind(new IPEndPoint(receiver, port));
+            _receiver.ReceiveTimeout = 200;
+            _sender = NetworkNamespace.Run(senderNamespace, () => new Socket(SocketType.Dgram, ProtocolType.Udp));
+            _sender.Connect(new IPEndPoint(receiver, port));
+            _receive = new Thread(() =>
+            {
+                var buffer = new byte[64];
+                while (!_drained)
+                {
+                    try
+                    {
+                        if (_receiver.Receive(buffer) == 8)
+                        {
+                            lock (_seen)
+                            {
+                                _seen.Add(BitConverter.ToInt64(buffer));
+                            }
+                        }
+                    }
+                    catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut)
+                    {
+                    }
+                }
+            }) { IsBackground = true };
+            _send = new Thread(() =>
+            {
+                while (!_stop)
+                {
+                    _sender.Send(BitConverter.GetBytes(Interlocked.Increment(ref _sent)));
+                    Thread.Sleep(1);
+                }
+            }) { IsBackground = true };
+            _receive.Start();
+            _send.Start();
+        }
+
+        /// <summary>Stops sending, waits a second for what is in flight, and counts.</summary>
+        public (long Sent, long Received) Stop()
+        {
+            _stop = true;
+            _send.Join();
+            Thread.Sleep(TimeSpan.FromSeconds(1));
+            _drained = true;
+            _receive.Join();
+            lock (_seen)
+            {
+                return (Interlocked.Read(ref _sent), _seen.Count);
+            }
+        }
+
+        public void Dispose()
+        {
+            (_stop, _drained) = (true, true);
+            _send.Join(TimeSpan.FromSeconds(5));
+            _receive.Join(TimeSpan.FromSeconds(5));
+            _sender.Dispose();
+            _receiver.Dispose();
+        }
+    }
+
     /// <summary>Detaches a VM of host-a and registers it again as a hook would, with <paramref name="policy"/>.</summary>
     private static TestVm ReRegister(OverlayTopology topology, string name, object policy)
     {
@@ -171,26 +363,55 @@ public class ControlPlaneEndToEndTests
     /// </summary>
     private static (string Repository, string Root) SignedRepository(string folder, bool withSecure = false)
     {
-        var path = Path.Combine(folder, "repo");
-        var store = new LocalFolderStore(path);
-        using var root = SigningKey.Generate();
-        using var targets = SigningKey.Generate();
-        using var snapshot = SigningKey.Generate();
-        using var timestamp = SigningKey.Generate();
-        var publisher = new Publisher(store);
-        publisher.Initialize([root], 1, targets, snapshot, timestamp, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
-        publisher.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.StdIPv4))!, "std-ipv4", "1.0.0",
-            new StackProfile(16, 0, 0, 0, "default; clean paths")), targets, snapshot, timestamp, TimeSpan.FromDays(7));
-        publisher.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.Fec))!, "fec", "1.0.0",
-            new StackProfile(30, 0.25, 5, 0.05, "low latency on lossy paths")), targets, snapshot, timestamp, TimeSpan.FromDays(7));
+        using var repository = new StackRepository(folder);
+        repository.Publish(StackPlugins.StdIPv4, "std-ipv4", "1.0.0", new StackProfile(16, 0, 0, 0, "default; clean paths"));
+        repository.Publish(StackPlugins.Fec, "fec", "1.0.0", FecProfile);
         if (withSecure)
         {
-            publisher.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.Secure))!, "secure", "1.0.0",
-                new StackProfile(40, 0, 0, 0, "sensitive tenants", Encrypts: true)), targets, snapshot, timestamp, TimeSpan.FromDays(7));
+            repository.Publish(StackPlugins.Secure, "secure", "1.0.0", new StackProfile(40, 0, 0, 0, "sensitive tenants", Encrypts: true));
         }
-        var pinned = Path.Combine(folder, "root.json");
-        File.WriteAllBytes(pinned, store.Read(Publisher.Root)!);
-        return (path, pinned);
+        return (repository.Path, repository.Root);
+    }
+
+    private static readonly StackProfile FecProfile = new(30, 0.25, 5, 0.05, "low latency on lossy paths");
+
+    /// <summary>A signed repository in a folder, its keys kept to publish more (an operator's <c>fabric-repo publish</c>).</summary>
+    private sealed class StackRepository : IDisposable
+    {
+        private readonly SigningKey _root = SigningKey.Generate();
+        private readonly SigningKey _targets = SigningKey.Generate();
+        private readonly SigningKey _snapshot = SigningKey.Generate();
+        private readonly SigningKey _timestamp = SigningKey.Generate();
+        private readonly Publisher _publisher;
+
+        public StackRepository(string folder)
+        {
+            Path = System.IO.Path.Combine(folder, "repo");
+            var store = new LocalFolderStore(Path);
+            _publisher = new Publisher(store);
+            _publisher.Initialize([_root], 1, _targets, _snapshot, _timestamp, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
+            Root = System.IO.Path.Combine(folder, "root.json");
+            File.WriteAllBytes(Root, store.Read(Publisher.Root)!);
+        }
+
+        /// <summary>The repository's folder.</summary>
+        public string Path { get; }
+
+        /// <summary>The root.json agents and the silo pin.</summary>
+        public string Root { get; }
+
+        /// <summary>Packs the built plug-in <paramref name="project"/> as <paramref name="id"/> <paramref name="version"/> and publishes it.</summary>
+        public void Publish(string project, string id, string version, StackProfile profile) =>
+            _publisher.Publish(StackPackage.Pack(System.IO.Path.GetDirectoryName(StackPlugins.PathOf(project))!, id, version, profile),
+                _targets, _snapshot, _timestamp, TimeSpan.FromDays(7));
+
+        public void Dispose()
+        {
+            _root.Dispose();
+            _targets.Dispose();
+            _snapshot.Dispose();
+            _timestamp.Dispose();
+        }
     }
 
     /// <summary>One kernel TCP connection from a VM to another, sending as fast as its pacing allows; counts what arrives.</summary>

@@ -16,10 +16,12 @@ public sealed record TestVm(string Name, string Namespace, string Host, uint Vni
 /// <paramref name="LearningStore"/> folder the silo logs outcomes there and trains its model every
 /// <paramref name="TrainEverySeconds"/> (0: never) once <paramref name="MinOutcomes"/> are logged. With
 /// <paramref name="Programmed"/>, the agents' configurations name no remote host, route or key: the control plane
-/// programs them.
+/// programs them. Agents read the repository every <paramref name="AgentRefreshSeconds"/>; a rollout's rings bake
+/// <paramref name="RolloutBakeSeconds"/> and its utility gate needs <paramref name="RolloutMinPaths"/> VM paths a version.
 /// </summary>
 public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, int SelectorSustainMilliseconds = 1000,
-    string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200, int MinSupport = 30, bool Programmed = false);
+    string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200, int MinSupport = 30, bool Programmed = false,
+    int AgentRefreshSeconds = 60, int RolloutBakeSeconds = 600, int RolloutMinPaths = 8);
 
 /// <summary>
 /// Two hosts running real <c>fabric-agent</c> processes, joined by a veth underlay through a real <c>fabric-linkem</c>;
@@ -170,6 +172,8 @@ public sealed class OverlayTopology : IDisposable
             selectorSustainMilliseconds = setup.SelectorSustainMilliseconds,
             repository = new { path = setup.RepositoryPath, trustRoot = setup.TrustRoot, stateDirectory = Path.Combine(_workDir, "silo-state"), refreshSeconds = 5 },
             learning = setup.LearningStore is null ? null : new { store = setup.LearningStore, trainEverySeconds = setup.TrainEverySeconds, minOutcomes = setup.MinOutcomes, minSupport = setup.MinSupport },
+            rolloutBakeSeconds = setup.RolloutBakeSeconds,
+            rolloutMinPaths = setup.RolloutMinPaths,
         };
         var path = Path.Combine(_workDir, "silo.json");
         File.WriteAllText(path, JsonSerializer.Serialize(config, new JsonSerializerOptions { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull }));
@@ -336,7 +340,7 @@ public sealed class OverlayTopology : IDisposable
                 hostId,
                 underlay = new { ipv4 = v4, ipv6 = v6 },
                 stacks = Array.Empty<string>(),
-                repository = new { path = programmed.RepositoryPath, trustRoot = programmed.TrustRoot, stateDirectory = state },
+                repository = new { path = programmed.RepositoryPath, trustRoot = programmed.TrustRoot, stateDirectory = state, refreshSeconds = programmed.AgentRefreshSeconds },
                 stateDirectory = state,
                 controlPlane = ControlPlaneOf(hostId),
                 apiSocket = socket,
@@ -350,7 +354,7 @@ public sealed class OverlayTopology : IDisposable
                 underlay = new { ipv4 = v4, ipv6 = v6 },
                 // Every stack from the signed repository, as in production.
                 stacks = Array.Empty<string>(),
-                repository = new { path = cp.RepositoryPath, trustRoot = cp.TrustRoot, stateDirectory = state },
+                repository = new { path = cp.RepositoryPath, trustRoot = cp.TrustRoot, stateDirectory = state, refreshSeconds = cp.AgentRefreshSeconds },
                 stateDirectory = state,
                 controlPlane = ControlPlaneOf(hostId),
                 apiSocket = socket,

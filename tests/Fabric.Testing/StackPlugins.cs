@@ -14,6 +14,7 @@ public static class StackPlugins
     public const string SwapTest = "Fabric.Stacks.SwapTest";
     public const string Faulty = "Fabric.Stacks.Faulty";
     public const string FaultySealed = "Fabric.Stacks.FaultySealed";
+    public const string FecNoParity = "Fabric.Stacks.FecNoParity";
 
     /// <summary>The plug-in's main assembly; throws naming the path when it was not built.</summary>
     public static string PathOf(string project)

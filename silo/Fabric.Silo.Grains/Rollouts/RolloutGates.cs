@@ -6,9 +6,10 @@ namespace Fabric.Silo.Rollouts;
 /// <summary>
 /// The health gates a rollout's rings must pass, each a pure function of what the fleet measured.
 /// <para>
-/// <b>utility</b>: what VMs got on the new version against the previous one, from the outcome log since the rollout
-/// started. Only the new version's outcomes on a host since the rollout reached it and the previous version's on a host
-/// before then count (an agent cannot vote for a version it was not released). The unit is a VM path: its outcomes in one context are
+/// <b>utility</b>: what VMs got on the new version against the previous one, from the outcome log. Only the new
+/// version's outcomes on a host since the rollout reached it and the previous version's on a host before then, from one
+/// bake before the rollout started on, count (an agent cannot vote for a version it was not released; a fleet whose every
+/// host is in the canary still has the previous version's recent outcomes to compare with). The unit is a VM path: its outcomes in one context are
 /// averaged into one value (outcomes of consecutive seconds are not independent), and each host gives at most
 /// <see cref="UnitsPerHost"/> units per version and context (a host with many VMs, or one that makes VMs up, weighs no
 /// more than that). Paths differ (a canary pair's paths may be the lossy ones), so units are compared only within strata
@@ -42,7 +43,7 @@ public static class RolloutGates
         var units = new Dictionary<(string Host, string Vm, string Remote, string Stratum, bool New), Moments>();
         foreach (var o in outcomes)
         {
-            if (o.Stack != r.StackId || o.At < r.Started || !double.IsFinite(o.Utility) || o.Host is not { } host)
+            if (o.Stack != r.StackId || o.At < r.Started - r.Bake || !double.IsFinite(o.Utility) || o.Host is not { } host)
             {
                 continue;
             }

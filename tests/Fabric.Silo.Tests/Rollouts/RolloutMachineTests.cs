@@ -212,13 +212,18 @@ public class RolloutMachineTests
             .Concat(Outcomes("1.0.1", Noisy(0.4), vms: 8)).Concat(Outcomes("1.0.0", Noisy(0.8), vms: 8));
         Assert.NotEqual(GateVerdict.Passed, Judge(drowned).Verdict);
 
-        // Outcomes before the rollout, of other stacks, of other versions, of the new version on a host not reached and of
-        // the old one on a host since it was reached do not count.
+        // The new version's outcomes before the rollout, the old one's more than a bake before it, outcomes of other
+        // stacks, of other versions, of the new version on a host not reached and of the old one on a host since it was
+        // reached do not count.
         var worse = Outcomes("1.0.1", Noisy(0.55)).Concat(Outcomes("1.0.0", Noisy(0.80))).ToList();
-        var before = worse.Select(o => o with { At = r.Started.AddSeconds(-1) });
+        var before = worse.Select(o => o with { At = o.StackVersion == "1.0.1" ? r.Started.AddSeconds(-1) : r.Started - Bake - TimeSpan.FromSeconds(1) });
         var other = worse.Select(o => o with { Stack = "arq" }).Concat(worse.Select(o => o with { StackVersion = "0.9.0" }));
         var wrongSide = Outcomes("1.0.1", Noisy(0.1), hosts: ["h3", "h4"]).Concat(Outcomes("1.0.0", Noisy(0.9), hosts: ["h1", "h2"]));
         Assert.Equal(GateVerdict.Pending, Judge(before.Concat(other).Concat(wrongSide)).Verdict);
+
+        // The old version's outcomes within a bake before the start are its baseline (a fleet all in the canary has no other).
+        var baseline = Outcomes("1.0.1", Noisy(0.55)).Concat(Outcomes("1.0.0", Noisy(0.80)).Select(o => o with { At = r.Started - Bake / 2 }));
+        Assert.Equal(GateVerdict.Failed, Judge(baseline).Verdict);
 
         // One host's thousand VMs weigh as sixteen.
         var flood = Outcomes("1.0.1", Noisy(0.8), vms: 1000, hosts: ["h1"]).Concat(Outcomes("1.0.1", Noisy(0.8), hosts: ["h2"])).Concat(Outcomes("1.0.0", Noisy(0.8)));
