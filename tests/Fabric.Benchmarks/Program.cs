@@ -14,7 +14,8 @@ return args.FirstOrDefault() switch
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
     "controlplane" => await ControlPlane(),
     "fleet" => await FleetBenchmark.RunAsync(),
-    "rollout" => await RolloutBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var rolloutVms) && rolloutVms is > 0 and <= 2000 ? rolloutVms : 64),
+    "rollout" => await RolloutBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var rolloutVms) && rolloutVms is > 0 and <= 2000 ? rolloutVms : 64) is var rolled and not 0
+        ? rolled : await RevocationBenchmark.RunAsync(),
     "stationary" => await Stationary(),
     "learning" => Learning(),
     "policy-shell" when args.Length == 5 => await PolicyShell.RunAsync(args[1], args[2], args[3], args[4]),

@@ -138,7 +138,7 @@ internal static class RolloutBenchmark
         }
     }
 
-    private static void Check(ApiResponse response)
+    internal static void Check(ApiResponse response)
     {
         if (!response.Ok)
         {
@@ -146,7 +146,7 @@ internal static class RolloutBenchmark
         }
     }
 
-    private static async Task Until(Func<bool> condition, TimeSpan timeout, string what, Func<string>? describe = null)
+    internal static async Task Until(Func<bool> condition, TimeSpan timeout, string what, Func<string>? describe = null)
     {
         var clock = Stopwatch.StartNew();
         while (!condition())
