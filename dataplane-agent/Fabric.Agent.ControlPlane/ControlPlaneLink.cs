@@ -297,10 +297,14 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             .GroupBy(b => b.Stack!, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
         // Usable and quarantined versions (a rollout's gate reads the quarantines), not withdrawn ones.
         var quarantined = s.StackHost.Quarantined;
-        var versions = s.StackHost.Registered.Where(k => s.StackHost.IsUsable(k) || quarantined.ContainsKey(k))
+        var registered = s.StackHost.Registered.Where(k => s.StackHost.IsUsable(k) || quarantined.ContainsKey(k)).ToList();
+        var counted = CountedByVersion(s, registered);
+        var versions = registered
             .Select(k => new StackVersionUse(StackKey.IdOf(k), StackKey.VersionOf(k)!, carried.GetValueOrDefault(k))
             {
                 Quarantined = quarantined.TryGetValue(k, out var why) ? why[..Math.Min(why.Length, 200)] : null,
+                Packets = counted.TryGetValue(k, out var count) ? count.Packets : 0,
+                Drops = counted.TryGetValue(k, out count) ? count.Drops.ToImmutableDictionary(StringComparer.Ordinal) : ImmutableDictionary<string, long>.Empty,
             }).ToImmutableArray();
         return new HostInfo(HostId, s.UnderlayEndpoints.IPv4?.Address.ToString(), s.UnderlayEndpoints.IPv6?.Address.ToString(),
             s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0")
@@ -308,6 +312,42 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             PublicKey = _key.PublicKey,
             StackVersions = versions,
         };
+    }
+
+    /// <summary>
+    /// What the slots of each version counted (packets taken, drops by reason; open slots as their instances say now, closed
+    /// ones as they said when they closed), summed per version — only for stack ids with more than one version registered
+    /// here (what a rollout's drops gate compares); asking every path's stacks costs a thread a path.
+    /// </summary>
+    private static Dictionary<string, (long Packets, Dictionary<string, long> Drops)> CountedByVersion(Switch s, IReadOnlyList<string> registered)
+    {
+        var compared = registered.GroupBy(StackKey.IdOf, StringComparer.Ordinal).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet(StringComparer.Ordinal);
+        var counted = new Dictionary<string, (long Packets, Dictionary<string, long> Drops)>(StringComparer.Ordinal);
+        if (compared.Count == 0)
+        {
+            return counted;
+        }
+        void Add(string key, long taken, IReadOnlyDictionary<Fabric.Stacks.StackDropReason, long> dropped)
+        {
+            var (packets, drops) = counted.TryGetValue(key, out var sum) ? sum : (0, new Dictionary<string, long>(StringComparer.Ordinal));
+            foreach (var (reason, count) in dropped)
+            {
+                drops[reason.ToString()] = drops.GetValueOrDefault(reason.ToString()) + count;
+            }
+            counted[key] = (packets + taken, drops);
+        }
+        foreach (var path in s.Paths.Values)
+        {
+            foreach (var (stack, stats, version) in path.StackStats().Values.Where(v => compared.Contains(v.Stack)))
+            {
+                Add(StackKey.Of(stack, version), stats.FramesIn + stats.DatagramsIn, stats.Drops);
+            }
+            foreach (var (key, closed) in path.ClosedStackStats().Where(c => compared.Contains(StackKey.IdOf(c.Key))))
+            {
+                Add(key, closed.Packets, closed.Drops);
+            }
+        }
+        return counted;
     }
 
     /// <summary>Places VMs that are new or changed (all with <paramref name="force"/>, and those in <paramref name="again"/>) and removes those that left.</summary>

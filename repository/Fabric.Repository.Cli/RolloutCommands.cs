@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using System.Net;
 using System.Text;
 using Fabric.Programs;
@@ -78,12 +79,37 @@ internal static class RolloutCommands
         var catalog = grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
         if (await catalog.StepRolloutAsync(stack, step, by, why) is { } refusal)
         {
-            Console.Error.WriteLine($"fabric-repo: {step} {stack}: refused: {refusal}");
+            Console.Error.WriteLine(Printable($"fabric-repo: {step} {stack}: refused: {refusal}"));
             return 1;
         }
-        var rollout = (await catalog.ListRolloutsAsync()).Single(r => r.StackId == stack);
-        Console.WriteLine($"{step} {stack}: done; {Headline(rollout, DateTimeOffset.UtcNow)}");
+        var rollout = (await catalog.ListRolloutsAsync()).FirstOrDefault(r => r.StackId == stack);
+        Console.WriteLine(Printable($"{step} {stack}: done{(rollout is null ? "" : "; " + Headline(rollout, DateTimeOffset.UtcNow))}"));
         return 0;
+    }
+
+    /// <summary>
+    /// <paramref name="text"/> with control characters (C0, DEL, C1) shown as \uXXXX: gate evidence and quarantine reasons
+    /// carry what agents and plug-ins wrote, which must not drive the operator's terminal.
+    /// </summary>
+    internal static string Printable(string text)
+    {
+        if (!text.Any(char.IsControl))
+        {
+            return text;
+        }
+        var printable = new StringBuilder(text.Length + 16);
+        foreach (var c in text)
+        {
+            if (char.IsControl(c))
+            {
+                printable.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
+            }
+            else
+            {
+                printable.Append(c);
+            }
+        }
+        return printable.ToString();
     }
 
     /// <summary>The rollouts and bad versions as the list command prints them.</summary>
@@ -96,25 +122,25 @@ internal static class RolloutCommands
         }
         foreach (var rollout in rollouts.OrderBy(r => r.StackId, StringComparer.Ordinal))
         {
-            text.AppendLine(Headline(rollout, now));
+            text.AppendLine(Printable(Headline(rollout, now)));
             for (var i = 0; i < rollout.Rings.Length; i++)
             {
                 var ring = rollout.Rings[i];
                 var mark = i < rollout.Ring || (i == rollout.Ring && rollout.Status != RolloutStatus.RolledBack) ? "reached" : "waiting";
-                text.AppendLine($"  ring {ring.Name} ({mark}): {string.Join(", ", ring.Hosts)}");
+                text.AppendLine(Printable($"  ring {ring.Name} ({mark}): {string.Join(", ", ring.Hosts)}"));
             }
             foreach (var gate in rollout.Gates)
             {
-                text.AppendLine($"  gate {gate.Gate} {gate.Verdict.ToString().ToLowerInvariant()}: {gate.Evidence}");
+                text.AppendLine(Printable($"  gate {gate.Gate} {gate.Verdict.ToString().ToLowerInvariant()}: {gate.Evidence}"));
             }
             foreach (var step in rollout.Steps)
             {
-                text.AppendLine($"  {step.At:u} {step.Action} by {step.By}: {step.Why}");
+                text.AppendLine(Printable($"  {step.At:u} {step.Action} by {step.By}: {step.Why}"));
             }
         }
         foreach (var version in bad.OrderBy(b => b.StackId, StringComparer.Ordinal))
         {
-            text.AppendLine($"bad {version.StackId} {version.Version} since {version.At:u} by {version.By}: {version.Evidence}");
+            text.AppendLine(Printable($"bad {version.StackId} {version.Version} since {version.At:u} by {version.By}: {version.Evidence}"));
         }
         return text.ToString();
     }
@@ -122,7 +148,8 @@ internal static class RolloutCommands
     private static string Headline(Rollout rollout, DateTimeOffset now)
     {
         var where = rollout.Ring < 0 ? "no ring reached yet"
-            : $"ring {rollout.Ring + 1} of {rollout.Rings.Length} ({rollout.Rings[rollout.Ring].Name}), baked {Span(rollout.Baked(now))} of {Span(rollout.Bake)}";
+            : $"ring {rollout.Ring + 1} of {rollout.Rings.Length} ({rollout.Rings[rollout.Ring].Name})"
+                + (rollout.Active ? $", baked {Span(rollout.Baked(now))} of {Span(rollout.Bake)}" : "");
         return $"{rollout.StackId} {rollout.From} -> {rollout.To}: {rollout.Status.ToString().ToLowerInvariant()}, {where}, started {rollout.Started:u}";
     }
 
@@ -148,6 +175,18 @@ internal static class RolloutCommands
                 credential.Dispose();
                 throw new UsageException($"--certificate '{connection.Certificate}' is {credential.Caller}'s; rollout steps need an operator's (OU=operator)");
             }
+            if (connection.RevocationList is { } list)
+            {
+                try
+                {
+                    new RevocationListFile(list, credential.Authority).ReadIfChanged();
+                }
+                catch (InvalidDataException e)
+                {
+                    credential.Dispose();
+                    throw new UsageException($"--revocation-list: {e.Message}");
+                }
+            }
         }
         using var _ = credential;
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
@@ -171,7 +210,7 @@ internal static class RolloutCommands
                 });
             if (credential is not null)
             {
-                client.UseControlPlaneSecurity(credential);
+                client.UseControlPlaneSecurity(credential, connection.RevocationList);
             }
         });
         using var host = builder.Build();
@@ -182,7 +221,8 @@ internal static class RolloutCommands
         }
         catch (Exception e) when (e is not UsageException)
         {
-            Console.Error.WriteLine($"fabric-repo: cannot reach the cluster at {where} within {Span(connection.Timeout)}: {lastError ?? e.Message}");
+            var hint = credential is null ? " (a cluster with TLS needs --certificate, --key and --authority)" : "";
+            Console.Error.WriteLine(Printable($"fabric-repo: cannot reach the cluster at {where} within {Span(connection.Timeout)}{hint}: {lastError ?? e.Message}"));
             return 1;
         }
         try
@@ -191,16 +231,19 @@ internal static class RolloutCommands
         }
         catch (Exception e) when (e is UnauthorizedAccessException or TimeoutException or OrleansException or InvalidOperationException)
         {
-            Console.Error.WriteLine($"fabric-repo: the cluster at {where} refused or failed the call: {e.Message}");
+            Console.Error.WriteLine(Printable($"fabric-repo: the cluster at {where} refused or failed the call: {e.Message}"));
             return 1;
         }
         finally
         {
-            await host.StopAsync(CancellationToken.None);
+            // A gateway gone meanwhile must not hold the command: the client gets 5 s to close.
+            using var stopping = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            await host.StopAsync(stopping.Token);
         }
     }
 
-    private sealed record Connection(IPEndPoint[] Gateways, string ClusterId, string ServiceId, string? Certificate, string? Key, string? Authority, TimeSpan Timeout);
+    private sealed record Connection(IPEndPoint[] Gateways, string ClusterId, string ServiceId, string? Certificate, string? Key, string? Authority, string? RevocationList,
+        TimeSpan Timeout);
 
     /// <summary>How to reach the cluster: its gateways, ids, and the operator's certificate (required beyond loopback).</summary>
     private sealed class ConnectionOptions
@@ -234,6 +277,11 @@ internal static class RolloutCommands
         private readonly Option<string?> _certificate = new("--certificate") { Description = "an operator's certificate from the fleet's authority (PEM; OU=operator)", HelpName = "FILE" };
         private readonly Option<string?> _key = new("--key") { Description = "the certificate's private key (PEM)", HelpName = "FILE" };
         private readonly Option<string?> _authority = new("--authority") { Description = "the fleet's authority's certificate (PEM)", HelpName = "FILE" };
+        private readonly Option<string?> _revocationList = new("--revocation-list")
+        {
+            Description = "the fleet's authority's certificate revocation list: a silo whose certificate it revokes is refused",
+            HelpName = "FILE",
+        };
 
         private readonly Option<TimeSpan> _timeout = new("--timeout")
         {
@@ -246,7 +294,7 @@ internal static class RolloutCommands
 
         public void AddTo(Command command)
         {
-            foreach (var option in new Option[] { _gateway, _clusterId, _serviceId, _certificate, _key, _authority, _timeout })
+            foreach (var option in new Option[] { _gateway, _clusterId, _serviceId, _certificate, _key, _authority, _revocationList, _timeout })
             {
                 command.Options.Add(option);
             }
@@ -265,7 +313,16 @@ internal static class RolloutCommands
                 throw new UsageException("--certificate, --key and --authority are required with a gateway beyond loopback (the control channel is TLS with "
                     + "an operator's certificate)");
             }
-            return new Connection(gateways, result.GetValue(_clusterId)!, result.GetValue(_serviceId)!, files[0], files[1], files[2], result.GetValue(_timeout));
+            var revocationList = result.GetValue(_revocationList);
+            if (revocationList is not null && files[0] is null)
+            {
+                throw new UsageException("--revocation-list needs --certificate, --key and --authority (it is the authority's list)");
+            }
+            if (revocationList is not null && !File.Exists(revocationList))
+            {
+                throw new UsageException($"--revocation-list '{revocationList}' does not exist");
+            }
+            return new Connection(gateways, result.GetValue(_clusterId)!, result.GetValue(_serviceId)!, files[0], files[1], files[2], revocationList, result.GetValue(_timeout));
         }
     }
 }

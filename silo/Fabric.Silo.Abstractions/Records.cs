@@ -140,6 +140,13 @@ public sealed record StackVersionUse(
 {
     /// <summary>Why the host quarantined this version (it threw, hung or returned garbage), or null: it is usable.</summary>
     [Id(3)] public string? Quarantined { get; init; }
+
+    /// <summary>Packets (frames from VMs and datagrams from peers) the version's open slots on the host took, as their
+    /// instances count them since each opened.</summary>
+    [Id(4)] public long Packets { get; init; }
+
+    /// <summary>What the same instances dropped, by reason (a <c>StackDropReason</c>'s name); empty when none.</summary>
+    [Id(5)] public ImmutableDictionary<string, long> Drops { get; init; } = ImmutableDictionary<string, long>.Empty;
 }
 
 /// <summary>One NIC of a host's HAL inventory.</summary>

@@ -177,9 +177,9 @@ public sealed record SiloConfig(
         {
             yield return $"rolloutBakeSeconds: {RolloutBakeSeconds} is outside 10..604800 (how long each ring of a stack version's rollout bakes)";
         }
-        if (RolloutMinPaths is < 2 or > 100_000)
+        if (RolloutMinPaths is < 3 or > 100_000)
         {
-            yield return $"rolloutMinPaths: {RolloutMinPaths} is outside 2..100000 (the VM paths each version needs before the utility gate judges)";
+            yield return $"rolloutMinPaths: {RolloutMinPaths} is outside 3..100000 (the VM paths each version needs before the utility gate judges)";
         }
         if (Learning is null && Clustered)
         {

@@ -153,16 +153,16 @@ public class ControlPlaneEndToEndTests
             using var repository = new StackRepository(folder);
             repository.Publish(StackPlugins.StdIPv4, "std-ipv4", "1.0.0", new StackProfile(16, 0, 0, 0, "default; clean paths"));
             repository.Publish(StackPlugins.Fec, "fec", "1.0.0", FecProfile);
-            // Two hosts: the canary pair is the whole fleet, so fec 1.0.0's baseline is its outcomes of the bake before the
-            // rollout began (three VM paths; the gate is set to judge on two a version).
+            // Two hosts: the canary pair is the whole fleet, so the previous version's baseline is its outcomes of the bake
+            // before the rollout began (three VM paths a version, the least the gate may judge on).
             using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", moreVmsOnA: 1, controlPlane: new ControlPlaneSetup(repository.Path,
-                repository.Root, LearningStore: Path.Combine(folder, "learning"), AgentRefreshSeconds: 2, RolloutBakeSeconds: 60, RolloutMinPaths: 2));
+                repository.Root, LearningStore: Path.Combine(folder, "learning"), AgentRefreshSeconds: 2, RolloutBakeSeconds: 60, RolloutMinPaths: 3));
             topology.Emulator("set both delay=10ms");
             topology.Emulator("set both loss=3%");
             string[] senders = ["vm1", "vm2", "vm5"];
             foreach (var vm in senders)
             {
-                ReRegister(topology, vm, new { pin = "fec", vni = 100, workload = "bulk" });
+                ReRegister(topology, vm, new { pin = "fec", vni = 100 });
             }
             string Versions() => string.Join(" ", senders.Select(vm => $"{vm}={BoundVersion(topology, vm)}"));
             bool AllOn(string version) => senders.All(vm => BoundVersion(topology, vm) == version);
@@ -173,70 +173,99 @@ public class ControlPlaneEndToEndTests
                 return view.RootElement.TryGetProperty("rollouts", out var all)
                     ? all.EnumerateArray().Where(r => r.GetProperty("stackId").GetString() == "fec").Select(r => (JsonElement?)r.Clone()).LastOrDefault() : null;
             }
-            Eventually.True(() => AllOn("fec@1.0.0"), TimeSpan.FromSeconds(60), "the senders pinned to fec 1.0.0", () => $"{Versions()}\n{topology.Logs()}");
+            string Gate(JsonElement rollout, string name, string field) =>
+                rollout.GetProperty("gates").EnumerateArray().Single(g => g.GetProperty("gate").GetString() == name).GetProperty(field).GetString()!;
+            // Polled every 200 ms, not every 10: three agent status calls a poll on two cores that also carry the flows.
+            void Until(Func<bool> condition, int seconds, string what)
+            {
+                Eventually.True(() =>
+                {
+                    if (condition())
+                    {
+                        return true;
+                    }
+                    Thread.Sleep(200);
+                    return false;
+                }, TimeSpan.FromSeconds(seconds), what, () => $"{Versions()}\n{Rollouts()}");
+            }
+            Until(() => AllOn("fec@1.0.0"), 60, "the senders pinned to fec 1.0.0");
 
             var flows = senders.Select((vm, i) => new TcpFlow(topology.Vm(vm).Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5331 + i)).ToList();
-            double onGood, onBad;
+            double onFirst, onBad, onGood;
             TimeSpan canaryAfter, backAfter;
+            string badEvidence, goodEvidence;
             var clock = Stopwatch.StartNew();
             try
             {
                 Eventually.True(() => flows.All(f => f.Received > 500_000), TimeSpan.FromSeconds(30), "the three flows under way",
                     () => string.Join(", ", flows.Select(f => $"{f.Received} B {f.Error}")));
                 // fec 1.0.0's baseline: a few seconds of outcomes on each path.
-                onGood = Goodput(flows, TimeSpan.FromSeconds(8));
+                onFirst = Goodput(flows, TimeSpan.FromSeconds(8));
 
                 // fec 1.0.1 is fec with its parity disabled: at 3 % loss the guests' TCP loses what fec used to rebuild.
                 repository.Publish(StackPlugins.FecNoParity, "fec", "1.0.1", FecProfile);
                 var published = clock.Elapsed;
-                Eventually.True(() => AllOn("fec@1.0.1"), TimeSpan.FromSeconds(60), "the canary's senders on fec 1.0.1", () => $"{Versions()}\n{Rollouts()}");
+                Until(() => AllOn("fec@1.0.1"), 60, "the canary's senders on fec 1.0.1");
                 canaryAfter = clock.Elapsed - published;
                 onBad = Goodput(flows, TimeSpan.FromSeconds(3));
-                Eventually.True(() => FecRollout()?.GetProperty("status").GetString() == "RolledBack", TimeSpan.FromSeconds(90), "fec 1.0.1's rollout rolled back by its gate",
-                    () => $"{Versions()}\n{Rollouts()}");
+                Until(() => FecRollout()?.GetProperty("status").GetString() == "RolledBack", 90, "fec 1.0.1's rollout rolled back by its gate");
                 var failedAt = clock.Elapsed;
-                Eventually.True(() => AllOn("fec@1.0.0"), TimeSpan.FromSeconds(30), "every sender back on fec 1.0.0", () => $"{Versions()}\n{Rollouts()}");
+                Until(() => AllOn("fec@1.0.0"), 30, "every sender back on fec 1.0.0");
                 backAfter = clock.Elapsed - failedAt;
+                var rolledBack = FecRollout()!.Value;
+                Assert.Equal("Failed", Gate(rolledBack, "utility", "verdict"));
+                badEvidence = Gate(rolledBack, "utility", "evidence");
+                Assert.Contains("worse beyond the margin", badEvidence, StringComparison.Ordinal);
+                Assert.Contains(rolledBack.GetProperty("steps").EnumerateArray(),
+                    s => s.GetProperty("action").GetString() == "roll back" && s.GetProperty("by").GetString() == "the rollout's gates");
+                using (var view = JsonDocument.Parse(Rollouts()))
+                {
+                    var bad = view.RootElement.GetProperty("bad").EnumerateArray().Single(b => b.GetProperty("stackId").GetString() == "fec");
+                    Assert.Equal("1.0.1", bad.GetProperty("version").GetString());
+                    Assert.Contains("utility", bad.GetProperty("evidence").GetString(), StringComparison.Ordinal);
+                }
+
+                // The control: the real fec again as 1.0.2, on the same lossy link, after a fresh baseline on 1.0.0. Its gate
+                // judges it (both versions' paths compared) and does not fail it.
+                Thread.Sleep(TimeSpan.FromSeconds(10));
+                repository.Publish(StackPlugins.Fec, "fec", "1.0.2", FecProfile);
+                Until(() => AllOn("fec@1.0.2"), 60, "the senders on fec 1.0.2");
+                onGood = Goodput(flows, TimeSpan.FromSeconds(4));
+                Until(() => FecRollout() is { } r && r.GetProperty("to").GetString() == "1.0.2" && Gate(r, "utility", "evidence").Contains("difference", StringComparison.Ordinal),
+                    60, "fec 1.0.2's utility judged against 1.0.0's");
+                Thread.Sleep(TimeSpan.FromSeconds(15));
+                var good = FecRollout()!.Value;
+                goodEvidence = Gate(good, "utility", "evidence");
+                Assert.NotEqual("Failed", Gate(good, "utility", "verdict"));
+                Assert.NotEqual("RolledBack", good.GetProperty("status").GetString());
             }
             finally
             {
                 flows.ForEach(f => f.Dispose());
             }
-            var rollout = FecRollout()!.Value;
-            var utility = rollout.GetProperty("gates").EnumerateArray().Single(g => g.GetProperty("gate").GetString() == "utility");
-            Assert.Equal("Failed", utility.GetProperty("verdict").GetString());
-            var evidence = utility.GetProperty("evidence").GetString()!;
-            Assert.Contains("worse beyond the margin", evidence, StringComparison.Ordinal);
-            Assert.Contains(rollout.GetProperty("steps").EnumerateArray(), s => s.GetProperty("action").GetString() == "roll back" && s.GetProperty("by").GetString() == "the rollout's gates");
-            using (var view = JsonDocument.Parse(Rollouts()))
-            {
-                var bad = view.RootElement.GetProperty("bad").EnumerateArray().Single(b => b.GetProperty("stackId").GetString() == "fec");
-                Assert.Equal("1.0.1", bad.GetProperty("version").GetString());
-                Assert.Contains("utility", bad.GetProperty("evidence").GetString(), StringComparison.Ordinal);
-            }
 
-            // A good fec, 1.0.2 (the real one), on a clean link: it reaches both hosts through the canary, every path swapped
-            // with no frame lost, and the operator promotes it to done with fabric-repo from a host.
+            // On a clean link, the real fec once more as 1.0.3: it reaches both hosts, every path swapped with no frame lost,
+            // and the operator promotes it to done with fabric-repo from a host (its ring bakes a minute).
             topology.Emulator("set both loss=0%");
             using var datagrams = new DatagramCount(topology.Vm("vm1").Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5341);
-            repository.Publish(StackPlugins.Fec, "fec", "1.0.2", FecProfile);
-            Eventually.True(() => AllOn("fec@1.0.2"), TimeSpan.FromSeconds(60), "every sender on fec 1.0.2", () => $"{Versions()}\n{Rollouts()}");
-            var (sent, received) = datagrams.Stop();
-            // Its ring bakes a minute and its gates wait for comparable paths (fec 1.0.0's outcomes were at 3 % loss): still running.
+            repository.Publish(StackPlugins.Fec, "fec", "1.0.3", FecProfile);
+            Until(() => AllOn("fec@1.0.3"), 60, "every sender on fec 1.0.3");
+            var (sent, received, failure) = datagrams.Stop();
             Assert.Equal("Running", FecRollout()?.GetProperty("status").GetString());
             var (certificate, key, authority) = topology.OperatorCredential("ops-1");
             var (code, stdout, stderr) = Processes.Run("ip", ["netns", "exec", topology.HostA, Processes.Built("repository/Fabric.Repository.Cli", "fabric-repo"),
                 "rollout", "promote", "--stack", "fec", "--reason", "the canary is the fleet", "--by", "the e2e test", "--gateway", $"{OverlayTopology.SiloAddress}:30000",
                 "--certificate", certificate, "--key", key, "--authority", authority], timeout: TimeSpan.FromSeconds(60));
             Assert.True(code == 0, $"{stdout}{stderr}");
-            Assert.Contains("promote fec: done; fec 1.0.0 -> 1.0.2: completed", stdout, StringComparison.Ordinal);
+            Assert.Contains("promote fec: done; fec 1.0.2 -> 1.0.3: completed", stdout, StringComparison.Ordinal);
 
-            var report = $"fec at 3 % loss, 10 ms each way, three CUBIC guests: {onGood:0.0} Mbit/s on 1.0.0, {onBad:0.0} on 1.0.1 (no parity); 1.0.1 on the canary "
-                + $"{canaryAfter.TotalSeconds:0.0} s after its publish, every binding back {backAfter.TotalSeconds:0.0} s after the gate failed ({evidence}); "
-                + $"fec 1.0.2 reached both hosts with {sent - received} of {sent} datagrams lost";
+            var report = $"fec at 3 % loss, 10 ms each way, three CUBIC guests: {onFirst:0.0} Mbit/s on 1.0.0, {onBad:0.0} on 1.0.1 (no parity), {onGood:0.0} on 1.0.2; "
+                + $"1.0.1 on the canary {canaryAfter.TotalSeconds:0.0} s after its publish, every binding back {backAfter.TotalSeconds:0.0} s after the gate failed ({badEvidence}); "
+                + $"1.0.2 not failed ({goodEvidence}); fec 1.0.3 reached both hosts with {sent - received} of {sent} datagrams lost";
             TestContext.Current.SendDiagnosticMessage(report);
             Console.WriteLine(report);
-            Assert.True(onBad < onGood, report);
+            Assert.True(onBad < onFirst && onBad < onGood, report);
+            Assert.True(failure is null, $"{failure}; {report}");
             Assert.True(sent > 1000 && received == sent, report);
         }
         finally
@@ -271,6 +300,7 @@ public class ControlPlaneEndToEndTests
         private long _sent;
         private volatile bool _stop;
         private volatile bool _drained;
+        private string? _failure;
 
         public DatagramCount(string senderNamespace, string receiverNamespace, IPAddress receiver, int port)
         {
@@ -301,18 +331,26 @@ public class ControlPlaneEndToEndTests
             }) { IsBackground = true };
             _send = new Thread(() =>
             {
-                while (!_stop)
+                try
                 {
-                    _sender.Send(BitConverter.GetBytes(Interlocked.Increment(ref _sent)));
-                    Thread.Sleep(1);
+                    while (!_stop)
+                    {
+                        _sender.Send(BitConverter.GetBytes(Interlocked.Increment(ref _sent)));
+                        Thread.Sleep(1);
+                    }
+                }
+                catch (SocketException e)
+                {
+                    // Said by Stop (an unhandled exception here would end the test process).
+                    _failure = e.Message;
                 }
             }) { IsBackground = true };
             _receive.Start();
             _send.Start();
         }
 
-        /// <summary>Stops sending, waits a second for what is in flight, and counts.</summary>
-        public (long Sent, long Received) Stop()
+        /// <summary>Stops sending, waits a second for what is in flight, and counts; the send error that stopped it early, if any.</summary>
+        public (long Sent, long Received, string? Failure) Stop()
         {
             _stop = true;
             _send.Join();
@@ -321,7 +359,7 @@ public class ControlPlaneEndToEndTests
             _receive.Join();
             lock (_seen)
             {
-                return (Interlocked.Read(ref _sent), _seen.Count);
+                return (Interlocked.Read(ref _sent), _seen.Count, _failure);
             }
         }
 

@@ -164,8 +164,38 @@ public sealed partial class RemotePath : IDisposable
     private string CloseLocked(int slot)
     {
         var (instance, stackId) = _table.Remove(slot);
+        // What the instance last said it counted goes on counting for its version (a rollout's drops gate compares
+        // versions, and the previous one's slots close as the new one takes over). Not asked again here: closing never
+        // calls into a stack that may be the reason it closes.
+        if (_lastStats.Remove(slot, out var last) && last.StackId == stackId)
+        {
+            lock (_closedStats)
+            {
+                var (packets, drops) = _closedStats.TryGetValue(stackId, out var sum) ? sum : (0, new Dictionary<StackDropReason, long>());
+                foreach (var (reason, count) in last.Stats.Drops)
+                {
+                    drops[reason] = drops.GetValueOrDefault(reason) + count;
+                }
+                _closedStats[stackId] = (packets + last.Stats.FramesIn + last.Stats.DatagramsIn, drops);
+            }
+        }
         Discard(instance, stackId);
         return stackId;
+    }
+
+    /// <summary>Each occupied slot's figures as its instance last gave them (<see cref="StackStats"/>); under the gate.</summary>
+    private readonly Dictionary<int, (string StackId, StackStats Stats)> _lastStats = [];
+
+    private readonly Dictionary<string, (long Packets, Dictionary<StackDropReason, long> Drops)> _closedStats = new(StringComparer.Ordinal);
+
+    /// <summary>Per stack version key: the packets the path's closed slots of it took and what they dropped, by reason.</summary>
+    public IReadOnlyDictionary<string, (long Packets, IReadOnlyDictionary<StackDropReason, long> Drops)> ClosedStackStats()
+    {
+        lock (_closedStats)
+        {
+            return _closedStats.ToDictionary(e => e.Key, e => (e.Value.Packets, (IReadOnlyDictionary<StackDropReason, long>)new Dictionary<StackDropReason, long>(e.Value.Drops)),
+                StringComparer.Ordinal);
+        }
     }
 
     /// <summary>Reports what the calls of one turn of the gate threw, once the gate is released.</summary>
@@ -726,7 +756,9 @@ public sealed partial class RemotePath : IDisposable
                 _gate.Calling(slot, stackId);
                 try
                 {
-                    result[slot] = (StackKey.IdOf(stackId), _table.Instance(slot)!.GetStats(), StackKey.VersionOf(stackId) ?? "");
+                    var stats = _table.Instance(slot)!.GetStats();
+                    _lastStats[slot] = (stackId, stats);
+                    result[slot] = (StackKey.IdOf(stackId), stats, StackKey.VersionOf(stackId) ?? "");
                 }
                 finally
                 {

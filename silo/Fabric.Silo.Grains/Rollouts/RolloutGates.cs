@@ -8,7 +8,7 @@ namespace Fabric.Silo.Rollouts;
 /// <para>
 /// <b>utility</b>: what VMs got on the new version against the previous one, from the outcome log. Only the new
 /// version's outcomes on a host since the rollout reached it and the previous version's on a host before then, from one
-/// bake before the rollout started on, count (an agent cannot vote for a version it was not released; a fleet whose every
+/// bake (at most 10 minutes) before the rollout started on, count (an agent cannot vote for a version it was not released; a fleet whose every
 /// host is in the canary still has the previous version's recent outcomes to compare with). The unit is a VM path: its outcomes in one context are
 /// averaged into one value (outcomes of consecutive seconds are not independent), and each host gives at most
 /// <see cref="UnitsPerHost"/> units per version and context (a host with many VMs, or one that makes VMs up, weighs no
@@ -17,11 +17,19 @@ namespace Fabric.Silo.Rollouts;
 /// ms, above) — and the strata's differences of mean utility are pooled with weights of their size (n₁n₂/(n₁+n₂), not
 /// inverse variance, which let a stratum of identical values drown the others). With D the pooled difference (new −
 /// previous) and SE its standard error, the gate passes when the new version is not worse by more than the margin at the
-/// chosen confidence, (D + margin) / SE &gt; z(confidence) — a one-sided non-inferiority test: a new version must show
+/// chosen confidence, (D + margin) / SE &gt; t(confidence) — a one-sided non-inferiority test: a new version must show
 /// it is no worse, not merely fail to show it is — and fails when it is worse beyond the margin at 99 %,
-/// (D + margin) / SE &lt; −z(0.99): the judgement is repeated every few seconds, and a failure is for good. Otherwise,
+/// (D + margin) / SE &lt; −t(0.99), t being Student's with n₁ + n₂ − 2 degrees of freedom (units on both versions): the judgement is repeated every few seconds, and a failure is for good. Otherwise,
 /// or with fewer than the minimum units on either version in comparable strata, it is pending.
 /// </para>
+/// <para><b>drops</b>: the share of packets the new version's instances dropped (for any reason but
+/// <see cref="NotHarmful"/>) on the hosts reached against the previous version's on every host, as the hosts' registrations count them (packets taken and drops by reason, summed
+/// over each version's open slots). With p₁ and p₀ those shares and SE the standard error of their difference, it fails
+/// when the new version drops more by beyond <see cref="RolloutOptions.DropMargin"/> at 99 %, (p₁ − p₀ − margin) / SE
+/// &gt; z(0.99), passes when it is not worse by the margin at the chosen confidence, (p₀ + margin − p₁) / SE &gt;
+/// z(confidence), and is pending before <see cref="RolloutOptions.MinPackets"/> packets on each. Packets are not
+/// independent (drops come in bursts), so the margin, not the test, carries most of the judgement; the evidence names
+/// the reason whose share grew most.</para>
 /// <para><b>quarantine</b>: fails when two hosts the rollout reached (or every one, if fewer) quarantined the new version
 /// (it threw, hung or returned garbage on their packets), with their reasons: one agent's word alone rolls nothing back.</para>
 /// </summary>
@@ -43,7 +51,7 @@ public static class RolloutGates
         var units = new Dictionary<(string Host, string Vm, string Remote, string Stratum, bool New), Moments>();
         foreach (var o in outcomes)
         {
-            if (o.Stack != r.StackId || o.At < r.Started - r.Bake || !double.IsFinite(o.Utility) || o.Host is not { } host)
+            if (o.Stack != r.StackId || o.At < r.Started - LookBack(r) || !double.IsFinite(o.Utility) || o.Host is not { } host)
             {
                 continue;
             }
@@ -84,14 +92,46 @@ public static class RolloutGates
         var difference = weighted / weights;
         var error = Math.Sqrt(variance) / weights;
         var z = (difference + options.Margin) / error;
-        var (pass, fail) = (NormalQuantile(options.Confidence), NormalQuantile(FailConfidence));
+        // Student's t rather than the normal: a small fleet judges on few VM paths.
+        var freedom = nTo + nFrom - 2;
+        var (pass, fail) = (StudentQuantile(options.Confidence, freedom), StudentQuantile(FailConfidence, freedom));
         var meanTo = comparable.Sum(s => s.To.Sum) / nTo;
         var meanFrom = comparable.Sum(s => s.From.Sum) / nFrom;
         var evidence = F($"utility {meanTo:0.000} on {r.To} ({nTo} VM paths) vs {meanFrom:0.000} on {r.From} ({nFrom}) in {comparable.Count} comparable strata; ")
-            + F($"difference {difference:+0.000;-0.000} ± {error:0.000}, z {z:0.0} against {pass:0.00} to pass and −{fail:0.00} to fail, margin {options.Margin:0.000}");
+            + F($"difference {difference:+0.000;-0.000} ± {error:0.000}, t {z:0.0} against {pass:0.00} to pass and −{fail:0.00} to fail ({freedom} degrees of freedom), margin {options.Margin:0.000}");
         return z < -fail ? new GateResult("utility", GateVerdict.Failed, evidence + ": worse beyond the margin")
             : z > pass ? new GateResult("utility", GateVerdict.Passed, evidence + ": no worse")
             : new GateResult("utility", GateVerdict.Pending, evidence + ": not yet decided");
+    }
+
+    /// <summary>The drop reason the drops gate leaves out: a duplicate discarded is a redundant stack doing its job (fec's
+    /// parity for a group already whole), and how many there are follows the path's loss, not the version.</summary>
+    public const string NotHarmful = "Duplicate";
+
+    /// <summary>The drops gate (see the class remarks): <paramref name="reached"/> are the hosts of the rings reached, <paramref name="all"/> every host.</summary>
+    public static GateResult Drops(Rollout r, IEnumerable<HostInfo> reached, IEnumerable<HostInfo> all, RolloutOptions options)
+    {
+        static IEnumerable<StackVersionUse> Uses(IEnumerable<HostInfo> hosts, string id, string version) =>
+            hosts.SelectMany(h => h.StackVersions.IsDefault ? [] : h.StackVersions).Where(u => u.Id == id && u.Version == version);
+        var (to, from) = (Uses(reached, r.StackId, r.To).ToList(), Uses(all, r.StackId, r.From).ToList());
+        var (n1, n0) = (to.Sum(u => u.Packets), from.Sum(u => u.Packets));
+        static long Harmful(StackVersionUse u) => u.Drops.Where(d => d.Key != NotHarmful).Sum(d => d.Value);
+        var (d1, d0) = (to.Sum(Harmful), from.Sum(Harmful));
+        if (n1 < options.MinPackets || n0 < options.MinPackets)
+        {
+            return new GateResult("drops", GateVerdict.Pending, F($"{n1} packets on {r.To} and {n0} on {r.From}, {options.MinPackets} needed on each"));
+        }
+        var (p1, p0) = (Math.Min(1, (double)d1 / n1), Math.Min(1, (double)d0 / n0));
+        var error = Math.Max(Math.Sqrt((p1 * (1 - p1) / n1) + (p0 * (1 - p0) / n0)), 1e-9);
+        var reasons = to.Concat(from).SelectMany(u => u.Drops.Keys).Where(k => k != NotHarmful).Distinct(StringComparer.Ordinal)
+            .Select(reason => (Reason: reason, Growth: ((double)to.Sum(u => u.Drops.GetValueOrDefault(reason)) / n1) - ((double)from.Sum(u => u.Drops.GetValueOrDefault(reason)) / n0)))
+            .OrderByDescending(g => g.Growth).FirstOrDefault();
+        var evidence = F($"{p1:0.0000} of {n1} packets dropped on {r.To} vs {p0:0.0000} of {n0} on {r.From}, margin {options.DropMargin:0.0000}")
+            + (reasons.Reason is { } most && reasons.Growth > 0 ? F($"; most grown: {most} (+{reasons.Growth:0.0000})") : "");
+        var (fail, pass) = ((p1 - p0 - options.DropMargin) / error, (p0 + options.DropMargin - p1) / error);
+        return fail > NormalQuantile(FailConfidence) ? new GateResult("drops", GateVerdict.Failed, evidence + ": drops more beyond the margin")
+            : pass > NormalQuantile(options.Confidence) ? new GateResult("drops", GateVerdict.Passed, evidence + ": drops no more")
+            : new GateResult("drops", GateVerdict.Pending, evidence + ": not yet decided");
     }
 
     /// <summary>The quarantine gate: <paramref name="reached"/> are the hosts of the rings reached, with what each reported.</summary>
@@ -107,6 +147,21 @@ public static class RolloutGates
             : quarantined.Count > 0
                 ? new GateResult("quarantine", GateVerdict.Pending, $"{r.StackId} {r.To} quarantined on {string.Join(", ", quarantined)}: {needed} hosts must say so")
                 : new GateResult("quarantine", GateVerdict.Passed, $"no quarantine of {r.To}; {running} of {hosts.Count} hosts reached run it");
+    }
+
+    /// <summary>How long before a rollout's start the previous version's outcomes count: its bake, at most 10 minutes.</summary>
+    public static TimeSpan LookBack(Rollout r) => r.Bake < TimeSpan.FromMinutes(10) ? r.Bake : TimeSpan.FromMinutes(10);
+
+    /// <summary>
+    /// Student's t quantile with <paramref name="freedom"/> degrees of freedom, from the normal's by the Cornish–Fisher
+    /// expansion (within 1 % of the tables from 4 degrees of freedom on, a little below them: t(0.99, 4) 3.72 for 3.75).
+    /// </summary>
+    public static double StudentQuantile(double p, int freedom)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(freedom, 1);
+        var z = NormalQuantile(p);
+        var (z3, z5, z7, n) = (z * z * z, Math.Pow(z, 5), Math.Pow(z, 7), (double)freedom);
+        return z + ((z3 + z) / (4 * n)) + (((5 * z5) + (16 * z3) + (3 * z)) / (96 * n * n)) + (((3 * z7) + (19 * z5) + (17 * z3) - (15 * z)) / (384 * n * n * n));
     }
 
     /// <summary>The standard normal's quantile (Acklam's rational approximation, relative error below 1.2e-9).</summary>

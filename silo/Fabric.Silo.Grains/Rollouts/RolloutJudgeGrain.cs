@@ -25,7 +25,7 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
             plan = RolloutMachine.Plan(rollout.StackId, rollout.To, running);
             planned = rollout with { Rings = plan, Ring = 0 };
         }
-        var reached = infos.Where(i => planned.VersionFor(i.HostId) == rollout.To);
+        var reached = infos.Where(i => planned.VersionFor(i.HostId) == rollout.To).ToList();
         IReadOnlyList<LoggedOutcome> outcomes;
         try
         {
@@ -37,7 +37,8 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
             Log.OutcomesUnreadable(logger, rollout.StackId, e.Message);
             outcomes = [];
         }
-        ImmutableArray<GateResult> gates = [RolloutGates.Quarantine(rollout, reached), RolloutGates.Utility(planned, outcomes, planned.ReachedAt, options)];
+        ImmutableArray<GateResult> gates = [RolloutGates.Quarantine(rollout, reached), RolloutGates.Drops(rollout, reached, infos, options),
+            RolloutGates.Utility(planned, outcomes, planned.ReachedAt, options)];
         await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).JudgedAsync(new RolloutJudgement(rollout.StackId, rollout.To, gates, plan));
     }
 

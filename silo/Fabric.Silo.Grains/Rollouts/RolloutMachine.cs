@@ -9,7 +9,8 @@ namespace Fabric.Silo.Rollouts;
 /// judgement every <see cref="JudgeEvery"/>, and the utility gate needs <see cref="MinSamples"/> VM paths with outcomes
 /// on each version in comparable contexts, then decides at <see cref="Confidence"/> whether the new version is worse than the previous one by more
 /// than <see cref="Margin"/> (on the utility's 0–1 scale). <see cref="OutcomesRead"/> bounds how far back in the
-/// outcome log a judgement reads.
+/// outcome log a judgement reads. The drops gate needs <see cref="MinPackets"/> packets on each version and judges
+/// whether the new one drops a share of them larger by more than <see cref="DropMargin"/>.
 /// </summary>
 public sealed record RolloutOptions(
     TimeSpan Bake,
@@ -17,7 +18,9 @@ public sealed record RolloutOptions(
     int MinSamples = 8,
     double Margin = 0.02,
     double Confidence = 0.95,
-    int OutcomesRead = 50_000)
+    int OutcomesRead = 50_000,
+    double DropMargin = 0.005,
+    long MinPackets = 2_000)
 {
     public RolloutOptions() : this(TimeSpan.FromMinutes(10), TimeSpan.FromSeconds(10))
     {

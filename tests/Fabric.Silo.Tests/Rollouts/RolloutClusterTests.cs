@@ -25,6 +25,7 @@ public sealed class RolloutClusterTests(Azurite azurite) : IDisposable
     private const int VmsPerHost = 6;
     private readonly string _learning = Directory.CreateTempSubdirectory("fabric-rollout-").FullName;
     private readonly List<RecordingAgent> _agents = [];
+    private readonly Dictionary<string, RecordingAgent> _agentOf = new(StringComparer.Ordinal);
 
     public void Dispose() => Directory.Delete(_learning, recursive: true);
 
@@ -56,6 +57,7 @@ public sealed class RolloutClusterTests(Azurite azurite) : IDisposable
         {
             var agent = new RecordingAgent();
             _agents.Add(agent);
+            _agentOf[hosts[i]] = agent;
             await client.GetGrain<IHostGrain>(hosts[i]).RegisterAsync(Info(hosts[i], stacks, "1.0.0"), client.CreateObjectReference<IAgentObserver>(agent));
             for (var v = 0; v < VmsPerHost; v++)
             {
@@ -67,12 +69,24 @@ public sealed class RolloutClusterTests(Azurite azurite) : IDisposable
     private static HostInfo Info(string host, IEnumerable<string> stacks, string version) =>
         new(host, "127.0.0.1", null, 47110, [.. HostStacks, .. stacks], [], "test") { StackVersions = [.. stacks.Select(s => new StackVersionUse(s, version, 1))] };
 
+    /// <summary>A host's registration as an agent's says what each version's slots counted: 1.0.0's (the slots it had)
+    /// and the released version's, 0.1 % of their packets dropped as duplicates.</summary>
+    private static HostInfo Info(string host, IEnumerable<string> stacks, ImmutableDictionary<string, string> releases) =>
+        new(host, "127.0.0.1", null, 47110, [.. HostStacks, .. stacks], [], "test")
+        {
+            StackVersions = [.. stacks.SelectMany(s => new[] { "1.0.0", releases.GetValueOrDefault(s, "1.0.0") }.Distinct().Select(v => new StackVersionUse(s, v, 1)
+            {
+                Packets = 10_000,
+                Drops = ImmutableDictionary<string, long>.Empty.Add("Duplicate", 10),
+            }))],
+        };
+
     /// <summary>
     /// One interval of every host's telemetry: the path to the next host (30 ms, 2 % loss), and what its VM got on each
     /// stack at the version its desired state releases to it — worse (5 % residual loss) on <paramref name="worse"/>.
     /// Returns each host's releases.
     /// </summary>
-    private static async Task<Dictionary<string, ImmutableDictionary<string, string>>> ReportAsync(IClusterClient client, IReadOnlyList<string> hosts,
+    private async Task<Dictionary<string, ImmutableDictionary<string, string>>> ReportAsync(IClusterClient client, IReadOnlyList<string> hosts,
         IReadOnlyList<string> stacks, Random random, (string Stack, string Version)? worse = null)
     {
         var releases = new Dictionary<string, ImmutableDictionary<string, string>>(StringComparer.Ordinal);
@@ -81,6 +95,7 @@ public sealed class RolloutClusterTests(Azurite azurite) : IDisposable
             var (host, next) = (hosts[i], hosts[(i + 1) % hosts.Count]);
             var grain = client.GetGrain<IHostGrain>(host);
             releases[host] = (await grain.GetDesiredStateAsync()).Releases;
+            await grain.RegisterAsync(Info(host, stacks, releases[host]), client.CreateObjectReference<IAgentObserver>(_agentOf[host]));
             var conditions = new PathConditions(30, 0.02, 1, 100, DateTimeOffset.UtcNow);
             var outcomes = ImmutableArray.CreateBuilder<Outcome>();
             foreach (var (stack, v) in stacks.SelectMany(s => Enumerable.Range(0, VmsPerHost).Select(v => (s, v))))

@@ -251,12 +251,44 @@ public class RolloutMachineTests
     }
 
     [Fact]
-    public void TheNormalQuantile_MatchesTheTables()
+    public void TheDropsGate_FailsAVersionThatDropsMore_PassesOneThatDropsNoMore_AndWaitsForPackets()
+    {
+        var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", DateTimeOffset.UnixEpoch, Bake, "the catalog", "published");
+        var options = new RolloutOptions(Bake, TimeSpan.FromSeconds(10));
+        HostInfo Host(string id, params StackVersionUse[] versions) => new(id, "127.0.0.1", null, 1, ["fec"], [], "test") { StackVersions = [.. versions] };
+        StackVersionUse Use(string version, long packets, params (string Reason, long Count)[] drops) =>
+            new(r.StackId, version, 1) { Packets = packets, Drops = drops.ToImmutableDictionary(d => d.Reason, d => d.Count, StringComparer.Ordinal) };
+        GateResult Judge(StackVersionUse onReached, StackVersionUse onOthers) =>
+            RolloutGates.Drops(r, [Host("h1", onReached)], [Host("h1", onReached), Host("h2", onOthers), Host("h3", Use("0.9.0", 100_000, ("Malformed", 50_000)))], options);
+
+        // 3 % of its packets malformed against 0.1 % full buffers: worse beyond the half-point margin, and the reason is named.
+        var worse = Judge(Use("1.0.1", 20_000, ("Malformed", 600), ("BufferFull", 20)), Use("1.0.0", 50_000, ("BufferFull", 50)));
+        Assert.Equal(GateVerdict.Failed, worse.Verdict);
+        Assert.Contains("0.0310 of 20000 packets dropped on 1.0.1 vs 0.0010 of 50000 on 1.0.0", worse.Evidence, StringComparison.Ordinal);
+        Assert.Contains("most grown: Malformed (+0.0300)", worse.Evidence, StringComparison.Ordinal);
+        // The same share (another stack's and another version's drops count for nothing); duplicates discarded (a redundant
+        // stack's parity for a group already whole, more of them on a cleaner path) are no harm.
+        Assert.Equal(GateVerdict.Passed, Judge(Use("1.0.1", 20_000, ("BufferFull", 20), ("Duplicate", 4_000)), Use("1.0.0", 50_000, ("BufferFull", 50))).Verdict);
+        // Within the margin, on few packets: neither.
+        Assert.Equal(GateVerdict.Pending, Judge(Use("1.0.1", 2_500, ("BufferFull", 20)), Use("1.0.0", 2_500, ("BufferFull", 5))).Verdict);
+        var few = Judge(Use("1.0.1", 1_000, ("Malformed", 900)), Use("1.0.0", 50_000));
+        Assert.Equal(GateVerdict.Pending, few.Verdict);
+        Assert.Contains("2000 needed on each", few.Evidence, StringComparison.Ordinal);
+        // The new version on a host not reached (it only took the peers' packets there) is not counted.
+        Assert.Equal(GateVerdict.Pending, RolloutGates.Drops(r, [], [Host("h2", Use("1.0.1", 50_000, ("Malformed", 40_000)), Use("1.0.0", 50_000))], options).Verdict);
+    }
+
+    [Fact]
+    public void TheNormalAndStudentQuantiles_MatchTheTables()
     {
         Assert.Equal(1.6449, RolloutGates.NormalQuantile(0.95), 4);
         Assert.Equal(2.3263, RolloutGates.NormalQuantile(0.99), 4);
         Assert.Equal(0, RolloutGates.NormalQuantile(0.5), 9);
         Assert.Equal(-3.0902, RolloutGates.NormalQuantile(0.001), 4);
         Assert.Throws<ArgumentOutOfRangeException>(() => RolloutGates.NormalQuantile(1));
+        // Student's t, as the tables give it (t(0.95, 10) 1.812, t(0.99, 4) 3.747), and the normal's for many paths.
+        Assert.Equal(1.81, RolloutGates.StudentQuantile(0.95, 10), 2);
+        Assert.Equal(3.7, RolloutGates.StudentQuantile(0.99, 4), 1);
+        Assert.Equal(RolloutGates.NormalQuantile(0.99), RolloutGates.StudentQuantile(0.99, 100_000), 3);
     }
 }
