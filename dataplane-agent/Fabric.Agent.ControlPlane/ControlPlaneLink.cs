@@ -298,13 +298,20 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         // Usable and quarantined versions (a rollout's gate reads the quarantines), not withdrawn ones.
         var quarantined = s.StackHost.Quarantined;
         var registered = s.StackHost.Registered.Where(k => s.StackHost.IsUsable(k) || quarantined.ContainsKey(k)).ToList();
-        var counted = CountedByVersion(s, registered);
+        // The stacks' figures are asked for every 30 s, not at every registration: asking costs a thread a path.
+        if (_counted is null || _agent.Time.GetUtcNow() - _countedAt >= CountEvery)
+        {
+            (_counted, _countedAt) = (CountedByVersion(s, registered), _agent.Time.GetUtcNow());
+        }
+        var counted = _counted;
         var versions = registered
             .Select(k => new StackVersionUse(StackKey.IdOf(k), StackKey.VersionOf(k)!, carried.GetValueOrDefault(k))
             {
                 Quarantined = quarantined.TryGetValue(k, out var why) ? why[..Math.Min(why.Length, 200)] : null,
                 Packets = counted.TryGetValue(k, out var count) ? count.Packets : 0,
                 Drops = counted.TryGetValue(k, out count) ? count.Drops.ToImmutableDictionary(StringComparer.Ordinal) : ImmutableDictionary<string, long>.Empty,
+                CallNanoseconds = counted.TryGetValue(k, out count) ? count.Nanoseconds : 0,
+                CallsTimed = counted.TryGetValue(k, out count) ? count.Timed : 0,
             }).ToImmutableArray();
         return new HostInfo(HostId, s.UnderlayEndpoints.IPv4?.Address.ToString(), s.UnderlayEndpoints.IPv6?.Address.ToString(),
             s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0")
@@ -314,27 +321,32 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         };
     }
 
+    private static readonly TimeSpan CountEvery = TimeSpan.FromSeconds(30);
+    private Dictionary<string, (long Packets, Dictionary<string, long> Drops, long Nanoseconds, long Timed)>? _counted;
+    private DateTimeOffset _countedAt;
+
     /// <summary>
-    /// What the slots of each version counted (packets taken, drops by reason; open slots as their instances say now, closed
-    /// ones as they said when they closed), summed per version — only for stack ids with more than one version registered
-    /// here (what a rollout's drops gate compares); asking every path's stacks costs a thread a path.
+    /// What the slots of each version counted (packets taken, drops by reason; open slots as their instances say now,
+    /// closed ones as they said when they closed) and the time a sample of calls into them took, summed per version —
+    /// only for stack ids with more than one version registered here (what a rollout's drops and cpu gates compare);
+    /// asking every path's stacks costs a thread a path.
     /// </summary>
-    private static Dictionary<string, (long Packets, Dictionary<string, long> Drops)> CountedByVersion(Switch s, IReadOnlyList<string> registered)
+    private static Dictionary<string, (long Packets, Dictionary<string, long> Drops, long Nanoseconds, long Timed)> CountedByVersion(Switch s, IReadOnlyList<string> registered)
     {
         var compared = registered.GroupBy(StackKey.IdOf, StringComparer.Ordinal).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet(StringComparer.Ordinal);
-        var counted = new Dictionary<string, (long Packets, Dictionary<string, long> Drops)>(StringComparer.Ordinal);
+        var counted = new Dictionary<string, (long Packets, Dictionary<string, long> Drops, long Nanoseconds, long Timed)>(StringComparer.Ordinal);
         if (compared.Count == 0)
         {
             return counted;
         }
-        void Add(string key, long taken, IReadOnlyDictionary<Fabric.Stacks.StackDropReason, long> dropped)
+        void Add(string key, long taken, IReadOnlyDictionary<Fabric.Stacks.StackDropReason, long> dropped, long nanoseconds = 0, long timed = 0)
         {
-            var (packets, drops) = counted.TryGetValue(key, out var sum) ? sum : (0, new Dictionary<string, long>(StringComparer.Ordinal));
+            var (packets, drops, spent, calls) = counted.TryGetValue(key, out var sum) ? sum : (0, new Dictionary<string, long>(StringComparer.Ordinal), 0, 0);
             foreach (var (reason, count) in dropped)
             {
                 drops[reason.ToString()] = drops.GetValueOrDefault(reason.ToString()) + count;
             }
-            counted[key] = (packets + taken, drops);
+            counted[key] = (packets + taken, drops, spent + nanoseconds, calls + timed);
         }
         foreach (var path in s.Paths.Values)
         {
@@ -345,6 +357,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             foreach (var (key, closed) in path.ClosedStackStats().Where(c => compared.Contains(StackKey.IdOf(c.Key))))
             {
                 Add(key, closed.Packets, closed.Drops);
+            }
+            foreach (var (key, times) in path.StackCallTimes().Where(c => compared.Contains(StackKey.IdOf(c.Key))))
+            {
+                Add(key, 0, ImmutableDictionary<Fabric.Stacks.StackDropReason, long>.Empty, times.Nanoseconds, times.Samples);
             }
         }
         return counted;

@@ -88,19 +88,21 @@ internal static class RolloutCommands
     }
 
     /// <summary>
-    /// <paramref name="text"/> with control characters (C0, DEL, C1) shown as \uXXXX: gate evidence and quarantine reasons
-    /// carry what agents and plug-ins wrote, which must not drive the operator's terminal.
+    /// <paramref name="text"/> with control and format characters (C0, DEL, C1; bidirectional overrides) shown as \uXXXX:
+    /// gate evidence and quarantine reasons carry what agents and plug-ins wrote, which must neither drive the operator's
+    /// terminal nor reorder what it shows.
     /// </summary>
     internal static string Printable(string text)
     {
-        if (!text.Any(char.IsControl))
+        static bool Hidden(char c) => char.IsControl(c) || CharUnicodeInfo.GetUnicodeCategory(c) == UnicodeCategory.Format;
+        if (!text.Any(Hidden))
         {
             return text;
         }
         var printable = new StringBuilder(text.Length + 16);
         foreach (var c in text)
         {
-            if (char.IsControl(c))
+            if (Hidden(c))
             {
                 printable.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
             }

@@ -141,12 +141,20 @@ public sealed record StackVersionUse(
     /// <summary>Why the host quarantined this version (it threw, hung or returned garbage), or null: it is usable.</summary>
     [Id(3)] public string? Quarantined { get; init; }
 
-    /// <summary>Packets (frames from VMs and datagrams from peers) the version's open slots on the host took, as their
-    /// instances count them since each opened.</summary>
+    /// <summary>Packets (frames from VMs and datagrams from peers) the version's slots on the host took since the agent
+    /// started, as its instances count them (closed slots as they last said; refreshed every 30 s). 0 when the host has
+    /// only one version of the stack (nothing for a rollout to compare).</summary>
     [Id(4)] public long Packets { get; init; }
 
     /// <summary>What the same instances dropped, by reason (a <c>StackDropReason</c>'s name); empty when none.</summary>
     [Id(5)] public ImmutableDictionary<string, long> Drops { get; init; } = ImmutableDictionary<string, long>.Empty;
+
+    /// <summary>The time a sample of the host's calls into the version's instances took in all, in nanoseconds (the
+    /// agent times one call in 64: a packet's way through the stack, mostly).</summary>
+    [Id(6)] public long CallNanoseconds { get; init; }
+
+    /// <summary>How many calls <see cref="CallNanoseconds"/> timed.</summary>
+    [Id(7)] public long CallsTimed { get; init; }
 }
 
 /// <summary>One NIC of a host's HAL inventory.</summary>

@@ -50,6 +50,9 @@ public sealed class HostGrain : Grain, IHostGrain
     private DateTimeOffset _resyncedAt;
     private DateTimeOffset? _lastSeen;
 
+    /// <summary>The most packets (or timed calls) a host may say one stack version counted: 10¹², far beyond any real host's.</summary>
+    private const long MaxCount = 1_000_000_000_000;
+
     /// <summary>
     /// How often each path's conditions are told to its path grain even without a significant change. The notice to the
     /// path grain is one-way: one sent to a silo that just died is lost, and nothing else would wake the path's VMs while
@@ -243,7 +246,17 @@ public sealed class HostGrain : Grain, IHostGrain
         _lastSeen = DateTimeOffset.UtcNow;
         // What an agent reports of its versions is bounded (a compromised agent could send anything) and kept in memory only.
         _stackVersions = info.StackVersions.IsDefault ? [] : [.. info.StackVersions.Where(u => u.Id.Length <= 64 && u.Version.Length <= 64).Take(64)
-            .Select(u => u with { VmPaths = Math.Clamp(u.VmPaths, 0, 1_000_000), Quarantined = u.Quarantined?[..Math.Min(u.Quarantined.Length, 200)] })];
+            .Select(u => u with
+            {
+                VmPaths = Math.Clamp(u.VmPaths, 0, 1_000_000),
+                Quarantined = u.Quarantined?[..Math.Min(u.Quarantined.Length, 200)],
+                // Counters a rollout's gates compare: no negative, no sum that overflows, no drop beyond the packets.
+                Packets = Math.Clamp(u.Packets, 0, MaxCount),
+                Drops = (u.Drops ?? ImmutableDictionary<string, long>.Empty).Where(d => d.Key.Length is > 0 and <= 32).Take(16)
+                    .ToImmutableDictionary(d => d.Key, d => Math.Clamp(d.Value, 0, Math.Clamp(u.Packets, 0, MaxCount)), StringComparer.Ordinal),
+                CallNanoseconds = Math.Clamp(u.CallNanoseconds, 0, MaxCount * 1_000_000),
+                CallsTimed = Math.Clamp(u.CallsTimed, 0, MaxCount),
+            })];
         info = info with { StackVersions = [] };
         if (DateTimeOffset.UtcNow - _resyncedAt > ResyncEvery)
         {

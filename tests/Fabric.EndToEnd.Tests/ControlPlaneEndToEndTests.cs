@@ -154,16 +154,18 @@ public class ControlPlaneEndToEndTests
             repository.Publish(StackPlugins.StdIPv4, "std-ipv4", "1.0.0", new StackProfile(16, 0, 0, 0, "default; clean paths"));
             repository.Publish(StackPlugins.Fec, "fec", "1.0.0", FecProfile);
             // Two hosts: the canary pair is the whole fleet, so the previous version's baseline is its outcomes of the bake
-            // before the rollout began (three VM paths a version, the least the gate may judge on).
-            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", moreVmsOnA: 1, controlPlane: new ControlPlaneSetup(repository.Path,
+            // before the rollout began (four VM paths a version; the gate judges on three or more).
+            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", moreVmsOnA: 2, controlPlane: new ControlPlaneSetup(repository.Path,
                 repository.Root, LearningStore: Path.Combine(folder, "learning"), AgentRefreshSeconds: 2, RolloutBakeSeconds: 60, RolloutMinPaths: 3));
             topology.Emulator("set both delay=10ms");
             topology.Emulator("set both loss=3%");
-            string[] senders = ["vm1", "vm2", "vm5"];
+            string[] senders = ["vm1", "vm2", "vm5", "vm6"];
             foreach (var vm in senders)
             {
                 ReRegister(topology, vm, new { pin = "fec", vni = 100 });
             }
+            // The receiver's acknowledgements go on std-ipv4: fec's outcomes are the senders' alone (four VM paths a version).
+            ReRegister(topology, "vm3", new { pin = "std-ipv4", vni = 100 });
             string Versions() => string.Join(" ", senders.Select(vm => $"{vm}={BoundVersion(topology, vm)}"));
             bool AllOn(string version) => senders.All(vm => BoundVersion(topology, vm) == version);
             string Rollouts() => topology.SiloApi("/api/rollouts");
@@ -175,7 +177,7 @@ public class ControlPlaneEndToEndTests
             }
             string Gate(JsonElement rollout, string name, string field) =>
                 rollout.GetProperty("gates").EnumerateArray().Single(g => g.GetProperty("gate").GetString() == name).GetProperty(field).GetString()!;
-            // Polled every 200 ms, not every 10: three agent status calls a poll on two cores that also carry the flows.
+            // Polled every 200 ms, not every 10: four agent status calls a poll on two cores that also carry the flows.
             void Until(Func<bool> condition, int seconds, string what)
             {
                 Eventually.True(() =>
@@ -190,14 +192,15 @@ public class ControlPlaneEndToEndTests
             }
             Until(() => AllOn("fec@1.0.0"), 60, "the senders pinned to fec 1.0.0");
 
-            var flows = senders.Select((vm, i) => new TcpFlow(topology.Vm(vm).Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5331 + i)).ToList();
+            // 20 Mbit/s each, so four flows leave the agents' two cores room (what varies is the stack, not the machine's load).
+            var flows = senders.Select((vm, i) => new TcpFlow(topology.Vm(vm).Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5331 + i, mbps: 20)).ToList();
             double onFirst, onBad, onGood;
             TimeSpan canaryAfter, backAfter;
             string badEvidence, goodEvidence;
             var clock = Stopwatch.StartNew();
             try
             {
-                Eventually.True(() => flows.All(f => f.Received > 500_000), TimeSpan.FromSeconds(30), "the three flows under way",
+                Eventually.True(() => flows.All(f => f.Received > 500_000), TimeSpan.FromSeconds(30), "the four flows under way",
                     () => string.Join(", ", flows.Select(f => $"{f.Received} B {f.Error}")));
                 // fec 1.0.0's baseline: a few seconds of outcomes on each path.
                 onFirst = Goodput(flows, TimeSpan.FromSeconds(8));
@@ -259,7 +262,7 @@ public class ControlPlaneEndToEndTests
             Assert.True(code == 0, $"{stdout}{stderr}");
             Assert.Contains("promote fec: done; fec 1.0.2 -> 1.0.3: completed", stdout, StringComparison.Ordinal);
 
-            var report = $"fec at 3 % loss, 10 ms each way, three CUBIC guests: {onFirst:0.0} Mbit/s on 1.0.0, {onBad:0.0} on 1.0.1 (no parity), {onGood:0.0} on 1.0.2; "
+            var report = $"fec at 3 % loss, 10 ms each way, four CUBIC guests at most 20 Mbit/s each: {onFirst:0.0} Mbit/s on 1.0.0, {onBad:0.0} on 1.0.1 (no parity), {onGood:0.0} on 1.0.2; "
                 + $"1.0.1 on the canary {canaryAfter.TotalSeconds:0.0} s after its publish, every binding back {backAfter.TotalSeconds:0.0} s after the gate failed ({badEvidence}); "
                 + $"1.0.2 not failed ({goodEvidence}); fec 1.0.3 reached both hosts with {sent - received} of {sent} datagrams lost";
             TestContext.Current.SendDiagnosticMessage(report);
@@ -373,11 +376,11 @@ public class ControlPlaneEndToEndTests
         }
     }
 
-    /// <summary>Detaches a VM of host-a and registers it again as a hook would, with <paramref name="policy"/>.</summary>
+    /// <summary>Detaches a VM and registers it again on its host as a hook would, with <paramref name="policy"/>.</summary>
     private static TestVm ReRegister(OverlayTopology topology, string name, object policy)
     {
         var vm = topology.Vm(name);
-        Assert.Equal(0, topology.Ctl("host-a", "detach-vm", name).Code);
+        Assert.Equal(0, topology.Ctl(vm.Host, "detach-vm", name).Code);
         var registration = JsonSerializer.Serialize(new
         {
             op = "register-vm",
@@ -388,7 +391,7 @@ public class ControlPlaneEndToEndTests
                 policy,
             },
         });
-        Assert.Contains("\"ok\":true", AgentApi.Send(topology.SocketA, registration), StringComparison.Ordinal);
+        Assert.Contains("\"ok\":true", AgentApi.Send(vm.Host == "host-a" ? topology.SocketA : topology.SocketB, registration), StringComparison.Ordinal);
         return vm;
     }
 
@@ -462,7 +465,7 @@ public class ControlPlaneEndToEndTests
         private long _received;
         private volatile bool _stop;
 
-        public TcpFlow(string senderNamespace, string receiverNamespace, IPAddress receiver, int port)
+        public TcpFlow(string senderNamespace, string receiverNamespace, IPAddress receiver, int port, uint mbps = 50)
         {
             _listener = NetworkNamespace.Run(receiverNamespace, () => new Socket(SocketType.Stream, ProtocolType.Tcp));
             _listener.Bind(new IPEndPoint(receiver, port));
@@ -475,7 +478,7 @@ public class ControlPlaneEndToEndTests
             // the clean phase has no loss of its own making, so what the test varies is the link's loss alone. (Unpaced,
             // the flows filled the agents' queues, the prior read their drops as random loss and chose fec before the
             // loss began; at 100 Mbit/s each a loaded CI run still measured 0.12 % and did the same.)
-            _sender.SetRawSocketOption(1 /* SOL_SOCKET */, 47 /* SO_MAX_PACING_RATE */, BitConverter.GetBytes(6_250_000u));
+            _sender.SetRawSocketOption(1 /* SOL_SOCKET */, 47 /* SO_MAX_PACING_RATE */, BitConverter.GetBytes(mbps * 125_000u));
             _sender.Connect(new IPEndPoint(receiver, port));
             var accepted = _listener.Accept();
             _receive = new Thread(() =>

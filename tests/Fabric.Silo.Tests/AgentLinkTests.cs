@@ -294,12 +294,12 @@ public sealed class AgentLinkTests
             Assert.True(sent > 500, $"only {sent} frames were sent");
             Assert.Equal(sent, received);
             Assert.Equal(0, hosts.B.Switch.Paths["host-a"].SequenceGaps);
-            // host-b's registrations count both versions' packets for the drops gate (0.2.0's slot closed: its last figures go on counting).
+            // host-b's registrations count both versions' packets for the drops gate (0.2.0's slot closed: what it counted then goes on counting).
             async Task<string> Counted() => string.Join(", ", ((await silo.Grains.GetGrain<IHostGrain>("host-b").GetInfoAsync())?.StackVersions ?? [])
                 .Select(u => $"{u.Id}@{u.Version} {u.Packets} packets, {u.Drops.Values.Sum()} dropped"));
             await Eventually.TrueAsync(async () => (await silo.Grains.GetGrain<IHostGrain>("host-b").GetInfoAsync())?.StackVersions is { IsDefault: false } versions
                     && versions.Any(u => u.Id == "swap-test" && u.Version == "0.2.0" && u.Packets > 0) && versions.Any(u => u.Id == "swap-test" && u.Version == "0.1.0" && u.Packets > 0),
-                Wait, "host-b's registration counting both versions' packets", Counted);
+                TimeSpan.FromSeconds(60), "host-b's registration counting both versions' packets (asked every 30 s)", Counted);
             TestContext.Current.TestOutputHelper?.WriteLine($"roll back to vm1's binding moved: {movedBack.TotalSeconds:0.0} s (registrations every 5 s); frames {sent} sent, {received} received; "
                 + $"host-b counted {await Counted()}");
         }

@@ -61,8 +61,38 @@ internal sealed class PathGate(string hostId, Func<long> clock)
     /// <summary><see cref="Calling(int, string?, long)"/> from now.</summary>
     public void Calling(int slot, string? stackId) => Calling(slot, stackId, clock());
 
-    /// <summary>The call <see cref="Calling(int, string?, long)"/> marked has returned.</summary>
-    public void Returned() => Volatile.Write(ref _inCallSince, 0);
+    /// <summary>The call <see cref="Calling(int, string?, long)"/> marked has returned (under the gate). One call in
+    /// <see cref="SampleEvery"/> is timed, for <see cref="CallTimes"/>.</summary>
+    public void Returned()
+    {
+        var since = Volatile.Read(ref _inCallSince);
+        Volatile.Write(ref _inCallSince, 0);
+        if (++_returns % SampleEvery != 0 || since == 0 || _inCallStack is not { } stack)
+        {
+            return;
+        }
+        var took = clock() - since;
+        lock (_callTimes)
+        {
+            var (nanoseconds, samples) = _callTimes.GetValueOrDefault(stack);
+            _callTimes[stack] = (nanoseconds + took, samples + 1);
+        }
+    }
+
+    /// <summary>How many calls into stacks go by for each one timed: a clock read per call would cost the data path.</summary>
+    public const int SampleEvery = 64;
+
+    private long _returns;
+    private readonly Dictionary<string, (long Nanoseconds, long Samples)> _callTimes = new(StringComparer.Ordinal);
+
+    /// <summary>Per stack version key: the time its timed calls took in all and how many were timed, since the path began.</summary>
+    public IReadOnlyDictionary<string, (long Nanoseconds, long Samples)> CallTimes()
+    {
+        lock (_callTimes)
+        {
+            return new Dictionary<string, (long, long)>(_callTimes, StringComparer.Ordinal);
+        }
+    }
 
     /// <summary>The slot whose stack the current (or last) call went into.</summary>
     public int InCallSlot => _inCallSlot;

@@ -163,30 +163,41 @@ public sealed partial class RemotePath : IDisposable
     /// <summary>Empties <paramref name="slot"/> (under the gate) and disposes of its instance; returns its stack id.</summary>
     private string CloseLocked(int slot)
     {
-        var (instance, stackId) = _table.Remove(slot);
-        // What the instance last said it counted goes on counting for its version (a rollout's drops gate compares
-        // versions, and the previous one's slots close as the new one takes over). Not asked again here: closing never
-        // calls into a stack that may be the reason it closes.
-        if (_lastStats.Remove(slot, out var last) && last.StackId == stackId)
+        var stackId = _table.StackIn(slot)!;
+        // What the instance counted goes on counting for its version (a rollout's drops gate compares versions, and the
+        // previous one's slots close as the new one takes over). Asked as every call into a stack is, under the watch: a
+        // stack that throws here loses its figures, one that hangs makes the path stuck like any other call.
+        _gate.Calling(slot, stackId);
+        try
         {
+            var stats = _table.Instance(slot)!.GetStats();
             lock (_closedStats)
             {
                 var (packets, drops) = _closedStats.TryGetValue(stackId, out var sum) ? sum : (0, new Dictionary<StackDropReason, long>());
-                foreach (var (reason, count) in last.Stats.Drops)
+                foreach (var (reason, count) in stats.Drops)
                 {
-                    drops[reason] = drops.GetValueOrDefault(reason) + count;
+                    drops[reason] = drops.GetValueOrDefault(reason) + Math.Max(0, count);
                 }
-                _closedStats[stackId] = (packets + last.Stats.FramesIn + last.Stats.DatagramsIn, drops);
+                _closedStats[stackId] = (packets + Math.Max(0, stats.FramesIn) + Math.Max(0, stats.DatagramsIn), drops);
             }
         }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            OnStackEvent?.Invoke(stackId, "stats-lost", $"{e.GetType().Name}: {e.Message}; what the closed slot counted is not kept");
+        }
+        finally
+        {
+            _gate.Returned();
+        }
+        var (instance, _) = _table.Remove(slot);
         Discard(instance, stackId);
         return stackId;
     }
 
-    /// <summary>Each occupied slot's figures as its instance last gave them (<see cref="StackStats"/>); under the gate.</summary>
-    private readonly Dictionary<int, (string StackId, StackStats Stats)> _lastStats = [];
-
     private readonly Dictionary<string, (long Packets, Dictionary<StackDropReason, long> Drops)> _closedStats = new(StringComparer.Ordinal);
+
+    /// <summary>Per stack version key: the time a sample of the path's calls into its instances took, and how many were timed.</summary>
+    public IReadOnlyDictionary<string, (long Nanoseconds, long Samples)> StackCallTimes() => _gate.CallTimes();
 
     /// <summary>Per stack version key: the packets the path's closed slots of it took and what they dropped, by reason.</summary>
     public IReadOnlyDictionary<string, (long Packets, IReadOnlyDictionary<StackDropReason, long> Drops)> ClosedStackStats()
@@ -756,9 +767,7 @@ public sealed partial class RemotePath : IDisposable
                 _gate.Calling(slot, stackId);
                 try
                 {
-                    var stats = _table.Instance(slot)!.GetStats();
-                    _lastStats[slot] = (stackId, stats);
-                    result[slot] = (StackKey.IdOf(stackId), stats, StackKey.VersionOf(stackId) ?? "");
+                    result[slot] = (StackKey.IdOf(stackId), _table.Instance(slot)!.GetStats(), StackKey.VersionOf(stackId) ?? "");
                 }
                 finally
                 {

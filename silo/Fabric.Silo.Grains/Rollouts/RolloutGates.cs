@@ -19,16 +19,19 @@ namespace Fabric.Silo.Rollouts;
 /// previous) and SE its standard error, the gate passes when the new version is not worse by more than the margin at the
 /// chosen confidence, (D + margin) / SE &gt; t(confidence) — a one-sided non-inferiority test: a new version must show
 /// it is no worse, not merely fail to show it is — and fails when it is worse beyond the margin at 99 %,
-/// (D + margin) / SE &lt; −t(0.99), t being Student's with n₁ + n₂ − 2 degrees of freedom (units on both versions): the judgement is repeated every few seconds, and a failure is for good. Otherwise,
-/// or with fewer than the minimum units on either version in comparable strata, it is pending.
+/// (D + margin) / SE &lt; −t(0.99), t being Student's with min(n₁, n₂) − 1 degrees of freedom (Welch's lower bound):
+/// the judgement is repeated every few seconds, and a failure is for good. Otherwise, or with fewer than the minimum
+/// units on either version in comparable strata, it is pending.
 /// </para>
-/// <para><b>drops</b>: the share of packets the new version's instances dropped (for any reason but
-/// <see cref="NotHarmful"/>) on the hosts reached against the previous version's on every host, as the hosts' registrations count them (packets taken and drops by reason, summed
-/// over each version's open slots). With p₁ and p₀ those shares and SE the standard error of their difference, it fails
-/// when the new version drops more by beyond <see cref="RolloutOptions.DropMargin"/> at 99 %, (p₁ − p₀ − margin) / SE
-/// &gt; z(0.99), passes when it is not worse by the margin at the chosen confidence, (p₀ + margin − p₁) / SE &gt;
-/// z(confidence), and is pending before <see cref="RolloutOptions.MinPackets"/> packets on each. Packets are not
-/// independent (drops come in bursts), so the margin, not the test, carries most of the judgement; the evidence names
+/// <para><b>drops</b>: on each reached host that carried <see cref="RolloutOptions.MinPackets"/> packets on both
+/// versions, the share the new version's instances dropped (for any reason but <see cref="NotHarmful"/>) against the
+/// share the previous version's dropped on the same host, as its registrations count them (since the agent started;
+/// open slots as their instances say, closed ones as they last said). With p₁ and p₀ those shares and SE the standard
+/// error of their difference, a host finds the new version worse when (p₁ − p₀ − margin) / SE &gt; z(0.99) and no worse
+/// when (p₀ + margin − p₁) / SE &gt; z(confidence). The gate fails when two hosts (or every one, if fewer) find it
+/// worse — one agent's word, or one plug-in's counters on one host, rolls nothing back — passes when every host
+/// measured finds it no worse, passes with nothing to compare when no host carried both, and is pending otherwise.
+/// Packets are not independent (drops come in bursts), so the margin carries most of the judgement; the evidence names
 /// the reason whose share grew most.</para>
 /// <para><b>quarantine</b>: fails when two hosts the rollout reached (or every one, if fewer) quarantined the new version
 /// (it threw, hung or returned garbage on their packets), with their reasons: one agent's word alone rolls nothing back.</para>
@@ -92,8 +95,9 @@ public static class RolloutGates
         var difference = weighted / weights;
         var error = Math.Sqrt(variance) / weights;
         var z = (difference + options.Margin) / error;
-        // Student's t rather than the normal: a small fleet judges on few VM paths.
-        var freedom = nTo + nFrom - 2;
+        // Student's t rather than the normal: a small fleet judges on few VM paths. The variances are not pooled, so the
+        // degrees of freedom are Welch's lower bound, the smaller side's units less one.
+        var freedom = Math.Max(1, Math.Min(nTo, nFrom) - 1);
         var (pass, fail) = (StudentQuantile(options.Confidence, freedom), StudentQuantile(FailConfidence, freedom));
         var meanTo = comparable.Sum(s => s.To.Sum) / nTo;
         var meanFrom = comparable.Sum(s => s.From.Sum) / nFrom;
@@ -108,30 +112,95 @@ public static class RolloutGates
     /// parity for a group already whole), and how many there are follows the path's loss, not the version.</summary>
     public const string NotHarmful = "Duplicate";
 
-    /// <summary>The drops gate (see the class remarks): <paramref name="reached"/> are the hosts of the rings reached, <paramref name="all"/> every host.</summary>
-    public static GateResult Drops(Rollout r, IEnumerable<HostInfo> reached, IEnumerable<HostInfo> all, RolloutOptions options)
+    /// <summary>The drops gate (see the class remarks): <paramref name="reached"/> are the hosts of the rings reached.</summary>
+    public static GateResult Drops(Rollout r, IEnumerable<HostInfo> reached, RolloutOptions options)
     {
-        static IEnumerable<StackVersionUse> Uses(IEnumerable<HostInfo> hosts, string id, string version) =>
-            hosts.SelectMany(h => h.StackVersions.IsDefault ? [] : h.StackVersions).Where(u => u.Id == id && u.Version == version);
-        var (to, from) = (Uses(reached, r.StackId, r.To).ToList(), Uses(all, r.StackId, r.From).ToList());
-        var (n1, n0) = (to.Sum(u => u.Packets), from.Sum(u => u.Packets));
         static long Harmful(StackVersionUse u) => u.Drops.Where(d => d.Key != NotHarmful).Sum(d => d.Value);
-        var (d1, d0) = (to.Sum(Harmful), from.Sum(Harmful));
-        if (n1 < options.MinPackets || n0 < options.MinPackets)
+        var (worse, undecided, fine) = (new List<string>(), new List<string>(), new List<string>());
+        foreach (var host in reached.OrderBy(h => h.HostId, StringComparer.Ordinal))
         {
-            return new GateResult("drops", GateVerdict.Pending, F($"{n1} packets on {r.To} and {n0} on {r.From}, {options.MinPackets} needed on each"));
+            var versions = host.StackVersions.IsDefault ? [] : host.StackVersions;
+            if (versions.FirstOrDefault(u => u.Id == r.StackId && u.Version == r.To) is not { } to || versions.FirstOrDefault(u => u.Id == r.StackId && u.Version == r.From) is not { } from
+                || to.Packets < options.MinPackets || from.Packets < options.MinPackets)
+            {
+                continue;
+            }
+            var (p1, p0) = (Math.Min(1, (double)Harmful(to) / to.Packets), Math.Min(1, (double)Harmful(from) / from.Packets));
+            var error = Math.Max(Math.Sqrt((p1 * (1 - p1) / to.Packets) + (p0 * (1 - p0) / from.Packets)), 1e-9);
+            var grown = to.Drops.Keys.Where(k => k != NotHarmful)
+                .Select(reason => (Reason: reason, Growth: ((double)to.Drops.GetValueOrDefault(reason) / to.Packets) - ((double)from.Drops.GetValueOrDefault(reason) / from.Packets)))
+                .OrderByDescending(g => g.Growth).FirstOrDefault();
+            var said = F($"{host.HostId} {p1:0.0000} of {to.Packets} packets on {r.To} vs {p0:0.0000} of {from.Packets} on {r.From}")
+                + (grown.Reason is { } most && grown.Growth > 0 ? F($" (most grown: {most} +{grown.Growth:0.0000})") : "");
+            (((p1 - p0 - options.DropMargin) / error > NormalQuantile(FailConfidence)) ? worse
+                : ((p0 + options.DropMargin - p1) / error > NormalQuantile(options.Confidence)) ? fine : undecided).Add(said);
         }
-        var (p1, p0) = (Math.Min(1, (double)d1 / n1), Math.Min(1, (double)d0 / n0));
-        var error = Math.Max(Math.Sqrt((p1 * (1 - p1) / n1) + (p0 * (1 - p0) / n0)), 1e-9);
-        var reasons = to.Concat(from).SelectMany(u => u.Drops.Keys).Where(k => k != NotHarmful).Distinct(StringComparer.Ordinal)
-            .Select(reason => (Reason: reason, Growth: ((double)to.Sum(u => u.Drops.GetValueOrDefault(reason)) / n1) - ((double)from.Sum(u => u.Drops.GetValueOrDefault(reason)) / n0)))
-            .OrderByDescending(g => g.Growth).FirstOrDefault();
-        var evidence = F($"{p1:0.0000} of {n1} packets dropped on {r.To} vs {p0:0.0000} of {n0} on {r.From}, margin {options.DropMargin:0.0000}")
-            + (reasons.Reason is { } most && reasons.Growth > 0 ? F($"; most grown: {most} (+{reasons.Growth:0.0000})") : "");
-        var (fail, pass) = ((p1 - p0 - options.DropMargin) / error, (p0 + options.DropMargin - p1) / error);
-        return fail > NormalQuantile(FailConfidence) ? new GateResult("drops", GateVerdict.Failed, evidence + ": drops more beyond the margin")
-            : pass > NormalQuantile(options.Confidence) ? new GateResult("drops", GateVerdict.Passed, evidence + ": drops no more")
-            : new GateResult("drops", GateVerdict.Pending, evidence + ": not yet decided");
+        var measured = worse.Count + undecided.Count + fine.Count;
+        var margin = F($"margin {options.DropMargin:0.0000}");
+        if (measured == 0)
+        {
+            return new GateResult("drops", GateVerdict.Passed,
+                F($"nothing to compare: no host reached has carried {options.MinPackets} packets on both {r.To} and {r.From}"));
+        }
+        var needed = Math.Min(2, measured);
+        return worse.Count >= needed ? new GateResult("drops", GateVerdict.Failed, $"drops more beyond the {margin} on {string.Join("; ", worse)}")
+            : worse.Count > 0 ? new GateResult("drops", GateVerdict.Pending, $"drops more beyond the {margin} on {string.Join("; ", worse)}: {needed} hosts must")
+            : undecided.Count > 0 ? new GateResult("drops", GateVerdict.Pending, $"not yet decided ({margin}) on {string.Join("; ", undecided)}")
+            : new GateResult("drops", GateVerdict.Passed, $"drops no more ({margin}) on {string.Join("; ", fine)}");
+    }
+
+    /// <summary>
+    /// The silence gate: fails when two hosts the rollout reached (or every one, if fewer) went silent after it reached
+    /// them — registered, renewed or reported since their release and not for <see cref="RolloutOptions.Silence"/> — as an
+    /// agent that crashes on the new version does; pending while one has. A host silent before it was reached, or whose
+    /// last word this silo has not seen (<paramref name="lastSeen"/> null: its grain activated since), counts for nothing.
+    /// </summary>
+    public static GateResult Silence(Rollout r, IReadOnlyCollection<(string Host, DateTimeOffset? LastSeen)> lastSeen, DateTimeOffset now, RolloutOptions options)
+    {
+        var silent = lastSeen
+            .Where(h => h.LastSeen is { } seen && r.ReachedAt(h.Host) is { } reached && seen >= reached && now - seen > options.Silence)
+            .OrderBy(h => h.Host, StringComparer.Ordinal)
+            .Select(h => F($"{h.Host} (silent {(now - h.LastSeen!.Value).TotalSeconds:0} s)")).ToList();
+        var needed = Math.Min(2, lastSeen.Count);
+        return silent.Count > 0 && silent.Count >= needed
+            ? new GateResult("silence", GateVerdict.Failed, $"hosts went silent after {r.To} reached them: {string.Join(", ", silent)}")
+            : silent.Count > 0
+                ? new GateResult("silence", GateVerdict.Pending, $"{string.Join(", ", silent)} went silent after {r.To} reached it: {needed} hosts must")
+                : new GateResult("silence", GateVerdict.Passed, F($"every one of {lastSeen.Count} hosts reached spoke within {options.Silence.TotalSeconds:0} s"));
+    }
+
+    /// <summary>
+    /// The cpu gate: on each reached host that timed enough calls into both versions (<see cref="RolloutOptions.MinCallsTimed"/>
+    /// each, the agent timing one call in 64), the new version's mean time per call against the previous one's — on the
+    /// same host, so its processor is no factor. Fails when two hosts (or every one, if fewer) measure the new version
+    /// slower than <see cref="RolloutOptions.CpuRatio"/> times the previous, is pending while fewer do, and passes
+    /// otherwise (with nothing to compare when no host timed both: the utility gate still judges). The two versions ran
+    /// at different times under the host's load of those times, so the ratio is wide and no finer test is claimed.
+    /// </summary>
+    public static GateResult Cpu(Rollout r, IEnumerable<HostInfo> reached, RolloutOptions options)
+    {
+        var measured = new List<(string Host, double To, double From)>();
+        foreach (var host in reached)
+        {
+            var versions = host.StackVersions.IsDefault ? [] : host.StackVersions;
+            if (versions.FirstOrDefault(u => u.Id == r.StackId && u.Version == r.To) is { } to && versions.FirstOrDefault(u => u.Id == r.StackId && u.Version == r.From) is { } from
+                && to.CallsTimed >= options.MinCallsTimed && from.CallsTimed >= options.MinCallsTimed && to.CallNanoseconds >= 0 && from.CallNanoseconds > 0)
+            {
+                measured.Add((host.HostId, (double)to.CallNanoseconds / to.CallsTimed, (double)from.CallNanoseconds / from.CallsTimed));
+            }
+        }
+        if (measured.Count == 0)
+        {
+            return new GateResult("cpu", GateVerdict.Passed, F($"nothing to compare: no host reached has timed {options.MinCallsTimed} calls into both {r.To} and {r.From}"));
+        }
+        string Said((string Host, double To, double From) m) => F($"{m.Host} {m.To / 1000:0.00} µs a call on {r.To} vs {m.From / 1000:0.00} on {r.From}");
+        var slower = measured.Where(m => m.To > options.CpuRatio * m.From).OrderBy(m => m.Host, StringComparer.Ordinal).ToList();
+        var needed = Math.Min(2, measured.Count);
+        return slower.Count >= needed
+            ? new GateResult("cpu", GateVerdict.Failed, F($"slower than {options.CpuRatio:0.0}x on ") + string.Join(", ", slower.Select(Said)))
+            : slower.Count > 0
+                ? new GateResult("cpu", GateVerdict.Pending, F($"slower than {options.CpuRatio:0.0}x on ") + string.Join(", ", slower.Select(Said)) + $": {needed} hosts must be")
+                : new GateResult("cpu", GateVerdict.Passed, F($"within {options.CpuRatio:0.0}x on ") + string.Join(", ", measured.OrderBy(m => m.Host, StringComparer.Ordinal).Select(Said)));
     }
 
     /// <summary>The quarantine gate: <paramref name="reached"/> are the hosts of the rings reached, with what each reported.</summary>
@@ -154,7 +223,8 @@ public static class RolloutGates
 
     /// <summary>
     /// Student's t quantile with <paramref name="freedom"/> degrees of freedom, from the normal's by the Cornish–Fisher
-    /// expansion (within 1 % of the tables from 4 degrees of freedom on, a little below them: t(0.99, 4) 3.72 for 3.75).
+    /// expansion (within 1 % of the tables from 4 degrees of freedom on, and below them under that: t(0.99, 4) 3.72 for
+    /// 3.75, t(0.99, 2) 6.46 for 6.96).
     /// </summary>
     public static double StudentQuantile(double p, int freedom)
     {

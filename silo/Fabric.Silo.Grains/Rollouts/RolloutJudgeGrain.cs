@@ -37,8 +37,28 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
             Log.OutcomesUnreadable(logger, rollout.StackId, e.Message);
             outcomes = [];
         }
-        ImmutableArray<GateResult> gates = [RolloutGates.Quarantine(rollout, reached), RolloutGates.Drops(rollout, reached, infos, options),
-            RolloutGates.Utility(planned, outcomes, planned.ReachedAt, options)];
+        var lastSeen = await Task.WhenAll(reached.Select(async i => (i.HostId, await GrainFactory.GetGrain<IHostGrain>(i.HostId).GetLastSeenAsync())));
+        // Each gate on its own: one that throws (figures it cannot use) is pending with the reason, the others still judge.
+        GateResult Measure(string gate, Func<GateResult> measure)
+        {
+            try
+            {
+                return measure();
+            }
+            catch (Exception e) when (e is ArithmeticException or ArgumentException or InvalidOperationException)
+            {
+                Log.GateNotMeasured(logger, rollout.StackId, gate, e.Message);
+                return new GateResult(gate, GateVerdict.Pending, $"not measured: {e.Message}");
+            }
+        }
+        ImmutableArray<GateResult> gates =
+        [
+            Measure("quarantine", () => RolloutGates.Quarantine(rollout, reached)),
+            Measure("silence", () => RolloutGates.Silence(planned, lastSeen, DateTimeOffset.UtcNow, options)),
+            Measure("drops", () => RolloutGates.Drops(rollout, reached, options)),
+            Measure("cpu", () => RolloutGates.Cpu(rollout, reached, options)),
+            Measure("utility", () => RolloutGates.Utility(planned, outcomes, planned.ReachedAt, options)),
+        ];
         await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).JudgedAsync(new RolloutJudgement(rollout.StackId, rollout.To, gates, plan));
     }
 
@@ -46,5 +66,8 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
     {
         [LoggerMessage(1, LogLevel.Warning, "Rollout of {StackId}: the outcome log cannot be read ({Reason}); its utility gate stays pending")]
         public static partial void OutcomesUnreadable(ILogger logger, string stackId, string reason);
+
+        [LoggerMessage(2, LogLevel.Warning, "Rollout of {StackId}: the {Gate} gate could not be measured ({Reason}); it stays pending")]
+        public static partial void GateNotMeasured(ILogger logger, string stackId, string gate, string reason);
     }
 }

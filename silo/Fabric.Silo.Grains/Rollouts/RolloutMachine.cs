@@ -10,7 +10,9 @@ namespace Fabric.Silo.Rollouts;
 /// on each version in comparable contexts, then decides at <see cref="Confidence"/> whether the new version is worse than the previous one by more
 /// than <see cref="Margin"/> (on the utility's 0–1 scale). <see cref="OutcomesRead"/> bounds how far back in the
 /// outcome log a judgement reads. The drops gate needs <see cref="MinPackets"/> packets on each version and judges
-/// whether the new one drops a share of them larger by more than <see cref="DropMargin"/>.
+/// whether the new one drops a share of them larger by more than <see cref="DropMargin"/>. The silence gate counts a
+/// reached host that said nothing for <see cref="Silence"/>. The cpu gate needs <see cref="MinCallsTimed"/> timed calls
+/// of each version on a host and counts the host when the new version's take more than <see cref="CpuRatio"/> times as long.
 /// </summary>
 public sealed record RolloutOptions(
     TimeSpan Bake,
@@ -20,11 +22,17 @@ public sealed record RolloutOptions(
     double Confidence = 0.95,
     int OutcomesRead = 50_000,
     double DropMargin = 0.005,
-    long MinPackets = 2_000)
+    long MinPackets = 10_000,
+    TimeSpan? SilenceAfter = null,
+    double CpuRatio = 1.5,
+    long MinCallsTimed = 200)
 {
     public RolloutOptions() : this(TimeSpan.FromMinutes(10), TimeSpan.FromSeconds(10))
     {
     }
+
+    /// <summary>How long a reached host may say nothing before the silence gate counts it (agents register every 5 s): 30 s unless set.</summary>
+    public TimeSpan Silence => SilenceAfter ?? TimeSpan.FromSeconds(30);
 }
 
 /// <summary>

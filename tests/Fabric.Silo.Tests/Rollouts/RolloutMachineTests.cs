@@ -251,31 +251,84 @@ public class RolloutMachineTests
     }
 
     [Fact]
-    public void TheDropsGate_FailsAVersionThatDropsMore_PassesOneThatDropsNoMore_AndWaitsForPackets()
+    public void TheDropsGate_ComparesTheVersionsOnTheSameHost_AndFailsWhenTwoHostsFindTheNewOneDropsMore()
     {
         var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", DateTimeOffset.UnixEpoch, Bake, "the catalog", "published");
         var options = new RolloutOptions(Bake, TimeSpan.FromSeconds(10));
-        HostInfo Host(string id, params StackVersionUse[] versions) => new(id, "127.0.0.1", null, 1, ["fec"], [], "test") { StackVersions = [.. versions] };
         StackVersionUse Use(string version, long packets, params (string Reason, long Count)[] drops) =>
             new(r.StackId, version, 1) { Packets = packets, Drops = drops.ToImmutableDictionary(d => d.Reason, d => d.Count, StringComparer.Ordinal) };
-        GateResult Judge(StackVersionUse onReached, StackVersionUse onOthers) =>
-            RolloutGates.Drops(r, [Host("h1", onReached)], [Host("h1", onReached), Host("h2", onOthers), Host("h3", Use("0.9.0", 100_000, ("Malformed", 50_000)))], options);
+        HostInfo Host(string id, StackVersionUse to, StackVersionUse from) => new(id, "127.0.0.1", null, 1, ["fec"], [], "test") { StackVersions = [to, from, Use("0.9.0", 100_000, ("Malformed", 50_000))] };
+        var (worseTo, worseFrom) = (Use("1.0.1", 20_000, ("Malformed", 600), ("BufferFull", 20)), Use("1.0.0", 50_000, ("BufferFull", 50)));
+        var (sameTo, sameFrom) = (Use("1.0.1", 20_000, ("BufferFull", 20), ("Duplicate", 4_000)), Use("1.0.0", 50_000, ("BufferFull", 50)));
 
-        // 3 % of its packets malformed against 0.1 % full buffers: worse beyond the half-point margin, and the reason is named.
-        var worse = Judge(Use("1.0.1", 20_000, ("Malformed", 600), ("BufferFull", 20)), Use("1.0.0", 50_000, ("BufferFull", 50)));
+        // 3 % of its packets malformed against 0.1 % full buffers on two hosts: worse beyond the half-point margin, the reason named.
+        var worse = RolloutGates.Drops(r, [Host("h1", worseTo, worseFrom), Host("h2", worseTo, worseFrom)], options);
         Assert.Equal(GateVerdict.Failed, worse.Verdict);
-        Assert.Contains("0.0310 of 20000 packets dropped on 1.0.1 vs 0.0010 of 50000 on 1.0.0", worse.Evidence, StringComparison.Ordinal);
-        Assert.Contains("most grown: Malformed (+0.0300)", worse.Evidence, StringComparison.Ordinal);
-        // The same share (another stack's and another version's drops count for nothing); duplicates discarded (a redundant
-        // stack's parity for a group already whole, more of them on a cleaner path) are no harm.
-        Assert.Equal(GateVerdict.Passed, Judge(Use("1.0.1", 20_000, ("BufferFull", 20), ("Duplicate", 4_000)), Use("1.0.0", 50_000, ("BufferFull", 50))).Verdict);
-        // Within the margin, on few packets: neither.
-        Assert.Equal(GateVerdict.Pending, Judge(Use("1.0.1", 2_500, ("BufferFull", 20)), Use("1.0.0", 2_500, ("BufferFull", 5))).Verdict);
-        var few = Judge(Use("1.0.1", 1_000, ("Malformed", 900)), Use("1.0.0", 50_000));
-        Assert.Equal(GateVerdict.Pending, few.Verdict);
-        Assert.Contains("2000 needed on each", few.Evidence, StringComparison.Ordinal);
-        // The new version on a host not reached (it only took the peers' packets there) is not counted.
-        Assert.Equal(GateVerdict.Pending, RolloutGates.Drops(r, [], [Host("h2", Use("1.0.1", 50_000, ("Malformed", 40_000)), Use("1.0.0", 50_000))], options).Verdict);
+        Assert.Contains("h1 0.0310 of 20000 packets on 1.0.1 vs 0.0010 of 50000 on 1.0.0 (most grown: Malformed +0.0300)", worse.Evidence, StringComparison.Ordinal);
+        // One host's counters alone (one agent's word, or one plug-in's figures there) roll nothing back.
+        var one = RolloutGates.Drops(r, [Host("h1", worseTo, worseFrom), Host("h2", sameTo, sameFrom)], options);
+        Assert.Equal(GateVerdict.Pending, one.Verdict);
+        Assert.Contains("2 hosts must", one.Evidence, StringComparison.Ordinal);
+        // The same share on both hosts: duplicates discarded (a redundant stack's parity for a group already whole, more
+        // of them on a cleaner path), other stacks' and other versions' drops count for nothing.
+        Assert.Equal(GateVerdict.Passed, RolloutGates.Drops(r, [Host("h1", sameTo, sameFrom), Host("h2", sameTo, sameFrom)], options).Verdict);
+        // Within the margin on few packets: not decided.
+        var close = RolloutGates.Drops(r, [Host("h1", Use("1.0.1", 12_000, ("BufferFull", 96)), Use("1.0.0", 12_000, ("BufferFull", 24)))], options);
+        Assert.Equal(GateVerdict.Pending, close.Verdict);
+        Assert.Contains("not yet decided", close.Evidence, StringComparison.Ordinal);
+        // Too few packets on either version anywhere: nothing to compare, so the gate stands aside (the utility gate judges).
+        var few = RolloutGates.Drops(r, [Host("h1", Use("1.0.1", 1_000, ("Malformed", 900)), Use("1.0.0", 50_000))], options);
+        Assert.Equal(GateVerdict.Passed, few.Verdict);
+        Assert.Contains("nothing to compare: no host reached has carried 10000 packets", few.Evidence, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void TheSilenceGate_FailsWhenTwoHostsReachedStopSpeakingAfterTheReach_NotBeforeIt()
+    {
+        var (r, _) = Planned();
+        var options = new RolloutOptions(Bake, TimeSpan.FromSeconds(10));
+        var reachedAt = r.ReachedAt(r.Rings[0].Hosts[0])!.Value;
+        var (a, b) = (r.Rings[0].Hosts[0], r.Rings[0].Hosts[1]);
+        var now = reachedAt + TimeSpan.FromMinutes(2);
+        GateResult Judge(DateTimeOffset? seenA, DateTimeOffset? seenB) => RolloutGates.Silence(r, [(a, seenA), (b, seenB)], now, options);
+
+        Assert.Equal(GateVerdict.Passed, Judge(now - TimeSpan.FromSeconds(4), now - TimeSpan.FromSeconds(6)).Verdict);
+        // One host silent for 90 s since a minute after the reach: one host's death may be its own.
+        var one = Judge(reachedAt + TimeSpan.FromSeconds(30), now);
+        Assert.Equal(GateVerdict.Pending, one.Verdict);
+        Assert.Contains($"{a} (silent 90 s)", one.Evidence, StringComparison.Ordinal);
+        // Both: the version's doing, most likely.
+        var both = Judge(reachedAt + TimeSpan.FromSeconds(30), reachedAt + TimeSpan.FromSeconds(40));
+        Assert.Equal(GateVerdict.Failed, both.Verdict);
+        Assert.Equal($"hosts went silent after 1.0.1 reached them: {string.Join(", ", new[] { $"{a} (silent 90 s)", $"{b} (silent 80 s)" }.Order(StringComparer.Ordinal))}", both.Evidence);
+        // Silent since before the reach (never got the release), or not seen by this silo since its grain activated: no count.
+        Assert.Equal(GateVerdict.Passed, Judge(reachedAt - TimeSpan.FromSeconds(1), null).Verdict);
+        // A host not reached is not judged at all.
+        Assert.Equal(GateVerdict.Passed, RolloutGates.Silence(r, [(r.Rings[1].Hosts[0], reachedAt)], now, options).Verdict);
+    }
+
+    [Fact]
+    public void TheCpuGate_ComparesTheVersionsOnTheSameHost_AndFailsWhenTwoHostsFindTheNewOneSlower()
+    {
+        var r = RolloutMachine.Start("fec", "1.0.0", "1.0.1", DateTimeOffset.UnixEpoch, Bake, "the catalog", "published");
+        var options = new RolloutOptions(Bake, TimeSpan.FromSeconds(10));
+        // Mean time a call: new and previous version, in µs, over 500 timed calls each.
+        HostInfo Host(string id, double to, double from, long timed = 500) => new(id, "127.0.0.1", null, 1, ["fec"], [], "test")
+        {
+            StackVersions = [new StackVersionUse("fec", "1.0.1", 1) { CallNanoseconds = (long)(to * 1000 * timed), CallsTimed = timed },
+                new StackVersionUse("fec", "1.0.0", 1) { CallNanoseconds = (long)(from * 1000 * timed), CallsTimed = timed }],
+        };
+        // A slow host (4 µs a call on both) and a fast one (1 µs): each compared with itself, both within 1.5x.
+        var passed = RolloutGates.Cpu(r, [Host("h1", 4.4, 4), Host("h2", 1.1, 1)], options);
+        Assert.Equal(GateVerdict.Passed, passed.Verdict);
+        Assert.Equal("within 1.5x on h1 4.40 µs a call on 1.0.1 vs 4.00 on 1.0.0, h2 1.10 µs a call on 1.0.1 vs 1.00 on 1.0.0", passed.Evidence);
+        // Twice as slow on one host: pending; on two: failed, with both hosts' figures.
+        Assert.Equal(GateVerdict.Pending, RolloutGates.Cpu(r, [Host("h1", 8, 4), Host("h2", 1.1, 1)], options).Verdict);
+        var failed = RolloutGates.Cpu(r, [Host("h1", 8, 4), Host("h2", 2, 1)], options);
+        Assert.Equal(GateVerdict.Failed, failed.Verdict);
+        Assert.Equal("slower than 1.5x on h1 8.00 µs a call on 1.0.1 vs 4.00 on 1.0.0, h2 2.00 µs a call on 1.0.1 vs 1.00 on 1.0.0", failed.Evidence);
+        // Too few calls timed on either version: nothing to compare, so the gate stands aside.
+        Assert.Equal(GateVerdict.Passed, RolloutGates.Cpu(r, [Host("h1", 8, 4, timed: 100), Host("h2", 2, 1, timed: 100)], options).Verdict);
     }
 
     [Fact]
