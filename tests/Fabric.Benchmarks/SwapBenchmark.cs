@@ -158,16 +158,9 @@ internal static class SwapBenchmark
         var folder = Directory.CreateTempSubdirectory("fabric-swapbench-").FullName;
         try
         {
-            var store = new LocalFolderStore(Path.Combine(folder, "repo"));
-            using var root = SigningKey.Generate();
-            using var targets = SigningKey.Generate();
-            using var snapshot = SigningKey.Generate();
-            using var timestamp = SigningKey.Generate();
-            var publisher = new Publisher(store);
-            publisher.Initialize([root], 1, targets, snapshot, timestamp, TimeSpan.FromDays(30), TimeSpan.FromDays(7));
-            publisher.Publish(StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.SwapTest))!, "swap-test", "0.1.0", new StackProfile()), targets, snapshot, timestamp, TimeSpan.FromDays(7));
-            var pinned = Path.Combine(folder, "root.json");
-            File.WriteAllBytes(pinned, store.Read(Publisher.Root)!);
+            using var repository = new SignedStackRepository(folder);
+            repository.Publish(StackPlugins.SwapTest, "swap-test", "0.1.0", new StackProfile());
+            var (store, pinned) = (repository.Store, repository.Root);
             var loads = new List<double>();
             var unloads = new List<double>();
             for (var i = 0; i < 20; i++)

@@ -150,7 +150,7 @@ public class ControlPlaneEndToEndTests
         var folder = Directory.CreateTempSubdirectory("fabric-rollout-e2e-").FullName;
         try
         {
-            using var repository = new StackRepository(folder);
+            using var repository = new SignedStackRepository(folder);
             repository.Publish(StackPlugins.StdIPv4, "std-ipv4", "1.0.0", new StackProfile(16, 0, 0, 0, "default; clean paths"));
             repository.Publish(StackPlugins.Fec, "fec", "1.0.0", FecProfile);
             // Two hosts: the canary pair is the whole fleet, so the previous version's baseline is its outcomes of the bake
@@ -404,7 +404,7 @@ public class ControlPlaneEndToEndTests
     /// </summary>
     private static (string Repository, string Root) SignedRepository(string folder, bool withSecure = false)
     {
-        using var repository = new StackRepository(folder);
+        using var repository = new SignedStackRepository(folder);
         repository.Publish(StackPlugins.StdIPv4, "std-ipv4", "1.0.0", new StackProfile(16, 0, 0, 0, "default; clean paths"));
         repository.Publish(StackPlugins.Fec, "fec", "1.0.0", FecProfile);
         if (withSecure)
@@ -415,45 +415,6 @@ public class ControlPlaneEndToEndTests
     }
 
     private static readonly StackProfile FecProfile = new(30, 0.25, 5, 0.05, "low latency on lossy paths");
-
-    /// <summary>A signed repository in a folder, its keys kept to publish more (an operator's <c>fabric-repo publish</c>).</summary>
-    private sealed class StackRepository : IDisposable
-    {
-        private readonly SigningKey _root = SigningKey.Generate();
-        private readonly SigningKey _targets = SigningKey.Generate();
-        private readonly SigningKey _snapshot = SigningKey.Generate();
-        private readonly SigningKey _timestamp = SigningKey.Generate();
-        private readonly Publisher _publisher;
-
-        public StackRepository(string folder)
-        {
-            Path = System.IO.Path.Combine(folder, "repo");
-            var store = new LocalFolderStore(Path);
-            _publisher = new Publisher(store);
-            _publisher.Initialize([_root], 1, _targets, _snapshot, _timestamp, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
-            Root = System.IO.Path.Combine(folder, "root.json");
-            File.WriteAllBytes(Root, store.Read(Publisher.Root)!);
-        }
-
-        /// <summary>The repository's folder.</summary>
-        public string Path { get; }
-
-        /// <summary>The root.json agents and the silo pin.</summary>
-        public string Root { get; }
-
-        /// <summary>Packs the built plug-in <paramref name="project"/> as <paramref name="id"/> <paramref name="version"/> and publishes it.</summary>
-        public void Publish(string project, string id, string version, StackProfile profile) =>
-            _publisher.Publish(StackPackage.Pack(System.IO.Path.GetDirectoryName(StackPlugins.PathOf(project))!, id, version, profile),
-                _targets, _snapshot, _timestamp, TimeSpan.FromDays(7));
-
-        public void Dispose()
-        {
-            _root.Dispose();
-            _targets.Dispose();
-            _snapshot.Dispose();
-            _timestamp.Dispose();
-        }
-    }
 
     /// <summary>One kernel TCP connection from a VM to another, sending as fast as its pacing allows; counts what arrives.</summary>
     private sealed class TcpFlow : IDisposable

@@ -132,41 +132,23 @@ public class CatalogSyncTests(ClusterFixture fixture)
     }
 }
 
-/// <summary>A signed repository in a temporary folder, as its publisher sees it, and the source a silo's sync reads it from.</summary>
+/// <summary>A signed repository in a temporary folder (<see cref="SignedStackRepository"/>), and the source a silo's sync reads it from.</summary>
 internal sealed class SignedRepository : IDisposable
 {
-    private readonly string _folder = Directory.CreateTempSubdirectory("fabric-catalog-").FullName;
-    private readonly SigningKey _root = SigningKey.Generate();
+    private readonly SignedStackRepository _repository = new();
 
-    public SignedRepository()
-    {
-        Store = new LocalFolderStore(System.IO.Path.Combine(_folder, "repo"));
-        Publisher = new Publisher(Store);
-        Publisher.Initialize([_root], 1, Targets, Snapshot, Timestamp, TimeSpan.FromDays(365), TimeSpan.FromDays(7));
-        var pinned = System.IO.Path.Combine(_folder, "root.json");
-        File.WriteAllBytes(pinned, Store.Read(Publisher.Root)!);
-        Source = new CatalogSource(Store.Root, pinned, System.IO.Path.Combine(_folder, "silo-state"));
-    }
+    public SignedRepository() => Source = new CatalogSource(_repository.Path, _repository.Root, System.IO.Path.Combine(_repository.Folder, "silo-state"));
 
-    public LocalFolderStore Store { get; }
-    public Publisher Publisher { get; }
+    public LocalFolderStore Store => _repository.Store;
+    public Publisher Publisher => _repository.Publisher;
     public CatalogSource Source { get; }
-    public SigningKey Targets { get; } = SigningKey.Generate();
-    public SigningKey Snapshot { get; } = SigningKey.Generate();
-    public SigningKey Timestamp { get; } = SigningKey.Generate();
+    public SigningKey Snapshot => _repository.Snapshot;
+    public SigningKey Timestamp => _repository.Timestamp;
 
     /// <summary>Publishes the swap-test plug-in as <paramref name="id"/> <paramref name="version"/> with <paramref name="profile"/>.</summary>
-    public void Publish(string id, string version, StackProfile profile) =>
-        Publisher.Publish(StackPackage.Pack(System.IO.Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.SwapTest))!, id, version, profile), Targets, Snapshot, Timestamp, TimeSpan.FromDays(7));
+    public void Publish(string id, string version, StackProfile profile) => _repository.Publish(StackPlugins.SwapTest, id, version, profile);
 
-    public void Withdraw(string id) => Publisher.Withdraw(id, null, Targets, Snapshot, Timestamp, TimeSpan.FromDays(7));
+    public void Withdraw(string id) => _repository.Withdraw(id);
 
-    public void Dispose()
-    {
-        foreach (var key in new[] { _root, Targets, Snapshot, Timestamp })
-        {
-            key.Dispose();
-        }
-        Directory.Delete(_folder, recursive: true);
-    }
+    public void Dispose() => _repository.Dispose();
 }
