@@ -216,17 +216,22 @@ public sealed class ClusterFaultTests(Azurite azurite)
             await Eventually.TrueAsync(Recovered, TimeSpan.FromSeconds(90), "decisions flowing again after kill -9", Describe);
             TestContext.Current.SendDiagnosticMessage($"VMs of each host moved after the kill: {string.Join(" | ", progress)}");
             TestContext.Current.SendDiagnosticMessage($"after kill -9 of one of three silos, all 1,000 VMs had decided on their newly lossy path in {recovered.TotalSeconds:0.0} s");
-            // Nothing lost: every VM's placement and policy (persisted in the table store) and its decision on every path.
-            foreach (var h in Enumerable.Range(0, Hosts))
+            // Nothing lost: every VM's placement and policy (persisted in the table store), and a decision on every path.
+            // A VM whose grain died with the silo comes back with the decisions its store had; one made just before the
+            // kill and not yet stored is made again when its path is told again (at the latest a minute later): the
+            // figure is printed, the bound is that minute and a half.
+            var views = await Task.WhenAll(Enumerable.Range(0, Hosts * VmsPerHost).Select(i => op.GetGrain<IVmGrain>(VmId(i / VmsPerHost, i % VmsPerHost)).GetAsync().AsTask()));
+            Assert.All(views.Select((view, i) => (view, i)), v =>
             {
-                var views = await Task.WhenAll(Enumerable.Range(0, VmsPerHost).Select(v => op.GetGrain<IVmGrain>(VmId(h, v)).GetAsync().AsTask()));
-                Assert.All(views, view =>
-                {
-                    Assert.Equal(HostId(h), view.Placement?.HostId);
-                    Assert.Equal("bulk", view.Policy.Workload);
-                    Assert.Equal(Hosts - 1, view.Stacks.Count);
-                });
-            }
+                Assert.Equal(HostId(v.i / VmsPerHost), v.view.Placement?.HostId);
+                Assert.Equal("bulk", v.view.Policy.Workload);
+            });
+            var undecided = views.Count(view => view.Stacks.Count != Hosts - 1);
+            var redecided = Stopwatch.StartNew();
+            await Eventually.TrueAsync(async () => (await Task.WhenAll(Enumerable.Range(0, Hosts * VmsPerHost)
+                    .Select(i => op.GetGrain<IVmGrain>(VmId(i / VmsPerHost, i % VmsPerHost)).GetAsync().AsTask()))).All(view => view.Stacks.Count == Hosts - 1),
+                TimeSpan.FromSeconds(90), "a decision on every path of every VM after the kill", Describe);
+            TestContext.Current.SendDiagnosticMessage($"VMs missing a path's decision once the kill was recovered: {undecided} of {Hosts * VmsPerHost}, all decided {redecided.Elapsed.TotalSeconds:0.0} s later");
 
             // Calls that were waiting on the killed silo may have failed even after their retries (a kill -9 is not
             // hidden from callers); from here on, none may.
