@@ -192,4 +192,3 @@ api.MapGet("/rollouts", async (IGrainFactory grains) =>
 });
 await app.RunAsync();
 return 0;
-

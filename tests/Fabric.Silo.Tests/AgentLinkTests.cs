@@ -253,11 +253,7 @@ public sealed class AgentLinkTests
     [Fact]
     public async Task ARolloutThroughTheControlPlane_MovesRealBindingsToTheReleasedVersion_AndARollBackBringsThemBack_LosingNoFrame()
     {
-        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
-        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
-        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
-        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"));
-        try
+        await WithLinkedHostsAsync(async (silo, hosts) =>
         {
             var catalog = silo.Grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
             const string source = "the rollout test's repository";
@@ -302,12 +298,7 @@ public sealed class AgentLinkTests
                 TimeSpan.FromSeconds(60), "host-b's registration counting both versions' packets (asked every 30 s)", Counted);
             TestContext.Current.TestOutputHelper?.WriteLine($"roll back to vm1's binding moved: {movedBack.TotalSeconds:0.0} s (registrations every 5 s); frames {sent} sent, {received} received; "
                 + $"host-b counted {await Counted()}");
-        }
-        finally
-        {
-            await silo.DisposeAsync();
-            Directory.Delete(state, recursive: true);
-        }
+        });
     }
 
     /// <summary>
@@ -319,11 +310,7 @@ public sealed class AgentLinkTests
     [Fact]
     public async Task AVersionThatThrowsOnTheCanary_IsQuarantinedThere_AndTheRolloutComesBackByItself()
     {
-        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
-        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
-        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
-        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"));
-        try
+        await WithLinkedHostsAsync(async (silo, hosts) =>
         {
             var catalog = silo.Grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key);
             const string source = "the faulty rollout's repository";
@@ -359,12 +346,7 @@ public sealed class AgentLinkTests
             // vm1's traffic went on through the path's fallback, and goes on.
             hosts.Send("vm1", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
             hosts.Expect("vm3");
-        }
-        finally
-        {
-            await silo.DisposeAsync();
-            Directory.Delete(state, recursive: true);
-        }
+        });
     }
 
     /// <summary>Sends one frame from a VM every millisecond and counts what reaches another, until stopped.</summary>
@@ -440,6 +422,25 @@ public sealed class AgentLinkTests
         $"{p.Key}: [{string.Join(", ", p.Value.VmBindings().Select(b => $"{b.Key}={b.Value.Stack}@{b.Value.Slot}"))}]"));
 
     private static void Ok(ApiResponse response) => Assert.True(response.Ok, response.Error);
+
+    /// <summary>A silo in this process and two agents linked to it (host-a, host-b, their state in a temporary folder) for
+    /// <paramref name="test"/>; the silo stopped and the folder deleted after it, the agents last.</summary>
+    private static async Task WithLinkedHostsAsync(Func<LocalSilo, LinkedHosts, Task> test)
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"), Path.Combine(state, "b"));
+        try
+        {
+            await test(silo, hosts);
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+            Directory.Delete(state, recursive: true);
+        }
+    }
 
     /// <summary>One silo in this process: localhost clustering on the given ports, memory storage, the catalog published.</summary>
     private sealed class LocalSilo : IAsyncDisposable
