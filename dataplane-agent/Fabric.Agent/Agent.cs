@@ -304,7 +304,7 @@ public sealed class Agent : IDisposable
     {
         try
         {
-            Switch.RegisterStack(stack.EntryPath, stack.Id, stack.Digests, stack.Version);
+            Switch.RegisterStack(stack.EntryPath, stack.Id, stack.Digests, stack.Version, stack.Declares?.ToDescription());
             _signed[StackKey.Of(stack.Id, stack.Version)] = stack;
         }
         catch (Exception e) when (e is not OutOfMemoryException)

@@ -14,8 +14,8 @@ internal static partial class Log
     [LoggerMessage(3, LogLevel.Information, "Path to {HostId} at {Destination} uses {Stack} in slot {Slot}")]
     public static partial void PathBound(ILogger logger, string hostId, string destination, string stack, int slot);
 
-    [LoggerMessage(4, LogLevel.Information, "Stack {StackId} {Version} loaded from {Directory}")]
-    public static partial void StackLoaded(ILogger logger, string stackId, string version, string directory);
+    [LoggerMessage(4, LogLevel.Information, "Stack {StackId} {Version} registered from {Directory}")]
+    public static partial void StackRegistered(ILogger logger, string stackId, string version, string directory);
 
     [LoggerMessage(5, LogLevel.Error, "VM port {VmId} stopped: {Result}")]
     public static partial void VmPortStopped(ILogger logger, string vmId, string result);

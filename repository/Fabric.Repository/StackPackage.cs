@@ -1,10 +1,13 @@
 using System.Buffers.Binary;
+using System.Net.Sockets;
 using System.Reflection.Metadata;
 using System.Reflection.PortableExecutable;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Fabric.Stacks;
+using Fabric.Stacks.Loading;
 
 namespace Fabric.Repository;
 
@@ -18,8 +21,38 @@ namespace Fabric.Repository;
 public sealed record StackProfile(int HeaderBytes = 0, double Redundancy = 0, double AddedDelayMs = 0, double ToleratesLoss = 0, string Purpose = "",
     bool Encrypts = false, string Family = "ipv4", bool Experimental = false);
 
-/// <summary>A package's manifest.</summary>
-public sealed record PackageManifest(string Id, string Version, int ContractVersion, string EntryAssembly, string EntryType, StackProfile Profile, string MinAgentVersion);
+/// <summary>A package's manifest. <paramref name="Declares"/>: what the factory declared when it was packed (null in packages made before it was recorded).</summary>
+public sealed record PackageManifest(string Id, string Version, int ContractVersion, string EntryAssembly, string EntryType, StackProfile Profile, string MinAgentVersion,
+    StackDeclaration? Declares = null);
+
+/// <summary>
+/// What a plug-in's factory declares (its <see cref="StackDescription"/>), read when the package was made and signed with
+/// it, so a host can register the version without running any of its code: it loads the plug-in only for a binding (a
+/// host a rollout never reaches never loads it), and refuses it then if the factory declares anything else. The fields
+/// are <see cref="StackDescription"/>'s; the underlay family is "ipv4" or "ipv6".
+/// </summary>
+public sealed record StackDeclaration(string Id, string Version, string Family, int MaxStackFieldBytes, int MaxExpansionBytes, bool Encrypts)
+{
+    /// <summary>The most bytes a stack may add to a packet (fields or expansion): more than any underlay datagram holds is not a declaration.</summary>
+    public const int MaxBytes = 65_535;
+
+    public static StackDeclaration Of(StackDescription description) => new(description.Id, description.Version,
+        description.UnderlayFamily == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4", description.MaxStackFieldBytes, description.MaxExpansionBytes, description.Encrypts);
+
+    /// <summary>The description the factory declared.</summary>
+    public StackDescription ToDescription() => new(Id, Version, Family == "ipv6" ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork, MaxStackFieldBytes, MaxExpansionBytes)
+    {
+        Encrypts = Encrypts,
+    };
+
+    /// <summary>What is wrong with it (null: nothing).</summary>
+    public string? Problem() =>
+        string.IsNullOrEmpty(Id) || string.IsNullOrEmpty(Version) ? "declares no id or no version"
+        : Family is not ("ipv4" or "ipv6") ? $"declares underlay family '{Family}' (ipv4 or ipv6)"
+        : MaxStackFieldBytes is < 0 or > MaxBytes || MaxExpansionBytes is < 0 or > MaxBytes
+            ? $"declares {MaxStackFieldBytes} stack field and {MaxExpansionBytes} expansion bytes (each 0 to {MaxBytes})"
+        : null;
+}
 
 /// <summary>
 /// A stack package: <c>manifest.json</c> and the plug-in's files in one deterministic archive (same input, same bytes,
@@ -64,7 +97,8 @@ public static class StackPackage
             }
         }
         var (entryAssembly, entryType) = FindFactory(pluginDirectory, files);
-        var manifest = new PackageManifest(id, version, SupportedContractVersion, entryAssembly, entryType, profile, minAgentVersion);
+        var manifest = new PackageManifest(id, version, SupportedContractVersion, entryAssembly, entryType, profile, minAgentVersion,
+            Declaration(Path.Combine(pluginDirectory, entryAssembly)));
         var entries = new SortedDictionary<string, byte[]>(StringComparer.Ordinal) { [ManifestName] = JsonSerializer.SerializeToUtf8Bytes(manifest, Json) };
         foreach (var file in files)
         {
@@ -146,6 +180,10 @@ public static class StackPackage
         {
             throw new PackageException($"manifest.json: contract version {manifest.ContractVersion} is not supported (this agent speaks {SupportedContractVersion}).");
         }
+        if (manifest.Declares?.Problem() is { } problem)
+        {
+            throw new PackageException($"manifest.json: the factory's declaration {problem}.");
+        }
         return (manifest, files);
     }
 
@@ -179,14 +217,14 @@ public static class StackPackage
         {
             if (Differs(directory, digests) is not { } difference)
             {
-                return new UnpackedPackage(entry, digests, Repaired: null);
+                return new UnpackedPackage(entry, digests, Repaired: null) { Declares = manifest.Declares };
             }
             Directory.Delete(directory, recursive: true);
             Write(files, directory);
-            return new UnpackedPackage(entry, digests, difference);
+            return new UnpackedPackage(entry, digests, difference) { Declares = manifest.Declares };
         }
         Write(files, directory);
-        return new UnpackedPackage(entry, digests, Repaired: null);
+        return new UnpackedPackage(entry, digests, Repaired: null) { Declares = manifest.Declares };
     }
 
     /// <summary>What in <paramref name="directory"/> is not exactly the package's files (null: nothing).</summary>
@@ -224,6 +262,30 @@ public static class StackPackage
             File.WriteAllBytes(Path.Combine(temporary, name), content);
         }
         Directory.Move(temporary, directory);
+    }
+
+    /// <summary>
+    /// What the plug-in's factory declares: the plug-in is loaded here, where it is packed (its publisher's build), into a
+    /// collectible context that is let go at once, so the hosts need not load it to know.
+    /// </summary>
+    private static StackDeclaration Declaration(string entryAssembly)
+    {
+        LoadedStack loaded;
+        try
+        {
+            loaded = StackLoader.Load(entryAssembly);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException or TypeLoadException
+            or System.Reflection.ReflectionTypeLoadException or MissingMethodException or System.Reflection.TargetInvocationException)
+        {
+            throw new PackageException($"'{entryAssembly}' could not be loaded to read what its factory declares: {e.Message}");
+        }
+        var declaration = StackDeclaration.Of(loaded.Description);
+        if (loaded.Context.Target is System.Runtime.Loader.AssemblyLoadContext context)
+        {
+            context.Unload();
+        }
+        return declaration.Problem() is { } problem ? throw new PackageException($"'{entryAssembly}': its factory {problem}.") : declaration;
     }
 
     /// <summary>Finds the one public class implementing Fabric.Stacks.IStackFactory by reading metadata (nothing is loaded).</summary>
@@ -270,7 +332,11 @@ public static class StackPackage
 /// bytes (never from the disk); <paramref name="Repaired"/> says what was wrong with an earlier unpacking that was
 /// replaced (null: nothing was).
 /// </summary>
-public sealed record UnpackedPackage(string EntryPath, IReadOnlyDictionary<string, string> Digests, string? Repaired);
+public sealed record UnpackedPackage(string EntryPath, IReadOnlyDictionary<string, string> Digests, string? Repaired)
+{
+    /// <summary>What the factory declared when the package was made (null: the package does not say).</summary>
+    public StackDeclaration? Declares { get; init; }
+}
 
 /// <summary>A package or its manifest is unusable; the message says why.</summary>
 public sealed class PackageException(string message) : Exception(message);

@@ -12,5 +12,5 @@ public sealed class FecFactory : IStackFactory
     /// <summary>Stack fields, plus the parity shard's length and network prefix beyond the longest frame.</summary>
     public StackDescription Description { get; } = new("fec", "1.0.0", AddressFamily.InterNetwork, MaxStackFieldBytes: FecStack.FieldLength, MaxExpansionBytes: FecStack.ShardHeader);
 
-    public IStack Create(StackContext context) => new FecStack(context.Configuration);
+    public IStack Create(StackContext context) => new FecStack(context.Configuration).Resume(context);
 }

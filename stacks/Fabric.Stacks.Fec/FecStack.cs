@@ -376,6 +376,11 @@ public sealed class FecStack : IStack
     private void OnLossReport(double loss)
     {
         _peerLoss = _peerLoss == 0 ? loss : (_peerLoss + loss) / 2;
+        FitParity();
+    }
+
+    private void FitParity()
+    {
         var m = 1;
         while (m < _maxParity && FailureChance(_k + m, m, _peerLoss) > _target)
         {
@@ -409,7 +414,53 @@ public sealed class FecStack : IStack
 
     public StackStats GetStats() => _counters.Snapshot();
 
-    public StackState ExportState() => StackState.Empty("fec");
+    /// <summary>
+    /// State format <see cref="StateFormat"/>: the format byte, then the peer's smoothed shard loss as a double. What the
+    /// sender learned of the path, so a new version's instance sends the parity the path needs from its first group on,
+    /// not the initial parity until the peer's next reports. Groups in flight are not carried: the new instance has its
+    /// own slot, and the old one finishes its groups while it drains.
+    /// </summary>
+    public StackState ExportState()
+    {
+        if (_peerLoss == 0)
+        {
+            return StackState.Empty("fec");
+        }
+        var data = new byte[1 + sizeof(double)];
+        data[0] = StateFormat;
+        BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(1), _peerLoss);
+        return new StackState("fec", data);
+    }
+
+    private const byte StateFormat = 1;
+
+    /// <summary>
+    /// Starts from what the instance of another version measured (<see cref="StackContext.Previous"/>): the peer's loss,
+    /// and so the parity it calls for. State it cannot read (another stack's, another format, a loss outside 0..1) is
+    /// left aside, said in a telemetry event, and the instance starts fresh.
+    /// </summary>
+    public FecStack Resume(StackContext context)
+    {
+        if (context.Previous is not { } previous || previous.Data.IsEmpty)
+        {
+            return this;
+        }
+        var data = previous.Data.Span;
+        var loss = data.Length == 1 + sizeof(double) ? BinaryPrimitives.ReadDoubleLittleEndian(data[1..]) : double.NaN;
+        var refusal = previous.StackId != "fec" ? $"state of '{previous.StackId}', not of 'fec'"
+            : data.Length != 1 + sizeof(double) || data[0] != StateFormat ? $"state format {data[0]} of {data.Length} bytes, this version reads format {StateFormat} of 9"
+            : loss is not (> 0 and <= 1) ? "a loss outside 0..1"
+            : null;
+        if (refusal is not null)
+        {
+            context.Telemetry.Event("state-refused", $"{refusal}; starting fresh");
+            return this;
+        }
+        _peerLoss = loss;
+        FitParity();
+        context.Telemetry.Event("state-resumed", string.Create(CultureInfo.InvariantCulture, $"peer loss {loss * 100:0.##} %, parity {_m} of {_k}"));
+        return this;
+    }
 
     /// <summary>The policy's overhead budget caps the parity per group (at least one).</summary>
     public void ApplyPolicy(StackPolicy policy)

@@ -92,6 +92,55 @@ public class StackHostTests
         }
     }
 
+    /// <summary>
+    /// A signed version whose package says what its factory declares is registered without running any of its code: the
+    /// host describes it from the package, loads it on its first binding (counted), and a package that says something else
+    /// than its factory then declares (a publisher's mistake, signed) is refused at that load and quarantined — the
+    /// previous version stays usable — and its context goes away.
+    /// </summary>
+    [Fact]
+    public void ASignedVersion_IsNotLoadedUntilABindingTakesIt_AndOneDeclaringOtherwiseIsQuarantinedThen()
+    {
+        var folder = Directory.CreateTempSubdirectory("fabric-stackhost-").FullName;
+        try
+        {
+            var host = new StackHost(TimeSpan.Zero);
+            (string Path, IReadOnlyDictionary<string, string> Digests, StackDescription Declared) Unpacked(string version)
+            {
+                var package = Fabric.Repository.StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.SwapTest))!, "swap-test", version, new Fabric.Repository.StackProfile());
+                var unpacked = Fabric.Repository.StackPackage.Extract(package, Path.Combine(folder, version));
+                return (unpacked.EntryPath, unpacked.Digests, Assert.IsType<Fabric.Repository.StackDeclaration>(unpacked.Declares).ToDescription());
+            }
+            var first = Unpacked("0.1.0");
+            var (_, key) = host.Register(first.Path, "swap-test", first.Digests, "0.1.0", first.Declared);
+            var entry = host.Entries().Single();
+            Assert.Equal(("swap-test@0.1.0", false, 0), (key, entry.Loaded, entry.Loads));
+            Assert.Equal(first.Declared, host.Describe("swap-test"));
+
+            Cycle(host);
+            Settle(host);
+            Assert.Equal((false, 1), (host.Entries().Single().Loaded, host.Entries().Single().Loads));
+
+            // 0.2.0's package says it carries 16 more bytes a packet than its factory declares.
+            var second = Unpacked("0.2.0");
+            host.Register(second.Path, "swap-test", second.Digests, "0.2.0", second.Declared with { MaxExpansionBytes = second.Declared.MaxExpansionBytes + 16 });
+            Assert.Equal(0, host.Entries().Single(e => e.Version == "0.2.0").Loads);
+            var refused = Assert.Throws<InvalidOperationException>(() => host.Acquire("swap-test"));
+            Assert.Contains("Stack 'swap-test@0.2.0' could not be loaded", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("not what it was registered as", refused.Message, StringComparison.Ordinal);
+            Assert.StartsWith("it could not be loaded: ", host.Quarantined["swap-test@0.2.0"], StringComparison.Ordinal);
+            Assert.Equal(1, host.Entries().Single(e => e.Version == "0.2.0").Loads);
+            Assert.Equal("swap-test@0.1.0", host.Resolve("swap-test"));
+            Cycle(host);
+            Settle(host);
+            Assert.Equal(0, host.UnloadingContexts);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void Cycle(StackHost host)
     {

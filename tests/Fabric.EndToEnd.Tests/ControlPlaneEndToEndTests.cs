@@ -153,10 +153,14 @@ public class ControlPlaneEndToEndTests
             using var repository = new SignedStackRepository(folder);
             repository.Publish(StackPlugins.StdIPv4, "std-ipv4", "1.0.0", new StackProfile(16, 0, 0, 0, "default; clean paths"));
             repository.Publish(StackPlugins.Fec, "fec", "1.0.0", FecProfile);
-            // Two hosts: the canary pair is the whole fleet, so the previous version's baseline is its outcomes of the bake
-            // before the rollout began (four VM paths a version; the gate judges on three or more).
+            // The canary is the pair whose VM paths carry fec (host-a and host-b), so the previous version's baseline is its
+            // outcomes of the bake before the rollout began (four VM paths a version; the gate judges on three or more).
+            // host-c runs an agent with no VM: it installs every version as the others do, and is the ring after the canary.
             using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", moreVmsOnA: 2, controlPlane: new ControlPlaneSetup(repository.Path,
                 repository.Root, LearningStore: Path.Combine(folder, "learning"), AgentRefreshSeconds: 2, RolloutBakeSeconds: 60, RolloutMinPaths: 3));
+            topology.AddBystander();
+            Eventually.True(() => Connected(topology, "host-c") && Loads(topology, "host-c", "fec@1.0.0") == 0, TimeSpan.FromSeconds(60), "host-c connected, with fec installed",
+                () => $"{topology.Status("host-c")}\n{topology.Logs()}");
             topology.Emulator("set both delay=10ms");
             topology.Emulator("set both loss=3%");
             string[] senders = ["vm1", "vm2", "vm5", "vm6"];
@@ -197,6 +201,7 @@ public class ControlPlaneEndToEndTests
             double onFirst, onBad, onGood;
             TimeSpan canaryAfter, backAfter;
             string badEvidence, goodEvidence;
+            var carriedLossy = new List<string>();
             var clock = Stopwatch.StartNew();
             try
             {
@@ -216,6 +221,10 @@ public class ControlPlaneEndToEndTests
                 Until(() => AllOn("fec@1.0.0"), 30, "every sender back on fec 1.0.0");
                 backAfter = clock.Elapsed - failedAt;
                 var rolledBack = FecRollout()!.Value;
+                Assert.Equal(["host-a", "host-b"], rolledBack.GetProperty("rings")[0].GetProperty("hosts").EnumerateArray().Select(h => h.GetString()).Order(StringComparer.Ordinal));
+                // host-c installed 1.0.1 (its signed package verified and unpacked) but never ran any of its code; the canary did.
+                Assert.Equal(0, Loads(topology, "host-c", "fec@1.0.1"));
+                Assert.True(Loads(topology, "host-a", "fec@1.0.1") > 0 && Loads(topology, "host-b", "fec@1.0.1") > 0);
                 Assert.Equal("Failed", Gate(rolledBack, "utility", "verdict"));
                 badEvidence = Gate(rolledBack, "utility", "evidence");
                 Assert.Contains("worse beyond the margin", badEvidence, StringComparison.Ordinal);
@@ -233,6 +242,8 @@ public class ControlPlaneEndToEndTests
                 Thread.Sleep(TimeSpan.FromSeconds(10));
                 repository.Publish(StackPlugins.Fec, "fec", "1.0.2", FecProfile);
                 Until(() => AllOn("fec@1.0.2"), 60, "the senders on fec 1.0.2");
+                // What 1.0.0's instance had learned of the lossy path (the peer's loss, so the parity) went on to 1.0.2's.
+                carriedLossy = Carried(topology, "1.0.2");
                 onGood = Goodput(flows, TimeSpan.FromSeconds(4));
                 Until(() => FecRollout() is { } r && r.GetProperty("to").GetString() == "1.0.2" && Gate(r, "utility", "evidence").Contains("difference", StringComparison.Ordinal),
                     60, "fec 1.0.2's utility judged against 1.0.0's");
@@ -241,6 +252,9 @@ public class ControlPlaneEndToEndTests
                 goodEvidence = Gate(good, "utility", "evidence");
                 Assert.NotEqual("Failed", Gate(good, "utility", "verdict"));
                 Assert.NotEqual("RolledBack", good.GetProperty("status").GetString());
+                // The operator takes 1.0.2 to its last ring, host-c: it is released there, and still not loaded (no binding takes it).
+                Assert.Contains("promote fec: done; fec 1.0.0 -> 1.0.2: running, ring 2 of 2", Promote(topology, "1.0.2 holds up on the canary"), StringComparison.Ordinal);
+                Until(() => topology.Status("host-c").GetProperty("releases").TryGetProperty("fec", out var released) && released.GetString() == "1.0.2", 30, "fec 1.0.2 released to host-c");
             }
             finally
             {
@@ -254,27 +268,52 @@ public class ControlPlaneEndToEndTests
             repository.Publish(StackPlugins.Fec, "fec", "1.0.3", FecProfile);
             Until(() => AllOn("fec@1.0.3"), 60, "every sender on fec 1.0.3");
             var (sent, received, failure) = datagrams.Stop();
+            // What 1.0.2's instance had learned of the path (the peer's loss, so the parity) went on to 1.0.3's.
+            var carried = Carried(topology, "1.0.3");
             Assert.Equal("Running", FecRollout()?.GetProperty("status").GetString());
-            var (certificate, key, authority) = topology.OperatorCredential("ops-1");
-            var (code, stdout, stderr) = Processes.Run("ip", ["netns", "exec", topology.HostA, Processes.Built("repository/Fabric.Repository.Cli", "fabric-repo"),
-                "rollout", "promote", "--stack", "fec", "--reason", "the canary is the fleet", "--by", "the e2e test", "--gateway", $"{OverlayTopology.SiloAddress}:30000",
-                "--certificate", certificate, "--key", key, "--authority", authority], timeout: TimeSpan.FromSeconds(60));
-            Assert.True(code == 0, $"{stdout}{stderr}");
-            Assert.Contains("promote fec: done; fec 1.0.2 -> 1.0.3: completed", stdout, StringComparison.Ordinal);
+            Assert.Contains("promote fec: done; fec 1.0.2 -> 1.0.3: running, ring 2 of 2", Promote(topology, "the canary holds"), StringComparison.Ordinal);
+            Assert.Contains("promote fec: done; fec 1.0.2 -> 1.0.3: completed", Promote(topology, "every ring reached"), StringComparison.Ordinal);
+            var neverLoaded = topology.Status("host-c").GetProperty("stacks").EnumerateArray().Where(e => e.GetProperty("id").GetString() == "fec")
+                .Select(e => $"{e.GetProperty("version").GetString()}: {e.GetProperty("loads").GetInt32()}").ToList();
 
             var report = $"fec at 3 % loss, 10 ms each way, four CUBIC guests at most 20 Mbit/s each: {onFirst:0.0} Mbit/s on 1.0.0, {onBad:0.0} on 1.0.1 (no parity), {onGood:0.0} on 1.0.2; "
                 + $"1.0.1 on the canary {canaryAfter.TotalSeconds:0.0} s after its publish, every binding back {backAfter.TotalSeconds:0.0} s after the gate failed ({badEvidence}); "
-                + $"1.0.2 not failed ({goodEvidence}); fec 1.0.3 reached both hosts with {sent - received} of {sent} datagrams lost";
+                + $"1.0.2 not failed ({goodEvidence}); fec 1.0.3 reached both hosts with {sent - received} of {sent} datagrams lost, state carried to 1.0.2 at 3 % loss: {string.Join("; ", carriedLossy)}, and to 1.0.3: {string.Join("; ", carried)}; "
+                + $"host-c (outside the canary) loads of each fec version it installed: {string.Join(", ", neverLoaded)}";
             TestContext.Current.SendDiagnosticMessage(report);
             Console.WriteLine(report);
             Assert.True(onBad < onFirst && onBad < onGood, report);
             Assert.True(failure is null, $"{failure}; {report}");
             Assert.True(sent > 1000 && received == sent, report);
+            Assert.True(carried.Concat(carriedLossy).All(e => e.Contains("state-resumed: peer loss", StringComparison.Ordinal)) && carried.Count > 0 && carriedLossy.Count > 0, report);
+            Assert.All(neverLoaded, e => Assert.EndsWith(": 0", e, StringComparison.Ordinal));
+            Assert.Contains("1.0.1: 0", neverLoaded);
         }
         finally
         {
             Directory.Delete(folder, recursive: true);
         }
+    }
+
+    /// <summary>How many times <paramref name="host"/>'s agent loaded a stack version (id@version); -1 when it has not installed it.</summary>
+    private static int Loads(OverlayTopology topology, string host, string key) =>
+        topology.Status(host).GetProperty("stacks").EnumerateArray().Where(e => $"{e.GetProperty("id").GetString()}@{e.GetProperty("version").GetString()}" == key)
+            .Select(e => e.GetProperty("loads").GetInt32()).DefaultIfEmpty(-1).First();
+
+    /// <summary>What host-a's fec instances of <paramref name="version"/> said of the state they were handed (events).</summary>
+    private static List<string> Carried(OverlayTopology topology, string version) =>
+        [.. topology.Status("host-a").GetProperty("events").EnumerateArray().Select(e => e.GetString()!)
+            .Where(e => e.Contains($"stack fec@{version} on the path to host-b: state-", StringComparison.Ordinal))];
+
+    /// <summary>fec's rollout to its next ring, with fabric-repo from host-a's namespace as an operator; returns what it printed.</summary>
+    private static string Promote(OverlayTopology topology, string reason)
+    {
+        var (certificate, key, authority) = topology.OperatorCredential("ops-1");
+        var (code, stdout, stderr) = Processes.Run("ip", ["netns", "exec", topology.HostA, Processes.Built("repository/Fabric.Repository.Cli", "fabric-repo"),
+            "rollout", "promote", "--stack", "fec", "--reason", reason, "--by", "the e2e test", "--gateway", $"{OverlayTopology.SiloAddress}:30000",
+            "--certificate", certificate, "--key", key, "--authority", authority], timeout: TimeSpan.FromSeconds(60));
+        Assert.True(code == 0, $"{stdout}{stderr}");
+        return stdout;
     }
 
     /// <summary>vm's binding towards host-b on host-a, as STACK@VERSION.</summary>

@@ -1,5 +1,5 @@
 using System.Text;
-using Fabric.Agent.Stacks;
+using Fabric.Stacks.Loading;
 using Fabric.Repository;
 using Fabric.Testing;
 
@@ -65,6 +65,10 @@ public class PackageTests
         Assert.Equal("Fabric.Stacks.StdIPv4.dll", manifest.EntryAssembly);
         Assert.Equal("Fabric.Stacks.StdIPv4.StdIPv4Factory", manifest.EntryType);
         Assert.DoesNotContain("Fabric.Wire.dll", files.Keys);
+        // What the factory declares, read where it is packed, so hosts need not run it to know.
+        Assert.Equal(new StackDeclaration("std-ipv4", "1.0.0", "ipv4", 0, 0, Encrypts: false), manifest.Declares);
+        var secure = StackPackage.Read(TestRepository.Package(StackPlugins.Secure, "secure", "1.0.0")).Manifest.Declares!;
+        Assert.True(secure.Encrypts && secure.MaxStackFieldBytes > 0 && secure.Family == "ipv4", secure.ToString());
     }
 
     [Fact]
@@ -96,6 +100,8 @@ public class PackageTests
             text.Replace("\"entryType\":\"Fabric.Stacks.StdIPv4.StdIPv4Factory\"", "\"entryType\":\"" + new string(' ', 36) + "\"", StringComparison.Ordinal)))).Message, StringComparison.Ordinal);
         Assert.Contains("contract version 2 is not supported", Assert.Throws<PackageException>(() => StackPackage.Read(Encoding.Latin1.GetBytes(
             text.Replace("\"contractVersion\":1", "\"contractVersion\":2", StringComparison.Ordinal)))).Message, StringComparison.Ordinal);
+        Assert.Contains("declares underlay family 'ipx4'", Assert.Throws<PackageException>(() => StackPackage.Read(Encoding.Latin1.GetBytes(
+            text.Replace("\"family\":\"ipv4\",\"maxStackFieldBytes\"", "\"family\":\"ipx4\",\"maxStackFieldBytes\"", StringComparison.Ordinal)))).Message, StringComparison.Ordinal);
         Assert.Contains("bad magic", Assert.Throws<PackageException>(() => StackPackage.Read(new byte[10])).Message, StringComparison.Ordinal);
         Assert.Contains("beyond the end", Assert.Throws<PackageException>(() => StackPackage.Read(package.AsSpan(0, 200))).Message, StringComparison.Ordinal);
     }

@@ -1,5 +1,5 @@
 using System.Buffers.Binary;
-using Fabric.Agent.Stacks;
+using Fabric.Stacks.Loading;
 using Fabric.Testing;
 using Fabric.Wire;
 

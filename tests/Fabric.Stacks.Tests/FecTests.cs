@@ -5,6 +5,59 @@ namespace Fabric.Stacks.Tests;
 
 public class FecTests
 {
+    /// <summary>
+    /// A new version's instance starts from the loss the old one's peer reported, so it sends the parity the path needs
+    /// from its first group (and exports the same state again); state it cannot read is set aside with an event.
+    /// </summary>
+    [Fact]
+    public void AnotherVersionsLossEstimate_SetsTheParityFromTheFirstGroup_AndUnreadableStateStartsFresh()
+    {
+        static byte[] State(byte format, double loss)
+        {
+            var data = new byte[9];
+            data[0] = format;
+            System.Buffers.Binary.BinaryPrimitives.WriteDoubleLittleEndian(data.AsSpan(1), loss);
+            return data;
+        }
+        (FecStack Stack, List<string> Events) Create(StackState? previous)
+        {
+            var events = new Recorded();
+            return ((FecStack)new FecFactory().Create(new StackContext("a", "b", new Dictionary<string, string>(), events) { Previous = previous }), events.Seen);
+        }
+
+        var fresh = Create(null);
+        Assert.Empty(fresh.Events);
+        Assert.True(fresh.Stack.ExportState().Data.IsEmpty);
+        var good = State(1, 0.05);
+        var (resumed, said) = Create(new StackState("fec", good));
+        // At 5 % shard loss, a group of 8 needs more parity than the initial 2 to stay under one failure in 1,000.
+        Assert.True(resumed.Parity > 2, $"parity {resumed.Parity}");
+        Assert.Equal([$"state-resumed: peer loss 5 %, parity {resumed.Parity} of 8"], said);
+        Assert.Equal(good, resumed.ExportState().Data.ToArray());
+
+        foreach (var (previous, reason) in new[]
+        {
+            (new StackState("arq-bulk", good), "state of 'arq-bulk'"),
+            (new StackState("fec", State(2, 0.05)), "state format 2 of 9 bytes"),
+            (new StackState("fec", good.AsMemory(0, 5)), "of 5 bytes"),
+            (new StackState("fec", State(1, double.NaN)), "a loss outside 0..1"),
+            (new StackState("fec", State(1, 1.5)), "a loss outside 0..1"),
+        })
+        {
+            var (stack, events) = Create(previous);
+            Assert.Contains(events, e => e.StartsWith("state-refused: ", StringComparison.Ordinal) && e.Contains(reason, StringComparison.Ordinal) && e.EndsWith("starting fresh", StringComparison.Ordinal));
+            Assert.Equal(2, stack.Parity);
+            Assert.True(stack.ExportState().Data.IsEmpty);
+        }
+    }
+
+    private sealed class Recorded : IStackTelemetry
+    {
+        public List<string> Seen { get; } = [];
+
+        public void Event(string name, string detail) => Seen.Add($"{name}: {detail}");
+    }
+
     [Fact]
     public void GaloisField_MultiplicationHasInversesAndDistributes()
     {

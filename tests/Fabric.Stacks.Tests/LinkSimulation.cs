@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
-using Fabric.Agent.Stacks;
+using Fabric.Stacks.Loading;
 using Fabric.Wire;
 
 namespace Fabric.Stacks.Tests;

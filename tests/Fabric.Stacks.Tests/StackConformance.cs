@@ -1,5 +1,5 @@
-using Fabric.Agent.Stacks;
 using Fabric.Stacks;
+using Fabric.Stacks.Loading;
 using Fabric.Wire;
 
 namespace Fabric.Stacks.Tests;

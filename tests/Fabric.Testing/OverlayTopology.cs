@@ -227,10 +227,43 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>Process ids of the two agents (host-a, host-b), for CPU accounting.</summary>
     public (int A, int B) AgentPids { get; }
 
+    /// <summary>The bystander's namespace (<see cref="AddBystander"/>), empty until it runs.</summary>
+    public string HostC { get; private set; } = "";
+
+    /// <summary>The bystander's API socket, empty until it runs.</summary>
+    public string SocketC { get; private set; } = "";
+
+    private string SocketOf(string host) => host switch
+    {
+        "host-a" => SocketA,
+        "host-b" => SocketB,
+        "host-c" when SocketC.Length > 0 => SocketC,
+        _ => throw new ArgumentException($"no agent '{host}' in this topology", nameof(host)),
+    };
+
+    /// <summary>
+    /// Starts a third agent, host-c, with no VM and no path: it registers with the silo and installs every signed stack as
+    /// the others do, and shares no VM path with them — a host of the fleet that a rollout's canary must not be. Needs the
+    /// control plane; joined to the silo's bridge at 198.19.0.3, which is its underlay address too.
+    /// </summary>
+    public void AddBystander()
+    {
+        if (_controlPlane is null || SocketC.Length > 0)
+        {
+            throw new InvalidOperationException("A bystander host needs the control plane, and there is one at most.");
+        }
+        var id = _network.Id;
+        HostC = _network.AddNamespace("hc");
+        _network.AddVeth($"{id}cc", HostC, $"{id}sc", SiloNamespace);
+        TestNetwork.Exec(SiloNamespace, "ip", "link", "set", $"{id}sc", "master", $"{id}br");
+        _network.AddAddress(HostC, $"{id}cc", "198.19.0.3/24");
+        (SocketC, _) = StartAgent(_binDirectory, "host-c", HostC, "198.19.0.3", null, null, null, null, "std-ipv4");
+    }
+
     /// <summary>Runs `fabric-agent ctl` against a host's agent, as an operator would; returns its exit code and output.</summary>
     public (int Code, string Output) Ctl(string host, params string[] args)
     {
-        var (code, stdout, stderr) = Privileged.TryRun(Path.Combine(_binDirectory, "fabric-agent"), ["ctl", host == "host-a" ? SocketA : SocketB, .. args]);
+        var (code, stdout, stderr) = Privileged.TryRun(Path.Combine(_binDirectory, "fabric-agent"), ["ctl", SocketOf(host), .. args]);
         return (code, stdout + stderr);
     }
 
@@ -283,7 +316,7 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>The agent's status (its local API), parsed.</summary>
     public JsonElement Status(string host)
     {
-        var reply = Fabric.Testing.AgentApi.Send(host == "host-a" ? SocketA : SocketB, """{"op":"status"}""");
+        var reply = Fabric.Testing.AgentApi.Send(SocketOf(host), """{"op":"status"}""");
         using var document = JsonDocument.Parse(reply);
         return document.RootElement.GetProperty("result").Clone();
     }
@@ -328,11 +361,12 @@ public sealed class OverlayTopology : IDisposable
         return new { gateways = new[] { SiloAddress + ":30000" }, certificate, key, authority };
     }
 
-    private (string Socket, int Pid) StartAgent(string bin, string hostId, string ns, string v4, string v6, string peerV4, string peerV6, string peer, string stack)
+    /// <summary>Starts one agent; <paramref name="peer"/> is the one remote host its configuration names (null: none, a bystander's).</summary>
+    private (string Socket, int Pid) StartAgent(string bin, string hostId, string ns, string v4, string? v6, string? peerV4, string? peerV6, string? peer, string stack)
     {
         var socket = Path.Combine(_workDir, hostId + ".sock");
         var vms = Vms.Where(v => v.Host == hostId).Select(v => new { id = v.Name, device = v.HostDevice, vni = v.Vni, mac = v.Mac, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
-        var routes = Vms.Where(v => v.Host != hostId).Select(v => new { vni = v.Vni, mac = v.Mac, host = peer, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
+        var routes = Vms.Where(v => v.Host != hostId && peer is not null).Select(v => new { vni = v.Vni, mac = v.Mac, host = peer, ipv4 = new[] { v.IPv4 }, ipv6 = new[] { v.IPv6 } });
         var state = Path.Combine(_workDir, hostId + "-state");
         object config = _controlPlane is { Programmed: true } programmed
             ? new
@@ -359,7 +393,7 @@ public sealed class OverlayTopology : IDisposable
                 controlPlane = ControlPlaneOf(hostId),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
-                remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings, overlayKey = _overlayKey } },
+                remoteHosts = peer is null ? [] : new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings, overlayKey = _overlayKey } },
                 vms,
                 routes,
             }

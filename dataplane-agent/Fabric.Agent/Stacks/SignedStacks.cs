@@ -67,7 +67,7 @@ public static class SignedStacks
                 {
                     Log.UnpackedRepaired(logger, name, damage);
                 }
-                entries.Add(new(info.Id, info.Version, info.Sha256, unpacked.EntryPath, unpacked.Digests, targets.Version, offline));
+                entries.Add(new(info.Id, info.Version, info.Sha256, unpacked.EntryPath, unpacked.Digests, targets.Version, offline) { Declares = unpacked.Declares });
             }
             catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or UnauthorizedAccessException)
             {
@@ -88,7 +88,11 @@ public static class SignedStacks
     /// One stack the signed targets (version <paramref name="TargetsVersion"/>) publish, unpacked at <paramref name="EntryPath"/>;
     /// <paramref name="Digests"/> are its package's file digests, which every load checks.
     /// </summary>
-    public sealed record VerifiedStack(string Id, string Version, string Sha256, string EntryPath, IReadOnlyDictionary<string, string> Digests, int TargetsVersion, string? Offline);
+    public sealed record VerifiedStack(string Id, string Version, string Sha256, string EntryPath, IReadOnlyDictionary<string, string> Digests, int TargetsVersion, string? Offline)
+    {
+        /// <summary>What its factory declared when it was packed (null: its package does not say, and the host loads it to know).</summary>
+        public StackDeclaration? Declares { get; init; }
+    }
 
     private static string CachePath(RepositoryConfig config, TargetInfo info) => Path.Combine(config.StateDirectory, "cache", info.Sha256 + ".fspk");
 

@@ -1,11 +1,15 @@
 using System.Runtime.CompilerServices;
 using Fabric.Stacks;
+using Fabric.Stacks.Loading;
 
 namespace Fabric.Agent.Stacks;
 
 /// <summary>A stack version in the host: bindings reference it; it unloads when none does and its drain time has passed.</summary>
 public sealed record StackHostEntry(string Id, string Version, string AssemblyPath, int Bindings, bool Loaded, DateTime? IdleSince, bool Withdrawn = false)
 {
+    /// <summary>How many times this host has loaded the version since the agent started (0: none of its code has run here).</summary>
+    public int Loads { get; init; }
+
     /// <summary>The version's key (<see cref="StackKey"/>).</summary>
     public string Key => StackKey.Of(Id, Version);
 }
@@ -51,20 +55,29 @@ public sealed class StackHost
     }
 
     /// <summary>
-    /// Makes a plug-in available: loads it once to learn its id and version, then leaves it idle. Another version of an
-    /// id already registered is registered beside it; the same version again from another file is refused.
+    /// Makes a plug-in available. A signed one whose package says what its factory declares (<paramref name="declared"/>)
+    /// is not loaded: it is loaded on its first binding (a version no binding takes never runs here), and refused then if
+    /// its factory declares anything else. Any other is loaded once to learn its id and version, then left idle. Another
+    /// version of an id already registered is registered beside it; the same version again from another file is refused.
     /// </summary>
     /// <param name="assemblyPath">The plug-in's entry assembly.</param>
     /// <param name="signedId">The id its signed target publishes it under: a plug-in whose factory declares another id is refused (it would take that stack's place).</param>
     /// <param name="digests">For a signed plug-in, its package's file digests: every load (the first and each after an idle unload) loads only bytes that match them.</param>
     /// <param name="signedVersion">The version its signed target publishes it as (what the host then calls it); null: the version its factory declares.</param>
+    /// <param name="declared">For a signed plug-in, what its signed package says its factory declares; it is then not loaded here.</param>
     /// <returns>What the factory declares, and the version's key in this host.</returns>
-    public (StackDescription Description, string Key) Register(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null, string? signedVersion = null)
+    public (StackDescription Description, string Key) Register(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null, string? signedVersion = null,
+        StackDescription? declared = null)
     {
-        var stack = StackLoader.Load(assemblyPath, digests);
-        var description = stack.Description;
+        var stack = declared is not null && digests is not null ? null : StackLoader.Load(assemblyPath, digests);
+        var description = stack?.Description ?? declared!;
         var version = signedVersion ?? description.Version;
-        var key = stack.Key = StackKey.Of(description.Id, version);
+        var key = StackKey.Of(description.Id, version);
+        if (stack is not null)
+        {
+            stack.Key = key;
+            Count(key);
+        }
         lock (_gate)
         {
             var refusal = signedId is not null && signedId != description.Id ? $"'{assemblyPath}' is signed as stack '{signedId}' but its factory declares '{description.Id}'"
@@ -77,7 +90,7 @@ public sealed class StackHost
                 : null;
             if (refusal is not null)
             {
-                if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext refused)
+                if (stack?.Context.Target is System.Runtime.Loader.AssemblyLoadContext refused)
                 {
                     refused.Unload();
                 }
@@ -85,11 +98,12 @@ public sealed class StackHost
             }
             _registered[key] = new Registration(assemblyPath, digests, description, version);
             _withdrawn.Remove(key);
-            if (!_loaded.ContainsKey(key))
+            // (One its signed package declares is loaded on its first binding.)
+            if (stack is not null && !_loaded.ContainsKey(key))
             {
                 _loaded[key] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
             }
-            else if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext duplicate)
+            else if (stack?.Context.Target is System.Runtime.Loader.AssemblyLoadContext duplicate)
             {
                 // Already loaded: the copy loaded just to read its description goes away at once.
                 duplicate.Unload();
@@ -414,11 +428,16 @@ public sealed class StackHost
     {
         lock (_gate)
         {
-            return _registered.Select(r => _loaded.TryGetValue(r.Key, out var slot)
+            Dictionary<string, int> loads;
+            lock (_loads)
+            {
+                loads = new(_loads, StringComparer.Ordinal);
+            }
+            return _registered.Select(r => (_loaded.TryGetValue(r.Key, out var slot)
                     ? new StackHostEntry(r.Value.Description.Id, r.Value.Version, r.Value.Path, slot.Bindings, true, slot.IdleSince)
-                    : new StackHostEntry(r.Value.Description.Id, r.Value.Version, r.Value.Path, 0, false, null))
+                    : new StackHostEntry(r.Value.Description.Id, r.Value.Version, r.Value.Path, 0, false, null)) with { Loads = loads.GetValueOrDefault(r.Key) })
                 .Concat(_loaded.Where(l => !_registered.ContainsKey(l.Key))
-                    .Select(l => new StackHostEntry(StackKey.IdOf(l.Key), StackKey.VersionOf(l.Key)!, "", l.Value.Bindings, true, l.Value.IdleSince, Withdrawn: true)))
+                    .Select(l => new StackHostEntry(StackKey.IdOf(l.Key), StackKey.VersionOf(l.Key)!, "", l.Value.Bindings, true, l.Value.IdleSince, Withdrawn: true) { Loads = loads.GetValueOrDefault(l.Key) }))
                 .OrderBy(e => e.Id, StringComparer.Ordinal).ThenByDescending(e => e.Version, Comparer<string>.Create(StackKey.CompareVersions)).ToList();
         }
     }
@@ -456,23 +475,56 @@ public sealed class StackHost
         {
             stack = StackLoader.Load(registration.Path, registration.Digests);
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException)
+        catch (Exception e) when (e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException or TypeLoadException
+            or System.Reflection.ReflectionTypeLoadException or MissingMethodException or System.Reflection.TargetInvocationException)
         {
-            throw new InvalidOperationException($"Stack '{key}' could not be loaded: {e.Message}", e);
+            // Files missing or changed on disk are the disk's fault (the next refresh unpacks them again), not the version's.
+            throw Unloadable(key, registration, e.Message, e, theVersions: e is not (IOException or InvalidDataException));
         }
+        Count(key);
         if (stack.Description != registration.Description)
         {
-            // The file now declares something else than it did when registered (an operator's path, rebuilt in place).
+            // The file now declares something else than it did when registered (an operator's path, rebuilt in place), or
+            // than its signed package says it declares.
             if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext other)
             {
                 other.Unload();
             }
-            throw new InvalidOperationException($"Stack '{key}' could not be loaded: '{registration.Path}' now declares {stack.Description.Id} {stack.Description.Version}, not what it was registered as.");
+            throw Unloadable(key, registration, $"'{registration.Path}' declares {Said(stack.Description)}, not what it was registered as ({Said(registration.Description)})", null, theVersions: true);
         }
         stack.Key = key;
         _loaded[key] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
         return stack;
     }
+
+    /// <summary>
+    /// A version that cannot be loaded. When the fault is the signed version's own (<paramref name="theVersions"/>: its
+    /// checked bytes will not load, or its factory declares something else than its package says) it is quarantined: it
+    /// would fail for every binding, and the control plane learns of it as of any quarantine. An operator's file may be
+    /// fixed in place, so it is only refused.
+    /// </summary>
+    private InvalidOperationException Unloadable(string key, Registration registration, string why, Exception? inner, bool theVersions)
+    {
+        if (theVersions && registration.Digests is not null)
+        {
+            _quarantined.TryAdd(key, $"it could not be loaded: {why}");
+        }
+        return new InvalidOperationException($"Stack '{key}' could not be loaded: {why}.", inner);
+    }
+
+    private static string Said(StackDescription d) =>
+        $"{d.Id} {d.Version} over {(d.UnderlayFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")}, {d.MaxStackFieldBytes}+{d.MaxExpansionBytes} bytes{(d.Encrypts ? ", encrypting" : "")}";
+
+    /// <summary>Counts a load of the version <paramref name="key"/> (what <see cref="StackHostEntry.Loads"/> says).</summary>
+    private void Count(string key)
+    {
+        lock (_loads)
+        {
+            _loads[key] = _loads.GetValueOrDefault(key) + 1;
+        }
+    }
+
+    private readonly Dictionary<string, int> _loads = new(StringComparer.Ordinal);
 
     // Kept out of line so no local of the caller's frame keeps the context alive.
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -1,5 +1,6 @@
 using System.Net;
 using Fabric.Agent.Stacks;
+using Fabric.Stacks.Loading;
 using Fabric.Agent.Underlay;
 using Fabric.Hal.Linux;
 using Fabric.Stacks;

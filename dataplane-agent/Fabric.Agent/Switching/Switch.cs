@@ -93,12 +93,13 @@ public sealed class Switch : IDisposable
     public (IPEndPoint? IPv4, IPEndPoint? IPv6) UnderlayEndpoints => (_state.Underlay4?.Local, _state.Underlay6?.Local);
 
     /// <summary>Makes a stack plug-in available to paths by its id, beside the other versions of that id (<see cref="StackHost.Register"/>).</summary>
-    public void RegisterStack(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null, string? signedVersion = null)
+    public void RegisterStack(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null, string? signedVersion = null,
+        Fabric.Stacks.StackDescription? declared = null)
     {
-        var (description, key) = _stackHost.Register(assemblyPath, signedId, digests, signedVersion);
+        var (description, key) = _stackHost.Register(assemblyPath, signedId, digests, signedVersion, declared);
         // A version registered again after its withdrawn copy unloaded may be another build with another overhead.
         _innerMtuByStack.TryRemove(key, out _);
-        Log.StackLoaded(_logger, description.Id, StackKey.VersionOf(key)!, assemblyPath);
+        Log.StackRegistered(_logger, description.Id, StackKey.VersionOf(key)!, assemblyPath);
     }
 
     private UnderlayFactory MakeUnderlay => _options.Underlay ?? ((local, handler, afterBatch, fault, time) => new UdpUnderlay(local, handler, afterBatch, fault, time));

@@ -17,15 +17,6 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
         var fleet = await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).GetAsync();
         var hosts = fleet.Hosts.Except(fleet.Removed.IsDefault ? [] : fleet.Removed, StringComparer.Ordinal).ToList();
         var infos = (await Task.WhenAll(hosts.Select(h => GrainFactory.GetGrain<IHostGrain>(h).GetInfoAsync().AsTask()))).OfType<HostInfo>().ToList();
-        var plan = ImmutableArray<RolloutRing>.Empty;
-        var planned = rollout;
-        if (rollout.Ring < 0)
-        {
-            var running = infos.Where(i => !i.StackVersions.IsDefault && i.StackVersions.Any(u => u.Id == rollout.StackId)).Select(i => i.HostId);
-            plan = RolloutMachine.Plan(rollout.StackId, rollout.To, running);
-            planned = rollout with { Rings = plan, Ring = 0 };
-        }
-        var reached = infos.Where(i => planned.VersionFor(i.HostId) == rollout.To).ToList();
         IReadOnlyList<LoggedOutcome> outcomes;
         try
         {
@@ -37,6 +28,18 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
             Log.OutcomesUnreadable(logger, rollout.StackId, e.Message);
             outcomes = [];
         }
+        var plan = ImmutableArray<RolloutRing>.Empty;
+        var planned = rollout;
+        if (rollout.Ring < 0)
+        {
+            var running = infos.Where(i => !i.StackVersions.IsDefault && i.StackVersions.Any(u => u.Id == rollout.StackId)).Select(i => i.HostId);
+            // The host pairs whose VM paths carried the stack lately: the canary is one of them.
+            var since = rollout.Started - RolloutGates.LookBack(rollout);
+            var pairs = outcomes.Where(o => o.Stack == rollout.StackId && o.Host is not null && o.At >= since).Select(o => (o.Host!, o.RemoteHost));
+            plan = RolloutMachine.Plan(rollout.StackId, rollout.To, running, pairs);
+            planned = rollout with { Rings = plan, Ring = 0 };
+        }
+        var reached = infos.Where(i => planned.VersionFor(i.HostId) == rollout.To).ToList();
         var lastSeen = await Task.WhenAll(reached.Select(async i => (i.HostId, await GrainFactory.GetGrain<IHostGrain>(i.HostId).GetLastSeenAsync())));
         // Each gate on its own: one that throws (figures it cannot use) is pending with the reason, the others still judge.
         GateResult Measure(string gate, Func<GateResult> measure)

@@ -55,14 +55,25 @@ public static class RolloutMachine
     /// <summary>
     /// The rings for a version of <paramref name="stackId"/> over <paramref name="hosts"/> (those that run the stack): a
     /// canary of two hosts (a slot runs one version at both its ends, so one host alone would never carry the new
-    /// version), then 10 %, 50 % and 100 % of them, each ring adding at least one host. The order is a hash of the stack,
-    /// the version and the host, so canaries differ between rollouts but every silo plans the same. No host: one ring, all.
+    /// version), then 10 %, 50 % and 100 % of them, each ring adding at least one host. The canary is a pair of
+    /// <paramref name="pairs"/> (host pairs whose VM paths carry the stack now) when there is one: two hosts that share no
+    /// path would carry nothing of the new version, and its gates could never judge it. The order is a hash of the
+    /// stack, the version and the host (or pair), so canaries differ between rollouts but every silo plans the same. No
+    /// host: one ring, all.
     /// </summary>
-    public static ImmutableArray<RolloutRing> Plan(string stackId, string to, IEnumerable<string> hosts)
+    public static ImmutableArray<RolloutRing> Plan(string stackId, string to, IEnumerable<string> hosts, IEnumerable<(string A, string B)>? pairs = null)
     {
-        var ordered = hosts.Distinct(StringComparer.Ordinal)
-            .OrderBy(h => Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes($"{stackId}\n{to}\n{h}"))), StringComparer.Ordinal)
-            .ThenBy(h => h, StringComparer.Ordinal).ToList();
+        static string Hash(string text) => Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
+        var known = hosts.ToHashSet(StringComparer.Ordinal);
+        var canary = (pairs ?? [])
+            .Where(p => p.A != p.B && known.Contains(p.A) && known.Contains(p.B))
+            .Select(p => string.CompareOrdinal(p.A, p.B) < 0 ? p : (A: p.B, B: p.A))
+            .Distinct()
+            .OrderBy(p => Hash($"{stackId}\n{to}\n{p.A}\n{p.B}"), StringComparer.Ordinal).ThenBy(p => $"{p.A}\n{p.B}", StringComparer.Ordinal)
+            .Select(p => (string[])[p.A, p.B]).FirstOrDefault() ?? [];
+        var ordered = canary.Concat(known.Except(canary)
+            .OrderBy(h => Hash($"{stackId}\n{to}\n{h}"), StringComparer.Ordinal)
+            .ThenBy(h => h, StringComparer.Ordinal)).ToList();
         var n = ordered.Count;
         if (n == 0)
         {

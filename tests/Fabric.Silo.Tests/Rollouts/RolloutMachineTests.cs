@@ -41,6 +41,27 @@ public class RolloutMachineTests
         Assert.Equal("all", Assert.Single(RolloutMachine.Plan("fec", "1.0.1", [])).Name);
     }
 
+    /// <summary>
+    /// Two hosts that share no path would carry nothing of the new version (a slot runs one version at both its ends), so
+    /// the canary is a pair whose VM paths carry the stack, whichever way the outcomes name it; pairs with a host that
+    /// does not run the stack, or a host with itself, are not candidates; with none the canary is any two.
+    /// </summary>
+    [Fact]
+    public void TheCanary_IsAPairOfHostsThatCarryTheStackBetweenThem()
+    {
+        for (var i = 0; i < 16; i++)
+        {
+            var plan = RolloutMachine.Plan("fec", $"1.0.{i}", Fleet, [("h7", "h3"), ("h3", "h7"), ("h9", "h11"), ("h5", "h5")]);
+            Assert.Equal(["h3", "h7"], plan[0].Hosts);
+            Assert.Equal(Fleet.Order(StringComparer.Ordinal), plan.SelectMany(r => r.Hosts).Order(StringComparer.Ordinal));
+        }
+        var pairs = new[] { ("h1", "h2"), ("h3", "h4"), ("h5", "h6"), ("h7", "h8") };
+        var canaries = Enumerable.Range(0, 16).Select(i => string.Join(",", RolloutMachine.Plan("fec", $"1.0.{i}", Fleet, pairs)[0].Hosts)).Distinct().ToList();
+        Assert.All(canaries, c => Assert.Contains(c, pairs.Select(p => $"{p.Item1},{p.Item2}")));
+        Assert.True(canaries.Count > 1, string.Join(" ", canaries));
+        Assert.Equal(RolloutMachine.Plan("fec", "1.0.1", Fleet).SelectMany(r => r.Hosts), RolloutMachine.Plan("fec", "1.0.1", Fleet, [("h9", "h11"), ("h5", "h5")]).SelectMany(r => r.Hosts));
+    }
+
     [Fact]
     public void ARollout_ReachesTheCanaryFirst_WaitsForItsBake_AndReachesEveryRingOnPassingGates()
     {

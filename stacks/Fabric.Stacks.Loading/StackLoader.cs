@@ -1,9 +1,8 @@
 using System.Reflection;
 using System.Runtime.Loader;
 using System.Security.Cryptography;
-using Fabric.Stacks;
 
-namespace Fabric.Agent.Stacks;
+namespace Fabric.Stacks.Loading;
 
 /// <summary>A stack plug-in loaded into its own collectible context.</summary>
 public sealed class LoadedStack
@@ -13,7 +12,6 @@ public sealed class LoadedStack
         Factory = factory;
         Context = new WeakReference(context);
         Description = factory.Description;
-        Key = StackKey.Of(Description.Id, Description.Version);
     }
 
     /// <summary>The plug-in's factory.</summary>
@@ -23,11 +21,11 @@ public sealed class LoadedStack
     public StackDescription Description { get; }
 
     /// <summary>
-    /// The version's key in the host (<see cref="StackKey"/>): what slots and bindings name. The version is the one its
-    /// signed target publishes it as, for a signed plug-in (the repository is the authority on versions), else the one
-    /// its factory declares.
+    /// The version's key in the stack host that loaded it (<c>id@version</c>): what slots and bindings name. The version is
+    /// the one its signed target publishes it as, for a signed plug-in (the repository is the authority on versions), else
+    /// the one its factory declares. Empty until a host has set it.
     /// </summary>
-    public string Key { get; internal set; }
+    public string Key { get; internal set; } = "";
 
     /// <summary>The load context, weakly: it must be collectable once the stack is released.</summary>
     public WeakReference Context { get; }
