@@ -298,8 +298,12 @@ public sealed class Agent : IDisposable
 
     private readonly HashSet<string> _refusedSaid = new(StringComparer.Ordinal);
 
-    /// <summary>Registers a verified stack under its signed id; one that will not load, or whose factory declares another
-    /// id, is refused and said, and the host goes on with the others (it is tried again at the next refresh).</summary>
+    /// <summary>
+    /// Registers a verified stack under its signed id; one whose package declares (or, from an older package, whose factory
+    /// declares) another id is refused and said, and the host goes on with the others (it is tried again at the next
+    /// refresh). A package's declaration is taken without loading the plug-in: its first binding loads it, and a version
+    /// that will not load then, by its own fault, is quarantined (<see cref="Switching.Quarantine.Unloadable"/>).
+    /// </summary>
     private void RegisterSigned(SignedStacks.VerifiedStack stack)
     {
         try

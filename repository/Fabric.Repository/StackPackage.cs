@@ -37,7 +37,8 @@ public sealed record StackDeclaration(string Id, string Version, string Family, 
     public const int MaxBytes = 65_535;
 
     public static StackDeclaration Of(StackDescription description) => new(description.Id, description.Version,
-        description.UnderlayFamily == AddressFamily.InterNetworkV6 ? "ipv6" : "ipv4", description.MaxStackFieldBytes, description.MaxExpansionBytes, description.Encrypts);
+        description.UnderlayFamily switch { AddressFamily.InterNetworkV6 => "ipv6", AddressFamily.InterNetwork => "ipv4", var other => other.ToString() },
+        description.MaxStackFieldBytes, description.MaxExpansionBytes, description.Encrypts);
 
     /// <summary>The description the factory declared.</summary>
     public StackDescription ToDescription() => new(Id, Version, Family == "ipv6" ? AddressFamily.InterNetworkV6 : AddressFamily.InterNetwork, MaxStackFieldBytes, MaxExpansionBytes)
@@ -97,13 +98,15 @@ public static class StackPackage
             }
         }
         var (entryAssembly, entryType) = FindFactory(pluginDirectory, files);
-        var manifest = new PackageManifest(id, version, SupportedContractVersion, entryAssembly, entryType, profile, minAgentVersion,
-            Declaration(Path.Combine(pluginDirectory, entryAssembly)));
-        var entries = new SortedDictionary<string, byte[]>(StringComparer.Ordinal) { [ManifestName] = JsonSerializer.SerializeToUtf8Bytes(manifest, Json) };
+        var entries = new SortedDictionary<string, byte[]>(StringComparer.Ordinal);
         foreach (var file in files)
         {
             entries[file] = File.ReadAllBytes(Path.Combine(pluginDirectory, file));
         }
+        // Loaded as agents load it: only these bytes (a file changed since it was read is refused), no file beside them.
+        var declaration = Declaration(Path.Combine(pluginDirectory, entryAssembly), entries.ToDictionary(e => e.Key, e => Sha256(e.Value), StringComparer.Ordinal));
+        var manifest = new PackageManifest(id, version, SupportedContractVersion, entryAssembly, entryType, profile, minAgentVersion, declaration);
+        entries[ManifestName] = JsonSerializer.SerializeToUtf8Bytes(manifest, Json);
         using var output = new MemoryStream();
         output.Write(Magic);
         Span<byte> header = stackalloc byte[4];
@@ -268,15 +271,14 @@ public static class StackPackage
     /// What the plug-in's factory declares: the plug-in is loaded here, where it is packed (its publisher's build), into a
     /// collectible context that is let go at once, so the hosts need not load it to know.
     /// </summary>
-    private static StackDeclaration Declaration(string entryAssembly)
+    private static StackDeclaration Declaration(string entryAssembly, IReadOnlyDictionary<string, string> digests)
     {
         LoadedStack loaded;
         try
         {
-            loaded = StackLoader.Load(entryAssembly);
+            loaded = StackLoader.Load(entryAssembly, digests);
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException or TypeLoadException
-            or System.Reflection.ReflectionTypeLoadException or MissingMethodException or System.Reflection.TargetInvocationException)
+        catch (Exception e) when (StackLoader.IsLoadFailure(e))
         {
             throw new PackageException($"'{entryAssembly}' could not be loaded to read what its factory declares: {e.Message}");
         }

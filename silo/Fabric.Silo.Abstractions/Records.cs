@@ -529,4 +529,17 @@ public static class CallerContext
         get => OperatorName.Value;
         set => OperatorName.Value = value;
     }
+
+    private static readonly AsyncLocal<Func<bool>?> AgentRevoked = new();
+
+    /// <summary>
+    /// When an agent calls: a check, good for later, that says whether the credentials it called with have been withdrawn
+    /// since (its certificate revoked by the fleet's authority, its host removed). A grain that keeps something of the
+    /// caller's — an observer to push to — asks it before each use. Null otherwise.
+    /// </summary>
+    public static Func<bool>? Revoked
+    {
+        get => AgentRevoked.Value;
+        set => AgentRevoked.Value = value;
+    }
 }

@@ -32,7 +32,7 @@ public sealed record AgentSubscriptionOptions
     public TimeSpan Expiry { get; init; } = TimeSpan.FromMinutes(1);
 }
 
-public sealed class HostGrain : Grain, IHostGrain
+public sealed partial class HostGrain : Grain, IHostGrain
 {
     private const int OutcomeLimit = 2000;
     private readonly IPersistentState<HostState> _state;
@@ -70,8 +70,12 @@ public sealed class HostGrain : Grain, IHostGrain
     /// <summary>The observer the agent last registered or renewed: what a report keeps subscribed (not one from an earlier connection).</summary>
     private IAgentObserver? _observer;
 
+    /// <summary>Whether the credentials <see cref="_observer"/> was subscribed with have been withdrawn since (null: a silo without the channel's security).</summary>
+    private Func<bool>? _observerRevoked;
+
     private void Subscribe(IAgentObserver observer)
     {
+        _observerRevoked = CallerContext.Revoked;
         if (_observer is { } previous && !previous.Equals(observer))
         {
             // The agent reconnected (a new client makes a new observer): pushes to the old one would only wait to fail.
@@ -84,9 +88,12 @@ public sealed class HostGrain : Grain, IHostGrain
     public HostGrain([PersistentState("host", Storage.Name)] IPersistentState<HostState> state, ILogger<HostGrain> logger, AgentSubscriptionOptions subscriptions)
     {
         _state = state;
+        _logger = logger;
         // An agent renews well within this, and every report renews it too; a vanished agent stops being notified after it.
         _observers = new ObserverManager<IAgentObserver>(subscriptions.Expiry, logger);
     }
+
+    private readonly ILogger<HostGrain> _logger;
 
     private static string Key(Binding b) => $"{b.VmId}|{b.RemoteHost}";
 
@@ -365,6 +372,16 @@ public sealed class HostGrain : Grain, IHostGrain
         // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
         // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
         // never consistency. Observers that fail are dropped by the manager.
+        if (_observerRevoked?.Invoke() == true)
+        {
+            // The agent's certificate was revoked (or its host removed) after it subscribed: its open connection, which
+            // can no longer call, hears nothing more either — not its peers' addresses and keys, nor its VMs' routes.
+            Log.RevokedObserverDropped(_logger, HostId);
+            _observers.Clear();
+            _observer = null;
+            _observerRevoked = null;
+            return change.Version;
+        }
         _ = _observers.Notify(o => o.DesiredStateChangedAsync(change));
         return change.Version;
     }
@@ -476,4 +493,10 @@ public sealed class HostGrain : Grain, IHostGrain
         ValueTask.FromResult(_paths.TryGetValue(peer, out var path) ? path.History.ToImmutableArray() : []);
 
     public ValueTask<ImmutableArray<string>> ListPeersAsync() => ValueTask.FromResult(_state.State.Peers.Order(StringComparer.Ordinal).ToImmutableArray());
+
+    private static partial class Log
+    {
+        [LoggerMessage(1, LogLevel.Warning, "Host {HostId}: the credentials its agent subscribed with were revoked; its connection is told nothing more")]
+        public static partial void RevokedObserverDropped(ILogger logger, string hostId);
+    }
 }

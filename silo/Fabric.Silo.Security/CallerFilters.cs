@@ -51,14 +51,16 @@ public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, R
             // Orleans' own between silos included, which the sending silo's outgoing filter signs — needs a token.
             CallerContext.AgentHost = null;
             CallerContext.Operator = null;
+            CallerContext.Revoked = null;
             await context.Invoke();
             return;
         }
         string? refusal;
         Caller? caller = null;
+        var serial = "";
         try
         {
-            caller = verifier.Verify(token);
+            caller = verifier.Verify(token, out serial);
             refusal = caller.Role == CallerRole.Agent && revoked.Contains(caller.Name)
                 ? $"host '{caller.Name}' was removed from the fleet"
                 : ControlPlaneAuthorization.Check(caller, grainInterface, context.InterfaceMethod.Name, context.TargetId.Key.ToString()!, context.Request.GetArgument);
@@ -72,6 +74,8 @@ public sealed partial class CallerAuthorizationFilter(CallerVerifier verifier, R
             // For the grain (an async method: the caller's context is restored when it returns).
             CallerContext.AgentHost = caller!.Role == CallerRole.Agent ? caller.Name : null;
             CallerContext.Operator = caller.Role == CallerRole.Operator ? caller.Name : null;
+            var host = caller.Name;
+            CallerContext.Revoked = caller.Role == CallerRole.Agent ? () => revoked.IsRevokedCertificate(serial) || revoked.Contains(host) : null;
             await context.Invoke();
             return;
         }

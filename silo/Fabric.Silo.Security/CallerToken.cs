@@ -163,8 +163,12 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
     public int Remembered => _tokens.Count;
 
     /// <summary>Throws <see cref="UnauthorizedAccessException"/> saying why when the token is missing or not good.</summary>
-    public Caller Verify(string? token)
+    public Caller Verify(string? token) => Verify(token, out _);
+
+    /// <summary><see cref="Verify(string?)"/>, saying the serial number of the certificate the token was made with.</summary>
+    public Caller Verify(string? token, out string serialNumber)
     {
+        serialNumber = "";
         if (string.IsNullOrEmpty(token))
         {
             throw new UnauthorizedAccessException("the call carries no caller token: the control plane requires one");
@@ -173,6 +177,7 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
         if (_tokens.TryGetValue(token, out var known) && now < known.Until)
         {
             // A remembered token is checked against the revocation list on every call: a revocation takes effect at once.
+            serialNumber = known.Serial;
             return NotRevoked(known.Caller, known.Serial);
         }
         string? certificateKey = null;
@@ -208,6 +213,7 @@ public sealed class CallerVerifier(X509Certificate2 authority, TimeProvider time
             _certificates[certificateKey!] = (token, entry.Until);
             _tokens[token] = (caller, serial, until);
         }
+        serialNumber = serial;
         return NotRevoked(caller, serial);
     }
 

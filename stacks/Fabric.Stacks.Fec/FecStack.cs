@@ -198,7 +198,7 @@ public sealed class FecStack : IStack
                 && datagram.Payload.Length >= ShardHeader:
                 ReceiveParity(group, index, k, m, datagram.Payload, vm, nowNanoseconds, underlay);
                 break;
-            case (FabricPayloadType.StackControl, KindReport) when datagram.Payload.Length == 4:
+            case (FabricPayloadType.StackControl, KindReport) when datagram.Payload.Length == 4 && BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) <= 1_000_000:
                 OnLossReport(BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) / 1e6);
                 break;
             case (FabricPayloadType.Ethernet or FabricPayloadType.StackEncoded or FabricPayloadType.StackControl, _):

@@ -185,6 +185,51 @@ public class StackVersionTests
         Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 400), hosts.Expect("vm3"));
     }
 
+    /// <summary>
+    /// A signed version registered from its package's declaration, whose factory declares something else (a publisher's
+    /// mistake, signed): the first binding that takes it cannot load it; the switch quarantines it and says so, the
+    /// binding is refused with the reason, and the next binding takes the version before it — traffic flows.
+    /// </summary>
+    [Fact]
+    public async Task ASignedVersionThatDeclaresOtherwiseThanItsPackage_IsQuarantinedAtItsFirstBinding_AndThePreviousOneCarries()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var folder = Directory.CreateTempSubdirectory("fabric-versions-").FullName;
+        try
+        {
+            using var hosts = new TwoHosts();
+            // fec: the hosts run no unsigned copy of it (signed and unsigned copies of one id never run side by side).
+            foreach (var (version, extra) in new[] { ("1.0.0", 0), ("1.1.0", 16) })
+            {
+                var package = Fabric.Repository.StackPackage.Pack(Path.GetDirectoryName(StackPlugins.PathOf(StackPlugins.Fec))!, "fec", version, new Fabric.Repository.StackProfile());
+                var unpacked = Fabric.Repository.StackPackage.Extract(package, Path.Combine(folder, version));
+                var declared = unpacked.Declares!.ToDescription();
+                foreach (var agent in new[] { hosts.A, hosts.B })
+                {
+                    agent.Switch.RegisterStack(unpacked.EntryPath, "fec", unpacked.Digests, version, declared with { MaxExpansionBytes = declared.MaxExpansionBytes + extra });
+                }
+            }
+            Assert.All(hosts.A.Switch.StackHost.Entries().Where(e => e.Id == "fec"), e => Assert.Equal(0, e.Loads));
+
+            var refused = await hosts.A.Switch.BindVmAsync("vm1", "host-b", "fec", ct);
+            Assert.Contains("Stack 'fec@1.1.0' could not be loaded", refused, StringComparison.Ordinal);
+            Assert.Contains("not what it was registered as", refused, StringComparison.Ordinal);
+            Assert.Contains(hosts.A.Switch.Events, e => e.Contains("stack fec@1.1.0 quarantined: Stack 'fec@1.1.0' could not be loaded", StringComparison.Ordinal));
+            Assert.True(hosts.A.Switch.StackHost.IsQuarantined("fec@1.1.0"));
+
+            Assert.Null(await hosts.A.Switch.BindVmAsync("vm1", "host-b", "fec", ct));
+            Assert.Equal("fec@1.0.0", KeyOf(hosts.A, "host-b", "vm1"));
+            hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300));
+            Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 300), hosts.Expect("vm3"));
+            // host-b never tried 1.1.0: its peer never asked it to open it.
+            Assert.Equal(0, hosts.B.Switch.StackHost.Entries().Single(e => e.Key == "fec@1.1.0").Loads);
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     [Fact]
     public void TheSameVersionFromAnotherFile_OrAVersionWithTheSeparator_IsRefused_NamingIt()
     {

@@ -71,6 +71,29 @@ public class PackageTests
         Assert.True(secure.Encrypts && secure.MaxStackFieldBytes > 0 && secure.Family == "ipv4", secure.ToString());
     }
 
+    /// <summary>
+    /// A declaration says all a description says: if the contract's description gains a property, this fails until the
+    /// declaration carries it too (else every declared version would differ from its factory's and be quarantined).
+    /// </summary>
+    [Fact]
+    public void ADeclaration_CarriesEveryPropertyOfTheDescription()
+    {
+        Assert.Equal(["Encrypts", "Id", "MaxExpansionBytes", "MaxStackFieldBytes", "UnderlayFamily", "Version"],
+            typeof(Fabric.Stacks.StackDescription).GetProperties().Where(p => p.DeclaringType == typeof(Fabric.Stacks.StackDescription) && p.Name != "EqualityContract")
+                .Select(p => p.Name).Order(StringComparer.Ordinal));
+        foreach (var description in new[]
+        {
+            new Fabric.Stacks.StackDescription("secure", "2.1.0", System.Net.Sockets.AddressFamily.InterNetworkV6, 40, 16) { Encrypts = true },
+            new Fabric.Stacks.StackDescription("std-ipv4", "1.0.0", System.Net.Sockets.AddressFamily.InterNetwork, 0),
+        })
+        {
+            Assert.Equal(description, StackDeclaration.Of(description).ToDescription());
+            Assert.Null(StackDeclaration.Of(description).Problem());
+        }
+        var unspecified = StackDeclaration.Of(new Fabric.Stacks.StackDescription("odd", "1.0.0", System.Net.Sockets.AddressFamily.Unspecified, 0));
+        Assert.Contains("underlay family 'Unspecified'", unspecified.Problem(), StringComparison.Ordinal);
+    }
+
     [Fact]
     public void AFolderShippingTheContract_IsRefused()
     {

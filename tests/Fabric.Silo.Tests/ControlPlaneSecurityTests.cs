@@ -446,7 +446,8 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
     /// <summary>
     /// A stolen agent certificate: the authority revokes it and the silo's list is replaced. Within the silo's refresh
     /// period every call made with it is refused — on the connection it already has, which TLS admitted before — and a new
-    /// connection is refused at TLS; the other agent goes on.
+    /// connection is refused at TLS; that connection is told nothing more either (a VM placed in a network it shares
+    /// reaches the other hosts' agents, not its); the other agents go on.
     /// </summary>
     [Fact]
     public async Task ACertificateTheAuthorityRevokes_IsRefusedOnItsOpenConnectionAndAtTls_TheOthersGoOn()
@@ -454,8 +455,19 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         var stolen = _authority.Issue(CallerRole.Agent, "host-a");
         var a = await ConnectAsync(stolen);
         var b = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-b"));
-        var reference = a.CreateObjectReference<IAgentObserver>(new RecordingObserver());
+        var c = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-c"));
+        var (seenA, seenC) = (new RecordingObserver(), new RecordingObserver());
+        var reference = a.CreateObjectReference<IAgentObserver>(seenA);
         await a.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-a"), reference);
+        await c.GetGrain<IHostGrain>("host-c").RegisterAsync(Info("host-c"), c.CreateObjectReference<IAgentObserver>(seenC));
+        static VmPlacement InNetwork7(string host, string vm, int n) => new(host, vm, 7, [$"02:00:00:00:09:0{n}"], null)
+        {
+            Vnics = [new Vnic($"02:00:00:00:09:0{n}", 7, [$"10.9.0.{n}"], [])],
+        };
+        await a.GetGrain<IVmGrain>("vm-a").PlaceAsync(InNetwork7("host-a", "vm-a", 1));
+        await c.GetGrain<IVmGrain>("vm-c").PlaceAsync(InNetwork7("host-c", "vm-c", 3));
+        await Eventually.TrueAsync(() => Task.FromResult(seenA.Changes > 0 && seenC.Changes > 0), TimeSpan.FromSeconds(15), "host-a and host-c told of each other's VM",
+            () => Task.FromResult($"host-a heard {seenA.Changes}, host-c {seenC.Changes}"));
 
         WriteRevocationList(_authority.Certificate, stolen.Certificate);
         var refused = "";
@@ -474,6 +486,13 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         }, TimeSpan.FromSeconds(15), "the revocation taken", () => Task.FromResult("host-a's calls still accepted"));
         Assert.Contains($"the certificate of agent 'host-a' (serial {RevocationList.SerialOf(stolen.Certificate.SerialNumber)}) was revoked by the fleet's authority", refused, StringComparison.Ordinal);
         await b.GetGrain<IHostGrain>("host-b").RegisterAsync(Info("host-b"), b.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
+        var (heardA, heardC) = (seenA.Changes, seenC.Changes);
+        await b.GetGrain<IVmGrain>("vm-b").PlaceAsync(InNetwork7("host-b", "vm-b", 2));
+        await Eventually.TrueAsync(() => Task.FromResult(seenC.Changes > heardC), TimeSpan.FromSeconds(15), "host-c told of vm-b",
+            () => Task.FromResult($"host-c heard {seenC.Changes}"));
+        // host-a's grain had the same news to give (vm-b is in its network too): a push would have come with host-c's.
+        await Task.Delay(TimeSpan.FromSeconds(2), TestContext.Current.CancellationToken);
+        Assert.Equal(heardA, seenA.Changes);
         await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(stolen));
     }
 

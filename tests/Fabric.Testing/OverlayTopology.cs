@@ -233,11 +233,14 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>The bystander's API socket, empty until it runs.</summary>
     public string SocketC { get; private set; } = "";
 
-    private string SocketOf(string host) => host switch
+    private int _pidC;
+
+    /// <summary>A host's agent: its namespace, API socket and process id; throws for a host this topology has no agent of.</summary>
+    private (string Namespace, string Socket, int Pid) Of(string host) => host switch
     {
-        "host-a" => SocketA,
-        "host-b" => SocketB,
-        "host-c" when SocketC.Length > 0 => SocketC,
+        "host-a" => (HostA, SocketA, AgentPids.A),
+        "host-b" => (HostB, SocketB, AgentPids.B),
+        "host-c" when SocketC.Length > 0 => (HostC, SocketC, _pidC),
         _ => throw new ArgumentException($"no agent '{host}' in this topology", nameof(host)),
     };
 
@@ -257,23 +260,23 @@ public sealed class OverlayTopology : IDisposable
         _network.AddVeth($"{id}cc", HostC, $"{id}sc", SiloNamespace);
         TestNetwork.Exec(SiloNamespace, "ip", "link", "set", $"{id}sc", "master", $"{id}br");
         _network.AddAddress(HostC, $"{id}cc", "198.19.0.3/24");
-        (SocketC, _) = StartAgent(_binDirectory, "host-c", HostC, "198.19.0.3", null, null, null, null, "std-ipv4");
+        (SocketC, _pidC) = StartAgent(_binDirectory, "host-c", HostC, "198.19.0.3", null, null, null, null, "std-ipv4");
     }
 
     /// <summary>Runs `fabric-agent ctl` against a host's agent, as an operator would; returns its exit code and output.</summary>
     public (int Code, string Output) Ctl(string host, params string[] args)
     {
-        var (code, stdout, stderr) = Privileged.TryRun(Path.Combine(_binDirectory, "fabric-agent"), ["ctl", SocketOf(host), .. args]);
+        var (code, stdout, stderr) = Privileged.TryRun(Path.Combine(_binDirectory, "fabric-agent"), ["ctl", Of(host).Socket, .. args]);
         return (code, stdout + stderr);
     }
 
     /// <summary>Fetches a host's Prometheus endpoint (127.0.0.1:9464 inside the host's namespace).</summary>
-    public string Metrics(string host) => HttpGet(host == "host-a" ? HostA : HostB, new Uri("http://127.0.0.1:9464/metrics"));
+    public string Metrics(string host) => HttpGet(Of(host).Namespace, new Uri("http://127.0.0.1:9464/metrics"));
 
     /// <summary>Stops a host's agent with SIGTERM; returns its exit code, or null when it did not stop within 10 s.</summary>
     public int? StopAgent(string host)
     {
-        var process = _processes.Single(p => p.Id == (host == "host-a" ? AgentPids.A : AgentPids.B));
+        var process = _processes.Single(p => p.Id == Of(host).Pid);
         Privileged.TryRun("kill", "-TERM", process.Id.ToString(CultureInfo.InvariantCulture));
         return process.WaitForExit(10_000) ? process.ExitCode : null;
     }
@@ -316,7 +319,7 @@ public sealed class OverlayTopology : IDisposable
     /// <summary>The agent's status (its local API), parsed.</summary>
     public JsonElement Status(string host)
     {
-        var reply = Fabric.Testing.AgentApi.Send(SocketOf(host), """{"op":"status"}""");
+        var reply = Fabric.Testing.AgentApi.Send(Of(host).Socket, """{"op":"status"}""");
         using var document = JsonDocument.Parse(reply);
         return document.RootElement.GetProperty("result").Clone();
     }

@@ -7,7 +7,7 @@ namespace Fabric.Agent.Stacks;
 /// <summary>A stack version in the host: bindings reference it; it unloads when none does and its drain time has passed.</summary>
 public sealed record StackHostEntry(string Id, string Version, string AssemblyPath, int Bindings, bool Loaded, DateTime? IdleSince, bool Withdrawn = false)
 {
-    /// <summary>How many times this host has loaded the version since the agent started (0: none of its code has run here).</summary>
+    /// <summary>How many times this host has loaded, or tried to load, the version since the agent started (0: none of its code has run here).</summary>
     public int Loads { get; init; }
 
     /// <summary>The version's key (<see cref="StackKey"/>).</summary>
@@ -69,7 +69,11 @@ public sealed class StackHost
     public (StackDescription Description, string Key) Register(string assemblyPath, string? signedId = null, IReadOnlyDictionary<string, string>? digests = null, string? signedVersion = null,
         StackDescription? declared = null)
     {
-        var stack = declared is not null && digests is not null ? null : StackLoader.Load(assemblyPath, digests);
+        if (declared is not null && digests is null)
+        {
+            throw new ArgumentException($"'{assemblyPath}': a declaration is taken only from a signed package (with its digests).", nameof(declared));
+        }
+        var stack = declared is not null ? null : StackLoader.Load(assemblyPath, digests);
         var description = stack?.Description ?? declared!;
         var version = signedVersion ?? description.Version;
         var key = StackKey.Of(description.Id, version);
@@ -308,34 +312,86 @@ public sealed class StackHost
         }
     }
 
-    /// <summary>Counts a binding of <paramref name="name"/> (a key, or a bare id: its newest usable version) and returns the stack, loading it if it was unloaded.</summary>
+    /// <summary>
+    /// Counts a binding of <paramref name="name"/> (a key, or a bare id: its newest usable version) and returns the stack,
+    /// loading it if it is not loaded. The load runs outside the host's lock (reading and checking files, the plug-in's
+    /// constructors), so other paths' traffic does not wait on it; it throws <see cref="StackLoadException"/> when the
+    /// version will not load.
+    /// </summary>
     public LoadedStack Acquire(string name)
     {
+        string key;
+        Registration registration;
         lock (_gate)
         {
-            var key = ResolveLocked(name) ?? name;
-            if (_withdrawn.TryGetValue(key, out var withdrawn))
+            key = Usable(name);
+            if (_loaded.TryGetValue(key, out var slot))
             {
-                throw new InvalidOperationException($"Stack '{key}' is withdrawn: {withdrawn}.");
+                return Bind(slot);
             }
-            if (!_registered.ContainsKey(key))
+            registration = _registered[key];
+        }
+        var loaded = Load(key, registration);
+        lock (_gate)
+        {
+            // Taken away, registered anew or loaded by another binding while it loaded: this copy goes.
+            try
             {
-                throw new InvalidOperationException($"Stack '{name}' is not available (available: {string.Join(", ", _registered.Keys.Order(StringComparer.Ordinal))}).");
+                key = Usable(key);
             }
-            if (_quarantined.TryGetValue(key, out var reason))
+            catch (InvalidOperationException)
             {
-                throw new InvalidOperationException($"Stack '{key}' is quarantined: {reason}.");
+                Unload(new Slot(loaded));
+                throw;
             }
-            if (HeldOutLocked(key))
+            if (_registered[key] != registration)
             {
-                throw new InvalidOperationException($"Stack '{key}' is not run on this host: {HeldOutReasonLocked(key)}.");
+                Unload(new Slot(loaded));
+                throw new InvalidOperationException($"Stack '{key}' was registered anew while it loaded; try again.");
             }
-            var stack = LoadLocked(key);
-            var slot = _loaded[key];
+            if (_loaded.TryGetValue(key, out var other))
+            {
+                Unload(new Slot(loaded));
+                return Bind(other);
+            }
+            loaded.Key = key;
+            _loaded[key] = new Slot(loaded);
+            lock (_loads)
+            {
+                _everLoaded.Add(key);
+            }
+            return Bind(_loaded[key]);
+        }
+
+        static LoadedStack Bind(Slot slot)
+        {
             slot.Bindings++;
             slot.IdleSince = null;
-            return stack;
+            return slot.Stack!;
         }
+    }
+
+    /// <summary>The version <paramref name="name"/> stands for, when a binding may take it; else throws saying why.</summary>
+    private string Usable(string name)
+    {
+        var key = ResolveLocked(name) ?? name;
+        if (_withdrawn.TryGetValue(key, out var withdrawn))
+        {
+            throw new InvalidOperationException($"Stack '{key}' is withdrawn: {withdrawn}.");
+        }
+        if (!_registered.ContainsKey(key))
+        {
+            throw new InvalidOperationException($"Stack '{name}' is not available (available: {string.Join(", ", _registered.Keys.Order(StringComparer.Ordinal))}).");
+        }
+        if (_quarantined.TryGetValue(key, out var reason))
+        {
+            throw new InvalidOperationException($"Stack '{key}' is quarantined: {reason}.");
+        }
+        if (HeldOutLocked(key))
+        {
+            throw new InvalidOperationException($"Stack '{key}' is not run on this host: {HeldOutReasonLocked(key)}.");
+        }
+        return key;
     }
 
     /// <summary>Uncounts a binding of the version <paramref name="key"/>; it starts draining when it was the last.</summary>
@@ -405,7 +461,10 @@ public sealed class StackHost
                     unloaded++;
                 }
             }
-            _unloading.RemoveAll(w => !w.IsAlive);
+            lock (_unloading)
+            {
+                _unloading.RemoveAll(w => !w.IsAlive);
+            }
             return unloaded;
         }
     }
@@ -417,8 +476,11 @@ public sealed class StackHost
         {
             lock (_gate)
             {
-                _unloading.RemoveAll(w => !w.IsAlive);
-                return _unloading.Count;
+                lock (_unloading)
+                {
+                    _unloading.RemoveAll(w => !w.IsAlive);
+                    return _unloading.Count;
+                }
             }
         }
     }
@@ -463,59 +525,47 @@ public sealed class StackHost
     private static IEnumerable<string> Newest(IEnumerable<string> keys) =>
         keys.OrderByDescending(k => StackKey.VersionOf(k)!, Comparer<string>.Create(StackKey.CompareVersions));
 
-    private LoadedStack LoadLocked(string key)
+    /// <summary>
+    /// Loads a registered version (not under the host's lock) and checks that its factory declares what it was registered
+    /// as. A failure is the version's own (<see cref="StackLoadException.VersionsFault"/>: its checked bytes will not load,
+    /// or it declares something else) unless files are missing or changed on disk — which the next repository refresh
+    /// unpacks again — or this host has loaded it before (the same bytes did load).
+    /// </summary>
+    private LoadedStack Load(string key, Registration registration)
     {
-        if (_loaded.TryGetValue(key, out var slot))
-        {
-            return slot.Stack!;
-        }
-        var registration = _registered[key];
         LoadedStack stack;
         try
         {
             stack = StackLoader.Load(registration.Path, registration.Digests);
         }
-        catch (Exception e) when (e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException or TypeLoadException
-            or System.Reflection.ReflectionTypeLoadException or MissingMethodException or System.Reflection.TargetInvocationException)
+        catch (Exception e) when (StackLoader.IsLoadFailure(e))
         {
-            // Files missing or changed on disk are the disk's fault (the next refresh unpacks them again), not the version's.
-            throw Unloadable(key, registration, e.Message, e, theVersions: e is not (IOException or InvalidDataException));
+            Count(key);
+            bool loadedBefore;
+            lock (_loads)
+            {
+                loadedBefore = _everLoaded.Contains(key);
+            }
+            var disk = e is IOException or InvalidDataException || e.InnerException is IOException or InvalidDataException
+                || (e as System.Reflection.ReflectionTypeLoadException)?.LoaderExceptions.Any(l => l is IOException) == true;
+            throw new StackLoadException(key, e.Message, versionsFault: registration.Digests is not null && !disk && !loadedBefore, e);
         }
         Count(key);
         if (stack.Description != registration.Description)
         {
             // The file now declares something else than it did when registered (an operator's path, rebuilt in place), or
             // than its signed package says it declares.
-            if (stack.Context.Target is System.Runtime.Loader.AssemblyLoadContext other)
-            {
-                other.Unload();
-            }
-            throw Unloadable(key, registration, $"'{registration.Path}' declares {Said(stack.Description)}, not what it was registered as ({Said(registration.Description)})", null, theVersions: true);
+            Unload(new Slot(stack));
+            throw new StackLoadException(key, $"'{registration.Path}' declares {Said(stack.Description)}, not what it was registered as ({Said(registration.Description)})",
+                versionsFault: registration.Digests is not null, null);
         }
-        stack.Key = key;
-        _loaded[key] = new Slot(stack) { IdleSince = _time.GetUtcNow().UtcDateTime };
         return stack;
-    }
-
-    /// <summary>
-    /// A version that cannot be loaded. When the fault is the signed version's own (<paramref name="theVersions"/>: its
-    /// checked bytes will not load, or its factory declares something else than its package says) it is quarantined: it
-    /// would fail for every binding, and the control plane learns of it as of any quarantine. An operator's file may be
-    /// fixed in place, so it is only refused.
-    /// </summary>
-    private InvalidOperationException Unloadable(string key, Registration registration, string why, Exception? inner, bool theVersions)
-    {
-        if (theVersions && registration.Digests is not null)
-        {
-            _quarantined.TryAdd(key, $"it could not be loaded: {why}");
-        }
-        return new InvalidOperationException($"Stack '{key}' could not be loaded: {why}.", inner);
     }
 
     private static string Said(StackDescription d) =>
         $"{d.Id} {d.Version} over {(d.UnderlayFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? "IPv6" : "IPv4")}, {d.MaxStackFieldBytes}+{d.MaxExpansionBytes} bytes{(d.Encrypts ? ", encrypting" : "")}";
 
-    /// <summary>Counts a load of the version <paramref name="key"/> (what <see cref="StackHostEntry.Loads"/> says).</summary>
+    /// <summary>Counts a load of the version <paramref name="key"/>, good or not (what <see cref="StackHostEntry.Loads"/> says).</summary>
     private void Count(string key)
     {
         lock (_loads)
@@ -525,6 +575,9 @@ public sealed class StackHost
     }
 
     private readonly Dictionary<string, int> _loads = new(StringComparer.Ordinal);
+
+    /// <summary>Versions a binding has loaded here since the agent started (guarded by <see cref="_loads"/>).</summary>
+    private readonly HashSet<string> _everLoaded = new(StringComparer.Ordinal);
 
     // Kept out of line so no local of the caller's frame keeps the context alive.
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -536,6 +589,22 @@ public sealed class StackHost
         {
             alc.Unload();
         }
-        _unloading.Add(context);
+        lock (_unloading)
+        {
+            _unloading.Add(context);
+        }
     }
+}
+
+/// <summary>
+/// A stack version that would not load for a binding. <see cref="VersionsFault"/>: the signed version itself is at fault
+/// (its checked bytes will not load, or its factory declares something else than its package says), so the switch
+/// quarantines it; otherwise (files missing or changed on disk, an operator's path) it is only refused this time.
+/// </summary>
+public sealed class StackLoadException(string key, string why, bool versionsFault, Exception? inner)
+    : InvalidOperationException($"Stack '{key}' could not be loaded: {why}.", inner)
+{
+    public string Key { get; } = key;
+
+    public bool VersionsFault { get; } = versionsFault;
 }

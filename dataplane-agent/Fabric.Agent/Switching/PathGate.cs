@@ -62,7 +62,7 @@ internal sealed class PathGate(string hostId, Func<long> clock)
     public void Calling(int slot, string? stackId) => Calling(slot, stackId, clock());
 
     /// <summary>The call <see cref="Calling(int, string?, long)"/> marked has returned (under the gate). One call in
-    /// <see cref="SampleEvery"/> is timed, for <see cref="CallTimes"/>.</summary>
+    /// <see cref="SampleEvery"/> is timed, for <see cref="CallTimes"/>, once a version has warmed up on the path.</summary>
     public void Returned()
     {
         var since = Volatile.Read(ref _inCallSince);
@@ -74,7 +74,14 @@ internal sealed class PathGate(string hostId, Func<long> clock)
         var took = clock() - since;
         lock (_callTimes)
         {
-            var (nanoseconds, samples) = _callTimes.GetValueOrDefault(stack);
+            var (nanoseconds, samples) = _callTimes.TryGetValue(stack, out var counted) ? counted : (0, -WarmupSamples);
+            if (samples < 0)
+            {
+                // Still warming up: its first calls compile its code (a fresh load context's), which a rollout's cpu gate
+                // must not take for what a call costs.
+                _callTimes[stack] = (0, samples + 1);
+                return;
+            }
             _callTimes[stack] = (nanoseconds + took, samples + 1);
         }
     }
@@ -82,15 +89,23 @@ internal sealed class PathGate(string hostId, Func<long> clock)
     /// <summary>How many calls into stacks go by for each one timed: a clock read per call would cost the data path.</summary>
     public const int SampleEvery = 64;
 
+    /// <summary>Samples of a version on a path not counted (its first <c>WarmupSamples × SampleEvery</c> or so calls).</summary>
+    public const int WarmupSamples = 16;
+
     private long _returns;
+
+    /// <summary>Per version: time and samples counted; a version not yet warmed up counts its samples from −<see cref="WarmupSamples"/>.</summary>
     private readonly Dictionary<string, (long Nanoseconds, long Samples)> _callTimes = new(StringComparer.Ordinal);
 
-    /// <summary>Per stack version key: the time its timed calls took in all and how many were timed, since the path began.</summary>
+    /// <summary>
+    /// Per stack version key: the time its timed calls took in all and how many were timed, since the path began, leaving
+    /// out its first <see cref="WarmupSamples"/> samples on the path (versions still warming up are not listed).
+    /// </summary>
     public IReadOnlyDictionary<string, (long Nanoseconds, long Samples)> CallTimes()
     {
         lock (_callTimes)
         {
-            return new Dictionary<string, (long, long)>(_callTimes, StringComparer.Ordinal);
+            return _callTimes.Where(c => c.Value.Samples > 0).ToDictionary(c => c.Key, c => c.Value, StringComparer.Ordinal);
         }
     }
 

@@ -71,6 +71,13 @@ internal sealed class Quarantine(SwitchState state)
         state.StackHost.Quarantine(e.StackId, e.Message);
     }
 
+    /// <summary>A signed version that will not load by its own fault: it would fail for every binding (and nothing holds it yet).</summary>
+    public void Unloadable(StackLoadException e)
+    {
+        state.Report($"stack {e.Key} quarantined: {e.Message}");
+        state.StackHost.Quarantine(e.Key, $"it could not be loaded: {e.Message}");
+    }
+
     /// <summary>
     /// Moves every path transmitting through <paramref name="stackId"/>, and every VM binding on it, to the path's
     /// fallback slot. With <paramref name="drainSlots"/> every slot holding it, on any path, drains and closes (which

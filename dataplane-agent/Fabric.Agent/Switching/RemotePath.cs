@@ -1,9 +1,9 @@
 using System.Net;
 using Fabric.Agent.Stacks;
-using Fabric.Stacks.Loading;
 using Fabric.Agent.Underlay;
 using Fabric.Hal.Linux;
 using Fabric.Stacks;
+using Fabric.Stacks.Loading;
 using Fabric.Wire;
 
 namespace Fabric.Agent.Switching;

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Fabric.Agent.Stacks;
+using Fabric.Stacks.Loading;
 
 namespace Fabric.Agent.Switching;
 
@@ -124,7 +125,7 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             {
                 OpenOwnSlot(path, stackId, slot, previous: previous);
             }
-            catch (StackStartException e)
+            catch (Exception e) when (e is StackStartException or StackLoadException)
             {
                 return (e.Message, false);
             }
@@ -151,7 +152,7 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
     /// </summary>
     public void OpenOwnSlot(RemotePath path, string stackId, int slot, bool adoptPeerOpened = false, Fabric.Stacks.StackState? previous = null)
     {
-        var stack = state.StackHost.Acquire(stackId);
+        var stack = Acquire(stackId);
         try
         {
             if (!path.Open(stack, slot, state.HostId, adoptPeerOpened, previous))
@@ -166,6 +167,20 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             {
                 quarantine.Unstartable(start);
             }
+            throw;
+        }
+    }
+
+    /// <summary>Takes a binding of the version; one that will not load by its own fault is quarantined (and said) before the error goes on.</summary>
+    private LoadedStack Acquire(string stackId)
+    {
+        try
+        {
+            return state.StackHost.Acquire(stackId);
+        }
+        catch (StackLoadException e) when (e.VersionsFault)
+        {
+            quarantine.Unloadable(e);
             throw;
         }
     }
@@ -358,7 +373,15 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         {
             return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{stackId}' is not run on {state.HostId}: {held}");
         }
-        var stack = state.StackHost.Acquire(stackId);
+        LoadedStack stack;
+        try
+        {
+            stack = Acquire(stackId);
+        }
+        catch (StackLoadException e)
+        {
+            return ControlMessages.Make(ControlMessages.Refused, slot, e.Message);
+        }
         string? replaced;
         bool unchanged;
         try

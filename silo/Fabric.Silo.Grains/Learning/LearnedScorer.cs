@@ -48,7 +48,9 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
             return fromPrior with { BesideModel = model.Info.HoldoutError,
                 Why = $"prior (model v{model.Version} has {support} similar outcomes, needs {minSupport}): {fromPrior.Why}" };
         }
+        // Rounded first: an effect just below zero would read "-+0.00" (its sign kept, its digits rounded away).
+        var shown = Math.Round(effect, 2) is var rounded && rounded == 0 ? 0 : rounded;
         return new StackScore(utility, string.Create(CultureInfo.InvariantCulture,
-            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {effect:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")} (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
+            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {shown:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")} (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
     }
 }

@@ -18,25 +18,25 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
         var hosts = fleet.Hosts.Except(fleet.Removed.IsDefault ? [] : fleet.Removed, StringComparer.Ordinal).ToList();
         var infos = (await Task.WhenAll(hosts.Select(h => GrainFactory.GetGrain<IHostGrain>(h).GetInfoAsync().AsTask()))).OfType<HostInfo>().ToList();
         IReadOnlyList<LoggedOutcome> outcomes;
+        var unreadable = false;
         try
         {
             outcomes = await Task.Run(() => log.ReadRecent(options.OutcomesRead));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or Azure.RequestFailedException or System.Text.Json.JsonException)
         {
-            // The outcome log is away: the utility gate cannot be measured now, so it stays pending (never passes unseen).
+            // The outcome log is away: the utility gate cannot be measured now, so it stays pending (never passes unseen),
+            // and the rings wait for a judgement that can read it (the canary is chosen from it).
             Log.OutcomesUnreadable(logger, rollout.StackId, e.Message);
             outcomes = [];
+            unreadable = true;
         }
         var plan = ImmutableArray<RolloutRing>.Empty;
         var planned = rollout;
-        if (rollout.Ring < 0)
+        if (rollout.Ring < 0 && !unreadable)
         {
             var running = infos.Where(i => !i.StackVersions.IsDefault && i.StackVersions.Any(u => u.Id == rollout.StackId)).Select(i => i.HostId);
-            // The host pairs whose VM paths carried the stack lately: the canary is one of them.
-            var since = rollout.Started - RolloutGates.LookBack(rollout);
-            var pairs = outcomes.Where(o => o.Stack == rollout.StackId && o.Host is not null && o.At >= since).Select(o => (o.Host!, o.RemoteHost));
-            plan = RolloutMachine.Plan(rollout.StackId, rollout.To, running, pairs);
+            plan = RolloutMachine.Plan(rollout.StackId, rollout.To, running, CarryingPairs(rollout, outcomes, DateTimeOffset.UtcNow));
             planned = rollout with { Rings = plan, Ring = 0 };
         }
         var reached = infos.Where(i => planned.VersionFor(i.HostId) == rollout.To).ToList();
@@ -63,6 +63,22 @@ public sealed partial class RolloutJudgeGrain(OutcomeLog log, RolloutOptions opt
             Measure("utility", () => RolloutGates.Utility(planned, outcomes, planned.ReachedAt, options)),
         ];
         await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).JudgedAsync(new RolloutJudgement(rollout.StackId, rollout.To, gates, plan));
+    }
+
+    /// <summary>
+    /// The host pairs whose VM paths carried the stack in the look-back (either host's outcomes on it name the other), where
+    /// both hosts' outcomes, on any stack, name each other: an agent writes the remote host of its own outcomes, so one
+    /// alone could name any host — and put itself in the canary beside it. An outcome dated ahead of now is not taken.
+    /// </summary>
+    public static IEnumerable<(string A, string B)> CarryingPairs(Rollout rollout, IEnumerable<LoggedOutcome> outcomes, DateTimeOffset now)
+    {
+        var since = rollout.Started - RolloutGates.LookBack(rollout);
+        var recent = outcomes.Where(o => o.Host is { } host && host != o.RemoteHost && o.At >= since && o.At <= now + TimeSpan.FromMinutes(1)).ToList();
+        var talk = recent.Select(o => (A: o.Host!, B: o.RemoteHost)).ToHashSet();
+        return recent.Where(o => o.Stack == rollout.StackId)
+            .Select(o => string.CompareOrdinal(o.Host, o.RemoteHost) < 0 ? (A: o.Host!, B: o.RemoteHost) : (A: o.RemoteHost, B: o.Host!))
+            .Distinct()
+            .Where(p => talk.Contains((p.A, p.B)) && talk.Contains((p.B, p.A)));
     }
 
     private static partial class Log

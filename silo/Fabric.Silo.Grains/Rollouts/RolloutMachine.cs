@@ -56,10 +56,10 @@ public static class RolloutMachine
     /// The rings for a version of <paramref name="stackId"/> over <paramref name="hosts"/> (those that run the stack): a
     /// canary of two hosts (a slot runs one version at both its ends, so one host alone would never carry the new
     /// version), then 10 %, 50 % and 100 % of them, each ring adding at least one host. The canary is a pair of
-    /// <paramref name="pairs"/> (host pairs whose VM paths carry the stack now) when there is one: two hosts that share no
-    /// path would carry nothing of the new version, and its gates could never judge it. The order is a hash of the
-    /// stack, the version and the host (or pair), so canaries differ between rollouts but every silo plans the same. No
-    /// host: one ring, all.
+    /// <paramref name="pairs"/> (host pairs whose VM paths carried the stack lately) when there is one: two hosts that share
+    /// no path would carry nothing of the new version, and its gates could never judge it. The order is a hash of the
+    /// stack, the version and the host (or pair), so canaries differ between rollouts and the same hosts and pairs give the
+    /// same plan (it is made once, at the first judgement, and kept). No host: one ring, all.
     /// </summary>
     public static ImmutableArray<RolloutRing> Plan(string stackId, string to, IEnumerable<string> hosts, IEnumerable<(string A, string B)>? pairs = null)
     {

@@ -187,6 +187,31 @@ public class RolloutMachineTests
         Assert.Equal("resume 199", r.Steps[^1].Why);
     }
 
+    /// <summary>
+    /// The canary's candidates come from the outcome log, where an agent writes the remote host of its own outcomes: a pair
+    /// counts only when both hosts' outcomes name each other (one carrying the stack, the other any stack back), so h7,
+    /// compromised, naming h1 to h6 gets itself no place; an outcome dated ahead is not taken.
+    /// </summary>
+    [Fact]
+    public void TheCanaryCandidates_ArePairsBothOfWhoseHostsSayTheyTalk()
+    {
+        var (r, _) = Planned();
+        var at = r.Started;
+        LoggedOutcome Said(string host, string remote, string stack, DateTimeOffset when) =>
+            Outcome("1.0.0", 0.5, host, $"{host}-vm", 0) with { RemoteHost = remote, Stack = stack, At = when };
+        var outcomes = new List<LoggedOutcome>
+        {
+            // h1 sends on fec to h2; h2's VM answers on std-ipv4.
+            Said("h1", "h2", "fec", at), Said("h2", "h1", "std-ipv4", at),
+            // h3 and h4 talk, on std-ipv4 only.
+            Said("h3", "h4", "std-ipv4", at), Said("h4", "h3", "std-ipv4", at),
+            // h5 and h6 on fec both ways, but a day ahead.
+            Said("h5", "h6", "fec", at.AddDays(1)), Said("h6", "h5", "fec", at.AddDays(1)),
+        };
+        outcomes.AddRange(Fleet.Where(h => h != "h7").Select(h => Said("h7", h, "fec", at)));
+        Assert.Equal([("h1", "h2")], RolloutJudgeGrain.CarryingPairs(r, outcomes, at));
+    }
+
     private static LoggedOutcome Outcome(string version, double utility, string host, string vm, double loss) =>
         new(new DateTimeOffset(2026, 12, 5, 3, 0, 1, TimeSpan.Zero), vm, "h9", "general", "fec", version, 1, false,
             new OutcomeFeatures(30, 30, 1, loss, 0, 100, 1), 50, 30, 0, 0, utility) { Host = host };
