@@ -278,9 +278,9 @@ public static class StackPackage
         {
             loaded = StackLoader.Load(entryAssembly, digests);
         }
-        catch (Exception e) when (StackLoader.IsLoadFailure(e))
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
-            throw new PackageException($"'{entryAssembly}' could not be loaded to read what its factory declares: {e.Message}");
+            throw new PackageException($"'{entryAssembly}' could not be loaded to read what its factory declares: {e.GetType().Name}: {e.Message}");
         }
         var declaration = StackDeclaration.Of(loaded.Description);
         if (loaded.Context.Target is System.Runtime.Loader.AssemblyLoadContext context)

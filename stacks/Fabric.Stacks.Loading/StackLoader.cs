@@ -77,7 +77,7 @@ public static class StackLoader
             {
                 return new LoadedStack(factory, context);
             }
-            catch (Exception e) when (e is not OutOfMemoryException && !IsLoadFailure(e))
+            catch (Exception e) when (e is not OutOfMemoryException)
             {
                 throw new InvalidOperationException($"Stack plug-in '{assemblyPath}': its factory's description threw {e.GetType().Name}: {e.Message}", e);
             }
@@ -88,13 +88,6 @@ public static class StackLoader
             throw;
         }
     }
-
-    /// <summary>
-    /// True for what <see cref="Load"/> throws when a plug-in will not load: its files (missing, changed, not an assembly),
-    /// its types, or its factory (a constructor or description that throws).
-    /// </summary>
-    public static bool IsLoadFailure(Exception e) => e is IOException or InvalidDataException or BadImageFormatException or InvalidOperationException
-        or TypeLoadException or ReflectionTypeLoadException or MissingMemberException or MemberAccessException or TargetInvocationException;
 }
 
 /// <summary>

@@ -119,9 +119,19 @@ public class StackHostTests
             Assert.Equal(("swap-test@0.1.0", false, 0), (key, entry.Loaded, entry.Loads));
             Assert.Equal(first.Declared, host.Describe("swap-test"));
 
+            // Whoever can write the state folder alters the deps file before the first load: the load fails, and the fault
+            // is the disk's (the next refresh unpacks the package again), never the version's — not to be quarantined.
+            var deps = Directory.EnumerateFiles(Path.GetDirectoryName(first.Path)!, "*.deps.json").Single();
+            var signedDeps = File.ReadAllBytes(deps);
+            File.WriteAllText(deps, "{ not json");
+            var disk = Assert.Throws<StackLoadException>(() => host.Acquire("swap-test"));
+            Assert.False(disk.VersionsFault, disk.Message);
+            File.WriteAllBytes(deps, signedDeps);
+
             Cycle(host);
             Settle(host);
-            Assert.Equal((false, 1), (host.Entries().Single().Loaded, host.Entries().Single().Loads));
+            // Two loads: the one the altered file failed, and the good one.
+            Assert.Equal((false, 2), (host.Entries().Single().Loaded, host.Entries().Single().Loads));
 
             // 0.2.0's package says it carries 16 more bytes a packet than its factory declares.
             var second = Unpacked("0.2.0");

@@ -339,15 +339,15 @@ public sealed class StackHost
             {
                 key = Usable(key);
             }
-            catch (InvalidOperationException)
+            catch (InvalidOperationException e)
             {
                 Unload(new Slot(loaded));
-                throw;
+                throw new StackLoadException(key, $"it was taken away while it loaded ({e.Message})", versionsFault: false, e);
             }
             if (_registered[key] != registration)
             {
                 Unload(new Slot(loaded));
-                throw new InvalidOperationException($"Stack '{key}' was registered anew while it loaded; try again.");
+                throw new StackLoadException(key, "it was registered anew while it loaded; try again", versionsFault: false, null);
             }
             if (_loaded.TryGetValue(key, out var other))
             {
@@ -538,17 +538,16 @@ public sealed class StackHost
         {
             stack = StackLoader.Load(registration.Path, registration.Digests);
         }
-        catch (Exception e) when (StackLoader.IsLoadFailure(e))
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
             Count(key);
-            bool loadedBefore;
-            lock (_loads)
+            var disk = false;
+            for (var cause = e; cause is not null && !disk; cause = cause.InnerException)
             {
-                loadedBefore = _everLoaded.Contains(key);
+                disk = cause is IOException or InvalidDataException or UnauthorizedAccessException
+                    || (cause as System.Reflection.ReflectionTypeLoadException)?.LoaderExceptions.Any(l => l is IOException) == true;
             }
-            var disk = e is IOException or InvalidDataException || e.InnerException is IOException or InvalidDataException
-                || (e as System.Reflection.ReflectionTypeLoadException)?.LoaderExceptions.Any(l => l is IOException) == true;
-            throw new StackLoadException(key, e.Message, versionsFault: registration.Digests is not null && !disk && !loadedBefore, e);
+            throw new StackLoadException(key, e.Message, versionsFault: !disk && VersionsOwn(key, registration), e);
         }
         Count(key);
         if (stack.Description != registration.Description)
@@ -557,9 +556,40 @@ public sealed class StackHost
             // than its signed package says it declares.
             Unload(new Slot(stack));
             throw new StackLoadException(key, $"'{registration.Path}' declares {Said(stack.Description)}, not what it was registered as ({Said(registration.Description)})",
-                versionsFault: registration.Digests is not null, null);
+                versionsFault: VersionsOwn(key, registration), null);
         }
         return stack;
+    }
+
+    /// <summary>
+    /// Whether a failed load is the signed version's own fault: never loaded here before (the same bytes did load), and its
+    /// package's files all on disk as signed with nothing beside them — whoever can write the state folder (a deps file
+    /// altered, an assembly removed) makes a load fail, but the fault is then the disk's, which the next refresh repairs.
+    /// </summary>
+    private bool VersionsOwn(string key, Registration registration)
+    {
+        if (registration.Digests is not { } digests)
+        {
+            return false;
+        }
+        lock (_loads)
+        {
+            if (_everLoaded.Contains(key))
+            {
+                return false;
+            }
+        }
+        var folder = Path.GetDirectoryName(registration.Path)!;
+        try
+        {
+            return Directory.EnumerateFiles(folder).All(f => digests.ContainsKey(Path.GetFileName(f)))
+                && digests.All(d => File.Exists(Path.Combine(folder, d.Key))
+                    && Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(folder, d.Key)))) == d.Value);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     private static string Said(StackDescription d) =>

@@ -380,7 +380,8 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
         }
         catch (StackLoadException e)
         {
-            return ControlMessages.Make(ControlMessages.Refused, slot, e.Message);
+            // The peer hears that, not this host's files and digests.
+            return ControlMessages.Make(ControlMessages.Refused, slot, $"stack '{e.Key}' could not be loaded on {state.HostId}{(e.VersionsFault ? " (quarantined)" : "")}");
         }
         string? replaced;
         bool unchanged;
