@@ -369,9 +369,6 @@ public sealed partial class HostGrain : Grain, IHostGrain
     private long Publish(DesiredStateChange change)
     {
         _version = new(change.Version);
-        // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
-        // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
-        // never consistency. Observers that fail are dropped by the manager.
         if (_observerRevoked?.Invoke() == true)
         {
             // The agent's certificate was revoked (or its host removed) after it subscribed: its open connection, which
@@ -382,6 +379,9 @@ public sealed partial class HostGrain : Grain, IHostGrain
             _observerRevoked = null;
             return change.Version;
         }
+        // Not awaited: a slow or vanished agent must not hold up the VMs deciding for this host. It reconciles by
+        // version whenever it hears (a push, its renewal, or re-registering after a restart), so a lost push costs time,
+        // never consistency. Observers that fail are dropped by the manager.
         _ = _observers.Notify(o => o.DesiredStateChangedAsync(change));
         return change.Version;
     }

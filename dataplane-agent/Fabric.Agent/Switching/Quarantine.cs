@@ -75,7 +75,7 @@ internal sealed class Quarantine(SwitchState state)
     public void Unloadable(StackLoadException e)
     {
         state.Report($"stack {e.Key} quarantined: {e.Message}");
-        state.StackHost.Quarantine(e.Key, $"it could not be loaded: {e.Message}");
+        state.StackHost.Quarantine(e.Key, e.Message);
     }
 
     /// <summary>
