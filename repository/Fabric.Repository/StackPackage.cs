@@ -230,8 +230,8 @@ public static class StackPackage
         return new UnpackedPackage(entry, digests, Repaired: null) { Declares = manifest.Declares };
     }
 
-    /// <summary>What in <paramref name="directory"/> is not exactly the package's files (null: nothing).</summary>
-    private static string? Differs(string directory, IReadOnlyDictionary<string, string> digests)
+    /// <summary>What in <paramref name="directory"/> is not exactly the package's files, by their <paramref name="digests"/> (null: nothing).</summary>
+    public static string? Differs(string directory, IReadOnlyDictionary<string, string> digests)
     {
         var present = Directory.EnumerateFileSystemEntries(directory).Select(Path.GetFileName).OfType<string>().ToHashSet(StringComparer.Ordinal);
         if (present.Except(digests.Keys).Order(StringComparer.Ordinal).FirstOrDefault() is { } extra)

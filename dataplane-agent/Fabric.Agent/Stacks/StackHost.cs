@@ -579,12 +579,9 @@ public sealed class StackHost
                 return false;
             }
         }
-        var folder = Path.GetDirectoryName(registration.Path)!;
         try
         {
-            return Directory.EnumerateFiles(folder).All(f => digests.ContainsKey(Path.GetFileName(f)))
-                && digests.All(d => File.Exists(Path.Combine(folder, d.Key))
-                    && Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(folder, d.Key)))) == d.Value);
+            return Fabric.Repository.StackPackage.Differs(Path.GetDirectoryName(registration.Path)!, digests) is null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
