@@ -179,7 +179,12 @@ public enum StackDropReason
 }
 
 /// <summary>Counters of one stack instance.</summary>
-public sealed record StackStats(long FramesIn, long DatagramsOut, long DatagramsIn, long FramesDelivered, IReadOnlyDictionary<StackDropReason, long> Drops);
+public sealed record StackStats(long FramesIn, long DatagramsOut, long DatagramsIn, long FramesDelivered, IReadOnlyDictionary<StackDropReason, long> Drops)
+{
+    /// <summary>What the stack's own state looks like now, by name (e.g. "queued" frames, "windowPackets", "deliveryMbit"),
+    /// for operators and benchmarks watching it over time; empty for a stack that keeps none worth showing.</summary>
+    public IReadOnlyDictionary<string, double> Gauges { get; init; } = new Dictionary<string, double>();
+}
 
 /// <summary>Opaque state handed from an instance to its successor in a swap.</summary>
 public sealed record StackState(string StackId, ReadOnlyMemory<byte> Data)

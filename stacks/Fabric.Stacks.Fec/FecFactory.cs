@@ -5,7 +5,7 @@ namespace Fabric.Stacks.Fec;
 /// <summary>
 /// The fec plug-in's factory. Configuration (all optional): k (frames per group, 8), deadlineMicroseconds (how long a
 /// group waits for k frames before its parity goes, 5000), targetResidualPpm (acceptable chance of a group losing more
-/// than its parity, 1000), initialParity (2).
+/// than its parity, in ppm: 10), initialParity (2, until the peer's first loss report).
 /// </summary>
 public sealed class FecFactory : IStackFactory
 {

@@ -27,7 +27,8 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// fields: kind 2, the next sequence it expects; payload: up to 16 ranges it holds beyond that, newest first, each
 /// start 32 bits and count 16 bits) every <c>AckEvery</c>th packet or after <c>AckDelay</c>, and at once when a packet
 /// arrives out of order. The sender retransmits a packet as soon as packets two or more sequences later were
-/// acknowledged (fast retransmit), or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
+/// acknowledged (fast retransmit) — and a packet already sent again when a packet that left after its last copy was
+/// acknowledged (RACK) — or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
 /// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap. The receiver delivers in order,
 /// holding what arrives early within the window; duplicates are counted and acknowledged again. Buffers are bounded: a
 /// frame that finds the window full is dropped and counted (the VM's own transport recovers it), and a packet
@@ -38,7 +39,7 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// comes. It takes a skip no further than one past the newest data that arrived and one window beyond what it expects,
 /// and acknowledges data it refuses for being too far ahead, so a lost skip is said again; the sender refuses an
 /// acknowledgement of what it never sent. With pacing, first transmissions leave at twice the delivery rate the
-/// acknowledgements show, within twice the bandwidth-delay product.
+/// acknowledgements show (never slower than 64 packets per SRTT), within twice the bandwidth-delay product.
 /// </summary>
 internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 {
@@ -64,6 +65,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private long _rateWindowStart = -1;
     private long _rateWindowBytes;
     private double _averageSize = 1000;
+    private long _newestAckedSentAt = long.MinValue; // when the most recently sent packet acknowledged so far left (RACK)
     private bool _skipDue; // packets were given up since the receiver was last told
 
     // Receiver.
@@ -96,7 +98,19 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     /// <summary>Packets the sender keeps in flight now: the window, or with pacing twice the measured bandwidth-delay product.</summary>
     private int SendWindow => !options.Pacing || _deliveryRate <= 0 || _srtt < 0
         ? Math.Min(options.Window, 256)
-        : (int)Math.Clamp(2 * _deliveryRate * _srtt / _averageSize, 64, options.Window);
+        : (int)Math.Clamp(2 * _deliveryRate * _srtt / _averageSize, MinimumWindow, options.Window);
+
+    /// <summary>The fewest packets the pacer lets out per SRTT, and the smallest window: what a guest's TCP sends in its first
+    /// round trips leaves at once, whatever rate the path showed before there was traffic to measure.</summary>
+    private const int MinimumWindow = 64;
+
+    /// <summary>
+    /// Bytes per nanosecond first transmissions are paced at: twice the delivery rate, and never below the minimum window
+    /// per SRTT. A rate measured while the VM sent little (a handshake, an idle path) says nothing of the path; pacing a
+    /// guest's first window at twice that held it for a second and more, its TCP timed out and left slow start with a
+    /// threshold of a few dozen packets (seen at 120 ms RTT: 0.1 Mbit/s paced, 3 Mbit/s for the whole transfer).
+    /// </summary>
+    private double PacingRate => 2 * Math.Max(_deliveryRate, _srtt > 0 ? MinimumWindow * _averageSize / _srtt : 0);
 
     public void Transmit(ReadOnlySpan<byte> frame, long nowNanoseconds, IUnderlayOutput underlay)
     {
@@ -135,7 +149,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             {
                 // The host runs a timer when it is due, within about a millisecond: packets due in the last 2 ms may
                 // leave together, or the pace would be one packet per wake-up.
-                _nextSendAt = Math.Max(now - PacingSlackNanoseconds, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / (2 * _deliveryRate));
+                _nextSendAt = Math.Max(now - PacingSlackNanoseconds, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / PacingRate);
             }
         }
     }
@@ -402,16 +416,19 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         MeasureDelivery(acked, now);
         if (anyRange)
         {
-            // Fast retransmit: a packet that two or more later packets overtook is lost, not late.
+            // Fast retransmit: a packet that two or more later packets overtook is lost, not late. A packet already sent again
+            // is lost again when a packet that left after its last copy (by more than a reordering allowance) was
+            // acknowledged (RACK, RFC 8985): one round trip after the copy, not its timeout later — a lost retransmission
+            // held everything behind it at the receiver longer than a guest's TCP waits before it times out.
+            var allowance = (long)Math.Max(1_000_000, _srtt / 16);
             foreach (var packet in _inFlight.Values.ToList())
             {
                 if ((int)(newest - packet.Sequence) < 2)
                 {
                     break;
                 }
-                if (packet.FastRetransmitted < packet.Transmissions)
+                if (packet.Transmissions == 1 || packet.SentAt + allowance < _newestAckedSentAt)
                 {
-                    packet.FastRetransmitted = packet.Transmissions + 1;
                     Retransmit(packet, now, underlay);
                 }
             }
@@ -449,6 +466,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     private long Acknowledged(Outstanding packet, long now)
     {
+        _newestAckedSentAt = Math.Max(_newestAckedSentAt, packet.SentAt);
         if (packet.Transmissions == 1)
         {
             // RFC 6298 on first transmissions only (Karn): a retransmitted packet's ack cannot say which copy it answers.
@@ -517,7 +535,24 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         Pump(nowNanoseconds, underlay);
     }
 
-    public StackStats GetStats() => _counters.Snapshot();
+    /// <summary>The counters, and the sender's and receiver's state: frames queued for the window or the pacer, packets in
+    /// flight and the window allowed, the delivery-rate estimate, SRTT (0 before the first sample) and RTO, retransmissions and packets given up, frames
+    /// held early at the receiver.</summary>
+    public StackStats GetStats() => _counters.Snapshot() with
+    {
+        Gauges = new Dictionary<string, double>
+        {
+            ["queued"] = _queued.Count,
+            ["inFlight"] = _inFlight.Count,
+            ["windowPackets"] = SendWindow,
+            ["deliveryMbit"] = _deliveryRate * 8e3,
+            ["srttMs"] = Math.Max(_srtt, 0) / 1e6,
+            ["rtoMs"] = Rto / 1e6,
+            ["retransmissions"] = Retransmissions,
+            ["givenUp"] = GivenUp,
+            ["heldEarly"] = _early.Count,
+        },
+    };
 
     /// <summary>State format <see cref="StateFormat"/>: the format byte, then the smoothed RTT and its variation (ns), the delivery rate (bytes/ns) and the mean datagram size, as doubles.</summary>
     public StackState ExportState()
@@ -595,7 +630,6 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         public long Deadline;
         public long Rto;
         public int Transmissions = 1;
-        public int FastRetransmitted;
     }
 
     /// <summary>Orders 32-bit sequence numbers that may wrap (RFC 1982 serial arithmetic, within half the space).</summary>

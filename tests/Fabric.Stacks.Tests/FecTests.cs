@@ -114,6 +114,108 @@ public class FecTests
         Assert.Equal(0, FecStack.FailureChance(10, 2, 0), 9);
     }
 
+    [Fact]
+    public void LossBound_IsWilsonsUpperBound()
+    {
+        // None lost of 40: the point estimate says 0, the bound about 6 %; 2 % of 4,000: about 2.4 %; no shards: nothing known.
+        Assert.Equal(0.063, FecStack.LossBound(0, 40), 3);
+        Assert.Equal(0.0238, FecStack.LossBound(80, 4000), 3);
+        Assert.Equal(0, FecStack.LossBound(0, 0));
+        Assert.True(FecStack.LossBound(20, 1000) > FecStack.LossBound(200, 10_000));
+    }
+
+    /// <summary>
+    /// The sender's parity follows what the loss reports can vouch for: a first report over few shards with none lost
+    /// calls for more parity than a report of 2 % over many, which settles where a full group of 8 fails less than 10
+    /// times in a million at the bound (4); a report from an older peer without its count is taken as covering few shards,
+    /// and a report of another length is malformed and changes nothing.
+    /// </summary>
+    [Fact]
+    public void Parity_FollowsTheLossTheReportsVouchFor_NotTheirPointEstimate()
+    {
+        var sender = new FecStack(new Dictionary<string, string>());
+        sender.ApplyPolicy(new StackPolicy(LatencySensitive: false, MaxOverheadRatio: 1));
+        void Report(uint ppm, uint? shards)
+        {
+            var payload = new byte[shards is null ? 4 : 8];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(payload, ppm);
+            if (shards is { } count)
+            {
+                System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(4), count);
+            }
+            byte[] fields = [0, 0, 0, 0, 0, 0, 0, 2];
+            sender.Receive(new StackDatagram(new FabricHeaderRepr(0, FabricPayloadType.StackControl, 0, 0, 0, 8), fields, payload), 0, new Vm(), new Wire((_, _, _) => { }));
+        }
+
+        Report(0, 40);
+        var early = sender.Parity;
+        Assert.True(early >= 5, $"parity {early} after 40 shards without a loss");
+        for (var i = 0; i < 50; i++)
+        {
+            Report(20_000, 1300);
+        }
+        Assert.Equal(4, sender.Parity);
+        Assert.Equal(2, sender.GetStats().Gauges["peerLossPercent"], 1);
+
+        var older = new FecStack(new Dictionary<string, string>());
+        older.ApplyPolicy(new StackPolicy(false, 1));
+        sender = older;
+        Report(0, null);
+        Assert.True(older.Parity >= 5, $"parity {older.Parity} after a report without its count");
+        var before = older.GetStats().Drops.GetValueOrDefault(StackDropReason.Malformed);
+        var parity = older.Parity;
+        var odd = new byte[6];
+        sender.Receive(new StackDatagram(new FabricHeaderRepr(0, FabricPayloadType.StackControl, 0, 0, 0, 8), new byte[] { 0, 0, 0, 0, 0, 0, 0, 2 }, odd), 0, new Vm(), new Wire((_, _, _) => { }));
+        Assert.Equal(before + 1, older.GetStats().Drops.GetValueOrDefault(StackDropReason.Malformed));
+        Assert.Equal(parity, older.Parity);
+    }
+
+    /// <summary>
+    /// One shard of every fourth group is lost. Where those groups' shards arrive with no more delay than the others, the
+    /// loss is reported and the sender adds parity; where they queued 20 ms more than the path's minimum (an overflowing
+    /// queue drops what arrives while it is full), the receiver says so and leaves that loss out of its reports: parity
+    /// would only add to the load that overflowed the queue.
+    /// </summary>
+    [Fact]
+    public void LossWhereThePathsQueueOverflows_IsLeftOutOfTheReports_LossAtAnEmptyQueueIsNot()
+    {
+        (double Reported, StackStats Receiver, int Parity) Run(bool queued)
+        {
+            var sender = new FecStack(new Dictionary<string, string>());
+            var receiver = new FecStack(new Dictionary<string, string>());
+            var sent = new List<(FabricHeaderRepr Header, byte[] Fields, byte[] Payload)>();
+            var wire = new Wire((header, fields, payload) => sent.Add((header, fields, payload)));
+            var back = new Wire((header, fields, payload) => sender.Receive(new StackDatagram(header, fields, payload), 0, new Vm(), new Wire((_, _, _) => { })));
+            var vm = new Vm();
+            for (var i = 0; i < 6000; i++)
+            {
+                wire.Now = (i + 1) * 100_000L;
+                sender.Transmit(StackConformance.Frame(100, (byte)i), wire.Now, wire);
+                foreach (var (header, fields, payload) in sent)
+                {
+                    var group = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(fields);
+                    if (group % 4 == 0 && fields[4] == 0)
+                    {
+                        continue;
+                    }
+                    var arrival = header.SendTimestampMicros * 1000L + 10_000_000 + (queued && group % 4 == 0 ? 20_000_000 : 0);
+                    back.Now = arrival;
+                    receiver.Receive(new StackDatagram(header, fields, payload), arrival, vm, back);
+                }
+                sent.Clear();
+            }
+            return (sender.GetStats().Gauges["peerLossPercent"], receiver.GetStats(), sender.Parity);
+        }
+
+        var random = Run(queued: false);
+        Assert.True(random.Reported > 1, $"reported {random.Reported:0.###} % for loss at an empty queue");
+        Assert.Equal(0, random.Receiver.Gauges["overflowLossPercent"]);
+        var overflow = Run(queued: true);
+        Assert.True(overflow.Receiver.Gauges["overflowLossPercent"] > 1, $"overflow {overflow.Receiver.Gauges["overflowLossPercent"]:0.###} %");
+        Assert.True(overflow.Reported < 0.1, $"reported {overflow.Reported:0.###} % for loss at a full queue");
+        Assert.True(overflow.Parity < random.Parity, $"parity {overflow.Parity} for overflow, {random.Parity} for random loss");
+    }
+
     /// <summary>
     /// Two instances over a channel that loses 5 % of datagrams at random (seeded) under a simulated clock: nearly every
     /// frame arrives, each with the virtual network it was sent in, the recovered ones at most the group deadline plus
@@ -146,6 +248,7 @@ public class FecTests
             EthernetWriter.Write(frame, new MacAddress(0x02_00_00_00_00_02), new MacAddress(0x02_00_00_00_00_01), EtherTypes.IPv4);
             BitConverterHelper.Write(frame, i);
             wire.VirtualNetwork = (uint)(100 + (i % 3));
+            wire.Now = now;
             sender.Transmit(frame, now, wire);
             if (sender.NextTimerNanoseconds <= now)
             {
@@ -163,6 +266,7 @@ public class FecTests
             {
                 // Low-rate gaps let deadlines close groups early, too.
                 now += 2_500_000;
+                wire.Now = now;
                 if (sender.NextTimerNanoseconds <= now)
                 {
                     sender.OnTimer(now, new Vm(), wire);
@@ -208,10 +312,13 @@ public class FecTests
 
         public uint VirtualNetwork { get; set; }
 
+        /// <summary>The send time stamped in each header (ns), as an agent stamps it.</summary>
+        public long Now { get; set; }
+
         public Span<byte> Begin(int maxLength) => _buffer.AsSpan(0, maxLength);
 
         public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length) =>
-            send(new FabricHeaderRepr(0, payloadType, VirtualNetwork, _sequence++, 0, (byte)stackFieldLength), _buffer[..stackFieldLength], _buffer[stackFieldLength..length]);
+            send(new FabricHeaderRepr(0, payloadType, VirtualNetwork, _sequence++, (uint)(Now / 1000), (byte)stackFieldLength), _buffer[..stackFieldLength], _buffer[stackFieldLength..length]);
     }
 
     private sealed class Vm : IVmOutput

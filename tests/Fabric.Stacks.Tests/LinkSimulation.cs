@@ -39,8 +39,8 @@ internal sealed class LinkSimulation
         var duplicates = 0;
         long underlayBytes = 0;
         long deliveredBytes = 0;
-        var toB = new Wire();
-        var toA = new Wire();
+        var toB = new Wire(() => _now);
+        var toA = new Wire(() => _now);
         var atB = new Vm((frame, _) =>
         {
             var index = BinaryPrimitives.ReadInt32BigEndian(frame.AsSpan(14));
@@ -126,7 +126,8 @@ internal sealed class LinkSimulation
 
     private void At(long time, Action action) => _events.Enqueue(action, (time, _order++));
 
-    private sealed class Wire : IUnderlayOutput
+    /// <summary>Collects what a stack sends, stamped with the send time in the Fabric header as an agent stamps it.</summary>
+    private sealed class Wire(Func<long> clock) : IUnderlayOutput
     {
         private readonly byte[] _buffer = new byte[65536];
         private readonly List<(FabricHeaderRepr, byte[], byte[])> _pending = [];
@@ -137,7 +138,7 @@ internal sealed class LinkSimulation
         public Span<byte> Begin(int maxLength) => _buffer.AsSpan(0, maxLength);
 
         public void Commit(FabricPayloadType payloadType, int stackFieldLength, int length) =>
-            _pending.Add((new FabricHeaderRepr(0, payloadType, VirtualNetwork, _sequence++, 0, (byte)stackFieldLength), _buffer[..stackFieldLength], _buffer[stackFieldLength..length]));
+            _pending.Add((new FabricHeaderRepr(0, payloadType, VirtualNetwork, _sequence++, (uint)(clock() / 1000), (byte)stackFieldLength), _buffer[..stackFieldLength], _buffer[stackFieldLength..length]));
 
         public List<(FabricHeaderRepr Header, byte[] Fields, byte[] Payload)> Take()
         {
