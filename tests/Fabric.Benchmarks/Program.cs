@@ -10,7 +10,7 @@ return args.FirstOrDefault() switch
     "stacks" => StacksBenchmark.Run(args.Contains("--full") ? "full" : args.Contains("--smoke") ? "smoke" : "quick",
         args.Skip(1).TakeWhile(a => !a.StartsWith("--", StringComparison.Ordinal)).Where(a => int.TryParse(a, out _)).Select(int.Parse).DefaultIfEmpty(5).First(),
         int.Parse(Option("--latency-seconds") ?? "10", System.Globalization.CultureInfo.InvariantCulture), Option("--csv") ?? "stacks.csv",
-        Option("--testdata") ?? Path.GetFullPath(Path.Combine(Fabric.Testing.RepositoryRoot.Directory, "..", "shared", "testdata")), Option("--cells"), Option("--carriers")),
+        Option("--testdata") ?? Path.GetFullPath(Path.Combine(Fabric.Testing.RepositoryRoot.Directory, "..", "shared", "testdata")), Option("--cells"), Option("--carriers"), args.Contains("--trace")),
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
     "controlplane" => await ControlPlane(),
     "fleet" => await FleetBenchmark.RunAsync(),
@@ -144,6 +144,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] [--trace] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
     return 2;
 }
