@@ -27,8 +27,7 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// fields: kind 2, the next sequence it expects; payload: up to 16 ranges it holds beyond that, newest first, each
 /// start 32 bits and count 16 bits) every <c>AckEvery</c>th packet or after <c>AckDelay</c>, and at once when a packet
 /// arrives out of order. The sender retransmits a packet as soon as packets two or more sequences later were
-/// acknowledged (fast retransmit) — and a packet already sent again when a packet that left after its last copy was
-/// acknowledged (RACK) — or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
+/// acknowledged (fast retransmit), or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
 /// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap. The receiver delivers in order,
 /// holding what arrives early within the window; duplicates are counted and acknowledged again. Buffers are bounded: a
 /// frame that finds the window full is dropped and counted (the VM's own transport recovers it), and a packet
@@ -65,7 +64,6 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private long _rateWindowStart = -1;
     private long _rateWindowBytes;
     private double _averageSize = 1000;
-    private long _newestAckedSentAt = long.MinValue; // when the most recently sent packet acknowledged so far left (RACK)
     private bool _skipDue; // packets were given up since the receiver was last told
 
     // Receiver.
@@ -416,19 +414,16 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         MeasureDelivery(acked, now);
         if (anyRange)
         {
-            // Fast retransmit: a packet that two or more later packets overtook is lost, not late. A packet already sent again
-            // is lost again when a packet that left after its last copy (by more than a reordering allowance) was
-            // acknowledged (RACK, RFC 8985): one round trip after the copy, not its timeout later — a lost retransmission
-            // held everything behind it at the receiver longer than a guest's TCP waits before it times out.
-            var allowance = (long)Math.Max(1_000_000, _srtt / 16);
+            // Fast retransmit: a packet that two or more later packets overtook is lost, not late.
             foreach (var packet in _inFlight.Values.ToList())
             {
                 if ((int)(newest - packet.Sequence) < 2)
                 {
                     break;
                 }
-                if (packet.Transmissions == 1 || packet.SentAt + allowance < _newestAckedSentAt)
+                if (packet.FastRetransmitted < packet.Transmissions)
                 {
+                    packet.FastRetransmitted = packet.Transmissions + 1;
                     Retransmit(packet, now, underlay);
                 }
             }
@@ -466,7 +461,6 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     private long Acknowledged(Outstanding packet, long now)
     {
-        _newestAckedSentAt = Math.Max(_newestAckedSentAt, packet.SentAt);
         if (packet.Transmissions == 1)
         {
             // RFC 6298 on first transmissions only (Karn): a retransmitted packet's ack cannot say which copy it answers.
@@ -536,8 +530,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     }
 
     /// <summary>The counters, and the sender's and receiver's state: frames queued for the window or the pacer, packets in
-    /// flight and the window allowed, the delivery-rate estimate, SRTT (0 before the first sample) and RTO, retransmissions and packets given up, frames
-    /// held early at the receiver.</summary>
+    /// flight and the window allowed, the delivery-rate estimate, SRTT (0 before the first sample) and RTO,
+    /// retransmissions and packets given up, frames held early at the receiver.</summary>
     public StackStats GetStats() => _counters.Snapshot() with
     {
         Gauges = new Dictionary<string, double>
@@ -630,6 +624,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         public long Deadline;
         public long Rto;
         public int Transmissions = 1;
+        public int FastRetransmitted;
     }
 
     /// <summary>Orders 32-bit sequence numbers that may wrap (RFC 1982 serial arithmetic, within half the space).</summary>

@@ -152,39 +152,6 @@ public class ArqTests
     }
 
     /// <summary>
-    /// A retransmission is lost too: the sender sends it a third time as soon as packets that left after the second copy
-    /// are acknowledged past it (one round trip), not after its backed-off timeout. Before, the receiver held every later
-    /// frame behind the gap for about two RTTs more, and a guest's TCP timed out (its RTO is about twice the path's RTT).
-    /// </summary>
-    [Theory]
-    [InlineData(StackPlugins.ArqLowLat)]
-    [InlineData(StackPlugins.ArqBulk)]
-    public void ALostRetransmission_IsSentAgainARoundTripAfterIt_NotAfterItsTimeout(string plugin)
-    {
-        using var sender = StackLoader.Load(StackPlugins.PathOf(plugin)).Factory.Create(new StackContext("a", "b", new Dictionary<string, string>(), new StackConformance.NoTelemetry()));
-        var wire = new StackConformance.CapturingUnderlay();
-        int Copies(uint sequence) => wire.Datagrams.Count(d => d.Header.PayloadType == FabricPayloadType.Ethernet && BinaryPrimitives.ReadUInt32BigEndian(d.StackFields.AsSpan(1)) == sequence);
-        const long ms = 1_000_000;
-        for (var i = 0; i < 10; i++)
-        {
-            sender.Transmit(StackConformance.Frame(100, (byte)i), i * 1000, wire);
-        }
-        // 100 ms later everything but packet 0 arrived: it is sent again at once.
-        Acknowledge(sender, wire, 100 * ms, next: 0, (1, 9));
-        Assert.Equal(2, Copies(0));
-        // Ten more leave 10 ms after that copy; 100 ms later they are acknowledged, and the copy is not.
-        for (var i = 10; i < 20; i++)
-        {
-            sender.Transmit(StackConformance.Frame(100, (byte)i), 110 * ms + i * 1000, wire);
-        }
-        Acknowledge(sender, wire, 210 * ms, next: 0, (1, 19));
-        Assert.Equal(3, Copies(0));
-        // Acknowledgements of nothing newer send no further copy.
-        Acknowledge(sender, wire, 211 * ms, next: 0, (1, 19));
-        Assert.Equal(3, Copies(0));
-    }
-
-    /// <summary>
     /// arq-bulk measured a tiny delivery rate while the VM sent little (three packets over a round trip); then the VM's
     /// TCP sends 40 packets. They leave within half a round trip, paced no slower than twice 64 packets per SRTT — before,
     /// they were paced at twice the tiny rate, one packet per 20 ms, and a guest's TCP timed out on its first window and
