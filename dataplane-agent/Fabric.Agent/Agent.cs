@@ -534,7 +534,9 @@ public sealed class Agent : IDisposable
             Received = new { Datagrams = p.Counters.RxPackets, Bytes = p.Counters.RxBytes },
             Drops = p.Counters.DropSnapshot(),
             Bindings = p.VmBindingKeys().Select(b => new { Vm = b.Key, Stack = b.Value.Stack is { } key ? StackKey.IdOf(key) : null, Version = b.Value.Stack is { } bound ? StackKey.VersionOf(bound) : null, b.Value.Slot }),
-            Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Version, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value), s.Value.Stats.Gauges }),
+            Slots = p.StackStats().Select(s => new { Slot = s.Key, s.Value.Stack, s.Value.Version, s.Value.Stats.FramesIn, s.Value.Stats.DatagramsOut, s.Value.Stats.DatagramsIn, s.Value.Stats.FramesDelivered, Drops = s.Value.Stats.Drops.ToDictionary(d => d.Key.ToString(), d => d.Value),
+                // A plug-in's NaN or infinity would make the whole status fail to serialize.
+                Gauges = s.Value.Stats.Gauges.Where(g => double.IsFinite(g.Value)).ToDictionary(g => g.Key, g => g.Value) }),
         }),
         Registrations = _registrations.Status(),
         UnreadableRegistrations = _registrations.Unreadable.Select(u => new { u.File, u.SetAside, u.Reason }),

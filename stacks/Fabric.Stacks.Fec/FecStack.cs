@@ -12,17 +12,18 @@ namespace Fabric.Stacks.Fec;
 /// come and, once any k shards of a group are in, rebuilds the frames that were lost and delivers them with their own
 /// virtual network. So any m losses in a group are recovered, at most the deadline (plus the parity's transit) late.
 /// The receiver reports the shard loss it sees about every 100 ms, with the number of shards the report covers (type
-/// StackControl; payload: loss in ppm, shards, 32 bits each). It leaves out what the path's queue overflowed: loss in a
-/// group whose shards queued (one-way delay over its recent minimum, from the Fabric header's send timestamp) at least
-/// 2 ms and half the recent peak. Parity cannot outrun an overflowing queue, only add to its load, and the guest's
-/// transport must see that loss to slow down: counting it, parity grew with the load it caused (at 30 ms RTT and 200
-/// Mbit/s a guest got 32 Mbit/s instead of 113). The sender keeps the reports' shards and losses in counts
-/// that forget the oldest as new shards come (about the last 8,000), and picks the smallest m whose chance of more than m
-/// losses in a group is below the target (binomial) at the upper end of what those counts allow (Wilson, one-sided 95 %):
-/// a path seen over few shards gets more parity than its point estimate asks, which is when a guest's TCP is in slow start
-/// and a lost frame costs it most, and costs few bytes, for there is little traffic. The parity is capped by the policy's
-/// overhead budget. The default target, 10 ppm per group, is what a loss-based TCP needs to fill a long fast path: at
-/// 120 ms and 100 Mbit/s, Mathis' estimate allows about 3 losses in a million packets.
+/// StackControl; payload: loss in ppm, shards, 32 bits each). It leaves out what the path's queue overflowed: the
+/// groups whose shards queued (one-way delay over its minimum of the last 10 to 20 s, from the Fabric header's send
+/// timestamp; the clocks' offset cancels out, their drift does not) at least 2 ms and half the recent peak, with the
+/// loss in them. Parity cannot outrun an overflowing queue, only add to its load, and the guest's transport must see
+/// that loss to slow down: counting it, parity grew with the load it caused (at 30 ms RTT and 200 Mbit/s a guest got 32
+/// Mbit/s instead of 113). The sender keeps the reports' shards and losses in counts that forget the oldest as new
+/// shards come (about the last 8,000), and picks the smallest m whose chance of more than m losses in a group is below
+/// the target (binomial) at the upper end of what those counts allow (Wilson, one-sided 95 %): a path seen over few
+/// shards gets more parity than its point estimate asks, which is when a guest's TCP is in slow start and a lost frame
+/// costs it most, and costs few bytes, for there is little traffic. The parity is capped by the policy's overhead
+/// budget. The default target, 10 ppm per group, is what a loss-based TCP needs to fill a long fast path: at 120 ms and
+/// 100 Mbit/s, Mathis' estimate allows about 3 losses in a million packets.
 /// <para>Stack fields (8 bytes): group (32 bits), index (8: data 0..k-1, parity k..k+m-1), k (8), m (8), kind (8: 0
 /// data, 1 parity, 2 loss report). Data shards carry k = m = 0: a group's size is known when it closes.</para>
 /// </summary>
@@ -60,6 +61,9 @@ public sealed class FecStack : IStack
     private double _peerLoss;
     private double _observedShards;
     private double _observedLost;
+    private long _shardsSent;
+    private long _shardsSentAtReport;
+    private long _lastReportTaken = long.MinValue / 2;
 
     // Receiver.
     private readonly Dictionary<uint, ReceivedGroup> _groups = [];
@@ -68,6 +72,7 @@ public sealed class FecStack : IStack
     private long _shardsExpected;
     private long _shardsReceived;
     private long _shardsLostToCongestion;
+    private long _shardsInOverflowGroups;
     private double _lastLoss;
     private double _lastCongestionLoss;
     private bool _anyDelay;
@@ -79,6 +84,9 @@ public sealed class FecStack : IStack
 
     /// <summary>Loss in a group whose shards queued less than this (µs) is never taken for overflow.</summary>
     private const int CongestionQueueMicros = 2000;
+
+    /// <summary>The most a shard is taken to have queued (µs); more below the floor is the sender's clock stepping.</summary>
+    private const int MaxQueueMicros = 1_000_000;
     private int _finalizedSinceReport;
     private long _lastReport = long.MinValue / 2;
 
@@ -129,6 +137,7 @@ public sealed class FecStack : IStack
         frame.CopyTo(buffer[FieldLength..]);
         underlay.Commit(FabricPayloadType.Ethernet, FieldLength, FieldLength + frame.Length);
         _counters.DatagramsOut++;
+        _shardsSent++;
         var shard = new byte[ShardHeader + frame.Length];
         BinaryPrimitives.WriteUInt16BigEndian(shard, (ushort)frame.Length);
         BinaryPrimitives.WriteUInt32BigEndian(shard.AsSpan(2), underlay.VirtualNetwork);
@@ -170,6 +179,7 @@ public sealed class FecStack : IStack
             parity[i].CopyTo(buffer[FieldLength..]);
             underlay.Commit(FabricPayloadType.StackEncoded, FieldLength, FieldLength + length);
             _counters.DatagramsOut++;
+            _shardsSent++;
         }
         underlay.VirtualNetwork = vni;
         _pending.Clear();
@@ -227,7 +237,7 @@ public sealed class FecStack : IStack
             case (FabricPayloadType.StackControl, KindReport) when datagram.Payload.Length is 4 or 8 && BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) <= 1_000_000:
                 // A report without its count (4 bytes) is taken as covering few shards.
                 OnLossReport(BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) / 1e6,
-                    datagram.Payload.Length == 8 ? Math.Min(BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload[4..]), MemoryShards) : UncountedReportShards);
+                    datagram.Payload.Length == 8 ? BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload[4..]) : UncountedReportShards, nowNanoseconds);
                 break;
             case (FabricPayloadType.Ethernet or FabricPayloadType.StackEncoded or FabricPayloadType.StackControl, _):
                 _counters.Drop(StackDropReason.Malformed);
@@ -246,24 +256,36 @@ public sealed class FecStack : IStack
     /// </summary>
     private void Queued(uint group, uint sentMicros, long now)
     {
+        if (!_groups.TryGetValue(group, out var state))
+        {
+            // Refused (too old, or beyond the window): it says nothing of the path's delay.
+            return;
+        }
         var delay = unchecked((uint)(now / 1000) - sentMicros);
-        if (!_anyDelay || now - _delayWindowStart >= DelayWindowNanoseconds)
+        if (!_anyDelay || now - _delayWindowStart >= 2 * DelayWindowNanoseconds)
+        {
+            // The first shard, or the first after a long quiet: an old minimum says nothing of the route now.
+            (_previousMinDelay, _minDelay, _delayWindowStart, _anyDelay) = (delay, delay, now, true);
+        }
+        else if (now - _delayWindowStart >= DelayWindowNanoseconds)
         {
             // A new window: the previous one's minimum still counts until this one has seen as much.
-            (_previousMinDelay, _minDelay, _delayWindowStart) = (_anyDelay ? _minDelay : delay, delay, now);
-            _anyDelay = true;
+            (_previousMinDelay, _minDelay, _delayWindowStart) = (_minDelay, delay, now);
+        }
+        var floor = (int)(_previousMinDelay - _minDelay) < 0 ? _previousMinDelay : _minDelay;
+        if ((int)(delay - floor) < -MaxQueueMicros)
+        {
+            // A second or more below the floor: the sender's clock stepped (an agent restarted), not a queue that emptied.
+            (_previousMinDelay, _minDelay, _delayWindowStart, floor) = (delay, delay, now, delay);
         }
         if ((int)(delay - _minDelay) < 0)
         {
             _minDelay = delay;
+            floor = (int)(_previousMinDelay - _minDelay) < 0 ? _previousMinDelay : _minDelay;
         }
-        var floor = (int)(_previousMinDelay - _minDelay) < 0 ? _previousMinDelay : _minDelay;
-        var queued = Math.Max(0, (int)(delay - floor));
+        var queued = Math.Clamp((int)(delay - floor), 0, MaxQueueMicros);
         _queuePeakMicros = Math.Max(_queuePeakMicros, queued);
-        if (_groups.TryGetValue(group, out var state))
-        {
-            state.QueuedMicros = Math.Max(state.QueuedMicros, queued);
-        }
+        state.QueuedMicros = Math.Max(state.QueuedMicros, queued);
     }
 
     private ReceivedGroup? GroupFor(uint group, long now, IUnderlayOutput underlay)
@@ -407,6 +429,7 @@ public sealed class FecStack : IStack
                     // Lost while the path's queue stood near its recent peak: the queue overflowed. Parity would not
                     // repair that, only add to the load that caused it; the guest's transport must see it and slow down.
                     _shardsLostToCongestion += state.K + state.M - received;
+                    _shardsInOverflowGroups += state.K + state.M;
                 }
                 if (!state.Done)
                 {
@@ -422,8 +445,9 @@ public sealed class FecStack : IStack
         old?.ForEach(id => _groups.Remove(id));
         if (_finalizedSinceReport >= 4 && now - _lastReport >= 100_000_000 && _shardsExpected > 0)
         {
-            // The loss parity can repair: what was lost, less what the queue's overflow took.
-            var loss = (double)(_shardsExpected - _shardsReceived - _shardsLostToCongestion) / _shardsExpected;
+            // The loss parity can repair: what was lost in the groups the queue's overflow did not take, over their shards.
+            var counted = _shardsExpected - _shardsInOverflowGroups;
+            var loss = counted > 0 ? (double)(_shardsExpected - _shardsReceived - _shardsLostToCongestion) / counted : 0;
             (_lastLoss, _lastCongestionLoss) = (1 - (double)_shardsReceived / _shardsExpected, (double)_shardsLostToCongestion / _shardsExpected);
             _queuePeakMicros = (int)(_queuePeakMicros * 0.8);
             var buffer = underlay.Begin(FieldLength + 8);
@@ -431,23 +455,40 @@ public sealed class FecStack : IStack
             {
                 WriteFields(buffer, 0, 0, 0, 0, KindReport);
                 BinaryPrimitives.WriteUInt32BigEndian(buffer[FieldLength..], (uint)Math.Round(Math.Clamp(loss, 0, 1) * 1e6));
-                BinaryPrimitives.WriteUInt32BigEndian(buffer[(FieldLength + 4)..], (uint)Math.Min(_shardsExpected, uint.MaxValue));
+                BinaryPrimitives.WriteUInt32BigEndian(buffer[(FieldLength + 4)..], (uint)Math.Min(counted, uint.MaxValue));
                 underlay.Commit(FabricPayloadType.StackControl, FieldLength, FieldLength + 8);
                 _counters.DatagramsOut++;
             }
-            (_shardsExpected, _shardsReceived, _shardsLostToCongestion, _finalizedSinceReport, _lastReport) = (0, 0, 0, 0, now);
+            (_shardsExpected, _shardsReceived, _shardsLostToCongestion, _shardsInOverflowGroups, _finalizedSinceReport, _lastReport) = (0, 0, 0, 0, 0, now);
         }
     }
 
-    /// <summary>About how many of the newest shards the loss estimate rests on: a report's shards weigh the older ones down by e^(−shards/8000): enough that a clean path's bound lets one parity shard per group do.</summary>
+    /// <summary>About how many of the newest shards the loss estimate rests on: a report's shards weigh the older ones
+    /// down by e^(−shards/8000). Enough that on a clean path the bound lets one parity shard per group do.</summary>
     private const double MemoryShards = 8000;
 
     /// <summary>What a report that does not say how many shards it covers (an older peer's) counts for.</summary>
     private const int UncountedReportShards = 32;
 
-    /// <summary>The peer's measured shard loss over <paramref name="shards"/> shards: the smallest parity count that keeps a full group's failure chance under the target.</summary>
-    private void OnLossReport(double loss, double shards)
+    /// <summary>The peer's measured shard loss over <paramref name="shards"/> shards: the smallest parity count that keeps a
+    /// full group's failure chance under the target at the loss's bound.</summary>
+    /// <remarks>
+    /// A report counts for no more shards than this end sent since the last report it took, and reports closer than 50 ms
+    /// apart are not taken (the peer reports about every 100 ms): a forged report — nothing authenticates fec's — weighs as
+    /// much as the traffic it claims to cover and no more, and is outweighed by the next genuine ones.
+    /// </remarks>
+    private void OnLossReport(double loss, double shards, long now)
     {
+        if (now - _lastReportTaken < 50_000_000)
+        {
+            return;
+        }
+        shards = Math.Min(shards, Math.Min(_shardsSent - _shardsSentAtReport, MemoryShards));
+        if (shards <= 0)
+        {
+            return;
+        }
+        (_lastReportTaken, _shardsSentAtReport) = (now, _shardsSent);
         var kept = Math.Exp(-shards / MemoryShards);
         _observedShards = _observedShards * kept + shards;
         _observedLost = _observedLost * kept + loss * shards;
@@ -568,7 +609,8 @@ public sealed class FecStack : IStack
             context.Telemetry.Event("state-refused", $"{refusal}; starting fresh");
             return this;
         }
-        // Taken as what the last thousand shards showed: more parity than the point estimate asks until the peer's own reports come.
+        // Taken as what the last thousand shards showed: more parity than the point estimate asks until the peer's own
+        // reports come.
         (_peerLoss, _observedShards, _observedLost) = (loss, ResumedShards, loss * ResumedShards);
         FitParity();
         context.Telemetry.Event("state-resumed", string.Create(CultureInfo.InvariantCulture, $"peer loss {loss * 100:0.##} %, parity {_m} of {_k}"));

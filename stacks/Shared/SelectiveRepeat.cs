@@ -38,7 +38,7 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// comes. It takes a skip no further than one past the newest data that arrived and one window beyond what it expects,
 /// and acknowledges data it refuses for being too far ahead, so a lost skip is said again; the sender refuses an
 /// acknowledgement of what it never sent. With pacing, first transmissions leave at twice the delivery rate the
-/// acknowledgements show (never slower than 64 packets per SRTT), within twice the bandwidth-delay product.
+/// acknowledgements show (never slower than twice 64 packets per SRTT), within twice the bandwidth-delay product.
 /// </summary>
 internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 {
@@ -103,8 +103,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private const int MinimumWindow = 64;
 
     /// <summary>
-    /// Bytes per nanosecond first transmissions are paced at: twice the delivery rate, and never below the minimum window
-    /// per SRTT. A rate measured while the VM sent little (a handshake, an idle path) says nothing of the path; pacing a
+    /// Bytes per nanosecond first transmissions are paced at: twice the delivery rate, and never below twice the minimum
+    /// window per SRTT. A rate measured while the VM sent little (a handshake, an idle path) says nothing of the path; pacing a
     /// guest's first window at twice that held it for a second and more, its TCP timed out and left slow start with a
     /// threshold of a few dozen packets (seen at 120 ms RTT: 0.1 Mbit/s paced, 3 Mbit/s for the whole transfer).
     /// </summary>

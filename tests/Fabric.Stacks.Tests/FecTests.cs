@@ -127,16 +127,28 @@ public class FecTests
     /// <summary>
     /// The sender's parity follows what the loss reports can vouch for: a first report over few shards with none lost
     /// calls for more parity than a report of 2 % over many, which settles where a full group of 8 fails less than 10
-    /// times in a million at the bound (4); a report from an older peer without its count is taken as covering few shards,
-    /// and a report of another length is malformed and changes nothing.
+    /// times in a million at the bound (4); 8,000 shards without a loss let one parity shard do. A report counts for no
+    /// more shards than were sent since the last one taken, and one closer than 50 ms to it is not taken: a forged report
+    /// of total loss is outweighed within five genuine ones. A report from an older peer without its count is taken as
+    /// covering few shards, and a report of another length is malformed and changes nothing.
     /// </summary>
     [Fact]
     public void Parity_FollowsTheLossTheReportsVouchFor_NotTheirPointEstimate()
     {
         var sender = new FecStack(new Dictionary<string, string>());
         sender.ApplyPolicy(new StackPolicy(LatencySensitive: false, MaxOverheadRatio: 1));
-        void Report(uint ppm, uint? shards)
+        var now = 0L;
+        var sink = new Wire((_, _, _) => { });
+        void Send(int frames)
         {
+            for (var i = 0; i < frames; i++)
+            {
+                sender.Transmit(StackConformance.Frame(100, 0), now, sink);
+            }
+        }
+        void Report(uint ppm, uint? shards, long after = 100_000_000)
+        {
+            now += after;
             var payload = new byte[shards is null ? 4 : 8];
             System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(payload, ppm);
             if (shards is { } count)
@@ -144,28 +156,53 @@ public class FecTests
                 System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(4), count);
             }
             byte[] fields = [0, 0, 0, 0, 0, 0, 0, 2];
-            sender.Receive(new StackDatagram(new FabricHeaderRepr(0, FabricPayloadType.StackControl, 0, 0, 0, 8), fields, payload), 0, new Vm(), new Wire((_, _, _) => { }));
+            sender.Receive(new StackDatagram(new FabricHeaderRepr(0, FabricPayloadType.StackControl, 0, 0, 0, 8), fields, payload), now, new Vm(), sink);
         }
 
+        // Claims of shards never sent are not taken.
+        Report(1_000_000, 8000);
+        Assert.Equal(2, sender.Parity);
+        Send(40);
         Report(0, 40);
         var early = sender.Parity;
         Assert.True(early >= 5, $"parity {early} after 40 shards without a loss");
         for (var i = 0; i < 50; i++)
         {
+            Send(1300);
             Report(20_000, 1300);
         }
         Assert.Equal(4, sender.Parity);
         Assert.Equal(2, sender.GetStats().Gauges["peerLossPercent"], 1);
 
+        sender = new FecStack(new Dictionary<string, string>());
+        sender.ApplyPolicy(new StackPolicy(false, 1));
+        Send(8000);
+        Report(0, 8000);
+        Assert.Equal(1, sender.Parity);
+        // A forged report of total loss, claiming 8,000 shards after 100 were sent, then one 10 ms later.
+        Send(100);
+        Report(1_000_000, 8000);
+        var forged = sender.Parity;
+        Assert.True(forged > 1, $"parity {forged}: the forged report was not taken at all");
+        Report(1_000_000, 8000, after: 10_000_000);
+        Assert.Equal(forged, sender.Parity);
+        for (var i = 0; i < 5; i++)
+        {
+            Send(8000);
+            Report(0, 8000);
+        }
+        Assert.Equal(1, sender.Parity);
+
         var older = new FecStack(new Dictionary<string, string>());
         older.ApplyPolicy(new StackPolicy(false, 1));
         sender = older;
+        Send(100);
         Report(0, null);
         Assert.True(older.Parity >= 5, $"parity {older.Parity} after a report without its count");
         var before = older.GetStats().Drops.GetValueOrDefault(StackDropReason.Malformed);
         var parity = older.Parity;
         var odd = new byte[6];
-        sender.Receive(new StackDatagram(new FabricHeaderRepr(0, FabricPayloadType.StackControl, 0, 0, 0, 8), new byte[] { 0, 0, 0, 0, 0, 0, 0, 2 }, odd), 0, new Vm(), new Wire((_, _, _) => { }));
+        sender.Receive(new StackDatagram(new FabricHeaderRepr(0, FabricPayloadType.StackControl, 0, 0, 0, 8), new byte[] { 0, 0, 0, 0, 0, 0, 0, 2 }, odd), now, new Vm(), sink);
         Assert.Equal(before + 1, older.GetStats().Drops.GetValueOrDefault(StackDropReason.Malformed));
         Assert.Equal(parity, older.Parity);
     }
@@ -179,17 +216,18 @@ public class FecTests
     [Fact]
     public void LossWhereThePathsQueueOverflows_IsLeftOutOfTheReports_LossAtAnEmptyQueueIsNot()
     {
-        (double Reported, StackStats Receiver, int Parity) Run(bool queued)
+        (double Reported, StackStats Receiver, int Parity) Run(bool queued, int frames = 6000, long start = 0)
         {
             var sender = new FecStack(new Dictionary<string, string>());
             var receiver = new FecStack(new Dictionary<string, string>());
             var sent = new List<(FabricHeaderRepr Header, byte[] Fields, byte[] Payload)>();
             var wire = new Wire((header, fields, payload) => sent.Add((header, fields, payload)));
-            var back = new Wire((header, fields, payload) => sender.Receive(new StackDatagram(header, fields, payload), 0, new Vm(), new Wire((_, _, _) => { })));
+            Wire? back = null;
+            back = new Wire((header, fields, payload) => sender.Receive(new StackDatagram(header, fields, payload), back!.Now, new Vm(), new Wire((_, _, _) => { })));
             var vm = new Vm();
-            for (var i = 0; i < 6000; i++)
+            for (var i = 0; i < frames; i++)
             {
-                wire.Now = (i + 1) * 100_000L;
+                wire.Now = start + (i + 1) * 100_000L;
                 sender.Transmit(StackConformance.Frame(100, (byte)i), wire.Now, wire);
                 foreach (var (header, fields, payload) in sent)
                 {
@@ -198,7 +236,8 @@ public class FecTests
                     {
                         continue;
                     }
-                    var arrival = header.SendTimestampMicros * 1000L + 10_000_000 + (queued && group % 4 == 0 ? 20_000_000 : 0);
+                    // The receiver's clock runs 123 s apart from the sender's.
+                    var arrival = wire.Now + 123_000_000_000 + 10_000_000 + (queued && group % 4 == 0 ? 20_000_000 : 0);
                     back.Now = arrival;
                     receiver.Receive(new StackDatagram(header, fields, payload), arrival, vm, back);
                 }
@@ -214,6 +253,12 @@ public class FecTests
         Assert.True(overflow.Receiver.Gauges["overflowLossPercent"] > 1, $"overflow {overflow.Receiver.Gauges["overflowLossPercent"]:0.###} %");
         Assert.True(overflow.Reported < 0.1, $"reported {overflow.Reported:0.###} % for loss at a full queue");
         Assert.True(overflow.Parity < random.Parity, $"parity {overflow.Parity} for overflow, {random.Parity} for random loss");
+
+        // 25 s across the wrap of the header's 32-bit microsecond timestamp, past two delay windows: still loss, not overflow.
+        var wrapped = Run(queued: false, frames: 250_000, start: (4_294_967_296L - 5_000_000) * 1000);
+        Assert.True(wrapped.Reported > 1, $"reported {wrapped.Reported:0.###} % across the timestamp's wrap");
+        Assert.Equal(0, wrapped.Receiver.Gauges["overflowLossPercent"]);
+        Assert.True(wrapped.Parity >= 3, $"parity {wrapped.Parity} across the timestamp's wrap");
     }
 
     /// <summary>
@@ -236,10 +281,11 @@ public class FecTests
                 toReceiver.Enqueue((0, header, fields, payload));
             }
         });
-        var back = new Wire((header, fields, payload) => sender.Receive(new StackDatagram(header, fields, payload), 0, new Vm(), new Wire((_, _, _) => { })));
+        var now = 0L;
+        // Reports reach the sender at the simulation's time (it takes at most one per 50 ms).
+        var back = new Wire((header, fields, payload) => sender.Receive(new StackDatagram(header, fields, payload), now, new Vm(), new Wire((_, _, _) => { })));
         var vm = new Vm();
         const long transit = 10_000_000; // 10 ms
-        var now = 0L;
         var initialParity = sender.Parity;
         for (var i = 0; i < 4000; i++)
         {
