@@ -422,7 +422,8 @@ public sealed class FecStack : IStack
             {
                 state.Counted = true;
                 _shardsExpected += state.K + state.M;
-                var received = Math.Min(state.K + state.M, state.Data.Count + state.Parity.Count);
+                // Data shards numbered beyond the group's k were never sent by the peer: counted, they would hide a loss.
+                var received = Math.Min(state.K + state.M, state.Data.Keys.Count(i => i < state.K) + state.Parity.Count);
                 _shardsReceived += received;
                 if (received < state.K + state.M && state.QueuedMicros >= Math.Max(CongestionQueueMicros, _queuePeakMicros / 2))
                 {

@@ -262,6 +262,38 @@ public class FecTests
     }
 
     /// <summary>
+    /// Every group loses its first data shard, and an attacker on the underlay sends a data shard numbered 20 in its place
+    /// (beyond the group's 8): the receiver still reports the loss, for that shard was never one of the group's.
+    /// </summary>
+    [Fact]
+    public void AForgedDataShardBeyondItsGroup_DoesNotHideALoss()
+    {
+        var sender = new FecStack(new Dictionary<string, string>());
+        var receiver = new FecStack(new Dictionary<string, string>());
+        var sent = new List<(FabricHeaderRepr Header, byte[] Fields, byte[] Payload)>();
+        var wire = new Wire((header, fields, payload) => sent.Add((header, fields, payload)));
+        var back = new Wire((_, _, _) => { });
+        var vm = new Vm();
+        for (var i = 0; i < 800; i++)
+        {
+            wire.Now = (i + 1) * 1_000_000L;
+            sender.Transmit(StackConformance.Frame(100, (byte)i), wire.Now, wire);
+            foreach (var (header, fields, payload) in sent)
+            {
+                var arriving = fields;
+                if (fields[7] == 0 && fields[4] == 0)
+                {
+                    arriving = [.. fields];
+                    arriving[4] = 20;
+                }
+                receiver.Receive(new StackDatagram(header, arriving, payload), wire.Now + 10_000_000, vm, back);
+            }
+            sent.Clear();
+        }
+        Assert.True(receiver.GetStats().Gauges["receivedLossPercent"] > 5, $"received loss {receiver.GetStats().Gauges["receivedLossPercent"]:0.##} %");
+    }
+
+    /// <summary>
     /// Two instances over a channel that loses 5 % of datagrams at random (seeded) under a simulated clock: nearly every
     /// frame arrives, each with the virtual network it was sent in, the recovered ones at most the group deadline plus
     /// one transit late, and the sender raises its parity after the receiver's loss reports.
