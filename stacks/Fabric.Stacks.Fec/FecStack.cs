@@ -272,21 +272,22 @@ public sealed class FecStack : IStack
             // A new window: the previous one's minimum still counts until this one has seen as much.
             (_previousMinDelay, _minDelay, _delayWindowStart) = (_minDelay, delay, now);
         }
-        var floor = (int)(_previousMinDelay - _minDelay) < 0 ? _previousMinDelay : _minDelay;
-        if ((int)(delay - floor) < -MaxQueueMicros)
+        if ((int)(delay - DelayFloor) < -MaxQueueMicros)
         {
             // A second or more below the floor: the sender's clock stepped (an agent restarted), not a queue that emptied.
-            (_previousMinDelay, _minDelay, _delayWindowStart, floor) = (delay, delay, now, delay);
+            (_previousMinDelay, _minDelay, _delayWindowStart) = (delay, delay, now);
         }
         if ((int)(delay - _minDelay) < 0)
         {
             _minDelay = delay;
-            floor = (int)(_previousMinDelay - _minDelay) < 0 ? _previousMinDelay : _minDelay;
         }
-        var queued = Math.Clamp((int)(delay - floor), 0, MaxQueueMicros);
+        var queued = Math.Clamp((int)(delay - DelayFloor), 0, MaxQueueMicros);
         _queuePeakMicros = Math.Max(_queuePeakMicros, queued);
         state.QueuedMicros = Math.Max(state.QueuedMicros, queued);
     }
+
+    /// <summary>The smallest one-way delay of this window and the previous one (serial order: the stamps wrap).</summary>
+    private uint DelayFloor => (int)(_previousMinDelay - _minDelay) < 0 ? _previousMinDelay : _minDelay;
 
     private ReceivedGroup? GroupFor(uint group, long now, IUnderlayOutput underlay)
     {
