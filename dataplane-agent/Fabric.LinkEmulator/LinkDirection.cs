@@ -40,6 +40,7 @@ public sealed class LinkDirection
     private int _traceCredit;
     private long? _headDeparture;
     private long _headOpportunity;
+    private int _headCreditAfter;
     private bool _burstBad;
     private long _lastDeliverAt;
     private long _sequence;
@@ -171,13 +172,20 @@ public sealed class LinkDirection
         long departure;
         if (_profile.Trace is { } trace)
         {
-            // A fresh opportunity after arrival, unless the one being used still has room for this frame.
-            var index = Math.Max(_traceCursor, trace.FirstOpportunityAtOrAfter(head.ArrivedAt - _traceStart));
-            if (index == _traceCursor && _traceCredit < head.Length)
+            // Byte by byte, as mm-link does: the frame takes what is left of the opportunity in use (if that one comes after
+            // it arrived), else the first one after its arrival, and as many more as its bytes need. It leaves with its last
+            // byte; what its last opportunity has left is for the frames behind it.
+            var first = trace.FirstOpportunityAtOrAfter(head.ArrivedAt - _traceStart);
+            var (index, credit) = first <= _traceCursor && _traceCredit > 0
+                ? (_traceCursor, _traceCredit)
+                : (Math.Max(first, _traceCursor + 1), TraceFrameBytes);
+            var remaining = head.Length - credit;
+            while (remaining > 0)
             {
                 index++;
+                remaining -= TraceFrameBytes;
             }
-            _headOpportunity = index;
+            (_headOpportunity, _headCreditAfter) = (index, -remaining);
             departure = _traceStart + trace.OpportunityNanoseconds(index);
         }
         else if (_profile.RateBitsPerSecond > 0)
@@ -196,12 +204,7 @@ public sealed class LinkDirection
     {
         if (_profile.Trace is not null)
         {
-            if (_headOpportunity != _traceCursor)
-            {
-                _traceCursor = _headOpportunity;
-                _traceCredit = TraceFrameBytes;
-            }
-            _traceCredit = Math.Max(0, _traceCredit - pending.Length);
+            (_traceCursor, _traceCredit) = (_headOpportunity, _headCreditAfter);
         }
         else if (_profile.RateBitsPerSecond > 0)
         {

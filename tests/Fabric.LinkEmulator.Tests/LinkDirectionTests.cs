@@ -169,6 +169,36 @@ public class LinkDirectionTests
         Assert.Equal(LinkDirection.TraceFrameBytes / 100, count);
     }
 
+    /// <summary>
+    /// As in mm-link, a trace's opportunities carry bytes, not frames: a small frame queued between full ones costs its
+    /// bytes, not an opportunity of its own, and a frame longer than an opportunity leaves with its last byte, in the next
+    /// one.
+    /// </summary>
+    [Fact]
+    public void TraceOpportunities_CarryBytes_AFrameSpansThemAndASmallOneCostsItsBytes()
+    {
+        var trace = MahimahiTrace.Parse("one-per-10ms", Enumerable.Range(1, 100).Select(i => (i * 10).ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        var link = new LinkDirection(LinkProfile.Clean with { Trace = trace, QueuePackets = 10_000 }, 0, seed: 1);
+        var full = LinkDirection.TraceFrameBytes;
+        link.Offer(new byte[full - 100], 0);
+        link.Offer(new byte[200], 0);
+        link.Offer(new byte[full - 100], 0);
+        link.Offer(new byte[full + 500], 0);
+        var departures = new List<(int Length, long At)>();
+        for (var now = 0L; now <= 100 * Ms; now += Ms)
+        {
+            while (link.TryTakeDue(now, out var frame))
+            {
+                departures.Add((frame.Length, now));
+                LinkDirection.Release(frame);
+            }
+        }
+        // 10 ms: the first (100 bytes of that opportunity left); 20 ms: the small one (those 100 bytes and 100 of the
+        // next), and the second one in what 20 ms has left; the long one needs all of 30 ms and part of 40 ms. A link that
+        // gave each frame an opportunity of its own would send the second at 30 ms.
+        Assert.Equal([(full - 100, 10 * Ms), (200, 20 * Ms), (full - 100, 20 * Ms), (full + 500, 40 * Ms)], departures);
+    }
+
     [Fact]
     public void ProfileChange_AppliesToTheNextFrame()
     {
