@@ -8,8 +8,12 @@ internal static class Tunnels
 {
     internal static int StartWireGuard(OverlayTopology topology, string ns, string name, string address, out string publicKey)
     {
+        // A socket left by a run that was killed would pass for this one's, and wg would then fall back to the kernel's
+        // WireGuard ("Protocol not supported"): remove it, and wait until the new one answers.
+        File.Delete($"/var/run/wireguard/{name}.sock");
         var process = topology.StartIn(ns, "env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", name);
-        Eventually.True(() => File.Exists($"/var/run/wireguard/{name}.sock"), TimeSpan.FromSeconds(10), $"starting wireguard-go {name}", () => "");
+        Eventually.True(() => File.Exists($"/var/run/wireguard/{name}.sock") && Fabric.Programs.ProgramRunner.TryRun("ip", ["netns", "exec", ns, "wg", "show", name], null, null).Succeeded,
+            TimeSpan.FromSeconds(10), $"starting wireguard-go {name}", () => "");
         var key = Privileged.Run("wg", "genkey").Trim();
         var keyFile = Path.GetTempFileName();
         File.WriteAllText(keyFile, key + "\n");
