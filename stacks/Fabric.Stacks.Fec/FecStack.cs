@@ -11,8 +11,9 @@ namespace Fabric.Stacks.Fec;
 /// as <c>length (16 bits), virtual network (32 bits), frame, zero padding</c>. The receiver delivers data shards as they
 /// come and, once any k shards of a group are in, rebuilds the frames that were lost and delivers them with their own
 /// virtual network. So any m losses in a group are recovered, at most the deadline (plus the parity's transit) late.
-/// The receiver reports the shard loss it sees about every 100 ms, with the number of shards the report covers (type
-/// StackControl; payload: loss in ppm, shards, 32 bits each). It leaves out what the path's queue overflowed: the
+/// The receiver reports the shard loss it sees about every 100 ms (type StackControl; payload, 32 bits each: loss in
+/// ppm, the shards the report covers, the send stamp of the newest shard it had and how long it held it — the sender's
+/// round trip — and the least any shard queued over the interval). It leaves out what the path's queue overflowed: the
 /// groups whose shards queued (one-way delay over its minimum of the last 10 to 20 s, from the Fabric header's send
 /// timestamp; the clocks' offset cancels out, their drift does not) at least 2 ms and half the recent peak, with the
 /// loss in them. Parity cannot outrun an overflowing queue, only add to its load, and the guest's transport must see
@@ -22,10 +23,14 @@ namespace Fabric.Stacks.Fec;
 /// the target (binomial) at the upper end of what those counts allow (Wilson, one-sided 95 %): a path seen over few
 /// shards gets more parity than its point estimate asks, which is when a guest's TCP is in slow start and a lost frame
 /// costs it most, and costs few bytes, for there is little traffic. The parity is capped by the policy's overhead
-/// budget. The default target, 10 ppm per group, is what a loss-based TCP needs to fill a long fast path: at 120 ms and
-/// 100 Mbit/s, Mathis' estimate allows about 3 losses in a million packets.
+/// budget. The default target, 10 ppm of frames lost for good, is what a loss-based TCP needs to fill a long fast path:
+/// at 120 ms and 100 Mbit/s, Mathis' estimate allows about 3 losses in a million packets. Where the peer reports a
+/// standing queue the path is full and parity displaces the guests' own bytes; the target is then what a TCP at this
+/// rate and round trip bears (<see cref="Tolerance"/>), and a group may go without parity: a marker (kind 3) then
+/// tells the receiver its size, so that its loss is still counted.
 /// <para>Stack fields (8 bytes): group (32 bits), index (8: data 0..k-1, parity k..k+m-1), k (8), m (8), kind (8: 0
-/// data, 1 parity, 2 loss report). Data shards carry k = m = 0: a group's size is known when it closes.</para>
+/// data, 1 parity, 2 loss report, 3 a group closed without parity, index = k). Data shards carry k = m = 0: a group's
+/// size is known when it closes.</para>
 /// </summary>
 public sealed class FecStack : IStack
 {
@@ -34,6 +39,7 @@ public sealed class FecStack : IStack
     private const byte KindData = 0;
     private const byte KindParity = 1;
     private const byte KindReport = 2;
+    private const byte KindClose = 3;
     private const int Window = 64;
     private const int FinalizeBehind = 8;
 
@@ -64,6 +70,20 @@ public sealed class FecStack : IStack
     private long _shardsSent;
     private long _shardsSentAtReport;
     private long _lastReportTaken = long.MinValue / 2;
+    private double _rate;
+    private double _frameBytes = 1500;
+    private bool _peerCountsClosedGroups;
+    private int _standingQueueMicros;
+    private uint _minRtt;
+    private uint _previousMinRtt;
+    private long _rttWindowStart;
+    private bool _anyRtt;
+    private double _tolerance;
+    private double _parityShare = 1;
+    private double _parityCredit;
+
+    /// <summary>The most residual loss a relaxed target allows, whatever Mathis' estimate says.</summary>
+    private const double MaxTolerance = 0.01;
 
     // Receiver.
     private readonly Dictionary<uint, ReceivedGroup> _groups = [];
@@ -89,6 +109,11 @@ public sealed class FecStack : IStack
     private const int MaxQueueMicros = 1_000_000;
     private int _finalizedSinceReport;
     private long _lastReport = long.MinValue / 2;
+    private uint _echoStamp;
+    private long _echoArrival;
+    private bool _anyEcho;
+    private int _intervalMinQueued = int.MaxValue;
+    private int _lastStandingQueue;
 
     public FecStack(IReadOnlyDictionary<string, string> configuration)
     {
@@ -97,6 +122,7 @@ public sealed class FecStack : IStack
         _target = Setting(configuration, "targetResidualPpm", 10, 1, 100_000) / 1e6;
         _maxParity = _k;
         _m = Math.Clamp(Setting(configuration, "initialParity", 2, 1, 64), 1, _k);
+        _tolerance = _target;
     }
 
     /// <summary>Frames rebuilt from parity so far.</summary>
@@ -108,7 +134,23 @@ public sealed class FecStack : IStack
     /// <summary>The parity shards per full group the sender uses now.</summary>
     public int Parity => _m;
 
-    public long NextTimerNanoseconds => _pending.Count > 0 ? _groupOpenedAt + _deadline : long.MaxValue;
+    public long NextTimerNanoseconds => _pending.Count > 0 ? _groupOpenedAt + GroupDeadline : long.MaxValue;
+
+    /// <summary>
+    /// How long a group stays open for more frames: the configured deadline, or a quarter of the queue the peer reports
+    /// standing (at most 50 ms). Every frame already waits that queue out, so a lost one rebuilt a little later changes
+    /// little; but a slow path fills its groups, and a group of 8 frames with one parity shard costs an eighth where a
+    /// group of 2 with one costs a half.
+    /// </summary>
+    private long GroupDeadline => _standingQueueMicros >= CongestionQueueMicros
+        ? Math.Max(_deadline, Math.Min(_standingQueueMicros * 1000L / 4, MaxStretchedDeadline))
+        : _deadline;
+
+    /// <summary>How long without a report before groups without parity stop (ns).</summary>
+    private const long SilentPeerNanoseconds = 1_000_000_000;
+
+    /// <summary>The longest a standing queue stretches a group's deadline (ns).</summary>
+    private const long MaxStretchedDeadline = 50_000_000;
 
     private static int Setting(IReadOnlyDictionary<string, string> configuration, string key, int fallback, int min, int max) =>
         configuration.TryGetValue(key, out var text) && int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var value)
@@ -138,6 +180,7 @@ public sealed class FecStack : IStack
         underlay.Commit(FabricPayloadType.Ethernet, FieldLength, FieldLength + frame.Length);
         _counters.DatagramsOut++;
         _shardsSent++;
+        _frameBytes += (frame.Length - _frameBytes) / 64;
         var shard = new byte[ShardHeader + frame.Length];
         BinaryPrimitives.WriteUInt16BigEndian(shard, (ushort)frame.Length);
         BinaryPrimitives.WriteUInt32BigEndian(shard.AsSpan(2), underlay.VirtualNetwork);
@@ -145,13 +188,21 @@ public sealed class FecStack : IStack
         _pending.Add((shard, shard.Length));
         if (_pending.Count == _k)
         {
-            CloseGroup(underlay);
+            CloseGroup(underlay, nowNanoseconds);
         }
     }
 
-    private void CloseGroup(IUnderlayOutput underlay)
+    private void CloseGroup(IUnderlayOutput underlay, long now)
     {
         var k = _pending.Count;
+        if (_peerCountsClosedGroups && now - _lastReportTaken > SilentPeerNanoseconds)
+        {
+            // No report taken for a second while groups leave: the peer may not count groups sent without parity (an older
+            // version, or a forged report said it did), or its reports are lost. Every group gets parity again until a
+            // report comes.
+            (_peerCountsClosedGroups, _standingQueueMicros) = (false, 0);
+            FitParity();
+        }
         if (ParityDisabled)
         {
             _pending.Clear();
@@ -160,7 +211,38 @@ public sealed class FecStack : IStack
             return;
         }
         // A group closed early by its deadline gets parity in proportion (at least one: a lone frame is repeated).
-        var m = k == _k ? _m : Math.Max(1, (int)Math.Ceiling((double)k * _m / _k));
+        var m = k == _k || _m == 0 ? _m : Math.Max(1, (int)Math.Ceiling((double)k * _m / _k));
+        if (_m == 1 && _parityShare < 1)
+        {
+            // One parity shard per group is more than the loss calls for: only a share of the groups get it, spread evenly.
+            _parityCredit += _parityShare;
+            if (_parityCredit >= 1)
+            {
+                _parityCredit -= 1;
+            }
+            else
+            {
+                m = 0;
+            }
+        }
+        if (m == 0)
+        {
+            // No parity: a marker still tells the receiver the group's size, so that its loss is counted and reported.
+            var vniOfGroup = underlay.VirtualNetwork;
+            underlay.VirtualNetwork = 0;
+            var marker = underlay.Begin(FieldLength);
+            if (marker.Length >= FieldLength)
+            {
+                WriteFields(marker, _group, (byte)k, (byte)k, 0, KindClose);
+                underlay.Commit(FabricPayloadType.StackEncoded, FieldLength, FieldLength);
+                _counters.DatagramsOut++;
+            }
+            underlay.VirtualNetwork = vniOfGroup;
+            _pending.Clear();
+            _groupOpenedAt = long.MaxValue;
+            _group++;
+            return;
+        }
         var length = _pending.Max(p => p.Length);
         var data = _pending.Select(p => p.Length == length ? p.Shard : Padded(p.Shard, length)).ToList();
         var parity = Enumerable.Range(0, m).Select(_ => new byte[length]).ToList();
@@ -234,11 +316,22 @@ public sealed class FecStack : IStack
                 ReceiveParity(group, index, k, m, datagram.Payload, vm, nowNanoseconds, underlay);
                 Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
                 break;
-            case (FabricPayloadType.StackControl, KindReport) when datagram.Payload.Length is 4 or 8 && BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) <= 1_000_000:
-                // A report without its count (4 bytes) is taken as covering few shards.
-                OnLossReport(BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) / 1e6,
-                    datagram.Payload.Length == 8 ? BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload[4..]) : UncountedReportShards, nowNanoseconds);
+            case (FabricPayloadType.StackEncoded, KindClose) when k is >= 1 and <= 64 && m == 0 && index == k && datagram.Payload.IsEmpty:
+                ReceiveClose(group, k, vm, nowNanoseconds, underlay);
+                Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
                 break;
+            case (FabricPayloadType.StackControl, KindReport) when datagram.Payload.Length is 4 or 8 or ReportLength && BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) <= 1_000_000:
+            {
+                // A report without its count (4 bytes, an older peer's) is taken as covering few shards; one without the
+                // echo and the queue (8 bytes) says nothing of the path's round trip.
+                var payload = datagram.Payload;
+                OnLossReport(BinaryPrimitives.ReadUInt32BigEndian(payload) / 1e6,
+                    payload.Length >= 8 ? BinaryPrimitives.ReadUInt32BigEndian(payload[4..]) : UncountedReportShards, nowNanoseconds,
+                    payload.Length == ReportLength
+                        ? new PathEcho(BinaryPrimitives.ReadUInt32BigEndian(payload[8..]), BinaryPrimitives.ReadUInt32BigEndian(payload[12..]), BinaryPrimitives.ReadUInt32BigEndian(payload[16..]))
+                        : null);
+                break;
+            }
             case (FabricPayloadType.Ethernet or FabricPayloadType.StackEncoded or FabricPayloadType.StackControl, _):
                 _counters.Drop(StackDropReason.Malformed);
                 break;
@@ -283,7 +376,9 @@ public sealed class FecStack : IStack
         }
         var queued = Math.Clamp((int)(delay - DelayFloor), 0, MaxQueueMicros);
         _queuePeakMicros = Math.Max(_queuePeakMicros, queued);
+        _intervalMinQueued = Math.Min(_intervalMinQueued, queued);
         state.QueuedMicros = Math.Max(state.QueuedMicros, queued);
+        (_echoStamp, _echoArrival, _anyEcho) = (sentMicros, now, true);
     }
 
     /// <summary>The smallest one-way delay of this window and the previous one (serial order: the stamps wrap).</summary>
@@ -354,6 +449,19 @@ public sealed class FecStack : IStack
         }
         (state.K, state.M, state.Length) = (k, m, payload.Length);
         state.Parity[index] = payload.ToArray();
+        TryRecover(state, vm);
+    }
+
+    /// <summary>A group sent without parity: its size, so that what it lost is counted.</summary>
+    private void ReceiveClose(uint group, int k, IVmOutput vm, long now, IUnderlayOutput underlay)
+    {
+        var state = GroupFor(group, now, underlay);
+        if (state is null || state.K > 0)
+        {
+            _counters.Drop(state is null || (state.K == k && state.M == 0) ? StackDropReason.Duplicate : StackDropReason.Malformed);
+            return;
+        }
+        (state.K, state.M, state.Length) = (k, 0, 0);
         TryRecover(state, vm);
     }
 
@@ -452,16 +560,22 @@ public sealed class FecStack : IStack
             var loss = counted > 0 ? (double)(_shardsExpected - _shardsReceived - _shardsLostToCongestion) / counted : 0;
             (_lastLoss, _lastCongestionLoss) = (1 - (double)_shardsReceived / _shardsExpected, (double)_shardsLostToCongestion / _shardsExpected);
             _queuePeakMicros = (int)(_queuePeakMicros * 0.8);
-            var buffer = underlay.Begin(FieldLength + 8);
-            if (buffer.Length >= FieldLength + 8)
+            _lastStandingQueue = _intervalMinQueued == int.MaxValue ? 0 : _intervalMinQueued;
+            var buffer = underlay.Begin(FieldLength + ReportLength);
+            if (buffer.Length >= FieldLength + ReportLength && _anyEcho)
             {
+                var report = buffer[FieldLength..];
                 WriteFields(buffer, 0, 0, 0, 0, KindReport);
-                BinaryPrimitives.WriteUInt32BigEndian(buffer[FieldLength..], (uint)Math.Round(Math.Clamp(loss, 0, 1) * 1e6));
-                BinaryPrimitives.WriteUInt32BigEndian(buffer[(FieldLength + 4)..], (uint)Math.Min(counted, uint.MaxValue));
-                underlay.Commit(FabricPayloadType.StackControl, FieldLength, FieldLength + 8);
+                BinaryPrimitives.WriteUInt32BigEndian(report, (uint)Math.Round(Math.Clamp(loss, 0, 1) * 1e6));
+                BinaryPrimitives.WriteUInt32BigEndian(report[4..], (uint)Math.Min(counted, uint.MaxValue));
+                BinaryPrimitives.WriteUInt32BigEndian(report[8..], _echoStamp);
+                BinaryPrimitives.WriteUInt32BigEndian(report[12..], (uint)Math.Clamp((now - _echoArrival) / 1000, 0, uint.MaxValue));
+                BinaryPrimitives.WriteUInt32BigEndian(report[16..], (uint)_lastStandingQueue);
+                underlay.Commit(FabricPayloadType.StackControl, FieldLength, FieldLength + ReportLength);
                 _counters.DatagramsOut++;
             }
             (_shardsExpected, _shardsReceived, _shardsLostToCongestion, _shardsInOverflowGroups, _finalizedSinceReport, _lastReport) = (0, 0, 0, 0, 0, now);
+            _intervalMinQueued = int.MaxValue;
         }
     }
 
@@ -479,7 +593,7 @@ public sealed class FecStack : IStack
     /// apart are not taken (the peer reports about every 100 ms): a forged report — nothing authenticates fec's — weighs as
     /// much as the traffic it claims to cover and no more, and is outweighed by the next genuine ones.
     /// </remarks>
-    private void OnLossReport(double loss, double shards, long now)
+    private void OnLossReport(double loss, double shards, long now, PathEcho? echo)
     {
         if (now - _lastReportTaken < 50_000_000)
         {
@@ -490,7 +604,18 @@ public sealed class FecStack : IStack
         {
             return;
         }
+        var elapsed = now - _lastReportTaken;
+        if (elapsed < 5_000_000_000)
+        {
+            // What reached the peer, not what left here: while a queue grows, this end sends faster than the path delivers.
+            var rate = shards * _frameBytes * 8e9 / elapsed;
+            _rate = _rate == 0 ? rate : _rate + (rate - _rate) * 0.2;
+        }
         (_lastReportTaken, _shardsSentAtReport) = (now, _shardsSent);
+        if (echo is { } path)
+        {
+            OnEcho(path, now);
+        }
         var kept = Math.Exp(-shards / MemoryShards);
         _observedShards = _observedShards * kept + shards;
         _observedLost = _observedLost * kept + loss * shards;
@@ -514,36 +639,100 @@ public sealed class FecStack : IStack
         return Math.Min(bound, 1);
     }
 
+    /// <summary>A report's word on the path: the send stamp of the newest shard the peer had, how long it held it (µs),
+    /// and the least any shard queued over the report's interval (µs).</summary>
+    private readonly record struct PathEcho(uint Stamp, uint HeldMicros, uint StandingQueueMicros);
+
+    /// <summary>The report's length since the echo: loss (ppm), shards, echoed stamp, held, standing queue (32 bits each).</summary>
+    private const int ReportLength = 20;
+
+    private void OnEcho(PathEcho echo, long now)
+    {
+        _peerCountsClosedGroups = true;
+        _standingQueueMicros = (int)Math.Min(echo.StandingQueueMicros, MaxQueueMicros);
+        var rtt = unchecked((uint)(now / 1000) - echo.Stamp - echo.HeldMicros);
+        if ((int)rtt is < 0 or > MaxRttMicros)
+        {
+            // An echo of no stamp this end sent lately (or held longer than it says): no round trip to learn from.
+            return;
+        }
+        if (!_anyRtt || now - _rttWindowStart >= 2 * DelayWindowNanoseconds)
+        {
+            (_previousMinRtt, _minRtt, _rttWindowStart, _anyRtt) = (rtt, rtt, now, true);
+        }
+        else if (now - _rttWindowStart >= DelayWindowNanoseconds)
+        {
+            (_previousMinRtt, _minRtt, _rttWindowStart) = (_minRtt, rtt, now);
+        }
+        _minRtt = Math.Min(_minRtt, rtt);
+    }
+
+    /// <summary>The longest round trip an echo is taken for (µs).</summary>
+    private const int MaxRttMicros = 10_000_000;
+
+    /// <summary>The path's round trip without queues: the least of this window's and the previous one's (µs).</summary>
+    private uint RttFloor => Math.Min(_minRtt, _previousMinRtt);
+
+    /// <summary>
+    /// The residual loss per frame the guests can bear. While the peer reports a queue that stands (every shard over its
+    /// interval queued at least 2 ms), the path is full: each parity byte displaces a guest's byte, and a loss-based TCP
+    /// keeps the path full as long as its mean window, 1.22 / √p packets (Mathis), covers the path's bandwidth-delay
+    /// product. So it bears p = (1.22 · frame / (round trip · rate))², at the rate the peer's reports count and the path's round
+    /// trip without its queue — a slow cellular path a few in ten thousand, a long fast one less than the configured
+    /// target, which stays the floor (and 1 % the ceiling). Without a standing queue the path has room, parity costs the
+    /// guests nothing they could use, and the configured target holds.
+    /// </summary>
+    private double Tolerance()
+    {
+        if (_standingQueueMicros < CongestionQueueMicros || !_anyRtt || _rate <= 0)
+        {
+            return _target;
+        }
+        var rtt = Math.Max(RttFloor, 100) / 1e6;
+        var bearable = Math.Pow(1.22 * _frameBytes * 8 / (rtt * _rate), 2);
+        return Math.Clamp(bearable, _target, Math.Max(_target, MaxTolerance));
+    }
+
     private void FitParity()
     {
         var loss = LossBound(_observedLost, _observedShards);
-        var m = 1;
-        while (m < _maxParity && FailureChance(_k + m, m, loss) > _target)
+        _tolerance = Tolerance();
+        // No parity only where the peer counts groups sent without it (an older peer would see none of their loss).
+        var m = _peerCountsClosedGroups ? 0 : 1;
+        while (m < _maxParity && Residual(_k + m, m, loss) > _tolerance)
         {
             m++;
         }
         _m = m;
+        // Between none and one parity shard per group, the share of groups with one that brings the residual loss to the
+        // tolerance: (1 − f)·p + f·r₁ = tolerance.
+        var one = Residual(_k + 1, 1, loss);
+        _parityShare = m == 1 && _peerCountsClosedGroups && loss > one ? Math.Clamp((loss - _tolerance) / (loss - one), 0, 1) : 1;
     }
 
-    /// <summary>P(more than <paramref name="m"/> of <paramref name="n"/> shards lost) with independent loss <paramref name="p"/>.</summary>
-    public static double FailureChance(int n, int m, double p)
+    /// <summary>The share of a group's frames lost for good: E[shards lost, when more than <paramref name="m"/> of
+    /// <paramref name="n"/> are] / n, with independent loss <paramref name="p"/> (without parity, p itself).</summary>
+    public static double Residual(int n, int m, double p)
     {
-        var within = 0.0;
+        var lost = 0.0;
         var term = Math.Pow(1 - p, n);
-        for (var i = 0; i <= m; i++)
+        for (var i = 0; i <= n; i++)
         {
-            within += term;
-            term = p >= 1 ? 0 : term * (n - i) / (i + 1) * p / (1 - p);
+            if (i > m)
+            {
+                lost += term * i;
+            }
+            term = p >= 1 ? (i + 1 == n ? 1 : 0) : term * (n - i) / (i + 1) * p / (1 - p);
         }
-        return Math.Max(0, 1 - within);
+        return lost / n;
     }
 
     public void OnTimer(long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
     {
-        if (_pending.Count > 0 && nowNanoseconds >= _groupOpenedAt + _deadline)
+        if (_pending.Count > 0 && nowNanoseconds >= _groupOpenedAt + GroupDeadline)
         {
             var vni = underlay.VirtualNetwork;
-            CloseGroup(underlay);
+            CloseGroup(underlay, nowNanoseconds);
             underlay.VirtualNetwork = vni;
         }
     }
@@ -555,6 +744,7 @@ public sealed class FecStack : IStack
         {
             ["k"] = _k,
             ["parity"] = _m,
+            ["parityShare"] = _m == 1 ? _parityShare : _m == 0 ? 0 : 1,
             ["peerLossPercent"] = _peerLoss * 100,
             ["lossBoundPercent"] = LossBound(_observedLost, _observedShards) * 100,
             ["observedShards"] = _observedShards,
@@ -563,6 +753,12 @@ public sealed class FecStack : IStack
             ["overflowLossPercent"] = _lastCongestionLoss * 100,
             ["queuePeakMs"] = _queuePeakMicros / 1000.0,
             ["unrecoverable"] = Unrecoverable,
+            ["toleranceppm"] = _tolerance * 1e6,
+            ["rateMbit"] = _rate / 1e6,
+            ["minRttMs"] = _anyRtt ? RttFloor / 1000.0 : double.NaN,
+            ["peerStandingQueueMs"] = _standingQueueMicros / 1000.0,
+            ["groupDeadlineMs"] = GroupDeadline / 1e6,
+            ["standingQueueMs"] = _lastStandingQueue / 1000.0,
         },
     };
 

@@ -107,11 +107,14 @@ public class FecTests
     }
 
     [Fact]
-    public void FailureChance_IsTheBinomialTail()
+    public void Residual_IsTheShareOfFramesLostBeyondTheParity()
     {
-        // 10 shards at 3 % loss: P(more than 2 lost) = 1 - sum_{i<=2} C(10,i) .03^i .97^(10-i) ≈ 0.00278.
-        Assert.Equal(0.00278, FecStack.FailureChance(10, 2, 0.03), 4);
-        Assert.Equal(0, FecStack.FailureChance(10, 2, 0), 9);
+        // 10 shards at 3 % loss with 2 parity: sum over j > 2 of C(10,j) .03^j .97^(10-j) j / 10 ≈ 0.000845; without parity,
+        // the loss itself; without loss, nothing.
+        Assert.Equal(0.000845, FecStack.Residual(10, 2, 0.03), 6);
+        Assert.Equal(0.01, FecStack.Residual(8, 0, 0.01), 12);
+        Assert.Equal(0, FecStack.Residual(10, 2, 0), 12);
+        Assert.Equal(1, FecStack.Residual(10, 2, 1), 12);
     }
 
     [Fact]
@@ -259,6 +262,99 @@ public class FecTests
         Assert.True(wrapped.Reported > 1, $"reported {wrapped.Reported:0.###} % across the timestamp's wrap");
         Assert.Equal(0, wrapped.Receiver.Gauges["overflowLossPercent"]);
         Assert.True(wrapped.Parity >= 3, $"parity {wrapped.Parity} across the timestamp's wrap");
+    }
+
+    /// <summary>
+    /// Two instances under a simulated clock, 20 ms apart in round trip, the sender at 1,000 frames of 1,400 bytes a
+    /// second (11 Mbit/s). With no queue on the path its parity follows the configured target (at least one per group).
+    /// Once every shard queues 50 ms more (the path is full, the guest keeps its queue standing), a loss-based TCP at
+    /// 11 Mbit/s over 20 ms bears a few per thousand: groups go without parity, stretched to a quarter of the queue, and
+    /// the markers that close them keep the receiver's reports coming (without them, no group would be counted and the
+    /// sender would fall back to parity within a second). When the reports stop, parity comes back; when the queue is
+    /// gone and 2 % is lost, the parity is what the configured target asks for again.
+    /// </summary>
+    [Fact]
+    public void WhereThePathsQueueStands_ParityFollowsWhatTheGuestBears_AndComesBackWhenTheQueueOrTheReportsGo()
+    {
+        var sender = new FecStack(new Dictionary<string, string>());
+        var receiver = new FecStack(new Dictionary<string, string>());
+        sender.ApplyPolicy(new StackPolicy(false, 1));
+        var inFlight = new PriorityQueue<Action<long>, (long At, long Order)>();
+        var order = 0L;
+        var (queue, loss, reportsLost, markers) = (0L, 0.0, false, 0);
+        var random = new Random(11);
+        var vm = new Vm();
+        var sink = new Wire((_, _, _) => { });
+        Wire? back = null;
+        back = new Wire((header, fields, payload) =>
+        {
+            if (!reportsLost)
+            {
+                inFlight.Enqueue(at => sender.Receive(new StackDatagram(header, fields, payload), at, new Vm(), sink), (back!.Now + 10_000_000, order++));
+            }
+        });
+        Wire? wire = null;
+        wire = new Wire((header, fields, payload) =>
+        {
+            markers += fields[7] == 3 ? 1 : 0;
+            if (fields[7] == 0 && random.NextDouble() < loss)
+            {
+                return;
+            }
+            inFlight.Enqueue(at =>
+            {
+                back.Now = at;
+                receiver.Receive(new StackDatagram(header, fields, payload), at, vm, back);
+            }, (wire!.Now + 10_000_000 + queue, order++));
+        });
+        var now = 0L;
+        void Run(double seconds)
+        {
+            for (var end = now + (long)(seconds * 1e9); now < end; now += 1_000_000)
+            {
+                wire.Now = now;
+                sender.Transmit(StackConformance.Frame(1400, (byte)now), now, wire);
+                if (now >= sender.NextTimerNanoseconds)
+                {
+                    sender.OnTimer(now, vm, wire);
+                }
+                while (inFlight.TryPeek(out var deliver, out var due) && due.At <= now)
+                {
+                    inFlight.Dequeue();
+                    deliver(due.At);
+                }
+            }
+        }
+
+        Run(3);
+        Assert.True(sender.Parity >= 1, $"parity {sender.Parity} with no queue");
+        Assert.Equal(10, sender.GetStats().Gauges["toleranceppm"], 3);
+        Assert.InRange(sender.GetStats().Gauges["minRttMs"], 19.9, 21.1);
+
+        queue = 50_000_000;
+        Run(1);
+        var markersBefore = markers;
+        var parity = new List<int>();
+        for (var i = 0; i < 30; i++)
+        {
+            Run(0.1);
+            parity.Add(sender.Parity);
+        }
+        var standing = sender.GetStats().Gauges;
+        Assert.True(parity.All(p => p == 0), $"parity {string.Join(",", parity)} while the queue stands");
+        Assert.InRange(standing["toleranceppm"], 1000, 10_000);
+        Assert.Equal(12.5, standing["groupDeadlineMs"], 1);
+        Assert.True(markers - markersBefore > 200, $"{markers - markersBefore} groups closed by a marker");
+        Assert.Equal(0, receiver.GetStats().Gauges["receivedLossPercent"]);
+
+        reportsLost = true;
+        Run(1.5);
+        Assert.True(sender.Parity >= 1, $"parity {sender.Parity} after 1.5 s without a report");
+        Assert.Equal(5, sender.GetStats().Gauges["groupDeadlineMs"], 1);
+
+        (reportsLost, queue, loss) = (false, 0, 0.02);
+        Run(10);
+        Assert.True(sender.Parity >= 3, $"parity {sender.Parity} at 2 % loss with no queue");
     }
 
     /// <summary>
