@@ -5,7 +5,7 @@ namespace Fabric.Stacks.Fec;
 /// <summary>
 /// The fec plug-in's factory. Configuration (all optional): k (frames per group, 8), deadlineMicroseconds (how long a
 /// group waits for k frames before its parity goes, 5000), targetResidualPpm (the share of frames parity may leave lost
-/// for good, in ppm: 10; a path whose queue stands may bear more), initialParity (2, until the peer's first loss report).
+/// for good, in ppm: 3; a path whose queue stands may bear more), initialParity (2, until the peer's first loss report).
 /// Version 1.1.0: its loss reports carry a round trip's echo and the standing queue (20 bytes), and a group may close
 /// without parity (kind 3); 1.0.0 read neither, so the two do not share a slot.
 /// </summary>

@@ -19,18 +19,19 @@ namespace Fabric.Stacks.Fec;
 /// loss in them. Parity cannot outrun an overflowing queue, only add to its load, and the guest's transport must see
 /// that loss to slow down: counting it, parity grew with the load it caused (at 30 ms RTT and 200 Mbit/s a guest got 32
 /// Mbit/s instead of 113). The sender keeps the reports' shards and losses in counts that forget the oldest as new
-/// shards come (about the last 8,000), and picks the smallest m whose chance of more than m losses in a group is below
-/// the target (binomial) at the upper end of what those counts allow (Wilson, one-sided 95 %): a path seen over few
+/// shards come (about the last 8,000), and picks the smallest m whose share of frames lost for good (more than m of a
+/// group's shards lost, binomial) is below the target at the upper end of what those counts allow (Wilson, one-sided
+/// 95 %): a path seen over few
 /// shards gets more parity than its point estimate asks, which is when a guest's TCP is in slow start and a lost frame
 /// costs it most, and costs few bytes, for there is little traffic. The parity is capped by the policy's overhead
-/// budget. The default target, 10 ppm of frames lost for good, is what a loss-based TCP needs to fill a long fast path:
+/// budget. The default target, 3 ppm of frames lost for good, is what a loss-based TCP needs to fill a long fast path:
 /// at 120 ms and 100 Mbit/s, Mathis' estimate allows about 3 losses in a million packets. Where the peer reports a
 /// standing queue the path is full and parity displaces the guests' own bytes; the target is then what a TCP at this
 /// rate and round trip bears (<see cref="Tolerance"/>), and a group may go without parity: a marker (kind 3) then
 /// tells the receiver its size, so that its loss is still counted.
 /// <para>Stack fields (8 bytes): group (32 bits), index (8: data 0..k-1, parity k..k+m-1), k (8), m (8), kind (8: 0
-/// data, 1 parity, 2 loss report, 3 a group closed without parity, index = k). Data shards carry k = m = 0: a group's
-/// size is known when it closes.</para>
+/// data, 1 parity, 2 loss report, 3 a group closed without parity, index = k). Data shards carry m = 0, and k = 0 or,
+/// when the group before theirs went without parity, that group's size: a group's size is known when it closes.</para>
 /// </summary>
 public sealed class FecStack : IStack
 {
@@ -80,6 +81,7 @@ public sealed class FecStack : IStack
     private bool _anyRtt;
     private double _tolerance;
     private double _parityShare = 1;
+    private int _previousWithoutParity;
     private double _parityCredit;
 
     /// <summary>The most residual loss a relaxed target allows, whatever Mathis' estimate says.</summary>
@@ -119,7 +121,7 @@ public sealed class FecStack : IStack
     {
         _k = Setting(configuration, "k", 8, 1, 64);
         _deadline = Setting(configuration, "deadlineMicroseconds", 5000, 100, 1_000_000) * 1000L;
-        _target = Setting(configuration, "targetResidualPpm", 10, 1, 100_000) / 1e6;
+        _target = Setting(configuration, "targetResidualPpm", 3, 1, 100_000) / 1e6;
         _maxParity = _k;
         _m = Math.Clamp(Setting(configuration, "initialParity", 2, 1, 64), 1, _k);
         _tolerance = _target;
@@ -175,7 +177,7 @@ public sealed class FecStack : IStack
             _groupOpenedAt = nowNanoseconds;
         }
         var index = _pending.Count;
-        WriteFields(buffer, _group, (byte)index, 0, 0, KindData);
+        WriteFields(buffer, _group, (byte)index, (byte)_previousWithoutParity, 0, KindData);
         frame.CopyTo(buffer[FieldLength..]);
         underlay.Commit(FabricPayloadType.Ethernet, FieldLength, FieldLength + frame.Length);
         _counters.DatagramsOut++;
@@ -225,9 +227,11 @@ public sealed class FecStack : IStack
                 m = 0;
             }
         }
+        _previousWithoutParity = m == 0 ? k : 0;
         if (m == 0)
         {
-            // No parity: a marker still tells the receiver the group's size, so that its loss is counted and reported.
+            // No parity: a marker still tells the receiver the group's size, so that its loss is counted and reported (and
+            // the next group's data shards say it again, should the marker be lost).
             var vniOfGroup = underlay.VirtualNetwork;
             underlay.VirtualNetwork = 0;
             var marker = underlay.Begin(FieldLength);
@@ -307,18 +311,29 @@ public sealed class FecStack : IStack
         var (index, k, m, kind) = (fields[4], fields[5], fields[6], fields[7]);
         switch (datagram.Header.PayloadType, kind)
         {
-            case (FabricPayloadType.Ethernet, KindData) when k == 0 && m == 0 && index < 64:
-                ReceiveData(group, index, datagram.Payload, datagram.Header.VirtualNetworkId, vm, nowNanoseconds, underlay);
-                Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
+            case (FabricPayloadType.Ethernet, KindData) when k <= 64 && m == 0 && index < 64:
+                if (ReceiveData(group, index, datagram.Payload, datagram.Header.VirtualNetworkId, vm, nowNanoseconds, underlay))
+                {
+                    Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
+                    if (k > 0)
+                    {
+                        // The previous group went without parity, and had k frames: counted even if its marker was lost.
+                        ClosedEarlier(group - 1, k, vm, nowNanoseconds, underlay);
+                    }
+                }
                 break;
             case (FabricPayloadType.StackEncoded, KindParity) when k is >= 1 and <= 64 && m >= 1 && k + m <= ReedSolomon.MaxShards && index >= k && index < k + m
                 && datagram.Payload.Length >= ShardHeader:
-                ReceiveParity(group, index, k, m, datagram.Payload, vm, nowNanoseconds, underlay);
-                Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
+                if (ReceiveParity(group, index, k, m, datagram.Payload, vm, nowNanoseconds, underlay))
+                {
+                    Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
+                }
                 break;
             case (FabricPayloadType.StackEncoded, KindClose) when k is >= 1 and <= 64 && m == 0 && index == k && datagram.Payload.IsEmpty:
-                ReceiveClose(group, k, vm, nowNanoseconds, underlay);
-                Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
+                if (ReceiveClose(group, k, vm, nowNanoseconds, underlay))
+                {
+                    Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
+                }
                 break;
             case (FabricPayloadType.StackControl, KindReport) when datagram.Payload.Length is 4 or 8 or ReportLength && BinaryPrimitives.ReadUInt32BigEndian(datagram.Payload) <= 1_000_000:
             {
@@ -405,24 +420,26 @@ public sealed class FecStack : IStack
         return created;
     }
 
-    private void ReceiveData(uint group, int index, ReadOnlySpan<byte> frame, uint vni, IVmOutput vm, long now, IUnderlayOutput underlay)
+    /// <returns>Whether the shard was taken as one of its group's (not malformed, a duplicate or too old): only those say
+    /// anything of the path's delay.</returns>
+    private bool ReceiveData(uint group, int index, ReadOnlySpan<byte> frame, uint vni, IVmOutput vm, long now, IUnderlayOutput underlay)
     {
         if (!EthernetFrame.TryCreate(frame, out _))
         {
             _counters.Drop(StackDropReason.Malformed);
-            return;
+            return false;
         }
         var state = GroupFor(group, now, underlay);
         if (state is null)
         {
             // Older than the window: nothing can be told about duplicates any more; the frame itself is good.
             Deliver(frame, vni, vm);
-            return;
+            return false;
         }
         if (state.Data.ContainsKey(index))
         {
             _counters.Drop(StackDropReason.Duplicate);
-            return;
+            return false;
         }
         var shard = new byte[ShardHeader + frame.Length];
         BinaryPrimitives.WriteUInt16BigEndian(shard, (ushort)frame.Length);
@@ -433,36 +450,50 @@ public sealed class FecStack : IStack
         {
             // Rebuilt from parity already and delivered then.
             _counters.Drop(StackDropReason.Duplicate);
-            return;
+            return true;
         }
         Deliver(frame, vni, vm);
         TryRecover(state, vm);
+        return true;
     }
 
-    private void ReceiveParity(uint group, int index, int k, int m, ReadOnlySpan<byte> payload, IVmOutput vm, long now, IUnderlayOutput underlay)
+    private bool ReceiveParity(uint group, int index, int k, int m, ReadOnlySpan<byte> payload, IVmOutput vm, long now, IUnderlayOutput underlay)
     {
         var state = GroupFor(group, now, underlay);
         if (state is null || state.Parity.ContainsKey(index) || (state.K > 0 && (state.K != k || state.M != m || state.Length != payload.Length)))
         {
             _counters.Drop(state is null || state.Parity.ContainsKey(index) ? StackDropReason.Duplicate : StackDropReason.Malformed);
-            return;
+            return false;
         }
         (state.K, state.M, state.Length) = (k, m, payload.Length);
         state.Parity[index] = payload.ToArray();
         TryRecover(state, vm);
+        return true;
     }
 
     /// <summary>A group sent without parity: its size, so that what it lost is counted.</summary>
-    private void ReceiveClose(uint group, int k, IVmOutput vm, long now, IUnderlayOutput underlay)
+    private bool ReceiveClose(uint group, int k, IVmOutput vm, long now, IUnderlayOutput underlay)
     {
         var state = GroupFor(group, now, underlay);
         if (state is null || state.K > 0)
         {
             _counters.Drop(state is null || (state.K == k && state.M == 0) ? StackDropReason.Duplicate : StackDropReason.Malformed);
-            return;
+            return false;
         }
         (state.K, state.M, state.Length) = (k, 0, 0);
         TryRecover(state, vm);
+        return true;
+    }
+
+    /// <summary>What the next group's data shards say of a group sent without parity: its size. A group whose marker
+    /// and every frame were lost is then counted too, all lost.</summary>
+    private void ClosedEarlier(uint group, int k, IVmOutput vm, long now, IUnderlayOutput underlay)
+    {
+        if (GroupFor(group, now, underlay) is { K: 0 } state)
+        {
+            (state.K, state.M, state.Length) = (k, 0, 0);
+            TryRecover(state, vm);
+        }
     }
 
     private void TryRecover(ReceivedGroup state, IVmOutput vm)
@@ -697,8 +728,10 @@ public sealed class FecStack : IStack
     {
         var loss = LossBound(_observedLost, _observedShards);
         _tolerance = Tolerance();
-        // No parity only where the peer counts groups sent without it (an older peer would see none of their loss).
-        var m = _peerCountsClosedGroups ? 0 : 1;
+        // No parity only where the queue stands (elsewhere parity costs the guests nothing they could use) and the peer
+        // counts groups sent without it.
+        var withoutParity = _peerCountsClosedGroups && _standingQueueMicros >= CongestionQueueMicros;
+        var m = withoutParity ? 0 : 1;
         while (m < _maxParity && Residual(_k + m, m, loss) > _tolerance)
         {
             m++;
@@ -707,7 +740,7 @@ public sealed class FecStack : IStack
         // Between none and one parity shard per group, the share of groups with one that brings the residual loss to the
         // tolerance: (1 − f)·p + f·r₁ = tolerance.
         var one = Residual(_k + 1, 1, loss);
-        _parityShare = m == 1 && _peerCountsClosedGroups && loss > one ? Math.Clamp((loss - _tolerance) / (loss - one), 0, 1) : 1;
+        _parityShare = m == 1 && withoutParity && loss > one ? Math.Clamp((loss - _tolerance) / (loss - one), 0, 1) : 1;
     }
 
     /// <summary>The share of a group's frames lost for good: E[shards lost, when more than <paramref name="m"/> of

@@ -129,8 +129,8 @@ public class FecTests
 
     /// <summary>
     /// The sender's parity follows what the loss reports can vouch for: a first report over few shards with none lost
-    /// calls for more parity than a report of 2 % over many, which settles where a full group of 8 fails less than 10
-    /// times in a million at the bound (4); 8,000 shards without a loss let one parity shard do. A report counts for no
+    /// calls for more parity than a report of 2 % over many, which settles where a full group of 8 leaves fewer than 3
+    /// frames in a million lost at the bound (4); 8,000 shards without a loss let one parity shard do. A report counts for no
     /// more shards than were sent since the last one taken, and one closer than 50 ms to it is not taken: a forged report
     /// of total loss is outweighed within five genuine ones. A report from an older peer without its count is taken as
     /// covering few shards, and a report of another length is malformed and changes nothing.
@@ -267,11 +267,13 @@ public class FecTests
     /// <summary>
     /// Two instances under a simulated clock, 20 ms apart in round trip, the sender at 1,000 frames of 1,400 bytes a
     /// second (11 Mbit/s). With no queue on the path its parity follows the configured target (at least one per group).
+    /// A malformed shard stamped 300 ms ahead (an attacker on the underlay) does not make the path's queue look standing.
     /// Once every shard queues 50 ms more (the path is full, the guest keeps its queue standing), a loss-based TCP at
     /// 11 Mbit/s over 20 ms bears a few per thousand: groups go without parity, stretched to a quarter of the queue, and
-    /// the markers that close them keep the receiver's reports coming (without them, no group would be counted and the
-    /// sender would fall back to parity within a second). When the reports stop, parity comes back; when the queue is
-    /// gone and 2 % is lost, the parity is what the configured target asks for again.
+    /// the markers that close them keep the receiver's reports coming; when the markers are lost, the next groups' data
+    /// shards say the size (without either, no group would be counted and the sender would fall back to parity within a
+    /// second). When the reports stop, parity comes back; when the queue is gone and 2 % is lost, the parity is what the
+    /// configured target asks for again.
     /// </summary>
     [Fact]
     public void WhereThePathsQueueStands_ParityFollowsWhatTheGuestBears_AndComesBackWhenTheQueueOrTheReportsGo()
@@ -281,7 +283,7 @@ public class FecTests
         sender.ApplyPolicy(new StackPolicy(false, 1));
         var inFlight = new PriorityQueue<Action<long>, (long At, long Order)>();
         var order = 0L;
-        var (queue, loss, reportsLost, markers) = (0L, 0.0, false, 0);
+        var (queue, loss, reportsLost, markersLost, markers, lastGroup) = (0L, 0.0, false, false, 0, 0u);
         var random = new Random(11);
         var vm = new Vm();
         var sink = new Wire((_, _, _) => { });
@@ -297,7 +299,8 @@ public class FecTests
         wire = new Wire((header, fields, payload) =>
         {
             markers += fields[7] == 3 ? 1 : 0;
-            if (fields[7] == 0 && random.NextDouble() < loss)
+            lastGroup = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(fields);
+            if ((fields[7] == 0 && random.NextDouble() < loss) || (fields[7] == 3 && markersLost))
             {
                 return;
             }
@@ -326,9 +329,15 @@ public class FecTests
             }
         }
 
-        Run(3);
+        Run(2);
+        var forged = (byte[])[0, 0, 0, 0, 0, 0, 0, 0];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(forged, lastGroup - 3);
+        receiver.Receive(new StackDatagram(new FabricHeaderRepr(0, FabricPayloadType.Ethernet, 0, 0, (uint)((now + 300_000_000) / 1000), 8), forged, new byte[5]),
+            now + 10_000_000, vm, back);
+        Run(1);
+        Assert.Equal(0, sender.GetStats().Gauges["peerStandingQueueMs"]);
         Assert.True(sender.Parity >= 1, $"parity {sender.Parity} with no queue");
-        Assert.Equal(10, sender.GetStats().Gauges["toleranceppm"], 3);
+        Assert.Equal(3, sender.GetStats().Gauges["toleranceppm"], 3);
         Assert.InRange(sender.GetStats().Gauges["minRttMs"], 19.9, 21.1);
 
         queue = 50_000_000;
@@ -345,6 +354,14 @@ public class FecTests
         Assert.InRange(standing["toleranceppm"], 1000, 10_000);
         Assert.Equal(12.5, standing["groupDeadlineMs"], 1);
         Assert.True(markers - markersBefore > 200, $"{markers - markersBefore} groups closed by a marker");
+
+        markersLost = true;
+        for (var i = 0; i < 20; i++)
+        {
+            Run(0.1);
+            Assert.Equal(0, sender.Parity);
+        }
+        markersLost = false;
         Assert.Equal(0, receiver.GetStats().Gauges["receivedLossPercent"]);
 
         reportsLost = true;
