@@ -28,7 +28,12 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// start 32 bits and count 16 bits) every <c>AckEvery</c>th packet or after <c>AckDelay</c>, and at once when a packet
 /// arrives out of order. The sender retransmits a packet as soon as packets two or more sequences later were
 /// acknowledged (fast retransmit), or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
-/// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap. The receiver delivers in order,
+/// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap, counted from its last send; for
+/// a packet no later one has overtaken, from the last time the acknowledgements moved on if that is later (as TCP
+/// restarts its timer when new data is acknowledged: a queue that grows faster than SRTT follows must not make every
+/// packet look lost, while one that later packets overtook is lost, not queued). When no acknowledgement came since the
+/// last timeout, only the oldest packet is sent again, on its own timeout (a probe of a path that may be down), and the
+/// packets behind it are given up with it. The receiver delivers in order,
 /// holding what arrives early within the window; duplicates are counted and acknowledged again. Buffers are bounded: a
 /// frame that finds the window full is dropped and counted (the VM's own transport recovers it), and a packet
 /// retransmitted too often is given up, so a dead peer never holds the path forever. The receiver is told so (a skip:
@@ -59,6 +64,11 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private double _srtt = -1;
     private double _rttvar;
     private long _retransmitTimer = long.MaxValue;
+    private long _lastAdvance = long.MinValue / 2;
+    private long _lastAckAt = long.MinValue / 2;
+    private long _lastTimeout = long.MinValue / 2;
+    private uint _highestAcked;
+    private bool _anyAcked;
     private long _nextSendAt;
     private double _deliveryRate; // bytes per nanosecond, the highest of recent samples
     private long _rateWindowStart = -1;
@@ -380,6 +390,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             _counters.Drop(StackDropReason.OutOfWindow);
             return;
         }
+        _lastAckAt = now;
         long acked = 0;
         // Everything before `next` arrived.
         while (_inFlight.Count > 0)
@@ -391,6 +402,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             }
             acked += Acknowledged(oldest.Value, now);
             _inFlight.Remove(oldest.Key);
+            _lastAdvance = now;
+            Overtook(oldest.Key);
         }
         uint newest = 0;
         var anyRange = false;
@@ -409,6 +422,10 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             if (length > 0 && (!anyRange || (int)(last - newest) > 0))
             {
                 (newest, anyRange) = (last, true);
+            }
+            if (length > 0 && (int)(last - _nextSequence) < 0)
+            {
+                Overtook(last);
             }
         }
         MeasureDelivery(acked, now);
@@ -506,19 +523,22 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         }
         if (_retransmitTimer <= nowNanoseconds)
         {
-            var next = long.MaxValue;
-            foreach (var packet in _inFlight.Values.ToList())
+            if (_lastTimeout > _lastAckAt && _inFlight.Count > 0)
             {
-                if (packet.Deadline <= nowNanoseconds)
+                Probe(nowNanoseconds, underlay);
+            }
+            else
+            {
+                foreach (var packet in _inFlight.Values.ToList())
                 {
-                    Retransmit(packet, nowNanoseconds, underlay);
-                }
-                if (_inFlight.ContainsKey(packet.Sequence))
-                {
-                    next = Math.Min(next, packet.Deadline);
+                    if (Due(packet) <= nowNanoseconds)
+                    {
+                        Retransmit(packet, nowNanoseconds, underlay);
+                        _lastTimeout = nowNanoseconds;
+                    }
                 }
             }
-            _retransmitTimer = next;
+            _retransmitTimer = _inFlight.Count == 0 ? long.MaxValue : _inFlight.Values.Min(Due);
         }
         if (_skipDue)
         {
@@ -527,6 +547,53 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             SendSkip(underlay);
         }
         Pump(nowNanoseconds, underlay);
+    }
+
+    /// <summary>
+    /// No acknowledgement came since the last timeout sent packets again: the path may be down (an outage, a dead peer).
+    /// Only the oldest packet probes it, on its own backed-off timeout; the others wait for it, or a window of copies
+    /// would go into the outage every round. When the probe is given up, so are the packets that waited behind it.
+    /// </summary>
+    private void Probe(long now, IUnderlayOutput underlay)
+    {
+        var oldest = _inFlight.Values.First();
+        if (Due(oldest) <= now)
+        {
+            Retransmit(oldest, now, underlay);
+            _lastTimeout = now;
+        }
+        var probing = _inFlight.ContainsKey(oldest.Sequence);
+        foreach (var packet in _inFlight.Values.ToList())
+        {
+            if (packet == oldest || Due(packet) > now)
+            {
+                continue;
+            }
+            if (probing)
+            {
+                packet.Deadline = Math.Max(now, oldest.Deadline);
+            }
+            else
+            {
+                _inFlight.Remove(packet.Sequence);
+                GivenUp++;
+                _skipDue = true;
+            }
+        }
+    }
+
+    /// <summary>When a packet's timeout passes: its RTO after its last send, or, while no later packet overtook it, after
+    /// the acknowledgements last moved on.</summary>
+    private long Due(Outstanding packet) => _anyAcked && (int)(_highestAcked - packet.Sequence) > 0
+        ? packet.Deadline
+        : Math.Max(packet.Deadline, _lastAdvance + packet.Rto);
+
+    private void Overtook(uint sequence)
+    {
+        if (!_anyAcked || (int)(sequence - _highestAcked) > 0)
+        {
+            (_highestAcked, _anyAcked) = (sequence, true);
+        }
     }
 
     /// <summary>The counters, and the sender's and receiver's state: frames queued for the window or the pacer, packets in
