@@ -390,7 +390,11 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             _counters.Drop(StackDropReason.OutOfWindow);
             return;
         }
+        // The first answer after a timeout: the path is back. What waited behind the probe goes again now, not a timeout
+        // after this acknowledgement.
+        var endsSilence = _lastTimeout > _lastAckAt;
         _lastAckAt = now;
+        var highestBefore = (_highestAcked, _anyAcked);
         long acked = 0;
         // Everything before `next` arrived.
         while (_inFlight.Count > 0)
@@ -402,7 +406,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             }
             acked += Acknowledged(oldest.Value, now);
             _inFlight.Remove(oldest.Key);
-            _lastAdvance = now;
+            _lastAdvance = endsSilence ? _lastAdvance : now;
             Overtook(oldest.Key);
         }
         uint newest = 0;
@@ -416,6 +420,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                 if (_inFlight.Remove(s, out var packet))
                 {
                     acked += Acknowledged(packet, now);
+                    Overtook(s);
                 }
             }
             var last = start + length - 1;
@@ -423,12 +428,13 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             {
                 (newest, anyRange) = (last, true);
             }
-            if (length > 0 && (int)(last - _nextSequence) < 0)
-            {
-                Overtook(last);
-            }
         }
         MeasureDelivery(acked, now);
+        if (_inFlight.Count > 0 && (endsSilence || highestBefore != (_highestAcked, _anyAcked)))
+        {
+            // Packets now overtaken time out from their own sends again, and after a silence from before it.
+            _retransmitTimer = Math.Min(_retransmitTimer, Math.Max(now, endsSilence ? now : _inFlight.First().Value.Deadline));
+        }
         if (anyRange)
         {
             // Fast retransmit: a packet that two or more later packets overtook is lost, not late.
@@ -571,7 +577,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             }
             if (probing)
             {
-                packet.Deadline = Math.Max(now, oldest.Deadline);
+                // Due with the probe's next try (later than now: it is not due, or was just sent).
+                packet.Deadline = Due(oldest);
             }
             else
             {
