@@ -30,8 +30,8 @@ namespace Fabric.Stacks.Fec;
 /// rate and round trip bears (<see cref="Tolerance"/>), and a group may go without parity: a marker (kind 3) then
 /// tells the receiver its size, so that its loss is still counted.
 /// <para>Stack fields (8 bytes): group (32 bits), index (8: data 0..k-1, parity k..k+m-1), k (8), m (8), kind (8: 0
-/// data, 1 parity, 2 loss report, 3 a group closed without parity, index = k). Data shards carry m = 0, and k = 0 or,
-/// when the group before theirs went without parity, that group's size: a group's size is known when it closes.</para>
+/// data, 1 parity, 2 loss report, 3 a group closed without parity, index = k). Data shards carry the previous group's k
+/// and m (the first group's: 0 and 0), so that a group is counted even when all its parity, or its marker, was lost.</para>
 /// </summary>
 public sealed class FecStack : IStack
 {
@@ -81,7 +81,7 @@ public sealed class FecStack : IStack
     private bool _anyRtt;
     private double _tolerance;
     private double _parityShare = 1;
-    private int _previousWithoutParity;
+    private (int K, int M) _previousGroup;
     private double _parityCredit;
 
     /// <summary>The most residual loss a relaxed target allows, whatever Mathis' estimate says.</summary>
@@ -177,7 +177,7 @@ public sealed class FecStack : IStack
             _groupOpenedAt = nowNanoseconds;
         }
         var index = _pending.Count;
-        WriteFields(buffer, _group, (byte)index, (byte)_previousWithoutParity, 0, KindData);
+        WriteFields(buffer, _group, (byte)index, (byte)_previousGroup.K, (byte)_previousGroup.M, KindData);
         frame.CopyTo(buffer[FieldLength..]);
         underlay.Commit(FabricPayloadType.Ethernet, FieldLength, FieldLength + frame.Length);
         _counters.DatagramsOut++;
@@ -227,7 +227,7 @@ public sealed class FecStack : IStack
                 m = 0;
             }
         }
-        _previousWithoutParity = m == 0 ? k : 0;
+        _previousGroup = (k, m);
         if (m == 0)
         {
             // No parity: a marker still tells the receiver the group's size, so that its loss is counted and reported (and
@@ -311,14 +311,14 @@ public sealed class FecStack : IStack
         var (index, k, m, kind) = (fields[4], fields[5], fields[6], fields[7]);
         switch (datagram.Header.PayloadType, kind)
         {
-            case (FabricPayloadType.Ethernet, KindData) when k <= 64 && m == 0 && index < 64:
+            case (FabricPayloadType.Ethernet, KindData) when index < 64 && k <= 64 && (k > 0 || m == 0) && k + m <= ReedSolomon.MaxShards:
                 if (ReceiveData(group, index, datagram.Payload, datagram.Header.VirtualNetworkId, vm, nowNanoseconds, underlay))
                 {
                     Queued(group, datagram.Header.SendTimestampMicros, nowNanoseconds);
                     if (k > 0)
                     {
-                        // The previous group went without parity, and had k frames: counted even if its marker was lost.
-                        ClosedEarlier(group - 1, k, vm, nowNanoseconds, underlay);
+                        // The previous group's size: counted even if its marker, or all its parity, was lost.
+                        ClosedEarlier(group - 1, k, m, vm, nowNanoseconds, underlay);
                     }
                 }
                 break;
@@ -460,7 +460,7 @@ public sealed class FecStack : IStack
     private bool ReceiveParity(uint group, int index, int k, int m, ReadOnlySpan<byte> payload, IVmOutput vm, long now, IUnderlayOutput underlay)
     {
         var state = GroupFor(group, now, underlay);
-        if (state is null || state.Parity.ContainsKey(index) || (state.K > 0 && (state.K != k || state.M != m || state.Length != payload.Length)))
+        if (state is null || state.Parity.ContainsKey(index) || (state.K > 0 && (state.K != k || state.M != m || (state.Length != 0 && state.Length != payload.Length))))
         {
             _counters.Drop(state is null || state.Parity.ContainsKey(index) ? StackDropReason.Duplicate : StackDropReason.Malformed);
             return false;
@@ -485,13 +485,14 @@ public sealed class FecStack : IStack
         return true;
     }
 
-    /// <summary>What the next group's data shards say of a group sent without parity: its size. A group whose marker
-    /// and every frame were lost is then counted too, all lost.</summary>
-    private void ClosedEarlier(uint group, int k, IVmOutput vm, long now, IUnderlayOutput underlay)
+    /// <summary>What the next group's data shards say of a group: its frames and parity shards. A group whose parity
+    /// (or marker) and every frame were lost is then counted too, all lost. Its parity's length stays unknown (0) until a
+    /// parity shard comes.</summary>
+    private void ClosedEarlier(uint group, int k, int m, IVmOutput vm, long now, IUnderlayOutput underlay)
     {
         if (GroupFor(group, now, underlay) is { K: 0 } state)
         {
-            (state.K, state.M, state.Length) = (k, 0, 0);
+            (state.K, state.M, state.Length) = (k, m, 0);
             TryRecover(state, vm);
         }
     }

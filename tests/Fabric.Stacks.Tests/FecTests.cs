@@ -489,6 +489,38 @@ public class FecTests
         return bytes;
     }
 
+    /// <summary>
+    /// Every fourth group loses its first frame and all its parity (a burst): the receiver still counts it, from the size
+    /// the next group's data shards carry, and reports the loss. Before, a group whose parity never came was never
+    /// counted, and the burst went unreported (0 %).
+    /// </summary>
+    [Fact]
+    public void AGroupThatLostAllItsParity_IsStillCounted()
+    {
+        var sender = new FecStack(new Dictionary<string, string>());
+        var receiver = new FecStack(new Dictionary<string, string>());
+        var sent = new List<(FabricHeaderRepr Header, byte[] Fields, byte[] Payload)>();
+        var wire = new Wire((header, fields, payload) => sent.Add((header, fields, payload)));
+        var back = new Wire((_, _, _) => { });
+        var vm = new Vm();
+        for (var i = 0; i < 2000; i++)
+        {
+            wire.Now = (i + 1) * 1_000_000L;
+            sender.Transmit(StackConformance.Frame(100, (byte)i), wire.Now, wire);
+            foreach (var (header, fields, payload) in sent)
+            {
+                var group = System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(fields);
+                if (group % 4 == 0 && (fields[7] == 1 || (fields[7] == 0 && fields[4] == 0)))
+                {
+                    continue;
+                }
+                receiver.Receive(new StackDatagram(header, fields, payload), wire.Now + 10_000_000, vm, back);
+            }
+            sent.Clear();
+        }
+        Assert.True(receiver.GetStats().Gauges["receivedLossPercent"] > 3, $"received loss {receiver.GetStats().Gauges["receivedLossPercent"]:0.##} %");
+    }
+
     private static class BitConverterHelper
     {
         public static void Write(byte[] frame, int value) => System.Buffers.Binary.BinaryPrimitives.WriteInt32BigEndian(frame.AsSpan(14), value);
