@@ -419,7 +419,7 @@ public sealed partial class HostGrain : Grain, IHostGrain
                 _paths[sample.ToHost] = path = (new PathSmoother(), new PathHistory());
             }
             var changed = path.Smoother.Add(sample);
-            path.History.Add(path.Smoother.Current!);
+            path.History.Add(path.Smoother.Now!.Value);
             var now = DateTimeOffset.UtcNow;
             if (!_notified.TryGetValue(sample.ToHost, out var notified))
             {

@@ -21,7 +21,7 @@ public sealed class PathHistory
 
     private readonly record struct Entry(float Rtt, float Jitter, float Loss, float Bandwidth, float MinRtt, float Capacity, float Burstiness, float RttStd, long UtcTicks)
     {
-        public static Entry Of(PathConditions c) => new((float)c.RttMs, (float)c.JitterMs, (float)c.Loss, (float)c.BandwidthMbps, (float)c.MinRttMs,
+        public static Entry Of(in SmoothedConditions c) => new((float)c.RttMs, (float)c.JitterMs, (float)c.Loss, (float)c.BandwidthMbps, (float)c.MinRttMs,
             (float)c.CapacityMbps, (float)c.LossBurstiness, (float)c.RttStdMs, c.At.UtcTicks);
 
         public PathConditions ToConditions() =>
@@ -34,7 +34,9 @@ public sealed class PathHistory
     /// <summary>How many entries it holds.</summary>
     public int Count => _older.Count + _recent.Count;
 
-    public void Add(PathConditions conditions)
+    public void Add(PathConditions conditions) => Add(SmoothedConditions.Of(conditions));
+
+    public void Add(in SmoothedConditions conditions)
     {
         if (_recent.Count == Recent)
         {

@@ -181,7 +181,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         var mixed = results.Any(r => r.Result.Source != "prior");
         var scored = results.Select(r => mixed && r.Result.Source == "prior" && r.Result.BesideModel > r.Result.Uncertainty
                 ? r with { Result = r.Result with { Uncertainty = r.Result.BesideModel } } : r)
-            .Select(s => Judged(new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source)))
+            .Select(s => Share(Judged(new CandidateScore(s.Id, Math.Round(s.Result.Score, 4), s.Result.Why, Math.Round(s.Result.Uncertainty, 4), s.Result.Source))))
             .OrderByDescending(s => s.Score).ThenBy(s => s.Stack, StringComparer.Ordinal).ToImmutableArray();
         // The current stack by what the VM gets on it; a stack the path left on this link by what it got (or scored) there.
         CandidateScore Judged(CandidateScore s)
@@ -219,7 +219,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             return Math.Round(explored ? viaExploration : (1 - share) + viaExploration, 4);
         }
         Decision Make(string stack, string reason, bool exploration = false) =>
-            new(vmId, remoteHost, current, stack, stack != current, pinNote + reason, conditions, policy, scored, exploration, now, Propensity(stack, exploration));
+            new(vmId, remoteHost, current, stack, stack != current, Shared<string>.Of(pinNote + reason), conditions, policy, scored, exploration, now, Propensity(stack, exploration));
 
         if (stable.Length == 0)
         {
@@ -313,6 +313,12 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         return (Make(best.Stack, $"{best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) beat {current} ({currentScore.Score:0.###}, {currentScore.Source}) "
             + $"by {gain:0.###} > {needed:0.###} for {(now - (pending?.Since ?? now)).TotalSeconds:0.#} s"), null);
     }
+
+    /// <summary>
+    /// One instance of a candidate's score and its words for every decision that scored it so (see <see cref="Shared{T}"/>):
+    /// a host's VMs on one path are scored alike, and every (VM, path) keeps its last decision.
+    /// </summary>
+    private static CandidateScore Share(CandidateScore score) => Shared<CandidateScore>.Of(score with { Why = Shared<string>.Of(score.Why) });
 
     private static string Describe(CandidateScore best) => $"{best.Stack} scores best, {best.Score:0.###} ± {best.Uncertainty:0.##} ({best.Source})";
 }
