@@ -38,7 +38,9 @@ public sealed partial class HostGrain : Grain, IHostGrain
     private readonly IPersistentState<HostState> _state;
     private readonly ObserverManager<IAgentObserver> _observers;
     private readonly Queue<Outcome> _outcomes = new();
-    private readonly Dictionary<string, Binding> _bindings = new(StringComparer.Ordinal);
+    /// <summary>Per (VM, remote host), its binding: keyed by the pair of strings the binding already holds (a composite
+    /// string key was one more string per VM path, a million of them at 100,000 paths).</summary>
+    private readonly Dictionary<(string VmId, string RemoteHost), Binding> _bindings = [];
     private readonly Dictionary<string, (PathSmoother Smoother, PathHistory History)> _paths = new(StringComparer.Ordinal);
     private static readonly DateTimeOffset EpochOrigin = new(2026, 1, 1, 0, 0, 0, TimeSpan.Zero);
     private readonly Dictionary<string, Route> _routes = new(StringComparer.Ordinal);
@@ -95,9 +97,12 @@ public sealed partial class HostGrain : Grain, IHostGrain
 
     private readonly ILogger<HostGrain> _logger;
 
-    private static string Key(Binding b) => $"{b.VmId}|{b.RemoteHost}";
+    private static (string, string) Key(Binding b) => (b.VmId, b.RemoteHost);
 
-    private string HostId => this.GetPrimaryKeyString();
+    /// <summary>The host's id, made once (each GetPrimaryKeyString makes a new string; it was called for every sample).</summary>
+    private string HostId => _hostId ??= this.GetPrimaryKeyString();
+
+    private string? _hostId;
 
     private DesiredState Desired => new(HostId, _version.Value,
         [.. _bindings.Values.OrderBy(b => b.VmId, StringComparer.Ordinal).ThenBy(b => b.RemoteHost, StringComparer.Ordinal)])
@@ -409,9 +414,9 @@ public sealed partial class HostGrain : Grain, IHostGrain
         var newPeer = false;
         foreach (var sample in paths)
         {
-            if (sample.FromHost != this.GetPrimaryKeyString())
+            if (sample.FromHost != HostId)
             {
-                throw new ArgumentException($"host '{this.GetPrimaryKeyString()}' reported a sample of path {sample.FromHost}->{sample.ToHost}", nameof(paths));
+                throw new ArgumentException($"host '{HostId}' reported a sample of path {sample.FromHost}->{sample.ToHost}", nameof(paths));
             }
             newPeer |= _state.State.Peers.Add(sample.ToHost);
             if (!_paths.TryGetValue(sample.ToHost, out var path))

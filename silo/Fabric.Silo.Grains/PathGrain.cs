@@ -19,9 +19,14 @@ public sealed class PathGrain : Grain, IPathGrain
     /// <summary>Per VM, the conditions it last took (its call returned) and when: what a renotification need not repeat.</summary>
     private readonly Dictionary<string, (PathConditions Conditions, DateTimeOffset At)> _told = new(StringComparer.Ordinal);
 
-    private string FromHost => this.GetPrimaryKeyString().Split("->")[0];
+    private string FromHost => Ends[0];
 
-    private string ToHost => this.GetPrimaryKeyString().Split("->")[1];
+    /// <summary>The destination host, one instance for every notice: each VM keeps it as the key of its path's state.</summary>
+    private string ToHost => Ends[1];
+
+    private string[] Ends => _ends ??= this.GetPrimaryKeyString().Split("->");
+
+    private string[]? _ends;
 
     public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {

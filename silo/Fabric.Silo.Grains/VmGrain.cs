@@ -121,7 +121,11 @@ public sealed partial class VmGrain(
     /// <summary>How often bindings a host has not taken are offered again.</summary>
     public static readonly TimeSpan RebindEvery = TimeSpan.FromSeconds(5);
 
-    private string VmId => this.GetPrimaryKeyString();
+    /// <summary>The VM's id, made once: every decision and binding carries it, and each call of GetPrimaryKeyString makes a
+    /// new string (a million (VM, path) decisions each held their own copy at 100,000 paths).</summary>
+    private string VmId => _vmId ??= this.GetPrimaryKeyString();
+
+    private string? _vmId;
 
     public override Task OnActivateAsync(CancellationToken cancellationToken)
     {

@@ -27,12 +27,16 @@ public class PathHistoryTests
         Assert.Equal(T0.AddSeconds(7199), kept[^1].At);
         // About ten minutes back, and nothing from before them.
         Assert.InRange((kept[^1].At - kept[0].At).TotalMinutes, 9.5, 10);
-        // What is kept is what was added, to single precision.
+        // What is kept is what was added: the rates to single precision, the rest to half (three significant digits).
         var (last, added) = (kept[^1], At(TimeSpan.FromSeconds(7199), 7199));
-        foreach (var (got, want) in new[] { (last.RttMs, added.RttMs), (last.JitterMs, added.JitterMs), (last.Loss, added.Loss), (last.BandwidthMbps, added.BandwidthMbps),
-            (last.MinRttMs, added.MinRttMs), (last.CapacityMbps, added.CapacityMbps), (last.LossBurstiness, added.LossBurstiness), (last.RttStdMs, added.RttStdMs) })
+        foreach (var (got, want) in new[] { (last.BandwidthMbps, added.BandwidthMbps), (last.CapacityMbps, added.CapacityMbps) })
         {
             Assert.Equal(want, got, want * 1e-6);
+        }
+        foreach (var (got, want) in new[] { (last.RttMs, added.RttMs), (last.JitterMs, added.JitterMs), (last.Loss, added.Loss), (last.MinRttMs, added.MinRttMs),
+            (last.LossBurstiness, added.LossBurstiness), (last.RttStdMs, added.RttStdMs) })
+        {
+            Assert.Equal(want, got, want * 1e-3);
         }
     }
 
@@ -49,5 +53,20 @@ public class PathHistoryTests
         Assert.Equal(PathHistory.Recent + 1, kept.Length);
         Assert.Equal(T0, kept[0].At);
         Assert.Equal(T0.AddSeconds(4), kept[1].At);
+    }
+
+    /// <summary>The figures a path can have keep three significant digits: a loss of one in ten thousand (the least the smoother resolves), a 100 Gbit/s link, a cellular RTT of 20 s.</summary>
+    [Fact]
+    public void ExtremeButRealFigures_KeepTheirDigits()
+    {
+        var history = new PathHistory();
+        var added = new PathConditions(20_000, 3_000, PathSmoother.LossResolution, 100_000, T0, 0.02, 100_000, 7.5, 5_000);
+        history.Add(added);
+        var kept = history.ToImmutableArray()[0];
+        foreach (var (got, want) in new[] { (kept.RttMs, added.RttMs), (kept.JitterMs, added.JitterMs), (kept.Loss, added.Loss), (kept.BandwidthMbps, added.BandwidthMbps),
+            (kept.MinRttMs, added.MinRttMs), (kept.CapacityMbps, added.CapacityMbps), (kept.LossBurstiness, added.LossBurstiness), (kept.RttStdMs, added.RttStdMs) })
+        {
+            Assert.Equal(want, got, want * 1e-3);
+        }
     }
 }
