@@ -106,26 +106,13 @@ public interface IVmGrain : IGrainWithStringKey
 }
 
 /// <summary>
-/// A directed host pair (key: "FROM->TO"): the VMs that use it, woken when its conditions change significantly. The
-/// smoothing itself runs in the source host's grain, which receives the samples anyway — so a second of fleet telemetry
-/// costs one message per host, and a path grain hears only about changes.
+/// A directed host pair (key: "FROM->TO"), read by operators and agents. The smoothing runs in the source host's grain,
+/// which receives the samples anyway and wakes its VMs on a significant change — so a second of fleet telemetry costs one
+/// message per host, and a path costs no activation until someone reads it.
 /// </summary>
 [Alias("fabric.path")]
 public interface IPathGrain : IGrainWithStringKey
 {
-    /// <summary>
-    /// One-way, from the source host's grain: the smoothed conditions moved significantly, or (<paramref name="repeat"/>)
-    /// they are told again in case a notice was lost.
-    /// </summary>
-    [Alias("changed"), Orleans.Concurrency.OneWay]
-    ValueTask ConditionsChangedAsync(PathConditions conditions, bool repeat);
-
-    [Alias("subscribe")]
-    ValueTask SubscribeAsync(string vmId);
-
-    [Alias("unsubscribe")]
-    ValueTask UnsubscribeAsync(string vmId);
-
     /// <summary>The smoothed conditions now; null before the first report.</summary>
     [Alias("conditions")]
     ValueTask<PathConditions?> GetConditionsAsync();
@@ -197,7 +184,7 @@ public interface IHostGrain : IGrainWithStringKey
     [Alias("remove-vm")]
     ValueTask RemoveVmAsync(string vmId);
 
-    /// <summary>Read-only and interleaved: path grains ask while this host's telemetry call is waiting on them.</summary>
+    /// <summary>Read-only and interleaved.</summary>
     [Alias("vms"), Orleans.Concurrency.AlwaysInterleave]
     ValueTask<ImmutableArray<string>> ListVmsAsync();
 

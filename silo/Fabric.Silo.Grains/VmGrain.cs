@@ -351,8 +351,6 @@ public sealed partial class VmGrain(
             // Sealed and led as the policy the placement may have carried says.
             await host.BindAsync([.. adopted.Select(b => b with { Sealed = Sealed, Role = Role })]);
         }
-        await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
-            GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).SubscribeAsync(VmId).AsTask()));
         await SetNetworksAsync(previous, placement);
         await EvaluateAllAsync(await CatalogAsync());
         if ((Sealed != wasSealed || Role != wasRole) && adopted.Count == 0 && state.State.Stacks.Count > 0)
@@ -514,8 +512,6 @@ public sealed partial class VmGrain(
         _drifted.Clear();
         _explored.Clear();
         var host = GrainFactory.GetGrain<IHostGrain>(hostId);
-        await Task.WhenAll((await host.ListPeersAsync()).Select(peer =>
-            GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(hostId, peer)).UnsubscribeAsync(VmId).AsTask()));
         await host.UnbindVmAsync(VmId);
         await host.RemoveVmAsync(VmId);
     }
@@ -527,8 +523,9 @@ public sealed partial class VmGrain(
             return;
         }
         var hostStacks = await HostStacksAsync(placement.HostId);
-        var peers = await GrainFactory.GetGrain<IHostGrain>(placement.HostId).ListPeersAsync();
-        var conditions = await Task.WhenAll(peers.Select(peer => GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, peer)).GetConditionsAsync().AsTask()));
+        var host = GrainFactory.GetGrain<IHostGrain>(placement.HostId);
+        var peers = await host.ListPeersAsync();
+        var conditions = await Task.WhenAll(peers.Select(peer => host.GetPathAsync(peer).AsTask()));
         var bindings = new List<Binding>();
         for (var i = 0; i < peers.Length; i++)
         {
@@ -699,7 +696,7 @@ public sealed partial class VmGrain(
             timer?.Dispose();
             if (state.State.Placement is { } placement && state.State.Pending.ContainsKey(remoteHost))
             {
-                var conditions = await GrainFactory.GetGrain<IPathGrain>(IPathGrain.KeyOf(placement.HostId, remoteHost)).GetConditionsAsync() ?? Unmeasured;
+                var conditions = await GrainFactory.GetGrain<IHostGrain>(placement.HostId).GetPathAsync(remoteHost) ?? Unmeasured;
                 await CommitAsync(Evaluate(remoteHost, conditions, await CatalogAsync(), await HostStacksAsync(placement.HostId)));
             }
         }, due < TimeSpan.Zero ? TimeSpan.Zero : due, Timeout.InfiniteTimeSpan);

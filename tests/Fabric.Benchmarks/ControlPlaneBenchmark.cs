@@ -336,6 +336,9 @@ internal static class ControlPlaneBenchmark
         Console.WriteLine($"process (silo + {hosts:N0} simulated agents): CPU {cpu * 100:0} % of one core ({cpu / Environment.ProcessorCount * 100:0} % of {Environment.ProcessorCount}), working set {process.WorkingSet64 / 1048576.0:0} MiB, "
             + $"GC heap {GC.GetTotalMemory(false) / 1048576.0:0} MiB (live after the last full collection {LiveMiB():0} MiB), GC paused {paused.TotalSeconds:0.0} s ({paused / elapsed:P1} of the run; {gen0:N0} young, {gen1:N0} middle and {gen2} full collections, {paused.TotalMilliseconds / Math.Max(1, gen0 + gen1 + gen2):0} ms on average); per path {process.WorkingSet64 / 1024.0 / load.Paths:0.0} KiB, {cpu * 1000 / load.Paths * 1000:0.0} ms of CPU per 1,000 paths a second");
         Console.WriteLine($"collections seen: {collections}");
+        // Once every figure above is taken: what the silo and the agents hold, without any garbage.
+        var live = GC.GetTotalMemory(forceFullCollection: true);
+        Console.WriteLine($"live heap after a full collection at the end: {live / 1048576.0:0} MiB ({live / 1024.0 / load.Paths:0.0} KiB per path)");
         GC.KeepAlive(agents);
         await app.StopAsync();
         return new Result(samples / elapsed.TotalSeconds, Percentile(toLossy, 0.5), p99, cpu, process.WorkingSet64 / 1048576.0);
