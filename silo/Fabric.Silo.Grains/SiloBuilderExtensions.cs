@@ -41,12 +41,16 @@ public static class SiloBuilderExtensions
         return silo;
     }
 
+    /// <summary>Grain state in this process's memory, for a control plane of one silo (see <see cref="ProcessGrainStorage"/>).</summary>
+    public static ISiloBuilder AddProcessGrainStorage(this ISiloBuilder silo) =>
+        silo.ConfigureServices(services => services.AddGrainStorage(Storage.Name, (provider, _) => new ProcessGrainStorage(provider.GetRequiredService<DeepCopier>())));
+
     /// <summary>
     /// The embedded default's control plane (fabric-embedded's own silo, and the one <c>bench/stationary.sh</c> measures):
     /// grain state in this process's memory (<see cref="ProcessGrainStorage"/>), the selector's defaults, the outcome log and
     /// the models in <paramref name="learningStore"/> (a folder kept across runs, so the fleet keeps what it learned), the learner every 60 s.
     /// </summary>
     public static ISiloBuilder AddEmbeddedControlPlane(this ISiloBuilder silo, string learningStore) => silo
-        .ConfigureServices(services => services.AddGrainStorage(Storage.Name, (provider, _) => new ProcessGrainStorage(provider.GetRequiredService<DeepCopier>())))
+        .AddProcessGrainStorage()
         .AddFabricControlPlane(new SelectorOptions(), new LearningOptions(learningStore, TrainEverySeconds: 60));
 }

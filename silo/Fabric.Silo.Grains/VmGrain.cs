@@ -531,6 +531,11 @@ public sealed partial class VmGrain(
         {
             bindings.AddRange(Evaluate(peers[i], conditions[i] ?? Unmeasured, catalog, hostStacks));
         }
+        // Every path has its entry now, and later decisions replace entries: the tables keep what they hold, not the room
+        // their growth left (about twice as much: 12 KB a VM with 100 paths, 120 MB at 100,000 paths).
+        _last.TrimExcess();
+        _chosen.TrimExcess();
+        _left.TrimExcess();
         await CommitAsync(bindings);
     }
 
@@ -579,7 +584,9 @@ public sealed partial class VmGrain(
                 // Sealed and led as the policy says when they go, not when they were queued (the policy may have changed since).
                 await GrainFactory.GetGrain<IHostGrain>(placement.HostId).BindAsync([.. _unbound.Values.Select(b => b with { Sealed = Sealed, Role = Role })]);
             }
+            // Emptied to its least: the 100 bindings of a VM's first placement left every VM a table of 100 free entries.
             _unbound.Clear();
+            _unbound.TrimExcess();
             _rebind?.Dispose();
             _rebind = null;
         }
