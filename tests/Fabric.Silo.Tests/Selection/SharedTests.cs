@@ -11,9 +11,11 @@ public class SharedTests
         var first = new string('x', 40) + "fec";
         var again = new string('x', 40) + "fec";
         Assert.NotSame(first, again);
-        Assert.Same(Shared<string>.Of(first), Shared<string>.Of(again));
+        // The table is the process's: a selector test running beside this one may take the slot between the two calls
+        // (one chance in 65,536 per decision), so the pair is tried a few times; a table that never shares fails all.
+        Assert.Contains(Enumerable.Range(0, 5), _ => ReferenceEquals(Shared<string>.Of(first), Shared<string>.Of(again)));
         var score = new CandidateScore("fec", 0.8123, "model v3: 0.81 ± 0.05", 0.05, "model v3");
-        Assert.Same(Shared<CandidateScore>.Of(score), Shared<CandidateScore>.Of(score with { }));
+        Assert.Contains(Enumerable.Range(0, 5), _ => ReferenceEquals(Shared<CandidateScore>.Of(score), Shared<CandidateScore>.Of(score with { })));
         // Far more distinct values than slots, each asked for twice: whatever the table kept or lost, every answer equals
         // what was asked for.
         var random = new Random(4);
