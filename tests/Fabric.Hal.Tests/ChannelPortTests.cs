@@ -61,6 +61,69 @@ public class ChannelPortTests
         Assert.Equal(PortResult.Closed, a.Transmit(Frame(0, 60)));
     }
 
+    [Fact]
+    public async Task AReceiverAsleep_IsWokenByEveryFrame_NoneLeftUnseen()
+    {
+        // The receiver waits without a timeout, and the sender often waits until it has taken everything, so it falls
+        // asleep thousands of times: one lost wake-up leaves it asleep for good with frames waiting, and the test fails.
+        var (a, b) = ChannelPort.CreatePair(capacity: 1 << 16);
+        const int Frames = 20_000;
+        var receiver = Task.Run(() =>
+        {
+            var batch = new FrameBatch(4, 2048);
+            var (received, expected) = (0, 0);
+            while (received < Frames)
+            {
+                var result = b.ReceiveBatch(batch, Timeout.InfiniteTimeSpan);
+                if (result != PortResult.Ok)
+                {
+                    return $"{result} after {received} frames";
+                }
+                for (var i = 0; i < batch.Count; i++, received++)
+                {
+                    if (batch[i][0] != (byte)expected++)
+                    {
+                        return $"frame {received} out of order";
+                    }
+                }
+            }
+            return "ok";
+        }, TestContext.Current.CancellationToken);
+        var random = new Random(7);
+        for (var sent = 0; sent < Frames;)
+        {
+            for (var burst = random.Next(1, 6); burst > 0 && sent < Frames; burst--, sent++)
+            {
+                Assert.Equal(PortResult.Ok, a.Transmit(Frame((byte)sent, 60)));
+            }
+            if (random.Next(4) == 0)
+            {
+                var waiting = System.Diagnostics.Stopwatch.StartNew();
+                while (b.Pending > 0)
+                {
+                    Assert.True(waiting.Elapsed < TimeSpan.FromSeconds(30), $"the receiver slept with {b.Pending} frames waiting after {sent} were sent");
+                    Thread.Sleep(1);
+                }
+            }
+        }
+        try
+        {
+            Assert.Equal("ok", await receiver.WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken));
+        }
+        finally
+        {
+            b.Dispose();
+        }
+    }
+
+    [Fact]
+    public void AReceiveWithATimeout_ReturnsTimeout_WhenNothingCame()
+    {
+        var (_, b) = ChannelPort.CreatePair();
+        Assert.Equal(PortResult.Timeout, b.Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(20)));
+        Assert.Equal(PortResult.Timeout, b.ReceiveBatch(new FrameBatch(4, 2048), TimeSpan.FromMilliseconds(20)));
+    }
+
     private static byte[] Frame(byte marker, int length)
     {
         var frame = new byte[length];
