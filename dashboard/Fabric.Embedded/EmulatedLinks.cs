@@ -103,7 +103,10 @@ public sealed class EmulatedLink : IDisposable
         }
     }
 
-    /// <summary>Sends on what is due (and moves to the next phase when it is time); returns when something is next due (nanoseconds).</summary>
+    /// <summary>
+    /// Sends on what is due by <see cref="LinkPump.Slack"/> from now (and moves to the next phase when it is time); returns
+    /// when something is next due (nanoseconds).
+    /// </summary>
     internal long Deliver()
     {
         lock (_gate)
@@ -116,8 +119,8 @@ public sealed class EmulatedLink : IDisposable
                 _bToA.SetProfile(_phases[_phase].Reverse, now);
                 _phaseEnds = now + (long)_phases[_phase].Duration.TotalNanoseconds;
             }
-            Deliver(_aToB, _b, _underlayB, now);
-            Deliver(_bToA, _a, _underlayA, now);
+            Deliver(_aToB, _b, _underlayB, now + LinkPump.Slack);
+            Deliver(_bToA, _a, _underlayA, now + LinkPump.Slack);
             return Math.Min(Math.Min(_aToB.NextEventNanoseconds, _bToA.NextEventNanoseconds), _phaseEnds);
         }
     }
@@ -156,6 +159,14 @@ public sealed class EmulatedLink : IDisposable
 /// </summary>
 public sealed class LinkPump : IDisposable
 {
+    /// <summary>
+    /// How early a datagram may leave: a wake-up sends what falls due within this much of it too, so the frames of a burst
+    /// a rate or a trace spaces a few microseconds apart leave in one wake-up, not one each (a wake-up, not a frame, is
+    /// what costs on the embedded default: its fleet makes a few thousand a second). A Mahimahi trace is itself
+    /// millisecond-grained.
+    /// </summary>
+    public const long Slack = 250_000;
+
     private readonly IReadOnlyList<EmulatedLink> _links;
     private readonly Thread _thread;
     private volatile bool _stop;
