@@ -48,9 +48,11 @@ public static class SiloBuilderExtensions
     /// <summary>
     /// The embedded default's control plane (fabric-embedded's own silo, and the one <c>bench/stationary.sh</c> measures):
     /// grain state in this process's memory (<see cref="ProcessGrainStorage"/>), the selector's defaults, the outcome log and
-    /// the models in <paramref name="learningStore"/> (a folder kept across runs, so the fleet keeps what it learned), the learner every 60 s.
+    /// the models in <paramref name="learningStore"/> (a folder kept across runs, so the fleet keeps what it learned), the learner every 60 s
+    /// while its trainings take at most 1 % of a core on average (a training that took 3 s puts the next off for 5 min; the larger the
+    /// log, the longer a training, so the schedule spaces out as the log grows).
     /// </summary>
     public static ISiloBuilder AddEmbeddedControlPlane(this ISiloBuilder silo, string learningStore) => silo
         .AddProcessGrainStorage()
-        .AddFabricControlPlane(new SelectorOptions(), new LearningOptions(learningStore, TrainEverySeconds: 60));
+        .AddFabricControlPlane(new SelectorOptions(), new LearningOptions(learningStore, TrainEverySeconds: 60, TrainingShare: 0.01));
 }

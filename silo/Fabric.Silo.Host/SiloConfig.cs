@@ -199,6 +199,10 @@ public sealed record SiloConfig(
             {
                 yield return $"learning.trainEverySeconds: {learning.TrainEverySeconds} is outside 0..86400";
             }
+            if (!(learning.TrainingShare is > 0 and <= 1))
+            {
+                yield return $"learning.trainingShare: {learning.TrainingShare} is outside (0, 1] (the most of one core scheduled trainings take; 1: no limit)";
+            }
             if (learning.MinSupport is < 1 or > 1_000_000)
             {
                 yield return $"learning.minSupport: {learning.MinSupport} is outside 1..1000000";

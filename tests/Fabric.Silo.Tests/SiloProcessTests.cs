@@ -95,10 +95,10 @@ public class SiloProcessTests(Azurite azurite)
         var file = System.IO.Path.GetTempFileName();
         try
         {
-            File.WriteAllText(file, """{ "clustering": "zookeeper", "siloPort": 0, "healthListen": "nowhere", "learning": { "store": "/tmp/x", "minSupport": 0, "minOutcomes": 5 } }""");
+            File.WriteAllText(file, """{ "clustering": "zookeeper", "siloPort": 0, "healthListen": "nowhere", "learning": { "store": "/tmp/x", "minSupport": 0, "minOutcomes": 5, "trainingShare": 0 } }""");
             var (code, _, stderr) = Processes.Run(Processes.Built("silo/Fabric.Silo.Host", "fabric-silo"), ["--config", file]);
             Assert.Equal(2, code);
-            foreach (var expected in new[] { "clustering: 'zookeeper'", "siloPort: 0", "healthListen: 'nowhere'", "learning.minSupport: 0 is outside 1..1000000", "learning.minOutcomes: 5" })
+            foreach (var expected in new[] { "clustering: 'zookeeper'", "siloPort: 0", "healthListen: 'nowhere'", "learning.minSupport: 0 is outside 1..1000000", "learning.minOutcomes: 5", "learning.trainingShare: 0 is outside (0, 1]" })
             {
                 Assert.Contains(expected, stderr, StringComparison.Ordinal);
             }

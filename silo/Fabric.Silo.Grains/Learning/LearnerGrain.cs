@@ -37,6 +37,8 @@ public sealed partial class LearnerGrain(
 
     private IGrainTimer? _schedule;
 
+    private readonly TrainingSchedule _budget = new(options.TrainingShare);
+
     public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
         // Grain state on memory storage is gone after a restart, the store's models are not: take up the version the
@@ -49,7 +51,13 @@ public sealed partial class LearnerGrain(
         if (options.TrainEverySeconds > 0)
         {
             var period = TimeSpan.FromSeconds(options.TrainEverySeconds);
-            _schedule = this.RegisterGrainTimer(async () => await TrainAsync(), period, period);
+            _schedule = this.RegisterGrainTimer(async () =>
+            {
+                if (_budget.Due(time.GetUtcNow()))
+                {
+                    await TrainAsync();
+                }
+            }, period, period);
         }
         return Task.CompletedTask;
     }
@@ -131,7 +139,9 @@ public sealed partial class LearnerGrain(
 
     public async ValueTask<TrainingResult> TrainAsync()
     {
+        var began = time.GetUtcNow();
         var result = await TrainOnceAsync();
+        _budget.Took(began, time.GetUtcNow());
         state.State.Recent.Add(result);
         if (state.State.Recent.Count > RecentLength)
         {
@@ -207,6 +217,27 @@ public sealed partial class LearnerGrain(
         state.State.InService = info;
         state.State.NextVersion = version + 1;
         return new TrainingResult(true, $"adopted {summary}, then trained on all {ordered.Count} to serve", info);
+    }
+}
+
+/// <summary>
+/// Keeps scheduled trainings within their share of a core (<see cref="LearningOptions.TrainingShare"/>): after a training
+/// that took T, the next scheduled one is not due until T / share after the first began.
+/// </summary>
+public sealed class TrainingSchedule(double share)
+{
+    private DateTimeOffset _notBefore = DateTimeOffset.MinValue;
+
+    /// <summary>Whether a scheduled training may start now.</summary>
+    public bool Due(DateTimeOffset now) => now >= _notBefore;
+
+    /// <summary>A training (scheduled or on demand) ran from <paramref name="began"/> to <paramref name="ended"/>.</summary>
+    public void Took(DateTimeOffset began, DateTimeOffset ended)
+    {
+        if (share is > 0 and < 1)
+        {
+            _notBefore = began + ((ended - began) / share);
+        }
     }
 }
 

@@ -12,7 +12,13 @@ namespace Fabric.Silo.Learning;
 /// <param name="MinOutcomes">Fewer outcomes than this: no training; the prior decides.</param>
 /// <param name="MinSupport">Fewer training outcomes near a context than this (same stack and workload, similar loss and
 /// RTT): the prior decides there, not the model.</param>
-public sealed record LearningOptions(string Store, int RetentionDays = 7, int TrainEverySeconds = 300, int MinOutcomes = 200, int MinSupport = UtilityModel.DefaultMinSupport)
+/// <param name="TrainingShare">The most of one core scheduled trainings take on average (0–1; 1: no limit): a training
+/// that took T seconds, from reading the log to judging the candidate, puts off the next scheduled one until T / share
+/// seconds after it began. A training reads up to 200,000 outcomes, so its time grows with the log while the schedule
+/// stays put; with a share, trainings space out as the log grows and their cost follows the outcome rate instead.
+/// Trainings on demand are not put off.</param>
+public sealed record LearningOptions(string Store, int RetentionDays = 7, int TrainEverySeconds = 300, int MinOutcomes = 200, int MinSupport = UtilityModel.DefaultMinSupport,
+    double TrainingShare = 1)
 {
     /// <summary>A folder for a silo configured without one (tests, a development silo): lost when the machine is.</summary>
     public static LearningOptions Temporary() => new(Path.Combine(Path.GetTempPath(), $"fabric-learning-{Environment.ProcessId}-{Guid.NewGuid():N}"));
