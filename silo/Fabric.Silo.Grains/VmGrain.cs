@@ -696,7 +696,7 @@ public sealed partial class VmGrain(
         {
             return;
         }
-        var due = pending.Since + (pending.Sustain ?? selector.Options.SustainFor) - time.GetUtcNow() + TimeSpan.FromMilliseconds(20);
+        var due = RecheckAfter(pending, selector.Options.SustainFor, time.GetUtcNow());
         _timers[remoteHost] = this.RegisterGrainTimer(async () =>
         {
             _timers.Remove(remoteHost, out var timer);
@@ -706,6 +706,21 @@ public sealed partial class VmGrain(
                 var conditions = await GrainFactory.GetGrain<IHostGrain>(placement.HostId).GetPathAsync(remoteHost) ?? Unmeasured;
                 await CommitAsync(Evaluate(remoteHost, conditions, await CatalogAsync(), await HostStacksAsync(placement.HostId)));
             }
-        }, due < TimeSpan.Zero ? TimeSpan.Zero : due, Timeout.InfiniteTimeSpan);
+        }, due, Timeout.InfiniteTimeSpan);
+    }
+
+    /// <summary>How long a recheck waits once the sustain is over and the switch is still pending (kept until the VM's outcomes judge its current stack).</summary>
+    public static readonly TimeSpan RecheckWhenOver = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// When a pending switch is checked again: just after its sustain ends; once that has passed, a second later (the pace
+    /// of the path's samples and the VM's outcomes, which are what can decide it). Rechecked at once instead, a switch the
+    /// selector keeps pending until outcomes come was evaluated 150 times a second for seconds on end (the embedded
+    /// default, 2026-12-05: a third of a core in bursts).
+    /// </summary>
+    public static TimeSpan RecheckAfter(PendingSwitch pending, TimeSpan sustainFor, DateTimeOffset now)
+    {
+        var due = pending.Since + (pending.Sustain ?? sustainFor) - now + TimeSpan.FromMilliseconds(20);
+        return due > TimeSpan.Zero ? due : RecheckWhenOver;
     }
 }
