@@ -133,9 +133,10 @@ public sealed class ChannelPort : IFramePort
     /// </remarks>
     private bool Wait(TimeSpan timeout)
     {
-        if (!_inbound.IsEmpty || _closed)
+        if (!_inbound.IsEmpty || _closed || timeout == TimeSpan.Zero)
         {
-            return !_closed;
+            // A poll (zero timeout) does not announce a waiter: the next sender would take the gate for no one.
+            return !_inbound.IsEmpty && !_closed;
         }
         var infinite = timeout == Timeout.InfiniteTimeSpan;
         var deadline = infinite ? 0 : Environment.TickCount64 + (long)Math.Ceiling(timeout.TotalMilliseconds);
