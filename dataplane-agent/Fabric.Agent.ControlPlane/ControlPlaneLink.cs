@@ -96,7 +96,11 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     public LinkStatus Status => new(_connected, HeldVersion, Interlocked.Read(ref _acknowledged), Interlocked.Read(ref _swaps), _pending, _lastError);
 
     /// <summary>Starts the link in the background; it never blocks or fails the agent.</summary>
-    public void Start() => _loop = Task.Run(() => RunAsync(_stop.Token));
+    public void Start()
+    {
+        _agent.VmsChanged += Nudge;
+        _loop = Task.Run(() => RunAsync(_stop.Token));
+    }
 
     private async Task RunAsync(CancellationToken cancellationToken)
     {
@@ -154,11 +158,80 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
             try
             {
-                await Task.Delay(period, _agent.Time, cancellationToken).ConfigureAwait(false);
+                await WaitForNextPeriodAsync(period, cancellationToken).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
                 return;
+            }
+        }
+    }
+
+    /// <summary>Set by <see cref="Nudge"/>; taken by the wait that acts on it.</summary>
+    private int _nudged;
+
+    /// <summary>Cancels the current wait between reports (null: none under way).</summary>
+    private CancellationTokenSource? _wakeUp;
+
+    /// <summary>
+    /// The host's VMs changed (<see cref="Agent.VmsChanged"/>): the wait between reports places or removes them now. A
+    /// nudge during a pass is kept for the next wait; nudges while one is pending are one.
+    /// </summary>
+    private void Nudge()
+    {
+        Interlocked.Exchange(ref _nudged, 1);
+        try
+        {
+            // Asynchronously: the waiting loop's continuation must not run on the caller's thread (an API request).
+            _ = Volatile.Read(ref _wakeUp)?.CancelAsync();
+        }
+        catch (ObjectDisposedException)
+        {
+            // That wait has ended; the flag is seen by the next.
+        }
+    }
+
+    /// <summary>
+    /// Waits out <paramref name="period"/>; a nudge meanwhile places or removes the host's VMs at once (no report, so
+    /// the measurements keep their period) and the wait goes on.
+    /// </summary>
+    private async Task WaitForNextPeriodAsync(TimeSpan period, CancellationToken cancellationToken)
+    {
+        var until = _agent.Time.GetUtcNow() + period;
+        while (until - _agent.Time.GetUtcNow() is var left && left > TimeSpan.Zero)
+        {
+            using (var wakeUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+            {
+                Volatile.Write(ref _wakeUp, wakeUp);
+                try
+                {
+                    if (Interlocked.Exchange(ref _nudged, 0) == 0)
+                    {
+                        await Task.Delay(left, _agent.Time, wakeUp.Token).ConfigureAwait(false);
+                        return;
+                    }
+                }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                {
+                    Interlocked.Exchange(ref _nudged, 0);
+                }
+                finally
+                {
+                    Volatile.Write(ref _wakeUp, null);
+                }
+            }
+            if (!_connected || _client is null)
+            {
+                continue;
+            }
+            try
+            {
+                await PlaceAsync(_client.Services.GetRequiredService<IClusterClient>(), force: false).ConfigureAwait(false);
+            }
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is not OutOfMemoryException)
+            {
+                // The next pass places them again (its PlaceAsync compares with what was placed).
+                Log.Unreachable(_logger, $"placing the host's VMs at once failed: {e.Message}");
             }
         }
     }
@@ -711,6 +784,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        _agent.VmsChanged -= Nudge;
         await _stop.CancelAsync().ConfigureAwait(false);
         if (_loop is not null)
         {

@@ -137,6 +137,7 @@ public sealed class Agent : IDisposable
         {
             try
             {
+                var attached = 0;
                 lock (_apiGate)
                 {
                     // A tick already running when Dispose began must not touch a switch being torn down.
@@ -144,7 +145,11 @@ public sealed class Agent : IDisposable
                     {
                         return;
                     }
-                    _registrations.AttachPending();
+                    attached = _registrations.AttachPending();
+                }
+                if (attached > 0)
+                {
+                    VmsChanged?.Invoke();
                 }
                 Switch.Housekeeping();
                 if (Interlocked.Increment(ref ticks) % 8 == 0)
@@ -318,8 +323,25 @@ public sealed class Agent : IDisposable
         }
     }
 
+    /// <summary>
+    /// Raised (outside the agent's locks) when the VMs this host runs changed: one registered, deregistered, attached or
+    /// detached through the API, or a registered VM's NIC that appeared and was attached. The control plane link places
+    /// or removes them at once, not at its next report: a migrating VM's traffic follows it that much sooner.
+    /// </summary>
+    public event Action? VmsChanged;
+
     /// <summary>Handles one API request; never throws for a bad request.</summary>
     public ApiResponse Handle(ApiRequest request)
+    {
+        var response = HandleLocked(request);
+        if (response.Ok && request.Op is "register-vm" or "deregister-vm" or "attach-vm" or "detach-vm")
+        {
+            VmsChanged?.Invoke();
+        }
+        return response;
+    }
+
+    private ApiResponse HandleLocked(ApiRequest request)
     {
         lock (_apiGate)
         {

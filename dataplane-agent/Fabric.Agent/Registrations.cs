@@ -71,8 +71,10 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
     }
 
     /// <summary>Attaches every pending vNIC whose netdev now exists.</summary>
-    public void AttachPending()
+    /// <returns>How many were attached.</returns>
+    public int AttachPending()
     {
+        var attached = 0;
         foreach (var (registration, _, interfaces) in _entries.Values)
         {
             for (var i = 0; i < interfaces.Length; i++)
@@ -86,8 +88,10 @@ internal sealed class Registrations(Func<VmConfig, string?> attach, Func<string,
                     Confidential: registration.Policy.Security == "confidential");
                 var error = attach(config);
                 interfaces[i] = error is null ? interfaces[i] with { State = "attached", Detail = $"{nic.Device} in vni {config.Vni}" } : interfaces[i] with { Detail = error };
+                attached += error is null ? 1 : 0;
             }
         }
+        return attached;
     }
 
     /// <summary>Registration files that could not be read at start: each set aside (renamed), with why.</summary>

@@ -201,7 +201,7 @@ public sealed class OverlayTopology : IDisposable
     }
 
     /// <summary>An HTTP GET from inside a namespace (the socket is made there, so loopback is that namespace's).</summary>
-    private static string HttpGet(string ns, Uri uri)
+    internal static string HttpGet(string ns, Uri uri)
     {
         using var handler = new System.Net.Http.SocketsHttpHandler
         {

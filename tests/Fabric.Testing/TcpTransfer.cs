@@ -17,7 +17,13 @@ public static class TcpTransfer
         public double MegabitsPerSecond => Bytes * 8 / Elapsed.TotalSeconds / 1e6;
     }
 
-    public static Result Run(string senderNamespace, string receiverNamespace, string receiverAddress, long bytes, TimeSpan timeout, int port = 5201)
+    /// <summary>
+    /// Sends <paramref name="bytes"/> from <paramref name="senderNamespace"/> to <paramref name="receiverAddress"/>:<paramref name="port"/>
+    /// in <paramref name="receiverNamespace"/>, within <paramref name="timeout"/>; with <paramref name="pacingMbps"/>, no faster
+    /// than that (SO_MAX_PACING_RATE), so that a transfer lasts long enough for something to happen during it.
+    /// </summary>
+    public static Result Run(string senderNamespace, string receiverNamespace, string receiverAddress, long bytes, TimeSpan timeout, int port = 5201,
+        uint? pacingMbps = null)
     {
         var address = IPAddress.Parse(receiverAddress);
         using var listener = NetworkNamespace.Run(receiverNamespace, () => new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
@@ -49,6 +55,10 @@ public static class TcpTransfer
 
         using var client = NetworkNamespace.Run(senderNamespace, () => new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp));
         client.SendTimeout = (int)timeout.TotalMilliseconds;
+        if (pacingMbps is { } mbps)
+        {
+            client.SetRawSocketOption(1 /* SOL_SOCKET */, 47 /* SO_MAX_PACING_RATE */, BitConverter.GetBytes(mbps * 125_000u));
+        }
         var watch = Stopwatch.StartNew();
         client.Connect(new IPEndPoint(address, port));
         using var sentHash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
