@@ -16,6 +16,7 @@ if (CommandLineConventions.Parse(DashboardOptions.Command, args, out var parsed)
 DashboardOptions options;
 WebApplicationBuilder builder;
 ControlPlaneCredential? credential;
+RevokedHosts? revocations = null;
 try
 {
     options = DashboardOptions.From(parsed);
@@ -25,18 +26,16 @@ try
     {
         throw new FormatException($"--certificate '{options.Certificate}' is {credential.Caller}'s; the dashboard needs OU=operator");
     }
-    if (options.RevocationList is { } list)
+    try
     {
-        try
-        {
-            new RevocationListFile(list, credential!.Authority).ReadIfChanged();
-        }
-        catch (InvalidDataException e)
-        {
-            throw new FormatException($"--revocation-list: {e.Message}", e);
-        }
+        revocations = credential is null ? null : SecurityHosting.Revocations(credential, options.RevocationList);
     }
-    builder = DashboardWeb.CreateBuilder(options.Web, Users.Load(options.UsersFile), new ClusterDeployment(options.ClusterId),
+    catch (InvalidOperationException e)
+    {
+        throw new FormatException($"--revocation-list: {e.Message}", e);
+    }
+    var held = revocations;
+    builder = DashboardWeb.CreateBuilder(options.Web, Users.Load(options.UsersFile), new ClusterDeployment(options.ClusterId, () => held?.ListProblem()),
         services => services.GetRequiredService<IClusterClient>());
 }
 catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
@@ -52,7 +51,7 @@ builder.UseOrleansClient(client =>
 {
     if (credential is not null)
     {
-        client.UseControlPlaneSecurity(credential, options.RevocationList);
+        client.UseControlPlaneSecurity(credential, revocations!);
     }
     if (options.Clustering == "azure-table")
     {

@@ -20,7 +20,9 @@ namespace Fabric.Agent.ControlPlane;
 /// <param name="Swaps">VM bindings this agent changed (each a hitless swap of one VM's stack on one path).</param>
 /// <param name="Pending">Bindings it could not apply yet (retried every report period).</param>
 /// <param name="LastError">Why the last exchange failed, if it did.</param>
-public sealed record LinkStatus(bool Connected, long Version, long Acknowledged, long Swaps, int Pending, string? LastError);
+/// <param name="RevocationList">Why the authority's revocation list (controlPlane.revocationList) could not be used: the last
+/// good one stands (null: it could, or there is none).</param>
+public sealed record LinkStatus(bool Connected, long Version, long Acknowledged, long Swaps, int Pending, string? LastError, string? RevocationList = null);
 
 /// <summary>
 /// The agent as an Orleans client (DESIGN §4–5). It registers the host with its HAL inventory and an observer, renews both
@@ -93,7 +95,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     /// <summary>The version held (read without the lock: the reference is replaced whole).</summary>
     private long HeldVersion => Volatile.Read(ref _desired).Version.Value;
 
-    public LinkStatus Status => new(_connected, HeldVersion, Interlocked.Read(ref _acknowledged), Interlocked.Read(ref _swaps), _pending, _lastError);
+    public LinkStatus Status => new(_connected, HeldVersion, Interlocked.Read(ref _acknowledged), Interlocked.Read(ref _swaps), _pending, _lastError,
+        _client?.Services.GetService<RevokedHosts>()?.ListProblem());
 
     /// <summary>Starts the link in the background; it never blocks or fails the agent.</summary>
     public void Start()

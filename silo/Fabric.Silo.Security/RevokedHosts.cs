@@ -62,7 +62,7 @@ public sealed class RevokedHosts
         try
         {
             RefreshCertificates();
-            Problem = null;
+            Problem = List.KeepProblem;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
@@ -73,27 +73,65 @@ public sealed class RevokedHosts
 
     /// <summary>Why the last read of the list on a handshake failed; null when it worked.</summary>
     public string? Problem { get; private set; }
+
+    /// <summary>
+    /// For a client's status (an agent's, a dashboard's): reads the list again when due, as a handshake would (a client
+    /// with its connections open makes none), and says why it could not be used; null when it could, or there is none.
+    /// </summary>
+    public string? ListProblem()
+    {
+        RefreshCertificatesIfDue();
+        return Problem is { } problem ? $"{problem}; the last good list stands" : null;
+    }
 }
 
 /// <summary>
 /// The authority's revocation list as a file an operator replaces (<c>fabric-pki revoke</c>, then copied to each silo);
 /// read when its time or length changed. A list issued before the one in force is refused (an old backup copied in would
-/// un-revoke what was revoked since); this process remembers the newest it took, a restart starts from the file.
+/// un-revoke what was revoked since). The issue time of the list in force is kept beside it (<see cref="InForceFileOf"/>),
+/// so a restart refuses an older list too; where that file cannot be written, the read says so (the list is still taken).
 /// </summary>
-public sealed class RevocationListFile(string path, System.Security.Cryptography.X509Certificates.X509Certificate2 authority)
+public sealed class RevocationListFile
 {
+    private readonly string _path;
+    private readonly System.Security.Cryptography.X509Certificates.X509Certificate2 _authority;
     private (DateTime Written, long Length)? _seen;
     private DateTimeOffset? _inForce;
 
-    public string Path => path;
+    public RevocationListFile(string path, System.Security.Cryptography.X509Certificates.X509Certificate2 authority)
+    {
+        (_path, _authority) = (path, authority);
+        var inForce = InForceFileOf(path);
+        string? text;
+        try
+        {
+            text = File.Exists(inForce) ? File.ReadAllText(inForce).Trim() : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new InvalidDataException($"revocation list {path}: {inForce} (the issue time of the list in force) cannot be read: {e.Message}", e);
+        }
+        if (text is not null)
+        {
+            _inForce = DateTimeOffset.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.AssumeUniversal, out var at)
+                ? at
+                : throw new InvalidDataException($"revocation list {path}: {inForce} (the issue time of the list in force) is unreadable; "
+                    + "delete it only if the list beside it is the newest the authority issued");
+        }
+    }
+
+    public string Path => _path;
+
+    /// <summary>Where the issue time of the list in force is kept: beside the list, "LIST.in-force".</summary>
+    public static string InForceFileOf(string path) => path + ".in-force";
 
     /// <summary>The list when the file changed since the last good read, else null; throws <see cref="InvalidDataException"/> naming the file and the problem.</summary>
     public RevocationList? ReadIfChanged()
     {
-        var info = new FileInfo(path);
+        var info = new FileInfo(_path);
         if (!info.Exists)
         {
-            throw new InvalidDataException($"revocation list {path}: the file does not exist");
+            throw new InvalidDataException($"revocation list {_path}: the file does not exist");
         }
         var now = (info.LastWriteTimeUtc, info.Length);
         if (_seen == now)
@@ -103,18 +141,43 @@ public sealed class RevocationListFile(string path, System.Security.Cryptography
         RevocationList list;
         try
         {
-            list = RevocationList.Parse(File.ReadAllBytes(path), authority);
+            list = RevocationList.Parse(File.ReadAllBytes(_path), _authority);
         }
         catch (InvalidDataException e)
         {
-            throw new InvalidDataException($"revocation list {path}: {e.Message}", e);
+            throw new InvalidDataException($"revocation list {_path}: {e.Message}", e);
         }
         if (_inForce is { } inForce && list.ThisUpdate < inForce)
         {
-            throw new InvalidDataException($"revocation list {path}: issued {list.ThisUpdate:u}, before the list in force ({inForce:u}); the list in force stands");
+            throw new InvalidDataException($"revocation list {_path}: issued {list.ThisUpdate:u}, before the list in force ({inForce:u}); the list in force stands");
         }
         (_seen, _inForce) = (now, list.ThisUpdate);
+        KeepInForce(list.ThisUpdate);
         return list;
+    }
+
+    /// <summary>The last failure to keep the issue time of the list in force (null: kept).</summary>
+    public string? KeepProblem { get; private set; }
+
+    private void KeepInForce(DateTimeOffset issued)
+    {
+        var file = InForceFileOf(_path);
+        try
+        {
+            var text = issued.UtcDateTime.ToString("O", System.Globalization.CultureInfo.InvariantCulture);
+            if (!File.Exists(file) || File.ReadAllText(file).Trim() != text)
+            {
+                var temporary = file + ".tmp";
+                File.WriteAllText(temporary, text);
+                File.Move(temporary, file, overwrite: true);
+            }
+            KeepProblem = null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            KeepProblem = $"revocation list {_path}: the issue time of the list in force cannot be kept in {file} ({e.Message}); "
+                + "after a restart an older list would be taken";
+        }
     }
 }
 
@@ -130,7 +193,11 @@ public sealed partial class RevokedHostsRefresher(RevokedHosts revoked, IGrainFa
             try
             {
                 revoked.RefreshCertificates();
-                listProblem = null;
+                if (revoked.List?.KeepProblem is { } keep && keep != listProblem)
+                {
+                    Log.ListUnread(logger, keep);
+                }
+                listProblem = revoked.List?.KeepProblem;
             }
             catch (Exception e) when (e is not OperationCanceledException)
             {

@@ -43,9 +43,14 @@ public static class SecurityHosting
     /// <paramref name="revocationList"/> ones it does not revoke: read now and again at a handshake 5 s after the last read)
     /// and a caller token on every call. A list that does not verify throws <see cref="InvalidOperationException"/> naming the file.
     /// </summary>
-    public static IClientBuilder UseControlPlaneSecurity(this IClientBuilder client, ControlPlaneCredential credential, string? revocationList = null)
+    public static IClientBuilder UseControlPlaneSecurity(this IClientBuilder client, ControlPlaneCredential credential, string? revocationList = null) =>
+        client.UseControlPlaneSecurity(credential, Revocations(credential, revocationList));
+
+    /// <summary>The same with revocations already read (<see cref="Revocations"/>), which the client's services then hold
+    /// (<see cref="RevokedHosts.ListProblem"/> says why a newer list could not be used).</summary>
+    public static IClientBuilder UseControlPlaneSecurity(this IClientBuilder client, ControlPlaneCredential credential, RevokedHosts revoked)
     {
-        var revoked = Revocations(credential, revocationList);
+        client.Services.AddSingleton(revoked);
         client.Services.AddSingleton(credential);
         client.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
         var toSilos = Tls(credential, revoked, refreshOnHandshake: true, CallerRole.Silo);
@@ -53,11 +58,12 @@ public static class SecurityHosting
     }
 
     /// <summary>The revocations of <paramref name="revocationList"/> (none without one), read now; throws naming the file when it cannot be used.</summary>
-    private static RevokedHosts Revocations(ControlPlaneCredential credential, string? revocationList)
+    public static RevokedHosts Revocations(ControlPlaneCredential credential, string? revocationList)
     {
-        var revoked = new RevokedHosts { List = revocationList is null ? null : new RevocationListFile(revocationList, credential.Authority) };
+        RevokedHosts revoked;
         try
         {
+            revoked = new RevokedHosts { List = revocationList is null ? null : new RevocationListFile(revocationList, credential.Authority) };
             revoked.RefreshCertificates();
         }
         catch (Exception e) when (e is InvalidDataException or IOException or UnauthorizedAccessException)

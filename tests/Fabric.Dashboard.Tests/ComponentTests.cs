@@ -179,6 +179,36 @@ public sealed class ComponentTests : BunitContext, IClassFixture<GrainsFixture>
         Assert.Equal(0, (await _grains.Client.GetGrain<IVmGrain>(vmId).GetAsync()).PolicyVersion);
     }
 
+    /// <summary>
+    /// A dashboard given the authority's revocation list whose newer list cannot be used (another authority signed it):
+    /// the fleet page says so, and that the last good list stands, instead of trusting on in silence.
+    /// </summary>
+    [Fact]
+    public void TheFleetPage_SaysWhenANewerRevocationListCannotBeUsed()
+    {
+        using var authority = Fabric.Silo.Security.DevelopmentAuthority.Create("components");
+        using var forger = Fabric.Silo.Security.DevelopmentAuthority.Create("forger");
+        var list = Path.Combine(_usersFolder, "fleet.crl");
+        static void Write(string path, System.Security.Cryptography.X509Certificates.X509Certificate2 signer) =>
+            File.WriteAllText(path, System.Security.Cryptography.PemEncoding.WriteString("X509 CRL", new System.Security.Cryptography.X509Certificates.CertificateRevocationListBuilder()
+                .Build(signer, 1, DateTimeOffset.UtcNow.AddDays(7), System.Security.Cryptography.HashAlgorithmName.SHA256)));
+        Write(list, authority.Certificate);
+        var revocations = new Fabric.Silo.Security.RevokedHosts { List = new Fabric.Silo.Security.RevocationListFile(list, authority.Certificate) };
+        revocations.RefreshCertificates();
+        Services.AddSingleton<IDeployment>(new ClusterDeployment("components", revocations.ListProblem));
+        SignIn(DashboardUser.ReadOnly);
+        var page = Render<Fleet>();
+        Assert.Empty(page.FindAll("[data-testid=deployment-error]"));
+
+        Write(list, forger.Certificate);
+        page.WaitForAssertion(() =>
+        {
+            var error = page.Find("[data-testid=deployment-error]").TextContent;
+            Assert.Contains($"revocation list {list}: its signature does not verify", error, StringComparison.Ordinal);
+            Assert.Contains("the last good list stands", error, StringComparison.Ordinal);
+        }, TimeSpan.FromSeconds(20));
+    }
+
     [Fact]
     public async Task TheFleetPage_ListsRegisteredHostsAndPlacedVms()
     {

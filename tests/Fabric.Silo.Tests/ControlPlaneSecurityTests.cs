@@ -509,6 +509,18 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         WriteRevocationList(clientList, _authority.Certificate, other.Certificate);
         var a = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-a"), revocationList: clientList);
         Assert.NotEmpty(await a.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync());
+        // A newer list that cannot be used (another authority signed it) is said, not swallowed: the client's status (an
+        // agent's controlPlane.revocationList, the dashboard's fleet page) reads it, and the last good list stands.
+        var revocations = a.ServiceProvider.GetRequiredService<RevokedHosts>();
+        Assert.Null(revocations.ListProblem());
+        using (var forger = DevelopmentAuthority.Create())
+        {
+            WriteRevocationList(clientList, forger.Certificate);
+        }
+        Eventually.True(() => revocations.ListProblem() is { } problem && problem.Contains("its signature does not verify", StringComparison.Ordinal)
+            && problem.EndsWith("the last good list stands", StringComparison.Ordinal), TimeSpan.FromSeconds(20), "the client says its list is unusable",
+            () => revocations.ListProblem() ?? "no problem said");
+        Assert.True(revocations.IsRevokedCertificate(other.Certificate.SerialNumber));
 
         WriteRevocationList(clientList, _authority.Certificate, other.Certificate, _siloCredential.Certificate);
         await Assert.ThrowsAsync<Orleans.Runtime.Messaging.ConnectionFailedException>(() => ConnectAsync(_authority.Issue(CallerRole.Agent, "host-b"), revocationList: clientList));
@@ -564,6 +576,20 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         File.WriteAllBytes(RevocationListPath, older);
         await Task.Delay(RevokedHosts.RefreshPeriod * 2, TestContext.Current.CancellationToken);
         Assert.True(revoked.IsRevokedCertificate(stolen.Certificate.SerialNumber));
+        // Nor after a restart: the issue time of the list in force was kept beside it, and a silo starting on the older
+        // list refuses to start, naming it.
+        Assert.True(File.Exists(RevocationListFile.InForceFileOf(RevocationListPath)));
+        Assert.Contains("before the list in force", Assert.Throws<InvalidDataException>(() => new RevocationListFile(RevocationListPath, _authority.Certificate).ReadIfChanged()).Message,
+            StringComparison.Ordinal);
+        var restart = Assert.Throws<InvalidOperationException>(() => Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true })
+            .UseOrleans(silo => silo.UseLocalhostClustering(LoopbackPorts.Free(), LoopbackPorts.Free()).UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-2"), RevocationListPath)));
+        Assert.Contains("before the list in force", restart.Message, StringComparison.Ordinal);
+        // A kept issue time that cannot be read is no reason to take any list: it is refused, naming the file.
+        var elsewhere = Path.Combine(_folder.FullName, "elsewhere.crl");
+        File.WriteAllBytes(elsewhere, good);
+        File.WriteAllText(RevocationListFile.InForceFileOf(elsewhere), "not a time");
+        Assert.Contains($"{RevocationListFile.InForceFileOf(elsewhere)} (the issue time of the list in force) is unreadable",
+            Assert.Throws<InvalidDataException>(() => new RevocationListFile(elsewhere, _authority.Certificate)).Message, StringComparison.Ordinal);
     }
 
     private static byte[] PemDer(byte[] pem)

@@ -80,14 +80,18 @@ public sealed record SimulatedLinkView(string HostA, string HostB, string Phase,
 
 public sealed record RepositoryView(string Path, string TrustRoot, string TargetsKeyId, ImmutableArray<(string Id, string Version, long Length, string Sha256)> Published);
 
-/// <summary>The dashboard as a client of a running cluster: nothing simulated, no repository of its own.</summary>
-public sealed class ClusterDeployment(string clusterId) : IDeployment
+/// <summary>
+/// The dashboard as a client of a running cluster: nothing simulated, no repository of its own. Its error is why the
+/// authority's revocation list it was given could not be used (<paramref name="revocationProblem"/>): the last good one
+/// stands, so a certificate revoked since may still be trusted, and an operator must know.
+/// </summary>
+public sealed class ClusterDeployment(string clusterId, Func<string?>? revocationProblem = null) : IDeployment
 {
     public string Title => $"cluster {clusterId}";
 
     public string ProcessLabel => "This dashboard process";
 
-    public string? Error => null;
+    public string? Error => revocationProblem?.Invoke();
 
     public SimulatedFleetView? Fleet => null;
 
