@@ -28,19 +28,76 @@ public sealed class RevokedHosts
     /// <summary>True when the certificate with this serial number (hexadecimal, as <c>X509Certificate2.SerialNumber</c>) was revoked.</summary>
     public bool IsRevokedCertificate(string serialNumber) => _certificates.Count > 0 && _certificates.Contains(RevocationList.SerialOf(serialNumber));
 
-    /// <summary>Takes the serials of a verified revocation list.</summary>
-    public void SetCertificates(FrozenSet<string> serials) => _certificates = serials;
+    /// <summary>Takes the serials of a verified revocation list and closes the open connections whose peer presented a
+    /// certificate it revokes (<see cref="Track"/>); returns how many it closed.</summary>
+    public int SetCertificates(FrozenSet<string> serials)
+    {
+        _certificates = serials;
+        return CloseRevoked();
+    }
 
-    /// <summary>Reads the revocation list file again if it changed; throws <see cref="InvalidDataException"/> naming the file when it cannot be used (the last good list stands).</summary>
-    public void RefreshCertificates()
+    /// <summary>
+    /// Reads the revocation list file again if it changed; throws <see cref="InvalidDataException"/> naming the file when it
+    /// cannot be used (the last good list stands). Returns how many open connections a new list closed.
+    /// </summary>
+    public int RefreshCertificates()
     {
         lock (_reading)
         {
-            if (List?.ReadIfChanged() is { } list)
+            return List?.ReadIfChanged() is { } list ? SetCertificates(list.Serials) : 0;
+        }
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<Microsoft.AspNetCore.Connections.ConnectionContext, bool> _connections = new();
+
+    /// <summary>
+    /// Keeps a TLS connection (from the start of its handshake until it closes) so that a list revoking the certificate
+    /// its peer presented closes it: without this, a connection opened before the revocation (a revoked silo's with the
+    /// others, an agent's or an operator's with a gateway) would stay open until either end dropped it.
+    /// </summary>
+    public void Track(Microsoft.AspNetCore.Connections.ConnectionContext connection)
+    {
+        _connections[connection] = true;
+        connection.ConnectionClosed.UnsafeRegister(static (state, _) =>
+        {
+            var (connections, closed) = ((System.Collections.Concurrent.ConcurrentDictionary<Microsoft.AspNetCore.Connections.ConnectionContext, bool>, Microsoft.AspNetCore.Connections.ConnectionContext))state!;
+            connections.TryRemove(KeyValuePair.Create(closed, true));
+        }, (_connections, connection));
+    }
+
+    /// <summary>The tracked connections still open whose peer presented the certificate with this serial (hexadecimal).</summary>
+    public int OpenWith(string serialNumber) =>
+        _connections.Keys.Count(c => !c.ConnectionClosed.IsCancellationRequested
+            && c.Features.Get<Orleans.Connections.Security.ITlsConnectionFeature>()?.RemoteCertificate is { } certificate
+            && RevocationList.SerialOf(certificate.SerialNumber) == RevocationList.SerialOf(serialNumber));
+
+    /// <summary>How many connections are tracked (closed ones leave at once).</summary>
+    public int Tracked => _connections.Count;
+
+    /// <summary>Whether any tracked connection, open or not, presented the certificate with this serial.</summary>
+    public bool Tracks(string serialNumber) =>
+        _connections.Keys.Any(c => c.Features.Get<Orleans.Connections.Security.ITlsConnectionFeature>()?.RemoteCertificate is { } certificate
+            && RevocationList.SerialOf(certificate.SerialNumber) == RevocationList.SerialOf(serialNumber));
+
+    private int CloseRevoked()
+    {
+        var closed = 0;
+        foreach (var connection in _connections.Keys)
+        {
+            if (connection.ConnectionClosed.IsCancellationRequested)
             {
-                SetCertificates(list.Serials);
+                _connections.TryRemove(connection, out _);
+            }
+            else if (connection.Features.Get<Orleans.Connections.Security.ITlsConnectionFeature>()?.RemoteCertificate is { } certificate
+                && IsRevokedCertificate(certificate.SerialNumber))
+            {
+                _connections.TryRemove(connection, out _);
+                connection.Abort(new Microsoft.AspNetCore.Connections.ConnectionAbortedException(
+                    $"the certificate {certificate.Subject} (serial {RevocationList.SerialOf(certificate.SerialNumber)}) was revoked by the fleet's authority"));
+                closed++;
             }
         }
+        return closed;
     }
 
     private readonly Lock _reading = new();
@@ -181,6 +238,35 @@ public sealed class RevocationListFile
     }
 }
 
+/// <summary>
+/// A client's reader of its revocation list (an agent's, a dashboard's): every <see cref="RevokedHosts.RefreshPeriod"/>,
+/// so that a list revoking a silo's certificate closes the connections to it even while no new one is made.
+/// </summary>
+internal sealed class ClientRevocationRefresher(RevokedHosts revoked) : BackgroundService
+{
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (revoked.List is null)
+        {
+            return;
+        }
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                // Half the period: the read is due at most that much after its time.
+                await Task.Delay(RevokedHosts.RefreshPeriod / 2, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            // What cannot be used is said by ListProblem (the client's status); the last good list stands.
+            revoked.RefreshCertificatesIfDue();
+        }
+    }
+}
+
 /// <summary>Reads the removed hosts from the fleet grain every <see cref="RevokedHosts.RefreshPeriod"/> (as the silo, through its own filters).</summary>
 public sealed partial class RevokedHostsRefresher(RevokedHosts revoked, IGrainFactory grains, ILogger<RevokedHostsRefresher> logger) : BackgroundService
 {
@@ -192,7 +278,10 @@ public sealed partial class RevokedHostsRefresher(RevokedHosts revoked, IGrainFa
         {
             try
             {
-                revoked.RefreshCertificates();
+                if (revoked.RefreshCertificates() is > 0 and var closed)
+                {
+                    Log.Closed(logger, closed);
+                }
                 if (revoked.List?.KeepProblem is { } keep && keep != listProblem)
                 {
                     Log.ListUnread(logger, keep);
@@ -237,6 +326,9 @@ public sealed partial class RevokedHostsRefresher(RevokedHosts revoked, IGrainFa
     {
         [LoggerMessage(LogLevel.Information, "The removed hosts could not be read ({Reason}); the last list stands")]
         public static partial void Unread(ILogger logger, string reason);
+
+        [LoggerMessage(LogLevel.Warning, "Closed {Count} open connections whose peer's certificate the new revocation list revokes")]
+        public static partial void Closed(ILogger logger, int count);
 
         [LoggerMessage(LogLevel.Error, "{Reason}; the last good revocation list stands")]
         public static partial void ListUnread(ILogger logger, string reason);

@@ -51,6 +51,7 @@ public static class SecurityHosting
     public static IClientBuilder UseControlPlaneSecurity(this IClientBuilder client, ControlPlaneCredential credential, RevokedHosts revoked)
     {
         client.Services.AddSingleton(revoked);
+        client.Services.AddHostedService(_ => new ClientRevocationRefresher(revoked));
         client.Services.AddSingleton(credential);
         client.Services.AddSingleton<IOutgoingGrainCallFilter>(sp => new CallerTokenFilter(credential, sp.GetService<TimeProvider>() ?? TimeProvider.System));
         var toSilos = Tls(credential, revoked, refreshOnHandshake: true, CallerRole.Silo);
@@ -84,6 +85,9 @@ public static class SecurityHosting
         RemoteCertificateMode = RemoteCertificateMode.RequireCertificate,
         ClientCertificateMode = RemoteCertificateMode.RequireCertificate,
         SslProtocols = System.Security.Authentication.SslProtocols.Tls13,
+        // Every connection is kept from its handshake on: a revocation read later closes it.
+        OnAuthenticateAsServer = (connection, _) => revoked.Track(connection),
+        OnAuthenticateAsClient = (connection, _) => revoked.Track(connection),
         // The authority decides, not the system's roots or the peer's DNS name: peers are named by their certificates.
         RemoteCertificateValidation = (certificate, _, _) =>
         {

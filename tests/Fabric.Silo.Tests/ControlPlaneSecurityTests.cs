@@ -328,6 +328,66 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         Assert.False(forged.Invoked);
     }
 
+    /// <summary>
+    /// A silo's certificate is revoked while it is a member: the other silo closes the connections it has open with it (both
+    /// directions) and refuses new ones at TLS, so the revoked silo is cut off instead of keeping its open connections, and
+    /// the cluster declares it dead.
+    /// </summary>
+    [Fact]
+    public async Task ARevokedSilo_HasItsOpenConnectionsClosedByTheOthers_AndLeavesTheCluster()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.ClearProviders();
+        var firstSiloPort = ((System.Net.IPEndPoint)_silo.Services.GetRequiredService<ILocalSiloDetails>().SiloAddress.Endpoint).Port;
+        using var leaked = _authority.Issue(CallerRole.Silo, "silo-2");
+        builder.UseOrleans(silo => silo
+            .UseLocalhostClustering(siloPort, gatewayPort, new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, firstSiloPort), serviceId: "fabric", clusterId: "fabric")
+            .AddMemoryGrainStorage(Storage.Name)
+            .UseControlPlaneSecurity(leaked)
+            .AddFabricControlPlane(ClusterFixture.Selector));
+        using var second = builder.Build();
+        await second.StartAsync(TestContext.Current.CancellationToken);
+        try
+        {
+            var management = _silo.Services.GetRequiredService<IClusterClient>().GetGrain<IManagementGrain>(0);
+            await Eventually.TrueAsync(async () => (await management.GetHosts(onlyActive: true)).Count == 2, TimeSpan.FromSeconds(30), "two active silos",
+                async () => string.Join(", ", await management.GetHosts()));
+            var revocations = _silo.Services.GetRequiredService<RevokedHosts>();
+            var serial = leaked.Certificate.SerialNumber;
+            Assert.True(revocations.OpenWith(serial) > 0, "no connection with silo-2 is tracked");
+
+            WriteRevocationList(_authority.Certificate, leaked.Certificate);
+            Eventually.True(() => revocations.IsRevokedCertificate(serial) && revocations.OpenWith(serial) == 0, TimeSpan.FromSeconds(15),
+                "silo-1's connections with silo-2 closed", () => $"{revocations.OpenWith(serial)} still open");
+            // It stays cut off: silo-2's attempts to connect again are refused at TLS, and the cluster declares it dead.
+            await Eventually.TrueAsync(async () => (await management.GetHosts(onlyActive: true)).Count == 1, TimeSpan.FromSeconds(90), "silo-2 declared dead",
+                async () => string.Join(", ", await management.GetHosts()));
+            Assert.Equal(0, revocations.OpenWith(serial));
+        }
+        finally
+        {
+            await second.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30), CancellationToken.None).ContinueWith(_ => { }, TaskScheduler.Default);
+        }
+    }
+
+    /// <summary>What the silo keeps of each connection for revocation leaves with the connection (no growth with reconnects).</summary>
+    [Fact]
+    public async Task ATrackedConnection_IsForgottenWhenItCloses()
+    {
+        var revocations = _silo.Services.GetRequiredService<RevokedHosts>();
+        using var credential = _authority.Issue(CallerRole.Agent, "host-t");
+        var client = await ConnectAsync(credential);
+        Assert.NotEmpty(await client.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync());
+        Assert.True(revocations.OpenWith(credential.Certificate.SerialNumber) > 0);
+        var host = _hosts[^1];
+        _hosts.RemoveAt(_hosts.Count - 1);
+        await host.StopAsync(TestContext.Current.CancellationToken);
+        host.Dispose();
+        Eventually.True(() => revocations.OpenWith(credential.Certificate.SerialNumber) == 0 && !revocations.Tracks(credential.Certificate.SerialNumber),
+            TimeSpan.FromSeconds(15), "the closed connection forgotten", () => $"{revocations.Tracked} tracked");
+    }
+
     [Fact]
     public async Task TheSilosPorts_AdmitOnlyTheAuthoritysCertificates_AndTheClusterPortOnlySilos()
     {
@@ -469,22 +529,21 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         await Eventually.TrueAsync(() => Task.FromResult(seenA.Changes > 0 && seenC.Changes > 0), TimeSpan.FromSeconds(15), "host-a and host-c told of each other's VM",
             () => Task.FromResult($"host-a heard {seenA.Changes}, host-c {seenC.Changes}"));
 
+        // The silo keeps host-a's connection from its handshake on; when it reads a list revoking host-a's certificate, it
+        // closes it, and every call of host-a's fails from then on: refused by the caller filter if it raced the close, or
+        // with no connection (a new one is refused at TLS).
+        var silosRevocations = _silo.Services.GetRequiredService<RevokedHosts>();
+        Assert.True(silosRevocations.OpenWith(stolen.Certificate.SerialNumber) > 0, "host-a's connection is not tracked");
         WriteRevocationList(_authority.Certificate, stolen.Certificate);
-        var refused = "";
-        await Eventually.TrueAsync(async () =>
+        Eventually.True(() => silosRevocations.IsRevokedCertificate(stolen.Certificate.SerialNumber) && silosRevocations.OpenWith(stolen.Certificate.SerialNumber) == 0,
+            TimeSpan.FromSeconds(15), "host-a's open connection closed", () => $"{silosRevocations.OpenWith(stolen.Certificate.SerialNumber)} still open");
+        var refused = await Record.ExceptionAsync(() => a.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync().AsTask());
+        Assert.NotNull(refused);
+        if (refused is UnauthorizedAccessException)
         {
-            try
-            {
-                await a.GetGrain<IHostGrain>("host-a").GetDesiredStateAsync();
-                return false;
-            }
-            catch (UnauthorizedAccessException e)
-            {
-                refused = e.Message;
-                return true;
-            }
-        }, TimeSpan.FromSeconds(15), "the revocation taken", () => Task.FromResult("host-a's calls still accepted"));
-        Assert.Contains($"the certificate of agent 'host-a' (serial {RevocationList.SerialOf(stolen.Certificate.SerialNumber)}) was revoked by the fleet's authority", refused, StringComparison.Ordinal);
+            Assert.Contains($"the certificate of agent 'host-a' (serial {RevocationList.SerialOf(stolen.Certificate.SerialNumber)}) was revoked by the fleet's authority", refused.Message, StringComparison.Ordinal);
+        }
+        Assert.Equal(0, silosRevocations.OpenWith(stolen.Certificate.SerialNumber));
         await b.GetGrain<IHostGrain>("host-b").RegisterAsync(Info("host-b"), b.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
         var (heardA, heardC) = (seenA.Changes, seenC.Changes);
         await b.GetGrain<IVmGrain>("vm-b").PlaceAsync(InNetwork7("host-b", "vm-b", 2));
