@@ -68,8 +68,16 @@ public class FleetEndToEndTests
         Eventually.True(() => fleet.RouteOf("host-b", fleet.Vm("vm1").Mac) == "host-c", Wait, "host-b forwards vm1's frames to host-c", () => Describe(fleet, hosts));
         var rerouted = moving.Elapsed;
 
-        var movedResult = await secured;
-        var plainResult = await plain;
+        TcpTransfer.Result movedResult, plainResult;
+        try
+        {
+            movedResult = await secured;
+            plainResult = await plain;
+        }
+        catch (Exception e) when (e is System.Net.Sockets.SocketException or TimeoutException or InvalidOperationException)
+        {
+            throw new InvalidOperationException($"a transfer failed after the migration ({e.Message}): {Describe(fleet, hosts)}", e);
+        }
         Assert.Equal(movedResult.SentSha256, movedResult.ReceivedSha256);
         Assert.Equal(plainResult.SentSha256, plainResult.ReceivedSha256);
 

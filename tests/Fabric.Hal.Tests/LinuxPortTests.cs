@@ -93,6 +93,89 @@ public class LinuxPortTests
         Assert.NotEqual(0, Privileged.TryRun("ip", "netns", "exec", ns, "ip", "link", "show", name).Code);
     }
 
+    /// <summary>
+    /// A VM's NIC that appears on its host down (it comes up a moment later, as in a migration), or that goes down and up
+    /// again: the packet socket reports ENETDOWN once, and the port keeps receiving once the device is up (it was deaf for
+    /// good before: the migration test caught a VM that could send nothing after it moved). A device that is gone closes it.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AnAfPacketPort_OpenedOnADownDeviceOrSeeingItGoDown_ReceivesOnceItIsUp_AndClosesWhenItIsGone(bool batched)
+    {
+        Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
+        using var net = new TestNetwork();
+        var left = net.AddNamespace("l");
+        var right = net.AddNamespace("r");
+        net.AddVeth($"{net.Id}a", left, $"{net.Id}b", right);
+        TestNetwork.Exec(right, "ip", "link", "set", $"{net.Id}b", "down");
+        using var a = NetworkNamespace.Run(left, () => AfPacketPort.Open($"{net.Id}a"));
+        using var b = NetworkNamespace.Run(right, () => AfPacketPort.Open($"{net.Id}b"));
+        var buffer = new byte[2048];
+        var batch = new FrameBatch(8, 2048);
+        PortResult Next(out int marker, TimeSpan timeout)
+        {
+            marker = -1;
+            var deadline = DateTime.UtcNow + timeout;
+            while (DateTime.UtcNow < deadline)
+            {
+                var left = deadline - DateTime.UtcNow;
+                if (batched)
+                {
+                    var result = b.ReceiveBatch(batch, left);
+                    if (result != PortResult.Ok)
+                    {
+                        if (result != PortResult.Timeout)
+                        {
+                            return result;
+                        }
+                        continue;
+                    }
+                    for (var i = 0; i < batch.Count; i++)
+                    {
+                        if (IsOurs(batch[i]))
+                        {
+                            marker = BitConverter.ToInt32(batch[i][14..]);
+                            return PortResult.Ok;
+                        }
+                    }
+                }
+                else
+                {
+                    var result = ReceiveSkippingNoise(b, buffer, out var length, left);
+                    if (result == PortResult.Ok)
+                    {
+                        marker = BitConverter.ToInt32(buffer.AsSpan(14, length - 14));
+                    }
+                    if (result != PortResult.Timeout)
+                    {
+                        return result;
+                    }
+                }
+            }
+            return PortResult.Timeout;
+        }
+        var frame = Frame(new MacAddress(0x02_00_00_00_00_0B), new MacAddress(0x02_00_00_00_00_0A), 1, 200);
+
+        // Opened while down: nothing yet, and the port is not closed by it.
+        Assert.Equal(PortResult.Timeout, Next(out _, TimeSpan.FromMilliseconds(200)));
+        TestNetwork.Exec(right, "ip", "link", "set", $"{net.Id}b", "up");
+        Eventually.True(() => a.Transmit(frame) == PortResult.Ok && Next(out var marker, TimeSpan.FromMilliseconds(200)) == PortResult.Ok && marker == 1,
+            TimeSpan.FromSeconds(10), "a frame through the port opened down", () => "none received");
+
+        // Down and up again while open.
+        TestNetwork.Exec(right, "ip", "link", "set", $"{net.Id}b", "down");
+        Assert.Equal(PortResult.Timeout, Next(out _, TimeSpan.FromMilliseconds(200)));
+        TestNetwork.Exec(right, "ip", "link", "set", $"{net.Id}b", "up");
+        var second = Frame(new MacAddress(0x02_00_00_00_00_0B), new MacAddress(0x02_00_00_00_00_0A), 2, 200);
+        Eventually.True(() => a.Transmit(second) == PortResult.Ok && Next(out var marker, TimeSpan.FromMilliseconds(200)) == PortResult.Ok && marker == 2,
+            TimeSpan.FromSeconds(10), "a frame after the device came up again", () => "none received");
+
+        // Gone (moved out of the namespace): the port says it is closed.
+        TestNetwork.Exec(right, "ip", "link", "set", $"{net.Id}b", "netns", left);
+        Assert.Equal(PortResult.Closed, Next(out _, TimeSpan.FromSeconds(2)));
+    }
+
     [Fact]
     public void OpeningAMissingDevice_NamesTheDevice()
     {

@@ -26,10 +26,26 @@ public sealed unsafe class AfPacketPort : FdFramePort
     public const int OffloadFrameLength = 65535 + 14;
 
     private readonly bool _offloads;
+    private readonly int _ifIndex;
 
-    private AfPacketPort(string name, int fd, PortCapabilities capabilities) : base(name, fd, capabilities)
+    private AfPacketPort(string name, int fd, int ifIndex, PortCapabilities capabilities) : base(name, fd, capabilities)
     {
         _offloads = capabilities.Offloads;
+        _ifIndex = ifIndex;
+    }
+
+    /// <summary>
+    /// A packet socket reports ENETDOWN once when its device goes down, or when it was bound while the device was down (a
+    /// VM's NIC that appears on its host before it is up, as in a migration): the device is still this one, so its frames
+    /// come when it is up again. Only a device that is gone (deleted, or moved to another namespace) closes the port.
+    /// </summary>
+    private protected override bool DeviceDownOnly()
+    {
+        // The socket's own binding, not a lookup by name (which would read the calling thread's namespace): the kernel
+        // unbinds a packet socket (index -1) when its device leaves the namespace or is deleted, and only then.
+        var address = default(Native.SockaddrLl);
+        var length = sizeof(Native.SockaddrLl);
+        return Fd >= 0 && Native.getsockname(Fd, &address, &length) == 0 && address.IfIndex == _ifIndex;
     }
 
     /// <summary>Frames this port joined into larger ones on transmit, and the larger frames they made.</summary>
@@ -117,7 +133,7 @@ public sealed unsafe class AfPacketPort : FdFramePort
         mtu = mtu > 0 ? mtu : 1500;
         // Room for the Ethernet header and two VLAN tags on top of the MTU.
         var maxFrame = options.MaxFrameLength > 0 ? options.MaxFrameLength : options.Offloads ? OffloadFrameLength : mtu + 22;
-        port = new AfPacketPort(device, fd, new PortCapabilities(mtu, maxFrame, BatchedIo: true, options.Offloads));
+        port = new AfPacketPort(device, fd, ifIndex, new PortCapabilities(mtu, maxFrame, BatchedIo: true, options.Offloads));
         errno = 0;
         step = "";
         return true;
@@ -215,7 +231,7 @@ public sealed unsafe class AfPacketPort : FdFramePort
             {
                 continue;
             }
-            if (n < 0 && errno != Native.EAGAIN)
+            if (n < 0 && errno != Native.EAGAIN && !(errno == Native.ENETDOWN && DeviceDownOnly()))
             {
                 return Fail(errno);
             }

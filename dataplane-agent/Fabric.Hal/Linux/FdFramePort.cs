@@ -95,7 +95,7 @@ public abstract unsafe class FdFramePort : IFramePort
                 {
                     continue;
                 }
-                if (errno != Native.EAGAIN)
+                if (errno != Native.EAGAIN && !(errno == Native.ENETDOWN && DeviceDownOnly()))
                 {
                     return Fail(errno);
                 }
@@ -106,6 +106,9 @@ public abstract unsafe class FdFramePort : IFramePort
             }
         }
     }
+
+    /// <summary>Whether an ENETDOWN from a read means only that the device is down now (the port waits for it), not gone.</summary>
+    private protected virtual bool DeviceDownOnly() => false;
 
     /// <summary>
     /// Waits up to <paramref name="timeout"/> for the descriptor to become readable after a read found nothing.

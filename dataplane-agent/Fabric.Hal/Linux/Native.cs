@@ -129,6 +129,9 @@ internal static unsafe partial class Native
     public static extern int bind(int fd, SockaddrLl* address, int length);
 
     [DllImport("libc", SetLastError = true)]
+    public static extern int getsockname(int fd, SockaddrLl* address, int* length);
+
+    [DllImport("libc", SetLastError = true)]
     public static extern int setsockopt(int fd, int level, int name, void* value, int length);
 
     [DllImport("libc", SetLastError = true)]
