@@ -13,7 +13,7 @@ return args.FirstOrDefault() switch
         Option("--testdata") ?? Path.GetFullPath(Path.Combine(Fabric.Testing.RepositoryRoot.Directory, "..", "shared", "testdata")), Option("--cells"), Option("--carriers"), args.Contains("--trace")),
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
     "controlplane" => await ControlPlane(),
-    "fleet" => await FleetBenchmark.RunAsync(),
+    "fleet" when args.Length == 1 || args is [_, "--compare-security"] => await FleetBenchmark.RunAsync(args.Length == 2),
     "rollout" => await RolloutBenchmark.RunAsync(args.Length > 1 && int.TryParse(args[1], out var rolloutVms) && rolloutVms is > 0 and <= 2000 ? rolloutVms : 64) is var rolled and not 0
         ? rolled : await RevocationBenchmark.RunAsync(),
     "stationary" => await Stationary(),
@@ -144,6 +144,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] [--trace] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet [--compare-security] | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] [--trace] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
     return 2;
 }
