@@ -396,12 +396,22 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         using var stranger = other.Issue(CallerRole.Agent, "host-a");
         using var agent = _authority.Issue(CallerRole.Agent, "host-a");
         using var silo = _authority.Issue(CallerRole.Silo, "silo-9");
+        var revocations = _silo.Services.GetRequiredService<RevokedHosts>();
+        var tracked = revocations.Tracked;
         // Clients that accept any server: only the silo's judgement of their certificate stands between them and it.
         Assert.False(await AdmittedAsync(_gatewayPort, stranger.Certificate), "a stranger's certificate at the gateway");
         Assert.False(await AdmittedAsync(_gatewayPort, null), "no certificate at the gateway");
         Assert.False(await AdmittedAsync(siloPort, agent.Certificate), "an agent's certificate at the cluster port");
         Assert.True(await AdmittedAsync(_gatewayPort, agent.Certificate), "an agent's certificate at the gateway");
         Assert.True(await AdmittedAsync(siloPort, silo.Certificate), "a silo's certificate at the cluster port");
+        // Connections refused at the handshake, or closed by the stranger, leave nothing behind in what the silo keeps for
+        // revocation: anyone who reaches a port could otherwise grow it without end.
+        for (var i = 0; i < 20; i++)
+        {
+            Assert.False(await AdmittedAsync(_gatewayPort, stranger.Certificate));
+        }
+        Eventually.True(() => revocations.Tracked <= tracked, TimeSpan.FromSeconds(20), "refused connections forgotten",
+            () => $"{revocations.Tracked} tracked, {tracked} before");
     }
 
     /// <summary>Whether the silo keeps a TLS connection open after the handshake (TLS 1.3: a server refuses a client's certificate by closing).</summary>
