@@ -279,22 +279,9 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         // A second silo joins the first (silo port: silos' certificates only); an agent on it places VMs and networks whose
         // grains land on both silos, so Orleans' own calls between them (membership, directory, placement) and Fabric's
         // cross-silo calls all pass the filters.
-        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
-        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
-        builder.Logging.ClearProviders();
-        var firstSiloPort = ((System.Net.IPEndPoint)_silo.Services.GetRequiredService<ILocalSiloDetails>().SiloAddress.Endpoint).Port;
-        builder.UseOrleans(silo => silo
-            .UseLocalhostClustering(siloPort, gatewayPort, new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, firstSiloPort), serviceId: "fabric", clusterId: "fabric")
-            .AddMemoryGrainStorage(Storage.Name)
-            .UseControlPlaneSecurity(_authority.Issue(CallerRole.Silo, "silo-2"))
-            .AddFabricControlPlane(ClusterFixture.Selector));
-        using var second = builder.Build();
-        await second.StartAsync(TestContext.Current.CancellationToken);
+        using var second = await JoinSecondSiloAsync(_authority.Issue(CallerRole.Silo, "silo-2"));
         try
         {
-            var management = _silo.Services.GetRequiredService<IClusterClient>().GetGrain<IManagementGrain>(0);
-            await Eventually.TrueAsync(async () => (await management.GetHosts(onlyActive: true)).Count == 2, TimeSpan.FromSeconds(30), "two active silos",
-                async () => string.Join(", ", await management.GetHosts()));
             var a = await ConnectAsync(_authority.Issue(CallerRole.Agent, "host-a"));
             await a.GetGrain<IHostGrain>("host-a").RegisterAsync(Info("host-a"), a.CreateObjectReference<IAgentObserver>(new RecordingObserver()));
             for (var i = 0; i < 40; i++)
@@ -336,23 +323,11 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
     [Fact]
     public async Task ARevokedSilo_HasItsOpenConnectionsClosedByTheOthers_AndLeavesTheCluster()
     {
-        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
-        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
-        builder.Logging.ClearProviders();
-        var firstSiloPort = ((System.Net.IPEndPoint)_silo.Services.GetRequiredService<ILocalSiloDetails>().SiloAddress.Endpoint).Port;
         using var leaked = _authority.Issue(CallerRole.Silo, "silo-2");
-        builder.UseOrleans(silo => silo
-            .UseLocalhostClustering(siloPort, gatewayPort, new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, firstSiloPort), serviceId: "fabric", clusterId: "fabric")
-            .AddMemoryGrainStorage(Storage.Name)
-            .UseControlPlaneSecurity(leaked)
-            .AddFabricControlPlane(ClusterFixture.Selector));
-        using var second = builder.Build();
-        await second.StartAsync(TestContext.Current.CancellationToken);
+        using var second = await JoinSecondSiloAsync(leaked);
+        var management = _silo.Services.GetRequiredService<IClusterClient>().GetGrain<IManagementGrain>(0);
         try
         {
-            var management = _silo.Services.GetRequiredService<IClusterClient>().GetGrain<IManagementGrain>(0);
-            await Eventually.TrueAsync(async () => (await management.GetHosts(onlyActive: true)).Count == 2, TimeSpan.FromSeconds(30), "two active silos",
-                async () => string.Join(", ", await management.GetHosts()));
             var revocations = _silo.Services.GetRequiredService<RevokedHosts>();
             var serial = leaked.Certificate.SerialNumber;
             Assert.True(revocations.OpenWith(serial) > 0, "no connection with silo-2 is tracked");
@@ -369,6 +344,26 @@ public sealed class ControlPlaneSecurityTests : IAsyncLifetime
         {
             await second.StopAsync(CancellationToken.None).WaitAsync(TimeSpan.FromSeconds(30), CancellationToken.None).ContinueWith(_ => { }, TaskScheduler.Default);
         }
+    }
+
+    /// <summary>A second secured silo joined to the first (memory storage, the same selector), once both are active.</summary>
+    private async Task<IHost> JoinSecondSiloAsync(ControlPlaneCredential credential)
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.ClearProviders();
+        var firstSiloPort = ((System.Net.IPEndPoint)_silo.Services.GetRequiredService<ILocalSiloDetails>().SiloAddress.Endpoint).Port;
+        builder.UseOrleans(silo => silo
+            .UseLocalhostClustering(siloPort, gatewayPort, new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, firstSiloPort), serviceId: "fabric", clusterId: "fabric")
+            .AddMemoryGrainStorage(Storage.Name)
+            .UseControlPlaneSecurity(credential)
+            .AddFabricControlPlane(ClusterFixture.Selector));
+        var second = builder.Build();
+        await second.StartAsync(TestContext.Current.CancellationToken);
+        var management = _silo.Services.GetRequiredService<IClusterClient>().GetGrain<IManagementGrain>(0);
+        await Eventually.TrueAsync(async () => (await management.GetHosts(onlyActive: true)).Count == 2, TimeSpan.FromSeconds(30), "two active silos",
+            async () => string.Join(", ", await management.GetHosts()));
+        return second;
     }
 
     /// <summary>What the silo keeps of each connection for revocation leaves with the connection (no growth with reconnects).</summary>

@@ -283,19 +283,7 @@ public sealed class FleetTopology : IDisposable
             .Select(r => r.GetProperty("host").GetString()).FirstOrDefault();
 
     /// <summary>The stack a host carries a VM's traffic to a remote host on (its binding, else the path's); null: no path.</summary>
-    public string? BoundStack(string host, string vm, string remote)
-    {
-        foreach (var path in Status(host).GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == remote))
-        {
-            foreach (var binding in path.GetProperty("bindings").EnumerateArray()
-                .Where(b => b.GetProperty("vm").GetString() is { } id && (id == vm || id.StartsWith(vm + "/", StringComparison.Ordinal))))
-            {
-                return binding.GetProperty("stack").GetString();
-            }
-            return path.GetProperty("stack").GetString();
-        }
-        return null;
-    }
+    public string? BoundStack(string host, string vm, string remote) => OverlayTopology.BoundStackIn(Status(host), vm, remote);
 
     /// <summary>Pings from one VM to an address (0.2 s apart, 2 s to answer); returns ping's exit code and output.</summary>
     public (int Code, string Output) Ping(string fromVm, string address, int count = 2)

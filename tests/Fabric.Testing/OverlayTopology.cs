@@ -328,9 +328,12 @@ public sealed class OverlayTopology : IDisposable
     /// The stack a host's agent carries a VM's traffic to a remote host on: the VM's binding (its id, or a port of it such
     /// as "vm2/0"), else the path's stack; null when the host has no path to the remote.
     /// </summary>
-    public string? BoundStack(string host, string vm, string remote)
+    public string? BoundStack(string host, string vm, string remote) => BoundStackIn(Status(host), vm, remote);
+
+    /// <summary><see cref="BoundStack"/> read from an agent's status.</summary>
+    internal static string? BoundStackIn(JsonElement status, string vm, string remote)
     {
-        foreach (var path in Status(host).GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == remote))
+        foreach (var path in status.GetProperty("paths").EnumerateArray().Where(p => p.GetProperty("host").GetString() == remote))
         {
             foreach (var binding in path.GetProperty("bindings").EnumerateArray()
                 .Where(b => b.GetProperty("vm").GetString() is { } id && (id == vm || id.StartsWith(vm + "/", StringComparison.Ordinal))))
