@@ -9,7 +9,8 @@ namespace Fabric.EndToEnd.Tests;
 /// The control plane issue's done-when, whole, with real processes: three fabric-silos clustered on redis-server behind
 /// TLS, four fabric-agents whose configurations name no peer, route or key, VMs in two virtual networks that share an
 /// address range, a confidential VM carried by secure under keys the hosts derived, that VM migrating to another host
-/// while its kernel TCP transfer runs, and back again after a silo was killed with -9.
+/// while its kernel TCP transfer runs, and back again after a silo was killed with -9; fabric-dashboard as the cluster's
+/// client all along.
 /// </summary>
 public class FleetEndToEndTests
 {
@@ -46,6 +47,10 @@ public class FleetEndToEndTests
         // Isolated: the same address range, and nothing crosses between the networks.
         Assert.NotEqual(0, fleet.Ping("vm1", "10.100.0.4", 2).Code);
         Assert.NotEqual(0, fleet.Ping("vm2", "10.100.0.3", 2).Code);
+
+        // The dashboard runs against the cluster as a client (fabric-dashboard, nothing embedded) and shows its four hosts.
+        fleet.StartDashboard();
+        Eventually.True(() => fleet.DashboardHostCount() == 4, Wait, "the dashboard shows the cluster's four hosts", () => $"{fleet.DashboardHostCount()}; {fleet.Logs()}");
 
         // Two transfers at once, one per network, paced so that they last ~12 s; vm1 migrates from host-a to host-c
         // during its own, as libvirt does it: the destination's hook registers the VM (its NIC is not there yet), the NIC
@@ -110,6 +115,8 @@ public class FleetEndToEndTests
             && fleet.BoundStack("host-a", "vm1", "host-b") == "secure" && fleet.Ping("vm1", "10.100.0.3", 1).Code == 0,
             TimeSpan.FromSeconds(90), "vm1 back on host-a, on secure, with silo 0 dead", () => Describe(fleet, hosts));
         var back = killed.Elapsed;
+        // The dashboard goes on through the gateways left.
+        Eventually.True(() => fleet.DashboardHostCount() == 4, Wait, "the dashboard with a silo dead", () => $"{fleet.DashboardHostCount()}; {fleet.Logs()}");
 
         var report = $"vm1 migrated during its transfer: host-b forwarded to host-c {rerouted.TotalMilliseconds:F0} ms after host-a deregistered it; "
             + $"{movedResult.Bytes / 1048576} MiB arrived whole in {movedResult.Elapsed.TotalSeconds:F1} s (network 200's transfer beside it: {plainResult.Elapsed.TotalSeconds:F1} s); "

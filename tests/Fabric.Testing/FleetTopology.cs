@@ -304,6 +304,73 @@ public sealed class FleetTopology : IDisposable
         TestNetwork.Exec(HostNamespace(to), "ip", "link", "set", device, "up");
     }
 
+    private const int DashboardPort = 5090;
+    private HttpClient? _dashboard;
+
+    /// <summary>
+    /// Starts <c>fabric-dashboard</c> as a client of the cluster (all three gateways, an operator's certificate, a users
+    /// file with one admin) in the silos' namespace, and signs in to it over HTTP as a browser's form does (antiforgery
+    /// token and cookie). Nothing of the embedded default runs: no silo, simulated fleet or repository of its own.
+    /// </summary>
+    public void StartDashboard()
+    {
+        var users = Path.Combine(_workDir, "dashboard-users");
+        var set = Processes.Run(Processes.Built("dashboard/Fabric.Dashboard", "fabric-dashboard"), ["users", "set", "--users", users, "ops", "admin"], stdin: "fleet-test-password\n");
+        if (set.Code != 0)
+        {
+            throw new InvalidOperationException($"fabric-dashboard users set: {set.Stderr}");
+        }
+        var (certificate, key, authority) = _authority.IssueFiles(Path.Combine(_workDir, "pki"), CallerRole.Operator, "dashboard");
+        string[] gateways = [.. Enumerable.Range(0, Silos).SelectMany(i => new[] { "--gateway", $"{SiloAddress}:{30000 + i}" })];
+        var dashboard = Privileged.StartInNamespace(SiloNamespace, Processes.Built("dashboard/Fabric.Dashboard", "fabric-dashboard"), line => Keep("dashboard", line),
+            [.. gateways, "--cluster-id", _cluster, "--users", users, "--certificate", certificate, "--key", key, "--authority", authority,
+                "--listen", $"127.0.0.1:{DashboardPort}", "--data", Path.Combine(_workDir, "dashboard-data")]);
+        _processes.Add(dashboard);
+        Eventually.True(() => dashboard.HasExited || Listening(SiloNamespace, DashboardPort), TimeSpan.FromSeconds(60), "fabric-dashboard listening", Logs);
+        if (dashboard.HasExited)
+        {
+            throw new InvalidOperationException($"fabric-dashboard exited {dashboard.ExitCode}: {Logs()}");
+        }
+        _dashboard = new HttpClient(new SocketsHttpHandler
+        {
+            UseCookies = true,
+            CookieContainer = new System.Net.CookieContainer(),
+            ConnectCallback = async (context, token) =>
+            {
+                var socket = NetworkNamespace.Run(SiloNamespace, () => new Socket(SocketType.Stream, ProtocolType.Tcp));
+                await socket.ConnectAsync(context.DnsEndPoint, token).ConfigureAwait(false);
+                return new NetworkStream(socket, ownsSocket: true);
+            },
+        })
+        { BaseAddress = new Uri($"http://127.0.0.1:{DashboardPort}/"), Timeout = TimeSpan.FromSeconds(20) };
+        var login = _dashboard.GetStringAsync("login").GetAwaiter().GetResult();
+        var token = System.Text.RegularExpressions.Regex.Match(login, "name=\"__RequestVerificationToken\"[^>]*value=\"([^\"]+)\"");
+        if (!token.Success)
+        {
+            throw new InvalidOperationException($"the dashboard's sign-in page has no antiforgery token: {login[..Math.Min(login.Length, 2000)]}");
+        }
+        using var form = new FormUrlEncodedContent(new Dictionary<string, string>
+        {
+            ["__RequestVerificationToken"] = token.Groups[1].Value, ["returnUrl"] = "/", ["username"] = "ops", ["password"] = "fleet-test-password",
+        });
+        using var signedIn = _dashboard.PostAsync("account/login", form).GetAwaiter().GetResult();
+        if (!signedIn.IsSuccessStatusCode || signedIn.RequestMessage?.RequestUri?.AbsolutePath == "/login")
+        {
+            throw new InvalidOperationException($"signing in to the dashboard failed: {(int)signedIn.StatusCode} at {signedIn.RequestMessage?.RequestUri}");
+        }
+    }
+
+    /// <summary>
+    /// The hosts the signed-in dashboard's fleet page counts, as the server renders it (it reads the cluster before it
+    /// answers); null when the page does not say (the cluster did not answer it).
+    /// </summary>
+    public int? DashboardHostCount()
+    {
+        var page = _dashboard?.GetStringAsync("").GetAwaiter().GetResult() ?? throw new InvalidOperationException("StartDashboard first");
+        var count = System.Text.RegularExpressions.Regex.Match(page, "data-testid=\"host-count\"[^>]*>(\\d+)<");
+        return count.Success ? int.Parse(count.Groups[1].Value, CultureInfo.InvariantCulture) : null;
+    }
+
     /// <summary>kill -9 of silo <paramref name="silo"/>: no goodbye to the cluster.</summary>
     public void KillSilo(int silo)
     {
@@ -313,6 +380,7 @@ public sealed class FleetTopology : IDisposable
 
     public void Dispose()
     {
+        _dashboard?.Dispose();
         foreach (var process in Enumerable.Reverse(_processes))
         {
             if (!process.HasExited)
