@@ -136,11 +136,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
             catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is not OutOfMemoryException)
             {
-                if (_connected || _lastError is null)
+                var error = Explain(e, _config);
+                if (_connected || _lastError != error)
                 {
-                    Log.Unreachable(_logger, e.Message);
+                    Log.Unreachable(_logger, error);
                 }
-                (_connected, _lastError, _nextRegister) = (false, e.Message, default);
+                (_connected, _lastError, _nextRegister) = (false, error, default);
                 failingSince ??= _agent.Time.GetUtcNow();
                 if (_agent.Time.GetUtcNow() - failingSince > TimeSpan.FromSeconds(10))
                 {
@@ -168,6 +169,30 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 return;
             }
         }
+    }
+
+    /// <summary>
+    /// What went wrong, as an operator can act on it: the exception's message followed by its causes' (Orleans says only
+    /// "Unable to connect to any of the 1 available gateways" and keeps why in inner exceptions). A gateway of another
+    /// cluster names the setting to change.
+    /// </summary>
+    internal static string Explain(Exception e, ControlPlaneConfig config)
+    {
+        var messages = new List<string>();
+        for (var cause = e; cause is not null; cause = cause is AggregateException { InnerExceptions.Count: 1 } one ? one.InnerExceptions[0] : cause.InnerException)
+        {
+            var message = cause.Message.Replace(" See InnerException", "", StringComparison.Ordinal).TrimEnd('.', ' ');
+            if (message.Length > 0 && !messages.Contains(message))
+            {
+                messages.Add(message);
+            }
+            if (message.StartsWith("Unexpected cluster id ", StringComparison.Ordinal))
+            {
+                messages.Add($"the gateway belongs to another cluster: set controlPlane.clusterId (now \"{config.ClusterId}\") to the silos' cluster id");
+                break;
+            }
+        }
+        return string.Join(": ", messages);
     }
 
     /// <summary>Set by <see cref="Nudge"/>; taken by the wait that acts on it.</summary>

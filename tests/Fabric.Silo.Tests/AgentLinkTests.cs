@@ -710,6 +710,24 @@ public sealed class AgentLinkTests
         }
     }
 
+    [Fact]
+    public async Task AnAgentGivenAnotherClustersId_SaysSoInItsStatus()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        await using var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        var control = new ControlPlaneConfig([$"127.0.0.1:{gatewayPort}"], ClusterId: "fabric-staging", ReportMilliseconds: 250);
+        var config = new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", null, 0), [StackPlugins.PathOf(StackPlugins.StdIPv4)], "unused", ControlPlane: control);
+        using var agent = new Agent.Agent(config, NullLogger.Instance, device => ChannelPort.CreatePair(device, device + "-vm").Item1);
+        agent.Start();
+        await using var link = new ControlPlaneLink(agent, control, NullLogger.Instance);
+        link.Start();
+        await Eventually.TrueAsync(() => Task.FromResult(link.Status.LastError is not null), Wait, "the link fails", () => Task.FromResult($"{link.Status}"));
+        Assert.False(link.Status.Connected);
+        Assert.Contains("Unexpected cluster id \"fabric\", expected \"fabric-staging\"", link.Status.LastError);
+        Assert.Contains("set controlPlane.clusterId (now \"fabric-staging\") to the silos' cluster id", link.Status.LastError);
+        Assert.Null(await silo.Grains.GetGrain<IHostGrain>("host-a").GetInfoAsync());
+    }
+
     /// <summary>host-a and host-b: real agents on loopback UDP (fixed ports, so a restarted agent is found again), each with its link.</summary>
     private sealed class LinkedHosts : IAsyncDisposable
     {
