@@ -38,10 +38,13 @@ public sealed record RepositoryConfig(string Path, string TrustRoot, string Stat
 /// often it reports telemetry. Certificate, Key and Authority (PEM files): this host's certificate from the fleet's
 /// authority (OU=agent, CN=the host id), its private key and the authority's certificate — TLS to the silos and the
 /// identity every call carries. Only a control plane on loopback may be reached without them. RevocationList: the
-/// authority's CRL (fabric-pki revoke); a silo whose certificate it revokes is refused at connection.
+/// authority's CRL (fabric-pki revoke); a silo whose certificate it revokes is refused at connection. KeyRotationHours: how
+/// old the host's key-agreement key may grow before the agent makes a new one (0: never); KeyOverlapSeconds: how long the
+/// previous key (this host's, or a peer's) still verifies after the new one is registered, so nothing in flight is lost.
 /// </summary>
 public sealed record ControlPlaneConfig(string[]? Gateways = null, string ClusterId = "fabric", string ServiceId = "fabric", string Clustering = "static",
-    int ReportMilliseconds = 1000, string? Certificate = null, string? Key = null, string? Authority = null, string? RevocationList = null)
+    int ReportMilliseconds = 1000, string? Certificate = null, string? Key = null, string? Authority = null, string? RevocationList = null,
+    double KeyRotationHours = 24, int KeyOverlapSeconds = 600)
 {
     /// <summary>Whether the configuration names a certificate (Validate checks that it names all three files).</summary>
     public bool Secured => Certificate is not null || Key is not null || Authority is not null;
@@ -198,6 +201,15 @@ public sealed record AgentConfig(
             if (control.ReportMilliseconds is < 100 or > 60_000)
             {
                 problems.Add($"controlPlane.reportMilliseconds: {control.ReportMilliseconds} is outside 100..60000");
+            }
+            if (control.KeyOverlapSeconds is < 10 or > 86_400)
+            {
+                problems.Add($"controlPlane.keyOverlapSeconds: {control.KeyOverlapSeconds} is outside 10..86400");
+            }
+            if (control.KeyRotationHours < 0 || double.IsNaN(control.KeyRotationHours)
+                || (control.KeyRotationHours > 0 && control.KeyRotationHours * 3600 < 2 * control.KeyOverlapSeconds))
+            {
+                problems.Add($"controlPlane.keyRotationHours: {control.KeyRotationHours} must be 0 (never) or at least twice the overlap ({control.KeyOverlapSeconds} s), in hours");
             }
         }
         if (Repository is not null && Repository.RefreshSeconds is < 1 or > 86_400)

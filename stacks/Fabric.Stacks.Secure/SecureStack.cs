@@ -48,7 +48,7 @@ public sealed class SecureStack : IStack
     private const int LeftPeersKept = 256;
 
     private readonly StackCounters _counters = new();
-    private readonly byte[]? _pathKey;
+    private byte[]? _pathKey;
     private readonly string _local;
     private readonly string _remote;
     private readonly IStackTelemetry _telemetry;
@@ -59,7 +59,12 @@ public sealed class SecureStack : IStack
     private readonly byte[] _aad = new byte[4 + FieldLength];
 
     // Session.
-    private readonly byte[]? _helloKey;
+    private byte[]? _helloKey;
+
+    // While host keys rotate: the path key the peer may hold instead (alternateKey), and the key the live session runs under.
+    private byte[]? _alternateKey;
+    private byte[]? _alternateHelloKey;
+    private byte[]? _sessionKey;
     private readonly byte[] _mine = new byte[NonceLength];
     private byte[]? _peer;
     private bool _peerHoldsMine;
@@ -106,10 +111,27 @@ public sealed class SecureStack : IStack
         else
         {
             _pathKey = Convert.FromHexString(hex);
-            _helloKey = HKDF.DeriveKey(HashAlgorithmName.SHA256, _pathKey, 32, salt: [], Encoding.UTF8.GetBytes("fabric secure v2 hello"));
+            _helloKey = HelloKeyOf(_pathKey);
             RandomNumberGenerator.Fill(_mine);
+            if (configuration.TryGetValue("alternateKey", out var alternate))
+            {
+                if (alternate.Length != 64 || !alternate.All(Uri.IsHexDigit))
+                {
+                    _telemetry.Event("not-configured", "'alternateKey' is not 64 hex digits (32 bytes): only 'key' is used");
+                }
+                else
+                {
+                    _alternateKey = Convert.FromHexString(alternate);
+                    _alternateHelloKey = HelloKeyOf(_alternateKey);
+                }
+            }
         }
     }
+
+    private static byte[] HelloKeyOf(byte[] pathKey) => HKDF.DeriveKey(HashAlgorithmName.SHA256, pathKey, 32, salt: [], Encoding.UTF8.GetBytes("fabric secure v2 hello"));
+
+    /// <summary>Whether this end has taken the peer's key (its 'alternateKey') for its hellos and next sessions. Diagnostics and tests.</summary>
+    public bool OnAlternateKey { get; private set; }
 
     /// <summary>The epoch this end seals with now.</summary>
     public uint Epoch => _epoch;
@@ -138,7 +160,7 @@ public sealed class SecureStack : IStack
     {
         var info = Encoding.UTF8.GetBytes($"fabric secure v2 {Direction(from, to)} epoch {epoch}");
         byte[] salt = string.CompareOrdinal(_local, _remote) < 0 ? [.. _mine, .. _peer!] : [.. _peer!, .. _mine];
-        var key = HKDF.DeriveKey(HashAlgorithmName.SHA256, _pathKey!, 32, salt, info);
+        var key = HKDF.DeriveKey(HashAlgorithmName.SHA256, _sessionKey ?? _pathKey!, 32, salt, info);
         try
         {
             return new ChaCha20Poly1305(key);
@@ -401,7 +423,7 @@ public sealed class SecureStack : IStack
         {
             echo.CopyTo(_hello.AsSpan(2 + NonceLength));
         }
-        Mac(_local, _remote, _hello.AsSpan(0, HelloLength - MacLength)).CopyTo(_hello.AsSpan(HelloLength - MacLength));
+        Mac(_helloKey!, _local, _remote, _hello.AsSpan(0, HelloLength - MacLength)).CopyTo(_hello.AsSpan(HelloLength - MacLength));
         _hello.CopyTo(buffer);
         underlay.Commit(FabricPayloadType.StackControl, 0, HelloLength);
         _lastReply = nowNanoseconds;
@@ -412,10 +434,10 @@ public sealed class SecureStack : IStack
     private static string Direction(string from, string to) => $"{from.Length}:{from}>{to.Length}:{to}|";
 
     /// <summary>The hello MAC: HMAC-SHA256 under the hello key over the direction and the body, cut to 16 bytes.</summary>
-    private ReadOnlySpan<byte> Mac(string from, string to, ReadOnlySpan<byte> body)
+    private ReadOnlySpan<byte> Mac(byte[] helloKey, string from, string to, ReadOnlySpan<byte> body)
     {
         var direction = Encoding.UTF8.GetBytes(Direction(from, to));
-        using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, _helloKey!);
+        using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, helloKey);
         hmac.AppendData(direction);
         hmac.AppendData(body);
         hmac.GetHashAndReset(_mac);
@@ -442,10 +464,21 @@ public sealed class SecureStack : IStack
             _counters.Drop(StackDropReason.NotConfigured);
             return;
         }
-        if (!CryptographicOperations.FixedTimeEquals(Mac(_remote, _local, hello[..^MacLength]), hello[^MacLength..]))
+        if (!CryptographicOperations.FixedTimeEquals(Mac(_helloKey, _remote, _local, hello[..^MacLength]), hello[^MacLength..]))
         {
-            _counters.Drop(StackDropReason.AuthenticationFailed);
-            return;
+            // While host keys rotate the two ends may have been given different keys of the pair, each knowing the other's
+            // as its alternate. The end whose host id sorts second takes the other's (for its hellos and the sessions it
+            // starts from now on; a live session keeps its own); the first keeps its own, so they never cross.
+            if (_alternateHelloKey is null || string.CompareOrdinal(_local, _remote) < 0
+                || !CryptographicOperations.FixedTimeEquals(Mac(_alternateHelloKey, _remote, _local, hello[..^MacLength]), hello[^MacLength..]))
+            {
+                _counters.Drop(StackDropReason.AuthenticationFailed);
+                return;
+            }
+            (_pathKey, _alternateKey) = (_alternateKey, _pathKey);
+            (_helloKey, _alternateHelloKey) = (_alternateHelloKey, _helloKey);
+            OnAlternateKey = !OnAlternateKey;
+            _telemetry.Event("peer-key", "the peer's hello came under the pair's other key (a host key is rotating): taken for hellos and new sessions");
         }
         var theirs = hello.Slice(2, NonceLength);
         var echoed = hello.Slice(2 + NonceLength, NonceLength);
@@ -502,6 +535,7 @@ public sealed class SecureStack : IStack
     private void StartSession(byte[] peer)
     {
         _peer = peer;
+        _sessionKey = _pathKey;
         _peerHoldsMine = false;
         _seal?.Dispose();
         _seal = null;
@@ -602,9 +636,12 @@ public sealed class SecureStack : IStack
             open.Dispose();
         }
         _open.Clear();
-        if (_pathKey is not null)
+        foreach (var key in new[] { _pathKey, _alternateKey, _alternateHelloKey })
         {
-            CryptographicOperations.ZeroMemory(_pathKey);
+            if (key is not null)
+            {
+                CryptographicOperations.ZeroMemory(key);
+            }
         }
     }
 }

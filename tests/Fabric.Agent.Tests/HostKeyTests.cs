@@ -73,6 +73,35 @@ public sealed class HostKeyTests : IDisposable
     }
 
     [Fact]
+    public void ARotation_KeepsThePreviousKeyBeside_0600_ThroughARestart_UntilItRetires_AndPeersDeriveWithEither()
+    {
+        var peer = HostKey.LoadOrCreate(null);
+        using var _ = peer;
+        var key = HostKey.LoadOrCreate(_state);
+        var first = key.PublicKey;
+        var before = key.Derive("host-a", "host-b", peer.PublicKey);
+        key.Rotate(DateTimeOffset.UtcNow);
+        Assert.NotEqual(first, key.PublicKey);
+        Assert.Equal(first, key.PreviousPublicKey);
+        var previousFile = Path.Combine(_state, HostKey.PreviousFileName);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(previousFile));
+        Assert.Equal(before.Overlay, key.Derive("host-a", "host-b", peer.PublicKey, previous: true).Overlay);
+        Assert.Equal(peer.Derive("host-b", "host-a", key.PublicKey).Overlay, key.Derive("host-a", "host-b", peer.PublicKey).Overlay);
+        Assert.NotEqual(before.Overlay, key.Derive("host-a", "host-b", peer.PublicKey).Overlay);
+        var current = key.PublicKey;
+        key.Dispose();
+
+        using var restarted = HostKey.LoadOrCreate(_state);
+        Assert.Equal(current, restarted.PublicKey);
+        Assert.Equal(first, restarted.PreviousPublicKey);
+        Assert.True(restarted.RetirePrevious());
+        Assert.False(File.Exists(previousFile));
+        Assert.Null(restarted.PreviousPublicKey);
+        Assert.Throws<InvalidOperationException>(() => restarted.Derive("host-a", "host-b", peer.PublicKey, previous: true));
+        Assert.False(restarted.RetirePrevious());
+    }
+
+    [Fact]
     public void APeerKeyThatIsNoP256PublicKey_IsRefusedNamingThePeer()
     {
         using var a = HostKey.LoadOrCreate(null);

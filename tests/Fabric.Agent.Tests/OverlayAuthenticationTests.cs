@@ -117,6 +117,74 @@ public class OverlayAuthenticationTests
         Assert.DoesNotContain(hosts.A.Switch.Events, e => e.Contains("refused slot", StringComparison.Ordinal));
     }
 
+    /// <summary>The pair's keys as both hosts derive them (each key's bytes from the two host keys it combines).</summary>
+    private static PathKeyRing Ring(params (string Mine, bool MineCurrent, string Theirs, bool TheirsNewest)[] entries) =>
+        new([.. entries.Select(e => new PathKeyEntry(new PathKeys(PairKey(e.Mine, e.Theirs), PairKey(e.Mine, e.Theirs).Reverse().ToArray()), e.MineCurrent, e.TheirsNewest))]);
+
+    private static byte[] PairKey(string x, string y) =>
+        System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(string.CompareOrdinal(x, y) < 0 ? x + y : y + x));
+
+    private static bool Carried(OverlayAuthenticator from, OverlayAuthenticator to)
+    {
+        var datagram = new byte[40 + OverlayAuthenticator.TagLength];
+        Random.Shared.NextBytes(datagram.AsSpan(0, 40));
+        from.Seal(datagram, 40);
+        return to.Verify(datagram);
+    }
+
+    [Fact]
+    public void WhileAHostKeyRotates_EveryDatagramVerifies_BothEndsEndOnTheNewKey_AndTheRetiredKeyNoLongerVerifies()
+    {
+        using var a = new OverlayAuthenticator(PairKey("a0", "b0"), "host-a", "host-b");
+        using var b = new OverlayAuthenticator(PairKey("a0", "b0"), "host-b", "host-a");
+        using var old = new OverlayAuthenticator(PairKey("a0", "b0"), "host-a", "host-b");
+
+        // host-a rotates: it holds a1 and a0; host-b has not heard of a1 yet, and still verifies what host-a sends.
+        a.Rekey(Ring(("a1", true, "b0", true), ("a0", false, "b0", true)), mineRotated: true);
+        Assert.False(a.SealsWithCurrentKey);
+        Assert.True(Carried(a, b) && Carried(b, a) && Carried(a, b));
+        Assert.Equal(PairKey("a0", "b0").Reverse(), a.SecureKeys()!.Value.Key);
+
+        // host-b learns a1 from the control plane and seals under it at once; host-a verifies it and moves to it.
+        b.Rekey(Ring(("b0", true, "a1", true), ("b0", true, "a0", false)), mineRotated: false);
+        Assert.Equal(PairKey("a0", "b0").Reverse(), b.SecureKeys()!.Value.Key);
+        Assert.Equal(PairKey("a1", "b0").Reverse(), b.SecureKeys()!.Value.Alternate);
+        Assert.True(Carried(a, b));
+        Assert.True(Carried(b, a));
+        Assert.True(a.SealsWithCurrentKey);
+        Assert.True(Carried(a, b) && Carried(b, a));
+        Assert.Equal(PairKey("a1", "b0").Reverse(), a.SecureKeys()!.Value.Key);
+        Assert.Equal(PairKey("a1", "b0").Reverse(), b.SecureKeys()!.Value.Key);
+
+        // The overlap ends: only the new key is held; what the old key seals verifies nowhere.
+        a.Rekey(Ring(("a1", true, "b0", true)), mineRotated: false);
+        b.Rekey(Ring(("b0", true, "a1", true)), mineRotated: false);
+        Assert.True(Carried(a, b) && Carried(b, a));
+        Assert.False(Carried(old, b));
+        Assert.Equal(1, a.KeyCount);
+    }
+
+    [Fact]
+    public void WhenBothHostsRotateAtOnce_NothingFailsToVerify_AndBothEndOnTheirNewKeys()
+    {
+        using var a = new OverlayAuthenticator(PairKey("a0", "b0"), "host-a", "host-b");
+        using var b = new OverlayAuthenticator(PairKey("a0", "b0"), "host-b", "host-a");
+        a.Rekey(Ring(("a1", true, "b0", true), ("a0", false, "b0", true)), mineRotated: true);
+        b.Rekey(Ring(("b1", true, "a0", true), ("b0", false, "a0", true)), mineRotated: true);
+        Assert.True(Carried(a, b) && Carried(b, a));
+        // Each learns the other's new key (in either order).
+        a.Rekey(Ring(("a1", true, "b1", true), ("a1", true, "b0", false), ("a0", false, "b1", true), ("a0", false, "b0", false)), mineRotated: false);
+        Assert.True(Carried(a, b) && Carried(b, a));
+        b.Rekey(Ring(("b1", true, "a1", true), ("b1", true, "a0", false), ("b0", false, "a1", true), ("b0", false, "a0", false)), mineRotated: false);
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.True(Carried(a, b) && Carried(b, a));
+        }
+        Assert.True(a.SealsWithCurrentKey && b.SealsWithCurrentKey);
+        using var onlyNew = new OverlayAuthenticator(PairKey("a1", "b1"), "host-b", "host-a");
+        Assert.True(Carried(a, onlyNew));
+    }
+
     [Fact]
     public void ControlMessages_OpenOnlyUnderThePeersKey_AndNeitherAReplayNorAStaleMessageNorAnOlderBootIsTaken()
     {

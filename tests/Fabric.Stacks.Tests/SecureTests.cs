@@ -285,6 +285,37 @@ public class SecureTests
         Assert.Equal(1, a.Waiting);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void WhileHostKeysRotate_TwoEndsGivenDifferentKeysOfThePair_MeetOnOne_AndAThirdKeyStillGetsNothing(bool firstHasTheNewKey)
+    {
+        // One end was given the pair's new key (the old one as its alternate), the other the old one (the new as its
+        // alternate): "b", which sorts second, takes a's key, whichever it is; a never moves.
+        var other = new string('5', 64);
+        var (aKey, aAlternate) = firstHasTheNewKey ? (other, Key) : (Key, other);
+        using var a = Stack("a", "b", aKey, extra: new() { ["alternateKey"] = aAlternate });
+        var events = new Events();
+        using var b = Stack("b", "a", aAlternate, events, extra: new() { ["alternateKey"] = aKey });
+        Exchange(a, b);
+        Assert.True(a.Established && b.Established, "the two ends did not meet on one key");
+        Assert.Equal(a.Session, b.Session);
+        Assert.False(a.OnAlternateKey);
+        Assert.True(b.OnAlternateKey);
+        Assert.Contains(events.Seen, e => e.StartsWith("peer-key", StringComparison.Ordinal));
+        var (wire, vm) = (new Wire(), new Vm());
+        a.Transmit(Frame(7), 0, wire);
+        Receive(b, Assert.Single(wire.Sent), vm);
+        Assert.Equal(Frame(7), Assert.Single(vm.Frames));
+
+        // Whoever holds neither key of the pair gets no session, alternate or not.
+        using var stranger = Stack("c", "a", new string('0', 64), extra: new() { ["alternateKey"] = new string('1', 64) });
+        using var a2 = Stack("a", "c", aKey, extra: new() { ["alternateKey"] = aAlternate });
+        Exchange(a2, stranger);
+        Assert.False(a2.Established || stranger.Established);
+        Assert.False(stranger.OnAlternateKey);
+    }
+
     [Fact]
     public void NoKeyAndNonce_EverRepeats_AcrossRestartsReopensSwapsAndRekeys()
     {

@@ -26,22 +26,158 @@ public sealed class OverlayAuthenticator : IDisposable
     /// <summary>How far a control message's send time may be from this host's clock.</summary>
     public static readonly TimeSpan MaxAge = TimeSpan.FromMinutes(1);
 
-    private readonly IncrementalHash _seal;
-    private readonly IncrementalHash _verify;
     private readonly byte[] _mac = new byte[32];
     private readonly TimeProvider _time;
+    private readonly string _local;
+    private readonly string _remote;
     private readonly ulong _boot;
     private ulong _counter;
     private ulong _peerBoot;
     private ulong _peerCounter;
 
+    /// <summary>The keys held for the pair (one, or up to four while a host key rotates), and which seals.</summary>
+    private Entry[] _entries;
+    private Entry _seal;
+
+    /// <summary>Whether the peer has shown it holds this host's current key (an authentic datagram under it).</summary>
+    private bool _mineConfirmed = true;
+
+    /// <summary>Whether a datagram authenticated under the key this end seals with: both ends seal under it.</summary>
+    private bool _agreed;
+
+    /// <summary>An authenticator under the host pair's one overlay key (32 bytes); <see cref="Rekey"/> gives it a ring.</summary>
     public OverlayAuthenticator(ReadOnlySpan<byte> overlayKey, string localHost, string remoteHost, TimeProvider? time = null)
     {
-        _seal = Hmac(overlayKey, localHost, remoteHost);
-        _verify = Hmac(overlayKey, remoteHost, localHost);
+        (_local, _remote) = (localHost, remoteHost);
+        _entries = [new Entry(overlayKey, localHost, remoteHost, MineCurrent: true, TheirsNewest: true, Secure: null)];
+        _seal = _entries[0];
+        _agreed = true;
         _time = time ?? TimeProvider.System;
         // The start millisecond in the high 48 bits (a later boot compares higher), 16 random bits below.
         _boot = ((ulong)_time.GetUtcNow().ToUnixTimeMilliseconds() << 16) | (uint)RandomNumberGenerator.GetInt32(1, 1 << 16);
+    }
+
+    /// <summary>
+    /// Takes the pair's keys anew while a host key rotates (<see cref="PathKeyRing"/>): every key of the ring verifies,
+    /// and this end seals under the key of its own key the peer has shown it holds and the peer's newest — the peer's
+    /// newest at once (the peer made it, so it holds it), this host's newest only once an authentic datagram under it
+    /// came back (<paramref name="mineRotated"/>: this host's own key just changed, so the peer may not know it yet).
+    /// Nothing is lost meanwhile: each end verifies under every key it holds.
+    /// </summary>
+    public void Rekey(PathKeyRing ring, bool mineRotated)
+    {
+        var entries = ring.Entries.Select(e => new Entry(e.Keys.Overlay, _local, _remote, e.MineCurrent, e.TheirsNewest, e.Keys.Secure)).ToArray();
+        if (entries.Length == 0 || !entries.Any(e => e.MineCurrent && e.TheirsNewest))
+        {
+            throw new ArgumentException("a key ring holds the key of this host's current key and the peer's newest", nameof(ring));
+        }
+        foreach (var entry in _entries)
+        {
+            entry.Dispose();
+        }
+        _entries = entries;
+        if (mineRotated)
+        {
+            _mineConfirmed = false;
+        }
+        if (!entries.Any(e => !e.MineCurrent))
+        {
+            // This host's previous key is gone (retired, or there never was one): the current one seals, come what may.
+            _mineConfirmed = true;
+        }
+        ChooseSeal();
+    }
+
+    private void ChooseSeal()
+    {
+        var seal = _entries.First(e => e.MineCurrent == _mineConfirmed && e.TheirsNewest);
+        _agreed &= ReferenceEquals(seal, _seal);
+        _seal = seal;
+    }
+
+    /// <summary>
+    /// The secure stack's key for instances made now: that of the key both ends seal under, once an authentic datagram
+    /// under it showed the peer seals with it too (before that, the ring's key of this host's key the peer holds and the
+    /// peer's oldest held). Null for an authenticator of one key given without a ring.
+    /// </summary>
+    public byte[]? AgreedSecureKey
+    {
+        get
+        {
+            if (_agreed)
+            {
+                return _seal.Secure;
+            }
+            return _entries.FirstOrDefault(e => e.MineCurrent == _mineConfirmed && !e.TheirsNewest)?.Secure ?? _seal.Secure;
+        }
+    }
+
+    /// <summary>
+    /// The secure stack's key for an instance made now (<see cref="AgreedSecureKey"/>) and the one the peer may use
+    /// instead while the two ends change keys (null: none); null when this authenticator took no ring.
+    /// </summary>
+    public (byte[] Key, byte[]? Alternate)? SecureKeys()
+    {
+        if (AgreedSecureKey is not { } key)
+        {
+            return null;
+        }
+        var alternate = !ReferenceEquals(_seal.Secure, key) ? _seal.Secure : _entries.FirstOrDefault(e => e.Secure is not null && !ReferenceEquals(e.Secure, key))?.Secure;
+        return (key, alternate);
+    }
+
+    /// <summary>How many keys verify now (1; up to 4 while host keys rotate). Diagnostics and tests.</summary>
+    public int KeyCount => _entries.Length;
+
+    /// <summary>Whether this end seals under this host's current key (the peer showed it holds it). Diagnostics and tests.</summary>
+    public bool SealsWithCurrentKey => _mineConfirmed;
+
+    /// <summary>Writes the tag of <paramref name="datagram"/>[..<paramref name="length"/>] right after it; returns the new length.</summary>
+    public int Seal(Span<byte> datagram, int length)
+    {
+        _seal.Sealer.AppendData(datagram[..length]);
+        _seal.Sealer.GetHashAndReset(_mac);
+        _mac.AsSpan(0, TagLength).CopyTo(datagram[length..]);
+        return length + TagLength;
+    }
+
+    /// <summary>
+    /// True when the datagram's last 16 bytes are the tag of what precedes them under a key of the pair this end holds
+    /// (the one it seals with first). An authentic datagram under this host's current key shows the peer holds it: this
+    /// end seals with it from then on.
+    /// </summary>
+    public bool Verify(ReadOnlySpan<byte> datagram)
+    {
+        if (datagram.Length < TagLength)
+        {
+            return false;
+        }
+        if (Verifies(_seal, datagram))
+        {
+            _agreed = true;
+            return true;
+        }
+        foreach (var entry in _entries)
+        {
+            if (!ReferenceEquals(entry, _seal) && Verifies(entry, datagram))
+            {
+                if (entry.MineCurrent && !_mineConfirmed)
+                {
+                    _mineConfirmed = true;
+                    ChooseSeal();
+                    _agreed = ReferenceEquals(entry, _seal);
+                }
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private bool Verifies(Entry entry, ReadOnlySpan<byte> datagram)
+    {
+        entry.Verifier.AppendData(datagram[..^TagLength]);
+        entry.Verifier.GetHashAndReset(_mac);
+        return CryptographicOperations.FixedTimeEquals(_mac.AsSpan(0, TagLength), datagram[^TagLength..]);
     }
 
     private static IncrementalHash Hmac(ReadOnlySpan<byte> overlayKey, string from, string to)
@@ -58,25 +194,32 @@ public sealed class OverlayAuthenticator : IDisposable
         }
     }
 
-    /// <summary>Writes the tag of <paramref name="datagram"/>[..<paramref name="length"/>] right after it; returns the new length.</summary>
-    public int Seal(Span<byte> datagram, int length)
+    /// <summary>One key of the pair: an HMAC per direction, and the secure stack's key derived beside it.</summary>
+    private sealed class Entry : IDisposable
     {
-        _seal.AppendData(datagram[..length]);
-        _seal.GetHashAndReset(_mac);
-        _mac.AsSpan(0, TagLength).CopyTo(datagram[length..]);
-        return length + TagLength;
-    }
-
-    /// <summary>True when the datagram's last 16 bytes are the tag of what precedes them, under the peer's key.</summary>
-    public bool Verify(ReadOnlySpan<byte> datagram)
-    {
-        if (datagram.Length < TagLength)
+        public Entry(ReadOnlySpan<byte> overlayKey, string local, string remote, bool MineCurrent, bool TheirsNewest, byte[]? Secure)
         {
-            return false;
+            Sealer = Hmac(overlayKey, local, remote);
+            Verifier = Hmac(overlayKey, remote, local);
+            (this.MineCurrent, this.TheirsNewest) = (MineCurrent, TheirsNewest);
+            this.Secure = Secure?.ToArray();
         }
-        _verify.AppendData(datagram[..^TagLength]);
-        _verify.GetHashAndReset(_mac);
-        return CryptographicOperations.FixedTimeEquals(_mac.AsSpan(0, TagLength), datagram[^TagLength..]);
+
+        public IncrementalHash Sealer { get; }
+        public IncrementalHash Verifier { get; }
+        public bool MineCurrent { get; }
+        public bool TheirsNewest { get; }
+        public byte[]? Secure { get; }
+
+        public void Dispose()
+        {
+            Sealer.Dispose();
+            Verifier.Dispose();
+            if (Secure is not null)
+            {
+                CryptographicOperations.ZeroMemory(Secure);
+            }
+        }
     }
 
     /// <summary>Writes this end's boot id, next counter and the time (24 bytes) for a control message.</summary>
@@ -119,7 +262,9 @@ public sealed class OverlayAuthenticator : IDisposable
 
     public void Dispose()
     {
-        _seal.Dispose();
-        _verify.Dispose();
+        foreach (var entry in _entries)
+        {
+            entry.Dispose();
+        }
     }
 }

@@ -135,6 +135,60 @@ public sealed partial class RemotePath : IDisposable
     /// <summary>True when this path's probes, probe replies and control messages are authenticated (the host pair has an overlay key).</summary>
     public bool Authenticated => _authenticator is not null;
 
+    /// <summary>Set once the path's keys came as a ring (<see cref="Rekey"/>): the secure stack's key then follows it.</summary>
+    private volatile bool _ringKeys;
+
+    /// <summary>
+    /// Takes the host pair's keys anew in place while a host key rotates: the path, its slots and its stack instances stay
+    /// (no frame is lost); probes and control messages verify under every key of the ring, and secure instances made from
+    /// now on take the key both ends hold. False when the path has no overlay key (its keys are the operator's).
+    /// </summary>
+    public bool Rekey(PathKeyRing ring, bool mineRotated)
+    {
+        if (_authenticator is null)
+        {
+            return false;
+        }
+        using (_gate.Take())
+        {
+            _authenticator.Rekey(ring, mineRotated);
+            _ringKeys = true;
+        }
+        return true;
+    }
+
+    /// <summary>How many keys of the pair verify (1; more while a host key rotates) and whether this end seals under its host's current key.</summary>
+    public (int Keys, bool SealsWithCurrentKey) KeyState
+    {
+        get
+        {
+            using (_gate.Take())
+            {
+                return _authenticator is null ? (0, false) : (_authenticator.KeyCount, _authenticator.SealsWithCurrentKey);
+            }
+        }
+    }
+
+    /// <summary>The configuration an instance of <paramref name="stackId"/> gets now: secure's key follows the ring (and names the peer's other key).</summary>
+    private IReadOnlyDictionary<string, string> SettingsFor(string stackId)
+    {
+        var settings = Spec.SettingsOf(stackId);
+        if (!_ringKeys || stackId != "secure" || _authenticator?.SecureKeys() is not ({ } key, var alternate))
+        {
+            return settings;
+        }
+        var chosen = new Dictionary<string, string>(settings, StringComparer.Ordinal) { ["key"] = Convert.ToHexString(key) };
+        if (alternate is null)
+        {
+            chosen.Remove("alternateKey");
+        }
+        else
+        {
+            chosen["alternateKey"] = Convert.ToHexString(alternate);
+        }
+        return chosen;
+    }
+
     /// <summary>The id of the stack that transmits on this path.</summary>
     /// <remarks>Read without the gate, so status and metrics never wait on a path whose stack is stuck in a call.</remarks>
     public string? TransmitStack => TransmitKey is { } key ? StackKey.IdOf(key) : null;
@@ -462,7 +516,7 @@ public sealed partial class RemotePath : IDisposable
         // Settings are per stack id; what fails is named by its version's key (a quarantine takes that version only).
         var id = stack.Key;
         var settingsId = stack.Description.Id;
-        var creation = new Creation(stack.Factory, new StackContext(localHost, Spec.HostId, Spec.SettingsOf(settingsId), new PathTelemetry(this, id)) { Previous = previous }, Disposer, id);
+        var creation = new Creation(stack.Factory, new StackContext(localHost, Spec.HostId, SettingsFor(settingsId), new PathTelemetry(this, id)) { Previous = previous }, Disposer, id);
         var thread = new Thread(creation.Run) { IsBackground = true, Name = $"stack-create {id}" };
         thread.Start();
         if (!thread.Join(CreateTimeout))

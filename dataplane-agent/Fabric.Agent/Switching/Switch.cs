@@ -259,6 +259,9 @@ public sealed class Switch : IDisposable
     /// <param name="sealedPath">The path must never carry unbound VMs' frames in clear, whatever its stack (a replaced encrypting path).</param>
     public RemotePath AddRemoteHost(RemoteHostSpec spec, int underlayPort = FabricHeader.DefaultUdpPort, bool sealedPath = false) => AddRemoteHost(spec, underlayPort, sealedPath, abandon: null);
 
+    /// <summary>Takes the host pair's keys anew in place (<see cref="RemotePath.Rekey"/>); false when there is no such path or it has no overlay key.</summary>
+    public bool RekeyRemoteHost(string hostId, PathKeyRing ring, bool mineRotated) => _paths.TryGetValue(hostId, out var path) && path.Rekey(ring, mineRotated);
+
     /// <summary>
     /// <see cref="AddRemoteHost(RemoteHostSpec, int, bool)"/>; with <paramref name="abandon"/>, the host's current path,
     /// stuck in a stack call: it is set aside, not released (its gate is held). The new path replaces exactly it; when
