@@ -66,7 +66,18 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private int _pending;
     private bool _connected;
     private string? _lastError;
+    private string? _lastLogged;
+    private DateTimeOffset _lastLoggedAt;
     private DateTimeOffset _nextRegister;
+
+    /// <summary>The public key the last registration carried (the control plane hands peers that one).</summary>
+    private string? _registeredKey;
+
+    /// <summary>When this host's previous key retires (set at a rotation, or at a start that found one kept).</summary>
+    private DateTimeOffset _retireOwnAt;
+
+    /// <summary>Peers' previous public keys, kept after they rotated until the time beside each.</summary>
+    private readonly Dictionary<string, (string PublicKey, DateTimeOffset Until)> _peerPrevious = new(StringComparer.Ordinal);
 
     /// <summary>Loads (or makes) the host's key in the agent's state folder: throws naming the file when it is unsafe or unreadable.</summary>
     public ControlPlaneLink(Agent agent, ControlPlaneConfig config, ILogger logger)
@@ -74,7 +85,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         _agent = agent;
         _config = config;
         _logger = logger;
-        _key = HostKey.LoadOrCreate(agent.Config.StateDirectory);
+        _key = HostKey.LoadOrCreate(agent.Config.StateDirectory, agent.Time);
+        // A previous key kept from a rotation before a restart: peers may still seal under it for one more overlap.
+        _retireOwnAt = agent.Time.GetUtcNow() + Overlap;
         if (config.Secured)
         {
             _credential = ControlPlaneCredential.Load(config.Certificate!, config.Key!, config.Authority!);
@@ -89,6 +102,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
 
     /// <summary>The public half of the host's key, as registered.</summary>
     public string PublicKey => _key.PublicKey;
+
+    /// <summary>How long a rotated key (this host's or a peer's) still verifies and derives after the rotation.</summary>
+    private TimeSpan Overlap => TimeSpan.FromSeconds(_config.KeyOverlapSeconds);
 
     private string HostId => _agent.Config.HostId;
 
@@ -116,10 +132,16 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 var grains = await ClientAsync(cancellationToken).ConfigureAwait(false);
                 var host = grains.GetGrain<IHostGrain>(HostId);
+                if (_config.KeyRotationHours > 0 && _registeredKey == _key.PublicKey
+                    && _agent.Time.GetUtcNow() - _key.Since >= TimeSpan.FromHours(_config.KeyRotationHours))
+                {
+                    await RotateKeyAsync(cancellationToken).ConfigureAwait(false);
+                }
                 if (_agent.Time.GetUtcNow() >= _nextRegister)
                 {
                     await RegisterAsync(grains, host, cancellationToken).ConfigureAwait(false);
                 }
+                await RetireKeysAsync(cancellationToken).ConfigureAwait(false);
                 await PlaceAsync(grains, force: false).ConfigureAwait(false);
                 // A path replaced meanwhile (a stack stuck on it) starts with no bindings: they are applied again.
                 if (_pending > 0 || _removalsHeld || _agent.Switch.PathsReplaced != _pathsReplacedSeen)
@@ -137,9 +159,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is not OutOfMemoryException)
             {
                 var error = Explain(e, _config);
-                if (_connected || _lastError != error)
+                // Said when the link fails, then when why changes, at most once a minute (a gateway that closes the
+                // connection answers one way, then another, from one attempt to the next).
+                if (_connected || _lastError is null || (error != _lastLogged && _agent.Time.GetUtcNow() - _lastLoggedAt >= TimeSpan.FromMinutes(1)))
                 {
                     Log.Unreachable(_logger, error);
+                    (_lastLogged, _lastLoggedAt) = (error, _agent.Time.GetUtcNow());
                 }
                 (_connected, _lastError, _nextRegister) = (false, error, default);
                 failingSince ??= _agent.Time.GetUtcNow();
@@ -333,7 +358,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     /// </summary>
     private async Task RegisterAsync(IGrainFactory grains, IHostGrain host, CancellationToken cancellationToken)
     {
-        var desired = await host.RegisterAsync(Info(), _reference!).ConfigureAwait(false);
+        var info = Info();
+        var desired = await host.RegisterAsync(info, _reference!).ConfigureAwait(false);
+        _registeredKey = info.PublicKey;
         var epoch = new DesiredStateVersion(desired.Version).Epoch;
         if (epoch == _epoch && _agent.Time.GetUtcNow() < _holdRemovalsUntil)
         {
@@ -670,9 +697,13 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             _agent.Handle(new ApiRequest("remove-route", Route: new RouteConfig(route.Vnic.Vni, route.Vnic.Mac, route.HostId)));
             _appliedRoutes.Remove(route.Key);
         }
+        var forgotten = new Dictionary<string, Peer>(StringComparer.Ordinal);
         foreach (var id in plan.ForgetPeers)
         {
-            _appliedPeers.Remove(id);
+            if (_appliedPeers.Remove(id, out var was))
+            {
+                forgotten[id] = was;
+            }
         }
         foreach (var id in plan.RemoveHosts)
         {
@@ -683,6 +714,20 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var waiting = new HashSet<string>(StringComparer.Ordinal);
         foreach (var peer in plan.AddPeers)
         {
+            if (forgotten.TryGetValue(peer.HostId, out var was) && was.PublicKey is { } old && peer.PublicKey is not null && old != peer.PublicKey
+                && was with { PublicKey = peer.PublicKey } == peer && _programmed.Contains(peer.HostId))
+            {
+                // Only the peer's key changed (it rotated): the path takes the pair's keys anew in place, the old key still
+                // verifying for an overlap, and nothing on the path is lost.
+                _peerPrevious[peer.HostId] = (old, _agent.Time.GetUtcNow() + Overlap);
+                _appliedPeers[peer.HostId] = peer;
+                if (Rekey(peer.HostId, mineRotated: false))
+                {
+                    Log.PeerKeyChanged(_logger, peer.HostId);
+                    continue;
+                }
+                _appliedPeers.Remove(peer.HostId);
+            }
             var (error, lasting) = AddPeer(peer);
             if (error is null)
             {
@@ -720,6 +765,127 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             }
         }
         return pending;
+    }
+
+    /// <summary>
+    /// Rotates this host's key now (on its schedule, <c>controlPlane.keyRotationHours</c>, or when an operator asks): the
+    /// new key is registered at once, and every programmed path takes the pair's keys anew in place, sealing under the
+    /// previous key until the peer shows it holds the new one, so no frame is lost. The previous key verifies and derives
+    /// for <c>controlPlane.keyOverlapSeconds</c> after the new one is registered, then it is forgotten (its file too).
+    /// </summary>
+    public async Task RotateKeyAsync(CancellationToken cancellationToken = default)
+    {
+        await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            _key.Rotate(_agent.Time.GetUtcNow());
+            _retireOwnAt = DateTimeOffset.MaxValue;
+            _nextRegister = default;
+            Log.KeyRotated(_logger, HostId);
+            RekeyAll(mineRotated: true);
+        }
+        finally
+        {
+            _apply.Release();
+        }
+    }
+
+    /// <summary>Retires this host's previous key once the new one was registered an overlap ago, and peers' previous keys an overlap after they changed.</summary>
+    private async Task RetireKeysAsync(CancellationToken cancellationToken)
+    {
+        var now = _agent.Time.GetUtcNow();
+        if (_key.PreviousPublicKey is not null && _retireOwnAt == DateTimeOffset.MaxValue && _registeredKey == _key.PublicKey)
+        {
+            // The overlap runs from the registration that handed the new key out.
+            _retireOwnAt = now + Overlap;
+        }
+        var ownDue = _key.PreviousPublicKey is not null && now >= _retireOwnAt;
+        var peersDue = _peerPrevious.Where(p => now >= p.Value.Until).Select(p => p.Key).ToList();
+        if (!ownDue && peersDue.Count == 0)
+        {
+            return;
+        }
+        await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            foreach (var id in peersDue)
+            {
+                _peerPrevious.Remove(id);
+            }
+            if (ownDue && _key.RetirePrevious())
+            {
+                RekeyAll(mineRotated: false);
+            }
+            else
+            {
+                foreach (var id in peersDue)
+                {
+                    Rekey(id, mineRotated: false);
+                }
+            }
+        }
+        finally
+        {
+            _apply.Release();
+        }
+    }
+
+    private void RekeyAll(bool mineRotated)
+    {
+        foreach (var id in _appliedPeers.Keys.Where(_programmed.Contains).ToList())
+        {
+            Rekey(id, mineRotated);
+        }
+    }
+
+    /// <summary>Gives the path to <paramref name="hostId"/> the pair's keys as held now (under <see cref="_apply"/>); false when it could not.</summary>
+    private bool Rekey(string hostId, bool mineRotated)
+    {
+        if (!_appliedPeers.TryGetValue(hostId, out var peer) || peer.PublicKey is null)
+        {
+            return false;
+        }
+        PathKeyRing ring;
+        try
+        {
+            ring = Ring(peer);
+        }
+        catch (Exception e) when (e is InvalidOperationException or System.Security.Cryptography.CryptographicException)
+        {
+            Log.PeerRefused(_logger, hostId, e.Message);
+            return false;
+        }
+        try
+        {
+            return _agent.Switch.RekeyRemoteHost(hostId, ring, mineRotated);
+        }
+        finally
+        {
+            foreach (var entry in ring.Entries)
+            {
+                System.Security.Cryptography.CryptographicOperations.ZeroMemory(entry.Keys.Overlay);
+                System.Security.Cryptography.CryptographicOperations.ZeroMemory(entry.Keys.Secure);
+            }
+        }
+    }
+
+    /// <summary>The pair's keys: this host's current and previous key with the peer's newest and previous, as held.</summary>
+    private PathKeyRing Ring(Peer peer)
+    {
+        var entries = new List<PathKeyEntry>();
+        var theirs = new List<(string Key, bool Newest)> { (peer.PublicKey!, true) };
+        if (_peerPrevious.TryGetValue(peer.HostId, out var previous) && previous.PublicKey != peer.PublicKey)
+        {
+            theirs.Add((previous.PublicKey, false));
+        }
+        foreach (var mineCurrent in _key.PreviousPublicKey is null ? [true] : new[] { true, false })
+        {
+            foreach (var (key, newest) in theirs)
+            {
+                entries.Add(new PathKeyEntry(_key.Derive(HostId, peer.HostId, key, previous: !mineCurrent), mineCurrent, newest));
+            }
+        }
+        return new PathKeyRing(entries);
     }
 
     /// <summary>
@@ -865,4 +1031,10 @@ internal static partial class Log
 
     [LoggerMessage(10, LogLevel.Information, "Control plane: host {HostId}'s stack version holds are now {Holds}; its releases {Releases}")]
     public static partial void HoldsChanged(ILogger logger, string hostId, string holds, string releases);
+
+    [LoggerMessage(11, LogLevel.Information, "Control plane: host {HostId} rotated its key; the new public key is registered now, the previous one verifies for the overlap")]
+    public static partial void KeyRotated(ILogger logger, string hostId);
+
+    [LoggerMessage(12, LogLevel.Information, "Control plane: host {HostId} rotated its key; the path takes the pair's new keys in place")]
+    public static partial void PeerKeyChanged(ILogger logger, string hostId);
 }
