@@ -812,16 +812,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 _peerPrevious.Remove(id);
             }
-            if (ownDue && _key.RetirePrevious())
+            var rekeyed = ownDue && _key.RetirePrevious() ? RekeyAll(mineRotated: false) : peersDue.Where(id => Rekey(id, mineRotated: false)).ToList();
+            // Secure slots made before the rotation keep session keys derived from the old path key: their VMs move to
+            // fresh instances, which derive from the new one.
+            foreach (var id in rekeyed)
             {
-                RekeyAll(mineRotated: false);
-            }
-            else
-            {
-                foreach (var id in peersDue)
-                {
-                    Rekey(id, mineRotated: false);
-                }
+                await _agent.Switch.RenewEncryptingSlotsAsync(id, cancellationToken).ConfigureAwait(false);
             }
         }
         finally
@@ -830,13 +826,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         }
     }
 
-    private void RekeyAll(bool mineRotated)
-    {
-        foreach (var id in _appliedPeers.Keys.Where(_programmed.Contains).ToList())
-        {
-            Rekey(id, mineRotated);
-        }
-    }
+    /// <summary>Gives every programmed path the pair's keys as held now; returns the hosts whose paths took them.</summary>
+    private List<string> RekeyAll(bool mineRotated) => [.. _appliedPeers.Keys.Where(_programmed.Contains).ToList().Where(id => Rekey(id, mineRotated))];
 
     /// <summary>Gives the path to <paramref name="hostId"/> the pair's keys as held now (under <see cref="_apply"/>); false when it could not.</summary>
     private bool Rekey(string hostId, bool mineRotated)

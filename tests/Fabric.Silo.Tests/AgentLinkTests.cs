@@ -247,10 +247,11 @@ public sealed class AgentLinkTests
     /// <summary>
     /// A host key rotated while a confidential VM streams through secure under keys the pair derived: the new public key
     /// reaches the peer through the control plane, both paths take the pair's new keys in place (no path replaced, no
-    /// frame lost), and after the overlap the previous key is gone from the host and from both paths.
+    /// frame lost), and after the overlap the previous key is gone from the host and from both paths, and the VM's secure
+    /// slot is renewed (a fresh instance, so a session under the new path key), still losing nothing.
     /// </summary>
     [Fact]
-    public async Task AHostKeyRotatedDuringASecureStream_LosesNoFrame_ReplacesNoPath_AndThePreviousKeyRetiresAfterTheOverlap()
+    public async Task AHostKeyRotatedDuringASecureStream_LosesNoFrame_ReplacesNoPath_AndAfterTheOverlapThePreviousKeyRetiresAndTheSecureSlotIsRenewed()
     {
         var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
         var state = Directory.CreateTempSubdirectory("fabric-rotation-").FullName;
@@ -265,6 +266,7 @@ public sealed class AgentLinkTests
             var (pathA, pathB) = (hosts.A.Switch.Paths["host-b"], hosts.B.Switch.Paths["host-a"]);
             var replaced = (hosts.A.Switch.PathsReplaced, hosts.B.Switch.PathsReplaced);
             var oldKey = hosts.LinkA.PublicKey;
+            var oldSlot = pathA.VmBindings()["vm1/0"].Slot;
 
             using var pump = new FramePump(hosts, "vm1", "vm3", Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 200));
             await Task.Delay(500, TestContext.Current.CancellationToken);
@@ -280,9 +282,11 @@ public sealed class AgentLinkTests
             hosts.Send("vm3", Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200));
             hosts.Expect("vm1");
 
-            // The overlap (10 s here) ends: the previous key is forgotten, its file too, and each path holds one key.
-            Eventually.True(() => pathA.KeyState == (1, true) && pathB.KeyState == (1, true) && !File.Exists(Path.Combine(state, "a", HostKey.PreviousFileName)),
-                TimeSpan.FromSeconds(30), "the previous key retired", () => $"host-a {pathA.KeyState}, host-b {pathB.KeyState}");
+            // The overlap (10 s here) ends: the previous key is forgotten, its file too, and each path holds one key; vm1
+            // moves to a fresh secure instance (another slot), whose session derives from the new path key.
+            Eventually.True(() => pathA.KeyState == (1, true) && pathB.KeyState == (1, true) && !File.Exists(Path.Combine(state, "a", HostKey.PreviousFileName))
+                && pathA.VmBindings()["vm1/0"] is ("secure", var slot) && slot != oldSlot,
+                TimeSpan.FromSeconds(30), "the previous key retired and vm1's secure slot renewed", () => $"host-a {pathA.KeyState}, host-b {pathB.KeyState}; {Describe(hosts.A)}; events {string.Join(" | ", hosts.A.Switch.Events)}");
             await Task.Delay(500, TestContext.Current.CancellationToken);
             var (sent, received) = pump.Stop();
             Assert.True(sent > 1000, $"only {sent} frames were sent");

@@ -146,6 +146,48 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
     }
 
     /// <summary>
+    /// Moves the VMs bound to <paramref name="slot"/> of this host's range on <paramref name="path"/> to a fresh instance of
+    /// the same stack version in another slot, hitlessly (open, the peer confirms, then each VM's next frame goes there; the
+    /// old slot drains): a secure slot made before the pair's keys rotated keeps the session keys it derived from the old
+    /// path key, and a fresh one derives them from the new. Returns null when done (or nothing was bound there), else why not.
+    /// </summary>
+    public async Task<string?> RenewSlotAsync(RemotePath path, int slot, CancellationToken cancellationToken = default)
+    {
+        var bound = path.VmBindingKeys().Where(b => b.Value.Slot == slot && b.Value.Stack is not null).ToList();
+        if (bound.Count == 0 || !path.IsOwnSlot(slot))
+        {
+            return null;
+        }
+        var stackKey = bound[0].Value.Stack!;
+        var fresh = path.FreeOwnSlot(path.IsOwnLeadersSlot(slot));
+        if (fresh < 0)
+        {
+            return $"no free slot on the path to '{path.Spec.HostId}'";
+        }
+        try
+        {
+            OpenOwnSlot(path, stackKey, fresh);
+        }
+        catch (Exception e) when (e is StackStartException or StackLoadException)
+        {
+            return e.Message;
+        }
+        if (await AskPeerToOpenAsync(path, fresh, stackKey, cancellationToken).ConfigureAwait(false) is { } refused)
+        {
+            if (path.Close(fresh) is { } closed)
+            {
+                state.StackHost.Release(closed);
+            }
+            return $"host '{path.Spec.HostId}' did not open {stackKey} in slot {fresh}: {refused}";
+        }
+        foreach (var (vm, _) in bound)
+        {
+            path.BindVm(vm, fresh, state.DrainDeadline());
+        }
+        return null;
+    }
+
+    /// <summary>
     /// Opens a slot on this end with a new instance of <paramref name="stackId"/>. Nothing stays acquired when it fails
     /// (or when the slot was adopted: it is already counted), and a stack whose factory throws is quarantined (it would
     /// throw for every path) before the error goes on.

@@ -263,6 +263,32 @@ public sealed class Switch : IDisposable
     public bool RekeyRemoteHost(string hostId, PathKeyRing ring, bool mineRotated) => _paths.TryGetValue(hostId, out var path) && path.Rekey(ring, mineRotated);
 
     /// <summary>
+    /// Moves every VM bound to a stack that encrypts on the path to <paramref name="hostId"/> onto fresh instances
+    /// (<see cref="SlotNegotiation.RenewSlotAsync"/>), one per slot, hitlessly: after the pair's keys rotated, their
+    /// sessions derive from the new path key. Returns how many slots were renewed; what failed is said as an event.
+    /// </summary>
+    public async Task<int> RenewEncryptingSlotsAsync(string hostId, CancellationToken cancellationToken = default)
+    {
+        if (!_paths.TryGetValue(hostId, out var path))
+        {
+            return 0;
+        }
+        var renewed = 0;
+        foreach (var slot in path.VmBindingKeys().Values.Where(b => b.Slot >= 0 && b.Stack is not null && _stackHost.Describe(b.Stack)?.Encrypts == true).Select(b => b.Slot).Distinct().ToList())
+        {
+            if (await _negotiation.RenewSlotAsync(path, slot, cancellationToken).ConfigureAwait(false) is { } error)
+            {
+                Report($"the path to {hostId}: slot {slot} was not renewed after its keys rotated: {error}");
+            }
+            else
+            {
+                renewed++;
+            }
+        }
+        return renewed;
+    }
+
+    /// <summary>
     /// <see cref="AddRemoteHost(RemoteHostSpec, int, bool)"/>; with <paramref name="abandon"/>, the host's current path,
     /// stuck in a stack call: it is set aside, not released (its gate is held). The new path replaces exactly it; when
     /// another took its place meanwhile (an operator's add-host), that one stays and the new one is let go (throws).
