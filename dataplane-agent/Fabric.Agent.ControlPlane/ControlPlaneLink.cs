@@ -22,7 +22,14 @@ namespace Fabric.Agent.ControlPlane;
 /// <param name="LastError">Why the last exchange failed, if it did.</param>
 /// <param name="RevocationList">Why the authority's revocation list (controlPlane.revocationList) could not be used: the last
 /// good one stands (null: it could, or there is none).</param>
-public sealed record LinkStatus(bool Connected, long Version, long Acknowledged, long Swaps, int Pending, string? LastError, string? RevocationList = null);
+public sealed record LinkStatus(bool Connected, long Version, long Acknowledged, long Swaps, int Pending, string? LastError, string? RevocationList = null)
+{
+    /// <summary>When the host's key pair was made (it rotates <c>controlPlane.keyRotationHours</c> after).</summary>
+    public DateTimeOffset KeySince { get; init; }
+
+    /// <summary>Whether the previous key pair is still kept (it verifies until the overlap after the new one's registration ends).</summary>
+    public bool PreviousKeyKept { get; init; }
+}
 
 /// <summary>
 /// The agent as an Orleans client (DESIGN §4–5). It registers the host with its HAL inventory and an observer, renews both
@@ -79,6 +86,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     /// <summary>Peers' previous public keys, kept after they rotated until the time beside each.</summary>
     private readonly Dictionary<string, (string PublicKey, DateTimeOffset Until)> _peerPrevious = new(StringComparer.Ordinal);
 
+    /// <summary>
+    /// Public keys that retired (this host's, and peers' once their overlap ended), for this agent's life: a peer handed
+    /// one of them again (a stale or restored control plane state) is not taken in place of its newer key.
+    /// </summary>
+    private readonly HashSet<string> _retiredKeys = new(StringComparer.Ordinal);
+
     /// <summary>Loads (or makes) the host's key in the agent's state folder: throws naming the file when it is unsafe or unreadable.</summary>
     public ControlPlaneLink(Agent agent, ControlPlaneConfig config, ILogger logger)
     {
@@ -86,8 +99,9 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         _config = config;
         _logger = logger;
         _key = HostKey.LoadOrCreate(agent.Config.StateDirectory, agent.Time);
-        // A previous key kept from a rotation before a restart: peers may still seal under it for one more overlap.
-        _retireOwnAt = agent.Time.GetUtcNow() + Overlap;
+        // A previous key kept from a rotation before a restart retires an overlap after this start's first registration
+        // (which may be the first to hand the new key out).
+        _retireOwnAt = DateTimeOffset.MaxValue;
         if (config.Secured)
         {
             _credential = ControlPlaneCredential.Load(config.Certificate!, config.Key!, config.Authority!);
@@ -112,7 +126,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     private long HeldVersion => Volatile.Read(ref _desired).Version.Value;
 
     public LinkStatus Status => new(_connected, HeldVersion, Interlocked.Read(ref _acknowledged), Interlocked.Read(ref _swaps), _pending, _lastError,
-        _client?.Services.GetService<RevokedHosts>()?.ListProblem());
+        _client?.Services.GetService<RevokedHosts>()?.ListProblem()) { KeySince = _key.Since, PreviousKeyKept = _key.PreviousPublicKey is not null };
 
     /// <summary>Starts the link in the background; it never blocks or fails the agent.</summary>
     public void Start()
@@ -132,7 +146,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 var grains = await ClientAsync(cancellationToken).ConfigureAwait(false);
                 var host = grains.GetGrain<IHostGrain>(HostId);
-                if (_config.KeyRotationHours > 0 && _registeredKey == _key.PublicKey
+                if (_config.KeyRotationHours > 0 && _registeredKey == _key.PublicKey && _key.PreviousPublicKey is null
                     && _agent.Time.GetUtcNow() - _key.Since >= TimeSpan.FromHours(_config.KeyRotationHours))
                 {
                     await RotateKeyAsync(cancellationToken).ConfigureAwait(false);
@@ -141,9 +155,22 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 {
                     await RegisterAsync(grains, host, cancellationToken).ConfigureAwait(false);
                 }
-                await RetireKeysAsync(cancellationToken).ConfigureAwait(false);
+
                 await PlaceAsync(grains, force: false).ConfigureAwait(false);
                 // A path replaced meanwhile (a stack stuck on it) starts with no bindings: they are applied again.
+                if (_agent.Switch.PathsReplaced != _pathsReplacedSeen && (_key.PreviousPublicKey is not null || _peerPrevious.Count > 0))
+                {
+                    // A path replaced while keys rotate starts from the pair's current keys alone: it takes the ring again.
+                    await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    try
+                    {
+                        RekeyAll(mineRotated: _key.PreviousPublicKey is not null);
+                    }
+                    finally
+                    {
+                        _apply.Release();
+                    }
+                }
                 if (_pending > 0 || _removalsHeld || _agent.Switch.PathsReplaced != _pathsReplacedSeen)
                 {
                     _pathsReplacedSeen = _agent.Switch.PathsReplaced;
@@ -184,6 +211,15 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 {
                     Log.Unreachable(_logger, $"applying locally failed too: {local.Message}");
                 }
+            }
+            try
+            {
+                // Also while the control plane is away: a key whose successor was registered retires on time.
+                await RetireKeysAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested && e is not OutOfMemoryException)
+            {
+                Log.Unreachable(_logger, $"retiring a rotated key failed: {e.Message}");
             }
             try
             {
@@ -714,6 +750,20 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var waiting = new HashSet<string>(StringComparer.Ordinal);
         foreach (var peer in plan.AddPeers)
         {
+            if (peer.PublicKey is { } offered && _retiredKeys.Contains(offered))
+            {
+                // A key that retired (seen here) handed out again: a control plane's stale or restored state, or someone
+                // replaying an old registration. The path keeps the keys it has until the peer registers a newer one.
+                if (forgotten.TryGetValue(peer.HostId, out var kept))
+                {
+                    _appliedPeers[peer.HostId] = kept;
+                }
+                if (_reported.Add($"peer|{peer.HostId}|retired"))
+                {
+                    Log.PeerRefused(_logger, peer.HostId, "the control plane handed out a public key of it that has retired; its path keeps the newer keys");
+                }
+                continue;
+            }
             if (forgotten.TryGetValue(peer.HostId, out var was) && was.PublicKey is { } old && peer.PublicKey is not null && old != peer.PublicKey
                 && was with { PublicKey = peer.PublicKey } == peer && _programmed.Contains(peer.HostId))
             {
@@ -733,6 +783,11 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             {
                 _appliedPeers[peer.HostId] = peer;
                 _programmed.Add(peer.HostId);
+                if (_key.PreviousPublicKey is not null || _peerPrevious.ContainsKey(peer.HostId))
+                {
+                    // Added while a key rotates: the path verifies under every key of the pair, as the others do.
+                    Rekey(peer.HostId, mineRotated: _key.PreviousPublicKey is not null);
+                }
                 Log.PeerAdded(_logger, peer.HostId, peer.UnderlayIPv4 ?? peer.UnderlayIPv6 ?? "", peer.UnderlayPort);
                 continue;
             }
@@ -778,6 +833,13 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            if (_key.PreviousPublicKey is not null)
+            {
+                // Rotating again now would throw away the key some peers may still hold, with no overlap.
+                throw new InvalidOperationException(_registeredKey == _key.PublicKey
+                    ? "a rotation is under way: the previous key is kept until the overlap ends and every peer holds the new one (controlPlane.keyOverlapSeconds)"
+                    : "a rotation is under way: the new key is not registered yet (the control plane is unreachable?)");
+            }
             _key.Rotate(_agent.Time.GetUtcNow());
             _retireOwnAt = DateTimeOffset.MaxValue;
             _nextRegister = default;
@@ -793,36 +855,65 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
     /// <summary>Retires this host's previous key once the new one was registered an overlap ago, and peers' previous keys an overlap after they changed.</summary>
     private async Task RetireKeysAsync(CancellationToken cancellationToken)
     {
-        var now = _agent.Time.GetUtcNow();
-        if (_key.PreviousPublicKey is not null && _retireOwnAt == DateTimeOffset.MaxValue && _registeredKey == _key.PublicKey)
-        {
-            // The overlap runs from the registration that handed the new key out.
-            _retireOwnAt = now + Overlap;
-        }
-        var ownDue = _key.PreviousPublicKey is not null && now >= _retireOwnAt;
-        var peersDue = _peerPrevious.Where(p => now >= p.Value.Until).Select(p => p.Key).ToList();
-        if (!ownDue && peersDue.Count == 0)
+        if (_key.PreviousPublicKey is null && _peerPrevious.Count == 0)
         {
             return;
         }
         await _apply.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            var now = _agent.Time.GetUtcNow();
+            var registered = _registeredKey == _key.PublicKey;
+            if (_key.PreviousPublicKey is not null && _retireOwnAt == DateTimeOffset.MaxValue && registered)
+            {
+                // The overlap runs from the registration that handed the new key out.
+                _retireOwnAt = now + Overlap;
+            }
+            // Once the overlap is over and every programmed path has heard its peer under the new key; at twice the overlap
+            // in any case (a peer out of touch that long is repaired when it hears the control plane again).
+            var ownDue = _key.PreviousPublicKey is not null && registered && now >= _retireOwnAt
+                && (now >= _retireOwnAt + Overlap || _appliedPeers.Keys.Where(_programmed.Contains).All(id => !_agent.Switch.Paths.TryGetValue(id, out var path) || path.KeyState.SealsWithCurrentKey));
+            var peersDue = _peerPrevious.Where(p => now >= p.Value.Until).Select(p => p.Key).ToList();
             foreach (var id in peersDue)
             {
-                _peerPrevious.Remove(id);
+                if (_peerPrevious.Remove(id, out var retired))
+                {
+                    _retiredKeys.Add(retired.PublicKey);
+                }
+            }
+            if (ownDue)
+            {
+                _retiredKeys.Add(_key.PreviousPublicKey!);
             }
             var rekeyed = ownDue && _key.RetirePrevious() ? RekeyAll(mineRotated: false) : peersDue.Where(id => Rekey(id, mineRotated: false)).ToList();
             // Secure slots made before the rotation keep session keys derived from the old path key: their VMs move to
-            // fresh instances, which derive from the new one.
+            // fresh instances, which derive from the new one — in the background, so a peer that does not answer (each
+            // open waits 2 s) holds up neither this loop nor the control plane's changes.
             foreach (var id in rekeyed)
             {
-                await _agent.Switch.RenewEncryptingSlotsAsync(id, cancellationToken).ConfigureAwait(false);
+                _ = Task.Run(() => RenewAsync(id), CancellationToken.None);
             }
         }
         finally
         {
             _apply.Release();
+        }
+    }
+
+    /// <summary>Renews the secure slots on the path to <paramref name="hostId"/> (what fails is said by the switch as an event).</summary>
+    private async Task RenewAsync(string hostId)
+    {
+        try
+        {
+            await _agent.Switch.RenewEncryptingSlotsAsync(hostId, _stop.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+        {
+            // The link is stopping.
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            Log.PeerRefused(_logger, hostId, $"renewing its secure slots after a key rotation failed: {e.Message}");
         }
     }
 

@@ -14,13 +14,14 @@ var logFormat = new Option<string>("--log-format") { Description = "how log line
 var run = new Command("run", "Runs the agent until SIGINT or SIGTERM (as a systemd service: deploy/systemd/fabric-agent.service).") { config, logFormat };
 run.SetAction((parsed, _) => RunAsync(parsed.GetValue(config)!, parsed.GetValue(logFormat) == "json"));
 
-string[] operations = ["status", "attach-vm", "detach-vm", "deregister-vm", "add-host", "set-route", "remove-route", "prepare-swap", "commit-swap", "abort-swap"];
+string[] operations = ["status", "rotate-key", "attach-vm", "detach-vm", "deregister-vm", "add-host", "set-route", "remove-route", "prepare-swap", "commit-swap", "abort-swap"];
 var socket = new Argument<string>("SOCKET") { Description = "the agent's API socket (apiSocket in its configuration)" };
 var operation = new Argument<string>("OP") { Description = string.Join(" | ", operations), CustomParser = CommandLineConventions.OneOf(operations) };
 var settings = CommandLineConventions.RefusingOptions(new Argument<string[]>("SETTINGS") { Description = "the operation's key=value settings, or an id", Arity = ArgumentArity.ZeroOrMore });
 var ctl = new Command("ctl", """
     Calls a running agent's local API. Operations and their settings:
       status
+      rotate-key           (a new host key pair now, as its schedule does: controlPlane.keyRotationHours)
       attach-vm id=ID device=DEV vni=N mac=MAC [ipv4=A,B] [ipv6=A,B]
       detach-vm ID
       deregister-vm ID     (registrations come from fabric-hook and fabric-cni; status lists them)
@@ -145,7 +146,7 @@ static int Control(string socket, string op, string[] rest)
     string[]? List(string key) => Get(key)?.Split(',', StringSplitOptions.RemoveEmptyEntries);
     var request = op switch
     {
-        "status" => new ApiRequest("status"),
+        "status" or "rotate-key" => new ApiRequest(op),
         "attach-vm" => new ApiRequest(op, Vm: new VmConfig(Need("id"), Need("device"), Vni(), Need("mac"), List("ipv4"), List("ipv6"))),
         "detach-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new UsageException("detach-vm: the VM id is required.")),
         "deregister-vm" => new ApiRequest(op, Id: rest.FirstOrDefault() ?? throw new UsageException("deregister-vm: the registration id is required.")),
@@ -202,6 +203,7 @@ internal sealed class AgentService(AgentConfig config, ILogger<AgentService> log
         if (_link is { } link)
         {
             _agent.ControlPlaneStatus = () => link.Status;
+            _agent.RotateHostKey = () => link.RotateKeyAsync();
             _link.Start();
         }
         AgentServiceLog.Ready(logger, config.HostId, config.ApiSocket);

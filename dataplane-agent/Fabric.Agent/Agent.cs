@@ -333,7 +333,7 @@ public sealed class Agent : IDisposable
     /// <summary>Handles one API request; never throws for a bad request.</summary>
     public ApiResponse Handle(ApiRequest request)
     {
-        var response = HandleLocked(request);
+        var response = request.Op == "rotate-key" ? RotateKey() : HandleLocked(request);
         if (response.Ok && request.Op is "register-vm" or "deregister-vm" or "attach-vm" or "detach-vm")
         {
             VmsChanged?.Invoke();
@@ -367,7 +367,7 @@ public sealed class Agent : IDisposable
                     "attach-vm" or "detach-vm" or "set-route" or "remove-route" or "add-host" or "remove-host" or "prepare-swap" or "commit-swap" or "abort-swap" or "register-vm" or "deregister-vm" =>
                         new ApiResponse(false, Error: $"{request.Op}: missing its argument (attach-vm: vm, detach-vm: id, *-route: route, add-host: host, remove-host: id, "
                             + "prepare-swap: id and stack, commit-swap/abort-swap: id and slot, register-vm: registration, deregister-vm: id)"),
-                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, remove-host, prepare-swap, commit-swap, abort-swap, register-vm, deregister-vm)"),
+                    _ => new ApiResponse(false, Error: $"unknown op '{request.Op}' (status, attach-vm, detach-vm, set-route, remove-route, add-host, remove-host, prepare-swap, commit-swap, abort-swap, register-vm, deregister-vm, rotate-key)"),
                 };
             }
             catch (Exception e) when (e is InvalidOperationException or FormatException or IOException or Switching.StackStartException)
@@ -498,6 +498,29 @@ public sealed class Agent : IDisposable
     /// <summary>The control-plane link's state for status (set by the host process when it runs one).</summary>
     public Func<object?>? ControlPlaneStatus { get; set; }
 
+    /// <summary>Rotates the host's key now (the API's rotate-key; set by the host process when it runs a control-plane link).</summary>
+    public Func<Task>? RotateHostKey { get; set; }
+
+    /// <summary>
+    /// The API's rotate-key: outside the API's lock (the link applies what follows through this API), waiting at most 30 s.
+    /// </summary>
+    private ApiResponse RotateKey()
+    {
+        if (RotateHostKey is not { } rotate)
+        {
+            return new ApiResponse(false, Error: "rotate-key: this agent runs without a control plane: its path keys are its configuration's overlayKey and settings (change them there)");
+        }
+        try
+        {
+            return rotate().Wait(TimeSpan.FromSeconds(30)) ? new ApiResponse(true)
+                : new ApiResponse(false, Error: "rotate-key: not done within 30 s (the control plane link is busy); it completes on its own");
+        }
+        catch (AggregateException e) when (e.InnerException is { } inner)
+        {
+            return new ApiResponse(false, Error: $"rotate-key: {inner.Message}");
+        }
+    }
+
     /// <summary>What the agent is doing, with every counter.</summary>
     public object Status() => new
     {
@@ -550,6 +573,10 @@ public sealed class Agent : IDisposable
             Stack = p.TransmitStack,
             StackVersion = p.TransmitKey is { } key ? StackKey.VersionOf(key) : null,
             Slot = p.TransmitSlot,
+            // How many keys of the pair verify (more than one while a host key rotates), and whether this end seals under
+            // its host's current key; never a key itself.
+            Keys = p.KeyState.Keys,
+            SealsWithCurrentKey = p.KeyState.SealsWithCurrentKey,
             p.SequenceGaps,
             InnerMtu = Switch.InnerMtu(p),
             Sent = new { Datagrams = p.Counters.TxPackets, Bytes = p.Counters.TxBytes },

@@ -206,10 +206,14 @@ public sealed record AgentConfig(
             {
                 problems.Add($"controlPlane.keyOverlapSeconds: {control.KeyOverlapSeconds} is outside 10..86400");
             }
-            if (control.KeyRotationHours < 0 || double.IsNaN(control.KeyRotationHours)
+            else if (control.KeyOverlapSeconds * 1000L < 3L * control.ReportMilliseconds)
+            {
+                problems.Add($"controlPlane.keyOverlapSeconds: {control.KeyOverlapSeconds} is shorter than three report periods ({3 * control.ReportMilliseconds} ms): peers could not hear a new key in time");
+            }
+            if (control.KeyRotationHours is < 0 or > 87_600 || double.IsNaN(control.KeyRotationHours)
                 || (control.KeyRotationHours > 0 && control.KeyRotationHours * 3600 < 2 * control.KeyOverlapSeconds))
             {
-                problems.Add($"controlPlane.keyRotationHours: {control.KeyRotationHours} must be 0 (never) or at least twice the overlap ({control.KeyOverlapSeconds} s), in hours");
+                problems.Add($"controlPlane.keyRotationHours: {control.KeyRotationHours} must be 0 (never) or from twice the overlap ({control.KeyOverlapSeconds} s) to 87600 (ten years), in hours");
             }
         }
         if (Repository is not null && Repository.RefreshSeconds is < 1 or > 86_400)

@@ -84,8 +84,10 @@ public sealed class HostKey : IDisposable
             return loaded;
         }
         Directory.CreateDirectory(stateDirectory);
+        // A previous key without a current one (the current was deleted to start afresh) is no longer anyone's: gone too.
+        File.Delete(System.IO.Path.Combine(stateDirectory, PreviousFileName));
         var created = ECDiffieHellman.Create(ECCurve.NamedCurves.nistP256);
-        Write(path, created);
+        Write(path, created, replace: false);
         return new HostKey(created, path, now);
     }
 
@@ -119,7 +121,7 @@ public sealed class HostKey : IDisposable
     /// the temporary name is removed, never written through), on disk before it takes the name: a crash leaves the old
     /// file or the whole new one.
     /// </summary>
-    private static void Write(string path, ECDiffieHellman key)
+    private static void Write(string path, ECDiffieHellman key, bool replace = true)
     {
         var temporary = path + ".new";
         File.Delete(temporary);
@@ -133,7 +135,8 @@ public sealed class HostKey : IDisposable
             file.Write(Encoding.ASCII.GetBytes(key.ExportPkcs8PrivateKeyPem()));
             file.Flush(flushToDisk: true);
         }
-        File.Move(temporary, path, overwrite: true);
+        // A first key never replaces a file that appeared meanwhile; a rotation replaces the current key's.
+        File.Move(temporary, path, overwrite: replace);
     }
 
     /// <summary>

@@ -61,9 +61,9 @@ public sealed class SecureStack : IStack
     // Session.
     private byte[]? _helloKey;
 
-    // While host keys rotate: the path key the peer may hold instead (alternateKey), and the key the live session runs under.
-    private byte[]? _alternateKey;
-    private byte[]? _alternateHelloKey;
+    // While host keys rotate: the pair's other keys the peer may seal under instead (alternateKeys: path key and hello key
+    // each), and the path key the live session runs under.
+    private readonly List<(byte[] Path, byte[] Hello)> _alternates = [];
     private byte[]? _sessionKey;
     private readonly byte[] _mine = new byte[NonceLength];
     private byte[]? _peer;
@@ -113,16 +113,17 @@ public sealed class SecureStack : IStack
             _pathKey = Convert.FromHexString(hex);
             _helloKey = HelloKeyOf(_pathKey);
             RandomNumberGenerator.Fill(_mine);
-            if (configuration.TryGetValue("alternateKey", out var alternate))
+            if (configuration.TryGetValue("alternateKeys", out var alternates))
             {
-                if (alternate.Length != 64 || !alternate.All(Uri.IsHexDigit))
+                foreach (var alternate in alternates.Split(',', StringSplitOptions.RemoveEmptyEntries).Take(3))
                 {
-                    _telemetry.Event("not-configured", "'alternateKey' is not 64 hex digits (32 bytes): only 'key' is used");
-                }
-                else
-                {
-                    _alternateKey = Convert.FromHexString(alternate);
-                    _alternateHelloKey = HelloKeyOf(_alternateKey);
+                    if (alternate.Length != 64 || !alternate.All(Uri.IsHexDigit))
+                    {
+                        _telemetry.Event("not-configured", "an 'alternateKeys' entry is not 64 hex digits (32 bytes): it is not used");
+                        continue;
+                    }
+                    var path = Convert.FromHexString(alternate);
+                    _alternates.Add((path, HelloKeyOf(path)));
                 }
             }
         }
@@ -130,7 +131,7 @@ public sealed class SecureStack : IStack
 
     private static byte[] HelloKeyOf(byte[] pathKey) => HKDF.DeriveKey(HashAlgorithmName.SHA256, pathKey, 32, salt: [], Encoding.UTF8.GetBytes("fabric secure v2 hello"));
 
-    /// <summary>Whether this end has taken the peer's key (its 'alternateKey') for its hellos and next sessions. Diagnostics and tests.</summary>
+    /// <summary>Whether this end has taken the peer's key (one of its 'alternateKeys') for its hellos and next sessions. Diagnostics and tests.</summary>
     public bool OnAlternateKey { get; private set; }
 
     /// <summary>The epoch this end seals with now.</summary>
@@ -467,17 +468,25 @@ public sealed class SecureStack : IStack
         if (!CryptographicOperations.FixedTimeEquals(Mac(_helloKey, _remote, _local, hello[..^MacLength]), hello[^MacLength..]))
         {
             // While host keys rotate the two ends may have been given different keys of the pair, each knowing the other's
-            // as its alternate. The end whose host id sorts second takes the other's (for its hellos and the sessions it
+            // among its alternates. The end whose host id sorts second takes the other's (for its hellos and the sessions it
             // starts from now on; a live session keeps its own); the first keeps its own, so they never cross.
-            if (_alternateHelloKey is null || string.CompareOrdinal(_local, _remote) < 0
-                || !CryptographicOperations.FixedTimeEquals(Mac(_alternateHelloKey, _remote, _local, hello[..^MacLength]), hello[^MacLength..]))
+            var taken = -1;
+            for (var i = 0; i < _alternates.Count && taken < 0 && string.CompareOrdinal(_local, _remote) > 0; i++)
+            {
+                if (CryptographicOperations.FixedTimeEquals(Mac(_alternates[i].Hello, _remote, _local, hello[..^MacLength]), hello[^MacLength..]))
+                {
+                    taken = i;
+                }
+            }
+            if (taken < 0)
             {
                 _counters.Drop(StackDropReason.AuthenticationFailed);
                 return;
             }
-            (_pathKey, _alternateKey) = (_alternateKey, _pathKey);
-            (_helloKey, _alternateHelloKey) = (_alternateHelloKey, _helloKey);
-            OnAlternateKey = !OnAlternateKey;
+            var other = _alternates[taken];
+            _alternates[taken] = (_pathKey!, _helloKey!);
+            (_pathKey, _helloKey) = other;
+            OnAlternateKey = true;
             _telemetry.Event("peer-key", "the peer's hello came under the pair's other key (a host key is rotating): taken for hellos and new sessions");
         }
         var theirs = hello.Slice(2, NonceLength);
@@ -636,7 +645,7 @@ public sealed class SecureStack : IStack
             open.Dispose();
         }
         _open.Clear();
-        foreach (var key in new[] { _pathKey, _alternateKey, _alternateHelloKey })
+        foreach (var key in _alternates.SelectMany(a => new[] { a.Path, a.Hello }).Append(_pathKey).Append(_sessionKey))
         {
             if (key is not null)
             {

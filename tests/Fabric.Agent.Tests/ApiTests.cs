@@ -30,6 +30,16 @@ public class ApiTests
     }
 
     [Fact]
+    public void RotateKey_WithoutAControlPlane_IsRefusedSayingWhereThePathKeysComeFrom()
+    {
+        using var hosts = new TwoHosts();
+        var refused = hosts.A.Handle(new ApiRequest("rotate-key"));
+        Assert.False(refused.Ok);
+        Assert.Contains("without a control plane", refused.Error, StringComparison.Ordinal);
+        Assert.Contains("overlayKey", refused.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void RemovingAHost_TakesItsPathAndItsRoutes_SoNothingGoesThereOrComesFromIt()
     {
         using var hosts = new TwoHosts();
@@ -59,7 +69,7 @@ public class ApiTests
         File.WriteAllText(path, """
             { "hostId": "", "underlay": { "ipv4": "::1", "mtu": 100 }, "stacks": ["/nope.dll"], "apiSocket": "/tmp/x.sock",
               "metricsListen": "0.0.0.0:9464",
-              "controlPlane": { "gateways": ["silo:30000"], "clustering": "zookeeper", "reportMilliseconds": 5 },
+              "controlPlane": { "gateways": ["silo:30000"], "clustering": "zookeeper", "reportMilliseconds": 5, "keyOverlapSeconds": 5, "keyRotationHours": 1e300 },
               "vms": [ { "id": "vm1", "device": "this-name-is-too-long", "vni": 1, "mac": "ff:ff:ff:ff:ff:ff" } ] }
             """);
         try
@@ -67,6 +77,7 @@ public class ApiTests
             var e = Assert.Throws<FormatException>(() => AgentConfig.Load(path));
             foreach (var field in new[] { "hostId: required", "underlay.ipv4: '::1'", "underlay.mtu: 100", "stacks[0]", "metricsListen", "vms[0].device", "vms[0].mac",
                 "controlPlane.gateways[0]: 'silo:30000'", "controlPlane.clustering: 'zookeeper'", "controlPlane.reportMilliseconds: 5",
+                "controlPlane.keyOverlapSeconds: 5 is outside 10..86400", "controlPlane.keyRotationHours: 1E+300 must be 0 (never) or from twice the overlap",
                 "controlPlane.certificate: required (with key and authority) unless every gateway is on loopback" })
             {
                 Assert.Contains(field, e.Message, StringComparison.Ordinal);

@@ -99,6 +99,14 @@ public sealed class HostKeyTests : IDisposable
         Assert.Null(restarted.PreviousPublicKey);
         Assert.Throws<InvalidOperationException>(() => restarted.Derive("host-a", "host-b", peer.PublicKey, previous: true));
         Assert.False(restarted.RetirePrevious());
+        restarted.Rotate(DateTimeOffset.UtcNow);
+        restarted.Dispose();
+
+        // The current key deleted to start afresh: the previous one left beside it is no one's any more, and goes too.
+        File.Delete(Path.Combine(_state, HostKey.FileName));
+        using var afresh = HostKey.LoadOrCreate(_state);
+        Assert.Null(afresh.PreviousPublicKey);
+        Assert.False(File.Exists(previousFile));
     }
 
     [Fact]

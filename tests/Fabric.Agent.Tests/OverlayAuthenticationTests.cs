@@ -121,6 +121,15 @@ public class OverlayAuthenticationTests
     private static PathKeyRing Ring(params (string Mine, bool MineCurrent, string Theirs, bool TheirsNewest)[] entries) =>
         new([.. entries.Select(e => new PathKeyEntry(new PathKeys(PairKey(e.Mine, e.Theirs), PairKey(e.Mine, e.Theirs).Reverse().ToArray()), e.MineCurrent, e.TheirsNewest))]);
 
+    private static void SecureKeysAre(OverlayAuthenticator at, string key, params string[] alternates)
+    {
+        var keys = at.SecureKeys()!.Value;
+        Assert.Equal(key, keys.Key);
+        Assert.Equal(alternates, keys.Alternates);
+    }
+
+    private static string Secure(string x, string y) => Convert.ToHexString(PairKey(x, y).Reverse().ToArray());
+
     private static byte[] PairKey(string x, string y) =>
         System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(string.CompareOrdinal(x, y) < 0 ? x + y : y + x));
 
@@ -143,18 +152,18 @@ public class OverlayAuthenticationTests
         a.Rekey(Ring(("a1", true, "b0", true), ("a0", false, "b0", true)), mineRotated: true);
         Assert.False(a.SealsWithCurrentKey);
         Assert.True(Carried(a, b) && Carried(b, a) && Carried(a, b));
-        Assert.Equal(PairKey("a0", "b0").Reverse(), a.SecureKeys()!.Value.Key);
+        // Secure instances made now take the key this end seals under, with every other key of the ring as alternates.
+        SecureKeysAre(a, Secure("a0", "b0"), Secure("a1", "b0"));
 
         // host-b learns a1 from the control plane and seals under it at once; host-a verifies it and moves to it.
         b.Rekey(Ring(("b0", true, "a1", true), ("b0", true, "a0", false)), mineRotated: false);
-        Assert.Equal(PairKey("a0", "b0").Reverse(), b.SecureKeys()!.Value.Key);
-        Assert.Equal(PairKey("a1", "b0").Reverse(), b.SecureKeys()!.Value.Alternate);
+        SecureKeysAre(b, Secure("a1", "b0"), Secure("a0", "b0"));
         Assert.True(Carried(a, b));
         Assert.True(Carried(b, a));
         Assert.True(a.SealsWithCurrentKey);
         Assert.True(Carried(a, b) && Carried(b, a));
-        Assert.Equal(PairKey("a1", "b0").Reverse(), a.SecureKeys()!.Value.Key);
-        Assert.Equal(PairKey("a1", "b0").Reverse(), b.SecureKeys()!.Value.Key);
+        Assert.Equal(Secure("a1", "b0"), a.SecureKeys()!.Value.Key);
+        Assert.Equal(Secure("a1", "b0"), b.SecureKeys()!.Value.Key);
 
         // The overlap ends: only the new key is held; what the old key seals verifies nowhere.
         a.Rekey(Ring(("a1", true, "b0", true)), mineRotated: false);

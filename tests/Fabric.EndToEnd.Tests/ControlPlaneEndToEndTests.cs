@@ -103,6 +103,22 @@ public class ControlPlaneEndToEndTests
         }
     }
 
+    private static JsonElement Link(OverlayTopology topology, string host) => topology.Status(host).GetProperty("controlPlane");
+
+    private static JsonElement PathOf(OverlayTopology topology, string host, string remote) =>
+        topology.Status(host).GetProperty("paths").EnumerateArray().Single(p => p.GetProperty("host").GetString() == remote);
+
+    private static (int Keys, bool SealsWithCurrentKey) KeyState(OverlayTopology topology, string host, string remote) =>
+        PathOf(topology, host, remote) is var path ? (path.GetProperty("keys").GetInt32(), path.GetProperty("sealsWithCurrentKey").GetBoolean()) : default;
+
+    private static (string? Stack, int Slot) Binding(OverlayTopology topology, string host, string vm, string remote) =>
+        PathOf(topology, host, remote).GetProperty("bindings").EnumerateArray().Where(b => b.GetProperty("vm").GetString() == vm)
+            .Select(b => (b.GetProperty("stack").GetString(), b.GetProperty("slot").GetInt32())).SingleOrDefault((null, -1));
+
+    private static long PathDrops(OverlayTopology topology, string host, string remote, string reason) =>
+        PathOf(topology, host, remote).GetProperty("drops") is var drops && drops.ValueKind == JsonValueKind.Object
+            && drops.EnumerateObject().FirstOrDefault(d => d.Name.Equals(reason, StringComparison.OrdinalIgnoreCase)) is { Value.ValueKind: JsonValueKind.Number } found ? found.Value.GetInt64() : 0;
+
     private static bool Acknowledged(OverlayTopology topology, string host)
     {
         using var state = JsonDocument.Parse(topology.SiloApi($"/api/hosts/{host}"));
@@ -110,14 +126,14 @@ public class ControlPlaneEndToEndTests
     }
 
     [Fact]
-    public void AgentsWhoseConfigurationsNameNoPeerRouteOrKey_AreProgrammedByTheSilo_CarryTcp_AndSealAConfidentialVm()
+    public void AgentsWhoseConfigurationsNameNoPeerRouteOrKey_AreProgrammedByTheSilo_CarryTcp_SealAConfidentialVm_AndRotateTheirKeysUnderItsTcp()
     {
         Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
         var folder = Directory.CreateTempSubdirectory("fabric-programmed-e2e-").FullName;
         try
         {
             var (repository, root) = SignedRepository(folder, withSecure: true);
-            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", controlPlane: new ControlPlaneSetup(repository, root, Programmed: true));
+            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", controlPlane: new ControlPlaneSetup(repository, root, Programmed: true, KeyOverlapSeconds: 10));
             // vm2 is re-registered as a hook would, confidential: only secure may carry it, under keys the agents derived.
             ReRegister(topology, "vm2", new { security = "confidential", vni = 100 });
 
@@ -132,6 +148,38 @@ public class ControlPlaneEndToEndTests
                 var (rate, _) = TcpFlow.Rates(flow, flow, TimeSpan.FromSeconds(2));
                 Assert.True(rate > 1, $"vm1's TCP to vm3 moved {rate:0.0} Mbit/s");
             }
+
+            // host-a rotates its key pair (asked through its local API, as its schedule would) under the confidential VM's
+            // kernel TCP through secure: host-b learns the new public key from the silo, both paths take the pair's new
+            // keys in place, and once the overlap (10 s here) ends the previous key is gone and vm2's secure slot renewed.
+            using (var sealedFlow = new TcpFlow(topology.Vm("vm2").Namespace, topology.Vm("vm3").Namespace, IPAddress.Parse("10.100.0.3"), 5312, mbps: 20))
+            {
+                Eventually.True(() => sealedFlow.Received > 1_000_000, TimeSpan.FromSeconds(20), "vm2's TCP under way through secure", () => $"{sealedFlow.Received} B; {sealedFlow.Error}");
+                var since = Link(topology, "host-a").GetProperty("keySince").GetDateTimeOffset();
+                var slot = Binding(topology, "host-a", "vm2/0", "host-b").Slot;
+                var (rotatedAt, bytesAtRotation) = (Stopwatch.StartNew(), sealedFlow.Received);
+                Assert.Equal((0, "ok\n"), topology.Ctl("host-a", "rotate-key"));
+                // A second rotation while this one is under way would drop a key the peer may still use: refused.
+                var again = topology.Ctl("host-a", "rotate-key");
+                Assert.True(again.Code != 0 && again.Output.Contains("refused: rotate-key: a rotation is under way", StringComparison.Ordinal), again.Output);
+                Assert.True(Link(topology, "host-a").GetProperty("keySince").GetDateTimeOffset() > since);
+                Eventually.True(() => KeyState(topology, "host-b", "host-a") == (2, true) && KeyState(topology, "host-a", "host-b") == (2, true),
+                    TimeSpan.FromSeconds(20), "both paths hold the pair's new keys and seal under them", () => $"{topology.Status("host-a")}\n{topology.Status("host-b")}");
+                Eventually.True(() => KeyState(topology, "host-a", "host-b") == (1, true) && KeyState(topology, "host-b", "host-a") == (1, true)
+                    && !Link(topology, "host-a").GetProperty("previousKeyKept").GetBoolean() && Binding(topology, "host-a", "vm2/0", "host-b") is ("secure", var renewed) && renewed != slot,
+                    TimeSpan.FromSeconds(40), "the previous key retired and vm2's secure slot renewed", () => $"{topology.Status("host-a")}\n{topology.Status("host-b")}");
+                var (atRetirement, retiredAfter) = (sealedFlow.Received, rotatedAt.Elapsed);
+                Eventually.True(() => sealedFlow.Received > atRetirement + 1_000_000, TimeSpan.FromSeconds(20), "vm2's TCP going on after the rotation",
+                    () => $"{sealedFlow.Received - atRetirement} B since; {sealedFlow.Error}");
+                Assert.Null(sealedFlow.Error);
+                var report = $"rotation: vm2's TCP through secure moved {(atRetirement - bytesAtRotation) / 1e6:0.0} MB from host-a's rotate-key to the previous key's "
+                    + $"retirement ({retiredAfter.TotalSeconds:0.0} s, overlap 10 s) and the slot's renewal, and {(sealedFlow.Received - atRetirement) / 1e6:0.0} MB after";
+                TestContext.Current.SendDiagnosticMessage(report);
+                Console.WriteLine(report);
+                Assert.Equal(0, PathDrops(topology, "host-b", "host-a", "unauthenticated"));
+                Assert.Equal(0, PathDrops(topology, "host-a", "host-b", "unauthenticated"));
+            }
+
             // vm4 is in another virtual network: no host was told a route to it, and it is unreachable.
             Assert.NotEqual(0, topology.Ping("vm1", "10.100.0.4", 2).Code);
             var routes = topology.Status("host-a").GetProperty("paths").EnumerateArray().Select(p => p.GetProperty("host").GetString()).ToList();

@@ -294,9 +294,9 @@ public class SecureTests
         // alternate): "b", which sorts second, takes a's key, whichever it is; a never moves.
         var other = new string('5', 64);
         var (aKey, aAlternate) = firstHasTheNewKey ? (other, Key) : (Key, other);
-        using var a = Stack("a", "b", aKey, extra: new() { ["alternateKey"] = aAlternate });
+        using var a = Stack("a", "b", aKey, extra: new() { ["alternateKeys"] = aAlternate });
         var events = new Events();
-        using var b = Stack("b", "a", aAlternate, events, extra: new() { ["alternateKey"] = aKey });
+        using var b = Stack("b", "a", aAlternate, events, extra: new() { ["alternateKeys"] = $"{new string('7', 64)},{aKey}" });
         Exchange(a, b);
         Assert.True(a.Established && b.Established, "the two ends did not meet on one key");
         Assert.Equal(a.Session, b.Session);
@@ -309,8 +309,8 @@ public class SecureTests
         Assert.Equal(Frame(7), Assert.Single(vm.Frames));
 
         // Whoever holds neither key of the pair gets no session, alternate or not.
-        using var stranger = Stack("c", "a", new string('0', 64), extra: new() { ["alternateKey"] = new string('1', 64) });
-        using var a2 = Stack("a", "c", aKey, extra: new() { ["alternateKey"] = aAlternate });
+        using var stranger = Stack("c", "a", new string('0', 64), extra: new() { ["alternateKeys"] = new string('1', 64) });
+        using var a2 = Stack("a", "c", aKey, extra: new() { ["alternateKeys"] = aAlternate });
         Exchange(a2, stranger);
         Assert.False(a2.Established || stranger.Established);
         Assert.False(stranger.OnAlternateKey);

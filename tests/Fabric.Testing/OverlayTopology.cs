@@ -17,11 +17,12 @@ public sealed record TestVm(string Name, string Namespace, string Host, uint Vni
 /// <paramref name="TrainEverySeconds"/> (0: never) once <paramref name="MinOutcomes"/> are logged. With
 /// <paramref name="Programmed"/>, the agents' configurations name no remote host, route or key: the control plane
 /// programs them. Agents read the repository every <paramref name="AgentRefreshSeconds"/>; a rollout's rings bake
-/// <paramref name="RolloutBakeSeconds"/> and its utility gate needs <paramref name="RolloutMinPaths"/> VM paths a version.
+/// <paramref name="RolloutBakeSeconds"/> and its utility gate needs <paramref name="RolloutMinPaths"/> VM paths a version. A
+/// rotated host key verifies for <paramref name="KeyOverlapSeconds"/> after its successor's registration.
 /// </summary>
 public sealed record ControlPlaneSetup(string RepositoryPath, string TrustRoot, int SelectorSustainMilliseconds = 1000,
     string? LearningStore = null, int TrainEverySeconds = 0, int MinOutcomes = 200, int MinSupport = 30, bool Programmed = false,
-    int AgentRefreshSeconds = 60, int RolloutBakeSeconds = 600, int RolloutMinPaths = 8);
+    int AgentRefreshSeconds = 60, int RolloutBakeSeconds = 600, int RolloutMinPaths = 8, int KeyOverlapSeconds = 600);
 
 /// <summary>
 /// Two hosts running real <c>fabric-agent</c> processes, joined by a veth underlay through a real <c>fabric-linkem</c>;
@@ -364,7 +365,7 @@ public sealed class OverlayTopology : IDisposable
     private object ControlPlaneOf(string hostId)
     {
         var (certificate, key, authority) = _authority.IssueFiles(Path.Combine(_workDir, "pki"), Fabric.Silo.Security.CallerRole.Agent, hostId);
-        return new { gateways = new[] { SiloAddress + ":30000" }, certificate, key, authority };
+        return new { gateways = new[] { SiloAddress + ":30000" }, certificate, key, authority, keyOverlapSeconds = _controlPlane?.KeyOverlapSeconds ?? 600 };
     }
 
     /// <summary>Starts one agent; <paramref name="peer"/> is the one remote host its configuration names (null: none, a bystander's).</summary>

@@ -42,8 +42,8 @@ public sealed class OverlayAuthenticator : IDisposable
     /// <summary>Whether the peer has shown it holds this host's current key (an authentic datagram under it).</summary>
     private bool _mineConfirmed = true;
 
-    /// <summary>Whether a datagram authenticated under the key this end seals with: both ends seal under it.</summary>
-    private bool _agreed;
+    /// <summary>Guards the keys' bytes between <see cref="Rekey"/> (which zeroes the old ones) and <see cref="SecureKeys"/>.</summary>
+    private readonly Lock _keys = new();
 
     /// <summary>An authenticator under the host pair's one overlay key (32 bytes); <see cref="Rekey"/> gives it a ring.</summary>
     public OverlayAuthenticator(ReadOnlySpan<byte> overlayKey, string localHost, string remoteHost, TimeProvider? time = null)
@@ -51,7 +51,6 @@ public sealed class OverlayAuthenticator : IDisposable
         (_local, _remote) = (localHost, remoteHost);
         _entries = [new Entry(overlayKey, localHost, remoteHost, MineCurrent: true, TheirsNewest: true, Secure: null)];
         _seal = _entries[0];
-        _agreed = true;
         _time = time ?? TimeProvider.System;
         // The start millisecond in the high 48 bits (a later boot compares higher), 16 random bits below.
         _boot = ((ulong)_time.GetUtcNow().ToUnixTimeMilliseconds() << 16) | (uint)RandomNumberGenerator.GetInt32(1, 1 << 16);
@@ -71,11 +70,14 @@ public sealed class OverlayAuthenticator : IDisposable
         {
             throw new ArgumentException("a key ring holds the key of this host's current key and the peer's newest", nameof(ring));
         }
-        foreach (var entry in _entries)
+        lock (_keys)
         {
-            entry.Dispose();
+            foreach (var entry in _entries)
+            {
+                entry.Dispose();
+            }
+            _entries = entries;
         }
-        _entries = entries;
         if (mineRotated)
         {
             _mineConfirmed = false;
@@ -88,42 +90,23 @@ public sealed class OverlayAuthenticator : IDisposable
         ChooseSeal();
     }
 
-    private void ChooseSeal()
-    {
-        var seal = _entries.First(e => e.MineCurrent == _mineConfirmed && e.TheirsNewest);
-        _agreed &= ReferenceEquals(seal, _seal);
-        _seal = seal;
-    }
+    private void ChooseSeal() => _seal = _entries.First(e => e.MineCurrent == _mineConfirmed && e.TheirsNewest);
 
     /// <summary>
-    /// The secure stack's key for instances made now: that of the key both ends seal under, once an authentic datagram
-    /// under it showed the peer seals with it too (before that, the ring's key of this host's key the peer holds and the
-    /// peer's oldest held). Null for an authenticator of one key given without a ring.
+    /// The secure stack's key for an instance made now, in hex — that of the key this end seals under — and every other key
+    /// of the ring (the peer may seal under any of them while the two ends change keys; <c>alternateKeys</c>); null when
+    /// this authenticator took no ring.
     /// </summary>
-    public byte[]? AgreedSecureKey
+    public (string Key, string[] Alternates)? SecureKeys()
     {
-        get
+        lock (_keys)
         {
-            if (_agreed)
+            if (_seal.Secure is not { } key)
             {
-                return _seal.Secure;
+                return null;
             }
-            return _entries.FirstOrDefault(e => e.MineCurrent == _mineConfirmed && !e.TheirsNewest)?.Secure ?? _seal.Secure;
+            return (Convert.ToHexString(key), [.. _entries.Where(e => e.Secure is not null && !ReferenceEquals(e, _seal)).Select(e => Convert.ToHexString(e.Secure!))]);
         }
-    }
-
-    /// <summary>
-    /// The secure stack's key for an instance made now (<see cref="AgreedSecureKey"/>) and the one the peer may use
-    /// instead while the two ends change keys (null: none); null when this authenticator took no ring.
-    /// </summary>
-    public (byte[] Key, byte[]? Alternate)? SecureKeys()
-    {
-        if (AgreedSecureKey is not { } key)
-        {
-            return null;
-        }
-        var alternate = !ReferenceEquals(_seal.Secure, key) ? _seal.Secure : _entries.FirstOrDefault(e => e.Secure is not null && !ReferenceEquals(e.Secure, key))?.Secure;
-        return (key, alternate);
     }
 
     /// <summary>How many keys verify now (1; up to 4 while host keys rotate). Diagnostics and tests.</summary>
@@ -154,7 +137,6 @@ public sealed class OverlayAuthenticator : IDisposable
         }
         if (Verifies(_seal, datagram))
         {
-            _agreed = true;
             return true;
         }
         foreach (var entry in _entries)
@@ -165,7 +147,6 @@ public sealed class OverlayAuthenticator : IDisposable
                 {
                     _mineConfirmed = true;
                     ChooseSeal();
-                    _agreed = ReferenceEquals(entry, _seal);
                 }
                 return true;
             }

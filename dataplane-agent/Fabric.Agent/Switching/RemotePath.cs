@@ -71,7 +71,7 @@ public sealed partial class RemotePath : IDisposable
         _authenticator = spec.OverlayKey is { } key ? new OverlayAuthenticator(key, localHost, spec.HostId, time) : null;
     }
 
-    public RemoteHostSpec Spec { get; }
+    public RemoteHostSpec Spec { get; private set; }
 
     /// <summary>The remote host's underlay socket address for the family of the bound stack.</summary>
     public UdpPeer Destination { get; }
@@ -153,38 +153,36 @@ public sealed partial class RemotePath : IDisposable
         {
             _authenticator.Rekey(ring, mineRotated);
             _ringKeys = true;
+            // What a path that replaces this one (a stack stuck for good) starts from: the pair's current keys, not those
+            // it was added with.
+            var current = ring.Entries.First(e => e.MineCurrent && e.TheirsNewest).Keys;
+            var settings = (Spec.Settings ?? new Dictionary<string, IReadOnlyDictionary<string, string>>()).ToDictionary(StringComparer.Ordinal);
+            if (settings.TryGetValue("secure", out var secure))
+            {
+                settings["secure"] = new Dictionary<string, string>(secure, StringComparer.Ordinal) { ["key"] = Convert.ToHexString(current.Secure) };
+            }
+            Spec = Spec with { OverlayKey = current.Overlay.ToArray(), Settings = settings };
         }
         return true;
     }
 
     /// <summary>How many keys of the pair verify (1; more while a host key rotates) and whether this end seals under its host's current key.</summary>
-    public (int Keys, bool SealsWithCurrentKey) KeyState
-    {
-        get
-        {
-            using (_gate.Take())
-            {
-                return _authenticator is null ? (0, false) : (_authenticator.KeyCount, _authenticator.SealsWithCurrentKey);
-            }
-        }
-    }
+    /// <remarks>Read without the gate, so status never waits on a path whose stack is stuck in a call.</remarks>
+    public (int Keys, bool SealsWithCurrentKey) KeyState => _authenticator is null ? (0, false) : (_authenticator.KeyCount, _authenticator.SealsWithCurrentKey);
 
     /// <summary>The configuration an instance of <paramref name="stackId"/> gets now: secure's key follows the ring (and names the peer's other key).</summary>
     private IReadOnlyDictionary<string, string> SettingsFor(string stackId)
     {
         var settings = Spec.SettingsOf(stackId);
-        if (!_ringKeys || stackId != "secure" || _authenticator?.SecureKeys() is not ({ } key, var alternate))
+        if (!_ringKeys || stackId != "secure" || _authenticator?.SecureKeys() is not ({ } key, var alternates))
         {
             return settings;
         }
-        var chosen = new Dictionary<string, string>(settings, StringComparer.Ordinal) { ["key"] = Convert.ToHexString(key) };
-        if (alternate is null)
+        var chosen = new Dictionary<string, string>(settings, StringComparer.Ordinal) { ["key"] = key };
+        chosen.Remove("alternateKeys");
+        if (alternates.Length > 0)
         {
-            chosen.Remove("alternateKey");
-        }
-        else
-        {
-            chosen["alternateKey"] = Convert.ToHexString(alternate);
+            chosen["alternateKeys"] = string.Join(',', alternates);
         }
         return chosen;
     }
