@@ -421,7 +421,13 @@ public sealed partial class VmGrain(
         if (_last.TryGetValue(remoteHost, out var last) && !PathSmoother.Significant(last.Conditions, conditions) && !state.State.Pending.ContainsKey(remoteHost))
         {
             // Conditions this VM has already decided on (the host grain tells every path again now and then, in case a
-            // notice was lost): nothing to decide.
+            // notice was lost): nothing to decide. But a decision not yet stored or bound (its write or bind failed, the
+            // rebind timer retries) is tried now, and its failure answers the host: a notice that returns means what it
+            // decided is stored, so a silo's death after it loses nothing the host thinks told.
+            if (_unwritten || _unbound.Count > 0)
+            {
+                await FlushBindingsAsync();
+            }
             return;
         }
         var bindings = Evaluate(remoteHost, conditions, await CatalogAsync(), await HostStacksAsync(state.State.Placement.HostId));
