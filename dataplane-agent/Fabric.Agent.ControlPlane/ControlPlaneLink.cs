@@ -481,6 +481,7 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             s.UnderlayEndpoints.IPv4?.Port ?? s.UnderlayEndpoints.IPv6?.Port ?? 0, loaded, nics, typeof(ControlPlaneLink).Assembly.GetName().Version?.ToString() ?? "0")
         {
             PublicKey = _key.PublicKey,
+            PreviousPublicKey = _key.PreviousPublicKey,
             StackVersions = versions,
         };
     }
@@ -765,10 +766,12 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                 continue;
             }
             if (forgotten.TryGetValue(peer.HostId, out var was) && was.PublicKey is { } old && peer.PublicKey is not null && old != peer.PublicKey
-                && was with { PublicKey = peer.PublicKey } == peer && _programmed.Contains(peer.HostId))
+                && peer.PreviousPublicKey == old && was with { PublicKey = peer.PublicKey } == peer && _programmed.Contains(peer.HostId))
             {
-                // Only the peer's key changed (it rotated): the path takes the pair's keys anew in place, the old key still
-                // verifying for an overlap, and nothing on the path is lost.
+                // Only the peer's key changed, and the peer names the key held here as the one it replaced (a rotation):
+                // the path takes the pair's keys anew in place, the old key still verifying for an overlap, and nothing
+                // on the path is lost. A new key that does not (an agent that lost its state, or was re-enrolled) gets a
+                // new path below: its old key verifies nothing from then on.
                 _peerPrevious[peer.HostId] = (old, _agent.Time.GetUtcNow() + Overlap);
                 _appliedPeers[peer.HostId] = peer;
                 if (Rekey(peer.HostId, mineRotated: false))

@@ -189,6 +189,13 @@ public sealed record HostInfo(
     [Id(7)] public string? PublicKey { get; init; }
 
     /// <summary>
+    /// The key <see cref="PublicKey"/> replaced, while the agent still keeps it (a rotation's overlap): peers holding it
+    /// take the new key in place, as a rotation; a new key that names no previous one (an agent that lost its state, or
+    /// was re-enrolled) gets a new path. Not part of the host's identity.
+    /// </summary>
+    [Id(9)] public string? PreviousPublicKey { get; init; }
+
+    /// <summary>
     /// The stack versions the host runs now (registered, neither quarantined nor withdrawn; several per id side by side)
     /// and how many VM paths each carries, as of this registration. Not part of the host's identity (<see cref="Equals(HostInfo?)"/>):
     /// it changes with every binding, and the host grain keeps the latest in memory rather than writing it.
@@ -294,7 +301,15 @@ public sealed record Peer(
     [property: Id(3)] int UnderlayPort,
     [property: Id(4)] string? PublicKey)
 {
-    public static Peer Of(HostInfo info) => new(info.HostId, info.UnderlayIPv4, info.UnderlayIPv6, info.UnderlayPort, info.PublicKey);
+    public static Peer Of(HostInfo info) => new(info.HostId, info.UnderlayIPv4, info.UnderlayIPv6, info.UnderlayPort, info.PublicKey) { PreviousPublicKey = info.PreviousPublicKey };
+
+    /// <summary>The key <see cref="PublicKey"/> replaced, while its host keeps it (<see cref="HostInfo.PreviousPublicKey"/>); not part of the peer's identity.</summary>
+    [Id(5)] public string? PreviousPublicKey { get; init; }
+
+    public bool Equals(Peer? other) => other is not null && HostId == other.HostId && UnderlayIPv4 == other.UnderlayIPv4 && UnderlayIPv6 == other.UnderlayIPv6
+        && UnderlayPort == other.UnderlayPort && PublicKey == other.PublicKey;
+
+    public override int GetHashCode() => HashCode.Combine(HostId, UnderlayIPv4, UnderlayIPv6, UnderlayPort, PublicKey);
 }
 
 /// <summary>

@@ -248,7 +248,8 @@ public sealed class AgentLinkTests
     /// A host key rotated while a confidential VM streams through secure under keys the pair derived: the new public key
     /// reaches the peer through the control plane, both paths take the pair's new keys in place (no path replaced, no
     /// frame lost), and after the overlap the previous key is gone from the host and from both paths, and the VM's secure
-    /// slot is renewed (a fresh instance, so a session under the new path key), still losing nothing.
+    /// slot is renewed (a fresh instance, so a session under the new path key), still losing nothing. A new key that names
+    /// no previous one (the host lost its key) is no rotation: the peer makes a new path instead.
     /// </summary>
     [Fact]
     public async Task AHostKeyRotatedDuringASecureStream_LosesNoFrame_ReplacesNoPath_AndAfterTheOverlapThePreviousKeyRetiresAndTheSecureSlotIsRenewed()
@@ -296,6 +297,16 @@ public sealed class AgentLinkTests
             Assert.Equal(replaced, (hosts.A.Switch.PathsReplaced, hosts.B.Switch.PathsReplaced));
             Assert.Equal("secure", Bound(hosts.A, "vm1/0", "host-b"));
             TestContext.Current.SendDiagnosticMessage($"rotation: {sent} frames sent and received through secure, no path replaced");
+
+            // A new key that names no previous one is no rotation (host-a lost its key, as a re-enrolled host's would be):
+            // host-b does not take it in place but makes a new path, under which the old key verifies nothing.
+            File.Delete(Path.Combine(state, "a", HostKey.FileName));
+            await hosts.RestartA();
+            Eventually.True(() => hosts.B.Switch.Paths.TryGetValue("host-a", out var fresh) && !ReferenceEquals(fresh, pathB) && fresh.KeyState == (1, true)
+                && Bound(hosts.A, "vm1/0", "host-b") == "secure", Wait, "a new path for host-a's new key",
+                () => $"{hosts.LinkA.Status}; {hosts.LinkB.Status}; {Describe(hosts.A)}; {Describe(hosts.B)}");
+            hosts.Send("vm3", Frames.Udp(Mac3, Mac1, "10.0.0.3", "10.0.0.1", 200));
+            hosts.Expect("vm1");
         }
         finally
         {
