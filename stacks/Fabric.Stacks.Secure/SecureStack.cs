@@ -24,6 +24,10 @@ namespace Fabric.Stacks.Secure;
 /// (Duplicate) and one older than the window (OutOfWindow) are dropped and counted. Rekeying without loss: the sender
 /// moves to the next epoch after <c>rekeyPackets</c> packets or <c>rekeySeconds</c>, and the receiver keeps the
 /// previous epoch's key, so packets in flight still open.</para>
+/// <para>Host keys rotating: with <c>alternateKeys</c> (up to three other keys of the pair, comma-separated hex) the two ends
+/// may have been given different keys of the pair; a hello that verifies only under an alternate makes the end whose
+/// host id sorts second take that key for its hellos and the sessions it starts (the first never moves, so the two never
+/// cross). A live session keeps the key it was derived from.</para>
 /// </summary>
 public sealed class SecureStack : IStack
 {

@@ -141,7 +141,8 @@ public sealed partial class RemotePath : IDisposable
     /// <summary>
     /// Takes the host pair's keys anew in place while a host key rotates: the path, its slots and its stack instances stay
     /// (no frame is lost); probes and control messages verify under every key of the ring, and secure instances made from
-    /// now on take the key both ends hold. False when the path has no overlay key (its keys are the operator's).
+    /// now on take the key this end seals under, with the ring's others as alternates. False when the path has no overlay
+    /// key (its keys are the operator's).
     /// </summary>
     public bool Rekey(PathKeyRing ring, bool mineRotated)
     {
@@ -170,7 +171,7 @@ public sealed partial class RemotePath : IDisposable
     /// <remarks>Read without the gate, so status never waits on a path whose stack is stuck in a call.</remarks>
     public (int Keys, bool SealsWithCurrentKey) KeyState => _authenticator is null ? (0, false) : (_authenticator.KeyCount, _authenticator.SealsWithCurrentKey);
 
-    /// <summary>The configuration an instance of <paramref name="stackId"/> gets now: secure's key follows the ring (and names the peer's other key).</summary>
+    /// <summary>The configuration an instance of <paramref name="stackId"/> gets now: secure's key follows the ring (and names the ring's other keys).</summary>
     private IReadOnlyDictionary<string, string> SettingsFor(string stackId)
     {
         var settings = Spec.SettingsOf(stackId);

@@ -180,7 +180,9 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             }
             return $"host '{path.Spec.HostId}' did not open {stackKey} in slot {fresh}: {refused}";
         }
-        foreach (var (vm, _) in bound)
+        // Only the VMs still there: one the control plane moved meanwhile stays where it went.
+        var now = path.VmBindingKeys();
+        foreach (var (vm, _) in bound.Where(b => now.TryGetValue(b.Key, out var still) && still.Slot == slot))
         {
             path.BindVm(vm, fresh, state.DrainDeadline());
         }
