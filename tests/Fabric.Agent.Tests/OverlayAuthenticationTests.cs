@@ -251,4 +251,45 @@ public class OverlayAuthenticationTests
         using var stranger = new OverlayAuthenticator(new byte[32], "host-a", "host-b", time);
         Assert.False(b.Verify(Message(stranger, 1)));
     }
+
+    [Fact]
+    public void ControlMessagesSentByTwoThreadsAtOnce_LeaveInTheOrderOfTheirCounters_AndThePeerTakesBoth()
+    {
+        // A receive thread sends what it answers only after its batch; a control message it answered must not wait there
+        // while another thread sends a later one at once: the peer would take the first it got and refuse the other as a replay
+        // (an unauthenticated drop during a key rotation's slot renewals, once in CI).
+        using var hosts = new TwoHosts();
+        var pathAtA = hosts.A.Switch.Paths["host-b"];
+        var pathAtB = hosts.B.Switch.Paths["host-a"];
+        var taken = new System.Collections.Concurrent.ConcurrentQueue<int>();
+        var handle = pathAtB.OnControl;
+        pathAtB.OnControl = (path, message) =>
+        {
+            if (message.Length >= 2 && message[0] == ControlMessages.Close && message[1] >= 200)
+            {
+                taken.Enqueue(message[1]);
+            }
+            handle?.Invoke(path, message);
+        };
+        using var sentFirst = new ManualResetEventSlim();
+        using var sentSecond = new ManualResetEventSlim();
+        // A close of a slot host B never opened: taken, and it changes nothing.
+        var first = new Thread(() =>
+        {
+            pathAtA.SendControl(ControlMessages.Make(ControlMessages.Close, 200));
+            sentFirst.Set();
+            sentSecond.Wait();
+            hosts.A.Switch.FlushCallingThread();
+        });
+        first.Start();
+        sentFirst.Wait(TestContext.Current.CancellationToken);
+        pathAtA.SendControl(ControlMessages.Make(ControlMessages.Close, 201));
+        hosts.A.Switch.FlushCallingThread();
+        sentSecond.Set();
+        first.Join();
+        Eventually.True(() => taken.Count == 2, TimeSpan.FromSeconds(5), "host B took both control messages",
+            () => $"taken [{string.Join(", ", taken)}], unauthenticated {pathAtB.Counters.Drops(DropReason.Unauthenticated)}");
+        Assert.Equal([200, 201], taken);
+        Assert.Equal(0, pathAtB.Counters.Drops(DropReason.Unauthenticated));
+    }
 }

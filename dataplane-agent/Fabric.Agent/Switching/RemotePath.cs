@@ -628,7 +628,7 @@ public sealed partial class RemotePath : IDisposable
         }
     }
 
-    /// <summary>Sends an agent control message to the peer (the caller flushes the underlay).</summary>
+    /// <summary>Sends an agent control message to the peer at once (it is not left in the calling thread's outbox).</summary>
     internal void SendControl(ReadOnlySpan<byte> message)
     {
         if (!_gate.TryTake())
@@ -1112,6 +1112,10 @@ public sealed partial class RemotePath : IDisposable
         message.CopyTo(buffer);
         _authenticator?.WriteFreshness(buffer[message.Length..]);
         _output.Commit(FabricPayloadType.AgentControl, 0, length);
+        // Sent now, under the gate, so control messages leave in the order of their counters: left in this thread's
+        // outbox (a receive thread flushes only after its batch) one could follow a later message another thread sent
+        // at once, and the peer would refuse it as a replay.
+        _underlay.Flush();
     }
 
     public void Dispose()

@@ -305,7 +305,6 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
             for (var attempt = 0; attempt < 20; attempt++)
             {
                 path.SendControl(ControlMessages.MakeOpen(slot, stackId, path.OpenIdOf(slot)));
-                state.Flush();
                 var done = await Task.WhenAny(pending.Task, Task.Delay(TimeSpan.FromMilliseconds(100), state.Options.Time, cancellationToken)).ConfigureAwait(false);
                 if (done == pending.Task)
                 {

@@ -80,6 +80,9 @@ public sealed class Switch : IDisposable
 
     public IReadOnlyDictionary<string, RemotePath> Paths => _paths;
 
+    /// <summary>Sends what the calling thread has queued on the underlay (a test that holds a thread's outbox as a receive thread does).</summary>
+    internal void FlushCallingThread() => _state.Flush();
+
     /// <summary>How many times a host's path was replaced by a new one (its VM bindings then start again: whoever applies bindings applies them anew).</summary>
     public long PathsReplaced => Interlocked.Read(ref _pathsReplaced);
 
@@ -568,7 +571,6 @@ public sealed class Switch : IDisposable
                 {
                     // The peer opened it for us: it may close it too.
                     path.SendControl(ControlMessages.Make(ControlMessages.Close, slot));
-                    _state.Flush();
                 }
             }
         }
