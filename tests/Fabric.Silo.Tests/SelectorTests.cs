@@ -214,6 +214,28 @@ public class SelectorTests
     }
 
     [Fact]
+    public void WhereTheVmsOutcomesCome_APathExploresOnlyOnceTheySayWhatItGetsOnTheLinkAsItIs()
+    {
+        var policy = Policy("latency", explore: 0.2);
+        var chosenLongAgo = T0 - TimeSpan.FromMinutes(5);
+        (Decision Decision, PendingSwitch? Pending) At(PathConditions path, Observed? observed) =>
+            _selector.Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", null, T0, 0.01, observed: observed, currentSince: chosenLongAgo);
+        // The link just changed: none of the VM's outcomes on std-ipv4 are of this link yet. A draw that would explore
+        // does not, and the decision logs no probability of exploring.
+        var changing = At(Path(30, 0), observed: null).Decision;
+        Assert.False(changing.Exploration, changing.Reason);
+        Assert.Equal("std-ipv4", changing.Stack);
+        Assert.Equal(1, changing.Propensity);
+        // Once they are in (saying what the prior predicted), the same draw explores.
+        var predicted = changing.Candidates.Single(c => c.Stack == "std-ipv4").Score;
+        var settled = At(Path(30, 0), new Observed("std-ipv4", predicted, 0.02, 5, TimeSpan.FromSeconds(5))).Decision;
+        Assert.True(settled.Exploration, settled.Reason);
+        Assert.True(settled.Propensity is > 0 and < 0.2, $"propensity {settled.Propensity}");
+        // A path that reports no outcomes (no time of choice given) explores as before: nothing to wait for.
+        Assert.True(Run(policy, Path(30, 0), "std-ipv4", null, T0, 0.01).Decision.Exploration);
+    }
+
+    [Fact]
     public void AStandardPolicy_IsEncryptedOnlyWhenItNamesTheEncryptingStack_OrNothingElseIsLeft()
     {
         var random = new Random(4);

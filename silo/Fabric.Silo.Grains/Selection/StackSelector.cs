@@ -136,7 +136,8 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
 /// sustain time (no flapping on noise). A current stack that is no longer admitted is replaced at once; otherwise a path
 /// without VM traffic keeps its stack. A share of decisions (the policy's, never for a pinned VM, never outside the
 /// candidates) explores — only among candidates predicted close to the best, at most once per exploration spacing on a
-/// path — and every decision carries the probability with which its stack was chosen. Pure: time and randomness come in.
+/// path, and only once the VM's outcomes on its stack on the link as it is are in — and every decision carries the
+/// probability with which its stack was chosen. Pure: time and randomness come in.
 /// </summary>
 public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options = null)
 {
@@ -161,8 +162,9 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
     /// link, is judged on that (<see cref="SelectorOptions.ReturnMemory"/>).</param>
     /// <param name="observed">What the VM got on <paramref name="current"/> in the last seconds (null: not enough outcomes
     /// yet): the current stack is judged on it, not on a prediction.</param>
-    /// <param name="currentSince">When <paramref name="current"/> was chosen (null: not known): until it has been judged on
-    /// what the VM gets (<see cref="SelectorOptions.JudgeWithin"/>), it stays.</param>
+    /// <param name="currentSince">When <paramref name="current"/> was chosen (null: not known, or the path reports no VM
+    /// outcomes): until it has been judged on what the VM gets (<see cref="SelectorOptions.JudgeWithin"/>), it stays; and it
+    /// explores only while <paramref name="observed"/> says what the VM gets on it on the link as it is.</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
         Explored? lastExplored = null, IReadOnlyList<Left>? left = null, Observed? observed = null, DateTimeOffset? currentSince = null)
@@ -209,7 +211,12 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.
         var spaced = lastExplored is not { } explored || (now - explored.At >= _options.ExploreSpacing
             && (PathSmoother.Significant(explored.Conditions, conditions) || now - explored.At >= _options.ExploreSameConditionsSpacing));
-        var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && stable.Length > 0 && spaced
+        // Where the VM's outcomes come (currentSince is given), only once they say what it gets on its stack on the link as
+        // it is now: an exploration as the link changes (the learning benchmark's bulk VM tried fec the second a 300 Mbit/s
+        // link began bursty loss, where fec gave 11 % of arq-lowlat's goodput, and held it 11 s until judged) costs the VM
+        // while it needs the right stack most, and its outcomes would be set against nothing observed on that link.
+        var settled = currentSince is null || observed is { } seenHere && seenHere.Stack == current;
+        var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && stable.Length > 0 && spaced && settled
             ? scored.Where(s => s.Stack != current && s.Score >= stable[0].Score - _options.ExploreWithin).ToList()
             : [];
         double Propensity(string stack, bool explored)
