@@ -23,8 +23,8 @@ internal static partial class Log
     [LoggerMessage(6, LogLevel.Information, "Underlay listening on {Endpoint}")]
     public static partial void UnderlayListening(ILogger logger, string endpoint);
 
-    [LoggerMessage(8, LogLevel.Error, "{Event}")]
-    public static partial void StackEvent(ILogger logger, string @event);
+    [LoggerMessage(EventId = 8, Message = "{Event}")]
+    public static partial void StackEvent(ILogger logger, LogLevel level, string @event);
 
     [LoggerMessage(7, LogLevel.Warning, "Local API request refused: {Reason}")]
     public static partial void ApiRefused(ILogger logger, string reason);

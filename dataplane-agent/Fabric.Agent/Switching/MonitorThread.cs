@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Logging;
+
 namespace Fabric.Agent.Switching;
 
 /// <summary>
@@ -54,7 +56,7 @@ internal sealed class MonitorThread(SwitchState state) : IDisposable
             return false;
         }
         var count = Interlocked.Increment(ref _replacements);
-        state.Report($"the path monitor was stuck for over {StuckNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
+        state.Report($"the path monitor was stuck for over {StuckNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)", LogLevel.Error);
         Start();
         return true;
     }
@@ -82,7 +84,7 @@ internal sealed class MonitorThread(SwitchState state) : IDisposable
                 // before it is counted, so whoever sees the count finds the event.
                 if (_faultReports.ShouldReport(state.Clock()))
                 {
-                    state.Report($"the path monitor threw {e.GetType().Name}: {e.Message} (it goes on)");
+                    state.Report($"the path monitor threw {e.GetType().Name}: {e.Message} (it goes on)", LogLevel.Error);
                 }
                 Interlocked.Increment(ref _faults);
                 Thread.Sleep(10);

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Fabric.Agent.Stacks;
+using Microsoft.Extensions.Logging;
 
 namespace Fabric.Agent.Switching;
 
@@ -36,7 +37,7 @@ internal sealed class Quarantine(SwitchState state)
             return null;
         }
         // Reported before it takes effect, so whoever sees the quarantine also finds the event.
-        state.Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot})");
+        state.Report($"stack {hung} quarantined: hung in a call on the path to {path.Spec.HostId} (slot {path.InCallSlot})", LogLevel.Error);
         state.StackHost.Quarantine(hung, $"a call on the path to {path.Spec.HostId} has not returned for over {HangThresholdNanoseconds / 1_000_000} ms");
         MoveOff(hung, drainSlots: false);
         return hung;
@@ -48,7 +49,7 @@ internal sealed class Quarantine(SwitchState state)
     {
         foreach (var hung in state.Disposer.NewlyHung(DisposeHangLimit))
         {
-            state.Report($"stack {hung} quarantined: an instance's Dispose has not returned for over {DisposeHangLimit.TotalSeconds:0} s");
+            state.Report($"stack {hung} quarantined: an instance's Dispose has not returned for over {DisposeHangLimit.TotalSeconds:0} s", LogLevel.Error);
             state.StackHost.Quarantine(hung, $"an instance's Dispose has not returned for over {DisposeHangLimit.TotalSeconds:0} s");
             MoveOff(hung, drainSlots: false);
         }
@@ -67,14 +68,14 @@ internal sealed class Quarantine(SwitchState state)
     /// <summary>A stack whose factory failed (it would fail for every path): quarantined.</summary>
     public void Unstartable(StackStartException e)
     {
-        state.Report($"stack {e.StackId} quarantined: {e.Message}");
+        state.Report($"stack {e.StackId} quarantined: {e.Message}", LogLevel.Error);
         state.StackHost.Quarantine(e.StackId, e.Message);
     }
 
     /// <summary>A signed version that will not load by its own fault: it would fail for every binding (and nothing holds it yet).</summary>
     public void Unloadable(StackLoadException e)
     {
-        state.Report($"stack {e.Key} quarantined: {e.Message}");
+        state.Report($"stack {e.Key} quarantined: {e.Message}", LogLevel.Error);
         state.StackHost.Quarantine(e.Key, e.Message);
     }
 

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using Fabric.Agent.Stacks;
 using Fabric.Stacks.Loading;
+using Microsoft.Extensions.Logging;
 
 namespace Fabric.Agent.Switching;
 
@@ -282,7 +283,7 @@ internal sealed class SlotNegotiation(SwitchState state, Quarantine quarantine)
                     state.Report($"frames to a confidential VM on {path.Spec.HostId} are dropped: {path.Spec.HostId} did not open {stack} in slot {slot}: {refused}");
                     return;
                 }
-                state.Report($"{stack} opened in slot {slot} on the path to {path.Spec.HostId} for frames to its confidential VMs");
+                state.Report($"{stack} opened in slot {slot} on the path to {path.Spec.HostId} for frames to its confidential VMs", LogLevel.Information);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {

@@ -252,7 +252,7 @@ public sealed class Switch : IDisposable
             _state.Table = new ForwardingTable(_state.Table.Endpoints.Where(e => e.RemoteHost != hostId));
         }
         ReleaseAll(path);
-        Report($"path to {hostId} removed");
+        Report($"path to {hostId} removed", LogLevel.Information);
         return true;
     }
 
@@ -435,7 +435,7 @@ public sealed class Switch : IDisposable
         if (vm.Sealed != mustEncrypt)
         {
             vm.Sealed = mustEncrypt;
-            Report($"{vmId} {(mustEncrypt ? "must be encrypted from now on: its frames leave only through a stack that encrypts" : "no longer needs encryption")}");
+            Report($"{vmId} {(mustEncrypt ? "must be encrypted from now on: its frames leave only through a stack that encrypts" : "no longer needs encryption")}", LogLevel.Information);
         }
         return true;
     }
@@ -459,7 +459,7 @@ public sealed class Switch : IDisposable
                 VmRole.Leads => "leads its conversations with VMs on other hosts: they answer on its stack",
                 VmRole.Follows => "follows: it answers a VM that leads on that VM's stack",
                 _ => "sends on its own stack only",
-            }}");
+            }}", LogLevel.Information);
         }
         return true;
     }
@@ -494,7 +494,7 @@ public sealed class Switch : IDisposable
     {
         if (_faultReports.ShouldReport(_clock()))
         {
-            Report($"handling an underlay datagram threw {e.GetType().Name}: {e.Message} (the datagram is lost; receiving goes on)");
+            Report($"handling an underlay datagram threw {e.GetType().Name}: {e.Message} (the datagram is lost; receiving goes on)", LogLevel.Error);
         }
     }
 
@@ -589,7 +589,7 @@ public sealed class Switch : IDisposable
                 && _paths.Values.Concat(_abandoned.Keys).Any(path => path.Holds(receiver.ManagedThreadId, now, Quarantine.HangThresholdNanoseconds)))
             {
                 var count = vm.CountReplacement();
-                Report($"the receive thread of {vm.Spec.VmId} was stuck in a call for over {Quarantine.HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
+                Report($"the receive thread of {vm.Spec.VmId} was stuck in a call for over {Quarantine.HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)", LogLevel.Error);
                 _forwarder.StartReceiver(vm);
             }
         }
@@ -600,7 +600,7 @@ public sealed class Switch : IDisposable
             if (underlay is not null && underlay.HandlingFor.Ticks * 100 > Quarantine.HangThresholdNanoseconds)
             {
                 var count = underlay.ReplaceReceiver();
-                Report($"the underlay receive thread on {underlay.Local} was stuck in a call for over {Quarantine.HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)");
+                Report($"the underlay receive thread on {underlay.Local} was stuck in a call for over {Quarantine.HangThresholdNanoseconds / 1_000_000} ms: a new one took its place ({count} so far)", LogLevel.Error);
             }
         }
         _stackHost.Collect();
@@ -627,7 +627,7 @@ public sealed class Switch : IDisposable
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             // A stack that will not start, one that will not load: said, never the end of housekeeping.
-            Report($"the path to {spec.HostId} is stuck in {hung} and could not be replaced: {e.Message}");
+            Report($"the path to {spec.HostId} is stuck in {hung} and could not be replaced: {e.Message}", LogLevel.Error);
         }
     }
 
@@ -636,7 +636,7 @@ public sealed class Switch : IDisposable
 
     private static string FallbackStack(AddressFamily family) => SwitchState.FallbackStack(family);
 
-    private void Report(string text) => _state.Report(text);
+    private void Report(string text, LogLevel level = LogLevel.Warning) => _state.Report(text, level);
 
     /// <summary>
     /// A stack was withdrawn from the signed targets: no new binding takes it, every path and binding on it moves to

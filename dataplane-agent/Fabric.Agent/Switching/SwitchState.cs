@@ -57,15 +57,18 @@ internal sealed class SwitchState(SwitchOptions options, ILogger logger)
     /// <summary>Recent events operators should see (quarantines, hangs), newest last, at most 100.</summary>
     public IReadOnlyList<string> Events => [.. _events];
 
-    /// <summary>Logs an event operators should see and keeps it in <see cref="Events"/>.</summary>
-    public void Report(string text)
+    /// <summary>
+    /// Logs an event operators should see and keeps it in <see cref="Events"/>. A fault (a quarantine, a hang, a throw) is
+    /// an error; a refusal or a fallback a warning; a change an operator or the control plane asked for is information.
+    /// </summary>
+    public void Report(string text, LogLevel level = LogLevel.Warning)
     {
         _events.Enqueue($"{Options.Time.GetUtcNow().UtcDateTime:O} {text}");
         while (_events.Count > 100)
         {
             _events.TryDequeue(out _);
         }
-        Log.StackEvent(Logger, text);
+        Log.StackEvent(Logger, level, text);
     }
 
     /// <summary>Sends what the calling thread queued on the underlay and the VM ports during its batch.</summary>
