@@ -5,8 +5,7 @@ namespace Fabric.Silo.Learning;
 
 /// <summary>
 /// The scorer every selector in this silo uses: the fleet's model where it has seen enough outcomes like the one at
-/// hand — blended with the profile prior by how far off each was on the training outcomes near that context — and the
-/// prior alone everywhere else (no model yet, learning switched off, or too few similar outcomes). The model
+/// hand, the profile prior everywhere else (no model yet, learning switched off, or too few similar outcomes). The model
 /// in use is swapped atomically by <see cref="ModelRefresher"/>; scoring is thread-safe.
 /// </summary>
 /// <param name="prior">The profile scorer, which decides where the model cannot.</param>
@@ -16,9 +15,6 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
     private volatile Installed? _installed;
 
     private sealed record Installed(UtilityModel? Model, bool Enabled);
-
-    /// <summary>A prior weighing less than this beside the model (a hundredth) is left out of the score and its reason.</summary>
-    public const double MinPriorWeight = 0.01;
 
     /// <summary>The model version scoring now (0: none).</summary>
     public long Version => _installed?.Model?.Version ?? 0;
@@ -44,7 +40,7 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
         {
             return fromPrior with { Why = $"prior (learning switched off): {fromPrior.Why}" };
         }
-        var (utility, support, uncertainty, effect, vmOutcomes, priorWeight) = model.Predict(stack.Id, policy.Workload, conditions, vmId, current);
+        var (utility, support, uncertainty, effect, vmOutcomes) = model.Predict(stack.Id, policy.Workload, conditions, vmId, current);
         if (support < minSupport)
         {
             // Beside candidates the model scores (StackScore.BesideModel), taken to be about as far off as the model is on
@@ -54,17 +50,7 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
         }
         // Rounded first: an effect just below zero would read "-+0.00" (its sign kept, its digits rounded away).
         var shown = Math.Round(effect, 2) is var rounded && rounded == 0 ? 0 : rounded;
-        var modelSays = string.Create(CultureInfo.InvariantCulture,
-            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {shown:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")}");
-        if (priorWeight < MinPriorWeight)
-        {
-            return new StackScore(utility, string.Create(CultureInfo.InvariantCulture, $"{modelSays} (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
-        }
-        // Two estimates of one mean, each weighed by how far off it was on the training rows near this context (the
-        // model's weight 1, see UtilityModel.PriorWeight): their inverse-variance blend, and its narrower uncertainty.
-        var blended = (utility + priorWeight * fromPrior.Score) / (1 + priorWeight);
-        var narrowed = uncertainty / Math.Sqrt(1 + priorWeight);
-        return new StackScore(blended, string.Create(CultureInfo.InvariantCulture,
-            $"{blended:0.00} ± {narrowed:0.00}: {modelSays}, prior {fromPrior.Score:0.00} weighing {priorWeight:0.##} to its 1"), narrowed, $"model v{model.Version}");
+        return new StackScore(utility, string.Create(CultureInfo.InvariantCulture,
+            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {shown:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")} (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
     }
 }

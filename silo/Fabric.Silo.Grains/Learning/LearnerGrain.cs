@@ -165,11 +165,7 @@ public sealed partial class LearnerGrain(
         var training = ordered[..^holdout.Count];
         var version = state.State.NextVersion;
         var now = time.GetUtcNow();
-        var catalog = (await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync()).ToDictionary(s => s.Id, StringComparer.Ordinal);
-        // The prior as the scorer asks it, judged beside the model near each context (UtilityModel.PriorWeight).
-        PriorScore priorScore = (stack, workload, features) => catalog.TryGetValue(stack, out var info)
-            ? prior.Score(info, features.ToConditions(now), Policy.Default with { Workload = workload }).Score : null;
-        var candidate = await Task.Run(() => UtilityModel.Train(training, holdout, version, now, prior: priorScore));
+        var candidate = await Task.Run(() => UtilityModel.Train(training, holdout, version, now));
         string baseline;
         double baselineError;
         if (state.State.InService is { } inService && UtilityModel.Load(log.Store, inService.Version) is { } current)
@@ -190,6 +186,7 @@ public sealed partial class LearnerGrain(
         }
         else
         {
+            var catalog = (await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync()).ToDictionary(s => s.Id, StringComparer.Ordinal);
             baseline = "the prior";
             baselineError = holdout.Where(o => catalog.ContainsKey(o.Stack)).Select(o =>
                 Math.Abs(prior.Score(catalog[o.Stack], o.Features.ToConditions(o.At), Policy.Default with { Workload = o.Workload }).Score - o.Utility))
@@ -209,7 +206,7 @@ public sealed partial class LearnerGrain(
         {
             using (candidate)
             {
-                var refit = UtilityModel.Refit(ordered, candidate, prior: priorScore);
+                var refit = UtilityModel.Refit(ordered, candidate);
                 refit.Save(log.Store);
                 UtilityModel.WriteInService(log.Store, refit.Info);
                 return refit;

@@ -74,7 +74,6 @@ public sealed class UtilityModel : IDisposable
     private readonly IReadOnlyDictionary<string, int> _support;
     private readonly IReadOnlyDictionary<string, VmEffect> _effects;
     private readonly IReadOnlyDictionary<string, double> _binSpreads;
-    private readonly IReadOnlyDictionary<string, double> _priorWeights;
     private readonly double _spread;
     private double _error;
 
@@ -96,7 +95,6 @@ public sealed class UtilityModel : IDisposable
         _support = support;
         _effects = judged.Effects;
         _binSpreads = judged.BinSpreads;
-        _priorWeights = judged.PriorWeights;
         _spread = judged.Spread;
         _error = error;
         Info = info;
@@ -107,15 +105,14 @@ public sealed class UtilityModel : IDisposable
 
     public long Version => Info.Version;
 
-    /// <summary>Trains on <paramref name="training"/>; <paramref name="holdout"/> measures it (error, feature importance);
-    /// <paramref name="prior"/> (null: none) is judged beside it, near each context (see <see cref="PriorWeight"/>).</summary>
-    public static UtilityModel Train(IReadOnlyList<LoggedOutcome> training, IReadOnlyList<LoggedOutcome> holdout, long version, DateTimeOffset now, int seed = 1, PriorScore? prior = null)
+    /// <summary>Trains on <paramref name="training"/>; <paramref name="holdout"/> measures it (error, feature importance).</summary>
+    public static UtilityModel Train(IReadOnlyList<LoggedOutcome> training, IReadOnlyList<LoggedOutcome> holdout, long version, DateTimeOffset now, int seed = 1)
     {
         var watch = Stopwatch.StartNew();
         var ml = new MLContext(seed);
         var examples = Examples(training);
         var model = Fit(ml, examples, trees: 150);
-        var trained = new UtilityModel(ml, model, Support(examples), CrossFit(ml, examples, prior), 0, new ModelInfo(version, now, training.Count, watch.Elapsed.TotalSeconds, 0, 0, "", [], holdout.Count));
+        var trained = new UtilityModel(ml, model, Support(examples), CrossFit(ml, examples), 0, new ModelInfo(version, now, training.Count, watch.Elapsed.TotalSeconds, 0, 0, "", [], holdout.Count));
         trained._error = holdout.Count == 0 ? 0 : trained.MeanAbsoluteError(holdout);
         var importance = holdout.Count == 0 ? ImmutableArray<FeatureImportance>.Empty : Importance(ml, model, holdout);
         trained.Info = trained.Info with { HoldoutError = trained._error, Importance = importance };
@@ -128,13 +125,13 @@ public sealed class UtilityModel : IDisposable
     /// fleet sees now), and carrying the evaluated model's held-back error, importance and comparison, since a model
     /// judged on outcomes it trained on would flatter itself.
     /// </summary>
-    public static UtilityModel Refit(IReadOnlyList<LoggedOutcome> all, UtilityModel evaluated, int seed = 1, PriorScore? prior = null)
+    public static UtilityModel Refit(IReadOnlyList<LoggedOutcome> all, UtilityModel evaluated, int seed = 1)
     {
         var watch = Stopwatch.StartNew();
         var ml = new MLContext(seed);
         var examples = Examples(all);
         var model = Fit(ml, examples, trees: 150);
-        return new UtilityModel(ml, model, Support(examples), CrossFit(ml, examples, prior), evaluated._error,
+        return new UtilityModel(ml, model, Support(examples), CrossFit(ml, examples), evaluated._error,
             evaluated.Info with { Outcomes = all.Count, TrainingSeconds = evaluated.Info.TrainingSeconds + watch.Elapsed.TotalSeconds });
     }
 
@@ -172,15 +169,9 @@ public sealed class UtilityModel : IDisposable
 
     /// <summary>
     /// What cross-fitting says: each VM's own effects, how far apart the two half-trained models are near each context
-    /// (with enough rows there), and over all rows; and near each context, how much the prior's estimate weighs beside
-    /// the model's (<see cref="PriorWeight"/>).
+    /// (with enough rows there), and over all rows.
     /// </summary>
-    private sealed record Judged(IReadOnlyDictionary<string, VmEffect> Effects, IReadOnlyDictionary<string, double> BinSpreads, double Spread,
-        IReadOnlyDictionary<string, double> PriorWeights);
-
-    /// <summary>The prior never weighs more than this many times the model near a context (a prior that happens to hit a
-    /// bin's mean exactly would otherwise silence the model there).</summary>
-    public const double MaxPriorWeight = 20;
+    private sealed record Judged(IReadOnlyDictionary<string, VmEffect> Effects, IReadOnlyDictionary<string, double> BinSpreads, double Spread);
 
     /// <summary>A bin needs this many training rows for its own spread; with fewer, the spread over all rows stands for it.</summary>
     private const int BinSpreadRows = 5;
@@ -205,7 +196,7 @@ public sealed class UtilityModel : IDisposable
     /// Cross-fitted, since trees judging the outcomes they were grown on have already absorbed part of each VM's effect
     /// (with few VMs, the trees memorize which loss values were whose) and look more certain than they are.
     /// </remarks>
-    private static Judged CrossFit(MLContext ml, IReadOnlyList<Example> training, PriorScore? prior)
+    private static Judged CrossFit(MLContext ml, IReadOnlyList<Example> training)
     {
         // Halves of whole minutes of a path: neighbouring seconds of one path are nearly the same outcome, and in opposite
         // halves each would vouch for the other.
@@ -231,7 +222,6 @@ public sealed class UtilityModel : IDisposable
                 .ToDictionary(g => g.Key, g => g.Average(d => d.Difference), StringComparer.Ordinal);
             spread = differences.Average(d => d.Difference);
         }
-        var priorWeights = prior is null ? new Dictionary<string, double>(StringComparer.Ordinal) : PriorWeights(residuals, prior);
         // A VM's effect, measured against the residual of every VM of its workload on the same stack and kind of path:
         // what the half-size trees get wrong for everyone is theirs, not the VM's, and a workload's is the trees' to learn
         // (measured against VMs of every workload, the one latency VM of a learning benchmark run carried +0.2 on
@@ -242,38 +232,8 @@ public sealed class UtilityModel : IDisposable
             .ToDictionary(g => g.Key, g => g.Average(r => r.Residual), StringComparer.Ordinal);
         var effects = own.GroupBy(r => EffectKey(r.Example.VmId, r.Example.Workload, r.Example.Stack, r.Example.Features.Loss), StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => new VmEffect(g.Sum(r => r.Residual - fleet[EffectKey("", r.Example.Workload, r.Example.Stack, r.Example.Features.Loss)]), g.Count()), StringComparer.Ordinal);
-        return new Judged(effects, binSpreads, spread, priorWeights);
+        return new Judged(effects, binSpreads, spread);
     }
-
-    /// <summary>
-    /// Near each context with <see cref="BinSpreadRows"/> training rows or more: how much the prior's estimate of the mean
-    /// utility there weighs against the model's (inverse-variance weighting, the model's weight 1). Each is judged by how
-    /// far off it is on those rows' mean — the model by its cross-fitted residuals (trees grown on the other half), the
-    /// prior by what it scores them (it is fitted to nothing, so every row is unseen to it) — each error taken as the bias
-    /// of the mean plus the standard error of the rows' mean (a second of one VM's goodput is noisy; the mean of a bin's
-    /// rows is what a decision compares). Where the prior misses the bin's mean and the model does not, the weight is
-    /// near 0 (the model decides, as it did before 2026-12-06); where the model's two halves disagree (a handful of rows,
-    /// seen by one half only) and the prior agrees with the rows, the prior carries the estimate.
-    /// </summary>
-    private static Dictionary<string, double> PriorWeights(List<(Example Example, double Residual)> residuals, PriorScore prior) =>
-        residuals.GroupBy(r => r.Example.Bin, StringComparer.Ordinal).Where(g => g.Count() >= BinSpreadRows).Select(g =>
-        {
-            var rows = g.ToList();
-            var priorMisses = rows.Select(r => prior(r.Example.Stack, r.Example.Workload, r.Example.Features) is { } p ? r.Example.Utility - p : double.NaN).ToList();
-            if (priorMisses.Any(double.IsNaN))
-            {
-                return (g.Key, Weight: double.NaN);
-            }
-            double SquaredError(IReadOnlyList<double> misses)
-            {
-                var mean = misses.Average();
-                var variance = misses.Sum(m => (m - mean) * (m - mean)) / Math.Max(1, misses.Count - 1);
-                return mean * mean + variance / misses.Count;
-            }
-            var model = SquaredError([.. rows.Select(r => r.Residual)]);
-            var fromPrior = SquaredError(priorMisses);
-            return (g.Key, Weight: Math.Round(Math.Min(MaxPriorWeight, model / Math.Max(fromPrior, 1e-9)), 4));
-        }).Where(w => double.IsFinite(w.Weight)).ToDictionary(w => w.Key, w => w.Weight, StringComparer.Ordinal);
 
     private static TransformerChain<RegressionPredictionTransformer<FastTreeRegressionModelParameters>> Fit(MLContext ml, IReadOnlyList<Example> examples, int trees) =>
         ml.Transforms.Categorical.OneHotEncoding("StackKey", nameof(UtilityRow.Stack))
@@ -422,20 +382,7 @@ public sealed class UtilityModel : IDisposable
         var spread = _binSpreads.TryGetValue(bin, out var near) ? near : _binSpreads.GetValueOrDefault(own, _spread);
         var uncertainty = UncertaintyScale * spread;
         var effect = vmId is not null ? _effects.GetValueOrDefault(EffectKey(vmId, workload, stack, conditions.Loss)) : null;
-        return new Prediction(Math.Clamp(fleet + (effect?.Value ?? 0), 0, 1), support, uncertainty, effect?.Value ?? 0, effect?.Count ?? 0,
-            PriorWeight(stack, workload, conditions, measuredOn));
-    }
-
-    /// <summary>
-    /// How much the prior's estimate weighs beside this model's near a context (the model's weight 1; 0: not judged there,
-    /// or the prior was not given to the training): measured on the training rows there (see <see cref="PriorWeights"/>),
-    /// on the current stack's conditions, else on the candidate's own.
-    /// </summary>
-    public double PriorWeight(string stack, string workload, PathConditions conditions, string? measuredOn = null)
-    {
-        var bin = Bin(stack, workload, conditions.Loss, conditions.RttMs, measuredOn ?? stack);
-        return _priorWeights.TryGetValue(bin, out var weight) ? weight
-            : _priorWeights.GetValueOrDefault(Bin(stack, workload, conditions.Loss, conditions.RttMs, stack));
+        return new Prediction(Math.Clamp(fleet + (effect?.Value ?? 0), 0, 1), support, uncertainty, effect?.Value ?? 0, effect?.Count ?? 0);
     }
 
     /// <summary>Mean absolute error of the predictions for <paramref name="outcomes"/>, each VM's own effects included (as the selector scores).</summary>
@@ -451,7 +398,7 @@ public sealed class UtilityModel : IDisposable
         store.Write($"{prefix}/model.zip", stream.ToArray());
         store.Write($"{prefix}/support.json", JsonSerializer.SerializeToUtf8Bytes(_support, Json));
         store.Write($"{prefix}/vm-effects.json", JsonSerializer.SerializeToUtf8Bytes(_effects, Json));
-        store.Write($"{prefix}/bin-spreads.json", JsonSerializer.SerializeToUtf8Bytes(new StoredSpreads(_spread, _binSpreads, _priorWeights), Json));
+        store.Write($"{prefix}/bin-spreads.json", JsonSerializer.SerializeToUtf8Bytes(new StoredSpreads(_spread, _binSpreads), Json));
         // The description last: a version whose info.json exists is complete.
         store.Write($"{prefix}/info.json", JsonSerializer.SerializeToUtf8Bytes(new StoredInfo(SchemaVersion, _error, Info), Json));
     }
@@ -477,7 +424,7 @@ public sealed class UtilityModel : IDisposable
         var support = JsonSerializer.Deserialize<Dictionary<string, int>>(store.Read($"{prefix}/support.json") ?? "{}"u8.ToArray(), Json)!;
         var effects = JsonSerializer.Deserialize<Dictionary<string, VmEffect>>(store.Read($"{prefix}/vm-effects.json") ?? "{}"u8.ToArray(), Json)!;
         var spreads = JsonSerializer.Deserialize<StoredSpreads>(store.Read($"{prefix}/bin-spreads.json") ?? throw new InvalidDataException($"{store.Location}: {prefix}/bin-spreads.json is missing"), Json)!;
-        return new UtilityModel(ml, model, support, new Judged(effects, spreads.Bins, spreads.All, spreads.PriorWeights ?? new Dictionary<string, double>()), info.Error, info.Info);
+        return new UtilityModel(ml, model, support, new Judged(effects, spreads.Bins, spreads.All), info.Error, info.Info);
     }
 
     public void Dispose()
@@ -511,18 +458,11 @@ public sealed class UtilityModel : IDisposable
 
     private sealed record StoredInfo(int Schema, double Error, ModelInfo Info);
 
-    /// <param name="All">The half-trained models' mean disagreement over all rows.</param>
-    /// <param name="Bins">The same near each context with enough rows.</param>
-    /// <param name="PriorWeights">Absent from versions trained before 2026-12-06 (the prior weighs nothing beside them).</param>
-    private sealed record StoredSpreads(double All, IReadOnlyDictionary<string, double> Bins, IReadOnlyDictionary<string, double>? PriorWeights = null);
+    private sealed record StoredSpreads(double All, IReadOnlyDictionary<string, double> Bins);
 }
 
-/// <summary>What the model predicts for a stack in a context (see <see cref="UtilityModel.Predict"/>), and how much the
-/// prior's estimate weighs beside it there (<see cref="UtilityModel.PriorWeight"/>).</summary>
-public readonly record struct Prediction(double Utility, int Support, double Uncertainty, double VmEffect, int VmOutcomes, double PriorWeight = 0);
-
-/// <summary>The prior's utility for a stack and workload on a path's conditions (null: it cannot score that stack).</summary>
-public delegate double? PriorScore(string stack, string workload, OutcomeFeatures features);
+/// <summary>What the model predicts for a stack in a context (see <see cref="UtilityModel.Predict"/>).</summary>
+public readonly record struct Prediction(double Utility, int Support, double Uncertainty, double VmEffect, int VmOutcomes);
 
 /// <summary>A VM's residuals on one stack in one kind of path: their sum and how many.</summary>
 public sealed record VmEffect(double Sum, int Count)

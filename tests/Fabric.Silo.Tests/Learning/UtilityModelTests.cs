@@ -231,62 +231,6 @@ public sealed class UtilityModelTests : IDisposable
         Assert.StartsWith("prior (learning switched off)", scorer.Score(Fec, OutcomeGenerator.Conditions(0.005), policy).Why, StringComparison.Ordinal);
     }
 
-    /// <summary>
-    /// The prior weighs beside the model as much as it was right near the context, on the training rows there: a prior
-    /// that scores std-ipv4 by the log's own rule weighs about as much as the model or more, one that scores fec at 0.1
-    /// where fec got 0.6 next to nothing. The scorer blends the two by those weights, says so, and is surer for it; a
-    /// version trained without the prior (or stored before it was judged) is scored as the model alone.
-    /// </summary>
-    [Fact]
-    public void ThePriorWeighsBesideTheModel_AsMuchAsItWasRightNearTheContext_AndTheScoreBlendsThem()
-    {
-        var outcomes = OutcomeGenerator.Generate(4000, seed: 1);
-        PriorScore rightOnStdWrongOnFec = (stack, _, features) => stack == "fec" ? 0.1 : OutcomeGenerator.Rule(stack, features.Loss);
-        using var judged = UtilityModel.Train(outcomes, [], 4, OutcomeGenerator.T0, prior: rightOnStdWrongOnFec);
-        using var alone = UtilityModel.Train(outcomes, [], 5, OutcomeGenerator.T0);
-        var at = OutcomeGenerator.Conditions(0.03);
-
-        var onStd = judged.Predict("std-ipv4", "latency", at);
-        var onFec = judged.Predict("fec", "latency", at);
-        Assert.True(onStd.PriorWeight > 0.5, $"std-ipv4: the prior weighs {onStd.PriorWeight}");
-        Assert.True(onFec.PriorWeight < 0.01, $"fec: the prior weighs {onFec.PriorWeight}");
-        Assert.Equal(0, alone.Predict("std-ipv4", "latency", at).PriorWeight);
-        // The trees are the same either way: only the weights differ.
-        Assert.Equal(alone.Predict("std-ipv4", "latency", at).Utility, onStd.Utility, 9);
-
-        // Saved and loaded, the weights come back.
-        var store = new LocalFolderStore(_folder);
-        judged.Save(store);
-        using var loaded = UtilityModel.Load(store, 4)!;
-        Assert.Equal(onStd.PriorWeight, loaded.Predict("std-ipv4", "latency", at).PriorWeight, 9);
-
-        // The scorer's prior is the profile scorer. On a log whose std-ipv4 outcomes are what the profile scores (±0.02),
-        // a model judged against it blends with it there, and not on fec, whose outcomes the profile does not foresee.
-        var profile = new ProfileScorer();
-        var policy = Policy("latency");
-        var asProfiled = outcomes.Select((o, i) => o.Stack != "std-ipv4" ? o
-            : o with { Utility = Math.Clamp(profile.Score(StdIPv4, o.Features.ToConditions(o.At), policy).Score + (i % 4 == 0 ? 0.02 : -0.02), 0, 1) }).ToList();
-        var catalog = new[] { StdIPv4, Fec }.ToDictionary(s => s.Id);
-        PriorScore fromProfile = (stack, workload, features) => catalog.TryGetValue(stack, out var info)
-            ? profile.Score(info, features.ToConditions(OutcomeGenerator.T0), Policy(workload)).Score : null;
-        using var blended = UtilityModel.Train(asProfiled, [], 6, OutcomeGenerator.T0, prior: fromProfile);
-        var scorer = new LearnedScorer(profile);
-        scorer.Use(blended, enabled: true);
-        var model = blended.Predict("std-ipv4", "latency", at);
-        Assert.True(model.PriorWeight > 0.5, $"std-ipv4 as profiled: the prior weighs {model.PriorWeight}");
-        Assert.True(blended.Predict("fec", "latency", at).PriorWeight < LearnedScorer.MinPriorWeight);
-        var score = scorer.Score(StdIPv4, at, policy);
-        var prior = profile.Score(StdIPv4, at, policy).Score;
-        Assert.Equal((model.Utility + (model.PriorWeight * prior)) / (1 + model.PriorWeight), score.Score, 9);
-        Assert.Equal(model.Uncertainty / Math.Sqrt(1 + model.PriorWeight), score.Uncertainty, 9);
-        Assert.Equal("model v6", score.Source);
-        Assert.Matches(@"^\d\.\d\d ± \d\.\d\d: model v6: \d\.\d\d ± \d\.\d\d from [\d,]+ similar outcomes, prior \d\.\d\d weighing [\d.]+ to its 1$", score.Why);
-        // Where the prior weighs next to nothing, the model alone scores, as before.
-        var onFecScore = scorer.Score(Fec, at, policy);
-        Assert.Equal(blended.Predict("fec", "latency", at).Utility, onFecScore.Score, 9);
-        Assert.EndsWith($"(prior {profile.Score(Fec, at, policy).Score:0.00})", onFecScore.Why, StringComparison.Ordinal);
-    }
-
     [Fact]
     public void Scoring_IsThreadSafe_AndTheSameFromEveryThread()
     {
