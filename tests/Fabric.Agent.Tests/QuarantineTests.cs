@@ -2,6 +2,7 @@ using Fabric.Agent.Switching;
 using Fabric.Hal;
 using Fabric.Testing;
 using Fabric.Wire;
+using Microsoft.Extensions.Logging;
 using static Fabric.Agent.Tests.TwoHosts;
 
 namespace Fabric.Agent.Tests;
@@ -9,6 +10,38 @@ namespace Fabric.Agent.Tests;
 /// <summary>A stack that throws or hangs is quarantined; its paths fall back to std; the agent keeps working.</summary>
 public class QuarantineTests
 {
+    /// <summary>
+    /// An agent's events are logged at their severity: a quarantine is an error, a path without an overlay key a warning,
+    /// a role the control plane gave a VM information (every event was logged as an error, so an agent's start said each
+    /// VM's role as one, and an operator's alerting on errors fired on every start).
+    /// </summary>
+    [Fact]
+    public void EventsAreLoggedAtTheirSeverity_AFaultAsAnError_AChangeAskedForAsInformation()
+    {
+        var logged = new LevelLogger();
+        using var hosts = new TwoHosts("faulty", authenticated: false, loggerA: logged);
+        Assert.True(hosts.A.Switch.SetRole("vm1", VmRole.Leads));
+        hosts.Vm("vm1").Transmit(Frames.Marked(Mac1, Mac3, "TXFAULT"));
+        Eventually.True(() => hosts.A.Switch.StackHost.IsQuarantined("faulty"), TimeSpan.FromSeconds(5), "quarantine", () => string.Join("\n", hosts.A.Switch.Events));
+
+        LogLevel LevelOf(string text) => Assert.Single(logged.Lines, l => l.Text.Contains(text, StringComparison.Ordinal)).Level;
+        Assert.Equal(LogLevel.Error, LevelOf("stack faulty@0.0.1 quarantined"));
+        Assert.Equal(LogLevel.Warning, LevelOf("has no overlay key"));
+        Assert.Equal(LogLevel.Information, LevelOf("vm1 leads its conversations"));
+    }
+
+    private sealed class LevelLogger : ILogger
+    {
+        public System.Collections.Concurrent.ConcurrentQueue<(LogLevel Level, string Text)> Lines { get; } = new();
+
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => true;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            Lines.Enqueue((logLevel, formatter(state, exception)));
+    }
+
     [Fact]
     public void AStackThrowingInTransmit_IsQuarantinedAndThePathFallsBackToStd()
     {

@@ -32,8 +32,9 @@ internal sealed class TwoHosts : IDisposable
     /// <param name="inMemory">The two agents share an <see cref="InMemoryWire"/> (<see cref="Wire"/>) instead of UDP sockets on loopback.</param>
     /// <param name="time">Both hosts' clock (a fake one moves only when the test says: hosts keep their clocks in step, as a
     /// fleet's do, or their control messages would be refused as stale); null: the system's.</param>
+    /// <param name="loggerA">What host A's agent logs to (null: nowhere).</param>
     public TwoHosts(string stack = "std-ipv4", Dictionary<string, Dictionary<string, string>>? settings = null, bool authenticated = true, int peerSlotIdleSeconds = 600,
-        bool inMemory = false, TimeProvider? time = null)
+        bool inMemory = false, TimeProvider? time = null, Microsoft.Extensions.Logging.ILogger? loggerA = null)
     {
         Wire = inMemory ? new InMemoryWire() : null;
         _overlayKey = authenticated ? OverlayKey : null;
@@ -41,7 +42,7 @@ internal sealed class TwoHosts : IDisposable
             StackPlugins.PathOf(StackPlugins.Faulty), StackPlugins.PathOf(StackPlugins.FaultySealed), StackPlugins.PathOf(StackPlugins.Secure)];
         (_stacks, _stack, _settings, _time) = (stacks, stack, settings, time);
         A = new Agent(new AgentConfig("host-a", new UnderlayConfig("127.0.0.1", "::1", Port: 0), stacks, "unused", DrainMilliseconds: 100,
-            PeerSlotIdleSeconds: peerSlotIdleSeconds), NullLogger.Instance, Open, Wire?.Factory, time);
+            PeerSlotIdleSeconds: peerSlotIdleSeconds), loggerA ?? NullLogger.Instance, Open, Wire?.Factory, time);
         A.Start();
         B = StartB(0);
         Ok(A.Handle(new ApiRequest("add-host", Host: new RemoteHostConfig("host-b", "127.0.0.1", "::1", stack, PortOf(B, stack), settings, _overlayKey))));

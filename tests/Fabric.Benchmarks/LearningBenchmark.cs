@@ -40,7 +40,6 @@ internal static class LearningBenchmark
     /// </summary>
     private static readonly string[] Stacks = ["std-ipv4", "fec", "arq-lowlat", "arq-bulk"];
     private const int IperfPort = 5301;
-    private const int SockperfPort = 11111;
 
     /// <summary>The evaluated VMs' exploration share: what an operator who lets the fleet keep learning would give.</summary>
     private const double Exploration = 0.05;
@@ -364,19 +363,11 @@ internal static class LearningBenchmark
         return StacksBenchmark.Iperf(client.Namespace, server.IPv4, port, seconds, congestion).Mbit;
     }
 
-    private static int _sockperfRuns;
-
-    /// <summary>
-    /// sockperf's 64-byte request/response p99 over TCP (ms), against a server started for this run alone on a port of its
-    /// own: one `sockperf sr --tcp` serving run after run stops accepting once a connection of an earlier run was cut by the
-    /// link (its backlog fills with connections it never reads), and every later run would print nothing.
-    /// </summary>
+    /// <summary>sockperf's 64-byte request/response p99 over TCP (ms), against a server started for this run alone
+    /// (<see cref="StacksBenchmark.SockperfOnFreshServer"/>).</summary>
     private static double Latency(TestVm client, TestVm server, int seconds)
     {
-        var port = SockperfPort + 1 + (Interlocked.Increment(ref _sockperfRuns) % 2000);
-        using var listener = new ServerSet([Privileged.StartInNamespace(server.Namespace, "sockperf", "sr", "--tcp", "-i", server.IPv4, "-p", $"{port}")]);
-        Thread.Sleep(300);
-        return StacksBenchmark.Percentile(StacksBenchmark.Sockperf(client.Namespace, server.IPv4, port, seconds), "99.000") / 1000;
+        return StacksBenchmark.Percentile(StacksBenchmark.SockperfOnFreshServer(client, server, seconds), "99.000") / 1000;
     }
 
     /// <summary>

@@ -163,7 +163,7 @@ internal sealed class Quarantine(SwitchState state)
     /// </summary>
     public void HandleFault(RemotePath faulted, int slot, string stackId, bool transmitting, Exception fault)
     {
-        state.Report($"stack {stackId} quarantined: {(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} (slot {slot}) threw {fault.GetType().Name}: {fault.Message}");
+        state.Report($"stack {stackId} quarantined: {(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} (slot {slot}) threw {fault.GetType().Name}: {fault.Message}", LogLevel.Error);
         state.StackHost.Quarantine(stackId, $"{(transmitting ? "transmit" : "receive")} on the path to {faulted.Spec.HostId} threw {fault.GetType().Name}: {fault.Message}");
         MoveOff(stackId, drainSlots: false);
         if (!transmitting && faulted.TransmitSlot != slot && faulted.Retire(slot) is { } retired)
