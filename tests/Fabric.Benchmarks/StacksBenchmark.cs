@@ -461,8 +461,9 @@ internal static partial class StacksBenchmark
     /// <summary>
     /// sockperf's ping-pong output from <paramref name="client"/> to a server started in <paramref name="server"/> for this
     /// measurement alone, on a port of its own. One `sockperf sr --tcp` serving run after run stops accepting once a
-    /// connection of an earlier run was cut by a lossy link (its backlog fills with connections it never reads): every
-    /// later run, and its second try, printed nothing (CI, 2026-12-06: the smoke test's second carrier had no RTT at all).
+    /// connection of an earlier run was cut by a lossy link (its backlog fills with connections it never reads), as the
+    /// learning benchmark found: every later run, and its second try, prints nothing (CI, 2026-12-06: a carrier of the
+    /// smoke test, which shared one server, had no RTT at all).
     /// </summary>
     internal static string SockperfOnFreshServer(TestVm client, TestVm server, int seconds)
     {
