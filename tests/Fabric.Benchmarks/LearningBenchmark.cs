@@ -321,24 +321,6 @@ internal static class LearningBenchmark
         topology.Emulator($"set b2a {string.Join(' ', phase.EmulatorWords(forward: false))}");
     }
 
-    private sealed class ServerSet(List<Process> processes) : IDisposable
-    {
-        public void Dispose()
-        {
-            foreach (var process in processes)
-            {
-                try
-                {
-                    process.Kill(entireProcessTree: true);
-                }
-                catch (InvalidOperationException)
-                {
-                    // Already gone.
-                }
-            }
-        }
-    }
-
     /// <summary>Warms the path with one ping (the servers are started per run, see <see cref="Bulk"/> and <see cref="Latency"/>).</summary>
     private static void WarmUp(OverlayTopology topology, TestVm server) =>
         Privileged.Run("ip", "netns", "exec", topology.Vm("vm1").Namespace, "ping", "-c", "1", "-W", "2", server.IPv4);

@@ -468,24 +468,9 @@ internal static partial class StacksBenchmark
     internal static string SockperfOnFreshServer(TestVm client, TestVm server, int seconds)
     {
         var port = SockperfPort + 1 + (Interlocked.Increment(ref _sockperfServers) % 2000);
-        var listener = Privileged.StartInNamespace(server.Namespace, "sockperf", "sr", "--tcp", "-i", server.IPv4, "-p", $"{port}");
-        try
-        {
-            Thread.Sleep(300);
-            return Sockperf(client.Namespace, server.IPv4, port, seconds);
-        }
-        finally
-        {
-            try
-            {
-                listener.Kill(entireProcessTree: true);
-            }
-            catch (InvalidOperationException)
-            {
-                // Already gone.
-            }
-            listener.Dispose();
-        }
+        using var listener = new ServerSet([Privileged.StartInNamespace(server.Namespace, "sockperf", "sr", "--tcp", "-i", server.IPv4, "-p", $"{port}")]);
+        Thread.Sleep(300);
+        return Sockperf(client.Namespace, server.IPv4, port, seconds);
     }
 
     /// <summary>sockperf's ping-pong output; tried once more when it printed no percentiles (a server still starting, a lost connect).</summary>
