@@ -5,13 +5,15 @@ namespace Fabric.Stacks.ArqBulk;
 /// <summary>
 /// The arq-bulk plug-in's factory: <see cref="SelectiveRepeat"/> tuned for throughput on long lossy paths — every
 /// second packet acknowledged (or after 1 ms; out-of-order ones at once), first transmissions paced at twice the
-/// acknowledged delivery rate within twice the bandwidth-delay product, up to 16,384 packets in flight. A single loss is
+/// acknowledged delivery rate within 1.25 times the bandwidth-delay product on the path's minimum RTT plus 2 ms of the
+/// rate (1.1.0; 1.0.0 kept twice the product on the smoothed RTT, and overflowed a clean fast link's queue for good), up
+/// to 16,384 packets in flight. A single loss is
 /// repaired about one RTT after it happened: the packets behind it are acknowledged with ranges and the gap resent at
 /// once. Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
 /// </summary>
 public sealed class ArqBulkFactory : IStackFactory
 {
-    public StackDescription Description { get; } = new("arq-bulk", "1.0.0", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
+    public StackDescription Description { get; } = new("arq-bulk", "1.1.0", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
 
     public IStack Create(StackContext context) => new SelectiveRepeat(new SelectiveRepeatOptions("arq-bulk",
         Window: (int)SelectiveRepeatOptions.Setting(context.Configuration, "window", 16384, 64, 65536),
