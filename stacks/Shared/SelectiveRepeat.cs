@@ -67,7 +67,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private double _rttvar;
     private double _minRtt = -1; // the lowest RTT sample since _minRttAt (first transmissions only)
     private long _minRttAt;
-    private long _drainUntil = long.MinValue; // while now < this, the window is cut so the queue empties and the floor is measured again
+    private long _drainUntil = long.MinValue; // until then, the window is cut: the queue empties, the floor is measured
     private long _retransmitTimer = long.MaxValue;
     private long _lastAdvance = long.MinValue / 2;
     private long _lastAckAt = long.MinValue / 2;
@@ -110,11 +110,13 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     /// <summary>
     /// Packets the sender keeps in flight now: the window, or with pacing the bandwidth-delay product counted on the path's
-    /// minimum RTT, times <see cref="WindowGain"/>, plus <see cref="AckAggregationNanoseconds"/> of the delivery rate. On the smoothed RTT, the queue the window built lengthened the RTT and so the window, until the
+    /// minimum RTT, times <see cref="WindowGain"/>, plus <see cref="AckAggregationNanoseconds"/> of the delivery rate.
+    /// Counted on the smoothed RTT (before 1.1.0), the queue the window built lengthened the RTT and so the window, until the
     /// bottleneck's queue overflowed for good: on a clean 300 Mbit/s link arq-bulk lost 30 % of what it sent and its RTT
-    /// stood at ten times the floor. On the minimum, a queue of a quarter of the product (and the batching allowance) at most. (A floor of the
-    /// delivery rate times SRTT was tried: the queue lengthened SRTT and the window with it, the same loop.) While draining
-    /// (see <see cref="MinRttLifetimeNanoseconds"/>) half the product is allowed, so the queue empties.
+    /// stood at ten times the floor. On the minimum, the queue stays under a quarter of the product plus the batching
+    /// allowance. (A floor of the delivery rate times SRTT was tried: the queue lengthened SRTT and the window with it, the
+    /// same loop.) While draining (see <see cref="MinRttLifetimeNanoseconds"/>) half the product is allowed, so the queue
+    /// empties.
     /// </summary>
     private int SendWindow => !options.Pacing || _deliveryRate <= 0 || _srtt < 0
         ? Math.Min(options.Window, 256)
@@ -143,9 +145,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     /// <summary>
     /// How long a minimum RTT stands without a sample as low. When it runs out, the window is cut to half the bandwidth-delay
-    /// product for <see cref="DrainNanoseconds"/> (or an SRTT, if longer): the queue the full window keeps (up to one
-    /// product) drains, and the samples taken then are the path's floor again, a lower one or, after a route change, a
-    /// higher one. Without the drain every sample would carry the standing queue, and each renewal would raise the floor
+    /// product for <see cref="DrainNanoseconds"/> (or an SRTT, if longer): the queue the full window keeps drains, and the
+    /// samples taken then are the path's floor again, a lower one or, after a route change, a higher one. Without the drain every sample would carry the standing queue, and each renewal would raise the floor
     /// the window is counted on by that queue. About 2 % of the time, as BBR spends probing its RTT.
     /// </summary>
     private const long MinRttLifetimeNanoseconds = 10_000_000_000;
