@@ -125,7 +125,9 @@ internal static partial class StacksBenchmark
                     {
                         "wireguard-go" => (topology.HostA, WireGuardB, IperfPort, WireGuardB, SockperfPort),
                         "kcptun" => (topology.HostA, "127.0.0.1", KcpIperf, "127.0.0.1", KcpSockperf),
-                        _ => (vm1.Namespace, vm3.IPv4, IperfPort, vm3.IPv4, SockperfPort),
+                        // Through Fabric's stacks, a sockperf server of its own per measurement (SockperfOnFreshServer);
+                        // the baselines' tunnels lead to the one server each tunnel was set up for.
+                        _ => (vm1.Namespace, vm3.IPv4, IperfPort, (string?)null, 0),
                     };
                     // Every carrier meets a recorded trace from its start: set once per cell, the second carrier got the
                     // trace's next seconds, not the first one's (the ATT driving trace's outage fell on fec every time).
@@ -136,10 +138,8 @@ internal static partial class StacksBenchmark
                     var (goodput, delivered) = Iperf(ns, iperfTarget, iperfPort, seconds);
                     tracing?.Dispose();
                     var overhead = delivered > 0 ? (UplinkBytes(topology) - before) / (double)delivered - 1 : double.NaN;
-                    // Through Fabric's stacks, a server of its own per measurement (see SockperfOnFreshServer); the
-                    // baselines' tunnels lead to the one server their tunnel was set up for.
-                    var latency = Baselines.Contains(carrier) ? Sockperf(ns, sockperfTarget, sockperfPort, latencySeconds)
-                        : SockperfOnFreshServer(vm1, vm3, latencySeconds);
+                    var latency = sockperfTarget is null ? SockperfOnFreshServer(vm1, vm3, latencySeconds)
+                        : Sockperf(ns, sockperfTarget, sockperfPort, latencySeconds);
                     var row = new Row(cell, carrier, goodput, Percentile(latency, "50.000"), Percentile(latency, "99.000"), Samples(latency), overhead);
                     rows.Add(row);
                     Console.Error.WriteLine(Line(row));

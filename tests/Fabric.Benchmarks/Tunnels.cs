@@ -9,8 +9,12 @@ internal static class Tunnels
     internal static int StartWireGuard(OverlayTopology topology, string ns, string name, string address, out string publicKey)
     {
         // A socket left by a run that was killed would pass for this one's, and wg would then fall back to the kernel's
-        // WireGuard ("Protocol not supported"): remove it, and wait until the new one answers.
-        File.Delete($"/var/run/wireguard/{name}.sock");
+        // WireGuard ("Protocol not supported"): remove it, and wait until the new one answers. The folder is wireguard-go's
+        // own (it creates it), absent before its first run on a machine: File.Delete throws for a missing folder.
+        if (Directory.Exists("/var/run/wireguard"))
+        {
+            File.Delete($"/var/run/wireguard/{name}.sock");
+        }
         var process = topology.StartIn(ns, "env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", name);
         Eventually.True(() => File.Exists($"/var/run/wireguard/{name}.sock") && Fabric.Programs.ProgramRunner.TryRun("ip", ["netns", "exec", ns, "wg", "show", name], null, null).Succeeded,
             TimeSpan.FromSeconds(10), $"starting wireguard-go {name}", () => "");
