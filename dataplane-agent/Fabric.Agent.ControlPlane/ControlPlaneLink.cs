@@ -423,6 +423,23 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             Log.PlacingAgain(_logger, HostId, string.Join(", ", missing));
             await PlaceAsync(grains, force: false, again: missing).ConfigureAwait(false);
         }
+        else if (Unbound(desired) is { Count: > 0 } unbound)
+        {
+            // A VM placed here that the control plane binds to no stack on one of this host's paths (its decision was
+            // lost with a silo, or with a VM grain the grain directory deactivated): placing it again makes its grain
+            // offer its stacks again and decide the paths it has none on.
+            var said = string.Join(", ", unbound.Order(StringComparer.Ordinal));
+            if (said != _unboundSaid)
+            {
+                Log.BindingAgain(_logger, HostId, said);
+                _unboundSaid = said;
+            }
+            await PlaceAsync(grains, force: false, again: unbound).ConfigureAwait(false);
+        }
+        else
+        {
+            _unboundSaid = null;
+        }
         if (desired.Version != HeldVersion || _pending > 0)
         {
             await ApplyAsync(host, desired, cancellationToken).ConfigureAwait(false);
@@ -441,6 +458,27 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         // not run the version yet (released to it a registration later, or held there), and moves once it does.
         _agent.ConformBindings(periodic: !changed);
         _nextRegister = _agent.Time.GetUtcNow() + RegisterEvery;
+    }
+
+    /// <summary>The VMs without a binding on some path at the last registration, and those last said to be placed again for it.</summary>
+    private HashSet<string> _unboundBefore = new(StringComparer.Ordinal);
+    private string? _unboundSaid;
+
+    /// <summary>
+    /// The VMs the control plane placed here (<paramref name="desired"/>) that it binds to no stack on a path this host
+    /// has to one of its peers, at this registration and at the one before (a decision on its way is not hurried).
+    /// </summary>
+    private HashSet<string> Unbound(DesiredState desired)
+    {
+        var bound = desired.Bindings.Select(b => (b.VmId, b.RemoteHost)).ToHashSet();
+        var peers = desired.Peers.Select(p => p.HostId).ToHashSet(StringComparer.Ordinal);
+        var paths = _agent.Switch.Paths.Keys.Where(peers.Contains).ToList();
+        var now = _agent.LocalVms()
+            .Where(vm => vm.Ports.Length > 0 && desired.Vms.Contains(vm.Id, StringComparer.Ordinal) && paths.Any(p => !bound.Contains((vm.Id, p))))
+            .Select(vm => vm.Id).ToHashSet(StringComparer.Ordinal);
+        var twice = now.Where(_unboundBefore.Contains).ToHashSet(StringComparer.Ordinal);
+        _unboundBefore = now;
+        return twice;
     }
 
     private HostInfo Info()
@@ -1113,6 +1151,9 @@ internal static partial class Log
 
     [LoggerMessage(9, LogLevel.Information, "Control plane: host {HostId}'s VMs {Vms} are not placed there; placing them again")]
     public static partial void PlacingAgain(ILogger logger, string hostId, string vms);
+
+    [LoggerMessage(13, LogLevel.Information, "Control plane: host {HostId}'s VMs {Vms} have no stack on a path from it; placing them again")]
+    public static partial void BindingAgain(ILogger logger, string hostId, string vms);
 
     [LoggerMessage(10, LogLevel.Information, "Control plane: host {HostId}'s stack version holds are now {Holds}; its releases {Releases}")]
     public static partial void HoldsChanged(ILogger logger, string hostId, string holds, string releases);

@@ -44,12 +44,20 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
     {
         // Off the host's start-up path: verification does blocking I/O.
         await Task.Yield();
+        // What was last said to be published: a refresh that finds the same stacks says nothing (every 5 s from each silo,
+        // the same line crowded everything else out of a test's log tail).
+        string? published = null;
         while (!stoppingToken.IsCancellationRequested)
         {
             try
             {
                 var (stacks, withdrawn) = await SyncAsync(source, grains);
-                Synced(logger, stacks.Count, source.Path);
+                var now = string.Join(", ", stacks.Select(s => $"{s.Id}@{s.Version}").Order(StringComparer.Ordinal));
+                if (now != published)
+                {
+                    Synced(logger, stacks.Count, source.Path, now);
+                    published = now;
+                }
                 foreach (var id in withdrawn)
                 {
                     Withdrawn(logger, id, source.Path);
@@ -58,13 +66,14 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
             catch (Exception e) when (e is TrustException or PackageException or RepositoryUnavailableException or IOException or OrleansException)
             {
                 SyncFailed(logger, source.Path, e.Message);
+                published = null;
             }
             await Task.Delay(TimeSpan.FromSeconds(source.RefreshSeconds), stoppingToken).ContinueWith(_ => { }, TaskScheduler.Default);
         }
     }
 
-    [LoggerMessage(1, LogLevel.Information, "Catalog: {Count} stack(s) published from {Repository}")]
-    private static partial void Synced(ILogger logger, int count, string repository);
+    [LoggerMessage(1, LogLevel.Information, "Catalog: {Count} stack(s) published from {Repository}: {Stacks}")]
+    private static partial void Synced(ILogger logger, int count, string repository, string stacks);
 
     [LoggerMessage(3, LogLevel.Warning, "Catalog: stack {StackId} withdrawn (the signed targets of {Repository} no longer publish it); VMs on it move at their next decision")]
     private static partial void Withdrawn(ILogger logger, string stackId, string repository);

@@ -100,11 +100,75 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
             }
             if (upserts.Length > 0 || removals.Length > 0 || stays != hostsBefore.Contains(member))
             {
-                calls.Add(GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts)).AsTask());
+                calls.Add(TellAsync(member, stays, upserts, removals));
             }
         }
         await Task.WhenAll(calls);
+        if (_owed.Count > 0)
+        {
+            // Hosts a call failed to (their silo died under it) are repaired from the state, not by the caller: its retry
+            // finds the change made and would tell no one.
+            _repair ??= this.RegisterGrainTimer(RepairAsync, RepairEvery, RepairEvery);
+        }
         return refused;
+    }
+
+    /// <summary>How often the hosts a change could not be told to are told the network as it is now.</summary>
+    public static readonly TimeSpan RepairEvery = TimeSpan.FromSeconds(5);
+
+    /// <summary>Per host a change could not be told to, the routes it was to withdraw (it may still hold them).</summary>
+    private readonly Dictionary<string, HashSet<Route>> _owed = new(StringComparer.Ordinal);
+    private IGrainTimer? _repair;
+
+    /// <summary>Tells <paramref name="member"/> a change; a failure is logged and owed to it (the change is persisted already).</summary>
+    private async Task TellAsync(string member, bool stays, ImmutableArray<Route> upserts, ImmutableArray<Route> removals)
+    {
+        try
+        {
+            await GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts));
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            Log.HostNotTold(logger, Vni, member, e.GetType().Name, e.Message);
+            if (!_owed.TryGetValue(member, out var owed))
+            {
+                _owed[member] = owed = [];
+            }
+            owed.UnionWith(removals);
+        }
+    }
+
+    /// <summary>
+    /// Tells each host a change was lost to the network as it is now: a member gets every other host's route and loses
+    /// the routes it was to withdraw that are not routes still; a host that left loses them all. Derived from the state,
+    /// so an older change cannot undo a newer one.
+    /// </summary>
+    private async Task RepairAsync()
+    {
+        var routes = AllRoutes().ToList();
+        var members = MemberHosts();
+        foreach (var (member, owed) in _owed.ToList())
+        {
+            var stays = members.Contains(member);
+            ImmutableArray<Route> upserts = stays ? [.. routes.Where(r => r.HostId != member)] : [];
+            ImmutableArray<Route> removals = [.. owed.Where(o => !routes.Any(r => r.Key == o.Key && r.VmId == o.VmId && r.HostId == o.HostId)).Concat(stays ? [] : routes.Where(r => r.HostId != member)).Distinct()];
+            try
+            {
+                await GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts));
+                _owed.Remove(member);
+                Log.HostRepaired(logger, Vni, member);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // Tried again at the next tick.
+                Log.HostNotTold(logger, Vni, member, e.GetType().Name, e.Message);
+            }
+        }
+        if (_owed.Count == 0)
+        {
+            _repair?.Dispose();
+            _repair = null;
+        }
     }
 
     public ValueTask<NetworkView> GetAsync() => ValueTask.FromResult(new NetworkView([.. AllRoutes()], PeersOf(AllRoutes())));
@@ -125,4 +189,10 @@ internal static partial class Log
 {
     [LoggerMessage(20, LogLevel.Warning, "Network {Vni}: MAC {Mac} of VM '{VmId}' is already VM '{Holder}''s; it is not routed")]
     public static partial void MacTaken(ILogger logger, uint vni, string mac, string vmId, string holder);
+
+    [LoggerMessage(21, LogLevel.Warning, "Network {Vni}: host {Host} was not told a change ({Error}: {Message}); it is told the network as it is every 5 s until it takes it")]
+    public static partial void HostNotTold(ILogger logger, uint vni, string host, string error, string message);
+
+    [LoggerMessage(22, LogLevel.Information, "Network {Vni}: host {Host} told the network as it is, after a change had not reached it")]
+    public static partial void HostRepaired(ILogger logger, uint vni, string host);
 }

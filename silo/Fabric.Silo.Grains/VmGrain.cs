@@ -312,10 +312,25 @@ public sealed partial class VmGrain(
             {
                 await state.WriteStateAsync();
             }
-            // The same placement again (an agent placing anew after the control plane started over, or retrying a call
-            // that failed midway): nothing to store, but the networks are told again, so a membership a failed call
-            // lost is repaired (an unchanged one costs each network a comparison).
+            // The same placement again (an agent placing anew after the control plane started over, retrying a call
+            // that failed midway, or finding its host holds no binding for the VM on a path): nothing to store, but the
+            // networks are told again, so a membership a failed call lost is repaired (an unchanged one costs each
+            // network a comparison). One whose settling failed settles now. Otherwise the host is offered the VM's
+            // stacks again and the paths without one are decided: a decision lost with a silo, or with an activation
+            // the grain directory deactivated (its retry timers with it), comes back.
+            if (_unsettled is { } owed && owed.Placement == placement)
+            {
+                await SettleAsync(owed.Previous, placement, owed.Adopted);
+                return;
+            }
             await SetNetworksAsync(null, placement);
+            await GrainFactory.GetGrain<IHostGrain>(placement.HostId).AddVmAsync(VmId);
+            foreach (var (remote, stack) in state.State.Stacks)
+            {
+                _unbound.TryAdd(remote, new Binding(VmId, remote, stack));
+            }
+            await EvaluateAllAsync(await CatalogAsync(), undecidedOnly: true);
+            await FlushBindingsAsync();
             return;
         }
         var adopted = new List<Binding>();
@@ -344,15 +359,7 @@ public sealed partial class VmGrain(
         }
         await state.WriteStateAsync();
         await GrainFactory.GetGrain<IFleetGrain>(IFleetGrain.Key).VmPlacedAsync(VmId, placement.HostId);
-        var host = GrainFactory.GetGrain<IHostGrain>(placement.HostId);
-        await host.AddVmAsync(VmId);
-        if (adopted.Count > 0)
-        {
-            // Sealed and led as the policy the placement may have carried says.
-            await host.BindAsync([.. adopted.Select(b => b with { Sealed = Sealed, Role = Role })]);
-        }
-        await SetNetworksAsync(previous, placement);
-        await EvaluateAllAsync(await CatalogAsync());
+        await SettleAsync(previous, placement, [.. adopted]);
         if ((Sealed != wasSealed || Role != wasRole) && adopted.Count == 0 && state.State.Stacks.Count > 0)
         {
             // The hook's policy changed whether the VM is sealed or leads where its stacks did not change: every binding
@@ -364,6 +371,63 @@ public sealed partial class VmGrain(
             await FlushBindingsAsync();
         }
     }
+
+    /// <summary>The placement stored whose host, networks and first decisions are still owed (a call failed), the one
+    /// before it, and the bindings adopted from what ran.</summary>
+    private (VmPlacement? Previous, VmPlacement Placement, ImmutableArray<Binding> Adopted)? _unsettled;
+    private IGrainTimer? _settle;
+
+    /// <summary>
+    /// Tells a stored placement's host it has the VM (with the bindings adopted from what ran there), tells its networks,
+    /// and decides every path from the host. A failure is tried again every <see cref="RebindEvery"/> until it succeeds:
+    /// once the placement is stored, the caller's retry finds it placed (a migration's source removing the VM again is
+    /// told it is not gone) and would do none of it.
+    /// </summary>
+    private async Task SettleAsync(VmPlacement? previous, VmPlacement placement, ImmutableArray<Binding> adopted)
+    {
+        _unsettled = (previous, placement, adopted);
+        try
+        {
+            var host = GrainFactory.GetGrain<IHostGrain>(placement.HostId);
+            await host.AddVmAsync(VmId);
+            if (adopted.Length > 0)
+            {
+                // Sealed and led as the policy the placement may have carried says.
+                await host.BindAsync([.. adopted.Select(b => b with { Sealed = Sealed, Role = Role })]);
+            }
+            await SetNetworksAsync(previous, placement);
+            await EvaluateAllAsync(await CatalogAsync());
+            _unsettled = null;
+            _settle?.Dispose();
+            _settle = null;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            LogUnsettled(logger, VmId, placement.HostId, e.GetType().Name, e.Message);
+            _settle ??= this.RegisterGrainTimer(async () =>
+            {
+                if (_unsettled is not { } owed || state.State.Placement != owed.Placement)
+                {
+                    // Placed elsewhere or removed since: that change settled its own placement.
+                    _settle?.Dispose();
+                    (_settle, _unsettled) = (null, null);
+                    return;
+                }
+                try
+                {
+                    await SettleAsync(owed.Previous, owed.Placement, owed.Adopted);
+                }
+                catch (Exception)
+                {
+                    // Said by SettleAsync; tried again at the next tick.
+                }
+            }, RebindEvery, RebindEvery);
+            throw;
+        }
+    }
+
+    [LoggerMessage(LogLevel.Warning, "VM {Vm}: placed on {Host}, but its networks or first decisions failed ({Error}: {Message}); tried again every 5 s until they succeed")]
+    private static partial void LogUnsettled(ILogger logger, string vm, string host, string error, string message);
 
     /// <summary>
     /// Tells each virtual network the VM's vNICs in it now (on the new host) and each network it left that it is gone:
@@ -418,7 +482,8 @@ public sealed partial class VmGrain(
         {
             return;
         }
-        if (_last.TryGetValue(remoteHost, out var last) && !PathSmoother.Significant(last.Conditions, conditions) && !state.State.Pending.ContainsKey(remoteHost))
+        if (_last.TryGetValue(remoteHost, out var last) && !PathSmoother.Significant(last.Conditions, conditions) && !state.State.Pending.ContainsKey(remoteHost)
+            && state.State.Stacks.ContainsKey(remoteHost))
         {
             // Conditions this VM has already decided on (the host grain tells every path again now and then, in case a
             // notice was lost): nothing to decide. But a decision not yet stored or bound (its write or bind failed, the
@@ -517,12 +582,18 @@ public sealed partial class VmGrain(
         _left.Clear();
         _drifted.Clear();
         _explored.Clear();
+        // Nor what it decided there: a path from the old host is another path, even to the same remote host. A decision
+        // kept from it made the VM ignore its new host's notices of like conditions (a VM back on a host it had left got
+        // no stack for the path it had decided from the host in between).
+        _last.Clear();
+        _chosen.Clear();
         var host = GrainFactory.GetGrain<IHostGrain>(hostId);
         await host.UnbindVmAsync(VmId);
         await host.RemoveVmAsync(VmId);
     }
 
-    private async Task EvaluateAllAsync(ImmutableArray<StackInfo> catalog)
+    /// <summary>Decides every path from the VM's host (with <paramref name="undecidedOnly"/>, those it has no stack on).</summary>
+    private async Task EvaluateAllAsync(ImmutableArray<StackInfo> catalog, bool undecidedOnly = false)
     {
         if (state.State.Placement is not { } placement)
         {
@@ -531,6 +602,10 @@ public sealed partial class VmGrain(
         var hostStacks = await HostStacksAsync(placement.HostId);
         var host = GrainFactory.GetGrain<IHostGrain>(placement.HostId);
         var peers = await host.ListPeersAsync();
+        if (undecidedOnly)
+        {
+            peers = peers.RemoveAll(state.State.Stacks.ContainsKey);
+        }
         var conditions = await Task.WhenAll(peers.Select(peer => host.GetPathAsync(peer).AsTask()));
         var bindings = new List<Binding>();
         for (var i = 0; i < peers.Length; i++)

@@ -136,6 +136,8 @@ public class FleetEndToEndTests
         return view.RootElement.TryGetProperty("claim", out var claim) && claim.ValueKind == JsonValueKind.Object ? claim.GetProperty("hostId").GetString() : null;
     }
 
+    /// <summary>The processes' log tail first, then each host's status and vm1's view: CI shows only the last lines of a failure.</summary>
     private static string Describe(FleetTopology fleet, IEnumerable<string> hosts) =>
-        string.Join("\n", hosts.Select(h => $"{h}: {fleet.Status(h)}")) + "\nvm1: " + fleet.SiloApi("/api/vms/vm1") + "\n" + fleet.Logs();
+        fleet.Logs() + "\n--- seen when the wait ended ---\n" + string.Join("\n", hosts.Select(h => $"{h}: {fleet.Status(h)}"))
+        + "\nvm1: " + fleet.SiloApi("/api/vms/vm1");
 }

@@ -141,6 +141,41 @@ public sealed class AgentLinkTests
         }
     }
 
+    /// <summary>
+    /// The agent's anti-entropy for bindings: a VM placed on its host that the host grain binds to no stack on a path (its
+    /// decision lost with a silo, or with a VM grain the grain directory deactivated before its bind went out: the fleet
+    /// test's CI run left a confidential VM unbound for 90 s that way) is placed again by its agent, and its grain offers
+    /// its stacks again. Here the host grain is made to forget the VM's binding while the VM grain keeps its decision.
+    /// </summary>
+    [Fact]
+    public async Task AVmItsHostGrainHoldsNoBindingFor_IsPlacedAgainByItsAgent_AndBoundAgain()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"));
+        try
+        {
+            Ok(hosts.A.Handle(new ApiRequest("register-vm", Registration: new VmRegistration("vm1", "vm-one",
+                [new VmInterface("ethernet", Mac1.ToString(), "tap-vm1", Vni: 100, IPv4: ["10.0.0.1"])], new VmPolicy(Pin: "swap-test", Vni: 100), "metadata", "libvirt"))));
+            var hostA = silo.Grains.GetGrain<IHostGrain>("host-a");
+            async Task<string?> HeldAsync() => (await hostA.GetDesiredStateAsync()).Bindings.FirstOrDefault(b => b.VmId == "vm1" && b.RemoteHost == "host-b")?.Stack;
+            async Task<string> SeenAsync() => $"host grain holds {await HeldAsync()}; the VM grain has {(await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Stacks.GetValueOrDefault("host-b")}; {Describe(hosts.A)}";
+            await Eventually.TrueAsync(async () => await HeldAsync() == "swap-test" && Bound(hosts.A, "vm1/0", "host-b") == "swap-test", Wait, "vm1 bound", SeenAsync);
+
+            await hostA.UnbindVmAsync("vm1");
+            Assert.Null(await HeldAsync());
+            Assert.Equal("swap-test", (await silo.Grains.GetGrain<IVmGrain>("vm1").GetAsync()).Stacks.GetValueOrDefault("host-b"));
+            await Eventually.TrueAsync(async () => await HeldAsync() == "swap-test" && Bound(hosts.A, "vm1/0", "host-b") == "swap-test",
+                TimeSpan.FromSeconds(30), "vm1 bound again after its agent placed it again", SeenAsync);
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
     [Fact]
     public async Task AgentsThatNameNoPeerRouteOrKey_AreProgrammedByTheControlPlane_AndCarrySecureTrafficUnderDerivedKeys()
     {

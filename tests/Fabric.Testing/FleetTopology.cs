@@ -376,6 +376,8 @@ public sealed class FleetTopology : IDisposable
     {
         _silos[silo]!.Kill();
         _silos[silo]!.WaitForExit(10_000);
+        // In the log tail a failure shows, so that what followed can be read against it.
+        Keep("test", $"{DateTime.UtcNow:HH:mm:ss.fff} silo-{silo} killed (-9)");
     }
 
     public void Dispose()
