@@ -398,6 +398,8 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         var desired = await host.RegisterAsync(info, _reference!).ConfigureAwait(false);
         _registeredKey = info.PublicKey;
         var epoch = new DesiredStateVersion(desired.Version).Epoch;
+        // Read at every registration, so that "at the one before" means the one before.
+        var unbound = Unbound(desired);
         if (epoch == _epoch && _agent.Time.GetUtcNow() < _holdRemovalsUntil)
         {
             await PlaceAsync(grains, force: true).ConfigureAwait(false);
@@ -423,22 +425,21 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
             Log.PlacingAgain(_logger, HostId, string.Join(", ", missing));
             await PlaceAsync(grains, force: false, again: missing).ConfigureAwait(false);
         }
-        else if (Unbound(desired) is { Count: > 0 } unbound)
+        else if (unbound.Count > 0)
         {
             // A VM placed here that the control plane binds to no stack on one of this host's paths (its decision was
             // lost with a silo, or with a VM grain the grain directory deactivated): placing it again makes its grain
-            // offer its stacks again and decide the paths it has none on.
-            var said = string.Join(", ", unbound.Order(StringComparer.Ordinal));
-            if (said != _unboundSaid)
+            // offer its stacks again and decide the paths it has none on. A failure is said and tried at a later
+            // registration; the rest of this pass (applying, reporting) goes on.
+            Log.BindingAgain(_logger, HostId, string.Join(", ", unbound.Order(StringComparer.Ordinal)));
+            try
             {
-                Log.BindingAgain(_logger, HostId, said);
-                _unboundSaid = said;
+                await PlaceAsync(grains, force: false, again: unbound).ConfigureAwait(false);
             }
-            await PlaceAsync(grains, force: false, again: unbound).ConfigureAwait(false);
-        }
-        else
-        {
-            _unboundSaid = null;
+            catch (Exception e) when (e is not OutOfMemoryException && !cancellationToken.IsCancellationRequested)
+            {
+                Log.Unreachable(_logger, $"placing {string.Join(", ", unbound)} again failed: {Explain(e, _config)}");
+            }
         }
         if (desired.Version != HeldVersion || _pending > 0)
         {
@@ -460,25 +461,54 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
         _nextRegister = _agent.Time.GetUtcNow() + RegisterEvery;
     }
 
-    /// <summary>The VMs without a binding on some path at the last registration, and those last said to be placed again for it.</summary>
-    private HashSet<string> _unboundBefore = new(StringComparer.Ordinal);
-    private string? _unboundSaid;
+    /// <summary>Per VM without a binding on some path at the last registration: those paths, when it may be placed again
+    /// for them, and the wait after that.</summary>
+    private Dictionary<string, (string Paths, DateTimeOffset Next, TimeSpan Wait)> _unbound = new(StringComparer.Ordinal);
+
+    /// <summary>The first wait between two placements of a VM for the same unbound paths, doubled each time up to <see cref="UnboundWaitMost"/>.</summary>
+    private static readonly TimeSpan UnboundWaitLeast = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan UnboundWaitMost = TimeSpan.FromMinutes(5);
 
     /// <summary>
-    /// The VMs the control plane placed here (<paramref name="desired"/>) that it binds to no stack on a path this host
-    /// has to one of its peers, at this registration and at the one before (a decision on its way is not hurried).
+    /// The VMs to place again because the control plane (<paramref name="desired"/>) placed them here but binds them to
+    /// no stack on a path this host has to one of its peers, as it did at the registration before (a decision on its
+    /// way is not hurried). A VM whose unbound paths stay the same is placed again after 10 s, then 20, 40, … up to 5
+    /// min: a path may have no stack for good (a confidential VM where no stack the host runs encrypts, a peer never
+    /// measured), and each placement costs the control plane a round of calls.
     /// </summary>
     private HashSet<string> Unbound(DesiredState desired)
     {
+        var now = _agent.Time.GetUtcNow();
         var bound = desired.Bindings.Select(b => (b.VmId, b.RemoteHost)).ToHashSet();
         var peers = desired.Peers.Select(p => p.HostId).ToHashSet(StringComparer.Ordinal);
-        var paths = _agent.Switch.Paths.Keys.Where(peers.Contains).ToList();
-        var now = _agent.LocalVms()
-            .Where(vm => vm.Ports.Length > 0 && desired.Vms.Contains(vm.Id, StringComparer.Ordinal) && paths.Any(p => !bound.Contains((vm.Id, p))))
-            .Select(vm => vm.Id).ToHashSet(StringComparer.Ordinal);
-        var twice = now.Where(_unboundBefore.Contains).ToHashSet(StringComparer.Ordinal);
-        _unboundBefore = now;
-        return twice;
+        var paths = _agent.Switch.Paths.Keys.Where(peers.Contains).Order(StringComparer.Ordinal).ToList();
+        var seen = new Dictionary<string, (string Paths, DateTimeOffset Next, TimeSpan Wait)>(StringComparer.Ordinal);
+        var again = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var vm in _agent.LocalVms().Where(vm => vm.Ports.Length > 0 && desired.Vms.Contains(vm.Id, StringComparer.Ordinal)))
+        {
+            var missing = string.Join(",", paths.Where(p => !bound.Contains((vm.Id, p))));
+            if (missing.Length == 0)
+            {
+                continue;
+            }
+            if (!_unbound.TryGetValue(vm.Id, out var before))
+            {
+                // First seen: not yet.
+                seen[vm.Id] = (missing, now, UnboundWaitLeast);
+            }
+            else if (before.Paths != missing || now >= before.Next)
+            {
+                var wait = before.Paths != missing ? UnboundWaitLeast : before.Wait;
+                again.Add(vm.Id);
+                seen[vm.Id] = (missing, now + wait, wait * 2 < UnboundWaitMost ? wait * 2 : UnboundWaitMost);
+            }
+            else
+            {
+                seen[vm.Id] = before;
+            }
+        }
+        _unbound = seen;
+        return again;
     }
 
     private HostInfo Info()

@@ -223,7 +223,16 @@ public sealed partial class HostGrain : Grain, IHostGrain
     {
         if (member ? _state.State.Networks.Add(vni) : _state.State.Networks.Remove(vni))
         {
-            await _state.WriteStateAsync();
+            try
+            {
+                await _state.WriteStateAsync();
+            }
+            catch
+            {
+                // Not stored, so not held: the network's retry (or repair) finds the change still to make.
+                _ = member ? _state.State.Networks.Remove(vni) : _state.State.Networks.Add(vni);
+                throw;
+            }
         }
         foreach (var peer in peers)
         {

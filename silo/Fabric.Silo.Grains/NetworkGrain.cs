@@ -108,7 +108,8 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
         {
             // Hosts a call failed to (their silo died under it) are repaired from the state, not by the caller: its retry
             // finds the change made and would tell no one.
-            _repair ??= this.RegisterGrainTimer(RepairAsync, RepairEvery, RepairEvery);
+            // Kept alive meanwhile: the owed hosts are known only here, in memory.
+            _repair ??= this.RegisterGrainTimer(RepairAsync, new GrainTimerCreationOptions(RepairEvery, RepairEvery) { KeepAlive = true });
         }
         return refused;
     }
@@ -147,11 +148,15 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
     {
         var routes = AllRoutes().ToList();
         var members = MemberHosts();
-        foreach (var (member, owed) in _owed.ToList())
+        // At once, not one after another: a host whose silo is suspected but not yet declared dead may take a response
+        // timeout to fail, and this turn holds the network's other changes back meanwhile.
+        await Task.WhenAll(_owed.ToList().Select(async owed =>
         {
+            var (member, removed) = (owed.Key, owed.Value);
             var stays = members.Contains(member);
             ImmutableArray<Route> upserts = stays ? [.. routes.Where(r => r.HostId != member)] : [];
-            ImmutableArray<Route> removals = [.. owed.Where(o => !routes.Any(r => r.Key == o.Key && r.VmId == o.VmId && r.HostId == o.HostId)).Concat(stays ? [] : routes.Where(r => r.HostId != member)).Distinct()];
+            ImmutableArray<Route> removals = [.. removed.Where(o => !routes.Any(r => r.Key == o.Key && r.VmId == o.VmId && r.HostId == o.HostId))
+                .Concat(stays ? [] : routes.Where(r => r.HostId != member)).Distinct()];
             try
             {
                 await GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts));
@@ -163,7 +168,7 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
                 // Tried again at the next tick.
                 Log.HostNotTold(logger, Vni, member, e.GetType().Name, e.Message);
             }
-        }
+        }));
         if (_owed.Count == 0)
         {
             _repair?.Dispose();

@@ -482,8 +482,7 @@ public sealed partial class VmGrain(
         {
             return;
         }
-        if (_last.TryGetValue(remoteHost, out var last) && !PathSmoother.Significant(last.Conditions, conditions) && !state.State.Pending.ContainsKey(remoteHost)
-            && state.State.Stacks.ContainsKey(remoteHost))
+        if (_last.TryGetValue(remoteHost, out var last) && !PathSmoother.Significant(last.Conditions, conditions) && !state.State.Pending.ContainsKey(remoteHost))
         {
             // Conditions this VM has already decided on (the host grain tells every path again now and then, in case a
             // notice was lost): nothing to decide. But a decision not yet stored or bound (its write or bind failed, the
