@@ -50,7 +50,12 @@ public sealed class LearnedScorer(ProfileScorer prior, int minSupport = UtilityM
         }
         // Rounded first: an effect just below zero would read "-+0.00" (its sign kept, its digits rounded away).
         var shown = Math.Round(effect, 2) is var rounded && rounded == 0 ? 0 : rounded;
-        return new StackScore(utility, string.Create(CultureInfo.InvariantCulture,
-            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {shown:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")} (prior {fromPrior.Score:0.00})"), uncertainty, $"model v{model.Version}");
+        // No stack answers a request sooner than a round trip: a prediction above what the path's least RTT allows is the
+        // model carrying another path's outcomes over (in a learning benchmark run, arq-bulk 0.74 for a latency VM on a
+        // 64 ms path, where 0.51 is the most a p99 of one round trip scores; the VM moved there and stayed).
+        var ceiling = Utility.Ceiling(policy.Workload, conditions);
+        var capped = utility > ceiling ? string.Create(CultureInfo.InvariantCulture, $"; at most {ceiling:0.00} over the path's {Utility.RoundTripFloorMs(conditions):0.#} ms round trip") : "";
+        return new StackScore(Math.Min(utility, ceiling), string.Create(CultureInfo.InvariantCulture,
+            $"model v{model.Version}: {utility:0.00} ± {uncertainty:0.00} from {support:N0} similar outcomes{(vmOutcomes > 0 ? $", this VM {shown:+0.00;-0.00} from {vmOutcomes:N0} of its own" : "")} (prior {fromPrior.Score:0.00}){capped}"), uncertainty, $"model v{model.Version}");
     }
 }

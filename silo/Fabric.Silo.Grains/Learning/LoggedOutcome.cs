@@ -96,6 +96,26 @@ public static class Utility
     public static double LatencyScore(double p99Ms) => double.IsNaN(p99Ms) ? 0
         : Math.Clamp(1 - (Math.Log(Math.Max(p99Ms, FloorDelayMs) / FloorDelayMs) / Math.Log(WorstDelayMs / FloorDelayMs)), 0, 1);
 
+    /// <summary>
+    /// The most any stack can give <paramref name="workload"/> on a path in <paramref name="c"/>: a request's answer takes
+    /// at least a round trip, so a latency VM's p99 is no shorter than the path's least RTT (as the path measured it; the
+    /// current RTT where that is less or none is known), and its score no higher than that delay's. General: half of
+    /// that and half of bulk's best, 1. Bulk: 1. A path with no RTT known: 1.
+    /// </summary>
+    public static double Ceiling(string workload, PathConditions c)
+    {
+        var floor = RoundTripFloorMs(c);
+        if (workload == "bulk" || !(floor > 0))
+        {
+            return 1;
+        }
+        var latency = LatencyScore(floor);
+        return workload == "latency" ? latency : (0.5 * latency) + 0.5;
+    }
+
+    /// <summary>The shortest round trip the path allows as its conditions say: its least RTT, or the current one where that is less or none is known.</summary>
+    public static double RoundTripFloorMs(PathConditions c) => c.MinRttMs > 0 ? Math.Min(c.MinRttMs, c.RttMs) : c.RttMs;
+
     /// <summary>A VM's utility for one outcome, 0–1 (see the class remarks). <paramref name="demandMbps"/>: what the VM
     /// would send at most (its offered rate when it sends without TCP); infinite when not known.</summary>
     public static double Of(string workload, double goodputMbps, double delayP99Ms, double residualLoss, double overheadRatio, double capacityMbps,

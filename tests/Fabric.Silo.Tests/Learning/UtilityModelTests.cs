@@ -198,6 +198,37 @@ public sealed class UtilityModelTests : IDisposable
         Assert.Null(UtilityModel.Load(store, 7));
     }
 
+    /// <summary>
+    /// No stack answers a request sooner than a round trip: where the model predicts a latency VM more than the path's
+    /// least RTT allows (here a rule that ignores RTT, as a model that carries a short path's outcomes over to a long one
+    /// does), the score is that ceiling and the reason says so; a bulk VM has no such ceiling, a general VM half of it.
+    /// </summary>
+    [Fact]
+    public void AModelsLatencyScore_IsNoHigherThanTheShortestRoundTripAllows()
+    {
+        using var model = UtilityModel.Train(OutcomeGenerator.Generate(4000, seed: 1), [], 4, OutcomeGenerator.T0);
+        var scorer = new LearnedScorer(new ProfileScorer(), minSupport: 10);
+        scorer.Use(model, enabled: true);
+        var (shortPath, longPath) = (OutcomeGenerator.Conditions(0.03, rtt: 10), OutcomeGenerator.Conditions(0.03, rtt: 90));
+        var predicted = model.Predict("fec", "latency", longPath).Utility;
+        Assert.InRange(predicted, 0.55, 0.65);
+
+        var onShort = scorer.Score(Fec, shortPath, Policy("latency"));
+        Assert.Equal(model.Predict("fec", "latency", shortPath).Utility, onShort.Score, 9);
+        Assert.DoesNotContain("at most", onShort.Why, StringComparison.Ordinal);
+        // 81 ms is the least round trip of the long path: its p99 scores 0.48 at best.
+        var onLong = scorer.Score(Fec, longPath, Policy("latency"));
+        Assert.Equal(Utility.LatencyScore(81), onLong.Score, 9);
+        Assert.True(onLong.Score < predicted - 0.05, $"{onLong.Score} against {predicted}");
+        Assert.EndsWith("; at most 0.48 over the path's 81 ms round trip", onLong.Why, StringComparison.Ordinal);
+        Assert.Equal(1, Utility.Ceiling("bulk", longPath));
+        Assert.Equal((0.5 * Utility.LatencyScore(81)) + 0.5, Utility.Ceiling("general", longPath), 9);
+        // A path whose round trip is not known yet has no ceiling; one whose least RTT is stale above the current RTT
+        // is held to the current one.
+        Assert.Equal(1, Utility.Ceiling("latency", longPath with { RttMs = double.NaN, MinRttMs = 0 }));
+        Assert.Equal(Utility.LatencyScore(60), Utility.Ceiling("latency", longPath with { RttMs = 60 }), 9);
+    }
+
     [Fact]
     public void AContextTheModelHasNotSeen_IsLeftToThePrior_AndTheReasonSaysWhoScored()
     {
@@ -212,7 +243,7 @@ public sealed class UtilityModelTests : IDisposable
         scorer.Use(model, enabled: true);
         var seen = scorer.Score(Fec, OutcomeGenerator.Conditions(0.005), policy);
         Assert.Equal("model v3", seen.Source);
-        Assert.Matches(@"^model v3: 0\.\d\d ± 0\.\d\d from [\d,]+ similar outcomes \(prior 0\.\d\d\)$", seen.Why);
+        Assert.Matches(@"^model v3: 0\.\d\d ± 0\.\d\d from [\d,]+ similar outcomes \(prior 0\.\d\d\)(; at most 0\.\d\d over the path's [\d.]+ ms round trip)?$", seen.Why);
         // 20 % loss: far outside what the log covers.
         var unseen = scorer.Score(Fec, OutcomeGenerator.Conditions(0.2), policy);
         Assert.Equal("prior", unseen.Source);
