@@ -121,21 +121,31 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
     private readonly Dictionary<string, HashSet<Route>> _owed = new(StringComparer.Ordinal);
     private IGrainTimer? _repair;
 
-    /// <summary>Tells <paramref name="member"/> a change; a failure is logged and owed to it (the change is persisted already).</summary>
+    /// <summary>Tells <paramref name="member"/> a change; a failure is owed to it (the change is persisted already).</summary>
     private async Task TellAsync(string member, bool stays, ImmutableArray<Route> upserts, ImmutableArray<Route> removals)
     {
-        try
+        if (!await TryTellAsync(member, stays, upserts, removals))
         {
-            await GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts));
-        }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        {
-            Log.HostNotTold(logger, Vni, member, e.GetType().Name, e.Message);
             if (!_owed.TryGetValue(member, out var owed))
             {
                 _owed[member] = owed = [];
             }
             owed.UnionWith(removals);
+        }
+    }
+
+    /// <summary>One call of <see cref="IHostGrain.NetworkChangedAsync"/>; false (and logged) when it failed.</summary>
+    private async Task<bool> TryTellAsync(string member, bool stays, ImmutableArray<Route> upserts, ImmutableArray<Route> removals)
+    {
+        try
+        {
+            await GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts));
+            return true;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            Log.HostNotTold(logger, Vni, member, e.GetType().Name, e.Message);
+            return false;
         }
     }
 
@@ -157,16 +167,11 @@ public sealed class NetworkGrain([PersistentState("network", Storage.Name)] IPer
             ImmutableArray<Route> upserts = stays ? [.. routes.Where(r => r.HostId != member)] : [];
             ImmutableArray<Route> removals = [.. removed.Where(o => !routes.Any(r => r.Key == o.Key && r.VmId == o.VmId && r.HostId == o.HostId))
                 .Concat(stays ? [] : routes.Where(r => r.HostId != member)).Distinct()];
-            try
+            // A failure is tried again at the next tick.
+            if (await TryTellAsync(member, stays, upserts, removals))
             {
-                await GrainFactory.GetGrain<IHostGrain>(member).NetworkChangedAsync(Vni, stays, upserts, removals, PeersOf(upserts));
                 _owed.Remove(member);
                 Log.HostRepaired(logger, Vni, member);
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                // Tried again at the next tick.
-                Log.HostNotTold(logger, Vni, member, e.GetType().Name, e.Message);
             }
         }));
         if (_owed.Count == 0)

@@ -144,10 +144,7 @@ public sealed partial class VmGrain(
         // it left the host without it. Not here: the host's own activation reads this VM. The host ignores what it has.
         if (state.State.Placement is not null && state.State.Stacks.Count > 0)
         {
-            foreach (var (remote, stack) in state.State.Stacks)
-            {
-                _unbound[remote] = new Binding(VmId, remote, stack);
-            }
+            OfferStoredStacks();
             ScheduleRebind(TimeSpan.FromSeconds(1 + Random.Shared.NextDouble()));
         }
         return Task.CompletedTask;
@@ -234,10 +231,7 @@ public sealed partial class VmGrain(
             // Whether the agent must refuse to carry this VM in clear, or whose stack its conversations ride, changed, even
             // where its stack did not: every binding again, through the same queue as decisions (so a retry queued earlier
             // cannot overtake it with the old flags).
-            foreach (var (remote, stack) in state.State.Stacks)
-            {
-                _unbound[remote] = new Binding(VmId, remote, stack);
-            }
+            OfferStoredStacks();
             await FlushBindingsAsync();
         }
         return new PolicyResult(true, [], state.State.PolicyVersion);
@@ -325,10 +319,7 @@ public sealed partial class VmGrain(
             }
             await SetNetworksAsync(null, placement);
             await GrainFactory.GetGrain<IHostGrain>(placement.HostId).AddVmAsync(VmId);
-            foreach (var (remote, stack) in state.State.Stacks)
-            {
-                _unbound.TryAdd(remote, new Binding(VmId, remote, stack));
-            }
+            OfferStoredStacks();
             await EvaluateAllAsync(await CatalogAsync(), undecidedOnly: true);
             await FlushBindingsAsync();
             return;
@@ -364,10 +355,7 @@ public sealed partial class VmGrain(
         {
             // The hook's policy changed whether the VM is sealed or leads where its stacks did not change: every binding
             // again, as an operator's policy change does.
-            foreach (var (remote, stack) in state.State.Stacks)
-            {
-                _unbound.TryAdd(remote, new Binding(VmId, remote, stack));
-            }
+            OfferStoredStacks();
             await FlushBindingsAsync();
         }
     }
@@ -684,6 +672,16 @@ public sealed partial class VmGrain(
             }
             ScheduleRebind(RebindEvery);
             throw;
+        }
+    }
+
+    /// <summary>Queues every stored stack to be bound on the VM's host again (the host ignores what it has; the flags go as the
+    /// policy says when they are flushed).</summary>
+    private void OfferStoredStacks()
+    {
+        foreach (var (remote, stack) in state.State.Stacks)
+        {
+            _unbound[remote] = new Binding(VmId, remote, stack);
         }
     }
 

@@ -146,8 +146,9 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     /// <summary>
     /// How long a minimum RTT stands without a sample as low. When it runs out, the window is cut to half the bandwidth-delay
     /// product for <see cref="DrainNanoseconds"/> (or an SRTT, if longer): the queue the full window keeps drains, and the
-    /// samples taken then are the path's floor again, a lower one or, after a route change, a higher one. Without the drain every sample would carry the standing queue, and each renewal would raise the floor
-    /// the window is counted on by that queue. About 2 % of the time, as BBR spends probing its RTT.
+    /// samples taken then are the path's floor again, a lower one or, after a route change, a higher one. Without the
+    /// drain every sample would carry the standing queue, and each renewal would raise the floor the window is counted on
+    /// by that queue. About 2 % of the time, as BBR spends probing its RTT.
     /// </summary>
     private const long MinRttLifetimeNanoseconds = 10_000_000_000;
 

@@ -205,8 +205,7 @@ public class ArqTests
         {
             // arq-bulk keeps at most 1.25 times the bandwidth-delay product on the minimum RTT (plus 2 ms of the rate) in
             // flight, so on this path, whose delay grows whatever is sent (a real queue would drain), it sends less than the
-            // VM offers and holds the rest;
-            // what it sent arrived (all but what is still in flight at the end).
+            // VM offers and holds the rest; what it sent arrived (all but what is still in flight at the end).
             var sent = 2000 - (int)stats.Gauges["queued"];
             Assert.InRange(vm.Frames.Count, sent - (int)stats.Gauges["inFlight"], sent);
         }
