@@ -50,7 +50,8 @@ public sealed class ProfileScorer : IStackScorer
     /// <summary>The rate a latency VM is taken to send when its stack's overhead is charged (request/response traffic).</summary>
     public const double LatencyVmMbps = 1;
 
-    /// <summary>How far a profile's estimate is taken to be from what the stack really gets (in utility).</summary>
+    /// <summary>How far a profile's estimate is taken to be from what the stack really gets (in utility), at least: where it
+    /// takes loss as congestion, as far as the reading as the link's own loss is from it.</summary>
     public const double Uncertainty = 0.01;
 
     public StackScore Score(StackInfo stack, PathConditions c, Policy policy, string? vmId = null, string? current = null)
@@ -59,6 +60,26 @@ public sealed class ProfileScorer : IStackScorer
         // VM's TCP causes it and backs off, and no stack recovers goodput from it. Only the rest counts as a lossy link.
         var baseRtt = c.MinRttMs > 0 ? Math.Min(c.MinRttMs, c.RttMs) : c.RttMs;
         var queueing = Math.Clamp((c.RttMs / Math.Max(baseRtt, 0.1) - 1.25) / 0.75, 0, 1);
+        var (score, residual, delay, goodput, overhead) = Estimate(stack, c, policy, queueing);
+        var congestion = "";
+        var uncertainty = Uncertainty;
+        if (queueing > 0)
+        {
+            // That reading is a guess, and the same figures fit a link whose delay grew: in the seconds after a link goes
+            // from 8 to 30 ms with 0.5 % loss, its minimum RTT is still the old one, the new RTT looks like a queue and the
+            // loss like congestion. Taken as sure, std-ipv4 scored 0.99 for a bulk VM there and won a switch at once over
+            // what arq-bulk gave it (the learning benchmark, 2026-12-06; std-ipv4 got 9 Mbit/s where fec got 208). So it is
+            // as uncertain as the two readings are apart.
+            var asLinkLoss = Estimate(stack, c, policy, 0).Score;
+            uncertainty = Math.Max(uncertainty, Math.Abs(score - asLinkLoss));
+            congestion = $"loss taken as congestion {queueing * 100:0} % (rtt {c.RttMs:0.#} ms over min {baseRtt:0.#}; as the link's own loss {asLinkLoss:0.###}), ";
+        }
+        return new(score, $"{congestion}residual loss {residual * 100:0.###} %, p99 delay {delay:0.#} ms, goodput {goodput:0.#} Mbit/s, overhead {overhead * 100:0.#} %", uncertainty);
+    }
+
+    /// <summary>The estimate with <paramref name="queueing"/> (0–1) of the path's loss taken as congestion.</summary>
+    private static (double Score, double Residual, double Delay, double Goodput, double Overhead) Estimate(StackInfo stack, PathConditions c, Policy policy, double queueing)
+    {
         var loss = Math.Clamp(c.Loss * (1 - queueing) - NoiseFloor, 0, 1);
         // A stack that tolerates loss up to its declared level recovers nearly all of it; beyond that the excess leaks.
         var residual = stack.ToleratesLoss >= loss ? loss * 0.02 : loss - stack.ToleratesLoss * 0.98;
@@ -89,7 +110,6 @@ public sealed class ProfileScorer : IStackScorer
             "bulk" => bulkScore,
             _ => 0.5 * latencyScore + 0.5 * bulkScore,
         };
-        var congestion = queueing > 0 ? $"loss taken as congestion {queueing * 100:0} % (rtt {c.RttMs:0.#} ms over min {baseRtt:0.#}), " : "";
-        return new(Math.Clamp(score, 0, 1), $"{congestion}residual loss {residual * 100:0.###} %, p99 delay {delay:0.#} ms, goodput {goodput:0.#} Mbit/s, overhead {overhead * 100:0.#} %");
+        return (Math.Clamp(score, 0, 1), residual, delay, goodput, overhead);
     }
 }
