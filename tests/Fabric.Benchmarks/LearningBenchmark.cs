@@ -14,9 +14,6 @@ namespace Fabric.Benchmarks;
 /// The proof of the learned selector: link-condition schedules run through two real fabric-agent processes, the link
 /// emulator between them, the VMs' kernel TCP (CUBIC) in their namespaces and a real fabric-silo that chooses the stacks.
 /// <list type="number">
-/// <item>Every phase of every evaluation schedule is measured on every stack a standard VM may run (hitless swaps on one
-/// path, no control plane): bulk = iperf3 goodput, latency = sockperf's 64-byte request/response p99 over TCP; a phase
-/// that plays a trace for its whole length from the trace's start, as the learned selector plays it.</item>
 /// <item>A silo with an empty outcome log runs the training schedules alone: in each phase the bulk VM (vm1) is pinned to
 /// each stack a standard VM may run in turn, then four latency VMs (vm2, vm5, vm6, vm7: low-rate traffic, so they can share
 /// the path) each run the whole phase on another of those stacks, so the fleet's outcome log holds every stack on every
@@ -24,6 +21,11 @@ namespace Fabric.Benchmarks;
 /// <item>The pins are lifted and the evaluation schedules run live, the bulk VM then the latency VM, the silo choosing
 /// (and learning on) from what the agents measure and report — it never sees the schedule, the emulator's settings or
 /// the phase boundaries.</item>
+/// <item>Then every phase of every evaluation schedule is measured on every stack a standard VM may run, by pinning the
+/// same VMs (hitless swaps of their bindings; <see cref="MeasureFixed"/>): bulk = iperf3 goodput, latency = sockperf's
+/// 64-byte request/response p99 over TCP; a phase that plays a trace for its whole length from the trace's start, as the
+/// learned selector played it. (Until 2026-12-06 this came first, on a topology of its own without a control plane, each
+/// stack swapped on the whole path: 14.4 of a 37-minute run.)</item>
 /// </list>
 /// Utility per phase: bulk = goodput / the best fixed stack's goodput; latency = the best fixed stack's p99 / p99;
 /// general = their geometric mean. Printed per schedule and overall, time-weighted.
@@ -103,49 +105,13 @@ internal static class LearningBenchmark
         }
         Console.WriteLine($"training schedules ({trainingFolder}): {string.Join(", ", training.Select(s => $"{s.Name} ({s.Phases.Count} phases, {s.Duration.TotalSeconds:0} s)"))}");
         Console.WriteLine(Invariant($"the silo: selector margin 10 %, sustain 5 s (2 s for a gain 2.5 times what a switch needs); learner trains every 60 s once 200 outcomes are logged, decides where it has {MinSupport} similar outcomes; the evaluated VMs explore {Exploration:0%} of their decisions, a path at most once per {new Fabric.Silo.Selection.SelectorOptions().ExploreSpacing.TotalMinutes:0.#} min, on conditions it explored on once per {new Fabric.Silo.Selection.SelectorOptions().ExploreSameConditionsSpacing.TotalHours:0.#} h"));
-        Console.WriteLine($"fixed stacks (those a standard VM's policy admits): {string.Join(", ", Stacks)}; a phase that plays a trace is measured on each for its whole length, from the trace's start");
+        Console.WriteLine($"fixed stacks (those a standard VM's policy admits): {string.Join(", ", Stacks)}; after the live runs, the same VMs pinned to each in turn, bulk then latency, {measureSeconds} s each; a phase that plays a trace is measured on each for its whole length, from the trace's start");
         Console.WriteLine($"evaluation schedules, never trained on ({evaluationFolder}): {string.Join(", ", evaluation.Select(s => $"{s.Name} ({s.Phases.Count} phases, {s.Duration.TotalSeconds:0} s)"))}");
         var clock = Stopwatch.StartNew();
         var secureKey = new Dictionary<string, Dictionary<string, string>> { ["secure"] = new() { ["key"] = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32)) } };
 
-        // 1. Every stack on every evaluation phase. A phase whose link is steady is measured for --measure-seconds; one
-        // that plays a recorded trace changes from second to second, so each stack gets the whole phase from the trace's
-        // start, the stretch the learned selector is judged on (until 2026-12-03 the stacks took turns on one playing of
-        // it: on Verizon's EVDO trace the learned latency VM's first 25 s, in which the reverse link offers 280 delivery
-        // opportunities, were set against fixed stacks' 5 s stretches further on, where the next 25 s offer 455).
         var fixedRows = new List<Measured>();
-        using (var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4",
-            stackProjects: [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.Fec, StackPlugins.ArqLowLat, StackPlugins.ArqBulk]))
-        {
-            var (vm1, vm3) = (topology.Vm("vm1"), topology.Vm("vm3"));
-            WarmUp(topology, vm3);
-            foreach (var schedule in evaluation)
-            {
-                foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
-                {
-                    Emulate(topology, phase);
-                    var seconds = (int)Math.Max(2, phase.VariesInTime ? phase.Duration.TotalSeconds : Math.Min(measureSeconds, phase.Duration.TotalSeconds));
-                    foreach (var stack in Stacks)
-                    {
-                        var (code, output) = StacksBenchmark.Swap(topology, stack);
-                        if (code != 0)
-                        {
-                            Console.Error.WriteLine($"swap to {stack}: {output}");
-                            return 1;
-                        }
-                        Thread.Sleep(300);
-                        var goodput = Measure(topology, phase, () => Bulk(vm1, vm3, seconds));
-                        var p99 = Measure(topology, phase, () => Latency(vm1, vm3, seconds));
-                        fixedRows.Add(new(schedule.Name, index, "bulk", stack, seconds, goodput));
-                        fixedRows.Add(new(schedule.Name, index, "latency", stack, seconds, p99));
-                        Console.Error.WriteLine(Invariant($"fixed {schedule.Name} phase {index + 1} {stack,-10} goodput {goodput,8:0.0} Mbit/s  p99 {p99,8:0.00} ms"));
-                    }
-                }
-            }
-        }
-        Console.WriteLine(Invariant($"fixed stacks measured in {clock.Elapsed.TotalMinutes:0.0} min"));
-
-        // 2 and 3: a silo that learns from nothing but the training schedules, then chooses live.
+        // 1 and 2: a silo that learns from nothing but the training schedules, then chooses live; 3: the fixed stacks.
         var work = Directory.CreateTempSubdirectory("fabric-learning-bench-").FullName;
         var liveRows = new List<Measured>();
         var tracks = new Dictionary<(string Schedule, string Workload), List<Track>>();
@@ -176,7 +142,7 @@ internal static class LearningBenchmark
             var trainedPhases = 0;
             using var policies = new PolicyClient(topology);
 
-            // 2. Training: every stack on every training phase, pinned in turn.
+            // 1. Training: every stack on every training phase, pinned in turn.
             foreach (var schedule in training)
             {
                 foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
@@ -186,22 +152,14 @@ internal static class LearningBenchmark
                     var slice = Math.Max(2, (int)(phase.Duration.TotalSeconds * BulkTimeFactor / Stacks.Length));
                     foreach (var stack in BulkOrders[trainedPhases % BulkOrders.Length].Select(i => Stacks[i]))
                     {
-                        policies.Set(vm1.Name, "bulk", stack, 0);
-                        Eventually.True(() => Bound(topology, vm1.Name) == stack, TimeSpan.FromSeconds(20), $"{vm1.Name} pinned to {stack}", topology.Logs);
+                        Pin(topology, policies, "bulk", [(vm1, stack)]);
                         Bulk(vm1, vm3, slice);
                     }
                     // Latency: every stack at once for the whole phase, one latency VM each, the stacks rotated over the
                     // VMs from phase to phase (so no VM's own effect stands for a stack's, and each VM's window starts
                     // anew on its new stack rather than carrying the last phase's tail).
                     var pins = latencyVms.Select((vm, i) => (Vm: vm, Stack: Stacks[(i + trainedPhases) % Stacks.Length])).ToList();
-                    foreach (var (vm, stack) in pins)
-                    {
-                        policies.Set(vm.Name, "latency", stack, 0);
-                    }
-                    foreach (var (vm, stack) in pins)
-                    {
-                        Eventually.True(() => Bound(topology, vm.Name) == stack, TimeSpan.FromSeconds(20), $"{vm.Name} pinned to {stack}", topology.Logs);
-                    }
+                    Pin(topology, policies, "latency", pins);
                     var seconds = (int)phase.Duration.TotalSeconds;
                     Task.WaitAll([.. pins.Select(p => Task.Run(() => Latency(p.Vm, vm3, seconds)))]);
                     trainedPhases++;
@@ -229,9 +187,10 @@ internal static class LearningBenchmark
                 ? Invariant($"model in service before evaluation: v{inService.Version}, trained on {inService.Outcomes} outcomes in {inService.TrainingSeconds:0.0} s, held-back error {inService.HoldoutError:0.000} vs {inService.BaselineError:0.000} for {inService.Baseline}; importance {string.Join(", ", inService.Importance.Take(4).Select(i => Invariant($"{i.Feature} {i.Importance:0.000}")))}")
                 : $"no model in service after training: the prior decides ({trainingLog})";
             Console.WriteLine(modelLine);
+            Console.WriteLine(Invariant($"training took {clock.Elapsed.TotalMinutes:0.0} min"));
             var liveFrom = DateTimeOffset.UtcNow;
 
-            // 3. Live: the silo chooses.
+            // 2. Live: the silo chooses.
             foreach (var schedule in evaluation)
             {
                 foreach (var workload in Workloads)
@@ -262,7 +221,15 @@ internal static class LearningBenchmark
                 }
             }
             (decisions, explored, outsidePolicy) = Decisions(topology, vms.Values, liveFrom);
+            Console.WriteLine(Invariant($"live runs took {(DateTimeOffset.UtcNow - liveFrom).TotalMinutes:0.0} min"));
             guests = Guests(topology, policies, vm1, vm2, vm3, store);
+
+            // 3. Every stack on every evaluation phase, with the same VMs and the same pair roles as the live runs (vm3
+            // answers a pinned VM on its stack). After the live runs, so the outcomes the pinned VMs log are never
+            // learned from before the selector is judged.
+            var fixedFrom = Stopwatch.StartNew();
+            fixedRows.AddRange(MeasureFixed(topology, policies, evaluation, measureSeconds, vms, vm3));
+            Console.WriteLine(Invariant($"fixed stacks measured in {fixedFrom.Elapsed.TotalMinutes:0.0} min"));
             Thread.Sleep(3000); // the silo's outcome log flushes every 2 s
         }
         catch
@@ -295,6 +262,51 @@ internal static class LearningBenchmark
         Console.WriteLine(guests);
         Console.WriteLine($"\nCSV: {csv} (outcomes the silo logged: {outcomesCsv})\nran {clock.Elapsed.TotalMinutes:0.0} min");
         return 0;
+    }
+
+    /// <summary>
+    /// Every stack a standard VM may run on every evaluation phase, each measured alone as the learned VMs ran: the bulk VM
+    /// pinned to each stack in turn, then the latency VM, for <paramref name="measureSeconds"/> on a steady link; a phase
+    /// that plays a trace for its whole length from the trace's start, as the learned selector met it. (The four latency
+    /// VMs at once, one per stack, were tried on 2026-12-06 and dropped: each p99 came out worse than alone, by up to 8 %
+    /// on the 6–8 ms paths and from 1.3–3.7 s to 5.9 s on Verizon's EVDO trace, and the learned VM runs alone.)
+    /// </summary>
+    private static List<Measured> MeasureFixed(OverlayTopology topology, PolicyClient policies, IReadOnlyList<LinkSchedule> evaluation, int measureSeconds,
+        IReadOnlyDictionary<string, TestVm> vms, TestVm server)
+    {
+        var rows = new List<Measured>();
+        foreach (var schedule in evaluation)
+        {
+            foreach (var (phase, index) in schedule.Phases.Select((p, i) => (p, i)))
+            {
+                Emulate(topology, phase);
+                var seconds = (int)Math.Max(2, phase.VariesInTime ? phase.Duration.TotalSeconds : Math.Min(measureSeconds, phase.Duration.TotalSeconds));
+                foreach (var workload in Workloads)
+                {
+                    foreach (var stack in Stacks)
+                    {
+                        Pin(topology, policies, workload, [(vms[workload], stack)]);
+                        var value = Measure(topology, phase, () => Drive(vms[workload], server, workload, seconds));
+                        rows.Add(new(schedule.Name, index, workload, stack, seconds, value));
+                        Console.Error.WriteLine(Invariant($"fixed {schedule.Name} phase {index + 1} {workload,-7} {stack,-10} {value,8:0.00} {(workload == "bulk" ? "Mbit/s" : "ms p99")}"));
+                    }
+                }
+            }
+        }
+        return rows;
+    }
+
+    /// <summary>Pins each VM to its stack (its workload as given, no exploration) and waits until host-a's agent carries it there.</summary>
+    private static void Pin(OverlayTopology topology, PolicyClient policies, string workload, IReadOnlyList<(TestVm Vm, string Stack)> pins)
+    {
+        foreach (var (vm, stack) in pins)
+        {
+            policies.Set(vm.Name, workload, stack, 0);
+        }
+        foreach (var (vm, stack) in pins)
+        {
+            Eventually.True(() => Bound(topology, vm.Name) == stack, TimeSpan.FromSeconds(20), $"{vm.Name} pinned to {stack}", topology.Logs);
+        }
     }
 
     private static string Configuration => new DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent!.Name;
@@ -599,11 +611,7 @@ internal static class LearningBenchmark
         {
             foreach (var stack in pinned.Keys)
             {
-                foreach (var vm in new[] { cubic, bbr })
-                {
-                    policies.Set(vm.Name, "bulk", stack, 0);
-                }
-                Eventually.True(() => Bound(topology, cubic.Name) == stack && Bound(topology, bbr.Name) == stack, TimeSpan.FromSeconds(20), $"both guests pinned to {stack}", topology.Logs);
+                Pin(topology, policies, "bulk", [(cubic, stack), (bbr, stack)]);
                 pinned[stack].Add(Both(10));
             }
         }
