@@ -51,7 +51,8 @@ public sealed class ProfileScorer : IStackScorer
     public const double LatencyVmMbps = 1;
 
     /// <summary>How far a profile's estimate is taken to be from what the stack really gets (in utility), at least: where it
-    /// takes loss as congestion, as far as the reading as the link's own loss is from it.</summary>
+    /// takes loss as congestion on a path its traffic does not fill, up to as far as the reading as the link's own loss is
+    /// from it.</summary>
     public const double Uncertainty = 0.01;
 
     public StackScore Score(StackInfo stack, PathConditions c, Policy policy, string? vmId = null, string? current = null)
@@ -65,14 +66,18 @@ public sealed class ProfileScorer : IStackScorer
         var uncertainty = Uncertainty;
         if (queueing > 0)
         {
-            // That reading is a guess, and the same figures fit a link whose delay grew: in the seconds after a link goes
-            // from 8 to 30 ms with 0.5 % loss, its minimum RTT is still the old one, the new RTT looks like a queue and the
-            // loss like congestion. Taken as sure, std-ipv4 scored 0.99 for a bulk VM there and won a switch at once over
-            // what arq-bulk gave it (the learning benchmark, 2026-12-06; std-ipv4 got 9 Mbit/s where fec got 208). So it is
-            // as uncertain as the two readings are apart.
+            // That reading is sure where the path's own traffic fills it (a queue it builds itself: delivered near the
+            // capacity), and a guess where it does not: the same figures fit a link whose delay grew. In the seconds after a
+            // link goes from 8 to 30 ms with 0.5 % loss, its minimum RTT is still the old one, the new RTT looks like a
+            // queue and the loss like congestion; taken as sure, std-ipv4 scored 0.99 for a bulk VM there and won a switch
+            // at once over what arq-bulk gave it (the learning benchmark, 2026-12-06; std-ipv4 got 9 Mbit/s where fec gave
+            // 208). So the less the path's traffic fills it (below 90 % of the capacity, fully below half), the more the
+            // estimate is as uncertain as the two readings are apart.
             var asLinkLoss = Estimate(stack, c, policy, 0).Score;
-            uncertainty = Math.Max(uncertainty, Math.Abs(score - asLinkLoss));
-            congestion = $"loss taken as congestion {queueing * 100:0} % (rtt {c.RttMs:0.#} ms over min {baseRtt:0.#}; as the link's own loss {asLinkLoss:0.###}), ";
+            var filled = c.CapacityMbps > 0 ? c.BandwidthMbps / c.CapacityMbps : 0;
+            var guess = Math.Clamp((0.9 - filled) / 0.4, 0, 1);
+            uncertainty = Math.Max(uncertainty, guess * Math.Abs(score - asLinkLoss));
+            congestion = $"loss taken as congestion {queueing * 100:0} % (rtt {c.RttMs:0.#} ms over min {baseRtt:0.#}, the path {Math.Min(filled, 1) * 100:0} % full; as the link's own loss {asLinkLoss:0.###}), ";
         }
         return new(score, $"{congestion}residual loss {residual * 100:0.###} %, p99 delay {delay:0.#} ms, goodput {goodput:0.#} Mbit/s, overhead {overhead * 100:0.#} %", uncertainty);
     }
