@@ -26,7 +26,7 @@ namespace Fabric.Benchmarks;
 /// same VMs (hitless swaps of their bindings; <see cref="MeasureFixed"/>): bulk = iperf3 goodput, latency = sockperf's
 /// 64-byte request/response p99 over TCP; a phase that plays a trace for its whole length from the trace's start, as the
 /// learned selector played it. (Until 2026-12-06 this came first, on a topology of its own without a control plane, each
-/// stack swapped on the whole path: 14.4 of a 37-minute run.)</item>
+/// stack swapped on the whole path.)</item>
 /// </list>
 /// Utility per phase: bulk = goodput / the best fixed stack's goodput; latency = the best fixed stack's p99 / p99;
 /// general = their geometric mean. Printed per schedule and overall, time-weighted.
