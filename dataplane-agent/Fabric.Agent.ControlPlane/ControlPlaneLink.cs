@@ -171,7 +171,10 @@ public sealed class ControlPlaneLink : IAgentObserver, IAsyncDisposable
                         _apply.Release();
                     }
                 }
-                if (_pending > 0 || _removalsHeld || _agent.Switch.PathsReplaced != _pathsReplacedSeen)
+                // Bindings owed too: a VM port that attached after its binding came (a VM placed at registration, its
+                // decision pushed, its tap up a moment later: the fleet test's CI run left a confidential VM unbound for
+                // 90 s that way) is bound at the next pass, not at the next change the control plane makes.
+                if (_pending > 0 || _removalsHeld || _agent.Switch.PathsReplaced != _pathsReplacedSeen || !PlanBindings(Volatile.Read(ref _desired)).IsEmpty)
                 {
                     _pathsReplacedSeen = _agent.Switch.PathsReplaced;
                     await ApplyAsync(host, null, cancellationToken).ConfigureAwait(false);

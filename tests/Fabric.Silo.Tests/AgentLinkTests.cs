@@ -176,6 +176,54 @@ public sealed class AgentLinkTests
         }
     }
 
+    /// <summary>
+    /// A VM whose tap comes up after its binding came (placed at registration, its decision pushed, the port attached a
+    /// moment later: the fleet test's CI run left a confidential VM unbound for 90 s that way, the desired state applied
+    /// and acknowledged while the VM had no port) is bound at its agent's next pass, without a new change from the control plane.
+    /// </summary>
+    [Fact]
+    public async Task AVmWhosePortAttachesAfterItsBindingCame_IsBoundWithoutANewChange()
+    {
+        var (siloPort, gatewayPort) = (LoopbackPorts.Free(), LoopbackPorts.Free());
+        var state = Directory.CreateTempSubdirectory("fabric-link-").FullName;
+        var silo = await LocalSilo.StartAsync(siloPort, gatewayPort);
+        await using var hosts = new LinkedHosts(gatewayPort, Path.Combine(state, "a"));
+        try
+        {
+            lock (hosts.Absent)
+            {
+                hosts.Absent.Add("tap-vm1");
+            }
+            var registration = new ApiRequest("register-vm", Registration: new VmRegistration("vm1", "vm-one",
+                [new VmInterface("ethernet", Mac1.ToString(), "tap-vm1", Vni: 100, IPv4: ["10.0.0.1"])], new VmPolicy(Pin: "swap-test", Vni: 100), "metadata", "libvirt"));
+            Ok(hosts.A.Handle(registration));
+            var hostA = silo.Grains.GetGrain<IHostGrain>("host-a");
+            DesiredState? desired = null;
+            await Eventually.TrueAsync(async () => (desired = await hostA.GetDesiredStateAsync()).Bindings.Any(b => b.VmId == "vm1" && b.RemoteHost == "host-b" && b.Stack == "swap-test"),
+                Wait, "vm1's binding in its host grain", async () => Desired(await hostA.GetDesiredStateAsync()));
+            await Eventually.TrueAsync(() => Task.FromResult(hosts.LinkA.Status.Acknowledged >= desired!.Version), Wait, "host-a acknowledged it",
+                () => Task.FromResult(hosts.LinkA.Status.ToString()));
+            Assert.DoesNotContain(hosts.A.Switch.Vms.Keys, port => port == "vm1/0");
+
+            lock (hosts.Absent)
+            {
+                hosts.Absent.Remove("tap-vm1");
+            }
+            // The hook's call again (libvirt's "started"): the tap is there now.
+            Ok(hosts.A.Handle(registration));
+            Assert.Contains(hosts.A.Switch.Vms.Keys, port => port == "vm1/0");
+            var version = (await hostA.GetDesiredStateAsync()).Version;
+            await Eventually.TrueAsync(async () => Bound(hosts.A, "vm1/0", "host-b") == "swap-test", Wait, "vm1 bound once its port attached",
+                async () => $"{Desired(await hostA.GetDesiredStateAsync())}; {Describe(hosts.A)}");
+            Assert.Equal(version, (await hostA.GetDesiredStateAsync()).Version);
+        }
+        finally
+        {
+            await silo.DisposeAsync();
+            Directory.Delete(state, recursive: true);
+        }
+    }
+
     [Fact]
     public async Task AgentsThatNameNoPeerRouteOrKey_AreProgrammedByTheControlPlane_AndCarrySecureTrafficUnderDerivedKeys()
     {
@@ -908,8 +956,18 @@ public sealed class AgentLinkTests
             Assert.Equal(PortResult.Ok, _vmEnds["tap-" + vm].Receive(buffer, out _, TimeSpan.FromSeconds(5)));
         }
 
+        /// <summary>Devices that do not exist yet: a registration naming one waits for it (its vNIC stays pending).</summary>
+        public HashSet<string> Absent { get; } = [];
+
         private IFramePort Open(string device)
         {
+            lock (Absent)
+            {
+                if (Absent.Contains(device))
+                {
+                    throw new IOException($"no device {device} yet");
+                }
+            }
             var (agentEnd, vmEnd) = ChannelPort.CreatePair(device, device + "-vm");
             lock (_vmEnds)
             {
