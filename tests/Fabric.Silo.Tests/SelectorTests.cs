@@ -235,6 +235,53 @@ public class SelectorTests
         Assert.True(Run(policy, Path(30, 0), "std-ipv4", null, T0, 0.01).Decision.Exploration);
     }
 
+    /// <summary>
+    /// The learning benchmark's metro link going from 8 to 30 ms: one second in, the smoothed RTT has moved (14.6 ms) but
+    /// the minimum and the loss have not, so the VM's outcomes of the phase before still make an observation "on the link
+    /// as it is". A draw that would explore does not until the path has held still for <see cref="OutcomeWindow.SteadyFor"/>
+    /// with the VM's outcomes on its stack.
+    /// </summary>
+    [Fact]
+    public void APathStillMoving_DoesNotExplore_UntilItsConditionsHeldStillForSeconds()
+    {
+        var policy = Policy("bulk", explore: 0.2);
+        var before = Path(8, 0.005) with { MinRttMs = 8 };
+        var window = new OutcomeWindow();
+        var since = T0 - TimeSpan.FromMinutes(1);
+        for (var i = 0; i < 10; i++)
+        {
+            window.Add(T0 - TimeSpan.FromSeconds(10 - i), "std-ipv4", 0.5, before);
+        }
+        bool Explores(DateTimeOffset now, PathConditions path, Observed? seen) =>
+            _selector.Select("vm1", "host-b", policy, path, All, HostStacks, "std-ipv4", null, now, 0.01, observed: seen, currentSince: since).Decision.Exploration;
+
+        var held = window.Of("std-ipv4", since, T0, before);
+        Assert.True(held is { Steady: true }, $"ten seconds on one link: {held}");
+        Assert.True(Explores(T0, before, held));
+        var moving = before with { RttMs = 14.6 };
+        var early = window.Of("std-ipv4", since, T0, moving);
+        Assert.NotNull(early);
+        Assert.False(early.Steady);
+        Assert.False(Explores(T0, moving, early));
+        // The new link's outcomes come; four seconds of them are not yet the five the path must hold still for.
+        var after = before with { RttMs = 30 };
+        for (var i = 1; i <= 4; i++)
+        {
+            window.Add(T0 + TimeSpan.FromSeconds(i), "std-ipv4", 0.3, after);
+        }
+        Assert.False(window.Of("std-ipv4", since, T0 + TimeSpan.FromSeconds(4), after)!.Steady);
+        for (var i = 5; i <= 6; i++)
+        {
+            window.Add(T0 + TimeSpan.FromSeconds(i), "std-ipv4", 0.3, after);
+        }
+        var steady = window.Of("std-ipv4", since, T0 + TimeSpan.FromSeconds(6), after);
+        Assert.True(steady is { Steady: true }, $"{steady}");
+        Assert.True(Explores(T0 + TimeSpan.FromSeconds(6), after, steady));
+        // Outcomes on another stack in those seconds (a switch just made) are no steady observation of this one.
+        window.Add(T0 + TimeSpan.FromSeconds(7), "fec", 0.3, after);
+        Assert.False(window.Of("std-ipv4", since, T0 + TimeSpan.FromSeconds(7), after)!.Steady);
+    }
+
     [Fact]
     public void AStandardPolicy_IsEncryptedOnlyWhenItNamesTheEncryptingStack_OrNothingElseIsLeft()
     {

@@ -2,10 +2,11 @@ namespace Fabric.Silo.Selection;
 
 /// <summary>
 /// What a VM got on <paramref name="Stack"/> on one path in the last seconds, from its own outcomes: their mean utility,
-/// how far that mean may be from what the stack really gives it (<paramref name="Spread"/>), and over how many outcomes
-/// and how long.
+/// how far that mean may be from what the stack really gives it (<paramref name="Spread"/>), over how many outcomes
+/// and how long, and whether the path held still while the newest of them came (<paramref name="Steady"/>: see
+/// <see cref="OutcomeWindow.SteadyFor"/>).
 /// </summary>
-public sealed record Observed(string Stack, double Score, double Spread, int Count, TimeSpan Over);
+public sealed record Observed(string Stack, double Score, double Spread, int Count, TimeSpan Over, bool Steady = true);
 
 /// <summary>
 /// One path's recent outcomes for one VM (utility per interval, on the stack that carried it and the path's conditions
@@ -21,6 +22,16 @@ public sealed class OutcomeWindow
 
     /// <summary>Outcomes this soon after a switch are not the new stack's yet (the swap, the VM's TCP finding its rate).</summary>
     public static readonly TimeSpan Settle = TimeSpan.FromSeconds(3);
+
+    /// <summary>
+    /// How long a path's conditions must have held (every outcome of the VM's in this time on the stack observed, none of
+    /// them on conditions significantly different from the path's now: <see cref="PathSmoother.Significant"/>) for the
+    /// observation to be <see cref="Observed.Steady"/>. The smoothed conditions show a change of the link over seconds
+    /// while the outcomes before it still count (the minimum RTT and the loss move last): the learning benchmark's bulk VM
+    /// explored 1.5 s into a phase whose RTT had gone from 8 to 30 ms, on an observation of the phase before, and held
+    /// the tried stack there (77 Mbit/s where fec gave 210).
+    /// </summary>
+    public static readonly TimeSpan SteadyFor = TimeSpan.FromSeconds(5);
 
     /// <summary>The most outcomes kept (an agent reports one a second per path; a report with more is not believed further).</summary>
     public const int MostKept = 64;
@@ -57,14 +68,21 @@ public sealed class OutcomeWindow
     /// What the VM got on <paramref name="stack"/>: its outcomes since <paramref name="since"/> (when the stack's first
     /// outcome on this path came) plus <see cref="Settle"/>, within <see cref="Keep"/> of <paramref name="now"/>, on a link that has not
     /// changed from <paramref name="conditions"/> (<see cref="PathSmoother.LinkChanged"/>); null with fewer than
-    /// <see cref="Fewest"/>.
+    /// <see cref="Fewest"/>. Steady when at least <see cref="Fewest"/> outcomes came in the last <see cref="SteadyFor"/>,
+    /// all of them on <paramref name="stack"/> and on conditions not significantly different from <paramref name="conditions"/>.
     /// </summary>
     public Observed? Of(string stack, DateTimeOffset since, DateTimeOffset now, PathConditions conditions)
     {
         var from = since + Settle;
         var (n, sum, sumSquares, first) = (0, 0.0, 0.0, now);
+        var (recent, steady) = (0, true);
         foreach (var (at, s, utility, c) in _entries)
         {
+            if (at >= now - SteadyFor)
+            {
+                recent++;
+                steady &= s == stack && !PathSmoother.Significant(c, conditions);
+            }
             if (s != stack || at < from || at < now - Keep || PathSmoother.LinkChanged(c, conditions))
             {
                 continue;
@@ -79,6 +97,6 @@ public sealed class OutcomeWindow
         var mean = sum / n;
         var std = Math.Sqrt(Math.Max(sumSquares / n - (mean * mean), 0) * n / Math.Max(n - 1, 1));
         var spread = Math.Max(LeastSpread, std / Math.Sqrt(n / (double)Correlated));
-        return new Observed(stack, mean, spread, n, now - first);
+        return new Observed(stack, mean, spread, n, now - first, steady && recent >= Fewest);
     }
 }

@@ -136,7 +136,8 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
 /// sustain time (no flapping on noise). A current stack that is no longer admitted is replaced at once; otherwise a path
 /// without VM traffic keeps its stack. A share of decisions (the policy's, never for a pinned VM, never outside the
 /// candidates) explores — only among candidates predicted close to the best, at most once per exploration spacing on a
-/// path, and only once the VM's outcomes on its stack on the link as it is are in — and every decision carries the
+/// path, and only once the VM's outcomes on its stack on the link as it is are in and the path has held still for
+/// seconds — and every decision carries the
 /// probability with which its stack was chosen. Pure: time and randomness come in.
 /// </summary>
 public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options = null)
@@ -215,7 +216,9 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         // it is now: an exploration as the link changes (the learning benchmark's bulk VM tried fec the second a 300 Mbit/s
         // link began bursty loss, where fec gave 11 % of arq-lowlat's goodput, and held it 11 s until judged) costs the VM
         // while it needs the right stack most, and its outcomes would be set against nothing observed on that link.
-        var settled = currentSince is null || observed is { } seenHere && seenHere.Stack == current;
+        // Nor while the path is still moving: the smoothed conditions take seconds to show a change of the link, and the
+        // outcomes before it count until they do (OutcomeWindow.SteadyFor).
+        var settled = currentSince is null || observed is { } seenHere && seenHere.Stack == current && seenHere.Steady;
         var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && stable.Length > 0 && spaced && settled
             ? scored.Where(s => s.Stack != current && s.Score >= stable[0].Score - _options.ExploreWithin).ToList()
             : [];
