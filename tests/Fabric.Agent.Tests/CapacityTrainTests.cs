@@ -56,6 +56,52 @@ public sealed class CapacityTrainTests
         Assert.Equal(4_800, AnsweredKbps(monitor, 6_000_000_000L));
     }
 
+    /// <summary>
+    /// The sending end: a train sized for a rate the link no longer has (300 Mbit/s, now 13 under a queue a VM keeps full)
+    /// loses most of its members and gets no answer; the next is a quarter of its size, down to the shortest, and from
+    /// there four times longer (a short train on a fast link arrives too close together to time), until one is answered
+    /// and the rate it measured sizes the next again.
+    /// </summary>
+    [Fact]
+    public void ATrainThatGotNoAnswer_IsFollowedByOneOfAnotherSize()
+    {
+        var monitor = new PathMonitor();
+        var now = 0L;
+        monitor.TrainDue(now); // the first comes within one period of this
+        var sent = 0L;
+        int Send()
+        {
+            now += 6_000_000_000L;
+            var members = monitor.TrainDue(now);
+            var member = new byte[PathMonitor.TrainMemberLength];
+            for (var i = 0; i < members; i++)
+            {
+                monitor.WriteTrainMember(member, i, members);
+            }
+            sent = BinaryPrimitives.ReadInt64BigEndian(member);
+            return members;
+        }
+        void Answer(long kbps)
+        {
+            var reply = new byte[PathMonitor.TrainReplyLength];
+            monitor.WriteProbe(reply, now);
+            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(32), sent);
+            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(40), kbps);
+            monitor.OnReply(reply, now + 1_000_000);
+        }
+
+        Assert.Equal(2 * PathMonitor.MinTrainMembers, Send());
+        Answer(300_000);
+        Assert.Equal(PathMonitor.MaxTrainMembers, Send());
+        Assert.Equal(12, Send());
+        Assert.Equal(PathMonitor.MinTrainMembers, Send());
+        Assert.Equal(16, Send());
+        Answer(13_380);
+        Assert.Equal(6, Send());
+        Answer(13_380);
+        Assert.Equal(6, Send());
+    }
+
     private static byte[] Member(long train, int index)
     {
         var payload = new byte[PathMonitor.TrainMemberLength];
