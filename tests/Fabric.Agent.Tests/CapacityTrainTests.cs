@@ -58,9 +58,9 @@ public sealed class CapacityTrainTests
 
     /// <summary>
     /// The sending end: a train sized for a rate the link no longer has (300 Mbit/s, now 13 under a queue a VM keeps full)
-    /// loses most of its members and gets no answer; the next is a quarter of its size, down to the shortest, and from
-    /// there four times longer (a short train on a fast link arrives too close together to time), until one is answered
-    /// and the rate it measured sizes the next again.
+    /// loses most of its members and gets no answer; the next is a quarter of its size, down to the shortest, and then
+    /// the longest again (a short train on a fast link arrives too close together to time), until one is answered and the
+    /// rate it measured sizes the next again.
     /// </summary>
     [Fact]
     public void ATrainThatGotNoAnswer_IsFollowedByOneOfAnotherSize()
@@ -90,12 +90,16 @@ public sealed class CapacityTrainTests
             monitor.OnReply(reply, now + 1_000_000);
         }
 
+        // A peer that never answered a train (an agent that predates them) keeps getting short ones.
+        Assert.Equal(2 * PathMonitor.MinTrainMembers, Send());
         Assert.Equal(2 * PathMonitor.MinTrainMembers, Send());
         Answer(300_000);
         Assert.Equal(PathMonitor.MaxTrainMembers, Send());
         Assert.Equal(12, Send());
         Assert.Equal(PathMonitor.MinTrainMembers, Send());
-        Assert.Equal(16, Send());
+        // The shortest unanswered too: the longest again (a fast link times only a long train), and round once more.
+        Assert.Equal(PathMonitor.MaxTrainMembers, Send());
+        Assert.Equal(12, Send());
         Answer(13_380);
         Assert.Equal(6, Send());
         Answer(13_380);

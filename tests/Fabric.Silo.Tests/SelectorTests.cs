@@ -280,6 +280,17 @@ public class SelectorTests
         // Outcomes on another stack in those seconds (a switch just made) are no steady observation of this one.
         window.Add(T0 + TimeSpan.FromSeconds(7), "fec", 0.3, after);
         Assert.False(window.Of("std-ipv4", since, T0 + TimeSpan.FromSeconds(7), after)!.Steady);
+
+        // A busy path's RTT saws with its queue (20 to 34 ms, 6 ms standard deviation): it holds still all the same,
+        // including for an agent that reports every 2.5 s; a quiet path moving as much does not.
+        var busy = new OutcomeWindow();
+        for (var i = 0; i < 8; i++)
+        {
+            busy.Add(T0 - TimeSpan.FromSeconds(2.5 * (8 - i)), "std-ipv4", 0.5, before with { RttMs = i % 2 == 0 ? 20 : 34, RttStdMs = 6 });
+        }
+        var sawing = before with { RttMs = 27, RttStdMs = 6 };
+        Assert.True(busy.Of("std-ipv4", since, T0, sawing) is { Steady: true }, "a queue's sawtooth");
+        Assert.False(OutcomeWindow.Held(before with { RttMs = 20 }, sawing with { RttMs = 34 }));
     }
 
     [Fact]

@@ -73,7 +73,8 @@ public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double Ji
 /// conditions take the larger of that and what the path delivered. A train is sized to last about
 /// <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span the
 /// receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
-/// every 5 s). After a train that got no answer the next is a quarter of its size, or four times it from 8 members down.
+/// every 5 s). Once a rate is known, a train that got no answer is followed by one a quarter of its size, and the
+/// shortest by the longest.
 /// </remarks>
 internal sealed class PathMonitor
 {
@@ -148,15 +149,16 @@ internal sealed class PathMonitor
         // Spread over ±10 % so the paths of a host do not send theirs together.
         _nextTrainAt = now + (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble())));
         // Before any rate is known, a short train (a shallow buffer must not drop the tail of a long one, whose losses
-        // would count as the path's); then one that lasts about TrainTargetMs at the rate last measured. A train that
-        // got no answer (fewer than half its members arrived, or too close together to time) is followed by one of
-        // another size: a quarter of a long one, four times a short one. A link that slowed under load drops most of a
-        // train sized for its old rate (the learning benchmark's 300 → 13 Mbit/s link with a 37-packet queue that a
-        // CUBIC VM kept full: 48 members, none answered, and the path's capacity stayed 300 for the whole phase); a
-        // short train on a fast link arrives within one receive's timing.
-        var unanswered = _lastTrainMembers > 0 && _highestTrainAnswered < _trainId;
+        // would count as the path's); then one that lasts about TrainTargetMs at the rate last measured. Once a rate is
+        // known, a train that got no answer (fewer than half its members arrived, or too close together to time) is
+        // followed by one of another size: a quarter of a long one, down to the shortest, then the longest again. A link
+        // that slowed under load drops most of a train sized for its old rate (the learning benchmark's 300 → 13 Mbit/s
+        // link with a 37-packet queue that a CUBIC VM kept full: 48 members, none answered, and the path's capacity
+        // stayed 300 for the whole phase); a short train on a fast link arrives too close together to time. A peer that
+        // never answered one (an agent that predates trains) keeps getting short ones.
+        var unanswered = _lastTrainMembers > 0 && _highestTrainAnswered < _trainId && double.IsFinite(_trainCapacityMbps);
         _lastTrainMembers = unanswered
-            ? _lastTrainMembers > 2 * MinTrainMembers ? Math.Max(MinTrainMembers, _lastTrainMembers / 4) : Math.Min(MaxTrainMembers, _lastTrainMembers * 4)
+            ? _lastTrainMembers > MinTrainMembers ? Math.Max(MinTrainMembers, _lastTrainMembers / 4) : MaxTrainMembers
             : double.IsFinite(_trainCapacityMbps)
                 ? (int)Math.Clamp(_trainCapacityMbps * 1e6 * TrainTargetMs / 1000 / (TrainMemberLength * 8), MinTrainMembers, MaxTrainMembers)
                 : 2 * MinTrainMembers;

@@ -24,9 +24,9 @@ public sealed class OutcomeWindow
     public static readonly TimeSpan Settle = TimeSpan.FromSeconds(3);
 
     /// <summary>
-    /// How long a path's conditions must have held (every outcome of the VM's in this time on the stack observed, none of
-    /// them on conditions significantly different from the path's now: <see cref="PathSmoother.Significant"/>) for the
-    /// observation to be <see cref="Observed.Steady"/>. The smoothed conditions show a change of the link over seconds
+    /// How long a path's conditions must have held for an observation to be <see cref="Observed.Steady"/>: the VM's
+    /// outcomes over this time (from the last before it on) all on the stack observed, none on conditions
+    /// that moved from the path's now (<see cref="Held"/>). The smoothed conditions show a change of the link over seconds
     /// while the outcomes before it still count (the minimum RTT and the loss move last): the learning benchmark's bulk VM
     /// explored 1.5 s into a phase whose RTT had gone from 8 to 30 ms, on an observation of the phase before, and held
     /// the tried stack there (77 Mbit/s where fec gave 210).
@@ -68,20 +68,25 @@ public sealed class OutcomeWindow
     /// What the VM got on <paramref name="stack"/>: its outcomes since <paramref name="since"/> (when the stack's first
     /// outcome on this path came) plus <see cref="Settle"/>, within <see cref="Keep"/> of <paramref name="now"/>, on a link that has not
     /// changed from <paramref name="conditions"/> (<see cref="PathSmoother.LinkChanged"/>); null with fewer than
-    /// <see cref="Fewest"/>. Steady when at least <see cref="Fewest"/> outcomes came in the last <see cref="SteadyFor"/>,
-    /// all of them on <paramref name="stack"/> and on conditions not significantly different from <paramref name="conditions"/>.
+    /// <see cref="Fewest"/>. Steady when the outcomes of the last <see cref="SteadyFor"/>, and the last one before, are
+    /// all on <paramref name="stack"/> and on conditions that <see cref="Held"/> to <paramref name="conditions"/>.
     /// </summary>
     public Observed? Of(string stack, DateTimeOffset since, DateTimeOffset now, PathConditions conditions)
     {
         var from = since + Settle;
         var (n, sum, sumSquares, first) = (0, 0.0, 0.0, now);
-        var (recent, steady) = (0, true);
+        // The entries are in the order they came: the last at or before the cut-off opens the steady span.
+        var (opened, steady) = (false, true);
         foreach (var (at, s, utility, c) in _entries)
         {
-            if (at >= now - SteadyFor)
+            var held = s == stack && Held(c, conditions);
+            if (at <= now - SteadyFor)
             {
-                recent++;
-                steady &= s == stack && !PathSmoother.Significant(c, conditions);
+                opened = held;
+            }
+            else
+            {
+                steady &= held;
             }
             if (s != stack || at < from || at < now - Keep || PathSmoother.LinkChanged(c, conditions))
             {
@@ -97,6 +102,15 @@ public sealed class OutcomeWindow
         var mean = sum / n;
         var std = Math.Sqrt(Math.Max(sumSquares / n - (mean * mean), 0) * n / Math.Max(n - 1, 1));
         var spread = Math.Max(LeastSpread, std / Math.Sqrt(n / (double)Correlated));
-        return new Observed(stack, mean, spread, n, now - first, steady && recent >= Fewest);
+        return new Observed(stack, mean, spread, n, now - first, opened && steady);
     }
+
+    /// <summary>
+    /// Whether a path's conditions <paramref name="then"/> held to <paramref name="now"/>: the same link
+    /// (<see cref="PathSmoother.LinkChanged"/>), traffic then as now, and the smoothed RTT within 20 % or, on a path whose
+    /// RTT varied then (a queue's sawtooth under a bulk VM), within twice its standard deviation then.
+    /// </summary>
+    public static bool Held(PathConditions then, PathConditions now) =>
+        !PathSmoother.LinkChanged(then, now) && then.Idle == now.Idle
+        && Math.Abs(now.RttMs - then.RttMs) <= Math.Max(0.2 * Math.Max(then.RttMs, 0.5), 2 * then.RttStdMs);
 }
