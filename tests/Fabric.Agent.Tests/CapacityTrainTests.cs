@@ -106,6 +106,57 @@ public sealed class CapacityTrainTests
         Assert.Equal(6, Send());
     }
 
+    /// <summary>
+    /// When trains come: every 5 s, but a second after one that followed an unanswered train, and twice a second apart
+    /// after one that measured a rate more than twice off the last (the path's conditions take a new bottleneck rate from
+    /// three trains in a row: the learning benchmark's 300 → 13 Mbit/s link was taken for 300 for 24 s of a 25 s phase).
+    /// </summary>
+    [Fact]
+    public void TrainsComeASecondApart_WhileOneGotNoAnswer_OrARateChangedByMoreThanTwice()
+    {
+        var monitor = new PathMonitor();
+        var now = 0L;
+        var sent = 0L;
+        monitor.TrainDue(now);
+        int After(double seconds)
+        {
+            now += (long)(seconds * 1e9);
+            var members = monitor.TrainDue(now);
+            var member = new byte[PathMonitor.TrainMemberLength];
+            for (var i = 0; i < members; i++)
+            {
+                monitor.WriteTrainMember(member, i, members);
+            }
+            sent = members > 0 ? BinaryPrimitives.ReadInt64BigEndian(member) : sent;
+            return members;
+        }
+        void Answer(long kbps)
+        {
+            var reply = new byte[PathMonitor.TrainReplyLength];
+            monitor.WriteProbe(reply, now);
+            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(32), sent);
+            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(40), kbps);
+            monitor.OnReply(reply, now + 1_000_000);
+        }
+
+        Assert.Equal(8, After(6));
+        Answer(300_000);
+        Assert.Equal(0, After(1.1));
+        Assert.Equal(48, After(4.5));
+        // No answer: the next after its period, then a second apart.
+        Assert.Equal(0, After(1.1));
+        Assert.Equal(12, After(4.5));
+        Assert.Equal(4, After(1.1));
+        // 13 Mbit/s, far off 300: two more a second apart confirm it, then every period again.
+        Answer(13_380);
+        Assert.Equal(6, After(1.1));
+        Answer(13_380);
+        Assert.Equal(6, After(1.1));
+        Answer(13_380);
+        Assert.Equal(0, After(1.1));
+        Assert.Equal(6, After(4.5));
+    }
+
     private static byte[] Member(long train, int index)
     {
         var payload = new byte[PathMonitor.TrainMemberLength];

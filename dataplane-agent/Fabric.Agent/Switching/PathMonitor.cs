@@ -73,8 +73,8 @@ public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double Ji
 /// conditions take the larger of that and what the path delivered. A train is sized to last about
 /// <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span the
 /// receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
-/// every 5 s). Once a rate is known, a train that got no answer is followed by one a quarter of its size, and the
-/// shortest by the longest.
+/// every 5 s). Once a rate is known, a train that got no answer is followed a second later by one a quarter of its size,
+/// and the shortest by the longest; a rate more than twice off the last is confirmed by two more a second apart.
 /// </remarks>
 internal sealed class PathMonitor
 {
@@ -146,8 +146,6 @@ internal sealed class PathMonitor
         {
             return 0;
         }
-        // Spread over ±10 % so the paths of a host do not send theirs together.
-        _nextTrainAt = now + (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble())));
         // Before any rate is known, a short train (a shallow buffer must not drop the tail of a long one, whose losses
         // would count as the path's); then one that lasts about TrainTargetMs at the rate last measured. Once a rate is
         // known, a train that got no answer (fewer than half its members arrived, or too close together to time) is
@@ -162,11 +160,27 @@ internal sealed class PathMonitor
             : double.IsFinite(_trainCapacityMbps)
                 ? (int)Math.Clamp(_trainCapacityMbps * 1e6 * TrainTargetMs / 1000 / (TrainMemberLength * 8), MinTrainMembers, MaxTrainMembers)
                 : 2 * MinTrainMembers;
+        // The next a second after one that follows an unanswered train (at most QuickTrains in a row), or one that found
+        // a rate more than twice off the one before it (the path's conditions take a change of the bottleneck from
+        // three trains in a row); else in a period, spread over ±10 % so the paths of a host do not send theirs together.
+        _unansweredInRow = unanswered ? _unansweredInRow + 1 : 0;
+        var quick = (unanswered && _unansweredInRow <= QuickTrains) || _confirming > 1;
+        _confirming = Math.Max(0, _confirming - 1);
+        _nextTrainAt = now + (quick ? QuickTrainNanoseconds : (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble()))));
         return _lastTrainMembers;
     }
 
-    // How many members the last train had (0: none sent yet).
+    /// <summary>How long after a quick train the next comes (see <see cref="TrainDue"/>).</summary>
+    public static readonly long QuickTrainNanoseconds = 1_000_000_000;
+
+    /// <summary>The most trains in a row that come a second apart.</summary>
+    public const int QuickTrains = 3;
+
+    // How many members the last train had (0: none sent yet); how many trains in a row got no answer; how many trains
+    // are still to confirm a rate that changed (the first comes as the rate is taken, the next a second later).
     private int _lastTrainMembers;
+    private int _unansweredInRow;
+    private int _confirming;
 
     /// <summary>
     /// A member's length: 1,200 bytes, one less for every other member, so a receiver's UDP GRO (which coalesces only
@@ -314,7 +328,13 @@ internal sealed class PathMonitor
             if (train > _highestTrainAnswered && train <= _trainId && kbps is > 0 and <= 100_000_000)
             {
                 _highestTrainAnswered = train;
-                _trainCapacityMbps = _intervalCapacityMbps = kbps / 1000.0;
+                var mbps = kbps / 1000.0;
+                if (double.IsFinite(_trainCapacityMbps) && Math.Abs(Math.Log2(mbps / _trainCapacityMbps)) > 1)
+                {
+                    _confirming = QuickTrains - 1;
+                    _nextTrainAt = Math.Min(_nextTrainAt, now + QuickTrainNanoseconds);
+                }
+                _trainCapacityMbps = _intervalCapacityMbps = mbps;
             }
         }
     }
