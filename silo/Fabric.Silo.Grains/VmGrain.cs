@@ -768,13 +768,13 @@ public sealed partial class VmGrain(
     }
 
     /// <summary>A pending switch is decided when its sustain time is up, even if the path reports nothing new by then.</summary>
-    private void ScheduleRecheck(string remoteHost, PendingSwitch pending)
+    private void ScheduleRecheck(string remoteHost, PendingSwitch pending, TimeSpan? after = null)
     {
         if (_timers.ContainsKey(remoteHost))
         {
             return;
         }
-        var due = RecheckAfter(pending, selector.Options.SustainFor, time.GetUtcNow());
+        var due = after ?? RecheckAfter(pending, selector.Options.SustainFor, time.GetUtcNow());
         _timers[remoteHost] = this.RegisterGrainTimer(async () =>
         {
             _timers.Remove(remoteHost, out var timer);
@@ -785,18 +785,24 @@ public sealed partial class VmGrain(
                 {
                     var conditions = await GrainFactory.GetGrain<IHostGrain>(placement.HostId).GetPathAsync(remoteHost) ?? Unmeasured;
                     await CommitAsync(Evaluate(remoteHost, conditions, await CatalogAsync(), await HostStacksAsync(placement.HostId)));
+                    _recheckFailures.Remove(remoteHost);
                 }
                 catch (Exception) when (state.State.Pending.TryGetValue(remoteHost, out var still))
                 {
                     // A call that failed (the host grain's silo dying, a catalog or storage fault) does not strand the
-                    // switch until the host tells the path again (a minute, when nothing changes): it is checked again.
-                    // In a CI run, one VM of 1,000 had not decided again 90 s after a silo's kill -9.
-                    ScheduleRecheck(remoteHost, still);
+                    // switch until the host tells the path again (a minute, when nothing changes): it is checked again,
+                    // 1, 2, 4 … 32 s later while the calls keep failing. In a CI run, one VM of 1,000 had not decided
+                    // again 90 s after a silo's kill -9.
+                    var failures = _recheckFailures[remoteHost] = _recheckFailures.GetValueOrDefault(remoteHost) + 1;
+                    ScheduleRecheck(remoteHost, still, TimeSpan.FromSeconds(1 << Math.Min(failures - 1, 5)));
                     throw;
                 }
             }
         }, due, Timeout.InfiniteTimeSpan);
     }
+
+    // Per remote host, how many rechecks in a row failed.
+    private readonly Dictionary<string, int> _recheckFailures = new(StringComparer.Ordinal);
 
     /// <summary>How long a recheck waits once the sustain is over and the switch is still pending (kept until the VM's outcomes judge its current stack).</summary>
     public static readonly TimeSpan RecheckWhenOver = TimeSpan.FromSeconds(1);

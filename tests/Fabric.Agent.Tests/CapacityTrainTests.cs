@@ -155,6 +155,15 @@ public sealed class CapacityTrainTests
         Answer(13_380);
         Assert.Equal(0, After(1.1));
         Assert.Equal(6, After(4.5));
+        // A rate that keeps flipping (a noisy bottleneck, members delayed on the underlay) is confirmed at most once a
+        // period: 300 again is confirmed, the flips back within 5 s of that are not.
+        Answer(300_000);
+        Assert.Equal(48, After(1.1));
+        Answer(13_380);
+        Assert.Equal(6, After(1.1));
+        Answer(300_000);
+        Assert.Equal(0, After(1.1));
+        Assert.Equal(48, After(4.5));
     }
 
     private static byte[] Member(long train, int index)

@@ -610,6 +610,9 @@ public class SelectorTests
         Assert.Equal(("std-ipv4", false), (doubted.Stack, doubted.Changed));
         Assert.Null(doubtedPending);
         Assert.Contains("±0.31 for a prediction here", doubted.Reason, StringComparison.Ordinal);
+        Assert.Contains("at most what std-ipv4 may lose", doubted.Reason, StringComparison.Ordinal);
+        // A prediction below what the VM gets (0.10 against 0.15) says nothing against a candidate's: it waits its sustain.
+        Assert.Equal("arq-lowlat", With(0.25, predicted: 0.10).Select("vm2", "host-b", policy, path, All, HostStacks, "std-ipv4", null, T0, 0.99, observed: seen).Pending?.Stack);
 
         // Three outcomes within 1.5 s span less than the 2 s the sustain would wait: they wait too.
         var brief = new OutcomeWindow();

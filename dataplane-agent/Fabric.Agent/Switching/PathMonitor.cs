@@ -73,8 +73,9 @@ public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double Ji
 /// conditions take the larger of that and what the path delivered. A train is sized to last about
 /// <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span the
 /// receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
-/// every 5 s). Once a rate is known, a train that got no answer is followed a second later by one a quarter of its size,
-/// and the shortest by the longest; a rate more than twice off the last is confirmed by two more a second apart.
+/// every 5 s). Once a rate is known, a train that got no answer is followed by one a quarter of its size, and the shortest
+/// by the longest, the trains after an unanswered one a second apart (a report interval if longer; at most three in a
+/// row); a rate more than twice off the last is confirmed by two more as far apart (at most once a period).
 /// </remarks>
 internal sealed class PathMonitor
 {
@@ -166,12 +167,22 @@ internal sealed class PathMonitor
         _unansweredInRow = unanswered ? _unansweredInRow + 1 : 0;
         var quick = (unanswered && _unansweredInRow <= QuickTrains) || _confirming > 1;
         _confirming = Math.Max(0, _confirming - 1);
-        _nextTrainAt = now + (quick ? QuickTrainNanoseconds : (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble()))));
+        _nextTrainAt = now + (quick ? QuickSpacing : (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble()))));
         return _lastTrainMembers;
     }
 
-    /// <summary>How long after a quick train the next comes (see <see cref="TrainDue"/>).</summary>
+    /// <summary>The least time between quick trains (see <see cref="TrainDue"/>).</summary>
     public static readonly long QuickTrainNanoseconds = 1_000_000_000;
+
+    /// <summary>
+    /// Quick trains come a tenth more than a report interval apart, and at least <see cref="QuickTrainNanoseconds"/>:
+    /// each report carries the last rate taken, and the control plane counts three trains in three reports.
+    /// </summary>
+    private long QuickSpacing => Math.Max(QuickTrainNanoseconds, _takeInterval + (_takeInterval / 10));
+
+    // The time between the last two reports (Take), and when a changed rate was last confirmed.
+    private long _takeInterval;
+    private long _confirmedAt;
 
     /// <summary>The most trains in a row that come a second apart.</summary>
     public const int QuickTrains = 3;
@@ -329,10 +340,13 @@ internal sealed class PathMonitor
             {
                 _highestTrainAnswered = train;
                 var mbps = kbps / 1000.0;
-                if (double.IsFinite(_trainCapacityMbps) && Math.Abs(Math.Log2(mbps / _trainCapacityMbps)) > 1)
+                // At most one confirmation a period: a rate that keeps flipping (a noisy bottleneck, or members an
+                // attacker on the underlay delays) must not keep trains coming every second.
+                if (double.IsFinite(_trainCapacityMbps) && Math.Abs(Math.Log2(mbps / _trainCapacityMbps)) > 1
+                    && _confirming == 0 && (_confirmedAt == 0 || now - _confirmedAt >= TrainEveryNanoseconds))
                 {
-                    _confirming = QuickTrains - 1;
-                    _nextTrainAt = Math.Min(_nextTrainAt, now + QuickTrainNanoseconds);
+                    (_confirming, _confirmedAt) = (QuickTrains - 1, now);
+                    _nextTrainAt = Math.Min(_nextTrainAt, now + QuickSpacing);
                 }
                 _trainCapacityMbps = _intervalCapacityMbps = mbps;
             }
@@ -354,6 +368,7 @@ internal sealed class PathMonitor
     public PathMeasurement Take(long now, long bytesSent, List<VmInterval> vms, long borrowedBytes = 0)
     {
         var interval = _lastTake < 0 ? TimeSpan.Zero : TimeSpan.FromTicks((now - _lastTake) / 100);
+        _takeInterval = _lastTake < 0 ? 0 : now - _lastTake;
         _lastTake = now;
         _rtts.Sort();
         var p50 = _rtts.Count == 0 ? double.NaN : _rtts[(_rtts.Count - 1) / 2];

@@ -103,23 +103,23 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     /// serves with next to nothing (std-ipv4 at 2 Mbit/s on a 300 Mbit/s path with bursts of loss) is not held there
     /// because the model's estimate of a better candidate is wide.
     /// <para>A predicted <paramref name="best"/> is taken as at least as uncertain as the prediction for the current
-    /// stack turned out to be wrong here (<paramref name="missed"/>: how far what the VM gets on it is from what was
-    /// predicted for it, on these conditions). On a link no prediction knows, each stack looked better than the one the
+    /// stack turned out to be hopeful here (<paramref name="missed"/>: how far what the VM gets on it falls short of what
+    /// was predicted for it, on these conditions). On a link no prediction knows, each stack looked better than the one the
     /// VM was on, was not, and the next looked better again: the learning benchmark's latency VM went fec → arq-bulk →
     /// std-ipv4 in one 25 s phase of bursty loss (predicted 0.42 and 0.37 at ± 0.01, got 0.25 and 0.14), 387 ms p99
     /// where the worst fixed stack gave 241. Only the bar is raised, not how long a switch waits, so a VM its stack
     /// starves still leaves as soon as before.</para>
     /// </summary>
-    /// <returns>What a switch needs, and what it would need without the cap (how long a switch waits is judged on that:
-    /// a wider estimate must not switch sooner).</returns>
-    public (double Needed, double Uncapped) Needed(CandidateScore current, CandidateScore best, double missed = 0)
+    /// <returns>What a switch needs; what it would need without the cap and without the miss (how long a switch waits is
+    /// judged on that: a wider estimate must not switch sooner); and whether the cap set the bar.</returns>
+    public (double Needed, double Uncapped, bool Capped) Needed(CandidateScore current, CandidateScore best, double missed = 0)
     {
         var spread = Math.Sqrt(best.Uncertainty * best.Uncertainty + current.Uncertainty * current.Uncertainty);
         var bestUncertainty = Predicted(best) ? Math.Max(best.Uncertainty, missed) : best.Uncertainty;
         var widened = Math.Sqrt(bestUncertainty * bestUncertainty + current.Uncertainty * current.Uncertainty);
         var atStake = Math.Max(current.Score, 0) + current.Uncertainty;
         var margin = current.Score * Margin;
-        return (Math.Max(margin, SwapCost + Math.Min(widened, atStake)), Math.Max(margin, SwapCost + spread));
+        return (Math.Max(margin, SwapCost + Math.Min(widened, atStake)), Math.Max(margin, SwapCost + spread), atStake < widened && SwapCost + atStake > margin);
     }
 
     /// <summary>Whether a candidate's score is a prediction (the model's or the prior's), not what a VM got.</summary>
@@ -286,9 +286,9 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         }
         var gain = best.Score - currentScore.Score;
         // How far the prediction for the current stack is from what the VM gets on it here (see SelectorOptions.Needed).
-        var missed = currentScore.Source == "observed" && results.FirstOrDefault(r => r.Id == current).Result is { } predicted
-            ? Math.Round(Math.Abs(predicted.Score - currentScore.Score), 4) : 0;
-        var (needed, uncapped) = _options.Needed(currentScore, best, missed);
+        var missed = currentScore.Source == "observed"
+            ? Math.Round(Math.Max(0, results.First(r => r.Id == current).Result.Score - currentScore.Score), 4) : 0;
+        var (needed, uncapped, capped) = _options.Needed(currentScore, best, missed);
         if (best.Stack == current || gain <= needed)
         {
             // A switch pending to the stack that still scores best is kept (its sustain goes on counting) by a decision that
@@ -300,8 +300,8 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             return (Make(current, best.Stack == current ? $"{current} scores best: {Describe(best)}"
                 : $"{best.Stack} ({best.Score:0.###}) does not beat {current} ({currentScore.Score:0.###}) by the {needed:0.###} a switch needs "
                   + $"(margin {_options.Margin:P0}, swap cost {_options.SwapCost:0.##}, uncertainty ±{best.Uncertainty:0.##}/±{currentScore.Uncertainty:0.##}"
-                  + $"{(missed > best.Uncertainty && SelectorOptions.Predicted(best) ? $", ±{missed:0.##} for a prediction here: {current}'s missed what the VM gets by that" : "")}"
-                  + $"{(needed < uncapped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")})"
+                  + $"{(missed > best.Uncertainty && SelectorOptions.Predicted(best) ? $", ±{missed:0.##} for a prediction here: {current}'s was that much above what the VM gets" : "")}"
+                  + $"{(capped ? $", at most what {current} may lose: {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}" : "")})"
                   + (kept is null ? "" : $"; the switch to {best.Stack} pending since {(now - kept.Since).TotalSeconds:0.#} s ago stays pending until the VM's outcomes judge {current} again")), kept);
         }
         // A current stack judged by what the VM got on it that a candidate beats by far more than a switch needs is left at
