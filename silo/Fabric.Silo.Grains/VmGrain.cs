@@ -105,6 +105,21 @@ public sealed partial class VmGrain(
 
     /// <summary>Per remote host, when drift last had the path decided (see <see cref="ObservedRecheck"/>).</summary>
     private readonly Dictionary<string, DateTimeOffset> _drifted = new(StringComparer.Ordinal);
+
+    /// <summary>Per remote host, the decision after which the path was decided again once it held still (see <see cref="MayExplore"/>).</summary>
+    private readonly Dictionary<string, DateTimeOffset> _steadyHeard = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Whether a path whose VM may explore is decided again because it has held still since its last decision: a path
+    /// explores only on a steady observation (<see cref="Observed.Steady"/>), and is decided on a change of its conditions
+    /// (never steady) or on a drift of what the VM gets, so without this it would never explore (the learning benchmark's
+    /// two runs after the steadiness rule: no exploration in 8.3 path-minutes each). Once per decision, and only when the
+    /// exploration spacing allows one.
+    /// </summary>
+    private bool MayExplore(string remoteHost, Decision last, Observed seen, DateTimeOffset now) =>
+        seen.Steady && state.State.Policy is { Pin: null, ExplorationShare: > 0 }
+        && _steadyHeard.GetValueOrDefault(remoteHost) != last.At
+        && (_explored.GetValueOrDefault(remoteHost) is not { } explored || now - explored.At >= selector.Options.ExploreSpacing);
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 
@@ -543,10 +558,15 @@ public sealed partial class VmGrain(
                 && Observe(newest.RemoteHost, current, now, newest.Conditions) is { } seen
                 && last.Candidates.FirstOrDefault(c => c.Stack == current) is { } scored
                 && (scored.Source != "observed" || (Math.Abs(scored.Score - seen.Score) > Math.Max(ObservedDrift, 2 * seen.Spread)
-                    && now - _drifted.GetValueOrDefault(newest.RemoteHost, DateTimeOffset.MinValue) >= ObservedRecheck)))
+                    && now - _drifted.GetValueOrDefault(newest.RemoteHost, DateTimeOffset.MinValue) >= ObservedRecheck)
+                    || MayExplore(newest.RemoteHost, last, seen, now)))
             {
                 _drifted[newest.RemoteHost] = now;
                 bindings.AddRange(Evaluate(newest.RemoteHost, newest.Conditions, catalog, await HostStacksAsync(state.State.Placement.HostId)));
+                if (_last.TryGetValue(newest.RemoteHost, out var decided) && seen.Steady)
+                {
+                    _steadyHeard[newest.RemoteHost] = decided.At;
+                }
             }
         }
         await CommitAsync(bindings);
@@ -568,6 +588,7 @@ public sealed partial class VmGrain(
         _since.Clear();
         _left.Clear();
         _drifted.Clear();
+        _steadyHeard.Clear();
         _explored.Clear();
         // Nor what it decided there: a path from the old host is another path, even to the same remote host. A decision
         // kept from it made the VM ignore its new host's notices of like conditions (a VM back on a host it had left got
