@@ -120,6 +120,7 @@ public sealed partial class VmGrain(
         seen.Steady && state.State.Policy is { Pin: null, ExplorationShare: > 0 }
         && _steadyHeard.GetValueOrDefault(remoteHost) != last.At
         && (_explored.GetValueOrDefault(remoteHost) is not { } explored || now - explored.At >= selector.Options.ExploreSpacing);
+
     private bool _logDirty;
     private IGrainTimer? _logFlush;
 

@@ -65,30 +65,9 @@ public sealed class CapacityTrainTests
     [Fact]
     public void ATrainThatGotNoAnswer_IsFollowedByOneOfAnotherSize()
     {
-        var monitor = new PathMonitor();
-        var now = 0L;
-        monitor.TrainDue(now); // the first comes within one period of this
-        var sent = 0L;
-        int Send()
-        {
-            now += 6_000_000_000L;
-            var members = monitor.TrainDue(now);
-            var member = new byte[PathMonitor.TrainMemberLength];
-            for (var i = 0; i < members; i++)
-            {
-                monitor.WriteTrainMember(member, i, members);
-            }
-            sent = BinaryPrimitives.ReadInt64BigEndian(member);
-            return members;
-        }
-        void Answer(long kbps)
-        {
-            var reply = new byte[PathMonitor.TrainReplyLength];
-            monitor.WriteProbe(reply, now);
-            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(32), sent);
-            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(40), kbps);
-            monitor.OnReply(reply, now + 1_000_000);
-        }
+        var sender = new Sender();
+        int Send() => sender.After(6);
+        void Answer(long kbps) => sender.Answer(kbps);
 
         // A peer that never answered a train (an agent that predates them) keeps getting short ones.
         Assert.Equal(2 * PathMonitor.MinTrainMembers, Send());
@@ -114,30 +93,9 @@ public sealed class CapacityTrainTests
     [Fact]
     public void TrainsComeASecondApart_WhileOneGotNoAnswer_OrARateChangedByMoreThanTwice()
     {
-        var monitor = new PathMonitor();
-        var now = 0L;
-        var sent = 0L;
-        monitor.TrainDue(now);
-        int After(double seconds)
-        {
-            now += (long)(seconds * 1e9);
-            var members = monitor.TrainDue(now);
-            var member = new byte[PathMonitor.TrainMemberLength];
-            for (var i = 0; i < members; i++)
-            {
-                monitor.WriteTrainMember(member, i, members);
-            }
-            sent = members > 0 ? BinaryPrimitives.ReadInt64BigEndian(member) : sent;
-            return members;
-        }
-        void Answer(long kbps)
-        {
-            var reply = new byte[PathMonitor.TrainReplyLength];
-            monitor.WriteProbe(reply, now);
-            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(32), sent);
-            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(40), kbps);
-            monitor.OnReply(reply, now + 1_000_000);
-        }
+        var sender = new Sender();
+        int After(double seconds) => sender.After(seconds);
+        void Answer(long kbps) => sender.Answer(kbps);
 
         Assert.Equal(8, After(6));
         Answer(300_000);
@@ -164,6 +122,40 @@ public sealed class CapacityTrainTests
         Answer(300_000);
         Assert.Equal(0, After(1.1));
         Assert.Equal(48, After(4.5));
+    }
+
+    /// <summary>A path's sending end on a clock the test moves: sends each train that is due, and answers the last one sent as its peer would.</summary>
+    private sealed class Sender
+    {
+        private readonly PathMonitor _monitor = new();
+        private long _now;
+        private long _sent;
+
+        public Sender() => _monitor.TrainDue(_now); // the first comes within one period of this
+
+        /// <summary>Moves the clock on by <paramref name="seconds"/>; returns how many members the train then due had (0: none due).</summary>
+        public int After(double seconds)
+        {
+            _now += (long)(seconds * 1e9);
+            var members = _monitor.TrainDue(_now);
+            var member = new byte[PathMonitor.TrainMemberLength];
+            for (var i = 0; i < members; i++)
+            {
+                _monitor.WriteTrainMember(member, i, members);
+            }
+            _sent = members > 0 ? BinaryPrimitives.ReadInt64BigEndian(member) : _sent;
+            return members;
+        }
+
+        /// <summary>The peer's probe reply a millisecond later, with the last train sent measured at <paramref name="kbps"/>.</summary>
+        public void Answer(long kbps)
+        {
+            var reply = new byte[PathMonitor.TrainReplyLength];
+            _monitor.WriteProbe(reply, _now);
+            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(32), _sent);
+            BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(40), kbps);
+            _monitor.OnReply(reply, _now + 1_000_000);
+        }
     }
 
     private static byte[] Member(long train, int index)
