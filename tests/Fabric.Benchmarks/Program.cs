@@ -18,6 +18,7 @@ return args.FirstOrDefault() switch
         ? rolled : await RevocationBenchmark.RunAsync(),
     "stationary" => await Stationary(),
     "learning" => Learning(),
+    "learning-replay" => Replay(),
     "policy-shell" when args.Length == 5 => await PolicyShell.RunAsync(args[1], args[2], args[3], args[4]),
     "learner" => Learner(),
     _ => Usage(),
@@ -136,6 +137,23 @@ int Learning()
         phase, measure, Option("--csv") ?? "learning.csv");
 }
 
+int Replay()
+{
+    // learning-replay OUTCOMES.csv [--min-support N]
+    var support = LearningBenchmark.MinSupport;
+    if (args.Length is not (2 or 4) || args[1].StartsWith("--", StringComparison.Ordinal) || (args.Length == 4 && args[2] != "--min-support"))
+    {
+        Console.Error.WriteLine("learning-replay: give one outcome CSV (a learning run's -outcomes.csv), then optionally --min-support N");
+        return 2;
+    }
+    if (args.Length == 4 && (!int.TryParse(args[3], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out support) || support > 10_000))
+    {
+        Console.Error.WriteLine($"learning-replay: --min-support '{args[3]}' is not a whole number from 0 to 10000");
+        return 2;
+    }
+    return LearningReplay.Run(args[1], support);
+}
+
 static int Wire(string[] rest)
 {
     BenchmarkSwitcher.FromAssembly(typeof(WireBenchmarks).Assembly).Run(rest.Length == 0 ? ["--filter", "*WireBenchmarks*"] : rest);
@@ -144,6 +162,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet [--compare-security] | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] [--trace] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet [--compare-security] | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] [--trace] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE] | learning-replay OUTCOMES.csv [--min-support N]");
     return 2;
 }
