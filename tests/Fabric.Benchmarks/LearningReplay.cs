@@ -35,7 +35,7 @@ internal static class LearningReplay
         {
             rows = Read(path);
         }
-        catch (Exception e) when (e is FormatException or IOException)
+        catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException or ArgumentException)
         {
             Console.Error.WriteLine($"learning-replay: {e.Message}");
             return 2;
@@ -115,6 +115,10 @@ internal static class LearningReplay
             throw new FormatException($"'{path}' is empty");
         }
         var header = lines[0].Split(',');
+        if (header.GroupBy(h => h, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1) is { } twice)
+        {
+            throw new FormatException($"'{path}' has the column '{twice.Key}' twice");
+        }
         var index = header.Select((h, i) => (h, i)).ToDictionary(x => x.h, x => x.i, StringComparer.Ordinal);
         if (Columns.FirstOrDefault(c => !index.ContainsKey(c)) is { } missing)
         {
@@ -142,7 +146,7 @@ internal static class LearningReplay
             var features = new OutcomeFeatures(Number("rtt_ms"), Number("min_rtt_ms"), Number("jitter_ms"), Number("loss"), Number("burstiness"), Number("capacity_mbps"), Number("rtt_std_ms"));
             var outcome = new LoggedOutcome(at, Text("vm"), Text("remote_host"), Text("workload"), Text("stack"), "", Number("propensity"),
                 Text("exploration") == "True", features, Number("goodput_mbps"), Number("delay_p99_ms"), Number("residual_loss"), Number("overhead_ratio"), Number("utility"))
-            { RewardVersion = UtilityModel.SchemaVersion, Host = Text("host") };
+            { RewardVersion = UtilityModel.SchemaVersion, Host = Text("host") is { Length: > 0 } host ? host : null };
             rows.Add(new Row(outcome, Text("part"), Text("cell")));
         }
         return rows;

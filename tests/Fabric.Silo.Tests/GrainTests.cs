@@ -262,13 +262,16 @@ public class GrainTests(ClusterFixture fixture)
         await fixture.Cluster.DeactivateAsync((IAddressable)vm);
         // The path's samples deliver 100 Mbit/s: its capacity as the control plane knows it, which a bulk share is of.
         var outcome = new Outcome(vmId, b, "std-ipv4", Path(30, 0), fec * 100, 31, 35, 0, 0, TimeSpan.FromSeconds(1), Passive: true, Flows: 1, Shape: "bulk");
-        // 3.4 s of outcomes: an observation (it counts those from 3 s after the stack's first), not a steady one (5 s).
-        var reporting = System.Diagnostics.Stopwatch.StartNew();
-        while (reporting.Elapsed < TimeSpan.FromSeconds(3.4))
+        // One outcome, then four 3.3 s later: an observation (it counts the outcomes from 3 s after the stack's first on,
+        // and needs three), not a steady one (that needs outcomes from 5 s before). The host hands outcomes on without
+        // waiting for the VM: a moment for them to arrive before the VM is decided again.
+        await host.ReportAsync([Sample(a, b, 30, 0, DateTimeOffset.UtcNow)], [outcome]);
+        await Task.Delay(3300, TestContext.Current.CancellationToken);
+        for (var i = 0; i < 4; i++)
         {
             await host.ReportAsync([Sample(a, b, 30, 0, DateTimeOffset.UtcNow)], [outcome]);
-            await Task.Delay(100, TestContext.Current.CancellationToken);
         }
+        await Task.Delay(300, TestContext.Current.CancellationToken);
         // Decided again (only the exploration share changes).
         Assert.True((await vm.SetPolicyAsync(Policy("bulk", allow: ["std-ipv4", "fec"], explore: 0.15))).Accepted);
         var decision = (await vm.GetAsync()).Last[b];

@@ -447,8 +447,8 @@ public sealed class UtilityModel : IDisposable
     }
 
     /// <summary>
-    /// The bins support is kept in: the same stack, workload and stack the conditions were measured on, loss within a factor of 4 (0; 0.01–0.04 %; …; above
-    /// 2.56 %) and RTT within a factor of 4 (below 2 ms; 2–8; 8–32; 32–128; above 128 ms). "Near" is a bin and its
+    /// The bins support is kept in: the same stack, workload and stack the conditions were measured on, loss within a factor of 4 (0; 0.01–0.04 %; …; 2.56–10.24 %;
+    /// above) and RTT within a factor of 4 (below 2 ms; 2–8; 8–32; 32–128; above 128 ms). "Near" is a bin and its
     /// neighbours (<see cref="SupportReach"/>). Coarse on purpose: the trees interpolate between such cells, and a path the
     /// fleet has never seen still falls near one it has.
     /// </summary>

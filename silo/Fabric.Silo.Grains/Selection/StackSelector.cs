@@ -175,8 +175,8 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
     /// link, is judged on that (<see cref="SelectorOptions.ReturnMemory"/>).</param>
     /// <param name="observed">What the VM got on <paramref name="current"/> in the last seconds (null: not enough outcomes
     /// yet): the current stack is judged on it, not on a prediction.</param>
-    /// <param name="currentSince">When <paramref name="current"/> was chosen (null: not known, or the path reports no VM
-    /// outcomes): until it has been judged on what the VM gets (<see cref="SelectorOptions.JudgeWithin"/>), it stays; and it
+    /// <param name="currentSince">When <paramref name="current"/> was chosen (null: the path reports no VM outcomes; a
+    /// time long ago where they come and it is not known): until it has been judged on what the VM gets (<see cref="SelectorOptions.JudgeWithin"/>), it stays; and it
     /// explores only while <paramref name="observed"/> says what the VM gets on it on the link as it is.</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
