@@ -28,12 +28,15 @@ public sealed partial class CatalogSync(CatalogSource source, IGrainFactory grai
             g => g.Select(t => t.Version).OrderByDescending(v => SemanticVersion.TryParse(v, out var parsed) ? parsed : default).ThenByDescending(v => v, StringComparer.Ordinal).ToImmutableArray(),
             StringComparer.Ordinal);
         var newest = targets.Newest().Select(n => n.Value)
-            .Select(t => new StackInfo(t.Id, t.Version, t.Profile.Family, t.Profile.HeaderBytes, t.Profile.Redundancy, t.Profile.AddedDelayMs,
-                t.Profile.ToleratesLoss, t.Profile.Encrypts, t.Profile.Purpose, t.Profile.Experimental) { PublishedVersions = versions[t.Id] })
+            .Select(t => InfoOf(t.Id, t.Version, t.Profile) with { PublishedVersions = versions[t.Id] })
             .ToList();
         var withdrawn = await grains.GetGrain<ICatalogGrain>(ICatalogGrain.Key).SyncAsync([.. newest], targets.Version, SourceOf(source));
         return (newest, withdrawn);
     }
+
+    /// <summary>What the selector knows of a stack version: the profile its manifest declares.</summary>
+    public static StackInfo InfoOf(string id, string version, StackProfile profile) => new(id, version, profile.Family, profile.HeaderBytes,
+        profile.Redundancy, profile.AddedDelayMs, profile.ToleratesLoss, profile.Encrypts, profile.Purpose, profile.Experimental);
 
     /// <summary>The repository as a silo knows it: where it is and the root it pins (a repository initialized again under
     /// new root keys starts its versions over, and is another source).</summary>

@@ -47,9 +47,7 @@ internal static class LearningReplay
             Console.Error.WriteLine($"learning-replay: '{path}' has {training.Count} training outcomes and {groups.Count} fixed cells; a replay needs at least 200 and 1");
             return 2;
         }
-        var root = RepositoryRoot();
-        var catalog = BuiltInStacks.Load(root).ToDictionary(s => s.Id, s => new StackInfo(s.Id, s.Version, s.Profile.Family, s.Profile.HeaderBytes,
-            s.Profile.Redundancy, s.Profile.AddedDelayMs, s.Profile.ToleratesLoss, s.Profile.Encrypts, s.Profile.Purpose, s.Profile.Experimental), StringComparer.Ordinal);
+        var catalog = BuiltInStacks.Load(Fabric.Testing.RepositoryRoot.Directory).ToDictionary(s => s.Id, s => CatalogSync.InfoOf(s.Id, s.Version, s.Profile), StringComparer.Ordinal);
 
         // As the learner: judged on the newest tenth, served trained on everything.
         var holdout = training[^Math.Max(1, training.Count / 10)..];
@@ -151,8 +149,6 @@ internal static class LearningReplay
         }
         return rows;
     }
-
-    private static string RepositoryRoot() => Fabric.Testing.RepositoryRoot.Directory;
 
     private static string Inv(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 }
