@@ -28,7 +28,7 @@ internal static class LearningReplay
     /// <summary>One stack in one cell group: what the VM got on it and the conditions measured while it ran.</summary>
     private sealed record Ran(string Stack, string Vm, double Utility, int Outcomes, PathConditions Conditions);
 
-    public static int Run(string path, int minSupport)
+    public static int Run(string path, int minSupport, int? inService)
     {
         List<Row> rows;
         try
@@ -47,20 +47,32 @@ internal static class LearningReplay
             Console.Error.WriteLine($"learning-replay: '{path}' has {training.Count} training outcomes and {groups.Count} fixed cells; a replay needs at least 200 and 1");
             return 2;
         }
+        if (inService is { } first && (first < 100 || first > training.Count - 10))
+        {
+            Console.Error.WriteLine($"learning-replay: --in-service {first}: '{path}' has {training.Count} training outcomes; give from 100 to {training.Count - 10}");
+            return 2;
+        }
         var catalog = BuiltInStacks.Load(Fabric.Testing.RepositoryRoot.Directory).ToDictionary(s => s.Id, s => CatalogSync.InfoOf(s.Id, s.Version, s.Profile), StringComparer.Ordinal);
 
         // As the learner: judged on the newest tenth, served trained on everything.
-        var holdout = training[^Math.Max(1, training.Count / 10)..];
-        using var judged = UtilityModel.Train(training[..^holdout.Count], holdout, 1, DateTimeOffset.UtcNow);
+        var (judged, holdout) = LearnerGrain.TrainCandidate(training, null, 1, DateTimeOffset.UtcNow);
         using var model = UtilityModel.Refit(training, judged);
+        judged.Dispose();
         var prior = new ProfileScorer();
         var gated = new LearnedScorer(prior, minSupport);
         gated.Use(model, enabled: true);
         var everywhere = new LearnedScorer(prior, 0);
         everywhere.Use(model, enabled: true);
-        var scorers = new (string Name, IStackScorer Scorer)[] { ("prior", prior), ($"model (support {minSupport})", gated), ("model everywhere", everywhere) };
+        var scorers = new List<(string Name, IStackScorer Scorer)> { ("prior", prior), ($"model (support {minSupport})", gated), ("model everywhere", everywhere) };
+        Console.WriteLine(Inv($"{path}: {training.Count} training outcomes (model error {model.Info.HoldoutError:0.000} on the newest {holdout.Count}), {groups.Count} fixed cell groups"));
+        using var earlier = inService is { } count ? Adoption(training, count) : null;
+        if (earlier is not null)
+        {
+            var scorer = new LearnedScorer(prior, minSupport);
+            scorer.Use(earlier, enabled: true);
+            scorers.Add(($"model on the first {inService} (support {minSupport})", scorer));
+        }
 
-        Console.WriteLine(Inv($"{path}: {training.Count} training outcomes (model error {judged.Info.HoldoutError:0.000} on the newest {holdout.Count}), {groups.Count} fixed cell groups"));
         Console.WriteLine("per cell group: what the VM got on each stack (utility; outcomes), then each scorer's choice from each stack's conditions");
         var worth = scorers.ToDictionary(s => s.Name, _ => new List<double>(), StringComparer.Ordinal);
         var best = scorers.ToDictionary(s => s.Name, _ => 0, StringComparer.Ordinal);
@@ -103,6 +115,28 @@ internal static class LearningReplay
             Console.WriteLine(Inv($"  {name,-22} {worth[name].Average():0.000}, the best stack chosen {best[name]} of {worth[name].Count}"));
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The learner's adoption rule, replayed (<see cref="LearnerGrain.TrainCandidate"/>): a version in service trained on
+    /// the first <paramref name="count"/> training outcomes (judged and refitted as the learner does), against a candidate
+    /// from all of them. Prints both errors and the verdict; returns the version in service, which the cells then judge
+    /// beside the model on all (whether the verdict was the right one).
+    /// </summary>
+    private static UtilityModel Adoption(List<LoggedOutcome> training, int count)
+    {
+        var older = training[..count];
+        var (olderJudged, _) = LearnerGrain.TrainCandidate(older, null, 1, older[^1].At);
+        var inService = UtilityModel.Refit(older, olderJudged);
+        olderJudged.Dispose();
+        var (candidate, judged) = LearnerGrain.TrainCandidate(training, older[^1].At, 2, training[^1].At);
+        using (candidate)
+        {
+            var baseline = inService.MeanAbsoluteError(judged);
+            var verdict = candidate.Info.HoldoutError < baseline ? "adopted" : "not adopted";
+            Console.WriteLine(Inv($"adoption: a candidate from all {training.Count} has error {candidate.Info.HoldoutError:0.0000} on {judged.Count} held-back outcomes against {baseline:0.0000} for a version on the first {count}: {verdict}"));
+        }
+        return inService;
     }
 
     private static List<Row> Read(string path)

@@ -139,19 +139,30 @@ int Learning()
 
 int Replay()
 {
-    // learning-replay OUTCOMES.csv [--min-support N]
+    // learning-replay OUTCOMES.csv [--min-support N] [--in-service N]
+    const string Usage = "learning-replay: give one outcome CSV (a learning run's -outcomes.csv), then optionally --min-support N and --in-service N";
+    if (args.Length < 2 || args.Length % 2 != 0 || args[1].StartsWith("--", StringComparison.Ordinal))
+    {
+        Console.Error.WriteLine(Usage);
+        return 2;
+    }
     var support = LearningBenchmark.MinSupport;
-    if (args.Length is not (2 or 4) || args[1].StartsWith("--", StringComparison.Ordinal) || (args.Length == 4 && args[2] != "--min-support"))
+    int? inService = null;
+    for (var i = 2; i < args.Length; i += 2)
     {
-        Console.Error.WriteLine("learning-replay: give one outcome CSV (a learning run's -outcomes.csv), then optionally --min-support N");
-        return 2;
+        if (args[i] is not ("--min-support" or "--in-service") || args.AsSpan(2, i - 2).Contains(args[i]))
+        {
+            Console.Error.WriteLine($"learning-replay: '{args[i]}' is not an option here, or is given twice. {Usage}");
+            return 2;
+        }
+        if (!int.TryParse(args[i + 1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var value) || value > 1_000_000)
+        {
+            Console.Error.WriteLine($"learning-replay: {args[i]} '{args[i + 1]}' is not a whole number from 0 to 1000000");
+            return 2;
+        }
+        (support, inService) = args[i] == "--min-support" ? (value, inService) : (support, value);
     }
-    if (args.Length == 4 && (!int.TryParse(args[3], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out support) || support > 10_000))
-    {
-        Console.Error.WriteLine($"learning-replay: --min-support '{args[3]}' is not a whole number from 0 to 10000");
-        return 2;
-    }
-    return LearningReplay.Run(args[1], support);
+    return LearningReplay.Run(args[1], support, inService);
 }
 
 static int Wire(string[] rest)
@@ -162,6 +173,6 @@ static int Wire(string[] rest)
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet [--compare-security] | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] [--trace] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE] | learning-replay OUTCOMES.csv [--min-support N]");
+    Console.Error.WriteLine("usage: Fabric.Benchmarks linkem | overlay [SECONDS] | swap [FRAMES_PER_SECOND] | wire [BenchmarkDotNet args] | controlplane [SECONDS] [--hosts N] [--peers N] [--changes N] [--compare-security] | fleet [--compare-security] | rollout [VMS] | stationary [--minutes N] | stacks [SECONDS] [--full|--smoke] [--latency-seconds N] [--csv FILE] [--testdata DIR] [--cells REGEX] [--carriers A,B] [--trace] | stacks-report CSV | learner [N,N…outcomes] | learning [--schedules DIR] [--train DIR] [--phase-seconds N] [--measure-seconds N] [--csv FILE] | learning-replay OUTCOMES.csv [--min-support N] [--in-service N]");
     return 2;
 }

@@ -137,6 +137,25 @@ public sealed partial class LearnerGrain(
         await state.WriteStateAsync();
     }
 
+    /// <summary>
+    /// A candidate version from <paramref name="ordered"/> (oldest first), trained without the newest tenth and judged on
+    /// it — on only those of it after <paramref name="inServiceTrainedAt"/> (when the version in service was trained) when
+    /// there are at least 50 (or the whole tenth, if smaller), so that the version in service is not flattered by outcomes
+    /// it has seen. Returns the candidate and the outcomes it was judged on, which judge the version in service too.
+    /// </summary>
+    public static (UtilityModel Candidate, IReadOnlyList<LoggedOutcome> Judged) TrainCandidate(List<LoggedOutcome> ordered, DateTimeOffset? inServiceTrainedAt, long version, DateTimeOffset now)
+    {
+        IReadOnlyList<LoggedOutcome> holdout = ordered[^Math.Max(1, ordered.Count / 10)..];
+        var candidate = UtilityModel.Train(ordered[..^holdout.Count], holdout, version, now);
+        if (inServiceTrainedAt is { } trainedAt && holdout.Where(o => o.At > trainedAt).ToList() is var unseen
+            && unseen.Count >= Math.Min(50, holdout.Count) && unseen.Count < holdout.Count)
+        {
+            holdout = unseen;
+            candidate.Rejudge(unseen);
+        }
+        return (candidate, holdout);
+    }
+
     public async ValueTask<TrainingResult> TrainAsync()
     {
         var began = time.GetUtcNow();
@@ -161,41 +180,33 @@ public sealed partial class LearnerGrain(
             return new TrainingResult(false, $"{outcomes.Count} outcomes logged under the current reward (schema {UtilityModel.SchemaVersion}), training needs {options.MinOutcomes}: the prior decides", null);
         }
         var ordered = outcomes.OrderBy(o => o.At).ToList();
-        var holdout = ordered[^Math.Max(1, ordered.Count / 10)..];
-        var training = ordered[..^holdout.Count];
         var version = state.State.NextVersion;
         var now = time.GetUtcNow();
-        var candidate = await Task.Run(() => UtilityModel.Train(training, holdout, version, now));
         string baseline;
         double baselineError;
+        UtilityModel candidate;
         if (state.State.InService is { } inService && UtilityModel.Load(log.Store, inService.Version) is { } current)
         {
             using (current)
             {
-                // The version in service trained on everything logged before it: judge both on what came after, when
-                // enough did, so that it is not flattered by outcomes it has seen.
-                var unseen = holdout.Where(o => o.At > inService.TrainedAt).ToList();
-                if (unseen.Count >= Math.Min(50, holdout.Count))
-                {
-                    holdout = unseen;
-                    await Task.Run(() => candidate.Rejudge(unseen));
-                }
+                (candidate, var judged) = await Task.Run(() => TrainCandidate(ordered, inService.TrainedAt, version, now));
                 baseline = $"model v{inService.Version}";
-                baselineError = await Task.Run(() => current.MeanAbsoluteError(holdout));
+                baselineError = await Task.Run(() => current.MeanAbsoluteError(judged));
             }
         }
         else
         {
+            (candidate, var judged) = await Task.Run(() => TrainCandidate(ordered, null, version, now));
             var catalog = (await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync()).ToDictionary(s => s.Id, StringComparer.Ordinal);
             baseline = "the prior";
-            baselineError = holdout.Where(o => catalog.ContainsKey(o.Stack)).Select(o =>
+            baselineError = judged.Where(o => catalog.ContainsKey(o.Stack)).Select(o =>
                 Math.Abs(prior.Score(catalog[o.Stack], o.Features.ToConditions(o.At), Policy.Default with { Workload = o.Workload }).Score - o.Utility))
                 .DefaultIfEmpty(double.MaxValue).Average();
         }
         candidate.ComparedWith(baseline, baselineError);
         var info = candidate.Info;
-        var summary = $"v{version}: error {info.HoldoutError:0.0000} on {holdout.Count} held-back outcomes vs {baselineError:0.0000} for {baseline}; "
-            + $"trained on {training.Count} in {info.TrainingSeconds:0.0} s";
+        var summary = $"v{version}: error {info.HoldoutError:0.0000} on {info.HoldoutOutcomes} held-back outcomes vs {baselineError:0.0000} for {baseline}; "
+            + $"trained on {info.Outcomes} in {info.TrainingSeconds:0.0} s";
         if (info.HoldoutError >= baselineError)
         {
             candidate.Dispose();
