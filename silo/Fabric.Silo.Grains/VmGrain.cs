@@ -231,7 +231,13 @@ public sealed partial class VmGrain(
         state.State.Pending.Clear();
         if (!judgedAlike)
         {
-            _outcomes.Clear();
+            // Emptied, not removed: a path that reports outcomes still does, and its stack explores only once they say
+            // what the VM gets there under its new policy (removed, the path counted as one without outcomes, which
+            // explores on a prediction alone).
+            foreach (var remoteHost in _outcomes.Keys.ToList())
+            {
+                _outcomes[remoteHost] = new OutcomeWindow();
+            }
             _left.Clear();
         }
         await state.WriteStateAsync();
