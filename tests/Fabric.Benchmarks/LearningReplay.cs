@@ -56,8 +56,12 @@ internal static class LearningReplay
 
         // As the learner: judged on the newest tenth, served trained on everything.
         var (judged, holdout) = LearnerGrain.TrainCandidate(training, null, 1, DateTimeOffset.UtcNow);
-        using var model = UtilityModel.Refit(training, judged);
-        judged.Dispose();
+        UtilityModel model;
+        using (judged)
+        {
+            model = UtilityModel.Refit(training, judged);
+        }
+        using var served = model;
         var prior = new ProfileScorer();
         var gated = new LearnedScorer(prior, minSupport);
         gated.Use(model, enabled: true);
@@ -65,12 +69,13 @@ internal static class LearningReplay
         everywhere.Use(model, enabled: true);
         var scorers = new List<(string Name, IStackScorer Scorer)> { ("prior", prior), ($"model (support {minSupport})", gated), ("model everywhere", everywhere) };
         Console.WriteLine(Inv($"{path}: {training.Count} training outcomes (model error {model.Info.HoldoutError:0.000} on the newest {holdout.Count}), {groups.Count} fixed cell groups"));
-        using var earlier = inService is { } count ? Adoption(training, count) : null;
+        var (earlier, cut) = inService is { } count ? Adoption(training, count) : (null, 0);
+        using var inServiceModel = earlier;
         if (earlier is not null)
         {
             var scorer = new LearnedScorer(prior, minSupport);
             scorer.Use(earlier, enabled: true);
-            scorers.Add(($"model on the first {inService} (support {minSupport})", scorer));
+            scorers.Add(($"model on the first {cut} (support {minSupport})", scorer));
         }
 
         Console.WriteLine("per cell group: what the VM got on each stack (utility; outcomes), then each scorer's choice from each stack's conditions");
@@ -121,22 +126,39 @@ internal static class LearningReplay
     /// The learner's adoption rule, replayed (<see cref="LearnerGrain.TrainCandidate"/>): a version in service trained on
     /// the first <paramref name="count"/> training outcomes (judged and refitted as the learner does), against a candidate
     /// from all of them. Prints both errors and the verdict; returns the version in service, which the cells then judge
-    /// beside the model on all (whether the verdict was the right one).
+    /// beside the model on all (whether the verdict was the right one), and how many outcomes it was trained on (more than
+    /// <paramref name="count"/> where later outcomes share the cut's time).
     /// </summary>
-    private static UtilityModel Adoption(List<LoggedOutcome> training, int count)
+    private static (UtilityModel InService, int Count) Adoption(List<LoggedOutcome> training, int count)
     {
+        // The learner tells what the version in service saw by its time: outcomes at the cut's time are its.
+        while (count < training.Count - 1 && training[count].At == training[count - 1].At)
+        {
+            count++;
+        }
         var older = training[..count];
         var (olderJudged, _) = LearnerGrain.TrainCandidate(older, null, 1, older[^1].At);
-        var inService = UtilityModel.Refit(older, olderJudged);
-        olderJudged.Dispose();
-        var (candidate, judged) = LearnerGrain.TrainCandidate(training, older[^1].At, 2, training[^1].At);
-        using (candidate)
+        UtilityModel inService;
+        using (olderJudged)
         {
-            var baseline = inService.MeanAbsoluteError(judged);
-            var verdict = candidate.Info.HoldoutError < baseline ? "adopted" : "not adopted";
-            Console.WriteLine(Inv($"adoption: a candidate from all {training.Count} has error {candidate.Info.HoldoutError:0.0000} on {judged.Count} held-back outcomes against {baseline:0.0000} for a version on the first {count}: {verdict}"));
+            inService = UtilityModel.Refit(older, olderJudged);
         }
-        return inService;
+        try
+        {
+            var (candidate, judged) = LearnerGrain.TrainCandidate(training, older[^1].At, 2, training[^1].At);
+            using (candidate)
+            {
+                var baseline = inService.MeanAbsoluteError(judged);
+                var verdict = candidate.Info.HoldoutError < baseline ? "adopted" : "not adopted";
+                Console.WriteLine(Inv($"adoption: a candidate from all {training.Count} has error {candidate.Info.HoldoutError:0.0000} on {judged.Count} held-back outcomes against {baseline:0.0000} for a version on the first {count}: {verdict}"));
+            }
+            return (inService, count);
+        }
+        catch
+        {
+            inService.Dispose();
+            throw;
+        }
     }
 
     private static List<Row> Read(string path)

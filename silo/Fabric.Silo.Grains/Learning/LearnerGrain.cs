@@ -151,7 +151,15 @@ public sealed partial class LearnerGrain(
             && unseen.Count >= Math.Min(50, holdout.Count) && unseen.Count < holdout.Count)
         {
             holdout = unseen;
-            candidate.Rejudge(unseen);
+            try
+            {
+                candidate.Rejudge(unseen);
+            }
+            catch
+            {
+                candidate.Dispose();
+                throw;
+            }
         }
         return (candidate, holdout);
     }
@@ -182,26 +190,36 @@ public sealed partial class LearnerGrain(
         var ordered = outcomes.OrderBy(o => o.At).ToList();
         var version = state.State.NextVersion;
         var now = time.GetUtcNow();
+        var inService = state.State.InService;
+        var current = inService is null ? null : UtilityModel.Load(log.Store, inService.Version);
         string baseline;
         double baselineError;
-        UtilityModel candidate;
-        if (state.State.InService is { } inService && UtilityModel.Load(log.Store, inService.Version) is { } current)
+        UtilityModel? candidate = null;
+        try
         {
-            using (current)
+            (candidate, var judged) = await Task.Run(() => TrainCandidate(ordered, current is null ? null : inService!.TrainedAt, version, now));
+            if (current is not null)
             {
-                (candidate, var judged) = await Task.Run(() => TrainCandidate(ordered, inService.TrainedAt, version, now));
-                baseline = $"model v{inService.Version}";
+                baseline = $"model v{inService!.Version}";
                 baselineError = await Task.Run(() => current.MeanAbsoluteError(judged));
             }
+            else
+            {
+                var catalog = (await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync()).ToDictionary(s => s.Id, StringComparer.Ordinal);
+                baseline = "the prior";
+                baselineError = judged.Where(o => catalog.ContainsKey(o.Stack)).Select(o =>
+                    Math.Abs(prior.Score(catalog[o.Stack], o.Features.ToConditions(o.At), Policy.Default with { Workload = o.Workload }).Score - o.Utility))
+                    .DefaultIfEmpty(double.MaxValue).Average();
+            }
         }
-        else
+        catch
         {
-            (candidate, var judged) = await Task.Run(() => TrainCandidate(ordered, null, version, now));
-            var catalog = (await GrainFactory.GetGrain<ICatalogGrain>(ICatalogGrain.Key).ListAsync()).ToDictionary(s => s.Id, StringComparer.Ordinal);
-            baseline = "the prior";
-            baselineError = judged.Where(o => catalog.ContainsKey(o.Stack)).Select(o =>
-                Math.Abs(prior.Score(catalog[o.Stack], o.Features.ToConditions(o.At), Policy.Default with { Workload = o.Workload }).Score - o.Utility))
-                .DefaultIfEmpty(double.MaxValue).Average();
+            candidate?.Dispose();
+            throw;
+        }
+        finally
+        {
+            current?.Dispose();
         }
         candidate.ComparedWith(baseline, baselineError);
         var info = candidate.Info;
