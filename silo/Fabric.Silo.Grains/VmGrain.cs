@@ -738,11 +738,13 @@ public sealed partial class VmGrain(
         var observed = current is null ? null : Observe(remoteHost, current, now, conditions);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
             previousPending, now, Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost), observed,
-            // Held until judged only where the VM's outcomes come (an agent that reports none would hold every switch). Where
-            // they come, a stack this activation did not choose (stored before it, or kept when a pin was lifted) counts as
-            // chosen long ago: not held, but explored from only on a steady observation like any other (null skipped that
-            // rule, and the learning benchmark's unpinned VMs explored 2.8 s into a phase).
-            _outcomes.ContainsKey(remoteHost) ? _chosen.TryGetValue(remoteHost, out var chosen) ? chosen.At : DateTimeOffset.MinValue : null);
+            // Held until judged only where the VM's outcomes come (an agent that reports none would hold every switch). A
+            // stack this activation did not choose (stored before it, or kept when a pin was lifted) counts as chosen long
+            // ago: not held, but explored from only on a steady observation like any other (null skipped that rule: the
+            // learning benchmark's unpinned VMs explored 2.8 s into a phase). So it does before the path's first outcome
+            // reaches this activation (a reactivated VM hears its host's conditions before the outcomes of the same report):
+            // an exploration the VM's outcomes cannot judge teaches nothing.
+            _outcomes.ContainsKey(remoteHost) || !_chosen.ContainsKey(remoteHost) ? _chosen.TryGetValue(remoteHost, out var chosen) ? chosen.At : DateTimeOffset.MinValue : null);
         if (decision.Exploration)
         {
             _explored[remoteHost] = new(decision.At, conditions);
