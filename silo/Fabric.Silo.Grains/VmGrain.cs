@@ -143,8 +143,18 @@ public sealed partial class VmGrain(
 
     private string? _vmId;
 
+    /// <summary>
+    /// How long after an activation a path whose stack it did not choose, and of which it has heard no outcome yet, is
+    /// taken as one that reports outcomes (see <see cref="Evaluate"/>): an agent reports a VM's outcomes every second, and
+    /// the first report after a reactivation wakes the VM with its conditions before the outcomes of the same report.
+    /// </summary>
+    public static readonly TimeSpan OutcomesExpectedWithin = TimeSpan.FromSeconds(3);
+
+    private DateTimeOffset _activatedAt;
+
     public override Task OnActivateAsync(CancellationToken cancellationToken)
     {
+        _activatedAt = time.GetUtcNow();
         _logFlush = this.RegisterGrainTimer(FlushLogAsync, LogFlushPeriod, LogFlushPeriod);
         // A switch pending when the VM last ran (its silo died, or it was deactivated) is checked when its time is up,
         // not only when the path's conditions are told again.
@@ -738,13 +748,14 @@ public sealed partial class VmGrain(
         var observed = current is null ? null : Observe(remoteHost, current, now, conditions);
         var (decision, pending) = selector.Select(VmId, remoteHost, state.State.Policy, conditions, catalog, hostStacks, current,
             previousPending, now, Random.Shared.NextDouble(), _explored.GetValueOrDefault(remoteHost), _left.GetValueOrDefault(remoteHost), observed,
-            // Held until judged only where the VM's outcomes come (an agent that reports none would hold every switch). A
-            // stack this activation did not choose (stored before it, or kept when a pin was lifted) counts as chosen long
-            // ago: not held, but explored from only on a steady observation like any other (null skipped that rule: the
-            // learning benchmark's unpinned VMs explored 2.8 s into a phase). So it does before the path's first outcome
-            // reaches this activation (a reactivated VM hears its host's conditions before the outcomes of the same report):
-            // an exploration the VM's outcomes cannot judge teaches nothing.
-            _outcomes.ContainsKey(remoteHost) || !_chosen.ContainsKey(remoteHost) ? _chosen.TryGetValue(remoteHost, out var chosen) ? chosen.At : DateTimeOffset.MinValue : null);
+            // Held until judged only where the VM's outcomes come (null: an agent that reports none would hold every switch).
+            // A stack this activation did not choose (stored before it) counts as chosen long ago: not held, but explored
+            // from only on a steady observation like any other (null skipped that rule: the learning benchmark's unpinned
+            // VMs explored 2.8 s into a phase). So it does in the first seconds of an activation, before the path's first
+            // outcome can have reached it (a reactivated VM hears its host's conditions before the outcomes of the same
+            // report, and explored on a prediction alone); after them, a path that brought none reports none.
+            _outcomes.ContainsKey(remoteHost) || (!_chosen.ContainsKey(remoteHost) && now - _activatedAt < OutcomesExpectedWithin)
+                ? _chosen.TryGetValue(remoteHost, out var chosen) ? chosen.At : DateTimeOffset.MinValue : null);
         if (decision.Exploration)
         {
             _explored[remoteHost] = new(decision.At, conditions);
