@@ -54,21 +54,14 @@ internal static class LearningReplay
         }
         var catalog = BuiltInStacks.Load(Fabric.Testing.RepositoryRoot.Directory).ToDictionary(s => s.Id, s => CatalogSync.InfoOf(s.Id, s.Version, s.Profile), StringComparer.Ordinal);
 
-        // As the learner: judged on the newest tenth, served trained on everything.
-        var (judged, holdout) = LearnerGrain.TrainCandidate(training, null, 1, DateTimeOffset.UtcNow);
-        UtilityModel model;
-        using (judged)
-        {
-            model = UtilityModel.Refit(training, judged);
-        }
-        using var served = model;
+        using var model = Served(training, DateTimeOffset.UtcNow);
         var prior = new ProfileScorer();
         var gated = new LearnedScorer(prior, minSupport);
         gated.Use(model, enabled: true);
         var everywhere = new LearnedScorer(prior, 0);
         everywhere.Use(model, enabled: true);
         var scorers = new List<(string Name, IStackScorer Scorer)> { ("prior", prior), ($"model (support {minSupport})", gated), ("model everywhere", everywhere) };
-        Console.WriteLine(Inv($"{path}: {training.Count} training outcomes (model error {model.Info.HoldoutError:0.000} on the newest {holdout.Count}), {groups.Count} fixed cell groups"));
+        Console.WriteLine(Inv($"{path}: {training.Count} training outcomes (model error {model.Info.HoldoutError:0.000} on the newest {model.Info.HoldoutOutcomes}), {groups.Count} fixed cell groups"));
         var (earlier, cut) = inService is { } count ? Adoption(training, count) : (null, 0);
         using var inServiceModel = earlier;
         if (earlier is not null)
@@ -137,12 +130,7 @@ internal static class LearningReplay
             count++;
         }
         var older = training[..count];
-        var (olderJudged, _) = LearnerGrain.TrainCandidate(older, null, 1, older[^1].At);
-        UtilityModel inService;
-        using (olderJudged)
-        {
-            inService = UtilityModel.Refit(older, olderJudged);
-        }
+        var inService = Served(older, older[^1].At);
         try
         {
             var (candidate, judged) = LearnerGrain.TrainCandidate(training, older[^1].At, 2, training[^1].At);
@@ -158,6 +146,16 @@ internal static class LearningReplay
         {
             inService.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>A model as the learner serves one with no version in service: judged on the newest tenth, then trained on all.</summary>
+    private static UtilityModel Served(List<LoggedOutcome> outcomes, DateTimeOffset now)
+    {
+        var (judged, _) = LearnerGrain.TrainCandidate(outcomes, null, 1, now);
+        using (judged)
+        {
+            return UtilityModel.Refit(outcomes, judged);
         }
     }
 

@@ -41,6 +41,17 @@ public class GrainTests(ClusterFixture fixture)
     private static PathSample Sample(string from, string to, double rttMs, double loss, DateTimeOffset at) =>
         new(from, to, rttMs, 0.5, 1000, (long)(loss * 1000), 100, at);
 
+    /// <summary>A decision as a failed assertion shows it: its reason, propensity and every candidate's score.</summary>
+    private static string Described(Decision d) =>
+        $"{d.Reason} (propensity {d.Propensity}) [{string.Join(", ", d.Candidates.Select(c => $"{c.Stack} {c.Score} ± {c.Uncertainty} {c.Source}"))}]";
+
+    /// <summary>
+    /// <paramref name="stack"/> scores close enough to the best to be explored: what keeps a VM from exploring it is then
+    /// the rule a test is about, not the scores.
+    /// </summary>
+    private static void AssertCloseEnoughToExplore(Decision decision, string stack) =>
+        Assert.True(decision.Candidates.Single(c => c.Stack == stack).Score >= decision.Candidates.Max(c => c.Score) - ClusterFixture.Selector.ExploreWithin, Described(decision));
+
     /// <summary>Two hosts with a measured path between them and one VM on the first; returns the VM grain and host ids.</summary>
     private async Task<(IVmGrain Vm, string HostA, string HostB, RecordingAgent Agent)> PlacedVmAsync(Policy? policy = null)
     {
@@ -275,7 +286,7 @@ public class GrainTests(ClusterFixture fixture)
         // Decided again (only the exploration share changes).
         Assert.True((await vm.SetPolicyAsync(Policy("bulk", allow: ["std-ipv4", "fec"], explore: 0.15))).Accepted);
         var decision = (await vm.GetAsync()).Last[b];
-        var seen = $"{decision.Reason} (propensity {decision.Propensity}) [{string.Join(", ", decision.Candidates.Select(c => $"{c.Stack} {c.Score} ± {c.Uncertainty} {c.Source}"))}]";
+        var seen = Described(decision);
         Assert.Equal("observed", decision.Candidates.Single(c => c.Stack == "std-ipv4").Source);
         Assert.True(Math.Abs(decision.Candidates.Single(c => c.Stack == "std-ipv4").Score - fec) < 0.05, seen);
         Assert.True((decision.Stack, decision.Exploration, decision.Propensity) == ("std-ipv4", false, 1), seen);
@@ -295,16 +306,14 @@ public class GrainTests(ClusterFixture fixture)
         await fixture.Cluster.DeactivateAsync((IAddressable)vm);
         Assert.True((await vm.SetPolicyAsync(Policy("latency", allow: ["std-ipv4", "fec"], explore: 0.15))).Accepted);
         var decision = (await vm.GetAsync()).Last[b];
-        string Seen(Decision d) => $"{d.Reason} (propensity {d.Propensity}) [{string.Join(", ", d.Candidates.Select(c => $"{c.Stack} {c.Score} ± {c.Uncertainty} {c.Source}"))}]";
-        // fec is close enough to the best to be explored (so the rule, not the scores, keeps it from exploring).
-        Assert.True(decision.Candidates.Single(c => c.Stack == "fec").Score >= decision.Candidates.Max(c => c.Score) - ClusterFixture.Selector.ExploreWithin, Seen(decision));
-        Assert.True((decision.Stack, decision.Exploration, decision.Propensity) == ("std-ipv4", false, 1), Seen(decision));
+        AssertCloseEnoughToExplore(decision, "fec");
+        Assert.True((decision.Stack, decision.Exploration, decision.Propensity) == ("std-ipv4", false, 1), Described(decision));
 
         // No outcome came in the activation's first seconds: the path reports none, and may explore on a prediction.
         await Task.Delay(VmGrain.OutcomesExpectedWithin + TimeSpan.FromMilliseconds(300), TestContext.Current.CancellationToken);
         Assert.True((await vm.SetPolicyAsync(Policy("latency", allow: ["std-ipv4", "fec"], explore: 0.2))).Accepted);
         var later = (await vm.GetAsync()).Last[b];
-        Assert.True(later.Exploration || later.Propensity < 1, Seen(later));
+        Assert.True(later.Exploration || later.Propensity < 1, Described(later));
     }
 
     /// <summary>
@@ -327,9 +336,8 @@ public class GrainTests(ClusterFixture fixture)
         Assert.Equal("observed", (await vm.GetAsync()).Last[b].Candidates.Single(c => c.Stack == "std-ipv4").Source);
         Assert.True((await vm.SetPolicyAsync(Policy("latency", allow: ["std-ipv4", "fec"], explore: 0.2))).Accepted);
         var decision = (await vm.GetAsync()).Last[b];
-        var seen = $"{decision.Reason} (propensity {decision.Propensity}) [{string.Join(", ", decision.Candidates.Select(c => $"{c.Stack} {c.Score} ± {c.Uncertainty} {c.Source}"))}]";
-        // fec is close enough to the best to be explored (so the rule, not the scores, keeps it from exploring).
-        Assert.True(decision.Candidates.Single(c => c.Stack == "fec").Score >= decision.Candidates.Max(c => c.Score) - ClusterFixture.Selector.ExploreWithin, seen);
+        var seen = Described(decision);
+        AssertCloseEnoughToExplore(decision, "fec");
         Assert.True((decision.Stack, decision.Exploration, decision.Propensity) == ("std-ipv4", false, 1), seen);
     }
 

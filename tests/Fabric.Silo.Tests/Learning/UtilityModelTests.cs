@@ -66,18 +66,19 @@ public sealed class UtilityModelTests : IDisposable
     public void VmsOnPathsOfTheirOwn_GetTheirOwnOutcomesPredicted_TheirEffectsAddNextToNothing()
     {
         var vms = Enumerable.Range(0, 12).Select(i => (Vm: $"vm{i}", Host: $"host-{i % 4}", Remote: $"host-{(i + 1) % 4}-{i}",
-            Workload: new[] { "bulk", "latency", "general" }[i % 3], Rtt: 0.2 + (i * 9.7), Utility: 0.3 + (0.05 * i))).ToList();
+            Workload: new[] { "bulk", "latency", "general" }[i % 3], Rtt: 0.2 + (i * 9.7), Utility: 0.3 + (0.05 * i)))
+            .Select(v => (v.Vm, v.Host, v.Remote, v.Workload, v.Rtt, v.Utility, Features: new OutcomeFeatures(v.Rtt, v.Rtt, 0.1, 0, 0, 100, 0.1))).ToList();
         var outcomes = new List<LoggedOutcome>();
         for (var second = 0; second < 600; second++)
         {
             foreach (var v in vms)
             {
                 outcomes.Add(new LoggedOutcome(OutcomeGenerator.T0.AddSeconds(second), v.Vm, v.Remote, v.Workload, "std-ipv4", "1.0.0", 1, false,
-                    new OutcomeFeatures(v.Rtt, v.Rtt, 0.1, 0, 0, 100, 0.1), 10, v.Rtt, 0, 0.01, v.Utility) { RewardVersion = UtilityModel.SchemaVersion, Host = v.Host });
+                    v.Features, 10, v.Rtt, 0, 0.01, v.Utility) { RewardVersion = UtilityModel.SchemaVersion, Host = v.Host });
             }
         }
         using var model = UtilityModel.Train(outcomes, [], 1, OutcomeGenerator.T0);
-        var seen = vms.Select(v => (v.Vm, v.Utility, P: model.Predict("std-ipv4", v.Workload, new OutcomeFeatures(v.Rtt, v.Rtt, 0.1, 0, 0, 100, 0.1).ToConditions(OutcomeGenerator.T0), v.Vm))).ToList();
+        var seen = vms.Select(v => (v.Vm, v.Utility, P: model.Predict("std-ipv4", v.Workload, v.Features.ToConditions(OutcomeGenerator.T0), v.Vm))).ToList();
         var text = string.Join("; ", seen.Select(s => $"{s.Vm} {s.Utility:0.00}: {s.P.Utility:0.000} (effect {s.P.VmEffect:+0.000;-0.000})"));
         Assert.True(seen.All(s => Math.Abs(s.P.Utility - s.Utility) < 0.02 && Math.Abs(s.P.VmEffect) < 0.02), text);
     }
