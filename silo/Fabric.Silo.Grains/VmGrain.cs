@@ -144,9 +144,10 @@ public sealed partial class VmGrain(
     private string? _vmId;
 
     /// <summary>
-    /// How long after an activation a path whose stack it did not choose, and of which it has heard no outcome yet, is
-    /// taken as one that reports outcomes (see <see cref="Evaluate"/>): an agent reports a VM's outcomes every second, and
-    /// the first report after a reactivation wakes the VM with its conditions before the outcomes of the same report.
+    /// How long after an activation, or after this activation chose a path's stack, a path of which it has heard no outcome
+    /// yet is taken as one that reports outcomes (<see cref="CurrentSince"/>): an agent reports a VM's outcomes every
+    /// second, and the first report after a reactivation wakes the VM with its conditions before the outcomes of the same
+    /// report.
     /// </summary>
     public static readonly TimeSpan OutcomesExpectedWithin = TimeSpan.FromSeconds(3);
 
@@ -739,6 +740,20 @@ public sealed partial class VmGrain(
     [LoggerMessage(LogLevel.Warning, "VM {Vm}: a decision could not be stored or bound on its host ({Error}: {Message}); offered again every 5 s until it is (after a conflicting write, by a fresh activation)")]
     private static partial void LogRebind(ILogger logger, string vm, string error, string message);
 
+    /// <summary>
+    /// When the path's stack was chosen, as the selector takes it (<see cref="StackSelector.Select"/>'s currentSince): where
+    /// the VM's outcomes on the path come, when this activation chose it (a stack stored before the activation: long
+    /// ago); where none has come yet but may still be on its way (within <see cref="OutcomesExpectedWithin"/> of the later
+    /// of the activation and this activation's choice), long ago: not held for outcomes that may never come, but explored
+    /// from only on a steady observation; elsewhere null (a path that reports no outcomes).
+    /// </summary>
+    private DateTimeOffset? CurrentSince(string remoteHost, DateTimeOffset now)
+    {
+        var chosen = _chosen.TryGetValue(remoteHost, out var c) ? c.At : (DateTimeOffset?)null;
+        return _outcomes.ContainsKey(remoteHost) ? chosen ?? DateTimeOffset.MinValue
+            : now - (chosen ?? _activatedAt) < OutcomesExpectedWithin ? DateTimeOffset.MinValue : null;
+    }
+
     /// <summary>Runs select_stack for one path; returns the binding to commit (empty when nothing material changed).</summary>
     private List<Binding> Evaluate(string remoteHost, PathConditions conditions, ImmutableArray<StackInfo> catalog, HashSet<string> hostStacks)
     {
@@ -751,11 +766,11 @@ public sealed partial class VmGrain(
             // Held until judged only where the VM's outcomes come (null: an agent that reports none would hold every switch).
             // A stack this activation did not choose (stored before it) counts as chosen long ago: not held, but explored
             // from only on a steady observation like any other (null skipped that rule: the learning benchmark's unpinned
-            // VMs explored 2.8 s into a phase). So it does in the first seconds of an activation, before the path's first
-            // outcome can have reached it (a reactivated VM hears its host's conditions before the outcomes of the same
-            // report, and explored on a prediction alone); after them, a path that brought none reports none.
-            _outcomes.ContainsKey(remoteHost) || (!_chosen.ContainsKey(remoteHost) && now - _activatedAt < OutcomesExpectedWithin)
-                ? _chosen.TryGetValue(remoteHost, out var chosen) ? chosen.At : DateTimeOffset.MinValue : null);
+            // VMs explored 2.8 s into a phase). So is the stack in the first seconds of an activation, or after this
+            // activation chose it, before the path's first outcome can have arrived (a reactivated VM hears its host's
+            // conditions before the outcomes of the same report, and a new placement is decided again on the next
+            // conditions; both explored on a prediction alone); after them, a path that brought none reports none.
+            CurrentSince(remoteHost, now));
         if (decision.Exploration)
         {
             _explored[remoteHost] = new(decision.At, conditions);

@@ -293,23 +293,29 @@ public class GrainTests(ClusterFixture fixture)
     }
 
     /// <summary>
-    /// A reactivated VM decided before any outcome of its path reaches the new activation (its host's conditions come
-    /// first): its stack counts as chosen long ago, so it explores only once its outcomes say what it gets (before, the
-    /// path counted as one that reports none, and explored on a prediction alone). A path that brings no outcome in the
-    /// activation's first seconds reports none, and explores on predictions as such a path always did.
+    /// A VM decided again before any outcome of its path can have reached it: reactivated (its host's conditions come
+    /// before the outcomes of the same report; its stack counts as chosen long ago), or just placed (its stack chosen a
+    /// moment ago). It explores only once its outcomes say what it gets (before, the path counted as one that reports
+    /// none, and explored on a prediction alone). A path that brings no outcome in those first seconds reports none, and
+    /// explores on predictions as such a path always did.
     /// </summary>
-    [Fact]
-    public async Task AReactivatedVm_DecidedBeforeItsOutcomesArrive_DoesNotExploreOnAPredictionAlone_APathWithoutOutcomesStillExplores()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task AVmDecidedBeforeItsOutcomesCanHaveArrived_ReactivatedOrJustPlaced_DoesNotExploreOnAPredictionAlone_APathWithoutOutcomesStillExplores(bool reactivated)
     {
         var (vm, _, b, _) = await PlacedVmAsync(Policy("latency", allow: ["std-ipv4", "fec"], explore: 0.2));
         Assert.Equal("std-ipv4", (await vm.GetAsync()).Stacks[b]);
-        await fixture.Cluster.DeactivateAsync((IAddressable)vm);
+        if (reactivated)
+        {
+            await fixture.Cluster.DeactivateAsync((IAddressable)vm);
+        }
         Assert.True((await vm.SetPolicyAsync(Policy("latency", allow: ["std-ipv4", "fec"], explore: 0.15))).Accepted);
         var decision = (await vm.GetAsync()).Last[b];
         AssertCloseEnoughToExplore(decision, "fec");
         Assert.True((decision.Stack, decision.Exploration, decision.Propensity) == ("std-ipv4", false, 1), Described(decision));
 
-        // No outcome came in the activation's first seconds: the path reports none, and may explore on a prediction.
+        // No outcome came in the first seconds: the path reports none, and may explore on a prediction.
         await Task.Delay(VmGrain.OutcomesExpectedWithin + TimeSpan.FromMilliseconds(300), TestContext.Current.CancellationToken);
         Assert.True((await vm.SetPolicyAsync(Policy("latency", allow: ["std-ipv4", "fec"], explore: 0.2))).Accepted);
         var later = (await vm.GetAsync()).Last[b];
