@@ -14,9 +14,9 @@ namespace Fabric.Stacks.Fec;
 /// The receiver reports the shard loss it sees about every 100 ms (type StackControl; payload, 32 bits each: loss in
 /// ppm, the shards the report covers, the send stamp of the newest shard it had and how long it held it — the sender's
 /// round trip — and the least any shard queued over the interval). It leaves out what the path's queue overflowed: the
-/// groups whose shards queued (one-way delay over its minimum of the last 10 to 20 s, or since a step up of the path's
-/// own delay held, from the Fabric header's send timestamp; the clocks' offset cancels out, their drift does not) at
-/// least 2 ms and half the recent peak, with the
+/// groups whose shards queued (one-way delay over its minimum of the last 10 to 20 s, or since the last second without
+/// shards, from the Fabric header's send timestamp; the clocks' offset cancels out, their drift does not) at least 2 ms
+/// and half the recent peak, with the
 /// loss in them. Parity cannot outrun an overflowing queue, only add to its load, and the guest's transport must see
 /// that loss to slow down: counting it, parity grew with the load it caused (at 30 ms RTT and 200 Mbit/s a guest got 32
 /// Mbit/s instead of 113). The sender keeps the reports' shards and losses in counts that forget the oldest as new
@@ -105,6 +105,13 @@ public sealed class FecStack : IStack
     private int _queuePeakMicros;
     private const long DelayWindowNanoseconds = 10_000_000_000;
 
+    /// <summary>
+    /// A pause in the shards this long (ns) starts the one-way delay's minimum anew (see <see cref="Queued"/>).
+    /// </summary>
+    private const long QuietNanoseconds = 1_000_000_000;
+
+    private long _lastShardAt;
+
     /// <summary>Loss in a group whose shards queued less than this (µs) is never taken for overflow.</summary>
     private const int CongestionQueueMicros = 2000;
 
@@ -117,31 +124,6 @@ public sealed class FecStack : IStack
     private bool _anyEcho;
     private int _intervalMinQueued = int.MaxValue;
     private int _lastStandingQueue;
-
-    /// <summary>
-    /// A rise of the one-way delay between two shards sent at most this far apart (µs), of at least
-    /// <see cref="StepLeastMicros"/> plus twice how far apart they were sent, is taken as a possible step of the path's
-    /// own delay: a queue grows by at most what arrives beyond the path's rate while the second shard is sent, and to grow
-    /// by twice that and more, traffic would have to arrive at three times the path's rate.
-    /// </summary>
-    private const int StepSentWithinMicros = 10_000;
-
-    /// <summary>The least rise (µs) taken for a step of the path's delay.</summary>
-    private const int StepLeastMicros = 2000;
-
-    /// <summary>
-    /// How long a step must hold (every shard since at least half of it above the delay before it) to be the path's new
-    /// delay rather than a burst of other traffic, which a queue drains in milliseconds.
-    /// </summary>
-    private const long StepHoldsNanoseconds = 200_000_000;
-
-    private bool _anyShard;
-    private uint _lastSent;
-    private uint _lastDelay;
-    private bool _stepping;
-    private long _stepAt;
-    private uint _stepThreshold;
-    private uint _stepMin;
 
     public FecStack(IReadOnlyDictionary<string, string> configuration)
     {
@@ -387,6 +369,14 @@ public sealed class FecStack : IStack
     /// sender's timestamp in the Fabric header; the clocks' offset cancels out) over the smallest one-way delay of the last
     /// 10 to 20 seconds. Each group keeps the most any of its shards queued; the recent peak says how deep the path's queue
     /// gets.
+    /// <para>After a second without shards the minimum starts anew from the next shard: whatever queue this traffic had
+    /// built has drained by then (its shards would still be arriving), so the first shard after it meets the path as it
+    /// is now. The path's own delay may have changed meanwhile: the learning benchmark's training moved a link from 1 to
+    /// 10 ms one way while no VM sent on fec, and against the old minimum every shard after it looked 9 ms queued for
+    /// 10 to 20 s. Every loss was then taken for the queue's overflow and left out of the reports, and the queue for one
+    /// that stands, so the sender sent next to no parity while a guest's TCP lost 2 % of its frames (1 to 8 Mbit/s of
+    /// 200). Where the link itself held the traffic back (an outage of a cellular trace, its queue standing) the new
+    /// minimum is too high, and falls as that queue drains.</para>
     /// </summary>
     private void Queued(uint group, uint sentMicros, long now)
     {
@@ -396,10 +386,15 @@ public sealed class FecStack : IStack
             return;
         }
         var delay = unchecked((uint)(now / 1000) - sentMicros);
-        if (!_anyDelay || now - _delayWindowStart >= 2 * DelayWindowNanoseconds)
+        var quiet = _anyDelay && now - _lastShardAt >= QuietNanoseconds;
+        _lastShardAt = now;
+        if (!_anyDelay || quiet || now - _delayWindowStart >= 2 * DelayWindowNanoseconds)
         {
-            // The first shard, or the first after a long quiet: an old minimum says nothing of the route now.
+            // The first shard, or the first after a quiet: an old minimum says nothing of the path now, nor a peak or a
+            // least queue measured against it.
             (_previousMinDelay, _minDelay, _delayWindowStart, _anyDelay) = (delay, delay, now, true);
+            (_queuePeakMicros, _intervalMinQueued) = (0, int.MaxValue);
+            QuietRestarts += quiet ? 1 : 0;
         }
         else if (now - _delayWindowStart >= DelayWindowNanoseconds)
         {
@@ -411,7 +406,6 @@ public sealed class FecStack : IStack
             // A second or more below the floor: the sender's clock stepped (an agent restarted), not a queue that emptied.
             (_previousMinDelay, _minDelay, _delayWindowStart) = (delay, delay, now);
         }
-        DelayStep(sentMicros, delay, now);
         if ((int)(delay - _minDelay) < 0)
         {
             _minDelay = delay;
@@ -423,63 +417,8 @@ public sealed class FecStack : IStack
         (_echoStamp, _echoArrival, _anyEcho) = (sentMicros, now, true);
     }
 
-    /// <summary>
-    /// Takes a step up of the path's own delay (a route change; the learning benchmark's links going from 1 to 10 ms) as
-    /// the new floor once it has held for <see cref="StepHoldsNanoseconds"/>, instead of 10 to 20 seconds later. Against
-    /// the old floor every shard looks queued: every loss was taken for the queue's overflow and left out of the reports,
-    /// and the queue for one that stands, so the sender sent next to no parity while the guest's TCP lost 2 % of its
-    /// frames (1 to 8 Mbit/s of 200). A queue grows no faster than what arrives beyond the path's rate, so it does not rise
-    /// by milliseconds between two shards sent close together (<see cref="StepSentWithinMicros"/>); a burst of other
-    /// traffic that does so drains within milliseconds, and the step is dropped as soon as a shard comes back below it.
-    /// </summary>
-    private void DelayStep(uint sentMicros, uint delay, long now)
-    {
-        if (_anyShard)
-        {
-            var apart = (int)(sentMicros - _lastSent);
-            var rise = (int)(delay - _lastDelay);
-            if (apart is >= 0 and <= StepSentWithinMicros && rise >= StepLeastMicros + (2 * apart))
-            {
-                (_stepping, _stepAt, _stepThreshold, _stepMin) = (true, now, _lastDelay + (uint)(rise / 2), delay);
-            }
-            else if (_stepping && (int)(delay - _stepThreshold) < 0)
-            {
-                // Back below it: a burst the queue has drained, not a step.
-                _stepping = false;
-            }
-            else if (_stepping)
-            {
-                _stepMin = (int)(delay - _stepMin) < 0 ? delay : _stepMin;
-                if (now - _stepAt >= StepHoldsNanoseconds)
-                {
-                    _stepping = false;
-                    Rebase(_stepMin, now);
-                }
-            }
-        }
-        (_anyShard, _lastSent, _lastDelay) = (true, sentMicros, delay);
-    }
-
-    /// <summary>Makes <paramref name="floor"/> the path's one-way delay without queues; what counted as queued above the old floor, and was not above the new one, no longer does.</summary>
-    private void Rebase(uint floor, long now)
-    {
-        var shift = (int)(floor - DelayFloor);
-        if (shift <= 0)
-        {
-            return;
-        }
-        (_previousMinDelay, _minDelay, _delayWindowStart) = (floor, floor, now);
-        foreach (var state in _groups.Values)
-        {
-            state.QueuedMicros = Math.Max(0, state.QueuedMicros - shift);
-        }
-        _queuePeakMicros = Math.Max(0, _queuePeakMicros - shift);
-        _intervalMinQueued = _intervalMinQueued == int.MaxValue ? int.MaxValue : Math.Max(0, _intervalMinQueued - shift);
-        DelaySteps++;
-    }
-
-    /// <summary>How many steps up of the path's delay this end took as its new floor (<see cref="DelayStep"/>).</summary>
-    public long DelaySteps { get; private set; }
+    /// <summary>How many times a pause in the shards started the one-way delay's minimum anew (<see cref="Queued"/>).</summary>
+    public long QuietRestarts { get; private set; }
 
     /// <summary>The smallest one-way delay of this window and the previous one (serial order: the stamps wrap).</summary>
     private uint DelayFloor => (int)(_previousMinDelay - _minDelay) < 0 ? _previousMinDelay : _minDelay;
@@ -878,7 +817,7 @@ public sealed class FecStack : IStack
             ["peerStandingQueueMs"] = _standingQueueMicros / 1000.0,
             ["groupDeadlineMs"] = GroupDeadline / 1e6,
             ["standingQueueMs"] = _lastStandingQueue / 1000.0,
-            ["delaySteps"] = DelaySteps,
+            ["delayFloorRestarts"] = QuietRestarts,
         },
     };
 
