@@ -176,7 +176,8 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
     /// <param name="observed">What the VM got on <paramref name="current"/> in the last seconds (null: not enough outcomes
     /// yet): the current stack is judged on it, not on a prediction.</param>
     /// <param name="currentSince">When <paramref name="current"/> was chosen (null: the path reports no VM outcomes; a
-    /// time long ago where they come and it is not known): until it has been judged on what the VM gets (<see cref="SelectorOptions.JudgeWithin"/>), it stays; and it
+    /// time long ago where they come and it is not known, or where none has come yet and the first may still be on its
+    /// way: not held for it): until it has been judged on what the VM gets (<see cref="SelectorOptions.JudgeWithin"/>), it stays; and it
     /// explores only while <paramref name="observed"/> says what the VM gets on it on the link as it is.</param>
     public (Decision Decision, PendingSwitch? Pending) Select(string vmId, string remoteHost, Policy policy, PathConditions conditions,
         IReadOnlyCollection<StackInfo> catalog, IReadOnlySet<string> hostStacks, string? current, PendingSwitch? pending, DateTimeOffset now, double random,
