@@ -315,17 +315,7 @@ public class FecTests
         {
             for (var end = now + (long)(seconds * 1e9); now < end; now += 1_000_000)
             {
-                wire.Now = now;
-                sender.Transmit(StackConformance.Frame(1400, (byte)now), now, wire);
-                if (now >= sender.NextTimerNanoseconds)
-                {
-                    sender.OnTimer(now, vm, wire);
-                }
-                while (inFlight.TryPeek(out var deliver, out var due) && due.At <= now)
-                {
-                    inFlight.Dequeue();
-                    deliver(due.At);
-                }
+                Millisecond(sender, wire, vm, inFlight, now, send: true);
             }
         }
 
@@ -449,21 +439,30 @@ public class FecTests
         {
             for (var end = _now + (long)(seconds * 1e9); _now < end; _now += 1_000_000)
             {
-                _wire.Now = _now;
-                if (send)
-                {
-                    Sender.Transmit(StackConformance.Frame(1400, (byte)_now), _now, _wire);
-                }
-                if (_now >= Sender.NextTimerNanoseconds)
-                {
-                    Sender.OnTimer(_now, _vm, _wire);
-                }
-                while (_inFlight.TryPeek(out var deliver, out var due) && due.At <= _now)
-                {
-                    _inFlight.Dequeue();
-                    deliver(due.At);
-                }
+                Millisecond(Sender, _wire, _vm, _inFlight, _now, send);
             }
+        }
+    }
+
+    /// <summary>
+    /// One millisecond of a simulated path at <paramref name="now"/>: the sender sends a 1,400-byte frame (when
+    /// <paramref name="send"/>) and runs its timer when due, and what is in flight and due arrives.
+    /// </summary>
+    private static void Millisecond(FecStack sender, Wire wire, Vm vm, PriorityQueue<Action<long>, (long At, long Order)> inFlight, long now, bool send)
+    {
+        wire.Now = now;
+        if (send)
+        {
+            sender.Transmit(StackConformance.Frame(1400, (byte)now), now, wire);
+        }
+        if (now >= sender.NextTimerNanoseconds)
+        {
+            sender.OnTimer(now, vm, wire);
+        }
+        while (inFlight.TryPeek(out var deliver, out var due) && due.At <= now)
+        {
+            inFlight.Dequeue();
+            deliver(due.At);
         }
     }
 
