@@ -16,20 +16,18 @@ namespace Fabric.Stacks.Fec;
 /// round trip — and the least any shard queued over the interval). It leaves out what the path's queue overflowed: the
 /// groups whose shards queued (one-way delay over its minimum of the last 10 to 20 s, or since the last second without
 /// shards, from the Fabric header's send timestamp; the clocks' offset cancels out, their drift does not) at least 2 ms
-/// and half the recent peak, with the
-/// loss in them. Parity cannot outrun an overflowing queue, only add to its load, and the guest's transport must see
-/// that loss to slow down: counting it, parity grew with the load it caused (at 30 ms RTT and 200 Mbit/s a guest got 32
-/// Mbit/s instead of 113). The sender keeps the reports' shards and losses in counts that forget the oldest as new
-/// shards come (about the last 8,000), and picks the smallest m whose share of frames lost for good (more than m of a
-/// group's shards lost, binomial) is below the target at the upper end of what those counts allow (Wilson, one-sided
-/// 95 %): a path seen over few
-/// shards gets more parity than its point estimate asks, which is when a guest's TCP is in slow start and a lost frame
-/// costs it most, and costs few bytes, for there is little traffic. The parity is capped by the policy's overhead
-/// budget. The default target, 3 ppm of frames lost for good, is what a loss-based TCP needs to fill a long fast path:
-/// at 120 ms and 100 Mbit/s, Mathis' estimate allows about 3 losses in a million packets. Where the peer reports a
-/// standing queue the path is full and parity displaces the guests' own bytes; the target is then what a TCP at this
-/// rate and round trip bears (<see cref="Tolerance"/>), and a group may go without parity: a marker (kind 3) then
-/// tells the receiver its size, so that its loss is still counted.
+/// and half the recent peak, with the loss in them. Parity cannot outrun an overflowing queue, only add to its load, and
+/// the guest's transport must see that loss to slow down: counting it, parity grew with the load it caused (at 30 ms
+/// RTT and 200 Mbit/s a guest got 32 Mbit/s instead of 113). The sender keeps the reports' shards and losses in counts
+/// that forget the oldest as new shards come (about the last 8,000), and picks the smallest m whose share of frames
+/// lost for good (more than m of a group's shards lost, binomial) is below the target at the upper end of what those
+/// counts allow (Wilson, one-sided 95 %): a path seen over few shards gets more parity than its point estimate asks,
+/// which is when a guest's TCP is in slow start and a lost frame costs it most, and costs few bytes, for there is little
+/// traffic. The parity is capped by the policy's overhead budget. The default target, 3 ppm of frames lost for good,
+/// is what a loss-based TCP needs to fill a long fast path: at 120 ms and 100 Mbit/s, Mathis' estimate allows about 3
+/// losses in a million packets. Where the peer reports a standing queue the path is full and parity displaces the
+/// guests' own bytes; the target is then what a TCP at this rate and round trip bears (<see cref="Tolerance"/>), and a
+/// group may go without parity: a marker (kind 3) then tells the receiver its size, so that its loss is still counted.
 /// <para>Stack fields (8 bytes): group (32 bits), index (8: data 0..k-1, parity k..k+m-1), k (8), m (8), kind (8: 0
 /// data, 1 parity, 2 loss report, 3 a group closed without parity, index = k). Data shards carry the previous group's k
 /// and m (the first group's: 0 and 0), so that a group is counted even when all its parity, or its marker, was lost.</para>
