@@ -386,7 +386,8 @@ public sealed class FecStack : IStack
         var delay = unchecked((uint)(now / 1000) - sentMicros);
         var quiet = _anyDelay && now - _lastShardAt >= QuietNanoseconds;
         _lastShardAt = now;
-        if (!_anyDelay || quiet || now - _delayWindowStart >= 2 * DelayWindowNanoseconds)
+        // (A window started twice its length ago can only mean such a quiet: shards a second apart roll the window.)
+        if (!_anyDelay || quiet)
         {
             // The first shard, or the first after a quiet: an old minimum says nothing of the path now, nor a peak or a
             // least queue measured against it.
