@@ -113,6 +113,10 @@ public sealed class TcpMeterTests
         var stuck = meter.Take(frames[7].TimestampNanoseconds + 500_000_000);
         Assert.Equal(1, stuck.Responses);
         Assert.Equal(500, stuck.ResponseP99Ms, 3);
+        // An interval in which the waiting VM sent nothing (a retransmission timeout) still counts its flow, so the VM's
+        // outcome is reported: a VM that only reported when it sent would go unheard exactly while it is stuck.
+        var silent = meter.Take(frames[7].TimestampNanoseconds + 600_000_000);
+        Assert.Equal((0, 1, "request-response"), (silent.Packets, silent.Flows, silent.Shape));
         // The VM sends the request again and still waits: counted from the first copy, interval after interval, for at
         // most ten seconds (a conversation whose end this host never saw).
         meter.OnEgress(frames[7].Data.Span, frames[7].TimestampNanoseconds + 700_000_000);
@@ -177,6 +181,68 @@ public sealed class TcpMeterTests
         var interval = Feed(frames[..5], bulk, "fec");
         Assert.Equal(0, interval.Responses);
         Assert.InRange(interval.TailP99Ms, interval.RttP99Ms / 1.091, interval.RttP99Ms * 1.091);
+    }
+
+    /// <summary>
+    /// Ten seconds of a quick link fill the window with a thousand 2-ms answers; then the link slows and the next second
+    /// brings three 300-ms answers. Pooled, those are 3 of 1,003 samples and the window's p99 is still the quick link's;
+    /// the tail is at least the median of the second that ends, so the VM is judged on the link it has now. And a VM that
+    /// is stuck, no answer and no packet for two seconds, has a tail as late as its wait.
+    /// </summary>
+    [Fact]
+    public void WhereTheLinkJustSlowed_TheTailIsAtLeastTheSecondsMedian_NotTheQuickAnswersOfTheSecondsBefore()
+    {
+        var frames = Capture();
+        var meter = new TcpMeter();
+        meter.Take(frames[0].TimestampNanoseconds - 1, "arq-lowlat");
+        Feed(frames[..3], meter, "arq-lowlat");
+        var (at, exchange) = (frames[3].TimestampNanoseconds, 0);
+        TcpInterval quick = TcpInterval.Empty;
+        for (var second = 0; second < 10; second++)
+        {
+            for (var i = 0; i < 100; i++, at += 10_000_000)
+            {
+                Exchange(meter, frames, exchange++, at, answerAfter: 2_000_000);
+            }
+            quick = meter.Take(at, "arq-lowlat");
+        }
+        Assert.Equal(100, quick.Responses);
+        Assert.InRange(quick.TailP99Ms, 2 / 1.091, 2 * 1.091);
+        for (var i = 0; i < 3; i++, at += 333_000_000)
+        {
+            Exchange(meter, frames, exchange++, at, answerAfter: 300_000_000);
+        }
+        var slowed = meter.Take(at, "arq-lowlat");
+        Assert.Equal(3, slowed.Responses);
+        Assert.InRange(slowed.TailP99Ms, 300 / 1.091, 300 * 1.091);
+
+        // Stuck: a request and nothing back for two seconds, no packet in the second interval.
+        meter.OnEgress(Shifted(frames[3], exchange, at).Data.Span, at);
+        meter.Take(at + 1_000_000_000, "arq-lowlat");
+        var stuck = meter.Take(at + 2_000_000_000, "arq-lowlat");
+        Assert.Equal((0, 1), (stuck.Packets, stuck.Flows));
+        Assert.InRange(stuck.TailP99Ms, 2000 / 1.091, 2000 * 1.091);
+    }
+
+    /// <summary>The capture's first request (frame 4) and its answer (frame 6), as the <paramref name="n"/>-th exchange of the conversation: the request at <paramref name="at"/>, the answer <paramref name="answerAfter"/> ns later.</summary>
+    private static void Exchange(TcpMeter meter, List<CaptureRecord> frames, int n, long at, long answerAfter)
+    {
+        meter.OnEgress(Shifted(frames[3], n, at).Data.Span, at);
+        meter.OnIngress(Shifted(frames[5], n, at + answerAfter).Data.Span, at + answerAfter);
+    }
+
+    /// <summary>
+    /// Frame 4 (the client's 53-byte request) or frame 6 (the server's 78-byte answer) moved <paramref name="n"/> exchanges
+    /// on: its sequence number by n of its own payloads, its acknowledgment by n of the other side's.
+    /// </summary>
+    private static CaptureRecord Shifted(CaptureRecord frame, int n, long at)
+    {
+        var bytes = frame.Data.ToArray();
+        var tcp = 14 + ((bytes[14] & 0x0f) * 4);
+        var (own, other) = FromClient(frame) ? (53u, 78u) : (78u, 53u);
+        BinaryPrimitives.WriteUInt32BigEndian(bytes.AsSpan(tcp + 4), BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(tcp + 4)) + ((uint)n * own));
+        BinaryPrimitives.WriteUInt32BigEndian(bytes.AsSpan(tcp + 8), BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(tcp + 8)) + ((uint)n * other));
+        return frame with { Data = bytes, TimestampNanoseconds = at };
     }
 
     /// <summary>

@@ -32,8 +32,9 @@ public sealed record TcpInterval(
     /// answer times (and each request still waiting, once) where answers are at least 1 % as many as RTT samples, else its
     /// RTTs; NaN without samples, as in the interval the stack changed in (what it saw was the previous stack's). What a
     /// latency VM is judged on: a tail that shows in one second of fifteen is the p99 a tenant sees over minutes, and a
-    /// mean of per-second scores hides it. Few samples after a change read the tail low (the largest of a few is below
-    /// the p99 of many).
+    /// mean of per-second scores hides it. Never below the median of the interval's own answers (with the requests still
+    /// waiting): where the link just slowed, the window's many quick answers would hide the few slow ones for seconds. Few
+    /// samples after a change of stack read the tail low (the largest of a few is below the p99 of many).
     /// </summary>
     public double TailP99Ms { get; init; } = double.NaN;
 
@@ -213,6 +214,13 @@ public sealed class TcpMeter
                 && (now - flow.LastRequestAt) / 1e6 is var waited && waited > latest && waited <= MaxCensoredMs)
             {
                 Sample(_responses, waited);
+                // A flow waiting for its answer is in use, packets or not: a request stuck in a retransmission timeout
+                // (a cellular outage) sends nothing for seconds, and an interval without it would say nothing of the wait.
+                if (flow.Interval != _interval)
+                {
+                    flow.Interval = _interval;
+                    _activeFlows++;
+                }
                 if (flow.LastRequestAt >= _windowStart)
                 {
                     // In the window's percentile once, as it stands now: not recorded, or a request stuck for three
@@ -235,17 +243,24 @@ public sealed class TcpMeter
 
     /// <summary>
     /// The window's p99: of the answer times (with the requests still waiting) when answers are at least 1 % as many as
-    /// RTT samples — a request/response VM; else of the RTTs — a bulk VM, whose few control exchanges say little.
+    /// RTT samples — a request/response VM; else of the RTTs — a bulk VM, whose few control exchanges say little. At
+    /// least the median of the interval that ends (<see cref="LatencyWindow.IntervalPercentile"/>): the window pools
+    /// samples, not seconds, so where the link just slowed, the many quick answers of its last seconds outnumbered the few
+    /// slow ones for up to the whole window (the learning benchmark's latency VM: 7 ms for 8 s into a 300-ms cellular
+    /// phase, from the 3 ms link's answers before it) — half of this second's answers bound its tail from below.
     /// </summary>
     private double Tail()
     {
         var answers = (_responseWindow?.Count ?? 0) + _waiting.Count;
         if (answers > 0 && answers * 100L >= (_rttWindow?.Count ?? 0))
         {
-            return (_responseWindow ?? LatencyWindow.Empty).Percentile(0.99, _waiting);
+            var window = _responseWindow ?? LatencyWindow.Empty;
+            return AtLeast(window.Percentile(0.99, _waiting), window.IntervalPercentile(0.5, _waiting));
         }
-        return _rttWindow?.Percentile(0.99) ?? double.NaN;
+        return _rttWindow is { } rtt ? AtLeast(rtt.Percentile(0.99), rtt.IntervalPercentile(0.5)) : double.NaN;
     }
+
+    private static double AtLeast(double tail, double floor) => double.IsNaN(floor) ? tail : double.IsNaN(tail) ? floor : Math.Max(tail, floor);
 
     private bool TryParse(ReadOnlySpan<byte> frame, bool egress, out FlowKey key, out TcpSegment tcp)
     {
@@ -429,14 +444,22 @@ public sealed class LatencyWindow
     /// The pooled percentile (the sample at rank ⌊p·n⌋, as <see cref="TcpMeter"/> takes an interval's) of the window and
     /// <paramref name="also"/> (values counted once, not recorded); NaN when both are empty.
     /// </summary>
-    public double Percentile(double p, IReadOnlyList<double>? also = null)
+    public double Percentile(double p, IReadOnlyList<double>? also = null) => Ranked(p, also, intervalOnly: false);
+
+    /// <summary>
+    /// The percentile (as <see cref="Percentile"/> takes it) of the interval under way alone, with <paramref name="also"/>;
+    /// NaN when both are empty.
+    /// </summary>
+    public double IntervalPercentile(double p, IReadOnlyList<double>? also = null) => Ranked(p, also, intervalOnly: true);
+
+    private double Ranked(double p, IReadOnlyList<double>? also, bool intervalOnly)
     {
         var extra = new int[Buckets];
         foreach (var ms in also ?? [])
         {
             extra[BucketOf(ms)]++;
         }
-        var count = Count + (also?.Count ?? 0);
+        var count = (intervalOnly ? _totals[_current] : Count) + (also?.Count ?? 0);
         if (count == 0)
         {
             return double.NaN;
@@ -447,7 +470,7 @@ public sealed class LatencyWindow
             rank -= extra[b];
             for (var i = 0; i < Intervals; i++)
             {
-                rank -= _counts[i, b];
+                rank -= !intervalOnly || i == _current ? _counts[i, b] : 0;
             }
             if (rank < 0)
             {
