@@ -124,6 +124,56 @@ public sealed class CapacityTrainTests
         Assert.Equal(48, After(4.5));
     }
 
+    /// <summary>
+    /// A 150 Mbit/s link turns into a cellular trace's 36 kbit/s (the learning benchmark's Verizon EVDO phase, where the
+    /// 48-member train sized for the old rate, 60 KB, held every answer behind it for 13 s and gave each stack in turn a
+    /// 13-s p99). The probes' round trip rose from 1 to 300 ms, so the old rate no longer holds: the next train is the
+    /// shortest; unanswered, the trains back off (10, 20, 40 s apart, up to a minute) and stay the shortest; answered, the
+    /// 36 kbit/s they measured spaces them so they take at most a twentieth of the link.
+    /// </summary>
+    [Fact]
+    public void WhereTheProbesSayTheLinkSlowed_TrainsAreTheShortest_BackOff_AndTakeAtMostATwentiethOfTheSlowLink()
+    {
+        var sender = new Sender();
+        Assert.Equal(8, sender.After(6));
+        sender.Answer(150_000);
+        Assert.Equal(PathMonitor.MaxTrainMembers, sender.After(5.6));
+        sender.Answer(150_000);
+
+        sender.Probe(rttMs: 300);
+        Assert.Equal(PathMonitor.MinTrainMembers, sender.After(5.6));
+        var sent = new List<(double At, int Members)>();
+        for (var second = 1; second <= 120; second++)
+        {
+            sender.Probe(rttMs: 300);
+            if (sender.After(1) is > 0 and var members)
+            {
+                sent.Add((second, members));
+            }
+        }
+        Assert.All(sent, s => Assert.Equal(PathMonitor.MinTrainMembers, s.Members));
+        // The first a period on (±10 %: the one before it was answered), then 10, 20 and 40 s apart.
+        Assert.InRange(sent[0].At, 5, 6);
+        Assert.Equal([10, 20, 40], sent.Skip(1).Select((s, i) => s.At - sent[i].At));
+
+        // Answered at last: 36 kbit/s. Four members are 1.07 s of that link, so trains come at least 21.3 s apart, the
+        // confirmations of a rate so far off the last included (elsewhere a second apart).
+        sender.Answer(36, rttMs: 300);
+        var answered = new List<double>();
+        for (var second = 1; second <= 90; second++)
+        {
+            sender.Probe(rttMs: 300);
+            if (sender.After(1) is > 0 and var members)
+            {
+                Assert.Equal(PathMonitor.MinTrainMembers, members);
+                answered.Add(second);
+                sender.Answer(36, rttMs: 300);
+            }
+        }
+        Assert.True(answered.Count >= 3, $"{answered.Count} trains in 90 s");
+        Assert.All(answered.Skip(1).Select((at, i) => at - answered[i]), gap => Assert.InRange(gap, 21, 30));
+    }
+
     /// <summary>A path's sending end on a clock the test moves: sends each train that is due, and answers the last one sent as its peer would.</summary>
     private sealed class Sender
     {
@@ -147,14 +197,22 @@ public sealed class CapacityTrainTests
             return members;
         }
 
-        /// <summary>The peer's probe reply a millisecond later, with the last train sent measured at <paramref name="kbps"/>.</summary>
-        public void Answer(long kbps)
+        /// <summary>The peer's probe reply <paramref name="rttMs"/> later, with the last train sent measured at <paramref name="kbps"/>.</summary>
+        public void Answer(long kbps, double rttMs = 1)
         {
             var reply = new byte[PathMonitor.TrainReplyLength];
             _monitor.WriteProbe(reply, _now);
             BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(32), _sent);
             BinaryPrimitives.WriteInt64BigEndian(reply.AsSpan(40), kbps);
-            _monitor.OnReply(reply, _now + 1_000_000);
+            _monitor.OnReply(reply, _now + (long)(rttMs * 1e6));
+        }
+
+        /// <summary>A probe, answered <paramref name="rttMs"/> later without a train's rate.</summary>
+        public void Probe(double rttMs)
+        {
+            var reply = new byte[PathMonitor.ReplyLength];
+            _monitor.WriteProbe(reply, _now);
+            _monitor.OnReply(reply, _now + (long)(rttMs * 1e6));
         }
     }
 

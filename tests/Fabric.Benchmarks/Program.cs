@@ -10,7 +10,7 @@ return args.FirstOrDefault() switch
     "stacks" => StacksBenchmark.Run(args.Contains("--full") ? "full" : args.Contains("--smoke") ? "smoke" : "quick",
         args.Skip(1).TakeWhile(a => !a.StartsWith("--", StringComparison.Ordinal)).Where(a => int.TryParse(a, out _)).Select(int.Parse).DefaultIfEmpty(5).First(),
         int.Parse(Option("--latency-seconds") ?? "10", System.Globalization.CultureInfo.InvariantCulture), Option("--csv") ?? "stacks.csv",
-        Option("--testdata") ?? Path.GetFullPath(Path.Combine(Fabric.Testing.RepositoryRoot.Directory, "..", "shared", "testdata")), Option("--cells"), Option("--carriers"), args.Contains("--trace")),
+        Option("--testdata") ?? Path.GetFullPath(Path.Combine(Fabric.Testing.RepositoryRoot.Directory, "..", "shared", "testdata")), Option("--cells"), Option("--carriers"), args.Contains("--trace"), Option("--schedule")),
     "stacks-report" when args.Length == 2 => StacksBenchmark.Report(args[1]),
     "controlplane" => await ControlPlane(),
     "fleet" when args.Length == 1 || args is [_, "--compare-security"] => await FleetBenchmark.RunAsync(args.Length == 2),

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Fabric.Embedded;
+using Fabric.LinkEmulator;
 using Fabric.Testing;
 
 namespace Fabric.Benchmarks;
@@ -43,6 +44,11 @@ internal static partial class StacksBenchmark
         return new Cell(Invariant($"{rtt} ms {loss} % {(rate == 0 ? "unlimited" : $"{rate} Mbit/s")}"), rtt, loss, rate, settings, settings);
     }
 
+    /// <summary>A cell of emulator settings each way, described by its forward profile (RTT, mean loss, rate or trace's mean).</summary>
+    private static Cell Settings(string name, LinkProfile forward, LinkProfile reverse, IReadOnlyList<string> aToB, IReadOnlyList<string> bToA) =>
+        new(name, 2 * forward.Delay.TotalMilliseconds, (forward.LossRate + reverse.LossRate) * 50,
+            (forward.Trace?.AverageBitsPerSecond ?? forward.RateBitsPerSecond) / 1e6, aToB, bToA);
+
     private static string Invariant(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 
     /// <param name="mode">quick, full or smoke.</param>
@@ -52,18 +58,31 @@ internal static partial class StacksBenchmark
     /// <param name="testData">The shared test data (recorded link conditions).</param>
     /// <param name="onlyCells">A regular expression the cells' names must match.</param>
     /// <param name="onlyCarriers">Carriers to run, comma-separated.</param>
-    /// <param name="trace">Print the sending stack's gauges (queue, window, delivery rate, …) once a second while iperf3 runs.</param>
-    public static int Run(string mode, int seconds, int latencySeconds, string csv, string? testData, string? onlyCells = null, string? onlyCarriers = null, bool trace = false)
+    /// <param name="trace">Print the sending stack's gauges (queue, window, delivery rate, …) once a second while iperf3 and sockperf run.</param>
+    /// <param name="schedule">A link schedule (<see cref="LinkSchedule"/>) whose phases are the cells, in place of the mode's:
+    /// a learning schedule's phase looked at stack by stack.</param>
+    public static int Run(string mode, int seconds, int latencySeconds, string csv, string? testData, string? onlyCells = null, string? onlyCarriers = null, bool trace = false,
+        string? schedule = null)
     {
         if (!Privileged.IsRoot)
         {
             Console.Error.WriteLine($"stacks benchmark: {Privileged.SkipReason}");
             return 2;
         }
-        var recorded = LinkScenarios.Recorded(testData, TimeSpan.Zero).Select(p => new Cell(p.Name, 2 * p.Forward.Delay.TotalMilliseconds,
-            (p.Forward.LossRate + p.Reverse.LossRate) * 50, (p.Forward.Trace?.AverageBitsPerSecond ?? p.Forward.RateBitsPerSecond) / 1e6,
-            [.. Reset, .. p.ForwardSettings], [.. Reset, .. p.ReverseSettings]));
-        Cell[] cells = mode switch
+        var recorded = LinkScenarios.Recorded(testData, TimeSpan.Zero).Select(p => Settings(p.Name, p.Forward, p.Reverse, [.. Reset, .. p.ForwardSettings], [.. Reset, .. p.ReverseSettings]));
+        LinkSchedule? phases = null;
+        try
+        {
+            phases = schedule is null ? null : LinkSchedule.Load(schedule);
+        }
+        catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"stacks benchmark: --schedule: {e.Message}");
+            return 2;
+        }
+        Cell[] cells = phases is not null
+            ? [.. phases.Phases.Select((p, i) => Settings(Invariant($"{phases.Name} phase {i + 1}"), p.Forward, p.Reverse, p.EmulatorWords(forward: true), p.EmulatorWords(forward: false)))]
+            : mode switch
         {
             "smoke" => [Grid(30, 2, 20)],
             "full" => [Grid(2, 0, 0), .. from rtt in new[] { 2.0, 30, 120 } from loss in new[] { 0, 0.5, 2, 5 } from rate in new[] { 20, 200 } select Grid(rtt, loss, rate), .. recorded],
@@ -138,8 +157,14 @@ internal static partial class StacksBenchmark
                     var (goodput, delivered) = Iperf(ns, iperfTarget, iperfPort, seconds);
                     tracing?.Dispose();
                     var overhead = delivered > 0 ? (UplinkBytes(topology) - before) / (double)delivered - 1 : double.NaN;
+                    if (trace && Stacks.Contains(carrier))
+                    {
+                        Console.Error.WriteLine($"  {carrier}: sockperf");
+                    }
+                    using var latencyTracing = trace && Stacks.Contains(carrier) ? new GaugeTrace(topology, stack, vm1.Namespace, vm3.IPv4) : null;
                     var latency = sockperfTarget is null ? SockperfOnFreshServer(vm1, vm3, latencySeconds)
                         : Sockperf(ns, sockperfTarget, sockperfPort, latencySeconds);
+                    latencyTracing?.Dispose();
                     var row = new Row(cell, carrier, goodput, Percentile(latency, "50.000"), Percentile(latency, "99.000"), Samples(latency), overhead);
                     rows.Add(row);
                     Console.Error.WriteLine(Line(row));

@@ -73,9 +73,13 @@ public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double Ji
 /// conditions take the larger of that and what the path delivered. A train is sized to last about
 /// <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span the
 /// receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
-/// every 5 s). Once a rate is known, a train that got no answer is followed by one a quarter of its size, and the shortest
-/// by the longest, the trains after an unanswered one a second apart (a report interval if longer; at most three in a
-/// row); a rate more than twice off the last is confirmed by two more as far apart (at most once a period).
+/// every 5 s) — and the shortest where the probes say that rate no longer holds (their round trip more than doubled, or
+/// unanswered). Once a rate is known, a train that got no answer is followed by one a quarter of its size, and the
+/// shortest by the longest only on a link fast enough that the shortest is too short to time, the trains after an
+/// unanswered one a second apart (a report interval if longer; at most three in a row; where the rate no longer holds,
+/// twice the period after the last instead, up to a minute); a rate more than twice off the last is confirmed by two
+/// more as far apart (at most once a period). Trains take at most a twentieth of the path at the rate last measured
+/// (<see cref="MaxTrainShare"/>): on a slower link than about 150 kbit/s they come further apart than a period.
 /// </remarks>
 internal sealed class PathMonitor
 {
@@ -148,28 +152,76 @@ internal sealed class PathMonitor
             return 0;
         }
         // Before any rate is known, a short train (a shallow buffer must not drop the tail of a long one, whose losses
-        // would count as the path's); then one that lasts about TrainTargetMs at the rate last measured. Once a rate is
-        // known, a train that got no answer (fewer than half its members arrived, or too close together to time) is
-        // followed by one of another size: a quarter of a long one, down to the shortest, then the longest again. A link
-        // that slowed under load drops most of a train sized for its old rate (the learning benchmark's 300 → 13 Mbit/s
-        // link with a 37-packet queue that a CUBIC VM kept full: 48 members, none answered, and the path's capacity
-        // stayed 300 for the whole phase); a short train on a fast link arrives too close together to time. A peer that
-        // never answered one (an agent that predates trains) keeps getting short ones.
+        // would count as the path's); then one that lasts about TrainTargetMs at the rate last measured, while that rate
+        // still holds (RateHolds): where the probes say the path changed, the shortest, or a train sized for a link the
+        // path no longer has floods the one it has (the learning benchmark's 150 Mbit/s link turned into Verizon's EVDO
+        // trace, about 36 kbit/s one way: 48 members, 60 KB, held every answer and acknowledgement behind them for 13 s).
+        // Once a rate is known, a train that got no answer (fewer than half its members arrived, or too close together to
+        // time) is followed by one of another size: a quarter of a long one, down to the shortest, then — only on a link
+        // the last rate says is fast enough that the shortest arrives too close together to time — the longest again. A
+        // link that slowed under load drops most of a train sized for its old rate (the learning benchmark's 300 → 13
+        // Mbit/s link with a 37-packet queue that a CUBIC VM kept full: 48 members, none answered, and the path's capacity
+        // stayed 300 for the whole phase). A peer that never answered one (an agent that predates trains) keeps getting
+        // short ones.
         var unanswered = _lastTrainMembers > 0 && _highestTrainAnswered < _trainId && double.IsFinite(_trainCapacityMbps);
-        _lastTrainMembers = unanswered
-            ? _lastTrainMembers > MinTrainMembers ? Math.Max(MinTrainMembers, _lastTrainMembers / 4) : MaxTrainMembers
-            : double.IsFinite(_trainCapacityMbps)
-                ? (int)Math.Clamp(_trainCapacityMbps * 1e6 * TrainTargetMs / 1000 / (TrainMemberLength * 8), MinTrainMembers, MaxTrainMembers)
-                : 2 * MinTrainMembers;
+        var holds = RateHolds(now);
+        _lastTrainMembers = !double.IsFinite(_trainCapacityMbps) ? 2 * MinTrainMembers
+            : !holds ? MinTrainMembers
+            : unanswered ? _lastTrainMembers > MinTrainMembers ? Math.Max(MinTrainMembers, _lastTrainMembers / 4)
+                : TrainSeconds(MinTrainMembers, _trainCapacityMbps) < TooShortToTimeSeconds ? MaxTrainMembers : MinTrainMembers
+            : (int)Math.Clamp(_trainCapacityMbps * 1e6 * TrainTargetMs / 1000 / (TrainMemberLength * 8), MinTrainMembers, MaxTrainMembers);
         // The next a second after one that follows an unanswered train (at most QuickTrains in a row), or one that found
         // a rate more than twice off the one before it (the path's conditions take a change of the bottleneck from
         // three trains in a row); else in a period, spread over ±10 % so the paths of a host do not send theirs together.
+        // Where the rate no longer holds, unanswered trains back off instead, each twice the period after the last (at
+        // most MaxTrainBackoffNanoseconds). And a train takes at most 1/MaxTrainShare of the path at the rate last measured:
+        // on a slow link they come further apart.
         _unansweredInRow = unanswered ? _unansweredInRow + 1 : 0;
-        var quick = (unanswered && _unansweredInRow <= QuickTrains) || _confirming > 1;
+        var quick = holds && ((unanswered && _unansweredInRow <= QuickTrains) || _confirming > 1);
         _confirming = Math.Max(0, _confirming - 1);
-        _nextTrainAt = now + (quick ? QuickSpacing : (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble()))));
+        var period = quick ? QuickSpacing
+            : unanswered && !holds ? Math.Min(TrainEveryNanoseconds << Math.Min(_unansweredInRow, 8), MaxTrainBackoffNanoseconds)
+            : (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble())));
+        if (double.IsFinite(_trainCapacityMbps))
+        {
+            period = Math.Max(period, (long)(MaxTrainShare * TrainSeconds(_lastTrainMembers, _trainCapacityMbps) * 1e9));
+        }
+        _nextTrainAt = now + period;
         return _lastTrainMembers;
     }
+
+    /// <summary>A train's members take at most one part in this many of the path's time at the rate last measured.</summary>
+    public const int MaxTrainShare = 20;
+
+    /// <summary>The longest wait between trains that go unanswered on a path whose rate no longer holds.</summary>
+    public static readonly long MaxTrainBackoffNanoseconds = 60_000_000_000;
+
+    /// <summary>A train that spans less than this at the rate last measured may arrive too close together to time (the
+    /// receiver needs 100 µs between its first and last member, and receives in batches).</summary>
+    private const double TooShortToTimeSeconds = 0.001;
+
+    private static double TrainSeconds(int members, double mbps) => members * (double)TrainMemberLength * 8 / (mbps * 1e6);
+
+    /// <summary>
+    /// Whether the rate the last answered train measured still describes the path: the probes answer (none waits more
+    /// than a second, or four times the round trip the rate was taken at), and their latest round trip is at most twice
+    /// that one's and 2 ms. A link that slowed shows so in the probes within a few of them, long before a train could.
+    /// </summary>
+    private bool RateHolds(long now)
+    {
+        var reference = _trainRttMs;
+        if (!double.IsFinite(reference))
+        {
+            return true;
+        }
+        var waiting = _unansweredSince > 0 && now - _unansweredSince > Math.Max(1e9, 4 * reference * 1e6);
+        return !waiting && !(_lastRtt > (2 * reference) + 2);
+    }
+
+    // The probes' round trip when the last rate was taken (NaN: none taken), and since when a probe has been waiting for
+    // an answer (0: none has, since the last reply).
+    private double _trainRttMs = double.NaN;
+    private long _unansweredSince;
 
     /// <summary>The least time between quick trains (see <see cref="TrainDue"/>).</summary>
     public static readonly long QuickTrainNanoseconds = 1_000_000_000;
@@ -296,6 +348,7 @@ internal sealed class PathMonitor
         BinaryPrimitives.WriteInt64BigEndian(buffer, ++_probeNumber);
         BinaryPrimitives.WriteInt64BigEndian(buffer[8..], now);
         _probesSent++;
+        _unansweredSince = _unansweredSince == 0 ? now : _unansweredSince;
     }
 
     public static void WriteReply(Span<byte> buffer, ReadOnlySpan<byte> probe, long received, long expected)
@@ -321,6 +374,8 @@ internal sealed class PathMonitor
         }
         _highestAnswered = number;
         _probesAnswered++;
+        // Later probes may still wait; this one says the path answered at `now`.
+        _unansweredSince = number == _probeNumber ? 0 : now;
         _rtts.Add(rtt);
         // RFC 3550's interarrival jitter, over round trips.
         if (!double.IsNaN(_lastRtt))
@@ -346,9 +401,9 @@ internal sealed class PathMonitor
                     && _confirming == 0 && (_confirmedAt == 0 || now - _confirmedAt >= TrainEveryNanoseconds))
                 {
                     (_confirming, _confirmedAt) = (QuickTrains - 1, now);
-                    _nextTrainAt = Math.Min(_nextTrainAt, now + QuickSpacing);
+                    _nextTrainAt = Math.Min(_nextTrainAt, now + Math.Max(QuickSpacing, (long)(MaxTrainShare * TrainSeconds(_lastTrainMembers, mbps) * 1e9)));
                 }
-                _trainCapacityMbps = _intervalCapacityMbps = mbps;
+                (_trainCapacityMbps, _intervalCapacityMbps, _trainRttMs) = (mbps, mbps, rtt);
             }
         }
     }
