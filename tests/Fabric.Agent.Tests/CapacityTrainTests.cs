@@ -35,13 +35,21 @@ public sealed class CapacityTrainTests
         }
         Assert.Equal(4_800, AnsweredKbps(spaced, 6_000_000_000L));
 
-        // All at once and no arrival times: no rate at all rather than an infinite one.
+        // All at once and no arrival times: no rate at all rather than an infinite one, answered as 0 (too close together
+        // to time: the sender's next train is its longest).
         var batch = new PathMonitor();
         for (var i = 0; i < Members; i++)
         {
             batch.OnTrainMember(Member(7, i), 1200, 5_000_000_000L);
         }
-        Assert.False(batch.AnswersTrains(5_000_000_000L));
+        Assert.Equal(0, AnsweredKbps(batch, 5_000_000_000L));
+        // Half of them at once is no answer yet: the rest may still come spread out.
+        var half = new PathMonitor();
+        for (var i = 0; i < Members / 2; i++)
+        {
+            half.OnTrainMember(Member(7, i), 1200, 5_000_000_000L);
+        }
+        Assert.False(half.AnswersTrains(5_000_000_000L));
     }
 
     [Fact]
@@ -140,7 +148,15 @@ public sealed class CapacityTrainTests
         Assert.Equal(PathMonitor.MaxTrainMembers, sender.After(5.6));
         sender.Answer(150_000);
 
+        // One probe held up is no change of the link (the least of the last five round trips is taken)...
         sender.Probe(rttMs: 300);
+        Assert.Equal(PathMonitor.MaxTrainMembers, sender.After(5.6));
+        sender.Answer(150_000);
+        // ...five in a row are.
+        for (var i = 0; i < 5; i++)
+        {
+            sender.Probe(rttMs: 300);
+        }
         Assert.Equal(PathMonitor.MinTrainMembers, sender.After(5.6));
         var sent = new List<(double At, int Members)>();
         for (var second = 1; second <= 120; second++)
@@ -172,6 +188,18 @@ public sealed class CapacityTrainTests
         }
         Assert.True(answered.Count >= 3, $"{answered.Count} trains in 90 s");
         Assert.All(answered.Skip(1).Select((at, i) => at - answered[i]), gap => Assert.InRange(gap, 21, 30));
+
+        // The link turns fast again (1 ms): the shortest train, sized for 36 kbit/s, arrives too close together to time
+        // and the peer answers so (0); the next is the longest, which measures the link.
+        for (var i = 0; i < 5; i++)
+        {
+            sender.Probe(rttMs: 1);
+        }
+        Assert.Equal(PathMonitor.MinTrainMembers, sender.After(30));
+        sender.Answer(0);
+        Assert.Equal(PathMonitor.MaxTrainMembers, sender.After(30));
+        sender.Answer(300_000);
+        Assert.Equal(PathMonitor.MaxTrainMembers, sender.After(5.6));
     }
 
     /// <summary>A path's sending end on a clock the test moves: sends each train that is due, and answers the last one sent as its peer would.</summary>

@@ -124,6 +124,13 @@ public sealed class TcpMeterTests
         Assert.Equal(9000, meter.Take(frames[7].TimestampNanoseconds + 9_000_000_000).ResponseP99Ms, 3);
         Assert.Equal(0, meter.Take(frames[7].TimestampNanoseconds + 11_000_000_000).Responses);
 
+        // A request the peer acknowledged (frame 9) and has not answered is its application's time (a long poll), not the
+        // path's: not counted, and a silent interval reports no flow.
+        var polling = new TcpMeter();
+        Feed(frames[..9], polling);
+        var idle = polling.Take(frames[8].TimestampNanoseconds + 500_000_000);
+        Assert.Equal((0, 0), (idle.Responses, idle.Flows));
+
         // A flow never answered (the first request in flight) is not a request/response flow yet: nothing is counted.
         var fresh = new TcpMeter();
         Feed(frames[..4], fresh);

@@ -74,19 +74,21 @@ public sealed record PathMeasurement(double RttP50Ms, double RttP99Ms, double Ji
 /// <see cref="TrainTargetMs"/> ms at the last rate measured (4 to 48 members; 8 before any): long enough to span the
 /// receive thread's batching, short enough to cost a slow link little (on a 2 Mbit/s link 4 members are 19 ms, once
 /// every 5 s) — and the shortest where the probes say that rate no longer holds (their round trip more than doubled, or
-/// unanswered). Once a rate is known, a train that got no answer is followed by one a quarter of its size, and the
+/// unanswered). A train whose members all arrived too close together to time is answered with a rate of 0 and followed
+/// by the longest. Once a rate is known, a train that got no answer is followed by one a quarter of its size, and the
 /// shortest by the longest only on a link fast enough that the shortest is too short to time, the trains after an
 /// unanswered one a second apart (a report interval if longer; at most three in a row; where the rate no longer holds,
 /// twice the period after the last instead, up to a minute); a rate more than twice off the last is confirmed by two
 /// more as far apart (at most once a period). Trains take at most a twentieth of the path at the rate last measured
-/// (<see cref="MaxTrainShare"/>): on a slower link than about 150 kbit/s they come further apart than a period.
+/// (<see cref="MaxTrainShare"/>): on a slower link than about 150 kbit/s they come further apart than a period (at most a
+/// minute).
 /// </remarks>
 internal sealed class PathMonitor
 {
     public const int ProbeLength = 16;
     public const int ReplyLength = 32;
 
-    /// <summary>A reply that also carries the last train's measured rate: train id (64 bits), rate in kbit/s (64 bits).</summary>
+    /// <summary>A reply that also carries the last train's measured rate: train id (64 bits), rate in kbit/s (64 bits; 0: it arrived too close together to time).</summary>
     public const int TrainReplyLength = 48;
 
     /// <summary>A train member: train id (64 bits), member index and member count (16 bits each), padding.</summary>
@@ -158,14 +160,18 @@ internal sealed class PathMonitor
         // trace, about 36 kbit/s one way: 48 members, 60 KB, held every answer and acknowledgement behind them for 13 s).
         // Once a rate is known, a train that got no answer (fewer than half its members arrived, or too close together to
         // time) is followed by one of another size: a quarter of a long one, down to the shortest, then — only on a link
-        // the last rate says is fast enough that the shortest arrives too close together to time — the longest again. A
+        // the last rate says is fast enough that the shortest arrives too close together to time — the longest again;
+        // one the peer answered as too close together to time (rate 0), by the longest whatever the last rate. A
         // link that slowed under load drops most of a train sized for its old rate (the learning benchmark's 300 → 13
         // Mbit/s link with a 37-packet queue that a CUBIC VM kept full: 48 members, none answered, and the path's capacity
         // stayed 300 for the whole phase). A peer that never answered one (an agent that predates trains) keeps getting
         // short ones.
         var unanswered = _lastTrainMembers > 0 && _highestTrainAnswered < _trainId && double.IsFinite(_trainCapacityMbps);
         var holds = RateHolds(now);
+        var tooClose = _tooClose;
+        _tooClose = false;
         _lastTrainMembers = !double.IsFinite(_trainCapacityMbps) ? 2 * MinTrainMembers
+            : tooClose ? MaxTrainMembers
             : !holds ? MinTrainMembers
             : unanswered ? _lastTrainMembers > MinTrainMembers ? Math.Max(MinTrainMembers, _lastTrainMembers / 4)
                 : TrainSeconds(MinTrainMembers, _trainCapacityMbps) < TooShortToTimeSeconds ? MaxTrainMembers : MinTrainMembers
@@ -184,11 +190,24 @@ internal sealed class PathMonitor
             : (long)(TrainEveryNanoseconds * (0.9 + (0.2 * Random.Shared.NextDouble())));
         if (double.IsFinite(_trainCapacityMbps))
         {
-            period = Math.Max(period, (long)(MaxTrainShare * TrainSeconds(_lastTrainMembers, _trainCapacityMbps) * 1e9));
+            period = Math.Max(period, Budget(_lastTrainMembers, _trainCapacityMbps));
         }
         _nextTrainAt = now + period;
         return _lastTrainMembers;
     }
+
+    /// <summary>How far apart trains of <paramref name="members"/> must be to take at most 1/<see cref="MaxTrainShare"/> of a
+    /// path at <paramref name="mbps"/> (ns), and never more than <see cref="MaxTrainBackoffNanoseconds"/>: a rate measured
+    /// wrong (one member held up on the underlay) is measured again within a minute.</summary>
+    private static long Budget(int members, double mbps) =>
+        (long)Math.Min(MaxTrainShare * TrainSeconds(members, mbps) * 1e9, MaxTrainBackoffNanoseconds);
+
+    // The last train was answered as too close together to time (see OnTrainMember).
+    private bool _tooClose;
+
+    // The last probes' round trips (ms), a ring: the least of them says whether the rate still holds.
+    private readonly double[] _recentRtts = [double.NaN, double.NaN, double.NaN, double.NaN, double.NaN];
+    private int _recentRttNext;
 
     /// <summary>A train's members take at most one part in this many of the path's time at the rate last measured.</summary>
     public const int MaxTrainShare = 20;
@@ -204,8 +223,12 @@ internal sealed class PathMonitor
 
     /// <summary>
     /// Whether the rate the last answered train measured still describes the path: the probes answer (none waits more
-    /// than a second, or four times the round trip the rate was taken at), and their latest round trip is at most twice
-    /// that one's and 2 ms. A link that slowed shows so in the probes within a few of them, long before a train could.
+    /// than a second, or four times the round trip the rate was taken at), and the least of their
+    /// last five round trips is at most twice that one's and 2 ms (the least: one probe held up by a busy host or a
+    /// burst of jitter is no change of the link). A link that slowed shows so in the probes within a few of them, long
+    /// before a train could. Where the RTT rose for good on a fast link (a new route, a queue a VM keeps full), the
+    /// shortest train arrives too close together to time and is answered so, and the longest that follows it measures
+    /// the link and takes its round trip as the new reference.
     /// </summary>
     private bool RateHolds(long now)
     {
@@ -215,7 +238,12 @@ internal sealed class PathMonitor
             return true;
         }
         var waiting = _unansweredSince > 0 && now - _unansweredSince > Math.Max(1e9, 4 * reference * 1e6);
-        return !waiting && !(_lastRtt > (2 * reference) + 2);
+        var least = double.NaN;
+        foreach (var rtt in _recentRtts)
+        {
+            least = double.IsNaN(least) || rtt < least ? rtt : least;
+        }
+        return !waiting && !(least > (2 * reference) + 2);
     }
 
     // The probes' round trip when the last rate was taken (NaN: none taken), and since when a probe has been waiting for
@@ -314,6 +342,12 @@ internal sealed class PathMonitor
         {
             (_answeredTrainId, _answeredTrainKbps, _answeredAt) = (id, _inTrainBytes * 8 * 1_000_000 / spread, now);
         }
+        else if (_inTrainMembers == count)
+        {
+            // Every member came, too close together to time (a link faster than the train is long): answered with no
+            // rate (0), which tells the sender to send a longer one. An agent that predates it ignores a 0.
+            (_answeredTrainId, _answeredTrainKbps, _answeredAt) = (id, 0, now);
+        }
         return true;
     }
 
@@ -383,6 +417,7 @@ internal sealed class PathMonitor
             _jitter += (Math.Abs(rtt - _lastRtt) - _jitter) / 16;
         }
         _lastRtt = rtt;
+        _recentRtts[_recentRttNext++ % _recentRtts.Length] = rtt;
         // Cumulative counts: a reordered older reply must not move them back.
         _peerReceived = Math.Max(_peerReceived, BinaryPrimitives.ReadInt64BigEndian(reply[16..]));
         _peerExpected = Math.Max(_peerExpected, BinaryPrimitives.ReadInt64BigEndian(reply[24..]));
@@ -391,7 +426,14 @@ internal sealed class PathMonitor
             // A train this host sent, newer than the last taken; at most 100 Gbit/s.
             var train = BinaryPrimitives.ReadInt64BigEndian(reply[32..]);
             var kbps = BinaryPrimitives.ReadInt64BigEndian(reply[40..]);
-            if (train > _highestTrainAnswered && train <= _trainId && kbps is > 0 and <= 100_000_000)
+            if (train > _highestTrainAnswered && train <= _trainId && kbps == 0)
+            {
+                // It arrived too close together to time: the next is the longest, a second on where this one was shorter
+                // (the link is fast, whatever the rate last measured said; one too fast for the longest keeps its period).
+                (_highestTrainAnswered, _tooClose) = (train, true);
+                _nextTrainAt = _lastTrainMembers < MaxTrainMembers ? Math.Min(_nextTrainAt, now + QuickSpacing) : _nextTrainAt;
+            }
+            else if (train > _highestTrainAnswered && train <= _trainId && kbps is > 0 and <= 100_000_000)
             {
                 _highestTrainAnswered = train;
                 var mbps = kbps / 1000.0;
@@ -401,7 +443,7 @@ internal sealed class PathMonitor
                     && _confirming == 0 && (_confirmedAt == 0 || now - _confirmedAt >= TrainEveryNanoseconds))
                 {
                     (_confirming, _confirmedAt) = (QuickTrains - 1, now);
-                    _nextTrainAt = Math.Min(_nextTrainAt, now + Math.Max(QuickSpacing, (long)(MaxTrainShare * TrainSeconds(_lastTrainMembers, mbps) * 1e9)));
+                    _nextTrainAt = Math.Min(_nextTrainAt, now + Math.Max(QuickSpacing, Budget(_lastTrainMembers, mbps)));
                 }
                 (_trainCapacityMbps, _intervalCapacityMbps, _trainRttMs) = (mbps, mbps, rtt);
             }

@@ -99,6 +99,7 @@ public sealed class TcpMeter
             }
             else if (!fresh)
             {
+                flow.RequestResent |= flow.AwaitingAnswer;
                 // Sent before: what overlaps what was already sent is a retransmission, and no RTT sample may span it.
                 _retransmitted += Before(end, flow.HighestSent) ? length : (long)(flow.HighestSent - seq);
                 if (flow.SampleEnd is { } sampled && After(sampled, seq))
@@ -122,6 +123,7 @@ public sealed class TcpMeter
                     (flow.SampleEnd, flow.SampleAt) = (end, now);
                 }
                 // New request data; a copy of what was sent before leaves the clock where the original started it.
+                flow.RequestResent &= flow.AwaitingAnswer;
                 (flow.AwaitingAnswer, flow.LastRequestAt) = (true, now);
                 flow.RequestBytes += tcp.Payload.Length;
             }
@@ -190,7 +192,10 @@ public sealed class TcpMeter
     /// timeout has no answer yet, and an interval that only counted answers would look its best exactly when the VM waits
     /// longest: a request still unanswered counts as one answer as late as its wait so far, when it waits longer than
     /// every answer of the interval — on a request/response flow only (answered before, and at most
-    /// <see cref="MaxRequestBytes"/> of new data since: not an upload), and for at most <see cref="MaxCensoredMs"/>.
+    /// <see cref="MaxRequestBytes"/> of new data since: not an upload), while the path holds it (the peer has not
+    /// acknowledged it, or the VM sent it again: a request the peer took and has not answered is its application's
+    /// time, a long poll or a server's push, not the path's), sent on the stack in use, and for at most
+    /// <see cref="MaxCensoredMs"/>; such a flow counts as active, packets or not.
     /// </summary>
     /// <param name="now">The end of the interval.</param>
     /// <param name="stack">The stack the VM's traffic runs on now; when it changes, the trailing window starts again (null: unchanged).</param>
@@ -210,7 +215,8 @@ public sealed class TcpMeter
             {
                 _flows.Remove(key);
             }
-            else if (flow.AwaitingAnswer && flow.Answered && flow.RequestBytes <= MaxRequestBytes
+            else if (flow.AwaitingAnswer && flow.Answered && flow.RequestBytes <= MaxRequestBytes && flow.LastRequestAt >= _windowStart
+                && (Before(flow.HighestAckedBySender, flow.HighestSent) || flow.RequestResent)
                 && (now - flow.LastRequestAt) / 1e6 is var waited && waited > latest && waited <= MaxCensoredMs)
             {
                 Sample(_responses, waited);
@@ -221,12 +227,9 @@ public sealed class TcpMeter
                     flow.Interval = _interval;
                     _activeFlows++;
                 }
-                if (flow.LastRequestAt >= _windowStart)
-                {
-                    // In the window's percentile once, as it stands now: not recorded, or a request stuck for three
-                    // intervals would count three times, and its answer a fourth.
-                    _waiting.Add(waited);
-                }
+                // In the window's percentile once, as it stands now: not recorded, or a request stuck for three intervals
+                // would count three times, and its answer a fourth.
+                _waiting.Add(waited);
             }
         }
         var tail = Tail();
@@ -389,6 +392,8 @@ public sealed class TcpMeter
         public bool Answered;
         public long RequestBytes;
         public long LastRequestAt;
+        // The VM sent part of the request it awaits an answer to again.
+        public bool RequestResent;
         public bool FinSeen;
     }
 }
