@@ -28,7 +28,8 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// start 32 bits and count 16 bits) every <c>AckEvery</c>th packet or after <c>AckDelay</c>, and at once when a packet
 /// arrives out of order. The sender retransmits a packet as soon as packets two or more sequences later were
 /// acknowledged (fast retransmit), or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
-/// (Karn), at least the minimum, ×1.5 per retransmission — not doubled — up to the cap, counted from its last send; for
+/// (Karn), at least the minimum, doubled by each round of timeouts until the next RTT sample (RFC 6298), ×1.5 per
+/// retransmission of the packet — not doubled — up to the cap, counted from its last send; for
 /// a packet no later one has overtaken, from the last time the acknowledgements moved on if that is later (as TCP
 /// restarts its timer when new data is acknowledged: a queue that grows faster than SRTT follows must not make every
 /// packet look lost, while one that later packets overtook is lost, not queued). When no acknowledgement came since the
@@ -44,8 +45,9 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// and acknowledges data it refuses for being too far ahead, so a lost skip is said again; the sender refuses an
 /// acknowledgement of what it never sent. With pacing, first transmissions leave at twice the delivery rate the
 /// acknowledgements show (never slower than twice 64 packets per SRTT), within 1.25 times the bandwidth-delay product on
-/// the minimum RTT plus 2 ms of the rate, and every 10 s without a sample as low as the minimum, a drain of 200 ms
-/// measures the minimum again.
+/// the minimum RTT plus 2 ms of the rate, and every 10 s without a sample as low as the minimum (or as soon as a second's
+/// lowest sample is over twice it), a drain of 200 ms measures the minimum again. The delivery rate rises at once and
+/// falls slowly, by half the difference while frames wait for the window or the pacer.
 /// </summary>
 internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 {
@@ -78,6 +80,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private double _deliveryRate; // bytes per nanosecond, the highest of recent samples
     private long _rateWindowStart = -1;
     private long _rateWindowBytes;
+    private bool _rateWindowHeld = true; // frames waited for the window or the pacer every time the sender stopped in this rate window
     private double _averageSize = 1000;
     private bool _skipDue; // packets were given up since the receiver was last told
 
@@ -99,9 +102,21 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 
     /// <summary>The current retransmission timeout for a first transmission, in nanoseconds.</summary>
     /// <remarks>SRTT plus the larger of 4·RTTVAR and SRTT/4: on a path whose RTT hardly varies the RTTVAR term vanishes, and
-    /// a timeout equal to the RTT would fire just as the acknowledgement arrives.</remarks>
-    public long Rto => _srtt < 0 ? Math.Max(options.MinRtoNanoseconds, 200_000_000L)
-        : Math.Clamp((long)(_srtt + Math.Max(4 * _rttvar, _srtt / 4)), options.MinRtoNanoseconds, options.MaxRtoNanoseconds);
+    /// a timeout equal to the RTT would fire just as the acknowledgement arrives. Times <see cref="_backoff"/>.</remarks>
+    public long Rto => (long)Math.Min(options.MaxRtoNanoseconds, _backoff * (_srtt < 0 ? Math.Max(options.MinRtoNanoseconds, 200_000_000L)
+        : Math.Clamp((long)(_srtt + Math.Max(4 * _rttvar, _srtt / 4)), options.MinRtoNanoseconds, options.MaxRtoNanoseconds)));
+
+    /// <summary>
+    /// What the timeout is multiplied by: doubled by every round of timeouts, back to 1 by the next RTT sample (RFC 6298
+    /// 5.5 and 5.7). Without it, a path whose RTT jumped above the timeout never measured again: every packet went again
+    /// before its acknowledgement came, an acknowledgement of a packet sent more than once is no sample (Karn), and SRTT
+    /// stood at the old path's. Seen when a 150 Mbit/s, 12-ms path turned into a 5.65 Mbit/s one of 176 ms with a deep
+    /// queue (Pantheon's calibrated Brazil-Colombia emulator): the timeout stayed 30 ms, the copies filled the queue to
+    /// a second's RTT, and arq-bulk sent five datagrams for each it delivered, 1 Mbit/s for as long as the phase lasted.
+    /// </summary>
+    private double _backoff = 1;
+
+    private const double MaxBackoff = 64;
 
     /// <remarks>Queued frames need a timer only while the pacer holds them; frames held by a full window leave when
     /// acknowledgements open it.</remarks>
@@ -210,6 +225,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                 _nextSendAt = Math.Max(now - PacingSlackNanoseconds, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / PacingRate);
             }
         }
+        _rateWindowHeld &= _queued.Count > 0;
     }
 
     private bool Send(Outstanding packet, long now, IUnderlayOutput underlay)
@@ -534,9 +550,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         if (_srtt > 0 && elapsed >= Math.Max(_srtt, MinRateWindowNanoseconds))
         {
             var rate = (double)_rateWindowBytes / elapsed;
-            // Rise at once, decay slowly: a quiet VM must not shrink the window the next burst needs.
-            _deliveryRate = rate > _deliveryRate ? rate : 0.9 * _deliveryRate + 0.1 * rate;
-            (_rateWindowStart, _rateWindowBytes) = (now, 0);
+            // Rise at once. Fall slowly while the VM sent less than the window and the pacer allowed (a quiet VM must not
+            // shrink the window the next burst needs), by half the difference while frames waited for them: then the rate
+            // is the path's. With the slow fall only, a path that turned from 150 to 5.65 Mbit/s was paced and windowed
+            // for twice its rate and more for 8 s: the queue that made lifted the minimum RTT, and so the window, again.
+            _deliveryRate = rate > _deliveryRate ? rate : _rateWindowHeld ? 0.5 * (_deliveryRate + rate) : 0.9 * _deliveryRate + 0.1 * rate;
+            (_rateWindowStart, _rateWindowBytes, _rateWindowHeld) = (now, 0, true);
         }
     }
 
@@ -546,6 +565,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         {
             // RFC 6298 on first transmissions only (Karn): a retransmitted packet's ack cannot say which copy it answers.
             var rtt = now - packet.SentAt;
+            _backoff = 1;
             if (_srtt < 0)
             {
                 (_srtt, _rttvar) = (rtt, rtt / 2.0);
@@ -566,19 +586,47 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     /// </summary>
     private void TakeMinRtt(long rtt, long now)
     {
+        if (_periodLowest == double.MaxValue)
+        {
+            _periodStart = now;
+        }
+        _periodLowest = Math.Min(_periodLowest, rtt);
         if (_minRtt < 0 || rtt <= _minRtt)
         {
             (_minRtt, _minRttAt) = (rtt, now);
             return;
         }
-        if (!options.Pacing || now < _drainUntil || now - _minRttAt < MinRttLifetimeNanoseconds)
+        if (!options.Pacing || now < _drainUntil)
+        {
+            return;
+        }
+        var floorMoved = false;
+        if (now - _periodStart >= Math.Max(FloorPeriodNanoseconds, 4 * _srtt))
+        {
+            floorMoved = _periodLowest > 2 * _minRtt + AckAggregationNanoseconds;
+            _periodLowest = double.MaxValue;
+        }
+        if (!floorMoved && now - _minRttAt < MinRttLifetimeNanoseconds)
         {
             return;
         }
         _drainUntil = now + Math.Max(DrainNanoseconds, (long)_srtt);
         // Stands a lifetime from the drain's end unless a lower sample comes.
         (_minRtt, _minRttAt) = (rtt, _drainUntil);
+        _periodLowest = double.MaxValue;
     }
+
+    /// <summary>
+    /// The shortest stretch (or four SRTTs, if longer) whose lowest RTT sample, when above twice the minimum (plus
+    /// <see cref="AckAggregationNanoseconds"/>), says the path's floor rose: the window keeps at most a quarter of the
+    /// product queued, so its own queue cannot lift every sample that far. The floor is measured again at once, not when
+    /// the minimum's lifetime runs out: on the old floor the window was a fraction of the new product, and arq-bulk
+    /// carried 2.4–2.9 Mbit/s over a 5.65 Mbit/s path for the rest of the 10 s.
+    /// </summary>
+    private const long FloorPeriodNanoseconds = 1_000_000_000;
+
+    private long _periodStart;
+    private double _periodLowest = double.MaxValue; // the lowest RTT sample since _periodStart (MaxValue: none yet)
 
     private void Retransmit(Outstanding packet, long now, IUnderlayOutput underlay)
     {
@@ -609,6 +657,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         }
         if (_retransmitTimer <= nowNanoseconds)
         {
+            var timeoutsBefore = _lastTimeout;
             if (_lastTimeout > _lastAckAt && _inFlight.Count > 0)
             {
                 Probe(nowNanoseconds, underlay);
@@ -623,6 +672,10 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                         _lastTimeout = nowNanoseconds;
                     }
                 }
+            }
+            if (_lastTimeout != timeoutsBefore)
+            {
+                _backoff = Math.Min(2 * _backoff, MaxBackoff);
             }
             _retransmitTimer = _inFlight.Count == 0 ? long.MaxValue : _inFlight.Values.Min(Due);
         }
