@@ -11,8 +11,8 @@ namespace Fabric.Stacks.ArqBulk;
 /// repaired about one RTT after it happened: the packets behind it are acknowledged with ranges and the gap resent at
 /// once. Version 1.1.1 (the same wire as 1.1.0): the retransmission timeout backs off until the next RTT sample, the
 /// delivery rate falls by half the difference while frames wait for the window, and a floor that rose is measured again
-/// within a second or four SRTTs (a path that turned from 150 Mbit/s and 12 ms to 5.65 Mbit/s and 176 ms went from 1.0
-/// to 5.3 Mbit/s). Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
+/// within one or two seconds (or four to eight SRTTs), not 10 (in a simulation of a path that turned from 150 Mbit/s and
+/// 12 ms to 5.65 Mbit/s and 176 ms: 1.0 Mbit/s before, 5.3 after). Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
 /// </summary>
 public sealed class ArqBulkFactory : IStackFactory
 {

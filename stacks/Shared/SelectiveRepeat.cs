@@ -28,8 +28,9 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// start 32 bits and count 16 bits) every <c>AckEvery</c>th packet or after <c>AckDelay</c>, and at once when a packet
 /// arrives out of order. The sender retransmits a packet as soon as packets two or more sequences later were
 /// acknowledged (fast retransmit), or when its RTO passes: SRTT + max(4·RTTVAR, SRTT/4) from first transmissions
-/// (Karn), at least the minimum, doubled by each round of timeouts until the next RTT sample (RFC 6298), ×1.5 per
-/// retransmission of the packet — not doubled — up to the cap, counted from its last send; for
+/// (Karn), at least the minimum, ×1.5 per retransmission of the packet — not doubled — up to the cap, and doubled by a
+/// round of timeouts while acknowledgements still come until the next RTT sample (RFC 6298; past the cap, up to a
+/// minute), counted from its last send; for
 /// a packet no later one has overtaken, from the last time the acknowledgements moved on if that is later (as TCP
 /// restarts its timer when new data is acknowledged: a queue that grows faster than SRTT follows must not make every
 /// packet look lost, while one that later packets overtook is lost, not queued). When no acknowledgement came since the
@@ -45,9 +46,10 @@ internal sealed record SelectiveRepeatOptions(string Id, int Window, int AckEver
 /// and acknowledges data it refuses for being too far ahead, so a lost skip is said again; the sender refuses an
 /// acknowledgement of what it never sent. With pacing, first transmissions leave at twice the delivery rate the
 /// acknowledgements show (never slower than twice 64 packets per SRTT), within 1.25 times the bandwidth-delay product on
-/// the minimum RTT plus 2 ms of the rate, and every 10 s without a sample as low as the minimum (or as soon as a second's
-/// lowest sample is over twice it), a drain of 200 ms measures the minimum again. The delivery rate rises at once and
-/// falls slowly, by half the difference while frames wait for the window or the pacer.
+/// the minimum RTT plus 2 ms of the rate, and every 10 s without a sample as low as the minimum (or once the lowest
+/// sample of a second, or of four SRTTs, is over twice the minimum plus 4 ms), a drain of 200 ms measures the minimum
+/// again. The delivery rate rises at once; it falls by a tenth of the difference a sample while the VM sends less than
+/// the window and the pacer allow, and by half while frames wait for them (outside a drain).
 /// </summary>
 internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
 {
@@ -70,6 +72,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private double _minRtt = -1; // the lowest RTT sample since _minRttAt (first transmissions only)
     private long _minRttAt;
     private long _drainUntil = long.MinValue; // until then, the window is cut: the queue empties, the floor is measured
+    private double _drainRtt; // the minimum RTT that stood when the drain began (the drain's window is counted on it)
     private long _retransmitTimer = long.MaxValue;
     private long _lastAdvance = long.MinValue / 2;
     private long _lastAckAt = long.MinValue / 2;
@@ -77,7 +80,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private uint _highestAcked;
     private bool _anyAcked;
     private long _nextSendAt;
-    private double _deliveryRate; // bytes per nanosecond, the highest of recent samples
+    private double _deliveryRate; // bytes per nanosecond: rises to a higher sample at once, falls slowly (MeasureDelivery)
     private long _rateWindowStart = -1;
     private long _rateWindowBytes;
     private bool _rateWindowHeld = true; // frames waited for the window or the pacer every time the sender stopped in this rate window
@@ -103,20 +106,35 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     /// <summary>The current retransmission timeout for a first transmission, in nanoseconds.</summary>
     /// <remarks>SRTT plus the larger of 4·RTTVAR and SRTT/4: on a path whose RTT hardly varies the RTTVAR term vanishes, and
     /// a timeout equal to the RTT would fire just as the acknowledgement arrives. Times <see cref="_backoff"/>.</remarks>
-    public long Rto => (long)Math.Min(options.MaxRtoNanoseconds, _backoff * (_srtt < 0 ? Math.Max(options.MinRtoNanoseconds, 200_000_000L)
-        : Math.Clamp((long)(_srtt + Math.Max(4 * _rttvar, _srtt / 4)), options.MinRtoNanoseconds, options.MaxRtoNanoseconds)));
+    public long Rto => (long)Math.Min(MaxBackedOffRtoNanoseconds, _backoff * BaseRto);
+
+    /// <summary>The timeout from the RTT estimate alone (200 ms before the first sample), within the configured bounds.</summary>
+    private long BaseRto => _srtt < 0 ? Math.Max(options.MinRtoNanoseconds, 200_000_000L)
+        : Math.Clamp((long)(_srtt + Math.Max(4 * _rttvar, _srtt / 4)), options.MinRtoNanoseconds, options.MaxRtoNanoseconds);
 
     /// <summary>
-    /// What the timeout is multiplied by: doubled by every round of timeouts, back to 1 by the next RTT sample (RFC 6298
-    /// 5.5 and 5.7). Without it, a path whose RTT jumped above the timeout never measured again: every packet went again
-    /// before its acknowledgement came, an acknowledgement of a packet sent more than once is no sample (Karn), and SRTT
-    /// stood at the old path's. Seen when a 150 Mbit/s, 12-ms path turned into a 5.65 Mbit/s one of 176 ms with a deep
-    /// queue (Pantheon's calibrated Brazil-Colombia emulator): the timeout stayed 30 ms, the copies filled the queue to
-    /// a second's RTT, and arq-bulk sent five datagrams for each it delivered, 1 Mbit/s for as long as the phase lasted.
+    /// What the timeout is multiplied by: doubled by a round of timeouts while acknowledgements still come (at most once
+    /// per timeout), back to 1 by the next RTT sample (RFC 6298 5.5 and 5.7). Without it, a path whose RTT jumped above
+    /// the timeout never measured again: every packet went again before its acknowledgement came, an acknowledgement of a
+    /// packet sent more than once is no sample (Karn), and SRTT stood at the old path's. Seen when a 150 Mbit/s, 12-ms
+    /// path turned into a 5.65 Mbit/s one of 176 ms with a deep queue (Pantheon's calibrated Brazil-Colombia emulator):
+    /// the timeout stayed 30 ms, the copies filled the queue to a second's RTT, and arq-bulk sent five datagrams for each
+    /// it delivered, 1 Mbit/s for as long as the phase lasted. The backed-off timeout may pass the configured maximum
+    /// (up to a minute), or a path slower than that maximum would never measure. While nothing answers at all (an
+    /// outage), only the probe's own ×1.5 applies, so a path that comes back is found as soon as before.
     /// </summary>
     private double _backoff = 1;
 
+    private long _lastBackoffAt = long.MinValue / 2;
+
     private const double MaxBackoff = 64;
+
+    private const long MaxBackedOffRtoNanoseconds = 60_000_000_000;
+
+    /// <summary>A packet's timeout after its <paramref name="transmissions"/>th send: ×1.5 per retransmission up to the
+    /// configured maximum, and never below the backed-off <see cref="Rto"/>.</summary>
+    private long RetryRto(int transmissions) =>
+        Math.Max(Rto, Math.Min((long)(BaseRto * Math.Pow(1.5, transmissions - 1)), options.MaxRtoNanoseconds));
 
     /// <remarks>Queued frames need a timer only while the pacer holds them; frames held by a full window leave when
     /// acknowledgements open it.</remarks>
@@ -136,7 +154,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private int SendWindow => !options.Pacing || _deliveryRate <= 0 || _srtt < 0
         ? Math.Min(options.Window, 256)
         : _drainUntil > _lastClock
-            ? (int)Math.Clamp(0.5 * _deliveryRate * BaseRtt / _averageSize, 4, options.Window)
+            ? (int)Math.Clamp(0.5 * _deliveryRate * _drainRtt / _averageSize, 4, options.Window)
             : (int)Math.Clamp(_deliveryRate * (WindowGain * BaseRtt + AckAggregationNanoseconds) / _averageSize, MinimumWindow, options.Window);
 
     /// <summary>
@@ -225,7 +243,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                 _nextSendAt = Math.Max(now - PacingSlackNanoseconds, _nextSendAt) + (long)((packet.Frame.Length + FieldLength) / PacingRate);
             }
         }
-        _rateWindowHeld &= _queued.Count > 0;
+        // A drain holds frames on purpose: what it lets through says nothing of the path.
+        _rateWindowHeld &= _queued.Count > 0 && now >= _drainUntil;
     }
 
     private bool Send(Outstanding packet, long now, IUnderlayOutput underlay)
@@ -550,9 +569,9 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         if (_srtt > 0 && elapsed >= Math.Max(_srtt, MinRateWindowNanoseconds))
         {
             var rate = (double)_rateWindowBytes / elapsed;
-            // Rise at once. Fall slowly while the VM sent less than the window and the pacer allowed (a quiet VM must not
-            // shrink the window the next burst needs), by half the difference while frames waited for them: then the rate
-            // is the path's. With the slow fall only, a path that turned from 150 to 5.65 Mbit/s was paced and windowed
+            // Rise at once. Fall by a tenth of the difference while the VM sent less than the window and the pacer allowed
+            // (a quiet VM must not shrink the window the next burst needs), by half while frames waited for them: then the
+            // rate is the path's. With the slow fall only, a path that turned from 150 to 5.65 Mbit/s was paced and windowed
             // for twice its rate and more for 8 s: the queue that made lifted the minimum RTT, and so the window, again.
             _deliveryRate = rate > _deliveryRate ? rate : _rateWindowHeld ? 0.5 * (_deliveryRate + rate) : 0.9 * _deliveryRate + 0.1 * rate;
             (_rateWindowStart, _rateWindowBytes, _rateWindowHeld) = (now, 0, true);
@@ -565,7 +584,11 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         {
             // RFC 6298 on first transmissions only (Karn): a retransmitted packet's ack cannot say which copy it answers.
             var rtt = now - packet.SentAt;
-            _backoff = 1;
+            if (_backoff > 1)
+            {
+                _backoff = 1;
+                ForgetBackoff();
+            }
             if (_srtt < 0)
             {
                 (_srtt, _rttvar) = (rtt, rtt / 2.0);
@@ -581,8 +604,9 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     }
 
     /// <summary>
-    /// Keeps the lowest RTT sample. Once it has stood <see cref="MinRttLifetimeNanoseconds"/> without one as low, drains the
-    /// queue and takes the lowest sample from the drain on as the floor (higher than before if the path's own delay rose).
+    /// Keeps the lowest RTT sample. Once it has stood <see cref="MinRttLifetimeNanoseconds"/> without one as low, or a stretch
+    /// of samples says the floor rose (<see cref="FloorPeriodNanoseconds"/>), drains the queue and takes the lowest sample
+    /// from the drain on as the floor (higher than before if the path's own delay rose).
     /// </summary>
     private void TakeMinRtt(long rtt, long now)
     {
@@ -603,13 +627,16 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         var floorMoved = false;
         if (now - _periodStart >= Math.Max(FloorPeriodNanoseconds, 4 * _srtt))
         {
-            floorMoved = _periodLowest > 2 * _minRtt + AckAggregationNanoseconds;
+            floorMoved = _periodLowest > 2 * (_minRtt + AckAggregationNanoseconds);
             _periodLowest = double.MaxValue;
         }
         if (!floorMoved && now - _minRttAt < MinRttLifetimeNanoseconds)
         {
             return;
         }
+        // The drain's window is half the product on the floor that stood: the queue empties even if the window (not the
+        // path) lifted the samples.
+        _drainRtt = _minRtt;
         _drainUntil = now + Math.Max(DrainNanoseconds, (long)_srtt);
         // Stands a lifetime from the drain's end unless a lower sample comes.
         (_minRtt, _minRttAt) = (rtt, _drainUntil);
@@ -617,11 +644,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     }
 
     /// <summary>
-    /// The shortest stretch (or four SRTTs, if longer) whose lowest RTT sample, when above twice the minimum (plus
-    /// <see cref="AckAggregationNanoseconds"/>), says the path's floor rose: the window keeps at most a quarter of the
-    /// product queued, so its own queue cannot lift every sample that far. The floor is measured again at once, not when
-    /// the minimum's lifetime runs out: on the old floor the window was a fraction of the new product, and arq-bulk
-    /// carried 2.4–2.9 Mbit/s over a 5.65 Mbit/s path for the rest of the 10 s.
+    /// The shortest stretch (or four SRTTs, if longer) whose lowest RTT sample, when above twice the minimum plus
+    /// <see cref="AckAggregationNanoseconds"/> (on a sub-millisecond path, what batching adds), says the path's floor
+    /// rose: the window keeps at most a quarter of the product and 2 ms of the rate queued, so its own queue cannot lift
+    /// every sample that far. The floor is then measured again, not when the minimum's lifetime runs out (on the old
+    /// floor the window was a fraction of the new product: arq-bulk carried 2.4–2.9 Mbit/s over a 5.65 Mbit/s path for
+    /// the rest of the 10 s). The stretch in which the floor rose still holds the old low samples, so it takes one to two.
     /// </summary>
     private const long FloorPeriodNanoseconds = 1_000_000_000;
 
@@ -640,12 +668,30 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         packet.Transmissions++;
         // Backed off by half, not doubled: under random loss a lost retransmission is no sign of congestion. From the
         // current estimate: a packet first sent before any RTT was measured must not carry that guess into its retries.
-        packet.Rto = Math.Min((long)(Rto * Math.Pow(1.5, packet.Transmissions - 1)), options.MaxRtoNanoseconds);
+        packet.Rto = RetryRto(packet.Transmissions);
         if (Send(packet, now, underlay))
         {
             Retransmissions++;
         }
         _retransmitTimer = Math.Min(_retransmitTimer, packet.Deadline);
+    }
+
+    /// <summary>
+    /// An RTT sample ended a back-off: packets sent under it would otherwise keep its long timeouts, and one lost at the
+    /// end of a request (nothing behind it to overtake it) would wait up to the longest for nothing. Rare (once per
+    /// back-off), so the walk over what is in flight costs nothing on the way of a packet.
+    /// </summary>
+    private void ForgetBackoff()
+    {
+        foreach (var packet in _inFlight.Values)
+        {
+            var rto = RetryRto(packet.Transmissions);
+            if (rto < packet.Rto)
+            {
+                (packet.Rto, packet.Deadline) = (rto, packet.SentAt + rto);
+                _retransmitTimer = Math.Min(_retransmitTimer, packet.Deadline);
+            }
+        }
     }
 
     public void OnTimer(long nowNanoseconds, IVmOutput vm, IUnderlayOutput underlay)
@@ -658,7 +704,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         if (_retransmitTimer <= nowNanoseconds)
         {
             var timeoutsBefore = _lastTimeout;
-            if (_lastTimeout > _lastAckAt && _inFlight.Count > 0)
+            var probing = _lastTimeout > _lastAckAt && _inFlight.Count > 0;
+            if (probing)
             {
                 Probe(nowNanoseconds, underlay);
             }
@@ -673,9 +720,9 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                     }
                 }
             }
-            if (_lastTimeout != timeoutsBefore)
+            if (_lastTimeout != timeoutsBefore && !probing && nowNanoseconds - _lastBackoffAt >= Rto)
             {
-                _backoff = Math.Min(2 * _backoff, MaxBackoff);
+                (_backoff, _lastBackoffAt) = (Math.Min(2 * _backoff, MaxBackoff), nowNanoseconds);
             }
             _retransmitTimer = _inFlight.Count == 0 ? long.MaxValue : _inFlight.Values.Min(Due);
         }

@@ -281,16 +281,36 @@ public class ArqTests
             ? new Bottleneck(Mbit: 150, OneWayMs: 6, QueuePackets: 300, Loss: 0.03)
             : new Bottleneck(Mbit: 5.65, OneWayMs: 88, QueuePackets: 3665, Loss: 0.0026), seconds: 24);
         // From 3 s after the change to the end (1,000-byte frames; the path carries about 5.4 Mbit/s of them).
-        var (from, end) = (seconds[8], seconds[^1]);
+        var (change, from, end) = (seconds[5], seconds[8], seconds[^1]);
         var goodputMbit = (end.Delivered - from.Delivered) * 1000 * 8 / 15.0 / 1e6;
         var copies = (double)(end.Offered - from.Offered) / (end.Delivered - from.Delivered);
         Assert.True(goodputMbit >= 4.8, $"{goodputMbit:0.00} Mbit/s over a 5.65 Mbit/s path; {copies:0.00} datagrams sent for each frame delivered");
         Assert.True(copies <= 1.1, $"{copies:0.00} datagrams sent for each frame delivered");
+        // From the change on: the window in flight when it came goes once more (its timeout was the old path's), no more.
+        var copiesFromChange = (double)(end.Offered - change.Offered) / (end.Delivered - change.Delivered);
+        Assert.True(copiesFromChange <= 1.15, $"{copiesFromChange:0.00} datagrams sent for each frame delivered from the change on");
         var slowest = Enumerable.Range(9, seconds.Count - 9).Min(i => (seconds[i].Delivered - seconds[i - 1].Delivered) * 1000 * 8 / 1e6);
         Assert.True(slowest >= 3.5, $"a second of {slowest:0.00} Mbit/s from 3 s after the change on");
         // The new path's floor is 176 ms; the window keeps at most a quarter of it queued (and the serialization of a packet).
         Assert.InRange(end.MinRttMs, 176, 185);
         Assert.InRange(end.Gauges["srttMs"], 176, 250);
+    }
+
+    /// <summary>
+    /// A VM that sent 90 Mbit/s over a clean 100 Mbit/s path, then for 300 ms a tenth of that (a pause between two
+    /// transfers): arq-bulk's delivery rate falls slowly while the VM sends less than the window allows, so the next
+    /// transfer finds the window it needs. (It falls by half the difference a sample only while frames wait for the
+    /// window, when the rate measured is the path's.)
+    /// </summary>
+    [Fact]
+    public void AVmThatPausesBetweenTransfers_KeepsMostOfTheRateTheWindowFollows()
+    {
+        var seconds = ThroughABottleneck(StackPlugins.ArqBulk, _ => new Bottleneck(Mbit: 100, OneWayMs: 4, QueuePackets: 150), seconds: 4,
+            offerShare: ms => ms is >= 3700 and < 4000 ? 0.1 : 0.9);
+        var (busy, afterPause) = (seconds[2].Gauges["deliveryMbit"], seconds[3].Gauges["deliveryMbit"]);
+        Assert.InRange(busy, 80, 110);
+        // 300 ms are 15 samples of 20 ms: a tenth of the difference each leaves about 25 % of it; half each, nothing.
+        Assert.True(afterPause >= 25, $"{afterPause:0.0} Mbit/s after the pause (from {busy:0.0})");
     }
 
     /// <summary>What a bottleneck is at a moment: its rate, the delay each way, its drop-tail queue and its random loss (the same each way).</summary>
@@ -304,10 +324,10 @@ public class ArqTests
 
     /// <summary>
     /// <paramref name="plugin"/> through a bottleneck that <paramref name="at"/> describes at each millisecond, the VM
-    /// offering 1,000-byte frames at twice the bottleneck's rate for <paramref name="seconds"/>. Seeded. Returns the
-    /// counts at the end of every second.
+    /// offering 1,000-byte frames at twice the bottleneck's rate (or the share of it <paramref name="offerShare"/> gives at
+    /// each millisecond) for <paramref name="seconds"/>. Seeded. Returns the counts at the end of every second.
     /// </summary>
-    private static List<Second> ThroughABottleneck(string plugin, Func<long, Bottleneck> at, long seconds)
+    private static List<Second> ThroughABottleneck(string plugin, Func<long, Bottleneck> at, long seconds, Func<long, double>? offerShare = null)
     {
         const long us = 1_000;
         const long ms = 1_000_000;
@@ -350,7 +370,7 @@ public class ArqTests
         {
             link = at(now / ms);
             // The VM offers a frame every 40 µs at 100 Mbit/s (twice as often at 200).
-            for (; nextOffer <= now; nextOffer += (long)(1000 * 8 / (2 * link.Mbit) * 1000))
+            for (; nextOffer <= now; nextOffer += (long)(1000 * 8 / ((offerShare?.Invoke(now / ms) ?? 2) * link.Mbit) * 1000))
             {
                 sender.Transmit(StackConformance.Frame(1000, (byte)(nextOffer / ms)), now, toB);
             }
