@@ -14,13 +14,24 @@ public static class SiloBuilderExtensions
 {
     /// <param name="silo">The silo.</param>
     /// <param name="selector">How eager selection is (defaults: <see cref="SelectorOptions"/>).</param>
-    /// <param name="learning">Where the outcome log and the models live; a temporary folder when not given.</param>
+    /// <param name="learning">Where the outcome log and the models live; when not given (and none registered), a temporary
+    /// folder deleted when the silo's services are disposed.</param>
     /// <param name="rollouts">How new stack versions go out (defaults: <see cref="Rollouts.RolloutOptions"/>).</param>
     public static ISiloBuilder AddFabricControlPlane(this ISiloBuilder silo, SelectorOptions? selector = null, LearningOptions? learning = null,
         Rollouts.RolloutOptions? rollouts = null)
     {
         silo.Services.TryAddSingleton(TimeProvider.System);
-        silo.Services.TryAddSingleton(learning ?? LearningOptions.Temporary());
+        if (learning is not null)
+        {
+            silo.Services.TryAddSingleton(learning);
+        }
+        else if (!silo.Services.Any(service => service.ServiceType == typeof(LearningOptions)))
+        {
+            var temporary = LearningOptions.Temporary();
+            silo.Services.AddSingleton(temporary);
+            // Before the learner's services: hosted services stop in reverse order, and the folder goes when all are disposed.
+            silo.Services.AddHostedService(_ => new TemporaryLearningFolder(temporary.Store));
+        }
         silo.Services.TryAddSingleton(sp =>
         {
             var options = sp.GetRequiredService<LearningOptions>();
