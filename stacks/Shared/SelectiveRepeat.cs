@@ -644,7 +644,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     }
 
     /// <summary>
-    /// The shortest stretch (or four SRTTs, if longer) whose lowest RTT sample, when above twice the minimum plus
+    /// The shortest stretch (or four SRTTs, if longer) whose lowest RTT sample, when above twice the sum of the minimum and
     /// <see cref="AckAggregationNanoseconds"/> (on a sub-millisecond path, what batching adds), says the path's floor
     /// rose: the window keeps at most a quarter of the product and 2 ms of the rate queued, so its own queue cannot lift
     /// every sample that far. The floor is then measured again, not when the minimum's lifetime runs out (on the old
