@@ -12,11 +12,14 @@ namespace Fabric.Stacks.ArqBulk;
 /// once. Version 1.1.1 (the same wire as 1.1.0): the retransmission timeout backs off until the next RTT sample, the
 /// delivery rate falls by half the difference while frames wait for the window, and a floor that rose is measured again
 /// within one or two seconds (or four to eight SRTTs), not 10 (in a simulation of a path that turned from 150 Mbit/s and
-/// 12 ms to 5.65 Mbit/s and 176 ms: 1.0 Mbit/s before, 5.3 after). Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
+/// 12 ms to 5.65 Mbit/s and 176 ms: 1.0 Mbit/s before, 5.3 after). Version 1.1.2 (the same wire): an acknowledgement costs a walk over the
+/// gaps and the sequences it newly covers, not over every sequence of every range it repeats, and the receiver keeps
+/// what it holds as runs (on a 300 Mbit/s link with 0.5 % loss, which the agent carries on the CPU's limit, 178–219
+/// Mbit/s where 1.1.1 carried 131–138). Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
 /// </summary>
 public sealed class ArqBulkFactory : IStackFactory
 {
-    public StackDescription Description { get; } = new("arq-bulk", "1.1.1", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
+    public StackDescription Description { get; } = new("arq-bulk", "1.1.2", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
 
     public IStack Create(StackContext context) => new SelectiveRepeat(new SelectiveRepeatOptions("arq-bulk",
         Window: (int)SelectiveRepeatOptions.Setting(context.Configuration, "window", 16384, 64, 65536),

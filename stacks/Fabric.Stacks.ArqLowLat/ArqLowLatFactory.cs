@@ -4,12 +4,14 @@ namespace Fabric.Stacks.ArqLowLat;
 
 /// <summary>
 /// The arq-lowlat plug-in's factory: <see cref="SelectiveRepeat"/> tuned for latency — every packet acknowledged at once,
-/// no pacing. Version 1.0.1 (the same wire as 1.0.0): the retransmission timeout backs off until the next RTT sample.
+/// no pacing. Version 1.0.1 (the same wire as 1.0.0): the retransmission timeout backs off until the next RTT sample. Version 1.0.2 (the same wire):
+/// an acknowledgement costs a walk over the gaps and the sequences it newly covers, not over every sequence of every range
+/// it repeats.
 /// Configuration (all optional): window (512), minRtoMs (10), maxRtoMs (500), maxRetransmissions (20).
 /// </summary>
 public sealed class ArqLowLatFactory : IStackFactory
 {
-    public StackDescription Description { get; } = new("arq-lowlat", "1.0.1", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
+    public StackDescription Description { get; } = new("arq-lowlat", "1.0.2", AddressFamily.InterNetwork, MaxStackFieldBytes: SelectiveRepeat.FieldLength);
 
     public IStack Create(StackContext context) => new SelectiveRepeat(new SelectiveRepeatOptions("arq-lowlat",
         Window: (int)SelectiveRepeatOptions.Setting(context.Configuration, "window", 512, 16, 65536),

@@ -66,6 +66,8 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     // Sender: packets in flight by sequence, oldest first; frames waiting for the window or the pacer.
     private readonly SortedDictionary<uint, Outstanding> _inFlight = new(SerialComparer.Instance);
     private readonly Queue<Outstanding> _queued = new();
+    private readonly List<uint> _gaps = []; // scratch for ReceiveAck
+    private readonly List<Outstanding> _lost = []; // scratch for ReceiveAck
     private uint _nextSequence;
     private double _srtt = -1;
     private double _rttvar;
@@ -92,7 +94,10 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private uint _highestSeen; // the newest data sequence that arrived (a skip never passes it)
     private bool _seenAny;
     private readonly Dictionary<uint, (byte[] Frame, uint Vni)> _early = [];
-    private readonly SortedSet<uint> _earlyOrder = new(SerialComparer.Instance);
+    // What is held, as runs of consecutive sequences (start, end exclusive), oldest first: an acknowledgement's ranges
+    // are the newest runs, read without walking every frame held (a SortedSet walked newest first was O(held) for each
+    // acknowledgement, and every frame that arrives past a gap is acknowledged at once).
+    private readonly List<(uint Start, uint End)> _earlyRuns = [];
     private int _unacknowledged;
     private long _ackDue = long.MaxValue;
     private readonly byte[] _ranges = new byte[MaxRanges * RangeLength];
@@ -337,7 +342,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         else
         {
             _early[sequence] = (frame.ToArray(), vni);
-            _earlyOrder.Add(sequence);
+            AddEarly(sequence);
             immediately = true;
         }
         if (immediately || ++_unacknowledged >= options.AckEvery)
@@ -355,9 +360,62 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     {
         while (_early.Remove(_expected, out var held))
         {
-            _earlyOrder.Remove(_expected);
             Deliver(held.Frame, held.Vni, vm);
             _expected++;
+        }
+        DropEarlyRunsBefore(_expected);
+    }
+
+    /// <summary>Records a held sequence (not held before, after what is expected) in <see cref="_earlyRuns"/>.</summary>
+    private void AddEarly(uint sequence)
+    {
+        // Most arrivals past a gap extend the newest run.
+        var last = _earlyRuns.Count - 1;
+        if (last >= 0 && _earlyRuns[last].End == sequence)
+        {
+            _earlyRuns[last] = (_earlyRuns[last].Start, sequence + 1);
+            return;
+        }
+        // The first run that starts after it.
+        var (low, high) = (0, _earlyRuns.Count);
+        while (low < high)
+        {
+            var middle = (low + high) / 2;
+            (low, high) = (int)(_earlyRuns[middle].Start - sequence) > 0 ? (low, middle) : (middle + 1, high);
+        }
+        var joinsBefore = low > 0 && _earlyRuns[low - 1].End == sequence;
+        var joinsAfter = low < _earlyRuns.Count && _earlyRuns[low].Start == sequence + 1;
+        if (joinsBefore && joinsAfter)
+        {
+            _earlyRuns[low - 1] = (_earlyRuns[low - 1].Start, _earlyRuns[low].End);
+            _earlyRuns.RemoveAt(low);
+        }
+        else if (joinsBefore)
+        {
+            _earlyRuns[low - 1] = (_earlyRuns[low - 1].Start, sequence + 1);
+        }
+        else if (joinsAfter)
+        {
+            _earlyRuns[low] = (sequence, _earlyRuns[low].End);
+        }
+        else
+        {
+            _earlyRuns.Insert(low, (sequence, sequence + 1));
+        }
+    }
+
+    /// <summary>Forgets the held runs, or their parts, before <paramref name="sequence"/> (delivered or passed over).</summary>
+    private void DropEarlyRunsBefore(uint sequence)
+    {
+        var gone = 0;
+        while (gone < _earlyRuns.Count && (int)(_earlyRuns[gone].End - sequence) <= 0)
+        {
+            gone++;
+        }
+        _earlyRuns.RemoveRange(0, gone);
+        if (_earlyRuns.Count > 0 && (int)(_earlyRuns[0].Start - sequence) < 0)
+        {
+            _earlyRuns[0] = (sequence, _earlyRuns[0].End);
         }
     }
 
@@ -382,13 +440,19 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             // skip again); the next data that arrives draws an acknowledgement and a skip that can be taken.
             return;
         }
-        while (_earlyOrder.Count > 0 && (int)(_earlyOrder.Min - oldest) < 0)
+        foreach (var (start, end) in _earlyRuns)
         {
-            var sequence = _earlyOrder.Min;
-            _earlyOrder.Remove(sequence);
-            _early.Remove(sequence, out var held);
-            Deliver(held.Frame, held.Vni, vm);
+            if ((int)(start - oldest) >= 0)
+            {
+                break;
+            }
+            for (var sequence = start; sequence != end && (int)(sequence - oldest) < 0; sequence++)
+            {
+                _early.Remove(sequence, out var held);
+                Deliver(held.Frame, held.Vni, vm);
+            }
         }
+        DropEarlyRunsBefore(oldest);
         _expected = oldest;
         DeliverHeldInOrder(vm);
         SendAck(underlay);
@@ -421,26 +485,18 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
     private void SendAck(IUnderlayOutput underlay)
     {
         (_unacknowledged, _ackDue) = (0, long.MaxValue);
-        // The newest ranges held beyond the gap: what lets the sender repair the gaps at once.
+        // The newest ranges held beyond the gap: what lets the sender repair the gaps at once (a run longer than a range's
+        // count can say goes as several, newest first).
         var count = 0;
-        uint start = 0;
-        uint length = 0;
-        foreach (var sequence in _earlyOrder.Reverse())
+        for (var run = _earlyRuns.Count - 1; run >= 0 && count < MaxRanges; run--)
         {
-            if (length > 0 && sequence == start - 1 && length < ushort.MaxValue)
+            var (start, top) = _earlyRuns[run];
+            while (top != start && count < MaxRanges)
             {
-                (start, length) = (sequence, length + 1);
-                continue;
+                var length = Math.Min(top - start, (uint)ushort.MaxValue);
+                AddRange(ref count, top - length, length);
+                top -= length;
             }
-            if (length > 0 && !AddRange(ref count, start, length))
-            {
-                break;
-            }
-            (start, length) = (sequence, 1);
-        }
-        if (length > 0)
-        {
-            AddRange(ref count, start, length);
         }
         var buffer = underlay.Begin(FieldLength + count * RangeLength);
         if (buffer.Length < FieldLength + count * RangeLength)
@@ -497,11 +553,37 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         }
         uint newest = 0;
         var anyRange = false;
+        // What is still in flight at or below the highest sequence acknowledged is the gaps (what was acknowledged is
+        // gone): a range can newly cover only those and what lies above that sequence, and never what was not sent.
+        // Walking every sequence of every range (the receiver says its newest ranges again in every acknowledgement, up
+        // to 65,535 sequences each) cost the agent a core at a few hundred losses a second.
+        var (highest, anyBefore) = (_highestAcked, _anyAcked);
+        _gaps.Clear();
+        if (anyBefore && ranges.Length > 0)
+        {
+            foreach (var sequence in _inFlight.Keys)
+            {
+                if ((int)(sequence - highest) > 0)
+                {
+                    break;
+                }
+                _gaps.Add(sequence);
+            }
+        }
         for (var i = 0; i < ranges.Length; i += RangeLength)
         {
             var start = BinaryPrimitives.ReadUInt32BigEndian(ranges[i..]);
             var length = BinaryPrimitives.ReadUInt16BigEndian(ranges[(i + 4)..]);
-            for (var s = start; s != start + length; s++)
+            foreach (var gap in _gaps)
+            {
+                if ((uint)(gap - start) < length && _inFlight.Remove(gap, out var packet))
+                {
+                    acked += Acknowledged(packet, now);
+                    Overtook(gap);
+                }
+            }
+            var end = (int)(start + length - _nextSequence) > 0 ? _nextSequence : start + length;
+            for (var s = anyBefore && (int)(highest + 1 - start) > 0 ? highest + 1 : start; (int)(end - s) > 0; s++)
             {
                 if (_inFlight.Remove(s, out var packet))
                 {
@@ -523,13 +605,19 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         }
         if (anyRange)
         {
-            // Fast retransmit: a packet that two or more later packets overtook is lost, not late.
-            foreach (var packet in _inFlight.Values.ToList())
+            // Fast retransmit: a packet that two or more later packets overtook is lost, not late. (The gaps come first in
+            // flight, so the walk ends after them; a copy of everything in flight for each acknowledgement was a hot spot.)
+            _lost.Clear();
+            foreach (var packet in _inFlight.Values)
             {
                 if ((int)(newest - packet.Sequence) < 2)
                 {
                     break;
                 }
+                _lost.Add(packet);
+            }
+            foreach (var packet in _lost)
+            {
                 if (packet.FastRetransmitted < packet.Transmissions)
                 {
                     packet.FastRetransmitted = packet.Transmissions + 1;
@@ -867,7 +955,7 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         _inFlight.Clear();
         _queued.Clear();
         _early.Clear();
-        _earlyOrder.Clear();
+        _earlyRuns.Clear();
     }
 
     private sealed class Outstanding(uint sequence, byte[] frame, uint vni)

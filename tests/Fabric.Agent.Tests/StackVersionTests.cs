@@ -175,11 +175,11 @@ public class StackVersionTests
         }
         foreach (var agent in new[] { hosts.A, hosts.B })
         {
-            agent.Switch.RegisterStack(arq, "arq-lowlat", signedVersion: "1.0.2");
+            agent.Switch.RegisterStack(arq, "arq-lowlat", signedVersion: "1.0.3");
         }
         Assert.Equal(1, await hosts.A.Switch.ConformBindingsAsync(cancellationToken: ct));
-        Assert.Equal("arq-lowlat@1.0.2", KeyOf(hosts.A, "host-b", "vm1"));
-        Eventually.True(() => hosts.A.Switch.Events.Any(e => e.Contains("stack arq-lowlat@1.0.2 on the path to host-b: state-resumed: srtt ", StringComparison.Ordinal)),
+        Assert.Equal("arq-lowlat@1.0.3", KeyOf(hosts.A, "host-b", "vm1"));
+        Eventually.True(() => hosts.A.Switch.Events.Any(e => e.Contains("stack arq-lowlat@1.0.3 on the path to host-b: state-resumed: srtt ", StringComparison.Ordinal)),
             TimeSpan.FromSeconds(5), "the new instance resumed the old one's estimates", () => string.Join("\n", hosts.A.Switch.Events));
         hosts.Vm("vm1").Transmit(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 400));
         Assert.Equal(Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 400), hosts.Expect("vm3"));
