@@ -152,6 +152,48 @@ public class ArqTests
     }
 
     /// <summary>
+    /// The receiver holds what arrives past a gap as runs of sequences, joined when a frame fills the space between two:
+    /// its acknowledgement says the newest runs, newest first, each once; what fills the gap delivers the run behind
+    /// it in order, and a skip delivers what is held before the sequence it names and passes the gap over.
+    /// </summary>
+    [Fact]
+    public void HeldFrames_AreAcknowledgedAsRuns_AndDeliveredInOrder_WhenAGapFillsOrIsSkipped()
+    {
+        using var receiver = StackLoader.Load(StackPlugins.PathOf(StackPlugins.ArqLowLat)).Factory.Create(new StackContext("b", "a", new Dictionary<string, string>(), new StackConformance.NoTelemetry()));
+        var (wire, vm) = (new StackConformance.CapturingUnderlay(), new StackConformance.CapturingVm());
+        var frames = Enumerable.Range(0, 10).Select(i => StackConformance.Frame(100, (byte)i)).ToList();
+        void Arrive(uint sequence, byte kind = 1)
+        {
+            var fields = new byte[5];
+            fields[0] = kind;
+            BinaryPrimitives.WriteUInt32BigEndian(fields.AsSpan(1), sequence);
+            var (type, payload) = kind == 1 ? (FabricPayloadType.Ethernet, frames[(int)sequence]) : (FabricPayloadType.StackControl, []);
+            receiver.Receive(new StackDatagram(new FabricHeaderRepr(0, type, 1, 0, 0, 5), fields, payload), 0, vm, wire);
+        }
+        string LastAck()
+        {
+            var (_, fields, payload) = wire.Datagrams[^1];
+            var ranges = Enumerable.Range(0, payload.Length / 6).Select(i => $"{BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(i * 6))}+{BinaryPrimitives.ReadUInt16BigEndian(payload.AsSpan(i * 6 + 4))}");
+            return $"next {BinaryPrimitives.ReadUInt32BigEndian(fields.AsSpan(1))}: {string.Join(" ", ranges)}";
+        }
+        foreach (var sequence in new uint[] { 3, 1, 2, 5, 7, 6, 9, 6 })
+        {
+            Arrive(sequence);
+        }
+        Assert.Empty(vm.Frames);
+        Assert.Equal("next 0: 9+1 5+3 1+3", LastAck());
+        Arrive(0);
+        Assert.Equal(frames[..4], vm.Frames);
+        Assert.Equal("next 4: 9+1 5+3", LastAck());
+        Arrive(8, kind: 3); // the sender gave 4 up: 5 to 7 go on, and 8 is expected
+        Assert.Equal([.. frames[..4], .. frames[5..8]], vm.Frames);
+        Assert.Equal("next 8: 9+1", LastAck());
+        Arrive(8);
+        Assert.Equal([.. frames[..4], .. frames[5..]], vm.Frames);
+        Assert.Equal("next 10: ", LastAck());
+    }
+
+    /// <summary>
     /// arq-bulk measured a tiny delivery rate while the VM sent little (three packets over a round trip); then the VM's
     /// TCP sends 40 packets. They leave within half a round trip, paced no slower than twice 64 packets per SRTT — before,
     /// they were paced at twice the tiny rate, one packet per 20 ms, and a guest's TCP timed out on its first window and
