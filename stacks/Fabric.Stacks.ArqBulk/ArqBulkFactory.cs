@@ -15,7 +15,7 @@ namespace Fabric.Stacks.ArqBulk;
 /// 12 ms to 5.65 Mbit/s and 176 ms: 1.0 Mbit/s before, 5.3 after). Version 1.1.2 (the same wire): an acknowledgement costs a walk over the
 /// gaps and the sequences it newly covers, not over every sequence of every range it repeats, and the receiver keeps
 /// what it holds as runs (on a 300 Mbit/s link with 0.5 % loss, which the agent carries on the CPU's limit, 178–219
-/// Mbit/s where 1.1.1 carried 131–138). Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
+/// Mbit/s where 1.1.1 carried 131–138). An acknowledgement whose ranges lie outside what was sent is refused whole. Configuration (all optional): window (16384), minRtoMs (30), maxRtoMs (2000), maxRetransmissions (30).
 /// </summary>
 public sealed class ArqBulkFactory : IStackFactory
 {

@@ -6,7 +6,7 @@ namespace Fabric.Stacks.ArqLowLat;
 /// The arq-lowlat plug-in's factory: <see cref="SelectiveRepeat"/> tuned for latency — every packet acknowledged at once,
 /// no pacing. Version 1.0.1 (the same wire as 1.0.0): the retransmission timeout backs off until the next RTT sample. Version 1.0.2 (the same wire):
 /// an acknowledgement costs a walk over the gaps and the sequences it newly covers, not over every sequence of every range
-/// it repeats.
+/// it repeats, and one whose ranges lie outside what was sent is refused whole.
 /// Configuration (all optional): window (512), minRtoMs (10), maxRtoMs (500), maxRetransmissions (20).
 /// </summary>
 public sealed class ArqLowLatFactory : IStackFactory

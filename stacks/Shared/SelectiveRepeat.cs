@@ -532,6 +532,19 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
             _counters.Drop(StackDropReason.OutOfWindow);
             return;
         }
+        for (var i = 0; i < ranges.Length; i += RangeLength)
+        {
+            // The receiver says what it holds past `next`, all of which this end sent. A range elsewhere is forged: one
+            // beyond what was sent would have every packet in flight sent again at once (two later packets "overtook"
+            // each), a window's worth of copies for one small datagram.
+            var start = BinaryPrimitives.ReadUInt32BigEndian(ranges[i..]);
+            var length = BinaryPrimitives.ReadUInt16BigEndian(ranges[(i + 4)..]);
+            if ((int)(start - next) <= 0 || (int)(start + length - _nextSequence) > 0)
+            {
+                _counters.Drop(StackDropReason.OutOfWindow);
+                return;
+            }
+        }
         // The first answer after a timeout: the path is back. What waited behind the probe goes again now, not a timeout
         // after this acknowledgement.
         var endsSilence = _lastTimeout > _lastAckAt;
@@ -554,10 +567,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
         uint newest = 0;
         var anyRange = false;
         // What is still in flight at or below the highest sequence acknowledged is the gaps (what was acknowledged is
-        // gone): a range can newly cover only those and what lies above that sequence, and never what was not sent.
+        // gone): a range can newly cover only those and what lies above that sequence and below the next to send.
         // Walking every sequence of every range (the receiver says its newest ranges again in every acknowledgement, up
-        // to 65,535 sequences each) cost the agent a core at a few hundred losses a second.
+        // to 65,535 sequences each) cost the agent a core at a few hundred losses a second; a range forged to lie far
+        // ahead or behind costs nothing now.
         var (highest, anyBefore) = (_highestAcked, _anyAcked);
+        var inFlightFrom = Oldest;
         _gaps.Clear();
         if (anyBefore && ranges.Length > 0)
         {
@@ -582,8 +597,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                     Overtook(gap);
                 }
             }
-            var end = (int)(start + length - _nextSequence) > 0 ? _nextSequence : start + length;
-            for (var s = anyBefore && (int)(highest + 1 - start) > 0 ? highest + 1 : start; (int)(end - s) > 0; s++)
+            // From above the highest acknowledged (and what is in flight), to the range's end or the next to send.
+            var from = anyBefore && (int)(highest + 1 - start) > 0 ? highest + 1 : start;
+            from = (int)(inFlightFrom - from) > 0 ? inFlightFrom : from;
+            var offset = from - start;
+            var count = Math.Min(offset < length ? length - offset : 0u, (int)(_nextSequence - from) > 0 ? _nextSequence - from : 0u);
+            for (var s = from; s != from + count; s++)
             {
                 if (_inFlight.Remove(s, out var packet))
                 {

@@ -194,6 +194,37 @@ public class ArqTests
     }
 
     /// <summary>
+    /// An attacker on the underlay forges acknowledgements whose ranges lie beyond what the sender sent (or at or before
+    /// the sequence they say is next): each is refused whole, and sends nothing. Before, a range ahead of everything in
+    /// flight made every packet in flight "overtaken", and all of them went again at once: a window of copies for one
+    /// datagram of a few dozen bytes. A true acknowledgement's range still repairs the gap below it.
+    /// </summary>
+    [Theory]
+    [InlineData(StackPlugins.ArqLowLat)]
+    [InlineData(StackPlugins.ArqBulk)]
+    public void AForgedAcknowledgementsRange_IsRefused_AndSendsNothingAgain(string plugin)
+    {
+        using var sender = StackLoader.Load(StackPlugins.PathOf(plugin)).Factory.Create(new StackContext("a", "b", new Dictionary<string, string>(), new StackConformance.NoTelemetry()));
+        var wire = new StackConformance.CapturingUnderlay();
+        for (var i = 0; i < 20; i++)
+        {
+            sender.Transmit(StackConformance.Frame(500, (byte)i), 0, wire);
+        }
+        Assert.Equal(20, wire.Datagrams.Count);
+        wire.Datagrams.Clear();
+        Acknowledge(sender, wire, 1_000_000, next: 0, (1000, 10));
+        Acknowledge(sender, wire, 1_000_000, next: 0, (0x8000_03E8, ushort.MaxValue));
+        Acknowledge(sender, wire, 1_000_000, next: 5, (2, 4));
+        Assert.Empty(wire.Datagrams);
+        Assert.Equal(3, sender.GetStats().Drops.GetValueOrDefault(StackDropReason.OutOfWindow));
+        Assert.Equal(20, sender.GetStats().Gauges["inFlight"]);
+        // The receiver holds 5 to 7: 0 to 4 went missing, and go again.
+        Acknowledge(sender, wire, 1_000_000, next: 0, (5, 3));
+        Assert.Equal(5, wire.Datagrams.Count);
+        Assert.Equal(17, sender.GetStats().Gauges["inFlight"]);
+    }
+
+    /// <summary>
     /// arq-bulk measured a tiny delivery rate while the VM sent little (three packets over a round trip); then the VM's
     /// TCP sends 40 packets. They leave within half a round trip, paced no slower than twice 64 packets per SRTT — before,
     /// they were paced at twice the tiny rate, one packet per 20 ms, and a guest's TCP timed out on its first window and
