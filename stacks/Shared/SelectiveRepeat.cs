@@ -597,11 +597,12 @@ internal sealed class SelectiveRepeat(SelectiveRepeatOptions options) : IStack
                     Overtook(gap);
                 }
             }
-            // From above the highest acknowledged (and what is in flight), to the range's end or the next to send.
+            // From above the highest acknowledged (and what is in flight) to the range's end, which lies within what was
+            // sent (checked above).
             var from = anyBefore && (int)(highest + 1 - start) > 0 ? highest + 1 : start;
             from = (int)(inFlightFrom - from) > 0 ? inFlightFrom : from;
             var offset = from - start;
-            var count = Math.Min(offset < length ? length - offset : 0u, (int)(_nextSequence - from) > 0 ? _nextSequence - from : 0u);
+            var count = offset < length ? length - offset : 0u;
             for (var s = from; s != from + count; s++)
             {
                 if (_inFlight.Remove(s, out var packet))
