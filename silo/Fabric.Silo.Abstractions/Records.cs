@@ -74,8 +74,9 @@ public sealed record WithdrawnStack(
 /// measure it (or the most it delivered in the last minute where that is more; 0 when unknown).
 /// MinRttMs is the lowest RTT since the path last changed regime, over at most two minutes (the path without queues; 0
 /// when unknown): RTT well above it means queues are building, and loss that comes with them is congestion rather than a
-/// lossy link. LossBurstiness is the coefficient of variation of per-second loss over the last minute (0: even; above 1:
-/// in bursts); RttStdMs the standard deviation of RTT over it. Idle: no VM traffic on the path for the last minute (its
+/// lossy link. LossBurstiness is the dispersion of the per-second loss counts since the link's loss last changed, over at
+/// most a minute (0: no loss; about 1: datagrams lost each on its own; above: in runs or bad seconds); RttStdMs the
+/// standard deviation of RTT over the last minute. Idle: no VM traffic on the path for the last minute (its
 /// agents' probes and capacity trains do not count).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("fabric.path-conditions")]

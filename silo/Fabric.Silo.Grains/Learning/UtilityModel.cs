@@ -32,13 +32,15 @@ namespace Fabric.Silo.Learning;
 public sealed class UtilityModel : IDisposable
 {
     /// <summary>
-    /// The feature schema and the reward's definition; a stored model of another schema version is not loaded. (7: the
+    /// The feature schema and the reward's definition; a stored model of another schema version is not loaded. (8: loss
+    /// burstiness is the dispersion of the loss counts since the link's loss changed, no longer the per-second loss's
+    /// coefficient of variation over a minute; 7: the
     /// capacity feature is what the agents' capacity trains measure, no longer what the stack in use delivered, and a VM
     /// sending without TCP is judged on the share of its own rate it got; 6: a latency outcome is scored from the trailing
     /// window's p99 on a log scale, see <see cref="Learning.Utility"/>; 5 charged a latency outcome's overhead by its share
     /// of the path; a version 4 model learned the old charge.)
     /// </summary>
-    public const int SchemaVersion = 7;
+    public const int SchemaVersion = 8;
 
     /// <summary>How far apart (either way) an outcome and the conditions on another stack (the same VM's, or see <see cref="SharedPairing"/>) may be to be learned together.</summary>
     public static readonly TimeSpan PairingWindow = TimeSpan.FromSeconds(15);
