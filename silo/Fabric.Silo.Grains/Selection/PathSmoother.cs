@@ -204,6 +204,8 @@ public sealed class PathSmoother(double weight = 0.3)
         var (delivered, rttStd) = Recent();
         var capacity = Math.Max(DeliveredSinceCapacityChange(), TrainCapacity());
         var counted = CountedLoss(sample, loss);
+        // Over its own window, as long as a minute: a link that loses one second in ten is bursty while its newest
+        // seconds lose nothing.
         var burstiness = Dispersion();
         if (LossChanges + CapacityChanges != _linkChangesSeen)
         {
