@@ -82,7 +82,7 @@ internal static class LearningBenchmark
     private sealed record Cell(string Label, string Vm, string Stack, DateTimeOffset From, DateTimeOffset To);
 
     /// <summary>A decision that changed a VM's stack: when, how long into its phase, and whether it explored.</summary>
-    private sealed record Change(string Vm, DateTimeOffset At, TimeSpan IntoPhase, bool Exploration);
+    private sealed record Change(string Vm, DateTimeOffset At, TimeSpan IntoPhase, bool Exploration, bool Guided = false);
 
     public static int Run(string evaluationFolder, string trainingFolder, double? phaseSeconds, int measureSeconds, string csv)
     {
@@ -491,7 +491,8 @@ internal static class LearningBenchmark
                 var at = decision.GetProperty("at").GetDateTimeOffset();
                 if (decision.GetProperty("changed").GetBoolean())
                 {
-                    changes.Add(new Change(vm, at, at - since, decision.GetProperty("exploration").GetBoolean()));
+                    changes.Add(new Change(vm, at, at - since, decision.GetProperty("exploration").GetBoolean(),
+                        decision.GetProperty("reason").GetString()?.StartsWith("guided exploration:", StringComparison.Ordinal) == true));
                 }
                 Console.Error.WriteLine(Invariant($"    +{(decision.GetProperty("at").GetDateTimeOffset() - since).TotalSeconds,5:0.0} s {decision.GetProperty("previous")} -> {decision.GetProperty("stack").GetString()}: {decision.GetProperty("reason").GetString()}"));
             }
@@ -609,7 +610,8 @@ internal static class LearningBenchmark
             .Where(x => x.c.IntoPhase >= settle).ToList();
         var exploring = byCause.Count(x => x.c.Exploration || x.AfterExploration);
         var decided = byCause.Count - exploring;
-        Console.WriteLine(Invariant($"  of which exploring or returning from it {exploring}, decided {decided} = {decided / Math.Max(stationaryHours, 1e-9):0.0} per path-hour (goal ≤ 1)"));
+        Console.WriteLine(Invariant($"  of which exploring or returning from it {exploring} (guided explorations of a candidate predicted better within its uncertainty, and returns from them: {byCause.Count(x => x.c.Guided || (x.AfterExploration && changes.Where(c => c.Vm == x.c.Vm && c.At < x.c.At).MaxBy(c => c.At)?.Guided == true))}), decided {decided} = {decided / Math.Max(stationaryHours, 1e-9):0.0} per path-hour (goal ≤ 1)"));
+        Console.WriteLine(Invariant($"guided explorations while live: {changes.Count(c => c.Guided)} (the model's prediction chose the stack to try, see StackSelector)"));
         // The VMs' logs keep the decisions that changed a stack or began a switch, not those that left everything as it was.
         Console.WriteLine(Invariant($"decisions logged while live (a stack changed or a switch began): {decisions}, exploring {explored}, outside the VM's policy {outsidePolicy}; explorations per path-hour {explored / Math.Max(hours, 1e-9):0.0}"));
         var (cappedGeneral, _, cappedBest) = Score(evaluation, "general", cap: 1);

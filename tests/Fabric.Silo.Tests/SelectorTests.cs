@@ -390,7 +390,7 @@ public class SelectorTests
     /// The learning benchmark's Pantheon phase 2: the latency VM gets 0.50 ± 0.02 on arq-bulk, the model predicts fec
     /// 0.57 ± 0.14 — above it by more than the margin, short of the uncertainty a switch needs. No draw explores (0.99),
     /// and fec is tried: once the VM's outcomes on arq-bulk are steady, never for a pinned VM or a policy that does not
-    /// explore, and not again within the spacing. The stack the trial left is remembered by what the VM got on it, so the
+    /// explore, and not again within the spacing. The stack the exploration left is remembered by what the VM got on it, so the
     /// way back is judged on what the VM got on both.
     /// </summary>
     [Fact]
@@ -405,13 +405,13 @@ public class SelectorTests
         }));
         var gets = new Observed("arq-bulk", 0.501, 0.02, 6, TimeSpan.FromSeconds(5));
         var since = T0 - TimeSpan.FromSeconds(20);
-        Decision At(Policy policy, Observed? observed, Explored? explored = null, DateTimeOffset? currentSince = null, string? source = null) =>
-            selector.Select("vm1", "host-b", policy, Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, 0.99, explored, observed: observed, currentSince: currentSince ?? since).Decision;
+        Decision At(Policy policy, Observed? observed, Explored? explored = null, double random = 0.99) =>
+            selector.Select("vm1", "host-b", policy, Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, random, explored, observed: observed, currentSince: since).Decision;
 
         var tried = At(Policy("latency", explore: 0.05), gets);
         Assert.Equal("fec", tried.Stack);
         Assert.True(tried.Exploration, tried.Reason);
-        Assert.StartsWith("trial: fec (0.567 ± 0.14, model v11) is predicted above what the VM gets on arq-bulk (0.501 ± 0.02) by 0.066", tried.Reason, StringComparison.Ordinal);
+        Assert.StartsWith("guided exploration: fec (0.567 ± 0.14, model v11) is predicted above what the VM gets on arq-bulk (0.501 ± 0.02) by 0.066", tried.Reason, StringComparison.Ordinal);
         // Chosen whenever the draw did not explore (0.95), plus the draw's share of fec among the two candidates near the best.
         Assert.Equal(0.975, tried.Propensity);
 
@@ -419,7 +419,24 @@ public class SelectorTests
         Assert.Equal("arq-bulk", At(Policy("latency", pin: "arq-bulk", explore: 0.05), gets).Stack);
         Assert.Equal("arq-bulk", At(Policy("latency", explore: 0.05), gets with { Steady = false }).Stack);
         Assert.Equal("arq-bulk", At(Policy("latency", explore: 0.05), gets, new Explored(T0 - TimeSpan.FromMinutes(1), Path(30, 0))).Stack);
-        // Not on the prior's guess: a trial follows what the fleet learned.
+        // On an unchanged link (the same loss and minimum RTT, whatever the smoothed RTT a stack's queue moves), once per
+        // four hours; on a changed one, once the spacing passed.
+        var sameLink = Path(12, 0.03) with { RttMs = 20 };
+        Assert.Equal("arq-bulk", At(Policy("latency", explore: 0.05), gets, new Explored(T0 - TimeSpan.FromMinutes(5), sameLink)).Stack);
+        Assert.Equal("fec", At(Policy("latency", explore: 0.05), gets, new Explored(T0 - TimeSpan.FromHours(4), sameLink)).Stack);
+        Assert.Equal("fec", At(Policy("latency", explore: 0.05), gets, new Explored(T0 - TimeSpan.FromMinutes(5), Path(30, 0))).Stack);
+        // A draw that explores: to fec, it chose what the guided exploration would have (0.975); to arq-lowlat, the draw's share alone.
+        var drawn = At(Policy("latency", explore: 0.05), gets, random: 0.01);
+        Assert.Equal(("fec", 0.975), (drawn.Stack, drawn.Propensity));
+        Assert.StartsWith("exploration", drawn.Reason, StringComparison.Ordinal);
+        var other = At(Policy("latency", explore: 0.05), gets, random: 0.04);
+        Assert.Equal(("arq-lowlat", 0.025), (other.Stack, other.Propensity));
+        // Where the model's prediction for the VM's own stack proved hopeful here by as much as the gain, nothing is tried.
+        var hopeful = new StackSelector(new Scripted(new() { ["arq-bulk"] = new(0.56, "model", 0.11, "model v11"), ["fec"] = new(0.567, "model", 0.14, "model v11"),
+            ["arq-lowlat"] = new(0.475, "model", 0.06, "model v11"), ["std-ipv4"] = new(0.313, "model", 0.13, "model v11") }));
+        Assert.Equal("arq-bulk", hopeful.Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, 0.99,
+            observed: gets, currentSince: since).Decision.Stack);
+        // Not on the prior's guess: a guided exploration follows what the fleet learned.
         var prior = new StackSelector(new Scripted(new() { ["arq-bulk"] = new(0.506, "prior guess", 0.11), ["fec"] = new(0.567, "prior guess", 0.14),
             ["arq-lowlat"] = new(0.4, "prior guess", 0.1), ["std-ipv4"] = new(0.3, "prior guess", 0.1) }));
         Assert.Equal("arq-bulk", prior.Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, 0.99,
@@ -433,11 +450,17 @@ public class SelectorTests
         var left = Left.After(null, tried, gets);
         var remembered = Assert.Single(left);
         Assert.Equal(("arq-bulk", 0.501, "observed"), (remembered.Stack, remembered.Score, remembered.Source));
-        // On fec the VM gets less than it got on arq-bulk: back, judged on both observations.
-        var back = selector.Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "fec", null, T0 + TimeSpan.FromSeconds(10), 0.99,
-            new Explored(T0, Path(12, 0.03)), left, new Observed("fec", 0.3, 0.02, 6, TimeSpan.FromSeconds(5)), T0).Decision;
+        // On fec the VM gets 0.46, less than the 0.501 it got on arq-bulk by more than the two spreads and a swap (0.038),
+        // if less than the margin (0.046): back at once, judged on both observations, as the first judgement of an exploration.
+        Decision After(TimeSpan later, double got) => selector.Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "fec", null,
+            T0 + later, 0.99, new Explored(T0, Path(12, 0.03)), left, new Observed("fec", got, 0.02, 6, TimeSpan.FromSeconds(5)), T0).Decision;
+        var back = After(TimeSpan.FromSeconds(10), 0.46);
         Assert.Equal("arq-bulk", back.Stack);
+        Assert.StartsWith("back to arq-bulk", back.Reason, StringComparison.Ordinal);
         Assert.Equal("ran here", back.Candidates.Single(c => c.Stack == "arq-bulk").Source);
+        // Within the spreads it stays; and long after the exploration, the margin holds again.
+        Assert.Equal("fec", After(TimeSpan.FromSeconds(10), 0.47).Stack);
+        Assert.Equal("fec", After(TimeSpan.FromMinutes(5), 0.46).Stack);
     }
 
     /// <summary>

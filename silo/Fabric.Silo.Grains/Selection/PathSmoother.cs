@@ -291,6 +291,9 @@ public sealed class PathSmoother(double weight = 0.3)
         return (double)lost / sent;
     }
 
+    /// <summary>The most <see cref="Dispersion"/> reads (what a path's history keeps at half precision holds it).</summary>
+    public const double MaxBurstiness = 1000;
+
     /// <summary>
     /// The loss counts' dispersion over the newest samples since the last change of the link's loss (at most
     /// <see cref="RecentWindow"/>): their squared deviations from what the pooled rate expects of each, over what a
@@ -319,7 +322,9 @@ public sealed class PathSmoother(double weight = 0.3)
         }
         var p = lost / sent;
         var binomial = sent * p * (1 - p);
-        return binomial <= 0 ? 0 : Math.Max(0, lostSquares - (2 * p * products) + (p * p * sentSquares)) / binomial;
+        // The pooled rate is fitted to these samples: their squares over n - 1, not n (three samples after a change would
+        // read random loss as 0.67). At most MaxBurstiness: one second of a busy path lost whole reads in the hundred thousands.
+        return binomial <= 0 ? 0 : Math.Min(MaxBurstiness, Math.Max(0, lostSquares - (2 * p * products) + (p * p * sentSquares)) / binomial * samples / (samples - 1));
     }
 
     /// <summary>The k-th newest sample's (sent, lost).</summary>

@@ -6,7 +6,7 @@ namespace Fabric.Silo.Selection;
 public sealed record Explored(DateTimeOffset At, PathConditions Conditions);
 
 /// <summary>
-/// A stack a path left by a switch of its own or a pin — or by an exploration or trial, when the VM's outcomes said what it
+/// A stack a path left by a switch of its own or a pin — or by an exploration (a guided one too), when the VM's outcomes said what it
 /// got there, so the return is judged on what the VM got on both — when, on what conditions, and what it scored
 /// then, running (on conditions it made): observed (what the VM got on it, <see cref="OutcomeWindow"/>) or predicted; and
 /// its version then ("": not known), so a version published since is not judged on what an older one gave.
@@ -154,12 +154,15 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
 /// path, and only once the VM's outcomes on its stack on the link as it is are in and the path has held still for
 /// seconds — and every decision carries the
 /// probability with which its stack was chosen. Pure: time and randomness come in.
-/// <para>Trials. A candidate the model predicts above what the VM gets on its stack — by more than the margin and the cost
-/// of a swap, but not by the uncertainty a switch also needs — is tried, where the policy lets the VM explore, under the
-/// exploration's spacing and only from a steady observation; what the VM then gets on it decides, against what it got
-/// on the stack it left (both observed, <see cref="Left"/>). Without them the uncertainty held the learning benchmark's
-/// latency VM on arq-bulk at 45 ms p99 over the Pantheon path's 3 % random loss for a whole phase, fec predicted best
-/// (0.57 ± 0.14 against the 0.50 the VM got), where fec pinned gave 18 ms; a 5 % draw comes about once in seven phases.</para>
+/// <para>Guided exploration. A candidate the model predicts above what the VM gets on its stack — by more than the margin
+/// and the cost of a swap once what the model's prediction for that stack proved hopeful here is taken off, but not by
+/// the uncertainty a switch also needs — is tried where the policy lets the VM explore, only from a steady observation,
+/// at most once per exploration spacing and, on a link whose loss, capacity and minimum RTT have not changed, once per
+/// four hours. The first judgement of a stack any exploration moved the VM to is against what the VM got on the stack
+/// it left (both observed, <see cref="Left"/>), without the margin. Without it the uncertainty held the learning
+/// benchmark's latency VM on arq-bulk at 45 ms p99 over the Pantheon path's 3 % random loss for a whole phase, fec
+/// predicted best (0.57 ± 0.14 against the 0.50 the VM got), where fec pinned gave 18 ms; a 5 % draw comes about once
+/// in seven phases.</para>
 /// </summary>
 public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options = null)
 {
@@ -241,7 +244,10 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         // Nor while the path is still moving: the smoothed conditions take seconds to show a change of the link, and the
         // outcomes before it count until they do (OutcomeWindow.SteadyFor).
         var settled = currentSince is null || observed is { } seenHere && seenHere.Stack == current && seenHere.Steady;
+        // Nor while a switch to the best is pending: the learning benchmark's latency VM, fec pending over arq-lowlat at 3 %
+        // loss, explored arq-bulk and reached fec 10 s later, its phase's p99 45 ms where fec gave 18.
         var near = choosing.Pin is null && choosing.ExplorationShare > 0 && scored.Length > 1 && stable.Length > 0 && spaced && settled
+            && pending?.Stack != stable[0].Stack
             ? scored.Where(s => s.Stack != current && s.Score >= stable[0].Score - _options.ExploreWithin).ToList()
             : [];
         double Propensity(string stack, bool explored)
@@ -288,26 +294,48 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
             return (Make(current, $"{current} was chosen {(now - since).TotalSeconds:0.#} s ago and stays until the VM's outcomes on it say what it gets "
                 + $"(up to {_options.JudgeWithin.TotalSeconds:0} s; {Describe(best)})"), null);
         }
-        if (near.Count > 0 && random < policy.ExplorationShare)
-        {
-            var pick = near[(int)(random / policy.ExplorationShare * near.Count) % near.Count];
-            return (Make(pick.Stack, $"exploration: {pick.Stack} ({pick.Score:0.###}) is within {_options.ExploreWithin:0.##} of the best ({best.Stack} {best.Score:0.###}); "
-                + $"{policy.ExplorationShare:P0} of decisions may try such a stack", exploration: true), null);
-        }
         var gain = best.Score - currentScore.Score;
         // How far the prediction for the current stack is from what the VM gets on it here (see SelectorOptions.Needed).
         var missed = currentScore.Source == "observed"
             ? Math.Round(Math.Max(0, results.First(r => r.Id == current).Result.Score - currentScore.Score), 4) : 0;
         var (needed, uncapped, capped) = _options.Needed(currentScore, best, missed);
-        if (best.Stack != current && gain <= needed && spaced && settled && currentSince is not null && choosing.Pin is null && choosing.ExplorationShare > 0
-            && currentScore.Source == "observed" && best.Source.StartsWith("model", StringComparison.Ordinal) && gain > Math.Max(currentScore.Score * _options.Margin, _options.SwapCost))
+        // A guided exploration (see the class summary). Its gain is counted less what the model's prediction for the current stack
+        // proved hopeful here (the candidate's prediction may be as hopeful), and it is spaced as an exploration is, but
+        // on unchanged conditions judged by the link (loss, capacity, minimum RTT), not by the smoothed RTT a stack's own
+        // queue moves: otherwise each exploration and each return would count as new conditions and open the next.
+        var guided = best.Stack != current && gain <= needed && settled && currentSince is not null && choosing.Pin is null && choosing.ExplorationShare > 0
+            && currentScore.Source == "observed" && best.Source.StartsWith("model", StringComparison.Ordinal)
+            && gain - missed > Math.Max(currentScore.Score * _options.Margin, _options.SwapCost)
+            && (lastExplored is not { } tried || (now - tried.At >= _options.ExploreSpacing
+                && (PathSmoother.LinkChanged(tried.Conditions, conditions) || now - tried.At >= _options.ExploreSameConditionsSpacing)));
+        if (near.Count > 0 && random < policy.ExplorationShare)
         {
-            // A trial (see the class summary): whenever no draw explored, so chosen with the probability a decision that
-            // does not explore has, plus the draw's share of it.
-            return (Make(best.Stack, $"trial: {best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) is predicted above what the VM gets on {current} "
+            // Where a guided exploration would otherwise go to the best, a draw that picks it chose what the decision would have.
+            var pick = near[(int)(random / policy.ExplorationShare * near.Count) % near.Count];
+            return (Make(pick.Stack, $"exploration: {pick.Stack} ({pick.Score:0.###}) is within {_options.ExploreWithin:0.##} of the best ({best.Stack} {best.Score:0.###}); "
+                + $"{policy.ExplorationShare:P0} of decisions may try such a stack", exploration: true, propensity: guided && pick.Stack == best.Stack ? Propensity(best.Stack, explored: false) : null), null);
+        }
+        if (guided)
+        {
+            // Whenever no draw explored: chosen with the probability a decision that does not explore has, plus the draw's
+            // share of it.
+            return (Make(best.Stack, $"guided exploration: {best.Stack} ({best.Score:0.###} ± {best.Uncertainty:0.##}, {best.Source}) is predicted above what the VM gets on {current} "
                 + $"({currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##}) by {gain:0.###}, short of the {needed:0.###} a switch needs for the uncertainty: tried, and judged "
-                + $"on what the VM gets (a path tries at most once per {_options.ExploreSpacing.TotalMinutes:0.#} min, on unchanged conditions once per {_options.ExploreSameConditionsSpacing.TotalHours:0.#} h)",
+                + $"on what the VM gets (a path tries at most once per {_options.ExploreSpacing.TotalMinutes:0.#} min, on an unchanged link once per {_options.ExploreSameConditionsSpacing.TotalHours:0.#} h)",
                 exploration: true, propensity: Propensity(best.Stack, explored: false)), null);
+        }
+        // The first judgement of a stack an exploration (guided or drawn) moved the VM to, against the stack it left (what the VM
+        // got there): the one the VM got more on wins, without the margin (a stack tried that gave 6 % less would
+        // otherwise stay until the link changed).
+        if (lastExplored is { } explorationAt && currentSince == explorationAt.At && best.Source == "ran here" && gain > 0
+            && now - explorationAt.At <= _options.JudgeWithin + OutcomeWindow.Keep && currentScore.Source == "observed")
+        {
+            var bar = _options.SwapCost + Math.Sqrt((best.Uncertainty * best.Uncertainty) + (currentScore.Uncertainty * currentScore.Uncertainty));
+            if (gain > bar)
+            {
+                return (Make(best.Stack, $"back to {best.Stack}: the VM got {best.Score:0.###} ± {best.Uncertainty:0.##} on it and gets {currentScore.Score:0.###} ± {currentScore.Uncertainty:0.##} "
+                    + $"on {current}, which an exploration moved it to {(now - explorationAt.At).TotalSeconds:0} s ago (more than the {bar:0.###} their spreads and a swap ask)"), null);
+            }
         }
         if (best.Stack == current || gain <= needed)
         {

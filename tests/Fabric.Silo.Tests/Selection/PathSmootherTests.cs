@@ -311,8 +311,16 @@ public class PathSmootherTests
         }
         Assert.InRange(even.Current!.Loss, 0.02, 0.04);
         Assert.InRange(runs.Current!.Loss, 0.02, 0.045);
-        Assert.InRange(even.Current.LossBurstiness, 0.5, 1.6);
+        Assert.InRange(even.Current.LossBurstiness, 0.6, 1.5);
         Assert.True(runs.Current.LossBurstiness > 3, runs.Current.ToString());
+        // A busy second lost whole (a path's outage) reads at most MaxBurstiness, which a path's half-precision history holds.
+        var outage = new PathSmoother();
+        for (var second = 0; second < 30; second++)
+        {
+            outage.Add(Sample(second, 12, 0, sent: 100_000) with { Lost = second == 20 ? 100_000 : 10 });
+        }
+        Assert.Equal(PathSmoother.MaxBurstiness, outage.Current!.LossBurstiness);
+        Assert.True(float.IsFinite((float)(Half)outage.Current.LossBurstiness));
         var clean = new PathSmoother();
         clean.Add(Sample(0, 12, 0));
         clean.Add(Sample(1, 12, 0));
