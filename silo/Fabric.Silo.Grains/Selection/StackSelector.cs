@@ -6,8 +6,9 @@ namespace Fabric.Silo.Selection;
 public sealed record Explored(DateTimeOffset At, PathConditions Conditions);
 
 /// <summary>
-/// A stack a path left by a switch of its own or a pin — or by an exploration (a guided one too), when the VM's outcomes said what it
-/// got there, so the return is judged on what the VM got on both — when, on what conditions, and what it scored
+/// A stack a path left by a switch of its own or a pin — or by an exploration (a guided one too), when the VM's
+/// outcomes said what it got there, so the return is judged on what the VM got on both — when, on what conditions, and
+/// what it scored
 /// then, running (on conditions it made): observed (what the VM got on it, <see cref="OutcomeWindow"/>) or predicted; and
 /// its version then ("": not known), so a version published since is not judged on what an older one gave.
 /// </summary>
@@ -64,7 +65,6 @@ public sealed record SelectorOptions(double Margin = 0.10, TimeSpan? Sustain = n
     /// first exploration; each later one is two switches (there and back) where the goal is one switch a path-hour.
     /// </summary>
     public TimeSpan ExploreSameConditionsSpacing { get; init; } = TimeSpan.FromHours(4);
-
 
     /// <summary>
     /// How long a stack a path left, on a link that has not changed since (<see cref="PathSmoother.LinkChanged"/>), is
@@ -299,10 +299,11 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         var missed = currentScore.Source == "observed"
             ? Math.Round(Math.Max(0, results.First(r => r.Id == current).Result.Score - currentScore.Score), 4) : 0;
         var (needed, uncapped, capped) = _options.Needed(currentScore, best, missed);
-        // A guided exploration (see the class summary). Its gain is counted less what the model's prediction for the current stack
-        // proved hopeful here (the candidate's prediction may be as hopeful), and it is spaced as an exploration is, but
-        // on unchanged conditions judged by the link (loss, capacity, minimum RTT), not by the smoothed RTT a stack's own
-        // queue moves: otherwise each exploration and each return would count as new conditions and open the next.
+        // A guided exploration (see the class summary). Its gain is counted less what the model's prediction for the
+        // current stack proved hopeful here (the candidate's prediction may be as hopeful), and it is spaced as an
+        // exploration is, but on unchanged conditions judged by the link (loss, capacity, minimum RTT), not by the smoothed
+        // RTT a stack's own queue moves: otherwise each exploration and each return would count as new conditions and
+        // open the next.
         var guided = best.Stack != current && gain <= needed && settled && currentSince is not null && choosing.Pin is null && choosing.ExplorationShare > 0
             && currentScore.Source == "observed" && best.Source.StartsWith("model", StringComparison.Ordinal)
             && gain - missed > Math.Max(currentScore.Score * _options.Margin, _options.SwapCost)
@@ -310,7 +311,8 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 && (PathSmoother.LinkChanged(tried.Conditions, conditions) || now - tried.At >= _options.ExploreSameConditionsSpacing)));
         if (near.Count > 0 && random < policy.ExplorationShare)
         {
-            // Where a guided exploration would otherwise go to the best, a draw that picks it chose what the decision would have.
+            // Where a guided exploration would otherwise go to the best, a draw that picks it chose what the decision
+            // would have.
             var pick = near[(int)(random / policy.ExplorationShare * near.Count) % near.Count];
             return (Make(pick.Stack, $"exploration: {pick.Stack} ({pick.Score:0.###}) is within {_options.ExploreWithin:0.##} of the best ({best.Stack} {best.Score:0.###}); "
                 + $"{policy.ExplorationShare:P0} of decisions may try such a stack", exploration: true, propensity: guided && pick.Stack == best.Stack ? Propensity(best.Stack, explored: false) : null), null);
@@ -324,10 +326,11 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
                 + $"on what the VM gets (a path tries at most once per {_options.ExploreSpacing.TotalMinutes:0.#} min, on an unchanged link once per {_options.ExploreSameConditionsSpacing.TotalHours:0.#} h)",
                 exploration: true, propensity: Propensity(best.Stack, explored: false)), null);
         }
-        // The first judgement of a stack an exploration (guided or drawn) moved the VM to, against the stack it left (what the VM
-        // got there): the one the VM got more on wins, without the margin (a stack tried that gave 6 % less would
-        // otherwise stay until the link changed).
+        // The first judgement of a stack an exploration (guided or drawn) moved the VM to, against the stack it left (what
+        // the VM got there, not a prediction): the one the VM got more on wins, without the margin (a stack tried that
+        // gave 6 % less would otherwise stay until the link changed).
         if (lastExplored is { } explorationAt && currentSince == explorationAt.At && best.Source == "ran here" && gain > 0
+            && left?.LastOrDefault(l => l.Stack == best.Stack)?.Source == "observed"
             && now - explorationAt.At <= _options.JudgeWithin + OutcomeWindow.Keep && currentScore.Source == "observed")
         {
             var bar = _options.SwapCost + Math.Sqrt((best.Uncertainty * best.Uncertainty) + (currentScore.Uncertainty * currentScore.Uncertainty));
