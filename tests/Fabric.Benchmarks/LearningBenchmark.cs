@@ -606,11 +606,11 @@ internal static class LearningBenchmark
         Console.WriteLine(Invariant($"switches on a stationary phase (more than {settle.TotalSeconds:0} s after a change): {stationarySwitches} in {stationaryHours * 60:0.0} path-minutes = {stationarySwitches / Math.Max(stationaryHours, 1e-9):0.0} per path-hour (goal ≤ 1)"));
         // The same from the decisions themselves, apart by cause: an exploration and the return from it are what the exploration
         // share buys; the rest are the selector changing its mind on a path whose conditions did not change.
-        var byCause = changes.GroupBy(c => c.Vm).SelectMany(g => g.OrderBy(c => c.At).Select((c, i) => (c, AfterExploration: i > 0 && g.OrderBy(x => x.At).ElementAt(i - 1).Exploration)))
+        var byCause = changes.GroupBy(c => c.Vm).SelectMany(g => g.OrderBy(c => c.At).Prepend(null).Zip(g.OrderBy(c => c.At), (before, c) => (c, Before: before)))
             .Where(x => x.c.IntoPhase >= settle).ToList();
-        var exploring = byCause.Count(x => x.c.Exploration || x.AfterExploration);
+        var exploring = byCause.Count(x => x.c.Exploration || x.Before?.Exploration == true);
         var decided = byCause.Count - exploring;
-        Console.WriteLine(Invariant($"  of which exploring or returning from it {exploring} (guided explorations of a candidate predicted better within its uncertainty, and returns from them: {byCause.Count(x => x.c.Guided || (x.AfterExploration && changes.Where(c => c.Vm == x.c.Vm && c.At < x.c.At).MaxBy(c => c.At)?.Guided == true))}), decided {decided} = {decided / Math.Max(stationaryHours, 1e-9):0.0} per path-hour (goal ≤ 1)"));
+        Console.WriteLine(Invariant($"  of which exploring or returning from it {exploring} (guided explorations of a candidate predicted better within its uncertainty, and returns from them: {byCause.Count(x => x.c.Guided || x.Before?.Guided == true)}), decided {decided} = {decided / Math.Max(stationaryHours, 1e-9):0.0} per path-hour (goal ≤ 1)"));
         Console.WriteLine(Invariant($"guided explorations while live: {changes.Count(c => c.Guided)} (the model's prediction chose the stack to try, see StackSelector)"));
         // The VMs' logs keep the decisions that changed a stack or began a switch, not those that left everything as it was.
         Console.WriteLine(Invariant($"decisions logged while live (a stack changed or a switch began): {decisions}, exploring {explored}, outside the VM's policy {outsidePolicy}; explorations per path-hour {explored / Math.Max(hours, 1e-9):0.0}"));

@@ -390,8 +390,8 @@ public class SelectorTests
     /// The learning benchmark's Pantheon phase 2: the latency VM gets 0.50 ± 0.02 on arq-bulk, the model predicts fec
     /// 0.57 ± 0.14 — above it by more than the margin, short of the uncertainty a switch needs. No draw explores (0.99),
     /// and fec is tried: once the VM's outcomes on arq-bulk are steady, never for a pinned VM or a policy that does not
-    /// explore, and not again within the spacing. The stack the exploration left is remembered by what the VM got on it, so the
-    /// way back is judged on what the VM got on both.
+    /// explore, and not again within the spacing. The stack the exploration left is remembered by what the VM got on it,
+    /// so the way back is judged on what the VM got on both.
     /// </summary>
     [Fact]
     public void ACandidatePredictedAboveWhatTheVmGets_WithinItsUncertainty_IsTried_AndTheStackLeftIsRememberedByWhatItGave()
@@ -432,20 +432,16 @@ public class SelectorTests
         var other = At(Policy("latency", explore: 0.05), gets, random: 0.04);
         Assert.Equal(("arq-lowlat", 0.025), (other.Stack, other.Propensity));
         // Where the model's prediction for the VM's own stack proved hopeful here by as much as the gain, nothing is tried.
-        var hopeful = new StackSelector(new Scripted(new() { ["arq-bulk"] = new(0.56, "model", 0.11, "model v11"), ["fec"] = new(0.567, "model", 0.14, "model v11"),
-            ["arq-lowlat"] = new(0.475, "model", 0.06, "model v11"), ["std-ipv4"] = new(0.313, "model", 0.13, "model v11") }));
-        Assert.Equal("arq-bulk", hopeful.Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, 0.99,
-            observed: gets, currentSince: since).Decision.Stack);
+        string Chooses(StackScore arqBulk, StackScore fec, StackScore arqLowlat, StackScore std) =>
+            new StackSelector(new Scripted(new() { ["arq-bulk"] = arqBulk, ["fec"] = fec, ["arq-lowlat"] = arqLowlat, ["std-ipv4"] = std }))
+                .Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, 0.99, observed: gets, currentSince: since).Decision.Stack;
+        StackScore Model(double score, double uncertainty) => new(score, "model", uncertainty, "model v11");
+        StackScore Prior(double score, double uncertainty) => new(score, "prior guess", uncertainty);
+        Assert.Equal("arq-bulk", Chooses(Model(0.56, 0.11), Model(0.567, 0.14), Model(0.475, 0.06), Model(0.313, 0.13)));
         // Not on the prior's guess: a guided exploration follows what the fleet learned.
-        var prior = new StackSelector(new Scripted(new() { ["arq-bulk"] = new(0.506, "prior guess", 0.11), ["fec"] = new(0.567, "prior guess", 0.14),
-            ["arq-lowlat"] = new(0.4, "prior guess", 0.1), ["std-ipv4"] = new(0.3, "prior guess", 0.1) }));
-        Assert.Equal("arq-bulk", prior.Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, 0.99,
-            observed: gets, currentSince: since).Decision.Stack);
+        Assert.Equal("arq-bulk", Chooses(Prior(0.506, 0.11), Prior(0.567, 0.14), Prior(0.4, 0.1), Prior(0.3, 0.1)));
         // Nor for a gain inside the margin (arq-lowlat predicted best at 0.52 against the 0.501 the VM gets).
-        var small = new StackSelector(new Scripted(new() { ["arq-bulk"] = new(0.506, "model", 0.11, "model v11"), ["fec"] = new(0.4, "model", 0.14, "model v11"),
-            ["arq-lowlat"] = new(0.52, "model", 0.06, "model v11"), ["std-ipv4"] = new(0.3, "model", 0.1, "model v11") }));
-        Assert.Equal("arq-bulk", small.Select("vm1", "host-b", Policy("latency", explore: 0.05), Path(12, 0.03), All, HostStacks, "arq-bulk", null, T0, 0.99,
-            observed: gets, currentSince: since).Decision.Stack);
+        Assert.Equal("arq-bulk", Chooses(Model(0.506, 0.11), Model(0.4, 0.14), Model(0.52, 0.06), Model(0.3, 0.1)));
 
         var left = Left.After(null, tried, gets);
         var remembered = Assert.Single(left);

@@ -235,8 +235,9 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         var experimental = candidates.Where(c => c.Experimental).Select(c => c.Id).ToHashSet(StringComparer.Ordinal);
         var stable = scored.Where(s => !experimental.Contains(s.Stack)).ToImmutableArray();
         // The candidates exploration may try: close to the best, not the current stack, and only when the policy lets it.
-        var spaced = lastExplored is not { } explored || (now - explored.At >= _options.ExploreSpacing
-            && (PathSmoother.Significant(explored.Conditions, conditions) || now - explored.At >= _options.ExploreSameConditionsSpacing));
+        bool SpacedBy(Func<PathConditions, PathConditions, bool> changed) => lastExplored is not { } explored || (now - explored.At >= _options.ExploreSpacing
+            && (changed(explored.Conditions, conditions) || now - explored.At >= _options.ExploreSameConditionsSpacing));
+        var spaced = SpacedBy(PathSmoother.Significant);
         // Where the VM's outcomes come (currentSince is given), only once they say what it gets on its stack on the link as
         // it is now: an exploration as the link changes (the learning benchmark's bulk VM tried fec the second a 300 Mbit/s
         // link began bursty loss, where fec gave 11 % of arq-lowlat's goodput, and held it 11 s until judged) costs the VM
@@ -306,9 +307,7 @@ public sealed class StackSelector(IStackScorer scorer, SelectorOptions? options 
         // open the next.
         var guided = best.Stack != current && gain <= needed && settled && currentSince is not null && choosing.Pin is null && choosing.ExplorationShare > 0
             && currentScore.Source == "observed" && best.Source.StartsWith("model", StringComparison.Ordinal)
-            && gain - missed > Math.Max(currentScore.Score * _options.Margin, _options.SwapCost)
-            && (lastExplored is not { } tried || (now - tried.At >= _options.ExploreSpacing
-                && (PathSmoother.LinkChanged(tried.Conditions, conditions) || now - tried.At >= _options.ExploreSameConditionsSpacing)));
+            && gain - missed > Math.Max(currentScore.Score * _options.Margin, _options.SwapCost) && SpacedBy(PathSmoother.LinkChanged);
         if (near.Count > 0 && random < policy.ExplorationShare)
         {
             // Where a guided exploration would otherwise go to the best, a draw that picks it chose what the decision
