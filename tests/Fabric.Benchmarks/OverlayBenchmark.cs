@@ -17,7 +17,13 @@ namespace Fabric.Benchmarks;
 /// </summary>
 internal static partial class OverlayBenchmark
 {
-    private sealed record Figures(string Name, double Tcp1, double Tcp4, double Tcp16, double P50, double P99, double CpuPercent);
+    private sealed record Figures(string Name, double Tcp1, double Tcp4, double Tcp16, double P50, double P99, double CpuPercent, double ResidentMb);
+
+    /// <summary>One spread of std-ipv4's traffic: <paramref name="Paths"/> VM pairs at once, each with <paramref name="Streams"/> TCP streams.</summary>
+    private sealed record Spread(int Paths, int Streams, double Mbit, double CpuPercent, double ResidentMb, int Threads);
+
+    /// <summary>How many VM pairs (a path each way, each its own stack instances) the many-paths figures run at once.</summary>
+    private const int ManyPaths = 100;
 
     public static int Run(int seconds)
     {
@@ -76,8 +82,103 @@ internal static partial class OverlayBenchmark
             + $"CPU per Mbit/s {fabric.CpuPercent / fabric.Tcp1:0.000} vs {wg.CpuPercent / wg.Tcp1:0.000} %");
         Console.WriteLine($"fabric / bare veth: TCP×1 {fabric.Tcp1 / direct.Tcp1:0%} of it without offloads, {fabric.Tcp1 / offloaded.Tcp1:0%} of it with them");
         Console.WriteLine("goal: TCP×1 ≥ 4× wireguard-go, added p50 RTT ≤ 0.5× wireguard-go's; moonshot: ≥ 50 % of bare veth.");
+
+        var (baseline, spreads) = MeasurePaths(seconds);
+        Console.WriteLine();
+        Console.WriteLine($"fabric std-ipv4 with {ManyPaths} VM pairs on the two hosts (each pair a virtual network of its own), iperf3 on some of them at once:");
+        Console.WriteLine($"{"paths × streams",-16} {"TCP goodput",14} {"agents' CPU",12} {"CPU per Mbit/s",15} {"agents' resident",17} {"agents' threads",16}");
+        foreach (var r in spreads)
+        {
+            Console.WriteLine($"{$"{r.Paths} × {r.Streams}",-16} {r.Mbit,9:0} Mb/s {r.CpuPercent,10:0} % {r.CpuPercent / r.Mbit,13:0.000} % {r.ResidentMb,14:0} MB {r.Threads,16}");
+        }
+        var one = spreads[0];
+        var many = spreads[^1];
+        Console.WriteLine($"from 1 path to {many.Paths}: goodput {many.Mbit / one.Mbit:0.00}×, CPU per Mbit/s {many.CpuPercent / many.Mbit / (one.CpuPercent / one.Mbit):0.00}× "
+            + $"(16 streams on one path: {spreads[1].CpuPercent / spreads[1].Mbit / (one.CpuPercent / one.Mbit):0.00}×); the agents' resident memory with {ManyPaths * 2 + 4} VMs "
+            + $"{many.ResidentMb:0} MB against {fabric.ResidentMb:0} MB with 4");
+        Console.WriteLine($"the same machine without an overlay (a direct veth with offloads, {baseline.Count} iperf3 clients and servers at once): {baseline.Mbit:0} Mb/s, "
+            + $"so fabric's {many.Paths} paths reach {many.Mbit / baseline.Mbit:0%} of it (1 path: {one.Mbit / offloaded.Tcp1:0%} of the direct veth's 1 stream)");
         return 0;
     }
+
+    /// <summary>
+    /// std-ipv4 between <see cref="ManyPaths"/> VM pairs (a topology of its own): one path with one stream and with 16, then
+    /// 16 and all the paths with one stream each, iperf3 on every path at once; the agents' CPU over the run, their
+    /// resident memory and threads at its end. And as many iperf3 clients and servers at once between two namespaces on a
+    /// direct veth with offloads: what the machine itself gives that many flows (the processes alone cost CPU).
+    /// </summary>
+    private static ((int Count, double Mbit) Baseline, List<Spread> Spreads) MeasurePaths(int seconds)
+    {
+        Console.Error.WriteLine($"measuring {ManyPaths} flows on a direct veth…");
+        var logs = Directory.CreateTempSubdirectory("fabric-paths-");
+        try
+        {
+            double direct;
+            using (var net = new TestNetwork())
+            {
+                var a = net.AddNamespace("da");
+                var b = net.AddNamespace("db");
+                net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b, offloads: true);
+                net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
+                net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
+                var flows = Enumerable.Range(0, ManyPaths).Select(i => new Flow($"direct {i}", a, b, "198.19.0.2", 5301 + i)).ToList();
+                direct = AtOnce(flows, 1, seconds, logs.FullName, []).Mbit;
+            }
+            Console.Error.WriteLine($"measuring {ManyPaths} paths…");
+            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", withEmulator: false, pairs: ManyPaths);
+            var pairs = Enumerable.Range(1, ManyPaths).Select(i => new Flow($"pa{i}", topology.Vm($"pa{i}").Namespace, topology.Vm($"pb{i}").Namespace, topology.Vm($"pb{i}").IPv4, 5301)).ToList();
+            // Every pair's path is up (its neighbour found through the agents' tables) before any clock starts.
+            Parallel.ForEach(pairs, new ParallelOptions { MaxDegreeOfParallelism = 8 },
+                p => Privileged.Run("ip", "netns", "exec", p.Client, "ping", "-c", "1", "-W", "3", p.Address));
+            return ((ManyPaths, direct), [.. new[] { (1, 1), (1, 16), (16, 1), (ManyPaths, 1) }.Select(s => AtOnce(pairs.Take(s.Item1).ToList(), s.Item2, seconds, logs.FullName, [topology.AgentPids.A, topology.AgentPids.B]))]);
+        }
+        finally
+        {
+            logs.Delete(recursive: true);
+        }
+    }
+
+    /// <summary>One iperf3 flow: its client's namespace, its server's namespace, address and port.</summary>
+    private sealed record Flow(string Name, string Client, string Server, string Address, int Port);
+
+    /// <summary>
+    /// iperf3 on every flow at once (a server each, started for it), <paramref name="streams"/> streams each: their goodput
+    /// summed, and the CPU of <paramref name="pids"/> over the run, their resident memory and threads at its end.
+    /// </summary>
+    private static Spread AtOnce(IReadOnlyList<Flow> flows, int streams, int seconds, string logs, int[] pids)
+    {
+        using var servers = new ServerSet([.. flows.Select(f => Privileged.StartInNamespace(f.Server, "iperf3", "-s", "-1", "-p", f.Port.ToString(CultureInfo.InvariantCulture)))]);
+        Thread.Sleep(1000);
+        var cpuBefore = pids.Sum(CpuSeconds);
+        var watch = Stopwatch.StartNew();
+        var clients = flows.Select((f, i) =>
+        {
+            var log = Path.Combine(logs, $"{flows.Count}x{streams}-{i}-{Guid.NewGuid():N}.json");
+            return (Process: Privileged.StartInNamespace(f.Client, "iperf3", "-c", f.Address, "-p", f.Port.ToString(CultureInfo.InvariantCulture), "-t", seconds.ToString(CultureInfo.InvariantCulture),
+                "-P", streams.ToString(CultureInfo.InvariantCulture), "-J", "--logfile", log), Log: log, Flow: f.Name);
+        }).ToList();
+        foreach (var c in clients)
+        {
+            if (!c.Process.WaitForExit(TimeSpan.FromSeconds(seconds + 60)))
+            {
+                Stop(c.Process);
+                throw new TimeoutException($"iperf3 on {c.Flow} did not finish within {seconds + 60} s");
+            }
+        }
+        var cpu = (pids.Sum(CpuSeconds) - cpuBefore) / watch.Elapsed.TotalSeconds * 100;
+        var mbit = clients.Sum(c =>
+        {
+            using var document = JsonDocument.Parse(File.ReadAllText(c.Log));
+            return document.RootElement.TryGetProperty("end", out var end) && end.TryGetProperty("sum_received", out var received)
+                ? received.GetProperty("bits_per_second").GetDouble() / 1e6
+                : throw new InvalidOperationException($"iperf3 on {c.Flow}: {(document.RootElement.TryGetProperty("error", out var error) ? error.GetString() : "no result")}");
+        });
+        return new Spread(flows.Count, streams, mbit, cpu, pids.Sum(p => Status(p, "VmRSS:")) / 1024.0, (int)pids.Sum(p => Status(p, "Threads:")));
+    }
+
+    /// <summary>A number from /proc/PID/status (kB for memory).</summary>
+    private static long Status(int pid, string field) =>
+        long.Parse(File.ReadLines($"/proc/{pid}/status").First(l => l.StartsWith(field, StringComparison.Ordinal))[field.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture);
 
     private static Figures Measure(string name, string client, string server, string address, int[] pids, int seconds)
     {
@@ -94,7 +195,7 @@ internal static partial class OverlayBenchmark
             var tcp4 = Iperf(client, address, 4, seconds);
             var tcp16 = Iperf(client, address, 16, seconds);
             var output = Privileged.Run("ip", "netns", "exec", client, "sockperf", "ping-pong", "-i", address, "-p", "11111", "-t", "5", "-m", "64", "--full-rtt");
-            return new Figures(name, tcp1, tcp4, tcp16, Percentile(output, "50.000"), Percentile(output, "99.000"), cpu);
+            return new Figures(name, tcp1, tcp4, tcp16, Percentile(output, "50.000"), Percentile(output, "99.000"), cpu, pids.Sum(p => Status(p, "VmRSS:")) / 1024.0);
         }
         finally
         {

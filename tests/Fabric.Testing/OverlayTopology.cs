@@ -54,8 +54,11 @@ public sealed class OverlayTopology : IDisposable
     /// <param name="stackProjects">Without a control plane: the plug-in projects both agents load (default std-ipv4, std-ipv6, swap-test).</param>
     /// <param name="settings">Per stack id, the configuration both agents give its instances on their path (e.g. secure's key).</param>
     /// <param name="moreVmsOnA">VMs added on host-a in vm1's virtual network beyond the four every topology has: vm5, vm6, … (at most 4).</param>
+    /// <param name="pairs">VM pairs added beyond those (at most <see cref="MostPairs"/>), pair i in a virtual network of its
+    /// own (1000 + i): pa{i} on host-a (10.101.i.1) and pb{i} on host-b (10.101.i.2), i from 1 — a path each way per pair,
+    /// for benchmarks of many paths.</param>
     public OverlayTopology(string binDirectory, string stack, bool withEmulator = true, ControlPlaneSetup? controlPlane = null,
-        IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null, int moreVmsOnA = 0)
+        IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null, int moreVmsOnA = 0, int pairs = 0)
     {
         _stackProjects = stackProjects ?? [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.SwapTest];
         _settings = settings;
@@ -63,6 +66,8 @@ public sealed class OverlayTopology : IDisposable
         {
             ArgumentOutOfRangeException.ThrowIfNegative(moreVmsOnA);
             ArgumentOutOfRangeException.ThrowIfGreaterThan(moreVmsOnA, 4);
+            ArgumentOutOfRangeException.ThrowIfNegative(pairs);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(pairs, MostPairs);
             _workDir = Directory.CreateTempSubdirectory("fabric-overlay-").FullName;
             _binDirectory = binDirectory;
             var id = _network.Id;
@@ -91,6 +96,11 @@ public sealed class OverlayTopology : IDisposable
                 new TestVm("vm3", _network.AddNamespace("v3"), "host-b", 100, "02:fa:00:00:00:03", "10.100.0.3", "fd00:100::3", $"{id}h3", $"{id}e3"),
                 new TestVm("vm4", _network.AddNamespace("v4"), "host-b", 200, "02:fa:00:00:00:04", "10.100.0.4", "fd00:100::4", $"{id}h4", $"{id}e4"),
                 .. Enumerable.Range(5, moreVmsOnA).Select(n => new TestVm($"vm{n}", _network.AddNamespace($"v{n}"), "host-a", 100, $"02:fa:00:00:00:0{n}", $"10.100.0.{n}", $"fd00:100::{n}", $"{id}h{n}", $"{id}e{n}")),
+                .. Enumerable.Range(1, pairs).SelectMany(i => new[]
+                {
+                    new TestVm($"pa{i}", _network.AddNamespace($"pa{i}"), "host-a", (uint)(1000 + i), $"02:fb:00:00:0a:{i:x2}", $"10.101.{i}.1", $"fd00:101:{i:x}::1", $"{id}p{i}", $"{id}q{i}"),
+                    new TestVm($"pb{i}", _network.AddNamespace($"pb{i}"), "host-b", (uint)(1000 + i), $"02:fb:00:00:0b:{i:x2}", $"10.101.{i}.2", $"fd00:101:{i:x}::2", $"{id}r{i}", $"{id}s{i}"),
+                }),
             ];
             foreach (var vm in Vms)
             {
@@ -123,6 +133,9 @@ public sealed class OverlayTopology : IDisposable
             throw;
         }
     }
+
+    /// <summary>The most VM pairs a topology adds (one byte of their MAC and address; interface names within 15 characters).</summary>
+    public const int MostPairs = 200;
 
     private readonly ControlPlaneSetup? _controlPlane;
     private readonly IReadOnlyList<string> _stackProjects = [];
