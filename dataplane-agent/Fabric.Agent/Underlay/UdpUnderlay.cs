@@ -8,7 +8,10 @@ namespace Fabric.Agent.Underlay;
 /// The underlay as a kernel UDP socket: the kernel routes, resolves next hops (ARP/ND through its neighbour table)
 /// and completes checksums. Datagrams move in batches: a receive thread takes up to 32 per recvmmsg, and each sending
 /// thread fills its own outbox that goes out in one sendmmsg when full or when the thread calls <see cref="Flush"/>
-/// at the end of the batch it is working on.
+/// at the end of the batch it is working on. The receive thread flushes what a batch made (frames for the VMs, the
+/// stacks' answers) after a batch that was not full, or after 8 full ones in a row: with 100 paths' datagrams
+/// interleaved, a flush after every 32 gave each VM port about one frame per call (`bench/overlay.sh`: 100 paths moved
+/// 354–434 Mbit/s, 16 paths 2.8 Gbit/s; with the wait 580–585 and 3.7–3.8).
 /// </summary>
 public sealed class UdpUnderlay : IUnderlay
 {
@@ -143,6 +146,7 @@ public sealed class UdpUnderlay : IUnderlay
     private void ReceiveLoop(int generation)
     {
         var batch = new UdpBatchSocket(_socket, capacity: 32, gro: ReceiveOffload, offloads: Offloads, timestamps: _timestamps);
+        var unflushed = 0;
         while (!_stopping && generation == Volatile.Read(ref _generation))
         {
             int n;
@@ -175,7 +179,10 @@ public sealed class UdpUnderlay : IUnderlay
             // A handler that throws costs its own datagram, never the thread: the rest of the batch and every later
             // one are still handled.
             Volatile.Write(ref _handlingSince, _time.GetTimestamp());
-            if (!HandleBatch(batch, n))
+            // A full batch says more are waiting: what it made for the VMs and the underlay waits for them (up to
+            // UnflushedBatches), so a port gets its frames in fewer calls when many paths' datagrams interleave.
+            unflushed = n == batch.Capacity && unflushed < UnflushedBatches - 1 ? unflushed + 1 : 0;
+            if (!HandleBatch(batch, n, flush: unflushed == 0))
             {
                 return;
             }
@@ -187,8 +194,11 @@ public sealed class UdpUnderlay : IUnderlay
         }
     }
 
-    /// <summary>Hands each datagram of the batch to the handler, then flushes; false when the underlay is stopping.</summary>
-    private bool HandleBatch(UdpBatchSocket batch, int n)
+    /// <summary>The most full batches whose output waits for the next before it is flushed.</summary>
+    private const int UnflushedBatches = 8;
+
+    /// <summary>Hands each datagram of the batch to the handler, then flushes (unless <paramref name="flush"/> is false); false when the underlay is stopping.</summary>
+    private bool HandleBatch(UdpBatchSocket batch, int n, bool flush = true)
     {
         for (var i = 0; i < n; i++)
         {
@@ -208,7 +218,10 @@ public sealed class UdpUnderlay : IUnderlay
         }
         try
         {
-            _afterBatch();
+            if (flush)
+            {
+                _afterBatch();
+            }
         }
         catch (ObjectDisposedException) when (_stopping)
         {
