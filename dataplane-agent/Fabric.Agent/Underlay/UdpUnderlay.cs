@@ -9,9 +9,9 @@ namespace Fabric.Agent.Underlay;
 /// and completes checksums. Datagrams move in batches: a receive thread takes up to 32 per recvmmsg, and each sending
 /// thread fills its own outbox that goes out in one sendmmsg when full or when the thread calls <see cref="Flush"/>
 /// at the end of the batch it is working on. The receive thread flushes what a batch made (frames for the VMs, the
-/// stacks' answers) after a batch that was not full, or after 8 full ones in a row: with 100 paths' datagrams
-/// interleaved, a flush after every 32 gave each VM port about one frame per call (`bench/overlay.sh`: 100 paths moved
-/// 354–434 Mbit/s, 16 paths 2.8 Gbit/s; with the wait 580–585 and 3.7–3.8).
+/// stacks' answers) after a batch that was not full, after 8 full ones in a row, or when none is queued after a full one:
+/// with 100 paths' datagrams interleaved, a flush after every 32 gave each VM port about one frame per call
+/// (`bench/overlay.sh`: 100 paths moved 354–434 Mbit/s, 16 paths 2.8 Gbit/s; with the wait 508–585 and 3.6–3.8).
 /// </summary>
 public sealed class UdpUnderlay : IUnderlay
 {
@@ -152,7 +152,8 @@ public sealed class UdpUnderlay : IUnderlay
             int n;
             try
             {
-                n = batch.Receive(50);
+                // While output waits, only what is queued already: none left, and it goes now.
+                n = batch.Receive(unflushed > 0 ? 0 : 50);
             }
             catch (ObjectDisposedException)
             {
@@ -162,11 +163,21 @@ public sealed class UdpUnderlay : IUnderlay
             {
                 // A socket error is reported and the thread tries again shortly: it never ends on one.
                 Fault(e);
+                if (unflushed > 0 && !AfterBatch())
+                {
+                    return;
+                }
+                unflushed = 0;
                 Thread.Sleep(10);
                 continue;
             }
             if (n == 0)
             {
+                if (unflushed > 0 && !AfterBatch())
+                {
+                    return;
+                }
+                unflushed = 0;
                 continue;
             }
             if (generation != Volatile.Read(ref _generation))
@@ -192,6 +203,11 @@ public sealed class UdpUnderlay : IUnderlay
                 Volatile.Write(ref _handlingSince, 0);
             }
         }
+        if (unflushed > 0 && !_stopping)
+        {
+            // Replaced with output still waiting: it is this thread's own (per thread), so this thread sends it.
+            AfterBatch();
+        }
     }
 
     /// <summary>The most full batches whose output waits for the next before it is flushed.</summary>
@@ -216,12 +232,15 @@ public sealed class UdpUnderlay : IUnderlay
                 Fault(e);
             }
         }
+        return !flush || AfterBatch();
+    }
+
+    /// <summary>Flushes what the batches handled since the last flush made; false when the underlay is stopping.</summary>
+    private bool AfterBatch()
+    {
         try
         {
-            if (flush)
-            {
-                _afterBatch();
-            }
+            _afterBatch();
         }
         catch (ObjectDisposedException) when (_stopping)
         {
