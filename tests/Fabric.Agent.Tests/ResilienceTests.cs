@@ -37,6 +37,50 @@ public class ResilienceTests
     }
 
     [Fact]
+    public void AnUnderlayUnderLoad_FlushesOncePerRunOfFullBatches_AndAtOnceWhenNothingMoreIsQueued()
+    {
+        // The handler holds the receive thread on the first datagram while the rest queue in the socket: the thread then
+        // meets full batches (32 messages) and flushes what they made once, after the short one that ends the run
+        // (or after 8 full ones, or 0.5 ms) — not after each of them.
+        using var hold = new ManualResetEventSlim();
+        var (handled, flushes) = (0, new ConcurrentQueue<int>());
+        using var underlay = new UdpUnderlay(new IPEndPoint(IPAddress.Loopback, 0), (datagram, _) =>
+        {
+            if (Interlocked.Increment(ref handled) == 1)
+            {
+                hold.Wait(TimeSpan.FromSeconds(10));
+            }
+        }, () => flushes.Enqueue(Volatile.Read(ref handled)));
+        using var sender = new UdpClient(new IPEndPoint(IPAddress.Loopback, 0));
+        void Send(int count)
+        {
+            for (var i = 0; i < count; i++)
+            {
+                sender.Send(new byte[100], underlay.Local);
+            }
+        }
+        Send(1);
+        Eventually.True(() => Volatile.Read(ref handled) == 1, TimeSpan.FromSeconds(5), "the first datagram taken", () => $"{Volatile.Read(ref handled)} handled");
+        Send(64);
+        hold.Set();
+        // The first batch (one datagram) flushed; then two full batches of 32 and nothing more queued: one flush, at once.
+        Eventually.True(() => flushes.Count >= 2, TimeSpan.FromSeconds(5), "the run of full batches flushed", () => string.Join(",", flushes));
+        Assert.Equal([1, 65], flushes);
+        // 8 full batches in a row flush without waiting for a short one, and the run after them flushes on its own.
+        hold.Reset();
+        Interlocked.Exchange(ref handled, 0);
+        flushes.Clear();
+        Send(1);
+        Eventually.True(() => Volatile.Read(ref handled) == 1, TimeSpan.FromSeconds(5), "the first datagram of the second run taken", () => $"{Volatile.Read(ref handled)} handled");
+        Send(320);
+        hold.Set();
+        Eventually.True(() => flushes.LastOrDefault() == 321, TimeSpan.FromSeconds(5), "every datagram of the second run flushed", () => string.Join(",", flushes));
+        // One flush came within the first 8 full batches (257 datagrams with the held one), so the run did not wait for its end.
+        Assert.Contains(flushes, f => f is > 1 and <= 257);
+        Assert.Equal(0, underlay.Faults);
+    }
+
+    [Fact]
     public async Task AStackThatFailsToStartAtThePeer_IsRefusedNamingWhy_QuarantinedThere_AndBothAgentsGoOn()
     {
         using var hosts = new TwoHosts(settings: new() { ["faulty"] = new() { ["failToStartAt"] = "host-b" } });

@@ -151,18 +151,24 @@ internal static partial class OverlayBenchmark
         Thread.Sleep(1000);
         var cpuBefore = pids.Sum(CpuSeconds);
         var watch = Stopwatch.StartNew();
-        var clients = flows.Select((f, i) =>
+        var clients = new List<(Process Process, string Log, string Flow)>();
+        var started = new List<Process>();
+        // Every client started is stopped, however this ends: none outlives its namespace.
+        using (new ServerSet(started))
         {
-            var log = Path.Combine(logs, $"{flows.Count}x{streams}-{i}-{Guid.NewGuid():N}.json");
-            return (Process: Privileged.StartInNamespace(f.Client, "iperf3", "-c", f.Address, "-p", f.Port.ToString(CultureInfo.InvariantCulture), "-t", seconds.ToString(CultureInfo.InvariantCulture),
-                "-P", streams.ToString(CultureInfo.InvariantCulture), "-J", "--logfile", log), Log: log, Flow: f.Name);
-        }).ToList();
-        foreach (var c in clients)
-        {
-            if (!c.Process.WaitForExit(TimeSpan.FromSeconds(seconds + 60)))
+            foreach (var (f, i) in flows.Select((f, i) => (f, i)))
             {
-                Stop(c.Process);
-                throw new TimeoutException($"iperf3 on {c.Flow} did not finish within {seconds + 60} s");
+                var log = Path.Combine(logs, $"{flows.Count}x{streams}-{i}-{Guid.NewGuid():N}.json");
+                started.Add(Privileged.StartInNamespace(f.Client, "iperf3", "-c", f.Address, "-p", f.Port.ToString(CultureInfo.InvariantCulture), "-t", seconds.ToString(CultureInfo.InvariantCulture),
+                    "-P", streams.ToString(CultureInfo.InvariantCulture), "-J", "--logfile", log));
+                clients.Add((started[^1], log, f.Name));
+            }
+            foreach (var c in clients)
+            {
+                if (!c.Process.WaitForExit(TimeSpan.FromSeconds(seconds + 60)))
+                {
+                    throw new TimeoutException($"iperf3 on {c.Flow} did not finish within {seconds + 60} s");
+                }
             }
         }
         var cpu = (pids.Sum(CpuSeconds) - cpuBefore) / watch.Elapsed.TotalSeconds * 100;

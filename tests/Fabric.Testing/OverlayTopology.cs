@@ -98,8 +98,8 @@ public sealed class OverlayTopology : IDisposable
                 .. Enumerable.Range(5, moreVmsOnA).Select(n => new TestVm($"vm{n}", _network.AddNamespace($"v{n}"), "host-a", 100, $"02:fa:00:00:00:0{n}", $"10.100.0.{n}", $"fd00:100::{n}", $"{id}h{n}", $"{id}e{n}")),
                 .. Enumerable.Range(1, pairs).SelectMany(i => new[]
                 {
-                    new TestVm($"pa{i}", _network.AddNamespace($"pa{i}"), "host-a", (uint)(1000 + i), $"02:fb:00:00:0a:{i:x2}", $"10.101.{i}.1", $"fd00:101:{i:x}::1", $"{id}p{i}", $"{id}q{i}"),
-                    new TestVm($"pb{i}", _network.AddNamespace($"pb{i}"), "host-b", (uint)(1000 + i), $"02:fb:00:00:0b:{i:x2}", $"10.101.{i}.2", $"fd00:101:{i:x}::2", $"{id}r{i}", $"{id}s{i}"),
+                    new TestVm($"pa{i}", _network.AddNamespace($"pa{i}"), "host-a", (uint)(1000 + i), $"02:fb:00:00:0a:{i:x2}", $"10.101.{i}.1", $"fd00:101:{i:x}::1", $"{id}p{i:x2}", $"{id}q{i:x2}"),
+                    new TestVm($"pb{i}", _network.AddNamespace($"pb{i}"), "host-b", (uint)(1000 + i), $"02:fb:00:00:0b:{i:x2}", $"10.101.{i}.2", $"fd00:101:{i:x}::2", $"{id}r{i:x2}", $"{id}s{i:x2}"),
                 }),
             ];
             foreach (var vm in Vms)

@@ -1098,6 +1098,9 @@ public sealed partial class RemotePath : IDisposable
         // and the rate its last capacity train came at, while it sends trains.
         _monitor.Answer(buffer, length, probe, _sequence.Received, _sequence.Span);
         _output.Commit(FabricPayloadType.ProbeReply, 0, length);
+        // Sent now: the peer measures the path's round trip by it, and a receive thread holds its output while full
+        // batches keep coming (UdpUnderlay), which would count as path.
+        _underlay.Flush();
     }
 
     private void SendControlLocked(ReadOnlySpan<byte> message)

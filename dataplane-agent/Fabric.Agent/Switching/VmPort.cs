@@ -145,14 +145,33 @@ public sealed class VmPort : IDisposable
         {
             return;
         }
-        foreach (var port in pending)
+        try
         {
-            if (port._outgoing.IsValueCreated)
+            foreach (var port in pending)
             {
-                port.FlushPending(port._outgoing.Value!);
+                if (port.Stopping)
+                {
+                    // Detached (its batches may be disposed already): what waited for it has nowhere to go.
+                    continue;
+                }
+                try
+                {
+                    if (port._outgoing.IsValueCreated)
+                    {
+                        port.FlushPending(port._outgoing.Value!);
+                    }
+                }
+                catch (ObjectDisposedException)
+                {
+                    // Detached between the check and the flush.
+                }
             }
         }
-        pending.Clear();
+        finally
+        {
+            // Never left listing a port: one that threw every time would hold back every port after it for good.
+            pending.Clear();
+        }
     }
 
     private void FlushPending(FrameBatch batch)

@@ -9,9 +9,10 @@ namespace Fabric.Agent.Underlay;
 /// and completes checksums. Datagrams move in batches: a receive thread takes up to 32 per recvmmsg, and each sending
 /// thread fills its own outbox that goes out in one sendmmsg when full or when the thread calls <see cref="Flush"/>
 /// at the end of the batch it is working on. The receive thread flushes what a batch made (frames for the VMs, the
-/// stacks' answers) after a batch that was not full, after 8 full ones in a row, or when none is queued after a full one:
+/// stacks' answers) after a batch that was not full, after 8 full ones in a row or 2 ms, or when none is queued after a full one:
 /// with 100 paths' datagrams interleaved, a flush after every 32 gave each VM port about one frame per call
-/// (`bench/overlay.sh`: 100 paths moved 354–434 Mbit/s, 16 paths 2.8 Gbit/s; with the wait 508–585 and 3.6–3.8).
+/// (`bench/overlay.sh`: 100 paths moved 354–434 Mbit/s, 16 paths 2.8 Gbit/s; with the wait as it is 634 and 3.9, see
+/// `bench/evidence/overlay-20261207.md`).
 /// </summary>
 public sealed class UdpUnderlay : IUnderlay
 {
@@ -146,7 +147,7 @@ public sealed class UdpUnderlay : IUnderlay
     private void ReceiveLoop(int generation)
     {
         var batch = new UdpBatchSocket(_socket, capacity: 32, gro: ReceiveOffload, offloads: Offloads, timestamps: _timestamps);
-        var unflushed = 0;
+        var (unflushed, deferredFrom) = (0, 0L);
         while (!_stopping && generation == Volatile.Read(ref _generation))
         {
             int n;
@@ -189,10 +190,13 @@ public sealed class UdpUnderlay : IUnderlay
             }
             // A handler that throws costs its own datagram, never the thread: the rest of the batch and every later
             // one are still handled.
-            Volatile.Write(ref _handlingSince, _time.GetTimestamp());
-            // A full batch says more are waiting: what it made for the VMs and the underlay waits for them (up to
-            // UnflushedBatches), so a port gets its frames in fewer calls when many paths' datagrams interleave.
-            unflushed = n == batch.Capacity && unflushed < UnflushedBatches - 1 ? unflushed + 1 : 0;
+            var started = _time.GetTimestamp();
+            Volatile.Write(ref _handlingSince, started);
+            // As many messages as a receive takes says more are waiting: what the batch makes for the VMs and the
+            // underlay waits for them (at most UnflushedBatches batches, begun within MostDeferred of the first), so a
+            // port gets its frames in fewer calls when many paths' datagrams interleave.
+            deferredFrom = unflushed == 0 ? started : deferredFrom;
+            unflushed = batch.Messages == batch.Capacity && unflushed < UnflushedBatches - 1 && _time.GetElapsedTime(deferredFrom) < MostDeferred ? unflushed + 1 : 0;
             if (!HandleBatch(batch, n, flush: unflushed == 0))
             {
                 return;
@@ -203,15 +207,22 @@ public sealed class UdpUnderlay : IUnderlay
                 Volatile.Write(ref _handlingSince, 0);
             }
         }
-        if (unflushed > 0 && !_stopping)
+        if (unflushed > 0)
         {
-            // Replaced with output still waiting: it is this thread's own (per thread), so this thread sends it.
+            // Replaced or stopped with output still waiting: it is this thread's own (per thread), so this thread sends it.
             AfterBatch();
         }
     }
 
     /// <summary>The most full batches whose output waits for the next before it is flushed.</summary>
     private const int UnflushedBatches = 8;
+
+    /// <summary>
+    /// The longest a batch's output waits for the batches after it (from when the first of them began): a batch of costly
+    /// datagrams (an attacker's, each checked against a key) delays what the ones before it made by no more than this
+    /// and its own handling.
+    /// </summary>
+    private static readonly TimeSpan MostDeferred = TimeSpan.FromMilliseconds(2);
 
     /// <summary>Hands each datagram of the batch to the handler, then flushes (unless <paramref name="flush"/> is false); false when the underlay is stopping.</summary>
     private bool HandleBatch(UdpBatchSocket batch, int n, bool flush = true)

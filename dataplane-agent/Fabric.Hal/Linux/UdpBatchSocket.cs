@@ -209,6 +209,9 @@ public sealed unsafe class UdpBatchSocket
     /// <summary>Datagrams in the batch (received, or added for sending).</summary>
     public int Count { get; private set; }
 
+    /// <summary>Messages the last <see cref="Receive"/> took from the socket (at most <see cref="Capacity"/>; a coalesced one holds several datagrams): as many as it could take says more may be waiting.</summary>
+    public int Messages { get; private set; }
+
     public ReadOnlySpan<byte> Datagram(int index) => _buffers[_segmentBuffers[index]].AsSpan(_segmentOffsets[index], _segmentLengths[index]);
 
     public UdpPeer Peer(int index) => _segmentPeers[index];
@@ -260,6 +263,7 @@ public sealed unsafe class UdpBatchSocket
                     },
                 };
             }
+            Messages = 0;
             var n = Native.recvmmsg(fd, (Native.MMsgHdr*)Unsafe.AsPointer(ref _messages[0]), (uint)Capacity, Native.MSG_DONTWAIT, null);
             if (n <= 0)
             {
@@ -273,6 +277,7 @@ public sealed unsafe class UdpBatchSocket
                     return 0;
                 }
             }
+            Messages = n;
             var count = 0;
             for (var i = 0; i < n; i++)
             {
