@@ -41,7 +41,7 @@ public class ResilienceTests
     {
         // The handler holds the receive thread on the first datagram while the rest queue in the socket: the thread then
         // meets full batches (32 messages) and flushes what they made once, after the short one that ends the run
-        // (or after 8 full ones, or 0.5 ms) — not after each of them.
+        // (or after 8 full ones, or 2 ms) — not after each of them.
         using var hold = new ManualResetEventSlim();
         var (handled, flushes) = (0, new ConcurrentQueue<int>());
         using var underlay = new UdpUnderlay(new IPEndPoint(IPAddress.Loopback, 0), (datagram, _) =>

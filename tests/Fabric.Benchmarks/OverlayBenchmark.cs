@@ -35,21 +35,13 @@ internal static partial class OverlayBenchmark
         var results = new List<Figures>();
         using (var net = new TestNetwork())
         {
-            var a = net.AddNamespace("da");
-            var b = net.AddNamespace("db");
-            net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b);
-            net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
-            net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
-            results.Add(Measure("direct veth", a, b, "198.19.0.2", [], seconds));
+            var (a, b) = DirectPair(net, offloads: false);
+            results.Add(Measure("direct veth", a, b, DirectServer, [], seconds));
         }
         using (var net = new TestNetwork())
         {
-            var a = net.AddNamespace("da");
-            var b = net.AddNamespace("db");
-            net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b, offloads: true);
-            net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
-            net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
-            results.Add(Measure("direct, offloads", a, b, "198.19.0.2", [], seconds));
+            var (a, b) = DirectPair(net, offloads: true);
+            results.Add(Measure("direct, offloads", a, b, DirectServer, [], seconds));
         }
         using (var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", withEmulator: false))
         {
@@ -116,12 +108,8 @@ internal static partial class OverlayBenchmark
             double direct;
             using (var net = new TestNetwork())
             {
-                var a = net.AddNamespace("da");
-                var b = net.AddNamespace("db");
-                net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b, offloads: true);
-                net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
-                net.AddAddress(b, $"{net.Id}b", "198.19.0.2/24");
-                var flows = Enumerable.Range(0, ManyPaths).Select(i => new Flow($"direct {i}", a, b, "198.19.0.2", 5301 + i)).ToList();
+                var (a, b) = DirectPair(net, offloads: true);
+                var flows = Enumerable.Range(0, ManyPaths).Select(i => new Flow($"direct {i}", a, b, DirectServer, 5301 + i)).ToList();
                 direct = AtOnce(flows, 1, seconds, logs.FullName, []).Mbit;
             }
             Console.Error.WriteLine($"measuring {ManyPaths} paths…");
@@ -138,6 +126,20 @@ internal static partial class OverlayBenchmark
         }
     }
 
+    /// <summary>The server's end of <see cref="DirectPair"/>.</summary>
+    private const string DirectServer = "198.19.0.2";
+
+    /// <summary>Two namespaces joined by a veth, no overlay (198.19.0.1 and <see cref="DirectServer"/>): the client's and the server's.</summary>
+    private static (string Client, string Server) DirectPair(TestNetwork net, bool offloads)
+    {
+        var a = net.AddNamespace("da");
+        var b = net.AddNamespace("db");
+        net.AddVeth($"{net.Id}a", a, $"{net.Id}b", b, offloads: offloads);
+        net.AddAddress(a, $"{net.Id}a", "198.19.0.1/24");
+        net.AddAddress(b, $"{net.Id}b", DirectServer + "/24");
+        return (a, b);
+    }
+
     /// <summary>One iperf3 flow: its client's namespace, its server's namespace, address and port.</summary>
     private sealed record Flow(string Name, string Client, string Server, string Address, int Port);
 
@@ -147,7 +149,13 @@ internal static partial class OverlayBenchmark
     /// </summary>
     private static Spread AtOnce(IReadOnlyList<Flow> flows, int streams, int seconds, string logs, int[] pids)
     {
-        using var servers = new ServerSet([.. flows.Select(f => Privileged.StartInNamespace(f.Server, "iperf3", "-s", "-1", "-p", f.Port.ToString(CultureInfo.InvariantCulture)))]);
+        var serving = new List<Process>();
+        // Every server started is stopped too, also when a later one fails to start.
+        using var servers = new ServerSet(serving);
+        foreach (var f in flows)
+        {
+            serving.Add(Privileged.StartInNamespace(f.Server, "iperf3", "-s", "-1", "-p", f.Port.ToString(CultureInfo.InvariantCulture)));
+        }
         Thread.Sleep(1000);
         var cpuBefore = pids.Sum(CpuSeconds);
         var watch = Stopwatch.StartNew();
@@ -175,9 +183,11 @@ internal static partial class OverlayBenchmark
         var mbit = clients.Sum(c =>
         {
             using var document = JsonDocument.Parse(File.ReadAllText(c.Log));
-            return document.RootElement.TryGetProperty("end", out var end) && end.TryGetProperty("sum_received", out var received)
+            // A run that failed part-way may still print a sum: its error is what counts.
+            return !document.RootElement.TryGetProperty("error", out var error) && document.RootElement.TryGetProperty("end", out var end)
+                && end.TryGetProperty("sum_received", out var received)
                 ? received.GetProperty("bits_per_second").GetDouble() / 1e6
-                : throw new InvalidOperationException($"iperf3 on {c.Flow}: {(document.RootElement.TryGetProperty("error", out var error) ? error.GetString() : "no result")}");
+                : throw new InvalidOperationException($"iperf3 on {c.Flow}: {(error.ValueKind == JsonValueKind.String ? error.GetString() : "no result")}");
         });
         return new Spread(flows.Count, streams, mbit, cpu, pids.Sum(p => Status(p, "VmRSS:")) / 1024.0, (int)pids.Sum(p => Status(p, "Threads:")));
     }

@@ -11,8 +11,8 @@ namespace Fabric.Agent.Underlay;
 /// at the end of the batch it is working on. The receive thread flushes what a batch made (frames for the VMs, the
 /// stacks' answers) after a batch that was not full, after 8 full ones in a row or 2 ms, or when none is queued after a full one:
 /// with 100 paths' datagrams interleaved, a flush after every 32 gave each VM port about one frame per call
-/// (`bench/overlay.sh`: 100 paths moved 354–434 Mbit/s, 16 paths 2.8 Gbit/s; with the wait as it is 634 and 3.9, see
-/// `bench/evidence/overlay-20261207.md`).
+/// (`bench/overlay.sh`: 100 paths moved 354–434 Mbit/s, 16 paths 2.8–2.9 Gbit/s; with the wait as it is 448–634 and
+/// 3.2–3.9, see `bench/evidence/overlay-20261207.md`).
 /// </summary>
 public sealed class UdpUnderlay : IUnderlay
 {
