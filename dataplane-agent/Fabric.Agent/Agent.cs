@@ -64,13 +64,14 @@ public sealed class Agent : IDisposable
         // virtio NIC does, and the switch cuts large segments from the VM and joins runs of them on their way to it.
         _openPort = openPort ?? (device => AfPacketPort.Open(device, new AfPacketOptions(Offloads: config.VmPortOffloads)));
         Time = time ?? TimeProvider.System;
-        Switch = new Switch(new SwitchOptions(config.HostId, config.Underlay.Mtu)
+        var options = new SwitchOptions(config.HostId, config.Underlay.Mtu)
         {
             Drain = TimeSpan.FromMilliseconds(config.DrainMilliseconds),
             PeerSlotIdle = TimeSpan.FromSeconds(config.PeerSlotIdleSeconds),
             Underlay = underlay,
             Time = Time,
-        }, logger);
+        };
+        Switch = new Switch(config.VmReceiveThreads is { } threads ? options with { VmReceiveThreads = threads } : options, logger);
         _registrations = new Registrations(TryAttach, Switch.DetachVm, config.StateDirectory);
     }
 

@@ -68,7 +68,8 @@ public sealed record AgentConfig(
     string? StateDirectory = null,
     ControlPlaneConfig? ControlPlane = null,
     int PeerSlotIdleSeconds = 600,
-    bool VmPortOffloads = true)
+    bool VmPortOffloads = true,
+    int? VmReceiveThreads = null)
 {
     private static readonly JsonSerializerOptions Json = new()
     {
@@ -150,6 +151,10 @@ public sealed record AgentConfig(
         if (DrainMilliseconds is < 0 or > 600_000)
         {
             problems.Add($"drainMilliseconds: {DrainMilliseconds} is outside 0..600000");
+        }
+        if (VmReceiveThreads is < 0 or > 64)
+        {
+            problems.Add($"vmReceiveThreads: {VmReceiveThreads} is outside 0..64 (0: a thread per VM)");
         }
         if (PeerSlotIdleSeconds is < 1 or > 86_400)
         {

@@ -62,6 +62,16 @@ public interface IFramePort : IDisposable
     int TransmitBatch(FrameBatch batch);
 }
 
+/// <summary>
+/// A port whose readiness to receive the kernel reports on a descriptor, so that one thread can wait on many ports at once
+/// (<see cref="Linux.EpollSet"/>) instead of a thread per port.
+/// </summary>
+public interface IPollablePort : IFramePort
+{
+    /// <summary>The descriptor that polls readable while frames wait; −1 once the port is closed.</summary>
+    int ReadinessDescriptor { get; }
+}
+
 /// <summary>A reusable set of frame buffers for batched receive and transmit. Not thread-safe.</summary>
 public sealed class FrameBatch
 {

@@ -107,10 +107,18 @@ public class QuarantineTests
         Assert.Equal(PortResult.Ok, hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromSeconds(10)));
     }
 
-    [Fact]
-    public void AStackStuckForeverInTransmit_CostsOnlyTheFrameItHolds_TheVmGetsANewThread_AndItsHostAFreshPath()
+    /// <summary>
+    /// With packet sockets, vm1's and vm2's ports share one receive thread (a group): the stuck call holds vm2's frames too
+    /// until the watchdog gives the group a new thread.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AStackStuckForeverInTransmit_CostsOnlyTheFrameItHolds_TheVmGetsANewThread_AndItsHostAFreshPath(bool packetSockets)
     {
-        using var hosts = new TwoHosts("faulty");
+        Assert.SkipWhen(packetSockets && !Privileged.IsRoot, Privileged.SkipReason);
+        using var hosts = new TwoHosts("faulty", packetSockets: packetSockets, vmReceiveThreads: 1);
+        Assert.Equal(packetSockets, hosts.A.Switch.Vms["vm1"].Receiver == hosts.A.Switch.Vms["vm2"].Receiver);
         var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
         hosts.Vm("vm2").Transmit(fromVm2);
         Assert.Equal(fromVm2, hosts.Expect("vm3"));
@@ -147,10 +155,19 @@ public class QuarantineTests
         hosts.Vm("vm1").Transmit(fromVm1);
         Assert.Equal(fromVm1, hosts.Expect("vm2"));
         var toVm3 = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 130);
+        var buffer = new byte[2048];
         Eventually.True(() =>
         {
             hosts.Vm("vm1").Transmit(toVm3);
-            return hosts.Vm("vm3").Receive(new byte[2048], out _, TimeSpan.FromMilliseconds(200)) == PortResult.Ok;
+            // vm2's repeats from before may still be arriving: only vm1's own frame counts.
+            while (hosts.Vm("vm3").Receive(buffer, out var length, TimeSpan.FromMilliseconds(200)) == PortResult.Ok)
+            {
+                if (buffer.AsSpan(0, length).SequenceEqual(toVm3))
+                {
+                    return true;
+                }
+            }
+            return false;
         }, TimeSpan.FromSeconds(10), "vm1 reaching vm3 through the fresh path", () => string.Join("; ", hosts.A.Switch.Events));
     }
 

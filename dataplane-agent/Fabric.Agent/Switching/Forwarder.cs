@@ -11,17 +11,178 @@ namespace Fabric.Agent.Switching;
 /// the underlay: a frame reaches only a local VM of the virtual network in its Fabric header, only from a VM the table
 /// places on the sending host, and a confidential VM only if it crossed encrypted. Every drop is counted by reason.
 /// </summary>
-internal sealed class Forwarder(SwitchState state)
+internal sealed class Forwarder(SwitchState state) : IDisposable
 {
     private const int InnerEthernet = 14;
+    private readonly List<VmReceiveGroup> _groups = [];
 
-    /// <summary>Starts a receive thread for the VM; one started before it (stuck in a stack's call) ends when that call returns.</summary>
+    /// <summary>
+    /// Starts receiving the VM's frames: in the least busy of the switch's receive groups when its port can be waited on
+    /// with others (<see cref="SwitchOptions.VmReceiveThreads"/>), else on a thread of its own. Called again for a VM whose
+    /// receiving a stack holds in a call: a new thread takes over (its group's, for a member), and the one held ends when
+    /// that call returns.
+    /// </summary>
     public void StartReceiver(VmPort vm)
     {
+        if (vm.Group is { } member)
+        {
+            StartGroupThread(member);
+            return;
+        }
+        if (vm.Port is IPollablePort port && state.Options.VmReceiveThreads > 0 && JoinGroup(vm, port))
+        {
+            return;
+        }
         var generation = Interlocked.Increment(ref vm.ReceiverGeneration);
         Volatile.Write(ref vm.HandlingSince, 0);
         vm.Receiver = new Thread(() => ReceiveFromVm(vm, generation)) { IsBackground = true, Name = $"vm-rx {vm.Spec.VmId}" };
         vm.Receiver.Start();
+    }
+
+    /// <summary>Stops receiving the VM's frames (it is stopping): once this returns, nothing reads its port.</summary>
+    public void StopReceiver(VmPort vm)
+    {
+        if (vm.Group is { } group)
+        {
+            group.Leave(vm);
+            return;
+        }
+        vm.Receiver?.Join(TimeSpan.FromSeconds(2));
+    }
+
+    private bool JoinGroup(VmPort vm, IPollablePort port)
+    {
+        VmReceiveGroup group;
+        lock (_groups)
+        {
+            if (_groups.Count < state.Options.VmReceiveThreads)
+            {
+                group = new VmReceiveGroup(_groups.Count);
+                _groups.Add(group);
+                StartGroupThread(group);
+            }
+            else
+            {
+                group = _groups.MinBy(g => g.Count)!;
+            }
+            return group.TryJoin(vm, port);
+        }
+    }
+
+    /// <summary>Starts the group's receive thread; one started before it (stuck in a stack's call) ends when that call returns.</summary>
+    private void StartGroupThread(VmReceiveGroup group)
+    {
+        var generation = Interlocked.Increment(ref group.Generation);
+        foreach (var member in group.Members)
+        {
+            Volatile.Write(ref member.HandlingSince, 0);
+        }
+        var thread = new Thread(() => ReceiveGroup(group, generation)) { IsBackground = true, Name = $"vm-rx group {group.Index}" };
+        group.Thread = thread;
+        thread.Start();
+    }
+
+    /// <summary>
+    /// A group's receive thread: waits for any member's port to have frames, takes a batch from each ready one in turn and
+    /// switches it, then flushes once for the round; until the switch ends or the thread is replaced.
+    /// </summary>
+    private void ReceiveGroup(VmReceiveGroup group, int generation)
+    {
+        var tokens = new long[64];
+        var batches = new Dictionary<(int, int), FrameBatch>();
+        var scratch = new byte[65536];
+        byte[]? segments = null;
+        try
+        {
+            while (!group.Disposed && Volatile.Read(ref group.Generation) == generation)
+            {
+                var ready = group.Epoll.Wait(tokens, 100);
+                var received = false;
+                for (var t = 0; t < ready; t++)
+                {
+                    if (!group.TryGet(tokens[t], out var vm))
+                    {
+                        continue;
+                    }
+                    // A port with offloads may hand over 64 KiB segments: fewer of them per batch.
+                    var shape = (vm.Port.Capabilities.Offloads ? 16 : 32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
+                    if (!batches.TryGetValue(shape, out var batch))
+                    {
+                        batches[shape] = batch = new FrameBatch(shape.Item1, shape.Item2);
+                    }
+                    PortResult result;
+                    lock (vm.ReceiveGate)
+                    {
+                        // Checked under the gate: a thread replaced while a stack held it reads no more once its successor
+                        // runs, and a port that is stopping may be closed as soon as the gate is free.
+                        if (Volatile.Read(ref group.Generation) != generation)
+                        {
+                            state.Flush();
+                            return;
+                        }
+                        if (vm.Stopping)
+                        {
+                            continue;
+                        }
+                        result = vm.Port.ReceiveBatch(batch, TimeSpan.Zero);
+                        if (batch.Count > 0)
+                        {
+                            Volatile.Write(ref vm.HandlingSince, state.Clock());
+                        }
+                    }
+                    if (result == PortResult.Closed || result == PortResult.Error)
+                    {
+                        if (!vm.Stopping)
+                        {
+                            Log.VmPortStopped(state.Logger, vm.Spec.VmId, result.ToString());
+                        }
+                        group.Forget(vm);
+                        continue;
+                    }
+                    if (batch.Count == 0)
+                    {
+                        continue;
+                    }
+                    received = true;
+                    try
+                    {
+                        if (!HandleBatch(vm, batch, ref group.Generation, generation, scratch, ref segments))
+                        {
+                            return;
+                        }
+                    }
+                    catch (ObjectDisposedException) when (vm.Stopping)
+                    {
+                        // Detached while its batch was switched (an answer to it had nowhere to go): the others go on.
+                    }
+                    if (Volatile.Read(ref group.Generation) == generation)
+                    {
+                        Volatile.Write(ref vm.HandlingSince, 0);
+                    }
+                }
+                state.Flush();
+                if (ready > 0 && !received)
+                {
+                    // Ports reported ready that gave nothing (an error a port waits out): do not spin on them.
+                    Thread.Sleep(1);
+                }
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            // The switch is shutting down under this thread: nothing left to forward.
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_groups)
+        {
+            foreach (var group in _groups)
+            {
+                group.Dispose();
+            }
+        }
     }
 
     /// <summary>The VM's receive thread: its frames, a batch at a time, until it is detached or replaced.</summary>
@@ -43,8 +204,6 @@ internal sealed class Forwarder(SwitchState state)
     private void ReceiveLoop(VmPort vm, int generation, FrameBatch batch, byte[] scratch)
     {
         byte[]? segments = null;
-        // The device's MTU, an Ethernet header and a VLAN tag: what a frame that is not a segment to cut may be.
-        var maxPlain = vm.Port.Capabilities.Offloads ? vm.Port.Capabilities.Mtu + 18 : int.MaxValue;
         while (!vm.Stopping)
         {
             PortResult result;
@@ -69,35 +228,9 @@ internal sealed class Forwarder(SwitchState state)
                 }
                 return;
             }
-            for (var i = 0; i < batch.Count; i++)
+            if (!HandleBatch(vm, batch, ref vm.ReceiverGeneration, generation, scratch, ref segments))
             {
-                if (Volatile.Read(ref vm.ReceiverGeneration) != generation)
-                {
-                    // Replaced while a stack held this thread: what the batch sent so far goes out, the rest of it is old
-                    // (counted), and the new thread reads on.
-                    state.Flush();
-                    for (var rest = i; rest < batch.Count; rest++)
-                    {
-                        vm.Counters.Received(batch[rest].Length);
-                        vm.Counters.Drop(DropReason.PathStuck);
-                    }
-                    return;
-                }
-                var offload = batch.Offload(i);
-                if (offload.IsPlain && batch[i].Length <= maxPlain)
-                {
-                    FromVm(vm, batch[i], scratch);
-                }
-                else if (offload.IsPlain)
-                {
-                    // A port with offloads takes 64 KiB frames, but only a segment to cut may exceed the device's MTU.
-                    vm.Counters.Received(batch[i].Length);
-                    vm.Counters.Drop(DropReason.Malformed);
-                }
-                else
-                {
-                    FromVmOffloaded(vm, batch[i], offload, scratch, segments ??= new byte[65536]);
-                }
+                return;
             }
             state.Flush();
             // Only the current thread's: a replaced one that came back must not hide its successor's batch.
@@ -106,6 +239,46 @@ internal sealed class Forwarder(SwitchState state)
                 Volatile.Write(ref vm.HandlingSince, 0);
             }
         }
+    }
+
+    /// <summary>
+    /// Switches a batch the VM sent. False when the thread was replaced while a stack held it (<paramref name="current"/>
+    /// moved on from <paramref name="generation"/>): what the batch sent so far goes out, the rest of it is old (counted as
+    /// dropped), and the thread must end.
+    /// </summary>
+    private bool HandleBatch(VmPort vm, FrameBatch batch, ref int current, int generation, byte[] scratch, ref byte[]? segments)
+    {
+        // The device's MTU, an Ethernet header and a VLAN tag: what a frame that is not a segment to cut may be.
+        var maxPlain = vm.Port.Capabilities.Offloads ? vm.Port.Capabilities.Mtu + 18 : int.MaxValue;
+        for (var i = 0; i < batch.Count; i++)
+        {
+            if (Volatile.Read(ref current) != generation)
+            {
+                state.Flush();
+                for (var rest = i; rest < batch.Count; rest++)
+                {
+                    vm.Counters.Received(batch[rest].Length);
+                    vm.Counters.Drop(DropReason.PathStuck);
+                }
+                return false;
+            }
+            var offload = batch.Offload(i);
+            if (offload.IsPlain && batch[i].Length <= maxPlain)
+            {
+                FromVm(vm, batch[i], scratch);
+            }
+            else if (offload.IsPlain)
+            {
+                // A port with offloads takes 64 KiB frames, but only a segment to cut may exceed the device's MTU.
+                vm.Counters.Received(batch[i].Length);
+                vm.Counters.Drop(DropReason.Malformed);
+            }
+            else
+            {
+                FromVmOffloaded(vm, batch[i], offload, scratch, segments ??= new byte[65536]);
+            }
+        }
+        return true;
     }
 
     /// <summary>

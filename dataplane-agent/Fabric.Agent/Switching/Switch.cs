@@ -28,6 +28,20 @@ public sealed record SwitchOptions(string HostId, int UnderlayMtu = 1500)
     /// <summary>The one clock of the switch, its paths, their stacks and authenticators, the underlay's watchdog and the
     /// stack host; tests pass a fake one.</summary>
     public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    /// <summary>
+    /// How many threads receive from the VMs' ports that can be waited on together (packet sockets, taps), each for its
+    /// share of the VMs; 0: a thread per VM. With many VMs a thread per port wakes for a few frames each, and on a small
+    /// host the wake-ups cost more than the frames. The default: one per two cores, at most 8.
+    /// </summary>
+    public int VmReceiveThreads
+    {
+        get => _vmReceiveThreads;
+        init => _vmReceiveThreads = value is >= 0 and <= 64 ? value
+            : throw new ArgumentOutOfRangeException(nameof(VmReceiveThreads), value, "VmReceiveThreads must be between 0 (a thread per VM) and 64");
+    }
+
+    private readonly int _vmReceiveThreads = Math.Clamp(Environment.ProcessorCount / 2, 1, 8);
 }
 
 /// <summary>
@@ -169,7 +183,7 @@ public sealed class Switch : IDisposable
             _state.Table = _state.Table.Without(vm.Spec.Vni, vm.Spec.Mac);
         }
         vm.Stopping = true;
-        vm.Receiver?.Join(TimeSpan.FromSeconds(2));
+        _forwarder.StopReceiver(vm);
         vm.Port.Dispose();
         vm.Dispose();
         var drainUntil = DrainDeadline();
@@ -761,6 +775,7 @@ public sealed class Switch : IDisposable
         {
             DetachVm(vmId);
         }
+        _forwarder.Dispose();
         _state.Underlay4?.Dispose();
         _state.Underlay6?.Dispose();
         foreach (var path in _paths.Values.Concat(_abandoned.Keys))

@@ -93,7 +93,19 @@ public sealed class VmPort : IDisposable
     /// <summary>Rx = frames from the VM; Tx = frames delivered to the VM.</summary>
     public TrafficCounters Counters { get; } = new();
 
-    internal Thread? Receiver { get; set; }
+    private Thread? _receiver;
+
+    /// <summary>The thread that receives the VM's frames: its group's, or one of its own.</summary>
+    internal Thread? Receiver
+    {
+        get => Group?.Thread ?? _receiver;
+        set => _receiver = value;
+    }
+
+    /// <summary>The receive group whose thread reads the VM's port (null: a thread of its own), and its token there.</summary>
+    internal VmReceiveGroup? Group;
+
+    internal long GroupToken;
 
     /// <summary>Which receive thread is the current one: one that comes back from a call a stack held it in ends.</summary>
     internal int ReceiverGeneration;

@@ -6,7 +6,7 @@ namespace Fabric.Hal.Linux;
 /// The shared part of ports over a Linux file descriptor (a packet socket or a tap): a non-blocking descriptor, poll()
 /// for timeouts, errno values turned into <see cref="PortResult"/>s. Subclasses say how one frame is read and written.
 /// </summary>
-public abstract unsafe class FdFramePort : IFramePort
+public abstract unsafe class FdFramePort : IPollablePort
 {
     private readonly object _closeLock = new();
     private int _fd;
@@ -26,6 +26,8 @@ public abstract unsafe class FdFramePort : IFramePort
     public int LastErrno => _lastErrno;
 
     private protected int Fd => _fd;
+
+    public int ReadinessDescriptor => Volatile.Read(ref _fd);
 
     /// <summary>One non-blocking read of one frame: returns its full length (may exceed <paramref name="length"/>), or -1 with errno.</summary>
     private protected abstract nint ReadOne(byte* buffer, int length);
