@@ -64,6 +64,9 @@ public class ReceiveGroupTests
         Volatile.Write(ref stop, true);
         sender.Join();
         Assert.False(hosts.A.Switch.Vms.ContainsKey("vm1"));
+        // Nothing vm1 sent was switched after it left: the path forgot it and no batch of its brought it back.
+        Thread.Sleep(100);
+        Assert.DoesNotContain("vm1", hosts.A.Switch.Paths["host-b"].VmBindings().Keys);
 
         // vm2 still reaches vm3 through the group's thread (vm1's flood may still be arriving there).
         var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 200);
@@ -76,6 +79,60 @@ public class ReceiveGroupTests
         var again = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 222);
         Assert.Equal(PortResult.Ok, hosts.Vm("vm1").Transmit(again));
         Assert.True(Arrives(hosts, "vm3", again), "the re-attached vm1's frame did not reach vm3");
+    }
+
+    /// <summary>
+    /// A member switching frames to a local VM that is detached under it: the frame has nowhere to go, and the group's
+    /// thread (which every member shares) goes on.
+    /// </summary>
+    [Fact]
+    public void ALocalVmDetachedWhileAnotherMemberSendsToIt_CostsTheGroupNothing()
+    {
+        Assert.SkipUnless(Privileged.IsRoot, Privileged.SkipReason);
+        using var hosts = new TwoHosts(packetSockets: true, vmReceiveThreads: 1);
+        var thread = hosts.A.Switch.Vms["vm1"].Receiver!;
+        var vm1 = hosts.Vm("vm1");
+        // Unicast to vm2 beside it, and broadcasts (flooded to every VM of the network, vm2 among them).
+        var toVm2 = Frames.Udp(Mac1, Mac2, "10.0.0.1", "10.0.0.2", 400);
+        var broadcast = Frames.Udp(Mac1, MacAddress.Broadcast, "10.0.0.1", "10.0.0.255", 100);
+        var stop = false;
+        var sender = new Thread(() =>
+        {
+            while (!Volatile.Read(ref stop))
+            {
+                vm1.Transmit(toVm2);
+                vm1.Transmit(broadcast);
+            }
+        });
+        sender.Start();
+        try
+        {
+            for (var round = 0; round < 5; round++)
+            {
+                Thread.Sleep(50);
+                Ok(hosts.A.Handle(new ApiRequest("detach-vm", Id: "vm2")));
+                Thread.Sleep(20);
+                Ok(hosts.A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm2", "tap-vm2", 100, Mac2.ToString(), ["10.0.0.2"], ["fd00:100::2"]))));
+            }
+        }
+        finally
+        {
+            Volatile.Write(ref stop, true);
+            sender.Join();
+        }
+        Assert.True(thread.IsAlive, string.Join("; ", hosts.A.Switch.Events));
+        Assert.Same(thread, hosts.A.Switch.Vms["vm2"].Receiver);
+        Assert.DoesNotContain(hosts.A.Switch.Events, e => e.Contains("failed", StringComparison.Ordinal) || e.Contains("receive group", StringComparison.Ordinal));
+        // vm1's broadcasts reached vm3 too (tens of thousands): take them all first.
+        var drain = new byte[2048];
+        var until = DateTime.UtcNow.AddSeconds(30);
+        while (hosts.Vm("vm3").Receive(drain, out _, TimeSpan.FromMilliseconds(300)) == PortResult.Ok)
+        {
+            Assert.True(DateTime.UtcNow < until, "vm3 still receiving vm1's broadcasts after 30 s");
+        }
+        var fromVm2 = Frames.Udp(Mac2, Mac3, "10.0.0.2", "10.0.0.3", 230);
+        Assert.Equal(PortResult.Ok, hosts.Vm("vm2").Transmit(fromVm2));
+        Assert.True(Arrives(hosts, "vm3", fromVm2), "the re-attached vm2's frame did not reach vm3");
     }
 
     [Fact]

@@ -15,6 +15,8 @@ internal sealed class Forwarder(SwitchState state) : IDisposable
 {
     private const int InnerEthernet = 14;
     private readonly List<VmReceiveGroup> _groups = [];
+    private bool _disposed;
+    private readonly RateLimit _faultReports = new(TimeSpan.FromSeconds(1));
 
     /// <summary>
     /// Starts receiving the VM's frames: in the least busy of the switch's receive groups when its port can be waited on
@@ -44,7 +46,7 @@ internal sealed class Forwarder(SwitchState state) : IDisposable
     {
         if (vm.Group is { } group)
         {
-            group.Leave(vm);
+            group.Leave(vm, TimeSpan.FromSeconds(2));
             return;
         }
         vm.Receiver?.Join(TimeSpan.FromSeconds(2));
@@ -55,6 +57,10 @@ internal sealed class Forwarder(SwitchState state) : IDisposable
         VmReceiveGroup group;
         lock (_groups)
         {
+            if (_disposed)
+            {
+                return false;
+            }
             if (_groups.Count < state.Options.VmReceiveThreads)
             {
                 group = new VmReceiveGroup(_groups.Count);
@@ -83,6 +89,27 @@ internal sealed class Forwarder(SwitchState state) : IDisposable
     }
 
     /// <summary>
+    /// Gives a group whose thread ended by a fault a new one (the watchdog calls it every round): a fault in one VM's
+    /// batch must not stop every member's traffic for good. Returns how many were restarted.
+    /// </summary>
+    public int ReviveGroups()
+    {
+        var revived = 0;
+        lock (_groups)
+        {
+            foreach (var group in _groups)
+            {
+                if (!group.Disposed && group.Thread is { IsAlive: false })
+                {
+                    StartGroupThread(group);
+                    revived++;
+                }
+            }
+        }
+        return revived;
+    }
+
+    /// <summary>
     /// A group's receive thread: waits for any member's port to have frames, takes a batch from each ready one in turn and
     /// switches it, then flushes once for the round; until the switch ends or the thread is replaced.
     /// </summary>
@@ -92,85 +119,114 @@ internal sealed class Forwarder(SwitchState state) : IDisposable
         var batches = new Dictionary<(int, int), FrameBatch>();
         var scratch = new byte[65536];
         byte[]? segments = null;
-        try
+        while (!group.Disposed && Volatile.Read(ref group.Generation) == generation)
         {
-            while (!group.Disposed && Volatile.Read(ref group.Generation) == generation)
+            int ready;
+            try
             {
-                var ready = group.Epoll.Wait(tokens, 100);
-                var received = false;
-                for (var t = 0; t < ready; t++)
+                ready = group.Epoll.Wait(tokens, 100);
+            }
+            catch (ObjectDisposedException)
+            {
+                // The switch is shutting down under this thread.
+                return;
+            }
+            var progress = false;
+            for (var t = 0; t < ready; t++)
+            {
+                if (!group.TryGet(tokens[t], out var vm))
                 {
-                    if (!group.TryGet(tokens[t], out var vm))
+                    continue;
+                }
+                // Fewer 64 KiB segments per batch than a thread of its own takes: each may be cut into many frames, and
+                // the group's other VMs wait for what one batch makes.
+                var shape = (vm.Port.Capabilities.Offloads ? 4 : 32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
+                if (!batches.TryGetValue(shape, out var batch))
+                {
+                    batches[shape] = batch = new FrameBatch(shape.Item1, shape.Item2);
+                }
+                lock (vm.ReceiveGate)
+                {
+                    // Checked under the gate: a thread replaced while a stack held it reads no more once its successor
+                    // runs, and a port that is stopping may be closed as soon as the gate is free.
+                    if (Volatile.Read(ref group.Generation) != generation)
+                    {
+                        Flush();
+                        return;
+                    }
+                    if (vm.Stopping)
                     {
                         continue;
                     }
-                    // A port with offloads may hand over 64 KiB segments: fewer of them per batch.
-                    var shape = (vm.Port.Capabilities.Offloads ? 16 : 32, Math.Max(vm.Port.Capabilities.MaxFrameLength, 2048));
-                    if (!batches.TryGetValue(shape, out var batch))
-                    {
-                        batches[shape] = batch = new FrameBatch(shape.Item1, shape.Item2);
-                    }
-                    PortResult result;
-                    lock (vm.ReceiveGate)
-                    {
-                        // Checked under the gate: a thread replaced while a stack held it reads no more once its successor
-                        // runs, and a port that is stopping may be closed as soon as the gate is free.
-                        if (Volatile.Read(ref group.Generation) != generation)
-                        {
-                            state.Flush();
-                            return;
-                        }
-                        if (vm.Stopping)
-                        {
-                            continue;
-                        }
-                        result = vm.Port.ReceiveBatch(batch, TimeSpan.Zero);
-                        if (batch.Count > 0)
-                        {
-                            Volatile.Write(ref vm.HandlingSince, state.Clock());
-                        }
-                    }
+                    var result = vm.Port.ReceiveBatch(batch, TimeSpan.Zero);
                     if (result == PortResult.Closed || result == PortResult.Error)
                     {
-                        if (!vm.Stopping)
-                        {
-                            Log.VmPortStopped(state.Logger, vm.Spec.VmId, result.ToString());
-                        }
+                        Log.VmPortStopped(state.Logger, vm.Spec.VmId, result.ToString());
+                        // Under the gate: its descriptor cannot have been closed and given to another port yet.
                         group.Forget(vm);
                         continue;
                     }
+                    // A frame taken and refused (too large) is progress too: only ports that gave nothing at all are idle.
+                    progress |= result != PortResult.Timeout;
                     if (batch.Count == 0)
                     {
                         continue;
                     }
-                    received = true;
-                    try
+                    Volatile.Write(ref vm.HandlingSince, state.Clock());
+                }
+                try
+                {
+                    if (!HandleBatch(vm, batch, ref group.Generation, generation, scratch, ref segments))
                     {
-                        if (!HandleBatch(vm, batch, ref group.Generation, generation, scratch, ref segments))
-                        {
-                            return;
-                        }
+                        return;
                     }
-                    catch (ObjectDisposedException) when (vm.Stopping)
+                }
+                catch (ObjectDisposedException) when (group.Disposed)
+                {
+                    return;
+                }
+                catch (Exception e)
+                {
+                    // One VM's batch: the others go on. A VM detached under it is the expected case (a frame for it had
+                    // nowhere to go); anything else is a fault operators must see.
+                    if (e is not ObjectDisposedException && _faultReports.ShouldReport(state.Clock()))
                     {
-                        // Detached while its batch was switched (an answer to it had nowhere to go): the others go on.
+                        state.Report($"switching a batch from {vm.Spec.VmId} failed (its frames are lost, the group's other VMs go on; said at most once a second): {e.GetType().Name}: {e.Message}",
+                            Microsoft.Extensions.Logging.LogLevel.Error);
                     }
+                }
+                finally
+                {
+                    // Only the current thread's: a replaced one that came back must not hide its successor's batch.
                     if (Volatile.Read(ref group.Generation) == generation)
                     {
                         Volatile.Write(ref vm.HandlingSince, 0);
                     }
                 }
-                state.Flush();
-                if (ready > 0 && !received)
-                {
-                    // Ports reported ready that gave nothing (an error a port waits out): do not spin on them.
-                    Thread.Sleep(1);
-                }
+            }
+            if (!Flush())
+            {
+                return;
+            }
+            if (ready > 0 && !progress)
+            {
+                // Ports reported ready that gave nothing (an error a port waits out): do not spin on them.
+                Thread.Sleep(1);
             }
         }
-        catch (ObjectDisposedException)
+
+        bool Flush()
         {
-            // The switch is shutting down under this thread: nothing left to forward.
+            try
+            {
+                state.Flush();
+                return true;
+            }
+            catch (ObjectDisposedException)
+            {
+                // The underlay was disposed: the switch is shutting down.
+                return false;
+            }
         }
     }
 
@@ -178,6 +234,7 @@ internal sealed class Forwarder(SwitchState state) : IDisposable
     {
         lock (_groups)
         {
+            _disposed = true;
             foreach (var group in _groups)
             {
                 group.Dispose();

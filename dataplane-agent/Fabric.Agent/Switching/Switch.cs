@@ -607,6 +607,10 @@ public sealed class Switch : IDisposable
                 _forwarder.StartReceiver(vm);
             }
         }
+        if (_forwarder.ReviveGroups() is > 0 and var revived)
+        {
+            Report($"{revived} VM receive group thread(s) had ended by a fault: new ones took their place", LogLevel.Error);
+        }
         foreach (var underlay in new[] { _state.Underlay4, _state.Underlay6 })
         {
             // A stack stuck in a receive call holds the underlay's receive thread, which every path shares: another

@@ -133,7 +133,23 @@ public sealed class VmPort : IDisposable
     /// <summary>Queues a frame for the VM on this thread's batch; it leaves at the thread's next <see cref="FlushThread"/>.</summary>
     internal void Deliver(ReadOnlySpan<byte> frame)
     {
-        var batch = _outgoing.Value!;
+        if (Stopping)
+        {
+            // Detached (its batches may be disposed already): the frame has nowhere to go.
+            Counters.Drop(DropReason.TransmitFailed);
+            return;
+        }
+        FrameBatch batch;
+        try
+        {
+            batch = _outgoing.Value!;
+        }
+        catch (ObjectDisposedException)
+        {
+            // Detached between the check and here.
+            Counters.Drop(DropReason.TransmitFailed);
+            return;
+        }
         if (batch.Count == batch.Capacity)
         {
             FlushPending(batch);

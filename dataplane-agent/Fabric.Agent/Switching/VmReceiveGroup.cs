@@ -58,18 +58,25 @@ internal sealed class VmReceiveGroup(int index) : IDisposable
     public bool TryGet(long token, out VmPort vm) => _members.TryGetValue(token, out vm!);
 
     /// <summary>
-    /// Takes the VM out: its descriptor leaves the set, and a read of its port the thread is in ends before this returns,
-    /// so the caller may close the port (the thread reads a port only under its gate, and never one that is stopping).
+    /// Takes the VM (which is stopping) out: its descriptor leaves the set, a read of its port the thread is in ends before
+    /// this returns, so the caller may close the port (the thread reads a port only under its gate, and never one that is
+    /// stopping), and so does the switching of a batch it read before, within <paramref name="wait"/> (as long as a
+    /// thread of the VM's own would be waited for: a stack may hold it), so nothing it sent reaches a path after it left.
     /// </summary>
-    public void Leave(VmPort vm)
+    public void Leave(VmPort vm, TimeSpan wait)
     {
-        Forget(vm);
         lock (vm.ReceiveGate)
         {
+            Forget(vm);
+        }
+        var until = Environment.TickCount64 + (long)wait.TotalMilliseconds;
+        while (Volatile.Read(ref vm.HandlingSince) != 0 && Environment.TickCount64 < until && Thread?.IsAlive == true)
+        {
+            System.Threading.Thread.Sleep(1);
         }
     }
 
-    /// <summary>Takes the VM out without waiting (the group's own thread, when its port closed or failed).</summary>
+    /// <summary>Takes the VM out without waiting (the group's own thread, under the VM's gate, when its port closed or failed).</summary>
     public void Forget(VmPort vm)
     {
         if (_members.TryRemove(vm.GroupToken, out _) && vm.Port is IPollablePort port)

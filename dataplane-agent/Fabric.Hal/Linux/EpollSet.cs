@@ -19,6 +19,9 @@ public sealed unsafe class EpollSet : IDisposable
     private static readonly int EventSize = RuntimeInformation.ProcessArchitecture == Architecture.X64 ? 12 : 16;
     private static readonly int DataOffset = RuntimeInformation.ProcessArchitecture == Architecture.X64 ? 4 : 8;
 
+    /// <summary>The most readable descriptors one <see cref="Wait"/> reports (its buffer is on the stack).</summary>
+    public const int MaxEvents = 1024;
+
     private readonly object _closeLock = new();
     private int _fd;
 
@@ -60,10 +63,13 @@ public sealed unsafe class EpollSet : IDisposable
 
     /// <summary>
     /// Waits up to <paramref name="timeoutMilliseconds"/> (−1: without end) for readable descriptors and writes their tokens
-    /// into <paramref name="tokens"/>; returns how many (0 on timeout or a signal). Throws when the set was disposed.
+    /// into <paramref name="tokens"/> (1 to <see cref="MaxEvents"/> of them); returns how many (0 on timeout or a signal).
+    /// Throws when the set was disposed.
     /// </summary>
     public int Wait(Span<long> tokens, int timeoutMilliseconds)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(tokens.Length, 1, nameof(tokens));
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(tokens.Length, MaxEvents, nameof(tokens));
         var events = stackalloc byte[EventSize * tokens.Length];
         var n = epoll_wait(Handle(), events, tokens.Length, timeoutMilliseconds);
         if (n < 0)
