@@ -75,7 +75,7 @@ internal static partial class OverlayBenchmark
         Console.WriteLine($"fabric / bare veth: TCP×1 {fabric.Tcp1 / direct.Tcp1:0%} of it without offloads, {fabric.Tcp1 / offloaded.Tcp1:0%} of it with them");
         Console.WriteLine("goal: TCP×1 ≥ 4× wireguard-go, added p50 RTT ≤ 0.5× wireguard-go's; moonshot: ≥ 50 % of bare veth.");
 
-        var (baseline, spreads) = MeasurePaths(seconds);
+        var (baseline, spreads, threadPerVm) = MeasurePaths(seconds);
         Console.WriteLine();
         Console.WriteLine($"fabric std-ipv4 with {ManyPaths} VM pairs on the two hosts (each pair a virtual network of its own), iperf3 on some of them at once:");
         Console.WriteLine($"{"paths × streams",-16} {"TCP goodput",14} {"agents' CPU",12} {"CPU per Mbit/s",15} {"agents' resident",17} {"agents' threads",16}");
@@ -90,6 +90,13 @@ internal static partial class OverlayBenchmark
             + $"{many.ResidentMb:0} MB against {fabric.ResidentMb:0} MB with 4");
         Console.WriteLine($"the same machine without an overlay (a direct veth with offloads, {baseline.Count} iperf3 clients and servers at once): {baseline.Mbit:0} Mb/s, "
             + $"so fabric's {many.Paths} paths reach {many.Mbit / baseline.Mbit:0%} of it (1 path: {one.Mbit / offloaded.Tcp1:0%} of the direct veth's 1 stream)");
+        Console.WriteLine($"the same with a receive thread per VM port (vmReceiveThreads 0) instead of {Math.Clamp(Environment.ProcessorCount / 2, 1, 8)} receive group(s):");
+        foreach (var r in threadPerVm)
+        {
+            var grouped = spreads.Single(g => g.Paths == r.Paths && g.Streams == r.Streams);
+            Console.WriteLine($"{$"{r.Paths} × {r.Streams}",-16} {r.Mbit,9:0} Mb/s {r.CpuPercent,10:0} % {r.CpuPercent / r.Mbit,13:0.000} % {r.ResidentMb,14:0} MB {r.Threads,16}"
+                + $"   groups: {grouped.Mbit / r.Mbit:0.00}× the goodput, {grouped.CpuPercent / grouped.Mbit / (r.CpuPercent / r.Mbit):0.00}× the CPU per Mbit/s");
+        }
         return 0;
     }
 
@@ -99,7 +106,7 @@ internal static partial class OverlayBenchmark
     /// resident memory and threads at its end. And as many iperf3 clients and servers at once between two namespaces on a
     /// direct veth with offloads: what the machine itself gives that many flows (the processes alone cost CPU).
     /// </summary>
-    private static ((int Count, double Mbit) Baseline, List<Spread> Spreads) MeasurePaths(int seconds)
+    private static ((int Count, double Mbit) Baseline, List<Spread> Spreads, List<Spread> ThreadPerVm) MeasurePaths(int seconds)
     {
         Console.Error.WriteLine($"measuring {ManyPaths} flows on a direct veth…");
         var logs = Directory.CreateTempSubdirectory("fabric-paths-");
@@ -113,12 +120,20 @@ internal static partial class OverlayBenchmark
                 direct = AtOnce(flows, 1, seconds, logs.FullName, []).Mbit;
             }
             Console.Error.WriteLine($"measuring {ManyPaths} paths…");
-            using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", withEmulator: false, pairs: ManyPaths);
-            var pairs = Enumerable.Range(1, ManyPaths).Select(i => new Flow($"pa{i}", topology.Vm($"pa{i}").Namespace, topology.Vm($"pb{i}").Namespace, topology.Vm($"pb{i}").IPv4, 5301)).ToList();
-            // Every pair's path is up (its neighbour found through the agents' tables) before any clock starts.
-            Parallel.ForEach(pairs, new ParallelOptions { MaxDegreeOfParallelism = 8 },
-                p => Privileged.Run("ip", "netns", "exec", p.Client, "ping", "-c", "1", "-W", "3", p.Address));
-            return ((ManyPaths, direct), [.. new[] { (1, 1), (1, 16), (16, 1), (ManyPaths, 1) }.Select(s => AtOnce(pairs.Take(s.Item1).ToList(), s.Item2, seconds, logs.FullName, [topology.AgentPids.A, topology.AgentPids.B]))]);
+            var spreads = Spreads(null, [(1, 1), (1, 16), (16, 1), (ManyPaths, 1)]);
+            // The same agents as before the receive groups: a thread per VM port, measured in the same run.
+            Console.Error.WriteLine($"measuring {ManyPaths} paths with a receive thread per VM…");
+            return ((ManyPaths, direct), spreads, Spreads(0, [(16, 1), (ManyPaths, 1)]));
+
+            List<Spread> Spreads(int? vmReceiveThreads, (int Paths, int Streams)[] spreads)
+            {
+                using var topology = new OverlayTopology(AppContext.BaseDirectory, "std-ipv4", withEmulator: false, pairs: ManyPaths, vmReceiveThreads: vmReceiveThreads);
+                var pairs = Enumerable.Range(1, ManyPaths).Select(i => new Flow($"pa{i}", topology.Vm($"pa{i}").Namespace, topology.Vm($"pb{i}").Namespace, topology.Vm($"pb{i}").IPv4, 5301)).ToList();
+                // Every pair's path is up (its neighbour found through the agents' tables) before any clock starts.
+                Parallel.ForEach(pairs, new ParallelOptions { MaxDegreeOfParallelism = 8 },
+                    p => Privileged.Run("ip", "netns", "exec", p.Client, "ping", "-c", "1", "-W", "3", p.Address));
+                return [.. spreads.Select(s => AtOnce(pairs.Take(s.Paths).ToList(), s.Streams, seconds, logs.FullName, [topology.AgentPids.A, topology.AgentPids.B]))];
+            }
         }
         finally
         {

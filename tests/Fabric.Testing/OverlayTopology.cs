@@ -57,9 +57,12 @@ public sealed class OverlayTopology : IDisposable
     /// <param name="pairs">VM pairs added beyond those (at most <see cref="MostPairs"/>), pair i in a virtual network of its
     /// own (1000 + i): pa{i} on host-a (10.101.i.1) and pb{i} on host-b (10.101.i.2), i from 1 — a path each way per pair,
     /// for benchmarks of many paths.</param>
+    /// <param name="vmReceiveThreads">Both agents' <c>vmReceiveThreads</c> (null: their default; 0: a receive thread per VM port).</param>
     public OverlayTopology(string binDirectory, string stack, bool withEmulator = true, ControlPlaneSetup? controlPlane = null,
-        IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null, int moreVmsOnA = 0, int pairs = 0)
+        IReadOnlyList<string>? stackProjects = null, Dictionary<string, Dictionary<string, string>>? settings = null, int moreVmsOnA = 0, int pairs = 0,
+        int? vmReceiveThreads = null)
     {
+        _vmReceiveThreads = vmReceiveThreads;
         _stackProjects = stackProjects ?? [StackPlugins.StdIPv4, StackPlugins.StdIPv6, StackPlugins.SwapTest];
         _settings = settings;
         try
@@ -140,6 +143,7 @@ public sealed class OverlayTopology : IDisposable
     private readonly ControlPlaneSetup? _controlPlane;
     private readonly IReadOnlyList<string> _stackProjects = [];
     private readonly Dictionary<string, Dictionary<string, string>>? _settings;
+    private readonly int? _vmReceiveThreads;
 
     /// <summary>The two agents' overlay key: their probes and control messages are authenticated, as in production.</summary>
     private readonly string _overlayKey = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
@@ -399,6 +403,7 @@ public sealed class OverlayTopology : IDisposable
                 controlPlane = ControlPlaneOf(hostId),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
+                vmReceiveThreads = _vmReceiveThreads,
                 vms,
             }
             : _controlPlane is { } cp
@@ -413,6 +418,7 @@ public sealed class OverlayTopology : IDisposable
                 controlPlane = ControlPlaneOf(hostId),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
+                vmReceiveThreads = _vmReceiveThreads,
                 remoteHosts = peer is null ? [] : new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings, overlayKey = _overlayKey } },
                 vms,
                 routes,
@@ -424,6 +430,7 @@ public sealed class OverlayTopology : IDisposable
                 stacks = _stackProjects.Select(StackPlugins.PathOf).ToArray(),
                 apiSocket = socket,
                 metricsListen = "127.0.0.1:9464",
+                vmReceiveThreads = _vmReceiveThreads,
                 remoteHosts = new[] { new { id = peer, ipv4 = peerV4, ipv6 = peerV6, stack, settings = _settings, overlayKey = _overlayKey } },
                 vms,
                 routes,
