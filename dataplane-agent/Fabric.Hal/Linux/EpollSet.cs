@@ -22,7 +22,6 @@ public sealed unsafe class EpollSet : IDisposable
     /// <summary>The most readable descriptors one <see cref="Wait"/> reports (its buffer is on the stack).</summary>
     public const int MaxEvents = 1024;
 
-    private readonly object _closeLock = new();
     private int _fd;
 
     /// <summary>Makes an empty set. Throws with the reason when the kernel refuses one (the descriptor limit).</summary>
@@ -94,15 +93,7 @@ public sealed unsafe class EpollSet : IDisposable
 
     public void Dispose()
     {
-        lock (_closeLock)
-        {
-            var fd = _fd;
-            _fd = -1;
-            if (fd >= 0)
-            {
-                Native.close(fd);
-            }
-        }
+        Native.CloseOnce(ref _fd);
     }
 
     [DllImport("libc", SetLastError = true)]

@@ -8,7 +8,6 @@ namespace Fabric.Hal.Linux;
 /// </summary>
 public abstract unsafe class FdFramePort : IPollablePort
 {
-    private readonly object _closeLock = new();
     private int _fd;
     private int _lastErrno;
 
@@ -180,15 +179,7 @@ public abstract unsafe class FdFramePort : IPollablePort
     /// <summary>Closes the descriptor; a receive blocked in poll() wakes with <see cref="PortResult.Closed"/> within its timeout.</summary>
     public void Dispose()
     {
-        lock (_closeLock)
-        {
-            var fd = _fd;
-            _fd = -1;
-            if (fd >= 0)
-            {
-                Native.close(fd);
-            }
-        }
+        Native.CloseOnce(ref _fd);
         GC.SuppressFinalize(this);
     }
 

@@ -178,6 +178,16 @@ internal static unsafe partial class Native
 
     public static int Errno => Marshal.GetLastPInvokeError();
 
+    /// <summary>Closes the descriptor held in <paramref name="fd"/> and leaves −1 there, once however many threads call it.</summary>
+    public static void CloseOnce(ref int fd)
+    {
+        var held = Interlocked.Exchange(ref fd, -1);
+        if (held >= 0)
+        {
+            close(held);
+        }
+    }
+
     /// <summary>poll() one descriptor for <paramref name="events"/>; retries on EINTR. Returns &gt;0 ready, 0 timeout, -1 error.</summary>
     public static int PollOne(int fd, short events, TimeSpan timeout, out short revents)
     {
