@@ -10,7 +10,8 @@ namespace Fabric.Agent.Tests;
 
 /// <summary>
 /// Two real agents in this process joined by a real UDP underlay on loopback; their VM ports are in-memory channel
-/// ports, or packet sockets on veth pairs in a namespace of the test's (the test holds the VM ends). Host A has vm1 and vm2 (vni 100) and vm4 (vni 200); host B has vm3 (vni 100).
+/// ports, or packet sockets on veth pairs in a namespace of the test's (the test holds the VM ends). Host A has vm1 and
+/// vm2 (vni 100) and vm4 (vni 200); host B has vm3 (vni 100).
 /// </summary>
 internal sealed class TwoHosts : IDisposable
 {
