@@ -50,19 +50,11 @@ public class ReceiveGroupTests
         using var hosts = new TwoHosts(packetSockets: true, vmReceiveThreads: 1);
         var vm1 = hosts.Vm("vm1");
         var flood = Frames.Udp(Mac1, Mac3, "10.0.0.1", "10.0.0.3", 500);
-        var stop = false;
-        var sender = new Thread(() =>
+        using (new Flood(vm1, flood))
         {
-            while (!Volatile.Read(ref stop))
-            {
-                vm1.Transmit(flood);
-            }
-        });
-        sender.Start();
-        Thread.Sleep(200);
-        Ok(hosts.A.Handle(new ApiRequest("detach-vm", Id: "vm1")));
-        Volatile.Write(ref stop, true);
-        sender.Join();
+            Thread.Sleep(200);
+            Ok(hosts.A.Handle(new ApiRequest("detach-vm", Id: "vm1")));
+        }
         Assert.False(hosts.A.Switch.Vms.ContainsKey("vm1"));
         // Nothing vm1 sent was switched after it left: the path forgot it and no batch of its brought it back.
         Thread.Sleep(100);
@@ -95,17 +87,7 @@ public class ReceiveGroupTests
         // Unicast to vm2 beside it, and broadcasts (flooded to every VM of the network, vm2 among them).
         var toVm2 = Frames.Udp(Mac1, Mac2, "10.0.0.1", "10.0.0.2", 400);
         var broadcast = Frames.Udp(Mac1, MacAddress.Broadcast, "10.0.0.1", "10.0.0.255", 100);
-        var stop = false;
-        var sender = new Thread(() =>
-        {
-            while (!Volatile.Read(ref stop))
-            {
-                vm1.Transmit(toVm2);
-                vm1.Transmit(broadcast);
-            }
-        });
-        sender.Start();
-        try
+        using (new Flood(vm1, toVm2, broadcast))
         {
             for (var round = 0; round < 5; round++)
             {
@@ -114,11 +96,6 @@ public class ReceiveGroupTests
                 Thread.Sleep(20);
                 Ok(hosts.A.Handle(new ApiRequest("attach-vm", Vm: new VmConfig("vm2", "tap-vm2", 100, Mac2.ToString(), ["10.0.0.2"], ["fd00:100::2"]))));
             }
-        }
-        finally
-        {
-            Volatile.Write(ref stop, true);
-            sender.Join();
         }
         Assert.True(thread.IsAlive, string.Join("; ", hosts.A.Switch.Events));
         Assert.Same(thread, hosts.A.Switch.Vms["vm2"].Receiver);
@@ -151,6 +128,34 @@ public class ReceiveGroupTests
         }, TimeSpan.FromSeconds(5), "vm1 reaching vm3 after vm2's device went away", () => string.Join("; ", hosts.A.Switch.Events));
         Assert.Same(thread, hosts.A.Switch.Vms["vm1"].Receiver);
         Assert.True(thread.IsAlive);
+    }
+
+    /// <summary>A VM sending the frames it is given over and over on a thread of its own, until disposed.</summary>
+    private sealed class Flood : IDisposable
+    {
+        private readonly Thread _sender;
+        private volatile bool _stop;
+
+        public Flood(IFramePort vm, params byte[][] frames)
+        {
+            _sender = new Thread(() =>
+            {
+                while (!_stop)
+                {
+                    foreach (var frame in frames)
+                    {
+                        vm.Transmit(frame);
+                    }
+                }
+            });
+            _sender.Start();
+        }
+
+        public void Dispose()
+        {
+            _stop = true;
+            _sender.Join();
+        }
     }
 
     private static MacAddress GroupMac(int i) => new(0x02_00_00_00_05_00UL + (ulong)i);
